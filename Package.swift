@@ -1,0 +1,111 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "edge-gateway",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "edge-gateway", targets: ["edge-gateway"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-atomics.git", from: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // The system OpenSSL 3 (apt: libssl-dev). Headers only; no logic.
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        // Non-inline wrappers for the OpenSSL macros Swift cannot import. No logic.
+        .target(name: "CEdgeShims", dependencies: ["COpenSSL"]),
+        // The TLS engine: SSL_CTX/SSL owners and the NIO handler over memory BIOs.
+        .target(
+            name: "EdgeTLS",
+            dependencies: [
+                "COpenSSL", "CEdgeShims",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+        // Certificate lineages, validated snapshots, SNI selection and the inotify watcher.
+        .target(
+            name: "EdgeCertificates",
+            dependencies: [
+                "EdgeTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The HTTP/1.1 reverse proxy: routing, load balancing, upstream pool.
+        .target(
+            name: "EdgeProxy",
+            dependencies: [
+                "EdgeTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Composition root: configuration, listeners, admin endpoint, lifecycle.
+        .target(
+            name: "EdgeGateway",
+            dependencies: [
+                "EdgeTLS", "EdgeCertificates", "EdgeProxy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
+        // The command line: parses arguments, bootstraps logging, runs the service group.
+        .executableTarget(
+            name: "edge-gateway",
+            dependencies: [
+                "EdgeGateway",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(
+            name: "EdgeTLSTests",
+            dependencies: [
+                "EdgeTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "EdgeGatewayTests",
+            dependencies: [
+                "EdgeGateway", "EdgeTLS", "EdgeCertificates", "EdgeProxy",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,56 @@
+#include "CEdgeShims.h"
+
+void edge_SSL_CTX_set_tlsext_servername_callback(SSL_CTX *ctx, edge_servername_cb cb) {
+    SSL_CTX_set_tlsext_servername_callback(ctx, cb);
+}
+void edge_SSL_CTX_set_tlsext_servername_arg(SSL_CTX *ctx, void *arg) {
+    SSL_CTX_set_tlsext_servername_arg(ctx, arg);
+}
+int edge_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
+    return (int)SSL_set_tlsext_host_name(ssl, name);
+}
+int edge_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_min_proto_version(ctx, version);
+}
+int edge_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) {
+    return (int)SSL_CTX_set_max_proto_version(ctx, version);
+}
+long edge_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
+    return SSL_CTX_set_mode(ctx, mode);
+}
+long edge_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) {
+    return SSL_CTX_set_session_cache_mode(ctx, mode);
+}
+long edge_SSL_CTX_sess_set_cache_size(SSL_CTX *ctx, long size) {
+    return SSL_CTX_sess_set_cache_size(ctx, size);
+}
+int edge_SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *list) {
+    return (int)SSL_CTX_set1_groups_list(ctx, list);
+}
+int edge_SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *cert) {
+    return (int)SSL_CTX_add1_chain_cert(ctx, cert);
+}
+void edge_OPENSSL_free(void *ptr) {
+    OPENSSL_free(ptr);
+}
+int edge_sk_X509_num(const STACK_OF(X509) *stack) {
+    return sk_X509_num(stack);
+}
+X509 *edge_sk_X509_value(const STACK_OF(X509) *stack, int index) {
+    return sk_X509_value(stack, index);
+}
+STACK_OF(X509) *edge_sk_X509_new_null(void) {
+    return sk_X509_new_null();
+}
+int edge_sk_X509_push(STACK_OF(X509) *stack, X509 *cert) {
+    return sk_X509_push(stack, cert);
+}
+void edge_sk_X509_free(STACK_OF(X509) *stack) {
+    sk_X509_free(stack);
+}
+int edge_sk_GENERAL_NAME_num(const GENERAL_NAMES *names) {
+    return sk_GENERAL_NAME_num(names);
+}
+const GENERAL_NAME *edge_sk_GENERAL_NAME_value(const GENERAL_NAMES *names, int index) {
+    return sk_GENERAL_NAME_value(names, index);
+}

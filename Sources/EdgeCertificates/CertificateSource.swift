@@ -1,0 +1,177 @@
+import EdgeTLS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where certificate lineages come from.
+public enum CertificateSource: Sendable, Hashable {
+    /// One explicit pair: a chain PEM (leaf first) and a key PEM (may be the same file).
+    case pair(name: String, certificate: String, key: String)
+    /// A certbot `live/` directory (or the config directory holding `live/`): every `live/<name>/` is a lineage.
+    case certbot(String)
+    /// A Kubernetes secret volume: `tls.crt` and `tls.key` behind `..data`.
+    case kubernetes(String)
+    /// A plain directory: `<name>.crt` + `<name>.key`, or one `<name>.pem` with chain and key.
+    case directory(String)
+
+    public var description: String {
+        switch self {
+        case .pair(_, let cert, _): return cert
+        case .certbot(let path): return "certbot:\(path)"
+        case .kubernetes(let path): return "kubernetes:\(path)"
+        case .directory(let path): return "directory:\(path)"
+        }
+    }
+
+    /// The directories a watcher must watch for this source.
+    public var watchRoots: [String] {
+        switch self {
+        case .pair(_, let cert, let key):
+            return Array(Set([parentDirectory(cert), parentDirectory(key)])).sorted()
+        case .certbot(let path):
+            return [certbotLiveDirectory(path)]
+        case .kubernetes(let path), .directory(let path):
+            return [path]
+        }
+    }
+}
+
+/// The files that make one lineage, found by scanning a source.
+public struct LineageFiles: Sendable, Hashable {
+    public var name: String
+    public var source: CertificateSource
+    public var certificatePath: String
+    public var keyPath: String
+    /// Why the lineage must not be read right now (certbot renewal in progress).
+    public var busyReason: String?
+}
+
+func parentDirectory(_ path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    let parent = String(path[..<slash])
+    return parent.isEmpty ? "/" : parent
+}
+
+func certbotLiveDirectory(_ path: String) -> String {
+    let trimmed = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
+    if trimmed.hasSuffix("/live") || trimmed == "live" { return trimmed }
+    var isDir = false
+    if fileExists(trimmed + "/live", isDirectory: &isDir), isDir { return trimmed + "/live" }
+    return trimmed
+}
+
+func fileExists(_ path: String, isDirectory: inout Bool) -> Bool {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return false }
+    isDirectory = (st.st_mode & S_IFMT) == S_IFDIR
+    return true
+}
+
+/// Names in a directory, sorted; throws with errno text.
+func listDirectory(_ path: String) throws -> [String] {
+    guard let dir = opendir(path) else {
+        throw CertificateLoadError(path: path, reason: String(cString: strerror(errno)))
+    }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+        }
+        if name == "." || name == ".." { continue }
+        names.append(name)
+    }
+    return names.sorted()
+}
+
+/// Reads a whole file; throws with the path and errno text.
+func readFile(_ path: String, limit: Int = 1 << 20) throws -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw CertificateLoadError(path: path, reason: String(cString: strerror(errno))) }
+    defer { close(fd) }
+    var result: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 16_384)
+    while true {
+        let n = read(fd, &chunk, chunk.count)
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw CertificateLoadError(path: path, reason: String(cString: strerror(errno)))
+        }
+        if n == 0 { break }
+        result.append(contentsOf: chunk[0..<n])
+        if result.count > limit {
+            throw CertificateLoadError(path: path, reason: "file is larger than \(limit) bytes")
+        }
+    }
+    return result
+}
+
+/// A problem with one file or lineage, naming the file and the reason.
+public struct CertificateLoadError: Error, CustomStringConvertible, Sendable, Hashable {
+    public var path: String
+    public var reason: String
+    public var description: String { "\(self.path): \(self.reason)" }
+}
+
+extension CertificateSource {
+    /// The lineages this source holds right now.
+    ///
+    /// A source whose root is missing or unreadable throws; lineages whose files
+    /// are incomplete are still listed so validation reports them by name.
+    public func scan() throws -> [LineageFiles] {
+        switch self {
+        case .pair(let name, let cert, let key):
+            return [LineageFiles(name: name, source: self, certificatePath: cert, keyPath: key)]
+        case .kubernetes(let path):
+            var isDir = false
+            guard fileExists(path, isDirectory: &isDir) else {
+                throw CertificateLoadError(path: path, reason: "no such directory")
+            }
+            guard isDir else { throw CertificateLoadError(path: path, reason: "not a directory") }
+            let name = path.split(separator: "/").last.map(String.init) ?? path
+            return [LineageFiles(name: name, source: self, certificatePath: path + "/tls.crt", keyPath: path + "/tls.key")]
+        case .certbot(let path):
+            let live = certbotLiveDirectory(path)
+            var isDir = false
+            guard fileExists(live, isDirectory: &isDir) else {
+                throw CertificateLoadError(path: live, reason: "no such directory")
+            }
+            guard isDir else { throw CertificateLoadError(path: live, reason: "not a directory") }
+            var result: [LineageFiles] = []
+            for name in try listDirectory(live) {
+                let dir = live + "/" + name
+                var sub = false
+                guard fileExists(dir, isDirectory: &sub), sub else { continue }
+                let entries = (try? listDirectory(dir)) ?? []
+                let busy = entries.contains { $0.hasPrefix("previous_") }
+                result.append(LineageFiles(
+                    name: name, source: self,
+                    certificatePath: dir + "/fullchain.pem", keyPath: dir + "/privkey.pem",
+                    busyReason: busy ? "certbot renewal in progress (previous_*.pem present)" : nil
+                ))
+            }
+            return result
+        case .directory(let path):
+            var isDir = false
+            guard fileExists(path, isDirectory: &isDir) else {
+                throw CertificateLoadError(path: path, reason: "no such directory")
+            }
+            guard isDir else { throw CertificateLoadError(path: path, reason: "not a directory") }
+            let names = try listDirectory(path).filter { !$0.hasPrefix(".") }
+            let set = Set(names)
+            var result: [LineageFiles] = []
+            for file in names {
+                if file.hasSuffix(".crt") {
+                    let base = String(file.dropLast(4))
+                    let key = set.contains(base + ".key") ? base + ".key" : base + ".key"
+                    result.append(LineageFiles(name: base, source: self, certificatePath: path + "/" + file, keyPath: path + "/" + key))
+                } else if file.hasSuffix(".pem") {
+                    let base = String(file.dropLast(4))
+                    if set.contains(base + ".crt") { continue }
+                    result.append(LineageFiles(name: base, source: self, certificatePath: path + "/" + file, keyPath: path + "/" + file))
+                }
+            }
+            return result
+        }
+    }
+}

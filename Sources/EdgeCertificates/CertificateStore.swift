@@ -1,0 +1,258 @@
+import Atomics
+import EdgeTLS
+import Logging
+import NIOConcurrencyHelpers
+
+/// Configuration of a certificate set.
+public struct CertificateSetConfiguration: Sendable {
+    public var sources: [CertificateSource]
+    public var defaultName: String?
+    public var strictSNI: Bool
+    /// The protocol policies of the listeners that serve this set; a snapshot
+    /// holds one context per lineage and policy.
+    public var policies: [TLSServerPolicy]
+
+    public init(sources: [CertificateSource], defaultName: String? = nil, strictSNI: Bool = false, policies: [TLSServerPolicy]) {
+        self.sources = sources
+        self.defaultName = defaultName
+        self.strictSNI = strictSNI
+        self.policies = policies
+    }
+}
+
+/// A rejected version of a lineage (or an unreadable source), kept for status output.
+public struct CertificateProblem: Sendable, Hashable {
+    public var name: String
+    public var error: String
+    /// Seconds since the epoch when the problem was first seen.
+    public var since: Int64
+    /// True when an older version of this lineage is still being served.
+    public var servingPrevious: Bool
+}
+
+/// Outcome of one reload.
+public struct ReloadReport: Sendable {
+    public var generation: Int
+    /// True when a new snapshot was published.
+    public var published: Bool
+    public var added: [String]
+    public var updated: [String]
+    public var removed: [String]
+    public var problems: [CertificateProblem]
+}
+
+/// The current certificate snapshot, its sources and its reload logic.
+///
+/// Reloads are serialised by a lock; readers never take it: the servername
+/// callback only does one atomic load of `current`.
+public final class CertificateStore: Sendable {
+    public let configuration: CertificateSetConfiguration
+    private let current: ManagedAtomic<CertificateSnapshot>
+    private let state: NIOLockedValueBox<ReloadState>
+    private let logger: Logger
+
+    private struct ReloadState {
+        var generation = 0
+        var problems: [String: CertificateProblem] = [:]
+        var lastReload: Int64 = 0
+        var lastReloadResult = "never"
+    }
+
+    /// Loads every source once. Throws when nothing at all can be served, or when
+    /// `requireAll` is set and any lineage fails (startup of explicit pairs).
+    public init(configuration: CertificateSetConfiguration, logger: Logger, requireAll: Bool = false) throws {
+        self.configuration = configuration
+        self.logger = logger
+        let now = currentEpochSeconds()
+        var loaded: [LoadedLineage] = []
+        var problems: [String: CertificateProblem] = [:]
+        for source in configuration.sources {
+            let files: [LineageFiles]
+            do {
+                files = try source.scan()
+            } catch {
+                if requireAll { throw error }
+                problems[source.description] = CertificateProblem(name: source.description, error: "\(error)", since: now, servingPrevious: false)
+                continue
+            }
+            for file in files {
+                do {
+                    loaded.append(try LineageLoader.load(file, now: now))
+                } catch {
+                    if requireAll { throw error }
+                    problems[file.name] = CertificateProblem(name: file.name, error: "\(error)", since: now, servingPrevious: false)
+                }
+            }
+        }
+        if loaded.isEmpty {
+            let reasons = problems.values.map(\.error).sorted().joined(separator: "; ")
+            throw CertificateLoadError(
+                path: configuration.sources.map(\.description).joined(separator: ", "),
+                reason: "no usable certificate" + (reasons.isEmpty ? "" : ": " + reasons)
+            )
+        }
+        if let name = configuration.defaultName, !loaded.contains(where: { $0.name == name }) {
+            throw CertificateLoadError(path: "certificates.default", reason: "no lineage named '\(name)' was loaded")
+        }
+        let snapshot = try CertificateSnapshot(
+            generation: 1, lineages: loaded, policies: configuration.policies,
+            defaultName: configuration.defaultName, strictSNI: configuration.strictSNI
+        )
+        self.current = ManagedAtomic(snapshot)
+        self.state = NIOLockedValueBox(ReloadState(generation: 1, problems: problems, lastReload: now, lastReloadResult: "loaded"))
+        for problem in problems.values.sorted(by: { $0.name < $1.name }) {
+            logger.error("certificate rejected", metadata: ["lineage": "\(problem.name)", "error": "\(problem.error)"])
+        }
+        self.logConflicts(snapshot)
+    }
+
+    /// The snapshot serving new handshakes now.
+    public var snapshot: CertificateSnapshot { self.current.load(ordering: .acquiring) }
+
+    /// Current problems (rejected versions, unreadable sources).
+    public var problems: [CertificateProblem] {
+        self.state.withLockedValue { Array($0.problems.values).sorted { $0.name < $1.name } }
+    }
+
+    public var lastReload: (time: Int64, result: String) {
+        self.state.withLockedValue { ($0.lastReload, $0.lastReloadResult) }
+    }
+
+    /// A selector for one listener's policy, to hand to `TLSContext.listener`.
+    public func selector(policyIndex: Int) -> any ServerNameSelector {
+        precondition(policyIndex < self.configuration.policies.count)
+        return StoreSelector(store: self, policyIndex: policyIndex)
+    }
+
+    /// Re-reads every source; publishes a new snapshot if anything changed.
+    ///
+    /// A lineage that fails keeps its last good version; a version that is expired
+    /// or not yet valid never replaces a valid one. Each distinct failure is logged once.
+    @discardableResult
+    public func reload(reason: String) -> ReloadReport {
+        self.state.withLockedValue { state in
+            let now = currentEpochSeconds()
+            let old = self.current.load(ordering: .acquiring)
+            var byName: [String: LoadedLineage] = [:]
+            for lineage in old.lineages { byName[lineage.name] = lineage }
+            var next: [LoadedLineage] = []
+            var seen = Set<String>()
+            var problems: [String: CertificateProblem] = [:]
+            var added: [String] = [], updated: [String] = []
+            for source in self.configuration.sources {
+                let files: [LineageFiles]
+                do {
+                    files = try source.scan()
+                } catch {
+                    // An unreadable source root keeps serving what it served.
+                    let kept = old.lineages.filter { $0.files.source == source }
+                    next.append(contentsOf: kept)
+                    kept.forEach { seen.insert($0.name) }
+                    problems[source.description] = CertificateProblem(
+                        name: source.description, error: "\(error)", since: state.problems[source.description]?.since ?? now,
+                        servingPrevious: !kept.isEmpty
+                    )
+                    continue
+                }
+                for file in files where !seen.contains(file.name) {
+                    seen.insert(file.name)
+                    let previous = byName[file.name]
+                    if let previous, previous.files == file, let hash = LineageLoader.contentHash(file), hash == previous.contentHash {
+                        next.append(previous)
+                        continue
+                    }
+                    do {
+                        let candidate = try LineageLoader.load(file, now: now)
+                        if let previous, previous.contentHash == candidate.contentHash {
+                            next.append(previous)
+                            continue
+                        }
+                        if let previous, Self.isCurrentlyValid(previous.leaf, now: now), !Self.isCurrentlyValid(candidate.leaf, now: now) {
+                            let window = candidate.leaf.notAfter < now ? "expired" : "not yet valid"
+                            throw CertificateLoadError(
+                                path: file.certificatePath,
+                                reason: "new certificate (serial \(candidate.leaf.serialNumberHex)) is \(window); keeping the valid one"
+                            )
+                        }
+                        next.append(candidate)
+                        if previous == nil { added.append(file.name) } else { updated.append(file.name) }
+                    } catch {
+                        if let previous { next.append(previous) }
+                        problems[file.name] = CertificateProblem(
+                            name: file.name, error: "\(error)", since: state.problems[file.name]?.since ?? now,
+                            servingPrevious: previous != nil
+                        )
+                    }
+                }
+            }
+            let removed = old.lineages.map(\.name).filter { !seen.contains($0) }
+            // Log each distinct failure once.
+            for (name, problem) in problems.sorted(by: { $0.key < $1.key }) where state.problems[name]?.error != problem.error {
+                self.logger.error("certificate rejected", metadata: [
+                    "lineage": "\(name)", "error": "\(problem.error)",
+                    "serving": "\(problem.servingPrevious ? "previous version" : "nothing for this lineage")",
+                ])
+            }
+            for name in state.problems.keys where problems[name] == nil {
+                self.logger.info("certificate problem resolved", metadata: ["lineage": "\(name)"])
+            }
+            state.problems = problems
+            state.lastReload = now
+            let changed = !added.isEmpty || !updated.isEmpty || !removed.isEmpty
+            guard changed, !next.isEmpty else {
+                state.lastReloadResult = problems.isEmpty ? "unchanged" : "rejected"
+                return ReloadReport(generation: old.generation, published: false, added: [], updated: [], removed: [], problems: Array(problems.values))
+            }
+            do {
+                let defaultName = next.contains { $0.name == self.configuration.defaultName } ? self.configuration.defaultName : nil
+                let snapshot = try CertificateSnapshot(
+                    generation: state.generation + 1, lineages: next, policies: self.configuration.policies,
+                    defaultName: defaultName, strictSNI: self.configuration.strictSNI
+                )
+                state.generation += 1
+                self.current.store(snapshot, ordering: .releasing)
+                state.lastReloadResult = problems.isEmpty ? "published" : "published with rejections"
+                self.logger.info("certificates published", metadata: [
+                    "generation": "\(snapshot.generation)", "reason": "\(reason)",
+                    "added": "\(added)", "updated": "\(updated)", "removed": "\(removed)",
+                    "serials": "\(next.filter { added.contains($0.name) || updated.contains($0.name) }.map { "\($0.name)=\($0.leaf.serialNumberHex)" })",
+                ])
+                self.logConflicts(snapshot)
+                return ReloadReport(generation: snapshot.generation, published: true, added: added, updated: updated, removed: removed, problems: Array(problems.values))
+            } catch {
+                state.lastReloadResult = "failed: \(error)"
+                self.logger.error("certificate snapshot not built", metadata: ["error": "\(error)"])
+                return ReloadReport(generation: old.generation, published: false, added: [], updated: [], removed: [], problems: Array(problems.values))
+            }
+        }
+    }
+
+    private func logConflicts(_ snapshot: CertificateSnapshot) {
+        for conflict in snapshot.conflicts {
+            self.logger.warning("server name claimed by several certificates", metadata: [
+                "name": "\(conflict.name)", "serving": "\(conflict.winner)", "ignored": "\(conflict.losers)",
+            ])
+        }
+    }
+
+    static func isCurrentlyValid(_ cert: X509Certificate, now: Int64) -> Bool {
+        cert.notBefore <= now && now < cert.notAfter
+    }
+}
+
+/// Adapts the store to one listener's policy for the servername callback.
+private final class StoreSelector: ServerNameSelector {
+    let store: CertificateStore
+    let policyIndex: Int
+
+    init(store: CertificateStore, policyIndex: Int) {
+        self.store = store
+        self.policyIndex = policyIndex
+    }
+
+    func select(serverName: String?) -> ServerNameSelection {
+        // One atomic load; the snapshot (and so the context) stays alive until
+        // the callback has handed it to SSL_set_SSL_CTX.
+        self.store.snapshot.select(serverName: serverName, policy: self.policyIndex)
+    }
+}

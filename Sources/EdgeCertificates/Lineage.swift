@@ -1,0 +1,110 @@
+import EdgeTLS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One validated version of a lineage: its chain, key and metadata.
+///
+/// Immutable; shared by every snapshot that serves this version.
+public final class LoadedLineage: Sendable {
+    public let name: String
+    public let files: LineageFiles
+    public let chain: [X509Certificate]
+    let key: PrivateKey
+    /// SHA-256 over the certificate and key files: unchanged content, same version.
+    public let contentHash: String
+    /// Names this lineage can serve (DNS SANs, or the CN when there is no SAN).
+    public let serverNames: [String]
+    /// When this version was loaded (seconds since the epoch).
+    public let loadedAt: Int64
+
+    init(files: LineageFiles, chain: [X509Certificate], key: PrivateKey, contentHash: String, loadedAt: Int64) {
+        self.name = files.name
+        self.files = files
+        self.chain = chain
+        self.key = key
+        self.contentHash = contentHash
+        self.loadedAt = loadedAt
+        let sans = chain[0].dnsNames
+        if sans.isEmpty, let cn = chain[0].commonName {
+            self.serverNames = [cn.lowercased()]
+        } else {
+            self.serverNames = sans
+        }
+    }
+
+    public var leaf: X509Certificate { self.chain[0] }
+}
+
+/// Reads and validates one lineage's files.
+///
+/// Every check runs before anything is published: the PEMs parse, the key
+/// matches the leaf, each chain certificate issued the one before it.
+enum LineageLoader {
+    static func load(_ files: LineageFiles, now: Int64) throws -> LoadedLineage {
+        if let busy = files.busyReason {
+            throw CertificateLoadError(path: parentDirectory(files.certificatePath), reason: busy)
+        }
+        let certBytes = try readFile(files.certificatePath)
+        let keyBytes = files.keyPath == files.certificatePath ? certBytes : try readFile(files.keyPath)
+        let certBundle: PEMBundle
+        do {
+            certBundle = try PEMBundle.parse(certBytes)
+        } catch let error as TLSError {
+            throw CertificateLoadError(path: files.certificatePath, reason: error.reason)
+        }
+        guard !certBundle.certificates.isEmpty else {
+            throw CertificateLoadError(path: files.certificatePath, reason: "no CERTIFICATE block found (not a PEM certificate file)")
+        }
+        let key: PrivateKey
+        if files.keyPath == files.certificatePath {
+            guard let k = certBundle.key else {
+                throw CertificateLoadError(path: files.keyPath, reason: "no private key in the file (expected a PRIVATE KEY block after the chain)")
+            }
+            key = k
+        } else {
+            do {
+                guard let k = try PEMBundle.parse(keyBytes).key else {
+                    throw CertificateLoadError(path: files.keyPath, reason: "no PRIVATE KEY block found (not a PEM private key file)")
+                }
+                key = k
+            } catch let error as TLSError {
+                throw CertificateLoadError(path: files.keyPath, reason: error.reason)
+            }
+        }
+        let chain = certBundle.certificates
+        guard keyMatches(key, certificate: chain[0]) else {
+            throw CertificateLoadError(
+                path: files.keyPath,
+                reason: "private key does not match the certificate in \(files.certificatePath) (serial \(chain[0].serialNumberHex))"
+            )
+        }
+        for index in chain.indices.dropFirst() where !chain[index - 1].isIssued(by: chain[index]) {
+            throw CertificateLoadError(
+                path: files.certificatePath,
+                reason: "chain out of order: certificate \(index + 1) (\(chain[index].subject)) did not issue certificate \(index) (\(chain[index - 1].subject))"
+            )
+        }
+        let hash = sha256Hex(certBytes + Array(files.certificatePath.utf8) + keyBytes)
+        return LoadedLineage(files: files, chain: chain, key: key, contentHash: hash, loadedAt: now)
+    }
+
+    /// Just the content hash, to skip rebuilding unchanged lineages.
+    static func contentHash(_ files: LineageFiles) -> String? {
+        guard files.busyReason == nil, let cert = try? readFile(files.certificatePath) else { return nil }
+        let key = files.keyPath == files.certificatePath ? cert : ((try? readFile(files.keyPath)) ?? [])
+        return sha256Hex(cert + Array(files.certificatePath.utf8) + key)
+    }
+}
+
+func currentEpochSeconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec)
+}
+
+extension LoadedLineage {
+    /// The key, for configuring a client context (mutual TLS towards upstreams).
+    /// Never logged or serialised.
+    public var privateKeyForClientUse: PrivateKey { self.key }
+}

@@ -1,0 +1,313 @@
+import Yams
+
+/// The whole configuration file. Every key is documented in README.md.
+public struct GatewayConfig: Decodable, Sendable {
+    public var listeners: [ListenerConfig]
+    public var upstreams: [String: UpstreamConfig]
+    public var routes: [RouteConfig]
+    public var certificates: CertificatesConfig?
+    public var admin: AdminConfig
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    public var shutdownGracePeriod: Duration
+    /// Event loops; default: one per core.
+    public var workers: Int?
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case listeners, upstreams, routes, certificates, admin
+        case shutdownGracePeriod = "shutdown_grace_period"
+        case workers
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.listeners = try c.decode([ListenerConfig].self, forKey: .listeners)
+        self.upstreams = try c.decodeIfPresent([String: UpstreamConfig].self, forKey: .upstreams) ?? [:]
+        self.routes = try c.decodeIfPresent([RouteConfig].self, forKey: .routes) ?? []
+        self.certificates = try c.decodeIfPresent(CertificatesConfig.self, forKey: .certificates)
+        self.admin = try c.decodeIfPresent(AdminConfig.self, forKey: .admin) ?? AdminConfig()
+        self.shutdownGracePeriod = try c.decodeIfPresent(Duration.self, forKey: .shutdownGracePeriod) ?? .seconds(10)
+        self.workers = try c.decodeIfPresent(Int.self, forKey: .workers)
+    }
+
+    /// Parses YAML text; errors name the key path.
+    public static func parse(yaml: String) throws -> GatewayConfig {
+        do {
+            return try YAMLDecoder().decode(GatewayConfig.self, from: yaml)
+        } catch {
+            throw describe(decodingError: error)
+        }
+    }
+}
+
+public struct ListenerConfig: Decodable, Sendable {
+    public var name: String
+    public var address: String
+    public var tls: ListenerTLSConfig?
+    public var timeouts: ListenerTimeouts
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    public var maxRequestHeadBytes: Int
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case name, address, tls, timeouts
+        case maxRequestHeadBytes = "max_request_head_bytes"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.name = try c.decode(String.self, forKey: .name)
+        self.address = try c.decode(String.self, forKey: .address)
+        self.tls = try c.decodeIfPresent(ListenerTLSConfig.self, forKey: .tls)
+        self.timeouts = try c.decodeIfPresent(ListenerTimeouts.self, forKey: .timeouts) ?? ListenerTimeouts()
+        self.maxRequestHeadBytes = try c.decodeIfPresent(Int.self, forKey: .maxRequestHeadBytes) ?? 32 * 1024
+    }
+}
+
+public struct ListenerTimeouts: Decodable, Sendable {
+    /// A client must finish its TLS handshake within this.
+    public var handshake: Duration = .seconds(10)
+    /// A client must send a complete request head within this (else 408).
+    public var header: Duration = .seconds(30)
+    /// An idle keep-alive client connection is closed after this.
+    public var idle: Duration = .seconds(75)
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case handshake, header, idle }
+
+    init() {}
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.handshake = try c.decodeIfPresent(Duration.self, forKey: .handshake) ?? self.handshake
+        self.header = try c.decodeIfPresent(Duration.self, forKey: .header) ?? self.header
+        self.idle = try c.decodeIfPresent(Duration.self, forKey: .idle) ?? self.idle
+    }
+}
+
+public struct ListenerTLSConfig: Decodable, Sendable {
+    /// Chain PEM (leaf first). With `key`, the listener serves this pair only.
+    public var certificate: String?
+    public var key: String?
+    public var minVersion: String?
+    public var alpn: [String]?
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case certificate, key
+        case minVersion = "min_version"
+        case alpn
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.certificate = try c.decodeIfPresent(String.self, forKey: .certificate)
+        self.key = try c.decodeIfPresent(String.self, forKey: .key)
+        self.minVersion = try c.decodeIfPresent(String.self, forKey: .minVersion)
+        self.alpn = try c.decodeIfPresent([String].self, forKey: .alpn)
+    }
+}
+
+public struct UpstreamConfig: Decodable, Sendable {
+    public var backends: [String]
+    public var tls: UpstreamTLSConfig?
+    public var hostHeader: String?
+    public var timeouts: UpstreamTimeoutsConfig
+    public var pool: PoolConfig
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case backends, tls
+        case hostHeader = "host_header"
+        case timeouts, pool
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.backends = try c.decode([String].self, forKey: .backends)
+        self.tls = try c.decodeIfPresent(UpstreamTLSConfig.self, forKey: .tls)
+        self.hostHeader = try c.decodeIfPresent(String.self, forKey: .hostHeader)
+        self.timeouts = try c.decodeIfPresent(UpstreamTimeoutsConfig.self, forKey: .timeouts) ?? UpstreamTimeoutsConfig()
+        self.pool = try c.decodeIfPresent(PoolConfig.self, forKey: .pool) ?? PoolConfig()
+    }
+}
+
+public struct UpstreamTLSConfig: Decodable, Sendable {
+    public var sni: String?
+    public var verifyCert: Bool
+    public var verifyHostname: Bool
+    public var caFile: String?
+    public var alternativeCN: String?
+    public var clientCertificate: String?
+    public var clientKey: String?
+    public var minVersion: String?
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case sni
+        case verifyCert = "verify_cert"
+        case verifyHostname = "verify_hostname"
+        case caFile = "ca_file"
+        case alternativeCN = "alternative_cn"
+        case clientCertificate = "client_certificate"
+        case clientKey = "client_key"
+        case minVersion = "min_version"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.sni = try c.decodeIfPresent(String.self, forKey: .sni)
+        self.verifyCert = try c.decodeIfPresent(Bool.self, forKey: .verifyCert) ?? true
+        self.verifyHostname = try c.decodeIfPresent(Bool.self, forKey: .verifyHostname) ?? true
+        self.caFile = try c.decodeIfPresent(String.self, forKey: .caFile)
+        self.alternativeCN = try c.decodeIfPresent(String.self, forKey: .alternativeCN)
+        self.clientCertificate = try c.decodeIfPresent(String.self, forKey: .clientCertificate)
+        self.clientKey = try c.decodeIfPresent(String.self, forKey: .clientKey)
+        self.minVersion = try c.decodeIfPresent(String.self, forKey: .minVersion)
+    }
+}
+
+public struct UpstreamTimeoutsConfig: Decodable, Sendable {
+    public var connect: Duration = .seconds(5)
+    public var read: Duration = .seconds(60)
+    public var idle: Duration = .seconds(60)
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case connect, read, idle }
+
+    init() {}
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.connect = try c.decodeIfPresent(Duration.self, forKey: .connect) ?? self.connect
+        self.read = try c.decodeIfPresent(Duration.self, forKey: .read) ?? self.read
+        self.idle = try c.decodeIfPresent(Duration.self, forKey: .idle) ?? self.idle
+    }
+}
+
+public struct PoolConfig: Decodable, Sendable {
+    public var maxIdlePerBackend = 128
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case maxIdlePerBackend = "max_idle_per_backend" }
+
+    init() {}
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.maxIdlePerBackend = try c.decodeIfPresent(Int.self, forKey: .maxIdlePerBackend) ?? self.maxIdlePerBackend
+    }
+}
+
+public struct RouteConfig: Decodable, Sendable {
+    public var host: String?
+    public var pathPrefix: String?
+    public var upstream: String
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case host
+        case pathPrefix = "path_prefix"
+        case upstream
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.host = try c.decodeIfPresent(String.self, forKey: .host)
+        self.pathPrefix = try c.decodeIfPresent(String.self, forKey: .pathPrefix)
+        self.upstream = try c.decode(String.self, forKey: .upstream)
+    }
+}
+
+public struct CertificatesConfig: Decodable, Sendable {
+    public var sources: [CertificateSourceConfig]
+    public var defaultName: String?
+    public var strictSNI: Bool
+    public var watch: WatchConfig
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case sources
+        case defaultName = "default"
+        case strictSNI = "strict_sni"
+        case watch
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.sources = try c.decode([CertificateSourceConfig].self, forKey: .sources)
+        self.defaultName = try c.decodeIfPresent(String.self, forKey: .defaultName)
+        self.strictSNI = try c.decodeIfPresent(Bool.self, forKey: .strictSNI) ?? false
+        self.watch = try c.decodeIfPresent(WatchConfig.self, forKey: .watch) ?? WatchConfig()
+    }
+}
+
+public struct CertificateSourceConfig: Decodable, Sendable {
+    public var certbot: String?
+    public var kubernetes: String?
+    public var directory: String?
+    public var certificate: String?
+    public var key: String?
+    public var name: String?
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case certbot, kubernetes, directory, certificate, key, name }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.certbot = try c.decodeIfPresent(String.self, forKey: .certbot)
+        self.kubernetes = try c.decodeIfPresent(String.self, forKey: .kubernetes)
+        self.directory = try c.decodeIfPresent(String.self, forKey: .directory)
+        self.certificate = try c.decodeIfPresent(String.self, forKey: .certificate)
+        self.key = try c.decodeIfPresent(String.self, forKey: .key)
+        self.name = try c.decodeIfPresent(String.self, forKey: .name)
+        let kinds = [self.certbot, self.kubernetes, self.directory, self.certificate].compactMap { $0 }.count
+        guard kinds == 1 else {
+            throw ConfigError(path: keyPath(decoder.codingPath), message: "a source names exactly one of certbot, kubernetes, directory, or certificate (with key)")
+        }
+        if self.certificate != nil, self.key == nil {
+            throw ConfigError(path: keyPath(decoder.codingPath + [CodingKeys.key]), message: "required with 'certificate'")
+        }
+    }
+}
+
+public struct WatchConfig: Decodable, Sendable {
+    /// Quiet time after the last file event before re-reading.
+    public var debounce: Duration = .milliseconds(200)
+    /// Full rescan period, for file systems without inotify and lost events.
+    public var rescanInterval: Duration = .seconds(60)
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case debounce
+        case rescanInterval = "rescan_interval"
+    }
+
+    init() {}
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.debounce = try c.decodeIfPresent(Duration.self, forKey: .debounce) ?? self.debounce
+        self.rescanInterval = try c.decodeIfPresent(Duration.self, forKey: .rescanInterval) ?? self.rescanInterval
+    }
+}
+
+public struct AdminConfig: Decodable, Sendable {
+    public var address: String = "127.0.0.1:9901"
+    /// Binding the admin listener beyond loopback needs this explicit opt-in.
+    public var allowNonLoopback = false
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case address
+        case allowNonLoopback = "allow_non_loopback"
+    }
+
+    init() {}
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.address = try c.decodeIfPresent(String.self, forKey: .address) ?? self.address
+        self.allowNonLoopback = try c.decodeIfPresent(Bool.self, forKey: .allowNonLoopback) ?? false
+    }
+}

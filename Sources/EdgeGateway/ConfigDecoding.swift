@@ -1,0 +1,148 @@
+import Yams
+
+/// A configuration problem, naming the key path and the reason.
+public struct ConfigError: Error, CustomStringConvertible, Sendable, Hashable {
+    public var path: String
+    public var message: String
+
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
+
+    public var description: String { self.path.isEmpty ? self.message : "\(self.path): \(self.message)" }
+}
+
+struct AnyKey: CodingKey {
+    var stringValue: String
+    var intValue: Int?
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) {
+        self.stringValue = "\(intValue)"
+        self.intValue = intValue
+    }
+}
+
+func keyPath(_ path: [any CodingKey]) -> String {
+    var result = ""
+    for key in path {
+        if let index = key.intValue {
+            result += "[\(index)]"
+        } else {
+            result += result.isEmpty ? key.stringValue : "." + key.stringValue
+        }
+    }
+    return result
+}
+
+extension Decoder {
+    /// Rejects keys the type does not know, so a typo is an error and never ignored.
+    func rejectUnknownKeys<K: CodingKey & CaseIterable>(_ known: K.Type) throws {
+        guard let container = try? self.container(keyedBy: AnyKey.self) else { return }
+        let allowed = K.allCases.map(\.stringValue)
+        for key in container.allKeys where !allowed.contains(key.stringValue) {
+            let hint = allowed.min { editDistance($0, key.stringValue) < editDistance($1, key.stringValue) }
+            var message = "unknown key '\(key.stringValue)'"
+            if let hint, editDistance(hint, key.stringValue) <= 2 { message += " (did you mean '\(hint)'?)" }
+            message += "; allowed: \(allowed.joined(separator: ", "))"
+            throw ConfigError(path: keyPath(self.codingPath + [key]), message: message)
+        }
+    }
+}
+
+private func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    var previous = Array(0...b.count)
+    for i in 1...max(a.count, 1) where !a.isEmpty {
+        var current = [i] + Array(repeating: 0, count: b.count)
+        for j in 1...max(b.count, 1) where !b.isEmpty {
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        previous = current
+    }
+    return a.isEmpty ? b.count : previous[b.count]
+}
+
+/// A time span written like `200ms`, `10s`, `5m`, `12h` or a number of seconds.
+public struct Duration: Decodable, Sendable, Hashable, CustomStringConvertible {
+    public var nanoseconds: Int64
+
+    public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
+    public static func seconds(_ s: Int64) -> Duration { Duration(nanoseconds: s * 1_000_000_000) }
+    public static func milliseconds(_ ms: Int64) -> Duration { Duration(nanoseconds: ms * 1_000_000) }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let seconds = try? container.decode(Double.self) {
+            self.nanoseconds = Int64(seconds * 1e9)
+            return
+        }
+        let text = try container.decode(String.self)
+        guard let parsed = Duration.parse(text) else {
+            throw ConfigError(path: keyPath(decoder.codingPath), message: "invalid duration '\(text)' (use e.g. 500ms, 10s, 5m, 12h)")
+        }
+        self = parsed
+    }
+
+    public static func parse(_ text: String) -> Duration? {
+        let units: [(String, Double)] = [("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9), ("d", 86400e9)]
+        let trimmed = text.trimmingCharacters(in: " ")
+        for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
+            let number = trimmed.dropLast(suffix.count)
+            // "ms" must not be read as minutes + "s".
+            if suffix == "s", number.hasSuffix("m") { continue }
+            guard let value = Double(number), value >= 0 else { return nil }
+            return Duration(nanoseconds: Int64(value * scale))
+        }
+        if let value = Double(trimmed), value >= 0 { return Duration(nanoseconds: Int64(value * 1e9)) }
+        return nil
+    }
+
+    public var description: String {
+        if self.nanoseconds % 1_000_000_000 == 0 { return "\(self.nanoseconds / 1_000_000_000)s" }
+        return "\(self.nanoseconds / 1_000_000)ms"
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: Character) -> String {
+        var s = Substring(self)
+        while s.first == set { s.removeFirst() }
+        while s.last == set { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// Turns Yams and Decodable errors into one line naming the key.
+func describe(decodingError error: any Error) -> ConfigError {
+    switch error {
+    case let error as ConfigError:
+        return error
+    case let DecodingError.keyNotFound(key, context):
+        return ConfigError(path: keyPath(context.codingPath + [key]), message: "required key is missing")
+    case let DecodingError.typeMismatch(type, context):
+        return ConfigError(path: keyPath(context.codingPath), message: "expected \(friendly(type))")
+    case let DecodingError.valueNotFound(type, context):
+        return ConfigError(path: keyPath(context.codingPath), message: "expected \(friendly(type)), found nothing")
+    case let DecodingError.dataCorrupted(context):
+        if let underlying = context.underlyingError as? ConfigError { return underlying }
+        return ConfigError(path: keyPath(context.codingPath), message: context.debugDescription)
+    case let error as YamlError:
+        return ConfigError(path: "", message: "invalid YAML: \(error)")
+    default:
+        return ConfigError(path: "", message: "\(error)")
+    }
+}
+
+private func friendly(_ type: Any.Type) -> String {
+    switch type {
+    case is String.Type: return "a string"
+    case is Int.Type, is Double.Type: return "a number"
+    case is Bool.Type: return "true or false"
+    default:
+        let name = "\(type)"
+        if name.hasPrefix("Array") { return "a list" }
+        if name.hasPrefix("Dictionary") { return "a mapping" }
+        return "a mapping (\(name))"
+    }
+}

@@ -1,0 +1,340 @@
+import EdgeCertificates
+import EdgeProxy
+import EdgeTLS
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOHTTP1
+import NIOPosix
+
+/// Every problem found in a configuration, one line each.
+public struct ConfigProblems: Error, CustomStringConvertible, Sendable {
+    public var problems: [String]
+    public var description: String { self.problems.joined(separator: "\n") }
+}
+
+/// Parses `host:port`, `[v6]:port` or `:port`.
+public func parseAddress(_ text: String) throws -> (host: String, port: Int) {
+    var host: Substring
+    var portText: Substring
+    if text.hasPrefix("[") {
+        guard let end = text.firstIndex(of: "]"), text[text.index(after: end)...].hasPrefix(":") else {
+            throw ConfigError(path: "", message: "invalid address '\(text)' (expected [ipv6]:port)")
+        }
+        host = text[text.index(after: text.startIndex)..<end]
+        portText = text[text.index(end, offsetBy: 2)...]
+    } else {
+        guard let colon = text.lastIndex(of: ":") else {
+            throw ConfigError(path: "", message: "invalid address '\(text)' (expected host:port)")
+        }
+        host = text[..<colon]
+        portText = text[text.index(after: colon)...]
+    }
+    guard let port = Int(portText), (0...65535).contains(port) else {
+        throw ConfigError(path: "", message: "invalid port in '\(text)'")
+    }
+    if host.isEmpty { host = "0.0.0.0" }
+    return (String(host), port)
+}
+
+/// One listener, ready to bind.
+struct ListenerPlan: Sendable {
+    var name: String
+    var host: String
+    var port: Int
+    var address: SocketAddress
+    var tlsContext: TLSContext?
+    var handshakeTimeout: TimeAmount
+    var headerTimeout: TimeAmount
+    var idleTimeout: TimeAmount
+    var maxHeadBytes: Int
+}
+
+extension Duration {
+    var timeAmount: TimeAmount { .nanoseconds(self.nanoseconds) }
+}
+
+/// The configured gateway: validated, with every object built, not yet serving.
+///
+/// `prepare` does all checks `check` reports (files, keys, addresses,
+/// references) before a single port is bound.
+public final class Gateway: Sendable {
+    public let config: GatewayConfig
+    let listeners: [ListenerPlan]
+    let router: Router
+    /// Every certificate store (the shared set and one per explicit pair).
+    public let stores: [CertificateStore]
+    /// The shared certificate set, if `certificates` is configured.
+    public let sharedStore: CertificateStore?
+    let adminAddress: SocketAddress
+    let logger: Logger
+    let state = NIOLockedValueBox(RunState())
+    public let startTime = currentTime()
+
+    struct RunState {
+        var serverChannels: [String: Channel] = [:]
+        var adminChannel: Channel?
+        var ready = false
+        var quiescing: ServerQuiescingHelper?
+        var pools: PoolRegistry?
+    }
+
+    /// Validates `config` and builds every object it describes; paths are relative to `baseDirectory`.
+    public static func prepare(config: GatewayConfig, baseDirectory: String, logger: Logger) throws -> Gateway {
+        try Gateway(config: config, baseDirectory: baseDirectory, logger: logger)
+    }
+
+    private init(config: GatewayConfig, baseDirectory: String, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        var problems: [String] = []
+        func resolve(_ path: String) -> String {
+            path.hasPrefix("/") ? path : (baseDirectory == "." ? path : baseDirectory + "/" + path)
+        }
+
+        // Upstream groups.
+        var groups: [String: UpstreamGroup] = [:]
+        for (name, upstream) in config.upstreams.sorted(by: { $0.key < $1.key }) {
+            let path = "upstreams.\(name)"
+            var backends: [Backend] = []
+            if upstream.backends.isEmpty { problems.append("\(path).backends: needs at least one backend") }
+            for (index, text) in upstream.backends.enumerated() {
+                do {
+                    let (host, port) = try parseAddress(text)
+                    backends.append(try Backend(host: host, port: port))
+                } catch {
+                    problems.append("\(path).backends[\(index)]: \(Self.reason(error))")
+                }
+            }
+            var tls: UpstreamTLS?
+            if let t = upstream.tls {
+                do {
+                    tls = try Self.makeUpstreamTLS(t, backends: backends, path: path + ".tls", resolve: resolve, logger: logger)
+                } catch {
+                    problems.append(Self.reason(error))
+                }
+            }
+            guard !backends.isEmpty else { continue }
+            var timeouts = UpstreamTimeouts()
+            timeouts.connect = upstream.timeouts.connect.timeAmount
+            timeouts.read = upstream.timeouts.read.timeAmount
+            timeouts.idle = upstream.timeouts.idle.timeAmount
+            if upstream.tls == nil || tls != nil {
+                groups[name] = UpstreamGroup(name: name, backends: backends, tls: tls, timeouts: timeouts,
+                                             hostHeader: upstream.hostHeader, maxIdlePerBackend: upstream.pool.maxIdlePerBackend)
+            }
+        }
+
+        // Routes.
+        var routes: [Router.Route] = []
+        for (index, route) in config.routes.enumerated() {
+            guard let group = groups[route.upstream] else {
+                if config.upstreams[route.upstream] == nil {
+                    problems.append("routes[\(index)].upstream: no upstream named '\(route.upstream)' (known: \(config.upstreams.keys.sorted().joined(separator: ", ")))")
+                }
+                continue
+            }
+            if let prefix = route.pathPrefix, !prefix.hasPrefix("/") {
+                problems.append("routes[\(index)].path_prefix: must start with '/'")
+            }
+            routes.append(Router.Route(host: route.host, pathPrefix: route.pathPrefix, upstream: group))
+        }
+        self.router = Router(routes: routes)
+
+        // Certificate policies per listener; the shared set serves every listener without its own pair.
+        var sharedPolicies: [TLSServerPolicy] = []
+        var pending: [(index: Int, policy: TLSServerPolicy, sharedIndex: Int?)] = []
+        var names = Set<String>()
+        for (index, listener) in config.listeners.enumerated() {
+            let path = "listeners[\(index)]"
+            if !names.insert(listener.name).inserted { problems.append("\(path).name: duplicate listener name '\(listener.name)'") }
+            guard let tls = listener.tls else { continue }
+            var policy = TLSServerPolicy()
+            if let alpn = tls.alpn { policy.alpnProtocols = alpn }
+            if let min = tls.minVersion {
+                if let version = TLSVersion(rawValue: min) { policy.minimumVersion = version } else {
+                    problems.append("\(path).tls.min_version: '\(min)' is not one of TLSv1.2, TLSv1.3")
+                }
+            }
+            switch (tls.certificate, tls.key) {
+            case (.some, .some):
+                pending.append((index, policy, nil))
+            case (nil, nil):
+                if config.certificates == nil {
+                    problems.append("\(path).tls: names no certificate/key and there is no 'certificates' section")
+                }
+                if let existing = sharedPolicies.firstIndex(of: policy) {
+                    pending.append((index, policy, existing))
+                } else {
+                    sharedPolicies.append(policy)
+                    pending.append((index, policy, sharedPolicies.count - 1))
+                }
+            default:
+                problems.append("\(path).tls: 'certificate' and 'key' go together")
+            }
+        }
+
+        var stores: [CertificateStore] = []
+        var shared: CertificateStore?
+        if let certificates = config.certificates {
+            var sources: [CertificateSource] = []
+            for (index, source) in certificates.sources.enumerated() {
+                if let path = source.certbot { sources.append(.certbot(resolve(path))) }
+                if let path = source.kubernetes { sources.append(.kubernetes(resolve(path))) }
+                if let path = source.directory { sources.append(.directory(resolve(path))) }
+                if let cert = source.certificate, let key = source.key {
+                    let name = source.name ?? String(cert.split(separator: "/").last ?? "pair\(index)").replacingSuffix(".pem").replacingSuffix(".crt")
+                    sources.append(.pair(name: name, certificate: resolve(cert), key: resolve(key)))
+                }
+            }
+            do {
+                let store = try CertificateStore(
+                    configuration: CertificateSetConfiguration(
+                        sources: sources, defaultName: certificates.defaultName, strictSNI: certificates.strictSNI,
+                        policies: sharedPolicies.isEmpty ? [TLSServerPolicy()] : sharedPolicies
+                    ),
+                    logger: logger
+                )
+                stores.append(store)
+                shared = store
+            } catch {
+                problems.append("certificates: \(Self.reason(error))")
+            }
+        }
+        self.sharedStore = shared
+
+        var listeners: [ListenerPlan] = []
+        for (index, listener) in config.listeners.enumerated() {
+            let path = "listeners[\(index)]"
+            let host: String, port: Int
+            let address: SocketAddress
+            do {
+                (host, port) = try parseAddress(listener.address)
+                address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+            } catch {
+                problems.append("\(path).address: \(Self.reason(error))")
+                continue
+            }
+            var context: TLSContext?
+            if let entry = pending.first(where: { $0.index == index }), let tls = listener.tls {
+                do {
+                    if let sharedIndex = entry.sharedIndex {
+                        if let shared {
+                            context = try TLSContext.listener(policy: entry.policy, selector: shared.selector(policyIndex: sharedIndex))
+                        }
+                    } else if let cert = tls.certificate, let key = tls.key {
+                        let store = try CertificateStore(
+                            configuration: CertificateSetConfiguration(
+                                sources: [.pair(name: listener.name, certificate: resolve(cert), key: resolve(key))],
+                                policies: [entry.policy]
+                            ),
+                            logger: logger, requireAll: true
+                        )
+                        stores.append(store)
+                        context = try TLSContext.listener(policy: entry.policy, selector: store.selector(policyIndex: 0))
+                    }
+                } catch {
+                    problems.append("\(path).tls: \(Self.reason(error))")
+                }
+            }
+            listeners.append(ListenerPlan(
+                name: listener.name, host: host, port: port, address: address, tlsContext: context,
+                handshakeTimeout: listener.timeouts.handshake.timeAmount, headerTimeout: listener.timeouts.header.timeAmount,
+                idleTimeout: listener.timeouts.idle.timeAmount, maxHeadBytes: listener.maxRequestHeadBytes
+            ))
+        }
+        if config.listeners.isEmpty { problems.append("listeners: at least one listener is needed") }
+        if config.routes.isEmpty { problems.append("routes: at least one route is needed") }
+        self.listeners = listeners
+        self.stores = stores
+
+        // Admin endpoint: loopback unless explicitly opened.
+        var adminAddress = try! SocketAddress(ipAddress: "127.0.0.1", port: 9901)
+        do {
+            let (host, port) = try parseAddress(config.admin.address)
+            adminAddress = try SocketAddress.makeAddressResolvingHost(host, port: port)
+            let loopback = host == "localhost" || host.hasPrefix("127.") || host == "::1"
+            if !loopback && !config.admin.allowNonLoopback {
+                problems.append("admin.address: '\(config.admin.address)' is not a loopback address; set admin.allow_non_loopback: true to expose the admin endpoint")
+            } else if !loopback {
+                logger.warning("admin endpoint bound beyond loopback", metadata: ["address": "\(config.admin.address)"])
+            }
+        } catch {
+            problems.append("admin.address: \(Self.reason(error))")
+        }
+        self.adminAddress = adminAddress
+        if !problems.isEmpty { throw ConfigProblems(problems: problems) }
+    }
+
+    static func reason(_ error: Error) -> String {
+        switch error {
+        case let e as ConfigError: return e.description
+        case let e as CertificateLoadError: return e.description
+        case let e as TLSError: return e.description
+        case let e as ConfigProblems: return e.description
+        default: return "\(error)"
+        }
+    }
+
+    private static func makeUpstreamTLS(_ t: UpstreamTLSConfig, backends: [Backend], path: String, resolve: (String) -> String, logger: Logger) throws -> UpstreamTLS {
+        var configuration = TLSClientConfiguration()
+        configuration.verifyCertificate = t.verifyCert
+        configuration.caFile = t.caFile.map(resolve)
+        if let min = t.minVersion {
+            guard let version = TLSVersion(rawValue: min) else {
+                throw ConfigError(path: path + ".min_version", message: "'\(min)' is not one of TLSv1.2, TLSv1.3")
+            }
+            configuration.minimumVersion = version
+        }
+        if let cert = t.clientCertificate {
+            guard let key = t.clientKey else { throw ConfigError(path: path + ".client_key", message: "required with client_certificate") }
+            let loaded = try loadClientPair(.pair(name: "client", certificate: resolve(cert), key: resolve(key)))
+            configuration.clientChain = loaded.chain
+            configuration.clientKey = loaded.key
+        }
+        if !t.verifyCert { logger.warning("upstream certificate verification is OFF", metadata: ["key": "\(path).verify_cert"]) }
+        if t.verifyCert && !t.verifyHostname { logger.warning("upstream hostname verification is OFF", metadata: ["key": "\(path).verify_hostname"]) }
+        // The name to verify never silently disappears: alternative_cn, sni, or the backend's host.
+        let hostNames = Set(backends.map(\.host))
+        var verifyNames: [String] = []
+        if t.verifyCert && t.verifyHostname {
+            if let sni = t.sni, !sni.isEmpty { verifyNames.append(sni) }
+            if let alt = t.alternativeCN, !alt.isEmpty { verifyNames.append(alt) }
+            if verifyNames.isEmpty {
+                guard hostNames.count == 1, let host = hostNames.first else {
+                    throw ConfigError(path: path + ".sni", message: "backends have different hosts; set sni or alternative_cn so the certificate name can be verified")
+                }
+                verifyNames.append(host)
+            }
+        }
+        let serverName = t.sni ?? (hostNames.count == 1 ? hostNames.first : nil)
+        do {
+            let context = try TLSContext.client(configuration: configuration)
+            return UpstreamTLS(context: context, serverName: serverName, verifyNames: verifyNames)
+        } catch let error as TLSError {
+            throw ConfigError(path: path, message: error.description)
+        }
+    }
+}
+
+private func loadClientPair(_ source: CertificateSource) throws -> (chain: [X509Certificate], key: PrivateKey) {
+    let store = try CertificateStore(
+        configuration: CertificateSetConfiguration(sources: [source], policies: [TLSServerPolicy()]),
+        logger: Logger(label: "edge-gateway.client-cert"), requireAll: true
+    )
+    let lineage = store.snapshot.lineages[0]
+    return (lineage.chain, lineage.privateKeyForClientUse)
+}
+
+extension String {
+    func replacingSuffix(_ suffix: String) -> String {
+        self.hasSuffix(suffix) ? String(self.dropLast(suffix.count)) : self
+    }
+}
+
+func currentTime() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

@@ -1,0 +1,156 @@
+import EdgeCertificates
+import EdgeProxy
+import EdgeTLS
+import Logging
+import NIOCore
+import NIOExtras
+import NIOHTTP1
+import NIOPosix
+
+/// One upstream pool per event loop, built once at start and never mutated:
+/// each pool is only touched on its own loop.
+final class PoolRegistry: @unchecked Sendable {
+    // Immutable after init; each UpstreamPool is confined to its event loop.
+    private let pools: [ObjectIdentifier: UpstreamPool]
+
+    init(group: EventLoopGroup) {
+        var pools: [ObjectIdentifier: UpstreamPool] = [:]
+        for loop in group.makeIterator() {
+            pools[ObjectIdentifier(loop)] = UpstreamPool(eventLoop: loop)
+        }
+        self.pools = pools
+    }
+
+    func pool(for loop: EventLoop) -> UpstreamPool {
+        loop.assertInEventLoop()
+        return self.pools[ObjectIdentifier(loop)]!
+    }
+
+    /// Sums a statistic across loops (each read on its own loop).
+    func total(on group: EventLoopGroup, _ stat: @escaping @Sendable (UpstreamPool) -> Int) async -> Int {
+        var sum = 0
+        for loop in group.makeIterator() {
+            let value = try? await loop.submit { stat(self.pools[ObjectIdentifier(loop)]!) }.get()
+            sum += value ?? 0
+        }
+        return sum
+    }
+}
+
+extension Gateway {
+    /// Binds every listener and the admin endpoint. Throws with the listener's name on a bind failure.
+    public func start(group: EventLoopGroup) async throws {
+        let quiescing = ServerQuiescingHelper(group: group)
+        let pools = PoolRegistry(group: group)
+        self.state.withLockedValue {
+            $0.quiescing = quiescing
+            $0.pools = pools
+        }
+        for listener in self.listeners {
+            let channel: Channel
+            do {
+                channel = try await self.bind(listener, group: group, quiescing: quiescing, pools: pools)
+            } catch {
+                throw ConfigError(path: "listener '\(listener.name)'", message: "cannot bind \(listener.host):\(listener.port): \(error)")
+            }
+            self.state.withLockedValue { $0.serverChannels[listener.name] = channel }
+            self.logger.info("listening", metadata: [
+                "listener": "\(listener.name)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
+                "tls": "\(listener.tlsContext != nil)",
+            ])
+        }
+        let admin: Channel
+        do {
+            admin = try await self.bindAdmin(group: group, pools: pools)
+        } catch {
+            throw ConfigError(path: "admin.address", message: "cannot bind \(self.config.admin.address): \(error)")
+        }
+        self.state.withLockedValue {
+            $0.adminChannel = admin
+            $0.ready = true
+        }
+        self.logger.info("admin endpoint listening", metadata: ["address": "\(admin.localAddress.map { "\($0)" } ?? "?")"])
+    }
+
+    /// The bound port of a listener (useful with port 0).
+    public func boundPort(listener: String) -> Int? {
+        self.state.withLockedValue { $0.serverChannels[listener]?.localAddress?.port }
+    }
+
+    public var adminPort: Int? {
+        self.state.withLockedValue { $0.adminChannel?.localAddress?.port }
+    }
+
+    public var isReady: Bool { self.state.withLockedValue { $0.ready } }
+
+    /// Upstream connections opened so far, across event loops.
+    public func upstreamConnectionsOpened(group: EventLoopGroup) async -> Int {
+        guard let pools = self.state.withLockedValue({ $0.pools }) else { return 0 }
+        return await pools.total(on: group) { $0.connectionsOpened }
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes what is left.
+    public func shutdown(grace: TimeAmount) async {
+        let (quiescing, admin) = self.state.withLockedValue { state -> (ServerQuiescingHelper?, Channel?) in
+            state.ready = false
+            return (state.quiescing, state.adminChannel)
+        }
+        self.logger.info("draining", metadata: ["grace_period": "\(grace)"])
+        if let quiescing {
+            let loop = admin?.eventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
+            let drained = loop.makePromise(of: Void.self)
+            quiescing.initiateShutdown(promise: drained)
+            let timeout = loop.scheduleTask(in: grace) {
+                drained.fail(ChannelError.ioOnClosedChannel)
+            }
+            do {
+                try await drained.futureResult.get()
+                self.logger.info("drained: every connection finished")
+            } catch {
+                self.logger.warning("grace period over; closing remaining connections")
+            }
+            timeout.cancel()
+        }
+        try? await admin?.close()
+    }
+
+    private func bind(_ listener: ListenerPlan, group: EventLoopGroup, quiescing: ServerQuiescingHelper, pools: PoolRegistry) async throws -> Channel {
+        let router = self.router
+        let logger = self.logger
+        var handshake = TLSHandlerConfiguration()
+        handshake.handshakeTimeout = listener.handshakeTimeout
+        let tlsConfiguration = handshake
+        let plan = listener
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                }
+            }
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let context = plan.tlsContext {
+                        try sync.addHandler(OpenSSLHandler(serverContext: context, configuration: tlsConfiguration))
+                    }
+                    var encoder = HTTPResponseEncoder.Configuration()
+                    encoder.automaticallySetFramingHeaders = false
+                    var limits = NIOHTTPDecoderLimitConfiguration()
+                    limits.maxHeaderListSize = plan.maxHeadBytes
+                    limits.maxHeaderFieldSize = plan.maxHeadBytes
+                    try sync.addHandler(HTTPResponseEncoder(configuration: encoder))
+                    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)))
+                    try sync.addHandler(ProtocolErrorHandler())
+                    try sync.addHandler(RequestHeadTimeoutHandler(headerTimeout: plan.headerTimeout, idleTimeout: plan.idleTimeout))
+                    try sync.addHandler(HTTPServerPipelineHandler())
+                    let info = DownstreamInfo(scheme: plan.tlsContext == nil ? "http" : "https", remoteAddress: channel.remoteAddress, listenerName: plan.name)
+                    try sync.addHandler(ProxyHandler(router: router, pool: pools.pool(for: channel.eventLoop), info: info, logger: logger))
+                }
+            }
+        return try await bootstrap.bind(to: listener.address).get()
+    }
+}

@@ -1,0 +1,44 @@
+import NIOHTTP1
+
+/// Header rewriting for the proxy hop (RFC 9110 §7.6.1).
+enum ProxyHeaders {
+    static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    ]
+
+    /// Removes hop-by-hop headers, including every header named by Connection.
+    static func removeHopByHop(_ headers: inout HTTPHeaders) {
+        var named: [String] = []
+        for value in headers["connection"] {
+            for token in value.split(separator: ",") {
+                let name = token.trimmingSpaces().lowercased()
+                if !name.isEmpty { named.append(name) }
+            }
+        }
+        for name in named { headers.remove(name: name) }
+        for name in hopByHop where headers.contains(name: name) { headers.remove(name: name) }
+    }
+
+    static func isChunked(_ headers: HTTPHeaders) -> Bool {
+        headers["transfer-encoding"].contains { $0.lowercased().contains("chunked") }
+    }
+}
+
+extension Substring {
+    func trimmingSpaces() -> Substring {
+        var s = self
+        while let first = s.first, first == " " || first == "\t" { s.removeFirst() }
+        while let last = s.last, last == " " || last == "\t" { s.removeLast() }
+        return s
+    }
+}
+
+extension HTTPMethod {
+    /// Methods a proxy may replay after a failure on a reused connection (RFC 9110 §9.2.2).
+    var isIdempotent: Bool {
+        switch self {
+        case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: return true
+        default: return false
+        }
+    }
+}

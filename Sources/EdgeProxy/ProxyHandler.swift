@@ -1,0 +1,451 @@
+import EdgeTLS
+import Logging
+import NIOCore
+import NIOHTTP1
+
+/// What the proxy needs to know about the downstream connection.
+public struct DownstreamInfo: Sendable {
+    public var scheme: String
+    public var remoteAddress: SocketAddress?
+    public var listenerName: String
+
+    public init(scheme: String, remoteAddress: SocketAddress?, listenerName: String) {
+        self.scheme = scheme
+        self.remoteAddress = remoteAddress
+        self.listenerName = listenerName
+    }
+
+    var clientIP: String? { self.remoteAddress?.ipAddress }
+}
+
+/// Limits of the proxy path.
+public struct ProxyLimits: Sendable {
+    /// A request body up to this size is kept so the request can be replayed
+    /// once on a fresh connection after a reused one failed before any response byte.
+    public var retryBufferBytes = 64 * 1024
+
+    public init() {}
+}
+
+/// Counters the proxy path keeps, read by status and metrics.
+public protocol ProxyObserver: Sendable {
+    func requestCompleted(listener: String, status: Int)
+}
+
+/// Proxies HTTP/1.1 requests of one downstream connection to upstream groups.
+///
+/// One exchange at a time (`HTTPServerPipelineHandler` serialises pipelined
+/// requests). Bodies stream in both directions: the downstream is not read
+/// while the upstream cannot take more, and the upstream is not read while the
+/// downstream cannot take more.
+public final class ProxyHandler: ChannelDuplexHandler {
+    public typealias InboundIn = HTTPServerRequestPart
+    public typealias OutboundIn = HTTPServerResponsePart
+    public typealias OutboundOut = HTTPServerResponsePart
+
+    private final class Exchange {
+        let request: HTTPRequestHead
+        let upstreamHead: HTTPRequestHead
+        let group: UpstreamGroup
+        let keepAliveDownstream: Bool
+        var connection: UpstreamConnection?
+        var pending: [HTTPClientRequestPart] = []
+        var requestEnded = false
+        var responseStarted = false
+        var responseEnded = false
+        var upstreamKeepAlive = true
+        var attempts = 0
+        var retriedStale = false
+        var backendIndex: Int
+        /// The request body as sent, while it fits the retry buffer; nil once it does not.
+        var replayBody: [ByteBuffer]? = []
+        var replayBytes = 0
+        var readTimer: Scheduled<Void>?
+        var closeDownstreamAfterResponse = false
+        var status = 0
+
+        init(request: HTTPRequestHead, upstreamHead: HTTPRequestHead, group: UpstreamGroup, keepAlive: Bool) {
+            self.request = request
+            self.upstreamHead = upstreamHead
+            self.group = group
+            self.keepAliveDownstream = keepAlive
+            self.backendIndex = group.nextBackendIndex()
+        }
+    }
+
+    private let router: Router
+    private let pool: UpstreamPool
+    private let info: DownstreamInfo
+    private let limits: ProxyLimits
+    private let logger: Logger
+    private let observer: (any ProxyObserver)?
+    private var context: ChannelHandlerContext?
+    private var exchange: Exchange?
+    /// Discard request body parts until `.end` (after a local response).
+    private var discardingBody = false
+    private var readPending = false
+    private var closed = false
+
+    public init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
+        self.router = router
+        self.pool = pool
+        self.info = info
+        self.limits = limits
+        self.logger = logger
+        self.observer = observer
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    // MARK: downstream inbound
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch Self.unwrapInboundIn(data) {
+        case .head(let head):
+            self.receivedHead(head, context: context)
+        case .body(let body):
+            guard let exchange = self.exchange, !self.discardingBody else { return }
+            if var replay = exchange.replayBody {
+                exchange.replayBytes += body.readableBytes
+                if exchange.replayBytes <= self.limits.retryBufferBytes {
+                    replay.append(body)
+                    exchange.replayBody = replay
+                } else {
+                    exchange.replayBody = nil
+                }
+            }
+            if let connection = exchange.connection {
+                connection.write(.body(.byteBuffer(body)))
+            } else {
+                exchange.pending.append(.body(.byteBuffer(body)))
+            }
+        case .end(let trailers):
+            if self.discardingBody {
+                self.discardingBody = false
+                return
+            }
+            guard let exchange = self.exchange else { return }
+            exchange.requestEnded = true
+            if let connection = exchange.connection {
+                connection.write(.end(trailers))
+                connection.flush()
+                self.armReadTimer(exchange)
+                self.finishIfDone(exchange)
+            } else {
+                exchange.pending.append(.end(trailers))
+            }
+        }
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        self.exchange?.connection?.flush()
+        context.fireChannelReadComplete()
+    }
+
+    private func receivedHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        var head = head
+        if head.headers["expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            // Answer 100-continue here so the client streams at once; the upstream
+            // gets the body without the expectation.
+            head.headers.remove(name: "expect")
+            context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+        }
+        guard let group = self.router.route(host: head.headers.first(name: "host"), uri: head.uri) else {
+            self.respondLocally(status: .notFound, message: "no route for this host and path", requestEnded: false, request: head)
+            return
+        }
+        let exchange = Exchange(request: head, upstreamHead: self.upstreamHead(for: head, group: group), group: group, keepAlive: head.isKeepAlive)
+        self.exchange = exchange
+        self.connect(exchange)
+    }
+
+    private func upstreamHead(for head: HTTPRequestHead, group: UpstreamGroup) -> HTTPRequestHead {
+        var headers = head.headers
+        let chunked = ProxyHeaders.isChunked(headers)
+        ProxyHeaders.removeHopByHop(&headers)
+        if chunked { headers.add(name: "transfer-encoding", value: "chunked") }
+        if let ip = self.info.clientIP {
+            if let existing = headers.first(name: "x-forwarded-for") {
+                headers.replaceOrAdd(name: "x-forwarded-for", value: existing + ", " + ip)
+            } else {
+                headers.add(name: "x-forwarded-for", value: ip)
+            }
+        }
+        headers.replaceOrAdd(name: "x-forwarded-proto", value: self.info.scheme)
+        if let host = head.headers.first(name: "host") {
+            headers.replaceOrAdd(name: "x-forwarded-host", value: host)
+        }
+        if let hostHeader = group.hostHeader {
+            headers.replaceOrAdd(name: "host", value: hostHeader)
+        }
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
+    }
+
+    // MARK: upstream connection
+
+    private func connect(_ exchange: Exchange) {
+        exchange.attempts += 1
+        let backend = exchange.group.backends[exchange.backendIndex]
+        self.pool.acquire(group: exchange.group, backend: backend).hop(to: self.pool_eventLoop).whenComplete { result in
+            guard self.exchange === exchange, !self.closed else {
+                if case .success(let connection) = result { self.pool.release(connection, group: exchange.group) }
+                return
+            }
+            switch result {
+            case .success(let connection):
+                self.attach(connection, to: exchange)
+            case .failure(let error):
+                let upstream = error as? UpstreamError
+                // Connect failures move on to the next backend, once around the group.
+                if upstream?.kind == .connectFailed || upstream?.kind == .connectTimeout, exchange.attempts < exchange.group.backends.count {
+                    self.logger.warning("upstream connect failed; trying next backend", metadata: ["upstream": "\(exchange.group.name)", "error": "\(error)"])
+                    exchange.backendIndex = (exchange.backendIndex + 1) % exchange.group.backends.count
+                    self.connect(exchange)
+                    return
+                }
+                self.failExchange(exchange, error: error)
+            }
+        }
+    }
+
+    private var pool_eventLoop: EventLoop { self.context!.eventLoop }
+
+    private func attach(_ connection: UpstreamConnection, to exchange: Exchange) {
+        exchange.connection = connection
+        connection.uses += 1
+        connection.handler.delegate = self
+        connection.write(.head(exchange.upstreamHead))
+        for part in exchange.pending { connection.write(part) }
+        exchange.pending.removeAll()
+        connection.flush()
+        if exchange.requestEnded { self.armReadTimer(exchange) }
+        if self.readPending, connection.isWritable {
+            self.readPending = false
+            self.context?.read()
+        }
+    }
+
+    private func armReadTimer(_ exchange: Exchange) {
+        exchange.readTimer?.cancel()
+        guard let context = self.context else { return }
+        exchange.readTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: exchange.group.timeouts.read) {
+            guard self.exchange === exchange, !exchange.responseEnded else { return }
+            let error = UpstreamError(kind: .readTimeout, backend: exchange.connection.map { "\($0.key.address)" } ?? "?", reason: "no response within the read timeout")
+            exchange.connection?.handler.delegate = nil
+            exchange.connection?.close()
+            exchange.connection = nil
+            self.failExchange(exchange, error: error)
+        }
+    }
+
+    func upstreamReceived(_ part: HTTPClientResponsePart, from connection: UpstreamConnection) {
+        guard let exchange = self.exchange, exchange.connection === connection, let context = self.context else { return }
+        switch part {
+        case .head(let response):
+            exchange.responseStarted = true
+            exchange.upstreamKeepAlive = response.isKeepAlive
+            exchange.status = Int(response.status.code)
+            self.armReadTimer(exchange)
+            context.write(Self.wrapOutboundOut(.head(self.downstreamHead(for: response, exchange: exchange))), promise: nil)
+        case .body(let body):
+            self.armReadTimer(exchange)
+            context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        case .end(let trailers):
+            exchange.readTimer?.cancel()
+            exchange.responseEnded = true
+            context.writeAndFlush(Self.wrapOutboundOut(.end(trailers)), promise: nil)
+            self.observer?.requestCompleted(listener: self.info.listenerName, status: exchange.status)
+            self.finishIfDone(exchange)
+        }
+    }
+
+    private func downstreamHead(for response: HTTPResponseHead, exchange: Exchange) -> HTTPResponseHead {
+        var headers = response.headers
+        ProxyHeaders.removeHopByHop(&headers)
+        let code = response.status.code
+        let noBody = exchange.request.method == .HEAD || code == 204 || code == 304 || (100..<200).contains(code)
+        var close = !exchange.keepAliveDownstream
+        let version = exchange.request.version
+        if !noBody && !headers.contains(name: "content-length") {
+            if version.major == 1 && version.minor >= 1 {
+                headers.add(name: "transfer-encoding", value: "chunked")
+            } else {
+                close = true  // HTTP/1.0: the end of the body is the end of the connection
+            }
+        }
+        if close {
+            exchange.closeDownstreamAfterResponse = true
+            headers.replaceOrAdd(name: "connection", value: "close")
+        } else if version.major == 1 && version.minor == 0 {
+            headers.replaceOrAdd(name: "connection", value: "keep-alive")
+        }
+        return HTTPResponseHead(version: version, status: response.status, headers: headers)
+    }
+
+    /// Ends an exchange once both directions are complete.
+    private func finishIfDone(_ exchange: Exchange) {
+        guard exchange.responseEnded, let context = self.context else { return }
+        guard exchange.requestEnded else {
+            // The upstream answered before the request body ended: neither side can be reused.
+            exchange.connection?.handler.delegate = nil
+            exchange.connection?.close()
+            exchange.connection = nil
+            self.exchange = nil
+            context.close(promise: nil)
+            return
+        }
+        if let connection = exchange.connection {
+            exchange.connection = nil
+            if exchange.upstreamKeepAlive {
+                self.pool.release(connection, group: exchange.group)
+            } else {
+                connection.handler.delegate = nil
+                connection.close()
+            }
+        }
+        self.exchange = nil
+        if exchange.closeDownstreamAfterResponse {
+            context.close(promise: nil)
+        }
+    }
+
+    func upstreamFailed(_ error: Error, from connection: UpstreamConnection) {
+        guard let exchange = self.exchange, exchange.connection === connection else { return }
+        exchange.readTimer?.cancel()
+        exchange.connection = nil
+        connection.close()
+        if !exchange.responseStarted {
+            // A reused connection that died before any response byte: the upstream
+            // closed it while idle. Replay once on a fresh connection when safe.
+            let replayable = exchange.request.method.isIdempotent || (exchange.requestEnded && exchange.replayBody != nil)
+            if connection.uses > 1, !exchange.retriedStale, replayable, exchange.replayBody != nil || !exchange.request.method.isIdempotent || exchange.replayBytes == 0 {
+                exchange.retriedStale = true
+                exchange.pending = (exchange.replayBody ?? []).map { .body(.byteBuffer($0)) }
+                if exchange.requestEnded { exchange.pending.append(.end(nil)) }
+                self.logger.debug("retrying request on a fresh upstream connection", metadata: ["error": "\(error)"])
+                self.connect(exchange)
+                return
+            }
+            self.failExchange(exchange, error: error)
+        } else {
+            // Part of the response is already out: the only honest signal is to close.
+            self.logger.warning("upstream failed mid-response; closing client connection", metadata: [
+                "upstream": "\(exchange.group.name)", "error": "\(error)",
+            ])
+            self.exchange = nil
+            self.context?.close(promise: nil)
+        }
+    }
+
+    func upstreamWritabilityChanged(_ writable: Bool) {
+        if writable, self.readPending, let context = self.context {
+            self.readPending = false
+            context.read()
+        }
+    }
+
+    var downstreamWritable: Bool { self.context?.channel.isWritable ?? false }
+
+    private func failExchange(_ exchange: Exchange, error: Error) {
+        let status: HTTPResponseStatus
+        if let upstream = error as? UpstreamError, upstream.kind == .connectTimeout || upstream.kind == .readTimeout {
+            status = .gatewayTimeout
+        } else {
+            status = .badGateway
+        }
+        self.logger.warning("upstream request failed", metadata: [
+            "upstream": "\(exchange.group.name)", "status": "\(status.code)", "error": "\(error)",
+            "method": "\(exchange.request.method)", "uri": "\(exchange.request.uri)",
+        ])
+        self.exchange = nil
+        self.respondLocally(status: status, message: status == .gatewayTimeout ? "upstream timed out" : "upstream unavailable",
+                            requestEnded: exchange.requestEnded, request: exchange.request)
+    }
+
+    /// Answers from the gateway itself. The rest of an unread request body is
+    /// discarded; a connection whose request was not fully read is closed.
+    private func respondLocally(status: HTTPResponseStatus, message: String, requestEnded: Bool, request: HTTPRequestHead) {
+        guard let context = self.context else { return }
+        let body = context.channel.allocator.buffer(string: "\(status.code) \(status.reasonPhrase): \(message)\n")
+        let close = !requestEnded || !request.isKeepAlive
+        var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", "\(body.readableBytes)")])
+        if close { headers.add(name: "connection", value: "close") }
+        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
+        if request.method != .HEAD {
+            context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        }
+        let done = context.writeAndFlush(Self.wrapOutboundOut(.end(nil)))
+        self.observer?.requestCompleted(listener: self.info.listenerName, status: Int(status.code))
+        if close {
+            self.discardingBody = !requestEnded
+            done.whenComplete { _ in context.close(promise: nil) }
+        } else {
+            self.discardingBody = false
+        }
+    }
+
+    // MARK: downstream outbound and lifecycle
+
+    public func read(context: ChannelHandlerContext) {
+        if let exchange = self.exchange, !self.discardingBody, !exchange.requestEnded {
+            // Hold the client while the upstream is not connected or full.
+            if exchange.connection == nil || !(exchange.connection!.isWritable) {
+                self.readPending = true
+                return
+            }
+        }
+        context.read()
+    }
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            self.exchange?.connection?.resumeRead()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        self.closed = true
+        if let exchange = self.exchange {
+            exchange.readTimer?.cancel()
+            if let connection = exchange.connection {
+                connection.handler.delegate = nil
+                connection.close()
+            }
+            self.exchange = nil
+        }
+        context.fireChannelInactive()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let tls = error as? TLSError {
+            if tls.isUncleanShutdown {
+                // Most HTTP clients close without close_notify; nothing to report.
+            } else if tls.isEOFDuringHandshake {
+                self.logger.debug("client closed during the TLS handshake", metadata: self.peerMetadata)
+            } else {
+                self.logger.warning("TLS handshake failed", metadata: self.peerMetadata.merging(["reason": "\(tls.reason)"]) { a, _ in a })
+            }
+        } else if error is HTTPParserError {
+            self.logger.info("bad request from client", metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a })
+        } else {
+            self.logger.debug("client connection error", metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a })
+        }
+        context.close(promise: nil)
+    }
+
+    private var peerMetadata: Logger.Metadata {
+        ["peer": "\(self.info.remoteAddress.map { "\($0)" } ?? "?")", "listener": "\(self.info.listenerName)"]
+    }
+}
+
+extension ProxyHandler: UpstreamExchangeDelegate {}
+
+@available(*, unavailable)
+extension ProxyHandler: Sendable {}

@@ -1,0 +1,280 @@
+import EdgeTLS
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOTLS
+
+/// Receives one exchange's response parts from an upstream connection.
+protocol UpstreamExchangeDelegate: AnyObject {
+    func upstreamReceived(_ part: HTTPClientResponsePart, from connection: UpstreamConnection)
+    func upstreamFailed(_ error: Error, from connection: UpstreamConnection)
+    func upstreamWritabilityChanged(_ writable: Bool)
+    /// Whether the downstream can take more bytes; upstream reads wait while it cannot.
+    var downstreamWritable: Bool { get }
+}
+
+/// Errors of the upstream side, mapped to 502/504 by the proxy.
+public struct UpstreamError: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable { case connectFailed, connectTimeout, tlsFailed, readTimeout, closedEarly, protocolError }
+    public var kind: Kind
+    public var backend: String
+    public var reason: String
+    public var description: String { "upstream \(self.backend): \(self.reason)" }
+}
+
+/// One pooled keep-alive connection to a backend. Event-loop bound.
+final class UpstreamConnection {
+    let channel: Channel
+    let key: PoolKey
+    let handler: UpstreamHandler
+    /// Requests served; >0 means the next use is a reuse.
+    var uses = 0
+    var idleTimer: Scheduled<Void>?
+
+    init(channel: Channel, key: PoolKey, handler: UpstreamHandler) {
+        self.channel = channel
+        self.key = key
+        self.handler = handler
+    }
+
+    func write(_ part: HTTPClientRequestPart) {
+        self.channel.write(NIOAny(part), promise: nil)
+    }
+
+    func flush() { self.channel.flush() }
+
+    var isWritable: Bool { self.channel.isWritable }
+
+    /// Resumes reading after the downstream drained.
+    func resumeRead() { self.handler.resumeRead() }
+
+    func close() {
+        self.idleTimer?.cancel()
+        self.channel.close(promise: nil)
+    }
+}
+
+/// The last handler of an upstream pipeline: hands response parts to the current
+/// exchange, holds reads while the downstream is full, and notices EOF on idle
+/// connections so the pool evicts them at once.
+final class UpstreamHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    weak var delegate: (any UpstreamExchangeDelegate)?
+    weak var connection: UpstreamConnection?
+    var onIdleClose: (() -> Void)?
+    private var context: ChannelHandlerContext?
+    private var readPending = false
+    /// Completed when the connection is usable (after the TLS handshake, if any).
+    let ready: EventLoopPromise<Void>
+    private let needsHandshake: Bool
+    private let backendDescription: String
+
+    init(ready: EventLoopPromise<Void>, needsHandshake: Bool, backend: String) {
+        self.ready = ready
+        self.needsHandshake = needsHandshake
+        self.backendDescription = backend
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if !self.needsHandshake { self.ready.succeed(()) }
+        context.fireChannelActive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            self.ready.succeed(())
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = Self.unwrapInboundIn(data)
+        guard let delegate = self.delegate, let connection = self.connection else {
+            // Bytes on an idle connection: the upstream broke the protocol; drop it.
+            context.close(promise: nil)
+            return
+        }
+        delegate.upstreamReceived(part, from: connection)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        let wrapped: Error
+        if let tls = error as? TLSError {
+            wrapped = UpstreamError(kind: .tlsFailed, backend: self.backendDescription, reason: tls.description)
+        } else if error is HTTPParserError {
+            wrapped = UpstreamError(kind: .protocolError, backend: self.backendDescription, reason: "invalid HTTP response: \(error)")
+        } else {
+            wrapped = error
+        }
+        self.ready.fail(wrapped)
+        if let delegate = self.delegate, let connection = self.connection {
+            self.delegate = nil
+            delegate.upstreamFailed(wrapped, from: connection)
+        }
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let error = UpstreamError(kind: .closedEarly, backend: self.backendDescription, reason: "connection closed by the upstream")
+        self.ready.fail(error)
+        if let delegate = self.delegate, let connection = self.connection {
+            self.delegate = nil
+            delegate.upstreamFailed(error, from: connection)
+        } else {
+            self.onIdleClose?()
+        }
+        self.onIdleClose = nil
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.delegate?.upstreamWritabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if let delegate = self.delegate, !delegate.downstreamWritable {
+            self.readPending = true
+            return
+        }
+        context.read()
+    }
+
+    func resumeRead() {
+        guard self.readPending, let context = self.context else { return }
+        self.readPending = false
+        context.read()
+    }
+}
+
+/// What identifies interchangeable upstream connections.
+struct PoolKey: Hashable {
+    var address: SocketAddress
+    /// Identity of the TLS options (nil: plaintext). One `UpstreamTLS` object
+    /// holds every option that changes the connection: context (CA, client
+    /// certificate, verification), SNI and verified names.
+    var tls: ObjectIdentifier?
+}
+
+/// Keep-alive connections of one event loop. Only touched on that loop, so
+/// no locks: each downstream connection uses the pool of its own loop.
+public final class UpstreamPool {
+    private let eventLoop: EventLoop
+    private var idle: [PoolKey: [UpstreamConnection]] = [:]
+    /// Connections opened, for statistics and tests.
+    public private(set) var connectionsOpened = 0
+    public private(set) var reuses = 0
+
+    public init(eventLoop: EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// A ready connection to `backend`: the most recently used idle one, or a new one.
+    func acquire(group: UpstreamGroup, backend: Backend) -> EventLoopFuture<UpstreamConnection> {
+        self.eventLoop.assertInEventLoop()
+        let key = PoolKey(address: backend.address, tls: group.tls.map { ObjectIdentifier($0) })
+        while var stack = self.idle[key], let connection = stack.popLast() {
+            self.idle[key] = stack.isEmpty ? nil : stack
+            connection.idleTimer?.cancel()
+            connection.idleTimer = nil
+            connection.handler.onIdleClose = nil
+            if connection.channel.isActive {
+                self.reuses += 1
+                return self.eventLoop.makeSucceededFuture(connection)
+            }
+            connection.close()
+        }
+        return self.connect(group: group, backend: backend, key: key)
+    }
+
+    /// Returns a connection whose exchange finished cleanly.
+    func release(_ connection: UpstreamConnection, group: UpstreamGroup) {
+        self.eventLoop.assertInEventLoop()
+        connection.handler.delegate = nil
+        guard connection.channel.isActive else { return }
+        var stack = self.idle[connection.key] ?? []
+        if stack.count >= group.maxIdlePerBackend {
+            stack.removeFirst().close()  // least recently used goes first
+        }
+        stack.append(connection)
+        self.idle[connection.key] = stack
+        connection.handler.onIdleClose = { [weak self, weak connection] in
+            guard let self, let connection else { return }
+            self.evict(connection)
+        }
+        connection.idleTimer = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: group.timeouts.idle) { [weak self, weak connection] in
+            guard let self, let connection else { return }
+            self.evict(connection)
+            connection.close()
+        }
+    }
+
+    /// Total idle connections, for statistics.
+    public var idleCount: Int { self.idle.values.reduce(0) { $0 + $1.count } }
+
+    private func evict(_ connection: UpstreamConnection) {
+        guard var stack = self.idle[connection.key], let index = stack.firstIndex(where: { $0 === connection }) else { return }
+        stack.remove(at: index)
+        self.idle[connection.key] = stack.isEmpty ? nil : stack
+        connection.idleTimer?.cancel()
+    }
+
+    private func connect(group: UpstreamGroup, backend: Backend, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
+        self.connectionsOpened += 1
+        let ready = self.eventLoop.makePromise(of: Void.self)
+        let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description)
+        let tls = group.tls
+        let connectTimeout = group.timeouts.connect
+        let bootstrap = ClientBootstrap(group: self.eventLoop)
+            .connectTimeout(connectTimeout)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let tls {
+                        try sync.addHandler(OpenSSLHandler(
+                            clientContext: tls.context, serverName: tls.serverName, verifyHostnames: tls.verifyNames
+                        ))
+                    }
+                    var encoderConfiguration = HTTPRequestEncoder.Configuration()
+                    encoderConfiguration.automaticallySetFramingHeaders = false
+                    try sync.addHandler(HTTPRequestEncoder(configuration: encoderConfiguration))
+                    try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop)))
+                    try sync.addHandler(handler)
+                }
+            }
+        let backendName = backend.description
+        let timeoutBudget = connectTimeout
+        return bootstrap.connect(to: backend.address).flatMapError { error in
+            let kind: UpstreamError.Kind = (error as? ChannelError).map { if case .connectTimeout = $0 { return .connectTimeout } else { return .connectFailed } } ?? .connectFailed
+            return self.eventLoop.makeFailedFuture(UpstreamError(kind: kind, backend: backendName, reason: "connect failed: \(error)"))
+        }.flatMap { channel in
+            // The TLS handshake shares the connect budget.
+            let timer = channel.eventLoop.scheduleTask(in: timeoutBudget) {
+                ready.fail(UpstreamError(kind: .connectTimeout, backend: backendName, reason: "TLS handshake timed out"))
+                channel.close(promise: nil)
+            }
+            return ready.futureResult.map {
+                timer.cancel()
+                let connection = UpstreamConnection(channel: channel, key: key, handler: handler)
+                handler.connection = connection
+                return connection
+            }.flatMapErrorThrowing { error in
+                timer.cancel()
+                channel.close(promise: nil)
+                throw error
+            }
+        }
+    }
+}
+
+@available(*, unavailable)
+extension UpstreamPool: Sendable {}

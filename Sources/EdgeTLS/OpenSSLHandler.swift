@@ -1,0 +1,354 @@
+import NIOCore
+import NIOTLS
+
+/// Facts about a finished handshake, for logs and headers.
+public struct TLSHandshakeInfo: Sendable {
+    public var version: String
+    public var negotiatedProtocol: String?
+    public var serverName: String?
+    public var sessionReused: Bool
+}
+
+/// Tunables of the handler.
+public struct TLSHandlerConfiguration: Sendable {
+    /// Slow or silent peers are dropped after this long without a finished handshake.
+    public var handshakeTimeout: TimeAmount = .seconds(10)
+    /// How long to wait for the peer's close_notify after sending ours.
+    public var shutdownTimeout: TimeAmount = .seconds(3)
+
+    public init() {}
+}
+
+/// TLS for a NIO channel on the system OpenSSL, server or client side.
+///
+/// Ciphertext flows through two memory BIOs. Writes are buffered until `flush`
+/// and encrypted in one batch with one `writeAndFlush`. `read` is passed
+/// through untouched, so an application that stops reading stops the socket
+/// too. Fires `TLSUserEvent.handshakeCompleted(negotiatedProtocol:)` like
+/// swift-nio-ssl does, so NIO's ALPN and HTTP/2 handlers work unchanged.
+public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias InboundOut = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        case idle
+        case handshaking
+        case active
+        case closing(Scheduled<Void>?)
+        case closed
+    }
+
+    private struct BufferedWrite {
+        var data: ByteBuffer
+        var promise: EventLoopPromise<Void>?
+    }
+
+    private let connection: TLSConnection
+    private let configuration: TLSHandlerConfiguration
+    private var state: State = .idle
+    private var bufferedWrites: [BufferedWrite] = []
+    private var handshakeTimer: Scheduled<Void>?
+    private var closePromise: EventLoopPromise<Void>?
+    private var receivedAnyBytes = false
+    private var deliveredData = false
+
+    /// Set once the handshake is complete.
+    public private(set) var handshakeInfo: TLSHandshakeInfo?
+
+    /// A server-side handler for connections accepted on `context`'s listener.
+    public init(serverContext context: TLSContext, configuration: TLSHandlerConfiguration = .init()) throws {
+        precondition(context.isServer, "serverContext must be a server context")
+        self.connection = try TLSConnection(context: context)
+        self.configuration = configuration
+    }
+
+    /// A client-side handler: sends `serverName` as SNI and accepts a certificate
+    /// for any of `verifyHostnames` (when the context verifies).
+    public init(
+        clientContext context: TLSContext,
+        serverName: String?,
+        verifyHostnames: [String],
+        configuration: TLSHandlerConfiguration = .init()
+    ) throws {
+        precondition(!context.isServer, "clientContext must be a client context")
+        self.connection = try TLSConnection(context: context, serverName: serverName, verifyHostnames: verifyHostnames)
+        self.configuration = configuration
+    }
+
+    /// The certificate the peer presented (client side: the upstream's leaf).
+    public var peerCertificate: X509Certificate? { self.connection.peerCertificate }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive {
+            self.startHandshake(context: context)
+        }
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        self.handshakeTimer?.cancel()
+        self.handshakeTimer = nil
+        self.failBufferedWrites(ChannelError.ioOnClosedChannel)
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        self.startHandshake(context: context)
+        context.fireChannelActive()
+    }
+
+    private func startHandshake(context: ChannelHandlerContext) {
+        guard case .idle = self.state else { return }
+        self.state = .handshaking
+        let timeout = self.configuration.handshakeTimeout
+        self.handshakeTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: timeout) {
+            guard case .handshaking = self.state else { return }
+            self.fail(context: context, error: .handshakeTimeout)
+        }
+        if !self.connection.context.isServer {
+            self.doHandshake(context: context)
+        }
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        self.handshakeTimer?.cancel()
+        self.handshakeTimer = nil
+        switch self.state {
+        case .idle, .handshaking:
+            if self.receivedAnyBytes || !self.connection.context.isServer {
+                context.fireErrorCaught(TLSError.eofDuringHandshake)
+            }
+        case .active:
+            context.fireErrorCaught(TLSError.uncleanShutdown)
+        case .closing(let timer):
+            timer?.cancel()
+        case .closed:
+            break
+        }
+        self.state = .closed
+        self.failBufferedWrites(ChannelError.ioOnClosedChannel)
+        if let promise = self.closePromise {
+            self.closePromise = nil
+            promise.succeed(())
+        }
+        context.fireChannelInactive()
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = Self.unwrapInboundIn(data)
+        self.receivedAnyBytes = true
+        switch self.state {
+        case .closed:
+            return
+        case .idle:
+            self.state = .handshaking
+            self.connection.consume(buffer)
+            self.doHandshake(context: context)
+        case .handshaking:
+            self.connection.consume(buffer)
+            self.doHandshake(context: context)
+        case .active, .closing:
+            self.connection.consume(buffer)
+            self.decrypt(context: context)
+        }
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        // Deliver read-complete only after plaintext was delivered; during the
+        // handshake the application has nothing to complete.
+        if self.deliveredData {
+            self.deliveredData = false
+            context.fireChannelReadComplete()
+        }
+    }
+
+    private func doHandshake(context: ChannelHandlerContext) {
+        switch self.connection.doHandshake() {
+        case .incomplete:
+            self.sendOutbound(context: context)
+        case .failed(let reason):
+            self.fail(context: context, error: .handshakeFailed(reason))
+        case .complete:
+            self.handshakeTimer?.cancel()
+            self.handshakeTimer = nil
+            self.state = .active
+            let info = TLSHandshakeInfo(
+                version: self.connection.protocolVersion,
+                negotiatedProtocol: self.connection.negotiatedProtocol,
+                serverName: self.connection.serverName,
+                sessionReused: self.connection.sessionReused
+            )
+            self.handshakeInfo = info
+            self.sendOutbound(context: context)
+            context.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(negotiatedProtocol: info.negotiatedProtocol))
+            // Writes issued while handshaking go out now; then any early data.
+            self.encryptBufferedWrites(context: context)
+            self.decrypt(context: context)
+        }
+    }
+
+    private func decrypt(context: ChannelHandlerContext) {
+        readLoop: while true {
+            switch self.connection.read(allocator: context.channel.allocator) {
+            case .data(let plaintext):
+                if case .active = self.state {
+                    self.deliveredData = true
+                    context.fireChannelRead(Self.wrapInboundOut(plaintext))
+                }
+            case .wantMore:
+                break readLoop
+            case .closeNotify:
+                self.receivedCloseNotify(context: context)
+                return
+            case .failed(let reason):
+                self.fail(context: context, error: TLSError(.readFailed, reason))
+                return
+            }
+            if case .closed = self.state { return }
+        }
+        // TLS 1.3 tickets, key updates and alerts can appear after any read.
+        self.sendOutbound(context: context)
+    }
+
+    private func receivedCloseNotify(context: ChannelHandlerContext) {
+        switch self.state {
+        case .closing(let timer):
+            timer?.cancel()
+            _ = self.connection.shutdown()
+            self.sendOutbound(context: context)
+            self.state = .closed
+            context.close(promise: self.takeClosePromise())
+        case .active:
+            // Answer the peer's close_notify with ours, then close.
+            _ = self.connection.shutdown()
+            self.encryptBufferedWrites(context: context)
+            self.sendOutbound(context: context)
+            self.state = .closed
+            if self.deliveredData {
+                self.deliveredData = false
+                context.fireChannelReadComplete()
+            }
+            context.close(promise: nil)
+        default:
+            break
+        }
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch self.state {
+        case .closed, .closing:
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        default:
+            self.bufferedWrites.append(BufferedWrite(data: Self.unwrapOutboundIn(data), promise: promise))
+        }
+    }
+
+    public func flush(context: ChannelHandlerContext) {
+        if case .active = self.state {
+            self.encryptBufferedWrites(context: context)
+        }
+    }
+
+    public func read(context: ChannelHandlerContext) {
+        context.read()
+    }
+
+    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        guard mode == .all else {
+            context.close(mode: mode, promise: promise)
+            return
+        }
+        switch self.state {
+        case .idle, .handshaking:
+            self.state = .closed
+            self.handshakeTimer?.cancel()
+            self.failBufferedWrites(ChannelError.ioOnClosedChannel)
+            context.close(promise: promise)
+        case .active:
+            self.encryptBufferedWrites(context: context)
+            let result = self.connection.shutdown()
+            self.sendOutbound(context: context)
+            if case .complete = result {
+                self.state = .closed
+                context.close(promise: promise)
+                return
+            }
+            self.closePromise = promise
+            let timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: self.configuration.shutdownTimeout) {
+                guard case .closing = self.state else { return }
+                self.state = .closed
+                context.close(promise: self.takeClosePromise())
+            }
+            self.state = .closing(timer)
+        case .closing:
+            if let existing = self.closePromise {
+                promise.map { existing.futureResult.cascade(to: $0) }
+            } else {
+                self.closePromise = promise
+            }
+        case .closed:
+            context.close(promise: promise)
+        }
+    }
+
+    private func takeClosePromise() -> EventLoopPromise<Void>? {
+        defer { self.closePromise = nil }
+        return self.closePromise
+    }
+
+    /// Encrypts every buffered write and sends the ciphertext in one write.
+    private func encryptBufferedWrites(context: ChannelHandlerContext) {
+        guard !self.bufferedWrites.isEmpty else { return }
+        let writes = self.bufferedWrites
+        self.bufferedWrites.removeAll(keepingCapacity: true)
+        var promise: EventLoopPromise<Void>? = nil
+        for write in writes {
+            if case .failed(let reason) = self.connection.write(write.data) {
+                let error = TLSError(.writeFailed, reason)
+                write.promise?.fail(error)
+                self.fail(context: context, error: error)
+                return
+            }
+            if let p = write.promise {
+                if let existing = promise {
+                    existing.futureResult.cascade(to: p)
+                } else {
+                    promise = p
+                }
+            }
+        }
+        if let ciphertext = self.connection.takeOutbound(allocator: context.channel.allocator) {
+            context.writeAndFlush(Self.wrapOutboundOut(ciphertext), promise: promise)
+        } else {
+            promise?.succeed(())
+        }
+    }
+
+    private func sendOutbound(context: ChannelHandlerContext) {
+        if let ciphertext = self.connection.takeOutbound(allocator: context.channel.allocator) {
+            context.writeAndFlush(Self.wrapOutboundOut(ciphertext), promise: nil)
+        }
+    }
+
+    private func fail(context: ChannelHandlerContext, error: TLSError) {
+        self.handshakeTimer?.cancel()
+        self.handshakeTimer = nil
+        if case .closed = self.state { return }
+        self.state = .closed
+        // Send any alert OpenSSL queued, then close.
+        self.sendOutbound(context: context)
+        self.failBufferedWrites(error)
+        context.fireErrorCaught(error)
+        context.close(promise: self.takeClosePromise())
+    }
+
+    private func failBufferedWrites(_ error: Error) {
+        guard !self.bufferedWrites.isEmpty else { return }
+        let writes = self.bufferedWrites
+        self.bufferedWrites.removeAll()
+        for write in writes { write.promise?.fail(error) }
+    }
+}
+
+@available(*, unavailable)
+extension OpenSSLHandler: Sendable {}

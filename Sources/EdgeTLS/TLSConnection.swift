@@ -1,0 +1,197 @@
+import COpenSSL
+import CEdgeShims
+import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One `SSL` over a pair of memory BIOs.
+///
+/// Not thread-safe: a connection belongs to one channel and is used on its event
+/// loop only. It holds its initial context strongly, like swift-nio-ssl does, so
+/// the `SSL_CTX` outlives the `SSL`.
+final class TLSConnection {
+    enum Result {
+        case complete
+        case incomplete
+        case failed(String)
+    }
+
+    enum ReadResult {
+        case data(ByteBuffer)
+        case wantMore
+        case closeNotify
+        case failed(String)
+    }
+
+    let ssl: OpaquePointer
+    private let inbound: OpaquePointer   // network -> OpenSSL
+    private let outbound: OpaquePointer  // OpenSSL -> network
+    let context: TLSContext
+
+    init(context: TLSContext, serverName: String? = nil, verifyHostnames: [String] = []) throws {
+        ERR_clear_error()
+        guard let ssl = SSL_new(context.pointer) else {
+            throw TLSError.configuration("SSL_new failed: \(openSSLErrorQueueDescription())")
+        }
+        guard let inbound = BIO_new(BIO_s_mem()), let outbound = BIO_new(BIO_s_mem()) else {
+            SSL_free(ssl)
+            throw TLSError.configuration("BIO_new failed")
+        }
+        // An empty memory BIO reports "retry" rather than EOF.
+        _ = BIO_ctrl(inbound, BIO_C_SET_BUF_MEM_EOF_RETURN, -1, nil)
+        _ = BIO_ctrl(outbound, BIO_C_SET_BUF_MEM_EOF_RETURN, -1, nil)
+        SSL_set_bio(ssl, inbound, outbound)
+        self.ssl = ssl
+        self.inbound = inbound
+        self.outbound = outbound
+        self.context = context
+        if context.isServer {
+            SSL_set_accept_state(ssl)
+        } else {
+            SSL_set_connect_state(ssl)
+            if let serverName, !serverName.isEmpty, !isIPAddress(serverName) {
+                _ = edge_SSL_set_tlsext_host_name(ssl, serverName)
+            }
+            for (index, name) in verifyHostnames.enumerated() {
+                if isIPAddress(name) {
+                    let param = SSL_get0_param(ssl)
+                    _ = X509_VERIFY_PARAM_set1_ip_asc(param, name)
+                } else if index == 0 {
+                    _ = SSL_set1_host(ssl, name)
+                } else {
+                    _ = SSL_add1_host(ssl, name)
+                }
+            }
+        }
+    }
+
+    deinit {
+        SSL_free(self.ssl)  // frees both BIOs
+    }
+
+    /// Feeds ciphertext from the network.
+    func consume(_ buffer: ByteBuffer) {
+        buffer.withUnsafeReadableBytes { raw in
+            guard let base = raw.baseAddress, raw.count > 0 else { return }
+            var written = 0
+            _ = BIO_write_ex(self.inbound, base, raw.count, &written)
+        }
+    }
+
+    func doHandshake() -> Result {
+        ERR_clear_error()
+        let rc = SSL_do_handshake(self.ssl)
+        if rc == 1 { return .complete }
+        return self.classify(rc)
+    }
+
+    /// Reads one chunk of plaintext.
+    func read(allocator: ByteBufferAllocator) -> ReadResult {
+        ERR_clear_error()
+        // Plaintext never exceeds the ciphertext still buffered, nor one record.
+        let buffered = Int(BIO_ctrl_pending(self.inbound)) + Int(SSL_pending(self.ssl))
+        var buffer = allocator.buffer(capacity: max(min(buffered, 16_384), 1_024))
+        var readBytes = 0
+        let rc = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { raw in
+            let rc = SSL_read_ex(self.ssl, raw.baseAddress, raw.count, &readBytes)
+            return rc == 1 ? readBytes : 0
+        }
+        if rc > 0 { return .data(buffer) }
+        let error = SSL_get_error(self.ssl, 0)
+        switch error {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+            return .wantMore
+        case SSL_ERROR_ZERO_RETURN:
+            return .closeNotify
+        default:
+            return .failed(self.reason(for: error))
+        }
+    }
+
+    /// Encrypts all of `buffer` into the outbound BIO.
+    func write(_ buffer: ByteBuffer) -> Result {
+        var failure: Result = .complete
+        buffer.withUnsafeReadableBytes { raw in
+            guard let base = raw.baseAddress, raw.count > 0 else { return }
+            ERR_clear_error()
+            var written = 0
+            if SSL_write_ex(self.ssl, base, raw.count, &written) != 1 || written != raw.count {
+                failure = .failed(self.reason(for: SSL_get_error(self.ssl, 0)))
+            }
+        }
+        return failure
+    }
+
+    /// Sends close_notify. `.complete` when the peer's close_notify was seen too.
+    func shutdown() -> Result {
+        ERR_clear_error()
+        let rc = SSL_shutdown(self.ssl)
+        if rc == 1 { return .complete }
+        if rc == 0 { return .incomplete }
+        let error = SSL_get_error(self.ssl, rc)
+        if error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE { return .incomplete }
+        return .failed(self.reason(for: error))
+    }
+
+    /// Takes every byte OpenSSL queued for the network.
+    func takeOutbound(allocator: ByteBufferAllocator) -> ByteBuffer? {
+        let pending = Int(BIO_ctrl_pending(self.outbound))
+        guard pending > 0 else { return nil }
+        var buffer = allocator.buffer(capacity: pending)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { raw in
+            var readBytes = 0
+            _ = BIO_read_ex(self.outbound, raw.baseAddress, pending, &readBytes)
+            return readBytes
+        }
+        return buffer
+    }
+
+    var negotiatedProtocol: String? {
+        var data: UnsafePointer<UInt8>? = nil
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(self.ssl, &data, &length)
+        guard let data, length > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
+    }
+
+    var protocolVersion: String { String(cString: SSL_get_version(self.ssl)) }
+
+    var serverName: String? {
+        SSL_get_servername(self.ssl, TLSEXT_NAMETYPE_host_name).map { String(cString: $0) }
+    }
+
+    var sessionReused: Bool { SSL_session_reused(self.ssl) == 1 }
+
+    /// The leaf certificate the peer presented, if any.
+    var peerCertificate: X509Certificate? {
+        SSL_get1_peer_certificate(self.ssl).map { X509Certificate(taking: $0) }
+    }
+
+    private func classify(_ rc: Int32) -> Result {
+        let error = SSL_get_error(self.ssl, rc)
+        switch error {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+            return .incomplete
+        default:
+            return .failed(self.reason(for: error))
+        }
+    }
+
+    private func reason(for error: Int32) -> String {
+        var reason = openSSLErrorQueueDescription(fallback: "SSL error \(error)")
+        if !self.context.isServer {
+            let verify = SSL_get_verify_result(self.ssl)
+            if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
+                reason = "certificate verify failed: \(String(cString: text))"
+            }
+        }
+        return reason
+    }
+}
+
+func isIPAddress(_ host: String) -> Bool {
+    var v4 = in_addr()
+    var v6 = in6_addr()
+    return host.withCString { inet_pton(AF_INET, $0, &v4) == 1 || inet_pton(AF_INET6, $0, &v6) == 1 }
+}

@@ -1,0 +1,305 @@
+import COpenSSL
+import CEdgeShims
+
+/// TLS protocol versions the engine can be limited to.
+public enum TLSVersion: String, Sendable, Codable, CaseIterable {
+    case tls12 = "TLSv1.2"
+    case tls13 = "TLSv1.3"
+
+    var openSSLValue: Int32 {
+        switch self {
+        case .tls12: return TLS1_2_VERSION
+        case .tls13: return TLS1_3_VERSION
+        }
+    }
+}
+
+/// Protocol policy shared by every context of a listener.
+///
+/// Every context a connection may be switched to by SNI must carry the same
+/// policy (DESIGN.md: version policy comes from the initial context, ALPN
+/// from the switched one), so listeners build all their contexts from one value.
+public struct TLSServerPolicy: Sendable, Hashable {
+    public var minimumVersion: TLSVersion = .tls12
+    public var maximumVersion: TLSVersion = .tls13
+    /// TLS 1.2 cipher list (OpenSSL syntax). Mozilla intermediate, ECDHE + AEAD only.
+    public var cipherList = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+    /// TLS 1.3 cipher suites.
+    public var cipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+    /// Key-exchange groups.
+    public var groups = "X25519:prime256v1:secp384r1"
+    /// ALPN protocols offered, most preferred first. Empty: no ALPN.
+    public var alpnProtocols: [String] = ["http/1.1"]
+    /// Server-side session cache size (TLS 1.2 session IDs); 0 disables it.
+    public var sessionCacheSize = 20_480
+
+    public init() {}
+}
+
+/// What the servername callback decides for one handshake.
+public enum ServerNameSelection {
+    /// Switch the connection to this context.
+    case use(TLSContext)
+    /// Refuse the handshake with an `unrecognized_name` alert.
+    case reject
+}
+
+/// Chooses the context for a client's SNI name. Called on the handshake's thread.
+public protocol ServerNameSelector: AnyObject, Sendable {
+    func select(serverName: String?) -> ServerNameSelection
+}
+
+/// An `SSL_CTX`, owned by Swift and immutable once built.
+///
+/// `@unchecked Sendable`: the context is fully configured before this object
+/// is published and never mutated after, and OpenSSL allows concurrent
+/// `SSL_new` on a configured context. A connection keeps its own OpenSSL
+/// reference, so freeing this owner never pulls a context from under a live
+/// connection.
+public final class TLSContext: @unchecked Sendable {
+    let pointer: OpaquePointer
+    let isServer: Bool
+    /// Keeps the SNI selector alive as long as the context; the C callback holds it unretained.
+    private let selectorBox: SelectorBox?
+    /// Certificate and key installed in the context (server contexts only).
+    public let certificateChain: [X509Certificate]
+
+    private init(pointer: OpaquePointer, isServer: Bool, selectorBox: SelectorBox?, chain: [X509Certificate]) {
+        self.pointer = pointer
+        self.isServer = isServer
+        self.selectorBox = selectorBox
+        self.certificateChain = chain
+    }
+
+    deinit {
+        SSL_CTX_free(self.pointer)
+    }
+
+    /// A server context holding one certificate chain and its key.
+    ///
+    /// `chain[0]` is the leaf. The key must match it; callers validate first and
+    /// this re-checks, so a mismatched pair can never be installed.
+    public static func server(chain: [X509Certificate], key: PrivateKey, policy: TLSServerPolicy) throws -> TLSContext {
+        guard let leaf = chain.first else { throw TLSError.invalidCertificate("no certificate in the chain") }
+        let ctx = try makeServerContext(policy: policy)
+        ERR_clear_error()
+        guard SSL_CTX_use_certificate(ctx, leaf.pointer) == 1 else {
+            SSL_CTX_free(ctx)
+            throw TLSError.invalidCertificate("certificate rejected: \(openSSLErrorQueueDescription())")
+        }
+        for intermediate in chain.dropFirst() {
+            guard edge_SSL_CTX_add1_chain_cert(ctx, intermediate.pointer) == 1 else {
+                SSL_CTX_free(ctx)
+                throw TLSError.invalidCertificate("chain certificate rejected: \(openSSLErrorQueueDescription())")
+            }
+        }
+        guard SSL_CTX_use_PrivateKey(ctx, key.pointer) == 1, SSL_CTX_check_private_key(ctx) == 1 else {
+            SSL_CTX_free(ctx)
+            throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
+        }
+        return TLSContext(pointer: ctx, isServer: true, selectorBox: nil, chain: chain)
+    }
+
+    /// A listener's initial context: holds no certificate of its own and hands
+    /// every handshake to `selector` from OpenSSL's servername callback.
+    public static func listener(policy: TLSServerPolicy, selector: any ServerNameSelector) throws -> TLSContext {
+        let ctx = try makeServerContext(policy: policy)
+        let box = SelectorBox(selector)
+        edge_SSL_CTX_set_tlsext_servername_callback(ctx, serverNameCallback)
+        edge_SSL_CTX_set_tlsext_servername_arg(ctx, Unmanaged.passUnretained(box).toOpaque())
+        return TLSContext(pointer: ctx, isServer: true, selectorBox: box, chain: [])
+    }
+
+    private static func makeServerContext(policy: TLSServerPolicy) throws -> OpaquePointer {
+        ERR_clear_error()
+        guard let ctx = SSL_CTX_new(TLS_server_method()) else {
+            throw TLSError.configuration("SSL_CTX_new failed: \(openSSLErrorQueueDescription())")
+        }
+        do {
+            try applyCommon(ctx, minimum: policy.minimumVersion, maximum: policy.maximumVersion)
+            _ = SSL_CTX_set_options(
+                ctx,
+                EDGE_SSL_OP_NO_RENEGOTIATION | EDGE_SSL_OP_NO_COMPRESSION
+            )
+            guard SSL_CTX_set_cipher_list(ctx, policy.cipherList) == 1 else {
+                throw TLSError.configuration("invalid TLS 1.2 cipher list '\(policy.cipherList)'")
+            }
+            guard SSL_CTX_set_ciphersuites(ctx, policy.cipherSuites) == 1 else {
+                throw TLSError.configuration("invalid TLS 1.3 cipher suites '\(policy.cipherSuites)'")
+            }
+            guard edge_SSL_CTX_set1_groups_list(ctx, policy.groups) == 1 else {
+                throw TLSError.configuration("invalid groups '\(policy.groups)'")
+            }
+            // One session-ID context for every context of a listener, so a
+            // session survives the SNI switch and certificate rotations.
+            let sid: [UInt8] = Array("edge-gateway".utf8)
+            _ = SSL_CTX_set_session_id_context(ctx, sid, UInt32(sid.count))
+            if policy.sessionCacheSize > 0 {
+                _ = edge_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_SERVER))
+                _ = edge_SSL_CTX_sess_set_cache_size(ctx, policy.sessionCacheSize)
+            } else {
+                _ = edge_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_OFF))
+            }
+            if !policy.alpnProtocols.isEmpty {
+                let wire = ALPNWireFormat.intern(policy.alpnProtocols)
+                SSL_CTX_set_alpn_select_cb(ctx, alpnSelectCallback, UnsafeMutableRawPointer(mutating: wire))
+            }
+            return ctx
+        } catch {
+            SSL_CTX_free(ctx)
+            throw error
+        }
+    }
+
+    static func applyCommon(_ ctx: OpaquePointer, minimum: TLSVersion, maximum: TLSVersion) throws {
+        guard edge_SSL_CTX_set_min_proto_version(ctx, minimum.openSSLValue) == 1,
+              edge_SSL_CTX_set_max_proto_version(ctx, maximum.openSSLValue) == 1 else {
+            throw TLSError.configuration("cannot set protocol versions \(minimum.rawValue)-\(maximum.rawValue)")
+        }
+        // Release the 34 KiB of record buffers while a connection is idle.
+        _ = edge_SSL_CTX_set_mode(ctx, Int(SSL_MODE_RELEASE_BUFFERS))
+    }
+
+    /// A client context for connections to upstreams.
+    public static func client(configuration: TLSClientConfiguration) throws -> TLSContext {
+        ERR_clear_error()
+        guard let ctx = SSL_CTX_new(TLS_client_method()) else {
+            throw TLSError.configuration("SSL_CTX_new failed: \(openSSLErrorQueueDescription())")
+        }
+        do {
+            try applyCommon(ctx, minimum: configuration.minimumVersion, maximum: .tls13)
+            _ = SSL_CTX_set_options(ctx, EDGE_SSL_OP_NO_RENEGOTIATION | EDGE_SSL_OP_NO_COMPRESSION)
+            if configuration.verifyCertificate {
+                if let caFile = configuration.caFile {
+                    guard SSL_CTX_load_verify_locations(ctx, caFile, nil) == 1 else {
+                        throw TLSError.configuration("cannot load CA bundle \(caFile): \(openSSLErrorQueueDescription())")
+                    }
+                } else {
+                    guard SSL_CTX_set_default_verify_paths(ctx) == 1 else {
+                        throw TLSError.configuration("cannot load the system trust store: \(openSSLErrorQueueDescription())")
+                    }
+                }
+                SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
+            } else {
+                SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nil)
+            }
+            if let chain = configuration.clientChain, let key = configuration.clientKey, let leaf = chain.first {
+                guard SSL_CTX_use_certificate(ctx, leaf.pointer) == 1 else {
+                    throw TLSError.invalidCertificate("client certificate rejected: \(openSSLErrorQueueDescription())")
+                }
+                for intermediate in chain.dropFirst() {
+                    _ = edge_SSL_CTX_add1_chain_cert(ctx, intermediate.pointer)
+                }
+                guard SSL_CTX_use_PrivateKey(ctx, key.pointer) == 1, SSL_CTX_check_private_key(ctx) == 1 else {
+                    throw TLSError.keyMismatch("client key does not match the client certificate")
+                }
+            }
+            if !configuration.alpnProtocols.isEmpty {
+                let wire = ALPNWireFormat.encode(configuration.alpnProtocols)
+                _ = SSL_CTX_set_alpn_protos(ctx, wire, UInt32(wire.count))
+            }
+            return TLSContext(pointer: ctx, isServer: false, selectorBox: nil, chain: configuration.clientChain ?? [])
+        } catch {
+            SSL_CTX_free(ctx)
+            throw error
+        }
+    }
+}
+
+/// Options of a client context and of the connections made from it.
+public struct TLSClientConfiguration: Sendable {
+    public var verifyCertificate = true
+    public var caFile: String?
+    public var minimumVersion: TLSVersion = .tls12
+    public var clientChain: [X509Certificate]?
+    public var clientKey: PrivateKey?
+    public var alpnProtocols: [String] = []
+
+    public init() {}
+}
+
+/// Heap box so a C callback can reach the Swift selector through a raw pointer.
+private final class SelectorBox: Sendable {
+    let selector: any ServerNameSelector
+    init(_ selector: any ServerNameSelector) { self.selector = selector }
+}
+
+/// OpenSSL's servername callback: one snapshot lookup, then `SSL_set_SSL_CTX`.
+///
+/// The selected `TLSContext` is held strongly for the duration of the call, and
+/// `SSL_set_SSL_CTX` takes OpenSSL's own reference before it returns, so a
+/// concurrent reload that drops the snapshot cannot free the context in between.
+private let serverNameCallback: edge_servername_cb = { ssl, alert, arg in
+    guard let ssl, let arg else { return SSL_TLSEXT_ERR_NOACK }
+    let box = Unmanaged<SelectorBox>.fromOpaque(arg).takeUnretainedValue()
+    let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name).map { String(cString: $0).lowercased() }
+    switch box.selector.select(serverName: name) {
+    case .use(let context):
+        guard SSL_set_SSL_CTX(ssl, context.pointer) != nil else {
+            alert?.pointee = SSL_AD_INTERNAL_ERROR
+            return SSL_TLSEXT_ERR_ALERT_FATAL
+        }
+        return SSL_TLSEXT_ERR_OK
+    case .reject:
+        alert?.pointee = SSL_AD_UNRECOGNIZED_NAME
+        return SSL_TLSEXT_ERR_ALERT_FATAL
+    }
+}
+
+/// ALPN selection: server preference order over the client's offer.
+private let alpnSelectCallback: @convention(c) (
+    OpaquePointer?, UnsafeMutablePointer<UnsafePointer<UInt8>?>?, UnsafeMutablePointer<UInt8>?,
+    UnsafePointer<UInt8>?, UInt32, UnsafeMutableRawPointer?
+) -> Int32 = { _, out, outLength, clientList, clientLength, arg in
+    guard let arg, let clientList, let out, let outLength else { return SSL_TLSEXT_ERR_NOACK }
+    let server = arg.assumingMemoryBound(to: UInt8.self)
+    let serverLength = UInt32(server.pointee)
+    var selected: UnsafeMutablePointer<UInt8>? = nil
+    var selectedLength: UInt8 = 0
+    let result = SSL_select_next_proto(&selected, &selectedLength, server + 1, serverLength, clientList, clientLength)
+    guard result == OPENSSL_NPN_NEGOTIATED, let selected else { return SSL_TLSEXT_ERR_ALERT_FATAL }
+    out.pointee = UnsafePointer(selected)
+    outLength.pointee = selectedLength
+    return SSL_TLSEXT_ERR_OK
+}
+
+/// ALPN protocol lists in wire format.
+enum ALPNWireFormat {
+    static func encode(_ protocols: [String]) -> [UInt8] {
+        var wire: [UInt8] = []
+        for proto in protocols {
+            let bytes = Array(proto.utf8)
+            precondition(!bytes.isEmpty && bytes.count < 256, "invalid ALPN protocol \(proto)")
+            wire.append(UInt8(bytes.count))
+            wire.append(contentsOf: bytes)
+        }
+        return wire
+    }
+
+    private static let table = InternTable()
+
+    /// A process-lifetime copy of the list (length-prefixed), so the C callback's
+    /// pointer can never dangle, whatever outlives which context. There are only
+    /// a handful of distinct lists in a process.
+    static func intern(_ protocols: [String]) -> UnsafePointer<UInt8> {
+        table.intern(encode(protocols))
+    }
+
+    private final class InternTable: @unchecked Sendable {
+        // Guarded by `lock`; entries are never freed (see `intern`).
+        private var entries: [[UInt8]: UnsafeMutablePointer<UInt8>] = [:]
+        private let lock = PThreadLock()
+
+        func intern(_ wire: [UInt8]) -> UnsafePointer<UInt8> {
+            self.lock.withLock {
+                if let existing = self.entries[wire] { return UnsafePointer(existing) }
+                precondition(wire.count < 256)
+                let storage = UnsafeMutablePointer<UInt8>.allocate(capacity: wire.count + 1)
+                storage[0] = UInt8(wire.count)
+                for (i, byte) in wire.enumerated() { storage[i + 1] = byte }
+                self.entries[wire] = storage
+                return UnsafePointer(storage)
+            }
+        }
+    }
+}

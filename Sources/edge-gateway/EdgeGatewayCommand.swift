@@ -1,0 +1,136 @@
+import ArgumentParser
+import EdgeGateway
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum LogFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+struct LoggingOptions: ParsableArguments {
+    @Option(name: .long, help: "Log format: text (readable) or json (one object per line).")
+    var logFormat: LogFormat = .text
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func bootstrap() -> Logger {
+        let level = Logger.Level(rawValue: self.logLevel) ?? .info
+        let format = self.logFormat
+        LoggingSystem.bootstrap { label in
+            var handler: any LogHandler = format == .json ? JSONLogHandler(label: label) : TextLogHandler(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        return Logger(label: "edge-gateway")
+    }
+}
+
+@main
+struct EdgeGatewayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "edge-gateway",
+        abstract: "A TLS edge gateway that serves renewed certificates at the next handshake.",
+        discussion: """
+            Terminates TLS on the system OpenSSL, watches certificate directories (certbot,
+            Kubernetes secrets, plain files) and proxies HTTP to upstream groups.
+
+            Examples:
+              edge-gateway check -c /etc/edge-gateway/config.yaml
+              edge-gateway run -c /etc/edge-gateway/config.yaml --log-format json
+            """,
+        version: gatewayVersion,
+        subcommands: [Run.self, Check.self, DemoUpstreamCommand.self],
+        defaultSubcommand: nil
+    )
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve with a configuration file. SIGTERM/SIGINT drain, SIGHUP reloads certificates."
+    )
+
+    @Option(name: [.short, .customLong("config")], help: "Configuration file (YAML).")
+    var config: String
+
+    @OptionGroup var logging: LoggingOptions
+
+    func run() async throws {
+        let logger = self.logging.bootstrap()
+        let gateway: Gateway
+        do {
+            gateway = try loadGateway(configPath: self.config, logger: logger)
+        } catch let problems as ConfigProblems {
+            for problem in problems.problems { logger.critical("configuration error: \(problem)") }
+            throw ExitCode(1)
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: gateway.config.workers ?? System.coreCount)
+        let service = GatewayService(gateway: gateway, group: group)
+        let serviceGroup = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: service)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        do {
+            try await serviceGroup.run()
+        } catch {
+            logger.critical("stopped: \(error)")
+            try? await group.shutdownGracefully()
+            throw ExitCode(1)
+        }
+        try? await group.shutdownGracefully()
+        logger.info("stopped")
+    }
+}
+
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate a configuration without serving (like nginx -t). Exit 0 when valid, 1 with one line per problem."
+    )
+
+    @Option(name: [.short, .customLong("config")], help: "Configuration file (YAML).")
+    var config: String
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = TextLogHandler(label: label)
+            handler.logLevel = .warning
+            return handler
+        }
+        let logger = Logger(label: "edge-gateway")
+        do {
+            let gateway = try loadGateway(configPath: self.config, logger: logger)
+            print("configuration \(self.config) is valid: \(gateway.config.listeners.count) listener(s), \(gateway.config.upstreams.count) upstream(s), \(gateway.config.routes.count) route(s)")
+        } catch let problems as ConfigProblems {
+            for problem in problems.problems {
+                writeStandardError("error: \(problem)\n")
+            }
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct DemoUpstreamCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo-upstream",
+        abstract: "Run the small demo origin used by the README and the benchmarks."
+    )
+
+    @Option(name: .long, help: "Address to listen on.")
+    var listen: String = "127.0.0.1:9000"
+
+    func run() async throws {
+        let (host, port) = try parseAddress(self.listen)
+        let upstream = try await DemoUpstream.start(host: host, port: port, group: MultiThreadedEventLoopGroup.singleton)
+        writeStandardOutput("demo upstream listening on \(host):\(upstream.port)\n")
+        try await upstream.wait()
+    }
+}
