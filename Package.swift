@@ -87,10 +87,22 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Helpers shared by the test targets: test-time PKI, processes, a gateway harness.
+        .target(
+            name: "EdgeTestSupport",
+            dependencies: [
+                "EdgeGateway", "EdgeTLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/EdgeTestSupport"
+        ),
         .testTarget(
             name: "EdgeTLSTests",
             dependencies: [
-                "EdgeTLS",
+                "EdgeTLS", "EdgeTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -99,7 +111,7 @@ let package = Package(
         .testTarget(
             name: "EdgeGatewayTests",
             dependencies: [
-                "EdgeGateway", "EdgeTLS", "EdgeCertificates", "EdgeProxy",
+                "EdgeGateway", "EdgeTLS", "EdgeCertificates", "EdgeProxy", "EdgeTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

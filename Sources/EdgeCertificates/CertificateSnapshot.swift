@@ -18,6 +18,14 @@ public final class CertificateSnapshot: AtomicReference, Sendable {
     /// Names claimed by more than one lineage, with the winner, for the log.
     public let conflicts: [(name: String, winner: String, losers: [String])]
 
+    /// Snapshots alive in this process (published or still held by a handshake).
+    public static var liveCount: Int { live.load(ordering: .relaxed) }
+    private static let live = ManagedAtomic<Int>(0)
+
+    deinit {
+        Self.live.wrappingDecrement(ordering: .relaxed)
+    }
+
     init(generation: Int, lineages: [LoadedLineage], policies: [TLSServerPolicy], defaultName: String?, strictSNI: Bool) throws {
         self.generation = generation
         // Deterministic order: by name.
@@ -57,6 +65,8 @@ public final class CertificateSnapshot: AtomicReference, Sendable {
             self.defaultIndex = ordered.isEmpty ? nil : 0
         }
         self.strictSNI = strictSNI
+        // Counted only once fully built: a throwing init never runs deinit.
+        Self.live.wrappingIncrement(ordering: .relaxed)
     }
 
     /// The lineage index for an SNI name: exact, then one-label wildcard, then the default.

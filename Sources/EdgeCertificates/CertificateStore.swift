@@ -157,6 +157,12 @@ public final class CertificateStore: Sendable {
                 for file in files where !seen.contains(file.name) {
                     seen.insert(file.name)
                     let previous = byName[file.name]
+                    if file.busyReason != nil {
+                        // certbot is mid-renewal: keep what is served, read again when it finishes.
+                        if let previous { next.append(previous) }
+                        if let problem = state.problems[file.name] { problems[file.name] = problem }
+                        continue
+                    }
                     if let previous, previous.files == file, let hash = LineageLoader.contentHash(file), hash == previous.contentHash {
                         next.append(previous)
                         continue

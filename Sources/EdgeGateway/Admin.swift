@@ -42,6 +42,8 @@ extension Gateway {
         let generation = self.sharedStore?.snapshot.generation ?? self.stores.first?.snapshot.generation ?? 0
         return "{\"version\":\(jsonString(gatewayVersion)),\"uptime_seconds\":\(Int(currentTime() - self.startTime)),"
             + "\"ready\":\(self.isReady),\"snapshot_generation\":\(generation),"
+            + "\"live_snapshots\":\(CertificateSnapshot.liveCount),"
+            + "\"last_reload\":{\"time\":\(self.sharedStore?.lastReload.time ?? 0),\"result\":\(jsonString(self.sharedStore?.lastReload.result ?? "n/a"))},"
             + "\"listeners\":[\(listeners.joined(separator: ","))],"
             + "\"certificates\":[\(certificates.joined(separator: ","))],"
             + "\"certificate_problems\":[\(problems.joined(separator: ","))]}\n"

@@ -76,7 +76,8 @@ public final class Gateway: Sendable {
         var serverChannels: [String: Channel] = [:]
         var adminChannel: Channel?
         var ready = false
-        var quiescing: ServerQuiescingHelper?
+        var quiescing: [ServerQuiescingHelper] = []
+        var watchers: [CertificateWatcher] = []
         var pools: PoolRegistry?
     }
 

@@ -40,13 +40,29 @@ final class PoolRegistry: @unchecked Sendable {
 extension Gateway {
     /// Binds every listener and the admin endpoint. Throws with the listener's name on a bind failure.
     public func start(group: EventLoopGroup) async throws {
-        let quiescing = ServerQuiescingHelper(group: group)
         let pools = PoolRegistry(group: group)
-        self.state.withLockedValue {
-            $0.quiescing = quiescing
-            $0.pools = pools
+        self.state.withLockedValue { $0.pools = pools }
+        let watch = self.config.certificates?.watch ?? WatchConfig()
+        for store in self.stores {
+            do {
+                let watcher = try CertificateWatcher(
+                    store: store,
+                    configuration: WatcherConfiguration(
+                        debounceMilliseconds: Int(watch.debounce.nanoseconds / 1_000_000),
+                        rescanMilliseconds: max(100, Int(watch.rescanInterval.nanoseconds / 1_000_000))
+                    ),
+                    logger: self.logger
+                )
+                watcher.start()
+                self.state.withLockedValue { $0.watchers.append(watcher) }
+            } catch {
+                self.logger.error("certificate watching unavailable; periodic reload by SIGHUP only", metadata: ["error": "\(error)"])
+            }
         }
         for listener in self.listeners {
+            // One helper per listener: a helper tracks the children of one server channel.
+            let quiescing = ServerQuiescingHelper(group: group)
+            self.state.withLockedValue { $0.quiescing.append(quiescing) }
             let channel: Channel
             do {
                 channel = try await self.bind(listener, group: group, quiescing: quiescing, pools: pools)
@@ -91,26 +107,34 @@ extension Gateway {
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes what is left.
     public func shutdown(grace: TimeAmount) async {
-        let (quiescing, admin) = self.state.withLockedValue { state -> (ServerQuiescingHelper?, Channel?) in
+        let (helpers, admin, watchers) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, [CertificateWatcher]) in
             state.ready = false
-            return (state.quiescing, state.adminChannel)
+            defer {
+                state.quiescing = []
+                state.watchers = []
+            }
+            return (state.quiescing, state.adminChannel, state.watchers)
         }
+        for watcher in watchers { watcher.stop() }
+        guard let loop = admin?.eventLoop else { return }
         self.logger.info("draining", metadata: ["grace_period": "\(grace)"])
-        if let quiescing {
-            let loop = admin?.eventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
-            let drained = loop.makePromise(of: Void.self)
-            quiescing.initiateShutdown(promise: drained)
-            let timeout = loop.scheduleTask(in: grace) {
-                drained.fail(ChannelError.ioOnClosedChannel)
-            }
-            do {
-                try await drained.futureResult.get()
-                self.logger.info("drained: every connection finished")
-            } catch {
-                self.logger.warning("grace period over; closing remaining connections")
-            }
-            timeout.cancel()
+        let futures = helpers.map { helper -> EventLoopFuture<Void> in
+            let promise = loop.makePromise(of: Void.self)
+            helper.initiateShutdown(promise: promise)
+            return promise.futureResult
         }
+        let drained = loop.makePromise(of: Void.self)
+        EventLoopFuture.andAllComplete(futures, on: loop).cascade(to: drained)
+        let timeout = loop.scheduleTask(in: grace) {
+            drained.fail(ChannelError.ioOnClosedChannel)
+        }
+        do {
+            try await drained.futureResult.get()
+            self.logger.info("drained: every connection finished")
+        } catch {
+            self.logger.warning("grace period over; closing remaining connections")
+        }
+        timeout.cancel()
         try? await admin?.close()
     }
 

@@ -255,7 +255,9 @@ public final class UpstreamPool {
         let timeoutBudget = connectTimeout
         return bootstrap.connect(to: backend.address).flatMapError { error in
             let kind: UpstreamError.Kind = (error as? ChannelError).map { if case .connectTimeout = $0 { return .connectTimeout } else { return .connectFailed } } ?? .connectFailed
-            return self.eventLoop.makeFailedFuture(UpstreamError(kind: kind, backend: backendName, reason: "connect failed: \(error)"))
+            let failure = UpstreamError(kind: kind, backend: backendName, reason: "connect failed: \(error)")
+            ready.fail(failure)  // the channel never became active: nothing else completes it
+            return self.eventLoop.makeFailedFuture(failure)
         }.flatMap { channel in
             // The TLS handshake shares the connect budget.
             let timer = channel.eventLoop.scheduleTask(in: timeoutBudget) {

@@ -127,9 +127,13 @@ struct DemoUpstreamCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Address to listen on.")
     var listen: String = "127.0.0.1:9000"
 
+    @Option(name: .long, help: "Event loop threads.")
+    var threads: Int = 1
+
     func run() async throws {
         let (host, port) = try parseAddress(self.listen)
-        let upstream = try await DemoUpstream.start(host: host, port: port, group: MultiThreadedEventLoopGroup.singleton)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, self.threads))
+        let upstream = try await DemoUpstream.start(host: host, port: port, group: group)
         writeStandardOutput("demo upstream listening on \(host):\(upstream.port)\n")
         try await upstream.wait()
     }

@@ -1,0 +1,194 @@
+import Logging
+import NIOConcurrencyHelpers
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Timing of the watcher.
+public struct WatcherConfiguration: Sendable {
+    /// Quiet time after the last event before the sources are re-read.
+    public var debounceMilliseconds: Int = 200
+    /// Full rescan period: catches what inotify cannot see (NFS, lost events).
+    public var rescanMilliseconds: Int = 60_000
+
+    public init(debounceMilliseconds: Int = 200, rescanMilliseconds: Int = 60_000) {
+        self.debounceMilliseconds = debounceMilliseconds
+        self.rescanMilliseconds = rescanMilliseconds
+    }
+}
+
+/// Watches the directories behind a certificate store with inotify(7) and
+/// reloads the store after a debounce.
+///
+/// inotify is called directly through Glibc (not libinotifytools: GPL-2,
+/// process-global state, `select()`, no descriptor to share). It runs on one
+/// dedicated thread that blocks in `poll` on the inotify descriptor and a wake-up
+/// pipe. Directories are watched, never the files behind symlinks, because
+/// certbot and Kubernetes replace links and directories rather than files.
+public final class CertificateWatcher: Sendable {
+    private let store: CertificateStore
+    private let configuration: WatcherConfiguration
+    private let logger: Logger
+    private let inotify: Int32
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+    private let stopped = NIOLockedValueBox(false)
+    private let finished = NIOLockedValueBox(false)
+
+    static let directoryEvents: UInt32 = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_CLOSE_WRITE
+        | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+
+    public init(store: CertificateStore, configuration: WatcherConfiguration, logger: Logger) throws {
+        self.store = store
+        self.configuration = configuration
+        self.logger = logger
+        let fd = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+        guard fd >= 0 else {
+            throw CertificateLoadError(path: "inotify", reason: "inotify_init1 failed: \(String(cString: strerror(errno)))")
+        }
+        var pipeFDs: [Int32] = [0, 0]
+        guard pipe(&pipeFDs) == 0 else {
+            close(fd)
+            throw CertificateLoadError(path: "pipe", reason: String(cString: strerror(errno)))
+        }
+        for end in pipeFDs {
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+        }
+        self.inotify = fd
+        self.wakeRead = pipeFDs[0]
+        self.wakeWrite = pipeFDs[1]
+    }
+
+    deinit {
+        close(self.inotify)
+        close(self.wakeRead)
+        close(self.wakeWrite)
+    }
+
+    /// Starts the watcher thread.
+    public func start() {
+        _ = self.addWatches()
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            let watcher = Unmanaged<CertificateWatcher>.fromOpaque(arg!).takeRetainedValue()
+            watcher.loop()
+            return nil
+        }, box.toOpaque())
+        if rc == 0 {
+            pthread_detach(thread)
+        } else {
+            box.release()
+            self.logger.error("certificate watcher thread could not start; relying on SIGHUP", metadata: ["errno": "\(rc)"])
+        }
+    }
+
+    /// Stops the watcher thread (bounded wait).
+    public func stop() {
+        self.stopped.withLockedValue { $0 = true }
+        var byte: UInt8 = 1
+        _ = write(self.wakeWrite, &byte, 1)
+        for _ in 0..<200 where !self.finished.withLockedValue({ $0 }) { usleep(5_000) }
+    }
+
+    /// The directories to watch now: each source's roots, their parents (to see a
+    /// root deleted and recreated), certbot's lineage directories and `archive/`.
+    func desiredDirectories() -> Set<String> {
+        var result = Set<String>()
+        for source in self.store.configuration.sources {
+            for root in source.watchRoots {
+                result.insert(root)
+                result.insert(parentDirectory(root))
+                if case .certbot = source {
+                    let archive = parentDirectory(root) + "/archive"
+                    for dir in [root, archive] {
+                        result.insert(dir)
+                        for name in (try? listDirectory(dir)) ?? [] {
+                            var isDir = false
+                            if fileExists(dir + "/" + name, isDirectory: &isDir), isDir { result.insert(dir + "/" + name) }
+                        }
+                    }
+                }
+            }
+        }
+        return result
+    }
+
+    /// Adds a watch on every desired directory that exists (inotify ignores repeats).
+    @discardableResult
+    func addWatches() -> Int {
+        var added = 0
+        for dir in self.desiredDirectories() {
+            var isDir = false
+            guard fileExists(dir, isDirectory: &isDir), isDir else { continue }
+            if inotify_add_watch(self.inotify, dir, Self.directoryEvents) >= 0 { added += 1 }
+        }
+        return added
+    }
+
+    private func now() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
+    private func loop() {
+        defer { self.finished.withLockedValue { $0 = true } }
+        let debounce = Int64(self.configuration.debounceMilliseconds)
+        let rescan = Int64(self.configuration.rescanMilliseconds)
+        var pendingSince: Int64? = nil
+        var lastEvent: Int64 = 0
+        var nextRescan = self.now() + rescan
+        let bufferSize = 64 * 1024  // far above one event (a smaller buffer makes read fail with EINVAL)
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 8)
+        defer { buffer.deallocate() }
+        while !self.stopped.withLockedValue({ $0 }) {
+            let current = self.now()
+            var timeout = nextRescan - current
+            if pendingSince != nil { timeout = min(timeout, lastEvent + debounce - current) }
+            var fds = [pollfd(fd: self.inotify, events: Int16(POLLIN), revents: 0), pollfd(fd: self.wakeRead, events: Int16(POLLIN), revents: 0)]
+            let ready = poll(&fds, 2, Int32(max(0, min(timeout, 60_000))))
+            if ready < 0 && errno != EINTR { usleep(100_000) }
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                var sawEvent = false
+                while true {
+                    let n = read(self.inotify, buffer, bufferSize)
+                    if n <= 0 { break }
+                    var offset = 0
+                    while offset + MemoryLayout<inotify_event>.size <= n {
+                        let event = buffer.load(fromByteOffset: offset, as: inotify_event.self)
+                        let length = Int(event.len)
+                        if event.mask & UInt32(IN_Q_OVERFLOW) != 0 {
+                            self.logger.warning("inotify queue overflowed; rescanning everything")
+                        }
+                        if event.mask & UInt32(IN_ISDIR) != 0, event.mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
+                            // A new directory (a first certbot issuance): watch it now, then rescan:
+                            // files created before the watch produce no event.
+                            _ = self.addWatches()
+                        }
+                        sawEvent = true
+                        offset += MemoryLayout<inotify_event>.size + length
+                    }
+                }
+                if sawEvent {
+                    lastEvent = self.now()
+                    if pendingSince == nil { pendingSince = lastEvent }
+                }
+            }
+            let after = self.now()
+            if let since = pendingSince, after - lastEvent >= debounce {
+                _ = since
+                pendingSince = nil
+                self.addWatches()
+                self.store.reload(reason: "file change")
+            }
+            if after >= nextRescan {
+                nextRescan = after + rescan
+                self.addWatches()
+                self.store.reload(reason: "periodic rescan")
+            }
+        }
+    }
+}

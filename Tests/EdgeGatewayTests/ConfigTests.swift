@@ -1,0 +1,131 @@
+import EdgeGateway
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// Configuration parsing and `edge-gateway check`, with the real binary.
+final class ConfigTests: XCTestCase {
+    static let pki = try! TestPKI()
+    static let leaf = try! pki.issue(["localhost"])
+
+    func config(cert: String, key: String, extra: String = "") -> String {
+        """
+        listeners:
+          - name: https
+            address: "127.0.0.1:\(freePort())"
+            tls: { certificate: \(cert), key: \(key) }
+        upstreams:
+          app: { backends: ["127.0.0.1:9"] }
+        routes:
+          - upstream: app
+        \(extra)
+        """
+    }
+
+    func check(_ yaml: String) throws -> ProcessResult {
+        let dir = TemporaryDirectory()
+        try dir.write("config.yaml", yaml)
+        return try Shell.run([gatewayBinary(), "check", "-c", dir.file("config.yaml")])
+    }
+
+    func testValidConfigurationPasses() throws {
+        let result = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key))
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stdout.contains("is valid"), result.stdout)
+    }
+
+    func testUnknownKeysAreErrorsThatNameTheKeyPath() throws {
+        XCTAssertThrowsError(try GatewayConfig.parse(yaml: "listeners: []\nroutes: []\nadmin: { adress: x }\n")) { error in
+            XCTAssertEqual("\(error)".hasPrefix("admin.adress: unknown key 'adress' (did you mean 'address'?)"), true, "\(error)")
+        }
+        let result = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\nupstreams_typo: {}\n")
+        XCTAssertEqual(result.status, 1)
+        XCTAssertTrue(result.stderr.contains("upstreams_typo: unknown key"), result.stderr)
+        let nested = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key).replacingOccurrences(of: "backends:", with: "backend:"))
+        XCTAssertTrue(nested.stderr.contains("upstreams.app.backend: unknown key 'backend' (did you mean 'backends'?)"), nested.stderr)
+    }
+
+    func testBadValuesNameTheKey() throws {
+        let result = try check("""
+            listeners:
+              - { name: a, address: "nonsense" }
+              - { name: a, address: "127.0.0.1:99999" }
+            upstreams:
+              app: { backends: ["127.0.0.1:x"], timeouts: { connect: 2s } }
+            routes:
+              - { upstream: missing }
+            admin: { address: "0.0.0.0:9901" }
+            """)
+        XCTAssertEqual(result.status, 1)
+        for expected in ["listeners[0].address", "listeners[1].name: duplicate", "listeners[1].address: invalid port",
+                         "upstreams.app.backends[0]", "routes[0].upstream: no upstream named 'missing'", "admin.address: '0.0.0.0:9901' is not a loopback"] {
+            XCTAssertTrue(result.stderr.contains(expected), "missing '\(expected)' in:\n\(result.stderr)")
+        }
+        let duration = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key).replacingOccurrences(of: "app: { backends: [\"127.0.0.1:9\"] }", with: "app: { backends: [\"127.0.0.1:9\"], timeouts: { read: soon } }"))
+        XCTAssertTrue(duration.stderr.contains("upstreams.app.timeouts.read: invalid duration 'soon'"), duration.stderr)
+    }
+
+    func testBadCertificateFilesFailWithTheFileAndTheReason() throws {
+        let dir = TemporaryDirectory()
+        let other = try Self.pki.issue(["other"])
+        try dir.write("garbage.pem", "this is not PEM\n")
+        try dir.write("empty.pem", "")
+        try FileManager.default.createDirectory(atPath: dir.file("adir.pem"), withIntermediateDirectories: true)
+        let truncated = try String(contentsOfFile: Self.leaf.fullchain, encoding: .utf8).prefix(300)
+        try dir.write("truncated.pem", String(truncated))
+        let cases: [(cert: String, key: String, expect: String)] = [
+            (dir.file("missing.pem"), Self.leaf.key, "missing.pem: No such file or directory"),
+            (dir.file("adir.pem"), Self.leaf.key, "adir.pem: Is a directory"),
+            (dir.file("garbage.pem"), Self.leaf.key, "garbage.pem: no CERTIFICATE block found"),
+            (dir.file("empty.pem"), Self.leaf.key, "empty.pem: file is empty"),
+            (dir.file("truncated.pem"), Self.leaf.key, "truncated.pem: malformed PEM"),
+            (Self.leaf.fullchain, dir.file("garbage.pem"), "garbage.pem: no PRIVATE KEY block found"),
+            (Self.leaf.fullchain, other.key, "private key does not match the certificate"),
+        ]
+        for c in cases {
+            let result = try check(config(cert: c.cert, key: c.key))
+            XCTAssertEqual(result.status, 1, "\(c.expect): \(result.stdout)")
+            XCTAssertTrue(result.stderr.contains(c.expect), "expected '\(c.expect)' in: \(result.stderr)")
+            XCTAssertTrue(result.stderr.contains("listeners[0].tls"), result.stderr)
+        }
+    }
+
+    func testChainOutOfOrderIsRefused() throws {
+        let dir = TemporaryDirectory()
+        let leafPEM = try String(contentsOfFile: Self.leaf.certificate, encoding: .utf8)
+        let intermediate = try String(contentsOfFile: Self.pki.intermediatePath, encoding: .utf8)
+        let root = try String(contentsOfFile: Self.pki.caPath, encoding: .utf8)
+        try dir.write("wrong-order.pem", leafPEM + root + intermediate)
+        let result = try check(config(cert: dir.file("wrong-order.pem"), key: Self.leaf.key))
+        XCTAssertEqual(result.status, 1)
+        XCTAssertTrue(result.stderr.contains("chain out of order"), result.stderr)
+    }
+
+    func testRunRefusesBadCertificatesBeforeBindingAnyPort() throws {
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        try dir.write("garbage.pem", "nope")
+        try dir.write("config.yaml", """
+            listeners:
+              - { name: http, address: "127.0.0.1:\(port)" }
+              - name: https
+                address: "127.0.0.1:\(freePort())"
+                tls: { certificate: \(dir.file("garbage.pem")), key: \(Self.leaf.key) }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(freePort())" }
+            """)
+        let process = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
+        process.process.waitUntilExit()
+        XCTAssertEqual(process.process.terminationStatus, 1)
+        XCTAssertTrue(process.log.contains("garbage.pem: no CERTIFICATE block found"), process.log)
+        XCTAssertFalse(process.log.contains("listening"), "no port is bound: \(process.log)")
+    }
+
+    func testHelpAndVersion() throws {
+        let help = try Shell.run([gatewayBinary(), "--help"])
+        XCTAssertTrue(help.stdout.contains("run") && help.stdout.contains("check"), help.stdout)
+        let version = try Shell.run([gatewayBinary(), "--version"])
+        XCTAssertEqual(version.stdout.trimmingCharacters(in: .whitespacesAndNewlines), gatewayVersion)
+    }
+}

@@ -1,0 +1,135 @@
+import EdgeGateway
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// The gateway binary as operators run it: memory, signals, logs.
+final class ProcessTests: XCTestCase {
+    static let pki = try! TestPKI()
+    static let leaf = try! pki.issue(["localhost"])
+
+    struct Running {
+        let dir: TemporaryDirectory
+        let upstream: GatewayProcessUpstream
+        let gateway: GatewayProcess
+        let httpsPort: Int
+        let httpPort: Int
+        let adminPort: Int
+    }
+
+    func start(extra: String = "") throws -> Running {
+        let dir = TemporaryDirectory()
+        let upstream = try GatewayProcessUpstream(port: freePort())
+        let (https, http, admin) = (freePort(), freePort(), freePort())
+        try dir.write("config.yaml", """
+            listeners:
+              - name: https
+                address: "127.0.0.1:\(https)"
+                tls: { certificate: \(Self.leaf.fullchain), key: \(Self.leaf.key) }
+              - { name: http, address: "127.0.0.1:\(http)" }
+            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            \(extra)
+            """)
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("gateway.log"))
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        return Running(dir: dir, upstream: upstream, gateway: gateway, httpsPort: https, httpPort: http, adminPort: admin)
+    }
+
+    func testResidentMemoryStaysFarBelowStreamedBodySizes() throws {
+        let run = try start()
+        defer { run.gateway.stop(); run.upstream.stop() }
+        // Warm up both paths once, then take the baseline.
+        _ = try Shell.run(["curl", "-sS", "--cacert", Self.pki.caPath, "https://localhost:\(run.httpsPort)/bytes?n=1000000", "-o", "/dev/null"])
+        let baseline = memoryOf(pid: run.gateway.pid).rss
+        let file = run.dir.file("body.bin")
+        try Shell.bash("head -c 67108864 /dev/urandom > '\(file)'")
+        let expected = try Shell.bash("sha256sum '\(file)' | cut -c1-64").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let upload = try Shell.run(["curl", "-sS", "--cacert", Self.pki.caPath, "--data-binary", "@\(file)", "https://localhost:\(run.httpsPort)/sha256"])
+        XCTAssertEqual(upload.stdout.trimmingCharacters(in: .whitespacesAndNewlines), expected)
+        let download = try Shell.bash("curl -sS --cacert '\(Self.pki.caPath)' 'https://localhost:\(run.httpsPort)/bytes?n=67108864' | wc -c")
+        XCTAssertEqual(download.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "67108864")
+        let peak = memoryOf(pid: run.gateway.pid).peak
+        let growthMiB = Double(peak - baseline) / 1024
+        print("gateway RSS baseline \(baseline) KiB, peak \(peak) KiB, growth \(growthMiB) MiB for 64 MiB bodies")
+        XCTAssertLessThan(growthMiB, 16, "peak RSS grew by \(growthMiB) MiB while streaming 64 MiB bodies")
+    }
+
+    func testSIGTERMDrainsInFlightRequestsAndExitsZero() throws {
+        let run = try start(extra: "shutdown_grace_period: 5s")
+        defer { run.upstream.stop() }
+        let inFlight = Process()
+        inFlight.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        let out = Pipe()
+        inFlight.arguments = ["-sS", "-w", " %{http_code}", "http://127.0.0.1:\(run.httpPort)/slow?ms=1500"]
+        inFlight.standardOutput = out
+        try inFlight.run()
+        usleep(400_000)
+        kill(run.gateway.pid, SIGTERM)
+        usleep(300_000)
+        // New connections are refused while draining.
+        let refused = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://127.0.0.1:\(run.httpPort)/"])
+        XCTAssertEqual(refused.stdout, "000")
+        inFlight.waitUntilExit()
+        let answer = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(answer.hasSuffix(" 200"), "the in-flight request finished: \(answer)")
+        let status = run.gateway.stop()
+        XCTAssertEqual(status, 0, run.gateway.log)
+        XCTAssertTrue(run.gateway.log.contains("draining"), run.gateway.log)
+    }
+
+    func testAdminHealthAndReadiness() throws {
+        let run = try start()
+        defer { run.gateway.stop(); run.upstream.stop() }
+        let health = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(run.adminPort)/healthz"])
+        XCTAssertEqual(health.stdout, "ok\n")
+        let ready = try Shell.run(["curl", "-sS", "-w", "%{http_code}", "-o", "/dev/null", "http://127.0.0.1:\(run.adminPort)/readyz"])
+        XCTAssertEqual(ready.stdout, "200")
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(run.adminPort)/status"])
+        let json = try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any]
+        XCTAssertEqual(json?["version"] as? String, gatewayVersion)
+        XCTAssertFalse(status.stdout.contains("PRIVATE KEY"))
+    }
+
+    func testJSONLogFormat() throws {
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        try dir.write("config.yaml", """
+            listeners: [ { name: http, address: "127.0.0.1:\(port)" } ]
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(freePort())" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"), arguments: ["--log-format", "json"])
+        XCTAssertTrue(gateway.waitForPort(port))
+        gateway.stop()
+        let first = gateway.log.split(separator: "\n").first.map(String.init) ?? ""
+        let object = try JSONSerialization.jsonObject(with: Data(first.utf8)) as? [String: Any]
+        XCTAssertEqual(object?["message"] as? String, "listening", gateway.log)
+    }
+}
+
+/// The demo upstream as a separate process.
+final class GatewayProcessUpstream {
+    let process: Process
+    let port: Int
+
+    init(port: Int) throws {
+        self.port = port
+        self.process = Process()
+        self.process.executableURL = URL(fileURLWithPath: gatewayBinary())
+        self.process.arguments = ["demo-upstream", "--listen", "127.0.0.1:\(port)"]
+        self.process.standardOutput = FileHandle.nullDevice
+        try self.process.run()
+        let probe = GatewayProcess.Probe.wait(port: port)
+        precondition(probe, "demo upstream did not start")
+    }
+
+    func stop() {
+        if self.process.isRunning {
+            self.process.terminate()
+            self.process.waitUntilExit()
+        }
+    }
+}

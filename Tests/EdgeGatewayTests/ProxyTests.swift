@@ -1,0 +1,239 @@
+import EdgeGateway
+import EdgeTLS
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// The HTTPS reverse proxy with real clients on loopback.
+final class ProxyTests: XCTestCase {
+    static let pki = try! TestPKI()
+    static let leaf = try! pki.issue(["localhost", "a.example.test"])
+
+    func baseConfig(upstreamPort: Int, extraListener: String = "", extraUpstream: String = "", routes: String? = nil) -> String {
+        """
+        listeners:
+          - name: https
+            address: "127.0.0.1:0"
+            tls:
+              certificate: \(Self.leaf.fullchain)
+              key: \(Self.leaf.key)
+          - name: http
+            address: "127.0.0.1:0"
+            timeouts: { header: 1s }
+        \(extraListener)
+        upstreams:
+          app:
+            backends: ["127.0.0.1:\(upstreamPort)"]
+            timeouts: { read: 2s }
+        \(extraUpstream)
+        routes:
+        \(routes ?? "  - upstream: app")
+        admin:
+          address: "127.0.0.1:0"
+        """
+    }
+
+    func curl(_ args: [String]) throws -> ProcessResult {
+        try Shell.run(["curl", "-sS", "--max-time", "30", "--cacert", Self.pki.caPath] + args)
+    }
+
+    func testTLS13AndTheConfiguredCertificateWithOpenSSLClient() async throws {
+        let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
+        let port = harness.port("https")
+        let result = try Shell.run(
+            ["openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-servername", "localhost", "-CAfile", Self.pki.caPath, "-verify_return_error", "-ign_eof"],
+            input: "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", timeout: 20
+        )
+        XCTAssertTrue(result.stdout.contains("New, TLSv1.3"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("Verify return code: 0 (ok)"), result.stdout)
+        let served = try Shell.bash("openssl s_client -connect 127.0.0.1:\(port) -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -serial")
+        XCTAssertEqual(served.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "serial=\(Self.leaf.serial)")
+        XCTAssertTrue(result.stdout.contains("HTTP/1.1 200 OK"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("hello from the demo upstream"), result.stdout)
+        // TLS 1.2 is accepted too, TLS 1.1 is not.
+        let tls12 = try Shell.run(["openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-tls1_2", "-servername", "localhost"], input: "", timeout: 20)
+        XCTAssertTrue(tls12.stdout.contains("TLSv1.2"), tls12.stdout)
+        let tls11 = try Shell.run(["openssl", "s_client", "-connect", "127.0.0.1:\(port)", "-tls1_1", "-servername", "localhost"], input: "", timeout: 20)
+        XCTAssertNotEqual(tls11.status, 0)
+        await harness.shutdown()
+    }
+
+    func testCurlGetsTheUpstreamBodyWithForwardedHeaders() async throws {
+        let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
+        let port = harness.port("https")
+        let result = try curl(["https://localhost:\(port)/headers", "-H", "Connection: keep-alive, X-Secret", "-H", "X-Secret: hop", "-H", "X-Forwarded-For: 10.9.9.9"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stdout.contains("x-forwarded-proto: https"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("x-forwarded-for: 10.9.9.9, 127.0.0.1"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("x-forwarded-host: localhost:\(port)"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("host: localhost:\(port)"), "Host is preserved: \(result.stdout)")
+        XCTAssertFalse(result.stdout.contains("x-secret"), "headers named by Connection are hop-by-hop: \(result.stdout)")
+        XCTAssertFalse(result.stdout.contains("connection:"), result.stdout)
+        let plain = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.port("http"))/headers"])
+        XCTAssertTrue(plain.stdout.contains("x-forwarded-proto: http"), plain.stdout)
+        await harness.shutdown()
+    }
+
+    func testHostHeaderCanBeSetPerUpstream() async throws {
+        let harness = try await GatewayHarness.start { port in
+            self.baseConfig(upstreamPort: port, extraUpstream: """
+                  rewritten:
+                    backends: ["127.0.0.1:\(port)"]
+                    host_header: internal.service
+                """, routes: "  - path_prefix: /rw\n    upstream: rewritten\n  - upstream: app")
+        }
+        let result = try curl(["https://localhost:\(harness.port("https"))/rw/headers"])
+        XCTAssertTrue(result.stdout.contains("host=internal.service"), result.stdout)
+        await harness.shutdown()
+    }
+
+    func testRoutesByExactAndWildcardHostAndPathPrefix() async throws {
+        let harness = try await GatewayHarness.start { port in
+            self.baseConfig(upstreamPort: port, extraUpstream: """
+                  rewritten:
+                    backends: ["127.0.0.1:\(port)"]
+                    host_header: wildcard.internal
+                  exact:
+                    backends: ["127.0.0.1:\(port)"]
+                    host_header: exact.internal
+                """, routes: """
+                  - host: "*.example.test"
+                    path_prefix: /api
+                    upstream: rewritten
+                  - host: "a.example.test"
+                    upstream: exact
+                """)
+        }
+        let port = harness.port("http")
+        func hostSeen(_ host: String, _ path: String) throws -> String {
+            try Shell.run(["curl", "-sS", "-H", "Host: \(host)", "http://127.0.0.1:\(port)\(path)"]).stdout
+        }
+        XCTAssertTrue(try hostSeen("a.example.test", "/api/x").contains("host=wildcard.internal"))
+        XCTAssertTrue(try hostSeen("a.example.test:8080", "/other").contains("host=exact.internal"))
+        XCTAssertTrue(try hostSeen("x.y.example.test", "/api/headers").contains("404"), "wildcard covers one label only")
+        XCTAssertTrue(try hostSeen("nothing.test", "/").contains("404 Not Found"))
+        await harness.shutdown()
+    }
+
+    func testLargeUploadAndDownloadStreamIntact() async throws {
+        let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
+        let port = harness.port("https")
+        let file = harness.directory.file("upload.bin")
+        try Shell.run(["bash", "-c", "head -c 67108864 /dev/urandom > '\(file)'"])
+        let expected = try Shell.run(["bash", "-c", "sha256sum '\(file)' | cut -c1-64"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let upload = try curl(["https://localhost:\(port)/sha256", "--data-binary", "@\(file)"])
+        XCTAssertEqual(upload.stdout.trimmingCharacters(in: .whitespacesAndNewlines), expected, upload.stderr)
+        // Streamed both ways at once (chunked upload, echoed back).
+        let echo = try Shell.bash("curl -sS --cacert '\(Self.pki.caPath)' -H 'Transfer-Encoding: chunked' --data-binary @'\(file)' https://localhost:\(port)/echo | sha256sum | cut -c1-64")
+        XCTAssertEqual(echo.stdout.trimmingCharacters(in: .whitespacesAndNewlines), expected)
+        let download = try Shell.bash("curl -sS --cacert '\(Self.pki.caPath)' 'https://localhost:\(port)/bytes?n=67108864' | wc -c")
+        XCTAssertEqual(download.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "67108864")
+        await harness.shutdown()
+    }
+
+    func testThousandKeepAliveRequestsReuseOneUpstreamConnection() async throws {
+        let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
+        let port = harness.port("https")
+        let before = harness.upstream.connectionCount
+        let urls = (0..<1000).map { "url = \"https://localhost:\(port)/n\($0)\"\noutput = \"/dev/null\"" }.joined(separator: "\n")
+        try harness.directory.write("curl.cfg", urls)
+        let result = try Shell.run(["curl", "-sS", "--cacert", Self.pki.caPath, "-K", harness.directory.file("curl.cfg"), "-w", "%{http_code} %{num_connects}\n"], timeout: 120)
+        let lines = result.stdout.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1000)
+        XCTAssertTrue(lines.allSatisfy { $0.hasPrefix("200") }, result.stderr)
+        XCTAssertEqual(lines.filter { $0.hasSuffix(" 1") }.count, 1, "curl opened one client connection")
+        XCTAssertEqual(harness.upstream.connectionCount - before, 1, "one upstream connection served all 1,000 requests")
+        XCTAssertEqual(harness.upstream.requestCount, 1000)
+        await harness.shutdown()
+    }
+
+    func testSmugglingShapesOversizedHeadsAndSlowHeadersGetTheirAnswers() async throws {
+        let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
+        let port = harness.port("http")
+        let both = rawExchange(port: port, send: Array("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".utf8))
+        XCTAssertTrue(both.response.hasPrefix("HTTP/1.1 400"), both.response)
+        XCTAssertTrue(both.closed)
+        let twoLengths = rawExchange(port: port, send: Array("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".utf8))
+        XCTAssertTrue(twoLengths.response.hasPrefix("HTTP/1.1 400"), twoLengths.response)
+        XCTAssertTrue(twoLengths.closed)
+        let big = rawExchange(port: port, send: Array(("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + String(repeating: "a", count: 40_000) + "\r\n\r\n").utf8))
+        XCTAssertTrue(big.response.hasPrefix("HTTP/1.1 431"), big.response)
+        XCTAssertTrue(big.closed)
+        let slow = rawExchange(port: port, send: Array("GET / HTTP/1.1\r\nHo".utf8), timeout: 5)
+        XCTAssertTrue(slow.response.hasPrefix("HTTP/1.1 408"), slow.response)
+        XCTAssertTrue(slow.closed)
+        // Other clients are still served.
+        let ok = rawExchange(port: port, send: Array("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+        XCTAssertTrue(ok.response.hasPrefix("HTTP/1.1 200"), ok.response)
+        await harness.shutdown()
+    }
+
+    func testUpstreamFailuresMapTo502And504AndNeverHang() async throws {
+        let closedPort = freePort()
+        let harness = try await GatewayHarness.start { port in
+            self.baseConfig(upstreamPort: port, extraUpstream: """
+                  dead:
+                    backends: ["127.0.0.1:\(closedPort)"]
+                """, routes: "  - path_prefix: /dead\n    upstream: dead\n  - upstream: app")
+        }
+        let port = harness.port("http")
+        let refused = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/dead"])
+        XCTAssertEqual(refused.stdout, "502")
+        let slow = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/slow?ms=4000"], timeout: 20)
+        XCTAssertEqual(slow.stdout, "504", "read timeout is 2s")
+        let fine = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/"])
+        XCTAssertEqual(fine.stdout, "200")
+        await harness.shutdown()
+    }
+
+    func testConnectFailureMovesToTheNextBackend() async throws {
+        let closedPort = freePort()
+        let harness = try await GatewayHarness.start { port in
+            self.baseConfig(upstreamPort: port, extraUpstream: """
+                  mixed:
+                    backends: ["127.0.0.1:\(closedPort)", "127.0.0.1:\(port)"]
+                """, routes: "  - upstream: mixed")
+        }
+        let port = harness.port("http")
+        for _ in 0..<6 {
+            let result = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/"])
+            XCTAssertEqual(result.stdout, "200")
+        }
+        await harness.shutdown()
+    }
+
+    func testUpstreamTLSIsVerifiedByDefault() async throws {
+        let upstreamLeaf = try Self.pki.issue(["app.internal"])
+        let chain = try PEMBundle.parse(Array(try Data(contentsOf: URL(fileURLWithPath: upstreamLeaf.fullchain))))
+        let key = try PEMBundle.parse(Array(try Data(contentsOf: URL(fileURLWithPath: upstreamLeaf.key)))).key!
+        let upstreamContext = try TLSContext.server(chain: chain.certificates, key: key, policy: TLSServerPolicy())
+        let harness = try await GatewayHarness.start(upstreamTLS: upstreamContext) { port in
+            self.baseConfig(upstreamPort: port, extraUpstream: """
+                  trusted:
+                    backends: ["127.0.0.1:\(port)"]
+                    tls: { sni: app.internal, ca_file: \(Self.pki.caPath) }
+                  system:
+                    backends: ["127.0.0.1:\(port)"]
+                    tls: { sni: app.internal }
+                  wrongname:
+                    backends: ["127.0.0.1:\(port)"]
+                    tls: { sni: other.internal, ca_file: \(Self.pki.caPath) }
+                """, routes: """
+                  - path_prefix: /trusted
+                    upstream: trusted
+                  - path_prefix: /system
+                    upstream: system
+                  - path_prefix: /wrongname
+                    upstream: wrongname
+                """)
+        }
+        let port = harness.port("http")
+        func code(_ path: String) throws -> String {
+            try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)\(path)"]).stdout
+        }
+        XCTAssertEqual(try code("/trusted"), "200")
+        XCTAssertEqual(try code("/system"), "502", "a private CA is not in the system trust store")
+        XCTAssertEqual(try code("/wrongname"), "502", "hostname is verified")
+        await harness.shutdown()
+    }
+}

@@ -1,0 +1,308 @@
+import EdgeGateway
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// Hot certificate rotation: real files, real inotify, real handshakes on loopback.
+final class RotationTests: XCTestCase {
+    static let pki = try! TestPKI()
+
+    func config(sources: String, extra: String = "") -> (Int) -> String {
+        { upstreamPort in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: {}
+            certificates:
+              sources:
+            \(sources)
+              watch: { debounce: 100ms, rescan_interval: 30s }
+            \(extra)
+            upstreams:
+              app: { backends: ["127.0.0.1:\(upstreamPort)"] }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+    }
+
+    func copy(_ from: String, _ to: String) throws {
+        try Shell.run(["cp", from, to])
+    }
+
+    // MARK: plain directory
+
+    func testPlainPairRotatedWithMvAndCpInPlaceWhileKeepAliveContinues() async throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        let v1 = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - directory: certs"))
+        let port = harness.port("https")
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
+
+        // A keep-alive connection opened before the rotation keeps working after it.
+        let stop = dir.file("stop")
+        let load = Process()
+        load.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        load.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", Self.pki.caPath, stop, "30"]
+        let out = Pipe()
+        load.standardOutput = out
+        try load.run()
+        pause(0.5)
+
+        // mv: key then certificate renamed in (two renames, one debounce).
+        let staging = dir.file("staging")
+        let v2 = try Self.pki.issue(["localhost"], into: staging, name: "v2")
+        try Shell.run(["mv", v2.key, certs + "/site.key"])
+        try Shell.run(["mv", v2.fullchain, certs + "/site.crt"])
+        XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == v2.serial }, "mv rotation served")
+
+        // cp in place (CLOSE_WRITE on existing files).
+        let v3 = try Self.pki.issue(["localhost"], into: staging, name: "v3")
+        try copy(v3.fullchain, certs + "/site.crt")
+        try copy(v3.key, certs + "/site.key")
+        XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == v3.serial }, "cp rotation served")
+
+        FileManager.default.createFile(atPath: stop, contents: nil)
+        load.waitUntilExit()
+        let stats = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
+        XCTAssertEqual((stats["keepalive_errors"] as! [String]), [], "\(stats)")
+        XCTAssertEqual((stats["handshake_errors"] as! [String]), [], "\(stats)")
+        XCTAssertGreaterThan(stats["keepalive_ok"] as! Int, 10)
+        await harness.shutdown()
+    }
+
+    // MARK: certbot
+
+    /// Lays out a certbot lineage version `n` exactly as certbot does.
+    func certbotWrite(_ live: String, _ name: String, version n: Int, leaf: TestPKI.Leaf) throws {
+        let archive = (live as NSString).deletingLastPathComponent + "/archive/" + name
+        try FileManager.default.createDirectory(atPath: archive, withIntermediateDirectories: true)
+        try copy(leaf.certificate, "\(archive)/cert\(n).pem")
+        try copy(Self.pki.intermediatePath, "\(archive)/chain\(n).pem")
+        try copy(leaf.fullchain, "\(archive)/fullchain\(n).pem")
+        try copy(leaf.key, "\(archive)/privkey\(n).pem")
+    }
+
+    func link(_ target: String, _ path: String) throws {
+        try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: target)
+    }
+
+    func testCertbotRenewalSequenceNeverServesAMismatchedPair() async throws {
+        let dir = TemporaryDirectory()
+        let live = dir.file("letsencrypt/live")
+        try FileManager.default.createDirectory(atPath: live + "/example", withIntermediateDirectories: true)
+        let v1 = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v1")
+        try certbotWrite(live, "example", version: 1, leaf: v1)
+        for kind in ["cert", "chain", "fullchain", "privkey"] {
+            try link("../../archive/example/\(kind)1.pem", "\(live)/example/\(kind).pem")
+        }
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - certbot: letsencrypt/live"))
+        let port = harness.port("https")
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
+
+        let stop = dir.file("stop")
+        let load = Process()
+        load.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        load.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", Self.pki.caPath, stop, "60"]
+        let out = Pipe()
+        load.standardOutput = out
+        try load.run()
+
+        for version in 2...4 {
+            let leaf = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v\(version)")
+            // 1. new archive files, 2. previous_* links, 3. unlink+symlink in certbot's order
+            //    with pauses longer than the debounce, 4. previous_* removed: the end.
+            try certbotWrite(live, "example", version: version, leaf: leaf)
+            for kind in ["cert", "privkey", "chain", "fullchain"] {
+                try link("../../archive/example/\(kind)\(version - 1).pem", "\(live)/example/previous_\(kind).pem")
+            }
+            for kind in ["cert", "privkey", "chain", "fullchain"] {
+                try FileManager.default.removeItem(atPath: "\(live)/example/\(kind).pem")
+                pause(0.15)
+                try link("../../archive/example/\(kind)\(version).pem", "\(live)/example/\(kind).pem")
+                pause(0.15)
+            }
+            for kind in ["cert", "privkey", "chain", "fullchain"] {
+                try FileManager.default.removeItem(atPath: "\(live)/example/previous_\(kind).pem")
+            }
+            XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == leaf.serial }, "renewal \(version) served")
+        }
+
+        // First issuance of a new lineage: the links appear before their targets.
+        let fresh = try Self.pki.issue(["a.example.test"], into: dir.file("staging"), name: "fresh")
+        try FileManager.default.createDirectory(atPath: live + "/fresh", withIntermediateDirectories: true)
+        for kind in ["cert", "chain", "fullchain", "privkey"] {
+            try link("../../archive/fresh/\(kind)1.pem", "\(live)/fresh/\(kind).pem")
+        }
+        pause(0.3)
+        try certbotWrite(live, "fresh", version: 1, leaf: fresh)
+        XCTAssertTrue(eventually { servedSerial(port: port, serverName: "a.example.test") == fresh.serial }, "first issuance served by SNI")
+
+        FileManager.default.createFile(atPath: stop, contents: nil)
+        load.waitUntilExit()
+        let stats = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
+        XCTAssertEqual((stats["handshake_errors"] as! [String]), [], "a mismatched pair would fail handshakes: \(stats)")
+        XCTAssertEqual((stats["keepalive_errors"] as! [String]), [], "\(stats)")
+        XCTAssertGreaterThan(stats["handshakes_ok"] as! Int, 5)
+        let problems = harness.gateway.sharedStore!.problems
+        XCTAssertEqual(problems.map(\.name), [], "a renewal in progress is not an error: \(problems)")
+        await harness.shutdown()
+    }
+
+    // MARK: Kubernetes
+
+    func testKubernetesDataSwap() async throws {
+        let dir = TemporaryDirectory()
+        let volume = dir.file("tls")
+        let v1 = try Self.pki.issue(["localhost"], into: volume + "/..2026_11_27_10_00_00.1", name: "tls")
+        try Shell.bash("""
+            cd '\(volume)/..2026_11_27_10_00_00.1' && mv tls.crt tls.crt.x && mv tls.key tls.key.x && mv tls.crt.x tls.crt && mv tls.key.x tls.key
+            cd '\(volume)' && ln -s ..2026_11_27_10_00_00.1 ..data && ln -s ..data/tls.crt tls.crt && ln -s ..data/tls.key tls.key
+            """)
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - kubernetes: tls"))
+        let port = harness.port("https")
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
+        let v2 = try Self.pki.issue(["localhost"], into: volume + "/..2026_11_27_11_00_00.2", name: "tls")
+        // kubelet: new timestamped directory, ..data_tmp link, rename over ..data, old directory removed.
+        try Shell.bash("cd '\(volume)' && ln -s ..2026_11_27_11_00_00.2 ..data_tmp && mv -T ..data_tmp ..data && rm -rf ..2026_11_27_10_00_00.1")
+        XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == v2.serial })
+        await harness.shutdown()
+    }
+
+    // MARK: bad input
+
+    func testBadNewVersionsKeepTheLastGoodCertificate() async throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        let good = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        let other = try Self.pki.issue(["other"], into: dir.file("staging"), name: "other")
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - directory: certs"))
+        let port = harness.port("https")
+        let store = harness.gateway.sharedStore!
+        func assertStillGood(_ what: String) {
+            // Give the watcher a debounce, then check nothing changed.
+            XCTAssertTrue(eventually(timeout: 5) { store.problems.contains { $0.name == "site" } }, "\(what): problem recorded")
+            XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), good.serial, what)
+            XCTAssertTrue(store.problems.first { $0.name == "site" }?.servingPrevious ?? false, what)
+        }
+        let goodKey = try String(contentsOfFile: good.key, encoding: .utf8)
+        let goodCert = try String(contentsOfFile: good.fullchain, encoding: .utf8)
+        func restore() {
+            try? goodKey.write(toFile: certs + "/site.key", atomically: false, encoding: .utf8)
+            try? goodCert.write(toFile: certs + "/site.crt", atomically: false, encoding: .utf8)
+            XCTAssertTrue(eventually(timeout: 5) { !store.problems.contains { $0.name == "site" } }, "recovered")
+        }
+
+        try copy(other.key, certs + "/site.key")
+        assertStillGood("mismatched key")
+        XCTAssertTrue(store.problems.first?.error.contains("does not match") ?? false, "\(store.problems)")
+        restore()
+
+        try "garbage\n".write(toFile: certs + "/site.crt", atomically: false, encoding: .utf8)
+        assertStillGood("garbage PEM")
+        restore()
+
+        try "".write(toFile: certs + "/site.crt", atomically: false, encoding: .utf8)
+        assertStillGood("empty file")
+        restore()
+
+        // A directory replaced by a file, then deleted: the set keeps serving.
+        try Shell.run(["mv", certs, dir.file("certs.saved")])
+        try "not a directory".write(toFile: certs, atomically: false, encoding: .utf8)
+        XCTAssertTrue(eventually(timeout: 5) { store.problems.contains { $0.error.contains("not a directory") } }, "\(store.problems)")
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), good.serial)
+        try FileManager.default.removeItem(atPath: certs)
+        XCTAssertTrue(eventually(timeout: 5) { store.problems.contains { $0.error.contains("no such directory") } }, "\(store.problems)")
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), good.serial)
+        // The directory comes back with a new pair: watched again and served.
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        let back = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == back.serial }, "recreated directory is watched again")
+        await harness.shutdown()
+    }
+
+    func testPermissionDeniedKeepsServingAsNonRootGateway() throws {
+        guard getuid() == 0, FileManager.default.fileExists(atPath: "/usr/bin/setpriv") else {
+            throw XCTSkip("needs root to start the gateway as nobody")
+        }
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        let good = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        let (https, admin) = (freePort(), freePort())
+        try dir.write("config.yaml", """
+            listeners: [ { name: https, address: "127.0.0.1:\(https)", tls: {} } ]
+            certificates: { sources: [ { directory: certs } ], watch: { debounce: 100ms } }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        try Shell.run(["chmod", "-R", "a+rX", dir.path])
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        process.arguments = ["--reuid=nobody", "--regid=nogroup", "--clear-groups", gatewayBinary(), "run", "-c", dir.file("config.yaml")]
+        let log = dir.file("log")
+        FileManager.default.createFile(atPath: log, contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: log)
+        try process.run()
+        defer { process.terminate(); process.waitUntilExit() }
+        guard GatewayProcess.Probe.wait(port: https, alive: { process.isRunning }) else {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            if text.contains("Permission denied") && text.contains("edge-gateway") { throw XCTSkip("the build directory is not readable by nobody") }
+            return XCTFail("gateway did not start as nobody: \(text)")
+        }
+        try Shell.run(["chmod", "000", certs + "/site.key"])
+        XCTAssertTrue(eventually(timeout: 5) {
+            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("Permission denied")
+        }, "the reason is logged")
+        XCTAssertEqual(servedSerial(port: https, serverName: "localhost"), good.serial)
+        XCTAssertTrue(process.isRunning)
+    }
+
+    // MARK: selection and resumption
+
+    func testExactWildcardDefaultAndStrictSNISelection() async throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        let exact = try Self.pki.issue(["a.example.test"], into: certs, name: "a")
+        let wildcard = try Self.pki.issue(["*.b.example.test"], into: certs, name: "b")
+        let fallback = try Self.pki.issue(["localhost"], into: certs, name: "localhost")
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - directory: certs", extra: "  default: localhost"))
+        let port = harness.port("https")
+        XCTAssertEqual(servedSerial(port: port, serverName: "a.example.test"), exact.serial)
+        XCTAssertEqual(servedSerial(port: port, serverName: "x.b.example.test"), wildcard.serial)
+        XCTAssertEqual(servedSerial(port: port, serverName: "y.x.b.example.test"), fallback.serial, "a wildcard covers one label")
+        XCTAssertEqual(servedSerial(port: port, serverName: "unknown.test"), fallback.serial)
+        XCTAssertEqual(servedSerial(port: port, serverName: nil), fallback.serial)
+        await harness.shutdown()
+
+        let strict = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - directory: certs", extra: "  default: localhost\n  strict_sni: true"))
+        let strictPort = strict.port("https")
+        XCTAssertEqual(servedSerial(port: strictPort, serverName: "a.example.test"), exact.serial)
+        let refused = try Shell.run(["openssl", "s_client", "-connect", "127.0.0.1:\(strictPort)", "-servername", "unknown.test"], input: "", timeout: 10)
+        XCTAssertTrue(refused.stderr.contains("unrecognized name"), refused.stderr)
+        await strict.shutdown()
+    }
+
+    func testSessionsResumeAcrossARotation() async throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        _ = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - directory: certs"))
+        let port = harness.port("https")
+        for version in ["-tls1_3", "-tls1_2"] {
+            let session = dir.file("session\(version)")
+            // Wait a moment before closing stdin so the TLS 1.3 ticket arrives.
+            let first = try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) -sess_out '\(session)' 2>&1")
+            XCTAssertTrue(first.stdout.contains("New,"), first.stdout)
+            let next = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "n\(version)")
+            try Shell.run(["mv", next.key, certs + "/site.key"])
+            try Shell.run(["mv", next.fullchain, certs + "/site.crt"])
+            XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == next.serial })
+            let resumed = try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) -sess_in '\(session)' 2>&1")
+            XCTAssertTrue(resumed.stdout.contains("Reused,"), "\(version) resumed after rotation: \(resumed.stdout.prefix(600))")
+        }
+        await harness.shutdown()
+    }
+}

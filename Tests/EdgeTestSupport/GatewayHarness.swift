@@ -1,0 +1,118 @@
+import EdgeGateway
+import EdgeTLS
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// A gateway and a demo upstream running in this process on free loopback ports.
+public final class GatewayHarness: @unchecked Sendable {
+    public let group: MultiThreadedEventLoopGroup
+    public let upstream: DemoUpstream
+    public let gateway: Gateway
+    public let directory: TemporaryDirectory
+
+    /// `yaml` receives the upstream's port; listeners should use port 0.
+    public static func start(
+        directory: TemporaryDirectory = TemporaryDirectory(),
+        upstreamTLS: TLSContext? = nil,
+        yaml: (Int) -> String
+    ) async throws -> GatewayHarness {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let upstream = try await DemoUpstream.start(tls: upstreamTLS, group: group)
+        let text = yaml(upstream.port)
+        try directory.write("config.yaml", text)
+        var logger = Logger(label: "edge-gateway-test")
+        logger.logLevel = .warning
+        let config = try GatewayConfig.parse(yaml: text)
+        let gateway = try Gateway.prepare(config: config, baseDirectory: directory.path, logger: logger)
+        try await gateway.start(group: group)
+        return GatewayHarness(group: group, upstream: upstream, gateway: gateway, directory: directory)
+    }
+
+    private init(group: MultiThreadedEventLoopGroup, upstream: DemoUpstream, gateway: Gateway, directory: TemporaryDirectory) {
+        self.group = group
+        self.upstream = upstream
+        self.gateway = gateway
+        self.directory = directory
+    }
+
+    public func port(_ listener: String) -> Int { self.gateway.boundPort(listener: listener) ?? 0 }
+
+    private let stopped = NIOLockedValueBox(false)
+
+    /// Stops the gateway, the upstream and the event loops; safe to call twice.
+    public func shutdown() async {
+        guard !self.stopped.withLockedValue({ let was = $0; $0 = true; return was }) else { return }
+        await self.gateway.shutdown(grace: .seconds(2))
+        await self.upstream.close()
+        try? await self.group.shutdownGracefully()
+    }
+}
+
+/// A gateway binary started as a child process, stopped on `stop()`.
+public final class GatewayProcess: @unchecked Sendable {
+    public let process: Process
+    public let logPath: String
+
+    public init(config: String, logPath: String, arguments: [String] = []) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: gatewayBinary())
+        process.arguments = ["run", "-c", config] + arguments
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let handle = FileHandle(forWritingAtPath: logPath)
+        process.standardError = handle
+        process.standardOutput = handle
+        try process.run()
+        self.process = process
+        self.logPath = logPath
+    }
+
+    public var pid: Int32 { self.process.processIdentifier }
+
+    public var log: String { (try? String(contentsOfFile: self.logPath, encoding: .utf8)) ?? "" }
+
+    /// Waits (bounded) until `port` accepts connections.
+    public func waitForPort(_ port: Int, timeout: TimeInterval = 20) -> Bool {
+        Probe.wait(port: port, timeout: timeout) { self.process.isRunning }
+    }
+
+    public enum Probe {
+        /// Polls (bounded) until `port` accepts a connection, while `alive` holds.
+        public static func wait(port: Int, timeout: TimeInterval = 20, alive: () -> Bool = { true }) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if !alive() { return false }
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            close(fd)
+            if rc == 0 { return true }
+            usleep(50_000)
+        }
+        return false
+        }
+    }
+
+    /// Sends `signal` and waits (bounded) for exit; returns the exit status.
+    @discardableResult
+    public func stop(signal: Int32 = SIGTERM, timeout: TimeInterval = 20) -> Int32 {
+        if self.process.isRunning { kill(self.pid, signal) }
+        let deadline = Date().addingTimeInterval(timeout)
+        while self.process.isRunning && Date() < deadline { usleep(20_000) }
+        if self.process.isRunning {
+            kill(self.pid, SIGKILL)
+            self.process.waitUntilExit()
+            return -9
+        }
+        return self.process.terminationStatus
+    }
+
+    deinit {
+        if self.process.isRunning { kill(self.pid, SIGKILL) }
+    }
+}

@@ -1,0 +1,198 @@
+import Foundation
+
+/// The result of a finished process.
+public struct ProcessResult: Sendable {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
+}
+
+public enum Shell {
+    /// Runs a command to completion (bounded by `timeout`), capturing its output.
+    @discardableResult
+    public static func run(_ arguments: [String], input: String? = nil, timeout: TimeInterval = 120, environment: [String: String]? = nil) throws -> ProcessResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        if let environment {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
+        let outPipe = Pipe(), errPipe = Pipe()
+        process.standardOutput = outPipe
+        process.standardError = errPipe
+        let inPipe = Pipe()
+        process.standardInput = inPipe
+        try process.run()
+        if let input { inPipe.fileHandleForWriting.write(Data(input.utf8)) }
+        try? inPipe.fileHandleForWriting.close()
+        // Drain both pipes concurrently so a chatty child never blocks.
+        let outData = DataBox(), errData = DataBox()
+        let group = DispatchGroup()
+        group.enter()
+        DispatchQueue.global().async { outData.set(outPipe.fileHandleForReading.readDataToEndOfFile()); group.leave() }
+        group.enter()
+        DispatchQueue.global().async { errData.set(errPipe.fileHandleForReading.readDataToEndOfFile()); group.leave() }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning {
+            process.terminate()
+            usleep(200_000)
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+        process.waitUntilExit()
+        group.wait()
+        return ProcessResult(
+            status: process.terminationStatus,
+            stdout: String(decoding: outData.get(), as: UTF8.self),
+            stderr: String(decoding: errData.get(), as: UTF8.self)
+        )
+    }
+
+    /// Runs a shell snippet with bash.
+    @discardableResult
+    public static func bash(_ script: String, timeout: TimeInterval = 120) throws -> ProcessResult {
+        try run(["bash", "-c", script], timeout: timeout)
+    }
+}
+
+final class DataBox: @unchecked Sendable {
+    // Written once by one reader thread, read after DispatchGroup.wait().
+    private var data = Data()
+    func set(_ d: Data) { self.data = d }
+    func get() -> Data { self.data }
+}
+
+/// A temporary directory removed on deinit.
+public final class TemporaryDirectory: @unchecked Sendable {
+    public let path: String
+
+    public init() {
+        let base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+        var template = Array("\(base)/edge-gateway-test-XXXXXX".utf8CString)
+        let result = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        self.path = String(cString: result!)
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: self.path)
+    }
+
+    public func file(_ name: String) -> String { self.path + "/" + name }
+
+    public func write(_ name: String, _ contents: String) throws {
+        let target = self.file(name)
+        try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try contents.write(toFile: target, atomically: false, encoding: .utf8)
+    }
+}
+
+/// The directory that holds the built products (the edge-gateway binary).
+public func productsDirectory() -> String {
+    for bundle in Bundle.allBundles where bundle.bundlePath.hasSuffix(".xctest") {
+        return (bundle.bundlePath as NSString).deletingLastPathComponent
+    }
+    let argv0 = CommandLine.arguments[0]
+    var dir = (argv0 as NSString).deletingLastPathComponent
+    while !dir.isEmpty && dir != "/" {
+        if FileManager.default.fileExists(atPath: dir + "/edge-gateway") { return dir }
+        dir = (dir as NSString).deletingLastPathComponent
+    }
+    return FileManager.default.currentDirectoryPath + "/.build/debug"
+}
+
+/// Path of the gateway binary built with the tests.
+public func gatewayBinary() -> String { productsDirectory() + "/edge-gateway" }
+
+/// A free TCP port on loopback (bound and released; good enough for tests that start processes).
+public func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// Sends raw bytes to a loopback port and reads until EOF or `timeout`.
+public func rawExchange(port: Int, send data: [UInt8], timeout: Double = 5) -> (response: String, closed: Bool) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    guard rc == 0 else { return ("connect failed", true) }
+    var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1e6))
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var offset = 0
+    while offset < data.count {
+        let n = data.withUnsafeBytes { send(fd, $0.baseAddress! + offset, data.count - offset, Int32(MSG_NOSIGNAL)) }
+        if n <= 0 { break }
+        offset += n
+    }
+    var received: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    var closed = false
+    while true {
+        let n = recv(fd, &buffer, buffer.count, 0)
+        if n == 0 { closed = true; break }
+        if n < 0 { break }  // timeout: still open
+        received.append(contentsOf: buffer[0..<n])
+    }
+    return (String(decoding: received, as: UTF8.self), closed)
+}
+
+/// Resident memory figures of a process, in KiB.
+public func memoryOf(pid: Int32) -> (rss: Int, peak: Int) {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return (0, 0) }
+    func field(_ name: String) -> Int {
+        for line in text.split(separator: "\n") where line.hasPrefix(name + ":") {
+            return Int(line.split(separator: " ").dropFirst().first { !$0.isEmpty }.map { $0.trimmingCharacters(in: .whitespaces) } ?? "0") ?? 0
+        }
+        return 0
+    }
+    return (field("VmRSS"), field("VmHWM"))
+}
+
+/// The repository root (for scripts under Tests/tools).
+public func repositoryRoot(file: String = #filePath) -> String {
+    var dir = (file as NSString).deletingLastPathComponent
+    while !dir.isEmpty && dir != "/" {
+        if FileManager.default.fileExists(atPath: dir + "/Package.swift") { return dir }
+        dir = (dir as NSString).deletingLastPathComponent
+    }
+    return FileManager.default.currentDirectoryPath
+}
+
+/// Serial number (upper-case hex) of the certificate served for `serverName`, or nil when the handshake fails.
+public func servedSerial(port: Int, serverName: String?, extra: [String] = []) -> String? {
+    var args = ["openssl", "s_client", "-connect", "127.0.0.1:\(port)"] + extra
+    if let serverName { args += ["-servername", serverName] } else { args += ["-noservername"] }
+    guard let result = try? Shell.run(args, input: "", timeout: 10) else { return nil }
+    guard let start = result.stdout.range(of: "-----BEGIN CERTIFICATE-----"),
+          let end = result.stdout.range(of: "-----END CERTIFICATE-----") else { return nil }
+    let pem = String(result.stdout[start.lowerBound..<end.upperBound])
+    guard let serial = try? Shell.run(["openssl", "x509", "-noout", "-serial"], input: pem + "\n") else { return nil }
+    let text = serial.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    return text.hasPrefix("serial=") ? String(text.dropFirst(7)) : nil
+}
+
+/// Polls (bounded) until `condition` holds; returns whether it did.
+public func eventually(timeout: TimeInterval = 10, interval: TimeInterval = 0.05, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if condition() { return true }
+        Thread.sleep(forTimeInterval: interval)
+    }
+    return condition()
+}
+
+/// Sleeps the calling thread (usable from async tests that drive external processes).
+public func pause(_ seconds: Double) {
+    usleep(UInt32(seconds * 1_000_000))
+}
