@@ -37,6 +37,9 @@ final class ProtocolErrorHandler: ChannelDuplexHandler {
 
 /// Bounds how long a client may take to send a request head: 408 for the first
 /// request of a connection, a silent close for an idle keep-alive connection.
+///
+/// One timer per connection that re-arms itself when it fires before the current
+/// deadline, so a keep-alive request costs a clock read, not a timer.
 final class RequestHeadTimeoutHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -46,6 +49,9 @@ final class RequestHeadTimeoutHandler: ChannelDuplexHandler {
     private let headerTimeout: TimeAmount
     private let idleTimeout: TimeAmount
     private var timer: Scheduled<Void>?
+    /// When the connection times out; nil while a request is in flight.
+    private var deadline: NIODeadline?
+    private var firstRequest = true
     private var inFlight = 0
 
     init(headerTimeout: TimeAmount, idleTimeout: TimeAmount) {
@@ -54,28 +60,29 @@ final class RequestHeadTimeoutHandler: ChannelDuplexHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { self.arm(context: context, first: true) }
+        if context.channel.isActive { self.start(context: context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        self.arm(context: context, first: true)
+        self.start(context: context)
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         self.timer?.cancel()
+        self.timer = nil
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.timer?.cancel()
+        self.timer = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .head = Self.unwrapInboundIn(data) {
             self.inFlight += 1
-            self.timer?.cancel()
-            self.timer = nil
+            self.deadline = nil
         }
         context.fireChannelRead(data)
     }
@@ -83,21 +90,34 @@ final class RequestHeadTimeoutHandler: ChannelDuplexHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         if case .end = Self.unwrapOutboundIn(data) {
             self.inFlight = max(0, self.inFlight - 1)
-            if self.inFlight == 0 { self.arm(context: context, first: false) }
+            if self.inFlight == 0 {
+                self.firstRequest = false
+                self.deadline = .now() + self.idleTimeout
+                if self.timer == nil { self.schedule(context: context) }
+            }
         }
         context.write(data, promise: promise)
     }
 
-    private func arm(context: ChannelHandlerContext, first: Bool) {
-        guard self.timer == nil || !first else { return }
-        self.timer?.cancel()
-        let timeout = first ? self.headerTimeout : self.idleTimeout
-        self.timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: timeout) {
-            guard self.inFlight == 0 else { return }
-            if first {
+    private func start(context: ChannelHandlerContext) {
+        guard self.timer == nil, self.firstRequest, self.inFlight == 0 else { return }
+        self.deadline = .now() + self.headerTimeout
+        self.schedule(context: context)
+    }
+
+    private func schedule(context: ChannelHandlerContext) {
+        guard let deadline = self.deadline else { return }
+        self.timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) {
+            self.timer = nil
+            guard let deadline = self.deadline, self.inFlight == 0 else { return }
+            if NIODeadline.now() < deadline {
+                self.schedule(context: context)
+                return
+            }
+            if self.firstRequest {
                 let headers = HTTPHeaders([("connection", "close"), ("content-length", "0")])
                 context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .requestTimeout, headers: headers))), promise: nil)
-                context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+                context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
             } else {
                 context.close(promise: nil)
             }

@@ -189,7 +189,7 @@ private final class DemoHandler: ChannelInboundHandler {
         if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
         context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
         if head.method != .HEAD { context.write(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }
-        context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).whenComplete { _ in
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
             if !head.isKeepAlive { context.close(promise: nil) }
         }
     }

@@ -61,6 +61,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         var replayBody: [ByteBuffer]? = []
         var replayBytes = 0
         var readTimer: Scheduled<Void>?
+        var readDeadline = NIODeadline.now()
         var closeDownstreamAfterResponse = false
         var status = 0
 
@@ -85,6 +86,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private var discardingBody = false
     private var readPending = false
     private var closed = false
+    private var upstreamNeedsFlush = false
 
     public init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
         self.router = router
@@ -122,6 +124,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             }
             if let connection = exchange.connection {
                 connection.write(.body(.byteBuffer(body)))
+                self.upstreamNeedsFlush = true
             } else {
                 exchange.pending.append(.body(.byteBuffer(body)))
             }
@@ -144,7 +147,10 @@ public final class ProxyHandler: ChannelDuplexHandler {
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
-        self.exchange?.connection?.flush()
+        if self.upstreamNeedsFlush {
+            self.upstreamNeedsFlush = false
+            self.exchange?.connection?.flush()
+        }
         context.fireChannelReadComplete()
     }
 
@@ -192,7 +198,11 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private func connect(_ exchange: Exchange) {
         exchange.attempts += 1
         let backend = exchange.group.backends[exchange.backendIndex]
-        self.pool.acquire(group: exchange.group, backend: backend).hop(to: self.pool_eventLoop).whenComplete { result in
+        if let idle = self.pool.takeIdle(group: exchange.group, backend: backend) {
+            self.attach(idle, to: exchange)  // the common keep-alive case: no future, no hop
+            return
+        }
+        self.pool.acquire(group: exchange.group, backend: backend).assumeIsolated().whenComplete { result in
             guard self.exchange === exchange, !self.closed else {
                 if case .success(let connection) = result { self.pool.release(connection, group: exchange.group) }
                 return
@@ -214,8 +224,6 @@ public final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    private var pool_eventLoop: EventLoop { self.context!.eventLoop }
-
     private func attach(_ connection: UpstreamConnection, to exchange: Exchange) {
         exchange.connection = connection
         connection.uses += 1
@@ -231,11 +239,22 @@ public final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Pushes the read deadline out. One timer per exchange: when it fires early
+    /// (the deadline moved), it re-arms itself instead of being rescheduled per event.
     private func armReadTimer(_ exchange: Exchange) {
-        exchange.readTimer?.cancel()
+        exchange.readDeadline = .now() + exchange.group.timeouts.read
+        if exchange.readTimer == nil { self.scheduleReadCheck(exchange) }
+    }
+
+    private func scheduleReadCheck(_ exchange: Exchange) {
         guard let context = self.context else { return }
-        exchange.readTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: exchange.group.timeouts.read) {
+        exchange.readTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: exchange.readDeadline) {
+            exchange.readTimer = nil
             guard self.exchange === exchange, !exchange.responseEnded else { return }
+            if NIODeadline.now() < exchange.readDeadline {
+                self.scheduleReadCheck(exchange)
+                return
+            }
             let error = UpstreamError(kind: .readTimeout, backend: exchange.connection.map { "\($0.key.address)" } ?? "?", reason: "no response within the read timeout")
             exchange.connection?.handler.delegate = nil
             exchange.connection?.close()
@@ -258,6 +277,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         case .end(let trailers):
             exchange.readTimer?.cancel()
+            exchange.readTimer = nil
             exchange.responseEnded = true
             context.writeAndFlush(Self.wrapOutboundOut(.end(trailers)), promise: nil)
             self.observer?.requestCompleted(listener: self.info.listenerName, status: exchange.status)
@@ -384,7 +404,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         self.observer?.requestCompleted(listener: self.info.listenerName, status: Int(status.code))
         if close {
             self.discardingBody = !requestEnded
-            done.whenComplete { _ in context.close(promise: nil) }
+            done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         } else {
             self.discardingBody = false
         }

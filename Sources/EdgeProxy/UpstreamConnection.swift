@@ -30,6 +30,7 @@ final class UpstreamConnection {
     /// Requests served; >0 means the next use is a reuse.
     var uses = 0
     var idleTimer: Scheduled<Void>?
+    var idleDeadline = NIODeadline.now()
 
     init(channel: Channel, key: PoolKey, handler: UpstreamHandler) {
         self.channel = channel
@@ -38,7 +39,7 @@ final class UpstreamConnection {
     }
 
     func write(_ part: HTTPClientRequestPart) {
-        self.channel.write(NIOAny(part), promise: nil)
+        self.channel.write(part, promise: nil)
     }
 
     func flush() { self.channel.flush() }
@@ -178,20 +179,27 @@ public final class UpstreamPool {
 
     /// A ready connection to `backend`: the most recently used idle one, or a new one.
     func acquire(group: UpstreamGroup, backend: Backend) -> EventLoopFuture<UpstreamConnection> {
+        if let connection = self.takeIdle(group: group, backend: backend) {
+            return self.eventLoop.assumeIsolated().makeSucceededFuture(connection)
+        }
+        let key = PoolKey(address: backend.address, tls: group.tls.map { ObjectIdentifier($0) })
+        return self.connect(group: group, backend: backend, key: key)
+    }
+
+    /// The most recently used idle connection to `backend`, if one is alive.
+    func takeIdle(group: UpstreamGroup, backend: Backend) -> UpstreamConnection? {
         self.eventLoop.assertInEventLoop()
         let key = PoolKey(address: backend.address, tls: group.tls.map { ObjectIdentifier($0) })
         while var stack = self.idle[key], let connection = stack.popLast() {
             self.idle[key] = stack.isEmpty ? nil : stack
-            connection.idleTimer?.cancel()
-            connection.idleTimer = nil
             connection.handler.onIdleClose = nil
             if connection.channel.isActive {
                 self.reuses += 1
-                return self.eventLoop.makeSucceededFuture(connection)
+                return connection
             }
             connection.close()
         }
-        return self.connect(group: group, backend: backend, key: key)
+        return nil
     }
 
     /// Returns a connection whose exchange finished cleanly.
@@ -209,8 +217,20 @@ public final class UpstreamPool {
             guard let self, let connection else { return }
             self.evict(connection)
         }
-        connection.idleTimer = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: group.timeouts.idle) { [weak self, weak connection] in
+        connection.idleDeadline = .now() + group.timeouts.idle
+        if connection.idleTimer == nil { self.scheduleIdleCheck(connection) }
+    }
+
+    /// One timer per connection, re-armed only when it fires before the (moved) deadline.
+    private func scheduleIdleCheck(_ connection: UpstreamConnection) {
+        connection.idleTimer = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: connection.idleDeadline) { [weak self, weak connection] in
             guard let self, let connection else { return }
+            connection.idleTimer = nil
+            guard connection.channel.isActive, connection.handler.delegate == nil, connection.handler.onIdleClose != nil else { return }
+            if NIODeadline.now() < connection.idleDeadline {
+                self.scheduleIdleCheck(connection)
+                return
+            }
             self.evict(connection)
             connection.close()
         }
@@ -223,13 +243,15 @@ public final class UpstreamPool {
         guard var stack = self.idle[connection.key], let index = stack.firstIndex(where: { $0 === connection }) else { return }
         stack.remove(at: index)
         self.idle[connection.key] = stack.isEmpty ? nil : stack
-        connection.idleTimer?.cancel()
     }
 
     private func connect(group: UpstreamGroup, backend: Backend, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
         self.connectionsOpened += 1
         let ready = self.eventLoop.makePromise(of: Void.self)
+        let result = self.eventLoop.makePromise(of: UpstreamConnection.self)
         let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description)
+        // The initializer runs on this pool's loop, the only place the handler is touched.
+        let boundHandler = NIOLoopBound(handler, eventLoop: self.eventLoop)
         let tls = group.tls
         let connectTimeout = group.timeouts.connect
         let bootstrap = ClientBootstrap(group: self.eventLoop)
@@ -248,33 +270,39 @@ public final class UpstreamPool {
                     encoderConfiguration.automaticallySetFramingHeaders = false
                     try sync.addHandler(HTTPRequestEncoder(configuration: encoderConfiguration))
                     try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop)))
-                    try sync.addHandler(handler)
+                    try sync.addHandler(boundHandler.value)
                 }
             }
         let backendName = backend.description
-        let timeoutBudget = connectTimeout
-        return bootstrap.connect(to: backend.address).flatMapError { error in
-            let kind: UpstreamError.Kind = (error as? ChannelError).map { if case .connectTimeout = $0 { return .connectTimeout } else { return .connectFailed } } ?? .connectFailed
-            let failure = UpstreamError(kind: kind, backend: backendName, reason: "connect failed: \(error)")
-            ready.fail(failure)  // the channel never became active: nothing else completes it
-            return self.eventLoop.makeFailedFuture(failure)
-        }.flatMap { channel in
-            // The TLS handshake shares the connect budget.
-            let timer = channel.eventLoop.scheduleTask(in: timeoutBudget) {
-                ready.fail(UpstreamError(kind: .connectTimeout, backend: backendName, reason: "TLS handshake timed out"))
-                channel.close(promise: nil)
-            }
-            return ready.futureResult.map {
-                timer.cancel()
-                let connection = UpstreamConnection(channel: channel, key: key, handler: handler)
-                handler.connection = connection
-                return connection
-            }.flatMapErrorThrowing { error in
-                timer.cancel()
-                channel.close(promise: nil)
-                throw error
+        bootstrap.connect(to: backend.address).assumeIsolated().whenComplete { connected in
+            switch connected {
+            case .failure(let error):
+                let kind: UpstreamError.Kind
+                if case ChannelError.connectTimeout = error { kind = .connectTimeout } else { kind = .connectFailed }
+                let failure = UpstreamError(kind: kind, backend: backendName, reason: "connect failed: \(error)")
+                ready.fail(failure)  // the channel never became active: nothing else completes it
+                result.fail(failure)
+            case .success(let channel):
+                // The TLS handshake shares the connect budget.
+                let timer = self.eventLoop.assumeIsolated().scheduleTask(in: connectTimeout) {
+                    ready.fail(UpstreamError(kind: .connectTimeout, backend: backendName, reason: "TLS handshake timed out"))
+                    channel.close(promise: nil)
+                }
+                ready.futureResult.assumeIsolated().whenComplete { handshake in
+                    timer.cancel()
+                    switch handshake {
+                    case .success:
+                        let connection = UpstreamConnection(channel: channel, key: key, handler: handler)
+                        handler.connection = connection
+                        result.assumeIsolated().succeed(connection)
+                    case .failure(let error):
+                        channel.close(promise: nil)
+                        result.fail(error)
+                    }
+                }
             }
         }
+        return result.futureResult
     }
 }
 

@@ -180,6 +180,11 @@ final class TLSConnection {
 
     private func reason(for error: Int32) -> String {
         var reason = openSSLErrorQueueDescription(fallback: "SSL error \(error)")
+        if self.context.isServer, reason.contains("callback failed") {
+            // Our servername callback refused the name (strict SNI).
+            let name = self.serverName.map { "'\($0)'" } ?? "(none)"
+            reason = "unrecognized server name \(name) refused (strict_sni)"
+        }
         if !self.context.isServer {
             let verify = SSL_get_verify_result(self.ssl)
             if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {

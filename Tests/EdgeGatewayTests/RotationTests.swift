@@ -64,7 +64,7 @@ final class RotationTests: XCTestCase {
         try copy(v3.key, certs + "/site.key")
         XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == v3.serial }, "cp rotation served")
 
-        FileManager.default.createFile(atPath: stop, contents: nil)
+        _ = FileManager.default.createFile(atPath: stop, contents: nil)
         load.waitUntilExit()
         let stats = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
         XCTAssertEqual((stats["keepalive_errors"] as! [String]), [], "\(stats)")
@@ -140,7 +140,7 @@ final class RotationTests: XCTestCase {
         try certbotWrite(live, "fresh", version: 1, leaf: fresh)
         XCTAssertTrue(eventually { servedSerial(port: port, serverName: "a.example.test") == fresh.serial }, "first issuance served by SNI")
 
-        FileManager.default.createFile(atPath: stop, contents: nil)
+        _ = FileManager.default.createFile(atPath: stop, contents: nil)
         load.waitUntilExit()
         let stats = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
         XCTAssertEqual((stats["handshake_errors"] as! [String]), [], "a mismatched pair would fail handshakes: \(stats)")
@@ -243,7 +243,7 @@ final class RotationTests: XCTestCase {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
         process.arguments = ["--reuid=nobody", "--regid=nogroup", "--clear-groups", gatewayBinary(), "run", "-c", dir.file("config.yaml")]
         let log = dir.file("log")
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         process.standardError = FileHandle(forWritingAtPath: log)
         try process.run()
         defer { process.terminate(); process.waitUntilExit() }

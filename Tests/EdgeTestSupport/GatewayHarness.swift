@@ -60,7 +60,7 @@ public final class GatewayProcess: @unchecked Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: gatewayBinary())
         process.arguments = ["run", "-c", config] + arguments
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let handle = FileHandle(forWritingAtPath: logPath)
         process.standardError = handle
         process.standardOutput = handle
