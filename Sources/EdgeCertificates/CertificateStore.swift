@@ -11,8 +11,11 @@ public struct CertificateSetConfiguration: Sendable {
     /// The protocol policies of the listeners that serve this set; a snapshot
     /// holds one context per lineage and policy.
     public var policies: [TLSServerPolicy]
+    /// CA bundle the served chains are verified against (nil: the system trust store).
+    public var trustCAFile: String?
 
-    public init(sources: [CertificateSource], defaultName: String? = nil, strictSNI: Bool = false, policies: [TLSServerPolicy]) {
+    public init(sources: [CertificateSource], defaultName: String? = nil, strictSNI: Bool = false, policies: [TLSServerPolicy], trustCAFile: String? = nil) {
+        self.trustCAFile = trustCAFile
         self.sources = sources
         self.defaultName = defaultName
         self.strictSNI = strictSNI
@@ -52,6 +55,7 @@ public final class CertificateStore: Sendable {
     private let logger: Logger
 
     private struct ReloadState {
+        var outcomes: [String: Int] = [:]
         var generation = 0
         var problems: [String: CertificateProblem] = [:]
         var lastReload: Int64 = 0
@@ -77,7 +81,7 @@ public final class CertificateStore: Sendable {
             }
             for file in files {
                 do {
-                    loaded.append(try LineageLoader.load(file, now: now))
+                    loaded.append(try LineageLoader.load(file, now: now, generation: 1, trustCAFile: configuration.trustCAFile))
                 } catch {
                     if requireAll { throw error }
                     problems[file.name] = CertificateProblem(name: file.name, error: "\(error)", since: now, servingPrevious: false)
@@ -112,6 +116,11 @@ public final class CertificateStore: Sendable {
     /// Current problems (rejected versions, unreadable sources).
     public var problems: [CertificateProblem] {
         self.state.withLockedValue { Array($0.problems.values).sorted { $0.name < $1.name } }
+    }
+
+    /// Reloads so far by outcome: published, partial, unchanged, rejected, failed.
+    public var reloadOutcomes: [String: Int] {
+        self.state.withLockedValue { $0.outcomes }
     }
 
     public var lastReload: (time: Int64, result: String) {
@@ -168,7 +177,7 @@ public final class CertificateStore: Sendable {
                         continue
                     }
                     do {
-                        let candidate = try LineageLoader.load(file, now: now)
+                        let candidate = try LineageLoader.load(file, now: now, generation: state.generation + 1, trustCAFile: self.configuration.trustCAFile)
                         if let previous, previous.contentHash == candidate.contentHash {
                             next.append(previous)
                             continue
@@ -207,6 +216,7 @@ public final class CertificateStore: Sendable {
             let changed = !added.isEmpty || !updated.isEmpty || !removed.isEmpty
             guard changed, !next.isEmpty else {
                 state.lastReloadResult = problems.isEmpty ? "unchanged" : "rejected"
+                state.outcomes[problems.isEmpty ? "unchanged" : "rejected", default: 0] += 1
                 return ReloadReport(generation: old.generation, published: false, added: [], updated: [], removed: [], problems: Array(problems.values))
             }
             do {
@@ -218,6 +228,7 @@ public final class CertificateStore: Sendable {
                 state.generation += 1
                 self.current.store(snapshot, ordering: .releasing)
                 state.lastReloadResult = problems.isEmpty ? "published" : "published with rejections"
+                state.outcomes[problems.isEmpty ? "published" : "partial", default: 0] += 1
                 self.logger.info("certificates published", metadata: [
                     "generation": "\(snapshot.generation)", "reason": "\(reason)",
                     "added": "\(added)", "updated": "\(updated)", "removed": "\(removed)",
@@ -227,6 +238,7 @@ public final class CertificateStore: Sendable {
                 return ReloadReport(generation: snapshot.generation, published: true, added: added, updated: updated, removed: removed, problems: Array(problems.values))
             } catch {
                 state.lastReloadResult = "failed: \(error)"
+                state.outcomes["failed", default: 0] += 1
                 self.logger.error("certificate snapshot not built", metadata: ["error": "\(error)"])
                 return ReloadReport(generation: old.generation, published: false, added: [], updated: [], removed: [], problems: Array(problems.values))
             }

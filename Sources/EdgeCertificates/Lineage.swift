@@ -17,8 +17,14 @@ public final class LoadedLineage: Sendable {
     public let serverNames: [String]
     /// When this version was loaded (seconds since the epoch).
     public let loadedAt: Int64
+    /// The snapshot generation that first served this version.
+    public let generation: Int
+    /// nil when the served chain verifies against the trust store, else why not.
+    public let chainProblem: String?
 
-    init(files: LineageFiles, chain: [X509Certificate], key: PrivateKey, contentHash: String, loadedAt: Int64) {
+    init(files: LineageFiles, chain: [X509Certificate], key: PrivateKey, contentHash: String, loadedAt: Int64, generation: Int, chainProblem: String?) {
+        self.generation = generation
+        self.chainProblem = chainProblem
         self.name = files.name
         self.files = files
         self.chain = chain
@@ -41,7 +47,7 @@ public final class LoadedLineage: Sendable {
 /// Every check runs before anything is published: the PEMs parse, the key
 /// matches the leaf, each chain certificate issued the one before it.
 enum LineageLoader {
-    static func load(_ files: LineageFiles, now: Int64) throws -> LoadedLineage {
+    static func load(_ files: LineageFiles, now: Int64, generation: Int, trustCAFile: String?) throws -> LoadedLineage {
         if let busy = files.busyReason {
             throw CertificateLoadError(path: parentDirectory(files.certificatePath), reason: busy)
         }
@@ -86,7 +92,8 @@ enum LineageLoader {
             )
         }
         let hash = sha256Hex(certBytes + Array(files.certificatePath.utf8) + keyBytes)
-        return LoadedLineage(files: files, chain: chain, key: key, contentHash: hash, loadedAt: now)
+        return LoadedLineage(files: files, chain: chain, key: key, contentHash: hash, loadedAt: now, generation: generation,
+                             chainProblem: verifyServedChain(chain, caFile: trustCAFile))
     }
 
     /// Just the content hash, to skip rebuilding unchanged lineages.

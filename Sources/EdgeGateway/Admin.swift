@@ -19,38 +19,72 @@ extension Gateway {
         return try await bootstrap.bind(to: self.adminAddress).get()
     }
 
+    /// Reports of every served lineage, across stores.
+    public func certificateReports(now: Int64 = Int64(currentTime())) -> [CertificateReport] {
+        let policy = self.config.expiry.policy
+        return self.stores.flatMap { $0.reports(policy: policy, now: now) }
+    }
+
+    /// The `/status/certificates` document.
+    public func certificatesJSON(now: Int64 = Int64(currentTime())) -> String {
+        let items = self.certificateReports(now: now).map { certificateJSON($0) }
+        return "{\"generated_at\":\(now),\"certificates\":[\(items.joined(separator: ","))]}\n"
+    }
+
     /// The `/status` document.
     func statusJSON() -> String {
-        let now = currentEpochSecondsForStatus()
+        let now = Int64(currentTime())
         let listeners = self.listeners.map { plan -> String in
             let port = self.boundPort(listener: plan.name).map(String.init) ?? "null"
             return "{\"name\":\(jsonString(plan.name)),\"address\":\(jsonString("\(plan.host):\(plan.port)")),\"port\":\(port),\"tls\":\(plan.tlsContext != nil)}"
         }
-        let certificates = self.stores.flatMap { store -> [String] in
-            let snapshot = store.snapshot
-            return snapshot.lineages.map { lineage in
-                let leaf = lineage.leaf
-                return "{\"name\":\(jsonString(lineage.name)),\"serial\":\(jsonString(leaf.serialNumberHex)),"
-                    + "\"names\":[\(lineage.serverNames.map(jsonString).joined(separator: ","))],"
-                    + "\"not_after\":\(leaf.notAfter),\"seconds_remaining\":\(max(0, leaf.notAfter - now)),"
-                    + "\"generation\":\(snapshot.generation),\"source\":\(jsonString(lineage.files.source.description))}"
-            }
+        let reports = self.certificateReports(now: now)
+        let counts = CertificateState.allCases.map { state in
+            "\(jsonString(state.rawValue)):\(reports.filter { $0.state == state }.count)"
         }
         let problems = self.stores.flatMap { $0.problems }.map {
             "{\"name\":\(jsonString($0.name)),\"error\":\(jsonString($0.error)),\"since\":\($0.since),\"serving_previous\":\($0.servingPrevious)}"
         }
-        let generation = self.sharedStore?.snapshot.generation ?? self.stores.first?.snapshot.generation ?? 0
+        let generation = self.stores.map { $0.snapshot.generation }.max() ?? 0
+        let last = self.stores.map { $0.lastReload }.max { $0.time < $1.time }
         return "{\"version\":\(jsonString(gatewayVersion)),\"uptime_seconds\":\(Int(currentTime() - self.startTime)),"
             + "\"ready\":\(self.isReady),\"snapshot_generation\":\(generation),"
             + "\"live_snapshots\":\(CertificateSnapshot.liveCount),"
-            + "\"last_reload\":{\"time\":\(self.sharedStore?.lastReload.time ?? 0),\"result\":\(jsonString(self.sharedStore?.lastReload.result ?? "n/a"))},"
+            + "\"last_reload\":{\"time\":\(last?.time ?? 0),\"result\":\(jsonString(last?.result ?? "never"))},"
             + "\"listeners\":[\(listeners.joined(separator: ","))],"
-            + "\"certificates\":[\(certificates.joined(separator: ","))],"
+            + "\"certificates_by_state\":{\(counts.joined(separator: ","))},"
+            + "\"certificates\":[\(reports.map { "{\"name\":\(jsonString($0.name)),\"serial\":\(jsonString($0.serial)),\"not_after\":\($0.notAfter),\"state\":\(jsonString($0.state.rawValue))}" }.joined(separator: ","))],"
             + "\"certificate_problems\":[\(problems.joined(separator: ","))]}\n"
+    }
+
+    /// The Prometheus exposition.
+    func metricsText() -> String {
+        let now = Int64(currentTime())
+        return self.metrics.render(reports: self.certificateReports(now: now), stores: self.stores, now: now)
     }
 }
 
-func currentEpochSecondsForStatus() -> Int64 { Int64(currentTime()) }
+func certificateJSON(_ r: CertificateReport) -> String {
+    let chain = r.chain.map {
+        "{\"subject\":\(jsonString($0.subject)),\"issuer\":\(jsonString($0.issuer)),\"serial\":\(jsonString($0.serial)),"
+            + "\"not_before\":\($0.notBefore),\"not_after\":\($0.notAfter),\"state\":\(jsonString($0.state.rawValue))}"
+    }
+    let rejected = r.rejectedError.map {
+        "{\"error\":\(jsonString($0)),\"since\":\(r.rejectedSince ?? 0),\"serving_previous_version\":true}"
+    } ?? "null"
+    return "{\"name\":\(jsonString(r.name)),"
+        + "\"source\":{\"configured\":\(jsonString(r.source)),\"certificate\":\(jsonString(r.certificateFile)),\"key\":\(jsonString(r.keyFile)),"
+        + "\"resolved_certificate\":\(jsonString(r.resolvedCertificateFile)),\"resolved_key\":\(jsonString(r.resolvedKeyFile))},"
+        + "\"server_names\":[\(r.servedNames.map(jsonString).joined(separator: ","))],\"default\":\(r.isDefault),"
+        + "\"serial\":\(jsonString(r.serial)),\"subject\":\(jsonString(r.subject)),\"issuer\":\(jsonString(r.issuer)),"
+        + "\"subject_alternative_names\":[\(r.subjectAlternativeNames.map(jsonString).joined(separator: ","))],"
+        + "\"key_type\":\(jsonString(r.keyType)),\"sha256_fingerprint\":\(jsonString(r.sha256Fingerprint)),"
+        + "\"not_before\":\(r.notBefore),\"not_after\":\(r.notAfter),\"seconds_remaining\":\(r.secondsRemaining),"
+        + "\"lifetime_used\":\(Double(Int(r.lifetimeUsed * 10000)) / 10000),\"state\":\(jsonString(r.state.rawValue)),"
+        + "\"chain\":[\(chain.joined(separator: ","))],"
+        + "\"chain_valid\":\(r.chainProblem == nil),\"chain_problem\":\(r.chainProblem.map(jsonString) ?? "null"),"
+        + "\"loaded_at\":\(r.loadedAt),\"generation\":\(r.generation),\"rejected_version\":\(rejected)}"
+}
 
 func jsonString(_ text: String) -> String {
     var out = "\""
@@ -73,7 +107,7 @@ func jsonString(_ text: String) -> String {
     return out + "\""
 }
 
-/// `GET /healthz`, `/readyz`, `/status` on the loopback admin listener.
+/// The admin endpoint: health, readiness, status views, metrics, reload.
 final class AdminHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -100,16 +134,22 @@ final class AdminHandler: ChannelInboundHandler {
             case (.GET, "/healthz"):
                 (status, type, body) = (.ok, "text/plain", "ok\n")
             case (.GET, "/readyz"):
-                let ready = self.gateway.isReady
+                let ready = self.gateway.isReady && self.gateway.stores.allSatisfy { !$0.snapshot.lineages.isEmpty }
                 (status, type, body) = (ready ? .ok : .serviceUnavailable, "text/plain", ready ? "ready\n" : "not ready\n")
             case (.GET, "/status"):
                 (status, type, body) = (.ok, "application/json", self.gateway.statusJSON())
+            case (.GET, "/status/certificates"):
+                (status, type, body) = (.ok, "application/json", self.gateway.certificatesJSON())
+            case (.GET, "/metrics"):
+                (status, type, body) = (.ok, "text/plain; version=0.0.4; charset=utf-8", self.gateway.metricsText())
+            case (.GET, "/"):
+                (status, type, body) = (.ok, "text/html; charset=utf-8", statusPage(self.gateway))
             case (.POST, "/reload"):
                 let reports = self.gateway.stores.map { $0.reload(reason: "admin /reload") }
                 let published = reports.contains { $0.published }
                 (status, type, body) = (.ok, "text/plain", published ? "reloaded: new certificates published\n" : "reloaded: nothing changed\n")
             default:
-                (status, type, body) = (.notFound, "text/plain", "not found; try /healthz, /readyz, /status\n")
+                (status, type, body) = (.notFound, "text/plain", "not found; try /, /healthz, /readyz, /status, /status/certificates, /metrics\n")
             }
             var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
             buffer.writeString(body)

@@ -1,3 +1,4 @@
+import EdgeCertificates
 import Yams
 
 /// The whole configuration file. Every key is documented in README.md.
@@ -11,11 +12,12 @@ public struct GatewayConfig: Decodable, Sendable {
     public var shutdownGracePeriod: Duration
     /// Event loops; default: one per core.
     public var workers: Int?
+    public var expiry: ExpiryConfig
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listeners, upstreams, routes, certificates, admin
         case shutdownGracePeriod = "shutdown_grace_period"
-        case workers
+        case workers, expiry
     }
 
     public init(from decoder: any Decoder) throws {
@@ -28,6 +30,7 @@ public struct GatewayConfig: Decodable, Sendable {
         self.admin = try c.decodeIfPresent(AdminConfig.self, forKey: .admin) ?? AdminConfig()
         self.shutdownGracePeriod = try c.decodeIfPresent(Duration.self, forKey: .shutdownGracePeriod) ?? .seconds(10)
         self.workers = try c.decodeIfPresent(Int.self, forKey: .workers)
+        self.expiry = try c.decodeIfPresent(ExpiryConfig.self, forKey: .expiry) ?? ExpiryConfig()
     }
 
     /// Parses YAML text; errors name the key path.
@@ -224,12 +227,15 @@ public struct CertificatesConfig: Decodable, Sendable {
     public var defaultName: String?
     public var strictSNI: Bool
     public var watch: WatchConfig
+    /// CA bundle the served chains are checked against (default: the system trust store).
+    public var caFile: String?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case sources
         case defaultName = "default"
         case strictSNI = "strict_sni"
         case watch
+        case caFile = "ca_file"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -239,6 +245,74 @@ public struct CertificatesConfig: Decodable, Sendable {
         self.defaultName = try c.decodeIfPresent(String.self, forKey: .defaultName)
         self.strictSNI = try c.decodeIfPresent(Bool.self, forKey: .strictSNI) ?? false
         self.watch = try c.decodeIfPresent(WatchConfig.self, forKey: .watch) ?? WatchConfig()
+        self.caFile = try c.decodeIfPresent(String.self, forKey: .caFile)
+    }
+}
+
+/// Expiry thresholds and how often the monitor repeats itself.
+public struct ExpiryConfig: Decodable, Sendable {
+    /// Warn once the time left is at most this fraction of the certificate's lifetime.
+    public var warningRemaining = 0.30
+    /// Critical once the time left is at most this fraction.
+    public var criticalRemaining = 0.10
+    /// Always warn when at most this much time is left.
+    public var warningFloor: Duration = .seconds(24 * 3600)
+    /// Always critical when at most this much time is left.
+    public var criticalFloor: Duration = .seconds(12 * 3600)
+    /// How often a state is logged again while it lasts.
+    public var repeatWarning: Duration = .seconds(86_400)
+    public var repeatCritical: Duration = .seconds(3_600)
+    public var repeatExpired: Duration = .seconds(3_600)
+    /// How often certificates are checked.
+    public var checkInterval: Duration = .seconds(60)
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case warningRemaining = "warning_remaining"
+        case criticalRemaining = "critical_remaining"
+        case warningFloor = "warning_floor"
+        case criticalFloor = "critical_floor"
+        case repeatWarning = "repeat_warning"
+        case repeatCritical = "repeat_critical"
+        case repeatExpired = "repeat_expired"
+        case checkInterval = "check_interval"
+    }
+
+    init() {}
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.warningRemaining = try c.decodeIfPresent(Double.self, forKey: .warningRemaining) ?? self.warningRemaining
+        self.criticalRemaining = try c.decodeIfPresent(Double.self, forKey: .criticalRemaining) ?? self.criticalRemaining
+        self.warningFloor = try c.decodeIfPresent(Duration.self, forKey: .warningFloor) ?? self.warningFloor
+        self.criticalFloor = try c.decodeIfPresent(Duration.self, forKey: .criticalFloor) ?? self.criticalFloor
+        self.repeatWarning = try c.decodeIfPresent(Duration.self, forKey: .repeatWarning) ?? self.repeatWarning
+        self.repeatCritical = try c.decodeIfPresent(Duration.self, forKey: .repeatCritical) ?? self.repeatCritical
+        self.repeatExpired = try c.decodeIfPresent(Duration.self, forKey: .repeatExpired) ?? self.repeatExpired
+        self.checkInterval = try c.decodeIfPresent(Duration.self, forKey: .checkInterval) ?? self.checkInterval
+        guard (0...1).contains(self.warningRemaining), (0...1).contains(self.criticalRemaining), self.criticalRemaining <= self.warningRemaining else {
+            throw ConfigError(path: keyPath(decoder.codingPath), message: "warning_remaining and critical_remaining are fractions (0 to 1) with critical <= warning")
+        }
+    }
+
+    var policy: ExpiryPolicy {
+        var policy = ExpiryPolicy()
+        policy.warningRemaining = self.warningRemaining
+        policy.criticalRemaining = self.criticalRemaining
+        policy.warningFloorSeconds = self.warningFloor.nanoseconds / 1_000_000_000
+        policy.criticalFloorSeconds = self.criticalFloor.nanoseconds / 1_000_000_000
+        return policy
+    }
+
+    var monitor: ExpiryMonitor {
+        var monitor = ExpiryMonitor()
+        monitor.repeatSeconds = [
+            .warning: self.repeatWarning.nanoseconds / 1_000_000_000,
+            .critical: self.repeatCritical.nanoseconds / 1_000_000_000,
+            .expired: self.repeatExpired.nanoseconds / 1_000_000_000,
+            .notYetValid: self.repeatCritical.nanoseconds / 1_000_000_000,
+        ]
+        return monitor
     }
 }
 

@@ -70,6 +70,7 @@ public final class Gateway: Sendable {
     let adminAddress: SocketAddress
     let logger: Logger
     let state = NIOLockedValueBox(RunState())
+    let metrics = GatewayMetrics()
     public let startTime = currentTime()
 
     struct RunState {
@@ -193,7 +194,8 @@ public final class Gateway: Sendable {
                 let store = try CertificateStore(
                     configuration: CertificateSetConfiguration(
                         sources: sources, defaultName: certificates.defaultName, strictSNI: certificates.strictSNI,
-                        policies: sharedPolicies.isEmpty ? [TLSServerPolicy()] : sharedPolicies
+                        policies: sharedPolicies.isEmpty ? [TLSServerPolicy()] : sharedPolicies,
+                        trustCAFile: certificates.caFile.map(resolve)
                     ),
                     logger: logger
                 )
@@ -228,7 +230,8 @@ public final class Gateway: Sendable {
                         let store = try CertificateStore(
                             configuration: CertificateSetConfiguration(
                                 sources: [.pair(name: listener.name, certificate: resolve(cert), key: resolve(key))],
-                                policies: [entry.policy]
+                                policies: [entry.policy],
+                                trustCAFile: config.certificates?.caFile.map(resolve)
                             ),
                             logger: logger, requireAll: true
                         )
@@ -334,7 +337,8 @@ extension String {
     }
 }
 
-func currentTime() -> Double {
+/// Seconds since the epoch, with fractions.
+public func currentTime() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

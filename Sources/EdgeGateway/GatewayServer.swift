@@ -141,6 +141,7 @@ extension Gateway {
     private func bind(_ listener: ListenerPlan, group: EventLoopGroup, quiescing: ServerQuiescingHelper, pools: PoolRegistry) async throws -> Channel {
         let router = self.router
         let logger = self.logger
+        let metrics = self.metrics
         var handshake = TLSHandlerConfiguration()
         handshake.handshakeTimeout = listener.handshakeTimeout
         let tlsConfiguration = handshake
@@ -156,7 +157,9 @@ extension Gateway {
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                metrics.connectionOpened(listener: plan.name)
+                channel.closeFuture.whenComplete { _ in metrics.connectionClosed(listener: plan.name) }
+                return channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     if let context = plan.tlsContext {
                         try sync.addHandler(OpenSSLHandler(serverContext: context, configuration: tlsConfiguration))
@@ -172,7 +175,7 @@ extension Gateway {
                     try sync.addHandler(RequestHeadTimeoutHandler(headerTimeout: plan.headerTimeout, idleTimeout: plan.idleTimeout))
                     try sync.addHandler(HTTPServerPipelineHandler())
                     let info = DownstreamInfo(scheme: plan.tlsContext == nil ? "http" : "https", remoteAddress: channel.remoteAddress, listenerName: plan.name)
-                    try sync.addHandler(ProxyHandler(router: router, pool: pools.pool(for: channel.eventLoop), info: info, logger: logger))
+                    try sync.addHandler(ProxyHandler(router: router, pool: pools.pool(for: channel.eventLoop), info: info, logger: logger, observer: metrics))
                 }
             }
         return try await bootstrap.bind(to: listener.address).get()

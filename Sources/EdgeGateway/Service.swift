@@ -5,6 +5,10 @@ import NIOPosix
 import ServiceLifecycle
 import UnixSignals
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Runs a prepared gateway as a service: binds, serves until graceful shutdown,
 /// then drains for the configured grace period.
 public struct GatewayService: Service {
@@ -24,6 +28,9 @@ public struct GatewayService: Service {
                 for await _ in await UnixSignalsSequence(trapping: .sighup) {
                     for store in self.gateway.stores { store.reload(reason: "SIGHUP") }
                 }
+            }
+            tasks.addTask {
+                await self.gateway.runExpiryMonitor()
             }
             try? await gracefulShutdown()
             tasks.cancelAll()
@@ -67,4 +74,32 @@ func readTextFile(_ path: String) throws -> String {
         bytes.append(contentsOf: chunk[0..<n])
     }
     return String(decoding: bytes, as: UTF8.self)
+}
+
+extension Gateway {
+    /// Logs expiry states at startup, on every change and at each state's repeat interval.
+    func runExpiryMonitor() async {
+        var monitor = self.config.expiry.monitor
+        let interval = max(1_000_000_000, self.config.expiry.checkInterval.nanoseconds)
+        while !Task.isCancelled {
+            let now = Int64(currentTime())
+            let reports = self.certificateReports(now: now)
+            let observations = reports.map {
+                ExpiryMonitor.Observation(name: $0.name, serial: $0.serial, state: $0.state, notAfter: $0.chain.map(\.notAfter).min() ?? $0.notAfter)
+            }
+            for line in monitor.evaluate(observations, now: now) {
+                let report = reports.first { $0.name == line.name }
+                self.logger.log(level: line.level, "\(line.message)", metadata: [
+                    "lineage": "\(line.name)", "state": "\(line.state.rawValue)", "remaining": "\(humanDuration(line.secondsRemaining))",
+                    "not_after": "\(isoDate(report?.notAfter ?? 0))", "serial": "\(report?.serial ?? "")",
+                ])
+            }
+            for report in reports where report.chainProblem != nil && monitor.shouldReportChain(report.name, serial: report.serial) {
+                self.logger.warning("served chain does not verify; clients without a cached intermediate will fail", metadata: [
+                    "lineage": "\(report.name)", "reason": "\(report.chainProblem ?? "")",
+                ])
+            }
+            try? await Task.sleep(nanoseconds: UInt64(interval))
+        }
+    }
 }

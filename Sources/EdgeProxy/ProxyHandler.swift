@@ -2,6 +2,7 @@ import EdgeTLS
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOTLS
 
 /// What the proxy needs to know about the downstream connection.
 public struct DownstreamInfo: Sendable {
@@ -30,6 +31,8 @@ public struct ProxyLimits: Sendable {
 /// Counters the proxy path keeps, read by status and metrics.
 public protocol ProxyObserver: Sendable {
     func requestCompleted(listener: String, status: Int)
+    /// `result`: ok, failed, timeout.
+    func handshake(listener: String, result: String)
 }
 
 /// Proxies HTTP/1.1 requests of one downstream connection to upstream groups.
@@ -443,8 +446,17 @@ public final class ProxyHandler: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            self.observer?.handshake(listener: self.info.listenerName, result: "ok")
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     public func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let tls = error as? TLSError {
+            if tls.isHandshakeFailure { self.observer?.handshake(listener: self.info.listenerName, result: "failed") }
+            if tls.isHandshakeTimeout { self.observer?.handshake(listener: self.info.listenerName, result: "timeout") }
             if tls.isUncleanShutdown {
                 // Most HTTP clients close without close_notify; nothing to report.
             } else if tls.isEOFDuringHandshake {

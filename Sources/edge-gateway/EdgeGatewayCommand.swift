@@ -1,4 +1,5 @@
 import ArgumentParser
+import EdgeCertificates
 import EdgeGateway
 import Logging
 import NIOCore
@@ -46,7 +47,7 @@ struct EdgeGatewayCommand: AsyncParsableCommand {
               edge-gateway run -c /etc/edge-gateway/config.yaml --log-format json
             """,
         version: gatewayVersion,
-        subcommands: [Run.self, Check.self, DemoUpstreamCommand.self],
+        subcommands: [Run.self, Check.self, Certs.self, Status.self, DemoUpstreamCommand.self],
         defaultSubcommand: nil
     )
 }
@@ -136,5 +137,77 @@ struct DemoUpstreamCommand: AsyncParsableCommand {
         let upstream = try await DemoUpstream.start(host: host, port: port, group: group)
         writeStandardOutput("demo upstream listening on \(host):\(upstream.port)\n")
         try await upstream.wait()
+    }
+}
+
+struct Certs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show which certificate expires when, without a running gateway (like certbot certificates).",
+        discussion: """
+            Reads the certificate sources of a configuration file (-c) or the directories given
+            (certbot live/ or config directory, Kubernetes secret volume, or plain pairs).
+
+            Exit codes, for cron and monitoring checks:
+              0  every certificate is ok
+              1  some certificate is in its warning window
+              2  some certificate is critical, expired, not yet valid, or unreadable
+            """
+    )
+
+    @Option(name: [.short, .customLong("config")], help: "Configuration file whose certificate sources to read.")
+    var config: String?
+
+    @Argument(help: "Directories to read instead of a configuration file.")
+    var directories: [String] = []
+
+    @Flag(name: .long, help: "Print JSON instead of a table.")
+    var json = false
+
+    func run() async throws {
+        var sources: [CertificateSource] = []
+        var trust: String? = nil
+        var policy = ExpiryPolicy()
+        if let config = self.config {
+            do {
+                (sources, trust, policy) = try CertsInspection.sources(configPath: config)
+            } catch {
+                writeStandardError("error: \(error)\n")
+                throw ExitCode(2)
+            }
+        }
+        sources += self.directories.map { CertsInspection.source(forDirectory: $0) }
+        guard !sources.isEmpty else {
+            writeStandardError("error: name a configuration file (-c FILE) or certificate directories\n")
+            throw ExitCode(2)
+        }
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let entries = CertificateInspector.inspect(sources: sources, trustCAFile: trust, policy: policy, now: Int64(now.tv_sec))
+        writeStandardOutput(self.json ? CertsInspection.json(entries) : CertsInspection.table(entries, now: Int64(now.tv_sec)))
+        let code = CertsInspection.exitCode(entries)
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the running gateway's certificate view from its admin endpoint."
+    )
+
+    @Option(name: .long, help: "Admin endpoint address.")
+    var admin: String = "127.0.0.1:9901"
+
+    @Option(name: .long, help: "Path to fetch: /status/certificates (default), /status or /metrics.")
+    var path: String = "/status/certificates"
+
+    func run() async throws {
+        let (host, port) = try parseAddress(self.admin)
+        do {
+            let body = try httpGet(host: host, port: port, path: self.path)
+            writeStandardOutput(body)
+        } catch {
+            writeStandardError("error: cannot reach the admin endpoint at \(self.admin): \(error)\n")
+            throw ExitCode(2)
+        }
     }
 }

@@ -52,12 +52,85 @@ public final class TestPKI: @unchecked Sendable {
               -extfile '\(base).ext' -out '\(dir)/\(base).crt.tmp'
             cat '\(dir)/\(base).crt.tmp' intermediate.pem > '\(dir)/\(base).fullchain.tmp'
             mv '\(dir)/\(base).key.tmp' '\(dir)/\(base).key'
-            mv '\(dir)/\(base).crt.tmp' '\(dir)/\(base).leaf.pem'
+            mv '\(dir)/\(base).crt.tmp' '\(work)/\(base)-\(self.counter).leaf.pem'
             mv '\(dir)/\(base).fullchain.tmp' '\(dir)/\(base).crt'
             """)
-        let serial = try Shell.run(["openssl", "x509", "-in", "\(dir)/\(base).leaf.pem", "-noout", "-serial"]).stdout
+        let leafPath = "\(work)/\(base)-\(self.counter).leaf.pem"
+        let serial = try Shell.run(["openssl", "x509", "-in", leafPath, "-noout", "-serial"]).stdout
             .trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: "serial=", with: "")
-        return Leaf(certificate: "\(dir)/\(base).leaf.pem", fullchain: "\(dir)/\(base).crt", key: "\(dir)/\(base).key", serial: serial)
+        return Leaf(certificate: leafPath, fullchain: "\(dir)/\(base).crt", key: "\(dir)/\(base).key", serial: serial)
+    }
+
+    /// `YYYYMMDDHHMMSSZ` for a Unix time.
+    public static func asn1Time(_ seconds: Int64) -> String {
+        var t = time_t(seconds)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        return String(format: "%04d%02d%02d%02d%02d%02dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec)
+    }
+
+    /// Signs with `openssl ca` so the validity window is exact (past or future).
+    private func caSign(csr: String, out: String, ext: String, issuerCert: String, issuerKey: String, notBefore: Int64, notAfter: Int64) throws {
+        let d = self.directory.path
+        try Self.sh("""
+            cd '\(d)'
+            mkdir -p newcerts && touch index.txt && [ -f serial ] || openssl rand -hex 16 > serial
+            cat > ca.cnf <<'CNF'
+            [ ca ]
+            default_ca = CA_default
+            [ CA_default ]
+            dir = .
+            database = ./index.txt
+            new_certs_dir = ./newcerts
+            serial = ./serial
+            default_md = sha256
+            policy = policy_any
+            unique_subject = no
+            email_in_dn = no
+            [ policy_any ]
+            commonName = supplied
+            CNF
+            openssl ca -batch -config ca.cnf -cert '\(issuerCert)' -keyfile '\(issuerKey)' -in '\(csr)' -out '\(out)' \
+              -startdate \(Self.asn1Time(notBefore)) -enddate \(Self.asn1Time(notAfter)) -extfile '\(ext)' -notext
+            """)
+    }
+
+    /// An intermediate CA under the root with an exact validity window.
+    public func intermediate(name: String, notBefore: Int64, notAfter: Int64) throws -> (cert: String, key: String) {
+        let d = self.directory.path
+        try Self.sh("""
+            cd '\(d)'
+            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out '\(name).key'
+            openssl req -new -key '\(name).key' -subj '/CN=\(name)' -out '\(name).csr'
+            printf 'basicConstraints=critical,CA:TRUE,pathlen:0\\nkeyUsage=critical,keyCertSign,cRLSign\\n' > '\(name).ext'
+            """)
+        try self.caSign(csr: "\(d)/\(name).csr", out: "\(d)/\(name).pem", ext: "\(d)/\(name).ext",
+                        issuerCert: self.caPath, issuerKey: "\(d)/ca.key", notBefore: notBefore, notAfter: notAfter)
+        return ("\(d)/\(name).pem", "\(d)/\(name).key")
+    }
+
+    /// A leaf with an exact validity window, signed by the intermediate (or `issuer`).
+    public func issue(_ dnsNames: [String], notBefore: Int64, notAfter: Int64, into directory: String, name: String,
+                      issuer: (cert: String, key: String)? = nil) throws -> Leaf {
+        self.counter += 1
+        let d = self.directory.path
+        let issuerCert = issuer?.cert ?? self.intermediatePath
+        let issuerKey = issuer?.key ?? "\(d)/intermediate.key"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let sans = dnsNames.map { "DNS:\($0)" }.joined(separator: ",")
+        try Self.sh("""
+            cd '\(d)'
+            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out '\(directory)/\(name).key'
+            openssl req -new -key '\(directory)/\(name).key' -subj '/CN=\(dnsNames.first ?? name)' -out 'dated\(self.counter).csr'
+            printf 'subjectAltName=\(sans)\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > 'dated\(self.counter).ext'
+            """)
+        let leafPath = "\(d)/dated\(self.counter).leaf.pem"
+        try self.caSign(csr: "\(d)/dated\(self.counter).csr", out: leafPath, ext: "\(d)/dated\(self.counter).ext",
+                        issuerCert: issuerCert, issuerKey: issuerKey, notBefore: notBefore, notAfter: notAfter)
+        try Self.sh("cat '\(leafPath)' '\(issuerCert)' > '\(directory)/\(name).crt'")
+        let serial = try Shell.run(["openssl", "x509", "-in", leafPath, "-noout", "-serial"]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: "serial=", with: "")
+        return Leaf(certificate: leafPath, fullchain: "\(directory)/\(name).crt", key: "\(directory)/\(name).key", serial: serial)
     }
 
     static func sh(_ script: String) throws {

@@ -1,0 +1,152 @@
+import EdgeTLS
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything an operator asks about one served lineage. No key material.
+public struct CertificateReport: Sendable {
+    public struct ChainEntry: Sendable {
+        public var subject: String
+        public var issuer: String
+        public var serial: String
+        public var notBefore: Int64
+        public var notAfter: Int64
+        public var state: CertificateState
+    }
+
+    public var name: String
+    public var source: String
+    public var certificateFile: String
+    public var keyFile: String
+    public var resolvedCertificateFile: String
+    public var resolvedKeyFile: String
+    /// SNI names this lineage answers in the current snapshot.
+    public var servedNames: [String]
+    public var isDefault: Bool
+    public var serial: String
+    public var subject: String
+    public var issuer: String
+    public var subjectAlternativeNames: [String]
+    public var keyType: String
+    public var sha256Fingerprint: String
+    public var notBefore: Int64
+    public var notAfter: Int64
+    public var secondsRemaining: Int64
+    public var lifetimeUsed: Double
+    /// Worst state over the chain.
+    public var state: CertificateState
+    public var chain: [ChainEntry]
+    /// nil when the served chain verifies, else the reason.
+    public var chainProblem: String?
+    public var loadedAt: Int64
+    public var generation: Int
+    /// The newest version on disk was rejected: why, since when; this report shows the version still served.
+    public var rejectedError: String?
+    public var rejectedSince: Int64?
+}
+
+extension CertificateReport {
+    /// A report for one loaded lineage version.
+    public init(lineage: LoadedLineage, servedNames: [String], isDefault: Bool, problem: CertificateProblem?, policy: ExpiryPolicy, now: Int64) {
+        let leaf = lineage.leaf
+        let lifetime = Double(max(1, leaf.notAfter - leaf.notBefore))
+        let chain = lineage.chain.map { cert in
+            ChainEntry(
+                subject: cert.subject, issuer: cert.issuer, serial: cert.serialNumberHex,
+                notBefore: cert.notBefore, notAfter: cert.notAfter,
+                state: policy.state(notBefore: cert.notBefore, notAfter: cert.notAfter, now: now)
+            )
+        }
+        self.init(
+            name: lineage.name,
+            source: lineage.files.source.description,
+            certificateFile: lineage.files.certificatePath,
+            keyFile: lineage.files.keyPath,
+            resolvedCertificateFile: resolvedPath(lineage.files.certificatePath),
+            resolvedKeyFile: resolvedPath(lineage.files.keyPath),
+            servedNames: servedNames,
+            isDefault: isDefault,
+            serial: leaf.serialNumberHex,
+            subject: leaf.subject,
+            issuer: leaf.issuer,
+            subjectAlternativeNames: leaf.subjectAlternativeNames.map { name in
+                switch name {
+                case .dns(let v): return "DNS:\(v)"
+                case .ip(let v): return "IP:\(v)"
+                case .uri(let v): return "URI:\(v)"
+                case .email(let v): return "email:\(v)"
+                }
+            },
+            keyType: leaf.keyDescription,
+            sha256Fingerprint: leaf.sha256Fingerprint,
+            notBefore: leaf.notBefore,
+            notAfter: leaf.notAfter,
+            secondsRemaining: max(0, leaf.notAfter - now),
+            lifetimeUsed: min(1, max(0, Double(now - leaf.notBefore) / lifetime)),
+            state: chain.map(\.state).max() ?? .ok,
+            chain: chain,
+            chainProblem: lineage.chainProblem,
+            loadedAt: lineage.loadedAt,
+            generation: lineage.generation,
+            rejectedError: problem?.error,
+            rejectedSince: problem?.since
+        )
+    }
+}
+
+extension CertificateStore {
+    /// Reports for every lineage of the current snapshot, by name.
+    public func reports(policy: ExpiryPolicy, now: Int64) -> [CertificateReport] {
+        let snapshot = self.snapshot
+        let problems = Dictionary(self.problems.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        var names: [Int: [String]] = [:]
+        for (name, index) in snapshot.exact { names[index, default: []].append(name) }
+        for (suffix, index) in snapshot.wildcard { names[index, default: []].append("*." + suffix) }
+        return snapshot.lineages.enumerated().map { index, lineage in
+            CertificateReport(
+                lineage: lineage, servedNames: (names[index] ?? []).sorted(), isDefault: snapshot.defaultIndex == index,
+                problem: problems[lineage.name], policy: policy, now: now
+            )
+        }
+    }
+}
+
+/// Reads certificate sources once, without serving: for `edge-gateway certs`.
+public enum CertificateInspector {
+    public struct Entry: Sendable {
+        public var name: String
+        public var source: String
+        public var report: CertificateReport?
+        /// Why the lineage could not be read or validated.
+        public var error: String?
+    }
+
+    public static func inspect(sources: [CertificateSource], trustCAFile: String?, policy: ExpiryPolicy, now: Int64) -> [Entry] {
+        var entries: [Entry] = []
+        for source in sources {
+            let files: [LineageFiles]
+            do {
+                files = try source.scan()
+            } catch {
+                entries.append(Entry(name: source.description, source: source.description, report: nil, error: "\(error)"))
+                continue
+            }
+            for file in files {
+                do {
+                    let lineage = try LineageLoader.load(file, now: now, generation: 0, trustCAFile: trustCAFile)
+                    let report = CertificateReport(lineage: lineage, servedNames: lineage.serverNames, isDefault: false, problem: nil, policy: policy, now: now)
+                    entries.append(Entry(name: file.name, source: source.description, report: report, error: nil))
+                } catch {
+                    entries.append(Entry(name: file.name, source: source.description, report: nil, error: "\(error)"))
+                }
+            }
+        }
+        return entries
+    }
+}
+
+func resolvedPath(_ path: String) -> String {
+    guard let resolved = realpath(path, nil) else { return path }
+    defer { free(resolved) }
+    return String(cString: resolved)
+}

@@ -1,0 +1,100 @@
+import EdgeCertificates
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `edge-gateway certs` reads and prints, without a running gateway.
+public enum CertsInspection {
+    /// The certificate sources a configuration file names (the shared set and every listener pair).
+    public static func sources(configPath: String) throws -> (sources: [CertificateSource], trustCAFile: String?, policy: ExpiryPolicy) {
+        let text: String
+        do { text = try readTextFile(configPath) } catch { throw ConfigProblems(problems: ["\(configPath): \(error)"]) }
+        let config: GatewayConfig
+        do { config = try GatewayConfig.parse(yaml: text) } catch { throw ConfigProblems(problems: ["\(configPath): \(error)"]) }
+        let base = configPath.contains("/") ? String(configPath[..<configPath.lastIndex(of: "/")!]) : "."
+        func resolve(_ path: String) -> String { path.hasPrefix("/") ? path : (base.isEmpty ? "/" : base) + "/" + path }
+        var sources: [CertificateSource] = []
+        for (index, source) in (config.certificates?.sources ?? []).enumerated() {
+            if let path = source.certbot { sources.append(.certbot(resolve(path))) }
+            if let path = source.kubernetes { sources.append(.kubernetes(resolve(path))) }
+            if let path = source.directory { sources.append(.directory(resolve(path))) }
+            if let cert = source.certificate, let key = source.key {
+                sources.append(.pair(name: source.name ?? "pair\(index)", certificate: resolve(cert), key: resolve(key)))
+            }
+        }
+        for listener in config.listeners {
+            if let cert = listener.tls?.certificate, let key = listener.tls?.key {
+                sources.append(.pair(name: listener.name, certificate: resolve(cert), key: resolve(key)))
+            }
+        }
+        return (sources, config.certificates?.caFile.map(resolve), config.expiry.policy)
+    }
+
+    /// Guesses a directory's kind: certbot (`live/`), Kubernetes (`tls.crt`), or plain pairs.
+    public static func source(forDirectory path: String) -> CertificateSource {
+        let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+        if trimmed.hasSuffix("/live") || trimmed == "live" || (try? readTextFile(trimmed + "/live/README")) != nil || directoryExists(trimmed + "/live") {
+            return .certbot(trimmed)
+        }
+        if fileReadable(trimmed + "/tls.crt") { return .kubernetes(trimmed) }
+        return .directory(trimmed)
+    }
+
+    /// 0: all ok; 1: some warning; 2: some critical, expired, not yet valid or unreadable.
+    public static func exitCode(_ entries: [CertificateInspector.Entry]) -> Int32 {
+        var code: Int32 = 0
+        for entry in entries {
+            guard let report = entry.report else { return 2 }
+            switch report.state {
+            case .ok: break
+            case .warning: code = max(code, 1)
+            case .critical, .expired, .notYetValid: code = 2
+            }
+        }
+        return code
+    }
+
+    public static func table(_ entries: [CertificateInspector.Entry], now: Int64) -> String {
+        var rows: [[String]] = [["NAME", "NAMES", "NOT AFTER (UTC)", "REMAINING", "STATE", "CHAIN"]]
+        for entry in entries {
+            if let r = entry.report {
+                rows.append([r.name, r.servedNames.joined(separator: ","), isoDate(r.notAfter),
+                             r.state == .expired ? "EXPIRED" : humanDuration((r.chain.map(\.notAfter).min() ?? r.notAfter) - now),
+                             r.state.rawValue, r.chainProblem == nil ? "ok" : "INVALID"])
+            } else {
+                rows.append([entry.name, "-", "-", "-", "unreadable", "-"])
+            }
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        var out = rows.map { row in
+            row.enumerated().map { index, cell in
+                index == row.count - 1 ? cell : cell + String(repeating: " ", count: widths[index] - cell.count)
+            }.joined(separator: "  ")
+        }.joined(separator: "\n") + "\n"
+        let details = entries.compactMap { entry -> String? in
+            if let error = entry.error { return "\(entry.name): \(error)" }
+            if let problem = entry.report?.chainProblem { return "\(entry.name): chain: \(problem)" }
+            return nil
+        }
+        if !details.isEmpty { out += "\n" + details.joined(separator: "\n") + "\n" }
+        return out
+    }
+
+    public static func json(_ entries: [CertificateInspector.Entry]) -> String {
+        let items = entries.map { entry -> String in
+            if let report = entry.report { return certificateJSON(report) }
+            return "{\"name\":\(jsonString(entry.name)),\"source\":{\"configured\":\(jsonString(entry.source))},\"state\":\"unreadable\",\"error\":\(jsonString(entry.error ?? ""))}"
+        }
+        return "{\"certificates\":[\(items.joined(separator: ","))]}\n"
+    }
+}
+
+private func directoryExists(_ path: String) -> Bool {
+    var st = stat()
+    return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+}
+
+private func fileReadable(_ path: String) -> Bool {
+    access(path, R_OK) == 0
+}

@@ -1,0 +1,115 @@
+import EdgeCertificates
+import EdgeProxy
+import NIOConcurrencyHelpers
+import Prometheus
+
+/// The gateway's Prometheus metrics (swift-prometheus over swift-metrics' handler types).
+///
+/// Event counters are updated where things happen; certificate gauges are derived
+/// state and refreshed at scrape time, with the series of rotated-away serials removed.
+final class GatewayMetrics: ProxyObserver, Sendable {
+    let registry = PrometheusCollectorRegistry()
+    private let certificateGauges = NIOLockedValueBox<[String: Gauge]>([:])
+    private let counters = NIOLockedValueBox<[String: Counter]>([:])
+    private let gauges = NIOLockedValueBox<[String: Gauge]>([:])
+    private let reloadsSeen = NIOLockedValueBox<[String: Int]>([:])
+
+    private func counter(_ name: String, _ labels: [(String, String)], help: String) -> Counter {
+        let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
+        return self.counters.withLockedValue { counters in
+            if let existing = counters[key] { return existing }
+            let made = self.registry.makeCounter(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+            counters[key] = made
+            return made
+        }
+    }
+
+    private func gauge(_ name: String, _ labels: [(String, String)], help: String) -> Gauge {
+        let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
+        return self.gauges.withLockedValue { gauges in
+            if let existing = gauges[key] { return existing }
+            let made = self.registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+            gauges[key] = made
+            return made
+        }
+    }
+
+    func requestCompleted(listener: String, status: Int) {
+        let statusClass = "\(status / 100)xx"
+        self.counter("edge_requests_total", [("listener", listener), ("class", statusClass)], help: "Requests answered, by listener and status class.").increment()
+    }
+
+    func handshake(listener: String, result: String) {
+        self.counter("edge_tls_handshakes_total", [("listener", listener), ("result", result)], help: "TLS handshakes with clients, by result.").increment()
+    }
+
+    func connectionOpened(listener: String) {
+        self.gauge("edge_connections_open", [("listener", listener)], help: "Open client connections.").increment()
+        self.counter("edge_connections_total", [("listener", listener)], help: "Client connections accepted.").increment()
+    }
+
+    func connectionClosed(listener: String) {
+        self.gauge("edge_connections_open", [("listener", listener)], help: "Open client connections.").decrement()
+    }
+
+    /// Refreshes the derived gauges and renders the exposition.
+    func render(reports: [CertificateReport], stores: [CertificateStore], now: Int64) -> String {
+        var live: [String: Gauge] = [:]
+        for report in reports {
+            let labels = [("name", report.name), ("serial", report.serial), ("source", report.source)]
+            let notAfter = self.certificateGauge("edge_certificate_not_after_seconds", labels, help: "Not-after of the served certificate (Unix time).")
+            notAfter.set(to: Double(report.notAfter))
+            live["edge_certificate_not_after_seconds" + labels.description] = notAfter
+            let remaining = self.certificateGauge("edge_certificate_remaining_seconds", labels, help: "Seconds until the served certificate (or an earlier-expiring chain certificate) expires; 0 once expired.")
+            let firstExpiry = report.chain.map(\.notAfter).min() ?? report.notAfter
+            remaining.set(to: Double(max(0, firstExpiry - now)))
+            live["edge_certificate_remaining_seconds" + labels.description] = remaining
+            for state in CertificateState.allCases {
+                let stateLabels = [("name", report.name), ("state", state.rawValue)]
+                let g = self.certificateGauge("edge_certificate_state", stateLabels, help: "1 for the current expiry state of each lineage.")
+                g.set(to: report.state == state ? 1 : 0)
+                live["edge_certificate_state" + stateLabels.description] = g
+            }
+            let chainLabels = [("name", report.name)]
+            let chain = self.certificateGauge("edge_certificate_chain_valid", chainLabels, help: "1 when the served chain verifies against the trust store.")
+            chain.set(to: report.chainProblem == nil ? 1 : 0)
+            live["edge_certificate_chain_valid" + chainLabels.description] = chain
+            let rejected = self.certificateGauge("edge_certificate_rejected", chainLabels, help: "1 when the newest version on disk was rejected and an older one is served.")
+            rejected.set(to: report.rejectedError == nil ? 0 : 1)
+            live["edge_certificate_rejected" + chainLabels.description] = rejected
+        }
+        // Drop the series of lineages and serials that are no longer served.
+        self.certificateGauges.withLockedValue { gauges in
+            for (key, gauge) in gauges where live[key] == nil {
+                self.registry.unregisterGauge(gauge)
+                gauges[key] = nil
+            }
+        }
+        // Reload outcomes: counters advanced by what the stores counted since the last scrape.
+        var totals: [String: Int] = [:]
+        for store in stores {
+            for (outcome, count) in store.reloadOutcomes { totals[outcome, default: 0] += count }
+        }
+        self.reloadsSeen.withLockedValue { seen in
+            for (outcome, total) in totals where total > seen[outcome, default: 0] {
+                self.counter("edge_certificate_reloads_total", [("result", outcome)], help: "Certificate reloads, by result.").increment(by: Int64(total - seen[outcome, default: 0]))
+                seen[outcome] = total
+            }
+        }
+        self.gauge("edge_certificate_snapshots_live", [], help: "Certificate snapshot generations alive (published or held by a handshake).")
+            .set(to: Double(CertificateSnapshot.liveCount))
+        self.gauge("edge_certificate_snapshot_generation", [], help: "Generation of the newest published certificate snapshot.")
+            .set(to: Double(stores.map { $0.snapshot.generation }.max() ?? 0))
+        return self.registry.emitToString()
+    }
+
+    private func certificateGauge(_ name: String, _ labels: [(String, String)], help: String) -> Gauge {
+        let key = name + labels.description
+        return self.certificateGauges.withLockedValue { gauges in
+            if let existing = gauges[key] { return existing }
+            let made = self.registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+            gauges[key] = made
+            return made
+        }
+    }
+}
