@@ -28,6 +28,7 @@ certificates:
   sources:
     - certbot: certs/live        # every live/<name>/ is a lineage, watched
   default: localhost
+  ca_file: certs/ca.pem          # check served chains against the example root
 upstreams:
   app:
     backends: ["127.0.0.1:9000"]

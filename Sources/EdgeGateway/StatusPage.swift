@@ -14,8 +14,14 @@ func statusPage(_ gateway: Gateway) -> String {
     ]
     var rows = ""
     for r in reports.sorted(by: { $0.notAfter < $1.notAfter }) {
-        let left = max(0, 1 - r.lifetimeUsed)
+        // The chain certificate that expires first decides what is left.
+        let first = r.chain.min { $0.notAfter < $1.notAfter }
+        let firstNotAfter = first?.notAfter ?? r.notAfter
+        let lifetime = Double(max(1, r.notAfter - r.notBefore))
+        let left = min(max(0, 1 - r.lifetimeUsed), max(0, Double(firstNotAfter - now) / lifetime))
         let width = Int((left * 100).rounded())
+        let earlier = first.flatMap { $0.notAfter < r.notAfter ? $0 : nil }
+            .map { "<div class=\"note bad\">'\(html($0.subject))' in the chain expires first: \(isoDate($0.notAfter))</div>" } ?? ""
         let chainNote = r.chainProblem.map { "<div class=\"note bad\">chain: \(html($0))</div>" } ?? ""
         let rejectedNote = r.rejectedError.map { "<div class=\"note bad\">newest version rejected: \(html($0)) — still serving serial \(html(r.serial))</div>" } ?? ""
         rows += """
@@ -25,7 +31,7 @@ func statusPage(_ gateway: Gateway) -> String {
               <td class="mono small">\(html(r.serial))</td>
               <td>\(isoDate(r.notAfter))</td>
               <td><div class="bar"><div style="width:\(width)%;background:\(colour[r.state] ?? "#999")"></div></div>
-                  <div class="small">\(r.state == .expired ? "expired" : humanDuration(r.secondsRemaining) + " left") · \(Int((r.lifetimeUsed * 100).rounded()))% of lifetime used</div></td>
+                  <div class="small">\(r.state == .expired ? "expired" : humanDuration(max(0, firstNotAfter - now)) + " left") · \(Int((r.lifetimeUsed * 100).rounded()))% of lifetime used</div>\(earlier)</td>
               <td><span class="state" style="background:\(colour[r.state] ?? "#999")">\(r.state.rawValue)</span>\(chainNote)\(rejectedNote)</td>
             </tr>
 

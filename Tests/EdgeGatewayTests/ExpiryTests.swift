@@ -123,6 +123,19 @@ final class ExpiryTests: XCTestCase {
         }
         let page = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/"]).stdout
         XCTAssertTrue(page.contains("<table>") && page.contains("soon") && page.contains("expired"), page)
+        // The page in a real headless browser.
+        if FileManager.default.fileExists(atPath: "/usr/bin/chromium") {
+            let png = dir.file("status.png")
+            let shot = try Shell.run(["bash", repositoryRoot() + "/scripts/status-page-screenshot.sh", "http://127.0.0.1:\(admin)/", png], timeout: 90)
+            XCTAssertEqual(shot.status, 0, shot.stderr)
+            let bytes = (try? Data(contentsOf: URL(fileURLWithPath: png))) ?? Data()
+            XCTAssertEqual(Array(bytes.prefix(4)), [0x89, 0x50, 0x4E, 0x47], "a PNG")
+            XCTAssertGreaterThan(bytes.count, 20_000, "a rendered page, not a blank one")
+            if let keep = ProcessInfo.processInfo.environment["EDGE_SCREENSHOT_OUT"] {
+                try? FileManager.default.removeItem(atPath: keep)
+                try FileManager.default.copyItem(atPath: png, toPath: keep)
+            }
+        }
         await harness.shutdown()
     }
 
