@@ -90,6 +90,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private var readPending = false
     private var closed = false
     private var upstreamNeedsFlush = false
+    private var downstreamNeedsFlush = false
 
     public init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
         self.router = router
@@ -277,12 +278,16 @@ public final class ProxyHandler: ChannelDuplexHandler {
             context.write(Self.wrapOutboundOut(.head(self.downstreamHead(for: response, exchange: exchange))), promise: nil)
         case .body(let body):
             self.armReadTimer(exchange)
-            context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            // Flushed once per upstream read batch (upstreamReadComplete): one TLS
+            // record and one syscall for a small response instead of one per part.
+            context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            self.downstreamNeedsFlush = true
         case .end(let trailers):
             exchange.readTimer?.cancel()
             exchange.readTimer = nil
             exchange.responseEnded = true
             context.writeAndFlush(Self.wrapOutboundOut(.end(trailers)), promise: nil)
+            self.downstreamNeedsFlush = false
             self.observer?.requestCompleted(listener: self.info.listenerName, status: exchange.status)
             self.finishIfDone(exchange)
         }
@@ -363,6 +368,13 @@ public final class ProxyHandler: ChannelDuplexHandler {
             ])
             self.exchange = nil
             self.context?.close(promise: nil)
+        }
+    }
+
+    func upstreamReadComplete() {
+        if self.downstreamNeedsFlush {
+            self.downstreamNeedsFlush = false
+            self.context?.flush()
         }
     }
 

@@ -9,6 +9,8 @@ protocol UpstreamExchangeDelegate: AnyObject {
     func upstreamReceived(_ part: HTTPClientResponsePart, from connection: UpstreamConnection)
     func upstreamFailed(_ error: Error, from connection: UpstreamConnection)
     func upstreamWritabilityChanged(_ writable: Bool)
+    /// The upstream read batch ended: flush what was forwarded, once.
+    func upstreamReadComplete()
     /// Whether the downstream can take more bytes; upstream reads wait while it cannot.
     var downstreamWritable: Bool { get }
 }
@@ -103,6 +105,11 @@ final class UpstreamHandler: ChannelDuplexHandler {
             return
         }
         delegate.upstreamReceived(part, from: connection)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.delegate?.upstreamReadComplete()
+        context.fireChannelReadComplete()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -301,21 +301,43 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard !self.bufferedWrites.isEmpty else { return }
         let writes = self.bufferedWrites
         self.bufferedWrites.removeAll(keepingCapacity: true)
+        // One promise for the batch: every caller's promise completes with the one write.
         var promise: EventLoopPromise<Void>? = nil
         for write in writes {
-            if case .failed(let reason) = self.connection.write(write.data) {
-                let error = TLSError(.writeFailed, reason)
-                write.promise?.fail(error)
-                self.fail(context: context, error: error)
-                return
-            }
-            if let p = write.promise {
-                if let existing = promise {
-                    existing.futureResult.cascade(to: p)
+            guard let p = write.promise else { continue }
+            if let existing = promise { existing.futureResult.cascade(to: p) } else { promise = p }
+        }
+        // Small writes (a response head, a short body, a chunk trailer) are joined so
+        // they leave as one TLS record, not one record each.
+        var pending: ByteBuffer? = nil
+        var failure: String? = nil
+        func encrypt(_ data: ByteBuffer) {
+            guard failure == nil else { return }
+            if case .failed(let reason) = self.connection.write(data) { failure = reason }
+        }
+        for write in writes {
+            let size = write.data.readableBytes
+            if size < 4096 && (pending?.readableBytes ?? 0) + size <= 16_384 {
+                if pending == nil {
+                    pending = write.data
                 } else {
-                    promise = p
+                    var data = write.data
+                    pending!.writeBuffer(&data)
                 }
+            } else {
+                if let joined = pending {
+                    pending = nil
+                    encrypt(joined)
+                }
+                encrypt(write.data)
             }
+        }
+        if let joined = pending { encrypt(joined) }
+        if let failure {
+            let error = TLSError(.writeFailed, failure)
+            promise?.fail(error)
+            self.fail(context: context, error: error)
+            return
         }
         if let ciphertext = self.connection.takeOutbound(allocator: context.channel.allocator) {
             context.writeAndFlush(Self.wrapOutboundOut(ciphertext), promise: promise)

@@ -260,6 +260,79 @@ final class RotationTests: XCTestCase {
         XCTAssertTrue(process.isRunning)
     }
 
+    func testHundredRotationsUnderLoadFailNothing() async throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        // Two versions to alternate between, as combined PEMs renamed in atomically.
+        var versions: [(path: String, serial: String)] = []
+        for i in 0..<2 {
+            let leaf = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v\(i)")
+            let combined = dir.file("staging/v\(i).pem")
+            try Shell.bash("cat '\(leaf.fullchain)' '\(leaf.key)' > '\(combined)'")
+            versions.append((combined, leaf.serial))
+        }
+        try Shell.run(["cp", versions[0].path, certs + "/site.pem"])
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners: [ { name: https, address: "127.0.0.1:0", tls: {} } ]
+            certificates: { sources: [ { directory: certs } ], watch: { debounce: 30ms } }
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("https")
+        let stop = dir.file("stop")
+        let load = Process()
+        load.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        load.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", Self.pki.caPath, stop, "240"]
+        let out = Pipe()
+        load.standardOutput = out
+        try load.run()
+        var stale = 0
+        for n in 1...100 {
+            let version = versions[n % 2]
+            try Shell.run(["cp", version.path, certs + "/.site.pem.tmp"])
+            try Shell.run(["mv", certs + "/.site.pem.tmp", certs + "/site.pem"])
+            XCTAssertTrue(eventually(timeout: 5, interval: 0.01) { servedSerial(port: port, serverName: "localhost") == version.serial }, "rotation \(n) settles")
+            // Once settled, every new handshake serves the new serial.
+            if servedSerial(port: port, serverName: "localhost") != version.serial { stale += 1 }
+        }
+        XCTAssertEqual(stale, 0)
+        _ = FileManager.default.createFile(atPath: stop, contents: nil)
+        load.waitUntilExit()
+        let stats = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
+        XCTAssertEqual((stats["keepalive_errors"] as! [String]), [], "\(stats)")
+        XCTAssertEqual((stats["handshake_errors"] as! [String]), [], "\(stats)")
+        XCTAssertGreaterThan(stats["keepalive_ok"] as! Int, 100)
+        XCTAssertGreaterThan(stats["handshakes_ok"] as! Int, 50)
+        XCTAssertEqual((stats["serials"] as! [String: Int]).count, 2, "both versions were served during the run")
+        XCTAssertGreaterThanOrEqual(harness.gateway.sharedStore!.snapshot.generation, 101)
+        await harness.shutdown()
+    }
+
+    func testExpiredNewVersionDoesNotReplaceAValidOne() async throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        let now = Int64(Date().timeIntervalSince1970)
+        let good = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - directory: certs"))
+        let port = harness.port("https")
+        let store = harness.gateway.sharedStore!
+        let expired = try Self.pki.issue(["localhost"], notBefore: now - 10 * 86_400, notAfter: now - 60, into: dir.file("staging"), name: "expired")
+        try Shell.run(["mv", expired.key, certs + "/site.key"])
+        try Shell.run(["mv", expired.fullchain, certs + "/site.crt"])
+        XCTAssertTrue(eventually(timeout: 5) { store.problems.contains { $0.name == "site" && $0.error.contains("is expired; keeping the valid one") } }, "\(store.problems)")
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), good.serial)
+        let future = try Self.pki.issue(["localhost"], notBefore: now + 86_400, notAfter: now + 30 * 86_400, into: dir.file("staging"), name: "future")
+        try Shell.run(["mv", future.key, certs + "/site.key"])
+        try Shell.run(["mv", future.fullchain, certs + "/site.crt"])
+        XCTAssertTrue(eventually(timeout: 5) { store.problems.contains { $0.error.contains("not yet valid") } }, "\(store.problems)")
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), good.serial)
+        await harness.shutdown()
+    }
+
     // MARK: selection and resumption
 
     func testExactWildcardDefaultAndStrictSNISelection() async throws {
