@@ -11,26 +11,8 @@ Usage: python3 bench/rotation.py [--rotations 200] [--memory-rotations 10000] [-
 """
 import argparse, hashlib, os, shutil, socket, ssl, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, free_port, wait_port, release_binary  # noqa: E402
 
 
 def fingerprint(port, ctx):
@@ -88,10 +70,7 @@ def main():
     ap.add_argument("--debounce-ms", type=int, default=200)
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
-    if not args.no_build:
-        subprocess.run(["swift", "build", "-c", "release", "--product", "edge-gateway"], cwd=ROOT, check=True)
-    binpath = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    gateway = os.path.join(binpath, "edge-gateway")
+    gateway = release_binary(build=not args.no_build)
 
     work = tempfile.mkdtemp(prefix="edge-rotation-")
     proc = None

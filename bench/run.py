@@ -7,26 +7,8 @@ peers. Usage: python3 bench/run.py [--duration 10] [--connections 50] [--runs 3]
 """
 import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, free_port, wait_port, release_binary  # noqa: E402
 
 
 def start(cmd, core, log):
@@ -62,10 +44,7 @@ def main():
     for tool in ("wrk", "nginx", "haproxy", "taskset", "openssl"):
         if not shutil.which(tool):
             sys.exit(f"bench: '{tool}' is missing: apt-get install wrk nginx-light haproxy")
-    if not args.no_build:
-        subprocess.run(["swift", "build", "-c", "release", "--product", "edge-gateway"], cwd=ROOT, check=True)
-    binpath = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    gateway = os.path.join(binpath, "edge-gateway")
+    gateway = release_binary(build=not args.no_build)
 
     work = tempfile.mkdtemp(prefix="edge-bench-")
     procs = []

@@ -163,8 +163,8 @@ extension CertificateSource {
             for file in names {
                 if file.hasSuffix(".crt") {
                     let base = String(file.dropLast(4))
-                    let key = set.contains(base + ".key") ? base + ".key" : base + ".key"
-                    result.append(LineageFiles(name: base, source: self, certificatePath: path + "/" + file, keyPath: path + "/" + key))
+                    // A missing <name>.key is reported by validation, naming the file.
+                    result.append(LineageFiles(name: base, source: self, certificatePath: path + "/" + file, keyPath: path + "/" + base + ".key"))
                 } else if file.hasSuffix(".pem") {
                     let base = String(file.dropLast(4))
                     if set.contains(base + ".crt") { continue }

@@ -178,8 +178,7 @@ public final class CertificateWatcher: Sendable {
                 }
             }
             let after = self.now()
-            if let since = pendingSince, after - lastEvent >= debounce {
-                _ = since
+            if pendingSince != nil, after - lastEvent >= debounce {
                 pendingSince = nil
                 self.addWatches()
                 self.store.reload(reason: "file change")

@@ -71,7 +71,7 @@ extension Gateway {
             }
             self.state.withLockedValue { $0.serverChannels[listener.name] = channel }
             self.logger.info("listening", metadata: [
-                "listener": "\(listener.name)", "address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
+                "listener": "\(listener.name)", "address": "\(channel.localAddress?.hostPort ?? "?")",
                 "tls": "\(listener.tlsContext != nil)",
             ])
         }
@@ -85,7 +85,7 @@ extension Gateway {
             $0.adminChannel = admin
             $0.ready = true
         }
-        self.logger.info("admin endpoint listening", metadata: ["address": "\(admin.localAddress.map { "\($0)" } ?? "?")"])
+        self.logger.info("admin endpoint listening", metadata: ["address": "\(admin.localAddress?.hostPort ?? "?")"])
     }
 
     /// The bound port of a listener (useful with port 0).

@@ -14,23 +14,26 @@ final class GatewayMetrics: ProxyObserver, Sendable {
     private let gauges = NIOLockedValueBox<[String: Gauge]>([:])
     private let reloadsSeen = NIOLockedValueBox<[String: Int]>([:])
 
-    private func counter(_ name: String, _ labels: [(String, String)], help: String) -> Counter {
-        let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
-        return self.counters.withLockedValue { counters in
-            if let existing = counters[key] { return existing }
-            let made = self.registry.makeCounter(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
-            counters[key] = made
+    /// One metric per name and label set, made on first use.
+    private func cached<Metric>(_ box: NIOLockedValueBox<[String: Metric]>, _ name: String, _ labels: [(String, String)], make: () -> Metric) -> Metric {
+        let key = metricKey(name, labels)
+        return box.withLockedValue { metrics in
+            if let existing = metrics[key] { return existing }
+            let made = make()
+            metrics[key] = made
             return made
         }
     }
 
+    private func counter(_ name: String, _ labels: [(String, String)], help: String) -> Counter {
+        self.cached(self.counters, name, labels) {
+            self.registry.makeCounter(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+        }
+    }
+
     private func gauge(_ name: String, _ labels: [(String, String)], help: String) -> Gauge {
-        let key = name + labels.map { "|\($0.0)=\($0.1)" }.joined()
-        return self.gauges.withLockedValue { gauges in
-            if let existing = gauges[key] { return existing }
-            let made = self.registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
-            gauges[key] = made
-            return made
+        self.cached(self.gauges, name, labels) {
+            self.registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
         }
     }
 
@@ -59,24 +62,24 @@ final class GatewayMetrics: ProxyObserver, Sendable {
             let labels = [("name", report.name), ("serial", report.serial), ("source", report.source)]
             let notAfter = self.certificateGauge("edge_certificate_not_after_seconds", labels, help: "Not-after of the served certificate (Unix time).")
             notAfter.set(to: Double(report.notAfter))
-            live["edge_certificate_not_after_seconds" + labels.description] = notAfter
+            live[metricKey("edge_certificate_not_after_seconds", labels)] = notAfter
             let remaining = self.certificateGauge("edge_certificate_remaining_seconds", labels, help: "Seconds until the served certificate (or an earlier-expiring chain certificate) expires; 0 once expired.")
             let firstExpiry = report.chain.map(\.notAfter).min() ?? report.notAfter
             remaining.set(to: Double(max(0, firstExpiry - now)))
-            live["edge_certificate_remaining_seconds" + labels.description] = remaining
+            live[metricKey("edge_certificate_remaining_seconds", labels)] = remaining
             for state in CertificateState.allCases {
                 let stateLabels = [("name", report.name), ("state", state.rawValue)]
                 let g = self.certificateGauge("edge_certificate_state", stateLabels, help: "1 for the current expiry state of each lineage.")
                 g.set(to: report.state == state ? 1 : 0)
-                live["edge_certificate_state" + stateLabels.description] = g
+                live[metricKey("edge_certificate_state", stateLabels)] = g
             }
             let chainLabels = [("name", report.name)]
             let chain = self.certificateGauge("edge_certificate_chain_valid", chainLabels, help: "1 when the served chain verifies against the trust store.")
             chain.set(to: report.chainProblem == nil ? 1 : 0)
-            live["edge_certificate_chain_valid" + chainLabels.description] = chain
+            live[metricKey("edge_certificate_chain_valid", chainLabels)] = chain
             let rejected = self.certificateGauge("edge_certificate_rejected", chainLabels, help: "1 when the newest version on disk was rejected and an older one is served.")
             rejected.set(to: report.rejectedError == nil ? 0 : 1)
-            live["edge_certificate_rejected" + chainLabels.description] = rejected
+            live[metricKey("edge_certificate_rejected", chainLabels)] = rejected
         }
         // Drop the series of lineages and serials that are no longer served.
         self.certificateGauges.withLockedValue { gauges in
@@ -104,12 +107,12 @@ final class GatewayMetrics: ProxyObserver, Sendable {
     }
 
     private func certificateGauge(_ name: String, _ labels: [(String, String)], help: String) -> Gauge {
-        let key = name + labels.description
-        return self.certificateGauges.withLockedValue { gauges in
-            if let existing = gauges[key] { return existing }
-            let made = self.registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
-            gauges[key] = made
-            return made
+        self.cached(self.certificateGauges, name, labels) {
+            self.registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
         }
     }
+}
+
+private func metricKey(_ name: String, _ labels: [(String, String)]) -> String {
+    name + labels.map { "|\($0.0)=\($0.1)" }.joined()
 }

@@ -1,3 +1,4 @@
+import NIOCore
 import NIOHTTP1
 
 /// Header rewriting for the proxy hop (RFC 9110 §7.6.1).
@@ -40,5 +41,14 @@ extension HTTPMethod {
         case .GET, .HEAD, .OPTIONS, .TRACE, .PUT, .DELETE: return true
         default: return false
         }
+    }
+}
+
+extension SocketAddress {
+    /// `127.0.0.1:8443` or `[::1]:8443`, as operators write addresses (NIO's own
+    /// description adds the family and the host name twice).
+    public var hostPort: String {
+        guard let ip = self.ipAddress, let port = self.port else { return "\(self)" }
+        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 }

@@ -259,7 +259,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
                 self.scheduleReadCheck(exchange)
                 return
             }
-            let error = UpstreamError(kind: .readTimeout, backend: exchange.connection.map { "\($0.key.address)" } ?? "?", reason: "no response within the read timeout")
+            let error = UpstreamError(kind: .readTimeout, backend: exchange.connection.map { $0.key.address.hostPort } ?? "?", reason: "no response within the read timeout")
             exchange.connection?.handler.delegate = nil
             exchange.connection?.close()
             exchange.connection = nil
@@ -485,7 +485,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     }
 
     private var peerMetadata: Logger.Metadata {
-        ["peer": "\(self.info.remoteAddress.map { "\($0)" } ?? "?")", "listener": "\(self.info.listenerName)"]
+        ["peer": "\(self.info.remoteAddress?.hostPort ?? "?")", "listener": "\(self.info.listenerName)"]
     }
 }
 

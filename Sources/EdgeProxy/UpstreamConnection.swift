@@ -4,6 +4,10 @@ import NIOHTTP1
 import NIOPosix
 import NIOTLS
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Receives one exchange's response parts from an upstream connection.
 protocol UpstreamExchangeDelegate: AnyObject {
     func upstreamReceived(_ part: HTTPClientResponsePart, from connection: UpstreamConnection)
@@ -286,7 +290,7 @@ public final class UpstreamPool {
             case .failure(let error):
                 let kind: UpstreamError.Kind
                 if case ChannelError.connectTimeout = error { kind = .connectTimeout } else { kind = .connectFailed }
-                let failure = UpstreamError(kind: kind, backend: backendName, reason: "connect failed: \(error)")
+                let failure = UpstreamError(kind: kind, backend: backendName, reason: "connect failed: \(connectFailureReason(error))")
                 ready.fail(failure)  // the channel never became active: nothing else completes it
                 result.fail(failure)
             case .success(let channel):
@@ -315,3 +319,18 @@ public final class UpstreamPool {
 
 @available(*, unavailable)
 extension UpstreamPool: Sendable {}
+
+/// "Connection refused" rather than NIO's nested error descriptions.
+func connectFailureReason(_ error: Error) -> String {
+    var underlying = error
+    if let connection = error as? NIOConnectionError, let first = connection.connectionErrors.first {
+        underlying = first.error
+    }
+    if let io = underlying as? IOError {
+        return String(cString: strerror(io.errnoCode))
+    }
+    if case ChannelError.connectTimeout(let amount) = underlying {
+        return "timed out after \(amount.nanoseconds / 1_000_000) ms"
+    }
+    return "\(underlying)"
+}

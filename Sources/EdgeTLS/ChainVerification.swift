@@ -1,6 +1,10 @@
 import COpenSSL
 import CEdgeShims
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Verifies a served chain (leaf first) as a TLS client would: against the system
 /// trust store, or the CA bundle at `caFile`, for the TLS server purpose.
 ///
@@ -11,13 +15,12 @@ public func verifyServedChain(_ chain: [X509Certificate], caFile: String?) -> St
     guard let leaf = chain.first else { return "empty chain" }
     ERR_clear_error()
     defer { ERR_clear_error() }
-    guard let store = X509_STORE_new() else { return "out of memory" }
-    defer { X509_STORE_free(store) }
-    if let caFile {
-        guard X509_STORE_load_file(store, caFile) == 1 else { return "cannot load CA bundle \(caFile)" }
-    } else {
-        guard X509_STORE_set_default_paths(store) == 1 else { return "cannot load the system trust store" }
+    let store: OpaquePointer
+    switch TrustStoreCache.shared.store(caFile: caFile) {
+    case .success(let loaded): store = loaded
+    case .failure(let reason): return reason
     }
+    defer { X509_STORE_free(store) }  // drops the reference the cache handed out
     guard let untrusted = edge_sk_X509_new_null() else { return "out of memory" }
     defer { edge_sk_X509_free(untrusted) }
     for cert in chain.dropFirst() { _ = edge_sk_X509_push(untrusted, cert.pointer) }
@@ -41,4 +44,60 @@ public func verifyServedChain(_ chain: [X509Certificate], caFile: String?) -> St
         return "incomplete chain: the intermediate that issued '\(stuck.subject)' (\(stuck.issuer)) is not served (is cert.pem configured instead of fullchain.pem?)"
     }
     return text
+}
+
+/// Loaded trust stores, one per CA file (nil: the system store), reused across reloads:
+/// parsing a system CA bundle costs far more than verifying a chain.
+///
+/// `@unchecked Sendable`: the table is guarded by `lock`; an `X509_STORE` is only read
+/// after loading (OpenSSL locks its lookups), and each caller gets its own reference.
+final class TrustStoreCache: @unchecked Sendable {
+    static let shared = TrustStoreCache()
+
+    enum Lookup {
+        case success(OpaquePointer)
+        case failure(String)
+    }
+
+    private struct Entry {
+        var store: OpaquePointer
+        var modified: Int
+    }
+
+    private var entries: [String: Entry] = [:]
+    private let lock = PThreadLock()
+
+    /// A referenced store for `caFile`; the caller frees it. Reloaded when the file changes.
+    func store(caFile: String?) -> Lookup {
+        let key = caFile ?? "<system>"
+        let modified = caFile.map(modificationTime) ?? 0
+        return self.lock.withLock {
+            if let entry = self.entries[key], entry.modified == modified {
+                _ = X509_STORE_up_ref(entry.store)
+                return .success(entry.store)
+            }
+            guard let store = X509_STORE_new() else { return .failure("out of memory") }
+            if let caFile {
+                guard X509_STORE_load_file(store, caFile) == 1 else {
+                    X509_STORE_free(store)
+                    return .failure("cannot load CA bundle \(caFile)")
+                }
+            } else {
+                guard X509_STORE_set_default_paths(store) == 1 else {
+                    X509_STORE_free(store)
+                    return .failure("cannot load the system trust store")
+                }
+            }
+            if let old = self.entries[key] { X509_STORE_free(old.store) }
+            self.entries[key] = Entry(store: store, modified: modified)
+            _ = X509_STORE_up_ref(store)
+            return .success(store)
+        }
+    }
+}
+
+private func modificationTime(_ path: String) -> Int {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return -1 }
+    return Int(st.st_mtim.tv_sec) &* 1_000_000_000 &+ Int(st.st_mtim.tv_nsec)
 }

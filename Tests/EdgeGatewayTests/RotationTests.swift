@@ -42,13 +42,7 @@ final class RotationTests: XCTestCase {
         XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
 
         // A keep-alive connection opened before the rotation keeps working after it.
-        let stop = dir.file("stop")
-        let load = Process()
-        load.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        load.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", Self.pki.caPath, stop, "30"]
-        let out = Pipe()
-        load.standardOutput = out
-        try load.run()
+        let load = try TLSLoad(port: port, caFile: Self.pki.caPath, directory: dir)
         pause(0.5)
 
         // mv: key then certificate renamed in (two renames, one debounce).
@@ -64,12 +58,10 @@ final class RotationTests: XCTestCase {
         try copy(v3.key, certs + "/site.key")
         XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == v3.serial }, "cp rotation served")
 
-        _ = FileManager.default.createFile(atPath: stop, contents: nil)
-        load.waitUntilExit()
-        let stats = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
-        XCTAssertEqual((stats["keepalive_errors"] as! [String]), [], "\(stats)")
-        XCTAssertEqual((stats["handshake_errors"] as! [String]), [], "\(stats)")
-        XCTAssertGreaterThan(stats["keepalive_ok"] as! Int, 10)
+        let stats = try load.finish()
+        XCTAssertEqual(stats.keepAliveErrors, [], "\(stats)")
+        XCTAssertEqual(stats.handshakeErrors, [], "\(stats)")
+        XCTAssertGreaterThan(stats.keepAliveOK, 10)
         await harness.shutdown()
     }
 
@@ -102,13 +94,7 @@ final class RotationTests: XCTestCase {
         let port = harness.port("https")
         XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
 
-        let stop = dir.file("stop")
-        let load = Process()
-        load.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        load.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", Self.pki.caPath, stop, "60"]
-        let out = Pipe()
-        load.standardOutput = out
-        try load.run()
+        let load = try TLSLoad(port: port, caFile: Self.pki.caPath, directory: dir)
 
         for version in 2...4 {
             let leaf = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v\(version)")
@@ -140,12 +126,10 @@ final class RotationTests: XCTestCase {
         try certbotWrite(live, "fresh", version: 1, leaf: fresh)
         XCTAssertTrue(eventually { servedSerial(port: port, serverName: "a.example.test") == fresh.serial }, "first issuance served by SNI")
 
-        _ = FileManager.default.createFile(atPath: stop, contents: nil)
-        load.waitUntilExit()
-        let stats = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
-        XCTAssertEqual((stats["handshake_errors"] as! [String]), [], "a mismatched pair would fail handshakes: \(stats)")
-        XCTAssertEqual((stats["keepalive_errors"] as! [String]), [], "\(stats)")
-        XCTAssertGreaterThan(stats["handshakes_ok"] as! Int, 5)
+        let stats = try load.finish()
+        XCTAssertEqual(stats.handshakeErrors, [], "a mismatched pair would fail handshakes: \(stats)")
+        XCTAssertEqual(stats.keepAliveErrors, [], "\(stats)")
+        XCTAssertGreaterThan(stats.handshakesOK, 5)
         let problems = harness.gateway.sharedStore!.problems
         XCTAssertEqual(problems.map(\.name), [], "a renewal in progress is not an error: \(problems)")
         await harness.shutdown()
@@ -283,13 +267,7 @@ final class RotationTests: XCTestCase {
             """
         }
         let port = harness.port("https")
-        let stop = dir.file("stop")
-        let load = Process()
-        load.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        load.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", Self.pki.caPath, stop, "240"]
-        let out = Pipe()
-        load.standardOutput = out
-        try load.run()
+        let load = try TLSLoad(port: port, caFile: Self.pki.caPath, directory: dir)
         var stale = 0
         for n in 1...100 {
             let version = versions[n % 2]
@@ -300,14 +278,12 @@ final class RotationTests: XCTestCase {
             if servedSerial(port: port, serverName: "localhost") != version.serial { stale += 1 }
         }
         XCTAssertEqual(stale, 0)
-        _ = FileManager.default.createFile(atPath: stop, contents: nil)
-        load.waitUntilExit()
-        let stats = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
-        XCTAssertEqual((stats["keepalive_errors"] as! [String]), [], "\(stats)")
-        XCTAssertEqual((stats["handshake_errors"] as! [String]), [], "\(stats)")
-        XCTAssertGreaterThan(stats["keepalive_ok"] as! Int, 100)
-        XCTAssertGreaterThan(stats["handshakes_ok"] as! Int, 50)
-        XCTAssertEqual((stats["serials"] as! [String: Int]).count, 2, "both versions were served during the run")
+        let stats = try load.finish()
+        XCTAssertEqual(stats.keepAliveErrors, [], "\(stats)")
+        XCTAssertEqual(stats.handshakeErrors, [], "\(stats)")
+        XCTAssertGreaterThan(stats.keepAliveOK, 100)
+        XCTAssertGreaterThan(stats.handshakesOK, 50)
+        XCTAssertEqual(stats.certificates.count, 2, "both versions were served during the run")
         XCTAssertGreaterThanOrEqual(harness.gateway.sharedStore!.snapshot.generation, 101)
         await harness.shutdown()
     }

@@ -196,3 +196,42 @@ public func eventually(timeout: TimeInterval = 10, interval: TimeInterval = 0.05
 public func pause(_ seconds: Double) {
     usleep(UInt32(seconds * 1_000_000))
 }
+
+/// Tests/tools/tls_load.py in the background: one keep-alive HTTPS connection plus a loop of
+/// new handshakes against `port`, until `finish()`.
+public final class TLSLoad {
+    private let process = Process()
+    private let output = Pipe()
+    private let stopFile: String
+
+    public init(port: Int, caFile: String, directory: TemporaryDirectory, limitSeconds: Int = 240) throws {
+        self.stopFile = directory.file("stop-load")
+        self.process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        self.process.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", caFile, self.stopFile, "\(limitSeconds)"]
+        self.process.standardOutput = self.output
+        try self.process.run()
+    }
+
+    public struct Stats {
+        public var keepAliveOK: Int
+        public var keepAliveErrors: [String]
+        public var handshakesOK: Int
+        public var handshakeErrors: [String]
+        /// Certificate fingerprints seen by new handshakes, with counts.
+        public var certificates: [String: Int]
+    }
+
+    /// Stops the load and returns what it saw.
+    public func finish() throws -> Stats {
+        _ = FileManager.default.createFile(atPath: self.stopFile, contents: nil)
+        self.process.waitUntilExit()
+        let object = try JSONSerialization.jsonObject(with: self.output.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
+        return Stats(
+            keepAliveOK: object["keepalive_ok"] as? Int ?? 0,
+            keepAliveErrors: object["keepalive_errors"] as? [String] ?? ["no report"],
+            handshakesOK: object["handshakes_ok"] as? Int ?? 0,
+            handshakeErrors: object["handshake_errors"] as? [String] ?? ["no report"],
+            certificates: object["serials"] as? [String: Int] ?? [:]
+        )
+    }
+}
