@@ -309,6 +309,53 @@ final class RotationTests: XCTestCase {
         await harness.shutdown()
     }
 
+    func testSIGHUPReloadsAtOnce() throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        _ = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        let (https, admin) = (freePort(), freePort())
+        // A debounce of an hour: only the signal can publish the new pair in time.
+        try dir.write("config.yaml", """
+            listeners: [ { name: https, address: "127.0.0.1:\(https)", tls: {} } ]
+            certificates: { sources: [ { directory: certs } ], watch: { debounce: 1h, rescan_interval: 1h } }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        let next = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "next")
+        try Shell.run(["mv", next.key, certs + "/site.key"])
+        try Shell.run(["mv", next.fullchain, certs + "/site.crt"])
+        pause(0.5)
+        XCTAssertNotEqual(servedSerial(port: https, serverName: "localhost"), next.serial, "not yet: the debounce is an hour")
+        kill(gateway.pid, SIGHUP)
+        XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == next.serial }, gateway.log)
+        XCTAssertTrue(gateway.log.contains("reason=SIGHUP"), gateway.log)
+    }
+
+    func testANameClaimedTwiceGoesToTheLongerLivedCertificateAndIsLogged() throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        _ = try Self.pki.issue(["shared.test"], days: 30, into: certs, name: "a-short")
+        let long = try Self.pki.issue(["shared.test"], days: 90, into: certs, name: "b-long")
+        let (https, admin) = (freePort(), freePort())
+        try dir.write("config.yaml", """
+            listeners: [ { name: https, address: "127.0.0.1:\(https)", tls: {} } ]
+            certificates: { sources: [ { directory: certs } ] }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        XCTAssertEqual(servedSerial(port: https, serverName: "shared.test"), long.serial)
+        XCTAssertTrue(gateway.log.contains("server name claimed by several certificates"), gateway.log)
+        XCTAssertTrue(gateway.log.contains("serving=b-long"), gateway.log)
+    }
+
     // MARK: selection and resumption
 
     func testExactWildcardDefaultAndStrictSNISelection() async throws {
