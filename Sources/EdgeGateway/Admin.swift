@@ -7,7 +7,7 @@ import NIOPosix
 public let gatewayVersion = "0.1.0"
 
 extension Gateway {
-    func bindAdmin(group: EventLoopGroup, pools: PoolRegistry) async throws -> Channel {
+    func bindAdmin(group: EventLoopGroup) async throws -> Channel {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in

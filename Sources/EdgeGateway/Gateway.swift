@@ -79,7 +79,6 @@ public final class Gateway: Sendable {
         var ready = false
         var quiescing: [ServerQuiescingHelper] = []
         var watchers: [CertificateWatcher] = []
-        var pools: PoolRegistry?
     }
 
     /// Validates `config` and builds every object it describes; paths are relative to `baseDirectory`.

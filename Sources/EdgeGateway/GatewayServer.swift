@@ -25,23 +25,12 @@ final class PoolRegistry: @unchecked Sendable {
         loop.assertInEventLoop()
         return self.pools[ObjectIdentifier(loop)]!
     }
-
-    /// Sums a statistic across loops (each read on its own loop).
-    func total(on group: EventLoopGroup, _ stat: @escaping @Sendable (UpstreamPool) -> Int) async -> Int {
-        var sum = 0
-        for loop in group.makeIterator() {
-            let value = try? await loop.submit { stat(self.pools[ObjectIdentifier(loop)]!) }.get()
-            sum += value ?? 0
-        }
-        return sum
-    }
 }
 
 extension Gateway {
     /// Binds every listener and the admin endpoint. Throws with the listener's name on a bind failure.
     public func start(group: EventLoopGroup) async throws {
         let pools = PoolRegistry(group: group)
-        self.state.withLockedValue { $0.pools = pools }
         let watch = self.config.certificates?.watch ?? WatchConfig()
         for store in self.stores {
             do {
@@ -77,7 +66,7 @@ extension Gateway {
         }
         let admin: Channel
         do {
-            admin = try await self.bindAdmin(group: group, pools: pools)
+            admin = try await self.bindAdmin(group: group)
         } catch {
             throw ConfigError(path: "admin.address", message: "cannot bind \(self.config.admin.address): \(error)")
         }
@@ -98,12 +87,6 @@ extension Gateway {
     }
 
     public var isReady: Bool { self.state.withLockedValue { $0.ready } }
-
-    /// Upstream connections opened so far, across event loops.
-    public func upstreamConnectionsOpened(group: EventLoopGroup) async -> Int {
-        guard let pools = self.state.withLockedValue({ $0.pools }) else { return 0 }
-        return await pools.total(on: group) { $0.connectionsOpened }
-    }
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes what is left.
     public func shutdown(grace: TimeAmount) async {

@@ -351,8 +351,10 @@ public final class ProxyHandler: ChannelDuplexHandler {
         if !exchange.responseStarted {
             // A reused connection that died before any response byte: the upstream
             // closed it while idle. Replay once on a fresh connection when safe.
-            let replayable = exchange.request.method.isIdempotent || (exchange.requestEnded && exchange.replayBody != nil)
-            if connection.uses > 1, !exchange.retriedStale, replayable, exchange.replayBody != nil || !exchange.request.method.isIdempotent || exchange.replayBytes == 0 {
+            // Safe to replay: everything sent so far is still held, and the method is
+            // idempotent or the whole (small) request was held.
+            let replayable = exchange.replayBody != nil && (exchange.request.method.isIdempotent || exchange.requestEnded)
+            if connection.uses > 1, !exchange.retriedStale, replayable {
                 exchange.retriedStale = true
                 exchange.pending = (exchange.replayBody ?? []).map { .body(.byteBuffer($0)) }
                 if exchange.requestEnded { exchange.pending.append(.end(nil)) }
