@@ -309,22 +309,28 @@ final class RotationTests: XCTestCase {
         await harness.shutdown()
     }
 
-    func testSIGHUPReloadsAtOnce() throws {
-        let dir = TemporaryDirectory()
-        let certs = dir.file("certs")
-        _ = try Self.pki.issue(["localhost"], into: certs, name: "site")
+    /// The gateway binary serving `dir/certs` on a free port; returns it once its admin port answers.
+    func startProcess(_ dir: TemporaryDirectory, watch: String) throws -> (GatewayProcess, Int) {
         let (https, admin) = (freePort(), freePort())
-        // A debounce of an hour: only the signal can publish the new pair in time.
         try dir.write("config.yaml", """
             listeners: [ { name: https, address: "127.0.0.1:\(https)", tls: {} } ]
-            certificates: { sources: [ { directory: certs } ], watch: { debounce: 1h, rescan_interval: 1h } }
+            certificates: { sources: [ { directory: certs } ], watch: \(watch) }
             upstreams: { app: { backends: ["127.0.0.1:9"] } }
             routes: [ { upstream: app } ]
             admin: { address: "127.0.0.1:\(admin)" }
             """)
         let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
-        defer { gateway.stop() }
         XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        return (gateway, https)
+    }
+
+    func testSIGHUPReloadsAtOnce() throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        _ = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        // A debounce of an hour: only the signal can publish the new pair in time.
+        let (gateway, https) = try startProcess(dir, watch: "{ debounce: 1h, rescan_interval: 1h }")
+        defer { gateway.stop() }
         let next = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "next")
         try Shell.run(["mv", next.key, certs + "/site.key"])
         try Shell.run(["mv", next.fullchain, certs + "/site.crt"])
@@ -340,17 +346,8 @@ final class RotationTests: XCTestCase {
         let certs = dir.file("certs")
         _ = try Self.pki.issue(["shared.test"], days: 30, into: certs, name: "a-short")
         let long = try Self.pki.issue(["shared.test"], days: 90, into: certs, name: "b-long")
-        let (https, admin) = (freePort(), freePort())
-        try dir.write("config.yaml", """
-            listeners: [ { name: https, address: "127.0.0.1:\(https)", tls: {} } ]
-            certificates: { sources: [ { directory: certs } ] }
-            upstreams: { app: { backends: ["127.0.0.1:9"] } }
-            routes: [ { upstream: app } ]
-            admin: { address: "127.0.0.1:\(admin)" }
-            """)
-        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
+        let (gateway, https) = try startProcess(dir, watch: "{}")
         defer { gateway.stop() }
-        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
         XCTAssertEqual(servedSerial(port: https, serverName: "shared.test"), long.serial)
         XCTAssertTrue(gateway.log.contains("server name claimed by several certificates"), gateway.log)
         XCTAssertTrue(gateway.log.contains("serving=b-long"), gateway.log)
