@@ -8,27 +8,14 @@ import Glibc
 public enum CertsInspection {
     /// The certificate sources a configuration file names (the shared set and every listener pair).
     public static func sources(configPath: String) throws -> (sources: [CertificateSource], trustCAFile: String?, policy: ExpiryPolicy) {
-        let text: String
-        do { text = try readTextFile(configPath) } catch { throw ConfigProblems(problems: ["\(configPath): \(error)"]) }
-        let config: GatewayConfig
-        do { config = try GatewayConfig.parse(yaml: text) } catch { throw ConfigProblems(problems: ["\(configPath): \(error)"]) }
-        let base = configPath.contains("/") ? String(configPath[..<configPath.lastIndex(of: "/")!]) : "."
-        func resolve(_ path: String) -> String { path.hasPrefix("/") ? path : (base.isEmpty ? "/" : base) + "/" + path }
-        var sources: [CertificateSource] = []
-        for (index, source) in (config.certificates?.sources ?? []).enumerated() {
-            if let path = source.certbot { sources.append(.certbot(resolve(path))) }
-            if let path = source.kubernetes { sources.append(.kubernetes(resolve(path))) }
-            if let path = source.directory { sources.append(.directory(resolve(path))) }
-            if let cert = source.certificate, let key = source.key {
-                sources.append(.pair(name: source.name ?? "pair\(index)", certificate: resolve(cert), key: resolve(key)))
-            }
-        }
+        let (config, base) = try GatewayConfig.load(path: configPath)
+        var sources = (config.certificates?.sources ?? []).compactMap { $0.source(base: base) }
         for listener in config.listeners {
             if let cert = listener.tls?.certificate, let key = listener.tls?.key {
-                sources.append(.pair(name: listener.name, certificate: resolve(cert), key: resolve(key)))
+                sources.append(.pair(name: listener.name, certificate: resolvePath(cert, base: base), key: resolvePath(key, base: base)))
             }
         }
-        return (sources, config.certificates?.caFile.map(resolve), config.expiry.policy)
+        return (sources, config.certificates?.caFile.map { resolvePath($0, base: base) }, config.expiry.policy)
     }
 
     /// Guesses a directory's kind: certbot (`live/`), Kubernetes (`tls.crt`), or plain pairs.

@@ -316,7 +316,35 @@ public struct ExpiryConfig: Decodable, Sendable {
     }
 }
 
+extension GatewayConfig {
+    /// Reads and parses a configuration file; returns it with the directory relative paths resolve against.
+    public static func load(path: String) throws -> (config: GatewayConfig, baseDirectory: String) {
+        let text: String
+        do { text = try readTextFile(path) } catch { throw ConfigProblems(problems: ["\(path): \(error)"]) }
+        let config: GatewayConfig
+        do { config = try GatewayConfig.parse(yaml: text) } catch { throw ConfigProblems(problems: ["\(path): \(error)"]) }
+        guard let slash = path.lastIndex(of: "/") else { return (config, ".") }
+        let base = String(path[..<slash])
+        return (config, base.isEmpty ? "/" : base)
+    }
+}
+
+/// `path` as written in the configuration, resolved against the configuration's directory.
+func resolvePath(_ path: String, base: String) -> String {
+    path.hasPrefix("/") || base == "." ? path : base + "/" + path
+}
+
 public struct CertificateSourceConfig: Decodable, Sendable {
+    /// The source this entry describes; an explicit pair without `name` is named after its certificate file.
+    func source(base: String) -> CertificateSource? {
+        if let path = self.certbot { return .certbot(resolvePath(path, base: base)) }
+        if let path = self.kubernetes { return .kubernetes(resolvePath(path, base: base)) }
+        if let path = self.directory { return .directory(resolvePath(path, base: base)) }
+        guard let cert = self.certificate, let key = self.key else { return nil }
+        let name = self.name ?? String(cert.split(separator: "/").last ?? "pair").replacingSuffix(".pem").replacingSuffix(".crt")
+        return .pair(name: name, certificate: resolvePath(cert, base: base), key: resolvePath(key, base: base))
+    }
+
     public var certbot: String?
     public var kubernetes: String?
     public var directory: String?

@@ -90,9 +90,7 @@ public final class Gateway: Sendable {
         self.config = config
         self.logger = logger
         var problems: [String] = []
-        func resolve(_ path: String) -> String {
-            path.hasPrefix("/") ? path : (baseDirectory == "." ? path : baseDirectory + "/" + path)
-        }
+        func resolve(_ path: String) -> String { resolvePath(path, base: baseDirectory) }
 
         // Upstream groups.
         var groups: [String: UpstreamGroup] = [:]
@@ -179,16 +177,7 @@ public final class Gateway: Sendable {
         var stores: [CertificateStore] = []
         var shared: CertificateStore?
         if let certificates = config.certificates {
-            var sources: [CertificateSource] = []
-            for (index, source) in certificates.sources.enumerated() {
-                if let path = source.certbot { sources.append(.certbot(resolve(path))) }
-                if let path = source.kubernetes { sources.append(.kubernetes(resolve(path))) }
-                if let path = source.directory { sources.append(.directory(resolve(path))) }
-                if let cert = source.certificate, let key = source.key {
-                    let name = source.name ?? String(cert.split(separator: "/").last ?? "pair\(index)").replacingSuffix(".pem").replacingSuffix(".crt")
-                    sources.append(.pair(name: name, certificate: resolve(cert), key: resolve(key)))
-                }
-            }
+            let sources = certificates.sources.compactMap { $0.source(base: baseDirectory) }
             do {
                 let store = try CertificateStore(
                     configuration: CertificateSetConfiguration(

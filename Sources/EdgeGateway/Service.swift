@@ -41,20 +41,8 @@ public struct GatewayService: Service {
 
 /// Reads and prepares a configuration file, collecting every problem.
 public func loadGateway(configPath: String, logger: Logger) throws -> Gateway {
-    let text: String
-    do {
-        text = try readTextFile(configPath)
-    } catch {
-        throw ConfigProblems(problems: ["\(configPath): \(error)"])
-    }
-    let config: GatewayConfig
-    do {
-        config = try GatewayConfig.parse(yaml: text)
-    } catch {
-        throw ConfigProblems(problems: ["\(configPath): \(error)"])
-    }
-    let base = configPath.contains("/") ? String(configPath[..<configPath.lastIndex(of: "/")!]) : "."
-    return try Gateway.prepare(config: config, baseDirectory: base.isEmpty ? "/" : base, logger: logger)
+    let (config, base) = try GatewayConfig.load(path: configPath)
+    return try Gateway.prepare(config: config, baseDirectory: base, logger: logger)
 }
 
 struct FileReadError: Error, CustomStringConvertible {

@@ -180,9 +180,6 @@ struct PoolKey: Hashable {
 public final class UpstreamPool {
     private let eventLoop: EventLoop
     private var idle: [PoolKey: [UpstreamConnection]] = [:]
-    /// Connections opened, for statistics and tests.
-    public private(set) var connectionsOpened = 0
-    public private(set) var reuses = 0
 
     public init(eventLoop: EventLoop) {
         self.eventLoop = eventLoop
@@ -205,7 +202,6 @@ public final class UpstreamPool {
             self.idle[key] = stack.isEmpty ? nil : stack
             connection.handler.onIdleClose = nil
             if connection.channel.isActive {
-                self.reuses += 1
                 return connection
             }
             connection.close()
@@ -247,9 +243,6 @@ public final class UpstreamPool {
         }
     }
 
-    /// Total idle connections, for statistics.
-    public var idleCount: Int { self.idle.values.reduce(0) { $0 + $1.count } }
-
     private func evict(_ connection: UpstreamConnection) {
         guard var stack = self.idle[connection.key], let index = stack.firstIndex(where: { $0 === connection }) else { return }
         stack.remove(at: index)
@@ -257,7 +250,6 @@ public final class UpstreamPool {
     }
 
     private func connect(group: UpstreamGroup, backend: Backend, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
-        self.connectionsOpened += 1
         let ready = self.eventLoop.makePromise(of: Void.self)
         let result = self.eventLoop.makePromise(of: UpstreamConnection.self)
         let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description)

@@ -1,14 +1,6 @@
 import NIOCore
 import NIOTLS
 
-/// Facts about a finished handshake, for logs and headers.
-public struct TLSHandshakeInfo: Sendable {
-    public var version: String
-    public var negotiatedProtocol: String?
-    public var serverName: String?
-    public var sessionReused: Bool
-}
-
 /// Tunables of the handler.
 public struct TLSHandlerConfiguration: Sendable {
     /// Slow or silent peers are dropped after this long without a finished handshake.
@@ -54,9 +46,6 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var receivedAnyBytes = false
     private var deliveredData = false
 
-    /// Set once the handshake is complete.
-    public private(set) var handshakeInfo: TLSHandshakeInfo?
-
     /// A server-side handler for connections accepted on `context`'s listener.
     public init(serverContext context: TLSContext, configuration: TLSHandlerConfiguration = .init()) throws {
         precondition(context.isServer, "serverContext must be a server context")
@@ -76,9 +65,6 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         self.connection = try TLSConnection(context: context, serverName: serverName, verifyHostnames: verifyHostnames)
         self.configuration = configuration
     }
-
-    /// The certificate the peer presented (client side: the upstream's leaf).
-    public var peerCertificate: X509Certificate? { self.connection.peerCertificate }
 
     public func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive {
@@ -172,15 +158,8 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
             self.handshakeTimer?.cancel()
             self.handshakeTimer = nil
             self.state = .active
-            let info = TLSHandshakeInfo(
-                version: self.connection.protocolVersion,
-                negotiatedProtocol: self.connection.negotiatedProtocol,
-                serverName: self.connection.serverName,
-                sessionReused: self.connection.sessionReused
-            )
-            self.handshakeInfo = info
             self.sendOutbound(context: context)
-            context.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(negotiatedProtocol: info.negotiatedProtocol))
+            context.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(negotiatedProtocol: self.connection.negotiatedProtocol))
             // Writes issued while handshaking go out now; then any early data.
             self.encryptBufferedWrites(context: context)
             self.decrypt(context: context)

@@ -155,17 +155,8 @@ final class TLSConnection {
         return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
     }
 
-    var protocolVersion: String { String(cString: SSL_get_version(self.ssl)) }
-
     var serverName: String? {
         SSL_get_servername(self.ssl, TLSEXT_NAMETYPE_host_name).map { String(cString: $0) }
-    }
-
-    var sessionReused: Bool { SSL_session_reused(self.ssl) == 1 }
-
-    /// The leaf certificate the peer presented, if any.
-    var peerCertificate: X509Certificate? {
-        SSL_get1_peer_certificate(self.ssl).map { X509Certificate(taking: $0) }
     }
 
     private func classify(_ rc: Int32) -> Result {

@@ -122,11 +122,6 @@ public final class X509Certificate: @unchecked Sendable {
         X509_check_issued(issuer.pointer, self.pointer) == X509_V_OK
     }
 
-    /// True when the certificate is self-issued (subject equals issuer).
-    public var isSelfIssued: Bool {
-        X509_NAME_cmp(X509_get_subject_name(self.pointer), X509_get_issuer_name(self.pointer)) == 0
-    }
-
     static func nameString(_ name: OpaquePointer?) -> String {
         guard let name, let bio = BIO_new(BIO_s_mem()) else { return "" }
         defer { BIO_free(bio) }
