@@ -1,4 +1,5 @@
 import EdgeCertificates
+import EdgeProxy
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -47,6 +48,7 @@ extension Gateway {
         }
         let generation = self.stores.map { $0.snapshot.generation }.max() ?? 0
         let last = self.stores.map { $0.lastReload }.max { $0.time < $1.time }
+        let upstreams: String = self.groups.map { upstreamJSON($0) }.joined(separator: ",")
         return "{\"version\":\(jsonString(gatewayVersion)),\"uptime_seconds\":\(Int(currentTime() - self.startTime)),"
             + "\"ready\":\(self.isReady),\"snapshot_generation\":\(generation),"
             + "\"live_snapshots\":\(CertificateSnapshot.liveCount),"
@@ -54,14 +56,39 @@ extension Gateway {
             + "\"listeners\":[\(listeners.joined(separator: ","))],"
             + "\"certificates_by_state\":{\(counts.joined(separator: ","))},"
             + "\"certificates\":[\(reports.map { "{\"name\":\(jsonString($0.name)),\"serial\":\(jsonString($0.serial)),\"not_after\":\($0.notAfter),\"state\":\(jsonString($0.state.rawValue))}" }.joined(separator: ","))],"
-            + "\"certificate_problems\":[\(problems.joined(separator: ","))]}\n"
+            + "\"certificate_problems\":[\(problems.joined(separator: ","))],"
+            + "\"upstreams\":[\(upstreams)]}\n"
+    }
+
+    /// The `/status/upstreams` document.
+    func upstreamsJSON() -> String {
+        let upstreams: String = self.groups.map { upstreamJSON($0) }.joined(separator: ",")
+        return "{\"upstreams\":[\(upstreams)]}\n"
     }
 
     /// The Prometheus exposition.
     func metricsText() -> String {
         let now = Int64(currentTime())
-        return self.metrics.render(reports: self.certificateReports(now: now), stores: self.stores, now: now)
+        return self.metrics.render(reports: self.certificateReports(now: now), stores: self.stores, groups: self.groups, now: now)
     }
+}
+
+/// One upstream group's balancing, health and pool figures.
+func upstreamJSON(_ group: UpstreamGroup) -> String {
+    let backends = zip(group.backends, group.states).map { backend, state -> String in
+        let requests = state.requests.load(ordering: .relaxed)
+        let opened = state.connectionsOpened.load(ordering: .relaxed)
+        let reuse = requests > 0 ? max(0, 1 - Double(opened) / Double(requests)) : 0
+        let health = state.isEjected ? "ejected" : (state.isHealthyByCheck ? "up" : "down")
+        return "{\"address\":\(jsonString(backend.description)),\"weight\":\(backend.weight),\"health\":\(jsonString(health)),"
+            + "\"active_requests\":\(state.active.load(ordering: .relaxed)),\"idle_connections\":\(state.idleConnections.load(ordering: .relaxed)),"
+            + "\"requests\":\(requests),\"connections_opened\":\(opened),\"reuse_ratio\":\((reuse * 10000).rounded() / 10000),"
+            + "\"connect_failures\":\(state.connectFailures.load(ordering: .relaxed)),\"tls_resumed\":\(state.tlsResumed.load(ordering: .relaxed)),"
+            + "\"last_error\":\(state.lastErrorDescription.map(jsonString) ?? "null")}"
+    }
+    let check = group.healthCheck.map { "\(jsonString("\($0.kind) every \($0.interval.nanoseconds / 1_000_000) ms"))" } ?? "null"
+    return "{\"name\":\(jsonString(group.name)),\"balance\":\(jsonString(group.algorithm.description)),\"tls\":\(group.tls != nil),"
+        + "\"health_check\":\(check),\"backends\":[\(backends.joined(separator: ","))]}"
 }
 
 func certificateJSON(_ r: CertificateReport) -> String {
@@ -140,6 +167,8 @@ final class AdminHandler: ChannelInboundHandler {
                 (status, type, body) = (.ok, "application/json", self.gateway.statusJSON())
             case (.GET, "/status/certificates"):
                 (status, type, body) = (.ok, "application/json", self.gateway.certificatesJSON())
+            case (.GET, "/status/upstreams"):
+                (status, type, body) = (.ok, "application/json", self.gateway.upstreamsJSON())
             case (.GET, "/metrics"):
                 (status, type, body) = (.ok, "text/plain; version=0.0.4; charset=utf-8", self.gateway.metricsText())
             case (.GET, "/"):
@@ -149,7 +178,7 @@ final class AdminHandler: ChannelInboundHandler {
                 let published = reports.contains { $0.published }
                 (status, type, body) = (.ok, "text/plain", published ? "reloaded: new certificates published\n" : "reloaded: nothing changed\n")
             default:
-                (status, type, body) = (.notFound, "text/plain", "not found; try /, /healthz, /readyz, /status, /status/certificates, /metrics\n")
+                (status, type, body) = (.notFound, "text/plain", "not found; try /, /healthz, /readyz, /status, /status/certificates, /status/upstreams, /metrics\n")
             }
             var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
             buffer.writeString(body)

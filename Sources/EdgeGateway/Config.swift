@@ -112,26 +112,122 @@ public struct ListenerTLSConfig: Decodable, Sendable {
 }
 
 public struct UpstreamConfig: Decodable, Sendable {
-    public var backends: [String]
+    public var backends: [BackendConfig]
     public var tls: UpstreamTLSConfig?
     public var hostHeader: String?
     public var timeouts: UpstreamTimeoutsConfig
     public var pool: PoolConfig
+    /// round_robin (default; weighted), weighted_round_robin (the same), random, least_conn, consistent_hash.
+    public var balance: String
+    /// For consistent_hash: client_ip (default), path, or header:NAME.
+    public var hashKey: String?
+    public var healthCheck: HealthCheckConfig?
+    public var passiveHealth: PassiveHealthConfig
+    public var maxConnectAttempts: Int
+    public var tcpKeepalive: Bool
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case backends, tls
         case hostHeader = "host_header"
-        case timeouts, pool
+        case timeouts, pool, balance
+        case hashKey = "hash_key"
+        case healthCheck = "health_check"
+        case passiveHealth = "passive_health"
+        case maxConnectAttempts = "max_connect_attempts"
+        case tcpKeepalive = "tcp_keepalive"
     }
 
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.backends = try c.decode([String].self, forKey: .backends)
+        self.backends = try c.decode([BackendConfig].self, forKey: .backends)
         self.tls = try c.decodeIfPresent(UpstreamTLSConfig.self, forKey: .tls)
         self.hostHeader = try c.decodeIfPresent(String.self, forKey: .hostHeader)
         self.timeouts = try c.decodeIfPresent(UpstreamTimeoutsConfig.self, forKey: .timeouts) ?? UpstreamTimeoutsConfig()
         self.pool = try c.decodeIfPresent(PoolConfig.self, forKey: .pool) ?? PoolConfig()
+        self.balance = try c.decodeIfPresent(String.self, forKey: .balance) ?? "round_robin"
+        self.hashKey = try c.decodeIfPresent(String.self, forKey: .hashKey)
+        self.healthCheck = try c.decodeIfPresent(HealthCheckConfig.self, forKey: .healthCheck)
+        self.passiveHealth = try c.decodeIfPresent(PassiveHealthConfig.self, forKey: .passiveHealth) ?? PassiveHealthConfig()
+        self.maxConnectAttempts = try c.decodeIfPresent(Int.self, forKey: .maxConnectAttempts) ?? 3
+        self.tcpKeepalive = try c.decodeIfPresent(Bool.self, forKey: .tcpKeepalive) ?? true
+    }
+}
+
+/// A backend: `"host:port"` or `{ address: "host:port", weight: 2 }`.
+public struct BackendConfig: Decodable, Sendable {
+    public var address: String
+    public var weight: Int
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case address, weight }
+
+    public init(from decoder: any Decoder) throws {
+        if let text = try? decoder.singleValueContainer().decode(String.self) {
+            self.address = text
+            self.weight = 1
+            return
+        }
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.address = try c.decode(String.self, forKey: .address)
+        self.weight = try c.decodeIfPresent(Int.self, forKey: .weight) ?? 1
+    }
+}
+
+public struct HealthCheckConfig: Decodable, Sendable {
+    public var kind = "http"
+    public var path = "/"
+    public var host: String?
+    public var interval: Duration = .seconds(5)
+    public var timeout: Duration = .seconds(2)
+    public var healthyAfter = 2
+    public var unhealthyAfter = 3
+    /// `200-399` (default), `200`, or `200-204`.
+    public var expectedStatus = "200-399"
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case kind, path, host, interval, timeout
+        case healthyAfter = "healthy_after"
+        case unhealthyAfter = "unhealthy_after"
+        case expectedStatus = "expected_status"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.kind = try c.decodeIfPresent(String.self, forKey: .kind) ?? self.kind
+        self.path = try c.decodeIfPresent(String.self, forKey: .path) ?? self.path
+        self.host = try c.decodeIfPresent(String.self, forKey: .host)
+        self.interval = try c.decodeIfPresent(Duration.self, forKey: .interval) ?? self.interval
+        self.timeout = try c.decodeIfPresent(Duration.self, forKey: .timeout) ?? self.timeout
+        self.healthyAfter = try c.decodeIfPresent(Int.self, forKey: .healthyAfter) ?? self.healthyAfter
+        self.unhealthyAfter = try c.decodeIfPresent(Int.self, forKey: .unhealthyAfter) ?? self.unhealthyAfter
+        if let code = try? c.decodeIfPresent(Int.self, forKey: .expectedStatus) {
+            self.expectedStatus = "\(code)"
+        } else {
+            self.expectedStatus = try c.decodeIfPresent(String.self, forKey: .expectedStatus) ?? self.expectedStatus
+        }
+    }
+}
+
+public struct PassiveHealthConfig: Decodable, Sendable {
+    /// Consecutive connect failures that eject a backend; 0 turns passive health off.
+    public var maxFails = 3
+    /// How long an ejected backend stays out.
+    public var failTimeout: Duration = .seconds(10)
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case maxFails = "max_fails"
+        case failTimeout = "fail_timeout"
+    }
+
+    init() {}
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.maxFails = try c.decodeIfPresent(Int.self, forKey: .maxFails) ?? self.maxFails
+        self.failTimeout = try c.decodeIfPresent(Duration.self, forKey: .failTimeout) ?? self.failTimeout
     }
 }
 
@@ -172,10 +268,16 @@ public struct UpstreamTLSConfig: Decodable, Sendable {
 
 public struct UpstreamTimeoutsConfig: Decodable, Sendable {
     public var connect: Duration = .seconds(5)
+    public var totalConnection: Duration = .seconds(10)
     public var read: Duration = .seconds(60)
+    public var write: Duration = .seconds(60)
     public var idle: Duration = .seconds(60)
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case connect, read, idle }
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case connect
+        case totalConnection = "total_connection"
+        case read, write, idle
+    }
 
     init() {}
 
@@ -183,7 +285,9 @@ public struct UpstreamTimeoutsConfig: Decodable, Sendable {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.connect = try c.decodeIfPresent(Duration.self, forKey: .connect) ?? self.connect
+        self.totalConnection = try c.decodeIfPresent(Duration.self, forKey: .totalConnection) ?? self.totalConnection
         self.read = try c.decodeIfPresent(Duration.self, forKey: .read) ?? self.read
+        self.write = try c.decodeIfPresent(Duration.self, forKey: .write) ?? self.write
         self.idle = try c.decodeIfPresent(Duration.self, forKey: .idle) ?? self.idle
     }
 }

@@ -1,5 +1,6 @@
 import Atomics
 import EdgeTLS
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -9,36 +10,55 @@ import NIOPosix
 /// Paths: `/` greeting; `/echo` streams the body back; `/sha256` answers the
 /// body's SHA-256; `/bytes?n=N` streams N bytes; `/headers` lists the request
 /// headers; `/stats` counts connections; `/slow?ms=N` answers late;
-/// `/status?code=N` answers with that status.
+/// `/status?code=N` answers with that status; `/client-cert` names the TLS
+/// client certificate's serial.
 public final class DemoUpstream: Sendable {
     private let channel: Channel
+    private let children: NIOLockedValueBox<[ObjectIdentifier: Channel]>
 
     /// Starts serving on `host:port` (0 picks a free port), optionally over TLS.
-    public static func start(host: String = "127.0.0.1", port: Int = 0, tls: TLSContext? = nil, group: EventLoopGroup) async throws -> DemoUpstream {
+    /// `idleClose` closes keep-alive connections idle that long (as upstreams with short keepalive_timeout do).
+    public static func start(host: String = "127.0.0.1", port: Int = 0, tls: TLSContext? = nil, idleClose: TimeAmount? = nil,
+                             group: EventLoopGroup) async throws -> DemoUpstream {
         let counters = Counters()
+        let children = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 counters.connections.wrappingIncrement(ordering: .relaxed)
+                let id = ObjectIdentifier(channel)
+                children.withLockedValue { $0[id] = channel }
+                channel.closeFuture.whenComplete { _ in _ = children.withLockedValue { $0.removeValue(forKey: id) } }
                 return channel.eventLoop.makeCompletedFuture {
                     if let tls {
                         try channel.pipeline.syncOperations.addHandler(OpenSSLHandler(serverContext: tls))
                     }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    if let idleClose {
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idleClose))
+                    }
                     try channel.pipeline.syncOperations.addHandler(DemoHandler(counters: counters))
                 }
             }
         let channel = try await bootstrap.bind(host: host, port: port).get()
-        return DemoUpstream(channel: channel, counters: counters)
+        return DemoUpstream(channel: channel, counters: counters, children: children)
     }
 
     private let counters: Counters
 
-    private init(channel: Channel, counters: Counters) {
+    private init(channel: Channel, counters: Counters, children: NIOLockedValueBox<[ObjectIdentifier: Channel]>) {
         self.channel = channel
         self.counters = counters
+        self.children = children
+    }
+
+    /// Stops listening and cuts every open connection, like a crashed process.
+    public func kill() async {
+        try? await self.channel.close()
+        let open = self.children.withLockedValue { Array($0.values) }
+        for child in open { try? await child.close() }
     }
 
     public var port: Int { self.channel.localAddress?.port ?? 0 }
@@ -77,6 +97,15 @@ private final class DemoHandler: ChannelInboundHandler {
         self.counters = counters
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Idle keep-alive connection: close it (only between requests).
+        if event is IdleStateHandler.IdleStateEvent, self.head == nil {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch Self.unwrapInboundIn(data) {
         case .head(let head):
@@ -113,6 +142,7 @@ private final class DemoHandler: ChannelInboundHandler {
             guard let head = self.head else { return }
             switch self.mode {
             case .echo:
+                self.head = nil
                 context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
             case .sha256(let hasher):
                 self.respond(context: context, head: head, status: .ok, body: hasher.finalizeHex() + "\n")
@@ -144,6 +174,10 @@ private final class DemoHandler: ChannelInboundHandler {
         case "/headers":
             let text = head.headers.map { "\($0.name.lowercased()): \($0.value)" }.joined(separator: "\n") + "\n"
             self.respond(context: context, head: head, status: .ok, body: text)
+        case "/client-cert":
+            let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self)
+            let serial = tls?.peerCertificate?.serialNumberHex ?? "none"
+            self.respond(context: context, head: head, status: .ok, body: "client-cert=\(serial)\n")
         case "/stats":
             self.respond(context: context, head: head, status: .ok,
                          body: "connections=\(self.counters.connections.load(ordering: .relaxed)) requests=\(self.counters.requests.load(ordering: .relaxed))\n")
@@ -173,6 +207,7 @@ private final class DemoHandler: ChannelInboundHandler {
         }
         if self.remainingToSend == 0 && self.sending {
             self.sending = false
+            self.head = nil
             context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
         }
     }
@@ -183,6 +218,7 @@ private final class DemoHandler: ChannelInboundHandler {
     }
 
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, body: String) {
+        self.head = nil
         var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
         buffer.writeString(body)
         var headers = HTTPHeaders([("content-type", "text/plain"), ("content-length", "\(buffer.readableBytes)")])

@@ -63,6 +63,8 @@ public final class Gateway: Sendable {
     public let config: GatewayConfig
     let listeners: [ListenerPlan]
     let router: Router
+    /// Every upstream group, by name.
+    public let groups: [UpstreamGroup]
     /// Every certificate store (the shared set and one per explicit pair).
     public let stores: [CertificateStore]
     /// The shared certificate set, if `certificates` is configured.
@@ -79,6 +81,7 @@ public final class Gateway: Sendable {
         var ready = false
         var quiescing: [ServerQuiescingHelper] = []
         var watchers: [CertificateWatcher] = []
+        var healthChecker: HealthChecker?
     }
 
     /// Validates `config` and builds every object it describes; paths are relative to `baseDirectory`.
@@ -94,14 +97,16 @@ public final class Gateway: Sendable {
 
         // Upstream groups.
         var groups: [String: UpstreamGroup] = [:]
+        var stores: [CertificateStore] = []
         for (name, upstream) in config.upstreams.sorted(by: { $0.key < $1.key }) {
             let path = "upstreams.\(name)"
             var backends: [Backend] = []
             if upstream.backends.isEmpty { problems.append("\(path).backends: needs at least one backend") }
-            for (index, text) in upstream.backends.enumerated() {
+            for (index, entry) in upstream.backends.enumerated() {
                 do {
-                    let (host, port) = try parseAddress(text)
-                    backends.append(try Backend(host: host, port: port))
+                    guard entry.weight >= 1 else { throw ConfigError(path: "", message: "weight must be at least 1") }
+                    let (host, port) = try parseAddress(entry.address)
+                    backends.append(try Backend(host: host, port: port, weight: entry.weight))
                 } catch {
                     problems.append("\(path).backends[\(index)]: \(Self.reason(error))")
                 }
@@ -109,21 +114,63 @@ public final class Gateway: Sendable {
             var tls: UpstreamTLS?
             if let t = upstream.tls {
                 do {
-                    tls = try Self.makeUpstreamTLS(t, backends: backends, path: path + ".tls", resolve: resolve, logger: logger)
+                    let made = try Self.makeUpstreamTLS(t, upstream: name, backends: backends, path: path + ".tls", resolve: resolve, logger: logger)
+                    tls = made.tls
+                    if let store = made.clientStore { stores.append(store) }
                 } catch {
                     problems.append(Self.reason(error))
                 }
             }
+            var algorithm = BalanceAlgorithm.roundRobin
+            switch upstream.balance {
+            case "round_robin", "weighted_round_robin": algorithm = .roundRobin
+            case "random": algorithm = .random
+            case "least_conn", "least_connections": algorithm = .leastConnections
+            case "consistent_hash", "ketama":
+                let key = upstream.hashKey ?? "client_ip"
+                if key == "client_ip" {
+                    algorithm = .consistentHash(.clientAddress)
+                } else if key == "path" {
+                    algorithm = .consistentHash(.path)
+                } else if key.hasPrefix("header:"), key.count > 7 {
+                    algorithm = .consistentHash(.header(String(key.dropFirst(7)).lowercased()))
+                } else {
+                    problems.append("\(path).hash_key: '\(key)' is not one of client_ip, path, header:NAME")
+                }
+            default:
+                problems.append("\(path).balance: '\(upstream.balance)' is not one of round_robin, weighted_round_robin, random, least_conn, consistent_hash")
+            }
+            if upstream.hashKey != nil, case .consistentHash = algorithm {} else if upstream.hashKey != nil {
+                problems.append("\(path).hash_key: only used with balance: consistent_hash")
+            }
+            var healthCheck: HealthCheckSettings?
+            if let h = upstream.healthCheck {
+                do {
+                    healthCheck = try Self.makeHealthCheck(h, path: path + ".health_check", hasTLS: upstream.tls != nil)
+                } catch {
+                    problems.append(Self.reason(error))
+                }
+            }
+            if upstream.maxConnectAttempts < 1 { problems.append("\(path).max_connect_attempts: must be at least 1") }
+            if upstream.pool.maxIdlePerBackend < 0 { problems.append("\(path).pool.max_idle_per_backend: must not be negative") }
             guard !backends.isEmpty else { continue }
             var timeouts = UpstreamTimeouts()
             timeouts.connect = upstream.timeouts.connect.timeAmount
+            timeouts.totalConnection = max(upstream.timeouts.totalConnection.timeAmount, timeouts.connect)
             timeouts.read = upstream.timeouts.read.timeAmount
+            timeouts.write = upstream.timeouts.write.timeAmount
             timeouts.idle = upstream.timeouts.idle.timeAmount
+            var passive = PassiveHealth()
+            passive.maxFails = max(0, upstream.passiveHealth.maxFails)
+            passive.failTimeout = upstream.passiveHealth.failTimeout.timeAmount
             if upstream.tls == nil || tls != nil {
                 groups[name] = UpstreamGroup(name: name, backends: backends, tls: tls, timeouts: timeouts,
-                                             hostHeader: upstream.hostHeader, maxIdlePerBackend: upstream.pool.maxIdlePerBackend)
+                                             hostHeader: upstream.hostHeader, maxIdlePerBackend: upstream.pool.maxIdlePerBackend,
+                                             algorithm: algorithm, passive: passive, maxConnectAttempts: upstream.maxConnectAttempts,
+                                             healthCheck: healthCheck, tcpKeepalive: upstream.tcpKeepalive)
             }
         }
+        self.groups = groups.keys.sorted().map { groups[$0]! }
 
         // Routes.
         var routes: [Router.Route] = []
@@ -174,7 +221,6 @@ public final class Gateway: Sendable {
             }
         }
 
-        var stores: [CertificateStore] = []
         var shared: CertificateStore?
         if let certificates = config.certificates {
             let sources = certificates.sources.compactMap { $0.source(base: baseDirectory) }
@@ -269,7 +315,37 @@ public final class Gateway: Sendable {
         }
     }
 
-    private static func makeUpstreamTLS(_ t: UpstreamTLSConfig, backends: [Backend], path: String, resolve: (String) -> String, logger: Logger) throws -> UpstreamTLS {
+    private static func makeHealthCheck(_ h: HealthCheckConfig, path: String, hasTLS: Bool) throws -> HealthCheckSettings {
+        var settings = HealthCheckSettings()
+        guard let kind = HealthCheckSettings.Kind(rawValue: h.kind == "https" ? "http" : h.kind) else {
+            throw ConfigError(path: path + ".kind", message: "'\(h.kind)' is not one of tcp, tls, http")
+        }
+        if kind == .tls && !hasTLS { throw ConfigError(path: path + ".kind", message: "a tls check needs the upstream's tls settings") }
+        if h.kind == "https" && !hasTLS { throw ConfigError(path: path + ".kind", message: "an https check needs the upstream's tls settings") }
+        settings.kind = kind
+        guard h.path.hasPrefix("/") else { throw ConfigError(path: path + ".path", message: "must start with '/'") }
+        settings.path = h.path
+        settings.host = h.host
+        guard h.interval.nanoseconds > 0, h.timeout.nanoseconds > 0 else {
+            throw ConfigError(path: path, message: "interval and timeout must be positive")
+        }
+        settings.interval = h.interval.timeAmount
+        settings.timeout = h.timeout.timeAmount
+        guard h.healthyAfter >= 1, h.unhealthyAfter >= 1 else {
+            throw ConfigError(path: path, message: "healthy_after and unhealthy_after must be at least 1")
+        }
+        settings.healthyAfter = h.healthyAfter
+        settings.unhealthyAfter = h.unhealthyAfter
+        let bounds = h.expectedStatus.split(separator: "-").map { Int(String($0).trimmingCharacters(in: " ")) }
+        guard (1...2).contains(bounds.count), let low = bounds.first ?? nil, let high = bounds.last ?? nil, 100 <= low, low <= high, high <= 599 else {
+            throw ConfigError(path: path + ".expected_status", message: "'\(h.expectedStatus)' is not a status or a range like 200-399")
+        }
+        settings.expectedStatus = low...high
+        return settings
+    }
+
+    private static func makeUpstreamTLS(_ t: UpstreamTLSConfig, upstream: String, backends: [Backend], path: String,
+                                        resolve: (String) -> String, logger: Logger) throws -> (tls: UpstreamTLS, clientStore: CertificateStore?) {
         var configuration = TLSClientConfiguration()
         configuration.verifyCertificate = t.verifyCert
         configuration.caFile = t.caFile.map(resolve)
@@ -279,11 +355,27 @@ public final class Gateway: Sendable {
             }
             configuration.minimumVersion = version
         }
+        var clientStore: CertificateStore?
         if let cert = t.clientCertificate {
             guard let key = t.clientKey else { throw ConfigError(path: path + ".client_key", message: "required with client_certificate") }
-            let loaded = try loadClientPair(.pair(name: "client", certificate: resolve(cert), key: resolve(key)))
-            configuration.clientChain = loaded.chain
-            configuration.clientKey = loaded.key
+            do {
+                // A store of its own, so the pair is watched, hot-reloaded and shown on /status like serving certificates.
+                let store = try CertificateStore(
+                    configuration: CertificateSetConfiguration(
+                        sources: [.pair(name: "upstream-\(upstream)-client", certificate: resolve(cert), key: resolve(key))],
+                        policies: [TLSServerPolicy()]
+                    ),
+                    logger: logger, requireAll: true
+                )
+                clientStore = store
+                let lineage = store.snapshot.lineages[0]
+                configuration.clientChain = lineage.chain
+                configuration.clientKey = lineage.privateKeyForClientUse
+            } catch {
+                throw ConfigError(path: path + ".client_certificate", message: Self.reason(error))
+            }
+        } else if t.clientKey != nil {
+            throw ConfigError(path: path + ".client_certificate", message: "required with client_key")
         }
         if !t.verifyCert { logger.warning("upstream certificate verification is OFF", metadata: ["key": "\(path).verify_cert"]) }
         if t.verifyCert && !t.verifyHostname { logger.warning("upstream hostname verification is OFF", metadata: ["key": "\(path).verify_hostname"]) }
@@ -303,20 +395,31 @@ public final class Gateway: Sendable {
         let serverName = t.sni ?? (hostNames.count == 1 ? hostNames.first : nil)
         do {
             let context = try TLSContext.client(configuration: configuration)
-            return UpstreamTLS(context: context, serverName: serverName, verifyNames: verifyNames)
+            guard let store = clientStore else {
+                return (UpstreamTLS(context: context, serverName: serverName, verifyNames: verifyNames), nil)
+            }
+            let base = configuration
+            let tls = UpstreamTLS(
+                context: context, serverName: serverName, verifyNames: verifyNames,
+                generation: { store.snapshot.generation },
+                rebuild: {
+                    // The store only publishes validated pairs; a context that still fails keeps the old one.
+                    let snapshot = store.snapshot
+                    var next = base
+                    next.clientChain = snapshot.lineages[0].chain
+                    next.clientKey = snapshot.lineages[0].privateKeyForClientUse
+                    let context = try? TLSContext.client(configuration: next)
+                    if context != nil {
+                        logger.info("upstream client certificate rotated", metadata: ["upstream": "\(upstream)", "serial": "\(snapshot.lineages[0].leaf.serialNumberHex)"])
+                    }
+                    return (snapshot.generation, context)
+                }
+            )
+            return (tls, store)
         } catch let error as TLSError {
             throw ConfigError(path: path, message: error.description)
         }
     }
-}
-
-private func loadClientPair(_ source: CertificateSource) throws -> (chain: [X509Certificate], key: PrivateKey) {
-    let store = try CertificateStore(
-        configuration: CertificateSetConfiguration(sources: [source], policies: [TLSServerPolicy()]),
-        logger: Logger(label: "edge-gateway.client-cert"), requireAll: true
-    )
-    let lineage = store.snapshot.lineages[0]
-    return (lineage.chain, lineage.privateKeyForClientUse)
 }
 
 extension String {

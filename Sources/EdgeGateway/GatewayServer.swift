@@ -48,6 +48,9 @@ extension Gateway {
                 self.logger.error("certificate watching unavailable; periodic reload by SIGHUP only", metadata: ["error": "\(error)"])
             }
         }
+        let checker = HealthChecker(groups: self.groups, eventLoopGroup: group, logger: self.logger)
+        checker.start()
+        self.state.withLockedValue { $0.healthChecker = checker }
         for listener in self.listeners {
             // One helper per listener: a helper tracks the children of one server channel.
             let quiescing = ServerQuiescingHelper(group: group)
@@ -90,15 +93,17 @@ extension Gateway {
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes what is left.
     public func shutdown(grace: TimeAmount) async {
-        let (helpers, admin, watchers) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, [CertificateWatcher]) in
+        let (helpers, admin, watchers, checker) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, [CertificateWatcher], HealthChecker?) in
             state.ready = false
             defer {
                 state.quiescing = []
                 state.watchers = []
+                state.healthChecker = nil
             }
-            return (state.quiescing, state.adminChannel, state.watchers)
+            return (state.quiescing, state.adminChannel, state.watchers, state.healthChecker)
         }
         for watcher in watchers { watcher.stop() }
+        checker?.stop()
         guard let loop = admin?.eventLoop else { return }
         self.logger.info("draining", metadata: ["grace_period": "\(grace)"])
         let futures = helpers.map { helper -> EventLoopFuture<Void> in

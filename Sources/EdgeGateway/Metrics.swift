@@ -56,7 +56,8 @@ final class GatewayMetrics: ProxyObserver, Sendable {
     }
 
     /// Refreshes the derived gauges and renders the exposition.
-    func render(reports: [CertificateReport], stores: [CertificateStore], now: Int64) -> String {
+    func render(reports: [CertificateReport], stores: [CertificateStore], groups: [UpstreamGroup], now: Int64) -> String {
+        self.refreshUpstreams(groups)
         var live: [String: Gauge] = [:]
         for report in reports {
             let labels = [("name", report.name), ("serial", report.serial), ("source", report.source)]
@@ -104,6 +105,41 @@ final class GatewayMetrics: ProxyObserver, Sendable {
         self.gauge("edge_certificate_snapshot_generation", [], help: "Generation of the newest published certificate snapshot.")
             .set(to: Double(stores.map { $0.snapshot.generation }.max() ?? 0))
         return self.registry.emitToString()
+    }
+
+    private let upstreamSeen = NIOLockedValueBox<[String: Int]>([:])
+
+    /// Upstream gauges, and counters advanced to the backends' atomic totals.
+    private func refreshUpstreams(_ groups: [UpstreamGroup]) {
+        for group in groups {
+            for (backend, state) in zip(group.backends, group.states) {
+                let labels = [("upstream", group.name), ("backend", backend.description)]
+                self.gauge("edge_upstream_backend_up", labels, help: "1 when the backend takes requests (health check passing, not ejected).")
+                    .set(to: state.isAvailable() ? 1 : 0)
+                self.gauge("edge_upstream_active_requests", labels, help: "Requests in flight to the backend.")
+                    .set(to: Double(state.active.load(ordering: .relaxed)))
+                self.gauge("edge_upstream_idle_connections", labels, help: "Idle keep-alive connections pooled for the backend.")
+                    .set(to: Double(state.idleConnections.load(ordering: .relaxed)))
+                let totals: [(String, String, Int)] = [
+                    ("edge_upstream_requests_total", "Requests sent to the backend.", state.requests.load(ordering: .relaxed)),
+                    ("edge_upstream_connections_opened_total", "New connections opened to the backend (requests minus these were reused).", state.connectionsOpened.load(ordering: .relaxed)),
+                    ("edge_upstream_connect_failures_total", "Failed connects to the backend.", state.connectFailures.load(ordering: .relaxed)),
+                    ("edge_upstream_tls_resumed_total", "Upstream TLS handshakes that resumed a session.", state.tlsResumed.load(ordering: .relaxed)),
+                ]
+                self.upstreamSeen.withLockedValue { seen in
+                    for (name, help, total) in totals {
+                        let key = metricKey(name, labels)
+                        if total > seen[key, default: 0] {
+                            self.counter(name, labels, help: help).increment(by: Int64(total - seen[key, default: 0]))
+                            seen[key] = total
+                        } else if seen[key] == nil {
+                            _ = self.counter(name, labels, help: help)
+                            seen[key] = 0
+                        }
+                    }
+                }
+            }
+        }
     }
 
     private func certificateGauge(_ name: String, _ labels: [(String, String)], help: String) -> Gauge {

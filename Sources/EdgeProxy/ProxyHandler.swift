@@ -57,14 +57,17 @@ public final class ProxyHandler: ChannelDuplexHandler {
         var responseStarted = false
         var responseEnded = false
         var upstreamKeepAlive = true
-        var attempts = 0
         var retriedStale = false
-        var backendIndex: Int
+        /// The backend chosen for this exchange, counted in its in-flight figure while set.
+        var backendIndex: Int?
+        /// Backends whose connect failed for this request.
+        var tried: [Int] = []
         /// The request body as sent, while it fits the retry buffer; nil once it does not.
         var replayBody: [ByteBuffer]? = []
         var replayBytes = 0
         var readTimer: Scheduled<Void>?
         var readDeadline = NIODeadline.now()
+        var writeTimer: Scheduled<Void>?
         var closeDownstreamAfterResponse = false
         var status = 0
 
@@ -73,7 +76,16 @@ public final class ProxyHandler: ChannelDuplexHandler {
             self.upstreamHead = upstreamHead
             self.group = group
             self.keepAliveDownstream = keepAlive
-            self.backendIndex = group.nextBackendIndex()
+        }
+
+        /// Leaves the backend's in-flight count; called once when the exchange ends or moves on.
+        func leaveBackend() {
+            if let index = self.backendIndex {
+                self.group.states[index].active.wrappingDecrement(ordering: .relaxed)
+                self.backendIndex = nil
+            }
+            self.writeTimer?.cancel()
+            self.writeTimer = nil
         }
     }
 
@@ -200,26 +212,58 @@ public final class ProxyHandler: ChannelDuplexHandler {
     // MARK: upstream connection
 
     private func connect(_ exchange: Exchange) {
-        exchange.attempts += 1
-        let backend = exchange.group.backends[exchange.backendIndex]
-        if let idle = self.pool.takeIdle(group: exchange.group, backend: backend) {
+        let group = exchange.group
+        if exchange.backendIndex == nil {
+            let request = exchange.request
+            let key = UpstreamGroup.RequestKey(
+                clientAddress: self.info.clientIP,
+                path: request.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "",
+                header: { request.headers.first(name: $0) }
+            )
+            guard let chosen = group.select(key, tried: exchange.tried) else {
+                let reason = exchange.tried.isEmpty ? "every backend is down" : "no backend left to try"
+                self.failExchange(exchange, error: UpstreamError(kind: .noHealthyBackend, backend: group.name, reason: reason))
+                return
+            }
+            exchange.backendIndex = chosen
+            group.states[chosen].active.wrappingIncrement(ordering: .relaxed)
+        }
+        let index = exchange.backendIndex!
+        // After a stale reused connection, the retry always gets a fresh one.
+        if !exchange.retriedStale, let idle = self.pool.takeIdle(group: group, backend: index) {
             self.attach(idle, to: exchange)  // the common keep-alive case: no future, no hop
             return
         }
-        self.pool.acquire(group: exchange.group, backend: backend).assumeIsolated().whenComplete { result in
+        self.pool.open(group: group, backend: index).assumeIsolated().whenComplete { result in
             guard self.exchange === exchange, !self.closed else {
-                if case .success(let connection) = result { self.pool.release(connection, group: exchange.group) }
+                if case .success(let connection) = result {
+                    group.connectSucceeded(index)
+                    self.pool.release(connection, group: group)
+                }
                 return
             }
             switch result {
             case .success(let connection):
+                group.connectSucceeded(index)
                 self.attach(connection, to: exchange)
             case .failure(let error):
                 let upstream = error as? UpstreamError
-                // Connect failures move on to the next backend, once around the group.
-                if upstream?.kind == .connectFailed || upstream?.kind == .connectTimeout, exchange.attempts < exchange.group.backends.count {
-                    self.logger.warning("upstream connect failed; trying next backend", metadata: ["upstream": "\(exchange.group.name)", "error": "\(error)"])
-                    exchange.backendIndex = (exchange.backendIndex + 1) % exchange.group.backends.count
+                guard upstream?.kind == .connectFailed || upstream?.kind == .connectTimeout else {
+                    self.failExchange(exchange, error: error)
+                    return
+                }
+                let backend = group.backends[index].description
+                if group.connectFailed(index, reason: "\(error)") {
+                    self.logger.warning("backend ejected after consecutive connect failures", metadata: [
+                        "upstream": "\(group.name)", "backend": "\(backend)",
+                        "fail_timeout": "\(group.passive.failTimeout.nanoseconds / 1_000_000_000)s", "error": "\(error)",
+                    ])
+                }
+                // Connect failures move on to another backend, a bounded number of times.
+                exchange.tried.append(index)
+                exchange.leaveBackend()
+                if exchange.tried.count < group.maxConnectAttempts {
+                    self.logger.warning("upstream connect failed; trying another backend", metadata: ["upstream": "\(group.name)", "error": "\(error)"])
                     self.connect(exchange)
                     return
                 }
@@ -231,6 +275,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private func attach(_ connection: UpstreamConnection, to exchange: Exchange) {
         exchange.connection = connection
         connection.uses += 1
+        exchange.group.states[connection.backendIndex].requests.wrappingIncrement(ordering: .relaxed)
         connection.handler.delegate = self
         connection.write(.head(exchange.upstreamHead))
         for part in exchange.pending { connection.write(part) }
@@ -324,6 +369,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             exchange.connection?.handler.delegate = nil
             exchange.connection?.close()
             exchange.connection = nil
+            exchange.leaveBackend()
             self.exchange = nil
             context.close(promise: nil)
             return
@@ -337,6 +383,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
                 connection.close()
             }
         }
+        exchange.leaveBackend()
         self.exchange = nil
         if exchange.closeDownstreamAfterResponse {
             context.close(promise: nil)
@@ -368,6 +415,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             self.logger.warning("upstream failed mid-response; closing client connection", metadata: [
                 "upstream": "\(exchange.group.name)", "error": "\(error)",
             ])
+            exchange.leaveBackend()
             self.exchange = nil
             self.context?.close(promise: nil)
         }
@@ -381,28 +429,55 @@ public final class ProxyHandler: ChannelDuplexHandler {
     }
 
     func upstreamWritabilityChanged(_ writable: Bool) {
-        if writable, self.readPending, let context = self.context {
-            self.readPending = false
-            context.read()
+        guard let exchange = self.exchange else { return }
+        if writable {
+            exchange.writeTimer?.cancel()
+            exchange.writeTimer = nil
+            if self.readPending, let context = self.context {
+                self.readPending = false
+                context.read()
+            }
+        } else if !exchange.requestEnded, exchange.writeTimer == nil, let context = self.context {
+            // The upstream stopped taking the request body: it has the write timeout to resume.
+            exchange.writeTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: exchange.group.timeouts.write) {
+                exchange.writeTimer = nil
+                guard self.exchange === exchange, let connection = exchange.connection, !connection.isWritable else { return }
+                exchange.readTimer?.cancel()
+                connection.handler.delegate = nil
+                connection.close()
+                exchange.connection = nil
+                let error = UpstreamError(kind: .writeTimeout, backend: connection.key.address.hostPort, reason: "the upstream stopped reading the request body")
+                if exchange.responseStarted {
+                    exchange.leaveBackend()
+                    self.exchange = nil
+                    self.context?.close(promise: nil)
+                } else {
+                    self.failExchange(exchange, error: error)
+                }
+            }
         }
     }
 
     var downstreamWritable: Bool { self.context?.channel.isWritable ?? false }
 
     private func failExchange(_ exchange: Exchange, error: Error) {
+        exchange.leaveBackend()
         let status: HTTPResponseStatus
-        if let upstream = error as? UpstreamError, upstream.kind == .connectTimeout || upstream.kind == .readTimeout {
-            status = .gatewayTimeout
-        } else {
-            status = .badGateway
+        let message: String
+        switch (error as? UpstreamError)?.kind {
+        case .connectTimeout, .readTimeout, .writeTimeout:
+            (status, message) = (.gatewayTimeout, "upstream timed out")
+        case .noHealthyBackend:
+            (status, message) = (.serviceUnavailable, "no healthy backend in upstream '\(exchange.group.name)'")
+        default:
+            (status, message) = (.badGateway, "upstream unavailable")
         }
         self.logger.warning("upstream request failed", metadata: [
             "upstream": "\(exchange.group.name)", "status": "\(status.code)", "error": "\(error)",
             "method": "\(exchange.request.method)", "uri": "\(exchange.request.uri)",
         ])
         self.exchange = nil
-        self.respondLocally(status: status, message: status == .gatewayTimeout ? "upstream timed out" : "upstream unavailable",
-                            requestEnded: exchange.requestEnded, request: exchange.request)
+        self.respondLocally(status: status, message: message, requestEnded: exchange.requestEnded, request: exchange.request)
     }
 
     /// Answers from the gateway itself. The rest of an unread request body is
@@ -451,6 +526,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         self.closed = true
         if let exchange = self.exchange {
             exchange.readTimer?.cancel()
+            exchange.leaveBackend()
             if let connection = exchange.connection {
                 connection.handler.delegate = nil
                 connection.close()

@@ -1,30 +1,74 @@
 import Atomics
 import EdgeTLS
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Timeouts of an upstream group.
 public struct UpstreamTimeouts: Sendable, Hashable {
+    /// TCP connect.
     public var connect: TimeAmount = .seconds(5)
+    /// TCP connect plus the TLS handshake.
+    public var totalConnection: TimeAmount = .seconds(10)
     /// From the request sent to the first response byte, and between reads.
     public var read: TimeAmount = .seconds(60)
+    /// How long the upstream may refuse to take more of the request.
+    public var write: TimeAmount = .seconds(60)
     /// How long a pooled connection may stay idle.
     public var idle: TimeAmount = .seconds(60)
 
     public init() {}
 }
 
-/// TLS towards an upstream group: one client context plus the names to send and verify.
+/// TLS towards an upstream group: the client context plus the names to send and verify.
+///
+/// With a client certificate, the context is rebuilt when the certificate's
+/// store publishes a new generation (the pair is watched like serving
+/// certificates); connections made with the old one finish and idle out.
 public final class UpstreamTLS: Sendable {
-    public let context: TLSContext
     /// SNI sent to the backend; nil sends none (IP literal backends).
     public let serverName: String?
     /// Names accepted in the backend's certificate; empty when verification is off.
     public let verifyNames: [String]
+    private let current: NIOLockedValueBox<(generation: Int, context: TLSContext)>
+    private let rebuild: (@Sendable () -> (generation: Int, context: TLSContext?))?
+    private let generationProbe: (@Sendable () -> Int)?
+    private let slots = NIOLockedValueBox<[String: TLSSessionSlot]>([:])
 
-    public init(context: TLSContext, serverName: String?, verifyNames: [String]) {
-        self.context = context
+    /// `generation` reads the client certificate's current generation (cheap);
+    /// `rebuild` makes a context for it.
+    public init(context: TLSContext, serverName: String?, verifyNames: [String],
+                generation: (@Sendable () -> Int)? = nil,
+                rebuild: (@Sendable () -> (generation: Int, context: TLSContext?))? = nil) {
+        self.current = NIOLockedValueBox((generation?() ?? 0, context))
         self.serverName = serverName
         self.verifyNames = verifyNames
+        self.generationProbe = generation
+        self.rebuild = rebuild
+    }
+
+    /// The client certificate generation new connections use (0 without one).
+    public var generation: Int { self.generationProbe?() ?? 0 }
+
+    /// The context for new connections, rebuilt if the client certificate changed.
+    public var context: TLSContext {
+        let wanted = self.generation
+        return self.current.withLockedValue { current in
+            if current.generation != wanted, let rebuild = self.rebuild {
+                let fresh = rebuild()
+                if let context = fresh.context { current = (fresh.generation, context) }
+            }
+            return current.context
+        }
+    }
+
+    /// The session slot of one backend address, for TLS session resumption.
+    func sessionSlot(for key: String) -> TLSSessionSlot {
+        self.slots.withLockedValue { slots in
+            if let slot = slots[key] { return slot }
+            let slot = TLSSessionSlot()
+            slots[key] = slot
+            return slot
+        }
     }
 }
 
@@ -33,42 +77,275 @@ public struct Backend: Sendable, Hashable, CustomStringConvertible {
     public var host: String
     public var port: Int
     public var address: SocketAddress
+    public var weight: Int
 
-    public init(host: String, port: Int) throws {
+    public init(host: String, port: Int, weight: Int = 1) throws {
         self.host = host
         self.port = port
+        self.weight = max(1, weight)
         self.address = try SocketAddress.makeAddressResolvingHost(host, port: port)
     }
 
     public var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
 }
 
-/// A named list of backends chosen round-robin, with shared options.
+/// How a group picks a backend for a request.
+public enum BalanceAlgorithm: Sendable, Hashable, CustomStringConvertible {
+    /// Smooth weighted round robin (nginx's); plain round robin when weights are equal.
+    case roundRobin
+    /// Weighted random.
+    case random
+    /// Fewest requests in flight relative to weight.
+    case leastConnections
+    /// Ketama ring on a request key: only about 1/N of the keys move when a backend goes.
+    case consistentHash(HashKey)
+
+    public var description: String {
+        switch self {
+        case .roundRobin: return "round_robin"
+        case .random: return "random"
+        case .leastConnections: return "least_conn"
+        case .consistentHash(let key): return "consistent_hash(\(key))"
+        }
+    }
+}
+
+/// What consistent hashing hashes.
+public enum HashKey: Sendable, Hashable, CustomStringConvertible {
+    case clientAddress
+    case header(String)
+    case path
+
+    public var description: String {
+        switch self {
+        case .clientAddress: return "client_ip"
+        case .header(let name): return "header:\(name)"
+        case .path: return "path"
+        }
+    }
+}
+
+/// Passive health: consecutive connect failures eject a backend for a while (nginx's max_fails/fail_timeout).
+public struct PassiveHealth: Sendable, Hashable {
+    /// 0 disables ejection.
+    public var maxFails = 3
+    public var failTimeout: TimeAmount = .seconds(10)
+
+    public init() {}
+}
+
+/// The health and traffic figures of one backend. Shared by every event loop.
+public final class BackendState: Sendable {
+    /// Requests in flight (least connections).
+    public let active = ManagedAtomic<Int>(0)
+    /// The active health check's verdict.
+    let checkHealthy = ManagedAtomic<Bool>(true)
+    let consecutiveFailures = ManagedAtomic<Int>(0)
+    /// Uptime nanoseconds until which passive health keeps the backend out.
+    let ejectedUntil = ManagedAtomic<Int64>(0)
+    public let requests = ManagedAtomic<Int>(0)
+    public let connectionsOpened = ManagedAtomic<Int>(0)
+    public let connectFailures = ManagedAtomic<Int>(0)
+    public let idleConnections = ManagedAtomic<Int>(0)
+    public let tlsResumed = ManagedAtomic<Int>(0)
+    let lastError = NIOLockedValueBox<String?>(nil)
+
+    public init() {}
+
+    /// Active check healthy and not ejected.
+    public func isAvailable(now: NIODeadline = .now()) -> Bool {
+        self.checkHealthy.load(ordering: .relaxed) && self.ejectedUntil.load(ordering: .relaxed) <= Int64(now.uptimeNanoseconds)
+    }
+
+    public var isHealthyByCheck: Bool { self.checkHealthy.load(ordering: .relaxed) }
+    public var isEjected: Bool { self.ejectedUntil.load(ordering: .relaxed) > Int64(NIODeadline.now().uptimeNanoseconds) }
+    public var lastErrorDescription: String? { self.lastError.withLockedValue { $0 } }
+}
+
+/// A named list of backends with shared options, a balancing algorithm and health state.
 public final class UpstreamGroup: Sendable {
     public let name: String
     public let backends: [Backend]
+    public let states: [BackendState]
     public let tls: UpstreamTLS?
     public let timeouts: UpstreamTimeouts
     /// Replaces the client's Host header when set.
     public let hostHeader: String?
     public let maxIdlePerBackend: Int
+    public let algorithm: BalanceAlgorithm
+    public let passive: PassiveHealth
+    /// At most this many backends are tried for one request when connecting fails.
+    public let maxConnectAttempts: Int
+    /// Active probing of every backend, if configured.
+    public let healthCheck: HealthCheckSettings?
+    /// SO_KEEPALIVE on upstream connections.
+    public let tcpKeepalive: Bool
     private let cursor = ManagedAtomic<Int>(0)
+    private let smooth: NIOLockedValueBox<[Int]>
+    private let equalWeights: Bool
+    private let ring: [(hash: UInt64, backend: Int)]
 
-    public init(name: String, backends: [Backend], tls: UpstreamTLS?, timeouts: UpstreamTimeouts, hostHeader: String?, maxIdlePerBackend: Int = 128) {
+    public init(name: String, backends: [Backend], tls: UpstreamTLS?, timeouts: UpstreamTimeouts, hostHeader: String?,
+                maxIdlePerBackend: Int = 128, algorithm: BalanceAlgorithm = .roundRobin, passive: PassiveHealth = .init(),
+                maxConnectAttempts: Int = 3, healthCheck: HealthCheckSettings? = nil, tcpKeepalive: Bool = true) {
         precondition(!backends.isEmpty, "an upstream group needs a backend")
         self.name = name
         self.backends = backends
+        self.states = backends.map { _ in BackendState() }
         self.tls = tls
         self.timeouts = timeouts
         self.hostHeader = hostHeader
-        self.maxIdlePerBackend = maxIdlePerBackend
+        self.maxIdlePerBackend = max(0, maxIdlePerBackend)
+        self.algorithm = algorithm
+        self.passive = passive
+        self.maxConnectAttempts = max(1, min(maxConnectAttempts, backends.count))
+        self.healthCheck = healthCheck
+        self.tcpKeepalive = tcpKeepalive
+        self.smooth = NIOLockedValueBox(Array(repeating: 0, count: backends.count))
+        self.equalWeights = Set(backends.map(\.weight)).count == 1
+        if case .consistentHash = algorithm {
+            self.ring = Self.ketamaRing(backends)
+        } else {
+            self.ring = []
+        }
     }
 
-    /// The next backend in round-robin order.
-    public func nextBackendIndex() -> Int {
-        let n = self.cursor.loadThenWrappingIncrement(ordering: .relaxed)
-        return (n % self.backends.count + self.backends.count) % self.backends.count
+    /// What a balancing decision may look at.
+    public struct RequestKey {
+        public var clientAddress: String?
+        public var path: Substring
+        public var header: (String) -> String?
+
+        public init(clientAddress: String?, path: Substring, header: @escaping (String) -> String?) {
+            self.clientAddress = clientAddress
+            self.path = path
+            self.header = header
+        }
     }
+
+    /// The backend for a request among available backends not in `tried`; nil when none is left.
+    public func select(_ key: RequestKey, tried: [Int] = []) -> Int? {
+        let now = NIODeadline.now()
+        let usable = self.states.indices.map { self.states[$0].isAvailable(now: now) && !tried.contains($0) }
+        guard usable.contains(true) else { return nil }
+        switch self.algorithm {
+        case .roundRobin:
+            if self.equalWeights {
+                let start = self.cursor.loadThenWrappingIncrement(ordering: .relaxed)
+                let n = self.backends.count
+                for offset in 0..<n {
+                    let index = ((start &+ offset) % n + n) % n
+                    if usable[index] { return index }
+                }
+                return nil
+            }
+            return self.smooth.withLockedValue { current in
+                // nginx's smooth weighted round robin over the usable backends.
+                var total = 0
+                var best: Int?
+                for index in self.backends.indices where usable[index] {
+                    current[index] += self.backends[index].weight
+                    total += self.backends[index].weight
+                    if best == nil || current[index] > current[best!] { best = index }
+                }
+                if let best { current[best] -= total }
+                return best
+            }
+        case .random:
+            let total = self.backends.indices.filter { usable[$0] }.reduce(0) { $0 + self.backends[$1].weight }
+            var pick = Int.random(in: 0..<total)
+            for index in self.backends.indices where usable[index] {
+                pick -= self.backends[index].weight
+                if pick < 0 { return index }
+            }
+            return nil
+        case .leastConnections:
+            // Fewest in flight per weight; ties broken round robin so equal load spreads.
+            let start = self.cursor.loadThenWrappingIncrement(ordering: .relaxed)
+            let n = self.backends.count
+            var best: Int?
+            var bestLoad = Double.infinity
+            for offset in 0..<n {
+                let index = ((start &+ offset) % n + n) % n
+                guard usable[index] else { continue }
+                let load = Double(self.states[index].active.load(ordering: .relaxed)) / Double(self.backends[index].weight)
+                if load < bestLoad {
+                    best = index
+                    bestLoad = load
+                }
+            }
+            return best
+        case .consistentHash(let hashKey):
+            let text: String
+            switch hashKey {
+            case .clientAddress: text = key.clientAddress ?? ""
+            case .header(let name): text = key.header(name) ?? ""
+            case .path: text = String(key.path)
+            }
+            return self.ringLookup(hash64(text), usable: usable)
+        }
+    }
+
+    /// The first usable backend clockwise from `hash` on the ring.
+    func ringLookup(_ hash: UInt64, usable: [Bool]) -> Int? {
+        var low = 0, high = self.ring.count
+        while low < high {
+            let mid = (low + high) / 2
+            if self.ring[mid].hash < hash { low = mid + 1 } else { high = mid }
+        }
+        for step in 0..<self.ring.count {
+            let backend = self.ring[(low + step) % self.ring.count].backend
+            if usable[backend] { return backend }
+        }
+        return nil
+    }
+
+    /// 160 points per unit of weight, as Ketama places them, keyed by the backend's address.
+    static func ketamaRing(_ backends: [Backend]) -> [(hash: UInt64, backend: Int)] {
+        var ring: [(hash: UInt64, backend: Int)] = []
+        for (index, backend) in backends.enumerated() {
+            for point in 0..<(160 * backend.weight) {
+                ring.append((hash64("\(backend.description)-\(point)"), index))
+            }
+        }
+        return ring.sorted { $0.hash < $1.hash }
+    }
+
+    // MARK: passive health
+
+    /// A connection to `index` was established.
+    func connectSucceeded(_ index: Int) {
+        self.states[index].connectionsOpened.wrappingIncrement(ordering: .relaxed)
+        self.states[index].consecutiveFailures.store(0, ordering: .relaxed)
+    }
+
+    /// A connect to `index` failed; returns true when this failure ejected it.
+    func connectFailed(_ index: Int, reason: String) -> Bool {
+        let state = self.states[index]
+        state.connectFailures.wrappingIncrement(ordering: .relaxed)
+        state.lastError.withLockedValue { $0 = reason }
+        let failures = state.consecutiveFailures.wrappingIncrementThenLoad(ordering: .relaxed)
+        guard self.passive.maxFails > 0, failures >= self.passive.maxFails else { return false }
+        state.consecutiveFailures.store(0, ordering: .relaxed)
+        let until = Int64((NIODeadline.now() + self.passive.failTimeout).uptimeNanoseconds)
+        state.ejectedUntil.store(until, ordering: .relaxed)
+        return true
+    }
+}
+
+/// FNV-1a, then a 64-bit finaliser so nearby strings spread over the ring.
+func hash64(_ text: String) -> UInt64 {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+    for byte in text.utf8 {
+        hash ^= UInt64(byte)
+        hash = hash &* 0x0000_0100_0000_01b3
+    }
+    hash ^= hash >> 33
+    hash = hash &* 0xff51_afd7_ed55_8ccd
+    hash ^= hash >> 33
+    hash = hash &* 0xc4ce_b9fe_1a85_ec53
+    hash ^= hash >> 33
+    return hash
 }
 
 /// Host/path routing to upstream groups. First matching route wins.
@@ -110,6 +387,12 @@ public struct Router: Sendable {
         let host = Self.normalizedHost(rawHost)
         let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         return self.routes.first { $0.matches(host: host, path: path) }?.upstream
+    }
+
+    /// Every distinct group the routes reach, in route order.
+    public var groups: [UpstreamGroup] {
+        var seen = Set<ObjectIdentifier>()
+        return self.routes.compactMap { seen.insert(ObjectIdentifier($0.upstream)).inserted ? $0.upstream : nil }
     }
 
     static func normalizedHost(_ raw: String?) -> String {

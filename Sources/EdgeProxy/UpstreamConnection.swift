@@ -21,7 +21,7 @@ protocol UpstreamExchangeDelegate: AnyObject {
 
 /// Errors of the upstream side, mapped to 502/504 by the proxy.
 public struct UpstreamError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: Sendable { case connectFailed, connectTimeout, tlsFailed, readTimeout, closedEarly, protocolError }
+    public enum Kind: Sendable { case connectFailed, connectTimeout, tlsFailed, readTimeout, writeTimeout, closedEarly, protocolError, noHealthyBackend }
     public var kind: Kind
     public var backend: String
     public var reason: String
@@ -33,15 +33,17 @@ final class UpstreamConnection {
     let channel: Channel
     let key: PoolKey
     let handler: UpstreamHandler
+    let backendIndex: Int
     /// Requests served; >0 means the next use is a reuse.
     var uses = 0
     var idleTimer: Scheduled<Void>?
     var idleDeadline = NIODeadline.now()
 
-    init(channel: Channel, key: PoolKey, handler: UpstreamHandler) {
+    init(channel: Channel, key: PoolKey, handler: UpstreamHandler, backendIndex: Int) {
         self.channel = channel
         self.key = key
         self.handler = handler
+        self.backendIndex = backendIndex
     }
 
     func write(_ part: HTTPClientRequestPart) {
@@ -170,9 +172,12 @@ final class UpstreamHandler: ChannelDuplexHandler {
 struct PoolKey: Hashable {
     var address: SocketAddress
     /// Identity of the TLS options (nil: plaintext). One `UpstreamTLS` object
-    /// holds every option that changes the connection: context (CA, client
-    /// certificate, verification), SNI and verified names.
+    /// holds every option that changes the connection: CA bundle, verification
+    /// flags, SNI, verified names (alternative_cn) and the client certificate.
     var tls: ObjectIdentifier?
+    /// The client certificate's generation: a rotated client certificate never
+    /// reuses connections made with the old one.
+    var generation: Int
 }
 
 /// Keep-alive connections of one event loop. Only touched on that loop, so
@@ -185,21 +190,22 @@ public final class UpstreamPool {
         self.eventLoop = eventLoop
     }
 
-    /// A ready connection to `backend`: the most recently used idle one, or a new one.
-    func acquire(group: UpstreamGroup, backend: Backend) -> EventLoopFuture<UpstreamConnection> {
-        if let connection = self.takeIdle(group: group, backend: backend) {
-            return self.eventLoop.assumeIsolated().makeSucceededFuture(connection)
-        }
-        let key = PoolKey(address: backend.address, tls: group.tls.map { ObjectIdentifier($0) })
-        return self.connect(group: group, backend: backend, key: key)
+    private func key(group: UpstreamGroup, backend: Int) -> PoolKey {
+        PoolKey(address: group.backends[backend].address, tls: group.tls.map { ObjectIdentifier($0) }, generation: group.tls?.generation ?? 0)
     }
 
-    /// The most recently used idle connection to `backend`, if one is alive.
-    func takeIdle(group: UpstreamGroup, backend: Backend) -> UpstreamConnection? {
+    /// A new connection to backend `index`, ready once TCP (and TLS) are up.
+    func open(group: UpstreamGroup, backend index: Int) -> EventLoopFuture<UpstreamConnection> {
+        self.connect(group: group, backend: index, key: self.key(group: group, backend: index))
+    }
+
+    /// The most recently used idle connection to backend `index`, if one is alive.
+    func takeIdle(group: UpstreamGroup, backend index: Int) -> UpstreamConnection? {
         self.eventLoop.assertInEventLoop()
-        let key = PoolKey(address: backend.address, tls: group.tls.map { ObjectIdentifier($0) })
+        let key = self.key(group: group, backend: index)
         while var stack = self.idle[key], let connection = stack.popLast() {
             self.idle[key] = stack.isEmpty ? nil : stack
+            group.states[index].idleConnections.wrappingDecrement(ordering: .relaxed)
             connection.handler.onIdleClose = nil
             if connection.channel.isActive {
                 return connection
@@ -214,61 +220,78 @@ public final class UpstreamPool {
         self.eventLoop.assertInEventLoop()
         connection.handler.delegate = nil
         guard connection.channel.isActive else { return }
+        guard group.maxIdlePerBackend > 0 else {
+            connection.close()
+            return
+        }
+        let state = group.states[connection.backendIndex]
         var stack = self.idle[connection.key] ?? []
         if stack.count >= group.maxIdlePerBackend {
             stack.removeFirst().close()  // least recently used goes first
+            state.idleConnections.wrappingDecrement(ordering: .relaxed)
         }
         stack.append(connection)
+        state.idleConnections.wrappingIncrement(ordering: .relaxed)
         self.idle[connection.key] = stack
         connection.handler.onIdleClose = { [weak self, weak connection] in
             guard let self, let connection else { return }
-            self.evict(connection)
+            self.evict(connection, group: group)
         }
         connection.idleDeadline = .now() + group.timeouts.idle
-        if connection.idleTimer == nil { self.scheduleIdleCheck(connection) }
+        if connection.idleTimer == nil { self.scheduleIdleCheck(connection, group: group) }
     }
 
     /// One timer per connection, re-armed only when it fires before the (moved) deadline.
-    private func scheduleIdleCheck(_ connection: UpstreamConnection) {
+    private func scheduleIdleCheck(_ connection: UpstreamConnection, group: UpstreamGroup) {
         connection.idleTimer = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: connection.idleDeadline) { [weak self, weak connection] in
             guard let self, let connection else { return }
             connection.idleTimer = nil
             guard connection.channel.isActive, connection.handler.delegate == nil, connection.handler.onIdleClose != nil else { return }
             if NIODeadline.now() < connection.idleDeadline {
-                self.scheduleIdleCheck(connection)
+                self.scheduleIdleCheck(connection, group: group)
                 return
             }
-            self.evict(connection)
+            self.evict(connection, group: group)
             connection.close()
         }
     }
 
-    private func evict(_ connection: UpstreamConnection) {
+    private func evict(_ connection: UpstreamConnection, group: UpstreamGroup) {
         guard var stack = self.idle[connection.key], let index = stack.firstIndex(where: { $0 === connection }) else { return }
         stack.remove(at: index)
+        group.states[connection.backendIndex].idleConnections.wrappingDecrement(ordering: .relaxed)
         self.idle[connection.key] = stack.isEmpty ? nil : stack
     }
 
-    private func connect(group: UpstreamGroup, backend: Backend, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
+    private func connect(group: UpstreamGroup, backend index: Int, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
+        let backend = group.backends[index]
         let ready = self.eventLoop.makePromise(of: Void.self)
         let result = self.eventLoop.makePromise(of: UpstreamConnection.self)
         let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description)
         // The initializer runs on this pool's loop, the only place the handler is touched.
         let boundHandler = NIOLoopBound(handler, eventLoop: self.eventLoop)
         let tls = group.tls
-        let connectTimeout = group.timeouts.connect
+        let tlsHandler: NIOLoopBound<OpenSSLHandler>?
+        do {
+            if let tls {
+                let slot = tls.sessionSlot(for: "\(backend.address.hostPort)#\(key.generation)")
+                tlsHandler = NIOLoopBound(try OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName,
+                                                             verifyHostnames: tls.verifyNames, sessionSlot: slot), eventLoop: self.eventLoop)
+            } else {
+                tlsHandler = nil
+            }
+        } catch {
+            return self.eventLoop.makeFailedFuture(UpstreamError(kind: .tlsFailed, backend: backend.description, reason: "\(error)"))
+        }
+        let timeouts = group.timeouts
         let bootstrap = ClientBootstrap(group: self.eventLoop)
-            .connectTimeout(connectTimeout)
-            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .connectTimeout(timeouts.connect)
+            .channelOption(.socketOption(.so_keepalive), value: group.tcpKeepalive ? 1 : 0)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    if let tls {
-                        try sync.addHandler(OpenSSLHandler(
-                            clientContext: tls.context, serverName: tls.serverName, verifyHostnames: tls.verifyNames
-                        ))
-                    }
+                    if let tlsHandler { try sync.addHandler(tlsHandler.value) }
                     var encoderConfiguration = HTTPRequestEncoder.Configuration()
                     encoderConfiguration.automaticallySetFramingHeaders = false
                     try sync.addHandler(HTTPRequestEncoder(configuration: encoderConfiguration))
@@ -277,6 +300,7 @@ public final class UpstreamPool {
                 }
             }
         let backendName = backend.description
+        let started = NIODeadline.now()
         bootstrap.connect(to: backend.address).assumeIsolated().whenComplete { connected in
             switch connected {
             case .failure(let error):
@@ -286,17 +310,20 @@ public final class UpstreamPool {
                 ready.fail(failure)  // the channel never became active: nothing else completes it
                 result.fail(failure)
             case .success(let channel):
-                // The TLS handshake shares the connect budget.
-                let timer = self.eventLoop.assumeIsolated().scheduleTask(in: connectTimeout) {
-                    ready.fail(UpstreamError(kind: .connectTimeout, backend: backendName, reason: "TLS handshake timed out"))
+                // TCP and TLS together stay within the total connection budget.
+                let timer = self.eventLoop.assumeIsolated().scheduleTask(deadline: started + timeouts.totalConnection) {
+                    ready.fail(UpstreamError(kind: .connectTimeout, backend: backendName, reason: "TLS handshake not done within the total connection timeout"))
                     channel.close(promise: nil)
                 }
                 ready.futureResult.assumeIsolated().whenComplete { handshake in
                     timer.cancel()
                     switch handshake {
                     case .success:
-                        let connection = UpstreamConnection(channel: channel, key: key, handler: handler)
+                        let connection = UpstreamConnection(channel: channel, key: key, handler: handler, backendIndex: index)
                         handler.connection = connection
+                        if let tlsHandler, tlsHandler.value.sessionReused {
+                            group.states[index].tlsResumed.wrappingIncrement(ordering: .relaxed)
+                        }
                         result.assumeIsolated().succeed(connection)
                     case .failure(let error):
                         channel.close(promise: nil)

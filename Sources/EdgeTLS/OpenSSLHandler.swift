@@ -59,12 +59,19 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         clientContext context: TLSContext,
         serverName: String?,
         verifyHostnames: [String],
+        sessionSlot: TLSSessionSlot? = nil,
         configuration: TLSHandlerConfiguration = .init()
     ) throws {
         precondition(!context.isServer, "clientContext must be a client context")
-        self.connection = try TLSConnection(context: context, serverName: serverName, verifyHostnames: verifyHostnames)
+        self.connection = try TLSConnection(context: context, serverName: serverName, verifyHostnames: verifyHostnames, sessionSlot: sessionSlot)
         self.configuration = configuration
     }
+
+    /// The peer's certificate (valid after `handshakeCompleted`).
+    public var peerCertificate: X509Certificate? { self.connection.peerCertificate }
+
+    /// Whether the handshake resumed an earlier session (valid after `handshakeCompleted`).
+    public var sessionReused: Bool { self.connection.sessionReused }
 
     public func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive {

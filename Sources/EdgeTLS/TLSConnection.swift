@@ -28,8 +28,10 @@ final class TLSConnection {
     private let inbound: OpaquePointer   // network -> OpenSSL
     private let outbound: OpaquePointer  // OpenSSL -> network
     let context: TLSContext
+    /// Where a client connection's sessions go and come from; kept alive as long as the `SSL`.
+    private let sessionSlot: TLSSessionSlot?
 
-    init(context: TLSContext, serverName: String? = nil, verifyHostnames: [String] = []) throws {
+    init(context: TLSContext, serverName: String? = nil, verifyHostnames: [String] = [], sessionSlot: TLSSessionSlot? = nil) throws {
         ERR_clear_error()
         guard let ssl = SSL_new(context.pointer) else {
             throw TLSError.configuration("SSL_new failed: \(openSSLErrorQueueDescription())")
@@ -46,6 +48,7 @@ final class TLSConnection {
         self.inbound = inbound
         self.outbound = outbound
         self.context = context
+        self.sessionSlot = sessionSlot
         if context.isServer {
             SSL_set_accept_state(ssl)
         } else {
@@ -53,6 +56,11 @@ final class TLSConnection {
             if let serverName, !serverName.isEmpty, !isIPAddress(serverName) {
                 _ = edge_SSL_set_tlsext_host_name(ssl, serverName)
             }
+            if let sessionSlot {
+                _ = SSL_set_ex_data(ssl, sessionSlotIndex, Unmanaged.passUnretained(sessionSlot).toOpaque())
+                sessionSlot.apply(to: ssl)
+            }
+            self.expectedNames = verifyHostnames
             for (index, name) in verifyHostnames.enumerated() {
                 if isIPAddress(name) {
                     let param = SSL_get0_param(ssl)
@@ -155,8 +163,36 @@ final class TLSConnection {
         return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
     }
 
+    /// The certificate the peer presented, if any (verified when the context verifies).
+    var peerCertificate: X509Certificate? {
+        guard let pointer = SSL_get1_peer_certificate(self.ssl) else { return nil }
+        return X509Certificate(taking: pointer)
+    }
+
+    /// Whether the handshake resumed an earlier session.
+    var sessionReused: Bool { SSL_session_reused(self.ssl) == 1 }
+
     var serverName: String? {
         SSL_get_servername(self.ssl, TLSEXT_NAMETYPE_host_name).map { String(cString: $0) }
+    }
+
+    private var expectedNames: [String] = []
+
+    /// The DNS and IP names of the certificate the peer sent (verified or not).
+    private var peerNames: String {
+        guard let chain = SSL_get_peer_cert_chain(self.ssl), edge_sk_X509_num(chain) > 0,
+              let leaf = edge_sk_X509_value(chain, 0) else { return "no names" }
+        X509_up_ref(leaf)
+        let certificate = X509Certificate(taking: leaf)
+        let names = certificate.subjectAlternativeNames.map { name -> String in
+            switch name {
+            case .dns(let dns): return dns
+            case .ip(let ip): return ip
+            default: return "\(name)"
+            }
+        }
+        if names.isEmpty { return "no subject alternative names (CN \(certificate.commonName ?? "none"))" }
+        return names.joined(separator: ", ")
     }
 
     private func classify(_ rc: Int32) -> Result {
@@ -180,6 +216,12 @@ final class TLSConnection {
             let verify = SSL_get_verify_result(self.ssl)
             if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
                 reason = "certificate verify failed: \(String(cString: text))"
+                if verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH {
+                    reason += " (expected \(self.expectedNames.joined(separator: " or ")); the certificate holds \(self.peerNames))"
+                }
+            } else if reason.contains("alert certificate required") || reason.contains("alert bad certificate")
+                        || reason.contains("alert unknown ca") || reason.contains("alert certificate unknown") {
+                reason = "the upstream refused our client certificate (\(reason))"
             }
         }
         return reason

@@ -32,6 +32,10 @@ public struct TLSServerPolicy: Sendable, Hashable {
     public var alpnProtocols: [String] = ["http/1.1"]
     /// Server-side session cache size (TLS 1.2 session IDs); 0 disables it.
     public var sessionCacheSize = 20_480
+    /// Client certificates are verified against this CA bundle when set.
+    public var clientCAFile: String?
+    /// With `clientCAFile`: refuse clients that present no certificate.
+    public var requireClientCertificate = true
 
     public init() {}
 }
@@ -140,6 +144,15 @@ public final class TLSContext: @unchecked Sendable {
             } else {
                 _ = edge_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_OFF))
             }
+            if let caFile = policy.clientCAFile {
+                guard SSL_CTX_load_verify_locations(ctx, caFile, nil) == 1 else {
+                    throw TLSError.configuration("cannot load client CA bundle \(caFile): \(openSSLErrorQueueDescription())")
+                }
+                // The CA names a client is told to choose its certificate by.
+                if let names = SSL_load_client_CA_file(caFile) { SSL_CTX_set_client_CA_list(ctx, names) }
+                let mode = SSL_VERIFY_PEER | (policy.requireClientCertificate ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0)
+                SSL_CTX_set_verify(ctx, mode, nil)
+            }
             if !policy.alpnProtocols.isEmpty {
                 let wire = ALPNWireFormat.intern(policy.alpnProtocols)
                 SSL_CTX_set_alpn_select_cb(ctx, alpnSelectCallback, UnsafeMutableRawPointer(mutating: wire))
@@ -194,6 +207,9 @@ public final class TLSContext: @unchecked Sendable {
                     throw TLSError.keyMismatch("client key does not match the client certificate")
                 }
             }
+            // Sessions are kept per upstream peer in a `TLSSessionSlot`, not in OpenSSL's cache.
+            _ = edge_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE))
+            SSL_CTX_sess_set_new_cb(ctx, clientNewSessionCallback)
             if !configuration.alpnProtocols.isEmpty {
                 let wire = ALPNWireFormat.encode(configuration.alpnProtocols)
                 _ = SSL_CTX_set_alpn_protos(ctx, wire, UInt32(wire.count))

@@ -75,7 +75,7 @@ public final class X509Certificate: @unchecked Sendable {
                 guard let data = ASN1_STRING_get0_data(octets) else { continue }
                 let bytes = Array(UnsafeBufferPointer(start: data, count: length))
                 if bytes.count == 4 {
-                    result.append(.ip(bytes.map(String.init).joined(separator: ".")))
+                    result.append(.ip(bytes.map { "\($0)" }.joined(separator: ".")))
                 } else if bytes.count == 16 {
                     let groups = stride(from: 0, to: 16, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }
                     result.append(.ip(groups.joined(separator: ":")))

@@ -12,30 +12,33 @@ public final class GatewayHarness: @unchecked Sendable {
     public let upstream: DemoUpstream
     public let gateway: Gateway
     public let directory: TemporaryDirectory
+    /// Everything the gateway logged at info and above.
+    public let logs: LogCapture
 
     /// `yaml` receives the upstream's port; listeners should use port 0.
     public static func start(
         directory: TemporaryDirectory = TemporaryDirectory(),
         upstreamTLS: TLSContext? = nil,
+        upstreamIdleClose: TimeAmount? = nil,
         yaml: (Int) -> String
     ) async throws -> GatewayHarness {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let upstream = try await DemoUpstream.start(tls: upstreamTLS, group: group)
+        let upstream = try await DemoUpstream.start(tls: upstreamTLS, idleClose: upstreamIdleClose, group: group)
         let text = yaml(upstream.port)
         try directory.write("config.yaml", text)
-        var logger = Logger(label: "edge-gateway-test")
-        logger.logLevel = .warning
+        let logs = LogCapture()
         let config = try GatewayConfig.parse(yaml: text)
-        let gateway = try Gateway.prepare(config: config, baseDirectory: directory.path, logger: logger)
+        let gateway = try Gateway.prepare(config: config, baseDirectory: directory.path, logger: logs.logger())
         try await gateway.start(group: group)
-        return GatewayHarness(group: group, upstream: upstream, gateway: gateway, directory: directory)
+        return GatewayHarness(group: group, upstream: upstream, gateway: gateway, directory: directory, logs: logs)
     }
 
-    private init(group: MultiThreadedEventLoopGroup, upstream: DemoUpstream, gateway: Gateway, directory: TemporaryDirectory) {
+    private init(group: MultiThreadedEventLoopGroup, upstream: DemoUpstream, gateway: Gateway, directory: TemporaryDirectory, logs: LogCapture) {
         self.group = group
         self.upstream = upstream
         self.gateway = gateway
         self.directory = directory
+        self.logs = logs
     }
 
     public func port(_ listener: String) -> Int { self.gateway.boundPort(listener: listener) ?? 0 }

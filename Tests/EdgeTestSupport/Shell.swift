@@ -235,3 +235,31 @@ public final class TLSLoad {
         )
     }
 }
+
+/// Tests/tools/http_load.py in the background: keep-alive HTTP load with timed failures.
+public final class HTTPLoad {
+    private let process = Process()
+    private let output = Pipe()
+    private let stopFile: String
+
+    public init(port: Int, threads: Int, directory: TemporaryDirectory, path: String = "/", limitSeconds: Int = 120) throws {
+        self.stopFile = directory.file("stop-http-load-\(port)")
+        self.process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        self.process.arguments = [repositoryRoot() + "/Tests/tools/http_load.py", "\(port)", "\(threads)", self.stopFile, "\(limitSeconds)", path]
+        self.process.standardOutput = self.output
+        try self.process.run()
+    }
+
+    /// Stops the load; returns the successes and each failure with its Unix time.
+    public func finish() throws -> (ok: Int, errors: [(time: Double, message: String)]) {
+        _ = FileManager.default.createFile(atPath: self.stopFile, contents: nil)
+        self.process.waitUntilExit()
+        let object = try JSONSerialization.jsonObject(with: self.output.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
+        let errors = (object["errors"] as? [[Any]] ?? []).map { ($0[0] as? Double ?? 0, $0[1] as? String ?? "?") }
+        return (object["ok"] as? Int ?? 0, errors)
+    }
+
+    deinit {
+        if self.process.isRunning { self.process.terminate() }
+    }
+}

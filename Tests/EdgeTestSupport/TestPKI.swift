@@ -15,6 +15,13 @@ public final class TestPKI: @unchecked Sendable {
         public var fullchain: String    // leaf + intermediate
         public var key: String
         public var serial: String       // upper-case hex as openssl prints it
+
+        public init(certificate: String, fullchain: String, key: String, serial: String) {
+            self.certificate = certificate
+            self.fullchain = fullchain
+            self.key = key
+            self.serial = serial
+        }
     }
 
     public init() throws {

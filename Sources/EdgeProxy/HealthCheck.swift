@@ -1,0 +1,205 @@
+import EdgeTLS
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOTLS
+
+/// Active health check settings of an upstream group.
+public struct HealthCheckSettings: Sendable, Hashable {
+    public enum Kind: String, Sendable, Hashable, CaseIterable {
+        /// A TCP connect.
+        case tcp
+        /// A TCP connect and a verified TLS handshake with the group's TLS options.
+        case tls
+        /// `GET path` (over the group's TLS when it has TLS), answered with an expected status.
+        case http
+    }
+
+    public var kind: Kind = .http
+    public var path = "/"
+    /// Host header of HTTP probes; default: the group's host_header, SNI or the backend address.
+    public var host: String?
+    public var interval: TimeAmount = .seconds(5)
+    public var timeout: TimeAmount = .seconds(2)
+    /// Consecutive successes that bring a down backend back.
+    public var healthyAfter = 2
+    /// Consecutive failures that take a backend down.
+    public var unhealthyAfter = 3
+    public var expectedStatus: ClosedRange<Int> = 200...399
+
+    public init() {}
+}
+
+/// Probes every backend of the groups that configure `health_check`, on a timer,
+/// and flips their availability after the configured number of consecutive results.
+public final class HealthChecker: Sendable {
+    private let groups: [UpstreamGroup]
+    private let eventLoopGroup: EventLoopGroup
+    private let logger: Logger
+    private let timers = NIOLockedValueBox<[RepeatedTask]>([])
+    private let counters: [ObjectIdentifier: [ProbeCounter]]
+
+    final class ProbeCounter: Sendable {
+        let streak = NIOLockedValueBox<(successes: Int, failures: Int)>((0, 0))
+    }
+
+    public init(groups: [UpstreamGroup], eventLoopGroup: EventLoopGroup, logger: Logger) {
+        self.groups = groups.filter { $0.healthCheck != nil }
+        self.eventLoopGroup = eventLoopGroup
+        self.logger = logger
+        var counters: [ObjectIdentifier: [ProbeCounter]] = [:]
+        for group in self.groups { counters[ObjectIdentifier(group)] = group.backends.map { _ in ProbeCounter() } }
+        self.counters = counters
+    }
+
+    public func start() {
+        for group in self.groups {
+            guard let settings = group.healthCheck else { continue }
+            for index in group.backends.indices {
+                let loop = self.eventLoopGroup.next()
+                let task = loop.scheduleRepeatedAsyncTask(initialDelay: .zero, delay: settings.interval) { task in
+                    self.probe(group: group, index: index, settings: settings, on: loop).map { result in
+                        self.record(result, group: group, index: index, settings: settings)
+                    }
+                }
+                self.timers.withLockedValue { $0.append(task) }
+            }
+        }
+    }
+
+    public func stop() {
+        let timers = self.timers.withLockedValue { timers in
+            defer { timers = [] }
+            return timers
+        }
+        for timer in timers { timer.cancel() }
+    }
+
+    private func record(_ result: Result<Void, Error>, group: UpstreamGroup, index: Int, settings: HealthCheckSettings) {
+        guard let counter = self.counters[ObjectIdentifier(group)]?[index] else { return }
+        let state = group.states[index]
+        let backend = group.backends[index].description
+        counter.streak.withLockedValue { streak in
+            switch result {
+            case .success:
+                streak = (streak.successes + 1, 0)
+                if !state.checkHealthy.load(ordering: .relaxed), streak.successes >= settings.healthyAfter {
+                    state.checkHealthy.store(true, ordering: .relaxed)
+                    state.ejectedUntil.store(0, ordering: .relaxed)
+                    self.logger.notice("backend is up again", metadata: ["upstream": "\(group.name)", "backend": "\(backend)",
+                                                                      "after": "\(streak.successes) successful \(settings.kind) checks"])
+                }
+            case .failure(let error):
+                streak = (0, streak.failures + 1)
+                state.lastError.withLockedValue { $0 = "health check: \(error)" }
+                if state.checkHealthy.load(ordering: .relaxed), streak.failures >= settings.unhealthyAfter {
+                    state.checkHealthy.store(false, ordering: .relaxed)
+                    self.logger.warning("backend is down", metadata: ["upstream": "\(group.name)", "backend": "\(backend)",
+                                                                     "reason": "\(error)", "after": "\(streak.failures) failed \(settings.kind) checks"])
+                }
+            }
+        }
+    }
+
+    /// One probe, bounded by the check's timeout.
+    func probe(group: UpstreamGroup, index: Int, settings: HealthCheckSettings, on loop: EventLoop) -> EventLoopFuture<Result<Void, Error>> {
+        let backend = group.backends[index]
+        let done = loop.makePromise(of: Void.self)
+        let tls = settings.kind == .tcp ? nil : group.tls
+        let host = settings.host ?? group.hostHeader ?? group.tls?.serverName ?? backend.description
+        let request = settings.kind == .http
+            ? HTTPRequestHead(version: .http1_1, method: .GET, uri: settings.path,
+                              headers: ["Host": host, "User-Agent": "edge-gateway-health-check", "Connection": "close"]) : nil
+        let expected = settings.expectedStatus
+        let bootstrap = ClientBootstrap(group: loop)
+            .connectTimeout(settings.timeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let tls {
+                        try sync.addHandler(OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName, verifyHostnames: tls.verifyNames))
+                    }
+                    try sync.addHandler(HTTPRequestEncoder())
+                    try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop)))
+                    try sync.addHandler(ProbeHandler(request: request, needsHandshake: tls != nil, expected: expected, done: done))
+                }
+            }
+        let timer = loop.scheduleTask(in: settings.timeout) {
+            done.fail(ProbeError(reason: "no answer within \(settings.timeout.nanoseconds / 1_000_000) ms"))
+        }
+        bootstrap.connect(to: backend.address).whenComplete { result in
+            switch result {
+            case .failure(let error):
+                done.fail(ProbeError(reason: "connect failed: \(connectFailureReason(error))"))
+            case .success(let channel):
+                done.futureResult.whenComplete { _ in channel.close(promise: nil) }
+            }
+        }
+        return done.futureResult.always { _ in timer.cancel() }.map { .success(()) }.recover { .failure($0) }
+    }
+}
+
+struct ProbeError: Error, CustomStringConvertible {
+    var reason: String
+    var description: String { self.reason }
+}
+
+/// Completes `done` once the probe has its answer: connected, handshaken, or a status line.
+private final class ProbeHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private let request: HTTPRequestHead?
+    private let needsHandshake: Bool
+    private let expected: ClosedRange<Int>
+    private let done: EventLoopPromise<Void>
+
+    init(request: HTTPRequestHead?, needsHandshake: Bool, expected: ClosedRange<Int>, done: EventLoopPromise<Void>) {
+        self.request = request
+        self.needsHandshake = needsHandshake
+        self.expected = expected
+        self.done = done
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if !self.needsHandshake { self.connected(context: context) }
+        context.fireChannelActive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted = event { self.connected(context: context) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func connected(context: ChannelHandlerContext) {
+        guard let request else {
+            self.done.succeed(())
+            return
+        }
+        context.write(Self.wrapOutboundOut(.head(request)), promise: nil)
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .head(let head) = Self.unwrapInboundIn(data) {
+            let code = Int(head.status.code)
+            if self.expected.contains(code) {
+                self.done.succeed(())
+            } else {
+                self.done.fail(ProbeError(reason: "status \(code), expected \(self.expected.lowerBound)-\(self.expected.upperBound)"))
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.done.fail(ProbeError(reason: (error as? TLSError).map(\.description) ?? "\(error)"))
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.done.fail(ProbeError(reason: "connection closed before an answer"))
+        context.fireChannelInactive()
+    }
+}

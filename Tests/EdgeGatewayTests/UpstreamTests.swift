@@ -1,0 +1,282 @@
+import EdgeGateway
+import EdgeProxy
+import EdgeTLS
+import EdgeTestSupport
+import Foundation
+import NIOCore
+import NIOPosix
+import XCTest
+
+/// Upstream TLS peer options, the pool, failover and health checks, against real upstreams on loopback.
+final class UpstreamTests: XCTestCase {
+    static let pki = try! TestPKI()
+
+    func serverContext(_ leaf: TestPKI.Leaf, clientCA: String? = nil) throws -> TLSContext {
+        let chain = try PEMBundle.parse(Array(try Data(contentsOf: URL(fileURLWithPath: leaf.fullchain))))
+        let key = try PEMBundle.parse(Array(try Data(contentsOf: URL(fileURLWithPath: leaf.key)))).key!
+        var policy = TLSServerPolicy()
+        policy.clientCAFile = clientCA
+        return try TLSContext.server(chain: chain.certificates, key: key, policy: policy)
+    }
+
+    func config(upstreams: String, routes: String) -> String {
+        """
+        listeners:
+          - name: http
+            address: "127.0.0.1:0"
+        upstreams:
+        \(upstreams)
+        routes:
+        \(routes)
+        admin:
+          address: "127.0.0.1:0"
+        """
+    }
+
+    func get(_ port: Int, _ path: String, host: String? = nil) throws -> (code: String, body: String) {
+        let hostHeader = host.map { ["-H", "Host: \($0)"] } ?? []
+        let result = try Shell.run(["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}"] + hostHeader + ["http://127.0.0.1:\(port)\(path)"])
+        let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+        return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    func testUpstreamCertificatesAreVerifiedAndFailuresNameTheReason() async throws {
+        let pki = Self.pki
+        let dir = TemporaryDirectory()
+        let now = Int64(Date().timeIntervalSince1970)
+        let valid = try pki.issue(["app.internal"])
+        let expired = try pki.issue(["app.internal"], notBefore: now - 90 * 86400, notAfter: now - 86400, into: dir.path, name: "expired")
+        let otherName = try pki.issue(["api.internal"])
+        let otherPKI = try TestPKI()  // kept alive: its directory holds the files
+        let foreign = try otherPKI.issue(["app.internal"])
+        let client = try pki.issue(["gateway.client"], into: dir.path, name: "client")
+        try Shell.bash("""
+            cd '\(dir.path)' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout self.key -out self.crt \
+              -days 30 -subj /CN=app.internal -addext subjectAltName=DNS:app.internal 2>/dev/null
+            """)
+        let selfSigned = TestPKI.Leaf(certificate: dir.file("self.crt"), fullchain: dir.file("self.crt"), key: dir.file("self.key"), serial: "")
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var upstreams: [String: DemoUpstream] = [:]
+        for (name, leaf, clientCA) in [("valid", valid, nil), ("expired", expired, nil), ("othername", otherName, nil),
+                                       ("foreign", foreign, nil), ("selfsigned", selfSigned, nil), ("mtls", valid, pki.caPath)] as [(String, TestPKI.Leaf, String?)] {
+            upstreams[name] = try await DemoUpstream.start(tls: try serverContext(leaf, clientCA: clientCA), group: group)
+        }
+        func upstream(_ name: String, _ backend: String, _ tls: String) -> String {
+            "  \(name):\n    backends: [\"127.0.0.1:\(upstreams[backend]!.port)\"]\n    tls: { \(tls) }\n"
+        }
+        let ca = "ca_file: \(pki.caPath)"
+        let yaml = config(upstreams: [
+            upstream("valid", "valid", "sni: app.internal, \(ca)"),
+            upstream("expired", "expired", "sni: app.internal, \(ca)"),
+            upstream("wrongname", "othername", "sni: app.internal, \(ca)"),
+            upstream("altcn", "othername", "sni: app.internal, alternative_cn: api.internal, \(ca)"),
+            upstream("foreign", "foreign", "sni: app.internal, \(ca)"),
+            upstream("selfsigned", "selfsigned", "sni: app.internal, \(ca)"),
+            upstream("mtls", "mtls", "sni: app.internal, \(ca), client_certificate: \(client.fullchain), client_key: \(client.key)"),
+            upstream("nocert", "mtls", "sni: app.internal, \(ca)"),
+        ].joined(), routes: ["valid", "expired", "wrongname", "altcn", "foreign", "selfsigned", "mtls", "nocert"].map {
+            "  - host: \($0).test\n    upstream: \($0)"
+        }.joined(separator: "\n"))
+        try dir.write("gateway.yaml", yaml)
+        let logs = LogCapture()
+        let gateway = try Gateway.prepare(config: try GatewayConfig.parse(yaml: yaml), baseDirectory: dir.path, logger: logs.logger())
+        try await gateway.start(group: group)
+        let port = gateway.boundPort(listener: "http")!
+
+        XCTAssertEqual(try get(port, "/", host: "valid.test").code, "200")
+        XCTAssertEqual(try get(port, "/", host: "altcn.test").code, "200", "alternative_cn accepts the other name")
+        let mtls = try get(port, "/client-cert", host: "mtls.test")
+        XCTAssertEqual(mtls.code, "200")
+        XCTAssertEqual(mtls.body, "client-cert=\(client.serial)", "the upstream saw our client certificate")
+        let expectations: [(String, String)] = [
+            ("expired", "certificate has expired"),
+            ("wrongname", "hostname mismatch (expected app.internal; the certificate holds api.internal, 127.0.0.1)"),
+            ("foreign", "unable to get local issuer certificate"),
+            ("selfsigned", "self-signed certificate"),
+            ("nocert", "refused our client certificate"),
+        ]
+        for (path, reason) in expectations {
+            let answer = try get(port, "/", host: "\(path).test")
+            XCTAssertEqual(answer.code, "502", path)
+            XCTAssertTrue(answer.body.contains("upstream unavailable"), answer.body)
+            XCTAssertTrue(logs.all.contains { $0.contains("upstream request failed") && $0.contains(reason) },
+                          "\(path): no log line with '\(reason)':\n\(logs.all.suffix(5).joined(separator: "\n"))")
+        }
+        await gateway.shutdown(grace: .seconds(1))
+        for upstream in upstreams.values { await upstream.close() }
+        withExtendedLifetime(otherPKI) {}
+        try await group.shutdownGracefully()
+    }
+
+    /// The upstream closes keep-alive connections idle for 1 s; a client asks about once a second for 60 s.
+    func testUpstreamClosingIdleConnectionsNeverReachesTheClient() async throws {
+        let harness = try await GatewayHarness.start(upstreamIdleClose: .seconds(1)) { port in
+            self.config(upstreams: "  app:\n    backends: [\"127.0.0.1:\(port)\"]", routes: "  - upstream: app")
+        }
+        let port = harness.port("http")
+        var failures: [String] = []
+        let end = Date().addingTimeInterval(60)
+        var requests = 0
+        while Date() < end {
+            let answer = try get(port, "/?n=\(requests)")
+            requests += 1
+            if answer.code != "200" { failures.append("\(answer.code) \(answer.body)") }
+            // About a second, jittered across the upstream's close so some requests race it.
+            pause(Double.random(in: 0.9...1.1))
+        }
+        XCTAssertEqual(failures, [], "errors reached the client")
+        XCTAssertGreaterThan(requests, 45)
+        let state = harness.gateway.groups[0].states[0]
+        XCTAssertGreaterThan(state.connectionsOpened.load(ordering: .relaxed), 10, "the upstream really closed idle connections")
+        await harness.shutdown()
+    }
+
+    func testBackendKilledUnderLoadFailsOverThenComesBack() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let b = try await DemoUpstream.start(group: group)
+        let c = try await DemoUpstream.start(group: group)
+        let bPort = b.port
+        let harness = try await GatewayHarness.start { port in
+            self.config(upstreams: """
+                  app:
+                    backends: ["127.0.0.1:\(port)", "127.0.0.1:\(bPort)", "127.0.0.1:\(c.port)"]
+                    health_check: { kind: http, path: /status?code=204, interval: 200ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }
+                """, routes: "  - upstream: app")
+        }
+        let port = harness.port("http")
+        let app = harness.gateway.groups[0]
+        let load = try HTTPLoad(port: port, threads: 4, directory: harness.directory)
+        pause(1.5)
+        await b.kill()
+        XCTAssertTrue(eventually(timeout: 10) { !app.states[1].isHealthyByCheck }, "the health check marks the killed backend down")
+        let markedDown = Date().timeIntervalSince1970
+        XCTAssertTrue(harness.logs.contains("backend is down"))
+        pause(1.5)
+        let restarted = try await DemoUpstream.start(port: bPort, group: group)
+        XCTAssertTrue(eventually(timeout: 10) { app.states[1].isHealthyByCheck }, "the backend comes back after it recovers")
+        XCTAssertTrue(harness.logs.contains("backend is up again"))
+        pause(1.5)
+        let result = try load.finish()
+        XCTAssertGreaterThan(result.ok, 200)
+        XCTAssertLessThanOrEqual(result.errors.count, 4, "at most the requests in flight on the killed backend: \(result.errors)")
+        XCTAssertTrue(result.errors.allSatisfy { $0.time < markedDown }, "no error after the health check marked it down: \(result.errors)")
+        XCTAssertGreaterThan(restarted.requestCount, 10, "traffic returns to the recovered backend")
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status/upstreams"]).stdout
+        XCTAssertTrue(status.contains("\"health\":\"up\""), status)
+        await harness.shutdown()
+        await restarted.close()
+        await c.close()
+        try await group.shutdownGracefully()
+    }
+
+    func testAllBackendsDownAnswers503AndPassiveHealthEjects() async throws {
+        let dead1 = freePort(), dead2 = freePort()
+        let harness = try await GatewayHarness.start { _ in
+            self.config(upstreams: """
+                  gone:
+                    backends: ["127.0.0.1:\(dead1)", "127.0.0.1:\(dead2)"]
+                    passive_health: { max_fails: 2, fail_timeout: 30s }
+                """, routes: "  - upstream: gone")
+        }
+        let port = harness.port("http")
+        XCTAssertEqual(try get(port, "/").code, "502", "both connects refused")
+        XCTAssertEqual(try get(port, "/").code, "502")
+        // Two consecutive failures each: both ejected, so the next request finds no backend.
+        let answer = try get(port, "/")
+        XCTAssertEqual(answer.code, "503")
+        XCTAssertTrue(answer.body.contains("no healthy backend in upstream 'gone'"), answer.body)
+        XCTAssertTrue(harness.logs.contains("backend ejected after consecutive connect failures"))
+        await harness.shutdown()
+    }
+
+    func testWeightsAndConsistentHashingThroughTheGateway() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let heavy = try await DemoUpstream.start(group: group)
+        let harness = try await GatewayHarness.start { port in
+            self.config(upstreams: """
+                  weighted:
+                    backends: ["127.0.0.1:\(port)", { address: "127.0.0.1:\(heavy.port)", weight: 3 }]
+                  sticky:
+                    backends: ["127.0.0.1:\(port)", "127.0.0.1:\(heavy.port)"]
+                    balance: consistent_hash
+                    hash_key: header:X-User
+                """, routes: "  - path_prefix: /sticky\n    upstream: sticky\n  - upstream: weighted")
+        }
+        let port = harness.port("http")
+        for i in 0..<40 { XCTAssertEqual(try get(port, "/w\(i)").code, "200") }
+        XCTAssertEqual(harness.upstream.requestCount, 10)
+        XCTAssertEqual(heavy.requestCount, 30)
+        // The same user always reaches the same backend.
+        for user in ["alice", "bob", "carol", "dave"] {
+            let before = (harness.upstream.requestCount, heavy.requestCount)
+            for _ in 0..<5 {
+                _ = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-H", "X-User: \(user)", "http://127.0.0.1:\(port)/sticky"])
+            }
+            let delta = (harness.upstream.requestCount - before.0, heavy.requestCount - before.1)
+            XCTAssertTrue(delta == (5, 0) || delta == (0, 5), "\(user) was spread: \(delta)")
+        }
+        await harness.shutdown()
+        await heavy.close()
+        try await group.shutdownGracefully()
+    }
+
+    func testUpstreamTLSSessionsResumeAndTheClientCertificateIsHotReloaded() async throws {
+        let pki = Self.pki
+        let dir = TemporaryDirectory()
+        let client = try pki.issue(["gateway.client"], into: dir.path, name: "client")
+        let upstreamContext = try serverContext(try pki.issue(["app.internal"]), clientCA: pki.caPath)
+        let harness = try await GatewayHarness.start(directory: dir, upstreamTLS: upstreamContext) { port in
+            self.config(upstreams: """
+                  app:
+                    backends: ["127.0.0.1:\(port)"]
+                    tls: { sni: app.internal, ca_file: \(pki.caPath), client_certificate: client.crt, client_key: client.key }
+                    pool: { max_idle_per_backend: 0 }
+                """, routes: "  - upstream: app")
+        }
+        let port = harness.port("http")
+        for _ in 0..<6 { XCTAssertEqual(try get(port, "/client-cert").body, "client-cert=\(client.serial)") }
+        let state = harness.gateway.groups[0].states[0]
+        XCTAssertEqual(state.connectionsOpened.load(ordering: .relaxed), 6, "max_idle_per_backend: 0 opens a connection per request")
+        XCTAssertGreaterThanOrEqual(state.tlsResumed.load(ordering: .relaxed), 4, "new connections resume the previous session")
+        // The client certificate is watched: a renewed pair is used without a restart.
+        let renewed = try pki.issue(["gateway.client"], into: dir.path, name: "client")
+        XCTAssertNotEqual(renewed.serial, client.serial)
+        XCTAssertTrue(eventually(timeout: 10, interval: 0.2) { (try? self.get(port, "/client-cert").body) == "client-cert=\(renewed.serial)" },
+                      "the renewed client certificate reaches the upstream")
+        XCTAssertTrue(harness.logs.contains("upstream client certificate rotated"))
+        let certificates = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status/certificates"]).stdout
+        XCTAssertTrue(certificates.contains("upstream-app-client"), "the client certificate's expiry is reported too")
+        await harness.shutdown()
+    }
+
+    func testBalancingAndHealthCheckSettingsAreValidated() throws {
+        let yaml = config(upstreams: """
+              a:
+                backends: ["127.0.0.1:1", { address: "127.0.0.1:2", weight: 0 }]
+                balance: fastest
+              b:
+                backends: ["127.0.0.1:1"]
+                balance: consistent_hash
+                hash_key: cookie
+                health_check: { kind: udp }
+              c:
+                backends: ["127.0.0.1:1"]
+                health_check: { kind: tls, expected_status: "299-200" }
+              d:
+                backends: ["10.0.0.1:443", "10.0.0.2:443"]
+                tls: { verify_hostname: true }
+            """, routes: "  - upstream: a")
+        XCTAssertThrowsError(try Gateway.prepare(config: try GatewayConfig.parse(yaml: yaml), baseDirectory: "/", logger: LogCapture().logger())) { error in
+            let text = "\(error)"
+            for expected in ["upstreams.a.backends[1]: weight must be at least 1",
+                             "upstreams.a.balance: 'fastest' is not one of",
+                             "upstreams.b.hash_key: 'cookie' is not one of client_ip, path, header:NAME",
+                             "upstreams.b.health_check.kind: 'udp' is not one of tcp, tls, http",
+                             "upstreams.c.health_check.kind: a tls check needs the upstream's tls settings",
+                             "upstreams.d.tls.sni: backends have different hosts"] {
+                XCTAssertTrue(text.contains(expected), "missing '\(expected)' in:\n\(text)")
+            }
+        }
+    }
+}
