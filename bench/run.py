@@ -2,10 +2,13 @@
 """Keep-alive HTTPS throughput of edge-gateway beside nginx and HAProxy, same machine, same run.
 
 The upstream and the load generator share core 0; each proxy runs alone on core 1 with one
-worker/thread/event loop. Every figure is printed as the gateway's value and its ratio to the
-peers. Usage: python3 bench/run.py [--duration 10] [--connections 50] [--runs 3]
+worker/thread/event loop. Two cases: a plain HTTP upstream and a verified TLS upstream (the
+same static nginx on a second port). Every figure is printed as the gateway's value and its
+ratio to the peers; the gateway's upstream connection reuse ratio (1 - new upstream
+connections / requests) is read from its /status/upstreams.
+Usage: python3 bench/run.py [--duration 10] [--connections 50] [--runs 3]
 """
-import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, free_port, wait_port, release_binary  # noqa: E402
@@ -64,9 +67,11 @@ def main():
             path = os.path.join(work, name)
             open(path, "w").write(text)
             return path
-        up = free_port()
-        procs.append(start(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up), "-p", work], 0, log))
-        assert wait_port(up), "upstream did not start"
+        ca = os.path.join(work, "certs/ca.pem")
+        up, tls_up = free_port(), free_port()
+        procs.append(start(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, CERT=cert, KEY=key), "-p", work], 0, log))
+        assert wait_port(up) and wait_port(tls_up), "upstream did not start"
+        admin = free_port()
 
         ports = {"edge-gateway": free_port(), "nginx": free_port(), "haproxy": free_port()}
         cfg = os.path.join(work, "gateway.yaml")
@@ -78,42 +83,60 @@ listeners:
     tls: {{ certificate: {cert}, key: {key} }}
 upstreams:
   app: {{ backends: ["127.0.0.1:{up}"] }}
-routes: [ {{ upstream: app }} ]
-admin: {{ address: "127.0.0.1:{free_port()}" }}
+  app_tls: {{ backends: ["127.0.0.1:{tls_up}"], tls: {{ sni: localhost, ca_file: {ca} }} }}
+routes: [ {{ path_prefix: /tls/, upstream: app_tls }}, {{ upstream: app }} ]
+admin: {{ address: "127.0.0.1:{admin}" }}
 """)
-        ngx = render("nginx.conf", DIR=work, UPSTREAM=up, PORT=ports["nginx"], CERT=cert, KEY=key)
-        hap = render("haproxy.cfg", UPSTREAM=up, PORT=ports["haproxy"], PEM=pem)
+        ngx = render("nginx.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["nginx"], CERT=cert, KEY=key)
+        hap = render("haproxy.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["haproxy"], PEM=pem)
         commands = {
             "edge-gateway": [gateway, "run", "-c", cfg, "--log-level", "warning"],
             "nginx": ["nginx", "-c", ngx, "-p", work],
             "haproxy": ["haproxy", "-f", hap],
         }
-        results = {}
+        cases = {"plain upstream": "/", "TLS upstream": "/tls/"}
+        results = {case: {} for case in cases}
+        reuse = {}
         for name, cmd in commands.items():
             p = start(cmd, 1, log)
             procs.append(p)
             assert wait_port(ports[name]), f"{name} did not start (see {work}/bench.log)"
-            url = f"https://127.0.0.1:{ports[name]}/"
-            wrk(url, 2, args.connections)  # warm-up
-            runs = [wrk(url, args.duration, args.connections) for _ in range(args.runs)]
-            rps = statistics.median(r["rps"] for r in runs)
-            best = min(runs, key=lambda r: abs(r["rps"] - rps))
-            results[name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs)}
+            for case, path in cases.items():
+                url = f"https://127.0.0.1:{ports[name]}{path}"
+                wrk(url, 2, args.connections)  # warm-up
+                runs = [wrk(url, args.duration, args.connections) for _ in range(args.runs)]
+                rps = statistics.median(r["rps"] for r in runs)
+                best = min(runs, key=lambda r: abs(r["rps"] - rps))
+                results[case][name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs)}
+            if name == "edge-gateway":
+                status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status/upstreams", timeout=5))
+                for group in status["upstreams"]:
+                    requests = sum(b["requests"] for b in group["backends"])
+                    opened = sum(b["connections_opened"] for b in group["backends"])
+                    resumed = sum(b["tls_resumed"] for b in group["backends"])
+                    reuse[group["name"]] = (requests, opened, resumed)
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=20)
         direct = wrk(f"http://127.0.0.1:{up}/", args.duration, args.connections)
 
-        g = results["edge-gateway"]
         cpu = subprocess.run(["bash", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-        print(f"\nkeep-alive HTTPS, plain upstream: wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.runs}; proxy on core 1, upstream+wrk on core 0")
+        print(f"\nkeep-alive HTTPS: wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.runs}; proxy on core 1, upstream+wrk on core 0")
         print(f"machine: {cpu}, {os.cpu_count()} cores; {subprocess.run(['openssl','version'],capture_output=True,text=True).stdout.strip()}")
-        print()
-        print("| proxy | req/s | p50 ms | p99 ms | errors | gateway/peer req/s |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for name, r in results.items():
-            ratio = "" if name == "edge-gateway" else f"{g['rps'] / r['rps']:.2f}"
-            print(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {ratio} |")
-        print(f"| upstream direct (plain HTTP) | {direct['rps']:.0f} | {direct['p50']:.2f} | {direct['p99']:.2f} | {direct['errors']} | |")
+        for case in cases:
+            g = results[case]["edge-gateway"]
+            print(f"\n{case}\n")
+            print("| proxy | req/s | p50 ms | p99 ms | errors | gateway/peer req/s |")
+            print("|---|---:|---:|---:|---:|---:|")
+            for name, r in results[case].items():
+                ratio = "" if name == "edge-gateway" else f"{g['rps'] / r['rps']:.2f}"
+                print(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {ratio} |")
+        print(f"\n| upstream direct (plain HTTP) | {direct['rps']:.0f} req/s | p50 {direct['p50']:.2f} ms | p99 {direct['p99']:.2f} ms | {direct['errors']} errors |")
+        print("\ngateway upstream connection reuse (1 - new connections / requests, warm-up included):\n")
+        print("| upstream | requests | new connections | TLS resumptions | reuse ratio |")
+        print("|---|---:|---:|---:|---:|")
+        for group, (requests, opened, resumed) in sorted(reuse.items()):
+            ratio = 1 - opened / requests if requests else 0
+            print(f"| {group} | {requests} | {opened} | {resumed} | {ratio:.5f} |")
     finally:
         for p in procs:
             if p.poll() is None:
