@@ -92,13 +92,28 @@ public struct ListenerTLSConfig: Decodable, Sendable {
     /// Chain PEM (leaf first). With `key`, the listener serves this pair only.
     public var certificate: String?
     public var key: String?
+    /// Mozilla profile: intermediate (default) or modern.
+    public var profile: String
     public var minVersion: String?
+    /// TLS 1.2 cipher list override (OpenSSL syntax).
+    public var ciphers: String?
+    /// TLS 1.3 cipher suites override.
+    public var cipherSuites: String?
+    /// Key-exchange groups override.
+    public var groups: String?
     public var alpn: [String]?
+    /// Advertise HTTP/2 (ALPN h2, http/1.1).
+    public var h2: Bool
+    public var http2: HTTP2Config
+    public var clientAuth: ClientAuthConfig?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case certificate, key
+        case certificate, key, profile
         case minVersion = "min_version"
-        case alpn
+        case ciphers
+        case cipherSuites = "ciphersuites"
+        case groups, alpn, h2, http2
+        case clientAuth = "client_auth"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -106,8 +121,79 @@ public struct ListenerTLSConfig: Decodable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.certificate = try c.decodeIfPresent(String.self, forKey: .certificate)
         self.key = try c.decodeIfPresent(String.self, forKey: .key)
+        self.profile = try c.decodeIfPresent(String.self, forKey: .profile) ?? "intermediate"
         self.minVersion = try c.decodeIfPresent(String.self, forKey: .minVersion)
+        self.ciphers = try c.decodeIfPresent(String.self, forKey: .ciphers)
+        self.cipherSuites = try c.decodeIfPresent(String.self, forKey: .cipherSuites)
+        self.groups = try c.decodeIfPresent(String.self, forKey: .groups)
         self.alpn = try c.decodeIfPresent([String].self, forKey: .alpn)
+        self.h2 = try c.decodeIfPresent(Bool.self, forKey: .h2) ?? false
+        self.http2 = try c.decodeIfPresent(HTTP2Config.self, forKey: .http2) ?? HTTP2Config()
+        self.clientAuth = try c.decodeIfPresent(ClientAuthConfig.self, forKey: .clientAuth)
+    }
+}
+
+/// Limits of HTTP/2 connections on a listener with `h2: true`.
+public struct HTTP2Config: Decodable, Sendable {
+    public var maxConcurrentStreams = 128
+    /// Stream resets a client may cause per 30 s before the connection is closed (rapid reset, CVE-2023-44487).
+    public var maxResetsPer30s = 200
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case maxConcurrentStreams = "max_concurrent_streams"
+        case maxResetsPer30s = "max_resets_per_30s"
+    }
+
+    init() {}
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.maxConcurrentStreams = try c.decodeIfPresent(Int.self, forKey: .maxConcurrentStreams) ?? self.maxConcurrentStreams
+        self.maxResetsPer30s = try c.decodeIfPresent(Int.self, forKey: .maxResetsPer30s) ?? self.maxResetsPer30s
+    }
+}
+
+/// Mutual TLS towards clients.
+public struct ClientAuthConfig: Decodable, Sendable {
+    public var caFile: String
+    /// required (default) or optional.
+    public var mode: String
+    public var allow: ClientAllowConfig?
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case caFile = "ca_file"
+        case mode, allow
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.caFile = try c.decode(String.self, forKey: .caFile)
+        self.mode = try c.decodeIfPresent(String.self, forKey: .mode) ?? "required"
+        self.allow = try c.decodeIfPresent(ClientAllowConfig.self, forKey: .allow)
+    }
+}
+
+/// Which verified client certificates are accepted; any match admits (empty lists admit every verified certificate).
+public struct ClientAllowConfig: Decodable, Sendable {
+    public var dns: [String] = []
+    public var uri: [String] = []
+    public var cn: [String] = []
+    public var spkiSHA256: [String] = []
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case dns, uri, cn
+        case spkiSHA256 = "spki_sha256"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.dns = try c.decodeIfPresent([String].self, forKey: .dns) ?? []
+        self.uri = try c.decodeIfPresent([String].self, forKey: .uri) ?? []
+        self.cn = try c.decodeIfPresent([String].self, forKey: .cn) ?? []
+        self.spkiSHA256 = try c.decodeIfPresent([String].self, forKey: .spkiSHA256) ?? []
     }
 }
 

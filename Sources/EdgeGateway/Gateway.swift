@@ -49,6 +49,11 @@ struct ListenerPlan: Sendable {
     var headerTimeout: TimeAmount
     var idleTimeout: TimeAmount
     var maxHeadBytes: Int
+    /// ALPN offers h2: the protocol is chosen per connection after the handshake.
+    var h2 = false
+    var http2 = HTTP2Config()
+    /// Clients present certificates: their identity is forwarded upstream.
+    var mutualTLS = false
 }
 
 extension Duration {
@@ -197,7 +202,37 @@ public final class Gateway: Sendable {
             if !names.insert(listener.name).inserted { problems.append("\(path).name: duplicate listener name '\(listener.name)'") }
             guard let tls = listener.tls else { continue }
             var policy = TLSServerPolicy()
-            if let alpn = tls.alpn { policy.alpnProtocols = alpn }
+            switch tls.profile {
+            case "intermediate": break
+            case "modern": policy.minimumVersion = .tls13
+            default: problems.append("\(path).tls.profile: '\(tls.profile)' is not one of intermediate, modern")
+            }
+            if let ciphers = tls.ciphers { policy.cipherList = ciphers }
+            if let suites = tls.cipherSuites { policy.cipherSuites = suites }
+            if let groups = tls.groups { policy.groups = groups }
+            if tls.h2 {
+                if tls.alpn != nil { problems.append("\(path).tls.alpn: set either alpn or h2, not both") }
+                policy.alpnProtocols = ["h2", "http/1.1"]
+            } else if let alpn = tls.alpn {
+                if alpn.contains("h2") { problems.append("\(path).tls.alpn: use h2: true to serve HTTP/2") }
+                policy.alpnProtocols = alpn
+            }
+            if let auth = tls.clientAuth {
+                policy.clientCAFile = resolve(auth.caFile)
+                switch auth.mode {
+                case "required": policy.requireClientCertificate = true
+                case "optional": policy.requireClientCertificate = false
+                default: problems.append("\(path).tls.client_auth.mode: '\(auth.mode)' is not one of required, optional")
+                }
+                if let allow = auth.allow {
+                    var list = ClientAllowList()
+                    list.dnsNames = allow.dns
+                    list.uris = allow.uri
+                    list.commonNames = allow.cn
+                    list.spkiSHA256 = allow.spkiSHA256
+                    policy.clientAllow = list
+                }
+            }
             if let min = tls.minVersion {
                 if let version = TLSVersion(rawValue: min) { policy.minimumVersion = version } else {
                     problems.append("\(path).tls.min_version: '\(min)' is not one of TLSv1.2, TLSv1.3")
@@ -276,11 +311,18 @@ public final class Gateway: Sendable {
                     problems.append("\(path).tls: \(Self.reason(error))")
                 }
             }
-            listeners.append(ListenerPlan(
+            var plan = ListenerPlan(
                 name: listener.name, host: host, port: port, address: address, tlsContext: context,
                 handshakeTimeout: listener.timeouts.handshake.timeAmount, headerTimeout: listener.timeouts.header.timeAmount,
                 idleTimeout: listener.timeouts.idle.timeAmount, maxHeadBytes: listener.maxRequestHeadBytes
-            ))
+            )
+            if let tls = listener.tls {
+                plan.h2 = tls.h2
+                plan.http2 = tls.http2
+                plan.mutualTLS = tls.clientAuth != nil
+                if tls.http2.maxConcurrentStreams < 1 { problems.append("\(path).tls.http2.max_concurrent_streams: must be at least 1") }
+            }
+            listeners.append(plan)
         }
         if config.listeners.isEmpty { problems.append("listeners: at least one listener is needed") }
         if config.routes.isEmpty { problems.append("routes: at least one route is needed") }

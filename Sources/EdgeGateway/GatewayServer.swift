@@ -5,7 +5,9 @@ import Logging
 import NIOCore
 import NIOExtras
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
+import NIOTLS
 
 /// One upstream pool per event loop, built once at start and never mutated:
 /// each pool is only touched on its own loop.
@@ -152,20 +154,116 @@ extension Gateway {
                     if let context = plan.tlsContext {
                         try sync.addHandler(OpenSSLHandler(serverContext: context, configuration: tlsConfiguration))
                     }
-                    var encoder = HTTPResponseEncoder.Configuration()
-                    encoder.automaticallySetFramingHeaders = false
-                    var limits = NIOHTTPDecoderLimitConfiguration()
-                    limits.maxHeaderListSize = plan.maxHeadBytes
-                    limits.maxHeaderFieldSize = plan.maxHeadBytes
-                    try sync.addHandler(HTTPResponseEncoder(configuration: encoder))
-                    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)))
-                    try sync.addHandler(ProtocolErrorHandler())
-                    try sync.addHandler(RequestHeadTimeoutHandler(headerTimeout: plan.headerTimeout, idleTimeout: plan.idleTimeout))
-                    try sync.addHandler(HTTPServerPipelineHandler())
-                    let info = DownstreamInfo(scheme: plan.tlsContext == nil ? "http" : "https", remoteAddress: channel.remoteAddress, listenerName: plan.name)
-                    try sync.addHandler(ProxyHandler(router: router, pool: pools.pool(for: channel.eventLoop), info: info, logger: logger, observer: metrics))
+                    let info = DownstreamInfo(scheme: plan.tlsContext == nil ? "http" : "https", remoteAddress: channel.remoteAddress,
+                                              listenerName: plan.name, mutualTLS: plan.mutualTLS)
+                    let pool = pools.pool(for: channel.eventLoop)
+                    if plan.h2 {
+                        // The protocol is known once ALPN has run: HTTP/2 or HTTP/1.1 handlers are added then.
+                        try sync.addHandler(ProtocolSwitch(plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics))
+                    } else {
+                        try addHTTP1Handlers(sync, plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics)
+                    }
                 }
             }
         return try await bootstrap.bind(to: listener.address).get()
+    }
+}
+
+/// The HTTP/1.1 server pipeline of one client connection, ending in the proxy.
+func addHTTP1Handlers(_ sync: ChannelPipeline.SynchronousOperations, plan: ListenerPlan, info: DownstreamInfo, router: Router,
+                      pool: UpstreamPool, logger: Logger, metrics: GatewayMetrics) throws {
+    var encoder = HTTPResponseEncoder.Configuration()
+    encoder.automaticallySetFramingHeaders = false
+    var limits = NIOHTTPDecoderLimitConfiguration()
+    limits.maxHeaderListSize = plan.maxHeadBytes
+    limits.maxHeaderFieldSize = plan.maxHeadBytes
+    try sync.addHandler(HTTPResponseEncoder(configuration: encoder))
+    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)))
+    try sync.addHandler(ProtocolErrorHandler())
+    try sync.addHandler(RequestHeadTimeoutHandler(headerTimeout: plan.headerTimeout, idleTimeout: plan.idleTimeout))
+    try sync.addHandler(HTTPServerPipelineHandler())
+    try sync.addHandler(ProxyHandler(router: router, pool: pool, info: info, logger: logger, observer: metrics))
+}
+
+/// Waits for the TLS handshake on an `h2: true` listener, then installs HTTP/2
+/// (each stream proxied by its own `ProxyHandler` over the HTTP/1.1 upstream pool)
+/// or HTTP/1.1, as ALPN decided, and steps aside.
+final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let plan: ListenerPlan
+    private var info: DownstreamInfo
+    private let router: Router
+    private let pool: UpstreamPool
+    private let logger: Logger
+    private let metrics: GatewayMetrics
+
+    init(plan: ListenerPlan, info: DownstreamInfo, router: Router, pool: UpstreamPool, logger: Logger, metrics: GatewayMetrics) {
+        self.plan = plan
+        self.info = info
+        self.router = router
+        self.pool = pool
+        self.logger = logger
+        self.metrics = metrics
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let tls = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = tls else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        let sync = context.pipeline.syncOperations
+        do {
+            if negotiated == "h2" {
+                self.metrics.handshake(listener: self.plan.name, result: "ok")
+                var info = self.info
+                if info.mutualTLS { info.clientIdentity = ClientIdentity(tls: try? sync.handler(type: OpenSSLHandler.self)) }
+                try self.addHTTP2Handlers(sync, channel: context.channel, info: info)
+            } else {
+                try addHTTP1Handlers(sync, plan: self.plan, info: self.info, router: self.router, pool: self.pool, logger: self.logger, metrics: self.metrics)
+            }
+        } catch {
+            self.logger.error("cannot set up the connection's protocol handlers", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+        sync.removeHandler(context: context, promise: nil)
+    }
+
+    private func addHTTP2Handlers(_ sync: ChannelPipeline.SynchronousOperations, channel: Channel, info: DownstreamInfo) throws {
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        connection.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: self.plan.http2.maxConcurrentStreams),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: self.plan.maxHeadBytes),
+            HTTP2Setting(parameter: .initialWindowSize, value: 65_535),
+        ]
+        var stream = NIOHTTP2Handler.StreamConfiguration()
+        // Rapid reset (CVE-2023-44487): a client resetting streams faster than this is disconnected.
+        stream.streamResetFrameRateLimit.maximumCount = self.plan.http2.maxResetsPer30s
+        stream.streamResetFrameRateLimit.windowLength = .seconds(30)
+        let router = self.router, logger = self.logger, metrics = self.metrics
+        // Streams are child channels on the connection's loop: the loop's pool serves them.
+        let pool = NIOLoopBound(self.pool, eventLoop: channel.eventLoop)
+        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream) { streamChannel in
+            streamChannel.eventLoop.makeCompletedFuture {
+                let streamSync = streamChannel.pipeline.syncOperations
+                try streamSync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                try streamSync.addHandler(ProxyHandler(router: router, pool: pool.value, info: info, logger: logger, observer: metrics))
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let tls = error as? TLSError {
+            if tls.isHandshakeFailure { self.metrics.handshake(listener: self.plan.name, result: "failed") }
+            if tls.isHandshakeTimeout { self.metrics.handshake(listener: self.plan.name, result: "timeout") }
+            if tls.isHandshakeFailure || tls.isHandshakeTimeout {
+                self.logger.warning("TLS handshake failed", metadata: [
+                    "peer": "\(self.info.remoteAddress?.hostPort ?? "?")", "listener": "\(self.plan.name)", "reason": "\(tls.reason)",
+                ])
+            }
+        }
+        context.close(promise: nil)
     }
 }

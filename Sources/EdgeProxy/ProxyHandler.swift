@@ -9,14 +9,36 @@ public struct DownstreamInfo: Sendable {
     public var scheme: String
     public var remoteAddress: SocketAddress?
     public var listenerName: String
+    /// The listener verifies client certificates: forward the verified identity.
+    public var mutualTLS: Bool
+    /// The verified client certificate, once the handshake is done.
+    public var clientIdentity: ClientIdentity?
 
-    public init(scheme: String, remoteAddress: SocketAddress?, listenerName: String) {
+    public init(scheme: String, remoteAddress: SocketAddress?, listenerName: String, mutualTLS: Bool = false) {
         self.scheme = scheme
         self.remoteAddress = remoteAddress
         self.listenerName = listenerName
+        self.mutualTLS = mutualTLS
     }
 
     var clientIP: String? { self.remoteAddress?.ipAddress }
+}
+
+/// The verified client certificate of a mutual-TLS connection, as forwarded upstream.
+public struct ClientIdentity: Sendable {
+    /// Envoy's `x-forwarded-client-cert` value (hash, subject, URI and DNS SANs); nil without a certificate.
+    public var forwardedClientCert: String?
+
+    /// Reads the peer certificate the TLS handler verified.
+    public init(tls: OpenSSLHandler?) {
+        self.forwardedClientCert = tls?.peerCertificate?.forwardedClientCert
+    }
+
+    /// `SUCCESS` with a verified certificate, `NONE` without (optional mode).
+    public var verifyResult: String { self.forwardedClientCert == nil ? "NONE" : "SUCCESS" }
+
+    /// Identity headers a client may try to forge; removed from every request first.
+    static let headerNames = ["x-forwarded-client-cert", "x-client-verify"]
 }
 
 /// Limits of the proxy path.
@@ -91,7 +113,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
 
     private let router: Router
     private let pool: UpstreamPool
-    private let info: DownstreamInfo
+    private var info: DownstreamInfo
     private let limits: ProxyLimits
     private let logger: Logger
     private let observer: (any ProxyObserver)?
@@ -189,9 +211,18 @@ public final class ProxyHandler: ChannelDuplexHandler {
 
     private func upstreamHead(for head: HTTPRequestHead, group: UpstreamGroup) -> HTTPRequestHead {
         var headers = head.headers
-        let chunked = ProxyHeaders.isChunked(headers)
+        var chunked = ProxyHeaders.isChunked(headers)
         ProxyHeaders.removeHopByHop(&headers)
+        if head.version.major == 2, !headers.contains(name: "content-length"), head.method.mayHaveRequestBody {
+            chunked = true  // HTTP/2 frames the body itself; HTTP/1.1 upstream needs chunked framing
+        }
         if chunked { headers.add(name: "transfer-encoding", value: "chunked") }
+        for name in ClientIdentity.headerNames { headers.remove(name: name) }
+        if self.info.mutualTLS {
+            let identity = self.info.clientIdentity
+            if let cert = identity?.forwardedClientCert { headers.add(name: "x-forwarded-client-cert", value: cert) }
+            headers.add(name: "x-client-verify", value: identity?.verifyResult ?? "NONE")
+        }
         if let ip = self.info.clientIP {
             if let existing = headers.first(name: "x-forwarded-for") {
                 headers.replaceOrAdd(name: "x-forwarded-for", value: existing + ", " + ip)
@@ -343,8 +374,12 @@ public final class ProxyHandler: ChannelDuplexHandler {
         ProxyHeaders.removeHopByHop(&headers)
         let code = response.status.code
         let noBody = exchange.request.method == .HEAD || code == 204 || code == 304 || (100..<200).contains(code)
-        var close = !exchange.keepAliveDownstream
         let version = exchange.request.version
+        if version.major == 2 {
+            // HTTP/2 frames the body; connection-specific headers are forbidden there.
+            return HTTPResponseHead(version: version, status: response.status, headers: headers)
+        }
+        var close = !exchange.keepAliveDownstream
         if !noBody && !headers.contains(name: "content-length") {
             if version.major == 1 && version.minor >= 1 {
                 headers.add(name: "transfer-encoding", value: "chunked")
@@ -485,7 +520,8 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private func respondLocally(status: HTTPResponseStatus, message: String, requestEnded: Bool, request: HTTPRequestHead) {
         guard let context = self.context else { return }
         let body = context.channel.allocator.buffer(string: "\(status.code) \(status.reasonPhrase): \(message)\n")
-        let close = !requestEnded || !request.isKeepAlive
+        let http2 = request.version.major == 2
+        let close = !http2 && (!requestEnded || !request.isKeepAlive)
         var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", "\(body.readableBytes)")])
         if close { headers.add(name: "connection", value: "close") }
         context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
@@ -498,7 +534,8 @@ public final class ProxyHandler: ChannelDuplexHandler {
             self.discardingBody = !requestEnded
             done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         } else {
-            self.discardingBody = false
+            // HTTP/2: the rest of this stream's body is dropped; the stream ends with the response.
+            self.discardingBody = !requestEnded
         }
     }
 
@@ -539,6 +576,9 @@ public final class ProxyHandler: ChannelDuplexHandler {
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
             self.observer?.handshake(listener: self.info.listenerName, result: "ok")
+            if self.info.mutualTLS {
+                self.info.clientIdentity = ClientIdentity(tls: try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self))
+            }
         }
         context.fireUserInboundEventTriggered(event)
     }
@@ -568,6 +608,16 @@ public final class ProxyHandler: ChannelDuplexHandler {
 }
 
 extension ProxyHandler: UpstreamExchangeDelegate {}
+
+extension HTTPMethod {
+    /// Methods whose requests usually carry a body.
+    var mayHaveRequestBody: Bool {
+        switch self {
+        case .GET, .HEAD, .DELETE, .OPTIONS, .TRACE, .CONNECT: return false
+        default: return true
+        }
+    }
+}
 
 @available(*, unavailable)
 extension ProxyHandler: Sendable {}

@@ -75,6 +75,7 @@ final class TLSConnection {
     }
 
     deinit {
+        if let presented = SSL_get_ex_data(self.ssl, presentedLeafIndex) { X509_free(OpaquePointer(presented)) }
         SSL_free(self.ssl)  // frees both BIOs
     }
 
@@ -178,6 +179,20 @@ final class TLSConnection {
 
     private var expectedNames: [String] = []
 
+    /// Subject and names of the certificate the peer sent, for refusal logs.
+    private var peerSubject: String {
+        if let presented = SSL_get_ex_data(self.ssl, presentedLeafIndex) {
+            let leaf = OpaquePointer(presented)
+            X509_up_ref(leaf)
+            let certificate = X509Certificate(taking: leaf)
+            return "subject \(certificate.subject); names \(certificate.dnsNames.joined(separator: ", "))"
+        }
+        guard let chain = SSL_get_peer_cert_chain(self.ssl), edge_sk_X509_num(chain) > 0,
+              let leaf = edge_sk_X509_value(chain, 0) else { return "no certificate" }
+        X509_up_ref(leaf)
+        return "subject \(X509Certificate(taking: leaf).subject); names \(self.peerNames)"
+    }
+
     /// The DNS and IP names of the certificate the peer sent (verified or not).
     private var peerNames: String {
         guard let chain = SSL_get_peer_cert_chain(self.ssl), edge_sk_X509_num(chain) > 0,
@@ -188,7 +203,8 @@ final class TLSConnection {
             switch name {
             case .dns(let dns): return dns
             case .ip(let ip): return ip
-            default: return "\(name)"
+            case .uri(let uri): return uri
+            case .email(let email): return email
             }
         }
         if names.isEmpty { return "no subject alternative names (CN \(certificate.commonName ?? "none"))" }
@@ -207,6 +223,16 @@ final class TLSConnection {
 
     private func reason(for error: Int32) -> String {
         var reason = openSSLErrorQueueDescription(fallback: "SSL error \(error)")
+        if self.context.isServer {
+            let verify = SSL_get_verify_result(self.ssl)
+            if verify == X509_V_ERR_APPLICATION_VERIFICATION {
+                reason = "client certificate refused: not in client_auth.allow (\(self.peerSubject))"
+            } else if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
+                reason = "client certificate refused: \(String(cString: text)) (\(self.peerSubject))"
+            } else if reason.contains("peer did not return a certificate") {
+                reason = "client certificate required but none was sent"
+            }
+        }
         if self.context.isServer, reason.contains("callback failed") {
             // Our servername callback refused the name (strict SNI).
             let name = self.serverName.map { "'\($0)'" } ?? "(none)"

@@ -36,6 +36,8 @@ public struct TLSServerPolicy: Sendable, Hashable {
     public var clientCAFile: String?
     /// With `clientCAFile`: refuse clients that present no certificate.
     public var requireClientCertificate = true
+    /// With `clientCAFile`: which verified client certificates are admitted.
+    public var clientAllow: ClientAllowList?
 
     public init() {}
 }
@@ -65,13 +67,16 @@ public final class TLSContext: @unchecked Sendable {
     let isServer: Bool
     /// Keeps the SNI selector alive as long as the context; the C callback holds it unretained.
     private let selectorBox: SelectorBox?
+    /// Keeps the client allow list alive for the verify callback.
+    private let allowBox: AllowListBox?
     /// Certificate and key installed in the context (server contexts only).
     public let certificateChain: [X509Certificate]
 
-    private init(pointer: OpaquePointer, isServer: Bool, selectorBox: SelectorBox?, chain: [X509Certificate]) {
+    private init(pointer: OpaquePointer, isServer: Bool, selectorBox: SelectorBox?, chain: [X509Certificate], allowBox: AllowListBox? = nil) {
         self.pointer = pointer
         self.isServer = isServer
         self.selectorBox = selectorBox
+        self.allowBox = allowBox
         self.certificateChain = chain
     }
 
@@ -85,7 +90,7 @@ public final class TLSContext: @unchecked Sendable {
     /// this re-checks, so a mismatched pair can never be installed.
     public static func server(chain: [X509Certificate], key: PrivateKey, policy: TLSServerPolicy) throws -> TLSContext {
         guard let leaf = chain.first else { throw TLSError.invalidCertificate("no certificate in the chain") }
-        let ctx = try makeServerContext(policy: policy)
+        let (ctx, allowBox) = try makeServerContext(policy: policy)
         ERR_clear_error()
         guard SSL_CTX_use_certificate(ctx, leaf.pointer) == 1 else {
             SSL_CTX_free(ctx)
@@ -101,20 +106,20 @@ public final class TLSContext: @unchecked Sendable {
             SSL_CTX_free(ctx)
             throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
         }
-        return TLSContext(pointer: ctx, isServer: true, selectorBox: nil, chain: chain)
+        return TLSContext(pointer: ctx, isServer: true, selectorBox: nil, chain: chain, allowBox: allowBox)
     }
 
     /// A listener's initial context: holds no certificate of its own and hands
     /// every handshake to `selector` from OpenSSL's servername callback.
     public static func listener(policy: TLSServerPolicy, selector: any ServerNameSelector) throws -> TLSContext {
-        let ctx = try makeServerContext(policy: policy)
+        let (ctx, allowBox) = try makeServerContext(policy: policy)
         let box = SelectorBox(selector)
         edge_SSL_CTX_set_tlsext_servername_callback(ctx, serverNameCallback)
         edge_SSL_CTX_set_tlsext_servername_arg(ctx, Unmanaged.passUnretained(box).toOpaque())
-        return TLSContext(pointer: ctx, isServer: true, selectorBox: box, chain: [])
+        return TLSContext(pointer: ctx, isServer: true, selectorBox: box, chain: [], allowBox: allowBox)
     }
 
-    private static func makeServerContext(policy: TLSServerPolicy) throws -> OpaquePointer {
+    private static func makeServerContext(policy: TLSServerPolicy) throws -> (OpaquePointer, AllowListBox?) {
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
             throw TLSError.configuration("SSL_CTX_new failed: \(openSSLErrorQueueDescription())")
@@ -144,6 +149,7 @@ public final class TLSContext: @unchecked Sendable {
             } else {
                 _ = edge_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_OFF))
             }
+            var allowBox: AllowListBox?
             if let caFile = policy.clientCAFile {
                 guard SSL_CTX_load_verify_locations(ctx, caFile, nil) == 1 else {
                     throw TLSError.configuration("cannot load client CA bundle \(caFile): \(openSSLErrorQueueDescription())")
@@ -151,13 +157,17 @@ public final class TLSContext: @unchecked Sendable {
                 // The CA names a client is told to choose its certificate by.
                 if let names = SSL_load_client_CA_file(caFile) { SSL_CTX_set_client_CA_list(ctx, names) }
                 let mode = SSL_VERIFY_PEER | (policy.requireClientCertificate ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0)
-                SSL_CTX_set_verify(ctx, mode, nil)
+                SSL_CTX_set_verify(ctx, mode, clientVerifyCallback)
+                if let allow = policy.clientAllow {
+                    allowBox = AllowListBox(allow)
+                    _ = SSL_CTX_set_ex_data(ctx, allowListIndex, Unmanaged.passUnretained(allowBox!).toOpaque())
+                }
             }
             if !policy.alpnProtocols.isEmpty {
                 let wire = ALPNWireFormat.intern(policy.alpnProtocols)
                 SSL_CTX_set_alpn_select_cb(ctx, alpnSelectCallback, UnsafeMutableRawPointer(mutating: wire))
             }
-            return ctx
+            return (ctx, allowBox)
         } catch {
             SSL_CTX_free(ctx)
             throw error

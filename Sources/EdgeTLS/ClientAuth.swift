@@ -1,0 +1,96 @@
+import COpenSSL
+import CEdgeShims
+
+/// Which verified client certificates a listener admits. A certificate is admitted
+/// when any entry matches; an allow list with no entries admits every verified certificate.
+public struct ClientAllowList: Sendable, Hashable {
+    public var dnsNames: [String] = []
+    public var uris: [String] = []
+    public var commonNames: [String] = []
+    /// SHA-256 of the SubjectPublicKeyInfo, hex (colons and case ignored).
+    public var spkiSHA256: [String] = []
+
+    public init() {}
+
+    var isEmpty: Bool { self.dnsNames.isEmpty && self.uris.isEmpty && self.commonNames.isEmpty && self.spkiSHA256.isEmpty }
+
+    public func admits(_ certificate: X509Certificate) -> Bool {
+        if self.isEmpty { return true }
+        for name in certificate.subjectAlternativeNames {
+            switch name {
+            case .dns(let dns) where self.dnsNames.contains(where: { $0.lowercased() == dns.lowercased() }): return true
+            case .uri(let uri) where self.uris.contains(uri): return true
+            default: continue
+            }
+        }
+        if let cn = certificate.commonName, self.commonNames.contains(cn) { return true }
+        if !self.spkiSHA256.isEmpty {
+            let pin = certificate.spkiSHA256
+            if self.spkiSHA256.contains(where: { $0.replacingColons.lowercased() == pin }) { return true }
+        }
+        return false
+    }
+}
+
+extension String {
+    var replacingColons: String { String(self.filter { $0 != ":" }) }
+}
+
+extension X509Certificate {
+    /// SHA-256 of the DER SubjectPublicKeyInfo, lower-case hex (the value of an SPKI pin).
+    public var spkiSHA256: String {
+        guard let key = X509_get0_pubkey(self.pointer) else { return "" }
+        var out: UnsafeMutablePointer<UInt8>? = nil
+        let length = i2d_PUBKEY(key, &out)
+        guard length > 0, let out else { return "" }
+        defer { edge_OPENSSL_free(out) }
+        return sha256Hex(Array(UnsafeBufferPointer(start: out, count: Int(length))))
+    }
+
+    /// Envoy's x-forwarded-client-cert element for this certificate.
+    public var forwardedClientCert: String {
+        let hash = self.sha256Fingerprint.replacingColons.lowercased()
+        var parts = ["Hash=\(hash)", "Subject=\"\(String(self.subject.flatMap { $0 == "\"" ? ["\\", "\""] : [$0] }))\""]
+        for name in self.subjectAlternativeNames {
+            switch name {
+            case .uri(let uri): parts.append("URI=\(uri)")
+            case .dns(let dns): parts.append("DNS=\(dns)")
+            default: continue
+            }
+        }
+        return parts.joined(separator: ";")
+    }
+}
+
+/// Keeps a listener's allow list alive for the C verify callback.
+final class AllowListBox: Sendable {
+    let list: ClientAllowList
+    init(_ list: ClientAllowList) { self.list = list }
+}
+
+/// The ex_data index holding the client leaf the verify callback saw (one reference, freed with the SSL).
+let presentedLeafIndex: Int32 = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, nil, nil, nil, nil)
+
+let allowListIndex: Int32 = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, nil, nil, nil, nil)
+
+/// OpenSSL's verify callback on server contexts with client authentication: after
+/// the chain verified, the leaf must pass the allow list of the context the
+/// connection was switched to.
+let clientVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 = { ok, store in
+    guard let store, let rawSSL = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()) else { return ok }
+    let ssl = OpaquePointer(rawSSL)
+    // Keep the client's leaf so a refusal can be logged with its subject (OpenSSL drops it on failure).
+    if SSL_get_ex_data(ssl, presentedLeafIndex) == nil, let presented = X509_STORE_CTX_get0_cert(store) {
+        X509_up_ref(presented)
+        _ = SSL_set_ex_data(ssl, presentedLeafIndex, UnsafeMutableRawPointer(presented))
+    }
+    guard ok == 1, X509_STORE_CTX_get_error_depth(store) == 0 else { return ok }
+    guard let ctx = SSL_get_SSL_CTX(ssl),
+          let rawBox = SSL_CTX_get_ex_data(ctx, allowListIndex),
+          let leaf = X509_STORE_CTX_get_current_cert(store) else { return ok }
+    let box = Unmanaged<AllowListBox>.fromOpaque(rawBox).takeUnretainedValue()
+    X509_up_ref(leaf)
+    if box.list.admits(X509Certificate(taking: leaf)) { return 1 }
+    X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
+    return 0
+}

@@ -1,0 +1,141 @@
+import EdgeGateway
+import EdgeTLS
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// HTTP/2 over ALPN and mutual TLS towards clients, with curl, h2load and openssl s_client.
+final class DownstreamTLSTests: XCTestCase {
+    static let pki = try! TestPKI()
+    static let leaf = try! pki.issue(["localhost"])
+
+    func config(upstreamPort: Int, tls: String) -> String {
+        """
+        listeners:
+          - name: https
+            address: "127.0.0.1:0"
+            tls:
+              certificate: \(Self.leaf.fullchain)
+              key: \(Self.leaf.key)
+        \(tls.split(separator: "\n").map { "      " + $0 }.joined(separator: "\n"))
+        upstreams:
+          app:
+            backends: ["127.0.0.1:\(upstreamPort)"]
+        routes:
+          - upstream: app
+        admin:
+          address: "127.0.0.1:0"
+        """
+    }
+
+    func curl(_ args: [String]) throws -> ProcessResult {
+        try Shell.run(["curl", "-sS", "--max-time", "60", "--cacert", Self.pki.caPath] + args, timeout: 120)
+    }
+
+    func testHTTP2WithCurlAndH2LoadManyStreamsAndLargeBodies() async throws {
+        let harness = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "h2: true") }
+        let port = harness.port("https")
+        let h2 = try curl(["--http2", "-w", "\n%{http_version} %{http_code}", "https://localhost:\(port)/hello"])
+        XCTAssertTrue(h2.stdout.hasPrefix("hello from the demo upstream: GET /hello host=localhost:\(port)"), h2.stdout + h2.stderr)
+        XCTAssertTrue(h2.stdout.hasSuffix("\n2 200"), h2.stdout)
+        // Forwarded headers are right and nothing HTTP/1-specific leaks either way.
+        let headers = try curl(["--http2", "https://localhost:\(port)/headers"]).stdout
+        XCTAssertTrue(headers.contains("x-forwarded-proto: https"), headers)
+        XCTAssertTrue(headers.contains("host: localhost:\(port)"), headers)
+        // HTTP/1.1 still works on the same listener.
+        let h1 = try curl(["--http1.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/"])
+        XCTAssertEqual(h1.stdout, "1.1 200")
+
+        // Many concurrent streams on one connection.
+        let load = try Shell.run(["h2load", "-n", "2000", "-c", "1", "-m", "100", "https://127.0.0.1:\(port)/"], timeout: 120)
+        XCTAssertTrue(load.stdout.contains("2000 succeeded, 0 failed, 0 errored"), load.stdout + load.stderr)
+        XCTAssertTrue(load.stdout.contains("Application protocol: h2"), load.stdout)
+
+        // 64 MiB up and down over one HTTP/2 stream each, intact.
+        let file = harness.directory.file("upload.bin")
+        try Shell.run(["bash", "-c", "head -c 67108864 /dev/urandom > '\(file)'"])
+        let expected = try Shell.bash("sha256sum '\(file)' | cut -c1-64").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let upload = try curl(["--http2", "https://localhost:\(port)/sha256", "--data-binary", "@\(file)"])
+        XCTAssertEqual(upload.stdout.trimmingCharacters(in: .whitespacesAndNewlines), expected, upload.stderr)
+        let echo = try Shell.bash("curl -sS --http2 --cacert '\(Self.pki.caPath)' --data-binary @'\(file)' https://localhost:\(port)/echo | sha256sum | cut -c1-64")
+        XCTAssertEqual(echo.stdout.trimmingCharacters(in: .whitespacesAndNewlines), expected)
+        let download = try Shell.bash("curl -sS --http2 --cacert '\(Self.pki.caPath)' 'https://localhost:\(port)/bytes?n=67108864' | wc -c")
+        XCTAssertEqual(download.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "67108864")
+        await harness.shutdown()
+    }
+
+    func testWithoutH2OnlyHTTP11IsNegotiated() async throws {
+        let harness = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "") }
+        let port = harness.port("https")
+        let result = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version}", "https://localhost:\(port)/"])
+        XCTAssertEqual(result.stdout, "1.1")
+        await harness.shutdown()
+    }
+
+    func testMutualTLSAllowListRefusalsAndIdentityHeaders() async throws {
+        let pki = Self.pki
+        let dir = TemporaryDirectory()
+        let allowed = try pki.issue(["allowed.client"], into: dir.path, name: "allowed")
+        let other = try pki.issue(["other.client"], into: dir.path, name: "other")
+        let now = Int64(Date().timeIntervalSince1970)
+        let expired = try pki.issue(["allowed.client"], notBefore: now - 30 * 86400, notAfter: now - 3600, into: dir.path, name: "expired")
+        let foreignPKI = try TestPKI()
+        let foreign = try foreignPKI.issue(["allowed.client"], into: dir.path, name: "foreign")
+        let harness = try await GatewayHarness.start { port in
+            self.config(upstreamPort: port, tls: """
+                h2: true
+                client_auth: { ca_file: \(pki.caPath), mode: required, allow: { dns: [allowed.client] } }
+                """)
+        }
+        let port = harness.port("https")
+        func withCert(_ leaf: TestPKI.Leaf, _ extra: [String] = []) throws -> ProcessResult {
+            try curl(["--cert", leaf.fullchain, "--key", leaf.key] + extra + ["https://localhost:\(port)/headers"])
+        }
+        for version in ["--http1.1", "--http2"] {
+            let ok = try withCert(allowed, [version, "-H", "X-Forwarded-Client-Cert: Hash=forged", "-H", "X-Client-Verify: SUCCESS-forged"])
+            XCTAssertEqual(ok.status, 0, ok.stderr)
+            let lines = ok.stdout.split(separator: "\n")
+            let xfcc = lines.filter { $0.hasPrefix("x-forwarded-client-cert:") }
+            XCTAssertEqual(xfcc.count, 1, "one identity header, ours: \(ok.stdout)")
+            XCTAssertTrue(xfcc.first?.contains("DNS=allowed.client") ?? false, ok.stdout)
+            XCTAssertFalse(ok.stdout.contains("forged"), "spoofed identity headers never reach the upstream")
+            XCTAssertTrue(lines.contains("x-client-verify: SUCCESS"), ok.stdout)
+        }
+        let fingerprint = try Shell.bash("openssl x509 -in '\(allowed.certificate)' -noout -fingerprint -sha256 | cut -d= -f2 | tr -d : | tr A-F a-f")
+            .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertTrue(try withCert(allowed).stdout.contains("Hash=\(fingerprint)"))
+
+        let refusals: [(String, ProcessResult, String)] = [
+            ("outside the allow list", try withCert(other), "not in client_auth.allow"),
+            ("unknown CA", try withCert(foreign), "client certificate refused"),
+            ("expired", try withCert(expired), "client certificate refused"),
+            ("no certificate", try curl(["https://localhost:\(port)/headers"]), "certificate"),
+        ]
+        for (what, result, logged) in refusals {
+            XCTAssertNotEqual(result.status, 0, "\(what) must be refused: \(result.stdout)")
+            XCTAssertFalse(result.stdout.contains("hello") || result.stdout.contains("host:"), what)
+            XCTAssertTrue(harness.logs.contains(logged), "\(what): no log line with '\(logged)':\n\(harness.logs.all.suffix(4).joined(separator: "\n"))")
+        }
+        XCTAssertTrue(harness.logs.contains("subject CN=other.client"), "the refused certificate is named")
+        // openssl s_client: the allowed pair completes a request, the other one gets an alert.
+        let good = try Shell.run(["bash", "-c", "printf 'GET / HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1:\(port) -servername localhost -CAfile '\(pki.caPath)' -cert '\(allowed.fullchain)' -cert_chain '\(pki.intermediatePath)' -key '\(allowed.key)' 2>&1"])
+        XCTAssertTrue(good.stdout.contains("HTTP/1.1 200"), good.stdout)
+        let bad = try Shell.run(["bash", "-c", "printf 'GET / HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1:\(port) -servername localhost -CAfile '\(pki.caPath)' -cert '\(other.fullchain)' -cert_chain '\(pki.intermediatePath)' -key '\(other.key)' 2>&1"])
+        XCTAssertFalse(bad.stdout.contains("HTTP/1.1 200"), bad.stdout)
+        XCTAssertTrue(bad.stdout.contains("alert"), "the refusal is a TLS alert: \(bad.stdout)")
+        await harness.shutdown()
+        withExtendedLifetime(foreignPKI) {}
+    }
+
+    func testOptionalClientAuthForwardsNoneWithoutACertificate() async throws {
+        let harness = try await GatewayHarness.start { port in
+            self.config(upstreamPort: port, tls: "client_auth: { ca_file: \(Self.pki.caPath), mode: optional }")
+        }
+        let port = harness.port("https")
+        let anonymous = try curl(["https://localhost:\(port)/headers"])
+        XCTAssertEqual(anonymous.status, 0, anonymous.stderr)
+        XCTAssertTrue(anonymous.stdout.contains("x-client-verify: NONE"), anonymous.stdout)
+        XCTAssertFalse(anonymous.stdout.contains("x-forwarded-client-cert"), anonymous.stdout)
+        await harness.shutdown()
+    }
+}
