@@ -106,9 +106,11 @@ public struct ListenerTLSConfig: Decodable, Sendable {
     public var h2: Bool
     public var http2: HTTP2Config
     public var clientAuth: ClientAuthConfig?
+    public var sessionTickets: SessionTicketsConfig?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case certificate, key, profile
+        case sessionTickets = "session_tickets"
         case minVersion = "min_version"
         case ciphers
         case cipherSuites = "ciphersuites"
@@ -130,6 +132,32 @@ public struct ListenerTLSConfig: Decodable, Sendable {
         self.h2 = try c.decodeIfPresent(Bool.self, forKey: .h2) ?? false
         self.http2 = try c.decodeIfPresent(HTTP2Config.self, forKey: .http2) ?? HTTP2Config()
         self.clientAuth = try c.decodeIfPresent(ClientAuthConfig.self, forKey: .clientAuth)
+        self.sessionTickets = try c.decodeIfPresent(SessionTicketsConfig.self, forKey: .sessionTickets)
+    }
+}
+
+/// Session tickets: keys rotate on a schedule, or come from a key file several instances share.
+public struct SessionTicketsConfig: Decodable, Sendable, Equatable {
+    public var enabled = true
+    /// Without key_file: a new key this often; the two before it still decrypt.
+    public var rotateEvery: Duration = .seconds(12 * 3600)
+    /// Base64 keys of 80 bytes, one per line; the first encrypts. Re-read when it changes.
+    public var keyFile: String?
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case enabled
+        case rotateEvery = "rotate_every"
+        case keyFile = "key_file"
+    }
+
+    init() {}
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? true
+        self.rotateEvery = try c.decodeIfPresent(Duration.self, forKey: .rotateEvery) ?? self.rotateEvery
+        self.keyFile = try c.decodeIfPresent(String.self, forKey: .keyFile)
     }
 }
 

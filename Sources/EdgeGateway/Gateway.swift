@@ -75,6 +75,8 @@ public final class Gateway: Sendable {
     /// The shared certificate set, if `certificates` is configured.
     public let sharedStore: CertificateStore?
     let adminAddress: SocketAddress
+    /// Session-ticket settings shared by every TLS listener (one key ring per process).
+    let sessionTickets: SessionTicketsConfig
     let logger: Logger
     let state = NIOLockedValueBox(RunState())
     let metrics = GatewayMetrics()
@@ -87,6 +89,7 @@ public final class Gateway: Sendable {
         var quiescing: [ServerQuiescingHelper] = []
         var watchers: [CertificateWatcher] = []
         var healthChecker: HealthChecker?
+        var ticketTask: RepeatedTask?
     }
 
     /// Validates `config` and builds every object it describes; paths are relative to `baseDirectory`.
@@ -195,6 +198,7 @@ public final class Gateway: Sendable {
 
         // Certificate policies per listener; the shared set serves every listener without its own pair.
         var sharedPolicies: [TLSServerPolicy] = []
+        var ticketSettings: SessionTicketsConfig?
         var pending: [(index: Int, policy: TLSServerPolicy, sharedIndex: Int?)] = []
         var names = Set<String>()
         for (index, listener) in config.listeners.enumerated() {
@@ -216,6 +220,13 @@ public final class Gateway: Sendable {
             } else if let alpn = tls.alpn {
                 if alpn.contains("h2") { problems.append("\(path).tls.alpn: use h2: true to serve HTTP/2") }
                 policy.alpnProtocols = alpn
+            }
+            if let tickets = tls.sessionTickets {
+                if let first = ticketSettings, first != tickets {
+                    problems.append("\(path).tls.session_tickets: must be the same on every listener (one key ring per process)")
+                }
+                ticketSettings = tickets
+                policy.sessionTickets = tickets.enabled
             }
             if let auth = tls.clientAuth {
                 policy.clientCAFile = resolve(auth.caFile)
@@ -275,6 +286,18 @@ public final class Gateway: Sendable {
             }
         }
         self.sharedStore = shared
+        var tickets = ticketSettings ?? SessionTicketsConfig()
+        tickets.keyFile = tickets.keyFile.map(resolve)
+        if let file = tickets.keyFile {
+            do {
+                TicketKeyRing.shared.install(try TicketKeyRing.parse(keyFile: try readText(file)))
+            } catch {
+                problems.append("session_tickets.key_file: \(file): \(Self.reason(error))")
+            }
+        } else if tickets.rotateEvery.nanoseconds < 60_000_000_000 {
+            problems.append("session_tickets.rotate_every: must be at least 1m")
+        }
+        self.sessionTickets = tickets
 
         var listeners: [ListenerPlan] = []
         for (index, listener) in config.listeners.enumerated() {
@@ -468,6 +491,29 @@ extension String {
     func replacingSuffix(_ suffix: String) -> String {
         self.hasSuffix(suffix) ? String(self.dropLast(suffix.count)) : self
     }
+}
+
+/// A whole text file, or an error that names it and the reason.
+func readText(_ path: String) throws -> String {
+    guard let handle = fopen(path, "r") else {
+        throw ConfigError(path: "", message: "cannot read: \(String(cString: strerror(errno)))")
+    }
+    defer { fclose(handle) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = fread(&chunk, 1, chunk.count, handle)
+        if n <= 0 { break }
+        bytes += chunk[0..<n]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}
+
+/// Identity of a file's current contents for change polling: inode, size, mtime.
+func fileStamp(_ path: String) -> String? {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return nil }
+    return "\(st.st_ino)-\(st.st_size)-\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
 }
 
 /// Seconds since the epoch, with fractions.

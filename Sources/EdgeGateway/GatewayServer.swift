@@ -2,6 +2,7 @@ import EdgeCertificates
 import EdgeProxy
 import EdgeTLS
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOExtras
 import NIOHTTP1
@@ -50,6 +51,7 @@ extension Gateway {
                 self.logger.error("certificate watching unavailable; periodic reload by SIGHUP only", metadata: ["error": "\(error)"])
             }
         }
+        self.startTicketKeyRotation(on: group.next())
         let checker = HealthChecker(groups: self.groups, eventLoopGroup: group, logger: self.logger)
         checker.start()
         self.state.withLockedValue { $0.healthChecker = checker }
@@ -82,6 +84,35 @@ extension Gateway {
         self.logger.info("admin endpoint listening", metadata: ["address": "\(admin.localAddress?.hostPort ?? "?")"])
     }
 
+    /// Rotates session-ticket keys on schedule, or follows the shared key file (checked every second).
+    private func startTicketKeyRotation(on loop: EventLoop) {
+        let settings = self.sessionTickets
+        let logger = self.logger
+        let task: RepeatedTask
+        if let file = settings.keyFile {
+            let stamp = NIOLockedValueBox(fileStamp(file))
+            task = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+                let now = fileStamp(file)
+                guard now != nil, stamp.withLockedValue({ $0 != now }) else { return }
+                stamp.withLockedValue { $0 = now }
+                do {
+                    let keys = try TicketKeyRing.parse(keyFile: try readText(file))
+                    TicketKeyRing.shared.install(keys)
+                    logger.notice("session ticket keys reloaded", metadata: ["file": "\(file)", "keys": "\(keys.count)", "encrypting_key_name": "\(keys[0].nameHex)"])
+                } catch {
+                    logger.error("session ticket key file rejected; keeping the current keys", metadata: ["file": "\(file)", "error": "\(Self.reason(error))"])
+                }
+            }
+        } else {
+            let every = settings.rotateEvery.timeAmount
+            task = loop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in
+                TicketKeyRing.shared.rotate(keep: 2)
+                logger.info("session ticket key rotated", metadata: ["encrypting_key_name": "\(TicketKeyRing.shared.current[0].nameHex)"])
+            }
+        }
+        self.state.withLockedValue { $0.ticketTask = task }
+    }
+
     /// The bound port of a listener (useful with port 0).
     public func boundPort(listener: String) -> Int? {
         self.state.withLockedValue { $0.serverChannels[listener]?.localAddress?.port }
@@ -106,6 +137,7 @@ extension Gateway {
         }
         for watcher in watchers { watcher.stop() }
         checker?.stop()
+        self.state.withLockedValue { $0.ticketTask?.cancel() }
         guard let loop = admin?.eventLoop else { return }
         self.logger.info("draining", metadata: ["grace_period": "\(grace)"])
         let futures = helpers.map { helper -> EventLoopFuture<Void> in

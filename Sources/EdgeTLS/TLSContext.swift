@@ -32,6 +32,8 @@ public struct TLSServerPolicy: Sendable, Hashable {
     public var alpnProtocols: [String] = ["http/1.1"]
     /// Server-side session cache size (TLS 1.2 session IDs); 0 disables it.
     public var sessionCacheSize = 20_480
+    /// Issue session tickets (keys from `TicketKeyRing.shared`); off sends none.
+    public var sessionTickets = true
     /// Client certificates are verified against this CA bundle when set.
     public var clientCAFile: String?
     /// With `clientCAFile`: refuse clients that present no certificate.
@@ -115,6 +117,11 @@ public final class TLSContext: @unchecked Sendable {
         let (ctx, allowBox) = try makeServerContext(policy: policy)
         let box = SelectorBox(selector)
         edge_SSL_CTX_set_tlsext_servername_callback(ctx, serverNameCallback)
+        // Tickets are sealed and opened on the listener's initial context (OpenSSL's
+        // session context), with the process's ticket-key ring.
+        if policy.sessionTickets {
+            _ = SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticketKeyCallback)
+        }
         edge_SSL_CTX_set_tlsext_servername_arg(ctx, Unmanaged.passUnretained(box).toOpaque())
         return TLSContext(pointer: ctx, isServer: true, selectorBox: box, chain: [], allowBox: allowBox)
     }
@@ -141,6 +148,7 @@ public final class TLSContext: @unchecked Sendable {
             }
             // One session-ID context for every context of a listener, so a
             // session survives the SNI switch and certificate rotations.
+            if !policy.sessionTickets { _ = SSL_CTX_set_options(ctx, EDGE_SSL_OP_NO_TICKET) }
             let sid: [UInt8] = Array("edge-gateway".utf8)
             _ = SSL_CTX_set_session_id_context(ctx, sid, UInt32(sid.count))
             if policy.sessionCacheSize > 0 {

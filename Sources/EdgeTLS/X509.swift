@@ -280,7 +280,7 @@ public func sha256Hex(_ bytes: [UInt8]) -> String {
 }
 
 extension String {
-    fileprivate init(format2 byte: UInt8) {
+    init(format2 byte: UInt8) {
         let hex = String(byte, radix: 16)
         self = hex.count == 1 ? "0" + hex : hex
     }

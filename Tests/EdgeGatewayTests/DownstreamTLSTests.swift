@@ -139,3 +139,67 @@ final class DownstreamTLSTests: XCTestCase {
         await harness.shutdown()
     }
 }
+
+/// Session resumption across instances that share a ticket-key file, and across key rotations.
+final class SessionTicketTests: XCTestCase {
+    func startGateway(_ dir: TemporaryDirectory, name: String, leaf: TestPKI.Leaf, upstream: Int) throws -> (GatewayProcess, Int) {
+        let https = freePort(), admin = freePort()
+        try dir.write("\(name).yaml", """
+            listeners:
+              - name: https
+                address: "127.0.0.1:\(https)"
+                tls:
+                  certificate: \(leaf.fullchain)
+                  key: \(leaf.key)
+                  session_tickets: { key_file: ticket.keys }
+            upstreams: { app: { backends: ["127.0.0.1:\(upstream)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("\(name).yaml"), logPath: dir.file("\(name).log"))
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        return (gateway, https)
+    }
+
+    func session(_ port: Int, _ version: String, out: String? = nil, in input: String? = nil) throws -> String {
+        let flags = (out.map { "-sess_out '\($0)'" } ?? "") + (input.map { " -sess_in '\($0)'" } ?? "")
+        // Wait a moment before closing stdin so the TLS 1.3 ticket arrives.
+        return try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) \(flags) 2>&1").stdout
+    }
+
+    func testInstancesSharingAKeyFileResumeEachOthersSessionsAndFollowRotation() throws {
+        let pki = try TestPKI()
+        let dir = TemporaryDirectory()
+        let leaf = try pki.issue(["localhost"], into: dir.path, name: "site")
+        let keyA = try Shell.bash("openssl rand 80 | base64 -w0").stdout
+        let keyB = try Shell.bash("openssl rand 80 | base64 -w0").stdout
+        try dir.write("ticket.keys", keyA + "\n")
+        let (first, portA) = try startGateway(dir, name: "a", leaf: leaf, upstream: freePort())
+        let (second, portB) = try startGateway(dir, name: "b", leaf: leaf, upstream: freePort())
+        defer { first.stop(); second.stop() }
+        for version in ["-tls1_3", "-tls1_2"] {
+            let file = dir.file("session\(version)")
+            XCTAssertTrue(try session(portA, version, out: file).contains("New,"))
+            let resumed = try session(portB, version, in: file)
+            XCTAssertTrue(resumed.contains("Reused,"), "\(version): a ticket from instance A resumes on instance B:\n\(resumed.prefix(400))")
+        }
+        // Rotation by the key file: a new key first, the old one still decrypts.
+        let old = dir.file("session-old")
+        XCTAssertTrue(try session(portA, "-tls1_3", out: old).contains("New,"))
+        try dir.write("ticket.keys.tmp", keyB + "\n" + keyA + "\n")
+        try Shell.run(["mv", dir.file("ticket.keys.tmp"), dir.file("ticket.keys")])
+        XCTAssertTrue(eventually(timeout: 5) { first.log.contains("session ticket keys reloaded") && second.log.contains("session ticket keys reloaded") })
+        XCTAssertTrue(try session(portB, "-tls1_3", in: old).contains("Reused,"), "the previous key still decrypts")
+        // The old key removed: its tickets no longer resume (full handshake, not an error).
+        try dir.write("ticket.keys.tmp", keyB + "\n")
+        try Shell.run(["mv", dir.file("ticket.keys.tmp"), dir.file("ticket.keys")])
+        XCTAssertTrue(eventually(timeout: 5) { first.log.components(separatedBy: "session ticket keys reloaded").count == 3 })
+        let refused = try session(portA, "-tls1_3", in: old)
+        XCTAssertTrue(refused.contains("New,"), "a retired key's ticket gets a full handshake: \(refused.prefix(300))")
+        // A broken key file keeps the current keys and says why.
+        try dir.write("ticket.keys", "not base64 at all\n")
+        XCTAssertTrue(eventually(timeout: 5) { first.log.contains("session ticket key file rejected") }, first.log)
+        XCTAssertTrue(first.log.contains("80 bytes"), first.log)
+        XCTAssertFalse(first.log.contains(keyA) || first.log.contains(keyB), "key material never reaches the log")
+    }
+}
