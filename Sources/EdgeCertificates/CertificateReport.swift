@@ -100,8 +100,12 @@ extension CertificateStore {
         let snapshot = self.snapshot
         let problems = Dictionary(self.problems.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         var names: [Int: [String]] = [:]
-        for (name, index) in snapshot.exact { names[index, default: []].append(name) }
-        for (suffix, index) in snapshot.wildcard { names[index, default: []].append("*." + suffix) }
+        for (name, index) in snapshot.exact {
+            for lineage in snapshot.lineagesServing(index) { names[lineage, default: []].append(name) }
+        }
+        for (suffix, index) in snapshot.wildcard {
+            for lineage in snapshot.lineagesServing(index) { names[lineage, default: []].append("*." + suffix) }
+        }
         return snapshot.lineages.enumerated().map { index, lineage in
             CertificateReport(
                 lineage: lineage, servedNames: (names[index] ?? []).sorted(), isDefault: snapshot.defaultIndex == index,

@@ -11,6 +11,11 @@ public final class CertificateSnapshot: AtomicReference, Sendable {
     public let lineages: [LoadedLineage]
     /// `contexts[policy][lineage]`.
     let contexts: [[TLSContext]]
+    /// Contexts holding an ECDSA and an RSA lineage together, `[policy][pair]`: OpenSSL
+    /// then serves whichever the client's signature algorithms allow, ECDSA first.
+    let dualContexts: [[TLSContext]]
+    let dualPairs: [[Int]]
+    /// Per name: a lineage index, or `-1 - pair` for a dual pair.
     let exact: [String: Int]
     let wildcard: [String: Int]
     let defaultIndex: Int?
@@ -34,7 +39,8 @@ public final class CertificateSnapshot: AtomicReference, Sendable {
         self.contexts = try policies.map { policy in
             try ordered.map { try TLSContext.server(chain: $0.chain, key: $0.key, policy: policy) }
         }
-        // A name claimed twice goes to the certificate that lives longest, then by lineage name.
+        // A name claimed twice goes to the certificate that lives longest, then by lineage name;
+        // an ECDSA and an RSA claimant are not a conflict but a dual pair.
         var claims: [String: [Int]] = [:]
         for (index, lineage) in ordered.enumerated() {
             for name in Set(lineage.serverNames) { claims[name, default: []].append(index) }
@@ -42,18 +48,43 @@ public final class CertificateSnapshot: AtomicReference, Sendable {
         var exact: [String: Int] = [:]
         var wildcard: [String: Int] = [:]
         var conflicts: [(String, String, [String])] = []
-        for (name, indices) in claims.sorted(by: { $0.key < $1.key }) {
-            let best = indices.max { a, b in
+        var pairs: [[Int]] = []
+        func best(_ indices: [Int]) -> Int? {
+            indices.max { a, b in
                 let (la, lb) = (ordered[a].leaf.notAfter, ordered[b].leaf.notAfter)
                 return la != lb ? la < lb : ordered[a].name > ordered[b].name
-            }!
-            if indices.count > 1 {
-                conflicts.append((name, ordered[best].name, indices.filter { $0 != best }.map { ordered[$0].name }))
+            }
+        }
+        for (name, indices) in claims.sorted(by: { $0.key < $1.key }) {
+            let rsa = indices.filter { ordered[$0].leaf.keyDescription.hasPrefix("RSA") }
+            let other = indices.filter { !rsa.contains($0) }
+            var chosen: Int
+            var winners: [Int]
+            if let e = best(other), let r = best(rsa) {
+                winners = [e, r]
+                if let existing = pairs.firstIndex(of: winners) {
+                    chosen = -1 - existing
+                } else {
+                    pairs.append(winners)
+                    chosen = -pairs.count
+                }
+            } else {
+                chosen = best(indices)!
+                winners = [chosen]
+            }
+            if indices.count > winners.count {
+                conflicts.append((name, winners.map { ordered[$0].name }.joined(separator: "+"), indices.filter { !winners.contains($0) }.map { ordered[$0].name }))
             }
             if name.hasPrefix("*.") {
-                wildcard[String(name.dropFirst(2))] = best
+                wildcard[String(name.dropFirst(2))] = chosen
             } else {
-                exact[name] = best
+                exact[name] = chosen
+            }
+        }
+        self.dualPairs = pairs
+        self.dualContexts = try policies.map { policy in
+            try pairs.map { pair in
+                try TLSContext.server(pairs: pair.map { (ordered[$0].chain, ordered[$0].key) }, policy: policy)
             }
         }
         self.exact = exact
@@ -79,9 +110,14 @@ public final class CertificateSnapshot: AtomicReference, Sendable {
         return self.strictSNI ? nil : self.defaultIndex
     }
 
+    /// The lineages behind an index of the name maps (two for a dual ECDSA/RSA pair).
+    func lineagesServing(_ index: Int) -> [Int] {
+        index >= 0 ? [index] : self.dualPairs[-1 - index]
+    }
+
     func select(serverName: String?, policy: Int) -> ServerNameSelection {
         guard let index = self.lineageIndex(for: serverName) else { return .reject }
-        return .use(self.contexts[policy][index])
+        return .use(index >= 0 ? self.contexts[policy][index] : self.dualContexts[policy][-1 - index])
     }
 
     public func lineage(named name: String) -> LoadedLineage? {

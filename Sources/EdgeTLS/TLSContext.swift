@@ -111,6 +111,31 @@ public final class TLSContext: @unchecked Sendable {
         return TLSContext(pointer: ctx, isServer: true, selectorBox: nil, chain: chain, allowBox: allowBox)
     }
 
+    /// A server context holding several certificate chains of different key types
+    /// (an ECDSA and an RSA one): OpenSSL serves the first the client's signature
+    /// algorithms allow, in the order given.
+    public static func server(pairs: [(chain: [X509Certificate], key: PrivateKey)], policy: TLSServerPolicy) throws -> TLSContext {
+        let (ctx, allowBox) = try makeServerContext(policy: policy)
+        for (chain, key) in pairs {
+            guard let leaf = chain.first else { continue }
+            ERR_clear_error()
+            guard SSL_CTX_use_certificate(ctx, leaf.pointer) == 1 else {
+                SSL_CTX_free(ctx)
+                throw TLSError.invalidCertificate("certificate rejected: \(openSSLErrorQueueDescription())")
+            }
+            // Chain certificates attach to the certificate just installed.
+            for intermediate in chain.dropFirst() where edge_SSL_CTX_add1_chain_cert(ctx, intermediate.pointer) != 1 {
+                SSL_CTX_free(ctx)
+                throw TLSError.invalidCertificate("chain certificate rejected: \(openSSLErrorQueueDescription())")
+            }
+            guard SSL_CTX_use_PrivateKey(ctx, key.pointer) == 1, SSL_CTX_check_private_key(ctx) == 1 else {
+                SSL_CTX_free(ctx)
+                throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
+            }
+        }
+        return TLSContext(pointer: ctx, isServer: true, selectorBox: nil, chain: pairs.first?.chain ?? [], allowBox: allowBox)
+    }
+
     /// A listener's initial context: holds no certificate of its own and hands
     /// every handshake to `selector` from OpenSSL's servername callback.
     public static func listener(policy: TLSServerPolicy, selector: any ServerNameSelector) throws -> TLSContext {

@@ -398,4 +398,26 @@ final class RotationTests: XCTestCase {
         }
         await harness.shutdown()
     }
+
+    func testECDSAAndRSALineagesForOneNameServeWhatTheClientSupports() async throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        let ecdsa = try Self.pki.issue(["localhost"], into: certs, name: "site-ecdsa")
+        let rsa = try Self.pki.issue(["localhost"], rsa: true, into: certs, name: "site-rsa")
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - directory: certs"))
+        let port = harness.port("https")
+        let cases: [(String, String)] = [
+            ("-tls1_3 -sigalgs ecdsa_secp256r1_sha256:rsa_pss_rsae_sha256", ecdsa.serial),
+            ("-tls1_3 -sigalgs rsa_pss_rsae_sha256", rsa.serial),
+            ("-tls1_2 -sigalgs ECDSA+SHA256:RSA+SHA256", ecdsa.serial),
+            ("-tls1_2 -sigalgs RSA+SHA256 -cipher ECDHE-RSA-AES128-GCM-SHA256", rsa.serial),
+        ]
+        for (flags, serial) in cases {
+            XCTAssertEqual(servedSerial(port: port, serverName: "localhost", extra: flags.split(separator: " ").map(String.init)), serial, flags)
+        }
+        XCTAssertFalse(harness.logs.contains("server name claimed by several certificates"), "a dual pair is not a conflict")
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status/certificates"]).stdout
+        XCTAssertEqual(status.components(separatedBy: "\"server_names\":[\"localhost\"]").count - 1, 2, "both lineages serve localhost: \(status.prefix(300))")
+        await harness.shutdown()
+    }
 }
