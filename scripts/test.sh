@@ -2,7 +2,9 @@
 # Runs the whole test suite: installs missing system packages, builds, runs `swift test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# promtool (prometheus) checks the /metrics exposition; chromium renders the status page.
-bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core
+# promtool (prometheus) checks the /metrics exposition; chromium renders the status page;
+# h2load (nghttp2-client) drives HTTP/2; testssl.sh and sslyze (PyPI, in a venv) scan TLS.
+bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core nghttp2-client testssl.sh python3-venv
 swift build --build-tests
 swift test --skip-build
+bash scripts/tls-compliance.sh
