@@ -203,3 +203,41 @@ final class SessionTicketTests: XCTestCase {
         XCTAssertFalse(first.log.contains(keyA) || first.log.contains(keyB), "key material never reaches the log")
     }
 }
+
+/// HTTP/2 protection: rapid reset and oversized header lists, with raw frames.
+final class HTTP2AbuseTests: XCTestCase {
+    func abuse(_ mode: String, port: Int, _ n: Int) throws -> [String: Any] {
+        let result = try Shell.run(["python3", repositoryRoot() + "/Tests/tools/h2_abuse.py", mode, "\(port)", "\(n)"], timeout: 60)
+        let line = result.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        return (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? ["error": result.stderr]
+    }
+
+    func testRapidResetIsCutOffAndHugeHeaderListsAreRefused() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let harness = try await GatewayHarness.start { port in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                max_request_head_bytes: 16384
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true, http2: { max_resets_per_30s: 100 } }
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("https")
+        let reset = try abuse("rapid-reset", port: port, 1000)
+        XCTAssertEqual(reset["goaway"] as? Int, 11, "ENHANCE_YOUR_CALM ends a rapid-reset connection: \(reset)")
+        XCTAssertEqual(reset["closed"] as? Bool, true, "\(reset)")
+        let big = try abuse("big-header", port: port, 64 * 1024)
+        XCTAssertEqual(big["responses"] as? Int, 0, "a 64 KiB header list is never proxied: \(big)")
+        XCTAssertTrue(big["goaway"] is Int || !((big["rst_codes"] as? [Int]) ?? []).isEmpty || big["closed"] as? Bool == true, "\(big)")
+        // Other clients are still served.
+        let ok = try Shell.run(["curl", "-sS", "--http2", "--cacert", pki.caPath, "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/"])
+        XCTAssertEqual(ok.stdout, "2 200")
+        XCTAssertLessThan(harness.upstream.requestCount, 1000, "reset streams were not all proxied")
+        await harness.shutdown()
+    }
+}

