@@ -128,9 +128,10 @@ public final class CertificateStore: Sendable {
     }
 
     /// A selector for one listener's policy, to hand to `TLSContext.listener`.
-    public func selector(policyIndex: Int) -> any ServerNameSelector {
+    /// `byName` picks another policy for some SNI names (exact, or `*.suffix` for one more label).
+    public func selector(policyIndex: Int, byName: [String: Int] = [:]) -> any ServerNameSelector {
         precondition(policyIndex < self.configuration.policies.count)
-        return StoreSelector(store: self, policyIndex: policyIndex)
+        return StoreSelector(store: self, policyIndex: policyIndex, byName: byName)
     }
 
     /// Re-reads every source; publishes a new snapshot if anything changed.
@@ -245,6 +246,28 @@ public final class CertificateStore: Sendable {
         }
     }
 
+    /// Rebuilds every context from the lineages already loaded, re-reading the files the
+    /// policies name (a client CA bundle). Keeps the current snapshot if that fails.
+    @discardableResult
+    public func rebuildContexts(reason: String) -> Bool {
+        self.state.withLockedValue { state in
+            let old = self.current.load(ordering: .acquiring)
+            do {
+                let snapshot = try CertificateSnapshot(
+                    generation: state.generation + 1, lineages: old.lineages, policies: self.configuration.policies,
+                    defaultName: self.configuration.defaultName, strictSNI: self.configuration.strictSNI
+                )
+                state.generation += 1
+                self.current.store(snapshot, ordering: .releasing)
+                self.logger.info("certificate contexts rebuilt", metadata: ["generation": "\(snapshot.generation)", "reason": "\(reason)"])
+                return true
+            } catch {
+                self.logger.error("contexts not rebuilt; keeping the current ones", metadata: ["reason": "\(reason)", "error": "\(error)"])
+                return false
+            }
+        }
+    }
+
     private func logConflicts(_ snapshot: CertificateSnapshot) {
         for conflict in snapshot.conflicts {
             self.logger.warning("server name claimed by several certificates", metadata: [
@@ -262,15 +285,25 @@ public final class CertificateStore: Sendable {
 private final class StoreSelector: ServerNameSelector {
     let store: CertificateStore
     let policyIndex: Int
+    let byName: [String: Int]
 
-    init(store: CertificateStore, policyIndex: Int) {
+    init(store: CertificateStore, policyIndex: Int, byName: [String: Int]) {
         self.store = store
         self.policyIndex = policyIndex
+        self.byName = byName
     }
 
     func select(serverName: String?) -> ServerNameSelection {
+        var policy = self.policyIndex
+        if !self.byName.isEmpty, let name = serverName?.lowercased() {
+            if let exact = self.byName[name] {
+                policy = exact
+            } else if let dot = name.firstIndex(of: "."), let wildcard = self.byName["*" + name[dot...]] {
+                policy = wildcard
+            }
+        }
         // One atomic load; the snapshot (and so the context) stays alive until
         // the callback has handed it to SSL_set_SSL_CTX.
-        self.store.snapshot.select(serverName: serverName, policy: self.policyIndex)
+        return self.store.snapshot.select(serverName: serverName, policy: policy)
     }
 }

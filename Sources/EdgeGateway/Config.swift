@@ -106,10 +106,13 @@ public struct ListenerTLSConfig: Decodable, Sendable {
     public var h2: Bool
     public var http2: HTTP2Config
     public var clientAuth: ClientAuthConfig?
+    /// client_auth for particular SNI names (exact or `*.` wildcard), instead of the listener's.
+    public var clientAuthByName: [String: ClientAuthConfig]
     public var sessionTickets: SessionTicketsConfig?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case certificate, key, profile
+        case clientAuthByName = "client_auth_by_name"
         case sessionTickets = "session_tickets"
         case minVersion = "min_version"
         case ciphers
@@ -133,6 +136,7 @@ public struct ListenerTLSConfig: Decodable, Sendable {
         self.http2 = try c.decodeIfPresent(HTTP2Config.self, forKey: .http2) ?? HTTP2Config()
         self.clientAuth = try c.decodeIfPresent(ClientAuthConfig.self, forKey: .clientAuth)
         self.sessionTickets = try c.decodeIfPresent(SessionTicketsConfig.self, forKey: .sessionTickets)
+        self.clientAuthByName = try c.decodeIfPresent([String: ClientAuthConfig].self, forKey: .clientAuthByName) ?? [:]
     }
 }
 

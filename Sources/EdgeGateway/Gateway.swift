@@ -90,6 +90,7 @@ public final class Gateway: Sendable {
         var watchers: [CertificateWatcher] = []
         var healthChecker: HealthChecker?
         var ticketTask: RepeatedTask?
+        var caWatchTask: RepeatedTask?
     }
 
     /// Validates `config` and builds every object it describes; paths are relative to `baseDirectory`.
@@ -199,7 +200,7 @@ public final class Gateway: Sendable {
         // Certificate policies per listener; the shared set serves every listener without its own pair.
         var sharedPolicies: [TLSServerPolicy] = []
         var ticketSettings: SessionTicketsConfig?
-        var pending: [(index: Int, policy: TLSServerPolicy, sharedIndex: Int?)] = []
+        var pending: [(index: Int, policies: [TLSServerPolicy], patterns: [String], sharedIndices: [Int]?)] = []
         var names = Set<String>()
         for (index, listener) in config.listeners.enumerated() {
             let path = "listeners[\(index)]"
@@ -228,12 +229,13 @@ public final class Gateway: Sendable {
                 ticketSettings = tickets
                 policy.sessionTickets = tickets.enabled
             }
-            if let auth = tls.clientAuth {
+            func withClientAuth(_ base: TLSServerPolicy, _ auth: ClientAuthConfig, key: String) -> TLSServerPolicy {
+                var policy = base
                 policy.clientCAFile = resolve(auth.caFile)
                 switch auth.mode {
                 case "required": policy.requireClientCertificate = true
                 case "optional": policy.requireClientCertificate = false
-                default: problems.append("\(path).tls.client_auth.mode: '\(auth.mode)' is not one of required, optional")
+                default: problems.append("\(key).mode: '\(auth.mode)' is not one of required, optional")
                 }
                 if let allow = auth.allow {
                     var list = ClientAllowList()
@@ -243,25 +245,38 @@ public final class Gateway: Sendable {
                     list.spkiSHA256 = allow.spkiSHA256
                     policy.clientAllow = list
                 }
+                return policy
             }
+            if let auth = tls.clientAuth { policy = withClientAuth(policy, auth, key: "\(path).tls.client_auth") }
             if let min = tls.minVersion {
                 if let version = TLSVersion(rawValue: min) { policy.minimumVersion = version } else {
                     problems.append("\(path).tls.min_version: '\(min)' is not one of TLSv1.2, TLSv1.3")
                 }
             }
+            // Per-SNI client authentication: the same listener policy with another client_auth.
+            var policies = [policy]
+            var patterns: [String] = []
+            for (name, auth) in tls.clientAuthByName.sorted(by: { $0.key < $1.key }) {
+                var base = policy
+                base.clientCAFile = nil
+                base.clientAllow = nil
+                base.requireClientCertificate = true
+                policies.append(withClientAuth(base, auth, key: "\(path).tls.client_auth_by_name.\(name)"))
+                patterns.append(name.lowercased())
+            }
             switch (tls.certificate, tls.key) {
             case (.some, .some):
-                pending.append((index, policy, nil))
+                pending.append((index, policies, patterns, nil))
             case (nil, nil):
                 if config.certificates == nil {
                     problems.append("\(path).tls: names no certificate/key and there is no 'certificates' section")
                 }
-                if let existing = sharedPolicies.firstIndex(of: policy) {
-                    pending.append((index, policy, existing))
-                } else {
+                let indices = policies.map { policy -> Int in
+                    if let existing = sharedPolicies.firstIndex(of: policy) { return existing }
                     sharedPolicies.append(policy)
-                    pending.append((index, policy, sharedPolicies.count - 1))
+                    return sharedPolicies.count - 1
                 }
+                pending.append((index, policies, patterns, indices))
             default:
                 problems.append("\(path).tls: 'certificate' and 'key' go together")
             }
@@ -314,21 +329,25 @@ public final class Gateway: Sendable {
             var context: TLSContext?
             if let entry = pending.first(where: { $0.index == index }), let tls = listener.tls {
                 do {
-                    if let sharedIndex = entry.sharedIndex {
+                    func byName(_ indices: [Int]) -> [String: Int] {
+                        Dictionary(uniqueKeysWithValues: zip(entry.patterns, indices.dropFirst()))
+                    }
+                    if let indices = entry.sharedIndices {
                         if let shared {
-                            context = try TLSContext.listener(policy: entry.policy, selector: shared.selector(policyIndex: sharedIndex))
+                            context = try TLSContext.listener(policy: entry.policies[0], selector: shared.selector(policyIndex: indices[0], byName: byName(indices)))
                         }
                     } else if let cert = tls.certificate, let key = tls.key {
                         let store = try CertificateStore(
                             configuration: CertificateSetConfiguration(
                                 sources: [.pair(name: listener.name, certificate: resolve(cert), key: resolve(key))],
-                                policies: [entry.policy],
+                                policies: entry.policies,
                                 trustCAFile: config.certificates?.caFile.map(resolve)
                             ),
                             logger: logger, requireAll: true
                         )
                         stores.append(store)
-                        context = try TLSContext.listener(policy: entry.policy, selector: store.selector(policyIndex: 0))
+                        let indices = Array(entry.policies.indices)
+                        context = try TLSContext.listener(policy: entry.policies[0], selector: store.selector(policyIndex: 0, byName: byName(indices)))
                     }
                 } catch {
                     problems.append("\(path).tls: \(Self.reason(error))")
@@ -342,7 +361,7 @@ public final class Gateway: Sendable {
             if let tls = listener.tls {
                 plan.h2 = tls.h2
                 plan.http2 = tls.http2
-                plan.mutualTLS = tls.clientAuth != nil
+                plan.mutualTLS = tls.clientAuth != nil || !tls.clientAuthByName.isEmpty
                 if tls.http2.maxConcurrentStreams < 1 { problems.append("\(path).tls.http2.max_concurrent_streams: must be at least 1") }
             }
             listeners.append(plan)

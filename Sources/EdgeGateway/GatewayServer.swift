@@ -52,6 +52,7 @@ extension Gateway {
             }
         }
         self.startTicketKeyRotation(on: group.next())
+        self.startClientCAWatch(on: group.next())
         let checker = HealthChecker(groups: self.groups, eventLoopGroup: group, logger: self.logger)
         checker.start()
         self.state.withLockedValue { $0.healthChecker = checker }
@@ -113,6 +114,27 @@ extension Gateway {
         self.state.withLockedValue { $0.ticketTask = task }
     }
 
+    /// Rebuilds the contexts of every store whose policies name a client CA bundle when
+    /// that file changes (checked every second), so a new client CA applies to new handshakes.
+    private func startClientCAWatch(on loop: EventLoop) {
+        var found: [String: [CertificateStore]] = [:]
+        for store in self.stores {
+            for file in Set(store.configuration.policies.compactMap(\.clientCAFile)) { found[file, default: []].append(store) }
+        }
+        let files = found
+        guard !files.isEmpty else { return }
+        let stamps = NIOLockedValueBox(files.keys.reduce(into: [String: String?]()) { $0[$1] = fileStamp($1) })
+        let task = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            for (file, stores) in files {
+                let now = fileStamp(file)
+                guard now != nil, stamps.withLockedValue({ $0[file] != now }) else { continue }
+                stamps.withLockedValue { $0[file] = now }
+                for store in stores { store.rebuildContexts(reason: "client CA bundle \(file) changed") }
+            }
+        }
+        self.state.withLockedValue { $0.caWatchTask = task }
+    }
+
     /// The bound port of a listener (useful with port 0).
     public func boundPort(listener: String) -> Int? {
         self.state.withLockedValue { $0.serverChannels[listener]?.localAddress?.port }
@@ -137,7 +159,10 @@ extension Gateway {
         }
         for watcher in watchers { watcher.stop() }
         checker?.stop()
-        self.state.withLockedValue { $0.ticketTask?.cancel() }
+        self.state.withLockedValue {
+            $0.ticketTask?.cancel()
+            $0.caWatchTask?.cancel()
+        }
         guard let loop = admin?.eventLoop else { return }
         self.logger.info("draining", metadata: ["grace_period": "\(grace)"])
         let futures = helpers.map { helper -> EventLoopFuture<Void> in

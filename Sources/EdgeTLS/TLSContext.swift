@@ -142,6 +142,10 @@ public final class TLSContext: @unchecked Sendable {
         let (ctx, allowBox) = try makeServerContext(policy: policy)
         let box = SelectorBox(selector)
         edge_SSL_CTX_set_tlsext_servername_callback(ctx, serverNameCallback)
+        // The context is also chosen from the raw ClientHello, before OpenSSL looks for a
+        // session to resume, so that a session is only resumed under the session-ID
+        // context (client-authentication policy) of the name it is presented for.
+        SSL_CTX_set_client_hello_cb(ctx, clientHelloCallback, Unmanaged.passUnretained(box).toOpaque())
         // Tickets are sealed and opened on the listener's initial context (OpenSSL's
         // session context), with the process's ticket-key ring.
         if policy.sessionTickets {
@@ -174,7 +178,13 @@ public final class TLSContext: @unchecked Sendable {
             // One session-ID context for every context of a listener, so a
             // session survives the SNI switch and certificate rotations.
             if !policy.sessionTickets { _ = SSL_CTX_set_options(ctx, EDGE_SSL_OP_NO_TICKET) }
-            let sid: [UInt8] = Array("edge-gateway".utf8)
+            // Sessions resume only under the same client-authentication policy: a session
+            // made without a client certificate never resumes where one is required.
+            var sid: [UInt8] = Array("edge-gateway".utf8)
+            if let caFile = policy.clientCAFile {
+                let identity = "\(caFile)|\(policy.requireClientCertificate)|\(String(describing: policy.clientAllow))"
+                sid = Array(("eg-" + sha256Hex(Array(identity.utf8)).prefix(24)).utf8)
+            }
             _ = SSL_CTX_set_session_id_context(ctx, sid, UInt32(sid.count))
             if policy.sessionCacheSize > 0 {
                 _ = edge_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_SERVER))
@@ -298,11 +308,35 @@ private let serverNameCallback: edge_servername_cb = { ssl, alert, arg in
             alert?.pointee = SSL_AD_INTERNAL_ERROR
             return SSL_TLSEXT_ERR_ALERT_FATAL
         }
+        // Client authentication follows the chosen context (it may differ per SNI name).
+        SSL_set_verify(ssl, SSL_CTX_get_verify_mode(context.pointer), SSL_CTX_get_verify_callback(context.pointer))
         return SSL_TLSEXT_ERR_OK
     case .reject:
         alert?.pointee = SSL_AD_UNRECOGNIZED_NAME
         return SSL_TLSEXT_ERR_ALERT_FATAL
     }
+}
+
+/// OpenSSL's client-hello callback: reads SNI from the raw extension and switches the
+/// context early. Rejections are left to the servername callback, which runs later.
+private let clientHelloCallback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<Int32>?, UnsafeMutableRawPointer?) -> Int32 = { ssl, _, arg in
+    guard let ssl, let arg else { return SSL_CLIENT_HELLO_SUCCESS }
+    var data: UnsafePointer<UInt8>? = nil
+    var length = 0
+    guard SSL_client_hello_get0_ext(ssl, UInt32(TLSEXT_TYPE_server_name), &data, &length) == 1, let data, length > 5 else {
+        return SSL_CLIENT_HELLO_SUCCESS
+    }
+    // server_name_list: u16 length, then (u8 type, u16 length, name); the first host_name wins.
+    let bytes = UnsafeBufferPointer(start: data, count: length)
+    guard bytes[2] == 0 else { return SSL_CLIENT_HELLO_SUCCESS }
+    let nameLength = Int(bytes[3]) << 8 | Int(bytes[4])
+    guard 5 + nameLength <= length else { return SSL_CLIENT_HELLO_SUCCESS }
+    let name = String(decoding: bytes[5..<(5 + nameLength)], as: UTF8.self).lowercased()
+    let box = Unmanaged<SelectorBox>.fromOpaque(arg).takeUnretainedValue()
+    if case .use(let context) = box.selector.select(serverName: name), SSL_set_SSL_CTX(ssl, context.pointer) != nil {
+        SSL_set_verify(ssl, SSL_CTX_get_verify_mode(context.pointer), SSL_CTX_get_verify_callback(context.pointer))
+    }
+    return SSL_CLIENT_HELLO_SUCCESS
 }
 
 /// ALPN selection: server preference order over the client's offer.

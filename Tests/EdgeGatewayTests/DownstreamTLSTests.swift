@@ -127,6 +127,69 @@ final class DownstreamTLSTests: XCTestCase {
         withExtendedLifetime(foreignPKI) {}
     }
 
+    func testANewClientCABundleAppliesWithoutARestart() async throws {
+        let dir = TemporaryDirectory()
+        let otherPKI = try TestPKI()
+        let client = try otherPKI.issue(["partner.client"], into: dir.path, name: "partner")
+        try Shell.run(["cp", Self.pki.caPath, dir.file("clients.pem")])
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            self.config(upstreamPort: port, tls: "client_auth: { ca_file: clients.pem }")
+        }
+        let port = harness.port("https")
+        func attempt() throws -> Int32 {
+            try curl(["-o", "/dev/null", "--cert", client.fullchain, "--key", client.key, "https://localhost:\(port)/"]).status
+        }
+        XCTAssertNotEqual(try attempt(), 0, "a partner CA not yet trusted")
+        // The bundle gains the partner's root (written elsewhere, moved in place).
+        try Shell.bash("cat '\(Self.pki.caPath)' '\(otherPKI.caPath)' > '\(dir.file("clients.tmp"))' && mv '\(dir.file("clients.tmp"))' '\(dir.file("clients.pem"))'")
+        XCTAssertTrue(eventually(timeout: 10, interval: 0.2) { (try? attempt()) == 0 }, harness.logs.all.suffix(5).joined(separator: "\n"))
+        XCTAssertTrue(harness.logs.contains("client CA bundle"))
+        // A broken bundle keeps the last good one.
+        try dir.write("clients.pem", "not a certificate\n")
+        XCTAssertTrue(eventually(timeout: 10, interval: 0.2) { harness.logs.contains("contexts not rebuilt; keeping the current ones") })
+        XCTAssertEqual(try attempt(), 0)
+        await harness.shutdown()
+        withExtendedLifetime(otherPKI) {}
+    }
+
+    func testClientAuthPerSNINameAndNoResumptionAcrossPolicies() async throws {
+        let pki = Self.pki
+        let dir = TemporaryDirectory()
+        let site = try pki.issue(["localhost", "secure.test"], into: dir.path, name: "site")
+        let client = try pki.issue(["allowed.client"], into: dir.path, name: "client")
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls:
+                  certificate: site.crt
+                  key: site.key
+                  client_auth_by_name: { secure.test: { ca_file: \(pki.caPath), allow: { dns: [allowed.client] } } }
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("https")
+        let resolve = ["--resolve", "secure.test:\(port):127.0.0.1"]
+        XCTAssertEqual(try curl(["-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port)/"]).stdout, "200", "no client certificate for localhost")
+        XCTAssertNotEqual(try curl(resolve + ["-o", "/dev/null", "https://secure.test:\(port)/"]).status, 0, "secure.test requires one")
+        let ok = try curl(resolve + ["--cert", client.fullchain, "--key", client.key, "https://secure.test:\(port)/headers"])
+        XCTAssertTrue(ok.stdout.contains("x-forwarded-client-cert: Hash="), ok.stdout + ok.stderr)
+        // A session made for localhost (no client certificate) never resumes on secure.test.
+        for version in ["-tls1_3", "-tls1_2"] {
+            let file = dir.file("s\(version)")
+            let first = try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) -sess_out '\(file)' 2>&1").stdout
+            XCTAssertTrue(first.contains("New,"), first)
+            let again = try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) -sess_in '\(file)' 2>&1").stdout
+            XCTAssertTrue(again.contains("Reused,"), "\(version) resumes on the same name")
+            let cross = try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername secure.test \(version) -sess_in '\(file)' 2>&1").stdout
+            XCTAssertFalse(cross.contains("Reused,"), "\(version): resumption must not skip client authentication:\n\(cross.prefix(500))")
+        }
+        await harness.shutdown()
+    }
+
     func testOptionalClientAuthForwardsNoneWithoutACertificate() async throws {
         let harness = try await GatewayHarness.start { port in
             self.config(upstreamPort: port, tls: "client_auth: { ca_file: \(Self.pki.caPath), mode: optional }")
