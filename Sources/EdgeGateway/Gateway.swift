@@ -305,7 +305,7 @@ public final class Gateway: Sendable {
         tickets.keyFile = tickets.keyFile.map(resolve)
         if let file = tickets.keyFile {
             do {
-                TicketKeyRing.shared.install(try TicketKeyRing.parse(keyFile: try readText(file)))
+                TicketKeyRing.shared.install(try TicketKeyRing.parse(keyFile: try readTextFile(file)))
             } catch {
                 problems.append("session_tickets.key_file: \(file): \(Self.reason(error))")
             }
@@ -510,22 +510,6 @@ extension String {
     func replacingSuffix(_ suffix: String) -> String {
         self.hasSuffix(suffix) ? String(self.dropLast(suffix.count)) : self
     }
-}
-
-/// A whole text file, or an error that names it and the reason.
-func readText(_ path: String) throws -> String {
-    guard let handle = fopen(path, "r") else {
-        throw ConfigError(path: "", message: "cannot read: \(String(cString: strerror(errno)))")
-    }
-    defer { fclose(handle) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = fread(&chunk, 1, chunk.count, handle)
-        if n <= 0 { break }
-        bytes += chunk[0..<n]
-    }
-    return String(decoding: bytes, as: UTF8.self)
 }
 
 /// Identity of a file's current contents for change polling: inode, size, mtime.

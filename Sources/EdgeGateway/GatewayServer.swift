@@ -97,7 +97,7 @@ extension Gateway {
                 guard now != nil, stamp.withLockedValue({ $0 != now }) else { return }
                 stamp.withLockedValue { $0 = now }
                 do {
-                    let keys = try TicketKeyRing.parse(keyFile: try readText(file))
+                    let keys = try TicketKeyRing.parse(keyFile: try readTextFile(file))
                     TicketKeyRing.shared.install(keys)
                     logger.notice("session ticket keys reloaded", metadata: ["file": "\(file)", "keys": "\(keys.count)", "encrypting_key_name": "\(keys[0].nameHex)"])
                 } catch {

@@ -22,11 +22,14 @@ public struct GatewayService: Service {
 
     public func run() async throws {
         try await self.gateway.start(group: self.group)
+        SystemdNotify.send("READY=1\nSTATUS=serving \(self.gateway.listeners.count) listener(s)\nMAINPID=\(getpid())")
         await withDiscardingTaskGroup { tasks in
             tasks.addTask {
                 // SIGHUP re-reads certificates at once.
                 for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                    SystemdNotify.send("RELOADING=1")
                     for store in self.gateway.stores { store.reload(reason: "SIGHUP") }
+                    SystemdNotify.send("READY=1")
                 }
             }
             tasks.addTask {
@@ -35,6 +38,7 @@ public struct GatewayService: Service {
             try? await gracefulShutdown()
             tasks.cancelAll()
         }
+        SystemdNotify.send("STOPPING=1\nSTATUS=draining")
         await self.gateway.shutdown(grace: self.gateway.config.shutdownGracePeriod.timeAmount)
     }
 }

@@ -155,7 +155,7 @@ final class DownstreamTLSTests: XCTestCase {
     func testClientAuthPerSNINameAndNoResumptionAcrossPolicies() async throws {
         let pki = Self.pki
         let dir = TemporaryDirectory()
-        let site = try pki.issue(["localhost", "secure.test"], into: dir.path, name: "site")
+        _ = try pki.issue(["localhost", "secure.test"], into: dir.path, name: "site")
         let client = try pki.issue(["allowed.client"], into: dir.path, name: "client")
         let harness = try await GatewayHarness.start(directory: dir) { port in
             """

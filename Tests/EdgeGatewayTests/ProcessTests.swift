@@ -133,3 +133,73 @@ final class GatewayProcessUpstream {
         }
     }
 }
+
+/// What deploy/ ships: systemd readiness, Prometheus rules, the Kubernetes configuration.
+final class DeployTests: XCTestCase {
+    func testReadinessIsNotifiedOverNotifySocketOnceListenersAreBound() throws {
+        let pki = try TestPKI()
+        let dir = TemporaryDirectory()
+        let leaf = try pki.issue(["localhost"], into: dir.path, name: "site")
+        let https = freePort(), admin = freePort()
+        try dir.write("config.yaml", """
+            listeners: [ { name: https, address: "127.0.0.1:\(https)", tls: { certificate: site.crt, key: site.key } } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(freePort())"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        // A datagram socket playing systemd: it records what arrives and whether the port answered then.
+        let socketPath = dir.file("notify.sock")
+        let listener = Process()
+        listener.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        listener.arguments = ["-c", """
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1]); s.settimeout(30)
+            print("bound", flush=True)
+            while True:
+                msg = s.recv(4096).decode()
+                c = socket.socket(); ok = c.connect_ex(("127.0.0.1", int(sys.argv[2]))) == 0; c.close()
+                print(repr(msg), "port-open" if ok else "port-closed", flush=True)
+                if "STOPPING=1" in msg: break
+            """, socketPath, "\(https)"]
+        let output = Pipe()
+        listener.standardOutput = output
+        try listener.run()
+        XCTAssertTrue(eventually(timeout: 5) { FileManager.default.fileExists(atPath: socketPath) })
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"), environment: ["NOTIFY_SOCKET": socketPath])
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        pause(0.3)
+        kill(gateway.pid, SIGHUP)
+        pause(0.3)
+        XCTAssertEqual(gateway.stop(), 0)
+        listener.waitUntilExit()
+        let lines = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n")
+        XCTAssertTrue(lines.contains { $0.contains("READY=1") && $0.contains("MAINPID=\(gateway.pid)") && $0.hasSuffix("port-open") },
+                      "READY=1 only once the listener accepts: \(lines)")
+        XCTAssertTrue(lines.contains { $0.contains("RELOADING=1") }, "\(lines)")
+        XCTAssertTrue(lines.contains { $0.contains("STOPPING=1") }, "\(lines)")
+    }
+
+    func testPrometheusAlertRulesPassPromtoolAndTheirUnitTests() throws {
+        let dir = repositoryRoot() + "/deploy/prometheus"
+        let check = try Shell.run(["promtool", "check", "rules", dir + "/edge-gateway-alerts.yaml"])
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+        let test = try Shell.bash("cd '\(dir)' && promtool test rules edge-gateway-alerts.test.yaml")
+        XCTAssertEqual(test.status, 0, test.stdout + test.stderr)
+        XCTAssertTrue(test.stdout.contains("SUCCESS"), test.stdout)
+    }
+
+    func testKubernetesConfigMapHoldsAValidConfiguration() throws {
+        let manifest = try String(contentsOfFile: repositoryRoot() + "/deploy/kubernetes/edge-gateway.yaml", encoding: .utf8)
+        // The config.yaml block of the ConfigMap, unindented.
+        let lines = manifest.components(separatedBy: "\n")
+        let start = lines.firstIndex { $0.contains("config.yaml: |") }! + 1
+        let body = lines[start...].prefix { $0.hasPrefix("    ") || $0.isEmpty }.map { String($0.dropFirst(4)) }.joined(separator: "\n")
+        let config = try GatewayConfig.parse(yaml: body)
+        XCTAssertEqual(config.listeners.map(\.name), ["https", "http"])
+        XCTAssertTrue(config.admin.allowNonLoopback)
+        XCTAssertFalse(manifest.contains("subPath:"), "Secret volumes mounted with subPath never update")
+        for probe in ["path: /healthz", "path: /readyz", "prometheus.io/scrape"] {
+            XCTAssertTrue(manifest.contains(probe), probe)
+        }
+    }
+}

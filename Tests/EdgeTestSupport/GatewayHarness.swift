@@ -59,8 +59,11 @@ public final class GatewayProcess: @unchecked Sendable {
     public let process: Process
     public let logPath: String
 
-    public init(config: String, logPath: String, arguments: [String] = []) throws {
+    public init(config: String, logPath: String, arguments: [String] = [], environment: [String: String] = [:]) throws {
         let process = Process()
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
         process.executableURL = URL(fileURLWithPath: gatewayBinary())
         process.arguments = ["run", "-c", config] + arguments
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
