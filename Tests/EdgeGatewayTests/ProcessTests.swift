@@ -139,7 +139,7 @@ final class DeployTests: XCTestCase {
     func testReadinessIsNotifiedOverNotifySocketOnceListenersAreBound() throws {
         let pki = try TestPKI()
         let dir = TemporaryDirectory()
-        let leaf = try pki.issue(["localhost"], into: dir.path, name: "site")
+        _ = try pki.issue(["localhost"], into: dir.path, name: "site")
         let https = freePort(), admin = freePort()
         try dir.write("config.yaml", """
             listeners: [ { name: https, address: "127.0.0.1:\(https)", tls: { certificate: site.crt, key: site.key } } ]
