@@ -204,10 +204,10 @@ public final class TLSLoad {
     private let output = Pipe()
     private let stopFile: String
 
-    public init(port: Int, caFile: String, directory: TemporaryDirectory, limitSeconds: Int = 240) throws {
+    public init(port: Int, caFile: String, directory: TemporaryDirectory, limitSeconds: Int = 240, serverName: String = "localhost") throws {
         self.stopFile = directory.file("stop-load")
         self.process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        self.process.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", caFile, self.stopFile, "\(limitSeconds)"]
+        self.process.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", caFile, self.stopFile, "\(limitSeconds)", serverName]
         self.process.standardOutput = self.output
         try self.process.run()
     }

@@ -17,10 +17,15 @@ def context():
 def running():
     return time.time() < deadline and not os.path.exists(stop_file)
 
+class SNIConnection(http.client.HTTPSConnection):
+    """Connects to 127.0.0.1 but sends and verifies server_name (no DNS needed)."""
+    def connect(self):
+        import socket
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = context().wrap_socket(raw, server_hostname=server_name)
+
 def keepalive():
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context(), timeout=10)
-    conn._server_hostname = server_name
-    conn.host = server_name
+    conn = SNIConnection("127.0.0.1", port, timeout=10)
     while running():
         try:
             conn.request("GET", "/ka", headers={"Host": server_name})
@@ -35,7 +40,7 @@ def keepalive():
             with lock:
                 stats["keepalive_errors"].append(repr(e))
             conn.close()
-            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context(), timeout=10)
+            conn = SNIConnection("127.0.0.1", port, timeout=10)
 
 def handshakes():
     import socket

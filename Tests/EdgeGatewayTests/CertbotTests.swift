@@ -1,0 +1,128 @@
+import EdgeGateway
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// The real certbot against the real ACME test server (pebble), both Debian packages, on loopback.
+final class CertbotTests: XCTestCase {
+    /// A running pebble and a certbot configuration directory pointed at it.
+    final class ACME {
+        let dir: TemporaryDirectory
+        let pki: TestPKI
+        let pebble = Process()
+        let port = freePort()
+        let managementPort = freePort()
+
+        init() throws {
+            self.dir = TemporaryDirectory()
+            self.pki = try TestPKI()
+            let api = try self.pki.issue(["localhost"], into: self.dir.path, name: "pebble-api")
+            try self.dir.write("pebble.json", """
+                { "pebble": { "listenAddress": "127.0.0.1:\(self.port)", "managementListenAddress": "127.0.0.1:\(self.managementPort)",
+                  "certificate": "\(api.fullchain)", "privateKey": "\(api.key)", "httpPort": \(freePort()), "tlsPort": \(freePort()),
+                  "ocspResponderURL": "", "externalAccountBindingRequired": false } }
+                """)
+            self.pebble.executableURL = URL(fileURLWithPath: "/usr/bin/pebble")
+            self.pebble.arguments = ["-config", self.dir.file("pebble.json")]
+            // Every challenge passes, without the validation delay; no nonce rejections.
+            self.pebble.environment = ["PEBBLE_VA_ALWAYS_VALID": "1", "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PATH": "/usr/bin:/bin"]
+            let log = FileHandle(forWritingAtPath: self.dir.file("pebble.log")) ?? {
+                _ = FileManager.default.createFile(atPath: self.dir.file("pebble.log"), contents: nil)
+                return FileHandle(forWritingAtPath: self.dir.file("pebble.log"))!
+            }()
+            self.pebble.standardOutput = log
+            self.pebble.standardError = log
+            try self.pebble.run()
+            guard GatewayProcess.Probe.wait(port: self.port, timeout: 20) else { throw NSError(domain: "pebble did not start", code: 1) }
+        }
+
+        var configDir: String { self.dir.file("letsencrypt") }
+
+        /// Runs certbot with its own directories, trusting pebble's API certificate.
+        func certbot(_ arguments: [String]) throws -> ProcessResult {
+            let common = ["--non-interactive", "--config-dir", self.configDir, "--work-dir", self.dir.file("work"), "--logs-dir", self.dir.file("logs")]
+            let result = try Shell.run(["certbot"] + arguments + common, timeout: 120,
+                                       environment: ["REQUESTS_CA_BUNDLE": self.pki.caPath, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"])
+            return result
+        }
+
+        func issue(_ name: String) throws {
+            let result = try self.certbot(["certonly", "--agree-tos", "--register-unsafely-without-email", "--server", "https://localhost:\(self.port)/dir",
+                                           "--manual", "--manual-auth-hook", "/bin/true", "--preferred-challenges", "http", "-d", name, "--cert-name", name])
+            guard result.status == 0 else { throw NSError(domain: "certbot certonly \(name): \(result.stdout)\(result.stderr)", code: 1) }
+        }
+
+        func renew(reuseKey: Bool) throws {
+            let result = try self.certbot(["renew", "--force-renewal", "--no-random-sleep-on-renew"] + (reuseKey ? ["--reuse-key"] : []))
+            guard result.status == 0 else { throw NSError(domain: "certbot renew: \(result.stdout)\(result.stderr)", code: 1) }
+        }
+
+        /// The serial certbot's live/ link points at now.
+        func liveSerial(_ name: String) throws -> String {
+            try Shell.run(["openssl", "x509", "-in", "\(self.configDir)/live/\(name)/cert.pem", "-noout", "-serial"]).stdout
+                .trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: "serial=", with: "")
+        }
+
+        /// pebble's root, which issued every certificate (for clients that verify).
+        func root() throws -> String {
+            let path = self.dir.file("pebble-root.pem")
+            let result = try Shell.run(["curl", "-sS", "--cacert", self.pki.caPath, "-o", path, "https://localhost:\(self.managementPort)/roots/0"])
+            guard result.status == 0 else { throw NSError(domain: "pebble root: \(result.stderr)", code: 1) }
+            return path
+        }
+
+        func stop() {
+            if self.pebble.isRunning { self.pebble.terminate() }
+            self.pebble.waitUntilExit()
+        }
+    }
+
+    func testRenewalsAndANewLineageUnderLoadFailNothing() async throws {
+        let acme = try ACME()
+        defer { acme.stop() }
+        try acme.issue("a.example.test")
+        try acme.issue("b.example.test")
+        let root = try acme.root()
+        let harness = try await GatewayHarness.start { port in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: {}
+            certificates:
+              sources:
+                - certbot: \(acme.configDir)/live
+              default: a.example.test
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("https")
+        XCTAssertEqual(servedSerial(port: port, serverName: "a.example.test"), try acme.liveSerial("a.example.test"))
+        XCTAssertEqual(servedSerial(port: port, serverName: "b.example.test"), try acme.liveSerial("b.example.test"))
+        let load = try TLSLoad(port: port, caFile: root, directory: harness.directory, serverName: "a.example.test")
+        var serials = Set<String>()
+        for round in 0..<10 {
+            try acme.renew(reuseKey: round % 2 == 1)
+            let expected = try acme.liveSerial("a.example.test")
+            let expectedB = try acme.liveSerial("b.example.test")
+            XCTAssertTrue(serials.insert(expected).inserted, "certbot issued a new certificate")
+            XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: port, serverName: "a.example.test") == expected },
+                          "round \(round): the renewed certificate is served")
+            XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: port, serverName: "b.example.test") == expectedB })
+        }
+        // A lineage issued while serving is served by SNI as soon as certbot finishes.
+        try acme.issue("c.example.test")
+        let issuedC = try acme.liveSerial("c.example.test")
+        XCTAssertTrue(eventually(timeout: 3) { servedSerial(port: port, serverName: "c.example.test") == issuedC })
+        let stats = try load.finish()
+        XCTAssertEqual(stats.keepAliveErrors, [], "no request failed during 10 renewals")
+        XCTAssertEqual(stats.handshakeErrors, [], "no handshake failed during 10 renewals")
+        XCTAssertGreaterThan(stats.keepAliveOK, 100)
+        XCTAssertGreaterThan(stats.handshakesOK, 20)
+        XCTAssertGreaterThan(stats.certificates.count, 5, "handshakes saw the renewed certificates")
+        XCTAssertFalse(harness.logs.contains("certificate rejected"), harness.logs.all.filter { $0.contains("rejected") }.joined(separator: "\n"))
+        await harness.shutdown()
+    }
+}
