@@ -27,6 +27,8 @@ let package = Package(
         ),
         // Non-inline wrappers for the OpenSSL macros Swift cannot import. No logic.
         .target(name: "CEdgeShims", dependencies: ["COpenSSL"]),
+        // The cmsg macros of <sys/socket.h> as functions, for handing listening sockets over. No logic.
+        .target(name: "CSocketShims"),
         // The TLS engine: SSL_CTX/SSL owners and the NIO handler over memory BIOs.
         .target(
             name: "EdgeTLS",
@@ -66,7 +68,7 @@ let package = Package(
         .target(
             name: "EdgeGateway",
             dependencies: [
-                "EdgeTLS", "EdgeCertificates", "EdgeProxy",
+                "EdgeTLS", "EdgeCertificates", "EdgeProxy", "CSocketShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -8,7 +8,7 @@ import NIOPosix
 public let gatewayVersion = "0.1.0"
 
 extension Gateway {
-    func bindAdmin(group: EventLoopGroup) async throws -> Channel {
+    func bindAdmin(group: EventLoopGroup, fd: CInt) async throws -> Channel {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
@@ -17,7 +17,7 @@ extension Gateway {
                     try channel.pipeline.syncOperations.addHandler(AdminHandler(gateway: self))
                 }
             }
-        return try await bootstrap.bind(to: self.adminAddress).get()
+        return try await bootstrap.withBoundSocket(fd).get()
     }
 
     /// Reports of every served lineage, across stores.

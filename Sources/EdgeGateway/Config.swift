@@ -13,11 +13,14 @@ public struct GatewayConfig: Decodable, Sendable {
     /// Event loops; default: one per core.
     public var workers: Int?
     public var expiry: ExpiryConfig
+    /// Unix socket for zero-downtime restarts: a new process takes the listening sockets over.
+    public var handoffSocket: String?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listeners, upstreams, routes, certificates, admin
         case shutdownGracePeriod = "shutdown_grace_period"
         case workers, expiry
+        case handoffSocket = "handoff_socket"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -31,6 +34,7 @@ public struct GatewayConfig: Decodable, Sendable {
         self.shutdownGracePeriod = try c.decodeIfPresent(Duration.self, forKey: .shutdownGracePeriod) ?? .seconds(10)
         self.workers = try c.decodeIfPresent(Int.self, forKey: .workers)
         self.expiry = try c.decodeIfPresent(ExpiryConfig.self, forKey: .expiry) ?? ExpiryConfig()
+        self.handoffSocket = try c.decodeIfPresent(String.self, forKey: .handoffSocket)
     }
 
     /// Parses YAML text; errors name the key path.

@@ -77,6 +77,8 @@ public final class Gateway: Sendable {
     let adminAddress: SocketAddress
     /// Session-ticket settings shared by every TLS listener (one key ring per process).
     let sessionTickets: SessionTicketsConfig
+    /// The resolved handoff socket path, if zero-downtime restarts are enabled.
+    let handoffSocket: String?
     let logger: Logger
     let state = NIOLockedValueBox(RunState())
     let metrics = GatewayMetrics()
@@ -90,6 +92,9 @@ public final class Gateway: Sendable {
         var watchers: [CertificateWatcher] = []
         var healthChecker: HealthChecker?
         var ticketTask: RepeatedTask?
+        /// Listening descriptors by listener name ("admin" for the admin endpoint), for handoff.
+        var listenerSockets: [String: (address: String, fd: CInt)] = [:]
+        var handoffServer: SocketHandoff.Server?
         var caWatchTask: RepeatedTask?
     }
 
@@ -313,6 +318,7 @@ public final class Gateway: Sendable {
             problems.append("session_tickets.rotate_every: must be at least 1m")
         }
         self.sessionTickets = tickets
+        self.handoffSocket = config.handoffSocket.map(resolve)
 
         var listeners: [ListenerPlan] = []
         for (index, listener) in config.listeners.enumerated() {

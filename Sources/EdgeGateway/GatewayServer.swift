@@ -56,13 +56,25 @@ extension Gateway {
         let checker = HealthChecker(groups: self.groups, eventLoopGroup: group, logger: self.logger)
         checker.start()
         self.state.withLockedValue { $0.healthChecker = checker }
+        // A gateway already running with the same handoff socket gives us its listening sockets.
+        var inherited = self.handoffSocket.flatMap { SocketHandoff.takeOver(path: $0, logger: self.logger) }
+        func listeningSocket(name: String, address: String, resolved: SocketAddress) throws -> CInt {
+            if let socket = inherited?.sockets[name], socket.address == address {
+                inherited?.sockets[name] = nil
+                return socket.fd
+            }
+            return try makeListeningSocket(resolved)
+        }
         for listener in self.listeners {
             // One helper per listener: a helper tracks the children of one server channel.
             let quiescing = ServerQuiescingHelper(group: group)
             self.state.withLockedValue { $0.quiescing.append(quiescing) }
             let channel: Channel
+            let addressText = "\(listener.host):\(listener.port)"
             do {
-                channel = try await self.bind(listener, group: group, quiescing: quiescing, pools: pools)
+                let fd = try listeningSocket(name: listener.name, address: addressText, resolved: listener.address)
+                channel = try await self.bind(listener, fd: fd, group: group, quiescing: quiescing, pools: pools)
+                self.state.withLockedValue { $0.listenerSockets[listener.name] = (addressText, fd) }
             } catch {
                 throw ConfigError(path: "listener '\(listener.name)'", message: "cannot bind \(listener.host):\(listener.port): \(error)")
             }
@@ -74,15 +86,43 @@ extension Gateway {
         }
         let admin: Channel
         do {
-            admin = try await self.bindAdmin(group: group)
+            let fd = try listeningSocket(name: "admin", address: self.config.admin.address, resolved: self.adminAddress)
+            admin = try await self.bindAdmin(group: group, fd: fd)
+            self.state.withLockedValue { $0.listenerSockets["admin"] = (self.config.admin.address, fd) }
         } catch {
             throw ConfigError(path: "admin.address", message: "cannot bind \(self.config.admin.address): \(error)")
+        }
+        if let previous = inherited {
+            for unused in previous.sockets.values { close(unused.fd) }
+            SocketHandoff.releasePrevious(previous)
+        }
+        if let path = self.handoffSocket {
+            let server = try SocketHandoff.Server(
+                path: path,
+                sockets: { [weak self] in
+                    (self?.state.withLockedValue { $0.listenerSockets } ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value.address, $0.value.fd) }
+                },
+                pause: { [weak self] in self?.setAccepting(false) },
+                resume: { [weak self] in self?.setAccepting(true) },
+                drain: { kill(getpid(), SIGTERM) },
+                logger: self.logger
+            )
+            self.state.withLockedValue { $0.handoffServer = server }
         }
         self.state.withLockedValue {
             $0.adminChannel = admin
             $0.ready = true
         }
         self.logger.info("admin endpoint listening", metadata: ["address": "\(admin.localAddress?.hostPort ?? "?")"])
+    }
+
+    /// Stops or resumes accepting on every listener and the admin endpoint (the sockets stay
+    /// open). Blocks until done; called from the handoff thread, never from an event loop.
+    func setAccepting(_ accepting: Bool) {
+        let channels = self.state.withLockedValue { Array($0.serverChannels.values) + ($0.adminChannel.map { [$0] } ?? []) }
+        for channel in channels {
+            try? channel.setOption(ChannelOptions.autoRead, value: accepting).wait()
+        }
     }
 
     /// Rotates session-ticket keys on schedule, or follows the shared key file (checked every second).
@@ -159,6 +199,7 @@ extension Gateway {
         }
         for watcher in watchers { watcher.stop() }
         checker?.stop()
+        self.state.withLockedValue { $0.handoffServer?.stop() }
         self.state.withLockedValue {
             $0.ticketTask?.cancel()
             $0.caWatchTask?.cancel()
@@ -185,7 +226,7 @@ extension Gateway {
         try? await admin?.close()
     }
 
-    private func bind(_ listener: ListenerPlan, group: EventLoopGroup, quiescing: ServerQuiescingHelper, pools: PoolRegistry) async throws -> Channel {
+    private func bind(_ listener: ListenerPlan, fd: CInt, group: EventLoopGroup, quiescing: ServerQuiescingHelper, pools: PoolRegistry) async throws -> Channel {
         let router = self.router
         let logger = self.logger
         let metrics = self.metrics
@@ -222,7 +263,7 @@ extension Gateway {
                     }
                 }
             }
-        return try await bootstrap.bind(to: listener.address).get()
+        return try await bootstrap.withBoundSocket(fd).get()
     }
 }
 

@@ -203,3 +203,54 @@ final class DeployTests: XCTestCase {
         }
     }
 }
+
+/// Zero-downtime restart: a new process takes the listening sockets over under load.
+final class RestartTests: XCTestCase {
+    func testANewProcessTakesOverTheSocketsAndTheOldOneDrainsWithoutLosingARequest() throws {
+        let pki = try TestPKI()
+        let dir = TemporaryDirectory()
+        _ = try pki.issue(["localhost"], into: dir.path, name: "site")
+        let upstreamPort = freePort(), http = freePort(), https = freePort(), admin = freePort()
+        let upstream = Process()
+        upstream.executableURL = URL(fileURLWithPath: gatewayBinary())
+        upstream.arguments = ["demo-upstream", "--listen", "127.0.0.1:\(upstreamPort)"]
+        upstream.standardError = FileHandle.nullDevice
+        try upstream.run()
+        defer { upstream.terminate(); upstream.waitUntilExit() }
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: upstreamPort))
+        try dir.write("config.yaml", """
+            listeners:
+              - { name: http, address: "127.0.0.1:\(http)" }
+              - { name: https, address: "127.0.0.1:\(https)", tls: { certificate: site.crt, key: site.key } }
+            upstreams: { app: { backends: ["127.0.0.1:\(upstreamPort)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            handoff_socket: handoff.sock
+            shutdown_grace_period: 5s
+            """)
+        let old = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("old.log"))
+        XCTAssertTrue(old.waitForPort(admin), old.log)
+        let keepAlive = try HTTPLoad(port: http, threads: 3, directory: dir)
+        let fresh = try HTTPLoad(port: http, threads: 3, directory: dir, newConnectionPerRequest: true)
+        pause(1)
+        let new = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("new.log"))
+        defer { new.stop() }
+        guard eventually(timeout: 20, { !old.process.isRunning }) else {
+            XCTFail("the old process did not drain and exit:\n\(old.log)\n---- new:\n\(new.log)")
+            old.stop(signal: SIGKILL)
+            return
+        }
+        XCTAssertEqual(old.process.terminationStatus, 0, "old:\n\(old.log.suffix(3000))\n---- new:\n\(new.log.suffix(2000))")
+        pause(1)
+        let kept = try keepAlive.finish(), opened = try fresh.finish()
+        XCTAssertEqual(kept.errors.map(\.message), [], "keep-alive clients lost nothing")
+        XCTAssertEqual(opened.errors.map(\.message), [], "new connections lost nothing (none refused or reset in the accept queue)")
+        XCTAssertGreaterThan(kept.ok, 100)
+        XCTAssertGreaterThan(opened.ok, 100)
+        XCTAssertTrue(new.log.contains("took over listening sockets"), new.log)
+        XCTAssertTrue(old.log.contains("handed listening sockets to a new gateway process"), old.log)
+        // The new process serves every listener, the admin endpoint included.
+        XCTAssertEqual(try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", pki.caPath, "https://localhost:\(https)/"]).stdout, "200")
+        XCTAssertEqual(try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/readyz"]).stdout, "ready\n")
+    }
+}

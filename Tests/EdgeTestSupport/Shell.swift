@@ -242,10 +242,11 @@ public final class HTTPLoad {
     private let output = Pipe()
     private let stopFile: String
 
-    public init(port: Int, threads: Int, directory: TemporaryDirectory, path: String = "/", limitSeconds: Int = 120) throws {
-        self.stopFile = directory.file("stop-http-load-\(port)")
+    public init(port: Int, threads: Int, directory: TemporaryDirectory, path: String = "/", limitSeconds: Int = 120, newConnectionPerRequest: Bool = false) throws {
+        self.stopFile = directory.file("stop-http-load-\(port)-\(newConnectionPerRequest)")
         self.process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        self.process.arguments = [repositoryRoot() + "/Tests/tools/http_load.py", "\(port)", "\(threads)", self.stopFile, "\(limitSeconds)", path]
+        self.process.arguments = [repositoryRoot() + "/Tests/tools/http_load.py", "\(port)", "\(threads)", self.stopFile, "\(limitSeconds)", path,
+                                  newConnectionPerRequest ? "close" : "keepalive"]
         self.process.standardOutput = self.output
         try self.process.run()
     }

@@ -1,30 +1,49 @@
 #!/usr/bin/env python3
-"""Keep-alive HTTP load for failover tests: THREADS connections sending requests back to back
-until STOP_FILE exists or LIMIT seconds pass. Every failure is recorded with its wall-clock
-time, so a test can tell failures before and after an event. Prints one JSON line."""
+"""HTTP load for failover and restart tests: THREADS connections sending requests back to back
+until STOP_FILE exists or LIMIT seconds pass. MODE keepalive (default) reuses connections and,
+like browsers, retries a request once when a reused connection turns out closed before any
+response byte; MODE close opens a new connection per request (exercises the accept queue).
+Every failure is recorded with its wall-clock time. Prints one JSON line."""
 import http.client, json, os, sys, threading, time
 
 port, threads, stop_file, limit = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 path = sys.argv[5] if len(sys.argv) > 5 else "/"
+mode = sys.argv[6] if len(sys.argv) > 6 else "keepalive"
 deadline = time.time() + limit
-stats = {"ok": 0, "errors": []}
+stats = {"ok": 0, "errors": [], "retried": 0}
 lock = threading.Lock()
 
 def worker():
     conn = None
+    used = 0
     while time.time() < deadline and not os.path.exists(stop_file):
         try:
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            conn.request("GET", path)
-            r = conn.getresponse()
+                used = 0
+            headers = {"Connection": "close"} if mode == "close" else {}
+            try:
+                conn.request("GET", path, headers=headers)
+                r = conn.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if used == 0:
+                    raise
+                # The server closed an idle keep-alive connection as we reused it: retry once, fresh.
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                used = 0
+                with lock:
+                    stats["retried"] += 1
+                conn.request("GET", path, headers=headers)
+                r = conn.getresponse()
+            used += 1
             body = r.read()
             with lock:
                 if r.status == 200:
                     stats["ok"] += 1
                 else:
                     stats["errors"].append([time.time(), "status %d: %s" % (r.status, body[:100].decode(errors="replace"))])
-            if r.getheader("connection", "").lower() == "close":
+            if mode == "close" or r.getheader("connection", "").lower() == "close":
                 conn.close()
                 conn = None
         except Exception as e:

@@ -1,0 +1,8 @@
+#include <sys/socket.h>
+#include "CSocketShims.h"
+
+size_t edge_CMSG_SPACE(size_t length) { return CMSG_SPACE(length); }
+size_t edge_CMSG_LEN(size_t length) { return CMSG_LEN(length); }
+struct cmsghdr *edge_CMSG_FIRSTHDR(struct msghdr *message) { return CMSG_FIRSTHDR(message); }
+unsigned char *edge_CMSG_DATA(struct cmsghdr *header) { return CMSG_DATA(header); }
+int edge_SCM_RIGHTS(void) { return SCM_RIGHTS; }
