@@ -49,6 +49,9 @@ extension Gateway {
         let generation = self.stores.map { $0.snapshot.generation }.max() ?? 0
         let last = self.stores.map { $0.lastReload }.max { $0.time < $1.time }
         let upstreams: String = self.groups.map { upstreamJSON($0) }.joined(separator: ",")
+        let configReload: String = self.configStatus.lastOutcome.map {
+            "{\"time\":\($0.time),\"result\":\(jsonString($0.result)),\"error\":\($0.error.map(jsonString) ?? "null")}"
+        } ?? "null"
         return "{\"version\":\(jsonString(gatewayVersion)),\"uptime_seconds\":\(Int(currentTime() - self.startTime)),"
             + "\"ready\":\(self.isReady),\"snapshot_generation\":\(generation),"
             + "\"live_snapshots\":\(CertificateSnapshot.liveCount),"
@@ -57,7 +60,8 @@ extension Gateway {
             + "\"certificates_by_state\":{\(counts.joined(separator: ","))},"
             + "\"certificates\":[\(reports.map { "{\"name\":\(jsonString($0.name)),\"serial\":\(jsonString($0.serial)),\"not_after\":\($0.notAfter),\"state\":\(jsonString($0.state.rawValue))}" }.joined(separator: ","))],"
             + "\"certificate_problems\":[\(problems.joined(separator: ","))],"
-            + "\"upstreams\":[\(upstreams)]}\n"
+            + "\"upstreams\":[\(upstreams)],"
+            + "\"config_reload\":\(configReload)}\n"
     }
 
     /// The `/status/upstreams` document.
@@ -174,19 +178,34 @@ final class AdminHandler: ChannelInboundHandler {
             case (.GET, "/"):
                 (status, type, body) = (.ok, "text/html; charset=utf-8", statusPage(self.gateway))
             case (.POST, "/reload"):
-                let reports = self.gateway.stores.map { $0.reload(reason: "admin /reload") }
-                let published = reports.contains { $0.published }
-                (status, type, body) = (.ok, "text/plain", published ? "reloaded: new certificates published\n" : "reloaded: nothing changed\n")
+                guard let handler = self.gateway.reloadHandler.withLockedValue({ $0 }) else {
+                    let reports = self.gateway.stores.map { $0.reload(reason: "admin /reload") }
+                    let published = reports.contains { $0.published }
+                    (status, type, body) = (.ok, "text/plain", published ? "reloaded: new certificates published\n" : "reloaded: nothing changed\n")
+                    break
+                }
+                // The whole configuration: answered once the reload is done.
+                let promise = context.eventLoop.makePromise(of: String.self)
+                promise.completeWithTask { await handler() }
+                promise.futureResult.assumeIsolated().whenSuccess { text in
+                    let code: HTTPResponseStatus = text.hasPrefix("applied") || text.hasPrefix("certificates") ? .ok : .unprocessableEntity
+                    self.respond(context: context, head: head, status: code, type: "text/plain", body: text)
+                }
+                return
             default:
                 (status, type, body) = (.notFound, "text/plain", "not found; try /, /healthz, /readyz, /status, /status/certificates, /status/upstreams, /metrics\n")
             }
-            var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
-            buffer.writeString(body)
-            let headers = HTTPHeaders([("content-type", type), ("content-length", "\(buffer.readableBytes)"), ("cache-control", "no-store")])
-            context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-            context.write(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-            context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
-            if !head.isKeepAlive { context.close(promise: nil) }
+            self.respond(context: context, head: head, status: status, type: type, body: body)
         }
+    }
+
+    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, type: String, body: String) {
+        var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
+        buffer.writeString(body)
+        let headers = HTTPHeaders([("content-type", type), ("content-length", "\(buffer.readableBytes)"), ("cache-control", "no-store")])
+        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        context.write(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+        if !head.isKeepAlive { context.close(promise: nil) }
     }
 }

@@ -81,7 +81,11 @@ public final class Gateway: Sendable {
     let handoffSocket: String?
     let logger: Logger
     let state = NIOLockedValueBox(RunState())
-    let metrics = GatewayMetrics()
+    let metrics: GatewayMetrics
+    /// Outcome of configuration reloads; carried from one configuration generation to the next.
+    public let configStatus: ConfigReloadStatus
+    /// Runs a full configuration reload (set by the service); `POST /reload` calls it.
+    let reloadHandler = NIOLockedValueBox<(@Sendable () async -> String)?>(nil)
     public let startTime = currentTime()
 
     struct RunState {
@@ -99,13 +103,16 @@ public final class Gateway: Sendable {
     }
 
     /// Validates `config` and builds every object it describes; paths are relative to `baseDirectory`.
-    public static func prepare(config: GatewayConfig, baseDirectory: String, logger: Logger) throws -> Gateway {
-        try Gateway(config: config, baseDirectory: baseDirectory, logger: logger)
+    /// `previous`, on a reload, lends its metrics and reload status so counters continue.
+    public static func prepare(config: GatewayConfig, baseDirectory: String, logger: Logger, previous: Gateway? = nil) throws -> Gateway {
+        try Gateway(config: config, baseDirectory: baseDirectory, logger: logger, previous: previous)
     }
 
-    private init(config: GatewayConfig, baseDirectory: String, logger: Logger) throws {
+    private init(config: GatewayConfig, baseDirectory: String, logger: Logger, previous: Gateway?) throws {
         self.config = config
         self.logger = logger
+        self.metrics = previous?.metrics ?? GatewayMetrics()
+        self.configStatus = previous?.configStatus ?? ConfigReloadStatus()
         var problems: [String] = []
         func resolve(_ path: String) -> String { resolvePath(path, base: baseDirectory) }
 
@@ -515,6 +522,26 @@ public final class Gateway: Sendable {
 extension String {
     func replacingSuffix(_ suffix: String) -> String {
         self.hasSuffix(suffix) ? String(self.dropLast(suffix.count)) : self
+    }
+}
+
+/// What the last configuration reload did, for `/status` and the log.
+public final class ConfigReloadStatus: Sendable {
+    public struct Outcome: Sendable {
+        public var time: Int64
+        /// applied, rejected (invalid file; the running configuration stays), failed (could not start it).
+        public var result: String
+        public var error: String?
+    }
+
+    private let last = NIOLockedValueBox<Outcome?>(nil)
+
+    public init() {}
+
+    public var lastOutcome: Outcome? { self.last.withLockedValue { $0 } }
+
+    func record(_ result: String, error: String? = nil) {
+        self.last.withLockedValue { $0 = Outcome(time: Int64(currentTime()), result: result, error: error) }
     }
 }
 

@@ -32,7 +32,10 @@ final class PoolRegistry: @unchecked Sendable {
 
 extension Gateway {
     /// Binds every listener and the admin endpoint. Throws with the listener's name on a bind failure.
-    public func start(group: EventLoopGroup) async throws {
+    /// `previous`: a running gateway whose configuration this one replaces. It stops
+    /// accepting, and this one serves on duplicates of its listening sockets (matched by
+    /// address) before the caller shuts it down, so no connection is refused in between.
+    public func start(group: EventLoopGroup, replacing previous: Gateway? = nil) async throws {
         let pools = PoolRegistry(group: group)
         let watch = self.config.certificates?.watch ?? WatchConfig()
         for store in self.stores {
@@ -56,13 +59,22 @@ extension Gateway {
         let checker = HealthChecker(groups: self.groups, eventLoopGroup: group, logger: self.logger)
         checker.start()
         self.state.withLockedValue { $0.healthChecker = checker }
-        // A gateway already running with the same handoff socket gives us its listening sockets.
-        var inherited = self.handoffSocket.flatMap { SocketHandoff.takeOver(path: $0, logger: self.logger) }
-        func listeningSocket(name: String, address: String, resolved: SocketAddress) throws -> CInt {
-            if let socket = inherited?.sockets[name], socket.address == address {
-                inherited?.sockets[name] = nil
-                return socket.fd
+        // The sockets of the configuration being replaced, or of a gateway process already
+        // running with the same handoff socket; keyed by configured address.
+        var handoff: SocketHandoff.Inherited?
+        var available: [String: CInt] = [:]
+        if let previous {
+            previous.setAccepting(false)
+            for socket in previous.state.withLockedValue({ Array($0.listenerSockets.values) }) {
+                available[socket.address] = dup(socket.fd)
             }
+        } else if let path = self.handoffSocket, let taken = SocketHandoff.takeOver(path: path, logger: self.logger) {
+            handoff = taken
+            for socket in taken.sockets.values { available[socket.address] = socket.fd }
+        }
+        defer { for unused in available.values { close(unused) } }
+        func listeningSocket(name: String, address: String, resolved: SocketAddress) throws -> CInt {
+            if let fd = available.removeValue(forKey: address) { return fd }
             return try makeListeningSocket(resolved)
         }
         for listener in self.listeners {
@@ -92,10 +104,7 @@ extension Gateway {
         } catch {
             throw ConfigError(path: "admin.address", message: "cannot bind \(self.config.admin.address): \(error)")
         }
-        if let previous = inherited {
-            for unused in previous.sockets.values { close(unused.fd) }
-            SocketHandoff.releasePrevious(previous)
-        }
+        if let handoff { SocketHandoff.releasePrevious(handoff) }
         if let path = self.handoffSocket {
             let server = try SocketHandoff.Server(
                 path: path,
@@ -187,7 +196,8 @@ extension Gateway {
     public var isReady: Bool { self.state.withLockedValue { $0.ready } }
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes what is left.
-    public func shutdown(grace: TimeAmount) async {
+    /// `quietly`: a replaced configuration generation draining after a reload.
+    public func shutdown(grace: TimeAmount, quietly: Bool = false) async {
         let (helpers, admin, watchers, checker) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, [CertificateWatcher], HealthChecker?) in
             state.ready = false
             defer {
@@ -205,7 +215,7 @@ extension Gateway {
             $0.caWatchTask?.cancel()
         }
         guard let loop = admin?.eventLoop else { return }
-        self.logger.info("draining", metadata: ["grace_period": "\(grace)"])
+        self.logger.info(quietly ? "previous configuration draining its connections" : "draining", metadata: ["grace_period": "\(grace)"])
         let futures = helpers.map { helper -> EventLoopFuture<Void> in
             let promise = loop.makePromise(of: Void.self)
             helper.initiateShutdown(promise: promise)
@@ -218,7 +228,7 @@ extension Gateway {
         }
         do {
             try await drained.futureResult.get()
-            self.logger.info("drained: every connection finished")
+            self.logger.info(quietly ? "previous configuration drained" : "drained: every connection finished")
         } catch {
             self.logger.warning("grace period over; closing remaining connections")
         }

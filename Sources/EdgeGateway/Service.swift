@@ -1,5 +1,6 @@
 import EdgeCertificates
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
@@ -10,36 +11,110 @@ import Glibc
 #endif
 
 /// Runs a prepared gateway as a service: binds, serves until graceful shutdown,
-/// then drains for the configured grace period.
-public struct GatewayService: Service {
-    let gateway: Gateway
-    let group: EventLoopGroup
+/// then drains for the configured grace period. `SIGHUP` and `POST /reload` reload the
+/// whole configuration file.
+public final class GatewayService: Service, Sendable {
+    private let current: NIOLockedValueBox<Gateway>
+    private let group: EventLoopGroup
+    private let configPath: String?
+    private let logger: Logger
+    private let reloading = NIOLockedValueBox(false)
 
-    public init(gateway: Gateway, group: EventLoopGroup) {
-        self.gateway = gateway
+    /// `configPath`: the file a reload re-reads (nil: reloads re-read certificates only).
+    public init(gateway: Gateway, group: EventLoopGroup, configPath: String? = nil) {
+        self.current = NIOLockedValueBox(gateway)
         self.group = group
+        self.configPath = configPath
+        self.logger = gateway.logger
     }
 
+    /// The configuration generation serving now.
+    public var gateway: Gateway { self.current.withLockedValue { $0 } }
+
     public func run() async throws {
-        try await self.gateway.start(group: self.group)
-        SystemdNotify.send("READY=1\nSTATUS=serving \(self.gateway.listeners.count) listener(s)\nMAINPID=\(getpid())")
+        let gateway = self.gateway
+        self.install(gateway)
+        try await gateway.start(group: self.group)
+        SystemdNotify.send("READY=1\nSTATUS=serving \(gateway.listeners.count) listener(s)\nMAINPID=\(getpid())")
         await withDiscardingTaskGroup { tasks in
             tasks.addTask {
-                // SIGHUP re-reads certificates at once.
                 for await _ in await UnixSignalsSequence(trapping: .sighup) {
-                    SystemdNotify.send("RELOADING=1")
-                    for store in self.gateway.stores { store.reload(reason: "SIGHUP") }
-                    SystemdNotify.send("READY=1")
+                    _ = await self.reload(reason: "SIGHUP")
                 }
             }
             tasks.addTask {
-                await self.gateway.runExpiryMonitor()
+                await self.runExpiryMonitor()
             }
             try? await gracefulShutdown()
             tasks.cancelAll()
         }
         SystemdNotify.send("STOPPING=1\nSTATUS=draining")
-        await self.gateway.shutdown(grace: self.gateway.config.shutdownGracePeriod.timeAmount)
+        let last = self.gateway
+        await last.shutdown(grace: last.config.shutdownGracePeriod.timeAmount)
+    }
+
+    private func install(_ gateway: Gateway) {
+        gateway.reloadHandler.withLockedValue { $0 = { [weak self] in await self?.reload(reason: "admin /reload") ?? "not running\n" } }
+    }
+
+    /// Re-reads the configuration file: an invalid one leaves everything as it is (logged and
+    /// shown on /status); a valid one takes over the listening sockets and the old generation
+    /// drains. Certificates are re-read either way. Returns a one-line summary.
+    public func reload(reason: String) async -> String {
+        guard self.reloading.withLockedValue({ busy in defer { busy = true }; return !busy }) else {
+            return "a reload is already running\n"
+        }
+        defer { self.reloading.withLockedValue { $0 = false } }
+        SystemdNotify.send("RELOADING=1")
+        defer { SystemdNotify.send("READY=1") }
+        let previous = self.gateway
+        guard let path = self.configPath else {
+            for store in previous.stores { store.reload(reason: reason) }
+            return "certificates re-read\n"
+        }
+        let next: Gateway
+        do {
+            let (config, base) = try GatewayConfig.load(path: path)
+            next = try Gateway.prepare(config: config, baseDirectory: base, logger: self.logger, previous: previous)
+        } catch {
+            let text = (error as? ConfigProblems)?.problems.joined(separator: "; ") ?? Gateway.reason(error)
+            previous.configStatus.record("rejected", error: text)
+            self.logger.error("configuration reload rejected; the running configuration stays", metadata: ["reason": "\(reason)", "file": "\(path)", "error": "\(text)"])
+            for store in previous.stores { store.reload(reason: reason) }
+            return "rejected: \(text)\n"
+        }
+        do {
+            try await next.start(group: self.group, replacing: previous)
+        } catch {
+            previous.setAccepting(true)
+            await next.shutdown(grace: .zero)
+            previous.configStatus.record("failed", error: Gateway.reason(error))
+            self.logger.error("new configuration could not start; the running configuration stays", metadata: ["reason": "\(reason)", "error": "\(Gateway.reason(error))"])
+            return "failed: \(Gateway.reason(error))\n"
+        }
+        self.current.withLockedValue { $0 = next }
+        self.install(next)
+        next.configStatus.record("applied")
+        let before = Set(previous.listeners.map(\.name)), after = Set(next.listeners.map(\.name))
+        self.logger.notice("configuration reloaded", metadata: [
+            "reason": "\(reason)", "file": "\(path)",
+            "listeners_added": "\(after.subtracting(before).sorted())", "listeners_removed": "\(before.subtracting(after).sorted())",
+            "upstreams": "\(next.groups.map(\.name))", "routes": "\(next.config.routes.count)",
+        ])
+        // Connections of the previous generation finish on its handlers and pools.
+        Task { await previous.shutdown(grace: previous.config.shutdownGracePeriod.timeAmount, quietly: true) }
+        return "applied: \(next.listeners.count) listener(s), \(next.groups.count) upstream(s), \(next.config.routes.count) route(s)\n"
+    }
+
+    /// Logs expiry states of whichever generation is serving.
+    private func runExpiryMonitor() async {
+        var monitor = self.gateway.config.expiry.monitor
+        while !Task.isCancelled {
+            let gateway = self.gateway
+            gateway.checkExpiry(&monitor)
+            let interval = max(1_000_000_000, gateway.config.expiry.checkInterval.nanoseconds)
+            try? await Task.sleep(nanoseconds: UInt64(interval))
+        }
     }
 }
 
@@ -70,10 +145,8 @@ func readTextFile(_ path: String) throws -> String {
 
 extension Gateway {
     /// Logs expiry states at startup, on every change and at each state's repeat interval.
-    func runExpiryMonitor() async {
-        var monitor = self.config.expiry.monitor
-        let interval = max(1_000_000_000, self.config.expiry.checkInterval.nanoseconds)
-        while !Task.isCancelled {
+    func checkExpiry(_ monitor: inout ExpiryMonitor) {
+        do {
             let now = Int64(currentTime())
             let reports = self.certificateReports(now: now)
             let observations = reports.map {
@@ -91,7 +164,6 @@ extension Gateway {
                     "lineage": "\(report.name)", "reason": "\(report.chainProblem ?? "")",
                 ])
             }
-            try? await Task.sleep(nanoseconds: UInt64(interval))
         }
     }
 }

@@ -72,7 +72,7 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: gateway.config.workers ?? System.coreCount)
-        let service = GatewayService(gateway: gateway, group: group)
+        let service = GatewayService(gateway: gateway, group: group, configPath: self.config)
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: [.init(service: service)],

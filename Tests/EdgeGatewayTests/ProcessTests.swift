@@ -254,3 +254,70 @@ final class RestartTests: XCTestCase {
         XCTAssertEqual(try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/readyz"]).stdout, "ready\n")
     }
 }
+
+/// Configuration reload: SIGHUP and POST /reload re-read the whole file without dropping anything.
+final class ConfigReloadTests: XCTestCase {
+    func testReloadAddsAndRemovesListenersChangesUpstreamsAndKeepsTheLastGoodConfiguration() throws {
+        let dir = TemporaryDirectory()
+        let upstreamPort = freePort(), first = freePort(), second = freePort(), admin = freePort()
+        let upstream = Process()
+        upstream.executableURL = URL(fileURLWithPath: gatewayBinary())
+        upstream.arguments = ["demo-upstream", "--listen", "127.0.0.1:\(upstreamPort)"]
+        upstream.standardError = FileHandle.nullDevice
+        try upstream.run()
+        defer { upstream.terminate(); upstream.waitUntilExit() }
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: upstreamPort))
+        func write(listeners: String, upstream extra: String) throws {
+            try dir.write("config.tmp", """
+                listeners:
+                \(listeners)
+                upstreams:
+                  app:
+                    backends: ["127.0.0.1:\(upstreamPort)"]
+                \(extra)
+                routes: [ { upstream: app } ]
+                admin: { address: "127.0.0.1:\(admin)" }
+                """)
+            try Shell.run(["mv", dir.file("config.tmp"), dir.file("config.yaml")])
+        }
+        func get(_ port: Int, _ path: String = "/headers") -> String {
+            (try? Shell.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:\(port)\(path)"]).stdout) ?? ""
+        }
+        try write(listeners: "  - { name: first, address: \"127.0.0.1:\(first)\" }", upstream: "")
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        let keepAlive = try HTTPLoad(port: first, threads: 2, directory: dir)
+        let fresh = try HTTPLoad(port: first, threads: 2, directory: dir, newConnectionPerRequest: true)
+        pause(0.5)
+
+        // A second listener and a changed upstream option, by SIGHUP.
+        try write(listeners: "  - { name: first, address: \"127.0.0.1:\(first)\" }\n  - { name: second, address: \"127.0.0.1:\(second)\" }",
+                  upstream: "    host_header: v2.internal")
+        kill(gateway.pid, SIGHUP)
+        XCTAssertTrue(eventually(timeout: 10) { get(second).contains("host: v2.internal") }, gateway.log)
+        XCTAssertTrue(get(first).contains("host: v2.internal"), "the existing listener routes with the new upstream options")
+        XCTAssertTrue(gateway.log.contains("configuration reloaded"), gateway.log)
+
+        // An invalid file changes nothing, says why, and shows on /status.
+        try dir.write("config.yaml", "listeners: []\nupstreams: { app: { backends: [\"127.0.0.1:1\"], balanse: random } }\n")
+        kill(gateway.pid, SIGHUP)
+        XCTAssertTrue(eventually(timeout: 10) { gateway.log.contains("configuration reload rejected") }, gateway.log)
+        XCTAssertTrue(gateway.log.contains("balanse"), "the error names the key")
+        let status = get(admin, "/status")
+        XCTAssertTrue(status.contains("\"config_reload\":{\"time\":") && status.contains("\"result\":\"rejected\""), status)
+        XCTAssertTrue(get(second).contains("host: v2.internal"), "the running configuration stays")
+
+        // The second listener removed, by POST /reload.
+        try write(listeners: "  - { name: first, address: \"127.0.0.1:\(first)\" }", upstream: "")
+        let answer = try Shell.run(["curl", "-sS", "-X", "POST", "http://127.0.0.1:\(admin)/reload"]).stdout
+        XCTAssertTrue(answer.hasPrefix("applied: 1 listener(s)"), answer)
+        XCTAssertTrue(eventually(timeout: 10) { get(second).isEmpty }, "the removed listener stops accepting")
+        XCTAssertFalse(get(first).contains("v2.internal"))
+
+        let kept = try keepAlive.finish(), opened = try fresh.finish()
+        XCTAssertEqual(kept.errors.map(\.message), [], "keep-alive clients lost nothing across three reloads")
+        XCTAssertEqual(opened.errors.map(\.message), [], "new connections lost nothing across three reloads")
+        XCTAssertGreaterThan(kept.ok + opened.ok, 200)
+    }
+}
