@@ -179,6 +179,19 @@ final class DeployTests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.contains("STOPPING=1") }, "\(lines)")
     }
 
+    func testSystemdUnitPassesSystemdAnalyzeVerify() throws {
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze"), "systemd-analyze is not installed")
+        let dir = TemporaryDirectory()
+        // The unit names the installed binary; point it at the one just built.
+        let unit = try String(contentsOfFile: repositoryRoot() + "/deploy/edge-gateway.service", encoding: .utf8)
+            .replacingOccurrences(of: "/usr/local/bin/edge-gateway", with: gatewayBinary())
+        try dir.write("edge-gateway.service", unit)
+        let result = try Shell.run(["systemd-analyze", "verify", dir.file("edge-gateway.service")])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertEqual(result.stderr.split(separator: "\n").filter { $0.contains("edge-gateway.service") }, [], "no warnings about the unit")
+        XCTAssertTrue(unit.contains("Type=notify") && unit.contains("AmbientCapabilities=CAP_NET_BIND_SERVICE") && unit.contains("ExecReload=/bin/kill -HUP"))
+    }
+
     func testPrometheusAlertRulesPassPromtoolAndTheirUnitTests() throws {
         let dir = repositoryRoot() + "/deploy/prometheus"
         let check = try Shell.run(["promtool", "check", "rules", dir + "/edge-gateway-alerts.yaml"])

@@ -279,4 +279,52 @@ final class UpstreamTests: XCTestCase {
             }
         }
     }
+
+    /// An upstream that accepts connections and then never reads or answers.
+    func silentUpstream() throws -> (Process, Int) {
+        let port = freePort()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = ["-c", """
+            import socket, sys, time
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16); held = []
+            while True:
+                c, _ = s.accept(); c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096); held.append(c)
+            """, "\(port)"]
+        try process.run()
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: port))
+        return (process, port)
+    }
+
+    func testTotalConnectionAndWriteTimeoutsAnswer504() async throws {
+        let (silent, port) = try silentUpstream()
+        // SIGKILL: a child of the test process may inherit a blocked SIGTERM.
+        defer { kill(silent.processIdentifier, SIGKILL); silent.waitUntilExit() }
+        let harness = try await GatewayHarness.start { _ in
+            self.config(upstreams: """
+                  handshake:
+                    backends: ["127.0.0.1:\(port)"]
+                    tls: { sni: app.internal }
+                    timeouts: { connect: 1s, total_connection: 1s }
+                  writes:
+                    backends: ["127.0.0.1:\(port)"]
+                    timeouts: { write: 1s, read: 30s }
+                """, routes: "  - path_prefix: /tls\n    upstream: handshake\n  - upstream: writes")
+        }
+        let gatewayPort = harness.port("http")
+        let started = Date()
+        let tls = try get(gatewayPort, "/tls")
+        XCTAssertEqual(tls.code, "504", "a TLS handshake that never completes: \(tls.body)")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 5)
+        XCTAssertTrue(harness.logs.contains("TLS handshake not done within the total connection timeout"), harness.logs.all.suffix(3).joined(separator: "\n"))
+        // An upstream that stops reading the request body.
+        let body = harness.directory.file("body.bin")
+        try Shell.run(["bash", "-c", "head -c 33554432 /dev/zero > '\(body)'"])
+        let upload = try Shell.run(["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", "@\(body)",
+                                    "http://127.0.0.1:\(gatewayPort)/upload"])
+        XCTAssertEqual(upload.stdout, "504", upload.stderr)
+        XCTAssertTrue(harness.logs.contains("the upstream stopped reading the request body"))
+        await harness.shutdown()
+    }
 }
