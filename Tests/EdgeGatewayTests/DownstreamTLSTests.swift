@@ -304,3 +304,34 @@ final class HTTP2AbuseTests: XCTestCase {
         await harness.shutdown()
     }
 }
+
+/// The allow-list kinds of client_auth, on real certificates made by the openssl CLI.
+final class ClientAllowListTests: XCTestCase {
+    func testDNSURICommonNameAndSPKIPinsEachAdmitAndNothingElseDoes() throws {
+        let dir = TemporaryDirectory()
+        try Shell.bash("""
+            cd '\(dir.path)' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout k.pem -out c.pem -days 1 \
+              -subj /CN=web-frontend -addext 'subjectAltName=URI:spiffe://example.org/web,DNS:web.svc.internal' 2>/dev/null
+            """)
+        let pin = try Shell.bash("openssl x509 -in '\(dir.file("c.pem"))' -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -c1-64")
+            .stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let certificate = try PEMBundle.parse(Array(try Data(contentsOf: URL(fileURLWithPath: dir.file("c.pem"))))).certificates[0]
+        XCTAssertEqual(certificate.spkiSHA256, pin, "the pin is the SHA-256 of the DER SubjectPublicKeyInfo, as openssl computes it")
+        func list(_ configure: (inout ClientAllowList) -> Void) -> ClientAllowList {
+            var list = ClientAllowList()
+            configure(&list)
+            return list
+        }
+        XCTAssertTrue(list { $0.uris = ["spiffe://example.org/web"] }.admits(certificate))
+        XCTAssertFalse(list { $0.uris = ["spiffe://example.org/db"] }.admits(certificate))
+        XCTAssertTrue(list { $0.dnsNames = ["WEB.svc.internal"] }.admits(certificate), "DNS names compare case-insensitively")
+        XCTAssertFalse(list { $0.dnsNames = ["svc.internal"] }.admits(certificate))
+        XCTAssertTrue(list { $0.commonNames = ["web-frontend"] }.admits(certificate))
+        XCTAssertFalse(list { $0.commonNames = ["web"] }.admits(certificate))
+        let colonPin = stride(from: 0, to: pin.count, by: 2).map { String(Array(pin)[$0..<$0 + 2]).uppercased() }.joined(separator: ":")
+        XCTAssertTrue(list { $0.spkiSHA256 = [colonPin] }.admits(certificate), "pins may be written with colons, in either case")
+        XCTAssertFalse(list { $0.spkiSHA256 = [String(repeating: "0", count: 64)] }.admits(certificate))
+        XCTAssertTrue(ClientAllowList().admits(certificate), "an empty allow list admits every verified certificate")
+        XCTAssertTrue(certificate.forwardedClientCert.contains("URI=spiffe://example.org/web;DNS=web.svc.internal"), certificate.forwardedClientCert)
+    }
+}

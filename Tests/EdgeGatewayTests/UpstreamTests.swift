@@ -327,4 +327,21 @@ final class UpstreamTests: XCTestCase {
         XCTAssertTrue(harness.logs.contains("the upstream stopped reading the request body"))
         await harness.shutdown()
     }
+
+    func testTurningVerificationOffIsWarnedAtStartupAndByCheck() throws {
+        let dir = TemporaryDirectory()
+        try dir.write("config.yaml", config(upstreams: """
+              insecure:
+                backends: ["127.0.0.1:8443"]
+                tls: { verify_cert: false }
+              nameless:
+                backends: ["127.0.0.1:8444"]
+                tls: { verify_hostname: false }
+            """, routes: "  - upstream: insecure"))
+        let check = try Shell.run([gatewayBinary(), "check", "-c", dir.file("config.yaml")])
+        XCTAssertEqual(check.status, 0, check.stderr)
+        let output = check.stdout + check.stderr
+        XCTAssertTrue(output.contains("upstream certificate verification is OFF") && output.contains("upstreams.insecure.tls.verify_cert"), output)
+        XCTAssertTrue(output.contains("upstream hostname verification is OFF") && output.contains("upstreams.nameless.tls.verify_hostname"), output)
+    }
 }
