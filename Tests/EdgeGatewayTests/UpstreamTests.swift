@@ -344,4 +344,34 @@ final class UpstreamTests: XCTestCase {
         XCTAssertTrue(output.contains("upstream certificate verification is OFF") && output.contains("upstreams.insecure.tls.verify_cert"), output)
         XCTAssertTrue(output.contains("upstream hostname verification is OFF") && output.contains("upstreams.nameless.tls.verify_hostname"), output)
     }
+
+    func testTCPAndTLSHealthCheckKinds() async throws {
+        let pki = Self.pki
+        let leaf = try pki.issue(["app.internal"])
+        let dead = freePort()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let plain = try await DemoUpstream.start(group: group)
+        let harness = try await GatewayHarness.start(upstreamTLS: try serverContext(leaf)) { tlsPort in
+            self.config(upstreams: """
+                  tcp:
+                    backends: ["127.0.0.1:\(plain.port)", "127.0.0.1:\(dead)"]
+                    health_check: { kind: tcp, interval: 100ms, timeout: 500ms, unhealthy_after: 1, healthy_after: 1 }
+                  tls:
+                    backends: ["127.0.0.1:\(tlsPort)", "127.0.0.1:\(plain.port)"]
+                    tls: { sni: app.internal, ca_file: \(pki.caPath) }
+                    health_check: { kind: tls, interval: 100ms, timeout: 500ms, unhealthy_after: 1, healthy_after: 1 }
+                """, routes: "  - upstream: tcp")
+        }
+        let tcp = harness.gateway.groups.first { $0.name == "tcp" }!
+        let tls = harness.gateway.groups.first { $0.name == "tls" }!
+        XCTAssertTrue(eventually(timeout: 5) { !tcp.states[1].isHealthyByCheck }, "a refused connect fails the tcp check")
+        XCTAssertTrue(eventually(timeout: 5) { !tls.states[1].isHealthyByCheck }, "a plaintext server fails the tls check")
+        pause(0.5)
+        XCTAssertTrue(tcp.states[0].isHealthyByCheck)
+        XCTAssertTrue(tls.states[0].isHealthyByCheck, "a verified handshake passes")
+        XCTAssertTrue(tls.states[1].lastErrorDescription?.contains("health check") ?? false)
+        await harness.shutdown()
+        await plain.close()
+        try await group.shutdownGracefully()
+    }
 }
