@@ -245,12 +245,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private func connect(_ exchange: Exchange) {
         let group = exchange.group
         if exchange.backendIndex == nil {
-            let request = exchange.request
-            let key = UpstreamGroup.RequestKey(
-                clientAddress: self.info.clientIP,
-                path: request.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "",
-                header: { request.headers.first(name: $0) }
-            )
+            let key = UpstreamGroup.RequestKey(client: self.info.remoteAddress, head: exchange.request)
             guard let chosen = group.select(key, tried: exchange.tried) else {
                 let reason = exchange.tried.isEmpty ? "every backend is down" : "no backend left to try"
                 self.failExchange(exchange, error: UpstreamError(kind: .noHealthyBackend, backend: group.name, reason: reason))

@@ -2,6 +2,7 @@ import Atomics
 import EdgeTLS
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 
 /// Timeouts of an upstream group.
 public struct UpstreamTimeouts: Sendable, Hashable {
@@ -210,24 +211,31 @@ public final class UpstreamGroup: Sendable {
         }
     }
 
-    /// What a balancing decision may look at.
+    /// What a balancing decision may look at. Only consistent hashing reads it, so the
+    /// path and headers are extracted then, not for every request.
     public struct RequestKey {
-        public var clientAddress: String?
-        public var path: Substring
-        public var header: (String) -> String?
+        public var client: SocketAddress?
+        public var head: HTTPRequestHead
 
-        public init(clientAddress: String?, path: Substring, header: @escaping (String) -> String?) {
-            self.clientAddress = clientAddress
-            self.path = path
-            self.header = header
+        public init(client: SocketAddress?, head: HTTPRequestHead) {
+            self.client = client
+            self.head = head
+        }
+
+        func text(for key: HashKey) -> String {
+            switch key {
+            case .clientAddress: return self.client?.ipAddress ?? ""
+            case .header(let name): return self.head.headers.first(name: name) ?? ""
+            case .path: return String(self.head.uri.prefix { $0 != "?" })
+            }
         }
     }
 
     /// The backend for a request among available backends not in `tried`; nil when none is left.
     public func select(_ key: RequestKey, tried: [Int] = []) -> Int? {
         let now = NIODeadline.now()
-        let usable = self.states.indices.map { self.states[$0].isAvailable(now: now) && !tried.contains($0) }
-        guard usable.contains(true) else { return nil }
+        let states = self.states
+        func usable(_ index: Int) -> Bool { !tried.contains(index) && states[index].isAvailable(now: now) }
         switch self.algorithm {
         case .roundRobin:
             if self.equalWeights {
@@ -235,7 +243,7 @@ public final class UpstreamGroup: Sendable {
                 let n = self.backends.count
                 for offset in 0..<n {
                     let index = ((start &+ offset) % n + n) % n
-                    if usable[index] { return index }
+                    if usable(index) { return index }
                 }
                 return nil
             }
@@ -243,7 +251,7 @@ public final class UpstreamGroup: Sendable {
                 // nginx's smooth weighted round robin over the usable backends.
                 var total = 0
                 var best: Int?
-                for index in self.backends.indices where usable[index] {
+                for index in self.backends.indices where usable(index) {
                     current[index] += self.backends[index].weight
                     total += self.backends[index].weight
                     if best == nil || current[index] > current[best!] { best = index }
@@ -252,9 +260,10 @@ public final class UpstreamGroup: Sendable {
                 return best
             }
         case .random:
-            let total = self.backends.indices.filter { usable[$0] }.reduce(0) { $0 + self.backends[$1].weight }
+            let total = self.backends.indices.filter(usable).reduce(0) { $0 + self.backends[$1].weight }
+            guard total > 0 else { return nil }
             var pick = Int.random(in: 0..<total)
-            for index in self.backends.indices where usable[index] {
+            for index in self.backends.indices where usable(index) {
                 pick -= self.backends[index].weight
                 if pick < 0 { return index }
             }
@@ -267,7 +276,7 @@ public final class UpstreamGroup: Sendable {
             var bestLoad = Double.infinity
             for offset in 0..<n {
                 let index = ((start &+ offset) % n + n) % n
-                guard usable[index] else { continue }
+                guard usable(index) else { continue }
                 let load = Double(self.states[index].active.load(ordering: .relaxed)) / Double(self.backends[index].weight)
                 if load < bestLoad {
                     best = index
@@ -276,18 +285,12 @@ public final class UpstreamGroup: Sendable {
             }
             return best
         case .consistentHash(let hashKey):
-            let text: String
-            switch hashKey {
-            case .clientAddress: text = key.clientAddress ?? ""
-            case .header(let name): text = key.header(name) ?? ""
-            case .path: text = String(key.path)
-            }
-            return self.ringLookup(hash64(text), usable: usable)
+            return self.ringLookup(hash64(key.text(for: hashKey)), usable: usable)
         }
     }
 
     /// The first usable backend clockwise from `hash` on the ring.
-    func ringLookup(_ hash: UInt64, usable: [Bool]) -> Int? {
+    func ringLookup(_ hash: UInt64, usable: (Int) -> Bool) -> Int? {
         var low = 0, high = self.ring.count
         while low < high {
             let mid = (low + high) / 2
@@ -295,7 +298,7 @@ public final class UpstreamGroup: Sendable {
         }
         for step in 0..<self.ring.count {
             let backend = self.ring[(low + step) % self.ring.count].backend
-            if usable[backend] { return backend }
+            if usable(backend) { return backend }
         }
         return nil
     }

@@ -1,5 +1,6 @@
 @testable import EdgeProxy
 import NIOCore
+import NIOHTTP1
 import XCTest
 
 /// Distribution of each balancing algorithm, and health-aware selection.
@@ -10,7 +11,8 @@ final class BalancingTests: XCTestCase {
     }
 
     func key(_ text: String = "") -> UpstreamGroup.RequestKey {
-        UpstreamGroup.RequestKey(clientAddress: text, path: Substring("/p/" + text), header: { $0 == "x-user" ? text : nil })
+        UpstreamGroup.RequestKey(client: try? SocketAddress(ipAddress: "10.\(abs(text.hashValue) % 250).\(abs(text.hashValue / 250) % 250).\(abs(text.hashValue / 62500) % 250)", port: 1), head: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/p/\(text)?q=1",
+                                                                          headers: ["X-User": text]))
     }
 
     func counts(_ group: UpstreamGroup, _ n: Int, key: (Int) -> UpstreamGroup.RequestKey) -> [Int] {
