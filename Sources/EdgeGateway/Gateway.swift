@@ -100,6 +100,7 @@ public final class Gateway: Sendable {
         var listenerSockets: [String: (address: String, fd: CInt)] = [:]
         var handoffServer: SocketHandoff.Server?
         var caWatchTask: RepeatedTask?
+        var pools: (PoolRegistry, EventLoopGroup)?
     }
 
     /// Validates `config` and builds every object it describes; paths are relative to `baseDirectory`.

@@ -28,6 +28,15 @@ final class PoolRegistry: @unchecked Sendable {
         loop.assertInEventLoop()
         return self.pools[ObjectIdentifier(loop)]!
     }
+
+    /// Closes every idle pooled connection, each on its own loop (a drained generation's pools).
+    func closeIdle(group: EventLoopGroup) {
+        for loop in group.makeIterator() {
+            guard let pool = self.pools[ObjectIdentifier(loop)] else { continue }
+            let bound = NIOLoopBound(pool, eventLoop: loop)
+            loop.execute { bound.value.closeIdle() }
+        }
+    }
 }
 
 extension Gateway {
@@ -37,6 +46,7 @@ extension Gateway {
     /// address) before the caller shuts it down, so no connection is refused in between.
     public func start(group: EventLoopGroup, replacing previous: Gateway? = nil) async throws {
         let pools = PoolRegistry(group: group)
+        self.state.withLockedValue { $0.pools = (pools, group) }
         let watch = self.config.certificates?.watch ?? WatchConfig()
         for store in self.stores {
             do {
@@ -234,6 +244,7 @@ extension Gateway {
         }
         timeout.cancel()
         try? await admin?.close()
+        if let (pools, group) = self.state.withLockedValue({ $0.pools }) { pools.closeIdle(group: group) }
     }
 
     private func bind(_ listener: ListenerPlan, fd: CInt, group: EventLoopGroup, quiescing: ServerQuiescingHelper, pools: PoolRegistry) async throws -> Channel {

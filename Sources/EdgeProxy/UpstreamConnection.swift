@@ -194,6 +194,17 @@ public final class UpstreamPool {
         PoolKey(address: group.backends[backend].address, tls: group.tls.map { ObjectIdentifier($0) }, generation: group.tls?.generation ?? 0)
     }
 
+    /// Closes every idle connection (the pool's configuration generation has ended).
+    public func closeIdle() {
+        self.eventLoop.assertInEventLoop()
+        let all = self.idle.values.flatMap { $0 }
+        self.idle = [:]
+        for connection in all {
+            connection.handler.onIdleClose = nil
+            connection.close()
+        }
+    }
+
     /// A new connection to backend `index`, ready once TCP (and TLS) are up.
     func open(group: UpstreamGroup, backend index: Int) -> EventLoopFuture<UpstreamConnection> {
         self.connect(group: group, backend: index, key: self.key(group: group, backend: index))
