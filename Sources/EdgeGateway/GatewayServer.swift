@@ -32,9 +32,8 @@ final class PoolRegistry: @unchecked Sendable {
     /// Closes every idle pooled connection, each on its own loop (a drained generation's pools).
     func closeIdle(group: EventLoopGroup) {
         for loop in group.makeIterator() {
-            guard let pool = self.pools[ObjectIdentifier(loop)] else { continue }
-            let bound = NIOLoopBound(pool, eventLoop: loop)
-            loop.execute { bound.value.closeIdle() }
+            let id = ObjectIdentifier(loop)
+            loop.execute { self.pools[id]?.closeIdle() }
         }
     }
 }
