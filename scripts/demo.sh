@@ -21,7 +21,7 @@ cat > "$demo/config.yaml" <<YAML
 listeners:
   - name: https
     address: "127.0.0.1:8443"
-    tls: {}                      # serve the certificate set below, chosen by SNI
+    tls: { h2: true }            # the certificate set below, chosen by SNI; HTTP/2 by ALPN
   - name: http
     address: "127.0.0.1:8080"
 certificates:
@@ -32,6 +32,7 @@ certificates:
 upstreams:
   app:
     backends: ["127.0.0.1:9000"]
+    health_check: { kind: http, path: /, interval: 5s }
 routes:
   - upstream: app
 admin:
@@ -47,7 +48,9 @@ The gateway is running (logs: $demo/gateway.log). Try:
   curl --cacert $demo/certs/ca.pem https://localhost:8443/
   curl --cacert $demo/certs/ca.pem --resolve a.example.test:8443:127.0.0.1 https://a.example.test:8443/
   curl http://127.0.0.1:8080/headers
+  curl --http2 --cacert demo/certs/ca.pem https://localhost:8443/
   curl http://127.0.0.1:9901/status
+  curl http://127.0.0.1:9901/status/upstreams
   openssl s_client -connect 127.0.0.1:8443 -servername x.b.example.test </dev/null 2>/dev/null | openssl x509 -noout -subject -ext subjectAltName
 Stop it with: bash scripts/demo.sh stop
 TXT
