@@ -374,13 +374,7 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let tls = error as? TLSError {
-            if tls.isHandshakeFailure { self.metrics.handshake(listener: self.plan.name, result: "failed") }
-            if tls.isHandshakeTimeout { self.metrics.handshake(listener: self.plan.name, result: "timeout") }
-            if tls.isHandshakeFailure || tls.isHandshakeTimeout {
-                self.logger.warning("TLS handshake failed", metadata: [
-                    "peer": "\(self.info.remoteAddress?.hostPort ?? "?")", "listener": "\(self.plan.name)", "reason": "\(tls.reason)",
-                ])
-            }
+            reportClientTLSError(tls, info: self.info, logger: self.logger, observer: self.metrics)
         }
         context.close(promise: nil)
     }

@@ -167,60 +167,58 @@ enum SocketHandoff {
         return bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) == bytes.count }
     }
 
-    /// One message: `text` plus `fds` as SCM_RIGHTS.
-    fileprivate static func send(_ socket: CInt, _ text: String, fds: [CInt]) {
-        var payload = Array(text.utf8)
-        if payload.isEmpty { payload = [0] }
-        let fdBytes = fds.count * MemoryLayout<CInt>.size
-        var control = [UInt8](repeating: 0, count: edge_CMSG_SPACE(fdBytes))
-        payload.withUnsafeMutableBytes { data in
+    /// Runs `body` with a one-buffer `msghdr` over `payload` and a control buffer for `fdCount` descriptors.
+    private static func withMessage<T>(_ payload: inout [UInt8], fdCount: Int, _ body: (inout msghdr) -> T) -> T {
+        var control = [UInt8](repeating: 0, count: edge_CMSG_SPACE(fdCount * MemoryLayout<CInt>.size))
+        return payload.withUnsafeMutableBytes { data in
             control.withUnsafeMutableBytes { controlBuffer in
                 var vector = iovec(iov_base: data.baseAddress, iov_len: data.count)
-                withUnsafeMutablePointer(to: &vector) { vectorPointer in
+                return withUnsafeMutablePointer(to: &vector) { vectorPointer in
                     var message = msghdr()
                     message.msg_iov = vectorPointer
                     message.msg_iovlen = 1
                     message.msg_control = controlBuffer.baseAddress
                     message.msg_controllen = controlBuffer.count
-                    if let header = edge_CMSG_FIRSTHDR(&message) {
-                        header.pointee.cmsg_level = SOL_SOCKET
-                        header.pointee.cmsg_type = edge_SCM_RIGHTS()
-                        header.pointee.cmsg_len = edge_CMSG_LEN(fdBytes)
-                        let data = UnsafeMutableRawPointer(edge_CMSG_DATA(header)!)
-                        for (i, fd) in fds.enumerated() { data.storeBytes(of: fd, toByteOffset: i * MemoryLayout<CInt>.size, as: CInt.self) }
-                    }
-                    _ = sendmsg(socket, &message, 0)
+                    return body(&message)
                 }
             }
         }
     }
 
+    /// One message: `text` plus `fds` as SCM_RIGHTS.
+    fileprivate static func send(_ socket: CInt, _ text: String, fds: [CInt]) {
+        var payload = Array(text.utf8)
+        if payload.isEmpty { payload = [0] }
+        let fdBytes = fds.count * MemoryLayout<CInt>.size
+        withMessage(&payload, fdCount: fds.count) { message in
+            if let header = edge_CMSG_FIRSTHDR(&message) {
+                header.pointee.cmsg_level = SOL_SOCKET
+                header.pointee.cmsg_type = edge_SCM_RIGHTS()
+                header.pointee.cmsg_len = edge_CMSG_LEN(fdBytes)
+                let data = UnsafeMutableRawPointer(edge_CMSG_DATA(header)!)
+                for (i, fd) in fds.enumerated() { data.storeBytes(of: fd, toByteOffset: i * MemoryLayout<CInt>.size, as: CInt.self) }
+            }
+            _ = sendmsg(socket, &message, 0)
+        }
+    }
+
     /// Receives one message and up to `fds.count` descriptors; returns (bytes, descriptors).
     private static func receive(_ socket: CInt, into payload: inout [UInt8], fds: inout [CInt]) -> (Int, Int) {
-        let capacity = fds.count * MemoryLayout<CInt>.size
-        var control = [UInt8](repeating: 0, count: edge_CMSG_SPACE(capacity))
         var received = 0
         var count = 0
-        payload.withUnsafeMutableBytes { data in
-            control.withUnsafeMutableBytes { controlBuffer in
-                var vector = iovec(iov_base: data.baseAddress, iov_len: data.count)
-                withUnsafeMutablePointer(to: &vector) { vectorPointer in
-                    var message = msghdr()
-                    message.msg_iov = vectorPointer
-                    message.msg_iovlen = 1
-                    message.msg_control = controlBuffer.baseAddress
-                    message.msg_controllen = controlBuffer.count
-                    received = recvmsg(socket, &message, Int32(MSG_CMSG_CLOEXEC))
-                    guard received > 0, let header = edge_CMSG_FIRSTHDR(&message),
-                          header.pointee.cmsg_level == SOL_SOCKET, header.pointee.cmsg_type == edge_SCM_RIGHTS() else { return }
-                    count = (Int(header.pointee.cmsg_len) - edge_CMSG_LEN(0)) / MemoryLayout<CInt>.size
-                    let data = UnsafeRawPointer(edge_CMSG_DATA(header)!)
-                    for i in 0..<min(count, fds.count) {
-                        fds[i] = data.load(fromByteOffset: i * MemoryLayout<CInt>.size, as: CInt.self)
-                    }
-                }
+        let capacity = fds.count
+        var found: [CInt] = []
+        withMessage(&payload, fdCount: capacity) { message in
+            received = recvmsg(socket, &message, Int32(MSG_CMSG_CLOEXEC))
+            guard received > 0, let header = edge_CMSG_FIRSTHDR(&message),
+                  header.pointee.cmsg_level == SOL_SOCKET, header.pointee.cmsg_type == edge_SCM_RIGHTS() else { return }
+            count = (Int(header.pointee.cmsg_len) - edge_CMSG_LEN(0)) / MemoryLayout<CInt>.size
+            let data = UnsafeRawPointer(edge_CMSG_DATA(header)!)
+            for i in 0..<min(count, capacity) {
+                found.append(data.load(fromByteOffset: i * MemoryLayout<CInt>.size, as: CInt.self))
             }
         }
+        for (i, fd) in found.enumerated() { fds[i] = fd }
         return (max(0, received), count)
     }
 }

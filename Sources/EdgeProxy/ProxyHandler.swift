@@ -580,15 +580,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
 
     public func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let tls = error as? TLSError {
-            if tls.isHandshakeFailure { self.observer?.handshake(listener: self.info.listenerName, result: "failed") }
-            if tls.isHandshakeTimeout { self.observer?.handshake(listener: self.info.listenerName, result: "timeout") }
-            if tls.isUncleanShutdown {
-                // Most HTTP clients close without close_notify; nothing to report.
-            } else if tls.isEOFDuringHandshake {
-                self.logger.debug("client closed during the TLS handshake", metadata: self.peerMetadata)
-            } else {
-                self.logger.warning("TLS handshake failed", metadata: self.peerMetadata.merging(["reason": "\(tls.reason)"]) { a, _ in a })
-            }
+            reportClientTLSError(tls, info: self.info, logger: self.logger, observer: self.observer)
         } else if error is HTTPParserError {
             self.logger.info("bad request from client", metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a })
         } else {
@@ -603,6 +595,20 @@ public final class ProxyHandler: ChannelDuplexHandler {
 }
 
 extension ProxyHandler: UpstreamExchangeDelegate {}
+
+/// Counts and logs a TLS error of a client connection, once, wherever the pipeline caught it.
+public func reportClientTLSError(_ tls: TLSError, info: DownstreamInfo, logger: Logger, observer: (any ProxyObserver)?) {
+    if tls.isHandshakeFailure { observer?.handshake(listener: info.listenerName, result: "failed") }
+    if tls.isHandshakeTimeout { observer?.handshake(listener: info.listenerName, result: "timeout") }
+    let peer: Logger.Metadata = ["peer": "\(info.remoteAddress?.hostPort ?? "?")", "listener": "\(info.listenerName)"]
+    if tls.isUncleanShutdown {
+        // Most HTTP clients close without close_notify; nothing to report.
+    } else if tls.isEOFDuringHandshake {
+        logger.debug("client closed during the TLS handshake", metadata: peer)
+    } else {
+        logger.warning("TLS handshake failed", metadata: peer.merging(["reason": "\(tls.reason)"]) { a, _ in a })
+    }
+}
 
 extension HTTPMethod {
     /// Methods whose requests usually carry a body.

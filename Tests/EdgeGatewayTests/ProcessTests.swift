@@ -223,14 +223,10 @@ final class RestartTests: XCTestCase {
         let pki = try TestPKI()
         let dir = TemporaryDirectory()
         _ = try pki.issue(["localhost"], into: dir.path, name: "site")
-        let upstreamPort = freePort(), http = freePort(), https = freePort(), admin = freePort()
-        let upstream = Process()
-        upstream.executableURL = URL(fileURLWithPath: gatewayBinary())
-        upstream.arguments = ["demo-upstream", "--listen", "127.0.0.1:\(upstreamPort)"]
-        upstream.standardError = FileHandle.nullDevice
-        try upstream.run()
-        defer { upstream.terminate(); upstream.waitUntilExit() }
-        XCTAssertTrue(GatewayProcess.Probe.wait(port: upstreamPort))
+        let http = freePort(), https = freePort(), admin = freePort()
+        let upstream = try DemoUpstreamProcess()
+        defer { upstream.stop() }
+        let upstreamPort = upstream.port
         try dir.write("config.yaml", """
             listeners:
               - { name: http, address: "127.0.0.1:\(http)" }
@@ -272,14 +268,10 @@ final class RestartTests: XCTestCase {
 final class ConfigReloadTests: XCTestCase {
     func testReloadAddsAndRemovesListenersChangesUpstreamsAndKeepsTheLastGoodConfiguration() throws {
         let dir = TemporaryDirectory()
-        let upstreamPort = freePort(), first = freePort(), second = freePort(), admin = freePort()
-        let upstream = Process()
-        upstream.executableURL = URL(fileURLWithPath: gatewayBinary())
-        upstream.arguments = ["demo-upstream", "--listen", "127.0.0.1:\(upstreamPort)"]
-        upstream.standardError = FileHandle.nullDevice
-        try upstream.run()
-        defer { upstream.terminate(); upstream.waitUntilExit() }
-        XCTAssertTrue(GatewayProcess.Probe.wait(port: upstreamPort))
+        let first = freePort(), second = freePort(), admin = freePort()
+        let upstream = try DemoUpstreamProcess()
+        defer { upstream.stop() }
+        let upstreamPort = upstream.port
         func write(listeners: String, upstream extra: String) throws {
             try dir.write("config.tmp", """
                 listeners:

@@ -122,3 +122,26 @@ public final class GatewayProcess: @unchecked Sendable {
         if self.process.isRunning { kill(self.pid, SIGKILL) }
     }
 }
+
+/// `edge-gateway demo-upstream` as a child process on a free loopback port, stopped on `stop()` or deinit.
+public final class DemoUpstreamProcess: @unchecked Sendable {
+    public let port = freePort()
+    private let process = Process()
+
+    public init() throws {
+        self.process.executableURL = URL(fileURLWithPath: gatewayBinary())
+        self.process.arguments = ["demo-upstream", "--listen", "127.0.0.1:\(self.port)"]
+        self.process.standardError = FileHandle.nullDevice
+        try self.process.run()
+        guard GatewayProcess.Probe.wait(port: self.port, alive: { self.process.isRunning }) else {
+            throw NSError(domain: "demo-upstream did not start", code: 1)
+        }
+    }
+
+    public func stop() {
+        if self.process.isRunning { self.process.terminate() }
+        self.process.waitUntilExit()
+    }
+
+    deinit { self.stop() }
+}
