@@ -52,15 +52,7 @@ final class DownstreamTLSTests: XCTestCase {
         XCTAssertTrue(load.stdout.contains("Application protocol: h2"), load.stdout)
 
         // 64 MiB up and down over one HTTP/2 stream each, intact.
-        let file = harness.directory.file("upload.bin")
-        try Shell.run(["bash", "-c", "head -c 67108864 /dev/urandom > '\(file)'"])
-        let expected = try Shell.bash("sha256sum '\(file)' | cut -c1-64").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        let upload = try curl(["--http2", "https://localhost:\(port)/sha256", "--data-binary", "@\(file)"])
-        XCTAssertEqual(upload.stdout.trimmingCharacters(in: .whitespacesAndNewlines), expected, upload.stderr)
-        let echo = try Shell.bash("curl -sS --http2 --cacert '\(Self.pki.caPath)' --data-binary @'\(file)' https://localhost:\(port)/echo | sha256sum | cut -c1-64")
-        XCTAssertEqual(echo.stdout.trimmingCharacters(in: .whitespacesAndNewlines), expected)
-        let download = try Shell.bash("curl -sS --http2 --cacert '\(Self.pki.caPath)' 'https://localhost:\(port)/bytes?n=67108864' | wc -c")
-        XCTAssertEqual(download.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "67108864")
+        XCTAssertEqual(try largeBodyProblems(port: port, caFile: Self.pki.caPath, directory: harness.directory, flags: "--http2"), [])
         await harness.shutdown()
     }
 

@@ -264,3 +264,22 @@ public final class HTTPLoad {
         if self.process.isRunning { self.process.terminate() }
     }
 }
+
+/// Sends and fetches 64 MiB through an HTTPS `port` with curl (`flags`, e.g. `--http2`) and
+/// returns what differs from the expectation: upload hash, echo hash, download size. Empty when intact.
+public func largeBodyProblems(port: Int, caFile: String, directory: TemporaryDirectory, flags: String = "") throws -> [String] {
+    let file = directory.file("upload.bin")
+    try Shell.run(["bash", "-c", "head -c 67108864 /dev/urandom > '\(file)'"])
+    func run(_ script: String) throws -> String { try Shell.bash(script).stdout.trimmingCharacters(in: .whitespacesAndNewlines) }
+    let curl = "curl -sS \(flags) --cacert '\(caFile)'"
+    let expected = try run("sha256sum '\(file)' | cut -c1-64")
+    var problems: [String] = []
+    let upload = try run("\(curl) --data-binary @'\(file)' https://localhost:\(port)/sha256")
+    if upload != expected { problems.append("upload hashed \(upload), sent \(expected)") }
+    // Streamed both ways at once (chunked upload, echoed back).
+    let echo = try run("\(curl) -H 'Transfer-Encoding: chunked' --data-binary @'\(file)' https://localhost:\(port)/echo | sha256sum | cut -c1-64")
+    if echo != expected { problems.append("echo hashed \(echo), sent \(expected)") }
+    let download = try run("\(curl) 'https://localhost:\(port)/bytes?n=67108864' | wc -c")
+    if download != "67108864" { problems.append("download was \(download) bytes") }
+    return problems
+}
