@@ -287,20 +287,21 @@ extension Gateway {
     }
 }
 
-/// The HTTP/1.1 server pipeline of one client connection, ending in the proxy.
+/// The HTTP/1.1 server pipeline of one client connection: the byte-level proxy,
+/// right after TLS (or the socket).
 func addHTTP1Handlers(_ sync: ChannelPipeline.SynchronousOperations, plan: ListenerPlan, info: DownstreamInfo, router: Router,
                       pool: UpstreamPool, logger: Logger, metrics: GatewayMetrics) throws {
-    var encoder = HTTPResponseEncoder.Configuration()
-    encoder.automaticallySetFramingHeaders = false
-    var limits = NIOHTTPDecoderLimitConfiguration()
-    limits.maxHeaderListSize = plan.maxHeadBytes
-    limits.maxHeaderFieldSize = plan.maxHeadBytes
-    try sync.addHandler(HTTPResponseEncoder(configuration: encoder))
-    try sync.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits)))
-    try sync.addHandler(ProtocolErrorHandler())
-    try sync.addHandler(RequestHeadTimeoutHandler(headerTimeout: plan.headerTimeout, idleTimeout: plan.idleTimeout))
-    try sync.addHandler(HTTPServerPipelineHandler())
-    try sync.addHandler(ProxyHandler(router: router, pool: pool, info: info, logger: logger, observer: metrics))
+    try sync.addHandler(ProxyHandler(router: router, pool: pool, info: info, limits: plan.proxyLimits, logger: logger, observer: metrics))
+}
+
+extension ListenerPlan {
+    var proxyLimits: ProxyLimits {
+        var limits = ProxyLimits()
+        limits.maxHeadBytes = self.maxHeadBytes
+        limits.headerTimeout = self.headerTimeout
+        limits.idleTimeout = self.idleTimeout
+        return limits
+    }
 }
 
 /// Waits for the TLS handshake on an `h2: true` listener, then installs HTTP/2
@@ -360,14 +361,15 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
         // Rapid reset (CVE-2023-44487): a client resetting streams faster than this is disconnected.
         stream.streamResetFrameRateLimit.maximumCount = self.plan.http2.maxResetsPer30s
         stream.streamResetFrameRateLimit.windowLength = .seconds(30)
-        let router = self.router, logger = self.logger, metrics = self.metrics
+        let router = self.router, logger = self.logger, metrics = self.metrics, limits = self.plan.proxyLimits
         // Streams are child channels on the connection's loop: the loop's pool serves them.
         let pool = NIOLoopBound(self.pool, eventLoop: channel.eventLoop)
         _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream) { streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
                 let streamSync = streamChannel.pipeline.syncOperations
                 try streamSync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                try streamSync.addHandler(ProxyHandler(router: router, pool: pool.value, info: info, logger: logger, observer: metrics))
+                try streamSync.addHandler(HTTP2StreamBridge())
+                try streamSync.addHandler(ProxyHandler(router: router, pool: pool.value, info: info, limits: limits, logger: logger, observer: metrics))
             }
         }
     }

@@ -1,7 +1,6 @@
 import EdgeTLS
 import Logging
 import NIOCore
-import NIOHTTP1
 import NIOTLS
 
 /// What the proxy needs to know about the downstream connection.
@@ -46,6 +45,12 @@ public struct ProxyLimits: Sendable {
     /// A request body up to this size is kept so the request can be replayed
     /// once on a fresh connection after a reused one failed before any response byte.
     public var retryBufferBytes = 64 * 1024
+    /// The largest request head (request line and headers): 431 beyond it.
+    public var maxHeadBytes = 32 * 1024
+    /// How long a new connection may take to send its first request head: 408 after it.
+    public var headerTimeout = TimeAmount.seconds(10)
+    /// How long a keep-alive connection may idle between requests before it is closed.
+    public var idleTimeout = TimeAmount.seconds(60)
 
     public init() {}
 }
@@ -57,35 +62,40 @@ public protocol ProxyObserver: Sendable {
     func handshake(listener: String, result: String)
 }
 
-/// Proxies HTTP/1.1 requests of one downstream connection to upstream groups.
+/// Proxies the HTTP/1.1 requests of one downstream connection to upstream groups,
+/// as bytes: the request head is parsed and checked once (`HTTP1Parser`), rewritten
+/// straight into the upstream request's bytes, and bodies move as slices of what
+/// was read. The response comes back the same way through `UpstreamHandler`.
 ///
-/// One exchange at a time (`HTTPServerPipelineHandler` serialises pipelined
-/// requests). Bodies stream in both directions: the downstream is not read
-/// while the upstream cannot take more, and the upstream is not read while the
-/// downstream cannot take more.
+/// One exchange at a time; bytes of a pipelined next request wait in the buffer.
+/// Bodies stream in both directions: the downstream is not read while the upstream
+/// cannot take more, and the upstream is not read while the downstream cannot.
 public final class ProxyHandler: ChannelDuplexHandler {
-    public typealias InboundIn = HTTPServerRequestPart
-    public typealias OutboundIn = HTTPServerResponsePart
-    public typealias OutboundOut = HTTPServerResponsePart
+    public typealias InboundIn = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
 
     private final class Exchange {
-        let request: HTTPRequestHead
-        let upstreamHead: HTTPRequestHead
+        let request: HTTPHead
         let group: UpstreamGroup
-        let keepAliveDownstream: Bool
         var connection: UpstreamConnection?
-        var pending: [HTTPClientRequestPart] = []
+        /// Request bytes written before a connection was ready (head first).
+        var pending: [ByteBuffer] = []
         var requestEnded = false
         var responseStarted = false
         var responseEnded = false
         var upstreamKeepAlive = true
         var retriedStale = false
+        /// The request body is sent chunked (it came chunked).
+        let chunkedUpstream: Bool
+        /// The response body is sent chunked (it has no length and the client speaks HTTP/1.1).
+        var chunkedDownstream = false
         /// The backend chosen for this exchange, counted in its in-flight figure while set.
         var backendIndex: Int?
         /// Backends whose connect failed for this request.
         var tried: [Int] = []
-        /// The request body as sent, while it fits the retry buffer; nil once it does not.
-        var replayBody: [ByteBuffer]? = []
+        /// The request as sent (head and framed body), while it fits the retry buffer; nil once it does not.
+        var replay: [ByteBuffer]? = []
         var replayBytes = 0
         var readTimer: Scheduled<Void>?
         var readDeadline = NIODeadline.now()
@@ -93,11 +103,10 @@ public final class ProxyHandler: ChannelDuplexHandler {
         var closeDownstreamAfterResponse = false
         var status = 0
 
-        init(request: HTTPRequestHead, upstreamHead: HTTPRequestHead, group: UpstreamGroup, keepAlive: Bool) {
+        init(request: HTTPHead, group: UpstreamGroup) {
             self.request = request
-            self.upstreamHead = upstreamHead
             self.group = group
-            self.keepAliveDownstream = keepAlive
+            self.chunkedUpstream = request.chunked
         }
 
         /// Leaves the backend's in-flight count; called once when the exchange ends or moves on.
@@ -119,12 +128,27 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private let observer: (any ProxyObserver)?
     private var context: ChannelHandlerContext?
     private var exchange: Exchange?
-    /// Discard request body parts until `.end` (after a local response).
-    private var discardingBody = false
+    /// Bytes read from the client and not consumed yet.
+    private var inbound = ByteBuffer()
+    /// How far the search for the end of the next head got.
+    private var scanned = 0
+    /// Frames the current request's body; nil between requests.
+    private var requestBody: BodyFramer?
     private var readPending = false
     private var closed = false
+    /// A response that closes the connection was sent: ignore further input.
+    private var closing = false
     private var upstreamNeedsFlush = false
     private var downstreamNeedsFlush = false
+    /// The header/idle deadline: one timer per connection that re-arms itself when
+    /// it fires before the current deadline, so a request costs a clock read, not a timer.
+    private var deadline: NIODeadline?
+    private var deadlineTimer: Scheduled<Void>?
+    private var firstRequest = true
+    /// The server is draining: the response in flight is the last one.
+    private var quiescing = false
+    /// `process()` is running: a request finishing inside it does not start it again.
+    private var processing = false
 
     public init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
         self.router = router
@@ -137,51 +161,31 @@ public final class ProxyHandler: ChannelDuplexHandler {
 
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        if context.channel.isActive { self.startHeaderTimer() }
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
+        self.deadlineTimer?.cancel()
+        self.deadlineTimer = nil
         self.context = nil
+    }
+
+    public func channelActive(context: ChannelHandlerContext) {
+        self.startHeaderTimer()
+        context.fireChannelActive()
     }
 
     // MARK: downstream inbound
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch Self.unwrapInboundIn(data) {
-        case .head(let head):
-            self.receivedHead(head, context: context)
-        case .body(let body):
-            guard let exchange = self.exchange, !self.discardingBody else { return }
-            if var replay = exchange.replayBody {
-                exchange.replayBytes += body.readableBytes
-                if exchange.replayBytes <= self.limits.retryBufferBytes {
-                    replay.append(body)
-                    exchange.replayBody = replay
-                } else {
-                    exchange.replayBody = nil
-                }
-            }
-            if let connection = exchange.connection {
-                connection.write(.body(.byteBuffer(body)))
-                self.upstreamNeedsFlush = true
-            } else {
-                exchange.pending.append(.body(.byteBuffer(body)))
-            }
-        case .end(let trailers):
-            if self.discardingBody {
-                self.discardingBody = false
-                return
-            }
-            guard let exchange = self.exchange else { return }
-            exchange.requestEnded = true
-            if let connection = exchange.connection {
-                connection.write(.end(trailers))
-                connection.flush()
-                self.armReadTimer(exchange)
-                self.finishIfDone(exchange)
-            } else {
-                exchange.pending.append(.end(trailers))
-            }
+        guard !self.closing else { return }
+        var bytes = Self.unwrapInboundIn(data)
+        if self.inbound.readableBytes == 0 {
+            self.inbound = bytes
+        } else {
+            self.inbound.writeBuffer(&bytes)
         }
+        self.process()
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
@@ -192,52 +196,182 @@ public final class ProxyHandler: ChannelDuplexHandler {
         context.fireChannelReadComplete()
     }
 
-    private func receivedHead(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        var head = head
-        if head.headers["expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+    /// Consumes buffered client bytes: the current request's body, then the next head.
+    private func process() {
+        guard !self.processing else { return }
+        self.processing = true
+        defer { self.processing = false }
+        while !self.closing {
+            if var framer = self.requestBody {
+                let piece: BodyFramer.Piece?
+                do {
+                    piece = try framer.next(from: &self.inbound)
+                } catch {
+                    self.requestBody = nil
+                    self.badRequest(HTTPFramingError(error), context: self.context)
+                    return
+                }
+                self.requestBody = framer
+                guard let piece else { break }
+                switch piece {
+                case .data(let data): self.forwardBody(data)
+                case .end: self.endRequestBody()
+                }
+                continue
+            }
+            guard self.exchange == nil, self.inbound.readableBytes > 0 else { break }  // a pipelined request waits for the current response
+            guard let end = HTTP1Parser.headEnd(in: self.inbound, from: self.scanned) else {
+                self.scanned = max(0, self.inbound.readableBytes - 3)
+                if self.inbound.readableBytes > self.limits.maxHeadBytes {
+                    self.badRequest(HTTPFramingError(kind: .headTooLarge, reason: "request head larger than \(self.limits.maxHeadBytes) bytes"), context: self.context)
+                }
+                return
+            }
+            self.scanned = 0
+            guard end <= self.limits.maxHeadBytes else {
+                self.badRequest(HTTPFramingError(kind: .headTooLarge, reason: "request head larger than \(self.limits.maxHeadBytes) bytes"), context: self.context)
+                return
+            }
+            let head: HTTPHead
+            do {
+                head = try HTTP1Parser.parseRequest(self.inbound.readBytes(length: end)!)
+            } catch {
+                self.badRequest(HTTPFramingError(error), context: self.context)
+                return
+            }
+            self.receivedHead(head)
+        }
+        if self.inbound.readableBytes == 0, self.inbound.capacity > 0 {
+            self.inbound = ByteBuffer()
+        }
+    }
+
+    private func forwardBody(_ data: ByteBuffer) {
+        guard let exchange = self.exchange else { return }  // a local answer: the body is dropped
+        if exchange.chunkedUpstream {
+            self.sendUpstream(self.chunkPrefix(data.readableBytes), exchange)
+            self.sendUpstream(data, exchange)
+            self.sendUpstream(Self.crlf, exchange)
+        } else {
+            self.sendUpstream(data, exchange)
+        }
+    }
+
+    private func endRequestBody() {
+        self.requestBody = nil
+        guard let exchange = self.exchange else { return }
+        exchange.requestEnded = true
+        if exchange.chunkedUpstream { self.sendUpstream(Self.lastChunk, exchange) }
+        if let connection = exchange.connection {
+            connection.flush()
+            self.upstreamNeedsFlush = false
+            self.armReadTimer(exchange)
+            self.finishIfDone(exchange)
+        }
+    }
+
+    /// Request bytes to the upstream, kept for a replay while they fit.
+    private func sendUpstream(_ bytes: ByteBuffer, _ exchange: Exchange) {
+        if exchange.replay != nil {
+            exchange.replayBytes += bytes.readableBytes
+            if exchange.replayBytes <= self.limits.retryBufferBytes {
+                exchange.replay!.append(bytes)
+            } else {
+                exchange.replay = nil
+            }
+        }
+        if let connection = exchange.connection {
+            connection.write(bytes)
+            self.upstreamNeedsFlush = true
+        } else {
+            exchange.pending.append(bytes)
+        }
+    }
+
+    private func receivedHead(_ head: HTTPHead) {
+        guard let context = self.context else { return }
+        self.deadline = nil
+        if head.expectContinue && head.minorVersion == 1 {
             // Answer 100-continue here so the client streams at once; the upstream
             // gets the body without the expectation.
-            head.headers.remove(name: "expect")
-            context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+            context.writeAndFlush(Self.wrapOutboundOut(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
         }
-        guard let group = self.router.route(host: head.headers.first(name: "host"), uri: head.uri) else {
-            self.respondLocally(status: .notFound, message: "no route for this host and path", requestEnded: false, request: head)
+        let hasBody = head.chunked || (head.contentLength ?? 0) > 0
+        self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
+        guard let group = self.router.route(host: head.first(.host), uri: head.target) else {
+            self.respondLocally(status: 404, message: "no route for this host and path", request: head, requestEnded: !hasBody)
             return
         }
-        let exchange = Exchange(request: head, upstreamHead: self.upstreamHead(for: head, group: group), group: group, keepAlive: head.isKeepAlive)
+        let exchange = Exchange(request: head, group: group)
+        exchange.requestEnded = !hasBody
         self.exchange = exchange
+        self.sendUpstream(self.upstreamHead(for: head, group: group, allocator: context.channel.allocator), exchange)
         self.connect(exchange)
     }
 
-    private func upstreamHead(for head: HTTPRequestHead, group: UpstreamGroup) -> HTTPRequestHead {
-        var headers = head.headers
-        var chunked = ProxyHeaders.isChunked(headers)
-        ProxyHeaders.removeHopByHop(&headers)
-        if head.version.major == 2, !headers.contains(name: "content-length"), head.method.mayHaveRequestBody {
-            chunked = true  // HTTP/2 frames the body itself; HTTP/1.1 upstream needs chunked framing
+    /// The request head as the upstream gets it: hop-by-hop headers and client-supplied
+    /// identity headers removed, X-Forwarded-* added, Host kept or set per upstream.
+    private func upstreamHead(for head: HTTPHead, group: UpstreamGroup, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var out = allocator.buffer(capacity: head.bytes.count + 160)
+        out.writeString(head.method)
+        out.writeStaticString(" ")
+        out.writeString(head.target)
+        out.writeStaticString(" HTTP/1.1\r\n")
+        var forwardedFor: HeaderField?
+        var host: HeaderField?
+        for field in head.fields {
+            switch field.known {
+            case .xForwardedFor:
+                if forwardedFor == nil { forwardedFor = field }
+                continue
+            case .xForwardedProto, .xForwardedHost, .xForwardedClientCert, .xClientVerify, .expect:
+                continue
+            case .host:
+                host = field
+                if group.hostHeader != nil { continue }
+            default:
+                if head.isHopByHop(field) { continue }
+            }
+            head.write(field, to: &out)
         }
-        if chunked { headers.add(name: "transfer-encoding", value: "chunked") }
-        for name in ClientIdentity.headerNames { headers.remove(name: name) }
+        if head.chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
         if self.info.mutualTLS {
             let identity = self.info.clientIdentity
-            if let cert = identity?.forwardedClientCert { headers.add(name: "x-forwarded-client-cert", value: cert) }
-            headers.add(name: "x-client-verify", value: identity?.verifyResult ?? "NONE")
+            if let cert = identity?.forwardedClientCert {
+                out.writeStaticString("x-forwarded-client-cert: ")
+                out.writeString(cert)
+                out.writeStaticString("\r\n")
+            }
+            out.writeStaticString("x-client-verify: ")
+            out.writeString(identity?.verifyResult ?? "NONE")
+            out.writeStaticString("\r\n")
         }
         if let ip = self.info.clientIP {
-            if let existing = headers.first(name: "x-forwarded-for") {
-                headers.replaceOrAdd(name: "x-forwarded-for", value: existing + ", " + ip)
-            } else {
-                headers.add(name: "x-forwarded-for", value: ip)
+            out.writeStaticString("x-forwarded-for: ")
+            if let existing = forwardedFor {
+                out.writeBytes(head.bytes[existing.value])
+                out.writeStaticString(", ")
             }
+            out.writeString(ip)
+            out.writeStaticString("\r\n")
+        } else if let existing = forwardedFor {
+            head.write(existing, to: &out)
         }
-        headers.replaceOrAdd(name: "x-forwarded-proto", value: self.info.scheme)
-        if let host = head.headers.first(name: "host") {
-            headers.replaceOrAdd(name: "x-forwarded-host", value: host)
+        out.writeStaticString("x-forwarded-proto: ")
+        out.writeString(self.info.scheme)
+        out.writeStaticString("\r\n")
+        if let host {
+            out.writeStaticString("x-forwarded-host: ")
+            out.writeBytes(head.bytes[host.value])
+            out.writeStaticString("\r\n")
         }
         if let hostHeader = group.hostHeader {
-            headers.replaceOrAdd(name: "host", value: hostHeader)
+            out.writeStaticString("host: ")
+            out.writeString(hostHeader)
+            out.writeStaticString("\r\n")
         }
-        return HTTPRequestHead(version: .http1_1, method: head.method, uri: head.uri, headers: headers)
+        out.writeStaticString("\r\n")
+        return out
     }
 
     // MARK: upstream connection
@@ -245,7 +379,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private func connect(_ exchange: Exchange) {
         let group = exchange.group
         if exchange.backendIndex == nil {
-            let key = UpstreamGroup.RequestKey(client: self.info.remoteAddress, head: exchange.request)
+            let key = UpstreamGroup.RequestKey(client: self.info.remoteAddress, request: exchange.request)
             guard let chosen = group.select(key, tried: exchange.tried) else {
                 let reason = exchange.tried.isEmpty ? "every backend is down" : "no backend left to try"
                 self.failExchange(exchange, error: UpstreamError(kind: .noHealthyBackend, backend: group.name, reason: reason))
@@ -303,10 +437,11 @@ public final class ProxyHandler: ChannelDuplexHandler {
         connection.uses += 1
         exchange.group.states[connection.backendIndex].requests.wrappingIncrement(ordering: .relaxed)
         connection.handler.delegate = self
-        connection.write(.head(exchange.upstreamHead))
-        for part in exchange.pending { connection.write(part) }
+        connection.handler.beginExchange(headRequest: exchange.request.method == "HEAD")
+        for bytes in exchange.pending { connection.write(bytes) }
         exchange.pending.removeAll()
         connection.flush()
+        self.upstreamNeedsFlush = false
         if exchange.requestEnded { self.armReadTimer(exchange) }
         if self.readPending, connection.isWritable {
             self.readPending = false
@@ -334,61 +469,81 @@ public final class ProxyHandler: ChannelDuplexHandler {
             exchange.connection?.handler.delegate = nil
             exchange.connection?.close()
             exchange.connection = nil
-            self.failExchange(exchange, error: error)
+            if exchange.responseStarted {
+                self.abortMidResponse(exchange, error: error)
+            } else {
+                self.failExchange(exchange, error: error)
+            }
         }
     }
 
-    func upstreamReceived(_ part: HTTPClientResponsePart, from connection: UpstreamConnection) {
+    func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection) {
         guard let exchange = self.exchange, exchange.connection === connection, let context = self.context else { return }
         switch part {
         case .head(let response):
             exchange.responseStarted = true
-            exchange.upstreamKeepAlive = response.isKeepAlive
-            exchange.status = Int(response.status.code)
+            exchange.status = response.status
             self.armReadTimer(exchange)
-            context.write(Self.wrapOutboundOut(.head(self.downstreamHead(for: response, exchange: exchange))), promise: nil)
+            context.write(Self.wrapOutboundOut(self.downstreamHead(for: response, exchange: exchange, allocator: context.channel.allocator)), promise: nil)
+            self.downstreamNeedsFlush = true
         case .body(let body):
             self.armReadTimer(exchange)
             // Flushed once per upstream read batch (upstreamReadComplete): one TLS
             // record and one syscall for a small response instead of one per part.
-            context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            if exchange.chunkedDownstream {
+                context.write(Self.wrapOutboundOut(self.chunkPrefix(body.readableBytes)), promise: nil)
+                context.write(Self.wrapOutboundOut(body), promise: nil)
+                context.write(Self.wrapOutboundOut(Self.crlf), promise: nil)
+            } else {
+                context.write(Self.wrapOutboundOut(body), promise: nil)
+            }
             self.downstreamNeedsFlush = true
-        case .end(let trailers):
+        case .end:
             exchange.readTimer?.cancel()
             exchange.readTimer = nil
             exchange.responseEnded = true
-            context.writeAndFlush(Self.wrapOutboundOut(.end(trailers)), promise: nil)
-            self.downstreamNeedsFlush = false
+            exchange.upstreamKeepAlive = connection.handler.reusable
+            if exchange.chunkedDownstream {
+                context.write(Self.wrapOutboundOut(Self.lastChunk), promise: nil)
+            }
+            self.downstreamNeedsFlush = true
             self.observer?.requestCompleted(listener: self.info.listenerName, status: exchange.status)
             self.finishIfDone(exchange)
         }
     }
 
-    private func downstreamHead(for response: HTTPResponseHead, exchange: Exchange) -> HTTPResponseHead {
-        var headers = response.headers
-        ProxyHeaders.removeHopByHop(&headers)
-        let code = response.status.code
-        let noBody = exchange.request.method == .HEAD || code == 204 || code == 304 || (100..<200).contains(code)
-        let version = exchange.request.version
-        if version.major == 2 {
-            // HTTP/2 frames the body; connection-specific headers are forbidden there.
-            return HTTPResponseHead(version: version, status: response.status, headers: headers)
+    /// The response head as the client gets it: hop-by-hop headers removed, framing
+    /// and connection headers for this client's HTTP version.
+    private func downstreamHead(for response: HTTPHead, exchange: Exchange, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let request = exchange.request
+        var out = allocator.buffer(capacity: response.bytes.count + 64)
+        out.writeStaticString(request.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
+        out.writeString(String(response.status))
+        out.writeStaticString(" ")
+        out.writeBytes(response.bytes[response.reason])
+        out.writeStaticString("\r\n")
+        for field in response.fields where !response.isHopByHop(field) {
+            response.write(field, to: &out)
         }
-        var close = !exchange.keepAliveDownstream
-        if !noBody && !headers.contains(name: "content-length") {
-            if version.major == 1 && version.minor >= 1 {
-                headers.add(name: "transfer-encoding", value: "chunked")
+        let code = response.status
+        let noBody = request.method == "HEAD" || code == 204 || code == 304
+        var close = !request.keepAlive || self.quiescing
+        if !noBody && (response.contentLength == nil || response.chunked || response.otherTransferCoding) {
+            if request.minorVersion >= 1 {
+                exchange.chunkedDownstream = true
+                out.writeStaticString("transfer-encoding: chunked\r\n")
             } else {
                 close = true  // HTTP/1.0: the end of the body is the end of the connection
             }
         }
         if close {
             exchange.closeDownstreamAfterResponse = true
-            headers.replaceOrAdd(name: "connection", value: "close")
-        } else if version.major == 1 && version.minor == 0 {
-            headers.replaceOrAdd(name: "connection", value: "keep-alive")
+            out.writeStaticString("connection: close\r\n")
+        } else if request.minorVersion == 0 {
+            out.writeStaticString("connection: keep-alive\r\n")
         }
-        return HTTPResponseHead(version: version, status: response.status, headers: headers)
+        out.writeStaticString("\r\n")
+        return out
     }
 
     /// Ends an exchange once both directions are complete.
@@ -401,6 +556,8 @@ public final class ProxyHandler: ChannelDuplexHandler {
             exchange.connection = nil
             exchange.leaveBackend()
             self.exchange = nil
+            self.closing = true
+            self.flushDownstream()
             context.close(promise: nil)
             return
         }
@@ -415,47 +572,74 @@ public final class ProxyHandler: ChannelDuplexHandler {
         }
         exchange.leaveBackend()
         self.exchange = nil
-        if exchange.closeDownstreamAfterResponse {
+        if exchange.closeDownstreamAfterResponse || self.quiescing {
+            self.closing = true
+            self.flushDownstream()
             context.close(promise: nil)
+            return
+        }
+        self.requestDone()
+    }
+
+    /// Between requests: the idle deadline runs, and a pipelined request already read goes next.
+    private func requestDone() {
+        self.flushDownstream()  // the upstream connection went back to the pool: its read-complete no longer reaches us
+        self.firstRequest = false
+        self.deadline = .now() + self.limits.idleTimeout
+        if self.deadlineTimer == nil { self.scheduleDeadline() }
+        if self.inbound.readableBytes > 0 { self.process() }
+        if self.readPending, self.exchange == nil, let context = self.context {
+            self.readPending = false
+            context.read()
+        }
+    }
+
+    private func flushDownstream() {
+        if self.downstreamNeedsFlush {
+            self.downstreamNeedsFlush = false
+            self.context?.flush()
         }
     }
 
     func upstreamFailed(_ error: Error, from connection: UpstreamConnection) {
         guard let exchange = self.exchange, exchange.connection === connection else { return }
         exchange.readTimer?.cancel()
+        exchange.readTimer = nil
         exchange.connection = nil
         connection.close()
         if !exchange.responseStarted {
             // A reused connection that died before any response byte: the upstream
-            // closed it while idle. Replay once on a fresh connection when safe.
-            // Safe to replay: everything sent so far is still held, and the method is
-            // idempotent or the whole (small) request was held.
-            let replayable = exchange.replayBody != nil && (exchange.request.method.isIdempotent || exchange.requestEnded)
+            // closed it while idle. Replay once on a fresh connection when safe:
+            // everything sent so far is still held, and the method is idempotent
+            // or the whole (small) request was held.
+            let replayable = exchange.replay != nil && (exchange.request.isIdempotent || exchange.requestEnded)
             if connection.uses > 1, !exchange.retriedStale, replayable {
                 exchange.retriedStale = true
-                exchange.pending = (exchange.replayBody ?? []).map { .body(.byteBuffer($0)) }
-                if exchange.requestEnded { exchange.pending.append(.end(nil)) }
+                exchange.pending = exchange.replay ?? []
                 self.logger.debug("retrying request on a fresh upstream connection", metadata: ["error": "\(error)"])
                 self.connect(exchange)
                 return
             }
             self.failExchange(exchange, error: error)
         } else {
-            // Part of the response is already out: the only honest signal is to close.
-            self.logger.warning("upstream failed mid-response; closing client connection", metadata: [
-                "upstream": "\(exchange.group.name)", "error": "\(error)",
-            ])
-            exchange.leaveBackend()
-            self.exchange = nil
-            self.context?.close(promise: nil)
+            self.abortMidResponse(exchange, error: error)
         }
     }
 
+    /// Part of the response is already out: the only honest signal is to close.
+    private func abortMidResponse(_ exchange: Exchange, error: Error) {
+        self.logger.warning("upstream failed mid-response; closing client connection", metadata: [
+            "upstream": "\(exchange.group.name)", "error": "\(error)",
+        ])
+        exchange.leaveBackend()
+        self.exchange = nil
+        self.closing = true
+        self.flushDownstream()
+        self.context?.close(promise: nil)
+    }
+
     func upstreamReadComplete() {
-        if self.downstreamNeedsFlush {
-            self.downstreamNeedsFlush = false
-            self.context?.flush()
-        }
+        self.flushDownstream()
     }
 
     func upstreamWritabilityChanged(_ writable: Bool) {
@@ -478,9 +662,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
                 exchange.connection = nil
                 let error = UpstreamError(kind: .writeTimeout, backend: connection.key.address.hostPort, reason: "the upstream stopped reading the request body")
                 if exchange.responseStarted {
-                    exchange.leaveBackend()
-                    self.exchange = nil
-                    self.context?.close(promise: nil)
+                    self.abortMidResponse(exchange, error: error)
                 } else {
                     self.failExchange(exchange, error: error)
                 }
@@ -492,57 +674,135 @@ public final class ProxyHandler: ChannelDuplexHandler {
 
     private func failExchange(_ exchange: Exchange, error: Error) {
         exchange.leaveBackend()
-        let status: HTTPResponseStatus
+        let status: Int
         let message: String
         switch (error as? UpstreamError)?.kind {
         case .connectTimeout, .readTimeout, .writeTimeout:
-            (status, message) = (.gatewayTimeout, "upstream timed out")
+            (status, message) = (504, "upstream timed out")
         case .noHealthyBackend:
-            (status, message) = (.serviceUnavailable, "no healthy backend in upstream '\(exchange.group.name)'")
+            (status, message) = (503, "no healthy backend in upstream '\(exchange.group.name)'")
         default:
-            (status, message) = (.badGateway, "upstream unavailable")
+            (status, message) = (502, "upstream unavailable")
         }
         self.logger.warning("upstream request failed", metadata: [
-            "upstream": "\(exchange.group.name)", "status": "\(status.code)", "error": "\(error)",
-            "method": "\(exchange.request.method)", "uri": "\(exchange.request.uri)",
+            "upstream": "\(exchange.group.name)", "status": "\(status)", "error": "\(error)",
+            "method": "\(exchange.request.method)", "uri": "\(exchange.request.target)",
         ])
         self.exchange = nil
-        self.respondLocally(status: status, message: message, requestEnded: exchange.requestEnded, request: exchange.request)
+        self.respondLocally(status: status, message: message, request: exchange.request, requestEnded: exchange.requestEnded)
     }
 
-    /// Answers from the gateway itself. The rest of an unread request body is
-    /// discarded; a connection whose request was not fully read is closed.
-    private func respondLocally(status: HTTPResponseStatus, message: String, requestEnded: Bool, request: HTTPRequestHead) {
-        guard let context = self.context else { return }
-        let body = context.channel.allocator.buffer(string: "\(status.code) \(status.reasonPhrase): \(message)\n")
-        let http2 = request.version.major == 2
-        let close = !http2 && (!requestEnded || !request.isKeepAlive)
-        var headers = HTTPHeaders([("content-type", "text/plain; charset=utf-8"), ("content-length", "\(body.readableBytes)")])
-        if close { headers.add(name: "connection", value: "close") }
-        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
-        if request.method != .HEAD {
-            context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+    /// A malformed request: 400 (431 for an oversized head), then the connection closes.
+    private func badRequest(_ error: HTTPFramingError, context: ChannelHandlerContext?) {
+        self.logger.info("bad request from client", metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a })
+        if let exchange = self.exchange {
+            // The body of a request in flight broke its framing: nothing can be trusted after it.
+            exchange.connection?.handler.delegate = nil
+            exchange.connection?.close()
+            exchange.connection = nil
+            exchange.readTimer?.cancel()
+            exchange.leaveBackend()
+            self.exchange = nil
+            if exchange.responseStarted {
+                self.closing = true
+                self.flushDownstream()
+                context?.close(promise: nil)
+                return
+            }
         }
-        let done = context.writeAndFlush(Self.wrapOutboundOut(.end(nil)))
-        self.observer?.requestCompleted(listener: self.info.listenerName, status: Int(status.code))
+        let status = error.kind == .headTooLarge ? 431 : 400
+        self.respondLocally(status: status, message: error.reason, request: nil, requestEnded: false)
+    }
+
+    /// Answers from the gateway itself. A connection whose request was not fully
+    /// read (or that asked for it) is closed after the answer.
+    private func respondLocally(status: Int, message: String, request: HTTPHead?, requestEnded: Bool) {
+        guard let context = self.context else { return }
+        let reason = Self.reasonPhrase(status)
+        let body = "\(status) \(reason): \(message)\n"
+        let close = !requestEnded || !(request?.keepAlive ?? false) || self.quiescing
+        var out = context.channel.allocator.buffer(capacity: 160 + body.utf8.count)
+        out.writeString(request?.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
+        out.writeString("\(status) \(reason)\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\n")
+        if close { out.writeStaticString("connection: close\r\n") }
+        out.writeStaticString("\r\n")
+        if request?.method != "HEAD" { out.writeString(body) }
+        self.downstreamNeedsFlush = false
+        let done = context.writeAndFlush(Self.wrapOutboundOut(out))
+        self.observer?.requestCompleted(listener: self.info.listenerName, status: status)
         if close {
-            self.discardingBody = !requestEnded
+            self.closing = true
+            self.requestBody = nil
+            self.inbound = ByteBuffer()
             done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         } else {
-            // HTTP/2: the rest of this stream's body is dropped; the stream ends with the response.
-            self.discardingBody = !requestEnded
+            self.requestDone()
+        }
+    }
+
+    static func reasonPhrase(_ status: Int) -> String {
+        switch status {
+        case 400: return "Bad Request"
+        case 404: return "Not Found"
+        case 408: return "Request Timeout"
+        case 431: return "Request Header Fields Too Large"
+        case 502: return "Bad Gateway"
+        case 503: return "Service Unavailable"
+        case 504: return "Gateway Timeout"
+        default: return "Error"
+        }
+    }
+
+    private static let crlf = ByteBuffer(staticString: "\r\n")
+    private static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
+
+    private func chunkPrefix(_ count: Int) -> ByteBuffer {
+        var prefix = ByteBuffer()
+        prefix.writeString(String(count, radix: 16))
+        prefix.writeStaticString("\r\n")
+        return prefix
+    }
+
+    // MARK: header and idle timeouts
+
+    private func startHeaderTimer() {
+        guard self.deadlineTimer == nil, self.firstRequest, self.exchange == nil else { return }
+        self.deadline = .now() + self.limits.headerTimeout
+        self.scheduleDeadline()
+    }
+
+    private func scheduleDeadline() {
+        guard let deadline = self.deadline, let context = self.context else { return }
+        self.deadlineTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) {
+            self.deadlineTimer = nil
+            guard let deadline = self.deadline, self.exchange == nil, !self.closing else { return }
+            if NIODeadline.now() < deadline {
+                self.scheduleDeadline()
+                return
+            }
+            if self.firstRequest {
+                self.logger.info("client sent no complete request head in time", metadata: self.peerMetadata)
+                self.respondLocally(status: 408, message: "no complete request head within the header timeout", request: nil, requestEnded: false)
+            } else {
+                self.closing = true
+                context.close(promise: nil)
+            }
         }
     }
 
     // MARK: downstream outbound and lifecycle
 
     public func read(context: ChannelHandlerContext) {
-        if let exchange = self.exchange, !self.discardingBody, !exchange.requestEnded {
+        if let exchange = self.exchange, !exchange.requestEnded {
             // Hold the client while the upstream is not connected or full.
             if exchange.connection == nil || !(exchange.connection!.isWritable) {
                 self.readPending = true
                 return
             }
+        } else if self.exchange != nil, self.inbound.readableBytes > self.limits.maxHeadBytes {
+            // Pipelined requests pile up behind a slow response: wait for it.
+            self.readPending = true
+            return
         }
         context.read()
     }
@@ -556,6 +816,9 @@ public final class ProxyHandler: ChannelDuplexHandler {
 
     public func channelInactive(context: ChannelHandlerContext) {
         self.closed = true
+        self.closing = true
+        self.deadlineTimer?.cancel()
+        self.deadlineTimer = nil
         if let exchange = self.exchange {
             exchange.readTimer?.cancel()
             exchange.leaveBackend()
@@ -569,6 +832,17 @@ public final class ProxyHandler: ChannelDuplexHandler {
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Draining (shutdown or restart): finish the exchange in flight, then close,
+            // telling the client with `connection: close` when its response has not started.
+            self.quiescing = true
+            if self.exchange == nil {
+                self.closing = true
+                self.flushDownstream()
+                context.close(promise: nil)
+            }
+            return
+        }
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
             self.observer?.handshake(listener: self.info.listenerName, result: "ok")
             if self.info.mutualTLS {
@@ -581,8 +855,6 @@ public final class ProxyHandler: ChannelDuplexHandler {
     public func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let tls = error as? TLSError {
             reportClientTLSError(tls, info: self.info, logger: self.logger, observer: self.observer)
-        } else if error is HTTPParserError {
-            self.logger.info("bad request from client", metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a })
         } else {
             self.logger.debug("client connection error", metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a })
         }
@@ -607,16 +879,6 @@ public func reportClientTLSError(_ tls: TLSError, info: DownstreamInfo, logger: 
         logger.debug("client closed during the TLS handshake", metadata: peer)
     } else {
         logger.warning("TLS handshake failed", metadata: peer.merging(["reason": "\(tls.reason)"]) { a, _ in a })
-    }
-}
-
-extension HTTPMethod {
-    /// Methods whose requests usually carry a body.
-    var mayHaveRequestBody: Bool {
-        switch self {
-        case .GET, .HEAD, .DELETE, .OPTIONS, .TRACE, .CONNECT: return false
-        default: return true
-        }
     }
 }
 

@@ -215,18 +215,41 @@ public final class UpstreamGroup: Sendable {
     /// path and headers are extracted then, not for every request.
     public struct RequestKey {
         public var client: SocketAddress?
-        public var head: HTTPRequestHead
+        private enum Request {
+            case nio(HTTPRequestHead)
+            case bytes(HTTPHead)
+        }
+        private var request: Request
 
         public init(client: SocketAddress?, head: HTTPRequestHead) {
             self.client = client
-            self.head = head
+            self.request = .nio(head)
+        }
+
+        init(client: SocketAddress?, request: HTTPHead) {
+            self.client = client
+            self.request = .bytes(request)
+        }
+
+        private var uri: String {
+            switch self.request {
+            case .nio(let head): return head.uri
+            case .bytes(let head): return head.target
+            }
+        }
+
+        private func header(_ name: String) -> String? {
+            switch self.request {
+            case .nio(let head): return head.headers.first(name: name)
+            case .bytes(let head): return head.value(of: name)
+            }
         }
 
         func text(for key: HashKey) -> String {
             switch key {
             case .clientAddress: return self.client?.ipAddress ?? ""
-            case .header(let name): return self.head.headers.first(name: name) ?? ""
-            case .path: return String(self.head.uri.prefix { $0 != "?" })
+            case .header(let name): return self.header(name) ?? ""
+            case .path: return String(self.uri.prefix { $0 != "?" })
             }
         }
     }

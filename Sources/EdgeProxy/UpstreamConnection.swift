@@ -1,6 +1,5 @@
 import EdgeTLS
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import NIOTLS
 
@@ -8,9 +7,17 @@ import NIOTLS
 import Glibc
 #endif
 
+/// One piece of an upstream response, as the byte-level parser finds it.
+enum UpstreamResponsePart {
+    case head(HTTPHead)
+    /// Body bytes, de-chunked.
+    case body(ByteBuffer)
+    case end
+}
+
 /// Receives one exchange's response parts from an upstream connection.
 protocol UpstreamExchangeDelegate: AnyObject {
-    func upstreamReceived(_ part: HTTPClientResponsePart, from connection: UpstreamConnection)
+    func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection)
     func upstreamFailed(_ error: Error, from connection: UpstreamConnection)
     func upstreamWritabilityChanged(_ writable: Bool)
     /// The upstream read batch ended: flush what was forwarded, once.
@@ -46,8 +53,9 @@ final class UpstreamConnection {
         self.backendIndex = backendIndex
     }
 
-    func write(_ part: HTTPClientRequestPart) {
-        self.channel.write(part, promise: nil)
+    /// Writes request bytes (head or framed body); sent at the next `flush`.
+    func write(_ bytes: ByteBuffer) {
+        self.channel.write(NIOAny(bytes), promise: nil)
     }
 
     func flush() { self.channel.flush() }
@@ -63,28 +71,50 @@ final class UpstreamConnection {
     }
 }
 
-/// The last handler of an upstream pipeline: hands response parts to the current
-/// exchange, holds reads while the downstream is full, and notices EOF on idle
-/// connections so the pool evicts them at once.
-final class UpstreamHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+/// The last handler of an upstream pipeline: parses the response bytes of the
+/// current exchange (head, body framing) and hands the parts over, holds reads
+/// while the downstream is full, and notices EOF on idle connections so the
+/// pool evicts them at once. Requests are written as bytes past this handler.
+final class UpstreamHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
 
-    weak var delegate: (any UpstreamExchangeDelegate)?
-    weak var connection: UpstreamConnection?
-    var onIdleClose: (() -> Void)?
+    private enum Phase {
+        /// No request outstanding: any byte is a protocol error.
+        case idle
+        /// Waiting for the response head; `scanned` bytes were searched already.
+        case head(headRequest: Bool, scanned: Int)
+        case body(BodyFramer)
+    }
+
+    // Strong references, cleared when an exchange ends and when the channel closes:
+    // a weakly referenced object takes the slow reference-counting path on every
+    // retain, which the per-request path cannot afford.
+    /// The exchange being served; nil while the connection idles in the pool.
+    var delegate: (any UpstreamExchangeDelegate)?
+    var connection: UpstreamConnection?
+    /// The pool holding this connection while it idles.
+    var idleIn: (pool: UpstreamPool, group: UpstreamGroup)?
     private var context: ChannelHandlerContext?
     private var readPending = false
+    private var buffer = ByteBuffer()
+    private var phase = Phase.idle
+    /// Whether the connection may serve another request after the current response.
+    private(set) var reusable = true
     /// Completed when the connection is usable (after the TLS handshake, if any).
     let ready: EventLoopPromise<Void>
     private let needsHandshake: Bool
     private let backendDescription: String
+    static let maxHeadBytes = 64 * 1024
 
     init(ready: EventLoopPromise<Void>, needsHandshake: Bool, backend: String) {
         self.ready = ready
         self.needsHandshake = needsHandshake
         self.backendDescription = backend
+    }
+
+    /// A request is about to be written: parse the next response for it.
+    func beginExchange(headRequest: Bool) {
+        self.phase = .head(headRequest: headRequest, scanned: 0)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -104,13 +134,84 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = Self.unwrapInboundIn(data)
-        guard let delegate = self.delegate, let connection = self.connection else {
-            // Bytes on an idle connection: the upstream broke the protocol; drop it.
-            context.close(promise: nil)
-            return
+        var bytes = Self.unwrapInboundIn(data)
+        if self.buffer.readableBytes == 0 {
+            self.buffer = bytes
+        } else {
+            self.buffer.writeBuffer(&bytes)
         }
-        delegate.upstreamReceived(part, from: connection)
+        do {
+            try self.parse()
+        } catch {
+            self.fail(UpstreamError(kind: .protocolError, backend: self.backendDescription, reason: "invalid HTTP response: \(error)"), context: context)
+        }
+    }
+
+    private func parse() throws {
+        while true {
+            if case .body = self.phase {} else if self.buffer.readableBytes == 0 { break }
+            guard let delegate = self.delegate, let connection = self.connection else {
+                // Bytes on an idle connection: the upstream broke the protocol.
+                throw HTTPFramingError.bad("bytes received with no request outstanding")
+            }
+            switch self.phase {
+            case .idle:
+                throw HTTPFramingError.bad("bytes received after the response ended")
+            case .head(let headRequest, let scanned):
+                guard let end = HTTP1Parser.headEnd(in: self.buffer, from: scanned) else {
+                    guard self.buffer.readableBytes <= Self.maxHeadBytes else { throw HTTPFramingError.bad("response head larger than 64 KiB") }
+                    self.phase = .head(headRequest: headRequest, scanned: max(0, self.buffer.readableBytes - 3))
+                    return
+                }
+                let head = try HTTP1Parser.parseResponse(self.buffer.readBytes(length: end)!)
+                if head.status < 200 {
+                    // Interim responses (100, 103) are dropped; there is no upgrade through the proxy.
+                    guard head.status != 101 else { throw HTTPFramingError.bad("unexpected 101 Switching Protocols") }
+                    self.phase = .head(headRequest: headRequest, scanned: 0)
+                    continue
+                }
+                var framer: BodyFramer
+                if headRequest || head.status == 204 || head.status == 304 {
+                    framer = BodyFramer(length: 0)
+                } else if head.chunked {
+                    framer = .chunked
+                } else if let length = head.contentLength, !head.otherTransferCoding {
+                    framer = BodyFramer(length: length)
+                } else {
+                    framer = .untilClose
+                }
+                self.reusable = head.keepAlive && framer.state != .untilClose
+                self.phase = framer.isDone ? .idle : .body(framer)
+                delegate.upstreamReceived(.head(head), from: connection)
+                if framer.isDone { self.delegate?.upstreamReceived(.end, from: connection) }
+            case .body(var framer):
+                guard let piece = try framer.next(from: &self.buffer) else {
+                    self.phase = .body(framer)
+                    return
+                }
+                switch piece {
+                case .data(let data):
+                    self.phase = .body(framer)
+                    delegate.upstreamReceived(.body(data), from: connection)
+                case .end:
+                    self.phase = .idle
+                    delegate.upstreamReceived(.end, from: connection)
+                }
+            }
+        }
+        if self.buffer.readableBytes == 0, self.buffer.capacity > 0, case .idle = self.phase {
+            self.buffer = ByteBuffer()
+        }
+    }
+
+    private func fail(_ error: UpstreamError, context: ChannelHandlerContext) {
+        self.reusable = false
+        self.buffer = ByteBuffer()
+        if let delegate = self.delegate, let connection = self.connection {
+            self.delegate = nil
+            delegate.upstreamFailed(error, from: connection)
+        }
+        context.close(promise: nil)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -122,8 +223,6 @@ final class UpstreamHandler: ChannelDuplexHandler {
         let wrapped: Error
         if let tls = error as? TLSError {
             wrapped = UpstreamError(kind: .tlsFailed, backend: self.backendDescription, reason: tls.description)
-        } else if error is HTTPParserError {
-            wrapped = UpstreamError(kind: .protocolError, backend: self.backendDescription, reason: "invalid HTTP response: \(error)")
         } else {
             wrapped = error
         }
@@ -136,15 +235,22 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.reusable = false
+        if case .body(var framer) = self.phase, framer.endOfStream(), let delegate = self.delegate, let connection = self.connection {
+            // A response delimited by the connection's end is complete now.
+            self.phase = .idle
+            delegate.upstreamReceived(.end, from: connection)
+        }
         let error = UpstreamError(kind: .closedEarly, backend: self.backendDescription, reason: "connection closed by the upstream")
         self.ready.fail(error)
         if let delegate = self.delegate, let connection = self.connection {
             self.delegate = nil
             delegate.upstreamFailed(error, from: connection)
-        } else {
-            self.onIdleClose?()
+        } else if let (pool, group) = self.idleIn, let connection = self.connection {
+            pool.evict(connection, group: group)
         }
-        self.onIdleClose = nil
+        self.idleIn = nil
+        self.connection = nil
         context.fireChannelInactive()
     }
 
@@ -200,7 +306,7 @@ public final class UpstreamPool {
         let all = self.idle.values.flatMap { $0 }
         self.idle = [:]
         for connection in all {
-            connection.handler.onIdleClose = nil
+            connection.handler.idleIn = nil
             connection.close()
         }
     }
@@ -214,10 +320,11 @@ public final class UpstreamPool {
     func takeIdle(group: UpstreamGroup, backend index: Int) -> UpstreamConnection? {
         self.eventLoop.assertInEventLoop()
         let key = self.key(group: group, backend: index)
-        while var stack = self.idle[key], let connection = stack.popLast() {
-            self.idle[key] = stack.isEmpty ? nil : stack
+        // Mutated in place: copying the stack out would copy every idle connection per request.
+        while let connection = self.idle[key]?.popLast() {
+            if self.idle[key]!.isEmpty { self.idle[key] = nil }
             group.states[index].idleConnections.wrappingDecrement(ordering: .relaxed)
-            connection.handler.onIdleClose = nil
+            connection.handler.idleIn = nil
             if connection.channel.isActive {
                 return connection
             }
@@ -236,28 +343,24 @@ public final class UpstreamPool {
             return
         }
         let state = group.states[connection.backendIndex]
-        var stack = self.idle[connection.key] ?? []
-        if stack.count >= group.maxIdlePerBackend {
-            stack.removeFirst().close()  // least recently used goes first
+        if let count = self.idle[connection.key]?.count, count >= group.maxIdlePerBackend {
+            let oldest = self.idle[connection.key]!.removeFirst()  // least recently used goes first
+            oldest.handler.idleIn = nil
+            oldest.close()
             state.idleConnections.wrappingDecrement(ordering: .relaxed)
         }
-        stack.append(connection)
+        self.idle[connection.key, default: []].append(connection)
         state.idleConnections.wrappingIncrement(ordering: .relaxed)
-        self.idle[connection.key] = stack
-        connection.handler.onIdleClose = { [weak self, weak connection] in
-            guard let self, let connection else { return }
-            self.evict(connection, group: group)
-        }
+        connection.handler.idleIn = (self, group)
         connection.idleDeadline = .now() + group.timeouts.idle
         if connection.idleTimer == nil { self.scheduleIdleCheck(connection, group: group) }
     }
 
     /// One timer per connection, re-armed only when it fires before the (moved) deadline.
     private func scheduleIdleCheck(_ connection: UpstreamConnection, group: UpstreamGroup) {
-        connection.idleTimer = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: connection.idleDeadline) { [weak self, weak connection] in
-            guard let self, let connection else { return }
+        connection.idleTimer = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: connection.idleDeadline) {
             connection.idleTimer = nil
-            guard connection.channel.isActive, connection.handler.delegate == nil, connection.handler.onIdleClose != nil else { return }
+            guard connection.channel.isActive, connection.handler.delegate == nil, connection.handler.idleIn != nil else { return }
             if NIODeadline.now() < connection.idleDeadline {
                 self.scheduleIdleCheck(connection, group: group)
                 return
@@ -267,11 +370,13 @@ public final class UpstreamPool {
         }
     }
 
-    private func evict(_ connection: UpstreamConnection, group: UpstreamGroup) {
-        guard var stack = self.idle[connection.key], let index = stack.firstIndex(where: { $0 === connection }) else { return }
-        stack.remove(at: index)
+    /// Removes an idle connection that closed or timed out.
+    func evict(_ connection: UpstreamConnection, group: UpstreamGroup) {
+        connection.handler.idleIn = nil
+        guard let index = self.idle[connection.key]?.firstIndex(where: { $0 === connection }) else { return }
+        self.idle[connection.key]!.remove(at: index)
+        if self.idle[connection.key]!.isEmpty { self.idle[connection.key] = nil }
         group.states[connection.backendIndex].idleConnections.wrappingDecrement(ordering: .relaxed)
-        self.idle[connection.key] = stack.isEmpty ? nil : stack
     }
 
     private func connect(group: UpstreamGroup, backend index: Int, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
@@ -303,10 +408,6 @@ public final class UpstreamPool {
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     if let tlsHandler { try sync.addHandler(tlsHandler.value) }
-                    var encoderConfiguration = HTTPRequestEncoder.Configuration()
-                    encoderConfiguration.automaticallySetFramingHeaders = false
-                    try sync.addHandler(HTTPRequestEncoder(configuration: encoderConfiguration))
-                    try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop)))
                     try sync.addHandler(boundHandler.value)
                 }
             }

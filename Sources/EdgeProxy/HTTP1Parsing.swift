@@ -1,0 +1,476 @@
+import NIOCore
+
+// A strict HTTP/1.1 message-head parser and body framer for the proxy's byte path.
+//
+// The proxy forwards bytes, not NIOHTTP1 parts: a head is found, checked and
+// rewritten once, and bodies move as slices of what was read. Everything that
+// decides where a message ends (Content-Length, Transfer-Encoding, chunk sizes)
+// is validated strictly, since a proxy that frames a message differently from
+// its upstream is the definition of request smuggling (RFC 9112 §6.3, §11.2).
+
+/// Why a message head or body was rejected.
+struct HTTPFramingError: Error, CustomStringConvertible, Equatable {
+    enum Kind: Equatable { case badRequest, headTooLarge }
+    var kind: Kind
+    var reason: String
+    var description: String { self.reason }
+
+    static func bad(_ reason: String) -> HTTPFramingError { HTTPFramingError(kind: .badRequest, reason: reason) }
+
+    init(kind: Kind, reason: String) {
+        self.kind = kind
+        self.reason = reason
+    }
+
+    init(_ error: any Error) {
+        self = (error as? HTTPFramingError) ?? .bad("\(error)")
+    }
+}
+
+/// Headers the proxy treats specially, recognised once per field while parsing.
+enum KnownHeader: UInt8 {
+    case other, contentLength, transferEncoding, host, connection, expect, keepAlive, proxyConnection, te, trailer, upgrade
+    case xForwardedFor, xForwardedProto, xForwardedHost, xForwardedClientCert, xClientVerify
+
+    /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as received.
+    var isHopByHop: Bool {
+        switch self {
+        case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .upgrade: return true
+        default: return false
+        }
+    }
+
+    private static let table: [(String, KnownHeader)] = [
+        ("content-length", .contentLength), ("transfer-encoding", .transferEncoding), ("host", .host),
+        ("connection", .connection), ("expect", .expect), ("keep-alive", .keepAlive),
+        ("proxy-connection", .proxyConnection), ("te", .te), ("trailer", .trailer), ("upgrade", .upgrade),
+        ("x-forwarded-for", .xForwardedFor), ("x-forwarded-proto", .xForwardedProto), ("x-forwarded-host", .xForwardedHost),
+        ("x-forwarded-client-cert", .xForwardedClientCert), ("x-client-verify", .xClientVerify),
+    ]
+    /// Known names by length, as lowercase bytes.
+    private static let byLength: [[([UInt8], KnownHeader)]] = {
+        var result = [[([UInt8], KnownHeader)]](repeating: [], count: 24)
+        for (name, header) in table { result[name.utf8.count].append((Array(name.utf8), header)) }
+        return result
+    }()
+
+    static func classify(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> KnownHeader {
+        let count = range.count
+        guard count < byLength.count else { return .other }
+        candidates: for (name, header) in byLength[count] {
+            for i in 0..<count where bytes[range.lowerBound + i] | 0x20 != name[i] {
+                // `| 0x20` folds ASCII letters; '-' (0x2D) is unchanged by it.
+                continue candidates
+            }
+            return header
+        }
+        return .other
+    }
+}
+
+/// One header field: offsets of its name and (trimmed) value in the head's bytes.
+struct HeaderField {
+    var name: Range<Int>
+    var value: Range<Int>
+    var known: KnownHeader
+}
+
+/// A message head as received, with what the proxy needs from it.
+struct HTTPHead {
+    /// The head's bytes, start line through the empty line.
+    var bytes: [UInt8]
+    var fields: [HeaderField] = []
+    /// Request: method and target. Response: unused.
+    var method = ""
+    var target = ""
+    /// Response: status code and reason phrase.
+    var status = 0
+    var reason: Range<Int> = 0..<0
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    var minorVersion = 1
+    var contentLength: Int?
+    var chunked = false
+    /// A Transfer-Encoding other than chunked (responses only: read until close).
+    var otherTransferCoding = false
+    var connectionClose = false
+    var connectionKeepAlive = false
+    var expectContinue = false
+    /// Lowercased names listed in Connection (other than close and keep-alive): hop-by-hop too.
+    var connectionNames: [String] = []
+
+    var keepAlive: Bool { self.minorVersion >= 1 ? !self.connectionClose : (self.connectionKeepAlive && !self.connectionClose) }
+
+    func string(_ range: Range<Int>) -> String {
+        String(decoding: self.bytes[range], as: UTF8.self)
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    func value(of name: String) -> String? {
+        let wanted = Array(name.lowercased().utf8)
+        for field in self.fields where field.name.count == wanted.count {
+            var same = true
+            for i in 0..<wanted.count where self.bytes[field.name.lowerBound + i] | 0x20 != wanted[i] {
+                same = false
+                break
+            }
+            if same { return self.string(field.value) }
+        }
+        return nil
+    }
+
+    func first(_ known: KnownHeader) -> String? {
+        self.fields.first { $0.known == known }.map { self.string($0.value) }
+    }
+
+    /// Whether a field is removed on the way through: hop-by-hop, or named by Connection.
+    func isHopByHop(_ field: HeaderField) -> Bool {
+        if field.known.isHopByHop { return true }
+        guard !self.connectionNames.isEmpty, field.known == .other else { return false }
+        let name = self.string(field.name).lowercased()
+        return self.connectionNames.contains(name)
+    }
+
+    /// Appends `name: value\r\n` as received.
+    func write(_ field: HeaderField, to buffer: inout ByteBuffer) {
+        buffer.writeBytes(self.bytes[field.name])
+        buffer.writeStaticString(": ")
+        buffer.writeBytes(self.bytes[field.value])
+        buffer.writeStaticString("\r\n")
+    }
+
+    var isIdempotent: Bool {
+        switch self.method {
+        case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE": return true
+        default: return false
+        }
+    }
+}
+
+enum HTTP1Parser {
+    /// Where the head in `buffer` ends (the index just past CRLF CRLF), scanning from
+    /// `from` bytes into the readable region; nil if it is not complete yet.
+    static func headEnd(in buffer: ByteBuffer, from: Int) -> Int? {
+        buffer.withUnsafeReadableBytes { bytes -> Int? in
+            var i = max(from, 0)
+            let n = bytes.count
+            while i + 3 < n {
+                if bytes[i + 3] != 0x0A { i += bytes[i + 3] == 0x0D ? 1 : 4; continue }
+                if bytes[i] == 0x0D && bytes[i + 1] == 0x0A && bytes[i + 2] == 0x0D { return i + 4 }
+                i += 1
+            }
+            return nil
+        }
+    }
+
+    static func parseRequest(_ bytes: [UInt8]) throws -> HTTPHead {
+        var head = HTTPHead(bytes: bytes)
+        let lineEnd = try parseFields(&head)
+        try bytes.withUnsafeBytes { (p: UnsafeRawBufferPointer) throws in
+            // method SP request-target SP HTTP-version
+            var i = 0
+            while i < lineEnd, isToken(p[i]) { i += 1 }
+            guard i > 0, i < lineEnd, p[i] == 0x20 else { throw HTTPFramingError.bad("malformed request line") }
+            head.method = String(decoding: UnsafeRawBufferPointer(rebasing: p[0..<i]), as: UTF8.self)
+            let targetStart = i + 1
+            var j = targetStart
+            while j < lineEnd, p[j] > 0x20, p[j] != 0x7F { j += 1 }
+            guard j > targetStart, j < lineEnd, p[j] == 0x20 else { throw HTTPFramingError.bad("malformed request target") }
+            head.target = String(decoding: UnsafeRawBufferPointer(rebasing: p[targetStart..<j]), as: UTF8.self)
+            head.minorVersion = try version(p, j + 1, lineEnd)
+        }
+        try checkRequestFraming(&head)
+        return head
+    }
+
+    static func parseResponse(_ bytes: [UInt8]) throws -> HTTPHead {
+        var head = HTTPHead(bytes: bytes)
+        let lineEnd = try parseFields(&head)
+        try bytes.withUnsafeBytes { (p: UnsafeRawBufferPointer) throws in
+            // HTTP-version SP 3DIGIT SP reason-phrase (the reason may be empty or missing)
+            guard lineEnd >= 12, p[8] == 0x20 else { throw HTTPFramingError.bad("malformed status line") }
+            head.minorVersion = try version(p, 0, 8)
+            var status = 0
+            for k in 9..<12 {
+                guard p[k] >= 0x30, p[k] <= 0x39 else { throw HTTPFramingError.bad("malformed status code") }
+                status = status * 10 + Int(p[k] - 0x30)
+            }
+            guard status >= 100 else { throw HTTPFramingError.bad("malformed status code") }
+            head.status = status
+            if lineEnd > 12 {
+                guard p[12] == 0x20 else { throw HTTPFramingError.bad("malformed status line") }
+                head.reason = 13..<lineEnd
+            }
+        }
+        if head.chunked && head.contentLength != nil { head.contentLength = nil }  // RFC 9112 §6.3: TE overrides
+        return head
+    }
+
+    /// "HTTP/1.0" or "HTTP/1.1" in p[start..<end]; returns the minor version.
+    private static func version(_ p: UnsafeRawBufferPointer, _ start: Int, _ end: Int) throws -> Int {
+        let expected: StaticString = "HTTP/1."
+        guard end - start == 8 else { throw HTTPFramingError.bad("unsupported HTTP version") }
+        for k in 0..<7 where p[start + k] != expected.utf8Start[k] { throw HTTPFramingError.bad("unsupported HTTP version") }
+        switch p[start + 7] {
+        case 0x30: return 0
+        case 0x31: return 1
+        default: throw HTTPFramingError.bad("unsupported HTTP version")
+        }
+    }
+
+    /// Parses the header fields after the start line; returns where the start line ends.
+    private static func parseFields(_ head: inout HTTPHead) throws -> Int {
+        var fields: [HeaderField] = []
+        var contentLength: Int?
+        var transferEncodings = 0
+        var chunked = false
+        var otherCoding = false
+        var close = false, keepAlive = false, expectContinue = false
+        var names: [String] = []
+        let startLineEnd = try head.bytes.withUnsafeBytes { (p: UnsafeRawBufferPointer) throws -> Int in
+            let n = p.count  // ends with CR LF CR LF
+            func lineEnd(_ from: Int) throws -> Int {
+                var i = from
+                while i < n {
+                    let b = p[i]
+                    if b == 0x0D {
+                        guard i + 1 < n, p[i + 1] == 0x0A else { throw HTTPFramingError.bad("bare CR in head") }
+                        return i
+                    }
+                    guard b != 0x0A else { throw HTTPFramingError.bad("bare LF in head") }
+                    i += 1
+                }
+                throw HTTPFramingError.bad("unterminated head")
+            }
+            let first = try lineEnd(0)
+            var i = first + 2
+            while true {
+                let end = try lineEnd(i)
+                if end == i { break }  // the empty line
+                guard p[i] != 0x20, p[i] != 0x09 else { throw HTTPFramingError.bad("obsolete line folding") }
+                var colon = i
+                while colon < end, isToken(p[colon]) { colon += 1 }
+                guard colon > i, colon < end, p[colon] == 0x3A else { throw HTTPFramingError.bad("malformed header field name") }
+                var vs = colon + 1
+                var ve = end
+                while vs < ve, p[vs] == 0x20 || p[vs] == 0x09 { vs += 1 }
+                while ve > vs, p[ve - 1] == 0x20 || p[ve - 1] == 0x09 { ve -= 1 }
+                for k in vs..<ve {
+                    let b = p[k]
+                    guard b >= 0x20 || b == 0x09, b != 0x7F else { throw HTTPFramingError.bad("control character in header value") }
+                }
+                let known = KnownHeader.classify(p, i..<colon)
+                switch known {
+                case .contentLength:
+                    guard ve > vs, ve - vs <= 18 else { throw HTTPFramingError.bad("invalid Content-Length") }
+                    var value = 0
+                    for k in vs..<ve {
+                        guard p[k] >= 0x30, p[k] <= 0x39 else { throw HTTPFramingError.bad("invalid Content-Length") }
+                        value = value * 10 + Int(p[k] - 0x30)
+                    }
+                    if let existing = contentLength, existing != value { throw HTTPFramingError.bad("conflicting Content-Length values") }
+                    contentLength = value
+                case .transferEncoding:
+                    transferEncodings += 1
+                    // The final coding decides the framing; anything but chunked alone is flagged.
+                    let value = String(decoding: UnsafeRawBufferPointer(rebasing: p[vs..<ve]), as: UTF8.self).lowercased()
+                    let codings = value.split(separator: ",").map { $0.trimmingSpaces() }
+                    chunked = codings.last == "chunked"
+                    otherCoding = otherCoding || codings.count != 1 || !chunked
+                case .connection:
+                    let value = String(decoding: UnsafeRawBufferPointer(rebasing: p[vs..<ve]), as: UTF8.self).lowercased()
+                    for token in value.split(separator: ",") {
+                        let name = token.trimmingSpaces()
+                        if name == "close" { close = true } else if name == "keep-alive" { keepAlive = true } else if !name.isEmpty { names.append(String(name)) }
+                    }
+                case .expect:
+                    if ve - vs == 12, String(decoding: UnsafeRawBufferPointer(rebasing: p[vs..<ve]), as: UTF8.self).lowercased() == "100-continue" {
+                        expectContinue = true
+                    }
+                default:
+                    break
+                }
+                fields.append(HeaderField(name: i..<colon, value: vs..<ve, known: known))
+                i = end + 2
+            }
+            return first
+        }
+        head.fields = fields
+        head.contentLength = contentLength
+        head.chunked = chunked
+        head.otherTransferCoding = otherCoding || transferEncodings > 1
+        head.connectionClose = close
+        head.connectionKeepAlive = keepAlive
+        head.expectContinue = expectContinue
+        head.connectionNames = names
+        return startLineEnd
+    }
+
+    /// Request framing rules that stop smuggling (RFC 9112 §6.1, §6.3).
+    private static func checkRequestFraming(_ head: inout HTTPHead) throws {
+        let hasTE = head.chunked || head.otherTransferCoding
+        if hasTE {
+            guard head.contentLength == nil else { throw HTTPFramingError.bad("both Content-Length and Transfer-Encoding") }
+            guard head.minorVersion == 1 else { throw HTTPFramingError.bad("Transfer-Encoding in an HTTP/1.0 request") }
+            guard head.chunked, !head.otherTransferCoding else { throw HTTPFramingError.bad("unsupported Transfer-Encoding") }
+        }
+        let hosts = head.fields.lazy.filter { $0.known == .host }.count
+        if hosts > 1 { throw HTTPFramingError.bad("more than one Host header") }
+        if hosts == 0 && head.minorVersion == 1 { throw HTTPFramingError.bad("missing Host header") }
+    }
+
+    /// tchar (RFC 9110 §5.6.2).
+    @inline(__always)
+    static func isToken(_ b: UInt8) -> Bool {
+        tokenTable[Int(b)]
+    }
+
+    private static let tokenTable: [Bool] = (0..<256).map { b in
+        switch UInt8(b) {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): return true
+        default: return "!#$%&'*+-.^_`|~".utf8.contains(UInt8(b))
+        }
+    }
+}
+
+/// Finds where a message body ends in a stream of bytes, handing out its data
+/// as slices. Chunked bodies are decoded (the receiver re-frames them); chunk
+/// extensions and trailers are dropped.
+struct BodyFramer {
+    enum State: Equatable {
+        case length(Int)
+        case chunkSize
+        case chunkData(Int)
+        case chunkDataEnd
+        case trailers(Int)
+        case untilClose
+        /// The last byte of a length-delimited body was handed out; `.end` comes next.
+        case ending
+        case done
+    }
+
+    enum Piece {
+        case data(ByteBuffer)
+        case end
+    }
+
+    private(set) var state: State
+    static let maxLineBytes = 4096
+
+    init(length: Int) { self.state = length == 0 ? .done : .length(length) }
+    init(state: State) { self.state = state }
+    static var chunked: BodyFramer { BodyFramer(state: .chunkSize) }
+    static var untilClose: BodyFramer { BodyFramer(state: .untilClose) }
+
+    var isDone: Bool { self.state == .done }
+
+    /// The next piece of the body from `buffer`, or nil when more bytes are needed.
+    /// `.end` is returned once (possibly with `buffer` empty, after the last data
+    /// piece: keep calling until nil); bytes after it are left in `buffer`.
+    mutating func next(from buffer: inout ByteBuffer) throws -> Piece? {
+        while true {
+            switch self.state {
+            case .done:
+                return nil
+            case .ending:
+                self.state = .done
+                return .end
+            case .length(let remaining):
+                guard buffer.readableBytes > 0 else { return nil }
+                let take = min(remaining, buffer.readableBytes)
+                let slice = buffer.readSlice(length: take)!
+                self.state = take == remaining ? .ending : .length(remaining - take)
+                return .data(slice)
+            case .untilClose:
+                guard buffer.readableBytes > 0 else { return nil }
+                return .data(buffer.readSlice(length: buffer.readableBytes)!)
+            case .chunkData(let remaining):
+                guard buffer.readableBytes > 0 else { return nil }
+                let take = min(remaining, buffer.readableBytes)
+                let slice = buffer.readSlice(length: take)!
+                self.state = take == remaining ? .chunkDataEnd : .chunkData(remaining - take)
+                return .data(slice)
+            case .chunkDataEnd:
+                guard buffer.readableBytes >= 2 else { return nil }
+                guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { throw HTTPFramingError.bad("missing CRLF after chunk data") }
+                self.state = .chunkSize
+            case .chunkSize:
+                guard let line = try Self.line(in: &buffer) else { return nil }
+                let size = try Self.chunkSize(line)
+                self.state = size == 0 ? .trailers(0) : .chunkData(size)
+            case .trailers(let seen):
+                guard let line = try Self.line(in: &buffer) else { return nil }
+                if line.isEmpty {
+                    self.state = .done
+                    return .end
+                }
+                guard seen + line.count <= 16 * 1024 else { throw HTTPFramingError.bad("trailer section too large") }
+                self.state = .trailers(seen + line.count)
+            }
+        }
+    }
+
+    /// The end of the body when the connection closes: fine only for close-delimited bodies.
+    mutating func endOfStream() -> Bool {
+        guard self.state == .untilClose else { return self.state == .done }
+        self.state = .done
+        return true
+    }
+
+    /// One CRLF-terminated line, consumed with its CRLF; nil if incomplete.
+    private static func line(in buffer: inout ByteBuffer) throws -> [UInt8]? {
+        let found = buffer.withUnsafeReadableBytes { p -> Int? in
+            var i = 0
+            while i + 1 < p.count {
+                if p[i] == 0x0D && p[i + 1] == 0x0A { return i }
+                i += 1
+            }
+            return nil
+        }
+        guard let end = found else {
+            if buffer.readableBytes > maxLineBytes { throw HTTPFramingError.bad("chunk line too long") }
+            return nil
+        }
+        guard end <= maxLineBytes else { throw HTTPFramingError.bad("chunk line too long") }
+        let bytes = buffer.readBytes(length: end)!
+        buffer.moveReaderIndex(forwardBy: 2)
+        return bytes
+    }
+
+    /// chunk-size [ BWS ; chunk-ext ] (RFC 9112 §7.1).
+    private static func chunkSize(_ line: [UInt8]) throws -> Int {
+        var size = 0
+        var digits = 0
+        var i = 0
+        while i < line.count {
+            let b = line[i]
+            let value: Int
+            switch b {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(b - 0x30)
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(b - 0x61 + 10)
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(b - 0x41 + 10)
+            default: value = -1
+            }
+            if value < 0 { break }
+            digits += 1
+            guard digits <= 15 else { throw HTTPFramingError.bad("chunk size too large") }
+            size = size * 16 + value
+            i += 1
+        }
+        guard digits > 0 else { throw HTTPFramingError.bad("invalid chunk size") }
+        while i < line.count, line[i] == 0x20 || line[i] == 0x09 { i += 1 }
+        guard i == line.count || line[i] == UInt8(ascii: ";") else { throw HTTPFramingError.bad("invalid chunk size") }
+        for k in i..<line.count where line[k] < 0x20 && line[k] != 0x09 { throw HTTPFramingError.bad("control character in chunk extension") }
+        return size
+    }
+}
+
+extension ByteBuffer {
+    /// Writes `data` with chunked framing (an empty `data` writes nothing: that would end the body).
+    mutating func writeChunk(_ data: ByteBuffer) {
+        guard data.readableBytes > 0 else { return }
+        self.writeString(String(data.readableBytes, radix: 16))
+        self.writeStaticString("\r\n")
+        self.writeImmutableBuffer(data)
+        self.writeStaticString("\r\n")
+    }
+}

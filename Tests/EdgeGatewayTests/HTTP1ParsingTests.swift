@@ -1,0 +1,135 @@
+@testable import EdgeProxy
+import NIOCore
+import XCTest
+
+/// The byte-level HTTP/1.1 parser and body framer that decide where messages end.
+/// (The gateway-level answers to the same inputs are in ProxyTests.)
+final class HTTP1ParsingTests: XCTestCase {
+    func request(_ text: String) throws -> HTTPHead {
+        try HTTP1Parser.parseRequest(Array(text.utf8))
+    }
+
+    func rejection(_ text: String) -> String? {
+        do {
+            _ = try request(text)
+            return nil
+        } catch {
+            return HTTPFramingError(error).reason
+        }
+    }
+
+    func testRequestHeadFieldsAndRewritingInputs() throws {
+        let head = try request("POST /a?b=1 HTTP/1.1\r\nHost: x.test\r\nContent-Length: 5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Keep:  v \t\r\n\r\n")
+        XCTAssertEqual(head.method, "POST")
+        XCTAssertEqual(head.target, "/a?b=1")
+        XCTAssertEqual(head.minorVersion, 1)
+        XCTAssertEqual(head.contentLength, 5)
+        XCTAssertFalse(head.chunked)
+        XCTAssertTrue(head.keepAlive)
+        XCTAssertEqual(head.first(.host), "x.test")
+        XCTAssertEqual(head.value(of: "x-keep"), "v", "optional whitespace is trimmed")
+        XCTAssertEqual(head.fields.filter { head.isHopByHop($0) }.map { head.string($0.name) }, ["Connection", "X-Hop"])
+        let http10 = try request("GET / HTTP/1.0\r\n\r\n")
+        XCTAssertFalse(http10.keepAlive, "HTTP/1.0 closes unless asked")
+        XCTAssertTrue(try request("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keepAlive)
+        XCTAssertFalse(try request("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keepAlive)
+        XCTAssertTrue(try request("PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").expectContinue)
+    }
+
+    func testSmugglingShapesAndMalformedHeadsAreRejected() {
+        let cases: [(String, String)] = [
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", "both Content-Length and Transfer-Encoding"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", "conflicting Content-Length values"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n", "invalid Content-Length"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n", "invalid Content-Length"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "unsupported Transfer-Encoding"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", "unsupported Transfer-Encoding"),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "Transfer-Encoding in an HTTP/1.0 request"),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n", "malformed header field name"),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n", "obsolete line folding"),
+            ("GET / HTTP/1.1\nHost: x\r\n\r\n", "bare LF in head"),
+            ("GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", "bare CR in head"),
+            ("GET / HTTP/1.1\r\nX-A: a\u{0}b\r\nHost: x\r\n\r\n", "control character in header value"),
+            ("GET / HTTP/1.1\r\n\r\n", "missing Host header"),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host header"),
+            ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", "unsupported HTTP version"),
+            ("GET  / HTTP/1.1\r\nHost: x\r\n\r\n", "malformed request target"),
+            ("G@T / HTTP/1.1\r\nHost: x\r\n\r\n", "malformed request line"),
+        ]
+        for (text, reason) in cases {
+            XCTAssertEqual(rejection(text), reason, text.debugDescription)
+        }
+    }
+
+    func testHeadEndIsFoundAcrossReads() {
+        let text = Array("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next".utf8)  // bytes: "\r\n" is one Character
+        for split in 1..<text.count {
+            var buffer = ByteBuffer(bytes: text.prefix(split))
+            if let first = HTTP1Parser.headEnd(in: buffer, from: 0) {
+                XCTAssertEqual(first, 27)
+                XCTAssertGreaterThanOrEqual(split, 27, "found only once complete")
+                continue
+            }
+            // The next search resumes where the last one stopped, as the proxy does.
+            buffer.writeBytes(text.dropFirst(split))
+            XCTAssertEqual(HTTP1Parser.headEnd(in: buffer, from: max(0, split - 3)), 27, "split at \(split)")
+        }
+    }
+
+    /// Feeds `body` in pieces of `step` bytes; returns the data and what is left after the end.
+    func frame(_ framer: BodyFramer, _ body: String, step: Int) throws -> (data: String, ended: Bool, rest: String) {
+        var framer = framer
+        var buffer = ByteBuffer()
+        var data = ""
+        var ended = false
+        var input = Array(body.utf8)[...]
+        while !ended {
+            if input.isEmpty && buffer.readableBytes == 0 { break }
+            let piece = input.prefix(step)
+            input = input.dropFirst(step)
+            buffer.writeBytes(piece)
+            while let next = try framer.next(from: &buffer) {
+                switch next {
+                case .data(let bytes): data += String(buffer: bytes)
+                case .end: ended = true
+                }
+                if ended { break }
+            }
+            if input.isEmpty && !ended { break }
+        }
+        return (data, ended, String(buffer: buffer) + String(decoding: input, as: UTF8.self))
+    }
+
+    func testChunkedBodiesDecodeAtAnySplitAndStopAtTheirEnd() throws {
+        let body = "5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\nGET /next"
+        for step in [1, 2, 3, 7, 100] {
+            let result = try frame(.chunked, body, step: step)
+            XCTAssertEqual(result.data, "hello0123456789", "step \(step)")
+            XCTAssertTrue(result.ended)
+            XCTAssertEqual(result.rest, "GET /next", "bytes after the body belong to the next request")
+        }
+        let length = try frame(BodyFramer(length: 5), "helloGET", step: 2)
+        XCTAssertEqual(length.data, "hello")
+        XCTAssertTrue(length.ended)
+        XCTAssertEqual(length.rest, "GET")
+    }
+
+    func testMalformedChunkedBodiesAreRejected() {
+        for bad in ["x\r\n", "-1\r\n", "5\r\nhelloXX", "1000000000000000\r\n", "5 x\r\nhello\r\n", "\r\n"] {
+            XCTAssertThrowsError(try frame(.chunked, bad, step: 100), bad.debugDescription)
+        }
+        XCTAssertThrowsError(try frame(.chunked, String(repeating: "0", count: 5000), step: 100), "an endless size line is cut off")
+    }
+
+    func testResponseHeadsAndTheirFraming() throws {
+        let chunked = try HTTP1Parser.parseResponse(Array("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n".utf8))
+        XCTAssertEqual(chunked.status, 200)
+        XCTAssertTrue(chunked.chunked)
+        XCTAssertNil(chunked.contentLength, "Transfer-Encoding overrides Content-Length")
+        let bare = try HTTP1Parser.parseResponse(Array("HTTP/1.0 204\r\n\r\n".utf8))
+        XCTAssertEqual(bare.status, 204)
+        XCTAssertFalse(bare.keepAlive)
+        XCTAssertThrowsError(try HTTP1Parser.parseResponse(Array("HTTP/1.1 2x0 OK\r\n\r\n".utf8)))
+        XCTAssertThrowsError(try HTTP1Parser.parseResponse(Array("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".utf8)))
+    }
+}
