@@ -1,27 +1,45 @@
 #!/usr/bin/env python3
-"""Keep-alive HTTPS throughput of edge-gateway beside nginx and HAProxy, same machine, same run.
+"""edge-gateway beside nginx and HAProxy: the same upstream, certificate and machine, in one run.
 
-The upstream and the load generator share core 0; each proxy runs alone on core 1 with one
-worker/thread/event loop. Two cases: a plain HTTP upstream and a verified TLS upstream (the
-same static nginx on a second port). Every figure is printed as the gateway's value and its
-ratio to the peers; the gateway's upstream connection reuse ratio (1 - new upstream
-connections / requests) is read from its /status/upstreams.
-Usage: python3 bench/run.py [--duration 10] [--connections 50] [--runs 3]
+Pinned (the default, one worker/thread/event loop each): the proxy under test alone on core 1,
+the upstream and the load generators on core 0. Measured per proxy:
+  1. keep-alive HTTPS req/s and p50/p99 (wrk -t1 -c50, median of --runs), with a plain and with
+     a verified TLS upstream; the gateway's upstream connection reuse from /status/upstreams;
+  2. full and resumed TLS handshakes (openssl s_time -new / -reuse, each with a GET through the
+     proxy), as handshakes/s and as proxy CPU per handshake (the clients saturate first on 2 cores);
+  3. HTTP/2: h2load -c 10 -m 10 for --duration seconds;
+  4. resident memory idle and with 2,000 and 10,000 idle TLS connections (KiB per connection);
+  5. certificate rotation: time from the file operation to the new certificate being served and
+     errors under load meanwhile, gateway (file watch, no signal) against `nginx -s reload`.
+Then an all-cores variant of (1): every proxy with 2 workers/threads/loops, wrk -t2 -c100, no pinning.
+Every figure is printed as the gateway's value and its ratio to the peers; the run is appended to
+BENCHMARKS.md with the machine, versions and commands (--no-append to skip).
+Usage: python3 bench/run.py [--duration 10] [--runs 3] [--only keepalive,handshake,h2,memory,rotation,allcores]
 """
-import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, asyncio, datetime, hashlib, json, os, re, resource, shutil, signal, socket, ssl, statistics, subprocess, sys
+import tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, free_port, wait_port, release_binary  # noqa: E402
 
+PROXIES = ("edge-gateway", "nginx", "haproxy")
+SECTIONS = ("keepalive", "handshake", "h2", "memory", "rotation", "allcores")
+
 
 def start(cmd, core, log):
-    return subprocess.Popen(["taskset", "-c", str(core)] + cmd, stdout=log, stderr=log)
+    prefix = ["taskset", "-c", str(core)] if core is not None else []
+    return subprocess.Popen(prefix + cmd, stdout=log, stderr=log)
 
 
-def wrk(url, duration, connections, core=0):
-    out = subprocess.run(["taskset", "-c", str(core), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+def on_core(core):
+    return ["taskset", "-c", str(core)] if core is not None else []
+
+
+def wrk(url, duration, connections, threads=1, core=0):
+    out = subprocess.run(on_core(core) + ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url],
                          capture_output=True, text=True, timeout=duration + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
     def lat(p):
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
         value, unit = float(m.group(1)), m.group(2)
@@ -36,78 +54,328 @@ def wrk(url, duration, connections, core=0):
     return {"rps": rps, "p50": lat(50), "p99": lat(99), "errors": errors}
 
 
+def cpu_seconds(pids):
+    """User+system CPU of processes and their children threads (nginx: master and workers)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def family(pid):
+    """The process and its children (nginx and HAProxy masters fork workers)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid] + [int(p) for p in out]
+
+
+def s_time(port, seconds, reuse, clients=4):
+    """Handshakes (each followed by a GET) by several openssl s_time clients on core 0."""
+    mode = "-reuse" if reuse else "-new"
+    procs = [subprocess.Popen(on_core(0) + ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", mode, "-time", str(seconds), "-www", "/"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(clients)]
+    total = 0
+    for p in procs:
+        out = p.communicate(timeout=seconds + 60)[0]
+        m = re.findall(r"(\d+) connections in [\d.]+s", out)
+        if m:
+            total += int(m[-1])
+    return total
+
+
+def handshakes(port, pids, seconds, reuse):
+    before = cpu_seconds(pids)
+    started = time.time()
+    count = s_time(port, seconds, reuse)
+    elapsed = time.time() - started
+    used = cpu_seconds(pids) - before
+    return {"rate": count / elapsed, "cpu_us": used / count * 1e6 if count else float("nan"), "count": count}
+
+
+def h2load(port, duration):
+    out = subprocess.run(on_core(0) + ["h2load", "-D", str(duration), "-c", "10", "-m", "10", f"https://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, timeout=duration + 60).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    return {"rps": rps, "failed": int(m.group(2)) + int(m.group(3)) if m else -1}
+
+
+async def hold_connections(port, ca, count, ready, release):
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.set_alpn_protocols(["http/1.1"])
+    conns = []
+    sem = asyncio.Semaphore(200)
+
+    async def one():
+        async with sem:
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+                conns.append(w)
+            except Exception:
+                pass
+    await asyncio.gather(*(one() for _ in range(count)))
+    ready.set_result(len(conns))
+    await release
+    for w in conns:
+        w.close()
+
+
+def idle_memory(port, ca, pids, counts):
+    """RSS idle and holding each count of idle TLS connections (opened by asyncio on core 0)."""
+    results = {"idle": rss_kib(pids)}
+    for count in counts:
+        loop = asyncio.new_event_loop()
+        ready, release = loop.create_future(), loop.create_future()
+        task = loop.create_task(hold_connections(port, ca, count, ready, release))
+        opened = loop.run_until_complete(ready)
+        time.sleep(2)
+        rss = rss_kib(pids)
+        release.set_result(None)
+        loop.run_until_complete(task)
+        loop.close()
+        results[count] = {"opened": opened, "rss": rss, "per_conn": (rss - results["idle"]) / max(opened, 1)}
+        time.sleep(2)
+    return results
+
+
+def fingerprint(port, ctx):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname="localhost")
+    der = s.getpeercert(binary_form=True)
+    s.close()
+    return hashlib.sha256(der).hexdigest()
+
+
+def pem_fingerprint(path):
+    der = subprocess.run(["openssl", "x509", "-in", path, "-outform", "DER"], capture_output=True).stdout
+    return hashlib.sha256(der).hexdigest()
+
+
+def issue_pair(work, ca_dir, tag):
+    key, crt = os.path.join(work, f"rot-{tag}.key"), os.path.join(work, f"rot-{tag}.crt")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key], check=True, capture_output=True)
+    subprocess.run(["openssl", "req", "-new", "-key", key, "-subj", "/CN=localhost", "-out", crt + ".csr"], check=True, capture_output=True)
+    open(crt + ".ext", "w").write("subjectAltName=DNS:localhost\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", crt + ".csr", "-CA", ca_dir + "/intermediate.pem", "-CAkey", ca_dir + "/intermediate.key",
+                    "-CAcreateserial", "-days", "30", "-extfile", crt + ".ext", "-out", crt], check=True, capture_output=True)
+    chain = open(crt).read() + open(ca_dir + "/intermediate.pem").read()
+    return chain, open(key).read(), pem_fingerprint(crt)
+
+
+class RotationLoad:
+    """New connections (handshake + GET) back to back while rotating; counts failures."""
+
+    def __init__(self, port, ca):
+        self.port, self.ctx = port, ssl.create_default_context(cafile=ca)
+        self.stop, self.ok, self.errors = threading.Event(), 0, 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                raw = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                s = self.ctx.wrap_socket(raw, server_hostname="localhost")
+                s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                s.close()
+                if data.startswith(b"HTTP/1.1 200"):
+                    self.ok += 1
+                else:
+                    self.errors += 1
+            except Exception:
+                self.errors += 1
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def rotation(port, ca, pairs, rotate, n):
+    """Latency from the file operation (`rotate(i)`) to the new certificate being served."""
+    ctx = ssl.create_default_context(cafile=ca)
+    load = RotationLoad(port, ca)
+    latencies = []
+    for i in range(n):
+        wanted = pairs[i % len(pairs)][2]
+        started = time.time()
+        rotate(i)
+        while time.time() - started < 10:
+            try:
+                if fingerprint(port, ctx) == wanted:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.005)
+        latencies.append((time.time() - started) * 1000)
+        time.sleep(0.3)
+    load.finish()
+    latencies.sort()
+    return {"p50": statistics.median(latencies), "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+            "ok": load.ok, "errors": load.errors}
+
+
+def ratio(g, p, higher_is_better=True):
+    if not p or p != p or not g or g != g:
+        return ""
+    return f"{(g / p if higher_is_better else p / g):.2f}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--runs", type=int, default=3, help="median of this many runs per proxy")
+    ap.add_argument("--runs", type=int, default=3, help="median of this many keep-alive runs per proxy")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ",".join(SECTIONS))
+    ap.add_argument("--rotations", type=int, default=20)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--no-append", action="store_true", help="do not append the run to BENCHMARKS.md")
     args = ap.parse_args()
+    only = set(args.only.split(","))
 
-    for tool in ("wrk", "nginx", "haproxy", "taskset", "openssl"):
+    for tool in ("wrk", "nginx", "haproxy", "taskset", "openssl", "h2load"):
         if not shutil.which(tool):
-            sys.exit(f"bench: '{tool}' is missing: apt-get install wrk nginx-light haproxy")
+            sys.exit(f"bench: '{tool}' is missing: apt-get install wrk nginx-light haproxy nghttp2-client")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))  # 10,000 idle connections; children inherit
     gateway = release_binary(build=not args.no_build)
 
     work = tempfile.mkdtemp(prefix="edge-bench-")
     procs = []
     log = open(os.path.join(work, "bench.log"), "w")
+    out_lines = []
+
+    def say(line=""):
+        print(line, flush=True)
+        out_lines.append(line)
     try:
         subprocess.run(["bash", os.path.join(ROOT, "certs-example/generate.sh"), os.path.join(work, "certs")], check=True, stdout=subprocess.DEVNULL)
+        ca_dir = os.path.join(work, "certs")
+        ca = os.path.join(ca_dir, "ca.pem")
         cert = os.path.join(work, "certs/pairs/localhost.crt")
         key = os.path.join(work, "certs/pairs/localhost.key")
-        pem = os.path.join(work, "certs/localhost.pem")
-        with open(pem, "w") as f:
-            f.write(open(cert).read() + open(key).read())
+        # Each proxy gets its own copy of the pair, so rotating one touches nothing of the others.
+        watched = os.path.join(work, "watched")
+        os.makedirs(watched)
+        chain_text = open(cert).read()
+        key_text = open(key).read()
+        open(os.path.join(watched, "localhost.pem"), "w").write(chain_text + key_text)
+        ngx_cert, ngx_key = os.path.join(work, "nginx-cert.pem"), os.path.join(work, "nginx-key.pem")
+        open(ngx_cert, "w").write(chain_text)
+        open(ngx_key, "w").write(key_text)
+        pem = os.path.join(work, "haproxy.pem")
+        open(pem, "w").write(chain_text + key_text)
 
-        def render(name, **kv):
+        def render(name, out_name=None, **kv):
             text = open(os.path.join(ROOT, "bench/peers", name + ".in")).read()
             for k, v in kv.items():
                 text = text.replace("@" + k + "@", str(v))
-            path = os.path.join(work, name)
+            path = os.path.join(work, out_name or name)
             open(path, "w").write(text)
             return path
-        ca = os.path.join(work, "certs/ca.pem")
         up, tls_up = free_port(), free_port()
         procs.append(start(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, CERT=cert, KEY=key), "-p", work], 0, log))
         assert wait_port(up) and wait_port(tls_up), "upstream did not start"
-        admin = free_port()
 
-        ports = {"edge-gateway": free_port(), "nginx": free_port(), "haproxy": free_port()}
-        cfg = os.path.join(work, "gateway.yaml")
-        with open(cfg, "w") as f:
-            f.write(f"""workers: 1
+        def configs(workers, tag):
+            ports = {name: free_port() for name in PROXIES}
+            admin = free_port()
+            cfg = os.path.join(work, f"gateway-{tag}.yaml")
+            with open(cfg, "w") as f:
+                f.write(f"""workers: {workers}
 listeners:
   - name: https
     address: "127.0.0.1:{ports['edge-gateway']}"
-    tls: {{ certificate: {cert}, key: {key} }}
+    tls: {{ h2: true }}
+    timeouts: {{ header: 120s, idle: 120s }}
+certificates:
+  sources: [ {{ directory: {watched} }} ]
+  watch: {{ debounce: 200ms }}
 upstreams:
   app: {{ backends: ["127.0.0.1:{up}"] }}
   app_tls: {{ backends: ["127.0.0.1:{tls_up}"], tls: {{ sni: localhost, ca_file: {ca} }} }}
 routes: [ {{ path_prefix: /tls/, upstream: app_tls }}, {{ upstream: app }} ]
 admin: {{ address: "127.0.0.1:{admin}" }}
 """)
-        ngx = render("nginx.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["nginx"], CERT=cert, KEY=key)
-        hap = render("haproxy.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["haproxy"], PEM=pem)
-        commands = {
-            "edge-gateway": [gateway, "run", "-c", cfg, "--log-level", "warning"],
-            "nginx": ["nginx", "-c", ngx, "-p", work],
-            "haproxy": ["haproxy", "-f", hap],
-        }
+            ngx = render("nginx.conf", f"nginx-{tag}.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["nginx"],
+                         CERT=ngx_cert, KEY=ngx_key, WORKERS=workers)
+            hap = render("haproxy.cfg", f"haproxy-{tag}.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["haproxy"], PEM=pem, WORKERS=workers)
+            commands = {
+                "edge-gateway": [gateway, "run", "-c", cfg, "--log-level", "warning"],
+                "nginx": ["nginx", "-c", ngx, "-p", work],
+                "haproxy": ["haproxy", "-f", hap],
+            }
+            return ports, admin, commands, ngx
+
         cases = {"plain upstream": "/", "TLS upstream": "/tls/"}
         results = {case: {} for case in cases}
+        hs = {"full": {}, "resumed": {}}
+        h2 = {}
+        mem = {}
+        rot = {}
         reuse = {}
-        for name, cmd in commands.items():
-            p = start(cmd, 1, log)
+        ports, admin, commands, ngx_conf = configs(1, "pinned")
+        for name in PROXIES:
+            p = start(commands[name], 1, log)
             procs.append(p)
             assert wait_port(ports[name]), f"{name} did not start (see {work}/bench.log)"
-            for case, path in cases.items():
-                url = f"https://127.0.0.1:{ports[name]}{path}"
-                wrk(url, 2, args.connections)  # warm-up
-                runs = [wrk(url, args.duration, args.connections) for _ in range(args.runs)]
-                rps = statistics.median(r["rps"] for r in runs)
-                best = min(runs, key=lambda r: abs(r["rps"] - rps))
-                results[case][name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs)}
+            time.sleep(0.5)
+            pids = family(p.pid)
+            port = ports[name]
+            if "keepalive" in only:
+                for case, path in cases.items():
+                    url = f"https://127.0.0.1:{port}{path}"
+                    wrk(url, 2, args.connections)  # warm-up
+                    runs = [wrk(url, args.duration, args.connections) for _ in range(args.runs)]
+                    rps = statistics.median(r["rps"] for r in runs)
+                    best = min(runs, key=lambda r: abs(r["rps"] - rps))
+                    results[case][name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs)}
+            if "handshake" in only:
+                hs["full"][name] = handshakes(port, pids, max(5, args.duration // 2), reuse=False)
+                hs["resumed"][name] = handshakes(port, pids, max(5, args.duration // 2), reuse=True)
+            if "h2" in only:
+                h2load(port, 2)
+                h2[name] = h2load(port, args.duration)
+            if "memory" in only:
+                mem[name] = idle_memory(port, ca, family(p.pid), [2000, 10000])
+            if "rotation" in only and name != "haproxy":
+                pairs = [issue_pair(work, ca_dir, f"{name}-{i}") for i in range(4)]
+                if name == "edge-gateway":
+                    def rotate(i):
+                        chain, k, _ = pairs[i % len(pairs)]
+                        tmp = os.path.join(work, "rotate.tmp")
+                        open(tmp, "w").write(chain + k)
+                        os.rename(tmp, os.path.join(watched, "localhost.pem"))
+                else:
+                    def rotate(i):
+                        chain, k, _ = pairs[i % len(pairs)]
+                        open(ngx_cert + ".tmp", "w").write(chain)
+                        open(ngx_key + ".tmp", "w").write(k)
+                        os.rename(ngx_cert + ".tmp", ngx_cert)
+                        os.rename(ngx_key + ".tmp", ngx_key)
+                        subprocess.run(["nginx", "-c", ngx_conf, "-p", work, "-s", "reload"], check=True, capture_output=True)
+                rot[name] = rotation(port, ca, pairs, rotate, args.rotations)
             if name == "edge-gateway":
                 status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status/upstreams", timeout=5))
                 for group in status["upstreams"]:
@@ -116,27 +384,93 @@ admin: {{ address: "127.0.0.1:{admin}" }}
                     resumed = sum(b["tls_resumed"] for b in group["backends"])
                     reuse[group["name"]] = (requests, opened, resumed)
             p.send_signal(signal.SIGTERM)
-            p.wait(timeout=20)
-        direct = wrk(f"http://127.0.0.1:{up}/", args.duration, args.connections)
+            p.wait(timeout=30)
+        allcores = {}
+        if "allcores" in only:
+            ports2, _, commands2, _ = configs(2, "allcores")
+            for name in PROXIES:
+                p = start(commands2[name], None, log)
+                procs.append(p)
+                assert wait_port(ports2[name]), f"{name} did not start (see {work}/bench.log)"
+                url = f"https://127.0.0.1:{ports2[name]}/"
+                wrk(url, 2, 100, threads=2, core=None)
+                runs = [wrk(url, args.duration, 100, threads=2, core=None) for _ in range(args.runs)]
+                rps = statistics.median(r["rps"] for r in runs)
+                best = min(runs, key=lambda r: abs(r["rps"] - rps))
+                allcores[name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs)}
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=30)
+        direct = wrk(f"http://127.0.0.1:{up}/", args.duration, args.connections) if "keepalive" in only else None
 
         cpu = subprocess.run(["bash", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-        print(f"\nkeep-alive HTTPS: wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.runs}; proxy on core 1, upstream+wrk on core 0")
-        print(f"machine: {cpu}, {os.cpu_count()} cores; {subprocess.run(['openssl','version'],capture_output=True,text=True).stdout.strip()}")
-        for case in cases:
-            g = results[case]["edge-gateway"]
-            print(f"\n{case}\n")
-            print("| proxy | req/s | p50 ms | p99 ms | errors | gateway/peer req/s |")
-            print("|---|---:|---:|---:|---:|---:|")
-            for name, r in results[case].items():
-                ratio = "" if name == "edge-gateway" else f"{g['rps'] / r['rps']:.2f}"
-                print(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {ratio} |")
-        print(f"\n| upstream direct (plain HTTP) | {direct['rps']:.0f} req/s | p50 {direct['p50']:.2f} ms | p99 {direct['p99']:.2f} ms | {direct['errors']} errors |")
-        print("\ngateway upstream connection reuse (1 - new connections / requests, warm-up included):\n")
-        print("| upstream | requests | new connections | TLS resumptions | reuse ratio |")
-        print("|---|---:|---:|---:|---:|")
-        for group, (requests, opened, resumed) in sorted(reuse.items()):
-            ratio = 1 - opened / requests if requests else 0
-            print(f"| {group} | {requests} | {opened} | {resumed} | {ratio:.5f} |")
+        versions = "; ".join([
+            subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip(),
+            subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().replace("nginx version: ", ""),
+            subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
+            subprocess.run([gateway, "--version"], capture_output=True, text=True).stdout.strip() + " (release)",
+        ])
+        say(f"machine: {cpu}, {os.cpu_count()} cores; {versions}")
+        say(f"command: python3 bench/run.py --duration {args.duration} --runs {args.runs} --only {args.only}")
+        say("pinned: each proxy with 1 worker/thread/event loop on core 1; upstream (static nginx) and load generators on core 0")
+        say("ratios: gateway / peer, so above 1.00 means the gateway is better (for CPU, memory and latency: peer / gateway)")
+        if "keepalive" in only:
+            for case in cases:
+                g = results[case]["edge-gateway"]
+                say(f"\nkeep-alive HTTPS, {case}: wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.runs}\n")
+                say("| proxy | req/s | p50 ms | p99 ms | errors | req/s ratio | p99 ratio |")
+                say("|---|---:|---:|---:|---:|---:|---:|")
+                for name, r in results[case].items():
+                    say(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | "
+                        f"{'' if name == 'edge-gateway' else ratio(g['rps'], r['rps'])} | {'' if name == 'edge-gateway' else ratio(g['p99'], r['p99'], False)} |")
+            say(f"\nupstream direct (plain HTTP, wrk on core 0): {direct['rps']:.0f} req/s, p50 {direct['p50']:.2f} ms, p99 {direct['p99']:.2f} ms")
+            say("\ngateway upstream connection reuse (1 - new connections / requests, whole run):\n")
+            say("| upstream | requests | new connections | TLS resumptions | reuse ratio |")
+            say("|---|---:|---:|---:|---:|")
+            for group, (requests, opened, resumed) in sorted(reuse.items()):
+                say(f"| {group} | {requests} | {opened} | {resumed} | {1 - opened / requests if requests else 0:.5f} |")
+        if "handshake" in only:
+            say("\nTLS handshakes, each followed by a GET through the proxy: 4 x openssl s_time (-new: full, -reuse: resumed)\n")
+            say("| proxy | full/s | proxy CPU µs per full | resumed/s | proxy CPU µs per resumed | full CPU ratio | resumed CPU ratio |")
+            say("|---|---:|---:|---:|---:|---:|---:|")
+            g = (hs["full"]["edge-gateway"], hs["resumed"]["edge-gateway"])
+            for name in PROXIES:
+                f, r = hs["full"][name], hs["resumed"][name]
+                say(f"| {name} | {f['rate']:.0f} | {f['cpu_us']:.0f} | {r['rate']:.0f} | {r['cpu_us']:.0f} | "
+                    f"{'' if name == 'edge-gateway' else ratio(g[0]['cpu_us'], f['cpu_us'], False)} | {'' if name == 'edge-gateway' else ratio(g[1]['cpu_us'], r['cpu_us'], False)} |")
+        if "h2" in only:
+            say(f"\nHTTP/2: h2load -D {args.duration} -c 10 -m 10 (plain upstream)\n")
+            say("| proxy | req/s | failed | req/s ratio |")
+            say("|---|---:|---:|---:|")
+            for name in PROXIES:
+                say(f"| {name} | {h2[name]['rps']:.0f} | {h2[name]['failed']} | {'' if name == 'edge-gateway' else ratio(h2['edge-gateway']['rps'], h2[name]['rps'])} |")
+        if "memory" in only:
+            say("\nresident memory (all processes of the proxy), idle and holding idle TLS connections\n")
+            say("| proxy | idle KiB | 2,000 conns KiB | KiB/conn | 10,000 conns KiB | KiB/conn | KiB/conn ratio (10,000) |")
+            say("|---|---:|---:|---:|---:|---:|---:|")
+            gk = mem["edge-gateway"][10000]["per_conn"]
+            for name in PROXIES:
+                m = mem[name]
+                opened = "" if m[10000]["opened"] == 10000 else f" ({m[10000]['opened']} opened)"
+                say(f"| {name} | {m['idle']} | {m[2000]['rss']} | {m[2000]['per_conn']:.1f} | {m[10000]['rss']}{opened} | {m[10000]['per_conn']:.1f} | "
+                    f"{'' if name == 'edge-gateway' else ratio(gk, m[10000]['per_conn'], False)} |")
+        if "rotation" in only:
+            say(f"\ncertificate rotation, {args.rotations} rotations under new-connection load: gateway renames a PEM into its watched "
+                "directory (no signal, 200 ms debounce); nginx replaces its files and runs `nginx -s reload`\n")
+            say("| proxy | file op to served p50 ms | p99 ms | requests ok | errors | p50 ratio |")
+            say("|---|---:|---:|---:|---:|---:|")
+            for name, r in rot.items():
+                say(f"| {name} | {r['p50']:.0f} | {r['p99']:.0f} | {r['ok']} | {r['errors']} | {'' if name == 'edge-gateway' else ratio(r['p50'], rot['edge-gateway']['p50'])} |")
+        if "allcores" in only:
+            say(f"\nall cores: 2 workers/threads/loops each, nothing pinned, wrk -t2 -c100 -d{args.duration}s (wrk and upstream share the cores)\n")
+            say("| proxy | req/s | p50 ms | p99 ms | errors | req/s ratio |")
+            say("|---|---:|---:|---:|---:|---:|")
+            for name, r in allcores.items():
+                say(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {'' if name == 'edge-gateway' else ratio(allcores['edge-gateway']['rps'], r['rps'])} |")
+        if not args.no_append:
+            with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
+                f.write(f"\n## {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, `bench/run.py`\n\n")
+                f.write("\n".join(out_lines) + "\n")
+            print("\nappended to BENCHMARKS.md")
     finally:
         for p in procs:
             if p.poll() is None:

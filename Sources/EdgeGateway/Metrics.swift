@@ -37,9 +37,11 @@ final class GatewayMetrics: ProxyObserver, Sendable {
         }
     }
 
-    func requestCompleted(listener: String, status: Int) {
-        let statusClass = "\(status / 100)xx"
-        self.counter("edge_requests_total", [("listener", listener), ("class", statusClass)], help: "Requests answered, by listener and status class.").increment()
+    func requestCounter(listener: String) -> RequestCounter {
+        let byClass = (1...5).map { self.counter("edge_requests_total", [("listener", listener), ("class", "\($0)xx")], help: "Requests answered, by listener and status class.") }
+        return RequestCounter { status in
+            byClass[min(max(status / 100, 1), 5) - 1].increment()
+        }
     }
 
     func handshake(listener: String, result: String) {

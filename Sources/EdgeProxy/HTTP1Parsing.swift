@@ -220,6 +220,7 @@ enum HTTP1Parser {
     /// Parses the header fields after the start line; returns where the start line ends.
     private static func parseFields(_ head: inout HTTPHead) throws -> Int {
         var fields: [HeaderField] = []
+        fields.reserveCapacity(16)
         var contentLength: Int?
         var transferEncodings = 0
         var chunked = false

@@ -57,9 +57,22 @@ public struct ProxyLimits: Sendable {
 
 /// Counters the proxy path keeps, read by status and metrics.
 public protocol ProxyObserver: Sendable {
-    func requestCompleted(listener: String, status: Int)
+    /// Counts one listener's answered requests by status; resolved once per connection,
+    /// so a request costs an atomic increment, not a lookup by name.
+    func requestCounter(listener: String) -> RequestCounter
     /// `result`: ok, failed, timeout.
     func handshake(listener: String, result: String)
+}
+
+/// Counts answered requests by status code.
+public struct RequestCounter: Sendable {
+    private let count: @Sendable (Int) -> Void
+
+    public init(_ count: @escaping @Sendable (_ status: Int) -> Void) {
+        self.count = count
+    }
+
+    func completed(status: Int) { self.count(status) }
 }
 
 /// Proxies the HTTP/1.1 requests of one downstream connection to upstream groups,
@@ -79,7 +92,9 @@ public final class ProxyHandler: ChannelDuplexHandler {
         let request: HTTPHead
         let group: UpstreamGroup
         var connection: UpstreamConnection?
-        /// Request bytes written before a connection was ready (head first).
+        /// The request head as the upstream gets it; written first on every attempt.
+        var head = ByteBuffer()
+        /// Request body bytes read before a connection was ready.
         var pending: [ByteBuffer] = []
         var requestEnded = false
         var responseStarted = false
@@ -94,11 +109,9 @@ public final class ProxyHandler: ChannelDuplexHandler {
         var backendIndex: Int?
         /// Backends whose connect failed for this request.
         var tried: [Int] = []
-        /// The request as sent (head and framed body), while it fits the retry buffer; nil once it does not.
+        /// The request body as sent (framed), while it fits the retry buffer; nil once it does not.
         var replay: [ByteBuffer]? = []
         var replayBytes = 0
-        var readTimer: Scheduled<Void>?
-        var readDeadline = NIODeadline.now()
         var writeTimer: Scheduled<Void>?
         var closeDownstreamAfterResponse = false
         var status = 0
@@ -126,6 +139,9 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private let limits: ProxyLimits
     private let logger: Logger
     private let observer: (any ProxyObserver)?
+    private let requests: RequestCounter?
+    /// The client's address as text, made once (glibc formats addresses with sprintf).
+    private let clientIP: String?
     private var context: ChannelHandlerContext?
     private var exchange: Exchange?
     /// Bytes read from the client and not consumed yet.
@@ -145,6 +161,9 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private var deadline: NIODeadline?
     private var deadlineTimer: Scheduled<Void>?
     private var firstRequest = true
+    /// When the upstream must have sent (more of) its response; nil with nothing awaited.
+    private var readDeadline: NIODeadline?
+    private var readTimer: Scheduled<Void>?
     /// The server is draining: the response in flight is the last one.
     private var quiescing = false
     /// `process()` is running: a request finishing inside it does not start it again.
@@ -157,6 +176,8 @@ public final class ProxyHandler: ChannelDuplexHandler {
         self.limits = limits
         self.logger = logger
         self.observer = observer
+        self.requests = observer?.requestCounter(listener: info.listenerName)
+        self.clientIP = info.clientIP
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -304,8 +325,8 @@ public final class ProxyHandler: ChannelDuplexHandler {
         }
         let exchange = Exchange(request: head, group: group)
         exchange.requestEnded = !hasBody
+        exchange.head = self.upstreamHead(for: head, group: group, allocator: context.channel.allocator)
         self.exchange = exchange
-        self.sendUpstream(self.upstreamHead(for: head, group: group, allocator: context.channel.allocator), exchange)
         self.connect(exchange)
     }
 
@@ -346,7 +367,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             out.writeString(identity?.verifyResult ?? "NONE")
             out.writeStaticString("\r\n")
         }
-        if let ip = self.info.clientIP {
+        if let ip = self.clientIP {
             out.writeStaticString("x-forwarded-for: ")
             if let existing = forwardedFor {
                 out.writeBytes(head.bytes[existing.value])
@@ -438,8 +459,11 @@ public final class ProxyHandler: ChannelDuplexHandler {
         exchange.group.states[connection.backendIndex].requests.wrappingIncrement(ordering: .relaxed)
         connection.handler.delegate = self
         connection.handler.beginExchange(headRequest: exchange.request.method == "HEAD")
-        for bytes in exchange.pending { connection.write(bytes) }
-        exchange.pending.removeAll()
+        connection.write(exchange.head)
+        if !exchange.pending.isEmpty {
+            for bytes in exchange.pending { connection.write(bytes) }
+            exchange.pending.removeAll()
+        }
         connection.flush()
         self.upstreamNeedsFlush = false
         if exchange.requestEnded { self.armReadTimer(exchange) }
@@ -449,22 +473,24 @@ public final class ProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    /// Pushes the read deadline out. One timer per exchange: when it fires early
-    /// (the deadline moved), it re-arms itself instead of being rescheduled per event.
+    /// Pushes the read deadline out. One timer per connection, kept across exchanges:
+    /// when it fires before the (moved) deadline it re-arms itself, so a request costs
+    /// a clock read, not a timer.
     private func armReadTimer(_ exchange: Exchange) {
-        exchange.readDeadline = .now() + exchange.group.timeouts.read
-        if exchange.readTimer == nil { self.scheduleReadCheck(exchange) }
+        self.readDeadline = .now() + exchange.group.timeouts.read
+        if self.readTimer == nil { self.scheduleReadCheck() }
     }
 
-    private func scheduleReadCheck(_ exchange: Exchange) {
-        guard let context = self.context else { return }
-        exchange.readTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: exchange.readDeadline) {
-            exchange.readTimer = nil
-            guard self.exchange === exchange, !exchange.responseEnded else { return }
-            if NIODeadline.now() < exchange.readDeadline {
-                self.scheduleReadCheck(exchange)
+    private func scheduleReadCheck() {
+        guard let context = self.context, let deadline = self.readDeadline else { return }
+        self.readTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) {
+            self.readTimer = nil
+            guard let deadline = self.readDeadline, let exchange = self.exchange, !exchange.responseEnded else { return }
+            if NIODeadline.now() < deadline {
+                self.scheduleReadCheck()
                 return
             }
+            self.readDeadline = nil
             let error = UpstreamError(kind: .readTimeout, backend: exchange.connection.map { $0.key.address.hostPort } ?? "?", reason: "no response within the read timeout")
             exchange.connection?.handler.delegate = nil
             exchange.connection?.close()
@@ -475,6 +501,10 @@ public final class ProxyHandler: ChannelDuplexHandler {
                 self.failExchange(exchange, error: error)
             }
         }
+    }
+
+    private func stopReadTimer() {
+        self.readDeadline = nil  // the timer, if any, finds nothing to do and lapses
     }
 
     func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection) {
@@ -499,15 +529,14 @@ public final class ProxyHandler: ChannelDuplexHandler {
             }
             self.downstreamNeedsFlush = true
         case .end:
-            exchange.readTimer?.cancel()
-            exchange.readTimer = nil
+            self.stopReadTimer()
             exchange.responseEnded = true
             exchange.upstreamKeepAlive = connection.handler.reusable
             if exchange.chunkedDownstream {
                 context.write(Self.wrapOutboundOut(Self.lastChunk), promise: nil)
             }
             self.downstreamNeedsFlush = true
-            self.observer?.requestCompleted(listener: self.info.listenerName, status: exchange.status)
+            self.requests?.completed(status: exchange.status)
             self.finishIfDone(exchange)
         }
     }
@@ -603,8 +632,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
 
     func upstreamFailed(_ error: Error, from connection: UpstreamConnection) {
         guard let exchange = self.exchange, exchange.connection === connection else { return }
-        exchange.readTimer?.cancel()
-        exchange.readTimer = nil
+        self.stopReadTimer()
         exchange.connection = nil
         connection.close()
         if !exchange.responseStarted {
@@ -615,7 +643,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             let replayable = exchange.replay != nil && (exchange.request.isIdempotent || exchange.requestEnded)
             if connection.uses > 1, !exchange.retriedStale, replayable {
                 exchange.retriedStale = true
-                exchange.pending = exchange.replay ?? []
+                exchange.pending = exchange.replay ?? []  // attach writes the head first
                 self.logger.debug("retrying request on a fresh upstream connection", metadata: ["error": "\(error)"])
                 self.connect(exchange)
                 return
@@ -656,7 +684,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             exchange.writeTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: exchange.group.timeouts.write) {
                 exchange.writeTimer = nil
                 guard self.exchange === exchange, let connection = exchange.connection, !connection.isWritable else { return }
-                exchange.readTimer?.cancel()
+                self.stopReadTimer()
                 connection.handler.delegate = nil
                 connection.close()
                 exchange.connection = nil
@@ -700,7 +728,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             exchange.connection?.handler.delegate = nil
             exchange.connection?.close()
             exchange.connection = nil
-            exchange.readTimer?.cancel()
+            self.stopReadTimer()
             exchange.leaveBackend()
             self.exchange = nil
             if exchange.responseStarted {
@@ -729,7 +757,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         if request?.method != "HEAD" { out.writeString(body) }
         self.downstreamNeedsFlush = false
         let done = context.writeAndFlush(Self.wrapOutboundOut(out))
-        self.observer?.requestCompleted(listener: self.info.listenerName, status: status)
+        self.requests?.completed(status: status)
         if close {
             self.closing = true
             self.requestBody = nil
@@ -819,8 +847,9 @@ public final class ProxyHandler: ChannelDuplexHandler {
         self.closing = true
         self.deadlineTimer?.cancel()
         self.deadlineTimer = nil
+        self.readTimer?.cancel()
+        self.readTimer = nil
         if let exchange = self.exchange {
-            exchange.readTimer?.cancel()
             exchange.leaveBackend()
             if let connection = exchange.connection {
                 connection.handler.delegate = nil

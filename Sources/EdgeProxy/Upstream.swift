@@ -402,16 +402,21 @@ public struct Router: Sendable {
         }
     }
 
-    public var routes: [Route]
+    public var routes: [Route] {
+        didSet { self.readsHost = self.routes.contains { $0.host != nil } }
+    }
+    /// Whether any route looks at the Host; when none does, the host is not even normalised.
+    private var readsHost: Bool
 
     public init(routes: [Route]) {
         self.routes = routes
+        self.readsHost = routes.contains { $0.host != nil }
     }
 
     /// The group for a request, from its Host (port stripped) and path.
     public func route(host rawHost: String?, uri: String) -> UpstreamGroup? {
-        let host = Self.normalizedHost(rawHost)
-        let path = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        let host = self.readsHost ? Self.normalizedHost(rawHost) : ""
+        let path = uri[..<(uri.utf8.firstIndex(of: UInt8(ascii: "?")) ?? uri.endIndex)]
         return self.routes.first { $0.matches(host: host, path: path) }?.upstream
     }
 

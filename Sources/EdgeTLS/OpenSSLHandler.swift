@@ -41,6 +41,11 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     private let configuration: TLSHandlerConfiguration
     private var state: State = .idle
     private var bufferedWrites: [BufferedWrite] = []
+    /// The other half of a double buffer for `bufferedWrites`: swapped in while a batch is
+    /// encrypted, so the array storage is reused instead of reallocated per flush.
+    private var spareWrites: [BufferedWrite] = []
+    /// Where small writes are joined into one record; owned, so joining never reallocates.
+    private var staging = ByteBuffer()
     private var handshakeTimer: Scheduled<Void>?
     private var closePromise: EventLoopPromise<Void>?
     private var receivedAnyBytes = false
@@ -285,8 +290,14 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Encrypts every buffered write and sends the ciphertext in one write.
     private func encryptBufferedWrites(context: ChannelHandlerContext) {
         guard !self.bufferedWrites.isEmpty else { return }
-        let writes = self.bufferedWrites
-        self.bufferedWrites.removeAll(keepingCapacity: true)
+        // Moved, not copied: a shared array storage would be copied on the next append.
+        var writes: [BufferedWrite] = []
+        swap(&writes, &self.spareWrites)
+        swap(&writes, &self.bufferedWrites)
+        defer {
+            writes.removeAll(keepingCapacity: true)
+            self.spareWrites = writes
+        }
         // One promise for the batch: every caller's promise completes with the one write.
         var promise: EventLoopPromise<Void>? = nil
         for write in writes {
@@ -295,30 +306,26 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
         // Small writes (a response head, a short body, a chunk trailer) are joined so
         // they leave as one TLS record, not one record each.
-        var pending: ByteBuffer? = nil
         var failure: String? = nil
         func encrypt(_ data: ByteBuffer) {
             guard failure == nil else { return }
             if case .failed(let reason) = self.connection.write(data) { failure = reason }
         }
+        self.staging.clear()
         for write in writes {
             let size = write.data.readableBytes
-            if size < 4096 && (pending?.readableBytes ?? 0) + size <= 16_384 {
-                if pending == nil {
-                    pending = write.data
-                } else {
-                    var data = write.data
-                    pending!.writeBuffer(&data)
-                }
+            if size < 4096 && self.staging.readableBytes + size <= 16_384 {
+                self.staging.writeImmutableBuffer(write.data)
             } else {
-                if let joined = pending {
-                    pending = nil
-                    encrypt(joined)
+                if self.staging.readableBytes > 0 {
+                    encrypt(self.staging)
+                    self.staging.clear()
                 }
                 encrypt(write.data)
             }
         }
-        if let joined = pending { encrypt(joined) }
+        if self.staging.readableBytes > 0 { encrypt(self.staging) }
+        self.staging.clear()
         if let failure {
             let error = TLSError(.writeFailed, failure)
             promise?.fail(error)
