@@ -390,6 +390,11 @@ public final class ProxyHandler: ChannelDuplexHandler {
             out.writeStaticString("host: ")
             out.writeString(hostHeader)
             out.writeStaticString("\r\n")
+        } else if host == nil {
+            // An HTTP/1.0 client may omit Host; HTTP/1.1 requires one (nginx sends its upstream's name too).
+            out.writeStaticString("host: ")
+            out.writeString(group.name)
+            out.writeStaticString("\r\n")
         }
         out.writeStaticString("\r\n")
         return out

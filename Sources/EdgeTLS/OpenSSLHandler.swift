@@ -325,7 +325,8 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
         }
         if self.staging.readableBytes > 0 { encrypt(self.staging) }
-        self.staging.clear()
+        // Kept for the next small response; a large one's room is not held by an idle connection.
+        if self.staging.capacity > 4096 { self.staging = ByteBuffer() } else { self.staging.clear() }
         if let failure {
             let error = TLSError(.writeFailed, failure)
             promise?.fail(error)

@@ -153,6 +153,10 @@ final class ProxyTests: XCTestCase {
         let slow = rawExchange(port: port, send: Array("GET / HTTP/1.1\r\nHo".utf8), timeout: 5)
         XCTAssertTrue(slow.response.hasPrefix("HTTP/1.1 408"), slow.response)
         XCTAssertTrue(slow.closed)
+        // HTTP/1.0 without Host: the upstream still gets the Host HTTP/1.1 requires (the group's name, as nginx does).
+        let http10 = rawExchange(port: port, send: Array("GET /headers HTTP/1.0\r\n\r\n".utf8))
+        XCTAssertTrue(http10.response.hasPrefix("HTTP/1.0 200"), http10.response)
+        XCTAssertTrue(http10.response.contains("host: app"), http10.response)
         // Other clients are still served.
         let ok = rawExchange(port: port, send: Array("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
         XCTAssertTrue(ok.response.hasPrefix("HTTP/1.1 200"), ok.response)
