@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark programs."""
-import os, socket, subprocess, time
+import hashlib, os, socket, subprocess, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,3 +29,18 @@ def release_binary(build=True):
         subprocess.run(["swift", "build", "-c", "release", "--product", "edge-gateway"], cwd=ROOT, check=True)
     binpath = subprocess.run(["swift", "build", "-c", "release", "--show-bin-path"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return os.path.join(binpath, "edge-gateway")
+
+
+def fingerprint(port, ctx, server_name="localhost"):
+    """SHA-256 of the certificate the server at 127.0.0.1:port serves for server_name."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname=server_name)
+    der = s.getpeercert(binary_form=True)
+    s.close()
+    return hashlib.sha256(der).hexdigest()
+
+
+def pem_fingerprint(path):
+    """SHA-256 of the (first) certificate in a PEM file, comparable with fingerprint()."""
+    der = subprocess.run(["openssl", "x509", "-in", path, "-outform", "DER"], capture_output=True).stdout
+    return hashlib.sha256(der).hexdigest()

@@ -9,23 +9,10 @@
    POST /reload right after the rename, with handshakes in between).
 Usage: python3 bench/rotation.py [--rotations 200] [--memory-rotations 10000] [--no-build]
 """
-import argparse, hashlib, os, shutil, socket, ssl, statistics, subprocess, sys, tempfile, threading, time, urllib.request
+import argparse, os, shutil, socket, ssl, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, free_port, wait_port, release_binary  # noqa: E402
-
-
-def fingerprint(port, ctx):
-    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s = ctx.wrap_socket(raw, server_hostname="localhost")
-    der = s.getpeercert(binary_form=True)
-    s.close()
-    return hashlib.sha256(der).hexdigest()
-
-
-def pem_fingerprint(path):
-    der = subprocess.run(["openssl", "x509", "-in", path, "-outform", "DER"], capture_output=True).stdout
-    return hashlib.sha256(der).hexdigest()
+from common import ROOT, free_port, wait_port, release_binary, fingerprint, pem_fingerprint  # noqa: E402
 
 
 def rss_kib(pid):

@@ -16,11 +16,11 @@ Every figure is printed as the gateway's value and its ratio to the peers; the r
 BENCHMARKS.md with the machine, versions and commands (--no-append to skip).
 Usage: python3 bench/run.py [--duration 10] [--runs 3] [--only keepalive,handshake,h2,memory,rotation,allcores]
 """
-import argparse, asyncio, datetime, hashlib, json, os, re, resource, shutil, signal, socket, ssl, statistics, subprocess, sys
+import argparse, asyncio, datetime, json, os, re, resource, shutil, signal, socket, ssl, statistics, subprocess, sys
 import tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, free_port, wait_port, release_binary  # noqa: E402
+from common import ROOT, free_port, wait_port, release_binary, fingerprint, pem_fingerprint  # noqa: E402
 
 PROXIES = ("edge-gateway", "nginx", "haproxy")
 SECTIONS = ("keepalive", "handshake", "h2", "memory", "rotation", "allcores")
@@ -151,19 +151,6 @@ def idle_memory(port, ca, pids, counts):
         results[count] = {"opened": opened, "rss": rss, "per_conn": (rss - results["idle"]) / max(opened, 1)}
         time.sleep(2)
     return results
-
-
-def fingerprint(port, ctx):
-    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s = ctx.wrap_socket(raw, server_hostname="localhost")
-    der = s.getpeercert(binary_form=True)
-    s.close()
-    return hashlib.sha256(der).hexdigest()
-
-
-def pem_fingerprint(path):
-    der = subprocess.run(["openssl", "x509", "-in", path, "-outform", "DER"], capture_output=True).stdout
-    return hashlib.sha256(der).hexdigest()
 
 
 def issue_pair(work, ca_dir, tag):

@@ -376,20 +376,12 @@ struct BodyFramer {
                 self.state = .done
                 return .end
             case .length(let remaining):
-                guard buffer.readableBytes > 0 else { return nil }
-                let take = min(remaining, buffer.readableBytes)
-                let slice = buffer.readSlice(length: take)!
-                self.state = take == remaining ? .ending : .length(remaining - take)
-                return .data(slice)
+                return Self.take(remaining, from: &buffer, state: &self.state, then: .ending, rest: State.length)
             case .untilClose:
                 guard buffer.readableBytes > 0 else { return nil }
                 return .data(buffer.readSlice(length: buffer.readableBytes)!)
             case .chunkData(let remaining):
-                guard buffer.readableBytes > 0 else { return nil }
-                let take = min(remaining, buffer.readableBytes)
-                let slice = buffer.readSlice(length: take)!
-                self.state = take == remaining ? .chunkDataEnd : .chunkData(remaining - take)
-                return .data(slice)
+                return Self.take(remaining, from: &buffer, state: &self.state, then: .chunkDataEnd, rest: State.chunkData)
             case .chunkDataEnd:
                 guard buffer.readableBytes >= 2 else { return nil }
                 guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { throw HTTPFramingError.bad("missing CRLF after chunk data") }
@@ -408,6 +400,14 @@ struct BodyFramer {
                 self.state = .trailers(seen + line.count)
             }
         }
+    }
+
+    /// Up to `remaining` body bytes as a slice; `then` once they are all out, else `rest(left)`.
+    private static func take(_ remaining: Int, from buffer: inout ByteBuffer, state: inout State, then: State, rest: (Int) -> State) -> Piece? {
+        guard buffer.readableBytes > 0 else { return nil }
+        let count = min(remaining, buffer.readableBytes)
+        state = count == remaining ? then : rest(remaining - count)
+        return .data(buffer.readSlice(length: count)!)
     }
 
     /// The end of the body when the connection closes: fine only for close-delimited bodies.

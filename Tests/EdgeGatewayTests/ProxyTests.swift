@@ -163,6 +163,40 @@ final class ProxyTests: XCTestCase {
         await harness.shutdown()
     }
 
+    func testPipelinedRequestsChunkedBodiesAndFramingPerClientVersion() async throws {
+        let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
+        let port = harness.port("http")
+        // Three requests in one write: answered in order on one connection, the last one closes it.
+        let pipelined = rawExchange(port: port, send: Array((
+            "GET /headers HTTP/1.1\r\nHost: one\r\n\r\n" +
+            "POST /echo HTTP/1.1\r\nHost: two\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n" +
+            "GET /headers HTTP/1.1\r\nHost: three\r\nConnection: close\r\n\r\n").utf8))
+        XCTAssertTrue(pipelined.closed)
+        let statuses = pipelined.response.components(separatedBy: "HTTP/1.1 200").count - 1
+        XCTAssertEqual(statuses, 3, pipelined.response)
+        let one = pipelined.response.range(of: "host: one")?.lowerBound
+        let echoed = pipelined.response.range(of: "hello\r\n")?.lowerBound
+        let three = pipelined.response.range(of: "host: three")?.lowerBound
+        XCTAssertNotNil(one)
+        XCTAssertNotNil(echoed, "the chunked body is echoed back, re-chunked: \(pipelined.response)")
+        XCTAssertTrue(pipelined.response.contains(" world\r\n0\r\n\r\n"), pipelined.response)
+        XCTAssertNotNil(three)
+        if let one, let echoed, let three { XCTAssertTrue(one < echoed && echoed < three, "in order") }
+        XCTAssertTrue(pipelined.response.contains("transfer-encoding: chunked"), "a body without length reaches HTTP/1.1 chunked")
+        // HTTP/1.0: never chunked, Connection-less means close after the answer.
+        let old = rawExchange(port: port, send: Array("POST /echo HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello".utf8))
+        XCTAssertTrue(old.response.hasPrefix("HTTP/1.0 200"), old.response)
+        XCTAssertFalse(old.response.contains("transfer-encoding"), old.response)
+        XCTAssertTrue(old.response.hasSuffix("hello"), old.response)
+        XCTAssertTrue(old.closed)
+        // HEAD: the upstream's framing headers, no body, and the connection stays usable.
+        let head = rawExchange(port: port, send: Array("HEAD /bytes?n=100 HTTP/1.1\r\nHost: x\r\n\r\nGET /bytes?n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+        XCTAssertEqual(head.response.components(separatedBy: "HTTP/1.1 200").count - 1, 2, head.response)
+        XCTAssertTrue(head.response.contains("content-length: 100"), head.response)
+        XCTAssertTrue(head.closed)
+        await harness.shutdown()
+    }
+
     func testUpstreamFailuresMapTo502And504AndNeverHang() async throws {
         let closedPort = freePort()
         let harness = try await GatewayHarness.start { port in
