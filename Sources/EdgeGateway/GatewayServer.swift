@@ -364,7 +364,9 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
         let router = self.router, logger = self.logger, metrics = self.metrics, limits = self.plan.proxyLimits
         // Streams are child channels on the connection's loop: the loop's pool serves them.
         let pool = NIOLoopBound(self.pool, eventLoop: channel.eventLoop)
-        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream) { streamChannel in
+        let idle = HTTP2IdleTimeout(timeout: self.plan.idleTimeout)
+        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
+                                            streamDelegate: idle.delegate(eventLoop: channel.eventLoop)) { streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
                 let streamSync = streamChannel.pipeline.syncOperations
                 try streamSync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
@@ -372,6 +374,7 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
                 try streamSync.addHandler(ProxyHandler(router: router, pool: pool.value, info: info, limits: limits, logger: logger, observer: metrics))
             }
         }
+        try sync.addHandler(idle)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -381,3 +384,87 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 }
+
+/// Closes an HTTP/2 connection that has had no open stream for the listener's idle
+/// timeout (nginx's `keepalive_timeout` for HTTP/2): GOAWAY with NO_ERROR, then close.
+/// Streams in flight keep the connection open however long they take; their own
+/// timeouts are the proxy's. Sits after the HTTP/2 handler, which reports streams
+/// opening and closing through `delegate(eventLoop:)`.
+final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+
+    private let timeout: TimeAmount
+    private var context: ChannelHandlerContext?
+    private var openStreams = 0
+    private var lastStream = HTTP2StreamID(0)
+    /// When the connection is idle long enough; nil while a stream is open.
+    private var deadline: NIODeadline?
+    private var timer: Scheduled<Void>?
+
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    struct Delegate: NIOHTTP2StreamDelegate {
+        let handler: NIOLoopBound<HTTP2IdleTimeout>
+
+        func streamCreated(_ id: HTTP2StreamID, channel: any Channel) {
+            self.handler.value.streamOpened(id)
+        }
+
+        func streamClosed(_ id: HTTP2StreamID, channel: any Channel) {
+            self.handler.value.streamClosed()
+        }
+    }
+
+    func delegate(eventLoop: any EventLoop) -> Delegate {
+        Delegate(handler: NIOLoopBound(self, eventLoop: eventLoop))
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.arm()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.timer?.cancel()
+        self.timer = nil
+        self.context = nil
+    }
+
+    private func streamOpened(_ id: HTTP2StreamID) {
+        self.openStreams += 1
+        self.lastStream = max(self.lastStream, id)
+        self.deadline = nil  // the timer, if any, finds nothing to do and lapses
+    }
+
+    private func streamClosed() {
+        self.openStreams = max(0, self.openStreams - 1)
+        if self.openStreams == 0 { self.arm() }
+    }
+
+    private func arm() {
+        self.deadline = .now() + self.timeout
+        if self.timer == nil { self.schedule() }
+    }
+
+    private func schedule() {
+        guard let context = self.context, let deadline = self.deadline else { return }
+        self.timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) {
+            self.timer = nil
+            guard let deadline = self.deadline, self.openStreams == 0 else { return }
+            if NIODeadline.now() < deadline {
+                self.schedule()
+                return
+            }
+            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: self.lastStream, errorCode: .noError, opaqueData: nil))
+            context.writeAndFlush(Self.wrapOutboundOut(goAway)).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        }
+    }
+}
+
+@available(*, unavailable)
+extension HTTP2IdleTimeout: Sendable {}

@@ -295,6 +295,30 @@ final class HTTP2AbuseTests: XCTestCase {
         XCTAssertLessThan(harness.upstream.requestCount, 1000, "reset streams were not all proxied")
         await harness.shutdown()
     }
+
+    func testIdleHTTP2ConnectionsGetGoAwayAndClose() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let harness = try await GatewayHarness.start { port in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                timeouts: { idle: 1s }
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let idle = try abuse("idle", port: harness.port("https"), 8)
+        XCTAssertEqual(idle["responses"] as? Int, 1, "\(idle)")
+        XCTAssertEqual(idle["goaway"] as? Int, 0, "GOAWAY with NO_ERROR: \(idle)")
+        XCTAssertEqual(idle["closed"] as? Bool, true, "\(idle)")
+        let after = idle["idle_closed_after"] as? Double ?? -1
+        XCTAssertTrue((0.8...4).contains(after), "closed about 1 s after the last stream ended: \(idle)")
+        await harness.shutdown()
+    }
 }
 
 /// The allow-list kinds of client_auth, on real certificates made by the openssl CLI.

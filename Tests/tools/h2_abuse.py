@@ -2,6 +2,8 @@
 """HTTP/2 abuse for tests, with raw frames over TLS (ALPN h2):
   rapid-reset PORT N   opens N streams, resetting each at once (CVE-2023-44487)
   big-header PORT SIZE sends one request whose header list is SIZE bytes (HPACK bomb shape)
+  idle PORT SECONDS    sends one request, then stays silent up to SECONDS waiting for the server
+                       to end the idle connection ("idle_closed_after": seconds after the response)
 Prints one JSON line: what came back (GOAWAY error code, RST_STREAM codes, responses, closed)."""
 import json, socket, ssl, struct, sys, time
 
@@ -36,6 +38,8 @@ if mode == "rapid-reset":
     for i in range(n):
         stream = 1 + 2 * i
         out += frame(1, 0x5, stream, request) + frame(3, 0, stream, struct.pack(">I", 8))  # HEADERS, RST_STREAM(CANCEL)
+elif mode == "idle":
+    out += frame(1, 0x5, 1, request)
 else:
     out += frame(1, 0x5, 1, request + literal(b"x-big", b"a" * n))
 try:
@@ -44,7 +48,8 @@ except OSError:
     pass
 result = {"goaway": None, "rst_codes": [], "responses": 0, "closed": False}
 buffer = b""
-deadline = time.time() + 10
+deadline = time.time() + (n + 5 if mode == "idle" else 10)
+answered = None
 try:
     while time.time() < deadline:
         data = sock.recv(65536)
@@ -64,10 +69,13 @@ try:
                 result["rst_codes"].append(int.from_bytes(payload[:4], "big"))
             elif kind == 1:
                 result["responses"] += 1
+                answered = answered or time.time()
             elif kind == 4 and not (buffer and False):
                 pass
         if mode == "big-header" and (result["responses"] or result["rst_codes"] or result["goaway"] is not None):
             break
 except (OSError, ssl.SSLError):
     result["closed"] = True
+if mode == "idle" and result["closed"] and answered:
+    result["idle_closed_after"] = round(time.time() - answered, 2)
 print(json.dumps(result))
