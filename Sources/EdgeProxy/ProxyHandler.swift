@@ -243,14 +243,12 @@ public final class ProxyHandler: ChannelDuplexHandler {
             guard self.exchange == nil, self.inbound.readableBytes > 0 else { break }  // a pipelined request waits for the current response
             guard let end = HTTP1Parser.headEnd(in: self.inbound, from: self.scanned) else {
                 self.scanned = max(0, self.inbound.readableBytes - 3)
-                if self.inbound.readableBytes > self.limits.maxHeadBytes {
-                    self.badRequest(HTTPFramingError(kind: .headTooLarge, reason: "request head larger than \(self.limits.maxHeadBytes) bytes"), context: self.context)
-                }
+                if self.inbound.readableBytes > self.limits.maxHeadBytes { self.badRequest(self.headTooLarge, context: self.context) }
                 return
             }
             self.scanned = 0
             guard end <= self.limits.maxHeadBytes else {
-                self.badRequest(HTTPFramingError(kind: .headTooLarge, reason: "request head larger than \(self.limits.maxHeadBytes) bytes"), context: self.context)
+                self.badRequest(self.headTooLarge, context: self.context)
                 return
             }
             let head: HTTPHead
@@ -265,6 +263,10 @@ public final class ProxyHandler: ChannelDuplexHandler {
         if self.inbound.readableBytes == 0, self.inbound.capacity > 0 {
             self.inbound = ByteBuffer()
         }
+    }
+
+    private var headTooLarge: HTTPFramingError {
+        HTTPFramingError(kind: .headTooLarge, reason: "request head larger than \(self.limits.maxHeadBytes) bytes")
     }
 
     private func forwardBody(_ data: ByteBuffer) {
