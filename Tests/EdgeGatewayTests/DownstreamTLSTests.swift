@@ -267,21 +267,26 @@ final class HTTP2AbuseTests: XCTestCase {
         return (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? ["error": result.stderr]
     }
 
-    func testRapidResetIsCutOffAndHugeHeaderListsAreRefused() async throws {
-        let pki = try TestPKI()
+    /// A gateway with one h2 listener; `listener` adds keys to it, `tls` to its `tls:` map.
+    func h2Gateway(_ pki: TestPKI, listener: String, tls: String = "") async throws -> GatewayHarness {
         let leaf = try pki.issue(["localhost"])
-        let harness = try await GatewayHarness.start { port in
+        return try await GatewayHarness.start { port in
             """
             listeners:
               - name: https
                 address: "127.0.0.1:0"
-                max_request_head_bytes: 16384
-                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true, http2: { max_resets_per_30s: 100 } }
+                \(listener)
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true\(tls) }
             upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
             routes: [ { upstream: app } ]
             admin: { address: "127.0.0.1:0" }
             """
         }
+    }
+
+    func testRapidResetIsCutOffAndHugeHeaderListsAreRefused() async throws {
+        let pki = try TestPKI()
+        let harness = try await h2Gateway(pki, listener: "max_request_head_bytes: 16384", tls: ", http2: { max_resets_per_30s: 100 }")
         let port = harness.port("https")
         let reset = try abuse("rapid-reset", port: port, 1000)
         XCTAssertEqual(reset["goaway"] as? Int, 11, "ENHANCE_YOUR_CALM ends a rapid-reset connection: \(reset)")
@@ -297,20 +302,7 @@ final class HTTP2AbuseTests: XCTestCase {
     }
 
     func testIdleHTTP2ConnectionsGetGoAwayAndClose() async throws {
-        let pki = try TestPKI()
-        let leaf = try pki.issue(["localhost"])
-        let harness = try await GatewayHarness.start { port in
-            """
-            listeners:
-              - name: https
-                address: "127.0.0.1:0"
-                timeouts: { idle: 1s }
-                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
-            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
-            routes: [ { upstream: app } ]
-            admin: { address: "127.0.0.1:0" }
-            """
-        }
+        let harness = try await h2Gateway(try TestPKI(), listener: "timeouts: { idle: 1s }")
         let idle = try abuse("idle", port: harness.port("https"), 8)
         XCTAssertEqual(idle["responses"] as? Int, 1, "\(idle)")
         XCTAssertEqual(idle["goaway"] as? Int, 0, "GOAWAY with NO_ERROR: \(idle)")
