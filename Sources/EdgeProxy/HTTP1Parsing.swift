@@ -146,6 +146,22 @@ struct HTTPHead {
     }
 }
 
+extension HTTPHead {
+    /// A response (to a HEAD request when `toHead`) that has no body whatever its headers say.
+    func hasNoBody(toHead: Bool) -> Bool {
+        toHead || self.status == 204 || self.status == 304 || self.status < 200
+    }
+
+    /// Where this response's body ends (RFC 9112 §6.3): the one rule for the upstream's
+    /// responses and for the proxy's own on the HTTP/2 bridge.
+    func responseFramer(toHead: Bool) -> BodyFramer {
+        if self.hasNoBody(toHead: toHead) { return BodyFramer(length: 0) }
+        if self.chunked { return .chunked }
+        if let length = self.contentLength, !self.otherTransferCoding { return BodyFramer(length: length) }
+        return .untilClose
+    }
+}
+
 enum HTTP1Parser {
     /// Where the head in `buffer` ends (the index just past CRLF CRLF), scanning from
     /// `from` bytes into the readable region; nil if it is not complete yet.

@@ -111,18 +111,12 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
                 }
                 let status = HTTPResponseStatus(statusCode: head.status)
                 wrote = context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: .http2, status: status, headers: headers))))
-                if self.headRequest || head.status == 204 || head.status == 304 {
-                    self.framer = BodyFramer(length: 0)
+                // The proxy always frames what it writes (length or chunked), never until-close.
+                let framer = head.responseFramer(toHead: self.headRequest)
+                self.framer = framer
+                if framer.isDone {
                     self.responseDone = true
                     wrote = context.write(Self.wrapOutboundOut(.end(nil)))
-                } else if head.chunked {
-                    self.framer = .chunked
-                } else {
-                    self.framer = BodyFramer(length: head.contentLength ?? 0)
-                    if self.framer!.isDone {
-                        self.responseDone = true
-                        wrote = context.write(Self.wrapOutboundOut(.end(nil)))
-                    }
                 }
             }
         } catch {

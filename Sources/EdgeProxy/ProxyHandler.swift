@@ -561,8 +561,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         for field in response.fields where !response.isHopByHop(field) {
             response.write(field, to: &out)
         }
-        let code = response.status
-        let noBody = request.method == "HEAD" || code == 204 || code == 304
+        let noBody = response.hasNoBody(toHead: request.method == "HEAD")
         var close = !request.keepAlive || self.quiescing
         if !noBody && (response.contentLength == nil || response.chunked || response.otherTransferCoding) {
             if request.minorVersion >= 1 {

@@ -170,16 +170,7 @@ final class UpstreamHandler: ChannelInboundHandler {
                     self.phase = .head(headRequest: headRequest, scanned: 0)
                     continue
                 }
-                var framer: BodyFramer
-                if headRequest || head.status == 204 || head.status == 304 {
-                    framer = BodyFramer(length: 0)
-                } else if head.chunked {
-                    framer = .chunked
-                } else if let length = head.contentLength, !head.otherTransferCoding {
-                    framer = BodyFramer(length: length)
-                } else {
-                    framer = .untilClose
-                }
+                let framer = head.responseFramer(toHead: headRequest)
                 self.reusable = head.keepAlive && framer.state != .untilClose
                 self.phase = framer.isDone ? .idle : .body(framer)
                 delegate.upstreamReceived(.head(head), from: connection)
