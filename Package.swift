@@ -35,6 +35,7 @@ let package = Package(
             dependencies: [
                 "COpenSSL", "CEdgeShims",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ],

@@ -54,3 +54,11 @@ int edge_sk_GENERAL_NAME_num(const GENERAL_NAMES *names) {
 const GENERAL_NAME *edge_sk_GENERAL_NAME_value(const GENERAL_NAMES *names, int index) {
     return sk_GENERAL_NAME_value(names, index);
 }
+
+void edge_BIO_set_retry_read(BIO *bio) {
+    BIO_set_retry_read(bio);
+}
+
+void edge_BIO_clear_retry_flags(BIO *bio) {
+    BIO_clear_retry_flags(bio);
+}

@@ -40,31 +40,32 @@ enum KnownHeader: UInt8 {
         }
     }
 
-    private static let table: [(String, KnownHeader)] = [
-        ("content-length", .contentLength), ("transfer-encoding", .transferEncoding), ("host", .host),
-        ("connection", .connection), ("expect", .expect), ("keep-alive", .keepAlive),
-        ("proxy-connection", .proxyConnection), ("te", .te), ("trailer", .trailer), ("upgrade", .upgrade),
-        ("x-forwarded-for", .xForwardedFor), ("x-forwarded-proto", .xForwardedProto), ("x-forwarded-host", .xForwardedHost),
-        ("x-forwarded-client-cert", .xForwardedClientCert), ("x-client-verify", .xClientVerify),
-    ]
-    /// Known names by length, as lowercase bytes.
-    private static let byLength: [[([UInt8], KnownHeader)]] = {
-        var result = [[([UInt8], KnownHeader)]](repeating: [], count: 24)
-        for (name, header) in table { result[name.utf8.count].append((Array(name.utf8), header)) }
-        return result
-    }()
-
+    /// Recognises a field name (already checked to be a token), case-insensitively.
+    /// A switch on the length, then at most two byte comparisons: this runs for
+    /// every field of every request and response.
     static func classify(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> KnownHeader {
         let count = range.count
-        guard count < byLength.count else { return .other }
-        candidates: for (name, header) in byLength[count] {
-            for i in 0..<count where bytes[range.lowerBound + i] | 0x20 != name[i] {
-                // `| 0x20` folds ASCII letters; '-' (0x2D) is unchanged by it.
-                continue candidates
-            }
-            return header
+        let start = range.lowerBound
+        func matches(_ name: StaticString) -> Bool {
+            let lower = name.utf8Start
+            // `| 0x20` folds ASCII letters; '-' and digits are unchanged by it, and no
+            // other token byte folds onto a letter or '-'.
+            for i in 0..<count where bytes[start + i] | 0x20 != lower[i] { return false }
+            return true
         }
-        return .other
+        switch count {
+        case 2: return matches("te") ? .te : .other
+        case 4: return matches("host") ? .host : .other
+        case 6: return matches("expect") ? .expect : .other
+        case 7: return matches("trailer") ? .trailer : matches("upgrade") ? .upgrade : .other
+        case 10: return matches("connection") ? .connection : matches("keep-alive") ? .keepAlive : .other
+        case 14: return matches("content-length") ? .contentLength : .other
+        case 15: return matches("x-forwarded-for") ? .xForwardedFor : matches("x-client-verify") ? .xClientVerify : .other
+        case 16: return matches("proxy-connection") ? .proxyConnection : matches("x-forwarded-host") ? .xForwardedHost : .other
+        case 17: return matches("transfer-encoding") ? .transferEncoding : matches("x-forwarded-proto") ? .xForwardedProto : .other
+        case 23: return matches("x-forwarded-client-cert") ? .xForwardedClientCert : .other
+        default: return .other
+        }
     }
 }
 
@@ -289,18 +290,26 @@ enum HTTP1Parser {
                 case .transferEncoding:
                     transferEncodings += 1
                     // The final coding decides the framing; anything but chunked alone is flagged.
-                    let value = String(decoding: UnsafeRawBufferPointer(rebasing: p[vs..<ve]), as: UTF8.self).lowercased()
-                    let codings = value.split(separator: ",").map { $0.trimmingSpaces() }
-                    chunked = codings.last == "chunked"
-                    otherCoding = otherCoding || codings.count != 1 || !chunked
+                    var codings = 0
+                    var lastIsChunked = false
+                    forEachListElement(p, vs..<ve) { element in
+                        codings += 1
+                        lastIsChunked = equalsLowercase(p, element, "chunked")
+                    }
+                    chunked = lastIsChunked
+                    otherCoding = otherCoding || codings != 1 || !chunked
                 case .connection:
-                    let value = String(decoding: UnsafeRawBufferPointer(rebasing: p[vs..<ve]), as: UTF8.self).lowercased()
-                    for token in value.split(separator: ",") {
-                        let name = token.trimmingSpaces()
-                        if name == "close" { close = true } else if name == "keep-alive" { keepAlive = true } else if !name.isEmpty { names.append(String(name)) }
+                    forEachListElement(p, vs..<ve) { element in
+                        if equalsLowercase(p, element, "close") {
+                            close = true
+                        } else if equalsLowercase(p, element, "keep-alive") {
+                            keepAlive = true
+                        } else {
+                            names.append(String(decoding: UnsafeRawBufferPointer(rebasing: p[element]), as: UTF8.self).lowercased())
+                        }
                     }
                 case .expect:
-                    if ve - vs == 12, String(decoding: UnsafeRawBufferPointer(rebasing: p[vs..<ve]), as: UTF8.self).lowercased() == "100-continue" {
+                    if equalsLowercase(p, vs..<ve, "100-continue") {
                         expectContinue = true
                     }
                 default:
@@ -322,6 +331,35 @@ enum HTTP1Parser {
         return startLineEnd
     }
 
+    /// Calls `body` with each non-empty element of a comma-separated list value
+    /// (RFC 9110 §5.6.1), spaces and tabs around it trimmed.
+    @inline(__always)
+    private static func forEachListElement(_ p: UnsafeRawBufferPointer, _ range: Range<Int>, _ body: (Range<Int>) -> Void) {
+        var start = range.lowerBound
+        while start < range.upperBound {
+            var end = start
+            while end < range.upperBound, p[end] != UInt8(ascii: ",") { end += 1 }
+            var s = start, e = end
+            while s < e, p[s] == 0x20 || p[s] == 0x09 { s += 1 }
+            while e > s, p[e - 1] == 0x20 || p[e - 1] == 0x09 { e -= 1 }
+            if s < e { body(s..<e) }
+            start = end + 1
+        }
+    }
+
+    /// Whether the bytes in `range` are `lower` (lowercase ASCII), ignoring ASCII case.
+    @inline(__always)
+    private static func equalsLowercase(_ p: UnsafeRawBufferPointer, _ range: Range<Int>, _ lower: StaticString) -> Bool {
+        guard range.count == lower.utf8CodeUnitCount else { return false }
+        let bytes = lower.utf8Start
+        for i in 0..<range.count {
+            var b = p[range.lowerBound + i]
+            if b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") { b |= 0x20 }
+            guard b == bytes[i] else { return false }
+        }
+        return true
+    }
+
     /// Request framing rules that stop smuggling (RFC 9112 §6.1, §6.3).
     private static func checkRequestFraming(_ head: inout HTTPHead) throws {
         let hasTE = head.chunked || head.otherTransferCoding
@@ -335,17 +373,14 @@ enum HTTP1Parser {
         if hosts == 0 && head.minorVersion == 1 { throw HTTPFramingError.bad("missing Host header") }
     }
 
-    /// tchar (RFC 9110 §5.6.2).
+    /// RFC 9110 `tchar` (§5.6.2): one bit per ASCII byte (letters, digits, ``!#$%&'*+-.^_`|~``).
+    /// Constants rather than a table: a global table is a lazy global, checked on
+    /// every call.
     @inline(__always)
     static func isToken(_ b: UInt8) -> Bool {
-        tokenTable[Int(b)]
-    }
-
-    private static let tokenTable: [Bool] = (0..<256).map { b in
-        switch UInt8(b) {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): return true
-        default: return "!#$%&'*+-.^_`|~".utf8.contains(UInt8(b))
-        }
+        if b < 64 { return (0x03ff6cfa00000000 as UInt64) >> b & 1 == 1 }
+        if b < 128 { return (0x57ffffffc7fffffe as UInt64) >> (b - 64) & 1 == 1 }
+        return false
     }
 }
 

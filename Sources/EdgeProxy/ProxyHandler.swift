@@ -327,15 +327,16 @@ public final class ProxyHandler: ChannelDuplexHandler {
         }
         let exchange = Exchange(request: head, group: group)
         exchange.requestEnded = !hasBody
-        exchange.head = self.upstreamHead(for: head, group: group, allocator: context.channel.allocator)
+        exchange.head = self.upstreamHead(for: head, group: group)
         self.exchange = exchange
         self.connect(exchange)
     }
 
     /// The request head as the upstream gets it: hop-by-hop headers and client-supplied
     /// identity headers removed, X-Forwarded-* added, Host kept or set per upstream.
-    private func upstreamHead(for head: HTTPHead, group: UpstreamGroup, allocator: ByteBufferAllocator) -> ByteBuffer {
-        var out = allocator.buffer(capacity: head.bytes.count + 160)
+    private func upstreamHead(for head: HTTPHead, group: UpstreamGroup) -> ByteBuffer {
+        var out = self.pool.requestHeads.take(minimumCapacity: head.bytes.count + 160)
+        defer { self.pool.requestHeads.keep(out) }
         out.writeString(head.method)
         out.writeStaticString(" ")
         out.writeString(head.target)
@@ -521,7 +522,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             exchange.responseStarted = true
             exchange.status = response.status
             self.armReadTimer(exchange)
-            context.write(Self.wrapOutboundOut(self.downstreamHead(for: response, exchange: exchange, allocator: context.channel.allocator)), promise: nil)
+            context.write(Self.wrapOutboundOut(self.downstreamHead(for: response, exchange: exchange)), promise: nil)
             self.downstreamNeedsFlush = true
         case .body(let body):
             self.armReadTimer(exchange)
@@ -550,9 +551,10 @@ public final class ProxyHandler: ChannelDuplexHandler {
 
     /// The response head as the client gets it: hop-by-hop headers removed, framing
     /// and connection headers for this client's HTTP version.
-    private func downstreamHead(for response: HTTPHead, exchange: Exchange, allocator: ByteBufferAllocator) -> ByteBuffer {
+    private func downstreamHead(for response: HTTPHead, exchange: Exchange) -> ByteBuffer {
         let request = exchange.request
-        var out = allocator.buffer(capacity: response.bytes.count + 64)
+        var out = self.pool.responseHeads.take(minimumCapacity: response.bytes.count + 64)
+        defer { self.pool.responseHeads.keep(out) }
         out.writeStaticString(request.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
         out.writeString(String(response.status))
         out.writeStaticString(" ")

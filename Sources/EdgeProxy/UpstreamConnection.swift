@@ -280,8 +280,21 @@ struct PoolKey: Hashable {
 /// Keep-alive connections of one event loop. Only touched on that loop, so
 /// no locks: each downstream connection uses the pool of its own loop.
 public final class UpstreamPool {
+    /// Idle connections to one backend, most recently used last. A class, so that
+    /// taking one is a dictionary lookup and an in-place pop: mutating an array
+    /// value through `Dictionary`'s subscript allocates (its modify coroutine),
+    /// and that was three allocations a request. An emptied stack stays with its
+    /// capacity; the keys are bounded by the configured backends.
+    private final class Stack {
+        var connections: [UpstreamConnection] = []
+    }
+
     private let eventLoop: EventLoop
-    private var idle: [PoolKey: [UpstreamConnection]] = [:]
+    private var idle: [PoolKey: Stack] = [:]
+    /// Buffers the loop's proxy handlers build message heads in, one at a time:
+    /// reused once the head was written, never held by an idle connection.
+    var requestHeads = ReusableBuffer(maximumKeptCapacity: 16 * 1_024)
+    var responseHeads = ReusableBuffer(maximumKeptCapacity: 16 * 1_024)
 
     public init(eventLoop: EventLoop) {
         self.eventLoop = eventLoop
@@ -294,7 +307,7 @@ public final class UpstreamPool {
     /// Closes every idle connection (the pool's configuration generation has ended).
     public func closeIdle() {
         self.eventLoop.assertInEventLoop()
-        let all = self.idle.values.flatMap { $0 }
+        let all = self.idle.values.flatMap { $0.connections }
         self.idle = [:]
         for connection in all {
             connection.handler.idleIn = nil
@@ -311,9 +324,8 @@ public final class UpstreamPool {
     func takeIdle(group: UpstreamGroup, backend index: Int) -> UpstreamConnection? {
         self.eventLoop.assertInEventLoop()
         let key = self.key(group: group, backend: index)
-        // Mutated in place: copying the stack out would copy every idle connection per request.
-        while let connection = self.idle[key]?.popLast() {
-            if self.idle[key]!.isEmpty { self.idle[key] = nil }
+        guard let stack = self.idle[key] else { return nil }
+        while let connection = stack.connections.popLast() {
             group.states[index].idleConnections.wrappingDecrement(ordering: .relaxed)
             connection.handler.idleIn = nil
             if connection.channel.isActive {
@@ -334,13 +346,20 @@ public final class UpstreamPool {
             return
         }
         let state = group.states[connection.backendIndex]
-        if let count = self.idle[connection.key]?.count, count >= group.maxIdlePerBackend {
-            let oldest = self.idle[connection.key]!.removeFirst()  // least recently used goes first
+        let stack: Stack
+        if let existing = self.idle[connection.key] {
+            stack = existing
+        } else {
+            stack = Stack()
+            self.idle[connection.key] = stack
+        }
+        if stack.connections.count >= group.maxIdlePerBackend {
+            let oldest = stack.connections.removeFirst()  // least recently used goes first
             oldest.handler.idleIn = nil
             oldest.close()
             state.idleConnections.wrappingDecrement(ordering: .relaxed)
         }
-        self.idle[connection.key, default: []].append(connection)
+        stack.connections.append(connection)
         state.idleConnections.wrappingIncrement(ordering: .relaxed)
         connection.handler.idleIn = (self, group)
         connection.idleDeadline = .now() + group.timeouts.idle
@@ -364,9 +383,9 @@ public final class UpstreamPool {
     /// Removes an idle connection that closed or timed out.
     func evict(_ connection: UpstreamConnection, group: UpstreamGroup) {
         connection.handler.idleIn = nil
-        guard let index = self.idle[connection.key]?.firstIndex(where: { $0 === connection }) else { return }
-        self.idle[connection.key]!.remove(at: index)
-        if self.idle[connection.key]!.isEmpty { self.idle[connection.key] = nil }
+        guard let stack = self.idle[connection.key],
+              let index = stack.connections.firstIndex(where: { $0 === connection }) else { return }
+        stack.connections.remove(at: index)
         group.states[connection.backendIndex].idleConnections.wrappingDecrement(ordering: .relaxed)
     }
 

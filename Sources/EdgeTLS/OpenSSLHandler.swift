@@ -79,6 +79,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     public var sessionReused: Bool { self.connection.sessionReused }
 
     public func handlerAdded(context: ChannelHandlerContext) {
+        self.connection.threadBuffers = TLSThreadBuffers.current
         if context.channel.isActive {
             self.startHandshake(context: context)
         }
@@ -180,12 +181,16 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func decrypt(context: ChannelHandlerContext) {
         readLoop: while true {
-            switch self.connection.read(allocator: context.channel.allocator) {
+            switch self.connection.read() {
             case .data(let plaintext):
                 if case .active = self.state {
                     self.deliveredData = true
                     context.fireChannelRead(Self.wrapInboundOut(plaintext))
                 }
+                if case .closed = self.state { return }
+                // Another SSL_read would only report want-read, after allocating and
+                // freeing a record buffer (SSL_MODE_RELEASE_BUFFERS).
+                if !self.connection.hasBufferedInput { break readLoop }
             case .wantMore:
                 break readLoop
             case .closeNotify:
@@ -333,7 +338,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
             self.fail(context: context, error: error)
             return
         }
-        if let ciphertext = self.connection.takeOutbound(allocator: context.channel.allocator) {
+        if let ciphertext = self.connection.takeOutbound() {
             context.writeAndFlush(Self.wrapOutboundOut(ciphertext), promise: promise)
         } else {
             promise?.succeed(())
@@ -341,7 +346,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     private func sendOutbound(context: ChannelHandlerContext) {
-        if let ciphertext = self.connection.takeOutbound(allocator: context.channel.allocator) {
+        if let ciphertext = self.connection.takeOutbound() {
             context.writeAndFlush(Self.wrapOutboundOut(ciphertext), promise: nil)
         }
     }

@@ -5,11 +5,17 @@ import NIOCore
 import Glibc
 #endif
 
-/// One `SSL` over a pair of memory BIOs.
+/// One `SSL` whose BIO reads and writes `ByteBuffer`s directly.
 ///
 /// Not thread-safe: a connection belongs to one channel and is used on its event
 /// loop only. It holds its initial context strongly, like swift-nio-ssl does, so
 /// the `SSL_CTX` outlives the `SSL`.
+///
+/// A pair of `BIO_s_mem` would copy every record twice (buffer to BIO, BIO to
+/// OpenSSL's record buffer, and the same on the way out) and keep each BIO's
+/// largest size allocated for the connection's life. The `ByteBufferBIO` hands
+/// OpenSSL the bytes NIO read and collects OpenSSL's output in a buffer that is
+/// written to the socket as it is: one copy each way, nothing held while idle.
 final class TLSConnection {
     enum Result {
         case complete
@@ -25,30 +31,32 @@ final class TLSConnection {
     }
 
     let ssl: OpaquePointer
-    private let inbound: OpaquePointer   // network -> OpenSSL
-    private let outbound: OpaquePointer  // OpenSSL -> network
     let context: TLSContext
     /// Where a client connection's sessions go and come from; kept alive as long as the `SSL`.
     private let sessionSlot: TLSSessionSlot?
+    /// Ciphertext from the network that OpenSSL has not read yet (usually NIO's read buffer itself).
+    fileprivate var inbound = ByteBuffer()
+    /// Ciphertext OpenSSL wrote, not yet taken for the network (empty, with no
+    /// storage, between writes: an idle connection holds no buffer).
+    fileprivate var outbound = ByteBuffer()
+    /// The event-loop thread's shared buffers; set when the handler is added.
+    var threadBuffers: TLSThreadBuffers?
 
     init(context: TLSContext, serverName: String? = nil, verifyHostnames: [String] = [], sessionSlot: TLSSessionSlot? = nil) throws {
         ERR_clear_error()
         guard let ssl = SSL_new(context.pointer) else {
             throw TLSError.configuration("SSL_new failed: \(openSSLErrorQueueDescription())")
         }
-        guard let inbound = BIO_new(BIO_s_mem()), let outbound = BIO_new(BIO_s_mem()) else {
+        guard let bio = BIO_new(ByteBufferBIO.method) else {
             SSL_free(ssl)
-            throw TLSError.configuration("BIO_new failed")
+            throw TLSError.configuration("BIO_new failed: \(openSSLErrorQueueDescription())")
         }
-        // An empty memory BIO reports "retry" rather than EOF.
-        _ = BIO_ctrl(inbound, BIO_C_SET_BUF_MEM_EOF_RETURN, -1, nil)
-        _ = BIO_ctrl(outbound, BIO_C_SET_BUF_MEM_EOF_RETURN, -1, nil)
-        SSL_set_bio(ssl, inbound, outbound)
+        SSL_set_bio(ssl, bio, bio)  // one BIO both ways: SSL_free frees it once
         self.ssl = ssl
-        self.inbound = inbound
-        self.outbound = outbound
         self.context = context
         self.sessionSlot = sessionSlot
+        // The BIO never outlives this object: SSL_free in deinit frees it.
+        BIO_set_data(bio, Unmanaged.passUnretained(self).toOpaque())
         if context.isServer {
             SSL_set_accept_state(ssl)
         } else {
@@ -76,15 +84,16 @@ final class TLSConnection {
 
     deinit {
         if let presented = SSL_get_ex_data(self.ssl, presentedLeafIndex) { X509_free(OpaquePointer(presented)) }
-        SSL_free(self.ssl)  // frees both BIOs
+        SSL_free(self.ssl)  // frees the BIO
     }
 
-    /// Feeds ciphertext from the network.
+    /// Feeds ciphertext from the network. Kept, not copied, unless a partial record is waiting.
     func consume(_ buffer: ByteBuffer) {
-        buffer.withUnsafeReadableBytes { raw in
-            guard let base = raw.baseAddress, raw.count > 0 else { return }
-            var written = 0
-            _ = BIO_write_ex(self.inbound, base, raw.count, &written)
+        if self.inbound.readableBytes == 0 {
+            self.inbound = buffer
+        } else {
+            var buffer = buffer
+            self.inbound.writeBuffer(&buffer)
         }
     }
 
@@ -96,17 +105,21 @@ final class TLSConnection {
     }
 
     /// Reads one chunk of plaintext.
-    func read(allocator: ByteBufferAllocator) -> ReadResult {
+    func read() -> ReadResult {
         ERR_clear_error()
         // Plaintext never exceeds the ciphertext still buffered, nor one record.
-        let buffered = Int(BIO_ctrl_pending(self.inbound)) + Int(SSL_pending(self.ssl))
-        var buffer = allocator.buffer(capacity: max(min(buffered, 16_384), 1_024))
+        let buffered = self.inbound.readableBytes + Int(SSL_pending(self.ssl))
+        // Read into the thread's plaintext buffer, which the last reader (of any
+        // connection on this loop) has usually let go of by now.
+        let buffers = self.threadBuffers ?? TLSThreadBuffers.current
+        var plaintext = buffers.plaintext.take(minimumCapacity: max(min(buffered, 16_384), 1_024))
+        defer { buffers.plaintext.keep(plaintext) }
         var readBytes = 0
-        let rc = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { raw in
+        let rc = plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { raw in
             let rc = SSL_read_ex(self.ssl, raw.baseAddress, raw.count, &readBytes)
             return rc == 1 ? readBytes : 0
         }
-        if rc > 0 { return .data(buffer) }
+        if rc > 0 { return .data(plaintext) }
         let error = SSL_get_error(self.ssl, 0)
         switch error {
         case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
@@ -143,17 +156,19 @@ final class TLSConnection {
         return .failed(self.reason(for: error))
     }
 
-    /// Takes every byte OpenSSL queued for the network.
-    func takeOutbound(allocator: ByteBufferAllocator) -> ByteBuffer? {
-        let pending = Int(BIO_ctrl_pending(self.outbound))
-        guard pending > 0 else { return nil }
-        var buffer = allocator.buffer(capacity: pending)
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { raw in
-            var readBytes = 0
-            _ = BIO_read_ex(self.outbound, raw.baseAddress, pending, &readBytes)
-            return readBytes
-        }
-        return buffer
+    /// Takes every byte OpenSSL queued for the network. The buffer goes back to the
+    /// thread's shared one, to be reused once the socket has written it.
+    func takeOutbound() -> ByteBuffer? {
+        guard self.outbound.readableBytes > 0 else { return nil }
+        var ciphertext = ByteBuffer()
+        swap(&ciphertext, &self.outbound)
+        (self.threadBuffers ?? TLSThreadBuffers.current).ciphertext.keep(ciphertext)
+        return ciphertext
+    }
+
+    /// Whether ciphertext or plaintext is still buffered: `read()` would do more than fail.
+    var hasBufferedInput: Bool {
+        self.inbound.readableBytes > 0 || SSL_has_pending(self.ssl) == 1
     }
 
     var negotiatedProtocol: String? {
@@ -258,4 +273,67 @@ func isIPAddress(_ host: String) -> Bool {
     var v4 = in_addr()
     var v6 = in6_addr()
     return host.withCString { inet_pton(AF_INET, $0, &v4) == 1 || inet_pton(AF_INET6, $0, &v6) == 1 }
+}
+
+/// The BIO behind every `TLSConnection`: reads from its `inbound` buffer, appends to its `outbound` one.
+private enum ByteBufferBIO {
+    /// Built once and never mutated after; OpenSSL only reads a BIO_METHOD.
+    nonisolated(unsafe) static let method: OpaquePointer = {
+        let method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "edge-gateway ByteBuffer")!
+        _ = BIO_meth_set_create(method) { bio in
+            BIO_set_init(bio, 1)
+            return 1
+        }
+        _ = BIO_meth_set_destroy(method) { _ in 1 }
+        _ = BIO_meth_set_read_ex(method) { bio, data, length, readBytes in
+            let connection = ByteBufferBIO.connection(bio)
+            edge_BIO_clear_retry_flags(bio)
+            let available = connection.inbound.readableBytes
+            guard available > 0, let data else {
+                readBytes?.pointee = 0
+                edge_BIO_set_retry_read(bio)  // not EOF: more may arrive
+                return 0
+            }
+            let count = min(available, length)
+            connection.inbound.readWithUnsafeReadableBytes { raw in
+                UnsafeMutableRawPointer(data).copyMemory(from: raw.baseAddress!, byteCount: count)
+                return count
+            }
+            if connection.inbound.readableBytes == 0 {
+                connection.inbound = ByteBuffer()  // NIO may reuse its read buffer
+            }
+            readBytes?.pointee = count
+            return 1
+        }
+        _ = BIO_meth_set_write_ex(method) { bio, data, length, written in
+            let connection = ByteBufferBIO.connection(bio)
+            edge_BIO_clear_retry_flags(bio)
+            if let data, length > 0 {
+                if connection.outbound.capacity == 0 {
+                    let buffers = connection.threadBuffers ?? TLSThreadBuffers.current
+                    connection.outbound = buffers.ciphertext.take(minimumCapacity: length)
+                }
+                connection.outbound.writeBytes(UnsafeRawBufferPointer(start: data, count: length))
+            }
+            written?.pointee = length
+            return 1
+        }
+        _ = BIO_meth_set_ctrl(method) { bio, command, _, _ in
+            switch command {
+            case BIO_CTRL_FLUSH, BIO_CTRL_DUP:
+                return 1
+            case BIO_CTRL_PENDING:
+                return Int(ByteBufferBIO.connection(bio).inbound.readableBytes)
+            case BIO_CTRL_WPENDING:
+                return Int(ByteBufferBIO.connection(bio).outbound.readableBytes)
+            default:
+                return 0
+            }
+        }
+        return method
+    }()
+
+    static func connection(_ bio: OpaquePointer?) -> TLSConnection {
+        Unmanaged<TLSConnection>.fromOpaque(BIO_get_data(bio)!).takeUnretainedValue()
+    }
 }

@@ -43,6 +43,9 @@ STACK_OF(X509) *edge_sk_X509_new_null(void);
 int edge_sk_X509_push(STACK_OF(X509) *stack, X509 *cert);
 void edge_sk_X509_free(STACK_OF(X509) *stack);
 
+void edge_BIO_set_retry_read(BIO *bio);
+void edge_BIO_clear_retry_flags(BIO *bio);
+
 int edge_sk_GENERAL_NAME_num(const GENERAL_NAMES *names);
 const GENERAL_NAME *edge_sk_GENERAL_NAME_value(const GENERAL_NAMES *names, int index);
 
