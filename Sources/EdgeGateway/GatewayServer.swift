@@ -264,6 +264,10 @@ extension Gateway {
             }
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            // NIO keeps each connection's last receive buffer for its next read, so its
+            // size is held by every idle connection: start at 512 bytes (NIO's default
+            // is 2 KiB); it grows at once for larger reads (a big ClientHello, a body).
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536))
             .childChannelInitializer { channel in
                 metrics.connectionOpened(listener: plan.name)
                 channel.closeFuture.whenComplete { _ in metrics.connectionClosed(listener: plan.name) }

@@ -74,6 +74,8 @@ struct HeaderField {
     var name: Range<Int>
     var value: Range<Int>
     var known: KnownHeader
+    /// Just past the field line's CRLF: the next field line starts here.
+    var lineEnd: Int
 }
 
 /// A message head as received, with what the proxy needs from it.
@@ -84,6 +86,10 @@ struct HTTPHead {
     /// Request: method and target. Response: unused.
     var method = ""
     var target = ""
+    /// Request: the method is HEAD (decided once; framing asks for every response).
+    var isHeadMethod = false
+    /// Where the start line's CRLF begins.
+    var startLineEnd = 0
     /// Response: status code and reason phrase.
     var status = 0
     var reason: Range<Int> = 0..<0
@@ -129,6 +135,33 @@ struct HTTPHead {
         guard !self.connectionNames.isEmpty, field.known == .other else { return false }
         let name = self.string(field.name).lowercased()
         return self.connectionNames.contains(name)
+    }
+
+    /// Appends the field lines `skip` lets through, byte for byte as received: a run
+    /// of consecutive kept lines is one copy (most heads are one or two runs).
+    func writeFields(to buffer: inout ByteBuffer, skip: (HeaderField) -> Bool) {
+        self.bytes.withUnsafeBytes { p in
+            var run = 0..<0
+            func flush() {
+                if !run.isEmpty { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: p[run])) }
+            }
+            for field in self.fields {
+                if skip(field) {
+                    flush()
+                    run = 0..<0
+                } else if run.isEmpty {
+                    run = field.name.lowerBound..<field.lineEnd
+                } else {
+                    run = run.lowerBound..<field.lineEnd  // lines are contiguous
+                }
+            }
+            flush()
+        }
+    }
+
+    /// Appends bytes of the head as received.
+    func writeBytes(_ range: Range<Int>, to buffer: inout ByteBuffer) {
+        self.bytes.withUnsafeBytes { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[range])) }
     }
 
     /// Appends `name: value\r\n` as received.
@@ -188,6 +221,7 @@ enum HTTP1Parser {
             while i < lineEnd, isToken(p[i]) { i += 1 }
             guard i > 0, i < lineEnd, p[i] == 0x20 else { throw HTTPFramingError.bad("malformed request line") }
             head.method = String(decoding: UnsafeRawBufferPointer(rebasing: p[0..<i]), as: UTF8.self)
+            head.isHeadMethod = i == 4 && p[0] == UInt8(ascii: "H") && p[1] == UInt8(ascii: "E") && p[2] == UInt8(ascii: "A") && p[3] == UInt8(ascii: "D")
             let targetStart = i + 1
             var j = targetStart
             while j < lineEnd, p[j] > 0x20, p[j] != 0x7F { j += 1 }
@@ -315,7 +349,7 @@ enum HTTP1Parser {
                 default:
                     break
                 }
-                fields.append(HeaderField(name: i..<colon, value: vs..<ve, known: known))
+                fields.append(HeaderField(name: i..<colon, value: vs..<ve, known: known, lineEnd: end + 2))
                 i = end + 2
             }
             return first
@@ -328,6 +362,7 @@ enum HTTP1Parser {
         head.connectionKeepAlive = keepAlive
         head.expectContinue = expectContinue
         head.connectionNames = names
+        head.startLineEnd = startLineEnd
         return startLineEnd
     }
 

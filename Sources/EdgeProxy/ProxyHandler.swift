@@ -337,26 +337,30 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private func upstreamHead(for head: HTTPHead, group: UpstreamGroup) -> ByteBuffer {
         var out = self.pool.requestHeads.take(minimumCapacity: head.bytes.count + 160)
         defer { self.pool.requestHeads.keep(out) }
-        out.writeString(head.method)
-        out.writeStaticString(" ")
-        out.writeString(head.target)
-        out.writeStaticString(" HTTP/1.1\r\n")
+        if head.minorVersion == 1 {
+            head.writeBytes(0..<head.startLineEnd + 2, to: &out)  // the request line as received
+        } else {
+            out.writeString(head.method)
+            out.writeStaticString(" ")
+            out.writeString(head.target)
+            out.writeStaticString(" HTTP/1.1\r\n")
+        }
         var forwardedFor: HeaderField?
         var host: HeaderField?
-        for field in head.fields {
+        let setsHost = group.hostHeader != nil
+        head.writeFields(to: &out) { field in
             switch field.known {
             case .xForwardedFor:
                 if forwardedFor == nil { forwardedFor = field }
-                continue
+                return true
             case .xForwardedProto, .xForwardedHost, .xForwardedClientCert, .xClientVerify, .expect:
-                continue
+                return true
             case .host:
                 host = field
-                if group.hostHeader != nil { continue }
+                return setsHost
             default:
-                if head.isHopByHop(field) { continue }
+                return head.isHopByHop(field)
             }
-            head.write(field, to: &out)
         }
         if head.chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
         if self.info.mutualTLS {
@@ -373,7 +377,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         if let ip = self.clientIP {
             out.writeStaticString("x-forwarded-for: ")
             if let existing = forwardedFor {
-                out.writeBytes(head.bytes[existing.value])
+                head.writeBytes(existing.value, to: &out)
                 out.writeStaticString(", ")
             }
             out.writeString(ip)
@@ -386,7 +390,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         out.writeStaticString("\r\n")
         if let host {
             out.writeStaticString("x-forwarded-host: ")
-            out.writeBytes(head.bytes[host.value])
+            head.writeBytes(host.value, to: &out)
             out.writeStaticString("\r\n")
         }
         if let hostHeader = group.hostHeader {
@@ -408,8 +412,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private func connect(_ exchange: Exchange) {
         let group = exchange.group
         if exchange.backendIndex == nil {
-            let key = UpstreamGroup.RequestKey(client: self.info.remoteAddress, request: exchange.request)
-            guard let chosen = group.select(key, tried: exchange.tried) else {
+            guard let chosen = group.select(UpstreamGroup.RequestKey(client: self.info.remoteAddress, request: exchange.request), tried: exchange.tried) else {
                 let reason = exchange.tried.isEmpty ? "every backend is down" : "no backend left to try"
                 self.failExchange(exchange, error: UpstreamError(kind: .noHealthyBackend, backend: group.name, reason: reason))
                 return
@@ -466,7 +469,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         connection.uses += 1
         exchange.group.states[connection.backendIndex].requests.wrappingIncrement(ordering: .relaxed)
         connection.handler.delegate = self
-        connection.handler.beginExchange(headRequest: exchange.request.method == "HEAD")
+        connection.handler.beginExchange(headRequest: exchange.request.isHeadMethod)
         connection.write(exchange.head)
         if !exchange.pending.isEmpty {
             for bytes in exchange.pending { connection.write(bytes) }
@@ -556,14 +559,10 @@ public final class ProxyHandler: ChannelDuplexHandler {
         var out = self.pool.responseHeads.take(minimumCapacity: response.bytes.count + 64)
         defer { self.pool.responseHeads.keep(out) }
         out.writeStaticString(request.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
-        out.writeString(String(response.status))
-        out.writeStaticString(" ")
-        out.writeBytes(response.bytes[response.reason])
-        out.writeStaticString("\r\n")
-        for field in response.fields where !response.isHopByHop(field) {
-            response.write(field, to: &out)
-        }
-        let noBody = response.hasNoBody(toHead: request.method == "HEAD")
+        // The status code and reason as received (the parser checked three digits at 9..<12).
+        response.writeBytes(9..<response.startLineEnd + 2, to: &out)
+        response.writeFields(to: &out) { response.isHopByHop($0) }
+        let noBody = response.hasNoBody(toHead: request.isHeadMethod)
         var close = !request.keepAlive || self.quiescing
         if !noBody && (response.contentLength == nil || response.chunked || response.otherTransferCoding) {
             if request.minorVersion >= 1 {

@@ -255,7 +255,9 @@ public final class UpstreamGroup: Sendable {
     }
 
     /// The backend for a request among available backends not in `tried`; nil when none is left.
-    public func select(_ key: RequestKey, tried: [Int] = []) -> Int? {
+    /// The key is an autoclosure: only hashing builds it (copying a request head
+    /// is a handful of retains that round robin has no use for).
+    public func select(_ key: @autoclosure () -> RequestKey, tried: [Int] = []) -> Int? {
         let now = NIODeadline.now()
         let states = self.states
         func usable(_ index: Int) -> Bool { !tried.contains(index) && states[index].isAvailable(now: now) }
@@ -308,7 +310,7 @@ public final class UpstreamGroup: Sendable {
             }
             return best
         case .consistentHash(let hashKey):
-            return self.ringLookup(hash64(key.text(for: hashKey)), usable: usable)
+            return self.ringLookup(hash64(key().text(for: hashKey)), usable: usable)
         }
     }
 

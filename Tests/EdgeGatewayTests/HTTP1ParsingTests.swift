@@ -34,6 +34,26 @@ final class HTTP1ParsingTests: XCTestCase {
         XCTAssertTrue(try request("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keepAlive)
         XCTAssertFalse(try request("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keepAlive)
         XCTAssertTrue(try request("PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").expectContinue)
+        XCTAssertTrue(try request("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").isHeadMethod)
+        XCTAssertFalse(try request("HEADX / HTTP/1.1\r\nHost: x\r\n\r\n").isHeadMethod)
+        // List values: elements trimmed, case ignored, empty elements skipped.
+        let listed = try request("GET / HTTP/1.1\r\nHost: x\r\nConnection: ,Keep-Alive , ,CLOSE,\tX-A\r\n\r\n")
+        XCTAssertTrue(listed.connectionClose)
+        XCTAssertTrue(listed.connectionKeepAlive)
+        XCTAssertEqual(listed.connectionNames, ["x-a"])
+    }
+
+    func testKeptFieldLinesAreCopiedAsReceived() throws {
+        let head = try request("GET /p HTTP/1.1\r\nA: 1\r\nHost: h\r\nConnection: X-Hop\r\nX-Hop: 2\r\nB:3  \r\nC: 4\r\nTE: trailers\r\n\r\n")
+        var out = ByteBuffer()
+        head.writeFields(to: &out) { head.isHopByHop($0) }
+        XCTAssertEqual(String(buffer: out), "A: 1\r\nHost: h\r\nB:3  \r\nC: 4\r\n", "hop-by-hop lines dropped, the others byte for byte")
+        out.clear()
+        head.writeFields(to: &out) { _ in true }
+        XCTAssertEqual(out.readableBytes, 0)
+        out.clear()
+        head.writeBytes(0..<head.startLineEnd + 2, to: &out)
+        XCTAssertEqual(String(buffer: out), "GET /p HTTP/1.1\r\n")
     }
 
     func testSmugglingShapesAndMalformedHeadsAreRejected() {
