@@ -154,8 +154,11 @@ public final class BackendState: Sendable {
     public init() {}
 
     /// Active check healthy and not ejected.
-    public func isAvailable(now: NIODeadline = .now()) -> Bool {
-        self.checkHealthy.load(ordering: .relaxed) && self.ejectedUntil.load(ordering: .relaxed) <= Int64(now.uptimeNanoseconds)
+    /// The clock is read only for a backend that was ejected at some point.
+    public func isAvailable(now: @autoclosure () -> NIODeadline = .now()) -> Bool {
+        guard self.checkHealthy.load(ordering: .relaxed) else { return false }
+        let ejectedUntil = self.ejectedUntil.load(ordering: .relaxed)
+        return ejectedUntil <= 0 || ejectedUntil <= Int64(now().uptimeNanoseconds)
     }
 
     public var isHealthyByCheck: Bool { self.checkHealthy.load(ordering: .relaxed) }
@@ -258,9 +261,8 @@ public final class UpstreamGroup: Sendable {
     /// The key is an autoclosure: only hashing builds it (copying a request head
     /// is a handful of retains that round robin has no use for).
     public func select(_ key: @autoclosure () -> RequestKey, tried: [Int] = []) -> Int? {
-        let now = NIODeadline.now()
         let states = self.states
-        func usable(_ index: Int) -> Bool { !tried.contains(index) && states[index].isAvailable(now: now) }
+        func usable(_ index: Int) -> Bool { !tried.contains(index) && states[index].isAvailable() }
         switch self.algorithm {
         case .roundRobin:
             if self.equalWeights {

@@ -106,7 +106,7 @@ final class TLSConnection {
 
     /// Reads one chunk of plaintext.
     func read() -> ReadResult {
-        ERR_clear_error()
+        clearErrorQueue()
         // Plaintext never exceeds the ciphertext still buffered, nor one record.
         let buffered = self.inbound.readableBytes + Int(SSL_pending(self.ssl))
         // Read into the thread's plaintext buffer, which the last reader (of any
@@ -136,7 +136,7 @@ final class TLSConnection {
         var failure: Result = .complete
         buffer.withUnsafeReadableBytes { raw in
             guard let base = raw.baseAddress, raw.count > 0 else { return }
-            ERR_clear_error()
+            clearErrorQueue()
             var written = 0
             if SSL_write_ex(self.ssl, base, raw.count, &written) != 1 || written != raw.count {
                 failure = .failed(self.reason(for: SSL_get_error(self.ssl, 0)))
@@ -267,6 +267,14 @@ final class TLSConnection {
         }
         return reason
     }
+}
+
+/// Empties this thread's OpenSSL error queue, so that SSL_get_error describes the
+/// next call only. ERR_clear_error walks all sixteen slots of the queue every
+/// time; peeking first makes the usual case (nothing queued) a single lookup.
+@inline(__always)
+func clearErrorQueue() {
+    if ERR_peek_error() != 0 { ERR_clear_error() }
 }
 
 func isIPAddress(_ host: String) -> Bool {
