@@ -340,7 +340,9 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
             if negotiated == "h2" {
                 self.metrics.handshake(listener: self.plan.name, result: "ok")
                 var info = self.info
-                if info.mutualTLS { info.clientIdentity = ClientIdentity(tls: try? sync.handler(type: OpenSSLHandler.self)) }
+                let tls = try? sync.handler(type: OpenSSLHandler.self)
+                if info.mutualTLS { info.clientIdentity = ClientIdentity(tls: tls) }
+                tls?.coalesceFlushes()
                 try self.addHTTP2Handlers(sync, channel: context.channel, info: info)
             } else {
                 try addHTTP1Handlers(sync, plan: self.plan, info: self.info, router: self.router, pool: self.pool, logger: self.logger, metrics: self.metrics)
@@ -373,7 +375,6 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
                                             streamDelegate: idle.delegate(eventLoop: channel.eventLoop)) { streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
                 let streamSync = streamChannel.pipeline.syncOperations
-                try streamSync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
                 try streamSync.addHandler(HTTP2StreamBridge())
                 try streamSync.addHandler(ProxyHandler(router: router, pool: pool.value, info: info, limits: limits, logger: logger, observer: metrics))
             }

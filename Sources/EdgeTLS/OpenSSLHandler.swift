@@ -13,8 +13,8 @@ public struct TLSHandlerConfiguration: Sendable {
 
 /// TLS for a NIO channel on the system OpenSSL, server or client side.
 ///
-/// Ciphertext flows through two memory BIOs. Writes are buffered until `flush`
-/// and encrypted in one batch with one `writeAndFlush`. `read` is passed
+/// Ciphertext flows through a BIO over ByteBuffers (see `TLSConnection`). Writes
+/// are buffered until `flush` and encrypted in one batch with one `writeAndFlush`. `read` is passed
 /// through untouched, so an application that stops reading stops the socket
 /// too. Fires `TLSUserEvent.handshakeCompleted(negotiatedProtocol:)` like
 /// swift-nio-ssl does, so NIO's ALPN and HTTP/2 handlers work unchanged.
@@ -46,6 +46,9 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var spareWrites: [BufferedWrite] = []
     /// Where small writes are joined into one record; owned, so joining never reallocates.
     private var staging = ByteBuffer()
+    /// See `coalesceFlushes()`.
+    private var flushesCoalesced = false
+    private var flushScheduled = false
     private var handshakeTimer: Scheduled<Void>?
     private var closePromise: EventLoopPromise<Void>?
     private var receivedAnyBytes = false
@@ -240,9 +243,26 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     public func flush(context: ChannelHandlerContext) {
-        if case .active = self.state {
+        guard case .active = self.state else { return }
+        guard self.flushesCoalesced else {
             self.encryptBufferedWrites(context: context)
+            return
         }
+        guard !self.flushScheduled else { return }
+        self.flushScheduled = true
+        context.eventLoop.assumeIsolatedUnsafeUnchecked().execute {
+            self.flushScheduled = false
+            if case .active = self.state { self.encryptBufferedWrites(context: context) }
+        }
+    }
+
+    /// Flushes from now on are carried out once the event loop has handled the I/O
+    /// events at hand: for HTTP/2, where every stream flushes the connection, the
+    /// responses that arrived together (from as many upstream connections) leave as
+    /// one batch of TLS records and one write, not a record and a write per stream.
+    /// Not for HTTP/1.1, whose one response per flush would only wait for nothing.
+    public func coalesceFlushes() {
+        self.flushesCoalesced = true
     }
 
     public func read(context: ChannelHandlerContext) {

@@ -42,6 +42,11 @@ final class DownstreamTLSTests: XCTestCase {
         let headers = try curl(["--http2", "https://localhost:\(port)/headers"]).stdout
         XCTAssertTrue(headers.contains("x-forwarded-proto: https"), headers)
         XCTAssertTrue(headers.contains("host: localhost:\(port)"), headers)
+        // Cookie crumbs become one HTTP/1.1 field (RFC 9113 §8.2.3); HEAD has no body.
+        let cookies = try curl(["--http2", "-H", "cookie: a=1", "-H", "cookie: b=2", "https://localhost:\(port)/headers"]).stdout
+        XCTAssertTrue(cookies.lowercased().contains("cookie: a=1; b=2"), cookies)
+        let head = try curl(["--http2", "-I", "-w", "%{http_code}", "https://localhost:\(port)/hello"])
+        XCTAssertTrue(head.stdout.hasSuffix("200"), head.stdout + head.stderr)
         // HTTP/1.1 still works on the same listener.
         let h1 = try curl(["--http1.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/"])
         XCTAssertEqual(h1.stdout, "1.1 200")
