@@ -29,7 +29,7 @@ let package = Package(
         .target(name: "CEdgeShims", dependencies: ["COpenSSL"]),
         // The cmsg macros of <sys/socket.h> as functions, for handing listening sockets over. No logic.
         .target(name: "CSocketShims"),
-        // The TLS engine: SSL_CTX/SSL owners and the NIO handler over memory BIOs.
+        // The TLS engine: SSL_CTX/SSL owners and the NIO handler over a ByteBuffer BIO.
         .target(
             name: "EdgeTLS",
             dependencies: [
