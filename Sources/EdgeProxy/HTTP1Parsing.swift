@@ -45,14 +45,7 @@ enum KnownHeader: UInt8 {
     /// every field of every request and response.
     static func classify(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> KnownHeader {
         let count = range.count
-        let start = range.lowerBound
-        func matches(_ name: StaticString) -> Bool {
-            let lower = name.utf8Start
-            // `| 0x20` folds ASCII letters; '-' and digits are unchanged by it, and no
-            // other token byte folds onto a letter or '-'.
-            for i in 0..<count where bytes[start + i] | 0x20 != lower[i] { return false }
-            return true
-        }
+        func matches(_ name: StaticString) -> Bool { asciiCaseInsensitiveEquals(bytes, range, name) }
         switch count {
         case 2: return matches("te") ? .te : .other
         case 4: return matches("host") ? .host : .other
@@ -67,6 +60,19 @@ enum KnownHeader: UInt8 {
         default: return .other
         }
     }
+}
+
+/// Whether the bytes in `range` are `lower` (lowercase ASCII), ignoring ASCII case.
+@inline(__always)
+func asciiCaseInsensitiveEquals(_ p: UnsafeRawBufferPointer, _ range: Range<Int>, _ lower: StaticString) -> Bool {
+    guard range.count == lower.utf8CodeUnitCount else { return false }
+    let bytes = lower.utf8Start
+    for i in 0..<range.count {
+        var b = p[range.lowerBound + i]
+        if b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") { b |= 0x20 }
+        guard b == bytes[i] else { return false }
+    }
+    return true
 }
 
 /// One header field: offsets of its name and (trimmed) value in the head's bytes.
@@ -328,22 +334,22 @@ enum HTTP1Parser {
                     var lastIsChunked = false
                     forEachListElement(p, vs..<ve) { element in
                         codings += 1
-                        lastIsChunked = equalsLowercase(p, element, "chunked")
+                        lastIsChunked = asciiCaseInsensitiveEquals(p, element, "chunked")
                     }
                     chunked = lastIsChunked
                     otherCoding = otherCoding || codings != 1 || !chunked
                 case .connection:
                     forEachListElement(p, vs..<ve) { element in
-                        if equalsLowercase(p, element, "close") {
+                        if asciiCaseInsensitiveEquals(p, element, "close") {
                             close = true
-                        } else if equalsLowercase(p, element, "keep-alive") {
+                        } else if asciiCaseInsensitiveEquals(p, element, "keep-alive") {
                             keepAlive = true
                         } else {
                             names.append(String(decoding: UnsafeRawBufferPointer(rebasing: p[element]), as: UTF8.self).lowercased())
                         }
                     }
                 case .expect:
-                    if equalsLowercase(p, vs..<ve, "100-continue") {
+                    if asciiCaseInsensitiveEquals(p, vs..<ve, "100-continue") {
                         expectContinue = true
                     }
                 default:
@@ -380,19 +386,6 @@ enum HTTP1Parser {
             if s < e { body(s..<e) }
             start = end + 1
         }
-    }
-
-    /// Whether the bytes in `range` are `lower` (lowercase ASCII), ignoring ASCII case.
-    @inline(__always)
-    private static func equalsLowercase(_ p: UnsafeRawBufferPointer, _ range: Range<Int>, _ lower: StaticString) -> Bool {
-        guard range.count == lower.utf8CodeUnitCount else { return false }
-        let bytes = lower.utf8Start
-        for i in 0..<range.count {
-            var b = p[range.lowerBound + i]
-            if b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") { b |= 0x20 }
-            guard b == bytes[i] else { return false }
-        }
-        return true
     }
 
     /// Request framing rules that stop smuggling (RFC 9112 §6.1, §6.3).

@@ -69,21 +69,31 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
 
     /// The HTTP/1.1 request head for a request HEADERS frame.
     private func requestHead(_ frame: HTTP2Frame.FramePayload.Headers, allocator: ByteBufferAllocator) -> ByteBuffer {
+        // Pseudo-header fields come first (the HTTP/2 handler refuses any after a
+        // regular field), so the request line and Host are known before the rest.
         var method = "GET", path = "/", authority: String?
+        for (name, value, _) in frame.headers {
+            guard name.utf8.first == UInt8(ascii: ":") else { break }
+            switch name {
+            case ":method": method = value
+            case ":path": path = value
+            case ":authority": authority = value
+            default: break  // :scheme; :protocol is not offered
+            }
+        }
+        var out = allocator.buffer(capacity: 512)
+        out.writeString(method)
+        out.writeStaticString(" ")
+        out.writeString(path)
+        out.writeStaticString(" HTTP/1.1\r\n")
+        if let authority {
+            out.writeStaticString("host: ")
+            out.writeString(authority)
+            out.writeStaticString("\r\n")
+        }
         var hasLength = false
         var cookies: [String] = []
-        var out = allocator.buffer(capacity: 512)
-        var fields = allocator.buffer(capacity: 512)
-        for (name, value, _) in frame.headers {
-            if name.utf8.first == UInt8(ascii: ":") {
-                switch name {
-                case ":method": method = value
-                case ":path": path = value
-                case ":authority": authority = value
-                default: break  // :scheme; :protocol is not offered
-                }
-                continue
-            }
+        for (name, value, _) in frame.headers where name.utf8.first != UInt8(ascii: ":") {
             switch name {
             case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te":
                 continue  // connection-specific: the HTTP/2 handler refuses them already
@@ -97,21 +107,11 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
             default:
                 break
             }
-            fields.writeString(name)
-            fields.writeStaticString(": ")
-            fields.writeString(value)
-            fields.writeStaticString("\r\n")
-        }
-        out.writeString(method)
-        out.writeStaticString(" ")
-        out.writeString(path)
-        out.writeStaticString(" HTTP/1.1\r\n")
-        if let authority {
-            out.writeStaticString("host: ")
-            out.writeString(authority)
+            out.writeString(name)
+            out.writeStaticString(": ")
+            out.writeString(value)
             out.writeStaticString("\r\n")
         }
-        out.writeBuffer(&fields)
         if !cookies.isEmpty {
             out.writeStaticString("cookie: ")
             out.writeString(cookies.joined(separator: "; "))

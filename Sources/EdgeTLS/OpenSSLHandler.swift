@@ -82,7 +82,6 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     public var sessionReused: Bool { self.connection.sessionReused }
 
     public func handlerAdded(context: ChannelHandlerContext) {
-        self.connection.threadBuffers = TLSThreadBuffers.current
         if context.channel.isActive {
             self.startHandshake(context: context)
         }

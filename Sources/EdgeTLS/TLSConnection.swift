@@ -39,8 +39,9 @@ final class TLSConnection {
     /// Ciphertext OpenSSL wrote, not yet taken for the network (empty, with no
     /// storage, between writes: an idle connection holds no buffer).
     fileprivate var outbound = ByteBuffer()
-    /// The event-loop thread's shared buffers; set when the handler is added.
-    var threadBuffers: TLSThreadBuffers?
+    /// The event-loop thread's shared buffers, looked up at the first read or write
+    /// (which happens on the channel's loop).
+    fileprivate lazy var threadBuffers = TLSThreadBuffers.current
 
     init(context: TLSContext, serverName: String? = nil, verifyHostnames: [String] = [], sessionSlot: TLSSessionSlot? = nil) throws {
         ERR_clear_error()
@@ -111,7 +112,7 @@ final class TLSConnection {
         let buffered = self.inbound.readableBytes + Int(SSL_pending(self.ssl))
         // Read into the thread's plaintext buffer, which the last reader (of any
         // connection on this loop) has usually let go of by now.
-        let buffers = self.threadBuffers ?? TLSThreadBuffers.current
+        let buffers = self.threadBuffers
         var plaintext = buffers.plaintext.take(minimumCapacity: max(min(buffered, 16_384), 1_024))
         defer { buffers.plaintext.keep(plaintext) }
         var readBytes = 0
@@ -162,7 +163,7 @@ final class TLSConnection {
         guard self.outbound.readableBytes > 0 else { return nil }
         var ciphertext = ByteBuffer()
         swap(&ciphertext, &self.outbound)
-        (self.threadBuffers ?? TLSThreadBuffers.current).ciphertext.keep(ciphertext)
+        self.threadBuffers.ciphertext.keep(ciphertext)
         return ciphertext
     }
 
@@ -318,7 +319,7 @@ private enum ByteBufferBIO {
             edge_BIO_clear_retry_flags(bio)
             if let data, length > 0 {
                 if connection.outbound.capacity == 0 {
-                    let buffers = connection.threadBuffers ?? TLSThreadBuffers.current
+                    let buffers = connection.threadBuffers
                     connection.outbound = buffers.ciphertext.take(minimumCapacity: length)
                 }
                 connection.outbound.writeBytes(UnsafeRawBufferPointer(start: data, count: length))
