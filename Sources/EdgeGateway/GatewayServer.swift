@@ -464,7 +464,7 @@ final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
                 return
             }
             let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: self.lastStream, errorCode: .noError, opaqueData: nil))
-            context.writeAndFlush(Self.wrapOutboundOut(goAway)).assumeIsolated().whenComplete { _ in
+            context.writeAndFlush(NIOAny(goAway)).assumeIsolated().whenComplete { _ in
                 context.close(promise: nil)
             }
         }

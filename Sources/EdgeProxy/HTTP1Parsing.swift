@@ -113,6 +113,22 @@ struct HTTPHead {
 
     var keepAlive: Bool { self.minorVersion >= 1 ? !self.connectionClose : (self.connectionKeepAlive && !self.connectionClose) }
 
+    /// Makes this head the next `length` bytes of `buffer`, unparsed, in the storage
+    /// of the head it was: the byte and field arrays keep their capacity, so a handler
+    /// that parses one head after another allocates for none of them.
+    mutating func refill(reading length: Int, from buffer: inout ByteBuffer) {
+        var bytes = self.bytes
+        let fields = self.fields
+        self = HTTPHead(bytes: [])
+        bytes.removeAll(keepingCapacity: true)
+        buffer.readWithUnsafeReadableBytes { p in
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: p[..<length]))
+            return length
+        }
+        self.bytes = bytes
+        self.fields = fields
+    }
+
     func string(_ range: Range<Int>) -> String {
         String(decoding: self.bytes[range], as: UTF8.self)
     }
@@ -167,7 +183,7 @@ struct HTTPHead {
 
     /// Appends bytes of the head as received.
     func writeBytes(_ range: Range<Int>, to buffer: inout ByteBuffer) {
-        self.bytes.withUnsafeBytes { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[range])) }
+        self.bytes.withUnsafeBytes { _ = buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[range])) }
     }
 
     /// Appends `name: value\r\n` as received.
@@ -220,8 +236,14 @@ enum HTTP1Parser {
 
     static func parseRequest(_ bytes: [UInt8]) throws -> HTTPHead {
         var head = HTTPHead(bytes: bytes)
+        try parseRequest(&head)
+        return head
+    }
+
+    /// Parses the request head in `head.bytes` into `head` (see `HTTPHead.refill`).
+    static func parseRequest(_ head: inout HTTPHead) throws {
         let lineEnd = try parseFields(&head)
-        try bytes.withUnsafeBytes { (p: UnsafeRawBufferPointer) throws in
+        try head.bytes.withUnsafeBytes { (p: UnsafeRawBufferPointer) throws in
             // method SP request-target SP HTTP-version
             var i = 0
             while i < lineEnd, isToken(p[i]) { i += 1 }
@@ -236,13 +258,18 @@ enum HTTP1Parser {
             head.minorVersion = try version(p, j + 1, lineEnd)
         }
         try checkRequestFraming(&head)
-        return head
     }
 
     static func parseResponse(_ bytes: [UInt8]) throws -> HTTPHead {
         var head = HTTPHead(bytes: bytes)
+        try parseResponse(&head)
+        return head
+    }
+
+    /// Parses the response head in `head.bytes` into `head` (see `HTTPHead.refill`).
+    static func parseResponse(_ head: inout HTTPHead) throws {
         let lineEnd = try parseFields(&head)
-        try bytes.withUnsafeBytes { (p: UnsafeRawBufferPointer) throws in
+        try head.bytes.withUnsafeBytes { (p: UnsafeRawBufferPointer) throws in
             // HTTP-version SP 3DIGIT SP reason-phrase (the reason may be empty or missing)
             guard lineEnd >= 12, p[8] == 0x20 else { throw HTTPFramingError.bad("malformed status line") }
             head.minorVersion = try version(p, 0, 8)
@@ -259,7 +286,6 @@ enum HTTP1Parser {
             }
         }
         if head.chunked && head.contentLength != nil { head.contentLength = nil }  // RFC 9112 §6.3: TE overrides
-        return head
     }
 
     /// "HTTP/1.0" or "HTTP/1.1" in p[start..<end]; returns the minor version.
@@ -276,7 +302,9 @@ enum HTTP1Parser {
 
     /// Parses the header fields after the start line; returns where the start line ends.
     private static func parseFields(_ head: inout HTTPHead) throws -> Int {
-        var fields: [HeaderField] = []
+        var fields = head.fields  // a refilled head's storage, emptied
+        head.fields = []
+        fields.removeAll(keepingCapacity: true)
         fields.reserveCapacity(16)
         var contentLength: Int?
         var transferEncodings = 0

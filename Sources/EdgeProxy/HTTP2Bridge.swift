@@ -38,13 +38,13 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.requestEnded else { return }
-        switch Self.unwrapInboundIn(data) {
+        switch self.unwrapInboundIn(data) {
         case .headers(let headers):
             if self.requestHeadSeen {
                 self.endRequest(context: context)  // trailers: not forwarded, they end the body
             } else {
                 self.requestHeadSeen = true
-                context.fireChannelRead(Self.wrapInboundOut(self.requestHead(headers, allocator: context.channel.allocator)))
+                context.fireChannelRead(NIOAny(self.requestHead(headers, allocator: context.channel.allocator)))
                 if headers.endStream { self.endRequest(context: context) }
             }
         case .data(let payload):
@@ -53,12 +53,12 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
             case .none:
                 break  // a body on a request that declared none cannot be framed: dropped
             case .length:
-                if body.readableBytes > 0 { context.fireChannelRead(Self.wrapInboundOut(body)) }
+                if body.readableBytes > 0 { context.fireChannelRead(NIOAny(body)) }
             case .chunked:
                 if body.readableBytes > 0 {
                     var out = context.channel.allocator.buffer(capacity: body.readableBytes + 16)
                     out.writeChunk(body)
-                    context.fireChannelRead(Self.wrapInboundOut(out))
+                    context.fireChannelRead(NIOAny(out))
                 }
             }
             if payload.endStream { self.endRequest(context: context) }
@@ -135,12 +135,12 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
         guard !self.requestEnded else { return }
         self.requestEnded = true
         if self.requestBody == .chunked {
-            context.fireChannelRead(Self.wrapInboundOut(context.channel.allocator.buffer(staticString: "0\r\n\r\n")))
+            context.fireChannelRead(NIOAny(context.channel.allocator.buffer(staticString: "0\r\n\r\n")))
         }
     }
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        var bytes = Self.unwrapOutboundIn(data)
+        var bytes = self.unwrapOutboundIn(data)
         if self.response.readableBytes == 0 {
             self.response = bytes
         } else {
@@ -155,10 +155,10 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
                     guard let piece else { break }
                     switch piece {
                     case .data(let data):
-                        wrote = context.write(Self.wrapOutboundOut(.data(.init(data: .byteBuffer(data)))))
+                        wrote = context.write(NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(data)))))
                     case .end:
                         self.responseDone = true
-                        wrote = context.write(Self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))))
+                        wrote = context.write(NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))))
                     }
                     continue
                 }
@@ -179,7 +179,7 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
                 let framer = head.responseFramer(toHead: self.headRequest)
                 self.framer = framer
                 self.responseDone = framer.isDone
-                wrote = context.write(Self.wrapOutboundOut(.headers(.init(headers: headers, endStream: framer.isDone))))
+                wrote = context.write(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: framer.isDone))))
             }
         } catch {
             promise?.fail(error)

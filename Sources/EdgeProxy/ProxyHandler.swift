@@ -92,8 +92,6 @@ public final class ProxyHandler: ChannelDuplexHandler {
         let request: HTTPHead
         let group: UpstreamGroup
         var connection: UpstreamConnection?
-        /// The request head as the upstream gets it; written first on every attempt.
-        var head = ByteBuffer()
         /// Request body bytes read before a connection was ready.
         var pending: [ByteBuffer] = []
         var requestEnded = false
@@ -200,7 +198,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.closing else { return }
-        var bytes = Self.unwrapInboundIn(data)
+        var bytes = self.unwrapInboundIn(data)
         if self.inbound.readableBytes == 0 {
             self.inbound = bytes
         } else {
@@ -251,9 +249,10 @@ public final class ProxyHandler: ChannelDuplexHandler {
                 self.badRequest(self.headTooLarge, context: self.context)
                 return
             }
-            let head: HTTPHead
+            var head = self.pool.takeSpareRequestHead()
+            head.refill(reading: end, from: &self.inbound)
             do {
-                head = try HTTP1Parser.parseRequest(self.inbound.readBytes(length: end)!)
+                try HTTP1Parser.parseRequest(&head)
             } catch {
                 self.badRequest(HTTPFramingError(error), context: self.context)
                 return
@@ -317,7 +316,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         if head.expectContinue && head.minorVersion == 1 {
             // Answer 100-continue here so the client streams at once; the upstream
             // gets the body without the expectation.
-            context.writeAndFlush(Self.wrapOutboundOut(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
+            context.writeAndFlush(NIOAny(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
         }
         let hasBody = head.chunked || (head.contentLength ?? 0) > 0
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
@@ -327,16 +326,16 @@ public final class ProxyHandler: ChannelDuplexHandler {
         }
         let exchange = Exchange(request: head, group: group)
         exchange.requestEnded = !hasBody
-        exchange.head = self.upstreamHead(for: head, group: group)
         self.exchange = exchange
         self.connect(exchange)
     }
 
     /// The request head as the upstream gets it: hop-by-hop headers and client-supplied
     /// identity headers removed, X-Forwarded-* added, Host kept or set per upstream.
+    /// Built for each attempt (a retry gets the same bytes) in the loop's shared head
+    /// buffer, which `attach` hands back once the head is written.
     private func upstreamHead(for head: HTTPHead, group: UpstreamGroup) -> ByteBuffer {
         var out = self.pool.requestHeads.take(minimumCapacity: head.bytes.count + 160)
-        defer { self.pool.requestHeads.keep(out) }
         if head.minorVersion == 1 {
             head.writeBytes(0..<head.startLineEnd + 2, to: &out)  // the request line as received
         } else {
@@ -470,12 +469,18 @@ public final class ProxyHandler: ChannelDuplexHandler {
         exchange.group.states[connection.backendIndex].requests.wrappingIncrement(ordering: .relaxed)
         connection.handler.delegate = self
         connection.handler.beginExchange(headRequest: exchange.request.isHeadMethod)
-        connection.write(exchange.head)
+        let head = self.upstreamHead(for: exchange.request, group: exchange.group)
+        connection.write(head)
         if !exchange.pending.isEmpty {
             for bytes in exchange.pending { connection.write(bytes) }
             exchange.pending.removeAll()
         }
         connection.flush()
+        // Written and let go of by NIO unless the socket was full; a buffer still shared
+        // is copied by the next `take`, never overwritten. (Kept by the exchange instead,
+        // as before, the buffer was shared by every request in flight on the loop: one
+        // allocation per request.)
+        self.pool.requestHeads.keep(head)
         self.upstreamNeedsFlush = false
         if exchange.requestEnded { self.armReadTimer(exchange) }
         if self.readPending, connection.isWritable {
@@ -525,18 +530,18 @@ public final class ProxyHandler: ChannelDuplexHandler {
             exchange.responseStarted = true
             exchange.status = response.status
             self.armReadTimer(exchange)
-            context.write(Self.wrapOutboundOut(self.downstreamHead(for: response, exchange: exchange)), promise: nil)
+            context.write(NIOAny(self.downstreamHead(for: response, exchange: exchange)), promise: nil)
             self.downstreamNeedsFlush = true
         case .body(let body):
             self.armReadTimer(exchange)
             // Flushed once per upstream read batch (upstreamReadComplete): one TLS
             // record and one syscall for a small response instead of one per part.
             if exchange.chunkedDownstream {
-                context.write(Self.wrapOutboundOut(self.chunkPrefix(body.readableBytes)), promise: nil)
-                context.write(Self.wrapOutboundOut(body), promise: nil)
-                context.write(Self.wrapOutboundOut(Self.crlf), promise: nil)
+                context.write(NIOAny(self.chunkPrefix(body.readableBytes)), promise: nil)
+                context.write(NIOAny(body), promise: nil)
+                context.write(NIOAny(Self.crlf), promise: nil)
             } else {
-                context.write(Self.wrapOutboundOut(body), promise: nil)
+                context.write(NIOAny(body), promise: nil)
             }
             self.downstreamNeedsFlush = true
         case .end:
@@ -544,7 +549,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             exchange.responseEnded = true
             exchange.upstreamKeepAlive = connection.handler.reusable
             if exchange.chunkedDownstream {
-                context.write(Self.wrapOutboundOut(Self.lastChunk), promise: nil)
+                context.write(NIOAny(Self.lastChunk), promise: nil)
             }
             self.downstreamNeedsFlush = true
             self.requests?.completed(status: exchange.status)
@@ -608,6 +613,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         }
         exchange.leaveBackend()
         self.exchange = nil
+        self.pool.recycle(exchange.request)
         if exchange.closeDownstreamAfterResponse || self.quiescing {
             self.closing = true
             self.flushDownstream()
@@ -763,7 +769,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         out.writeStaticString("\r\n")
         if request?.method != "HEAD" { out.writeString(body) }
         self.downstreamNeedsFlush = false
-        let done = context.writeAndFlush(Self.wrapOutboundOut(out))
+        let done = context.writeAndFlush(NIOAny(out))
         self.requests?.completed(status: status)
         if close {
             self.closing = true

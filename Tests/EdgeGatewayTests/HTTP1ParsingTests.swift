@@ -152,4 +152,46 @@ final class HTTP1ParsingTests: XCTestCase {
         XCTAssertThrowsError(try HTTP1Parser.parseResponse(Array("HTTP/1.1 2x0 OK\r\n\r\n".utf8)))
         XCTAssertThrowsError(try HTTP1Parser.parseResponse(Array("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n".utf8)))
     }
+
+    /// Heads parsed one after another in the same storage (as the proxy does) carry
+    /// nothing over from the previous head, and read exactly their own bytes.
+    func testRefilledHeadsKeepNothingOfThePreviousOne() throws {
+        var buffer = ByteBuffer(string:
+            "HEAD /first HTTP/1.0\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\nExpect: 100-continue\r\nX-Hop: 1\r\n\r\n"
+            + "GET /second HTTP/1.1\r\nHost: b.test\r\n\r\nNEXT")
+        var head = HTTPHead(bytes: [])
+        head.refill(reading: HTTP1Parser.headEnd(in: buffer, from: 0)!, from: &buffer)
+        XCTAssertThrowsError(try HTTP1Parser.parseRequest(&head), "chunked in HTTP/1.0 is refused")
+        XCTAssertTrue(head.chunked)
+        XCTAssertEqual(head.connectionNames, ["x-hop"])
+        let capacity = head.bytes.capacity
+        head.refill(reading: HTTP1Parser.headEnd(in: buffer, from: 0)!, from: &buffer)
+        try HTTP1Parser.parseRequest(&head)
+        XCTAssertEqual(buffer.readableBytes, 4, "only the head's bytes are taken")
+        XCTAssertEqual(head.bytes.capacity, capacity, "the storage is reused")
+        XCTAssertEqual(head.method, "GET")
+        XCTAssertEqual(head.target, "/second")
+        XCTAssertFalse(head.isHeadMethod)
+        XCTAssertEqual(head.minorVersion, 1)
+        XCTAssertFalse(head.chunked)
+        XCTAssertFalse(head.otherTransferCoding)
+        XCTAssertFalse(head.connectionKeepAlive)
+        XCTAssertFalse(head.expectContinue)
+        XCTAssertEqual(head.connectionNames, [])
+        XCTAssertEqual(head.fields.count, 1)
+        XCTAssertEqual(head.first(.host), "b.test")
+
+        var response = ByteBuffer(string: "HTTP/1.1 200 Fine\r\nContent-Length: 3\r\n\r\nHTTP/1.1 204\r\n\r\n")
+        var status = HTTPHead(bytes: [])
+        status.refill(reading: HTTP1Parser.headEnd(in: response, from: 0)!, from: &response)
+        try HTTP1Parser.parseResponse(&status)
+        XCTAssertEqual(status.string(status.reason), "Fine")
+        XCTAssertEqual(status.contentLength, 3)
+        status.refill(reading: HTTP1Parser.headEnd(in: response, from: 0)!, from: &response)
+        try HTTP1Parser.parseResponse(&status)
+        XCTAssertEqual(status.status, 204)
+        XCTAssertEqual(status.reason, 0..<0, "no reason phrase this time")
+        XCTAssertNil(status.contentLength)
+        XCTAssertEqual(response.readableBytes, 0)
+    }
 }
