@@ -151,11 +151,14 @@ public struct SessionTicketsConfig: Decodable, Sendable, Equatable {
     public var rotateEvery: Duration = .seconds(12 * 3600)
     /// Base64 keys of 80 bytes, one per line; the first encrypts. Re-read when it changes.
     public var keyFile: String?
+    /// TLS 1.3 tickets sent after each handshake (OpenSSL's NumTickets).
+    public var numTickets = 1
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case enabled
         case rotateEvery = "rotate_every"
         case keyFile = "key_file"
+        case numTickets = "num_tickets"
     }
 
     init() {}
@@ -166,6 +169,7 @@ public struct SessionTicketsConfig: Decodable, Sendable, Equatable {
         self.enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? true
         self.rotateEvery = try c.decodeIfPresent(Duration.self, forKey: .rotateEvery) ?? self.rotateEvery
         self.keyFile = try c.decodeIfPresent(String.self, forKey: .keyFile)
+        self.numTickets = try c.decodeIfPresent(Int.self, forKey: .numTickets) ?? self.numTickets
     }
 }
 

@@ -241,6 +241,10 @@ public final class Gateway: Sendable {
                 }
                 ticketSettings = tickets
                 policy.sessionTickets = tickets.enabled
+                policy.ticketsPerHandshake = tickets.numTickets
+                if !(1...8).contains(tickets.numTickets) {
+                    problems.append("\(path).tls.session_tickets.num_tickets: must be 1 to 8 (turn tickets off with enabled: false)")
+                }
             }
             func withClientAuth(_ base: TLSServerPolicy, _ auth: ClientAuthConfig, key: String) -> TLSServerPolicy {
                 var policy = base

@@ -401,7 +401,8 @@ public struct Router: Sendable {
                     return false
                 }
             }
-            if let prefix = self.pathPrefix, !path.hasPrefix(prefix) { return false }
+            // Bytes, as nginx compares a location prefix (String's hasPrefix is Unicode-aware).
+            if let prefix = self.pathPrefix, !path.utf8.starts(with: prefix.utf8) { return false }
             return true
         }
     }
@@ -418,8 +419,9 @@ public struct Router: Sendable {
     }
 
     /// The group for a request, from its Host (port stripped) and path.
-    public func route(host rawHost: String?, uri: String) -> UpstreamGroup? {
-        let host = self.readsHost ? Self.normalizedHost(rawHost) : ""
+    /// `rawHost` is only evaluated when some route matches on the host.
+    public func route(host rawHost: @autoclosure () -> String?, uri: String) -> UpstreamGroup? {
+        let host = self.readsHost ? Self.normalizedHost(rawHost()) : ""
         let path = uri[..<(uri.utf8.firstIndex(of: UInt8(ascii: "?")) ?? uri.endIndex)]
         return self.routes.first { $0.matches(host: host, path: path) }?.upstream
     }

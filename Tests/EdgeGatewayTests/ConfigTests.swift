@@ -63,6 +63,9 @@ final class ConfigTests: XCTestCase {
         }
         let duration = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key).replacingOccurrences(of: "app: { backends: [\"127.0.0.1:9\"] }", with: "app: { backends: [\"127.0.0.1:9\"], timeouts: { read: soon } }"))
         XCTAssertTrue(duration.stderr.contains("upstreams.app.timeouts.read: invalid duration 'soon'"), duration.stderr)
+        let tickets = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key)
+            .replacingOccurrences(of: "key: \(Self.leaf.key) }", with: "key: \(Self.leaf.key), session_tickets: { num_tickets: 0 } }"))
+        XCTAssertTrue(tickets.stderr.contains("listeners[0].tls.session_tickets.num_tickets: must be 1 to 8"), tickets.stderr)
     }
 
     func testBadCertificateFilesFailWithTheFileAndTheReason() throws {

@@ -202,7 +202,8 @@ final class DownstreamTLSTests: XCTestCase {
 
 /// Session resumption across instances that share a ticket-key file, and across key rotations.
 final class SessionTicketTests: XCTestCase {
-    func startGateway(_ dir: TemporaryDirectory, name: String, leaf: TestPKI.Leaf, upstream: Int) throws -> (GatewayProcess, Int) {
+    func startGateway(_ dir: TemporaryDirectory, name: String, leaf: TestPKI.Leaf, upstream: Int,
+                      tickets: String = "{ key_file: ticket.keys }") throws -> (GatewayProcess, Int) {
         let https = freePort(), admin = freePort()
         try dir.write("\(name).yaml", """
             listeners:
@@ -211,7 +212,7 @@ final class SessionTicketTests: XCTestCase {
                 tls:
                   certificate: \(leaf.fullchain)
                   key: \(leaf.key)
-                  session_tickets: { key_file: ticket.keys }
+                  session_tickets: \(tickets)
             upstreams: { app: { backends: ["127.0.0.1:\(upstream)"] } }
             routes: [ { upstream: app } ]
             admin: { address: "127.0.0.1:\(admin)" }
@@ -261,6 +262,21 @@ final class SessionTicketTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 5) { first.log.contains("session ticket key file rejected") }, first.log)
         XCTAssertTrue(first.log.contains("80 bytes"), first.log)
         XCTAssertFalse(first.log.contains(keyA) || first.log.contains(keyB), "key material never reaches the log")
+    }
+
+    /// One TLS 1.3 ticket per handshake by default (each costs CPU); `num_tickets` sends more.
+    func testOneTicketPerHandshakeUnlessNumTicketsAsksForMore() throws {
+        let pki = try TestPKI()
+        let dir = TemporaryDirectory()
+        let leaf = try pki.issue(["localhost"], into: dir.path, name: "site")
+        let (byDefault, portA) = try startGateway(dir, name: "a", leaf: leaf, upstream: freePort(), tickets: "{}")
+        let (three, portB) = try startGateway(dir, name: "b", leaf: leaf, upstream: freePort(), tickets: "{ num_tickets: 3 }")
+        defer { byDefault.stop(); three.stop() }
+        func tickets(_ port: Int) throws -> Int {
+            try session(port, "-tls1_3").components(separatedBy: "Post-Handshake New Session Ticket arrived").count - 1
+        }
+        XCTAssertEqual(try tickets(portA), 1)
+        XCTAssertEqual(try tickets(portB), 3)
     }
 }
 
