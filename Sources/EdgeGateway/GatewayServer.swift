@@ -249,7 +249,7 @@ extension Gateway {
     private func bind(_ listener: ListenerPlan, fd: CInt, group: EventLoopGroup, quiescing: ServerQuiescingHelper, pools: PoolRegistry) async throws -> Channel {
         let router = self.router
         let logger = self.logger
-        let metrics = self.metrics
+        let metrics = self.metrics.listener(listener.name)
         var handshake = TLSHandlerConfiguration()
         handshake.handshakeTimeout = listener.handshakeTimeout
         let tlsConfiguration = handshake
@@ -263,8 +263,8 @@ extension Gateway {
                 }
             }
             .childChannelInitializer { channel in
-                metrics.connectionOpened(listener: plan.name)
-                channel.closeFuture.whenComplete { _ in metrics.connectionClosed(listener: plan.name) }
+                metrics.connectionOpened()
+                channel.closeFuture.whenComplete { _ in metrics.connectionClosed() }
                 return channel.eventLoop.makeCompletedFuture {
                     // Set here, synchronously: as `childChannelOption`s NIO applies them
                     // through a chain of futures, ~4 % of a full handshake's instructions.
@@ -298,7 +298,7 @@ extension Gateway {
 /// The HTTP/1.1 server pipeline of one client connection: the byte-level proxy,
 /// right after TLS (or the socket).
 func addHTTP1Handlers(_ sync: ChannelPipeline.SynchronousOperations, plan: ListenerPlan, info: DownstreamInfo, router: Router,
-                      pool: UpstreamPool, logger: Logger, metrics: GatewayMetrics) throws {
+                      pool: UpstreamPool, logger: Logger, metrics: ListenerMetrics) throws {
     try sync.addHandler(ProxyHandler(router: router, pool: pool, info: info, limits: plan.proxyLimits, logger: logger, observer: metrics))
 }
 
@@ -323,9 +323,9 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
     private let router: Router
     private let pool: UpstreamPool
     private let logger: Logger
-    private let metrics: GatewayMetrics
+    private let metrics: ListenerMetrics
 
-    init(plan: ListenerPlan, info: DownstreamInfo, router: Router, pool: UpstreamPool, logger: Logger, metrics: GatewayMetrics) {
+    init(plan: ListenerPlan, info: DownstreamInfo, router: Router, pool: UpstreamPool, logger: Logger, metrics: ListenerMetrics) {
         self.plan = plan
         self.info = info
         self.router = router

@@ -13,7 +13,7 @@ final class GatewayMetrics: ProxyObserver, Sendable {
     private let counters = NIOLockedValueBox<[String: Counter]>([:])
     private let gauges = NIOLockedValueBox<[String: Gauge]>([:])
     private let reloadsSeen = NIOLockedValueBox<[String: Int]>([:])
-    private let requestCounters = NIOLockedValueBox<[String: RequestCounter]>([:])
+    private let listeners = NIOLockedValueBox<[String: ListenerMetrics]>([:])
 
     /// One metric per name and label set, made on first use.
     private func cached<Metric>(_ box: NIOLockedValueBox<[String: Metric]>, _ name: String, _ labels: [(String, String)], make: () -> Metric) -> Metric {
@@ -38,36 +38,30 @@ final class GatewayMetrics: ProxyObserver, Sendable {
         }
     }
 
-    /// Made once per listener: every HTTP/2 stream asks for it, and building it
-    /// looks up five labelled counters (it was 7 % of an HTTP/2 request's CPU).
-    func requestCounter(listener: String) -> RequestCounter {
-        if let existing = self.requestCounters.withLockedValue({ $0[listener] }) { return existing }
-        let made = self.makeRequestCounter(listener: listener)
-        return self.requestCounters.withLockedValue { counters in
-            if let existing = counters[listener] { return existing }
-            counters[listener] = made
+    /// One listener's connection, handshake and request metrics, made once per listener
+    /// name and kept across reloads. Looking each one up by name and labels cost ~3 %
+    /// of a full handshake (four lookups under a lock), and 7 % of an HTTP/2 request
+    /// when the request counter was built per stream.
+    func listener(_ name: String) -> ListenerMetrics {
+        if let existing = self.listeners.withLockedValue({ $0[name] }) { return existing }
+        let made = ListenerMetrics(
+            requestsByClass: (1...5).map { self.counter("edge_requests_total", [("listener", name), ("class", "\($0)xx")], help: "Requests answered, by listener and status class.") },
+            open: self.gauge("edge_connections_open", [("listener", name)], help: "Open client connections."),
+            accepted: self.counter("edge_connections_total", [("listener", name)], help: "Client connections accepted."),
+            handshakes: ["ok", "failed", "timeout"].map { self.counter("edge_tls_handshakes_total", [("listener", name), ("result", $0)], help: "TLS handshakes with clients, by result.") })
+        return self.listeners.withLockedValue { listeners in
+            if let existing = listeners[name] { return existing }
+            listeners[name] = made
             return made
         }
     }
 
-    private func makeRequestCounter(listener: String) -> RequestCounter {
-        let byClass = (1...5).map { self.counter("edge_requests_total", [("listener", listener), ("class", "\($0)xx")], help: "Requests answered, by listener and status class.") }
-        return RequestCounter { status in
-            byClass[min(max(status / 100, 1), 5) - 1].increment()
-        }
+    func requestCounter(listener: String) -> RequestCounter {
+        self.listener(listener).requests
     }
 
     func handshake(listener: String, result: String) {
-        self.counter("edge_tls_handshakes_total", [("listener", listener), ("result", result)], help: "TLS handshakes with clients, by result.").increment()
-    }
-
-    func connectionOpened(listener: String) {
-        self.gauge("edge_connections_open", [("listener", listener)], help: "Open client connections.").increment()
-        self.counter("edge_connections_total", [("listener", listener)], help: "Client connections accepted.").increment()
-    }
-
-    func connectionClosed(listener: String) {
-        self.gauge("edge_connections_open", [("listener", listener)], help: "Open client connections.").decrement()
+        self.listener(listener).handshake(listener: listener, result: result)
     }
 
     /// Refreshes the derived gauges and renders the exposition.
@@ -166,4 +160,43 @@ final class GatewayMetrics: ProxyObserver, Sendable {
 
 private func metricKey(_ name: String, _ labels: [(String, String)]) -> String {
     name + labels.map { "|\($0.0)=\($0.1)" }.joined()
+}
+
+/// The metrics of one listener, resolved once (at bind) so that a connection, a
+/// handshake or a request costs an atomic increment and no lookup by name.
+final class ListenerMetrics: ProxyObserver, Sendable {
+    let requests: RequestCounter
+    private let open: Gauge
+    private let accepted: Counter
+    /// ok, failed, timeout
+    private let handshakes: [Counter]
+
+    init(requestsByClass: [Counter], open: Gauge, accepted: Counter, handshakes: [Counter]) {
+        self.requests = RequestCounter { status in
+            requestsByClass[min(max(status / 100, 1), 5) - 1].increment()
+        }
+        self.open = open
+        self.accepted = accepted
+        self.handshakes = handshakes
+    }
+
+    func connectionOpened() {
+        self.open.increment()
+        self.accepted.increment()
+    }
+
+    func connectionClosed() {
+        self.open.decrement()
+    }
+
+    func requestCounter(listener: String) -> RequestCounter { self.requests }
+
+    /// `listener` is this listener (the protocol is shared with `GatewayMetrics`).
+    func handshake(listener: String, result: String) {
+        switch result {
+        case "ok": self.handshakes[0].increment()
+        case "failed": self.handshakes[1].increment()
+        default: self.handshakes[2].increment()
+        }
+    }
 }

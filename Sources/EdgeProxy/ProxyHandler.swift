@@ -20,7 +20,16 @@ public struct DownstreamInfo: Sendable {
         self.mutualTLS = mutualTLS
     }
 
-    var clientIP: String? { self.remoteAddress?.ipAddress }
+    /// The client's address as text. IPv4 is formatted here: NIO's `ipAddress` goes
+    /// through glibc's inet_ntop, which uses sprintf (~15k instructions a connection).
+    var clientIP: String? {
+        guard let address = self.remoteAddress else { return nil }
+        if case .v4(let v4) = address {
+            let a = UInt32(bigEndian: v4.address.sin_addr.s_addr)
+            return "\(a >> 24).\((a >> 16) & 0xff).\((a >> 8) & 0xff).\(a & 0xff)"
+        }
+        return address.ipAddress
+    }
 }
 
 /// The verified client certificate of a mutual-TLS connection, as forwarded upstream.

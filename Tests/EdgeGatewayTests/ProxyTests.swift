@@ -37,6 +37,27 @@ final class ProxyTests: XCTestCase {
         try Shell.run(["curl", "-sS", "--max-time", "30", "--cacert", Self.pki.caPath] + args)
     }
 
+    /// Per-listener connection, handshake and request metrics, exactly counted.
+    func testListenerMetricsCountConnectionsHandshakesAndRequests() async throws {
+        let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
+        let port = harness.port("https"), admin = harness.gateway.adminPort!
+        for _ in 0..<3 { XCTAssertEqual(try curl(["-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port)/"]).stdout, "200") }
+        XCTAssertEqual(try curl(["-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port)/status?code=404"]).stdout, "404")
+        // A client that does not trust the certificate: a failed handshake.
+        XCTAssertNotEqual(try Shell.run(["curl", "-sS", "--max-time", "10", "https://localhost:\(port)/"]).status, 0)
+        func value(_ series: String) -> Double? {
+            let text = (try? Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout) ?? ""
+            return text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        XCTAssertTrue(eventually(timeout: 5) { value(#"edge_connections_open{listener="https"}"#) == 0 }, "every connection closed")
+        XCTAssertEqual(value(#"edge_connections_total{listener="https"}"#), 5)
+        XCTAssertEqual(value(#"edge_tls_handshakes_total{listener="https",result="ok"}"#), 4)
+        XCTAssertEqual(value(#"edge_tls_handshakes_total{listener="https",result="failed"}"#), 1)
+        XCTAssertEqual(value(#"edge_requests_total{listener="https",class="2xx"}"#), 3)
+        XCTAssertEqual(value(#"edge_requests_total{listener="https",class="4xx"}"#), 1)
+        await harness.shutdown()
+    }
+
     func testTLS13AndTheConfiguredCertificateWithOpenSSLClient() async throws {
         let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
         let port = harness.port("https")
