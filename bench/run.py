@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """edge-gateway beside nginx and HAProxy: the same upstream, certificate and machine, in one run.
 
-Pinned (the default, one worker/thread/event loop each): the proxy under test alone on core 1,
-the upstream and the load generators on core 0. Measured per proxy:
+Pinned (the default, one worker/thread/event loop each): the proxies on core 1 (all three
+running, one under load at a time), the upstream and the load generators on core 0. Every
+measurement is taken in rounds that visit the three proxies in turn (the order rotating), so
+the machine's drift over minutes falls on all of them alike. Measured per proxy:
   1. keep-alive HTTPS req/s and p50/p99 (wrk -t1 -c50, median of --runs), with a plain and with
      a verified TLS upstream; the gateway's upstream connection reuse from /status/upstreams;
   2. full and resumed TLS handshakes (openssl s_time -new / -reuse, each with a GET through the
@@ -103,8 +105,7 @@ def handshakes(port, pids, seconds, reuse):
     started = time.time()
     count = s_time(port, seconds, reuse)
     elapsed = time.time() - started
-    used = cpu_seconds(pids) - before
-    return {"rate": count / elapsed, "cpu_us": used / count * 1e6 if count else float("nan"), "count": count}
+    return {"count": count, "cpu": cpu_seconds(pids) - before, "elapsed": elapsed}
 
 
 def h2load(port, duration):
@@ -323,29 +324,59 @@ admin: {{ address: "127.0.0.1:{admin}" }}
         rot = {}
         reuse = {}
         ports, admin, commands, ngx_conf = configs(1, "pinned")
+        # All three run at once (idle ones cost nothing) and are measured in turns, the
+        # order rotating each round: the machine's speed drifts by tens of percent over
+        # minutes, and measuring one proxy after the other turned that drift into bias.
+        running, pids = {}, {}
         for name in PROXIES:
-            p = start(commands[name], 1, log)
-            procs.append(p)
+            running[name] = start(commands[name], 1, log)
+            procs.append(running[name])
             assert wait_port(ports[name]), f"{name} did not start (see {work}/bench.log)"
-            time.sleep(0.5)
-            pids = family(p.pid)
+        time.sleep(0.5)
+        for name in PROXIES:
+            pids[name] = family(running[name].pid)
+
+        def rounds(n):
+            """Round r visits every proxy, starting one further along each round."""
+            for r in range(n):
+                yield r, PROXIES[r % len(PROXIES):] + PROXIES[:r % len(PROXIES)]
+
+        if "keepalive" in only:
+            for case, path in cases.items():
+                runs = {name: [] for name in PROXIES}
+                for name in PROXIES:
+                    wrk(f"https://127.0.0.1:{ports[name]}{path}", 2, args.connections)  # warm-up
+                for _, order in rounds(args.runs):
+                    for name in order:
+                        runs[name].append(wrk(f"https://127.0.0.1:{ports[name]}{path}", args.duration, args.connections))
+                for name in PROXIES:
+                    rps = statistics.median(r["rps"] for r in runs[name])
+                    best = min(runs[name], key=lambda r: abs(r["rps"] - rps))
+                    results[case][name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs[name])}
+        if "handshake" in only:
+            for mode, reuse_sessions in (("full", False), ("resumed", True)):
+                totals = {name: {"count": 0, "cpu": 0.0, "elapsed": 0.0} for name in PROXIES}
+                for _, order in rounds(args.runs):
+                    for name in order:
+                        one = handshakes(ports[name], pids[name], max(4, args.duration // 3), reuse=reuse_sessions)
+                        for k in ("count", "cpu", "elapsed"):
+                            totals[name][k] += one[k]
+                for name, t in totals.items():
+                    hs[mode][name] = {"rate": t["count"] / t["elapsed"] if t["elapsed"] else 0.0,
+                                      "cpu_us": t["cpu"] / t["count"] * 1e6 if t["count"] else float("nan"), "count": t["count"]}
+        if "h2" in only:
+            h2runs = {name: [] for name in PROXIES}
+            for name in PROXIES:
+                h2load(ports[name], 2)
+            for _, order in rounds(args.runs):
+                for name in order:
+                    h2runs[name].append(h2load(ports[name], max(4, args.duration // 2)))
+            for name in PROXIES:
+                h2[name] = {"rps": statistics.median(r["rps"] for r in h2runs[name]), "failed": sum(r["failed"] for r in h2runs[name])}
+        for name in PROXIES:
             port = ports[name]
-            if "keepalive" in only:
-                for case, path in cases.items():
-                    url = f"https://127.0.0.1:{port}{path}"
-                    wrk(url, 2, args.connections)  # warm-up
-                    runs = [wrk(url, args.duration, args.connections) for _ in range(args.runs)]
-                    rps = statistics.median(r["rps"] for r in runs)
-                    best = min(runs, key=lambda r: abs(r["rps"] - rps))
-                    results[case][name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs)}
-            if "handshake" in only:
-                hs["full"][name] = handshakes(port, pids, max(5, args.duration // 2), reuse=False)
-                hs["resumed"][name] = handshakes(port, pids, max(5, args.duration // 2), reuse=True)
-            if "h2" in only:
-                h2load(port, 2)
-                h2[name] = h2load(port, args.duration)
             if "memory" in only:
-                mem[name] = idle_memory(port, ca, family(p.pid), [2000, 10000])
+                mem[name] = idle_memory(port, ca, family(running[name].pid), [2000, 10000])
             if "rotation" in only and name != "haproxy":
                 pairs = [issue_pair(work, ca_dir, f"{name}-{i}") for i in range(4)]
                 if name == "edge-gateway":
@@ -363,30 +394,35 @@ admin: {{ address: "127.0.0.1:{admin}" }}
                         os.rename(ngx_key + ".tmp", ngx_key)
                         subprocess.run(["nginx", "-c", ngx_conf, "-p", work, "-s", "reload"], check=True, capture_output=True)
                 rot[name] = rotation(port, ca, pairs, rotate, args.rotations)
-            if name == "edge-gateway":
-                status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status/upstreams", timeout=5))
-                for group in status["upstreams"]:
-                    requests = sum(b["requests"] for b in group["backends"])
-                    opened = sum(b["connections_opened"] for b in group["backends"])
-                    resumed = sum(b["tls_resumed"] for b in group["backends"])
-                    reuse[group["name"]] = (requests, opened, resumed)
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout=30)
+        status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status/upstreams", timeout=5))
+        for group in status["upstreams"]:
+            requests = sum(b["requests"] for b in group["backends"])
+            opened = sum(b["connections_opened"] for b in group["backends"])
+            resumed = sum(b["tls_resumed"] for b in group["backends"])
+            reuse[group["name"]] = (requests, opened, resumed)
+        for name in PROXIES:
+            running[name].send_signal(signal.SIGTERM)
+            running[name].wait(timeout=30)
         allcores = {}
         if "allcores" in only:
             ports2, _, commands2, _ = configs(2, "allcores")
+            running2 = {}
             for name in PROXIES:
-                p = start(commands2[name], None, log)
-                procs.append(p)
+                running2[name] = start(commands2[name], None, log)
+                procs.append(running2[name])
                 assert wait_port(ports2[name]), f"{name} did not start (see {work}/bench.log)"
-                url = f"https://127.0.0.1:{ports2[name]}/"
-                wrk(url, 2, 100, threads=2, core=None)
-                runs = [wrk(url, args.duration, 100, threads=2, core=None) for _ in range(args.runs)]
-                rps = statistics.median(r["rps"] for r in runs)
-                best = min(runs, key=lambda r: abs(r["rps"] - rps))
-                allcores[name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs)}
-                p.send_signal(signal.SIGTERM)
-                p.wait(timeout=30)
+            runs2 = {name: [] for name in PROXIES}
+            for name in PROXIES:
+                wrk(f"https://127.0.0.1:{ports2[name]}/", 2, 100, threads=2, core=None)
+            for _, order in rounds(args.runs):
+                for name in order:
+                    runs2[name].append(wrk(f"https://127.0.0.1:{ports2[name]}/", args.duration, 100, threads=2, core=None))
+            for name in PROXIES:
+                rps = statistics.median(r["rps"] for r in runs2[name])
+                best = min(runs2[name], key=lambda r: abs(r["rps"] - rps))
+                allcores[name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs2[name])}
+                running2[name].send_signal(signal.SIGTERM)
+                running2[name].wait(timeout=30)
         direct = wrk(f"http://127.0.0.1:{up}/", args.duration, args.connections) if "keepalive" in only else None
 
         cpu = subprocess.run(["bash", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
@@ -398,12 +434,12 @@ admin: {{ address: "127.0.0.1:{admin}" }}
         ])
         say(f"machine: {cpu}, {os.cpu_count()} cores; {versions}")
         say(f"command: python3 bench/run.py --duration {args.duration} --runs {args.runs} --only {args.only}")
-        say("pinned: each proxy with 1 worker/thread/event loop on core 1; upstream (static nginx) and load generators on core 0")
+        say("pinned: each proxy with 1 worker/thread/event loop on core 1 (all three running, measured in turn, the order rotating each round); upstream (static nginx) and load generators on core 0")
         say("ratios: gateway / peer, so above 1.00 means the gateway is better (for CPU, memory and latency: peer / gateway)")
         if "keepalive" in only:
             for case in cases:
                 g = results[case]["edge-gateway"]
-                say(f"\nkeep-alive HTTPS, {case}: wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.runs}\n")
+                say(f"\nkeep-alive HTTPS, {case}: wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.runs} interleaved rounds\n")
                 say("| proxy | req/s | p50 ms | p99 ms | errors | req/s ratio | p99 ratio |")
                 say("|---|---:|---:|---:|---:|---:|---:|")
                 for name, r in results[case].items():
@@ -416,7 +452,7 @@ admin: {{ address: "127.0.0.1:{admin}" }}
             for group, (requests, opened, resumed) in sorted(reuse.items()):
                 say(f"| {group} | {requests} | {opened} | {resumed} | {1 - opened / requests if requests else 0:.5f} |")
         if "handshake" in only:
-            say("\nTLS handshakes, each followed by a GET through the proxy: 4 x openssl s_time (-new: full, -reuse: resumed)\n")
+            say(f"\nTLS handshakes, each followed by a GET through the proxy: 4 x openssl s_time (-new: full, -reuse: resumed), {args.runs} interleaved rounds of {max(4, args.duration // 3)} s, CPU summed over the rounds\n")
             say("| proxy | full/s | proxy CPU µs per full | resumed/s | proxy CPU µs per resumed | full CPU ratio | resumed CPU ratio |")
             say("|---|---:|---:|---:|---:|---:|---:|")
             g = (hs["full"]["edge-gateway"], hs["resumed"]["edge-gateway"])
@@ -425,7 +461,7 @@ admin: {{ address: "127.0.0.1:{admin}" }}
                 say(f"| {name} | {f['rate']:.0f} | {f['cpu_us']:.0f} | {r['rate']:.0f} | {r['cpu_us']:.0f} | "
                     f"{'' if name == 'edge-gateway' else ratio(g[0]['cpu_us'], f['cpu_us'], False)} | {'' if name == 'edge-gateway' else ratio(g[1]['cpu_us'], r['cpu_us'], False)} |")
         if "h2" in only:
-            say(f"\nHTTP/2: h2load -D {args.duration} -c 10 -m 10 (plain upstream)\n")
+            say(f"\nHTTP/2: h2load -D {max(4, args.duration // 2)} -c 10 -m 10 (plain upstream), median of {args.runs} interleaved rounds\n")
             say("| proxy | req/s | failed | req/s ratio |")
             say("|---|---:|---:|---:|")
             for name in PROXIES:
