@@ -342,7 +342,7 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
         let sync = context.pipeline.syncOperations
         do {
             if negotiated == "h2" {
-                self.metrics.handshake(listener: self.plan.name, result: "ok")
+                self.metrics.handshake(result: "ok")
                 var info = self.info
                 let tls = try? sync.handler(type: OpenSSLHandler.self)
                 if info.mutualTLS { info.clientIdentity = ClientIdentity(tls: tls) }

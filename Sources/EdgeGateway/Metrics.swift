@@ -7,7 +7,7 @@ import Prometheus
 ///
 /// Event counters are updated where things happen; certificate gauges are derived
 /// state and refreshed at scrape time, with the series of rotated-away serials removed.
-final class GatewayMetrics: ProxyObserver, Sendable {
+final class GatewayMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
     private let certificateGauges = NIOLockedValueBox<[String: Gauge]>([:])
     private let counters = NIOLockedValueBox<[String: Counter]>([:])
@@ -39,9 +39,9 @@ final class GatewayMetrics: ProxyObserver, Sendable {
     }
 
     /// One listener's connection, handshake and request metrics, made once per listener
-    /// name and kept across reloads. Looking each one up by name and labels cost ~3 %
-    /// of a full handshake (four lookups under a lock), and 7 % of an HTTP/2 request
-    /// when the request counter was built per stream.
+    /// name and kept across reloads; `bind` resolves it once. Looking each series up by
+    /// name and labels cost ~3 % of a full handshake (four lookups under a lock), and
+    /// 7 % of an HTTP/2 request when the request counter was built per stream.
     func listener(_ name: String) -> ListenerMetrics {
         if let existing = self.listeners.withLockedValue({ $0[name] }) { return existing }
         let made = ListenerMetrics(
@@ -54,14 +54,6 @@ final class GatewayMetrics: ProxyObserver, Sendable {
             listeners[name] = made
             return made
         }
-    }
-
-    func requestCounter(listener: String) -> RequestCounter {
-        self.listener(listener).requests
-    }
-
-    func handshake(listener: String, result: String) {
-        self.listener(listener).handshake(listener: listener, result: result)
     }
 
     /// Refreshes the derived gauges and renders the exposition.
@@ -189,10 +181,7 @@ final class ListenerMetrics: ProxyObserver, Sendable {
         self.open.decrement()
     }
 
-    func requestCounter(listener: String) -> RequestCounter { self.requests }
-
-    /// `listener` is this listener (the protocol is shared with `GatewayMetrics`).
-    func handshake(listener: String, result: String) {
+    func handshake(result: String) {
         switch result {
         case "ok": self.handshakes[0].increment()
         case "failed": self.handshakes[1].increment()

@@ -64,13 +64,14 @@ public struct ProxyLimits: Sendable {
     public init() {}
 }
 
-/// Counters the proxy path keeps, read by status and metrics.
+/// The counters of one listener that the proxy path keeps (its metrics), resolved
+/// when the listener is bound: a request or a handshake costs an atomic increment,
+/// not a lookup by name.
 public protocol ProxyObserver: Sendable {
-    /// Counts one listener's answered requests by status; resolved once per connection,
-    /// so a request costs an atomic increment, not a lookup by name.
-    func requestCounter(listener: String) -> RequestCounter
+    /// Counts the listener's answered requests by status.
+    var requests: RequestCounter { get }
     /// `result`: ok, failed, timeout.
-    func handshake(listener: String, result: String)
+    func handshake(result: String)
 }
 
 /// Counts answered requests by status code.
@@ -183,7 +184,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
         self.limits = limits
         self.logger = logger
         self.observer = observer
-        self.requests = observer?.requestCounter(listener: info.listenerName)
+        self.requests = observer?.requests
         self.clientIP = info.clientIP
     }
 
@@ -895,7 +896,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             return
         }
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
-            self.observer?.handshake(listener: self.info.listenerName, result: "ok")
+            self.observer?.handshake(result: "ok")
             if self.info.mutualTLS {
                 self.info.clientIdentity = ClientIdentity(tls: try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self))
             }
@@ -921,8 +922,8 @@ extension ProxyHandler: UpstreamExchangeDelegate {}
 
 /// Counts and logs a TLS error of a client connection, once, wherever the pipeline caught it.
 public func reportClientTLSError(_ tls: TLSError, info: DownstreamInfo, logger: Logger, observer: (any ProxyObserver)?) {
-    if tls.isHandshakeFailure { observer?.handshake(listener: info.listenerName, result: "failed") }
-    if tls.isHandshakeTimeout { observer?.handshake(listener: info.listenerName, result: "timeout") }
+    if tls.isHandshakeFailure { observer?.handshake(result: "failed") }
+    if tls.isHandshakeTimeout { observer?.handshake(result: "timeout") }
     let peer: Logger.Metadata = ["peer": "\(info.remoteAddress?.hostPort ?? "?")", "listener": "\(info.listenerName)"]
     if tls.isUncleanShutdown {
         // Most HTTP clients close without close_notify; nothing to report.
