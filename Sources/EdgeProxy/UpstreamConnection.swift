@@ -166,9 +166,11 @@ final class UpstreamHandler: ChannelInboundHandler {
                 }
                 // Parsed in this connection's head storage: the delegate uses the head
                 // before it returns, so the next response finds the storage free again.
+                // A large head's storage is not kept (idle connections would hold it).
                 self.responseHead.refill(reading: end, from: &self.buffer)
                 try HTTP1Parser.parseResponse(&self.responseHead)
                 let head = self.responseHead
+                if head.bytes.capacity > 4_096 || head.fields.capacity > 64 { self.responseHead = HTTPHead(bytes: []) }
                 if head.status < 200 {
                     // Interim responses (100, 103) are dropped; there is no upgrade through the proxy.
                     guard head.status != 101 else { throw HTTPFramingError.bad("unexpected 101 Switching Protocols") }
