@@ -108,6 +108,31 @@ def handshakes(port, pids, seconds, reuse):
     return {"count": count, "cpu": cpu_seconds(pids) - before, "elapsed": elapsed}
 
 
+def interleaved(names, n):
+    """n rounds that visit every proxy, each round starting one further along: the machine's
+    speed drifts by tens of percent over minutes, and measuring one proxy after the other
+    turned that drift into bias."""
+    for r in range(n):
+        yield names[r % len(names):] + names[:r % len(names)]
+
+
+def wrk_rounds(urls, runs, duration, connections, threads=1, core=None):
+    """Keep-alive load on each proxy of `urls` in interleaved rounds: median req/s, the
+    latencies of the run closest to it, errors summed."""
+    results = {name: [] for name in urls}
+    for url in urls.values():
+        wrk(url, 2, connections, threads=threads, core=core)  # warm-up
+    for order in interleaved(tuple(urls), runs):
+        for name in order:
+            results[name].append(wrk(urls[name], duration, connections, threads=threads, core=core))
+    summary = {}
+    for name, rs in results.items():
+        rps = statistics.median(r["rps"] for r in rs)
+        best = min(rs, key=lambda r: abs(r["rps"] - rps))
+        summary[name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in rs)}
+    return summary
+
+
 def h2load(port, duration):
     out = subprocess.run(on_core(0) + ["h2load", "-D", str(duration), "-c", "10", "-m", "10", f"https://127.0.0.1:{port}/"],
                          capture_output=True, text=True, timeout=duration + 60).stdout
@@ -324,9 +349,7 @@ admin: {{ address: "127.0.0.1:{admin}" }}
         rot = {}
         reuse = {}
         ports, admin, commands, ngx_conf = configs(1, "pinned")
-        # All three run at once (idle ones cost nothing) and are measured in turns, the
-        # order rotating each round: the machine's speed drifts by tens of percent over
-        # minutes, and measuring one proxy after the other turned that drift into bias.
+        # All three run at once (idle ones cost nothing) and are measured in interleaved rounds.
         running, pids = {}, {}
         for name in PROXIES:
             running[name] = start(commands[name], 1, log)
@@ -336,27 +359,14 @@ admin: {{ address: "127.0.0.1:{admin}" }}
         for name in PROXIES:
             pids[name] = family(running[name].pid)
 
-        def rounds(n):
-            """Round r visits every proxy, starting one further along each round."""
-            for r in range(n):
-                yield r, PROXIES[r % len(PROXIES):] + PROXIES[:r % len(PROXIES)]
-
         if "keepalive" in only:
             for case, path in cases.items():
-                runs = {name: [] for name in PROXIES}
-                for name in PROXIES:
-                    wrk(f"https://127.0.0.1:{ports[name]}{path}", 2, args.connections)  # warm-up
-                for _, order in rounds(args.runs):
-                    for name in order:
-                        runs[name].append(wrk(f"https://127.0.0.1:{ports[name]}{path}", args.duration, args.connections))
-                for name in PROXIES:
-                    rps = statistics.median(r["rps"] for r in runs[name])
-                    best = min(runs[name], key=lambda r: abs(r["rps"] - rps))
-                    results[case][name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs[name])}
+                results[case] = wrk_rounds({name: f"https://127.0.0.1:{ports[name]}{path}" for name in PROXIES},
+                                           args.runs, args.duration, args.connections, core=0)
         if "handshake" in only:
             for mode, reuse_sessions in (("full", False), ("resumed", True)):
                 totals = {name: {"count": 0, "cpu": 0.0, "elapsed": 0.0} for name in PROXIES}
-                for _, order in rounds(args.runs):
+                for order in interleaved(PROXIES, args.runs):
                     for name in order:
                         one = handshakes(ports[name], pids[name], max(4, args.duration // 3), reuse=reuse_sessions)
                         for k in ("count", "cpu", "elapsed"):
@@ -368,7 +378,7 @@ admin: {{ address: "127.0.0.1:{admin}" }}
             h2runs = {name: [] for name in PROXIES}
             for name in PROXIES:
                 h2load(ports[name], 2)
-            for _, order in rounds(args.runs):
+            for order in interleaved(PROXIES, args.runs):
                 for name in order:
                     h2runs[name].append(h2load(ports[name], max(4, args.duration // 2)))
             for name in PROXIES:
@@ -411,16 +421,8 @@ admin: {{ address: "127.0.0.1:{admin}" }}
                 running2[name] = start(commands2[name], None, log)
                 procs.append(running2[name])
                 assert wait_port(ports2[name]), f"{name} did not start (see {work}/bench.log)"
-            runs2 = {name: [] for name in PROXIES}
+            allcores = wrk_rounds({name: f"https://127.0.0.1:{ports2[name]}/" for name in PROXIES}, args.runs, args.duration, 100, threads=2)
             for name in PROXIES:
-                wrk(f"https://127.0.0.1:{ports2[name]}/", 2, 100, threads=2, core=None)
-            for _, order in rounds(args.runs):
-                for name in order:
-                    runs2[name].append(wrk(f"https://127.0.0.1:{ports2[name]}/", args.duration, 100, threads=2, core=None))
-            for name in PROXIES:
-                rps = statistics.median(r["rps"] for r in runs2[name])
-                best = min(runs2[name], key=lambda r: abs(r["rps"] - rps))
-                allcores[name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in runs2[name])}
                 running2[name].send_signal(signal.SIGTERM)
                 running2[name].wait(timeout=30)
         direct = wrk(f"http://127.0.0.1:{up}/", args.duration, args.connections) if "keepalive" in only else None
