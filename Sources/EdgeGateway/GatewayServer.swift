@@ -268,17 +268,21 @@ extension Gateway {
                 return channel.eventLoop.makeCompletedFuture {
                     // Set here, synchronously: as `childChannelOption`s NIO applies them
                     // through a chain of futures, ~4 % of a full handshake's instructions.
+                    var holdsFirstRead = false
                     if let options = channel.syncOptions {
                         try options.setOption(.tcpOption(.tcp_nodelay), value: 1)
                         try options.setOption(.socketOption(.so_keepalive), value: 1)
-                        // NIO keeps each connection's last receive buffer for its next read, so its
-                        // size is held by every idle connection: start at 512 bytes (NIO's default
-                        // is 2 KiB); it grows at once for larger reads (a big ClientHello, a body).
-                        try options.setOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536))
+                        // An idle connection keeps 64 bytes of receive buffer, not its largest read:
+                        // the first handler holds the first read (see `ReceiveBuffers`).
+                        try ReceiveBuffers.configure(options)
+                        holdsFirstRead = true
                     }
                     let sync = channel.pipeline.syncOperations
                     if let context = plan.tlsContext {
-                        try sync.addHandler(OpenSSLHandler(serverContext: context, configuration: tlsConfiguration))
+                        var tls = tlsConfiguration
+                        tls.holdsFirstRead = holdsFirstRead
+                        try sync.addHandler(OpenSSLHandler(serverContext: context, configuration: tls))
+                        holdsFirstRead = false
                     }
                     let info = DownstreamInfo(scheme: plan.tlsContext == nil ? "http" : "https", remoteAddress: channel.remoteAddress,
                                               listenerName: plan.name, mutualTLS: plan.mutualTLS)
@@ -287,7 +291,8 @@ extension Gateway {
                         // The protocol is known once ALPN has run: HTTP/2 or HTTP/1.1 handlers are added then.
                         try sync.addHandler(ProtocolSwitch(plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics))
                     } else {
-                        try addHTTP1Handlers(sync, plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics)
+                        try addHTTP1Handlers(sync, plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics,
+                                             holdsFirstRead: holdsFirstRead)
                     }
                 }
             }
@@ -298,8 +303,9 @@ extension Gateway {
 /// The HTTP/1.1 server pipeline of one client connection: the byte-level proxy,
 /// right after TLS (or the socket).
 func addHTTP1Handlers(_ sync: ChannelPipeline.SynchronousOperations, plan: ListenerPlan, info: DownstreamInfo, router: Router,
-                      pool: UpstreamPool, logger: Logger, metrics: ListenerMetrics) throws {
-    try sync.addHandler(ProxyHandler(router: router, pool: pool, info: info, limits: plan.proxyLimits, logger: logger, observer: metrics))
+                      pool: UpstreamPool, logger: Logger, metrics: ListenerMetrics, holdsFirstRead: Bool = false) throws {
+    try sync.addHandler(ProxyHandler(router: router, pool: pool, info: info, limits: plan.proxyLimits, logger: logger, observer: metrics,
+                                     holdsFirstRead: holdsFirstRead))
 }
 
 extension ListenerPlan {

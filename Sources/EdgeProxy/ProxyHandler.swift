@@ -154,6 +154,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private var exchange: Exchange?
     /// Bytes read from the client and not consumed yet.
     private var inbound = ByteBuffer()
+    private var firstRead: ReceiveBufferPin
     /// How far the search for the end of the next head got.
     private var scanned = 0
     /// Frames the current request's body; nil between requests.
@@ -177,7 +178,11 @@ public final class ProxyHandler: ChannelDuplexHandler {
     /// `process()` is running: a request finishing inside it does not start it again.
     private var processing = false
 
-    public init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
+    /// `holdsFirstRead`: the channel reads as `ReceiveBuffers.configure` sets up and
+    /// this handler is first in its pipeline (a plain-HTTP listener).
+    public init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits = .init(), logger: Logger,
+                observer: (any ProxyObserver)? = nil, holdsFirstRead: Bool = false) {
+        self.firstRead = ReceiveBufferPin(enabled: holdsFirstRead)
         self.router = router
         self.pool = pool
         self.info = info
@@ -209,6 +214,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.closing else { return }
         var bytes = self.unwrapInboundIn(data)
+        self.firstRead.hold(bytes)
         if self.inbound.readableBytes == 0 {
             self.inbound = bytes
         } else {

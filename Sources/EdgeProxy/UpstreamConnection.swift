@@ -98,6 +98,8 @@ final class UpstreamHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var readPending = false
     private var buffer = ByteBuffer()
+    /// A plain connection's first read (see `ReceiveBuffers`); TLS holds its own.
+    private var firstRead: ReceiveBufferPin
     private var phase = Phase.idle
     /// Whether the connection may serve another request after the current response.
     private(set) var reusable = true
@@ -111,6 +113,7 @@ final class UpstreamHandler: ChannelInboundHandler {
         self.ready = ready
         self.needsHandshake = needsHandshake
         self.backendDescription = backend
+        self.firstRead = ReceiveBufferPin(enabled: !needsHandshake)
     }
 
     /// A request is about to be written: parse the next response for it.
@@ -136,6 +139,7 @@ final class UpstreamHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = self.unwrapInboundIn(data)
+        self.firstRead.hold(bytes)
         if self.buffer.readableBytes == 0 {
             self.buffer = bytes
         } else {
@@ -421,8 +425,10 @@ public final class UpstreamPool {
         do {
             if let tls {
                 let slot = tls.sessionSlot(for: "\(backend.address.hostPort)#\(key.generation)")
-                tlsHandler = NIOLoopBound(try OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName,
-                                                             verifyHostnames: tls.verifyNames, sessionSlot: slot), eventLoop: self.eventLoop)
+                var configuration = TLSHandlerConfiguration()
+                configuration.holdsFirstRead = true
+                tlsHandler = NIOLoopBound(try OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName, verifyHostnames: tls.verifyNames,
+                                                             sessionSlot: slot, configuration: configuration), eventLoop: self.eventLoop)
             } else {
                 tlsHandler = nil
             }
@@ -436,6 +442,9 @@ public final class UpstreamPool {
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // Idle pooled connections keep 64 bytes of receive buffer, not their
+                    // largest response read; the first handler holds the first read.
+                    if let options = channel.syncOptions { try ReceiveBuffers.configure(options) }
                     let sync = channel.pipeline.syncOperations
                     if let tlsHandler { try sync.addHandler(tlsHandler.value) }
                     try sync.addHandler(boundHandler.value)

@@ -7,6 +7,9 @@ public struct TLSHandlerConfiguration: Sendable {
     public var handshakeTimeout: TimeAmount = .seconds(10)
     /// How long to wait for the peer's close_notify after sending ours.
     public var shutdownTimeout: TimeAmount = .seconds(3)
+    /// The channel reads as `ReceiveBuffers.configure` sets up, and this handler is
+    /// first in its pipeline: it holds the first read buffer (`ReceiveBufferPin`).
+    public var holdsFirstRead = false
 
     public init() {}
 }
@@ -53,12 +56,14 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var closePromise: EventLoopPromise<Void>?
     private var receivedAnyBytes = false
     private var deliveredData = false
+    private var firstRead: ReceiveBufferPin
 
     /// A server-side handler for connections accepted on `context`'s listener.
     public init(serverContext context: TLSContext, configuration: TLSHandlerConfiguration = .init()) throws {
         precondition(context.isServer, "serverContext must be a server context")
         self.connection = try TLSConnection(context: context)
         self.configuration = configuration
+        self.firstRead = ReceiveBufferPin(enabled: configuration.holdsFirstRead)
     }
 
     /// A client-side handler: sends `serverName` as SNI and accepts a certificate
@@ -73,6 +78,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         precondition(!context.isServer, "clientContext must be a client context")
         self.connection = try TLSConnection(context: context, serverName: serverName, verifyHostnames: verifyHostnames, sessionSlot: sessionSlot)
         self.configuration = configuration
+        self.firstRead = ReceiveBufferPin(enabled: configuration.holdsFirstRead)
     }
 
     /// The peer's certificate (valid after `handshakeCompleted`).
@@ -140,6 +146,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         // `Self.wrapOutboundOut`: with this toolchain the static forms stay unspecialised
         // (a dynamic cast and two metadata lookups per call, ~5 % of a proxied request).
         let buffer = self.unwrapInboundIn(data)
+        self.firstRead.hold(buffer)
         self.receivedAnyBytes = true
         switch self.state {
         case .closed:
