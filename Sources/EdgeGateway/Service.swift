@@ -34,7 +34,14 @@ public final class GatewayService: Service, Sendable {
     public func run() async throws {
         let gateway = self.gateway
         self.install(gateway)
-        try await gateway.start(group: self.group)
+        do {
+            try await gateway.start(group: self.group)
+        } catch {
+            // Stop what did start (certificate watchers, health checks, key rotation timers)
+            // before the caller shuts the event loops down under them.
+            await gateway.shutdown(grace: .zero, quietly: true)
+            throw error
+        }
         SystemdNotify.send("READY=1\nSTATUS=serving \(gateway.listeners.count) listener(s)\nMAINPID=\(getpid())")
         await withDiscardingTaskGroup { tasks in
             tasks.addTask {

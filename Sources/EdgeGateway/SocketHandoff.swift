@@ -227,14 +227,28 @@ enum SocketHandoff {
 func makeListeningSocket(_ address: SocketAddress, backlog: Int32 = 1024) throws -> CInt {
     let family: Int32 = address.protocol == .inet6 ? AF_INET6 : AF_INET
     let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-    guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+    guard fd >= 0 else { throw SocketCallError(call: "socket", code: errno) }
     var one: CInt = 1
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))
     let bound = address.withSockAddr { bind(fd, $0, socklen_t($1)) }
-    guard bound == 0, listen(fd, backlog) == 0 else {
+    guard bound == 0 else {
         let code = errno
         close(fd)
-        throw IOError(errnoCode: code, reason: "bind")
+        throw SocketCallError(call: "bind", code: code)
+    }
+    guard listen(fd, backlog) == 0 else {
+        let code = errno
+        close(fd)
+        throw SocketCallError(call: "listen", code: code)
     }
     return fd
+}
+
+/// A failed socket call, as operators read it: "bind: Address already in use (errno 98)".
+/// (NIO's `IOError` prints a stray parenthesis in this NIO version.)
+struct SocketCallError: Error, CustomStringConvertible {
+    let call: String
+    let code: CInt
+
+    var description: String { "\(self.call): \(String(cString: strerror(self.code))) (errno \(self.code))" }
 }

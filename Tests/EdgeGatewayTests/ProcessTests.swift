@@ -99,6 +99,37 @@ final class ProcessTests: XCTestCase {
         XCTAssertTrue(run.gateway.log.contains("draining"), run.gateway.log)
     }
 
+    func testAPortInUseStopsTheGatewayWithOneClearLine() throws {
+        // Something else holds the port (another process, an old instance): the gateway names
+        // the listener, the address and the reason, and exits 1 without further noise.
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        XCTAssertEqual(bound, 0)
+        XCTAssertEqual(listen(holder, 8), 0)
+        try dir.write("config.yaml", """
+            listeners: [ { name: http, address: "127.0.0.1:\(port)" } ]
+            upstreams: { app: { backends: ["127.0.0.1:9"], health_check: { kind: tcp, interval: 100ms } } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(freePort())" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
+        let deadline = Date().addingTimeInterval(20)
+        while gateway.process.isRunning && Date() < deadline { usleep(50_000) }
+        XCTAssertEqual(gateway.stop(), 1, gateway.log)
+        XCTAssertTrue(gateway.log.contains("listener 'http': cannot bind 127.0.0.1:\(port): bind: Address already in use (errno 98)"), gateway.log)
+        // The health checks and watchers that had started are stopped before the event loops.
+        XCTAssertFalse(gateway.log.contains("Cannot schedule tasks"), gateway.log)
+    }
+
     func testAdminHealthAndReadiness() throws {
         let run = try start()
         defer { run.gateway.stop(); run.upstream.stop() }
