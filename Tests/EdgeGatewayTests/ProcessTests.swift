@@ -104,17 +104,9 @@ final class ProcessTests: XCTestCase {
         // the listener, the address and the reason, and exits 1 without further noise.
         let dir = TemporaryDirectory()
         let port = freePort()
-        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let holder = listeningSocket(port: port)
+        XCTAssertGreaterThanOrEqual(holder, 0)
         defer { close(holder) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        XCTAssertEqual(bound, 0)
-        XCTAssertEqual(listen(holder, 8), 0)
         try dir.write("config.yaml", """
             listeners: [ { name: http, address: "127.0.0.1:\(port)" } ]
             upstreams: { app: { backends: ["127.0.0.1:9"], health_check: { kind: tcp, interval: 100ms } } }

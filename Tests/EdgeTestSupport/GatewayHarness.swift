@@ -91,10 +91,7 @@ public final class GatewayProcess: @unchecked Sendable {
         while Date() < deadline {
             if !alive() { return false }
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            var addr = loopbackAddress(port: port)
             let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
             close(fd)
             if rc == 0 { return true }
