@@ -4,10 +4,11 @@ import NIOCore
 ///
 /// NIO reads a channel into a buffer that it keeps for the channel's next read and
 /// reuses while nothing else holds it. That buffer only grows, so every idle connection
-/// kept the largest read it ever made: 1 KiB after a typical ClientHello, 5 KiB and more
+/// kept the largest read it ever made: 1 KiB after a typical ClientHello, up to 64 KiB
 /// after an upload, and several such buffers (up to `maxMessagesPerRead`) when a partial
-/// TLS record was still held at the next read. nginx frees a connection's buffers when it
-/// goes idle; with 10,000 keep-alive clients the difference is tens of megabytes.
+/// TLS record was still held at the next read (84 KiB per idle TLS connection after a
+/// 256 KiB upload). nginx frees a connection's buffers when it goes idle; with 10,000
+/// keep-alive clients the difference is hundreds of megabytes.
 ///
 /// A channel configured here makes its first read into 64 bytes, and its first handler
 /// holds that buffer for the channel's life (`ReceiveBufferPin`). NIO never reuses a
@@ -20,7 +21,7 @@ public enum ReceiveBuffers {
     /// The first read's size, which is what an idle connection keeps.
     public static let firstReadBytes = 64
 
-    /// Sets `channel`'s read options; its first handler must hold the first read
+    /// Sets a channel's read options; its first handler must hold the first read
     /// (`ReceiveBufferPin`), or NIO grows and keeps that buffer as before.
     public static func configure(_ options: NIOSynchronousChannelOptions) throws {
         try options.setOption(.maxMessagesPerRead, value: 1)
