@@ -35,11 +35,11 @@ public enum ReceiveBuffers {
         private var adaptive = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2_048, maximum: 65_536)
 
         func buffer(allocator: ByteBufferAllocator) -> ByteBuffer {
-            allocator.buffer(capacity: self.first ? ReceiveBuffers.firstReadBytes : self.adaptive.nextReceiveSize)
+            self.first ? allocator.buffer(capacity: ReceiveBuffers.firstReadBytes) : self.adaptive.buffer(allocator: allocator)
         }
 
         func nextBufferSize() -> Int? {
-            self.first ? ReceiveBuffers.firstReadBytes : self.adaptive.nextReceiveSize
+            self.first ? ReceiveBuffers.firstReadBytes : self.adaptive.nextBufferSize()
         }
 
         mutating func record(actualReadBytes: Int) -> Bool {
@@ -48,10 +48,6 @@ public enum ReceiveBuffers {
             return true
         }
     }
-}
-
-extension AdaptiveRecvByteBufferAllocator {
-    fileprivate var nextReceiveSize: Int { self.nextBufferSize() ?? 2_048 }
 }
 
 /// Kept by the first handler of a channel set up with `ReceiveBuffers.configure`:
