@@ -2,7 +2,8 @@
 """Certificate rotation figures for edge-gateway (release build), printed as a table.
 
 1. latency: time from the rename of a new PEM into the watched directory to the first
-   handshake that serves it, p50/p99 over --rotations rotations (default debounce 200 ms);
+   handshake that serves it, p50/p99 over --rotations rotations (served once the rename
+   completes; the 200 ms debounce only delays the settled re-read);
 2. full-handshake rate (openssl s_time -new) while a certificate rotates every 100 ms,
    divided by the rate without rotation;
 3. resident memory before and after --memory-rotations rotations (each published through

@@ -480,7 +480,7 @@ admin: {{ address: "127.0.0.1:{admin}" }}
                     f"{'' if name == 'edge-gateway' else ratio(gk, m[10000]['per_conn'], False)} |")
         if "rotation" in only:
             say(f"\ncertificate rotation, {args.rotations} rotations under new-connection load: gateway renames a PEM into its watched "
-                "directory (no signal, 200 ms debounce); nginx replaces its files and runs `nginx -s reload`\n")
+                "directory (no signal; served once the rename completes, 200 ms debounce for the settled re-read); nginx replaces its files and runs `nginx -s reload`\n")
             say("| proxy | file op to served p50 ms | p99 ms | requests ok | errors | p50 ratio |")
             say("|---|---:|---:|---:|---:|---:|")
             for name, r in rot.items():

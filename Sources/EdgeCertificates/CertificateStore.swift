@@ -138,8 +138,14 @@ public final class CertificateStore: Sendable {
     ///
     /// A lineage that fails keeps its last good version; a version that is expired
     /// or not yet valid never replaces a valid one. Each distinct failure is logged once.
+    ///
+    /// `settled: false` is the watcher's early look, right after a file was completely
+    /// written or renamed in while more changes may follow: it publishes only lineages
+    /// that load, validate and read the same twice, and leaves every failure, every
+    /// removal and the bookkeeping of problems to the settled reload after the debounce
+    /// (a certificate renamed in before its key is not an error yet).
     @discardableResult
-    public func reload(reason: String) -> ReloadReport {
+    public func reload(reason: String, settled: Bool = true) -> ReloadReport {
         self.state.withLockedValue { state in
             let now = currentEpochSeconds()
             let old = self.current.load(ordering: .acquiring)
@@ -158,6 +164,7 @@ public final class CertificateStore: Sendable {
                     let kept = old.lineages.filter { $0.files.source == source }
                     next.append(contentsOf: kept)
                     kept.forEach { seen.insert($0.name) }
+                    if !settled { continue }
                     problems[source.description] = CertificateProblem(
                         name: source.description, error: "\(error)", since: state.problems[source.description]?.since ?? now,
                         servingPrevious: !kept.isEmpty
@@ -190,10 +197,18 @@ public final class CertificateStore: Sendable {
                                 reason: "new certificate (serial \(candidate.leaf.serialNumberHex)) is \(window); keeping the valid one"
                             )
                         }
+                        if !settled, LineageLoader.contentHash(file) != candidate.contentHash {
+                            // Written again while it was being read: the settled reload decides.
+                            throw CertificateLoadError(path: file.certificatePath, reason: "changed while being read")
+                        }
                         next.append(candidate)
                         if previous == nil { added.append(file.name) } else { updated.append(file.name) }
                     } catch {
                         if let previous { next.append(previous) }
+                        if !settled {
+                            if let problem = state.problems[file.name] { problems[file.name] = problem }
+                            continue
+                        }
                         problems[file.name] = CertificateProblem(
                             name: file.name, error: "\(error)", since: state.problems[file.name]?.since ?? now,
                             servingPrevious: previous != nil
@@ -201,7 +216,13 @@ public final class CertificateStore: Sendable {
                     }
                 }
             }
-            let removed = old.lineages.map(\.name).filter { !seen.contains($0) }
+            if !settled {
+                // A lineage missing in the middle of a change is removed only once it has settled;
+                // so is a source's problem.
+                next.append(contentsOf: old.lineages.filter { !seen.contains($0.name) })
+                for (name, problem) in state.problems where problems[name] == nil && !seen.contains(name) { problems[name] = problem }
+            }
+            let removed = settled ? old.lineages.map(\.name).filter { !seen.contains($0) } : []
             // Log each distinct failure once.
             for (name, problem) in problems.sorted(by: { $0.key < $1.key }) where state.problems[name]?.error != problem.error {
                 self.logger.error("certificate rejected", metadata: [
@@ -213,8 +234,11 @@ public final class CertificateStore: Sendable {
                 self.logger.info("certificate problem resolved", metadata: ["lineage": "\(name)"])
             }
             state.problems = problems
-            state.lastReload = now
             let changed = !added.isEmpty || !updated.isEmpty || !removed.isEmpty
+            if !settled && !changed {
+                return ReloadReport(generation: old.generation, published: false, added: [], updated: [], removed: [], problems: Array(problems.values))
+            }
+            state.lastReload = now
             guard changed, !next.isEmpty else {
                 state.lastReloadResult = problems.isEmpty ? "unchanged" : "rejected"
                 state.outcomes[problems.isEmpty ? "unchanged" : "rejected", default: 0] += 1

@@ -11,15 +11,27 @@ public struct WatcherConfiguration: Sendable {
     public var debounceMilliseconds: Int = 200
     /// Full rescan period: catches what inotify cannot see (NFS, lost events).
     public var rescanMilliseconds: Int = 60_000
+    /// Publish a lineage as soon as a file event says a file is complete (renamed in,
+    /// closed after writing, deleted, a link created) and the pair then validates,
+    /// instead of only after the quiet time.
+    public var immediate: Bool = true
 
-    public init(debounceMilliseconds: Int = 200, rescanMilliseconds: Int = 60_000) {
+    public init(debounceMilliseconds: Int = 200, rescanMilliseconds: Int = 60_000, immediate: Bool = true) {
         self.debounceMilliseconds = debounceMilliseconds
         self.rescanMilliseconds = rescanMilliseconds
+        self.immediate = immediate
     }
 }
 
 /// Watches the directories behind a certificate store with inotify(7) and
-/// reloads the store after a debounce.
+/// reloads the store.
+///
+/// Two reloads follow a change. An early one as soon as an event says a file is
+/// complete: it publishes what validates and reads the same twice, and stays
+/// silent about the rest (a certificate renamed in before its key). A settled one
+/// after the debounce (quiet time): it removes what is gone and records and logs
+/// what is rejected. A file still being written produces no such event (IN_MODIFY
+/// is not watched, IN_CREATE of a regular file is not taken as complete).
 ///
 /// inotify is called directly through Glibc (not libinotifytools: GPL-2,
 /// process-global state, `select()`, no descriptor to share). It runs on one
@@ -35,6 +47,8 @@ public final class CertificateWatcher: Sendable {
     private let wakeWrite: Int32
     private let stopped = NIOLockedValueBox(false)
     private let finished = NIOLockedValueBox(false)
+    /// Watch descriptor to directory, to tell what an IN_CREATE created.
+    private let watched = NIOLockedValueBox([Int32: String]())
 
     static let directoryEvents: UInt32 = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_CLOSE_WRITE
         | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
@@ -123,7 +137,11 @@ public final class CertificateWatcher: Sendable {
         for dir in self.desiredDirectories() {
             var isDir = false
             guard fileExists(dir, isDirectory: &isDir), isDir else { continue }
-            if inotify_add_watch(self.inotify, dir, Self.directoryEvents) >= 0 { added += 1 }
+            let wd = inotify_add_watch(self.inotify, dir, Self.directoryEvents)
+            if wd >= 0 {
+                added += 1
+                self.watched.withLockedValue { $0[wd] = dir }
+            }
         }
         return added
     }
@@ -132,6 +150,18 @@ public final class CertificateWatcher: Sendable {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
+    /// True when the event says a file is complete: renamed in, closed after writing,
+    /// deleted, or a symbolic link created (a link is whole when it appears; a
+    /// regular file created is still being written).
+    private func isComplete(_ event: inotify_event, name: UnsafeMutableRawPointer, length: Int) -> Bool {
+        if event.mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE) != 0 { return true }
+        guard event.mask & UInt32(IN_CREATE) != 0, length > 0,
+              let dir = self.watched.withLockedValue({ $0[event.wd] }) else { return false }
+        let path = dir + "/" + String(cString: name.assumingMemoryBound(to: CChar.self))
+        var info = stat()
+        return lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFLNK
     }
 
     private func loop() {
@@ -153,6 +183,7 @@ public final class CertificateWatcher: Sendable {
             if ready < 0 && errno != EINTR { usleep(100_000) }
             if fds[0].revents & Int16(POLLIN) != 0 {
                 var sawEvent = false
+                var sawComplete = false
                 while true {
                     let n = read(self.inotify, buffer, bufferSize)
                     if n <= 0 { break }
@@ -169,12 +200,18 @@ public final class CertificateWatcher: Sendable {
                             _ = self.addWatches()
                         }
                         sawEvent = true
+                        if !sawComplete, self.configuration.immediate {
+                            sawComplete = self.isComplete(event, name: buffer + offset + MemoryLayout<inotify_event>.size, length: length)
+                        }
                         offset += MemoryLayout<inotify_event>.size + length
                     }
                 }
                 if sawEvent {
                     lastEvent = self.now()
                     if pendingSince == nil { pendingSince = lastEvent }
+                }
+                if sawComplete {
+                    self.store.reload(reason: "file change", settled: false)
                 }
             }
             let after = self.now()

@@ -608,10 +608,13 @@ public struct WatchConfig: Decodable, Sendable {
     public var debounce: Duration = .milliseconds(200)
     /// Full rescan period, for file systems without inotify and lost events.
     public var rescanInterval: Duration = .seconds(60)
+    /// Serve a pair that validates as soon as a file is complete, before the debounce.
+    public var immediate = true
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case debounce
         case rescanInterval = "rescan_interval"
+        case immediate
     }
 
     init() {}
@@ -621,6 +624,7 @@ public struct WatchConfig: Decodable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.debounce = try c.decodeIfPresent(Duration.self, forKey: .debounce) ?? self.debounce
         self.rescanInterval = try c.decodeIfPresent(Duration.self, forKey: .rescanInterval) ?? self.rescanInterval
+        self.immediate = try c.decodeIfPresent(Bool.self, forKey: .immediate) ?? true
     }
 }
 

@@ -53,7 +53,8 @@ extension Gateway {
                     store: store,
                     configuration: WatcherConfiguration(
                         debounceMilliseconds: Int(watch.debounce.nanoseconds / 1_000_000),
-                        rescanMilliseconds: max(100, Int(watch.rescanInterval.nanoseconds / 1_000_000))
+                        rescanMilliseconds: max(100, Int(watch.rescanInterval.nanoseconds / 1_000_000)),
+                        immediate: watch.immediate
                     ),
                     logger: self.logger
                 )

@@ -7,7 +7,7 @@ import XCTest
 final class RotationTests: XCTestCase {
     static let pki = try! TestPKI()
 
-    func config(sources: String, extra: String = "") -> (Int) -> String {
+    func config(sources: String, extra: String = "", watch: String = "{ debounce: 100ms, rescan_interval: 30s }") -> (Int) -> String {
         { upstreamPort in
             """
             listeners:
@@ -17,7 +17,7 @@ final class RotationTests: XCTestCase {
             certificates:
               sources:
             \(sources)
-              watch: { debounce: 100ms, rescan_interval: 30s }
+              watch: \(watch)
             \(extra)
             upstreams:
               app: { backends: ["127.0.0.1:\(upstreamPort)"] }
@@ -132,6 +132,80 @@ final class RotationTests: XCTestCase {
         XCTAssertGreaterThan(stats.handshakesOK, 5)
         let problems = harness.gateway.sharedStore!.problems
         XCTAssertEqual(problems.map(\.name), [], "a renewal in progress is not an error: \(problems)")
+        await harness.shutdown()
+    }
+
+    // MARK: served at once
+
+    /// With a debounce of an hour only the early reload can publish: a file renamed in,
+    /// copied in place or a Secret's `..data` swapped is served at the next handshake; a
+    /// half-done change (a key without its certificate, certbot between its links, a
+    /// lineage's files deleted) is neither served, nor reported, nor removed yet.
+    func testCompleteChangesAreServedWithoutWaitingForTheDebounce() async throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        let v1 = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        let volume = dir.file("tls")
+        let k1 = try Self.pki.issue(["k8s.example.test"], into: volume + "/..2026_11_28_01_00_00.1", name: "tls")
+        try Shell.bash("cd '\(volume)' && ln -s ..2026_11_28_01_00_00.1 ..data && ln -s ..data/tls.crt tls.crt && ln -s ..data/tls.key tls.key")
+        let live = dir.file("letsencrypt/live")
+        try FileManager.default.createDirectory(atPath: live + "/example", withIntermediateDirectories: true)
+        let c1 = try Self.pki.issue(["cb.example.test"], into: dir.file("staging"), name: "c1")
+        try certbotWrite(live, "example", version: 1, leaf: c1)
+        for kind in ["cert", "chain", "fullchain", "privkey"] {
+            try link("../../archive/example/\(kind)1.pem", "\(live)/example/\(kind).pem")
+        }
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(
+            sources: "    - directory: certs\n    - kubernetes: tls\n    - certbot: letsencrypt/live",
+            watch: "{ debounce: 1h, rescan_interval: 1h }"))
+        let port = harness.port("https")
+        let store = harness.gateway.sharedStore!
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
+
+        // A new key alone does not match the certificate: kept quiet, the old pair served.
+        let v2 = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v2")
+        try Shell.run(["mv", v2.key, certs + "/site.key"])
+        pause(0.5)
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial, "a key without its certificate")
+        XCTAssertEqual(store.problems.map(\.name), [], "not an error before the change has settled")
+        try Shell.run(["mv", v2.fullchain, certs + "/site.crt"])
+        XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: port, serverName: "localhost") == v2.serial }, "renamed in: served")
+
+        // cp in place: IN_CLOSE_WRITE on each file.
+        let v3 = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v3")
+        try copy(v3.fullchain, certs + "/site.crt")
+        try copy(v3.key, certs + "/site.key")
+        XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: port, serverName: "localhost") == v3.serial }, "copied in place: served")
+
+        // Kubernetes: the ..data rename.
+        let k2 = try Self.pki.issue(["k8s.example.test"], into: volume + "/..2026_11_28_02_00_00.2", name: "tls")
+        XCTAssertEqual(servedSerial(port: port, serverName: "k8s.example.test"), k1.serial)
+        try Shell.bash("cd '\(volume)' && ln -s ..2026_11_28_02_00_00.2 ..data_tmp && mv -T ..data_tmp ..data")
+        XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: port, serverName: "k8s.example.test") == k2.serial }, "..data swap: served")
+
+        // certbot: busy while previous_* links exist, served once the last one is removed.
+        let c2 = try Self.pki.issue(["cb.example.test"], into: dir.file("staging"), name: "c2")
+        try certbotWrite(live, "example", version: 2, leaf: c2)
+        for kind in ["cert", "privkey", "chain", "fullchain"] {
+            try link("../../archive/example/\(kind)1.pem", "\(live)/example/previous_\(kind).pem")
+        }
+        for kind in ["cert", "privkey", "chain", "fullchain"] {
+            try FileManager.default.removeItem(atPath: "\(live)/example/\(kind).pem")
+            try link("../../archive/example/\(kind)2.pem", "\(live)/example/\(kind).pem")
+        }
+        pause(0.3)
+        XCTAssertEqual(servedSerial(port: port, serverName: "cb.example.test"), c1.serial, "certbot between its links")
+        for kind in ["cert", "privkey", "chain", "fullchain"] {
+            try FileManager.default.removeItem(atPath: "\(live)/example/previous_\(kind).pem")
+        }
+        XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: port, serverName: "cb.example.test") == c2.serial }, "certbot renewal: served")
+
+        // Deleted files: the lineage stays until the change has settled.
+        try FileManager.default.removeItem(atPath: certs + "/site.key")
+        try FileManager.default.removeItem(atPath: certs + "/site.crt")
+        pause(0.5)
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v3.serial, "not removed before the debounce")
+        XCTAssertEqual(store.problems.map(\.name), [], "\(store.problems)")
         await harness.shutdown()
     }
 
@@ -329,7 +403,7 @@ final class RotationTests: XCTestCase {
         let certs = dir.file("certs")
         _ = try Self.pki.issue(["localhost"], into: certs, name: "site")
         // A debounce of an hour: only the signal can publish the new pair in time.
-        let (gateway, https) = try startProcess(dir, watch: "{ debounce: 1h, rescan_interval: 1h }")
+        let (gateway, https) = try startProcess(dir, watch: "{ debounce: 1h, rescan_interval: 1h, immediate: false }")
         defer { gateway.stop() }
         let next = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "next")
         try Shell.run(["mv", next.key, certs + "/site.key"])
