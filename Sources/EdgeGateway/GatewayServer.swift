@@ -387,7 +387,8 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
             streamChannel.eventLoop.makeCompletedFuture {
                 let streamSync = streamChannel.pipeline.syncOperations
                 try streamSync.addHandler(HTTP2StreamBridge())
-                try streamSync.addHandler(ProxyHandler(router: router, pool: pool.value, info: info, limits: limits, logger: logger, observer: metrics))
+                try streamSync.addHandler(ProxyHandler(router: router, pool: pool.value, info: info, limits: limits, logger: logger,
+                                                       observer: metrics, singleRequest: true))
             }
         }
         try sync.addHandler(idle)

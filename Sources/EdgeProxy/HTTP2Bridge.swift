@@ -146,7 +146,13 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
         } else {
             self.response.writeBuffer(&bytes)
         }
-        var wrote: EventLoopFuture<Void>?
+        // Each frame but the last goes without a promise: a write that returns a future
+        // allocates one, three per response.
+        var frame: HTTP2Frame.FramePayload?
+        func emit(_ next: HTTP2Frame.FramePayload) {
+            if let frame { context.write(self.wrapOutboundOut(frame), promise: nil) }
+            frame = next
+        }
         do {
             while !self.responseDone {
                 if var framer = self.framer {
@@ -155,10 +161,10 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
                     guard let piece else { break }
                     switch piece {
                     case .data(let data):
-                        wrote = context.write(NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(data)))))
+                        emit(.data(.init(data: .byteBuffer(data))))
                     case .end:
                         self.responseDone = true
-                        wrote = context.write(NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))))
+                        emit(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)))
                     }
                     continue
                 }
@@ -179,15 +185,15 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
                 let framer = head.responseFramer(toHead: self.headRequest)
                 self.framer = framer
                 self.responseDone = framer.isDone
-                wrote = context.write(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: framer.isDone))))
+                emit(.headers(.init(headers: headers, endStream: framer.isDone)))
             }
         } catch {
             promise?.fail(error)
             context.close(promise: nil)
             return
         }
-        if let wrote {
-            wrote.cascade(to: promise)
+        if let frame {
+            context.write(self.wrapOutboundOut(frame), promise: promise)
         } else {
             promise?.succeed(())
         }

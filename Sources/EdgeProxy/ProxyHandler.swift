@@ -6,24 +6,27 @@ import NIOTLS
 /// What the proxy needs to know about the downstream connection.
 public struct DownstreamInfo: Sendable {
     public var scheme: String
-    public var remoteAddress: SocketAddress?
+    public let remoteAddress: SocketAddress?
     public var listenerName: String
     /// The listener verifies client certificates: forward the verified identity.
     public var mutualTLS: Bool
     /// The verified client certificate, once the handshake is done.
     public var clientIdentity: ClientIdentity?
+    /// The client's address as text, formatted once per connection (not per HTTP/2 stream).
+    let clientIP: String?
 
     public init(scheme: String, remoteAddress: SocketAddress?, listenerName: String, mutualTLS: Bool = false) {
         self.scheme = scheme
         self.remoteAddress = remoteAddress
         self.listenerName = listenerName
         self.mutualTLS = mutualTLS
+        self.clientIP = Self.text(remoteAddress)
     }
 
-    /// The client's address as text. IPv4 is formatted here: NIO's `ipAddress` goes
-    /// through glibc's inet_ntop, which uses sprintf (~15k instructions a connection).
-    var clientIP: String? {
-        guard let address = self.remoteAddress else { return nil }
+    /// IPv4 is formatted here: NIO's `ipAddress` goes through glibc's inet_ntop, which
+    /// uses sprintf (~15k instructions a connection).
+    private static func text(_ address: SocketAddress?) -> String? {
+        guard let address else { return nil }
         if case .v4(let v4) = address {
             let a = UInt32(bigEndian: v4.address.sin_addr.s_addr)
             return "\(a >> 24).\((a >> 16) & 0xff).\((a >> 8) & 0xff).\(a & 0xff)"
@@ -170,6 +173,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private var deadline: NIODeadline?
     private var deadlineTimer: Scheduled<Void>?
     private var firstRequest = true
+    private let singleRequest: Bool
     /// When the upstream must have sent (more of) its response; nil with nothing awaited.
     private var readDeadline: NIODeadline?
     private var readTimer: Scheduled<Void>?
@@ -180,8 +184,13 @@ public final class ProxyHandler: ChannelDuplexHandler {
 
     /// `holdsFirstRead`: the channel reads as `ReceiveBuffers.configure` sets up and
     /// this handler is first in its pipeline (a plain-HTTP listener).
+    ///
+    /// `singleRequest`: the channel carries one request whose head arrives with it (an
+    /// HTTP/2 stream): no header timer and no idle deadline after the response; the
+    /// connection's idle timeout is its own.
     public init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits = .init(), logger: Logger,
-                observer: (any ProxyObserver)? = nil, holdsFirstRead: Bool = false) {
+                observer: (any ProxyObserver)? = nil, holdsFirstRead: Bool = false, singleRequest: Bool = false) {
+        self.singleRequest = singleRequest
         self.firstRead = ReceiveBufferPin(enabled: holdsFirstRead)
         self.router = router
         self.pool = pool
@@ -643,8 +652,10 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private func requestDone() {
         self.flushDownstream()  // the upstream connection went back to the pool: its read-complete no longer reaches us
         self.firstRequest = false
-        self.deadline = .now() + self.limits.idleTimeout
-        if self.deadlineTimer == nil { self.scheduleDeadline() }
+        if !self.singleRequest {
+            self.deadline = .now() + self.limits.idleTimeout
+            if self.deadlineTimer == nil { self.scheduleDeadline() }
+        }
         if self.inbound.readableBytes > 0 { self.process() }
         if self.readPending, self.exchange == nil, let context = self.context {
             self.readPending = false
@@ -823,7 +834,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     // MARK: header and idle timeouts
 
     private func startHeaderTimer() {
-        guard self.deadlineTimer == nil, self.firstRequest, self.exchange == nil else { return }
+        guard self.deadlineTimer == nil, self.firstRequest, self.exchange == nil, !self.singleRequest else { return }
         self.deadline = .now() + self.limits.headerTimeout
         self.scheduleDeadline()
     }
