@@ -52,6 +52,13 @@ func parentDirectory(_ path: String) -> String {
     return parent.isEmpty ? "/" : parent
 }
 
+/// The last component of a path ("site.crt" for "/etc/ssl/site.crt").
+func baseName(_ path: String) -> String {
+    let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+    guard let slash = trimmed.lastIndex(of: "/") else { return trimmed }
+    return String(trimmed[trimmed.index(after: slash)...])
+}
+
 func certbotLiveDirectory(_ path: String) -> String {
     let trimmed = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
     if trimmed.hasSuffix("/live") || trimmed == "live" { return trimmed }

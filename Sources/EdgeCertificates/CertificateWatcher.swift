@@ -49,6 +49,9 @@ public final class CertificateWatcher: Sendable {
     private let finished = NIOLockedValueBox(false)
     /// Watch descriptor to directory, to tell what an IN_CREATE created.
     private let watched = NIOLockedValueBox([Int32: String]())
+    /// Names besides `*.crt`, `*.key`, `*.pem` and `..data` whose change can complete a
+    /// lineage: explicit pairs' files and the sources' own directories.
+    private let lineageNames: Set<String>
 
     static let directoryEvents: UInt32 = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_CLOSE_WRITE
         | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
@@ -70,6 +73,12 @@ public final class CertificateWatcher: Sendable {
             _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
             _ = fcntl(end, F_SETFD, FD_CLOEXEC)
         }
+        var names = Set<String>()
+        for source in store.configuration.sources {
+            if case .pair(_, let cert, let key) = source { names.formUnion([baseName(cert), baseName(key)]) }
+            names.formUnion(source.watchRoots.map(baseName))
+        }
+        self.lineageNames = names
         self.inotify = fd
         self.wakeRead = pipeFDs[0]
         self.wakeWrite = pipeFDs[1]
@@ -152,16 +161,19 @@ public final class CertificateWatcher: Sendable {
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 
-    /// True when the event says a file is complete: renamed in, closed after writing,
-    /// deleted, or a symbolic link created (a link is whole when it appears; a
-    /// regular file created is still being written).
+    /// True when the event says a file a lineage may use is complete: renamed in, closed
+    /// after writing, deleted, or a symbolic link created (a link is whole when it
+    /// appears; a regular file created is still being written). Other files in a watched
+    /// directory (a log written there) do not cause early reloads.
     private func isComplete(_ event: inotify_event, name: UnsafeMutableRawPointer, length: Int) -> Bool {
+        guard length > 0 else { return false }
+        let file = String(cString: name.assumingMemoryBound(to: CChar.self))
+        guard file.hasSuffix(".pem") || file.hasSuffix(".crt") || file.hasSuffix(".key") || file == "..data"
+                || self.lineageNames.contains(file) else { return false }
         if event.mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE) != 0 { return true }
-        guard event.mask & UInt32(IN_CREATE) != 0, length > 0,
-              let dir = self.watched.withLockedValue({ $0[event.wd] }) else { return false }
-        let path = dir + "/" + String(cString: name.assumingMemoryBound(to: CChar.self))
+        guard event.mask & UInt32(IN_CREATE) != 0, let dir = self.watched.withLockedValue({ $0[event.wd] }) else { return false }
         var info = stat()
-        return lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFLNK
+        return lstat(dir + "/" + file, &info) == 0 && (info.st_mode & S_IFMT) == S_IFLNK
     }
 
     private func loop() {
@@ -170,6 +182,11 @@ public final class CertificateWatcher: Sendable {
         let rescan = Int64(self.configuration.rescanMilliseconds)
         var pendingSince: Int64? = nil
         var lastEvent: Int64 = 0
+        // Early reloads are spaced: under a stream of events (a log file written in a watched
+        // directory) they read every lineage again, so they take at most a third of this
+        // thread's time and run at most every 10 ms.
+        var earlyPending = false
+        var earlyAllowedAt: Int64 = 0
         var nextRescan = self.now() + rescan
         let bufferSize = 64 * 1024  // far above one event (a smaller buffer makes read fail with EINVAL)
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 8)
@@ -178,6 +195,7 @@ public final class CertificateWatcher: Sendable {
             let current = self.now()
             var timeout = nextRescan - current
             if pendingSince != nil { timeout = min(timeout, lastEvent + debounce - current) }
+            if earlyPending { timeout = min(timeout, earlyAllowedAt - current) }
             var fds = [pollfd(fd: self.inotify, events: Int16(POLLIN), revents: 0), pollfd(fd: self.wakeRead, events: Int16(POLLIN), revents: 0)]
             let ready = poll(&fds, 2, Int32(max(0, min(timeout, 60_000))))
             if ready < 0 && errno != EINTR { usleep(100_000) }
@@ -210,11 +228,16 @@ public final class CertificateWatcher: Sendable {
                     lastEvent = self.now()
                     if pendingSince == nil { pendingSince = lastEvent }
                 }
-                if sawComplete {
-                    self.store.reload(reason: "file change", settled: false)
-                }
+                if sawComplete { earlyPending = true }
             }
-            let after = self.now()
+            var after = self.now()
+            if earlyPending, after >= earlyAllowedAt {
+                earlyPending = false
+                self.store.reload(reason: "file change", settled: false)
+                let done = self.now()
+                earlyAllowedAt = done + max(10, 2 * (done - after))
+                after = done
+            }
             if pendingSince != nil, after - lastEvent >= debounce {
                 pendingSince = nil
                 self.addWatches()
