@@ -81,15 +81,41 @@ final class RotationTests: XCTestCase {
         try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: target)
     }
 
+    /// A certbot lineage's first version: `live/<name>/`, the archive files, the four links.
+    func certbotIssue(_ live: String, _ name: String, leaf: TestPKI.Leaf) throws {
+        try FileManager.default.createDirectory(atPath: live + "/" + name, withIntermediateDirectories: true)
+        try certbotWrite(live, name, version: 1, leaf: leaf)
+        for kind in ["cert", "chain", "fullchain", "privkey"] {
+            try link("../../archive/\(name)/\(kind)1.pem", "\(live)/\(name)/\(kind).pem")
+        }
+    }
+
+    /// certbot's renewal to `version`, in certbot's order: new archive files, `previous_*` links,
+    /// each live link replaced (unlink, then symlink; `pause` seconds after each step),
+    /// `beforeCleanup`, then the `previous_*` links removed: the end of the renewal.
+    func certbotRenew(_ live: String, _ name: String, version: Int, leaf: TestPKI.Leaf, pause seconds: Double = 0,
+                      beforeCleanup: () throws -> Void = {}) throws {
+        try certbotWrite(live, name, version: version, leaf: leaf)
+        for kind in ["cert", "privkey", "chain", "fullchain"] {
+            try link("../../archive/\(name)/\(kind)\(version - 1).pem", "\(live)/\(name)/previous_\(kind).pem")
+        }
+        for kind in ["cert", "privkey", "chain", "fullchain"] {
+            try FileManager.default.removeItem(atPath: "\(live)/\(name)/\(kind).pem")
+            if seconds > 0 { pause(seconds) }
+            try link("../../archive/\(name)/\(kind)\(version).pem", "\(live)/\(name)/\(kind).pem")
+            if seconds > 0 { pause(seconds) }
+        }
+        try beforeCleanup()
+        for kind in ["cert", "privkey", "chain", "fullchain"] {
+            try FileManager.default.removeItem(atPath: "\(live)/\(name)/previous_\(kind).pem")
+        }
+    }
+
     func testCertbotRenewalSequenceNeverServesAMismatchedPair() async throws {
         let dir = TemporaryDirectory()
         let live = dir.file("letsencrypt/live")
-        try FileManager.default.createDirectory(atPath: live + "/example", withIntermediateDirectories: true)
         let v1 = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v1")
-        try certbotWrite(live, "example", version: 1, leaf: v1)
-        for kind in ["cert", "chain", "fullchain", "privkey"] {
-            try link("../../archive/example/\(kind)1.pem", "\(live)/example/\(kind).pem")
-        }
+        try certbotIssue(live, "example", leaf: v1)
         let harness = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - certbot: letsencrypt/live"))
         let port = harness.port("https")
         XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
@@ -98,21 +124,8 @@ final class RotationTests: XCTestCase {
 
         for version in 2...4 {
             let leaf = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v\(version)")
-            // 1. new archive files, 2. previous_* links, 3. unlink+symlink in certbot's order
-            //    with pauses longer than the debounce, 4. previous_* removed: the end.
-            try certbotWrite(live, "example", version: version, leaf: leaf)
-            for kind in ["cert", "privkey", "chain", "fullchain"] {
-                try link("../../archive/example/\(kind)\(version - 1).pem", "\(live)/example/previous_\(kind).pem")
-            }
-            for kind in ["cert", "privkey", "chain", "fullchain"] {
-                try FileManager.default.removeItem(atPath: "\(live)/example/\(kind).pem")
-                pause(0.15)
-                try link("../../archive/example/\(kind)\(version).pem", "\(live)/example/\(kind).pem")
-                pause(0.15)
-            }
-            for kind in ["cert", "privkey", "chain", "fullchain"] {
-                try FileManager.default.removeItem(atPath: "\(live)/example/previous_\(kind).pem")
-            }
+            // Pauses longer than the debounce between the link replacements.
+            try certbotRenew(live, "example", version: version, leaf: leaf, pause: 0.15)
             XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == leaf.serial }, "renewal \(version) served")
         }
 
@@ -149,12 +162,8 @@ final class RotationTests: XCTestCase {
         let k1 = try Self.pki.issue(["k8s.example.test"], into: volume + "/..2026_11_28_01_00_00.1", name: "tls")
         try Shell.bash("cd '\(volume)' && ln -s ..2026_11_28_01_00_00.1 ..data && ln -s ..data/tls.crt tls.crt && ln -s ..data/tls.key tls.key")
         let live = dir.file("letsencrypt/live")
-        try FileManager.default.createDirectory(atPath: live + "/example", withIntermediateDirectories: true)
         let c1 = try Self.pki.issue(["cb.example.test"], into: dir.file("staging"), name: "c1")
-        try certbotWrite(live, "example", version: 1, leaf: c1)
-        for kind in ["cert", "chain", "fullchain", "privkey"] {
-            try link("../../archive/example/\(kind)1.pem", "\(live)/example/\(kind).pem")
-        }
+        try certbotIssue(live, "example", leaf: c1)
         let harness = try await GatewayHarness.start(directory: dir, yaml: config(
             sources: "    - directory: certs\n    - kubernetes: tls\n    - certbot: letsencrypt/live",
             watch: "{ debounce: 1h, rescan_interval: 1h }"))
@@ -185,18 +194,9 @@ final class RotationTests: XCTestCase {
 
         // certbot: busy while previous_* links exist, served once the last one is removed.
         let c2 = try Self.pki.issue(["cb.example.test"], into: dir.file("staging"), name: "c2")
-        try certbotWrite(live, "example", version: 2, leaf: c2)
-        for kind in ["cert", "privkey", "chain", "fullchain"] {
-            try link("../../archive/example/\(kind)1.pem", "\(live)/example/previous_\(kind).pem")
-        }
-        for kind in ["cert", "privkey", "chain", "fullchain"] {
-            try FileManager.default.removeItem(atPath: "\(live)/example/\(kind).pem")
-            try link("../../archive/example/\(kind)2.pem", "\(live)/example/\(kind).pem")
-        }
-        pause(0.3)
-        XCTAssertEqual(servedSerial(port: port, serverName: "cb.example.test"), c1.serial, "certbot between its links")
-        for kind in ["cert", "privkey", "chain", "fullchain"] {
-            try FileManager.default.removeItem(atPath: "\(live)/example/previous_\(kind).pem")
+        try certbotRenew(live, "example", version: 2, leaf: c2) {
+            pause(0.3)
+            XCTAssertEqual(servedSerial(port: port, serverName: "cb.example.test"), c1.serial, "certbot between its links")
         }
         XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: port, serverName: "cb.example.test") == c2.serial }, "certbot renewal: served")
 
