@@ -151,8 +151,6 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private let logger: Logger
     private let observer: (any ProxyObserver)?
     private let requests: RequestCounter?
-    /// The client's address as text, made once (glibc formats addresses with sprintf).
-    private let clientIP: String?
     private var context: ChannelHandlerContext?
     private var exchange: Exchange?
     /// Bytes read from the client and not consumed yet.
@@ -199,7 +197,6 @@ public final class ProxyHandler: ChannelDuplexHandler {
         self.logger = logger
         self.observer = observer
         self.requests = observer?.requests
-        self.clientIP = info.clientIP
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -398,7 +395,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
             out.writeString(identity?.verifyResult ?? "NONE")
             out.writeStaticString("\r\n")
         }
-        if let ip = self.clientIP {
+        if let ip = self.info.clientIP {
             out.writeStaticString("x-forwarded-for: ")
             if let existing = forwardedFor {
                 head.writeBytes(existing.value, to: &out)
