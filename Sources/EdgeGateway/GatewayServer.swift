@@ -374,6 +374,9 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
             HTTP2Setting(parameter: .maxHeaderListSize, value: self.plan.maxHeadBytes),
             HTTP2Setting(parameter: .initialWindowSize, value: 65_535),
         ]
+        // Request header blocks are checked by HTTP2StreamBridge (HTTP2RequestCheck) and
+        // response heads by the HTTP/1.1 parser: NIO's second pass over both is off.
+        connection.headerBlockValidation = .disabled
         var stream = NIOHTTP2Handler.StreamConfiguration()
         // Rapid reset (CVE-2023-44487): a client resetting streams faster than this is disconnected.
         stream.streamResetFrameRateLimit.maximumCount = self.plan.http2.maxResetsPer30s

@@ -14,9 +14,12 @@ import NIOHTTP2
 /// HTTP/2 is the protocol that pays for the translation to bytes; it keeps one
 /// proxy engine for both protocols, so every rule (routing, forwarding headers,
 /// retries, timeouts, limits) is the same whichever protocol the client spoke.
-/// The HTTP/2 handler has already validated the header block (pseudo-headers,
-/// lowercase names, no connection-specific fields) and Content-Length against
-/// the DATA frames.
+/// The request's header block is checked here (`HTTP2RequestCheck`), not by the
+/// HTTP/2 handler, whose own header validation is off: it cost a tenth of an HTTP/2
+/// request, mostly re-checking response heads that the HTTP/1.1 parser had already
+/// checked byte by byte. A malformed request (RFC 9113 §8.1.1) is reset with
+/// PROTOCOL_ERROR and never reaches the proxy. The HTTP/2 handler still checks
+/// Content-Length against the DATA frames.
 public final class HTTP2StreamBridge: ChannelDuplexHandler {
     public typealias InboundIn = HTTP2Frame.FramePayload
     public typealias InboundOut = ByteBuffer
@@ -44,7 +47,14 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
                 self.endRequest(context: context)  // trailers: not forwarded, they end the body
             } else {
                 self.requestHeadSeen = true
-                context.fireChannelRead(NIOAny(self.requestHead(headers, allocator: context.channel.allocator)))
+                guard let head = self.requestHead(headers, allocator: context.channel.allocator) else {
+                    // Malformed (RFC 9113 §8.1.1): a stream error, nothing is forwarded.
+                    self.requestEnded = true
+                    context.writeAndFlush(self.wrapOutboundOut(.rstStream(.protocolError)), promise: nil)
+                    context.close(promise: nil)
+                    return
+                }
+                context.fireChannelRead(NIOAny(head))
                 if headers.endStream { self.endRequest(context: context) }
             }
         case .data(let payload):
@@ -67,20 +77,28 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
         }
     }
 
-    /// The HTTP/1.1 request head for a request HEADERS frame.
-    private func requestHead(_ frame: HTTP2Frame.FramePayload.Headers, allocator: ByteBufferAllocator) -> ByteBuffer {
-        // Pseudo-header fields come first (the HTTP/2 handler refuses any after a
-        // regular field), so the request line and Host are known before the rest.
-        var method = "GET", path = "/", authority: String?
+    /// The HTTP/1.1 request head for a request HEADERS frame; nil when the header
+    /// block is malformed (`HTTP2RequestCheck`).
+    private func requestHead(_ frame: HTTP2Frame.FramePayload.Headers, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        // Pseudo-header fields come first, so the request line and Host are known
+        // before the rest; one after a regular field is malformed.
+        var method = "", path = "", authority: String?
+        var seen = HTTP2RequestCheck.Pseudo()
+        var pseudoCount = 0
         for (name, value, _) in frame.headers {
             guard name.utf8.first == UInt8(ascii: ":") else { break }
+            guard HTTP2RequestCheck.isPseudoValue(value) else { return nil }
             switch name {
-            case ":method": method = value
-            case ":path": path = value
-            case ":authority": authority = value
-            default: break  // :scheme; :protocol is not offered
+            case ":method": guard seen.insert(.method) else { return nil }; method = value
+            case ":scheme": guard seen.insert(.scheme) else { return nil }
+            case ":path": guard seen.insert(.path) else { return nil }; path = value
+            case ":authority": guard seen.insert(.authority) else { return nil }; authority = value
+            default: return nil  // :status, :protocol (extended CONNECT is not offered), unknown
             }
+            pseudoCount += 1
         }
+        guard seen.isComplete(connect: method == "CONNECT") else { return nil }
+        if path.isEmpty { path = "/" }  // CONNECT carries no :path
         var out = allocator.buffer(capacity: 512)
         out.writeString(method)
         out.writeStaticString(" ")
@@ -93,10 +111,14 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
         }
         var hasLength = false
         var cookies: [String] = []
-        for (name, value, _) in frame.headers where name.utf8.first != UInt8(ascii: ":") {
+        for (name, value, _) in frame.headers.dropFirst(pseudoCount) {
+            guard HTTP2RequestCheck.isFieldName(name), HTTP2RequestCheck.isFieldValue(value) else { return nil }
             switch name {
-            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te":
-                continue  // connection-specific: the HTTP/2 handler refuses them already
+            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+                return nil  // connection-specific (RFC 9113 §8.2.2)
+            case "te":
+                guard value == "trailers" else { return nil }
+                continue  // the only TE allowed; hop-by-hop, not forwarded
             case "host":
                 if authority != nil { continue }  // :authority wins (RFC 9113 §8.3.1)
             case "cookie":
@@ -202,3 +224,53 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
 
 @available(*, unavailable)
 extension HTTP2StreamBridge: Sendable {}
+
+/// The checks of RFC 9113 §8.2 and §8.3 that a request header block must pass before
+/// it becomes HTTP/1.1 bytes. What they keep out is request smuggling: a CR or LF in
+/// a name or value would end the field line early and add fields (or a second
+/// request) of the client's choosing; a space in `:path` makes the request line
+/// ambiguous; a name with a colon or an upper-case letter would be read as another
+/// field. Each is one pass over the bytes with no allocation.
+enum HTTP2RequestCheck {
+    /// The request pseudo-header fields seen so far.
+    struct Pseudo {
+        enum Field: UInt8 { case method = 1, scheme = 2, path = 4, authority = 8 }
+        private var bits: UInt8 = 0
+
+        /// Records a field; false when it was already there (each may appear once).
+        mutating func insert(_ field: Field) -> Bool {
+            defer { self.bits |= field.rawValue }
+            return self.bits & field.rawValue == 0
+        }
+
+        /// `:method`, `:scheme` and `:path`; a CONNECT request has `:method` and
+        /// `:authority` only (RFC 9113 §8.3, §8.5).
+        func isComplete(connect: Bool) -> Bool {
+            connect ? self.bits == Field.method.rawValue | Field.authority.rawValue : self.bits & 7 == 7
+        }
+    }
+
+    /// A pseudo-header value: no control character, space or DEL (it becomes part of
+    /// the request line or Host), not empty.
+    static func isPseudoValue(_ value: String) -> Bool {
+        all(value) { $0 > 0x20 && $0 != 0x7F } && !value.isEmpty
+    }
+
+    /// A regular field name: a lower-case token (RFC 9113 §8.2.1, RFC 9110 §5.6.2).
+    static func isFieldName(_ name: String) -> Bool {
+        all(name) { HTTP1Parser.isToken($0) && !($0 >= 0x41 && $0 <= 0x5A) } && !name.isEmpty
+    }
+
+    /// A field value: no NUL, CR or LF (RFC 9113 §8.2.1).
+    static func isFieldValue(_ value: String) -> Bool {
+        all(value) { $0 != 0 && $0 != 0x0A && $0 != 0x0D }
+    }
+
+    @inline(__always)
+    private static func all(_ string: String, _ allowed: (UInt8) -> Bool) -> Bool {
+        if let result = string.utf8.withContiguousStorageIfAvailable({ bytes in bytes.allSatisfy(allowed) }) {
+            return result
+        }
+        return string.utf8.allSatisfy(allowed)
+    }
+}

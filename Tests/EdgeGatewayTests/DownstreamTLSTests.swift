@@ -280,7 +280,7 @@ final class SessionTicketTests: XCTestCase {
     }
 }
 
-/// HTTP/2 protection: rapid reset and oversized header lists, with raw frames.
+/// HTTP/2 protection: rapid reset, oversized header lists and malformed header blocks, with raw frames.
 final class HTTP2AbuseTests: XCTestCase {
     func abuse(_ mode: String, port: Int, _ n: Int) throws -> [String: Any] {
         let result = try Shell.run(["python3", repositoryRoot() + "/Tests/tools/h2_abuse.py", mode, "\(port)", "\(n)"], timeout: 60)
@@ -319,6 +319,21 @@ final class HTTP2AbuseTests: XCTestCase {
         let ok = try Shell.run(["curl", "-sS", "--http2", "--cacert", pki.caPath, "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/"])
         XCTAssertEqual(ok.stdout, "2 200")
         XCTAssertLessThan(harness.upstream.requestCount, 1000, "reset streams were not all proxied")
+        await harness.shutdown()
+    }
+
+    /// RFC 9113 §8.1.1: the gateway checks request header blocks itself (NIO's check is
+    /// off), and a malformed one is a stream error that never reaches the upstream.
+    func testMalformedRequestHeaderBlocksAreResetAndNeverProxied() async throws {
+        let harness = try await h2Gateway(try TestPKI(), listener: "")
+        let result = try abuse("malformed", port: harness.port("https"), 0)
+        let resets = result["rst_streams"] as? [String: Int] ?? [:]
+        for stream in stride(from: 1, through: 39, by: 2) {
+            XCTAssertEqual(resets["\(stream)"], 1, "stream \(stream) is reset with PROTOCOL_ERROR: \(result)")
+        }
+        XCTAssertEqual(result["response_streams"] as? [Int], [41], "only the valid request (TE: trailers, a cookie) is answered: \(result)")
+        XCTAssertNil(result["goaway"] as? Int, "stream errors leave the connection open: \(result)")
+        XCTAssertEqual(harness.upstream.requestCount, 1, "no malformed request reached the upstream")
         await harness.shutdown()
     }
 

@@ -4,6 +4,9 @@
   big-header PORT SIZE sends one request whose header list is SIZE bytes (HPACK bomb shape)
   idle PORT SECONDS    sends one request, then stays silent up to SECONDS waiting for the server
                        to end the idle connection ("idle_closed_after": seconds after the response)
+  malformed PORT 0     sends one malformed request per stream (RFC 9113 §8.1.1: CR/LF/NUL in a value,
+                       upper case or a colon in a name, connection-specific fields, pseudo-header
+                       faults), then one valid request ("rst_streams", "response_streams")
 Prints one JSON line: what came back (GOAWAY error code, RST_STREAM codes, responses, closed)."""
 import json, socket, ssl, struct, sys, time
 
@@ -40,13 +43,41 @@ if mode == "rapid-reset":
         out += frame(1, 0x5, stream, request) + frame(3, 0, stream, struct.pack(">I", 8))  # HEADERS, RST_STREAM(CANCEL)
 elif mode == "idle":
     out += frame(1, 0x5, 1, request)
+elif mode == "malformed":
+    get, https, slash = b"\x82", b"\x87", b"\x84"
+    authority = literal(b":authority", b"localhost")
+    bad = [
+        request + literal(b"x-a", b"1\r\nx-evil: 1"),        # CRLF: a smuggled field
+        request + literal(b"x-a", b"1\nx-evil: 1"),           # bare LF
+        request + literal(b"x-a", b"1\x00"),                  # NUL
+        request + literal(b"X-Upper", b"1"),                  # upper case name
+        request + literal(b"x-a:b", b"1"),                    # colon in a name
+        request + literal(b"x a", b"1"),                      # space in a name
+        request + literal(b"connection", b"close"),           # connection-specific
+        request + literal(b"transfer-encoding", b"chunked"),
+        request + literal(b"upgrade", b"websocket"),
+        request + literal(b"te", b"gzip"),                    # TE other than trailers
+        get + https + literal(b"x-a", b"1") + slash + authority,  # pseudo-header after a regular field
+        get + https + authority,                              # no :path
+        get + slash + authority,                              # no :scheme
+        https + slash + authority,                            # no :method
+        request + slash,                                      # :path twice
+        request + literal(b":foo", b"bar"),                   # unknown pseudo-header
+        request + literal(b":status", b"200"),                # response pseudo-header
+        get + https + literal(b":path", b"/a HTTP/1.1\r\nx: y") + authority,  # request line injection
+        get + https + literal(b":path", b"/a b") + authority,  # space in :path
+        get + https + literal(b":path", b"") + authority,     # empty :path
+    ]
+    for i, block in enumerate(bad + [request + literal(b"te", b"trailers") + literal(b"cookie", b"a=1")]):
+        out += frame(1, 0x5, 1 + 2 * i, block)
+    expected = len(bad) + 1
 else:
     out += frame(1, 0x5, 1, request + literal(b"x-big", b"a" * n))
 try:
     sock.sendall(bytes(out))
 except OSError:
     pass
-result = {"goaway": None, "rst_codes": [], "responses": 0, "closed": False}
+result = {"goaway": None, "rst_codes": [], "responses": 0, "closed": False, "rst_streams": {}, "response_streams": []}
 buffer = b""
 deadline = time.time() + (n + 5 if mode == "idle" else 10)
 answered = None
@@ -61,17 +92,22 @@ try:
             length = int.from_bytes(buffer[:3], "big")
             if len(buffer) < 9 + length:
                 break
-            kind, payload = buffer[3], buffer[9:9 + length]
+            kind, header_stream, payload = buffer[3], buffer[5:9], buffer[9:9 + length]
             buffer = buffer[9 + length:]
             if kind == 7:
                 result["goaway"] = int.from_bytes(payload[4:8], "big")
-            elif kind == 3:
+            stream_id = int.from_bytes(header_stream, "big") & 0x7FFFFFFF
+            if kind == 3:
                 result["rst_codes"].append(int.from_bytes(payload[:4], "big"))
+                result["rst_streams"][str(stream_id)] = int.from_bytes(payload[:4], "big")
             elif kind == 1:
                 result["responses"] += 1
+                result["response_streams"].append(stream_id)
                 answered = answered or time.time()
             elif kind == 4 and not (buffer and False):
                 pass
+        if mode == "malformed" and len(result["rst_streams"]) + len(result["response_streams"]) >= expected:
+            break
         if mode == "big-header" and (result["responses"] or result["rst_codes"] or result["goaway"] is not None):
             break
 except (OSError, ssl.SSLError):
