@@ -317,6 +317,14 @@ public final class UpstreamPool {
 
     private let eventLoop: EventLoop
     private var idle: [PoolKey: Stack] = [:]
+    /// The stacks of the group this loop took a connection for last, by backend index,
+    /// and the client certificate generation they were for: most requests go where the
+    /// one before went, and this finds their stack without building and hashing a key
+    /// (2.6 % of a keep-alive request's instructions). Holds the group, so its identity
+    /// cannot be reused by a newer group.
+    private var recentGroup: UpstreamGroup?
+    private var recentGeneration = 0
+    private var recentStacks: [Stack?] = []
     /// Buffers the loop's proxy handlers build message heads in, one at a time:
     /// reused once the head was written, never held by an idle connection.
     var requestHeads = ReusableBuffer(maximumKeptCapacity: 16 * 1_024)
@@ -339,8 +347,26 @@ public final class UpstreamPool {
         self.eventLoop = eventLoop
     }
 
-    private func key(group: UpstreamGroup, backend: Int) -> PoolKey {
-        PoolKey(address: group.backends[backend].address, tls: group.tls.map { ObjectIdentifier($0) }, generation: group.tls?.generation ?? 0)
+    private func key(group: UpstreamGroup, backend: Int, generation: Int? = nil) -> PoolKey {
+        PoolKey(address: group.backends[backend].address, tls: group.tls.map { ObjectIdentifier($0) },
+                generation: generation ?? group.tls?.generation ?? 0)
+    }
+
+    /// The idle stack of backend `index`, from `recentStacks` when the group is the
+    /// recent one, otherwise from the dictionary (and remembered).
+    private func idleStack(group: UpstreamGroup, backend index: Int) -> Stack? {
+        let generation = group.tls?.generation ?? 0
+        let recent = group === self.recentGroup && generation == self.recentGeneration
+        if recent, let stack = self.recentStacks[index], !stack.retired { return stack }
+        guard let stack = self.idle[self.key(group: group, backend: index, generation: generation)] else { return nil }
+        if !recent {
+            self.recentGroup = group
+            self.recentGeneration = generation
+            self.recentStacks.removeAll(keepingCapacity: true)
+            self.recentStacks.append(contentsOf: repeatElement(nil, count: group.backends.count))
+        }
+        self.recentStacks[index] = stack
+        return stack
     }
 
     /// Closes every idle connection (the pool's configuration generation has ended).
@@ -349,6 +375,8 @@ public final class UpstreamPool {
         let all = self.idle.values.flatMap { $0.connections }
         self.idle.values.forEach { $0.retired = true }
         self.idle = [:]
+        self.recentGroup = nil
+        self.recentStacks = []
         for connection in all {
             connection.handler.idleIn = nil
             connection.close()
@@ -363,8 +391,7 @@ public final class UpstreamPool {
     /// The most recently used idle connection to backend `index`, if one is alive.
     func takeIdle(group: UpstreamGroup, backend index: Int) -> UpstreamConnection? {
         self.eventLoop.assertInEventLoop()
-        let key = self.key(group: group, backend: index)
-        guard let stack = self.idle[key] else { return nil }
+        guard let stack = self.idleStack(group: group, backend: index) else { return nil }
         while let connection = stack.connections.popLast() {
             group.states[index].idleConnections.wrappingDecrement(ordering: .relaxed)
             connection.handler.idleIn = nil
