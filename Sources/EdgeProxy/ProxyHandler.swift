@@ -96,7 +96,7 @@ public struct RequestCounter: Sendable {
 /// One exchange at a time; bytes of a pipelined next request wait in the buffer.
 /// Bodies stream in both directions: the downstream is not read while the upstream
 /// cannot take more, and the upstream is not read while the downstream cannot.
-public final class ProxyHandler: ChannelDuplexHandler {
+public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     public typealias InboundIn = ByteBuffer
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
@@ -166,10 +166,12 @@ public final class ProxyHandler: ChannelDuplexHandler {
     private var closing = false
     private var upstreamNeedsFlush = false
     private var downstreamNeedsFlush = false
-    /// The header/idle deadline: one timer per connection that re-arms itself when
-    /// it fires before the current deadline, so a request costs a clock read, not a timer.
+    /// The header/idle deadline, waited for in the loop's `LoopDeadlines`: moved later
+    /// without touching the queue (re-queued when the old deadline comes first), so a
+    /// request costs a clock read and a comparison.
     private var deadline: NIODeadline?
-    private var deadlineTimer: Scheduled<Void>?
+    /// This handler's place in `pool.deadlines` (-1: not queued).
+    var deadlineSlot = -1
     private var firstRequest = true
     private let singleRequest: Bool
     /// When the upstream must have sent (more of) its response; nil with nothing awaited.
@@ -205,8 +207,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
-        self.deadlineTimer?.cancel()
-        self.deadlineTimer = nil
+        self.pool.deadlines.cancel(self)
         self.context = nil
     }
 
@@ -651,7 +652,9 @@ public final class ProxyHandler: ChannelDuplexHandler {
         self.firstRequest = false
         if !self.singleRequest {
             self.deadline = .now() + self.limits.idleTimeout
-            if self.deadlineTimer == nil { self.scheduleDeadline() }
+            // Queued for a later deadline (the header timeout's, when the idle timeout
+            // is shorter): moved earlier. Queued for an earlier one: nothing to do.
+            self.scheduleDeadline()
         }
         if self.inbound.readableBytes > 0 { self.process() }
         if self.readPending, self.exchange == nil, let context = self.context {
@@ -831,27 +834,28 @@ public final class ProxyHandler: ChannelDuplexHandler {
     // MARK: header and idle timeouts
 
     private func startHeaderTimer() {
-        guard self.deadlineTimer == nil, self.firstRequest, self.exchange == nil, !self.singleRequest else { return }
+        guard self.deadlineSlot < 0, self.firstRequest, self.exchange == nil, !self.singleRequest else { return }
         self.deadline = .now() + self.limits.headerTimeout
         self.scheduleDeadline()
     }
 
     private func scheduleDeadline() {
-        guard let deadline = self.deadline, let context = self.context else { return }
-        self.deadlineTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) {
-            self.deadlineTimer = nil
-            guard let deadline = self.deadline, self.exchange == nil, !self.closing else { return }
-            if NIODeadline.now() < deadline {
-                self.scheduleDeadline()
-                return
-            }
-            if self.firstRequest {
-                self.logger.info("client sent no complete request head in time", metadata: self.peerMetadata)
-                self.respondLocally(status: 408, message: "no complete request head within the header timeout", request: nil, requestEnded: false)
-            } else {
-                self.closing = true
-                context.close(promise: nil)
-            }
+        guard let deadline = self.deadline, self.context != nil else { return }
+        self.pool.deadlines.schedule(self, at: deadline)
+    }
+
+    func deadlineReached(now: NIODeadline) {
+        guard let deadline = self.deadline, let context = self.context, self.exchange == nil, !self.closing else { return }
+        if now < deadline {
+            self.scheduleDeadline()
+            return
+        }
+        if self.firstRequest {
+            self.logger.info("client sent no complete request head in time", metadata: self.peerMetadata)
+            self.respondLocally(status: 408, message: "no complete request head within the header timeout", request: nil, requestEnded: false)
+        } else {
+            self.closing = true
+            context.close(promise: nil)
         }
     }
 
@@ -882,8 +886,7 @@ public final class ProxyHandler: ChannelDuplexHandler {
     public func channelInactive(context: ChannelHandlerContext) {
         self.closed = true
         self.closing = true
-        self.deadlineTimer?.cancel()
-        self.deadlineTimer = nil
+        self.pool.deadlines.cancel(self)
         self.readTimer?.cancel()
         self.readTimer = nil
         if let exchange = self.exchange {

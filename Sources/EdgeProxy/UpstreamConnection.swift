@@ -343,8 +343,12 @@ public final class UpstreamPool {
         self.spareRequestHeads.append(head)
     }
 
+    /// The header and idle deadlines of the loop's client connections.
+    let deadlines: LoopDeadlines
+
     public init(eventLoop: EventLoop) {
         self.eventLoop = eventLoop
+        self.deadlines = LoopDeadlines(eventLoop: eventLoop)
     }
 
     private func key(group: UpstreamGroup, backend: Int, generation: Int? = nil) -> PoolKey {
