@@ -169,7 +169,7 @@ def idle_memory(port, ca, pids, counts):
         ready, release = loop.create_future(), loop.create_future()
         task = loop.create_task(hold_connections(port, ca, count, ready, release))
         opened = loop.run_until_complete(ready)
-        time.sleep(2)
+        time.sleep(4)  # steady state: the gateway trims its heap a second or two after a burst ends
         rss = rss_kib(pids)
         release.set_result(None)
         loop.run_until_complete(task)

@@ -1,3 +1,4 @@
+#include <malloc.h>
 #include <sys/socket.h>
 #include "CSocketShims.h"
 
@@ -6,3 +7,5 @@ size_t edge_CMSG_LEN(size_t length) { return CMSG_LEN(length); }
 struct cmsghdr *edge_CMSG_FIRSTHDR(struct msghdr *message) { return CMSG_FIRSTHDR(message); }
 unsigned char *edge_CMSG_DATA(struct cmsghdr *header) { return CMSG_DATA(header); }
 int edge_SCM_RIGHTS(void) { return SCM_RIGHTS; }
+
+int edge_malloc_trim(size_t pad) { return malloc_trim(pad); }

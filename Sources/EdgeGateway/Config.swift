@@ -15,12 +15,15 @@ public struct GatewayConfig: Decodable, Sendable {
     public var expiry: ExpiryConfig
     /// Unix socket for zero-downtime restarts: a new process takes the listening sockets over.
     public var handoffSocket: String?
+    /// Give free heap pages back to the kernel after bursts of connections (`HeapTrimmer`).
+    public var memoryTrimming: Bool
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listeners, upstreams, routes, certificates, admin
         case shutdownGracePeriod = "shutdown_grace_period"
         case workers, expiry
         case handoffSocket = "handoff_socket"
+        case memoryTrimming = "memory_trimming"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -35,6 +38,7 @@ public struct GatewayConfig: Decodable, Sendable {
         self.workers = try c.decodeIfPresent(Int.self, forKey: .workers)
         self.expiry = try c.decodeIfPresent(ExpiryConfig.self, forKey: .expiry) ?? ExpiryConfig()
         self.handoffSocket = try c.decodeIfPresent(String.self, forKey: .handoffSocket)
+        self.memoryTrimming = try c.decodeIfPresent(Bool.self, forKey: .memoryTrimming) ?? true
     }
 
     /// Parses YAML text; errors name the key path.

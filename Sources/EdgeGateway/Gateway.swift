@@ -100,6 +100,7 @@ public final class Gateway: Sendable {
         var listenerSockets: [String: (address: String, fd: CInt)] = [:]
         var handoffServer: SocketHandoff.Server?
         var caWatchTask: RepeatedTask?
+        var trimTask: RepeatedTask?
         var pools: (PoolRegistry, EventLoopGroup)?
     }
 

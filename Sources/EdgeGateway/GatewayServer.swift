@@ -66,6 +66,7 @@ extension Gateway {
         }
         self.startTicketKeyRotation(on: group.next())
         self.startClientCAWatch(on: group.next())
+        if self.config.memoryTrimming { self.startHeapTrimming(on: group.next()) }
         let checker = HealthChecker(groups: self.groups, eventLoopGroup: group, logger: self.logger)
         checker.start()
         self.state.withLockedValue { $0.healthChecker = checker }
@@ -194,6 +195,15 @@ extension Gateway {
         self.state.withLockedValue { $0.caWatchTask = task }
     }
 
+    /// Checks once a second whether a burst of connections has ended (`HeapTrimmer`).
+    private func startHeapTrimming(on loop: EventLoop) {
+        let logger = self.logger, metrics = self.metrics
+        let task = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            HeapTrimmer.shared.tick(logger: logger) { released, _ in metrics.heapTrimmed(bytes: released) }
+        }
+        self.state.withLockedValue { $0.trimTask = task }
+    }
+
     /// The bound port of a listener (useful with port 0).
     public func boundPort(listener: String) -> Int? {
         self.state.withLockedValue { $0.serverChannels[listener]?.localAddress?.port }
@@ -223,6 +233,7 @@ extension Gateway {
         self.state.withLockedValue {
             $0.ticketTask?.cancel()
             $0.caWatchTask?.cancel()
+            $0.trimTask?.cancel()
         }
         guard let loop = admin?.eventLoop else { return }
         self.logger.info(quietly ? "previous configuration draining its connections" : "draining", metadata: ["grace_period": "\(grace)"])

@@ -56,6 +56,12 @@ final class GatewayMetrics: Sendable {
         }
     }
 
+    /// A heap trim (`HeapTrimmer`) gave `bytes` of resident memory back to the kernel.
+    func heapTrimmed(bytes: Int) {
+        self.counter("edge_memory_trims_total", [], help: "Times free heap pages were returned to the kernel (memory_trimming).").increment()
+        self.counter("edge_memory_trimmed_bytes_total", [], help: "Resident memory returned to the kernel by heap trims, in bytes.").increment(by: Int64(bytes))
+    }
+
     /// Refreshes the derived gauges and renders the exposition.
     func render(reports: [CertificateReport], stores: [CertificateStore], groups: [UpstreamGroup], now: Int64) -> String {
         self.refreshUpstreams(groups)
@@ -175,10 +181,12 @@ final class ListenerMetrics: ProxyObserver, Sendable {
     func connectionOpened() {
         self.open.increment()
         self.accepted.increment()
+        HeapTrimmer.shared.noteConnectionEvent()
     }
 
     func connectionClosed() {
         self.open.decrement()
+        HeapTrimmer.shared.noteConnectionEvent()
     }
 
     func handshake(result: String) {

@@ -76,6 +76,32 @@ final class ProcessTests: XCTestCase {
         }
     }
 
+    /// After a burst of connections the gateway gives the free pages inside its heap back
+    /// to the kernel (`malloc_trim`) and counts it in its metrics; `memory_trimming: false`
+    /// turns that off.
+    func testFreeHeapPagesAreReturnedAfterABurstOfConnections() throws {
+        for trimming in [true, false] {
+            let run = try start(extra: trimming ? "" : "memory_trimming: false")
+            defer { run.gateway.stop(); run.upstream.stop() }
+            let burst = try Shell.run(["python3", repositoryRoot() + "/Tests/tools/idle_memory.py", "\(run.gateway.pid)", "\(run.httpsPort)",
+                                       Self.pki.caPath, "300", "1024"], timeout: 120)
+            XCTAssertTrue(burst.stdout.contains("\"connections\": 300"), burst.stdout + burst.stderr)
+            func value(_ series: String) -> Double? {
+                let text = (try? Shell.run(["curl", "-sS", "http://127.0.0.1:\(run.adminPort)/metrics"]).stdout) ?? ""
+                return text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+            }
+            if trimming {
+                XCTAssertTrue(eventually(timeout: 10) { (value("edge_memory_trims_total") ?? 0) >= 1 }, "a trim follows the burst: \(run.gateway.log)")
+                let released = value("edge_memory_trimmed_bytes_total")
+                print("heap trim after 300 TLS connections: \(released ?? -1) bytes returned")
+                XCTAssertNotNil(released)
+            } else {
+                Thread.sleep(forTimeInterval: 3)  // two quiet seconds after the burst: a trim would have run
+                XCTAssertNil(value("edge_memory_trims_total"), "no trim with memory_trimming: false")
+            }
+        }
+    }
+
     func testSIGTERMDrainsInFlightRequestsAndExitsZero() throws {
         let run = try start(extra: "shutdown_grace_period: 5s")
         defer { run.upstream.stop() }

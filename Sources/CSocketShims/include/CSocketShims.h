@@ -4,7 +4,8 @@
  * The ancillary-data (cmsg) macros of <sys/socket.h>, as functions Swift can call.
  * No logic: each function is one macro. Used to hand listening sockets to a new
  * gateway process over a Unix socket (SCM_RIGHTS). The header only forward-declares
- * the structs so that <sys/socket.h> stays owned by the system module.
+ * the structs so that <sys/socket.h> stays owned by the system module. Also glibc's
+ * malloc_trim, which the Glibc module does not export.
  */
 #include <stddef.h>
 
@@ -16,5 +17,8 @@ size_t edge_CMSG_LEN(size_t length);
 struct cmsghdr *edge_CMSG_FIRSTHDR(struct msghdr *message);
 unsigned char *edge_CMSG_DATA(struct cmsghdr *header);
 int edge_SCM_RIGHTS(void);
+
+/* glibc's malloc_trim (<malloc.h>, which Swift's Glibc module does not export). */
+int edge_malloc_trim(size_t pad);
 
 #endif
