@@ -229,8 +229,8 @@ extension HTTP2StreamBridge: Sendable {}
 /// it becomes HTTP/1.1 bytes. What they keep out is request smuggling: a CR or LF in
 /// a name or value would end the field line early and add fields (or a second
 /// request) of the client's choosing; a space in `:path` makes the request line
-/// ambiguous; a name with a colon or an upper-case letter would be read as another
-/// field. Each is one pass over the bytes with no allocation.
+/// ambiguous; a name with a colon would be read as another field. Upper case in a
+/// name is malformed in HTTP/2. Each check is one pass over the bytes, no allocation.
 enum HTTP2RequestCheck {
     /// The request pseudo-header fields seen so far.
     struct Pseudo {
