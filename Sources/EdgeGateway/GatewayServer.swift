@@ -199,7 +199,7 @@ extension Gateway {
     private func startHeapTrimming(on loop: EventLoop) {
         let logger = self.logger, metrics = self.metrics
         let task = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
-            HeapTrimmer.shared.tick(logger: logger) { released, _ in metrics.heapTrimmed(bytes: released) }
+            HeapTrimmer.shared.tick(logger: logger) { metrics.heapTrimmed(bytes: $0) }
         }
         self.state.withLockedValue { $0.trimTask = task }
     }

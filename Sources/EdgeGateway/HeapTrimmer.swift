@@ -4,7 +4,6 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOPosix
 
 /// Gives the free pages inside malloc's heap back to the kernel once a burst of client
 /// connections is over (`malloc_trim`), as HAProxy does when it releases its pools
@@ -41,8 +40,8 @@ final class HeapTrimmer: Sendable {
     }
 
     /// Decides, once a second, whether a trim is due; `trimmed` gets the bytes of
-    /// resident memory the trim gave back and how long it took.
-    func tick(logger: Logger, trimmed: @escaping @Sendable (_ releasedBytes: Int, _ seconds: Double) -> Void) {
+    /// resident memory the trim gave back (the duration is logged).
+    func tick(logger: Logger, trimmed: @escaping @Sendable (_ releasedBytes: Int) -> Void) {
         let events = self.connectionEvents.load(ordering: .relaxed)
         let now = NIODeadline.now()
         let due = self.state.withLockedValue { state -> Bool in
@@ -68,7 +67,7 @@ final class HeapTrimmer: Sendable {
             let released = max(0, before - Self.residentBytes())
             self.state.withLockedValue { $0.running = false }
             logger.debug("heap trimmed", metadata: ["released_kib": "\(released / 1024)", "took_ms": "\(String(format: "%.1f", seconds * 1000))"])
-            trimmed(released, seconds)
+            trimmed(released)
         }
         thread.name = "heap-trim"
         thread.start()
