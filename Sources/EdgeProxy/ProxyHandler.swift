@@ -2,6 +2,9 @@ import EdgeTLS
 import Logging
 import NIOCore
 import NIOTLS
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What the proxy needs to know about the downstream connection.
 public struct DownstreamInfo: Sendable {
@@ -173,6 +176,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// This handler's place in `pool.deadlines` (-1: not queued).
     var deadlineSlot = -1
     private var firstRequest = true
+    /// The head of a request after the first has begun to arrive: its header timeout runs.
+    private var headStarted = false
     private let singleRequest: Bool
     /// When the upstream must have sent (more of) its response; nil with nothing awaited.
     private var readDeadline: NIODeadline?
@@ -265,6 +270,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             guard let end = HTTP1Parser.headEnd(in: self.inbound, from: self.scanned) else {
                 self.scanned = max(0, self.inbound.readableBytes - 3)
                 if self.inbound.readableBytes > self.limits.maxHeadBytes { self.badRequest(self.headTooLarge, context: self.context) }
+                self.startNextHeadTimer()
                 return
             }
             self.scanned = 0
@@ -336,6 +342,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func receivedHead(_ head: HTTPHead) {
         guard let context = self.context else { return }
         self.deadline = nil
+        self.headStarted = false
         if head.expectContinue && head.minorVersion == 1 {
             // Answer 100-continue here so the client streams at once; the upstream
             // gets the body without the expectation.
@@ -839,6 +846,16 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.scheduleDeadline()
     }
 
+    /// A later request's head arrived in part: from its first bytes it has the header
+    /// timeout (nginx's `client_header_timeout`), however long the idle timeout is, and
+    /// bytes trickling in do not extend it. A head that arrives whole never gets here.
+    private func startNextHeadTimer() {
+        guard !self.firstRequest, !self.headStarted, !self.singleRequest, !self.closing else { return }
+        self.headStarted = true
+        self.deadline = .now() + self.limits.headerTimeout
+        self.scheduleDeadline()
+    }
+
     private func scheduleDeadline() {
         guard let deadline = self.deadline, self.context != nil else { return }
         self.pool.deadlines.schedule(self, at: deadline)
@@ -850,7 +867,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.scheduleDeadline()
             return
         }
-        if self.firstRequest {
+        if self.firstRequest || self.headStarted {
             self.logger.info("client sent no complete request head in time", metadata: self.peerMetadata)
             self.respondLocally(status: 408, message: "no complete request head within the header timeout", request: nil, requestEnded: false)
         } else {

@@ -144,4 +144,63 @@ final class LoopDeadlinesTests: XCTestCase {
         XCTAssertTrue((0.9...3).contains(after), "closed about 1 s after the last response: \(json)")
         await harness.shutdown()
     }
+
+    /// A request after the first has the header timeout from its first bytes, like the
+    /// first request (nginx's `client_header_timeout`), not the longer idle timeout, and
+    /// bytes trickling in do not extend it.
+    func testALaterRequestHeadTricklingInGets408AfterTheHeaderTimeout() async throws {
+        let harness = try await GatewayHarness.start { port in
+            """
+            listeners:
+              - name: http
+                address: "127.0.0.1:0"
+                timeouts: { header: 1s, idle: 30s }
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let script = """
+            import json, socket, sys, time
+            s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+            s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+            data = b""
+            while b"\\r\\n\\r\\n" not in data:
+                data += s.recv(65536)
+            head, body = data.split(b"\\r\\n\\r\\n", 1)
+            length = next(int(l.split(b":")[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:"))
+            while len(body) < length:
+                body += s.recv(65536)
+            first = head.split(b" ")[1].decode()
+            time.sleep(0.5)  # idle between requests: the idle timeout (30 s) runs
+            started = time.time()
+            s.sendall(b"GET /second HTTP/1.1\\r\\n")
+            s.settimeout(0.3)
+            answer = b""
+            sent = 0
+            while time.time() - started < 8:
+                try:
+                    chunk = s.recv(65536)
+                except socket.timeout:
+                    s.sendall(b"X-Slow-%d: y\\r\\n" % sent)  # a field every 0.3 s, never the blank line
+                    sent += 1
+                    continue
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                answer += chunk
+            print(json.dumps({"first": first, "answer": answer.decode(errors="replace")[:40],
+                              "after": round(time.time() - started, 2), "fields_sent": sent}))
+            """
+        let result = try Shell.run(["python3", "-c", script, "\(harness.port("http"))"], timeout: 30)
+        let line = result.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        let json = (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? ["error": result.stderr]
+        XCTAssertEqual(json["first"] as? String, "200", "\(json)")
+        XCTAssertTrue((json["answer"] as? String ?? "").hasPrefix("HTTP/1.1 408"), "the slow second head gets 408: \(json)")
+        let after = json["after"] as? Double ?? -1
+        XCTAssertTrue((0.9...3).contains(after), "answered about 1 s after the head's first bytes, not extended by the trickle: \(json)")
+        XCTAssertEqual(harness.upstream.requestCount, 1, "the incomplete request never reached the upstream")
+        await harness.shutdown()
+    }
 }
