@@ -57,7 +57,8 @@ final class UpstreamConnection {
 
     /// Writes request bytes (head or framed body); sent at the next `flush`.
     func write(_ bytes: ByteBuffer) {
-        self.channel.write(NIOAny(bytes), promise: nil)
+        // On the channel's loop (the pool is per loop): straight into the pipeline.
+        self.channel.pipeline.syncOperations.write(NIOAny(bytes), promise: nil)
     }
 
     func flush() { self.channel.flush() }
