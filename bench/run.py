@@ -6,10 +6,11 @@ running, one under load at a time), the upstream and the load generators on core
 measurement is taken in rounds that visit the three proxies in turn (the order rotating), so
 the machine's drift over minutes falls on all of them alike. Measured per proxy:
   1. keep-alive HTTPS req/s and p50/p99 (wrk -t1 -c50, median of --runs), with a plain and with
-     a verified TLS upstream; the gateway's upstream connection reuse from /status/upstreams;
+     a verified TLS upstream, and the proxy's CPU per request over all rounds (steadier than
+     req/s on a shared machine); the gateway's upstream connection reuse from /status/upstreams;
   2. full and resumed TLS handshakes (openssl s_time -new / -reuse, each with a GET through the
      proxy), as handshakes/s and as proxy CPU per handshake (the clients saturate first on 2 cores);
-  3. HTTP/2: h2load -c 10 -m 10 for --duration seconds;
+  3. HTTP/2: h2load -c 10 -m 10 for --duration seconds, req/s and proxy CPU per request;
   4. resident memory idle and with 2,000 and 10,000 idle TLS connections (KiB per connection);
   5. certificate rotation: time from the file operation to the new certificate being served and
      errors under load meanwhile, gateway (file watch, no signal) against `nginx -s reload`.
@@ -41,6 +42,7 @@ def wrk(url, duration, connections, threads=1, core=0):
     out = subprocess.run(on_core(core) + ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url],
                          capture_output=True, text=True, timeout=duration + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
 
     def lat(p):
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
@@ -53,7 +55,7 @@ def wrk(url, duration, connections, threads=1, core=0):
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if m:
         errors += int(m.group(1))
-    return {"rps": rps, "p50": lat(50), "p99": lat(99), "errors": errors}
+    return {"rps": rps, "requests": requests, "p50": lat(50), "p99": lat(99), "errors": errors}
 
 
 def cpu_seconds(pids):
@@ -116,20 +118,26 @@ def interleaved(names, n):
         yield names[r % len(names):] + names[:r % len(names)]
 
 
-def wrk_rounds(urls, runs, duration, connections, threads=1, core=None):
+def wrk_rounds(urls, pids, runs, duration, connections, threads=1, core=None):
     """Keep-alive load on each proxy of `urls` in interleaved rounds: median req/s, the
-    latencies of the run closest to it, errors summed."""
+    latencies of the run closest to it, errors summed, and the proxy's CPU per request
+    over all rounds (`pids`: the proxy's processes)."""
     results = {name: [] for name in urls}
+    cpu = {name: 0.0 for name in urls}
     for url in urls.values():
         wrk(url, 2, connections, threads=threads, core=core)  # warm-up
     for order in interleaved(tuple(urls), runs):
         for name in order:
+            before = cpu_seconds(pids[name])
             results[name].append(wrk(urls[name], duration, connections, threads=threads, core=core))
+            cpu[name] += cpu_seconds(pids[name]) - before
     summary = {}
     for name, rs in results.items():
         rps = statistics.median(r["rps"] for r in rs)
         best = min(rs, key=lambda r: abs(r["rps"] - rps))
-        summary[name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in rs)}
+        requests = sum(r["requests"] for r in rs)
+        summary[name] = {"rps": rps, "p50": best["p50"], "p99": best["p99"], "errors": sum(r["errors"] for r in rs),
+                         "cpu_us": cpu[name] / requests * 1e6 if requests else float("nan")}
     return summary
 
 
@@ -138,7 +146,7 @@ def h2load(port, duration):
                          capture_output=True, text=True, timeout=duration + 60).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    return {"rps": rps, "failed": int(m.group(2)) + int(m.group(3)) if m else -1}
+    return {"rps": rps, "succeeded": int(m.group(1)) if m else 0, "failed": int(m.group(2)) + int(m.group(3)) if m else -1}
 
 
 async def hold_connections(port, ca, count, ready, release):
@@ -361,7 +369,7 @@ admin: {{ address: "127.0.0.1:{admin}" }}
 
         if "keepalive" in only:
             for case, path in cases.items():
-                results[case] = wrk_rounds({name: f"https://127.0.0.1:{ports[name]}{path}" for name in PROXIES},
+                results[case] = wrk_rounds({name: f"https://127.0.0.1:{ports[name]}{path}" for name in PROXIES}, pids,
                                            args.runs, args.duration, args.connections, core=0)
         if "handshake" in only:
             for mode, reuse_sessions in (("full", False), ("resumed", True)):
@@ -376,13 +384,18 @@ admin: {{ address: "127.0.0.1:{admin}" }}
                                       "cpu_us": t["cpu"] / t["count"] * 1e6 if t["count"] else float("nan"), "count": t["count"]}
         if "h2" in only:
             h2runs = {name: [] for name in PROXIES}
+            h2cpu = {name: 0.0 for name in PROXIES}
             for name in PROXIES:
                 h2load(ports[name], 2)
             for order in interleaved(PROXIES, args.runs):
                 for name in order:
+                    before = cpu_seconds(pids[name])
                     h2runs[name].append(h2load(ports[name], max(4, args.duration // 2)))
+                    h2cpu[name] += cpu_seconds(pids[name]) - before
             for name in PROXIES:
-                h2[name] = {"rps": statistics.median(r["rps"] for r in h2runs[name]), "failed": sum(r["failed"] for r in h2runs[name])}
+                done = sum(r["succeeded"] for r in h2runs[name])
+                h2[name] = {"rps": statistics.median(r["rps"] for r in h2runs[name]), "failed": sum(r["failed"] for r in h2runs[name]),
+                            "cpu_us": h2cpu[name] / done * 1e6 if done else float("nan")}
         for name in PROXIES:
             port = ports[name]
             if "memory" in only:
@@ -421,7 +434,9 @@ admin: {{ address: "127.0.0.1:{admin}" }}
                 running2[name] = start(commands2[name], None, log)
                 procs.append(running2[name])
                 assert wait_port(ports2[name]), f"{name} did not start (see {work}/bench.log)"
-            allcores = wrk_rounds({name: f"https://127.0.0.1:{ports2[name]}/" for name in PROXIES}, args.runs, args.duration, 100, threads=2)
+            time.sleep(0.5)
+            pids2 = {name: family(running2[name].pid) for name in PROXIES}
+            allcores = wrk_rounds({name: f"https://127.0.0.1:{ports2[name]}/" for name in PROXIES}, pids2, args.runs, args.duration, 100, threads=2)
             for name in PROXIES:
                 running2[name].send_signal(signal.SIGTERM)
                 running2[name].wait(timeout=30)
@@ -442,11 +457,13 @@ admin: {{ address: "127.0.0.1:{admin}" }}
             for case in cases:
                 g = results[case]["edge-gateway"]
                 say(f"\nkeep-alive HTTPS, {case}: wrk -t1 -c{args.connections} -d{args.duration}s, median of {args.runs} interleaved rounds\n")
-                say("| proxy | req/s | p50 ms | p99 ms | errors | req/s ratio | p99 ratio |")
-                say("|---|---:|---:|---:|---:|---:|---:|")
+                say("| proxy | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | req/s ratio | p99 ratio | CPU/req ratio |")
+                say("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
                 for name, r in results[case].items():
-                    say(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | "
-                        f"{'' if name == 'edge-gateway' else ratio(g['rps'], r['rps'])} | {'' if name == 'edge-gateway' else ratio(g['p99'], r['p99'], False)} |")
+                    peer = name != "edge-gateway"
+                    say(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {r['cpu_us']:.1f} | "
+                        f"{ratio(g['rps'], r['rps']) if peer else ''} | {ratio(g['p99'], r['p99'], False) if peer else ''} | "
+                        f"{ratio(g['cpu_us'], r['cpu_us'], False) if peer else ''} |")
             say(f"\nupstream direct (plain HTTP, wrk on core 0): {direct['rps']:.0f} req/s, p50 {direct['p50']:.2f} ms, p99 {direct['p99']:.2f} ms")
             say("\ngateway upstream connection reuse (1 - new connections / requests, whole run):\n")
             say("| upstream | requests | new connections | TLS resumptions | reuse ratio |")
@@ -464,10 +481,13 @@ admin: {{ address: "127.0.0.1:{admin}" }}
                     f"{'' if name == 'edge-gateway' else ratio(g[0]['cpu_us'], f['cpu_us'], False)} | {'' if name == 'edge-gateway' else ratio(g[1]['cpu_us'], r['cpu_us'], False)} |")
         if "h2" in only:
             say(f"\nHTTP/2: h2load -D {max(4, args.duration // 2)} -c 10 -m 10 (plain upstream), median of {args.runs} interleaved rounds\n")
-            say("| proxy | req/s | failed | req/s ratio |")
-            say("|---|---:|---:|---:|")
+            say("| proxy | req/s | failed | proxy CPU µs/req | req/s ratio | CPU/req ratio |")
+            say("|---|---:|---:|---:|---:|---:|")
+            g2 = h2["edge-gateway"]
             for name in PROXIES:
-                say(f"| {name} | {h2[name]['rps']:.0f} | {h2[name]['failed']} | {'' if name == 'edge-gateway' else ratio(h2['edge-gateway']['rps'], h2[name]['rps'])} |")
+                peer = name != "edge-gateway"
+                say(f"| {name} | {h2[name]['rps']:.0f} | {h2[name]['failed']} | {h2[name]['cpu_us']:.1f} | "
+                    f"{ratio(g2['rps'], h2[name]['rps']) if peer else ''} | {ratio(g2['cpu_us'], h2[name]['cpu_us'], False) if peer else ''} |")
         if "memory" in only:
             say("\nresident memory (all processes of the proxy), idle and holding idle TLS connections\n")
             say("| proxy | idle KiB | 2,000 conns KiB | KiB/conn | 10,000 conns KiB | KiB/conn | KiB/conn ratio (10,000) |")
@@ -487,10 +507,13 @@ admin: {{ address: "127.0.0.1:{admin}" }}
                 say(f"| {name} | {r['p50']:.0f} | {r['p99']:.0f} | {r['ok']} | {r['errors']} | {'' if name == 'edge-gateway' else ratio(r['p50'], rot['edge-gateway']['p50'])} |")
         if "allcores" in only:
             say(f"\nall cores: 2 workers/threads/loops each, nothing pinned, wrk -t2 -c100 -d{args.duration}s (wrk and upstream share the cores)\n")
-            say("| proxy | req/s | p50 ms | p99 ms | errors | req/s ratio |")
-            say("|---|---:|---:|---:|---:|---:|")
+            say("| proxy | req/s | p50 ms | p99 ms | errors | proxy CPU µs/req | req/s ratio | CPU/req ratio |")
+            say("|---|---:|---:|---:|---:|---:|---:|---:|")
+            ga = allcores["edge-gateway"]
             for name, r in allcores.items():
-                say(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {'' if name == 'edge-gateway' else ratio(allcores['edge-gateway']['rps'], r['rps'])} |")
+                peer = name != "edge-gateway"
+                say(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | {r['cpu_us']:.1f} | "
+                    f"{ratio(ga['rps'], r['rps']) if peer else ''} | {ratio(ga['cpu_us'], r['cpu_us'], False) if peer else ''} |")
         if not args.no_append:
             with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as f:
                 f.write(f"\n## {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, `bench/run.py`\n\n")
