@@ -99,6 +99,23 @@ final class LoopDeadlinesTests: XCTestCase {
         XCTAssertEqual(Array(order.prefix(2)), [1_000, 1_001], "the earliest deadlines, queued last, fired first")
     }
 
+    /// The start of the client scripts below: a connection to the port in argv[1], and
+    /// `read_status`, which reads one whole response (Content-Length framed) and returns its status.
+    private static let pythonClient = """
+        import json, socket, sys, time
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+        def read_status(s):
+            data = b""
+            while b"\\r\\n\\r\\n" not in data:
+                data += s.recv(65536)
+            head, body = data.split(b"\\r\\n\\r\\n", 1)
+            length = next(int(l.split(b":")[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:"))
+            while len(body) < length:
+                body += s.recv(65536)
+            return head.split(b" ")[1].decode()
+
+        """
+
     /// A keep-alive client connection is closed `timeouts.idle` after its last response,
     /// and requests in between move that deadline (the lazy re-queue).
     func testKeepAliveConnectionsCloseAfterTheIdleTimeoutAndRequestsMoveIt() async throws {
@@ -113,19 +130,10 @@ final class LoopDeadlinesTests: XCTestCase {
             admin: { address: "127.0.0.1:0" }
             """
         }
-        let script = """
-            import json, socket, sys, time
-            s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+        let script = Self.pythonClient + """
             def exchange():
                 s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
-                data = b""
-                while b"\\r\\n\\r\\n" not in data:
-                    data += s.recv(65536)
-                head, body = data.split(b"\\r\\n\\r\\n", 1)
-                length = next(int(l.split(b":")[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:"))
-                while len(body) < length:
-                    body += s.recv(65536)
-                return head.split(b" ")[1].decode()
+                return read_status(s)
             statuses = []
             for _ in range(6):  # 2.5 s of requests 0.5 s apart: longer than the idle timeout
                 statuses.append(exchange())
@@ -160,18 +168,9 @@ final class LoopDeadlinesTests: XCTestCase {
             admin: { address: "127.0.0.1:0" }
             """
         }
-        let script = """
-            import json, socket, sys, time
-            s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+        let script = Self.pythonClient + """
             s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
-            data = b""
-            while b"\\r\\n\\r\\n" not in data:
-                data += s.recv(65536)
-            head, body = data.split(b"\\r\\n\\r\\n", 1)
-            length = next(int(l.split(b":")[1]) for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length:"))
-            while len(body) < length:
-                body += s.recv(65536)
-            first = head.split(b" ")[1].decode()
+            first = read_status(s)
             time.sleep(0.5)  # idle between requests: the idle timeout (30 s) runs
             started = time.time()
             s.sendall(b"GET /second HTTP/1.1\\r\\n")
