@@ -400,9 +400,10 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
                                             streamDelegate: idle.delegate(eventLoop: channel.eventLoop)) { streamChannel in
             streamChannel.eventLoop.makeCompletedFuture {
                 let streamSync = streamChannel.pipeline.syncOperations
-                try streamSync.addHandler(HTTP2StreamBridge())
-                try streamSync.addHandler(ProxyHandler(router: router, pool: pool.value, info: info, limits: limits, logger: logger,
-                                                       observer: metrics, singleRequest: true))
+                let bridge = HTTP2StreamBridge()
+                try streamSync.addHandler(bridge)
+                try streamSync.addHandler(ProxyHandler(stream: bridge, router: router, pool: pool.value, info: info, limits: limits,
+                                                       logger: logger, observer: metrics))
             }
         }
         try sync.addHandler(idle)

@@ -36,8 +36,17 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
     private var scanned = 0
     private var framer: BodyFramer?
     private var responseDone = false
+    private var context: ChannelHandlerContext?
 
     public init() {}
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    public func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.requestEnded else { return }
@@ -219,6 +228,37 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
         } else {
             promise?.succeed(())
         }
+    }
+}
+
+extension HTTP2StreamBridge: ProxyResponseSink {
+    // The proxy's response straight from the upstream's parsed head, never written as
+    // HTTP/1.1 bytes to be parsed again here (as its local answers still are): the head
+    // becomes one HEADERS frame, each body piece as read a DATA frame. Written ahead
+    // of the proxy's flush, which passes through `write`'s handler to the stream.
+
+    func responseHead(_ head: HTTPHead, toHead: Bool) {
+        guard let context = self.context, !self.responseDone else { return }
+        var headers = HPACKHeaders()
+        headers.reserveCapacity(head.fields.count + 1)
+        headers.add(name: ":status", value: String(head.status))
+        for field in head.fields where !head.isHopByHop(field) {
+            headers.add(name: head.string(field.name).lowercased(), value: head.string(field.value))
+        }
+        let noBody = head.hasNoBody(toHead: toHead)
+        self.responseDone = noBody
+        context.write(self.wrapOutboundOut(.headers(.init(headers: headers, endStream: noBody))), promise: nil)
+    }
+
+    func responseBody(_ body: ByteBuffer) {
+        guard let context = self.context, !self.responseDone, body.readableBytes > 0 else { return }
+        context.write(self.wrapOutboundOut(.data(.init(data: .byteBuffer(body)))), promise: nil)
+    }
+
+    func responseEnd() {
+        guard let context = self.context, !self.responseDone else { return }
+        self.responseDone = true
+        context.write(self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
     }
 }
 

@@ -80,6 +80,16 @@ public protocol ProxyObserver: Sendable {
     func handshake(result: String)
 }
 
+/// Takes an upstream response in parts instead of HTTP/1.1 bytes: the HTTP/2 stream
+/// bridge, which would otherwise parse the bytes the proxy wrote back into fields.
+protocol ProxyResponseSink: AnyObject {
+    /// The upstream's head (hop-by-hop fields are the sink's to drop); `toHead`: the
+    /// request was HEAD.
+    func responseHead(_ head: HTTPHead, toHead: Bool)
+    func responseBody(_ body: ByteBuffer)
+    func responseEnd()
+}
+
 /// Counts answered requests by status code.
 public struct RequestCounter: Sendable {
     private let count: @Sendable (Int) -> Void
@@ -186,6 +196,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var quiescing = false
     /// `process()` is running: a request finishing inside it does not start it again.
     private var processing = false
+    /// Where upstream responses go in parts rather than as bytes (an HTTP/2 stream).
+    private let responseSink: (any ProxyResponseSink)?
 
     /// `holdsFirstRead`: the channel reads as `ReceiveBuffers.configure` sets up and
     /// this handler is first in its pipeline (a plain-HTTP listener).
@@ -193,8 +205,23 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// `singleRequest`: the channel carries one request whose head arrives with it (an
     /// HTTP/2 stream): no header timer and no idle deadline after the response; the
     /// connection's idle timeout is its own.
-    public init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits = .init(), logger: Logger,
-                observer: (any ProxyObserver)? = nil, holdsFirstRead: Bool = false, singleRequest: Bool = false) {
+    public convenience init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits = .init(), logger: Logger,
+                            observer: (any ProxyObserver)? = nil, holdsFirstRead: Bool = false, singleRequest: Bool = false) {
+        self.init(router: router, pool: pool, info: info, limits: limits, logger: logger, observer: observer,
+                  holdsFirstRead: holdsFirstRead, singleRequest: singleRequest, responseSink: nil)
+    }
+
+    /// The proxy of one HTTP/2 stream, behind `bridge` in the stream's pipeline: the
+    /// request comes as HTTP/1.1 bytes from the bridge, the response goes to it in parts.
+    public convenience init(stream bridge: HTTP2StreamBridge, router: Router, pool: UpstreamPool, info: DownstreamInfo,
+                            limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
+        self.init(router: router, pool: pool, info: info, limits: limits, logger: logger, observer: observer,
+                  holdsFirstRead: false, singleRequest: true, responseSink: bridge)
+    }
+
+    private init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits, logger: Logger,
+                 observer: (any ProxyObserver)?, holdsFirstRead: Bool, singleRequest: Bool, responseSink: (any ProxyResponseSink)?) {
+        self.responseSink = responseSink
         self.singleRequest = singleRequest
         self.firstRead = ReceiveBufferPin(enabled: holdsFirstRead)
         self.router = router
@@ -560,13 +587,19 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             exchange.responseStarted = true
             exchange.status = response.status
             self.armReadTimer(exchange)
-            context.write(NIOAny(self.downstreamHead(for: response, exchange: exchange)), promise: nil)
+            if let sink = self.responseSink {
+                sink.responseHead(response, toHead: exchange.request.isHeadMethod)
+            } else {
+                context.write(NIOAny(self.downstreamHead(for: response, exchange: exchange)), promise: nil)
+            }
             self.downstreamNeedsFlush = true
         case .body(let body):
             self.armReadTimer(exchange)
             // Flushed once per upstream read batch (upstreamReadComplete): one TLS
             // record and one syscall for a small response instead of one per part.
-            if exchange.chunkedDownstream {
+            if let sink = self.responseSink {
+                sink.responseBody(body)
+            } else if exchange.chunkedDownstream {
                 context.write(NIOAny(self.chunkPrefix(body.readableBytes)), promise: nil)
                 context.write(NIOAny(body), promise: nil)
                 context.write(NIOAny(Self.crlf), promise: nil)
@@ -578,7 +611,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.stopReadTimer()
             exchange.responseEnded = true
             exchange.upstreamKeepAlive = connection.handler.reusable
-            if exchange.chunkedDownstream {
+            if let sink = self.responseSink {
+                sink.responseEnd()
+            } else if exchange.chunkedDownstream {
                 context.write(NIOAny(Self.lastChunk), promise: nil)
             }
             self.downstreamNeedsFlush = true
