@@ -125,6 +125,14 @@ private final class DemoHandler: ChannelInboundHandler {
                 context.writeAndFlush(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
             case "/sha256":
                 self.mode = .sha256(SHA256Stream())
+            case "/reject":
+                // Answers at once without reading the body, then closes, as an upstream
+                // refusing an upload does (nginx's 413 for client_max_body_size).
+                self.mode = .drain
+                var closing = head
+                closing.headers.replaceOrAdd(name: "connection", value: "close")
+                let code = Int(self.query(head, "code") ?? "413") ?? 413
+                self.respond(context: context, head: closing, status: HTTPResponseStatus(statusCode: code), body: "rejected \(code)\n")
             default:
                 self.mode = .greet
             }

@@ -37,6 +37,9 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
     private var framer: BodyFramer?
     private var responseDone = false
     private var context: ChannelHandlerContext?
+    /// The write of the response's END_STREAM while the request body was still coming:
+    /// an early end of the request (`endRequestEarly`) waits for it.
+    private var responseEndWritten: EventLoopFuture<Void>?
 
     public init() {}
 
@@ -258,7 +261,41 @@ extension HTTP2StreamBridge: ProxyResponseSink {
     func responseEnd() {
         guard let context = self.context, !self.responseDone else { return }
         self.responseDone = true
-        context.write(self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
+        let end = self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)))
+        if self.requestEnded {
+            context.write(end, promise: nil)
+        } else {
+            // Only here a promise: a reset written before the response left the HTTP/2
+            // handler's flow-control buffer would drop what is still in it.
+            let written = context.eventLoop.makePromise(of: Void.self)
+            context.write(end, promise: written)
+            self.responseEndWritten = written.futureResult
+        }
+    }
+
+    /// An informational HEADERS frame (`:status: 100`): without it a client waits for
+    /// its own timeout (curl: 1 s) before sending the body.
+    func continueRequest() {
+        guard let context = self.context, !self.responseDone else { return }
+        var headers = HPACKHeaders()
+        headers.add(name: ":status", value: "100")
+        context.writeAndFlush(self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+    }
+
+    /// RST_STREAM(NO_ERROR) after the complete response: the client stops sending the
+    /// body and keeps the response. Closing the stream channel would reset it with
+    /// CANCEL, which clients report as a failed request. The stream channel closes
+    /// when the reset has gone out.
+    func endRequestEarly() {
+        guard let context = self.context else { return }
+        self.requestEnded = true  // DATA still in flight is not forwarded
+        let reset = self.wrapOutboundOut(.rstStream(.noError))
+        guard let written = self.responseEndWritten else {
+            context.writeAndFlush(reset, promise: nil)
+            return
+        }
+        self.responseEndWritten = nil
+        written.assumeIsolated().whenComplete { _ in context.writeAndFlush(reset, promise: nil) }
     }
 }
 

@@ -88,6 +88,11 @@ protocol ProxyResponseSink: AnyObject {
     func responseHead(_ head: HTTPHead, toHead: Bool)
     func responseBody(_ body: ByteBuffer)
     func responseEnd()
+    /// The request asked for `100-continue` and may send its body.
+    func continueRequest()
+    /// The response is complete before the request body: the client is asked to stop
+    /// sending it, without an error (RFC 9113 §8.1), and the exchange ends there.
+    func endRequestEarly()
 }
 
 /// Counts answered requests by status code.
@@ -373,7 +378,11 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         if head.expectContinue && head.minorVersion == 1 {
             // Answer 100-continue here so the client streams at once; the upstream
             // gets the body without the expectation.
-            context.writeAndFlush(NIOAny(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
+            if let sink = self.responseSink {
+                sink.continueRequest()
+            } else {
+                context.writeAndFlush(NIOAny(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
+            }
         }
         let hasBody = head.chunked || (head.contentLength ?? 0) > 0
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
@@ -664,7 +673,11 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.exchange = nil
             self.closing = true
             self.flushDownstream()
-            context.close(promise: nil)
+            if let sink = self.responseSink {
+                sink.endRequestEarly()  // an HTTP/2 stream: reset with NO_ERROR, not closed (CANCEL)
+            } else {
+                context.close(promise: nil)
+            }
             return
         }
         if let connection = exchange.connection {

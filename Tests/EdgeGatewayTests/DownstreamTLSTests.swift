@@ -61,6 +61,35 @@ final class DownstreamTLSTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// `Expect: 100-continue` over HTTP/2 gets an informational HEADERS frame (before,
+    /// nothing: clients sent the body after their own timeout, curl's 1 s); an upstream
+    /// that answers before the request body ends leaves a complete response and a
+    /// RST_STREAM with NO_ERROR (RFC 9113 §8.1; before: CANCEL, a failed request).
+    func testHTTP2ContinueAndAnAnswerBeforeTheRequestBodyEnds() async throws {
+        let harness = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "h2: true") }
+        let port = harness.port("https")
+        let body = harness.directory.file("body.bin")
+        try Shell.run(["bash", "-c", "head -c 4000000 /dev/urandom > '\(body)'"])
+        let expected = try Shell.bash("sha256sum '\(body)' | cut -c1-64").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        // curl waits 30 s for the 100 here, so an answer in time means the 100 came.
+        let continued = try curl(["--http2", "-v", "-H", "Expect: 100-continue", "--expect100-timeout", "30", "--data-binary", "@\(body)",
+                                  "https://localhost:\(port)/sha256"])
+        XCTAssertTrue(continued.stderr.contains("< HTTP/2 100"), continued.stderr)
+        XCTAssertTrue(continued.stderr.contains("< HTTP/2 200"), continued.stderr)
+        XCTAssertEqual(continued.stdout.trimmingCharacters(in: .whitespacesAndNewlines), expected)
+        // The upstream refuses the upload at once (/reject answers without reading the body).
+        let early = try Shell.run(["nghttp", "-v", "-d", body, "https://localhost:\(port)/reject?code=413"], timeout: 60)
+        let frames = early.stdout
+        XCTAssertTrue(frames.contains(":status: 413"), frames)
+        XCTAssertTrue(frames.contains("rejected 413"), "the response body arrived: \(frames)")
+        let reset = frames.range(of: "recv RST_STREAM frame").map { String(frames[$0.lowerBound...].prefix(120)) } ?? ""
+        XCTAssertTrue(reset.contains("error_code=NO_ERROR"), "reset with NO_ERROR after the response: \(frames)")
+        // The connection and the gateway carry on.
+        let after = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/"])
+        XCTAssertEqual(after.stdout, "2 200", after.stderr)
+        await harness.shutdown()
+    }
+
     func testWithoutH2OnlyHTTP11IsNegotiated() async throws {
         let harness = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "") }
         let port = harness.port("https")
