@@ -237,8 +237,9 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
 extension HTTP2StreamBridge: ProxyResponseSink {
     // The proxy's response straight from the upstream's parsed head, never written as
     // HTTP/1.1 bytes to be parsed again here (as its local answers still are): the head
-    // becomes one HEADERS frame, each body piece as read a DATA frame. Written ahead
-    // of the proxy's flush, which passes through `write`'s handler to the stream.
+    // becomes one HEADERS frame, each body piece as read a DATA frame. The frames are
+    // written from this handler's context; the proxy's flush passes through it and
+    // sends them.
 
     func responseHead(_ head: HTTPHead, toHead: Bool) {
         guard let context = self.context, !self.responseDone else { return }
