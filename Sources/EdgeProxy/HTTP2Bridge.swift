@@ -208,18 +208,12 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
                 }
                 self.scanned = 0
                 let head = try HTTP1Parser.parseResponse(self.response.readBytes(length: end)!)
-                if head.status < 200 { continue }  // 100 Continue: HTTP/2 clients send the body anyway
-                var headers = HPACKHeaders()
-                headers.reserveCapacity(head.fields.count + 1)
-                headers.add(name: ":status", value: String(head.status))
-                for field in head.fields where !head.isHopByHop(field) {
-                    headers.add(name: head.string(field.name).lowercased(), value: head.string(field.value))
-                }
+                if head.status < 200 { continue }  // the proxy answers 100-continue through `continueRequest`
                 // The proxy always frames what it writes (length or chunked), never until-close.
                 let framer = head.responseFramer(toHead: self.headRequest)
                 self.framer = framer
                 self.responseDone = framer.isDone
-                emit(.headers(.init(headers: headers, endStream: framer.isDone)))
+                emit(.headers(.init(headers: Self.responseHeaders(head), endStream: framer.isDone)))
             }
         } catch {
             promise?.fail(error)
@@ -243,15 +237,21 @@ extension HTTP2StreamBridge: ProxyResponseSink {
 
     func responseHead(_ head: HTTPHead, toHead: Bool) {
         guard let context = self.context, !self.responseDone else { return }
+        let noBody = head.hasNoBody(toHead: toHead)
+        self.responseDone = noBody
+        context.write(self.wrapOutboundOut(.headers(.init(headers: Self.responseHeaders(head), endStream: noBody))), promise: nil)
+    }
+
+    /// A response head's HTTP/2 fields: `:status`, then the fields that are not
+    /// hop-by-hop (connection-specific in HTTP/2), names in lower case.
+    private static func responseHeaders(_ head: HTTPHead) -> HPACKHeaders {
         var headers = HPACKHeaders()
         headers.reserveCapacity(head.fields.count + 1)
         headers.add(name: ":status", value: String(head.status))
         for field in head.fields where !head.isHopByHop(field) {
             headers.add(name: head.string(field.name).lowercased(), value: head.string(field.value))
         }
-        let noBody = head.hasNoBody(toHead: toHead)
-        self.responseDone = noBody
-        context.write(self.wrapOutboundOut(.headers(.init(headers: headers, endStream: noBody))), promise: nil)
+        return headers
     }
 
     func responseBody(_ body: ByteBuffer) {
