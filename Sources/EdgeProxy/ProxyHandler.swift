@@ -182,6 +182,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var closed = false
     /// A response that closes the connection was sent: ignore further input.
     private var closing = false
+    /// Reading and dropping a request body the response did not wait for, until this
+    /// (`lingerForRequestBody`); nil otherwise.
+    private var lingerUntil: NIODeadline?
     private var upstreamNeedsFlush = false
     private var downstreamNeedsFlush = false
     /// The header/idle deadline, waited for in the loop's `LoopDeadlines`: moved later
@@ -256,7 +259,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     // MARK: downstream inbound
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !self.closing else { return }
+        guard !self.closing else {
+            if let until = self.lingerUntil { self.deadline = min(.now() + Self.lingerPause, until) }
+            return
+        }
         var bytes = self.unwrapInboundIn(data)
         self.firstRead.hold(bytes)
         if self.inbound.readableBytes == 0 {
@@ -676,7 +682,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             if let sink = self.responseSink {
                 sink.endRequestEarly()  // an HTTP/2 stream: reset with NO_ERROR, not closed (CANCEL)
             } else {
-                context.close(promise: nil)
+                self.lingerForRequestBody(context)
             }
             return
         }
@@ -909,7 +915,39 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.pool.deadlines.schedule(self, at: deadline)
     }
 
+    /// The response went out before the request body ended. Closing now, with the body
+    /// still arriving, makes the kernel answer it with a reset that can overtake the
+    /// response at the client; so the rest of the body is read and dropped until the
+    /// client stops sending for `lingerPause` or for `lingerLimit` in all, then the
+    /// connection closes (nginx's `lingering_close`). TLS connections are left to
+    /// `OpenSSLHandler`'s close, which reads on while it waits for close_notify.
+    private func lingerForRequestBody(_ context: ChannelHandlerContext) {
+        guard self.info.scheme == "http" else {
+            context.close(promise: nil)
+            return
+        }
+        let now = NIODeadline.now()
+        self.requestBody = nil
+        self.inbound = ByteBuffer()
+        self.lingerUntil = now + Self.lingerLimit
+        self.deadline = now + Self.lingerPause
+        self.scheduleDeadline()
+    }
+
+    /// nginx's `lingering_timeout` and `lingering_time`.
+    private static let lingerPause = TimeAmount.seconds(5)
+    private static let lingerLimit = TimeAmount.seconds(30)
+
     func deadlineReached(now: NIODeadline) {
+        if self.lingerUntil != nil, let deadline = self.deadline, let context = self.context {
+            if now < deadline {
+                self.scheduleDeadline()
+            } else {
+                self.lingerUntil = nil
+                context.close(promise: nil)
+            }
+            return
+        }
         guard let deadline = self.deadline, let context = self.context, self.exchange == nil, !self.closing else { return }
         if now < deadline {
             self.scheduleDeadline()

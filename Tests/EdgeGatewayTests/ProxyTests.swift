@@ -159,6 +159,44 @@ final class ProxyTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// An upstream that answers before the request body has arrived (`/reject`): the
+    /// client gets the answer and can finish sending, because the gateway reads and drops
+    /// the rest of the body before it closes (lingering close). Closed at once, the
+    /// connection was reset under the client after ~2.7 MB of 20.
+    func testAnAnswerBeforeTheRequestBodyEndsReachesAClientStillSending() async throws {
+        let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
+        let script = """
+            import json, socket, sys
+            s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
+            size = 20_000_000
+            s.sendall(b"POST /reject?code=413 HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: %d\\r\\n\\r\\n" % size)
+            chunk, sent, error = b"x" * 65536, 0, None
+            try:
+                while sent < size:
+                    s.sendall(chunk)
+                    sent += len(chunk)
+            except OSError as e:
+                error = type(e).__name__
+            answer = b""
+            try:
+                while not answer.endswith(b"rejected 413\\n"):
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    answer += data
+            except OSError as e:
+                error = (error or "") + " recv " + type(e).__name__
+            print(json.dumps({"sent": min(sent, size), "error": error, "status": answer[:12].decode(errors="replace")}))
+            """
+        let result = try Shell.run(["python3", "-c", script, "\(harness.port("http"))"], timeout: 60)
+        let line = result.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        let json = (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? ["error": result.stderr]
+        XCTAssertEqual(json["status"] as? String, "HTTP/1.1 413", "\(json)")
+        XCTAssertEqual(json["sent"] as? Int, 20_000_000, "the whole body could be sent: \(json)")
+        XCTAssertTrue(json["error"] is NSNull, "no reset under the client: \(json)")
+        await harness.shutdown()
+    }
+
     func testSmugglingShapesOversizedHeadsAndSlowHeadersGetTheirAnswers() async throws {
         let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
         let port = harness.port("http")
