@@ -939,21 +939,16 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private static let lingerLimit = TimeAmount.seconds(30)
 
     func deadlineReached(now: NIODeadline) {
-        if self.lingerUntil != nil, let deadline = self.deadline, let context = self.context {
-            if now < deadline {
-                self.scheduleDeadline()
-            } else {
-                self.lingerUntil = nil
-                context.close(promise: nil)
-            }
-            return
-        }
-        guard let deadline = self.deadline, let context = self.context, self.exchange == nil, !self.closing else { return }
+        let lingering = self.lingerUntil != nil
+        guard let deadline = self.deadline, let context = self.context, lingering || (self.exchange == nil && !self.closing) else { return }
         if now < deadline {
             self.scheduleDeadline()
             return
         }
-        if self.firstRequest || self.headStarted {
+        if lingering {
+            self.lingerUntil = nil
+            context.close(promise: nil)
+        } else if self.firstRequest || self.headStarted {
             self.logger.info("client sent no complete request head in time", metadata: self.peerMetadata)
             self.respondLocally(status: 408, message: "no complete request head within the header timeout", request: nil, requestEnded: false)
         } else {
