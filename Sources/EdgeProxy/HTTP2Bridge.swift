@@ -40,6 +40,10 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
     /// The write of the response's END_STREAM while the request body was still coming:
     /// an early end of the request (`endRequestEarly`) waits for it.
     private var responseEndWritten: EventLoopFuture<Void>?
+    /// The response's last body piece so far, not yet written: if the response ends
+    /// before the next flush, it carries END_STREAM (HEADERS, DATA+END_STREAM, as nginx
+    /// sends a short response) instead of an empty DATA frame of its own after it.
+    private var heldBody: ByteBuffer?
 
     public init() {}
 
@@ -198,7 +202,12 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
                         emit(.data(.init(data: .byteBuffer(data))))
                     case .end:
                         self.responseDone = true
-                        emit(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)))
+                        if case .data(var last)? = frame {
+                            last.endStream = true  // on the last DATA frame, not an empty one after it
+                            frame = .data(last)
+                        } else {
+                            emit(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)))
+                        }
                     }
                     continue
                 }
@@ -256,13 +265,29 @@ extension HTTP2StreamBridge: ProxyResponseSink {
 
     func responseBody(_ body: ByteBuffer) {
         guard let context = self.context, !self.responseDone, body.readableBytes > 0 else { return }
+        self.writeHeldBody(context: context)
+        self.heldBody = body
+    }
+
+    private func writeHeldBody(context: ChannelHandlerContext) {
+        guard let body = self.heldBody else { return }
+        self.heldBody = nil
         context.write(self.wrapOutboundOut(.data(.init(data: .byteBuffer(body)))), promise: nil)
+    }
+
+    /// The proxy flushes once per upstream read batch: a body piece held for
+    /// END_STREAM goes out now, without it.
+    public func flush(context: ChannelHandlerContext) {
+        self.writeHeldBody(context: context)
+        context.flush()
     }
 
     func responseEnd() {
         guard let context = self.context, !self.responseDone else { return }
         self.responseDone = true
-        let end = self.wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)))
+        let last = self.heldBody ?? ByteBuffer()
+        self.heldBody = nil
+        let end = self.wrapOutboundOut(.data(.init(data: .byteBuffer(last), endStream: true)))
         if self.requestEnded {
             context.write(end, promise: nil)
         } else {

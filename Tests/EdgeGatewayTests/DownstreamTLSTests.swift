@@ -47,6 +47,13 @@ final class DownstreamTLSTests: XCTestCase {
         XCTAssertTrue(cookies.lowercased().contains("cookie: a=1; b=2"), cookies)
         let head = try curl(["--http2", "-I", "-w", "%{http_code}", "https://localhost:\(port)/hello"])
         XCTAssertTrue(head.stdout.hasSuffix("200"), head.stdout + head.stderr)
+        // A short response is HEADERS and one DATA frame that ends the stream, with no
+        // empty DATA frame after it (a frame more to encode, encrypt and parse per request).
+        let frames = try Shell.run(["nghttp", "-v", "https://localhost:\(port)/hello"], timeout: 60).stdout
+        let data = frames.split(separator: "\n").filter { $0.contains("recv DATA frame") }
+        XCTAssertEqual(data.count, 1, frames)
+        XCTAssertTrue(data.first?.contains("flags=0x01") ?? false, "END_STREAM on the DATA frame: \(frames)")
+        XCTAssertTrue(frames.contains("hello from the demo upstream"), frames)
         // HTTP/1.1 still works on the same listener.
         let h1 = try curl(["--http1.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/"])
         XCTAssertEqual(h1.stdout, "1.1 200")
