@@ -10,6 +10,7 @@ import NIOPosix
 /// Paths: `/` greeting; `/echo` streams the body back; `/sha256` answers the
 /// body's SHA-256; `/bytes?n=N` streams N bytes; `/headers` lists the request
 /// headers; `/stats` counts connections; `/slow?ms=N` answers late;
+/// `/stall?ms=N` sends the head and half the body, the rest N ms later;
 /// `/status?code=N` answers with that status; `/client-cert` names the TLS
 /// client certificate's serial.
 public final class DemoUpstream: Sendable {
@@ -193,6 +194,17 @@ private final class DemoHandler: ChannelInboundHandler {
             let ms = Int64(self.query(head, "ms") ?? "1000") ?? 1000
             context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: .milliseconds(ms)) {
                 self.respond(context: context, head: head, status: .ok, body: "slow \(ms)ms\n")
+            }
+        case "/stall":
+            let ms = Int64(self.query(head, "ms") ?? "1000") ?? 1000
+            let headers = HTTPHeaders([("content-type", "text/plain"), ("content-length", "20")])
+            context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
+            context.writeAndFlush(Self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "first ten\n")))), promise: nil)
+            context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: .milliseconds(ms)) {
+                guard context.channel.isActive else { return }
+                self.head = nil
+                context.write(Self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "last ten.\n")))), promise: nil)
+                context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
             }
         case "/status":
             let code = Int(self.query(head, "code") ?? "200") ?? 200

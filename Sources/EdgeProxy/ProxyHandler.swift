@@ -198,8 +198,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var headStarted = false
     private let singleRequest: Bool
     /// When the upstream must have sent (more of) its response; nil with nothing awaited.
+    /// It waits in the loop's deadline heap with the client deadline (`deadline`), the
+    /// entry due at the earlier of the two: a NIO scheduled task per exchange was a
+    /// promise, a future and a closure for each HTTP/2 stream, scheduled and cancelled.
     private var readDeadline: NIODeadline?
-    private var readTimer: Scheduled<Void>?
     /// The server is draining: the response in flight is the last one.
     private var quiescing = false
     /// `process()` is running: a request finishing inside it does not start it again.
@@ -565,34 +567,27 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// when it fires before the (moved) deadline it re-arms itself, so a request costs
     /// a clock read, not a timer.
     private func armReadTimer(_ exchange: Exchange) {
-        self.readDeadline = .now() + exchange.group.timeouts.read
-        if self.readTimer == nil { self.scheduleReadCheck() }
+        let deadline = NIODeadline.now() + exchange.group.timeouts.read
+        self.readDeadline = deadline
+        if self.context != nil { self.pool.deadlines.schedule(self, at: deadline) }
     }
 
-    private func scheduleReadCheck() {
-        guard let context = self.context, let deadline = self.readDeadline else { return }
-        self.readTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) {
-            self.readTimer = nil
-            guard let deadline = self.readDeadline, let exchange = self.exchange, !exchange.responseEnded else { return }
-            if NIODeadline.now() < deadline {
-                self.scheduleReadCheck()
-                return
-            }
-            self.readDeadline = nil
-            let error = UpstreamError(kind: .readTimeout, backend: exchange.connection.map { $0.key.address.hostPort } ?? "?", reason: "no response within the read timeout")
-            exchange.connection?.handler.delegate = nil
-            exchange.connection?.close()
-            exchange.connection = nil
-            if exchange.responseStarted {
-                self.abortMidResponse(exchange, error: error)
-            } else {
-                self.failExchange(exchange, error: error)
-            }
+    /// The upstream sent nothing within the read timeout.
+    private func readTimedOut(_ exchange: Exchange) {
+        self.readDeadline = nil
+        let error = UpstreamError(kind: .readTimeout, backend: exchange.connection.map { $0.key.address.hostPort } ?? "?", reason: "no response within the read timeout")
+        exchange.connection?.handler.delegate = nil
+        exchange.connection?.close()
+        exchange.connection = nil
+        if exchange.responseStarted {
+            self.abortMidResponse(exchange, error: error)
+        } else {
+            self.failExchange(exchange, error: error)
         }
     }
 
     private func stopReadTimer() {
-        self.readDeadline = nil  // the timer, if any, finds nothing to do and lapses
+        self.readDeadline = nil  // the heap entry, if due for it, finds nothing to do
     }
 
     func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection) {
@@ -915,6 +910,18 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.pool.deadlines.schedule(self, at: deadline)
     }
 
+    /// The client deadline when it can act: while lingering, or between requests.
+    private var clientDeadline: NIODeadline? {
+        guard self.lingerUntil != nil || (self.exchange == nil && !self.closing) else { return nil }
+        return self.deadline
+    }
+
+    /// The upstream read deadline while a response is awaited.
+    private var upstreamReadDeadline: NIODeadline? {
+        guard let exchange = self.exchange, !exchange.responseEnded else { return nil }
+        return self.readDeadline
+    }
+
     /// The response went out before the request body ended. Closing now, with the body
     /// still arriving, makes the kernel answer it with a reset that can overtake the
     /// response at the client; so the rest of the body is read and dropped until the
@@ -939,13 +946,20 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private static let lingerLimit = TimeAmount.seconds(30)
 
     func deadlineReached(now: NIODeadline) {
-        let lingering = self.lingerUntil != nil
-        guard let deadline = self.deadline, let context = self.context, lingering || (self.exchange == nil && !self.closing) else { return }
+        guard self.context != nil else { return }
+        if let read = self.upstreamReadDeadline {
+            if now >= read, let exchange = self.exchange {
+                self.readTimedOut(exchange)
+            } else {
+                self.pool.deadlines.schedule(self, at: read)
+            }
+        }
+        guard let deadline = self.clientDeadline, let context = self.context else { return }
         if now < deadline {
             self.scheduleDeadline()
             return
         }
-        if lingering {
+        if self.lingerUntil != nil {
             self.lingerUntil = nil
             context.close(promise: nil)
         } else if self.firstRequest || self.headStarted {
@@ -985,8 +999,6 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.closed = true
         self.closing = true
         self.pool.deadlines.cancel(self)
-        self.readTimer?.cancel()
-        self.readTimer = nil
         if let exchange = self.exchange {
             exchange.leaveBackend()
             if let connection = exchange.connection {

@@ -97,6 +97,26 @@ final class DownstreamTLSTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// The upstream read timeout holds for each HTTP/2 stream: a late answer is 504, a
+    /// body that stops half way resets the stream, and the connection carries on.
+    func testHTTP2StreamsHaveTheUpstreamReadTimeout() async throws {
+        let harness = try await GatewayHarness.start {
+            self.config(upstreamPort: $0, tls: "h2: true").replacingOccurrences(of: "    backends: [", with: "    timeouts: { read: 1s }\n    backends: [")
+        }
+        let port = harness.port("https")
+        let late = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/slow?ms=4000"])
+        XCTAssertEqual(late.stdout, "2 504", late.stderr)
+        let stalled = try Shell.run(["nghttp", "-v", "https://localhost:\(port)/stall?ms=4000"], timeout: 20).stdout
+        XCTAssertTrue(stalled.contains("first ten"), stalled)
+        XCTAssertFalse(stalled.contains("last ten"), stalled)
+        XCTAssertTrue(stalled.contains("recv RST_STREAM frame"), "a cut-off response resets its stream: \(stalled)")
+        // Both in one connection with a stream that finishes in time.
+        let mixed = try Shell.run(["nghttp", "-v", "https://localhost:\(port)/slow?ms=4000", "https://localhost:\(port)/hello"], timeout: 20).stdout
+        XCTAssertTrue(mixed.contains(":status: 504"), mixed)
+        XCTAssertTrue(mixed.contains("hello from the demo upstream"), mixed)
+        await harness.shutdown()
+    }
+
     func testWithoutH2OnlyHTTP11IsNegotiated() async throws {
         let harness = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "") }
         let port = harness.port("https")

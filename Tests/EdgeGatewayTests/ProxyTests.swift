@@ -269,6 +269,11 @@ final class ProxyTests: XCTestCase {
         XCTAssertEqual(refused.stdout, "502")
         let slow = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/slow?ms=4000"], timeout: 20)
         XCTAssertEqual(slow.stdout, "504", "read timeout is 2s")
+        // An upstream that stops mid-body: the response is cut off after the read timeout
+        // (its length cannot be honoured), not left hanging.
+        let stalled = try Shell.run(["curl", "-sS", "--max-time", "15", "http://127.0.0.1:\(port)/stall?ms=6000"], timeout: 20)
+        XCTAssertEqual(stalled.stdout, "first ten\n")
+        XCTAssertEqual(stalled.status, 18, "curl: transfer closed with bytes remaining; \(stalled.stderr)")
         let fine = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/"])
         XCTAssertEqual(fine.stdout, "200")
         await harness.shutdown()
