@@ -858,7 +858,21 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.closing = true
             self.requestBody = nil
             self.inbound = ByteBuffer()
-            done.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            // A request whose body is still arriving (a 404 or 502 for an upload) ends as
+            // when the upstream answers early: an HTTP/2 stream is reset with NO_ERROR, a
+            // plain HTTP/1.1 connection lingers, so the answer is not lost to a reset.
+            let bodyArriving = request != nil && !requestEnded
+            done.assumeIsolated().whenComplete { result in
+                guard bodyArriving, case .success = result, !self.closed else {
+                    context.close(promise: nil)
+                    return
+                }
+                if let sink = self.responseSink {
+                    sink.endRequestEarly()
+                } else {
+                    self.lingerForRequestBody(context)
+                }
+            }
         } else {
             self.requestDone()
         }

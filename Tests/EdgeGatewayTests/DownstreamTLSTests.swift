@@ -117,6 +117,26 @@ final class DownstreamTLSTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// The gateway's own answer to an upload it will not take (no route here) ends the
+    /// stream with RST_STREAM NO_ERROR after the whole response, as an upstream's early
+    /// answer does; before, closing the stream reset it with CANCEL.
+    func testHTTP2LocalAnswerBeforeTheRequestBodyEndsResetsWithNoError() async throws {
+        let harness = try await GatewayHarness.start {
+            self.config(upstreamPort: $0, tls: "h2: true").replacingOccurrences(of: "  - upstream: app", with: "  - path_prefix: /hello\n    upstream: app")
+        }
+        let port = harness.port("https")
+        let body = harness.directory.file("body.bin")
+        try Shell.run(["bash", "-c", "head -c 4000000 /dev/urandom > '\(body)'"])
+        let frames = try Shell.run(["nghttp", "-v", "-d", body, "https://localhost:\(port)/nowhere"], timeout: 60).stdout
+        XCTAssertTrue(frames.contains(":status: 404"), frames)
+        XCTAssertTrue(frames.contains("no route for this host and path"), "the response body arrived: \(frames)")
+        let reset = frames.range(of: "recv RST_STREAM frame").map { String(frames[$0.lowerBound...].prefix(120)) } ?? ""
+        XCTAssertTrue(reset.contains("error_code=NO_ERROR"), "reset with NO_ERROR after the response: \(frames)")
+        let after = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/hello"])
+        XCTAssertEqual(after.stdout, "2 200", after.stderr)
+        await harness.shutdown()
+    }
+
     func testWithoutH2OnlyHTTP11IsNegotiated() async throws {
         let harness = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "") }
         let port = harness.port("https")

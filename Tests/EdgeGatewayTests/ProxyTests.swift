@@ -164,12 +164,14 @@ final class ProxyTests: XCTestCase {
     /// the rest of the body before it closes (lingering close). Closed at once, the
     /// connection was reset under the client after ~2.7 MB of 20.
     func testAnAnswerBeforeTheRequestBodyEndsReachesAClientStillSending() async throws {
-        let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
+        // /reject goes to the upstream, which answers at once; anything else has no route
+        // and the gateway answers 404 itself. Either way the body is still coming.
+        let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0, routes: "  - path_prefix: /reject\n    upstream: app") }
         let script = """
             import json, socket, sys
             s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
-            size = 20_000_000
-            s.sendall(b"POST /reject?code=413 HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: %d\\r\\n\\r\\n" % size)
+            size, path, ending = 20_000_000, sys.argv[2], sys.argv[3].encode()
+            s.sendall(b"POST %s HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: %d\\r\\n\\r\\n" % (path.encode(), size))
             chunk, sent, error = b"x" * 65536, 0, None
             try:
                 while sent < size:
@@ -179,7 +181,7 @@ final class ProxyTests: XCTestCase {
                 error = type(e).__name__
             answer = b""
             try:
-                while not answer.endswith(b"rejected 413\\n"):
+                while not answer.endswith(ending):
                     data = s.recv(65536)
                     if not data:
                         break
@@ -188,12 +190,15 @@ final class ProxyTests: XCTestCase {
                 error = (error or "") + " recv " + type(e).__name__
             print(json.dumps({"sent": min(sent, size), "error": error, "status": answer[:12].decode(errors="replace")}))
             """
-        let result = try Shell.run(["python3", "-c", script, "\(harness.port("http"))"], timeout: 60)
-        let line = result.stdout.split(separator: "\n").last.map(String.init) ?? ""
-        let json = (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? ["error": result.stderr]
-        XCTAssertEqual(json["status"] as? String, "HTTP/1.1 413", "\(json)")
-        XCTAssertEqual(json["sent"] as? Int, 20_000_000, "the whole body could be sent: \(json)")
-        XCTAssertTrue(json["error"] is NSNull, "no reset under the client: \(json)")
+        for (path, ending, status) in [("/reject?code=413", "rejected 413\n", "HTTP/1.1 413"),
+                                       ("/nowhere", "no route for this host and path\n", "HTTP/1.1 404")] {
+            let result = try Shell.run(["python3", "-c", script, "\(harness.port("http"))", path, ending], timeout: 60)
+            let line = result.stdout.split(separator: "\n").last.map(String.init) ?? ""
+            let json = (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? ["error": result.stderr]
+            XCTAssertEqual(json["status"] as? String, status, "\(path): \(json)")
+            XCTAssertEqual(json["sent"] as? Int, 20_000_000, "\(path): the whole body could be sent: \(json)")
+            XCTAssertTrue(json["error"] is NSNull, "\(path): no reset under the client: \(json)")
+        }
         await harness.shutdown()
     }
 
