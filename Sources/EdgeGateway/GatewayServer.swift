@@ -277,7 +277,8 @@ extension Gateway {
             .childChannelInitializer { channel in
                 metrics.connectionOpened()
                 channel.closeFuture.whenComplete { _ in metrics.connectionClosed() }
-                return channel.eventLoop.makeCompletedFuture {
+                // The loop's cached succeeded future, not `makeCompletedFuture`'s new one per connection.
+                do {
                     // Set here, synchronously: as `childChannelOption`s NIO applies them
                     // through a chain of futures, ~4 % of a full handshake's instructions.
                     var holdsFirstRead = false
@@ -306,6 +307,9 @@ extension Gateway {
                         try addHTTP1Handlers(sync, plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics,
                                              holdsFirstRead: holdsFirstRead)
                     }
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
                 }
             }
         return try await bootstrap.withBoundSocket(fd).get()
@@ -398,12 +402,16 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
         let idle = HTTP2IdleTimeout(timeout: self.plan.idleTimeout)
         _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
                                             streamDelegate: idle.delegate(eventLoop: channel.eventLoop)) { streamChannel in
-            streamChannel.eventLoop.makeCompletedFuture {
+            // The loop's cached succeeded future, not `makeCompletedFuture`'s new one per stream.
+            do {
                 let streamSync = streamChannel.pipeline.syncOperations
                 let bridge = HTTP2StreamBridge()
                 try streamSync.addHandler(bridge)
                 try streamSync.addHandler(ProxyHandler(stream: bridge, router: router, pool: pool.value, info: info, limits: limits,
                                                        logger: logger, observer: metrics))
+                return streamChannel.eventLoop.makeSucceededVoidFuture()
+            } catch {
+                return streamChannel.eventLoop.makeFailedFuture(error)
             }
         }
         try sync.addHandler(idle)

@@ -563,9 +563,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
     }
 
-    /// Pushes the read deadline out. One timer per connection, kept across exchanges:
-    /// when it fires before the (moved) deadline it re-arms itself, so a request costs
-    /// a clock read, not a timer.
+    /// Pushes the read deadline out. The handler's entry in the loop's deadline heap is
+    /// moved only when the new deadline is earlier; reached before a deadline that moved
+    /// later, it re-queues itself, so a request costs a clock read and a comparison.
     private func armReadTimer(_ exchange: Exchange) {
         let deadline = NIODeadline.now() + exchange.group.timeouts.read
         self.readDeadline = deadline
