@@ -58,10 +58,13 @@ public struct ListenerConfig: Decodable, Sendable {
     public var timeouts: ListenerTimeouts
     /// Largest request head (request line and headers) accepted; larger gets 431.
     public var maxRequestHeadBytes: Int
+    /// Largest request body accepted (nginx's `client_max_body_size`); nil: no limit.
+    public var maxRequestBodyBytes: Int?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case name, address, tls, timeouts
         case maxRequestHeadBytes = "max_request_head_bytes"
+        case maxRequestBodyBytes = "max_request_body_bytes"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -72,6 +75,7 @@ public struct ListenerConfig: Decodable, Sendable {
         self.tls = try c.decodeIfPresent(ListenerTLSConfig.self, forKey: .tls)
         self.timeouts = try c.decodeIfPresent(ListenerTimeouts.self, forKey: .timeouts) ?? ListenerTimeouts()
         self.maxRequestHeadBytes = try c.decodeIfPresent(Int.self, forKey: .maxRequestHeadBytes) ?? 32 * 1024
+        self.maxRequestBodyBytes = try c.decodeIfPresent(Int.self, forKey: .maxRequestBodyBytes)
     }
 }
 

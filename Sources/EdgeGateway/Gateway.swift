@@ -49,6 +49,7 @@ struct ListenerPlan: Sendable {
     var headerTimeout: TimeAmount
     var idleTimeout: TimeAmount
     var maxHeadBytes: Int
+    var maxBodyBytes: Int?
     /// ALPN offers h2: the protocol is chosen per connection after the handshake.
     var h2 = false
     var http2 = HTTP2Config()
@@ -375,8 +376,12 @@ public final class Gateway: Sendable {
             var plan = ListenerPlan(
                 name: listener.name, host: host, port: port, address: address, tlsContext: context,
                 handshakeTimeout: listener.timeouts.handshake.timeAmount, headerTimeout: listener.timeouts.header.timeAmount,
-                idleTimeout: listener.timeouts.idle.timeAmount, maxHeadBytes: listener.maxRequestHeadBytes
+                idleTimeout: listener.timeouts.idle.timeAmount, maxHeadBytes: listener.maxRequestHeadBytes,
+                maxBodyBytes: listener.maxRequestBodyBytes
             )
+            if let max = listener.maxRequestBodyBytes, max < 1 {
+                problems.append("\(path).max_request_body_bytes: must be at least 1 (leave it out for no limit), got \(max)")
+            }
             if let tls = listener.tls {
                 plan.h2 = tls.h2
                 plan.http2 = tls.http2

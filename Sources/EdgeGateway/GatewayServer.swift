@@ -328,6 +328,7 @@ extension ListenerPlan {
     var proxyLimits: ProxyLimits {
         var limits = ProxyLimits()
         limits.maxHeadBytes = self.maxHeadBytes
+        limits.maxBodyBytes = self.maxBodyBytes
         limits.headerTimeout = self.headerTimeout
         limits.idleTimeout = self.idleTimeout
         return limits

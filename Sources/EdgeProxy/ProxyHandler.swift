@@ -62,6 +62,8 @@ public struct ProxyLimits: Sendable {
     public var retryBufferBytes = 64 * 1024
     /// The largest request head (request line and headers): 431 beyond it.
     public var maxHeadBytes = 32 * 1024
+    /// The largest request body (nginx's `client_max_body_size`): 413 beyond it; nil, no limit.
+    public var maxBodyBytes: Int?
     /// How long a new connection may take to send its first request head: 408 after it.
     public var headerTimeout = TimeAmount.seconds(10)
     /// How long a keep-alive connection may idle between requests before it is closed.
@@ -178,6 +180,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var scanned = 0
     /// Frames the current request's body; nil between requests.
     private var requestBody: BodyFramer?
+    /// Body bytes of the current request so far, counted against `maxBodyBytes` when
+    /// the head gave no length (chunked, or HTTP/2 without content-length).
+    private var bodyBytes = 0
     private var readPending = false
     private var closed = false
     /// A response that closes the connection was sent: ignore further input.
@@ -301,7 +306,15 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 self.requestBody = framer
                 guard let piece else { break }
                 switch piece {
-                case .data(let data): self.forwardBody(data)
+                case .data(let data):
+                    if let max = self.limits.maxBodyBytes {
+                        self.bodyBytes += data.readableBytes
+                        if self.bodyBytes > max {
+                            self.bodyTooLarge()
+                            return
+                        }
+                    }
+                    self.forwardBody(data)
                 case .end: self.endRequestBody()
                 }
                 continue
@@ -383,6 +396,22 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         guard let context = self.context else { return }
         self.deadline = nil
         self.headStarted = false
+        let hasBody = head.chunked || (head.contentLength ?? 0) > 0
+        self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
+        self.bodyBytes = 0
+        guard let group = self.router.route(host: head.first(.host), uri: head.target) else {
+            self.respondLocally(status: 404, message: "no route for this host and path", request: head, requestEnded: !hasBody)
+            return
+        }
+        if let max = self.limits.maxBodyBytes, let length = head.contentLength, length > max {
+            // Refused before a byte of it is read (and without `100 Continue`, so a
+            // client that asked never sends it).
+            self.logger.info("request body too large", metadata: self.peerMetadata.merging([
+                "content_length": "\(length)", "max_request_body_bytes": "\(max)", "uri": "\(head.target)",
+            ]) { a, _ in a })
+            self.respondLocally(status: 413, message: "request body larger than \(max) bytes", request: head, requestEnded: false)
+            return
+        }
         if head.expectContinue && head.minorVersion == 1 {
             // Answer 100-continue here so the client streams at once; the upstream
             // gets the body without the expectation.
@@ -391,12 +420,6 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             } else {
                 context.writeAndFlush(NIOAny(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
             }
-        }
-        let hasBody = head.chunked || (head.contentLength ?? 0) > 0
-        self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
-        guard let group = self.router.route(host: head.first(.host), uri: head.target) else {
-            self.respondLocally(status: 404, message: "no route for this host and path", request: head, requestEnded: !hasBody)
-            return
         }
         let exchange = Exchange(request: head, group: group)
         exchange.requestEnded = !hasBody
@@ -816,6 +839,34 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.respondLocally(status: status, message: message, request: exchange.request, requestEnded: exchange.requestEnded)
     }
 
+    /// A body without a declared length went past `maxBodyBytes`: the upstream request
+    /// is abandoned and the client gets 413 (its body still arriving, the connection
+    /// lingers or the stream is reset with NO_ERROR); with the response already under
+    /// way, the connection (or stream) is closed instead.
+    private func bodyTooLarge() {
+        let max = self.limits.maxBodyBytes ?? 0
+        self.requestBody = nil
+        let request = self.exchange?.request
+        self.logger.info("request body too large", metadata: self.peerMetadata.merging([
+            "max_request_body_bytes": "\(max)", "uri": "\(request?.target ?? "?")",
+        ]) { a, _ in a })
+        if let exchange = self.exchange {
+            exchange.connection?.handler.delegate = nil
+            exchange.connection?.close()
+            exchange.connection = nil
+            self.stopReadTimer()
+            exchange.leaveBackend()
+            self.exchange = nil
+            if exchange.responseStarted {
+                self.closing = true
+                self.flushDownstream()
+                self.context?.close(promise: nil)
+                return
+            }
+        }
+        self.respondLocally(status: 413, message: "request body larger than \(max) bytes", request: request, requestEnded: false)
+    }
+
     /// A malformed request: 400 (431 for an oversized head), then the connection closes.
     private func badRequest(_ error: HTTPFramingError, context: ChannelHandlerContext?) {
         self.logger.info("bad request from client", metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a })
@@ -883,6 +934,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         case 400: return "Bad Request"
         case 404: return "Not Found"
         case 408: return "Request Timeout"
+        case 413: return "Content Too Large"
         case 431: return "Request Header Fields Too Large"
         case 502: return "Bad Gateway"
         case 503: return "Service Unavailable"

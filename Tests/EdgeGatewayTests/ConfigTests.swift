@@ -66,6 +66,9 @@ final class ConfigTests: XCTestCase {
         let tickets = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key)
             .replacingOccurrences(of: "key: \(Self.leaf.key) }", with: "key: \(Self.leaf.key), session_tickets: { num_tickets: 0 } }"))
         XCTAssertTrue(tickets.stderr.contains("listeners[0].tls.session_tickets.num_tickets: must be 1 to 8"), tickets.stderr)
+        let body = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key)
+            .replacingOccurrences(of: "    tls: {", with: "    max_request_body_bytes: 0\n    tls: {"))
+        XCTAssertTrue(body.stderr.contains("listeners[0].max_request_body_bytes: must be at least 1"), body.stderr)
     }
 
     func testBadCertificateFilesFailWithTheFileAndTheReason() throws {

@@ -137,6 +137,28 @@ final class DownstreamTLSTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// `max_request_body_bytes` over HTTP/2: a declared length over it and a body without
+    /// one that passes it both get 413 and RST_STREAM NO_ERROR; the connection carries on.
+    func testHTTP2RequestBodiesOverTheLimitGet413() async throws {
+        let harness = try await GatewayHarness.start {
+            self.config(upstreamPort: $0, tls: "h2: true").replacingOccurrences(of: "    address: ", with: "    max_request_body_bytes: 1000000\n    address: ")
+        }
+        let port = harness.port("https")
+        let big = harness.directory.file("big.bin")
+        try Shell.bash("head -c 3000000 /dev/urandom > '\(big)'")
+        // nghttp declares the length.
+        let declared = try Shell.run(["nghttp", "-v", "-d", big, "https://localhost:\(port)/sha256"], timeout: 60).stdout
+        XCTAssertTrue(declared.contains(":status: 413"), declared)
+        let reset = declared.range(of: "recv RST_STREAM frame").map { String(declared[$0.lowerBound...].prefix(120)) } ?? ""
+        XCTAssertTrue(reset.contains("error_code=NO_ERROR"), "reset with NO_ERROR after the response: \(declared)")
+        // curl uploading from a pipe cannot declare one: counted as it streams.
+        let streamed = try Shell.bash("cat '\(big)' | curl -sS --http2 --max-time 30 --cacert '\(Self.pki.caPath)' -T - https://localhost:\(port)/sha256", timeout: 40)
+        XCTAssertTrue(streamed.stdout.hasPrefix("413 Content Too Large"), streamed.stdout + streamed.stderr)
+        let after = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/"])
+        XCTAssertEqual(after.stdout, "2 200", after.stderr)
+        await harness.shutdown()
+    }
+
     func testWithoutH2OnlyHTTP11IsNegotiated() async throws {
         let harness = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "") }
         let port = harness.port("https")

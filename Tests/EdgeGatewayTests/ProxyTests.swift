@@ -202,6 +202,33 @@ final class ProxyTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// `max_request_body_bytes` (nginx's client_max_body_size): a declared length over it
+    /// is refused before any of the body is read (and without `100 Continue`); a chunked
+    /// body is cut off when it passes it; bodies within it go through.
+    func testRequestBodiesOverTheLimitGet413() async throws {
+        let harness = try await GatewayHarness.start {
+            self.baseConfig(upstreamPort: $0).replacingOccurrences(of: "    address: ", with: "    max_request_body_bytes: 1000000\n    address: ")
+        }
+        let port = harness.port("http")
+        let big = harness.directory.file("big.bin"), small = harness.directory.file("small.bin")
+        try Shell.bash("head -c 3000000 /dev/urandom > '\(big)'; head -c 1000000 /dev/urandom > '\(small)'")
+        let smallSum = try Shell.bash("sha256sum '\(small)' | cut -c1-64").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        func post(_ file: String, _ extra: [String]) throws -> ProcessResult {
+            try Shell.run(["curl", "-sS", "--max-time", "30", "-v", "--data-binary", "@\(file)"] + extra + ["http://127.0.0.1:\(port)/sha256"], timeout: 40)
+        }
+        // Declared too long: 413 at once; curl asked for 100-continue and never got it.
+        let declared = try post(big, ["--expect100-timeout", "20"])
+        XCTAssertTrue(declared.stdout.hasPrefix("413 Content Too Large: request body larger than 1000000 bytes"), declared.stdout + declared.stderr)
+        XCTAssertFalse(declared.stderr.contains("HTTP/1.1 100"), declared.stderr)
+        // Chunked and too long: cut off once past the limit, the client still gets the 413.
+        let chunked = try post(big, ["-H", "Transfer-Encoding: chunked", "-H", "Expect:"])
+        XCTAssertTrue(chunked.stdout.hasPrefix("413 Content Too Large"), chunked.stdout + chunked.stderr)
+        // At the limit, both ways: through to the upstream, intact.
+        XCTAssertEqual(try post(small, []).stdout.trimmingCharacters(in: .whitespacesAndNewlines), smallSum)
+        XCTAssertEqual(try post(small, ["-H", "Transfer-Encoding: chunked"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines), smallSum)
+        await harness.shutdown()
+    }
+
     func testSmugglingShapesOversizedHeadsAndSlowHeadersGetTheirAnswers() async throws {
         let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
         let port = harness.port("http")
