@@ -300,7 +300,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                     piece = try framer.next(from: &self.inbound)
                 } catch {
                     self.requestBody = nil
-                    self.badRequest(HTTPFramingError(error), context: self.context)
+                    self.badRequest(HTTPFramingError(error))
                     return
                 }
                 self.requestBody = framer
@@ -322,13 +322,13 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             guard self.exchange == nil, self.inbound.readableBytes > 0 else { break }  // a pipelined request waits for the current response
             guard let end = HTTP1Parser.headEnd(in: self.inbound, from: self.scanned) else {
                 self.scanned = max(0, self.inbound.readableBytes - 3)
-                if self.inbound.readableBytes > self.limits.maxHeadBytes { self.badRequest(self.headTooLarge, context: self.context) }
+                if self.inbound.readableBytes > self.limits.maxHeadBytes { self.badRequest(self.headTooLarge) }
                 self.startNextHeadTimer()
                 return
             }
             self.scanned = 0
             guard end <= self.limits.maxHeadBytes else {
-                self.badRequest(self.headTooLarge, context: self.context)
+                self.badRequest(self.headTooLarge)
                 return
             }
             var head = self.pool.takeSpareRequestHead()
@@ -336,7 +336,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             do {
                 try HTTP1Parser.parseRequest(&head)
             } catch {
-                self.badRequest(HTTPFramingError(error), context: self.context)
+                self.badRequest(HTTPFramingError(error))
                 return
             }
             self.receivedHead(head)
@@ -850,41 +850,36 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.logger.info("request body too large", metadata: self.peerMetadata.merging([
             "max_request_body_bytes": "\(max)", "uri": "\(request?.target ?? "?")",
         ]) { a, _ in a })
-        if let exchange = self.exchange {
-            exchange.connection?.handler.delegate = nil
-            exchange.connection?.close()
-            exchange.connection = nil
-            self.stopReadTimer()
-            exchange.leaveBackend()
-            self.exchange = nil
-            if exchange.responseStarted {
-                self.closing = true
-                self.flushDownstream()
-                self.context?.close(promise: nil)
-                return
-            }
-        }
+        guard self.abandonExchange() else { return }
         self.respondLocally(status: 413, message: "request body larger than \(max) bytes", request: request, requestEnded: false)
     }
 
-    /// A malformed request: 400 (431 for an oversized head), then the connection closes.
-    private func badRequest(_ error: HTTPFramingError, context: ChannelHandlerContext?) {
-        self.logger.info("bad request from client", metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a })
-        if let exchange = self.exchange {
-            // The body of a request in flight broke its framing: nothing can be trusted after it.
-            exchange.connection?.handler.delegate = nil
-            exchange.connection?.close()
-            exchange.connection = nil
-            self.stopReadTimer()
-            exchange.leaveBackend()
-            self.exchange = nil
-            if exchange.responseStarted {
-                self.closing = true
-                self.flushDownstream()
-                context?.close(promise: nil)
-                return
-            }
+    /// Drops the exchange in flight, if any, before the gateway answers the client
+    /// itself: its upstream connection, holding an unfinished request, is closed. False
+    /// when the response had already started: the client connection is closed instead
+    /// and there is nothing left to answer.
+    private func abandonExchange() -> Bool {
+        guard let exchange = self.exchange else { return true }
+        exchange.connection?.handler.delegate = nil
+        exchange.connection?.close()
+        exchange.connection = nil
+        self.stopReadTimer()
+        exchange.leaveBackend()
+        self.exchange = nil
+        guard !exchange.responseStarted else {
+            self.closing = true
+            self.flushDownstream()
+            self.context?.close(promise: nil)
+            return false
         }
+        return true
+    }
+
+    /// A malformed request: 400 (431 for an oversized head), then the connection closes.
+    private func badRequest(_ error: HTTPFramingError) {
+        self.logger.info("bad request from client", metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a })
+        // The body of a request in flight broke its framing: nothing can be trusted after it.
+        guard self.abandonExchange() else { return }
         let status = error.kind == .headTooLarge ? 431 : 400
         self.respondLocally(status: status, message: error.reason, request: nil, requestEnded: false)
     }

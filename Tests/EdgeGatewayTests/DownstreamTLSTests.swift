@@ -32,6 +32,18 @@ final class DownstreamTLSTests: XCTestCase {
         try Shell.run(["curl", "-sS", "--max-time", "60", "--cacert", Self.pki.caPath] + args, timeout: 120)
     }
 
+    /// Uploads `body` with nghttp to `path`: the answer (`status`, a body containing
+    /// `text`) must arrive whole and the stream then be reset with NO_ERROR (RFC 9113
+    /// §8.1), not CANCEL, which clients count as a failed request.
+    func assertAnswerBeforeTheBodyEnds(port: Int, body: String, path: String, status: Int, text: String,
+                                       file: StaticString = #filePath, line: UInt = #line) throws {
+        let frames = try Shell.run(["nghttp", "-v", "-d", body, "https://localhost:\(port)\(path)"], timeout: 60).stdout
+        XCTAssertTrue(frames.contains(":status: \(status)"), frames, file: file, line: line)
+        XCTAssertTrue(frames.contains(text), "the response body arrived: \(frames)", file: file, line: line)
+        let reset = frames.range(of: "recv RST_STREAM frame").map { String(frames[$0.lowerBound...].prefix(120)) } ?? ""
+        XCTAssertTrue(reset.contains("error_code=NO_ERROR"), "reset with NO_ERROR after the response: \(frames)", file: file, line: line)
+    }
+
     func testHTTP2WithCurlAndH2LoadManyStreamsAndLargeBodies() async throws {
         let harness = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "h2: true") }
         let port = harness.port("https")
@@ -85,12 +97,7 @@ final class DownstreamTLSTests: XCTestCase {
         XCTAssertTrue(continued.stderr.contains("< HTTP/2 200"), continued.stderr)
         XCTAssertEqual(continued.stdout.trimmingCharacters(in: .whitespacesAndNewlines), expected)
         // The upstream refuses the upload at once (/reject answers without reading the body).
-        let early = try Shell.run(["nghttp", "-v", "-d", body, "https://localhost:\(port)/reject?code=413"], timeout: 60)
-        let frames = early.stdout
-        XCTAssertTrue(frames.contains(":status: 413"), frames)
-        XCTAssertTrue(frames.contains("rejected 413"), "the response body arrived: \(frames)")
-        let reset = frames.range(of: "recv RST_STREAM frame").map { String(frames[$0.lowerBound...].prefix(120)) } ?? ""
-        XCTAssertTrue(reset.contains("error_code=NO_ERROR"), "reset with NO_ERROR after the response: \(frames)")
+        try assertAnswerBeforeTheBodyEnds(port: port, body: body, path: "/reject?code=413", status: 413, text: "rejected 413")
         // The connection and the gateway carry on.
         let after = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/"])
         XCTAssertEqual(after.stdout, "2 200", after.stderr)
@@ -127,11 +134,7 @@ final class DownstreamTLSTests: XCTestCase {
         let port = harness.port("https")
         let body = harness.directory.file("body.bin")
         try Shell.run(["bash", "-c", "head -c 4000000 /dev/urandom > '\(body)'"])
-        let frames = try Shell.run(["nghttp", "-v", "-d", body, "https://localhost:\(port)/nowhere"], timeout: 60).stdout
-        XCTAssertTrue(frames.contains(":status: 404"), frames)
-        XCTAssertTrue(frames.contains("no route for this host and path"), "the response body arrived: \(frames)")
-        let reset = frames.range(of: "recv RST_STREAM frame").map { String(frames[$0.lowerBound...].prefix(120)) } ?? ""
-        XCTAssertTrue(reset.contains("error_code=NO_ERROR"), "reset with NO_ERROR after the response: \(frames)")
+        try assertAnswerBeforeTheBodyEnds(port: port, body: body, path: "/nowhere", status: 404, text: "no route for this host and path")
         let after = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/hello"])
         XCTAssertEqual(after.stdout, "2 200", after.stderr)
         await harness.shutdown()
@@ -147,10 +150,7 @@ final class DownstreamTLSTests: XCTestCase {
         let big = harness.directory.file("big.bin")
         try Shell.bash("head -c 3000000 /dev/urandom > '\(big)'")
         // nghttp declares the length.
-        let declared = try Shell.run(["nghttp", "-v", "-d", big, "https://localhost:\(port)/sha256"], timeout: 60).stdout
-        XCTAssertTrue(declared.contains(":status: 413"), declared)
-        let reset = declared.range(of: "recv RST_STREAM frame").map { String(declared[$0.lowerBound...].prefix(120)) } ?? ""
-        XCTAssertTrue(reset.contains("error_code=NO_ERROR"), "reset with NO_ERROR after the response: \(declared)")
+        try assertAnswerBeforeTheBodyEnds(port: port, body: big, path: "/sha256", status: 413, text: "request body larger than 1000000 bytes")
         // curl uploading from a pipe cannot declare one: counted as it streams.
         let streamed = try Shell.bash("cat '\(big)' | curl -sS --http2 --max-time 30 --cacert '\(Self.pki.caPath)' -T - https://localhost:\(port)/sha256", timeout: 40)
         XCTAssertTrue(streamed.stdout.hasPrefix("413 Content Too Large"), streamed.stdout + streamed.stderr)
