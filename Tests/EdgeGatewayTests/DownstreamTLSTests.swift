@@ -44,6 +44,12 @@ final class DownstreamTLSTests: XCTestCase {
         XCTAssertTrue(reset.contains("error_code=NO_ERROR"), "reset with NO_ERROR after the response: \(frames)", file: file, line: line)
     }
 
+    /// The connection's client and the gateway carry on: a new request over HTTP/2 gets 200.
+    func assertServesOverHTTP2(port: Int, path: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let after = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)\(path)"])
+        XCTAssertEqual(after.stdout, "2 200", after.stderr, file: file, line: line)
+    }
+
     func testHTTP2WithCurlAndH2LoadManyStreamsAndLargeBodies() async throws {
         let harness = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "h2: true") }
         let port = harness.port("https")
@@ -99,8 +105,7 @@ final class DownstreamTLSTests: XCTestCase {
         // The upstream refuses the upload at once (/reject answers without reading the body).
         try assertAnswerBeforeTheBodyEnds(port: port, body: body, path: "/reject?code=413", status: 413, text: "rejected 413")
         // The connection and the gateway carry on.
-        let after = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/"])
-        XCTAssertEqual(after.stdout, "2 200", after.stderr)
+        try assertServesOverHTTP2(port: port, path: "/")
         await harness.shutdown()
     }
 
@@ -135,8 +140,7 @@ final class DownstreamTLSTests: XCTestCase {
         let body = harness.directory.file("body.bin")
         try Shell.run(["bash", "-c", "head -c 4000000 /dev/urandom > '\(body)'"])
         try assertAnswerBeforeTheBodyEnds(port: port, body: body, path: "/nowhere", status: 404, text: "no route for this host and path")
-        let after = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/hello"])
-        XCTAssertEqual(after.stdout, "2 200", after.stderr)
+        try assertServesOverHTTP2(port: port, path: "/hello")
         await harness.shutdown()
     }
 
@@ -154,8 +158,7 @@ final class DownstreamTLSTests: XCTestCase {
         // curl uploading from a pipe cannot declare one: counted as it streams.
         let streamed = try Shell.bash("cat '\(big)' | curl -sS --http2 --max-time 30 --cacert '\(Self.pki.caPath)' -T - https://localhost:\(port)/sha256", timeout: 40)
         XCTAssertTrue(streamed.stdout.hasPrefix("413 Content Too Large"), streamed.stdout + streamed.stderr)
-        let after = try curl(["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "https://localhost:\(port)/"])
-        XCTAssertEqual(after.stdout, "2 200", after.stderr)
+        try assertServesOverHTTP2(port: port, path: "/")
         await harness.shutdown()
     }
 
