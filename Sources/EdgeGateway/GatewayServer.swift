@@ -277,8 +277,7 @@ extension Gateway {
             .childChannelInitializer { channel in
                 metrics.connectionOpened()
                 channel.closeFuture.whenComplete { _ in metrics.connectionClosed() }
-                // The loop's cached succeeded future, not `makeCompletedFuture`'s new one per connection.
-                do {
+                return channel.eventLoop.initialized {
                     // Set here, synchronously: as `childChannelOption`s NIO applies them
                     // through a chain of futures, ~4 % of a full handshake's instructions.
                     var holdsFirstRead = false
@@ -307,12 +306,23 @@ extension Gateway {
                         try addHTTP1Handlers(sync, plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics,
                                              holdsFirstRead: holdsFirstRead)
                     }
-                    return channel.eventLoop.makeSucceededVoidFuture()
-                } catch {
-                    return channel.eventLoop.makeFailedFuture(error)
                 }
             }
         return try await bootstrap.withBoundSocket(fd).get()
+    }
+}
+
+extension EventLoop {
+    /// Runs a channel initializer's synchronous set-up and returns the loop's cached
+    /// succeeded future (or a failed one): `makeCompletedFuture` made a new future, a
+    /// Result and a closure for every accepted connection and every HTTP/2 stream.
+    func initialized(_ setUp: () throws -> Void) -> EventLoopFuture<Void> {
+        do {
+            try setUp()
+            return self.makeSucceededVoidFuture()
+        } catch {
+            return self.makeFailedFuture(error)
+        }
     }
 }
 
@@ -403,16 +413,12 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
         let idle = HTTP2IdleTimeout(timeout: self.plan.idleTimeout)
         _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
                                             streamDelegate: idle.delegate(eventLoop: channel.eventLoop)) { streamChannel in
-            // The loop's cached succeeded future, not `makeCompletedFuture`'s new one per stream.
-            do {
+            streamChannel.eventLoop.initialized {
                 let streamSync = streamChannel.pipeline.syncOperations
                 let bridge = HTTP2StreamBridge()
                 try streamSync.addHandler(bridge)
                 try streamSync.addHandler(ProxyHandler(stream: bridge, router: router, pool: pool.value, info: info, limits: limits,
                                                        logger: logger, observer: metrics))
-                return streamChannel.eventLoop.makeSucceededVoidFuture()
-            } catch {
-                return streamChannel.eventLoop.makeFailedFuture(error)
             }
         }
         try sync.addHandler(idle)
