@@ -441,22 +441,52 @@ public struct PoolConfig: Decodable, Sendable {
 }
 
 public struct RouteConfig: Decodable, Sendable {
+    public var listener: String?
     public var host: String?
     public var pathPrefix: String?
-    public var upstream: String
+    public var upstream: String?
+    public var redirect: RedirectConfig?
+    public var root: String?
+    public var maxRequestBodyBytes: Int?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case host
+        case listener, host
         case pathPrefix = "path_prefix"
-        case upstream
+        case upstream, redirect, root
+        case maxRequestBodyBytes = "max_request_body_bytes"
     }
 
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.listener = try c.decodeIfPresent(String.self, forKey: .listener)
         self.host = try c.decodeIfPresent(String.self, forKey: .host)
         self.pathPrefix = try c.decodeIfPresent(String.self, forKey: .pathPrefix)
-        self.upstream = try c.decode(String.self, forKey: .upstream)
+        self.upstream = try c.decodeIfPresent(String.self, forKey: .upstream)
+        self.redirect = try c.decodeIfPresent(RedirectConfig.self, forKey: .redirect)
+        self.root = try c.decodeIfPresent(String.self, forKey: .root)
+        self.maxRequestBodyBytes = try c.decodeIfPresent(Int.self, forKey: .maxRequestBodyBytes)
+    }
+}
+
+/// A route's `redirect`: the request's path and query at another scheme, host or port.
+public struct RedirectConfig: Decodable, Sendable {
+    public var scheme = "https"
+    public var host: String?
+    public var port: Int?
+    public var status = 301
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case scheme, host, port, status
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.scheme = try c.decodeIfPresent(String.self, forKey: .scheme) ?? self.scheme
+        self.host = try c.decodeIfPresent(String.self, forKey: .host)
+        self.port = try c.decodeIfPresent(Int.self, forKey: .port)
+        self.status = try c.decodeIfPresent(Int.self, forKey: .status) ?? self.status
     }
 }
 

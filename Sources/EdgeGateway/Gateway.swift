@@ -198,17 +198,55 @@ public final class Gateway: Sendable {
 
         // Routes.
         var routes: [Router.Route] = []
+        let listenerNames = Set(config.listeners.map(\.name))
         for (index, route) in config.routes.enumerated() {
-            guard let group = groups[route.upstream] else {
-                if config.upstreams[route.upstream] == nil {
-                    problems.append("routes[\(index)].upstream: no upstream named '\(route.upstream)' (known: \(config.upstreams.keys.sorted().joined(separator: ", ")))")
-                }
+            let path = "routes[\(index)]"
+            if let prefix = route.pathPrefix, !prefix.hasPrefix("/") {
+                problems.append("\(path).path_prefix: must start with '/'")
+            }
+            if let name = route.listener, !listenerNames.contains(name) {
+                problems.append("\(path).listener: no listener named '\(name)' (known: \(config.listeners.map(\.name).joined(separator: ", ")))")
+            }
+            if let max = route.maxRequestBodyBytes, max < 1 {
+                problems.append("\(path).max_request_body_bytes: must be at least 1, got \(max)")
+            }
+            let actions = [route.upstream != nil, route.redirect != nil, route.root != nil].filter { $0 }.count
+            guard actions == 1 else {
+                problems.append("\(path): needs exactly one of upstream, redirect, root (has \(actions == 0 ? "none" : "\(actions)"))")
                 continue
             }
-            if let prefix = route.pathPrefix, !prefix.hasPrefix("/") {
-                problems.append("routes[\(index)].path_prefix: must start with '/'")
+            let action: Router.Route.Action
+            if let name = route.upstream {
+                guard let group = groups[name] else {
+                    if config.upstreams[name] == nil {
+                        problems.append("\(path).upstream: no upstream named '\(name)' (known: \(config.upstreams.keys.sorted().joined(separator: ", ")))")
+                    }
+                    continue
+                }
+                action = .upstream(group)
+            } else if let redirect = route.redirect {
+                if redirect.scheme != "https" && redirect.scheme != "http" {
+                    problems.append("\(path).redirect.scheme: must be https or http, got '\(redirect.scheme)'")
+                }
+                if !Redirect.statuses.contains(redirect.status) {
+                    problems.append("\(path).redirect.status: must be one of \(Redirect.statuses.sorted().map(String.init).joined(separator: ", ")), got \(redirect.status)")
+                }
+                if let port = redirect.port, !(1...65535).contains(port) {
+                    problems.append("\(path).redirect.port: must be 1-65535, got \(port)")
+                }
+                if let host = redirect.host, Redirect(host: host).location(requestHost: nil, target: "/") == nil {
+                    problems.append("\(path).redirect.host: '\(host)' is not a DNS name or an IP address")
+                }
+                action = .redirect(Redirect(scheme: redirect.scheme, host: redirect.host?.lowercased(), port: redirect.port, status: redirect.status))
+            } else {
+                let directory = resolve(route.root!)
+                if let problem = StaticRoot.directoryProblem(directory) {
+                    problems.append("\(path).root: \(directory): \(problem)")
+                }
+                action = .root(StaticRoot(directory: directory))
             }
-            routes.append(Router.Route(host: route.host, pathPrefix: route.pathPrefix, upstream: group))
+            routes.append(Router.Route(listener: route.listener, host: route.host, pathPrefix: route.pathPrefix, action: action,
+                                       maxBodyBytes: route.maxRequestBodyBytes))
         }
         self.router = Router(routes: routes)
 

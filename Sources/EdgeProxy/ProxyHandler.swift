@@ -183,6 +183,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// Body bytes of the current request so far, counted against `maxBodyBytes` when
     /// the head gave no length (chunked, or HTTP/2 without content-length).
     private var bodyBytes = 0
+    /// The current request's body limit: its route's, else the listener's.
+    private var maxBodyBytes: Int?
     private var readPending = false
     private var closed = false
     /// A response that closes the connection was sent: ignore further input.
@@ -307,7 +309,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 guard let piece else { break }
                 switch piece {
                 case .data(let data):
-                    if let max = self.limits.maxBodyBytes {
+                    if let max = self.maxBodyBytes {
                         self.bodyBytes += data.readableBytes
                         if self.bodyBytes > max {
                             self.bodyTooLarge()
@@ -399,17 +401,29 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         let hasBody = head.chunked || (head.contentLength ?? 0) > 0
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
         self.bodyBytes = 0
-        guard let group = self.router.route(host: head.first(.host), uri: head.target) else {
-            self.respondLocally(status: 404, message: "no route for this host and path", request: head, requestEnded: !hasBody)
-            return
-        }
-        if let max = self.limits.maxBodyBytes, let length = head.contentLength, length > max {
+        let route = self.router.route(listener: self.info.listenerName, host: head.first(.host), uri: head.target)
+        self.maxBodyBytes = route?.maxBodyBytes ?? self.limits.maxBodyBytes
+        if let max = self.maxBodyBytes, let length = head.contentLength, length > max {
             // Refused before a byte of it is read (and without `100 Continue`, so a
             // client that asked never sends it).
             self.logger.info("request body too large", metadata: self.peerMetadata.merging([
                 "content_length": "\(length)", "max_request_body_bytes": "\(max)", "uri": "\(head.target)",
             ]) { a, _ in a })
             self.respondLocally(status: 413, message: "request body larger than \(max) bytes", request: head, requestEnded: false)
+            return
+        }
+        let group: UpstreamGroup
+        switch route?.action {
+        case .upstream(let upstream):
+            group = upstream
+        case .redirect(let redirect):
+            self.redirect(head, to: redirect, requestEnded: !hasBody)
+            return
+        case .root(let root):
+            self.serveFile(head, from: root, requestEnded: !hasBody)
+            return
+        case nil:
+            self.respondLocally(status: 404, message: "no route for this host and path", request: head, requestEnded: !hasBody)
             return
         }
         if head.expectContinue && head.minorVersion == 1 {
@@ -844,7 +858,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// lingers or the stream is reset with NO_ERROR); with the response already under
     /// way, the connection (or stream) is closed instead.
     private func bodyTooLarge() {
-        let max = self.limits.maxBodyBytes ?? 0
+        let max = self.maxBodyBytes ?? 0
         self.requestBody = nil
         let request = self.exchange?.request
         self.logger.info("request body too large", metadata: self.peerMetadata.merging([
@@ -884,19 +898,27 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.respondLocally(status: status, message: error.reason, request: nil, requestEnded: false)
     }
 
-    /// Answers from the gateway itself. A connection whose request was not fully
+    /// Answers from the gateway itself: a text body saying why, plus `fields` (header
+    /// lines, each ending in CRLF).
+    private func respondLocally(status: Int, message: String, request: HTTPHead?, requestEnded: Bool, fields: String = "") {
+        let text = "\(status) \(Self.reasonPhrase(status)): \(message)\n"
+        self.answerLocally(status: status, request: request, requestEnded: requestEnded,
+                           fields: "content-type: text/plain; charset=utf-8\r\n" + fields, body: ByteBuffer(string: text))
+    }
+
+    /// Writes an answer of the gateway's own. A connection whose request was not fully
     /// read (or that asked for it) is closed after the answer.
-    private func respondLocally(status: Int, message: String, request: HTTPHead?, requestEnded: Bool) {
+    private func answerLocally(status: Int, request: HTTPHead?, requestEnded: Bool, fields: String, body: ByteBuffer) {
         guard let context = self.context else { return }
-        let reason = Self.reasonPhrase(status)
-        let body = "\(status) \(reason): \(message)\n"
         let close = !requestEnded || !(request?.keepAlive ?? false) || self.quiescing
-        var out = context.channel.allocator.buffer(capacity: 160 + body.utf8.count)
+        var out = context.channel.allocator.buffer(capacity: 160 + fields.utf8.count + body.readableBytes)
         out.writeString(request?.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
-        out.writeString("\(status) \(reason)\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: \(body.utf8.count)\r\n")
+        out.writeString("\(status) \(Self.reasonPhrase(status))\r\n")
+        out.writeString(fields)
+        out.writeString("content-length: \(body.readableBytes)\r\n")
         if close { out.writeStaticString("connection: close\r\n") }
         out.writeStaticString("\r\n")
-        if request?.method != "HEAD" { out.writeString(body) }
+        if request?.method != "HEAD" { out.writeImmutableBuffer(body) }
         self.downstreamNeedsFlush = false
         let done = context.writeAndFlush(NIOAny(out))
         self.requests?.completed(status: status)
@@ -924,10 +946,52 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
     }
 
+    /// A `redirect` route's answer: the same path and query at the configured scheme,
+    /// host and port.
+    private func redirect(_ head: HTTPHead, to redirect: Redirect, requestEnded: Bool) {
+        guard let location = redirect.location(requestHost: head.first(.host), target: head.target) else {
+            self.respondLocally(status: 400, message: "a redirect needs a Host header holding a DNS name or an IP address",
+                                request: head, requestEnded: requestEnded)
+            return
+        }
+        self.respondLocally(status: redirect.status, message: location, request: head, requestEnded: requestEnded,
+                            fields: "location: \(location)\r\n")
+    }
+
+    /// A `root` route's answer: the file the path names, for GET and HEAD.
+    private func serveFile(_ head: HTTPHead, from root: StaticRoot, requestEnded: Bool) {
+        guard head.method == "GET" || head.isHeadMethod else {
+            self.respondLocally(status: 405, message: "a static root answers GET and HEAD", request: head, requestEnded: requestEnded,
+                                fields: "allow: GET, HEAD\r\n")
+            return
+        }
+        switch root.answer(target: head.target, allocator: self.context?.channel.allocator ?? ByteBufferAllocator()) {
+        case .file(let body, let contentType):
+            self.answerLocally(status: 200, request: head, requestEnded: requestEnded, fields: "content-type: \(contentType)\r\n", body: body)
+        case .notFound:
+            self.respondLocally(status: 404, message: "no such file", request: head, requestEnded: requestEnded)
+        case .refused(let reason):
+            self.logger.warning("static file not served", metadata: self.peerMetadata.merging([
+                "uri": "\(head.target)", "reason": "\(reason)",
+            ]) { a, _ in a })
+            self.respondLocally(status: 403, message: "not served", request: head, requestEnded: requestEnded)
+        case .badPath:
+            self.respondLocally(status: 400, message: "malformed percent-encoding in the path", request: head, requestEnded: requestEnded)
+        }
+    }
+
     static func reasonPhrase(_ status: Int) -> String {
         switch status {
+        case 200: return "OK"
+        case 301: return "Moved Permanently"
+        case 302: return "Found"
+        case 303: return "See Other"
+        case 307: return "Temporary Redirect"
+        case 308: return "Permanent Redirect"
         case 400: return "Bad Request"
+        case 403: return "Forbidden"
         case 404: return "Not Found"
+        case 405: return "Method Not Allowed"
         case 408: return "Request Timeout"
         case 413: return "Content Too Large"
         case 431: return "Request Header Fields Too Large"

@@ -13,19 +13,26 @@ final class CertbotTests: XCTestCase {
         let port = freePort()
         let managementPort = freePort()
 
-        init() throws {
+        /// With `httpPort`, pebble really validates HTTP-01 challenges, at that port on
+        /// 127.0.0.1 (`localhost`); without, every challenge passes unchecked.
+        init(validatingAt httpPort: Int? = nil) throws {
             self.dir = TemporaryDirectory()
             self.pki = try TestPKI()
             let api = try self.pki.issue(["localhost"], into: self.dir.path, name: "pebble-api")
             try self.dir.write("pebble.json", """
                 { "pebble": { "listenAddress": "127.0.0.1:\(self.port)", "managementListenAddress": "127.0.0.1:\(self.managementPort)",
-                  "certificate": "\(api.fullchain)", "privateKey": "\(api.key)", "httpPort": \(freePort()), "tlsPort": \(freePort()),
+                  "certificate": "\(api.fullchain)", "privateKey": "\(api.key)", "httpPort": \(httpPort ?? freePort()), "tlsPort": \(freePort()),
                   "ocspResponderURL": "", "externalAccountBindingRequired": false } }
                 """)
             self.pebble.executableURL = URL(fileURLWithPath: "/usr/bin/pebble")
             self.pebble.arguments = ["-config", self.dir.file("pebble.json")]
-            // Every challenge passes, without the validation delay; no nonce rejections.
-            self.pebble.environment = ["PEBBLE_VA_ALWAYS_VALID": "1", "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PATH": "/usr/bin:/bin"]
+            // No validation delay, no nonce rejections; without a port every challenge passes.
+            self.pebble.environment = ["PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PATH": "/usr/bin:/bin"]
+            if httpPort == nil {
+                self.pebble.environment?["PEBBLE_VA_ALWAYS_VALID"] = "1"
+            } else {
+                self.pebble.environment?["PEBBLE_AUTHZREUSE"] = "0"  // every order is validated anew, renewals too
+            }
             let log = FileHandle(forWritingAtPath: self.dir.file("pebble.log")) ?? {
                 _ = FileManager.default.createFile(atPath: self.dir.file("pebble.log"), contents: nil)
                 return FileHandle(forWritingAtPath: self.dir.file("pebble.log"))!
@@ -46,9 +53,12 @@ final class CertbotTests: XCTestCase {
             return result
         }
 
-        func issue(_ name: String) throws {
-            let result = try self.certbot(["certonly", "--agree-tos", "--register-unsafely-without-email", "--server", "https://localhost:\(self.port)/dir",
-                                           "--manual", "--manual-auth-hook", "/bin/true", "--preferred-challenges", "http", "-d", name, "--cert-name", name])
+        /// Issues `name`; with `webroot`, certbot's webroot plugin answers the challenge
+        /// (files under that directory, which something must serve on the HTTP port).
+        func issue(_ name: String, webroot: String? = nil) throws {
+            let authenticator = webroot.map { ["--webroot", "-w", $0] } ?? ["--manual", "--manual-auth-hook", "/bin/true", "--preferred-challenges", "http"]
+            let result = try self.certbot(["certonly", "--agree-tos", "--register-unsafely-without-email", "--server", "https://localhost:\(self.port)/dir"]
+                                          + authenticator + ["-d", name, "--cert-name", name])
             guard result.status == 0 else { throw NSError(domain: "certbot certonly \(name): \(result.stdout)\(result.stderr)", code: 1) }
         }
 
@@ -123,6 +133,62 @@ final class CertbotTests: XCTestCase {
         XCTAssertGreaterThan(stats.handshakesOK, 20)
         XCTAssertGreaterThan(stats.certificates.count, 5, "handshakes saw the renewed certificates")
         XCTAssertFalse(harness.logs.contains("certificate rejected"), harness.logs.all.filter { $0.contains("rejected") }.joined(separator: "\n"))
+        await harness.shutdown()
+    }
+    /// certbot's webroot plugin with the gateway serving the challenge directory on its
+    /// plain listener and redirecting everything else there to HTTPS (what an nginx
+    /// `listen 80` server block does for certbot); pebble really fetches every challenge
+    /// through the gateway. The issued certificate, and then its renewal, obtained the
+    /// same way, are served on the HTTPS listener without a restart.
+    func testWebrootChallengesAreAnsweredByTheGatewayAndTheIssuedCertificateIsServed() async throws {
+        let httpPort = freePort()
+        let acme = try ACME(validatingAt: httpPort)
+        defer { acme.stop() }
+        let dir = TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: dir.file("webroot"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "\(acme.configDir)/live", withIntermediateDirectories: true)
+        // Until certbot's first certificate, the HTTPS listener serves a placeholder (nginx needs one too).
+        let placeholder = try acme.pki.issue(["placeholder.example.test"], into: dir.path, name: "placeholder")
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners:
+              - { name: http, address: "127.0.0.1:\(httpPort)" }
+              - { name: https, address: "127.0.0.1:0", tls: {} }
+            certificates:
+              sources:
+                - certbot: \(acme.configDir)/live
+                - { certificate: \(placeholder.fullchain), key: \(placeholder.key), name: placeholder }
+              default: placeholder
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes:
+              - { listener: http, path_prefix: /.well-known/acme-challenge/, root: webroot }
+              - { listener: http, redirect: {} }
+              - { upstream: app }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let https = harness.port("https")
+        XCTAssertEqual(servedSerial(port: https, serverName: "localhost"), placeholder.serial)
+        let pebbleLog = { (try? String(contentsOfFile: acme.dir.file("pebble.log"), encoding: .utf8)) ?? "" }
+        let fetched = "Attempting to validate w/ HTTP: http://localhost:\(httpPort)/.well-known/acme-challenge/"
+        try acme.issue("localhost", webroot: dir.file("webroot"))
+        XCTAssertTrue(pebbleLog().contains(fetched), "pebble fetched the challenge through the gateway:\n\(pebbleLog().suffix(2000))")
+        let issued = try acme.liveSerial("localhost")
+        XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == issued }, "the issued certificate is served")
+        let root = try acme.root()
+        let verified = try Shell.run(["curl", "-sS", "--max-time", "10", "--cacert", root, "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(https)/"])
+        XCTAssertEqual(verified.stdout, "200", "a client trusting the ACME root reaches the upstream: \(verified.stderr)")
+        // The renewal uses the webroot again (certbot keeps it in the lineage's renewal configuration).
+        let validations = pebbleLog().components(separatedBy: fetched).count
+        try acme.renew(reuseKey: false)
+        XCTAssertGreaterThan(pebbleLog().components(separatedBy: fetched).count, validations, "the renewal was validated through the gateway too")
+        let renewed = try acme.liveSerial("localhost")
+        XCTAssertNotEqual(renewed, issued)
+        XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == renewed }, "the renewed certificate is served")
+        // Everything else on the plain listener goes to HTTPS; nothing reached the upstream from it.
+        let redirect = try Shell.run(["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "http://localhost:\(httpPort)/app?x=1"])
+        XCTAssertEqual(redirect.stdout, "301 https://localhost/app?x=1")
+        XCTAssertEqual(harness.upstream.requestCount, 1)
         await harness.shutdown()
     }
 }

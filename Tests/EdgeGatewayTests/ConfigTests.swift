@@ -71,6 +71,33 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(body.stderr.contains("listeners[0].max_request_body_bytes: must be at least 1"), body.stderr)
     }
 
+    func testBadRoutesNameTheRouteAndTheKey() throws {
+        let dir = TemporaryDirectory()
+        try dir.write("www/file.txt", "x")
+        let result = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key).replacingOccurrences(of: "  - upstream: app", with: """
+              - { upstream: app, redirect: {} }
+              - { path_prefix: /x }
+              - { listener: plain, upstream: app }
+              - { redirect: { scheme: ftp, status: 200, port: 0, host: "a b" } }
+              - { root: \(dir.file("missing")) }
+              - { root: \(dir.file("www/file.txt")) }
+              - { upstream: app, max_request_body_bytes: 0 }
+              - { root: \(dir.file("www")) }
+            """))
+        XCTAssertEqual(result.status, 1)
+        for expected in ["routes[0]: needs exactly one of upstream, redirect, root (has 2)", "routes[1]: needs exactly one of upstream, redirect, root (has none)",
+                         "routes[2].listener: no listener named 'plain' (known: https)",
+                         "routes[3].redirect.scheme: must be https or http, got 'ftp'", "routes[3].redirect.status: must be one of 301, 302, 303, 307, 308, got 200",
+                         "routes[3].redirect.port: must be 1-65535, got 0", "routes[3].redirect.host: 'a b' is not a DNS name or an IP address",
+                         "routes[4].root: \(dir.file("missing")): No such file or directory", "routes[5].root: \(dir.file("www/file.txt")): not a directory",
+                         "routes[6].max_request_body_bytes: must be at least 1, got 0"] {
+            XCTAssertTrue(result.stderr.contains(expected), "missing '\(expected)' in:\n\(result.stderr)")
+        }
+        XCTAssertThrowsError(try GatewayConfig.parse(yaml: "listeners: []\nroutes: [ { redirect: { stauts: 301 } } ]\n")) { error in
+            XCTAssertTrue("\(error)".hasPrefix("routes[0].redirect.stauts: unknown key 'stauts' (did you mean 'status'?)"), "\(error)")
+        }
+    }
+
     func testBadCertificateFilesFailWithTheFileAndTheReason() throws {
         let dir = TemporaryDirectory()
         let other = try Self.pki.issue(["other"])

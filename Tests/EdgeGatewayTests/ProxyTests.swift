@@ -229,6 +229,70 @@ final class ProxyTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// Routes that answer without an upstream (a redirect, files under a root, as an
+    /// nginx `server { listen 80; }` block for certbot's webroot does), scoped to a
+    /// listener, and a body limit per route.
+    func testRedirectAndStaticRootRoutesPerListenerAndABodyLimitPerRoute() async throws {
+        let dir = TemporaryDirectory()
+        try dir.write("www/.well-known/acme-challenge/token-1", "token-1.thumbprint")
+        try dir.write("www/.well-known/acme-challenge/sub/index.html", "<p>hi</p>")
+        try Shell.bash("head -c 1100000 /dev/zero > '\(dir.file("www/big.bin"))'")
+        let harness = try await GatewayHarness.start(directory: dir) {
+            self.baseConfig(upstreamPort: $0, routes: """
+                  - { listener: http, path_prefix: /.well-known/acme-challenge/, root: www }
+                  - { listener: http, path_prefix: /big.bin, root: www/ }
+                  - { listener: http, redirect: { port: 8443 } }
+                  - { listener: https, host: a.example.test, redirect: { host: b.example.test, status: 308 } }
+                  - { path_prefix: /small/, upstream: app, max_request_body_bytes: 100 }
+                  - { upstream: app }
+                """).replacingOccurrences(of: "      key: \(Self.leaf.key)", with: "      key: \(Self.leaf.key)\n      h2: true")
+        }
+        let http = harness.port("http"), https = harness.port("https")
+        let acme = "http://127.0.0.1:\(http)/.well-known/acme-challenge"
+        // The file, byte for byte, with nginx's default type; HEAD has its length and no body.
+        let token = try curl(["-i", "\(acme)/token-1"])
+        XCTAssertTrue(token.stdout.hasPrefix("HTTP/1.1 200 OK\r\n"), token.stdout)
+        XCTAssertTrue(token.stdout.contains("content-type: application/octet-stream\r\n"), token.stdout)
+        XCTAssertTrue(token.stdout.hasSuffix("\r\n\r\ntoken-1.thumbprint"), token.stdout)
+        let head = try curl(["-I", "\(acme)/token-1"])
+        XCTAssertTrue(head.stdout.contains("content-length: 18\r\n"), head.stdout)
+        XCTAssertEqual(try curl(["\(acme)/sub/index.html", "-o", "/dev/null", "-w", "%{content_type}"]).stdout, "text/html; charset=utf-8")
+        // Nothing outside the root, nothing but regular files, nothing but GET and HEAD.
+        func status(_ args: [String]) throws -> String { try curl(["-o", "/dev/null", "-w", "%{http_code}"] + args).stdout }
+        XCTAssertEqual(try status(["\(acme)/missing"]), "404")
+        XCTAssertEqual(try status(["\(acme)/sub"]), "404", "a directory")
+        XCTAssertEqual(try status(["--path-as-is", "\(acme)/../../config.yaml"]), "404")
+        XCTAssertEqual(try status(["\(acme)/..%2F..%2Fconfig.yaml"]), "404")
+        XCTAssertEqual(try status(["\(acme)/%zz"]), "400")
+        let post = try curl(["-i", "-d", "x", "\(acme)/token-1"])
+        XCTAssertTrue(post.stdout.hasPrefix("HTTP/1.1 405 Method Not Allowed\r\n") && post.stdout.contains("allow: GET, HEAD\r\n"), post.stdout)
+        XCTAssertEqual(try status(["http://127.0.0.1:\(http)/big.bin"]), "403")
+        XCTAssertTrue(harness.logs.contains("static file not served"), harness.logs.all.joined(separator: "\n"))
+        XCTAssertTrue(harness.logs.all.contains { $0.contains("big.bin: 1100000 bytes") }, harness.logs.all.joined(separator: "\n"))
+        // Everything else on the plain listener is redirected, path and query kept, port
+        // dropped from the Host and the configured one used; a redirect needs a Host.
+        let redirect = try curl(["-i", "-H", "Host: WWW.Example.test:80", "http://127.0.0.1:\(http)/a/b?x=1&y=2"])
+        XCTAssertTrue(redirect.stdout.hasPrefix("HTTP/1.1 301 Moved Permanently\r\n"), redirect.stdout)
+        XCTAssertTrue(redirect.stdout.contains("location: https://www.example.test:8443/a/b?x=1&y=2\r\n"), redirect.stdout)
+        let noHost = rawExchange(port: http, send: Array("GET / HTTP/1.0\r\n\r\n".utf8))
+        XCTAssertTrue(noHost.response.hasPrefix("HTTP/1.0 400"), noHost.response)
+        XCTAssertEqual(harness.upstream.requestCount, 0, "the plain listener never reached the upstream")
+        // The HTTPS listener is not redirected; its own redirect works over HTTP/2 too.
+        XCTAssertEqual(try status(["https://localhost:\(https)/a/b"]), "200")
+        XCTAssertEqual(try status(["https://localhost:\(https)/.well-known/acme-challenge/token-1"]), "200")
+        XCTAssertEqual(harness.upstream.requestCount, 2)
+        let moved = try curl(["-i", "--http2", "--resolve", "a.example.test:\(https):127.0.0.1", "https://a.example.test:\(https)/p?q"])
+        XCTAssertTrue(moved.stdout.hasPrefix("HTTP/2 308"), moved.stdout)
+        XCTAssertTrue(moved.stdout.contains("location: https://b.example.test/p?q\r\n"), moved.stdout)
+        // The route's body limit, not the listener's (none).
+        let small = harness.directory.file("101.bin")
+        try Shell.bash("head -c 101 /dev/zero > '\(small)'")
+        XCTAssertEqual(try status(["--data-binary", "@\(small)", "https://localhost:\(https)/small/x"]), "413")
+        XCTAssertEqual(try status(["--http2", "--data-binary", "@\(small)", "https://localhost:\(https)/small/x"]), "413")
+        XCTAssertEqual(try status(["--data-binary", "@\(small)", "https://localhost:\(https)/elsewhere"]), "200")
+        await harness.shutdown()
+    }
+
     func testSmugglingShapesOversizedHeadsAndSlowHeadersGetTheirAnswers() async throws {
         let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
         let port = harness.port("http")
