@@ -121,9 +121,10 @@ public struct ListenerTLSConfig: Decodable, Sendable {
     /// client_auth for particular SNI names (exact or `*.` wildcard), instead of the listener's.
     public var clientAuthByName: [String: ClientAuthConfig]
     public var sessionTickets: SessionTicketsConfig?
+    public var hsts: HSTSConfig?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case certificate, key, profile
+        case certificate, key, profile, hsts
         case clientAuthByName = "client_auth_by_name"
         case sessionTickets = "session_tickets"
         case minVersion = "min_version"
@@ -149,6 +150,37 @@ public struct ListenerTLSConfig: Decodable, Sendable {
         self.clientAuth = try c.decodeIfPresent(ClientAuthConfig.self, forKey: .clientAuth)
         self.sessionTickets = try c.decodeIfPresent(SessionTicketsConfig.self, forKey: .sessionTickets)
         self.clientAuthByName = try c.decodeIfPresent([String: ClientAuthConfig].self, forKey: .clientAuthByName) ?? [:]
+        self.hsts = try c.decodeIfPresent(HSTSConfig.self, forKey: .hsts)
+    }
+}
+
+/// HTTP Strict Transport Security (RFC 6797) on every response of a TLS listener.
+public struct HSTSConfig: Decodable, Sendable {
+    /// Mozilla's recommendation: two years.
+    public var maxAge: Duration = .seconds(63_072_000)
+    public var includeSubdomains = false
+    public var preload = false
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case maxAge = "max_age"
+        case includeSubdomains = "include_subdomains"
+        case preload
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.maxAge = try c.decodeIfPresent(Duration.self, forKey: .maxAge) ?? self.maxAge
+        self.includeSubdomains = try c.decodeIfPresent(Bool.self, forKey: .includeSubdomains) ?? false
+        self.preload = try c.decodeIfPresent(Bool.self, forKey: .preload) ?? false
+    }
+
+    /// The header's value.
+    public var value: String {
+        var value = "max-age=\(self.maxAge.nanoseconds / 1_000_000_000)"
+        if self.includeSubdomains { value += "; includeSubDomains" }
+        if self.preload { value += "; preload" }
+        return value
     }
 }
 

@@ -11,7 +11,8 @@ import NIOPosix
 /// body's SHA-256; `/bytes?n=N` streams N bytes; `/headers` lists the request
 /// headers; `/stats` counts connections; `/slow?ms=N` answers late;
 /// `/stall?ms=N` sends the head and half the body, the rest N ms later;
-/// `/status?code=N` answers with that status; `/client-cert` names the TLS
+/// `/status?code=N` answers with that status (and `&sts=V`, a
+/// strict-transport-security field of its own); `/client-cert` names the TLS
 /// client certificate's serial.
 public final class DemoUpstream: Sendable {
     private let channel: Channel
@@ -208,7 +209,8 @@ private final class DemoHandler: ChannelInboundHandler {
             }
         case "/status":
             let code = Int(self.query(head, "code") ?? "200") ?? 200
-            self.respond(context: context, head: head, status: HTTPResponseStatus(statusCode: code), body: "status \(code)\n")
+            let sts = self.query(head, "sts").map { [("strict-transport-security", $0)] } ?? []
+            self.respond(context: context, head: head, status: HTTPResponseStatus(statusCode: code), body: "status \(code)\n", extra: sts)
         default:
             let host = head.headers.first(name: "host") ?? "-"
             self.respond(context: context, head: head, status: .ok,
@@ -237,11 +239,12 @@ private final class DemoHandler: ChannelInboundHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, body: String) {
+    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, body: String,
+                         extra: [(String, String)] = []) {
         self.head = nil
         var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
         buffer.writeString(body)
-        var headers = HTTPHeaders([("content-type", "text/plain"), ("content-length", "\(buffer.readableBytes)")])
+        var headers = HTTPHeaders([("content-type", "text/plain"), ("content-length", "\(buffer.readableBytes)")] + extra)
         if !head.isKeepAlive { headers.add(name: "connection", value: "close") }
         context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
         if head.method != .HEAD { context.write(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil) }

@@ -55,6 +55,8 @@ struct ListenerPlan: Sendable {
     var http2 = HTTP2Config()
     /// Clients present certificates: their identity is forwarded upstream.
     var mutualTLS = false
+    /// The `strict-transport-security` value every response carries (TLS listeners).
+    var strictTransportSecurity: String?
 }
 
 extension Duration {
@@ -424,6 +426,13 @@ public final class Gateway: Sendable {
                 plan.h2 = tls.h2
                 plan.http2 = tls.http2
                 plan.mutualTLS = tls.clientAuth != nil || !tls.clientAuthByName.isEmpty
+                if let hsts = tls.hsts {
+                    plan.strictTransportSecurity = hsts.value
+                    // The list's rules (hstspreload.org): a submitted domain is refused without them.
+                    if hsts.preload && (!hsts.includeSubdomains || hsts.maxAge.nanoseconds < 31_536_000 * 1_000_000_000) {
+                        problems.append("\(path).tls.hsts.preload: needs include_subdomains: true and max_age of at least 365d (the preload list's requirements)")
+                    }
+                }
                 if tls.http2.maxConcurrentStreams < 1 { problems.append("\(path).tls.http2.max_concurrent_streams: must be at least 1") }
             }
             listeners.append(plan)

@@ -341,6 +341,7 @@ extension ListenerPlan {
         limits.maxBodyBytes = self.maxBodyBytes
         limits.headerTimeout = self.headerTimeout
         limits.idleTimeout = self.idleTimeout
+        limits.strictTransportSecurity = self.strictTransportSecurity
         return limits
     }
 }
@@ -415,7 +416,7 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
                                             streamDelegate: idle.delegate(eventLoop: channel.eventLoop)) { streamChannel in
             streamChannel.eventLoop.initialized {
                 let streamSync = streamChannel.pipeline.syncOperations
-                let bridge = HTTP2StreamBridge()
+                let bridge = HTTP2StreamBridge(strictTransportSecurity: limits.strictTransportSecurity)
                 try streamSync.addHandler(bridge)
                 try streamSync.addHandler(ProxyHandler(stream: bridge, router: router, pool: pool.value, info: info, limits: limits,
                                                        logger: logger, observer: metrics))

@@ -31,6 +31,7 @@ struct HTTPFramingError: Error, CustomStringConvertible, Equatable {
 enum KnownHeader: UInt8 {
     case other, contentLength, transferEncoding, host, connection, expect, keepAlive, proxyConnection, te, trailer, upgrade
     case xForwardedFor, xForwardedProto, xForwardedHost, xForwardedClientCert, xClientVerify
+    case strictTransportSecurity
 
     /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as received.
     var isHopByHop: Bool {
@@ -57,6 +58,7 @@ enum KnownHeader: UInt8 {
         case 16: return matches("proxy-connection") ? .proxyConnection : matches("x-forwarded-host") ? .xForwardedHost : .other
         case 17: return matches("transfer-encoding") ? .transferEncoding : matches("x-forwarded-proto") ? .xForwardedProto : .other
         case 23: return matches("x-forwarded-client-cert") ? .xForwardedClientCert : .other
+        case 25: return matches("strict-transport-security") ? .strictTransportSecurity : .other
         default: return .other
         }
     }

@@ -45,7 +45,12 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
     /// sends a short response) instead of an empty DATA frame of its own after it.
     private var heldBody: ByteBuffer?
 
-    public init() {}
+    /// The listener's `strict-transport-security` value, in place of an upstream's.
+    private let strictTransportSecurity: String?
+
+    public init(strictTransportSecurity: String? = nil) {
+        self.strictTransportSecurity = strictTransportSecurity
+    }
 
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -222,7 +227,7 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
                 let framer = head.responseFramer(toHead: self.headRequest)
                 self.framer = framer
                 self.responseDone = framer.isDone
-                emit(.headers(.init(headers: Self.responseHeaders(head), endStream: framer.isDone)))
+                emit(.headers(.init(headers: self.responseHeaders(head), endStream: framer.isDone)))
             }
         } catch {
             promise?.fail(error)
@@ -248,18 +253,20 @@ extension HTTP2StreamBridge: ProxyResponseSink {
         guard let context = self.context, !self.responseDone else { return }
         let noBody = head.hasNoBody(toHead: toHead)
         self.responseDone = noBody
-        context.write(self.wrapOutboundOut(.headers(.init(headers: Self.responseHeaders(head), endStream: noBody))), promise: nil)
+        context.write(self.wrapOutboundOut(.headers(.init(headers: self.responseHeaders(head), endStream: noBody))), promise: nil)
     }
 
     /// A response head's HTTP/2 fields: `:status`, then the fields that are not
     /// hop-by-hop (connection-specific in HTTP/2), names in lower case.
-    private static func responseHeaders(_ head: HTTPHead) -> HPACKHeaders {
+    private func responseHeaders(_ head: HTTPHead) -> HPACKHeaders {
         var headers = HPACKHeaders()
-        headers.reserveCapacity(head.fields.count + 1)
+        headers.reserveCapacity(head.fields.count + 2)
         headers.add(name: ":status", value: String(head.status))
-        for field in head.fields where !head.isHopByHop(field) {
+        let hsts = self.strictTransportSecurity
+        for field in head.fields where !head.isHopByHop(field) && !(hsts != nil && field.known == .strictTransportSecurity) {
             headers.add(name: head.string(field.name).lowercased(), value: head.string(field.value))
         }
+        if let hsts { headers.add(name: "strict-transport-security", value: hsts) }
         return headers
     }
 

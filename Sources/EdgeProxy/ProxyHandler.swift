@@ -68,6 +68,9 @@ public struct ProxyLimits: Sendable {
     public var headerTimeout = TimeAmount.seconds(10)
     /// How long a keep-alive connection may idle between requests before it is closed.
     public var idleTimeout = TimeAmount.seconds(60)
+    /// The listener's `strict-transport-security` value: every response carries it,
+    /// in place of one from the upstream.
+    public var strictTransportSecurity: String?
 
     public init() {}
 }
@@ -678,7 +681,14 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         out.writeStaticString(request.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
         // The status code and reason as received (the parser checked three digits at 9..<12).
         response.writeBytes(9..<response.startLineEnd + 2, to: &out)
-        response.writeFields(to: &out) { response.isHopByHop($0) }
+        if let hsts = self.limits.strictTransportSecurity {
+            response.writeFields(to: &out) { response.isHopByHop($0) || $0.known == .strictTransportSecurity }
+            out.writeStaticString("strict-transport-security: ")
+            out.writeString(hsts)
+            out.writeStaticString("\r\n")
+        } else {
+            response.writeFields(to: &out) { response.isHopByHop($0) }
+        }
         let noBody = response.hasNoBody(toHead: request.isHeadMethod)
         var close = !request.keepAlive || self.quiescing
         if !noBody && (response.contentLength == nil || response.chunked || response.otherTransferCoding) {
@@ -915,6 +925,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         out.writeString(request?.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
         out.writeString("\(status) \(Self.reasonPhrase(status))\r\n")
         out.writeString(fields)
+        if let hsts = self.limits.strictTransportSecurity { out.writeString("strict-transport-security: \(hsts)\r\n") }
         out.writeString("content-length: \(body.readableBytes)\r\n")
         if close { out.writeStaticString("connection: close\r\n") }
         out.writeStaticString("\r\n")

@@ -69,6 +69,9 @@ final class ConfigTests: XCTestCase {
         let body = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key)
             .replacingOccurrences(of: "    tls: {", with: "    max_request_body_bytes: 0\n    tls: {"))
         XCTAssertTrue(body.stderr.contains("listeners[0].max_request_body_bytes: must be at least 1"), body.stderr)
+        let preload = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key)
+            .replacingOccurrences(of: "key: \(Self.leaf.key) }", with: "key: \(Self.leaf.key), hsts: { preload: true } }"))
+        XCTAssertTrue(preload.stderr.contains("listeners[0].tls.hsts.preload: needs include_subdomains: true"), preload.stderr)
     }
 
     func testBadRoutesNameTheRouteAndTheKey() throws {

@@ -162,6 +162,30 @@ final class DownstreamTLSTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// `tls.hsts`: every response of the listener carries the one configured field,
+    /// proxied or the gateway's own, over HTTP/1.1 and HTTP/2; an upstream's is replaced.
+    func testHSTSOnEveryResponseInPlaceOfTheUpstreams() async throws {
+        let harness = try await GatewayHarness.start {
+            self.config(upstreamPort: $0, tls: "h2: true\nhsts: { max_age: 365d, include_subdomains: true }")
+                .replacingOccurrences(of: "  - upstream: app", with: "  - { path_prefix: /moved, redirect: {} }\n  - upstream: app")
+        }
+        let port = harness.port("https")
+        let expected = "strict-transport-security: max-age=31536000; includeSubDomains\r\n"
+        for version in ["--http1.1", "--http2"] {
+            for path in ["/", "/status?code=503&sts=max-age=5", "/moved"] {
+                let head = try curl([version, "-s", "-D", "-", "-o", "/dev/null", "https://localhost:\(port)\(path)"]).stdout
+                XCTAssertEqual(head.components(separatedBy: "strict-transport-security").count - 1, 1, "\(version) \(path): one field\n\(head)")
+                XCTAssertTrue(head.contains(expected), "\(version) \(path):\n\(head)")
+            }
+        }
+        // Without hsts the upstream's own passes through.
+        let plain = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "h2: true") }
+        let own = try curl(["-s", "-D", "-", "-o", "/dev/null", "https://localhost:\(plain.port("https"))/status?code=200&sts=max-age=5"]).stdout
+        XCTAssertTrue(own.contains("strict-transport-security: max-age=5\r\n"), own)
+        await plain.shutdown()
+        await harness.shutdown()
+    }
+
     func testWithoutH2OnlyHTTP11IsNegotiated() async throws {
         let harness = try await GatewayHarness.start { self.config(upstreamPort: $0, tls: "") }
         let port = harness.port("https")
