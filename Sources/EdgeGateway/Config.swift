@@ -17,6 +17,7 @@ public struct GatewayConfig: Decodable, Sendable {
     public var handoffSocket: String?
     /// Give free heap pages back to the kernel after bursts of connections (`HeapTrimmer`).
     public var memoryTrimming: Bool
+    public var accessLog: AccessLogConfig?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listeners, upstreams, routes, certificates, admin
@@ -24,6 +25,7 @@ public struct GatewayConfig: Decodable, Sendable {
         case workers, expiry
         case handoffSocket = "handoff_socket"
         case memoryTrimming = "memory_trimming"
+        case accessLog = "access_log"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -39,6 +41,7 @@ public struct GatewayConfig: Decodable, Sendable {
         self.expiry = try c.decodeIfPresent(ExpiryConfig.self, forKey: .expiry) ?? ExpiryConfig()
         self.handoffSocket = try c.decodeIfPresent(String.self, forKey: .handoffSocket)
         self.memoryTrimming = try c.decodeIfPresent(Bool.self, forKey: .memoryTrimming) ?? true
+        self.accessLog = try c.decodeIfPresent(AccessLogConfig.self, forKey: .accessLog)
     }
 
     /// Parses YAML text; errors name the key path.
@@ -48,6 +51,24 @@ public struct GatewayConfig: Decodable, Sendable {
         } catch {
             throw describe(decodingError: error)
         }
+    }
+}
+
+/// One line per answered request, in nginx's `combined` format or as JSON.
+public struct AccessLogConfig: Decodable, Sendable {
+    /// A file (relative to the configuration file), or `-`/`stdout`.
+    public var path: String
+    public var format: String
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case path, format
+    }
+
+    public init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.path = try c.decode(String.self, forKey: .path)
+        self.format = try c.decodeIfPresent(String.self, forKey: .format) ?? "combined"
     }
 }
 

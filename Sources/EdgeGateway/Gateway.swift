@@ -82,6 +82,8 @@ public final class Gateway: Sendable {
     let sessionTickets: SessionTicketsConfig
     /// The resolved handoff socket path, if zero-downtime restarts are enabled.
     let handoffSocket: String?
+    /// The access log, opened (so `check` reports a path it cannot write).
+    let accessLog: AccessLogFile?
     let logger: Logger
     let state = NIOLockedValueBox(RunState())
     let metrics: GatewayMetrics
@@ -373,6 +375,19 @@ public final class Gateway: Sendable {
         }
         self.sessionTickets = tickets
         self.handoffSocket = config.handoffSocket.map(resolve)
+        var accessLog: AccessLogFile?
+        if let log = config.accessLog {
+            if let format = AccessLogFile.Format(rawValue: log.format) {
+                do {
+                    accessLog = try AccessLogFile(path: AccessLogFile.isStandardOutput(log.path) ? log.path : resolve(log.path), format: format, logger: logger)
+                } catch {
+                    problems.append("access_log.path: \(error)")
+                }
+            } else {
+                problems.append("access_log.format: must be \(AccessLogFile.Format.allCases.map(\.rawValue).joined(separator: " or ")), got '\(log.format)'")
+            }
+        }
+        self.accessLog = accessLog
 
         var listeners: [ListenerPlan] = []
         for (index, listener) in config.listeners.enumerated() {

@@ -16,10 +16,10 @@ final class PoolRegistry: @unchecked Sendable {
     // Immutable after init; each UpstreamPool is confined to its event loop.
     private let pools: [ObjectIdentifier: UpstreamPool]
 
-    init(group: EventLoopGroup) {
+    init(group: EventLoopGroup, accessLog: AccessLogFile?) {
         var pools: [ObjectIdentifier: UpstreamPool] = [:]
         for loop in group.makeIterator() {
-            pools[ObjectIdentifier(loop)] = UpstreamPool(eventLoop: loop)
+            pools[ObjectIdentifier(loop)] = UpstreamPool(eventLoop: loop, accessLog: accessLog)
         }
         self.pools = pools
     }
@@ -36,6 +36,14 @@ final class PoolRegistry: @unchecked Sendable {
             loop.execute { self.pools[id]?.closeIdle() }
         }
     }
+
+    /// Writes out every loop's buffered access log lines, each on its own loop.
+    func flushAccessLogs(group: EventLoopGroup) async {
+        for loop in group.makeIterator() {
+            let id = ObjectIdentifier(loop)
+            try? await loop.submit { self.pools[id]?.accessLog?.flush() }.get()
+        }
+    }
 }
 
 extension Gateway {
@@ -44,7 +52,7 @@ extension Gateway {
     /// accepting, and this one serves on duplicates of its listening sockets (matched by
     /// address) before the caller shuts it down, so no connection is refused in between.
     public func start(group: EventLoopGroup, replacing previous: Gateway? = nil) async throws {
-        let pools = PoolRegistry(group: group)
+        let pools = PoolRegistry(group: group, accessLog: self.accessLog)
         self.state.withLockedValue { $0.pools = (pools, group) }
         let watch = self.config.certificates?.watch ?? WatchConfig()
         for store in self.stores {
@@ -255,7 +263,11 @@ extension Gateway {
         }
         timeout.cancel()
         try? await admin?.close()
-        if let (pools, group) = self.state.withLockedValue({ $0.pools }) { pools.closeIdle(group: group) }
+        if let (pools, group) = self.state.withLockedValue({ $0.pools }) {
+            pools.closeIdle(group: group)
+            await pools.flushAccessLogs(group: group)
+        }
+        self.accessLog?.close()
     }
 
     private func bind(_ listener: ListenerPlan, fd: CInt, group: EventLoopGroup, quiescing: ServerQuiescingHelper, pools: PoolRegistry) async throws -> Channel {

@@ -149,6 +149,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         var writeTimer: Scheduled<Void>?
         var closeDownstreamAfterResponse = false
         var status = 0
+        /// Response body bytes passed to the client (the access log's `body_bytes_sent`).
+        var bodyBytesSent = 0
 
         init(request: HTTPHead, group: UpstreamGroup) {
             self.request = request
@@ -188,6 +190,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var bodyBytes = 0
     /// The current request's body limit: its route's, else the listener's.
     private var maxBodyBytes: Int?
+    /// When the current request's head was complete (read only with an access log).
+    private var requestStart = NIODeadline.uptimeNanoseconds(0)
     private var readPending = false
     private var closed = false
     /// A response that closes the connection was sent: ignore further input.
@@ -402,6 +406,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.deadline = nil
         self.headStarted = false
         let hasBody = head.chunked || (head.contentLength ?? 0) > 0
+        if self.pool.accessLog != nil { self.requestStart = .now() }
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
         self.bodyBytes = 0
         let route = self.router.route(listener: self.info.listenerName, host: head.first(.host), uri: head.target)
@@ -645,6 +650,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.downstreamNeedsFlush = true
         case .body(let body):
             self.armReadTimer(exchange)
+            exchange.bodyBytesSent &+= body.readableBytes
             // Flushed once per upstream read batch (upstreamReadComplete): one TLS
             // record and one syscall for a small response instead of one per part.
             if let sink = self.responseSink {
@@ -668,6 +674,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             }
             self.downstreamNeedsFlush = true
             self.requests?.completed(status: exchange.status)
+            if self.pool.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
             self.finishIfDone(exchange)
         }
     }
@@ -802,6 +809,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.logger.warning("upstream failed mid-response; closing client connection", metadata: [
             "upstream": "\(exchange.group.name)", "error": "\(error)",
         ])
+        if self.pool.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
         exchange.leaveBackend()
         self.exchange = nil
         self.closing = true
@@ -860,7 +868,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             "method": "\(exchange.request.method)", "uri": "\(exchange.request.target)",
         ])
         self.exchange = nil
-        self.respondLocally(status: status, message: message, request: exchange.request, requestEnded: exchange.requestEnded)
+        self.respondLocally(status: status, message: message, request: exchange.request, requestEnded: exchange.requestEnded,
+                            upstream: exchange.group.name)
     }
 
     /// A body without a declared length went past `maxBodyBytes`: the upstream request
@@ -910,15 +919,17 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     /// Answers from the gateway itself: a text body saying why, plus `fields` (header
     /// lines, each ending in CRLF).
-    private func respondLocally(status: Int, message: String, request: HTTPHead?, requestEnded: Bool, fields: String = "") {
+    private func respondLocally(status: Int, message: String, request: HTTPHead?, requestEnded: Bool, fields: String = "",
+                                upstream: String? = nil) {
         let text = "\(status) \(Self.reasonPhrase(status)): \(message)\n"
         self.answerLocally(status: status, request: request, requestEnded: requestEnded,
-                           fields: "content-type: text/plain; charset=utf-8\r\n" + fields, body: ByteBuffer(string: text))
+                           fields: "content-type: text/plain; charset=utf-8\r\n" + fields, body: ByteBuffer(string: text), upstream: upstream)
     }
 
     /// Writes an answer of the gateway's own. A connection whose request was not fully
     /// read (or that asked for it) is closed after the answer.
-    private func answerLocally(status: Int, request: HTTPHead?, requestEnded: Bool, fields: String, body: ByteBuffer) {
+    private func answerLocally(status: Int, request: HTTPHead?, requestEnded: Bool, fields: String, body: ByteBuffer,
+                               upstream: String? = nil) {
         guard let context = self.context else { return }
         let close = !requestEnded || !(request?.keepAlive ?? false) || self.quiescing
         var out = context.channel.allocator.buffer(capacity: 160 + fields.utf8.count + body.readableBytes)
@@ -933,6 +944,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.downstreamNeedsFlush = false
         let done = context.writeAndFlush(NIOAny(out))
         self.requests?.completed(status: status)
+        if self.pool.accessLog != nil {
+            if request == nil { self.requestStart = .now() }  // a head that never parsed: no duration
+            self.logAccess(request, status: status, bodyBytes: request?.isHeadMethod == true ? 0 : body.readableBytes, upstream: upstream)
+        }
         if close {
             self.closing = true
             self.requestBody = nil
@@ -955,6 +970,17 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         } else {
             self.requestDone()
         }
+    }
+
+    /// One access log line (only called with an access log configured).
+    private func logAccess(_ request: HTTPHead?, status: Int, bodyBytes: Int, exchange: Exchange? = nil, upstream: String? = nil) {
+        guard let log = self.pool.accessLog else { return }
+        let proto = self.responseSink != nil ? "HTTP/2.0" : request?.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
+        log.record(AccessLogEntry(
+            listener: self.info.listenerName, client: self.info.clientIP, proto: proto, request: request, status: status,
+            bodyBytesSent: bodyBytes, duration: .now() - self.requestStart, upstream: upstream ?? exchange?.group.name,
+            backend: exchange?.backendIndex.map { exchange!.group.backends[$0].description }
+        ))
     }
 
     /// A `redirect` route's answer: the same path and query at the configured scheme,

@@ -346,10 +346,13 @@ public final class UpstreamPool {
 
     /// The header and idle deadlines of the loop's client connections.
     let deadlines: LoopDeadlines
+    /// The loop's access log lines; nil without `access_log`.
+    public let accessLog: AccessLogBuffer?
 
-    public init(eventLoop: EventLoop) {
+    public init(eventLoop: EventLoop, accessLog: AccessLogFile? = nil) {
         self.eventLoop = eventLoop
         self.deadlines = LoopDeadlines(eventLoop: eventLoop)
+        self.accessLog = accessLog.map { AccessLogBuffer(file: $0, eventLoop: eventLoop) }
     }
 
     private func key(group: UpstreamGroup, backend: Int, generation: Int? = nil) -> PoolKey {

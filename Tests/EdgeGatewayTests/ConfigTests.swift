@@ -72,6 +72,10 @@ final class ConfigTests: XCTestCase {
         let preload = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key)
             .replacingOccurrences(of: "key: \(Self.leaf.key) }", with: "key: \(Self.leaf.key), hsts: { preload: true } }"))
         XCTAssertTrue(preload.stderr.contains("listeners[0].tls.hsts.preload: needs include_subdomains: true"), preload.stderr)
+        let accessLog = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\naccess_log: { path: /nonexistent/access.log, format: clf }\n")
+        XCTAssertTrue(accessLog.stderr.contains("access_log.format: must be combined or json, got 'clf'"), accessLog.stderr)
+        let unwritable = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\naccess_log: { path: /nonexistent/access.log }\n")
+        XCTAssertTrue(unwritable.stderr.contains("access_log.path: /nonexistent/access.log: No such file or directory"), unwritable.stderr)
     }
 
     func testBadRoutesNameTheRouteAndTheKey() throws {

@@ -293,6 +293,79 @@ final class ProxyTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// `access_log`: nginx's combined format byte for byte (with its escaping), JSON with
+    /// the listener, protocol, upstream and backend; a renamed file is reopened without a
+    /// signal; lines still buffered at shutdown are written, not lost.
+    func testAccessLogCombinedAndJSONReopenedAfterARenameAndFlushedAtShutdown() async throws {
+        let dir = TemporaryDirectory()
+        let harness = try await GatewayHarness.start(directory: dir) {
+            self.baseConfig(upstreamPort: $0) + "\naccess_log: { path: access.log }"
+        }
+        let http = harness.port("http")
+        let log = dir.file("access.log")
+        func lines(_ path: String) -> [String] {
+            ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+        XCTAssertEqual(try curl(["-o", "/dev/null", "-w", "%{http_code}", "-A", "ua\"q\\", "-e", "http://ref/", "http://127.0.0.1:\(http)/status?code=404"]).stdout, "404")
+        XCTAssertEqual(try curl(["-I", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)/"]).stdout, "200")
+        let bad = rawExchange(port: http, send: Array("GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".utf8))
+        XCTAssertTrue(bad.response.hasPrefix("HTTP/1.1 400"), bad.response)
+        XCTAssertTrue(eventually(timeout: 5) { lines(log).count == 3 }, "buffered lines are written within a second: \(lines(log))")
+        let written = lines(log)
+        let stamp = #"\[\d\d/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d \+0000\]"#
+        for (line, pattern) in zip(written, [
+            #"^127\.0\.0\.1 - - STAMP "GET /status\?code=404 HTTP/1\.1" 404 11 "http://ref/" "ua\\x22q\\x5C"$"#,
+            #"^127\.0\.0\.1 - - STAMP "HEAD / HTTP/1\.1" 200 0 "-" "curl/[^"]+"$"#,
+            #"^127\.0\.0\.1 - - STAMP "-" 400 \d+ "-" "-"$"#,  // not a request it could parse: no request line, as for nginx's 400s without one
+        ]) {
+            XCTAssertNotNil(line.range(of: pattern.replacingOccurrences(of: "STAMP", with: stamp), options: .regularExpression), "\(line) !~ \(pattern)")
+        }
+        // logrotate's create mode: renamed away, a new file appears with the next batch.
+        try FileManager.default.moveItem(atPath: log, toPath: log + ".1")
+        try await Task.sleep(nanoseconds: 1_100_000_000)
+        XCTAssertEqual(try curl(["-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)/after-rename"]).stdout, "200")
+        XCTAssertTrue(eventually(timeout: 5) { lines(log).count == 1 }, "a new file after the rename: \(lines(log))")
+        XCTAssertEqual(lines(log + ".1").count, 3)
+        XCTAssertTrue(harness.logs.contains("access log reopened"))
+        // Shutdown writes what is still buffered.
+        XCTAssertEqual(try curl(["-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)/last"]).stdout, "200")
+        await harness.shutdown()
+        XCTAssertTrue(lines(log).last?.contains("GET /last HTTP/1.1") ?? false, "\(lines(log))")
+
+        // JSON, over HTTP/1.1 and HTTP/2, proxied and the gateway's own answers.
+        let jsonDir = TemporaryDirectory()
+        let json = try await GatewayHarness.start(directory: jsonDir) {
+            self.baseConfig(upstreamPort: $0, extraUpstream: "  down: { backends: [\"127.0.0.1:\(freePort())\"] }",
+                            routes: "  - { path_prefix: /down, upstream: down }\n  - upstream: app")
+                .replacingOccurrences(of: "      key: \(Self.leaf.key)", with: "      key: \(Self.leaf.key)\n      h2: true")
+                + "\naccess_log: { path: \(jsonDir.file("access.json")), format: json }"
+        }
+        let https = json.port("https"), upstreamPort = json.upstream.port
+        XCTAssertEqual(try curl(["--http2", "-o", "/dev/null", "-w", "%{http_code}", "-A", "a\"b\\c\u{e9}", "https://localhost:\(https)/bytes?n=5000"]).stdout, "200")
+        XCTAssertEqual(try curl(["--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(https)/down"]).stdout, "502")
+        await json.shutdown()
+        let records = lines(jsonDir.file("access.json")).compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        XCTAssertEqual(records.count, 2, "\(lines(jsonDir.file("access.json")))")
+        guard records.count == 2 else { return }
+        XCTAssertEqual(records[0]["protocol"] as? String, "HTTP/2.0")
+        XCTAssertEqual(records[0]["listener"] as? String, "https")
+        XCTAssertEqual(records[0]["uri"] as? String, "/bytes?n=5000")
+        XCTAssertEqual(records[0]["status"] as? Int, 200)
+        XCTAssertEqual(records[0]["body_bytes_sent"] as? Int, 5000)
+        XCTAssertEqual(records[0]["upstream"] as? String, "app")
+        XCTAssertEqual(records[0]["backend"] as? String, "127.0.0.1:\(upstreamPort)")
+        XCTAssertEqual(records[0]["client"] as? String, "127.0.0.1")
+        // Escaped so the line stays JSON whatever the client sent (bytes above 0x7E one by one).
+        XCTAssertEqual(records[0]["user_agent"] as? String, "a\"b\\c\u{c3}\u{a9}")
+        XCTAssertTrue(records[1]["referer"] is NSNull)
+        XCTAssertNotNil(records[0]["duration_ms"] as? Double)
+        XCTAssertNotNil((records[0]["time"] as? String)?.range(of: #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"#, options: .regularExpression))
+        XCTAssertEqual(records[1]["protocol"] as? String, "HTTP/1.1")
+        XCTAssertEqual(records[1]["status"] as? Int, 502)
+        XCTAssertEqual(records[1]["upstream"] as? String, "down")
+        XCTAssertTrue(records[1]["backend"] is NSNull)
+    }
+
     func testSmugglingShapesOversizedHeadsAndSlowHeadersGetTheirAnswers() async throws {
         let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
         let port = harness.port("http")
