@@ -115,6 +115,15 @@ struct HTTPHead {
 
     var keepAlive: Bool { self.minorVersion >= 1 ? !self.connectionClose : (self.connectionKeepAlive && !self.connectionClose) }
 
+    /// A request to switch to WebSocket (RFC 6455 §4.1): an HTTP/1.1 GET with
+    /// `Connection: upgrade` and `websocket` among its `Upgrade` protocols. Cheap
+    /// for every other request: `connectionNames` is almost always empty.
+    var isWebSocketUpgrade: Bool {
+        guard !self.connectionNames.isEmpty, self.minorVersion == 1, self.connectionNames.contains("upgrade"), self.method == "GET",
+              let upgrade = self.first(.upgrade) else { return false }
+        return upgrade.split(separator: ",").contains { $0.trimmingSpaces().lowercased() == "websocket" }
+    }
+
     /// Makes this head the next `length` bytes of `buffer`, unparsed, in the storage
     /// of the head it was: the byte and field arrays keep their capacity, so a handler
     /// that parses one head after another allocates for none of them.

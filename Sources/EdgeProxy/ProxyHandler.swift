@@ -151,11 +151,16 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         var status = 0
         /// Response body bytes passed to the client (the access log's `body_bytes_sent`).
         var bodyBytesSent = 0
+        /// The client asked to switch to WebSocket; the upstream gets the handshake.
+        let upgrade: Bool
+        /// The upstream agreed (101): bytes flow both ways unframed until one side closes.
+        var tunnel = false
 
-        init(request: HTTPHead, group: UpstreamGroup) {
+        init(request: HTTPHead, group: UpstreamGroup, upgrade: Bool = false) {
             self.request = request
             self.group = group
             self.chunkedUpstream = request.chunked
+            self.upgrade = upgrade
         }
 
         /// Leaves the backend's in-flight count; called once when the exchange ends or moves on.
@@ -361,6 +366,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     private func forwardBody(_ data: ByteBuffer) {
         guard let exchange = self.exchange else { return }  // a local answer: the body is dropped
+        if exchange.tunnel { self.armReadTimer(exchange) }
         if exchange.chunkedUpstream {
             self.sendUpstream(self.chunkPrefix(data.readableBytes), exchange)
             self.sendUpstream(data, exchange)
@@ -443,7 +449,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 context.writeAndFlush(NIOAny(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
             }
         }
-        let exchange = Exchange(request: head, group: group)
+        let exchange = Exchange(request: head, group: group, upgrade: self.responseSink == nil && head.isWebSocketUpgrade)
         exchange.requestEnded = !hasBody
         self.exchange = exchange
         self.connect(exchange)
@@ -453,7 +459,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// identity headers removed, X-Forwarded-* added, Host kept or set per upstream.
     /// Built for each attempt (a retry gets the same bytes) in the loop's shared head
     /// buffer, which `attach` hands back once the head is written.
-    private func upstreamHead(for head: HTTPHead, group: UpstreamGroup) -> ByteBuffer {
+    private func upstreamHead(for head: HTTPHead, group: UpstreamGroup, upgrade: Bool) -> ByteBuffer {
         var out = self.pool.requestHeads.take(minimumCapacity: head.bytes.count + 160)
         if head.minorVersion == 1 {
             head.writeBytes(0..<head.startLineEnd + 2, to: &out)  // the request line as received
@@ -481,6 +487,11 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             }
         }
         if head.chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
+        if upgrade {
+            out.writeStaticString("connection: upgrade\r\nupgrade: ")
+            out.writeString(head.first(.upgrade) ?? "websocket")
+            out.writeStaticString("\r\n")
+        }
         if self.info.mutualTLS {
             let identity = self.info.clientIdentity
             if let cert = identity?.forwardedClientCert {
@@ -587,8 +598,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         connection.uses += 1
         exchange.group.states[connection.backendIndex].requests.wrappingIncrement(ordering: .relaxed)
         connection.handler.delegate = self
-        connection.handler.beginExchange(headRequest: exchange.request.isHeadMethod)
-        let head = self.upstreamHead(for: exchange.request, group: exchange.group)
+        connection.handler.beginExchange(headRequest: exchange.request.isHeadMethod, upgrade: exchange.upgrade)
+        let head = self.upstreamHead(for: exchange.request, group: exchange.group, upgrade: exchange.upgrade)
         connection.write(head)
         if !exchange.pending.isEmpty {
             for bytes in exchange.pending { connection.write(bytes) }
@@ -620,6 +631,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// The upstream sent nothing within the read timeout.
     private func readTimedOut(_ exchange: Exchange) {
         self.readDeadline = nil
+        if exchange.tunnel {
+            self.endTunnel(exchange, reason: "idle for the read timeout")
+            return
+        }
         let error = UpstreamError(kind: .readTimeout, backend: exchange.connection.map { $0.key.address.hostPort } ?? "?", reason: "no response within the read timeout")
         exchange.connection?.handler.delegate = nil
         exchange.connection?.close()
@@ -642,6 +657,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             exchange.responseStarted = true
             exchange.status = response.status
             self.armReadTimer(exchange)
+            if response.status == 101 {
+                self.startTunnel(exchange, response: response, context: context)
+                return
+            }
             if let sink = self.responseSink {
                 sink.responseHead(response, toHead: exchange.request.isHeadMethod)
             } else {
@@ -665,6 +684,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.downstreamNeedsFlush = true
         case .end:
             self.stopReadTimer()
+            if exchange.tunnel {
+                self.endTunnel(exchange, reason: "closed by the upstream")
+                return
+            }
             exchange.responseEnded = true
             exchange.upstreamKeepAlive = connection.handler.reusable
             if let sink = self.responseSink {
@@ -677,6 +700,58 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             if self.pool.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
             self.finishIfDone(exchange)
         }
+    }
+
+    /// The upstream accepted a WebSocket handshake: the client gets the `101` with the
+    /// upgrade fields, then both connections carry the protocol's bytes unframed (the
+    /// client's as a request body without end, the upstream's as a response body
+    /// delimited by its close), with the usual back-pressure both ways. The upstream
+    /// read timeout becomes the tunnel's idle timeout (HAProxy's `timeout tunnel`),
+    /// reset by traffic either way.
+    private func startTunnel(_ exchange: Exchange, response: HTTPHead, context: ChannelHandlerContext) {
+        exchange.tunnel = true
+        var out = context.channel.allocator.buffer(capacity: response.bytes.count + 64)
+        out.writeStaticString("HTTP/1.1 ")
+        response.writeBytes(9..<response.startLineEnd + 2, to: &out)
+        response.writeFields(to: &out) { response.isHopByHop($0) }
+        out.writeStaticString("connection: upgrade\r\nupgrade: ")
+        out.writeString(response.first(.upgrade) ?? "websocket")
+        out.writeStaticString("\r\n\r\n")
+        context.write(NIOAny(out), promise: nil)
+        self.downstreamNeedsFlush = true
+        self.logger.debug("websocket tunnel open", metadata: self.peerMetadata.merging(["uri": "\(exchange.request.target)"]) { a, _ in a })
+        // The client's bytes from now on (and any that came early) go upstream as they are.
+        exchange.replay = nil
+        exchange.requestEnded = false
+        self.requestBody = .untilClose
+        self.maxBodyBytes = nil
+        self.process()
+        if self.upstreamNeedsFlush {
+            self.upstreamNeedsFlush = false
+            exchange.connection?.flush()
+        }
+        if self.readPending, exchange.connection?.isWritable ?? false {
+            self.readPending = false
+            context.read()
+        }
+    }
+
+    /// One side of a WebSocket tunnel closed (or it idled out): the other is closed
+    /// after what is in flight, and the exchange is logged as the `101` it was.
+    private func endTunnel(_ exchange: Exchange, reason: String) {
+        self.logger.debug("websocket tunnel closed", metadata: self.peerMetadata.merging(["reason": "\(reason)"]) { a, _ in a })
+        self.requests?.completed(status: 101)
+        if self.pool.accessLog != nil { self.logAccess(exchange.request, status: 101, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
+        self.stopReadTimer()
+        exchange.connection?.handler.delegate = nil
+        exchange.connection?.close()
+        exchange.connection = nil
+        exchange.leaveBackend()
+        self.exchange = nil
+        self.closing = true
+        self.requestBody = nil
+        self.flushDownstream()
+        self.context?.close(promise: nil)
     }
 
     /// The response head as the client gets it: hop-by-hop headers removed, framing
@@ -1162,6 +1237,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.closing = true
         self.pool.deadlines.cancel(self)
         if let exchange = self.exchange {
+            if exchange.tunnel {
+                self.requests?.completed(status: 101)
+                if self.pool.accessLog != nil { self.logAccess(exchange.request, status: 101, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
+            }
             exchange.leaveBackend()
             if let connection = exchange.connection {
                 connection.handler.delegate = nil

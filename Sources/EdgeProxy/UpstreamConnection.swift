@@ -119,10 +119,13 @@ final class UpstreamHandler: ChannelInboundHandler {
         self.firstRead = ReceiveBufferPin(enabled: !needsHandshake)
     }
 
-    /// A request is about to be written: parse the next response for it.
-    func beginExchange(headRequest: Bool) {
+    /// A request is about to be written: parse the next response for it. With
+    /// `upgrade` (a WebSocket handshake), a `101` makes the connection a tunnel.
+    func beginExchange(headRequest: Bool, upgrade: Bool = false) {
         self.phase = .head(headRequest: headRequest, scanned: 0)
+        self.upgradeRequested = upgrade
     }
+    private var upgradeRequested = false
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -178,8 +181,16 @@ final class UpstreamHandler: ChannelInboundHandler {
                 try HTTP1Parser.parseResponse(&self.responseHead)
                 let head = self.responseHead
                 if head.bytes.capacity > 4_096 || head.fields.capacity > 64 { self.responseHead = HTTPHead(bytes: []) }
+                if head.status == 101 && self.upgradeRequested {
+                    // The WebSocket handshake succeeded: from here on the connection
+                    // carries the protocol's bytes both ways until one side closes.
+                    self.reusable = false
+                    self.phase = .body(.untilClose)
+                    delegate.upstreamReceived(.head(head), from: connection)
+                    continue
+                }
                 if head.status < 200 {
-                    // Interim responses (100, 103) are dropped; there is no upgrade through the proxy.
+                    // Interim responses (100, 103) are dropped; 101 only answers an upgrade.
                     guard head.status != 101 else { throw HTTPFramingError.bad("unexpected 101 Switching Protocols") }
                     self.phase = .head(headRequest: headRequest, scanned: 0)
                     continue

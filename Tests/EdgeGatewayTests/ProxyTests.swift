@@ -366,6 +366,63 @@ final class ProxyTests: XCTestCase {
         XCTAssertTrue(records[1]["backend"] is NSNull)
     }
 
+    /// WebSocket (RFC 6455) through the gateway: the handshake reaches the upstream with
+    /// its upgrade fields, its `101` reaches the client, then messages flow both ways
+    /// unframed (large ones under back-pressure), over plain HTTP and TLS; the tunnel
+    /// closes with either side and after the read timeout without traffic. An upstream
+    /// that declines answers as usual.
+    func testWebSocketUpgradesAreTunnelledBothWays() async throws {
+        let tool = repositoryRoot() + "/Tests/tools/ws_echo.py"
+        let wsPort = freePort()
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        server.arguments = [tool, "server", "\(wsPort)"]
+        server.standardOutput = FileHandle.nullDevice
+        try server.run()
+        // SIGKILL: a child of the test runner may inherit SIGTERM ignored.
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: wsPort, timeout: 10), "the echo server listens")
+        let dir = TemporaryDirectory()
+        let harness = try await GatewayHarness.start(directory: dir) {
+            self.baseConfig(upstreamPort: $0, extraUpstream: "  ws: { backends: [\"127.0.0.1:\(wsPort)\"], timeouts: { read: 2s } }",
+                            routes: "  - { path_prefix: /ws, upstream: ws }\n  - upstream: app")
+                + "\naccess_log: { path: access.json, format: json }"
+        }
+        let http = harness.port("http"), https = harness.port("https")
+        func client(_ args: [String]) throws -> [String: Any] {
+            let result = try Shell.run(["python3", tool, "client"] + args, timeout: 60)
+            guard let object = try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] else {
+                XCTFail("ws client: \(result.stdout) \(result.stderr)")
+                return [:]
+            }
+            return object
+        }
+        for (name, args) in [("plain", ["127.0.0.1", "\(http)", "/ws/chat", "--sizes", "5,70000,1000000"]),
+                             ("TLS", ["127.0.0.1", "\(https)", "/ws/chat", "--tls", Self.pki.caPath, "localhost", "--sizes", "5,300000"])] {
+            let result = try client(args)
+            XCTAssertEqual(result["status"] as? String, "HTTP/1.1 101 Switching Protocols", "\(name): \(result)")
+            XCTAssertEqual(result["accept_ok"] as? Bool, true, "\(name): the upstream's Sec-WebSocket-Accept reaches the client")
+            XCTAssertTrue((result["head"] as? String ?? "").lowercased().contains("x-seen-host: "), "\(name): the upstream's own fields too")
+            XCTAssertEqual((result["echoed"] as? [Bool])?.allSatisfy { $0 }, true, "\(name): every message echoed intact: \(result["echoed"] ?? "-")")
+            XCTAssertEqual(result["close_echoed"] as? Bool, true, name)
+            XCTAssertEqual(result["closed_after"] as? Bool, true, "\(name): the upstream's close closes the client connection")
+        }
+        // No traffic for the read timeout (2 s): the tunnel is closed.
+        let idle = try client(["127.0.0.1", "\(http)", "/ws/idle", "--idle", "8"])
+        XCTAssertEqual(idle["closed_when_idle"] as? Bool, true, "\(idle)")
+        // An upstream that does not switch answers as usual.
+        let declined = try client(["127.0.0.1", "\(http)", "/ws/refuse"])
+        XCTAssertEqual(declined["status"] as? String, "HTTP/1.1 403 Forbidden", "\(declined)")
+        XCTAssertEqual(try curl(["-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)/after"]).stdout, "200")
+        await harness.shutdown()
+        let lines = ((try? String(contentsOfFile: dir.file("access.json"), encoding: .utf8)) ?? "").split(separator: "\n")
+        let tunnels = lines.filter { $0.contains("\"status\":101") && $0.contains("\"upstream\":\"ws\"") }
+        XCTAssertEqual(tunnels.count, 3, "each tunnel is logged as a 101 when it ends:\n\(lines.joined(separator: "\n"))")
+        // What the upstream sent through each tunnel, frame headers included: 7 + 70,010 + 1,000,010 + a 4-byte close.
+        XCTAssertTrue(tunnels.contains { $0.contains("\"uri\":\"/ws/chat\"") && $0.contains("\"body_bytes_sent\":1070031,") }, "\(tunnels)")
+        XCTAssertTrue(tunnels.contains { $0.contains("\"uri\":\"/ws/chat\"") && $0.contains("\"body_bytes_sent\":300021,") }, "\(tunnels)")
+    }
+
     func testSmugglingShapesOversizedHeadsAndSlowHeadersGetTheirAnswers() async throws {
         let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
         let port = harness.port("http")
