@@ -743,15 +743,21 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.requests?.completed(status: 101)
         if self.pool.accessLog != nil { self.logAccess(exchange.request, status: 101, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
         self.stopReadTimer()
+        self.dropExchange(exchange)
+        self.closing = true
+        self.requestBody = nil
+        self.flushDownstream()
+        self.context?.close(promise: nil)
+    }
+
+    /// Forgets the exchange and closes its upstream connection, which holds an
+    /// unfinished exchange (a tunnel, a request cut short) and cannot be pooled.
+    private func dropExchange(_ exchange: Exchange) {
         exchange.connection?.handler.delegate = nil
         exchange.connection?.close()
         exchange.connection = nil
         exchange.leaveBackend()
         self.exchange = nil
-        self.closing = true
-        self.requestBody = nil
-        self.flushDownstream()
-        self.context?.close(promise: nil)
     }
 
     /// The response head as the client gets it: hop-by-hop headers removed, framing
@@ -796,11 +802,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         guard exchange.responseEnded, let context = self.context else { return }
         guard exchange.requestEnded else {
             // The upstream answered before the request body ended: neither side can be reused.
-            exchange.connection?.handler.delegate = nil
-            exchange.connection?.close()
-            exchange.connection = nil
-            exchange.leaveBackend()
-            self.exchange = nil
+            self.dropExchange(exchange)
             self.closing = true
             self.flushDownstream()
             if let sink = self.responseSink {
@@ -968,12 +970,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// and there is nothing left to answer.
     private func abandonExchange() -> Bool {
         guard let exchange = self.exchange else { return true }
-        exchange.connection?.handler.delegate = nil
-        exchange.connection?.close()
-        exchange.connection = nil
         self.stopReadTimer()
-        exchange.leaveBackend()
-        self.exchange = nil
+        self.dropExchange(exchange)
         guard !exchange.responseStarted else {
             self.closing = true
             self.flushDownstream()
