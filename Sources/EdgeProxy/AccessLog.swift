@@ -238,7 +238,7 @@ public final class AccessLogBuffer {
         out.writeStaticString(",\"uri\":")
         Self.writeJSONString(request?.target, to: &out)
         out.writeStaticString(",\"host\":")
-        Self.writeJSONField(request, "host", to: &out)
+        Self.writeField(request, "host", json: true, to: &out)
         out.writeStaticString(",\"status\":")
         Self.writeDecimal(entry.status, to: &out)
         out.writeStaticString(",\"body_bytes_sent\":")
@@ -256,9 +256,9 @@ public final class AccessLogBuffer {
         out.writeStaticString(",\"backend\":")
         Self.writeJSONString(entry.backend, to: &out)
         out.writeStaticString(",\"referer\":")
-        Self.writeJSONField(request, "referer", to: &out)
+        Self.writeField(request, "referer", json: true, to: &out)
         out.writeStaticString(",\"user_agent\":")
-        Self.writeJSONField(request, "user-agent", to: &out)
+        Self.writeField(request, "user-agent", json: true, to: &out)
         out.writeStaticString("}\n")
     }
 
@@ -282,23 +282,16 @@ public final class AccessLogBuffer {
         out.writeInteger(UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: value % 10))
     }
 
-    /// A request field's first value, escaped, from the head's bytes; `-` without one.
+    /// A request field's first value, escaped, from the head's bytes: in JSON quoted,
+    /// or `null` without one; in the combined format `-` without one.
     private static func writeField(_ request: HTTPHead?, _ lowerName: StaticString, json: Bool, to out: inout ByteBuffer) {
         guard let request, let range = request.valueRange(named: lowerName) else {
-            out.writeStaticString("-")
+            if json { out.writeStaticString("null") } else { out.writeStaticString("-") }
             return
         }
+        if json { out.writeStaticString("\"") }
         request.bytes.withUnsafeBytes { Self.writeEscaped(UnsafeRawBufferPointer(rebasing: $0[range]), json: json, to: &out) }
-    }
-
-    private static func writeJSONField(_ request: HTTPHead?, _ lowerName: StaticString, to out: inout ByteBuffer) {
-        guard let request, request.valueRange(named: lowerName) != nil else {
-            out.writeStaticString("null")
-            return
-        }
-        out.writeStaticString("\"")
-        Self.writeField(request, lowerName, json: true, to: &out)
-        out.writeStaticString("\"")
+        if json { out.writeStaticString("\"") }
     }
 
     private static let hex = Array("0123456789ABCDEF".utf8)

@@ -34,10 +34,6 @@ public struct Router: Sendable {
             self.maxBodyBytes = maxBodyBytes
         }
 
-        public convenience init(host: String?, pathPrefix: String?, upstream: UpstreamGroup) {
-            self.init(host: host, pathPrefix: pathPrefix, action: .upstream(upstream))
-        }
-
         public var upstream: UpstreamGroup? {
             if case .upstream(let group) = self.action { return group }
             return nil
