@@ -23,7 +23,7 @@ import argparse, asyncio, datetime, json, os, re, resource, shutil, signal, sock
 import tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, free_port, wait_port, release_binary, fingerprint, pem_fingerprint  # noqa: E402
+from common import ROOT, RELEASE_BUILD, free_port, wait_port, release_binary, fingerprint, pem_fingerprint  # noqa: E402
 
 PROXIES = ("edge-gateway", "nginx", "haproxy")
 SECTIONS = ("keepalive", "handshake", "h2", "memory", "rotation", "allcores")
@@ -447,7 +447,7 @@ admin: {{ address: "127.0.0.1:{admin}" }}
             subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip(),
             subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().replace("nginx version: ", ""),
             subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
-            subprocess.run([gateway, "--version"], capture_output=True, text=True).stdout.strip() + " (release)",
+            subprocess.run([gateway, "--version"], capture_output=True, text=True).stdout.strip() + " (" + " ".join(RELEASE_BUILD[1:]) + ")",
         ])
         say(f"machine: {cpu}, {os.cpu_count()} cores; {versions}")
         say(f"command: python3 bench/run.py --duration {args.duration} --runs {args.runs} --only {args.only}")
