@@ -460,79 +460,88 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// Built for each attempt (a retry gets the same bytes) in the loop's shared head
     /// buffer, which `attach` hands back once the head is written.
     private func upstreamHead(for head: HTTPHead, group: UpstreamGroup, upgrade: Bool) -> ByteBuffer {
-        var out = self.pool.requestHeads.take(minimumCapacity: head.bytes.count + 160)
-        if head.minorVersion == 1 {
-            head.writeBytes(0..<head.startLineEnd + 2, to: &out)  // the request line as received
-        } else {
-            out.writeString(head.method)
-            out.writeStaticString(" ")
-            out.writeString(head.target)
-            out.writeStaticString(" HTTP/1.1\r\n")
-        }
-        var forwardedFor: HeaderField?
-        var host: HeaderField?
         let setsHost = group.hostHeader != nil
-        head.writeFields(to: &out) { field in
-            switch field.known {
-            case .xForwardedFor:
-                if forwardedFor == nil { forwardedFor = field }
-                return true
-            case .xForwardedProto, .xForwardedHost, .xForwardedClientCert, .xClientVerify, .expect:
-                return true
-            case .host:
-                host = field
-                return setsHost
-            default:
-                return head.isHopByHop(field)
+        let identity = self.info.mutualTLS ? self.info.clientIdentity : nil
+        let verifyResult = self.info.mutualTLS ? identity?.verifyResult ?? "NONE" : nil
+        let upgradeValue = upgrade ? head.first(.upgrade) ?? "websocket" : nil
+        let clientIP = self.info.clientIP
+        let scheme = self.info.scheme
+        let hostName = group.hostHeader ?? group.name
+        // The head's own bytes bound the request line, the kept field lines and the two
+        // values repeated from them (X-Forwarded-For, Host); the rest is named here.
+        var strings = head.method.utf8.count + head.target.utf8.count + scheme.utf8.count + hostName.utf8.count
+        strings += (identity?.forwardedClientCert?.utf8.count ?? 0) + (verifyResult?.utf8.count ?? 0)
+        strings += (upgradeValue?.utf8.count ?? 0) + (clientIP?.utf8.count ?? 0)
+        let maxBytes = 2 * head.bytes.count + strings + 256
+        var out = self.pool.requestHeads.take(minimumCapacity: maxBytes)
+        head.bytes.withUnsafeBytes { p in
+            out.writeHead(maxBytes: maxBytes) { w in
+                if head.minorVersion == 1 {
+                    w.put(p, 0..<head.startLineEnd + 2)  // the request line as received
+                } else {
+                    w.put(head.method)
+                    w.put(" ")
+                    w.put(head.target)
+                    w.put(" HTTP/1.1\r\n")
+                }
+                var forwardedFor: HeaderField?
+                var host: HeaderField?
+                w.putFields(of: head, p) { field in
+                    switch field.known {
+                    case .xForwardedFor:
+                        if forwardedFor == nil { forwardedFor = field }
+                        return true
+                    case .xForwardedProto, .xForwardedHost, .xForwardedClientCert, .xClientVerify, .expect:
+                        return true
+                    case .host:
+                        host = field
+                        return setsHost
+                    default:
+                        return head.isHopByHop(field)
+                    }
+                }
+                if head.chunked { w.put("transfer-encoding: chunked\r\n") }
+                if let upgradeValue {
+                    w.put("connection: upgrade\r\nupgrade: ")
+                    w.put(upgradeValue)
+                    w.put("\r\n")
+                }
+                if let verifyResult {
+                    if let cert = identity?.forwardedClientCert {
+                        w.put("x-forwarded-client-cert: ")
+                        w.put(cert)
+                        w.put("\r\n")
+                    }
+                    w.put("x-client-verify: ")
+                    w.put(verifyResult)
+                    w.put("\r\n")
+                }
+                if clientIP != nil || forwardedFor != nil {
+                    w.put("x-forwarded-for: ")
+                    if let existing = forwardedFor {
+                        w.put(p, existing.value)
+                        if clientIP != nil { w.put(", ") }
+                    }
+                    if let clientIP { w.put(clientIP) }
+                    w.put("\r\n")
+                }
+                w.put("x-forwarded-proto: ")
+                w.put(scheme)
+                w.put("\r\n")
+                if let host {
+                    w.put("x-forwarded-host: ")
+                    w.put(p, host.value)
+                    w.put("\r\n")
+                }
+                // An HTTP/1.0 client may omit Host; HTTP/1.1 requires one (nginx sends its upstream's name too).
+                if setsHost || host == nil {
+                    w.put("host: ")
+                    w.put(hostName)
+                    w.put("\r\n")
+                }
+                w.put("\r\n")
             }
         }
-        if head.chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
-        if upgrade {
-            out.writeStaticString("connection: upgrade\r\nupgrade: ")
-            out.writeString(head.first(.upgrade) ?? "websocket")
-            out.writeStaticString("\r\n")
-        }
-        if self.info.mutualTLS {
-            let identity = self.info.clientIdentity
-            if let cert = identity?.forwardedClientCert {
-                out.writeStaticString("x-forwarded-client-cert: ")
-                out.writeString(cert)
-                out.writeStaticString("\r\n")
-            }
-            out.writeStaticString("x-client-verify: ")
-            out.writeString(identity?.verifyResult ?? "NONE")
-            out.writeStaticString("\r\n")
-        }
-        if let ip = self.info.clientIP {
-            out.writeStaticString("x-forwarded-for: ")
-            if let existing = forwardedFor {
-                head.writeBytes(existing.value, to: &out)
-                out.writeStaticString(", ")
-            }
-            out.writeString(ip)
-            out.writeStaticString("\r\n")
-        } else if let existing = forwardedFor {
-            head.write(existing, to: &out)
-        }
-        out.writeStaticString("x-forwarded-proto: ")
-        out.writeString(self.info.scheme)
-        out.writeStaticString("\r\n")
-        if let host {
-            out.writeStaticString("x-forwarded-host: ")
-            head.writeBytes(host.value, to: &out)
-            out.writeStaticString("\r\n")
-        }
-        if let hostHeader = group.hostHeader {
-            out.writeStaticString("host: ")
-            out.writeString(hostHeader)
-            out.writeStaticString("\r\n")
-        } else if host == nil {
-            // An HTTP/1.0 client may omit Host; HTTP/1.1 requires one (nginx sends its upstream's name too).
-            out.writeStaticString("host: ")
-            out.writeString(group.name)
-            out.writeStaticString("\r\n")
-        }
-        out.writeStaticString("\r\n")
         return out
     }
 
@@ -764,36 +773,44 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// and connection headers for this client's HTTP version.
     private func downstreamHead(for response: HTTPHead, exchange: Exchange) -> ByteBuffer {
         let request = exchange.request
-        var out = self.pool.responseHeads.take(minimumCapacity: response.bytes.count + 64)
+        let hsts = self.limits.strictTransportSecurity
+        let maxBytes = response.bytes.count + (hsts?.utf8.count ?? 0) + 128
+        var out = self.pool.responseHeads.take(minimumCapacity: maxBytes)
         defer { self.pool.responseHeads.keep(out) }
-        out.writeStaticString(request.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
-        // The status code and reason as received (the parser checked three digits at 9..<12).
-        response.writeBytes(9..<response.startLineEnd + 2, to: &out)
-        if let hsts = self.limits.strictTransportSecurity {
-            response.writeFields(to: &out) { response.isHopByHop($0) || $0.known == .strictTransportSecurity }
-            out.writeStaticString("strict-transport-security: ")
-            out.writeString(hsts)
-            out.writeStaticString("\r\n")
-        } else {
-            response.writeFields(to: &out) { response.isHopByHop($0) }
-        }
         let noBody = response.hasNoBody(toHead: request.isHeadMethod)
+        var chunked = false
         var close = !request.keepAlive || self.quiescing
         if !noBody && (response.contentLength == nil || response.chunked || response.otherTransferCoding) {
             if request.minorVersion >= 1 {
-                exchange.chunkedDownstream = true
-                out.writeStaticString("transfer-encoding: chunked\r\n")
+                chunked = true
             } else {
                 close = true  // HTTP/1.0: the end of the body is the end of the connection
             }
         }
-        if close {
-            exchange.closeDownstreamAfterResponse = true
-            out.writeStaticString("connection: close\r\n")
-        } else if request.minorVersion == 0 {
-            out.writeStaticString("connection: keep-alive\r\n")
+        exchange.chunkedDownstream = chunked
+        exchange.closeDownstreamAfterResponse = close
+        response.bytes.withUnsafeBytes { p in
+            out.writeHead(maxBytes: maxBytes) { w in
+                w.put(request.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
+                // The status code and reason as received (the parser checked three digits at 9..<12).
+                w.put(p, 9..<response.startLineEnd + 2)
+                if let hsts {
+                    w.putFields(of: response, p) { response.isHopByHop($0) || $0.known == .strictTransportSecurity }
+                    w.put("strict-transport-security: ")
+                    w.put(hsts)
+                    w.put("\r\n")
+                } else {
+                    w.putFields(of: response, p) { response.isHopByHop($0) }
+                }
+                if chunked { w.put("transfer-encoding: chunked\r\n") }
+                if close {
+                    w.put("connection: close\r\n")
+                } else if request.minorVersion == 0 {
+                    w.put("connection: keep-alive\r\n")
+                }
+                w.put("\r\n")
+            }
         }
-        out.writeStaticString("\r\n")
         return out
     }
 

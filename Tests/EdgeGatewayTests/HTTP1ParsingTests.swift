@@ -81,6 +81,27 @@ final class HTTP1ParsingTests: XCTestCase {
         }
     }
 
+    /// Field lines are checked a word at a time: a control byte, DEL or bare LF is found
+    /// at every offset of a long value and in the short tail, while HTAB inside a value,
+    /// obs-text (bytes from 0x80) and long clean values pass.
+    func testControlBytesAreFoundAtEveryOffsetOfAFieldLine() throws {
+        let value = "abcdefghijklmnopqrstuvwxyz0123456789"
+        for offset in 0..<value.count {
+            for (bad, reason) in [("\u{1}", "control character in header value"), ("\u{7F}", "control character in header value"),
+                                  ("\n", "bare LF in head")] {
+                var chars = Array(value)
+                chars.insert(contentsOf: bad, at: offset)
+                let text = "GET / HTTP/1.1\r\nHost: x\r\nX-Long: \(String(chars))\r\n\r\n"
+                XCTAssertEqual(rejection(text), reason, "\(bad.debugDescription) at \(offset)")
+            }
+        }
+        let fine = try request("GET / HTTP/1.1\r\nHost: x\r\nX-Tab: a\tb\r\nX-Text: caf\u{E9} \(value)\r\nX-Long: \(value)\(value)\r\n\r\n")
+        XCTAssertEqual(fine.value(of: "x-tab"), "a\tb")
+        XCTAssertEqual(fine.value(of: "x-text"), "caf\u{E9} \(value)")
+        XCTAssertEqual(fine.value(of: "x-long"), value + value)
+        XCTAssertEqual(rejection("GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-B: 2\n\r\n"), "bare LF in head")
+    }
+
     func testHeadEndIsFoundAcrossReads() {
         let text = Array("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next".utf8)  // bytes: "\r\n" is one Character
         for split in 1..<text.count {
