@@ -69,15 +69,33 @@ enum KnownHeader: UInt8 {
     }
 }
 
-/// Whether the bytes in `range` are `lower` (lowercase ASCII), ignoring ASCII case.
+/// Whether the bytes in `range` are `lower`, ignoring ASCII case. `lower` holds lowercase
+/// letters, digits and `-` only, and `p` no control bytes (the parser has rejected them):
+/// then OR-ing 0x20 into each byte folds exactly the uppercase letters, and the bytes
+/// are compared a word at a time.
 @inline(__always)
 func asciiCaseInsensitiveEquals(_ p: UnsafeRawBufferPointer, _ range: Range<Int>, _ lower: StaticString) -> Bool {
-    guard range.count == lower.utf8CodeUnitCount else { return false }
-    let bytes = lower.utf8Start
-    for i in 0..<range.count {
-        var b = p[range.lowerBound + i]
-        if b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") { b |= 0x20 }
-        guard b == bytes[i] else { return false }
+    let n = range.count
+    guard n == lower.utf8CodeUnitCount else { return false }
+    let expected = UnsafeRawPointer(lower.utf8Start)
+    let start = range.lowerBound
+    if n >= 8 {
+        let fold: UInt64 = 0x2020_2020_2020_2020
+        var i = 0
+        while i + 8 <= n {
+            guard p.loadUnaligned(fromByteOffset: start + i, as: UInt64.self) | fold == expected.loadUnaligned(fromByteOffset: i, as: UInt64.self) else { return false }
+            i += 8
+        }
+        // The last (overlapping) word covers what is left.
+        return i == n || p.loadUnaligned(fromByteOffset: start + n - 8, as: UInt64.self) | fold == expected.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self)
+    }
+    if n >= 4 {
+        let fold: UInt32 = 0x2020_2020
+        return p.loadUnaligned(fromByteOffset: start, as: UInt32.self) | fold == expected.loadUnaligned(as: UInt32.self)
+            && p.loadUnaligned(fromByteOffset: start + n - 4, as: UInt32.self) | fold == expected.loadUnaligned(fromByteOffset: n - 4, as: UInt32.self)
+    }
+    for i in 0..<n where p[start + i] | 0x20 != expected.load(fromByteOffset: i, as: UInt8.self) {
+        return false
     }
     return true
 }
@@ -310,12 +328,15 @@ enum HTTP1Parser {
     /// `from` bytes into the readable region; nil if it is not complete yet.
     static func headEnd(in buffer: ByteBuffer, from: Int) -> Int? {
         buffer.withUnsafeReadableBytes { bytes -> Int? in
-            var i = max(from, 0)
+            guard let base = bytes.baseAddress else { return nil }
+            let start = max(from, 0)
+            var i = start + 3  // the LF of a CR LF CR LF that begins at `start` or later
             let n = bytes.count
-            while i + 3 < n {
-                if bytes[i + 3] != 0x0A { i += bytes[i + 3] == 0x0D ? 1 : 4; continue }
-                if bytes[i] == 0x0D && bytes[i + 1] == 0x0A && bytes[i + 2] == 0x0D { return i + 4 }
-                i += 1
+            while i < n {
+                guard let lf = memchr(base + i, 0x0A, n - i) else { return nil }
+                let j = base.distance(to: UnsafeRawPointer(lf))
+                if bytes[j - 1] == 0x0D && bytes[j - 2] == 0x0A && bytes[j - 3] == 0x0D { return j + 1 }
+                i = j + 1
             }
             return nil
         }
@@ -421,7 +442,12 @@ enum HTTP1Parser {
                 if end == i { break }  // the empty line
                 guard p[i] != 0x20, p[i] != 0x09 else { throw HTTPFramingError.bad("obsolete line folding") }
                 var colon = i
-                while colon < end, isToken(p[colon]) { colon += 1 }
+                while colon < end {
+                    let b = p[colon]
+                    // Letters and '-' first: nearly every byte of a field name.
+                    guard (b | 0x20) &- 0x61 < 26 || b == 0x2D || isToken(b) else { break }
+                    colon += 1
+                }
                 guard colon > i, colon < end, p[colon] == 0x3A else { throw HTTPFramingError.bad("malformed header field name") }
                 var vs = colon + 1
                 var ve = end

@@ -102,6 +102,34 @@ final class HTTP1ParsingTests: XCTestCase {
         XCTAssertEqual(rejection("GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-B: 2\n\r\n"), "bare LF in head")
     }
 
+    /// Field names are compared a word at a time: every known name is recognised in any
+    /// case, and a name differing from it in any one byte is not.
+    func testKnownFieldNamesAreRecognisedInAnyCaseAndOnlyExactly() {
+        let known: [(String, KnownHeader)] = [
+            ("te", .te), ("host", .host), ("expect", .expect), ("trailer", .trailer), ("upgrade", .upgrade),
+            ("connection", .connection), ("keep-alive", .keepAlive), ("content-length", .contentLength),
+            ("x-forwarded-for", .xForwardedFor), ("x-client-verify", .xClientVerify), ("proxy-connection", .proxyConnection),
+            ("x-forwarded-host", .xForwardedHost), ("transfer-encoding", .transferEncoding), ("x-forwarded-proto", .xForwardedProto),
+            ("x-forwarded-client-cert", .xForwardedClientCert), ("strict-transport-security", .strictTransportSecurity),
+        ]
+        func classify(_ name: String) -> KnownHeader {
+            let bytes = Array(("." + name + ".").utf8)  // not at offset 0 of the storage
+            return bytes.withUnsafeBytes { KnownHeader.classify($0, 1..<bytes.count - 1) }
+        }
+        for (name, header) in known {
+            XCTAssertEqual(classify(name), header, name)
+            XCTAssertEqual(classify(name.uppercased()), header, name.uppercased())
+            let mixed = String(name.enumerated().map { $0.offset % 2 == 0 ? Character($0.element.uppercased()) : $0.element })
+            XCTAssertEqual(classify(mixed), header, mixed)
+            for offset in 0..<name.count {
+                var changed = Array(name.utf8)
+                changed[offset] = changed[offset] == UInt8(ascii: "-") ? UInt8(ascii: "_") : changed[offset] ^ 0x01
+                let near = String(decoding: changed, as: UTF8.self)
+                XCTAssertEqual(classify(near), .other, near)
+            }
+        }
+    }
+
     func testHeadEndIsFoundAcrossReads() {
         let text = Array("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next".utf8)  // bytes: "\r\n" is one Character
         for split in 1..<text.count {
