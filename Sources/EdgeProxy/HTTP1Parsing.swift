@@ -167,6 +167,21 @@ struct HTTPHead {
         String(decoding: self.bytes[range], as: UTF8.self)
     }
 
+    /// A field name in lower case (HTTP/2 wants nothing else), in one pass over its bytes:
+    /// a name is a token, so ASCII, and the String needs no validation beyond that.
+    func lowercasedName(_ field: HeaderField) -> String {
+        let range = field.name
+        return self.bytes.withUnsafeBytes { p in
+            String(unsafeUninitializedCapacity: range.count) { out in
+                for i in 0..<range.count {
+                    let b = p[range.lowerBound + i]
+                    out[i] = b &- 0x41 < 26 ? b | 0x20 : b
+                }
+                return range.count
+            }
+        }
+    }
+
     /// The first value of a header, by case-insensitive name.
     func value(of name: String) -> String? {
         let wanted = Array(name.lowercased().utf8)

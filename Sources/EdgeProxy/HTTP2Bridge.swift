@@ -264,7 +264,7 @@ extension HTTP2StreamBridge: ProxyResponseSink {
         headers.add(name: ":status", value: String(head.status))
         let hsts = self.strictTransportSecurity
         for field in head.fields where !head.isHopByHop(field) && !(hsts != nil && field.known == .strictTransportSecurity) {
-            headers.add(name: head.string(field.name).lowercased(), value: head.string(field.value))
+            headers.add(name: head.lowercasedName(field), value: head.string(field.value))
         }
         if let hsts { headers.add(name: "strict-transport-security", value: hsts) }
         return headers
