@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""User-space instructions per proxied request, counted by callgrind: edge-gateway beside nginx and HAProxy.
+
+Seconds on a shared 2-core machine move by 10-25 % from run to run; callgrind's instruction
+counts do not (the same binary, load and configuration give the same count to well under 1 %),
+so this is the measure for an optimisation of a few per cent. Each proxy runs under
+`valgrind --tool=callgrind` with one worker/thread/event loop and the same static nginx
+upstream as bench/run.py. Each figure is the difference of two runs that differ only in
+the number of requests (500 warm-up, then 10 against 10 + --requests on ten new connections),
+divided by that number, so start-up, handshakes and shutdown cancel out (zeroing and
+dumping the counters with callgrind_control does not work here: its vgdb hangs an nginx
+worker asleep in epoll_wait). Kernel time is not counted (the proxies make about the same
+system calls per request: see BENCHMARKS.md), so the figure is the user-space part of the
+CPU a request costs. Modes:
+  keepalive     HTTP/1.1 keep-alive over TLS (h2load --h1 -c 10), plain upstream
+  tls-upstream  the same through a verified TLS upstream
+  h2            HTTP/2 (h2load -c 10 -m 10), plain upstream
+Valgrind 3.19 cannot read the DWARF 5 of a Swift binary, so the gateway runs from a copy
+with its debug information stripped (symbols kept), and with bench/tools/dispatch_main.c
+preloaded (valgrind crashes on the way Swift's async main parks the main thread).
+Usage: python3 bench/callgrind.py [--no-build | --binary PATH] [--requests 4000] [--only keepalive,tls-upstream,h2]
+                                  [--proxies edge-gateway,nginx,haproxy] [--top 30] [--keep DIR]
+"""
+import argparse, os, re, shutil, signal, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, RELEASE_BUILD, free_port, wait_port, release_binary  # noqa: E402
+
+MODES = {"keepalive": (["--h1", "-c", "10"], "/"), "tls-upstream": (["--h1", "-c", "10"], "/tls/"), "h2": (["-c", "10", "-m", "10"], "/")}
+PROXIES = ("edge-gateway", "nginx", "haproxy")
+
+
+def h2load(port, path, flags, n):
+    out = subprocess.run(["h2load", "-n", str(n)] + flags + [f"https://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=600).stdout
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
+    return int(m.group(1)) if m else 0
+
+
+def totals(path):
+    for line in open(path):
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    return 0
+
+
+def run_once(name, command, port, env, mode, n, work, tag):
+    """Starts the proxy under callgrind, sends 500 warm-up requests, then n on new
+    connections, stops it gracefully and returns the instructions of all its processes
+    (callgrind writes its counts when a process exits)."""
+    flags, path = MODES[mode]
+    prefix = os.path.join(work, f"cg-{name}-{mode}-{tag}")
+    for old in os.listdir(work):  # a kept directory may hold an earlier run's counts
+        if old.startswith(os.path.basename(prefix) + "."):
+            os.remove(os.path.join(work, old))
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={prefix}.%p", "--dump-instr=no"] + command,
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(prefix + ".log", "w"), start_new_session=True)
+    try:
+        if not wait_port(port, 180):
+            sys.exit(f"callgrind: {name} did not start under valgrind (see {prefix}.log)")
+        time.sleep(1)
+        h2load(port, path, flags, 500)
+        done = h2load(port, path, flags, n)
+        time.sleep(1)
+        # nginx: SIGQUIT is its graceful stop; the gateway and HAProxy stop gracefully on SIGTERM.
+        proc.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    dumps = [os.path.join(work, f) for f in os.listdir(work) if f.startswith(os.path.basename(prefix) + ".") and not f.endswith(".log")]
+    return sum(totals(d) for d in dumps), done, dumps
+
+
+def measure(name, command, port, env, mode, n, work):
+    """Instructions per request: two runs that differ only in how many requests the second
+    h2load sends (10 against 10 + n, on the same 10 connections), so start-up, warm-up,
+    handshakes and shutdown cancel out."""
+    base, base_done, base_dumps = run_once(name, command, port, env, mode, 10, work, "base")
+    total, done, dumps = run_once(name, command, port, env, mode, 10 + n, work, "load")
+    return (total - base) / max(done - base_done, 1), done - base_done, (base_dumps, dumps)
+
+
+def by_function(dumps):
+    """Instructions by function (self cost), summed over a run's processes."""
+    costs = {}
+    for dump in dumps:
+        out = subprocess.run(["callgrind_annotate", "--threshold=100", dump], capture_output=True, text=True).stdout
+        for row in out.split("\n"):
+            m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$", row)
+            if m and "PROGRAM TOTALS" not in row:
+                fn = re.sub(r" \[[^\]]*/([^/\]]+)\]$", r" [\1]", m.group(2))  # the object's name, not its path
+                costs[fn] = costs.get(fn, 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+
+def print_top(runs, requests, count):
+    """The functions that cost most per request: the load run less the base run."""
+    base, load = (by_function(dumps) for dumps in runs)
+    rows = sorted(((load.get(f, 0) - base.get(f, 0)) / max(requests, 1), f) for f in set(load) | set(base))[::-1][:count]
+    names = subprocess.run(["swift", "demangle", "--simplified"], input="\n".join(f for _, f in rows), capture_output=True, text=True).stdout.split("\n")
+    for (cost, _), name in zip(rows, names):
+        print(f"    {cost:8.0f}  {name[:150]}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=4000, help="measured requests per mode (h2: half)")
+    ap.add_argument("--only", default=",".join(MODES))
+    ap.add_argument("--proxies", default=",".join(PROXIES))
+    ap.add_argument("--top", type=int, default=0, help="also print the gateway's N costliest functions (self) per mode")
+    ap.add_argument("--keep", help="keep the callgrind files in this directory")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--binary", help="measure this gateway binary instead of the release build")
+    args = ap.parse_args()
+    for tool in ("valgrind", "callgrind_control", "h2load", "nginx", "haproxy", "gcc"):
+        if not shutil.which(tool):
+            sys.exit(f"callgrind: '{tool}' is missing: apt-get install valgrind nghttp2-client nginx-light haproxy gcc")
+    gateway = args.binary or release_binary(build=not args.no_build)
+    work = args.keep or tempfile.mkdtemp(prefix="edge-callgrind-")
+    os.makedirs(work, exist_ok=True)
+    os.chmod(work, 0o777)  # nginx's worker (user nobody) writes its callgrind file here
+    procs = []
+    try:
+        stripped = os.path.join(work, "edge-gateway")
+        subprocess.run(["strip", "--strip-debug", "-o", stripped, gateway], check=True)
+        libdir = os.path.join(os.path.dirname(os.path.realpath(shutil.which("swift"))), "../lib/swift/linux")
+        shim = os.path.join(work, "dispatch_main.so")
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", os.path.join(ROOT, "bench/tools/dispatch_main.c"), "-o", shim,
+                        "-L" + libdir, "-ldispatch", "-Wl,-rpath," + libdir], check=True)
+        subprocess.run(["bash", os.path.join(ROOT, "certs-example/generate.sh"), os.path.join(work, "certs")], check=True, stdout=subprocess.DEVNULL)
+        ca = os.path.join(work, "certs/ca.pem")
+        cert, key = os.path.join(work, "certs/pairs/localhost.crt"), os.path.join(work, "certs/pairs/localhost.key")
+        watched = os.path.join(work, "watched")
+        os.makedirs(watched, exist_ok=True)
+        open(os.path.join(watched, "localhost.pem"), "w").write(open(cert).read() + open(key).read())
+        pem = os.path.join(work, "haproxy.pem")
+        open(pem, "w").write(open(cert).read() + open(key).read())
+
+        def render(name, **kv):
+            text = open(os.path.join(ROOT, "bench/peers", name + ".in")).read()
+            for k, v in kv.items():
+                text = text.replace("@" + k + "@", str(v))
+            out = os.path.join(work, name)
+            open(out, "w").write(text)
+            return out
+        up, tls_up = free_port(), free_port()
+        procs.append(subprocess.Popen(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, CERT=cert, KEY=key), "-p", work],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        assert wait_port(up) and wait_port(tls_up), "upstream did not start"
+        ports = {name: free_port() for name in PROXIES}
+        cfg = os.path.join(work, "gateway.yaml")
+        open(cfg, "w").write(f"""workers: 1
+listeners:
+  - name: https
+    address: "127.0.0.1:{ports['edge-gateway']}"
+    tls: {{ h2: true }}
+    timeouts: {{ header: 120s, idle: 120s }}
+certificates:
+  sources: [ {{ directory: {watched} }} ]
+upstreams:
+  app: {{ backends: ["127.0.0.1:{up}"] }}
+  app_tls: {{ backends: ["127.0.0.1:{tls_up}"], tls: {{ sni: localhost, ca_file: {ca} }} }}
+routes: [ {{ path_prefix: /tls/, upstream: app_tls }}, {{ upstream: app }} ]
+admin: {{ address: "127.0.0.1:{free_port()}" }}
+""")
+        hap = render("haproxy.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["haproxy"], PEM=pem, WORKERS=1)
+        # valgrind keeps a few descriptors for itself, below the limit HAProxy derives from maxconn.
+        text = re.sub(r"maxconn \d+", "maxconn 4000", open(hap).read())
+        open(hap, "w").write(text)
+        commands = {
+            "edge-gateway": [stripped, "run", "-c", cfg, "--log-level", "warning"],
+            "nginx": ["nginx", "-c", render("nginx.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["nginx"], CERT=cert, KEY=key, WORKERS=1), "-p", work],
+            "haproxy": ["haproxy", "-db", "-f", hap],
+        }
+        proxies = [p for p in args.proxies.split(",") if p]
+        modes = [m for m in args.only.split(",") if m]
+        results = {}
+        for mode in modes:
+            n = args.requests // 2 if mode == "h2" else args.requests
+            for name in proxies:
+                env = dict(os.environ)
+                if name == "edge-gateway":
+                    env["LD_PRELOAD"] = shim
+                ir, done, dumps = measure(name, commands[name], ports[name], env, mode, n, work)
+                results[(mode, name)] = ir
+                print(f"{mode:13s} {name:13s} {ir / 1000:7.1f}k instructions per request ({done} requests)", flush=True)
+                if name == "edge-gateway" and args.top:
+                    print_top(dumps, done, args.top)
+        print(f"\nbuild: {' '.join(RELEASE_BUILD[1:])}; gateway/peer ratios (above 1.00: the gateway runs fewer instructions):")
+        for mode in modes:
+            g = results.get((mode, "edge-gateway"))
+            peers = [f"{name} {results[(mode, name)] / g:.2f}" for name in proxies if name != "edge-gateway" and g and (mode, name) in results]
+            if peers:
+                print(f"  {mode:13s} " + ", ".join(peers))
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
