@@ -187,7 +187,8 @@ admin: {{ address: "127.0.0.1:{free_port()}" }}
                 print(f"{mode:13s} {name:13s} {ir / 1000:7.1f}k instructions per request ({done} requests)", flush=True)
                 if name == "edge-gateway" and args.top:
                     print_top(dumps, done, args.top)
-        print(f"\nbuild: {' '.join(RELEASE_BUILD[1:])}; gateway/peer ratios (above 1.00: the gateway runs fewer instructions):")
+        build = f"--binary {args.binary}" if args.binary else " ".join(RELEASE_BUILD[1:])
+        print(f"\ngateway: {build}; gateway/peer ratios (above 1.00: the gateway runs fewer instructions):")
         for mode in modes:
             g = results.get((mode, "edge-gateway"))
             peers = [f"{name} {results[(mode, name)] / g:.2f}" for name in proxies if name != "edge-gateway" and g and (mode, name) in results]
