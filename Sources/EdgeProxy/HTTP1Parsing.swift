@@ -235,14 +235,6 @@ struct HTTPHead {
         self.bytes.withUnsafeBytes { _ = buffer.writeBytes(UnsafeRawBufferPointer(rebasing: $0[range])) }
     }
 
-    /// Appends `name: value\r\n` as received.
-    func write(_ field: HeaderField, to buffer: inout ByteBuffer) {
-        buffer.writeBytes(self.bytes[field.name])
-        buffer.writeStaticString(": ")
-        buffer.writeBytes(self.bytes[field.value])
-        buffer.writeStaticString("\r\n")
-    }
-
     var isIdempotent: Bool {
         switch self.method {
         case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE": return true
