@@ -24,7 +24,7 @@ Usage: python3 bench/callgrind.py [--no-build | --binary PATH] [--requests 4000]
 import argparse, os, re, shutil, signal, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, RELEASE_BUILD, free_port, wait_port, release_binary  # noqa: E402
+from common import ROOT, RELEASE_BUILD, free_port, wait_port, release_binary, render_peer, write_gateway_config  # noqa: E402
 
 MODES = {"keepalive": (["--h1", "-c", "10"], "/"), "tls-upstream": (["--h1", "-c", "10"], "/tls/"), "h2": (["-c", "10", "-m", "10"], "/")}
 PROXIES = ("edge-gateway", "nginx", "haproxy")
@@ -138,32 +138,13 @@ def main():
         open(pem, "w").write(open(cert).read() + open(key).read())
 
         def render(name, **kv):
-            text = open(os.path.join(ROOT, "bench/peers", name + ".in")).read()
-            for k, v in kv.items():
-                text = text.replace("@" + k + "@", str(v))
-            out = os.path.join(work, name)
-            open(out, "w").write(text)
-            return out
+            return render_peer(work, name, **kv)
         up, tls_up = free_port(), free_port()
         procs.append(subprocess.Popen(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, CERT=cert, KEY=key), "-p", work],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         assert wait_port(up) and wait_port(tls_up), "upstream did not start"
         ports = {name: free_port() for name in PROXIES}
-        cfg = os.path.join(work, "gateway.yaml")
-        open(cfg, "w").write(f"""workers: 1
-listeners:
-  - name: https
-    address: "127.0.0.1:{ports['edge-gateway']}"
-    tls: {{ h2: true }}
-    timeouts: {{ header: 120s, idle: 120s }}
-certificates:
-  sources: [ {{ directory: {watched} }} ]
-upstreams:
-  app: {{ backends: ["127.0.0.1:{up}"] }}
-  app_tls: {{ backends: ["127.0.0.1:{tls_up}"], tls: {{ sni: localhost, ca_file: {ca} }} }}
-routes: [ {{ path_prefix: /tls/, upstream: app_tls }}, {{ upstream: app }} ]
-admin: {{ address: "127.0.0.1:{free_port()}" }}
-""")
+        cfg = write_gateway_config(os.path.join(work, "gateway.yaml"), 1, ports["edge-gateway"], up, tls_up, watched, ca, free_port())
         hap = render("haproxy.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["haproxy"], PEM=pem, WORKERS=1)
         # valgrind keeps a few descriptors for itself, below the limit HAProxy derives from maxconn.
         text = re.sub(r"maxconn \d+", "maxconn 4000", open(hap).read())

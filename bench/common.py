@@ -49,3 +49,35 @@ def pem_fingerprint(path):
     """SHA-256 of the (first) certificate in a PEM file, comparable with fingerprint()."""
     der = subprocess.run(["openssl", "x509", "-in", path, "-outform", "DER"], capture_output=True).stdout
     return hashlib.sha256(der).hexdigest()
+
+
+def render_peer(work, name, out_name=None, **values):
+    """Writes bench/peers/NAME.in into work with each @KEY@ replaced; returns its path."""
+    text = open(os.path.join(ROOT, "bench/peers", name + ".in")).read()
+    for key, value in values.items():
+        text = text.replace("@" + key + "@", str(value))
+    path = os.path.join(work, out_name or name)
+    open(path, "w").write(text)
+    return path
+
+
+def write_gateway_config(path, workers, port, upstream, tls_upstream, watched, ca, admin):
+    """The gateway's side of the comparison: one HTTPS listener (HTTP/2 on), the watched
+    certificate directory, a plain and a verified-TLS upstream (/tls/), admin on loopback."""
+    with open(path, "w") as f:
+        f.write(f"""workers: {workers}
+listeners:
+  - name: https
+    address: "127.0.0.1:{port}"
+    tls: {{ h2: true }}
+    timeouts: {{ header: 120s, idle: 120s }}
+certificates:
+  sources: [ {{ directory: {watched} }} ]
+  watch: {{ debounce: 200ms }}
+upstreams:
+  app: {{ backends: ["127.0.0.1:{upstream}"] }}
+  app_tls: {{ backends: ["127.0.0.1:{tls_upstream}"], tls: {{ sni: localhost, ca_file: {ca} }} }}
+routes: [ {{ path_prefix: /tls/, upstream: app_tls }}, {{ upstream: app }} ]
+admin: {{ address: "127.0.0.1:{admin}" }}
+""")
+    return path

@@ -23,7 +23,7 @@ import argparse, asyncio, datetime, json, os, re, resource, shutil, signal, sock
 import tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, RELEASE_BUILD, free_port, wait_port, release_binary, fingerprint, pem_fingerprint  # noqa: E402
+from common import ROOT, RELEASE_BUILD, free_port, wait_port, release_binary, fingerprint, pem_fingerprint, render_peer, write_gateway_config  # noqa: E402
 
 PROXIES = ("edge-gateway", "nginx", "haproxy")
 SECTIONS = ("keepalive", "handshake", "h2", "memory", "rotation", "allcores")
@@ -309,12 +309,7 @@ def main():
         open(pem, "w").write(chain_text + key_text)
 
         def render(name, out_name=None, **kv):
-            text = open(os.path.join(ROOT, "bench/peers", name + ".in")).read()
-            for k, v in kv.items():
-                text = text.replace("@" + k + "@", str(v))
-            path = os.path.join(work, out_name or name)
-            open(path, "w").write(text)
-            return path
+            return render_peer(work, name, out_name, **kv)
         up, tls_up = free_port(), free_port()
         procs.append(start(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, CERT=cert, KEY=key), "-p", work], 0, log))
         assert wait_port(up) and wait_port(tls_up), "upstream did not start"
@@ -322,23 +317,7 @@ def main():
         def configs(workers, tag):
             ports = {name: free_port() for name in PROXIES}
             admin = free_port()
-            cfg = os.path.join(work, f"gateway-{tag}.yaml")
-            with open(cfg, "w") as f:
-                f.write(f"""workers: {workers}
-listeners:
-  - name: https
-    address: "127.0.0.1:{ports['edge-gateway']}"
-    tls: {{ h2: true }}
-    timeouts: {{ header: 120s, idle: 120s }}
-certificates:
-  sources: [ {{ directory: {watched} }} ]
-  watch: {{ debounce: 200ms }}
-upstreams:
-  app: {{ backends: ["127.0.0.1:{up}"] }}
-  app_tls: {{ backends: ["127.0.0.1:{tls_up}"], tls: {{ sni: localhost, ca_file: {ca} }} }}
-routes: [ {{ path_prefix: /tls/, upstream: app_tls }}, {{ upstream: app }} ]
-admin: {{ address: "127.0.0.1:{admin}" }}
-""")
+            cfg = write_gateway_config(os.path.join(work, f"gateway-{tag}.yaml"), workers, ports["edge-gateway"], up, tls_up, watched, ca, admin)
             ngx = render("nginx.conf", f"nginx-{tag}.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["nginx"],
                          CERT=ngx_cert, KEY=ngx_key, WORKERS=workers)
             hap = render("haproxy.cfg", f"haproxy-{tag}.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["haproxy"], PEM=pem, WORKERS=workers)
