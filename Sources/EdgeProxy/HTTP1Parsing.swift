@@ -303,6 +303,17 @@ struct HeadWriter {
 }
 
 extension ByteBuffer {
+    /// Appends the field line `name: value` and its CRLF with one reservation.
+    @inline(__always)
+    mutating func writeField(_ name: String, _ value: String) {
+        self.writeHead(maxBytes: name.utf8.count + value.utf8.count + 4) { w in
+            w.put(name)
+            w.put(": ")
+            w.put(value)
+            w.put("\r\n")
+        }
+    }
+
     /// Appends a head of at most `maxBytes` bytes, written by `body` through a `HeadWriter`.
     @inline(__always)
     mutating func writeHead(maxBytes: Int, _ body: (inout HeadWriter) -> Void) {

@@ -121,15 +121,14 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
         guard seen.isComplete(connect: method == "CONNECT") else { return nil }
         if path.isEmpty { path = "/" }  // CONNECT carries no :path
         var out = allocator.buffer(capacity: 512)
-        out.writeString(method)
-        out.writeStaticString(" ")
-        out.writeString(path)
-        out.writeStaticString(" HTTP/1.1\r\n")
-        if let authority {
-            out.writeStaticString("host: ")
-            out.writeString(authority)
-            out.writeStaticString("\r\n")
+        // One reservation a line (HeadWriter), not a NIO write a piece.
+        out.writeHead(maxBytes: method.utf8.count + path.utf8.count + 11) { w in
+            w.put(method)
+            w.put(" ")
+            w.put(path)
+            w.put(" HTTP/1.1\r\n")
         }
+        if let authority { out.writeField("host", authority) }
         var hasLength = false
         var cookies: [String] = []
         for (name, value, _) in frame.headers.dropFirst(pseudoCount) {
@@ -150,16 +149,9 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
             default:
                 break
             }
-            out.writeString(name)
-            out.writeStaticString(": ")
-            out.writeString(value)
-            out.writeStaticString("\r\n")
+            out.writeField(name, value)
         }
-        if !cookies.isEmpty {
-            out.writeStaticString("cookie: ")
-            out.writeString(cookies.joined(separator: "; "))
-            out.writeStaticString("\r\n")
-        }
+        if !cookies.isEmpty { out.writeField("cookie", cookies.joined(separator: "; ")) }
         if frame.endStream {
             self.requestBody = .none
         } else if hasLength {
