@@ -208,25 +208,11 @@ struct HTTPHead {
         return self.connectionNames.contains(name)
     }
 
-    /// Appends the field lines `skip` lets through, byte for byte as received: a run
-    /// of consecutive kept lines is one copy (most heads are one or two runs).
+    /// Appends the field lines `skip` lets through, byte for byte as received (see
+    /// `HeadWriter.putFields`; the kept lines are at most the head's own bytes).
     func writeFields(to buffer: inout ByteBuffer, skip: (HeaderField) -> Bool) {
         self.bytes.withUnsafeBytes { p in
-            var run = 0..<0
-            func flush() {
-                if !run.isEmpty { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: p[run])) }
-            }
-            for field in self.fields {
-                if skip(field) {
-                    flush()
-                    run = 0..<0
-                } else if run.isEmpty {
-                    run = field.name.lowerBound..<field.lineEnd
-                } else {
-                    run = run.lowerBound..<field.lineEnd  // lines are contiguous
-                }
-            }
-            flush()
+            buffer.writeHead(maxBytes: p.count) { $0.putFields(of: self, p, skip: skip) }
         }
     }
 
@@ -284,7 +270,7 @@ struct HeadWriter {
     }
 
     /// The field lines of `head` (storage `p`) that `skip` lets through, byte for byte:
-    /// a run of consecutive kept lines is one copy.
+    /// a run of consecutive kept lines is one copy (most heads are one or two runs).
     @inline(__always)
     mutating func putFields(of head: HTTPHead, _ p: UnsafeRawBufferPointer, skip: (HeaderField) -> Bool) {
         var run = 0..<0
