@@ -439,19 +439,17 @@ enum HTTP1Parser {
                 for k in from..<end where p[k] == 0x0A { throw HTTPFramingError.bad("bare LF in head") }
                 return (end, true)
             }
+            let tokens = Self.tokenTable.utf8Start
             let first = try lineEnd(0).end
             var i = first + 2
             while true {
                 let (end, control) = try lineEnd(i)
                 if end == i { break }  // the empty line
                 guard p[i] != 0x20, p[i] != 0x09 else { throw HTTPFramingError.bad("obsolete line folding") }
+                // One table load a byte; no bound check: the line's CR, not a token
+                // byte, stops the scan at `end` at the latest.
                 var colon = i
-                while colon < end {
-                    let b = p[colon]
-                    // Letters and '-' first: nearly every byte of a field name.
-                    guard (b | 0x20) &- 0x61 < 26 || b == 0x2D || isToken(b) else { break }
-                    colon += 1
-                }
+                while tokens[Int(p[colon])] & 1 != 0 { colon += 1 }
                 guard colon > i, colon < end, p[colon] == 0x3A else { throw HTTPFramingError.bad("malformed header field name") }
                 var vs = colon + 1
                 var ve = end
@@ -569,6 +567,12 @@ enum HTTP1Parser {
             k += 1
         }
         return false
+    }
+
+    /// `isToken` as a table of 256 ASCII digits, "1" (odd) for a token byte: a literal in
+    /// the binary's constant data, not a lazily initialised global.
+    static var tokenTable: StaticString {
+        "0000000000000000000000000000000001011111001101101111111111000000011111111111111111111111111000111111111111111111111111111110101000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
     }
 
     /// RFC 9110 `tchar` (§5.6.2): one bit per ASCII byte (letters, digits, ``!#$%&'*+-.^_`|~``).

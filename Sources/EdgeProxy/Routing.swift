@@ -50,8 +50,21 @@ public struct Router: Sendable {
                 }
             }
             // Bytes, as nginx compares a location prefix (String's hasPrefix is Unicode-aware).
-            if let prefix = self.pathPrefix, !path.utf8.starts(with: prefix.utf8) { return false }
+            if let prefix = self.pathPrefix, !Self.hasBytePrefix(path, prefix) { return false }
             return true
+        }
+
+        /// `path.utf8.starts(with: prefix.utf8)` as one memcmp over both strings' UTF-8
+        /// storage (the generic sequence compare cost more than the rest of routing).
+        static func hasBytePrefix(_ path: Substring, _ prefix: String) -> Bool {
+            let p = prefix.utf8, s = path.utf8
+            guard !p.isEmpty else { return true }
+            guard s.count >= p.count else { return false }
+            let compared = s.withContiguousStorageIfAvailable { sb in
+                p.withContiguousStorageIfAvailable { pb in memcmp(sb.baseAddress!, pb.baseAddress!, pb.count) == 0 }
+            }
+            if let compared, let equal = compared { return equal }
+            return s.starts(with: p)
         }
     }
 

@@ -130,6 +130,53 @@ final class HTTP1ParsingTests: XCTestCase {
         }
     }
 
+    /// Route prefixes are compared as bytes (memcmp over both strings' UTF-8), as nginx
+    /// compares a location: no Unicode equivalence, the query never part of the path.
+    func testRoutePrefixesCompareBytes() {
+        let router = Router(routes: [
+            .init(host: nil, pathPrefix: "/api/", action: .redirect(Redirect(status: 301))),
+            .init(host: nil, pathPrefix: "/caf\u{E9}/", action: .redirect(Redirect(status: 302))),
+            .init(host: nil, pathPrefix: "", action: .redirect(Redirect(status: 307))),
+        ])
+        func status(_ uri: String) -> Int? {
+            guard case .redirect(let r) = router.route(listener: "https", host: nil, uri: uri)?.action else { return nil }
+            return r.status
+        }
+        XCTAssertEqual(status("/api/"), 301)
+        XCTAssertEqual(status("/api/v1?x=1"), 301)
+        XCTAssertEqual(status("/api"), 307)
+        XCTAssertEqual(status("/apI/"), 307)
+        XCTAssertEqual(status("/ap?/api/"), 307)
+        XCTAssertEqual(status("/caf\u{E9}/menu"), 302)
+        XCTAssertEqual(status("/cafe\u{301}/menu"), 307)  // the same text decomposed: other bytes
+        XCTAssertEqual(status(""), 307)
+        let long = String(repeating: "x", count: 40)
+        XCTAssertTrue(Router.Route.hasBytePrefix(Substring("/" + long + "/y"), "/" + long))
+        XCTAssertFalse(Router.Route.hasBytePrefix(Substring("/" + long), "/" + long + "/"))
+        XCTAssertTrue(Router.Route.hasBytePrefix(("//" + long).dropFirst(), "/" + long))  // a slice not at offset 0
+    }
+
+    /// Field names are scanned through a 256-entry table: every byte value, at the start,
+    /// middle and end of a name, is accepted exactly when RFC 9110 makes it a `tchar`.
+    func testFieldNamesAcceptExactlyTheTokenBytes() throws {
+        let tchars = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        for byte in 0...255 {
+            let b = UInt8(byte)
+            XCTAssertEqual(HTTP1Parser.isToken(b), tchars.contains(b), "isToken(\(byte))")
+            XCTAssertEqual(HTTP1Parser.tokenTable.utf8Start[byte] & 1 != 0, tchars.contains(b), "tokenTable[\(byte)]")
+            guard b != 0x0D, b != 0x0A else { continue }  // those end the line instead
+            for name in [[b, 0x61, 0x62], [0x61, b, 0x62], [0x61, 0x62, b]] {
+                var bytes = Array("GET / HTTP/1.1\r\nHost: x\r\n".utf8)
+                bytes += name + Array(": v\r\n\r\n".utf8)
+                let parsed = try? HTTP1Parser.parseRequest(bytes)
+                if tchars.contains(b) {
+                    XCTAssertEqual(parsed?.fields.count, 2, "name \(name)")
+                } else if b != 0x3A || name[0] == b {
+                    XCTAssertNil(parsed, "name \(name) accepted")
+                }
+            }
+        }
+    }
     func testHeadEndIsFoundAcrossReads() {
         let text = Array("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next".utf8)  // bytes: "\r\n" is one Character
         for split in 1..<text.count {
