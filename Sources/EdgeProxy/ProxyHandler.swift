@@ -156,10 +156,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         /// The upstream agreed (101): bytes flow both ways unframed until one side closes.
         var tunnel = false
 
-        init(request: HTTPHead, group: UpstreamGroup, upgrade: Bool = false) {
+        init(request: consuming HTTPHead, group: UpstreamGroup, upgrade: Bool = false) {
+            self.chunkedUpstream = request.chunked
             self.request = request
             self.group = group
-            self.chunkedUpstream = request.chunked
             self.upgrade = upgrade
         }
 
@@ -353,7 +353,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 self.badRequest(HTTPFramingError(error))
                 return
             }
-            self.receivedHead(head)
+            self.receivedHead(consume head)
         }
         if self.inbound.readableBytes == 0, self.inbound.capacity > 0 {
             self.inbound = ByteBuffer()
@@ -407,7 +407,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
     }
 
-    private func receivedHead(_ head: HTTPHead) {
+    /// `consuming`: the head moves into the exchange rather than being copied.
+    private func receivedHead(_ head: consuming HTTPHead) {
         guard let context = self.context else { return }
         self.deadline = nil
         self.headStarted = false
@@ -449,7 +450,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 context.writeAndFlush(NIOAny(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
             }
         }
-        let exchange = Exchange(request: head, group: group, upgrade: self.responseSink == nil && head.isWebSocketUpgrade)
+        let upgrade = self.responseSink == nil && head.isWebSocketUpgrade
+        let exchange = Exchange(request: consume head, group: group, upgrade: upgrade)
         exchange.requestEnded = !hasBody
         self.exchange = exchange
         self.connect(exchange)

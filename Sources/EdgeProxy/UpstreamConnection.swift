@@ -179,26 +179,35 @@ final class UpstreamHandler: ChannelInboundHandler {
                 // A large head's storage is not kept (idle connections would hold it).
                 self.responseHead.refill(reading: end, from: &self.buffer)
                 try HTTP1Parser.parseResponse(&self.responseHead)
-                let head = self.responseHead
-                if head.bytes.capacity > 4_096 || head.fields.capacity > 64 { self.responseHead = HTTPHead(bytes: []) }
-                if head.status == 101 && self.upgradeRequested {
-                    // The WebSocket handshake succeeded: from here on the connection
-                    // carries the protocol's bytes both ways until one side closes.
-                    self.reusable = false
-                    self.phase = .body(.untilClose)
-                    delegate.upstreamReceived(.head(head), from: connection)
-                    continue
-                }
-                if head.status < 200 {
+                let status = self.responseHead.status
+                if status < 200 && !(status == 101 && self.upgradeRequested) {
                     // Interim responses (100, 103) are dropped; 101 only answers an upgrade.
-                    guard head.status != 101 else { throw HTTPFramingError.bad("unexpected 101 Switching Protocols") }
+                    guard status != 101 else { throw HTTPFramingError.bad("unexpected 101 Switching Protocols") }
                     self.phase = .head(headRequest: headRequest, scanned: 0)
                     continue
                 }
-                let framer = head.responseFramer(toHead: headRequest)
-                self.reusable = head.keepAlive && framer.state != .untilClose
-                self.phase = framer.isDone ? .idle : .body(framer)
-                delegate.upstreamReceived(.head(head), from: connection)
+                let framer: BodyFramer
+                if status == 101 {
+                    // The WebSocket handshake succeeded: from here on the connection
+                    // carries the protocol's bytes both ways until one side closes.
+                    framer = .untilClose
+                    self.reusable = false
+                    self.phase = .body(.untilClose)
+                } else {
+                    framer = self.responseHead.responseFramer(toHead: headRequest)
+                    self.reusable = self.responseHead.keepAlive && framer.state != .untilClose
+                    self.phase = framer.isDone ? .idle : .body(framer)
+                }
+                // The head moves into the part and back (the delegate uses it before it
+                // returns): no copy, no reference counting of its arrays and strings.
+                var head = HTTPHead(bytes: [])
+                swap(&head, &self.responseHead)
+                let part = UpstreamResponsePart.head(consume head)
+                delegate.upstreamReceived(part, from: connection)
+                // A large head's storage is not kept (idle connections would hold it).
+                if case .head(let used) = consume part, used.bytes.capacity <= 4_096, used.fields.capacity <= 64 {
+                    self.responseHead = used
+                }
                 if framer.isDone { self.delegate?.upstreamReceived(.end, from: connection) }
             case .body(var framer):
                 guard let piece = try framer.next(from: &self.buffer) else {
@@ -350,7 +359,7 @@ public final class UpstreamPool {
         self.spareRequestHeads.popLast() ?? HTTPHead(bytes: [])
     }
 
-    func recycle(_ head: HTTPHead) {
+    func recycle(_ head: consuming HTTPHead) {
         guard self.spareRequestHeads.count < 64, head.bytes.capacity <= 4_096, head.fields.capacity <= 64 else { return }
         self.spareRequestHeads.append(head)
     }
