@@ -156,6 +156,13 @@ final class HTTP1ParsingTests: XCTestCase {
         XCTAssertTrue(Router.Route.hasBytePrefix(("//" + long).dropFirst(), "/" + long))  // a slice not at offset 0
     }
 
+    /// HTTP/2's `:status` is written digit by digit: the same text as `String(Int)` for every code.
+    func testHTTP2StatusStringsMatchTheirNumbers() {
+        for status in [0, 1, 99, 1000, 12345, -200] + Array(100...999) {
+            XCTAssertEqual(HTTP2StreamBridge.statusString(status), String(status))
+        }
+    }
+
     /// Field names are scanned through a 256-entry table: every byte value, at the start,
     /// middle and end of a name, is accepted exactly when RFC 9110 makes it a `tchar`.
     func testFieldNamesAcceptExactlyTheTokenBytes() throws {
