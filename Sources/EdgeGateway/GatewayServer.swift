@@ -305,7 +305,9 @@ extension Gateway {
                     if let context = plan.tlsContext {
                         var tls = tlsConfiguration
                         tls.holdsFirstRead = holdsFirstRead
-                        try sync.addHandler(OpenSSLHandler(serverContext: context, configuration: tls))
+                        // Handlers are named here and below: without a name NIO formats one
+                        // ("handler" and a counter) for each handler of each connection.
+                        try sync.addHandler(OpenSSLHandler(serverContext: context, configuration: tls), name: "tls")
                         holdsFirstRead = false
                     }
                     let info = DownstreamInfo(scheme: plan.tlsContext == nil ? "http" : "https", remoteAddress: channel.remoteAddress,
@@ -313,7 +315,8 @@ extension Gateway {
                     let pool = pools.pool(for: channel.eventLoop)
                     if plan.h2 {
                         // The protocol is known once ALPN has run: HTTP/2 or HTTP/1.1 handlers are added then.
-                        try sync.addHandler(ProtocolSwitch(plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics))
+                        try sync.addHandler(ProtocolSwitch(plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics),
+                                            name: "protocol-switch")
                     } else {
                         try addHTTP1Handlers(sync, plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics,
                                              holdsFirstRead: holdsFirstRead)
@@ -343,7 +346,7 @@ extension EventLoop {
 func addHTTP1Handlers(_ sync: ChannelPipeline.SynchronousOperations, plan: ListenerPlan, info: DownstreamInfo, router: Router,
                       pool: UpstreamPool, logger: Logger, metrics: ListenerMetrics, holdsFirstRead: Bool = false) throws {
     try sync.addHandler(ProxyHandler(router: router, pool: pool, info: info, limits: plan.proxyLimits, logger: logger, observer: metrics,
-                                     holdsFirstRead: holdsFirstRead))
+                                     holdsFirstRead: holdsFirstRead), name: "proxy")
 }
 
 extension ListenerPlan {
@@ -429,12 +432,13 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
             streamChannel.eventLoop.initialized {
                 let streamSync = streamChannel.pipeline.syncOperations
                 let bridge = HTTP2StreamBridge(strictTransportSecurity: limits.strictTransportSecurity)
-                try streamSync.addHandler(bridge)
+                // Named, as the connection's handlers are.
+                try streamSync.addHandler(bridge, name: "http2-stream-bridge")
                 try streamSync.addHandler(ProxyHandler(stream: bridge, router: router, pool: pool.value, info: info, limits: limits,
-                                                       logger: logger, observer: metrics))
+                                                       logger: logger, observer: metrics), name: "proxy")
             }
         }
-        try sync.addHandler(idle)
+        try sync.addHandler(idle, name: "http2-idle-timeout")
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -520,8 +520,9 @@ public final class UpstreamPool {
                     // largest response read; the first handler holds the first read.
                     if let options = channel.syncOptions { try ReceiveBuffers.configure(options) }
                     let sync = channel.pipeline.syncOperations
-                    if let tlsHandler { try sync.addHandler(tlsHandler.value) }
-                    try sync.addHandler(boundHandler.value)
+                    // Named: without a name NIO formats one for each handler of each connection.
+                    if let tlsHandler { try sync.addHandler(tlsHandler.value, name: "tls") }
+                    try sync.addHandler(boundHandler.value, name: "upstream")
                 }
             }
         let backendName = backend.description
