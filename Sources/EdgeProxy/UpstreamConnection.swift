@@ -174,9 +174,8 @@ final class UpstreamHandler: ChannelInboundHandler {
                     self.phase = .head(headRequest: headRequest, scanned: max(0, self.buffer.readableBytes - 3))
                     return
                 }
-                // Parsed in this connection's head storage: the delegate uses the head
-                // before it returns, so the next response finds the storage free again.
-                // A large head's storage is not kept (idle connections would hold it).
+                // Parsed in this connection's head storage, which the delegate borrows
+                // for the length of its call (below) and the next response reuses.
                 self.responseHead.refill(reading: end, from: &self.buffer)
                 try HTTP1Parser.parseResponse(&self.responseHead)
                 let status = self.responseHead.status
