@@ -2,8 +2,10 @@
 """User-space instructions per proxied request, counted by callgrind: edge-gateway beside nginx and HAProxy.
 
 Seconds on a shared 2-core machine move by 10-25 % from run to run; callgrind's instruction
-counts do not (the same binary, load and configuration give the same count to well under 1 %),
-so this is the measure for an optimisation of a few per cent. Each proxy runs under
+counts do not (the same gateway binary, load and configuration give the same count to half a
+per cent; nginx's moves by about 2 %, HAProxy's TLS-upstream count by up to 13 %, following
+its own reuse of upstream connections), so this is the measure for an optimisation of a few
+per cent. Each proxy runs under
 `valgrind --tool=callgrind` with one worker/thread/event loop and the same static nginx
 upstream as bench/run.py. Each figure is the difference of two runs that differ only in
 the number of requests (500 warm-up, then 10 against 10 + --requests on ten new connections),
