@@ -85,8 +85,9 @@ def run_once(name, command, port, env, mode, n, work, tag):
 
 def measure(name, command, port, env, mode, n, work):
     """Instructions per request: two runs that differ only in how many requests the second
-    h2load sends (10 against 10 + n, on the same 10 connections), so start-up, warm-up,
-    handshakes and shutdown cancel out."""
+    h2load sends (10 against 10 + n, on the same 10 connections, or in `handshake` mode on a
+    connection each), so start-up, warm-up and shutdown cancel out (and but for `handshake`,
+    the handshakes)."""
     base, base_done, base_dumps = run_once(name, command, port, env, mode, 10, work, "base")
     total, done, dumps = run_once(name, command, port, env, mode, 10 + n, work, "load")
     return (total - base) / max(done - base_done, 1), done - base_done, (base_dumps, dumps)

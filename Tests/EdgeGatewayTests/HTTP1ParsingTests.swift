@@ -184,6 +184,7 @@ final class HTTP1ParsingTests: XCTestCase {
             }
         }
     }
+
     func testHeadEndIsFoundAcrossReads() {
         let text = Array("GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next".utf8)  // bytes: "\r\n" is one Character
         for split in 1..<text.count {
