@@ -553,14 +553,19 @@ enum HTTP1Parser {
     static func hasControlByte(_ p: UnsafeRawBufferPointer, _ from: Int, _ end: Int) -> Bool {
         let ones: UInt64 = 0x0101_0101_0101_0101
         let highs: UInt64 = 0x8080_8080_8080_8080
-        var k = from
-        while k + 8 <= end {
-            let w = p.loadUnaligned(fromByteOffset: k, as: UInt64.self)
+        @inline(__always) func word(at offset: Int) -> Bool {
+            let w = p.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
             let below = (w &- ones &* 0x20) & ~w & highs
             let del = w ^ (ones &* 0x7F)
-            if below | ((del &- ones) & ~del & highs) != 0 { return true }
+            return below | ((del &- ones) & ~del & highs) != 0
+        }
+        var k = from
+        while k + 8 <= end {
+            if word(at: k) { return true }
             k += 8
         }
+        // The rest in one word that overlaps the last one checked (bytes of the line only).
+        if k < end && end - from >= 8 { return word(at: end - 8) }
         while k < end {
             let b = p[k]
             if b < 0x20 || b == 0x7F { return true }

@@ -102,6 +102,35 @@ final class HTTP1ParsingTests: XCTestCase {
         XCTAssertEqual(rejection("GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-B: 2\n\r\n"), "bare LF in head")
     }
 
+    /// `hasControlByte` checks whole words and then one last word overlapping the previous:
+    /// for every range length, offset into the storage and position, it finds exactly the
+    /// control bytes inside the range, and none just outside it.
+    func testControlByteScanAtEveryLengthAndPosition() {
+        for length in 0...24 {
+            for start in 0..<3 {
+                var bytes = [UInt8](repeating: UInt8(ascii: "a"), count: start + length + 3)
+                bytes.withUnsafeBytes { XCTAssertFalse(HTTP1Parser.hasControlByte($0, start, start + length), "clean \(length)@\(start)") }
+                for bad: UInt8 in [0x00, 0x09, 0x1F, 0x7F] {
+                    for position in 0..<length {
+                        bytes[start + position] = bad
+                        bytes.withUnsafeBytes { XCTAssertTrue(HTTP1Parser.hasControlByte($0, start, start + length), "\(bad) at \(position) of \(length)@\(start)") }
+                        bytes[start + position] = UInt8(ascii: "a")
+                    }
+                    // Just outside the range, on either side: not the range's.
+                    bytes[start + length] = bad
+                    if start > 0 { bytes[start - 1] = bad }
+                    bytes.withUnsafeBytes { XCTAssertFalse(HTTP1Parser.hasControlByte($0, start, start + length), "\(bad) outside \(length)@\(start)") }
+                    bytes[start + length] = UInt8(ascii: "a")
+                    if start > 0 { bytes[start - 1] = UInt8(ascii: "a") }
+                }
+                for fine: UInt8 in [0x20, 0x7E, 0x80, 0xFF] {
+                    bytes.replaceSubrange(start..<start + length, with: repeatElement(fine, count: length))
+                    bytes.withUnsafeBytes { XCTAssertFalse(HTTP1Parser.hasControlByte($0, start, start + length), "\(fine) in \(length)@\(start)") }
+                }
+            }
+        }
+    }
+
     /// Field names are compared a word at a time: every known name is recognised in any
     /// case, and a name differing from it in any one byte is not.
     func testKnownFieldNamesAreRecognisedInAnyCaseAndOnlyExactly() {
