@@ -31,7 +31,7 @@ final class CertbotTests: XCTestCase {
             if httpPort == nil {
                 self.pebble.environment?["PEBBLE_VA_ALWAYS_VALID"] = "1"
             } else {
-                self.pebble.environment?["PEBBLE_AUTHZREUSE"] = "0"  // every order is validated anew, renewals too
+                self.pebble.environment?["PEBBLE_AUTHZREUSE"] = "0"  // renewals validated anew (but for 1 %: see the webroot test)
             }
             let log = FileHandle(forWritingAtPath: self.dir.file("pebble.log")) ?? {
                 _ = FileManager.default.createFile(atPath: self.dir.file("pebble.log"), contents: nil)
@@ -179,12 +179,18 @@ final class CertbotTests: XCTestCase {
         let verified = try Shell.run(["curl", "-sS", "--max-time", "10", "--cacert", root, "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(https)/"])
         XCTAssertEqual(verified.stdout, "200", "a client trusting the ACME root reaches the upstream: \(verified.stderr)")
         // The renewal uses the webroot again (certbot keeps it in the lineage's renewal configuration).
+        // pebble reuses the valid authorization one time in a hundred even with
+        // PEBBLE_AUTHZREUSE=0 (it makes a new one only when rand.Intn(100) > 0): then nothing is
+        // validated, and it logs no new authorization. Such a renewal is made again.
         let validations = pebbleLog().components(separatedBy: fetched).count
-        try acme.renew(reuseKey: false)
-        // Looked for up to 5 s, with pebble's log in the message if its lines never come: one
-        // CI run found none right after certbot returned (not reproduced in eight runs since).
-        XCTAssertTrue(eventually(timeout: 5) { pebbleLog().components(separatedBy: fetched).count > validations },
-                      "the renewal was validated through the gateway too:\n\(pebbleLog().suffix(6000))")
+        let newAuthorizations = { pebbleLog().components(separatedBy: "authorizations in the db").count }
+        for _ in 0..<3 {
+            let before = newAuthorizations()
+            try acme.renew(reuseKey: false)
+            if newAuthorizations() > before { break }
+        }
+        XCTAssertGreaterThan(pebbleLog().components(separatedBy: fetched).count, validations,
+                             "the renewal was validated through the gateway too:\n\(pebbleLog().suffix(6000))")
         let renewed = try acme.liveSerial("localhost")
         XCTAssertNotEqual(renewed, issued)
         XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == renewed }, "the renewed certificate is served")
