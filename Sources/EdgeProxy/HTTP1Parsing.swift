@@ -574,20 +574,16 @@ enum HTTP1Parser {
         return false
     }
 
-    /// `isToken` as a table of 256 ASCII digits, "1" (odd) for a token byte: a literal in
-    /// the binary's constant data, not a lazily initialised global.
+    /// RFC 9110 `tchar` (§5.6.2: letters, digits, ``!#$%&'*+-.^_`|~``) for each byte value,
+    /// as 256 ASCII digits, "1" (odd) for a token byte: a literal in the binary's constant
+    /// data, where a table in a global array would be a lazy global, checked on every use.
     static var tokenTable: StaticString {
         "0000000000000000000000000000000001011111001101101111111111000000011111111111111111111111111000111111111111111111111111111110101000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
     }
 
-    /// RFC 9110 `tchar` (§5.6.2): one bit per ASCII byte (letters, digits, ``!#$%&'*+-.^_`|~``).
-    /// Constants rather than a table: a global table is a lazy global, checked on
-    /// every call.
     @inline(__always)
     static func isToken(_ b: UInt8) -> Bool {
-        if b < 64 { return (0x03ff6cfa00000000 as UInt64) >> b & 1 == 1 }
-        if b < 128 { return (0x57ffffffc7fffffe as UInt64) >> (b - 64) & 1 == 1 }
-        return false
+        tokenTable.utf8Start[Int(b)] & 1 != 0
     }
 }
 
