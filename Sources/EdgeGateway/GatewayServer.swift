@@ -24,9 +24,10 @@ final class PoolRegistry: @unchecked Sendable {
         self.pools = pools
     }
 
-    func pool(for loop: EventLoop) -> UpstreamPool {
-        loop.assertInEventLoop()
-        return self.pools[ObjectIdentifier(loop)]!
+    /// One value per event loop made with that loop's pool (a listener's `ProxyListener`s).
+    /// Each is used only on its own loop, as the pool is.
+    func perLoop<Value>(_ make: (UpstreamPool) -> Value) -> PerLoop<Value> {
+        PerLoop(values: self.pools.mapValues(make))
     }
 
     /// Closes every idle pooled connection, each on its own loop (a drained generation's pools).
@@ -43,6 +44,21 @@ final class PoolRegistry: @unchecked Sendable {
             let id = ObjectIdentifier(loop)
             try? await loop.submit { self.pools[id]?.accessLog?.flush() }.get()
         }
+    }
+}
+
+/// Values confined to their event loops, looked up by the loop a channel is on.
+final class PerLoop<Value>: @unchecked Sendable {
+    // Immutable after init; each value is used only on its own loop.
+    private let values: [ObjectIdentifier: Value]
+
+    fileprivate init(values: [ObjectIdentifier: Value]) {
+        self.values = values
+    }
+
+    func value(for loop: EventLoop) -> Value {
+        loop.assertInEventLoop()
+        return self.values[ObjectIdentifier(loop)]!
     }
 }
 
@@ -271,13 +287,18 @@ extension Gateway {
     }
 
     private func bind(_ listener: ListenerPlan, fd: CInt, group: EventLoopGroup, quiescing: ServerQuiescingHelper, pools: PoolRegistry) async throws -> Channel {
-        let router = self.router
-        let logger = self.logger
         let metrics = self.metrics.listener(listener.name)
         var handshake = TLSHandlerConfiguration()
         handshake.handshakeTimeout = listener.handshakeTimeout
+        handshake.closeObserver = metrics
         let tlsConfiguration = handshake
         let plan = listener
+        // What the listener's connections share, one for each event loop.
+        let (router, logger, limits) = (self.router, self.logger, listener.proxyLimits)
+        let proxies = pools.perLoop { pool in
+            ProxyListener(name: plan.name, scheme: plan.tlsContext == nil ? "http" : "https", mutualTLS: plan.mutualTLS, router: router,
+                          pool: pool, limits: limits, logger: logger, observer: metrics)
+        }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -287,9 +308,7 @@ extension Gateway {
                 }
             }
             .childChannelInitializer { channel in
-                metrics.connectionOpened()
-                channel.closeFuture.whenComplete { _ in metrics.connectionClosed() }
-                return channel.eventLoop.initialized {
+                channel.eventLoop.initialized {
                     // Set here, synchronously: as `childChannelOption`s NIO applies them
                     // through a chain of futures, ~4 % of a full handshake's instructions.
                     var holdsFirstRead = false
@@ -302,24 +321,26 @@ extension Gateway {
                         holdsFirstRead = true
                     }
                     let sync = channel.pipeline.syncOperations
+                    let proxy = proxies.value(for: channel.eventLoop)
+                    let info = DownstreamInfo(remoteAddress: channel.remoteAddress)
+                    // The connection's first handler reports its close (the TLS handler, else
+                    // the proxy): it is counted as open once that handler is in.
                     if let context = plan.tlsContext {
                         var tls = tlsConfiguration
                         tls.holdsFirstRead = holdsFirstRead
                         // Handlers are named here and below: without a name NIO formats one
                         // ("handler" and a counter) for each handler of each connection.
                         try sync.addHandler(OpenSSLHandler(serverContext: context, configuration: tls), name: "tls")
-                        holdsFirstRead = false
-                    }
-                    let info = DownstreamInfo(scheme: plan.tlsContext == nil ? "http" : "https", remoteAddress: channel.remoteAddress,
-                                              listenerName: plan.name, mutualTLS: plan.mutualTLS)
-                    let pool = pools.pool(for: channel.eventLoop)
-                    if plan.h2 {
-                        // The protocol is known once ALPN has run: HTTP/2 or HTTP/1.1 handlers are added then.
-                        try sync.addHandler(ProtocolSwitch(plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics),
-                                            name: "protocol-switch")
+                        metrics.connectionOpened()
+                        if plan.h2 {
+                            // The protocol is known once ALPN has run: HTTP/2 or HTTP/1.1 handlers are added then.
+                            try sync.addHandler(ProtocolSwitch(plan: plan, info: info, proxy: proxy), name: "protocol-switch")
+                        } else {
+                            try sync.addHandler(ProxyHandler(listener: proxy, info: info), name: "proxy")
+                        }
                     } else {
-                        try addHTTP1Handlers(sync, plan: plan, info: info, router: router, pool: pool, logger: logger, metrics: metrics,
-                                             holdsFirstRead: holdsFirstRead)
+                        try sync.addHandler(ProxyHandler(listener: proxy, info: info, holdsFirstRead: holdsFirstRead, reportsClose: true), name: "proxy")
+                        metrics.connectionOpened()
                     }
                 }
             }
@@ -341,14 +362,6 @@ extension EventLoop {
     }
 }
 
-/// The HTTP/1.1 server pipeline of one client connection: the byte-level proxy,
-/// right after TLS (or the socket).
-func addHTTP1Handlers(_ sync: ChannelPipeline.SynchronousOperations, plan: ListenerPlan, info: DownstreamInfo, router: Router,
-                      pool: UpstreamPool, logger: Logger, metrics: ListenerMetrics, holdsFirstRead: Bool = false) throws {
-    try sync.addHandler(ProxyHandler(router: router, pool: pool, info: info, limits: plan.proxyLimits, logger: logger, observer: metrics,
-                                     holdsFirstRead: holdsFirstRead), name: "proxy")
-}
-
 extension ListenerPlan {
     var proxyLimits: ProxyLimits {
         var limits = ProxyLimits()
@@ -368,19 +381,13 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
     private let plan: ListenerPlan
-    private var info: DownstreamInfo
-    private let router: Router
-    private let pool: UpstreamPool
-    private let logger: Logger
-    private let metrics: ListenerMetrics
+    private let info: DownstreamInfo
+    private let proxy: ProxyListener
 
-    init(plan: ListenerPlan, info: DownstreamInfo, router: Router, pool: UpstreamPool, logger: Logger, metrics: ListenerMetrics) {
+    init(plan: ListenerPlan, info: DownstreamInfo, proxy: ProxyListener) {
         self.plan = plan
         self.info = info
-        self.router = router
-        self.pool = pool
-        self.logger = logger
-        self.metrics = metrics
+        self.proxy = proxy
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -391,17 +398,17 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
         let sync = context.pipeline.syncOperations
         do {
             if negotiated == "h2" {
-                self.metrics.handshake(result: "ok")
+                self.proxy.observer?.handshake(result: "ok")
                 var info = self.info
                 let tls = try? sync.handler(type: OpenSSLHandler.self)
-                if info.mutualTLS { info.clientIdentity = ClientIdentity(tls: tls) }
+                if self.proxy.mutualTLS { info.clientIdentity = ClientIdentity(tls: tls) }
                 tls?.coalesceFlushes()
                 try self.addHTTP2Handlers(sync, channel: context.channel, info: info)
             } else {
-                try addHTTP1Handlers(sync, plan: self.plan, info: self.info, router: self.router, pool: self.pool, logger: self.logger, metrics: self.metrics)
+                try sync.addHandler(ProxyHandler(listener: self.proxy, info: self.info), name: "proxy")
             }
         } catch {
-            self.logger.error("cannot set up the connection's protocol handlers", metadata: ["error": "\(error)"])
+            self.proxy.logger.error("cannot set up the connection's protocol handlers", metadata: ["error": "\(error)"])
             context.close(promise: nil)
             return
         }
@@ -423,19 +430,18 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
         // Rapid reset (CVE-2023-44487): a client resetting streams faster than this is disconnected.
         stream.streamResetFrameRateLimit.maximumCount = self.plan.http2.maxResetsPer30s
         stream.streamResetFrameRateLimit.windowLength = .seconds(30)
-        let router = self.router, logger = self.logger, metrics = self.metrics, limits = self.plan.proxyLimits
-        // Streams are child channels on the connection's loop: the loop's pool serves them.
-        let pool = NIOLoopBound(self.pool, eventLoop: channel.eventLoop)
+        let strictTransportSecurity = self.plan.strictTransportSecurity
+        // Streams are child channels on the connection's loop: the loop's proxy (and pool) serves them.
+        let proxy = NIOLoopBound(self.proxy, eventLoop: channel.eventLoop)
         let idle = HTTP2IdleTimeout(timeout: self.plan.idleTimeout)
         _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
                                             streamDelegate: idle.delegate(eventLoop: channel.eventLoop)) { streamChannel in
             streamChannel.eventLoop.initialized {
                 let streamSync = streamChannel.pipeline.syncOperations
-                let bridge = HTTP2StreamBridge(strictTransportSecurity: limits.strictTransportSecurity)
+                let bridge = HTTP2StreamBridge(strictTransportSecurity: strictTransportSecurity)
                 // Named, as the connection's handlers are.
                 try streamSync.addHandler(bridge, name: "http2-stream-bridge")
-                try streamSync.addHandler(ProxyHandler(stream: bridge, router: router, pool: pool.value, info: info, limits: limits,
-                                                       logger: logger, observer: metrics), name: "proxy")
+                try streamSync.addHandler(ProxyHandler(stream: bridge, listener: proxy.value, info: info), name: "proxy")
             }
         }
         try sync.addHandler(idle, name: "http2-idle-timeout")
@@ -443,7 +449,7 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let tls = error as? TLSError {
-            reportClientTLSError(tls, info: self.info, logger: self.logger, observer: self.metrics)
+            reportClientTLSError(tls, info: self.info, listener: self.proxy)
         }
         context.close(promise: nil)
     }

@@ -6,35 +6,62 @@ import NIOTLS
 import Glibc
 #endif
 
-/// What the proxy needs to know about the downstream connection.
+/// What the proxy needs to know about one downstream connection (what it shares with
+/// the listener's other connections is the `ProxyListener`'s).
 public struct DownstreamInfo: Sendable {
-    public var scheme: String
     public let remoteAddress: SocketAddress?
-    public var listenerName: String
-    /// The listener verifies client certificates: forward the verified identity.
-    public var mutualTLS: Bool
     /// The verified client certificate, once the handshake is done.
     public var clientIdentity: ClientIdentity?
     /// The client's address as text, formatted once per connection (not per HTTP/2 stream).
     let clientIP: String?
 
-    public init(scheme: String, remoteAddress: SocketAddress?, listenerName: String, mutualTLS: Bool = false) {
-        self.scheme = scheme
+    public init(remoteAddress: SocketAddress?) {
         self.remoteAddress = remoteAddress
-        self.listenerName = listenerName
-        self.mutualTLS = mutualTLS
         self.clientIP = Self.text(remoteAddress)
     }
 
     /// IPv4 is formatted here: NIO's `ipAddress` goes through glibc's inet_ntop, which
     /// uses sprintf (~15k instructions a connection).
-    private static func text(_ address: SocketAddress?) -> String? {
+    static func text(_ address: SocketAddress?) -> String? {
         guard let address else { return nil }
         if case .v4(let v4) = address {
             let a = UInt32(bigEndian: v4.address.sin_addr.s_addr)
             return "\(a >> 24).\((a >> 16) & 0xff).\((a >> 8) & 0xff).\(a & 0xff)"
         }
         return address.ipAddress
+    }
+}
+
+/// What every `ProxyHandler` of one listener on one event loop shares: the listener
+/// (name, scheme, whether it verifies client certificates), its routes, limits, logger
+/// and counters, and the loop's upstream pool. Each handler holds this one reference
+/// instead of its own copies of all of them: a handler, one for every open connection
+/// and every HTTP/2 stream, was 458 bytes and is 286. Confined to its event loop, as
+/// the pool is.
+public final class ProxyListener {
+    public let name: String
+    /// `http` or `https`: X-Forwarded-Proto, and whether an `https` redirect applies.
+    public let scheme: String
+    /// The listener verifies client certificates: forward the verified identity.
+    public let mutualTLS: Bool
+    public let router: Router
+    public let pool: UpstreamPool
+    public let limits: ProxyLimits
+    public let logger: Logger
+    public let observer: (any ProxyObserver)?
+    let requests: RequestCounter?
+
+    public init(name: String, scheme: String, mutualTLS: Bool = false, router: Router, pool: UpstreamPool, limits: ProxyLimits = .init(),
+                logger: Logger, observer: (any ProxyObserver)? = nil) {
+        self.name = name
+        self.scheme = scheme
+        self.mutualTLS = mutualTLS
+        self.router = router
+        self.pool = pool
+        self.limits = limits
+        self.logger = logger
+        self.observer = observer
+        self.requests = observer?.requests
     }
 }
 
@@ -78,7 +105,7 @@ public struct ProxyLimits: Sendable {
 /// The counters of one listener that the proxy path keeps (its metrics), resolved
 /// when the listener is bound: a request or a handshake costs an atomic increment,
 /// not a lookup by name.
-public protocol ProxyObserver: Sendable {
+public protocol ProxyObserver: ConnectionCloseObserver {
     /// Counts the listener's answered requests by status.
     var requests: RequestCounter { get }
     /// `result`: ok, failed, timeout.
@@ -174,13 +201,19 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
     }
 
-    private let router: Router
-    private let pool: UpstreamPool
+    private let listener: ProxyListener
     private var info: DownstreamInfo
-    private let limits: ProxyLimits
-    private let logger: Logger
-    private let observer: (any ProxyObserver)?
-    private let requests: RequestCounter?
+    /// This handler is its connection's first and reports the connection's close (a
+    /// plain-HTTP listener; on a TLS listener the TLS handler does).
+    private let reportsClose: Bool
+    /// The listener's pool and router, also held here: read through `listener` they
+    /// cost a retain and a release in each of six functions of every request.
+    private let pool: UpstreamPool
+    private let router: Router
+    private var limits: ProxyLimits { self.listener.limits }
+    private var logger: Logger { self.listener.logger }
+    private var observer: (any ProxyObserver)? { self.listener.observer }
+    private var requests: RequestCounter? { self.listener.requests }
     private var context: ChannelHandlerContext?
     private var exchange: Exchange?
     /// Bytes read from the client and not consumed yet.
@@ -229,37 +262,35 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private let responseSink: (any ProxyResponseSink)?
 
     /// `holdsFirstRead`: the channel reads as `ReceiveBuffers.configure` sets up and
-    /// this handler is first in its pipeline (a plain-HTTP listener).
+    /// this handler is first in its pipeline (a plain-HTTP listener); `reportsClose`:
+    /// this handler tells the listener's observer when the connection closes (it is the
+    /// connection's first handler).
     ///
     /// `singleRequest`: the channel carries one request whose head arrives with it (an
     /// HTTP/2 stream): no header timer and no idle deadline after the response; the
     /// connection's idle timeout is its own.
-    public convenience init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits = .init(), logger: Logger,
-                            observer: (any ProxyObserver)? = nil, holdsFirstRead: Bool = false, singleRequest: Bool = false) {
-        self.init(router: router, pool: pool, info: info, limits: limits, logger: logger, observer: observer,
-                  holdsFirstRead: holdsFirstRead, singleRequest: singleRequest, responseSink: nil)
+    public convenience init(listener: ProxyListener, info: DownstreamInfo, holdsFirstRead: Bool = false, reportsClose: Bool = false,
+                            singleRequest: Bool = false) {
+        self.init(listener: listener, info: info, holdsFirstRead: holdsFirstRead, reportsClose: reportsClose, singleRequest: singleRequest,
+                  responseSink: nil)
     }
 
     /// The proxy of one HTTP/2 stream, behind `bridge` in the stream's pipeline: the
     /// request comes as HTTP/1.1 bytes from the bridge, the response goes to it in parts.
-    public convenience init(stream bridge: HTTP2StreamBridge, router: Router, pool: UpstreamPool, info: DownstreamInfo,
-                            limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
-        self.init(router: router, pool: pool, info: info, limits: limits, logger: logger, observer: observer,
-                  holdsFirstRead: false, singleRequest: true, responseSink: bridge)
+    public convenience init(stream bridge: HTTP2StreamBridge, listener: ProxyListener, info: DownstreamInfo) {
+        self.init(listener: listener, info: info, holdsFirstRead: false, reportsClose: false, singleRequest: true, responseSink: bridge)
     }
 
-    private init(router: Router, pool: UpstreamPool, info: DownstreamInfo, limits: ProxyLimits, logger: Logger,
-                 observer: (any ProxyObserver)?, holdsFirstRead: Bool, singleRequest: Bool, responseSink: (any ProxyResponseSink)?) {
+    private init(listener: ProxyListener, info: DownstreamInfo, holdsFirstRead: Bool, reportsClose: Bool, singleRequest: Bool,
+                 responseSink: (any ProxyResponseSink)?) {
         self.responseSink = responseSink
         self.singleRequest = singleRequest
         self.firstRead = ReceiveBufferPin(enabled: holdsFirstRead)
-        self.router = router
-        self.pool = pool
+        self.listener = listener
+        self.pool = listener.pool
+        self.router = listener.router
         self.info = info
-        self.limits = limits
-        self.logger = logger
-        self.observer = observer
-        self.requests = observer?.requests
+        self.reportsClose = reportsClose
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -270,6 +301,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     public func handlerRemoved(context: ChannelHandlerContext) {
         self.pool.deadlines.cancel(self)
         self.context = nil
+        if self.reportsClose { self.observer?.connectionClosed() }
     }
 
     public func channelActive(context: ChannelHandlerContext) {
@@ -416,7 +448,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         if self.pool.accessLog != nil { self.requestStart = .now() }
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
         self.bodyBytes = 0
-        let route = self.router.route(listener: self.info.listenerName, host: head.first(.host), uri: head.target)
+        let route = self.router.route(listener: self.listener.name, host: head.first(.host), uri: head.target)
         self.maxBodyBytes = route?.maxBodyBytes ?? self.limits.maxBodyBytes
         if let max = self.maxBodyBytes, let length = head.contentLength, length > max {
             // Refused before a byte of it is read (and without `100 Continue`, so a
@@ -463,11 +495,11 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// buffer, which `attach` hands back once the head is written.
     private func upstreamHead(for head: HTTPHead, group: UpstreamGroup, upgrade: Bool) -> ByteBuffer {
         let setsHost = group.hostHeader != nil
-        let identity = self.info.mutualTLS ? self.info.clientIdentity : nil
-        let verifyResult = self.info.mutualTLS ? identity?.verifyResult ?? "NONE" : nil
+        let identity = self.listener.mutualTLS ? self.info.clientIdentity : nil
+        let verifyResult = self.listener.mutualTLS ? identity?.verifyResult ?? "NONE" : nil
         let upgradeValue = upgrade ? head.first(.upgrade) ?? "websocket" : nil
         let clientIP = self.info.clientIP
-        let scheme = self.info.scheme
+        let scheme = self.listener.scheme
         let hostName = group.hostHeader ?? group.name
         // The head's own bytes bound the request line, the kept field lines and the two
         // values repeated from them (X-Forwarded-For, Host); the rest is named here.
@@ -1069,7 +1101,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         guard let log = self.pool.accessLog else { return }
         let proto = self.responseSink != nil ? "HTTP/2.0" : request?.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
         log.record(AccessLogEntry(
-            listener: self.info.listenerName, client: self.info.clientIP, proto: proto, request: request, status: status,
+            listener: self.listener.name, client: self.info.clientIP, proto: proto, request: request, status: status,
             bodyBytesSent: bodyBytes, duration: .now() - self.requestStart, upstream: upstream ?? exchange?.group.name,
             backend: exchange?.backendIndex.map { exchange!.group.backends[$0].description }
         ))
@@ -1183,7 +1215,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// connection closes (nginx's `lingering_close`). TLS connections are left to
     /// `OpenSSLHandler`'s close, which reads on while it waits for close_notify.
     private func lingerForRequestBody(_ context: ChannelHandlerContext) {
-        guard self.info.scheme == "http" else {
+        guard self.listener.scheme == "http" else {
             context.close(promise: nil)
             return
         }
@@ -1282,7 +1314,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
             self.observer?.handshake(result: "ok")
-            if self.info.mutualTLS {
+            if self.listener.mutualTLS {
                 self.info.clientIdentity = ClientIdentity(tls: try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self))
             }
         }
@@ -1295,7 +1327,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         // handshake's instructions, for a connection that ends with a reset).
         let errorType = ObjectIdentifier(type(of: error))
         if errorType == ObjectIdentifier(TLSError.self), let tls = error as? TLSError {
-            reportClientTLSError(tls, info: self.info, logger: self.logger, observer: self.observer)
+            reportClientTLSError(tls, info: self.info, listener: self.listener)
         } else if errorType == ObjectIdentifier(IOError.self), self.exchange == nil, let io = error as? IOError,
                   io.errnoCode == ECONNRESET || io.errnoCode == EPIPE {
             // A client resetting a connection between requests is routine (most load
@@ -1309,20 +1341,21 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     }
 
     private var peerMetadata: Logger.Metadata {
-        ["peer": "\(self.info.remoteAddress?.hostPort ?? "?")", "listener": "\(self.info.listenerName)"]
+        ["peer": "\(self.info.remoteAddress?.hostPort ?? "?")", "listener": "\(self.listener.name)"]
     }
 }
 
 extension ProxyHandler: UpstreamExchangeDelegate {}
 
 /// Counts and logs a TLS error of a client connection, once, wherever the pipeline caught it.
-public func reportClientTLSError(_ tls: TLSError, info: DownstreamInfo, logger: Logger, observer: (any ProxyObserver)?) {
-    if tls.isHandshakeFailure { observer?.handshake(result: "failed") }
-    if tls.isHandshakeTimeout { observer?.handshake(result: "timeout") }
+public func reportClientTLSError(_ tls: TLSError, info: DownstreamInfo, listener: ProxyListener) {
+    if tls.isHandshakeFailure { listener.observer?.handshake(result: "failed") }
+    if tls.isHandshakeTimeout { listener.observer?.handshake(result: "timeout") }
     // Most HTTP clients close without close_notify: nothing to report, and the peer's
     // metadata is not built for it (it was, for every such connection).
     if tls.isUncleanShutdown { return }
-    func peer() -> Logger.Metadata { ["peer": "\(info.remoteAddress?.hostPort ?? "?")", "listener": "\(info.listenerName)"] }
+    func peer() -> Logger.Metadata { ["peer": "\(info.remoteAddress?.hostPort ?? "?")", "listener": "\(listener.name)"] }
+    let logger = listener.logger
     if tls.isEOFDuringHandshake {
         logger.debug("client closed during the TLS handshake", metadata: peer())
     } else {

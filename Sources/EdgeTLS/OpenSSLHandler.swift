@@ -10,8 +10,18 @@ public struct TLSHandlerConfiguration: Sendable {
     /// The channel reads as `ReceiveBuffers.configure` sets up, and this handler is
     /// first in its pipeline: it holds the first read buffer (`ReceiveBufferPin`).
     public var holdsFirstRead = false
+    /// Told when the connection closes (when this handler leaves its pipeline, which
+    /// it does only then): the connection's first handler counts it closed, without a
+    /// callback on the channel's close future (a closure and a callback-list entry on
+    /// the heap of every open connection).
+    public var closeObserver: (any ConnectionCloseObserver)?
 
     public init() {}
+}
+
+/// Counts connections closing (a listener's open-connection gauge).
+public protocol ConnectionCloseObserver: AnyObject, Sendable {
+    func connectionClosed()
 }
 
 /// TLS for a NIO channel on the system OpenSSL, server or client side.
@@ -97,6 +107,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         self.handshakeTimer?.cancel()
         self.handshakeTimer = nil
         self.failBufferedWrites(ChannelError.ioOnClosedChannel)
+        self.configuration.closeObserver?.connectionClosed()
     }
 
     public func channelActive(context: ChannelHandlerContext) {

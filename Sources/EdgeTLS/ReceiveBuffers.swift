@@ -29,23 +29,46 @@ public enum ReceiveBuffers {
     }
 
     /// 64 bytes first, then NIO's adaptive sizes (from 2 KiB, so a large ClientHello's
-    /// remainder arrives in one read; 64 bytes to 64 KiB).
+    /// remainder arrives in one read; 64 bytes to 64 KiB): the rule of NIO's
+    /// `AdaptiveRecvByteBufferAllocator` (halve after two small reads in a row, double
+    /// after a full one), kept in six bytes. NIO stores the allocator in an existential,
+    /// which holds up to three words in place: wrapping NIO's own (three limits, a size
+    /// and a flag) put a 64-byte box on the heap of every connection.
     struct Allocator: RecvByteBufferAllocator {
+        static let initial: UInt32 = 2_048
+        static let minimum: UInt32 = 64
+        static let maximum: UInt32 = 65_536
+
+        private var size = UInt32(ReceiveBuffers.firstReadBytes)
         private var first = true
-        private var adaptive = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2_048, maximum: 65_536)
+        private var decreaseNow = false
 
         func buffer(allocator: ByteBufferAllocator) -> ByteBuffer {
-            self.first ? allocator.buffer(capacity: ReceiveBuffers.firstReadBytes) : self.adaptive.buffer(allocator: allocator)
+            allocator.buffer(capacity: Int(self.size))
         }
 
         func nextBufferSize() -> Int? {
-            self.first ? ReceiveBuffers.firstReadBytes : self.adaptive.nextBufferSize()
+            Int(self.size)
         }
 
         mutating func record(actualReadBytes: Int) -> Bool {
-            guard self.first else { return self.adaptive.record(actualReadBytes: actualReadBytes) }
-            self.first = false
-            return true
+            if self.first {
+                self.first = false
+                self.size = Self.initial
+                return true
+            }
+            let lower = self.size >> 1, upper = self.size << 1
+            if actualReadBytes <= Int(lower) && lower >= Self.minimum {
+                if self.decreaseNow { self.size = lower }
+                self.decreaseNow.toggle()
+                return false
+            }
+            self.decreaseNow = false
+            if actualReadBytes >= Int(self.size) && upper <= Self.maximum {
+                self.size = upper
+                return true
+            }
+            return false
         }
     }
 }

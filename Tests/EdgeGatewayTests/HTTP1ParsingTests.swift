@@ -328,3 +328,19 @@ final class HTTP1ParsingTests: XCTestCase {
         XCTAssertEqual(response.readableBytes, 0)
     }
 }
+
+final class DownstreamInfoTests: XCTestCase {
+    /// The client address as the gateway formats it (X-Forwarded-For, the access log)
+    /// reads as NIO's (inet_ntop's) text.
+    func testIPv4ClientAddressTextMatchesNIOs() throws {
+        var addresses = ["0.0.0.0", "255.255.255.255", "127.0.0.1", "10.0.0.1", "1.2.3.4", "100.10.0.9", "9.99.199.200", "192.168.1.254"]
+        for _ in 0..<500 { addresses.append((0..<4).map { _ in String(Int.random(in: 0...255)) }.joined(separator: ".")) }
+        for text in addresses {
+            let address = try SocketAddress(ipAddress: text, port: 443)
+            XCTAssertEqual(DownstreamInfo.text(address), address.ipAddress, text)
+        }
+        let v6 = try SocketAddress(ipAddress: "::1", port: 443)
+        XCTAssertEqual(DownstreamInfo.text(v6), "::1")
+        XCTAssertNil(DownstreamInfo.text(nil))
+    }
+}

@@ -51,6 +51,19 @@ final class ProxyTests: XCTestCase {
         }
         XCTAssertTrue(eventually(timeout: 5) { value(#"edge_connections_open{listener="https"}"#) == 0 }, "every connection closed")
         XCTAssertEqual(value(#"edge_connections_total{listener="https"}"#), 5)
+        // Open while held, closed once: the TLS handler reports the close on a TLS
+        // listener, the proxy on a plain one.
+        let held = [port, port, harness.port("http"), harness.port("http"), harness.port("http")].map { connectedSocket(port: $0) }
+        XCTAssertFalse(held.contains(-1))
+        XCTAssertTrue(eventually(timeout: 5) {
+            value(#"edge_connections_open{listener="https"}"#) == 2 && value(#"edge_connections_open{listener="http"}"#) == 3
+        }, "held connections are open")
+        held.forEach { close($0) }
+        XCTAssertTrue(eventually(timeout: 5) {
+            value(#"edge_connections_open{listener="https"}"#) == 0 && value(#"edge_connections_open{listener="http"}"#) == 0
+        }, "closed connections are counted closed")
+        XCTAssertEqual(value(#"edge_connections_total{listener="https"}"#), 7)
+        XCTAssertEqual(value(#"edge_connections_total{listener="http"}"#), 3)
         XCTAssertEqual(value(#"edge_tls_handshakes_total{listener="https",result="ok"}"#), 4)
         XCTAssertEqual(value(#"edge_tls_handshakes_total{listener="https",result="failed"}"#), 1)
         XCTAssertEqual(value(#"edge_requests_total{listener="https",class="2xx"}"#), 3)

@@ -90,11 +90,11 @@ public final class GatewayProcess: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if !alive() { return false }
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = loopbackAddress(port: port)
-            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            close(fd)
-            if rc == 0 { return true }
+            let fd = connectedSocket(port: port)
+            if fd >= 0 {
+                close(fd)
+                return true
+            }
             usleep(50_000)
         }
         return false

@@ -137,13 +137,23 @@ public func freePort() -> Int {
     return Int(UInt16(bigEndian: addr.sin_port))
 }
 
-/// Sends raw bytes to a loopback port and reads until EOF or `timeout`.
-public func rawExchange(port: Int, send data: [UInt8], timeout: Double = 5) -> (response: String, closed: Bool) {
+/// A TCP socket connected to 127.0.0.1:`port` (the caller closes it), or -1.
+public func connectedSocket(port: Int) -> CInt {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
     var addr = loopbackAddress(port: port)
     let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    guard rc == 0 else { return ("connect failed", true) }
+    guard rc == 0 else {
+        close(fd)
+        return -1
+    }
+    return fd
+}
+
+/// Sends raw bytes to a loopback port and reads until EOF or `timeout`.
+public func rawExchange(port: Int, send data: [UInt8], timeout: Double = 5) -> (response: String, closed: Bool) {
+    let fd = connectedSocket(port: port)
+    guard fd >= 0 else { return ("connect failed", true) }
+    defer { close(fd) }
     var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1e6))
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     var offset = 0
