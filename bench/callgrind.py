@@ -21,20 +21,17 @@ CPU a request costs. Modes:
                 a time; a full handshake every time, h2load resumes no session), plain
                 upstream: the figure is the proxy's instructions per handshake and request
 h2load 1.52 negotiates TLS 1.2 (ECDHE-ECDSA-AES128-GCM-SHA256) with every proxy here.
-Valgrind 3.19 cannot read the DWARF 5 of a Swift binary, so the gateway runs from a copy
-with its debug information stripped (symbols kept), and with bench/tools/dispatch_main.c
-preloaded (valgrind crashes on the way Swift's async main parks the main thread).
+The proxies run as common.ValgrindPeers sets them up (the gateway from a stripped copy).
 Usage: python3 bench/callgrind.py [--no-build | --binary PATH] [--requests 4000] [--only keepalive,tls-upstream,h2,handshake]
                                   [--proxies edge-gateway,nginx,haproxy] [--top 30] [--keep DIR]
 """
 import argparse, os, re, shutil, signal, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, RELEASE_BUILD, free_port, wait_port, release_binary, render_peer, write_gateway_config  # noqa: E402
+from common import PROXIES, RELEASE_BUILD, ValgrindPeers, release_binary, wait_port  # noqa: E402
 
 MODES = {"keepalive": (["--h1", "-c", "10"], "/"), "tls-upstream": (["--h1", "-c", "10"], "/tls/"), "h2": (["-c", "10", "-m", "10"], "/"),
          "handshake": (None, "/")}
-PROXIES = ("edge-gateway", "nginx", "haproxy")
 
 
 def h2load(port, path, flags, n):
@@ -132,50 +129,17 @@ def main():
     work = args.keep or tempfile.mkdtemp(prefix="edge-callgrind-")
     os.makedirs(work, exist_ok=True)
     os.chmod(work, 0o777)  # nginx's worker (user nobody) writes its callgrind file here
-    procs = []
+    setup = None
     try:
-        stripped = os.path.join(work, "edge-gateway")
-        subprocess.run(["strip", "--strip-debug", "-o", stripped, gateway], check=True)
-        libdir = os.path.join(os.path.dirname(os.path.realpath(shutil.which("swift"))), "../lib/swift/linux")
-        shim = os.path.join(work, "dispatch_main.so")
-        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", os.path.join(ROOT, "bench/tools/dispatch_main.c"), "-o", shim,
-                        "-L" + libdir, "-ldispatch", "-Wl,-rpath," + libdir], check=True)
-        subprocess.run(["bash", os.path.join(ROOT, "certs-example/generate.sh"), os.path.join(work, "certs")], check=True, stdout=subprocess.DEVNULL)
-        ca = os.path.join(work, "certs/ca.pem")
-        cert, key = os.path.join(work, "certs/pairs/localhost.crt"), os.path.join(work, "certs/pairs/localhost.key")
-        watched = os.path.join(work, "watched")
-        os.makedirs(watched, exist_ok=True)
-        open(os.path.join(watched, "localhost.pem"), "w").write(open(cert).read() + open(key).read())
-        pem = os.path.join(work, "haproxy.pem")
-        open(pem, "w").write(open(cert).read() + open(key).read())
-
-        def render(name, **kv):
-            return render_peer(work, name, **kv)
-        up, tls_up = free_port(), free_port()
-        procs.append(subprocess.Popen(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, CERT=cert, KEY=key), "-p", work],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        assert wait_port(up) and wait_port(tls_up), "upstream did not start"
-        ports = {name: free_port() for name in PROXIES}
-        cfg = write_gateway_config(os.path.join(work, "gateway.yaml"), 1, ports["edge-gateway"], up, tls_up, watched, ca, free_port())
-        hap = render("haproxy.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["haproxy"], PEM=pem, WORKERS=1)
-        # valgrind keeps a few descriptors for itself, below the limit HAProxy derives from maxconn.
-        text = re.sub(r"maxconn \d+", "maxconn 4000", open(hap).read())
-        open(hap, "w").write(text)
-        commands = {
-            "edge-gateway": [stripped, "run", "-c", cfg, "--log-level", "warning"],
-            "nginx": ["nginx", "-c", render("nginx.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["nginx"], CERT=cert, KEY=key, WORKERS=1), "-p", work],
-            "haproxy": ["haproxy", "-db", "-f", hap],
-        }
+        setup = ValgrindPeers(work, gateway)
+        commands, ports = setup.commands, setup.ports
         proxies = [p for p in args.proxies.split(",") if p]
         modes = [m for m in args.only.split(",") if m]
         results = {}
         for mode in modes:
             n = {"h2": args.requests // 2, "handshake": args.requests // 4}.get(mode, args.requests)
             for name in proxies:
-                env = dict(os.environ)
-                if name == "edge-gateway":
-                    env["LD_PRELOAD"] = shim
-                ir, done, dumps = measure(name, commands[name], ports[name], env, mode, n, work)
+                ir, done, dumps = measure(name, commands[name], ports[name], setup.env(name), mode, n, work)
                 results[(mode, name)] = ir
                 print(f"{mode:13s} {name:13s} {ir / 1000:7.1f}k instructions per request ({done} requests)", flush=True)
                 if name == "edge-gateway" and args.top:
@@ -188,9 +152,8 @@ def main():
             if peers:
                 print(f"  {mode:13s} " + ", ".join(peers))
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait()
+        if setup:
+            setup.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

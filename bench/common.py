@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark programs."""
-import hashlib, os, socket, subprocess, time
+import hashlib, os, re, shutil, socket, subprocess, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,3 +81,65 @@ routes: [ {{ path_prefix: /tls/, upstream: app_tls }}, {{ upstream: app }} ]
 admin: {{ address: "127.0.0.1:{admin}" }}
 """)
     return path
+
+
+PROXIES = ("edge-gateway", "nginx", "haproxy")
+
+
+class ValgrindPeers:
+    """The gateway, nginx and HAProxy set up to run under valgrind (bench/callgrind.py,
+    bench/heap.py) with one worker/thread/event loop each, the same certificate and the same
+    static nginx upstream (started here, on a plain and a TLS port) as bench/run.py.
+    Valgrind 3.19 cannot read the DWARF 5 of a Swift binary, so the gateway runs from a copy
+    with its debug information stripped (symbols kept), and with bench/tools/dispatch_main.c
+    preloaded (valgrind crashes on the way Swift's async main parks the main thread).
+    `commands[name]`, `ports[name]` and `env(name)` start and reach each proxy; `close()`
+    stops the upstream."""
+
+    def __init__(self, work, gateway):
+        self.work = work
+        self.procs = []
+        stripped = os.path.join(work, "edge-gateway")
+        subprocess.run(["strip", "--strip-debug", "-o", stripped, gateway], check=True)
+        libdir = os.path.join(os.path.dirname(os.path.realpath(shutil.which("swift"))), "../lib/swift/linux")
+        self.shim = os.path.join(work, "dispatch_main.so")
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", os.path.join(ROOT, "bench/tools/dispatch_main.c"), "-o", self.shim,
+                        "-L" + libdir, "-ldispatch", "-Wl,-rpath," + libdir], check=True)
+        subprocess.run(["bash", os.path.join(ROOT, "certs-example/generate.sh"), os.path.join(work, "certs")], check=True, stdout=subprocess.DEVNULL)
+        self.ca = ca = os.path.join(work, "certs/ca.pem")
+        cert, key = os.path.join(work, "certs/pairs/localhost.crt"), os.path.join(work, "certs/pairs/localhost.key")
+        watched = os.path.join(work, "watched")
+        os.makedirs(watched, exist_ok=True)
+        open(os.path.join(watched, "localhost.pem"), "w").write(open(cert).read() + open(key).read())
+        pem = os.path.join(work, "haproxy.pem")
+        open(pem, "w").write(open(cert).read() + open(key).read())
+
+        def render(name, **kv):
+            return render_peer(work, name, **kv)
+        up, tls_up = free_port(), free_port()
+        self.procs.append(subprocess.Popen(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, CERT=cert, KEY=key), "-p", work],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        assert wait_port(up) and wait_port(tls_up), "upstream did not start"
+        self.ports = ports = {name: free_port() for name in PROXIES}
+        cfg = write_gateway_config(os.path.join(work, "gateway.yaml"), 1, ports["edge-gateway"], up, tls_up, watched, ca, free_port())
+        hap = render("haproxy.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["haproxy"], PEM=pem, WORKERS=1)
+        # valgrind keeps a few descriptors for itself, below the limit HAProxy derives from maxconn.
+        text = re.sub(r"maxconn \d+", "maxconn 4000", open(hap).read())
+        open(hap, "w").write(text)
+        self.commands = {
+            "edge-gateway": [stripped, "run", "-c", cfg, "--log-level", "warning"],
+            "nginx": ["nginx", "-c", render("nginx.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["nginx"], CERT=cert, KEY=key, WORKERS=1),
+                      "-p", work],
+            "haproxy": ["haproxy", "-db", "-f", hap],
+        }
+
+    def env(self, name):
+        env = dict(os.environ)
+        if name == "edge-gateway":
+            env["LD_PRELOAD"] = self.shim
+        return env
+
+    def close(self):
+        for p in self.procs:
+            p.terminate()
+            p.wait()
