@@ -9,15 +9,24 @@ import Glibc
 /// What the proxy needs to know about one downstream connection (what it shares with
 /// the listener's other connections is the `ProxyListener`'s).
 public struct DownstreamInfo: Sendable {
-    public let remoteAddress: SocketAddress?
     /// The verified client certificate, once the handshake is done.
     public var clientIdentity: ClientIdentity?
     /// The client's address as text, formatted once per connection (not per HTTP/2 stream).
+    /// It is all the proxy uses of the address (X-Forwarded-For, the access log, hashing by
+    /// client), with the port for log lines: hashing by client address read the text from
+    /// a `SocketAddress`, through glibc's inet_ntop, for every request.
     let clientIP: String?
+    let clientPort: UInt16?
 
     public init(remoteAddress: SocketAddress?) {
-        self.remoteAddress = remoteAddress
         self.clientIP = Self.text(remoteAddress)
+        self.clientPort = remoteAddress?.port.map { UInt16(truncatingIfNeeded: $0) }
+    }
+
+    /// `127.0.0.1:50123` or `[::1]:50123` (as `SocketAddress.hostPort`) for log lines.
+    var peer: String {
+        guard let ip = self.clientIP, let port = self.clientPort else { return "?" }
+        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 
     /// IPv4 is formatted here: NIO's `ipAddress` goes through glibc's inet_ntop, which
@@ -584,7 +593,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func connect(_ exchange: Exchange) {
         let group = exchange.group
         if exchange.backendIndex == nil {
-            guard let chosen = group.select(UpstreamGroup.RequestKey(client: self.info.remoteAddress, request: exchange.request), tried: exchange.tried) else {
+            guard let chosen = group.select(UpstreamGroup.RequestKey(clientIP: self.info.clientIP, request: exchange.request), tried: exchange.tried) else {
                 let reason = exchange.tried.isEmpty ? "every backend is down" : "no backend left to try"
                 self.failExchange(exchange, error: UpstreamError(kind: .noHealthyBackend, backend: group.name, reason: reason))
                 return
@@ -1341,7 +1350,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     }
 
     private var peerMetadata: Logger.Metadata {
-        ["peer": "\(self.info.remoteAddress?.hostPort ?? "?")", "listener": "\(self.listener.name)"]
+        ["peer": "\(self.info.peer)", "listener": "\(self.listener.name)"]
     }
 }
 
@@ -1354,7 +1363,7 @@ public func reportClientTLSError(_ tls: TLSError, info: DownstreamInfo, listener
     // Most HTTP clients close without close_notify: nothing to report, and the peer's
     // metadata is not built for it (it was, for every such connection).
     if tls.isUncleanShutdown { return }
-    func peer() -> Logger.Metadata { ["peer": "\(info.remoteAddress?.hostPort ?? "?")", "listener": "\(listener.name)"] }
+    func peer() -> Logger.Metadata { ["peer": "\(info.peer)", "listener": "\(listener.name)"] }
     let logger = listener.logger
     if tls.isEOFDuringHandshake {
         logger.debug("client closed during the TLS handshake", metadata: peer())

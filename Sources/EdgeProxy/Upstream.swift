@@ -217,7 +217,10 @@ public final class UpstreamGroup: Sendable {
     /// What a balancing decision may look at. Only consistent hashing reads it, so the
     /// path and headers are extracted then, not for every request.
     public struct RequestKey {
-        public var client: SocketAddress?
+        /// The client's address as text (`DownstreamInfo.clientIP`, formatted once per
+        /// connection): as a `SocketAddress` it went through glibc's inet_ntop for every
+        /// request that a `client_ip` hash balanced.
+        var clientIP: String?
         private enum Request {
             case nio(HTTPRequestHead)
             case bytes(HTTPHead)
@@ -225,12 +228,12 @@ public final class UpstreamGroup: Sendable {
         private var request: Request
 
         public init(client: SocketAddress?, head: HTTPRequestHead) {
-            self.client = client
+            self.clientIP = DownstreamInfo.text(client)
             self.request = .nio(head)
         }
 
-        init(client: SocketAddress?, request: HTTPHead) {
-            self.client = client
+        init(clientIP: String?, request: HTTPHead) {
+            self.clientIP = clientIP
             self.request = .bytes(request)
         }
 
@@ -250,7 +253,7 @@ public final class UpstreamGroup: Sendable {
 
         func text(for key: HashKey) -> String {
             switch key {
-            case .clientAddress: return self.client?.ipAddress ?? ""
+            case .clientAddress: return self.clientIP ?? ""
             case .header(let name): return self.header(name) ?? ""
             case .path: return String(self.uri.prefix { $0 != "?" })
             }

@@ -69,6 +69,19 @@ final class BalancingTests: XCTestCase {
         }
     }
 
+    /// The proxy hashes the client address from the text it formatted once per
+    /// connection: the same backend as the address itself would pick.
+    func testTheProxysClientKeyPicksAsTheAddressWould() throws {
+        let g = try group([1, 1, 1, 1, 1], .consistentHash(.clientAddress))
+        let head = try HTTP1Parser.parseRequest(Array("GET /p HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
+        for i in 0..<500 {
+            let address = try SocketAddress(ipAddress: i % 5 == 0 ? "2001:db8::\(i)" : "10.\(i % 256).\(i / 256).\((i * 7) % 256)", port: 1000 + i)
+            let proxy = UpstreamGroup.RequestKey(clientIP: DownstreamInfo(remoteAddress: address).clientIP, request: head)
+            XCTAssertEqual(g.select(proxy), g.select(UpstreamGroup.RequestKey(client: address, head: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/p"))))
+            XCTAssertEqual(proxy.text(for: .clientAddress), address.ipAddress)
+        }
+    }
+
     func testUnavailableBackendsAreSkippedAndAllDownGivesNone() throws {
         for algorithm in [BalanceAlgorithm.roundRobin, .random, .leastConnections, .consistentHash(.path)] {
             let g = try group([1, 2, 1], algorithm)

@@ -343,4 +343,13 @@ final class DownstreamInfoTests: XCTestCase {
         XCTAssertEqual(DownstreamInfo.text(v6), "::1")
         XCTAssertNil(DownstreamInfo.text(nil))
     }
+
+    /// Log lines name the client as `hostPort` does, from the text and port kept.
+    func testPeerIsTheClientsHostAndPort() throws {
+        for (ip, port) in [("127.0.0.1", 50123), ("10.1.2.3", 1), ("::1", 443), ("2001:db8::7", 65535)] {
+            let address = try SocketAddress(ipAddress: ip, port: port)
+            XCTAssertEqual(DownstreamInfo(remoteAddress: address).peer, address.hostPort)
+        }
+        XCTAssertEqual(DownstreamInfo(remoteAddress: nil).peer, "?")
+    }
 }
