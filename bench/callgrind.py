@@ -25,10 +25,10 @@ The proxies run as common.ValgrindPeers sets them up (the gateway from a strippe
 Usage: python3 bench/callgrind.py [--no-build | --binary PATH] [--requests 4000] [--only keepalive,tls-upstream,h2,handshake]
                                   [--proxies edge-gateway,nginx,haproxy] [--top 30] [--keep DIR]
 """
-import argparse, os, re, shutil, signal, subprocess, sys, tempfile, time
+import argparse, os, re, signal, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import PROXIES, RELEASE_BUILD, ValgrindPeers, release_binary, wait_port  # noqa: E402
+from common import RELEASE_BUILD, add_valgrind_options, valgrind_peers, wait_port  # noqa: E402
 
 MODES = {"keepalive": (["--h1", "-c", "10"], "/"), "tls-upstream": (["--h1", "-c", "10"], "/tls/"), "h2": (["-c", "10", "-m", "10"], "/"),
          "handshake": (None, "/")}
@@ -116,30 +116,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=4000, help="measured requests per mode (h2: half, handshake: a quarter)")
     ap.add_argument("--only", default=",".join(MODES))
-    ap.add_argument("--proxies", default=",".join(PROXIES))
     ap.add_argument("--top", type=int, default=0, help="also print the gateway's N costliest functions (self) per mode")
-    ap.add_argument("--keep", help="keep the callgrind files in this directory")
-    ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--binary", help="measure this gateway binary instead of the release build")
+    add_valgrind_options(ap, "callgrind")
     args = ap.parse_args()
-    for tool in ("valgrind", "callgrind_control", "h2load", "nginx", "haproxy", "gcc"):
-        if not shutil.which(tool):
-            sys.exit(f"callgrind: '{tool}' is missing: apt-get install valgrind nghttp2-client nginx-light haproxy gcc")
-    gateway = args.binary or release_binary(build=not args.no_build)
-    work = args.keep or tempfile.mkdtemp(prefix="edge-callgrind-")
-    os.makedirs(work, exist_ok=True)
-    os.chmod(work, 0o777)  # nginx's worker (user nobody) writes its callgrind file here
-    setup = None
-    try:
-        setup = ValgrindPeers(work, gateway)
-        commands, ports = setup.commands, setup.ports
+    with valgrind_peers(args, "callgrind", ("valgrind", "callgrind_control", "h2load", "nginx", "haproxy", "gcc"),
+                        "valgrind nghttp2-client nginx-light haproxy gcc") as setup:
         proxies = [p for p in args.proxies.split(",") if p]
         modes = [m for m in args.only.split(",") if m]
         results = {}
         for mode in modes:
             n = {"h2": args.requests // 2, "handshake": args.requests // 4}.get(mode, args.requests)
             for name in proxies:
-                ir, done, dumps = measure(name, commands[name], ports[name], setup.env(name), mode, n, work)
+                ir, done, dumps = measure(name, setup.commands[name], setup.ports[name], setup.env(name), mode, n, setup.work)
                 results[(mode, name)] = ir
                 print(f"{mode:13s} {name:13s} {ir / 1000:7.1f}k instructions per request ({done} requests)", flush=True)
                 if name == "edge-gateway" and args.top:
@@ -151,12 +139,6 @@ def main():
             peers = [f"{name} {results[(mode, name)] / g:.2f}" for name in proxies if name != "edge-gateway" and g and (mode, name) in results]
             if peers:
                 print(f"  {mode:13s} " + ", ".join(peers))
-    finally:
-        if setup:
-            setup.close()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

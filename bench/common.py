@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark programs."""
-import hashlib, os, re, shutil, socket, subprocess, time
+import contextlib, hashlib, os, re, shutil, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,3 +143,33 @@ class ValgrindPeers:
         for p in self.procs:
             p.terminate()
             p.wait()
+
+
+def add_valgrind_options(ap, files):
+    """The options bench/callgrind.py and bench/heap.py share."""
+    ap.add_argument("--proxies", default=",".join(PROXIES))
+    ap.add_argument("--keep", help=f"keep the {files} files in this directory")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--binary", help="measure this gateway binary instead of the release build")
+
+
+@contextlib.contextmanager
+def valgrind_peers(args, program, tools, packages):
+    """Checks the tools, builds the gateway (unless --no-build or --binary) and yields the
+    ValgrindPeers in a work directory, removed afterwards unless --keep named it."""
+    for tool in tools:
+        if not shutil.which(tool):
+            sys.exit(f"{program}: '{tool}' is missing: apt-get install {packages}")
+    gateway = args.binary or release_binary(build=not args.no_build)
+    work = args.keep or tempfile.mkdtemp(prefix=f"edge-{program}-")
+    os.makedirs(work, exist_ok=True)
+    os.chmod(work, 0o777)  # nginx's worker (user nobody) writes its valgrind files here
+    peers = None
+    try:
+        peers = ValgrindPeers(work, gateway)
+        yield peers
+    finally:
+        if peers:
+            peers.close()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)

@@ -20,10 +20,10 @@ worker_connections: they are in no difference, though they become resident as th
 used (bench/run.py's RSS counts them).
 Usage: python3 bench/heap.py [--no-build | --binary PATH] [--connections 2000] [--proxies edge-gateway,nginx,haproxy]
 """
-import argparse, asyncio, os, re, resource, shutil, signal, ssl, subprocess, sys, tempfile, threading, time
+import argparse, asyncio, os, re, resource, signal, ssl, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import PROXIES, ValgrindPeers, release_binary, wait_port  # noqa: E402
+from common import add_valgrind_options, valgrind_peers, wait_port  # noqa: E402
 
 # Who asked malloc for the bytes: the object file of each direct caller of the allocator.
 # The gateway's own objects and SwiftNIO's are both the Swift runtime's (swift_slowAlloc).
@@ -164,26 +164,14 @@ def measure(name, peers, count, work):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connections", type=int, default=2000)
-    ap.add_argument("--proxies", default=",".join(PROXIES))
-    ap.add_argument("--keep", help="keep the massif files in this directory")
-    ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--binary", help="measure this gateway binary instead of the release build")
+    add_valgrind_options(ap, "massif")
     args = ap.parse_args()
-    for tool in ("valgrind", "nginx", "haproxy", "gcc"):
-        if not shutil.which(tool):
-            sys.exit(f"heap: '{tool}' is missing: apt-get install valgrind nginx-light haproxy gcc")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 3 * args.connections + 1000)), hard))
-    gateway = args.binary or release_binary(build=not args.no_build)
-    work = args.keep or tempfile.mkdtemp(prefix="edge-heap-")
-    os.makedirs(work, exist_ok=True)
-    os.chmod(work, 0o777)  # nginx's worker (user nobody) writes its massif file here
-    peers = None
-    try:
-        peers = ValgrindPeers(work, gateway)
+    with valgrind_peers(args, "heap", ("valgrind", "nginx", "haproxy", "gcc"), "valgrind nginx-light haproxy gcc") as peers:
         results = {}
         for name in [p for p in args.proxies.split(",") if p]:
-            per_conn, held, first, breakdown = measure(name, peers, args.connections, work)
+            per_conn, held, first, breakdown = measure(name, peers, args.connections, peers.work)
             results[name] = per_conn
             parts = ", ".join(f"{k} {v:,.0f}" for k, v in breakdown.items() if abs(v) >= 1)
             print(f"{name:13s} {per_conn:8,.0f} bytes of heap per idle TLS connection (the last {held - first} of {held}): {parts}", flush=True)
@@ -191,12 +179,6 @@ def main():
         peers_text = [f"{n} {results[n] / g:.2f}" for n in results if n != "edge-gateway" and g]
         if peers_text:
             print("gateway/peer ratios (above 1.00: the gateway holds less): " + ", ".join(peers_text))
-    finally:
-        if peers:
-            peers.close()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

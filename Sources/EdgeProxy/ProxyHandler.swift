@@ -53,9 +53,9 @@ public final class ProxyListener {
     public let scheme: String
     /// The listener verifies client certificates: forward the verified identity.
     public let mutualTLS: Bool
-    public let router: Router
-    public let pool: UpstreamPool
-    public let limits: ProxyLimits
+    let router: Router
+    let pool: UpstreamPool
+    let limits: ProxyLimits
     public let logger: Logger
     public let observer: (any ProxyObserver)?
     let requests: RequestCounter?
