@@ -106,17 +106,14 @@ def owners(tree):
 
 
 def measure(name, peers, count, work):
-    """Per-connection heap bytes (second half) and the breakdown at the second pause."""
+    """Heap bytes per connection of the second half, and the same by owner (OWNERS)."""
     prefix = os.path.join(work, f"massif-{name}")
     for old in os.listdir(work):
         if old.startswith(os.path.basename(prefix) + "."):
             os.remove(os.path.join(work, old))
-    env = peers.env(name)
-    env["SWIFT_BACKTRACE"] = "enable=no"
-    command = peers.commands[name]
     proc = subprocess.Popen(["valgrind", "--tool=massif", "--trace-children=yes", "--time-unit=ms", "--max-snapshots=1000", "--detailed-freq=1",
-                             "--threshold=0.1", f"--massif-out-file={prefix}.%p"] + command,
-                            env=env, stdout=subprocess.DEVNULL, stderr=open(prefix + ".log", "w"), start_new_session=True)
+                             "--threshold=0.1", f"--massif-out-file={prefix}.%p"] + peers.commands[name],
+                            env=peers.env(name), stdout=subprocess.DEVNULL, stderr=open(prefix + ".log", "w"), start_new_session=True)
     started = time.monotonic()  # massif's clock (--time-unit=ms) starts with the process
     holder = None
     try:
