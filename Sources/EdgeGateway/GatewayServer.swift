@@ -439,8 +439,7 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
             streamChannel.eventLoop.initialized {
                 let streamSync = streamChannel.pipeline.syncOperations
                 let bridge = HTTP2StreamBridge(strictTransportSecurity: strictTransportSecurity)
-                // Named, as the connection's handlers are.
-                try streamSync.addHandler(bridge, name: "http2-stream-bridge")
+                // The stream's only handler; named, as the connection's handlers are.
                 try streamSync.addHandler(ProxyHandler(stream: bridge, listener: proxy.value, info: info), name: "proxy")
             }
         }

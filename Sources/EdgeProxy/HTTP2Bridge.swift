@@ -4,8 +4,16 @@ import NIOHTTP2
 
 /// Lets one HTTP/2 stream use the byte-level HTTP/1.1 proxy (`ProxyHandler`):
 /// the stream's HEADERS and DATA frames become an HTTP/1.1 request, and the
-/// proxy's HTTP/1.1 response becomes HEADERS and DATA frames again, without
+/// proxy's response becomes HEADERS and DATA frames again, without
 /// connection-specific headers (RFC 9113 §8.2.2).
+///
+/// It is not a handler of its own: the stream channel's only handler is the proxy,
+/// which hands each frame to `requestBytes(_:)` and its response to the
+/// `response...` methods. As a second handler in every stream's pipeline it cost a
+/// context per stream (NIO checks a handler's protocol conformances in the Swift
+/// runtime when it makes one) and a hop for every read, write and flush: 3 % of an
+/// HTTP/2 request. It conforms to `ChannelInboundHandler` only for NIO's typed
+/// unwrapping of the frames the stream channel delivers (`unwrapInboundIn`).
 ///
 /// It works on frame payloads directly. NIO's `HTTP2FramePayloadToHTTP1ServerCodec`
 /// would turn them into NIOHTTP1 parts first, which this bridge then turned into
@@ -20,11 +28,8 @@ import NIOHTTP2
 /// checked byte by byte. A malformed request (RFC 9113 §8.1.1) is reset with
 /// PROTOCOL_ERROR and never reaches the proxy. The HTTP/2 handler still checks
 /// Content-Length against the DATA frames.
-public final class HTTP2StreamBridge: ChannelDuplexHandler {
+public final class HTTP2StreamBridge: ChannelInboundHandler {
     public typealias InboundIn = HTTP2Frame.FramePayload
-    public typealias InboundOut = ByteBuffer
-    public typealias OutboundIn = ByteBuffer
-    public typealias OutboundOut = HTTP2Frame.FramePayload
 
     /// How the request body is framed for the proxy.
     private enum RequestBody { case none, length, chunked }
@@ -36,6 +41,8 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
     private var scanned = 0
     private var framer: BodyFramer?
     private var responseDone = false
+    /// The proxy's context in the stream channel (between its handlerAdded and
+    /// handlerRemoved): frames are written from it.
     private var context: ChannelHandlerContext?
     /// The write of the response's END_STREAM while the request body was still coming:
     /// an early end of the request (`endRequestEarly`) waits for it.
@@ -52,49 +59,55 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
         self.strictTransportSecurity = strictTransportSecurity
     }
 
-    public func handlerAdded(context: ChannelHandlerContext) {
+    func attach(_ context: ChannelHandlerContext) {
         self.context = context
     }
 
-    public func handlerRemoved(context: ChannelHandlerContext) {
+    func detach() {
         self.context = nil
     }
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !self.requestEnded else { return }
-        switch self.unwrapInboundIn(data) {
+    /// The HTTP/1.1 bytes a frame of the request makes for the proxy (head, body piece,
+    /// the chunked body's end), in one buffer; nil when it makes none. A malformed
+    /// header block resets the stream here.
+    func requestBytes(_ payload: HTTP2Frame.FramePayload) -> ByteBuffer? {
+        guard !self.requestEnded, let context = self.context else { return nil }
+        switch payload {
         case .headers(let headers):
             if self.requestHeadSeen {
-                self.endRequest(context: context)  // trailers: not forwarded, they end the body
-            } else {
-                self.requestHeadSeen = true
-                guard let head = self.requestHead(headers, allocator: context.channel.allocator) else {
-                    // Malformed (RFC 9113 §8.1.1): a stream error, nothing is forwarded.
-                    self.requestEnded = true
-                    context.writeAndFlush(self.wrapOutboundOut(.rstStream(.protocolError)), promise: nil)
-                    context.close(promise: nil)
-                    return
-                }
-                context.fireChannelRead(NIOAny(head))
-                if headers.endStream { self.endRequest(context: context) }
+                var end: ByteBuffer?
+                self.endRequest(appendingTo: &end)  // trailers: not forwarded, they end the body
+                return end
             }
-        case .data(let payload):
-            guard case .byteBuffer(let body) = payload.data else { return }
+            self.requestHeadSeen = true
+            guard let head = self.requestHead(headers, allocator: context.channel.allocator) else {
+                // Malformed (RFC 9113 §8.1.1): a stream error, nothing is forwarded.
+                self.requestEnded = true
+                context.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.rstStream(.protocolError)), promise: nil)
+                context.close(promise: nil)
+                return nil
+            }
+            if headers.endStream { self.requestEnded = true }  // no body: `requestBody` is .none
+            return head
+        case .data(let data):
+            guard case .byteBuffer(let body) = data.data else { return nil }
+            var out: ByteBuffer?
             switch self.requestBody {
             case .none:
                 break  // a body on a request that declared none cannot be framed: dropped
             case .length:
-                if body.readableBytes > 0 { context.fireChannelRead(NIOAny(body)) }
+                if body.readableBytes > 0 { out = body }
             case .chunked:
                 if body.readableBytes > 0 {
-                    var out = context.channel.allocator.buffer(capacity: body.readableBytes + 16)
-                    out.writeChunk(body)
-                    context.fireChannelRead(NIOAny(out))
+                    var chunk = context.channel.allocator.buffer(capacity: body.readableBytes + 21)
+                    chunk.writeChunk(body)
+                    out = chunk
                 }
             }
-            if payload.endStream { self.endRequest(context: context) }
+            if data.endStream { self.endRequest(appendingTo: &out) }
+            return out
         default:
-            break  // RST_STREAM, WINDOW_UPDATE and the rest are the HTTP/2 handler's
+            return nil  // RST_STREAM, WINDOW_UPDATE and the rest are the HTTP/2 handler's
         }
     }
 
@@ -166,16 +179,28 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
         return out
     }
 
-    private func endRequest(context: ChannelHandlerContext) {
+    private func endRequest(appendingTo out: inout ByteBuffer?) {
         guard !self.requestEnded else { return }
         self.requestEnded = true
         if self.requestBody == .chunked {
-            context.fireChannelRead(NIOAny(context.channel.allocator.buffer(staticString: "0\r\n\r\n")))
+            if out == nil { out = ByteBuffer() }
+            out!.writeStaticString("0\r\n\r\n")
         }
     }
 
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        var bytes = self.unwrapOutboundIn(data)
+    /// An answer of the gateway's own (an error, a redirect, a file), written by the
+    /// proxy as HTTP/1.1 bytes, as HEADERS and DATA frames, and flushed; the future
+    /// completes with the last frame's write.
+    func writeLocalAnswer(_ bytes: ByteBuffer, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        self.write(bytes, context: context, promise: promise)
+        self.writeHeldBody(context: context)
+        context.flush()
+        return promise.futureResult
+    }
+
+    private func write(_ bytes: ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        var bytes = bytes
         if self.response.readableBytes == 0 {
             self.response = bytes
         } else {
@@ -185,7 +210,7 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
         // allocates one, three per response.
         var frame: HTTP2Frame.FramePayload?
         func emit(_ next: HTTP2Frame.FramePayload) {
-            if let frame { context.write(self.wrapOutboundOut(frame), promise: nil) }
+            if let frame { context.write(NIOAny(frame), promise: nil) }
             frame = next
         }
         do {
@@ -227,25 +252,24 @@ public final class HTTP2StreamBridge: ChannelDuplexHandler {
             return
         }
         if let frame {
-            context.write(self.wrapOutboundOut(frame), promise: promise)
+            context.write(NIOAny(frame), promise: promise)
         } else {
             promise?.succeed(())
         }
     }
 }
 
-extension HTTP2StreamBridge: ProxyResponseSink {
+extension HTTP2StreamBridge {
     // The proxy's response straight from the upstream's parsed head, never written as
     // HTTP/1.1 bytes to be parsed again here (as its local answers still are): the head
     // becomes one HEADERS frame, each body piece as read a DATA frame. The frames are
-    // written from this handler's context; the proxy's flush passes through it and
-    // sends them.
+    // written from the proxy's context; its flush (`flush()`) sends them.
 
     func responseHead(_ head: HTTPHead, toHead: Bool) {
         guard let context = self.context, !self.responseDone else { return }
         let noBody = head.hasNoBody(toHead: toHead)
         self.responseDone = noBody
-        context.write(self.wrapOutboundOut(.headers(.init(headers: self.responseHeaders(head), endStream: noBody))), promise: nil)
+        context.write(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: self.responseHeaders(head), endStream: noBody))), promise: nil)
     }
 
     /// A response head's HTTP/2 fields: `:status`, then the fields that are not
@@ -284,12 +308,13 @@ extension HTTP2StreamBridge: ProxyResponseSink {
     private func writeHeldBody(context: ChannelHandlerContext) {
         guard let body = self.heldBody else { return }
         self.heldBody = nil
-        context.write(self.wrapOutboundOut(.data(.init(data: .byteBuffer(body)))), promise: nil)
+        context.write(NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(body)))), promise: nil)
     }
 
     /// The proxy flushes once per upstream read batch: a body piece held for
     /// END_STREAM goes out now, without it.
-    public func flush(context: ChannelHandlerContext) {
+    func flush() {
+        guard let context = self.context else { return }
         self.writeHeldBody(context: context)
         context.flush()
     }
@@ -299,7 +324,7 @@ extension HTTP2StreamBridge: ProxyResponseSink {
         self.responseDone = true
         let last = self.heldBody ?? ByteBuffer()
         self.heldBody = nil
-        let end = self.wrapOutboundOut(.data(.init(data: .byteBuffer(last), endStream: true)))
+        let end = NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(last), endStream: true)))
         if self.requestEnded {
             context.write(end, promise: nil)
         } else {
@@ -317,7 +342,7 @@ extension HTTP2StreamBridge: ProxyResponseSink {
         guard let context = self.context, !self.responseDone else { return }
         var headers = HPACKHeaders()
         headers.add(name: ":status", value: "100")
-        context.writeAndFlush(self.wrapOutboundOut(.headers(.init(headers: headers))), promise: nil)
+        context.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers))), promise: nil)
     }
 
     /// RST_STREAM(NO_ERROR) after the complete response: the client stops sending the
@@ -327,7 +352,7 @@ extension HTTP2StreamBridge: ProxyResponseSink {
     func endRequestEarly() {
         guard let context = self.context else { return }
         self.requestEnded = true  // DATA still in flight is not forwarded
-        let reset = self.wrapOutboundOut(.rstStream(.noError))
+        let reset = NIOAny(HTTP2Frame.FramePayload.rstStream(.noError))
         guard let written = self.responseEndWritten else {
             context.writeAndFlush(reset, promise: nil)
             return

@@ -121,21 +121,6 @@ public protocol ProxyObserver: ConnectionCloseObserver {
     func handshake(result: String)
 }
 
-/// Takes an upstream response in parts instead of HTTP/1.1 bytes: the HTTP/2 stream
-/// bridge, which would otherwise parse the bytes the proxy wrote back into fields.
-protocol ProxyResponseSink: AnyObject {
-    /// The upstream's head (hop-by-hop fields are the sink's to drop); `toHead`: the
-    /// request was HEAD.
-    func responseHead(_ head: HTTPHead, toHead: Bool)
-    func responseBody(_ body: ByteBuffer)
-    func responseEnd()
-    /// The request asked for `100-continue` and may send its body.
-    func continueRequest()
-    /// The response is complete before the request body: the client is asked to stop
-    /// sending it, without an error (RFC 9113 §8.1), and the exchange ends there.
-    func endRequestEarly()
-}
-
 /// Counts answered requests by status code.
 public struct RequestCounter: Sendable {
     private let count: @Sendable (Int) -> Void
@@ -267,8 +252,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var quiescing = false
     /// `process()` is running: a request finishing inside it does not start it again.
     private var processing = false
-    /// Where upstream responses go in parts rather than as bytes (an HTTP/2 stream).
-    private let responseSink: (any ProxyResponseSink)?
+    /// An HTTP/2 stream's bridge: the frames it reads become request bytes there, and
+    /// responses go to it in parts rather than as bytes. nil on an HTTP/1.1 connection.
+    private let stream: HTTP2StreamBridge?
 
     /// `holdsFirstRead`: the channel reads as `ReceiveBuffers.configure` sets up and
     /// this handler is first in its pipeline (a plain-HTTP listener); `reportsClose`:
@@ -281,18 +267,18 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     public convenience init(listener: ProxyListener, info: DownstreamInfo, holdsFirstRead: Bool = false, reportsClose: Bool = false,
                             singleRequest: Bool = false) {
         self.init(listener: listener, info: info, holdsFirstRead: holdsFirstRead, reportsClose: reportsClose, singleRequest: singleRequest,
-                  responseSink: nil)
+                  stream: nil)
     }
 
-    /// The proxy of one HTTP/2 stream, behind `bridge` in the stream's pipeline: the
-    /// request comes as HTTP/1.1 bytes from the bridge, the response goes to it in parts.
+    /// The proxy of one HTTP/2 stream, the only handler in the stream's pipeline: the
+    /// request's frames become HTTP/1.1 bytes in `bridge`, the response goes to it in parts.
     public convenience init(stream bridge: HTTP2StreamBridge, listener: ProxyListener, info: DownstreamInfo) {
-        self.init(listener: listener, info: info, holdsFirstRead: false, reportsClose: false, singleRequest: true, responseSink: bridge)
+        self.init(listener: listener, info: info, holdsFirstRead: false, reportsClose: false, singleRequest: true, stream: bridge)
     }
 
     private init(listener: ProxyListener, info: DownstreamInfo, holdsFirstRead: Bool, reportsClose: Bool, singleRequest: Bool,
-                 responseSink: (any ProxyResponseSink)?) {
-        self.responseSink = responseSink
+                 stream: HTTP2StreamBridge?) {
+        self.stream = stream
         self.singleRequest = singleRequest
         self.firstRead = ReceiveBufferPin(enabled: holdsFirstRead)
         self.listener = listener
@@ -304,12 +290,14 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.stream?.attach(context)
         if context.channel.isActive { self.startHeaderTimer() }
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
         self.pool.deadlines.cancel(self)
         self.context = nil
+        self.stream?.detach()
         if self.reportsClose { self.observer?.connectionClosed() }
     }
 
@@ -321,11 +309,17 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     // MARK: downstream inbound
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes: ByteBuffer
+        if let stream = self.stream {
+            guard let request = stream.requestBytes(stream.unwrapInboundIn(data)) else { return }
+            bytes = request
+        } else {
+            bytes = self.unwrapInboundIn(data)
+        }
         guard !self.closing else {
             if let until = self.lingerUntil { self.deadline = min(.now() + Self.lingerPause, until) }
             return
         }
-        var bytes = self.unwrapInboundIn(data)
         self.firstRead.hold(bytes)
         if self.inbound.readableBytes == 0 {
             self.inbound = bytes
@@ -485,13 +479,13 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         if head.expectContinue && head.minorVersion == 1 {
             // Answer 100-continue here so the client streams at once; the upstream
             // gets the body without the expectation.
-            if let sink = self.responseSink {
-                sink.continueRequest()
+            if let stream = self.stream {
+                stream.continueRequest()
             } else {
                 context.writeAndFlush(NIOAny(context.channel.allocator.buffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n")), promise: nil)
             }
         }
-        let upgrade = self.responseSink == nil && head.isWebSocketUpgrade
+        let upgrade = self.stream == nil && head.isWebSocketUpgrade
         let exchange = Exchange(request: consume head, group: group, upgrade: upgrade)
         exchange.requestEnded = !hasBody
         self.exchange = exchange
@@ -713,8 +707,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 self.startTunnel(exchange, response: response, context: context)
                 return
             }
-            if let sink = self.responseSink {
-                sink.responseHead(response, toHead: exchange.request.isHeadMethod)
+            if let stream = self.stream {
+                stream.responseHead(response, toHead: exchange.request.isHeadMethod)
             } else {
                 context.write(NIOAny(self.downstreamHead(for: response, exchange: exchange)), promise: nil)
             }
@@ -724,8 +718,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             exchange.bodyBytesSent &+= body.readableBytes
             // Flushed once per upstream read batch (upstreamReadComplete): one TLS
             // record and one syscall for a small response instead of one per part.
-            if let sink = self.responseSink {
-                sink.responseBody(body)
+            if let stream = self.stream {
+                stream.responseBody(body)
             } else if exchange.chunkedDownstream {
                 context.write(NIOAny(self.chunkPrefix(body.readableBytes)), promise: nil)
                 context.write(NIOAny(body), promise: nil)
@@ -742,8 +736,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             }
             exchange.responseEnded = true
             exchange.upstreamKeepAlive = connection.handler.reusable
-            if let sink = self.responseSink {
-                sink.responseEnd()
+            if let stream = self.stream {
+                stream.responseEnd()
             } else if exchange.chunkedDownstream {
                 context.write(NIOAny(Self.lastChunk), promise: nil)
             }
@@ -865,8 +859,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.dropExchange(exchange)
             self.closing = true
             self.flushDownstream()
-            if let sink = self.responseSink {
-                sink.endRequestEarly()  // an HTTP/2 stream: reset with NO_ERROR, not closed (CANCEL)
+            if let stream = self.stream {
+                stream.endRequestEarly()  // an HTTP/2 stream: reset with NO_ERROR, not closed (CANCEL)
             } else {
                 self.lingerForRequestBody(context)
             }
@@ -913,7 +907,11 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func flushDownstream() {
         if self.downstreamNeedsFlush {
             self.downstreamNeedsFlush = false
-            self.context?.flush()
+            if let stream = self.stream {
+                stream.flush()  // a body piece held for END_STREAM goes too
+            } else {
+                self.context?.flush()
+            }
         }
     }
 
@@ -1075,7 +1073,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         out.writeStaticString("\r\n")
         if request?.method != "HEAD" { out.writeImmutableBuffer(body) }
         self.downstreamNeedsFlush = false
-        let done = context.writeAndFlush(NIOAny(out))
+        let done = self.stream?.writeLocalAnswer(out, context: context) ?? context.writeAndFlush(NIOAny(out))
         self.requests?.completed(status: status)
         if self.pool.accessLog != nil {
             if request == nil { self.requestStart = .now() }  // a head that never parsed: no duration
@@ -1094,8 +1092,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                     context.close(promise: nil)
                     return
                 }
-                if let sink = self.responseSink {
-                    sink.endRequestEarly()
+                if let stream = self.stream {
+                    stream.endRequestEarly()
                 } else {
                     self.lingerForRequestBody(context)
                 }
@@ -1108,7 +1106,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// One access log line (only called with an access log configured).
     private func logAccess(_ request: HTTPHead?, status: Int, bodyBytes: Int, exchange: Exchange? = nil, upstream: String? = nil) {
         guard let log = self.pool.accessLog else { return }
-        let proto = self.responseSink != nil ? "HTTP/2.0" : request?.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
+        let proto = self.stream != nil ? "HTTP/2.0" : request?.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
         log.record(AccessLogEntry(
             listener: self.listener.name, client: self.info.clientIP, proto: proto, request: request, status: status,
             bodyBytesSent: bodyBytes, duration: .now() - self.requestStart, upstream: upstream ?? exchange?.group.name,

@@ -462,6 +462,18 @@ final class HTTP2AbuseTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// A request body without content-length (sent upstream chunked) that ends with a
+    /// trailer HEADERS frame: the trailers end the body, which arrives whole.
+    func testHTTP2RequestBodyEndedByTrailers() async throws {
+        let harness = try await h2Gateway(try TestPKI(), listener: "")
+        let result = try abuse("trailers", port: harness.port("https"), 0)
+        XCTAssertEqual(result["response_streams"] as? [Int], [1], "\(result)")
+        XCTAssertEqual(result["body"] as? String, "hello trailers", "\(result)")
+        XCTAssertEqual(result["ended"] as? Bool, true, "\(result)")
+        XCTAssertEqual(result["rst_codes"] as? [Int], [], "\(result)")
+        await harness.shutdown()
+    }
+
     func testIdleHTTP2ConnectionsGetGoAwayAndClose() async throws {
         let harness = try await h2Gateway(try TestPKI(), listener: "timeouts: { idle: 1s }")
         let idle = try abuse("idle", port: harness.port("https"), 8)

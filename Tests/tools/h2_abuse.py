@@ -7,6 +7,8 @@
   malformed PORT 0     sends one malformed request per stream (RFC 9113 §8.1.1: CR/LF/NUL in a value,
                        upper case or a colon in a name, connection-specific fields, pseudo-header
                        faults), then one valid request ("rst_streams", "response_streams")
+  trailers PORT 0      POSTs a body of two DATA frames without content-length to /echo, ended by a
+                       trailer HEADERS frame ("body": the response body, "ended": END_STREAM seen)
 Prints one JSON line: what came back (GOAWAY error code, RST_STREAM codes, responses, closed)."""
 import json, socket, ssl, struct, sys, time
 
@@ -71,13 +73,19 @@ elif mode == "malformed":
     for i, block in enumerate(bad + [request + literal(b"te", b"trailers") + literal(b"cookie", b"a=1")]):
         out += frame(1, 0x5, 1 + 2 * i, block)
     expected = len(bad) + 1
+elif mode == "trailers":
+    post = b"\x83\x87" + literal(b":path", b"/echo") + literal(b":authority", b"localhost")
+    out += frame(1, 0x4, 1, post)  # END_HEADERS, the body follows
+    out += frame(0, 0, 1, b"hello ") + frame(0, 0, 1, b"trailers")
+    out += frame(1, 0x5, 1, literal(b"x-checksum", b"1"))  # trailers: END_STREAM | END_HEADERS
 else:
     out += frame(1, 0x5, 1, request + literal(b"x-big", b"a" * n))
 try:
     sock.sendall(bytes(out))
 except OSError:
     pass
-result = {"goaway": None, "rst_codes": [], "responses": 0, "closed": False, "rst_streams": {}, "response_streams": []}
+result = {"goaway": None, "rst_codes": [], "responses": 0, "closed": False, "rst_streams": {}, "response_streams": [],
+          "body": "", "ended": False}
 buffer = b""
 deadline = time.time() + (n + 5 if mode == "idle" else 10)
 answered = None
@@ -92,7 +100,7 @@ try:
             length = int.from_bytes(buffer[:3], "big")
             if len(buffer) < 9 + length:
                 break
-            kind, header_stream, payload = buffer[3], buffer[5:9], buffer[9:9 + length]
+            kind, flags, header_stream, payload = buffer[3], buffer[4], buffer[5:9], buffer[9:9 + length]
             buffer = buffer[9 + length:]
             if kind == 7:
                 result["goaway"] = int.from_bytes(payload[4:8], "big")
@@ -104,9 +112,13 @@ try:
                 result["responses"] += 1
                 result["response_streams"].append(stream_id)
                 answered = answered or time.time()
-            elif kind == 4 and not (buffer and False):
-                pass
+            if kind in (0, 1) and stream_id == 1 and flags & 0x1:
+                result["ended"] = True
+            if kind == 0:
+                result["body"] += payload.decode("latin-1")
         if mode == "malformed" and len(result["rst_streams"]) + len(result["response_streams"]) >= expected:
+            break
+        if mode == "trailers" and (result["ended"] or result["rst_codes"]):
             break
         if mode == "big-header" and (result["responses"] or result["rst_codes"] or result["goaway"] is not None):
             break
