@@ -85,7 +85,8 @@ extension Gateway {
                 watcher.start()
                 self.state.withLockedValue { $0.watchers.append(watcher) }
             } catch {
-                self.logger.error("certificate watching unavailable; periodic reload by SIGHUP only", metadata: ["error": "\(error)"])
+                self.logger.error("certificate watching unavailable: renewed certificates are served only after SIGHUP or POST /reload",
+                                  metadata: ["error": "\(error)"])
             }
         }
         self.startTicketKeyRotation(on: group.next())

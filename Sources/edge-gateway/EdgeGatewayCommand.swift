@@ -54,7 +54,7 @@ struct EdgeGatewayCommand: AsyncParsableCommand {
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve with a configuration file. SIGTERM/SIGINT drain, SIGHUP reloads certificates."
+        abstract: "Serve with a configuration file. SIGTERM/SIGINT drain; SIGHUP (or POST /reload) reloads the configuration and its certificates."
     )
 
     @Option(name: [.short, .customLong("config")], help: "Configuration file (YAML).")
