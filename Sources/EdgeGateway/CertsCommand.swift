@@ -9,6 +9,8 @@ public enum CertsInspection {
     /// The certificate sources a configuration file names (the shared set and every listener pair).
     public static func sources(configPath: String) throws -> (sources: [CertificateSource], trustCAFile: String?, policy: ExpiryPolicy) {
         let (config, base) = try GatewayConfig.load(path: configPath)
+        // A misspelt key may be a certificate setting: refused, as `run` and `check` refuse it.
+        if !config.decodingProblems.isEmpty { throw ConfigProblems(problems: config.decodingProblems) }
         var sources = (config.certificates?.sources ?? []).compactMap { $0.source(base: base) }
         for listener in config.listeners {
             if let cert = listener.tls?.certificate, let key = listener.tls?.key {

@@ -18,6 +18,9 @@ public struct GatewayConfig: Decodable, Sendable {
     /// Give free heap pages back to the kernel after bursts of connections (`HeapTrimmer`).
     public var memoryTrimming: Bool
     public var accessLog: AccessLogConfig?
+    /// Problems found while reading the file that did not stop it from being read
+    /// (unknown keys), "file: key path: reason": `Gateway.prepare` reports them with its own.
+    var decodingProblems: [String] = []
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listeners, upstreams, routes, certificates, admin
@@ -31,26 +34,42 @@ public struct GatewayConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.listeners = try c.decode([ListenerConfig].self, forKey: .listeners)
-        self.upstreams = try c.decodeIfPresent([String: UpstreamConfig].self, forKey: .upstreams) ?? [:]
-        self.routes = try c.decodeIfPresent([RouteConfig].self, forKey: .routes) ?? []
-        self.certificates = try c.decodeIfPresent(CertificatesConfig.self, forKey: .certificates)
-        self.admin = try c.decodeIfPresent(AdminConfig.self, forKey: .admin) ?? AdminConfig()
-        self.shutdownGracePeriod = try c.decodeIfPresent(Duration.self, forKey: .shutdownGracePeriod) ?? .seconds(10)
-        self.workers = try c.decodeIfPresent(Int.self, forKey: .workers)
-        self.expiry = try c.decodeIfPresent(ExpiryConfig.self, forKey: .expiry) ?? ExpiryConfig()
-        self.handoffSocket = try c.decodeIfPresent(String.self, forKey: .handoffSocket)
-        self.memoryTrimming = try c.decodeIfPresent(Bool.self, forKey: .memoryTrimming) ?? true
-        self.accessLog = try c.decodeIfPresent(AccessLogConfig.self, forKey: .accessLog)
+        // Each listener, upstream, route and section on its own (`Recorded`): one that
+        // does not decode is reported and the others are still read.
+        self.listeners = try c.decode([Recorded<ListenerConfig>].self, forKey: .listeners).compactMap(\.value)
+        self.upstreams = try c.decodeIfPresent([String: Recorded<UpstreamConfig>].self, forKey: .upstreams)?.compactMapValues(\.value) ?? [:]
+        self.routes = try c.decodeIfPresent([Recorded<RouteConfig>].self, forKey: .routes)?.compactMap(\.value) ?? []
+        self.certificates = try c.decodeRecorded(CertificatesConfig.self, forKey: .certificates)
+        self.admin = try c.decodeRecorded(AdminConfig.self, forKey: .admin) ?? AdminConfig()
+        self.shutdownGracePeriod = try c.decodeRecorded(Duration.self, forKey: .shutdownGracePeriod) ?? .seconds(10)
+        self.workers = try c.decodeRecorded(Int.self, forKey: .workers)
+        self.expiry = try c.decodeRecorded(ExpiryConfig.self, forKey: .expiry) ?? ExpiryConfig()
+        self.handoffSocket = try c.decodeRecorded(String.self, forKey: .handoffSocket)
+        self.memoryTrimming = try c.decodeRecorded(Bool.self, forKey: .memoryTrimming) ?? true
+        self.accessLog = try c.decodeRecorded(AccessLogConfig.self, forKey: .accessLog)
     }
 
-    /// Parses YAML text; errors name the key path.
+    /// Parses YAML text; errors name the key path. Every problem decoding finds is
+    /// reported (`ConfigErrors`, one per line), not only the first.
     public static func parse(yaml: String) throws -> GatewayConfig {
+        let (config, unknownKeys) = try self.parseCollecting(yaml: yaml)
+        if !unknownKeys.isEmpty { throw ConfigErrors(errors: unknownKeys) }
+        return config
+    }
+
+    /// The configuration and its unknown keys, when nothing else is wrong; throws every
+    /// problem when something could not be decoded (`DecodingProblems`).
+    static func parseCollecting(yaml: String) throws -> (GatewayConfig, [ConfigError]) {
+        let problems = DecodingProblems()
+        let config: GatewayConfig
         do {
-            return try YAMLDecoder().decode(GatewayConfig.self, from: yaml)
+            config = try YAMLDecoder().decode(GatewayConfig.self, from: yaml, userInfo: [DecodingProblems.key: problems])
         } catch {
-            throw describe(decodingError: error)
+            problems.record(error)
+            throw ConfigErrors(errors: problems.errors)
         }
+        if problems.incomplete { throw ConfigErrors(errors: problems.errors) }
+        return (config, problems.errors)
     }
 }
 
@@ -642,8 +661,17 @@ extension GatewayConfig {
     public static func load(path: String) throws -> (config: GatewayConfig, baseDirectory: String) {
         let text: String
         do { text = try readTextFile(path) } catch { throw ConfigProblems(problems: ["\(path): \(error)"]) }
-        let config: GatewayConfig
-        do { config = try GatewayConfig.parse(yaml: text) } catch { throw ConfigProblems(problems: ["\(path): \(error)"]) }
+        var config: GatewayConfig
+        do {
+            var unknownKeys: [ConfigError]
+            (config, unknownKeys) = try GatewayConfig.parseCollecting(yaml: text)
+            // Reported with the gateway's own checks (`Gateway.prepare`), which still run.
+            config.decodingProblems = unknownKeys.map { "\(path): \($0)" }
+        } catch let errors as ConfigErrors {
+            throw ConfigProblems(problems: errors.errors.map { "\(path): \($0)" })
+        } catch {
+            throw ConfigProblems(problems: ["\(path): \(error)"])
+        }
         guard let slash = path.lastIndex(of: "/") else { return (config, ".") }
         let base = String(path[..<slash])
         return (config, base.isEmpty ? "/" : base)

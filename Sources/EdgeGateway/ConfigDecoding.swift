@@ -35,8 +35,71 @@ func keyPath(_ path: [any CodingKey]) -> String {
     return result
 }
 
+/// Every problem the decoding of one file found, so that `check` and `run` list them all
+/// at once instead of the first (a misspelt key, then the next after it is fixed). Passed
+/// in the decoder's user info: unknown keys are recorded and decoding goes on, and a
+/// listener, route, upstream or top-level section that fails to decode is recorded and
+/// left out (`Recorded`), so the rest of the file is still read. A section stops at its
+/// first bad value. With unknown keys only, nothing is left out, so the gateway's own
+/// checks (addresses, references, certificate files) run too and add theirs; once
+/// something is left out they would report its absence, and are not run.
+final class DecodingProblems {
+    static let key = CodingUserInfoKey(rawValue: "edge-gateway.decoding-problems")!
+    private(set) var errors: [ConfigError] = []
+    /// Something failed to decode and was left out of the configuration.
+    private(set) var incomplete = false
+
+    func record(_ error: any Error) {
+        self.incomplete = true
+        self.add(describe(decodingError: error))
+    }
+
+    func recordUnknownKey(_ error: ConfigError) {
+        self.add(error)
+    }
+
+    private func add(_ problem: ConfigError) {
+        if !self.errors.contains(problem) { self.errors.append(problem) }
+    }
+}
+
+/// Several problems in one file, one line each.
+public struct ConfigErrors: Error, CustomStringConvertible, Sendable {
+    public var errors: [ConfigError]
+    public var description: String { self.errors.map(\.description).joined(separator: "\n") }
+}
+
+/// A value that records why it could not be decoded instead of failing what holds it.
+struct Recorded<T: Decodable>: Decodable {
+    var value: T?
+
+    init(from decoder: any Decoder) throws {
+        guard let problems = decoder.problems else {
+            self.value = try T(from: decoder)
+            return
+        }
+        do {
+            self.value = try T(from: decoder)
+        } catch {
+            problems.record(error)
+            self.value = nil
+        }
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// The value for `key` (nil when absent); when it does not decode and problems are
+    /// being collected, the problem is recorded and the value is nil.
+    func decodeRecorded<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
+        try self.decodeIfPresent(Recorded<T>.self, forKey: key)?.value
+    }
+}
+
 extension Decoder {
-    /// Rejects keys the type does not know, so a typo is an error and never ignored.
+    var problems: DecodingProblems? { self.userInfo[DecodingProblems.key] as? DecodingProblems }
+
+    /// Rejects keys the type does not know, so a typo is an error and never ignored:
+    /// recorded, every one of them, when problems are collected, else thrown.
     func rejectUnknownKeys<K: CodingKey & CaseIterable>(_ known: K.Type) throws {
         guard let container = try? self.container(keyedBy: AnyKey.self) else { return }
         let allowed = K.allCases.map(\.stringValue)
@@ -45,7 +108,9 @@ extension Decoder {
             var message = "unknown key '\(key.stringValue)'"
             if let hint, editDistance(hint, key.stringValue) <= 2 { message += " (did you mean '\(hint)'?)" }
             message += "; allowed: \(allowed.joined(separator: ", "))"
-            throw ConfigError(path: keyPath(self.codingPath + [key]), message: message)
+            let error = ConfigError(path: keyPath(self.codingPath + [key]), message: message)
+            guard let problems = self.problems else { throw error }
+            problems.recordUnknownKey(error)
         }
     }
 }

@@ -120,7 +120,7 @@ public final class Gateway: Sendable {
         self.logger = logger
         self.metrics = previous?.metrics ?? GatewayMetrics()
         self.configStatus = previous?.configStatus ?? ConfigReloadStatus()
-        var problems: [String] = []
+        var problems: [String] = config.decodingProblems
         func resolve(_ path: String) -> String { resolvePath(path, base: baseDirectory) }
 
         // Upstream groups.

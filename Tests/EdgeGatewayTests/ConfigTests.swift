@@ -45,6 +45,41 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(nested.stderr.contains("upstreams.app.backend: unknown key 'backend' (did you mean 'backends'?)"), nested.stderr)
     }
 
+    /// Every problem in the file at once, not the first one and then the next after a fix:
+    /// misspelt keys anywhere, a section that does not decode (the others still read),
+    /// and, when nothing had to be left out, the gateway's own checks beside the typos.
+    func testEveryProblemIsReportedAtOnce() throws {
+        let broken = try check("""
+            listeners:
+              - { name: a, address: "127.0.0.1:0", timeouts: { idle: 5x } }
+              - { name: b, adress: ":8080" }
+            upstreams:
+              app: { backends: ["127.0.0.1:9"] }
+              other: { backend: ["127.0.0.1:9"] }
+            routes:
+              - { upstream: app }
+              - { path_prefx: /x, upstream: app }
+            admin: { address: "127.0.0.1:0" }
+            shutdown_grace_period: soon
+            """)
+        XCTAssertEqual(broken.status, 1)
+        for expected in ["listeners[0].timeouts.idle: invalid duration '5x'", "listeners[1].adress: unknown key 'adress' (did you mean 'address'?)",
+                         "listeners[1].address: required key is missing", "upstreams.other.backend: unknown key 'backend' (did you mean 'backends'?)",
+                         "routes[1].path_prefx: unknown key 'path_prefx' (did you mean 'path_prefix'?)", "shutdown_grace_period: invalid duration 'soon'"] {
+            XCTAssertTrue(broken.stderr.contains(expected), "missing '\(expected)' in:\n\(broken.stderr)")
+        }
+        XCTAssertFalse(broken.stderr.contains("no upstream named"), "no cross-reference check on a file that did not decode: \(broken.stderr)")
+        // Only misspelt keys: the rest decodes, and the gateway's checks run as well.
+        let typos = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key)
+            .replacingOccurrences(of: "  - upstream: app", with: "  - { upstream: missing, path_prefx: /x }") + "\nworkerz: 2\n")
+        XCTAssertEqual(typos.status, 1)
+        for expected in ["routes[0].path_prefx: unknown key", "workerz: unknown key 'workerz' (did you mean 'workers'?)",
+                         "routes[0].upstream: no upstream named 'missing'"] {
+            XCTAssertTrue(typos.stderr.contains(expected), "missing '\(expected)' in:\n\(typos.stderr)")
+        }
+        XCTAssertEqual(typos.stderr.split(separator: "\n").filter { $0.hasPrefix("error:") }.count, 3, typos.stderr)
+    }
+
     func testBadValuesNameTheKey() throws {
         let result = try check("""
             listeners:
