@@ -87,7 +87,7 @@ public struct AccessLogConfig: Decodable, Sendable {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.path = try c.decode(String.self, forKey: .path)
-        self.format = try c.decodeIfPresent(String.self, forKey: .format) ?? "combined"
+        self.format = try c.decodeRecorded(String.self, forKey: .format) ?? "combined"
     }
 }
 
@@ -112,10 +112,10 @@ public struct ListenerConfig: Decodable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.name = try c.decode(String.self, forKey: .name)
         self.address = try c.decode(String.self, forKey: .address)
-        self.tls = try c.decodeIfPresent(ListenerTLSConfig.self, forKey: .tls)
-        self.timeouts = try c.decodeIfPresent(ListenerTimeouts.self, forKey: .timeouts) ?? ListenerTimeouts()
-        self.maxRequestHeadBytes = try c.decodeIfPresent(Int.self, forKey: .maxRequestHeadBytes) ?? 32 * 1024
-        self.maxRequestBodyBytes = try c.decodeIfPresent(Int.self, forKey: .maxRequestBodyBytes)
+        self.tls = try c.decodeRecorded(ListenerTLSConfig.self, forKey: .tls)
+        self.timeouts = try c.decodeRecorded(ListenerTimeouts.self, forKey: .timeouts) ?? ListenerTimeouts()
+        self.maxRequestHeadBytes = try c.decodeRecorded(Int.self, forKey: .maxRequestHeadBytes) ?? 32 * 1024
+        self.maxRequestBodyBytes = try c.decodeRecorded(Int.self, forKey: .maxRequestBodyBytes)
     }
 }
 
@@ -134,9 +134,9 @@ public struct ListenerTimeouts: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.handshake = try c.decodeIfPresent(Duration.self, forKey: .handshake) ?? self.handshake
-        self.header = try c.decodeIfPresent(Duration.self, forKey: .header) ?? self.header
-        self.idle = try c.decodeIfPresent(Duration.self, forKey: .idle) ?? self.idle
+        self.handshake = try c.decodeRecorded(Duration.self, forKey: .handshake) ?? self.handshake
+        self.header = try c.decodeRecorded(Duration.self, forKey: .header) ?? self.header
+        self.idle = try c.decodeRecorded(Duration.self, forKey: .idle) ?? self.idle
     }
 }
 
@@ -177,20 +177,20 @@ public struct ListenerTLSConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.certificate = try c.decodeIfPresent(String.self, forKey: .certificate)
-        self.key = try c.decodeIfPresent(String.self, forKey: .key)
-        self.profile = try c.decodeIfPresent(String.self, forKey: .profile) ?? "intermediate"
-        self.minVersion = try c.decodeIfPresent(String.self, forKey: .minVersion)
-        self.ciphers = try c.decodeIfPresent(String.self, forKey: .ciphers)
-        self.cipherSuites = try c.decodeIfPresent(String.self, forKey: .cipherSuites)
-        self.groups = try c.decodeIfPresent(String.self, forKey: .groups)
-        self.alpn = try c.decodeIfPresent([String].self, forKey: .alpn)
-        self.h2 = try c.decodeIfPresent(Bool.self, forKey: .h2) ?? false
-        self.http2 = try c.decodeIfPresent(HTTP2Config.self, forKey: .http2) ?? HTTP2Config()
-        self.clientAuth = try c.decodeIfPresent(ClientAuthConfig.self, forKey: .clientAuth)
-        self.sessionTickets = try c.decodeIfPresent(SessionTicketsConfig.self, forKey: .sessionTickets)
-        self.clientAuthByName = try c.decodeIfPresent([String: ClientAuthConfig].self, forKey: .clientAuthByName) ?? [:]
-        self.hsts = try c.decodeIfPresent(HSTSConfig.self, forKey: .hsts)
+        self.certificate = try c.decodeRecorded(String.self, forKey: .certificate)
+        self.key = try c.decodeRecorded(String.self, forKey: .key)
+        self.profile = try c.decodeRecorded(String.self, forKey: .profile) ?? "intermediate"
+        self.minVersion = try c.decodeRecorded(String.self, forKey: .minVersion)
+        self.ciphers = try c.decodeRecorded(String.self, forKey: .ciphers)
+        self.cipherSuites = try c.decodeRecorded(String.self, forKey: .cipherSuites)
+        self.groups = try c.decodeRecorded(String.self, forKey: .groups)
+        self.alpn = try c.decodeRecorded([String].self, forKey: .alpn)
+        self.h2 = try c.decodeRecorded(Bool.self, forKey: .h2) ?? false
+        self.http2 = try c.decodeRecorded(HTTP2Config.self, forKey: .http2) ?? HTTP2Config()
+        self.clientAuth = try c.decodeRecorded(ClientAuthConfig.self, forKey: .clientAuth)
+        self.sessionTickets = try c.decodeRecorded(SessionTicketsConfig.self, forKey: .sessionTickets)
+        self.clientAuthByName = try c.decodeRecorded([String: ClientAuthConfig].self, forKey: .clientAuthByName) ?? [:]
+        self.hsts = try c.decodeRecorded(HSTSConfig.self, forKey: .hsts)
     }
 }
 
@@ -210,9 +210,9 @@ public struct HSTSConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.maxAge = try c.decodeIfPresent(Duration.self, forKey: .maxAge) ?? self.maxAge
-        self.includeSubdomains = try c.decodeIfPresent(Bool.self, forKey: .includeSubdomains) ?? false
-        self.preload = try c.decodeIfPresent(Bool.self, forKey: .preload) ?? false
+        self.maxAge = try c.decodeRecorded(Duration.self, forKey: .maxAge) ?? self.maxAge
+        self.includeSubdomains = try c.decodeRecorded(Bool.self, forKey: .includeSubdomains) ?? false
+        self.preload = try c.decodeRecorded(Bool.self, forKey: .preload) ?? false
     }
 
     /// The header's value.
@@ -246,10 +246,10 @@ public struct SessionTicketsConfig: Decodable, Sendable, Equatable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? true
-        self.rotateEvery = try c.decodeIfPresent(Duration.self, forKey: .rotateEvery) ?? self.rotateEvery
-        self.keyFile = try c.decodeIfPresent(String.self, forKey: .keyFile)
-        self.numTickets = try c.decodeIfPresent(Int.self, forKey: .numTickets) ?? self.numTickets
+        self.enabled = try c.decodeRecorded(Bool.self, forKey: .enabled) ?? true
+        self.rotateEvery = try c.decodeRecorded(Duration.self, forKey: .rotateEvery) ?? self.rotateEvery
+        self.keyFile = try c.decodeRecorded(String.self, forKey: .keyFile)
+        self.numTickets = try c.decodeRecorded(Int.self, forKey: .numTickets) ?? self.numTickets
     }
 }
 
@@ -269,8 +269,8 @@ public struct HTTP2Config: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.maxConcurrentStreams = try c.decodeIfPresent(Int.self, forKey: .maxConcurrentStreams) ?? self.maxConcurrentStreams
-        self.maxResetsPer30s = try c.decodeIfPresent(Int.self, forKey: .maxResetsPer30s) ?? self.maxResetsPer30s
+        self.maxConcurrentStreams = try c.decodeRecorded(Int.self, forKey: .maxConcurrentStreams) ?? self.maxConcurrentStreams
+        self.maxResetsPer30s = try c.decodeRecorded(Int.self, forKey: .maxResetsPer30s) ?? self.maxResetsPer30s
     }
 }
 
@@ -290,8 +290,8 @@ public struct ClientAuthConfig: Decodable, Sendable {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.caFile = try c.decode(String.self, forKey: .caFile)
-        self.mode = try c.decodeIfPresent(String.self, forKey: .mode) ?? "required"
-        self.allow = try c.decodeIfPresent(ClientAllowConfig.self, forKey: .allow)
+        self.mode = try c.decodeRecorded(String.self, forKey: .mode) ?? "required"
+        self.allow = try c.decodeRecorded(ClientAllowConfig.self, forKey: .allow)
     }
 }
 
@@ -310,10 +310,10 @@ public struct ClientAllowConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.dns = try c.decodeIfPresent([String].self, forKey: .dns) ?? []
-        self.uri = try c.decodeIfPresent([String].self, forKey: .uri) ?? []
-        self.cn = try c.decodeIfPresent([String].self, forKey: .cn) ?? []
-        self.spkiSHA256 = try c.decodeIfPresent([String].self, forKey: .spkiSHA256) ?? []
+        self.dns = try c.decodeRecorded([String].self, forKey: .dns) ?? []
+        self.uri = try c.decodeRecorded([String].self, forKey: .uri) ?? []
+        self.cn = try c.decodeRecorded([String].self, forKey: .cn) ?? []
+        self.spkiSHA256 = try c.decodeRecorded([String].self, forKey: .spkiSHA256) ?? []
     }
 }
 
@@ -347,16 +347,16 @@ public struct UpstreamConfig: Decodable, Sendable {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.backends = try c.decode([BackendConfig].self, forKey: .backends)
-        self.tls = try c.decodeIfPresent(UpstreamTLSConfig.self, forKey: .tls)
-        self.hostHeader = try c.decodeIfPresent(String.self, forKey: .hostHeader)
-        self.timeouts = try c.decodeIfPresent(UpstreamTimeoutsConfig.self, forKey: .timeouts) ?? UpstreamTimeoutsConfig()
-        self.pool = try c.decodeIfPresent(PoolConfig.self, forKey: .pool) ?? PoolConfig()
-        self.balance = try c.decodeIfPresent(String.self, forKey: .balance) ?? "round_robin"
-        self.hashKey = try c.decodeIfPresent(String.self, forKey: .hashKey)
-        self.healthCheck = try c.decodeIfPresent(HealthCheckConfig.self, forKey: .healthCheck)
-        self.passiveHealth = try c.decodeIfPresent(PassiveHealthConfig.self, forKey: .passiveHealth) ?? PassiveHealthConfig()
-        self.maxConnectAttempts = try c.decodeIfPresent(Int.self, forKey: .maxConnectAttempts) ?? 3
-        self.tcpKeepalive = try c.decodeIfPresent(Bool.self, forKey: .tcpKeepalive) ?? true
+        self.tls = try c.decodeRecorded(UpstreamTLSConfig.self, forKey: .tls)
+        self.hostHeader = try c.decodeRecorded(String.self, forKey: .hostHeader)
+        self.timeouts = try c.decodeRecorded(UpstreamTimeoutsConfig.self, forKey: .timeouts) ?? UpstreamTimeoutsConfig()
+        self.pool = try c.decodeRecorded(PoolConfig.self, forKey: .pool) ?? PoolConfig()
+        self.balance = try c.decodeRecorded(String.self, forKey: .balance) ?? "round_robin"
+        self.hashKey = try c.decodeRecorded(String.self, forKey: .hashKey)
+        self.healthCheck = try c.decodeRecorded(HealthCheckConfig.self, forKey: .healthCheck)
+        self.passiveHealth = try c.decodeRecorded(PassiveHealthConfig.self, forKey: .passiveHealth) ?? PassiveHealthConfig()
+        self.maxConnectAttempts = try c.decodeRecorded(Int.self, forKey: .maxConnectAttempts) ?? 3
+        self.tcpKeepalive = try c.decodeRecorded(Bool.self, forKey: .tcpKeepalive) ?? true
     }
 }
 
@@ -376,7 +376,7 @@ public struct BackendConfig: Decodable, Sendable {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.address = try c.decode(String.self, forKey: .address)
-        self.weight = try c.decodeIfPresent(Int.self, forKey: .weight) ?? 1
+        self.weight = try c.decodeRecorded(Int.self, forKey: .weight) ?? 1
     }
 }
 
@@ -401,17 +401,17 @@ public struct HealthCheckConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.kind = try c.decodeIfPresent(String.self, forKey: .kind) ?? self.kind
-        self.path = try c.decodeIfPresent(String.self, forKey: .path) ?? self.path
-        self.host = try c.decodeIfPresent(String.self, forKey: .host)
-        self.interval = try c.decodeIfPresent(Duration.self, forKey: .interval) ?? self.interval
-        self.timeout = try c.decodeIfPresent(Duration.self, forKey: .timeout) ?? self.timeout
-        self.healthyAfter = try c.decodeIfPresent(Int.self, forKey: .healthyAfter) ?? self.healthyAfter
-        self.unhealthyAfter = try c.decodeIfPresent(Int.self, forKey: .unhealthyAfter) ?? self.unhealthyAfter
+        self.kind = try c.decodeRecorded(String.self, forKey: .kind) ?? self.kind
+        self.path = try c.decodeRecorded(String.self, forKey: .path) ?? self.path
+        self.host = try c.decodeRecorded(String.self, forKey: .host)
+        self.interval = try c.decodeRecorded(Duration.self, forKey: .interval) ?? self.interval
+        self.timeout = try c.decodeRecorded(Duration.self, forKey: .timeout) ?? self.timeout
+        self.healthyAfter = try c.decodeRecorded(Int.self, forKey: .healthyAfter) ?? self.healthyAfter
+        self.unhealthyAfter = try c.decodeRecorded(Int.self, forKey: .unhealthyAfter) ?? self.unhealthyAfter
         if let code = try? c.decodeIfPresent(Int.self, forKey: .expectedStatus) {
             self.expectedStatus = "\(code)"
         } else {
-            self.expectedStatus = try c.decodeIfPresent(String.self, forKey: .expectedStatus) ?? self.expectedStatus
+            self.expectedStatus = try c.decodeRecorded(String.self, forKey: .expectedStatus) ?? self.expectedStatus
         }
     }
 }
@@ -432,8 +432,8 @@ public struct PassiveHealthConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.maxFails = try c.decodeIfPresent(Int.self, forKey: .maxFails) ?? self.maxFails
-        self.failTimeout = try c.decodeIfPresent(Duration.self, forKey: .failTimeout) ?? self.failTimeout
+        self.maxFails = try c.decodeRecorded(Int.self, forKey: .maxFails) ?? self.maxFails
+        self.failTimeout = try c.decodeRecorded(Duration.self, forKey: .failTimeout) ?? self.failTimeout
     }
 }
 
@@ -461,14 +461,14 @@ public struct UpstreamTLSConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.sni = try c.decodeIfPresent(String.self, forKey: .sni)
-        self.verifyCert = try c.decodeIfPresent(Bool.self, forKey: .verifyCert) ?? true
-        self.verifyHostname = try c.decodeIfPresent(Bool.self, forKey: .verifyHostname) ?? true
-        self.caFile = try c.decodeIfPresent(String.self, forKey: .caFile)
-        self.alternativeCN = try c.decodeIfPresent(String.self, forKey: .alternativeCN)
-        self.clientCertificate = try c.decodeIfPresent(String.self, forKey: .clientCertificate)
-        self.clientKey = try c.decodeIfPresent(String.self, forKey: .clientKey)
-        self.minVersion = try c.decodeIfPresent(String.self, forKey: .minVersion)
+        self.sni = try c.decodeRecorded(String.self, forKey: .sni)
+        self.verifyCert = try c.decodeRecorded(Bool.self, forKey: .verifyCert) ?? true
+        self.verifyHostname = try c.decodeRecorded(Bool.self, forKey: .verifyHostname) ?? true
+        self.caFile = try c.decodeRecorded(String.self, forKey: .caFile)
+        self.alternativeCN = try c.decodeRecorded(String.self, forKey: .alternativeCN)
+        self.clientCertificate = try c.decodeRecorded(String.self, forKey: .clientCertificate)
+        self.clientKey = try c.decodeRecorded(String.self, forKey: .clientKey)
+        self.minVersion = try c.decodeRecorded(String.self, forKey: .minVersion)
     }
 }
 
@@ -490,11 +490,11 @@ public struct UpstreamTimeoutsConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.connect = try c.decodeIfPresent(Duration.self, forKey: .connect) ?? self.connect
-        self.totalConnection = try c.decodeIfPresent(Duration.self, forKey: .totalConnection) ?? self.totalConnection
-        self.read = try c.decodeIfPresent(Duration.self, forKey: .read) ?? self.read
-        self.write = try c.decodeIfPresent(Duration.self, forKey: .write) ?? self.write
-        self.idle = try c.decodeIfPresent(Duration.self, forKey: .idle) ?? self.idle
+        self.connect = try c.decodeRecorded(Duration.self, forKey: .connect) ?? self.connect
+        self.totalConnection = try c.decodeRecorded(Duration.self, forKey: .totalConnection) ?? self.totalConnection
+        self.read = try c.decodeRecorded(Duration.self, forKey: .read) ?? self.read
+        self.write = try c.decodeRecorded(Duration.self, forKey: .write) ?? self.write
+        self.idle = try c.decodeRecorded(Duration.self, forKey: .idle) ?? self.idle
     }
 }
 
@@ -508,7 +508,7 @@ public struct PoolConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.maxIdlePerBackend = try c.decodeIfPresent(Int.self, forKey: .maxIdlePerBackend) ?? self.maxIdlePerBackend
+        self.maxIdlePerBackend = try c.decodeRecorded(Int.self, forKey: .maxIdlePerBackend) ?? self.maxIdlePerBackend
     }
 }
 
@@ -531,13 +531,13 @@ public struct RouteConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.listener = try c.decodeIfPresent(String.self, forKey: .listener)
-        self.host = try c.decodeIfPresent(String.self, forKey: .host)
-        self.pathPrefix = try c.decodeIfPresent(String.self, forKey: .pathPrefix)
-        self.upstream = try c.decodeIfPresent(String.self, forKey: .upstream)
-        self.redirect = try c.decodeIfPresent(RedirectConfig.self, forKey: .redirect)
-        self.root = try c.decodeIfPresent(String.self, forKey: .root)
-        self.maxRequestBodyBytes = try c.decodeIfPresent(Int.self, forKey: .maxRequestBodyBytes)
+        self.listener = try c.decodeRecorded(String.self, forKey: .listener)
+        self.host = try c.decodeRecorded(String.self, forKey: .host)
+        self.pathPrefix = try c.decodeRecorded(String.self, forKey: .pathPrefix)
+        self.upstream = try c.decodeRecorded(String.self, forKey: .upstream)
+        self.redirect = try c.decodeRecorded(RedirectConfig.self, forKey: .redirect)
+        self.root = try c.decodeRecorded(String.self, forKey: .root)
+        self.maxRequestBodyBytes = try c.decodeRecorded(Int.self, forKey: .maxRequestBodyBytes)
     }
 }
 
@@ -555,10 +555,10 @@ public struct RedirectConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.scheme = try c.decodeIfPresent(String.self, forKey: .scheme) ?? self.scheme
-        self.host = try c.decodeIfPresent(String.self, forKey: .host)
-        self.port = try c.decodeIfPresent(Int.self, forKey: .port)
-        self.status = try c.decodeIfPresent(Int.self, forKey: .status) ?? self.status
+        self.scheme = try c.decodeRecorded(String.self, forKey: .scheme) ?? self.scheme
+        self.host = try c.decodeRecorded(String.self, forKey: .host)
+        self.port = try c.decodeRecorded(Int.self, forKey: .port)
+        self.status = try c.decodeRecorded(Int.self, forKey: .status) ?? self.status
     }
 }
 
@@ -582,10 +582,10 @@ public struct CertificatesConfig: Decodable, Sendable {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.sources = try c.decode([CertificateSourceConfig].self, forKey: .sources)
-        self.defaultName = try c.decodeIfPresent(String.self, forKey: .defaultName)
-        self.strictSNI = try c.decodeIfPresent(Bool.self, forKey: .strictSNI) ?? false
-        self.watch = try c.decodeIfPresent(WatchConfig.self, forKey: .watch) ?? WatchConfig()
-        self.caFile = try c.decodeIfPresent(String.self, forKey: .caFile)
+        self.defaultName = try c.decodeRecorded(String.self, forKey: .defaultName)
+        self.strictSNI = try c.decodeRecorded(Bool.self, forKey: .strictSNI) ?? false
+        self.watch = try c.decodeRecorded(WatchConfig.self, forKey: .watch) ?? WatchConfig()
+        self.caFile = try c.decodeRecorded(String.self, forKey: .caFile)
     }
 }
 
@@ -622,14 +622,14 @@ public struct ExpiryConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.warningRemaining = try c.decodeIfPresent(Double.self, forKey: .warningRemaining) ?? self.warningRemaining
-        self.criticalRemaining = try c.decodeIfPresent(Double.self, forKey: .criticalRemaining) ?? self.criticalRemaining
-        self.warningFloor = try c.decodeIfPresent(Duration.self, forKey: .warningFloor) ?? self.warningFloor
-        self.criticalFloor = try c.decodeIfPresent(Duration.self, forKey: .criticalFloor) ?? self.criticalFloor
-        self.repeatWarning = try c.decodeIfPresent(Duration.self, forKey: .repeatWarning) ?? self.repeatWarning
-        self.repeatCritical = try c.decodeIfPresent(Duration.self, forKey: .repeatCritical) ?? self.repeatCritical
-        self.repeatExpired = try c.decodeIfPresent(Duration.self, forKey: .repeatExpired) ?? self.repeatExpired
-        self.checkInterval = try c.decodeIfPresent(Duration.self, forKey: .checkInterval) ?? self.checkInterval
+        self.warningRemaining = try c.decodeRecorded(Double.self, forKey: .warningRemaining) ?? self.warningRemaining
+        self.criticalRemaining = try c.decodeRecorded(Double.self, forKey: .criticalRemaining) ?? self.criticalRemaining
+        self.warningFloor = try c.decodeRecorded(Duration.self, forKey: .warningFloor) ?? self.warningFloor
+        self.criticalFloor = try c.decodeRecorded(Duration.self, forKey: .criticalFloor) ?? self.criticalFloor
+        self.repeatWarning = try c.decodeRecorded(Duration.self, forKey: .repeatWarning) ?? self.repeatWarning
+        self.repeatCritical = try c.decodeRecorded(Duration.self, forKey: .repeatCritical) ?? self.repeatCritical
+        self.repeatExpired = try c.decodeRecorded(Duration.self, forKey: .repeatExpired) ?? self.repeatExpired
+        self.checkInterval = try c.decodeRecorded(Duration.self, forKey: .checkInterval) ?? self.checkInterval
         guard (0...1).contains(self.warningRemaining), (0...1).contains(self.criticalRemaining), self.criticalRemaining <= self.warningRemaining else {
             throw ConfigError(path: keyPath(decoder.codingPath), message: "warning_remaining and critical_remaining are fractions (0 to 1) with critical <= warning")
         }
@@ -706,12 +706,12 @@ public struct CertificateSourceConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.certbot = try c.decodeIfPresent(String.self, forKey: .certbot)
-        self.kubernetes = try c.decodeIfPresent(String.self, forKey: .kubernetes)
-        self.directory = try c.decodeIfPresent(String.self, forKey: .directory)
-        self.certificate = try c.decodeIfPresent(String.self, forKey: .certificate)
-        self.key = try c.decodeIfPresent(String.self, forKey: .key)
-        self.name = try c.decodeIfPresent(String.self, forKey: .name)
+        self.certbot = try c.decodeRecorded(String.self, forKey: .certbot)
+        self.kubernetes = try c.decodeRecorded(String.self, forKey: .kubernetes)
+        self.directory = try c.decodeRecorded(String.self, forKey: .directory)
+        self.certificate = try c.decodeRecorded(String.self, forKey: .certificate)
+        self.key = try c.decodeRecorded(String.self, forKey: .key)
+        self.name = try c.decodeRecorded(String.self, forKey: .name)
         let kinds = [self.certbot, self.kubernetes, self.directory, self.certificate].compactMap { $0 }.count
         guard kinds == 1 else {
             throw ConfigError(path: keyPath(decoder.codingPath), message: "a source names exactly one of certbot, kubernetes, directory, or certificate (with key)")
@@ -741,9 +741,9 @@ public struct WatchConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.debounce = try c.decodeIfPresent(Duration.self, forKey: .debounce) ?? self.debounce
-        self.rescanInterval = try c.decodeIfPresent(Duration.self, forKey: .rescanInterval) ?? self.rescanInterval
-        self.immediate = try c.decodeIfPresent(Bool.self, forKey: .immediate) ?? true
+        self.debounce = try c.decodeRecorded(Duration.self, forKey: .debounce) ?? self.debounce
+        self.rescanInterval = try c.decodeRecorded(Duration.self, forKey: .rescanInterval) ?? self.rescanInterval
+        self.immediate = try c.decodeRecorded(Bool.self, forKey: .immediate) ?? true
     }
 }
 
@@ -762,7 +762,7 @@ public struct AdminConfig: Decodable, Sendable {
     public init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.address = try c.decodeIfPresent(String.self, forKey: .address) ?? self.address
-        self.allowNonLoopback = try c.decodeIfPresent(Bool.self, forKey: .allowNonLoopback) ?? false
+        self.address = try c.decodeRecorded(String.self, forKey: .address) ?? self.address
+        self.allowNonLoopback = try c.decodeRecorded(Bool.self, forKey: .allowNonLoopback) ?? false
     }
 }

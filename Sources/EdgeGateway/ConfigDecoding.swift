@@ -37,12 +37,13 @@ func keyPath(_ path: [any CodingKey]) -> String {
 
 /// Every problem the decoding of one file found, so that `check` and `run` list them all
 /// at once instead of the first (a misspelt key, then the next after it is fixed). Passed
-/// in the decoder's user info: unknown keys are recorded and decoding goes on, and a
-/// listener, route, upstream or top-level section that fails to decode is recorded and
-/// left out (`Recorded`), so the rest of the file is still read. A section stops at its
-/// first bad value. With unknown keys only, nothing is left out, so the gateway's own
-/// checks (addresses, references, certificate files) run too and add theirs; once
-/// something is left out they would report its absence, and are not run.
+/// in the decoder's user info: unknown keys are recorded and decoding goes on; an
+/// optional key whose value does not decode is recorded and takes its default
+/// (`decodeRecorded`); a listener, route or upstream whose required key is missing or bad
+/// is recorded and left out (`Recorded`), so the rest of the file is still read. With
+/// unknown keys only, nothing is left out, so the gateway's own checks (addresses,
+/// references, certificate files) run too and add theirs; once a value is missing they
+/// would report its absence or its default, and are not run.
 final class DecodingProblems {
     static let key = CodingUserInfoKey(rawValue: "edge-gateway.decoding-problems")!
     private(set) var errors: [ConfigError] = []
@@ -88,8 +89,9 @@ struct Recorded<T: Decodable>: Decodable {
 }
 
 extension KeyedDecodingContainer {
-    /// The value for `key` (nil when absent); when it does not decode and problems are
-    /// being collected, the problem is recorded and the value is nil.
+    /// The value for `key`, nil when absent (`decodeIfPresent`); when it does not decode
+    /// and problems are being collected, the problem is recorded and the value is nil, so
+    /// the key's default stands in while the rest of the file is read.
     func decodeRecorded<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
         try self.decodeIfPresent(Recorded<T>.self, forKey: key)?.value
     }

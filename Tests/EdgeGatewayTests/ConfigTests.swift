@@ -46,12 +46,13 @@ final class ConfigTests: XCTestCase {
     }
 
     /// Every problem in the file at once, not the first one and then the next after a fix:
-    /// misspelt keys anywhere, a section that does not decode (the others still read),
-    /// and, when nothing had to be left out, the gateway's own checks beside the typos.
+    /// misspelt keys anywhere, several bad values in one listener, a missing required key
+    /// (the rest still read), and, when nothing had to be left out, the gateway's own
+    /// checks beside the typos.
     func testEveryProblemIsReportedAtOnce() throws {
         let broken = try check("""
             listeners:
-              - { name: a, address: "127.0.0.1:0", timeouts: { idle: 5x } }
+              - { name: a, address: "127.0.0.1:0", timeouts: { idle: 5x, header: later }, max_request_head_bytes: lots }
               - { name: b, adress: ":8080" }
             upstreams:
               app: { backends: ["127.0.0.1:9"] }
@@ -63,7 +64,8 @@ final class ConfigTests: XCTestCase {
             shutdown_grace_period: soon
             """)
         XCTAssertEqual(broken.status, 1)
-        for expected in ["listeners[0].timeouts.idle: invalid duration '5x'", "listeners[1].adress: unknown key 'adress' (did you mean 'address'?)",
+        for expected in ["listeners[0].timeouts.idle: invalid duration '5x'", "listeners[0].timeouts.header: invalid duration 'later'",
+                         "listeners[0].max_request_head_bytes: expected a number", "listeners[1].adress: unknown key 'adress' (did you mean 'address'?)",
                          "listeners[1].address: required key is missing", "upstreams.other.backend: unknown key 'backend' (did you mean 'backends'?)",
                          "routes[1].path_prefx: unknown key 'path_prefx' (did you mean 'path_prefix'?)", "shutdown_grace_period: invalid duration 'soon'"] {
             XCTAssertTrue(broken.stderr.contains(expected), "missing '\(expected)' in:\n\(broken.stderr)")
