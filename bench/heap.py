@@ -18,7 +18,10 @@ gateway's and SwiftNIO's objects), the proxy's own code, libc (allocations below
 up to a little less). nginx allocates its connection tables at start, for
 worker_connections: they are in no difference, though they become resident as they are
 used (bench/run.py's RSS counts them).
-Usage: python3 bench/heap.py [--no-build | --binary PATH] [--connections 2000] [--proxies edge-gateway,nginx,haproxy]
+With --alpn h2 the connections are HTTP/2 instead (every proxy offers it here): each client
+sends the connection preface and an empty SETTINGS frame, as a browser does before its
+first request, and then idles, so the figure is what an idle HTTP/2 connection holds.
+Usage: python3 bench/heap.py [--no-build | --binary PATH] [--connections 2000] [--proxies edge-gateway,nginx,haproxy] [--alpn h2]
 """
 import argparse, asyncio, os, re, resource, signal, ssl, subprocess, sys, threading, time
 
@@ -34,8 +37,8 @@ OWNERS = [("OpenSSL", re.compile(r"lib(crypto|ssl)\.so")), ("Swift objects (gate
 class Holder:
     """Opens TLS connections from a thread of its own and keeps them until close()."""
 
-    def __init__(self, port, ca):
-        self.port, self.ca = port, ca
+    def __init__(self, port, ca, alpn="http/1.1"):
+        self.port, self.ca, self.alpn = port, ca, alpn
         self.loop = asyncio.new_event_loop()
         self.conns = []
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -43,13 +46,17 @@ class Holder:
 
     async def _open(self, count):
         ctx = ssl.create_default_context(cafile=self.ca)
-        ctx.set_alpn_protocols(["http/1.1"])
+        ctx.set_alpn_protocols([self.alpn])
         sem = asyncio.Semaphore(100)
 
         async def one():
             async with sem:
                 try:
                     _, writer = await asyncio.open_connection("127.0.0.1", self.port, ssl=ctx, server_hostname="localhost")
+                    if self.alpn == "h2":
+                        # The client preface and an empty SETTINGS frame (RFC 9113 §3.4).
+                        writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+                        await writer.drain()
                     self.conns.append(writer)
                 except OSError:
                     pass
@@ -105,7 +112,7 @@ def owners(tree):
     return sums
 
 
-def measure(name, peers, count, work):
+def measure(name, peers, count, work, alpn="http/1.1"):
     """Heap bytes per connection of the second half, and the same by owner (OWNERS)."""
     prefix = os.path.join(work, f"massif-{name}")
     for old in os.listdir(work):
@@ -119,7 +126,7 @@ def measure(name, peers, count, work):
     try:
         if not wait_port(peers.ports[name], 180):
             sys.exit(f"heap: {name} did not start under valgrind (see {prefix}.log)")
-        holder = Holder(peers.ports[name], peers.ca)
+        holder = Holder(peers.ports[name], peers.ca, alpn)
         first = holder.open(count // 2)
         time.sleep(3)
         pause1 = (time.monotonic() - started) * 1000
@@ -161,6 +168,7 @@ def measure(name, peers, count, work):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connections", type=int, default=2000)
+    ap.add_argument("--alpn", choices=["http/1.1", "h2"], default="http/1.1", help="the protocol the idle connections negotiate")
     add_valgrind_options(ap, "massif")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -168,10 +176,11 @@ def main():
     with valgrind_peers(args, "heap", ("valgrind", "nginx", "haproxy", "gcc"), "valgrind nginx-light haproxy gcc") as peers:
         results = {}
         for name in [p for p in args.proxies.split(",") if p]:
-            per_conn, held, first, breakdown = measure(name, peers, args.connections, peers.work)
+            per_conn, held, first, breakdown = measure(name, peers, args.connections, peers.work, args.alpn)
             results[name] = per_conn
             parts = ", ".join(f"{k} {v:,.0f}" for k, v in breakdown.items() if abs(v) >= 1)
-            print(f"{name:13s} {per_conn:8,.0f} bytes of heap per idle TLS connection (the last {held - first} of {held}): {parts}", flush=True)
+            kind = "HTTP/2 " if args.alpn == "h2" else ""
+            print(f"{name:13s} {per_conn:8,.0f} bytes of heap per idle {kind}TLS connection (the last {held - first} of {held}): {parts}", flush=True)
         g = results.get("edge-gateway")
         peers_text = [f"{n} {results[n] / g:.2f}" for n in results if n != "edge-gateway" and g]
         if peers_text:
