@@ -404,6 +404,7 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
                 let tls = try? sync.handler(type: OpenSSLHandler.self)
                 if self.proxy.mutualTLS { info.clientIdentity = ClientIdentity(tls: tls) }
                 tls?.coalesceFlushes()
+                tls?.compactReads()
                 try self.addHTTP2Handlers(sync, channel: context.channel, info: info)
             } else {
                 try sync.addHandler(ProxyHandler(listener: self.proxy, info: self.info), name: "proxy")

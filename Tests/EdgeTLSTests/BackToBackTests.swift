@@ -9,12 +9,15 @@ import XCTest
 final class EventRecorder: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     var received = ByteBuffer()
+    /// The capacity of each buffer read, as handed on.
+    var capacities: [Int] = []
     var errors: [Error] = []
     var events: [TLSUserEvent] = []
     var inactive = false
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = Self.unwrapInboundIn(data)
+        self.capacities.append(buffer.capacity)
         self.received.writeBuffer(&buffer)
     }
 
@@ -100,6 +103,22 @@ final class BackToBackTests: XCTestCase {
         try pair.interact()
         XCTAssertEqual(pair.clientEvents.received.readableBytes, 1_000_000)
         XCTAssertTrue(pair.clientEvents.errors.isEmpty && pair.serverEvents.errors.isEmpty)
+    }
+
+    /// `compactReads()` (set for HTTP/2): each read goes on in a buffer of its own size,
+    /// not in the loop's shared plaintext buffer (1 KiB at least), which NIO's HTTP/2
+    /// frame decoder would keep for as long as the connection idles.
+    func testCompactedReadsArriveInBuffersOfTheirOwnSize() throws {
+        let pair = try makePair()
+        try pair.interact()
+        try pair.client.writeAndFlush(ByteBuffer(string: "ping")).wait()
+        try pair.interact()
+        XCTAssertGreaterThanOrEqual(pair.serverEvents.capacities.last ?? 0, 1_024, "the shared buffer, without compaction")
+        try pair.server.pipeline.syncOperations.handler(type: OpenSSLHandler.self).compactReads()
+        try pair.client.writeAndFlush(ByteBuffer(string: "pong")).wait()
+        try pair.interact()
+        XCTAssertLessThanOrEqual(pair.serverEvents.capacities.last ?? .max, 16, "\(pair.serverEvents.capacities)")
+        XCTAssertEqual(pair.serverEvents.received.getString(at: 0, length: pair.serverEvents.received.readableBytes), "pingpong")
     }
 
     func testWritesBeforeHandshakeAreSentAfterIt() throws {
