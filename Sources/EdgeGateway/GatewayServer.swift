@@ -461,6 +461,13 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
 /// Streams in flight keep the connection open however long they take; their own
 /// timeouts are the proxy's. Sits after the HTTP/2 handler, which reports streams
 /// opening and closing through `delegate(eventLoop:)`.
+///
+/// It also drains the connection when the gateway does (shutdown, a restart's handoff,
+/// a reload that removes the listener): GOAWAY with NO_ERROR at once, naming the last
+/// stream that will be answered, so the client sends new requests elsewhere instead of
+/// on a connection that is about to close; the connection closes when its last stream
+/// does. Without it, a client kept opening streams until the grace period ended, and the
+/// requests in flight then were cut off.
 final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
@@ -472,6 +479,8 @@ final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
     /// When the connection is idle long enough; nil while a stream is open.
     private var deadline: NIODeadline?
     private var timer: Scheduled<Void>?
+    /// GOAWAY was sent for a drain: the connection closes with its last stream.
+    private var draining = false
 
     init(timeout: TimeAmount) {
         self.timeout = timeout
@@ -525,7 +534,34 @@ final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
 
     private func streamClosed() {
         self.openStreams = max(0, self.openStreams - 1)
-        if self.openStreams == 0 { self.arm() }
+        guard self.openStreams == 0 else { return }
+        if self.draining {
+            self.closeWhenDrained()
+        } else {
+            self.arm()
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent, !self.draining {
+            // The HTTP/2 handler has passed the event to every stream: each finishes the
+            // exchange in flight (the proxy's quiescing).
+            self.draining = true
+            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: self.lastStream, errorCode: .noError, opaqueData: nil))
+            context.writeAndFlush(NIOAny(goAway), promise: nil)
+            if self.openStreams == 0 { self.closeWhenDrained() }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Closes the drained connection on the loop's next turn, outside the HTTP/2
+    /// handler's stream bookkeeping that reported the last stream closed; the TLS
+    /// handler sends what is still buffered, then close_notify.
+    private func closeWhenDrained() {
+        guard let context = self.context else { return }
+        context.eventLoop.assumeIsolatedUnsafeUnchecked().execute {
+            context.close(promise: nil)
+        }
     }
 
     private func arm() {

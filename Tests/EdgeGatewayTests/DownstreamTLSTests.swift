@@ -474,6 +474,35 @@ final class HTTP2AbuseTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// A draining gateway (shutdown, a restart's handoff) sends GOAWAY with NO_ERROR at once,
+    /// answers the stream in flight, and closes the connection then, not when the grace
+    /// period ends (before: no GOAWAY, and the client kept opening streams until then).
+    func testDrainingSendsGoAwayAndClosesOnceTheStreamInFlightIsAnswered() async throws {
+        let harness = try await h2Gateway(try TestPKI(), listener: "")
+        let client = Process()
+        let output = Pipe()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        client.arguments = [repositoryRoot() + "/Tests/tools/h2_abuse.py", "drain", "\(harness.port("https"))", "1500"]
+        client.standardOutput = output
+        try client.run()
+        defer { if client.isRunning { client.terminate() } }
+        XCTAssertTrue(eventually { harness.upstream.requestCount == 1 }, "the request reached the upstream")
+        let started = Date()
+        await harness.gateway.shutdown(grace: .seconds(10))
+        let drained = Date().timeIntervalSince(started)
+        client.waitUntilExit()
+        let line = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let result = (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? [:]
+        XCTAssertEqual(result["goaway"] as? Int, 0, "GOAWAY with NO_ERROR: \(line)")
+        XCTAssertEqual(result["goaway_last_stream"] as? Int, 1, "stream 1 is the last one answered: \(line)")
+        XCTAssertEqual(result["ended"] as? Bool, true, "the stream in flight is answered in full: \(line)")
+        XCTAssertEqual(result["response_streams"] as? [Int], [1], "\(line)")
+        XCTAssertEqual(result["closed"] as? Bool, true, "\(line)")
+        XCTAssertLessThan(drained, 6, "the connection closed with its last stream, not at the end of the 10 s grace period")
+        XCTAssertTrue(harness.logs.contains("drained: every connection finished"), harness.logs.all.joined(separator: "\n"))
+        await harness.shutdown()
+    }
+
     func testIdleHTTP2ConnectionsGetGoAwayAndClose() async throws {
         let harness = try await h2Gateway(try TestPKI(), listener: "timeouts: { idle: 1s }")
         let idle = try abuse("idle", port: harness.port("https"), 8)

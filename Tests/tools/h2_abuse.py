@@ -7,6 +7,8 @@
   malformed PORT 0     sends one malformed request per stream (RFC 9113 §8.1.1: CR/LF/NUL in a value,
                        upper case or a colon in a name, connection-specific fields, pseudo-header
                        faults), then one valid request ("rst_streams", "response_streams")
+  drain PORT MS        GETs /slow?ms=MS, then reads until the server closes: what a draining gateway
+                       sends ("goaway", "goaway_last_stream", "body", "ended", "closed")
   trailers PORT 0      POSTs a body of two DATA frames without content-length to /echo, ended by a
                        trailer HEADERS frame ("body": the response body, "ended": END_STREAM seen)
 Prints one JSON line: what came back (GOAWAY error code, RST_STREAM codes, responses, closed)."""
@@ -73,6 +75,8 @@ elif mode == "malformed":
     for i, block in enumerate(bad + [request + literal(b"te", b"trailers") + literal(b"cookie", b"a=1")]):
         out += frame(1, 0x5, 1 + 2 * i, block)
     expected = len(bad) + 1
+elif mode == "drain":
+    out += frame(1, 0x5, 1, b"\x82\x87" + literal(b":path", b"/slow?ms=%d" % n) + literal(b":authority", b"localhost"))
 elif mode == "trailers":
     post = b"\x83\x87" + literal(b":path", b"/echo") + literal(b":authority", b"localhost")
     out += frame(1, 0x4, 1, post)  # END_HEADERS, the body follows
@@ -87,7 +91,7 @@ except OSError:
 result = {"goaway": None, "rst_codes": [], "responses": 0, "closed": False, "rst_streams": {}, "response_streams": [],
           "body": "", "ended": False}
 buffer = b""
-deadline = time.time() + (n + 5 if mode == "idle" else 10)
+deadline = time.time() + (n + 5 if mode == "idle" else 20 if mode == "drain" else 10)
 answered = None
 try:
     while time.time() < deadline:
@@ -104,6 +108,7 @@ try:
             buffer = buffer[9 + length:]
             if kind == 7:
                 result["goaway"] = int.from_bytes(payload[4:8], "big")
+                result["goaway_last_stream"] = int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF
             stream_id = int.from_bytes(header_stream, "big") & 0x7FFFFFFF
             if kind == 3:
                 result["rst_codes"].append(int.from_bytes(payload[:4], "big"))
