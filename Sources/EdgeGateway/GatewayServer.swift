@@ -392,6 +392,13 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Draining before the handshake is done: no request has come yet, so the
+            // connection closes now, as an idle keep-alive connection does, instead of
+            // being handed a protocol and served until the grace period ends.
+            context.close(promise: nil)
+            return
+        }
         guard let tls = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = tls else {
             context.fireUserInboundEventTriggered(event)
             return

@@ -503,6 +503,21 @@ final class HTTP2AbuseTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// A connection that has not finished its handshake when the gateway drains is closed
+    /// then, on an `h2` listener as on others, not kept until the grace period ends.
+    func testDrainingClosesConnectionsStillInTheHandshake() async throws {
+        let harness = try await h2Gateway(try TestPKI(), listener: "")
+        let socket = connectedSocket(port: harness.port("https"))
+        defer { close(socket) }
+        pause(0.2)
+        let started = Date()
+        await harness.gateway.shutdown(grace: .seconds(10))
+        XCTAssertLessThan(Date().timeIntervalSince(started), 6, "closed at the drain, not at the end of the 10 s grace period")
+        var byte: UInt8 = 0
+        XCTAssertLessThanOrEqual(read(socket, &byte, 1), 0, "the connection is closed")
+        await harness.shutdown()
+    }
+
     func testIdleHTTP2ConnectionsGetGoAwayAndClose() async throws {
         let harness = try await h2Gateway(try TestPKI(), listener: "timeouts: { idle: 1s }")
         let idle = try abuse("idle", port: harness.port("https"), 8)
