@@ -370,6 +370,49 @@ enum HTTP1Parser {
             head.minorVersion = try version(p, j + 1, lineEnd)
         }
         try checkRequestFraming(&head)
+        if let normalized = try originForm(of: head) { head = normalized }
+    }
+
+    /// A request whose target is in absolute form (`GET http://host/path`, RFC 9112
+    /// §3.2.2) as the same request in origin form, with the target's authority as its
+    /// Host: a server must take the host from such a target and ignore the Host field.
+    /// Routed by its Host while the upstream read the target's host, the request would
+    /// reach a virtual host of the upstream that no route sends it to (nginx takes the
+    /// target's host as well, and forwards the origin form). nil for every other target.
+    static func originForm(of head: HTTPHead) throws -> HTTPHead? {
+        let target = head.target.utf8
+        guard target.first == UInt8(ascii: "h") || target.first == UInt8(ascii: "H") else { return nil }
+        let lower = head.target.lowercased()
+        let schemeLength = lower.hasPrefix("http://") ? 7 : lower.hasPrefix("https://") ? 8 : 0
+        guard schemeLength > 0 else { return nil }
+        let rest = head.target.utf8.dropFirst(schemeLength)
+        let authorityEnd = rest.firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") } ?? rest.endIndex
+        let authority = rest[..<authorityEnd]
+        // RFC 9110 §4.2.4: userinfo in an http(s) URI is an error to refuse.
+        guard !authority.isEmpty, !authority.contains(UInt8(ascii: "@")) else {
+            throw HTTPFramingError.bad("malformed absolute-form request target")
+        }
+        var path = Array(rest[authorityEnd...])
+        if let fragment = path.firstIndex(of: UInt8(ascii: "#")) { path.removeSubrange(fragment...) }
+        if path.first != UInt8(ascii: "/") { path.insert(UInt8(ascii: "/"), at: 0) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(head.bytes.count + 16)
+        bytes += head.method.utf8
+        bytes.append(0x20)
+        bytes += path
+        bytes += " HTTP/1.\(head.minorVersion)\r\nhost: ".utf8
+        bytes += authority
+        bytes += "\r\n".utf8
+        for field in head.fields where field.known != .host {
+            bytes += head.bytes[field.name]
+            bytes += ": ".utf8
+            bytes += head.bytes[field.value]
+            bytes += "\r\n".utf8
+        }
+        bytes += "\r\n".utf8
+        var normalized = HTTPHead(bytes: bytes)
+        try parseRequest(&normalized)
+        return normalized
     }
 
     static func parseResponse(_ bytes: [UInt8]) throws -> HTTPHead {

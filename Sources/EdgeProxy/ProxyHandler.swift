@@ -451,6 +451,14 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         if self.pool.accessLog != nil { self.requestStart = .now() }
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
         self.bodyBytes = 0
+        if head.method == "CONNECT" || head.method == "TRACE" {
+            // Refused, as nginx refuses them (CONNECT with 400). The gateway has no tunnel to offer, and a 2xx from an
+            // upstream would make the connection one that the client reads as a tunnel and
+            // the gateway as HTTP; TRACE would echo the request's headers, the gateway's
+            // forwarded ones and the client's cookies included, to a script that sent it.
+            self.respondLocally(status: 405, message: "\(head.method) is not allowed", request: head, requestEnded: !hasBody)
+            return
+        }
         let route = self.router.route(listener: self.listener.name, host: head.first(.host), uri: head.target)
         self.maxBodyBytes = route?.maxBodyBytes ?? self.limits.maxBodyBytes
         if let max = self.maxBodyBytes, let length = head.contentLength, length > max {

@@ -63,6 +63,8 @@ final class DownstreamTLSTests: XCTestCase {
         // Cookie crumbs become one HTTP/1.1 field (RFC 9113 §8.2.3); HEAD has no body.
         let cookies = try curl(["--http2", "-H", "cookie: a=1", "-H", "cookie: b=2", "https://localhost:\(port)/headers"]).stdout
         XCTAssertTrue(cookies.lowercased().contains("cookie: a=1; b=2"), cookies)
+        let trace = try curl(["--http2", "-X", "TRACE", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port)/"])
+        XCTAssertEqual(trace.stdout, "405", "TRACE is refused over HTTP/2 as over HTTP/1.1")
         let head = try curl(["--http2", "-I", "-w", "%{http_code}", "https://localhost:\(port)/hello"])
         XCTAssertTrue(head.stdout.hasSuffix("200"), head.stdout + head.stderr)
         // A short response is HEADERS and one DATA frame that ends the stream, with no

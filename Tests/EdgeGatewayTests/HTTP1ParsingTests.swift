@@ -18,6 +18,27 @@ final class HTTP1ParsingTests: XCTestCase {
         }
     }
 
+    /// RFC 9112 §3.2.2: an absolute-form target gives the request its host; the head goes
+    /// on in origin form with that host, whatever Host said.
+    func testAbsoluteFormTargetsBecomeOriginFormWithTheirHost() throws {
+        let head = try request("GET http://other.test/x?y=1#frag HTTP/1.1\r\nHost: public.test\r\nX-A: b\r\n\r\n")
+        XCTAssertEqual(head.target, "/x?y=1")
+        XCTAssertEqual(head.first(.host), "other.test")
+        XCTAssertEqual(head.fields.filter { $0.known == .host }.count, 1)
+        XCTAssertEqual(head.value(of: "x-a"), "b")
+        let bare = try request("POST HTTPS://Other.Test:8443 HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n")
+        XCTAssertEqual(bare.target, "/")
+        XCTAssertEqual(bare.first(.host), "Other.Test:8443")
+        XCTAssertEqual(bare.contentLength, 2)
+        let query = try request("GET http://q.test?a HTTP/1.0\r\n\r\n")
+        XCTAssertEqual(query.target, "/?a")
+        XCTAssertEqual(query.first(.host), "q.test")
+        XCTAssertEqual(try request("GET /plain HTTP/1.1\r\nHost: h\r\n\r\n").target, "/plain", "origin form as it was")
+        XCTAssertEqual(try request("GET httpx://a/ HTTP/1.1\r\nHost: h\r\n\r\n").target, "httpx://a/", "another scheme is left to the upstream")
+        XCTAssertEqual(rejection("GET http://user@evil.test/ HTTP/1.1\r\nHost: h\r\n\r\n"), "malformed absolute-form request target")
+        XCTAssertEqual(rejection("GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n"), "malformed absolute-form request target")
+    }
+
     func testRequestHeadFieldsAndRewritingInputs() throws {
         let head = try request("POST /a?b=1 HTTP/1.1\r\nHost: x.test\r\nContent-Length: 5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Keep:  v \t\r\n\r\n")
         XCTAssertEqual(head.method, "POST")

@@ -451,6 +451,17 @@ final class ProxyTests: XCTestCase {
         let slow = rawExchange(port: port, send: Array("GET / HTTP/1.1\r\nHo".utf8), timeout: 5)
         XCTAssertTrue(slow.response.hasPrefix("HTTP/1.1 408"), slow.response)
         XCTAssertTrue(slow.closed)
+        // CONNECT and TRACE get 405 and never reach the upstream.
+        let before = harness.upstream.requestCount
+        for method in ["CONNECT example.test:443", "TRACE /"] {
+            let refused = rawExchange(port: port, send: Array("\(method) HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+            XCTAssertTrue(refused.response.hasPrefix("HTTP/1.1 405 Method Not Allowed"), refused.response)
+        }
+        XCTAssertEqual(harness.upstream.requestCount, before)
+        // An absolute-form target is routed and forwarded by its own host, in origin form.
+        let absolute = rawExchange(port: port, send: Array("GET http://other.test/headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+        XCTAssertTrue(absolute.response.contains("host: other.test"), absolute.response)
+        XCTAssertFalse(absolute.response.contains("host: x\r"), absolute.response)
         // HTTP/1.0 without Host: the upstream still gets the Host HTTP/1.1 requires (the group's name, as nginx does).
         let http10 = rawExchange(port: port, send: Array("GET /headers HTTP/1.0\r\n\r\n".utf8))
         XCTAssertTrue(http10.response.hasPrefix("HTTP/1.0 200"), http10.response)
