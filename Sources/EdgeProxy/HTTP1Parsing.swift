@@ -355,6 +355,7 @@ enum HTTP1Parser {
     /// Parses the request head in `head.bytes` into `head` (see `HTTPHead.refill`).
     static func parseRequest(_ head: inout HTTPHead) throws {
         let lineEnd = try parseFields(&head)
+        var absolute = false
         try head.bytes.withUnsafeBytes { (p: UnsafeRawBufferPointer) throws in
             // method SP request-target SP HTTP-version
             var i = 0
@@ -368,9 +369,10 @@ enum HTTP1Parser {
             guard j > targetStart, j < lineEnd, p[j] == 0x20 else { throw HTTPFramingError.bad("malformed request target") }
             head.target = String(decoding: UnsafeRawBufferPointer(rebasing: p[targetStart..<j]), as: UTF8.self)
             head.minorVersion = try version(p, j + 1, lineEnd)
+            absolute = p[targetStart] | 0x20 == UInt8(ascii: "h")  // perhaps http(s)://; origin form starts with "/"
         }
         try checkRequestFraming(&head)
-        if let normalized = try originForm(of: head) { head = normalized }
+        if absolute, let normalized = try originForm(of: head) { head = normalized }
     }
 
     /// A request whose target is in absolute form (`GET http://host/path`, RFC 9112
@@ -380,8 +382,6 @@ enum HTTP1Parser {
     /// reach a virtual host of the upstream that no route sends it to (nginx takes the
     /// target's host as well, and forwards the origin form). nil for every other target.
     static func originForm(of head: HTTPHead) throws -> HTTPHead? {
-        let target = head.target.utf8
-        guard target.first == UInt8(ascii: "h") || target.first == UInt8(ascii: "H") else { return nil }
         let lower = head.target.lowercased()
         let schemeLength = lower.hasPrefix("http://") ? 7 : lower.hasPrefix("https://") ? 8 : 0
         guard schemeLength > 0 else { return nil }

@@ -451,7 +451,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         if self.pool.accessLog != nil { self.requestStart = .now() }
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
         self.bodyBytes = 0
-        if head.method == "CONNECT" || head.method == "TRACE" {
+        let methodLength = head.method.utf8.count  // GET and POST skip the comparisons
+        if (methodLength == 7 && head.method == "CONNECT") || (methodLength == 5 && head.method == "TRACE") {
             // Refused, as nginx refuses them (CONNECT with 400). The gateway has no tunnel to offer, and a 2xx from an
             // upstream would make the connection one that the client reads as a tunnel and
             // the gateway as HTTP; TRACE would echo the request's headers, the gateway's
