@@ -453,10 +453,11 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.bodyBytes = 0
         let methodLength = head.method.utf8.count  // GET and POST skip the comparisons
         if (methodLength == 7 && head.method == "CONNECT") || (methodLength == 5 && head.method == "TRACE") {
-            // Refused, as nginx refuses them (CONNECT with 400). The gateway has no tunnel to offer, and a 2xx from an
-            // upstream would make the connection one that the client reads as a tunnel and
-            // the gateway as HTTP; TRACE would echo the request's headers, the gateway's
-            // forwarded ones and the client's cookies included, to a script that sent it.
+            // Refused, as nginx refuses them (CONNECT with 400). The gateway has no tunnel
+            // to offer, and a 2xx from an upstream would make the connection one that the
+            // client reads as a tunnel and the gateway as HTTP; TRACE would echo the
+            // request's headers, the gateway's forwarded ones and the client's cookies
+            // included, to a script that sent it.
             self.respondLocally(status: 405, message: "\(head.method) is not allowed", request: head, requestEnded: !hasBody)
             return
         }
