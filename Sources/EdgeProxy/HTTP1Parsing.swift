@@ -584,9 +584,39 @@ enum HTTP1Parser {
             guard head.minorVersion == 1 else { throw HTTPFramingError.bad("Transfer-Encoding in an HTTP/1.0 request") }
             guard head.chunked, !head.otherTransferCoding else { throw HTTPFramingError.bad("unsupported Transfer-Encoding") }
         }
-        let hosts = head.fields.lazy.filter { $0.known == .host }.count
-        if hosts > 1 { throw HTTPFramingError.bad("more than one Host header") }
-        if hosts == 0 && head.minorVersion == 1 { throw HTTPFramingError.bad("missing Host header") }
+        var host: HeaderField?
+        for field in head.fields where field.known == .host {
+            if host != nil { throw HTTPFramingError.bad("more than one Host header") }
+            host = field
+        }
+        guard let host else {
+            if head.minorVersion == 1 { throw HTTPFramingError.bad("missing Host header") }
+            return
+        }
+        try head.bytes.withUnsafeBytes { try checkHost(UnsafeRawBufferPointer(rebasing: $0[host.value])) }
+    }
+
+    /// A Host value the gateway routes by and the upstream builds URLs from (redirects,
+    /// links): refused, as nginx refuses them, when empty or when it holds whitespace, a
+    /// slash or backslash (a path smuggled into the host, `Host: evil.test/x`) or `..`.
+    /// Control bytes were refused with the rest of the field values.
+    static func checkHost(_ value: UnsafeRawBufferPointer) throws {
+        guard value.count > 0 else { throw HTTPFramingError.bad("empty Host header") }
+        // The bytes below 0x40 that need a second look: HTAB, space, '.' and '/'. Letters,
+        // digits, ':' and '-' pass with one comparison and a bit test.
+        let suspicious: UInt64 = 1 << 0x09 | 1 << 0x20 | 1 << 0x2E | 1 << 0x2F
+        var previous: UInt8 = 0
+        for i in 0..<value.count {
+            let byte = value[i]
+            if byte < 0x40 {
+                if suspicious >> UInt64(byte) & 1 != 0, byte != UInt8(ascii: ".") || previous == UInt8(ascii: ".") {
+                    throw HTTPFramingError.bad("invalid Host header")
+                }
+            } else if byte == UInt8(ascii: "\\") {
+                throw HTTPFramingError.bad("invalid Host header")
+            }
+            previous = byte
+        }
     }
 
     /// Whether p[from..<end] holds a byte below 0x20 or 0x7F, eight bytes at a time

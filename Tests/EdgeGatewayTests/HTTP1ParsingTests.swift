@@ -37,6 +37,22 @@ final class HTTP1ParsingTests: XCTestCase {
         XCTAssertEqual(try request("GET httpx://a/ HTTP/1.1\r\nHost: h\r\n\r\n").target, "httpx://a/", "another scheme is left to the upstream")
         XCTAssertEqual(rejection("GET http://user@evil.test/ HTTP/1.1\r\nHost: h\r\n\r\n"), "malformed absolute-form request target")
         XCTAssertEqual(rejection("GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n"), "malformed absolute-form request target")
+        XCTAssertEqual(rejection("GET http://a/b/../c HTTP/1.1\r\nHost: h\r\n\r\n"), nil, "dots in the path are the upstream's")
+    }
+
+    /// Host values that nginx refuses too: a path or whitespace smuggled into the host,
+    /// `..`, nothing at all.
+    func testHostValuesWithAPathWhitespaceOrDotsAreRefused() {
+        for host in ["evil.test/x", "a b", "a\\b", "..", "a..b", "a\tb"] {
+            XCTAssertEqual(rejection("GET / HTTP/1.1\r\nHost: \(host)\r\n\r\n"), "invalid Host header", host)
+        }
+        XCTAssertEqual(rejection("GET / HTTP/1.1\r\nHost: \r\n\r\n"), "empty Host header")
+        XCTAssertEqual(rejection("GET http://a/b HTTP/1.1\r\nHost: a\r\n\r\n".replacingOccurrences(of: "http://a/", with: "http://evil..test/")),
+                       "invalid Host header", "the target's host is checked as Host")
+        for host in ["a_b.test:80", "[::1]:8443", "xn--bcher-kva.example", "127.0.0.1", "a.b.c"] {
+            XCTAssertNil(rejection("GET / HTTP/1.1\r\nHost: \(host)\r\n\r\n"), host)
+        }
+        XCTAssertNil(rejection("GET / HTTP/1.0\r\n\r\n"), "HTTP/1.0 may leave Host out")
     }
 
     func testRequestHeadFieldsAndRewritingInputs() throws {
