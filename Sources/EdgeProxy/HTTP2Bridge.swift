@@ -194,8 +194,7 @@ public final class HTTP2StreamBridge: ChannelInboundHandler {
     func writeLocalAnswer(_ bytes: ByteBuffer, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
         let promise = context.eventLoop.makePromise(of: Void.self)
         self.write(bytes, context: context, promise: promise)
-        self.writeHeldBody(context: context)
-        context.flush()
+        self.flush()
         return promise.futureResult
     }
 
