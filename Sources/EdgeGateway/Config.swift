@@ -100,11 +100,15 @@ public struct ListenerConfig: Decodable, Sendable {
     public var maxRequestHeadBytes: Int
     /// Largest request body accepted (nginx's `client_max_body_size`); nil: no limit.
     public var maxRequestBodyBytes: Int?
+    /// Every connection must start with a PROXY protocol header (v1 or v2) naming the
+    /// client (nginx's `listen ... proxy_protocol`, HAProxy's `accept-proxy`).
+    public var proxyProtocol: Bool
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case name, address, tls, timeouts
         case maxRequestHeadBytes = "max_request_head_bytes"
         case maxRequestBodyBytes = "max_request_body_bytes"
+        case proxyProtocol = "proxy_protocol"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -116,6 +120,7 @@ public struct ListenerConfig: Decodable, Sendable {
         self.timeouts = try c.decodeRecorded(ListenerTimeouts.self, forKey: .timeouts) ?? ListenerTimeouts()
         self.maxRequestHeadBytes = try c.decodeRecorded(Int.self, forKey: .maxRequestHeadBytes) ?? 32 * 1024
         self.maxRequestBodyBytes = try c.decodeRecorded(Int.self, forKey: .maxRequestBodyBytes)
+        self.proxyProtocol = try c.decodeRecorded(Bool.self, forKey: .proxyProtocol) ?? false
     }
 }
 

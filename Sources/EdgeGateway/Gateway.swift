@@ -57,6 +57,8 @@ struct ListenerPlan: Sendable {
     var mutualTLS = false
     /// The `strict-transport-security` value every response carries (TLS listeners).
     var strictTransportSecurity: String?
+    /// Every connection starts with a PROXY protocol header naming the client.
+    var proxyProtocol = false
 }
 
 extension Duration {
@@ -434,6 +436,7 @@ public final class Gateway: Sendable {
                 idleTimeout: listener.timeouts.idle.timeAmount, maxHeadBytes: listener.maxRequestHeadBytes,
                 maxBodyBytes: listener.maxRequestBodyBytes
             )
+            plan.proxyProtocol = listener.proxyProtocol
             if let max = listener.maxRequestBodyBytes, max < 1 {
                 problems.append("\(path).max_request_body_bytes: must be at least 1 (leave it out for no limit), got \(max)")
             }

@@ -321,31 +321,47 @@ extension Gateway {
                         try ReceiveBuffers.configure(options)
                         holdsFirstRead = true
                     }
-                    let sync = channel.pipeline.syncOperations
                     let proxy = proxies.value(for: channel.eventLoop)
-                    let info = DownstreamInfo(remoteAddress: channel.remoteAddress)
-                    // The connection's first handler reports its close (the TLS handler, else
-                    // the proxy): it is counted as open once that handler is in.
-                    if let context = plan.tlsContext {
-                        var tls = tlsConfiguration
-                        tls.holdsFirstRead = holdsFirstRead
-                        // Handlers are named here and below: without a name NIO formats one
-                        // ("handler" and a counter) for each handler of each connection.
-                        try sync.addHandler(OpenSSLHandler(serverContext: context, configuration: tls), name: "tls")
-                        metrics.connectionOpened()
-                        if plan.h2 {
-                            // The protocol is known once ALPN has run: HTTP/2 or HTTP/1.1 handlers are added then.
-                            try sync.addHandler(ProtocolSwitch(plan: plan, info: info, proxy: proxy), name: "protocol-switch")
-                        } else {
-                            try sync.addHandler(ProxyHandler(listener: proxy, info: info), name: "proxy")
+                    if plan.proxyProtocol {
+                        // The client is known once the PROXY header is read: the decoder, first
+                        // in the pipeline (and holding the first read), adds the rest then.
+                        let decoder = ProxyProtocolDecoder(listener: proxy, timeout: plan.handshakeTimeout, holdsFirstRead: holdsFirstRead) {
+                            try Self.addConnectionHandlers($0, info: $1, plan: plan, tls: tlsConfiguration, proxy: proxy, metrics: metrics, holdsFirstRead: false)
                         }
+                        try channel.pipeline.syncOperations.addHandler(decoder, name: "proxy-protocol")
                     } else {
-                        try sync.addHandler(ProxyHandler(listener: proxy, info: info, holdsFirstRead: holdsFirstRead, reportsClose: true), name: "proxy")
-                        metrics.connectionOpened()
+                        try Self.addConnectionHandlers(channel, info: DownstreamInfo(remoteAddress: channel.remoteAddress), plan: plan, tls: tlsConfiguration,
+                                                       proxy: proxy, metrics: metrics, holdsFirstRead: holdsFirstRead)
                     }
                 }
             }
         return try await bootstrap.withBoundSocket(fd).get()
+    }
+
+    /// A client connection's handlers: TLS and HTTP (or the protocol switch of an `h2`
+    /// listener), for the client `info` names.
+    private static func addConnectionHandlers(_ channel: Channel, info: DownstreamInfo, plan: ListenerPlan, tls configuration: TLSHandlerConfiguration,
+                                              proxy: ProxyListener, metrics: ListenerMetrics, holdsFirstRead: Bool) throws {
+        let sync = channel.pipeline.syncOperations
+        // The connection's first TLS or HTTP handler reports its close: it is counted as
+        // open once that handler is in.
+        if let context = plan.tlsContext {
+            var tls = configuration
+            tls.holdsFirstRead = holdsFirstRead
+            // Handlers are named here and below: without a name NIO formats one
+            // ("handler" and a counter) for each handler of each connection.
+            try sync.addHandler(OpenSSLHandler(serverContext: context, configuration: tls), name: "tls")
+            metrics.connectionOpened()
+            if plan.h2 {
+                // The protocol is known once ALPN has run: HTTP/2 or HTTP/1.1 handlers are added then.
+                try sync.addHandler(ProtocolSwitch(plan: plan, info: info, proxy: proxy), name: "protocol-switch")
+            } else {
+                try sync.addHandler(ProxyHandler(listener: proxy, info: info), name: "proxy")
+            }
+        } else {
+            try sync.addHandler(ProxyHandler(listener: proxy, info: info, holdsFirstRead: holdsFirstRead, reportsClose: true), name: "proxy")
+            metrics.connectionOpened()
+        }
     }
 }
 

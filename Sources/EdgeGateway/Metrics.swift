@@ -48,7 +48,9 @@ final class GatewayMetrics: Sendable {
             requestsByClass: (1...5).map { self.counter("edge_requests_total", [("listener", name), ("class", "\($0)xx")], help: "Requests answered, by listener and status class.") },
             open: self.gauge("edge_connections_open", [("listener", name)], help: "Open client connections."),
             accepted: self.counter("edge_connections_total", [("listener", name)], help: "Client connections accepted."),
-            handshakes: ["ok", "failed", "timeout"].map { self.counter("edge_tls_handshakes_total", [("listener", name), ("result", $0)], help: "TLS handshakes with clients, by result.") })
+            handshakes: ["ok", "failed", "timeout"].map { self.counter("edge_tls_handshakes_total", [("listener", name), ("result", $0)], help: "TLS handshakes with clients, by result.") },
+            proxyProtocolRefused: self.counter("edge_proxy_protocol_refused_total", [("listener", name)],
+                                               help: "Connections closed for a missing or malformed PROXY protocol header (proxy_protocol listeners)."))
         return self.listeners.withLockedValue { listeners in
             if let existing = listeners[name] { return existing }
             listeners[name] = made
@@ -168,14 +170,20 @@ final class ListenerMetrics: ProxyObserver, Sendable {
     private let accepted: Counter
     /// ok, failed, timeout
     private let handshakes: [Counter]
+    private let refusedProxyHeaders: Counter
 
-    init(requestsByClass: [Counter], open: Gauge, accepted: Counter, handshakes: [Counter]) {
+    init(requestsByClass: [Counter], open: Gauge, accepted: Counter, handshakes: [Counter], proxyProtocolRefused: Counter) {
         self.requests = RequestCounter { status in
             requestsByClass[min(max(status / 100, 1), 5) - 1].increment()
         }
         self.open = open
         self.accepted = accepted
         self.handshakes = handshakes
+        self.refusedProxyHeaders = proxyProtocolRefused
+    }
+
+    func proxyProtocolRefused() {
+        self.refusedProxyHeaders.increment()
     }
 
     func connectionOpened() {

@@ -23,6 +23,12 @@ public struct DownstreamInfo: Sendable {
         self.clientPort = remoteAddress?.port.map { UInt16(truncatingIfNeeded: $0) }
     }
 
+    /// The client a PROXY protocol header named (`ProxyProtocolDecoder`).
+    public init(clientIP: String, clientPort: UInt16) {
+        self.clientIP = clientIP
+        self.clientPort = clientPort
+    }
+
     /// `127.0.0.1:50123` or `[::1]:50123` (as `SocketAddress.hostPort`) for log lines.
     var peer: String {
         guard let ip = self.clientIP, let port = self.clientPort else { return "?" }
@@ -34,8 +40,7 @@ public struct DownstreamInfo: Sendable {
     static func text(_ address: SocketAddress?) -> String? {
         guard let address else { return nil }
         if case .v4(let v4) = address {
-            let a = UInt32(bigEndian: v4.address.sin_addr.s_addr)
-            return "\(a >> 24).\((a >> 16) & 0xff).\((a >> 8) & 0xff).\(a & 0xff)"
+            return ProxyProtocol.ipv4(UInt32(bigEndian: v4.address.sin_addr.s_addr))
         }
         return address.ipAddress
     }
@@ -59,6 +64,8 @@ public final class ProxyListener {
     public let logger: Logger
     public let observer: (any ProxyObserver)?
     let requests: RequestCounter?
+    /// Refused PROXY protocol headers on this loop (`proxy_protocol` listeners).
+    let proxyProtocolWarnings = ProxyProtocolWarnings()
 
     public init(name: String, scheme: String, mutualTLS: Bool = false, router: Router, pool: UpstreamPool, limits: ProxyLimits = .init(),
                 logger: Logger, observer: (any ProxyObserver)? = nil) {
@@ -119,6 +126,8 @@ public protocol ProxyObserver: ConnectionCloseObserver {
     var requests: RequestCounter { get }
     /// `result`: ok, failed, timeout.
     func handshake(result: String)
+    /// A connection was closed for a missing or malformed PROXY protocol header.
+    func proxyProtocolRefused()
 }
 
 /// Counts answered requests by status code.
