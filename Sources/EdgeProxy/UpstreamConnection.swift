@@ -1,3 +1,4 @@
+import Atomics
 import EdgeTLS
 import NIOCore
 import NIOPosix
@@ -111,12 +112,20 @@ final class UpstreamHandler: ChannelInboundHandler {
     private let needsHandshake: Bool
     private let backendDescription: String
     static let maxHeadBytes = 64 * 1024
+    /// Handlers alive in the process: every upstream connection open, pooled or in use,
+    /// has one, and a closed one's is freed (tests check that none outlives its channel).
+    static let live = ManagedAtomic<Int>(0)
 
     init(ready: EventLoopPromise<Void>, needsHandshake: Bool, backend: String) {
         self.ready = ready
         self.needsHandshake = needsHandshake
         self.backendDescription = backend
         self.firstRead = ReceiveBufferPin(enabled: !needsHandshake)
+        Self.live.wrappingIncrement(ordering: .relaxed)
+    }
+
+    deinit {
+        Self.live.wrappingDecrement(ordering: .relaxed)
     }
 
     /// A request is about to be written: parse the next response for it. With
@@ -129,6 +138,16 @@ final class UpstreamHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+    }
+
+    /// The context holds this handler: keeping it would keep both, with the response
+    /// head's storage and the first read, after the connection closed (1.6 KB for every
+    /// upstream connection ever closed, found by the soak's HTTP/2 clients).
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        self.delegate = nil
+        self.connection = nil
+        self.idleIn = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
