@@ -37,7 +37,8 @@ extension Gateway {
         let now = Int64(currentTime())
         let listeners = self.listeners.map { plan -> String in
             let port = self.boundPort(listener: plan.name).map(String.init) ?? "null"
-            return "{\"name\":\(jsonString(plan.name)),\"address\":\(jsonString("\(plan.host):\(plan.port)")),\"port\":\(port),\"tls\":\(plan.tlsContext != nil)}"
+            return "{\"name\":\(jsonString(plan.name)),\"address\":\(jsonString("\(plan.host):\(plan.port)")),\"port\":\(port),\"tls\":\(plan.tlsContext != nil),"
+                + "\"proxy_protocol\":\(plan.proxyProtocol)}"
         }
         let reports = self.certificateReports(now: now)
         let counts = CertificateState.allCases.map { state in

@@ -192,6 +192,9 @@ final class ProxyProtocolTests: XCTestCase {
         let metrics = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/metrics"]).stdout
         XCTAssertTrue(metrics.contains(#"edge_proxy_protocol_refused_total{listener="https"} 2"#), metrics)
         XCTAssertTrue(metrics.contains(#"edge_proxy_protocol_refused_total{listener="http"} 1"#), metrics)
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status"]).stdout
+        XCTAssertTrue(status.contains(#""name":"https","address":"127.0.0.1:0","port":\#(https),"tls":true,"proxy_protocol":true}"#), status)
+        XCTAssertTrue(status.contains(#""tls":false,"proxy_protocol":false}"#), status)
         await harness.shutdown()
     }
 
