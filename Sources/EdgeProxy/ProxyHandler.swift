@@ -171,8 +171,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         var chunkedDownstream = false
         /// The backend chosen for this exchange, counted in its in-flight figure while set.
         var backendIndex: Int?
-        /// Backends whose connect failed for this request.
+        /// Backends whose connect failed for this request, or whose connection broke with it.
         var tried: [Int] = []
+        /// The broken connection's error, when the request moved on to another backend.
+        var retryError: Error?
         /// The request body as sent (framed), while it fits the retry buffer; nil once it does not.
         var replay: [ByteBuffer]? = []
         var replayBytes = 0
@@ -608,7 +610,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         if exchange.backendIndex == nil {
             guard let chosen = group.select(UpstreamGroup.RequestKey(clientIP: self.info.clientIP, request: exchange.request), tried: exchange.tried) else {
                 let reason = exchange.tried.isEmpty ? "every backend is down" : "no backend left to try"
-                self.failExchange(exchange, error: UpstreamError(kind: .noHealthyBackend, backend: group.name, reason: reason))
+                // A request moved on from a broken connection keeps that failure's answer.
+                self.failExchange(exchange, error: exchange.retryError ?? UpstreamError(kind: .noHealthyBackend, backend: group.name, reason: reason))
                 return
             }
             exchange.backendIndex = chosen
@@ -952,10 +955,33 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 self.connect(exchange)
                 return
             }
+            // The backend broke the connection with the request in it (it died, restarted,
+            // or reset it): an idempotent request goes to another backend, as nginx's
+            // default `proxy_next_upstream error` does, within max_connect_attempts. A
+            // non-idempotent one may have been acted on: it is not repeated.
+            if exchange.request.isIdempotent, exchange.replay != nil, Self.brokeConnection(error), let index = exchange.backendIndex,
+               exchange.tried.count + 1 < exchange.group.maxConnectAttempts {
+                exchange.tried.append(index)
+                exchange.leaveBackend()
+                exchange.retryError = error
+                exchange.pending = exchange.replay ?? []
+                self.logger.warning("upstream connection broke before the response; trying another backend", metadata: [
+                    "upstream": "\(exchange.group.name)", "error": "\(error)", "method": "\(exchange.request.method)",
+                ])
+                self.connect(exchange)
+                return
+            }
             self.failExchange(exchange, error: error)
         } else {
             self.abortMidResponse(exchange, error: error)
         }
+    }
+
+    /// The upstream connection broke (closed before the response, or reset), rather
+    /// than answering badly or too slowly.
+    private static func brokeConnection(_ error: Error) -> Bool {
+        if let upstream = error as? UpstreamError { return upstream.kind == .closedEarly }
+        return error is IOError
     }
 
     /// Part of the response is already out: the only honest signal is to close.

@@ -244,6 +244,63 @@ final class UpstreamTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// A backend that takes a request and breaks the connection without answering (it
+    /// died or restarted with the request in it): an idempotent request goes to another
+    /// backend, as nginx's default `proxy_next_upstream error` does; a POST is not
+    /// repeated (502), and neither is a request with no other backend to go to.
+    func testIdempotentRequestsOnABrokenConnectionMoveToAnotherBackend() async throws {
+        let breaker = Process()
+        breaker.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        let breakerPort = freePort()
+        breaker.arguments = ["-c", """
+            import socket, struct, sys
+            server = socket.socket()
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", int(sys.argv[1])))
+            server.listen(64)
+            while True:
+                conn, _ = server.accept()
+                data = b""
+                while b"\\r\\n\\r\\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                if b" /reset" in data:  # an RST instead of a FIN
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            """, "\(breakerPort)"]
+        try breaker.run()
+        // SIGKILL: the test process ignores SIGTERM (the gateway's signal handling), and
+        // a child inherits that.
+        defer { kill(breaker.processIdentifier, SIGKILL); breaker.waitUntilExit() }
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: breakerPort), "the breaking backend did not start")
+        let harness = try await GatewayHarness.start { port in
+            self.config(upstreams: """
+                  app:
+                    backends: ["127.0.0.1:\(port)", "127.0.0.1:\(breakerPort)"]
+                  alone:
+                    backends: ["127.0.0.1:\(breakerPort)"]
+                """, routes: "  - path_prefix: /alone\n    upstream: alone\n  - upstream: app")
+        }
+        let port = harness.port("http")
+        for path in ["/close", "/close", "/reset", "/reset", "/close", "/close", "/reset", "/reset"] {  // each kind reaches the breaking backend
+            let (code, body) = try get(port, path)
+            XCTAssertEqual(code, "200", "\(path): \(body)")
+        }
+        XCTAssertTrue(harness.logs.contains("upstream connection broke before the response; trying another backend"), harness.logs.all.joined(separator: "\n"))
+        let app = try XCTUnwrap(harness.gateway.groups.first { $0.name == "app" })
+        XCTAssertGreaterThanOrEqual(app.states[1].requests.load(ordering: .relaxed), 3, "the breaking backend got its share")
+        var posts: [String] = []
+        for _ in 0..<4 {
+            posts.append(try Shell.run(["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", "-d", "x=1",
+                                        "http://127.0.0.1:\(port)/close"]).stdout)
+        }
+        XCTAssertTrue(posts.contains("502") && posts.allSatisfy { $0 == "200" || $0 == "502" }, "\(posts)")
+        XCTAssertEqual(try get(port, "/alone/close").code, "502", "no other backend: the broken connection's 502")
+        await harness.shutdown()
+    }
+
     func testUpstreamTLSSessionsResumeAndTheClientCertificateIsHotReloaded() async throws {
         let pki = Self.pki
         let dir = TemporaryDirectory()
