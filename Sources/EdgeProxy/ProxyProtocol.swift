@@ -285,6 +285,19 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
         if self.done { context.fireChannelReadComplete() }
     }
 
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if !self.done, event is ChannelShouldQuiesceEvent {
+            // Draining before the header came: no request yet, so the connection closes
+            // now (there is no handler after this one to hear the event).
+            self.done = true
+            self.timer?.cancel()
+            self.timer = nil
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     private func refuse(context: ChannelHandlerContext, reason: String) {
         self.done = true  // nothing more is read or passed on
         self.timer?.cancel()
