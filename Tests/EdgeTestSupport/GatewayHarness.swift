@@ -142,3 +142,18 @@ public final class DemoUpstreamProcess: @unchecked Sendable {
 
     deinit { self.stop() }
 }
+
+extension GatewayHarness {
+    /// Opens a connection to `port` that sends nothing, then drains the gateway with a
+    /// 10 s grace period: how long the drain took and whether the connection was closed.
+    public func drainWithSilentConnection(port: Int) async -> (seconds: TimeInterval, closed: Bool) {
+        let socket = connectedSocket(port: port)
+        defer { close(socket) }
+        pause(0.2)
+        let started = Date()
+        await self.gateway.shutdown(grace: .seconds(10))
+        let seconds = Date().timeIntervalSince(started)
+        var byte: UInt8 = 0
+        return (seconds, read(socket, &byte, 1) <= 0)
+    }
+}
