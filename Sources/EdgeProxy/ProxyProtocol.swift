@@ -197,7 +197,10 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     private let install: Install
     private var firstRead: ReceiveBufferPin
     private var buffered = ByteBuffer()
+    /// The header was read (reads are passed on), or the connection is closing without
+    /// one (refused or drained: reads are dropped).
     private var done = false
+    private var closing = false
     private var timer: Scheduled<Void>?
 
     public init(listener: ProxyListener, timeout: TimeAmount, holdsFirstRead: Bool, install: @escaping Install) {
@@ -244,7 +247,7 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = self.unwrapInboundIn(data)
         if self.done {
-            context.fireChannelRead(data)
+            if !self.closing { context.fireChannelRead(data) }
             return
         }
         self.firstRead.hold(bytes)
@@ -282,7 +285,7 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
-        if self.done { context.fireChannelReadComplete() }
+        if self.done, !self.closing { context.fireChannelReadComplete() }
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -290,6 +293,7 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
             // Draining before the header came: no request yet, so the connection closes
             // now (there is no handler after this one to hear the event).
             self.done = true
+            self.closing = true
             self.timer?.cancel()
             self.timer = nil
             context.close(promise: nil)
@@ -299,7 +303,8 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     }
 
     private func refuse(context: ChannelHandlerContext, reason: String) {
-        self.done = true  // nothing more is read or passed on
+        self.done = true
+        self.closing = true
         self.timer?.cancel()
         self.timer = nil
         self.buffered = ByteBuffer()
