@@ -127,10 +127,12 @@ extension Gateway {
                 throw ConfigError(path: "listener '\(listener.name)'", message: "cannot bind \(listener.host):\(listener.port): \(error)")
             }
             self.state.withLockedValue { $0.serverChannels[listener.name] = channel }
-            self.logger.info("listening", metadata: [
+            var metadata: Logger.Metadata = [
                 "listener": "\(listener.name)", "address": "\(channel.localAddress?.hostPort ?? "?")",
                 "tls": "\(listener.tlsContext != nil)",
-            ])
+            ]
+            if listener.proxyProtocol { metadata["proxy_protocol"] = "true" }  // every connection must send the header
+            self.logger.info("listening", metadata: metadata)
         }
         let admin: Channel
         do {

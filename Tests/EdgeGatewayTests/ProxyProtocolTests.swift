@@ -183,6 +183,8 @@ final class ProxyProtocolTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(started), 8)
         XCTAssertTrue(eventually(timeout: 5) { harness.logs.contains("no PROXY protocol header within 1 s (timeouts.handshake)") },
                       harness.logs.all.joined(separator: "\n"))
+        XCTAssertTrue(harness.logs.contains("listening address=127.0.0.1:\(https) listener=https proxy_protocol=true tls=true"), harness.logs.all.joined(separator: "\n"))
+        XCTAssertTrue(harness.logs.contains("listening address=127.0.0.1:\(harness.port("direct")) listener=direct tls=false"), harness.logs.all.joined(separator: "\n"))
         // Still serving, and a listener without proxy_protocol is unaffected.
         let good = try self.send(port: https, header: Array("PROXY TCP4 198.51.100.1 127.0.0.1 1 2\r\n".utf8), tls: true)
         XCTAssertTrue(good.response.contains("x-forwarded-for: 198.51.100.1\n"), good.response)
