@@ -197,10 +197,15 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     private let install: Install
     private var firstRead: ReceiveBufferPin
     private var buffered = ByteBuffer()
-    /// The header was read (reads are passed on), or the connection is closing without
-    /// one (refused or drained: reads are dropped).
-    private var done = false
-    private var closing = false
+    private enum State {
+        /// Reading the header.
+        case waiting
+        /// The header was read: reads are passed on.
+        case passing
+        /// Refused or drained before the header: reads are dropped.
+        case closing
+    }
+    private var state = State.waiting
     private var timer: Scheduled<Void>?
 
     public init(listener: ProxyListener, timeout: TimeAmount, holdsFirstRead: Bool, install: @escaping Install) {
@@ -215,8 +220,7 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
+        self.cancelTimer()
     }
 
     public func channelActive(context: ChannelHandlerContext) {
@@ -225,19 +229,23 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
+        self.cancelTimer()
         context.fireChannelInactive()
     }
 
     private func startTimer(context: ChannelHandlerContext) {
-        guard self.timer == nil, !self.done else { return }
+        guard self.timer == nil, self.state == .waiting else { return }
         self.timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: self.timeout) {
-            guard !self.done else { return }
+            guard self.state == .waiting else { return }
             self.refuse(context: context, reason: self.buffered.readableBytes == 0
                 ? "no PROXY protocol header within \(Self.text(self.timeout)) (timeouts.handshake)"
                 : "incomplete PROXY protocol header after \(Self.text(self.timeout)) (timeouts.handshake)")
         }
+    }
+
+    private func cancelTimer() {
+        self.timer?.cancel()
+        self.timer = nil
     }
 
     private static func text(_ t: TimeAmount) -> String {
@@ -246,9 +254,10 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = self.unwrapInboundIn(data)
-        if self.done {
-            if !self.closing { context.fireChannelRead(data) }
-            return
+        switch self.state {
+        case .passing: return context.fireChannelRead(data)
+        case .closing: return
+        case .waiting: break
         }
         self.firstRead.hold(bytes)
         if self.buffered.readableBytes == 0 {
@@ -264,9 +273,8 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
             return
         }
         guard case .complete(let client, let length) = parsed else { return }
-        self.done = true
-        self.timer?.cancel()
-        self.timer = nil
+        self.state = .passing
+        self.cancelTimer()
         self.buffered.moveReaderIndex(forwardBy: length)
         let rest = self.buffered
         self.buffered = ByteBuffer()
@@ -285,17 +293,15 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     }
 
     public func channelReadComplete(context: ChannelHandlerContext) {
-        if self.done, !self.closing { context.fireChannelReadComplete() }
+        if self.state == .passing { context.fireChannelReadComplete() }
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if !self.done, event is ChannelShouldQuiesceEvent {
+        if self.state == .waiting, event is ChannelShouldQuiesceEvent {
             // Draining before the header came: no request yet, so the connection closes
             // now (there is no handler after this one to hear the event).
-            self.done = true
-            self.closing = true
-            self.timer?.cancel()
-            self.timer = nil
+            self.state = .closing
+            self.cancelTimer()
             context.close(promise: nil)
             return
         }
@@ -303,18 +309,14 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     }
 
     private func refuse(context: ChannelHandlerContext, reason: String) {
-        self.done = true
-        self.closing = true
-        self.timer?.cancel()
-        self.timer = nil
+        self.state = .closing
+        self.cancelTimer()
         self.buffered = ByteBuffer()
         self.listener.observer?.proxyProtocolRefused()
         self.listener.proxyProtocolWarnings.warn(self.listener, peer: context.channel.remoteAddress, reason: reason)
         context.close(promise: nil)
     }
 }
-
-extension ProxyProtocolDecoder: @unchecked Sendable {}
 
 /// Refused PROXY headers, logged at most once a second per listener and event loop
 /// (a balancer sending none, or a port scanner, would otherwise write a line for every
