@@ -38,7 +38,8 @@ extension Gateway {
         let listeners = self.listeners.map { plan -> String in
             let port = self.boundPort(listener: plan.name).map(String.init) ?? "null"
             return "{\"name\":\(jsonString(plan.name)),\"address\":\(jsonString("\(plan.host):\(plan.port)")),\"port\":\(port),\"tls\":\(plan.tlsContext != nil),"
-                + "\"proxy_protocol\":\(plan.proxyProtocol)}"
+                + "\"proxy_protocol\":\(plan.proxyProtocol)"
+                + (plan.proxyProtocolFrom.map { ",\"proxy_protocol_from\":[\($0.map { jsonString($0.description) }.joined(separator: ","))]" } ?? "") + "}"
         }
         let reports = self.certificateReports(now: now)
         let counts = CertificateState.allCases.map { state in

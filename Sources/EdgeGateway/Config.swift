@@ -103,12 +103,16 @@ public struct ListenerConfig: Decodable, Sendable {
     /// Every connection must start with a PROXY protocol header (v1 or v2) naming the
     /// client (nginx's `listen ... proxy_protocol`, HAProxy's `accept-proxy`).
     public var proxyProtocol: Bool
+    /// The peers (addresses or CIDR ranges) allowed to send that header, as the
+    /// balancers' addresses (nginx's `set_real_ip_from`); nil: any peer.
+    public var proxyProtocolFrom: [String]?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case name, address, tls, timeouts
         case maxRequestHeadBytes = "max_request_head_bytes"
         case maxRequestBodyBytes = "max_request_body_bytes"
         case proxyProtocol = "proxy_protocol"
+        case proxyProtocolFrom = "proxy_protocol_from"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -121,6 +125,7 @@ public struct ListenerConfig: Decodable, Sendable {
         self.maxRequestHeadBytes = try c.decodeRecorded(Int.self, forKey: .maxRequestHeadBytes) ?? 32 * 1024
         self.maxRequestBodyBytes = try c.decodeRecorded(Int.self, forKey: .maxRequestBodyBytes)
         self.proxyProtocol = try c.decodeRecorded(Bool.self, forKey: .proxyProtocol) ?? false
+        self.proxyProtocolFrom = try c.decodeRecorded([String].self, forKey: .proxyProtocolFrom)
     }
 }
 

@@ -59,6 +59,8 @@ struct ListenerPlan: Sendable {
     var strictTransportSecurity: String?
     /// Every connection starts with a PROXY protocol header naming the client.
     var proxyProtocol = false
+    /// The peers that may send it (`proxy_protocol_from`); nil: any.
+    var proxyProtocolFrom: [AddressRange]?
 }
 
 extension Duration {
@@ -437,6 +439,22 @@ public final class Gateway: Sendable {
                 maxBodyBytes: listener.maxRequestBodyBytes
             )
             plan.proxyProtocol = listener.proxyProtocol
+            if let from = listener.proxyProtocolFrom {
+                if !listener.proxyProtocol {
+                    problems.append("\(path).proxy_protocol_from: applies only with proxy_protocol: true")
+                } else if from.isEmpty {
+                    problems.append("\(path).proxy_protocol_from: lists no address; leave it out to take the header from any peer")
+                }
+                var ranges: [AddressRange] = []
+                for (i, text) in from.enumerated() {
+                    do {
+                        ranges.append(try AddressRange(parsing: text))
+                    } catch {
+                        problems.append("\(path).proxy_protocol_from[\(i)]: \(error.description)")
+                    }
+                }
+                plan.proxyProtocolFrom = ranges
+            }
             if let max = listener.maxRequestBodyBytes, max < 1 {
                 problems.append("\(path).max_request_body_bytes: must be at least 1 (leave it out for no limit), got \(max)")
             }

@@ -132,6 +132,7 @@ extension Gateway {
                 "tls": "\(listener.tlsContext != nil)",
             ]
             if listener.proxyProtocol { metadata["proxy_protocol"] = "true" }  // every connection must send the header
+            if let from = listener.proxyProtocolFrom { metadata["proxy_protocol_from"] = "\(from.map(\.description).joined(separator: ","))" }
             self.logger.info("listening", metadata: metadata)
         }
         let admin: Channel
@@ -327,7 +328,8 @@ extension Gateway {
                     if plan.proxyProtocol {
                         // The client is known once the PROXY header is read: the decoder, first
                         // in the pipeline (and holding the first read), adds the rest then.
-                        let decoder = ProxyProtocolDecoder(listener: proxy, timeout: plan.handshakeTimeout, holdsFirstRead: holdsFirstRead) {
+                        let decoder = ProxyProtocolDecoder(listener: proxy, timeout: plan.handshakeTimeout, trusted: plan.proxyProtocolFrom,
+                                                           holdsFirstRead: holdsFirstRead) {
                             try Self.addConnectionHandlers($0, info: $1, plan: plan, tls: tlsConfiguration, proxy: proxy, metrics: metrics, holdsFirstRead: false)
                         }
                         try channel.pipeline.syncOperations.addHandler(decoder, name: "proxy-protocol")

@@ -50,7 +50,7 @@ final class GatewayMetrics: Sendable {
             accepted: self.counter("edge_connections_total", [("listener", name)], help: "Client connections accepted."),
             handshakes: ["ok", "failed", "timeout"].map { self.counter("edge_tls_handshakes_total", [("listener", name), ("result", $0)], help: "TLS handshakes with clients, by result.") },
             proxyProtocolRefused: self.counter("edge_proxy_protocol_refused_total", [("listener", name)],
-                                               help: "Connections closed for a missing or malformed PROXY protocol header (proxy_protocol listeners)."))
+                                               help: "Connections closed for a missing or malformed PROXY protocol header, or from a peer outside proxy_protocol_from (proxy_protocol listeners)."))
         return self.listeners.withLockedValue { listeners in
             if let existing = listeners[name] { return existing }
             listeners[name] = made

@@ -182,7 +182,9 @@ public enum ProxyProtocol {
 /// and passes on what followed the header. A connection whose first bytes are not a
 /// valid header, or that sends none within the listener's handshake timeout, is closed
 /// and logged (a warning, at most one a second per listener and event loop, with the
-/// count of those not logged): the gateway never guesses a client address.
+/// count of those not logged): the gateway never guesses a client address. With
+/// `proxy_protocol_from`, a connection from a peer outside those ranges is refused the
+/// same way as soon as it opens: only the balancers may name a client.
 ///
 /// It stays in the pipeline afterwards, only to pass reads on and to hold the
 /// connection's first read buffer (`ReceiveBuffers`): a hop per read.
@@ -195,6 +197,8 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     private let listener: ProxyListener
     private let timeout: TimeAmount
     private let install: Install
+    /// The peers that may send a header (`proxy_protocol_from`); nil: any.
+    private let trusted: [AddressRange]?
     private var firstRead: ReceiveBufferPin
     private var buffered = ByteBuffer()
     private enum State {
@@ -208,15 +212,16 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     private var state = State.waiting
     private var timer: Scheduled<Void>?
 
-    public init(listener: ProxyListener, timeout: TimeAmount, holdsFirstRead: Bool, install: @escaping Install) {
+    public init(listener: ProxyListener, timeout: TimeAmount, trusted: [AddressRange]? = nil, holdsFirstRead: Bool, install: @escaping Install) {
         self.listener = listener
         self.timeout = timeout
+        self.trusted = trusted
         self.firstRead = ReceiveBufferPin(enabled: holdsFirstRead)
         self.install = install
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { self.startTimer(context: context) }
+        if context.channel.isActive { self.begin(context: context) }
     }
 
     public func handlerRemoved(context: ChannelHandlerContext) {
@@ -224,8 +229,21 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     }
 
     public func channelActive(context: ChannelHandlerContext) {
-        self.startTimer(context: context)
+        self.begin(context: context)
         context.fireChannelActive()
+    }
+
+    /// The connection is open: refused at once if its peer may not send a header
+    /// (`proxy_protocol_from`), else given `timeout` to send one.
+    private func begin(context: ChannelHandlerContext) {
+        guard self.state == .waiting, self.timer == nil else { return }
+        if let trusted = self.trusted, !trusted.isEmpty {
+            guard let peer = context.channel.remoteAddress, trusted.contains(where: { $0.contains(peer) }) else {
+                self.refuse(context: context, reason: "the peer is not in proxy_protocol_from", summary: "connection refused: not an allowed PROXY protocol source")
+                return
+            }
+        }
+        self.startTimer(context: context)
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
@@ -308,12 +326,12 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    private func refuse(context: ChannelHandlerContext, reason: String) {
+    private func refuse(context: ChannelHandlerContext, reason: String, summary: String = "connection refused: bad PROXY protocol header") {
         self.state = .closing
         self.cancelTimer()
         self.buffered = ByteBuffer()
         self.listener.observer?.proxyProtocolRefused()
-        self.listener.proxyProtocolWarnings.warn(self.listener, peer: context.channel.remoteAddress, reason: reason)
+        self.listener.proxyProtocolWarnings.warn(self.listener, summary: summary, peer: context.channel.remoteAddress, reason: reason)
         context.close(promise: nil)
     }
 }
@@ -325,7 +343,7 @@ final class ProxyProtocolWarnings {
     private var lastLogged: NIODeadline?
     private var suppressed = 0
 
-    func warn(_ listener: ProxyListener, peer: SocketAddress?, reason: String) {
+    func warn(_ listener: ProxyListener, summary: String, peer: SocketAddress?, reason: String) {
         let now = NIODeadline.now()
         if let last = self.lastLogged, now < last + .seconds(1) {
             self.suppressed += 1
@@ -335,6 +353,6 @@ final class ProxyProtocolWarnings {
         var metadata: Logger.Metadata = ["listener": "\(listener.name)", "peer": "\(peer?.hostPort ?? "?")", "reason": "\(reason)"]
         if self.suppressed > 0 { metadata["not_logged_since_last"] = "\(self.suppressed)" }
         self.suppressed = 0
-        listener.logger.warning("connection refused: bad PROXY protocol header", metadata: metadata)
+        listener.logger.warning("\(summary)", metadata: metadata)
     }
 }

@@ -109,6 +109,24 @@ final class ConfigTests: XCTestCase {
         let preload = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key)
             .replacingOccurrences(of: "key: \(Self.leaf.key) }", with: "key: \(Self.leaf.key), hsts: { preload: true } }"))
         XCTAssertTrue(preload.stderr.contains("listeners[0].tls.hsts.preload: needs include_subdomains: true"), preload.stderr)
+        let from = try check("""
+            listeners:
+              - { name: a, address: "127.0.0.1:0", proxy_protocol: true, proxy_protocol_from: ["10.1.2.3/8", "2001:db8::/129", "balancer.internal"] }
+              - { name: b, address: "127.0.0.1:0", proxy_protocol_from: ["10.0.0.0/8"] }
+              - { name: c, address: "127.0.0.1:0", proxy_protocol: true, proxy_protocol_from: [] }
+            upstreams:
+              app: { backends: ["127.0.0.1:9"] }
+            routes:
+              - { upstream: app }
+            """)
+        XCTAssertEqual(from.status, 1)
+        for expected in [#"listeners[0].proxy_protocol_from[0]: "10.1.2.3/8" has bits set after its /8 prefix: the range is 10.0.0.0/8"#,
+                         #"listeners[0].proxy_protocol_from[1]: "2001:db8::/129": the prefix length must be 0 to 128"#,
+                         #"listeners[0].proxy_protocol_from[2]: "balancer.internal" is not an IPv4 or IPv6 address or CIDR range"#,
+                         "listeners[1].proxy_protocol_from: applies only with proxy_protocol: true",
+                         "listeners[2].proxy_protocol_from: lists no address"] {
+            XCTAssertTrue(from.stderr.contains(expected), "missing '\(expected)' in:\n\(from.stderr)")
+        }
         let accessLog = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\naccess_log: { path: /nonexistent/access.log, format: clf }\n")
         XCTAssertTrue(accessLog.stderr.contains("access_log.format: must be combined or json, got 'clf'"), accessLog.stderr)
         let unwritable = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\naccess_log: { path: /nonexistent/access.log }\n")

@@ -2,6 +2,7 @@ import EdgeGateway
 import EdgeProxy
 import EdgeTestSupport
 import Foundation
+import NIOCore
 import XCTest
 
 /// `proxy_protocol: true` listeners behind a layer-4 balancer: the client address comes
@@ -122,9 +123,9 @@ final class ProxyProtocolTests: XCTestCase {
 
     // MARK: the listener
 
-    private func send(port: Int, header: [UInt8], tls: Bool, path: String = "/headers") throws -> (response: String, closed: Bool, error: String?) {
+    private func send(port: Int, header: [UInt8], tls: Bool, path: String = "/headers", from source: String = "127.0.0.1") throws -> (response: String, closed: Bool, error: String?) {
         let hex = header.map { String(format: "%02x", $0) }.joined()
-        let result = try Shell.run(["python3", repositoryRoot() + "/Tests/tools/proxy_client.py", "\(port)", tls ? Self.pki.caPath : "-", hex, path], timeout: 30)
+        let result = try Shell.run(["python3", repositoryRoot() + "/Tests/tools/proxy_client.py", "\(port)", tls ? Self.pki.caPath : "-", hex, path, source], timeout: 30)
         let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
         return (object["response"] as? String ?? "", object["closed"] as? Bool ?? false, object["error"] as? String)
     }
@@ -197,6 +198,79 @@ final class ProxyProtocolTests: XCTestCase {
         let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status"]).stdout
         XCTAssertTrue(status.contains(#""name":"https","address":"127.0.0.1:0","port":\#(https),"tls":true,"proxy_protocol":true}"#), status)
         XCTAssertTrue(status.contains(#""tls":false,"proxy_protocol":false}"#), status)
+        await harness.shutdown()
+    }
+
+    // MARK: proxy_protocol_from
+
+    func testAddressRangesParseAndMatchAndNameTheirFaults() throws {
+        func address(_ ip: String) throws -> SocketAddress { try SocketAddress(ipAddress: ip, port: 443) }
+        let net = try AddressRange(parsing: "10.0.0.0/8")
+        XCTAssertTrue(net.contains(try address("10.200.3.4")))
+        XCTAssertFalse(net.contains(try address("11.0.0.1")))
+        XCTAssertTrue(net.contains(try address("::ffff:10.1.1.1")), "a dual-stack listener's IPv4 peer")
+        XCTAssertFalse(net.contains(try address("::a01:101")), "not IPv4-mapped")
+        let host = try AddressRange(parsing: "192.0.2.7")
+        XCTAssertTrue(host.contains(try address("192.0.2.7")))
+        XCTAssertFalse(host.contains(try address("192.0.2.6")))
+        let odd = try AddressRange(parsing: "172.16.0.0/12")
+        XCTAssertTrue(odd.contains(try address("172.31.255.255")))
+        XCTAssertFalse(odd.contains(try address("172.32.0.0")))
+        let v6 = try AddressRange(parsing: "2001:db8::/33")
+        XCTAssertTrue(v6.contains(try address("2001:db8:7fff::1")))
+        XCTAssertFalse(v6.contains(try address("2001:db8:8000::1")))
+        XCTAssertFalse(v6.contains(try address("10.0.0.1")))
+        XCTAssertTrue(try AddressRange(parsing: "0.0.0.0/0").contains(try address("203.0.113.9")))
+        XCTAssertEqual(v6.description, "2001:db8::/33")
+        func fault(_ text: String) -> String {
+            do { _ = try AddressRange(parsing: text); return "" } catch { return error.description }
+        }
+        XCTAssertEqual(fault("10.1.2.3/8"), #""10.1.2.3/8" has bits set after its /8 prefix: the range is 10.0.0.0/8"#)
+        XCTAssertEqual(fault("10.0.0.0/33"), #""10.0.0.0/33": the prefix length must be 0 to 32"#)
+        XCTAssertEqual(fault("2001:db8::/x"), #""2001:db8::/x": the prefix length must be 0 to 128"#)
+        XCTAssertTrue(fault("balancer.internal").contains("is not an IPv4 or IPv6 address or CIDR range"), fault("balancer.internal"))
+        XCTAssertTrue(fault("10.0.0.0/").contains("prefix length"), fault("10.0.0.0/"))
+    }
+
+    /// With `proxy_protocol_from`, only the balancer's addresses may send a header: a
+    /// connection from anywhere else is refused before a byte is read, logged and
+    /// counted; one from a listed address is served as the client its header names.
+    func testOnlyListedPeersMaySendAHeader() async throws {
+        let harness = try await GatewayHarness.start { upstream in
+            """
+            listeners:
+              - name: http
+                address: "127.0.0.1:0"
+                proxy_protocol: true
+                proxy_protocol_from: ["127.0.0.2", "10.0.0.0/8", "2001:db8::/32"]
+            upstreams:
+              app: { backends: ["127.0.0.1:\(upstream)"] }
+            routes:
+              - upstream: app
+            admin:
+              address: "127.0.0.1:0"
+            """
+        }
+        let http = harness.port("http")
+        let header = Array("PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n".utf8)
+        let listed = try self.send(port: http, header: header, tls: false, from: "127.0.0.2")
+        XCTAssertTrue(listed.response.contains("x-forwarded-for: 203.0.113.7\n"), listed.response)
+        // A valid header from a peer that is not listed: never believed.
+        let other = try self.send(port: http, header: header, tls: false, from: "127.0.0.3")
+        XCTAssertTrue(other.closed, other.response)
+        XCTAssertFalse(other.response.contains("203.0.113.7"), other.response)
+        XCTAssertTrue(eventually(timeout: 5) {
+            harness.logs.contains("connection refused: not an allowed PROXY protocol source listener=http peer=127.0.0.3:")
+                && harness.logs.contains("reason=the peer is not in proxy_protocol_from")
+        }, harness.logs.all.joined(separator: "\n"))
+        XCTAssertTrue(harness.logs.contains("listening address=127.0.0.1:\(http) listener=http proxy_protocol=true proxy_protocol_from=127.0.0.2,10.0.0.0/8,2001:db8::/32 tls=false"),
+                      harness.logs.all.joined(separator: "\n"))
+        let again = try self.send(port: http, header: header, tls: false, from: "127.0.0.2")
+        XCTAssertTrue(again.response.contains("x-forwarded-for: 203.0.113.7\n"), again.response)
+        let metrics = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/metrics"]).stdout
+        XCTAssertTrue(metrics.contains(#"edge_proxy_protocol_refused_total{listener="http"} 1"#), metrics)
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status"]).stdout
+        XCTAssertTrue(status.contains(#""proxy_protocol":true,"proxy_protocol_from":["127.0.0.2","10.0.0.0/8","2001:db8::/32"]}"#), status)
         await harness.shutdown()
     }
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Sends a PROXY protocol header (as a layer-4 balancer does), then one HTTP/1.1 request,
 over TLS (verified against CA_FILE for localhost) or plain (CA_FILE "-"):
-  proxy_client.py PORT CA_FILE HEADER_HEX PATH
-HEADER_HEX is the header's bytes in hex (empty: none). Prints one JSON line: "response"
+  proxy_client.py PORT CA_FILE HEADER_HEX PATH [SOURCE_ADDRESS]
+HEADER_HEX is the header's bytes in hex (empty: none); SOURCE_ADDRESS the loopback address to
+connect from (127.0.0.1 by default). Prints one JSON line: "response"
 (the whole response as text, "" if none), "closed" (the gateway closed the connection
 without answering), "error" (what failed)."""
 import json, socket, ssl, sys
 
 port, ca, header, path = int(sys.argv[1]), sys.argv[2], bytes.fromhex(sys.argv[3]), sys.argv[4]
+source = sys.argv[5] if len(sys.argv) > 5 else "127.0.0.1"
 result = {"response": "", "closed": False, "error": None}
-sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
 try:
     sock.sendall(header)
     if ca != "-":
