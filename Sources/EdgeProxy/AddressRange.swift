@@ -27,7 +27,7 @@ public struct AddressRange: Sendable, Equatable, CustomStringConvertible {
         let bits = bytes.count * 8
         var length = bits
         if parts.count == 2 {
-            guard let n = Int(parts[1]), (0...bits).contains(n), parts[1].allSatisfy(\.isASCII) else {
+            guard parts[1].utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }), let n = Int(parts[1]), (0...bits).contains(n) else {
                 throw Invalid(description: "\"\(text)\": the prefix length must be 0 to \(bits)")
             }
             length = n

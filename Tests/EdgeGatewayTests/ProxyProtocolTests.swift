@@ -230,6 +230,7 @@ final class ProxyProtocolTests: XCTestCase {
         XCTAssertEqual(fault("2001:db8::/x"), #""2001:db8::/x": the prefix length must be 0 to 128"#)
         XCTAssertTrue(fault("balancer.internal").contains("is not an IPv4 or IPv6 address or CIDR range"), fault("balancer.internal"))
         XCTAssertTrue(fault("10.0.0.0/").contains("prefix length"), fault("10.0.0.0/"))
+        XCTAssertTrue(fault("10.0.0.0/+8").contains("prefix length"), fault("10.0.0.0/+8"))
     }
 
     /// With `proxy_protocol_from`, only the balancer's addresses may send a header: a
