@@ -197,7 +197,8 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     private let listener: ProxyListener
     private let timeout: TimeAmount
     private let install: Install
-    /// The peers that may send a header (`proxy_protocol_from`); nil: any.
+    /// The peers that may send a header (`proxy_protocol_from`); nil: any, empty: none
+    /// (the configuration refuses an empty list; code that builds one gets a closed door).
     private let trusted: [AddressRange]?
     private var firstRead: ReceiveBufferPin
     private var buffered = ByteBuffer()
@@ -237,7 +238,7 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     /// (`proxy_protocol_from`), else given `timeout` to send one.
     private func begin(context: ChannelHandlerContext) {
         guard self.state == .waiting, self.timer == nil else { return }
-        if let trusted = self.trusted, !trusted.isEmpty {
+        if let trusted = self.trusted {
             guard let peer = context.channel.remoteAddress, trusted.contains(where: { $0.contains(peer) }) else {
                 self.refuse(context: context, reason: "the peer is not in proxy_protocol_from", summary: "connection refused: not an allowed PROXY protocol source")
                 return
