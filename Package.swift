@@ -123,7 +123,7 @@ let package = Package(
         .testTarget(
             name: "EdgeGatewayTests",
             dependencies: [
-                "EdgeGateway", "EdgeTLS", "EdgeCertificates", "EdgeProxy", "EdgeTestSupport",
+                "EdgeGateway", "EdgeTLS", "EdgeCertificates", "EdgeProxy", "EdgeTestSupport", "CSocketShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

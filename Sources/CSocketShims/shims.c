@@ -9,3 +9,4 @@ unsigned char *edge_CMSG_DATA(struct cmsghdr *header) { return CMSG_DATA(header)
 int edge_SCM_RIGHTS(void) { return SCM_RIGHTS; }
 
 int edge_malloc_trim(size_t pad) { return malloc_trim(pad); }
+int edge_malloc_info(void *stream) { return malloc_info(0, (FILE *)stream); }

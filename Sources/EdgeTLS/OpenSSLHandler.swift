@@ -99,6 +99,14 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Whether the handshake resumed an earlier session (valid after `handshakeCompleted`).
     public var sessionReused: Bool { self.connection.sessionReused }
 
+    /// Gives back OpenSSL's record buffers of an idle connection whose context keeps them
+    /// (a client context: see `TLSContext.client`); a no-op before the handshake is done
+    /// or after close. On the channel's event loop.
+    public func releaseRecordBuffers() {
+        guard case .active = self.state else { return }
+        self.connection.releaseRecordBuffers()
+    }
+
     public func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive {
             self.startHandshake(context: context)

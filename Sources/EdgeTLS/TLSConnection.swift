@@ -172,6 +172,12 @@ final class TLSConnection {
         self.inbound.readableBytes > 0 || SSL_has_pending(self.ssl) == 1
     }
 
+    /// Frees OpenSSL's read and write record buffers (about 34 KB); the next read or write
+    /// allocates them again. OpenSSL keeps them if a record is partly read or written.
+    func releaseRecordBuffers() {
+        _ = SSL_free_buffers(self.ssl)
+    }
+
     var negotiatedProtocol: String? {
         var data: UnsafePointer<UInt8>? = nil
         var length: UInt32 = 0

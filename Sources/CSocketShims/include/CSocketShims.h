@@ -5,7 +5,7 @@
  * No logic: each function is one macro. Used to hand listening sockets to a new
  * gateway process over a Unix socket (SCM_RIGHTS). The header only forward-declares
  * the structs so that <sys/socket.h> stays owned by the system module. Also glibc's
- * malloc_trim, which the Glibc module does not export.
+ * malloc_trim and malloc_info, which the Glibc module does not export.
  */
 #include <stddef.h>
 
@@ -20,5 +20,7 @@ int edge_SCM_RIGHTS(void);
 
 /* glibc's malloc_trim (<malloc.h>, which Swift's Glibc module does not export). */
 int edge_malloc_trim(size_t pad);
+/* glibc's malloc_info into `stream` (a FILE *): the heap of every arena, as XML (tests). */
+int edge_malloc_info(void *stream);
 
 #endif
