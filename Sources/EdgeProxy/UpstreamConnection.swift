@@ -43,16 +43,12 @@ final class UpstreamConnection {
     let handler: UpstreamHandler
     let backendIndex: Int
     /// The TLS handler of a TLS upstream, whose record buffers the pool gives back
-    /// once the connection has idled (`UpstreamPool.releaseIdleRecordBuffers`).
+    /// once the connection is quiet (`UpstreamPool.sweepRecordBuffers`).
     let tls: OpenSSLHandler?
     /// Requests served; >0 means the next use is a reuse.
     var uses = 0
     var idleTimer: Scheduled<Void>?
-    /// When the connection last went back to the pool, and when it is closed if unused.
-    var releasedAt = NIODeadline.now()
     var idleDeadline = NIODeadline.now()
-    /// Used since its record buffers were last given back (TLS upstreams only).
-    var holdsRecordBuffers = false
     /// The pool's idle stack for `key`, found once: releasing needs no lookup.
     var idleStack: UpstreamPool.Stack?
 
@@ -486,47 +482,45 @@ public final class UpstreamPool {
         stack.connections.append(connection)
         state.idleConnections.wrappingIncrement(ordering: .relaxed)
         connection.handler.idleIn = (self, group)
-        let now = NIODeadline.now()
-        connection.releasedAt = now
-        connection.idleDeadline = now + group.timeouts.idle
+        connection.idleDeadline = .now() + group.timeouts.idle
         if connection.idleTimer == nil { self.scheduleIdleCheck(connection, group: group) }
-        if connection.tls != nil {
-            connection.holdsRecordBuffers = true
-            if !self.recordBufferSweepScheduled { self.scheduleRecordBufferSweep() }
-        }
     }
 
-    /// How long a pooled TLS connection idles before its record buffers are given back.
-    /// Busy connections keep theirs (a malloc and a free of 17 KB per direction and
-    /// request spared); a pool left idle holds none after a second or two.
-    static let recordBufferIdleTime = TimeAmount.seconds(1)
-    private var recordBufferSweepScheduled = false
+    /// The loop's open TLS upstream connections, pooled or in an exchange, whose record
+    /// buffers `sweepRecordBuffers` gives back when they are quiet. Closed ones leave at
+    /// the next sweep.
+    private var tlsConnections: [UpstreamConnection] = []
+    private var recordBufferSweep: Scheduled<Void>?
+    static let recordBufferSweepInterval = TimeAmount.seconds(1)
 
-    /// One timer for the loop's pool, armed only while some idle TLS connection still
-    /// holds its buffers: a release costs a flag check, not a scheduled task.
+    private func trackRecordBuffers(of connection: UpstreamConnection) {
+        self.tlsConnections.append(connection)
+        if self.recordBufferSweep == nil { self.scheduleRecordBufferSweep() }
+    }
+
+    /// One timer for the loop's pool, running while it has TLS connections: a busy
+    /// connection keeps its record buffers (a malloc and a free of 17 KB per direction
+    /// and request spared), a quiet one gives them back within two sweeps.
     private func scheduleRecordBufferSweep() {
-        self.recordBufferSweepScheduled = true
-        self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: Self.recordBufferIdleTime) {
-            self.releaseIdleRecordBuffers()
+        self.recordBufferSweep = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: Self.recordBufferSweepInterval) {
+            self.sweepRecordBuffers()
         }
     }
 
-    /// Gives back the record buffers of TLS connections idle for `recordBufferIdleTime`.
-    func releaseIdleRecordBuffers() {
-        self.recordBufferSweepScheduled = false
-        let cutoff = NIODeadline.now() - Self.recordBufferIdleTime
-        var waiting = false
-        for stack in self.idle.values {
-            for connection in stack.connections where connection.holdsRecordBuffers {
-                if connection.releasedAt <= cutoff {
-                    connection.tls?.releaseRecordBuffers()
-                    connection.holdsRecordBuffers = false
-                } else {
-                    waiting = true
-                }
+    private func sweepRecordBuffers() {
+        self.recordBufferSweep = nil
+        var index = 0
+        while index < self.tlsConnections.count {
+            let connection = self.tlsConnections[index]
+            if connection.channel.isActive {
+                connection.tls?.releaseRecordBuffersIfQuiet()
+                index += 1
+            } else {
+                self.tlsConnections.swapAt(index, self.tlsConnections.count - 1)
+                self.tlsConnections.removeLast()
             }
         }
-        if waiting { self.scheduleRecordBufferSweep() }
+        if !self.tlsConnections.isEmpty { self.scheduleRecordBufferSweep() }
     }
 
     /// One timer per connection, re-armed only when it fires before the (moved) deadline.
@@ -612,6 +606,7 @@ public final class UpstreamPool {
                     case .success:
                         let connection = UpstreamConnection(channel: channel, key: key, handler: handler, backendIndex: index, tls: tlsHandler?.value)
                         handler.connection = connection
+                        if tlsHandler != nil { self.trackRecordBuffers(of: connection) }
                         if let tlsHandler, tlsHandler.value.sessionReused {
                             group.states[index].tlsResumed.wrappingIncrement(ordering: .relaxed)
                         }

@@ -69,6 +69,11 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// `compactReads()`: plaintext is handed on in a buffer of its own size.
     private var readsCompacted = false
     private var firstRead: ReceiveBufferPin
+    /// Records read or written since `releaseRecordBuffersIfQuiet` last looked, and
+    /// whether OpenSSL may hold record buffers (not after that gave them back, until
+    /// records move again).
+    private var recordsMoved = false
+    private var mayHoldRecordBuffers = true
 
     /// A server-side handler for connections accepted on `context`'s listener.
     public init(serverContext context: TLSContext, configuration: TLSHandlerConfiguration = .init()) throws {
@@ -99,12 +104,19 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Whether the handshake resumed an earlier session (valid after `handshakeCompleted`).
     public var sessionReused: Bool { self.connection.sessionReused }
 
-    /// Gives back OpenSSL's record buffers of an idle connection whose context keeps them
-    /// (a client context: see `TLSContext.client`); a no-op before the handshake is done
-    /// or after close. On the channel's event loop.
-    public func releaseRecordBuffers() {
+    /// For a context that keeps OpenSSL's record buffers (a client context: see
+    /// `TLSContext.client`): gives them back if no record was read or written since the
+    /// last call. Called every second, so a connection quiet for one to two seconds, idle
+    /// in the pool or in a long exchange (a WebSocket, a slow response), holds none.
+    /// On the channel's event loop.
+    public func releaseRecordBuffersIfQuiet() {
         guard case .active = self.state else { return }
-        self.connection.releaseRecordBuffers()
+        if self.recordsMoved {
+            self.recordsMoved = false
+        } else if self.mayHoldRecordBuffers {
+            self.mayHoldRecordBuffers = false
+            self.connection.releaseRecordBuffers()
+        }
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -180,6 +192,8 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
             self.connection.consume(buffer)
             self.doHandshake(context: context)
         case .active, .closing:
+            self.recordsMoved = true
+            self.mayHoldRecordBuffers = true
             self.connection.consume(buffer)
             self.decrypt(context: context)
         }
@@ -359,6 +373,8 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Encrypts every buffered write and sends the ciphertext in one write.
     private func encryptBufferedWrites(context: ChannelHandlerContext) {
         guard !self.bufferedWrites.isEmpty else { return }
+        self.recordsMoved = true
+        self.mayHoldRecordBuffers = true
         // Moved, not copied: a shared array storage would be copied on the next append.
         var writes: [BufferedWrite] = []
         swap(&writes, &self.spareWrites)

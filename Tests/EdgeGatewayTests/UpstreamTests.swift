@@ -302,10 +302,11 @@ final class UpstreamTests: XCTestCase {
         await harness.shutdown()
     }
 
-    /// Pooled TLS upstream connections keep OpenSSL's record buffers (about 34 KB each)
-    /// while they serve and give them back once they have idled a second: forty idle
-    /// connections' buffers leave the heap, and the connections still serve.
-    func testIdleTLSUpstreamConnectionsGiveBackTheirRecordBuffers() async throws {
+    /// TLS upstream connections keep OpenSSL's record buffers (about 34 KB each) while
+    /// records move and give them back once quiet for a second or two: forty connections
+    /// waiting for slow answers release theirs before the answers come, and again once
+    /// they idle in the pool; they still serve after that without new connections.
+    func testQuietTLSUpstreamConnectionsGiveBackTheirRecordBuffers() async throws {
         let pki = Self.pki
         let dir = TemporaryDirectory()
         let upstreamContext = try serverContext(try pki.issue(["app.internal"]))
@@ -318,24 +319,33 @@ final class UpstreamTests: XCTestCase {
         }
         let port = harness.port("http")
         let state = harness.gateway.groups[0].states[0]
-        // Forty requests at once, each on an upstream connection of its own, all pooled after.
+        // Forty requests at once, each on an upstream connection of its own, answered
+        // after eight seconds (the connections sit quiet in their exchanges meanwhile).
         let count = 40
-        let urls = (0..<count).flatMap { _ in ["-o", "/dev/null", "http://127.0.0.1:\(port)/slow?ms=500"] }
-        let result = try Shell.run(["curl", "-sS", "--parallel", "--parallel-immediate", "--parallel-max", "\(count)", "--max-time", "20",
-                                    "-w", "%{http_code} "] + urls)
-        XCTAssertEqual(result.stdout, String(repeating: "200 ", count: count), result.stderr)
-        let opened = state.connectionsOpened.load(ordering: .relaxed)
-        XCTAssertEqual(opened, count, "one upstream connection per concurrent request")
-        XCTAssertEqual(state.idleConnections.load(ordering: .relaxed), count)
-        let busy = heapInUse()
+        let urls = (0..<count).flatMap { _ in ["-o", "/dev/null", "http://127.0.0.1:\(port)/slow?ms=8000"] }
+        let requests = Task.detached {
+            try Shell.run(["curl", "-sS", "--parallel", "--parallel-immediate", "--parallel-max", "\(count)", "--max-time", "30",
+                           "-w", "%{http_code} "] + urls)
+        }
+        XCTAssertTrue(eventually(timeout: 5) { state.connectionsOpened.load(ordering: .relaxed) == count }, "one upstream connection per request")
+        let waiting = heapInUse()
         var released = 0
         XCTAssertTrue(eventually(timeout: 5, interval: 0.2) {
-            released = busy - heapInUse()
+            released = waiting - heapInUse()
             return released > count * 16_000
-        }, "\(released) bytes of heap given back by \(count) idle TLS upstream connections (their record buffers are about 34 KB each)")
-        // Reused connections read and write again (OpenSSL allocates the buffers anew).
+        }, "\(released) bytes of heap given back by \(count) TLS upstream connections waiting for an answer (their record buffers are about 34 KB each)")
+        let result = try await requests.value
+        XCTAssertEqual(result.stdout, String(repeating: "200 ", count: count), result.stderr)
+        // Reading the answers took the buffers again; idle in the pool, they go back.
+        XCTAssertEqual(state.idleConnections.load(ordering: .relaxed), count)
+        let answered = heapInUse()
+        XCTAssertTrue(eventually(timeout: 5, interval: 0.2) {
+            released = answered - heapInUse()
+            return released > count * 16_000
+        }, "\(released) bytes of heap given back by \(count) idle pooled TLS upstream connections")
+        // The pooled connections read and write again (OpenSSL allocates the buffers anew).
         for _ in 0..<5 { XCTAssertEqual(try get(port, "/bytes?n=20000").code, "200") }
-        XCTAssertEqual(state.connectionsOpened.load(ordering: .relaxed), opened, "the pooled connections were reused")
+        XCTAssertEqual(state.connectionsOpened.load(ordering: .relaxed), count, "the pooled connections were reused")
         await harness.shutdown()
     }
 
