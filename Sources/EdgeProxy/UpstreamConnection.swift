@@ -52,7 +52,7 @@ final class UpstreamConnection {
     /// The pool's idle stack for `key`, found once: releasing needs no lookup.
     var idleStack: UpstreamPool.Stack?
 
-    init(channel: Channel, key: PoolKey, handler: UpstreamHandler, backendIndex: Int, tls: OpenSSLHandler? = nil) {
+    init(channel: Channel, key: PoolKey, handler: UpstreamHandler, backendIndex: Int, tls: OpenSSLHandler?) {
         self.channel = channel
         self.key = key
         self.handler = handler

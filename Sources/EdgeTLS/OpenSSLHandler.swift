@@ -69,11 +69,14 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// `compactReads()`: plaintext is handed on in a buffer of its own size.
     private var readsCompacted = false
     private var firstRead: ReceiveBufferPin
-    /// Records read or written since `releaseRecordBuffersIfQuiet` last looked, and
-    /// whether OpenSSL may hold record buffers (not after that gave them back, until
-    /// records move again).
-    private var recordsMoved = false
-    private var mayHoldRecordBuffers = true
+    /// OpenSSL's record buffers as `releaseRecordBuffersIfQuiet` sees them: records moved
+    /// since it last looked, none moved (the buffers may be held), or given back.
+    private enum RecordBuffers {
+        case moved
+        case quiet
+        case released
+    }
+    private var recordBuffers = RecordBuffers.moved
 
     /// A server-side handler for connections accepted on `context`'s listener.
     public init(serverContext context: TLSContext, configuration: TLSHandlerConfiguration = .init()) throws {
@@ -111,11 +114,14 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// On the channel's event loop.
     public func releaseRecordBuffersIfQuiet() {
         guard case .active = self.state else { return }
-        if self.recordsMoved {
-            self.recordsMoved = false
-        } else if self.mayHoldRecordBuffers {
-            self.mayHoldRecordBuffers = false
+        switch self.recordBuffers {
+        case .moved:
+            self.recordBuffers = .quiet
+        case .quiet:
+            self.recordBuffers = .released
             self.connection.releaseRecordBuffers()
+        case .released:
+            break
         }
     }
 
@@ -192,8 +198,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
             self.connection.consume(buffer)
             self.doHandshake(context: context)
         case .active, .closing:
-            self.recordsMoved = true
-            self.mayHoldRecordBuffers = true
+            self.recordBuffers = .moved
             self.connection.consume(buffer)
             self.decrypt(context: context)
         }
@@ -373,8 +378,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Encrypts every buffered write and sends the ciphertext in one write.
     private func encryptBufferedWrites(context: ChannelHandlerContext) {
         guard !self.bufferedWrites.isEmpty else { return }
-        self.recordsMoved = true
-        self.mayHoldRecordBuffers = true
+        self.recordBuffers = .moved
         // Moved, not copied: a shared array storage would be copied on the next append.
         var writes: [BufferedWrite] = []
         swap(&writes, &self.spareWrites)
