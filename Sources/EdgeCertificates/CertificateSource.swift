@@ -44,6 +44,19 @@ public struct LineageFiles: Sendable, Hashable {
     public var keyPath: String
     /// Why the lineage must not be read right now (certbot renewal in progress).
     public var busyReason: String?
+
+    /// Whether the certificate or key file (by its path, or the file a link leads to)
+    /// is among `writing`, files opened for writing and not yet closed.
+    func isBeingWritten(_ writing: Set<String>) -> Bool {
+        for path in Set([self.certificatePath, self.keyPath]) {
+            if writing.contains(path) { return true }
+            if let real = realpath(path, nil) {
+                defer { free(real) }
+                if writing.contains(String(cString: real)) { return true }
+            }
+        }
+        return false
+    }
 }
 
 func parentDirectory(_ path: String) -> String {
@@ -91,26 +104,14 @@ func listDirectory(_ path: String) throws -> [String] {
     return names.sorted()
 }
 
-/// Reads a whole file; throws with the path and errno text.
-func readFile(_ path: String, limit: Int = 1 << 20) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw CertificateLoadError(path: path, reason: String(cString: strerror(errno))) }
-    defer { close(fd) }
-    var result: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 16_384)
-    while true {
-        let n = read(fd, &chunk, chunk.count)
-        if n < 0 {
-            if errno == EINTR { continue }
-            throw CertificateLoadError(path: path, reason: String(cString: strerror(errno)))
-        }
-        if n == 0 { break }
-        result.append(contentsOf: chunk[0..<n])
-        if result.count > limit {
-            throw CertificateLoadError(path: path, reason: "file is larger than \(limit) bytes")
-        }
+/// Reads a whole certificate or key file, never blocking (`readRegularFile`); throws
+/// with the path and the reason.
+func readFile(_ path: String, limit: Int = maxPEMFileBytes) throws -> [UInt8] {
+    do {
+        return try readRegularFile(path, limit: limit)
+    } catch let error as FileReadError {
+        throw CertificateLoadError(path: error.path, reason: error.reason)
     }
-    return result
 }
 
 /// A problem with one file or lineage, naming the file and the reason.

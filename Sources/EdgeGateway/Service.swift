@@ -1,4 +1,5 @@
 import EdgeCertificates
+import EdgeTLS
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -131,23 +132,19 @@ public func loadGateway(configPath: String, logger: Logger) throws -> Gateway {
     return try Gateway.prepare(config: config, baseDirectory: base, logger: logger)
 }
 
-struct FileReadError: Error, CustomStringConvertible {
+/// Why a configuration or key file was not read (the caller names the file).
+struct TextFileError: Error, CustomStringConvertible {
     var description: String
 }
 
+/// Reads a configuration or key file without ever blocking (a FIFO is refused, not
+/// waited on; `readRegularFile`); the error says why, the caller names the file.
 func readTextFile(_ path: String) throws -> String {
-    guard let file = fopen(path, "r") else {
-        throw FileReadError(description: String(cString: strerror(errno)))
+    do {
+        return String(decoding: try readRegularFile(path, limit: 16 << 20), as: UTF8.self)
+    } catch let error as FileReadError {
+        throw TextFileError(description: error.reason)
     }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = fread(&chunk, 1, chunk.count, file)
-        if n == 0 { break }
-        bytes.append(contentsOf: chunk[0..<n])
-    }
-    return String(decoding: bytes, as: UTF8.self)
 }
 
 extension Gateway {

@@ -130,7 +130,7 @@ final class ConfigTests: XCTestCase {
         let accessLog = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\naccess_log: { path: /nonexistent/access.log, format: clf }\n")
         XCTAssertTrue(accessLog.stderr.contains("access_log.format: must be combined or json, got 'clf'"), accessLog.stderr)
         let unwritable = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\naccess_log: { path: /nonexistent/access.log }\n")
-        XCTAssertTrue(unwritable.stderr.contains("access_log.path: /nonexistent/access.log: No such file or directory"), unwritable.stderr)
+        XCTAssertTrue(unwritable.stderr.contains("access_log.path: /nonexistent/access.log: cannot be created in /nonexistent: No such file or directory"), unwritable.stderr)
     }
 
     func testBadRoutesNameTheRouteAndTheKey() throws {
@@ -170,7 +170,7 @@ final class ConfigTests: XCTestCase {
         try dir.write("truncated.pem", String(truncated))
         let cases: [(cert: String, key: String, expect: String)] = [
             (dir.file("missing.pem"), Self.leaf.key, "missing.pem: No such file or directory"),
-            (dir.file("adir.pem"), Self.leaf.key, "adir.pem: Is a directory"),
+            (dir.file("adir.pem"), Self.leaf.key, "adir.pem: is a directory, not a regular file"),
             (dir.file("garbage.pem"), Self.leaf.key, "garbage.pem: no CERTIFICATE block found"),
             (dir.file("empty.pem"), Self.leaf.key, "empty.pem: file is empty"),
             (dir.file("truncated.pem"), Self.leaf.key, "truncated.pem: malformed PEM"),
