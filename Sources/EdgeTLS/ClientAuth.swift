@@ -62,7 +62,7 @@ extension X509Certificate {
     }
 }
 
-/// Keeps a listener's allow list alive for the C verify callback.
+/// A listener's allow list for the C verify callback; owned by the `SSL_CTX` (`OwnedExData.allowList`).
 final class AllowListBox: Sendable {
     let list: ClientAllowList
     init(_ list: ClientAllowList) { self.list = list }
@@ -70,8 +70,6 @@ final class AllowListBox: Sendable {
 
 /// The ex_data index holding the client leaf the verify callback saw (one reference, freed with the SSL).
 let presentedLeafIndex: Int32 = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, nil, nil, nil, nil)
-
-let allowListIndex: Int32 = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, nil, nil, nil, nil)
 
 /// OpenSSL's verify callback on server contexts with client authentication: after
 /// the chain verified, the leaf must pass the allow list of the context the
@@ -86,7 +84,7 @@ let clientVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 = { ok
     }
     guard ok == 1, X509_STORE_CTX_get_error_depth(store) == 0 else { return ok }
     guard let ctx = SSL_get_SSL_CTX(ssl),
-          let rawBox = SSL_CTX_get_ex_data(ctx, allowListIndex),
+          let rawBox = SSL_CTX_get_ex_data(ctx, OwnedExData.allowList),
           let leaf = X509_STORE_CTX_get_current_cert(store) else { return ok }
     let box = Unmanaged<AllowListBox>.fromOpaque(rawBox).takeUnretainedValue()
     X509_up_ref(leaf)

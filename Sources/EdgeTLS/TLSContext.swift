@@ -67,22 +67,19 @@ public protocol ServerNameSelector: AnyObject, Sendable {
 /// is published and never mutated after, and OpenSSL allows concurrent
 /// `SSL_new` on a configured context. A connection keeps its own OpenSSL
 /// reference, so freeing this owner never pulls a context from under a live
-/// connection.
+/// connection; what the context's C callbacks reach (the SNI selector, the
+/// client allow list) is owned by the `SSL_CTX` itself (`OwnedExData`), and a
+/// connection switched to a context by SNI owns that `TLSContext` until its
+/// `SSL` is freed.
 public final class TLSContext: @unchecked Sendable {
     let pointer: OpaquePointer
     let isServer: Bool
-    /// Keeps the SNI selector alive as long as the context; the C callback holds it unretained.
-    private let selectorBox: SelectorBox?
-    /// Keeps the client allow list alive for the verify callback.
-    private let allowBox: AllowListBox?
     /// Certificate and key installed in the context (server contexts only).
     public let certificateChain: [X509Certificate]
 
-    private init(pointer: OpaquePointer, isServer: Bool, selectorBox: SelectorBox?, chain: [X509Certificate], allowBox: AllowListBox? = nil) {
+    private init(pointer: OpaquePointer, isServer: Bool, chain: [X509Certificate]) {
         self.pointer = pointer
         self.isServer = isServer
-        self.selectorBox = selectorBox
-        self.allowBox = allowBox
         self.certificateChain = chain
     }
 
@@ -96,7 +93,7 @@ public final class TLSContext: @unchecked Sendable {
     /// this re-checks, so a mismatched pair can never be installed.
     public static func server(chain: [X509Certificate], key: PrivateKey, policy: TLSServerPolicy) throws -> TLSContext {
         guard let leaf = chain.first else { throw TLSError.invalidCertificate("no certificate in the chain") }
-        let (ctx, allowBox) = try makeServerContext(policy: policy)
+        let ctx = try makeServerContext(policy: policy)
         ERR_clear_error()
         guard SSL_CTX_use_certificate(ctx, leaf.pointer) == 1 else {
             SSL_CTX_free(ctx)
@@ -112,14 +109,14 @@ public final class TLSContext: @unchecked Sendable {
             SSL_CTX_free(ctx)
             throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
         }
-        return TLSContext(pointer: ctx, isServer: true, selectorBox: nil, chain: chain, allowBox: allowBox)
+        return TLSContext(pointer: ctx, isServer: true, chain: chain)
     }
 
     /// A server context holding several certificate chains of different key types
     /// (an ECDSA and an RSA one): OpenSSL serves the first the client's signature
     /// algorithms allow, in the order given.
     public static func server(pairs: [(chain: [X509Certificate], key: PrivateKey)], policy: TLSServerPolicy) throws -> TLSContext {
-        let (ctx, allowBox) = try makeServerContext(policy: policy)
+        let ctx = try makeServerContext(policy: policy)
         for (chain, key) in pairs {
             guard let leaf = chain.first else { continue }
             ERR_clear_error()
@@ -137,14 +134,17 @@ public final class TLSContext: @unchecked Sendable {
                 throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
             }
         }
-        return TLSContext(pointer: ctx, isServer: true, selectorBox: nil, chain: pairs.first?.chain ?? [], allowBox: allowBox)
+        return TLSContext(pointer: ctx, isServer: true, chain: pairs.first?.chain ?? [])
     }
 
     /// A listener's initial context: holds no certificate of its own and hands
     /// every handshake to `selector` from OpenSSL's servername callback.
     public static func listener(policy: TLSServerPolicy, selector: any ServerNameSelector) throws -> TLSContext {
-        let (ctx, allowBox) = try makeServerContext(policy: policy)
+        let ctx = try makeServerContext(policy: policy)
+        // The context owns the selector: a handshake in flight keeps the context, and so
+        // the selector its callbacks reach, even after a reload replaced this listener.
         let box = SelectorBox(selector)
+        OwnedExData.set(box, on: ctx, index: OwnedExData.selector)
         edge_SSL_CTX_set_tlsext_servername_callback(ctx, serverNameCallback)
         // The context is also chosen from the raw ClientHello, before OpenSSL looks for a
         // session to resume, so that a session is only resumed under the session-ID
@@ -156,10 +156,10 @@ public final class TLSContext: @unchecked Sendable {
             _ = SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticketKeyCallback)
         }
         edge_SSL_CTX_set_tlsext_servername_arg(ctx, Unmanaged.passUnretained(box).toOpaque())
-        return TLSContext(pointer: ctx, isServer: true, selectorBox: box, chain: [], allowBox: allowBox)
+        return TLSContext(pointer: ctx, isServer: true, chain: [])
     }
 
-    private static func makeServerContext(policy: TLSServerPolicy) throws -> (OpaquePointer, AllowListBox?) {
+    private static func makeServerContext(policy: TLSServerPolicy) throws -> OpaquePointer {
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
             throw TLSError.configuration("SSL_CTX_new failed: \(openSSLErrorQueueDescription())")
@@ -185,13 +185,14 @@ public final class TLSContext: @unchecked Sendable {
             // session survives the SNI switch and certificate rotations.
             if !policy.sessionTickets { _ = SSL_CTX_set_options(ctx, EDGE_SSL_OP_NO_TICKET) }
             _ = SSL_CTX_set_num_tickets(ctx, policy.sessionTickets ? max(policy.ticketsPerHandshake, 0) : 0)
-            // Sessions resume only under the same client-authentication policy: a session
-            // made without a client certificate never resumes where one is required.
-            var sid: [UInt8] = Array("edge-gateway".utf8)
-            if let caFile = policy.clientCAFile {
-                let identity = "\(caFile)|\(policy.requireClientCertificate)|\(String(describing: policy.clientAllow))"
-                sid = Array(("eg-" + sha256Hex(Array(identity.utf8)).prefix(24)).utf8)
-            }
+            // Sessions resume only under the trust they were made under: the session-ID
+            // context (kept in every session and ticket, and compared by OpenSSL before
+            // it resumes one) covers the client CA bundle's bytes, whether a certificate
+            // is required and the allow list. A session made without a client certificate
+            // never resumes where one is required, and none outlives a change of CA.
+            var trust: ClientTrust?
+            if let caFile = policy.clientCAFile { trust = try ClientTrust(caFile: caFile) }
+            let sid = Array((trust.map { "eg-" + $0.sessionContext(policy) } ?? "edge-gateway").utf8)
             _ = SSL_CTX_set_session_id_context(ctx, sid, UInt32(sid.count))
             if policy.sessionCacheSize > 0 {
                 _ = edge_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_SERVER))
@@ -199,25 +200,20 @@ public final class TLSContext: @unchecked Sendable {
             } else {
                 _ = edge_SSL_CTX_set_session_cache_mode(ctx, Int(SSL_SESS_CACHE_OFF))
             }
-            var allowBox: AllowListBox?
-            if let caFile = policy.clientCAFile {
-                guard SSL_CTX_load_verify_locations(ctx, caFile, nil) == 1 else {
-                    throw TLSError.configuration("cannot load client CA bundle \(caFile): \(openSSLErrorQueueDescription())")
-                }
-                // The CA names a client is told to choose its certificate by.
-                if let names = SSL_load_client_CA_file(caFile) { SSL_CTX_set_client_CA_list(ctx, names) }
+            if let trust {
+                // The bundle is installed from the bytes its hash was taken of, not read again.
+                try trust.install(in: ctx)
                 let mode = SSL_VERIFY_PEER | (policy.requireClientCertificate ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0)
                 SSL_CTX_set_verify(ctx, mode, clientVerifyCallback)
                 if let allow = policy.clientAllow {
-                    allowBox = AllowListBox(allow)
-                    _ = SSL_CTX_set_ex_data(ctx, allowListIndex, Unmanaged.passUnretained(allowBox!).toOpaque())
+                    OwnedExData.set(AllowListBox(allow), on: ctx, index: OwnedExData.allowList)
                 }
             }
             if !policy.alpnProtocols.isEmpty {
                 let wire = ALPNWireFormat.intern(policy.alpnProtocols)
                 SSL_CTX_set_alpn_select_cb(ctx, alpnSelectCallback, UnsafeMutableRawPointer(mutating: wire))
             }
-            return (ctx, allowBox)
+            return ctx
         } catch {
             SSL_CTX_free(ctx)
             throw error
@@ -278,7 +274,7 @@ public final class TLSContext: @unchecked Sendable {
                 let wire = ALPNWireFormat.encode(configuration.alpnProtocols)
                 _ = SSL_CTX_set_alpn_protos(ctx, wire, UInt32(wire.count))
             }
-            return TLSContext(pointer: ctx, isServer: false, selectorBox: nil, chain: configuration.clientChain ?? [])
+            return TLSContext(pointer: ctx, isServer: false, chain: configuration.clientChain ?? [])
         } catch {
             SSL_CTX_free(ctx)
             throw error
@@ -315,12 +311,10 @@ private let serverNameCallback: edge_servername_cb = { ssl, alert, arg in
     let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name).map { String(cString: $0).lowercased() }
     switch box.selector.select(serverName: name) {
     case .use(let context):
-        guard SSL_set_SSL_CTX(ssl, context.pointer) != nil else {
+        guard switchContext(ssl, to: context) else {
             alert?.pointee = SSL_AD_INTERNAL_ERROR
             return SSL_TLSEXT_ERR_ALERT_FATAL
         }
-        // Client authentication follows the chosen context (it may differ per SNI name).
-        SSL_set_verify(ssl, SSL_CTX_get_verify_mode(context.pointer), SSL_CTX_get_verify_callback(context.pointer))
         return SSL_TLSEXT_ERR_OK
     case .reject:
         alert?.pointee = SSL_AD_UNRECOGNIZED_NAME
@@ -344,10 +338,20 @@ private let clientHelloCallback: @convention(c) (OpaquePointer?, UnsafeMutablePo
     guard 5 + nameLength <= length else { return SSL_CLIENT_HELLO_SUCCESS }
     let name = String(decoding: bytes[5..<(5 + nameLength)], as: UTF8.self).lowercased()
     let box = Unmanaged<SelectorBox>.fromOpaque(arg).takeUnretainedValue()
-    if case .use(let context) = box.selector.select(serverName: name), SSL_set_SSL_CTX(ssl, context.pointer) != nil {
-        SSL_set_verify(ssl, SSL_CTX_get_verify_mode(context.pointer), SSL_CTX_get_verify_callback(context.pointer))
-    }
+    if case .use(let context) = box.selector.select(serverName: name) { _ = switchContext(ssl, to: context) }
     return SSL_CLIENT_HELLO_SUCCESS
+}
+
+/// Switches a handshake to the context chosen for its server name. The connection
+/// owns the `TLSContext` from here until its `SSL` is freed, so whatever the context
+/// keeps for its callbacks (the allow list the verify callback reads, the chain)
+/// outlives the snapshot that offered it, however long the client holds its flight.
+private func switchContext(_ ssl: OpaquePointer, to context: TLSContext) -> Bool {
+    guard SSL_set_SSL_CTX(ssl, context.pointer) != nil else { return false }
+    OwnedExData.replace(context, on: ssl, index: OwnedExData.selectedContext)
+    // Client authentication follows the chosen context (it may differ per SNI name).
+    SSL_set_verify(ssl, SSL_CTX_get_verify_mode(context.pointer), SSL_CTX_get_verify_callback(context.pointer))
+    return true
 }
 
 /// ALPN selection: server preference order over the client's offer.
