@@ -44,14 +44,33 @@ public struct ReloadReport: Sendable {
     public var problems: [CertificateProblem]
 }
 
+/// What the status endpoints show of a store's reloads: an immutable value, replaced
+/// whole at the end of each reload.
+final class StoreStatus: AtomicReference, Sendable {
+    let problems: [CertificateProblem]
+    let outcomes: [String: Int]
+    let lastReload: Int64
+    let lastReloadResult: String
+
+    init(problems: [CertificateProblem], outcomes: [String: Int], lastReload: Int64, lastReloadResult: String) {
+        self.problems = problems
+        self.outcomes = outcomes
+        self.lastReload = lastReload
+        self.lastReloadResult = lastReloadResult
+    }
+}
+
 /// The current certificate snapshot, its sources and its reload logic.
 ///
-/// Reloads are serialised by a lock; readers never take it: the servername
-/// callback only does one atomic load of `current`.
+/// Reloads are serialised by a lock, which is held while files are read; readers
+/// never take it: the servername callback does one atomic load of `current`, and the
+/// admin endpoints (on the proxy's event loops) one of `status`, so a slow or stuck
+/// file never stalls a handshake or a status request.
 public final class CertificateStore: Sendable {
     public let configuration: CertificateSetConfiguration
     private let current: ManagedAtomic<CertificateSnapshot>
     private let state: NIOLockedValueBox<ReloadState>
+    private let status: ManagedAtomic<StoreStatus>
     private let logger: Logger
 
     private struct ReloadState {
@@ -103,7 +122,9 @@ public final class CertificateStore: Sendable {
             defaultName: configuration.defaultName, strictSNI: configuration.strictSNI
         )
         self.current = ManagedAtomic(snapshot)
-        self.state = NIOLockedValueBox(ReloadState(generation: 1, problems: problems, lastReload: now, lastReloadResult: "loaded"))
+        let state = ReloadState(generation: 1, problems: problems, lastReload: now, lastReloadResult: "loaded")
+        self.state = NIOLockedValueBox(state)
+        self.status = ManagedAtomic(Self.status(of: state))
         for problem in problems.values.sorted(by: { $0.name < $1.name }) {
             logger.error("certificate rejected", metadata: ["lineage": "\(problem.name)", "error": "\(problem.error)"])
         }
@@ -114,17 +135,19 @@ public final class CertificateStore: Sendable {
     public var snapshot: CertificateSnapshot { self.current.load(ordering: .acquiring) }
 
     /// Current problems (rejected versions, unreadable sources).
-    public var problems: [CertificateProblem] {
-        self.state.withLockedValue { Array($0.problems.values).sorted { $0.name < $1.name } }
-    }
+    public var problems: [CertificateProblem] { self.status.load(ordering: .acquiring).problems }
 
     /// Reloads so far by outcome: published, partial, unchanged, rejected, failed.
-    public var reloadOutcomes: [String: Int] {
-        self.state.withLockedValue { $0.outcomes }
-    }
+    public var reloadOutcomes: [String: Int] { self.status.load(ordering: .acquiring).outcomes }
 
     public var lastReload: (time: Int64, result: String) {
-        self.state.withLockedValue { ($0.lastReload, $0.lastReloadResult) }
+        let status = self.status.load(ordering: .acquiring)
+        return (status.lastReload, status.lastReloadResult)
+    }
+
+    private static func status(of state: ReloadState) -> StoreStatus {
+        StoreStatus(problems: state.problems.values.sorted { $0.name < $1.name }, outcomes: state.outcomes,
+                    lastReload: state.lastReload, lastReloadResult: state.lastReloadResult)
     }
 
     /// A selector for one listener's policy, to hand to `TLSContext.listener`.
@@ -144,9 +167,14 @@ public final class CertificateStore: Sendable {
     /// that load, validate and read the same twice, and leaves every failure, every
     /// removal and the bookkeeping of problems to the settled reload after the debounce
     /// (a certificate renamed in before its key is not an error yet).
+    ///
+    /// `writing`: files a writer has modified and not yet closed (the watcher's
+    /// `IN_MODIFY` without `IN_CLOSE_WRITE`). A lineage using one keeps what it serves,
+    /// as during a certbot renewal: a chain written in two steps is never read half-way.
     @discardableResult
-    public func reload(reason: String, settled: Bool = true) -> ReloadReport {
+    public func reload(reason: String, settled: Bool = true, writing: Set<String> = []) -> ReloadReport {
         self.state.withLockedValue { state in
+            defer { self.status.store(Self.status(of: state), ordering: .releasing) }
             let now = currentEpochSeconds()
             let old = self.current.load(ordering: .acquiring)
             var byName: [String: LoadedLineage] = [:]
@@ -174,7 +202,7 @@ public final class CertificateStore: Sendable {
                 for file in files where !seen.contains(file.name) {
                     seen.insert(file.name)
                     let previous = byName[file.name]
-                    if file.busyReason != nil {
+                    if file.busyReason != nil || (!writing.isEmpty && file.isBeingWritten(writing)) {
                         // certbot is mid-renewal: keep what is served, read again when it finishes.
                         if let previous { next.append(previous) }
                         if let problem = state.problems[file.name] { problems[file.name] = problem }

@@ -30,8 +30,10 @@ public struct WatcherConfiguration: Sendable {
 /// complete: it publishes what validates and reads the same twice, and stays
 /// silent about the rest (a certificate renamed in before its key). A settled one
 /// after the debounce (quiet time): it removes what is gone and records and logs
-/// what is rejected. A file still being written produces no such event (IN_MODIFY
-/// is not watched, IN_CREATE of a regular file is not taken as complete).
+/// what is rejected. A file still being written is not read by either: from its
+/// first IN_MODIFY until its IN_CLOSE_WRITE (or its deletion, or a quiet
+/// `staleWriteMilliseconds` for a writer that keeps it open) its lineage keeps what
+/// it serves, so a chain written in two steps is never published half-way.
 ///
 /// inotify is called directly through Glibc (not libinotifytools: GPL-2,
 /// process-global state, `select()`, no descriptor to share). It runs on one
@@ -54,7 +56,7 @@ public final class CertificateWatcher: Sendable {
     private let lineageNames: Set<String>
 
     static let directoryEvents: UInt32 = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_CLOSE_WRITE
-        | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+        | IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 
     public init(store: CertificateStore, configuration: WatcherConfiguration, logger: Logger) throws {
         self.store = store
@@ -161,6 +163,16 @@ public final class CertificateWatcher: Sendable {
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 
+    /// The watched path of the event's file, for a name a lineage may use (nil for others:
+    /// a log file written in a watched directory).
+    private func lineagePath(_ event: inotify_event, name: UnsafeMutableRawPointer, length: Int) -> String? {
+        guard length > 0 else { return nil }
+        let file = String(cString: name.assumingMemoryBound(to: CChar.self))
+        guard file.hasSuffix(".pem") || file.hasSuffix(".crt") || file.hasSuffix(".key") || self.lineageNames.contains(file),
+              let dir = self.watched.withLockedValue({ $0[event.wd] }) else { return nil }
+        return dir + "/" + file
+    }
+
     /// True when the event says a file a lineage may use is complete: renamed in, closed
     /// after writing, deleted, or a symbolic link created (a link is whole when it
     /// appears; a regular file created is still being written). Other files in a watched
@@ -188,6 +200,13 @@ public final class CertificateWatcher: Sendable {
         var earlyPending = false
         var earlyAllowedAt: Int64 = 0
         var nextRescan = self.now() + rescan
+        // Files modified and not yet closed, with the time of their last write.
+        var writing: [String: Int64] = [:]
+        let staleWrite = Int64(max(5_000, 10 * self.configuration.debounceMilliseconds))
+        func inProgress(at now: Int64) -> Set<String> {
+            writing = writing.filter { now - $0.value < staleWrite }
+            return Set(writing.keys)
+        }
         let bufferSize = 64 * 1024  // far above one event (a smaller buffer makes read fail with EINVAL)
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 8)
         defer { buffer.deallocate() }
@@ -217,9 +236,23 @@ public final class CertificateWatcher: Sendable {
                             // files created before the watch produce no event.
                             _ = self.addWatches()
                         }
+                        let namePointer = buffer + offset + MemoryLayout<inotify_event>.size
+                        if event.mask & UInt32(IN_MODIFY | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM) != 0 {
+                            if let path = self.lineagePath(event, name: namePointer, length: length) {
+                                if event.mask & UInt32(IN_MODIFY) != 0 {
+                                    writing[path] = self.now()
+                                } else {
+                                    writing[path] = nil
+                                }
+                            } else if event.mask & UInt32(IN_MODIFY) != 0 {
+                                // Another file's writes (a log in the directory) change nothing here.
+                                offset += MemoryLayout<inotify_event>.size + length
+                                continue
+                            }
+                        }
                         sawEvent = true
                         if !sawComplete, self.configuration.immediate {
-                            sawComplete = self.isComplete(event, name: buffer + offset + MemoryLayout<inotify_event>.size, length: length)
+                            sawComplete = self.isComplete(event, name: namePointer, length: length)
                         }
                         offset += MemoryLayout<inotify_event>.size + length
                     }
@@ -233,7 +266,7 @@ public final class CertificateWatcher: Sendable {
             var after = self.now()
             if earlyPending, after >= earlyAllowedAt {
                 earlyPending = false
-                self.store.reload(reason: "file change", settled: false)
+                self.store.reload(reason: "file change", settled: false, writing: inProgress(at: after))
                 let done = self.now()
                 earlyAllowedAt = done + max(10, 2 * (done - after))
                 after = done
@@ -241,12 +274,12 @@ public final class CertificateWatcher: Sendable {
             if pendingSince != nil, after - lastEvent >= debounce {
                 pendingSince = nil
                 self.addWatches()
-                self.store.reload(reason: "file change")
+                self.store.reload(reason: "file change", writing: inProgress(at: after))
             }
             if after >= nextRescan {
                 nextRescan = after + rescan
                 self.addWatches()
-                self.store.reload(reason: "periodic rescan")
+                self.store.reload(reason: "periodic rescan", writing: inProgress(at: after))
             }
         }
     }
