@@ -10,6 +10,9 @@ public struct GatewayConfig: Decodable, Sendable {
     public var admin: AdminConfig
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     public var shutdownGracePeriod: Duration
+    /// While draining, how long an idle keep-alive connection is kept for a request its
+    /// client may be sending right then (it gets `connection: close`).
+    public var drainQuietPeriod: Duration
     /// Event loops; default: one per core.
     public var workers: Int?
     public var expiry: ExpiryConfig
@@ -25,6 +28,7 @@ public struct GatewayConfig: Decodable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listeners, upstreams, routes, certificates, admin
         case shutdownGracePeriod = "shutdown_grace_period"
+        case drainQuietPeriod = "drain_quiet_period"
         case workers, expiry
         case handoffSocket = "handoff_socket"
         case memoryTrimming = "memory_trimming"
@@ -42,6 +46,7 @@ public struct GatewayConfig: Decodable, Sendable {
         self.certificates = try c.decodeRecorded(CertificatesConfig.self, forKey: .certificates)
         self.admin = try c.decodeRecorded(AdminConfig.self, forKey: .admin) ?? AdminConfig()
         self.shutdownGracePeriod = try c.decodeRecorded(Duration.self, forKey: .shutdownGracePeriod) ?? .seconds(10)
+        self.drainQuietPeriod = try c.decodeRecorded(Duration.self, forKey: .drainQuietPeriod) ?? .seconds(1)
         self.workers = try c.decodeRecorded(Int.self, forKey: .workers)
         self.expiry = try c.decodeRecorded(ExpiryConfig.self, forKey: .expiry) ?? ExpiryConfig()
         self.handoffSocket = try c.decodeRecorded(String.self, forKey: .handoffSocket)

@@ -48,6 +48,8 @@ struct ListenerPlan: Sendable {
     var handshakeTimeout: TimeAmount
     var headerTimeout: TimeAmount
     var idleTimeout: TimeAmount
+    /// `drain_quiet_period`: how long a draining idle connection waits for a last request.
+    var drainQuietPeriod = TimeAmount.seconds(1)
     var maxHeadBytes: Int
     var maxBodyBytes: Int?
     /// ALPN offers h2: the protocol is chosen per connection after the handshake.
@@ -86,8 +88,12 @@ public final class Gateway: Sendable {
     let sessionTickets: SessionTicketsConfig
     /// The resolved handoff socket path, if zero-downtime restarts are enabled.
     let handoffSocket: String?
-    /// The access log, opened (so `check` reports a path it cannot write).
-    let accessLog: AccessLogFile?
+    /// The access log to open when this generation starts (checked here: `check`
+    /// reports a path it cannot write, and creates nothing).
+    let accessLogPlan: (path: String, format: AccessLogFile.Format)?
+    /// The ticket keys of `session_tickets.key_file`, parsed here and installed in
+    /// the process's key ring only when this generation starts.
+    let ticketKeys: [TicketKey]?
     let logger: Logger
     let state = NIOLockedValueBox(RunState())
     let metrics: GatewayMetrics
@@ -111,6 +117,8 @@ public final class Gateway: Sendable {
         var caWatchTask: RepeatedTask?
         var trimTask: RepeatedTask?
         var pools: (PoolRegistry, EventLoopGroup)?
+        /// Opened by `start`, closed after the drain.
+        var accessLog: AccessLogFile?
     }
 
     /// Validates `config` and builds every object it describes; paths are relative to `baseDirectory`.
@@ -368,9 +376,12 @@ public final class Gateway: Sendable {
         self.sharedStore = shared
         var tickets = ticketSettings ?? SessionTicketsConfig()
         tickets.keyFile = tickets.keyFile.map(resolve)
+        // Validating has no side effects: the keys are parsed now and installed by `start`,
+        // so a rejected reload (or `check`) leaves the live keys as they are.
+        var ticketKeys: [TicketKey]?
         if let file = tickets.keyFile {
             do {
-                TicketKeyRing.shared.install(try TicketKeyRing.parse(keyFile: try readTextFile(file)))
+                ticketKeys = try TicketKeyRing.parse(keyFile: try readTextFile(file))
             } catch {
                 problems.append("session_tickets.key_file: \(file): \(Self.reason(error))")
             }
@@ -378,12 +389,15 @@ public final class Gateway: Sendable {
             problems.append("session_tickets.rotate_every: must be at least 1m")
         }
         self.sessionTickets = tickets
+        self.ticketKeys = ticketKeys
         self.handoffSocket = config.handoffSocket.map(resolve)
-        var accessLog: AccessLogFile?
+        var accessLogPlan: (path: String, format: AccessLogFile.Format)?
         if let log = config.accessLog {
             if let format = AccessLogFile.Format(rawValue: log.format) {
+                let path = AccessLogFile.isStandardOutput(log.path) ? log.path : resolve(log.path)
                 do {
-                    accessLog = try AccessLogFile(path: AccessLogFile.isStandardOutput(log.path) ? log.path : resolve(log.path), format: format, logger: logger)
+                    try AccessLogFile.checkWritable(path: path)
+                    accessLogPlan = (path, format)
                 } catch {
                     problems.append("access_log.path: \(error)")
                 }
@@ -391,7 +405,7 @@ public final class Gateway: Sendable {
                 problems.append("access_log.format: must be \(AccessLogFile.Format.allCases.map(\.rawValue).joined(separator: " or ")), got '\(log.format)'")
             }
         }
-        self.accessLog = accessLog
+        self.accessLogPlan = accessLogPlan
 
         var listeners: [ListenerPlan] = []
         for (index, listener) in config.listeners.enumerated() {
@@ -439,6 +453,7 @@ public final class Gateway: Sendable {
                 maxBodyBytes: listener.maxRequestBodyBytes
             )
             plan.proxyProtocol = listener.proxyProtocol
+            plan.drainQuietPeriod = config.drainQuietPeriod.timeAmount
             if let from = listener.proxyProtocolFrom {
                 if !listener.proxyProtocol {
                     problems.append("\(path).proxy_protocol_from: applies only with proxy_protocol: true")

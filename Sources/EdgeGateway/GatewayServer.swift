@@ -68,8 +68,20 @@ extension Gateway {
     /// accepting, and this one serves on duplicates of its listening sockets (matched by
     /// address) before the caller shuts it down, so no connection is refused in between.
     public func start(group: EventLoopGroup, replacing previous: Gateway? = nil) async throws {
-        let pools = PoolRegistry(group: group, accessLog: self.accessLog)
-        self.state.withLockedValue { $0.pools = (pools, group) }
+        // Applying the plan: the access log is opened now, not when the file was validated.
+        var accessLog: AccessLogFile?
+        if let plan = self.accessLogPlan {
+            do {
+                accessLog = try AccessLogFile(path: plan.path, format: plan.format, logger: self.logger)
+            } catch {
+                throw ConfigError(path: "access_log.path", message: "\(error)")
+            }
+        }
+        let pools = PoolRegistry(group: group, accessLog: accessLog)
+        self.state.withLockedValue {
+            $0.pools = (pools, group)
+            $0.accessLog = accessLog
+        }
         let watch = self.config.certificates?.watch ?? WatchConfig()
         for store in self.stores {
             do {
@@ -143,6 +155,9 @@ extension Gateway {
         } catch {
             throw ConfigError(path: "admin.address", message: "cannot bind \(self.config.admin.address): \(error)")
         }
+        // Every socket is bound: the new generation's ticket keys take over (the previous
+        // generation's tickets stay accepted as long as the key file lists their keys).
+        if let keys = self.ticketKeys { TicketKeyRing.shared.install(keys) }
         if let handoff { SocketHandoff.releasePrevious(handoff) }
         if let path = self.handoffSocket {
             let server = try SocketHandoff.Server(
@@ -287,7 +302,7 @@ extension Gateway {
             pools.closeIdle(group: group)
             await pools.flushAccessLogs(group: group)
         }
-        self.accessLog?.close()
+        self.state.withLockedValue { $0.accessLog }?.close()
     }
 
     private func bind(_ listener: ListenerPlan, fd: CInt, group: EventLoopGroup, quiescing: ServerQuiescingHelper, pools: PoolRegistry) async throws -> Channel {
@@ -390,6 +405,7 @@ extension ListenerPlan {
         limits.maxBodyBytes = self.maxBodyBytes
         limits.headerTimeout = self.headerTimeout
         limits.idleTimeout = self.idleTimeout
+        limits.drainQuietPeriod = self.drainQuietPeriod
         limits.strictTransportSecurity = self.strictTransportSecurity
         return limits
     }
@@ -404,6 +420,9 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
     private let plan: ListenerPlan
     private let info: DownstreamInfo
     private let proxy: ProxyListener
+    /// The gateway began draining during the handshake: the protocol's handlers drain
+    /// as soon as they are installed.
+    private var drainRequested = false
 
     init(plan: ListenerPlan, info: DownstreamInfo, proxy: ProxyListener) {
         self.plan = plan
@@ -413,10 +432,19 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
-            // Draining before the handshake is done: no request has come yet, so the
-            // connection closes now, as an idle keep-alive connection does, instead of
-            // being handed a protocol and served until the grace period ends.
-            context.close(promise: nil)
+            // Draining before the handshake is done. Closing now would fail the request
+            // this client is about to send (it connected to be served, and a client that
+            // does not retry would see an error); the handshake finishes (within its
+            // timeout), then the chosen protocol drains: HTTP/1.1 answers one request
+            // with `connection: close`, HTTP/2 sends GOAWAY. A connection that has sent
+            // nothing at all closes if it stays silent for the quiet period.
+            self.drainRequested = true
+            let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self)
+            if let tls, !tls.hasReceivedBytes {
+                context.eventLoop.assumeIsolated().scheduleTask(in: self.plan.drainQuietPeriod) {
+                    if !tls.hasReceivedBytes { context.close(promise: nil) }
+                }
+            }
             return
         }
         guard let tls = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = tls else {
@@ -442,6 +470,7 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         context.fireUserInboundEventTriggered(event)
+        if self.drainRequested { context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
         sync.removeHandler(context: context, promise: nil)
     }
 
@@ -490,11 +519,17 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
 /// opening and closing through `delegate(eventLoop:)`.
 ///
 /// It also drains the connection when the gateway does (shutdown, a restart's handoff,
-/// a reload that removes the listener): GOAWAY with NO_ERROR at once, naming the last
-/// stream that will be answered, so the client sends new requests elsewhere instead of
-/// on a connection that is about to close; the connection closes when its last stream
-/// does. Without it, a client kept opening streams until the grace period ended, and the
-/// requests in flight then were cut off.
+/// a reload): GOAWAY in two steps, as RFC 9113 §6.8 describes. The first names the
+/// largest stream ID, so the client stops opening streams without losing one it is
+/// sending at that moment; a PING follows, and once its ACK is back (a round trip, at
+/// most a second) a second GOAWAY names the last stream that will be answered. The
+/// connection closes when that stream and those before it are done. A single GOAWAY
+/// with the last stream seen so far refused the streams already on their way, which a
+/// client that does not retry counts as failed.
+///
+/// And it closes a connection the HTTP/2 handler refused for abuse (rapid reset, a
+/// CONTINUATION flood): the handler sends GOAWAY but would otherwise keep reading, and
+/// answer every further frame with another GOAWAY.
 final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
@@ -506,8 +541,19 @@ final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
     /// When the connection is idle long enough; nil while a stream is open.
     private var deadline: NIODeadline?
     private var timer: Scheduled<Void>?
-    /// GOAWAY was sent for a drain: the connection closes with its last stream.
-    private var draining = false
+    /// Where a drain is (`ChannelShouldQuiesceEvent`).
+    private enum Drain {
+        case serving
+        /// The first GOAWAY (largest stream ID) and a PING went out; waiting for the ACK.
+        case announced(ping: HTTP2PingData, timer: Scheduled<Void>?)
+        /// The final GOAWAY went out: the connection closes with its last stream.
+        case final
+    }
+    private var drain = Drain.serving
+    private var draining: Bool {
+        if case .serving = self.drain { return false }
+        return true
+    }
 
     init(timeout: TimeAmount) {
         self.timeout = timeout
@@ -550,6 +596,7 @@ final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         self.timer?.cancel()
         self.timer = nil
+        if case .announced(_, let timer) = self.drain { timer?.cancel() }
         self.context = nil
     }
 
@@ -562,10 +609,10 @@ final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
     private func streamClosed() {
         self.openStreams = max(0, self.openStreams - 1)
         guard self.openStreams == 0 else { return }
-        if self.draining {
-            self.closeWhenDrained()
-        } else {
-            self.arm()
+        switch self.drain {
+        case .serving: self.arm()
+        case .announced: break  // streams may still come until the final GOAWAY
+        case .final: self.closeWhenDrained()
         }
     }
 
@@ -573,12 +620,68 @@ final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
         if event is ChannelShouldQuiesceEvent, !self.draining {
             // The HTTP/2 handler has passed the event to every stream: each finishes the
             // exchange in flight (the proxy's quiescing).
-            self.draining = true
-            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: self.lastStream, errorCode: .noError, opaqueData: nil))
-            context.writeAndFlush(NIOAny(goAway), promise: nil)
-            if self.openStreams == 0 { self.closeWhenDrained() }
+            let ping = HTTP2PingData(withInteger: UInt64.random(in: .min ... .max))
+            let timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: Self.pingWait) {
+                self.finalGoAway()
+            }
+            self.drain = .announced(ping: ping, timer: timer)
+            self.deadline = nil  // the idle timer, if armed, finds nothing to do
+            self.announceDrain(context)
+            context.writeAndFlush(NIOAny(HTTP2Frame(streamID: .rootStream, payload: .ping(ping, ack: false))), promise: nil)
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .announced(let ping, _) = self.drain {
+            let frame = self.unwrapInboundIn(data)
+            if case .ping(let data, ack: true) = frame.payload, data == ping { self.finalGoAway() }
+        }
+        context.fireChannelRead(data)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if Self.isAbuse(error) {
+            // The HTTP/2 handler has sent GOAWAY for it; nothing more is read.
+            context.close(promise: nil)
+        }
+        context.fireErrorCaught(error)
+    }
+
+    /// The errors for which NIO's HTTP/2 handler refuses the connection as a misbehaving peer.
+    private static func isAbuse(_ error: any Error) -> Bool {
+        error is NIOHTTP2Errors.ExcessiveRSTFrames || error is NIOHTTP2Errors.ExcessiveContinuationFrames
+            || error is NIOHTTP2Errors.ExcessiveControlFrames || error is NIOHTTP2Errors.ExcessiveStreamErrors
+            || error is NIOHTTP2Errors.ExcessiveEmptyDataFrames || error is NIOHTTP2Errors.ExcessiveNumberOfGlitches
+            || error is NIOHTTP2Errors.ExcessiveOutboundFrameBuffering || error is NIOHTTP2Errors.ExcessivelyLargeHeaderBlock
+    }
+
+    /// The first GOAWAY of a drain (largest stream ID, NO_ERROR), written as bytes below
+    /// the HTTP/2 handler. Through it, NIO's connection state machine would count the
+    /// connection as quiesced and, with no stream open at that moment, refuse every
+    /// stream that arrives afterwards (REFUSED_STREAM) although the frame promised to
+    /// process them: the very race the first step exists to avoid. The final GOAWAY
+    /// goes through NIO, which then refuses only streams above the last one.
+    private func announceDrain(_ context: ChannelHandlerContext) {
+        guard let http2 = try? context.pipeline.syncOperations.context(handlerType: NIOHTTP2Handler.self) else { return }
+        var frame = context.channel.allocator.buffer(capacity: 17)
+        frame.writeBytes([0, 0, 8, 7, 0, 0, 0, 0, 0])  // length 8, type GOAWAY, no flags, stream 0
+        frame.writeInteger(UInt32(Int32.max))  // last-stream-id 2^31-1
+        frame.writeInteger(UInt32(0))  // NO_ERROR
+        http2.write(NIOAny(frame), promise: nil)
+    }
+
+    /// How long a drain waits for its PING's ACK before the final GOAWAY.
+    private static let pingWait = TimeAmount.seconds(1)
+
+    /// The second GOAWAY of a drain: names the last stream that will be answered.
+    private func finalGoAway() {
+        guard case .announced(_, let timer) = self.drain, let context = self.context else { return }
+        timer?.cancel()
+        self.drain = .final
+        let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: self.lastStream, errorCode: .noError, opaqueData: nil))
+        context.writeAndFlush(NIOAny(goAway), promise: nil)
+        if self.openStreams == 0 { self.closeWhenDrained() }
     }
 
     /// Closes the drained connection on the loop's next turn, outside the HTTP/2

@@ -46,6 +46,24 @@ public final class AccessLogFile: @unchecked Sendable {
 
     public static func isStandardOutput(_ path: String) -> Bool { path == "-" || path == "stdout" }
 
+    /// Checks that `path` can be opened for appending, without opening or creating it
+    /// (validating a configuration has no side effects): an existing file must be
+    /// writable and not a directory, a new one needs a writable directory.
+    public static func checkWritable(path: String) throws {
+        if self.isStandardOutput(path) { return }
+        var info = stat()
+        if stat(path, &info) == 0 {
+            if (info.st_mode & S_IFMT) == S_IFDIR { throw OpenError(description: "\(path): is a directory") }
+            if access(path, W_OK) != 0 { throw OpenError(description: "\(path): \(String(cString: strerror(errno)))") }
+            return
+        }
+        guard errno == ENOENT else { throw OpenError(description: "\(path): \(String(cString: strerror(errno)))") }
+        let directory = path.lastIndex(of: "/").map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
+        if access(directory, W_OK | X_OK) != 0 {
+            throw OpenError(description: "\(path): cannot be created in \(directory): \(String(cString: strerror(errno)))")
+        }
+    }
+
     public struct OpenError: Error, CustomStringConvertible {
         public let description: String
     }

@@ -111,6 +111,9 @@ public struct ProxyLimits: Sendable {
     public var headerTimeout = TimeAmount.seconds(10)
     /// How long a keep-alive connection may idle between requests before it is closed.
     public var idleTimeout = TimeAmount.seconds(60)
+    /// While draining, how long an idle keep-alive connection stays open for a request
+    /// its client may already be sending (answered with `connection: close`).
+    public var drainQuietPeriod = TimeAmount.seconds(1)
     /// The listener's `strict-transport-security` value: every response carries it,
     /// in place of one from the upstream.
     public var strictTransportSecurity: String?
@@ -259,8 +262,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// entry due at the earlier of the two: a NIO scheduled task per exchange was a
     /// promise, a future and a closure for each HTTP/2 stream, scheduled and cancelled.
     private var readDeadline: NIODeadline?
-    /// The server is draining: the response in flight is the last one.
+    /// The server is draining: the response in flight, or the next request's, is the last one.
     private var quiescing = false
+    /// While draining and idle: the connection closes at this time if no request began.
+    private var drainQuietUntil: NIODeadline?
     /// `process()` is running: a request finishing inside it does not start it again.
     private var processing = false
     /// An HTTP/2 stream's bridge: the frames it reads become request bytes there, and
@@ -900,7 +905,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         exchange.leaveBackend()
         self.exchange = nil
         self.pool.recycle(exchange.request)
-        if exchange.closeDownstreamAfterResponse || self.quiescing {
+        if exchange.closeDownstreamAfterResponse {
             self.closing = true
             self.flushDownstream()
             context.close(promise: nil)
@@ -924,6 +929,22 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.readPending = false
             context.read()
         }
+        // Draining, and this response told the client to keep the connection (the drain
+        // began after its head went out): wait for a next request, to close after it.
+        if self.quiescing, self.exchange == nil, !self.closing { self.awaitDrainQuiet() }
+    }
+
+    /// Draining with no request in flight: the connection stays open for the quiet
+    /// period, then closes unless a request has begun. Closing at once would race a
+    /// request the client may be sending that very moment; a client that does not
+    /// retry (an API client, any POST) would lose it. A new connection whose first
+    /// request (or TLS handshake) has begun keeps its header timeout instead, bounded by
+    /// the grace period; one that has sent nothing at all waits the quiet period too.
+    private func awaitDrainQuiet() {
+        guard !self.singleRequest, self.drainQuietUntil == nil, !self.firstRequest || self.nothingReceived else { return }
+        let until = NIODeadline.now() + self.limits.drainQuietPeriod
+        self.drainQuietUntil = until
+        if self.context != nil { self.pool.deadlines.schedule(self, at: until) }
     }
 
     private func flushDownstream() {
@@ -1225,6 +1246,13 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         return prefix
     }
 
+    /// The client has sent no byte on this connection (not even a TLS ClientHello).
+    private var nothingReceived: Bool {
+        guard self.firstRequest, self.inbound.readableBytes == 0, let context = self.context else { return false }
+        guard let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self) else { return true }
+        return !tls.hasReceivedBytes
+    }
+
     // MARK: header and idle timeouts
 
     private func startHeaderTimer() {
@@ -1292,6 +1320,13 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 self.pool.deadlines.schedule(self, at: read)
             }
         }
+        if let quiet = self.drainQuietUntil, now >= quiet, self.exchange == nil, !self.closing, self.lingerUntil == nil,
+           self.inbound.readableBytes == 0, !self.firstRequest || self.nothingReceived, let context = self.context {
+            // Drained: no request began in the quiet period.
+            self.closing = true
+            context.close(promise: nil)
+            return
+        }
         guard let deadline = self.clientDeadline, let context = self.context else { return }
         if now < deadline {
             self.scheduleDeadline()
@@ -1354,14 +1389,13 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
-            // Draining (shutdown or restart): finish the exchange in flight, then close,
-            // telling the client with `connection: close` when its response has not started.
+            // Draining (a reload, a takeover, shutdown): the exchange in flight finishes;
+            // the response that has not started, or the next request's, says
+            // `connection: close`; an idle connection closes after the quiet period. An
+            // HTTP/2 stream finishes its exchange; its connection's GOAWAY drains it.
+            guard !self.quiescing else { return }
             self.quiescing = true
-            if self.exchange == nil {
-                self.closing = true
-                self.flushDownstream()
-                context.close(promise: nil)
-            }
+            if self.exchange == nil, !self.closing { self.awaitDrainQuiet() }
             return
         }
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {

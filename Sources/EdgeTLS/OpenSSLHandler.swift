@@ -107,6 +107,10 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Whether the handshake resumed an earlier session (valid after `handshakeCompleted`).
     public var sessionReused: Bool { self.connection.sessionReused }
 
+    /// Whether the peer has sent anything yet (a draining gateway closes a connection
+    /// that stays silent, and lets one whose ClientHello has begun finish).
+    public var hasReceivedBytes: Bool { self.receivedAnyBytes }
+
     /// For a context that keeps OpenSSL's record buffers (a client context: see
     /// `TLSContext.client`): gives them back if no record was read or written since the
     /// last call. Called every second, so a connection quiet for one to two seconds, idle

@@ -439,6 +439,7 @@ final class HTTP2AbuseTests: XCTestCase {
         let reset = try abuse("rapid-reset", port: port, 1000)
         XCTAssertEqual(reset["goaway"] as? Int, 11, "ENHANCE_YOUR_CALM ends a rapid-reset connection: \(reset)")
         XCTAssertEqual(reset["closed"] as? Bool, true, "\(reset)")
+        XCTAssertLessThan(reset["closed_after"] as? Double ?? 99, 3, "closed after its GOAWAY, not left open to answer more frames: \(reset)")
         let big = try abuse("big-header", port: port, 64 * 1024)
         XCTAssertEqual(big["responses"] as? Int, 0, "a 64 KiB header list is never proxied: \(big)")
         XCTAssertTrue(big["goaway"] is Int || !((big["rst_codes"] as? [Int]) ?? []).isEmpty || big["closed"] as? Bool == true, "\(big)")
@@ -496,7 +497,8 @@ final class HTTP2AbuseTests: XCTestCase {
         let line = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         let result = (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? [:]
         XCTAssertEqual(result["goaway"] as? Int, 0, "GOAWAY with NO_ERROR: \(line)")
-        XCTAssertEqual(result["goaway_last_stream"] as? Int, 1, "stream 1 is the last one answered: \(line)")
+        XCTAssertEqual(result["goaway_last_streams"] as? [Int], [2_147_483_647, 1],
+                       "GOAWAY in two steps (RFC 9113 §6.8): first the largest stream ID, then stream 1 as the last one answered: \(line)")
         XCTAssertEqual(result["ended"] as? Bool, true, "the stream in flight is answered in full: \(line)")
         XCTAssertEqual(result["response_streams"] as? [Int], [1], "\(line)")
         XCTAssertEqual(result["closed"] as? Bool, true, "\(line)")
@@ -505,8 +507,9 @@ final class HTTP2AbuseTests: XCTestCase {
         await harness.shutdown()
     }
 
-    /// A connection that has not finished its handshake when the gateway drains is closed
-    /// then, on an `h2` listener as on others, not kept until the grace period ends.
+    /// A connection that has sent nothing when the gateway drains is closed after the
+    /// quiet period (`drain_quiet_period`, 1 s), on an `h2` listener as on others, not
+    /// kept until the grace period ends.
     func testDrainingClosesConnectionsStillInTheHandshake() async throws {
         let harness = try await h2Gateway(try TestPKI(), listener: "")
         let drain = await harness.drainWithSilentConnection(port: harness.port("https"))

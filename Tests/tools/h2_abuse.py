@@ -8,10 +8,13 @@
                        upper case or a colon in a name, connection-specific fields, pseudo-header
                        faults), then one valid request ("rst_streams", "response_streams")
   drain PORT MS        GETs /slow?ms=MS, then reads until the server closes: what a draining gateway
-                       sends ("goaway", "goaway_last_stream", "body", "ended", "closed")
+                       sends ("goaway", "goaway_last_stream", "goaway_last_streams": each GOAWAY's,
+                       "body", "ended", "closed")
   trailers PORT 0      POSTs a body of two DATA frames without content-length to /echo, ended by a
                        trailer HEADERS frame ("body": the response body, "ended": END_STREAM seen)
-Prints one JSON line: what came back (GOAWAY error code, RST_STREAM codes, responses, closed)."""
+PINGs are answered, as every HTTP/2 client does.
+Prints one JSON line: what came back (GOAWAY error code, RST_STREAM codes, responses, closed,
+"closed_after": seconds from the last request bytes sent to the server's close)."""
 import json, socket, ssl, struct, sys, time
 
 mode, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -89,7 +92,8 @@ try:
 except OSError:
     pass
 result = {"goaway": None, "rst_codes": [], "responses": 0, "closed": False, "rst_streams": {}, "response_streams": [],
-          "body": "", "ended": False}
+          "body": "", "ended": False, "goaway_last_streams": []}
+sent = time.time()
 buffer = b""
 deadline = time.time() + (n + 5 if mode == "idle" else 20 if mode == "drain" else 10)
 answered = None
@@ -98,6 +102,7 @@ try:
         data = sock.recv(65536)
         if not data:
             result["closed"] = True
+            result["closed_after"] = round(time.time() - sent, 2)
             break
         buffer += data
         while len(buffer) >= 9:
@@ -109,6 +114,12 @@ try:
             if kind == 7:
                 result["goaway"] = int.from_bytes(payload[4:8], "big")
                 result["goaway_last_stream"] = int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF
+                result["goaway_last_streams"].append(result["goaway_last_stream"])
+            if kind == 6 and not flags & 0x1:
+                try:
+                    sock.sendall(frame(6, 0x1, 0, payload))  # PING ACK
+                except OSError:
+                    pass
             stream_id = int.from_bytes(header_stream, "big") & 0x7FFFFFFF
             if kind == 3:
                 result["rst_codes"].append(int.from_bytes(payload[:4], "big"))
@@ -129,6 +140,7 @@ try:
             break
 except (OSError, ssl.SSLError):
     result["closed"] = True
+    result["closed_after"] = round(time.time() - sent, 2)
 if mode == "idle" and result["closed"] and answered:
     result["idle_closed_after"] = round(time.time() - answered, 2)
 print(json.dumps(result))

@@ -1,0 +1,209 @@
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// Reloads and takeovers measured with clients that never retry (wrk, h2load): a
+/// browser-like client that retries a request on a closed keep-alive connection hides
+/// the race between a draining gateway closing an idle connection and the client's next
+/// request; these clients count it.
+final class ReloadUnderLoadTests: XCTestCase {
+    static let pki = try! TestPKI()
+
+    /// A running gateway process with a plain and an HTTP/2 listener in front of a demo upstream.
+    struct Setup {
+        let dir: TemporaryDirectory
+        let http: Int
+        let https: Int
+        let admin: Int
+        let upstream: DemoUpstreamProcess
+        var config: String { self.dir.file("config.yaml") }
+    }
+
+    func setUp(handoff: Bool) throws -> Setup {
+        let dir = TemporaryDirectory()
+        _ = try Self.pki.issue(["localhost"], into: dir.path, name: "site")
+        let http = freePort(), https = freePort(), admin = freePort()
+        let upstream = try DemoUpstreamProcess()
+        try dir.write("config.yaml", """
+            listeners:
+              - { name: http, address: "127.0.0.1:\(http)" }
+              - { name: https, address: "127.0.0.1:\(https)", tls: { certificate: site.crt, key: site.key, h2: true } }
+            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            shutdown_grace_period: 5s
+            \(handoff ? "handoff_socket: handoff.sock" : "")
+            """)
+        return Setup(dir: dir, http: http, https: https, admin: admin, upstream: upstream)
+    }
+
+    /// wrk against `port` in the background: `post` sends a 2 KiB body to /echo.
+    func startWrk(port: Int, seconds: Int, post: Bool, dir: TemporaryDirectory) throws -> (Process, Pipe) {
+        let script = dir.file(post ? "post.lua" : "get.lua")
+        try dir.write(post ? "post.lua" : "get.lua", post
+            ? "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", 2048)\nwrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n"
+            : "wrk.method = \"GET\"\n")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/wrk")
+        process.arguments = ["-t1", "-c50", "-d\(seconds)s", "--timeout", "5s", "-s", script, "http://127.0.0.1:\(port)" + (post ? "/echo" : "/")]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        return (process, output)
+    }
+
+    /// wrk's totals: requests, and failures of every kind it counts (socket errors and non-2xx/3xx).
+    func wrkResult(_ run: (Process, Pipe)) -> (requests: Int, failed: Int, text: String) {
+        let text = String(decoding: run.1.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        run.0.waitUntilExit()
+        func number(after label: String, in line: Substring) -> Int {
+            guard let range = line.range(of: label) else { return 0 }
+            return Int(line[range.upperBound...].prefix { $0.isNumber }) ?? 0
+        }
+        var requests = 0, failed = 0
+        for line in text.split(separator: "\n") {
+            if line.contains("requests in") { requests = Int(line.trimmingCharacters(in: .whitespaces).prefix { $0.isNumber }) ?? 0 }
+            if line.contains("Socket errors:") {
+                failed += ["connect ", "read ", "write ", "timeout "].map { number(after: $0, in: line) }.reduce(0, +)
+            }
+            if line.contains("Non-2xx or 3xx responses:") { failed += number(after: "responses: ", in: line) }
+        }
+        return (requests, failed, text)
+    }
+
+    func testTwentyReloadsFailNoRequestOfClientsThatNeverRetry() throws {
+        let setup = try setUp(handoff: false)
+        defer { setup.upstream.stop() }
+        let gateway = try GatewayProcess(config: setup.config, logPath: setup.dir.file("gateway.log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(setup.admin), gateway.log)
+        let get = try startWrk(port: setup.http, seconds: 14, post: false, dir: setup.dir)
+        let post = try startWrk(port: setup.http, seconds: 14, post: true, dir: setup.dir)
+        pause(1.5)
+        for _ in 0..<20 {
+            kill(gateway.pid, SIGHUP)
+            pause(0.5)
+        }
+        let gets = wrkResult(get), posts = wrkResult(post)
+        XCTAssertEqual(gateway.log.components(separatedBy: "configuration reloaded").count - 1, 20, gateway.log.suffix(2000).description)
+        XCTAssertGreaterThan(gets.requests, 1000, gets.text)
+        XCTAssertGreaterThan(posts.requests, 1000, posts.text)
+        XCTAssertEqual(gets.failed, 0, "GET requests failed across 20 reloads:\n\(gets.text)")
+        XCTAssertEqual(posts.failed, 0, "POST requests failed across 20 reloads:\n\(posts.text)")
+        XCTAssertTrue(gateway.process.isRunning)
+    }
+
+    func testFiveTakeoversFailNoRequestOfClientsThatNeverRetry() throws {
+        let setup = try setUp(handoff: true)
+        defer { setup.upstream.stop() }
+        var current = try GatewayProcess(config: setup.config, logPath: setup.dir.file("gateway0.log"))
+        XCTAssertTrue(current.waitForPort(setup.admin), current.log)
+        var all = [current]
+        defer { for process in all { process.stop() } }
+        let get = try startWrk(port: setup.http, seconds: 22, post: false, dir: setup.dir)
+        let post = try startWrk(port: setup.http, seconds: 22, post: true, dir: setup.dir)
+        pause(1.5)
+        for index in 1...5 {
+            let next = try GatewayProcess(config: setup.config, logPath: setup.dir.file("gateway\(index).log"))
+            all.append(next)
+            guard eventually(timeout: 15, { !current.process.isRunning }) else {
+                XCTFail("takeover \(index): the old process did not drain and exit:\n\(current.log.suffix(2000))\n---- new:\n\(next.log.suffix(2000))")
+                return
+            }
+            XCTAssertEqual(current.process.terminationStatus, 0, current.log.suffix(2000).description)
+            current = next
+            pause(0.5)
+        }
+        let gets = wrkResult(get), posts = wrkResult(post)
+        XCTAssertGreaterThan(gets.requests, 1000, gets.text)
+        XCTAssertGreaterThan(posts.requests, 1000, posts.text)
+        XCTAssertEqual(gets.failed, 0, "GET requests failed across 5 takeovers:\n\(gets.text)")
+        XCTAssertEqual(posts.failed, 0, "POST requests failed across 5 takeovers:\n\(posts.text)")
+    }
+
+    /// HTTP/2 clients across reloads (Tests/tools/h2_reload_client.py, ten streams at a
+    /// time on each of four connections): every stream the gateway accepted is answered,
+    /// and none is refused, since the first GOAWAY of a drain promises to process every
+    /// stream already on its way. (h2load cannot tell: it never reconnects after GOAWAY
+    /// and counts the requests it queued and never sent as failed.)
+    func testReloadsFailNoHTTP2Stream() throws {
+        let setup = try setUp(handoff: false)
+        defer { setup.upstream.stop() }
+        let gateway = try GatewayProcess(config: setup.config, logPath: setup.dir.file("gateway.log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(setup.admin), gateway.log)
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        client.arguments = [repositoryRoot() + "/Tests/tools/h2_reload_client.py", "\(setup.https)", Self.pki.caPath, "9", "4", "10"]
+        let output = Pipe()
+        client.standardOutput = output
+        try client.run()
+        pause(1.5)
+        for _ in 0..<10 {
+            kill(gateway.pid, SIGHUP)
+            pause(0.6)
+        }
+        let line = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        client.waitUntilExit()
+        let result = (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? [:]
+        XCTAssertEqual(gateway.log.components(separatedBy: "configuration reloaded").count - 1, 10)
+        XCTAssertGreaterThan(result["ok"] as? Int ?? 0, 2000, line)
+        XCTAssertGreaterThan(result["goaways"] as? Int ?? 0, 10, "the connections were drained: \(line)")
+        XCTAssertEqual(result["failed"] as? Int, 0, "streams failed across 10 reloads: \(line)")
+        XCTAssertEqual(result["refused"] as? Int, 0, "no stream on its way was refused: \(line)")
+    }
+
+    /// Validating a configuration has no side effects: a reload rejected for a misspelt
+    /// key changes neither the session-ticket keys nor the access log nor the listeners,
+    /// although the rejected file names another key file and another log.
+    func testARejectedReloadLeavesTicketKeysAccessLogAndListenersUntouched() throws {
+        let dir = TemporaryDirectory()
+        _ = try Self.pki.issue(["localhost"], into: dir.path, name: "site")
+        let https = freePort(), admin = freePort()
+        let upstream = try DemoUpstreamProcess()
+        defer { upstream.stop() }
+        try dir.write("a.keys", try Shell.bash("openssl rand 80 | base64 -w0").stdout + "\n")
+        try dir.write("b.keys", try Shell.bash("openssl rand 80 | base64 -w0").stdout + "\n")
+        func write(keys: String, log: String, extra: String) throws {
+            try dir.write("config.yaml", """
+                listeners:
+                  - { name: https, address: "127.0.0.1:\(https)",
+                      tls: { certificate: site.crt, key: site.key, session_tickets: { key_file: \(keys) } } }
+                upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"] } }
+                routes: [ { upstream: app } ]
+                admin: { address: "127.0.0.1:\(admin)" }
+                access_log: { path: \(log) }
+                \(extra)
+                """)
+        }
+        try write(keys: "a.keys", log: "first.log", extra: "")
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("gateway.log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        func session(out: String? = nil, in input: String? = nil) throws -> String {
+            let flags = (out.map { "-sess_out '\($0)'" } ?? "") + (input.map { " -sess_in '\($0)'" } ?? "")
+            return try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(https) -servername localhost -tls1_3 \(flags) 2>&1").stdout
+        }
+        XCTAssertTrue(try session(out: dir.file("ticket")).contains("New,"))
+        try write(keys: "b.keys", log: "second.log", extra: "shutdown_grace_priod: 5s")
+        kill(gateway.pid, SIGHUP)
+        XCTAssertTrue(eventually(timeout: 10) { gateway.log.contains("configuration reload rejected") }, gateway.log)
+        XCTAssertTrue(gateway.log.contains("shutdown_grace_priod"), "the error names the key")
+        let resumed = try session(in: dir.file("ticket"))
+        XCTAssertTrue(resumed.contains("Reused,"), "the live ticket keys are still a.keys:\n\(resumed.prefix(600))")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("second.log")), "the rejected file's access log was not created")
+        XCTAssertEqual(try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", Self.pki.caPath,
+                                      "https://localhost:\(https)/"]).stdout, "200", "the listener still serves")
+        // `check` of the same file creates nothing either.
+        let check = try Shell.run([gatewayBinary(), "check", "-c", dir.file("config.yaml")])
+        XCTAssertEqual(check.status, 1, check.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("second.log")))
+        // Once the file is valid, the reload applies the new keys: the old ticket no longer resumes.
+        try write(keys: "b.keys", log: "second.log", extra: "")
+        kill(gateway.pid, SIGHUP)
+        XCTAssertTrue(eventually(timeout: 10) { gateway.log.contains("configuration reloaded") }, gateway.log)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir.file("second.log")))
+        XCTAssertTrue(try session(in: dir.file("ticket")).contains("New,"), "b.keys does not open a.keys' ticket")
+    }
+}
