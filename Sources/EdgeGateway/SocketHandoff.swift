@@ -18,7 +18,16 @@ import Glibc
 /// serves on them and says `DRAIN`, and the old one drains as on SIGTERM. Only one process
 /// accepts at any time and the sockets are never closed in between: no connection is
 /// refused or reset. If the new process goes away before `DRAIN`, the old one accepts again.
+///
+/// The socket hands out every listening socket, so both ends check who is at the other
+/// (`SO_PEERCRED`: the same user, or root), the socket is mode 0600 from the moment its
+/// name exists, and every read has a timeout: a peer that connects and says nothing
+/// cannot hold the handoff thread.
 enum SocketHandoff {
+    /// How long either side waits for a line it expects (the request, `PAUSED`).
+    static let replyTimeoutSeconds = 10
+    /// How long the old process waits for the new one to be serving (`DRAIN`).
+    static let drainTimeoutSeconds = 60
     struct Inherited {
         /// Listener name → (address text, descriptor).
         var sockets: [String: (address: String, fd: CInt)]
@@ -34,6 +43,12 @@ enum SocketHandoff {
             close(fd)
             return nil
         }
+        if let refusal = peerRefusal(fd) {
+            logger.warning("not taking sockets from the process at the handoff socket", metadata: ["handoff_socket": "\(path)", "reason": "\(refusal)"])
+            close(fd)
+            return nil
+        }
+        setReadTimeout(fd, seconds: Self.replyTimeoutSeconds)
         guard writeAll(fd, "LISTENERS\n") else {
             close(fd)
             return nil
@@ -46,8 +61,6 @@ enum SocketHandoff {
             return nil
         }
         // The old process stops accepting before we start: one acceptor at a time.
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var reply = [UInt8](repeating: 0, count: 16)
         let n = read(fd, &reply, reply.count)
         guard n > 0, String(decoding: reply[0..<n], as: UTF8.self).hasPrefix("PAUSED") else {
@@ -86,14 +99,18 @@ enum SocketHandoff {
         init(path: String, sockets: @escaping @Sendable () -> [(name: String, address: String, fd: CInt)],
              pause: @escaping @Sendable () -> Void, resume: @escaping @Sendable () -> Void,
              drain: @escaping @Sendable () -> Void, logger: Logger) throws {
-            unlink(path)
+            // Bound under a temporary name, made 0600, then renamed into place: the
+            // handoff socket's name never exists with a wider mode.
+            let temporary = "\(path).\(getpid()).tmp"
+            unlink(temporary)
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0, bindUnix(fd, path: path), listen(fd, 4) == 0 else {
+            guard fd >= 0, bindUnix(fd, path: temporary), chmod(temporary, 0o600) == 0, listen(fd, 4) == 0,
+                  rename(temporary, path) == 0 else {
                 let reason = String(cString: strerror(errno))
                 if fd >= 0 { close(fd) }
+                unlink(temporary)
                 throw ConfigError(path: "handoff_socket", message: "cannot listen on \(path): \(reason)")
             }
-            chmod(path, 0o600)
             self.fd = fd
             self.path = path
             let stopped = self.stopped
@@ -104,6 +121,12 @@ enum SocketHandoff {
                         if errno == EINTR { continue }
                         return
                     }
+                    if let refusal = SocketHandoff.peerRefusal(client) {
+                        logger.warning("handoff socket: refused a connection", metadata: ["reason": "\(refusal)"])
+                        close(client)
+                        continue
+                    }
+                    SocketHandoff.setReadTimeout(client, seconds: SocketHandoff.replyTimeoutSeconds)
                     var buffer = [UInt8](repeating: 0, count: 64)
                     let n = read(client, &buffer, buffer.count)
                     guard n > 0, String(decoding: buffer[0..<n], as: UTF8.self).hasPrefix("LISTENERS") else {
@@ -117,6 +140,7 @@ enum SocketHandoff {
                     _ = write(client, "PAUSED\n", 7)
                     logger.notice("handed listening sockets to a new gateway process; not accepting meanwhile", metadata: ["sockets": "\(list.map(\.name))"])
                     // Wait for the new process to be ready, then drain.
+                    SocketHandoff.setReadTimeout(client, seconds: SocketHandoff.drainTimeoutSeconds)
                     let m = read(client, &buffer, buffer.count)
                     close(client)
                     if m > 0, String(decoding: buffer[0..<m], as: UTF8.self).hasPrefix("DRAIN") {
@@ -140,6 +164,24 @@ enum SocketHandoff {
     }
 
     // MARK: plumbing
+
+    /// Why the process at the other end of a Unix socket may not take part in a handoff
+    /// (nil: it runs as this process's user, or as root).
+    fileprivate static func peerRefusal(_ fd: CInt) -> String? {
+        var credentials = [Int32](repeating: -1, count: 3)  // struct ucred: pid, uid, gid
+        var length = socklen_t(MemoryLayout<Int32>.size * 3)
+        guard getsockopt(fd, SOL_SOCKET, edge_SO_PEERCRED(), &credentials, &length) == 0 else {
+            return "cannot read the peer's credentials: \(String(cString: strerror(errno)))"
+        }
+        let uid = uid_t(bitPattern: credentials[1])
+        if uid == geteuid() || uid == 0 { return nil }
+        return "peer process \(credentials[0]) runs as uid \(uid), not \(geteuid())"
+    }
+
+    fileprivate static func setReadTimeout(_ fd: CInt, seconds: Int) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
 
     private static func withUnixAddress<T>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T? {
         var address = sockaddr_un()

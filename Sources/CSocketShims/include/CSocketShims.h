@@ -17,6 +17,8 @@ size_t edge_CMSG_LEN(size_t length);
 struct cmsghdr *edge_CMSG_FIRSTHDR(struct msghdr *message);
 unsigned char *edge_CMSG_DATA(struct cmsghdr *header);
 int edge_SCM_RIGHTS(void);
+/* SO_PEERCRED (needs _GNU_SOURCE); getsockopt fills a struct ucred: pid, uid, gid. */
+int edge_SO_PEERCRED(void);
 
 /* glibc's malloc_trim (<malloc.h>, which Swift's Glibc module does not export). */
 int edge_malloc_trim(size_t pad);
