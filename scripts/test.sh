@@ -5,8 +5,9 @@ cd "$(dirname "$0")/.."
 # promtool (prometheus) checks the /metrics exposition; chromium renders the status page;
 # h2load (nghttp2-client) drives HTTP/2; testssl.sh and sslyze (PyPI, in a venv) scan TLS;
 # certbot renews against pebble (the ACME test server) in the end-to-end test; haproxy
-# (TCP mode) sends PROXY protocol headers to the gateway.
-bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core nghttp2-client testssl.sh python3-venv certbot pebble haproxy
+# (TCP mode) sends PROXY protocol headers to the gateway; wrk, a client that never retries,
+# counts what reloads and takeovers cost.
+bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core nghttp2-client testssl.sh python3-venv certbot pebble haproxy wrk
 swift build --build-tests
 swift test --skip-build
 bash scripts/tls-compliance.sh
