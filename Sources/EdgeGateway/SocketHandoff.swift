@@ -24,7 +24,10 @@ import Glibc
 /// name exists, and every read has a timeout: a peer that connects and says nothing
 /// cannot hold the handoff thread.
 enum SocketHandoff {
-    /// How long either side waits for a line it expects (the request, `PAUSED`).
+    /// How long the running process waits for a connected peer's request: a new gateway
+    /// sends it at once, and a peer that says nothing must not delay a real takeover.
+    static let requestTimeoutSeconds = 2
+    /// How long the new process waits for the sockets and for `PAUSED`.
     static let replyTimeoutSeconds = 10
     /// How long the old process waits for the new one to be serving (`DRAIN`).
     static let drainTimeoutSeconds = 60
@@ -126,7 +129,7 @@ enum SocketHandoff {
                         close(client)
                         continue
                     }
-                    SocketHandoff.setReadTimeout(client, seconds: SocketHandoff.replyTimeoutSeconds)
+                    SocketHandoff.setReadTimeout(client, seconds: SocketHandoff.requestTimeoutSeconds)
                     var buffer = [UInt8](repeating: 0, count: 64)
                     let n = read(client, &buffer, buffer.count)
                     guard n > 0, String(decoding: buffer[0..<n], as: UTF8.self).hasPrefix("LISTENERS") else {

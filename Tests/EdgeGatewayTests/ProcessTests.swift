@@ -331,6 +331,55 @@ final class RestartTests: XCTestCase {
         XCTAssertEqual(try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", pki.caPath, "https://localhost:\(https)/"]).stdout, "200")
         XCTAssertEqual(try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/readyz"]).stdout, "ready\n")
     }
+
+    /// The handoff socket hands out every listening socket: it is private from the moment
+    /// it has a name, a process of another user that reaches it anyway is refused (checked
+    /// with SO_PEERCRED) and logged, and a peer that connects and says nothing does not hold
+    /// up a real takeover.
+    func testTheHandoffSocketIsPrivateRefusesOtherUsersAndIgnoresSilentPeers() throws {
+        let dir = TemporaryDirectory()
+        let http = freePort(), admin = freePort()
+        let upstream = try DemoUpstreamProcess()
+        defer { upstream.stop() }
+        try dir.write("config.yaml", """
+            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            handoff_socket: handoff.sock
+            shutdown_grace_period: 2s
+            """)
+        let old = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("old.log"))
+        defer { old.stop() }
+        XCTAssertTrue(old.waitForPort(admin), old.log)
+        let mode = try Shell.run(["stat", "-c", "%a", dir.file("handoff.sock")]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(mode, "600")
+        // Another user, let in by a wider mode on purpose, is refused by its credentials.
+        try Shell.run(["chmod", "666", dir.file("handoff.sock")])
+        try Shell.run(["chmod", "755", dir.path])
+        let intruder = try Shell.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", """
+            import socket; s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect('\(dir.file("handoff.sock"))')
+            try:
+                s.sendall(b'LISTENERS\\n'); print(len(s.recv(4096)))
+            except OSError:
+                print(0)
+            """])
+        XCTAssertEqual(intruder.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "0", "no socket for another user: \(intruder.stderr)")
+        XCTAssertTrue(eventually(timeout: 5) { old.log.contains("handoff socket: refused a connection") }, old.log)
+        XCTAssertTrue(old.log.contains("runs as uid 65534"), old.log)
+        // A silent peer, then a real takeover: it still happens.
+        let silent = Process()
+        silent.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        silent.arguments = ["-c", "import socket, time; s = socket.socket(socket.AF_UNIX); s.connect('\(dir.file("handoff.sock"))'); time.sleep(30)"]
+        try silent.run()
+        defer { silent.terminate() }
+        pause(0.3)
+        let new = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("new.log"))
+        defer { new.stop() }
+        XCTAssertTrue(eventually(timeout: 15) { !old.process.isRunning }, "the takeover happened despite the silent peer:\n\(old.log)\n---\n\(new.log)")
+        XCTAssertTrue(new.log.contains("took over listening sockets"), new.log)
+        XCTAssertEqual(try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)/"]).stdout, "200")
+    }
 }
 
 /// Configuration reload: SIGHUP and POST /reload re-read the whole file without dropping anything.
