@@ -15,8 +15,8 @@ tsan_tests='RotationTests|HostileFilesTests'
 
 echo "== AddressSanitizer"
 swift build --build-tests --sanitize address --build-path .build-asan
-ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 swift test --skip-build --sanitize address --build-path .build-asan --filter "$asan_tests"
+ASAN_OPTIONS=detect_leaks=0 timeout 1200 swift test --skip-build --sanitize address --build-path .build-asan --filter "$asan_tests"
 
 echo "== ThreadSanitizer"
 swift build --build-tests --sanitize thread --build-path .build-tsan
-TSAN_OPTIONS=halt_on_error=1 swift test --skip-build --sanitize thread --build-path .build-tsan --filter "$tsan_tests"
+TSAN_OPTIONS=halt_on_error=1 timeout 900 swift test --skip-build --sanitize thread --build-path .build-tsan --filter "$tsan_tests"

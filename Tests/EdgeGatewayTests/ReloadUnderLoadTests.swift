@@ -103,6 +103,7 @@ final class ReloadUnderLoadTests: XCTestCase {
         defer { for process in all { process.stop() } }
         let get = try startWrk(port: setup.http, seconds: 22, post: false, dir: setup.dir)
         let post = try startWrk(port: setup.http, seconds: 22, post: true, dir: setup.dir)
+        let h2 = try startHTTP2Client(port: setup.https, seconds: 21)
         pause(1.5)
         for index in 1...5 {
             let next = try GatewayProcess(config: setup.config, logPath: setup.dir.file("gateway\(index).log"))
@@ -120,6 +121,27 @@ final class ReloadUnderLoadTests: XCTestCase {
         XCTAssertGreaterThan(posts.requests, 1000, posts.text)
         XCTAssertEqual(gets.failed, 0, "GET requests failed across 5 takeovers:\n\(gets.text)")
         XCTAssertEqual(posts.failed, 0, "POST requests failed across 5 takeovers:\n\(posts.text)")
+        let streams = http2Result(h2)
+        XCTAssertGreaterThan(streams["ok"] as? Int ?? 0, 1000, "\(streams)")
+        XCTAssertEqual(streams["failed"] as? Int, 0, "HTTP/2 streams failed across 5 takeovers: \(streams)")
+        XCTAssertEqual(streams["refused"] as? Int, 0, "\(streams)")
+    }
+
+    /// Tests/tools/h2_reload_client.py in the background: four connections, ten streams at a time.
+    func startHTTP2Client(port: Int, seconds: Int) throws -> (Process, Pipe) {
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        client.arguments = [repositoryRoot() + "/Tests/tools/h2_reload_client.py", "\(port)", Self.pki.caPath, "\(seconds)", "4", "10"]
+        let output = Pipe()
+        client.standardOutput = output
+        try client.run()
+        return (client, output)
+    }
+
+    func http2Result(_ run: (Process, Pipe)) -> [String: Any] {
+        let line = String(decoding: run.1.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        run.0.waitUntilExit()
+        return (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? ["output": line]
     }
 
     /// HTTP/2 clients across reloads (Tests/tools/h2_reload_client.py, ten streams at a
@@ -133,20 +155,14 @@ final class ReloadUnderLoadTests: XCTestCase {
         let gateway = try GatewayProcess(config: setup.config, logPath: setup.dir.file("gateway.log"))
         defer { gateway.stop() }
         XCTAssertTrue(gateway.waitForPort(setup.admin), gateway.log)
-        let client = Process()
-        client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        client.arguments = [repositoryRoot() + "/Tests/tools/h2_reload_client.py", "\(setup.https)", Self.pki.caPath, "9", "4", "10"]
-        let output = Pipe()
-        client.standardOutput = output
-        try client.run()
+        let client = try startHTTP2Client(port: setup.https, seconds: 9)
         pause(1.5)
         for _ in 0..<10 {
             kill(gateway.pid, SIGHUP)
             pause(0.6)
         }
-        let line = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        client.waitUntilExit()
-        let result = (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? [:]
+        let result = http2Result(client)
+        let line = "\(result)"
         XCTAssertEqual(gateway.log.components(separatedBy: "configuration reloaded").count - 1, 10)
         XCTAssertGreaterThan(result["ok"] as? Int ?? 0, 2000, line)
         XCTAssertGreaterThan(result["goaways"] as? Int ?? 0, 10, "the connections were drained: \(line)")
