@@ -17,7 +17,7 @@ It prints requests and failures (socket errors by kind, non-2xx answers) for eac
 
 It needs `apt-get install wrk nginx-light haproxy` and a gateway binary (the release build
 by default; it is not built here: see bench/common.release_binary)."""
-import argparse, datetime, os, re, signal, subprocess, sys, tempfile, time
+import argparse, datetime, os, re, shutil, signal, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
@@ -84,34 +84,41 @@ class Nginx:
                     f" server {{ listen 127.0.0.1:{port}; keepalive_requests 1000000; keepalive_timeout 120s;\n"
                     "  location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }\n}\n")
 
-    def master(self, suffix=""):
-        with open(self.pid + suffix) as f:
-            return int(f.read())
+    def read_pid(self, suffix=""):
+        try:
+            with open(self.pid + suffix) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
 
     def start(self):
-        subprocess.run(["nginx", "-c", self.config, "-p", self.work], check=True)
+        # By its full path: the binary upgrade re-executes argv[0].
+        subprocess.run([shutil.which("nginx"), "-c", self.config, "-p", self.work], check=True)
+        self.master = self.read_pid()
 
     def reload(self):
-        os.kill(self.master(), signal.SIGHUP)
+        os.kill(self.master, signal.SIGHUP)
 
     def takeover(self):
         # The binary upgrade: a new master from the same binary serves beside the old one,
-        # then the old master is told to finish and exit.
-        old = self.master()
+        # then the old master is told to finish and exit. (The old master removes the pid
+        # file as it exits, so the masters are tracked here, not read back.)
+        old = self.master
         os.kill(old, signal.SIGUSR2)
         deadline = time.time() + 10
-        while time.time() < deadline and not (os.path.exists(self.pid + ".oldbin") and os.path.exists(self.pid)):
+        while time.time() < deadline and (self.read_pid() in (None, old)):
             time.sleep(0.05)
+        self.master = self.read_pid()
+        time.sleep(0.2)  # the new master's worker is listening
         os.kill(old, signal.SIGQUIT)
-        while time.time() < deadline + 20 and os.path.exists(self.pid + ".oldbin"):
+        while time.time() < deadline + 20 and os.path.exists(f"/proc/{old}"):
             time.sleep(0.05)
 
     def stop(self):
-        for suffix in ("", ".oldbin"):
-            try:
-                os.kill(self.master(suffix), signal.SIGQUIT)
-            except (OSError, ValueError):
-                pass
+        try:
+            os.kill(self.master, signal.SIGQUIT)
+        except (OSError, TypeError):
+            pass
         time.sleep(1)
 
 
