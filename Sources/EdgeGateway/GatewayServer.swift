@@ -219,6 +219,9 @@ extension Gateway {
 
     /// Rebuilds the contexts of every store whose policies name a client CA bundle when
     /// that file changes (checked every second), so a new client CA applies to new handshakes.
+    /// The loop only compares the file's stamp; the bundle is read and the contexts built on
+    /// a thread of the pool, so no event loop reads a file or waits for the store's reload
+    /// lock, which a reload holds while it reads certificate files.
     private func startClientCAWatch(on loop: EventLoop) {
         var found: [String: [CertificateStore]] = [:]
         for store in self.stores {
@@ -232,7 +235,9 @@ extension Gateway {
                 let now = fileStamp(file)
                 guard now != nil, stamps.withLockedValue({ $0[file] != now }) else { continue }
                 stamps.withLockedValue { $0[file] = now }
-                for store in stores { store.rebuildContexts(reason: "client CA bundle \(file) changed") }
+                NIOThreadPool.singleton.submit { _ in
+                    for store in stores { store.rebuildContexts(reason: "client CA bundle \(file) changed") }
+                }
             }
         }
         self.state.withLockedValue { $0.caWatchTask = task }
