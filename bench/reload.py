@@ -13,7 +13,7 @@ once (50 connections sending GET /, 50 sending a 2 KiB POST to /echo) while the 
     HAProxy by a new process started with `-sf` (the old one finishes and exits).
 It prints requests and failures (socket errors by kind, non-2xx answers) for each.
 
-  python3 bench/reload.py [--binary PATH] [--reloads 20] [--takeovers 5] [--append]
+  python3 bench/reload.py [--binary PATH] [--reloads 20] [--takeovers 5] [--proxies gateway,nginx,haproxy] [--append]
 
 It needs `apt-get install wrk nginx-light haproxy` and a gateway binary (the release build
 by default; it is not built here: see bench/common.release_binary)."""
@@ -23,6 +23,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
 POST_LUA = 'wrk.method = "POST"\nwrk.body = string.rep("x", 2048)\nwrk.headers["Content-Type"] = "application/octet-stream"\n'
+# wrk's own "Non-2xx or 3xx responses" counts only statuses above 399; this counts every
+# answer outside 2xx (each thread's count, summed by done() in the main Lua state).
+COUNT_LUA = """local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) non2xx = 0 end
+function response(status, headers, body) if status < 200 or status > 299 then non2xx = non2xx + 1 end end
+function done(summary, latency, requests)
+  local n = 0
+  for _, t in ipairs(threads) do n = n + t:get("non2xx") end
+  io.write(string.format("non-2xx counted by the script: %d\\n", n))
+end
+"""
 
 
 def wrk(port, path, seconds, script):
@@ -34,8 +46,10 @@ def wrk_result(process):
     text = process.communicate(timeout=120)[0]
     requests = int(re.search(r"(\d+) requests in", text).group(1)) if "requests in" in text else 0
     errors = dict((k, int(v)) for k, v in re.findall(r"(connect|read|write|timeout) (\d+)", text))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    errors["non-2xx"] = int(non2xx.group(1)) if non2xx else 0
+    counted = re.search(r"non-2xx counted by the script: (\d+)", text)
+    if not counted:
+        raise RuntimeError(f"wrk printed no count of non-2xx answers:\n{text}")
+    errors["non-2xx"] = int(counted.group(1))
     return requests, errors
 
 
@@ -159,6 +173,7 @@ class HAProxy:
 def measure(proxy, port, work, action, count, spacing):
     """Starts the proxy, loads it with wrk GET and POST, runs `action` count times; stops it."""
     seconds = int(2 + count * spacing + 3)
+    get = post = None
     proxy.start() if not isinstance(proxy, HAProxy) else proxy.start(master_worker=(action == "reload"))
     try:
         if not common.wait_port(port):
@@ -171,6 +186,10 @@ def measure(proxy, port, work, action, count, spacing):
             time.sleep(spacing)
         return wrk_result(get), wrk_result(post)
     finally:
+        for load in (get, post):
+            if load and load.poll() is None:
+                load.kill()
+                load.wait()
         proxy.stop()
 
 
@@ -185,6 +204,7 @@ def main():
     ap.add_argument("--binary", help="the gateway binary (default: the release build, not built here)")
     ap.add_argument("--reloads", type=int, default=20)
     ap.add_argument("--takeovers", type=int, default=5)
+    ap.add_argument("--proxies", default="gateway,nginx,haproxy", help="which to measure, in this order")
     ap.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     args = ap.parse_args()
     binary = args.binary or common.release_binary(build=False)
@@ -193,16 +213,18 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as work:
         with open(os.path.join(work, "get.lua"), "w") as f:
-            f.write('wrk.method = "GET"\n')
+            f.write('wrk.method = "GET"\n' + COUNT_LUA)
         with open(os.path.join(work, "post.lua"), "w") as f:
-            f.write(POST_LUA)
+            f.write(POST_LUA + COUNT_LUA)
         upstream_port = common.free_port()
         upstream = subprocess.Popen([binary, "demo-upstream", "--listen", f"127.0.0.1:{upstream_port}", "--threads", "1"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            common.wait_port(upstream_port)
-            for make in (lambda p: Gateway(work, binary, p, upstream_port), lambda p: Nginx(work, p, upstream_port),
-                         lambda p: HAProxy(work, p, upstream_port)):
+            if not common.wait_port(upstream_port):
+                raise RuntimeError("the demo upstream did not start")
+            makers = {"gateway": lambda p: Gateway(work, binary, p, upstream_port), "nginx": lambda p: Nginx(work, p, upstream_port),
+                      "haproxy": lambda p: HAProxy(work, p, upstream_port)}
+            for make in (makers[name] for name in args.proxies.split(",")):
                 for action, count, spacing in (("reload", args.reloads, 0.5), ("takeover", args.takeovers, 2.5)):
                     port = common.free_port()
                     proxy = make(port)

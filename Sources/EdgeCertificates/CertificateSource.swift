@@ -45,17 +45,28 @@ public struct LineageFiles: Sendable, Hashable {
     /// Why the lineage must not be read right now (certbot renewal in progress).
     public var busyReason: String?
 
-    /// Whether the certificate or key file (by its path, or the file a link leads to)
-    /// is among `writing`, files opened for writing and not yet closed.
-    func isBeingWritten(_ writing: Set<String>) -> Bool {
+    /// Whether the certificate or key file (the file itself, links followed) is among
+    /// `writing`, files written to and not yet closed. Compared by device and inode, so a
+    /// link or another spelling of a directory names the same file.
+    func isBeingWritten(_ writing: Set<FileID>) -> Bool {
         for path in Set([self.certificatePath, self.keyPath]) {
-            if writing.contains(path) { return true }
-            if let real = realpath(path, nil) {
-                defer { free(real) }
-                if writing.contains(String(cString: real)) { return true }
-            }
+            if let id = FileID(path: path), writing.contains(id) { return true }
         }
         return false
+    }
+}
+
+/// A file as the kernel knows it: device and inode.
+public struct FileID: Hashable, Sendable {
+    let device: UInt64
+    let inode: UInt64
+
+    /// The file at `path`, links followed; nil when there is none.
+    init?(path: String) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        self.device = UInt64(info.st_dev)
+        self.inode = UInt64(info.st_ino)
     }
 }
 

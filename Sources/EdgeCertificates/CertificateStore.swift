@@ -71,6 +71,9 @@ public final class CertificateStore: Sendable {
     private let current: ManagedAtomic<CertificateSnapshot>
     private let state: NIOLockedValueBox<ReloadState>
     private let status: ManagedAtomic<StoreStatus>
+    /// Files written to and not yet closed, as the watcher saw them: every reload (the
+    /// watcher's, SIGHUP's, `POST /reload`'s) leaves their lineages as they are.
+    private let filesBeingWritten = NIOLockedValueBox(Set<FileID>())
     private let logger: Logger
 
     private struct ReloadState {
@@ -168,12 +171,12 @@ public final class CertificateStore: Sendable {
     /// removal and the bookkeeping of problems to the settled reload after the debounce
     /// (a certificate renamed in before its key is not an error yet).
     ///
-    /// `writing`: files a writer has modified and not yet closed (the watcher's
-    /// `IN_MODIFY` without `IN_CLOSE_WRITE`). A lineage using one keeps what it serves,
-    /// as during a certbot renewal: a chain written in two steps is never read half-way.
+    /// A lineage using a file that is being written (`setFilesBeingWritten`) keeps what it
+    /// serves, as during a certbot renewal: a chain written in two steps is never read half-way.
     @discardableResult
-    public func reload(reason: String, settled: Bool = true, writing: Set<String> = []) -> ReloadReport {
-        self.state.withLockedValue { state in
+    public func reload(reason: String, settled: Bool = true) -> ReloadReport {
+        let writing = self.filesBeingWritten.withLockedValue { $0 }
+        return self.state.withLockedValue { state in
             defer { self.status.store(Self.status(of: state), ordering: .releasing) }
             let now = currentEpochSeconds()
             let old = self.current.load(ordering: .acquiring)
@@ -296,6 +299,11 @@ public final class CertificateStore: Sendable {
                 return ReloadReport(generation: old.generation, published: false, added: [], updated: [], removed: [], problems: Array(problems.values))
             }
         }
+    }
+
+    /// The files written to and not yet closed (`IN_MODIFY` without `IN_CLOSE_WRITE`).
+    public func setFilesBeingWritten(_ files: Set<FileID>) {
+        self.filesBeingWritten.withLockedValue { $0 = files }
     }
 
     /// Rebuilds every context from the lineages already loaded, re-reading the files the

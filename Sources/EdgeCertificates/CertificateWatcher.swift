@@ -200,12 +200,17 @@ public final class CertificateWatcher: Sendable {
         var earlyPending = false
         var earlyAllowedAt: Int64 = 0
         var nextRescan = self.now() + rescan
-        // Files modified and not yet closed, with the time of their last write.
-        var writing: [String: Int64] = [:]
+        // Files modified and not yet closed, by watched path, with the time of their last
+        // write; the store holds the set, so every reload (SIGHUP's too) honours it.
+        var writing: [String: (id: FileID, last: Int64)] = [:]
+        var published = Set<FileID>()
         let staleWrite = Int64(max(5_000, 10 * self.configuration.debounceMilliseconds))
-        func inProgress(at now: Int64) -> Set<String> {
-            writing = writing.filter { now - $0.value < staleWrite }
-            return Set(writing.keys)
+        func publishWriting() {
+            let now = Set(writing.values.map(\.id))
+            if now != published {
+                published = now
+                self.store.setFilesBeingWritten(now)
+            }
         }
         let bufferSize = 64 * 1024  // far above one event (a smaller buffer makes read fail with EINVAL)
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 8)
@@ -215,6 +220,8 @@ public final class CertificateWatcher: Sendable {
             var timeout = nextRescan - current
             if pendingSince != nil { timeout = min(timeout, lastEvent + debounce - current) }
             if earlyPending { timeout = min(timeout, earlyAllowedAt - current) }
+            // A writer silent for `staleWrite` is taken as done: wake then to read its file.
+            if let oldest = writing.values.map(\.last).min() { timeout = min(timeout, oldest + staleWrite - current) }
             var fds = [pollfd(fd: self.inotify, events: Int16(POLLIN), revents: 0), pollfd(fd: self.wakeRead, events: Int16(POLLIN), revents: 0)]
             let ready = poll(&fds, 2, Int32(max(0, min(timeout, 60_000))))
             if ready < 0 && errno != EINTR { usleep(100_000) }
@@ -240,7 +247,7 @@ public final class CertificateWatcher: Sendable {
                         if event.mask & UInt32(IN_MODIFY | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM) != 0 {
                             if let path = self.lineagePath(event, name: namePointer, length: length) {
                                 if event.mask & UInt32(IN_MODIFY) != 0 {
-                                    writing[path] = self.now()
+                                    if let id = writing[path]?.id ?? FileID(path: path) { writing[path] = (id, self.now()) }
                                 } else {
                                     writing[path] = nil
                                 }
@@ -257,6 +264,7 @@ public final class CertificateWatcher: Sendable {
                         offset += MemoryLayout<inotify_event>.size + length
                     }
                 }
+                publishWriting()
                 if sawEvent {
                     lastEvent = self.now()
                     if pendingSince == nil { pendingSince = lastEvent }
@@ -264,9 +272,15 @@ public final class CertificateWatcher: Sendable {
                 if sawComplete { earlyPending = true }
             }
             var after = self.now()
+            if writing.contains(where: { after - $0.value.last >= staleWrite }) {
+                writing = writing.filter { after - $0.value.last < staleWrite }
+                publishWriting()
+                lastEvent = after - debounce  // a settled reload now
+                if pendingSince == nil { pendingSince = lastEvent }
+            }
             if earlyPending, after >= earlyAllowedAt {
                 earlyPending = false
-                self.store.reload(reason: "file change", settled: false, writing: inProgress(at: after))
+                self.store.reload(reason: "file change", settled: false)
                 let done = self.now()
                 earlyAllowedAt = done + max(10, 2 * (done - after))
                 after = done
@@ -274,12 +288,12 @@ public final class CertificateWatcher: Sendable {
             if pendingSince != nil, after - lastEvent >= debounce {
                 pendingSince = nil
                 self.addWatches()
-                self.store.reload(reason: "file change", writing: inProgress(at: after))
+                self.store.reload(reason: "file change")
             }
             if after >= nextRescan {
                 nextRescan = after + rescan
                 self.addWatches()
-                self.store.reload(reason: "periodic rescan", writing: inProgress(at: after))
+                self.store.reload(reason: "periodic rescan")
             }
         }
     }

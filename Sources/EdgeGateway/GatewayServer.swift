@@ -155,9 +155,6 @@ extension Gateway {
         } catch {
             throw ConfigError(path: "admin.address", message: "cannot bind \(self.config.admin.address): \(error)")
         }
-        // Every socket is bound: the new generation's ticket keys take over (the previous
-        // generation's tickets stay accepted as long as the key file lists their keys).
-        if let keys = self.ticketKeys { TicketKeyRing.shared.install(keys) }
         if let handoff { SocketHandoff.releasePrevious(handoff) }
         if let path = self.handoffSocket {
             let server = try SocketHandoff.Server(
@@ -176,6 +173,9 @@ extension Gateway {
             $0.adminChannel = admin
             $0.ready = true
         }
+        // Nothing can fail any more: the new generation's ticket keys take over (the
+        // previous generation's tickets stay accepted as long as the key file lists their keys).
+        if let keys = self.ticketKeys { TicketKeyRing.shared.install(keys) }
         self.logger.info("admin endpoint listening", metadata: ["address": "\(admin.localAddress?.hostPort ?? "?")"])
     }
 
@@ -283,7 +283,11 @@ extension Gateway {
             $0.caWatchTask?.cancel()
             $0.trimTask?.cancel()
         }
-        guard let loop = admin?.eventLoop else { return }
+        // A generation whose start failed has no admin channel yet, but may have listeners
+        // bound on shared sockets: they are shut down all the same, or they would go on
+        // accepting beside the generation that stays.
+        let group = self.state.withLockedValue { $0.pools?.1 }
+        guard let loop = admin?.eventLoop ?? group?.next() else { return }
         self.logger.info(quietly ? "previous configuration draining its connections" : "draining", metadata: ["grace_period": "\(grace)"])
         let futures = helpers.map { helper -> EventLoopFuture<Void> in
             let promise = loop.makePromise(of: Void.self)

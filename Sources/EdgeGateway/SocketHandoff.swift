@@ -29,8 +29,6 @@ enum SocketHandoff {
     static let requestTimeoutSeconds = 2
     /// How long the new process waits for the sockets and for `PAUSED`.
     static let replyTimeoutSeconds = 10
-    /// How long the old process waits for the new one to be serving (`DRAIN`).
-    static let drainTimeoutSeconds = 60
     struct Inherited {
         /// Listener name → (address text, descriptor).
         var sockets: [String: (address: String, fd: CInt)]
@@ -142,8 +140,10 @@ enum SocketHandoff {
                     pause()
                     _ = write(client, "PAUSED\n", 7)
                     logger.notice("handed listening sockets to a new gateway process; not accepting meanwhile", metadata: ["sockets": "\(list.map(\.name))"])
-                    // Wait for the new process to be ready, then drain.
-                    SocketHandoff.setReadTimeout(client, seconds: SocketHandoff.drainTimeoutSeconds)
+                    // Wait for the new process to be ready, then drain. No timeout: accepting
+                    // again while the new process is still starting would leave two
+                    // acceptors once it is up; its exit (EOF) is what resumes this one.
+                    SocketHandoff.setReadTimeout(client, seconds: 0)
                     let m = read(client, &buffer, buffer.count)
                     close(client)
                     if m > 0, String(decoding: buffer[0..<m], as: UTF8.self).hasPrefix("DRAIN") {

@@ -111,6 +111,14 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// that stays silent, and lets one whose ClientHello has begun finish).
     public var hasReceivedBytes: Bool { self.receivedAnyBytes }
 
+    /// The handshake is done (the connection carries application data, or is closing).
+    public var handshakeCompleted: Bool {
+        switch self.state {
+        case .active, .closing: return true
+        case .idle, .handshaking, .closed: return false
+        }
+    }
+
     /// For a context that keeps OpenSSL's record buffers (a client context: see
     /// `TLSContext.client`): gives them back if no record was read or written since the
     /// last call. Called every second, so a connection quiet for one to two seconds, idle

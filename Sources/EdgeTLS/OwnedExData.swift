@@ -27,7 +27,11 @@ enum OwnedExData {
     /// Gives `ssl` one reference to `object`, releasing the one it held in that slot.
     static func replace(_ object: AnyObject, on ssl: OpaquePointer, index: Int32) {
         let previous = SSL_get_ex_data(ssl, index)
-        _ = SSL_set_ex_data(ssl, index, Unmanaged.passRetained(object).toOpaque())
+        let retained = Unmanaged.passRetained(object)
+        guard SSL_set_ex_data(ssl, index, retained.toOpaque()) == 1 else {
+            retained.release()  // not stored (out of memory): the slot keeps what it held
+            return
+        }
         if let previous { Unmanaged<AnyObject>.fromOpaque(previous).release() }
     }
 }

@@ -323,21 +323,23 @@ private let serverNameCallback: edge_servername_cb = { ssl, alert, arg in
 }
 
 /// OpenSSL's client-hello callback: reads SNI from the raw extension and switches the
-/// context early. Rejections are left to the servername callback, which runs later.
+/// context early, a ClientHello without SNI to the default's context, so that every
+/// session is looked up under the session-ID context of the policy it is presented to.
+/// Rejections are left to the servername callback, which runs later.
 private let clientHelloCallback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<Int32>?, UnsafeMutableRawPointer?) -> Int32 = { ssl, _, arg in
     guard let ssl, let arg else { return SSL_CLIENT_HELLO_SUCCESS }
+    let box = Unmanaged<SelectorBox>.fromOpaque(arg).takeUnretainedValue()
     var data: UnsafePointer<UInt8>? = nil
     var length = 0
-    guard SSL_client_hello_get0_ext(ssl, UInt32(TLSEXT_TYPE_server_name), &data, &length) == 1, let data, length > 5 else {
-        return SSL_CLIENT_HELLO_SUCCESS
+    var name: String?
+    if SSL_client_hello_get0_ext(ssl, UInt32(TLSEXT_TYPE_server_name), &data, &length) == 1, let data, length > 5 {
+        // server_name_list: u16 length, then (u8 type, u16 length, name); the first host_name wins.
+        let bytes = UnsafeBufferPointer(start: data, count: length)
+        guard bytes[2] == 0 else { return SSL_CLIENT_HELLO_SUCCESS }
+        let nameLength = Int(bytes[3]) << 8 | Int(bytes[4])
+        guard 5 + nameLength <= length else { return SSL_CLIENT_HELLO_SUCCESS }
+        name = String(decoding: bytes[5..<(5 + nameLength)], as: UTF8.self).lowercased()
     }
-    // server_name_list: u16 length, then (u8 type, u16 length, name); the first host_name wins.
-    let bytes = UnsafeBufferPointer(start: data, count: length)
-    guard bytes[2] == 0 else { return SSL_CLIENT_HELLO_SUCCESS }
-    let nameLength = Int(bytes[3]) << 8 | Int(bytes[4])
-    guard 5 + nameLength <= length else { return SSL_CLIENT_HELLO_SUCCESS }
-    let name = String(decoding: bytes[5..<(5 + nameLength)], as: UTF8.self).lowercased()
-    let box = Unmanaged<SelectorBox>.fromOpaque(arg).takeUnretainedValue()
     if case .use(let context) = box.selector.select(serverName: name) { _ = switchContext(ssl, to: context) }
     return SSL_CLIENT_HELLO_SUCCESS
 }

@@ -11,10 +11,12 @@ final class TrustChangeTests: XCTestCase {
     static let pkiC = try! TestPKI()
 
     func session(port: Int, _ version: String, cert: TestPKI.Leaf? = nil, out: String? = nil, in input: String? = nil) throws -> String {
+        // `version` may carry `-noservername`: a client connecting by address sends no SNI.
         let flags = (out.map { " -sess_out '\($0)'" } ?? "") + (input.map { " -sess_in '\($0)'" } ?? "")
             + (cert.map { " -cert '\($0.fullchain)' -cert_chain '\($0.fullchain)' -key '\($0.key)'" } ?? "")
         // Wait a moment before closing stdin so the TLS 1.3 ticket arrives.
-        return try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version)\(flags) 2>&1").stdout
+        let name = version.contains("-noservername") ? "" : "-servername localhost "
+        return try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) \(name)\(version)\(flags) 2>&1").stdout
     }
 
     /// The session-ID context covers the client CA bundle's bytes and the allow list:
@@ -51,10 +53,11 @@ final class TrustChangeTests: XCTestCase {
         let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("gateway.log"))
         defer { gateway.stop() }
         XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
-        let versions = ["-tls1_3", "-tls1_2"]
+        // With SNI and without: a session is looked up under the policy it is presented to either way.
+        let versions = ["-tls1_3", "-tls1_2", "-tls1_3 -noservername", "-tls1_2 -noservername"]
         func established(_ cert: TestPKI.Leaf, _ name: String) throws {
             for version in versions {
-                let file = dir.file("\(name)\(version)")
+                let file = dir.file("\(name)\(version.replacingOccurrences(of: " ", with: ""))")
                 let first = try session(port: https, version, cert: cert, out: file)
                 XCTAssertTrue(first.contains("New,"), "\(name) \(version):\n\(first.prefix(800))")
                 let again = try session(port: https, version, in: file)
@@ -63,7 +66,7 @@ final class TrustChangeTests: XCTestCase {
         }
         func refused(_ name: String, after change: String) throws {
             for version in versions {
-                let again = try session(port: https, version, in: dir.file("\(name)\(version)"))
+                let again = try session(port: https, version, in: dir.file("\(name)\(version.replacingOccurrences(of: " ", with: ""))"))
                 XCTAssertFalse(again.contains("Reused,"), "\(version): a session made before \(change) resumed:\n\(again.prefix(800))")
             }
         }
