@@ -440,7 +440,16 @@ enum HTTP1Parser {
                 head.reason = 13..<lineEnd
             }
         }
-        if head.chunked && head.contentLength != nil { head.contentLength = nil }  // RFC 9112 §6.3: TE overrides
+        // A response the gateway and a client could frame differently is refused, not
+        // repaired (RFC 9112 §6.3 lets Transfer-Encoding override Content-Length, but a
+        // message with both is a smuggling vector, and a coding before chunked would be
+        // lost when the body is re-chunked for the client): 502, the connection not reused.
+        if head.chunked || head.otherTransferCoding {
+            guard head.contentLength == nil else { throw HTTPFramingError.bad("response with both Content-Length and Transfer-Encoding") }
+            guard head.chunked, !head.otherTransferCoding else {
+                throw HTTPFramingError.bad("response Transfer-Encoding other than a single chunked")
+            }
+        }
     }
 
     /// "HTTP/1.0" or "HTTP/1.1" in p[start..<end]; returns the minor version.

@@ -526,7 +526,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         let setsHost = group.hostHeader != nil
         let identity = self.listener.mutualTLS ? self.info.clientIdentity : nil
         let verifyResult = self.listener.mutualTLS ? identity?.verifyResult ?? "NONE" : nil
-        let upgradeValue = upgrade ? head.first(.upgrade) ?? "websocket" : nil
+        // Only the upgrade the gateway tunnels goes on, and only its token: `h2c` beside it
+        // would let a client reach an upstream's HTTP/2 through the gateway's checks.
+        let upgradeValue: String? = upgrade ? "websocket" : nil
         let clientIP = self.info.clientIP
         let scheme = self.listener.scheme
         let hostName = group.hostHeader ?? group.name
@@ -608,6 +610,18 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         return out
     }
 
+    /// The first field the gateway adds to the upstream head (not copied from the parsed
+    /// request, which the parser checked) whose value holds CR, LF or NUL; nil when all are safe.
+    private func unsafeAddedField(group: UpstreamGroup) -> String? {
+        func unsafe(_ value: String?) -> Bool {
+            value?.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 } ?? false
+        }
+        if self.listener.mutualTLS, unsafe(self.info.clientIdentity?.forwardedClientCert) { return "x-forwarded-client-cert" }
+        if unsafe(self.info.clientIP) { return "x-forwarded-for" }
+        if unsafe(group.hostHeader) { return "host" }
+        return nil
+    }
+
     // MARK: upstream connection
 
     private func connect(_ exchange: Exchange) {
@@ -667,6 +681,13 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     }
 
     private func attach(_ connection: UpstreamConnection, to exchange: Exchange) {
+        if let field = self.unsafeAddedField(group: exchange.group) {
+            // The head writer writes no line a value could end early, whatever its source.
+            self.pool.release(connection, group: exchange.group)
+            self.failExchange(exchange, error: UpstreamError(kind: .protocolError, backend: exchange.group.name,
+                                                             reason: "refusing to send \(field): it holds CR, LF or NUL"))
+            return
+        }
         exchange.connection = connection
         connection.uses += 1
         exchange.group.states[connection.backendIndex].requests.wrappingIncrement(ordering: .relaxed)
@@ -938,10 +959,11 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// period, then closes unless a request has begun. Closing at once would race a
     /// request the client may be sending that very moment; a client that does not
     /// retry (an API client, any POST) would lose it. A new connection whose first
-    /// request (or TLS handshake) has begun keeps its header timeout instead, bounded by
-    /// the grace period; one that has sent nothing at all waits the quiet period too.
+    /// request head, or TLS handshake, has begun keeps its header timeout instead; one
+    /// with no request byte yet (silent, or done with its handshake, as a browser's
+    /// preconnect) waits the quiet period too.
     private func awaitDrainQuiet() {
-        guard !self.singleRequest, self.drainQuietUntil == nil, !self.firstRequest || self.nothingReceived else { return }
+        guard !self.singleRequest, self.drainQuietUntil == nil, !self.firstRequest || self.noRequestBegun else { return }
         let until = NIODeadline.now() + self.limits.drainQuietPeriod
         self.drainQuietUntil = until
         if self.context != nil { self.pool.deadlines.schedule(self, at: until) }
@@ -1246,11 +1268,12 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         return prefix
     }
 
-    /// The client has sent no byte on this connection (not even a TLS ClientHello).
-    private var nothingReceived: Bool {
+    /// No request has begun on this new connection: no byte of a head has arrived, and a
+    /// TLS handshake, if any, is done or has not started (no ClientHello byte).
+    private var noRequestBegun: Bool {
         guard self.firstRequest, self.inbound.readableBytes == 0, let context = self.context else { return false }
         guard let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self) else { return true }
-        return !tls.hasReceivedBytes
+        return tls.handshakeCompleted || !tls.hasReceivedBytes
     }
 
     // MARK: header and idle timeouts
@@ -1321,7 +1344,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             }
         }
         if let quiet = self.drainQuietUntil, now >= quiet, self.exchange == nil, !self.closing, self.lingerUntil == nil,
-           self.inbound.readableBytes == 0, !self.firstRequest || self.nothingReceived, let context = self.context {
+           self.inbound.readableBytes == 0, !self.firstRequest || self.noRequestBegun, let context = self.context {
             // Drained: no request began in the quiet period.
             self.closing = true
             context.close(promise: nil)
@@ -1403,6 +1426,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             if self.listener.mutualTLS {
                 self.info.clientIdentity = ClientIdentity(tls: try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self))
             }
+            // Draining began during the handshake: the quiet period starts now.
+            if self.quiescing, self.exchange == nil { self.awaitDrainQuiet() }
         }
         context.fireUserInboundEventTriggered(event)
     }

@@ -48,18 +48,45 @@ extension X509Certificate {
     }
 
     /// Envoy's x-forwarded-client-cert element for this certificate.
+    ///
+    /// Every value is quoted as Envoy's format says when it holds `,`, `;`, `=` or `"`
+    /// (with `"` and `\` escaped), so a SAN cannot add a `DNS=` element of its own; the
+    /// subject is always quoted. A control character (a CR or LF in a SAN of a trusted
+    /// CA's certificate) is percent-encoded: nothing from a certificate can end a header line.
     public var forwardedClientCert: String {
         let hash = self.sha256Fingerprint.replacingColons.lowercased()
-        var parts = ["Hash=\(hash)", "Subject=\"\(String(self.subject.flatMap { $0 == "\"" ? ["\\", "\""] : [$0] }))\""]
+        var parts = ["Hash=\(hash)", "Subject=" + forwardedClientCertValue(self.subject, alwaysQuoted: true)]
         for name in self.subjectAlternativeNames {
             switch name {
-            case .uri(let uri): parts.append("URI=\(uri)")
-            case .dns(let dns): parts.append("DNS=\(dns)")
+            case .uri(let uri): parts.append("URI=" + forwardedClientCertValue(uri))
+            case .dns(let dns): parts.append("DNS=" + forwardedClientCertValue(dns))
             default: continue
             }
         }
         return parts.joined(separator: ";")
     }
+}
+
+/// One value of an `x-forwarded-client-cert` element, quoted and escaped as Envoy does.
+public func forwardedClientCertValue(_ value: String, alwaysQuoted: Bool = false) -> String {
+    var quoted = alwaysQuoted
+    var out = ""
+    for scalar in value.unicodeScalars {
+        switch scalar.value {
+        case 0x2C, 0x3B, 0x3D:  // , ; =
+            quoted = true
+            out.unicodeScalars.append(scalar)
+        case 0x22, 0x5C:  // " \
+            quoted = true
+            out += "\\" + String(scalar)
+        case 0..<0x20, 0x7F:
+            out += scalar.value < 0x10 ? "%0" : "%"
+            out += String(scalar.value, radix: 16, uppercase: true)
+        default:
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    return quoted ? "\"" + out + "\"" : out
 }
 
 /// A listener's allow list for the C verify callback; owned by the `SSL_CTX` (`OwnedExData.allowList`).

@@ -1,0 +1,141 @@
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// What the request path refuses to pass on (#29): forged identity headers, upgrades it
+/// does not tunnel, response framing a client could read differently from the gateway.
+final class RequestHardeningTests: XCTestCase {
+    static let pki = try! TestPKI()
+
+    /// An upstream that records each request head to `capture` and answers `response` whole.
+    func rawUpstream(response: String, capture: String, dir: TemporaryDirectory) throws -> (Process, Int) {
+        let port = freePort()
+        try dir.write("upstream.py", """
+            import socket, sys
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", \(port))); s.listen(16)
+            response = sys.argv[1].encode().decode("unicode_escape").encode("latin-1")
+            while True:
+                c, _ = s.accept(); c.settimeout(5); head = b""
+                try:
+                    while b"\\r\\n\\r\\n" not in head:
+                        data = c.recv(65536)
+                        if not data: break
+                        head += data
+                    open(sys.argv[2], "ab").write(head.split(b"\\r\\n\\r\\n")[0] + b"\\n----\\n")
+                    c.sendall(response)
+                except OSError:
+                    pass
+                c.close()
+            """)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [dir.file("upstream.py"), response, capture]
+        // Not the test's own output: the test run waits for every writer of it to exit.
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: port, timeout: 10) { process.isRunning })
+        return (process, port)
+    }
+
+    func stop(_ process: Process) {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    func gateway(upstream: Int, dir: TemporaryDirectory, tls: String = "") async throws -> GatewayHarness {
+        _ = try Self.pki.issue(["localhost"], into: dir.path, name: "site")
+        return try await GatewayHarness.start(directory: dir) { _ in
+            """
+            listeners:
+              - { name: http, address: "127.0.0.1:0" }
+              - { name: https, address: "127.0.0.1:0", tls: { certificate: site.crt, key: site.key \(tls) } }
+            upstreams: { app: { backends: ["127.0.0.1:\(upstream)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+    }
+
+    /// A response with both Content-Length and Transfer-Encoding, or a coding before
+    /// chunked, is a bad upstream response (502), not forwarded with both or re-chunked.
+    func testResponsesFramedTwoWaysAreRefused() async throws {
+        for response in ["HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n",
+                         "HTTP/1.1 200 OK\\r\\nTransfer-Encoding: gzip, chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n"] {
+            let dir = TemporaryDirectory()
+            let (upstream, port) = try rawUpstream(response: response, capture: dir.file("heads"), dir: dir)
+            defer { stop(upstream) }
+            let harness = try await gateway(upstream: port, dir: dir)
+            let result = try Shell.run(["curl", "-sS", "-D", "-", "http://127.0.0.1:\(harness.port("http"))/"])
+            XCTAssertTrue(result.stdout.hasPrefix("HTTP/1.1 502"), "\(response): \(result.stdout)")
+            XCTAssertFalse(result.stdout.contains("hello"), result.stdout)
+            XCTAssertTrue(harness.logs.contains("Transfer-Encoding"), harness.logs.all.joined(separator: "\n"))
+            await harness.shutdown()
+        }
+    }
+
+    /// `Upgrade: websocket, h2c` reaches the upstream as `upgrade: websocket` alone: h2c
+    /// through the gateway would bypass its HTTP/2 checks (h2c smuggling).
+    func testOnlyTheWebSocketUpgradeTokenIsForwarded() async throws {
+        let dir = TemporaryDirectory()
+        let (upstream, port) = try rawUpstream(response: "HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n",
+                                               capture: dir.file("heads"), dir: dir)
+        defer { stop(upstream) }
+        let harness = try await gateway(upstream: port, dir: dir)
+        _ = rawExchange(port: harness.port("http"), send: Array("""
+            GET /chat HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket, h2c\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n
+            """.utf8), timeout: 3)
+        XCTAssertTrue(eventually(timeout: 5) { (try? String(contentsOfFile: dir.file("heads"), encoding: .utf8)) != nil })
+        let head = (try? String(contentsOfFile: dir.file("heads"), encoding: .utf8)) ?? ""
+        XCTAssertTrue(head.lowercased().contains("upgrade: websocket\r\n"), head)
+        XCTAssertFalse(head.lowercased().contains("h2c"), "h2c reached the upstream:\n\(head)")
+        await harness.shutdown()
+    }
+
+    /// A client certificate from the trusted CA whose URI SAN carries `;DNS=...` and a CR LF
+    /// with a header line: the x-forwarded-client-cert value is quoted and escaped as Envoy
+    /// does, no element is forged, and no header line is added at the upstream.
+    func testClientCertificateNamesCannotForgeElementsOrHeaders() async throws {
+        let dir = TemporaryDirectory()
+        let pki = Self.pki.directory.path
+        try Shell.bash("""
+            set -e
+            cd '\(dir.path)'
+            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out evil.key
+            openssl req -new -key evil.key -subj '/CN=evil "client"' -out evil.csr
+            printf 'subjectAltName=@alt\\nextendedKeyUsage=clientAuth\\n[alt]\\nURI.1 = spiffe://x;DNS=admin.internal\\\\r\\\\nx-injected: yes\\nDNS.1 = a,b.test\\n' > evil.ext
+            openssl x509 -req -in evil.csr -CA '\(pki)/intermediate.pem' -CAkey '\(pki)/intermediate.key' -CAcreateserial -days 2 -extfile evil.ext -out evil.crt
+            cat '\(pki)/intermediate.pem' >> evil.crt
+            """)
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            _ = try? Self.pki.issue(["localhost"], into: dir.path, name: "site")
+            return """
+                listeners:
+                  - name: https
+                    address: "127.0.0.1:0"
+                    tls: { certificate: site.crt, key: site.key, client_auth: { ca_file: \(Self.pki.caPath) } }
+                upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+                routes: [ { upstream: app } ]
+                admin: { address: "127.0.0.1:0" }
+                """
+        }
+        let result = try Shell.run(["curl", "-sS", "--cacert", Self.pki.caPath, "--cert", dir.file("evil.crt"), "--key", dir.file("evil.key"),
+                                    "https://localhost:\(harness.port("https"))/headers"])
+        let headers = result.stdout
+        XCTAssertFalse(headers.lowercased().split(separator: "\n").contains { $0.hasPrefix("x-injected") }, "a header line was injected:\n\(headers)")
+        let xfcc = headers.split(separator: "\n").first { $0.lowercased().hasPrefix("x-forwarded-client-cert:") }.map(String.init) ?? ""
+        XCTAssertTrue(xfcc.contains(#"URI="spiffe://x;DNS=admin.internal%0D%0Ax-injected: yes""#), xfcc + "\n" + headers)
+        XCTAssertTrue(xfcc.contains(#"DNS="a,b.test""#), xfcc)
+        XCTAssertTrue(xfcc.contains(#"Subject="CN=evil "#), xfcc)
+        // Split as a reader of Envoy's format does: `;` outside quotes, `\` escaping.
+        var elements: [String] = [], current = "", quoted = false, escaped = false
+        for character in xfcc.dropFirst("x-forwarded-client-cert: ".count) {
+            if escaped { escaped = false } else if character == "\\" { escaped = true } else if character == "\"" { quoted.toggle() }
+            if character == ";" && !quoted && !escaped { elements.append(current); current = "" } else { current.append(character) }
+        }
+        elements.append(current)
+        XCTAssertEqual(elements.filter { $0.hasPrefix("DNS=") }, [#"DNS="a,b.test""#], "one DNS element, the certificate's: \(elements)")
+        await harness.shutdown()
+    }
+}
