@@ -6,7 +6,7 @@
 #     tests start is the instrumented one);
 #   ThreadSanitizer: the certificate watcher and store, whose thread publishes snapshots
 #     that the event loops read.
-# A finding fails the test that triggered it (ASan aborts the process; TSan's report
+# A finding fails the run (ASan ends the test process at its first report; TSan's report
 # makes the run exit non-zero).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,9 +14,9 @@ asan_tests='EdgeTLSTests|RotationTests|TrustChangeTests|ParkedHandshakeTests|Hos
 tsan_tests='RotationTests|HostileFilesTests'
 
 echo "== AddressSanitizer"
-swift build --build-tests --sanitize address --build-path .build-asan
-ASAN_OPTIONS=detect_leaks=0 timeout 1200 swift test --skip-build --sanitize address --build-path .build-asan --filter "$asan_tests"
+swift build --build-tests --sanitize=address --build-path .build-asan
+ASAN_OPTIONS=detect_leaks=0 timeout 1200 swift test --skip-build --sanitize=address --build-path .build-asan --filter "$asan_tests"
 
 echo "== ThreadSanitizer"
-swift build --build-tests --sanitize thread --build-path .build-tsan
-TSAN_OPTIONS=halt_on_error=1 timeout 900 swift test --skip-build --sanitize thread --build-path .build-tsan --filter "$tsan_tests"
+swift build --build-tests --sanitize=thread --build-path .build-tsan
+TSAN_OPTIONS=halt_on_error=1 timeout 900 swift test --skip-build --sanitize=thread --build-path .build-tsan --filter "$tsan_tests"
