@@ -35,7 +35,7 @@ struct HTTPFramingError: Error, CustomStringConvertible, Equatable {
 /// Headers the proxy treats specially, recognised once per field while parsing.
 enum KnownHeader: UInt8 {
     case other, contentLength, transferEncoding, host, connection, expect, keepAlive, proxyConnection, te, trailer, upgrade
-    case xForwardedFor, xForwardedProto, xForwardedHost, xForwardedClientCert, xClientVerify
+    case xForwardedFor, xForwardedProto, xForwardedHost, xForwardedClientCert, xClientVerify, forwarded
     case strictTransportSecurity
 
     /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as received.
@@ -57,6 +57,7 @@ enum KnownHeader: UInt8 {
         case 4: return matches("host") ? .host : .other
         case 6: return matches("expect") ? .expect : .other
         case 7: return matches("trailer") ? .trailer : matches("upgrade") ? .upgrade : .other
+        case 9: return matches("forwarded") ? .forwarded : .other
         case 10: return matches("connection") ? .connection : matches("keep-alive") ? .keepAlive : .other
         case 14: return matches("content-length") ? .contentLength : .other
         case 15: return matches("x-forwarded-for") ? .xForwardedFor : matches("x-client-verify") ? .xClientVerify : .other

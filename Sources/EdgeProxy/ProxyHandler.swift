@@ -536,8 +536,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         // values repeated from them (X-Forwarded-For, Host); the rest is named here.
         var strings = head.method.utf8.count + head.target.utf8.count + scheme.utf8.count + hostName.utf8.count
         strings += (identity?.forwardedClientCert?.utf8.count ?? 0) + (verifyResult?.utf8.count ?? 0)
-        strings += (upgradeValue?.utf8.count ?? 0) + (clientIP?.utf8.count ?? 0)
-        let maxBytes = 2 * head.bytes.count + strings + 256
+        strings += (upgradeValue?.utf8.count ?? 0) + 2 * (clientIP?.utf8.count ?? 0) + scheme.utf8.count
+        // Values repeated from the head: X-Forwarded-For, Host (twice), Forwarded.
+        let maxBytes = 4 * head.bytes.count + strings + 320
         var out = self.pool.requestHeads.take(minimumCapacity: maxBytes)
         head.bytes.withUnsafeBytes { p in
             out.writeHead(maxBytes: maxBytes) { w in
@@ -551,10 +552,14 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 }
                 var forwardedFor: HeaderField?
                 var host: HeaderField?
+                var forwarded: [HeaderField] = []
                 w.putFields(of: head, p) { field in
                     switch field.known {
                     case .xForwardedFor:
                         if forwardedFor == nil { forwardedFor = field }
+                        return true
+                    case .forwarded:
+                        forwarded.append(field)
                         return true
                     case .xForwardedProto, .xForwardedHost, .xForwardedClientCert, .xClientVerify, .expect:
                         return true
@@ -598,6 +603,36 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                     w.put(p, host.value)
                     w.put("\r\n")
                 }
+                // RFC 7239, as X-Forwarded-For: the client's elements, then the gateway's.
+                w.put("forwarded: ")
+                for field in forwarded {
+                    w.put(p, field.value)
+                    w.put(", ")
+                }
+                w.put("for=")
+                if let clientIP {
+                    if clientIP.contains(":") {
+                        w.put("\"[")
+                        w.put(clientIP)
+                        w.put("]\"")
+                    } else {
+                        w.put(clientIP)
+                    }
+                } else {
+                    w.put("unknown")
+                }
+                if let host {
+                    // A quoted-string: the parser refused backslashes in Host; a quote is escaped.
+                    w.put(";host=\"")
+                    for i in host.value {
+                        if p[i] == UInt8(ascii: "\"") { w.put("\\") }
+                        w.put(p, i..<i + 1)
+                    }
+                    w.put("\"")
+                }
+                w.put(";proto=")
+                w.put(scheme)
+                w.put("\r\n")
                 // An HTTP/1.0 client may omit Host; HTTP/1.1 requires one (nginx sends its upstream's name too).
                 if setsHost || host == nil {
                     w.put("host: ")

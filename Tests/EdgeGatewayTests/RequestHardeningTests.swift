@@ -93,6 +93,29 @@ final class RequestHardeningTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// A client's `Forwarded` header does not pass as the gateway's word: the gateway's
+    /// element (RFC 7239) is appended to it, as to X-Forwarded-For, so the last one is true.
+    func testForwardedGetsTheGatewaysElementAppended() async throws {
+        let dir = TemporaryDirectory()
+        _ = try Self.pki.issue(["localhost"], into: dir.path, name: "site")
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("http")
+        let forged = try Shell.run(["curl", "-sS", "-H", "Forwarded: for=10.9.9.9;proto=https", "-H", "Host: a.test",
+                                    "http://127.0.0.1:\(port)/headers"]).stdout.lowercased()
+        XCTAssertTrue(forged.contains(#"forwarded: for=10.9.9.9;proto=https, for=127.0.0.1;host="a.test";proto=http"#), forged)
+        XCTAssertEqual(forged.components(separatedBy: "forwarded:").count - 1, 1, "one Forwarded field: \(forged)")
+        let plain = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(port)/headers"]).stdout.lowercased()
+        XCTAssertTrue(plain.contains(#"forwarded: for=127.0.0.1;host="127.0.0.1:\#(port)";proto=http"#), plain)
+        await harness.shutdown()
+    }
+
     /// A client certificate from the trusted CA whose URI SAN carries `;DNS=...` and a CR LF
     /// with a header line: the x-forwarded-client-cert value is quoted and escaped as Envoy
     /// does, no element is forged, and no header line is added at the upstream.
