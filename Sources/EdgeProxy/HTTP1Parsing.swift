@@ -370,10 +370,27 @@ enum HTTP1Parser {
             guard j > targetStart, j < lineEnd, p[j] == 0x20 else { throw HTTPFramingError.bad("malformed request target") }
             head.target = String(decoding: UnsafeRawBufferPointer(rebasing: p[targetStart..<j]), as: UTF8.self)
             head.minorVersion = try version(p, j + 1, lineEnd)
-            absolute = p[targetStart] | 0x20 == UInt8(ascii: "h")  // perhaps http(s)://; origin form starts with "/"
+            // RFC 9112 §3.2: origin-form ("/..."), absolute-form (http(s)://, below),
+            // authority-form for CONNECT (which gets 405), and "*" for OPTIONS. Anything
+            // else ("internal", "@evil/x") would reach the upstream as a path of the
+            // client's making that no route matched.
+            switch p[targetStart] {
+            case UInt8(ascii: "/"):
+                break
+            case UInt8(ascii: "*") where j == targetStart + 1:
+                guard head.method == "OPTIONS" else { throw HTTPFramingError.bad("request target * is for OPTIONS only") }
+            default:
+                absolute = true
+            }
         }
         try checkRequestFraming(&head)
-        if absolute, let normalized = try originForm(of: head) { head = normalized }
+        if absolute {
+            if let normalized = try originForm(of: head) {
+                head = normalized
+            } else if head.method != "CONNECT" {
+                throw HTTPFramingError.bad("request target is not a path, an http(s) URI or * for OPTIONS")
+            }
+        }
     }
 
     /// A request whose target is in absolute form (`GET http://host/path`, RFC 9112

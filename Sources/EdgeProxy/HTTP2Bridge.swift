@@ -133,6 +133,9 @@ public final class HTTP2StreamBridge: ChannelInboundHandler {
         }
         guard seen.isComplete(connect: method == "CONNECT") else { return nil }
         if path.isEmpty { path = "/" }  // CONNECT carries no :path
+        // RFC 9113 §8.3.1: a path ("/...") or "*" for OPTIONS; an absolute URI in :path
+        // would override :authority, anything else reach the upstream as a made-up path.
+        guard path.utf8.first == UInt8(ascii: "/") || (path == "*" && method == "OPTIONS") else { return nil }
         var out = allocator.buffer(capacity: 512)
         // One reservation a line (HeadWriter), not a NIO write a piece.
         out.writeHead(maxBytes: method.utf8.count + path.utf8.count + 11) { w in

@@ -456,10 +456,10 @@ final class HTTP2AbuseTests: XCTestCase {
         let harness = try await h2Gateway(try TestPKI(), listener: "")
         let result = try abuse("malformed", port: harness.port("https"), 0)
         let resets = result["rst_streams"] as? [String: Int] ?? [:]
-        for stream in stride(from: 1, through: 39, by: 2) {
+        for stream in stride(from: 1, through: 45, by: 2) {
             XCTAssertEqual(resets["\(stream)"], 1, "stream \(stream) is reset with PROTOCOL_ERROR: \(result)")
         }
-        XCTAssertEqual(result["response_streams"] as? [Int], [41], "only the valid request (TE: trailers, a cookie) is answered: \(result)")
+        XCTAssertEqual(result["response_streams"] as? [Int], [47], "only the valid request (TE: trailers, a cookie) is answered: \(result)")
         XCTAssertNil(result["goaway"] as? Int, "stream errors leave the connection open: \(result)")
         XCTAssertEqual(harness.upstream.requestCount, 1, "no malformed request reached the upstream")
         await harness.shutdown()

@@ -34,7 +34,11 @@ final class HTTP1ParsingTests: XCTestCase {
         XCTAssertEqual(query.target, "/?a")
         XCTAssertEqual(query.first(.host), "q.test")
         XCTAssertEqual(try request("GET /plain HTTP/1.1\r\nHost: h\r\n\r\n").target, "/plain", "origin form as it was")
-        XCTAssertEqual(try request("GET httpx://a/ HTTP/1.1\r\nHost: h\r\n\r\n").target, "httpx://a/", "another scheme is left to the upstream")
+        XCTAssertEqual(rejection("GET httpx://a/ HTTP/1.1\r\nHost: h\r\n\r\n"), "request target is not a path, an http(s) URI or * for OPTIONS",
+                       "another scheme is refused, as any target that is not a path (#29)")
+        XCTAssertEqual(rejection("GET internal HTTP/1.1\r\nHost: h\r\n\r\n"), "request target is not a path, an http(s) URI or * for OPTIONS")
+        XCTAssertEqual(rejection("GET * HTTP/1.1\r\nHost: h\r\n\r\n"), "request target * is for OPTIONS only")
+        XCTAssertEqual(rejection("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n"), nil)
         XCTAssertEqual(rejection("GET http://user@evil.test/ HTTP/1.1\r\nHost: h\r\n\r\n"), "malformed absolute-form request target")
         XCTAssertEqual(rejection("GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n"), "malformed absolute-form request target")
         XCTAssertEqual(rejection("GET http://a/b/../c HTTP/1.1\r\nHost: h\r\n\r\n"), nil, "dots in the path are the upstream's")

@@ -93,6 +93,31 @@ final class RequestHardeningTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// Request targets that are not a path, an http(s) URI or `*` for OPTIONS are refused
+    /// with 400 (they reached the upstream as paths no route matched); the allowed forms pass.
+    func testRequestTargetsThatAreNotPathsAreRefused() async throws {
+        let dir = TemporaryDirectory()
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { path_prefix: /public, upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("http")
+        for target in ["internal", "@evil/x", "public/x", "*"] {
+            let answer = rawExchange(port: port, send: Array("GET \(target) HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n".utf8)).response
+            XCTAssertTrue(answer.hasPrefix("HTTP/1.1 400"), "GET \(target): \(answer.prefix(200))")
+        }
+        XCTAssertEqual(harness.upstream.requestCount, 0, "none reached the upstream")
+        for (line, expected) in [("GET /public/x", "HTTP/1.1 200"), ("GET http://a.test/public/x", "HTTP/1.1 200"), ("OPTIONS *", "HTTP/1.1 404")] {
+            let answer = rawExchange(port: port, send: Array("\(line) HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n".utf8)).response
+            XCTAssertTrue(answer.hasPrefix(expected), "\(line): \(answer.prefix(200))")
+        }
+        await harness.shutdown()
+    }
+
     /// A client's `Forwarded` header does not pass as the gateway's word: the gateway's
     /// element (RFC 7239) is appended to it, as to X-Forwarded-For, so the last one is true.
     func testForwardedGetsTheGatewaysElementAppended() async throws {

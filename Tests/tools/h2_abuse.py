@@ -74,6 +74,9 @@ elif mode == "malformed":
         get + https + literal(b":path", b"/a HTTP/1.1\r\nx: y") + authority,  # request line injection
         get + https + literal(b":path", b"/a b") + authority,  # space in :path
         get + https + literal(b":path", b"") + authority,     # empty :path
+        get + https + literal(b":path", b"internal") + authority,  # not a path (#29)
+        get + https + literal(b":path", b"https://evil.test/x") + authority,  # absolute URI overriding :authority
+        get + https + literal(b":path", b"*") + authority,    # * for a GET
     ]
     for i, block in enumerate(bad + [request + literal(b"te", b"trailers") + literal(b"cookie", b"a=1")]):
         out += frame(1, 0x5, 1 + 2 * i, block)
