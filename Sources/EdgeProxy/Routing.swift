@@ -207,6 +207,14 @@ public struct StaticRoot: Sendable, Equatable {
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return .notFound }
+        // A link inside the root may lead anywhere (to certbot's private keys, which the
+        // gateway can read): the file opened must lie under the root's real path. The
+        // opened descriptor's path is asked for, so a link swapped after the check cannot
+        // change what is served.
+        guard let opened = Self.realPath(ofDescriptor: fd), let root = Self.realPath(self.directory),
+              opened.hasPrefix(root.hasSuffix("/") ? root : root + "/") else {
+            return .refused("\(path): a symbolic link leads outside the root")
+        }
         let size = Int(info.st_size)
         guard size <= Self.maxFileBytes else {
             return .refused("\(path): \(size) bytes, more than a static root serves (\(Self.maxFileBytes))")
@@ -221,6 +229,19 @@ public struct StaticRoot: Sendable, Equatable {
             remaining -= count
         }
         return .file(body, contentType: Self.contentType(path))
+    }
+
+    static func realPath(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+
+    static func realPath(ofDescriptor fd: CInt) -> String? {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink("/proc/self/fd/\(fd)", &buffer, Int(PATH_MAX))
+        guard count > 0 else { return nil }
+        return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     static func percentDecoded(_ path: Substring) -> [UInt8]? {

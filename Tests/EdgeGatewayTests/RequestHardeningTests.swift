@@ -118,6 +118,37 @@ final class RequestHardeningTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// A `root:` route serves files under its directory only: a link inside it to a file
+    /// outside (a private key) is refused with 403 and logged; a link within the root, and
+    /// a root that is itself a link, still serve.
+    func testARootRouteDoesNotFollowLinksOutOfItsDirectory() async throws {
+        let dir = TemporaryDirectory()
+        try Shell.bash("""
+            set -e
+            cd '\(dir.path)'
+            mkdir -p real/sub && echo inside > real/sub/page.txt && echo secret > secret.key
+            ln -s ../secret.key real/key.txt && ln -s sub/page.txt real/alias.txt && ln -s real site
+            """)
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { path_prefix: /, root: site } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        func get(_ path: String) throws -> String {
+            try Shell.run(["curl", "-sS", "-w", " %{http_code}", "http://127.0.0.1:\(harness.port("http"))\(path)"]).stdout
+        }
+        XCTAssertEqual(try get("/sub/page.txt"), "inside\n 200")
+        XCTAssertEqual(try get("/alias.txt"), "inside\n 200", "a link that stays inside the root")
+        let leaked = try get("/key.txt")
+        XCTAssertTrue(leaked.hasSuffix(" 403"), leaked)
+        XCTAssertFalse(leaked.contains("secret"), leaked)
+        XCTAssertTrue(harness.logs.contains("a symbolic link leads outside the root"), harness.logs.all.joined(separator: "\n"))
+        await harness.shutdown()
+    }
+
     /// A client's `Forwarded` header does not pass as the gateway's word: the gateway's
     /// element (RFC 7239) is appended to it, as to X-Forwarded-For, so the last one is true.
     func testForwardedGetsTheGatewaysElementAppended() async throws {
