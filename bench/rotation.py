@@ -126,7 +126,7 @@ admin: {{ address: "127.0.0.1:{admin}" }}
         before = rss_kib(proc.pid)
         for n in range(args.memory_rotations):
             rotate_to(n)
-            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{admin}/reload", method="POST"), timeout=5).read()
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{admin}/reload", method="POST", headers={"X-Edge-Gateway-Reload": "1"}), timeout=5).read()
             if n % 50 == 0:
                 fingerprint(port, ctx)
         time.sleep(1)

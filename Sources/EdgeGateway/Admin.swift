@@ -146,10 +146,12 @@ final class AdminHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let gateway: Gateway
+    private let policy: AdminRequestPolicy
     private var head: HTTPRequestHead?
 
     init(gateway: Gateway) {
         self.gateway = gateway
+        self.policy = AdminRequestPolicy(allowedHosts: Set(gateway.config.admin.allowedHosts.map { $0.lowercased() }))
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -162,6 +164,11 @@ final class AdminHandler: ChannelInboundHandler {
             guard let head = self.head else { return }
             self.head = nil
             let path = head.uri.split(separator: "?").first.map(String.init) ?? head.uri
+            if let (status, text) = self.policy.refusal(head) {
+                self.gateway.logger.warning("admin request refused", metadata: ["method": "\(head.method)", "path": "\(path)", "reason": "\(text.dropLast())"])
+                self.respond(context: context, head: head, status: status, type: "text/plain", body: text)
+                return
+            }
             let (status, type, body): (HTTPResponseStatus, String, String)
             switch (head.method, path) {
             case (.GET, "/healthz"):

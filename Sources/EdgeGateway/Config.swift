@@ -766,10 +766,13 @@ public struct AdminConfig: Decodable, Sendable {
     public var address: String = "127.0.0.1:9901"
     /// Binding the admin listener beyond loopback needs this explicit opt-in.
     public var allowNonLoopback = false
+    /// Host names the admin endpoint answers to besides IP addresses and `localhost`.
+    public var allowedHosts: [String] = []
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case address
         case allowNonLoopback = "allow_non_loopback"
+        case allowedHosts = "allowed_hosts"
     }
 
     init() {}
@@ -779,5 +782,6 @@ public struct AdminConfig: Decodable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.address = try c.decodeRecorded(String.self, forKey: .address) ?? self.address
         self.allowNonLoopback = try c.decodeRecorded(Bool.self, forKey: .allowNonLoopback) ?? false
+        self.allowedHosts = try c.decodeRecorded([String].self, forKey: .allowedHosts) ?? []
     }
 }

@@ -101,6 +101,7 @@ public final class Gateway: Sendable {
     public let configStatus: ConfigReloadStatus
     /// Runs a full configuration reload (set by the service); `POST /reload` calls it.
     let reloadHandler = NIOLockedValueBox<(@Sendable () async -> String)?>(nil)
+
     public let startTime = currentTime()
 
     struct RunState {
@@ -498,7 +499,7 @@ public final class Gateway: Sendable {
         do {
             let (host, port) = try parseAddress(config.admin.address)
             adminAddress = try SocketAddress.makeAddressResolvingHost(host, port: port)
-            let loopback = host == "localhost" || host.hasPrefix("127.") || host == "::1"
+            let loopback = isLoopbackHost(host)
             if !loopback && !config.admin.allowNonLoopback {
                 problems.append("admin.address: '\(config.admin.address)' is not a loopback address; set admin.allow_non_loopback: true to expose the admin endpoint")
             } else if !loopback {
@@ -667,3 +668,4 @@ public func currentTime() -> Double {
     clock_gettime(CLOCK_REALTIME, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
+

@@ -284,7 +284,7 @@ func clearErrorQueue() {
     if ERR_peek_error() != 0 { ERR_clear_error() }
 }
 
-func isIPAddress(_ host: String) -> Bool {
+package func isIPAddress(_ host: String) -> Bool {
     var v4 = in_addr()
     var v6 = in6_addr()
     return host.withCString { inet_pton(AF_INET, $0, &v4) == 1 || inet_pton(AF_INET6, $0, &v6) == 1 }

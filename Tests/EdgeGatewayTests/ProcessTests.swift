@@ -433,7 +433,7 @@ final class ConfigReloadTests: XCTestCase {
 
         // The second listener removed, by POST /reload.
         try write(listeners: "  - { name: first, address: \"127.0.0.1:\(first)\" }", upstream: "")
-        let answer = try Shell.run(["curl", "-sS", "-X", "POST", "http://127.0.0.1:\(admin)/reload"]).stdout
+        let answer = try Shell.run(["curl", "-sS", "-X", "POST", "-H", "X-Edge-Gateway-Reload: 1", "http://127.0.0.1:\(admin)/reload"]).stdout
         XCTAssertTrue(answer.hasPrefix("applied: 1 listener(s)"), answer)
         XCTAssertTrue(eventually(timeout: 10) { get(second).isEmpty }, "the removed listener stops accepting")
         XCTAssertFalse(get(first).contains("v2.internal"))
