@@ -53,7 +53,17 @@ def wrk_result(process):
     return requests, errors
 
 
-class Gateway:
+class ProcessGroup:
+    """A proxy run as child processes of this program (each generation one), stopped together."""
+
+    def stop(self):
+        for p in self.processes:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)
+
+
+class Gateway(ProcessGroup):
     name = "gateway"
 
     def __init__(self, work, binary, port, upstream):
@@ -78,11 +88,6 @@ class Gateway:
         self.start()
         old.wait(timeout=30)
 
-    def stop(self):
-        for p in self.processes:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(timeout=30)
 
 
 class Nginx:
@@ -136,7 +141,7 @@ class Nginx:
         time.sleep(1)
 
 
-class HAProxy:
+class HAProxy(ProcessGroup):
     name = "haproxy"
 
     def __init__(self, work, port, upstream):
@@ -163,11 +168,6 @@ class HAProxy:
         self.processes.append(subprocess.Popen(["haproxy", "-f", self.config, "-sf", str(old.pid)], stdout=log, stderr=log))
         old.wait(timeout=30)
 
-    def stop(self):
-        for p in self.processes:
-            if p.poll() is None:
-                p.terminate()
-                p.wait(timeout=30)
 
 
 def measure(proxy, port, work, action, count, spacing):
