@@ -100,6 +100,16 @@ public final class CertificateSnapshot: AtomicReference, Sendable {
         Self.live.wrappingIncrement(ordering: .relaxed)
     }
 
+    /// The lineage index a name selects by itself (exact, then one-label wildcard),
+    /// without falling back to the default; nil for a name no certificate names.
+    func namedLineageIndex(for name: String) -> Int? {
+        if let index = self.exact[name] { return index }
+        if let dot = name.firstIndex(of: "."), let index = self.wildcard[String(name[name.index(after: dot)...])] {
+            return index
+        }
+        return nil
+    }
+
     /// The lineage index for an SNI name: exact, then one-label wildcard, then the default.
     public func lineageIndex(for serverName: String?) -> Int? {
         guard let name = serverName?.lowercased(), !name.isEmpty else { return self.defaultIndex }

@@ -353,17 +353,36 @@ private final class StoreSelector: ServerNameSelector {
         self.byName = byName
     }
 
+    /// The policy (client authentication) for a name: `byName`'s exact entry, then its
+    /// one-label wildcard, then the listener's.
+    private func policy(for name: String?) -> Int {
+        guard !self.byName.isEmpty, let name = name?.lowercased() else { return self.policyIndex }
+        if let exact = self.byName[name] { return exact }
+        if let dot = name.firstIndex(of: "."), let wildcard = self.byName["*" + name[dot...]] { return wildcard }
+        return self.policyIndex
+    }
+
     func select(serverName: String?) -> ServerNameSelection {
-        var policy = self.policyIndex
-        if !self.byName.isEmpty, let name = serverName?.lowercased() {
-            if let exact = self.byName[name] {
-                policy = exact
-            } else if let dot = name.firstIndex(of: "."), let wildcard = self.byName["*" + name[dot...]] {
-                policy = wildcard
-            }
-        }
         // One atomic load; the snapshot (and so the context) stays alive until
         // the callback has handed it to SSL_set_SSL_CTX.
-        return self.store.snapshot.select(serverName: serverName, policy: policy)
+        self.store.snapshot.select(serverName: serverName, policy: self.policy(for: serverName))
+    }
+
+    /// A request's host must select what the connection's SNI selected: another client
+    /// authentication (a host that requires a certificate, reached over a connection
+    /// made for one that does not) or another certificate (a name served by a different
+    /// lineage) is a request for another connection (RFC 9110 §15.5.20). A host that
+    /// names no certificate (an address, an unknown name) is checked only for its policy.
+    func misdirection(serverName: String?, host: String) -> String? {
+        if self.policy(for: host) != self.policy(for: serverName) {
+            return "the host's client authentication is not the connection's (SNI \(serverName.map { "'\($0)'" } ?? "none"))"
+        }
+        guard let serverName, !serverName.isEmpty else { return nil }
+        let snapshot = self.store.snapshot
+        if let hostLineage = snapshot.namedLineageIndex(for: host),
+           hostLineage != snapshot.lineageIndex(for: serverName) {
+            return "the host's certificate is not the one the connection was made for (SNI '\(serverName)')"
+        }
+        return nil
     }
 }

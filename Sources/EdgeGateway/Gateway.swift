@@ -45,6 +45,8 @@ struct ListenerPlan: Sendable {
     var port: Int
     var address: SocketAddress
     var tlsContext: TLSContext?
+    /// The SNI selector of `tlsContext`, asked whether a request's host belongs on its connection.
+    var serverNames: (any ServerNameSelector)?
     var handshakeTimeout: TimeAmount
     var headerTimeout: TimeAmount
     var idleTimeout: TimeAmount
@@ -421,6 +423,7 @@ public final class Gateway: Sendable {
                 continue
             }
             var context: TLSContext?
+            var serverNames: (any ServerNameSelector)?
             if let entry = pending.first(where: { $0.index == index }), let tls = listener.tls {
                 do {
                     func byName(_ indices: [Int]) -> [String: Int] {
@@ -428,7 +431,9 @@ public final class Gateway: Sendable {
                     }
                     if let indices = entry.sharedIndices {
                         if let shared {
-                            context = try TLSContext.listener(policy: entry.policies[0], selector: shared.selector(policyIndex: indices[0], byName: byName(indices)))
+                            let selector = shared.selector(policyIndex: indices[0], byName: byName(indices))
+                            context = try TLSContext.listener(policy: entry.policies[0], selector: selector)
+                            serverNames = selector
                         }
                     } else if let cert = tls.certificate, let key = tls.key {
                         let store = try CertificateStore(
@@ -441,7 +446,9 @@ public final class Gateway: Sendable {
                         )
                         stores.append(store)
                         let indices = Array(entry.policies.indices)
-                        context = try TLSContext.listener(policy: entry.policies[0], selector: store.selector(policyIndex: 0, byName: byName(indices)))
+                        let selector = store.selector(policyIndex: 0, byName: byName(indices))
+                        context = try TLSContext.listener(policy: entry.policies[0], selector: selector)
+                        serverNames = selector
                     }
                 } catch {
                     problems.append("\(path).tls: \(Self.reason(error))")
@@ -453,6 +460,7 @@ public final class Gateway: Sendable {
                 idleTimeout: listener.timeouts.idle.timeAmount, maxHeadBytes: listener.maxRequestHeadBytes,
                 maxBodyBytes: listener.maxRequestBodyBytes
             )
+            plan.serverNames = serverNames
             plan.proxyProtocol = listener.proxyProtocol
             plan.drainQuietPeriod = config.drainQuietPeriod.timeAmount
             if let from = listener.proxyProtocolFrom {

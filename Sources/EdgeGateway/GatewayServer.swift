@@ -324,8 +324,8 @@ extension Gateway {
         // What the listener's connections share, one for each event loop.
         let (router, logger, limits) = (self.router, self.logger, listener.proxyLimits)
         let proxies = pools.perLoop { pool in
-            ProxyListener(name: plan.name, scheme: plan.tlsContext == nil ? "http" : "https", mutualTLS: plan.mutualTLS, router: router,
-                          pool: pool, limits: limits, logger: logger, observer: metrics)
+            ProxyListener(name: plan.name, scheme: plan.tlsContext == nil ? "http" : "https", mutualTLS: plan.mutualTLS,
+                          serverNames: plan.serverNames, router: router, pool: pool, limits: limits, logger: logger, observer: metrics)
         }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
@@ -467,6 +467,7 @@ final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
                 var info = self.info
                 let tls = try? sync.handler(type: OpenSSLHandler.self)
                 if self.proxy.mutualTLS { info.clientIdentity = ClientIdentity(tls: tls) }
+                if self.proxy.serverNames != nil { info.serverName = tls?.serverName?.lowercased() }
                 tls?.coalesceFlushes()
                 tls?.compactReads()
                 try self.addHTTP2Handlers(sync, channel: context.channel, info: info)

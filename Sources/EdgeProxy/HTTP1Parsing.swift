@@ -384,26 +384,54 @@ enum HTTP1Parser {
             }
         }
         try checkRequestFraming(&head)
+        var rewrite: (target: [UInt8], host: ArraySlice<UInt8>?)?
         if absolute {
-            if let normalized = try originForm(of: head) {
-                head = normalized
-            } else if head.method != "CONNECT" {
+            guard let (authority, path) = try absoluteFormParts(of: head) else {
+                if head.method == "CONNECT" { return }  // authority-form: refused with 405 once routed
                 throw HTTPFramingError.bad("request target is not a path, an http(s) URI or * for OPTIONS")
             }
+            rewrite = (path, authority)
+        }
+        // Routed and forwarded by its normal form (`PathNormalization`).
+        let normalized: [UInt8]?
+        if let rewrite {
+            normalized = try normalizedTarget(rewrite.target)
+        } else if head.target.utf8.first == UInt8(ascii: "/") {
+            // A native string's bytes in place; `*` and CONNECT's authority are not paths.
+            normalized = try head.target.utf8.withContiguousStorageIfAvailable { try normalizedTarget($0) } ?? normalizedTarget(Array(head.target.utf8))
+        } else {
+            normalized = nil
+        }
+        if let normalized { rewrite = (normalized, rewrite?.host) }
+        if let rewrite { head = try rewritten(head, target: rewrite.target, host: rewrite.host) }
+    }
+
+    /// The target with its path (before any `?`) in normal form; nil when it is normal already.
+    static func normalizedTarget<Bytes: RandomAccessCollection>(_ target: Bytes) throws -> [UInt8]? where Bytes.Element == UInt8 {
+        let queryStart = target.firstIndex(of: UInt8(ascii: "?")) ?? target.endIndex
+        guard PathNormalization.needsWork(target[..<queryStart]) else { return nil }  // no copy for a normal path
+        let path = Array(target[..<queryStart])
+        switch PathNormalization.normalize(path) {
+        case .unchanged:
+            return nil
+        case .normalized(let normal):
+            return normal + target[queryStart...]
+        case .malformed:
+            throw HTTPFramingError.bad("malformed percent-encoding in the request path")
         }
     }
 
-    /// A request whose target is in absolute form (`GET http://host/path`, RFC 9112
-    /// §3.2.2) as the same request in origin form, with the target's authority as its
-    /// Host: a server must take the host from such a target and ignore the Host field.
-    /// Routed by its Host while the upstream read the target's host, the request would
-    /// reach a virtual host of the upstream that no route sends it to (nginx takes the
-    /// target's host as well, and forwards the origin form). nil for every other target.
-    static func originForm(of head: HTTPHead) throws -> HTTPHead? {
+    /// The authority and origin-form target of a request whose target is in absolute
+    /// form (`GET http://host/path`, RFC 9112 §3.2.2): a server must take the host from
+    /// such a target and ignore the Host field. Routed by its Host while the upstream read
+    /// the target's host, the request would reach a virtual host of the upstream that no
+    /// route sends it to (nginx takes the target's host as well, and forwards the origin
+    /// form). nil for a target that is not an http(s) URI.
+    static func absoluteFormParts(of head: HTTPHead) throws -> (authority: ArraySlice<UInt8>, target: [UInt8])? {
         let lower = head.target.lowercased()
         let schemeLength = lower.hasPrefix("http://") ? 7 : lower.hasPrefix("https://") ? 8 : 0
         guard schemeLength > 0 else { return nil }
-        let rest = head.target.utf8.dropFirst(schemeLength)
+        let rest = Array(head.target.utf8.dropFirst(schemeLength))
         let authorityEnd = rest.firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") } ?? rest.endIndex
         let authority = rest[..<authorityEnd]
         // RFC 9110 §4.2.4: userinfo in an http(s) URI is an error to refuse.
@@ -413,15 +441,24 @@ enum HTTP1Parser {
         var path = Array(rest[authorityEnd...])
         if let fragment = path.firstIndex(of: UInt8(ascii: "#")) { path.removeSubrange(fragment...) }
         if path.first != UInt8(ascii: "/") { path.insert(UInt8(ascii: "/"), at: 0) }
+        return (authority, path)
+    }
+
+    /// The same request with another target and, when `host` is given, that Host in
+    /// place of its own, parsed again (the forwarded request line is the head's own).
+    static func rewritten(_ head: HTTPHead, target: [UInt8], host: ArraySlice<UInt8>?) throws -> HTTPHead {
         var bytes: [UInt8] = []
-        bytes.reserveCapacity(head.bytes.count + 16)
+        bytes.reserveCapacity(head.bytes.count + target.count + 16)
         bytes += head.method.utf8
         bytes.append(0x20)
-        bytes += path
-        bytes += " HTTP/1.\(head.minorVersion)\r\nhost: ".utf8
-        bytes += authority
-        bytes += "\r\n".utf8
-        for field in head.fields where field.known != .host {
+        bytes += target
+        bytes += " HTTP/1.\(head.minorVersion)\r\n".utf8
+        if let host {
+            bytes += "host: ".utf8
+            bytes += host
+            bytes += "\r\n".utf8
+        }
+        for field in head.fields where host == nil || field.known != .host {
             bytes += head.bytes[field.name]
             bytes += ": ".utf8
             bytes += head.bytes[field.value]

@@ -11,6 +11,8 @@ import Glibc
 public struct DownstreamInfo: Sendable {
     /// The verified client certificate, once the handshake is done.
     public var clientIdentity: ClientIdentity?
+    /// The SNI name of a TLS connection, lowercased, once the handshake is done.
+    public var serverName: String?
     /// The client's address as text, formatted once per connection (not per HTTP/2 stream).
     /// It is all the proxy uses of the address (X-Forwarded-For, the access log, hashing by
     /// client), with the port for log lines: hashing by client address read the text from
@@ -58,6 +60,9 @@ public final class ProxyListener {
     public let scheme: String
     /// The listener verifies client certificates: forward the verified identity.
     public let mutualTLS: Bool
+    /// A TLS listener's SNI selector, asked whether a request's host belongs on the
+    /// connection its SNI chose (`misdirection`): 421 when it does not.
+    public let serverNames: (any ServerNameSelector)?
     let router: Router
     let pool: UpstreamPool
     let limits: ProxyLimits
@@ -67,11 +72,12 @@ public final class ProxyListener {
     /// Refused PROXY protocol headers on this loop (`proxy_protocol` listeners).
     let proxyProtocolWarnings = ProxyProtocolWarnings()
 
-    public init(name: String, scheme: String, mutualTLS: Bool = false, router: Router, pool: UpstreamPool, limits: ProxyLimits = .init(),
-                logger: Logger, observer: (any ProxyObserver)? = nil) {
+    public init(name: String, scheme: String, mutualTLS: Bool = false, serverNames: (any ServerNameSelector)? = nil, router: Router,
+                pool: UpstreamPool, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
         self.name = name
         self.scheme = scheme
         self.mutualTLS = mutualTLS
+        self.serverNames = serverNames
         self.router = router
         self.pool = pool
         self.limits = limits
@@ -475,6 +481,17 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             // request's headers, the gateway's forwarded ones and the client's cookies
             // included, to a script that sent it.
             self.respondLocally(status: 405, message: "\(head.method) is not allowed", request: head, requestEnded: !hasBody)
+            return
+        }
+        if let serverNames = self.listener.serverNames, let reason = self.misdirection(head, serverNames) {
+            // nginx answers 421 for a host whose client authentication differs from the
+            // SNI's; without it, SNI `www` and `Host: admin` reached the admin upstream
+            // without the certificate admin requires.
+            self.logger.info("misdirected request", metadata: self.peerMetadata.merging([
+                "host": "\(head.first(.host) ?? "")", "uri": "\(head.target)", "reason": "\(reason)",
+            ]) { a, _ in a })
+            self.respondLocally(status: 421, message: "this connection does not serve that host; connect with its name as SNI",
+                                request: head, requestEnded: !hasBody)
             return
         }
         let route = self.router.route(listener: self.listener.name, host: head.first(.host), uri: head.target)
@@ -1239,6 +1256,15 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     /// A `redirect` route's answer: the same path and query at the configured scheme,
     /// host and port.
+    /// Why this request's host does not belong on this connection
+    /// (`ServerNameSelector.misdirection`); nil when it does, or names no host.
+    private func misdirection(_ head: HTTPHead, _ serverNames: any ServerNameSelector) -> String? {
+        guard let raw = head.first(.host) else { return nil }
+        let host = Router.normalizedHost(raw)
+        if host == self.info.serverName { return nil }  // the usual request: one comparison
+        return serverNames.misdirection(serverName: self.info.serverName, host: host)
+    }
+
     private func redirect(_ head: HTTPHead, to redirect: Redirect, requestEnded: Bool) {
         guard let location = redirect.location(requestHost: head.first(.host), target: head.target) else {
             self.respondLocally(status: 400, message: "a redirect needs a Host header holding a DNS name or an IP address",
@@ -1285,6 +1311,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         case 405: return "Method Not Allowed"
         case 408: return "Request Timeout"
         case 413: return "Content Too Large"
+        case 421: return "Misdirected Request"
         case 431: return "Request Header Fields Too Large"
         case 502: return "Bad Gateway"
         case 503: return "Service Unavailable"
@@ -1458,9 +1485,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
             self.observer?.handshake(result: "ok")
-            if self.listener.mutualTLS {
-                self.info.clientIdentity = ClientIdentity(tls: try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self))
-            }
+            let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self)
+            if self.listener.mutualTLS { self.info.clientIdentity = ClientIdentity(tls: tls) }
+            if self.listener.serverNames != nil { self.info.serverName = tls?.serverName?.lowercased() }
             // Draining began during the handshake: the quiet period starts now.
             if self.quiescing, self.exchange == nil { self.awaitDrainQuiet() }
         }

@@ -253,19 +253,10 @@ public struct StaticRoot: Sendable, Equatable {
                 out.append(byte)
                 continue
             }
-            guard let high = bytes.next().flatMap(Self.hexValue), let low = bytes.next().flatMap(Self.hexValue) else { return nil }
+            guard let high = bytes.next().flatMap(PathNormalization.hexValue), let low = bytes.next().flatMap(PathNormalization.hexValue) else { return nil }
             out.append(high << 4 | low)
         }
         return out
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return byte - UInt8(ascii: "A") + 10
-        default: return nil
-        }
     }
 
     /// nginx's `mime.types` for the common kinds; everything else (ACME tokens have no

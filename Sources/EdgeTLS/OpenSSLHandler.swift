@@ -103,6 +103,8 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// The peer's certificate (valid after `handshakeCompleted`).
     public var peerCertificate: X509Certificate? { self.connection.peerCertificate }
+    /// The SNI name the client sent, as sent; nil without one.
+    public var serverName: String? { self.connection.serverName }
 
     /// Whether the handshake resumed an earlier session (valid after `handshakeCompleted`).
     public var sessionReused: Bool { self.connection.sessionReused }

@@ -59,6 +59,14 @@ public enum ServerNameSelection {
 /// Chooses the context for a client's SNI name. Called on the handshake's thread.
 public protocol ServerNameSelector: AnyObject, Sendable {
     func select(serverName: String?) -> ServerNameSelection
+    /// Why a request for `host` must not be served on a connection made for
+    /// `serverName` (its SNI): the host's client authentication or certificate is not
+    /// the one the handshake used. nil: the request belongs on this connection.
+    func misdirection(serverName: String?, host: String) -> String?
+}
+
+extension ServerNameSelector {
+    public func misdirection(serverName: String?, host: String) -> String? { nil }
 }
 
 /// An `SSL_CTX`, owned by Swift and immutable once built.

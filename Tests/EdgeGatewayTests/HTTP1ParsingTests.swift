@@ -401,3 +401,39 @@ final class DownstreamInfoTests: XCTestCase {
         XCTAssertEqual(DownstreamInfo(remoteAddress: nil).peer, "?")
     }
 }
+
+/// RFC 3986 normal form of request paths (`PathNormalization`), without sockets.
+final class PathNormalizationUnitTests: XCTestCase {
+    func normal(_ path: String) -> String? {
+        switch PathNormalization.normalize(Array(path.utf8)) {
+        case .unchanged: return path
+        case .normalized(let bytes): return String(decoding: bytes, as: UTF8.self)
+        case .malformed: return nil
+        }
+    }
+
+    func testDotSegmentsAndUnreservedEncodings() {
+        let cases: [(String, String?)] = [
+            ("/", "/"), ("/a/b", "/a/b"), ("/a/./b", "/a/b"), ("/a/../b", "/b"), ("/..", "/"), ("/../..", "/"),
+            ("/a/b/.", "/a/b/"), ("/a/b/..", "/a/"), ("/a/.", "/a/"), ("/.", "/"), ("/a//../b", "/a/b"), ("/a//b", "/a//b"),
+            ("/%2e%2e/x", "/x"), ("/a/%2E/b", "/a/b"), ("/.%2e/x", "/x"), ("/%7euser", "/~user"), ("/%41%5a", "/AZ"),
+            ("/a%2fb", "/a%2Fb"), ("/a%2Fb/../c", "/c"), ("/a%2F../c", "/a%2F../c"), ("/%00", "/%00"), ("/%25", "/%25"),
+            ("/.hidden/x", "/.hidden/x"), ("/..a/b", "/..a/b"), ("/a/...", "/a/..."),
+            ("/%", nil), ("/%2", nil), ("/%zz", nil), ("/%2g", nil),
+        ]
+        for (input, expected) in cases {
+            XCTAssertEqual(normal(input), expected, input)
+            if let expected { XCTAssertEqual(normal(expected), expected, "idempotent: \(input)") }
+        }
+    }
+
+    func testTheParserRoutesTheNormalFormAndKeepsTheQuery() throws {
+        let head = try HTTP1Parser.parseRequest(Array("GET /a/../b%2fc?q=/../x HTTP/1.1\r\nHost: h\r\n\r\n".utf8))
+        XCTAssertEqual(head.target, "/b%2Fc?q=/../x")
+        XCTAssertEqual(head.first(.host), "h")
+        let absolute = try HTTP1Parser.parseRequest(Array("GET http://x.test/a/./b HTTP/1.1\r\nHost: h\r\n\r\n".utf8))
+        XCTAssertEqual(absolute.target, "/a/b")
+        XCTAssertEqual(absolute.first(.host), "x.test")
+        XCTAssertThrowsError(try HTTP1Parser.parseRequest(Array("GET /%zz HTTP/1.1\r\nHost: h\r\n\r\n".utf8)))
+    }
+}

@@ -218,3 +218,106 @@ final class RequestHardeningTests: XCTestCase {
         await harness.shutdown()
     }
 }
+
+/// A request whose Host (or `:authority`, or absolute-form target) selects another
+/// client-authentication policy or another certificate than the connection's SNI did is
+/// answered 421 Misdirected Request (#29 item 1): SNI `www.test` without a certificate
+/// and `Host: admin.test` reached the upstream of a host that requires one.
+final class MisdirectedRequestTests: XCTestCase {
+    func testAHostWithOtherClientAuthenticationOrCertificateThanTheSNIIsMisdirected() async throws {
+        let pki = RequestHardeningTests.pki
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        let site = try pki.issue(["www.test", "admin.test"], into: dir.path, name: "site")
+        let other = try pki.issue(["other.test"], into: dir.path, name: "other")
+        let client = try pki.issue(["ops.client"], into: dir.path, name: "client")
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        for (leaf, name) in [(site, "site"), (other, "other")] {
+            try Shell.run(["cp", leaf.fullchain, "\(certs)/\(name).crt"])
+            try Shell.run(["cp", leaf.key, "\(certs)/\(name).key"])
+        }
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: { h2: true, client_auth_by_name: { admin.test: { ca_file: \(pki.caPath) } } }
+            certificates: { sources: [ { directory: certs } ], default: site }
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("https")
+        let resolve = ["--resolve", "www.test:\(port):127.0.0.1", "--resolve", "admin.test:\(port):127.0.0.1"]
+        func status(_ arguments: [String]) throws -> String {
+            try Shell.run(["curl", "-sS", "--cacert", pki.caPath, "-o", "/dev/null", "-w", "%{http_code}"] + resolve + arguments).stdout
+        }
+        let before = harness.upstream.requestCount
+        XCTAssertEqual(try status(["--http1.1", "-H", "Host: admin.test", "https://www.test:\(port)/"]), "421", "HTTP/1.1 Host")
+        XCTAssertEqual(try status(["--http2", "-H", "Host: admin.test", "https://www.test:\(port)/"]), "421", "HTTP/2 :authority")
+        XCTAssertEqual(try status(["--http1.1", "--request-target", "https://admin.test/", "https://www.test:\(port)/"]), "421", "absolute form")
+        XCTAssertEqual(try status(["--http1.1", "-H", "Host: admin.test", "https://127.0.0.1:\(port)/"]), "421", "no SNI")
+        XCTAssertEqual(try status(["--http1.1", "-k", "-H", "Host: other.test", "https://www.test:\(port)/"]), "421", "another certificate")
+        XCTAssertEqual(harness.upstream.requestCount, before, "no misdirected request reached the upstream")
+        XCTAssertTrue(harness.logs.contains("misdirected request"), harness.logs.all.joined(separator: "\n"))
+        // What belongs on the connection is served.
+        XCTAssertEqual(try status(["--http1.1", "https://www.test:\(port)/"]), "200")
+        XCTAssertEqual(try status(["--http2", "-H", "Host: www.test:\(port)", "https://www.test:\(port)/"]), "200")
+        XCTAssertEqual(try status(["--http1.1", "-H", "Host: 127.0.0.1", "https://www.test:\(port)/"]), "200", "an address names no certificate")
+        XCTAssertEqual(try status(["--http2", "--cert", client.fullchain, "--key", client.key, "https://admin.test:\(port)/"]), "200")
+        XCTAssertEqual(try status(["--http1.1", "--cert", client.fullchain, "--key", client.key, "-H", "Host: www.test",
+                                   "https://admin.test:\(port)/"]), "421", "the other way round too")
+        await harness.shutdown()
+    }
+}
+
+/// Routes match, and upstreams get, the path's normal form (#29 item 4): with only
+/// `/public` routed, `/public/../internal` and `/public/%2e%2e/internal` reached the
+/// `/public` upstream verbatim, where a normalising backend served `/internal`.
+final class PathNormalizationTests: XCTestCase {
+    func testRoutesMatchAndUpstreamsGetTheNormalisedPath() async throws {
+        let dir = TemporaryDirectory()
+        _ = try RequestHardeningTests.pki.issue(["localhost"], into: dir.path, name: "site")
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners:
+              - { name: http, address: "127.0.0.1:0" }
+              - { name: https, address: "127.0.0.1:0", tls: { certificate: site.crt, key: site.key, h2: true } }
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { path_prefix: /public, upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("http")
+        func answer(_ target: String) -> String {
+            rawExchange(port: port, send: Array("GET \(target) HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n".utf8)).response
+        }
+        for target in ["/public/../internal", "/public/%2e%2e/internal", "/public/%2E%2E/internal", "/public/./../internal",
+                       "/public/..", "/public/x/../../internal?q=/public"] {
+            XCTAssertTrue(answer(target).hasPrefix("HTTP/1.1 404"), "\(target): \(answer(target).prefix(200))")
+        }
+        XCTAssertEqual(harness.upstream.requestCount, 0, "nothing outside /public reached the upstream")
+        for (target, forwarded) in [("/public/./a/../b", "/public/b"), ("/public/%7Euser/%61", "/public/~user/a"),
+                                    ("/public/a%2fb/..", "/public/"), ("/public/a%2Fb?x=/../y", "/public/a%2Fb?x=/../y"),
+                                    ("http://a.test/public/x/./y", "/public/x/y"), ("/public//x", "/public//x")] {
+            let text = answer(target)
+            XCTAssertTrue(text.hasPrefix("HTTP/1.1 200"), "\(target): \(text.prefix(200))")
+            XCTAssertTrue(text.contains("GET \(forwarded) host="), "\(target) should reach the upstream as \(forwarded): \(text)")
+        }
+        XCTAssertTrue(answer("/public/%zz").hasPrefix("HTTP/1.1 400"), "a malformed percent-encoding")
+        // HTTP/2: the same rule for :path.
+        let tls = harness.port("https")
+        func h2(_ path: String) throws -> String {
+            try Shell.run(["curl", "-sS", "-k", "--http2", "--path-as-is", "-w", " %{http_code} %{http_version}",
+                           "https://localhost:\(tls)\(path)"]).stdout
+        }
+        for path in ["/public/../internal", "/public/%2e%2e/internal"] {
+            let text = try h2(path)
+            XCTAssertTrue(text.hasSuffix(" 404 2"), "\(path): \(text)")
+        }
+        let forwarded = try h2("/public/a/%2E./b")
+        XCTAssertTrue(forwarded.contains("GET /public/b host=") && forwarded.hasSuffix(" 200 2"), forwarded)
+        await harness.shutdown()
+    }
+}
