@@ -111,9 +111,13 @@ public struct ListenerConfig: Decodable, Sendable {
     /// The peers (addresses or CIDR ranges) allowed to send that header, as the
     /// balancers' addresses (nginx's `set_real_ip_from`); nil: any peer.
     public var proxyProtocolFrom: [String]?
+    /// Client connections open at once on this listener; beyond, new ones are closed as
+    /// they are accepted (Envoy's listener connection limit); nil: no limit.
+    public var maxConnections: Int?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case name, address, tls, timeouts
+        case maxConnections = "max_connections"
         case maxRequestHeadBytes = "max_request_head_bytes"
         case maxRequestBodyBytes = "max_request_body_bytes"
         case proxyProtocol = "proxy_protocol"
@@ -131,6 +135,7 @@ public struct ListenerConfig: Decodable, Sendable {
         self.maxRequestBodyBytes = try c.decodeRecorded(Int.self, forKey: .maxRequestBodyBytes)
         self.proxyProtocol = try c.decodeRecorded(Bool.self, forKey: .proxyProtocol) ?? false
         self.proxyProtocolFrom = try c.decodeRecorded([String].self, forKey: .proxyProtocolFrom)
+        self.maxConnections = try c.decodeRecorded(Int.self, forKey: .maxConnections)
     }
 }
 
@@ -141,8 +146,10 @@ public struct ListenerTimeouts: Decodable, Sendable {
     public var header: Duration = .seconds(30)
     /// An idle keep-alive client connection is closed after this.
     public var idle: Duration = .seconds(75)
+    /// The longest pause between reads of a request body (nginx's `client_body_timeout`).
+    public var body: Duration = .seconds(60)
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case handshake, header, idle }
+    enum CodingKeys: String, CodingKey, CaseIterable { case handshake, header, idle, body }
 
     init() {}
 
@@ -152,6 +159,7 @@ public struct ListenerTimeouts: Decodable, Sendable {
         self.handshake = try c.decodeRecorded(Duration.self, forKey: .handshake) ?? self.handshake
         self.header = try c.decodeRecorded(Duration.self, forKey: .header) ?? self.header
         self.idle = try c.decodeRecorded(Duration.self, forKey: .idle) ?? self.idle
+        self.body = try c.decodeRecorded(Duration.self, forKey: .body) ?? self.body
     }
 }
 

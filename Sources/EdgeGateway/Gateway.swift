@@ -63,6 +63,10 @@ struct ListenerPlan: Sendable {
     var strictTransportSecurity: String?
     /// Every connection starts with a PROXY protocol header naming the client.
     var proxyProtocol = false
+    /// `timeouts.body`: the longest pause between reads of a request body.
+    var bodyTimeout = TimeAmount.seconds(60)
+    /// `max_connections`: connections beyond it are closed as they are accepted.
+    var maxConnections: Int?
     /// The peers that may send it (`proxy_protocol_from`); nil: any.
     var proxyProtocolFrom: [AddressRange]?
 }
@@ -461,6 +465,11 @@ public final class Gateway: Sendable {
                 maxBodyBytes: listener.maxRequestBodyBytes
             )
             plan.serverNames = serverNames
+            plan.bodyTimeout = listener.timeouts.body.timeAmount
+            if let max = listener.maxConnections {
+                if max < 1 { problems.append("\(path).max_connections: must be at least 1 (leave it out for no limit), got \(max)") }
+                plan.maxConnections = max
+            }
             plan.proxyProtocol = listener.proxyProtocol
             plan.drainQuietPeriod = config.drainQuietPeriod.timeAmount
             if let from = listener.proxyProtocolFrom {

@@ -349,6 +349,17 @@ extension Gateway {
                         holdsFirstRead = true
                     }
                     let proxy = proxies.value(for: channel.eventLoop)
+                    if let max = plan.maxConnections {
+                        // Established connections are never touched: the new one is closed
+                        // as it is accepted, before a byte is read (Envoy's listener
+                        // connection limit; HAProxy's `maxconn` leaves it in the backlog).
+                        guard metrics.admit(max: max) else {
+                            proxy.refusedConnection(peer: channel.remoteAddress, reason: "the listener has max_connections (\(max)) open")
+                            try channel.pipeline.syncOperations.addHandler(CloseOnActive())
+                            return
+                        }
+                        channel.closeFuture.whenComplete { _ in metrics.release() }
+                    }
                     if plan.proxyProtocol {
                         // The client is known once the PROXY header is read: the decoder, first
                         // in the pipeline (and holding the first read), adds the rest then.
@@ -393,6 +404,15 @@ extension Gateway {
     }
 }
 
+/// Closes a connection the listener refused as soon as it is active.
+private final class CloseOnActive: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.close(promise: nil)
+    }
+}
+
 extension EventLoop {
     /// Runs a channel initializer's synchronous set-up and returns the loop's cached
     /// succeeded future (or a failed one): `makeCompletedFuture` made a new future, a
@@ -414,6 +434,7 @@ extension ListenerPlan {
         limits.maxBodyBytes = self.maxBodyBytes
         limits.headerTimeout = self.headerTimeout
         limits.idleTimeout = self.idleTimeout
+        limits.bodyTimeout = self.bodyTimeout
         limits.drainQuietPeriod = self.drainQuietPeriod
         limits.strictTransportSecurity = self.strictTransportSecurity
         return limits

@@ -1,3 +1,4 @@
+import Atomics
 import EdgeCertificates
 import EdgeProxy
 import NIOConcurrencyHelpers
@@ -50,7 +51,9 @@ final class GatewayMetrics: Sendable {
             accepted: self.counter("edge_connections_total", [("listener", name)], help: "Client connections accepted."),
             handshakes: ["ok", "failed", "timeout"].map { self.counter("edge_tls_handshakes_total", [("listener", name), ("result", $0)], help: "TLS handshakes with clients, by result.") },
             proxyProtocolRefused: self.counter("edge_proxy_protocol_refused_total", [("listener", name)],
-                                               help: "Connections closed for a missing or malformed PROXY protocol header, or from a peer outside proxy_protocol_from (proxy_protocol listeners)."))
+                                               help: "Connections closed for a missing or malformed PROXY protocol header, or from a peer outside proxy_protocol_from (proxy_protocol listeners)."),
+            overflow: self.counter("edge_connections_refused_total", [("listener", name), ("reason", "max_connections")],
+                                   help: "Client connections closed as they were accepted, by reason (max_connections: the listener had that many open)."))
         return self.listeners.withLockedValue { listeners in
             if let existing = listeners[name] { return existing }
             listeners[name] = made
@@ -171,8 +174,12 @@ final class ListenerMetrics: ProxyObserver, Sendable {
     /// ok, failed, timeout
     private let handshakes: [Counter]
     private let refusedProxyHeaders: Counter
+    private let overflow: Counter
+    /// Connections admitted under `max_connections` and not closed yet, across the
+    /// listener's generations (a reload's old connections still hold their descriptors).
+    private let admitted = ManagedAtomic<Int>(0)
 
-    init(requestsByClass: [Counter], open: Gauge, accepted: Counter, handshakes: [Counter], proxyProtocolRefused: Counter) {
+    init(requestsByClass: [Counter], open: Gauge, accepted: Counter, handshakes: [Counter], proxyProtocolRefused: Counter, overflow: Counter) {
         self.requests = RequestCounter { status in
             requestsByClass[min(max(status / 100, 1), 5) - 1].increment()
         }
@@ -180,6 +187,21 @@ final class ListenerMetrics: ProxyObserver, Sendable {
         self.accepted = accepted
         self.handshakes = handshakes
         self.refusedProxyHeaders = proxyProtocolRefused
+        self.overflow = overflow
+    }
+
+    /// Admits one more connection when fewer than `max` are open (counted from accept to
+    /// close); false, counted as refused, when the listener is full.
+    func admit(max: Int) -> Bool {
+        if self.admitted.loadThenWrappingIncrement(ordering: .relaxed) < max { return true }
+        self.admitted.wrappingDecrement(ordering: .relaxed)
+        self.overflow.increment()
+        return false
+    }
+
+    /// An admitted connection closed.
+    func release() {
+        self.admitted.wrappingDecrement(ordering: .relaxed)
     }
 
     func proxyProtocolRefused() {

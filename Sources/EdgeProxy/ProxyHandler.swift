@@ -70,7 +70,15 @@ public final class ProxyListener {
     public let observer: (any ProxyObserver)?
     let requests: RequestCounter?
     /// Refused PROXY protocol headers on this loop (`proxy_protocol` listeners).
-    let proxyProtocolWarnings = ProxyProtocolWarnings()
+    let proxyProtocolWarnings = RateLimitedWarnings()
+    /// Connections refused as they were accepted (`max_connections`) on this loop.
+    let refusalWarnings = RateLimitedWarnings()
+
+    /// Logs (at most once a second on this loop, with a count of the rest) a connection
+    /// the listener closed as it was accepted.
+    public func refusedConnection(peer: SocketAddress?, reason: String) {
+        self.refusalWarnings.warn(self, summary: "connection refused", peer: peer, reason: reason)
+    }
 
     public init(name: String, scheme: String, mutualTLS: Bool = false, serverNames: (any ServerNameSelector)? = nil, router: Router,
                 pool: UpstreamPool, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
@@ -117,6 +125,9 @@ public struct ProxyLimits: Sendable {
     public var headerTimeout = TimeAmount.seconds(10)
     /// How long a keep-alive connection may idle between requests before it is closed.
     public var idleTimeout = TimeAmount.seconds(60)
+    /// How long the client may send no request body bytes while a body is due
+    /// (nginx's `client_body_timeout`): 408 after it, or a close once the response began.
+    public var bodyTimeout = TimeAmount.seconds(60)
     /// While draining, how long an idle keep-alive connection stays open for a request
     /// its client may already be sending (answered with `connection: close`).
     public var drainQuietPeriod = TimeAmount.seconds(1)
@@ -268,6 +279,11 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// entry due at the earlier of the two: a NIO scheduled task per exchange was a
     /// promise, a future and a closure for each HTTP/2 stream, scheduled and cancelled.
     private var readDeadline: NIODeadline?
+    /// When the client must have sent more of the request body (`timeouts.body`, nginx's
+    /// `client_body_timeout`); nil when no body is being read. Pushed out by every read
+    /// and while the gateway itself holds the client's reads (an upstream connecting or
+    /// full), waited for in the deadline heap with the others.
+    private var bodyDeadline: NIODeadline?
     /// The server is draining: the response in flight, or the next request's, is the last one.
     private var quiescing = false
     /// While draining and idle: the connection closes at this time if no request began.
@@ -343,6 +359,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             return
         }
         self.firstRead.hold(bytes)
+        if self.bodyDeadline != nil { self.bodyDeadline = .now() + self.limits.bodyTimeout }
         if self.inbound.readableBytes == 0 {
             self.inbound = bytes
         } else {
@@ -472,6 +489,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         let hasBody = head.chunked || (head.contentLength ?? 0) > 0
         if self.pool.accessLog != nil { self.requestStart = .now() }
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
+        if hasBody {
+            self.bodyDeadline = .now() + self.limits.bodyTimeout
+            if self.context != nil { self.pool.deadlines.schedule(self, at: self.bodyDeadline!) }
+        }
         self.bodyBytes = 0
         let methodLength = head.method.utf8.count  // GET and POST skip the comparisons
         if (methodLength == 7 && head.method == "CONNECT") || (methodLength == 5 && head.method == "TRACE") {
@@ -870,6 +891,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         exchange.replay = nil
         exchange.requestEnded = false
         self.requestBody = .untilClose
+        self.bodyDeadline = nil  // a tunnel idles out on the upstream's read timeout
         self.maxBodyBytes = nil
         self.process()
         if self.upstreamNeedsFlush {
@@ -1162,6 +1184,20 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.respondLocally(status: 413, message: "request body larger than \(max) bytes", request: request, requestEnded: false)
     }
 
+    /// The client sent no body bytes for `timeouts.body`: a request that held its upstream
+    /// connection for as long as the client liked (one byte every few seconds) is ended:
+    /// 408 when the response has not started, else the connection (or stream) is closed.
+    private func bodyTimedOut() {
+        self.bodyDeadline = nil
+        self.requestBody = nil
+        let request = self.exchange?.request
+        self.logger.info("client sent no request body data within the body timeout", metadata: self.peerMetadata.merging([
+            "uri": "\(request?.target ?? "?")", "body_timeout": "\(self.limits.bodyTimeout)",
+        ]) { a, _ in a })
+        guard self.abandonExchange() else { return }
+        self.respondLocally(status: 408, message: "no request body data within the body timeout", request: request, requestEnded: false)
+    }
+
     /// Drops the exchange in flight, if any, before the gateway answers the client
     /// itself: its upstream connection, holding an unfinished request, is closed. False
     /// when the response had already started: the client connection is closed instead
@@ -1398,6 +1434,21 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     func deadlineReached(now: NIODeadline) {
         guard self.context != nil else { return }
+        if let body = self.bodyDeadline {
+            if self.requestBody == nil || self.closing {
+                self.bodyDeadline = nil
+            } else if self.readPending {
+                // The gateway is not reading (its upstream connects or is full): the
+                // client is not the one who is late.
+                self.bodyDeadline = now + self.limits.bodyTimeout
+                self.pool.deadlines.schedule(self, at: self.bodyDeadline!)
+            } else if now >= body {
+                self.bodyTimedOut()
+                return
+            } else {
+                self.pool.deadlines.schedule(self, at: body)
+            }
+        }
         if let read = self.upstreamReadDeadline {
             if now >= read, let exchange = self.exchange {
                 self.readTimedOut(exchange)

@@ -337,10 +337,10 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     }
 }
 
-/// Refused PROXY headers, logged at most once a second per listener and event loop
-/// (a balancer sending none, or a port scanner, would otherwise write a line for every
-/// connection), with the count of those not logged.
-final class ProxyProtocolWarnings {
+/// Refused connections (a missing PROXY header, a full listener), logged at most once a
+/// second per listener and event loop (a balancer sending no header, a port scanner or a
+/// flood would otherwise write a line for every connection), with the count of those not logged.
+final class RateLimitedWarnings {
     private var lastLogged: NIODeadline?
     private var suppressed = 0
 

@@ -321,3 +321,103 @@ final class PathNormalizationTests: XCTestCase {
         await harness.shutdown()
     }
 }
+
+/// A client that stops sending its body, and a client that opens connections without end
+/// (#29 item 3): with every timeout at 2 s, a POST declaring 100 bytes and sending one
+/// every 5 s held its upstream connection for as long as it liked, on HTTP/2 too, and
+/// nothing bounded how many connections a listener kept.
+final class SlowClientLimitTests: XCTestCase {
+    func tool(_ name: String, _ arguments: [String]) throws -> [String: Any] {
+        let result = try Shell.run(["/usr/bin/python3", repositoryRoot() + "/Tests/tools/" + name] + arguments, timeout: 60)
+        let line = result.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        return (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? ["error": result.stderr]
+    }
+
+    func testABodyThatStopsArrivingTimesOut() async throws {
+        let dir = TemporaryDirectory()
+        _ = try RequestHardeningTests.pki.issue(["localhost"], into: dir.path, name: "site")
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners:
+              - { name: http, address: "127.0.0.1:0", timeouts: { body: 1s } }
+              - { name: https, address: "127.0.0.1:0", timeouts: { body: 1s }, tls: { certificate: site.crt, key: site.key, h2: true } }
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"], timeouts: { read: 30s } } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = "\(harness.port("http"))"
+        // The response has not started: 408, and the connection closes.
+        let stalled = try tool("slow_body.py", [port, "/", "100", "1", "0"])
+        XCTAssertEqual(stalled["status"] as? Int, 408, "\(stalled)")
+        XCTAssertLessThan(stalled["answered_after"] as? Double ?? 99, 5, "\(stalled)")
+        XCTAssertNotNil(stalled["closed_after"] as? Double, "the connection closes: \(stalled)")
+        // The response has started (the upstream echoes as it reads): the connection closes.
+        let echoing = try tool("slow_body.py", [port, "/echo", "100", "1", "0"])
+        XCTAssertEqual(echoing["status"] as? Int, 200, "\(echoing)")
+        XCTAssertLessThan(echoing["closed_after"] as? Double ?? 99, 5, "\(echoing)")
+        // The timeout is between reads, not for the whole body: six bytes 0.5 s apart pass.
+        let trickle = try tool("slow_body.py", [port, "/", "6", "6", "0.5"])
+        XCTAssertEqual(trickle["status"] as? Int, 200, "\(trickle)")
+        XCTAssertTrue(harness.logs.contains("client sent no request body data within the body timeout"))
+        // HTTP/2: the stream is answered 408 and ends; the connection's other streams go on.
+        let h2 = try tool("h2_abuse.py", ["slow-body", "\(harness.port("https"))", "100"])
+        XCTAssertTrue((h2["body"] as? String ?? "").contains("408 Request Timeout"), "\(h2)")
+        XCTAssertNotEqual(h2["closed"] as? Bool, true, "\(h2)")
+        await harness.shutdown()
+    }
+
+    func testAListenerRefusesConnectionsBeyondMaxConnections() async throws {
+        let dir = TemporaryDirectory()
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners:
+              - { name: capped, address: "127.0.0.1:0", max_connections: 2 }
+              - { name: open, address: "127.0.0.1:0" }
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("capped")
+        func connect() throws -> FileHandle {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let ok = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            XCTAssertEqual(ok, 0)
+            var timeout = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            return FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        }
+        func exchange(_ handle: FileHandle) -> String {
+            _ = "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n".withCString { write(handle.fileDescriptor, $0, strlen($0)) }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = read(handle.fileDescriptor, &buffer, buffer.count)
+            return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : "(read \(n))"
+        }
+        let first = try connect(), second = try connect()
+        XCTAssertTrue(exchange(first).hasPrefix("HTTP/1.1 200"))
+        XCTAssertTrue(exchange(second).hasPrefix("HTTP/1.1 200"))
+        // The third is closed as it is accepted; the two open ones go on being served.
+        let third = try connect()
+        var buffer = [UInt8](repeating: 0, count: 64)
+        XCTAssertEqual(read(third.fileDescriptor, &buffer, buffer.count), 0, "the connection beyond max_connections is closed")
+        XCTAssertTrue(exchange(first).hasPrefix("HTTP/1.1 200"), "established connections are not touched")
+        XCTAssertTrue(exchange(second).hasPrefix("HTTP/1.1 200"))
+        XCTAssertEqual(try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(harness.port("open"))/"]).stdout, "200",
+                       "other listeners are not limited")
+        XCTAssertTrue(eventually(timeout: 5) { harness.logs.contains("connection refused") && harness.logs.contains("max_connections (2)") })
+        let metrics = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/metrics"]).stdout
+        XCTAssertTrue(metrics.contains(#"edge_connections_refused_total{listener="capped",reason="max_connections"} 1"#), metrics)
+        // A closed connection frees its place.
+        try first.close()
+        XCTAssertTrue(eventually(timeout: 5) {
+            guard let again = try? connect() else { return false }
+            return exchange(again).hasPrefix("HTTP/1.1 200")
+        })
+        await harness.shutdown()
+    }
+}

@@ -10,6 +10,8 @@
   drain PORT MS        GETs /slow?ms=MS, then reads until the server closes: what a draining gateway
                        sends ("goaway", "goaway_last_stream", "goaway_last_streams": each GOAWAY's,
                        "body", "ended", "closed")
+  slow-body PORT LEN   POSTs to / declaring content-length LEN, sends one byte of it and waits
+                       for the server ("body": what came back, "rst_codes", "ended")
   trailers PORT 0      POSTs a body of two DATA frames without content-length to /echo, ended by a
                        trailer HEADERS frame ("body": the response body, "ended": END_STREAM seen)
 PINGs are answered, as every HTTP/2 client does.
@@ -83,6 +85,9 @@ elif mode == "malformed":
     expected = len(bad) + 1
 elif mode == "drain":
     out += frame(1, 0x5, 1, b"\x82\x87" + literal(b":path", b"/slow?ms=%d" % n) + literal(b":authority", b"localhost"))
+elif mode == "slow-body":
+    post = b"\x83\x87\x84" + literal(b":authority", b"localhost") + literal(b"content-length", str(n).encode())
+    out += frame(1, 0x4, 1, post) + frame(0, 0, 1, b"x")  # END_HEADERS; one byte of the body
 elif mode == "trailers":
     post = b"\x83\x87" + literal(b":path", b"/echo") + literal(b":authority", b"localhost")
     out += frame(1, 0x4, 1, post)  # END_HEADERS, the body follows
@@ -137,7 +142,7 @@ try:
                 result["body"] += payload.decode("latin-1")
         if mode == "malformed" and len(result["rst_streams"]) + len(result["response_streams"]) >= expected:
             break
-        if mode == "trailers" and (result["ended"] or result["rst_codes"]):
+        if mode in ("trailers", "slow-body") and (result["ended"] or result["rst_codes"]):
             break
         if mode == "big-header" and (result["responses"] or result["rst_codes"] or result["goaway"] is not None):
             break
