@@ -194,9 +194,15 @@ final class AdminHandler: ChannelInboundHandler {
                     break
                 }
                 // The whole configuration: answered once the reload is done.
-                let promise = context.eventLoop.makePromise(of: String.self)
+                let promise = context.eventLoop.makePromise(of: AdminReloadAnswer.self)
                 promise.completeWithTask { await handler() }
-                promise.futureResult.assumeIsolated().whenSuccess { text in
+                promise.futureResult.assumeIsolated().whenSuccess { answer in
+                    let text = answer.summary
+                    if let seconds = answer.retryAfter {
+                        self.respond(context: context, head: head, status: .tooManyRequests, type: "text/plain", body: text,
+                                     extra: [("retry-after", "\(seconds)")])
+                        return
+                    }
                     let code: HTTPResponseStatus = text.hasPrefix("applied") || text.hasPrefix("certificates") ? .ok : .unprocessableEntity
                     self.respond(context: context, head: head, status: code, type: "text/plain", body: text)
                 }
@@ -208,10 +214,11 @@ final class AdminHandler: ChannelInboundHandler {
         }
     }
 
-    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, type: String, body: String) {
+    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, type: String, body: String,
+                         extra: [(String, String)] = []) {
         var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
         buffer.writeString(body)
-        let headers = HTTPHeaders([("content-type", type), ("content-length", "\(buffer.readableBytes)"), ("cache-control", "no-store")])
+        let headers = HTTPHeaders([("content-type", type), ("content-length", "\(buffer.readableBytes)"), ("cache-control", "no-store")] + extra)
         context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
         context.write(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)

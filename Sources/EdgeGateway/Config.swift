@@ -776,11 +776,14 @@ public struct AdminConfig: Decodable, Sendable {
     public var allowNonLoopback = false
     /// Host names the admin endpoint answers to besides IP addresses and `localhost`.
     public var allowedHosts: [String] = []
+    /// The least time between two reloads asked for by `POST /reload`; sooner is 429.
+    public var reloadMinInterval: Duration = .seconds(1)
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case address
         case allowNonLoopback = "allow_non_loopback"
         case allowedHosts = "allowed_hosts"
+        case reloadMinInterval = "reload_min_interval"
     }
 
     init() {}
@@ -791,5 +794,6 @@ public struct AdminConfig: Decodable, Sendable {
         self.address = try c.decodeRecorded(String.self, forKey: .address) ?? self.address
         self.allowNonLoopback = try c.decodeRecorded(Bool.self, forKey: .allowNonLoopback) ?? false
         self.allowedHosts = try c.decodeRecorded([String].self, forKey: .allowedHosts) ?? []
+        self.reloadMinInterval = try c.decodeRecorded(Duration.self, forKey: .reloadMinInterval) ?? self.reloadMinInterval
     }
 }

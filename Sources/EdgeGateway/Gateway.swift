@@ -106,7 +106,7 @@ public final class Gateway: Sendable {
     /// Outcome of configuration reloads; carried from one configuration generation to the next.
     public let configStatus: ConfigReloadStatus
     /// Runs a full configuration reload (set by the service); `POST /reload` calls it.
-    let reloadHandler = NIOLockedValueBox<(@Sendable () async -> String)?>(nil)
+    let reloadHandler = NIOLockedValueBox<(@Sendable () async -> AdminReloadAnswer)?>(nil)
 
     public let startTime = currentTime()
 

@@ -20,6 +20,8 @@ public final class GatewayService: Service, Sendable {
     private let configPath: String?
     private let logger: Logger
     private let reloading = NIOLockedValueBox(false)
+    /// When `POST /reload` last started a reload (`admin.reload_min_interval`).
+    private let lastAdminReload = NIOLockedValueBox<NIODeadline?>(nil)
 
     /// `configPath`: the file a reload re-reads (nil: reloads re-read certificates only).
     public init(gateway: Gateway, group: EventLoopGroup, configPath: String? = nil) {
@@ -62,7 +64,29 @@ public final class GatewayService: Service, Sendable {
     }
 
     private func install(_ gateway: Gateway) {
-        gateway.reloadHandler.withLockedValue { $0 = { [weak self] in await self?.reload(reason: "admin /reload") ?? "not running\n" } }
+        gateway.reloadHandler.withLockedValue { $0 = { [weak self] in await self?.adminReload() ?? AdminReloadAnswer(summary: "not running\n") } }
+    }
+
+    /// `POST /reload`, at most once per `admin.reload_min_interval`: each applied reload
+    /// drains every client connection, so a script (or a page that got past the admin
+    /// endpoint's origin checks) looping on it would keep every client reconnecting.
+    /// SIGHUP, which only the host's users can send, is not limited.
+    private func adminReload() async -> AdminReloadAnswer {
+        let interval = self.gateway.config.admin.reloadMinInterval.timeAmount
+        let now = NIODeadline.now()
+        let wait = self.lastAdminReload.withLockedValue { last -> TimeAmount? in
+            if let last, now < last + interval { return last + interval - now }
+            last = now
+            return nil
+        }
+        if let wait {
+            let seconds = max(1, (wait.nanoseconds + 999_999_999) / 1_000_000_000)
+            self.logger.warning("admin reload refused: too soon after the previous one", metadata: [
+                "reload_min_interval": "\(self.gateway.config.admin.reloadMinInterval)",
+            ])
+            return AdminReloadAnswer(summary: "too many reloads: retry after \(seconds)s (admin.reload_min_interval)\n", retryAfter: seconds)
+        }
+        return AdminReloadAnswer(summary: await self.reload(reason: "admin /reload"))
     }
 
     /// Re-reads the configuration file: an invalid one leaves everything as it is (logged and
@@ -124,6 +148,13 @@ public final class GatewayService: Service, Sendable {
             try? await Task.sleep(nanoseconds: UInt64(interval))
         }
     }
+}
+
+/// What `POST /reload` answers: the reload's one-line summary, or when to ask again.
+struct AdminReloadAnswer: Sendable {
+    var summary: String
+    /// Seconds until a reload is accepted again (429); nil when the reload ran.
+    var retryAfter: Int64?
 }
 
 /// Reads and prepares a configuration file, collecting every problem.

@@ -435,6 +435,10 @@ final class ConfigReloadTests: XCTestCase {
         try write(listeners: "  - { name: first, address: \"127.0.0.1:\(first)\" }", upstream: "")
         let answer = try Shell.run(["curl", "-sS", "-X", "POST", "-H", "X-Edge-Gateway-Reload: 1", "http://127.0.0.1:\(admin)/reload"]).stdout
         XCTAssertTrue(answer.hasPrefix("applied: 1 listener(s)"), answer)
+        // Another at once is refused (admin.reload_min_interval, 1 s): each applied reload drains every client.
+        let again = try Shell.run(["curl", "-sS", "-D", "-", "-X", "POST", "-H", "X-Edge-Gateway-Reload: 1", "http://127.0.0.1:\(admin)/reload"]).stdout
+        XCTAssertTrue(again.hasPrefix("HTTP/1.1 429") && again.lowercased().contains("retry-after: 1"), again)
+        XCTAssertTrue(gateway.log.contains("admin reload refused: too soon after the previous one"), gateway.log)
         XCTAssertTrue(eventually(timeout: 10) { get(second).isEmpty }, "the removed listener stops accepting")
         XCTAssertFalse(get(first).contains("v2.internal"))
 
