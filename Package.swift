@@ -140,3 +140,22 @@ let package = Package(
 var dataPathSettings: [SwiftSetting] {
     [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 }
+
+// libFuzzer targets, one per parser (`bench/fuzz`), declared only when EDGE_FUZZ is set:
+// they link libFuzzer's main (`-sanitize=fuzzer`), so an ordinary build could not link them.
+if Context.environment["EDGE_FUZZ"] != nil {
+    let nio: [Target.Dependency] = [
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+        .product(name: "NIOHPACK", package: "swift-nio-http2"),
+    ]
+    let fuzzTargets: [(String, [Target.Dependency])] = [
+        ("FuzzHTTP1Request", ["EdgeProxy"]), ("FuzzHTTP1Response", ["EdgeProxy"]), ("FuzzBodyFramer", ["EdgeProxy"] + nio),
+        ("FuzzProxyProtocol", ["EdgeProxy"]), ("FuzzHTTP2Bridge", ["EdgeProxy"] + nio), ("FuzzPathNormalization", ["EdgeProxy"]),
+        ("FuzzXFCC", ["EdgeTLS"]), ("FuzzConfig", ["EdgeGateway"]),
+    ]
+    package.targets.append(.target(name: "CFuzzDriver", path: "Fuzz/CFuzzDriver"))
+    for (name, dependencies) in fuzzTargets {
+        package.targets.append(.executableTarget(name: name, dependencies: dependencies + ["CFuzzDriver"], path: "Fuzz/\(name)"))
+    }
+}

@@ -141,7 +141,10 @@ public struct Duration: Decodable, Sendable, Hashable, CustomStringConvertible {
     public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
         if let seconds = try? container.decode(Double.self) {
-            self.nanoseconds = Int64(seconds * 1e9)
+            guard let parsed = Duration(seconds: seconds, scale: 1e9) else {
+                throw ConfigError(path: keyPath(decoder.codingPath), message: "invalid duration \(seconds) (a number of seconds from 0 to 100 years)")
+            }
+            self = parsed
             return
         }
         let text = try container.decode(String.self)
@@ -158,11 +161,18 @@ public struct Duration: Decodable, Sendable, Hashable, CustomStringConvertible {
             let number = trimmed.dropLast(suffix.count)
             // "ms" must not be read as minutes + "s".
             if suffix == "s", number.hasSuffix("m") { continue }
-            guard let value = Double(number), value >= 0 else { return nil }
-            return Duration(nanoseconds: Int64(value * scale))
+            return Double(number).flatMap { Duration(seconds: $0, scale: scale) }
         }
-        if let value = Double(trimmed), value >= 0 { return Duration(nanoseconds: Int64(value * 1e9)) }
-        return nil
+        return Double(trimmed).flatMap { Duration(seconds: $0, scale: 1e9) }
+    }
+
+    /// `value` units of `scale` nanoseconds; nil when negative, not a number, or beyond
+    /// 100 years (`inf`, `1e30s`: converting them to nanoseconds would trap; found by
+    /// the configuration fuzz target).
+    init?(seconds value: Double, scale: Double) {
+        let nanoseconds = value * scale
+        guard nanoseconds >= 0, nanoseconds <= 100 * 365 * 86400e9 else { return nil }
+        self.init(nanoseconds: Int64(nanoseconds))
     }
 
     public var description: String {

@@ -113,7 +113,7 @@ public final class HTTP2StreamBridge: ChannelInboundHandler {
 
     /// The HTTP/1.1 request head for a request HEADERS frame; nil when the header
     /// block is malformed (`HTTP2RequestCheck`).
-    private func requestHead(_ frame: HTTP2Frame.FramePayload.Headers, allocator: ByteBufferAllocator) -> ByteBuffer? {
+    func requestHead(_ frame: HTTP2Frame.FramePayload.Headers, allocator: ByteBufferAllocator) -> ByteBuffer? {
         // Pseudo-header fields come first, so the request line and Host are known
         // before the rest; one after a regular field is malformed.
         var method = "", path = "", authority: String?

@@ -82,6 +82,20 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(typos.stderr.split(separator: "\n").filter { $0.hasPrefix("error:") }.count, 3, typos.stderr)
     }
 
+    /// Durations that converting to nanoseconds would trap on (found by the fuzz target
+    /// FuzzConfig: `infs` stopped `check` with a crash) are errors naming the key.
+    func testDurationsBeyondRangeAreErrorsNotCrashes() throws {
+        let result = try check("""
+            listeners: [ { name: a, address: "127.0.0.1:0", timeouts: { idle: infs, header: 1e30s, body: .inf, handshake: -1 } } ]
+            upstreams: { app: { backends: ["127.0.0.1:1"] } }
+            routes: [ { upstream: app } ]
+            """)
+        XCTAssertEqual(result.status, 1, result.stderr)
+        for key in ["timeouts.idle", "timeouts.header", "timeouts.body", "timeouts.handshake"] {
+            XCTAssertTrue(result.stderr.contains("listeners[0].\(key)"), "missing \(key) in:\n\(result.stderr)")
+        }
+    }
+
     func testBadValuesNameTheKey() throws {
         let result = try check("""
             listeners:
