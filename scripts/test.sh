@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # certbot renews against pebble (the ACME test server) in the end-to-end test; haproxy
 # (TCP mode) sends PROXY protocol headers to the gateway; wrk, a client that never retries,
 # counts what reloads and takeovers cost.
-bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core nghttp2-client testssl.sh python3-venv certbot pebble haproxy wrk
+bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core nghttp2-client testssl.sh python3-venv certbot pebble haproxy wrk iproute2
 swift build --build-tests
 swift test --skip-build
 bash scripts/tls-compliance.sh

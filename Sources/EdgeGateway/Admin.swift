@@ -9,8 +9,15 @@ public let gatewayVersion = "0.1.0"
 
 extension Gateway {
     func bindAdmin(group: EventLoopGroup, fd: CInt) async throws -> Channel {
+        let logger = self.logger
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                // Out of descriptors, the admin endpoint backs off like the listeners.
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPacing(listener: "admin", logger: logger))
+                }
+            }
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)

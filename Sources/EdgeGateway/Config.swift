@@ -114,9 +114,11 @@ public struct ListenerConfig: Decodable, Sendable {
     /// Client connections open at once on this listener; beyond, new ones are closed as
     /// they are accepted (Envoy's listener connection limit); nil: no limit.
     public var maxConnections: Int?
+    /// The listen queue: connections the kernel has accepted and the gateway not yet.
+    public var backlog: Int
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case name, address, tls, timeouts
+        case name, address, tls, timeouts, backlog
         case maxConnections = "max_connections"
         case maxRequestHeadBytes = "max_request_head_bytes"
         case maxRequestBodyBytes = "max_request_body_bytes"
@@ -136,6 +138,7 @@ public struct ListenerConfig: Decodable, Sendable {
         self.proxyProtocol = try c.decodeRecorded(Bool.self, forKey: .proxyProtocol) ?? false
         self.proxyProtocolFrom = try c.decodeRecorded([String].self, forKey: .proxyProtocolFrom)
         self.maxConnections = try c.decodeRecorded(Int.self, forKey: .maxConnections)
+        self.backlog = try c.decodeRecorded(Int.self, forKey: .backlog) ?? 1024
     }
 }
 
@@ -354,9 +357,12 @@ public struct UpstreamConfig: Decodable, Sendable {
     public var passiveHealth: PassiveHealthConfig
     public var maxConnectAttempts: Int
     public var tcpKeepalive: Bool
+    /// The largest response head (status line and fields) taken from a backend.
+    public var maxResponseHeadBytes: Int
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case backends, tls
+        case maxResponseHeadBytes = "max_response_head_bytes"
         case hostHeader = "host_header"
         case timeouts, pool, balance
         case hashKey = "hash_key"
@@ -380,6 +386,7 @@ public struct UpstreamConfig: Decodable, Sendable {
         self.passiveHealth = try c.decodeRecorded(PassiveHealthConfig.self, forKey: .passiveHealth) ?? PassiveHealthConfig()
         self.maxConnectAttempts = try c.decodeRecorded(Int.self, forKey: .maxConnectAttempts) ?? 3
         self.tcpKeepalive = try c.decodeRecorded(Bool.self, forKey: .tcpKeepalive) ?? true
+        self.maxResponseHeadBytes = try c.decodeRecorded(Int.self, forKey: .maxResponseHeadBytes) ?? 64 * 1024
     }
 }
 

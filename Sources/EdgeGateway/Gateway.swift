@@ -67,6 +67,8 @@ struct ListenerPlan: Sendable {
     var bodyTimeout = TimeAmount.seconds(60)
     /// `max_connections`: connections beyond it are closed as they are accepted.
     var maxConnections: Int?
+    /// `backlog`, at most `net.core.somaxconn`.
+    var backlog = 1024
     /// The peers that may send it (`proxy_protocol_from`); nil: any.
     var proxyProtocolFrom: [AddressRange]?
 }
@@ -207,6 +209,9 @@ public final class Gateway: Sendable {
             timeouts.read = upstream.timeouts.read.timeAmount
             timeouts.write = upstream.timeouts.write.timeAmount
             timeouts.idle = upstream.timeouts.idle.timeAmount
+            if upstream.maxResponseHeadBytes < 1024 {
+                problems.append("upstreams.\(name).max_response_head_bytes: must be at least 1024, got \(upstream.maxResponseHeadBytes)")
+            }
             var passive = PassiveHealth()
             passive.maxFails = max(0, upstream.passiveHealth.maxFails)
             passive.failTimeout = upstream.passiveHealth.failTimeout.timeAmount
@@ -214,7 +219,8 @@ public final class Gateway: Sendable {
                 groups[name] = UpstreamGroup(name: name, backends: backends, tls: tls, timeouts: timeouts,
                                              hostHeader: upstream.hostHeader, maxIdlePerBackend: upstream.pool.maxIdlePerBackend,
                                              algorithm: algorithm, passive: passive, maxConnectAttempts: upstream.maxConnectAttempts,
-                                             healthCheck: healthCheck, tcpKeepalive: upstream.tcpKeepalive)
+                                             healthCheck: healthCheck, tcpKeepalive: upstream.tcpKeepalive,
+                                             maxResponseHeadBytes: upstream.maxResponseHeadBytes)
             }
         }
         self.groups = groups.keys.sorted().map { groups[$0]! }
@@ -466,6 +472,17 @@ public final class Gateway: Sendable {
             )
             plan.serverNames = serverNames
             plan.bodyTimeout = listener.timeouts.body.timeAmount
+            if listener.backlog < 1 {
+                problems.append("\(path).backlog: must be at least 1, got \(listener.backlog)")
+            } else if let cap = SystemLimits.maxListenBacklog, listener.backlog > cap {
+                // The kernel would shorten it without a word; said once, here.
+                logger.notice("listen backlog capped by net.core.somaxconn", metadata: [
+                    "listener": "\(listener.name)", "backlog": "\(listener.backlog)", "somaxconn": "\(cap)",
+                ])
+                plan.backlog = cap
+            } else {
+                plan.backlog = listener.backlog
+            }
             if let max = listener.maxConnections {
                 if max < 1 { problems.append("\(path).max_connections: must be at least 1 (leave it out for no limit), got \(max)") }
                 plan.maxConnections = max

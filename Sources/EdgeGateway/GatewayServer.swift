@@ -184,7 +184,13 @@ extension Gateway {
     func setAccepting(_ accepting: Bool) {
         let channels = self.state.withLockedValue { Array($0.serverChannels.values) + ($0.adminChannel.map { [$0] } ?? []) }
         for channel in channels {
-            try? channel.setOption(ChannelOptions.autoRead, value: accepting).wait()
+            try? channel.eventLoop.submit {
+                if let pacing = try? channel.pipeline.syncOperations.handler(type: AcceptPacing.self) {
+                    pacing.setAccepting(accepting, channel: channel)
+                } else {
+                    try channel.syncOptions?.setOption(.autoRead, value: accepting)
+                }
+            }.wait()
         }
     }
 
@@ -332,6 +338,7 @@ extension Gateway {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(AcceptPacing(listener: plan.name, logger: logger) { metrics.acceptFailed() })
                     try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
                 }
             }
@@ -374,7 +381,14 @@ extension Gateway {
                     }
                 }
             }
-        return try await bootstrap.withBoundSocket(fd).get()
+        let channel = try await bootstrap.withBoundSocket(fd).get()
+        // NIO listens again with its default backlog (128) on a socket it is handed,
+        // whatever `.backlog` says: a burst of 2,000 connects left 244 unaccepted after
+        // 20 s. Listening once more sets the queue the listener was configured with.
+        if listen(fd, Int32(plan.backlog)) != 0 {
+            self.logger.warning("cannot set the listen backlog", metadata: ["listener": "\(plan.name)", "error": "\(SocketCallError(call: "listen", code: errno))"])
+        }
+        return channel
     }
 
     /// A client connection's handlers: TLS and HTTP (or the protocol switch of an `h2`

@@ -53,7 +53,9 @@ final class GatewayMetrics: Sendable {
             proxyProtocolRefused: self.counter("edge_proxy_protocol_refused_total", [("listener", name)],
                                                help: "Connections closed for a missing or malformed PROXY protocol header, or from a peer outside proxy_protocol_from (proxy_protocol listeners)."),
             overflow: self.counter("edge_connections_refused_total", [("listener", name), ("reason", "max_connections")],
-                                   help: "Client connections closed as they were accepted, by reason (max_connections: the listener had that many open)."))
+                                   help: "Client connections closed as they were accepted, by reason (max_connections: the listener had that many open)."),
+            acceptErrors: self.counter("edge_accept_errors_total", [("listener", name)],
+                                       help: "Failed accepts (out of descriptors: EMFILE, ENFILE; out of memory), each followed by a 250 ms pause in accepting."))
         return self.listeners.withLockedValue { listeners in
             if let existing = listeners[name] { return existing }
             listeners[name] = made
@@ -175,11 +177,13 @@ final class ListenerMetrics: ProxyObserver, Sendable {
     private let handshakes: [Counter]
     private let refusedProxyHeaders: Counter
     private let overflow: Counter
+    private let acceptErrors: Counter
     /// Connections admitted under `max_connections` and not closed yet, across the
     /// listener's generations (a reload's old connections still hold their descriptors).
     private let admitted = ManagedAtomic<Int>(0)
 
-    init(requestsByClass: [Counter], open: Gauge, accepted: Counter, handshakes: [Counter], proxyProtocolRefused: Counter, overflow: Counter) {
+    init(requestsByClass: [Counter], open: Gauge, accepted: Counter, handshakes: [Counter], proxyProtocolRefused: Counter, overflow: Counter,
+         acceptErrors: Counter) {
         self.requests = RequestCounter { status in
             requestsByClass[min(max(status / 100, 1), 5) - 1].increment()
         }
@@ -188,6 +192,12 @@ final class ListenerMetrics: ProxyObserver, Sendable {
         self.handshakes = handshakes
         self.refusedProxyHeaders = proxyProtocolRefused
         self.overflow = overflow
+        self.acceptErrors = acceptErrors
+    }
+
+    /// An accept on the listener failed (`AcceptErrors`).
+    func acceptFailed() {
+        self.acceptErrors.increment()
     }
 
     /// Admits one more connection when fewer than `max` are open (counted from accept to

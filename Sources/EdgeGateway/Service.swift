@@ -36,6 +36,7 @@ public final class GatewayService: Service, Sendable {
 
     public func run() async throws {
         let gateway = self.gateway
+        SystemLimits.raiseDescriptorLimit(logger: self.logger)
         self.install(gateway)
         do {
             try await gateway.start(group: self.group)

@@ -1157,6 +1157,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             (status, message) = (504, "upstream timed out")
         case .noHealthyBackend:
             (status, message) = (503, "no healthy backend in upstream '\(exchange.group.name)'")
+        case .responseHeadTooLarge:
+            (status, message) = (502, "upstream response head too large")
+        case .protocolError:
+            (status, message) = (502, "invalid response from upstream")
         default:
             (status, message) = (502, "upstream unavailable")
         }

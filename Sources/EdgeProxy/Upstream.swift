@@ -184,6 +184,8 @@ public final class UpstreamGroup: Sendable {
     public let healthCheck: HealthCheckSettings?
     /// SO_KEEPALIVE on upstream connections.
     public let tcpKeepalive: Bool
+    /// `max_response_head_bytes`: a longer response head is a 502.
+    public let maxResponseHeadBytes: Int
     private let cursor = ManagedAtomic<Int>(0)
     private let smooth: NIOLockedValueBox<[Int]>
     private let equalWeights: Bool
@@ -191,7 +193,8 @@ public final class UpstreamGroup: Sendable {
 
     public init(name: String, backends: [Backend], tls: UpstreamTLS?, timeouts: UpstreamTimeouts, hostHeader: String?,
                 maxIdlePerBackend: Int = 128, algorithm: BalanceAlgorithm = .roundRobin, passive: PassiveHealth = .init(),
-                maxConnectAttempts: Int = 3, healthCheck: HealthCheckSettings? = nil, tcpKeepalive: Bool = true) {
+                maxConnectAttempts: Int = 3, healthCheck: HealthCheckSettings? = nil, tcpKeepalive: Bool = true,
+                maxResponseHeadBytes: Int = 64 * 1024) {
         precondition(!backends.isEmpty, "an upstream group needs a backend")
         self.name = name
         self.backends = backends
@@ -205,6 +208,7 @@ public final class UpstreamGroup: Sendable {
         self.maxConnectAttempts = max(1, min(maxConnectAttempts, backends.count))
         self.healthCheck = healthCheck
         self.tcpKeepalive = tcpKeepalive
+        self.maxResponseHeadBytes = maxResponseHeadBytes
         self.smooth = NIOLockedValueBox(Array(repeating: 0, count: backends.count))
         self.equalWeights = Set(backends.map(\.weight)).count == 1
         if case .consistentHash = algorithm {

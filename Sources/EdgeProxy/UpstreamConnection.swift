@@ -28,8 +28,18 @@ protocol UpstreamExchangeDelegate: AnyObject {
 }
 
 /// Errors of the upstream side, mapped to 502/504 by the proxy.
+/// A response head longer than the upstream group's `max_response_head_bytes`.
+struct ResponseHeadTooLarge: Error, CustomStringConvertible {
+    let limit: Int
+    var description: String { "response head larger than max_response_head_bytes (\(self.limit))" }
+}
+
 public struct UpstreamError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: Sendable { case connectFailed, connectTimeout, tlsFailed, readTimeout, writeTimeout, closedEarly, protocolError, noHealthyBackend }
+    public enum Kind: Sendable {
+        case connectFailed, connectTimeout, tlsFailed, readTimeout, writeTimeout, closedEarly, protocolError, noHealthyBackend
+        /// The response head passed the group's `max_response_head_bytes`.
+        case responseHeadTooLarge
+    }
     public var kind: Kind
     public var backend: String
     public var reason: String
@@ -115,12 +125,14 @@ final class UpstreamHandler: ChannelInboundHandler {
     let ready: EventLoopPromise<Void>
     private let needsHandshake: Bool
     private let backendDescription: String
-    static let maxHeadBytes = 64 * 1024
+    /// The group's `max_response_head_bytes`.
+    private let maxHeadBytes: Int
     /// Handlers alive in the process: every upstream connection open, pooled or in use,
     /// has one, and a closed one's is freed (tests check that none outlives its channel).
     static let live = ManagedAtomic<Int>(0)
 
-    init(ready: EventLoopPromise<Void>, needsHandshake: Bool, backend: String) {
+    init(ready: EventLoopPromise<Void>, needsHandshake: Bool, backend: String, maxHeadBytes: Int = 64 * 1024) {
+        self.maxHeadBytes = maxHeadBytes
         self.ready = ready
         self.needsHandshake = needsHandshake
         self.backendDescription = backend
@@ -176,6 +188,8 @@ final class UpstreamHandler: ChannelInboundHandler {
         }
         do {
             try self.parse()
+        } catch let error as ResponseHeadTooLarge {
+            self.fail(UpstreamError(kind: .responseHeadTooLarge, backend: self.backendDescription, reason: error.description), context: context)
         } catch {
             self.fail(UpstreamError(kind: .protocolError, backend: self.backendDescription, reason: "invalid HTTP response: \(error)"), context: context)
         }
@@ -192,11 +206,14 @@ final class UpstreamHandler: ChannelInboundHandler {
             case .idle:
                 throw HTTPFramingError.bad("bytes received after the response ended")
             case .head(let headRequest, let scanned):
+                // The limit holds whether the head's end has arrived or not: checked only
+                // while it had not, a 118,928-byte head read in one go went through.
                 guard let end = HTTP1Parser.headEnd(in: self.buffer, from: scanned) else {
-                    guard self.buffer.readableBytes <= Self.maxHeadBytes else { throw HTTPFramingError.bad("response head larger than 64 KiB") }
+                    guard self.buffer.readableBytes <= self.maxHeadBytes else { throw ResponseHeadTooLarge(limit: self.maxHeadBytes) }
                     self.phase = .head(headRequest: headRequest, scanned: max(0, self.buffer.readableBytes - 3))
                     return
                 }
+                guard end <= self.maxHeadBytes else { throw ResponseHeadTooLarge(limit: self.maxHeadBytes) }
                 // Parsed in this connection's head storage, which the delegate borrows
                 // for the length of its call (below) and the next response reuses.
                 self.responseHead.refill(reading: end, from: &self.buffer)
@@ -550,7 +567,8 @@ public final class UpstreamPool {
         let backend = group.backends[index]
         let ready = self.eventLoop.makePromise(of: Void.self)
         let result = self.eventLoop.makePromise(of: UpstreamConnection.self)
-        let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description)
+        let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description,
+                                      maxHeadBytes: group.maxResponseHeadBytes)
         // The initializer runs on this pool's loop, the only place the handler is touched.
         let boundHandler = NIOLoopBound(handler, eventLoop: self.eventLoop)
         let tls = group.tls

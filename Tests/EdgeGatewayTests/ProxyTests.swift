@@ -274,7 +274,8 @@ final class ProxyTests: XCTestCase {
         func status(_ args: [String]) throws -> String { try curl(["-o", "/dev/null", "-w", "%{http_code}"] + args).stdout }
         XCTAssertEqual(try status(["\(acme)/missing"]), "404")
         XCTAssertEqual(try status(["\(acme)/sub"]), "404", "a directory")
-        XCTAssertEqual(try status(["--path-as-is", "\(acme)/../../config.yaml"]), "404")
+        // Normalised to /config.yaml, which the root route does not match: the listener's redirect answers.
+        XCTAssertEqual(try status(["--path-as-is", "\(acme)/../../config.yaml"]), "301")
         XCTAssertEqual(try status(["\(acme)/..%2F..%2Fconfig.yaml"]), "404")
         XCTAssertEqual(try status(["\(acme)/%zz"]), "400")
         let post = try curl(["-i", "-d", "x", "\(acme)/token-1"])

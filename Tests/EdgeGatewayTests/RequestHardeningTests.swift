@@ -7,14 +7,15 @@ import XCTest
 final class RequestHardeningTests: XCTestCase {
     static let pki = try! TestPKI()
 
-    /// An upstream that records each request head to `capture` and answers `response` whole.
-    func rawUpstream(response: String, capture: String, dir: TemporaryDirectory) throws -> (Process, Int) {
+    /// An upstream that records each request head to `capture` and answers `response` whole
+    /// (escapes such as `\r\n` decoded; `@path`: the bytes of that file).
+    static func rawUpstream(response: String, capture: String, dir: TemporaryDirectory) throws -> (Process, Int) {
         let port = freePort()
         try dir.write("upstream.py", """
             import socket, sys
             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", \(port))); s.listen(16)
-            response = sys.argv[1].encode().decode("unicode_escape").encode("latin-1")
+            response = open(sys.argv[1][1:], "rb").read() if sys.argv[1].startswith("@") else sys.argv[1].encode().decode("unicode_escape").encode("latin-1")
             while True:
                 c, _ = s.accept(); c.settimeout(5); head = b""
                 try:
@@ -39,7 +40,7 @@ final class RequestHardeningTests: XCTestCase {
         return (process, port)
     }
 
-    func stop(_ process: Process) {
+    static func stop(_ process: Process) {
         kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
@@ -64,8 +65,8 @@ final class RequestHardeningTests: XCTestCase {
         for response in ["HTTP/1.1 200 OK\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n",
                          "HTTP/1.1 200 OK\\r\\nTransfer-Encoding: gzip, chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n0\\r\\n\\r\\n"] {
             let dir = TemporaryDirectory()
-            let (upstream, port) = try rawUpstream(response: response, capture: dir.file("heads"), dir: dir)
-            defer { stop(upstream) }
+            let (upstream, port) = try Self.rawUpstream(response: response, capture: dir.file("heads"), dir: dir)
+            defer { Self.stop(upstream) }
             let harness = try await gateway(upstream: port, dir: dir)
             let result = try Shell.run(["curl", "-sS", "-D", "-", "http://127.0.0.1:\(harness.port("http"))/"])
             XCTAssertTrue(result.stdout.hasPrefix("HTTP/1.1 502"), "\(response): \(result.stdout)")
@@ -79,9 +80,9 @@ final class RequestHardeningTests: XCTestCase {
     /// through the gateway would bypass its HTTP/2 checks (h2c smuggling).
     func testOnlyTheWebSocketUpgradeTokenIsForwarded() async throws {
         let dir = TemporaryDirectory()
-        let (upstream, port) = try rawUpstream(response: "HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n",
+        let (upstream, port) = try Self.rawUpstream(response: "HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n",
                                                capture: dir.file("heads"), dir: dir)
-        defer { stop(upstream) }
+        defer { Self.stop(upstream) }
         let harness = try await gateway(upstream: port, dir: dir)
         _ = rawExchange(port: harness.port("http"), send: Array("""
             GET /chat HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket, h2c\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n
