@@ -508,11 +508,14 @@ public struct UpstreamTimeoutsConfig: Decodable, Sendable {
     public var read: Duration = .seconds(60)
     public var write: Duration = .seconds(60)
     public var idle: Duration = .seconds(60)
+    /// nginx's `proxy_next_upstream_timeout`; nil: twice the read timeout.
+    public var nextUpstream: Duration?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case connect
         case totalConnection = "total_connection"
         case read, write, idle
+        case nextUpstream = "next_upstream"
     }
 
     init() {}
@@ -525,6 +528,7 @@ public struct UpstreamTimeoutsConfig: Decodable, Sendable {
         self.read = try c.decodeRecorded(Duration.self, forKey: .read) ?? self.read
         self.write = try c.decodeRecorded(Duration.self, forKey: .write) ?? self.write
         self.idle = try c.decodeRecorded(Duration.self, forKey: .idle) ?? self.idle
+        self.nextUpstream = try c.decodeRecorded(Duration.self, forKey: .nextUpstream)
     }
 }
 

@@ -209,6 +209,8 @@ public final class Gateway: Sendable {
             timeouts.read = upstream.timeouts.read.timeAmount
             timeouts.write = upstream.timeouts.write.timeAmount
             timeouts.idle = upstream.timeouts.idle.timeAmount
+            // Twice the read timeout by default: room for one more backend after a timeout.
+            timeouts.nextUpstream = upstream.timeouts.nextUpstream?.timeAmount ?? .nanoseconds(2 * upstream.timeouts.read.nanoseconds)
             if upstream.maxResponseHeadBytes < 1024 {
                 problems.append("upstreams.\(name).max_response_head_bytes: must be at least 1024, got \(upstream.maxResponseHeadBytes)")
             }

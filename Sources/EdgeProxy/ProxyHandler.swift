@@ -195,6 +195,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         var tried: [Int] = []
         /// The broken connection's error, when the request moved on to another backend.
         var retryError: Error?
+        /// When the first response was due (the first read deadline): how long the
+        /// request has been trying backends, without a clock read of its own.
+        var firstReadDeadline: NIODeadline?
         /// The request body as sent (framed), while it fits the retry buffer; nil once it does not.
         var replay: [ByteBuffer]? = []
         var replayBytes = 0
@@ -734,7 +737,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                     return
                 }
                 let backend = group.backends[index].description
-                if group.connectFailed(index, reason: "\(error)") {
+                if group.backendFailed(index, reason: "\(error)") {
                     self.logger.warning("backend ejected after consecutive connect failures", metadata: [
                         "upstream": "\(group.name)", "backend": "\(backend)",
                         "fail_timeout": "\(group.passive.failTimeout.nanoseconds / 1_000_000_000)s", "error": "\(error)",
@@ -792,6 +795,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func armReadTimer(_ exchange: Exchange) {
         let deadline = NIODeadline.now() + exchange.group.timeouts.read
         self.readDeadline = deadline
+        if exchange.firstReadDeadline == nil { exchange.firstReadDeadline = deadline }
         if self.context != nil { self.pool.deadlines.schedule(self, at: deadline) }
     }
 
@@ -802,15 +806,46 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.endTunnel(exchange, reason: "idle for the read timeout")
             return
         }
-        let error = UpstreamError(kind: .readTimeout, backend: exchange.connection.map { $0.key.address.hostPort } ?? "?", reason: "no response within the read timeout")
+        let backend = exchange.connection.map { $0.key.address.hostPort } ?? "?"
         exchange.connection?.handler.delegate = nil
         exchange.connection?.close()
         exchange.connection = nil
         if exchange.responseStarted {
+            let error = UpstreamError(kind: .readTimeout, backend: backend, reason: "the response stalled: no more of it within the read timeout")
             self.abortMidResponse(exchange, error: error)
-        } else {
-            self.failExchange(exchange, error: error)
+            return
         }
+        let error = UpstreamError(kind: .readTimeout, backend: backend, reason: "no response within the read timeout")
+        let group = exchange.group
+        guard let index = exchange.backendIndex else {
+            self.failExchange(exchange, error: error)
+            return
+        }
+        // A backend that accepts and never answers is a failing backend (nginx's
+        // `proxy_next_upstream timeout`): it counts towards ejection, shows as the
+        // backend's last error, and an idempotent request whose body is held goes to
+        // another backend, if the first try began less than `next_upstream` ago.
+        if group.backendFailed(index, reason: "\(error)", connect: false) {
+            self.logger.warning("backend ejected after consecutive failures", metadata: [
+                "upstream": "\(group.name)", "backend": "\(group.backends[index].description)",
+                "fail_timeout": "\(group.passive.failTimeout.nanoseconds / 1_000_000_000)s", "error": "\(error)",
+            ])
+        }
+        let now = NIODeadline.now()
+        let firstTry = (exchange.firstReadDeadline ?? now) - group.timeouts.read
+        if exchange.request.isIdempotent, exchange.replay != nil, exchange.tried.count + 1 < group.maxConnectAttempts,
+           now < firstTry + group.timeouts.nextUpstream {
+            exchange.tried.append(index)
+            exchange.leaveBackend()
+            exchange.retryError = error
+            exchange.pending = exchange.replay ?? []
+            self.logger.warning("upstream sent no response within the read timeout; trying another backend", metadata: [
+                "upstream": "\(group.name)", "backend": "\(backend)", "method": "\(exchange.request.method)",
+            ])
+            self.connect(exchange)
+            return
+        }
+        self.failExchange(exchange, error: error)
     }
 
     private func stopReadTimer() {
@@ -1059,6 +1094,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.stopReadTimer()
         exchange.connection = nil
         connection.close()
+        exchange.group.recordError(connection.backendIndex, reason: "\(error)")
         if !exchange.responseStarted {
             // A reused connection that died before any response byte: the upstream
             // closed it while idle. Replay once on a fresh connection when safe:
@@ -1159,6 +1195,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             (status, message) = (503, "no healthy backend in upstream '\(exchange.group.name)'")
         case .responseHeadTooLarge:
             (status, message) = (502, "upstream response head too large")
+        case .localResources:
+            (status, message) = (503, "the gateway is out of connections to open; try again")
         case .protocolError:
             (status, message) = (502, "invalid response from upstream")
         default:

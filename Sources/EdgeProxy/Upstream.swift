@@ -16,6 +16,10 @@ public struct UpstreamTimeouts: Sendable, Hashable {
     public var write: TimeAmount = .seconds(60)
     /// How long a pooled connection may stay idle.
     public var idle: TimeAmount = .seconds(60)
+    /// After a backend timed out before answering, another one is tried only while less
+    /// than this has passed since the first try began (nginx's
+    /// `proxy_next_upstream_timeout`): retries never multiply the client's wait.
+    public var nextUpstream: TimeAmount = .seconds(120)
 
     public init() {}
 }
@@ -126,7 +130,9 @@ public enum HashKey: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// Passive health: consecutive connect failures eject a backend for a while (nginx's max_fails/fail_timeout).
+/// Passive health: consecutive failures (connects refused or timed out, responses that
+/// never started within the read timeout) eject a backend for a while (nginx's
+/// max_fails/fail_timeout).
 public struct PassiveHealth: Sendable, Hashable {
     /// 0 disables ejection.
     public var maxFails = 3
@@ -350,16 +356,23 @@ public final class UpstreamGroup: Sendable {
 
     // MARK: passive health
 
+    /// What went wrong with `index` last, for `/status/upstreams` (a failure that does not
+    /// count towards ejection: a connection broken or a response malformed).
+    func recordError(_ index: Int, reason: String) {
+        self.states[index].lastError.withLockedValue { $0 = reason }
+    }
+
     /// A connection to `index` was established.
     func connectSucceeded(_ index: Int) {
         self.states[index].connectionsOpened.wrappingIncrement(ordering: .relaxed)
         self.states[index].consecutiveFailures.store(0, ordering: .relaxed)
     }
 
-    /// A connect to `index` failed; returns true when this failure ejected it.
-    func connectFailed(_ index: Int, reason: String) -> Bool {
+    /// A connect to `index` failed, or it accepted a request and sent no response byte
+    /// within the read timeout (`connect: false`); returns true when this failure ejected it.
+    func backendFailed(_ index: Int, reason: String, connect: Bool = true) -> Bool {
         let state = self.states[index]
-        state.connectFailures.wrappingIncrement(ordering: .relaxed)
+        if connect { state.connectFailures.wrappingIncrement(ordering: .relaxed) }
         state.lastError.withLockedValue { $0 = reason }
         let failures = state.consecutiveFailures.wrappingIncrementThenLoad(ordering: .relaxed)
         guard self.passive.maxFails > 0, failures >= self.passive.maxFails else { return false }

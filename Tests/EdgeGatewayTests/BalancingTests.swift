@@ -89,7 +89,7 @@ final class BalancingTests: XCTestCase {
             XCTAssertFalse(counts(g, 200) { self.key("\($0)") }[1] > 0, "\(algorithm) picked a down backend")
             XCTAssertNotEqual(g.select(key(), tried: [0]), 0, "\(algorithm) picked a backend already tried")
             // Passive ejection after consecutive connect failures.
-            for _ in 0..<3 { _ = g.connectFailed(0, reason: "refused") }
+            for _ in 0..<3 { _ = g.backendFailed(0, reason: "refused") }
             XCTAssertEqual(g.select(key()), 2, "\(algorithm)")
             g.states[2].checkHealthy.store(false, ordering: .relaxed)
             XCTAssertNil(g.select(key()), "\(algorithm): every backend is down")

@@ -63,6 +63,54 @@ final class FaultTests: XCTestCase {
         XCTAssertTrue(metrics.contains(#"edge_accept_errors_total{listener="http"}"#) && !metrics.contains(#"edge_accept_errors_total{listener="http"} 0"#), metrics)
     }
 
+    /// The gateway's own lack of descriptors is not the backend's failure: requests that
+    /// could not open an upstream connection get 503, the backend is neither charged nor
+    /// ejected, and the first request after descriptors are freed is served (a 0.2 s
+    /// spike ejected the backend and gave every client 503 for fail_timeout).
+    func testLocalDescriptorExhaustionNeverEjectsABackend() throws {
+        let dir = TemporaryDirectory()
+        let http = freePort(), admin = freePort()
+        let upstream = try DemoUpstreamProcess()
+        defer { upstream.stop() }
+        try dir.write("config.yaml", """
+            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"], passive_health: { max_fails: 1, fail_timeout: 30s } } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            workers: 1
+            """)
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(http), gateway.log)
+        // A client connected before the limit; then the limit, and idle clients to reach it.
+        let client = connectedSocket(port: http)
+        defer { close(client) }
+        pause(0.2)
+        let limit = openDescriptors(gateway.pid) + 5
+        try Shell.run(["prlimit", "--pid", "\(gateway.pid)", "--nofile=\(limit):\(limit)"])
+        var idle: [Int32] = []
+        for _ in 0..<20 { idle.append(connectedSocket(port: http)) }
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("cannot accept connections") }, gateway.log)
+        func request() -> String {
+            _ = "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n".withCString { write(client, $0, strlen($0)) }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            var timeout = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            let n = read(client, &buffer, buffer.count)
+            return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : "(read \(n))"
+        }
+        for _ in 0..<3 {
+            let answer = request()
+            XCTAssertTrue(answer.hasPrefix("HTTP/1.1 503"), answer)
+        }
+        idle.forEach { close($0) }
+        pause(0.5)
+        let after = request()
+        XCTAssertTrue(after.hasPrefix("HTTP/1.1 200"), "the backend was not ejected: \(after)")
+        let status = try Shell.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:\(admin)/status/upstreams"]).stdout
+        XCTAssertFalse(status.contains("Too many open files"), "no failure recorded against the backend: \(status)")
+    }
+
     /// The listen queue is the configured one (NIO listened again with 128 on the socket
     /// it was handed), as `ss -ltn` shows it.
     func testTheListenBacklogIsTheConfiguredOne() throws {
@@ -114,6 +162,66 @@ final class ResponseHeadLimitTests: XCTestCase {
         XCTAssertTrue(harness.logs.contains("max_response_head_bytes (65536)"), harness.logs.all.suffix(5).joined(separator: "\n"))
         let passed = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)/large"]).stdout
         XCTAssertEqual(passed, "200", "a group with a larger limit takes the head")
+        await harness.shutdown()
+    }
+}
+
+/// A backend that accepts connections and never answers (#34 item 3): 44 % of requests
+/// got 504 and /status/upstreams still called it up with no error after 80 timeouts.
+final class HungBackendTests: XCTestCase {
+    func testAHungBackendIsEjectedShownAndIdempotentRequestsGoElsewhere() async throws {
+        let dir = TemporaryDirectory()
+        let hung = freePort()
+        try dir.write("hung.py", """
+            import socket, time
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", \(hung))); s.listen(64)
+            held = []
+            while True:
+                c, _ = s.accept(); held.append(c)  # read nothing, answer nothing
+            """)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [dir.file("hung.py")]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { RequestHardeningTests.stop(process) }
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: hung, timeout: 10) { process.isRunning })
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              app:
+                backends: ["127.0.0.1:\(hung)", "127.0.0.1:\(port)"]
+                timeouts: { read: 1s }
+                passive_health: { max_fails: 1, fail_timeout: 30s }
+              posts:
+                backends: ["127.0.0.1:\(hung)", "127.0.0.1:\(port)"]
+                timeouts: { read: 1s }
+                passive_health: { max_fails: 0 }
+            routes: [ { path_prefix: /post, upstream: posts }, { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let http = harness.port("http")
+        var codes: [String] = []
+        for _ in 0..<20 {
+            codes.append(try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "http://127.0.0.1:\(http)/"]).stdout)
+        }
+        XCTAssertEqual(codes.filter { $0 != "200" }, [], "every GET is served: the one that met the hung backend went on to the other")
+        XCTAssertTrue(harness.logs.contains("trying another backend"), harness.logs.all.suffix(5).joined(separator: "\n"))
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status/upstreams"]).stdout
+        let object = try JSONSerialization.jsonObject(with: Data(status.utf8)) as! [String: Any]
+        let app = (object["upstreams"] as! [[String: Any]]).first { $0["name"] as? String == "app" }!
+        let backend = (app["backends"] as! [[String: Any]]).first { ($0["address"] as? String)?.hasSuffix(":\(hung)") ?? false }!
+        XCTAssertTrue((backend["last_error"] as? String ?? "").hasSuffix("127.0.0.1:\(hung): no response within the read timeout"), "\(backend)")
+        XCTAssertEqual(backend["health"] as? String, "ejected", "the hung backend is ejected: \(backend)")
+        // A POST may have been acted on: it is not repeated elsewhere (504), within its read timeout.
+        let started = Date()
+        let post = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "-d", "x", "http://127.0.0.1:\(http)/post"]).stdout
+        XCTAssertEqual(post, "504")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 3)
         await harness.shutdown()
     }
 }
