@@ -262,7 +262,16 @@ public final class CertificateStore: Sendable {
                 ])
             }
             for name in state.problems.keys where problems[name] == nil {
-                self.logger.info("certificate problem resolved", metadata: ["lineage": "\(name)"])
+                // Resolved means something loads again: a lineage of that name, or a
+                // lineage from the source the problem was about (a certificate directory
+                // deleted and recreated empty is readable again, and holds nothing).
+                let source = self.configuration.sources.first { $0.description == name }
+                let loads = next.contains { $0.name == name || (source != nil && $0.files.source == source) }
+                if loads {
+                    self.logger.info("certificate problem resolved", metadata: ["lineage": "\(name)"])
+                } else {
+                    self.logger.warning("certificate source readable again but holds no certificate", metadata: ["source": "\(name)"])
+                }
             }
             state.problems = problems
             let changed = !added.isEmpty || !updated.isEmpty || !removed.isEmpty

@@ -309,7 +309,10 @@ extension Gateway {
             try await drained.futureResult.get()
             self.logger.info(quietly ? "previous configuration drained" : "drained: every connection finished")
         } catch {
-            self.logger.warning("grace period over; closing remaining connections")
+            // Nothing is closed here: a reload's old connections end on their own timeouts,
+            // and at shutdown the process exits with them.
+            self.logger.warning(quietly ? "grace period over; the previous configuration's remaining connections end on their own timeouts"
+                                        : "grace period over; exiting with connections still open")
         }
         timeout.cancel()
         try? await admin?.close()

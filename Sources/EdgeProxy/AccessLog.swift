@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import Atomics
 import Glibc
 #endif
 import Logging
@@ -28,7 +29,6 @@ public final class AccessLogFile: @unchecked Sendable {
     private var fd: CInt
     private var identity: (dev: UInt64, ino: UInt64)?
     private var lastCheck: NIODeadline
-    private var lastErrorLogged: NIODeadline?
     private var closed = false
 
     /// `path` `-` or `stdout` writes to standard output (containers), never reopened.
@@ -112,10 +112,15 @@ public final class AccessLogFile: @unchecked Sendable {
         }
     }
 
+    /// When a write error was last logged, by any event loop's file (uptime nanoseconds):
+    /// the same failing disk was reported once per loop.
+    private static let lastErrorLogged = ManagedAtomic<Int64>(-1)
+
     private func failed(_ reason: String) {
-        let now = NIODeadline.now()
-        if let last = self.lastErrorLogged, now - last < .seconds(60) { return }
-        self.lastErrorLogged = now
+        let now = Int64(NIODeadline.now().uptimeNanoseconds)
+        let last = Self.lastErrorLogged.load(ordering: .relaxed)
+        guard last < 0 || now - last >= 60_000_000_000,
+              Self.lastErrorLogged.compareExchange(expected: last, desired: now, ordering: .relaxed).exchanged else { return }
         self.logger.error("access log not written; lines dropped", metadata: ["file": "\(self.path)", "error": "\(reason)"])
     }
 

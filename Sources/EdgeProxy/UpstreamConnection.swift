@@ -290,6 +290,11 @@ final class UpstreamHandler: ChannelInboundHandler {
         let wrapped: Error
         if let tls = error as? TLSError {
             wrapped = UpstreamError(kind: .tlsFailed, backend: self.backendDescription, reason: tls.description)
+        } else if let io = error as? IOError {
+            // Named with the backend and read as strerror says it (NIO's own description
+            // of an IOError names neither the peer nor closes its parenthesis).
+            wrapped = UpstreamError(kind: .closedEarly, backend: self.backendDescription,
+                                    reason: "connection broken: \(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))")
         } else {
             wrapped = error
         }

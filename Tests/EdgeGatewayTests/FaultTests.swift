@@ -225,3 +225,129 @@ final class HungBackendTests: XCTestCase {
         await harness.shutdown()
     }
 }
+
+/// Log lines that said something else happened (#34 item 8).
+final class AccurateMessageTests: XCTestCase {
+    /// A backend that resets its connection mid-response is named in the line that says
+    /// so, and the error reads as strerror does.
+    func testAResetMidResponseNamesTheBackend() async throws {
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        try dir.write("reset.py", """
+            import socket, struct
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", \(port))); s.listen(16)
+            while True:
+                c, _ = s.accept(); c.recv(65536)
+                c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 100000\\r\\n\\r\\n" + b"x" * 1000)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                c.close()  # a reset, not an end
+            """)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [dir.file("reset.py")]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { RequestHardeningTests.stop(process) }
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: port, timeout: 10) { process.isRunning })
+        let harness = try await GatewayHarness.start(directory: dir) { _ in
+            """
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        _ = try? Shell.run(["curl", "-sS", "-o", "/dev/null", "--max-time", "5", "http://127.0.0.1:\(harness.port("http"))/"])
+        XCTAssertTrue(eventually(timeout: 5) { harness.logs.contains("upstream failed mid-response") })
+        let line = harness.logs.all.first { $0.contains("upstream failed mid-response") } ?? ""
+        XCTAssertTrue(line.contains("127.0.0.1:\(port)"), "the backend is named: \(line)")
+        XCTAssertEqual(line.filter { $0 == "(" }.count, line.filter { $0 == ")" }.count, "balanced: \(line)")
+        await harness.shutdown()
+    }
+
+    /// Shutdown with a request still running says what happens to it (nothing was
+    /// "closing remaining connections").
+    func testTheGracePeriodMessageSaysWhatHappens() throws {
+        let dir = TemporaryDirectory()
+        let http = freePort(), admin = freePort()
+        let upstream = try DemoUpstreamProcess()
+        defer { upstream.stop() }
+        try dir.write("config.yaml", """
+            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            shutdown_grace_period: 1s
+            """)
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
+        XCTAssertTrue(gateway.waitForPort(http), gateway.log)
+        let slow = Process()
+        slow.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        slow.arguments = ["-sS", "--max-time", "10", "http://127.0.0.1:\(http)/slow?ms=5000"]
+        slow.standardOutput = FileHandle.nullDevice
+        slow.standardError = FileHandle.nullDevice
+        try slow.run()
+        pause(0.5)
+        gateway.stop()
+        slow.waitUntilExit()
+        XCTAssertTrue(gateway.log.contains("grace period over; exiting with connections still open"), gateway.log)
+        XCTAssertFalse(gateway.log.contains("closing remaining connections"), gateway.log)
+    }
+
+    /// A certificate directory deleted and recreated empty is not "resolved": it is
+    /// readable again and holds nothing, and the log says that.
+    func testACertificateDirectoryRecreatedEmptyIsNotResolved() async throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.path + "/certs"
+        _ = try RequestHardeningTests.pki.issue(["localhost"], into: certs, name: "site")
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners: [ { name: https, address: "127.0.0.1:0", tls: {} } ]
+            certificates: { sources: [ { directory: certs } ], watch: { debounce: 100ms, rescan_interval: 1s } }
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        try FileManager.default.removeItem(atPath: certs)
+        XCTAssertTrue(eventually(timeout: 10) { harness.logs.contains("certificate rejected") }, harness.logs.all.joined(separator: "\n"))
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        XCTAssertTrue(eventually(timeout: 10) { harness.logs.contains("certificate source readable again but holds no certificate") },
+                      harness.logs.all.joined(separator: "\n"))
+        XCTAssertFalse(harness.logs.contains("certificate problem resolved"), harness.logs.all.joined(separator: "\n"))
+        await harness.shutdown()
+    }
+
+    /// An access log that cannot be written is reported once a minute by the process,
+    /// not once by each configuration generation that shares the file.
+    func testAnAccessLogErrorIsReportedOnce() throws {
+        let dir = TemporaryDirectory()
+        let http = freePort(), admin = freePort()
+        let upstream = try DemoUpstreamProcess()
+        defer { upstream.stop() }
+        try dir.write("config.yaml", """
+            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            access_log: { path: /dev/full }
+            workers: 2
+            """)
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(http), gateway.log)
+        func requests() throws {
+            for _ in 0..<6 { _ = try Shell.run(["curl", "-sS", "-o", "/dev/null", "http://127.0.0.1:\(http)/"]) }
+        }
+        try requests()
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("access log not written") }, gateway.log)
+        kill(gateway.pid, SIGHUP)
+        XCTAssertTrue(eventually(timeout: 10) { gateway.log.contains("configuration reloaded") }, gateway.log)
+        try requests()
+        pause(2.5)
+        let lines = gateway.log.components(separatedBy: "\n").filter { $0.contains("access log not written") }
+        XCTAssertEqual(lines.count, 1, lines.joined(separator: "\n"))
+    }
+}
