@@ -73,6 +73,10 @@ public final class ProxyListener {
     let proxyProtocolWarnings = RateLimitedWarnings()
     /// Connections refused as they were accepted (`max_connections`) on this loop.
     let refusalWarnings = RateLimitedWarnings()
+    /// Client-caused faults on this loop, summarised (`ClientFaultLog`).
+    let clientFaults = ClientFaultLog()
+    /// Upstream failures answered on this loop, rate-limited (`UpstreamFaultLog`).
+    let upstreamFaults = UpstreamFaultLog()
 
     /// Logs (at most once a second on this loop, with a count of the rest) a connection
     /// the listener closed as it was accepted.
@@ -1202,10 +1206,13 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         default:
             (status, message) = (502, "upstream unavailable")
         }
-        self.logger.warning("upstream request failed", metadata: [
-            "upstream": "\(exchange.group.name)", "status": "\(status)", "error": "\(error)",
-            "method": "\(exchange.request.method)", "uri": "\(exchange.request.target)",
-        ])
+        let kind = (error as? UpstreamError).map { "\($0.backend) \($0.kind)" } ?? "\(type(of: error))"
+        if let more = self.listener.upstreamFaults.shouldLog("\(exchange.group.name) \(kind)") {
+            self.logger.warning("upstream request failed", metadata: more.merging([
+                "upstream": "\(exchange.group.name)", "status": "\(status)", "error": "\(error)",
+                "method": "\(exchange.request.method)", "uri": "\(exchange.request.target)",
+            ]) { a, _ in a })
+        }
         self.exchange = nil
         self.respondLocally(status: status, message: message, request: exchange.request, requestEnded: exchange.requestEnded,
                             upstream: exchange.group.name)
@@ -1259,7 +1266,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     /// A malformed request: 400 (431 for an oversized head), then the connection closes.
     private func badRequest(_ error: HTTPFramingError) {
-        self.logger.info("bad request from client", metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a })
+        self.listener.clientFaults.report("bad request from client", reason: error.reason, level: .info, peer: self.info.clientIP,
+                                          metadata: self.peerMetadata.merging(["error": "\(error)"]) { a, _ in a }, listener: self.listener)
         // The body of a request in flight broke its framing: nothing can be trusted after it.
         guard self.abandonExchange() else { return }
         let status = error.kind == .headTooLarge ? 431 : 400
@@ -1514,7 +1522,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.lingerUntil = nil
             context.close(promise: nil)
         } else if self.firstRequest || self.headStarted {
-            self.logger.info("client sent no complete request head in time", metadata: self.peerMetadata)
+            self.listener.clientFaults.report("client sent no complete request head in time", reason: "", level: .info, peer: self.info.clientIP,
+                                              metadata: self.peerMetadata, listener: self.listener)
             self.respondLocally(status: 408, message: "no complete request head within the header timeout", request: nil, requestEnded: false)
         } else {
             self.closing = true
@@ -1625,7 +1634,8 @@ public func reportClientTLSError(_ tls: TLSError, info: DownstreamInfo, listener
     if tls.isEOFDuringHandshake {
         logger.debug("client closed during the TLS handshake", metadata: peer())
     } else {
-        logger.warning("TLS handshake failed", metadata: peer().merging(["reason": "\(tls.reason)"]) { a, _ in a })
+        listener.clientFaults.report("TLS handshake failed", reason: tls.reason, level: .warning, peer: info.clientIP,
+                                     metadata: peer().merging(["reason": "\(tls.reason)"]) { a, _ in a }, listener: listener)
     }
 }
 

@@ -383,7 +383,7 @@ public final class UpstreamPool {
         var retired = false
     }
 
-    private let eventLoop: EventLoop
+    let eventLoop: EventLoop
     private var idle: [PoolKey: Stack] = [:]
     /// The stacks of the group this loop took a connection for last, by backend index,
     /// and the client certificate generation they were for: most requests go where the

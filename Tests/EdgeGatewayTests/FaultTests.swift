@@ -160,6 +160,10 @@ final class ResponseHeadLimitTests: XCTestCase {
         let refused = try Shell.run(["curl", "-sS", "-w", " %{http_code}", "http://127.0.0.1:\(http)/"]).stdout
         XCTAssertTrue(refused.hasSuffix(" 502") && refused.contains("upstream response head too large"), String(refused.prefix(300)))
         XCTAssertTrue(harness.logs.contains("max_response_head_bytes (65536)"), harness.logs.all.suffix(5).joined(separator: "\n"))
+        // The same failure again and again is logged once a second per backend and kind, not per request.
+        for _ in 0..<30 { _ = try Shell.run(["curl", "-sS", "-o", "/dev/null", "http://127.0.0.1:\(http)/"]) }
+        let lines = harness.logs.all.filter { $0.contains("upstream request failed") }
+        XCTAssertLessThanOrEqual(lines.count, 4, "\(lines.count) lines for 31 failures")
         let passed = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)/large"]).stdout
         XCTAssertEqual(passed, "200", "a group with a larger limit takes the head")
         await harness.shutdown()
@@ -349,5 +353,47 @@ final class AccurateMessageTests: XCTestCase {
         pause(2.5)
         let lines = gateway.log.components(separatedBy: "\n").filter { $0.contains("access log not written") }
         XCTAssertEqual(lines.count, 1, lines.joined(separator: "\n"))
+    }
+}
+
+/// Client-caused faults do not flood the log (#34 item 6): each reason is logged once
+/// per 10 s window and the repeats summed up, while the metrics count every one.
+final class ClientFaultLogTests: XCTestCase {
+    func testAFloodOfClientFaultsIsSummarisedNotLoggedLineByLine() async throws {
+        let dir = TemporaryDirectory()
+        _ = try RequestHardeningTests.pki.issue(["localhost"], into: dir.path, name: "site")
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners: [ { name: https, address: "127.0.0.1:0", timeouts: { handshake: 1s }, tls: { certificate: site.crt, key: site.key } } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("https")
+        // 300 plain-HTTP requests to the TLS port, and 40 connections that never speak.
+        try Shell.run(["/usr/bin/python3", "-c", """
+            import socket, time
+            silent = [socket.create_connection(("127.0.0.1", \(port))) for _ in range(40)]
+            for _ in range(300):
+                s = socket.create_connection(("127.0.0.1", \(port)))
+                s.sendall(b"GET / HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
+                try:
+                    s.recv(100)
+                except OSError:
+                    pass
+                s.close()
+            time.sleep(2)
+            """], timeout: 60)
+        let lines = harness.logs.all.filter { $0.contains("TLS handshake failed") }
+        XCTAssertLessThanOrEqual(lines.count, 6, "one line per reason and event loop, not 340:\n\(lines.prefix(10).joined(separator: "\n"))")
+        XCTAssertGreaterThanOrEqual(lines.count, 1)
+        XCTAssertTrue(eventually(timeout: 15) { harness.logs.contains("more client faults in the last 10 s") }, harness.logs.all.suffix(5).joined(separator: "\n"))
+        let metrics = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/metrics"]).stdout
+        let failed = metrics.split(separator: "\n").first { $0.hasPrefix(#"edge_tls_handshakes_total{listener="https",result="failed"}"#) }
+        let timedOut = metrics.split(separator: "\n").first { $0.hasPrefix(#"edge_tls_handshakes_total{listener="https",result="timeout"}"#) }
+        XCTAssertEqual(failed.flatMap { Int($0.split(separator: " ").last ?? "") }, 300, "every fault is counted: \(failed ?? "none")")
+        XCTAssertEqual(timedOut.flatMap { Int($0.split(separator: " ").last ?? "") }, 40, "\(timedOut ?? "none")")
+        await harness.shutdown()
     }
 }
