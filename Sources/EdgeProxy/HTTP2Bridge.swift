@@ -267,11 +267,30 @@ extension HTTP2StreamBridge {
     // becomes one HEADERS frame, each body piece as read a DATA frame. The frames are
     // written from the proxy's context; its flush (`flush()`) sends them.
 
-    func responseHead(_ head: HTTPHead, toHead: Bool) {
-        guard let context = self.context, !self.responseDone else { return }
+    /// Writes the response's HEADERS frame; the future fails when it could not be written.
+    func responseHead(_ head: HTTPHead, toHead: Bool) -> EventLoopFuture<Void>? {
+        guard let context = self.context, !self.responseDone else { return nil }
         let noBody = head.hasNoBody(toHead: toHead)
         self.responseDone = noBody
-        context.write(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: self.responseHeaders(head), endStream: noBody))), promise: nil)
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.write(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: self.responseHeaders(head), endStream: noBody))), promise: written)
+        return written.futureResult
+    }
+
+    /// The most a response head may hold to go out as one HEADERS frame: the HTTP/2
+    /// handler does not split a header block into CONTINUATION frames, and the default
+    /// SETTINGS_MAX_FRAME_SIZE is 16,384 bytes.
+    static let maxHeaderBlockBytes = 16_384
+
+    /// Whether `head` surely fits one HEADERS frame: its fields' sizes as RFC 7541 §4.1
+    /// counts them (name, value and 32 bytes each), which no HPACK encoding exceeds.
+    func fitsOneHeadersFrame(_ head: HTTPHead) -> Bool {
+        var size = 32 + 7  // :status
+        for field in head.fields where !head.isHopByHop(field) {
+            size += field.name.count + field.value.count + 32
+            if size > Self.maxHeaderBlockBytes { return false }
+        }
+        return size + (self.strictTransportSecurity.map { $0.utf8.count + 57 } ?? 0) <= Self.maxHeaderBlockBytes
     }
 
     /// A response head's HTTP/2 fields: `:status`, then the fields that are not

@@ -860,6 +860,19 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         guard let exchange = self.exchange, exchange.connection === connection, let context = self.context else { return }
         switch part {
         case .head(let response):
+            if let stream = self.stream, !stream.fitsOneHeadersFrame(response) {
+                // Written anyway, the HEADERS frame failed (frame size) unseen, the DATA
+                // after it went out on a stream never opened, and the client ended the
+                // whole connection with PROTOCOL_ERROR: every other stream was lost. This
+                // stream gets a 502 instead, and the connection goes on.
+                connection.handler.delegate = nil
+                connection.close()
+                exchange.connection = nil
+                self.stopReadTimer()
+                self.failExchange(exchange, error: UpstreamError(kind: .responseHeadTooLarge, backend: connection.key.address.hostPort,
+                                                                 reason: "response head too large for one HTTP/2 HEADERS frame (\(HTTP2StreamBridge.maxHeaderBlockBytes) bytes)"))
+                return
+            }
             exchange.responseStarted = true
             exchange.status = response.status
             self.armReadTimer(exchange)
@@ -868,7 +881,13 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 return
             }
             if let stream = self.stream {
-                stream.responseHead(response, toHead: exchange.request.isHeadMethod)
+                stream.responseHead(response, toHead: exchange.request.isHeadMethod)?.assumeIsolated().whenFailure { error in
+                    // Never silently: the stream is reset, and the line says why.
+                    self.logger.warning("HTTP/2 response head not written; resetting the stream", metadata: self.peerMetadata.merging([
+                        "error": "\(error)", "uri": "\(exchange.request.target)",
+                    ]) { a, _ in a })
+                    context.close(promise: nil)
+                }
             } else {
                 context.write(NIOAny(self.downstreamHead(for: response, exchange: exchange)), promise: nil)
             }

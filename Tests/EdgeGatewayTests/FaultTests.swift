@@ -397,3 +397,36 @@ final class ClientFaultLogTests: XCTestCase {
         await harness.shutdown()
     }
 }
+
+/// An upstream response head too large for one HTTP/2 HEADERS frame (#34 item 4): the
+/// frame failed unseen, DATA went out on a stream never opened, and the client ended the
+/// connection with every other stream on it. Now that stream gets 502, logged, and a
+/// slow stream beside it on the same connection completes.
+final class LargeHTTP2HeadTests: XCTestCase {
+    func testAHeadTooLargeForOneFrameFailsOnlyItsStream() async throws {
+        let dir = TemporaryDirectory()
+        try dir.write("response", "HTTP/1.1 200 OK\r\nX-Big: \(String(repeating: "a", count: 20_000))\r\nContent-Length: 2\r\n\r\nok")
+        let (big, bigPort) = try RequestHardeningTests.rawUpstream(response: "@" + dir.file("response"), capture: dir.file("heads"), dir: dir)
+        defer { RequestHardeningTests.stop(big) }
+        _ = try RequestHardeningTests.pki.issue(["localhost"], into: dir.path, name: "site")
+        let harness = try await GatewayHarness.start(directory: dir) { port in
+            """
+            listeners: [ { name: https, address: "127.0.0.1:0", tls: { certificate: site.crt, key: site.key, h2: true } } ]
+            upstreams:
+              app: { backends: ["127.0.0.1:\(port)"] }
+              big: { backends: ["127.0.0.1:\(bigPort)"] }
+            routes: [ { path_prefix: /big, upstream: big }, { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("https")
+        // One connection, two streams: the slow one is open when the large head arrives.
+        let result = try Shell.run(["nghttp", "-v", "https://localhost:\(port)/slow?ms=1000", "https://localhost:\(port)/big"], timeout: 30)
+        let out = result.stdout
+        XCTAssertFalse(out.contains("GOAWAY") && out.contains("PROTOCOL_ERROR"), "the connection was ended:\n\(out.suffix(2000))")
+        XCTAssertTrue(out.contains(":status: 502"), "the large head's stream gets 502:\n\(out.suffix(2000))")
+        XCTAssertTrue(out.contains("slow 1000ms"), "the other stream completes:\n\(out.suffix(2000))")
+        XCTAssertTrue(harness.logs.contains("too large for one HTTP/2 HEADERS frame"), harness.logs.all.suffix(5).joined(separator: "\n"))
+        await harness.shutdown()
+    }
+}
