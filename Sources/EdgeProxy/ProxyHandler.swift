@@ -843,9 +843,11 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             exchange.leaveBackend()
             exchange.retryError = error
             exchange.pending = exchange.replay ?? []
-            self.logger.warning("upstream sent no response within the read timeout; trying another backend", metadata: [
-                "upstream": "\(group.name)", "backend": "\(backend)", "method": "\(exchange.request.method)",
-            ])
+            if let more = self.listener.upstreamFaults.shouldLog("\(group.name) \(backend) read timeout retry") {
+                self.logger.warning("upstream sent no response within the read timeout; trying another backend", metadata: more.merging([
+                    "upstream": "\(group.name)", "backend": "\(backend)", "method": "\(exchange.request.method)",
+                ]) { a, _ in a })
+            }
             self.connect(exchange)
             return
         }

@@ -369,7 +369,8 @@ public final class UpstreamGroup: Sendable {
     }
 
     /// A connect to `index` failed, or it accepted a request and sent no response byte
-    /// within the read timeout (`connect: false`); returns true when this failure ejected it.
+    /// within the read timeout (`connect: false`); returns true when this failure ejected
+    /// it (and it was not ejected already).
     func backendFailed(_ index: Int, reason: String, connect: Bool = true) -> Bool {
         let state = self.states[index]
         if connect { state.connectFailures.wrappingIncrement(ordering: .relaxed) }
@@ -377,9 +378,11 @@ public final class UpstreamGroup: Sendable {
         let failures = state.consecutiveFailures.wrappingIncrementThenLoad(ordering: .relaxed)
         guard self.passive.maxFails > 0, failures >= self.passive.maxFails else { return false }
         state.consecutiveFailures.store(0, ordering: .relaxed)
-        let until = Int64((NIODeadline.now() + self.passive.failTimeout).uptimeNanoseconds)
-        state.ejectedUntil.store(until, ordering: .relaxed)
-        return true
+        let now = NIODeadline.now()
+        let until = Int64((now + self.passive.failTimeout).uptimeNanoseconds)
+        // Requests already in flight to it fail after it was ejected: it is ejected once.
+        let wasEjected = state.ejectedUntil.exchange(until, ordering: .relaxed) > Int64(now.uptimeNanoseconds)
+        return !wasEjected
     }
 }
 
