@@ -218,13 +218,19 @@ final class ListenerMetrics: ProxyObserver, Sendable {
         self.refusedProxyHeaders.increment()
     }
 
+    /// Client connections open in the process, every listener's (for the line that says
+    /// a listener cannot accept: the gauge cannot be read back).
+    static let openConnections = ManagedAtomic<Int>(0)
+
     func connectionOpened() {
+        Self.openConnections.wrappingIncrement(ordering: .relaxed)
         self.open.increment()
         self.accepted.increment()
         HeapTrimmer.shared.noteConnectionEvent()
     }
 
     func connectionClosed() {
+        Self.openConnections.wrappingDecrement(ordering: .relaxed)
         self.open.decrement()
         HeapTrimmer.shared.noteConnectionEvent()
     }

@@ -119,6 +119,7 @@ final class AcceptPacing: ChannelInboundHandler {
         var metadata: Logger.Metadata = [
             "listener": "\(self.listener)", "error": "\(String(cString: strerror(error.errnoCode))) (errno \(error.errnoCode))",
             "open_files_limit": "\(SystemLimits.descriptorLimit)", "open_descriptors": "\(SystemLimits.openDescriptors)",
+            "open_client_connections": "\(ListenerMetrics.openConnections.load(ordering: .relaxed))",
             "retry_in": "\(Self.pause.nanoseconds / 1_000_000)ms",
         ]
         if self.suppressed > 0 { metadata["not_logged_since_last"] = "\(self.suppressed)" }

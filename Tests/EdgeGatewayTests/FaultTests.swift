@@ -50,6 +50,7 @@ final class FaultTests: XCTestCase {
         XCTAssertLessThanOrEqual(lines.count, 6, "rate-limited: \(lines.count) lines")
         XCTAssertTrue(lines.first?.contains("Too many open files") ?? false, lines.first ?? "")
         XCTAssertTrue(lines.first?.contains("open_files_limit=\(limit)") ?? false, lines.first ?? "")
+        XCTAssertTrue(lines.first?.contains("open_client_connections=") ?? false, lines.first ?? "")
         // Descriptors freed: served again within a second or so.
         clients.forEach { close($0) }
         clients = []
