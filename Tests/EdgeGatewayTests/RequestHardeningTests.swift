@@ -422,3 +422,33 @@ final class SlowClientLimitTests: XCTestCase {
         await harness.shutdown()
     }
 }
+
+/// Found by FuzzHTTP2Bridge: an HTTP/2 request whose `:path` made the HTTP/1.1 request
+/// line exactly fill its buffer (method, space, path and ` HTTP/1.1\r\n`: 512 bytes, or
+/// 1,024) tripped the head writer's bounds check, which stops the process: one request
+/// took the gateway down. Run as a child process, so a regression fails this test rather
+/// than the test run.
+final class HTTP2RequestLineTests: XCTestCase {
+    func testAPathThatFillsTheRequestLineBufferExactlyIsServed() throws {
+        let dir = TemporaryDirectory()
+        let https = freePort(), admin = freePort()
+        let leaf = try RequestHardeningTests.pki.issue(["localhost"], into: dir.path, name: "site")
+        let upstream = try DemoUpstreamProcess()
+        defer { upstream.stop() }
+        try dir.write("config.yaml", """
+            listeners: [ { name: https, address: "127.0.0.1:\(https)", tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true } } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(https), gateway.log)
+        for total in [512, 1024, 2048] {
+            let path = "/" + String(repeating: "a", count: total - "GET ".count - " HTTP/1.1\r\n".count - 1)
+            let code = try Shell.run(["curl", "-sS", "-k", "--http2", "-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(https)\(path)"]).stdout
+            XCTAssertEqual(code, "200", "a request line of \(total) bytes")
+        }
+        XCTAssertTrue(gateway.process.isRunning, gateway.log)
+    }
+}
