@@ -269,30 +269,44 @@ extension HTTP2StreamBridge {
     // becomes one HEADERS frame, each body piece as read a DATA frame. The frames are
     // written from the proxy's context; its flush (`flush()`) sends them.
 
+    /// The response's HTTP/2 fields, or nil when their header block would not fit one
+    /// HEADERS frame (`fitsOneHeadersFrame`).
+    func responseFields(_ head: HTTPHead) -> HPACKHeaders? {
+        let headers = self.responseHeaders(head)
+        return Self.fitsOneHeadersFrame(headers) ? headers : nil
+    }
+
     /// Writes the response's HEADERS frame; the future fails when it could not be written.
-    func responseHead(_ head: HTTPHead, toHead: Bool) -> EventLoopFuture<Void>? {
+    func responseHead(_ headers: HPACKHeaders, head: HTTPHead, toHead: Bool) -> EventLoopFuture<Void>? {
         guard let context = self.context, !self.responseDone else { return nil }
         let noBody = head.hasNoBody(toHead: toHead)
         self.responseDone = noBody
         let written = context.eventLoop.makePromise(of: Void.self)
-        context.write(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: self.responseHeaders(head), endStream: noBody))), promise: written)
+        context.write(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: noBody))), promise: written)
         return written.futureResult
     }
 
-    /// The most a response head may hold to go out as one HEADERS frame: the HTTP/2
-    /// handler does not split a header block into CONTINUATION frames, and the default
+    /// The most a header block may take to go out as one HEADERS frame: the HTTP/2
+    /// handler does not split it into CONTINUATION frames, and the default
     /// SETTINGS_MAX_FRAME_SIZE is 16,384 bytes.
     static let maxHeaderBlockBytes = 16_384
 
-    /// Whether `head` surely fits one HEADERS frame: its fields' sizes as RFC 7541 §4.1
-    /// counts them (name, value and 32 bytes each), which no HPACK encoding exceeds.
-    func fitsOneHeadersFrame(_ head: HTTPHead) -> Bool {
-        var size = 32 + 7  // :status
-        for field in head.fields where !head.isHopByHop(field) {
-            size += field.name.count + field.value.count + 32
-            if size > Self.maxHeaderBlockBytes { return false }
+    /// Whether `headers` encode into one HEADERS frame. HPACK's Huffman code takes at
+    /// most 30 bits a byte (a `\\` takes 19, an `a` 5), so a block whose bytes times
+    /// 30/8, plus a few bytes a field, stay under the frame fits without more ado (most
+    /// responses); a larger one is encoded as the connection's encoder would, from an
+    /// empty dynamic table, and measured. Counting raw bytes was wrong both ways: 7,000
+    /// backslashes (about 7 KB) encode to 16.6 KB, 20,000 `a` to 12.5 KB.
+    static func fitsOneHeadersFrame(_ headers: HPACKHeaders) -> Bool {
+        var bound = 0
+        for (name, value, _) in headers {
+            bound += (name.utf8.count + value.utf8.count) * 30 / 8 + 12
         }
-        return size + (self.strictTransportSecurity.map { $0.utf8.count + 57 } ?? 0) <= Self.maxHeaderBlockBytes
+        if bound <= Self.maxHeaderBlockBytes { return true }
+        var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+        var block = ByteBuffer()
+        guard (try? encoder.encode(headers: headers, to: &block)) != nil else { return false }
+        return block.readableBytes <= Self.maxHeaderBlockBytes
     }
 
     /// A response head's HTTP/2 fields: `:status`, then the fields that are not

@@ -862,7 +862,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         guard let exchange = self.exchange, exchange.connection === connection, let context = self.context else { return }
         switch part {
         case .head(let response):
-            if let stream = self.stream, !stream.fitsOneHeadersFrame(response) {
+            let fields = self.stream?.responseFields(response)
+            if self.stream != nil, fields == nil {
                 // Written anyway, the HEADERS frame failed (frame size) unseen, the DATA
                 // after it went out on a stream never opened, and the client ended the
                 // whole connection with PROTOCOL_ERROR: every other stream was lost. This
@@ -883,7 +884,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 return
             }
             if let stream = self.stream {
-                stream.responseHead(response, toHead: exchange.request.isHeadMethod)?.assumeIsolated().whenFailure { error in
+                stream.responseHead(fields!, head: response, toHead: exchange.request.isHeadMethod)?.assumeIsolated().whenFailure { error in
                     // Never silently: the stream is reset, and the line says why.
                     self.logger.warning("HTTP/2 response head not written; resetting the stream", metadata: self.peerMetadata.merging([
                         "error": "\(error)", "uri": "\(exchange.request.target)",
