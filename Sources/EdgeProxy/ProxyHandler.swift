@@ -878,6 +878,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             }
             exchange.responseStarted = true
             exchange.status = response.status
+            exchange.group.responseReceived(connection.backendIndex)
             self.armReadTimer(exchange)
             if response.status == 101 {
                 self.startTunnel(exchange, response: response, context: context)
@@ -1126,8 +1127,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             // closed it while idle. Replay once on a fresh connection when safe:
             // everything sent so far is still held, and the method is idempotent
             // or the whole (small) request was held.
+            // Only a broken connection: a backend that answered badly (a head too large,
+            // not HTTP) has acted on the request, and a POST must not reach it twice.
             let replayable = exchange.replay != nil && (exchange.request.isIdempotent || exchange.requestEnded)
-            if connection.uses > 1, !exchange.retriedStale, replayable {
+            if connection.uses > 1, !exchange.retriedStale, replayable, Self.brokeConnection(error) {
                 exchange.retriedStale = true
                 exchange.pending = exchange.replay ?? []  // attach writes the head first
                 self.logger.debug("retrying request on a fresh upstream connection", metadata: ["error": "\(error)"])

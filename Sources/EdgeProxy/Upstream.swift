@@ -362,10 +362,17 @@ public final class UpstreamGroup: Sendable {
         self.states[index].lastError.withLockedValue { $0 = reason }
     }
 
-    /// A connection to `index` was established.
+    /// A connection to `index` was established. It does not end a run of failures: a
+    /// backend that accepts and never answers connects every time, and reset on connect
+    /// its read timeouts never added up to `max_fails`.
     func connectSucceeded(_ index: Int) {
         self.states[index].connectionsOpened.wrappingIncrement(ordering: .relaxed)
-        self.states[index].consecutiveFailures.store(0, ordering: .relaxed)
+    }
+
+    /// A response head arrived from `index`: its run of failures is over.
+    func responseReceived(_ index: Int) {
+        let failures = self.states[index].consecutiveFailures
+        if failures.load(ordering: .relaxed) != 0 { failures.store(0, ordering: .relaxed) }
     }
 
     /// A connect to `index` failed, or it accepted a request and sent no response byte

@@ -200,7 +200,7 @@ final class HungBackendTests: XCTestCase {
               app:
                 backends: ["127.0.0.1:\(hung)", "127.0.0.1:\(port)"]
                 timeouts: { read: 1s }
-                passive_health: { max_fails: 1, fail_timeout: 30s }
+                passive_health: { max_fails: 3, fail_timeout: 30s }
               posts:
                 backends: ["127.0.0.1:\(hung)", "127.0.0.1:\(port)"]
                 timeouts: { read: 1s }
@@ -436,6 +436,62 @@ final class LargeHTTP2HeadTests: XCTestCase {
         XCTAssertEqual(out.components(separatedBy: ":status: 200").count - 1, 2, "the slow stream and the head that fits get 200:\n\(out.suffix(3000))")
         XCTAssertTrue(out.contains("slow 1000ms"), "the other stream completes:\n\(out.suffix(2000))")
         XCTAssertTrue(harness.logs.contains("too large for one HTTP/2 HEADERS frame"), harness.logs.all.suffix(5).joined(separator: "\n"))
+        await harness.shutdown()
+    }
+}
+
+/// A backend that answered a POST badly (a head over the limit) has acted on it: the
+/// POST is not replayed on a fresh connection as a stale pooled connection's would be
+/// (found in review: with the exact head limit, such POSTs reached the backend twice).
+final class NoReplayAfterAnAnswerTests: XCTestCase {
+    func testABadAnswerOnAReusedConnectionIsNotRetried() async throws {
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        try dir.write("upstream.py", """
+            import socket, sys, threading
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", \(port))); s.listen(16)
+            big = b"HTTP/1.1 200 OK\\r\\n" + b"".join(b"Set-Cookie: c%d=v\\r\\n" % i for i in range(5000)) + b"Content-Length: 2\\r\\n\\r\\nok"
+            def serve(c):
+                n = 0; data = b""
+                while True:
+                    while b"\\r\\n\\r\\n" not in data:
+                        chunk = c.recv(65536)
+                        if not chunk: return
+                        data += chunk
+                    head, data = data.split(b"\\r\\n\\r\\n", 1)
+                    if b"content-length: 1" in head.lower(): data = data[1:]
+                    open(sys.argv[1], "ab").write(head.split(b"\\r\\n")[0] + b"\\n")
+                    n += 1
+                    c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok" if n == 1 else big)
+            while True:
+                c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+            """)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [dir.file("upstream.py"), dir.file("requests")]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { RequestHardeningTests.stop(process) }
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: port, timeout: 10) { process.isRunning })
+        let harness = try await GatewayHarness.start(directory: dir) { _ in
+            """
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams: { app: { backends: ["127.0.0.1:\(port)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            workers: 1
+            """
+        }
+        let http = harness.port("http")
+        // One client connection (one event loop, one pool): the GET leaves its upstream
+        // connection pooled, the POST reuses it.
+        let codes = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} ", "http://127.0.0.1:\(http)/",
+                                   "--next", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-d", "x", "http://127.0.0.1:\(http)/charge"]).stdout
+        XCTAssertEqual(codes, "200 502", (try? String(contentsOfFile: dir.file("requests"), encoding: .utf8)) ?? "")
+        let seen = (try? String(contentsOfFile: dir.file("requests"), encoding: .utf8)) ?? ""
+        XCTAssertEqual(seen.components(separatedBy: "POST /charge").count - 1, 1, "the POST reached the backend once:\n\(seen)")
         await harness.shutdown()
     }
 }
