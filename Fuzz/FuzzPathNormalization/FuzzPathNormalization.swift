@@ -10,7 +10,7 @@ public func fuzzPathNormalization(_ data: UnsafePointer<UInt8>, _ size: Int) -> 
     let path = [UInt8(ascii: "/")] + Array(UnsafeBufferPointer(start: data, count: size))
     let normal: [UInt8]
     switch PathNormalization.normalize(path) {
-    case .malformed:
+    case .malformed, .ambiguous:
         return 0
     case .unchanged:
         normal = path

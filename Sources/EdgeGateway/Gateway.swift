@@ -234,6 +234,16 @@ public final class Gateway: Sendable {
             let path = "routes[\(index)]"
             if let prefix = route.pathPrefix, !prefix.hasPrefix("/") {
                 problems.append("\(path).path_prefix: must start with '/'")
+            } else if let prefix = route.pathPrefix {
+                // Requests are matched in normal form: a prefix that is not would match nothing.
+                switch PathNormalization.normalize(Array(prefix.utf8)) {
+                case .unchanged:
+                    break
+                case .normalized(let normal):
+                    problems.append("\(path).path_prefix: '\(prefix)' never matches, requests are matched in normal form: write '\(String(decoding: normal, as: UTF8.self))'")
+                case .malformed, .ambiguous:
+                    problems.append("\(path).path_prefix: '\(prefix)' is not a path a request can have (a malformed %, or a dot segment behind %2F, \\ or ;)")
+                }
             }
             if let name = route.listener, !listenerNames.contains(name) {
                 problems.append("\(path).listener: no listener named '\(name)' (known: \(config.listeners.map(\.name).joined(separator: ", ")))")
@@ -474,8 +484,11 @@ public final class Gateway: Sendable {
             )
             plan.serverNames = serverNames
             plan.bodyTimeout = listener.timeouts.body.timeAmount
-            if listener.backlog < 1 {
-                problems.append("\(path).backlog: must be at least 1, got \(listener.backlog)")
+            if listener.timeouts.body.nanoseconds <= 0 {
+                problems.append("\(path).timeouts.body: must be more than 0 (every request with a body would time out at once)")
+            }
+            if listener.backlog < 1 || listener.backlog > 65_535 {
+                problems.append("\(path).backlog: must be 1 to 65535, got \(listener.backlog)")
             } else if let cap = SystemLimits.maxListenBacklog, listener.backlog > cap {
                 // The kernel would shorten it without a word; said once, here.
                 logger.notice("listen backlog capped by net.core.somaxconn", metadata: [

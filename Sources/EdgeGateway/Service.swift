@@ -87,7 +87,11 @@ public final class GatewayService: Service, Sendable {
             ])
             return AdminReloadAnswer(summary: "too many reloads: retry after \(seconds)s (admin.reload_min_interval)\n", retryAfter: seconds)
         }
-        return AdminReloadAnswer(summary: await self.reload(reason: "admin /reload"))
+        let summary = await self.reload(reason: "admin /reload")
+        // The interval runs from the reload's end: one that took longer than it does not
+        // leave the door open for the next at once.
+        self.lastAdminReload.withLockedValue { $0 = .now() }
+        return AdminReloadAnswer(summary: summary)
     }
 
     /// Re-reads the configuration file: an invalid one leaves everything as it is (logged and

@@ -19,7 +19,13 @@ enum SystemLimits {
         if limit.rlim_cur < limit.rlim_max {
             var raised = limit
             raised.rlim_cur = limit.rlim_max
-            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 {
+                limit = raised
+            } else {
+                logger.warning("cannot raise the open files limit", metadata: [
+                    "limit": "\(limit.rlim_cur)", "hard": "\(limit.rlim_max)", "error": "\(String(cString: strerror(errno)))",
+                ])
+            }
         }
         logger.info("open files limit", metadata: ["limit": "\(limit.rlim_cur)", "was": "\(before)", "hard": "\(limit.rlim_max)"])
         return Int(limit.rlim_cur)
@@ -34,7 +40,8 @@ enum SystemLimits {
     /// Descriptors this process has open (entries of /proc/self/fd), for the log line of
     /// an accept that failed for lack of them; -1 when it cannot be read.
     static var openDescriptors: Int {
-        guard let dir = opendir("/proc/self/fd") else { return -1 }
+        // Out of descriptors, there is none to read the directory with: all are open.
+        guard let dir = opendir("/proc/self/fd") else { return errno == EMFILE ? Self.descriptorLimit : -1 }
         defer { closedir(dir) }
         var count = -3  // ".", ".." and the directory's own descriptor
         while readdir(dir) != nil { count += 1 }
@@ -93,7 +100,9 @@ final class AcceptPacing: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        guard let ioError = error as? IOError else {
+        // Only running out of something pauses accepting; an aborted connection or the
+        // like goes on to the next handler, uncounted.
+        guard let ioError = error as? IOError, [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(ioError.errnoCode) else {
             context.fireErrorCaught(error)
             return
         }

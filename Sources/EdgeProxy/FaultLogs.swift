@@ -29,13 +29,13 @@ final class ClientFaultLog {
             listener.pool.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: Self.window) { self.summarise(listener) }
         }
         let key = message + ": " + reason
+        if let peer, self.addresses.count < 100_000 { self.addresses.insert(peer) }
         if self.logged.count < Self.distinctPerWindow, self.logged.insert(key).inserted {
             listener.logger.log(level: level, "\(message)", metadata: metadata())
             return
         }
         self.repeated += 1
         if self.repeats.count < Self.distinctPerWindow || self.repeats[key] != nil { self.repeats[key, default: 0] += 1 }
-        if let peer, self.addresses.count < 100_000 { self.addresses.insert(peer) }
     }
 
     private func summarise(_ listener: ProxyListener) {

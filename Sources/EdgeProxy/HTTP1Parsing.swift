@@ -418,6 +418,8 @@ enum HTTP1Parser {
             return normal + target[queryStart...]
         case .malformed:
             throw HTTPFramingError.bad("malformed percent-encoding in the request path")
+        case .ambiguous:
+            throw HTTPFramingError.bad("a dot segment behind %2F, %5C, a backslash or a ;parameter in the request path")
         }
     }
 

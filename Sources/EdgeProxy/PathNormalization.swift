@@ -12,6 +12,12 @@
 ///
 /// Empty segments (`//`) are kept: RFC 3986 keeps them, and merging them is a policy of
 /// some servers (nginx's `merge_slashes`), not normalisation.
+///
+/// A path that RFC 3986 calls normal can still climb out of a route at a backend that
+/// reads more separators than `/`: nginx decodes `%2F` before it resolves `..`, Windows
+/// and IIS take `\` for `/`, Tomcat and Spring drop `;parameters` (`/public/..;/internal`).
+/// A segment that any of them would read as `.` or `..` makes the path `ambiguous`: 400,
+/// as Envoy can be told to do (`path_with_escaped_slashes_action: REJECT_REQUEST`).
 public enum PathNormalization {
     public enum Outcome: Equatable {
         /// Already normal: forward the target as received.
@@ -20,6 +26,8 @@ public enum PathNormalization {
         case normalized([UInt8])
         /// Not a path the gateway can read: a malformed percent-encoding.
         case malformed
+        /// A dot segment behind `%2F`, `%5C`, `\` or a `;parameter`: backends disagree on it.
+        case ambiguous
     }
 
     /// The normal form of `path` (an origin-form path without its query). Paths that
@@ -28,6 +36,7 @@ public enum PathNormalization {
         guard needsWork(path) else { return .unchanged }
         guard let decoded = decodeUnreserved(path) else { return .malformed }
         let normal = removeDotSegments(decoded)
+        if hasHiddenDotSegment(normal) { return .ambiguous }
         return normal.elementsEqual(path) ? .unchanged : .normalized(normal)
     }
 
@@ -35,15 +44,49 @@ public enum PathNormalization {
         path.withUnsafeBytes { normalize($0) }
     }
 
-    /// Whether the path has a percent-encoding or a segment starting with a dot: the only
-    /// places a path can differ from its normal form.
+    /// Whether the path has a percent-encoding, a segment starting with a dot, a `\` or a
+    /// `;`: the only places a path can differ from its normal form or be ambiguous.
     static func needsWork<Bytes: Sequence>(_ path: Bytes) -> Bool where Bytes.Element == UInt8 {
         var previous: UInt8 = 0
         for byte in path {
-            if byte == UInt8(ascii: "%") || (byte == UInt8(ascii: ".") && previous == UInt8(ascii: "/")) { return true }
-            previous = byte
+            switch byte {
+            case UInt8(ascii: "%"), UInt8(ascii: "\\"), UInt8(ascii: ";"): return true
+            case UInt8(ascii: ".") where previous == UInt8(ascii: "/"): return true
+            default: previous = byte
+            }
         }
         return false
+    }
+
+    /// Whether a normal path has a piece that a backend would read as `.` or `..`: pieces
+    /// split at `/`, `\`, `%2F` and `%5C`, each without its `;parameters`.
+    static func hasHiddenDotSegment(_ path: [UInt8]) -> Bool {
+        var pieceStart = 0
+        var i = 0
+        func isDots(_ end: Int) -> Bool {
+            var piece = path[pieceStart..<end]
+            if let parameters = piece.firstIndex(of: UInt8(ascii: ";")) { piece = piece[..<parameters] }
+            return piece.elementsEqual([0x2E]) || piece.elementsEqual([0x2E, 0x2E])
+        }
+        while i < path.count {
+            let byte = path[i]
+            var separator = 0
+            if byte == UInt8(ascii: "/") || byte == UInt8(ascii: "\\") {
+                separator = 1
+            } else if byte == UInt8(ascii: "%"), i + 2 < path.count {
+                // %2F or %5C, upper case as the normal form writes them
+                let code = (path[i + 1], path[i + 2])
+                if code == (UInt8(ascii: "2"), UInt8(ascii: "F")) || code == (UInt8(ascii: "5"), UInt8(ascii: "C")) { separator = 3 }
+            }
+            if separator > 0 {
+                if isDots(i) { return true }
+                i += separator
+                pieceStart = i
+            } else {
+                i += 1
+            }
+        }
+        return isDots(path.count)
     }
 
     /// The path with unreserved characters decoded and other encodings' hex upper-cased;

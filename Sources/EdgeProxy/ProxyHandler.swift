@@ -515,9 +515,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             // nginx answers 421 for a host whose client authentication differs from the
             // SNI's; without it, SNI `www` and `Host: admin` reached the admin upstream
             // without the certificate admin requires.
-            self.logger.info("misdirected request", metadata: self.peerMetadata.merging([
-                "host": "\(head.first(.host) ?? "")", "uri": "\(head.target)", "reason": "\(reason)",
-            ]) { a, _ in a })
+            self.listener.clientFaults.report("misdirected request", reason: reason, level: .info, peer: self.info.clientIP,
+                                              metadata: self.peerMetadata.merging([
+                                                  "host": "\(head.first(.host) ?? "")", "uri": "\(head.target)", "reason": "\(reason)",
+                                              ]) { a, _ in a }, listener: self.listener)
             self.respondLocally(status: 421, message: "this connection does not serve that host; connect with its name as SNI",
                                 request: head, requestEnded: !hasBody)
             return
@@ -1121,7 +1122,6 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.stopReadTimer()
         exchange.connection = nil
         connection.close()
-        exchange.group.recordError(connection.backendIndex, reason: "\(error)")
         if !exchange.responseStarted {
             // A reused connection that died before any response byte: the upstream
             // closed it while idle. Replay once on a fresh connection when safe:
@@ -1137,6 +1137,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 self.connect(exchange)
                 return
             }
+            // Not the routine end of a pooled connection the backend closed while idle
+            // (replayed above): a failure to show as the backend's last error.
+            exchange.group.recordError(connection.backendIndex, reason: "\(error)")
             // The backend broke the connection with the request in it (it died, restarted,
             // or reset it): an idempotent request goes to another backend, as nginx's
             // default `proxy_next_upstream error` does, within max_connect_attempts. A
@@ -1155,6 +1158,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             }
             self.failExchange(exchange, error: error)
         } else {
+            exchange.group.recordError(connection.backendIndex, reason: "\(error)")
             self.abortMidResponse(exchange, error: error)
         }
     }
@@ -1265,9 +1269,10 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.bodyDeadline = nil
         self.requestBody = nil
         let request = self.exchange?.request
-        self.logger.info("client sent no request body data within the body timeout", metadata: self.peerMetadata.merging([
-            "uri": "\(request?.target ?? "?")", "body_timeout": "\(self.limits.bodyTimeout)",
-        ]) { a, _ in a })
+        self.listener.clientFaults.report("client sent no request body data within the body timeout", reason: "", level: .info,
+                                          peer: self.info.clientIP, metadata: self.peerMetadata.merging([
+                                              "uri": "\(request?.target ?? "?")", "body_timeout": "\(self.limits.bodyTimeout)",
+                                          ]) { a, _ in a }, listener: self.listener)
         guard self.abandonExchange() else { return }
         self.respondLocally(status: 408, message: "no request body data within the body timeout", request: request, requestEnded: false)
     }
@@ -1365,8 +1370,6 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         ))
     }
 
-    /// A `redirect` route's answer: the same path and query at the configured scheme,
-    /// host and port.
     /// Why this request's host does not belong on this connection
     /// (`ServerNameSelector.misdirection`); nil when it does, or names no host.
     private func misdirection(_ head: HTTPHead, _ serverNames: any ServerNameSelector) -> String? {
@@ -1376,6 +1379,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         return serverNames.misdirection(serverName: self.info.serverName, host: host)
     }
 
+    /// A `redirect` route's answer: the same path and query at the configured scheme,
+    /// host and port.
     private func redirect(_ head: HTTPHead, to redirect: Redirect, requestEnded: Bool) {
         guard let location = redirect.location(requestHost: head.first(.host), target: head.target) else {
             self.respondLocally(status: 400, message: "a redirect needs a Host header holding a DNS name or an IP address",

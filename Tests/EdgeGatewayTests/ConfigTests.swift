@@ -82,6 +82,20 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(typos.stderr.split(separator: "\n").filter { $0.hasPrefix("error:") }.count, 3, typos.stderr)
     }
 
+    /// A path_prefix that is not in normal form would never match (requests are matched
+    /// in normal form): the error says what to write instead.
+    func testPathPrefixesMustBeInNormalForm() throws {
+        let result = try check("""
+            listeners: [ { name: a, address: "127.0.0.1:0" } ]
+            upstreams: { app: { backends: ["127.0.0.1:1"] } }
+            routes: [ { path_prefix: /%7Euser, upstream: app }, { path_prefix: "/a/../b", upstream: app }, { path_prefix: "/x/..;/y", upstream: app } ]
+            """)
+        XCTAssertEqual(result.status, 1, result.stderr)
+        XCTAssertTrue(result.stderr.contains("routes[0].path_prefix: '/%7Euser' never matches, requests are matched in normal form: write '/~user'"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("routes[1].path_prefix: '/a/../b' never matches"), result.stderr)
+        XCTAssertTrue(result.stderr.contains("routes[2].path_prefix: '/x/..;/y' is not a path a request can have"), result.stderr)
+    }
+
     /// Durations that converting to nanoseconds would trap on (found by the fuzz target
     /// FuzzConfig: `infs` stopped `check` with a crash) are errors naming the key.
     func testDurationsBeyondRangeAreErrorsNotCrashes() throws {

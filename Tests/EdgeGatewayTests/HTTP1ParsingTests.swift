@@ -408,7 +408,7 @@ final class PathNormalizationUnitTests: XCTestCase {
         switch PathNormalization.normalize(Array(path.utf8)) {
         case .unchanged: return path
         case .normalized(let bytes): return String(decoding: bytes, as: UTF8.self)
-        case .malformed: return nil
+        case .malformed, .ambiguous: return nil
         }
     }
 
@@ -417,13 +417,25 @@ final class PathNormalizationUnitTests: XCTestCase {
             ("/", "/"), ("/a/b", "/a/b"), ("/a/./b", "/a/b"), ("/a/../b", "/b"), ("/..", "/"), ("/../..", "/"),
             ("/a/b/.", "/a/b/"), ("/a/b/..", "/a/"), ("/a/.", "/a/"), ("/.", "/"), ("/a//../b", "/a/b"), ("/a//b", "/a//b"),
             ("/%2e%2e/x", "/x"), ("/a/%2E/b", "/a/b"), ("/.%2e/x", "/x"), ("/%7euser", "/~user"), ("/%41%5a", "/AZ"),
-            ("/a%2fb", "/a%2Fb"), ("/a%2Fb/../c", "/c"), ("/a%2F../c", "/a%2F../c"), ("/%00", "/%00"), ("/%25", "/%25"),
+            ("/a%2fb", "/a%2Fb"), ("/a%2Fb/../c", "/c"), ("/a%2F../c", nil), ("/%00", "/%00"), ("/%25", "/%25"),
             ("/.hidden/x", "/.hidden/x"), ("/..a/b", "/..a/b"), ("/a/...", "/a/..."),
             ("/%", nil), ("/%2", nil), ("/%zz", nil), ("/%2g", nil),
+            ("/a;jsessionid=1", "/a;jsessionid=1"), ("/a%2Fb", "/a%2Fb"), ("/a\\b", "/a\\b"),
         ]
         for (input, expected) in cases {
             XCTAssertEqual(normal(input), expected, input)
             if let expected { XCTAssertEqual(normal(expected), expected, "idempotent: \(input)") }
+        }
+    }
+
+    /// Dot segments other backends find behind separators RFC 3986 does not have.
+    func testDotSegmentsBehindOtherSeparatorsAreAmbiguous() {
+        for path in ["/public/..%2Finternal", "/public/..%2finternal", "/public/..%5Cinternal", "/public/..\\internal",
+                     "/public/..;/internal", "/public/.;x/internal", "/a%2F..", "/a\\.", "/..;"] {
+            XCTAssertEqual(PathNormalization.normalize(Array(path.utf8)), .ambiguous, path)
+        }
+        for path in ["/a%2F.b", "/a;..", "/a\\..b", "/%2F", "/a;b=..c"] {
+            XCTAssertNotEqual(PathNormalization.normalize(Array(path.utf8)), .ambiguous, path)
         }
     }
 

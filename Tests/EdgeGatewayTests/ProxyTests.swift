@@ -276,7 +276,7 @@ final class ProxyTests: XCTestCase {
         XCTAssertEqual(try status(["\(acme)/sub"]), "404", "a directory")
         // Normalised to /config.yaml, which the root route does not match: the listener's redirect answers.
         XCTAssertEqual(try status(["--path-as-is", "\(acme)/../../config.yaml"]), "301")
-        XCTAssertEqual(try status(["\(acme)/..%2F..%2Fconfig.yaml"]), "404")
+        XCTAssertEqual(try status(["\(acme)/..%2F..%2Fconfig.yaml"]), "400", "a .. behind %2F, which some backends decode")
         XCTAssertEqual(try status(["\(acme)/%zz"]), "400")
         let post = try curl(["-i", "-d", "x", "\(acme)/token-1"])
         XCTAssertTrue(post.stdout.hasPrefix("HTTP/1.1 405 Method Not Allowed\r\n") && post.stdout.contains("allow: GET, HEAD\r\n"), post.stdout)

@@ -307,6 +307,11 @@ final class PathNormalizationTests: XCTestCase {
             XCTAssertTrue(text.contains("GET \(forwarded) host="), "\(target) should reach the upstream as \(forwarded): \(text)")
         }
         XCTAssertTrue(answer("/public/%zz").hasPrefix("HTTP/1.1 400"), "a malformed percent-encoding")
+        // What nginx (%2F), IIS (\\) or Tomcat (;) backends would read as `..`.
+        for target in ["/public/..%2Finternal", "/public/..%5Cinternal", "/public/..\\internal", "/public/..;/internal"] {
+            XCTAssertTrue(answer(target).hasPrefix("HTTP/1.1 400"), "\(target): \(answer(target).prefix(120))")
+        }
+        XCTAssertTrue(answer("/public/x;jsessionid=1").hasPrefix("HTTP/1.1 200"), "a ;parameter on its own is a path")
         // HTTP/2: the same rule for :path.
         let tls = harness.port("https")
         func h2(_ path: String) throws -> String {
