@@ -212,31 +212,28 @@ def wrk_run(port, seconds, path="/"):
     return requests, errors + non2xx
 
 
-def hung_backend(proxy, demo, pki):
-    hung_port = common.free_port()
-    listener = serve(hung_port, hang)
+def wrk_against(proxy, tag, answer, seconds, backends, extra=""):
+    """wrk for `seconds` through the proxy to an upstream that handles each connection with
+    `answer`, placed among `backends` (None marks its place)."""
+    bad_port = common.free_port()
+    listener = serve(bad_port, answer)
     port = common.free_port()
-    extra = ", timeouts: { read: 1s }, passive_health: { max_fails: 1, fail_timeout: 30s }"
-    proxy.start("hung", port, {"app": ([hung_port, demo], extra)})
+    proxy.start(tag, port, {"app": ([bad_port if b is None else b for b in backends], extra)})
     before = proxy.lines()
-    requests, failed = wrk_run(port, 5)
+    requests, failed = wrk_run(port, seconds)
     lines = proxy.lines() - before
     proxy.stop()
     listener.close()
     return dict(requests=requests, failed=failed, recovery="-", lines=lines, cpu="-")
+
+
+def hung_backend(proxy, demo, pki):
+    extra = ", timeouts: { read: 1s }, passive_health: { max_fails: 1, fail_timeout: 30s }"
+    return wrk_against(proxy, "hung", hang, 5, [None, demo], extra)
 
 
 def big_head(proxy, demo, pki):
-    big_port = common.free_port()
-    listener = serve(big_port, fixed_answer(BIG_HEAD))
-    port = common.free_port()
-    proxy.start("bighead", port, {"app": ([big_port], "")})
-    before = proxy.lines()
-    requests, failed = wrk_run(port, 3)
-    lines = proxy.lines() - before
-    proxy.stop()
-    listener.close()
-    return dict(requests=requests, failed=failed, recovery="-", lines=lines, cpu="-")
+    return wrk_against(proxy, "bighead", fixed_answer(BIG_HEAD), 3, [None])
 
 
 def client_flood(proxy, demo, pki):

@@ -2,6 +2,22 @@ import EdgeTestSupport
 import Foundation
 import XCTest
 
+/// A gateway process with one plain listener (`http`) in front of a demo upstream, and
+/// its admin endpoint; `upstream` adds keys to the upstream group, `more` top-level keys.
+func plainGateway(_ dir: TemporaryDirectory, upstream extra: String = "", more: String = "") throws
+    -> (gateway: GatewayProcess, upstream: DemoUpstreamProcess, http: Int, admin: Int) {
+    let http = freePort(), admin = freePort()
+    let upstream = try DemoUpstreamProcess()
+    try dir.write("config.yaml", """
+        listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
+        upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"]\(extra.isEmpty ? "" : " " + extra) } }
+        routes: [ { upstream: app } ]
+        admin: { address: "127.0.0.1:\(admin)" }
+        \(more)
+        """)
+    return (try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log")), upstream, http, admin)
+}
+
 /// Faults and overload (#34): what the gateway does when the kernel says no.
 final class FaultTests: XCTestCase {
     /// CPU ticks (user + system, 1/100 s) the process has used.
@@ -21,17 +37,8 @@ final class FaultTests: XCTestCase {
     /// counts it, and serves again as soon as descriptors are free.
     func testOutOfDescriptorsTheListenerBacksOffLogsAndRecovers() throws {
         let dir = TemporaryDirectory()
-        let http = freePort(), admin = freePort()
-        let upstream = try DemoUpstreamProcess()
+        let (gateway, upstream, http, admin) = try plainGateway(dir, more: "workers: 1\n")
         defer { upstream.stop() }
-        try dir.write("config.yaml", """
-            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
-            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"] } }
-            routes: [ { upstream: app } ]
-            admin: { address: "127.0.0.1:\(admin)" }
-            workers: 1
-            """)
-        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
         defer { gateway.stop() }
         XCTAssertTrue(gateway.waitForPort(http), gateway.log)
         XCTAssertTrue(gateway.log.contains("open files limit"), gateway.log)
@@ -70,17 +77,8 @@ final class FaultTests: XCTestCase {
     /// spike ejected the backend and gave every client 503 for fail_timeout).
     func testLocalDescriptorExhaustionNeverEjectsABackend() throws {
         let dir = TemporaryDirectory()
-        let http = freePort(), admin = freePort()
-        let upstream = try DemoUpstreamProcess()
+        let (gateway, upstream, http, admin) = try plainGateway(dir, upstream: ", passive_health: { max_fails: 1, fail_timeout: 30s }", more: "workers: 1\n")
         defer { upstream.stop() }
-        try dir.write("config.yaml", """
-            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
-            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"], passive_health: { max_fails: 1, fail_timeout: 30s } } }
-            routes: [ { upstream: app } ]
-            admin: { address: "127.0.0.1:\(admin)" }
-            workers: 1
-            """)
-        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
         defer { gateway.stop() }
         XCTAssertTrue(gateway.waitForPort(http), gateway.log)
         // A client connected before the limit; then the limit, and idle clients to reach it.
@@ -185,14 +183,8 @@ final class HungBackendTests: XCTestCase {
             while True:
                 c, _ = s.accept(); held.append(c)  # read nothing, answer nothing
             """)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [dir.file("hung.py")]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let process = try RequestHardeningTests.python(dir.file("hung.py"), port: hung)
         defer { RequestHardeningTests.stop(process) }
-        XCTAssertTrue(GatewayProcess.Probe.wait(port: hung, timeout: 10) { process.isRunning })
         let harness = try await GatewayHarness.start(directory: dir) { port in
             """
             listeners: [ { name: http, address: "127.0.0.1:0" } ]
@@ -248,14 +240,8 @@ final class AccurateMessageTests: XCTestCase {
                 c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 c.close()  # a reset, not an end
             """)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [dir.file("reset.py")]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let process = try RequestHardeningTests.python(dir.file("reset.py"), port: port)
         defer { RequestHardeningTests.stop(process) }
-        XCTAssertTrue(GatewayProcess.Probe.wait(port: port, timeout: 10) { process.isRunning })
         let harness = try await GatewayHarness.start(directory: dir) { _ in
             """
             listeners: [ { name: http, address: "127.0.0.1:0" } ]
@@ -276,17 +262,8 @@ final class AccurateMessageTests: XCTestCase {
     /// "closing remaining connections").
     func testTheGracePeriodMessageSaysWhatHappens() throws {
         let dir = TemporaryDirectory()
-        let http = freePort(), admin = freePort()
-        let upstream = try DemoUpstreamProcess()
+        let (gateway, upstream, http, _) = try plainGateway(dir, more: "shutdown_grace_period: 1s\n")
         defer { upstream.stop() }
-        try dir.write("config.yaml", """
-            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
-            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"] } }
-            routes: [ { upstream: app } ]
-            admin: { address: "127.0.0.1:\(admin)" }
-            shutdown_grace_period: 1s
-            """)
-        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
         XCTAssertTrue(gateway.waitForPort(http), gateway.log)
         let slow = Process()
         slow.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
@@ -329,18 +306,8 @@ final class AccurateMessageTests: XCTestCase {
     /// not once by each configuration generation that shares the file.
     func testAnAccessLogErrorIsReportedOnce() throws {
         let dir = TemporaryDirectory()
-        let http = freePort(), admin = freePort()
-        let upstream = try DemoUpstreamProcess()
+        let (gateway, upstream, http, _) = try plainGateway(dir, more: "access_log: { path: /dev/full }\nworkers: 2\n")
         defer { upstream.stop() }
-        try dir.write("config.yaml", """
-            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
-            upstreams: { app: { backends: ["127.0.0.1:\(upstream.port)"] } }
-            routes: [ { upstream: app } ]
-            admin: { address: "127.0.0.1:\(admin)" }
-            access_log: { path: /dev/full }
-            workers: 2
-            """)
-        let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
         defer { gateway.stop() }
         XCTAssertTrue(gateway.waitForPort(http), gateway.log)
         func requests() throws {
@@ -467,14 +434,8 @@ final class NoReplayAfterAnAnswerTests: XCTestCase {
             while True:
                 c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
             """)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [dir.file("upstream.py"), dir.file("requests")]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let process = try RequestHardeningTests.python(dir.file("upstream.py"), arguments: [dir.file("requests")], port: port)
         defer { RequestHardeningTests.stop(process) }
-        XCTAssertTrue(GatewayProcess.Probe.wait(port: port, timeout: 10) { process.isRunning })
         let harness = try await GatewayHarness.start(directory: dir) { _ in
             """
             listeners: [ { name: http, address: "127.0.0.1:0" } ]

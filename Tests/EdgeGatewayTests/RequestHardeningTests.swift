@@ -29,15 +29,20 @@ final class RequestHardeningTests: XCTestCase {
                     pass
                 c.close()
             """)
+        return (try python(dir.file("upstream.py"), arguments: [response, capture], port: port), port)
+    }
+
+    /// Runs a Python upstream script and waits (bounded) until it listens on `port`.
+    static func python(_ script: String, arguments: [String] = [], port: Int) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = [dir.file("upstream.py"), response, capture]
+        process.arguments = [script] + arguments
         // Not the test's own output: the test run waits for every writer of it to exit.
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
         XCTAssertTrue(GatewayProcess.Probe.wait(port: port, timeout: 10) { process.isRunning })
-        return (process, port)
+        return process
     }
 
     static func stop(_ process: Process) {
