@@ -13,7 +13,8 @@ upstreams, and one row is printed per fault and proxy:
   big head      the upstream's response head is 118,928 bytes (10,000 fields); wrk for 3 s
   client flood  2,000 plain-HTTP requests and 500 silent connections to the TLS port
                 (handshake timeout 1 s): log lines at the default level
-  h2 big head   over HTTP/2, a 20,000-byte upstream head on one stream beside a slow stream
+  h2 big head   over HTTP/2, an upstream head that HPACK encodes to 16.6 KB (7,000 `\\`) on one
+                stream beside a slow stream
                 (0.5 s) on the same connection: streams that got no response or were cut short
   backlog       the worker is stopped (SIGSTOP) and 2,000 clients connect: connects that
                 completed (the listen queue), and the queue length `ss -ltn` shows
@@ -30,7 +31,8 @@ import common
 from reload import COUNT_LUA
 
 BIG_HEAD = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Field-%d: vv\r\n" % i for i in range(10_000)) + b"Content-Length: 2\r\n\r\nok"
-H2_HEAD = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 20_000 + b"\r\nContent-Length: 2\r\n\r\nok"
+# 7,000 backslashes: 19 bits each in HPACK's Huffman code, a 16.6 KB header block.
+H2_HEAD = b"HTTP/1.1 200 OK\r\nX-Big: " + b"\\" * 7_000 + b"\r\nContent-Length: 2\r\n\r\nok"
 
 
 def serve(port, answer):

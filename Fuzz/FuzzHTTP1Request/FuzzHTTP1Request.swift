@@ -11,7 +11,8 @@ public func fuzzHTTP1Request(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt 
     guard let head = try? HTTP1Parser.parseRequest(bytes) else { return 0 }
     let parts = Parts(head)
     parts.checkNoLineBreaks()
-    if head.target.first == "/" {
+    // Bytes, not Characters: "/" and a combining mark after it are one Character.
+    if head.target.utf8.first == UInt8(ascii: "/") {
         precondition(PathNormalization.normalize(Array(head.target.utf8.prefix { $0 != UInt8(ascii: "?") })) == .unchanged,
                      "an accepted target is not in normal form: \(head.target)")
     } else {
