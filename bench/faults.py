@@ -22,7 +22,7 @@ upstreams, and one row is printed per fault and proxy:
 Log lines are those written while the fault lasts: the gateway's at its default level
 (info), nginx's error log at its default level (error).
 
-Usage: python3 bench/faults.py [--no-build] [--proxies gateway,nginx] [--append]
+Usage: python3 bench/faults.py [--no-build] [--proxies gateway,nginx] [--faults "h2 big head,backlog"] [--append]
 """
 import argparse, datetime, os, re, resource, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 
@@ -315,6 +315,7 @@ def main():
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--proxies", default="gateway,nginx")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    parser.add_argument("--faults", default=",".join(name for name, _ in FAULTS), help="which faults, by name")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -330,7 +331,7 @@ def main():
     proxies = {"gateway": Gateway, "nginx": Nginx}
     rows = []
     try:
-        for fault, run in FAULTS:
+        for fault, run in [(name, run) for name, run in FAULTS if name in args.faults.split(",")]:
             for name in args.proxies.split(","):
                 proxy = proxies[name](binary, work)
                 try:
