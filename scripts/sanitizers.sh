@@ -2,7 +2,7 @@
 # Runs the tests where memory safety and threads matter under the sanitizers, each in a
 # build of its own (CI runs it after scripts/test.sh; it needs what that script installed):
 #   AddressSanitizer: the TLS engine, rotation, mutual TLS with handshakes parked across
-#     rotations, hostile certificate files, and reloads (the gateway binary the reload
+#     rotations, hostile certificate files, upstream verification (its C callbacks) and reloads (the gateway binary the reload
 #     tests start is the instrumented one);
 #   ThreadSanitizer: the certificate watcher and store, whose thread publishes snapshots
 #     that the event loops read.
@@ -10,7 +10,7 @@
 # makes the run exit non-zero).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-asan_tests='EdgeTLSTests|RotationTests|TrustChangeTests|ParkedHandshakeTests|HostileFilesTests|ReloadUnderLoadTests.testARejectedReload|ReloadUnderLoadTests.testTwentyReloads|DownstreamTLSTests.testMutualTLS|DownstreamTLSTests.testANewClientCABundle|DownstreamTLSTests.testClientAuthPerSNIName'
+asan_tests='EdgeTLSTests|RotationTests|TrustChangeTests|ParkedHandshakeTests|HostileFilesTests|ReloadUnderLoadTests.testARejectedReload|ReloadUnderLoadTests.testTwentyReloads|DownstreamTLSTests.testMutualTLS|DownstreamTLSTests.testANewClientCABundle|DownstreamTLSTests.testClientAuthPerSNIName|UpstreamTLSFailoverTests|UpstreamTests.testUpstreamCertificatesAreVerified'
 tsan_tests='RotationTests|HostileFilesTests'
 
 echo "== AddressSanitizer"

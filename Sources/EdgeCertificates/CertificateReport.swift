@@ -36,8 +36,10 @@ public struct CertificateReport: Sendable {
     /// Worst state over the chain.
     public var state: CertificateState
     public var chain: [ChainEntry]
-    /// nil when the served chain verifies, else the reason.
+    /// nil when the served chain verifies (or was not checked), else the reason.
     public var chainProblem: String?
+    /// False when the chain was not checked (an upstream client certificate without `client_ca_file`).
+    public var chainChecked: Bool
     public var loadedAt: Int64
     public var generation: Int
     /// The newest version on disk was rejected: why, since when; this report shows the version still served.
@@ -86,6 +88,7 @@ extension CertificateReport {
             state: chain.map(\.state).max() ?? .ok,
             chain: chain,
             chainProblem: lineage.chainProblem,
+            chainChecked: lineage.chainChecked,
             loadedAt: lineage.loadedAt,
             generation: lineage.generation,
             rejectedError: problem?.error,
@@ -125,7 +128,7 @@ public enum CertificateInspector {
         public var error: String?
     }
 
-    public static func inspect(sources: [CertificateSource], trustCAFile: String?, policy: ExpiryPolicy, now: Int64) -> [Entry] {
+    public static func inspect(sources: [CertificateSource], trustCAFile: String?, chainCheck: ChainCheck = .served, policy: ExpiryPolicy, now: Int64) -> [Entry] {
         var entries: [Entry] = []
         for source in sources {
             let files: [LineageFiles]
@@ -137,7 +140,7 @@ public enum CertificateInspector {
             }
             for file in files {
                 do {
-                    let lineage = try LineageLoader.load(file, now: now, generation: 0, trustCAFile: trustCAFile)
+                    let lineage = try LineageLoader.load(file, now: now, generation: 0, trustCAFile: trustCAFile, chainCheck: chainCheck)
                     let report = CertificateReport(lineage: lineage, servedNames: lineage.serverNames, isDefault: false, problem: nil, policy: policy, now: now)
                     entries.append(Entry(name: file.name, source: source.description, report: report, error: nil))
                 } catch {

@@ -13,9 +13,13 @@ public struct CertificateSetConfiguration: Sendable {
     public var policies: [TLSServerPolicy]
     /// CA bundle the served chains are verified against (nil: the system trust store).
     public var trustCAFile: String?
+    /// What the chains are checked as: served chains, or upstream client certificates.
+    public var chainCheck: ChainCheck
 
-    public init(sources: [CertificateSource], defaultName: String? = nil, strictSNI: Bool = false, policies: [TLSServerPolicy], trustCAFile: String? = nil) {
+    public init(sources: [CertificateSource], defaultName: String? = nil, strictSNI: Bool = false, policies: [TLSServerPolicy], trustCAFile: String? = nil,
+                chainCheck: ChainCheck = .served) {
         self.trustCAFile = trustCAFile
+        self.chainCheck = chainCheck
         self.sources = sources
         self.defaultName = defaultName
         self.strictSNI = strictSNI
@@ -103,7 +107,7 @@ public final class CertificateStore: Sendable {
             }
             for file in files {
                 do {
-                    loaded.append(try LineageLoader.load(file, now: now, generation: 1, trustCAFile: configuration.trustCAFile))
+                    loaded.append(try LineageLoader.load(file, now: now, generation: 1, trustCAFile: configuration.trustCAFile, chainCheck: configuration.chainCheck))
                 } catch {
                     if requireAll { throw error }
                     problems[file.name] = CertificateProblem(name: file.name, error: "\(error)", since: now, servingPrevious: false)
@@ -216,7 +220,8 @@ public final class CertificateStore: Sendable {
                         continue
                     }
                     do {
-                        let candidate = try LineageLoader.load(file, now: now, generation: state.generation + 1, trustCAFile: self.configuration.trustCAFile)
+                        let candidate = try LineageLoader.load(file, now: now, generation: state.generation + 1, trustCAFile: self.configuration.trustCAFile,
+                                                                 chainCheck: self.configuration.chainCheck)
                         if let previous, previous.contentHash == candidate.contentHash {
                             next.append(previous)
                             continue

@@ -19,12 +19,16 @@ public final class LoadedLineage: Sendable {
     public let loadedAt: Int64
     /// The snapshot generation that first served this version.
     public let generation: Int
-    /// nil when the served chain verifies against the trust store, else why not.
+    /// nil when the served chain verifies against the trust store (or was not checked), else why not.
     public let chainProblem: String?
+    /// False for an upstream client certificate with no CA named to check it against.
+    public let chainChecked: Bool
 
-    init(files: LineageFiles, chain: [X509Certificate], key: PrivateKey, contentHash: String, loadedAt: Int64, generation: Int, chainProblem: String?) {
+    init(files: LineageFiles, chain: [X509Certificate], key: PrivateKey, contentHash: String, loadedAt: Int64, generation: Int,
+         chainProblem: String?, chainChecked: Bool = true) {
         self.generation = generation
         self.chainProblem = chainProblem
+        self.chainChecked = chainChecked
         self.name = files.name
         self.files = files
         self.chain = chain
@@ -42,12 +46,28 @@ public final class LoadedLineage: Sendable {
     public var leaf: X509Certificate { self.chain[0] }
 }
 
+/// What a lineage's chain is checked against.
+public enum ChainCheck: Sendable, Hashable {
+    /// A served chain: as a TLS client would, against the trust store.
+    case served
+    /// A client certificate for upstream mutual TLS: only against the CA the operator
+    /// names for it (`client_ca_file`). Without one it is not checked: the upstream's
+    /// CA is usually private, and a check against the system store only ever raised a
+    /// false "broken chain" alarm.
+    case clientCertificate(caFile: String?)
+
+    var checks: Bool {
+        if case .clientCertificate(nil) = self { return false }
+        return true
+    }
+}
+
 /// Reads and validates one lineage's files.
 ///
 /// Every check runs before anything is published: the PEMs parse, the key
 /// matches the leaf, each chain certificate issued the one before it.
 enum LineageLoader {
-    static func load(_ files: LineageFiles, now: Int64, generation: Int, trustCAFile: String?) throws -> LoadedLineage {
+    static func load(_ files: LineageFiles, now: Int64, generation: Int, trustCAFile: String?, chainCheck: ChainCheck = .served) throws -> LoadedLineage {
         if let busy = files.busyReason {
             throw CertificateLoadError(path: parentDirectory(files.certificatePath), reason: busy)
         }
@@ -92,8 +112,15 @@ enum LineageLoader {
             )
         }
         let hash = sha256Hex(certBytes + Array(files.certificatePath.utf8) + keyBytes)
+        let chainProblem: String?
+        switch chainCheck {
+        case .served:
+            chainProblem = verifyServedChain(chain, caFile: trustCAFile)
+        case .clientCertificate(let caFile):
+            chainProblem = caFile.flatMap { verifyServedChain(chain, caFile: $0, clientCertificate: true) }
+        }
         return LoadedLineage(files: files, chain: chain, key: key, contentHash: hash, loadedAt: now, generation: generation,
-                             chainProblem: verifyServedChain(chain, caFile: trustCAFile))
+                             chainProblem: chainProblem, chainChecked: chainCheck.checks)
     }
 
     /// Just the content hash, to skip rebuilding unchanged lineages.

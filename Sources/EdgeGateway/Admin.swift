@@ -1,5 +1,6 @@
 import EdgeCertificates
 import EdgeProxy
+import EdgeTLS
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -97,11 +98,26 @@ func upstreamJSON(_ group: UpstreamGroup) -> String {
             + "\"active_requests\":\(state.active.load(ordering: .relaxed)),\"idle_connections\":\(state.idleConnections.load(ordering: .relaxed)),"
             + "\"requests\":\(requests),\"connections_opened\":\(opened),\"reuse_ratio\":\((reuse * 10000).rounded() / 10000),"
             + "\"connect_failures\":\(state.connectFailures.load(ordering: .relaxed)),\"tls_resumed\":\(state.tlsResumed.load(ordering: .relaxed)),"
+            + "\"tls_handshake_failures\":\(tlsFailuresJSON(state)),"
             + "\"last_error\":\(state.lastErrorDescription.map(jsonString) ?? "null")}"
     }
     let check = group.healthCheck.map { "\(jsonString("\($0.kind) every \($0.interval.nanoseconds / 1_000_000) ms"))" } ?? "null"
+    let client = group.tls?.clientCertificate.map {
+        "{\"subject\":\(jsonString($0.subject)),\"serial\":\(jsonString($0.serialNumberHex)),\"sha256_fingerprint\":\(jsonString($0.sha256Fingerprint)),"
+            + "\"not_after\":\($0.notAfter),\"not_after_time\":\(jsonString(isoDate($0.notAfter)))}"
+    } ?? "null"
     return "{\"name\":\(jsonString(group.name)),\"balance\":\(jsonString(group.algorithm.description)),\"tls\":\(group.tls != nil),"
+        + "\"client_certificate\":\(client),"
         + "\"health_check\":\(check),\"backends\":[\(backends.joined(separator: ","))]}"
+}
+
+/// Failed upstream handshakes by reason, only the reasons seen: `{"certificate_expired":3}`.
+private func tlsFailuresJSON(_ state: BackendState) -> String {
+    let seen = zip(UpstreamHandshakeFailure.allCases, state.tlsHandshakeFailures).compactMap { reason, count -> String? in
+        let value = count.load(ordering: .relaxed)
+        return value > 0 ? "\(jsonString(reason.rawValue)):\(value)" : nil
+    }
+    return "{\(seen.joined(separator: ","))}"
 }
 
 func certificateJSON(_ r: CertificateReport) -> String {
@@ -122,7 +138,7 @@ func certificateJSON(_ r: CertificateReport) -> String {
         + "\"not_before\":\(r.notBefore),\"not_after\":\(r.notAfter),\"seconds_remaining\":\(r.secondsRemaining),"
         + "\"lifetime_used\":\(Double(Int(r.lifetimeUsed * 10000)) / 10000),\"state\":\(jsonString(r.state.rawValue)),"
         + "\"chain\":[\(chain.joined(separator: ","))],"
-        + "\"chain_valid\":\(r.chainProblem == nil),\"chain_problem\":\(r.chainProblem.map(jsonString) ?? "null"),"
+        + "\"chain_valid\":\(r.chainChecked ? "\(r.chainProblem == nil)" : "null"),\"chain_checked\":\(r.chainChecked),\"chain_problem\":\(r.chainProblem.map(jsonString) ?? "null"),"
         + "\"loaded_at\":\(r.loadedAt),\"generation\":\(r.generation),\"rejected_version\":\(rejected)}"
 }
 

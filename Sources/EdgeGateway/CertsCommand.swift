@@ -6,8 +6,10 @@ import Glibc
 
 /// What `edge-gateway certs` reads and prints, without a running gateway.
 public enum CertsInspection {
-    /// The certificate sources a configuration file names (the shared set and every listener pair).
-    public static func sources(configPath: String) throws -> (sources: [CertificateSource], trustCAFile: String?, policy: ExpiryPolicy) {
+    /// The certificate sources a configuration file names (the shared set and every listener pair),
+    /// and its upstream client certificates with the CA each is checked against.
+    public static func sources(configPath: String) throws -> (sources: [CertificateSource], trustCAFile: String?, policy: ExpiryPolicy,
+                                                              clientCertificates: [(source: CertificateSource, caFile: String?)]) {
         let (config, base) = try GatewayConfig.load(path: configPath)
         // A misspelt key may be a certificate setting: refused, as `run` and `check` refuse it.
         if !config.decodingProblems.isEmpty { throw ConfigProblems(problems: config.decodingProblems) }
@@ -17,7 +19,12 @@ public enum CertsInspection {
                 sources.append(.pair(name: listener.name, certificate: resolvePath(cert, base: base), key: resolvePath(key, base: base)))
             }
         }
-        return (sources, config.certificates?.caFile.map { resolvePath($0, base: base) }, config.expiry.policy)
+        let clients = config.upstreams.sorted { $0.key < $1.key }.compactMap { name, upstream -> (source: CertificateSource, caFile: String?)? in
+            guard let tls = upstream.tls, let cert = tls.clientCertificate, let key = tls.clientKey else { return nil }
+            return (.pair(name: "upstream-\(name)-client", certificate: resolvePath(cert, base: base), key: resolvePath(key, base: base)),
+                    tls.clientCAFile.map { resolvePath($0, base: base) })
+        }
+        return (sources, config.certificates?.caFile.map { resolvePath($0, base: base) }, config.expiry.policy, clients)
     }
 
     /// Guesses a directory's kind: certbot (`live/`), Kubernetes (`tls.crt`), or plain pairs.
@@ -50,7 +57,7 @@ public enum CertsInspection {
             if let r = entry.report {
                 rows.append([r.name, r.servedNames.joined(separator: ","), isoDate(r.notAfter),
                              r.state == .expired ? "EXPIRED" : humanDuration((r.chain.map(\.notAfter).min() ?? r.notAfter) - now),
-                             r.state.rawValue, r.chainProblem == nil ? "ok" : "INVALID"])
+                             r.state.rawValue, !r.chainChecked ? "not checked" : r.chainProblem == nil ? "ok" : "INVALID"])
             } else {
                 rows.append([entry.name, "-", "-", "-", "unreadable", "-"])
             }

@@ -472,9 +472,14 @@ public struct UpstreamTLSConfig: Decodable, Sendable {
     public var verifyCert: Bool
     public var verifyHostname: Bool
     public var caFile: String?
-    public var alternativeCN: String?
+    /// Further names the certificate may hold instead of `sni` (one name or a list).
+    public var alternativeCN: [String] = []
+    /// Accept a certificate without subject alternative names by its subject CN (legacy upstreams).
+    public var allowCommonName = false
     public var clientCertificate: String?
     public var clientKey: String?
+    /// The CA the client certificate's chain is checked against (status and alerts only).
+    public var clientCAFile: String?
     public var minVersion: String?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
@@ -483,8 +488,10 @@ public struct UpstreamTLSConfig: Decodable, Sendable {
         case verifyHostname = "verify_hostname"
         case caFile = "ca_file"
         case alternativeCN = "alternative_cn"
+        case allowCommonName = "allow_common_name"
         case clientCertificate = "client_certificate"
         case clientKey = "client_key"
+        case clientCAFile = "client_ca_file"
         case minVersion = "min_version"
     }
 
@@ -495,9 +502,15 @@ public struct UpstreamTLSConfig: Decodable, Sendable {
         self.verifyCert = try c.decodeRecorded(Bool.self, forKey: .verifyCert) ?? true
         self.verifyHostname = try c.decodeRecorded(Bool.self, forKey: .verifyHostname) ?? true
         self.caFile = try c.decodeRecorded(String.self, forKey: .caFile)
-        self.alternativeCN = try c.decodeRecorded(String.self, forKey: .alternativeCN)
+        if let names = try? c.decodeIfPresent([String].self, forKey: .alternativeCN) {
+            self.alternativeCN = names
+        } else if let name = try c.decodeRecorded(String.self, forKey: .alternativeCN) {
+            self.alternativeCN = [name]
+        }
+        self.allowCommonName = try c.decodeRecorded(Bool.self, forKey: .allowCommonName) ?? false
         self.clientCertificate = try c.decodeRecorded(String.self, forKey: .clientCertificate)
         self.clientKey = try c.decodeRecorded(String.self, forKey: .clientKey)
+        self.clientCAFile = try c.decodeRecorded(String.self, forKey: .clientCAFile)
         self.minVersion = try c.decodeRecorded(String.self, forKey: .minVersion)
     }
 }

@@ -111,6 +111,10 @@ public final class Gateway: Sendable {
     let reloadHandler = NIOLockedValueBox<(@Sendable () async -> AdminReloadAnswer)?>(nil)
 
     public let startTime = currentTime()
+    /// Problems `check` fails on that `run` serves through, logged as errors: an expired
+    /// upstream client certificate fails only that upstream's handshakes, and refusing to
+    /// start would take every other site down with it.
+    public let checkFailures: [String]
 
     struct RunState {
         var serverChannels: [String: Channel] = [:]
@@ -142,6 +146,7 @@ public final class Gateway: Sendable {
         self.metrics = previous?.metrics ?? GatewayMetrics()
         self.configStatus = previous?.configStatus ?? ConfigReloadStatus()
         var problems: [String] = config.decodingProblems
+        var checkFailures: [String] = []
         func resolve(_ path: String) -> String { resolvePath(path, base: baseDirectory) }
 
         // Upstream groups.
@@ -163,8 +168,10 @@ public final class Gateway: Sendable {
             var tls: UpstreamTLS?
             if let t = upstream.tls {
                 do {
-                    let made = try Self.makeUpstreamTLS(t, upstream: name, backends: backends, path: path + ".tls", resolve: resolve, logger: logger)
+                    let made = try Self.makeUpstreamTLS(t, upstream: name, backends: backends, path: path + ".tls", expiry: config.expiry.policy,
+                                                         resolve: resolve, logger: logger)
                     tls = made.tls
+                    if let failure = made.checkFailure { checkFailures.append(failure) }
                     if let store = made.clientStore { stores.append(store) }
                 } catch {
                     problems.append(Self.reason(error))
@@ -542,6 +549,7 @@ public final class Gateway: Sendable {
         if config.routes.isEmpty { problems.append("routes: at least one route is needed") }
         self.listeners = listeners
         self.stores = stores
+        self.checkFailures = checkFailures
 
         // Admin endpoint: loopback unless explicitly opened.
         var adminAddress = try! SocketAddress(ipAddress: "127.0.0.1", port: 9901)
@@ -600,8 +608,8 @@ public final class Gateway: Sendable {
         return settings
     }
 
-    private static func makeUpstreamTLS(_ t: UpstreamTLSConfig, upstream: String, backends: [Backend], path: String,
-                                        resolve: (String) -> String, logger: Logger) throws -> (tls: UpstreamTLS, clientStore: CertificateStore?) {
+    private static func makeUpstreamTLS(_ t: UpstreamTLSConfig, upstream: String, backends: [Backend], path: String, expiry: ExpiryPolicy,
+                                        resolve: (String) -> String, logger: Logger) throws -> (tls: UpstreamTLS, clientStore: CertificateStore?, checkFailure: String?) {
         var configuration = TLSClientConfiguration()
         configuration.verifyCertificate = t.verifyCert
         configuration.caFile = t.caFile.map(resolve)
@@ -611,7 +619,11 @@ public final class Gateway: Sendable {
             }
             configuration.minimumVersion = version
         }
+        if t.clientCAFile != nil && t.clientCertificate == nil {
+            throw ConfigError(path: path + ".client_ca_file", message: "only checks a client_certificate; none is set")
+        }
         var clientStore: CertificateStore?
+        var checkFailure: String?
         if let cert = t.clientCertificate {
             guard let key = t.clientKey else { throw ConfigError(path: path + ".client_key", message: "required with client_certificate") }
             do {
@@ -619,7 +631,8 @@ public final class Gateway: Sendable {
                 let store = try CertificateStore(
                     configuration: CertificateSetConfiguration(
                         sources: [.pair(name: "upstream-\(upstream)-client", certificate: resolve(cert), key: resolve(key))],
-                        policies: [TLSServerPolicy()]
+                        policies: [TLSServerPolicy()],
+                        chainCheck: .clientCertificate(caFile: t.clientCAFile.map(resolve))
                     ),
                     logger: logger, requireAll: true
                 )
@@ -630,33 +643,31 @@ public final class Gateway: Sendable {
             } catch {
                 throw ConfigError(path: path + ".client_certificate", message: Self.reason(error))
             }
+            checkFailure = Self.checkClientCertificateDates(clientStore!.snapshot.lineages[0], path: path + ".client_certificate", expiry: expiry, logger: logger)
         } else if t.clientKey != nil {
             throw ConfigError(path: path + ".client_certificate", message: "required with client_key")
         }
         if !t.verifyCert { logger.warning("upstream certificate verification is OFF", metadata: ["key": "\(path).verify_cert"]) }
         if t.verifyCert && !t.verifyHostname { logger.warning("upstream hostname verification is OFF", metadata: ["key": "\(path).verify_hostname"]) }
-        // The name to verify never silently disappears: alternative_cn, sni, or the backend's host.
-        let hostNames = Set(backends.map(\.host))
-        var verifyNames: [String] = []
-        if t.verifyCert && t.verifyHostname {
-            if let sni = t.sni, !sni.isEmpty { verifyNames.append(sni) }
-            if let alt = t.alternativeCN, !alt.isEmpty { verifyNames.append(alt) }
-            if verifyNames.isEmpty {
-                guard hostNames.count == 1, let host = hostNames.first else {
-                    throw ConfigError(path: path + ".sni", message: "backends have different hosts; set sni or alternative_cn so the certificate name can be verified")
-                }
-                verifyNames.append(host)
-            }
+        if t.verifyCert && t.verifyHostname && t.allowCommonName {
+            logger.warning("upstream certificates without subject alternative names are accepted by their CN (browsers, Go and rustls refuse them)",
+                           metadata: ["key": "\(path).allow_common_name"])
         }
-        let serverName = t.sni ?? (hostNames.count == 1 ? hostNames.first : nil)
+        let alternatives = t.alternativeCN.filter { !$0.isEmpty }
         do {
             let context = try TLSContext.client(configuration: configuration)
+            // SNI is `sni`, else each backend's host (never an IP literal); the certificate
+            // must hold one of `sni` (else the backend's host) and the alternative_cn names.
+            let names = (serverName: t.sni, alternatives: alternatives, verifies: t.verifyCert && t.verifyHostname, allowCN: t.allowCommonName)
             guard let store = clientStore else {
-                return (UpstreamTLS(context: context, serverName: serverName, verifyNames: verifyNames), nil)
+                return (UpstreamTLS(context: context, serverName: names.serverName, alternativeNames: names.alternatives,
+                                    verifiesNames: names.verifies, allowCommonName: names.allowCN), nil, checkFailure)
             }
             let base = configuration
             let tls = UpstreamTLS(
-                context: context, serverName: serverName, verifyNames: verifyNames,
+                context: context, serverName: names.serverName, alternativeNames: names.alternatives,
+                verifiesNames: names.verifies, allowCommonName: names.allowCN,
+                clientCertificate: { store.snapshot.lineages.first?.leaf },
                 generation: { store.snapshot.generation },
                 rebuild: {
                     // The store only publishes validated pairs; a context that still fails keeps the old one.
@@ -671,10 +682,32 @@ public final class Gateway: Sendable {
                     return (snapshot.generation, context)
                 }
             )
-            return (tls, store)
+            return (tls, store, checkFailure)
         } catch let error as TLSError {
             throw ConfigError(path: path, message: error.description)
         }
+    }
+
+    /// An expired (or not yet valid) upstream client certificate is logged as an error
+    /// and returned for `check` to fail on: every handshake that asks for it fails.
+    /// One in its warning window is logged as a warning.
+    private static func checkClientCertificateDates(_ lineage: LoadedLineage, path: String, expiry: ExpiryPolicy, logger: Logger) -> String? {
+        let now = Int64(currentTime())
+        let firstExpiry = lineage.chain.map(\.notAfter).min() ?? lineage.leaf.notAfter
+        let file = lineage.files.certificatePath
+        var failure: String?
+        switch expiry.state(notBefore: lineage.leaf.notBefore, notAfter: firstExpiry, now: now) {
+        case .expired:
+            failure = "\(path): \(file) expired on \(isoDate(firstExpiry)); upstreams that ask for it will refuse the handshake"
+        case .notYetValid:
+            failure = "\(path): \(file) is not valid before \(isoDate(lineage.leaf.notBefore))"
+        case .warning, .critical:
+            logger.warning("upstream client certificate expires soon", metadata: ["key": "\(path)", "file": "\(file)", "not_after": "\(isoDate(firstExpiry))"])
+        case .ok:
+            break
+        }
+        if let failure { logger.error("upstream client certificate unusable: \(failure)") }
+        return failure
     }
 }
 

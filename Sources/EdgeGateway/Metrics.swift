@@ -1,6 +1,7 @@
 import Atomics
 import EdgeCertificates
 import EdgeProxy
+import EdgeTLS
 import NIOConcurrencyHelpers
 import Prometheus
 
@@ -89,9 +90,13 @@ final class GatewayMetrics: Sendable {
                 live[metricKey("edge_certificate_state", stateLabels)] = g
             }
             let chainLabels = [("name", report.name)]
-            let chain = self.certificateGauge("edge_certificate_chain_valid", chainLabels, help: "1 when the served chain verifies against the trust store.")
-            chain.set(to: report.chainProblem == nil ? 1 : 0)
-            live[metricKey("edge_certificate_chain_valid", chainLabels)] = chain
+            if report.chainChecked {
+                // No series for a chain not checked (an upstream client certificate without
+                // client_ca_file): neither valid nor invalid, and no alert may fire on it.
+                let chain = self.certificateGauge("edge_certificate_chain_valid", chainLabels, help: "1 when the served chain verifies against the trust store.")
+                chain.set(to: report.chainProblem == nil ? 1 : 0)
+                live[metricKey("edge_certificate_chain_valid", chainLabels)] = chain
+            }
             let rejected = self.certificateGauge("edge_certificate_rejected", chainLabels, help: "1 when the newest version on disk was rejected and an older one is served.")
             rejected.set(to: report.rejectedError == nil ? 0 : 1)
             live[metricKey("edge_certificate_rejected", chainLabels)] = rejected
@@ -140,7 +145,21 @@ final class GatewayMetrics: Sendable {
                     ("edge_upstream_connect_failures_total", "Failed connects to the backend.", state.connectFailures.load(ordering: .relaxed)),
                     ("edge_upstream_tls_resumed_total", "Upstream TLS handshakes that resumed a session.", state.tlsResumed.load(ordering: .relaxed)),
                 ]
+                // Handshake failures by reason: a series appears with the first failure.
+                let handshakes = zip(UpstreamHandshakeFailure.allCases, state.tlsHandshakeFailures).map { reason, count in
+                    (reason.rawValue, count.load(ordering: .relaxed))
+                }
                 self.upstreamSeen.withLockedValue { seen in
+                    for (reason, total) in handshakes where total > 0 {
+                        let name = "edge_upstream_tls_handshake_failures_total"
+                        let reasonLabels = labels + [("reason", reason)]
+                        let key = metricKey(name, reasonLabels)
+                        if total > seen[key, default: 0] {
+                            self.counter(name, reasonLabels, help: "Failed TLS handshakes with the backend, by reason (also counted as connect failures).")
+                                .increment(by: Int64(total - seen[key, default: 0]))
+                            seen[key] = total
+                        }
+                    }
                     for (name, help, total) in totals {
                         let key = metricKey(name, labels)
                         if total > seen[key, default: 0] {

@@ -108,7 +108,7 @@ public final class HealthChecker: Sendable {
         let backend = group.backends[index]
         let done = loop.makePromise(of: Void.self)
         let tls = settings.kind == .tcp ? nil : group.tls
-        let host = settings.host ?? group.hostHeader ?? group.tls?.serverName ?? backend.description
+        let host = settings.host ?? group.hostHeader ?? group.tls?.serverName(for: backend) ?? backend.description
         let request = settings.kind == .http
             ? HTTPRequestHead(version: .http1_1, method: .GET, uri: settings.path,
                               headers: ["Host": host, "User-Agent": "edge-gateway-health-check", "Connection": "close"]) : nil
@@ -119,7 +119,8 @@ public final class HealthChecker: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     if let tls {
-                        try sync.addHandler(OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName, verifyHostnames: tls.verifyNames))
+                        try sync.addHandler(OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName(for: backend),
+                                                                  verifyHostnames: tls.verifyNames(for: backend), allowCommonName: tls.allowCommonName))
                     }
                     try sync.addHandler(HTTPRequestEncoder())
                     try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop)))

@@ -736,12 +736,14 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 group.connectSucceeded(index)
                 self.attach(connection, to: exchange)
             case .failure(let error):
-                let upstream = error as? UpstreamError
-                guard upstream?.kind == .connectFailed || upstream?.kind == .connectTimeout else {
+                guard let upstream = error as? UpstreamError, upstream.isConnectFailure else {
                     self.failExchange(exchange, error: error)
                     return
                 }
                 let backend = group.backends[index].description
+                // A failed handshake is a failed connect (nginx counts it against the
+                // server too): the backend is not usable, whatever its TCP port says.
+                if let failure = upstream.tlsFailure { group.tlsHandshakeFailed(index, reason: failure) }
                 if group.backendFailed(index, reason: "\(error)") {
                     self.logger.warning("backend ejected after consecutive connect failures", metadata: [
                         "upstream": "\(group.name)", "backend": "\(backend)",

@@ -29,11 +29,21 @@ public struct UpstreamTimeouts: Sendable, Hashable {
 /// With a client certificate, the context is rebuilt when the certificate's
 /// store publishes a new generation (the pair is watched like serving
 /// certificates); connections made with the old one finish and idle out.
+///
+/// Names, per backend: SNI is `sni`, else the backend's host unless it is an IP
+/// literal (never sent as SNI). The certificate must hold one of `sni` (else the
+/// backend's host) and the `alternative_cn` names, each accepted on its own.
 public final class UpstreamTLS: Sendable {
-    /// SNI sent to the backend; nil sends none (IP literal backends).
-    public let serverName: String?
-    /// Names accepted in the backend's certificate; empty when verification is off.
-    public let verifyNames: [String]
+    /// `sni` as configured: nil sends each backend's host name, "" sends none.
+    public let configuredServerName: String?
+    /// `alternative_cn`: further names the certificate may hold instead.
+    public let alternativeNames: [String]
+    /// Whether names are checked at all (`verify_cert` and `verify_hostname`).
+    public let verifiesNames: Bool
+    /// `allow_common_name`: a certificate without subject alternative names may match by its CN.
+    public let allowCommonName: Bool
+    /// The client certificate new connections present, for `/status/upstreams`.
+    private let clientCertificateProbe: (@Sendable () -> X509Certificate?)?
     private let current: NIOLockedValueBox<(generation: Int, context: TLSContext)>
     private let rebuild: (@Sendable () -> (generation: Int, context: TLSContext?))?
     private let generationProbe: (@Sendable () -> Int)?
@@ -41,15 +51,36 @@ public final class UpstreamTLS: Sendable {
 
     /// `generation` reads the client certificate's current generation (cheap);
     /// `rebuild` makes a context for it.
-    public init(context: TLSContext, serverName: String?, verifyNames: [String],
+    public init(context: TLSContext, serverName: String?, alternativeNames: [String] = [], verifiesNames: Bool = true,
+                allowCommonName: Bool = false,
+                clientCertificate: (@Sendable () -> X509Certificate?)? = nil,
                 generation: (@Sendable () -> Int)? = nil,
                 rebuild: (@Sendable () -> (generation: Int, context: TLSContext?))? = nil) {
         self.current = NIOLockedValueBox((generation?() ?? 0, context))
-        self.serverName = serverName
-        self.verifyNames = verifyNames
+        self.configuredServerName = serverName
+        self.alternativeNames = alternativeNames
+        self.verifiesNames = verifiesNames
+        self.allowCommonName = allowCommonName
+        self.clientCertificateProbe = clientCertificate
         self.generationProbe = generation
         self.rebuild = rebuild
     }
+
+    /// The SNI sent to `backend`; nil sends none.
+    public func serverName(for backend: Backend) -> String? {
+        if let configured = self.configuredServerName { return configured.isEmpty ? nil : configured }
+        return isIPAddress(backend.host) ? nil : backend.host
+    }
+
+    /// The names `backend`'s certificate may hold; empty when names are not checked.
+    public func verifyNames(for backend: Backend) -> [String] {
+        guard self.verifiesNames else { return [] }
+        let first = self.configuredServerName.flatMap { $0.isEmpty ? nil : $0 } ?? backend.host
+        return [first] + self.alternativeNames.filter { $0 != first }
+    }
+
+    /// The client certificate presented to the upstream, if any.
+    public var clientCertificate: X509Certificate? { self.clientCertificateProbe?() }
 
     /// The client certificate generation new connections use (0 without one).
     public var generation: Int { self.generationProbe?() ?? 0 }
@@ -155,6 +186,9 @@ public final class BackendState: Sendable {
     public let connectFailures = ManagedAtomic<Int>(0)
     public let idleConnections = ManagedAtomic<Int>(0)
     public let tlsResumed = ManagedAtomic<Int>(0)
+    /// Failed TLS handshakes (also counted in `connectFailures`), by reason, in the
+    /// order of `UpstreamHandshakeFailure.allCases`.
+    public let tlsHandshakeFailures = UpstreamHandshakeFailure.allCases.map { _ in ManagedAtomic<Int>(0) }
     let lastError = NIOLockedValueBox<String?>(nil)
 
     public init() {}
@@ -373,6 +407,12 @@ public final class UpstreamGroup: Sendable {
     func responseReceived(_ index: Int) {
         let failures = self.states[index].consecutiveFailures
         if failures.load(ordering: .relaxed) != 0 { failures.store(0, ordering: .relaxed) }
+    }
+
+    /// A TLS handshake with `index` failed for `reason` (also a connect failure).
+    func tlsHandshakeFailed(_ index: Int, reason: UpstreamHandshakeFailure) {
+        let position = UpstreamHandshakeFailure.allCases.firstIndex(of: reason) ?? 0
+        self.states[index].tlsHandshakeFailures[position].wrappingIncrement(ordering: .relaxed)
     }
 
     /// A connect to `index` failed, or it accepted a request and sent no response byte

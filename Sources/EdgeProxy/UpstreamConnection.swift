@@ -37,6 +37,9 @@ struct ResponseHeadTooLarge: Error, CustomStringConvertible {
 public struct UpstreamError: Error, CustomStringConvertible, Sendable {
     public enum Kind: Sendable {
         case connectFailed, connectTimeout, tlsFailed, readTimeout, writeTimeout, closedEarly, protocolError, noHealthyBackend
+        /// The TLS handshake failed (certificate, names, versions, client certificate):
+        /// a connect failure, which moves on to another backend and counts towards ejection.
+        case tlsHandshake
         /// The response head passed the group's `max_response_head_bytes`.
         case responseHeadTooLarge
         /// The gateway itself could not open a connection (out of descriptors, buffers
@@ -46,6 +49,18 @@ public struct UpstreamError: Error, CustomStringConvertible, Sendable {
     public var kind: Kind
     public var backend: String
     public var reason: String
+    /// Why the TLS handshake failed, for a handshake failure or timeout.
+    public var tlsFailure: UpstreamHandshakeFailure?
+
+    public init(kind: Kind, backend: String, reason: String, tlsFailure: UpstreamHandshakeFailure? = nil) {
+        self.kind = kind
+        self.backend = backend
+        self.reason = reason
+        self.tlsFailure = tlsFailure
+    }
+
+    /// A failure of connecting (TCP or the TLS handshake): another backend is tried.
+    var isConnectFailure: Bool { self.kind == .connectFailed || self.kind == .connectTimeout || self.kind == .tlsHandshake }
     public var description: String { "upstream \(self.backend): \(self.reason)" }
 }
 
@@ -127,6 +142,7 @@ final class UpstreamHandler: ChannelInboundHandler {
     /// Completed when the connection is usable (after the TLS handshake, if any).
     let ready: EventLoopPromise<Void>
     private let needsHandshake: Bool
+    private var handshakeDone = false
     private let backendDescription: String
     /// The group's `max_response_head_bytes`.
     private let maxHeadBytes: Int
@@ -176,6 +192,7 @@ final class UpstreamHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+            self.handshakeDone = true
             self.ready.succeed(())
         }
         context.fireUserInboundEventTriggered(event)
@@ -288,7 +305,10 @@ final class UpstreamHandler: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         let wrapped: Error
-        if let tls = error as? TLSError {
+        if let tls = error as? TLSError, self.needsHandshake, !self.handshakeDone {
+            let failure = tls.upstreamFailure ?? (tls.isHandshakeTimeout ? .timeout : tls.isEOFDuringHandshake ? .closed : .other)
+            wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription, reason: tls.description, tlsFailure: failure)
+        } else if let tls = error as? TLSError {
             wrapped = UpstreamError(kind: .tlsFailed, backend: self.backendDescription, reason: tls.description)
         } else if let io = error as? IOError {
             // Named with the backend and read as strerror says it (NIO's own description
@@ -346,25 +366,27 @@ final class UpstreamHandler: ChannelInboundHandler {
     }
 }
 
-/// What identifies interchangeable upstream connections.
+/// What identifies interchangeable upstream connections: one backend entry of one
+/// group (its `BackendState`, held so its identity cannot be reused while the key
+/// exists), and the client certificate generation. Keyed by the entry, not the
+/// address: two entries that resolve to one address (`localhost:P`, `127.0.0.1:P`)
+/// or two groups on one address have their own names, TLS options and figures, and
+/// sharing connections counted each one's idle connections and requests against the
+/// other.
 struct PoolKey: Hashable {
-    var address: SocketAddress
-    /// Identity of the TLS options (nil: plaintext). One `UpstreamTLS` object
-    /// holds every option that changes the connection: CA bundle, verification
-    /// flags, SNI, verified names (alternative_cn) and the client certificate.
-    var tls: ObjectIdentifier?
+    let backend: BackendState
+    /// The backend's address, for messages.
+    let address: SocketAddress
     /// The client certificate's generation: a rotated client certificate never
     /// reuses connections made with the old one.
     var generation: Int
 
-    /// Two words for an IPv4 backend instead of the address's four fields and the rest:
-    /// the pool looks a key up for every request.
+    static func == (lhs: PoolKey, rhs: PoolKey) -> Bool {
+        lhs.backend === rhs.backend && lhs.generation == rhs.generation
+    }
+
     func hash(into hasher: inout Hasher) {
-        if case .v4(let v4) = self.address {
-            hasher.combine(UInt64(v4.address.sin_addr.s_addr) << 16 | UInt64(v4.address.sin_port))
-        } else {
-            hasher.combine(self.address)
-        }
+        hasher.combine(ObjectIdentifier(self.backend))
         hasher.combine(self.generation)
     }
 }
@@ -423,7 +445,7 @@ public final class UpstreamPool {
     }
 
     private func key(group: UpstreamGroup, backend: Int, generation: Int? = nil) -> PoolKey {
-        PoolKey(address: group.backends[backend].address, tls: group.tls.map { ObjectIdentifier($0) },
+        PoolKey(backend: group.states[backend], address: group.backends[backend].address,
                 generation: generation ?? group.tls?.generation ?? 0)
     }
 
@@ -583,10 +605,12 @@ public final class UpstreamPool {
         let tlsHandler: NIOLoopBound<OpenSSLHandler>?
         do {
             if let tls {
-                let slot = tls.sessionSlot(for: "\(backend.address.hostPort)#\(key.generation)")
+                // One session per backend entry: entries on one address may have other names.
+                let slot = tls.sessionSlot(for: "\(index)#\(key.generation)")
                 var configuration = TLSHandlerConfiguration()
                 configuration.holdsFirstRead = true
-                tlsHandler = NIOLoopBound(try OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName, verifyHostnames: tls.verifyNames,
+                tlsHandler = NIOLoopBound(try OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName(for: backend),
+                                                             verifyHostnames: tls.verifyNames(for: backend), allowCommonName: tls.allowCommonName,
                                                              sessionSlot: slot, configuration: configuration), eventLoop: self.eventLoop)
             } else {
                 tlsHandler = nil
@@ -629,7 +653,8 @@ public final class UpstreamPool {
             case .success(let channel):
                 // TCP and TLS together stay within the total connection budget.
                 let timer = self.eventLoop.assumeIsolated().scheduleTask(deadline: started + timeouts.totalConnection) {
-                    ready.fail(UpstreamError(kind: .connectTimeout, backend: backendName, reason: "TLS handshake not done within the total connection timeout"))
+                    ready.fail(UpstreamError(kind: .connectTimeout, backend: backendName, reason: "TLS handshake not done within the total connection timeout",
+                                             tlsFailure: tlsHandler == nil ? nil : .timeout))
                     channel.close(promise: nil)
                 }
                 ready.futureResult.assumeIsolated().whenComplete { handshake in

@@ -11,7 +11,10 @@ import Glibc
 /// Returns nil when the chain verifies, else OpenSSL's reason. Expiry is not part
 /// of this check (the expiry monitor reports it separately), so a chain is judged
 /// on completeness and trust alone.
-public func verifyServedChain(_ chain: [X509Certificate], caFile: String?) -> String? {
+///
+/// `clientCertificate`: the chain is a client certificate's (upstream mutual TLS),
+/// checked for the TLS client purpose.
+public func verifyServedChain(_ chain: [X509Certificate], caFile: String?, clientCertificate: Bool = false) -> String? {
     guard let leaf = chain.first else { return "empty chain" }
     ERR_clear_error()
     defer { ERR_clear_error() }
@@ -27,7 +30,7 @@ public func verifyServedChain(_ chain: [X509Certificate], caFile: String?) -> St
     guard let context = X509_STORE_CTX_new() else { return "out of memory" }
     defer { X509_STORE_CTX_free(context) }
     guard X509_STORE_CTX_init(context, store, leaf.pointer, untrusted) == 1 else { return "cannot initialise verification" }
-    X509_STORE_CTX_set_purpose(context, X509_PURPOSE_SSL_SERVER)
+    X509_STORE_CTX_set_purpose(context, clientCertificate ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER)
     // Judge trust and completeness, not dates: expiry has its own report.
     X509_STORE_CTX_set_flags(context, UInt(X509_V_FLAG_NO_CHECK_TIME))
     if X509_verify_cert(context) == 1 { return nil }

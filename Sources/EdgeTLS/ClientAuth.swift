@@ -104,11 +104,7 @@ let presentedLeafIndex: Int32 = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, 
 let clientVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 = { ok, store in
     guard let store, let rawSSL = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()) else { return ok }
     let ssl = OpaquePointer(rawSSL)
-    // Keep the client's leaf so a refusal can be logged with its subject (OpenSSL drops it on failure).
-    if SSL_get_ex_data(ssl, presentedLeafIndex) == nil, let presented = X509_STORE_CTX_get0_cert(store) {
-        X509_up_ref(presented)
-        _ = SSL_set_ex_data(ssl, presentedLeafIndex, UnsafeMutableRawPointer(presented))
-    }
+    rememberPresentedLeaf(ssl, store: store)
     guard ok == 1, X509_STORE_CTX_get_error_depth(store) == 0 else { return ok }
     guard let ctx = SSL_get_SSL_CTX(ssl),
           let rawBox = SSL_CTX_get_ex_data(ctx, OwnedExData.allowList),

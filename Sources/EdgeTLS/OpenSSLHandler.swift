@@ -87,16 +87,20 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     /// A client-side handler: sends `serverName` as SNI and accepts a certificate
-    /// for any of `verifyHostnames` (when the context verifies).
+    /// for any of `verifyHostnames` (when the context verifies), each checked on its own
+    /// against the subject alternative names (and the CN of a certificate without any,
+    /// with `allowCommonName`).
     public init(
         clientContext context: TLSContext,
         serverName: String?,
         verifyHostnames: [String],
+        allowCommonName: Bool = false,
         sessionSlot: TLSSessionSlot? = nil,
         configuration: TLSHandlerConfiguration = .init()
     ) throws {
         precondition(!context.isServer, "clientContext must be a client context")
-        self.connection = try TLSConnection(context: context, serverName: serverName, verifyHostnames: verifyHostnames, sessionSlot: sessionSlot)
+        self.connection = try TLSConnection(context: context, serverName: serverName, verifyHostnames: verifyHostnames,
+                                            allowCommonName: allowCommonName, sessionSlot: sessionSlot)
         self.configuration = configuration
         self.firstRead = ReceiveBufferPin(enabled: configuration.holdsFirstRead)
     }
@@ -232,7 +236,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .incomplete:
             self.sendOutbound(context: context)
         case .failed(let reason):
-            self.fail(context: context, error: .handshakeFailed(reason))
+            self.fail(context: context, error: TLSError(.handshakeFailed, reason, upstreamFailure: self.connection.upstreamFailure))
         case .complete:
             self.handshakeTimer?.cancel()
             self.handshakeTimer = nil

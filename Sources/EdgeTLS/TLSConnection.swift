@@ -43,7 +43,11 @@ final class TLSConnection {
     /// (which happens on the channel's loop).
     fileprivate lazy var threadBuffers = TLSThreadBuffers.current
 
-    init(context: TLSContext, serverName: String? = nil, verifyHostnames: [String] = [], sessionSlot: TLSSessionSlot? = nil) throws {
+    /// `verifyHostnames`: on a client connection whose context verifies, the names of which
+    /// the peer's certificate must hold one (each checked on its own, see `PeerNameCheck`);
+    /// `allowCommonName` lets a certificate without subject alternative names match by its CN.
+    init(context: TLSContext, serverName: String? = nil, verifyHostnames: [String] = [], allowCommonName: Bool = false,
+         sessionSlot: TLSSessionSlot? = nil) throws {
         ERR_clear_error()
         guard let ssl = SSL_new(context.pointer) else {
             throw TLSError.configuration("SSL_new failed: \(openSSLErrorQueueDescription())")
@@ -70,15 +74,10 @@ final class TLSConnection {
                 sessionSlot.apply(to: ssl)
             }
             self.expectedNames = verifyHostnames
-            for (index, name) in verifyHostnames.enumerated() {
-                if isIPAddress(name) {
-                    let param = SSL_get0_param(ssl)
-                    _ = X509_VERIFY_PARAM_set1_ip_asc(param, name)
-                } else if index == 0 {
-                    _ = SSL_set1_host(ssl, name)
-                } else {
-                    _ = SSL_add1_host(ssl, name)
-                }
+            self.allowCommonName = allowCommonName
+            if !verifyHostnames.isEmpty, SSL_CTX_get_verify_mode(context.pointer) & SSL_VERIFY_PEER != 0 {
+                OwnedExData.replace(PeerNameCheck(names: verifyHostnames, allowCommonName: allowCommonName), on: ssl, index: OwnedExData.peerNames)
+                SSL_set_verify(ssl, SSL_VERIFY_PEER, serverNameVerifyCallback)
             }
         }
     }
@@ -200,6 +199,9 @@ final class TLSConnection {
     }
 
     private var expectedNames: [String] = []
+    private var allowCommonName = false
+    /// Why the last handshake of a client connection failed, for metrics.
+    private(set) var upstreamFailure: UpstreamHandshakeFailure?
 
     /// Subject and names of the certificate the peer sent, for refusal logs.
     private var peerSubject: String {
@@ -261,18 +263,49 @@ final class TLSConnection {
             reason = "unrecognized server name \(name) refused (strict_sni)"
         }
         if !self.context.isServer {
-            let verify = SSL_get_verify_result(self.ssl)
-            if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
-                reason = "certificate verify failed: \(String(cString: text))"
-                if verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH {
-                    reason += " (expected \(self.expectedNames.joined(separator: " or ")); the certificate holds \(self.peerNames))"
-                }
-            } else if reason.contains("alert certificate required") || reason.contains("alert bad certificate")
-                        || reason.contains("alert unknown ca") || reason.contains("alert certificate unknown") {
-                reason = "the upstream refused our client certificate (\(reason))"
-            }
+            reason = self.upstreamReason(reason)
         }
         return reason
+    }
+
+    /// An upstream handshake failure, said with what was offered and checked: the
+    /// versions, whether a client certificate was asked for and sent, the names each
+    /// checked against the certificate's subject alternative names.
+    private func upstreamReason(_ openSSLReason: String) -> String {
+        let verify = SSL_get_verify_result(self.ssl)
+        if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
+            self.upstreamFailure = .classify(verifyResult: verify)
+            var reason = "certificate verify failed: \(String(cString: text))"
+            if verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH {
+                let checked = self.allowCommonName ? "subject alternative names (or CN, allow_common_name)" : "subject alternative names"
+                reason += " (checked \(self.expectedNames.joined(separator: ", then ")) against the certificate's \(checked); it holds \(self.peerNames))"
+            }
+            return reason
+        }
+        let requested = SSL_get_ex_data(self.ssl, certificateRequestedIndex) != nil
+        let sent = SSL_get_certificate(self.ssl) != nil
+        let offered = self.context.offeredVersions
+        let alert = openSSLReason.contains("alert")
+        // "alert protocol version" from the upstream, or "unsupported protocol" here (it chose a version we do not offer).
+        if openSSLReason.contains("protocol version") || openSSLReason.contains("unsupported protocol") {
+            self.upstreamFailure = .protocolVersion
+            return "the upstream accepts none of the TLS versions offered (\(offered); min_version sets the lowest) (\(openSSLReason))"
+        }
+        if requested && !sent && alert {
+            self.upstreamFailure = .clientCertificateRequired
+            return "the upstream requires a client certificate and none is configured (client_certificate) (\(openSSLReason); offered \(offered))"
+        }
+        if requested && sent && alert {
+            self.upstreamFailure = .clientCertificateRefused
+            return "the upstream refused our client certificate (\(openSSLReason); offered \(offered))"
+        }
+        if alert {
+            self.upstreamFailure = .handshakeFailure
+            let asked = requested ? "a client certificate was requested" : "no client certificate was requested"
+            return "the upstream refused the handshake (\(openSSLReason); offered \(offered); \(asked))"
+        }
+        self.upstreamFailure = .other
+        return openSSLReason
     }
 }
 

@@ -84,11 +84,14 @@ public final class TLSContext: @unchecked Sendable {
     let isServer: Bool
     /// Certificate and key installed in the context (server contexts only).
     public let certificateChain: [X509Certificate]
+    /// The versions a client context offers, for handshake failure reasons.
+    let offeredVersions: String
 
-    private init(pointer: OpaquePointer, isServer: Bool, chain: [X509Certificate]) {
+    private init(pointer: OpaquePointer, isServer: Bool, chain: [X509Certificate], offeredVersions: String = "") {
         self.pointer = pointer
         self.isServer = isServer
         self.certificateChain = chain
+        self.offeredVersions = offeredVersions
     }
 
     deinit {
@@ -282,7 +285,10 @@ public final class TLSContext: @unchecked Sendable {
                 let wire = ALPNWireFormat.encode(configuration.alpnProtocols)
                 _ = SSL_CTX_set_alpn_protos(ctx, wire, UInt32(wire.count))
             }
-            return TLSContext(pointer: ctx, isServer: false, chain: configuration.clientChain ?? [])
+            // Notes whether the upstream asked for a client certificate (see `upstreamReason`).
+            SSL_CTX_set_cert_cb(ctx, certificateRequestCallback, nil)
+            let offered = configuration.minimumVersion == .tls13 ? "TLSv1.3 only" : "TLSv1.2 and TLSv1.3"
+            return TLSContext(pointer: ctx, isServer: false, chain: configuration.clientChain ?? [], offeredVersions: offered)
         } catch {
             SSL_CTX_free(ctx)
             throw error

@@ -21,10 +21,14 @@ public struct TLSError: Error, Hashable, CustomStringConvertible, Sendable {
     let kind: Kind
     /// OpenSSL's reason (or ours), fit for a log line.
     public let reason: String
+    /// Why an upstream handshake failed, for metrics; nil on server connections and
+    /// for failures after the handshake.
+    public let upstreamFailure: UpstreamHandshakeFailure?
 
-    init(_ kind: Kind, _ reason: String) {
+    init(_ kind: Kind, _ reason: String, upstreamFailure: UpstreamHandshakeFailure? = nil) {
         self.kind = kind
         self.reason = reason
+        self.upstreamFailure = upstreamFailure
     }
 
     public static func handshakeFailed(_ reason: String) -> TLSError { TLSError(.handshakeFailed, reason) }

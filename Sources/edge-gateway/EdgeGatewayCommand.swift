@@ -109,6 +109,10 @@ struct Check: AsyncParsableCommand {
         let logger = Logger(label: "edge-gateway")
         do {
             let gateway = try loadGateway(configPath: self.config, logger: logger)
+            if !gateway.checkFailures.isEmpty {
+                for failure in gateway.checkFailures { writeStandardError("error: \(failure)\n") }
+                throw ExitCode(1)
+            }
             print("configuration \(self.config) is valid: \(gateway.config.listeners.count) listener(s), \(gateway.config.upstreams.count) upstream(s), \(gateway.config.routes.count) route(s)")
         } catch let problems as ConfigProblems {
             for problem in problems.problems {
@@ -167,22 +171,29 @@ struct Certs: AsyncParsableCommand {
         var sources: [CertificateSource] = []
         var trust: String? = nil
         var policy = ExpiryPolicy()
+        var clientCertificates: [(source: CertificateSource, caFile: String?)] = []
         if let config = self.config {
             do {
-                (sources, trust, policy) = try CertsInspection.sources(configPath: config)
+                (sources, trust, policy, clientCertificates) = try CertsInspection.sources(configPath: config)
             } catch {
                 writeStandardError("error: \(error)\n")
                 throw ExitCode(2)
             }
         }
         sources += self.directories.map { CertsInspection.source(forDirectory: $0) }
-        guard !sources.isEmpty else {
-            writeStandardError("error: name a configuration file (-c FILE) or certificate directories\n")
+        guard !sources.isEmpty || !clientCertificates.isEmpty else {
+            writeStandardError(self.config.map { "error: \($0) names no certificates (no certificates, listener tls or upstream client_certificate)\n" }
+                               ?? "error: name a configuration file (-c FILE) or certificate directories\n")
             throw ExitCode(2)
         }
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
-        let entries = CertificateInspector.inspect(sources: sources, trustCAFile: trust, policy: policy, now: Int64(now.tv_sec))
+        var entries = CertificateInspector.inspect(sources: sources, trustCAFile: trust, policy: policy, now: Int64(now.tv_sec))
+        for client in clientCertificates {
+            // Upstream client certificates expire too; their chain is checked only against client_ca_file.
+            entries += CertificateInspector.inspect(sources: [client.source], trustCAFile: nil, chainCheck: .clientCertificate(caFile: client.caFile),
+                                                    policy: policy, now: Int64(now.tv_sec))
+        }
         writeStandardOutput(self.json ? CertsInspection.json(entries) : CertsInspection.table(entries, now: Int64(now.tv_sec)))
         let code = CertsInspection.exitCode(entries)
         if code != 0 { throw ExitCode(code) }

@@ -68,6 +68,27 @@ public final class TestPKI: @unchecked Sendable {
         return Leaf(certificate: leafPath, fullchain: "\(dir)/\(base).crt", key: "\(dir)/\(base).key", serial: serial)
     }
 
+    /// Issues a leaf with exactly `subjectAltNames` ("DNS:a.example", "IP:127.0.0.1"; none
+    /// gives a certificate without the extension, named only by its CN).
+    public func issue(subjectAltNames: [String], commonName: String, into directory: String, name: String, days: Int = 30) throws -> Leaf {
+        self.counter += 1
+        let work = self.directory.path
+        let san = subjectAltNames.isEmpty ? "" : "subjectAltName=\(subjectAltNames.joined(separator: ","))\\n"
+        try Self.sh("""
+            cd '\(work)'
+            openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out '\(directory)/\(name).key'
+            openssl req -new -key '\(directory)/\(name).key' -subj '/CN=\(commonName)' -out 'named\(self.counter).csr'
+            printf '\(san)basicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth,clientAuth\\n' > 'named\(self.counter).ext'
+            openssl x509 -req -in 'named\(self.counter).csr' -CA intermediate.pem -CAkey intermediate.key -CAcreateserial -days \(days) -sha256 \\
+              -extfile 'named\(self.counter).ext' -out 'named\(self.counter).leaf.pem'
+            cat 'named\(self.counter).leaf.pem' intermediate.pem > '\(directory)/\(name).crt'
+            """)
+        let leafPath = "\(work)/named\(self.counter).leaf.pem"
+        let serial = try Shell.run(["openssl", "x509", "-in", leafPath, "-noout", "-serial"]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines).replacingOccurrences(of: "serial=", with: "")
+        return Leaf(certificate: leafPath, fullchain: "\(directory)/\(name).crt", key: "\(directory)/\(name).key", serial: serial)
+    }
+
     /// `YYYYMMDDHHMMSSZ` for a Unix time.
     public static func asn1Time(_ seconds: Int64) -> String {
         var t = time_t(seconds)

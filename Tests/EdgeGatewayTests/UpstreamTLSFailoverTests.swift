@@ -1,0 +1,407 @@
+import EdgeGateway
+import EdgeProxy
+import EdgeTLS
+import EdgeTestSupport
+import Foundation
+import NIOPosix
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Upstream TLS (#35): a failed handshake fails over and shows; every accepted name is
+/// accepted on its own; client certificates are checked as what they are. Against real
+/// TLS upstreams: Python `ssl` servers (`Tests/tools/tls_upstream.py`) and nginx.
+final class UpstreamTLSFailoverTests: XCTestCase {
+    static let pki = try! TestPKI()
+
+    /// Python HTTPS upstreams, one per spec (`port=P,cert=...,key=...[,max=1.2][,client_ca=...]`),
+    /// in one process; returns it and the file each handshake's SNI is logged to.
+    func upstreams(_ specs: [String], dir: TemporaryDirectory) throws -> (process: Process, sniLog: String) {
+        let sniLog = dir.file("sni.log")
+        FileManager.default.createFile(atPath: sniLog, contents: nil)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [repositoryRoot() + "/Tests/tools/tls_upstream.py", sniLog] + specs
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        for spec in specs {
+            let port = Int(spec.split(separator: ",")[0].dropFirst("port=".count))!
+            XCTAssertTrue(GatewayProcess.Probe.wait(port: port, timeout: 10) { process.isRunning }, "upstream \(spec) did not start")
+        }
+        return (process, sniLog)
+    }
+
+    func spec(_ port: Int, _ leaf: TestPKI.Leaf, _ extra: String = "") -> String {
+        "port=\(port),cert=\(leaf.fullchain),key=\(leaf.key)" + (extra.isEmpty ? "" : "," + extra)
+    }
+
+    func start(_ yaml: String, dir: TemporaryDirectory, logs: LogCapture) async throws -> (Gateway, MultiThreadedEventLoopGroup, http: Int, admin: Int) {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let gateway = try Gateway.prepare(config: try GatewayConfig.parse(yaml: yaml), baseDirectory: dir.path, logger: logs.logger())
+        try await gateway.start(group: group)
+        return (gateway, group, gateway.boundPort(listener: "http")!, gateway.adminPort!)
+    }
+
+    func stop(_ gateway: Gateway, _ group: MultiThreadedEventLoopGroup) async throws {
+        await gateway.shutdown(grace: .seconds(1))
+        try await group.shutdownGracefully()
+    }
+
+    /// curl, which never retries: (status, body).
+    func fetch(_ port: Int, _ path: String = "/", host: String? = nil, post: Bool = false) throws -> (code: String, body: String) {
+        var arguments = ["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}"]
+        if let host { arguments += ["-H", "Host: \(host)"] }
+        if post { arguments += ["-d", "payload"] }
+        let result = try Shell.run(arguments + ["http://127.0.0.1:\(port)\(path)"])
+        let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+        return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"))
+    }
+
+    func json(_ port: Int, _ path: String) throws -> [String: Any] {
+        let body = try fetch(port, path).body
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any], body)
+    }
+
+    func backends(_ admin: Int, upstream: String) throws -> [[String: Any]] {
+        let groups = try XCTUnwrap(try json(admin, "/status/upstreams")["upstreams"] as? [[String: Any]])
+        let group = try XCTUnwrap(groups.first { $0["name"] as? String == upstream })
+        return try XCTUnwrap(group["backends"] as? [[String: Any]])
+    }
+
+    /// Backends [expired certificate, valid]: before, every other request was a 502 and the
+    /// broken backend showed "up" with no error. Now every request (GET and POST, from a
+    /// client that never retries) is answered by the valid one, and the broken one shows
+    /// why, is counted by reason and is ejected.
+    func testAFailedHandshakeMovesOnCountsAndEjects() async throws {
+        let dir = TemporaryDirectory()
+        let now = Int64(Date().timeIntervalSince1970)
+        let expired = try Self.pki.issue(["app.internal"], notBefore: now - 90 * 86400, notAfter: now - 86400, into: dir.path, name: "expired")
+        let valid = try Self.pki.issue(["app.internal"], into: dir.path, name: "valid")
+        let (broken, good) = (freePort(), freePort())
+        let (python, _) = try upstreams([spec(broken, expired), spec(good, valid)], dir: dir)
+        defer { RequestHardeningTests.stop(python) }
+        let logs = LogCapture()
+        let (gateway, group, http, admin) = try await start("""
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              app:
+                backends: ["127.0.0.1:\(broken)", "127.0.0.1:\(good)"]
+                tls: { sni: app.internal, ca_file: \(Self.pki.caPath) }
+                passive_health: { max_fails: 3, fail_timeout: 60s }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: logs)
+
+        var failed = 0
+        for index in 0..<20 {
+            let answer = try fetch(http, "/", post: index % 2 == 1)
+            if answer.code != "200" { failed += 1 }
+            XCTAssertTrue(answer.code != "200" || answer.body.contains("port=\(good)"), answer.body)
+        }
+        XCTAssertEqual(failed, 0, "requests failed with one broken-certificate backend out of two\n" + logs.all.suffix(8).joined(separator: "\n"))
+
+        let states = try backends(admin, upstream: "app")
+        let bad = try XCTUnwrap(states.first { ($0["address"] as? String) == "127.0.0.1:\(broken)" })
+        XCTAssertEqual(bad["health"] as? String, "ejected", "\(bad)")
+        XCTAssertTrue((bad["last_error"] as? String ?? "").contains("certificate has expired"), "\(bad)")
+        XCTAssertGreaterThanOrEqual(bad["connect_failures"] as? Int ?? 0, 3, "\(bad)")
+        let byReason = try XCTUnwrap(bad["tls_handshake_failures"] as? [String: Int], "\(bad)")
+        XCTAssertGreaterThanOrEqual(byReason["certificate_expired"] ?? 0, 3, "\(bad)")
+        let metrics = try fetch(admin, "/metrics").body
+        XCTAssertTrue(metrics.contains("edge_upstream_tls_handshake_failures_total{upstream=\"app\",backend=\"127.0.0.1:\(broken)\",reason=\"certificate_expired\"}"),
+                      metrics.split(separator: "\n").filter { $0.contains("handshake") }.joined(separator: "\n"))
+        XCTAssertTrue(logs.all.contains { $0.contains("trying another backend") && $0.contains("certificate has expired") })
+        XCTAssertTrue(logs.all.contains { $0.contains("backend ejected") && $0.contains("127.0.0.1:\(broken)") })
+        try await stop(gateway, group)
+    }
+
+    /// Each name of `sni` and `alternative_cn` is accepted on its own, DNS or IP, and the CN
+    /// of a certificate without subject alternative names only with `allow_common_name`.
+    func testEveryAcceptedNameIsAcceptedOnItsOwn() async throws {
+        let dir = TemporaryDirectory()
+        let dnsOnly = try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "dns")
+        let ipOnly = try Self.pki.issue(subjectAltNames: ["IP:127.0.0.1"], commonName: "ip", into: dir.path, name: "ip")
+        let cnOnly = try Self.pki.issue(subjectAltNames: [], commonName: "app.internal", into: dir.path, name: "cn")
+        let (dnsPort, ipPort, cnPort) = (freePort(), freePort(), freePort())
+        let (python, sniLog) = try upstreams([spec(dnsPort, dnsOnly), spec(ipPort, ipOnly), spec(cnPort, cnOnly)], dir: dir)
+        defer { RequestHardeningTests.stop(python) }
+        let cases: [(name: String, port: Int, tls: String, accepted: Bool)] = [
+            ("ip-then-dns", dnsPort, "sni: 127.0.0.1, alternative_cn: app.internal", true),
+            ("dns-then-ip", dnsPort, "sni: app.internal, alternative_cn: 127.0.0.1", true),
+            ("dns-then-ip-on-ip", ipPort, "sni: app.internal, alternative_cn: 127.0.0.1", true),
+            ("two-ips", ipPort, "sni: 127.0.0.1, alternative_cn: \"::1\"", true),
+            ("two-ips-reversed", ipPort, "sni: \"::1\", alternative_cn: 127.0.0.1", true),
+            ("a-list", dnsPort, "sni: other.internal, alternative_cn: [\"::1\", app.internal]", true),
+            ("none-match", ipPort, "sni: app.internal, alternative_cn: other.internal", false),
+            ("cn-only", cnPort, "sni: app.internal", false),
+            ("cn-allowed", cnPort, "sni: app.internal, allow_common_name: true", true),
+        ]
+        let upstreamsYAML = cases.map {
+            "  \($0.name): { backends: [\"127.0.0.1:\($0.port)\"], tls: { \($0.tls), ca_file: \(Self.pki.caPath) } }"
+        }.joined(separator: "\n")
+        let routes = cases.map { "  - { host: \($0.name).test, upstream: \($0.name) }" }.joined(separator: "\n")
+        let logs = LogCapture()
+        let (gateway, group, http, _) = try await start("""
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+            \(upstreamsYAML)
+            routes:
+            \(routes)
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: logs)
+        for item in cases {
+            let answer = try fetch(http, "/", host: "\(item.name).test")
+            XCTAssertEqual(answer.code, item.accepted ? "200" : "502", "\(item.name): \(answer.body)")
+        }
+        XCTAssertTrue(logs.all.contains {
+            $0.contains("hostname mismatch (checked app.internal, then other.internal against the certificate's subject alternative names; it holds 127.0.0.1)")
+        }, logs.all.filter { $0.contains("mismatch") }.joined(separator: "\n"))
+        XCTAssertTrue(logs.all.contains { $0.contains("it holds no subject alternative names (CN app.internal)") },
+                      logs.all.filter { $0.contains("mismatch") }.joined(separator: "\n"))
+        XCTAssertTrue(logs.all.contains { $0.contains("accepted by their CN") && $0.contains("cn-allowed") })
+        // An IP literal is never sent as SNI; a DNS name is.
+        let seen = try String(contentsOfFile: sniLog, encoding: .utf8)
+        XCTAssertTrue(seen.contains("\(dnsPort) -"), seen)
+        XCTAssertTrue(seen.contains("\(dnsPort) app.internal"), seen)
+        try await stop(gateway, group)
+    }
+
+    /// Without `sni`, each backend gets its own host as SNI and must hold it (or an
+    /// alternative_cn name), as the README says; before, several hosts sent no SNI at all.
+    func testEachBackendGetsItsOwnHostAsSNI() async throws {
+        let dir = TemporaryDirectory()
+        let local = try Self.pki.issue(subjectAltNames: ["DNS:localhost"], commonName: "localhost", into: dir.path, name: "local")
+        let service = try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "service")
+        let (a, b) = (freePort(), freePort())
+        let (python, sniLog) = try upstreams([spec(a, local), spec(b, service)], dir: dir)
+        defer { RequestHardeningTests.stop(python) }
+        let logs = LogCapture()
+        let (gateway, group, http, _) = try await start("""
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              app:
+                backends: ["localhost:\(a)", "127.0.0.1:\(b)"]
+                tls: { alternative_cn: app.internal, ca_file: \(Self.pki.caPath) }
+                passive_health: { max_fails: 0 }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: logs)
+        var answeredBy: Set<String> = []
+        for _ in 0..<4 {
+            let answer = try fetch(http)
+            XCTAssertEqual(answer.code, "200", answer.body)
+            answeredBy.insert(String(answer.body.split(separator: " ")[0]))
+        }
+        XCTAssertEqual(answeredBy, ["port=\(a)", "port=\(b)"])
+        let seen = try String(contentsOfFile: sniLog, encoding: .utf8)
+        XCTAssertTrue(seen.contains("\(a) localhost"), seen)
+        XCTAssertTrue(seen.contains("\(b) -"), seen)
+        try await stop(gateway, group)
+    }
+
+    /// Backends `localhost:P` and `127.0.0.1:P` are two entries with their own pool and
+    /// figures; before, they shared one idle stack and showed 2 and -1 idle connections.
+    func testTwoEntriesOnOneAddressKeepTheirOwnFigures() async throws {
+        let dir = TemporaryDirectory()
+        let upstream = try DemoUpstreamProcess()
+        defer { upstream.stop() }
+        let logs = LogCapture()
+        let (gateway, group, http, admin) = try await start("""
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              app:
+                backends: ["localhost:\(upstream.port)", "127.0.0.1:\(upstream.port)"]
+                timeouts: { idle: 1s }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: logs)
+        for _ in 0..<4 { XCTAssertEqual(try fetch(http).code, "200") }
+        var states = try backends(admin, upstream: "app")
+        XCTAssertEqual(states.map { $0["requests"] as? Int }, [2, 2], "\(states)")
+        XCTAssertEqual(states.map { $0["connections_opened"] as? Int }, [1, 1], "\(states)")
+        XCTAssertEqual(states.map { $0["idle_connections"] as? Int }, [1, 1], "\(states)")
+        XCTAssertTrue(eventually(timeout: 10) {
+            states = (try? self.backends(admin, upstream: "app")) ?? []
+            return states.map { $0["idle_connections"] as? Int } == [0, 0]
+        }, "\(states)")
+        try await stop(gateway, group)
+    }
+
+    /// A client certificate from a private CA is "not checked" without client_ca_file (no
+    /// false broken-chain alarm), verified with one, and shown on /status/upstreams; nginx
+    /// with ssl_verify_client sees it.
+    func testClientCertificatesAreCheckedOnlyAgainstTheirCA() async throws {
+        let dir = TemporaryDirectory()
+        let server = try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "server")
+        let client = try Self.pki.issue(subjectAltNames: ["DNS:gateway.client"], commonName: "gateway.client", into: dir.path, name: "client")
+        let nginxPort = freePort()
+        let nginx = try NginxUpstream(directory: dir, port: nginxPort, certificate: server.fullchain, key: server.key, clientCA: Self.pki.caPath)
+        defer { nginx.stop() }
+        let otherPKI = try TestPKI()
+        for (caFile, expected) in [(nil, "null"), (Self.pki.caPath, "true"), (otherPKI.caPath, "false")] as [(String?, String)] {
+            let logs = LogCapture()
+            let ca = caFile.map { ", client_ca_file: \($0)" } ?? ""
+            let (gateway, group, http, admin) = try await start("""
+                listeners: [ { name: http, address: "127.0.0.1:0" } ]
+                upstreams:
+                  app:
+                    backends: ["127.0.0.1:\(nginxPort)"]
+                    tls: { sni: app.internal, ca_file: \(Self.pki.caPath), client_certificate: \(client.fullchain), client_key: \(client.key)\(ca) }
+                routes: [ { upstream: app } ]
+                admin: { address: "127.0.0.1:0" }
+                """, dir: dir, logs: logs)
+            let answer = try fetch(http)
+            XCTAssertEqual(answer.code, "200", answer.body)
+            XCTAssertTrue(answer.body.contains("client=CN=gateway.client") && answer.body.contains("sni=app.internal"), answer.body)
+            let certificates = try XCTUnwrap(try json(admin, "/status/certificates")["certificates"] as? [[String: Any]])
+            let entry = try XCTUnwrap(certificates.first { $0["name"] as? String == "upstream-app-client" })
+            let valid = entry["chain_valid"]
+            XCTAssertEqual(valid is NSNull ? "null" : "\((valid as? Bool) ?? false)", expected, "\(caFile ?? "none"): \(entry)")
+            XCTAssertEqual(entry["chain_checked"] as? Bool, caFile != nil)
+            let metrics = try fetch(admin, "/metrics").body
+            XCTAssertEqual(metrics.contains("edge_certificate_chain_valid{name=\"upstream-app-client\"}"), caFile != nil)
+            if caFile == nil { XCTAssertFalse(metrics.contains("edge_certificate_chain_valid{name=\"upstream-app-client\"} 0")) }
+            let groups = try XCTUnwrap(try json(admin, "/status/upstreams")["upstreams"] as? [[String: Any]])
+            let shown = try XCTUnwrap(groups.first?["client_certificate"] as? [String: Any])
+            let fingerprint = try Shell.run(["openssl", "x509", "-in", client.certificate, "-noout", "-fingerprint", "-sha256"]).stdout
+            XCTAssertTrue(fingerprint.contains(shown["sha256_fingerprint"] as? String ?? "?"), "\(shown) vs \(fingerprint)")
+            XCTAssertNotNil(shown["not_after"] as? Int)
+            try await stop(gateway, group)
+        }
+        withExtendedLifetime(otherPKI) {}
+    }
+
+    /// An expired client certificate fails `check` (it passed before) and shows in
+    /// `certs -c` (which ignored client certificates, or said no -c was given).
+    func testExpiredClientCertificatesFailCheckAndShowInCerts() throws {
+        let dir = TemporaryDirectory()
+        let now = Int64(Date().timeIntervalSince1970)
+        let expired = try Self.pki.issue(["gateway.client"], notBefore: now - 90 * 86400, notAfter: now - 86400, into: dir.path, name: "client")
+        try dir.write("config.yaml", """
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              app:
+                backends: ["127.0.0.1:9"]
+                tls: { sni: app.internal, client_certificate: \(expired.fullchain), client_key: \(expired.key) }
+            routes: [ { upstream: app } ]
+            """)
+        let check = try Shell.run([gatewayBinary(), "check", "-c", dir.file("config.yaml")])
+        XCTAssertEqual(check.status, 1, check.stdout + check.stderr)
+        XCTAssertTrue(check.stderr.contains("upstreams.app.tls.client_certificate: \(expired.fullchain) expired on"), check.stderr)
+        let certs = try Shell.run([gatewayBinary(), "certs", "-c", dir.file("config.yaml")])
+        XCTAssertEqual(certs.status, 2, certs.stdout + certs.stderr)
+        XCTAssertTrue(certs.stdout.contains("upstream-app-client") && certs.stdout.contains("EXPIRED") && certs.stdout.contains("not checked"), certs.stdout)
+    }
+
+    /// What was offered and refused: a TLS 1.2 upstream that requires a client certificate,
+    /// and one that speaks no version we offer.
+    func testRefusalsSayWhatWasOfferedAndRefused() async throws {
+        let dir = TemporaryDirectory()
+        let leaf = try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "server")
+        let (mtls, old) = (freePort(), freePort())
+        let (python, _) = try upstreams([spec(mtls, leaf, "max=1.2,client_ca=\(Self.pki.caPath)"), spec(old, leaf, "max=1.2")], dir: dir)
+        defer { RequestHardeningTests.stop(python) }
+        let logs = LogCapture()
+        let (gateway, group, http, admin) = try await start("""
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              mtls: { backends: ["127.0.0.1:\(mtls)"], tls: { sni: app.internal, ca_file: \(Self.pki.caPath) } }
+              old: { backends: ["127.0.0.1:\(old)"], tls: { sni: app.internal, ca_file: \(Self.pki.caPath), min_version: TLSv1.3 } }
+            routes: [ { host: mtls.test, upstream: mtls }, { host: old.test, upstream: old } ]
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: logs)
+        XCTAssertEqual(try fetch(http, host: "mtls.test").code, "502")
+        XCTAssertEqual(try fetch(http, host: "old.test").code, "502")
+        let lines = logs.all.filter { $0.contains("upstream request failed") }.joined(separator: "\n")
+        XCTAssertTrue(lines.contains("the upstream requires a client certificate and none is configured") && lines.contains("offered TLSv1.2 and TLSv1.3"), lines)
+        XCTAssertTrue(lines.contains("the upstream accepts none of the TLS versions offered (TLSv1.3 only"), lines)
+        let mtlsState = try XCTUnwrap(try backends(admin, upstream: "mtls").first)
+        XCTAssertEqual((mtlsState["tls_handshake_failures"] as? [String: Int])?["client_certificate_required"], 1, "\(mtlsState)")
+        let oldState = try XCTUnwrap(try backends(admin, upstream: "old").first)
+        XCTAssertEqual((oldState["tls_handshake_failures"] as? [String: Int])?["protocol_version"], 1, "\(oldState)")
+        try await stop(gateway, group)
+    }
+}
+
+/// nginx from Debian as an HTTPS upstream that requires client certificates
+/// (`ssl_verify_client on`) and answers with the SNI and client subject it saw.
+final class NginxUpstream {
+    private let process = Process()
+
+    init(directory: TemporaryDirectory, port: Int, certificate: String, key: String, clientCA: String) throws {
+        let work = directory.file("nginx")
+        try FileManager.default.createDirectory(atPath: work + "/logs", withIntermediateDirectories: true)
+        try directory.write("nginx/nginx.conf", """
+            daemon off;
+            master_process off;
+            worker_processes 1;
+            pid \(work)/nginx.pid;
+            error_log \(work)/logs/error.log warn;
+            events { worker_connections 64; }
+            http {
+              access_log off;
+              client_body_temp_path \(work)/body;
+              proxy_temp_path \(work)/proxy;
+              fastcgi_temp_path \(work)/fastcgi;
+              uwsgi_temp_path \(work)/uwsgi;
+              scgi_temp_path \(work)/scgi;
+              server {
+                listen 127.0.0.1:\(port) ssl;
+                ssl_certificate \(certificate);
+                ssl_certificate_key \(key);
+                ssl_client_certificate \(clientCA);
+                ssl_verify_client on;
+                location / { return 200 "sni=$ssl_server_name client=$ssl_client_s_dn"; }
+              }
+            }
+            """)
+        self.process.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
+        self.process.arguments = ["-c", work + "/nginx.conf", "-p", work]
+        self.process.standardOutput = FileHandle.nullDevice
+        self.process.standardError = FileHandle.nullDevice
+        try self.process.run()
+        guard GatewayProcess.Probe.wait(port: port, timeout: 10, alive: { self.process.isRunning }) else {
+            let log = (try? String(contentsOfFile: work + "/logs/error.log", encoding: .utf8)) ?? ""
+            self.stop()
+            throw NSError(domain: "nginx", code: 1, userInfo: [NSLocalizedDescriptionKey: "nginx did not start: \(log)"])
+        }
+    }
+
+    func stop() {
+        guard self.process.isRunning else { return }
+        kill(self.process.processIdentifier, SIGKILL)
+        self.process.waitUntilExit()
+    }
+}
+
+/// The names sent and accepted per backend, without sockets.
+final class UpstreamNamesTests: XCTestCase {
+    func tls(sni: String?, alternatives: [String] = [], verifies: Bool = true) throws -> UpstreamTLS {
+        UpstreamTLS(context: try TLSContext.client(configuration: TLSClientConfiguration()), serverName: sni,
+                    alternativeNames: alternatives, verifiesNames: verifies)
+    }
+
+    func testSNIAndAcceptedNamesPerBackend() throws {
+        let host = try Backend(host: "localhost", port: 443)
+        let address = try Backend(host: "127.0.0.1", port: 443)
+        let v6 = try Backend(host: "::1", port: 443)
+        // Without sni: each backend's own host, never an IP literal as SNI.
+        let plain = try tls(sni: nil, alternatives: ["app.internal"])
+        XCTAssertEqual(plain.serverName(for: host), "localhost")
+        XCTAssertNil(plain.serverName(for: address))
+        XCTAssertNil(plain.serverName(for: v6))
+        XCTAssertEqual(plain.verifyNames(for: host), ["localhost", "app.internal"])
+        XCTAssertEqual(plain.verifyNames(for: address), ["127.0.0.1", "app.internal"])
+        // With sni: sent to every backend and accepted first; "" sends none.
+        let named = try tls(sni: "app.internal", alternatives: ["127.0.0.1", "app.internal"])
+        XCTAssertEqual(named.serverName(for: address), "app.internal")
+        XCTAssertEqual(named.verifyNames(for: host), ["app.internal", "127.0.0.1"])
+        let none = try tls(sni: "")
+        XCTAssertNil(none.serverName(for: host))
+        XCTAssertEqual(none.verifyNames(for: host), ["localhost"], "an empty sni never turns the name check off")
+        XCTAssertEqual(try tls(sni: "app.internal", verifies: false).verifyNames(for: host), [])
+    }
+}
