@@ -688,8 +688,8 @@ public final class Gateway: Sendable {
         }
     }
 
-    /// An expired (or not yet valid) upstream client certificate is logged as an error
-    /// and returned for `check` to fail on: every handshake that asks for it fails.
+    /// An expired (or not yet valid) upstream client certificate is returned for `check` to
+    /// fail on and `start` to log: every handshake that asks for it fails.
     /// One in its warning window is logged as a warning.
     private static func checkClientCertificateDates(_ lineage: LoadedLineage, path: String, expiry: ExpiryPolicy, logger: Logger) -> String? {
         let now = Int64(currentTime())
@@ -706,7 +706,6 @@ public final class Gateway: Sendable {
         case .ok:
             break
         }
-        if let failure { logger.error("upstream client certificate unusable: \(failure)") }
         return failure
     }
 }

@@ -68,6 +68,8 @@ extension Gateway {
     /// accepting, and this one serves on duplicates of its listening sockets (matched by
     /// address) before the caller shuts it down, so no connection is refused in between.
     public func start(group: EventLoopGroup, replacing previous: Gateway? = nil) async throws {
+        // What fails `check` is served around: logged here, so that `check` says it once.
+        for failure in self.checkFailures { self.logger.error("upstream client certificate unusable: \(failure)") }
         // Applying the plan: the access log is opened now, not when the file was validated.
         var accessLog: AccessLogFile?
         if let plan = self.accessLogPlan {

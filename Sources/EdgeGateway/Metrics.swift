@@ -126,12 +126,17 @@ final class GatewayMetrics: Sendable {
         return self.registry.emitToString()
     }
 
-    private let upstreamSeen = NIOLockedValueBox<[String: Int]>([:])
+    /// The totals already added to each counter, per backend entry: a reload gives an
+    /// entry new (zeroed) figures, which add from zero again instead of waiting to pass the
+    /// old entry's. The entry is held so that its identity is not reused while it is a key.
+    private let upstreamSeen = NIOLockedValueBox<[ObjectIdentifier: (state: BackendState, totals: [String: Int])]>([:])
 
     /// Upstream gauges, and counters advanced to the backends' atomic totals.
     private func refreshUpstreams(_ groups: [UpstreamGroup]) {
+        var current = Set<ObjectIdentifier>()
         for group in groups {
             for (backend, state) in zip(group.backends, group.states) {
+                current.insert(ObjectIdentifier(state))
                 let labels = [("upstream", group.name), ("backend", backend.description)]
                 self.gauge("edge_upstream_backend_up", labels, help: "1 when the backend takes requests (health check passing, not ejected).")
                     .set(to: state.isAvailable() ? 1 : 0)
@@ -139,40 +144,34 @@ final class GatewayMetrics: Sendable {
                     .set(to: Double(state.active.load(ordering: .relaxed)))
                 self.gauge("edge_upstream_idle_connections", labels, help: "Idle keep-alive connections pooled for the backend.")
                     .set(to: Double(state.idleConnections.load(ordering: .relaxed)))
-                let totals: [(String, String, Int)] = [
-                    ("edge_upstream_requests_total", "Requests sent to the backend.", state.requests.load(ordering: .relaxed)),
-                    ("edge_upstream_connections_opened_total", "New connections opened to the backend (requests minus these were reused).", state.connectionsOpened.load(ordering: .relaxed)),
-                    ("edge_upstream_connect_failures_total", "Failed connects to the backend.", state.connectFailures.load(ordering: .relaxed)),
-                    ("edge_upstream_tls_resumed_total", "Upstream TLS handshakes that resumed a session.", state.tlsResumed.load(ordering: .relaxed)),
+                var totals: [(String, [(String, String)], String, Int)] = [
+                    ("edge_upstream_requests_total", labels, "Requests sent to the backend.", state.requests.load(ordering: .relaxed)),
+                    ("edge_upstream_connections_opened_total", labels, "New connections opened to the backend (requests minus these were reused).", state.connectionsOpened.load(ordering: .relaxed)),
+                    ("edge_upstream_connect_failures_total", labels, "Failed connects to the backend.", state.connectFailures.load(ordering: .relaxed)),
+                    ("edge_upstream_tls_resumed_total", labels, "Upstream TLS handshakes that resumed a session.", state.tlsResumed.load(ordering: .relaxed)),
                 ]
-                // Handshake failures by reason: a series appears with the first failure.
-                let handshakes = zip(UpstreamHandshakeFailure.allCases, state.tlsHandshakeFailures).map { reason, count in
-                    (reason.rawValue, count.load(ordering: .relaxed))
+                if group.tls != nil {
+                    // Every reason from zero, so that the first failure is an increase.
+                    for (reason, count) in zip(UpstreamHandshakeFailure.allCases, state.tlsHandshakeFailures) {
+                        totals.append(("edge_upstream_tls_handshake_failures_total", labels + [("reason", reason.rawValue)],
+                                       "Failed TLS handshakes with the backend, by reason (also counted as connect failures).",
+                                       count.load(ordering: .relaxed)))
+                    }
                 }
                 self.upstreamSeen.withLockedValue { seen in
-                    for (reason, total) in handshakes where total > 0 {
-                        let name = "edge_upstream_tls_handshake_failures_total"
-                        let reasonLabels = labels + [("reason", reason)]
-                        let key = metricKey(name, reasonLabels)
-                        if total > seen[key, default: 0] {
-                            self.counter(name, reasonLabels, help: "Failed TLS handshakes with the backend, by reason (also counted as connect failures).")
-                                .increment(by: Int64(total - seen[key, default: 0]))
-                            seen[key] = total
-                        }
+                    var entry = seen[ObjectIdentifier(state)] ?? (state, [:])
+                    for (name, series, help, total) in totals {
+                        let key = metricKey(name, series)
+                        if let added = entry.totals[key], total <= added { continue }
+                        let counter = self.counter(name, series, help: help)
+                        if total > entry.totals[key, default: 0] { counter.increment(by: Int64(total - entry.totals[key, default: 0])) }
+                        entry.totals[key] = total
                     }
-                    for (name, help, total) in totals {
-                        let key = metricKey(name, labels)
-                        if total > seen[key, default: 0] {
-                            self.counter(name, labels, help: help).increment(by: Int64(total - seen[key, default: 0]))
-                            seen[key] = total
-                        } else if seen[key] == nil {
-                            _ = self.counter(name, labels, help: help)
-                            seen[key] = 0
-                        }
-                    }
+                    seen[ObjectIdentifier(state)] = entry
                 }
             }
         }
+        self.upstreamSeen.withLockedValue { seen in seen = seen.filter { current.contains($0.key) } }
     }
 
     private func certificateGauge(_ name: String, _ labels: [(String, String)], help: String) -> Gauge {

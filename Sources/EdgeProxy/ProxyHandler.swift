@@ -740,27 +740,32 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                     self.failExchange(exchange, error: error)
                     return
                 }
-                let backend = group.backends[index].description
-                // A failed handshake is a failed connect (nginx counts it against the
-                // server too): the backend is not usable, whatever its TCP port says.
-                if let failure = upstream.tlsFailure { group.tlsHandshakeFailed(index, reason: failure) }
-                if group.backendFailed(index, reason: "\(error)") {
-                    self.logger.warning("backend ejected after consecutive connect failures", metadata: [
-                        "upstream": "\(group.name)", "backend": "\(backend)",
-                        "fail_timeout": "\(group.passive.failTimeout.nanoseconds / 1_000_000_000)s", "error": "\(error)",
-                    ])
-                }
-                // Connect failures move on to another backend, a bounded number of times.
-                exchange.tried.append(index)
-                exchange.leaveBackend()
-                if exchange.tried.count < group.maxConnectAttempts {
-                    self.logger.warning("upstream connect failed; trying another backend", metadata: ["upstream": "\(group.name)", "error": "\(error)"])
-                    self.connect(exchange)
-                    return
-                }
-                self.failExchange(exchange, error: error)
+                self.connectFailed(exchange, backend: index, error: upstream, mayRetry: true)
             }
         }
+    }
+
+    /// A connect to the exchange's backend failed: refused, timed out, or its TLS
+    /// handshake failed (nginx counts that against the server too: the backend is not
+    /// usable, whatever its TCP port says). Counted towards ejection, then the request
+    /// moves on to another backend, a bounded number of times, when `mayRetry`.
+    private func connectFailed(_ exchange: Exchange, backend index: Int, error: UpstreamError, mayRetry: Bool) {
+        let group = exchange.group
+        if let failure = error.tlsFailure { group.tlsHandshakeFailed(index, reason: failure) }
+        if group.backendFailed(index, reason: "\(error)") {
+            self.logger.warning("backend ejected after consecutive connect failures", metadata: [
+                "upstream": "\(group.name)", "backend": "\(group.backends[index].description)",
+                "fail_timeout": "\(group.passive.failTimeout.nanoseconds / 1_000_000_000)s", "error": "\(error)",
+            ])
+        }
+        exchange.tried.append(index)
+        exchange.leaveBackend()
+        if mayRetry, exchange.tried.count < group.maxConnectAttempts {
+            self.logger.warning("upstream connect failed; trying another backend", metadata: ["upstream": "\(group.name)", "error": "\(error)"])
+            self.connect(exchange)
+            return
+        }
+        self.failExchange(exchange, error: error)
     }
 
     private func attach(_ connection: UpstreamConnection, to exchange: Exchange) {
@@ -1124,6 +1129,14 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.stopReadTimer()
         exchange.connection = nil
         connection.close()
+        if !exchange.responseStarted, let upstream = error as? UpstreamError, upstream.kind == .tlsHandshake, let index = exchange.backendIndex {
+            // TLS 1.3: the upstream refused our client certificate after our side of the
+            // handshake ended; its alert is the first thing read. It read nothing of the
+            // request, so any request whose bytes are all held may go to another backend.
+            exchange.pending = exchange.replay ?? []
+            self.connectFailed(exchange, backend: index, error: upstream, mayRetry: exchange.replay != nil)
+            return
+        }
         if !exchange.responseStarted {
             // A reused connection that died before any response byte: the upstream
             // closed it while idle. Replay once on a fresh connection when safe:

@@ -308,6 +308,15 @@ final class UpstreamHandler: ChannelInboundHandler {
         if let tls = error as? TLSError, self.needsHandshake, !self.handshakeDone {
             let failure = tls.upstreamFailure ?? (tls.isHandshakeTimeout ? .timeout : tls.isEOFDuringHandshake ? .closed : .other)
             wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription, reason: tls.description, tlsFailure: failure)
+        } else if let tls = error as? TLSError, let failure = tls.upstreamFailure {
+            // Refused by an alert after our side of the handshake (TLS 1.3 checks our
+            // client certificate then), before any response byte: the upstream never
+            // read the request, and the backend is as unusable as after a failed handshake.
+            wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription, reason: tls.description, tlsFailure: failure)
+        } else if let io = error as? IOError, self.needsHandshake, !self.handshakeDone {
+            wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription,
+                                    reason: "connection broken during the TLS handshake: \(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))",
+                                    tlsFailure: .closed)
         } else if let tls = error as? TLSError {
             wrapped = UpstreamError(kind: .tlsFailed, backend: self.backendDescription, reason: tls.description)
         } else if let io = error as? IOError {

@@ -271,7 +271,10 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
                 self.receivedCloseNotify(context: context)
                 return
             case .failed(let reason):
-                self.fail(context: context, error: TLSError(.readFailed, reason))
+                // A client connection refused by an alert before any plaintext (TLS 1.3's
+                // client-certificate check) failed its handshake, whatever our side saw.
+                let refusal = self.connection.upstreamFailure.flatMap { $0 == .other ? nil : $0 }
+                self.fail(context: context, error: TLSError(.readFailed, reason, upstreamFailure: refusal))
                 return
             }
             if case .closed = self.state { return }

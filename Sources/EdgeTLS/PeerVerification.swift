@@ -65,9 +65,13 @@ let serverNameVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 = 
     guard let store, let rawSSL = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()) else { return ok }
     let ssl = OpaquePointer(rawSSL)
     rememberPresentedLeaf(ssl, store: store)
-    guard ok == 1, X509_STORE_CTX_get_error_depth(store) == 0,
-          let raw = SSL_get_ex_data(ssl, OwnedExData.peerNames),
-          let leaf = X509_STORE_CTX_get_current_cert(store) else { return ok }
+    guard ok == 1, X509_STORE_CTX_get_error_depth(store) == 0 else { return ok }
+    // Set only on connections that installed a check: without one, refuse rather than
+    // accept a certificate whose names nobody looked at.
+    guard let raw = SSL_get_ex_data(ssl, OwnedExData.peerNames), let leaf = X509_STORE_CTX_get_current_cert(store) else {
+        X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
+        return 0
+    }
     let check = Unmanaged<PeerNameCheck>.fromOpaque(raw).takeUnretainedValue()
     if check.accepts(leaf) { return 1 }
     X509_STORE_CTX_set_error(store, check.allAddresses ? X509_V_ERR_IP_ADDRESS_MISMATCH : X509_V_ERR_HOSTNAME_MISMATCH)

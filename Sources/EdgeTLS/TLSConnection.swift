@@ -119,7 +119,10 @@ final class TLSConnection {
             let rc = SSL_read_ex(self.ssl, raw.baseAddress, raw.count, &readBytes)
             return rc == 1 ? readBytes : 0
         }
-        if rc > 0 { return .data(plaintext) }
+        if rc > 0 {
+            self.receivedApplicationData = true
+            return .data(plaintext)
+        }
         let error = SSL_get_error(self.ssl, 0)
         switch error {
         case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
@@ -202,6 +205,10 @@ final class TLSConnection {
     private var allowCommonName = false
     /// Why the last handshake of a client connection failed, for metrics.
     private(set) var upstreamFailure: UpstreamHandshakeFailure?
+    /// Whether any plaintext came from the peer. With TLS 1.3 the server checks our
+    /// client certificate after our side of the handshake ended: its refusal is the
+    /// first thing we read, and a failure before any plaintext is still the handshake's.
+    private(set) var receivedApplicationData = false
 
     /// Subject and names of the certificate the peer sent, for refusal logs.
     private var peerSubject: String {
@@ -262,7 +269,7 @@ final class TLSConnection {
             let name = self.serverName.map { "'\($0)'" } ?? "(none)"
             reason = "unrecognized server name \(name) refused (strict_sni)"
         }
-        if !self.context.isServer {
+        if !self.context.isServer, !self.receivedApplicationData {
             reason = self.upstreamReason(reason)
         }
         return reason
@@ -272,7 +279,9 @@ final class TLSConnection {
     /// versions, whether a client certificate was asked for and sent, the names each
     /// checked against the certificate's subject alternative names.
     private func upstreamReason(_ openSSLReason: String) -> String {
-        let verify = SSL_get_verify_result(self.ssl)
+        // Without verify_cert the result is filled in but was never enforced: not the reason.
+        let verifies = SSL_get_verify_mode(self.ssl) & SSL_VERIFY_PEER != 0
+        let verify = verifies ? SSL_get_verify_result(self.ssl) : Int(X509_V_OK)
         if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
             self.upstreamFailure = .classify(verifyResult: verify)
             var reason = "certificate verify failed: \(String(cString: text))"

@@ -291,9 +291,93 @@ final class UpstreamTLSFailoverTests: XCTestCase {
         let check = try Shell.run([gatewayBinary(), "check", "-c", dir.file("config.yaml")])
         XCTAssertEqual(check.status, 1, check.stdout + check.stderr)
         XCTAssertTrue(check.stderr.contains("upstreams.app.tls.client_certificate: \(expired.fullchain) expired on"), check.stderr)
+        XCTAssertEqual(check.stderr.components(separatedBy: "expired on").count, 2, "said once: \(check.stderr)")
         let certs = try Shell.run([gatewayBinary(), "certs", "-c", dir.file("config.yaml")])
         XCTAssertEqual(certs.status, 2, certs.stdout + certs.stderr)
         XCTAssertTrue(certs.stdout.contains("upstream-app-client") && certs.stdout.contains("EXPIRED") && certs.stdout.contains("not checked"), certs.stdout)
+    }
+
+    /// TLS 1.3 checks our client certificate after our side of the handshake ended: the
+    /// refusal (an alert) is the first thing read. Before, that was a 502 for every other
+    /// request, counted nowhere; now it is a failed handshake like any other: the request
+    /// (GET or POST: the upstream read none of it) goes to the next backend, and the
+    /// refusing backend is counted by reason and ejected.
+    func testTLS13ClientCertificateRefusalsMoveOn() async throws {
+        let dir = TemporaryDirectory()
+        let leaf = try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "server")
+        let client = try Self.pki.issue(subjectAltNames: ["DNS:gateway.client"], commonName: "gateway.client", into: dir.path, name: "client")
+        let otherPKI = try TestPKI()
+        defer { withExtendedLifetime(otherPKI) {} }
+        let (refusing, good) = (freePort(), freePort())
+        let (python, _) = try upstreams([spec(refusing, leaf, "min=1.3,client_ca=\(otherPKI.caPath)"), spec(good, leaf)], dir: dir)
+        defer { RequestHardeningTests.stop(python) }
+        let logs = LogCapture()
+        let (gateway, group, http, admin) = try await start("""
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              none:
+                backends: ["127.0.0.1:\(refusing)", "127.0.0.1:\(good)"]
+                tls: { sni: app.internal, ca_file: \(Self.pki.caPath) }
+                passive_health: { max_fails: 3, fail_timeout: 60s }
+              wrong:
+                backends: ["127.0.0.1:\(refusing)", "127.0.0.1:\(good)"]
+                tls: { sni: app.internal, ca_file: \(Self.pki.caPath), client_certificate: \(client.fullchain), client_key: \(client.key) }
+                passive_health: { max_fails: 3, fail_timeout: 60s }
+            routes: [ { host: none.test, upstream: none }, { host: wrong.test, upstream: wrong } ]
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: logs)
+        for (host, reason) in [("none.test", "client_certificate_required"), ("wrong.test", "client_certificate_refused")] {
+            var failed: [String] = []
+            for index in 0..<12 {
+                let answer = try fetch(http, host: host, post: index % 2 == 1)
+                if answer.code != "200" || !answer.body.contains("port=\(good)") { failed.append("\(answer.code) \(answer.body)") }
+            }
+            XCTAssertEqual(failed, [], "\(host): requests failed with one refusing backend out of two\n" + logs.all.suffix(6).joined(separator: "\n"))
+            let states = try backends(admin, upstream: String(host.prefix { $0 != "." }))
+            let bad = try XCTUnwrap(states.first { ($0["address"] as? String) == "127.0.0.1:\(refusing)" })
+            XCTAssertEqual(bad["health"] as? String, "ejected", "\(host): \(bad)")
+            XCTAssertGreaterThanOrEqual((bad["tls_handshake_failures"] as? [String: Int])?[reason] ?? 0, 3, "\(host): \(bad)")
+        }
+        let metrics = try fetch(admin, "/metrics").body
+        let series = metrics.split(separator: "\n").filter { $0.hasPrefix("edge_upstream_tls_handshake_failures_total{") }
+        // Every reason of a TLS backend is a series from the start, so the first failure is an increase.
+        XCTAssertEqual(series.count, 2 * 2 * UpstreamHandshakeFailure.allCases.count, series.joined(separator: "\n"))
+        XCTAssertTrue(series.contains { $0.hasPrefix("edge_upstream_tls_handshake_failures_total{upstream=\"wrong\",backend=\"127.0.0.1:\(good)\",reason=\"timeout\"} 0") },
+                      series.joined(separator: "\n"))
+        XCTAssertTrue(logs.all.contains { $0.contains("trying another backend") && $0.contains("refused our client certificate") }, logs.all.suffix(10).joined(separator: "\n"))
+        try await stop(gateway, group)
+    }
+
+    /// An upstream that resets the connection in the middle of the handshake (a TLS port
+    /// behind something that is not TLS, a crashing backend) is a failed handshake too.
+    /// Before, the reset was a broken connection: a 502, no failover, not counted.
+    func testAResetDuringTheHandshakeMovesOn() async throws {
+        let dir = TemporaryDirectory()
+        let leaf = try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "server")
+        let (resetting, good) = (freePort(), freePort())
+        let (python, _) = try upstreams([spec(resetting, leaf, "reset=1"), spec(good, leaf)], dir: dir)
+        defer { RequestHardeningTests.stop(python) }
+        let logs = LogCapture()
+        let (gateway, group, http, admin) = try await start("""
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              app:
+                backends: ["127.0.0.1:\(resetting)", "127.0.0.1:\(good)"]
+                tls: { sni: app.internal, ca_file: \(Self.pki.caPath) }
+                passive_health: { max_fails: 3, fail_timeout: 60s }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: logs)
+        var failed: [String] = []
+        for index in 0..<8 {
+            let answer = try fetch(http, post: index % 2 == 1)
+            if answer.code != "200" || !answer.body.contains("port=\(good)") { failed.append("\(answer.code) \(answer.body)") }
+        }
+        XCTAssertEqual(failed, [], logs.all.suffix(6).joined(separator: "\n"))
+        let bad = try XCTUnwrap(try backends(admin, upstream: "app").first { ($0["address"] as? String) == "127.0.0.1:\(resetting)" })
+        XCTAssertGreaterThanOrEqual((bad["tls_handshake_failures"] as? [String: Int])?["closed"] ?? 0, 3, "\(bad)")
+        XCTAssertTrue((bad["last_error"] as? String ?? "").contains("during the TLS handshake"), "\(bad)")
+        try await stop(gateway, group)
     }
 
     /// What was offered and refused: a TLS 1.2 upstream that requires a client certificate,
@@ -332,6 +416,9 @@ final class NginxUpstream {
     private let process = Process()
 
     init(directory: TemporaryDirectory, port: Int, certificate: String, key: String, clientCA: String) throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else {
+            throw XCTSkip("nginx is not installed (scripts/test.sh installs nginx-light)")
+        }
         let work = directory.file("nginx")
         try FileManager.default.createDirectory(atPath: work + "/logs", withIntermediateDirectories: true)
         try directory.write("nginx/nginx.conf", """

@@ -2,14 +2,17 @@
 """HTTPS upstreams on loopback for the upstream TLS tests, one per spec, all in one process.
 
 usage: tls_upstream.py SNI_LOG SPEC...
-  SPEC  port=P,cert=FILE,key=FILE[,max=1.2][,min=1.3][,client_ca=FILE]
-        client_ca makes the server require a client certificate signed by that CA.
+  SPEC  port=P,cert=FILE,key=FILE[,max=1.2][,min=1.3][,client_ca=FILE][,reset=1]
+        client_ca makes the server require a client certificate signed by that CA;
+        reset=1 makes it read the ClientHello and reset the connection (RST) instead.
 
 Every request gets 200 with the body "port=P sni=NAME client=SUBJECT" (keep-alive); each
 handshake's SNI (or "-") is appended to SNI_LOG as "P NAME". Runs until killed.
 """
 import http.server
+import socket
 import ssl
+import struct
 import sys
 import threading
 
@@ -60,6 +63,11 @@ def serve(spec, sni_log):
             # The handshake runs here, per connection; a failed one is an OSError that
             # socketserver drops, and the server goes on accepting.
             sock, address = self.socket.accept()
+            if "reset" in opts:
+                sock.recv(4096)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+                raise OSError("reset during the handshake")
             return context.wrap_socket(sock, server_side=True), address
 
     server = Server(("127.0.0.1", port), Handler)
