@@ -7,7 +7,17 @@ cd "$(dirname "$0")/.."
 # certbot renews against pebble (the ACME test server) in the end-to-end test; haproxy
 # (TCP mode) sends PROXY protocol headers to the gateway; wrk, a client that never retries,
 # counts what reloads and takeovers cost; nginx (ssl_verify_client) is a mutual-TLS upstream.
-bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core nghttp2-client testssl.sh python3-venv certbot pebble haproxy wrk iproute2 nginx-light
-swift build --build-tests
-swift test --skip-build
-bash scripts/tls-compliance.sh
+#
+# One line per phase with its time, so that a redirected log never looks hung for long.
+phase() {
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name"
+  "$@"
+  echo "== $name: done in $((SECONDS - start)) s"
+}
+phase "install packages" bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core nghttp2-client testssl.sh python3-venv certbot pebble haproxy wrk iproute2 nginx-light
+phase "build" swift build --build-tests
+# XCTest holds every test; --disable-swift-testing drops swift-testing's empty "0 tests" run.
+phase "unit and end-to-end tests" swift test --skip-build --disable-swift-testing
+phase "TLS scans (sslyze, testssl)" bash scripts/tls-compliance.sh
