@@ -3,17 +3,34 @@
 #   installs missing packages, builds, generates example certificates,
 #   starts the demo upstream and the gateway in the background (logs in demo/).
 # Stop everything with: bash scripts/demo.sh stop
+# When the gateway does not come up, it says why (the gateway's own error), stops what it
+# started and exits 1.
+# EDGE_GATEWAY=/path/to/edge-gateway skips the install and build steps (the tests use it);
+# DEMO_DIR puts the demo's files elsewhere than demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-demo=demo
+demo=$(realpath -m "${DEMO_DIR:-demo}")
+
+stop_all() {
+  for f in "$demo"/*.pid; do
+    [ -e "$f" ] || continue
+    kill "$(cat "$f")" 2>/dev/null || true
+    rm -f "$f"
+  done
+}
+
 if [ "${1:-}" = "stop" ]; then
-  for f in "$demo"/*.pid; do [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done
+  stop_all
   echo "demo stopped"; exit 0
 fi
-bash scripts/install-deps.sh
-swift build --product edge-gateway
-bin=$(swift build --show-bin-path)/edge-gateway
-for f in "$demo"/*.pid; do [ -e "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+if [ -n "${EDGE_GATEWAY:-}" ]; then
+  bin=$EDGE_GATEWAY
+else
+  bash scripts/install-deps.sh
+  swift build --product edge-gateway
+  bin=$(swift build --show-bin-path)/edge-gateway
+fi
+[ -d "$demo" ] && stop_all
 rm -rf "$demo" && mkdir -p "$demo"
 bash certs-example/generate.sh "$demo/certs" >/dev/null
 cat > "$demo/config.yaml" <<YAML
@@ -39,18 +56,44 @@ admin:
   address: "127.0.0.1:9901"
 YAML
 "$bin" check -c "$demo/config.yaml"
+
+# Fails loudly: what went wrong, from the process's own log, then everything stopped.
+fail() {
+  echo "demo: $1" >&2
+  if [ -s "$2" ]; then
+    echo "--- last lines of $2:" >&2
+    tail -n 5 "$2" >&2
+  fi
+  stop_all
+  exit 1
+}
+
+# Started, then waited for: alive and answering, within 10 s.
 "$bin" demo-upstream --listen 127.0.0.1:9000 > "$demo/upstream.log" 2>&1 & echo $! > "$demo/upstream.pid"
+for _ in $(seq 1 100); do
+  kill -0 "$(cat "$demo/upstream.pid")" 2>/dev/null || fail "the demo upstream exited at start" "$demo/upstream.log"
+  curl -s -o /dev/null http://127.0.0.1:9000/ && break
+  sleep 0.1
+done
+curl -s -o /dev/null http://127.0.0.1:9000/ || fail "the demo upstream does not answer on 127.0.0.1:9000" "$demo/upstream.log"
 "$bin" run -c "$demo/config.yaml" > "$demo/gateway.log" 2>&1 & echo $! > "$demo/gateway.pid"
-for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:9901/readyz && break; sleep 0.1; done
+for _ in $(seq 1 100); do
+  kill -0 "$(cat "$demo/gateway.pid")" 2>/dev/null || fail "the gateway exited at start" "$demo/gateway.log"
+  curl -s -o /dev/null http://127.0.0.1:9901/readyz && break
+  sleep 0.1
+done
+curl -s -o /dev/null http://127.0.0.1:9901/readyz || fail "the gateway is not ready after 10 s" "$demo/gateway.log"
+# Another program on port 9000 answers in its place when ours could not bind.
+kill -0 "$(cat "$demo/upstream.pid")" 2>/dev/null || fail "the demo upstream exited (is port 9000 taken?)" "$demo/upstream.log"
 cat <<TXT
 
 The gateway is running (logs: $demo/gateway.log). Try:
   curl --cacert $demo/certs/ca.pem https://localhost:8443/
   curl --cacert $demo/certs/ca.pem --resolve a.example.test:8443:127.0.0.1 https://a.example.test:8443/
   curl http://127.0.0.1:8080/headers
-  curl --http2 --cacert demo/certs/ca.pem https://localhost:8443/
+  curl --http2 --cacert $demo/certs/ca.pem https://localhost:8443/
   curl http://127.0.0.1:9901/status
   curl http://127.0.0.1:9901/status/upstreams
   openssl s_client -connect 127.0.0.1:8443 -servername x.b.example.test </dev/null 2>/dev/null | openssl x509 -noout -subject -ext subjectAltName
-Stop it with: bash scripts/demo.sh stop
+Stop it with: bash $PWD/scripts/demo.sh stop
 TXT

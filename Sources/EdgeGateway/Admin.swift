@@ -37,7 +37,7 @@ extension Gateway {
     /// The `/status/certificates` document.
     public func certificatesJSON(now: Int64 = Int64(currentTime())) -> String {
         let items = self.certificateReports(now: now).map { certificateJSON($0) }
-        return "{\"generated_at\":\(now),\"certificates\":[\(items.joined(separator: ","))]}\n"
+        return "{\"generated_at\":\(now),\"generated_at_rfc3339\":\(jsonString(rfc3339(now))),\"certificates\":[\(items.joined(separator: ","))]}\n"
     }
 
     /// The `/status` document.
@@ -45,7 +45,9 @@ extension Gateway {
         let now = Int64(currentTime())
         let listeners = self.listeners.map { plan -> String in
             let port = self.boundPort(listener: plan.name).map(String.init) ?? "null"
+            let profile = plan.tlsContext == nil ? "null" : jsonString(self.config.listeners.first { $0.name == plan.name }?.tls?.profile ?? "intermediate")
             return "{\"name\":\(jsonString(plan.name)),\"address\":\(jsonString("\(plan.host):\(plan.port)")),\"port\":\(port),\"tls\":\(plan.tlsContext != nil),"
+                + "\"tls_profile\":\(profile),\"h2\":\(plan.h2),\"mutual_tls\":\(plan.mutualTLS),"
                 + "\"proxy_protocol\":\(plan.proxyProtocol)"
                 + (plan.proxyProtocolFrom.map { ",\"proxy_protocol_from\":[\($0.map { jsonString($0.description) }.joined(separator: ","))]" } ?? "") + "}"
         }
@@ -54,21 +56,27 @@ extension Gateway {
             "\(jsonString(state.rawValue)):\(reports.filter { $0.state == state }.count)"
         }
         let problems = self.stores.flatMap { $0.problems }.map {
-            "{\"name\":\(jsonString($0.name)),\"error\":\(jsonString($0.error)),\"since\":\($0.since),\"serving_previous\":\($0.servingPrevious)}"
+            "{\"name\":\(jsonString($0.name)),\"error\":\(jsonString($0.error)),\"since\":\($0.since),\"since_rfc3339\":\(jsonString(rfc3339($0.since))),"
+                + "\"serving_previous\":\($0.servingPrevious)}"
+        }
+        let certificates = reports.map {
+            "{\"name\":\(jsonString($0.name)),\"serial\":\(jsonString($0.serial)),\"not_after\":\($0.notAfter),"
+                + "\"not_after_rfc3339\":\(jsonString(rfc3339($0.notAfter))),\"state\":\(jsonString($0.state.rawValue))}"
         }
         let generation = self.stores.map { $0.snapshot.generation }.max() ?? 0
         let last = self.stores.map { $0.lastReload }.max { $0.time < $1.time }
         let upstreams: String = self.groups.map { upstreamJSON($0) }.joined(separator: ",")
         let configReload: String = self.configStatus.lastOutcome.map {
-            "{\"time\":\($0.time),\"result\":\(jsonString($0.result)),\"error\":\($0.error.map(jsonString) ?? "null")}"
+            "{\"time\":\($0.time),\"time_rfc3339\":\(jsonString(rfc3339($0.time))),\"result\":\(jsonString($0.result)),\"error\":\($0.error.map(jsonString) ?? "null")}"
         } ?? "null"
         return "{\"version\":\(jsonString(gatewayVersion)),\"uptime_seconds\":\(Int(currentTime() - self.startTime)),"
             + "\"ready\":\(self.isReady),\"snapshot_generation\":\(generation),"
             + "\"live_snapshots\":\(CertificateSnapshot.liveCount),"
-            + "\"last_reload\":{\"time\":\(last?.time ?? 0),\"result\":\(jsonString(last?.result ?? "never"))},"
+            + "\"last_reload\":{\"time\":\(last?.time ?? 0),\"time_rfc3339\":\(last.map { jsonString(rfc3339($0.time)) } ?? "null"),"
+            + "\"result\":\(jsonString(last?.result ?? "never"))},"
             + "\"listeners\":[\(listeners.joined(separator: ","))],"
             + "\"certificates_by_state\":{\(counts.joined(separator: ","))},"
-            + "\"certificates\":[\(reports.map { "{\"name\":\(jsonString($0.name)),\"serial\":\(jsonString($0.serial)),\"not_after\":\($0.notAfter),\"state\":\(jsonString($0.state.rawValue))}" }.joined(separator: ","))],"
+            + "\"certificates\":[\(certificates.joined(separator: ","))],"
             + "\"certificate_problems\":[\(problems.joined(separator: ","))],"
             + "\"upstreams\":[\(upstreams)],"
             + "\"config_reload\":\(configReload)}\n"
@@ -104,7 +112,7 @@ func upstreamJSON(_ group: UpstreamGroup) -> String {
     let check = group.healthCheck.map { "\(jsonString("\($0.kind) every \($0.interval.nanoseconds / 1_000_000) ms"))" } ?? "null"
     let client = group.tls?.clientCertificate.map {
         "{\"subject\":\(jsonString($0.subject)),\"serial\":\(jsonString($0.serialNumberHex)),\"sha256_fingerprint\":\(jsonString($0.sha256Fingerprint)),"
-            + "\"not_after\":\($0.notAfter),\"not_after_time\":\(jsonString(isoDate($0.notAfter)))}"
+            + "\"not_after\":\($0.notAfter),\"not_after_rfc3339\":\(jsonString(rfc3339($0.notAfter)))}"
     } ?? "null"
     return "{\"name\":\(jsonString(group.name)),\"balance\":\(jsonString(group.algorithm.description)),\"tls\":\(group.tls != nil),"
         + "\"client_certificate\":\(client),"
@@ -123,7 +131,8 @@ private func tlsFailuresJSON(_ state: BackendState) -> String {
 func certificateJSON(_ r: CertificateReport) -> String {
     let chain = r.chain.map {
         "{\"subject\":\(jsonString($0.subject)),\"issuer\":\(jsonString($0.issuer)),\"serial\":\(jsonString($0.serial)),"
-            + "\"not_before\":\($0.notBefore),\"not_after\":\($0.notAfter),\"state\":\(jsonString($0.state.rawValue))}"
+            + "\"not_before\":\($0.notBefore),\"not_after\":\($0.notAfter),\"not_after_rfc3339\":\(jsonString(rfc3339($0.notAfter))),"
+            + "\"state\":\(jsonString($0.state.rawValue))}"
     }
     let rejected = r.rejectedError.map {
         "{\"error\":\(jsonString($0)),\"since\":\(r.rejectedSince ?? 0),\"serving_previous_version\":true}"
@@ -135,7 +144,8 @@ func certificateJSON(_ r: CertificateReport) -> String {
         + "\"serial\":\(jsonString(r.serial)),\"subject\":\(jsonString(r.subject)),\"issuer\":\(jsonString(r.issuer)),"
         + "\"subject_alternative_names\":[\(r.subjectAlternativeNames.map(jsonString).joined(separator: ","))],"
         + "\"key_type\":\(jsonString(r.keyType)),\"sha256_fingerprint\":\(jsonString(r.sha256Fingerprint)),"
-        + "\"not_before\":\(r.notBefore),\"not_after\":\(r.notAfter),\"seconds_remaining\":\(r.secondsRemaining),"
+        + "\"not_before\":\(r.notBefore),\"not_before_rfc3339\":\(jsonString(rfc3339(r.notBefore))),"
+        + "\"not_after\":\(r.notAfter),\"not_after_rfc3339\":\(jsonString(rfc3339(r.notAfter))),\"seconds_remaining\":\(r.secondsRemaining),"
         + "\"lifetime_used\":\(Double(Int(r.lifetimeUsed * 10000)) / 10000),\"state\":\(jsonString(r.state.rawValue)),"
         + "\"chain\":[\(chain.joined(separator: ","))],"
         + "\"chain_valid\":\(r.chainChecked ? "\(r.chainProblem == nil)" : "null"),\"chain_checked\":\(r.chainChecked),\"chain_problem\":\(r.chainProblem.map(jsonString) ?? "null"),"

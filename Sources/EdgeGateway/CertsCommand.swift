@@ -37,11 +37,13 @@ public enum CertsInspection {
         return .directory(trimmed)
     }
 
-    /// 0: all ok; 1: some warning; 2: some critical, expired, not yet valid or unreadable.
-    public static func exitCode(_ entries: [CertificateInspector.Entry]) -> Int32 {
+    /// 0: all ok; 1: some warning (or, with `strict`, a chain that does not verify);
+    /// 2: some critical, expired, not yet valid or unreadable.
+    public static func exitCode(_ entries: [CertificateInspector.Entry], strict: Bool = false) -> Int32 {
         var code: Int32 = 0
         for entry in entries {
             guard let report = entry.report else { return 2 }
+            if strict && report.chainChecked && report.chainProblem != nil { code = max(code, 1) }
             switch report.state {
             case .ok: break
             case .warning: code = max(code, 1)

@@ -1,6 +1,10 @@
 import EdgeCertificates
 import Yams
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The whole configuration file. Every key is documented in README.md.
 public struct GatewayConfig: Decodable, Sendable {
     public var listeners: [ListenerConfig]
@@ -707,7 +711,14 @@ extension GatewayConfig {
     /// Reads and parses a configuration file; returns it with the directory relative paths resolve against.
     public static func load(path: String) throws -> (config: GatewayConfig, baseDirectory: String) {
         let text: String
+        var st = stat()
+        if stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
+            throw ConfigProblems(problems: ["\(path): is a directory, not a configuration file"])
+        }
         do { text = try readTextFile(path) } catch { throw ConfigProblems(problems: ["\(path): \(error)"]) }
+        if text.allSatisfy({ $0.isWhitespace }) {
+            throw ConfigProblems(problems: ["\(path): the file is empty (a configuration is a YAML mapping with listeners, upstreams and routes)"])
+        }
         var config: GatewayConfig
         do {
             var unknownKeys: [ConfigError]

@@ -203,9 +203,11 @@ func describe(decodingError error: any Error) -> ConfigError {
         return ConfigError(path: keyPath(context.codingPath), message: "expected \(friendly(type)), found nothing")
     case let DecodingError.dataCorrupted(context):
         if let underlying = context.underlyingError as? ConfigError { return underlying }
+        // Yams wraps its syntax errors (with their position) in dataCorrupted.
+        if let underlying = context.underlyingError as? YamlError { return describe(yamlError: underlying) }
         return ConfigError(path: keyPath(context.codingPath), message: context.debugDescription)
     case let error as YamlError:
-        return ConfigError(path: "", message: "invalid YAML: \(error)")
+        return describe(yamlError: error)
     default:
         return ConfigError(path: "", message: "\(error)")
     }
@@ -221,5 +223,38 @@ private func friendly(_ type: Any.Type) -> String {
         if name.hasPrefix("Array") { return "a list" }
         if name.hasPrefix("Dictionary") { return "a mapping" }
         return "a mapping (\(name))"
+    }
+}
+
+/// A YAML syntax error as `line:column: invalid YAML: reason`, then the offending line and
+/// a caret under the column (the caller puts the file name first).
+func describe(yamlError error: YamlError) -> ConfigError {
+    func located(_ line: Int, _ column: Int, _ reason: String, _ yaml: String) -> ConfigError {
+        let lines = yaml.split(separator: "\n", omittingEmptySubsequences: false)
+        var message = "invalid YAML: \(reason)"
+        if line >= 1, line <= lines.count {
+            // A tab shown as one space, so that the caret stays under its column.
+            let text = lines[line - 1].replacingOccurrences(of: "\t", with: " ")
+            message += "\n  \(text)\n  \(String(repeating: " ", count: max(0, column - 1)))^"
+        }
+        return ConfigError(path: "\(line):\(column)", message: message)
+    }
+    func reason(_ context: YamlError.Context?, _ problem: String) -> String {
+        guard let context else { return problem }
+        return "\(problem) (\(context.text) at line \(context.mark.line), column \(context.mark.column))"
+    }
+    switch error {
+    case let .scanner(context, problem, mark, yaml), let .parser(context, problem, mark, yaml), let .composer(context, problem, mark, yaml):
+        return located(mark.line, mark.column, reason(context, problem), yaml)
+    case let .reader(problem, offset, _, yaml):
+        guard let offset else { return ConfigError(path: "", message: "invalid YAML: \(problem)") }
+        let before = yaml.utf8.prefix(offset)
+        let line = before.filter { $0 == 0x0A }.count + 1
+        let column = before.count - (before.lastIndex(of: 0x0A).map { before.distance(from: before.startIndex, to: $0) + 1 } ?? 0) + 1
+        return located(line, column, problem, yaml)
+    case let .duplicatedKeysInMapping(duplicates, context):
+        return located(context.mark.line, context.mark.column, "duplicate key \(duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")) (\(context.text))", "")
+    default:
+        return ConfigError(path: "", message: "invalid YAML: \(error)")
     }
 }

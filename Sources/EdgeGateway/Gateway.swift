@@ -698,11 +698,11 @@ public final class Gateway: Sendable {
         var failure: String?
         switch expiry.state(notBefore: lineage.leaf.notBefore, notAfter: firstExpiry, now: now) {
         case .expired:
-            failure = "\(path): \(file) expired on \(isoDate(firstExpiry)); upstreams that ask for it will refuse the handshake"
+            failure = "\(path): \(file) expired on \(isoDate(firstExpiry)) UTC; upstreams that ask for it will refuse the handshake"
         case .notYetValid:
-            failure = "\(path): \(file) is not valid before \(isoDate(lineage.leaf.notBefore))"
+            failure = "\(path): \(file) is not valid before \(isoDate(lineage.leaf.notBefore)) UTC"
         case .warning, .critical:
-            logger.warning("upstream client certificate expires soon", metadata: ["key": "\(path)", "file": "\(file)", "not_after": "\(isoDate(firstExpiry))"])
+            logger.warning("upstream client certificate expires soon", metadata: ["key": "\(path)", "file": "\(file)", "not_after": "\(isoDate(firstExpiry)) UTC"])
         case .ok:
             break
         }

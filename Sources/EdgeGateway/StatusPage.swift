@@ -87,8 +87,17 @@ func html(_ text: String) -> String {
     return out
 }
 
+/// `2026-11-27T10:00:00Z`: the RFC 3339 form JSON documents carry beside Unix times.
+public func rfc3339(_ seconds: Int64) -> String {
+    var t = time_t(seconds)
+    var parts = tm()
+    gmtime_r(&t, &parts)
+    func pad(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+    return "\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday))T\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec))Z"
+}
+
 /// `2026-11-27 10:00` in UTC.
-func isoDate(_ seconds: Int64) -> String {
+public func isoDate(_ seconds: Int64) -> String {
     var t = time_t(seconds)
     var parts = tm()
     gmtime_r(&t, &parts)

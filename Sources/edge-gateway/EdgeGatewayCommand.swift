@@ -100,6 +100,9 @@ struct Check: AsyncParsableCommand {
     @Option(name: [.short, .customLong("config")], help: "Configuration file (YAML).")
     var config: String
 
+    @Flag(name: .long, help: "Exit 0 even when a certificate lineage is rejected (run serves the others, and a rejected renewal's last good version).")
+    var allowRejected = false
+
     func run() async throws {
         LoggingSystem.bootstrap { label in
             var handler = TextLogHandler(label: label)
@@ -109,11 +112,23 @@ struct Check: AsyncParsableCommand {
         let logger = Logger(label: "edge-gateway")
         do {
             let gateway = try loadGateway(configPath: self.config, logger: logger)
-            if !gateway.checkFailures.isEmpty {
-                for failure in gateway.checkFailures { writeStandardError("error: \(failure)\n") }
+            // Every certificate source was loaded as `run` loads it: a rejected lineage
+            // (a key that does not match, an unreadable file) fails the check.
+            let rejected = gateway.stores.flatMap(\.problems)
+            var failures = gateway.checkFailures
+            if !self.allowRejected {
+                failures += rejected.map { "certificate \($0.name): \($0.error) (--allow-rejected accepts this)" }
+            }
+            if !failures.isEmpty {
+                for failure in failures { writeStandardError("error: \(failure)\n") }
                 throw ExitCode(1)
             }
             print("configuration \(self.config) is valid: \(gateway.config.listeners.count) listener(s), \(gateway.config.upstreams.count) upstream(s), \(gateway.config.routes.count) route(s)")
+            let lineages = gateway.stores.flatMap { $0.snapshot.lineages }
+            if let first = lineages.min(by: { $0.leaf.notAfter < $1.leaf.notAfter }) {
+                print("\(lineages.count) certificate lineage(s) loaded; the first to expire is \(first.name) on \(isoDate(first.leaf.notAfter)) UTC"
+                      + (rejected.isEmpty ? "" : "; \(rejected.count) rejected (allowed)"))
+            }
         } catch let problems as ConfigProblems {
             for problem in problems.problems {
                 writeStandardError("error: \(problem)\n")
@@ -155,8 +170,15 @@ struct Certs: AsyncParsableCommand {
               0  every certificate is ok
               1  some certificate is in its warning window
               2  some certificate is critical, expired, not yet valid, or unreadable
+            With --strict, a chain that does not verify is at least 1.
             """
     )
+
+    @Option(name: .long, help: "CA bundle to verify the chains against (default: the configuration's certificates.ca_file, else the system store).")
+    var caFile: String?
+
+    @Flag(name: .long, help: "A chain that does not verify makes the exit code at least 1.")
+    var strict = false
 
     @Option(name: [.short, .customLong("config")], help: "Configuration file whose certificate sources to read.")
     var config: String?
@@ -188,6 +210,7 @@ struct Certs: AsyncParsableCommand {
         }
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
+        if let caFile = self.caFile { trust = caFile }
         var entries = CertificateInspector.inspect(sources: sources, trustCAFile: trust, policy: policy, now: Int64(now.tv_sec))
         for client in clientCertificates {
             // Upstream client certificates expire too; their chain is checked only against client_ca_file.
@@ -195,29 +218,44 @@ struct Certs: AsyncParsableCommand {
                                                     policy: policy, now: Int64(now.tv_sec))
         }
         writeStandardOutput(self.json ? CertsInspection.json(entries) : CertsInspection.table(entries, now: Int64(now.tv_sec)))
-        let code = CertsInspection.exitCode(entries)
+        let code = CertsInspection.exitCode(entries, strict: self.strict)
         if code != 0 { throw ExitCode(code) }
     }
 }
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print the running gateway's certificate view from its admin endpoint."
+        abstract: "Summarise the running gateway from its admin endpoint: listeners, certificates soonest expiry first, upstream health, last reloads."
     )
 
     @Option(name: .long, help: "Admin endpoint address.")
     var admin: String = "127.0.0.1:9901"
 
-    @Option(name: .long, help: "Path to fetch: /status/certificates (default), /status or /metrics.")
-    var path: String = "/status/certificates"
+    @Flag(name: .long, help: "Print the /status JSON document instead of the summary.")
+    var json = false
+
+    @Option(name: .long, help: "Print this admin path as it is instead (/status/certificates, /status/upstreams, /metrics).")
+    var path: String?
 
     func run() async throws {
         let (host, port) = try parseAddress(self.admin)
+        let body: String
         do {
-            let body = try httpGet(host: host, port: port, path: self.path)
-            writeStandardOutput(body)
+            body = try httpGet(host: host, port: port, path: self.path ?? "/status")
         } catch {
             writeStandardError("error: cannot reach the admin endpoint at \(self.admin): \(error)\n")
+            throw ExitCode(2)
+        }
+        if self.json || self.path != nil {
+            writeStandardOutput(body)
+            return
+        }
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        do {
+            writeStandardOutput(try StatusSummary.text(statusJSON: body, now: Int64(now.tv_sec)))
+        } catch {
+            writeStandardError("error: \(error)\n")
             throw ExitCode(2)
         }
     }

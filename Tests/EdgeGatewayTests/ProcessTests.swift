@@ -254,7 +254,7 @@ final class DeployTests: XCTestCase {
         let dir = TemporaryDirectory()
         // The unit names the installed binary; point it at the one just built.
         let unit = try String(contentsOfFile: repositoryRoot() + "/deploy/edge-gateway.service", encoding: .utf8)
-            .replacingOccurrences(of: "/usr/local/bin/edge-gateway", with: gatewayBinary())
+            .replacingOccurrences(of: "/usr/bin/edge-gateway", with: gatewayBinary())
         try dir.write("edge-gateway.service", unit)
         let result = try Shell.run(["systemd-analyze", "verify", dir.file("edge-gateway.service")])
         XCTAssertEqual(result.status, 0, result.stderr)

@@ -1,0 +1,218 @@
+import EdgeGateway
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An operator's first hour (#30): the install, the shipped example and the demo, as a new
+/// user runs them.
+final class OperatorTests: XCTestCase {
+    /// The Debian package installs with dpkg (binary, unit, example configuration that
+    /// `check` accepts, user and group), its unit passes systemd-analyze, and a purge takes
+    /// it all away again.
+    func testTheDebianPackageInstallsChecksAndPurgesCleanly() throws {
+        try XCTSkipUnless(getuid() == 0, "installing a package needs root (CI runs as root)")
+        try XCTSkipIf(Shell.run(["dpkg-query", "-W", "edge-gateway"]).status == 0, "an edge-gateway package is installed on this host already")
+        let dir = TemporaryDirectory()
+        let build = try Shell.run(["bash", repositoryRoot() + "/scripts/package-deb.sh", gatewayBinary(), dir.path])
+        XCTAssertEqual(build.status, 0, build.stderr)
+        let deb = build.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertTrue(deb.hasSuffix(".deb") && FileManager.default.fileExists(atPath: deb), build.stdout)
+        let info = try Shell.run(["dpkg-deb", "--info", deb])
+        XCTAssertTrue(info.stdout.contains("conffiles") && info.stdout.contains("Package: edge-gateway"), info.stdout)
+
+        let install = try Shell.run(["dpkg", "-i", deb])
+        defer { _ = try? Shell.run(["dpkg", "--purge", "edge-gateway"]) }
+        XCTAssertEqual(install.status, 0, install.stdout + install.stderr)
+        XCTAssertTrue(install.stdout.contains("edge-gateway check -c /etc/edge-gateway/config.yaml"), install.stdout)
+        XCTAssertEqual(try Shell.run(["/usr/bin/edge-gateway", "--version"]).status, 0)
+        XCTAssertEqual(try Shell.run(["id", "edge-gateway"]).status, 0, "the postinst made the user")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "/var/lib/edge-gateway/acme"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "/etc/edge-gateway/placeholder.pem"))
+        // The shipped example, as installed, is a valid configuration.
+        let check = try Shell.run(["/usr/bin/edge-gateway", "check", "-c", "/etc/edge-gateway/config.yaml"])
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+        XCTAssertTrue(check.stdout.contains("is valid"), check.stdout)
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") {
+            let verify = try Shell.run(["systemd-analyze", "verify", "/lib/systemd/system/edge-gateway.service"])
+            XCTAssertEqual(verify.status, 0, verify.stderr)
+            XCTAssertEqual(verify.stderr.split(separator: "\n").filter { $0.contains("edge-gateway.service") }, [], verify.stderr)
+        }
+
+        let purge = try Shell.run(["dpkg", "--purge", "edge-gateway"])
+        XCTAssertEqual(purge.status, 0, purge.stdout + purge.stderr)
+        for path in ["/usr/bin/edge-gateway", "/lib/systemd/system/edge-gateway.service", "/etc/edge-gateway", "/var/lib/edge-gateway"] {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: path), "\(path) left behind by the purge")
+        }
+        XCTAssertNotEqual(try Shell.run(["dpkg-query", "-W", "edge-gateway"]).status, 0)
+    }
+
+    /// The example configuration in deploy/ is valid once its certbot directory exists
+    /// (without root: the paths are pointed into a temporary directory).
+    func testTheShippedExampleConfigurationIsValid() throws {
+        let dir = TemporaryDirectory()
+        let example = try String(contentsOfFile: repositoryRoot() + "/deploy/config.example.yaml", encoding: .utf8)
+        _ = try Shell.run(["bash", repositoryRoot() + "/certs-example/generate.sh", dir.file("letsencrypt")])
+        let placeholder = try Shell.bash("""
+            cd '\(dir.path)' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=placeholder -days 30 \
+              -keyout placeholder.key -out placeholder.pem
+            """)
+        XCTAssertEqual(placeholder.status, 0, placeholder.stderr)
+        try dir.write("config.yaml", example
+            .replacingOccurrences(of: "/etc/letsencrypt", with: dir.file("letsencrypt"))
+            .replacingOccurrences(of: "/etc/edge-gateway", with: dir.path)
+            .replacingOccurrences(of: "/var/lib/edge-gateway/acme", with: dir.path))
+        let check = try Shell.run([gatewayBinary(), "check", "-c", dir.file("config.yaml")])
+        XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+    }
+
+    /// With port 8443 taken, the demo says why (the gateway's own error), stops the demo
+    /// upstream it started and exits 1; before, it printed "The gateway is running" and 0.
+    func testTheDemoFailsLoudlyAndStopsWhatItStarted() throws {
+        let dir = TemporaryDirectory()
+        let blocker = listeningSocket(port: 8443)
+        XCTAssertGreaterThanOrEqual(blocker, 0, "port 8443 is taken already")
+        defer { close(blocker) }
+        let demo = try Shell.run(["bash", repositoryRoot() + "/scripts/demo.sh"],
+                                 environment: ["EDGE_GATEWAY": gatewayBinary(), "DEMO_DIR": dir.file("demo")])
+        XCTAssertEqual(demo.status, 1, demo.stdout + demo.stderr)
+        XCTAssertTrue(demo.stderr.contains("the gateway exited at start") && demo.stderr.contains("Address already in use"), demo.stderr)
+        XCTAssertFalse(demo.stdout.contains("The gateway is running"), demo.stdout)
+        XCTAssertTrue(eventually(timeout: 5) { !isListening(port: 9000) }, "the demo upstream was left running")
+    }
+
+    /// The demo's printed commands work from any directory (absolute paths), and stop stops.
+    func testTheDemoRunsAndItsCommandsWorkFromAnyDirectory() throws {
+        let dir = TemporaryDirectory()
+        let environment = ["EDGE_GATEWAY": gatewayBinary(), "DEMO_DIR": dir.file("demo")]
+        let demo = try Shell.run(["bash", repositoryRoot() + "/scripts/demo.sh"], environment: environment)
+        defer { _ = try? Shell.run(["bash", repositoryRoot() + "/scripts/demo.sh", "stop"], environment: environment) }
+        XCTAssertEqual(demo.status, 0, demo.stdout + demo.stderr)
+        let commands = demo.stdout.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { $0.hasPrefix("curl ") }
+        XCTAssertGreaterThanOrEqual(commands.count, 5, demo.stdout)
+        for command in commands {
+            let result = try Shell.bash("cd / && \(command) -sS -o /dev/null -w '%{http_code}'")
+            XCTAssertEqual(result.stdout, "200", "\(command): \(result.stderr)")
+        }
+        let stop = try XCTUnwrap(demo.stdout.split(separator: "\n").first { $0.hasPrefix("Stop it with: ") }).dropFirst("Stop it with: ".count)
+        XCTAssertEqual(try Shell.bash("cd / && \(stop)").status, 0)
+        XCTAssertTrue(eventually(timeout: 5) { !isListening(port: 8443) && !isListening(port: 9000) })
+    }
+}
+
+/// What `check`, `status` and `certs` tell a new operator (#30).
+final class OperatorMessagesTests: XCTestCase {
+    /// A YAML syntax error names the file, line and column, and shows the line with a caret.
+    func testYAMLSyntaxErrorsHaveALineAColumnAndACaret() throws {
+        let dir = TemporaryDirectory()
+        let cases: [(String, String, String)] = [
+            ("tab", "listeners:\n\t- { name: http, address: \"127.0.0.1:0\" }\n", ":2:1: invalid YAML: found character that cannot start any token"),
+            ("indent", "listeners:\n  - name: http\n   address: \"127.0.0.1:0\"\n", ":3:"),
+            ("quote", "listeners:\n  - { name: \"http, address: 127.0.0.1:0 }\nroutes: []\n", "invalid YAML: found unexpected end of stream"),
+        ]
+        for (name, yaml, expected) in cases {
+            try dir.write("\(name).yaml", yaml)
+            let check = try Shell.run([gatewayBinary(), "check", "-c", dir.file("\(name).yaml")])
+            XCTAssertEqual(check.status, 1, name)
+            XCTAssertTrue(check.stderr.contains("error: \(dir.file("\(name).yaml"))") && check.stderr.contains(expected), "\(name): \(check.stderr)")
+            XCTAssertTrue(check.stderr.contains("^"), "\(name): no caret under the column: \(check.stderr)")
+            XCTAssertFalse(check.stderr.contains("The given data was not valid YAML"), check.stderr)
+        }
+        let tab = try Shell.run([gatewayBinary(), "check", "-c", dir.file("tab.yaml")]).stderr
+        XCTAssertTrue(tab.contains("\n     - { name: http") && tab.contains("\n    ^"), tab)
+        // An empty file and a directory say so.
+        try dir.write("empty.yaml", "\n")
+        XCTAssertTrue(try Shell.run([gatewayBinary(), "check", "-c", dir.file("empty.yaml")]).stderr.contains("the file is empty"))
+        XCTAssertTrue(try Shell.run([gatewayBinary(), "check", "-c", dir.path]).stderr.contains("is a directory"))
+    }
+
+    /// `check` loads every certificate source as `run` does: a certbot lineage whose key
+    /// does not match fails it (it said "valid" before), unless --allow-rejected.
+    func testCheckFailsOnARejectedCertbotLineage() throws {
+        let dir = TemporaryDirectory()
+        XCTAssertEqual(try Shell.run(["bash", repositoryRoot() + "/certs-example/generate.sh", dir.file("le")]).status, 0)
+        try dir.write("config.yaml", """
+            listeners: [ { name: https, address: "127.0.0.1:0", tls: {} } ]
+            certificates: { sources: [ { certbot: le/live } ], default: localhost, ca_file: le/ca.pem }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            """)
+        let good = try Shell.run([gatewayBinary(), "check", "-c", dir.file("config.yaml")])
+        XCTAssertEqual(good.status, 0, good.stderr)
+        XCTAssertTrue(good.stdout.contains("3 certificate lineage(s) loaded; the first to expire is"), good.stdout)
+        // a.example.test's key replaced by localhost's.
+        try FileManager.default.removeItem(atPath: dir.file("le/archive/a.example.test/privkey1.pem"))
+        try FileManager.default.copyItem(atPath: dir.file("le/archive/localhost/privkey1.pem"), toPath: dir.file("le/archive/a.example.test/privkey1.pem"))
+        let bad = try Shell.run([gatewayBinary(), "check", "-c", dir.file("config.yaml")])
+        XCTAssertEqual(bad.status, 1, bad.stdout + bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("error: certificate a.example.test:") && bad.stderr.contains("does not match"), bad.stderr)
+        let allowed = try Shell.run([gatewayBinary(), "check", "--allow-rejected", "-c", dir.file("config.yaml")])
+        XCTAssertEqual(allowed.status, 0, allowed.stderr)
+        XCTAssertTrue(allowed.stdout.contains("2 certificate lineage(s) loaded") && allowed.stdout.contains("1 rejected (allowed)"), allowed.stdout)
+    }
+
+    /// `certs DIR --ca-file` verifies the chains against a named CA; `--strict` makes a
+    /// chain that does not verify exit 1 (cron checks read the code).
+    func testCertsTakesACAFileAndStrictFailsOnABrokenChain() throws {
+        let dir = TemporaryDirectory()
+        XCTAssertEqual(try Shell.run(["bash", repositoryRoot() + "/certs-example/generate.sh", dir.file("le")]).status, 0)
+        let plain = try Shell.run([gatewayBinary(), "certs", dir.file("le")])
+        XCTAssertEqual(plain.status, 0, plain.stdout)
+        XCTAssertTrue(plain.stdout.contains("INVALID"), "the example CA is not in the system store: \(plain.stdout)")
+        XCTAssertEqual(try Shell.run([gatewayBinary(), "certs", "--strict", dir.file("le")]).status, 1)
+        let named = try Shell.run([gatewayBinary(), "certs", "--strict", "--ca-file", dir.file("le/ca.pem"), dir.file("le")])
+        XCTAssertEqual(named.status, 0, named.stdout)
+        XCTAssertFalse(named.stdout.contains("INVALID"), named.stdout)
+    }
+
+    /// `status` is a readable summary; `--json` the raw document, with RFC 3339 times.
+    func testStatusIsAReadableSummary() throws {
+        let dir = TemporaryDirectory()
+        let (gateway, upstream, _, admin) = try plainGateway(dir)
+        defer { _ = gateway.stop(); upstream.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin))
+        let summary = try Shell.run([gatewayBinary(), "status", "--admin", "127.0.0.1:\(admin)"])
+        XCTAssertEqual(summary.status, 0, summary.stderr)
+        for expected in ["edge-gateway ", "ready", "LISTENERS", "http", "plain HTTP", "CERTIFICATES (soonest expiry first)", "UPSTREAMS",
+                         "127.0.0.1:\(upstream.port)", "Last configuration reload: none since start"] {
+            XCTAssertTrue(summary.stdout.contains(expected), "missing '\(expected)' in:\n\(summary.stdout)")
+        }
+        XCTAssertFalse(summary.stdout.hasPrefix("{"), summary.stdout)
+        let json = try Shell.run([gatewayBinary(), "status", "--json", "--admin", "127.0.0.1:\(admin)"])
+        XCTAssertTrue(json.stdout.hasPrefix("{\"version\""), json.stdout)
+        let certificates = try Shell.run([gatewayBinary(), "status", "--path", "/status/certificates", "--admin", "127.0.0.1:\(admin)"])
+        XCTAssertTrue(certificates.stdout.contains("\"generated_at_rfc3339\":\"20"), certificates.stdout)
+    }
+
+    /// The summary's certificate rows come soonest expiry first, with dates (no gateway needed).
+    func testStatusSummaryOrdersCertificatesBySoonestExpiry() throws {
+        let json = """
+            {"version":"1","uptime_seconds":90,"ready":true,"listeners":[{"name":"https","address":"0.0.0.0:443","port":443,"tls":true,"tls_profile":"intermediate","h2":true,"mutual_tls":false,"proxy_protocol":false}],
+             "certificates":[{"name":"late","not_after":1900000000,"state":"ok"},{"name":"soon","not_after":1800000000,"state":"warning"}],
+             "certificate_problems":[{"name":"bad","error":"private key does not match","serving_previous":true}],
+             "upstreams":[{"name":"app","backends":[{"address":"10.0.0.5:80","health":"ejected","requests":10,"reuse_ratio":0.9,"last_error":"connect failed"}]}],
+             "last_reload":{"time":1790000000,"result":"published"},"config_reload":{"time":1790000100,"result":"rejected","error":"bad key"}}
+            """
+        let text = try StatusSummary.text(statusJSON: json, now: 1_790_000_000)
+        let soon = try XCTUnwrap(text.range(of: "soon")), late = try XCTUnwrap(text.range(of: "late"))
+        XCTAssertLessThan(soon.lowerBound, late.lowerBound, text)
+        for expected in ["TLS intermediate, h2", "2027-01-15 08:00", "REJECTED bad: private key does not match (serving the previous version)",
+                         "10.0.0.5:80  ejected  10 requests, 90 % reused  last error: connect failed",
+                         "Last certificate reload: 2026-09-21", "Last configuration reload: 2026-09-21", "rejected: bad key"] {
+            XCTAssertTrue(text.contains(expected), "missing '\(expected)' in:\n\(text)")
+        }
+    }
+}
+
+/// Whether something accepts connections on 127.0.0.1:`port`.
+func isListening(port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = loopbackAddress(port: port)
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
+}

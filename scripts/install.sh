@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the gateway on this host: a release build (Swift runtime linked in statically),
+# packaged as a Debian package (scripts/package-deb.sh) and installed with apt, so that
+# `apt remove edge-gateway` (or `--purge`) takes it away again. Uses sudo when not root.
+# EDGE_GATEWAY=/path/to/edge-gateway packages that binary instead of building one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+deb=$(bash scripts/package-deb.sh "${EDGE_GATEWAY:-}")
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$deb"
+echo "installed $deb"
