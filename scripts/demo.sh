@@ -95,5 +95,5 @@ The gateway is running (logs: $demo/gateway.log). Try:
   curl http://127.0.0.1:9901/status
   curl http://127.0.0.1:9901/status/upstreams
   openssl s_client -connect 127.0.0.1:8443 -servername x.b.example.test </dev/null 2>/dev/null | openssl x509 -noout -subject -ext subjectAltName
-Stop it with: bash $PWD/scripts/demo.sh stop
+Stop it with: ${DEMO_DIR:+DEMO_DIR=$demo }bash $PWD/scripts/demo.sh stop
 TXT

@@ -726,7 +726,9 @@ extension GatewayConfig {
             // Reported with the gateway's own checks (`Gateway.prepare`), which still run.
             config.decodingProblems = unknownKeys.map { "\(path): \($0)" }
         } catch let errors as ConfigErrors {
-            throw ConfigProblems(problems: errors.errors.map { "\(path): \($0)" })
+            throw ConfigProblems(problems: errors.errors.map { $0.inFile(path) })
+        } catch let error as ConfigError {
+            throw ConfigProblems(problems: [error.inFile(path)])
         } catch {
             throw ConfigProblems(problems: ["\(path): \(error)"])
         }

@@ -11,6 +11,13 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable, Hashable {
     }
 
     public var description: String { self.path.isEmpty ? self.message : "\(self.path): \(self.message)" }
+
+    /// "file: key: reason", or "file:line:column: reason" (as compilers say it, which editors
+    /// and terminals turn into a link) when the path is a position in the file.
+    func inFile(_ file: String) -> String {
+        let isPosition = !self.path.isEmpty && self.path.allSatisfy { $0.isNumber || $0 == ":" }
+        return isPosition ? "\(file):\(self)" : "\(file): \(self)"
+    }
 }
 
 struct AnyKey: CodingKey {

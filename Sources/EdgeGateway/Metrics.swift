@@ -126,17 +126,25 @@ final class GatewayMetrics: Sendable {
         return self.registry.emitToString()
     }
 
-    /// The totals already added to each counter, per backend entry: a reload gives an
-    /// entry new (zeroed) figures, which add from zero again instead of waiting to pass the
-    /// old entry's. The entry is held so that its identity is not reused while it is a key.
-    private let upstreamSeen = NIOLockedValueBox<[ObjectIdentifier: (state: BackendState, totals: [String: Int])]>([:])
+    /// A backend entry whose totals the counters follow, with the totals already added.
+    private struct FollowedBackend {
+        var state: BackendState
+        let labels: [(String, String)]
+        let tls: Bool
+        var added: [String: Int] = [:]
+    }
+
+    /// Every backend entry of every configuration still alive. A reload gives each entry
+    /// new figures from zero, which add to the same series; the old configuration keeps
+    /// counting while it drains (and its admin connections may still render with it), so
+    /// each render brings every entry's counters up to date, and an entry is dropped only
+    /// once nothing else holds it, after a last update.
+    private let followed = NIOLockedValueBox<[ObjectIdentifier: FollowedBackend]>([:])
 
     /// Upstream gauges, and counters advanced to the backends' atomic totals.
     private func refreshUpstreams(_ groups: [UpstreamGroup]) {
-        var current = Set<ObjectIdentifier>()
         for group in groups {
             for (backend, state) in zip(group.backends, group.states) {
-                current.insert(ObjectIdentifier(state))
                 let labels = [("upstream", group.name), ("backend", backend.description)]
                 self.gauge("edge_upstream_backend_up", labels, help: "1 when the backend takes requests (health check passing, not ejected).")
                     .set(to: state.isAvailable() ? 1 : 0)
@@ -144,34 +152,45 @@ final class GatewayMetrics: Sendable {
                     .set(to: Double(state.active.load(ordering: .relaxed)))
                 self.gauge("edge_upstream_idle_connections", labels, help: "Idle keep-alive connections pooled for the backend.")
                     .set(to: Double(state.idleConnections.load(ordering: .relaxed)))
-                var totals: [(String, [(String, String)], String, Int)] = [
-                    ("edge_upstream_requests_total", labels, "Requests sent to the backend.", state.requests.load(ordering: .relaxed)),
-                    ("edge_upstream_connections_opened_total", labels, "New connections opened to the backend (requests minus these were reused).", state.connectionsOpened.load(ordering: .relaxed)),
-                    ("edge_upstream_connect_failures_total", labels, "Failed connects to the backend.", state.connectFailures.load(ordering: .relaxed)),
-                    ("edge_upstream_tls_resumed_total", labels, "Upstream TLS handshakes that resumed a session.", state.tlsResumed.load(ordering: .relaxed)),
-                ]
-                if group.tls != nil {
-                    // Every reason from zero, so that the first failure is an increase.
-                    for (reason, count) in zip(UpstreamHandshakeFailure.allCases, state.tlsHandshakeFailures) {
-                        totals.append(("edge_upstream_tls_handshake_failures_total", labels + [("reason", reason.rawValue)],
-                                       "Failed TLS handshakes with the backend, by reason (also counted as connect failures).",
-                                       count.load(ordering: .relaxed)))
+                self.followed.withLockedValue { followed in
+                    if followed[ObjectIdentifier(state)] == nil {
+                        followed[ObjectIdentifier(state)] = FollowedBackend(state: state, labels: labels, tls: group.tls != nil)
                     }
-                }
-                self.upstreamSeen.withLockedValue { seen in
-                    var entry = seen[ObjectIdentifier(state)] ?? (state, [:])
-                    for (name, series, help, total) in totals {
-                        let key = metricKey(name, series)
-                        if let added = entry.totals[key], total <= added { continue }
-                        let counter = self.counter(name, series, help: help)
-                        if total > entry.totals[key, default: 0] { counter.increment(by: Int64(total - entry.totals[key, default: 0])) }
-                        entry.totals[key] = total
-                    }
-                    seen[ObjectIdentifier(state)] = entry
                 }
             }
         }
-        self.upstreamSeen.withLockedValue { seen in seen = seen.filter { current.contains($0.key) } }
+        self.followed.withLockedValue { followed in
+            for id in Array(followed.keys) {
+                var entry = followed.removeValue(forKey: id)!
+                self.advanceCounters(&entry)
+                if !isKnownUniquelyReferenced(&entry.state) { followed[id] = entry }
+            }
+        }
+    }
+
+    private func advanceCounters(_ entry: inout FollowedBackend) {
+        let state = entry.state
+        var totals: [(String, [(String, String)], String, Int)] = [
+            ("edge_upstream_requests_total", entry.labels, "Requests sent to the backend.", state.requests.load(ordering: .relaxed)),
+            ("edge_upstream_connections_opened_total", entry.labels, "New connections opened to the backend (requests minus these were reused).", state.connectionsOpened.load(ordering: .relaxed)),
+            ("edge_upstream_connect_failures_total", entry.labels, "Failed connects to the backend.", state.connectFailures.load(ordering: .relaxed)),
+            ("edge_upstream_tls_resumed_total", entry.labels, "Upstream TLS handshakes that resumed a session.", state.tlsResumed.load(ordering: .relaxed)),
+        ]
+        if entry.tls {
+            // Every reason from zero, so that the first failure is an increase.
+            for (reason, count) in zip(UpstreamHandshakeFailure.allCases, state.tlsHandshakeFailures) {
+                totals.append(("edge_upstream_tls_handshake_failures_total", entry.labels + [("reason", reason.rawValue)],
+                               "Failed TLS handshakes with the backend, by reason (also counted as connect failures).",
+                               count.load(ordering: .relaxed)))
+            }
+        }
+        for (name, series, help, total) in totals {
+            let key = metricKey(name, series)
+            if let added = entry.added[key], total <= added { continue }
+            let counter = self.counter(name, series, help: help)
+            if total > entry.added[key, default: 0] { counter.increment(by: Int64(total - entry.added[key, default: 0])) }
+            entry.added[key] = total
+        }
     }
 
     private func certificateGauge(_ name: String, _ labels: [(String, String)], help: String) -> Gauge {

@@ -761,6 +761,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         exchange.tried.append(index)
         exchange.leaveBackend()
         if mayRetry, exchange.tried.count < group.maxConnectAttempts {
+            exchange.retryError = error  // the answer if no backend is left to try
             self.logger.warning("upstream connect failed; trying another backend", metadata: ["upstream": "\(group.name)", "error": "\(error)"])
             self.connect(exchange)
             return

@@ -313,7 +313,7 @@ final class UpstreamHandler: ChannelInboundHandler {
             // client certificate then), before any response byte: the upstream never
             // read the request, and the backend is as unusable as after a failed handshake.
             wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription, reason: tls.description, tlsFailure: failure)
-        } else if let io = error as? IOError, self.needsHandshake, !self.handshakeDone {
+        } else if let io = error as? IOError, self.needsHandshake, !self.handshakeDone, !isLocalResourceError(io) {
             wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription,
                                     reason: "connection broken during the TLS handshake: \(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))",
                                     tlsFailure: .closed)

@@ -271,12 +271,9 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
                 self.receivedCloseNotify(context: context)
                 return
             case .failed(let reason):
-                // A client connection that was asked for a certificate and then refused by
-                // an alert before any plaintext failed its handshake, whatever our side saw:
-                // TLS 1.3 checks the client certificate after the client's Finished, and the
-                // server reads no request before that check. Any other alert may follow a
-                // request the upstream read: not a handshake failure, never replayed.
-                let refusal = self.connection.upstreamFailure.flatMap { $0 == .clientCertificateRequired || $0 == .clientCertificateRefused ? $0 : nil }
+                // An upstream's refusal of our client certificate after our side of the
+                // TLS 1.3 handshake: the handshake's failure (`classifyPostHandshakeRefusal`).
+                let refusal = self.connection.postHandshakeRefusal
                 self.fail(context: context, error: TLSError(.readFailed, reason, upstreamFailure: refusal))
                 return
             }

@@ -73,6 +73,9 @@ final class TLSConnection {
                 _ = SSL_set_ex_data(ssl, sessionSlotIndex, Unmanaged.passUnretained(sessionSlot).toOpaque())
                 sessionSlot.apply(to: ssl)
             }
+            // Watches what arrives until the first plaintext (`classifyPostHandshakeRefusal`);
+            // it reaches this object through the BIO, which the SSL frees before we go.
+            SSL_set_msg_callback(ssl, upstreamMessageCallback)
             self.expectedNames = verifyHostnames
             self.allowCommonName = allowCommonName
             if !verifyHostnames.isEmpty, SSL_CTX_get_verify_mode(context.pointer) & SSL_VERIFY_PEER != 0 {
@@ -100,7 +103,10 @@ final class TLSConnection {
     func doHandshake() -> Result {
         ERR_clear_error()
         let rc = SSL_do_handshake(self.ssl)
-        if rc == 1 { return .complete }
+        if rc == 1 {
+            self.handshakeCompleted = true
+            return .complete
+        }
         return self.classify(rc)
     }
 
@@ -120,7 +126,10 @@ final class TLSConnection {
             return rc == 1 ? readBytes : 0
         }
         if rc > 0 {
-            self.receivedApplicationData = true
+            if !self.receivedApplicationData {
+                self.receivedApplicationData = true
+                if !self.context.isServer { SSL_set_msg_callback(self.ssl, nil) }  // its question is answered
+            }
             return .data(plaintext)
         }
         let error = SSL_get_error(self.ssl, 0)
@@ -130,7 +139,9 @@ final class TLSConnection {
         case SSL_ERROR_ZERO_RETURN:
             return .closeNotify
         default:
-            return .failed(self.reason(for: error))
+            let reason = self.reason(for: error)
+            self.postHandshakeRefusal = self.classifyPostHandshakeRefusal()
+            return .failed(reason)
         }
     }
 
@@ -205,10 +216,33 @@ final class TLSConnection {
     private var allowCommonName = false
     /// Why the last handshake of a client connection failed, for metrics.
     private(set) var upstreamFailure: UpstreamHandshakeFailure?
-    /// Whether any plaintext came from the peer. With TLS 1.3 the server checks our
-    /// client certificate after our side of the handshake ended: its refusal is the
-    /// first thing we read, and a failure before any plaintext is still the handshake's.
+    /// Whether any plaintext came from the peer.
     private(set) var receivedApplicationData = false
+    /// Whether our side of the handshake completed.
+    fileprivate var handshakeCompleted = false
+    /// On a client connection, until the first plaintext: a handshake message (a session
+    /// ticket, a key update) arrived after our side of the handshake completed, and the
+    /// last alert's description (`upstreamMessageCallback`).
+    fileprivate var handshakeMessageAfterCompletion = false
+    fileprivate var receivedAlert: UInt8?
+    /// Set when a read failed because the upstream refused our client certificate after our
+    /// side of the handshake (see `classifyPostHandshakeRefusal`).
+    private(set) var postHandshakeRefusal: UpstreamHandshakeFailure?
+
+    /// TLS 1.3 checks the client certificate after the client's Finished: the server's
+    /// refusal is the first thing the client reads, after its handshake "completed". Such
+    /// a failure is the handshake's, and the server read none of the request (it reads
+    /// nothing before the check), so the request may go to another backend. Only then:
+    /// TLS 1.3, a certificate was asked for, a certificate alert, nothing read before it,
+    /// not even a session ticket (an OpenSSL server sends those once it accepted us). With
+    /// TLS 1.2 the server accepted our certificate before its Finished: a later alert may
+    /// follow a request it acted on.
+    private func classifyPostHandshakeRefusal() -> UpstreamHandshakeFailure? {
+        guard !self.context.isServer, self.handshakeCompleted, !self.receivedApplicationData, !self.handshakeMessageAfterCompletion,
+              SSL_version(self.ssl) == TLS1_3_VERSION, SSL_get_ex_data(self.ssl, certificateRequestedIndex) != nil,
+              let alert = self.receivedAlert, certificateAlerts.contains(alert) else { return nil }
+        return SSL_get_certificate(self.ssl) == nil ? .clientCertificateRequired : .clientCertificateRefused
+    }
 
     /// Subject and names of the certificate the peer sent, for refusal logs.
     private var peerSubject: String {
@@ -330,6 +364,24 @@ package func isIPAddress(_ host: String) -> Bool {
     var v4 = in_addr()
     var v6 = in6_addr()
     return host.withCString { inet_pton(AF_INET, $0, &v4) == 1 || inet_pton(AF_INET6, $0, &v6) == 1 }
+}
+
+/// Alerts about our certificate: bad_certificate, unsupported_certificate, certificate_revoked,
+/// certificate_expired, certificate_unknown, unknown_ca, access_denied, decrypt_error (its
+/// CertificateVerify signature), certificate_required.
+private let certificateAlerts: Set<UInt8> = [42, 43, 44, 45, 46, 48, 49, 51, 116]
+
+/// Notes, on a client connection, the handshake messages and alerts received (decrypted:
+/// OpenSSL reports TLS 1.3's inner content type).
+private let upstreamMessageCallback: @convention(c) (Int32, Int32, Int32, UnsafeRawPointer?, Int, OpaquePointer?, UnsafeMutableRawPointer?) -> Void = {
+    writing, _, contentType, bytes, length, ssl, _ in
+    guard writing == 0, let ssl, let bio = SSL_get_rbio(ssl), BIO_get_data(bio) != nil else { return }
+    let connection = ByteBufferBIO.connection(bio)
+    if contentType == SSL3_RT_HANDSHAKE, connection.handshakeCompleted {
+        connection.handshakeMessageAfterCompletion = true
+    } else if contentType == SSL3_RT_ALERT, let bytes, length >= 2 {
+        connection.receivedAlert = bytes.load(fromByteOffset: 1, as: UInt8.self)
+    }
 }
 
 /// The BIO behind every `TLSConnection`: reads from its `inbound` buffer, appends to its `outbound` one.

@@ -104,17 +104,20 @@ struct Check: AsyncParsableCommand {
     var allowRejected = false
 
     func run() async throws {
-        LoggingSystem.bootstrap { label in
-            var handler = TextLogHandler(label: label)
-            handler.logLevel = .warning
-            return handler
-        }
+        LoggingSystem.bootstrap { _ in CheckLogHandler() }
         let logger = Logger(label: "edge-gateway")
         do {
             let gateway = try loadGateway(configPath: self.config, logger: logger)
             // Every certificate source was loaded as `run` loads it: a rejected lineage
-            // (a key that does not match, an unreadable file) fails the check.
-            let rejected = gateway.stores.flatMap(\.problems)
+            // (a key that does not match, an unreadable file) fails the check. A certbot
+            // directory that does not exist yet is watched for, as `run` does: before the
+            // first `certbot certonly` that is how a new host starts.
+            let problems = gateway.stores.flatMap(\.problems)
+            let awaited = problems.filter { $0.name.hasPrefix("certbot:") && $0.error.hasSuffix("no such directory") }
+            let rejected = problems.filter { problem in !awaited.contains { $0.name == problem.name } }
+            for problem in awaited {
+                writeStandardError("warning: certificate source \(problem.name): no such directory yet; watched for, its lineages are served once certbot creates them\n")
+            }
             var failures = gateway.checkFailures
             if !self.allowRejected {
                 failures += rejected.map { "certificate \($0.name): \($0.error) (--allow-rejected accepts this)" }

@@ -26,6 +26,27 @@ struct TextLogHandler: LogHandler {
     }
 }
 
+/// What `check` logs, said as its own problems are: `warning: message (key=value ...)`, no
+/// timestamps. A rejected certificate is one of check's own errors, printed once by check.
+struct CheckLogHandler: LogHandler {
+    var logLevel: Logger.Level = .warning
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { self.metadata[key] }
+        set { self.metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        if event.level >= .error, "\(event.message)" == "certificate rejected" { return }
+        var merged = self.metadata
+        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
+        let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\(quoteIfNeeded("\($0.value)"))" }.joined(separator: " ")
+        let level = event.level >= .error ? "error" : "warning"
+        writeStandardError("\(level): \(event.message)\(fields.isEmpty ? "" : " (\(fields))")\n")
+    }
+}
+
 /// One JSON object per line on stderr.
 struct JSONLogHandler: LogHandler {
     let label: String

@@ -122,7 +122,7 @@ final class OperatorMessagesTests: XCTestCase {
             XCTAssertFalse(check.stderr.contains("The given data was not valid YAML"), check.stderr)
         }
         let tab = try Shell.run([gatewayBinary(), "check", "-c", dir.file("tab.yaml")]).stderr
-        XCTAssertTrue(tab.contains("\n     - { name: http") && tab.contains("\n    ^"), tab)
+        XCTAssertTrue(tab.contains("\n   - { name: http") && tab.contains("\n  ^\n"), tab)  // the tab as a space, the caret under it
         // An empty file and a directory say so.
         try dir.write("empty.yaml", "\n")
         XCTAssertTrue(try Shell.run([gatewayBinary(), "check", "-c", dir.file("empty.yaml")]).stderr.contains("the file is empty"))

@@ -42,6 +42,16 @@ final class UpstreamMetricsTests: XCTestCase {
         XCTAssertEqual(value(text, expired), "3")
         text = metrics.render(reports: [], stores: [], groups: [after], now: 0)
         XCTAssertEqual(value(text, expired), "3", "counted once")
+
+        // The old configuration drains (and its admin connections render with it): what it
+        // counts still adds up, and renders with either configuration count nothing twice.
+        before.states[0].requests.wrappingIncrement(by: 2, ordering: .relaxed)
+        text = metrics.render(reports: [], stores: [], groups: [before], now: 0)
+        XCTAssertEqual(value(text, requests), "8")
+        for _ in 0..<2 {
+            XCTAssertEqual(value(metrics.render(reports: [], stores: [], groups: [after], now: 0), requests), "8")
+            XCTAssertEqual(value(metrics.render(reports: [], stores: [], groups: [before], now: 0), requests), "8")
+        }
     }
 
     /// A plain upstream has no handshake series.

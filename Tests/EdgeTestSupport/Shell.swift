@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The result of a finished process.
 public struct ProcessResult: Sendable {
@@ -9,43 +12,85 @@ public struct ProcessResult: Sendable {
 
 public enum Shell {
     /// Runs a command to completion (bounded by `timeout`), capturing its output.
+    ///
+    /// Spawned and reaped here (posix_spawn, waitpid), not with Foundation's `Process`: on
+    /// Linux that learns of a child's exit from a SIGCHLD that libdispatch reads through a
+    /// signalfd, and a SIGCHLD sent to a thread that does not block it is discarded. A
+    /// script that exits while the children it started in the background run on (the
+    /// demo) then stayed a zombie, and the test waited for it forever.
     @discardableResult
     public static func run(_ arguments: [String], input: String? = nil, timeout: TimeInterval = 120, environment: [String: String]? = nil) throws -> ProcessResult {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        if let environment {
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        var environmentVariables = ProcessInfo.processInfo.environment
+        if let environment { environmentVariables.merge(environment) { _, new in new } }
+        let inPipe = try pipePair(), outPipe = try pipePair(), errPipe = try pipePair()
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, inPipe.read, 0)
+        posix_spawn_file_actions_adddup2(&actions, outPipe.write, 1)
+        posix_spawn_file_actions_adddup2(&actions, errPipe.write, 2)
+        // Every other descriptor of ours is close-on-exec (pipePair below; Foundation and NIO
+        // open theirs so), so the child holds no end of these pipes but its own.
+        var pid: pid_t = 0
+        let argv = (["/usr/bin/env"] + arguments).map { strdup($0) } + [nil]
+        let envp = environmentVariables.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
         }
-        let outPipe = Pipe(), errPipe = Pipe()
-        process.standardOutput = outPipe
-        process.standardError = errPipe
-        let inPipe = Pipe()
-        process.standardInput = inPipe
-        try process.run()
-        if let input { inPipe.fileHandleForWriting.write(Data(input.utf8)) }
-        try? inPipe.fileHandleForWriting.close()
+        let spawned = posix_spawn(&pid, "/usr/bin/env", &actions, nil, argv, envp)
+        close(inPipe.read)
+        close(outPipe.write)
+        close(errPipe.write)
+        guard spawned == 0 else {
+            [inPipe.write, outPipe.read, errPipe.read].forEach { close($0) }
+            throw POSIXError(POSIXErrorCode(rawValue: spawned) ?? .EIO)
+        }
+        let stdinHandle = FileHandle(fileDescriptor: inPipe.write, closeOnDealloc: true)
+        if let input { stdinHandle.write(Data(input.utf8)) }
+        try? stdinHandle.close()
         // Drain both pipes concurrently so a chatty child never blocks.
         let outData = DataBox(), errData = DataBox()
         let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async { outData.set(outPipe.fileHandleForReading.readDataToEndOfFile()); group.leave() }
-        group.enter()
-        DispatchQueue.global().async { errData.set(errPipe.fileHandleForReading.readDataToEndOfFile()); group.leave() }
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning {
-            process.terminate()
-            usleep(200_000)
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        for (fd, box) in [(outPipe.read, outData), (errPipe.read, errData)] {
+            group.enter()
+            DispatchQueue.global().async {
+                let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+                box.set(handle.readDataToEndOfFile())
+                group.leave()
+            }
         }
-        process.waitUntilExit()
-        group.wait()
-        return ProcessResult(
-            status: process.terminationStatus,
-            stdout: String(decoding: outData.get(), as: UTF8.self),
-            stderr: String(decoding: errData.get(), as: UTF8.self)
-        )
+        let deadline = Date().addingTimeInterval(timeout)
+        var status: Int32 = 0
+        var exited = false
+        while !exited {
+            let reaped = waitpid(pid, &status, WNOHANG)
+            if reaped == pid || (reaped < 0 && errno != EINTR) {
+                exited = true
+            } else if Date() >= deadline {
+                kill(pid, SIGTERM)
+                usleep(200_000)
+                if waitpid(pid, &status, WNOHANG) != pid {
+                    kill(pid, SIGKILL)
+                    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                }
+                exited = true
+            } else {
+                usleep(10_000)
+            }
+        }
+        // Output that a background grandchild still holds open is not waited for long.
+        _ = group.wait(timeout: .now() + 5)
+        let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return ProcessResult(status: code, stdout: String(decoding: outData.get(), as: UTF8.self), stderr: String(decoding: errData.get(), as: UTF8.self))
+    }
+
+    private static func pipePair() throws -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        // pipe2 is not in Swift's Glibc; nothing else in a test process spawns meanwhile.
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        return (fds[0], fds[1])
     }
 
     /// Runs a shell snippet with bash.
