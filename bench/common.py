@@ -23,8 +23,8 @@ def wait_port(port, timeout=20):
     return False
 
 
-# The production build, as the README gives it: release, with the runtime exclusivity
-# checks off (the debug build the tests run keeps them; see the README's design notes).
+# The production build, as docs/operations.md gives it: release, with the runtime exclusivity
+# checks off (the debug build the tests run keeps them; see docs/design.md).
 RELEASE_BUILD = ["swift", "build", "-c", "release", "-Xswiftc", "-enforce-exclusivity=unchecked"]
 
 

@@ -209,7 +209,7 @@ def main():
     args = ap.parse_args()
     binary = args.binary or common.release_binary(build=False)
     if not os.path.exists(binary):
-        sys.exit(f"no gateway binary at {binary}: build it as the README's production build says, or pass --binary")
+        sys.exit(f"no gateway binary at {binary}: build it as docs/operations.md (Production build) says, or pass --binary")
     rows = []
     with tempfile.TemporaryDirectory() as work:
         with open(os.path.join(work, "get.lua"), "w") as f:

@@ -30,11 +30,16 @@ else
   swift build --product edge-gateway
   bin=$(swift build --show-bin-path)/edge-gateway
 fi
+# The directory is emptied: only one the demo made (its marker) or an empty one.
+if [ -d "$demo" ] && [ -n "$(ls -A "$demo")" ] && [ ! -e "$demo/.edge-gateway-demo" ]; then
+  echo "demo: refusing to empty $demo, which the demo did not make (DEMO_DIR names a directory of its own)" >&2
+  exit 1
+fi
 [ -d "$demo" ] && stop_all
-rm -rf "$demo" && mkdir -p "$demo"
+rm -rf "$demo" && mkdir -p "$demo" && touch "$demo/.edge-gateway-demo"
 bash certs-example/generate.sh "$demo/certs" >/dev/null
 cat > "$demo/config.yaml" <<YAML
-# Example configuration: see README.md for every key.
+# Example configuration: see docs/configuration.md for every key.
 listeners:
   - name: https
     address: "127.0.0.1:8443"
@@ -76,6 +81,10 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 curl -s -o /dev/null http://127.0.0.1:9000/ || fail "the demo upstream does not answer on 127.0.0.1:9000" "$demo/upstream.log"
+# Readiness is asked of 127.0.0.1:9901: another program answering there would pass for ours.
+if (exec 3<>/dev/tcp/127.0.0.1/9901) 2>/dev/null; then
+  fail "port 9901 (the admin endpoint) is taken: another gateway or demo runs (bash scripts/demo.sh stop)" /dev/null
+fi
 "$bin" run -c "$demo/config.yaml" > "$demo/gateway.log" 2>&1 & echo $! > "$demo/gateway.pid"
 for _ in $(seq 1 100); do
   kill -0 "$(cat "$demo/gateway.pid")" 2>/dev/null || fail "the gateway exited at start" "$demo/gateway.log"
@@ -83,6 +92,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 curl -s -o /dev/null http://127.0.0.1:9901/readyz || fail "the gateway is not ready after 10 s" "$demo/gateway.log"
+kill -0 "$(cat "$demo/gateway.pid")" 2>/dev/null || fail "the gateway exited at start" "$demo/gateway.log"
 # Another program on port 9000 answers in its place when ours could not bind.
 kill -0 "$(cat "$demo/upstream.pid")" 2>/dev/null || fail "the demo upstream exited (is port 9000 taken?)" "$demo/upstream.log"
 cat <<TXT

@@ -10,6 +10,7 @@
 # certbot webroot) and a placeholder certificate for the first start; it neither enables
 # nor starts the service (ports 80 and 443 may belong to another server until you switch).
 set -euo pipefail
+umask 022  # dpkg-deb refuses a 0700 DEBIAN/, and installed directories must be readable
 cd "$(dirname "$0")/.."
 bin=${1:-}
 out=$(realpath -m "${2:-.build/deb}")
@@ -17,7 +18,10 @@ if [ -z "$bin" ]; then
   swift build -c release --product edge-gateway --static-swift-stdlib >&2
   bin=$(swift build -c release --show-bin-path)/edge-gateway
 fi
-version=$("$bin" --version)
+# Every build a version of its own, newer than the last (apt installs nothing over an
+# equal version): the gateway's version, then the build time and commit.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo local)
+version="$("$bin" --version)+$(date -u +%Y%m%d%H%M%S).g$commit"
 arch=$(dpkg --print-architecture)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -27,6 +31,16 @@ install -D -m 755 "$bin" "$root/usr/bin/edge-gateway"
 install -D -m 644 deploy/edge-gateway.service "$root/lib/systemd/system/edge-gateway.service"
 install -D -m 644 deploy/config.example.yaml "$root/etc/edge-gateway/config.yaml"
 install -D -m 644 README.md "$root/usr/share/doc/edge-gateway/README.md"
+for page in docs/*.md; do install -D -m 644 "$page" "$root/usr/share/doc/edge-gateway/$page"; done
+install -D -m 755 deploy/certbot/edge-gateway-deploy-hook.sh "$root/usr/share/edge-gateway/certbot-deploy-hook.sh"
+cat > "$root/usr/share/doc/edge-gateway/copyright" <<COPYRIGHT
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: edge-gateway
+
+Files: *
+Copyright: the edge-gateway developers
+License: see the source repository
+COPYRIGHT
 install -D -m 644 deploy/config.example.yaml "$root/usr/share/doc/edge-gateway/examples/config.example.yaml"
 install -D -m 755 deploy/certbot/edge-gateway-deploy-hook.sh "$root/usr/share/doc/edge-gateway/examples/edge-gateway-deploy-hook.sh"
 
@@ -55,15 +69,22 @@ if [ "$1" = configure ]; then
     --home /var/lib/edge-gateway --no-create-home --shell /usr/sbin/nologin edge-gateway
   mkdir -p /var/lib/edge-gateway/acme
   chown edge-gateway:edge-gateway /var/lib/edge-gateway /var/lib/edge-gateway/acme
-  chgrp edge-gateway /etc/edge-gateway/config.yaml
-  chmod 0640 /etc/edge-gateway/config.yaml
+  # Only on the first install, and only if the administrator kept the file.
+  if [ -z "$2" ] && [ -e /etc/edge-gateway/config.yaml ]; then
+    chgrp edge-gateway /etc/edge-gateway/config.yaml
+    chmod 0640 /etc/edge-gateway/config.yaml
+  fi
   if [ ! -e /etc/edge-gateway/placeholder.pem ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=placeholder -days 3650 \
-      -keyout /etc/edge-gateway/placeholder.key -out /etc/edge-gateway/placeholder.pem 2>/dev/null
+      -keyout /etc/edge-gateway/placeholder.key -out /etc/edge-gateway/placeholder.pem
     chgrp edge-gateway /etc/edge-gateway/placeholder.key
     chmod 0640 /etc/edge-gateway/placeholder.key
   fi
-  if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+  if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
+    # An upgrade: the new binary takes over if the service was running (nothing starts otherwise).
+    if [ -n "$2" ]; then systemctl try-restart edge-gateway.service || true; fi
+  fi
   echo "edge-gateway installed. Edit /etc/edge-gateway/config.yaml, then:"
   echo "  edge-gateway check -c /etc/edge-gateway/config.yaml && systemctl enable --now edge-gateway"
 fi
@@ -73,7 +94,7 @@ cat > "$root/DEBIAN/prerm" <<'PRERM'
 #!/bin/sh
 set -e
 if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-  systemctl disable --now edge-gateway >/dev/null 2>&1 || true
+  systemctl stop edge-gateway.service >/dev/null 2>&1 || true
 fi
 PRERM
 
@@ -85,7 +106,9 @@ if [ "$1" = purge ]; then
   # elsewhere may still belong to them).
   rm -f /etc/edge-gateway/placeholder.pem /etc/edge-gateway/placeholder.key
   rmdir /etc/edge-gateway 2>/dev/null || true
-  rm -rf /var/lib/edge-gateway
+  rm -rf /var/lib/edge-gateway /var/log/edge-gateway
+  # Whether or not systemd runs here, no enablement link outlives the package.
+  rm -f /etc/systemd/system/multi-user.target.wants/edge-gateway.service
 fi
 if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
 POSTRM

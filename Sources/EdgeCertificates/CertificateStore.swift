@@ -122,7 +122,8 @@ public final class CertificateStore: Sendable {
             )
         }
         if let name = configuration.defaultName, !loaded.contains(where: { $0.name == name }) {
-            throw CertificateLoadError(path: "certificates.default", reason: "no lineage named '\(name)' was loaded")
+            let names = loaded.map(\.name).sorted().joined(separator: ", ")
+            throw CertificateLoadError(path: "certificates.default", reason: "no lineage named '\(name)' was loaded (loaded: \(names))")
         }
         let snapshot = try CertificateSnapshot(
             generation: 1, lineages: loaded, policies: configuration.policies,

@@ -240,6 +240,11 @@ final class AdminHandler: ChannelInboundHandler {
                     self.respond(context: context, head: head, status: code, type: "text/plain", body: text)
                 }
                 return
+            case (_, "/reload"):
+                // The path exists; only its method is wrong (as nginx and Envoy's admin answer).
+                self.respond(context: context, head: head, status: .methodNotAllowed, type: "text/plain",
+                             body: "405 method not allowed: use POST /reload (curl -X POST http://ADMIN/reload)\n", extra: [("allow", "POST")])
+                return
             default:
                 (status, type, body) = (.notFound, "text/plain", "not found; try /, /healthz, /readyz, /status, /status/certificates, /status/upstreams, /metrics\n")
             }

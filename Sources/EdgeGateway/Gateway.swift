@@ -253,7 +253,7 @@ public final class Gateway: Sendable {
                 }
             }
             if let name = route.listener, !listenerNames.contains(name) {
-                problems.append("\(path).listener: no listener named '\(name)' (known: \(config.listeners.map(\.name).joined(separator: ", ")))")
+                problems.append("\(path).listener: no listener named '\(name)' (\(knownNames(config.listeners.map(\.name), kind: "listeners")))")
             }
             if let max = route.maxRequestBodyBytes, max < 1 {
                 problems.append("\(path).max_request_body_bytes: must be at least 1, got \(max)")
@@ -267,7 +267,7 @@ public final class Gateway: Sendable {
             if let name = route.upstream {
                 guard let group = groups[name] else {
                     if config.upstreams[name] == nil {
-                        problems.append("\(path).upstream: no upstream named '\(name)' (known: \(config.upstreams.keys.sorted().joined(separator: ", ")))")
+                        problems.append("\(path).upstream: no upstream named '\(name)' (\(knownNames(config.upstreams.keys.sorted(), kind: "upstreams")))")
                     }
                     continue
                 }
@@ -401,6 +401,8 @@ public final class Gateway: Sendable {
                 )
                 stores.append(store)
                 shared = store
+            } catch let error as CertificateLoadError where error.path.hasPrefix("certificates.") {
+                problems.append(error.description)  // names its key already
             } catch {
                 problems.append("certificates: \(Self.reason(error))")
             }
@@ -750,3 +752,7 @@ public func currentTime() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
 
+/// "known: a, b" for a name that matched none, or that there are none at all.
+func knownNames(_ names: [String], kind: String) -> String {
+    names.isEmpty ? "no \(kind) are configured" : "known: \(names.joined(separator: ", "))"
+}

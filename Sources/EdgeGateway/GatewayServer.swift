@@ -326,7 +326,7 @@ extension Gateway {
     }
 
     private func bind(_ listener: ListenerPlan, fd: CInt, group: EventLoopGroup, quiescing: ServerQuiescingHelper, pools: PoolRegistry) async throws -> Channel {
-        let metrics = self.metrics.listener(listener.name)
+        let metrics = self.metrics.listener(listener.name, tls: listener.tlsContext != nil)
         var handshake = TLSHandlerConfiguration()
         handshake.handshakeTimeout = listener.handshakeTimeout
         handshake.closeObserver = metrics

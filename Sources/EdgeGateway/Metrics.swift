@@ -44,13 +44,15 @@ final class GatewayMetrics: Sendable {
     /// name and kept across reloads; `bind` resolves it once. Looking each series up by
     /// name and labels cost ~3 % of a full handshake (four lookups under a lock), and
     /// 7 % of an HTTP/2 request when the request counter was built per stream.
-    func listener(_ name: String) -> ListenerMetrics {
-        if let existing = self.listeners.withLockedValue({ $0[name] }) { return existing }
+    /// A plain listener has no handshake series (kept apart by `tls`: a reload may change that).
+    func listener(_ name: String, tls: Bool) -> ListenerMetrics {
+        let key = "\(name)|\(tls)"
+        if let existing = self.listeners.withLockedValue({ $0[key] }) { return existing }
         let made = ListenerMetrics(
             requestsByClass: (1...5).map { self.counter("edge_requests_total", [("listener", name), ("class", "\($0)xx")], help: "Requests answered, by listener and status class.") },
             open: self.gauge("edge_connections_open", [("listener", name)], help: "Open client connections."),
             accepted: self.counter("edge_connections_total", [("listener", name)], help: "Client connections accepted."),
-            handshakes: ["ok", "failed", "timeout"].map { self.counter("edge_tls_handshakes_total", [("listener", name), ("result", $0)], help: "TLS handshakes with clients, by result.") },
+            handshakes: !tls ? [] : ["ok", "failed", "timeout"].map { self.counter("edge_tls_handshakes_total", [("listener", name), ("result", $0)], help: "TLS handshakes with clients, by result.") },
             proxyProtocolRefused: self.counter("edge_proxy_protocol_refused_total", [("listener", name)],
                                                help: "Connections closed for a missing or malformed PROXY protocol header, or from a peer outside proxy_protocol_from (proxy_protocol listeners)."),
             overflow: self.counter("edge_connections_refused_total", [("listener", name), ("reason", "max_connections")],
@@ -58,8 +60,8 @@ final class GatewayMetrics: Sendable {
             acceptErrors: self.counter("edge_accept_errors_total", [("listener", name)],
                                        help: "Failed accepts (out of descriptors: EMFILE, ENFILE; out of memory), each followed by a 250 ms pause in accepting."))
         return self.listeners.withLockedValue { listeners in
-            if let existing = listeners[name] { return existing }
-            listeners[name] = made
+            if let existing = listeners[key] { return existing }
+            listeners[key] = made
             return made
         }
     }
@@ -123,7 +125,7 @@ final class GatewayMetrics: Sendable {
             .set(to: Double(CertificateSnapshot.liveCount))
         self.gauge("edge_certificate_snapshot_generation", [], help: "Generation of the newest published certificate snapshot.")
             .set(to: Double(stores.map { $0.snapshot.generation }.max() ?? 0))
-        return self.registry.emitToString()
+        return sortedExposition(self.registry.emitToString())
     }
 
     /// A backend entry whose totals the counters follow, with the totals already added.
@@ -273,10 +275,36 @@ final class ListenerMetrics: ProxyObserver, Sendable {
     }
 
     func handshake(result: String) {
+        guard !self.handshakes.isEmpty else { return }
         switch result {
         case "ok": self.handshakes[0].increment()
         case "failed": self.handshakes[1].increment()
         default: self.handshakes[2].increment()
         }
     }
+}
+
+/// The exposition with its families in name order and each family's series in label order:
+/// the registry emits them in hash order, different on every start, which makes two
+/// scrapes (or a scrape and the README) hard to compare by eye or with diff.
+func sortedExposition(_ text: String) -> String {
+    var families: [(name: String, lines: [Substring])] = []
+    for line in text.split(separator: "\n") {
+        if line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ") {
+            let name = String(line.dropFirst(7).prefix { $0 != " " })
+            if families.last?.name != name { families.append((name, [])) }
+            families[families.count - 1].lines.append(line)
+        } else if !families.isEmpty {
+            families[families.count - 1].lines.append(line)
+        } else {
+            families.append(("", [line]))
+        }
+    }
+    var out = ""
+    for family in families.sorted(by: { $0.name < $1.name }) {
+        let comments = family.lines.filter { $0.hasPrefix("#") }
+        let samples = family.lines.filter { !$0.hasPrefix("#") }.sorted()
+        for line in comments + samples { out += line + "\n" }
+    }
+    return out
 }

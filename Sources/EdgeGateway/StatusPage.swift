@@ -61,7 +61,7 @@ func statusPage(_ gateway: Gateway) -> String {
         <body>
         <h1>edge-gateway \(gatewayVersion)</h1>
         <p>Certificates served now, soonest expiry first. Snapshot generation \(gateway.stores.map { $0.snapshot.generation }.max() ?? 0);
-        last reload \(last.map { isoDate($0.time) + " (" + html($0.result) + ")" } ?? "never").</p>
+        last reload \(last.map { isoDate($0.time) + " UTC (" + html($0.result) + ")" } ?? "never").</p>
         <table>
         <tr><th>Lineage</th><th>Names</th><th>Serial</th><th>Not after (UTC)</th><th>Remaining</th><th>State</th></tr>
         \(rows)</table>

@@ -313,7 +313,11 @@ final class UpstreamHandler: ChannelInboundHandler {
             // client certificate then), before any response byte: the upstream never
             // read the request, and the backend is as unusable as after a failed handshake.
             wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription, reason: tls.description, tlsFailure: failure)
-        } else if let io = error as? IOError, self.needsHandshake, !self.handshakeDone, !isLocalResourceError(io) {
+        } else if let io = error as? IOError, self.needsHandshake, !self.handshakeDone, isLocalResourceError(io) {
+            // The gateway's own shortage (ENOBUFS, ENOMEM): never the backend's (503, as at connect).
+            wrapped = UpstreamError(kind: .localResources, backend: self.backendDescription,
+                                    reason: "out of local resources during the TLS handshake: \(String(cString: strerror(io.errnoCode)))")
+        } else if let io = error as? IOError, self.needsHandshake, !self.handshakeDone {
             wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription,
                                     reason: "connection broken during the TLS handshake: \(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))",
                                     tlsFailure: .closed)

@@ -366,10 +366,11 @@ package func isIPAddress(_ host: String) -> Bool {
     return host.withCString { inet_pton(AF_INET, $0, &v4) == 1 || inet_pton(AF_INET6, $0, &v6) == 1 }
 }
 
-/// Alerts about our certificate: bad_certificate, unsupported_certificate, certificate_revoked,
-/// certificate_expired, certificate_unknown, unknown_ca, access_denied, decrypt_error (its
-/// CertificateVerify signature), certificate_required.
-private let certificateAlerts: Set<UInt8> = [42, 43, 44, 45, 46, 48, 49, 51, 116]
+/// Alerts about our certificate: handshake_failure (OpenSSL's alert when a server's verify
+/// callback refuses it, as an allow list does), bad_certificate, unsupported_certificate,
+/// certificate_revoked, certificate_expired, certificate_unknown, unknown_ca, access_denied,
+/// decrypt_error (its CertificateVerify signature), certificate_required.
+private let certificateAlerts: Set<UInt8> = [40, 42, 43, 44, 45, 46, 48, 49, 51, 116]
 
 /// Notes, on a client connection, the handshake messages and alerts received (decrypted:
 /// OpenSSL reports TLS 1.3's inner content type).

@@ -166,8 +166,8 @@ struct Certs: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show which certificate expires when, without a running gateway (like certbot certificates).",
         discussion: """
-            Reads the certificate sources of a configuration file (-c) or the directories given
-            (certbot live/ or config directory, Kubernetes secret volume, or plain pairs).
+            Reads the certificate sources of a configuration file (-c) or the directories \
+            given (certbot live/ or config directory, Kubernetes secret volume, or plain pairs).
 
             Exit codes, for cron and monitoring checks:
               0  every certificate is ok

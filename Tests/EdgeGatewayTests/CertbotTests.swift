@@ -49,14 +49,20 @@ final class CertbotTests: XCTestCase {
         func certbot(_ arguments: [String]) throws -> ProcessResult {
             let common = ["--non-interactive", "--config-dir", self.configDir, "--work-dir", self.dir.file("work"), "--logs-dir", self.dir.file("logs")]
             let result = try Shell.run(["certbot"] + arguments + common, timeout: 120,
-                                       environment: ["REQUESTS_CA_BUNDLE": self.pki.caPath, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"])
+                                       environment: ["REQUESTS_CA_BUNDLE": self.pki.caPath, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+                                                     "EDGE_GATEWAY_GROUP": Self.hookGroup])
             return result
         }
 
+        /// The group the shipped deploy hook gives read access to (one every Debian host has).
+        static let hookGroup = "daemon"
+
         /// Issues `name`; with `webroot`, certbot's webroot plugin answers the challenge
-        /// (files under that directory, which something must serve on the HTTP port).
-        func issue(_ name: String, webroot: String? = nil) throws {
-            let authenticator = webroot.map { ["--webroot", "-w", $0] } ?? ["--manual", "--manual-auth-hook", "/bin/true", "--preferred-challenges", "http"]
+        /// (files under that directory, which something must serve on the HTTP port), and
+        /// with `deployHook` certbot runs the shipped deploy hook after it and every renewal.
+        func issue(_ name: String, webroot: String? = nil, deployHook: Bool = false) throws {
+            var authenticator = webroot.map { ["--webroot", "-w", $0] } ?? ["--manual", "--manual-auth-hook", "/bin/true", "--preferred-challenges", "http"]
+            if deployHook { authenticator += ["--deploy-hook", repositoryRoot() + "/deploy/certbot/edge-gateway-deploy-hook.sh"] }
             let result = try self.certbot(["certonly", "--agree-tos", "--register-unsafely-without-email", "--server", "https://localhost:\(self.port)/dir"]
                                           + authenticator + ["-d", name, "--cert-name", name])
             guard result.status == 0 else { throw NSError(domain: "certbot certonly \(name): \(result.stdout)\(result.stderr)", code: 1) }
@@ -171,7 +177,14 @@ final class CertbotTests: XCTestCase {
         XCTAssertEqual(servedSerial(port: https, serverName: "localhost"), placeholder.serial)
         let pebbleLog = { (try? String(contentsOfFile: acme.dir.file("pebble.log"), encoding: .utf8)) ?? "" }
         let fetched = "Attempting to validate w/ HTTP: http://localhost:\(httpPort)/.well-known/acme-challenge/"
-        try acme.issue("localhost", webroot: dir.file("webroot"))
+        // The README's command: webroot, and the shipped deploy hook (chgrp needs root).
+        let hook = getuid() == 0
+        try acme.issue("localhost", webroot: dir.file("webroot"), deployHook: hook)
+        let modes = { (path: String) in (try? Shell.run(["stat", "-c", "%G %a", acme.configDir + "/" + path]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? "" }
+        if hook {
+            XCTAssertEqual(modes("live"), "\(ACME.hookGroup) 750", "the deploy hook opened live/ to the group")
+            XCTAssertEqual(modes("archive/localhost/privkey1.pem"), "\(ACME.hookGroup) 640", "the deploy hook opened the key to the group")
+        }
         XCTAssertTrue(pebbleLog().contains(fetched), "pebble fetched the challenge through the gateway:\n\(pebbleLog().suffix(2000))")
         let issued = try acme.liveSerial("localhost")
         XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == issued }, "the issued certificate is served")
@@ -192,6 +205,11 @@ final class CertbotTests: XCTestCase {
         XCTAssertGreaterThan(pebbleLog().components(separatedBy: fetched).count, validations,
                              "the renewal was validated through the gateway too:\n\(pebbleLog().suffix(6000))")
         let renewed = try acme.liveSerial("localhost")
+        if hook {
+            let keys = try FileManager.default.contentsOfDirectory(atPath: acme.configDir + "/archive/localhost").filter { $0.hasPrefix("privkey") }.sorted()
+            XCTAssertGreaterThanOrEqual(keys.count, 2, "\(keys)")
+            XCTAssertEqual(modes("archive/localhost/" + keys.last!), "\(ACME.hookGroup) 640", "certbot ran the hook on renewal too (\(keys))")
+        }
         XCTAssertNotEqual(renewed, issued)
         XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == renewed }, "the renewed certificate is served")
         // Everything else on the plain listener goes to HTTPS; nothing reached the upstream from it.

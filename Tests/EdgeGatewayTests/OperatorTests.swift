@@ -1,6 +1,8 @@
 import EdgeGateway
 import EdgeTestSupport
 import Foundation
+import Logging
+import NIOPosix
 import XCTest
 
 #if canImport(Glibc)
@@ -16,6 +18,10 @@ final class OperatorTests: XCTestCase {
     func testTheDebianPackageInstallsChecksAndPurgesCleanly() throws {
         try XCTSkipUnless(getuid() == 0, "installing a package needs root (CI runs as root)")
         try XCTSkipIf(Shell.run(["dpkg-query", "-W", "edge-gateway"]).status == 0, "an edge-gateway package is installed on this host already")
+        // The purge at the end removes these: never on a host where they hold someone's setup.
+        for path in ["/etc/edge-gateway", "/var/lib/edge-gateway", "/usr/bin/edge-gateway", "/lib/systemd/system/edge-gateway.service"] {
+            try XCTSkipIf(FileManager.default.fileExists(atPath: path), "\(path) exists: this host has an installation the test would remove")
+        }
         let dir = TemporaryDirectory()
         let build = try Shell.run(["bash", repositoryRoot() + "/scripts/package-deb.sh", gatewayBinary(), dir.path])
         XCTAssertEqual(build.status, 0, build.stderr)
@@ -32,6 +38,12 @@ final class OperatorTests: XCTestCase {
         XCTAssertEqual(try Shell.run(["id", "edge-gateway"]).status, 0, "the postinst made the user")
         XCTAssertTrue(FileManager.default.fileExists(atPath: "/var/lib/edge-gateway/acme"))
         XCTAssertTrue(FileManager.default.fileExists(atPath: "/etc/edge-gateway/placeholder.pem"))
+        XCTAssertTrue(FileManager.default.isExecutableFile(atPath: "/usr/share/edge-gateway/certbot-deploy-hook.sh"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "/usr/share/doc/edge-gateway/docs/configuration.md"))
+        // The unit's own start check passes on the installed example (a rejected lineage would not stop it).
+        let unit = try String(contentsOfFile: "/lib/systemd/system/edge-gateway.service", encoding: .utf8)
+        let startCheck = try XCTUnwrap(unit.split(separator: "\n").first { $0.hasPrefix("ExecStartPre=") }).dropFirst("ExecStartPre=".count)
+        XCTAssertEqual(try Shell.run(startCheck.split(separator: " ").map(String.init)).status, 0, String(startCheck))
         // The shipped example, as installed, is a valid configuration.
         let check = try Shell.run(["/usr/bin/edge-gateway", "check", "-c", "/etc/edge-gateway/config.yaml"])
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
@@ -41,6 +53,17 @@ final class OperatorTests: XCTestCase {
             XCTAssertEqual(verify.status, 0, verify.stderr)
             XCTAssertEqual(verify.stderr.split(separator: "\n").filter { $0.contains("edge-gateway.service") }, [], verify.stderr)
         }
+
+        // An upgrade (every build is a newer version) keeps an edited configuration.
+        let edited = try String(contentsOfFile: "/etc/edge-gateway/config.yaml", encoding: .utf8) + "# edited by the operator\n"
+        try edited.write(toFile: "/etc/edge-gateway/config.yaml", atomically: false, encoding: .utf8)
+        pause(1.1)  // the version holds the build time in seconds
+        let rebuilt = try Shell.run(["bash", repositoryRoot() + "/scripts/package-deb.sh", gatewayBinary(), dir.file("second")])
+        XCTAssertEqual(rebuilt.status, 0, rebuilt.stderr)
+        let upgrade = try Shell.run(["dpkg", "-i", rebuilt.stdout.trimmingCharacters(in: .whitespacesAndNewlines)])
+        XCTAssertEqual(upgrade.status, 0, upgrade.stdout + upgrade.stderr)
+        XCTAssertTrue(upgrade.stdout.contains("Preparing to unpack") && !upgrade.stdout.contains("downgrading"), upgrade.stdout)
+        XCTAssertEqual(try String(contentsOfFile: "/etc/edge-gateway/config.yaml", encoding: .utf8), edited, "the upgrade replaced the edited configuration")
 
         let purge = try Shell.run(["dpkg", "--purge", "edge-gateway"])
         XCTAssertEqual(purge.status, 0, purge.stdout + purge.stderr)
@@ -152,6 +175,50 @@ final class OperatorMessagesTests: XCTestCase {
         let allowed = try Shell.run([gatewayBinary(), "check", "--allow-rejected", "-c", dir.file("config.yaml")])
         XCTAssertEqual(allowed.status, 0, allowed.stderr)
         XCTAssertTrue(allowed.stdout.contains("2 certificate lineage(s) loaded") && allowed.stdout.contains("1 rejected (allowed)"), allowed.stdout)
+    }
+
+    /// The smaller things a new operator tripped on (#30, item 10): messages that name what
+    /// exists, `GET /reload` answered 405 with `Allow: POST`, `/metrics` in a stable order
+    /// without handshake series for a plain listener, and the page's times in UTC.
+    func testSmallerOperatorMessages() async throws {
+        let dir = TemporaryDirectory()
+        XCTAssertEqual(try Shell.run(["bash", repositoryRoot() + "/certs-example/generate.sh", dir.file("le")]).status, 0)
+        try dir.write("bad.yaml", """
+            listeners: [ { name: https, address: "127.0.0.1:0", tls: {} } ]
+            certificates: { sources: [ { certbot: le/live } ], default: nothere }
+            routes: [ { upstream: app } ]
+            """)
+        let bad = try Shell.run([gatewayBinary(), "check", "-c", dir.file("bad.yaml")])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("error: certificates.default: no lineage named 'nothere' was loaded (loaded: a.example.test, localhost, wildcard.b.example.test)")
+                      || bad.stderr.contains("no lineage named 'nothere' was loaded (loaded: "), bad.stderr)
+        XCTAssertFalse(bad.stderr.contains("certificates: certificates.default"), bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("no upstream named 'app' (no upstreams are configured)"), bad.stderr)
+        XCTAssertFalse(bad.stderr.contains("(known: )"), bad.stderr)
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let gateway = try Gateway.prepare(config: try GatewayConfig.parse(yaml: """
+            listeners:
+              - { name: plain, address: "127.0.0.1:0" }
+              - { name: tls, address: "127.0.0.1:0", tls: { certificate: le/pairs/localhost.crt, key: le/pairs/localhost.key } }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """), baseDirectory: dir.path, logger: Logger(label: "test"))
+        try await gateway.start(group: group)
+        let admin = "http://127.0.0.1:\(gateway.adminPort!)"
+        let reload = try Shell.run(["curl", "-sS", "-i", admin + "/reload"]).stdout
+        XCTAssertTrue(reload.hasPrefix("HTTP/1.1 405") && reload.lowercased().contains("allow: post"), reload)
+        let metrics = try Shell.run(["curl", "-sS", admin + "/metrics"]).stdout
+        XCTAssertFalse(metrics.contains(#"edge_tls_handshakes_total{listener="plain""#), metrics)
+        XCTAssertTrue(metrics.contains(#"edge_tls_handshakes_total{listener="tls",result="ok"}"#), metrics)
+        let families = metrics.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.map { $0.split(separator: " ")[2] }
+        XCTAssertGreaterThan(families.count, 5)
+        XCTAssertEqual(families, families.sorted(), "metric families in name order")
+        let page = try Shell.run(["curl", "-sS", admin + "/"]).stdout
+        XCTAssertTrue(page.contains(" UTC ("), "the last reload's time says UTC")
+        await gateway.shutdown(grace: .seconds(1))
+        try await group.shutdownGracefully()
     }
 
     /// `certs DIR --ca-file` verifies the chains against a named CA; `--strict` makes a

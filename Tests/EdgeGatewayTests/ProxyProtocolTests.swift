@@ -196,8 +196,8 @@ final class ProxyProtocolTests: XCTestCase {
         XCTAssertTrue(metrics.contains(#"edge_proxy_protocol_refused_total{listener="https"} 2"#), metrics)
         XCTAssertTrue(metrics.contains(#"edge_proxy_protocol_refused_total{listener="http"} 1"#), metrics)
         let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status"]).stdout
-        XCTAssertTrue(status.contains(#""name":"https","address":"127.0.0.1:0","port":\#(https),"tls":true,"proxy_protocol":true}"#), status)
-        XCTAssertTrue(status.contains(#""tls":false,"proxy_protocol":false}"#), status)
+        XCTAssertTrue(status.contains(#""name":"https","address":"127.0.0.1:0","port":\#(https),"tls":true,"tls_profile":"intermediate","h2":true,"mutual_tls":false,"proxy_protocol":true}"#), status)
+        XCTAssertTrue(status.contains(#""tls":false,"tls_profile":null,"h2":false,"mutual_tls":false,"proxy_protocol":false}"#), status)
         await harness.shutdown()
     }
 

@@ -348,6 +348,50 @@ final class UpstreamTLSFailoverTests: XCTestCase {
         try await stop(gateway, group)
     }
 
+    /// A refusal by the upstream's verify callback (an allow list: OpenSSL then sends
+    /// handshake_failure, not a certificate alert) is a refusal too. The refusing upstream is
+    /// this gateway itself, with mutual TLS and an allow list that does not name our client.
+    func testAnAllowListRefusalMovesOn() async throws {
+        let dir = TemporaryDirectory()
+        let leaf = try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "server")
+        let client = try Self.pki.issue(subjectAltNames: ["DNS:gateway.client"], commonName: "gateway.client", into: dir.path, name: "client")
+        let good = freePort()
+        let (python, _) = try upstreams([spec(good, leaf)], dir: dir)
+        defer { RequestHardeningTests.stop(python) }
+        let upstreamLogs = LogCapture()
+        let (refusing, refusingGroup, refusingPort, _) = try await start("""
+            listeners:
+              - name: http
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), client_auth: { ca_file: \(Self.pki.caPath), allow: { dns: [someone.else] } } }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: upstreamLogs)
+        let logs = LogCapture()
+        let (gateway, group, http, admin) = try await start("""
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              app:
+                backends: ["127.0.0.1:\(refusingPort)", "127.0.0.1:\(good)"]
+                tls: { sni: app.internal, ca_file: \(Self.pki.caPath), client_certificate: \(client.fullchain), client_key: \(client.key) }
+                passive_health: { max_fails: 3, fail_timeout: 60s }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: logs)
+        var failed: [String] = []
+        for index in 0..<8 {
+            let answer = try fetch(http, post: index % 2 == 1)
+            if answer.code != "200" || !answer.body.contains("port=\(good)") { failed.append("\(answer.code) \(answer.body)") }
+        }
+        XCTAssertEqual(failed, [], logs.all.suffix(6).joined(separator: "\n"))
+        XCTAssertTrue(upstreamLogs.all.contains { $0.contains("not in client_auth.allow") }, upstreamLogs.all.suffix(5).joined(separator: "\n"))
+        let bad = try XCTUnwrap(try backends(admin, upstream: "app").first { ($0["address"] as? String) == "127.0.0.1:\(refusingPort)" })
+        XCTAssertGreaterThanOrEqual((bad["tls_handshake_failures"] as? [String: Int])?["client_certificate_refused"] ?? 0, 3, "\(bad)")
+        try await stop(gateway, group)
+        try await stop(refusing, refusingGroup)
+    }
+
     /// An upstream that resets the connection in the middle of the handshake (a TLS port
     /// behind something that is not TLS, a crashing backend) is a failed handshake too.
     /// Before, the reset was a broken connection: a 502, no failover, not counted.

@@ -29,8 +29,20 @@ public enum Shell {
         posix_spawn_file_actions_adddup2(&actions, inPipe.read, 0)
         posix_spawn_file_actions_adddup2(&actions, outPipe.write, 1)
         posix_spawn_file_actions_adddup2(&actions, errPipe.write, 2)
-        // Every other descriptor of ours is close-on-exec (pipePair below; Foundation and NIO
-        // open theirs so), so the child holds no end of these pipes but its own.
+        // Nothing else of ours reaches the child: a gateway's sockets that a curl held open
+        // would stay open when the gateway closed them (Foundation's Process closes them too).
+        posix_spawn_file_actions_addclosefrom(&actions, 3)
+        // A default signal mask and dispositions, as Foundation's Process gives: a child of a
+        // thread that blocks SIGTERM would otherwise ignore the `kill` that stops it.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t(), allSignals = sigset_t()
+        sigemptyset(&noSignals)
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
         let argv = (["/usr/bin/env"] + arguments).map { strdup($0) } + [nil]
         let envp = environmentVariables.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -38,7 +50,7 @@ public enum Shell {
             argv.forEach { free($0) }
             envp.forEach { free($0) }
         }
-        let spawned = posix_spawn(&pid, "/usr/bin/env", &actions, nil, argv, envp)
+        let spawned = posix_spawn(&pid, "/usr/bin/env", &actions, &attributes, argv, envp)
         close(inPipe.read)
         close(outPipe.write)
         close(errPipe.write)
@@ -46,10 +58,8 @@ public enum Shell {
             [inPipe.write, outPipe.read, errPipe.read].forEach { close($0) }
             throw POSIXError(POSIXErrorCode(rawValue: spawned) ?? .EIO)
         }
-        let stdinHandle = FileHandle(fileDescriptor: inPipe.write, closeOnDealloc: true)
-        if let input { stdinHandle.write(Data(input.utf8)) }
-        try? stdinHandle.close()
-        // Drain both pipes concurrently so a chatty child never blocks.
+        // Both pipes are drained from the start, so that neither a chatty child nor a large
+        // input blocks the other side.
         let outData = DataBox(), errData = DataBox()
         let group = DispatchGroup()
         for (fd, box) in [(outPipe.read, outData), (errPipe.read, errData)] {
@@ -60,13 +70,19 @@ public enum Shell {
                 group.leave()
             }
         }
+        let stdinHandle = FileHandle(fileDescriptor: inPipe.write, closeOnDealloc: true)
+        if let input { try? stdinHandle.write(contentsOf: Data(input.utf8)) }
+        try? stdinHandle.close()
         let deadline = Date().addingTimeInterval(timeout)
         var status: Int32 = 0
         var exited = false
         while !exited {
             let reaped = waitpid(pid, &status, WNOHANG)
-            if reaped == pid || (reaped < 0 && errno != EINTR) {
+            if reaped == pid {
                 exited = true
+            } else if reaped < 0 && errno != EINTR {
+                // Someone else reaped it: its status is unknown, never a success.
+                throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .ECHILD)
             } else if Date() >= deadline {
                 kill(pid, SIGTERM)
                 usleep(200_000)
@@ -85,6 +101,16 @@ public enum Shell {
         return ProcessResult(status: code, stdout: String(decoding: outData.get(), as: UTF8.self), stderr: String(decoding: errData.get(), as: UTF8.self))
     }
 
+    /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34), declared for _GNU_SOURCE
+    /// only, which Swift's Glibc module does not define.
+    private static func posix_spawn_file_actions_addclosefrom(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ from: Int32) {
+        typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+        guard let symbol = dlsym(dlopen(nil, RTLD_NOW), "posix_spawn_file_actions_addclosefrom_np") else {
+            fatalError("posix_spawn_file_actions_addclosefrom_np is missing (glibc older than 2.34)")
+        }
+        _ = unsafeBitCast(symbol, to: AddCloseFrom.self)(actions, from)
+    }
+
     private static func pipePair() throws -> (read: Int32, write: Int32) {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
@@ -101,10 +127,11 @@ public enum Shell {
 }
 
 final class DataBox: @unchecked Sendable {
-    // Written once by one reader thread, read after DispatchGroup.wait().
+    // Written once by a reader thread; read after it, or after a wait that timed out.
+    private let lock = NSLock()
     private var data = Data()
-    func set(_ d: Data) { self.data = d }
-    func get() -> Data { self.data }
+    func set(_ d: Data) { self.lock.withLock { self.data = d } }
+    func get() -> Data { self.lock.withLock { self.data } }
 }
 
 /// A temporary directory removed on deinit.

@@ -1,14 +1,18 @@
 #!/bin/sh
-# certbot deploy hook: keeps group read access for the gateway's user on new lineages.
-# Install: cp edge-gateway-deploy-hook.sh /etc/letsencrypt/renewal-hooks/deploy/ && chmod 755 it.
-# No reload is needed: the gateway watches /etc/letsencrypt and serves the new files itself.
+# certbot deploy hook: gives the gateway's group read access to the lineage certbot just
+# deployed (certbot keeps live/ and archive/ 0700 root). The Debian package installs it as
+# /usr/share/edge-gateway/certbot-deploy-hook.sh: name it with certbot's --deploy-hook (kept
+# for the lineage's renewals), or link it into /etc/letsencrypt/renewal-hooks/deploy/.
+# No reload is needed: the gateway watches the directories and serves the new files itself.
+# EDGE_GATEWAY_GROUP names another group than edge-gateway.
 set -eu
 group=${EDGE_GATEWAY_GROUP:-edge-gateway}
-chgrp "$group" /etc/letsencrypt/live /etc/letsencrypt/archive
-chmod 0750 /etc/letsencrypt/live /etc/letsencrypt/archive
-if [ -n "${RENEWED_LINEAGE:-}" ]; then
-  name=$(basename "$RENEWED_LINEAGE")
-  chgrp -R "$group" "/etc/letsencrypt/live/$name" "/etc/letsencrypt/archive/$name"
-  chmod 0750 "/etc/letsencrypt/live/$name" "/etc/letsencrypt/archive/$name"
-  chmod 0640 /etc/letsencrypt/archive/"$name"/privkey*.pem
-fi
+: "${RENEWED_LINEAGE:?run by certbot, which sets RENEWED_LINEAGE (live/<name>)}"
+name=$(basename "$RENEWED_LINEAGE")
+live=$(dirname "$RENEWED_LINEAGE")
+archive=$(dirname "$live")/archive
+chgrp "$group" "$live" "$archive"
+chmod 0750 "$live" "$archive"
+chgrp -R "$group" "$live/$name" "$archive/$name"
+chmod 0750 "$live/$name" "$archive/$name"
+chmod 0640 "$archive/$name"/privkey*.pem
