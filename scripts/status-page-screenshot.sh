@@ -11,6 +11,6 @@ profile=$(mktemp -d)
 trap 'rm -rf "$profile"' EXIT
 # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
 timeout 60 "$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars --user-data-dir="$profile" \
-  --window-size=1280,720 --screenshot="$out" "$url" >/dev/null 2>&1
+  --window-size=1280,1600 --screenshot="$out" "$url" >/dev/null 2>&1
 [ -s "$out" ] || { echo "no screenshot written" >&2; exit 1; }
 echo "$out"

@@ -38,6 +38,20 @@ public struct CertificateProblem: Sendable, Hashable {
 }
 
 /// Outcome of one reload.
+/// One reload that published a snapshot or rejected a version, for the status page's history.
+public struct Publication: Sendable {
+    public var time: Int64
+    /// What started it: "loaded", "file change", "periodic rescan", "SIGHUP", "admin /reload".
+    public var trigger: String
+    /// The snapshot generation served after it.
+    public var generation: Int
+    public var added: [String]
+    public var updated: [String]
+    public var removed: [String]
+    /// Versions newly rejected by it, with why.
+    public var rejected: [CertificateProblem]
+}
+
 public struct ReloadReport: Sendable {
     public var generation: Int
     /// True when a new snapshot was published.
@@ -55,8 +69,10 @@ final class StoreStatus: AtomicReference, Sendable {
     let outcomes: [String: Int]
     let lastReload: Int64
     let lastReloadResult: String
+    let publications: [Publication]
 
-    init(problems: [CertificateProblem], outcomes: [String: Int], lastReload: Int64, lastReloadResult: String) {
+    init(problems: [CertificateProblem], outcomes: [String: Int], lastReload: Int64, lastReloadResult: String, publications: [Publication]) {
+        self.publications = publications
         self.problems = problems
         self.outcomes = outcomes
         self.lastReload = lastReload
@@ -86,7 +102,17 @@ public final class CertificateStore: Sendable {
         var problems: [String: CertificateProblem] = [:]
         var lastReload: Int64 = 0
         var lastReloadResult = "never"
+        /// The latest publications and rejections, oldest first, at most `Self.historyLength`.
+        var publications: [Publication] = []
+
+        mutating func record(_ publication: Publication) {
+            self.publications.append(publication)
+            if self.publications.count > CertificateStore.historyLength { self.publications.removeFirst(self.publications.count - CertificateStore.historyLength) }
+        }
     }
+
+    /// Publications kept for the status page.
+    static let historyLength = 20
 
     /// Loads every source once. Throws when nothing at all can be served, or when
     /// `requireAll` is set and any lineage fails (startup of explicit pairs).
@@ -130,7 +156,9 @@ public final class CertificateStore: Sendable {
             defaultName: configuration.defaultName, strictSNI: configuration.strictSNI
         )
         self.current = ManagedAtomic(snapshot)
-        let state = ReloadState(generation: 1, problems: problems, lastReload: now, lastReloadResult: "loaded")
+        var state = ReloadState(generation: 1, problems: problems, lastReload: now, lastReloadResult: "loaded")
+        state.record(Publication(time: now, trigger: "loaded", generation: 1, added: loaded.map(\.name).sorted(), updated: [], removed: [],
+                                 rejected: problems.values.sorted { $0.name < $1.name }))
         self.state = NIOLockedValueBox(state)
         self.status = ManagedAtomic(Self.status(of: state))
         for problem in problems.values.sorted(by: { $0.name < $1.name }) {
@@ -148,6 +176,9 @@ public final class CertificateStore: Sendable {
     /// Reloads so far by outcome: published, partial, unchanged, rejected, failed.
     public var reloadOutcomes: [String: Int] { self.status.load(ordering: .acquiring).outcomes }
 
+    /// The latest publications and rejections (at most 20), oldest first.
+    public var publications: [Publication] { self.status.load(ordering: .acquiring).publications }
+
     public var lastReload: (time: Int64, result: String) {
         let status = self.status.load(ordering: .acquiring)
         return (status.lastReload, status.lastReloadResult)
@@ -155,7 +186,7 @@ public final class CertificateStore: Sendable {
 
     private static func status(of state: ReloadState) -> StoreStatus {
         StoreStatus(problems: state.problems.values.sorted { $0.name < $1.name }, outcomes: state.outcomes,
-                    lastReload: state.lastReload, lastReloadResult: state.lastReloadResult)
+                    lastReload: state.lastReload, lastReloadResult: state.lastReloadResult, publications: state.publications)
     }
 
     /// A selector for one listener's policy, to hand to `TLSContext.listener`.
@@ -279,6 +310,8 @@ public final class CertificateStore: Sendable {
                     self.logger.warning("certificate source readable again but holds no certificate", metadata: ["source": "\(name)"])
                 }
             }
+            // Versions rejected by this reload (not those still rejected from before).
+            let newlyRejected = problems.values.filter { state.problems[$0.name]?.error != $0.error }.sorted { $0.name < $1.name }
             state.problems = problems
             let changed = !added.isEmpty || !updated.isEmpty || !removed.isEmpty
             if !settled && !changed {
@@ -286,6 +319,9 @@ public final class CertificateStore: Sendable {
             }
             state.lastReload = now
             guard changed, !next.isEmpty else {
+                if !newlyRejected.isEmpty {
+                    state.record(Publication(time: now, trigger: reason, generation: old.generation, added: [], updated: [], removed: [], rejected: newlyRejected))
+                }
                 state.lastReloadResult = problems.isEmpty ? "unchanged" : "rejected"
                 state.outcomes[problems.isEmpty ? "unchanged" : "rejected", default: 0] += 1
                 return ReloadReport(generation: old.generation, published: false, added: [], updated: [], removed: [], problems: Array(problems.values))
@@ -298,6 +334,8 @@ public final class CertificateStore: Sendable {
                 )
                 state.generation += 1
                 self.current.store(snapshot, ordering: .releasing)
+                state.record(Publication(time: now, trigger: reason, generation: snapshot.generation, added: added.sorted(), updated: updated.sorted(),
+                                         removed: removed.sorted(), rejected: newlyRejected))
                 state.lastReloadResult = problems.isEmpty ? "published" : "published with rejections"
                 state.outcomes[problems.isEmpty ? "published" : "partial", default: 0] += 1
                 self.logger.info("certificates published", metadata: [

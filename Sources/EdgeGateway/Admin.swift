@@ -131,11 +131,12 @@ private func tlsFailuresJSON(_ state: BackendState) -> String {
 func certificateJSON(_ r: CertificateReport) -> String {
     let chain = r.chain.map {
         "{\"subject\":\(jsonString($0.subject)),\"issuer\":\(jsonString($0.issuer)),\"serial\":\(jsonString($0.serial)),"
-            + "\"not_before\":\($0.notBefore),\"not_after\":\($0.notAfter),\"not_after_rfc3339\":\(jsonString(rfc3339($0.notAfter))),"
+            + "\"not_before\":\($0.notBefore),\"not_before_rfc3339\":\(jsonString(rfc3339($0.notBefore))),"
+            + "\"not_after\":\($0.notAfter),\"not_after_rfc3339\":\(jsonString(rfc3339($0.notAfter))),"
             + "\"state\":\(jsonString($0.state.rawValue))}"
     }
     let rejected = r.rejectedError.map {
-        "{\"error\":\(jsonString($0)),\"since\":\(r.rejectedSince ?? 0),\"serving_previous_version\":true}"
+        "{\"error\":\(jsonString($0)),\"since\":\(r.rejectedSince ?? 0),\"since_rfc3339\":\(jsonString(rfc3339(r.rejectedSince ?? 0))),\"serving_previous_version\":true}"
     } ?? "null"
     return "{\"name\":\(jsonString(r.name)),"
         + "\"source\":{\"configured\":\(jsonString(r.source)),\"certificate\":\(jsonString(r.certificateFile)),\"key\":\(jsonString(r.keyFile)),"
@@ -149,7 +150,7 @@ func certificateJSON(_ r: CertificateReport) -> String {
         + "\"lifetime_used\":\(Double(Int(r.lifetimeUsed * 10000)) / 10000),\"state\":\(jsonString(r.state.rawValue)),"
         + "\"chain\":[\(chain.joined(separator: ","))],"
         + "\"chain_valid\":\(r.chainChecked ? "\(r.chainProblem == nil)" : "null"),\"chain_checked\":\(r.chainChecked),\"chain_problem\":\(r.chainProblem.map(jsonString) ?? "null"),"
-        + "\"loaded_at\":\(r.loadedAt),\"generation\":\(r.generation),\"rejected_version\":\(rejected)}"
+        + "\"loaded_at\":\(r.loadedAt),\"loaded_at_rfc3339\":\(jsonString(rfc3339(r.loadedAt))),\"generation\":\(r.generation),\"rejected_version\":\(rejected)}"
 }
 
 func jsonString(_ text: String) -> String {

@@ -4,14 +4,15 @@ import EdgeCertificates
 import Glibc
 #endif
 
-/// The admin endpoint's HTML page: which certificate expires when, at a glance.
+/// The admin endpoint's HTML page: the page an operator keeps open during a renewal. Which
+/// certificate expires when (each chain certificate too), the listeners, the upstream
+/// groups' health, and the latest publications with what changed and what was rejected.
+/// One self-contained response (no external assets, every value escaped); it refreshes its
+/// content every 10 s by fetching itself, without reloading the page.
 func statusPage(_ gateway: Gateway) -> String {
     let now = Int64(currentTime())
     let reports = gateway.certificateReports(now: now)
     let last = gateway.stores.map { $0.lastReload }.max { $0.time < $1.time }
-    let colour: [CertificateState: String] = [
-        .ok: "#2e7d32", .warning: "#ef6c00", .critical: "#c62828", .expired: "#6d0000", .notYetValid: "#616161",
-    ]
     var rows = ""
     for r in reports.sorted(by: { $0.notAfter < $1.notAfter }) {
         // The chain certificate that expires first decides what is left.
@@ -21,34 +22,41 @@ func statusPage(_ gateway: Gateway) -> String {
         let left = min(max(0, 1 - r.lifetimeUsed), max(0, Double(firstNotAfter - now) / lifetime))
         let width = Int((left * 100).rounded())
         let earlier = first.flatMap { $0.notAfter < r.notAfter ? $0 : nil }
-            .map { "<div class=\"note bad\">'\(html($0.subject))' in the chain expires first: \(isoDate($0.notAfter))</div>" } ?? ""
+            .map { "<div class=\"note bad\">'\(html($0.subject))' in the chain expires first: \(isoDate($0.notAfter)) UTC</div>" } ?? ""
         let chainNote = r.chainProblem.map { "<div class=\"note bad\">chain: \(html($0))</div>" } ?? ""
         let rejectedNote = r.rejectedError.map { "<div class=\"note bad\">newest version rejected: \(html($0)) — still serving serial \(html(r.serial))</div>" } ?? ""
+        let chain = r.chain.map {
+            "<li>\(html($0.subject)) <span class=\"small\">— not after \(isoDate($0.notAfter)) UTC, \(html($0.state.rawValue))</span></li>"
+        }.joined()
         rows += """
             <tr>
               <td><b>\(html(r.name))</b>\(r.isDefault ? " <span class=\"tag\">default</span>" : "")<div class="small">\(html(r.source))</div></td>
               <td>\(r.servedNames.map(html).joined(separator: "<br>"))</td>
               <td class="mono small">\(html(r.serial))</td>
-              <td>\(isoDate(r.notAfter))</td>
-              <td><div class="bar"><div style="width:\(width)%;background:\(colour[r.state] ?? "#999")"></div></div>
+              <td>\(isoDate(r.notAfter))<details><summary class="small">chain (\(r.chain.count))</summary><ul class="small">\(chain)</ul></details></td>
+              <td><div class="bar"><div style="width:\(width)%;background:\(stateColour(r.state))"></div></div>
                   <div class="small">\(r.state == .expired ? "expired" : humanDuration(max(0, firstNotAfter - now)) + " left") · \(Int((r.lifetimeUsed * 100).rounded()))% of lifetime used</div>\(earlier)</td>
-              <td><span class="state" style="background:\(colour[r.state] ?? "#999")">\(r.state.rawValue)</span>\(chainNote)\(rejectedNote)</td>
+              <td><span class="state" style="background:\(stateColour(r.state))">\(r.state.rawValue)</span>\(chainNote)\(rejectedNote)</td>
             </tr>
 
             """
     }
     let problems = gateway.stores.flatMap { $0.problems }
     let problemList = problems.isEmpty ? "<p>No rejected certificate versions.</p>" : "<ul>" + problems.map {
-        "<li><b>\(html($0.name))</b>: \(html($0.error)) (since \(isoDate($0.since))\($0.servingPrevious ? ", previous version still served" : ""))</li>"
+        "<li><b>\(html($0.name))</b>: \(html($0.error)) (since \(isoDate($0.since)) UTC\($0.servingPrevious ? ", previous version still served" : ""))</li>"
     }.joined() + "</ul>"
+    let configReload = gateway.configStatus.lastOutcome.map {
+        "; configuration reload \(isoDate($0.time)) UTC: \(html($0.result))" + ($0.error.map { " <span class=\"bad\">\(html($0))</span>" } ?? "")
+    } ?? ""
     return """
         <!doctype html>
-        <html lang="en"><head><meta charset="utf-8"><title>edge-gateway certificates</title>
+        <html lang="en"><head><meta charset="utf-8"><title>edge-gateway status</title>
         <style>
           body { font: 14px system-ui, sans-serif; margin: 24px; color: #222; }
-          table { border-collapse: collapse; width: 100%; }
-          th, td { text-align: left; padding: 8px 10px; border-bottom: 1px solid #ddd; vertical-align: top; }
+          table { border-collapse: collapse; width: 100%; margin-bottom: 12px; }
+          th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #ddd; vertical-align: top; }
           th { background: #f4f4f4; }
+          h2 { margin-top: 28px; font-size: 18px; }
           .bar { width: 180px; height: 12px; background: #eee; border-radius: 6px; overflow: hidden; }
           .bar div { height: 100%; }
           .state { color: #fff; padding: 2px 8px; border-radius: 10px; font-size: 12px; }
@@ -57,20 +65,101 @@ func statusPage(_ gateway: Gateway) -> String {
           .mono { font-family: ui-monospace, monospace; }
           .note { font-size: 12px; margin-top: 4px; }
           .bad { color: #c62828; }
+          .up { color: #2e7d32; }
+          ul { margin: 4px 0; padding-left: 18px; }
         </style></head>
         <body>
+        <div id="live">
         <h1>edge-gateway \(gatewayVersion)</h1>
-        <p>Certificates served now, soonest expiry first. Snapshot generation \(gateway.stores.map { $0.snapshot.generation }.max() ?? 0);
-        last reload \(last.map { isoDate($0.time) + " UTC (" + html($0.result) + ")" } ?? "never").</p>
+        <p>Up \(humanDuration(Int64(currentTime() - gateway.startTime))), \(gateway.isReady ? "ready" : "<span class=\"bad\">not ready</span>").
+        Snapshot generation \(gateway.stores.map { $0.snapshot.generation }.max() ?? 0);
+        last certificate reload \(last.map { isoDate($0.time) + " UTC (" + html($0.result) + ")" } ?? "never")\(configReload).
+        <span class="small">Generated \(isoDate(now)) UTC; refreshed every 10 s.</span></p>
+        <h2>Certificates, soonest expiry first</h2>
         <table>
         <tr><th>Lineage</th><th>Names</th><th>Serial</th><th>Not after (UTC)</th><th>Remaining</th><th>State</th></tr>
         \(rows)</table>
         <h2>Rejected versions</h2>
         \(problemList)
-        <p class="small">JSON: <a href="/status/certificates">/status/certificates</a> · <a href="/status">/status</a> · Prometheus: <a href="/metrics">/metrics</a></p>
+        <h2>Latest publications</h2>
+        \(publicationsTable(gateway))
+        <h2>Listeners</h2>
+        \(listenersTable(gateway))
+        <h2>Upstreams</h2>
+        \(upstreamsTable(gateway))
+        <p class="small">JSON: <a href="/status/certificates">/status/certificates</a> · <a href="/status/upstreams">/status/upstreams</a> · <a href="/status">/status</a> · Prometheus: <a href="/metrics">/metrics</a></p>
+        </div>
+        <script>
+        // Same origin, no external assets: the page fetches itself and swaps its content in.
+        setInterval(function () {
+          fetch(location.pathname, { cache: "no-store" }).then(function (r) { return r.ok ? r.text() : null; }).then(function (text) {
+            if (!text) return;
+            var next = new DOMParser().parseFromString(text, "text/html").getElementById("live");
+            if (next) document.getElementById("live").innerHTML = next.innerHTML;
+          }).catch(function () {});
+        }, 10000);
+        </script>
         </body></html>
 
         """
+}
+
+private func stateColour(_ state: CertificateState) -> String {
+    switch state {
+    case .ok: return "#2e7d32"
+    case .warning: return "#ef6c00"
+    case .critical: return "#c62828"
+    case .expired: return "#6d0000"
+    case .notYetValid: return "#616161"
+    }
+}
+
+/// The latest 20 publications of every store, newest first: when, what started it, what changed.
+private func publicationsTable(_ gateway: Gateway) -> String {
+    // Each store's list is oldest first; within one second its order decides.
+    let publications = gateway.stores.flatMap { $0.publications.enumerated() }
+        .sorted { ($0.element.time, $0.offset) > ($1.element.time, $1.offset) }.map(\.element).prefix(20)
+    guard !publications.isEmpty else { return "<p>None yet.</p>" }
+    var rows = ""
+    for p in publications {
+        var changes: [String] = []
+        if !p.added.isEmpty { changes.append("added " + p.added.map(html).joined(separator: ", ")) }
+        if !p.updated.isEmpty { changes.append("renewed " + p.updated.map(html).joined(separator: ", ")) }
+        if !p.removed.isEmpty { changes.append("removed " + p.removed.map(html).joined(separator: ", ")) }
+        let rejected = p.rejected.map { "<div class=\"note bad\">rejected \(html($0.name)): \(html($0.error))</div>" }.joined()
+        rows += "<tr><td>\(isoDate(p.time)) UTC</td><td>\(html(p.trigger))</td><td>\(p.generation)</td>"
+            + "<td>\(changes.isEmpty ? "nothing published" : changes.joined(separator: "; "))\(rejected)</td></tr>\n"
+    }
+    return "<table><tr><th>Time</th><th>Trigger</th><th>Generation</th><th>What changed</th></tr>\n\(rows)</table>"
+}
+
+private func listenersTable(_ gateway: Gateway) -> String {
+    var rows = ""
+    for plan in gateway.listeners {
+        let port = gateway.boundPort(listener: plan.name).map(String.init) ?? "—"
+        let profile = plan.tlsContext == nil ? "plain HTTP" : "TLS, " + html(gateway.config.listeners.first { $0.name == plan.name }?.tls?.profile ?? "intermediate")
+        rows += "<tr><td><b>\(html(plan.name))</b></td><td class=\"mono\">\(html(plan.host)):\(port)</td><td>\(profile)</td>"
+            + "<td>\(plan.h2 ? "yes" : "no")</td><td>\(plan.mutualTLS ? "yes" : "no")</td><td>\(plan.proxyProtocol ? "yes" : "no")</td></tr>\n"
+    }
+    return "<table><tr><th>Listener</th><th>Address</th><th>Protocol</th><th>HTTP/2</th><th>Mutual TLS</th><th>PROXY protocol</th></tr>\n\(rows)</table>"
+}
+
+private func upstreamsTable(_ gateway: Gateway) -> String {
+    guard !gateway.groups.isEmpty else { return "<p>No upstream groups.</p>" }
+    var rows = ""
+    for group in gateway.groups {
+        for (index, (backend, state)) in zip(group.backends, group.states).enumerated() {
+            let requests = state.requests.load(ordering: .relaxed)
+            let opened = state.connectionsOpened.load(ordering: .relaxed)
+            let reuse = requests > 0 ? Int((max(0, 1 - Double(opened) / Double(requests)) * 100).rounded()) : 0
+            let health = state.isEjected ? "<span class=\"bad\">ejected</span>" : (state.isHealthyByCheck ? "<span class=\"up\">up</span>" : "<span class=\"bad\">down</span>")
+            let name = index == 0 ? "<b>\(html(group.name))</b><div class=\"small\">\(html(group.algorithm.description))\(group.tls != nil ? ", TLS" : "")</div>" : ""
+            rows += "<tr><td>\(name)</td><td class=\"mono\">\(html(backend.description))</td><td>\(health)</td>"
+                + "<td>\(state.active.load(ordering: .relaxed))</td><td>\(requests)</td><td>\(reuse)%</td>"
+                + "<td class=\"small\">\(state.lastErrorDescription.map(html) ?? "")</td></tr>\n"
+        }
+    }
+    return "<table><tr><th>Group</th><th>Backend</th><th>Health</th><th>In flight</th><th>Requests</th><th>Reused</th><th>Last error</th></tr>\n\(rows)</table>"
 }
 
 func html(_ text: String) -> String {

@@ -101,6 +101,9 @@ final class ExpiryTests: XCTestCase {
         XCTAssertEqual(fine["key_type"] as? String, "ECDSA P-256")
         XCTAssertEqual(fine["default"] as? Bool, true)
         XCTAssertEqual((fine["chain"] as? [[String: Any]])?.count, 2)
+        // Every time in RFC 3339 beside the Unix one.
+        XCTAssertTrue((fine["loaded_at_rfc3339"] as? String ?? "").hasSuffix("Z"), "\(fine)")
+        XCTAssertTrue(((fine["chain"] as? [[String: Any]])?.first?["not_before_rfc3339"] as? String ?? "").hasSuffix("Z"), "\(fine)")
         XCTAssertEqual(fine["chain_valid"] as? Bool, true, "full chain under the configured CA: \(fine)")
         XCTAssertEqual(items["lone"]?["chain_valid"] as? Bool, false)
         XCTAssertTrue((items["lone"]?["chain_problem"] as? String ?? "").contains("incomplete chain"), "\(items["lone"] ?? [:])")
@@ -123,6 +126,13 @@ final class ExpiryTests: XCTestCase {
         }
         let page = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/"]).stdout
         XCTAssertTrue(page.contains("<table>") && page.contains("soon") && page.contains("expired"), page)
+        // The page an operator keeps open: each chain certificate's expiry, listeners,
+        // upstream health, the publications; it refreshes itself without a reload.
+        for section in ["<h2>Latest publications</h2>", "<h2>Listeners</h2>", "<h2>Upstreams</h2>", "<summary class=\"small\">chain (2)</summary>",
+                        "<td>loaded</td>", "setInterval(", "<span class=\"up\">up</span>"] {
+            XCTAssertTrue(page.contains(section), "\(section) missing from the page")
+        }
+        XCTAssertFalse(page.contains("src=\"http") || page.contains("href=\"http"), "no external assets")
         // The page in a real headless browser.
         if FileManager.default.fileExists(atPath: "/usr/bin/chromium") {
             let png = dir.file("status.png")
@@ -173,6 +183,14 @@ final class ExpiryTests: XCTestCase {
         XCTAssertEqual(rejected?["serving_previous_version"] as? Bool, true)
         XCTAssertEqual(site()?["serial"] as? String, v2.serial)
         XCTAssertEqual(servedSerial(port: harness.port("https"), serverName: "localhost"), v2.serial)
+        // The page's history: the first load, the renewal by a file change, the rejection.
+        let page = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/"]).stdout
+        let from = try XCTUnwrap(page.range(of: "<h2>Latest publications</h2>"), page).upperBound
+        let history = String(page[from...]).components(separatedBy: "<h2>")[0]
+        XCTAssertTrue(history.contains("<td>file change</td><td>2</td><td>renewed site"), history)
+        XCTAssertTrue(history.contains("<td>loaded</td><td>1</td><td>added site"), history)
+        XCTAssertTrue(history.contains("rejected site: ") && history.contains("no CERTIFICATE block"), history)
+        XCTAssertLessThan(history.range(of: "rejected site")!.lowerBound, history.range(of: "renewed site")!.lowerBound, "newest first: \(history)")
         await harness.shutdown()
     }
 
