@@ -30,9 +30,11 @@ final class OperatorTests: XCTestCase {
         let info = try Shell.run(["dpkg-deb", "--info", deb])
         XCTAssertTrue(info.stdout.contains("conffiles") && info.stdout.contains("Package: edge-gateway"), info.stdout)
 
-        let install = try Shell.run(["dpkg", "-i", deb])
+        // The README's install command (packaging this binary instead of a release build).
+        let install = try Shell.run(["bash", repositoryRoot() + "/scripts/install.sh"], timeout: 300, environment: ["EDGE_GATEWAY": gatewayBinary()])
         defer { _ = try? Shell.run(["dpkg", "--purge", "edge-gateway"]) }
         XCTAssertEqual(install.status, 0, install.stdout + install.stderr)
+        XCTAssertTrue(install.stdout.contains("installed "), install.stdout)
         XCTAssertTrue(install.stdout.contains("edge-gateway check -c /etc/edge-gateway/config.yaml"), install.stdout)
         XCTAssertEqual(try Shell.run(["/usr/bin/edge-gateway", "--version"]).status, 0)
         XCTAssertEqual(try Shell.run(["id", "edge-gateway"]).status, 0, "the postinst made the user")
