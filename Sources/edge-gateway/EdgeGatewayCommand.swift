@@ -50,6 +50,29 @@ struct EdgeGatewayCommand: AsyncParsableCommand {
         subcommands: [Run.self, Check.self, Certs.self, Status.self, DemoUpstreamCommand.self],
         defaultSubcommand: nil
     )
+
+    /// ArgumentParser's own main, except that a usage error starts with `error:` like every
+    /// other problem the gateway reports (ArgumentParser says `Error:`).
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            guard !code.isSuccess else { exit(withError: error) }  // --help, --version: as ArgumentParser prints them
+            let message = fullMessage(for: error)
+            if message.hasPrefix("Error: ") {
+                writeStandardError("error: " + message.dropFirst("Error: ".count) + "\n")
+            } else if !message.isEmpty {
+                writeStandardError(message + "\n")
+            }
+            Glibc.exit(code.rawValue)
+        }
+    }
 }
 
 struct Run: AsyncParsableCommand {

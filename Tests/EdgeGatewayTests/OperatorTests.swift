@@ -197,6 +197,12 @@ final class OperatorMessagesTests: XCTestCase {
         XCTAssertFalse(bad.stderr.contains("certificates: certificates.default"), bad.stderr)
         XCTAssertTrue(bad.stderr.contains("no upstream named 'app' (no upstreams are configured)"), bad.stderr)
         XCTAssertFalse(bad.stderr.contains("(known: )"), bad.stderr)
+        // A usage error says error: like every other problem (ArgumentParser said Error:).
+        let usage = try Shell.run([gatewayBinary(), "check"])
+        XCTAssertEqual(usage.status, 64, usage.stderr)
+        XCTAssertTrue(usage.stderr.hasPrefix("error: Missing expected argument"), usage.stderr)
+        XCTAssertEqual(try Shell.run([gatewayBinary(), "--version"]).status, 0)
+        XCTAssertTrue(try Shell.run([gatewayBinary(), "check", "--help"]).stdout.contains("USAGE: edge-gateway check"))
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let gateway = try Gateway.prepare(config: try GatewayConfig.parse(yaml: """
