@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-deb=$(bash scripts/package-deb.sh "${EDGE_GATEWAY:-}")
+# EDGE_GATEWAY_DEB_DIR: where the .deb goes (default .build/deb).
+deb=$(bash scripts/package-deb.sh "${EDGE_GATEWAY:-}" "${EDGE_GATEWAY_DEB_DIR:-}")
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$deb"
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=120 "$deb"
 echo "installed $deb"

@@ -37,7 +37,6 @@ public struct CertificateProblem: Sendable, Hashable {
     public var servingPrevious: Bool
 }
 
-/// Outcome of one reload.
 /// One reload that published a snapshot or rejected a version, for the status page's history.
 public struct Publication: Sendable {
     public var time: Int64
@@ -52,6 +51,7 @@ public struct Publication: Sendable {
     public var rejected: [CertificateProblem]
 }
 
+/// Outcome of one reload.
 public struct ReloadReport: Sendable {
     public var generation: Int
     /// True when a new snapshot was published.
@@ -102,7 +102,7 @@ public final class CertificateStore: Sendable {
         var problems: [String: CertificateProblem] = [:]
         var lastReload: Int64 = 0
         var lastReloadResult = "never"
-        /// The latest publications and rejections, oldest first, at most `Self.historyLength`.
+        /// The latest publications and rejections, oldest first, at most `CertificateStore.historyLength`.
         var publications: [Publication] = []
 
         mutating func record(_ publication: Publication) {
@@ -112,11 +112,13 @@ public final class CertificateStore: Sendable {
     }
 
     /// Publications kept for the status page.
-    static let historyLength = 20
+    public static let historyLength = 20
 
     /// Loads every source once. Throws when nothing at all can be served, or when
     /// `requireAll` is set and any lineage fails (startup of explicit pairs).
-    public init(configuration: CertificateSetConfiguration, logger: Logger, requireAll: Bool = false) throws {
+    /// `succeeding`: the store this one replaces on a configuration reload, whose history of
+    /// publications goes on here (its first entry says what the reload changed).
+    public init(configuration: CertificateSetConfiguration, logger: Logger, requireAll: Bool = false, succeeding previous: CertificateStore? = nil) throws {
         self.configuration = configuration
         self.logger = logger
         let now = currentEpochSeconds()
@@ -157,8 +159,21 @@ public final class CertificateStore: Sendable {
         )
         self.current = ManagedAtomic(snapshot)
         var state = ReloadState(generation: 1, problems: problems, lastReload: now, lastReloadResult: "loaded")
-        state.record(Publication(time: now, trigger: "loaded", generation: 1, added: loaded.map(\.name).sorted(), updated: [], removed: [],
-                                 rejected: problems.values.sorted { $0.name < $1.name }))
+        if let previous {
+            // A configuration reload: what it changed, against what the old store served.
+            let before = Dictionary(previous.snapshot.lineages.map { ($0.name, $0.contentHash) }) { first, _ in first }
+            state.publications = previous.publications
+            state.record(Publication(
+                time: now, trigger: "configuration reload", generation: 1,
+                added: loaded.filter { before[$0.name] == nil }.map(\.name).sorted(),
+                updated: loaded.filter { before[$0.name] != nil && before[$0.name] != $0.contentHash }.map(\.name).sorted(),
+                removed: before.keys.filter { name in !loaded.contains { $0.name == name } }.sorted(),
+                rejected: problems.values.filter { problem in previous.problems.first { $0.name == problem.name }?.error != problem.error }
+                    .sorted { $0.name < $1.name }))
+        } else {
+            state.record(Publication(time: now, trigger: "loaded", generation: 1, added: loaded.map(\.name).sorted(), updated: [], removed: [],
+                                     rejected: problems.values.sorted { $0.name < $1.name }))
+        }
         self.state = NIOLockedValueBox(state)
         self.status = ManagedAtomic(Self.status(of: state))
         for problem in problems.values.sorted(by: { $0.name < $1.name }) {
@@ -346,6 +361,8 @@ public final class CertificateStore: Sendable {
                 self.logConflicts(snapshot)
                 return ReloadReport(generation: snapshot.generation, published: true, added: added, updated: updated, removed: removed, problems: Array(problems.values))
             } catch {
+                state.record(Publication(time: now, trigger: reason, generation: old.generation, added: [], updated: [], removed: [],
+                                         rejected: newlyRejected + [CertificateProblem(name: "snapshot", error: "not built: \(error)", since: now, servingPrevious: true)]))
                 state.lastReloadResult = "failed: \(error)"
                 state.outcomes["failed", default: 0] += 1
                 self.logger.error("certificate snapshot not built", metadata: ["error": "\(error)"])

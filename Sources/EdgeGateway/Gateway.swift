@@ -397,7 +397,8 @@ public final class Gateway: Sendable {
                         policies: sharedPolicies.isEmpty ? [TLSServerPolicy()] : sharedPolicies,
                         trustCAFile: certificates.caFile.map(resolve)
                     ),
-                    logger: logger
+                    logger: logger,
+                    succeeding: previous?.sharedStore
                 )
                 stores.append(store)
                 shared = store

@@ -33,7 +33,7 @@ func statusPage(_ gateway: Gateway) -> String {
               <td><b>\(html(r.name))</b>\(r.isDefault ? " <span class=\"tag\">default</span>" : "")<div class="small">\(html(r.source))</div></td>
               <td>\(r.servedNames.map(html).joined(separator: "<br>"))</td>
               <td class="mono small">\(html(r.serial))</td>
-              <td>\(isoDate(r.notAfter))<details><summary class="small">chain (\(r.chain.count))</summary><ul class="small">\(chain)</ul></details></td>
+              <td>\(isoDate(r.notAfter))<details data-key="\(html(r.name))"><summary class="small">chain (\(r.chain.count))</summary><ul class="small">\(chain)</ul></details></td>
               <td><div class="bar"><div style="width:\(width)%;background:\(stateColour(r.state))"></div></div>
                   <div class="small">\(r.state == .expired ? "expired" : humanDuration(max(0, firstNotAfter - now)) + " left") · \(Int((r.lifetimeUsed * 100).rounded()))% of lifetime used</div>\(earlier)</td>
               <td><span class="state" style="background:\(stateColour(r.state))">\(r.state.rawValue)</span>\(chainNote)\(rejectedNote)</td>
@@ -90,14 +90,19 @@ func statusPage(_ gateway: Gateway) -> String {
         <p class="small">JSON: <a href="/status/certificates">/status/certificates</a> · <a href="/status/upstreams">/status/upstreams</a> · <a href="/status">/status</a> · Prometheus: <a href="/metrics">/metrics</a></p>
         </div>
         <script>
-        // Same origin, no external assets: the page fetches itself and swaps its content in.
-        setInterval(function () {
+        // Same origin, no external assets: the page fetches itself and swaps its content in,
+        // keeping open what the reader opened; the next fetch is set once this one is done.
+        function refresh() {
           fetch(location.pathname, { cache: "no-store" }).then(function (r) { return r.ok ? r.text() : null; }).then(function (text) {
-            if (!text) return;
-            var next = new DOMParser().parseFromString(text, "text/html").getElementById("live");
-            if (next) document.getElementById("live").innerHTML = next.innerHTML;
-          }).catch(function () {});
-        }, 10000);
+            var next = text && new DOMParser().parseFromString(text, "text/html").getElementById("live");
+            if (!next) return;
+            var open = {};
+            document.querySelectorAll("details[open]").forEach(function (d) { open[d.dataset.key] = true; });
+            document.getElementById("live").innerHTML = next.innerHTML;
+            document.querySelectorAll("details").forEach(function (d) { if (open[d.dataset.key]) d.open = true; });
+          }).catch(function () {}).then(function () { setTimeout(refresh, 10000); });
+        }
+        setTimeout(refresh, 10000);
         </script>
         </body></html>
 

@@ -129,7 +129,7 @@ final class ExpiryTests: XCTestCase {
         // The page an operator keeps open: each chain certificate's expiry, listeners,
         // upstream health, the publications; it refreshes itself without a reload.
         for section in ["<h2>Latest publications</h2>", "<h2>Listeners</h2>", "<h2>Upstreams</h2>", "<summary class=\"small\">chain (2)</summary>",
-                        "<td>loaded</td>", "setInterval(", "<span class=\"up\">up</span>"] {
+                        "<td>loaded</td>", "setTimeout(refresh", "<span class=\"up\">up</span>"] {
             XCTAssertTrue(page.contains(section), "\(section) missing from the page")
         }
         XCTAssertFalse(page.contains("src=\"http") || page.contains("href=\"http"), "no external assets")

@@ -31,7 +31,7 @@ final class OperatorTests: XCTestCase {
         XCTAssertTrue(info.stdout.contains("conffiles") && info.stdout.contains("Package: edge-gateway"), info.stdout)
 
         // The README's install command (packaging this binary instead of a release build).
-        let install = try Shell.run(["bash", repositoryRoot() + "/scripts/install.sh"], timeout: 300, environment: ["EDGE_GATEWAY": gatewayBinary()])
+        let install = try Shell.run(["bash", repositoryRoot() + "/scripts/install.sh"], timeout: 300, environment: ["EDGE_GATEWAY": gatewayBinary(), "EDGE_GATEWAY_DEB_DIR": dir.file("installed")])
         defer { _ = try? Shell.run(["dpkg", "--purge", "edge-gateway"]) }
         XCTAssertEqual(install.status, 0, install.stdout + install.stderr)
         XCTAssertTrue(install.stdout.contains("installed "), install.stdout)
@@ -227,6 +227,27 @@ final class OperatorMessagesTests: XCTestCase {
         XCTAssertTrue(page.contains(" UTC ("), "the last reload's time says UTC")
         await gateway.shutdown(grace: .seconds(1))
         try await group.shutdownGracefully()
+    }
+
+    /// A configuration reload (SIGHUP, POST /reload) builds new certificate stores: the
+    /// page's history goes on, and its entry says what the reload changed.
+    func testAConfigurationReloadKeepsThePublicationHistory() throws {
+        let dir = TemporaryDirectory()
+        let pki = try TestPKI()
+        _ = try pki.issue(["a.test"], into: dir.file("certs"), name: "a")
+        let yaml = """
+            listeners: [ { name: https, address: "127.0.0.1:0", tls: {} } ]
+            certificates: { sources: [ { directory: certs } ] }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            """
+        let first = try Gateway.prepare(config: try GatewayConfig.parse(yaml: yaml), baseDirectory: dir.path, logger: Logger(label: "test"))
+        _ = try pki.issue(["b.test"], into: dir.file("certs"), name: "b")
+        let second = try Gateway.prepare(config: try GatewayConfig.parse(yaml: yaml), baseDirectory: dir.path, logger: Logger(label: "test"), previous: first)
+        let history = try XCTUnwrap(second.sharedStore).publications
+        XCTAssertEqual(history.map(\.trigger), ["loaded", "configuration reload"])
+        XCTAssertEqual(history.last?.added, ["b"])
+        XCTAssertEqual(history.last?.updated, [])
     }
 
     /// `certs DIR --ca-file` verifies the chains against a named CA; `--strict` makes a

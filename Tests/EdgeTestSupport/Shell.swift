@@ -42,7 +42,10 @@ public enum Shell {
         sigfillset(&allSignals)
         posix_spawnattr_setsigmask(&attributes, &noSignals)
         posix_spawnattr_setsigdefault(&attributes, &allSignals)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // A process group of its own, so that a timeout stops what it started too (an
+        // apt-get under a script would otherwise go on holding the dpkg lock).
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
         var pid: pid_t = 0
         let argv = (["/usr/bin/env"] + arguments).map { strdup($0) } + [nil]
         let envp = environmentVariables.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -84,12 +87,13 @@ public enum Shell {
                 // Someone else reaped it: its status is unknown, never a success.
                 throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .ECHILD)
             } else if Date() >= deadline {
-                kill(pid, SIGTERM)
+                kill(-pid, SIGTERM)
                 usleep(200_000)
                 if waitpid(pid, &status, WNOHANG) != pid {
-                    kill(pid, SIGKILL)
+                    kill(-pid, SIGKILL)
                     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
                 }
+                kill(-pid, SIGKILL)  // whatever of the group outlived its leader
                 exited = true
             } else {
                 usleep(10_000)
