@@ -183,18 +183,21 @@ func html(_ text: String) -> String {
 
 /// `2026-11-27T10:00:00Z`: the RFC 3339 form JSON documents carry beside Unix times.
 public func rfc3339(_ seconds: Int64) -> String {
-    var t = time_t(seconds)
-    var parts = tm()
-    gmtime_r(&t, &parts)
-    func pad(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
-    return "\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday))T\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec))Z"
+    let t = utc(seconds)
+    return "\(t.date)T\(t.minutes):\(t.seconds)Z"
 }
 
 /// `2026-11-27 10:00` in UTC.
 public func isoDate(_ seconds: Int64) -> String {
+    let t = utc(seconds)
+    return "\(t.date) \(t.minutes)"
+}
+
+/// A Unix time in UTC: `2026-11-27`, `10:00` and `00`.
+private func utc(_ seconds: Int64) -> (date: String, minutes: String, seconds: String) {
     var t = time_t(seconds)
     var parts = tm()
     gmtime_r(&t, &parts)
     func pad(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
-    return "\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday)) \(pad(parts.tm_hour)):\(pad(parts.tm_min))"
+    return ("\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday))", "\(pad(parts.tm_hour)):\(pad(parts.tm_min))", pad(parts.tm_sec))
 }

@@ -45,6 +45,22 @@ final class UpstreamTLSFailoverTests: XCTestCase {
         return (gateway, group, gateway.boundPort(listener: "http")!, gateway.adminPort!)
     }
 
+    /// The gateway in front of one group `app` of two TLS backends, [bad, good], that ejects a
+    /// backend after 3 failures; `tls` holds the group's extra TLS options.
+    func startFailover(bad: Int, good: Int, tls: String = "", dir: TemporaryDirectory, logs: LogCapture) async throws
+        -> (Gateway, MultiThreadedEventLoopGroup, http: Int, admin: Int) {
+        try await start("""
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              app:
+                backends: ["127.0.0.1:\(bad)", "127.0.0.1:\(good)"]
+                tls: { sni: app.internal, ca_file: \(Self.pki.caPath)\(tls) }
+                passive_health: { max_fails: 3, fail_timeout: 60s }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: logs)
+    }
+
     func stop(_ gateway: Gateway, _ group: MultiThreadedEventLoopGroup) async throws {
         await gateway.shutdown(grace: .seconds(1))
         try await group.shutdownGracefully()
@@ -58,6 +74,23 @@ final class UpstreamTLSFailoverTests: XCTestCase {
         let result = try Shell.run(arguments + ["http://127.0.0.1:\(port)\(path)"])
         let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false)
         return (String(lines.last ?? ""), lines.dropLast().joined(separator: "\n"))
+    }
+
+    /// `count` requests from curl, GET and POST in turn: those not answered 200 by the
+    /// backend on port `good` (curl never retries, so each failure is one a client saw).
+    func notAnsweredBy(_ good: Int, http: Int, count: Int, host: String? = nil) throws -> [String] {
+        var failed: [String] = []
+        for index in 0..<count {
+            let answer = try fetch(http, host: host, post: index % 2 == 1)
+            if answer.code != "200" || !answer.body.contains("port=\(good)") { failed.append("\(answer.code) \(answer.body)") }
+        }
+        return failed
+    }
+
+    /// A server certificate for app.internal and a client certificate for gateway.client.
+    func serverAndClient(_ dir: TemporaryDirectory) throws -> (server: TestPKI.Leaf, client: TestPKI.Leaf) {
+        (try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "server"),
+         try Self.pki.issue(subjectAltNames: ["DNS:gateway.client"], commonName: "gateway.client", into: dir.path, name: "client"))
     }
 
     func json(_ port: Int, _ path: String) throws -> [String: Any] {
@@ -84,16 +117,7 @@ final class UpstreamTLSFailoverTests: XCTestCase {
         let (python, _) = try upstreams([spec(broken, expired), spec(good, valid)], dir: dir)
         defer { RequestHardeningTests.stop(python) }
         let logs = LogCapture()
-        let (gateway, group, http, admin) = try await start("""
-            listeners: [ { name: http, address: "127.0.0.1:0" } ]
-            upstreams:
-              app:
-                backends: ["127.0.0.1:\(broken)", "127.0.0.1:\(good)"]
-                tls: { sni: app.internal, ca_file: \(Self.pki.caPath) }
-                passive_health: { max_fails: 3, fail_timeout: 60s }
-            routes: [ { upstream: app } ]
-            admin: { address: "127.0.0.1:0" }
-            """, dir: dir, logs: logs)
+        let (gateway, group, http, admin) = try await startFailover(bad: broken, good: good, dir: dir, logs: logs)
 
         var failed = 0
         for index in 0..<20 {
@@ -235,8 +259,7 @@ final class UpstreamTLSFailoverTests: XCTestCase {
     /// with ssl_verify_client sees it.
     func testClientCertificatesAreCheckedOnlyAgainstTheirCA() async throws {
         let dir = TemporaryDirectory()
-        let server = try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "server")
-        let client = try Self.pki.issue(subjectAltNames: ["DNS:gateway.client"], commonName: "gateway.client", into: dir.path, name: "client")
+        let (server, client) = try serverAndClient(dir)
         let nginxPort = freePort()
         let nginx = try NginxUpstream(directory: dir, port: nginxPort, certificate: server.fullchain, key: server.key, clientCA: Self.pki.caPath)
         defer { nginx.stop() }
@@ -304,8 +327,7 @@ final class UpstreamTLSFailoverTests: XCTestCase {
     /// refusing backend is counted by reason and ejected.
     func testTLS13ClientCertificateRefusalsMoveOn() async throws {
         let dir = TemporaryDirectory()
-        let leaf = try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "server")
-        let client = try Self.pki.issue(subjectAltNames: ["DNS:gateway.client"], commonName: "gateway.client", into: dir.path, name: "client")
+        let (leaf, client) = try serverAndClient(dir)
         let otherPKI = try TestPKI()
         defer { withExtendedLifetime(otherPKI) {} }
         let (refusing, good) = (freePort(), freePort())
@@ -327,11 +349,7 @@ final class UpstreamTLSFailoverTests: XCTestCase {
             admin: { address: "127.0.0.1:0" }
             """, dir: dir, logs: logs)
         for (host, reason) in [("none.test", "client_certificate_required"), ("wrong.test", "client_certificate_refused")] {
-            var failed: [String] = []
-            for index in 0..<12 {
-                let answer = try fetch(http, host: host, post: index % 2 == 1)
-                if answer.code != "200" || !answer.body.contains("port=\(good)") { failed.append("\(answer.code) \(answer.body)") }
-            }
+            let failed = try notAnsweredBy(good, http: http, count: 12, host: host)
             XCTAssertEqual(failed, [], "\(host): requests failed with one refusing backend out of two\n" + logs.all.suffix(6).joined(separator: "\n"))
             let states = try backends(admin, upstream: String(host.prefix { $0 != "." }))
             let bad = try XCTUnwrap(states.first { ($0["address"] as? String) == "127.0.0.1:\(refusing)" })
@@ -353,8 +371,7 @@ final class UpstreamTLSFailoverTests: XCTestCase {
     /// this gateway itself, with mutual TLS and an allow list that does not name our client.
     func testAnAllowListRefusalMovesOn() async throws {
         let dir = TemporaryDirectory()
-        let leaf = try Self.pki.issue(subjectAltNames: ["DNS:app.internal"], commonName: "app.internal", into: dir.path, name: "server")
-        let client = try Self.pki.issue(subjectAltNames: ["DNS:gateway.client"], commonName: "gateway.client", into: dir.path, name: "client")
+        let (leaf, client) = try serverAndClient(dir)
         let good = freePort()
         let (python, _) = try upstreams([spec(good, leaf)], dir: dir)
         defer { RequestHardeningTests.stop(python) }
@@ -369,21 +386,9 @@ final class UpstreamTLSFailoverTests: XCTestCase {
             admin: { address: "127.0.0.1:0" }
             """, dir: dir, logs: upstreamLogs)
         let logs = LogCapture()
-        let (gateway, group, http, admin) = try await start("""
-            listeners: [ { name: http, address: "127.0.0.1:0" } ]
-            upstreams:
-              app:
-                backends: ["127.0.0.1:\(refusingPort)", "127.0.0.1:\(good)"]
-                tls: { sni: app.internal, ca_file: \(Self.pki.caPath), client_certificate: \(client.fullchain), client_key: \(client.key) }
-                passive_health: { max_fails: 3, fail_timeout: 60s }
-            routes: [ { upstream: app } ]
-            admin: { address: "127.0.0.1:0" }
-            """, dir: dir, logs: logs)
-        var failed: [String] = []
-        for index in 0..<8 {
-            let answer = try fetch(http, post: index % 2 == 1)
-            if answer.code != "200" || !answer.body.contains("port=\(good)") { failed.append("\(answer.code) \(answer.body)") }
-        }
+        let (gateway, group, http, admin) = try await startFailover(bad: refusingPort, good: good, tls: ", client_certificate: \(client.fullchain), client_key: \(client.key)",
+                                                                    dir: dir, logs: logs)
+        let failed = try notAnsweredBy(good, http: http, count: 8)
         XCTAssertEqual(failed, [], logs.all.suffix(6).joined(separator: "\n"))
         XCTAssertTrue(upstreamLogs.all.contains { $0.contains("not in client_auth.allow") }, upstreamLogs.all.suffix(5).joined(separator: "\n"))
         let bad = try XCTUnwrap(try backends(admin, upstream: "app").first { ($0["address"] as? String) == "127.0.0.1:\(refusingPort)" })
@@ -402,21 +407,8 @@ final class UpstreamTLSFailoverTests: XCTestCase {
         let (python, _) = try upstreams([spec(resetting, leaf, "reset=1"), spec(good, leaf)], dir: dir)
         defer { RequestHardeningTests.stop(python) }
         let logs = LogCapture()
-        let (gateway, group, http, admin) = try await start("""
-            listeners: [ { name: http, address: "127.0.0.1:0" } ]
-            upstreams:
-              app:
-                backends: ["127.0.0.1:\(resetting)", "127.0.0.1:\(good)"]
-                tls: { sni: app.internal, ca_file: \(Self.pki.caPath) }
-                passive_health: { max_fails: 3, fail_timeout: 60s }
-            routes: [ { upstream: app } ]
-            admin: { address: "127.0.0.1:0" }
-            """, dir: dir, logs: logs)
-        var failed: [String] = []
-        for index in 0..<8 {
-            let answer = try fetch(http, post: index % 2 == 1)
-            if answer.code != "200" || !answer.body.contains("port=\(good)") { failed.append("\(answer.code) \(answer.body)") }
-        }
+        let (gateway, group, http, admin) = try await startFailover(bad: resetting, good: good, dir: dir, logs: logs)
+        let failed = try notAnsweredBy(good, http: http, count: 8)
         XCTAssertEqual(failed, [], logs.all.suffix(6).joined(separator: "\n"))
         let bad = try XCTUnwrap(try backends(admin, upstream: "app").first { ($0["address"] as? String) == "127.0.0.1:\(resetting)" })
         XCTAssertGreaterThanOrEqual((bad["tls_handshake_failures"] as? [String: Int])?["closed"] ?? 0, 3, "\(bad)")
