@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the gateway on this host: a release build (Swift runtime linked in statically),
 # packaged as a Debian package (scripts/package-deb.sh) and installed with apt, so that
-# `apt remove edge-gateway` (or `--purge`) takes it away again. Uses sudo when not root.
+# `apt-get remove edge-gateway` (or `apt-get purge`) takes it away again. Uses sudo when not root.
 # EDGE_GATEWAY=/path/to/edge-gateway packages that binary instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."

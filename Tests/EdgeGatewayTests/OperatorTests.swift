@@ -67,7 +67,12 @@ final class OperatorTests: XCTestCase {
         XCTAssertTrue(upgrade.stdout.contains("Preparing to unpack") && !upgrade.stdout.contains("downgrading"), upgrade.stdout)
         XCTAssertEqual(try String(contentsOfFile: "/etc/edge-gateway/config.yaml", encoding: .utf8), edited, "the upgrade replaced the edited configuration")
 
-        let purge = try Shell.run(["dpkg", "--purge", "edge-gateway"])
+        // The README's removal commands (apt-get: apt's own CLI warns that it has no stable interface).
+        let remove = try Shell.run(["apt-get", "remove", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120", "edge-gateway"], timeout: 300)
+        XCTAssertEqual(remove.status, 0, remove.stdout + remove.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/usr/bin/edge-gateway"))
+        XCTAssertEqual(try String(contentsOfFile: "/etc/edge-gateway/config.yaml", encoding: .utf8), edited, "remove keeps the configuration")
+        let purge = try Shell.run(["apt-get", "purge", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120", "edge-gateway"], timeout: 300)
         XCTAssertEqual(purge.status, 0, purge.stdout + purge.stderr)
         for path in ["/usr/bin/edge-gateway", "/lib/systemd/system/edge-gateway.service", "/etc/edge-gateway", "/var/lib/edge-gateway"] {
             XCTAssertFalse(FileManager.default.fileExists(atPath: path), "\(path) left behind by the purge")
