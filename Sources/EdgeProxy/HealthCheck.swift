@@ -176,11 +176,27 @@ private final class ProbeHandler: ChannelInboundHandler {
 
     private func connected(context: ChannelHandlerContext) {
         guard let request else {
-            self.done.succeed(())
+            self.handshaken(context: context, waited: 0)
             return
         }
         context.write(Self.wrapOutboundOut(.head(request)), promise: nil)
         context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    /// A `tls` check passes once the handshake is done, except that a TLS 1.3 server checks
+    /// our client certificate after that: it passes when the server's session ticket says it
+    /// accepted it, fails on its alert, and passes after a second of silence (a server that
+    /// sends no tickets).
+    private func handshaken(context: ChannelHandlerContext, waited: Int) {
+        guard context.channel.isActive else { return }  // closed: its error or the timeout answers
+        let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self)
+        guard let tls, tls.awaitsClientCertificateVerdict, waited < 1_000 else {
+            self.done.succeed(())
+            return
+        }
+        context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(20)) {
+            self.handshaken(context: context, waited: waited + 20)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

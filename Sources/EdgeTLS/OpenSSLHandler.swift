@@ -113,6 +113,10 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Whether the handshake resumed an earlier session (valid after `handshakeCompleted`).
     public var sessionReused: Bool { self.connection.sessionReused }
 
+    /// TLS 1.3: the server asked for our certificate and, since our side of the handshake
+    /// ended, has sent neither a session ticket (it accepted it) nor an alert (it refused it).
+    public var awaitsClientCertificateVerdict: Bool { self.connection.awaitsClientCertificateVerdict }
+
     /// Whether the peer has sent anything yet (a draining gateway closes a connection
     /// that stays silent, and lets one whose ClientHello has begun finish).
     public var hasReceivedBytes: Bool { self.receivedAnyBytes }

@@ -397,6 +397,41 @@ final class UpstreamTLSFailoverTests: XCTestCase {
         try await stop(refusing, refusingGroup)
     }
 
+    /// A `tls` health check sees what TLS 1.3 says after the handshake: an upstream that
+    /// refuses our client certificate is down (before, the check passed on the handshake and
+    /// the backend took traffic again after each ejection); one that accepts it stays up.
+    func testTheTLSHealthCheckSeesATLS13Refusal() async throws {
+        let dir = TemporaryDirectory()
+        let (leaf, client) = try serverAndClient(dir)
+        let otherPKI = try TestPKI()
+        defer { withExtendedLifetime(otherPKI) {} }
+        let (refusing, accepting) = (freePort(), freePort())
+        let (python, _) = try upstreams([spec(refusing, leaf, "min=1.3,client_ca=\(otherPKI.caPath)"), spec(accepting, leaf, "min=1.3,client_ca=\(Self.pki.caPath)")], dir: dir)
+        defer { RequestHardeningTests.stop(python) }
+        let logs = LogCapture()
+        let (gateway, group, _, admin) = try await start("""
+            listeners: [ { name: http, address: "127.0.0.1:0" } ]
+            upstreams:
+              app:
+                backends: ["127.0.0.1:\(refusing)", "127.0.0.1:\(accepting)"]
+                tls: { sni: app.internal, ca_file: \(Self.pki.caPath), client_certificate: \(client.fullchain), client_key: \(client.key) }
+                health_check: { kind: tls, interval: 100ms, timeout: 2s, unhealthy_after: 2, healthy_after: 1 }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """, dir: dir, logs: logs)
+        var states: [[String: Any]] = []
+        let down = eventually(timeout: 10) {
+            states = (try? self.backends(admin, upstream: "app")) ?? []
+            return states.first { ($0["address"] as? String) == "127.0.0.1:\(refusing)" }?["health"] as? String == "down"
+        }
+        XCTAssertTrue(down, "the refusing backend is down: \(states)")
+        pause(1)
+        states = try backends(admin, upstream: "app")
+        XCTAssertEqual(states.first { ($0["address"] as? String) == "127.0.0.1:\(accepting)" }?["health"] as? String, "up", "\(states)")
+        XCTAssertTrue(logs.all.contains { $0.contains("refused our client certificate") || $0.contains("unknown ca") }, logs.all.suffix(5).joined(separator: "\n"))
+        try await stop(gateway, group)
+    }
+
     /// An upstream that resets the connection in the middle of the handshake (a TLS port
     /// behind something that is not TLS, a crashing backend) is a failed handshake too.
     /// Before, the reset was a broken connection: a 502, no failover, not counted.
