@@ -124,7 +124,7 @@ public final class HealthChecker: Sendable {
                     }
                     try sync.addHandler(HTTPRequestEncoder())
                     try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop)))
-                    try sync.addHandler(ProbeHandler(request: request, needsHandshake: tls != nil, expected: expected, done: done))
+                    try sync.addHandler(ProbeHandler(request: request, needsHandshake: tls != nil, expected: expected, timeout: settings.timeout, done: done))
                 }
             }
         let timer = loop.scheduleTask(in: settings.timeout) {
@@ -156,8 +156,11 @@ private final class ProbeHandler: ChannelInboundHandler {
     private let needsHandshake: Bool
     private let expected: ClosedRange<Int>
     private let done: EventLoopPromise<Void>
+    /// The longest wait for a TLS 1.3 upstream's verdict on our client certificate.
+    private let verdictWait: TimeAmount
 
-    init(request: HTTPRequestHead?, needsHandshake: Bool, expected: ClosedRange<Int>, done: EventLoopPromise<Void>) {
+    init(request: HTTPRequestHead?, needsHandshake: Bool, expected: ClosedRange<Int>, timeout: TimeAmount, done: EventLoopPromise<Void>) {
+        self.verdictWait = min(.seconds(1), .nanoseconds(timeout.nanoseconds / 2))
         self.request = request
         self.needsHandshake = needsHandshake
         self.expected = expected
@@ -176,7 +179,7 @@ private final class ProbeHandler: ChannelInboundHandler {
 
     private func connected(context: ChannelHandlerContext) {
         guard let request else {
-            self.handshaken(context: context, waited: 0)
+            self.handshaken(context: context)
             return
         }
         context.write(Self.wrapOutboundOut(.head(request)), promise: nil)
@@ -185,19 +188,23 @@ private final class ProbeHandler: ChannelInboundHandler {
 
     /// A `tls` check passes once the handshake is done, except that a TLS 1.3 server checks
     /// our client certificate after that: it passes when the server's session ticket says it
-    /// accepted it, fails on its alert, and passes after a second of silence (a server that
-    /// sends no tickets).
-    private func handshaken(context: ChannelHandlerContext, waited: Int) {
+    /// accepted it, fails on its alert, and passes after `verdictWait` of silence (a server
+    /// that sends no tickets), which stays within the check's timeout.
+    private func handshaken(context: ChannelHandlerContext, verdictBy: NIODeadline? = nil) {
         guard context.channel.isActive else { return }  // closed: its error or the timeout answers
         let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self)
-        guard let tls, tls.awaitsClientCertificateVerdict, waited < 1_000 else {
+        let deadline = verdictBy ?? .now() + self.verdictWait
+        guard let tls, tls.awaitsClientCertificateVerdict, NIODeadline.now() < deadline else {
             self.done.succeed(())
             return
         }
+        self.awaitingVerdict = tls
         context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(20)) {
-            self.handshaken(context: context, waited: waited + 20)
+            self.handshaken(context: context, verdictBy: deadline)
         }
     }
+    /// The TLS handler whose verdict the probe waits for, if it does.
+    private var awaitingVerdict: OpenSSLHandler?
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .head(let head) = Self.unwrapInboundIn(data) {
@@ -216,6 +223,11 @@ private final class ProbeHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if self.awaitingVerdict?.awaitsClientCertificateVerdict == false {
+            // The verdict came, then the upstream closed: a refusal (an alert) failed the
+            // probe already; a session ticket accepted us.
+            self.done.succeed(())
+        }
         self.done.fail(ProbeError(reason: "connection closed before an answer"))
         context.fireChannelInactive()
     }

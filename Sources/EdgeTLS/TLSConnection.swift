@@ -229,6 +229,13 @@ final class TLSConnection {
     /// side of the handshake (see `classifyPostHandshakeRefusal`).
     private(set) var postHandshakeRefusal: UpstreamHandshakeFailure?
 
+    /// A client connection whose TLS 1.3 server asked for our certificate and has said
+    /// nothing since our Finished: neither a session ticket (it accepted us) nor an alert.
+    var awaitsClientCertificateVerdict: Bool {
+        !self.context.isServer && self.handshakeCompleted && !self.receivedApplicationData && !self.handshakeMessageAfterCompletion
+            && self.receivedAlert == nil && SSL_version(self.ssl) == TLS1_3_VERSION && SSL_get_ex_data(self.ssl, certificateRequestedIndex) != nil
+    }
+
     /// TLS 1.3 checks the client certificate after the client's Finished: the server's
     /// refusal is the first thing the client reads, after its handshake "completed". Such
     /// a failure is the handshake's, and the server read none of the request (it reads
@@ -237,13 +244,6 @@ final class TLSConnection {
     /// not even a session ticket (an OpenSSL server sends those once it accepted us). With
     /// TLS 1.2 the server accepted our certificate before its Finished: a later alert may
     /// follow a request it acted on.
-    /// A client connection whose TLS 1.3 server asked for our certificate and has said
-    /// nothing since our Finished: neither a session ticket (it accepted us) nor an alert.
-    var awaitsClientCertificateVerdict: Bool {
-        !self.context.isServer && self.handshakeCompleted && !self.receivedApplicationData && !self.handshakeMessageAfterCompletion
-            && self.receivedAlert == nil && SSL_version(self.ssl) == TLS1_3_VERSION && SSL_get_ex_data(self.ssl, certificateRequestedIndex) != nil
-    }
-
     private func classifyPostHandshakeRefusal() -> UpstreamHandshakeFailure? {
         guard !self.context.isServer, self.handshakeCompleted, !self.receivedApplicationData, !self.handshakeMessageAfterCompletion,
               SSL_version(self.ssl) == TLS1_3_VERSION, SSL_get_ex_data(self.ssl, certificateRequestedIndex) != nil,

@@ -405,17 +405,18 @@ final class UpstreamTLSFailoverTests: XCTestCase {
         let (leaf, client) = try serverAndClient(dir)
         let otherPKI = try TestPKI()
         defer { withExtendedLifetime(otherPKI) {} }
-        let (refusing, accepting) = (freePort(), freePort())
-        let (python, _) = try upstreams([spec(refusing, leaf, "min=1.3,client_ca=\(otherPKI.caPath)"), spec(accepting, leaf, "min=1.3,client_ca=\(Self.pki.caPath)")], dir: dir)
+        let (refusing, accepting, silent) = (freePort(), freePort(), freePort())
+        let (python, _) = try upstreams([spec(refusing, leaf, "min=1.3,client_ca=\(otherPKI.caPath)"), spec(accepting, leaf, "min=1.3,client_ca=\(Self.pki.caPath)"),
+                                         spec(silent, leaf, "min=1.3,client_ca=\(Self.pki.caPath),tickets=0")], dir: dir)
         defer { RequestHardeningTests.stop(python) }
         let logs = LogCapture()
         let (gateway, group, _, admin) = try await start("""
             listeners: [ { name: http, address: "127.0.0.1:0" } ]
             upstreams:
               app:
-                backends: ["127.0.0.1:\(refusing)", "127.0.0.1:\(accepting)"]
+                backends: ["127.0.0.1:\(refusing)", "127.0.0.1:\(accepting)", "127.0.0.1:\(silent)"]
                 tls: { sni: app.internal, ca_file: \(Self.pki.caPath), client_certificate: \(client.fullchain), client_key: \(client.key) }
-                health_check: { kind: tls, interval: 100ms, timeout: 2s, unhealthy_after: 2, healthy_after: 1 }
+                health_check: { kind: tls, interval: 100ms, timeout: 800ms, unhealthy_after: 2, healthy_after: 1 }
             routes: [ { upstream: app } ]
             admin: { address: "127.0.0.1:0" }
             """, dir: dir, logs: logs)
@@ -425,9 +426,13 @@ final class UpstreamTLSFailoverTests: XCTestCase {
             return states.first { ($0["address"] as? String) == "127.0.0.1:\(refusing)" }?["health"] as? String == "down"
         }
         XCTAssertTrue(down, "the refusing backend is down: \(states)")
-        pause(1)
+        pause(3)  // a silent backend's probes that outlasted the timeout would have made it down twice over by now
         states = try backends(admin, upstream: "app")
-        XCTAssertEqual(states.first { ($0["address"] as? String) == "127.0.0.1:\(accepting)" }?["health"] as? String, "up", "\(states)")
+        func health(_ port: Int) -> String? { states.first { ($0["address"] as? String) == "127.0.0.1:\(port)" }?["health"] as? String }
+        XCTAssertEqual(health(refusing), "down", "it stays down: \(states)")
+        XCTAssertEqual(health(accepting), "up", "a session ticket says it accepted us: \(states)")
+        // No ticket and no alert: up after a wait that stays within the check's 800 ms timeout.
+        XCTAssertEqual(health(silent), "up", "\(states)")
         XCTAssertTrue(logs.all.contains { $0.contains("refused our client certificate") || $0.contains("unknown ca") }, logs.all.suffix(5).joined(separator: "\n"))
         try await stop(gateway, group)
     }

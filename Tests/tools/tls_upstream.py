@@ -2,9 +2,10 @@
 """HTTPS upstreams on loopback for the upstream TLS tests, one per spec, all in one process.
 
 usage: tls_upstream.py SNI_LOG SPEC...
-  SPEC  port=P,cert=FILE,key=FILE[,max=1.2][,min=1.3][,client_ca=FILE][,reset=1]
+  SPEC  port=P,cert=FILE,key=FILE[,max=1.2][,min=1.3][,client_ca=FILE][,reset=1][,tickets=0]
         client_ca makes the server require a client certificate signed by that CA;
-        reset=1 makes it read the ClientHello and reset the connection (RST) instead.
+        reset=1 makes it read the ClientHello and reset the connection (RST) instead;
+        tickets=0 makes it send no TLS 1.3 session tickets.
 
 Every request gets 200 with the body "port=P sni=NAME client=SUBJECT" (keep-alive); each
 handshake's SNI (or "-") is appended to SNI_LOG as "P NAME". Runs until killed.
@@ -26,6 +27,8 @@ def serve(spec, sni_log):
         context.maximum_version = ssl.TLSVersion.TLSv1_2
     if opts.get("min") == "1.3":
         context.minimum_version = ssl.TLSVersion.TLSv1_3
+    if opts.get("tickets") == "0":
+        context.num_tickets = 0
     if "client_ca" in opts:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(opts["client_ca"])
