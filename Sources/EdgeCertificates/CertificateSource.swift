@@ -61,6 +61,11 @@ public struct FileID: Hashable, Sendable {
     let device: UInt64
     let inode: UInt64
 
+    init(device: UInt64, inode: UInt64) {
+        self.device = device
+        self.inode = inode
+    }
+
     /// The file at `path`, links followed; nil when there is none.
     init?(path: String) {
         var info = stat()

@@ -113,15 +113,20 @@ public final class CertificateStore: Sendable {
 
     /// Publications kept for the status page.
     public static let historyLength = 20
+    private let clock: @Sendable () -> Int64
 
     /// Loads every source once. Throws when nothing at all can be served, or when
     /// `requireAll` is set and any lineage fails (startup of explicit pairs).
     /// `succeeding`: the store this one replaces on a configuration reload, whose history of
     /// publications goes on here (its first entry says what the reload changed).
-    public init(configuration: CertificateSetConfiguration, logger: Logger, requireAll: Bool = false, succeeding previous: CertificateStore? = nil) throws {
+    /// `clock`: the wall clock in seconds, which decides what is valid, expired or not yet
+    /// valid at each load (the tests move it instead of making certificates that expire).
+    public init(configuration: CertificateSetConfiguration, logger: Logger, requireAll: Bool = false, succeeding previous: CertificateStore? = nil,
+                clock: @escaping @Sendable () -> Int64 = currentEpochSeconds) throws {
         self.configuration = configuration
         self.logger = logger
-        let now = currentEpochSeconds()
+        self.clock = clock
+        let now = clock()
         var loaded: [LoadedLineage] = []
         var problems: [String: CertificateProblem] = [:]
         for source in configuration.sources {
@@ -229,7 +234,7 @@ public final class CertificateStore: Sendable {
         let writing = self.filesBeingWritten.withLockedValue { $0 }
         return self.state.withLockedValue { state in
             defer { self.status.store(Self.status(of: state), ordering: .releasing) }
-            let now = currentEpochSeconds()
+            let now = self.clock()
             let old = self.current.load(ordering: .acquiring)
             var byName: [String: LoadedLineage] = [:]
             for lineage in old.lineages { byName[lineage.name] = lineage }

@@ -48,7 +48,8 @@ public final class CertificateWatcher: Sendable {
     private let wakeRead: Int32
     private let wakeWrite: Int32
     private let stopped = NIOLockedValueBox(false)
-    private let finished = NIOLockedValueBox(false)
+    /// Set by the watcher thread as it ends; `stop()` waits on it instead of polling.
+    private let finished = ConditionLock(value: false)
     /// Watch descriptor to directory, to tell what an IN_CREATE created.
     private let watched = NIOLockedValueBox([Int32: String]())
     /// Names besides `*.crt`, `*.key`, `*.pem` and `..data` whose change can complete a
@@ -115,7 +116,8 @@ public final class CertificateWatcher: Sendable {
         self.stopped.withLockedValue { $0 = true }
         var byte: UInt8 = 1
         _ = write(self.wakeWrite, &byte, 1)
-        for _ in 0..<200 where !self.finished.withLockedValue({ $0 }) { usleep(5_000) }
+        // Bounded: a reload in progress (a slow disk) finishes first; a second at most.
+        if self.finished.lock(whenValue: true, timeoutSeconds: 1) { self.finished.unlock() }
     }
 
     /// The directories to watch now: each source's roots, their parents (to see a
@@ -188,113 +190,81 @@ public final class CertificateWatcher: Sendable {
         return lstat(dir + "/" + file, &info) == 0 && (info.st_mode & S_IFMT) == S_IFLNK
     }
 
+    /// The watcher thread: reads inotify's events into the schedule and performs what it
+    /// says is due (WatchSchedule holds the policy: debounce, early reloads, writers, rescans).
     private func loop() {
-        defer { self.finished.withLockedValue { $0 = true } }
-        let debounce = Int64(self.configuration.debounceMilliseconds)
-        let rescan = Int64(self.configuration.rescanMilliseconds)
-        var pendingSince: Int64? = nil
-        var lastEvent: Int64 = 0
-        // Early reloads are spaced: under a stream of events (a log file written in a watched
-        // directory) they read every lineage again, so they take at most a third of this
-        // thread's time and run at most every 10 ms.
-        var earlyPending = false
-        var earlyAllowedAt: Int64 = 0
-        var nextRescan = self.now() + rescan
-        // Files modified and not yet closed, by watched path, with the time of their last
-        // write; the store holds the set, so every reload (SIGHUP's too) honours it.
-        var writing: [String: (id: FileID, last: Int64)] = [:]
-        var published = Set<FileID>()
-        let staleWrite = Int64(max(5_000, 10 * self.configuration.debounceMilliseconds))
-        func publishWriting() {
-            let now = Set(writing.values.map(\.id))
-            if now != published {
-                published = now
-                self.store.setFilesBeingWritten(now)
-            }
+        defer {
+            self.finished.lock()
+            self.finished.unlock(withValue: true)
         }
+        var schedule = WatchSchedule(policy: WatchSchedule.Policy(self.configuration), now: self.now())
         let bufferSize = 64 * 1024  // far above one event (a smaller buffer makes read fail with EINVAL)
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: bufferSize, alignment: 8)
         defer { buffer.deallocate() }
         while !self.stopped.withLockedValue({ $0 }) {
-            let current = self.now()
-            var timeout = nextRescan - current
-            if pendingSince != nil { timeout = min(timeout, lastEvent + debounce - current) }
-            if earlyPending { timeout = min(timeout, earlyAllowedAt - current) }
-            // A writer silent for `staleWrite` is taken as done: wake then to read its file.
-            if let oldest = writing.values.map(\.last).min() { timeout = min(timeout, oldest + staleWrite - current) }
             var fds = [pollfd(fd: self.inotify, events: Int16(POLLIN), revents: 0), pollfd(fd: self.wakeRead, events: Int16(POLLIN), revents: 0)]
-            let ready = poll(&fds, 2, Int32(max(0, min(timeout, 60_000))))
+            let ready = poll(&fds, 2, Int32(schedule.timeout(at: self.now())))
             if ready < 0 && errno != EINTR { usleep(100_000) }
             if fds[0].revents & Int16(POLLIN) != 0 {
-                var sawEvent = false
-                var sawComplete = false
-                while true {
-                    let n = read(self.inotify, buffer, bufferSize)
-                    if n <= 0 { break }
-                    var offset = 0
-                    while offset + MemoryLayout<inotify_event>.size <= n {
-                        let event = buffer.load(fromByteOffset: offset, as: inotify_event.self)
-                        let length = Int(event.len)
-                        if event.mask & UInt32(IN_Q_OVERFLOW) != 0 {
-                            self.logger.warning("inotify queue overflowed; rescanning everything")
-                        }
-                        if event.mask & UInt32(IN_ISDIR) != 0, event.mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
-                            // A new directory (a first certbot issuance): watch it now, then rescan:
-                            // files created before the watch produce no event.
-                            _ = self.addWatches()
-                        }
-                        let namePointer = buffer + offset + MemoryLayout<inotify_event>.size
-                        if event.mask & UInt32(IN_MODIFY | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM) != 0 {
-                            if let path = self.lineagePath(event, name: namePointer, length: length) {
-                                if event.mask & UInt32(IN_MODIFY) != 0 {
-                                    if let id = writing[path]?.id ?? FileID(path: path) { writing[path] = (id, self.now()) }
-                                } else {
-                                    writing[path] = nil
-                                }
-                            } else if event.mask & UInt32(IN_MODIFY) != 0 {
-                                // Another file's writes (a log in the directory) change nothing here.
-                                offset += MemoryLayout<inotify_event>.size + length
-                                continue
-                            }
-                        }
-                        sawEvent = true
-                        if !sawComplete, self.configuration.immediate {
-                            sawComplete = self.isComplete(event, name: namePointer, length: length)
-                        }
-                        offset += MemoryLayout<inotify_event>.size + length
-                    }
+                self.readEvents(into: &schedule, buffer: buffer, size: bufferSize)
+            }
+            while let action = schedule.next(at: self.now()) {
+                switch action {
+                case .publishBeingWritten(let files):
+                    // The store holds the set, so every reload (SIGHUP's too) honours it.
+                    self.store.setFilesBeingWritten(files)
+                case .reloadEarly:
+                    self.store.reload(reason: "file change", settled: false)
+                    schedule.earlyReloadDone(at: self.now())
+                case .reloadSettled:
+                    self.addWatches()
+                    self.store.reload(reason: "file change")
+                case .rescan:
+                    self.addWatches()
+                    self.store.reload(reason: "periodic rescan")
                 }
-                publishWriting()
-                if sawEvent {
-                    lastEvent = self.now()
-                    if pendingSince == nil { pendingSince = lastEvent }
-                }
-                if sawComplete { earlyPending = true }
-            }
-            var after = self.now()
-            if writing.contains(where: { after - $0.value.last >= staleWrite }) {
-                writing = writing.filter { after - $0.value.last < staleWrite }
-                publishWriting()
-                lastEvent = after - debounce  // a settled reload now
-                if pendingSince == nil { pendingSince = lastEvent }
-            }
-            if earlyPending, after >= earlyAllowedAt {
-                earlyPending = false
-                self.store.reload(reason: "file change", settled: false)
-                let done = self.now()
-                earlyAllowedAt = done + max(10, 2 * (done - after))
-                after = done
-            }
-            if pendingSince != nil, after - lastEvent >= debounce {
-                pendingSince = nil
-                self.addWatches()
-                self.store.reload(reason: "file change")
-            }
-            if after >= nextRescan {
-                nextRescan = after + rescan
-                self.addWatches()
-                self.store.reload(reason: "periodic rescan")
             }
         }
+    }
+
+    /// Reads every queued inotify event and tells the schedule what they mean.
+    private func readEvents(into schedule: inout WatchSchedule, buffer: UnsafeMutableRawPointer, size bufferSize: Int) {
+        var sawEvent = false
+        var sawComplete = false
+        while true {
+            let n = read(self.inotify, buffer, bufferSize)
+            if n <= 0 { break }
+            var offset = 0
+            while offset + MemoryLayout<inotify_event>.size <= n {
+                let event = buffer.load(fromByteOffset: offset, as: inotify_event.self)
+                let length = Int(event.len)
+                let namePointer = buffer + offset + MemoryLayout<inotify_event>.size
+                offset += MemoryLayout<inotify_event>.size + length
+                if event.mask & UInt32(IN_Q_OVERFLOW) != 0 {
+                    self.logger.warning("inotify queue overflowed; rescanning everything")
+                }
+                if event.mask & UInt32(IN_ISDIR) != 0, event.mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
+                    // A new directory (a first certbot issuance): watch it now, then rescan:
+                    // files created before the watch produce no event.
+                    _ = self.addWatches()
+                }
+                if event.mask & UInt32(IN_MODIFY | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM) != 0 {
+                    if let path = self.lineagePath(event, name: namePointer, length: length) {
+                        if event.mask & UInt32(IN_MODIFY) != 0 {
+                            schedule.fileModified(path, at: self.now()) { FileID(path: path) }
+                        } else {
+                            schedule.fileFinished(path)
+                        }
+                    } else if event.mask & UInt32(IN_MODIFY) != 0 {
+                        continue  // another file's writes (a log in the directory) change nothing here
+                    }
+                }
+                sawEvent = true
+                if !sawComplete, self.configuration.immediate {
+                    sawComplete = self.isComplete(event, name: namePointer, length: length)
+                }
+            }
+        }
+        schedule.eventsRead(at: self.now(), sawEvent: sawEvent, sawComplete: sawComplete)
     }
 }

@@ -131,7 +131,8 @@ enum LineageLoader {
     }
 }
 
-func currentEpochSeconds() -> Int64 {
+/// The wall clock in whole seconds since the epoch (certificate validity is in seconds).
+public func currentEpochSeconds() -> Int64 {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return Int64(ts.tv_sec)

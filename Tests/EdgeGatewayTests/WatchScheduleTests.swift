@@ -1,0 +1,182 @@
+@testable import EdgeCertificates
+import EdgeTLS
+import EdgeTestSupport
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import XCTest
+
+/// The watcher's reload policy, driven with made-up times (milliseconds): no inotify, no
+/// sleeps. The end-to-end tests (RotationTests, HostileFilesTests) keep the real watcher.
+final class WatchScheduleTests: XCTestCase {
+    func schedule(debounce: Int = 200, rescan: Int = 60_000, immediate: Bool = true, now: Int64 = 0) -> WatchSchedule {
+        WatchSchedule(policy: .init(WatcherConfiguration(debounceMilliseconds: debounce, rescanMilliseconds: rescan, immediate: immediate)), now: now)
+    }
+
+    /// Everything due at `now`, performing each early reload as taking `earlyTakes` ms.
+    func due(_ schedule: inout WatchSchedule, at now: Int64, earlyTakes: Int64 = 0) -> [WatchSchedule.Action] {
+        var actions: [WatchSchedule.Action] = []
+        var now = now
+        while let action = schedule.next(at: now) {
+            actions.append(action)
+            if action == .reloadEarly {
+                now += earlyTakes
+                schedule.earlyReloadDone(at: now)
+            }
+            XCTAssertLessThan(actions.count, 10, "next(at:) keeps returning actions")
+            if actions.count >= 10 { break }
+        }
+        return actions
+    }
+
+    let a = FileID(device: 1, inode: 10), b = FileID(device: 1, inode: 11)
+
+    func testNothingIsDueWithoutEventsUntilTheRescan() {
+        var s = schedule(rescan: 60_000)
+        XCTAssertEqual(due(&s, at: 0), [])
+        XCTAssertEqual(s.timeout(at: 0), 60_000)
+        XCTAssertEqual(s.timeout(at: 59_000), 1_000)
+        XCTAssertEqual(due(&s, at: 59_999), [])
+        XCTAssertEqual(due(&s, at: 60_000), [.rescan])
+        XCTAssertEqual(s.timeout(at: 60_000), 60_000, "the next rescan is a period later")
+        XCTAssertEqual(due(&s, at: 120_000), [.rescan])
+    }
+
+    func testTheTimeoutStaysWithinAMinuteAndNeverNegative() {
+        var s = schedule(rescan: 3_600_000)
+        XCTAssertEqual(s.timeout(at: 0), 60_000)
+        s.eventsRead(at: 0, sawEvent: true, sawComplete: false)
+        XCTAssertEqual(s.timeout(at: 500), 0, "overdue: poll returns at once")
+    }
+
+    /// A settled reload follows the quiet time after the last event, not the first.
+    func testTheSettledReloadWaitsForQuiet() {
+        var s = schedule(debounce: 200)
+        s.eventsRead(at: 0, sawEvent: true, sawComplete: false)
+        XCTAssertEqual(s.timeout(at: 0), 200)
+        XCTAssertEqual(due(&s, at: 150), [])
+        s.eventsRead(at: 150, sawEvent: true, sawComplete: false)
+        XCTAssertEqual(due(&s, at: 300), [], "the second event restarted the quiet time")
+        XCTAssertEqual(s.timeout(at: 300), 50)
+        XCTAssertEqual(due(&s, at: 350), [.reloadSettled])
+        XCTAssertEqual(due(&s, at: 1_000), [], "one settled reload per burst")
+        // A read that counted nothing (another file's writes) arms nothing.
+        s.eventsRead(at: 2_000, sawEvent: false, sawComplete: false)
+        XCTAssertEqual(due(&s, at: 5_000), [])
+    }
+
+    /// A complete file is published at once, then settled after the quiet time.
+    func testACompleteFileReloadsEarlyThenSettles() {
+        var s = schedule(debounce: 200)
+        s.eventsRead(at: 0, sawEvent: true, sawComplete: true)
+        XCTAssertEqual(s.timeout(at: 0), 0)
+        XCTAssertEqual(due(&s, at: 0), [.reloadEarly])
+        XCTAssertEqual(due(&s, at: 199), [])
+        XCTAssertEqual(due(&s, at: 200), [.reloadSettled])
+    }
+
+    func testWithoutImmediateOnlyTheSettledReloadHappens() {
+        var s = schedule(debounce: 200, immediate: false)
+        s.eventsRead(at: 0, sawEvent: true, sawComplete: true)
+        XCTAssertEqual(due(&s, at: 0), [])
+        XCTAssertEqual(due(&s, at: 200), [.reloadSettled])
+    }
+
+    /// Early reloads are spaced by twice their duration (at least 10 ms), so a stream of
+    /// complete-file events takes at most a third of the watcher's time.
+    func testEarlyReloadsAreSpacedByTwiceTheirDuration() {
+        var s = schedule(debounce: 10_000)
+        s.eventsRead(at: 0, sawEvent: true, sawComplete: true)
+        XCTAssertEqual(due(&s, at: 0, earlyTakes: 30), [.reloadEarly])  // ran 0...30: next at 90
+        s.eventsRead(at: 40, sawEvent: true, sawComplete: true)
+        XCTAssertEqual(due(&s, at: 40), [])
+        XCTAssertEqual(s.timeout(at: 40), 50)
+        XCTAssertEqual(due(&s, at: 90, earlyTakes: 1), [.reloadEarly])  // ran 90...91: next at 101 (10 ms floor)
+        s.eventsRead(at: 95, sawEvent: true, sawComplete: true)
+        XCTAssertEqual(due(&s, at: 100), [])
+        XCTAssertEqual(due(&s, at: 101), [.reloadEarly])
+    }
+
+    /// A file being written holds its lineage from its first write to its close; the store
+    /// is told each time the set changes, and a close arms the reloads.
+    func testWritersAreHeldUntilTheyClose() {
+        var s = schedule(debounce: 200)
+        var lookups = 0
+        s.fileModified("/c/a.pem", at: 0) { lookups += 1; return self.a }
+        s.eventsRead(at: 0, sawEvent: true, sawComplete: false)
+        XCTAssertEqual(s.timeout(at: 0), 0)
+        XCTAssertEqual(due(&s, at: 0), [.publishBeingWritten([a])])
+        s.fileModified("/c/a.pem", at: 100) { lookups += 1; return self.b }
+        s.fileModified("/c/b.pem", at: 100) { lookups += 1; return self.b }
+        s.eventsRead(at: 100, sawEvent: true, sawComplete: false)
+        XCTAssertEqual(lookups, 2, "a file is looked up once per write streak")
+        XCTAssertEqual(due(&s, at: 100), [.publishBeingWritten([a, b])])
+        s.fileFinished("/c/a.pem")
+        s.fileFinished("/c/b.pem")
+        s.eventsRead(at: 150, sawEvent: true, sawComplete: true)
+        XCTAssertEqual(due(&s, at: 150), [.publishBeingWritten([]), .reloadEarly])
+        XCTAssertEqual(due(&s, at: 350), [.reloadSettled])
+    }
+
+    /// A file that is gone by its first write holds nothing.
+    func testAWriteToAVanishedFileHoldsNothing() {
+        var s = schedule()
+        s.fileModified("/c/gone.pem", at: 0) { nil }
+        s.eventsRead(at: 0, sawEvent: true, sawComplete: false)
+        XCTAssertEqual(due(&s, at: 0), [])
+    }
+
+    /// A writer that keeps the file open and silent for `staleWrite` (ten debounces, at
+    /// least 5 s) is taken as done: released and settled at once.
+    func testAStaleWriterIsReleasedAndSettledAtOnce() {
+        var s = schedule(debounce: 200)
+        XCTAssertEqual(s.policy.staleWrite, 5_000)
+        s.fileModified("/c/a.pem", at: 0) { self.a }
+        s.eventsRead(at: 0, sawEvent: true, sawComplete: false)
+        XCTAssertEqual(due(&s, at: 0), [.publishBeingWritten([a])])
+        XCTAssertEqual(due(&s, at: 200), [.reloadSettled], "the settled reload runs, and keeps holding the file")
+        XCTAssertEqual(s.timeout(at: 200), 4_800, "it wakes when the writer goes stale")
+        XCTAssertEqual(due(&s, at: 4_999), [])
+        XCTAssertEqual(due(&s, at: 5_000), [.publishBeingWritten([]), .reloadSettled])
+        XCTAssertEqual(schedule(debounce: 1_000).policy.staleWrite, 10_000)
+    }
+
+    /// Several things due at once come in order: writers, early, settled, rescan.
+    func testEverythingDueAtOnceComesOutInOrder() {
+        var s = schedule(debounce: 200, rescan: 1_000)
+        s.fileModified("/c/a.pem", at: 0) { self.a }
+        s.eventsRead(at: 0, sawEvent: true, sawComplete: false)
+        s.fileFinished("/c/a.pem")
+        s.eventsRead(at: 0, sawEvent: true, sawComplete: true)
+        XCTAssertEqual(due(&s, at: 1_000), [.reloadEarly, .reloadSettled, .rescan], "a writer opened and closed unseen is never published")
+    }
+}
+
+/// The store's validity decisions with its clock moved instead of waiting (#31: the store
+/// takes its clock as a parameter).
+final class StoreClockTests: XCTestCase {
+    func testANotYetValidRenewalIsHeldBackUntilTheClockReachesIt() throws {
+        let pki = try TestPKI()
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        let now = Int64(Date().timeIntervalSince1970)
+        let good = try pki.issue(["localhost"], into: certs, name: "site")
+        let clock = NIOLockedValueBox(now)
+        let store = try CertificateStore(
+            configuration: CertificateSetConfiguration(sources: [.directory(certs)], policies: [TLSServerPolicy()]),
+            logger: Logger(label: "test"), clock: { clock.withLockedValue { $0 } })
+        XCTAssertEqual(store.snapshot.lineages.map(\.leaf.serialNumberHex), [good.serial])
+        // A renewal that starts tomorrow, dropped in whole.
+        let future = try pki.issue(["localhost"], notBefore: now + 86_400, notAfter: now + 30 * 86_400, into: dir.file("staging"), name: "future")
+        try Shell.run(["mv", future.key, certs + "/site.key"])
+        try Shell.run(["mv", future.fullchain, certs + "/site.crt"])
+        store.reload(reason: "test")
+        XCTAssertEqual(store.snapshot.lineages.map(\.leaf.serialNumberHex), [good.serial], "the valid one stays")
+        XCTAssertTrue(store.problems.contains { $0.name == "site" && $0.error.contains("not yet valid") }, "\(store.problems)")
+        // Tomorrow, the next reload (a rescan) publishes it.
+        clock.withLockedValue { $0 = now + 86_401 }
+        store.reload(reason: "periodic rescan")
+        XCTAssertEqual(store.snapshot.lineages.map(\.leaf.serialNumberHex), [future.serial])
+        XCTAssertEqual(store.problems.filter { $0.name == "site" }.count, 0, "\(store.problems)")
+    }
+}
