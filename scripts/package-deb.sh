@@ -15,8 +15,9 @@ cd "$(dirname "$0")/.."
 bin=${1:-}
 out=$(realpath -m "${2:-.build/deb}")
 if [ -z "$bin" ]; then
-  swift build -c release --product edge-gateway --static-swift-stdlib >&2
-  bin=$(swift build -c release --show-bin-path)/edge-gateway
+  # docs/operations.md's production build, with the Swift runtime linked in.
+  swift build -c release -Xswiftc -enforce-exclusivity=unchecked --product edge-gateway --static-swift-stdlib >&2
+  bin=$(swift build -c release -Xswiftc -enforce-exclusivity=unchecked --show-bin-path)/edge-gateway
 fi
 # Every build a version of its own, newer than the last (apt installs nothing over an
 # equal version): the gateway's version, then the build time and commit.

@@ -17,7 +17,9 @@ phase() {
   echo "== $name: done in $((SECONDS - start)) s"
 }
 phase "install packages" bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core nghttp2-client testssl.sh python3-venv certbot pebble haproxy wrk iproute2 nginx-light
+# doc-command: swift build --build-tests
 phase "build" swift build --build-tests
 # XCTest holds every test; --disable-swift-testing drops swift-testing's empty "0 tests" run.
+# doc-command: swift test
 phase "unit and end-to-end tests" swift test --skip-build --disable-swift-testing
 phase "TLS scans (sslyze, testssl)" bash scripts/tls-compliance.sh

@@ -233,6 +233,26 @@ private func friendly(_ type: Any.Type) -> String {
     }
 }
 
+/// Where a block mapping's key that first appears at `first` appears again: the next line
+/// at the same indentation that starts with the key (bare or quoted) before the mapping
+/// ends. Nil for what this cannot see (a flow mapping's `{ a: 1, a: 2 }`).
+func repeatedKey(_ key: String, after first: Mark, in yaml: String) -> (line: Int, column: Int)? {
+    let lines = yaml.split(separator: "\n", omittingEmptySubsequences: false)
+    let indent = first.column - 1
+    guard first.line >= 1, first.line < lines.count else { return nil }
+    for index in first.line..<lines.count {
+        let line = lines[index]
+        let content = line.drop { $0 == " " }
+        if content.isEmpty || content.hasPrefix("#") { continue }
+        let column = line.count - content.count
+        if column < indent { return nil }  // the mapping ended
+        if column == indent, [key + ":", "\"\(key)\":", "'\(key)':"].contains(where: { content.hasPrefix($0) }) {
+            return (index + 1, column + 1)
+        }
+    }
+    return nil
+}
+
 /// A YAML syntax error as `line:column: invalid YAML: reason`, then the offending line and
 /// a caret under the column (the caller puts the file name first).
 func describe(yamlError error: YamlError) -> ConfigError {
@@ -260,7 +280,14 @@ func describe(yamlError error: YamlError) -> ConfigError {
         let column = before.count - (before.lastIndex(of: 0x0A).map { before.distance(from: before.startIndex, to: $0) + 1 } ?? 0) + 1
         return located(line, column, problem, yaml)
     case let .duplicatedKeysInMapping(duplicates, context):
-        return located(context.mark.line, context.mark.column, "duplicate key \(duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")) (\(context.text))", "")
+        // Yams marks the first of the two and carries the whole file as its context: point
+        // at the second, where the mistake usually is, and name the first.
+        let key = duplicates.sorted().first ?? ""
+        let first = context.mark
+        guard let second = repeatedKey(key, after: first, in: context.text) else {
+            return located(first.line, first.column, "duplicate key '\(key)'", context.text)
+        }
+        return located(second.line, second.column, "duplicate key '\(key)' (first at line \(first.line))", context.text)
     default:
         return ConfigError(path: "", message: "invalid YAML: \(error)")
     }

@@ -55,6 +55,7 @@ final class AdminPolicyTests: XCTestCase {
         XCTAssertEqual(try curl(["-X", "POST", "-H", "Content-Type: text/plain", "-H", "Origin: https://evil.test", "http://127.0.0.1:\(admin)/reload"]), "403")
         XCTAssertEqual(try curl(["-X", "POST", "http://127.0.0.1:\(admin)/reload"]), "403", "a reload needs the header")
         XCTAssertEqual(try curl(["-H", "Host: rebind.attacker.test", "http://127.0.0.1:\(admin)/status"]), "421")
+        // doc-command: curl -X POST -H 'X-Edge-Gateway-Reload: 1' http://127.0.0.1:9901/reload
         XCTAssertEqual(try curl(["-X", "POST", "-H", "X-Edge-Gateway-Reload: 1", "http://127.0.0.1:\(admin)/reload"]), "200")
         XCTAssertTrue(harness.logs.contains("admin request refused"))
         await harness.shutdown()

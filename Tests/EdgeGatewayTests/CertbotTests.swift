@@ -63,12 +63,18 @@ final class CertbotTests: XCTestCase {
         func issue(_ name: String, webroot: String? = nil, deployHook: Bool = false) throws {
             var authenticator = webroot.map { ["--webroot", "-w", $0] } ?? ["--manual", "--manual-auth-hook", "/bin/true", "--preferred-challenges", "http"]
             if deployHook { authenticator += ["--deploy-hook", repositoryRoot() + "/deploy/certbot/edge-gateway-deploy-hook.sh"] }
+            // The README's command with the webroot and deploy hook (the webroot test), against
+            // pebble, with the test's directories and the hook as deploy/ holds it (the package
+            // installs it at /usr/share/edge-gateway/certbot-deploy-hook.sh):
+            // doc-command: certbot certonly --webroot -w /var/lib/edge-gateway/acme -d example.com --deploy-hook /usr/share/edge-gateway/certbot-deploy-hook.sh
+            // doc-command: certbot certonly
             let result = try self.certbot(["certonly", "--agree-tos", "--register-unsafely-without-email", "--server", "https://localhost:\(self.port)/dir"]
                                           + authenticator + ["-d", name, "--cert-name", name])
             guard result.status == 0 else { throw NSError(domain: "certbot certonly \(name): \(result.stdout)\(result.stderr)", code: 1) }
         }
 
         func renew(reuseKey: Bool) throws {
+            // doc-command: certbot renew
             let result = try self.certbot(["renew", "--force-renewal", "--no-random-sleep-on-renew"] + (reuseKey ? ["--reuse-key"] : []))
             guard result.status == 0 else { throw NSError(domain: "certbot renew: \(result.stdout)\(result.stderr)", code: 1) }
         }
@@ -133,6 +139,17 @@ final class CertbotTests: XCTestCase {
         let issuedC = try acme.liveSerial("c.example.test")
         XCTAssertTrue(eventually(timeout: 3) { servedSerial(port: port, serverName: "c.example.test") == issuedC })
         let stats = try load.finish()
+        // `edge-gateway certs` reads certbot's directory as `certbot certificates` does: the
+        // same lineages, expiring at the same minute.
+        // doc-command: certbot certificates
+        let certbotList = try acme.certbot(["certificates"])
+        let expiries = certbotList.stdout.split(separator: "\n").compactMap { line -> String? in
+            guard let range = line.range(of: "Expiry Date: ") else { return nil }
+            return String(line[range.upperBound...].prefix(16))  // 2027-03-05 19:10
+        }
+        let ours = try Shell.run([gatewayBinary(), "certs", acme.configDir + "/live"]).stdout
+        XCTAssertEqual(expiries.count, 3, certbotList.stdout)
+        for expiry in expiries { XCTAssertTrue(ours.contains(expiry), "\(expiry) (certbot certificates) not in:\n\(ours)") }
         XCTAssertEqual(stats.keepAliveErrors, [], "no request failed during 10 renewals")
         XCTAssertEqual(stats.handshakeErrors, [], "no handshake failed during 10 renewals")
         XCTAssertGreaterThan(stats.keepAliveOK, 100)

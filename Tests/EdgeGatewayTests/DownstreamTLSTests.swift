@@ -359,6 +359,7 @@ final class SessionTicketTests: XCTestCase {
         let pki = try TestPKI()
         let dir = TemporaryDirectory()
         let leaf = try pki.issue(["localhost"], into: dir.path, name: "site")
+        // doc-command: openssl rand 80 | base64 -w0
         let keyA = try Shell.bash("openssl rand 80 | base64 -w0").stdout
         let keyB = try Shell.bash("openssl rand 80 | base64 -w0").stdout
         try dir.write("ticket.keys", keyA + "\n")

@@ -121,6 +121,7 @@ final class ExpiryTests: XCTestCase {
         XCTAssertTrue(metrics.contains("edge_certificate_remaining_seconds{name=\"old\""), metrics)
         XCTAssertTrue(metrics.contains("edge_certificate_chain_valid{name=\"lone\"} 0"), metrics)
         if FileManager.default.fileExists(atPath: "/usr/bin/promtool") {
+            // doc-command: promtool check metrics
             let check = try Shell.run(["promtool", "check", "metrics"], input: metrics)
             XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
         }
@@ -211,6 +212,7 @@ final class ExpiryTests: XCTestCase {
         try unreadable.write("x.crt", "garbage")
         try unreadable.write("x.key", "garbage")
         for (dir, code, state) in [(ok, 0, "ok"), (warning, 1, "warning"), (critical, 2, "critical"), (expired, 2, "expired"), (unreadable, 2, "unreadable")] {
+            // doc-command: edge-gateway certs DIR...
             let result = try Shell.run([gatewayBinary(), "certs", dir.path])
             XCTAssertEqual(result.status, Int32(code), "\(state): \(result.stdout) \(result.stderr)")
             XCTAssertTrue(result.stdout.contains(state), "\(state): \(result.stdout)")
@@ -224,6 +226,7 @@ final class ExpiryTests: XCTestCase {
             upstreams: { app: { backends: ["127.0.0.1:9"] } }
             routes: [ { upstream: app } ]
             """)
+        // doc-command: edge-gateway certs -c FILE
         let fromConfig = try Shell.run([gatewayBinary(), "certs", "-c", ok.file("config.yaml")])
         XCTAssertEqual(fromConfig.status, 0, fromConfig.stdout + fromConfig.stderr)
         XCTAssertTrue(fromConfig.stdout.contains("https"), fromConfig.stdout)

@@ -6,6 +6,13 @@ import XCTest
 /// its admin endpoint; `upstream` adds keys to the upstream group, `more` top-level keys.
 func plainGateway(_ dir: TemporaryDirectory, upstream extra: String = "", more: String = "") throws
     -> (gateway: GatewayProcess, upstream: DemoUpstreamProcess, http: Int, admin: Int) {
+    let (upstream, http, admin) = try plainGatewayConfig(dir, upstream: extra, more: more)
+    return (try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log")), upstream, http, admin)
+}
+
+/// plainGateway's configuration (dir/config.yaml) and upstream, for a gateway started otherwise.
+func plainGatewayConfig(_ dir: TemporaryDirectory, upstream extra: String = "", more: String = "") throws
+    -> (upstream: DemoUpstreamProcess, http: Int, admin: Int) {
     let http = freePort(), admin = freePort()
     let upstream = try DemoUpstreamProcess()
     try dir.write("config.yaml", """
@@ -15,7 +22,7 @@ func plainGateway(_ dir: TemporaryDirectory, upstream extra: String = "", more: 
         admin: { address: "127.0.0.1:\(admin)" }
         \(more)
         """)
-    return (try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log")), upstream, http, admin)
+    return (upstream, http, admin)
 }
 
 /// Faults and overload (#34): what the gateway does when the kernel says no.
@@ -30,6 +37,22 @@ final class FaultTests: XCTestCase {
 
     func openDescriptors(_ pid: Int32) -> Int {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? 0
+    }
+
+    /// The open-files limit is raised to the hard one at start and logged; the hard one is
+    /// what an operator raises (docs/operations.md: `LimitNOFILE=` or `ulimit -Hn`).
+    func testTheOpenFilesLimitIsRaisedToTheHardOne() throws {
+        let dir = TemporaryDirectory()
+        let (upstream, http, _) = try plainGatewayConfig(dir)
+        defer { upstream.stop() }
+        // doc-command: ulimit -Hn
+        let gateway = try GatewayProcess(commandLine: ["/bin/bash", "-c", "ulimit -Sn 1024 && ulimit -Hn 4096 && exec \"$0\" run -c \"$1\"",
+                                                       gatewayBinary(), dir.file("config.yaml")], logPath: dir.file("log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(http), gateway.log)
+        XCTAssertTrue(gateway.log.contains("open files limit hard=4096 limit=4096 was=1024"), gateway.log)
+        let limits = try String(contentsOfFile: "/proc/\(gateway.pid)/limits", encoding: .utf8)
+        XCTAssertTrue(limits.split(separator: "\n").contains { $0.hasPrefix("Max open files") && $0.split(separator: " ").filter { $0 == "4096" }.count == 2 }, limits)
     }
 
     /// Out of descriptors, the listener backs off instead of spinning on accept (one core

@@ -31,6 +31,7 @@ final class OperatorTests: XCTestCase {
         XCTAssertTrue(info.stdout.contains("conffiles") && info.stdout.contains("Package: edge-gateway"), info.stdout)
 
         // The README's install command (packaging this binary instead of a release build).
+        // doc-command: bash scripts/install.sh
         let install = try Shell.run(["bash", repositoryRoot() + "/scripts/install.sh"], timeout: 300, environment: ["EDGE_GATEWAY": gatewayBinary(), "EDGE_GATEWAY_DEB_DIR": dir.file("installed")])
         defer { _ = try? Shell.run(["dpkg", "--purge", "edge-gateway"]) }
         XCTAssertEqual(install.status, 0, install.stdout + install.stderr)
@@ -47,6 +48,7 @@ final class OperatorTests: XCTestCase {
         let startCheck = try XCTUnwrap(unit.split(separator: "\n").first { $0.hasPrefix("ExecStartPre=") }).dropFirst("ExecStartPre=".count)
         XCTAssertEqual(try Shell.run(startCheck.split(separator: " ").map(String.init)).status, 0, String(startCheck))
         // The shipped example, as installed, is a valid configuration.
+        // doc-command: edge-gateway check -c /etc/edge-gateway/config.yaml
         let check = try Shell.run(["/usr/bin/edge-gateway", "check", "-c", "/etc/edge-gateway/config.yaml"])
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
         XCTAssertTrue(check.stdout.contains("is valid"), check.stdout)
@@ -56,28 +58,108 @@ final class OperatorTests: XCTestCase {
             XCTAssertEqual(verify.stderr.split(separator: "\n").filter { $0.contains("edge-gateway.service") }, [], verify.stderr)
         }
 
+        try startTheInstalledService(unit: unit)
+
         // An upgrade (every build is a newer version) keeps an edited configuration.
         let edited = try String(contentsOfFile: "/etc/edge-gateway/config.yaml", encoding: .utf8) + "# edited by the operator\n"
         try edited.write(toFile: "/etc/edge-gateway/config.yaml", atomically: false, encoding: .utf8)
         pause(1.1)  // the version holds the build time in seconds
         let rebuilt = try Shell.run(["bash", repositoryRoot() + "/scripts/package-deb.sh", gatewayBinary(), dir.file("second")])
         XCTAssertEqual(rebuilt.status, 0, rebuilt.stderr)
-        let upgrade = try Shell.run(["dpkg", "-i", rebuilt.stdout.trimmingCharacters(in: .whitespacesAndNewlines)])
+        let second = URL(fileURLWithPath: rebuilt.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+        // doc-command: apt install ./<that path>
+        let upgrade = try Shell.bash("cd '\(second.deletingLastPathComponent().path)' && apt install -y -o DPkg::Lock::Timeout=120 './\(second.lastPathComponent)'", timeout: 300)
         XCTAssertEqual(upgrade.status, 0, upgrade.stdout + upgrade.stderr)
         XCTAssertTrue(upgrade.stdout.contains("Preparing to unpack") && !upgrade.stdout.contains("downgrading"), upgrade.stdout)
         XCTAssertEqual(try String(contentsOfFile: "/etc/edge-gateway/config.yaml", encoding: .utf8), edited, "the upgrade replaced the edited configuration")
 
         // The README's removal commands (apt-get: apt's own CLI warns that it has no stable interface).
+        // doc-command: apt-get remove edge-gateway
         let remove = try Shell.run(["apt-get", "remove", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120", "edge-gateway"], timeout: 300)
         XCTAssertEqual(remove.status, 0, remove.stdout + remove.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "/usr/bin/edge-gateway"))
         XCTAssertEqual(try String(contentsOfFile: "/etc/edge-gateway/config.yaml", encoding: .utf8), edited, "remove keeps the configuration")
+        // doc-command: apt-get purge edge-gateway
         let purge = try Shell.run(["apt-get", "purge", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120", "edge-gateway"], timeout: 300)
         XCTAssertEqual(purge.status, 0, purge.stdout + purge.stderr)
-        for path in ["/usr/bin/edge-gateway", "/lib/systemd/system/edge-gateway.service", "/etc/edge-gateway", "/var/lib/edge-gateway"] {
+        for path in ["/usr/bin/edge-gateway", "/lib/systemd/system/edge-gateway.service", "/etc/edge-gateway", "/var/lib/edge-gateway",
+                     "/var/log/edge-gateway", Self.enablementLink] {
             XCTAssertFalse(FileManager.default.fileExists(atPath: path), "\(path) left behind by the purge")
         }
         XCTAssertNotEqual(try Shell.run(["dpkg-query", "-W", "edge-gateway"]).status, 0)
+    }
+
+    static let enablementLink = "/etc/systemd/system/multi-user.target.wants/edge-gateway.service"
+
+    /// The README's next step after the install: `systemctl enable --now`. Without systemd
+    /// running (CI's container), `enable` still makes the link and the service is started
+    /// the way its unit says systemd would: its directories, then ExecStartPre and ExecStart
+    /// as the edge-gateway user with CAP_NET_BIND_SERVICE only (setpriv), ExecReload for
+    /// `systemctl reload`. It then serves the shipped example on ports 80 and 443: the
+    /// redirect, certbot's webroot through the gateway, the placeholder over TLS, `status`.
+    func startTheInstalledService(unit: String) throws {
+        for port in [80, 443, 9901] where isListening(port: port) {
+            print("port \(port) is taken on this host: the installed service is not started")
+            return
+        }
+        // doc-command: systemctl enable --now edge-gateway
+        let enable = try Shell.run(["systemctl", "enable", "--now", "edge-gateway"])
+        XCTAssertTrue(FileManager.default.fileExists(atPath: Self.enablementLink), enable.stdout + enable.stderr)
+        let systemd = FileManager.default.fileExists(atPath: "/run/systemd/system")
+        var service: GatewayProcess?
+        let log = TemporaryDirectory().file("service.log")
+        func line(_ key: String) throws -> [String] {
+            let value = try XCTUnwrap(unit.split(separator: "\n").first { $0.hasPrefix(key + "=") }).dropFirst(key.count + 1)
+            return value.split(separator: " ").map(String.init)
+        }
+        if systemd {
+            XCTAssertEqual(enable.status, 0, enable.stderr)
+        } else {
+            XCTAssertTrue(enable.stderr.contains("not been booted with systemd"), enable.stderr)
+            let asService = ["setpriv", "--reuid=edge-gateway", "--regid=edge-gateway", "--init-groups",
+                             "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--"]
+            for directory in ["/run/edge-gateway", "/var/log/edge-gateway"] {  // RuntimeDirectory=, LogsDirectory=
+                XCTAssertEqual(try Shell.run(["install", "-d", "-m", "0700", "-o", "edge-gateway", "-g", "edge-gateway", directory]).status, 0)
+            }
+            let pre = try Shell.run(asService + line("ExecStartPre"))
+            XCTAssertEqual(pre.status, 0, pre.stdout + pre.stderr)
+            service = try GatewayProcess(commandLine: ["/usr/bin/setpriv"] + asService.dropFirst() + line("ExecStart"), logPath: log)
+        }
+        defer {
+            if let service { XCTAssertEqual(service.stop(), 0, service.log) }
+            if systemd { _ = try? Shell.run(["systemctl", "stop", "edge-gateway"]) }
+            _ = try? Shell.run(["rm", "-rf", "/run/edge-gateway"])
+        }
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: 9901) { service?.process.isRunning ?? true }, service?.log ?? "")
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: 443) { service?.process.isRunning ?? true }, service?.log ?? "")
+
+        // doc-command: edge-gateway status
+        let status = try Shell.run(["edge-gateway", "status"])
+        XCTAssertEqual(status.status, 0, status.stdout + status.stderr)
+        XCTAssertTrue(status.stdout.contains("placeholder") && status.stdout.contains("0.0.0.0:443"), status.stdout)
+        XCTAssertEqual(try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1/"]).stdout, "301")
+        // certbot's webroot challenge, written by root as certbot would, is served by the service user.
+        try "token-content".write(toFile: "/var/lib/edge-gateway/acme/.well-known-test", atomically: false, encoding: .utf8)
+        XCTAssertEqual(try Shell.run(["install", "-D", "-m", "0644", "/var/lib/edge-gateway/acme/.well-known-test",
+                                      "/var/lib/edge-gateway/acme/.well-known/acme-challenge/token"]).status, 0)
+        XCTAssertEqual(try Shell.run(["curl", "-sS", "http://127.0.0.1/.well-known/acme-challenge/token"]).stdout, "token-content")
+        let served = try Shell.bash("openssl s_client -connect 127.0.0.1:443 -servername example.com </dev/null 2>/dev/null | openssl x509 -noout -subject")
+        XCTAssertTrue(served.stdout.contains("CN = placeholder"), served.stdout + served.stderr)
+        // doc-command: edge-gateway certs
+        let certs = try Shell.run(["edge-gateway", "certs", "-c", "/etc/edge-gateway/config.yaml"])
+        XCTAssertTrue(certs.stdout.contains("placeholder"), certs.stdout + certs.stderr)
+
+        // doc-command: systemctl reload edge-gateway
+        // doc-command: systemctl reload
+        if systemd {
+            XCTAssertEqual(try Shell.run(["systemctl", "reload", "edge-gateway"]).status, 0)
+        } else if let service {
+            let reload = try line("ExecReload").map { $0.replacingOccurrences(of: "$MAINPID", with: "\(service.pid)") }
+            XCTAssertEqual(try Shell.run(reload).status, 0, reload.joined(separator: " "))
+        }
+        XCTAssertTrue(eventually(timeout: 10) {
+            ((try? Shell.run(["edge-gateway", "status", "--json"]).stdout) ?? "").contains("\"applied\"")
+        }, (try? Shell.run(["edge-gateway", "status"]).stdout) ?? "")
     }
 
     /// The example configuration in deploy/ is valid once its certbot directory exists
@@ -86,15 +168,19 @@ final class OperatorTests: XCTestCase {
         let dir = TemporaryDirectory()
         let example = try String(contentsOfFile: repositoryRoot() + "/deploy/config.example.yaml", encoding: .utf8)
         _ = try Shell.run(["bash", repositoryRoot() + "/certs-example/generate.sh", dir.file("letsencrypt")])
+        // docs/certificates.md's set-up without the package, in the temporary directory:
+        // doc-command: mkdir -p /var/lib/edge-gateway/acme
+        // doc-command: openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=placeholder -days 3650 -keyout /etc/edge-gateway/placeholder.key -out /etc/edge-gateway/placeholder.pem
         let placeholder = try Shell.bash("""
-            cd '\(dir.path)' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=placeholder -days 30 \
-              -keyout placeholder.key -out placeholder.pem
+            mkdir -p '\(dir.path)/var/lib/edge-gateway/acme' '\(dir.path)/etc/edge-gateway'
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=placeholder -days 3650 \
+              -keyout '\(dir.path)/etc/edge-gateway/placeholder.key' -out '\(dir.path)/etc/edge-gateway/placeholder.pem'
             """)
         XCTAssertEqual(placeholder.status, 0, placeholder.stderr)
         try dir.write("config.yaml", example
             .replacingOccurrences(of: "/etc/letsencrypt", with: dir.file("letsencrypt"))
-            .replacingOccurrences(of: "/etc/edge-gateway", with: dir.path)
-            .replacingOccurrences(of: "/var/lib/edge-gateway/acme", with: dir.path))
+            .replacingOccurrences(of: "/etc/edge-gateway", with: dir.path + "/etc/edge-gateway")
+            .replacingOccurrences(of: "/var/lib/edge-gateway/acme", with: dir.path + "/var/lib/edge-gateway/acme"))
         let check = try Shell.run([gatewayBinary(), "check", "-c", dir.file("config.yaml")])
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
     }
@@ -118,9 +204,19 @@ final class OperatorTests: XCTestCase {
     func testTheDemoRunsAndItsCommandsWorkFromAnyDirectory() throws {
         let dir = TemporaryDirectory()
         let environment = ["EDGE_GATEWAY": gatewayBinary(), "DEMO_DIR": dir.file("demo")]
+        // doc-command: bash scripts/demo.sh
         let demo = try Shell.run(["bash", repositoryRoot() + "/scripts/demo.sh"], environment: environment)
+        // doc-command: bash scripts/demo.sh stop
         defer { _ = try? Shell.run(["bash", repositoryRoot() + "/scripts/demo.sh", "stop"], environment: environment) }
         XCTAssertEqual(demo.status, 0, demo.stdout + demo.stderr)
+        // The README's two commands, as given, from the directory that holds the demo's.
+        for command in [
+            "curl --cacert demo/certs/ca.pem https://localhost:8443/",  // doc-command: curl --cacert demo/certs/ca.pem https://localhost:8443/
+            "curl http://127.0.0.1:9901/status",  // doc-command: curl http://127.0.0.1:9901/status
+        ] {
+            let result = try Shell.bash("cd '\(dir.path)' && \(command) -sS -o /dev/null -w '%{http_code}'")
+            XCTAssertEqual(result.stdout, "200", "\(command): \(result.stderr)")
+        }
         let commands = demo.stdout.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { $0.hasPrefix("curl ") }
         XCTAssertGreaterThanOrEqual(commands.count, 5, demo.stdout)
         for command in commands {
@@ -142,6 +238,10 @@ final class OperatorMessagesTests: XCTestCase {
             ("tab", "listeners:\n\t- { name: http, address: \"127.0.0.1:0\" }\n", ":2:1: invalid YAML: found character that cannot start any token"),
             ("indent", "listeners:\n  - name: http\n   address: \"127.0.0.1:0\"\n", ":3:"),
             ("quote", "listeners:\n  - { name: \"http, address: 127.0.0.1:0 }\nroutes: []\n", "invalid YAML: found unexpected end of stream"),
+            // The second of two keys, not the file printed whole (as it was).
+            ("duplicate", "listeners: []\nupstreams:\n  app: { backends: [\"127.0.0.1:9\"] }\n  # a comment\n  other: { backends: [\"127.0.0.1:8\"] }\n  app: { backends: [\"127.0.0.1:10\"] }\nroutes: []\n",
+             ":6:3: invalid YAML: duplicate key 'app' (first at line 3)\n    app: { backends: [\"127.0.0.1:10\"] }\n    ^"),
+            ("flow duplicate", "listeners: []\nupstreams: { app: { backends: [] }, app: { backends: [] } }\nroutes: []\n", ":2:14: invalid YAML: duplicate key 'app'\n"),
         ]
         for (name, yaml, expected) in cases {
             try dir.write("\(name).yaml", yaml)
@@ -150,6 +250,7 @@ final class OperatorMessagesTests: XCTestCase {
             XCTAssertTrue(check.stderr.contains("error: \(dir.file("\(name).yaml"))") && check.stderr.contains(expected), "\(name): \(check.stderr)")
             XCTAssertTrue(check.stderr.contains("^"), "\(name): no caret under the column: \(check.stderr)")
             XCTAssertFalse(check.stderr.contains("The given data was not valid YAML"), check.stderr)
+            XCTAssertLessThanOrEqual(check.stderr.split(separator: "\n").count, 3, "\(name): \(check.stderr)")
         }
         let tab = try Shell.run([gatewayBinary(), "check", "-c", dir.file("tab.yaml")]).stderr
         XCTAssertTrue(tab.contains("\n   - { name: http") && tab.contains("\n  ^\n"), tab)  // the tab as a space, the caret under it

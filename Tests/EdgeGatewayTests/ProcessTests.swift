@@ -264,8 +264,10 @@ final class DeployTests: XCTestCase {
 
     func testPrometheusAlertRulesPassPromtoolAndTheirUnitTests() throws {
         let dir = repositoryRoot() + "/deploy/prometheus"
+        // doc-command: promtool check rules
         let check = try Shell.run(["promtool", "check", "rules", dir + "/edge-gateway-alerts.yaml"])
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
+        // doc-command: promtool test rules
         let test = try Shell.bash("cd '\(dir)' && promtool test rules edge-gateway-alerts.test.yaml")
         XCTAssertEqual(test.status, 0, test.stdout + test.stderr)
         XCTAssertTrue(test.stdout.contains("SUCCESS"), test.stdout)

@@ -315,6 +315,7 @@ final class UpstreamTLSFailoverTests: XCTestCase {
         XCTAssertEqual(check.status, 1, check.stdout + check.stderr)
         XCTAssertTrue(check.stderr.contains("upstreams.app.tls.client_certificate: \(expired.fullchain) expired on"), check.stderr)
         XCTAssertEqual(check.stderr.components(separatedBy: "expired on").count, 2, "said once: \(check.stderr)")
+        // doc-command: edge-gateway certs -c
         let certs = try Shell.run([gatewayBinary(), "certs", "-c", dir.file("config.yaml")])
         XCTAssertEqual(certs.status, 2, certs.stdout + certs.stderr)
         XCTAssertTrue(certs.stdout.contains("upstream-app-client") && certs.stdout.contains("EXPIRED") && certs.stdout.contains("not checked"), certs.stdout)

@@ -59,13 +59,18 @@ public final class GatewayProcess: @unchecked Sendable {
     public let process: Process
     public let logPath: String
 
-    public init(config: String, logPath: String, arguments: [String] = [], environment: [String: String] = [:]) throws {
+    public convenience init(config: String, logPath: String, arguments: [String] = [], environment: [String: String] = [:]) throws {
+        try self.init(commandLine: [gatewayBinary(), "run", "-c", config] + arguments, logPath: logPath, environment: environment)
+    }
+
+    /// Runs `commandLine` as it is: an installed gateway, or one started as its unit says.
+    public init(commandLine: [String], logPath: String, environment: [String: String] = [:]) throws {
         let process = Process()
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
         }
-        process.executableURL = URL(fileURLWithPath: gatewayBinary())
-        process.arguments = ["run", "-c", config] + arguments
+        process.executableURL = URL(fileURLWithPath: commandLine[0])
+        process.arguments = Array(commandLine.dropFirst())
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let handle = FileHandle(forWritingAtPath: logPath)
         process.standardError = handle
