@@ -6,17 +6,17 @@ import Glibc
 #endif
 
 /// Timing of the watcher.
-public struct WatcherConfiguration: Sendable {
+package struct WatcherConfiguration: Sendable {
     /// Quiet time after the last event before the sources are re-read.
-    public var debounceMilliseconds: Int = 200
+    package var debounceMilliseconds: Int = 200
     /// Full rescan period: catches what inotify cannot see (NFS, lost events).
-    public var rescanMilliseconds: Int = 60_000
+    package var rescanMilliseconds: Int = 60_000
     /// Publish a lineage as soon as a file event says a file is complete (renamed in,
     /// closed after writing, deleted, a link created) and the pair then validates,
     /// instead of only after the quiet time.
-    public var immediate: Bool = true
+    package var immediate: Bool = true
 
-    public init(debounceMilliseconds: Int = 200, rescanMilliseconds: Int = 60_000, immediate: Bool = true) {
+    package init(debounceMilliseconds: Int = 200, rescanMilliseconds: Int = 60_000, immediate: Bool = true) {
         self.debounceMilliseconds = debounceMilliseconds
         self.rescanMilliseconds = rescanMilliseconds
         self.immediate = immediate
@@ -40,7 +40,7 @@ public struct WatcherConfiguration: Sendable {
 /// dedicated thread that blocks in `poll` on the inotify descriptor and a wake-up
 /// pipe. Directories are watched, never the files behind symlinks, because
 /// certbot and Kubernetes replace links and directories rather than files.
-public final class CertificateWatcher: Sendable {
+package final class CertificateWatcher: Sendable {
     private let store: CertificateStore
     private let configuration: WatcherConfiguration
     private let logger: Logger
@@ -59,7 +59,7 @@ public final class CertificateWatcher: Sendable {
     static let directoryEvents: UInt32 = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_CLOSE_WRITE
         | IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 
-    public init(store: CertificateStore, configuration: WatcherConfiguration, logger: Logger) throws {
+    package init(store: CertificateStore, configuration: WatcherConfiguration, logger: Logger) throws {
         self.store = store
         self.configuration = configuration
         self.logger = logger
@@ -94,7 +94,7 @@ public final class CertificateWatcher: Sendable {
     }
 
     /// Starts the watcher thread.
-    public func start() {
+    package func start() {
         _ = self.addWatches()
         let box = Unmanaged.passRetained(self)
         var thread = pthread_t()
@@ -112,7 +112,7 @@ public final class CertificateWatcher: Sendable {
     }
 
     /// Stops the watcher thread (bounded wait).
-    public func stop() {
+    package func stop() {
         self.stopped.withLockedValue { $0 = true }
         var byte: UInt8 = 1
         _ = write(self.wakeWrite, &byte, 1)
@@ -208,7 +208,7 @@ public final class CertificateWatcher: Sendable {
             if fds[0].revents & Int16(POLLIN) != 0 {
                 self.readEvents(into: &schedule, buffer: buffer, size: bufferSize)
             }
-            while let action = schedule.next(at: self.now()) {
+            while !self.stopped.withLockedValue({ $0 }), let action = schedule.next(at: self.now()) {
                 switch action {
                 case .publishBeingWritten(let files):
                     // The store holds the set, so every reload (SIGHUP's too) honours it.
@@ -222,6 +222,7 @@ public final class CertificateWatcher: Sendable {
                 case .rescan:
                     self.addWatches()
                     self.store.reload(reason: "periodic rescan")
+                    schedule.rescanDone(at: self.now())
                 }
             }
         }

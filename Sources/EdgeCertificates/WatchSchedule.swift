@@ -35,7 +35,7 @@ struct WatchSchedule {
         case reloadEarly
         /// Re-read after the quiet time (and watch directories that appeared).
         case reloadSettled
-        /// The periodic full rescan (and watch directories that appeared).
+        /// The periodic full rescan (and watch directories that appeared); then call `rescanDone`.
         case rescan
     }
 
@@ -112,7 +112,7 @@ struct WatchSchedule {
             return .reloadSettled
         }
         if now >= self.nextRescan {
-            self.nextRescan = now + self.policy.rescan
+            self.nextRescan = Int64.max  // until rescanDone: a rescan slower than its period is not due again at once
             return .rescan
         }
         return nil
@@ -122,6 +122,11 @@ struct WatchSchedule {
     /// as this one took, and at least 10 ms.
     mutating func earlyReloadDone(at now: Int64) {
         self.earlyAllowedAt = now + max(10, 2 * (now - self.earlyStartedAt))
+    }
+
+    /// The rescan `next` asked for ended at `now`: the next one is a period later.
+    mutating func rescanDone(at now: Int64) {
+        self.nextRescan = now + self.policy.rescan
     }
 
     private var beingWritten: Set<FileID> { Set(self.writing.values.map(\.id)) }

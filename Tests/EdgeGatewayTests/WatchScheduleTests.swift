@@ -13,8 +13,9 @@ final class WatchScheduleTests: XCTestCase {
         WatchSchedule(policy: .init(WatcherConfiguration(debounceMilliseconds: debounce, rescanMilliseconds: rescan, immediate: immediate)), now: now)
     }
 
-    /// Everything due at `now`, performing each early reload as taking `earlyTakes` ms.
-    func due(_ schedule: inout WatchSchedule, at now: Int64, earlyTakes: Int64 = 0) -> [WatchSchedule.Action] {
+    /// Everything due at `now`, performing each early reload as taking `earlyTakes` ms and
+    /// each rescan `rescanTakes`.
+    func due(_ schedule: inout WatchSchedule, at now: Int64, earlyTakes: Int64 = 0, rescanTakes: Int64 = 0) -> [WatchSchedule.Action] {
         var actions: [WatchSchedule.Action] = []
         var now = now
         while let action = schedule.next(at: now) {
@@ -22,6 +23,10 @@ final class WatchScheduleTests: XCTestCase {
             if action == .reloadEarly {
                 now += earlyTakes
                 schedule.earlyReloadDone(at: now)
+            }
+            if action == .rescan {
+                now += rescanTakes
+                schedule.rescanDone(at: now)
             }
             XCTAssertLessThan(actions.count, 10, "next(at:) keeps returning actions")
             if actions.count >= 10 { break }
@@ -40,6 +45,18 @@ final class WatchScheduleTests: XCTestCase {
         XCTAssertEqual(due(&s, at: 60_000), [.rescan])
         XCTAssertEqual(s.timeout(at: 60_000), 60_000, "the next rescan is a period later")
         XCTAssertEqual(due(&s, at: 120_000), [.rescan])
+    }
+
+    /// A rescan slower than its period (a slow network file system) is not due again the
+    /// moment it ends: the period runs from its end. Before, the watcher thread rescanned
+    /// back to back and never read another event.
+    func testARescanSlowerThanItsPeriodWaitsAFullPeriod() {
+        var s = schedule(rescan: 100)
+        XCTAssertEqual(due(&s, at: 100, rescanTakes: 250), [.rescan])
+        XCTAssertEqual(s.timeout(at: 350), 100)
+        XCTAssertEqual(due(&s, at: 449), [])
+        XCTAssertEqual(due(&s, at: 450, rescanTakes: 250), [.rescan])
+        XCTAssertEqual(schedule(rescan: 0).policy.rescan, 1, "a zero period is one millisecond, not a spin")
     }
 
     func testTheTimeoutStaysWithinAMinuteAndNeverNegative() {
