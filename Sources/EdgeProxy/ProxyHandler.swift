@@ -8,11 +8,11 @@ import Glibc
 
 /// What the proxy needs to know about one downstream connection (what it shares with
 /// the listener's other connections is the `ProxyListener`'s).
-public struct DownstreamInfo: Sendable {
+package struct DownstreamInfo: Sendable {
     /// The verified client certificate, once the handshake is done.
-    public var clientIdentity: ClientIdentity?
+    package var clientIdentity: ClientIdentity?
     /// The SNI name of a TLS connection, lowercased, once the handshake is done.
-    public var serverName: String?
+    package var serverName: String?
     /// The client's address as text, formatted once per connection (not per HTTP/2 stream).
     /// It is all the proxy uses of the address (X-Forwarded-For, the access log, hashing by
     /// client), with the port for log lines: hashing by client address read the text from
@@ -20,13 +20,13 @@ public struct DownstreamInfo: Sendable {
     let clientIP: String?
     let clientPort: UInt16?
 
-    public init(remoteAddress: SocketAddress?) {
+    package init(remoteAddress: SocketAddress?) {
         self.clientIP = Self.text(remoteAddress)
         self.clientPort = remoteAddress?.port.map { UInt16(truncatingIfNeeded: $0) }
     }
 
     /// The client a PROXY protocol header named (`ProxyProtocolDecoder`).
-    public init(clientIP: String, clientPort: UInt16) {
+    package init(clientIP: String, clientPort: UInt16) {
         self.clientIP = clientIP
         self.clientPort = clientPort
     }
@@ -54,20 +54,20 @@ public struct DownstreamInfo: Sendable {
 /// instead of its own copies of all of them: a handler, one for every open connection
 /// and every HTTP/2 stream, was 458 bytes and is 286. Confined to its event loop, as
 /// the pool is.
-public final class ProxyListener {
-    public let name: String
+package final class ProxyListener {
+    package let name: String
     /// `http` or `https`: X-Forwarded-Proto, and whether an `https` redirect applies.
-    public let scheme: String
+    package let scheme: String
     /// The listener verifies client certificates: forward the verified identity.
-    public let mutualTLS: Bool
+    package let mutualTLS: Bool
     /// A TLS listener's SNI selector, asked whether a request's host belongs on the
     /// connection its SNI chose (`misdirection`): 421 when it does not.
-    public let serverNames: (any ServerNameSelector)?
+    package let serverNames: (any ServerNameSelector)?
     let router: Router
     let pool: UpstreamPool
     let limits: ProxyLimits
-    public let logger: Logger
-    public let observer: (any ProxyObserver)?
+    package let logger: Logger
+    package let observer: (any ProxyObserver)?
     let requests: RequestCounter?
     /// Refused PROXY protocol headers on this loop (`proxy_protocol` listeners).
     let proxyProtocolWarnings = RateLimitedWarnings()
@@ -80,11 +80,11 @@ public final class ProxyListener {
 
     /// Logs (at most once a second on this loop, with a count of the rest) a connection
     /// the listener closed as it was accepted.
-    public func refusedConnection(peer: SocketAddress?, reason: String) {
+    package func refusedConnection(peer: SocketAddress?, reason: String) {
         self.refusalWarnings.warn(self, summary: "connection refused", peer: peer, reason: reason)
     }
 
-    public init(name: String, scheme: String, mutualTLS: Bool = false, serverNames: (any ServerNameSelector)? = nil, router: Router,
+    package init(name: String, scheme: String, mutualTLS: Bool = false, serverNames: (any ServerNameSelector)? = nil, router: Router,
                 pool: UpstreamPool, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
         self.name = name
         self.scheme = scheme
@@ -100,52 +100,52 @@ public final class ProxyListener {
 }
 
 /// The verified client certificate of a mutual-TLS connection, as forwarded upstream.
-public struct ClientIdentity: Sendable {
+package struct ClientIdentity: Sendable {
     /// Envoy's `x-forwarded-client-cert` value (hash, subject, URI and DNS SANs); nil without a certificate.
-    public var forwardedClientCert: String?
+    package var forwardedClientCert: String?
 
     /// Reads the peer certificate the TLS handler verified.
-    public init(tls: OpenSSLHandler?) {
+    package init(tls: OpenSSLHandler?) {
         self.forwardedClientCert = tls?.peerCertificate?.forwardedClientCert
     }
 
     /// `SUCCESS` with a verified certificate, `NONE` without (optional mode).
-    public var verifyResult: String { self.forwardedClientCert == nil ? "NONE" : "SUCCESS" }
+    package var verifyResult: String { self.forwardedClientCert == nil ? "NONE" : "SUCCESS" }
 
     /// Identity headers a client may try to forge; removed from every request first.
     static let headerNames = ["x-forwarded-client-cert", "x-client-verify"]
 }
 
 /// Limits of the proxy path.
-public struct ProxyLimits: Sendable {
+package struct ProxyLimits: Sendable {
     /// A request body up to this size is kept so the request can be replayed
     /// once on a fresh connection after a reused one failed before any response byte.
-    public var retryBufferBytes = 64 * 1024
+    package var retryBufferBytes = 64 * 1024
     /// The largest request head (request line and headers): 431 beyond it.
-    public var maxHeadBytes = 32 * 1024
+    package var maxHeadBytes = 32 * 1024
     /// The largest request body (nginx's `client_max_body_size`): 413 beyond it; nil, no limit.
-    public var maxBodyBytes: Int?
+    package var maxBodyBytes: Int?
     /// How long a new connection may take to send its first request head: 408 after it.
-    public var headerTimeout = TimeAmount.seconds(10)
+    package var headerTimeout = TimeAmount.seconds(10)
     /// How long a keep-alive connection may idle between requests before it is closed.
-    public var idleTimeout = TimeAmount.seconds(60)
+    package var idleTimeout = TimeAmount.seconds(60)
     /// How long the client may send no request body bytes while a body is due
     /// (nginx's `client_body_timeout`): 408 after it, or a close once the response began.
-    public var bodyTimeout = TimeAmount.seconds(60)
+    package var bodyTimeout = TimeAmount.seconds(60)
     /// While draining, how long an idle keep-alive connection stays open for a request
     /// its client may already be sending (answered with `connection: close`).
-    public var drainQuietPeriod = TimeAmount.seconds(1)
+    package var drainQuietPeriod = TimeAmount.seconds(1)
     /// The listener's `strict-transport-security` value: every response carries it,
     /// in place of one from the upstream.
-    public var strictTransportSecurity: String?
+    package var strictTransportSecurity: String?
 
-    public init() {}
+    package init() {}
 }
 
 /// The counters of one listener that the proxy path keeps (its metrics), resolved
 /// when the listener is bound: a request or a handshake costs an atomic increment,
 /// not a lookup by name.
-public protocol ProxyObserver: ConnectionCloseObserver {
+package protocol ProxyObserver: ConnectionCloseObserver {
     /// Counts the listener's answered requests by status.
     var requests: RequestCounter { get }
     /// `result`: ok, failed, timeout.
@@ -155,10 +155,10 @@ public protocol ProxyObserver: ConnectionCloseObserver {
 }
 
 /// Counts answered requests by status code.
-public struct RequestCounter: Sendable {
+package struct RequestCounter: Sendable {
     private let count: @Sendable (Int) -> Void
 
-    public init(_ count: @escaping @Sendable (_ status: Int) -> Void) {
+    package init(_ count: @escaping @Sendable (_ status: Int) -> Void) {
         self.count = count
     }
 
@@ -173,10 +173,10 @@ public struct RequestCounter: Sendable {
 /// One exchange at a time; bytes of a pipelined next request wait in the buffer.
 /// Bodies stream in both directions: the downstream is not read while the upstream
 /// cannot take more, and the upstream is not read while the downstream cannot.
-public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
-    public typealias InboundIn = ByteBuffer
-    public typealias OutboundIn = ByteBuffer
-    public typealias OutboundOut = ByteBuffer
+package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
+    package typealias InboundIn = ByteBuffer
+    package typealias OutboundIn = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
 
     private final class Exchange {
         let request: HTTPHead
@@ -309,7 +309,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// `singleRequest`: the channel carries one request whose head arrives with it (an
     /// HTTP/2 stream): no header timer and no idle deadline after the response; the
     /// connection's idle timeout is its own.
-    public convenience init(listener: ProxyListener, info: DownstreamInfo, holdsFirstRead: Bool = false, reportsClose: Bool = false,
+    package convenience init(listener: ProxyListener, info: DownstreamInfo, holdsFirstRead: Bool = false, reportsClose: Bool = false,
                             singleRequest: Bool = false) {
         self.init(listener: listener, info: info, holdsFirstRead: holdsFirstRead, reportsClose: reportsClose, singleRequest: singleRequest,
                   stream: nil)
@@ -317,7 +317,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     /// The proxy of one HTTP/2 stream, the only handler in the stream's pipeline: the
     /// request's frames become HTTP/1.1 bytes in `bridge`, the response goes to it in parts.
-    public convenience init(stream bridge: HTTP2StreamBridge, listener: ProxyListener, info: DownstreamInfo) {
+    package convenience init(stream bridge: HTTP2StreamBridge, listener: ProxyListener, info: DownstreamInfo) {
         self.init(listener: listener, info: info, holdsFirstRead: false, reportsClose: false, singleRequest: true, stream: bridge)
     }
 
@@ -333,27 +333,27 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.reportsClose = reportsClose
     }
 
-    public func handlerAdded(context: ChannelHandlerContext) {
+    package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.stream?.attach(context)
         if context.channel.isActive { self.startHeaderTimer() }
     }
 
-    public func handlerRemoved(context: ChannelHandlerContext) {
+    package func handlerRemoved(context: ChannelHandlerContext) {
         self.pool.deadlines.cancel(self)
         self.context = nil
         self.stream?.detach()
         if self.reportsClose { self.observer?.connectionClosed() }
     }
 
-    public func channelActive(context: ChannelHandlerContext) {
+    package func channelActive(context: ChannelHandlerContext) {
         self.startHeaderTimer()
         context.fireChannelActive()
     }
 
     // MARK: downstream inbound
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes: ByteBuffer
         if let stream = self.stream {
             guard let request = stream.requestBytes(stream.unwrapInboundIn(data)) else { return }
@@ -375,7 +375,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.process()
     }
 
-    public func channelReadComplete(context: ChannelHandlerContext) {
+    package func channelReadComplete(context: ChannelHandlerContext) {
         if self.upstreamNeedsFlush {
             self.upstreamNeedsFlush = false
             self.exchange?.connection?.flush()
@@ -740,7 +740,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                     self.failExchange(exchange, error: error)
                     return
                 }
-                self.connectFailed(exchange, backend: index, error: upstream, mayRetry: true)
+                self.connectFailed(exchange, backend: index, error: upstream, failure: .connect)
             }
         }
     }
@@ -748,8 +748,8 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// A connect to the exchange's backend failed: refused, timed out, or its TLS
     /// handshake failed (nginx counts that against the server too: the backend is not
     /// usable, whatever its TCP port says). Counted towards ejection, then the request
-    /// moves on to another backend, a bounded number of times, when `mayRetry`.
-    private func connectFailed(_ exchange: Exchange, backend index: Int, error: UpstreamError, mayRetry: Bool) {
+    /// moves on to another backend, a bounded number of times, as `FailedAttempt` decides.
+    private func connectFailed(_ exchange: Exchange, backend index: Int, error: UpstreamError, failure: FailedAttempt.Failure) {
         let group = exchange.group
         if let failure = error.tlsFailure { group.tlsHandshakeFailed(index, reason: failure) }
         if group.backendFailed(index, reason: "\(error)") {
@@ -760,7 +760,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
         exchange.tried.append(index)
         exchange.leaveBackend()
-        if mayRetry, exchange.tried.count < group.maxConnectAttempts {
+        if self.attempt(exchange, failed: failure).decision == .anotherBackend {
             exchange.retryError = error  // the answer if no backend is left to try
             self.logger.warning("upstream connect failed; trying another backend", metadata: ["upstream": "\(group.name)", "error": "\(error)"])
             self.connect(exchange)
@@ -846,8 +846,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
         let now = NIODeadline.now()
         let firstTry = (exchange.firstReadDeadline ?? now) - group.timeouts.read
-        if exchange.request.isIdempotent, exchange.replay != nil, exchange.tried.count + 1 < group.maxConnectAttempts,
-           now < firstTry + group.timeouts.nextUpstream {
+        if self.attempt(exchange, failed: .readTimeout, counting: index, withinNextUpstream: now < firstTry + group.timeouts.nextUpstream).decision == .anotherBackend {
             exchange.tried.append(index)
             exchange.leaveBackend()
             exchange.retryError = error
@@ -1135,7 +1134,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             // handshake ended; its alert is the first thing read. It read nothing of the
             // request, so any request whose bytes are all held may go to another backend.
             exchange.pending = exchange.replay ?? []
-            self.connectFailed(exchange, backend: index, error: upstream, mayRetry: exchange.replay != nil)
+            self.connectFailed(exchange, backend: index, error: upstream, failure: .refusedAfterHandshake)
             return
         }
         if !exchange.responseStarted {
@@ -1145,8 +1144,9 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             // or the whole (small) request was held.
             // Only a broken connection: a backend that answered badly (a head too large,
             // not HTTP) has acted on the request, and a POST must not reach it twice.
-            let replayable = exchange.replay != nil && (exchange.request.isIdempotent || exchange.requestEnded)
-            if connection.uses > 1, !exchange.retriedStale, replayable, Self.brokeConnection(error) {
+            let decision = self.attempt(exchange, failed: Self.brokeConnection(error) ? .broken : .other,
+                                        counting: exchange.backendIndex, reused: connection.uses > 1).decision
+            if decision == .freshConnection {
                 exchange.retriedStale = true
                 exchange.pending = exchange.replay ?? []  // attach writes the head first
                 self.logger.debug("retrying request on a fresh upstream connection", metadata: ["error": "\(error)"])
@@ -1160,8 +1160,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             // or reset it): an idempotent request goes to another backend, as nginx's
             // default `proxy_next_upstream error` does, within max_connect_attempts. A
             // non-idempotent one may have been acted on: it is not repeated.
-            if exchange.request.isIdempotent, exchange.replay != nil, Self.brokeConnection(error), let index = exchange.backendIndex,
-               exchange.tried.count + 1 < exchange.group.maxConnectAttempts {
+            if decision == .anotherBackend, let index = exchange.backendIndex {
                 exchange.tried.append(index)
                 exchange.leaveBackend()
                 exchange.retryError = error
@@ -1177,6 +1176,16 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             exchange.group.recordError(connection.backendIndex, reason: "\(error)")
             self.abortMidResponse(exchange, error: error)
         }
+    }
+
+    /// The exchange's failed attempt as the retry policy sees it; `counting`: the backend
+    /// that failed when it is not in `tried` yet (it counts as an attempt).
+    private func attempt(_ exchange: Exchange, failed failure: FailedAttempt.Failure, counting backend: Int? = nil,
+                         reused: Bool = false, withinNextUpstream: Bool = true) -> FailedAttempt {
+        FailedAttempt(failure: failure, idempotent: exchange.request.isIdempotent, held: exchange.replay != nil,
+                      requestEnded: exchange.requestEnded, reused: reused, retriedStale: exchange.retriedStale,
+                      attempts: exchange.tried.count + (backend == nil ? 0 : 1), maxAttempts: exchange.group.maxConnectAttempts,
+                      withinNextUpstream: withinNextUpstream)
     }
 
     /// The upstream connection broke (closed before the response, or reset), rather
@@ -1579,7 +1588,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     // MARK: downstream outbound and lifecycle
 
-    public func read(context: ChannelHandlerContext) {
+    package func read(context: ChannelHandlerContext) {
         if let exchange = self.exchange, !exchange.requestEnded {
             // Hold the client while the upstream is not connected or full.
             if exchange.connection == nil || !(exchange.connection!.isWritable) {
@@ -1594,14 +1603,14 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         context.read()
     }
 
-    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+    package func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
             self.exchange?.connection?.resumeRead()
         }
         context.fireChannelWritabilityChanged()
     }
 
-    public func channelInactive(context: ChannelHandlerContext) {
+    package func channelInactive(context: ChannelHandlerContext) {
         self.closed = true
         self.closing = true
         self.pool.deadlines.cancel(self)
@@ -1620,7 +1629,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         context.fireChannelInactive()
     }
 
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             // Draining (a reload, a takeover, shutdown): the exchange in flight finishes;
             // the response that has not started, or the next request's, says
@@ -1642,7 +1651,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         context.fireUserInboundEventTriggered(event)
     }
 
-    public func errorCaught(context: ChannelHandlerContext, error: Error) {
+    package func errorCaught(context: ChannelHandlerContext, error: Error) {
         // The error's type is compared before any cast: a failing `as?` from `any Error`
         // costs the runtime's conformance search (two of them were 0.8 % of a full
         // handshake's instructions, for a connection that ends with a reset).
@@ -1669,7 +1678,7 @@ public final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 extension ProxyHandler: UpstreamExchangeDelegate {}
 
 /// Counts and logs a TLS error of a client connection, once, wherever the pipeline caught it.
-public func reportClientTLSError(_ tls: TLSError, info: DownstreamInfo, listener: ProxyListener) {
+package func reportClientTLSError(_ tls: TLSError, info: DownstreamInfo, listener: ProxyListener) {
     if tls.isHandshakeFailure { listener.observer?.handshake(result: "failed") }
     if tls.isHandshakeTimeout { listener.observer?.handshake(result: "timeout") }
     // Most HTTP clients close without close_notify: nothing to report, and the peer's
