@@ -93,9 +93,11 @@ let package = Package(
         .executableTarget(
             name: "edge-gateway",
             dependencies: [
-                "EdgeGateway",
+                "EdgeGateway", "EdgeCertificates",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),

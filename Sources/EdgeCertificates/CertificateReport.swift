@@ -4,52 +4,52 @@ import Glibc
 #endif
 
 /// Everything an operator asks about one served lineage. No key material.
-public struct CertificateReport: Sendable {
-    public struct ChainEntry: Sendable {
-        public var subject: String
-        public var issuer: String
-        public var serial: String
-        public var notBefore: Int64
-        public var notAfter: Int64
-        public var state: CertificateState
+package struct CertificateReport: Sendable {
+    package struct ChainEntry: Sendable {
+        package var subject: String
+        package var issuer: String
+        package var serial: String
+        package var notBefore: Int64
+        package var notAfter: Int64
+        package var state: CertificateState
     }
 
-    public var name: String
-    public var source: String
-    public var certificateFile: String
-    public var keyFile: String
-    public var resolvedCertificateFile: String
-    public var resolvedKeyFile: String
+    package var name: String
+    package var source: String
+    package var certificateFile: String
+    package var keyFile: String
+    package var resolvedCertificateFile: String
+    package var resolvedKeyFile: String
     /// SNI names this lineage answers in the current snapshot.
-    public var servedNames: [String]
-    public var isDefault: Bool
-    public var serial: String
-    public var subject: String
-    public var issuer: String
-    public var subjectAlternativeNames: [String]
-    public var keyType: String
-    public var sha256Fingerprint: String
-    public var notBefore: Int64
-    public var notAfter: Int64
-    public var secondsRemaining: Int64
-    public var lifetimeUsed: Double
+    package var servedNames: [String]
+    package var isDefault: Bool
+    package var serial: String
+    package var subject: String
+    package var issuer: String
+    package var subjectAlternativeNames: [String]
+    package var keyType: String
+    package var sha256Fingerprint: String
+    package var notBefore: Int64
+    package var notAfter: Int64
+    package var secondsRemaining: Int64
+    package var lifetimeUsed: Double
     /// Worst state over the chain.
-    public var state: CertificateState
-    public var chain: [ChainEntry]
+    package var state: CertificateState
+    package var chain: [ChainEntry]
     /// nil when the served chain verifies (or was not checked), else the reason.
-    public var chainProblem: String?
+    package var chainProblem: String?
     /// False when the chain was not checked (an upstream client certificate without `client_ca_file`).
-    public var chainChecked: Bool
-    public var loadedAt: Int64
-    public var generation: Int
+    package var chainChecked: Bool
+    package var loadedAt: Int64
+    package var generation: Int
     /// The newest version on disk was rejected: why, since when; this report shows the version still served.
-    public var rejectedError: String?
-    public var rejectedSince: Int64?
+    package var rejectedError: String?
+    package var rejectedSince: Int64?
 }
 
 extension CertificateReport {
     /// A report for one loaded lineage version.
-    public init(lineage: LoadedLineage, servedNames: [String], isDefault: Bool, problem: CertificateProblem?, policy: ExpiryPolicy, now: Int64) {
+    package init(lineage: LoadedLineage, servedNames: [String], isDefault: Bool, problem: CertificateProblem?, policy: ExpiryPolicy, now: Int64) {
         let leaf = lineage.leaf
         let lifetime = Double(max(1, leaf.notAfter - leaf.notBefore))
         let chain = lineage.chain.map { cert in
@@ -99,7 +99,7 @@ extension CertificateReport {
 
 extension CertificateStore {
     /// Reports for every lineage of the current snapshot, by name.
-    public func reports(policy: ExpiryPolicy, now: Int64) -> [CertificateReport] {
+    package func reports(policy: ExpiryPolicy, now: Int64) -> [CertificateReport] {
         let snapshot = self.snapshot
         let problems = Dictionary(self.problems.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         var names: [Int: [String]] = [:]
@@ -119,16 +119,16 @@ extension CertificateStore {
 }
 
 /// Reads certificate sources once, without serving: for `edge-gateway certs`.
-public enum CertificateInspector {
-    public struct Entry: Sendable {
-        public var name: String
-        public var source: String
-        public var report: CertificateReport?
+package enum CertificateInspector {
+    package struct Entry: Sendable {
+        package var name: String
+        package var source: String
+        package var report: CertificateReport?
         /// Why the lineage could not be read or validated.
-        public var error: String?
+        package var error: String?
     }
 
-    public static func inspect(sources: [CertificateSource], trustCAFile: String?, chainCheck: ChainCheck = .served, policy: ExpiryPolicy, now: Int64) -> [Entry] {
+    package static func inspect(sources: [CertificateSource], trustCAFile: String?, chainCheck: ChainCheck = .served, policy: ExpiryPolicy, now: Int64) -> [Entry] {
         var entries: [Entry] = []
         for source in sources {
             let files: [LineageFiles]

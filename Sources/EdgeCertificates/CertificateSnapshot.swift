@@ -6,9 +6,9 @@ import EdgeTLS
 /// Published with one atomic store; read by the servername callback with one
 /// atomic load. Old snapshots die when their last reader lets go, and each
 /// connection holds OpenSSL's own reference to the context it was handed.
-public final class CertificateSnapshot: AtomicReference, Sendable {
-    public let generation: Int
-    public let lineages: [LoadedLineage]
+package final class CertificateSnapshot: AtomicReference, Sendable {
+    package let generation: Int
+    package let lineages: [LoadedLineage]
     /// `contexts[policy][lineage]`.
     let contexts: [[TLSContext]]
     /// Contexts holding an ECDSA and an RSA lineage together, `[policy][pair]`: OpenSSL
@@ -21,10 +21,10 @@ public final class CertificateSnapshot: AtomicReference, Sendable {
     let defaultIndex: Int?
     let strictSNI: Bool
     /// Names claimed by more than one lineage, with the winner, for the log.
-    public let conflicts: [(name: String, winner: String, losers: [String])]
+    package let conflicts: [(name: String, winner: String, losers: [String])]
 
     /// Snapshots alive in this process (published or still held by a handshake).
-    public static var liveCount: Int { live.load(ordering: .relaxed) }
+    package static var liveCount: Int { live.load(ordering: .relaxed) }
     private static let live = ManagedAtomic<Int>(0)
 
     deinit {
@@ -111,7 +111,7 @@ public final class CertificateSnapshot: AtomicReference, Sendable {
     }
 
     /// The lineage index for an SNI name: exact, then one-label wildcard, then the default.
-    public func lineageIndex(for serverName: String?) -> Int? {
+    package func lineageIndex(for serverName: String?) -> Int? {
         guard let name = serverName?.lowercased(), !name.isEmpty else { return self.defaultIndex }
         if let index = self.exact[name] { return index }
         if let dot = name.firstIndex(of: "."), let index = self.wildcard[String(name[name.index(after: dot)...])] {
@@ -130,7 +130,7 @@ public final class CertificateSnapshot: AtomicReference, Sendable {
         return .use(index >= 0 ? self.contexts[policy][index] : self.dualContexts[policy][-1 - index])
     }
 
-    public func lineage(named name: String) -> LoadedLineage? {
+    package func lineage(named name: String) -> LoadedLineage? {
         self.lineages.first { $0.name == name }
     }
 }

@@ -4,7 +4,7 @@ import Glibc
 #endif
 
 /// Where certificate lineages come from.
-public enum CertificateSource: Sendable, Hashable {
+package enum CertificateSource: Sendable, Hashable {
     /// One explicit pair: a chain PEM (leaf first) and a key PEM (may be the same file).
     case pair(name: String, certificate: String, key: String)
     /// A certbot `live/` directory (or the config directory holding `live/`): every `live/<name>/` is a lineage.
@@ -14,7 +14,7 @@ public enum CertificateSource: Sendable, Hashable {
     /// A plain directory: `<name>.crt` + `<name>.key`, or one `<name>.pem` with chain and key.
     case directory(String)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .pair(_, let cert, _): return cert
         case .certbot(let path): return "certbot:\(path)"
@@ -24,7 +24,7 @@ public enum CertificateSource: Sendable, Hashable {
     }
 
     /// The directories a watcher must watch for this source.
-    public var watchRoots: [String] {
+    package var watchRoots: [String] {
         switch self {
         case .pair(_, let cert, let key):
             return Array(Set([parentDirectory(cert), parentDirectory(key)])).sorted()
@@ -37,13 +37,13 @@ public enum CertificateSource: Sendable, Hashable {
 }
 
 /// The files that make one lineage, found by scanning a source.
-public struct LineageFiles: Sendable, Hashable {
-    public var name: String
-    public var source: CertificateSource
-    public var certificatePath: String
-    public var keyPath: String
+package struct LineageFiles: Sendable, Hashable {
+    package var name: String
+    package var source: CertificateSource
+    package var certificatePath: String
+    package var keyPath: String
     /// Why the lineage must not be read right now (certbot renewal in progress).
-    public var busyReason: String?
+    package var busyReason: String?
 
     /// Whether the certificate or key file (the file itself, links followed) is among
     /// `writing`, files written to and not yet closed. Compared by device and inode, so a
@@ -57,7 +57,7 @@ public struct LineageFiles: Sendable, Hashable {
 }
 
 /// A file as the kernel knows it: device and inode.
-public struct FileID: Hashable, Sendable {
+package struct FileID: Hashable, Sendable {
     let device: UInt64
     let inode: UInt64
 
@@ -131,10 +131,10 @@ func readFile(_ path: String, limit: Int = maxPEMFileBytes) throws -> [UInt8] {
 }
 
 /// A problem with one file or lineage, naming the file and the reason.
-public struct CertificateLoadError: Error, CustomStringConvertible, Sendable, Hashable {
-    public var path: String
-    public var reason: String
-    public var description: String { "\(self.path): \(self.reason)" }
+package struct CertificateLoadError: Error, CustomStringConvertible, Sendable, Hashable {
+    package var path: String
+    package var reason: String
+    package var description: String { "\(self.path): \(self.reason)" }
 }
 
 extension CertificateSource {
@@ -142,7 +142,7 @@ extension CertificateSource {
     ///
     /// A source whose root is missing or unreadable throws; lineages whose files
     /// are incomplete are still listed so validation reports them by name.
-    public func scan() throws -> [LineageFiles] {
+    package func scan() throws -> [LineageFiles] {
         switch self {
         case .pair(let name, let cert, let key):
             return [LineageFiles(name: name, source: self, certificatePath: cert, keyPath: key)]

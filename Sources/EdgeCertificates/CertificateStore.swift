@@ -4,19 +4,19 @@ import Logging
 import NIOConcurrencyHelpers
 
 /// Configuration of a certificate set.
-public struct CertificateSetConfiguration: Sendable {
-    public var sources: [CertificateSource]
-    public var defaultName: String?
-    public var strictSNI: Bool
+package struct CertificateSetConfiguration: Sendable {
+    package var sources: [CertificateSource]
+    package var defaultName: String?
+    package var strictSNI: Bool
     /// The protocol policies of the listeners that serve this set; a snapshot
     /// holds one context per lineage and policy.
-    public var policies: [TLSServerPolicy]
+    package var policies: [TLSServerPolicy]
     /// CA bundle the served chains are verified against (nil: the system trust store).
-    public var trustCAFile: String?
+    package var trustCAFile: String?
     /// What the chains are checked as: served chains, or upstream client certificates.
-    public var chainCheck: ChainCheck
+    package var chainCheck: ChainCheck
 
-    public init(sources: [CertificateSource], defaultName: String? = nil, strictSNI: Bool = false, policies: [TLSServerPolicy], trustCAFile: String? = nil,
+    package init(sources: [CertificateSource], defaultName: String? = nil, strictSNI: Bool = false, policies: [TLSServerPolicy], trustCAFile: String? = nil,
                 chainCheck: ChainCheck = .served) {
         self.trustCAFile = trustCAFile
         self.chainCheck = chainCheck
@@ -28,38 +28,38 @@ public struct CertificateSetConfiguration: Sendable {
 }
 
 /// A rejected version of a lineage (or an unreadable source), kept for status output.
-public struct CertificateProblem: Sendable, Hashable {
-    public var name: String
-    public var error: String
+package struct CertificateProblem: Sendable, Hashable {
+    package var name: String
+    package var error: String
     /// Seconds since the epoch when the problem was first seen.
-    public var since: Int64
+    package var since: Int64
     /// True when an older version of this lineage is still being served.
-    public var servingPrevious: Bool
+    package var servingPrevious: Bool
 }
 
 /// One reload that published a snapshot or rejected a version, for the status page's history.
-public struct Publication: Sendable {
-    public var time: Int64
+package struct Publication: Sendable {
+    package var time: Int64
     /// What started it: "loaded", "file change", "periodic rescan", "SIGHUP", "admin /reload".
-    public var trigger: String
+    package var trigger: String
     /// The snapshot generation served after it.
-    public var generation: Int
-    public var added: [String]
-    public var updated: [String]
-    public var removed: [String]
+    package var generation: Int
+    package var added: [String]
+    package var updated: [String]
+    package var removed: [String]
     /// Versions newly rejected by it, with why.
-    public var rejected: [CertificateProblem]
+    package var rejected: [CertificateProblem]
 }
 
 /// Outcome of one reload.
-public struct ReloadReport: Sendable {
-    public var generation: Int
+package struct ReloadReport: Sendable {
+    package var generation: Int
     /// True when a new snapshot was published.
-    public var published: Bool
-    public var added: [String]
-    public var updated: [String]
-    public var removed: [String]
-    public var problems: [CertificateProblem]
+    package var published: Bool
+    package var added: [String]
+    package var updated: [String]
+    package var removed: [String]
+    package var problems: [CertificateProblem]
 }
 
 /// What the status endpoints show of a store's reloads: an immutable value, replaced
@@ -86,8 +86,8 @@ final class StoreStatus: AtomicReference, Sendable {
 /// never take it: the servername callback does one atomic load of `current`, and the
 /// admin endpoints (on the proxy's event loops) one of `status`, so a slow or stuck
 /// file never stalls a handshake or a status request.
-public final class CertificateStore: Sendable {
-    public let configuration: CertificateSetConfiguration
+package final class CertificateStore: Sendable {
+    package let configuration: CertificateSetConfiguration
     private let current: ManagedAtomic<CertificateSnapshot>
     private let state: NIOLockedValueBox<ReloadState>
     private let status: ManagedAtomic<StoreStatus>
@@ -112,7 +112,7 @@ public final class CertificateStore: Sendable {
     }
 
     /// Publications kept for the status page.
-    public static let historyLength = 20
+    package static let historyLength = 20
     private let clock: @Sendable () -> Int64
 
     /// Loads every source once. Throws when nothing at all can be served, or when
@@ -121,7 +121,7 @@ public final class CertificateStore: Sendable {
     /// publications goes on here (its first entry says what the reload changed).
     /// `clock`: the wall clock in seconds, which decides what is valid, expired or not yet
     /// valid at each load (the tests move it instead of making certificates that expire).
-    public init(configuration: CertificateSetConfiguration, logger: Logger, requireAll: Bool = false, succeeding previous: CertificateStore? = nil,
+    package init(configuration: CertificateSetConfiguration, logger: Logger, requireAll: Bool = false, succeeding previous: CertificateStore? = nil,
                 clock: @escaping @Sendable () -> Int64 = currentEpochSeconds) throws {
         self.configuration = configuration
         self.logger = logger
@@ -188,18 +188,18 @@ public final class CertificateStore: Sendable {
     }
 
     /// The snapshot serving new handshakes now.
-    public var snapshot: CertificateSnapshot { self.current.load(ordering: .acquiring) }
+    package var snapshot: CertificateSnapshot { self.current.load(ordering: .acquiring) }
 
     /// Current problems (rejected versions, unreadable sources).
-    public var problems: [CertificateProblem] { self.status.load(ordering: .acquiring).problems }
+    package var problems: [CertificateProblem] { self.status.load(ordering: .acquiring).problems }
 
     /// Reloads so far by outcome: published, partial, unchanged, rejected, failed.
-    public var reloadOutcomes: [String: Int] { self.status.load(ordering: .acquiring).outcomes }
+    package var reloadOutcomes: [String: Int] { self.status.load(ordering: .acquiring).outcomes }
 
     /// The latest publications and rejections (at most 20), oldest first.
-    public var publications: [Publication] { self.status.load(ordering: .acquiring).publications }
+    package var publications: [Publication] { self.status.load(ordering: .acquiring).publications }
 
-    public var lastReload: (time: Int64, result: String) {
+    package var lastReload: (time: Int64, result: String) {
         let status = self.status.load(ordering: .acquiring)
         return (status.lastReload, status.lastReloadResult)
     }
@@ -211,7 +211,7 @@ public final class CertificateStore: Sendable {
 
     /// A selector for one listener's policy, to hand to `TLSContext.listener`.
     /// `byName` picks another policy for some SNI names (exact, or `*.suffix` for one more label).
-    public func selector(policyIndex: Int, byName: [String: Int] = [:]) -> any ServerNameSelector {
+    package func selector(policyIndex: Int, byName: [String: Int] = [:]) -> any ServerNameSelector {
         precondition(policyIndex < self.configuration.policies.count)
         return StoreSelector(store: self, policyIndex: policyIndex, byName: byName)
     }
@@ -230,7 +230,7 @@ public final class CertificateStore: Sendable {
     /// A lineage using a file that is being written (`setFilesBeingWritten`) keeps what it
     /// serves, as during a certbot renewal: a chain written in two steps is never read half-way.
     @discardableResult
-    public func reload(reason: String, settled: Bool = true) -> ReloadReport {
+    package func reload(reason: String, settled: Bool = true) -> ReloadReport {
         let writing = self.filesBeingWritten.withLockedValue { $0 }
         return self.state.withLockedValue { state in
             defer { self.status.store(Self.status(of: state), ordering: .releasing) }
@@ -377,14 +377,14 @@ public final class CertificateStore: Sendable {
     }
 
     /// The files written to and not yet closed (`IN_MODIFY` without `IN_CLOSE_WRITE`).
-    public func setFilesBeingWritten(_ files: Set<FileID>) {
+    package func setFilesBeingWritten(_ files: Set<FileID>) {
         self.filesBeingWritten.withLockedValue { $0 = files }
     }
 
     /// Rebuilds every context from the lineages already loaded, re-reading the files the
     /// policies name (a client CA bundle). Keeps the current snapshot if that fails.
     @discardableResult
-    public func rebuildContexts(reason: String) -> Bool {
+    package func rebuildContexts(reason: String) -> Bool {
         self.state.withLockedValue { state in
             let old = self.current.load(ordering: .acquiring)
             do {

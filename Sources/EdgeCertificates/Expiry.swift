@@ -2,7 +2,7 @@ import EdgeTLS
 import Logging
 
 /// How close to expiry a certificate is.
-public enum CertificateState: String, Sendable, CaseIterable, Comparable {
+package enum CertificateState: String, Sendable, CaseIterable, Comparable {
     case ok
     case warning
     case critical
@@ -19,7 +19,7 @@ public enum CertificateState: String, Sendable, CaseIterable, Comparable {
         }
     }
 
-    public static func < (lhs: CertificateState, rhs: CertificateState) -> Bool { lhs.severity < rhs.severity }
+    package static func < (lhs: CertificateState, rhs: CertificateState) -> Bool { lhs.severity < rhs.severity }
 }
 
 /// Expiry thresholds relative to each certificate's own lifetime, with absolute floors.
@@ -28,15 +28,15 @@ public enum CertificateState: String, Sendable, CaseIterable, Comparable {
 /// lifetime (or `warningFloor`, whichever is longer), `critical` at `criticalRemaining`
 /// (or `criticalFloor`). The defaults make a 90-day certificate warn at 27 days left
 /// and go critical at 9, and a 6-day certificate warn at 43 hours and go critical at 14.4.
-public struct ExpiryPolicy: Sendable, Hashable {
-    public var warningRemaining = 0.30
-    public var criticalRemaining = 0.10
-    public var warningFloorSeconds: Int64 = 24 * 3600
-    public var criticalFloorSeconds: Int64 = 12 * 3600
+package struct ExpiryPolicy: Sendable, Hashable {
+    package var warningRemaining = 0.30
+    package var criticalRemaining = 0.10
+    package var warningFloorSeconds: Int64 = 24 * 3600
+    package var criticalFloorSeconds: Int64 = 12 * 3600
 
-    public init() {}
+    package init() {}
 
-    public func state(notBefore: Int64, notAfter: Int64, now: Int64) -> CertificateState {
+    package func state(notBefore: Int64, notAfter: Int64, now: Int64) -> CertificateState {
         if now < notBefore { return .notYetValid }
         if now >= notAfter { return .expired }
         let lifetime = Double(max(1, notAfter - notBefore))
@@ -47,7 +47,7 @@ public struct ExpiryPolicy: Sendable, Hashable {
     }
 
     /// The worst state over a served chain (an expiring intermediate counts).
-    public func state(of chain: [X509Certificate], now: Int64) -> CertificateState {
+    package func state(of chain: [X509Certificate], now: Int64) -> CertificateState {
         chain.map { self.state(notBefore: $0.notBefore, notAfter: $0.notAfter, now: now) }.max() ?? .ok
     }
 }
@@ -56,13 +56,13 @@ public struct ExpiryPolicy: Sendable, Hashable {
 /// once per repeat interval of the current state, never once per check.
 ///
 /// A pure state machine: the caller passes the time, so tests inject a clock.
-public struct ExpiryMonitor: Sendable {
-    public struct Observation: Sendable {
-        public var name: String
-        public var serial: String
-        public var state: CertificateState
-        public var notAfter: Int64
-        public init(name: String, serial: String, state: CertificateState, notAfter: Int64) {
+package struct ExpiryMonitor: Sendable {
+    package struct Observation: Sendable {
+        package var name: String
+        package var serial: String
+        package var state: CertificateState
+        package var notAfter: Int64
+        package init(name: String, serial: String, state: CertificateState, notAfter: Int64) {
             self.name = name
             self.serial = serial
             self.state = state
@@ -70,30 +70,30 @@ public struct ExpiryMonitor: Sendable {
         }
     }
 
-    public struct Line: Sendable, Equatable {
-        public var level: Logger.Level
-        public var message: String
-        public var name: String
-        public var state: CertificateState
-        public var secondsRemaining: Int64
-        public var changed: Bool
+    package struct Line: Sendable, Equatable {
+        package var level: Logger.Level
+        package var message: String
+        package var name: String
+        package var state: CertificateState
+        package var secondsRemaining: Int64
+        package var changed: Bool
     }
 
     /// Seconds between repeated lines per state (`ok` is logged on change only).
-    public var repeatSeconds: [CertificateState: Int64] = [.warning: 86_400, .critical: 3_600, .expired: 3_600, .notYetValid: 3_600]
+    package var repeatSeconds: [CertificateState: Int64] = [.warning: 86_400, .critical: 3_600, .expired: 3_600, .notYetValid: 3_600]
     private var last: [String: (serial: String, state: CertificateState, loggedAt: Int64)] = [:]
     private var chainReported: [String: String] = [:]
 
     /// True once per lineage version whose chain does not verify.
-    public mutating func shouldReportChain(_ name: String, serial: String) -> Bool {
+    package mutating func shouldReportChain(_ name: String, serial: String) -> Bool {
         guard self.chainReported[name] != serial else { return false }
         self.chainReported[name] = serial
         return true
     }
 
-    public init() {}
+    package init() {}
 
-    public mutating func evaluate(_ observations: [Observation], now: Int64) -> [Line] {
+    package mutating func evaluate(_ observations: [Observation], now: Int64) -> [Line] {
         var lines: [Line] = []
         var seen = Set<String>()
         for o in observations.sorted(by: { $0.name < $1.name }) {
@@ -134,7 +134,7 @@ public struct ExpiryMonitor: Sendable {
 }
 
 /// Human form of a number of seconds: `27d 3h`, `43h 12m`, `5m 2s`.
-public func humanDuration(_ seconds: Int64) -> String {
+package func humanDuration(_ seconds: Int64) -> String {
     let s = max(0, seconds)
     let d = s / 86_400, h = (s % 86_400) / 3_600, m = (s % 3_600) / 60
     if d > 0 { return "\(d)d \(h)h" }

@@ -6,23 +6,23 @@ import Glibc
 /// One validated version of a lineage: its chain, key and metadata.
 ///
 /// Immutable; shared by every snapshot that serves this version.
-public final class LoadedLineage: Sendable {
-    public let name: String
-    public let files: LineageFiles
-    public let chain: [X509Certificate]
+package final class LoadedLineage: Sendable {
+    package let name: String
+    package let files: LineageFiles
+    package let chain: [X509Certificate]
     let key: PrivateKey
     /// SHA-256 over the certificate and key files: unchanged content, same version.
-    public let contentHash: String
+    package let contentHash: String
     /// Names this lineage can serve (DNS SANs, or the CN when there is no SAN).
-    public let serverNames: [String]
+    package let serverNames: [String]
     /// When this version was loaded (seconds since the epoch).
-    public let loadedAt: Int64
+    package let loadedAt: Int64
     /// The snapshot generation that first served this version.
-    public let generation: Int
+    package let generation: Int
     /// nil when the served chain verifies against the trust store (or was not checked), else why not.
-    public let chainProblem: String?
+    package let chainProblem: String?
     /// False for an upstream client certificate with no CA named to check it against.
-    public let chainChecked: Bool
+    package let chainChecked: Bool
 
     init(files: LineageFiles, chain: [X509Certificate], key: PrivateKey, contentHash: String, loadedAt: Int64, generation: Int,
          chainProblem: String?, chainChecked: Bool = true) {
@@ -43,11 +43,11 @@ public final class LoadedLineage: Sendable {
         }
     }
 
-    public var leaf: X509Certificate { self.chain[0] }
+    package var leaf: X509Certificate { self.chain[0] }
 }
 
 /// What a lineage's chain is checked against.
-public enum ChainCheck: Sendable, Hashable {
+package enum ChainCheck: Sendable, Hashable {
     /// A served chain: as a TLS client would, against the trust store.
     case served
     /// A client certificate for upstream mutual TLS: only against the CA the operator
@@ -132,7 +132,7 @@ enum LineageLoader {
 }
 
 /// The wall clock in whole seconds since the epoch (certificate validity is in seconds).
-public func currentEpochSeconds() -> Int64 {
+package func currentEpochSeconds() -> Int64 {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return Int64(ts.tv_sec)
@@ -141,5 +141,5 @@ public func currentEpochSeconds() -> Int64 {
 extension LoadedLineage {
     /// The key, for configuring a client context (mutual TLS towards upstreams).
     /// Never logged or serialised.
-    public var privateKeyForClientUse: PrivateKey { self.key }
+    package var privateKeyForClientUse: PrivateKey { self.key }
 }

@@ -6,7 +6,7 @@ import NIOHTTP1
 import NIOPosix
 
 /// The gateway's version, shown by `--version` and `/status`.
-public let gatewayVersion = "0.1.0"
+package let gatewayVersion = "0.1.0"
 
 extension Gateway {
     func bindAdmin(group: EventLoopGroup, fd: CInt) async throws -> Channel {
@@ -29,13 +29,13 @@ extension Gateway {
     }
 
     /// Reports of every served lineage, across stores.
-    public func certificateReports(now: Int64 = Int64(currentTime())) -> [CertificateReport] {
+    package func certificateReports(now: Int64 = Int64(currentTime())) -> [CertificateReport] {
         let policy = self.config.expiry.policy
         return self.stores.flatMap { $0.reports(policy: policy, now: now) }
     }
 
     /// The `/status/certificates` document.
-    public func certificatesJSON(now: Int64 = Int64(currentTime())) -> String {
+    package func certificatesJSON(now: Int64 = Int64(currentTime())) -> String {
         let items = self.certificateReports(now: now).map { certificateJSON($0) }
         return "{\"generated_at\":\(now),\"generated_at_rfc3339\":\(jsonString(rfc3339(now))),\"certificates\":[\(items.joined(separator: ","))]}\n"
     }

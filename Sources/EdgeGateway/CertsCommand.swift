@@ -5,10 +5,10 @@ import Glibc
 #endif
 
 /// What `edge-gateway certs` reads and prints, without a running gateway.
-public enum CertsInspection {
+package enum CertsInspection {
     /// The certificate sources a configuration file names (the shared set and every listener pair),
     /// and its upstream client certificates with the CA each is checked against.
-    public static func sources(configPath: String) throws -> (sources: [CertificateSource], trustCAFile: String?, policy: ExpiryPolicy,
+    package static func sources(configPath: String) throws -> (sources: [CertificateSource], trustCAFile: String?, policy: ExpiryPolicy,
                                                               clientCertificates: [(source: CertificateSource, caFile: String?)]) {
         let (config, base) = try GatewayConfig.load(path: configPath)
         // A misspelt key may be a certificate setting: refused, as `run` and `check` refuse it.
@@ -28,7 +28,7 @@ public enum CertsInspection {
     }
 
     /// Guesses a directory's kind: certbot (`live/`), Kubernetes (`tls.crt`), or plain pairs.
-    public static func source(forDirectory path: String) -> CertificateSource {
+    package static func source(forDirectory path: String) -> CertificateSource {
         let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
         if trimmed.hasSuffix("/live") || trimmed == "live" || (try? readTextFile(trimmed + "/live/README")) != nil || directoryExists(trimmed + "/live") {
             return .certbot(trimmed)
@@ -39,7 +39,7 @@ public enum CertsInspection {
 
     /// 0: all ok; 1: some warning (or, with `strict`, a chain that does not verify);
     /// 2: some critical, expired, not yet valid or unreadable.
-    public static func exitCode(_ entries: [CertificateInspector.Entry], strict: Bool = false) -> Int32 {
+    package static func exitCode(_ entries: [CertificateInspector.Entry], strict: Bool = false) -> Int32 {
         var code: Int32 = 0
         for entry in entries {
             guard let report = entry.report else { return 2 }
@@ -53,7 +53,7 @@ public enum CertsInspection {
         return code
     }
 
-    public static func table(_ entries: [CertificateInspector.Entry], now: Int64) -> String {
+    package static func table(_ entries: [CertificateInspector.Entry], now: Int64) -> String {
         var rows: [[String]] = [["NAME", "NAMES", "NOT AFTER (UTC)", "REMAINING", "STATE", "CHAIN"]]
         for entry in entries {
             if let r = entry.report {
@@ -79,7 +79,7 @@ public enum CertsInspection {
         return out
     }
 
-    public static func json(_ entries: [CertificateInspector.Entry]) -> String {
+    package static func json(_ entries: [CertificateInspector.Entry]) -> String {
         let items = entries.map { entry -> String in
             if let report = entry.report { return certificateJSON(report) }
             return "{\"name\":\(jsonString(entry.name)),\"source\":{\"configured\":\(jsonString(entry.source))},\"state\":\"unreadable\",\"error\":\(jsonString(entry.error ?? ""))}"

@@ -6,25 +6,25 @@ import Glibc
 #endif
 
 /// The whole configuration file. Every key is documented in README.md.
-public struct GatewayConfig: Decodable, Sendable {
-    public var listeners: [ListenerConfig]
-    public var upstreams: [String: UpstreamConfig]
-    public var routes: [RouteConfig]
-    public var certificates: CertificatesConfig?
-    public var admin: AdminConfig
+package struct GatewayConfig: Decodable, Sendable {
+    package var listeners: [ListenerConfig]
+    package var upstreams: [String: UpstreamConfig]
+    package var routes: [RouteConfig]
+    package var certificates: CertificatesConfig?
+    package var admin: AdminConfig
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
-    public var shutdownGracePeriod: Duration
+    package var shutdownGracePeriod: Duration
     /// While draining, how long an idle keep-alive connection is kept for a request its
     /// client may be sending right then (it gets `connection: close`).
-    public var drainQuietPeriod: Duration
+    package var drainQuietPeriod: Duration
     /// Event loops; default: one per core.
-    public var workers: Int?
-    public var expiry: ExpiryConfig
+    package var workers: Int?
+    package var expiry: ExpiryConfig
     /// Unix socket for zero-downtime restarts: a new process takes the listening sockets over.
-    public var handoffSocket: String?
+    package var handoffSocket: String?
     /// Give free heap pages back to the kernel after bursts of connections (`HeapTrimmer`).
-    public var memoryTrimming: Bool
-    public var accessLog: AccessLogConfig?
+    package var memoryTrimming: Bool
+    package var accessLog: AccessLogConfig?
     /// Problems found while reading the file that did not stop it from being read
     /// (unknown keys), "file: key path: reason": `Gateway.prepare` reports them with its own.
     var decodingProblems: [String] = []
@@ -39,7 +39,7 @@ public struct GatewayConfig: Decodable, Sendable {
         case accessLog = "access_log"
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         // Each listener, upstream, route and section on its own (`Recorded`): one that
@@ -60,7 +60,7 @@ public struct GatewayConfig: Decodable, Sendable {
 
     /// Parses YAML text; errors name the key path. Every problem decoding finds is
     /// reported (`ConfigErrors`, one per line), not only the first.
-    public static func parse(yaml: String) throws -> GatewayConfig {
+    package static func parse(yaml: String) throws -> GatewayConfig {
         let (config, unknownKeys) = try self.parseCollecting(yaml: yaml)
         if !unknownKeys.isEmpty { throw ConfigErrors(errors: unknownKeys) }
         return config
@@ -83,16 +83,16 @@ public struct GatewayConfig: Decodable, Sendable {
 }
 
 /// One line per answered request, in nginx's `combined` format or as JSON.
-public struct AccessLogConfig: Decodable, Sendable {
+package struct AccessLogConfig: Decodable, Sendable {
     /// A file (relative to the configuration file), or `-`/`stdout`.
-    public var path: String
-    public var format: String
+    package var path: String
+    package var format: String
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case path, format
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.path = try c.decode(String.self, forKey: .path)
@@ -100,26 +100,26 @@ public struct AccessLogConfig: Decodable, Sendable {
     }
 }
 
-public struct ListenerConfig: Decodable, Sendable {
-    public var name: String
-    public var address: String
-    public var tls: ListenerTLSConfig?
-    public var timeouts: ListenerTimeouts
+package struct ListenerConfig: Decodable, Sendable {
+    package var name: String
+    package var address: String
+    package var tls: ListenerTLSConfig?
+    package var timeouts: ListenerTimeouts
     /// Largest request head (request line and headers) accepted; larger gets 431.
-    public var maxRequestHeadBytes: Int
+    package var maxRequestHeadBytes: Int
     /// Largest request body accepted (nginx's `client_max_body_size`); nil: no limit.
-    public var maxRequestBodyBytes: Int?
+    package var maxRequestBodyBytes: Int?
     /// Every connection must start with a PROXY protocol header (v1 or v2) naming the
     /// client (nginx's `listen ... proxy_protocol`, HAProxy's `accept-proxy`).
-    public var proxyProtocol: Bool
+    package var proxyProtocol: Bool
     /// The peers (addresses or CIDR ranges) allowed to send that header, as the
     /// balancers' addresses (nginx's `set_real_ip_from`); nil: any peer.
-    public var proxyProtocolFrom: [String]?
+    package var proxyProtocolFrom: [String]?
     /// Client connections open at once on this listener; beyond, new ones are closed as
     /// they are accepted (Envoy's listener connection limit); nil: no limit.
-    public var maxConnections: Int?
+    package var maxConnections: Int?
     /// The listen queue: connections the kernel has accepted and the gateway not yet.
-    public var backlog: Int
+    package var backlog: Int
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case name, address, tls, timeouts, backlog
@@ -130,7 +130,7 @@ public struct ListenerConfig: Decodable, Sendable {
         case proxyProtocolFrom = "proxy_protocol_from"
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.name = try c.decode(String.self, forKey: .name)
@@ -146,21 +146,21 @@ public struct ListenerConfig: Decodable, Sendable {
     }
 }
 
-public struct ListenerTimeouts: Decodable, Sendable {
+package struct ListenerTimeouts: Decodable, Sendable {
     /// A client must finish its TLS handshake within this.
-    public var handshake: Duration = .seconds(10)
+    package var handshake: Duration = .seconds(10)
     /// A client must send a complete request head within this (else 408).
-    public var header: Duration = .seconds(30)
+    package var header: Duration = .seconds(30)
     /// An idle keep-alive client connection is closed after this.
-    public var idle: Duration = .seconds(75)
+    package var idle: Duration = .seconds(75)
     /// The longest pause between reads of a request body (nginx's `client_body_timeout`).
-    public var body: Duration = .seconds(60)
+    package var body: Duration = .seconds(60)
 
     enum CodingKeys: String, CodingKey, CaseIterable { case handshake, header, idle, body }
 
     init() {}
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.handshake = try c.decodeRecorded(Duration.self, forKey: .handshake) ?? self.handshake
@@ -170,28 +170,28 @@ public struct ListenerTimeouts: Decodable, Sendable {
     }
 }
 
-public struct ListenerTLSConfig: Decodable, Sendable {
+package struct ListenerTLSConfig: Decodable, Sendable {
     /// Chain PEM (leaf first). With `key`, the listener serves this pair only.
-    public var certificate: String?
-    public var key: String?
+    package var certificate: String?
+    package var key: String?
     /// Mozilla profile: intermediate (default) or modern.
-    public var profile: String
-    public var minVersion: String?
+    package var profile: String
+    package var minVersion: String?
     /// TLS 1.2 cipher list override (OpenSSL syntax).
-    public var ciphers: String?
+    package var ciphers: String?
     /// TLS 1.3 cipher suites override.
-    public var cipherSuites: String?
+    package var cipherSuites: String?
     /// Key-exchange groups override.
-    public var groups: String?
-    public var alpn: [String]?
+    package var groups: String?
+    package var alpn: [String]?
     /// Advertise HTTP/2 (ALPN h2, http/1.1).
-    public var h2: Bool
-    public var http2: HTTP2Config
-    public var clientAuth: ClientAuthConfig?
+    package var h2: Bool
+    package var http2: HTTP2Config
+    package var clientAuth: ClientAuthConfig?
     /// client_auth for particular SNI names (exact or `*.` wildcard), instead of the listener's.
-    public var clientAuthByName: [String: ClientAuthConfig]
-    public var sessionTickets: SessionTicketsConfig?
-    public var hsts: HSTSConfig?
+    package var clientAuthByName: [String: ClientAuthConfig]
+    package var sessionTickets: SessionTicketsConfig?
+    package var hsts: HSTSConfig?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case certificate, key, profile, hsts
@@ -204,7 +204,7 @@ public struct ListenerTLSConfig: Decodable, Sendable {
         case clientAuth = "client_auth"
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.certificate = try c.decodeRecorded(String.self, forKey: .certificate)
@@ -225,11 +225,11 @@ public struct ListenerTLSConfig: Decodable, Sendable {
 }
 
 /// HTTP Strict Transport Security (RFC 6797) on every response of a TLS listener.
-public struct HSTSConfig: Decodable, Sendable {
+package struct HSTSConfig: Decodable, Sendable {
     /// Mozilla's recommendation: two years.
-    public var maxAge: Duration = .seconds(63_072_000)
-    public var includeSubdomains = false
-    public var preload = false
+    package var maxAge: Duration = .seconds(63_072_000)
+    package var includeSubdomains = false
+    package var preload = false
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case maxAge = "max_age"
@@ -237,7 +237,7 @@ public struct HSTSConfig: Decodable, Sendable {
         case preload
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.maxAge = try c.decodeRecorded(Duration.self, forKey: .maxAge) ?? self.maxAge
@@ -246,7 +246,7 @@ public struct HSTSConfig: Decodable, Sendable {
     }
 
     /// The header's value.
-    public var value: String {
+    package var value: String {
         var value = "max-age=\(self.maxAge.nanoseconds / 1_000_000_000)"
         if self.includeSubdomains { value += "; includeSubDomains" }
         if self.preload { value += "; preload" }
@@ -255,14 +255,14 @@ public struct HSTSConfig: Decodable, Sendable {
 }
 
 /// Session tickets: keys rotate on a schedule, or come from a key file several instances share.
-public struct SessionTicketsConfig: Decodable, Sendable, Equatable {
-    public var enabled = true
+package struct SessionTicketsConfig: Decodable, Sendable, Equatable {
+    package var enabled = true
     /// Without key_file: a new key this often; the two before it still decrypt.
-    public var rotateEvery: Duration = .seconds(12 * 3600)
+    package var rotateEvery: Duration = .seconds(12 * 3600)
     /// Base64 keys of 80 bytes, one per line; the first encrypts. Re-read when it changes.
-    public var keyFile: String?
+    package var keyFile: String?
     /// TLS 1.3 tickets sent after each handshake (OpenSSL's NumTickets).
-    public var numTickets = 1
+    package var numTickets = 1
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case enabled
@@ -273,7 +273,7 @@ public struct SessionTicketsConfig: Decodable, Sendable, Equatable {
 
     init() {}
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.enabled = try c.decodeRecorded(Bool.self, forKey: .enabled) ?? true
@@ -284,10 +284,10 @@ public struct SessionTicketsConfig: Decodable, Sendable, Equatable {
 }
 
 /// Limits of HTTP/2 connections on a listener with `h2: true`.
-public struct HTTP2Config: Decodable, Sendable {
-    public var maxConcurrentStreams = 128
+package struct HTTP2Config: Decodable, Sendable {
+    package var maxConcurrentStreams = 128
     /// Stream resets a client may cause per 30 s before the connection is closed (rapid reset, CVE-2023-44487).
-    public var maxResetsPer30s = 200
+    package var maxResetsPer30s = 200
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case maxConcurrentStreams = "max_concurrent_streams"
@@ -296,7 +296,7 @@ public struct HTTP2Config: Decodable, Sendable {
 
     init() {}
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.maxConcurrentStreams = try c.decodeRecorded(Int.self, forKey: .maxConcurrentStreams) ?? self.maxConcurrentStreams
@@ -305,18 +305,18 @@ public struct HTTP2Config: Decodable, Sendable {
 }
 
 /// Mutual TLS towards clients.
-public struct ClientAuthConfig: Decodable, Sendable {
-    public var caFile: String
+package struct ClientAuthConfig: Decodable, Sendable {
+    package var caFile: String
     /// required (default) or optional.
-    public var mode: String
-    public var allow: ClientAllowConfig?
+    package var mode: String
+    package var allow: ClientAllowConfig?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case caFile = "ca_file"
         case mode, allow
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.caFile = try c.decode(String.self, forKey: .caFile)
@@ -326,18 +326,18 @@ public struct ClientAuthConfig: Decodable, Sendable {
 }
 
 /// Which verified client certificates are accepted; any match admits (empty lists admit every verified certificate).
-public struct ClientAllowConfig: Decodable, Sendable {
-    public var dns: [String] = []
-    public var uri: [String] = []
-    public var cn: [String] = []
-    public var spkiSHA256: [String] = []
+package struct ClientAllowConfig: Decodable, Sendable {
+    package var dns: [String] = []
+    package var uri: [String] = []
+    package var cn: [String] = []
+    package var spkiSHA256: [String] = []
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case dns, uri, cn
         case spkiSHA256 = "spki_sha256"
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.dns = try c.decodeRecorded([String].self, forKey: .dns) ?? []
@@ -347,22 +347,22 @@ public struct ClientAllowConfig: Decodable, Sendable {
     }
 }
 
-public struct UpstreamConfig: Decodable, Sendable {
-    public var backends: [BackendConfig]
-    public var tls: UpstreamTLSConfig?
-    public var hostHeader: String?
-    public var timeouts: UpstreamTimeoutsConfig
-    public var pool: PoolConfig
+package struct UpstreamConfig: Decodable, Sendable {
+    package var backends: [BackendConfig]
+    package var tls: UpstreamTLSConfig?
+    package var hostHeader: String?
+    package var timeouts: UpstreamTimeoutsConfig
+    package var pool: PoolConfig
     /// round_robin (default; weighted), weighted_round_robin (the same), random, least_conn, consistent_hash.
-    public var balance: String
+    package var balance: String
     /// For consistent_hash: client_ip (default), path, or header:NAME.
-    public var hashKey: String?
-    public var healthCheck: HealthCheckConfig?
-    public var passiveHealth: PassiveHealthConfig
-    public var maxConnectAttempts: Int
-    public var tcpKeepalive: Bool
+    package var hashKey: String?
+    package var healthCheck: HealthCheckConfig?
+    package var passiveHealth: PassiveHealthConfig
+    package var maxConnectAttempts: Int
+    package var tcpKeepalive: Bool
     /// The largest response head (status line and fields) taken from a backend.
-    public var maxResponseHeadBytes: Int
+    package var maxResponseHeadBytes: Int
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case backends, tls
@@ -376,7 +376,7 @@ public struct UpstreamConfig: Decodable, Sendable {
         case tcpKeepalive = "tcp_keepalive"
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.backends = try c.decode([BackendConfig].self, forKey: .backends)
@@ -395,13 +395,13 @@ public struct UpstreamConfig: Decodable, Sendable {
 }
 
 /// A backend: `"host:port"` or `{ address: "host:port", weight: 2 }`.
-public struct BackendConfig: Decodable, Sendable {
-    public var address: String
-    public var weight: Int
+package struct BackendConfig: Decodable, Sendable {
+    package var address: String
+    package var weight: Int
 
     enum CodingKeys: String, CodingKey, CaseIterable { case address, weight }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         if let text = try? decoder.singleValueContainer().decode(String.self) {
             self.address = text
             self.weight = 1
@@ -414,16 +414,16 @@ public struct BackendConfig: Decodable, Sendable {
     }
 }
 
-public struct HealthCheckConfig: Decodable, Sendable {
-    public var kind = "http"
-    public var path = "/"
-    public var host: String?
-    public var interval: Duration = .seconds(5)
-    public var timeout: Duration = .seconds(2)
-    public var healthyAfter = 2
-    public var unhealthyAfter = 3
+package struct HealthCheckConfig: Decodable, Sendable {
+    package var kind = "http"
+    package var path = "/"
+    package var host: String?
+    package var interval: Duration = .seconds(5)
+    package var timeout: Duration = .seconds(2)
+    package var healthyAfter = 2
+    package var unhealthyAfter = 3
     /// `200-399` (default), `200`, or `200-204`.
-    public var expectedStatus = "200-399"
+    package var expectedStatus = "200-399"
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case kind, path, host, interval, timeout
@@ -432,7 +432,7 @@ public struct HealthCheckConfig: Decodable, Sendable {
         case expectedStatus = "expected_status"
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.kind = try c.decodeRecorded(String.self, forKey: .kind) ?? self.kind
@@ -450,11 +450,11 @@ public struct HealthCheckConfig: Decodable, Sendable {
     }
 }
 
-public struct PassiveHealthConfig: Decodable, Sendable {
+package struct PassiveHealthConfig: Decodable, Sendable {
     /// Consecutive connect failures that eject a backend; 0 turns passive health off.
-    public var maxFails = 3
+    package var maxFails = 3
     /// How long an ejected backend stays out.
-    public var failTimeout: Duration = .seconds(10)
+    package var failTimeout: Duration = .seconds(10)
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case maxFails = "max_fails"
@@ -463,7 +463,7 @@ public struct PassiveHealthConfig: Decodable, Sendable {
 
     init() {}
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.maxFails = try c.decodeRecorded(Int.self, forKey: .maxFails) ?? self.maxFails
@@ -471,20 +471,20 @@ public struct PassiveHealthConfig: Decodable, Sendable {
     }
 }
 
-public struct UpstreamTLSConfig: Decodable, Sendable {
-    public var sni: String?
-    public var verifyCert: Bool
-    public var verifyHostname: Bool
-    public var caFile: String?
+package struct UpstreamTLSConfig: Decodable, Sendable {
+    package var sni: String?
+    package var verifyCert: Bool
+    package var verifyHostname: Bool
+    package var caFile: String?
     /// Further names the certificate may hold instead of `sni` (one name or a list).
-    public var alternativeCN: [String] = []
+    package var alternativeCN: [String] = []
     /// Accept a certificate without subject alternative names by its subject CN (legacy upstreams).
-    public var allowCommonName = false
-    public var clientCertificate: String?
-    public var clientKey: String?
+    package var allowCommonName = false
+    package var clientCertificate: String?
+    package var clientKey: String?
     /// The CA the client certificate's chain is checked against (status and alerts only).
-    public var clientCAFile: String?
-    public var minVersion: String?
+    package var clientCAFile: String?
+    package var minVersion: String?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case sni
@@ -499,7 +499,7 @@ public struct UpstreamTLSConfig: Decodable, Sendable {
         case minVersion = "min_version"
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.sni = try c.decodeRecorded(String.self, forKey: .sni)
@@ -519,14 +519,14 @@ public struct UpstreamTLSConfig: Decodable, Sendable {
     }
 }
 
-public struct UpstreamTimeoutsConfig: Decodable, Sendable {
-    public var connect: Duration = .seconds(5)
-    public var totalConnection: Duration = .seconds(10)
-    public var read: Duration = .seconds(60)
-    public var write: Duration = .seconds(60)
-    public var idle: Duration = .seconds(60)
+package struct UpstreamTimeoutsConfig: Decodable, Sendable {
+    package var connect: Duration = .seconds(5)
+    package var totalConnection: Duration = .seconds(10)
+    package var read: Duration = .seconds(60)
+    package var write: Duration = .seconds(60)
+    package var idle: Duration = .seconds(60)
     /// nginx's `proxy_next_upstream_timeout`; nil: twice the read timeout.
-    public var nextUpstream: Duration?
+    package var nextUpstream: Duration?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case connect
@@ -537,7 +537,7 @@ public struct UpstreamTimeoutsConfig: Decodable, Sendable {
 
     init() {}
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.connect = try c.decodeRecorded(Duration.self, forKey: .connect) ?? self.connect
@@ -549,28 +549,28 @@ public struct UpstreamTimeoutsConfig: Decodable, Sendable {
     }
 }
 
-public struct PoolConfig: Decodable, Sendable {
-    public var maxIdlePerBackend = 128
+package struct PoolConfig: Decodable, Sendable {
+    package var maxIdlePerBackend = 128
 
     enum CodingKeys: String, CodingKey, CaseIterable { case maxIdlePerBackend = "max_idle_per_backend" }
 
     init() {}
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.maxIdlePerBackend = try c.decodeRecorded(Int.self, forKey: .maxIdlePerBackend) ?? self.maxIdlePerBackend
     }
 }
 
-public struct RouteConfig: Decodable, Sendable {
-    public var listener: String?
-    public var host: String?
-    public var pathPrefix: String?
-    public var upstream: String?
-    public var redirect: RedirectConfig?
-    public var root: String?
-    public var maxRequestBodyBytes: Int?
+package struct RouteConfig: Decodable, Sendable {
+    package var listener: String?
+    package var host: String?
+    package var pathPrefix: String?
+    package var upstream: String?
+    package var redirect: RedirectConfig?
+    package var root: String?
+    package var maxRequestBodyBytes: Int?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listener, host
@@ -579,7 +579,7 @@ public struct RouteConfig: Decodable, Sendable {
         case maxRequestBodyBytes = "max_request_body_bytes"
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.listener = try c.decodeRecorded(String.self, forKey: .listener)
@@ -593,17 +593,17 @@ public struct RouteConfig: Decodable, Sendable {
 }
 
 /// A route's `redirect`: the request's path and query at another scheme, host or port.
-public struct RedirectConfig: Decodable, Sendable {
-    public var scheme = "https"
-    public var host: String?
-    public var port: Int?
-    public var status = 301
+package struct RedirectConfig: Decodable, Sendable {
+    package var scheme = "https"
+    package var host: String?
+    package var port: Int?
+    package var status = 301
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case scheme, host, port, status
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.scheme = try c.decodeRecorded(String.self, forKey: .scheme) ?? self.scheme
@@ -613,13 +613,13 @@ public struct RedirectConfig: Decodable, Sendable {
     }
 }
 
-public struct CertificatesConfig: Decodable, Sendable {
-    public var sources: [CertificateSourceConfig]
-    public var defaultName: String?
-    public var strictSNI: Bool
-    public var watch: WatchConfig
+package struct CertificatesConfig: Decodable, Sendable {
+    package var sources: [CertificateSourceConfig]
+    package var defaultName: String?
+    package var strictSNI: Bool
+    package var watch: WatchConfig
     /// CA bundle the served chains are checked against (default: the system trust store).
-    public var caFile: String?
+    package var caFile: String?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case sources
@@ -629,7 +629,7 @@ public struct CertificatesConfig: Decodable, Sendable {
         case caFile = "ca_file"
     }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.sources = try c.decode([CertificateSourceConfig].self, forKey: .sources)
@@ -641,21 +641,21 @@ public struct CertificatesConfig: Decodable, Sendable {
 }
 
 /// Expiry thresholds and how often the monitor repeats itself.
-public struct ExpiryConfig: Decodable, Sendable {
+package struct ExpiryConfig: Decodable, Sendable {
     /// Warn once the time left is at most this fraction of the certificate's lifetime.
-    public var warningRemaining = 0.30
+    package var warningRemaining = 0.30
     /// Critical once the time left is at most this fraction.
-    public var criticalRemaining = 0.10
+    package var criticalRemaining = 0.10
     /// Always warn when at most this much time is left.
-    public var warningFloor: Duration = .seconds(24 * 3600)
+    package var warningFloor: Duration = .seconds(24 * 3600)
     /// Always critical when at most this much time is left.
-    public var criticalFloor: Duration = .seconds(12 * 3600)
+    package var criticalFloor: Duration = .seconds(12 * 3600)
     /// How often a state is logged again while it lasts.
-    public var repeatWarning: Duration = .seconds(86_400)
-    public var repeatCritical: Duration = .seconds(3_600)
-    public var repeatExpired: Duration = .seconds(3_600)
+    package var repeatWarning: Duration = .seconds(86_400)
+    package var repeatCritical: Duration = .seconds(3_600)
+    package var repeatExpired: Duration = .seconds(3_600)
     /// How often certificates are checked.
-    public var checkInterval: Duration = .seconds(60)
+    package var checkInterval: Duration = .seconds(60)
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case warningRemaining = "warning_remaining"
@@ -670,7 +670,7 @@ public struct ExpiryConfig: Decodable, Sendable {
 
     init() {}
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.warningRemaining = try c.decodeRecorded(Double.self, forKey: .warningRemaining) ?? self.warningRemaining
@@ -709,7 +709,7 @@ public struct ExpiryConfig: Decodable, Sendable {
 
 extension GatewayConfig {
     /// Reads and parses a configuration file; returns it with the directory relative paths resolve against.
-    public static func load(path: String) throws -> (config: GatewayConfig, baseDirectory: String) {
+    package static func load(path: String) throws -> (config: GatewayConfig, baseDirectory: String) {
         let text: String
         var st = stat()
         if stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
@@ -743,7 +743,7 @@ func resolvePath(_ path: String, base: String) -> String {
     path.hasPrefix("/") || base == "." ? path : base + "/" + path
 }
 
-public struct CertificateSourceConfig: Decodable, Sendable {
+package struct CertificateSourceConfig: Decodable, Sendable {
     /// The source this entry describes; an explicit pair without `name` is named after its certificate file.
     func source(base: String) -> CertificateSource? {
         if let path = self.certbot { return .certbot(resolvePath(path, base: base)) }
@@ -754,16 +754,16 @@ public struct CertificateSourceConfig: Decodable, Sendable {
         return .pair(name: name, certificate: resolvePath(cert, base: base), key: resolvePath(key, base: base))
     }
 
-    public var certbot: String?
-    public var kubernetes: String?
-    public var directory: String?
-    public var certificate: String?
-    public var key: String?
-    public var name: String?
+    package var certbot: String?
+    package var kubernetes: String?
+    package var directory: String?
+    package var certificate: String?
+    package var key: String?
+    package var name: String?
 
     enum CodingKeys: String, CodingKey, CaseIterable { case certbot, kubernetes, directory, certificate, key, name }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.certbot = try c.decodeRecorded(String.self, forKey: .certbot)
@@ -782,13 +782,13 @@ public struct CertificateSourceConfig: Decodable, Sendable {
     }
 }
 
-public struct WatchConfig: Decodable, Sendable {
+package struct WatchConfig: Decodable, Sendable {
     /// Quiet time after the last file event before re-reading.
-    public var debounce: Duration = .milliseconds(200)
+    package var debounce: Duration = .milliseconds(200)
     /// Full rescan period, for file systems without inotify and lost events.
-    public var rescanInterval: Duration = .seconds(60)
+    package var rescanInterval: Duration = .seconds(60)
     /// Serve a pair that validates as soon as a file is complete, before the debounce.
-    public var immediate = true
+    package var immediate = true
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case debounce
@@ -798,7 +798,7 @@ public struct WatchConfig: Decodable, Sendable {
 
     init() {}
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.debounce = try c.decodeRecorded(Duration.self, forKey: .debounce) ?? self.debounce
@@ -807,14 +807,14 @@ public struct WatchConfig: Decodable, Sendable {
     }
 }
 
-public struct AdminConfig: Decodable, Sendable {
-    public var address: String = "127.0.0.1:9901"
+package struct AdminConfig: Decodable, Sendable {
+    package var address: String = "127.0.0.1:9901"
     /// Binding the admin listener beyond loopback needs this explicit opt-in.
-    public var allowNonLoopback = false
+    package var allowNonLoopback = false
     /// Host names the admin endpoint answers to besides IP addresses and `localhost`.
-    public var allowedHosts: [String] = []
+    package var allowedHosts: [String] = []
     /// The least time between two reloads asked for by `POST /reload`; sooner is 429.
-    public var reloadMinInterval: Duration = .seconds(1)
+    package var reloadMinInterval: Duration = .seconds(1)
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case address
@@ -825,7 +825,7 @@ public struct AdminConfig: Decodable, Sendable {
 
     init() {}
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.address = try c.decodeRecorded(String.self, forKey: .address) ?? self.address

@@ -1,16 +1,16 @@
 import Yams
 
 /// A configuration problem, naming the key path and the reason.
-public struct ConfigError: Error, CustomStringConvertible, Sendable, Hashable {
-    public var path: String
-    public var message: String
+package struct ConfigError: Error, CustomStringConvertible, Sendable, Hashable {
+    package var path: String
+    package var message: String
 
-    public init(path: String, message: String) {
+    package init(path: String, message: String) {
         self.path = path
         self.message = message
     }
 
-    public var description: String { self.path.isEmpty ? self.message : "\(self.path): \(self.message)" }
+    package var description: String { self.path.isEmpty ? self.message : "\(self.path): \(self.message)" }
 
     /// "file: key: reason", or "file:line:column: reason" (as compilers say it, which editors
     /// and terminals turn into a link) when the path is a position in the file.
@@ -72,9 +72,9 @@ final class DecodingProblems {
 }
 
 /// Several problems in one file, one line each.
-public struct ConfigErrors: Error, CustomStringConvertible, Sendable {
-    public var errors: [ConfigError]
-    public var description: String { self.errors.map(\.description).joined(separator: "\n") }
+package struct ConfigErrors: Error, CustomStringConvertible, Sendable {
+    package var errors: [ConfigError]
+    package var description: String { self.errors.map(\.description).joined(separator: "\n") }
 }
 
 /// A value that records why it could not be decoded instead of failing what holds it.
@@ -138,14 +138,14 @@ private func editDistance(_ a: String, _ b: String) -> Int {
 }
 
 /// A time span written like `200ms`, `10s`, `5m`, `12h` or a number of seconds.
-public struct Duration: Decodable, Sendable, Hashable, CustomStringConvertible {
-    public var nanoseconds: Int64
+package struct Duration: Decodable, Sendable, Hashable, CustomStringConvertible {
+    package var nanoseconds: Int64
 
-    public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
-    public static func seconds(_ s: Int64) -> Duration { Duration(nanoseconds: s * 1_000_000_000) }
-    public static func milliseconds(_ ms: Int64) -> Duration { Duration(nanoseconds: ms * 1_000_000) }
+    package init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
+    package static func seconds(_ s: Int64) -> Duration { Duration(nanoseconds: s * 1_000_000_000) }
+    package static func milliseconds(_ ms: Int64) -> Duration { Duration(nanoseconds: ms * 1_000_000) }
 
-    public init(from decoder: any Decoder) throws {
+    package init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
         if let seconds = try? container.decode(Double.self) {
             guard let parsed = Duration(seconds: seconds, scale: 1e9) else {
@@ -161,7 +161,7 @@ public struct Duration: Decodable, Sendable, Hashable, CustomStringConvertible {
         self = parsed
     }
 
-    public static func parse(_ text: String) -> Duration? {
+    package static func parse(_ text: String) -> Duration? {
         let units: [(String, Double)] = [("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9), ("d", 86400e9)]
         let trimmed = text.trimmingCharacters(in: " ")
         for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
@@ -182,7 +182,7 @@ public struct Duration: Decodable, Sendable, Hashable, CustomStringConvertible {
         self.init(nanoseconds: Int64(nanoseconds))
     }
 
-    public var description: String {
+    package var description: String {
         if self.nanoseconds % 1_000_000_000 == 0 { return "\(self.nanoseconds / 1_000_000_000)s" }
         return "\(self.nanoseconds / 1_000_000)ms"
     }
@@ -233,11 +233,16 @@ private func friendly(_ type: Any.Type) -> String {
     }
 }
 
+/// A YAML text's lines, CRLF or LF (Swift reads "\r\n" as one character, not a "\n").
+func yamlLines(_ yaml: String) -> [Substring] {
+    yaml.split(omittingEmptySubsequences: false) { $0 == "\n" || $0 == "\r\n" }
+}
+
 /// Where a block mapping's key that first appears at `first` appears again: the next line
 /// at the same indentation that starts with the key (bare or quoted) before the mapping
 /// ends. Nil for what this cannot see (a flow mapping's `{ a: 1, a: 2 }`).
 func repeatedKey(_ key: String, after first: Mark, in yaml: String) -> (line: Int, column: Int)? {
-    let lines = yaml.split(separator: "\n", omittingEmptySubsequences: false)
+    let lines = yamlLines(yaml)
     let indent = first.column - 1
     guard first.line >= 1, first.line < lines.count else { return nil }
     for index in first.line..<lines.count {
@@ -246,8 +251,10 @@ func repeatedKey(_ key: String, after first: Mark, in yaml: String) -> (line: In
         if content.isEmpty || content.hasPrefix("#") { continue }
         let column = line.count - content.count
         if column < indent { return nil }  // the mapping ended
-        if column == indent, [key + ":", "\"\(key)\":", "'\(key)':"].contains(where: { content.hasPrefix($0) }) {
-            return (index + 1, column + 1)
+        for written in [key, "\"\(key)\"", "'\(key)'"] where content.hasPrefix(written + ":") {
+            // `a:` but not `a:b:` (a key of its own): the colon ends the key before a space or the line's end.
+            let after = content.dropFirst(written.count + 1)
+            if column == indent, after.isEmpty || after.first == " " { return (index + 1, column + 1) }
         }
     }
     return nil
@@ -257,7 +264,7 @@ func repeatedKey(_ key: String, after first: Mark, in yaml: String) -> (line: In
 /// a caret under the column (the caller puts the file name first).
 func describe(yamlError error: YamlError) -> ConfigError {
     func located(_ line: Int, _ column: Int, _ reason: String, _ yaml: String) -> ConfigError {
-        let lines = yaml.split(separator: "\n", omittingEmptySubsequences: false)
+        let lines = yamlLines(yaml)
         var message = "invalid YAML: \(reason)"
         if line >= 1, line <= lines.count {
             // A tab shown as one space, so that the caret stays under its column.
@@ -282,12 +289,14 @@ func describe(yamlError error: YamlError) -> ConfigError {
     case let .duplicatedKeysInMapping(duplicates, context):
         // Yams marks the first of the two and carries the whole file as its context: point
         // at the second, where the mistake usually is, and name the first.
-        let key = duplicates.sorted().first ?? ""
+        let keys = duplicates.sorted()
+        let key = keys.first ?? ""
+        let others = keys.count > 1 ? "; also duplicated: " + keys.dropFirst().map { "'\($0)'" }.joined(separator: ", ") : ""
         let first = context.mark
         guard let second = repeatedKey(key, after: first, in: context.text) else {
-            return located(first.line, first.column, "duplicate key '\(key)'", context.text)
+            return located(first.line, first.column, "duplicate key '\(key)'\(others)", context.text)
         }
-        return located(second.line, second.column, "duplicate key '\(key)' (first at line \(first.line))", context.text)
+        return located(second.line, second.column, "duplicate key '\(key)' (first at line \(first.line))\(others)", context.text)
     default:
         return ConfigError(path: "", message: "invalid YAML: \(error)")
     }

@@ -14,13 +14,13 @@ import NIOPosix
 /// `/status?code=N` answers with that status (and `&sts=V`, a
 /// strict-transport-security field of its own); `/client-cert` names the TLS
 /// client certificate's serial.
-public final class DemoUpstream: Sendable {
+package final class DemoUpstream: Sendable {
     private let channel: Channel
     private let children: NIOLockedValueBox<[ObjectIdentifier: Channel]>
 
     /// Starts serving on `host:port` (0 picks a free port), optionally over TLS.
     /// `idleClose` closes keep-alive connections idle that long (as upstreams with short keepalive_timeout do).
-    public static func start(host: String = "127.0.0.1", port: Int = 0, tls: TLSContext? = nil, idleClose: TimeAmount? = nil,
+    package static func start(host: String = "127.0.0.1", port: Int = 0, tls: TLSContext? = nil, idleClose: TimeAmount? = nil,
                              group: EventLoopGroup) async throws -> DemoUpstream {
         let counters = Counters()
         let children = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
@@ -57,22 +57,22 @@ public final class DemoUpstream: Sendable {
     }
 
     /// Stops listening and cuts every open connection, like a crashed process.
-    public func kill() async {
+    package func kill() async {
         try? await self.channel.close()
         let open = self.children.withLockedValue { Array($0.values) }
         for child in open { try? await child.close() }
     }
 
-    public var port: Int { self.channel.localAddress?.port ?? 0 }
-    public var connectionCount: Int { self.counters.connections.load(ordering: .relaxed) }
-    public var requestCount: Int { self.counters.requests.load(ordering: .relaxed) }
+    package var port: Int { self.channel.localAddress?.port ?? 0 }
+    package var connectionCount: Int { self.counters.connections.load(ordering: .relaxed) }
+    package var requestCount: Int { self.counters.requests.load(ordering: .relaxed) }
 
-    public func close() async {
+    package func close() async {
         try? await self.channel.close()
     }
 
     /// Runs until the channel closes (for the CLI).
-    public func wait() async throws {
+    package func wait() async throws {
         try await self.channel.closeFuture.get()
     }
 }

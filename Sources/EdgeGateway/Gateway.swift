@@ -9,13 +9,13 @@ import NIOHTTP1
 import NIOPosix
 
 /// Every problem found in a configuration, one line each.
-public struct ConfigProblems: Error, CustomStringConvertible, Sendable {
-    public var problems: [String]
-    public var description: String { self.problems.joined(separator: "\n") }
+package struct ConfigProblems: Error, CustomStringConvertible, Sendable {
+    package var problems: [String]
+    package var description: String { self.problems.joined(separator: "\n") }
 }
 
 /// Parses `host:port`, `[v6]:port` or `:port`.
-public func parseAddress(_ text: String) throws -> (host: String, port: Int) {
+package func parseAddress(_ text: String) throws -> (host: String, port: Int) {
     var host: Substring
     var portText: Substring
     if text.hasPrefix("[") {
@@ -81,16 +81,16 @@ extension Duration {
 ///
 /// `prepare` does all checks `check` reports (files, keys, addresses,
 /// references) before a single port is bound.
-public final class Gateway: Sendable {
-    public let config: GatewayConfig
+package final class Gateway: Sendable {
+    package let config: GatewayConfig
     let listeners: [ListenerPlan]
     let router: Router
     /// Every upstream group, by name.
-    public let groups: [UpstreamGroup]
+    package let groups: [UpstreamGroup]
     /// Every certificate store (the shared set and one per explicit pair).
-    public let stores: [CertificateStore]
+    package let stores: [CertificateStore]
     /// The shared certificate set, if `certificates` is configured.
-    public let sharedStore: CertificateStore?
+    package let sharedStore: CertificateStore?
     let adminAddress: SocketAddress
     /// Session-ticket settings shared by every TLS listener (one key ring per process).
     let sessionTickets: SessionTicketsConfig
@@ -106,15 +106,15 @@ public final class Gateway: Sendable {
     let state = NIOLockedValueBox(RunState())
     let metrics: GatewayMetrics
     /// Outcome of configuration reloads; carried from one configuration generation to the next.
-    public let configStatus: ConfigReloadStatus
+    package let configStatus: ConfigReloadStatus
     /// Runs a full configuration reload (set by the service); `POST /reload` calls it.
     let reloadHandler = NIOLockedValueBox<(@Sendable () async -> AdminReloadAnswer)?>(nil)
 
-    public let startTime = currentTime()
+    package let startTime = currentTime()
     /// Problems `check` fails on that `run` serves through, logged as errors: an expired
     /// upstream client certificate fails only that upstream's handshakes, and refusing to
     /// start would take every other site down with it.
-    public let checkFailures: [String]
+    package let checkFailures: [String]
 
     struct RunState {
         var serverChannels: [String: Channel] = [:]
@@ -136,7 +136,7 @@ public final class Gateway: Sendable {
 
     /// Validates `config` and builds every object it describes; paths are relative to `baseDirectory`.
     /// `previous`, on a reload, lends its metrics and reload status so counters continue.
-    public static func prepare(config: GatewayConfig, baseDirectory: String, logger: Logger, previous: Gateway? = nil) throws -> Gateway {
+    package static func prepare(config: GatewayConfig, baseDirectory: String, logger: Logger, previous: Gateway? = nil) throws -> Gateway {
         try Gateway(config: config, baseDirectory: baseDirectory, logger: logger, previous: previous)
     }
 
@@ -720,19 +720,19 @@ extension String {
 }
 
 /// What the last configuration reload did, for `/status` and the log.
-public final class ConfigReloadStatus: Sendable {
-    public struct Outcome: Sendable {
-        public var time: Int64
+package final class ConfigReloadStatus: Sendable {
+    package struct Outcome: Sendable {
+        package var time: Int64
         /// applied, rejected (invalid file; the running configuration stays), failed (could not start it).
-        public var result: String
-        public var error: String?
+        package var result: String
+        package var error: String?
     }
 
     private let last = NIOLockedValueBox<Outcome?>(nil)
 
-    public init() {}
+    package init() {}
 
-    public var lastOutcome: Outcome? { self.last.withLockedValue { $0 } }
+    package var lastOutcome: Outcome? { self.last.withLockedValue { $0 } }
 
     func record(_ result: String, error: String? = nil) {
         self.last.withLockedValue { $0 = Outcome(time: Int64(currentTime()), result: result, error: error) }
@@ -747,7 +747,7 @@ func fileStamp(_ path: String) -> String? {
 }
 
 /// Seconds since the epoch, with fractions.
-public func currentTime() -> Double {
+package func currentTime() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9

@@ -67,7 +67,7 @@ extension Gateway {
     /// `previous`: a running gateway whose configuration this one replaces. It stops
     /// accepting, and this one serves on duplicates of its listening sockets (matched by
     /// address) before the caller shuts it down, so no connection is refused in between.
-    public func start(group: EventLoopGroup, replacing previous: Gateway? = nil) async throws {
+    package func start(group: EventLoopGroup, replacing previous: Gateway? = nil) async throws {
         // What fails `check` is served around: logged here, so that `check` says it once.
         for failure in self.checkFailures { self.logger.error("upstream client certificate unusable: \(failure)") }
         // Applying the plan: the access log is opened now, not when the file was validated.
@@ -261,19 +261,19 @@ extension Gateway {
     }
 
     /// The bound port of a listener (useful with port 0).
-    public func boundPort(listener: String) -> Int? {
+    package func boundPort(listener: String) -> Int? {
         self.state.withLockedValue { $0.serverChannels[listener]?.localAddress?.port }
     }
 
-    public var adminPort: Int? {
+    package var adminPort: Int? {
         self.state.withLockedValue { $0.adminChannel?.localAddress?.port }
     }
 
-    public var isReady: Bool { self.state.withLockedValue { $0.ready } }
+    package var isReady: Bool { self.state.withLockedValue { $0.ready } }
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes what is left.
     /// `quietly`: a replaced configuration generation draining after a reload.
-    public func shutdown(grace: TimeAmount, quietly: Bool = false) async {
+    package func shutdown(grace: TimeAmount, quietly: Bool = false) async {
         let (helpers, admin, watchers, checker) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, [CertificateWatcher], HealthChecker?) in
             state.ready = false
             defer {

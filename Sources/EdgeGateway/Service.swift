@@ -14,7 +14,7 @@ import Glibc
 /// Runs a prepared gateway as a service: binds, serves until graceful shutdown,
 /// then drains for the configured grace period. `SIGHUP` and `POST /reload` reload the
 /// whole configuration file.
-public final class GatewayService: Service, Sendable {
+package final class GatewayService: Service, Sendable {
     private let current: NIOLockedValueBox<Gateway>
     private let group: EventLoopGroup
     private let configPath: String?
@@ -24,7 +24,7 @@ public final class GatewayService: Service, Sendable {
     private let lastAdminReload = NIOLockedValueBox<NIODeadline?>(nil)
 
     /// `configPath`: the file a reload re-reads (nil: reloads re-read certificates only).
-    public init(gateway: Gateway, group: EventLoopGroup, configPath: String? = nil) {
+    package init(gateway: Gateway, group: EventLoopGroup, configPath: String? = nil) {
         self.current = NIOLockedValueBox(gateway)
         self.group = group
         self.configPath = configPath
@@ -32,9 +32,9 @@ public final class GatewayService: Service, Sendable {
     }
 
     /// The configuration generation serving now.
-    public var gateway: Gateway { self.current.withLockedValue { $0 } }
+    package var gateway: Gateway { self.current.withLockedValue { $0 } }
 
-    public func run() async throws {
+    package func run() async throws {
         let gateway = self.gateway
         SystemLimits.raiseDescriptorLimit(logger: self.logger)
         self.install(gateway)
@@ -97,7 +97,7 @@ public final class GatewayService: Service, Sendable {
     /// Re-reads the configuration file: an invalid one leaves everything as it is (logged and
     /// shown on /status); a valid one takes over the listening sockets and the old generation
     /// drains. Certificates are re-read either way. Returns a one-line summary.
-    public func reload(reason: String) async -> String {
+    package func reload(reason: String) async -> String {
         guard self.reloading.withLockedValue({ busy in defer { busy = true }; return !busy }) else {
             return "a reload is already running\n"
         }
@@ -163,7 +163,7 @@ struct AdminReloadAnswer: Sendable {
 }
 
 /// Reads and prepares a configuration file, collecting every problem.
-public func loadGateway(configPath: String, logger: Logger) throws -> Gateway {
+package func loadGateway(configPath: String, logger: Logger) throws -> Gateway {
     let (config, base) = try GatewayConfig.load(path: configPath)
     return try Gateway.prepare(config: config, baseDirectory: base, logger: logger)
 }

@@ -182,13 +182,13 @@ func html(_ text: String) -> String {
 }
 
 /// `2026-11-27T10:00:00Z`: the RFC 3339 form JSON documents carry beside Unix times.
-public func rfc3339(_ seconds: Int64) -> String {
+package func rfc3339(_ seconds: Int64) -> String {
     let t = utc(seconds)
     return "\(t.date)T\(t.minutes):\(t.seconds)Z"
 }
 
 /// `2026-11-27 10:00` in UTC.
-public func isoDate(_ seconds: Int64) -> String {
+package func isoDate(_ seconds: Int64) -> String {
     let t = utc(seconds)
     return "\(t.date) \(t.minutes)"
 }

@@ -4,12 +4,12 @@ import Foundation
 /// `edge-gateway status`: the `/status` document as an operator reads it, beside `certs`'
 /// table: listeners, certificates soonest expiry first with dates, upstream health, the
 /// last reloads. `--json` prints the document itself.
-public enum StatusSummary {
+package enum StatusSummary {
     struct Unreadable: Error, CustomStringConvertible {
         var description: String
     }
 
-    public static func text(statusJSON: String, now: Int64) throws -> String {
+    package static func text(statusJSON: String, now: Int64) throws -> String {
         guard let status = try? JSONSerialization.jsonObject(with: Data(statusJSON.utf8)) as? [String: Any] else {
             throw Unreadable(description: "the admin endpoint's /status is not a JSON object")
         }

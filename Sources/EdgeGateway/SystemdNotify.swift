@@ -5,10 +5,10 @@ import Glibc
 /// systemd's readiness protocol (`Type=notify`), spoken directly: one datagram per state
 /// change to the socket named by `$NOTIFY_SOCKET`. No libsystemd needed; without the
 /// variable (not under systemd) every call does nothing.
-public enum SystemdNotify {
+package enum SystemdNotify {
     /// Sends `state` (for example `READY=1`); returns whether a datagram was sent.
     @discardableResult
-    public static func send(_ state: String) -> Bool {
+    package static func send(_ state: String) -> Bool {
         guard let raw = getenv("NOTIFY_SOCKET") else { return false }
         var path = Array(String(cString: raw).utf8)
         guard !path.isEmpty else { return false }

@@ -13,16 +13,16 @@ import NIOCore
 /// interleave. A file that was renamed or deleted (logrotate's `create` mode) is
 /// reopened at the next batch, at most a second late: no signal is needed, as for
 /// certificates.
-public final class AccessLogFile: @unchecked Sendable {
-    public enum Format: String, Sendable, CaseIterable {
+package final class AccessLogFile: @unchecked Sendable {
+    package enum Format: String, Sendable, CaseIterable {
         /// nginx's `combined`, which log analysers read.
         case combined
         /// One JSON object per line, with the listener, upstream, backend and duration.
         case json
     }
 
-    public let path: String
-    public let format: Format
+    package let path: String
+    package let format: Format
     private let logger: Logger
     private let lock = NIOLock()
     // Guarded by `lock`.
@@ -32,7 +32,7 @@ public final class AccessLogFile: @unchecked Sendable {
     private var closed = false
 
     /// `path` `-` or `stdout` writes to standard output (containers), never reopened.
-    public init(path: String, format: Format, logger: Logger) throws {
+    package init(path: String, format: Format, logger: Logger) throws {
         self.path = path
         self.format = format
         self.logger = logger
@@ -44,12 +44,12 @@ public final class AccessLogFile: @unchecked Sendable {
         }
     }
 
-    public static func isStandardOutput(_ path: String) -> Bool { path == "-" || path == "stdout" }
+    package static func isStandardOutput(_ path: String) -> Bool { path == "-" || path == "stdout" }
 
     /// Checks that `path` can be opened for appending, without opening or creating it
     /// (validating a configuration has no side effects): an existing file must be
     /// writable and not a directory, a new one needs a writable directory.
-    public static func checkWritable(path: String) throws {
+    package static func checkWritable(path: String) throws {
         if self.isStandardOutput(path) { return }
         var info = stat()
         if stat(path, &info) == 0 {
@@ -64,8 +64,8 @@ public final class AccessLogFile: @unchecked Sendable {
         }
     }
 
-    public struct OpenError: Error, CustomStringConvertible {
-        public let description: String
+    package struct OpenError: Error, CustomStringConvertible {
+        package let description: String
     }
 
     private static func open(_ path: String) throws -> (CInt, (dev: UInt64, ino: UInt64)?) {
@@ -129,7 +129,7 @@ public final class AccessLogFile: @unchecked Sendable {
     }
 
     /// After the last flush: closes the file (standard output stays open).
-    public func close() {
+    package func close() {
         self.lock.withLock {
             guard !self.closed else { return }
             self.closed = true
@@ -154,7 +154,7 @@ struct AccessLogEntry {
 /// One event loop's access log lines, written out when 32 KiB are buffered or a
 /// second after the first of a batch (nginx's `buffer=32k flush=1s`), and at shutdown.
 /// Only touched on its loop.
-public final class AccessLogBuffer {
+package final class AccessLogBuffer {
     let file: AccessLogFile
     private let eventLoop: EventLoop
     private var buffer: ByteBuffer
@@ -166,7 +166,7 @@ public final class AccessLogBuffer {
 
     static let flushBytes = 32 * 1024
 
-    public init(file: AccessLogFile, eventLoop: EventLoop) {
+    package init(file: AccessLogFile, eventLoop: EventLoop) {
         self.file = file
         self.eventLoop = eventLoop
         self.buffer = ByteBuffer()
@@ -194,7 +194,7 @@ public final class AccessLogBuffer {
     }
 
     /// Hands the buffered lines to the file; on the loop.
-    public func flush() {
+    package func flush() {
         self.flushScheduled = false
         guard self.buffer.readableBytes > 0 else { return }
         self.file.write(self.buffer)

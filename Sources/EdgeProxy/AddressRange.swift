@@ -8,17 +8,17 @@ import NIOCore
 /// An address or a CIDR range ("10.0.0.0/8", "192.0.2.7", "2001:db8::/32"), as nginx's
 /// `set_real_ip_from` and `allow` take them. An IPv4 range also holds the IPv4-mapped
 /// IPv6 form of its addresses (a dual-stack listener's peers).
-public struct AddressRange: Sendable, Equatable, CustomStringConvertible {
+package struct AddressRange: Sendable, Equatable, CustomStringConvertible {
     /// The network's bytes (4 or 16), host bits zero.
     private let network: [UInt8]
     private let prefixLength: Int
-    public let description: String
+    package let description: String
 
-    public struct Invalid: Error, CustomStringConvertible {
-        public let description: String
+    package struct Invalid: Error, CustomStringConvertible {
+        package let description: String
     }
 
-    public init(parsing text: String) throws(Invalid) {
+    package init(parsing text: String) throws(Invalid) {
         let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
         let host = String(parts[0])
         guard let bytes = Self.bytes(of: host) else {
@@ -44,7 +44,7 @@ public struct AddressRange: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Whether `address` (an IP socket address) is in the range.
-    public func contains(_ address: SocketAddress) -> Bool {
+    package func contains(_ address: SocketAddress) -> Bool {
         var bytes: [UInt8]
         switch address {
         case .v4(let a):

@@ -28,8 +28,8 @@ import NIOHTTP2
 /// checked byte by byte. A malformed request (RFC 9113 §8.1.1) is reset with
 /// PROTOCOL_ERROR and never reaches the proxy. The HTTP/2 handler still checks
 /// Content-Length against the DATA frames.
-public final class HTTP2StreamBridge: ChannelInboundHandler {
-    public typealias InboundIn = HTTP2Frame.FramePayload
+package final class HTTP2StreamBridge: ChannelInboundHandler {
+    package typealias InboundIn = HTTP2Frame.FramePayload
 
     /// How the request body is framed for the proxy.
     private enum RequestBody { case none, length, chunked }
@@ -55,7 +55,7 @@ public final class HTTP2StreamBridge: ChannelInboundHandler {
     /// The listener's `strict-transport-security` value, in place of an upstream's.
     private let strictTransportSecurity: String?
 
-    public init(strictTransportSecurity: String? = nil) {
+    package init(strictTransportSecurity: String? = nil) {
         self.strictTransportSecurity = strictTransportSecurity
     }
 

@@ -1,29 +1,8 @@
 import NIOCore
 import NIOHTTP1
 
-/// Header rewriting for the proxy hop (RFC 9110 §7.6.1).
-enum ProxyHeaders {
-    static let hopByHop: Set<String> = [
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-    ]
-
-    /// Removes hop-by-hop headers, including every header named by Connection.
-    static func removeHopByHop(_ headers: inout HTTPHeaders) {
-        var named: [String] = []
-        for value in headers["connection"] {
-            for token in value.split(separator: ",") {
-                let name = token.trimmingSpaces().lowercased()
-                if !name.isEmpty { named.append(name) }
-            }
-        }
-        for name in named { headers.remove(name: name) }
-        for name in hopByHop where headers.contains(name: name) { headers.remove(name: name) }
-    }
-
-    static func isChunked(_ headers: HTTPHeaders) -> Bool {
-        headers["transfer-encoding"].contains { $0.lowercased().contains("chunked") }
-    }
-}
+// Small extensions the request path shares. (The hop-by-hop header helpers that were here
+// were unused: the head writer in ProxyHandler drops hop-by-hop fields as it writes.)
 
 extension Substring {
     func trimmingSpaces() -> Substring {
@@ -47,7 +26,7 @@ extension HTTPMethod {
 extension SocketAddress {
     /// `127.0.0.1:8443` or `[::1]:8443`, as operators write addresses (NIO's own
     /// description adds the family and the host name twice).
-    public var hostPort: String {
+    package var hostPort: String {
         guard let ip = self.ipAddress, let port = self.port else { return "\(self)" }
         return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }

@@ -7,8 +7,8 @@ import NIOPosix
 import NIOTLS
 
 /// Active health check settings of an upstream group.
-public struct HealthCheckSettings: Sendable, Hashable {
-    public enum Kind: String, Sendable, Hashable, CaseIterable {
+package struct HealthCheckSettings: Sendable, Hashable {
+    package enum Kind: String, Sendable, Hashable, CaseIterable {
         /// A TCP connect.
         case tcp
         /// A TCP connect and a verified TLS handshake with the group's TLS options.
@@ -17,24 +17,24 @@ public struct HealthCheckSettings: Sendable, Hashable {
         case http
     }
 
-    public var kind: Kind = .http
-    public var path = "/"
+    package var kind: Kind = .http
+    package var path = "/"
     /// Host header of HTTP probes; default: the group's host_header, SNI or the backend address.
-    public var host: String?
-    public var interval: TimeAmount = .seconds(5)
-    public var timeout: TimeAmount = .seconds(2)
+    package var host: String?
+    package var interval: TimeAmount = .seconds(5)
+    package var timeout: TimeAmount = .seconds(2)
     /// Consecutive successes that bring a down backend back.
-    public var healthyAfter = 2
+    package var healthyAfter = 2
     /// Consecutive failures that take a backend down.
-    public var unhealthyAfter = 3
-    public var expectedStatus: ClosedRange<Int> = 200...399
+    package var unhealthyAfter = 3
+    package var expectedStatus: ClosedRange<Int> = 200...399
 
-    public init() {}
+    package init() {}
 }
 
 /// Probes every backend of the groups that configure `health_check`, on a timer,
 /// and flips their availability after the configured number of consecutive results.
-public final class HealthChecker: Sendable {
+package final class HealthChecker: Sendable {
     private let groups: [UpstreamGroup]
     private let eventLoopGroup: EventLoopGroup
     private let logger: Logger
@@ -45,7 +45,7 @@ public final class HealthChecker: Sendable {
         let streak = NIOLockedValueBox<(successes: Int, failures: Int)>((0, 0))
     }
 
-    public init(groups: [UpstreamGroup], eventLoopGroup: EventLoopGroup, logger: Logger) {
+    package init(groups: [UpstreamGroup], eventLoopGroup: EventLoopGroup, logger: Logger) {
         self.groups = groups.filter { $0.healthCheck != nil }
         self.eventLoopGroup = eventLoopGroup
         self.logger = logger
@@ -54,7 +54,7 @@ public final class HealthChecker: Sendable {
         self.counters = counters
     }
 
-    public func start() {
+    package func start() {
         for group in self.groups {
             guard let settings = group.healthCheck else { continue }
             for index in group.backends.indices {
@@ -69,7 +69,7 @@ public final class HealthChecker: Sendable {
         }
     }
 
-    public func stop() {
+    package func stop() {
         let timers = self.timers.withLockedValue { timers in
             defer { timers = [] }
             return timers

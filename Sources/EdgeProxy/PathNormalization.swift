@@ -18,8 +18,8 @@
 /// and IIS take `\` for `/`, Tomcat and Spring drop `;parameters` (`/public/..;/internal`).
 /// A segment that any of them would read as `.` or `..` makes the path `ambiguous`: 400,
 /// as Envoy can be told to do (`path_with_escaped_slashes_action: REJECT_REQUEST`).
-public enum PathNormalization {
-    public enum Outcome: Equatable {
+package enum PathNormalization {
+    package enum Outcome: Equatable {
         /// Already normal: forward the target as received.
         case unchanged
         /// The normal form of the path, to route and forward instead.
@@ -32,7 +32,7 @@ public enum PathNormalization {
 
     /// The normal form of `path` (an origin-form path without its query). Paths that
     /// contain no `%` and no `/.` are normal already and are not copied.
-    public static func normalize(_ path: UnsafeRawBufferPointer) -> Outcome {
+    package static func normalize(_ path: UnsafeRawBufferPointer) -> Outcome {
         guard needsWork(path) else { return .unchanged }
         guard let decoded = decodeUnreserved(path) else { return .malformed }
         let normal = removeDotSegments(decoded)
@@ -40,7 +40,7 @@ public enum PathNormalization {
         return normal.elementsEqual(path) ? .unchanged : .normalized(normal)
     }
 
-    public static func normalize(_ path: [UInt8]) -> Outcome {
+    package static func normalize(_ path: [UInt8]) -> Outcome {
         path.withUnsafeBytes { normalize($0) }
     }
 

@@ -10,29 +10,29 @@ import Glibc
 /// connection's first byte, so the gateway behind it knows the client's address: the
 /// listener's `proxy_protocol: true` (nginx's `listen ... proxy_protocol`, HAProxy's
 /// `accept-proxy`). Specification: https://www.haproxy.org/download/2.6/doc/proxy-protocol.txt
-public enum ProxyProtocol {
+package enum ProxyProtocol {
     /// The client the header names: nil when it names none (version 2's LOCAL command, a
     /// balancer's own health check; version 1's UNKNOWN; version 2's UNSPEC or UNIX
     /// families), in which case the connection's own peer is the client.
-    public struct Client: Equatable, Sendable {
-        public var ip: String
-        public var port: UInt16
+    package struct Client: Equatable, Sendable {
+        package var ip: String
+        package var port: UInt16
 
-        public init(ip: String, port: UInt16) {
+        package init(ip: String, port: UInt16) {
             self.ip = ip
             self.port = port
         }
     }
 
-    public enum Parsed: Equatable {
+    package enum Parsed: Equatable {
         /// More bytes are needed.
         case incomplete
         /// The header is `length` bytes long.
         case complete(Client?, length: Int)
     }
 
-    public struct Malformed: Error, CustomStringConvertible {
-        public var description: String
+    package struct Malformed: Error, CustomStringConvertible {
+        package var description: String
         init(_ description: String) { self.description = description }
     }
 
@@ -47,7 +47,7 @@ public enum ProxyProtocol {
 
     /// Parses the header at the start of `bytes`; throws when they cannot begin one
     /// (said as soon as the first bytes show it, without waiting for more).
-    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(Malformed) -> Parsed {
+    package static func parse(_ bytes: UnsafeRawBufferPointer) throws(Malformed) -> Parsed {
         guard let first = bytes.first else { return .incomplete }
         if first == Self.signature[0] {
             return try Self.parseV2(bytes)
@@ -188,11 +188,11 @@ public enum ProxyProtocol {
 ///
 /// It stays in the pipeline afterwards, only to pass reads on and to hold the
 /// connection's first read buffer (`ReceiveBuffers`): a hop per read.
-public final class ProxyProtocolDecoder: ChannelInboundHandler {
-    public typealias InboundIn = ByteBuffer
+package final class ProxyProtocolDecoder: ChannelInboundHandler {
+    package typealias InboundIn = ByteBuffer
 
     /// Sets up the connection's other handlers, after this one, for the client.
-    public typealias Install = (Channel, DownstreamInfo) throws -> Void
+    package typealias Install = (Channel, DownstreamInfo) throws -> Void
 
     private let listener: ProxyListener
     private let timeout: TimeAmount
@@ -213,7 +213,7 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
     private var state = State.waiting
     private var timer: Scheduled<Void>?
 
-    public init(listener: ProxyListener, timeout: TimeAmount, trusted: [AddressRange]? = nil, holdsFirstRead: Bool, install: @escaping Install) {
+    package init(listener: ProxyListener, timeout: TimeAmount, trusted: [AddressRange]? = nil, holdsFirstRead: Bool, install: @escaping Install) {
         self.listener = listener
         self.timeout = timeout
         self.trusted = trusted
@@ -221,15 +221,15 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
         self.install = install
     }
 
-    public func handlerAdded(context: ChannelHandlerContext) {
+    package func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive { self.begin(context: context) }
     }
 
-    public func handlerRemoved(context: ChannelHandlerContext) {
+    package func handlerRemoved(context: ChannelHandlerContext) {
         self.cancelTimer()
     }
 
-    public func channelActive(context: ChannelHandlerContext) {
+    package func channelActive(context: ChannelHandlerContext) {
         self.begin(context: context)
         context.fireChannelActive()
     }
@@ -247,7 +247,7 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
         self.startTimer(context: context)
     }
 
-    public func channelInactive(context: ChannelHandlerContext) {
+    package func channelInactive(context: ChannelHandlerContext) {
         self.cancelTimer()
         context.fireChannelInactive()
     }
@@ -271,7 +271,7 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
         t.nanoseconds % 1_000_000_000 == 0 ? "\(t.nanoseconds / 1_000_000_000) s" : "\(t.nanoseconds / 1_000_000) ms"
     }
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = self.unwrapInboundIn(data)
         switch self.state {
         case .passing: return context.fireChannelRead(data)
@@ -311,11 +311,11 @@ public final class ProxyProtocolDecoder: ChannelInboundHandler {
         }
     }
 
-    public func channelReadComplete(context: ChannelHandlerContext) {
+    package func channelReadComplete(context: ChannelHandlerContext) {
         if self.state == .passing { context.fireChannelReadComplete() }
     }
 
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if self.state == .waiting, event is ChannelShouldQuiesceEvent {
             // Draining before the header came: no request yet, so the connection closes
             // now (there is no handler after this one to hear the event).

@@ -4,19 +4,19 @@ import Glibc
 import NIOCore
 
 /// Listener/host/path routing. First matching route wins.
-public struct Router: Sendable {
+package struct Router: Sendable {
     /// One route: what it matches and what it does with a matching request.
-    public final class Route: Sendable {
+    package final class Route: Sendable {
         /// nil: any listener; otherwise the listener's name.
-        public let listener: String?
+        package let listener: String?
         /// nil: any host. `*.example.com` matches exactly one more label.
-        public let host: String?
-        public let pathPrefix: String?
-        public let action: Action
+        package let host: String?
+        package let pathPrefix: String?
+        package let action: Action
         /// Overrides the listener's `max_request_body_bytes` for this route.
-        public let maxBodyBytes: Int?
+        package let maxBodyBytes: Int?
 
-        public enum Action: Sendable {
+        package enum Action: Sendable {
             /// Proxied to an upstream group.
             case upstream(UpstreamGroup)
             /// Answered with a redirect (nginx's `return 301 https://$host$request_uri`).
@@ -26,7 +26,7 @@ public struct Router: Sendable {
             case root(StaticRoot)
         }
 
-        public init(listener: String? = nil, host: String?, pathPrefix: String?, action: Action, maxBodyBytes: Int? = nil) {
+        package init(listener: String? = nil, host: String?, pathPrefix: String?, action: Action, maxBodyBytes: Int? = nil) {
             self.listener = listener
             self.host = host?.lowercased()
             self.pathPrefix = pathPrefix
@@ -34,7 +34,7 @@ public struct Router: Sendable {
             self.maxBodyBytes = maxBodyBytes
         }
 
-        public var upstream: UpstreamGroup? {
+        package var upstream: UpstreamGroup? {
             if case .upstream(let group) = self.action { return group }
             return nil
         }
@@ -68,25 +68,25 @@ public struct Router: Sendable {
         }
     }
 
-    public let routes: [Route]
+    package let routes: [Route]
     /// Whether any route looks at the Host; when none does, the host is not even normalised.
     private let readsHost: Bool
 
-    public init(routes: [Route]) {
+    package init(routes: [Route]) {
         self.routes = routes
         self.readsHost = routes.contains { $0.host != nil }
     }
 
     /// The route for a request, from the listener it arrived on, its Host (port
     /// stripped) and path. `rawHost` is only evaluated when some route matches on the host.
-    public func route(listener: String, host rawHost: @autoclosure () -> String?, uri: String) -> Route? {
+    package func route(listener: String, host rawHost: @autoclosure () -> String?, uri: String) -> Route? {
         let host = self.readsHost ? Self.normalizedHost(rawHost()) : ""
         let path = uri[..<(uri.utf8.firstIndex(of: UInt8(ascii: "?")) ?? uri.endIndex)]
         return self.routes.first { $0.matches(listener: listener, host: host, path: path) }
     }
 
     /// Every distinct group the routes reach, in route order.
-    public var groups: [UpstreamGroup] {
+    package var groups: [UpstreamGroup] {
         var seen = Set<ObjectIdentifier>()
         return self.routes.compactMap { route in route.upstream.flatMap { seen.insert(ObjectIdentifier($0)).inserted ? $0 : nil } }
     }
@@ -104,19 +104,19 @@ public struct Router: Sendable {
 }
 
 /// A redirect answer: the same path and query on another scheme, host or port.
-public struct Redirect: Sendable, Equatable {
+package struct Redirect: Sendable, Equatable {
     /// `https` or `http`.
-    public var scheme: String
+    package var scheme: String
     /// nil: the request's own host (port stripped).
-    public var host: String?
+    package var host: String?
     /// nil: the scheme's default port (left out of the location).
-    public var port: Int?
+    package var port: Int?
     /// 301, 302, 303, 307 or 308.
-    public var status: Int
+    package var status: Int
 
-    public static let statuses: Set<Int> = [301, 302, 303, 307, 308]
+    package static let statuses: Set<Int> = [301, 302, 303, 307, 308]
 
-    public init(scheme: String = "https", host: String? = nil, port: Int? = nil, status: Int = 301) {
+    package init(scheme: String = "https", host: String? = nil, port: Int? = nil, status: Int = 301) {
         self.scheme = scheme
         self.host = host
         self.port = port
@@ -125,7 +125,7 @@ public struct Redirect: Sendable, Equatable {
 
     /// The `location` for a request; nil when it has no usable host (no Host header,
     /// or one that is not a DNS name or an IP address) and none is configured.
-    public func location(requestHost: String?, target: String) -> String? {
+    package func location(requestHost: String?, target: String) -> String? {
         var host = self.host ?? Router.normalizedHost(requestHost)
         guard !host.isEmpty, host.utf8.allSatisfy(Self.isHostByte) else { return nil }
         if host.utf8.contains(UInt8(ascii: ":")) { host = "[\(host)]" }  // an IPv6 literal
@@ -161,22 +161,22 @@ public struct Redirect: Sendable, Equatable {
 /// appended to the directory, as nginx's `root` does. Only regular files up to
 /// `maxFileBytes` are served; they are read on the event loop, which suits ACME
 /// challenge tokens and small static files, not downloads.
-public struct StaticRoot: Sendable, Equatable {
-    public var directory: String
-    public static let maxFileBytes = 1 << 20
+package struct StaticRoot: Sendable, Equatable {
+    package var directory: String
+    package static let maxFileBytes = 1 << 20
 
-    public init(directory: String) {
+    package init(directory: String) {
         self.directory = directory.hasSuffix("/") && directory.count > 1 ? String(directory.dropLast()) : directory
     }
 
     /// Why `path` cannot be a static root (nil when it can): it must be a directory.
-    public static func directoryProblem(_ path: String) -> String? {
+    package static func directoryProblem(_ path: String) -> String? {
         var info = stat()
         guard stat(path, &info) == 0 else { return String(cString: strerror(errno)) }
         return (info.st_mode & S_IFMT) == S_IFDIR ? nil : "not a directory"
     }
 
-    public enum Answer {
+    package enum Answer {
         case file(ByteBuffer, contentType: String)
         /// No such file, not a regular file, or a path that leaves the directory.
         case notFound
@@ -187,7 +187,7 @@ public struct StaticRoot: Sendable, Equatable {
     }
 
     /// Reads the file a request target names.
-    public func answer(target: String, allocator: ByteBufferAllocator) -> Answer {
+    package func answer(target: String, allocator: ByteBufferAllocator) -> Answer {
         let rawPath = target[..<(target.firstIndex(of: "?") ?? target.endIndex)]
         guard rawPath.hasPrefix("/") else { return .notFound }
         guard let decoded = Self.percentDecoded(rawPath) else { return .badPath }

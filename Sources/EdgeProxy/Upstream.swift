@@ -5,23 +5,23 @@ import NIOCore
 import NIOHTTP1
 
 /// Timeouts of an upstream group.
-public struct UpstreamTimeouts: Sendable, Hashable {
+package struct UpstreamTimeouts: Sendable, Hashable {
     /// TCP connect.
-    public var connect: TimeAmount = .seconds(5)
+    package var connect: TimeAmount = .seconds(5)
     /// TCP connect plus the TLS handshake.
-    public var totalConnection: TimeAmount = .seconds(10)
+    package var totalConnection: TimeAmount = .seconds(10)
     /// From the request sent to the first response byte, and between reads.
-    public var read: TimeAmount = .seconds(60)
+    package var read: TimeAmount = .seconds(60)
     /// How long the upstream may refuse to take more of the request.
-    public var write: TimeAmount = .seconds(60)
+    package var write: TimeAmount = .seconds(60)
     /// How long a pooled connection may stay idle.
-    public var idle: TimeAmount = .seconds(60)
+    package var idle: TimeAmount = .seconds(60)
     /// After a backend timed out before answering, another one is tried only while less
     /// than this has passed since the first try began (nginx's
     /// `proxy_next_upstream_timeout`): retries never multiply the client's wait.
-    public var nextUpstream: TimeAmount = .seconds(120)
+    package var nextUpstream: TimeAmount = .seconds(120)
 
-    public init() {}
+    package init() {}
 }
 
 /// TLS towards an upstream group: the client context plus the names to send and verify.
@@ -33,15 +33,15 @@ public struct UpstreamTimeouts: Sendable, Hashable {
 /// Names, per backend: SNI is `sni`, else the backend's host unless it is an IP
 /// literal (never sent as SNI). The certificate must hold one of `sni` (else the
 /// backend's host) and the `alternative_cn` names, each accepted on its own.
-public final class UpstreamTLS: Sendable {
+package final class UpstreamTLS: Sendable {
     /// `sni` as configured: nil sends each backend's host name, "" sends none.
-    public let configuredServerName: String?
+    package let configuredServerName: String?
     /// `alternative_cn`: further names the certificate may hold instead.
-    public let alternativeNames: [String]
+    package let alternativeNames: [String]
     /// Whether names are checked at all (`verify_cert` and `verify_hostname`).
-    public let verifiesNames: Bool
+    package let verifiesNames: Bool
     /// `allow_common_name`: a certificate without subject alternative names may match by its CN.
-    public let allowCommonName: Bool
+    package let allowCommonName: Bool
     /// The client certificate new connections present, for `/status/upstreams`.
     private let clientCertificateProbe: (@Sendable () -> X509Certificate?)?
     private let current: NIOLockedValueBox<(generation: Int, context: TLSContext)>
@@ -51,7 +51,7 @@ public final class UpstreamTLS: Sendable {
 
     /// `generation` reads the client certificate's current generation (cheap);
     /// `rebuild` makes a context for it.
-    public init(context: TLSContext, serverName: String?, alternativeNames: [String] = [], verifiesNames: Bool = true,
+    package init(context: TLSContext, serverName: String?, alternativeNames: [String] = [], verifiesNames: Bool = true,
                 allowCommonName: Bool = false,
                 clientCertificate: (@Sendable () -> X509Certificate?)? = nil,
                 generation: (@Sendable () -> Int)? = nil,
@@ -67,26 +67,26 @@ public final class UpstreamTLS: Sendable {
     }
 
     /// The SNI sent to `backend`; nil sends none.
-    public func serverName(for backend: Backend) -> String? {
+    package func serverName(for backend: Backend) -> String? {
         if let configured = self.configuredServerName { return configured.isEmpty ? nil : configured }
         return isIPAddress(backend.host) ? nil : backend.host
     }
 
     /// The names `backend`'s certificate may hold; empty when names are not checked.
-    public func verifyNames(for backend: Backend) -> [String] {
+    package func verifyNames(for backend: Backend) -> [String] {
         guard self.verifiesNames else { return [] }
         let first = self.configuredServerName.flatMap { $0.isEmpty ? nil : $0 } ?? backend.host
         return [first] + self.alternativeNames.filter { $0 != first }
     }
 
     /// The client certificate presented to the upstream, if any.
-    public var clientCertificate: X509Certificate? { self.clientCertificateProbe?() }
+    package var clientCertificate: X509Certificate? { self.clientCertificateProbe?() }
 
     /// The client certificate generation new connections use (0 without one).
-    public var generation: Int { self.generationProbe?() ?? 0 }
+    package var generation: Int { self.generationProbe?() ?? 0 }
 
     /// The context for new connections, rebuilt if the client certificate changed.
-    public var context: TLSContext {
+    package var context: TLSContext {
         let wanted = self.generation
         return self.current.withLockedValue { current in
             if current.generation != wanted, let rebuild = self.rebuild {
@@ -109,24 +109,24 @@ public final class UpstreamTLS: Sendable {
 }
 
 /// One backend address of a group.
-public struct Backend: Sendable, Hashable, CustomStringConvertible {
-    public var host: String
-    public var port: Int
-    public var address: SocketAddress
-    public var weight: Int
+package struct Backend: Sendable, Hashable, CustomStringConvertible {
+    package var host: String
+    package var port: Int
+    package var address: SocketAddress
+    package var weight: Int
 
-    public init(host: String, port: Int, weight: Int = 1) throws {
+    package init(host: String, port: Int, weight: Int = 1) throws {
         self.host = host
         self.port = port
         self.weight = max(1, weight)
         self.address = try SocketAddress.makeAddressResolvingHost(host, port: port)
     }
 
-    public var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
+    package var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
 }
 
 /// How a group picks a backend for a request.
-public enum BalanceAlgorithm: Sendable, Hashable, CustomStringConvertible {
+package enum BalanceAlgorithm: Sendable, Hashable, CustomStringConvertible {
     /// Smooth weighted round robin (nginx's); plain round robin when weights are equal.
     case roundRobin
     /// Weighted random.
@@ -136,7 +136,7 @@ public enum BalanceAlgorithm: Sendable, Hashable, CustomStringConvertible {
     /// Ketama ring on a request key: only about 1/N of the keys move when a backend goes.
     case consistentHash(HashKey)
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .roundRobin: return "round_robin"
         case .random: return "random"
@@ -147,12 +147,12 @@ public enum BalanceAlgorithm: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// What consistent hashing hashes.
-public enum HashKey: Sendable, Hashable, CustomStringConvertible {
+package enum HashKey: Sendable, Hashable, CustomStringConvertible {
     case clientAddress
     case header(String)
     case path
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .clientAddress: return "client_ip"
         case .header(let name): return "header:\(name)"
@@ -164,74 +164,74 @@ public enum HashKey: Sendable, Hashable, CustomStringConvertible {
 /// Passive health: consecutive failures (connects refused or timed out, responses that
 /// never started within the read timeout) eject a backend for a while (nginx's
 /// max_fails/fail_timeout).
-public struct PassiveHealth: Sendable, Hashable {
+package struct PassiveHealth: Sendable, Hashable {
     /// 0 disables ejection.
-    public var maxFails = 3
-    public var failTimeout: TimeAmount = .seconds(10)
+    package var maxFails = 3
+    package var failTimeout: TimeAmount = .seconds(10)
 
-    public init() {}
+    package init() {}
 }
 
 /// The health and traffic figures of one backend. Shared by every event loop.
-public final class BackendState: Sendable {
+package final class BackendState: Sendable {
     /// Requests in flight (least connections).
-    public let active = ManagedAtomic<Int>(0)
+    package let active = ManagedAtomic<Int>(0)
     /// The active health check's verdict.
     let checkHealthy = ManagedAtomic<Bool>(true)
     let consecutiveFailures = ManagedAtomic<Int>(0)
     /// Uptime nanoseconds until which passive health keeps the backend out.
     let ejectedUntil = ManagedAtomic<Int64>(0)
-    public let requests = ManagedAtomic<Int>(0)
-    public let connectionsOpened = ManagedAtomic<Int>(0)
-    public let connectFailures = ManagedAtomic<Int>(0)
-    public let idleConnections = ManagedAtomic<Int>(0)
-    public let tlsResumed = ManagedAtomic<Int>(0)
+    package let requests = ManagedAtomic<Int>(0)
+    package let connectionsOpened = ManagedAtomic<Int>(0)
+    package let connectFailures = ManagedAtomic<Int>(0)
+    package let idleConnections = ManagedAtomic<Int>(0)
+    package let tlsResumed = ManagedAtomic<Int>(0)
     /// Failed TLS handshakes (also counted in `connectFailures`), by reason, in the
     /// order of `UpstreamHandshakeFailure.allCases`.
-    public let tlsHandshakeFailures = UpstreamHandshakeFailure.allCases.map { _ in ManagedAtomic<Int>(0) }
+    package let tlsHandshakeFailures = UpstreamHandshakeFailure.allCases.map { _ in ManagedAtomic<Int>(0) }
     let lastError = NIOLockedValueBox<String?>(nil)
 
-    public init() {}
+    package init() {}
 
     /// Active check healthy and not ejected.
     /// The clock is read only for a backend that was ejected at some point.
-    public func isAvailable(now: @autoclosure () -> NIODeadline = .now()) -> Bool {
+    package func isAvailable(now: @autoclosure () -> NIODeadline = .now()) -> Bool {
         guard self.checkHealthy.load(ordering: .relaxed) else { return false }
         let ejectedUntil = self.ejectedUntil.load(ordering: .relaxed)
         return ejectedUntil <= 0 || ejectedUntil <= Int64(now().uptimeNanoseconds)
     }
 
-    public var isHealthyByCheck: Bool { self.checkHealthy.load(ordering: .relaxed) }
-    public var isEjected: Bool { self.ejectedUntil.load(ordering: .relaxed) > Int64(NIODeadline.now().uptimeNanoseconds) }
-    public var lastErrorDescription: String? { self.lastError.withLockedValue { $0 } }
+    package var isHealthyByCheck: Bool { self.checkHealthy.load(ordering: .relaxed) }
+    package var isEjected: Bool { self.ejectedUntil.load(ordering: .relaxed) > Int64(NIODeadline.now().uptimeNanoseconds) }
+    package var lastErrorDescription: String? { self.lastError.withLockedValue { $0 } }
 }
 
 /// A named list of backends with shared options, a balancing algorithm and health state.
-public final class UpstreamGroup: Sendable {
-    public let name: String
-    public let backends: [Backend]
-    public let states: [BackendState]
-    public let tls: UpstreamTLS?
-    public let timeouts: UpstreamTimeouts
+package final class UpstreamGroup: Sendable {
+    package let name: String
+    package let backends: [Backend]
+    package let states: [BackendState]
+    package let tls: UpstreamTLS?
+    package let timeouts: UpstreamTimeouts
     /// Replaces the client's Host header when set.
-    public let hostHeader: String?
-    public let maxIdlePerBackend: Int
-    public let algorithm: BalanceAlgorithm
-    public let passive: PassiveHealth
+    package let hostHeader: String?
+    package let maxIdlePerBackend: Int
+    package let algorithm: BalanceAlgorithm
+    package let passive: PassiveHealth
     /// At most this many backends are tried for one request when connecting fails.
-    public let maxConnectAttempts: Int
+    package let maxConnectAttempts: Int
     /// Active probing of every backend, if configured.
-    public let healthCheck: HealthCheckSettings?
+    package let healthCheck: HealthCheckSettings?
     /// SO_KEEPALIVE on upstream connections.
-    public let tcpKeepalive: Bool
+    package let tcpKeepalive: Bool
     /// `max_response_head_bytes`: a longer response head is a 502.
-    public let maxResponseHeadBytes: Int
+    package let maxResponseHeadBytes: Int
     private let cursor = ManagedAtomic<Int>(0)
     private let smooth: NIOLockedValueBox<[Int]>
     private let equalWeights: Bool
     private let ring: [(hash: UInt64, backend: Int)]
 
-    public init(name: String, backends: [Backend], tls: UpstreamTLS?, timeouts: UpstreamTimeouts, hostHeader: String?,
+    package init(name: String, backends: [Backend], tls: UpstreamTLS?, timeouts: UpstreamTimeouts, hostHeader: String?,
                 maxIdlePerBackend: Int = 128, algorithm: BalanceAlgorithm = .roundRobin, passive: PassiveHealth = .init(),
                 maxConnectAttempts: Int = 3, healthCheck: HealthCheckSettings? = nil, tcpKeepalive: Bool = true,
                 maxResponseHeadBytes: Int = 64 * 1024) {
@@ -260,7 +260,7 @@ public final class UpstreamGroup: Sendable {
 
     /// What a balancing decision may look at. Only consistent hashing reads it, so the
     /// path and headers are extracted then, not for every request.
-    public struct RequestKey {
+    package struct RequestKey {
         /// The client's address as text (`DownstreamInfo.clientIP`, formatted once per
         /// connection): as a `SocketAddress` it went through glibc's inet_ntop for every
         /// request that a `client_ip` hash balanced.
@@ -271,7 +271,7 @@ public final class UpstreamGroup: Sendable {
         }
         private var request: Request
 
-        public init(client: SocketAddress?, head: HTTPRequestHead) {
+        package init(client: SocketAddress?, head: HTTPRequestHead) {
             self.clientIP = DownstreamInfo.text(client)
             self.request = .nio(head)
         }
@@ -307,7 +307,7 @@ public final class UpstreamGroup: Sendable {
     /// The backend for a request among available backends not in `tried`; nil when none is left.
     /// The key is an autoclosure: only hashing builds it (copying a request head
     /// is a handful of retains that round robin has no use for).
-    public func select(_ key: @autoclosure () -> RequestKey, tried: [Int] = []) -> Int? {
+    package func select(_ key: @autoclosure () -> RequestKey, tried: [Int] = []) -> Int? {
         let states = self.states
         func usable(_ index: Int) -> Bool { !tried.contains(index) && states[index].isAvailable() }
         switch self.algorithm {

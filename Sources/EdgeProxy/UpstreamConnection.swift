@@ -34,8 +34,8 @@ struct ResponseHeadTooLarge: Error, CustomStringConvertible {
     var description: String { "response head larger than max_response_head_bytes (\(self.limit))" }
 }
 
-public struct UpstreamError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: Sendable {
+package struct UpstreamError: Error, CustomStringConvertible, Sendable {
+    package enum Kind: Sendable {
         case connectFailed, connectTimeout, tlsFailed, readTimeout, writeTimeout, closedEarly, protocolError, noHealthyBackend
         /// The TLS handshake failed (certificate, names, versions, client certificate):
         /// a connect failure, which moves on to another backend and counts towards ejection.
@@ -46,13 +46,13 @@ public struct UpstreamError: Error, CustomStringConvertible, Sendable {
         /// or local ports): never the backend's failure.
         case localResources
     }
-    public var kind: Kind
-    public var backend: String
-    public var reason: String
+    package var kind: Kind
+    package var backend: String
+    package var reason: String
     /// Why the TLS handshake failed, for a handshake failure or timeout.
-    public var tlsFailure: UpstreamHandshakeFailure?
+    package var tlsFailure: UpstreamHandshakeFailure?
 
-    public init(kind: Kind, backend: String, reason: String, tlsFailure: UpstreamHandshakeFailure? = nil) {
+    package init(kind: Kind, backend: String, reason: String, tlsFailure: UpstreamHandshakeFailure? = nil) {
         self.kind = kind
         self.backend = backend
         self.reason = reason
@@ -61,7 +61,7 @@ public struct UpstreamError: Error, CustomStringConvertible, Sendable {
 
     /// A failure of connecting (TCP or the TLS handshake): another backend is tried.
     var isConnectFailure: Bool { self.kind == .connectFailed || self.kind == .connectTimeout || self.kind == .tlsHandshake }
-    public var description: String { "upstream \(self.backend): \(self.reason)" }
+    package var description: String { "upstream \(self.backend): \(self.reason)" }
 }
 
 /// One pooled keep-alive connection to a backend. Event-loop bound.
@@ -406,7 +406,7 @@ struct PoolKey: Hashable {
 
 /// Keep-alive connections of one event loop. Only touched on that loop, so
 /// no locks: each downstream connection uses the pool of its own loop.
-public final class UpstreamPool {
+package final class UpstreamPool {
     /// Idle connections to one backend, most recently used last. A class, so that
     /// taking one is a dictionary lookup and an in-place pop: mutating an array
     /// value through `Dictionary`'s subscript allocates (its modify coroutine),
@@ -449,9 +449,9 @@ public final class UpstreamPool {
     /// The header and idle deadlines of the loop's client connections.
     let deadlines: LoopDeadlines
     /// The loop's access log lines; nil without `access_log`.
-    public let accessLog: AccessLogBuffer?
+    package let accessLog: AccessLogBuffer?
 
-    public init(eventLoop: EventLoop, accessLog: AccessLogFile? = nil) {
+    package init(eventLoop: EventLoop, accessLog: AccessLogFile? = nil) {
         self.eventLoop = eventLoop
         self.deadlines = LoopDeadlines(eventLoop: eventLoop)
         self.accessLog = accessLog.map { AccessLogBuffer(file: $0, eventLoop: eventLoop) }
@@ -480,7 +480,7 @@ public final class UpstreamPool {
     }
 
     /// Closes every idle connection (the pool's configuration generation has ended).
-    public func closeIdle() {
+    package func closeIdle() {
         self.eventLoop.assertInEventLoop()
         let all = self.idle.values.flatMap { $0.connections }
         self.idle.values.forEach { $0.retired = true }

@@ -14,7 +14,7 @@ import Glibc
 ///
 /// `clientCertificate`: the chain is a client certificate's (upstream mutual TLS),
 /// checked for the TLS client purpose.
-public func verifyServedChain(_ chain: [X509Certificate], caFile: String?, clientCertificate: Bool = false) -> String? {
+package func verifyServedChain(_ chain: [X509Certificate], caFile: String?, clientCertificate: Bool = false) -> String? {
     guard let leaf = chain.first else { return "empty chain" }
     ERR_clear_error()
     defer { ERR_clear_error() }

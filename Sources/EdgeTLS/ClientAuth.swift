@@ -3,18 +3,18 @@ import CEdgeShims
 
 /// Which verified client certificates a listener admits. A certificate is admitted
 /// when any entry matches; an allow list with no entries admits every verified certificate.
-public struct ClientAllowList: Sendable, Hashable {
-    public var dnsNames: [String] = []
-    public var uris: [String] = []
-    public var commonNames: [String] = []
+package struct ClientAllowList: Sendable, Hashable {
+    package var dnsNames: [String] = []
+    package var uris: [String] = []
+    package var commonNames: [String] = []
     /// SHA-256 of the SubjectPublicKeyInfo, hex (colons and case ignored).
-    public var spkiSHA256: [String] = []
+    package var spkiSHA256: [String] = []
 
-    public init() {}
+    package init() {}
 
     var isEmpty: Bool { self.dnsNames.isEmpty && self.uris.isEmpty && self.commonNames.isEmpty && self.spkiSHA256.isEmpty }
 
-    public func admits(_ certificate: X509Certificate) -> Bool {
+    package func admits(_ certificate: X509Certificate) -> Bool {
         if self.isEmpty { return true }
         for name in certificate.subjectAlternativeNames {
             switch name {
@@ -38,7 +38,7 @@ extension String {
 
 extension X509Certificate {
     /// SHA-256 of the DER SubjectPublicKeyInfo, lower-case hex (the value of an SPKI pin).
-    public var spkiSHA256: String {
+    package var spkiSHA256: String {
         guard let key = X509_get0_pubkey(self.pointer) else { return "" }
         var out: UnsafeMutablePointer<UInt8>? = nil
         let length = i2d_PUBKEY(key, &out)
@@ -53,7 +53,7 @@ extension X509Certificate {
     /// (with `"` and `\` escaped), so a SAN cannot add a `DNS=` element of its own; the
     /// subject is always quoted. A control character (a CR or LF in a SAN of a trusted
     /// CA's certificate) is percent-encoded: nothing from a certificate can end a header line.
-    public var forwardedClientCert: String {
+    package var forwardedClientCert: String {
         let hash = self.sha256Fingerprint.replacingColons.lowercased()
         var parts = ["Hash=\(hash)", "Subject=" + forwardedClientCertValue(self.subject, alwaysQuoted: true)]
         for name in self.subjectAlternativeNames {
@@ -68,7 +68,7 @@ extension X509Certificate {
 }
 
 /// One value of an `x-forwarded-client-cert` element, quoted and escaped as Envoy does.
-public func forwardedClientCertValue(_ value: String, alwaysQuoted: Bool = false) -> String {
+package func forwardedClientCertValue(_ value: String, alwaysQuoted: Bool = false) -> String {
     var quoted = alwaysQuoted
     var out = ""
     for scalar in value.unicodeScalars {

@@ -7,11 +7,11 @@ import NIOConcurrencyHelpers
 /// New connections to the same peer (same address and TLS options) present it
 /// with `SSL_set_session`; OpenSSL's new-session callback replaces it whenever
 /// the server issues a ticket. Shared by every event loop, hence the lock.
-public final class TLSSessionSlot: Sendable {
+package final class TLSSessionSlot: Sendable {
     // The SSL_SESSION this slot owns one reference to.
     private let session = NIOLockedValueBox<SessionPointer?>(nil)
 
-    public init() {}
+    package init() {}
 
     deinit {
         self.session.withLockedValue { held in
@@ -40,7 +40,7 @@ public final class TLSSessionSlot: Sendable {
     }
 
     /// Whether a session is held (for tests and status).
-    public var hasSession: Bool { self.session.withLockedValue { $0 != nil } }
+    package var hasSession: Bool { self.session.withLockedValue { $0 != nil } }
 }
 
 /// `SSL_SESSION *` is reference counted by OpenSSL; the lock serialises our use.

@@ -2,25 +2,25 @@ import NIOCore
 import NIOTLS
 
 /// Tunables of the handler.
-public struct TLSHandlerConfiguration: Sendable {
+package struct TLSHandlerConfiguration: Sendable {
     /// Slow or silent peers are dropped after this long without a finished handshake.
-    public var handshakeTimeout: TimeAmount = .seconds(10)
+    package var handshakeTimeout: TimeAmount = .seconds(10)
     /// How long to wait for the peer's close_notify after sending ours.
-    public var shutdownTimeout: TimeAmount = .seconds(3)
+    package var shutdownTimeout: TimeAmount = .seconds(3)
     /// The channel reads as `ReceiveBuffers.configure` sets up, and this handler is
     /// first in its pipeline: it holds the first read buffer (`ReceiveBufferPin`).
-    public var holdsFirstRead = false
+    package var holdsFirstRead = false
     /// Told when the connection closes (when this handler leaves its pipeline, which
     /// it does only then): the connection's first handler counts it closed, without a
     /// callback on the channel's close future (a closure and a callback-list entry on
     /// the heap of every open connection).
-    public var closeObserver: (any ConnectionCloseObserver)?
+    package var closeObserver: (any ConnectionCloseObserver)?
 
-    public init() {}
+    package init() {}
 }
 
 /// Counts connections closing (a listener's open-connection gauge).
-public protocol ConnectionCloseObserver: AnyObject, Sendable {
+package protocol ConnectionCloseObserver: AnyObject, Sendable {
     func connectionClosed()
 }
 
@@ -31,11 +31,11 @@ public protocol ConnectionCloseObserver: AnyObject, Sendable {
 /// through untouched, so an application that stops reading stops the socket
 /// too. Fires `TLSUserEvent.handshakeCompleted(negotiatedProtocol:)` like
 /// swift-nio-ssl does, so NIO's ALPN and HTTP/2 handlers work unchanged.
-public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    public typealias InboundIn = ByteBuffer
-    public typealias InboundOut = ByteBuffer
-    public typealias OutboundIn = ByteBuffer
-    public typealias OutboundOut = ByteBuffer
+package final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    package typealias InboundIn = ByteBuffer
+    package typealias InboundOut = ByteBuffer
+    package typealias OutboundIn = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
 
     private enum State {
         case idle
@@ -79,7 +79,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var recordBuffers = RecordBuffers.moved
 
     /// A server-side handler for connections accepted on `context`'s listener.
-    public init(serverContext context: TLSContext, configuration: TLSHandlerConfiguration = .init()) throws {
+    package init(serverContext context: TLSContext, configuration: TLSHandlerConfiguration = .init()) throws {
         precondition(context.isServer, "serverContext must be a server context")
         self.connection = try TLSConnection(context: context)
         self.configuration = configuration
@@ -90,7 +90,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// for any of `verifyHostnames` (when the context verifies), each checked on its own
     /// against the subject alternative names (and the CN of a certificate without any,
     /// with `allowCommonName`).
-    public init(
+    package init(
         clientContext context: TLSContext,
         serverName: String?,
         verifyHostnames: [String],
@@ -106,23 +106,23 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     /// The peer's certificate (valid after `handshakeCompleted`).
-    public var peerCertificate: X509Certificate? { self.connection.peerCertificate }
+    package var peerCertificate: X509Certificate? { self.connection.peerCertificate }
     /// The SNI name the client sent, as sent; nil without one.
-    public var serverName: String? { self.connection.serverName }
+    package var serverName: String? { self.connection.serverName }
 
     /// Whether the handshake resumed an earlier session (valid after `handshakeCompleted`).
-    public var sessionReused: Bool { self.connection.sessionReused }
+    package var sessionReused: Bool { self.connection.sessionReused }
 
     /// TLS 1.3: the server asked for our certificate and, since our side of the handshake
     /// ended, has sent neither a session ticket (it accepted it) nor an alert (it refused it).
-    public var awaitsClientCertificateVerdict: Bool { self.connection.awaitsClientCertificateVerdict }
+    package var awaitsClientCertificateVerdict: Bool { self.connection.awaitsClientCertificateVerdict }
 
     /// Whether the peer has sent anything yet (a draining gateway closes a connection
     /// that stays silent, and lets one whose ClientHello has begun finish).
-    public var hasReceivedBytes: Bool { self.receivedAnyBytes }
+    package var hasReceivedBytes: Bool { self.receivedAnyBytes }
 
     /// The handshake is done (the connection carries application data, or is closing).
-    public var handshakeCompleted: Bool {
+    package var handshakeCompleted: Bool {
         switch self.state {
         case .active, .closing: return true
         case .idle, .handshaking, .closed: return false
@@ -134,7 +134,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// last call. Called every second, so a connection quiet for one to two seconds, idle
     /// in the pool or in a long exchange (a WebSocket, a slow response), holds none.
     /// On the channel's event loop.
-    public func releaseRecordBuffersIfQuiet() {
+    package func releaseRecordBuffersIfQuiet() {
         guard case .active = self.state else { return }
         switch self.recordBuffers {
         case .moved:
@@ -147,20 +147,20 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    public func handlerAdded(context: ChannelHandlerContext) {
+    package func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive {
             self.startHandshake(context: context)
         }
     }
 
-    public func handlerRemoved(context: ChannelHandlerContext) {
+    package func handlerRemoved(context: ChannelHandlerContext) {
         self.handshakeTimer?.cancel()
         self.handshakeTimer = nil
         self.failBufferedWrites(ChannelError.ioOnClosedChannel)
         self.configuration.closeObserver?.connectionClosed()
     }
 
-    public func channelActive(context: ChannelHandlerContext) {
+    package func channelActive(context: ChannelHandlerContext) {
         self.startHandshake(context: context)
         context.fireChannelActive()
     }
@@ -178,7 +178,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    public func channelInactive(context: ChannelHandlerContext) {
+    package func channelInactive(context: ChannelHandlerContext) {
         self.handshakeTimer?.cancel()
         self.handshakeTimer = nil
         switch self.state {
@@ -202,7 +202,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         context.fireChannelInactive()
     }
 
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // `self.unwrapInboundIn` and `NIOAny(_:)`, not NIO's static `Self.unwrapInboundIn` /
         // `Self.wrapOutboundOut`: with this toolchain the static forms stay unspecialised
         // (a dynamic cast and two metadata lookups per call, ~5 % of a proxied request).
@@ -226,7 +226,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    public func channelReadComplete(context: ChannelHandlerContext) {
+    package func channelReadComplete(context: ChannelHandlerContext) {
         // Deliver read-complete only after plaintext was delivered; during the
         // handshake the application has nothing to complete.
         if self.deliveredData {
@@ -311,7 +311,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    package func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch self.state {
         case .closed, .closing:
             promise?.fail(ChannelError.ioOnClosedChannel)
@@ -320,7 +320,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    public func flush(context: ChannelHandlerContext) {
+    package func flush(context: ChannelHandlerContext) {
         guard case .active = self.state else { return }
         guard self.flushesCoalesced else {
             self.encryptBufferedWrites(context: context)
@@ -339,7 +339,7 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// responses that arrived together (from as many upstream connections) leave as
     /// one batch of TLS records and one write, not a record and a write per stream.
     /// Not for HTTP/1.1, whose one response per flush would only wait for nothing.
-    public func coalesceFlushes() {
+    package func coalesceFlushes() {
         self.flushesCoalesced = true
     }
 
@@ -349,15 +349,15 @@ public final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// idles, so an idle connection holds its last read's bytes rather than a buffer
     /// sized for a record. It costs a copy of each read, and saves what it costs: the
     /// shared buffer is then free for the next read instead of copied on write.
-    public func compactReads() {
+    package func compactReads() {
         self.readsCompacted = true
     }
 
-    public func read(context: ChannelHandlerContext) {
+    package func read(context: ChannelHandlerContext) {
         context.read()
     }
 
-    public func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+    package func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         guard mode == .all else {
             context.close(mode: mode, promise: promise)
             return

@@ -80,7 +80,7 @@ let serverNameVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 = 
 
 /// Why an upstream handshake failed, as a short label for metrics
 /// (`edge_upstream_tls_handshake_failures_total{reason}`): bounded, stable, no names.
-public enum UpstreamHandshakeFailure: String, Sendable, CaseIterable {
+package enum UpstreamHandshakeFailure: String, Sendable, CaseIterable {
     case certificateExpired = "certificate_expired"
     case certificateNotYetValid = "certificate_not_yet_valid"
     /// The chain does not lead to a trusted CA (unknown issuer, self-signed, missing intermediate).

@@ -17,13 +17,13 @@ import NIOCore
 /// holds 64 bytes. The cost is an allocation per read (a thread-cache hit in malloc)
 /// and one more read in a handshake. One read per wakeup: with more, NIO keeps a list
 /// of buffers and reuses those instead.
-public enum ReceiveBuffers {
+package enum ReceiveBuffers {
     /// The first read's size, which is what an idle connection keeps.
-    public static let firstReadBytes = 64
+    package static let firstReadBytes = 64
 
     /// Sets a channel's read options; its first handler must hold the first read
     /// (`ReceiveBufferPin`), or NIO grows and keeps that buffer as before.
-    public static func configure(_ options: NIOSynchronousChannelOptions) throws {
+    package static func configure(_ options: NIOSynchronousChannelOptions) throws {
         try options.setOption(.maxMessagesPerRead, value: 1)
         try options.setOption(.recvAllocator, value: Allocator())
     }
@@ -75,16 +75,16 @@ public enum ReceiveBuffers {
 
 /// Kept by the first handler of a channel set up with `ReceiveBuffers.configure`:
 /// holds the channel's first read buffer so that NIO never reuses (and grows) it.
-public struct ReceiveBufferPin {
+package struct ReceiveBufferPin {
     private var first: ByteBuffer?
     private let enabled: Bool
 
-    public init(enabled: Bool) {
+    package init(enabled: Bool) {
         self.enabled = enabled
     }
 
     @inline(__always)
-    public mutating func hold(_ buffer: ByteBuffer) {
+    package mutating func hold(_ buffer: ByteBuffer) {
         if self.enabled, self.first == nil { self.first = buffer }
     }
 }

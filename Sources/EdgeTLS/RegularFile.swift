@@ -3,15 +3,15 @@ import Glibc
 #endif
 
 /// Why a file the gateway reads (a certificate, a key, a CA bundle) could not be read.
-public struct FileReadError: Error, CustomStringConvertible, Sendable, Hashable {
-    public var path: String
-    public var reason: String
-    public var description: String { "\(self.path): \(self.reason)" }
+package struct FileReadError: Error, CustomStringConvertible, Sendable, Hashable {
+    package var path: String
+    package var reason: String
+    package var description: String { "\(self.path): \(self.reason)" }
 }
 
 /// The largest certificate, key or CA bundle file read: far above any real PEM
 /// (a CA bundle of every public root is about 200 KiB).
-public let maxPEMFileBytes = 1 << 20
+package let maxPEMFileBytes = 1 << 20
 
 /// Reads a whole regular file without ever blocking.
 ///
@@ -20,7 +20,7 @@ public let maxPEMFileBytes = 1 << 20
 /// the file is opened non-blocking (a FIFO with no writer opens at once), its type
 /// checked before and after opening (no read from a FIFO, device, socket or directory),
 /// and its size capped before a byte is read.
-public func readRegularFile(_ path: String, limit: Int = maxPEMFileBytes) throws -> [UInt8] {
+package func readRegularFile(_ path: String, limit: Int = maxPEMFileBytes) throws -> [UInt8] {
     var info = stat()
     // stat first, so a device or FIFO is refused without being opened at all.
     if stat(path, &info) != 0 { throw FileReadError(path: path, reason: describeErrno(errno)) }

@@ -4,12 +4,12 @@ import NIOConcurrencyHelpers
 
 /// One session-ticket key: a 16-byte name, a 32-byte HMAC-SHA256 key and a 32-byte AES-256 key
 /// (80 bytes, the layout nginx's `ssl_session_ticket_key` files use).
-public struct TicketKey: Sendable, Hashable {
-    public let name: [UInt8]
+package struct TicketKey: Sendable, Hashable {
+    package let name: [UInt8]
     let hmacKey: [UInt8]
     let aesKey: [UInt8]
 
-    public init?(bytes: [UInt8]) {
+    package init?(bytes: [UInt8]) {
         guard bytes.count == 80 else { return nil }
         self.name = Array(bytes[0..<16])
         self.hmacKey = Array(bytes[16..<48])
@@ -17,14 +17,14 @@ public struct TicketKey: Sendable, Hashable {
     }
 
     /// A fresh random key.
-    public static func random() -> TicketKey {
+    package static func random() -> TicketKey {
         var bytes = [UInt8](repeating: 0, count: 80)
         _ = RAND_bytes(&bytes, 80)
         return TicketKey(bytes: bytes)!
     }
 
     /// The key name in hex, for logs (never the key material).
-    public var nameHex: String { self.name.map { String(format2: $0) }.joined() }
+    package var nameHex: String { self.name.map { String(format2: $0) }.joined() }
 }
 
 /// The process's session-ticket keys: the first encrypts new tickets, every key decrypts.
@@ -32,26 +32,26 @@ public struct TicketKey: Sendable, Hashable {
 /// One ring per process (OpenSSL calls the ticket callback on the listener's initial
 /// context, and every listener shares these keys), so instances that share a key file
 /// resume each other's sessions.
-public final class TicketKeyRing: Sendable {
-    public static let shared = TicketKeyRing()
+package final class TicketKeyRing: Sendable {
+    package static let shared = TicketKeyRing()
 
     private let keys = NIOLockedValueBox<[TicketKey]>([TicketKey.random()])
 
     /// Replaces the keys; `keys[0]` encrypts from now on.
-    public func install(_ keys: [TicketKey]) {
+    package func install(_ keys: [TicketKey]) {
         guard !keys.isEmpty else { return }
         self.keys.withLockedValue { $0 = keys }
     }
 
     /// Puts a fresh random key first and keeps up to `keep` previous ones for decryption.
-    public func rotate(keep: Int) {
+    package func rotate(keep: Int) {
         self.keys.withLockedValue { keys in
             keys.insert(TicketKey.random(), at: 0)
             if keys.count > keep + 1 { keys.removeLast(keys.count - keep - 1) }
         }
     }
 
-    public var current: [TicketKey] { self.keys.withLockedValue { $0 } }
+    package var current: [TicketKey] { self.keys.withLockedValue { $0 } }
 
     func encryptionKey() -> TicketKey { self.keys.withLockedValue { $0[0] } }
 
@@ -65,7 +65,7 @@ public final class TicketKeyRing: Sendable {
     }
 
     /// Parses a key file: one base64 line of 80 bytes per key, the first line encrypts.
-    public static func parse(keyFile text: String) throws -> [TicketKey] {
+    package static func parse(keyFile text: String) throws -> [TicketKey] {
         var keys: [TicketKey] = []
         for (number, line) in text.split(separator: "\n").enumerated() {
             let trimmed = line.filter { !$0.isWhitespace }

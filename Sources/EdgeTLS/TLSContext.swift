@@ -2,7 +2,7 @@ import COpenSSL
 import CEdgeShims
 
 /// TLS protocol versions the engine can be limited to.
-public enum TLSVersion: String, Sendable, Codable, CaseIterable {
+package enum TLSVersion: String, Sendable, Codable, CaseIterable {
     case tls12 = "TLSv1.2"
     case tls13 = "TLSv1.3"
 
@@ -19,37 +19,37 @@ public enum TLSVersion: String, Sendable, Codable, CaseIterable {
 /// Every context a connection may be switched to by SNI must carry the same
 /// policy (DESIGN.md: version policy comes from the initial context, ALPN
 /// from the switched one), so listeners build all their contexts from one value.
-public struct TLSServerPolicy: Sendable, Hashable {
-    public var minimumVersion: TLSVersion = .tls12
-    public var maximumVersion: TLSVersion = .tls13
+package struct TLSServerPolicy: Sendable, Hashable {
+    package var minimumVersion: TLSVersion = .tls12
+    package var maximumVersion: TLSVersion = .tls13
     /// TLS 1.2 cipher list (OpenSSL syntax). Mozilla intermediate, ECDHE + AEAD only.
-    public var cipherList = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+    package var cipherList = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
     /// TLS 1.3 cipher suites.
-    public var cipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+    package var cipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
     /// Key-exchange groups.
-    public var groups = "X25519:prime256v1:secp384r1"
+    package var groups = "X25519:prime256v1:secp384r1"
     /// ALPN protocols offered, most preferred first. Empty: no ALPN.
-    public var alpnProtocols: [String] = ["http/1.1"]
+    package var alpnProtocols: [String] = ["http/1.1"]
     /// Server-side session cache size (TLS 1.2 session IDs); 0 disables it.
-    public var sessionCacheSize = 20_480
+    package var sessionCacheSize = 20_480
     /// Issue session tickets (keys from `TicketKeyRing.shared`); off sends none.
-    public var sessionTickets = true
+    package var sessionTickets = true
     /// TLS 1.3 tickets sent after each handshake (OpenSSL's `NumTickets`, default 2 there).
     /// One is enough for a client that uses a ticket per connection (Go's crypto/tls
     /// sends one); each more costs an encryption and ~6 % of a full handshake's CPU.
-    public var ticketsPerHandshake = 1
+    package var ticketsPerHandshake = 1
     /// Client certificates are verified against this CA bundle when set.
-    public var clientCAFile: String?
+    package var clientCAFile: String?
     /// With `clientCAFile`: refuse clients that present no certificate.
-    public var requireClientCertificate = true
+    package var requireClientCertificate = true
     /// With `clientCAFile`: which verified client certificates are admitted.
-    public var clientAllow: ClientAllowList?
+    package var clientAllow: ClientAllowList?
 
-    public init() {}
+    package init() {}
 }
 
 /// What the servername callback decides for one handshake.
-public enum ServerNameSelection {
+package enum ServerNameSelection {
     /// Switch the connection to this context.
     case use(TLSContext)
     /// Refuse the handshake with an `unrecognized_name` alert.
@@ -57,7 +57,7 @@ public enum ServerNameSelection {
 }
 
 /// Chooses the context for a client's SNI name. Called on the handshake's thread.
-public protocol ServerNameSelector: AnyObject, Sendable {
+package protocol ServerNameSelector: AnyObject, Sendable {
     func select(serverName: String?) -> ServerNameSelection
     /// Why a request for `host` must not be served on a connection made for
     /// `serverName` (its SNI): the host's client authentication or certificate is not
@@ -66,7 +66,7 @@ public protocol ServerNameSelector: AnyObject, Sendable {
 }
 
 extension ServerNameSelector {
-    public func misdirection(serverName: String?, host: String) -> String? { nil }
+    package func misdirection(serverName: String?, host: String) -> String? { nil }
 }
 
 /// An `SSL_CTX`, owned by Swift and immutable once built.
@@ -79,11 +79,11 @@ extension ServerNameSelector {
 /// client allow list) is owned by the `SSL_CTX` itself (`OwnedExData`), and a
 /// connection switched to a context by SNI owns that `TLSContext` until its
 /// `SSL` is freed.
-public final class TLSContext: @unchecked Sendable {
+package final class TLSContext: @unchecked Sendable {
     let pointer: OpaquePointer
     let isServer: Bool
     /// Certificate and key installed in the context (server contexts only).
-    public let certificateChain: [X509Certificate]
+    package let certificateChain: [X509Certificate]
     /// The versions a client context offers, for handshake failure reasons.
     let offeredVersions: String
 
@@ -102,7 +102,7 @@ public final class TLSContext: @unchecked Sendable {
     ///
     /// `chain[0]` is the leaf. The key must match it; callers validate first and
     /// this re-checks, so a mismatched pair can never be installed.
-    public static func server(chain: [X509Certificate], key: PrivateKey, policy: TLSServerPolicy) throws -> TLSContext {
+    package static func server(chain: [X509Certificate], key: PrivateKey, policy: TLSServerPolicy) throws -> TLSContext {
         guard let leaf = chain.first else { throw TLSError.invalidCertificate("no certificate in the chain") }
         let ctx = try makeServerContext(policy: policy)
         ERR_clear_error()
@@ -126,7 +126,7 @@ public final class TLSContext: @unchecked Sendable {
     /// A server context holding several certificate chains of different key types
     /// (an ECDSA and an RSA one): OpenSSL serves the first the client's signature
     /// algorithms allow, in the order given.
-    public static func server(pairs: [(chain: [X509Certificate], key: PrivateKey)], policy: TLSServerPolicy) throws -> TLSContext {
+    package static func server(pairs: [(chain: [X509Certificate], key: PrivateKey)], policy: TLSServerPolicy) throws -> TLSContext {
         let ctx = try makeServerContext(policy: policy)
         for (chain, key) in pairs {
             guard let leaf = chain.first else { continue }
@@ -150,7 +150,7 @@ public final class TLSContext: @unchecked Sendable {
 
     /// A listener's initial context: holds no certificate of its own and hands
     /// every handshake to `selector` from OpenSSL's servername callback.
-    public static func listener(policy: TLSServerPolicy, selector: any ServerNameSelector) throws -> TLSContext {
+    package static func listener(policy: TLSServerPolicy, selector: any ServerNameSelector) throws -> TLSContext {
         let ctx = try makeServerContext(policy: policy)
         // The context owns the selector: a handshake in flight keeps the context, and so
         // the selector its callbacks reach, even after a reload replaced this listener.
@@ -239,7 +239,7 @@ public final class TLSContext: @unchecked Sendable {
     }
 
     /// A client context for connections to upstreams.
-    public static func client(configuration: TLSClientConfiguration) throws -> TLSContext {
+    package static func client(configuration: TLSClientConfiguration) throws -> TLSContext {
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(TLS_client_method()) else {
             throw TLSError.configuration("SSL_CTX_new failed: \(openSSLErrorQueueDescription())")
@@ -297,15 +297,15 @@ public final class TLSContext: @unchecked Sendable {
 }
 
 /// Options of a client context and of the connections made from it.
-public struct TLSClientConfiguration: Sendable {
-    public var verifyCertificate = true
-    public var caFile: String?
-    public var minimumVersion: TLSVersion = .tls12
-    public var clientChain: [X509Certificate]?
-    public var clientKey: PrivateKey?
-    public var alpnProtocols: [String] = []
+package struct TLSClientConfiguration: Sendable {
+    package var verifyCertificate = true
+    package var caFile: String?
+    package var minimumVersion: TLSVersion = .tls12
+    package var clientChain: [X509Certificate]?
+    package var clientKey: PrivateKey?
+    package var alpnProtocols: [String] = []
 
-    public init() {}
+    package init() {}
 }
 
 /// Heap box so a C callback can reach the Swift selector through a raw pointer.

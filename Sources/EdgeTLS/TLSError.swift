@@ -3,7 +3,7 @@ import COpenSSL
 /// An error raised by the TLS engine.
 ///
 /// A struct over a private enum so new cases can be added without breaking callers.
-public struct TLSError: Error, Hashable, CustomStringConvertible, Sendable {
+package struct TLSError: Error, Hashable, CustomStringConvertible, Sendable {
     enum Kind: Hashable, Sendable {
         case handshakeFailed
         case handshakeTimeout
@@ -20,10 +20,10 @@ public struct TLSError: Error, Hashable, CustomStringConvertible, Sendable {
 
     let kind: Kind
     /// OpenSSL's reason (or ours), fit for a log line.
-    public let reason: String
+    package let reason: String
     /// Why an upstream handshake failed, for metrics; nil on server connections and
     /// for failures after the handshake.
-    public let upstreamFailure: UpstreamHandshakeFailure?
+    package let upstreamFailure: UpstreamHandshakeFailure?
 
     init(_ kind: Kind, _ reason: String, upstreamFailure: UpstreamHandshakeFailure? = nil) {
         self.kind = kind
@@ -31,21 +31,21 @@ public struct TLSError: Error, Hashable, CustomStringConvertible, Sendable {
         self.upstreamFailure = upstreamFailure
     }
 
-    public static func handshakeFailed(_ reason: String) -> TLSError { TLSError(.handshakeFailed, reason) }
-    public static let handshakeTimeout = TLSError(.handshakeTimeout, "handshake timed out")
-    public static let eofDuringHandshake = TLSError(.eofDuringHandshake, "connection closed during the handshake")
-    public static let uncleanShutdown = TLSError(.uncleanShutdown, "connection closed without close_notify")
-    public static func configuration(_ reason: String) -> TLSError { TLSError(.configuration, reason) }
-    public static func invalidCertificate(_ reason: String) -> TLSError { TLSError(.invalidCertificate, reason) }
-    public static func invalidKey(_ reason: String) -> TLSError { TLSError(.invalidKey, reason) }
-    public static func keyMismatch(_ reason: String) -> TLSError { TLSError(.keyMismatch, reason) }
+    package static func handshakeFailed(_ reason: String) -> TLSError { TLSError(.handshakeFailed, reason) }
+    package static let handshakeTimeout = TLSError(.handshakeTimeout, "handshake timed out")
+    package static let eofDuringHandshake = TLSError(.eofDuringHandshake, "connection closed during the handshake")
+    package static let uncleanShutdown = TLSError(.uncleanShutdown, "connection closed without close_notify")
+    package static func configuration(_ reason: String) -> TLSError { TLSError(.configuration, reason) }
+    package static func invalidCertificate(_ reason: String) -> TLSError { TLSError(.invalidCertificate, reason) }
+    package static func invalidKey(_ reason: String) -> TLSError { TLSError(.invalidKey, reason) }
+    package static func keyMismatch(_ reason: String) -> TLSError { TLSError(.keyMismatch, reason) }
 
-    public var isHandshakeFailure: Bool { self.kind == .handshakeFailed }
-    public var isHandshakeTimeout: Bool { self.kind == .handshakeTimeout }
-    public var isEOFDuringHandshake: Bool { self.kind == .eofDuringHandshake }
-    public var isUncleanShutdown: Bool { self.kind == .uncleanShutdown }
+    package var isHandshakeFailure: Bool { self.kind == .handshakeFailed }
+    package var isHandshakeTimeout: Bool { self.kind == .handshakeTimeout }
+    package var isEOFDuringHandshake: Bool { self.kind == .eofDuringHandshake }
+    package var isUncleanShutdown: Bool { self.kind == .uncleanShutdown }
 
-    public var description: String {
+    package var description: String {
         switch self.kind {
         case .handshakeFailed: return "TLS handshake failed: \(self.reason)"
         case .readFailed: return "TLS read failed: \(self.reason)"
@@ -54,8 +54,8 @@ public struct TLSError: Error, Hashable, CustomStringConvertible, Sendable {
         }
     }
 
-    public static func == (lhs: TLSError, rhs: TLSError) -> Bool { lhs.kind == rhs.kind }
-    public func hash(into hasher: inout Hasher) { hasher.combine(self.kind) }
+    package static func == (lhs: TLSError, rhs: TLSError) -> Bool { lhs.kind == rhs.kind }
+    package func hash(into hasher: inout Hasher) { hasher.combine(self.kind) }
 }
 
 /// Drains OpenSSL's thread-local error queue into one readable line.

@@ -5,7 +5,7 @@ import CEdgeShims
 ///
 /// `@unchecked Sendable`: the `X509` is never mutated after parsing, and OpenSSL's
 /// read accessors and reference counting are thread-safe.
-public final class X509Certificate: @unchecked Sendable {
+package final class X509Certificate: @unchecked Sendable {
     let pointer: OpaquePointer
 
     init(taking pointer: OpaquePointer) {
@@ -17,7 +17,7 @@ public final class X509Certificate: @unchecked Sendable {
     }
 
     /// The serial number in upper-case hex, as `openssl x509 -serial` prints it.
-    public var serialNumberHex: String {
+    package var serialNumberHex: String {
         guard let bn = ASN1_INTEGER_to_BN(X509_get_serialNumber(self.pointer), nil) else { return "" }
         defer { BN_free(bn) }
         guard let hex = BN_bn2hex(bn) else { return "" }
@@ -27,21 +27,21 @@ public final class X509Certificate: @unchecked Sendable {
     }
 
     /// Subject in RFC 2253 form.
-    public var subject: String { Self.nameString(X509_get_subject_name(self.pointer)) }
+    package var subject: String { Self.nameString(X509_get_subject_name(self.pointer)) }
     /// Issuer in RFC 2253 form.
-    public var issuer: String { Self.nameString(X509_get_issuer_name(self.pointer)) }
+    package var issuer: String { Self.nameString(X509_get_issuer_name(self.pointer)) }
 
     /// Not-before as seconds since the epoch.
-    public var notBefore: Int64 { Self.epochSeconds(X509_get0_notBefore(self.pointer)) }
+    package var notBefore: Int64 { Self.epochSeconds(X509_get0_notBefore(self.pointer)) }
     /// Not-after as seconds since the epoch.
-    public var notAfter: Int64 { Self.epochSeconds(X509_get0_notAfter(self.pointer)) }
+    package var notAfter: Int64 { Self.epochSeconds(X509_get0_notAfter(self.pointer)) }
 
     /// DNS subject alternative names, lower-cased.
-    public var dnsNames: [String] {
+    package var dnsNames: [String] {
         self.subjectAlternativeNames.compactMap { if case .dns(let n) = $0 { return n.lowercased() } else { return nil } }
     }
 
-    public enum AlternativeName: Hashable, Sendable {
+    package enum AlternativeName: Hashable, Sendable {
         case dns(String)
         case ip(String)
         case uri(String)
@@ -49,7 +49,7 @@ public final class X509Certificate: @unchecked Sendable {
     }
 
     /// Every subject alternative name of a supported type.
-    public var subjectAlternativeNames: [AlternativeName] {
+    package var subjectAlternativeNames: [AlternativeName] {
         guard let raw = X509_get_ext_d2i(self.pointer, NID_subject_alt_name, nil, nil) else { return [] }
         let names = OpaquePointer(raw)
         defer { GENERAL_NAMES_free(names) }
@@ -88,7 +88,7 @@ public final class X509Certificate: @unchecked Sendable {
     }
 
     /// The subject common name, if any.
-    public var commonName: String? {
+    package var commonName: String? {
         let name = X509_get_subject_name(self.pointer)
         let index = X509_NAME_get_index_by_NID(name, NID_commonName, -1)
         guard index >= 0, let entry = X509_NAME_get_entry(name, index),
@@ -101,7 +101,7 @@ public final class X509Certificate: @unchecked Sendable {
     }
 
     /// SHA-256 fingerprint of the DER encoding, colon-separated upper-case hex.
-    public var sha256Fingerprint: String {
+    package var sha256Fingerprint: String {
         var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0
         guard X509_digest(self.pointer, EVP_sha256(), &digest, &length) == 1 else { return "" }
@@ -112,13 +112,13 @@ public final class X509Certificate: @unchecked Sendable {
     }
 
     /// Public key algorithm and size, for example `ECDSA P-256` or `RSA 2048`.
-    public var keyDescription: String {
+    package var keyDescription: String {
         guard let key = X509_get0_pubkey(self.pointer) else { return "unknown" }
         return PrivateKey.describe(key)
     }
 
     /// True when `issuer` signed this certificate and the names chain.
-    public func isIssued(by issuer: X509Certificate) -> Bool {
+    package func isIssued(by issuer: X509Certificate) -> Bool {
         X509_check_issued(issuer.pointer, self.pointer) == X509_V_OK
     }
 
@@ -151,7 +151,7 @@ func readAll(_ bio: OpaquePointer) -> String {
 /// A private key, owned. Never printed, logged or serialised.
 ///
 /// `@unchecked Sendable`: the `EVP_PKEY` is immutable after parsing.
-public final class PrivateKey: @unchecked Sendable, CustomStringConvertible {
+package final class PrivateKey: @unchecked Sendable, CustomStringConvertible {
     let pointer: OpaquePointer
 
     init(taking pointer: OpaquePointer) {
@@ -163,7 +163,7 @@ public final class PrivateKey: @unchecked Sendable, CustomStringConvertible {
     }
 
     /// Algorithm and size only: key material never appears in descriptions.
-    public var description: String { "PrivateKey(\(Self.describe(self.pointer)))" }
+    package var description: String { "PrivateKey(\(Self.describe(self.pointer)))" }
 
     static func describe(_ key: OpaquePointer) -> String {
         let bits = EVP_PKEY_get_bits(key)
@@ -189,15 +189,15 @@ public final class PrivateKey: @unchecked Sendable, CustomStringConvertible {
 }
 
 /// The certificates and optional key found in one PEM document.
-public struct PEMBundle: Sendable {
-    public var certificates: [X509Certificate]
-    public var key: PrivateKey?
+package struct PEMBundle: Sendable {
+    package var certificates: [X509Certificate]
+    package var key: PrivateKey?
 
     /// Parses every CERTIFICATE block and at most one private key from PEM text.
     ///
     /// Throws `TLSError.invalidCertificate` with a reason when the text holds
     /// malformed PEM or nothing usable.
-    public static func parse(_ bytes: [UInt8]) throws -> PEMBundle {
+    package static func parse(_ bytes: [UInt8]) throws -> PEMBundle {
         ERR_clear_error()
         var bundle = PEMBundle(certificates: [], key: nil)
         guard !bytes.isEmpty else { throw TLSError.invalidCertificate("file is empty") }
@@ -265,14 +265,14 @@ func ERR_GET_REASON_shim(_ code: UInt) -> Int32 {
 }
 
 /// Checks that `key` belongs to `certificate` (`X509_check_private_key`).
-public func keyMatches(_ key: PrivateKey, certificate: X509Certificate) -> Bool {
+package func keyMatches(_ key: PrivateKey, certificate: X509Certificate) -> Bool {
     ERR_clear_error()
     defer { ERR_clear_error() }
     return X509_check_private_key(certificate.pointer, key.pointer) == 1
 }
 
 /// SHA-256 of `bytes` in lower-case hex (content identity of source files).
-public func sha256Hex(_ bytes: [UInt8]) -> String {
+package func sha256Hex(_ bytes: [UInt8]) -> String {
     var digest = [UInt8](repeating: 0, count: 32)
     var length: UInt32 = 0
     _ = EVP_Digest(bytes, bytes.count, &digest, &length, EVP_sha256(), nil)
@@ -289,23 +289,23 @@ extension String {
 /// Incremental SHA-256, for hashing streamed bodies without holding them.
 ///
 /// Not thread-safe; one owner at a time.
-public final class SHA256Stream {
+package final class SHA256Stream {
     private let context: OpaquePointer
 
-    public init() {
+    package init() {
         self.context = EVP_MD_CTX_new()
         EVP_DigestInit_ex(self.context, EVP_sha256(), nil)
     }
 
     deinit { EVP_MD_CTX_free(self.context) }
 
-    public func update(_ bytes: UnsafeRawBufferPointer) {
+    package func update(_ bytes: UnsafeRawBufferPointer) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         EVP_DigestUpdate(self.context, base, bytes.count)
     }
 
     /// The digest in lower-case hex; the stream is finished afterwards.
-    public func finalizeHex() -> String {
+    package func finalizeHex() -> String {
         var digest = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 0
         EVP_DigestFinal_ex(self.context, &digest, &length)

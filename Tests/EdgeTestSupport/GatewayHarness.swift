@@ -7,16 +7,16 @@ import NIOCore
 import NIOPosix
 
 /// A gateway and a demo upstream running in this process on free loopback ports.
-public final class GatewayHarness: @unchecked Sendable {
-    public let group: MultiThreadedEventLoopGroup
-    public let upstream: DemoUpstream
-    public let gateway: Gateway
-    public let directory: TemporaryDirectory
+package final class GatewayHarness: @unchecked Sendable {
+    package let group: MultiThreadedEventLoopGroup
+    package let upstream: DemoUpstream
+    package let gateway: Gateway
+    package let directory: TemporaryDirectory
     /// Everything the gateway logged at info and above.
-    public let logs: LogCapture
+    package let logs: LogCapture
 
     /// `yaml` receives the upstream's port; listeners should use port 0.
-    public static func start(
+    package static func start(
         directory: TemporaryDirectory = TemporaryDirectory(),
         upstreamTLS: TLSContext? = nil,
         upstreamIdleClose: TimeAmount? = nil,
@@ -41,12 +41,12 @@ public final class GatewayHarness: @unchecked Sendable {
         self.logs = logs
     }
 
-    public func port(_ listener: String) -> Int { self.gateway.boundPort(listener: listener) ?? 0 }
+    package func port(_ listener: String) -> Int { self.gateway.boundPort(listener: listener) ?? 0 }
 
     private let stopped = NIOLockedValueBox(false)
 
     /// Stops the gateway, the upstream and the event loops; safe to call twice.
-    public func shutdown() async {
+    package func shutdown() async {
         guard !self.stopped.withLockedValue({ let was = $0; $0 = true; return was }) else { return }
         await self.gateway.shutdown(grace: .seconds(2))
         await self.upstream.close()
@@ -55,16 +55,16 @@ public final class GatewayHarness: @unchecked Sendable {
 }
 
 /// A gateway binary started as a child process, stopped on `stop()`.
-public final class GatewayProcess: @unchecked Sendable {
-    public let process: Process
-    public let logPath: String
+package final class GatewayProcess: @unchecked Sendable {
+    package let process: Process
+    package let logPath: String
 
-    public convenience init(config: String, logPath: String, arguments: [String] = [], environment: [String: String] = [:]) throws {
+    package convenience init(config: String, logPath: String, arguments: [String] = [], environment: [String: String] = [:]) throws {
         try self.init(commandLine: [gatewayBinary(), "run", "-c", config] + arguments, logPath: logPath, environment: environment)
     }
 
     /// Runs `commandLine` as it is: an installed gateway, or one started as its unit says.
-    public init(commandLine: [String], logPath: String, environment: [String: String] = [:]) throws {
+    package init(commandLine: [String], logPath: String, environment: [String: String] = [:]) throws {
         let process = Process()
         if !environment.isEmpty {
             process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
@@ -80,18 +80,18 @@ public final class GatewayProcess: @unchecked Sendable {
         self.logPath = logPath
     }
 
-    public var pid: Int32 { self.process.processIdentifier }
+    package var pid: Int32 { self.process.processIdentifier }
 
-    public var log: String { (try? String(contentsOfFile: self.logPath, encoding: .utf8)) ?? "" }
+    package var log: String { (try? String(contentsOfFile: self.logPath, encoding: .utf8)) ?? "" }
 
     /// Waits (bounded) until `port` accepts connections.
-    public func waitForPort(_ port: Int, timeout: TimeInterval = 20) -> Bool {
+    package func waitForPort(_ port: Int, timeout: TimeInterval = 20) -> Bool {
         Probe.wait(port: port, timeout: timeout) { self.process.isRunning }
     }
 
-    public enum Probe {
+    package enum Probe {
         /// Polls (bounded) until `port` accepts a connection, while `alive` holds.
-        public static func wait(port: Int, timeout: TimeInterval = 20, alive: () -> Bool = { true }) -> Bool {
+        package static func wait(port: Int, timeout: TimeInterval = 20, alive: () -> Bool = { true }) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if !alive() { return false }
@@ -108,7 +108,7 @@ public final class GatewayProcess: @unchecked Sendable {
 
     /// Sends `signal` and waits (bounded) for exit; returns the exit status.
     @discardableResult
-    public func stop(signal: Int32 = SIGTERM, timeout: TimeInterval = 20) -> Int32 {
+    package func stop(signal: Int32 = SIGTERM, timeout: TimeInterval = 20) -> Int32 {
         if self.process.isRunning { kill(self.pid, signal) }
         let deadline = Date().addingTimeInterval(timeout)
         while self.process.isRunning && Date() < deadline { usleep(20_000) }
@@ -126,11 +126,11 @@ public final class GatewayProcess: @unchecked Sendable {
 }
 
 /// `edge-gateway demo-upstream` as a child process on a free loopback port, stopped on `stop()` or deinit.
-public final class DemoUpstreamProcess: @unchecked Sendable {
-    public let port = freePort()
+package final class DemoUpstreamProcess: @unchecked Sendable {
+    package let port = freePort()
     private let process = Process()
 
-    public init() throws {
+    package init() throws {
         self.process.executableURL = URL(fileURLWithPath: gatewayBinary())
         self.process.arguments = ["demo-upstream", "--listen", "127.0.0.1:\(self.port)"]
         self.process.standardError = FileHandle.nullDevice
@@ -140,7 +140,7 @@ public final class DemoUpstreamProcess: @unchecked Sendable {
         }
     }
 
-    public func stop() {
+    package func stop() {
         if self.process.isRunning { self.process.terminate() }
         self.process.waitUntilExit()
     }
@@ -151,7 +151,7 @@ public final class DemoUpstreamProcess: @unchecked Sendable {
 extension GatewayHarness {
     /// Opens a connection to `port` that sends nothing, then drains the gateway with a
     /// 10 s grace period: how long the drain took and whether the connection was closed.
-    public func drainWithSilentConnection(port: Int) async -> (seconds: TimeInterval, closed: Bool) {
+    package func drainWithSilentConnection(port: Int) async -> (seconds: TimeInterval, closed: Bool) {
         let socket = connectedSocket(port: port)
         defer { close(socket) }
         pause(0.2)

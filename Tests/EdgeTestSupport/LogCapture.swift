@@ -2,19 +2,19 @@ import Logging
 import NIOConcurrencyHelpers
 
 /// Keeps every log line of an in-process gateway so tests can check what was logged and why.
-public final class LogCapture: Sendable {
+package final class LogCapture: Sendable {
     private let lines = NIOLockedValueBox<[String]>([])
 
-    public init() {}
+    package init() {}
 
     /// One line per message: `level message key=value ...`.
-    public var all: [String] { self.lines.withLockedValue { $0 } }
+    package var all: [String] { self.lines.withLockedValue { $0 } }
 
-    public func contains(_ text: String) -> Bool { self.all.contains { $0.contains(text) } }
+    package func contains(_ text: String) -> Bool { self.all.contains { $0.contains(text) } }
 
     func append(_ line: String) { self.lines.withLockedValue { $0.append(line) } }
 
-    public func logger(level: Logger.Level = .info) -> Logger {
+    package func logger(level: Logger.Level = .info) -> Logger {
         var logger = Logger(label: "edge-gateway-test") { _ in CaptureHandler(capture: self) }
         logger.logLevel = level
         return logger

@@ -4,13 +4,13 @@ import Glibc
 #endif
 
 /// The result of a finished process.
-public struct ProcessResult: Sendable {
-    public var status: Int32
-    public var stdout: String
-    public var stderr: String
+package struct ProcessResult: Sendable {
+    package var status: Int32
+    package var stdout: String
+    package var stderr: String
 }
 
-public enum Shell {
+package enum Shell {
     /// Runs a command to completion (bounded by `timeout`), capturing its output.
     ///
     /// Spawned and reaped here (posix_spawn, waitpid), not with Foundation's `Process`: on
@@ -19,7 +19,7 @@ public enum Shell {
     /// script that exits while the children it started in the background run on (the
     /// demo) then stayed a zombie, and the test waited for it forever.
     @discardableResult
-    public static func run(_ arguments: [String], input: String? = nil, timeout: TimeInterval = 120, environment: [String: String]? = nil) throws -> ProcessResult {
+    package static func run(_ arguments: [String], input: String? = nil, timeout: TimeInterval = 120, environment: [String: String]? = nil) throws -> ProcessResult {
         var environmentVariables = ProcessInfo.processInfo.environment
         if let environment { environmentVariables.merge(environment) { _, new in new } }
         let inPipe = try pipePair(), outPipe = try pipePair(), errPipe = try pipePair()
@@ -125,7 +125,7 @@ public enum Shell {
 
     /// Runs a shell snippet with bash.
     @discardableResult
-    public static func bash(_ script: String, timeout: TimeInterval = 120) throws -> ProcessResult {
+    package static func bash(_ script: String, timeout: TimeInterval = 120) throws -> ProcessResult {
         try run(["bash", "-c", script], timeout: timeout)
     }
 }
@@ -139,10 +139,10 @@ final class DataBox: @unchecked Sendable {
 }
 
 /// A temporary directory removed on deinit.
-public final class TemporaryDirectory: @unchecked Sendable {
-    public let path: String
+package final class TemporaryDirectory: @unchecked Sendable {
+    package let path: String
 
-    public init() {
+    package init() {
         let base = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
         var template = Array("\(base)/edge-gateway-test-XXXXXX".utf8CString)
         let result = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
@@ -153,9 +153,9 @@ public final class TemporaryDirectory: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: self.path)
     }
 
-    public func file(_ name: String) -> String { self.path + "/" + name }
+    package func file(_ name: String) -> String { self.path + "/" + name }
 
-    public func write(_ name: String, _ contents: String) throws {
+    package func write(_ name: String, _ contents: String) throws {
         let target = self.file(name)
         try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try contents.write(toFile: target, atomically: false, encoding: .utf8)
@@ -163,7 +163,7 @@ public final class TemporaryDirectory: @unchecked Sendable {
 }
 
 /// The directory that holds the built products (the edge-gateway binary).
-public func productsDirectory() -> String {
+package func productsDirectory() -> String {
     for bundle in Bundle.allBundles where bundle.bundlePath.hasSuffix(".xctest") {
         return (bundle.bundlePath as NSString).deletingLastPathComponent
     }
@@ -177,10 +177,10 @@ public func productsDirectory() -> String {
 }
 
 /// Path of the gateway binary built with the tests.
-public func gatewayBinary() -> String { productsDirectory() + "/edge-gateway" }
+package func gatewayBinary() -> String { productsDirectory() + "/edge-gateway" }
 
 /// 127.0.0.1:`port` as a socket address.
-public func loopbackAddress(port: Int) -> sockaddr_in {
+package func loopbackAddress(port: Int) -> sockaddr_in {
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -189,7 +189,7 @@ public func loopbackAddress(port: Int) -> sockaddr_in {
 }
 
 /// A socket listening on 127.0.0.1:`port` (the caller closes it), or -1.
-public func listeningSocket(port: Int) -> CInt {
+package func listeningSocket(port: Int) -> CInt {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var addr = loopbackAddress(port: port)
     let bound = withUnsafePointer(to: &addr) {
@@ -203,7 +203,7 @@ public func listeningSocket(port: Int) -> CInt {
 }
 
 /// A free TCP port on loopback (bound and released; good enough for tests that start processes).
-public func freePort() -> Int {
+package func freePort() -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
     var addr = loopbackAddress(port: 0)
@@ -214,7 +214,7 @@ public func freePort() -> Int {
 }
 
 /// A TCP socket connected to 127.0.0.1:`port` (the caller closes it), or -1.
-public func connectedSocket(port: Int) -> CInt {
+package func connectedSocket(port: Int) -> CInt {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var addr = loopbackAddress(port: port)
     let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
@@ -226,7 +226,7 @@ public func connectedSocket(port: Int) -> CInt {
 }
 
 /// Sends raw bytes to a loopback port and reads until EOF or `timeout`.
-public func rawExchange(port: Int, send data: [UInt8], timeout: Double = 5) -> (response: String, closed: Bool) {
+package func rawExchange(port: Int, send data: [UInt8], timeout: Double = 5) -> (response: String, closed: Bool) {
     let fd = connectedSocket(port: port)
     guard fd >= 0 else { return ("connect failed", true) }
     defer { close(fd) }
@@ -251,7 +251,7 @@ public func rawExchange(port: Int, send data: [UInt8], timeout: Double = 5) -> (
 }
 
 /// Resident memory figures of a process, in KiB.
-public func memoryOf(pid: Int32) -> (rss: Int, peak: Int) {
+package func memoryOf(pid: Int32) -> (rss: Int, peak: Int) {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return (0, 0) }
     func field(_ name: String) -> Int {
         for line in text.split(separator: "\n") where line.hasPrefix(name + ":") {
@@ -263,7 +263,7 @@ public func memoryOf(pid: Int32) -> (rss: Int, peak: Int) {
 }
 
 /// The repository root (for scripts under Tests/tools).
-public func repositoryRoot(file: String = #filePath) -> String {
+package func repositoryRoot(file: String = #filePath) -> String {
     var dir = (file as NSString).deletingLastPathComponent
     while !dir.isEmpty && dir != "/" {
         if FileManager.default.fileExists(atPath: dir + "/Package.swift") { return dir }
@@ -273,7 +273,7 @@ public func repositoryRoot(file: String = #filePath) -> String {
 }
 
 /// Serial number (upper-case hex) of the certificate served for `serverName`, or nil when the handshake fails.
-public func servedSerial(port: Int, serverName: String?, extra: [String] = []) -> String? {
+package func servedSerial(port: Int, serverName: String?, extra: [String] = []) -> String? {
     var args = ["openssl", "s_client", "-connect", "127.0.0.1:\(port)"] + extra
     if let serverName { args += ["-servername", serverName] } else { args += ["-noservername"] }
     guard let result = try? Shell.run(args, input: "", timeout: 10) else { return nil }
@@ -286,7 +286,7 @@ public func servedSerial(port: Int, serverName: String?, extra: [String] = []) -
 }
 
 /// Polls (bounded) until `condition` holds; returns whether it did.
-public func eventually(timeout: TimeInterval = 10, interval: TimeInterval = 0.05, _ condition: () -> Bool) -> Bool {
+package func eventually(timeout: TimeInterval = 10, interval: TimeInterval = 0.05, _ condition: () -> Bool) -> Bool {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
         if condition() { return true }
@@ -296,18 +296,18 @@ public func eventually(timeout: TimeInterval = 10, interval: TimeInterval = 0.05
 }
 
 /// Sleeps the calling thread (usable from async tests that drive external processes).
-public func pause(_ seconds: Double) {
+package func pause(_ seconds: Double) {
     usleep(UInt32(seconds * 1_000_000))
 }
 
 /// Tests/tools/tls_load.py in the background: one keep-alive HTTPS connection plus a loop of
 /// new handshakes against `port`, until `finish()`.
-public final class TLSLoad {
+package final class TLSLoad {
     private let process = Process()
     private let output = Pipe()
     private let stopFile: String
 
-    public init(port: Int, caFile: String, directory: TemporaryDirectory, limitSeconds: Int = 240, serverName: String = "localhost") throws {
+    package init(port: Int, caFile: String, directory: TemporaryDirectory, limitSeconds: Int = 240, serverName: String = "localhost") throws {
         self.stopFile = directory.file("stop-load")
         self.process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         self.process.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", caFile, self.stopFile, "\(limitSeconds)", serverName]
@@ -315,17 +315,17 @@ public final class TLSLoad {
         try self.process.run()
     }
 
-    public struct Stats {
-        public var keepAliveOK: Int
-        public var keepAliveErrors: [String]
-        public var handshakesOK: Int
-        public var handshakeErrors: [String]
+    package struct Stats {
+        package var keepAliveOK: Int
+        package var keepAliveErrors: [String]
+        package var handshakesOK: Int
+        package var handshakeErrors: [String]
         /// Certificate fingerprints seen by new handshakes, with counts.
-        public var certificates: [String: Int]
+        package var certificates: [String: Int]
     }
 
     /// Stops the load and returns what it saw.
-    public func finish() throws -> Stats {
+    package func finish() throws -> Stats {
         _ = FileManager.default.createFile(atPath: self.stopFile, contents: nil)
         self.process.waitUntilExit()
         let object = try JSONSerialization.jsonObject(with: self.output.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
@@ -340,12 +340,12 @@ public final class TLSLoad {
 }
 
 /// Tests/tools/http_load.py in the background: keep-alive HTTP load with timed failures.
-public final class HTTPLoad {
+package final class HTTPLoad {
     private let process = Process()
     private let output = Pipe()
     private let stopFile: String
 
-    public init(port: Int, threads: Int, directory: TemporaryDirectory, path: String = "/", limitSeconds: Int = 120, newConnectionPerRequest: Bool = false) throws {
+    package init(port: Int, threads: Int, directory: TemporaryDirectory, path: String = "/", limitSeconds: Int = 120, newConnectionPerRequest: Bool = false) throws {
         self.stopFile = directory.file("stop-http-load-\(port)-\(newConnectionPerRequest)")
         self.process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         self.process.arguments = [repositoryRoot() + "/Tests/tools/http_load.py", "\(port)", "\(threads)", self.stopFile, "\(limitSeconds)", path,
@@ -355,7 +355,7 @@ public final class HTTPLoad {
     }
 
     /// Stops the load; returns the successes and each failure with its Unix time.
-    public func finish() throws -> (ok: Int, errors: [(time: Double, message: String)]) {
+    package func finish() throws -> (ok: Int, errors: [(time: Double, message: String)]) {
         _ = FileManager.default.createFile(atPath: self.stopFile, contents: nil)
         self.process.waitUntilExit()
         let object = try JSONSerialization.jsonObject(with: self.output.fileHandleForReading.readDataToEndOfFile()) as! [String: Any]
@@ -370,7 +370,7 @@ public final class HTTPLoad {
 
 /// Sends and fetches 64 MiB through an HTTPS `port` with curl (`flags`, e.g. `--http2`) and
 /// returns what differs from the expectation: upload hash, echo hash, download size. Empty when intact.
-public func largeBodyProblems(port: Int, caFile: String, directory: TemporaryDirectory, flags: String = "") throws -> [String] {
+package func largeBodyProblems(port: Int, caFile: String, directory: TemporaryDirectory, flags: String = "") throws -> [String] {
     let file = directory.file("upload.bin")
     try Shell.run(["bash", "-c", "head -c 67108864 /dev/urandom > '\(file)'"])
     func run(_ script: String) throws -> String { try Shell.bash(script).stdout.trimmingCharacters(in: .whitespacesAndNewlines) }

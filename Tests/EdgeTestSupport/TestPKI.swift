@@ -4,19 +4,19 @@ import Foundation
 ///
 /// Root and intermediate CA; leaves are ECDSA P-256 (or RSA) signed by the
 /// intermediate. Nothing here is ever committed.
-public final class TestPKI: @unchecked Sendable {
-    public let directory: TemporaryDirectory
-    public var caPath: String { self.directory.file("ca.pem") }
-    public var intermediatePath: String { self.directory.file("intermediate.pem") }
+package final class TestPKI: @unchecked Sendable {
+    package let directory: TemporaryDirectory
+    package var caPath: String { self.directory.file("ca.pem") }
+    package var intermediatePath: String { self.directory.file("intermediate.pem") }
     private var counter = 0
 
-    public struct Leaf: Sendable {
-        public var certificate: String  // leaf only
-        public var fullchain: String    // leaf + intermediate
-        public var key: String
-        public var serial: String       // upper-case hex as openssl prints it
+    package struct Leaf: Sendable {
+        package var certificate: String  // leaf only
+        package var fullchain: String    // leaf + intermediate
+        package var key: String
+        package var serial: String       // upper-case hex as openssl prints it
 
-        public init(certificate: String, fullchain: String, key: String, serial: String) {
+        package init(certificate: String, fullchain: String, key: String, serial: String) {
             self.certificate = certificate
             self.fullchain = fullchain
             self.key = key
@@ -24,7 +24,7 @@ public final class TestPKI: @unchecked Sendable {
         }
     }
 
-    public init() throws {
+    package init() throws {
         self.directory = TemporaryDirectory()
         let d = self.directory.path
         try Self.sh("""
@@ -41,7 +41,7 @@ public final class TestPKI: @unchecked Sendable {
     }
 
     /// Issues a leaf for `dnsNames` (and 127.0.0.1), valid for `days`.
-    public func issue(_ dnsNames: [String], days: Int = 90, rsa: Bool = false, into directory: String? = nil, name: String? = nil) throws -> Leaf {
+    package func issue(_ dnsNames: [String], days: Int = 90, rsa: Bool = false, into directory: String? = nil, name: String? = nil) throws -> Leaf {
         self.counter += 1
         let base = name ?? "leaf\(self.counter)"
         let dir = directory ?? self.directory.path
@@ -70,7 +70,7 @@ public final class TestPKI: @unchecked Sendable {
 
     /// Issues a leaf with exactly `subjectAltNames` ("DNS:a.example", "IP:127.0.0.1"; none
     /// gives a certificate without the extension, named only by its CN).
-    public func issue(subjectAltNames: [String], commonName: String, into directory: String, name: String, days: Int = 30) throws -> Leaf {
+    package func issue(subjectAltNames: [String], commonName: String, into directory: String, name: String, days: Int = 30) throws -> Leaf {
         self.counter += 1
         let work = self.directory.path
         let san = subjectAltNames.isEmpty ? "" : "subjectAltName=\(subjectAltNames.joined(separator: ","))\\n"
@@ -90,7 +90,7 @@ public final class TestPKI: @unchecked Sendable {
     }
 
     /// `YYYYMMDDHHMMSSZ` for a Unix time.
-    public static func asn1Time(_ seconds: Int64) -> String {
+    package static func asn1Time(_ seconds: Int64) -> String {
         var t = time_t(seconds)
         var parts = tm()
         gmtime_r(&t, &parts)
@@ -124,7 +124,7 @@ public final class TestPKI: @unchecked Sendable {
     }
 
     /// An intermediate CA under the root with an exact validity window.
-    public func intermediate(name: String, notBefore: Int64, notAfter: Int64) throws -> (cert: String, key: String) {
+    package func intermediate(name: String, notBefore: Int64, notAfter: Int64) throws -> (cert: String, key: String) {
         let d = self.directory.path
         try Self.sh("""
             cd '\(d)'
@@ -138,7 +138,7 @@ public final class TestPKI: @unchecked Sendable {
     }
 
     /// A leaf with an exact validity window, signed by the intermediate (or `issuer`).
-    public func issue(_ dnsNames: [String], notBefore: Int64, notAfter: Int64, into directory: String, name: String,
+    package func issue(_ dnsNames: [String], notBefore: Int64, notAfter: Int64, into directory: String, name: String,
                       issuer: (cert: String, key: String)? = nil) throws -> Leaf {
         self.counter += 1
         let d = self.directory.path
