@@ -226,6 +226,16 @@ final class CertbotTests: XCTestCase {
             let keys = try FileManager.default.contentsOfDirectory(atPath: acme.configDir + "/archive/localhost").filter { $0.hasPrefix("privkey") }.sorted()
             XCTAssertGreaterThanOrEqual(keys.count, 2, "\(keys)")
             XCTAssertEqual(modes("archive/localhost/" + keys.last!), "\(ACME.hookGroup) 640", "certbot ran the hook on renewal too (\(keys))")
+            // A lineage issued before the hook (certbot's own modes) gets it by hand, as the README says.
+            XCTAssertEqual(try Shell.bash("cd '\(acme.configDir)' && chgrp -R root live archive && chmod 0700 live archive archive/localhost").status, 0)
+            XCTAssertEqual(modes("live"), "root 700")
+            // doc-command: RENEWED_LINEAGE=/etc/letsencrypt/live/example.com /usr/share/edge-gateway/certbot-deploy-hook.sh
+            let byHand = try Shell.run([repositoryRoot() + "/deploy/certbot/edge-gateway-deploy-hook.sh"],
+                                       environment: ["RENEWED_LINEAGE": acme.configDir + "/live/localhost", "EDGE_GATEWAY_GROUP": ACME.hookGroup])
+            XCTAssertEqual(byHand.status, 0, byHand.stderr)
+            XCTAssertEqual(modes("live"), "\(ACME.hookGroup) 750")
+            XCTAssertEqual(modes("archive/localhost"), "\(ACME.hookGroup) 750")
+            XCTAssertEqual(modes("archive/localhost/" + keys.last!), "\(ACME.hookGroup) 640")
         }
         XCTAssertNotEqual(renewed, issued)
         XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == renewed }, "the renewed certificate is served")

@@ -15,20 +15,25 @@ import XCTest
 /// in where the marker says so (a benchmark at smoke size, certbot against pebble); the
 /// command and the options the doc shows are kept.
 final class DocCommandsTests: XCTestCase {
-    /// The pages a newcomer reads. docs/benchmarks-history.md is left out: it records the
-    /// commands of runs made in the past, as they were then.
-    static let pages = ["README.md", "BENCHMARKS.md", "docs/certificates.md", "docs/configuration.md", "docs/design.md",
-                        "docs/monitoring.md", "docs/operations.md", "docs/proxying.md", "docs/testing.md"]
-    /// An inline code span is a command when it starts with one of these and has an argument.
+    /// The pages a newcomer reads: the README, BENCHMARKS.md and every page in docs/ but
+    /// docs/benchmarks-history.md, which records the commands of past runs as they were then.
+    static func pages(root: String) throws -> [String] {
+        let docs = try FileManager.default.contentsOfDirectory(atPath: root + "/docs")
+            .filter { $0.hasSuffix(".md") && $0 != "benchmarks-history.md" }.sorted().map { "docs/" + $0 }
+        return ["README.md", "BENCHMARKS.md"] + docs
+    }
+    /// An inline code span is a command when it starts (after any `NAME=value`) with one of
+    /// these and has an argument.
     static let commandWords: Set<String> = ["bash", "python3", "curl", "edge-gateway", "openssl", "certbot", "systemctl", "apt-get",
                                             "apt", "dpkg", "dpkg-deb", "swift", "promtool", "h2load", "wrk", "nghttp", "kubectl",
-                                            "docker", "journalctl", "kill", "sudo", "setcap", "ulimit"]
+                                            "docker", "journalctl", "kill", "sudo", "setcap", "ulimit", "ss", "systemd-analyze",
+                                            "prlimit", "logrotate", "/usr/share/edge-gateway/certbot-deploy-hook.sh"]
     static let marker = "doc-" + "command: "  // split, so that this file holds no marker itself
 
     func testEveryDocumentedCommandIsRunByCI() throws {
         let root = repositoryRoot()
         var documented: [String: [String]] = [:]  // command -> where the docs show it
-        for page in Self.pages {
+        for page in try Self.pages(root: root) {
             let text = try String(contentsOfFile: root + "/" + page, encoding: .utf8)
             for (command, line) in Self.commands(inMarkdown: text) {
                 documented[command, default: []].append("\(page):\(line)")
@@ -54,13 +59,17 @@ final class DocCommandsTests: XCTestCase {
             + stale.map { "  \($0)   (\(markers[$0]!.joined(separator: ", ")))" }.joined(separator: "\n"))
         // bench/smoke holds the benchmarks' markers: it must be something CI runs.
         let ci = try String(contentsOfFile: root + "/.ci/run", encoding: .utf8)
-        XCTAssertTrue(ci.contains("bench/smoke"), ".ci/run does not run bench/smoke")
+        XCTAssertTrue(ci.split(separator: "\n").contains { $0.hasPrefix("bash bench/smoke") }, ".ci/run does not run bench/smoke")
     }
 
     /// The extraction itself, on a page made for it.
     func testCommandsAreReadFromBlocksAndInlineSpans() {
         let page = """
-            Run `bash scripts/demo.sh stop` or `edge-gateway` (a name, not a command) or `foo bar`.
+            Run `bash scripts/demo.sh stop` or `edge-gateway` (a name, not a command) or `foo bar`, or `EDGE=1 bash
+              x.sh --flag` wrapped.
+
+            Not `a span that never
+            closes.
             ```sh
             # a comment line
             edge-gateway check -c /etc/x.yaml   # trailing comment
@@ -76,9 +85,9 @@ final class DocCommandsTests: XCTestCase {
             ```
             """
         let found = Self.commands(inMarkdown: page)
-        XCTAssertEqual(found.map(\.command), ["bash scripts/demo.sh stop", "edge-gateway check -c /etc/x.yaml",
-                                              "certbot certonly -d a --deploy-hook /h.sh"])
-        XCTAssertEqual(found.map(\.line), [1, 4, 5])
+        XCTAssertEqual(found.map(\.command).sorted(), ["EDGE=1 bash x.sh --flag", "bash scripts/demo.sh stop", "certbot certonly -d a --deploy-hook /h.sh",
+                                                       "edge-gateway check -c /etc/x.yaml"])
+        XCTAssertEqual(found.map(\.line).sorted(), [1, 1, 8, 9])
     }
 
     /// Commands in a Markdown page with the line each starts on.
@@ -86,10 +95,13 @@ final class DocCommandsTests: XCTestCase {
         var found: [(command: String, line: Int)] = []
         var fence: String?  // the open block's language, "" when it has none
         var pending: (text: String, line: Int)?
+        var paragraph: [(text: String, line: Int)] = []  // prose lines since the last blank one
         for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.trimmingCharacters(in: .whitespaces)
-            if line.hasPrefix("```") {
-                fence = fence == nil ? String(line.dropFirst(3)).trimmingCharacters(in: .whitespaces) : nil
+            if line.hasPrefix("```") || line.hasPrefix("~~~") {
+                fence = fence == nil ? String(line.drop { $0 == "`" || $0 == "~" }).trimmingCharacters(in: .whitespaces) : nil
+                found += inlineCommands(paragraph)
+                paragraph = []
                 continue
             }
             if let language = fence {
@@ -110,24 +122,51 @@ final class DocCommandsTests: XCTestCase {
                 }
                 continue
             }
-            for span in inlineCode(line) {
-                let words = span.split(separator: " ")
-                if words.count >= 2, commandWords.contains(String(words[0])) { found.append((span, index + 1)) }
+            if line.isEmpty {
+                found += inlineCommands(paragraph)
+                paragraph = []
+            } else {
+                paragraph.append((line, index + 1))
             }
         }
-        return found
+        return found + inlineCommands(paragraph)
     }
 
-    /// The contents of the inline code spans of one line (single backticks).
-    static func inlineCode(_ line: String) -> [String] {
-        let parts = line.split(separator: "`", omittingEmptySubsequences: false)
-        return stride(from: 1, to: parts.count - 1, by: 2).map { parts[$0].replacingOccurrences(of: "\\|", with: "|") }
+    /// The commands among a paragraph's inline code spans (single backticks; a span may
+    /// wrap onto the next line, and one never closed is no span), with the line each starts on.
+    static func inlineCommands(_ paragraph: [(text: String, line: Int)]) -> [(command: String, line: Int)] {
+        var found: [(command: String, line: Int)] = []
+        var open: (text: String, line: Int)?
+        func close(_ span: (text: String, line: Int)) {
+            let words = span.text.replacingOccurrences(of: "\\|", with: "|").split(separator: " ")
+            let command = words.drop { $0.contains("=") && !$0.hasPrefix("-") }  // after NAME=value
+            if let first = command.first, words.count >= 2, commandWords.contains(String(first)) {
+                found.append((words.joined(separator: " "), span.line))
+            }
+        }
+        for (text, line) in paragraph {
+            var rest = Substring(text)
+            open?.text += " "  // a span wrapped at the end of the line before
+            while let tick = rest.firstIndex(of: "`") {
+                if let span = open {
+                    close((span.text + rest[..<tick], span.line))
+                    open = nil
+                } else {
+                    open = ("", line)
+                }
+                rest = rest[rest.index(after: tick)...]
+            }
+            open?.text += rest
+        }
+        return found
     }
 
     /// The files CI runs: `.ci/run`, the scripts it and the README's test command run, the
     /// smoke runs of the benchmarks, and the tests with their helper programs.
     static func runnerFiles(root: String) throws -> [String] {
-        var files = [".ci/run", "scripts/test.sh", "scripts/sanitizers.sh", "scripts/tls-compliance.sh", "scripts/install-deps.sh", "bench/smoke"]
+        // The benchmark programs too: bench/smoke runs each of them.
+        var files = [".ci/run", "scripts/test.sh", "scripts/sanitizers.sh", "scripts/tls-compliance.sh", "scripts/install-deps.sh", "bench/smoke", "bench/soak"]
+        files += try FileManager.default.contentsOfDirectory(atPath: root + "/bench").filter { $0.hasSuffix(".py") }.map { "bench/" + $0 }
         let tests = FileManager.default.enumerator(atPath: root + "/Tests")
         while let path = tests?.nextObject() as? String {
             if path.hasSuffix(".swift") || path.hasSuffix(".py") { files.append("Tests/" + path) }

@@ -150,6 +150,7 @@ final class FaultTests: XCTestCase {
         defer { gateway.stop() }
         XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
         func backlog(_ port: Int) throws -> String {
+            // doc-command: ss -ltn
             let line = try Shell.run(["ss", "-ltnH", "sport = :\(port)"]).stdout.split(separator: "\n").first ?? ""
             return line.split(separator: " ", omittingEmptySubsequences: true).dropFirst(2).first.map(String.init) ?? "?"
         }

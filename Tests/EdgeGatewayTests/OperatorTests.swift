@@ -32,6 +32,7 @@ final class OperatorTests: XCTestCase {
 
         // The README's install command (packaging this binary instead of a release build).
         // doc-command: bash scripts/install.sh
+        // doc-command: EDGE_GATEWAY=/path/to/edge-gateway bash scripts/install.sh
         let install = try Shell.run(["bash", repositoryRoot() + "/scripts/install.sh"], timeout: 300, environment: ["EDGE_GATEWAY": gatewayBinary(), "EDGE_GATEWAY_DEB_DIR": dir.file("installed")])
         defer { _ = try? Shell.run(["dpkg", "--purge", "edge-gateway"]) }
         XCTAssertEqual(install.status, 0, install.stdout + install.stderr)
@@ -53,6 +54,7 @@ final class OperatorTests: XCTestCase {
         XCTAssertEqual(check.status, 0, check.stdout + check.stderr)
         XCTAssertTrue(check.stdout.contains("is valid"), check.stdout)
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") {
+            // doc-command: systemd-analyze verify
             let verify = try Shell.run(["systemd-analyze", "verify", "/lib/systemd/system/edge-gateway.service"])
             XCTAssertEqual(verify.status, 0, verify.stderr)
             XCTAssertEqual(verify.stderr.split(separator: "\n").filter { $0.contains("edge-gateway.service") }, [], verify.stderr)
@@ -94,44 +96,65 @@ final class OperatorTests: XCTestCase {
     /// The README's next step after the install: `systemctl enable --now`. Without systemd
     /// running (CI's container), `enable` still makes the link and the service is started
     /// the way its unit says systemd would: its directories, then ExecStartPre and ExecStart
-    /// as the edge-gateway user with CAP_NET_BIND_SERVICE only (setpriv), ExecReload for
-    /// `systemctl reload`. It then serves the shipped example on ports 80 and 443: the
-    /// redirect, certbot's webroot through the gateway, the placeholder over TLS, `status`.
+    /// as the edge-gateway user from `/` with an empty environment, no new privileges,
+    /// CAP_NET_BIND_SERVICE as its only capability and LimitNOFILE (setpriv, prlimit), and
+    /// ExecReload as that user for `systemctl reload`. Not emulated: the unit's file-system
+    /// protections (ProtectSystem=, ReadOnlyPaths=, PrivateTmp=), which systemd-analyze
+    /// verify checks only for syntax. It then serves the shipped example on ports 80 and
+    /// 443: the redirect, certbot's webroot, the placeholder over TLS, `status`, `certs`.
     func startTheInstalledService(unit: String) throws {
         for port in [80, 443, 9901] where isListening(port: port) {
+            // CI's machine has nothing there: not starting it would hide a broken service.
+            XCTAssertNil(ProcessInfo.processInfo.environment["CI"], "port \(port) is taken: the installed service cannot be tried")
             print("port \(port) is taken on this host: the installed service is not started")
             return
         }
-        // doc-command: systemctl enable --now edge-gateway
-        let enable = try Shell.run(["systemctl", "enable", "--now", "edge-gateway"])
-        XCTAssertTrue(FileManager.default.fileExists(atPath: Self.enablementLink), enable.stdout + enable.stderr)
         let systemd = FileManager.default.fileExists(atPath: "/run/systemd/system")
         var service: GatewayProcess?
-        let log = TemporaryDirectory().file("service.log")
+        let logs = TemporaryDirectory()
+        defer {
+            if let service { XCTAssertEqual(service.stop(), 0, service.log) }
+            if systemd { _ = try? Shell.run(["systemctl", "disable", "--now", "edge-gateway"]) }
+            _ = try? Shell.run(["rm", "-rf", "/run/edge-gateway"])
+        }
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/systemctl") || FileManager.default.isExecutableFile(atPath: "/bin/systemctl") {
+            // doc-command: systemctl enable --now edge-gateway
+            let enable = try Shell.run(["systemctl", "enable", "--now", "edge-gateway"])
+            XCTAssertTrue(FileManager.default.fileExists(atPath: Self.enablementLink), enable.stdout + enable.stderr)
+            if systemd {
+                XCTAssertEqual(enable.status, 0, enable.stderr)
+            } else {
+                XCTAssertTrue(enable.stderr.contains("not been booted with systemd"), enable.stderr)
+            }
+        }
         func line(_ key: String) throws -> [String] {
             let value = try XCTUnwrap(unit.split(separator: "\n").first { $0.hasPrefix(key + "=") }).dropFirst(key.count + 1)
             return value.split(separator: " ").map(String.init)
         }
-        if systemd {
-            XCTAssertEqual(enable.status, 0, enable.stderr)
-        } else {
-            XCTAssertTrue(enable.stderr.contains("not been booted with systemd"), enable.stderr)
-            let asService = ["setpriv", "--reuid=edge-gateway", "--regid=edge-gateway", "--init-groups",
-                             "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--"]
+        // As User=/Group=, NoNewPrivileges=, CapabilityBoundingSet= and AmbientCapabilities=,
+        // LimitNOFILE= (up to this host's hard limit: raising it takes CAP_SYS_RESOURCE, which
+        // a container's root may lack), from / with only PATH (systemd's defaults).
+        var limit = rlimit()
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        let files = min(65536, limit.rlim_max)
+        let asService = ["/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "/usr/bin/prlimit", "--nofile=\(files):\(files)",
+                         "/usr/bin/setpriv", "--reuid=edge-gateway", "--regid=edge-gateway", "--init-groups", "--no-new-privs",
+                         "--bounding-set=-all,+net_bind_service", "--inh-caps=-all,+net_bind_service", "--ambient-caps=-all,+net_bind_service",
+                         "--", "/bin/sh", "-c", "cd / && exec \"$@\"", "sh"]
+        if !systemd {
             for directory in ["/run/edge-gateway", "/var/log/edge-gateway"] {  // RuntimeDirectory=, LogsDirectory=
                 XCTAssertEqual(try Shell.run(["install", "-d", "-m", "0700", "-o", "edge-gateway", "-g", "edge-gateway", directory]).status, 0)
             }
             let pre = try Shell.run(asService + line("ExecStartPre"))
             XCTAssertEqual(pre.status, 0, pre.stdout + pre.stderr)
-            service = try GatewayProcess(commandLine: ["/usr/bin/setpriv"] + asService.dropFirst() + line("ExecStart"), logPath: log)
-        }
-        defer {
-            if let service { XCTAssertEqual(service.stop(), 0, service.log) }
-            if systemd { _ = try? Shell.run(["systemctl", "stop", "edge-gateway"]) }
-            _ = try? Shell.run(["rm", "-rf", "/run/edge-gateway"])
+            service = try GatewayProcess(commandLine: asService + line("ExecStart"), logPath: logs.file("service.log"))
         }
         XCTAssertTrue(GatewayProcess.Probe.wait(port: 9901) { service?.process.isRunning ?? true }, service?.log ?? "")
         XCTAssertTrue(GatewayProcess.Probe.wait(port: 443) { service?.process.isRunning ?? true }, service?.log ?? "")
+        if let service {
+            let status = try String(contentsOfFile: "/proc/\(service.pid)/status", encoding: .utf8)
+            XCTAssertTrue(status.contains("CapEff:\t0000000000000400") && status.contains("NoNewPrivs:\t1"), status)
+        }
 
         // doc-command: edge-gateway status
         let status = try Shell.run(["edge-gateway", "status"])
@@ -139,23 +162,26 @@ final class OperatorTests: XCTestCase {
         XCTAssertTrue(status.stdout.contains("placeholder") && status.stdout.contains("0.0.0.0:443"), status.stdout)
         XCTAssertEqual(try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1/"]).stdout, "301")
         // certbot's webroot challenge, written by root as certbot would, is served by the service user.
-        try "token-content".write(toFile: "/var/lib/edge-gateway/acme/.well-known-test", atomically: false, encoding: .utf8)
-        XCTAssertEqual(try Shell.run(["install", "-D", "-m", "0644", "/var/lib/edge-gateway/acme/.well-known-test",
-                                      "/var/lib/edge-gateway/acme/.well-known/acme-challenge/token"]).status, 0)
+        XCTAssertEqual(try Shell.bash("""
+            umask 022 && mkdir -p /var/lib/edge-gateway/acme/.well-known/acme-challenge \
+              && printf token-content > /var/lib/edge-gateway/acme/.well-known/acme-challenge/token
+            """).status, 0)
         XCTAssertEqual(try Shell.run(["curl", "-sS", "http://127.0.0.1/.well-known/acme-challenge/token"]).stdout, "token-content")
+        // doc-command: openssl s_client
         let served = try Shell.bash("openssl s_client -connect 127.0.0.1:443 -servername example.com </dev/null 2>/dev/null | openssl x509 -noout -subject")
         XCTAssertTrue(served.stdout.contains("CN = placeholder"), served.stdout + served.stderr)
         // doc-command: edge-gateway certs
         let certs = try Shell.run(["edge-gateway", "certs", "-c", "/etc/edge-gateway/config.yaml"])
         XCTAssertTrue(certs.stdout.contains("placeholder"), certs.stdout + certs.stderr)
 
+        // Without systemd, what `systemctl reload` runs: the unit's ExecReload as the service user.
         // doc-command: systemctl reload edge-gateway
         // doc-command: systemctl reload
         if systemd {
             XCTAssertEqual(try Shell.run(["systemctl", "reload", "edge-gateway"]).status, 0)
         } else if let service {
             let reload = try line("ExecReload").map { $0.replacingOccurrences(of: "$MAINPID", with: "\(service.pid)") }
-            XCTAssertEqual(try Shell.run(reload).status, 0, reload.joined(separator: " "))
+            XCTAssertEqual(try Shell.run(asService + reload).status, 0, reload.joined(separator: " "))
         }
         XCTAssertTrue(eventually(timeout: 10) {
             ((try? Shell.run(["edge-gateway", "status", "--json"]).stdout) ?? "").contains("\"applied\"")
@@ -242,6 +268,9 @@ final class OperatorMessagesTests: XCTestCase {
             ("duplicate", "listeners: []\nupstreams:\n  app: { backends: [\"127.0.0.1:9\"] }\n  # a comment\n  other: { backends: [\"127.0.0.1:8\"] }\n  app: { backends: [\"127.0.0.1:10\"] }\nroutes: []\n",
              ":6:3: invalid YAML: duplicate key 'app' (first at line 3)\n    app: { backends: [\"127.0.0.1:10\"] }\n    ^"),
             ("flow duplicate", "listeners: []\nupstreams: { app: { backends: [] }, app: { backends: [] } }\nroutes: []\n", ":2:14: invalid YAML: duplicate key 'app'\n"),
+            // CRLF lines; `app:x:` is a key of its own, not a second `app`.
+            ("crlf duplicate", "listeners: []\r\nupstreams:\r\n  app: { backends: [] }\r\n  app:x: { backends: [] }\r\n  app: { backends: [] }\r\nroutes: []\r\n",
+             ":5:3: invalid YAML: duplicate key 'app' (first at line 3)\n    app: { backends: [] }\n    ^"),
         ]
         for (name, yaml, expected) in cases {
             try dir.write("\(name).yaml", yaml)

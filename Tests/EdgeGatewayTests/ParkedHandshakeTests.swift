@@ -65,7 +65,7 @@ final class ParkedHandshakeTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 10) { harness.logs.all.filter { $0.contains("certificate contexts rebuilt") }.count >= 2 })
 
         // Every client sends its final flight now.
-        FileManager.default.createFile(atPath: release, contents: nil)
+        _ = FileManager.default.createFile(atPath: release, contents: nil)
         let line = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         client.waitUntilExit()
         let result = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], line)
