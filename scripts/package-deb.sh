@@ -22,7 +22,8 @@ fi
 # Every build a version of its own, newer than the last (apt installs nothing over an
 # equal version): the gateway's version, then the build time and commit.
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo local)
-version="$("$bin" --version)+$(date -u +%Y%m%d%H%M%S).g$commit"
+# SOURCE_DATE_EPOCH (the reproducible-builds convention) fixes the build time.
+version="$("$bin" --version)+$(date -u -d "@${SOURCE_DATE_EPOCH:-$(date +%s)}" +%Y%m%d%H%M%S).g$commit"
 arch=$(dpkg --print-architecture)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -79,23 +79,22 @@ package final class HealthChecker: Sendable {
 
     private func record(_ result: Result<Void, Error>, group: UpstreamGroup, index: Int, settings: HealthCheckSettings) {
         guard let counter = self.counters[ObjectIdentifier(group)]?[index] else { return }
-        let state = group.states[index]
+        let state = group.states[index]  // read here; changed through the group
         let backend = group.backends[index].description
         counter.streak.withLockedValue { streak in
             switch result {
             case .success:
                 streak = (streak.successes + 1, 0)
-                if !state.checkHealthy.load(ordering: .relaxed), streak.successes >= settings.healthyAfter {
-                    state.checkHealthy.store(true, ordering: .relaxed)
-                    state.ejectedUntil.store(0, ordering: .relaxed)
+                if !state.isHealthyByCheck, streak.successes >= settings.healthyAfter {
+                    group.checkedUp(index)
                     self.logger.notice("backend is up again", metadata: ["upstream": "\(group.name)", "backend": "\(backend)",
                                                                       "after": "\(streak.successes) successful \(settings.kind) checks"])
                 }
             case .failure(let error):
                 streak = (0, streak.failures + 1)
-                state.lastError.withLockedValue { $0 = "health check: \(error)" }
-                if state.checkHealthy.load(ordering: .relaxed), streak.failures >= settings.unhealthyAfter {
-                    state.checkHealthy.store(false, ordering: .relaxed)
+                group.recordError(index, reason: "health check: \(error)")
+                if state.isHealthyByCheck, streak.failures >= settings.unhealthyAfter {
+                    group.checkedDown(index)
                     self.logger.warning("backend is down", metadata: ["upstream": "\(group.name)", "backend": "\(backend)",
                                                                      "reason": "\(error)", "after": "\(streak.failures) failed \(settings.kind) checks"])
                 }

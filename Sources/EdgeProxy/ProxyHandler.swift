@@ -225,7 +225,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         /// Leaves the backend's in-flight count; called once when the exchange ends or moves on.
         func leaveBackend() {
             if let index = self.backendIndex {
-                self.group.states[index].active.wrappingDecrement(ordering: .relaxed)
+                self.group.requestLeft(index)
                 self.backendIndex = nil
             }
             self.writeTimer?.cancel()
@@ -715,7 +715,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 return
             }
             exchange.backendIndex = chosen
-            group.states[chosen].active.wrappingIncrement(ordering: .relaxed)
+            group.requestBegan(on: chosen)
         }
         let index = exchange.backendIndex!
         // After a stale reused connection, the retry always gets a fresh one.
@@ -779,7 +779,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
         exchange.connection = connection
         connection.uses += 1
-        exchange.group.states[connection.backendIndex].requests.wrappingIncrement(ordering: .relaxed)
+        exchange.group.requestSent(to: connection.backendIndex)
         connection.handler.delegate = self
         connection.handler.beginExchange(headRequest: exchange.request.isHeadMethod, upgrade: exchange.upgrade)
         let head = self.upstreamHead(for: exchange.request, group: exchange.group, upgrade: exchange.upgrade)

@@ -396,6 +396,46 @@ package final class UpstreamGroup: Sendable {
         self.states[index].lastError.withLockedValue { $0 = reason }
     }
 
+    // The per-backend counters change only through these methods: the request path says
+    // what happened, the group keeps the figures (status, metrics, least connections).
+
+    /// An exchange chose backend `index` (least connections counts it until `requestLeft`).
+    func requestBegan(on index: Int) {
+        self.states[index].active.wrappingIncrement(ordering: .relaxed)
+    }
+
+    /// The exchange that chose `index` ended or moved on.
+    func requestLeft(_ index: Int) {
+        self.states[index].active.wrappingDecrement(ordering: .relaxed)
+    }
+
+    /// A request went out to `index` on a connection (each attempt counts).
+    func requestSent(to index: Int) {
+        self.states[index].requests.wrappingIncrement(ordering: .relaxed)
+    }
+
+    /// A new TLS connection to `index` resumed a session.
+    func sessionResumed(on index: Int) {
+        self.states[index].tlsResumed.wrappingIncrement(ordering: .relaxed)
+    }
+
+    /// A connection to `index` went idle in the pool (`by: 1`) or left it (`by: -1`).
+    func idleConnections(of index: Int, changedBy delta: Int) {
+        self.states[index].idleConnections.wrappingIncrement(by: delta, ordering: .relaxed)
+    }
+
+    /// The active check found `index` healthy again: it takes traffic at once, an ejection
+    /// by passive health included.
+    func checkedUp(_ index: Int) {
+        self.states[index].checkHealthy.store(true, ordering: .relaxed)
+        self.states[index].ejectedUntil.store(0, ordering: .relaxed)
+    }
+
+    /// The active check took `index` out until it passes again.
+    func checkedDown(_ index: Int) {
+        self.states[index].checkHealthy.store(false, ordering: .relaxed)
+    }
+
     /// A connection to `index` was established. It does not end a run of failures: a
     /// backend that accepts and never answers connects every time, and reset on connect
     /// its read timeouts never added up to `max_fails`.

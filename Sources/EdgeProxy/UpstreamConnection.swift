@@ -503,7 +503,7 @@ package final class UpstreamPool {
         self.eventLoop.assertInEventLoop()
         guard let stack = self.idleStack(group: group, backend: index) else { return nil }
         while let connection = stack.connections.popLast() {
-            group.states[index].idleConnections.wrappingDecrement(ordering: .relaxed)
+            group.idleConnections(of: index, changedBy: -1)
             connection.handler.idleIn = nil
             if connection.channel.isActive {
                 return connection
@@ -522,7 +522,6 @@ package final class UpstreamPool {
             connection.close()
             return
         }
-        let state = group.states[connection.backendIndex]
         let stack: Stack
         if let known = connection.idleStack, !known.retired {
             stack = known
@@ -537,10 +536,10 @@ package final class UpstreamPool {
             let oldest = stack.connections.removeFirst()  // least recently used goes first
             oldest.handler.idleIn = nil
             oldest.close()
-            state.idleConnections.wrappingDecrement(ordering: .relaxed)
+            group.idleConnections(of: connection.backendIndex, changedBy: -1)
         }
         stack.connections.append(connection)
-        state.idleConnections.wrappingIncrement(ordering: .relaxed)
+        group.idleConnections(of: connection.backendIndex, changedBy: 1)
         connection.handler.idleIn = (self, group)
         connection.idleDeadline = .now() + group.timeouts.idle
         if connection.idleTimer == nil { self.scheduleIdleCheck(connection, group: group) }
@@ -603,7 +602,7 @@ package final class UpstreamPool {
         guard let stack = self.idle[connection.key],
               let index = stack.connections.firstIndex(where: { $0 === connection }) else { return }
         stack.connections.remove(at: index)
-        group.states[connection.backendIndex].idleConnections.wrappingDecrement(ordering: .relaxed)
+        group.idleConnections(of: connection.backendIndex, changedBy: -1)
     }
 
     private func connect(group: UpstreamGroup, backend index: Int, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
@@ -678,7 +677,7 @@ package final class UpstreamPool {
                         handler.connection = connection
                         if tlsHandler != nil { self.trackRecordBuffers(of: connection) }
                         if let tlsHandler, tlsHandler.value.sessionReused {
-                            group.states[index].tlsResumed.wrappingIncrement(ordering: .relaxed)
+                            group.sessionResumed(on: index)
                         }
                         result.assumeIsolated().succeed(connection)
                     case .failure(let error):

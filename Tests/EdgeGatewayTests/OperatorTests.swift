@@ -65,8 +65,10 @@ final class OperatorTests: XCTestCase {
         // An upgrade (every build is a newer version) keeps an edited configuration.
         let edited = try String(contentsOfFile: "/etc/edge-gateway/config.yaml", encoding: .utf8) + "# edited by the operator\n"
         try edited.write(toFile: "/etc/edge-gateway/config.yaml", atomically: false, encoding: .utf8)
-        pause(1.1)  // the version holds the build time in seconds
-        let rebuilt = try Shell.run(["bash", repositoryRoot() + "/scripts/package-deb.sh", gatewayBinary(), dir.file("second")])
+        // The version holds the build time in seconds: the next build is a second later.
+        let later = "\(Int(Date().timeIntervalSince1970) + 1)"
+        let rebuilt = try Shell.run(["bash", repositoryRoot() + "/scripts/package-deb.sh", gatewayBinary(), dir.file("second")],
+                                    environment: ["SOURCE_DATE_EPOCH": later])
         XCTAssertEqual(rebuilt.status, 0, rebuilt.stderr)
         let second = URL(fileURLWithPath: rebuilt.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
         // doc-command: apt install ./<that path>
