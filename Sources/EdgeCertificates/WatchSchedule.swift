@@ -11,7 +11,7 @@
 /// - A file modified and not yet closed is "being written": the store keeps serving what
 ///   the file's lineage had. A writer silent for `staleWrite` counts as done, and a settled
 ///   reload follows at once.
-/// - A full rescan every `rescan` catches what inotify cannot see.
+/// - A full rescan catches what inotify cannot see, `rescan` after the end of the last one.
 struct WatchSchedule {
     struct Policy {
         var debounce: Int64
@@ -112,7 +112,9 @@ struct WatchSchedule {
             return .reloadSettled
         }
         if now >= self.nextRescan {
-            self.nextRescan = Int64.max  // until rescanDone: a rescan slower than its period is not due again at once
+            // rescanDone moves it on from the rescan's end, so that one slower than its period
+            // is not due again the moment it ends; from its start if nobody calls it.
+            self.nextRescan = now + self.policy.rescan
             return .rescan
         }
         return nil

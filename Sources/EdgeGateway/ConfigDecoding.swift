@@ -254,7 +254,7 @@ func repeatedKey(_ key: String, after first: Mark, in yaml: String) -> (line: In
         for written in [key, "\"\(key)\"", "'\(key)'"] where content.hasPrefix(written + ":") {
             // `a:` but not `a:b:` (a key of its own): the colon ends the key before a space or the line's end.
             let after = content.dropFirst(written.count + 1)
-            if column == indent, after.isEmpty || after.first == " " { return (index + 1, column + 1) }
+            if column == indent, after.isEmpty || after.first == " " || after.first == "\t" { return (index + 1, column + 1) }
         }
     }
     return nil

@@ -270,6 +270,8 @@ final class OperatorMessagesTests: XCTestCase {
             ("duplicate", "listeners: []\nupstreams:\n  app: { backends: [\"127.0.0.1:9\"] }\n  # a comment\n  other: { backends: [\"127.0.0.1:8\"] }\n  app: { backends: [\"127.0.0.1:10\"] }\nroutes: []\n",
              ":6:3: invalid YAML: duplicate key 'app' (first at line 3)\n    app: { backends: [\"127.0.0.1:10\"] }\n    ^"),
             ("flow duplicate", "listeners: []\nupstreams: { app: { backends: [] }, app: { backends: [] } }\nroutes: []\n", ":2:14: invalid YAML: duplicate key 'app'\n"),
+            ("tab duplicate", "listeners: []\nupstreams:\n  app:\t{ backends: [] }\n  app:\t{ backends: [] }\nroutes: []\n",
+             ":4:3: invalid YAML: duplicate key 'app' (first at line 3)"),
             // CRLF lines; `app:x:` is a key of its own, not a second `app`.
             ("crlf duplicate", "listeners: []\r\nupstreams:\r\n  app: { backends: [] }\r\n  app:x: { backends: [] }\r\n  app: { backends: [] }\r\nroutes: []\r\n",
              ":5:3: invalid YAML: duplicate key 'app' (first at line 3)\n    app: { backends: [] }\n    ^"),
