@@ -6,165 +6,6 @@ import NIOTLS
 import Glibc
 #endif
 
-/// What the proxy needs to know about one downstream connection (what it shares with
-/// the listener's other connections is the `ProxyListener`'s).
-package struct DownstreamInfo: Sendable {
-    /// The verified client certificate, once the handshake is done.
-    package var clientIdentity: ClientIdentity?
-    /// The SNI name of a TLS connection, lowercased, once the handshake is done.
-    package var serverName: String?
-    /// The client's address as text, formatted once per connection (not per HTTP/2 stream).
-    /// It is all the proxy uses of the address (X-Forwarded-For, the access log, hashing by
-    /// client), with the port for log lines: hashing by client address read the text from
-    /// a `SocketAddress`, through glibc's inet_ntop, for every request.
-    let clientIP: String?
-    let clientPort: UInt16?
-
-    package init(remoteAddress: SocketAddress?) {
-        self.clientIP = Self.text(remoteAddress)
-        self.clientPort = remoteAddress?.port.map { UInt16(truncatingIfNeeded: $0) }
-    }
-
-    /// The client a PROXY protocol header named (`ProxyProtocolDecoder`).
-    package init(clientIP: String, clientPort: UInt16) {
-        self.clientIP = clientIP
-        self.clientPort = clientPort
-    }
-
-    /// `127.0.0.1:50123` or `[::1]:50123` (as `SocketAddress.hostPort`) for log lines.
-    var peer: String {
-        guard let ip = self.clientIP, let port = self.clientPort else { return "?" }
-        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
-    }
-
-    /// IPv4 is formatted here: NIO's `ipAddress` goes through glibc's inet_ntop, which
-    /// uses sprintf (~15k instructions a connection).
-    static func text(_ address: SocketAddress?) -> String? {
-        guard let address else { return nil }
-        if case .v4(let v4) = address {
-            return ProxyProtocol.ipv4(UInt32(bigEndian: v4.address.sin_addr.s_addr))
-        }
-        return address.ipAddress
-    }
-}
-
-/// What every `ProxyHandler` of one listener on one event loop shares: the listener
-/// (name, scheme, whether it verifies client certificates), its routes, limits, logger
-/// and counters, and the loop's upstream pool. Each handler holds this one reference
-/// instead of its own copies of all of them: a handler, one for every open connection
-/// and every HTTP/2 stream, was 458 bytes and is 286. Confined to its event loop, as
-/// the pool is.
-package final class ProxyListener {
-    package let name: String
-    /// `http` or `https`: X-Forwarded-Proto, and whether an `https` redirect applies.
-    package let scheme: String
-    /// The listener verifies client certificates: forward the verified identity.
-    package let mutualTLS: Bool
-    /// A TLS listener's SNI selector, asked whether a request's host belongs on the
-    /// connection its SNI chose (`misdirection`): 421 when it does not.
-    package let serverNames: (any ServerNameSelector)?
-    let router: Router
-    let pool: UpstreamPool
-    let limits: ProxyLimits
-    package let logger: Logger
-    package let observer: (any ProxyObserver)?
-    let requests: RequestCounter?
-    /// Refused PROXY protocol headers on this loop (`proxy_protocol` listeners).
-    let proxyProtocolWarnings = RateLimitedWarnings()
-    /// Connections refused as they were accepted (`max_connections`) on this loop.
-    let refusalWarnings = RateLimitedWarnings()
-    /// Client-caused faults on this loop, summarised (`ClientFaultLog`).
-    let clientFaults = ClientFaultLog()
-    /// Upstream failures answered on this loop, rate-limited (`UpstreamFaultLog`).
-    let upstreamFaults = UpstreamFaultLog()
-
-    /// Logs (at most once a second on this loop, with a count of the rest) a connection
-    /// the listener closed as it was accepted.
-    package func refusedConnection(peer: SocketAddress?, reason: String) {
-        self.refusalWarnings.warn(self, summary: "connection refused", peer: peer, reason: reason)
-    }
-
-    package init(name: String, scheme: String, mutualTLS: Bool = false, serverNames: (any ServerNameSelector)? = nil, router: Router,
-                pool: UpstreamPool, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
-        self.name = name
-        self.scheme = scheme
-        self.mutualTLS = mutualTLS
-        self.serverNames = serverNames
-        self.router = router
-        self.pool = pool
-        self.limits = limits
-        self.logger = logger
-        self.observer = observer
-        self.requests = observer?.requests
-    }
-}
-
-/// The verified client certificate of a mutual-TLS connection, as forwarded upstream.
-package struct ClientIdentity: Sendable {
-    /// Envoy's `x-forwarded-client-cert` value (hash, subject, URI and DNS SANs); nil without a certificate.
-    package var forwardedClientCert: String?
-
-    /// Reads the peer certificate the TLS handler verified.
-    package init(tls: OpenSSLHandler?) {
-        self.forwardedClientCert = tls?.peerCertificate?.forwardedClientCert
-    }
-
-    /// `SUCCESS` with a verified certificate, `NONE` without (optional mode).
-    package var verifyResult: String { self.forwardedClientCert == nil ? "NONE" : "SUCCESS" }
-
-    /// Identity headers a client may try to forge; removed from every request first.
-    static let headerNames = ["x-forwarded-client-cert", "x-client-verify"]
-}
-
-/// Limits of the proxy path.
-package struct ProxyLimits: Sendable {
-    /// A request body up to this size is kept so the request can be replayed
-    /// once on a fresh connection after a reused one failed before any response byte.
-    package var retryBufferBytes = 64 * 1024
-    /// The largest request head (request line and headers): 431 beyond it.
-    package var maxHeadBytes = 32 * 1024
-    /// The largest request body (nginx's `client_max_body_size`): 413 beyond it; nil, no limit.
-    package var maxBodyBytes: Int?
-    /// How long a new connection may take to send its first request head: 408 after it.
-    package var headerTimeout = TimeAmount.seconds(10)
-    /// How long a keep-alive connection may idle between requests before it is closed.
-    package var idleTimeout = TimeAmount.seconds(60)
-    /// How long the client may send no request body bytes while a body is due
-    /// (nginx's `client_body_timeout`): 408 after it, or a close once the response began.
-    package var bodyTimeout = TimeAmount.seconds(60)
-    /// While draining, how long an idle keep-alive connection stays open for a request
-    /// its client may already be sending (answered with `connection: close`).
-    package var drainQuietPeriod = TimeAmount.seconds(1)
-    /// The listener's `strict-transport-security` value: every response carries it,
-    /// in place of one from the upstream.
-    package var strictTransportSecurity: String?
-
-    package init() {}
-}
-
-/// The counters of one listener that the proxy path keeps (its metrics), resolved
-/// when the listener is bound: a request or a handshake costs an atomic increment,
-/// not a lookup by name.
-package protocol ProxyObserver: ConnectionCloseObserver {
-    /// Counts the listener's answered requests by status.
-    var requests: RequestCounter { get }
-    /// `result`: ok, failed, timeout.
-    func handshake(result: String)
-    /// A connection was closed for a missing or malformed PROXY protocol header.
-    func proxyProtocolRefused()
-}
-
-/// Counts answered requests by status code.
-package struct RequestCounter: Sendable {
-    private let count: @Sendable (Int) -> Void
-
-    package init(_ count: @escaping @Sendable (_ status: Int) -> Void) {
-        self.count = count
-    }
-
-    func completed(status: Int) { self.count(status) }
-}
-
 /// Proxies the HTTP/1.1 requests of one downstream connection to upstream groups,
 /// as bytes: the request head is parsed and checked once (`HTTP1Parser`), rewritten
 /// straight into the upstream request's bytes, and bodies move as slices of what
@@ -564,145 +405,6 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.connect(exchange)
     }
 
-    /// The request head as the upstream gets it: hop-by-hop headers and client-supplied
-    /// identity headers removed, X-Forwarded-* added, Host kept or set per upstream.
-    /// Built for each attempt (a retry gets the same bytes) in the loop's shared head
-    /// buffer, which `attach` hands back once the head is written.
-    private func upstreamHead(for head: HTTPHead, group: UpstreamGroup, upgrade: Bool) -> ByteBuffer {
-        let setsHost = group.hostHeader != nil
-        let identity = self.listener.mutualTLS ? self.info.clientIdentity : nil
-        let verifyResult = self.listener.mutualTLS ? identity?.verifyResult ?? "NONE" : nil
-        // Only the upgrade the gateway tunnels goes on, and only its token: `h2c` beside it
-        // would let a client reach an upstream's HTTP/2 through the gateway's checks.
-        let upgradeValue: String? = upgrade ? "websocket" : nil
-        let clientIP = self.info.clientIP
-        let scheme = self.listener.scheme
-        let hostName = group.hostHeader ?? group.name
-        // The head's own bytes bound the request line, the kept field lines and the two
-        // values repeated from them (X-Forwarded-For, Host); the rest is named here.
-        var strings = head.method.utf8.count + head.target.utf8.count + scheme.utf8.count + hostName.utf8.count
-        strings += (identity?.forwardedClientCert?.utf8.count ?? 0) + (verifyResult?.utf8.count ?? 0)
-        strings += (upgradeValue?.utf8.count ?? 0) + 2 * (clientIP?.utf8.count ?? 0) + scheme.utf8.count
-        // Values repeated from the head: X-Forwarded-For, Host (twice), Forwarded.
-        let maxBytes = 4 * head.bytes.count + strings + 320
-        var out = self.pool.requestHeads.take(minimumCapacity: maxBytes)
-        head.bytes.withUnsafeBytes { p in
-            out.writeHead(maxBytes: maxBytes) { w in
-                if head.minorVersion == 1 {
-                    w.put(p, 0..<head.startLineEnd + 2)  // the request line as received
-                } else {
-                    w.put(head.method)
-                    w.put(" ")
-                    w.put(head.target)
-                    w.put(" HTTP/1.1\r\n")
-                }
-                var forwardedFor: HeaderField?
-                var host: HeaderField?
-                var forwarded: [HeaderField] = []
-                w.putFields(of: head, p) { field in
-                    switch field.known {
-                    case .xForwardedFor:
-                        if forwardedFor == nil { forwardedFor = field }
-                        return true
-                    case .forwarded:
-                        forwarded.append(field)
-                        return true
-                    case .xForwardedProto, .xForwardedHost, .xForwardedClientCert, .xClientVerify, .expect:
-                        return true
-                    case .host:
-                        host = field
-                        return setsHost
-                    default:
-                        return head.isHopByHop(field)
-                    }
-                }
-                if head.chunked { w.put("transfer-encoding: chunked\r\n") }
-                if let upgradeValue {
-                    w.put("connection: upgrade\r\nupgrade: ")
-                    w.put(upgradeValue)
-                    w.put("\r\n")
-                }
-                if let verifyResult {
-                    if let cert = identity?.forwardedClientCert {
-                        w.put("x-forwarded-client-cert: ")
-                        w.put(cert)
-                        w.put("\r\n")
-                    }
-                    w.put("x-client-verify: ")
-                    w.put(verifyResult)
-                    w.put("\r\n")
-                }
-                if clientIP != nil || forwardedFor != nil {
-                    w.put("x-forwarded-for: ")
-                    if let existing = forwardedFor {
-                        w.put(p, existing.value)
-                        if clientIP != nil { w.put(", ") }
-                    }
-                    if let clientIP { w.put(clientIP) }
-                    w.put("\r\n")
-                }
-                w.put("x-forwarded-proto: ")
-                w.put(scheme)
-                w.put("\r\n")
-                if let host {
-                    w.put("x-forwarded-host: ")
-                    w.put(p, host.value)
-                    w.put("\r\n")
-                }
-                // RFC 7239, as X-Forwarded-For: the client's elements, then the gateway's.
-                w.put("forwarded: ")
-                for field in forwarded {
-                    w.put(p, field.value)
-                    w.put(", ")
-                }
-                w.put("for=")
-                if let clientIP {
-                    if clientIP.contains(":") {
-                        w.put("\"[")
-                        w.put(clientIP)
-                        w.put("]\"")
-                    } else {
-                        w.put(clientIP)
-                    }
-                } else {
-                    w.put("unknown")
-                }
-                if let host {
-                    // A quoted-string: the parser refused backslashes in Host; a quote is escaped.
-                    w.put(";host=\"")
-                    for i in host.value {
-                        if p[i] == UInt8(ascii: "\"") { w.put("\\") }
-                        w.put(p, i..<i + 1)
-                    }
-                    w.put("\"")
-                }
-                w.put(";proto=")
-                w.put(scheme)
-                w.put("\r\n")
-                // An HTTP/1.0 client may omit Host; HTTP/1.1 requires one (nginx sends its upstream's name too).
-                if setsHost || host == nil {
-                    w.put("host: ")
-                    w.put(hostName)
-                    w.put("\r\n")
-                }
-                w.put("\r\n")
-            }
-        }
-        return out
-    }
-
-    /// The first field the gateway adds to the upstream head (not copied from the parsed
-    /// request, which the parser checked) whose value holds CR, LF or NUL; nil when all are safe.
-    private func unsafeAddedField(group: UpstreamGroup) -> String? {
-        func unsafe(_ value: String?) -> Bool {
-            value?.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 } ?? false
-        }
-        if self.listener.mutualTLS, unsafe(self.info.clientIdentity?.forwardedClientCert) { return "x-forwarded-client-cert" }
-        if unsafe(self.info.clientIP) { return "x-forwarded-for" }
-        if unsafe(group.hostHeader) { return "host" }
-        return nil
-    }
-
     // MARK: upstream connection
 
     private func connect(_ exchange: Exchange) {
@@ -770,7 +472,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     }
 
     private func attach(_ connection: UpstreamConnection, to exchange: Exchange) {
-        if let field = self.unsafeAddedField(group: exchange.group) {
+        if let field = HeadRewriting.unsafeAddedField(group: exchange.group, mutualTLS: self.listener.mutualTLS, info: self.info) {
             // The head writer writes no line a value could end early, whatever its source.
             self.pool.release(connection, group: exchange.group)
             self.failExchange(exchange, error: UpstreamError(kind: .protocolError, backend: exchange.group.name,
@@ -782,7 +484,9 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         exchange.group.requestSent(to: connection.backendIndex)
         connection.handler.delegate = self
         connection.handler.beginExchange(headRequest: exchange.request.isHeadMethod, upgrade: exchange.upgrade)
-        let head = self.upstreamHead(for: exchange.request, group: exchange.group, upgrade: exchange.upgrade)
+        let head = HeadRewriting.upstreamHead(for: exchange.request, group: exchange.group, upgrade: exchange.upgrade,
+                                              scheme: self.listener.scheme, mutualTLS: self.listener.mutualTLS, info: self.info,
+                                              heads: &self.pool.requestHeads)
         connection.write(head)
         if !exchange.pending.isEmpty {
             for bytes in exchange.pending { connection.write(bytes) }
@@ -901,7 +605,11 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                     context.close(promise: nil)
                 }
             } else {
-                context.write(NIOAny(self.downstreamHead(for: response, exchange: exchange)), promise: nil)
+                let (head, chunked, close) = HeadRewriting.downstreamHead(for: response, request: exchange.request, closing: self.quiescing,
+                                                                          hsts: self.limits.strictTransportSecurity, heads: &self.pool.responseHeads)
+                exchange.chunkedDownstream = chunked
+                exchange.closeDownstreamAfterResponse = close
+                context.write(NIOAny(head), promise: nil)
             }
             self.downstreamNeedsFlush = true
         case .body(let body):
@@ -996,51 +704,6 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         exchange.connection = nil
         exchange.leaveBackend()
         self.exchange = nil
-    }
-
-    /// The response head as the client gets it: hop-by-hop headers removed, framing
-    /// and connection headers for this client's HTTP version.
-    private func downstreamHead(for response: HTTPHead, exchange: Exchange) -> ByteBuffer {
-        let request = exchange.request
-        let hsts = self.limits.strictTransportSecurity
-        let maxBytes = response.bytes.count + (hsts?.utf8.count ?? 0) + 128
-        var out = self.pool.responseHeads.take(minimumCapacity: maxBytes)
-        defer { self.pool.responseHeads.keep(out) }
-        let noBody = response.hasNoBody(toHead: request.isHeadMethod)
-        var chunked = false
-        var close = !request.keepAlive || self.quiescing
-        if !noBody && (response.contentLength == nil || response.chunked || response.otherTransferCoding) {
-            if request.minorVersion >= 1 {
-                chunked = true
-            } else {
-                close = true  // HTTP/1.0: the end of the body is the end of the connection
-            }
-        }
-        exchange.chunkedDownstream = chunked
-        exchange.closeDownstreamAfterResponse = close
-        response.bytes.withUnsafeBytes { p in
-            out.writeHead(maxBytes: maxBytes) { w in
-                w.put(request.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
-                // The status code and reason as received (the parser checked three digits at 9..<12).
-                w.put(p, 9..<response.startLineEnd + 2)
-                if let hsts {
-                    w.putFields(of: response, p) { response.isHopByHop($0) || $0.known == .strictTransportSecurity }
-                    w.put("strict-transport-security: ")
-                    w.put(hsts)
-                    w.put("\r\n")
-                } else {
-                    w.putFields(of: response, p) { response.isHopByHop($0) }
-                }
-                if chunked { w.put("transfer-encoding: chunked\r\n") }
-                if close {
-                    w.put("connection: close\r\n")
-                } else if request.minorVersion == 0 {
-                    w.put("connection: keep-alive\r\n")
-                }
-                w.put("\r\n")
-            }
-        }
-        return out
     }
 
     /// Ends an exchange once both directions are complete.
