@@ -380,7 +380,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         case .upstream(let upstream):
             group = upstream
         case .redirect(let redirect):
-            self.redirect(head, to: redirect, requestEnded: !hasBody)
+            self.answerLocally(LocalAnswer.redirect(head, to: redirect), request: head, requestEnded: !hasBody)
             return
         case .root(let root):
             self.serveFile(head, from: root, requestEnded: !hasBody)
@@ -996,32 +996,23 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// lines, each ending in CRLF).
     private func respondLocally(status: Int, message: String, request: HTTPHead?, requestEnded: Bool, fields: String = "",
                                 upstream: String? = nil) {
-        let text = "\(status) \(Self.reasonPhrase(status)): \(message)\n"
-        self.answerLocally(status: status, request: request, requestEnded: requestEnded,
-                           fields: "content-type: text/plain; charset=utf-8\r\n" + fields, body: ByteBuffer(string: text), upstream: upstream)
+        self.answerLocally(LocalAnswer(status: status, message: message, fields: fields), request: request, requestEnded: requestEnded,
+                           upstream: upstream)
     }
 
     /// Writes an answer of the gateway's own. A connection whose request was not fully
     /// read (or that asked for it) is closed after the answer.
-    private func answerLocally(status: Int, request: HTTPHead?, requestEnded: Bool, fields: String, body: ByteBuffer,
-                               upstream: String? = nil) {
+    private func answerLocally(_ answer: LocalAnswer, request: HTTPHead?, requestEnded: Bool, upstream: String? = nil) {
         guard let context = self.context else { return }
-        let close = !requestEnded || !(request?.keepAlive ?? false) || self.quiescing
-        var out = context.channel.allocator.buffer(capacity: 160 + fields.utf8.count + body.readableBytes)
-        out.writeString(request?.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
-        out.writeString("\(status) \(Self.reasonPhrase(status))\r\n")
-        out.writeString(fields)
-        if let hsts = self.limits.strictTransportSecurity { out.writeString("strict-transport-security: \(hsts)\r\n") }
-        out.writeString("content-length: \(body.readableBytes)\r\n")
-        if close { out.writeStaticString("connection: close\r\n") }
-        out.writeStaticString("\r\n")
-        if request?.method != "HEAD" { out.writeImmutableBuffer(body) }
+        let status = answer.status
+        let close = LocalAnswer.closes(request: request, requestEnded: requestEnded, draining: self.quiescing)
+        let out = answer.bytes(for: request, close: close, hsts: self.limits.strictTransportSecurity, allocator: context.channel.allocator)
         self.downstreamNeedsFlush = false
         let done = self.stream?.writeLocalAnswer(out, context: context) ?? context.writeAndFlush(NIOAny(out))
         self.requests?.completed(status: status)
         if self.pool.accessLog != nil {
             if request == nil { self.requestStart = .now() }  // a head that never parsed: no duration
-            self.logAccess(request, status: status, bodyBytes: request?.isHeadMethod == true ? 0 : body.readableBytes, upstream: upstream)
+            self.logAccess(request, status: status, bodyBytes: request?.isHeadMethod == true ? 0 : answer.body.readableBytes, upstream: upstream)
         }
         if close {
             self.closing = true
@@ -1067,61 +1058,15 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         return serverNames.misdirection(serverName: self.info.serverName, host: host)
     }
 
-    /// A `redirect` route's answer: the same path and query at the configured scheme,
-    /// host and port.
-    private func redirect(_ head: HTTPHead, to redirect: Redirect, requestEnded: Bool) {
-        guard let location = redirect.location(requestHost: head.first(.host), target: head.target) else {
-            self.respondLocally(status: 400, message: "a redirect needs a Host header holding a DNS name or an IP address",
-                                request: head, requestEnded: requestEnded)
-            return
-        }
-        self.respondLocally(status: redirect.status, message: location, request: head, requestEnded: requestEnded,
-                            fields: "location: \(location)\r\n")
-    }
-
-    /// A `root` route's answer: the file the path names, for GET and HEAD.
+    /// A `root` route's answer; a refused file is logged with the reason the client is not told.
     private func serveFile(_ head: HTTPHead, from root: StaticRoot, requestEnded: Bool) {
-        guard head.method == "GET" || head.isHeadMethod else {
-            self.respondLocally(status: 405, message: "a static root answers GET and HEAD", request: head, requestEnded: requestEnded,
-                                fields: "allow: GET, HEAD\r\n")
-            return
-        }
-        switch root.answer(target: head.target, allocator: self.context?.channel.allocator ?? ByteBufferAllocator()) {
-        case .file(let body, let contentType):
-            self.answerLocally(status: 200, request: head, requestEnded: requestEnded, fields: "content-type: \(contentType)\r\n", body: body)
-        case .notFound:
-            self.respondLocally(status: 404, message: "no such file", request: head, requestEnded: requestEnded)
-        case .refused(let reason):
+        let answer = LocalAnswer.file(head, from: root, allocator: self.context?.channel.allocator ?? ByteBufferAllocator())
+        if let reason = answer.refusal {
             self.logger.warning("static file not served", metadata: self.peerMetadata.merging([
                 "uri": "\(head.target)", "reason": "\(reason)",
             ]) { a, _ in a })
-            self.respondLocally(status: 403, message: "not served", request: head, requestEnded: requestEnded)
-        case .badPath:
-            self.respondLocally(status: 400, message: "malformed percent-encoding in the path", request: head, requestEnded: requestEnded)
         }
-    }
-
-    static func reasonPhrase(_ status: Int) -> String {
-        switch status {
-        case 200: return "OK"
-        case 301: return "Moved Permanently"
-        case 302: return "Found"
-        case 303: return "See Other"
-        case 307: return "Temporary Redirect"
-        case 308: return "Permanent Redirect"
-        case 400: return "Bad Request"
-        case 403: return "Forbidden"
-        case 404: return "Not Found"
-        case 405: return "Method Not Allowed"
-        case 408: return "Request Timeout"
-        case 413: return "Content Too Large"
-        case 421: return "Misdirected Request"
-        case 431: return "Request Header Fields Too Large"
-        case 502: return "Bad Gateway"
-        case 503: return "Service Unavailable"
-        case 504: return "Gateway Timeout"
-        default: return "Error"
-        }
+        self.answerLocally(answer, request: head, requestEnded: requestEnded)
     }
 
     private static let crlf = ByteBuffer(staticString: "\r\n")

@@ -1,0 +1,68 @@
+@testable import EdgeProxy
+import EdgeTestSupport
+import Foundation
+import NIOCore
+import XCTest
+
+/// The gateway's own answers as values (#31: local responses out of ProxyHandler), without
+/// sockets. ProxyTests and CertbotTests get the same answers through real connections.
+final class LocalAnswerTests: XCTestCase {
+    func request(_ text: String) throws -> HTTPHead { try HTTP1Parser.parseRequest(Array(text.utf8)) }
+
+    func text(_ answer: LocalAnswer, for request: HTTPHead?, close: Bool = false, hsts: String? = nil) -> String {
+        String(buffer: answer.bytes(for: request, close: close, hsts: hsts, allocator: ByteBufferAllocator()))
+    }
+
+    func testATextAnswerSaysWhyInTheRequestsVersion() throws {
+        let answer = LocalAnswer(status: 404, message: "no such file")
+        XCTAssertEqual(text(answer, for: try request("GET /x HTTP/1.1\r\nHost: a\r\n\r\n")),
+                       "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 28\r\n\r\n404 Not Found: no such file\n")
+        XCTAssertEqual(text(answer, for: try request("GET /x HTTP/1.0\r\n\r\n"), close: true, hsts: "max-age=1"),
+                       "HTTP/1.0 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\nstrict-transport-security: max-age=1\r\n"
+                       + "content-length: 28\r\nconnection: close\r\n\r\n404 Not Found: no such file\n")
+        XCTAssertEqual(text(answer, for: try request("HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")),
+                       "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 28\r\n\r\n", "HEAD: the head alone")
+        XCTAssertTrue(text(LocalAnswer(status: 431, message: "too large"), for: nil).hasPrefix("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+                      "no head parsed: HTTP/1.1")
+        XCTAssertEqual(LocalAnswer.reasonPhrase(599), "Error")
+    }
+
+    func testWhenTheConnectionCloses() throws {
+        let keep = try request("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        XCTAssertFalse(LocalAnswer.closes(request: keep, requestEnded: true, draining: false))
+        XCTAssertTrue(LocalAnswer.closes(request: keep, requestEnded: false, draining: false), "a body not read")
+        XCTAssertTrue(LocalAnswer.closes(request: keep, requestEnded: true, draining: true), "draining")
+        XCTAssertTrue(LocalAnswer.closes(request: try request("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), requestEnded: true, draining: false))
+        XCTAssertTrue(LocalAnswer.closes(request: try request("GET / HTTP/1.0\r\n\r\n"), requestEnded: true, draining: false))
+        XCTAssertTrue(LocalAnswer.closes(request: nil, requestEnded: true, draining: false), "a head that never parsed")
+    }
+
+    func testARedirectKeepsThePathAndNeedsAHost() throws {
+        let moved = LocalAnswer.redirect(try request("GET /app?x=1 HTTP/1.1\r\nHost: a.test:8080\r\n\r\n"), to: Redirect())
+        XCTAssertEqual(moved.status, 301)
+        XCTAssertEqual(moved.fields, "content-type: text/plain; charset=utf-8\r\nlocation: https://a.test/app?x=1\r\n")
+        let found = LocalAnswer.redirect(try request("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), to: Redirect(host: "b.test", port: 8443, status: 308))
+        XCTAssertEqual(found.status, 308)
+        XCTAssertTrue(found.fields.contains("location: https://b.test:8443/\r\n"), found.fields)
+        XCTAssertEqual(LocalAnswer.redirect(try request("GET / HTTP/1.0\r\n\r\n"), to: Redirect()).status, 400, "no Host to redirect to")
+    }
+
+    func testAStaticRootAnswersGetAndHeadFromItsDirectoryOnly() throws {
+        let dir = TemporaryDirectory()
+        try dir.write("token", "abc")
+        let root = StaticRoot(directory: dir.path)
+        func answer(_ line: String) throws -> LocalAnswer {
+            LocalAnswer.file(try request(line + "\r\nHost: a\r\n\r\n"), from: root, allocator: ByteBufferAllocator())
+        }
+        let file = try answer("GET /token HTTP/1.1")
+        XCTAssertEqual(file.status, 200)
+        XCTAssertEqual(String(buffer: file.body), "abc")
+        XCTAssertEqual(try answer("HEAD /token HTTP/1.1").status, 200)
+        let post = try answer("POST /token HTTP/1.1")
+        XCTAssertEqual(post.status, 405)
+        XCTAssertTrue(post.fields.contains("allow: GET, HEAD\r\n"))
+        XCTAssertEqual(try answer("GET /missing HTTP/1.1").status, 404)
+        XCTAssertEqual(try answer("GET /../etc/passwd HTTP/1.1").status, 404, "no way out of the directory")
+        XCTAssertNil(file.refusal)
+    }
+}
