@@ -35,6 +35,14 @@ package struct CertificateProblem: Sendable, Hashable {
     package var since: Int64
     /// True when an older version of this lineage is still being served.
     package var servingPrevious: Bool
+
+    /// A certbot `live/` directory that does not exist yet: watched for, and served once
+    /// certbot creates it (a new host before its first `certbot certonly`), not a failure.
+    package var isAwaitedDirectory: Bool { Self.isAwaitedDirectory(name: self.name, error: self.error) }
+
+    package static func isAwaitedDirectory(name: String, error: String) -> Bool {
+        name.hasPrefix("certbot:") && error.hasSuffix("no such directory")
+    }
 }
 
 /// One reload that published a snapshot or rejected a version, for the status page's history.

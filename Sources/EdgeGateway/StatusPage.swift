@@ -43,7 +43,10 @@ func statusPage(_ gateway: Gateway) -> String {
     }
     let problems = gateway.stores.flatMap { $0.problems }
     let problemList = problems.isEmpty ? "<p>No rejected certificate versions.</p>" : "<ul>" + problems.map {
-        "<li><b>\(html($0.name))</b>: \(html($0.error)) (since \(isoDate($0.since)) UTC\($0.servingPrevious ? ", previous version still served" : ""))</li>"
+        if $0.isAwaitedDirectory {
+            return "<li><b>\(html($0.name))</b>: waiting for certbot (no such directory yet; watched for, since \(isoDate($0.since)) UTC)</li>"
+        }
+        return "<li><b>\(html($0.name))</b>: \(html($0.error)) (since \(isoDate($0.since)) UTC\($0.servingPrevious ? ", previous version still served" : ""))</li>"
     }.joined() + "</ul>"
     let configReload = gateway.configStatus.lastOutcome.map {
         "; configuration reload \(isoDate($0.time)) UTC: \(html($0.result))" + ($0.error.map { " <span class=\"bad\">\(html($0))</span>" } ?? "")

@@ -43,8 +43,13 @@ package enum StatusSummary {
         }
         out.append(contentsOf: certificates.isEmpty ? ["  none"] : table(rows))
         for problem in status["certificate_problems"] as? [[String: Any]] ?? [] {
+            let (name, error) = (problem["name"] as? String ?? "?", problem["error"] as? String ?? "?")
+            if CertificateProblem.isAwaitedDirectory(name: name, error: error) {
+                out.append("  WAITING  \(name): no such directory yet; watched for, served once certbot creates it")
+                continue
+            }
             let previous = (problem["serving_previous"] as? Bool) == true ? " (serving the previous version)" : ""
-            out.append("  REJECTED \(problem["name"] as? String ?? "?"): \(problem["error"] as? String ?? "?")\(previous)")
+            out.append("  REJECTED \(name): \(error)\(previous)")
         }
 
         out.append("")

@@ -136,7 +136,7 @@ struct Check: AsyncParsableCommand {
             // directory that does not exist yet is watched for, as `run` does: before the
             // first `certbot certonly` that is how a new host starts.
             let problems = gateway.stores.flatMap(\.problems)
-            let awaited = problems.filter { $0.name.hasPrefix("certbot:") && $0.error.hasSuffix("no such directory") }
+            let awaited = problems.filter(\.isAwaitedDirectory)
             let rejected = problems.filter { problem in !awaited.contains { $0.name == problem.name } }
             for problem in awaited {
                 writeStandardError("warning: certificate source \(problem.name): no such directory yet; watched for, its lineages are served once certbot creates them\n")

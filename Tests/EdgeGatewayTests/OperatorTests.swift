@@ -162,6 +162,9 @@ final class OperatorTests: XCTestCase {
         let status = try Shell.run(["edge-gateway", "status"])
         XCTAssertEqual(status.status, 0, status.stdout + status.stderr)
         XCTAssertTrue(status.stdout.contains("placeholder") && status.stdout.contains("0.0.0.0:443"), status.stdout)
+        if !FileManager.default.fileExists(atPath: "/etc/letsencrypt/live") {
+            XCTAssertTrue(status.stdout.contains("WAITING  certbot:/etc/letsencrypt/live") && !status.stdout.contains("REJECTED"), status.stdout)
+        }
         XCTAssertEqual(try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1/"]).stdout, "301")
         // certbot's webroot challenge, written by root as certbot would, is served by the service user.
         XCTAssertEqual(try Shell.bash("""
@@ -427,14 +430,18 @@ final class OperatorMessagesTests: XCTestCase {
         let json = """
             {"version":"1","uptime_seconds":90,"ready":true,"listeners":[{"name":"https","address":"0.0.0.0:443","port":443,"tls":true,"tls_profile":"intermediate","h2":true,"mutual_tls":false,"proxy_protocol":false}],
              "certificates":[{"name":"late","not_after":1900000000,"state":"ok"},{"name":"soon","not_after":1800000000,"state":"warning"}],
-             "certificate_problems":[{"name":"bad","error":"private key does not match","serving_previous":true}],
+             "certificate_problems":[{"name":"bad","error":"private key does not match","serving_previous":true},
+                                     {"name":"certbot:/etc/letsencrypt/live","error":"/etc/letsencrypt/live: no such directory","serving_previous":false}],
              "upstreams":[{"name":"app","backends":[{"address":"10.0.0.5:80","health":"ejected","requests":10,"reuse_ratio":0.9,"last_error":"connect failed"}]}],
              "last_reload":{"time":1790000000,"result":"published"},"config_reload":{"time":1790000100,"result":"rejected","error":"bad key"}}
             """
         let text = try StatusSummary.text(statusJSON: json, now: 1_790_000_000)
         let soon = try XCTUnwrap(text.range(of: "soon")), late = try XCTUnwrap(text.range(of: "late"))
         XCTAssertLessThan(soon.lowerBound, late.lowerBound, text)
+        // A certbot directory before the first `certbot certonly` is awaited, not rejected (as `check` says).
+        XCTAssertFalse(text.contains("REJECTED certbot:"), text)
         for expected in ["TLS intermediate, h2", "2027-01-15 08:00", "REJECTED bad: private key does not match (serving the previous version)",
+                         "WAITING  certbot:/etc/letsencrypt/live: no such directory yet; watched for, served once certbot creates it",
                          "10.0.0.5:80  ejected  10 requests, 90 % reused  last error: connect failed",
                          "Last certificate reload: 2026-09-21", "Last configuration reload: 2026-09-21", "rejected: bad key"] {
             XCTAssertTrue(text.contains(expected), "missing '\(expected)' in:\n\(text)")
