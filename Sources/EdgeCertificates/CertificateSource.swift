@@ -158,7 +158,10 @@ extension CertificateSource {
             let live = certbotLiveDirectory(path)
             var isDir = false
             guard fileExists(live, isDirectory: &isDir) else {
-                throw CertificateLoadError(path: live, reason: "no such directory")
+                // Only a directory that is not there yet is "no such directory" (awaited: certbot
+                // makes it); one the gateway may not reach says why (a parent it cannot read).
+                let reason = errno == ENOENT ? "no such directory" : String(cString: strerror(errno))
+                throw CertificateLoadError(path: live, reason: reason)
             }
             guard isDir else { throw CertificateLoadError(path: live, reason: "not a directory") }
             var result: [LineageFiles] = []

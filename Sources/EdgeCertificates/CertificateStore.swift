@@ -36,12 +36,16 @@ package struct CertificateProblem: Sendable, Hashable {
     /// True when an older version of this lineage is still being served.
     package var servingPrevious: Bool
 
-    /// A certbot `live/` directory that does not exist yet: watched for, and served once
-    /// certbot creates it (a new host before its first `certbot certonly`), not a failure.
-    package var isAwaitedDirectory: Bool { Self.isAwaitedDirectory(name: self.name, error: self.error) }
+    /// A certbot `live/` directory that does not exist yet and never served anything:
+    /// watched for, and served once certbot creates it (a new host before its first
+    /// `certbot certonly`), not a failure. One deleted while its lineages are still served
+    /// (`servingPrevious`) is a failure: those certificates will not be renewed.
+    package var isAwaitedDirectory: Bool {
+        Self.isAwaitedDirectory(name: self.name, error: self.error, servingPrevious: self.servingPrevious)
+    }
 
-    package static func isAwaitedDirectory(name: String, error: String) -> Bool {
-        name.hasPrefix("certbot:") && error.hasSuffix("no such directory")
+    package static func isAwaitedDirectory(name: String, error: String, servingPrevious: Bool) -> Bool {
+        !servingPrevious && name.hasPrefix("certbot:") && error.hasSuffix(": no such directory")
     }
 }
 

@@ -44,7 +44,7 @@ package enum StatusSummary {
         out.append(contentsOf: certificates.isEmpty ? ["  none"] : table(rows))
         for problem in status["certificate_problems"] as? [[String: Any]] ?? [] {
             let (name, error) = (problem["name"] as? String ?? "?", problem["error"] as? String ?? "?")
-            if CertificateProblem.isAwaitedDirectory(name: name, error: error) {
+            if CertificateProblem.isAwaitedDirectory(name: name, error: error, servingPrevious: problem["serving_previous"] as? Bool == true) {
                 out.append("  WAITING  \(name): no such directory yet; watched for, served once certbot creates it")
                 continue
             }

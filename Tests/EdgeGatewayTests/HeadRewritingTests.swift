@@ -13,11 +13,20 @@ final class HeadRewritingTests: XCTestCase {
         UpstreamGroup(name: "app", backends: [try Backend(host: "127.0.0.1", port: 8080)], tls: nil, timeouts: .init(), hostHeader: host)
     }
 
+    /// A client that presented `certificate` (Envoy's XFCC value), or none.
+    func client(_ ip: String = "192.0.2.7", certificate: String? = nil) -> DownstreamInfo {
+        var info = DownstreamInfo(clientIP: ip, clientPort: 50_000)
+        var identity = ClientIdentity(tls: nil)
+        identity.forwardedClientCert = certificate
+        info.clientIdentity = identity
+        return info
+    }
+
     func upstream(_ request: String, group: UpstreamGroup? = nil, upgrade: Bool = false, scheme: String = "https", mutualTLS: Bool = false,
-                  clientIP: String = "192.0.2.7") throws -> String {
+                  info: DownstreamInfo? = nil) throws -> String {
         let head = try HTTP1Parser.parseRequest(Array(request.utf8))
         let out = HeadRewriting.upstreamHead(for: head, group: try group ?? self.group(), upgrade: upgrade, scheme: scheme, mutualTLS: mutualTLS,
-                                             info: DownstreamInfo(clientIP: clientIP, clientPort: 50_000), heads: &self.heads)
+                                             info: info ?? self.client(), heads: &self.heads)
         return String(buffer: out)
     }
 
@@ -60,9 +69,23 @@ final class HeadRewritingTests: XCTestCase {
         XCTAssertFalse(plain.lowercased().contains("upgrade"), plain)
     }
 
-    /// With mutual TLS, the verified identity is forwarded; a value that could end a line
-    /// early is refused before anything is written.
+    /// With mutual TLS, the verified identity replaces whatever the client sent; without a
+    /// certificate (optional mode) the verdict says NONE.
+    func testWithMutualTLSTheVerifiedIdentityIsForwarded() throws {
+        let request = "GET / HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-Client-Cert: forged\r\nX-Client-Verify: SUCCESS\r\n\r\n"
+        let verified = try upstream(request, mutualTLS: true, info: client(certificate: "Hash=ab;Subject=\"CN=c\""))
+        XCTAssertTrue(verified.contains("x-forwarded-client-cert: Hash=ab;Subject=\"CN=c\"\r\nx-client-verify: SUCCESS\r\n"), verified)
+        XCTAssertFalse(verified.contains("forged"), verified)
+        let none = try upstream(request, mutualTLS: true, info: client())
+        XCTAssertTrue(none.contains("x-client-verify: NONE\r\n") && !none.contains("x-forwarded-client-cert") && !none.contains("SUCCESS"), none)
+    }
+
+    /// A value the gateway adds that could end a line early is found before anything is written.
     func testAddedValuesThatCouldSplitTheHeadAreFound() throws {
+        XCTAssertEqual(HeadRewriting.unsafeAddedField(group: try group(), mutualTLS: true, info: client("1.2.3.4\r\n", certificate: "a\r\nb")),
+                       "x-forwarded-client-cert", "checked first")
+        XCTAssertNil(HeadRewriting.unsafeAddedField(group: try group(), mutualTLS: false, info: client("1.2.3.4", certificate: "a\r\nb")),
+                     "not sent without mutual TLS")
         let info = DownstreamInfo(clientIP: "192.0.2.7\r\nx-evil: 1", clientPort: 1)
         XCTAssertEqual(HeadRewriting.unsafeAddedField(group: try group(), mutualTLS: false, info: info), "x-forwarded-for")
         XCTAssertEqual(HeadRewriting.unsafeAddedField(group: try group(host: "a\0b"), mutualTLS: false, info: DownstreamInfo(clientIP: "1.2.3.4", clientPort: 1)), "host")
@@ -83,10 +106,17 @@ final class HeadRewritingTests: XCTestCase {
         XCTAssertEqual([old.chunked, old.close], [false, true])
         let kept = try downstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", request: "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         XCTAssertEqual(kept.head, "HTTP/1.0 200 OK\r\nContent-Length: 2\r\nconnection: keep-alive\r\n\r\n")
+        XCTAssertEqual([kept.chunked, kept.close], [false, false])
+        // HTTP/1.0 cannot chunk: a body of unknown length ends with the connection, keep-alive asked or not.
+        let unknown = try downstream("HTTP/1.1 200 OK\r\n\r\n", request: "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        XCTAssertEqual(unknown.head, "HTTP/1.0 200 OK\r\nconnection: close\r\n\r\n")
+        XCTAssertEqual([unknown.chunked, unknown.close], [false, true])
         let draining = try downstream("HTTP/1.1 204 No Content\r\n\r\n", closing: true)
         XCTAssertEqual(draining.head, "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
         XCTAssertEqual([draining.chunked, draining.close], [false, true], "no body: nothing to chunk")
-        let head = try downstream("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", request: "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+        // The answer to HEAD has no body, whatever its length fields say: nothing to chunk.
+        let head = try downstream("HTTP/1.1 200 OK\r\n\r\n", request: "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+        XCTAssertEqual(head.head, "HTTP/1.1 200 OK\r\n\r\n")
         XCTAssertEqual([head.chunked, head.close], [false, false])
     }
 }

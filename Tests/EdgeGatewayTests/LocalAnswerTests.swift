@@ -34,6 +34,7 @@ final class LocalAnswerTests: XCTestCase {
         XCTAssertTrue(LocalAnswer.closes(request: keep, requestEnded: true, draining: true), "draining")
         XCTAssertTrue(LocalAnswer.closes(request: try request("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"), requestEnded: true, draining: false))
         XCTAssertTrue(LocalAnswer.closes(request: try request("GET / HTTP/1.0\r\n\r\n"), requestEnded: true, draining: false))
+        XCTAssertFalse(LocalAnswer.closes(request: try request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"), requestEnded: true, draining: false))
         XCTAssertTrue(LocalAnswer.closes(request: nil, requestEnded: true, draining: false), "a head that never parsed")
     }
 
@@ -62,7 +63,12 @@ final class LocalAnswerTests: XCTestCase {
         XCTAssertEqual(post.status, 405)
         XCTAssertTrue(post.fields.contains("allow: GET, HEAD\r\n"))
         XCTAssertEqual(try answer("GET /missing HTTP/1.1").status, 404)
-        XCTAssertEqual(try answer("GET /../etc/passwd HTTP/1.1").status, 404, "no way out of the directory")
+        // A link out of the directory is refused, with the reason for the log only.
+        try FileManager.default.createSymbolicLink(atPath: dir.file("out"), withDestinationPath: "/etc/hostname")
+        let out = try answer("GET /out HTTP/1.1")
+        XCTAssertEqual(out.status, 403)
+        XCTAssertEqual(String(buffer: out.body), "403 Forbidden: not served\n")
+        XCTAssertNotNil(out.refusal)
         XCTAssertNil(file.refusal)
     }
 }

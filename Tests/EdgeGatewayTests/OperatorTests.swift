@@ -431,7 +431,8 @@ final class OperatorMessagesTests: XCTestCase {
             {"version":"1","uptime_seconds":90,"ready":true,"listeners":[{"name":"https","address":"0.0.0.0:443","port":443,"tls":true,"tls_profile":"intermediate","h2":true,"mutual_tls":false,"proxy_protocol":false}],
              "certificates":[{"name":"late","not_after":1900000000,"state":"ok"},{"name":"soon","not_after":1800000000,"state":"warning"}],
              "certificate_problems":[{"name":"bad","error":"private key does not match","serving_previous":true},
-                                     {"name":"certbot:/etc/letsencrypt/live","error":"/etc/letsencrypt/live: no such directory","serving_previous":false}],
+                                     {"name":"certbot:/etc/letsencrypt/live","error":"/etc/letsencrypt/live: no such directory","serving_previous":false},
+                                     {"name":"certbot:/srv/le/live","error":"/srv/le/live: no such directory","serving_previous":true}],
              "upstreams":[{"name":"app","backends":[{"address":"10.0.0.5:80","health":"ejected","requests":10,"reuse_ratio":0.9,"last_error":"connect failed"}]}],
              "last_reload":{"time":1790000000,"result":"published"},"config_reload":{"time":1790000100,"result":"rejected","error":"bad key"}}
             """
@@ -439,9 +440,11 @@ final class OperatorMessagesTests: XCTestCase {
         let soon = try XCTUnwrap(text.range(of: "soon")), late = try XCTUnwrap(text.range(of: "late"))
         XCTAssertLessThan(soon.lowerBound, late.lowerBound, text)
         // A certbot directory before the first `certbot certonly` is awaited, not rejected (as `check` says).
-        XCTAssertFalse(text.contains("REJECTED certbot:"), text)
+        XCTAssertFalse(text.contains("REJECTED certbot:/etc/letsencrypt"), text)
         for expected in ["TLS intermediate, h2", "2027-01-15 08:00", "REJECTED bad: private key does not match (serving the previous version)",
                          "WAITING  certbot:/etc/letsencrypt/live: no such directory yet; watched for, served once certbot creates it",
+                         // Deleted while its lineages are served: they will not be renewed.
+                         "REJECTED certbot:/srv/le/live: /srv/le/live: no such directory (serving the previous version)",
                          "10.0.0.5:80  ejected  10 requests, 90 % reused  last error: connect failed",
                          "Last certificate reload: 2026-09-21", "Last configuration reload: 2026-09-21", "rejected: bad key"] {
             XCTAssertTrue(text.contains(expected), "missing '\(expected)' in:\n\(text)")
