@@ -407,7 +407,7 @@ final class UpstreamTLSFailoverTests: XCTestCase {
         let otherPKI = try TestPKI()
         defer { withExtendedLifetime(otherPKI) {} }
         let (refusing, accepting, silent) = (freePort(), freePort(), freePort())
-        let (python, _) = try upstreams([spec(refusing, leaf, "min=1.3,client_ca=\(otherPKI.caPath)"), spec(accepting, leaf, "min=1.3,client_ca=\(Self.pki.caPath)"),
+        let (python, handshakes) = try upstreams([spec(refusing, leaf, "min=1.3,client_ca=\(otherPKI.caPath)"), spec(accepting, leaf, "min=1.3,client_ca=\(Self.pki.caPath)"),
                                          spec(silent, leaf, "min=1.3,client_ca=\(Self.pki.caPath),tickets=0")], dir: dir)
         defer { RequestHardeningTests.stop(python) }
         let logs = LogCapture()
@@ -427,7 +427,13 @@ final class UpstreamTLSFailoverTests: XCTestCase {
             return states.first { ($0["address"] as? String) == "127.0.0.1:\(refusing)" }?["health"] as? String == "down"
         }
         XCTAssertTrue(down, "the refusing backend is down: \(states)")
-        pause(3)  // a silent backend's probes that outlasted the timeout would have made it down twice over by now
+        // Six more probes of the silent backend (each handshake is a line of the upstreams'
+        // SNI log): had they outlasted the check's timeout, two in a row would have taken it down.
+        func probes(_ port: Int) -> Int {
+            ((try? String(contentsOfFile: handshakes, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.hasPrefix("\(port) ") }.count
+        }
+        let probed = probes(silent)
+        XCTAssertTrue(eventually(timeout: 20) { probes(silent) >= probed + 6 }, "the silent backend was probed \(probes(silent) - probed) more times")
         states = try backends(admin, upstream: "app")
         func health(_ port: Int) -> String? { states.first { ($0["address"] as? String) == "127.0.0.1:\(port)" }?["health"] as? String }
         XCTAssertEqual(health(refusing), "down", "it stays down: \(states)")
