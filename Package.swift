@@ -116,7 +116,7 @@ let package = Package(
         .testTarget(
             name: "EdgeTLSTests",
             dependencies: [
-                "EdgeTLS", "EdgeTestSupport",
+                "EdgeTLS", "EdgeTestSupport", "CEdgeShims",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
@@ -126,6 +126,8 @@ let package = Package(
             name: "EdgeGatewayTests",
             dependencies: [
                 "EdgeGateway", "EdgeTLS", "EdgeCertificates", "EdgeProxy", "EdgeTestSupport", "CSocketShims",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

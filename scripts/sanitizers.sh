@@ -5,13 +5,14 @@
 #     rotations, hostile certificate files, upstream verification (its C callbacks) and reloads (the gateway binary the reload
 #     tests start is the instrumented one);
 #   ThreadSanitizer: the certificate watcher and store, whose thread publishes snapshots
-#     that the event loops read.
+#     that the event loops read, and a generation's background jobs (BackgroundJobs), whose
+#     ticks run on the task pool and the thread pool;
 # A finding fails the run (ASan ends the test process at its first report; TSan's report
 # makes the run exit non-zero).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 asan_tests='EdgeTLSTests|RotationTests|TrustChangeTests|ParkedHandshakeTests|HostileFilesTests|ReloadUnderLoadTests.testARejectedReload|ReloadUnderLoadTests.testTwentyReloads|DownstreamTLSTests.testMutualTLS|DownstreamTLSTests.testANewClientCABundle|DownstreamTLSTests.testClientAuthPerSNIName|UpstreamTLSFailoverTests|UpstreamTests.testUpstreamCertificatesAreVerified'
-tsan_tests='RotationTests|HostileFilesTests'
+tsan_tests='RotationTests|HostileFilesTests|BackgroundJobsTests'
 
 echo "== AddressSanitizer"
 swift build --build-tests --sanitize=address --build-path .build-asan

@@ -103,11 +103,8 @@ extension CertificateStore {
         let snapshot = self.snapshot
         let problems = Dictionary(self.problems.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         var names: [Int: [String]] = [:]
-        for (name, index) in snapshot.exact {
+        for (name, index) in snapshot.names.patterns {
             for lineage in snapshot.lineagesServing(index) { names[lineage, default: []].append(name) }
-        }
-        for (suffix, index) in snapshot.wildcard {
-            for lineage in snapshot.lineagesServing(index) { names[lineage, default: []].append("*." + suffix) }
         }
         return snapshot.lineages.enumerated().map { index, lineage in
             CertificateReport(

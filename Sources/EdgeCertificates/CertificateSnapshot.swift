@@ -16,8 +16,7 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
     let dualContexts: [[TLSContext]]
     let dualPairs: [[Int]]
     /// Per name: a lineage index, or `-1 - pair` for a dual pair.
-    let exact: [String: Int]
-    let wildcard: [String: Int]
+    let names: ServerNameIndex<Int>
     let defaultIndex: Int?
     let strictSNI: Bool
     /// Names claimed by more than one lineage, with the winner, for the log.
@@ -36,8 +35,10 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
         // Deterministic order: by name.
         let ordered = lineages.sorted { $0.name < $1.name }
         self.lineages = ordered
-        self.contexts = try policies.map { policy in
-            try ordered.map { try TLSContext.server(chain: $0.chain, key: $0.key, policy: policy) }
+        // Each context says what it was chosen as (policy and lineages), which the next
+        // snapshot's context for the same choice says too (`TLSContext.servesLike`).
+        self.contexts = try policies.enumerated().map { index, policy in
+            try ordered.map { try TLSContext.server(chain: $0.chain, key: $0.key, policy: policy, selection: "\(index):\($0.name)") }
         }
         // A name claimed twice goes to the certificate that lives longest, then by lineage name;
         // an ECDSA and an RSA claimant are not a conflict but a dual pair.
@@ -45,8 +46,7 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
         for (index, lineage) in ordered.enumerated() {
             for name in Set(lineage.serverNames) { claims[name, default: []].append(index) }
         }
-        var exact: [String: Int] = [:]
-        var wildcard: [String: Int] = [:]
+        var names = ServerNameIndex<Int>()
         var conflicts: [(String, String, [String])] = []
         var pairs: [[Int]] = []
         func best(_ indices: [Int]) -> Int? {
@@ -75,20 +75,16 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
             if indices.count > winners.count {
                 conflicts.append((name, winners.map { ordered[$0].name }.joined(separator: "+"), indices.filter { !winners.contains($0) }.map { ordered[$0].name }))
             }
-            if name.hasPrefix("*.") {
-                wildcard[String(name.dropFirst(2))] = chosen
-            } else {
-                exact[name] = chosen
-            }
+            names.insert(name, chosen)
         }
         self.dualPairs = pairs
-        self.dualContexts = try policies.map { policy in
+        self.dualContexts = try policies.enumerated().map { index, policy in
             try pairs.map { pair in
-                try TLSContext.server(pairs: pair.map { (ordered[$0].chain, ordered[$0].key) }, policy: policy)
+                try TLSContext.server(pairs: pair.map { (ordered[$0].chain, ordered[$0].key) }, policy: policy,
+                                      selection: "\(index):" + pair.map { ordered[$0].name }.joined(separator: "+"))
             }
         }
-        self.exact = exact
-        self.wildcard = wildcard
+        self.names = names
         self.conflicts = conflicts
         if let defaultName, let index = ordered.firstIndex(where: { $0.name == defaultName }) {
             self.defaultIndex = index
@@ -100,24 +96,17 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
         Self.live.wrappingIncrement(ordering: .relaxed)
     }
 
-    /// The lineage index a name selects by itself (exact, then one-label wildcard),
-    /// without falling back to the default; nil for a name no certificate names.
+    /// The lineage index a normalized name selects by itself (exact, then one-label
+    /// wildcard), without falling back to the default; nil for a name no certificate names.
     func namedLineageIndex(for name: String) -> Int? {
-        if let index = self.exact[name] { return index }
-        if let dot = name.firstIndex(of: "."), let index = self.wildcard[String(name[name.index(after: dot)...])] {
-            return index
-        }
-        return nil
+        self.names.match(name)
     }
 
-    /// The lineage index for an SNI name: exact, then one-label wildcard, then the default.
+    /// The lineage index for a normalized SNI name (`ServerName.normalized`): exact,
+    /// then one-label wildcard, then the default.
     package func lineageIndex(for serverName: String?) -> Int? {
-        guard let name = serverName?.lowercased(), !name.isEmpty else { return self.defaultIndex }
-        if let index = self.exact[name] { return index }
-        if let dot = name.firstIndex(of: "."), let index = self.wildcard[String(name[name.index(after: dot)...])] {
-            return index
-        }
-        return self.strictSNI ? nil : self.defaultIndex
+        guard let name = serverName, !name.isEmpty else { return self.defaultIndex }
+        return self.names.match(name) ?? (self.strictSNI ? nil : self.defaultIndex)
     }
 
     /// The lineages behind an index of the name maps (two for a dual ECDSA/RSA pair).
@@ -125,6 +114,7 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
         index >= 0 ? [index] : self.dualPairs[-1 - index]
     }
 
+    /// The context for a normalized SNI name under one client-authentication policy.
     func select(serverName: String?, policy: Int) -> ServerNameSelection {
         guard let index = self.lineageIndex(for: serverName) else { return .reject }
         return .use(index >= 0 ? self.contexts[policy][index] : self.dualContexts[policy][-1 - index])

@@ -432,21 +432,21 @@ package final class CertificateStore: Sendable {
 private final class StoreSelector: ServerNameSelector {
     let store: CertificateStore
     let policyIndex: Int
-    let byName: [String: Int]
+    /// Policies other than the listener's, for some names (`client_auth_by_name`).
+    let byName: ServerNameIndex<Int>
 
     init(store: CertificateStore, policyIndex: Int, byName: [String: Int]) {
         self.store = store
         self.policyIndex = policyIndex
-        self.byName = byName
+        var index = ServerNameIndex<Int>()
+        for (pattern, policy) in byName { index.insert(pattern, policy) }
+        self.byName = index
     }
 
-    /// The policy (client authentication) for a name: `byName`'s exact entry, then its
-    /// one-label wildcard, then the listener's.
+    /// The policy (client authentication) for a normalized name.
     private func policy(for name: String?) -> Int {
-        guard !self.byName.isEmpty, let name = name?.lowercased() else { return self.policyIndex }
-        if let exact = self.byName[name] { return exact }
-        if let dot = name.firstIndex(of: "."), let wildcard = self.byName["*" + name[dot...]] { return wildcard }
-        return self.policyIndex
+        guard !self.byName.isEmpty, let name else { return self.policyIndex }
+        return self.byName.match(name) ?? self.policyIndex
     }
 
     func select(serverName: String?) -> ServerNameSelection {
@@ -460,15 +460,17 @@ private final class StoreSelector: ServerNameSelector {
     /// made for one that does not) or another certificate (a name served by a different
     /// lineage) is a request for another connection (RFC 9110 §15.5.20). A host that
     /// names no certificate (an address, an unknown name) is checked only for its policy.
-    func misdirection(serverName: String?, host: String) -> String? {
+    func misdirection(serverName rawServerName: String?, host rawHost: String) -> String? {
+        let serverName = rawServerName.map(ServerName.normalized)
+        let host = ServerName.normalized(rawHost)
         if self.policy(for: host) != self.policy(for: serverName) {
-            return "the host's client authentication is not the connection's (SNI \(serverName.map { "'\($0)'" } ?? "none"))"
+            return "the host's client authentication is not the connection's (SNI \(rawServerName.map { "'\($0)'" } ?? "none"))"
         }
         guard let serverName, !serverName.isEmpty else { return nil }
         let snapshot = self.store.snapshot
         if let hostLineage = snapshot.namedLineageIndex(for: host),
            hostLineage != snapshot.lineageIndex(for: serverName) {
-            return "the host's certificate is not the one the connection was made for (SNI '\(serverName)')"
+            return "the host's certificate is not the one the connection was made for (SNI '\(rawServerName ?? "")')"
         }
         return nil
     }

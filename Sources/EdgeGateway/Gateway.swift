@@ -121,14 +121,11 @@ package final class Gateway: Sendable {
         var adminChannel: Channel?
         var ready = false
         var quiescing: [ServerQuiescingHelper] = []
-        var watchers: [CertificateWatcher] = []
-        var healthChecker: HealthChecker?
-        var ticketTask: RepeatedTask?
+        /// Watchers, health checks, ticket keys, the client CA watch, the heap trimmer.
+        var jobs: BackgroundJobs?
         /// Listening descriptors by listener name ("admin" for the admin endpoint), for handoff.
         var listenerSockets: [String: (address: String, fd: CInt)] = [:]
         var handoffServer: SocketHandoff.Server?
-        var caWatchTask: RepeatedTask?
-        var trimTask: RepeatedTask?
         var pools: (PoolRegistry, EventLoopGroup)?
         /// Opened by `start`, closed after the drain.
         var accessLog: AccessLogFile?

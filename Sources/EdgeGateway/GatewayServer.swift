@@ -84,31 +84,8 @@ extension Gateway {
             $0.pools = (pools, group)
             $0.accessLog = accessLog
         }
-        let watch = self.config.certificates?.watch ?? WatchConfig()
-        for store in self.stores {
-            do {
-                let watcher = try CertificateWatcher(
-                    store: store,
-                    configuration: WatcherConfiguration(
-                        debounceMilliseconds: Int(watch.debounce.nanoseconds / 1_000_000),
-                        rescanMilliseconds: max(100, Int(watch.rescanInterval.nanoseconds / 1_000_000)),
-                        immediate: watch.immediate
-                    ),
-                    logger: self.logger
-                )
-                watcher.start()
-                self.state.withLockedValue { $0.watchers.append(watcher) }
-            } catch {
-                self.logger.error("certificate watching unavailable: renewed certificates are served only after SIGHUP or POST /reload",
-                                  metadata: ["error": "\(error)"])
-            }
-        }
-        self.startTicketKeyRotation(on: group.next())
-        self.startClientCAWatch(on: group.next())
-        if self.config.memoryTrimming { self.startHeapTrimming(on: group.next()) }
-        let checker = HealthChecker(groups: self.groups, eventLoopGroup: group, logger: self.logger)
-        checker.start()
-        self.state.withLockedValue { $0.healthChecker = checker }
+        let jobs = BackgroundJobs(self.backgroundJobs(group: group), logger: self.logger)
+        self.state.withLockedValue { $0.jobs = jobs }
         // The sockets of the configuration being replaced, or of a gateway process already
         // running with the same handoff socket; keyed by configured address.
         var handoff: SocketHandoff.Inherited?
@@ -196,70 +173,6 @@ extension Gateway {
         }
     }
 
-    /// Rotates session-ticket keys on schedule, or follows the shared key file (checked every second).
-    private func startTicketKeyRotation(on loop: EventLoop) {
-        let settings = self.sessionTickets
-        let logger = self.logger
-        let task: RepeatedTask
-        if let file = settings.keyFile {
-            let stamp = NIOLockedValueBox(fileStamp(file))
-            task = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
-                let now = fileStamp(file)
-                guard now != nil, stamp.withLockedValue({ $0 != now }) else { return }
-                stamp.withLockedValue { $0 = now }
-                do {
-                    let keys = try TicketKeyRing.parse(keyFile: try readTextFile(file))
-                    TicketKeyRing.shared.install(keys)
-                    logger.notice("session ticket keys reloaded", metadata: ["file": "\(file)", "keys": "\(keys.count)", "encrypting_key_name": "\(keys[0].nameHex)"])
-                } catch {
-                    logger.error("session ticket key file rejected; keeping the current keys", metadata: ["file": "\(file)", "error": "\(Self.reason(error))"])
-                }
-            }
-        } else {
-            let every = settings.rotateEvery.timeAmount
-            task = loop.scheduleRepeatedTask(initialDelay: every, delay: every) { _ in
-                TicketKeyRing.shared.rotate(keep: 2)
-                logger.info("session ticket key rotated", metadata: ["encrypting_key_name": "\(TicketKeyRing.shared.current[0].nameHex)"])
-            }
-        }
-        self.state.withLockedValue { $0.ticketTask = task }
-    }
-
-    /// Rebuilds the contexts of every store whose policies name a client CA bundle when
-    /// that file changes (checked every second), so a new client CA applies to new handshakes.
-    /// The loop only compares the file's stamp; the bundle is read and the contexts built on
-    /// a thread of the pool, so no event loop reads a file or waits for the store's reload
-    /// lock, which a reload holds while it reads certificate files.
-    private func startClientCAWatch(on loop: EventLoop) {
-        var found: [String: [CertificateStore]] = [:]
-        for store in self.stores {
-            for file in Set(store.configuration.policies.compactMap(\.clientCAFile)) { found[file, default: []].append(store) }
-        }
-        let files = found
-        guard !files.isEmpty else { return }
-        let stamps = NIOLockedValueBox(files.keys.reduce(into: [String: String?]()) { $0[$1] = fileStamp($1) })
-        let task = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
-            for (file, stores) in files {
-                let now = fileStamp(file)
-                guard now != nil, stamps.withLockedValue({ $0[file] != now }) else { continue }
-                stamps.withLockedValue { $0[file] = now }
-                NIOThreadPool.singleton.submit { _ in
-                    for store in stores { store.rebuildContexts(reason: "client CA bundle \(file) changed") }
-                }
-            }
-        }
-        self.state.withLockedValue { $0.caWatchTask = task }
-    }
-
-    /// Checks once a second whether a burst of connections has ended (`HeapTrimmer`).
-    private func startHeapTrimming(on loop: EventLoop) {
-        let logger = self.logger, metrics = self.metrics
-        let task = loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
-            HeapTrimmer.shared.tick(logger: logger) { metrics.heapTrimmed(bytes: $0) }
-        }
-        self.state.withLockedValue { $0.trimTask = task }
-    }
-
     /// The bound port of a listener (useful with port 0).
     package func boundPort(listener: String) -> Int? {
         self.state.withLockedValue { $0.serverChannels[listener]?.localAddress?.port }
@@ -274,23 +187,16 @@ extension Gateway {
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes what is left.
     /// `quietly`: a replaced configuration generation draining after a reload.
     package func shutdown(grace: TimeAmount, quietly: Bool = false) async {
-        let (helpers, admin, watchers, checker) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, [CertificateWatcher], HealthChecker?) in
+        let (helpers, admin, jobs) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, BackgroundJobs?) in
             state.ready = false
             defer {
                 state.quiescing = []
-                state.watchers = []
-                state.healthChecker = nil
+                state.jobs = nil
             }
-            return (state.quiescing, state.adminChannel, state.watchers, state.healthChecker)
+            return (state.quiescing, state.adminChannel, state.jobs)
         }
-        for watcher in watchers { watcher.stop() }
-        checker?.stop()
+        await jobs?.stop()
         self.state.withLockedValue { $0.handoffServer?.stop() }
-        self.state.withLockedValue {
-            $0.ticketTask?.cancel()
-            $0.caWatchTask?.cancel()
-            $0.trimTask?.cancel()
-        }
         // A generation whose start failed has no admin channel yet, but may have listeners
         // bound on shared sockets: they are shut down all the same, or they would go on
         // accepting beside the generation that stays.
@@ -412,7 +318,7 @@ extension Gateway {
             metrics.connectionOpened()
             if plan.h2 {
                 // The protocol is known once ALPN has run: HTTP/2 or HTTP/1.1 handlers are added then.
-                try sync.addHandler(ProtocolSwitch(plan: plan, info: info, proxy: proxy), name: "protocol-switch")
+                try sync.addHandler(ProtocolSwitch(info: info, proxy: proxy), name: "protocol-switch")
             } else {
                 try sync.addHandler(ProxyHandler(listener: proxy, info: info), name: "proxy")
             }
@@ -432,20 +338,6 @@ private final class CloseOnActive: ChannelInboundHandler {
     }
 }
 
-extension EventLoop {
-    /// Runs a channel initializer's synchronous set-up and returns the loop's cached
-    /// succeeded future (or a failed one): `makeCompletedFuture` made a new future, a
-    /// Result and a closure for every accepted connection and every HTTP/2 stream.
-    func initialized(_ setUp: () throws -> Void) -> EventLoopFuture<Void> {
-        do {
-            try setUp()
-            return self.makeSucceededVoidFuture()
-        } catch {
-            return self.makeFailedFuture(error)
-        }
-    }
-}
-
 extension ListenerPlan {
     var proxyLimits: ProxyLimits {
         var limits = ProxyLimits()
@@ -456,315 +348,8 @@ extension ListenerPlan {
         limits.bodyTimeout = self.bodyTimeout
         limits.drainQuietPeriod = self.drainQuietPeriod
         limits.strictTransportSecurity = self.strictTransportSecurity
+        limits.http2MaxConcurrentStreams = self.http2.maxConcurrentStreams
+        limits.http2MaxResetsPer30s = self.http2.maxResetsPer30s
         return limits
     }
 }
-
-/// Waits for the TLS handshake on an `h2: true` listener, then installs HTTP/2
-/// (each stream proxied by its own `ProxyHandler` over the HTTP/1.1 upstream pool)
-/// or HTTP/1.1, as ALPN decided, and steps aside.
-final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-
-    private let plan: ListenerPlan
-    private let info: DownstreamInfo
-    private let proxy: ProxyListener
-    /// The gateway began draining during the handshake: the protocol's handlers drain
-    /// as soon as they are installed.
-    private var drainRequested = false
-
-    init(plan: ListenerPlan, info: DownstreamInfo, proxy: ProxyListener) {
-        self.plan = plan
-        self.info = info
-        self.proxy = proxy
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent {
-            // Draining before the handshake is done. Closing now would fail the request
-            // this client is about to send (it connected to be served, and a client that
-            // does not retry would see an error); the handshake finishes (within its
-            // timeout), then the chosen protocol drains: HTTP/1.1 answers one request
-            // with `connection: close`, HTTP/2 sends GOAWAY. A connection that has sent
-            // nothing at all closes if it stays silent for the quiet period.
-            self.drainRequested = true
-            let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self)
-            if let tls, !tls.hasReceivedBytes {
-                context.eventLoop.assumeIsolated().scheduleTask(in: self.plan.drainQuietPeriod) {
-                    if !tls.hasReceivedBytes { context.close(promise: nil) }
-                }
-            }
-            return
-        }
-        guard let tls = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = tls else {
-            context.fireUserInboundEventTriggered(event)
-            return
-        }
-        let sync = context.pipeline.syncOperations
-        do {
-            if negotiated == "h2" {
-                self.proxy.observer?.handshake(result: "ok")
-                var info = self.info
-                let tls = try? sync.handler(type: OpenSSLHandler.self)
-                if self.proxy.mutualTLS { info.clientIdentity = ClientIdentity(tls: tls) }
-                if self.proxy.serverNames != nil { info.serverName = tls?.serverName?.lowercased() }
-                tls?.coalesceFlushes()
-                tls?.compactReads()
-                try self.addHTTP2Handlers(sync, channel: context.channel, info: info)
-            } else {
-                try sync.addHandler(ProxyHandler(listener: self.proxy, info: self.info), name: "proxy")
-            }
-        } catch {
-            self.proxy.logger.error("cannot set up the connection's protocol handlers", metadata: ["error": "\(error)"])
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-        if self.drainRequested { context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
-        sync.removeHandler(context: context, promise: nil)
-    }
-
-    private func addHTTP2Handlers(_ sync: ChannelPipeline.SynchronousOperations, channel: Channel, info: DownstreamInfo) throws {
-        var connection = NIOHTTP2Handler.ConnectionConfiguration()
-        connection.initialSettings = [
-            HTTP2Setting(parameter: .maxConcurrentStreams, value: self.plan.http2.maxConcurrentStreams),
-            HTTP2Setting(parameter: .maxHeaderListSize, value: self.plan.maxHeadBytes),
-            HTTP2Setting(parameter: .initialWindowSize, value: 65_535),
-        ]
-        // Request header blocks are checked by HTTP2StreamBridge (HTTP2RequestCheck) and
-        // response heads by the HTTP/1.1 parser: NIO's second pass over both is off.
-        connection.headerBlockValidation = .disabled
-        var stream = NIOHTTP2Handler.StreamConfiguration()
-        // Rapid reset (CVE-2023-44487): a client resetting streams faster than this is disconnected.
-        stream.streamResetFrameRateLimit.maximumCount = self.plan.http2.maxResetsPer30s
-        stream.streamResetFrameRateLimit.windowLength = .seconds(30)
-        let strictTransportSecurity = self.plan.strictTransportSecurity
-        // Streams are child channels on the connection's loop: the loop's proxy (and pool) serves them.
-        let proxy = NIOLoopBound(self.proxy, eventLoop: channel.eventLoop)
-        let idle = HTTP2IdleTimeout(timeout: self.plan.idleTimeout)
-        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
-                                            streamDelegate: idle.delegate(eventLoop: channel.eventLoop)) { streamChannel in
-            streamChannel.eventLoop.initialized {
-                let streamSync = streamChannel.pipeline.syncOperations
-                let bridge = HTTP2StreamBridge(strictTransportSecurity: strictTransportSecurity)
-                // The stream's only handler; named, as the connection's handlers are.
-                try streamSync.addHandler(ProxyHandler(stream: bridge, listener: proxy.value, info: info), name: "proxy")
-            }
-        }
-        try sync.addHandler(idle, name: "http2-idle-timeout")
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if let tls = error as? TLSError {
-            reportClientTLSError(tls, info: self.info, listener: self.proxy)
-        }
-        context.close(promise: nil)
-    }
-}
-
-/// Closes an HTTP/2 connection that has had no open stream for the listener's idle
-/// timeout (nginx's `keepalive_timeout` for HTTP/2): GOAWAY with NO_ERROR, then close.
-/// Streams in flight keep the connection open however long they take; their own
-/// timeouts are the proxy's. Sits after the HTTP/2 handler, which reports streams
-/// opening and closing through `delegate(eventLoop:)`.
-///
-/// It also drains the connection when the gateway does (shutdown, a restart's handoff,
-/// a reload): GOAWAY in two steps, as RFC 9113 §6.8 describes. The first names the
-/// largest stream ID, so the client stops opening streams without losing one it is
-/// sending at that moment; a PING follows, and once its ACK is back (a round trip, at
-/// most a second) a second GOAWAY names the last stream that will be answered. The
-/// connection closes when that stream and those before it are done. A single GOAWAY
-/// with the last stream seen so far refused the streams already on their way, which a
-/// client that does not retry counts as failed.
-///
-/// And it closes a connection the HTTP/2 handler refused for abuse (rapid reset, a
-/// CONTINUATION flood): the handler sends GOAWAY but would otherwise keep reading, and
-/// answer every further frame with another GOAWAY.
-final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTP2Frame
-    typealias OutboundOut = HTTP2Frame
-
-    private let timeout: TimeAmount
-    private var context: ChannelHandlerContext?
-    private var openStreams = 0
-    private var lastStream = HTTP2StreamID(0)
-    /// When the connection is idle long enough; nil while a stream is open.
-    private var deadline: NIODeadline?
-    private var timer: Scheduled<Void>?
-    /// Where a drain is (`ChannelShouldQuiesceEvent`).
-    private enum Drain {
-        case serving
-        /// The first GOAWAY (largest stream ID) and a PING went out; waiting for the ACK.
-        case announced(ping: HTTP2PingData, timer: Scheduled<Void>?)
-        /// The final GOAWAY went out: the connection closes with its last stream.
-        case final
-    }
-    private var drain = Drain.serving
-    private var draining: Bool {
-        if case .serving = self.drain { return false }
-        return true
-    }
-
-    init(timeout: TimeAmount) {
-        self.timeout = timeout
-    }
-
-    /// A class, not a struct around `NIOLoopBound`: the HTTP/2 handler copies its
-    /// multiplexer, delegate included, some twenty times a stream, and a class reference
-    /// copies with a retain where the struct (too big for an existential's inline
-    /// buffer) cost 1.6k instructions a stream. NIO calls it on the connection's event
-    /// loop only (checked in debug builds), so the unchecked Sendable holds.
-    final class Delegate: NIOHTTP2StreamDelegate, @unchecked Sendable {
-        private let handler: HTTP2IdleTimeout
-        private let eventLoop: any EventLoop
-
-        init(handler: HTTP2IdleTimeout, eventLoop: any EventLoop) {
-            self.handler = handler
-            self.eventLoop = eventLoop
-        }
-
-        func streamCreated(_ id: HTTP2StreamID, channel: any Channel) {
-            self.eventLoop.assertInEventLoop()
-            self.handler.streamOpened(id)
-        }
-
-        func streamClosed(_ id: HTTP2StreamID, channel: any Channel) {
-            self.eventLoop.assertInEventLoop()
-            self.handler.streamClosed()
-        }
-    }
-
-    func delegate(eventLoop: any EventLoop) -> Delegate {
-        Delegate(handler: self, eventLoop: eventLoop)
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        self.arm()
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.timer?.cancel()
-        self.timer = nil
-        if case .announced(_, let timer) = self.drain { timer?.cancel() }
-        self.context = nil
-    }
-
-    private func streamOpened(_ id: HTTP2StreamID) {
-        self.openStreams += 1
-        self.lastStream = max(self.lastStream, id)
-        self.deadline = nil  // the timer, if any, finds nothing to do and lapses
-    }
-
-    private func streamClosed() {
-        self.openStreams = max(0, self.openStreams - 1)
-        guard self.openStreams == 0 else { return }
-        switch self.drain {
-        case .serving: self.arm()
-        case .announced: break  // streams may still come until the final GOAWAY
-        case .final: self.closeWhenDrained()
-        }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent, !self.draining {
-            // The HTTP/2 handler has passed the event to every stream: each finishes the
-            // exchange in flight (the proxy's quiescing).
-            let ping = HTTP2PingData(withInteger: UInt64.random(in: .min ... .max))
-            let timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: Self.pingWait) {
-                self.finalGoAway()
-            }
-            self.drain = .announced(ping: ping, timer: timer)
-            self.deadline = nil  // the idle timer, if armed, finds nothing to do
-            self.announceDrain(context)
-            context.writeAndFlush(NIOAny(HTTP2Frame(streamID: .rootStream, payload: .ping(ping, ack: false))), promise: nil)
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .announced(let ping, _) = self.drain {
-            let frame = self.unwrapInboundIn(data)
-            if case .ping(let data, ack: true) = frame.payload, data == ping { self.finalGoAway() }
-        }
-        context.fireChannelRead(data)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if Self.isAbuse(error) {
-            // The HTTP/2 handler has sent GOAWAY for it; nothing more is read.
-            context.close(promise: nil)
-        }
-        context.fireErrorCaught(error)
-    }
-
-    /// The errors for which NIO's HTTP/2 handler refuses the connection as a misbehaving peer.
-    private static func isAbuse(_ error: any Error) -> Bool {
-        error is NIOHTTP2Errors.ExcessiveRSTFrames || error is NIOHTTP2Errors.ExcessiveContinuationFrames
-            || error is NIOHTTP2Errors.ExcessiveControlFrames || error is NIOHTTP2Errors.ExcessiveStreamErrors
-            || error is NIOHTTP2Errors.ExcessiveEmptyDataFrames || error is NIOHTTP2Errors.ExcessiveNumberOfGlitches
-            || error is NIOHTTP2Errors.ExcessiveOutboundFrameBuffering || error is NIOHTTP2Errors.ExcessivelyLargeHeaderBlock
-    }
-
-    /// The first GOAWAY of a drain (largest stream ID, NO_ERROR), written as bytes below
-    /// the HTTP/2 handler. Through it, NIO's connection state machine would count the
-    /// connection as quiesced and, with no stream open at that moment, refuse every
-    /// stream that arrives afterwards (REFUSED_STREAM) although the frame promised to
-    /// process them: the very race the first step exists to avoid. The final GOAWAY
-    /// goes through NIO, which then refuses only streams above the last one.
-    private func announceDrain(_ context: ChannelHandlerContext) {
-        guard let http2 = try? context.pipeline.syncOperations.context(handlerType: NIOHTTP2Handler.self) else { return }
-        var frame = context.channel.allocator.buffer(capacity: 17)
-        frame.writeBytes([0, 0, 8, 7, 0, 0, 0, 0, 0])  // length 8, type GOAWAY, no flags, stream 0
-        frame.writeInteger(UInt32(Int32.max))  // last-stream-id 2^31-1
-        frame.writeInteger(UInt32(0))  // NO_ERROR
-        http2.write(NIOAny(frame), promise: nil)
-    }
-
-    /// How long a drain waits for its PING's ACK before the final GOAWAY.
-    private static let pingWait = TimeAmount.seconds(1)
-
-    /// The second GOAWAY of a drain: names the last stream that will be answered.
-    private func finalGoAway() {
-        guard case .announced(_, let timer) = self.drain, let context = self.context else { return }
-        timer?.cancel()
-        self.drain = .final
-        let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: self.lastStream, errorCode: .noError, opaqueData: nil))
-        context.writeAndFlush(NIOAny(goAway), promise: nil)
-        if self.openStreams == 0 { self.closeWhenDrained() }
-    }
-
-    /// Closes the drained connection on the loop's next turn, outside the HTTP/2
-    /// handler's stream bookkeeping that reported the last stream closed; the TLS
-    /// handler sends what is still buffered, then close_notify.
-    private func closeWhenDrained() {
-        guard let context = self.context else { return }
-        context.eventLoop.assumeIsolatedUnsafeUnchecked().execute {
-            context.close(promise: nil)
-        }
-    }
-
-    private func arm() {
-        self.deadline = .now() + self.timeout
-        if self.timer == nil { self.schedule() }
-    }
-
-    private func schedule() {
-        guard let context = self.context, let deadline = self.deadline else { return }
-        self.timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) {
-            self.timer = nil
-            guard let deadline = self.deadline, self.openStreams == 0 else { return }
-            if NIODeadline.now() < deadline {
-                self.schedule()
-                return
-            }
-            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: self.lastStream, errorCode: .noError, opaqueData: nil))
-            context.writeAndFlush(NIOAny(goAway)).assumeIsolated().whenComplete { _ in
-                context.close(promise: nil)
-            }
-        }
-    }
-}
-
-@available(*, unavailable)
-extension HTTP2IdleTimeout: Sendable {}

@@ -1249,10 +1249,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             return
         }
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
-            self.observer?.handshake(result: "ok")
-            let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self)
-            if self.listener.mutualTLS { self.info.clientIdentity = ClientIdentity(tls: tls) }
-            if self.listener.serverNames != nil { self.info.serverName = tls?.serverName?.lowercased() }
+            self.listener.handshakeCompleted(try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self), info: &self.info)
             // Draining began during the handshake: the quiet period starts now.
             if self.quiescing, self.exchange == nil { self.awaitDrainQuiet() }
         }

@@ -14,7 +14,7 @@ import Glibc
 package struct DownstreamInfo: Sendable {
     /// The verified client certificate, once the handshake is done.
     package var clientIdentity: ClientIdentity?
-    /// The SNI name of a TLS connection, lowercased, once the handshake is done.
+    /// The SNI name of a TLS connection (`ServerName.normalized`), once the handshake is done.
     package var serverName: String?
     /// The client's address as text, formatted once per connection (not per HTTP/2 stream).
     /// It is all the proxy uses of the address (X-Forwarded-For, the access log, hashing by
@@ -81,6 +81,15 @@ package final class ProxyListener {
     /// Upstream failures answered on this loop, rate-limited (`UpstreamFaultLog`).
     let upstreamFaults = UpstreamFaultLog()
 
+    /// A client's TLS handshake is done: counted, and what the requests of its connection
+    /// carry (the verified client identity, the SNI name) read from the handshake, once,
+    /// for HTTP/1.1 (`ProxyHandler`) and HTTP/2 (`ProtocolSwitch`) alike.
+    func handshakeCompleted(_ tls: OpenSSLHandler?, info: inout DownstreamInfo) {
+        self.observer?.handshake(result: "ok")
+        if self.mutualTLS { info.clientIdentity = ClientIdentity(tls: tls) }
+        if self.serverNames != nil { info.serverName = tls?.serverName.map(ServerName.normalized) }
+    }
+
     /// Logs (at most once a second on this loop, with a count of the rest) a connection
     /// the listener closed as it was accepted.
     package func refusedConnection(peer: SocketAddress?, reason: String) {
@@ -141,6 +150,11 @@ package struct ProxyLimits: Sendable {
     /// The listener's `strict-transport-security` value: every response carries it,
     /// in place of one from the upstream.
     package var strictTransportSecurity: String?
+    /// HTTP/2: streams a client may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    package var http2MaxConcurrentStreams = 128
+    /// HTTP/2: stream resets a client may cause per 30 s before its connection is closed
+    /// (rapid reset, CVE-2023-44487).
+    package var http2MaxResetsPer30s = 200
 
     package init() {}
 }

@@ -56,7 +56,8 @@ package enum ServerNameSelection {
     case reject
 }
 
-/// Chooses the context for a client's SNI name. Called on the handshake's thread.
+/// Chooses the context for a client's SNI name (`ServerName.normalized`: ASCII letters
+/// lower-cased), once per ClientHello. Called on the handshake's thread.
 package protocol ServerNameSelector: AnyObject, Sendable {
     func select(serverName: String?) -> ServerNameSelection
     /// Why a request for `host` must not be served on a connection made for
@@ -86,12 +87,35 @@ package final class TLSContext: @unchecked Sendable {
     package let certificateChain: [X509Certificate]
     /// The versions a client context offers, for handshake failure reasons.
     let offeredVersions: String
+    /// A server context's session-ID context: equal for two contexts exactly when they
+    /// admit clients alike (client CA bundle, certificate required, allow list).
+    let sessionContext: [UInt8]
+    /// What a certificate set chose this context as (its lineages and client-authentication
+    /// policy, stable across snapshots); empty when it was not chosen from a set.
+    let selection: String
 
-    private init(pointer: OpaquePointer, isServer: Bool, chain: [X509Certificate], offeredVersions: String = "") {
+    private init(pointer: OpaquePointer, isServer: Bool, chain: [X509Certificate], offeredVersions: String = "",
+                 sessionContext: [UInt8] = [], selection: String = "") {
         self.pointer = pointer
         self.isServer = isServer
         self.certificateChain = chain
         self.offeredVersions = offeredVersions
+        self.sessionContext = sessionContext
+        self.selection = selection
+    }
+
+    /// Whether a handshake switched to `self` may go on as if it had been switched to
+    /// `other`: the same choice of a certificate set (the same lineages under the same
+    /// policy, whatever rotation or CA change happened in between), or, for contexts not
+    /// chosen from a set, the same leaf admitting clients alike.
+    func servesLike(_ other: TLSContext) -> Bool {
+        if !self.selection.isEmpty || !other.selection.isEmpty { return self.selection == other.selection }
+        guard self.sessionContext == other.sessionContext else { return false }
+        switch (self.certificateChain.first, other.certificateChain.first) {
+        case (nil, nil): return true
+        case (let a?, let b?): return a.pointer == b.pointer || X509_cmp(a.pointer, b.pointer) == 0
+        default: return false
+        }
     }
 
     deinit {
@@ -102,9 +126,10 @@ package final class TLSContext: @unchecked Sendable {
     ///
     /// `chain[0]` is the leaf. The key must match it; callers validate first and
     /// this re-checks, so a mismatched pair can never be installed.
-    package static func server(chain: [X509Certificate], key: PrivateKey, policy: TLSServerPolicy) throws -> TLSContext {
+    /// `selection`: what a certificate set chose it as (see `servesLike`).
+    package static func server(chain: [X509Certificate], key: PrivateKey, policy: TLSServerPolicy, selection: String = "") throws -> TLSContext {
         guard let leaf = chain.first else { throw TLSError.invalidCertificate("no certificate in the chain") }
-        let ctx = try makeServerContext(policy: policy)
+        let (ctx, sessionContext) = try makeServerContext(policy: policy)
         ERR_clear_error()
         guard SSL_CTX_use_certificate(ctx, leaf.pointer) == 1 else {
             SSL_CTX_free(ctx)
@@ -120,14 +145,14 @@ package final class TLSContext: @unchecked Sendable {
             SSL_CTX_free(ctx)
             throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
         }
-        return TLSContext(pointer: ctx, isServer: true, chain: chain)
+        return TLSContext(pointer: ctx, isServer: true, chain: chain, sessionContext: sessionContext, selection: selection)
     }
 
     /// A server context holding several certificate chains of different key types
     /// (an ECDSA and an RSA one): OpenSSL serves the first the client's signature
     /// algorithms allow, in the order given.
-    package static func server(pairs: [(chain: [X509Certificate], key: PrivateKey)], policy: TLSServerPolicy) throws -> TLSContext {
-        let ctx = try makeServerContext(policy: policy)
+    package static func server(pairs: [(chain: [X509Certificate], key: PrivateKey)], policy: TLSServerPolicy, selection: String = "") throws -> TLSContext {
+        let (ctx, sessionContext) = try makeServerContext(policy: policy)
         for (chain, key) in pairs {
             guard let leaf = chain.first else { continue }
             ERR_clear_error()
@@ -145,13 +170,13 @@ package final class TLSContext: @unchecked Sendable {
                 throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
             }
         }
-        return TLSContext(pointer: ctx, isServer: true, chain: pairs.first?.chain ?? [])
+        return TLSContext(pointer: ctx, isServer: true, chain: pairs.first?.chain ?? [], sessionContext: sessionContext, selection: selection)
     }
 
     /// A listener's initial context: holds no certificate of its own and hands
     /// every handshake to `selector` from OpenSSL's servername callback.
     package static func listener(policy: TLSServerPolicy, selector: any ServerNameSelector) throws -> TLSContext {
-        let ctx = try makeServerContext(policy: policy)
+        let (ctx, sessionContext) = try makeServerContext(policy: policy)
         // The context owns the selector: a handshake in flight keeps the context, and so
         // the selector its callbacks reach, even after a reload replaced this listener.
         let box = SelectorBox(selector)
@@ -167,10 +192,11 @@ package final class TLSContext: @unchecked Sendable {
             _ = SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticketKeyCallback)
         }
         edge_SSL_CTX_set_tlsext_servername_arg(ctx, Unmanaged.passUnretained(box).toOpaque())
-        return TLSContext(pointer: ctx, isServer: true, chain: [])
+        return TLSContext(pointer: ctx, isServer: true, chain: [], sessionContext: sessionContext)
     }
 
-    private static func makeServerContext(policy: TLSServerPolicy) throws -> OpaquePointer {
+    /// A server context for `policy`, and its session-ID context.
+    private static func makeServerContext(policy: TLSServerPolicy) throws -> (OpaquePointer, [UInt8]) {
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
             throw TLSError.configuration("SSL_CTX_new failed: \(openSSLErrorQueueDescription())")
@@ -224,7 +250,7 @@ package final class TLSContext: @unchecked Sendable {
                 let wire = ALPNWireFormat.intern(policy.alpnProtocols)
                 SSL_CTX_set_alpn_select_cb(ctx, alpnSelectCallback, UnsafeMutableRawPointer(mutating: wire))
             }
-            return ctx
+            return (ctx, sid)
         } catch {
             SSL_CTX_free(ctx)
             throw error
@@ -314,21 +340,54 @@ private final class SelectorBox: Sendable {
     init(_ selector: any ServerNameSelector) { self.selector = selector }
 }
 
-/// OpenSSL's servername callback: one snapshot lookup, then `SSL_set_SSL_CTX`.
+/// OpenSSL's servername callback: acts on what the client-hello callback decided for
+/// this ClientHello, and looks the name up itself only when that callback did not
+/// decide: a malformed server_name extension, or the second ClientHello after a
+/// HelloRetryRequest, which OpenSSL shows only to this callback (the client-hello
+/// callback belongs to the listener's context, and the connection was switched away
+/// from it by the first ClientHello).
 ///
 /// The selected `TLSContext` is held strongly for the duration of the call, and
 /// `SSL_set_SSL_CTX` takes OpenSSL's own reference before it returns, so a
 /// concurrent reload that drops the snapshot cannot free the context in between.
 private let serverNameCallback: edge_servername_cb = { ssl, alert, arg in
     guard let ssl, let arg else { return SSL_TLSEXT_ERR_NOACK }
+    let verdict = SNIVerdict.take(from: ssl)
+    switch verdict {
+    case .switched:
+        return SSL_TLSEXT_ERR_OK
+    case .rejected:
+        alert?.pointee = SSL_AD_UNRECOGNIZED_NAME
+        return SSL_TLSEXT_ERR_ALERT_FATAL
+    case .settled, nil:
+        break
+    }
     let box = Unmanaged<SelectorBox>.fromOpaque(arg).takeUnretainedValue()
-    let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name).map { String(cString: $0).lowercased() }
+    let name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name).map {
+        ServerName.normalized(UnsafeBufferPointer(start: UnsafeRawPointer($0).assumingMemoryBound(to: UInt8.self), count: strlen($0)))
+    }
     switch box.selector.select(serverName: name) {
     case .use(let context):
+        if verdict == .settled {
+            // The second ClientHello after a HelloRetryRequest. OpenSSL has already
+            // looked up the session it offers under the first one's context, and does
+            // not check that SNI stayed the same (RFC 8446 §4.1.2 says it must): a name
+            // served by other lineages, or under another client authentication, would be
+            // served under the first name's. Refused; otherwise the context stays the
+            // first one's, which the session check used, even if a rotation or a CA
+            // change published another in the round trip between the two.
+            guard let current = SSL_get_ex_data(ssl, OwnedExData.selectedContext),
+                  Unmanaged<TLSContext>.fromOpaque(current).takeUnretainedValue().servesLike(context) else {
+                alert?.pointee = SSL_AD_ILLEGAL_PARAMETER
+                return SSL_TLSEXT_ERR_ALERT_FATAL
+            }
+            return SSL_TLSEXT_ERR_OK
+        }
         guard switchContext(ssl, to: context) else {
             alert?.pointee = SSL_AD_INTERNAL_ERROR
             return SSL_TLSEXT_ERR_ALERT_FATAL
         }
+        SNIVerdict.record(.settled, on: ssl)
         return SSL_TLSEXT_ERR_OK
     case .reject:
         alert?.pointee = SSL_AD_UNRECOGNIZED_NAME
@@ -336,10 +395,12 @@ private let serverNameCallback: edge_servername_cb = { ssl, alert, arg in
     }
 }
 
-/// OpenSSL's client-hello callback: reads SNI from the raw extension and switches the
-/// context early, a ClientHello without SNI to the default's context, so that every
-/// session is looked up under the session-ID context of the policy it is presented to.
-/// Rejections are left to the servername callback, which runs later.
+/// OpenSSL's client-hello callback: the one SNI lookup of a handshake. It reads the
+/// name from the raw extension and switches the context here, a ClientHello without
+/// SNI to the default's context, so that every session is looked up under the
+/// session-ID context of the policy it is presented to. A rejection is only recorded:
+/// the servername callback, which runs later for the same ClientHello, refuses it with
+/// `unrecognized_name`, as it would have without this callback.
 private let clientHelloCallback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<Int32>?, UnsafeMutableRawPointer?) -> Int32 = { ssl, _, arg in
     guard let ssl, let arg else { return SSL_CLIENT_HELLO_SUCCESS }
     let box = Unmanaged<SelectorBox>.fromOpaque(arg).takeUnretainedValue()
@@ -352,10 +413,42 @@ private let clientHelloCallback: @convention(c) (OpaquePointer?, UnsafeMutablePo
         guard bytes[2] == 0 else { return SSL_CLIENT_HELLO_SUCCESS }
         let nameLength = Int(bytes[3]) << 8 | Int(bytes[4])
         guard 5 + nameLength <= length else { return SSL_CLIENT_HELLO_SUCCESS }
-        name = String(decoding: bytes[5..<(5 + nameLength)], as: UTF8.self).lowercased()
+        name = ServerName.normalized(bytes[5..<(5 + nameLength)])
     }
-    if case .use(let context) = box.selector.select(serverName: name) { _ = switchContext(ssl, to: context) }
+    switch box.selector.select(serverName: name) {
+    case .use(let context):
+        if switchContext(ssl, to: context) { SNIVerdict.record(.switched, on: ssl) }
+    case .reject:
+        SNIVerdict.record(.rejected, on: ssl)
+    }
     return SSL_CLIENT_HELLO_SUCCESS
+}
+
+/// What the client-hello callback decided for the ClientHello being processed, kept
+/// on the `SSL` until the servername callback of that ClientHello takes it. A tagged
+/// value, not an object: nothing to retain or free, no allocation per handshake.
+private enum SNIVerdict: Int {
+    /// Switched to the name's context; the servername callback has not run yet.
+    case switched = 1
+    /// The name is refused; the servername callback sends the alert.
+    case rejected = 2
+    /// A ClientHello was switched and its servername callback has run: the next
+    /// ClientHello (after a HelloRetryRequest) must be served alike.
+    case settled = 3
+
+    private static let index = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, nil, nil, nil, nil)
+
+    static func record(_ verdict: SNIVerdict, on ssl: OpaquePointer) {
+        _ = SSL_set_ex_data(ssl, index, UnsafeMutableRawPointer(bitPattern: verdict.rawValue))
+    }
+
+    /// The verdict for the ClientHello being processed; a `switched` one becomes
+    /// `settled`, so a later ClientHello is never answered with an earlier one's decision.
+    static func take(from ssl: OpaquePointer) -> SNIVerdict? {
+        guard let raw = SSL_get_ex_data(ssl, index), let verdict = SNIVerdict(rawValue: Int(bitPattern: raw)) else { return nil }
+        if verdict == .switched { record(.settled, on: ssl) }
+        return verdict
+    }
 }
 
 /// Switches a handshake to the context chosen for its server name. The connection

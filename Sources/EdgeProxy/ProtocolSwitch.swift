@@ -1,0 +1,116 @@
+import EdgeTLS
+import NIOCore
+import NIOHTTP2
+import NIOTLS
+
+/// Waits for the TLS handshake on an `h2: true` listener, then installs HTTP/2
+/// (each stream proxied by its own `ProxyHandler` over the HTTP/1.1 upstream pool)
+/// or HTTP/1.1, as ALPN decided, and steps aside.
+package final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandler {
+    package typealias InboundIn = ByteBuffer
+
+    private let info: DownstreamInfo
+    private let proxy: ProxyListener
+    /// The gateway began draining during the handshake: the protocol's handlers drain
+    /// as soon as they are installed.
+    private var drainRequested = false
+
+    package init(info: DownstreamInfo, proxy: ProxyListener) {
+        self.info = info
+        self.proxy = proxy
+    }
+
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Draining before the handshake is done. Closing now would fail the request
+            // this client is about to send (it connected to be served, and a client that
+            // does not retry would see an error); the handshake finishes (within its
+            // timeout), then the chosen protocol drains: HTTP/1.1 answers one request
+            // with `connection: close`, HTTP/2 sends GOAWAY. A connection that has sent
+            // nothing at all closes if it stays silent for the quiet period.
+            self.drainRequested = true
+            let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self)
+            if let tls, !tls.hasReceivedBytes {
+                context.eventLoop.assumeIsolated().scheduleTask(in: self.proxy.limits.drainQuietPeriod) {
+                    if !tls.hasReceivedBytes { context.close(promise: nil) }
+                }
+            }
+            return
+        }
+        guard let tls = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = tls else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        let sync = context.pipeline.syncOperations
+        do {
+            if negotiated == "h2" {
+                var info = self.info
+                let tls = try? sync.handler(type: OpenSSLHandler.self)
+                self.proxy.handshakeCompleted(tls, info: &info)
+                tls?.coalesceFlushes()
+                tls?.compactReads()
+                try self.addHTTP2Handlers(sync, channel: context.channel, info: info)
+            } else {
+                try sync.addHandler(ProxyHandler(listener: self.proxy, info: self.info), name: "proxy")
+            }
+        } catch {
+            self.proxy.logger.error("cannot set up the connection's protocol handlers", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+        if self.drainRequested { context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
+        sync.removeHandler(context: context, promise: nil)
+    }
+
+    private func addHTTP2Handlers(_ sync: ChannelPipeline.SynchronousOperations, channel: Channel, info: DownstreamInfo) throws {
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        connection.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: self.proxy.limits.http2MaxConcurrentStreams),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: self.proxy.limits.maxHeadBytes),
+            HTTP2Setting(parameter: .initialWindowSize, value: 65_535),
+        ]
+        // Request header blocks are checked by HTTP2StreamBridge (HTTP2RequestCheck) and
+        // response heads by the HTTP/1.1 parser: NIO's second pass over both is off.
+        connection.headerBlockValidation = .disabled
+        var stream = NIOHTTP2Handler.StreamConfiguration()
+        // Rapid reset (CVE-2023-44487): a client resetting streams faster than this is disconnected.
+        stream.streamResetFrameRateLimit.maximumCount = self.proxy.limits.http2MaxResetsPer30s
+        stream.streamResetFrameRateLimit.windowLength = .seconds(30)
+        let strictTransportSecurity = self.proxy.limits.strictTransportSecurity
+        // Streams are child channels on the connection's loop: the loop's proxy (and pool) serves them.
+        let proxy = NIOLoopBound(self.proxy, eventLoop: channel.eventLoop)
+        let idle = HTTP2IdleTimeout(timeout: self.proxy.limits.idleTimeout)
+        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
+                                            streamDelegate: idle.delegate(eventLoop: channel.eventLoop)) { streamChannel in
+            streamChannel.eventLoop.initialized {
+                let streamSync = streamChannel.pipeline.syncOperations
+                let bridge = HTTP2StreamBridge(strictTransportSecurity: strictTransportSecurity)
+                // The stream's only handler; named, as the connection's handlers are.
+                try streamSync.addHandler(ProxyHandler(stream: bridge, listener: proxy.value, info: info), name: "proxy")
+            }
+        }
+        try sync.addHandler(idle, name: "http2-idle-timeout")
+    }
+
+    package func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let tls = error as? TLSError {
+            reportClientTLSError(tls, info: self.info, listener: self.proxy)
+        }
+        context.close(promise: nil)
+    }
+}
+
+extension EventLoop {
+    /// Runs a channel initializer's synchronous set-up and returns the loop's cached
+    /// succeeded future (or a failed one): `makeCompletedFuture` made a new future, a
+    /// Result and a closure for every accepted connection and every HTTP/2 stream.
+    package func initialized(_ setUp: () throws -> Void) -> EventLoopFuture<Void> {
+        do {
+            try setUp()
+            return self.makeSucceededVoidFuture()
+        } catch {
+            return self.makeFailedFuture(error)
+        }
+    }
+}
