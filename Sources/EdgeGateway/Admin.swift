@@ -237,7 +237,8 @@ final class AdminHandler: ChannelInboundHandler {
                                      extra: [("retry-after", "\(seconds)")])
                         return
                     }
-                    let code: HTTPResponseStatus = text.hasPrefix("applied") || text.hasPrefix("certificates") ? .ok : .unprocessableEntity
+                    let code: HTTPResponseStatus = text.hasPrefix("applied") || text.hasPrefix("certificates") ? .ok
+                        : text.hasPrefix("shutting down") ? .serviceUnavailable : .unprocessableEntity
                     self.respond(context: context, head: head, status: code, type: "text/plain", body: text)
                 }
                 return

@@ -129,6 +129,8 @@ package final class Gateway: Sendable {
         var pools: (PoolRegistry, EventLoopGroup)?
         /// Opened by `start`, closed after the drain.
         var accessLog: AccessLogFile?
+        /// The drain `shutdown` started; every later call waits for it.
+        var shutdown: Task<Void, Never>?
     }
 
     /// Validates `config` and builds every object it describes; paths are relative to `baseDirectory`.

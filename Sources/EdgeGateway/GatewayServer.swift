@@ -186,7 +186,20 @@ extension Gateway {
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes what is left.
     /// `quietly`: a replaced configuration generation draining after a reload.
+    /// A later call (the process's exit waiting for a generation a reload replaced) waits
+    /// for the first one's drain, with the first one's grace, instead of reporting
+    /// "drained" at once and closing the access log under connections still writing.
     package func shutdown(grace: TimeAmount, quietly: Bool = false) async {
+        let draining = self.state.withLockedValue { state -> Task<Void, Never> in
+            if let running = state.shutdown { return running }
+            let task = Task { await self.drainAndStop(grace: grace, quietly: quietly) }
+            state.shutdown = task
+            return task
+        }
+        await draining.value
+    }
+
+    private func drainAndStop(grace: TimeAmount, quietly: Bool) async {
         let (helpers, admin, jobs) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, BackgroundJobs?) in
             state.ready = false
             defer {

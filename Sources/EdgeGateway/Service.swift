@@ -19,7 +19,10 @@ package final class GatewayService: Service, Sendable {
     private let group: EventLoopGroup
     private let configPath: String?
     private let logger: Logger
-    private let reloading = NIOLockedValueBox(false)
+    /// Whether a reload runs, or the service is stopping (no reload starts any more).
+    private let phase = NIOLockedValueBox(Phase.serving)
+    /// Generations a reload replaced that are still draining.
+    private let replaced = NIOLockedValueBox<[Gateway]>([])
     /// When `POST /reload` last started a reload (`admin.reload_min_interval`).
     private let lastAdminReload = NIOLockedValueBox<NIODeadline?>(nil)
 
@@ -59,9 +62,17 @@ package final class GatewayService: Service, Sendable {
             try? await gracefulShutdown()
             tasks.cancelAll()
         }
+        // After the last reload has ended: its RELOADING/READY never follow STOPPING.
+        await self.stopReloading()
         SystemdNotify.send("STOPPING=1\nSTATUS=draining")
         let last = self.gateway
         await last.shutdown(grace: last.config.shutdownGracePeriod.timeAmount)
+        // Generations replaced by reloads shortly before may still be draining their
+        // requests: the process waits for them too (their own grace periods), so neither
+        // those requests nor their access-log lines are cut off by the exit.
+        for replaced in self.replaced.withLockedValue({ $0 }) {
+            await replaced.shutdown(grace: replaced.config.shutdownGracePeriod.timeAmount, quietly: true)
+        }
     }
 
     private func install(_ gateway: Gateway) {
@@ -98,10 +109,17 @@ package final class GatewayService: Service, Sendable {
     /// shown on /status); a valid one takes over the listening sockets and the old generation
     /// drains. Certificates are re-read either way. Returns a one-line summary.
     package func reload(reason: String) async -> String {
-        guard self.reloading.withLockedValue({ busy in defer { busy = true }; return !busy }) else {
-            return "a reload is already running\n"
+        let refusal = self.phase.withLockedValue { phase -> String? in
+            switch phase {
+            case .serving:
+                phase = .reloading(waiter: nil)
+                return nil
+            case .reloading: return "a reload is already running\n"
+            case .stopping: return "shutting down: not reloaded\n"
+            }
         }
-        defer { self.reloading.withLockedValue { $0 = false } }
+        if let refusal { return refusal }
+        defer { self.reloadEnded() }
         SystemdNotify.send("RELOADING=1")
         defer { SystemdNotify.send("READY=1") }
         let previous = self.gateway
@@ -139,8 +157,47 @@ package final class GatewayService: Service, Sendable {
             "upstreams": "\(next.groups.map(\.name))", "routes": "\(next.config.routes.count)",
         ])
         // Connections of the previous generation finish on its handlers and pools.
-        Task { await previous.shutdown(grace: previous.config.shutdownGracePeriod.timeAmount, quietly: true) }
+        self.replaced.withLockedValue { $0.append(previous) }
+        Task {
+            await previous.shutdown(grace: previous.config.shutdownGracePeriod.timeAmount, quietly: true)
+            self.replaced.withLockedValue { $0.removeAll { $0 === previous } }
+        }
         return "applied: \(next.listeners.count) listener(s), \(next.groups.count) upstream(s), \(next.config.routes.count) route(s)\n"
+    }
+
+    /// Where reloads are: none, one running (and whether the shutdown waits for it), or
+    /// none any more. A reload that started while the service drained would start a
+    /// generation that nothing stops, and drain the one the shutdown is draining a second
+    /// time (`POST /reload` is served until the drain ends).
+    private enum Phase {
+        case serving
+        case reloading(waiter: CheckedContinuation<Void, Never>?)
+        case stopping
+    }
+
+    /// No reload starts from now on; returns once a reload that is running has ended, so
+    /// that the generation the shutdown drains is the last one.
+    private func stopReloading() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = self.phase.withLockedValue { phase -> Bool in
+                if case .reloading = phase {
+                    phase = .reloading(waiter: continuation)
+                    return false
+                }
+                phase = .stopping
+                return true
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    private func reloadEnded() {
+        let waiter = self.phase.withLockedValue { phase -> CheckedContinuation<Void, Never>? in
+            guard case .reloading(let waiter) = phase else { return nil }
+            phase = waiter == nil ? .serving : .stopping
+            return waiter
+        }
+        waiter?.resume()
     }
 
     /// Logs expiry states of whichever generation is serving.

@@ -108,7 +108,7 @@ final class ProcessTests: XCTestCase {
         let inFlight = Process()
         inFlight.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
         let out = Pipe()
-        inFlight.arguments = ["-sS", "-w", " %{http_code}", "http://127.0.0.1:\(run.httpPort)/slow?ms=1500"]
+        inFlight.arguments = ["-sS", "-w", " %{http_code}", "http://127.0.0.1:\(run.httpPort)/slow?ms=3000"]
         inFlight.standardOutput = out
         try inFlight.run()
         usleep(400_000)
@@ -117,12 +117,19 @@ final class ProcessTests: XCTestCase {
         // New connections are refused while draining.
         let refused = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://127.0.0.1:\(run.httpPort)/"])
         XCTAssertEqual(refused.stdout, "000")
+        // A reload asked for while draining (the admin endpoint answers until the drain
+        // ends) is refused: it would start a generation that nothing stops, and drain this
+        // one a second time. It was applied (200) before.
+        let reload = try Shell.run(["curl", "-sS", "-X", "POST", "-H", "X-Edge-Gateway-Reload: 1", "-w", " %{http_code}", "--max-time", "5",
+                                    "http://127.0.0.1:\(run.adminPort)/reload"])
+        XCTAssertEqual(reload.stdout, "shutting down: not reloaded\n 503", run.gateway.log)
         inFlight.waitUntilExit()
         let answer = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         XCTAssertTrue(answer.hasSuffix(" 200"), "the in-flight request finished: \(answer)")
         let status = run.gateway.stop()
         XCTAssertEqual(status, 0, run.gateway.log)
         XCTAssertTrue(run.gateway.log.contains("draining"), run.gateway.log)
+        XCTAssertFalse(run.gateway.log.contains("configuration reloaded"), run.gateway.log)
     }
 
     func testAPortInUseStopsTheGatewayWithOneClearLine() throws {
