@@ -38,9 +38,6 @@ final class BackgroundJobsTests: XCTestCase {
                                 returned: { tick.finish() })),
             ("held", StopOnShutdown { stopped.withLockedValue { $0 = true } }),
         ], logger: Logger(label: "test"))
-        // Bounded: a job that never ticked would otherwise hold the suite here.
-        let bound = Task { try await Task.sleep(for: .seconds(30)); tick.finish() }
-        defer { bound.cancel() }
         // Three ticks, though two of its neighbours returned at once (a job that ended
         // its group would end this one too, and the stream with it).
         for await n in ticks where n >= 3 { break }
