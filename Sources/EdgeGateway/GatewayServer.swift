@@ -10,23 +10,23 @@ import NIOHTTP2
 import NIOPosix
 import NIOTLS
 
-/// One upstream pool per event loop, built once at start and never mutated:
-/// each pool is only touched on its own loop.
+/// One `LoopContext` (upstream pool, deadlines, access log buffer) per event loop,
+/// built once at start and never mutated: each is only touched on its own loop.
 final class PoolRegistry: @unchecked Sendable {
-    // Immutable after init; each UpstreamPool is confined to its event loop.
-    private let pools: [ObjectIdentifier: UpstreamPool]
+    // Immutable after init; each LoopContext is confined to its event loop.
+    private let pools: [ObjectIdentifier: LoopContext]
 
     init(group: EventLoopGroup, accessLog: AccessLogFile?) {
-        var pools: [ObjectIdentifier: UpstreamPool] = [:]
+        var pools: [ObjectIdentifier: LoopContext] = [:]
         for loop in group.makeIterator() {
-            pools[ObjectIdentifier(loop)] = UpstreamPool(eventLoop: loop, accessLog: accessLog)
+            pools[ObjectIdentifier(loop)] = LoopContext(eventLoop: loop, accessLog: accessLog)
         }
         self.pools = pools
     }
 
-    /// One value per event loop made with that loop's pool (a listener's `ProxyListener`s).
-    /// Each is used only on its own loop, as the pool is.
-    func perLoop<Value>(_ make: (UpstreamPool) -> Value) -> PerLoop<Value> {
+    /// One value per event loop made with that loop's context (a listener's `ProxyListener`s).
+    /// Each is used only on its own loop, as the context is.
+    func perLoop<Value>(_ make: (LoopContext) -> Value) -> PerLoop<Value> {
         PerLoop(values: self.pools.mapValues(make))
     }
 
@@ -253,9 +253,9 @@ extension Gateway {
         let plan = listener
         // What the listener's connections share, one for each event loop.
         let (router, logger, limits) = (self.router, self.logger, listener.proxyLimits)
-        let proxies = pools.perLoop { pool in
+        let proxies = pools.perLoop { loop in
             ProxyListener(name: plan.name, scheme: plan.tlsContext == nil ? "http" : "https", mutualTLS: plan.mutualTLS,
-                          serverNames: plan.serverNames, router: router, pool: pool, limits: limits, logger: logger, observer: metrics)
+                          serverNames: plan.serverNames, router: router, loop: loop, limits: limits, logger: logger, observer: metrics)
         }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)

@@ -26,7 +26,7 @@ final class ClientFaultLog {
                 listener: ProxyListener) {
         if !self.windowOpen {
             self.windowOpen = true
-            listener.pool.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: Self.window) { self.summarise(listener) }
+            listener.loop.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: Self.window) { self.summarise(listener) }
         }
         let key = message + ": " + reason
         if let peer, self.addresses.count < 100_000 { self.addresses.insert(peer) }

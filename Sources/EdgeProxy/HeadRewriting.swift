@@ -4,7 +4,7 @@ import NIOCore
 /// The heads the proxy writes, as pure functions of what they are built from: the request
 /// head as the upstream gets it, the response head as the client gets it, and the check
 /// that no value the gateway adds could end a line early. They write into the event loop's
-/// recycled head buffers (`UpstreamPool.requestHeads`, `.responseHeads`).
+/// recycled head buffers (`LoopContext.requestHeads`, `.responseHeads`).
 enum HeadRewriting {
     /// The request head as the upstream gets it: hop-by-hop headers and client-supplied
     /// identity headers removed, X-Forwarded-* added, Host kept or set per upstream.

@@ -79,9 +79,9 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// This handler is its connection's first and reports the connection's close (a
     /// plain-HTTP listener; on a TLS listener the TLS handler does).
     private let reportsClose: Bool
-    /// The listener's pool and router, also held here: read through `listener` they
+    /// The listener's loop context and router, also held here: read through `listener` they
     /// cost a retain and a release in each of six functions of every request.
-    private let pool: UpstreamPool
+    private let loop: LoopContext
     private let router: Router
     private var limits: ProxyLimits { self.listener.limits }
     private var logger: Logger { self.listener.logger }
@@ -116,7 +116,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// without touching the queue (re-queued when the old deadline comes first), so a
     /// request costs a clock read and a comparison.
     private var deadline: NIODeadline?
-    /// This handler's place in `pool.deadlines` (-1: not queued).
+    /// This handler's place in `loop.deadlines` (-1: not queued).
     var deadlineSlot = -1
     private var firstRequest = true
     /// The head of a request after the first has begun to arrive: its header timeout runs.
@@ -168,7 +168,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.singleRequest = singleRequest
         self.firstRead = ReceiveBufferPin(enabled: holdsFirstRead)
         self.listener = listener
-        self.pool = listener.pool
+        self.loop = listener.loop
         self.router = listener.router
         self.info = info
         self.reportsClose = reportsClose
@@ -181,7 +181,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     }
 
     package func handlerRemoved(context: ChannelHandlerContext) {
-        self.pool.deadlines.cancel(self)
+        self.loop.deadlines.cancel(self)
         self.context = nil
         self.stream?.detach()
         if self.reportsClose { self.observer?.connectionClosed() }
@@ -267,7 +267,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 self.badRequest(self.headTooLarge)
                 return
             }
-            var head = self.pool.takeSpareRequestHead()
+            var head = self.loop.takeSpareRequestHead()
             head.refill(reading: end, from: &self.inbound)
             do {
                 try HTTP1Parser.parseRequest(&head)
@@ -335,11 +335,11 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.deadline = nil
         self.headStarted = false
         let hasBody = head.chunked || (head.contentLength ?? 0) > 0
-        if self.pool.accessLog != nil { self.requestStart = .now() }
+        if self.loop.accessLog != nil { self.requestStart = .now() }
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
         if hasBody {
             self.bodyDeadline = .now() + self.limits.bodyTimeout
-            if self.context != nil { self.pool.deadlines.schedule(self, at: self.bodyDeadline!) }
+            if self.context != nil { self.loop.deadlines.schedule(self, at: self.bodyDeadline!) }
         }
         self.bodyBytes = 0
         let methodLength = head.method.utf8.count  // GET and POST skip the comparisons
@@ -421,15 +421,15 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
         let index = exchange.backendIndex!
         // After a stale reused connection, the retry always gets a fresh one.
-        if !exchange.retriedStale, let idle = self.pool.takeIdle(group: group, backend: index) {
+        if !exchange.retriedStale, let idle = self.loop.pool.takeIdle(group: group, backend: index) {
             self.attach(idle, to: exchange)  // the common keep-alive case: no future, no hop
             return
         }
-        self.pool.open(group: group, backend: index).assumeIsolated().whenComplete { result in
+        self.loop.pool.open(group: group, backend: index).assumeIsolated().whenComplete { result in
             guard self.exchange === exchange, !self.closed else {
                 if case .success(let connection) = result {
                     group.connectSucceeded(index)
-                    self.pool.release(connection, group: group)
+                    self.loop.pool.release(connection, group: group)
                 }
                 return
             }
@@ -474,7 +474,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func attach(_ connection: UpstreamConnection, to exchange: Exchange) {
         if let field = HeadRewriting.unsafeAddedField(group: exchange.group, mutualTLS: self.listener.mutualTLS, info: self.info) {
             // The head writer writes no line a value could end early, whatever its source.
-            self.pool.release(connection, group: exchange.group)
+            self.loop.pool.release(connection, group: exchange.group)
             self.failExchange(exchange, error: UpstreamError(kind: .protocolError, backend: exchange.group.name,
                                                              reason: "refusing to send \(field): it holds CR, LF or NUL"))
             return
@@ -482,11 +482,10 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         exchange.connection = connection
         connection.uses += 1
         exchange.group.requestSent(to: connection.backendIndex)
-        connection.handler.delegate = self
-        connection.handler.beginExchange(headRequest: exchange.request.isHeadMethod, upgrade: exchange.upgrade)
+        connection.begin(for: self, headRequest: exchange.request.isHeadMethod, upgrade: exchange.upgrade)
         let head = HeadRewriting.upstreamHead(for: exchange.request, group: exchange.group, upgrade: exchange.upgrade,
                                               scheme: self.listener.scheme, mutualTLS: self.listener.mutualTLS, info: self.info,
-                                              heads: &self.pool.requestHeads)
+                                              heads: &self.loop.requestHeads)
         connection.write(head)
         if !exchange.pending.isEmpty {
             for bytes in exchange.pending { connection.write(bytes) }
@@ -497,7 +496,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         // is copied by the next `take`, never overwritten. (Kept by the exchange instead,
         // as before, the buffer was shared by every request in flight on the loop: one
         // allocation per request.)
-        self.pool.requestHeads.keep(head)
+        self.loop.requestHeads.keep(head)
         self.upstreamNeedsFlush = false
         if exchange.requestEnded { self.armReadTimer(exchange) }
         if self.readPending, connection.isWritable {
@@ -513,7 +512,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         let deadline = NIODeadline.now() + exchange.group.timeouts.read
         self.readDeadline = deadline
         if exchange.firstReadDeadline == nil { exchange.firstReadDeadline = deadline }
-        if self.context != nil { self.pool.deadlines.schedule(self, at: deadline) }
+        if self.context != nil { self.loop.deadlines.schedule(self, at: deadline) }
     }
 
     /// The upstream sent nothing within the read timeout.
@@ -524,8 +523,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             return
         }
         let backend = exchange.connection.map { $0.key.address.hostPort } ?? "?"
-        exchange.connection?.handler.delegate = nil
-        exchange.connection?.close()
+        exchange.connection?.abandon()
         exchange.connection = nil
         if exchange.responseStarted {
             let error = UpstreamError(kind: .readTimeout, backend: backend, reason: "the response stalled: no more of it within the read timeout")
@@ -580,8 +578,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 // after it went out on a stream never opened, and the client ended the
                 // whole connection with PROTOCOL_ERROR: every other stream was lost. This
                 // stream gets a 502 instead, and the connection goes on.
-                connection.handler.delegate = nil
-                connection.close()
+                connection.abandon()
                 exchange.connection = nil
                 self.stopReadTimer()
                 self.failExchange(exchange, error: UpstreamError(kind: .responseHeadTooLarge, backend: connection.key.address.hostPort,
@@ -606,7 +603,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 }
             } else {
                 let (head, chunked, close) = HeadRewriting.downstreamHead(for: response, request: exchange.request, closing: self.quiescing,
-                                                                          hsts: self.limits.strictTransportSecurity, heads: &self.pool.responseHeads)
+                                                                          hsts: self.limits.strictTransportSecurity, heads: &self.loop.responseHeads)
                 exchange.chunkedDownstream = chunked
                 exchange.closeDownstreamAfterResponse = close
                 context.write(NIOAny(head), promise: nil)
@@ -642,7 +639,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             }
             self.downstreamNeedsFlush = true
             self.requests?.completed(status: exchange.status)
-            if self.pool.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
+            if self.loop.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
             self.finishIfDone(exchange)
         }
     }
@@ -687,7 +684,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func endTunnel(_ exchange: Exchange, reason: String) {
         self.logger.debug("websocket tunnel closed", metadata: self.peerMetadata.merging(["reason": "\(reason)"]) { a, _ in a })
         self.requests?.completed(status: 101)
-        if self.pool.accessLog != nil { self.logAccess(exchange.request, status: 101, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
+        if self.loop.accessLog != nil { self.logAccess(exchange.request, status: 101, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
         self.stopReadTimer()
         self.dropExchange(exchange)
         self.closing = true
@@ -699,8 +696,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// Forgets the exchange and closes its upstream connection, which holds an
     /// unfinished exchange (a tunnel, a request cut short) and cannot be pooled.
     private func dropExchange(_ exchange: Exchange) {
-        exchange.connection?.handler.delegate = nil
-        exchange.connection?.close()
+        exchange.connection?.abandon()
         exchange.connection = nil
         exchange.leaveBackend()
         self.exchange = nil
@@ -724,15 +720,14 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         if let connection = exchange.connection {
             exchange.connection = nil
             if exchange.upstreamKeepAlive {
-                self.pool.release(connection, group: exchange.group)
+                self.loop.pool.release(connection, group: exchange.group)
             } else {
-                connection.handler.delegate = nil
-                connection.close()
+                connection.abandon()
             }
         }
         exchange.leaveBackend()
         self.exchange = nil
-        self.pool.recycle(exchange.request)
+        self.loop.recycle(exchange.request)
         if exchange.closeDownstreamAfterResponse {
             self.closing = true
             self.flushDownstream()
@@ -773,7 +768,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         guard !self.singleRequest, self.drainQuietUntil == nil, !self.firstRequest || self.noRequestBegun else { return }
         let until = NIODeadline.now() + self.limits.drainQuietPeriod
         self.drainQuietUntil = until
-        if self.context != nil { self.pool.deadlines.schedule(self, at: until) }
+        if self.context != nil { self.loop.deadlines.schedule(self, at: until) }
     }
 
     private func flushDownstream() {
@@ -863,7 +858,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.logger.warning("upstream failed mid-response; closing client connection", metadata: [
             "upstream": "\(exchange.group.name)", "error": "\(error)",
         ])
-        if self.pool.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
+        if self.loop.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
         exchange.leaveBackend()
         self.exchange = nil
         self.closing = true
@@ -890,8 +885,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 exchange.writeTimer = nil
                 guard self.exchange === exchange, let connection = exchange.connection, !connection.isWritable else { return }
                 self.stopReadTimer()
-                connection.handler.delegate = nil
-                connection.close()
+                connection.abandon()
                 exchange.connection = nil
                 let error = UpstreamError(kind: .writeTimeout, backend: connection.key.address.hostPort, reason: "the upstream stopped reading the request body")
                 if exchange.responseStarted {
@@ -1010,7 +1004,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.downstreamNeedsFlush = false
         let done = self.stream?.writeLocalAnswer(out, context: context) ?? context.writeAndFlush(NIOAny(out))
         self.requests?.completed(status: status)
-        if self.pool.accessLog != nil {
+        if self.loop.accessLog != nil {
             if request == nil { self.requestStart = .now() }  // a head that never parsed: no duration
             self.logAccess(request, status: status, bodyBytes: request?.isHeadMethod == true ? 0 : answer.body.readableBytes, upstream: upstream)
         }
@@ -1040,7 +1034,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     /// One access log line (only called with an access log configured).
     private func logAccess(_ request: HTTPHead?, status: Int, bodyBytes: Int, exchange: Exchange? = nil, upstream: String? = nil) {
-        guard let log = self.pool.accessLog else { return }
+        guard let log = self.loop.accessLog else { return }
         let proto = self.stream != nil ? "HTTP/2.0" : request?.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
         log.record(AccessLogEntry(
             listener: self.listener.name, client: self.info.clientIP, proto: proto, request: request, status: status,
@@ -1107,7 +1101,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     private func scheduleDeadline() {
         guard let deadline = self.deadline, self.context != nil else { return }
-        self.pool.deadlines.schedule(self, at: deadline)
+        self.loop.deadlines.schedule(self, at: deadline)
     }
 
     /// The client deadline when it can act: while lingering, or between requests.
@@ -1154,19 +1148,19 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 // The gateway is not reading (its upstream connects or is full): the
                 // client is not the one who is late.
                 self.bodyDeadline = now + self.limits.bodyTimeout
-                self.pool.deadlines.schedule(self, at: self.bodyDeadline!)
+                self.loop.deadlines.schedule(self, at: self.bodyDeadline!)
             } else if now >= body {
                 self.bodyTimedOut()
                 return
             } else {
-                self.pool.deadlines.schedule(self, at: body)
+                self.loop.deadlines.schedule(self, at: body)
             }
         }
         if let read = self.upstreamReadDeadline {
             if now >= read, let exchange = self.exchange {
                 self.readTimedOut(exchange)
             } else {
-                self.pool.deadlines.schedule(self, at: read)
+                self.loop.deadlines.schedule(self, at: read)
             }
         }
         if let quiet = self.drainQuietUntil, now >= quiet, self.exchange == nil, !self.closing, self.lingerUntil == nil,
@@ -1221,16 +1215,15 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     package func channelInactive(context: ChannelHandlerContext) {
         self.closed = true
         self.closing = true
-        self.pool.deadlines.cancel(self)
+        self.loop.deadlines.cancel(self)
         if let exchange = self.exchange {
             if exchange.tunnel {
                 self.requests?.completed(status: 101)
-                if self.pool.accessLog != nil { self.logAccess(exchange.request, status: 101, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
+                if self.loop.accessLog != nil { self.logAccess(exchange.request, status: 101, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
             }
             exchange.leaveBackend()
             if let connection = exchange.connection {
-                connection.handler.delegate = nil
-                connection.close()
+                connection.abandon()
             }
             self.exchange = nil
         }

@@ -53,10 +53,10 @@ package struct DownstreamInfo: Sendable {
 
 /// What every `ProxyHandler` of one listener on one event loop shares: the listener
 /// (name, scheme, whether it verifies client certificates), its routes, limits, logger
-/// and counters, and the loop's upstream pool. Each handler holds this one reference
+/// and counters, and the loop's context (its upstream pool, deadlines, buffers). Each handler holds this one reference
 /// instead of its own copies of all of them: a handler, one for every open connection
 /// and every HTTP/2 stream, was 458 bytes and is 286. Confined to its event loop, as
-/// the pool is.
+/// the loop context is.
 package final class ProxyListener {
     package let name: String
     /// `http` or `https`: X-Forwarded-Proto, and whether an `https` redirect applies.
@@ -67,7 +67,7 @@ package final class ProxyListener {
     /// connection its SNI chose (`misdirection`): 421 when it does not.
     package let serverNames: (any ServerNameSelector)?
     let router: Router
-    let pool: UpstreamPool
+    let loop: LoopContext
     let limits: ProxyLimits
     package let logger: Logger
     package let observer: (any ProxyObserver)?
@@ -97,13 +97,13 @@ package final class ProxyListener {
     }
 
     package init(name: String, scheme: String, mutualTLS: Bool = false, serverNames: (any ServerNameSelector)? = nil, router: Router,
-                pool: UpstreamPool, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
+                loop: LoopContext, limits: ProxyLimits = .init(), logger: Logger, observer: (any ProxyObserver)? = nil) {
         self.name = name
         self.scheme = scheme
         self.mutualTLS = mutualTLS
         self.serverNames = serverNames
         self.router = router
-        self.pool = pool
+        self.loop = loop
         self.limits = limits
         self.logger = logger
         self.observer = observer

@@ -203,6 +203,10 @@ package final class BackendState: Sendable {
 
     package var isHealthyByCheck: Bool { self.checkHealthy.load(ordering: .relaxed) }
     package var isEjected: Bool { self.ejectedUntil.load(ordering: .relaxed) > Int64(NIODeadline.now().uptimeNanoseconds) }
+    /// A connection to the backend went idle in a pool (`by: 1`) or left it (`by: -1`).
+    func idleConnectionsChanged(by delta: Int) {
+        self.idleConnections.wrappingIncrement(by: delta, ordering: .relaxed)
+    }
     package var lastErrorDescription: String? { self.lastError.withLockedValue { $0 } }
 }
 
@@ -417,11 +421,6 @@ package final class UpstreamGroup: Sendable {
     /// A new TLS connection to `index` resumed a session.
     func sessionResumed(on index: Int) {
         self.states[index].tlsResumed.wrappingIncrement(ordering: .relaxed)
-    }
-
-    /// A connection to `index` went idle in the pool (`by: 1`) or left it (`by: -1`).
-    func idleConnections(of index: Int, changedBy delta: Int) {
-        self.states[index].idleConnections.wrappingIncrement(by: delta, ordering: .relaxed)
     }
 
     /// The active check found `index` healthy again: it takes traffic at once, an ejection

@@ -70,22 +70,17 @@ final class UpstreamConnection {
     let key: PoolKey
     let handler: UpstreamHandler
     let backendIndex: Int
-    /// The TLS handler of a TLS upstream, whose record buffers the pool gives back
-    /// once the connection is quiet (`UpstreamPool.sweepRecordBuffers`).
-    let tls: OpenSSLHandler?
     /// Requests served; >0 means the next use is a reuse.
     var uses = 0
-    var idleTimer: Scheduled<Void>?
-    var idleDeadline = NIODeadline.now()
-    /// The pool's idle stack for `key`, found once: releasing needs no lookup.
-    var idleStack: UpstreamPool.Stack?
+    /// The pool's slot for `key`, found when the connection first idled: idling again
+    /// needs no lookup.
+    var slot: UpstreamPool.Slot?
 
-    init(channel: Channel, key: PoolKey, handler: UpstreamHandler, backendIndex: Int, tls: OpenSSLHandler?) {
+    init(channel: Channel, key: PoolKey, handler: UpstreamHandler, backendIndex: Int) {
         self.channel = channel
         self.key = key
         self.handler = handler
         self.backendIndex = backendIndex
-        self.tls = tls
     }
 
     /// Writes request bytes (head or framed body); sent at the next `flush`.
@@ -101,10 +96,31 @@ final class UpstreamConnection {
     /// Resumes reading after the downstream drained.
     func resumeRead() { self.handler.resumeRead() }
 
-    func close() {
-        self.idleTimer?.cancel()
+    /// Takes the connection for an exchange: its response parts go to `delegate`.
+    func begin(for delegate: any UpstreamExchangeDelegate, headRequest: Bool, upgrade: Bool) {
+        self.handler.owner = .exchange(delegate)
+        self.handler.beginExchange(headRequest: headRequest, upgrade: upgrade)
+    }
+
+    /// Closes the connection from the exchange's side (a timeout, a broken or abandoned
+    /// exchange): its handler reports nothing more to anyone.
+    func abandon() {
+        self.handler.owner = .none
         self.channel.close(promise: nil)
     }
+
+    func close() {
+        self.channel.close(promise: nil)
+    }
+}
+
+/// Who an upstream connection answers to: the exchange using it, the pool it idles
+/// in, or nobody (connecting, being handed over, or closed). One field, so a connection
+/// cannot be both in an exchange and idle, as a `delegate` and an `idleIn` could.
+enum UpstreamOwner {
+    case none
+    case exchange(any UpstreamExchangeDelegate)
+    case pool(UpstreamPool)
 }
 
 /// The last handler of an upstream pipeline: parses the response bytes of the
@@ -125,12 +141,14 @@ final class UpstreamHandler: ChannelInboundHandler {
     // Strong references, cleared when an exchange ends and when the channel closes:
     // a weakly referenced object takes the slow reference-counting path on every
     // retain, which the per-request path cannot afford.
-    /// The exchange being served; nil while the connection idles in the pool.
-    var delegate: (any UpstreamExchangeDelegate)?
+    /// The exchange being served, or the pool the connection idles in.
+    var owner = UpstreamOwner.none
+    private var delegate: (any UpstreamExchangeDelegate)? {
+        if case .exchange(let delegate) = self.owner { return delegate }
+        return nil
+    }
     private var responseHead = HTTPHead(bytes: [])
     var connection: UpstreamConnection?
-    /// The pool holding this connection while it idles.
-    var idleIn: (pool: UpstreamPool, group: UpstreamGroup)?
     private var context: ChannelHandlerContext?
     private var readPending = false
     private var buffer = ByteBuffer()
@@ -180,9 +198,8 @@ final class UpstreamHandler: ChannelInboundHandler {
     /// upstream connection ever closed, found by the soak's HTTP/2 clients).
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
-        self.delegate = nil
+        self.owner = .none
         self.connection = nil
-        self.idleIn = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -292,7 +309,7 @@ final class UpstreamHandler: ChannelInboundHandler {
         self.reusable = false
         self.buffer = ByteBuffer()
         if let delegate = self.delegate, let connection = self.connection {
-            self.delegate = nil
+            self.owner = .none
             delegate.upstreamFailed(error, from: connection)
         }
         context.close(promise: nil)
@@ -333,7 +350,7 @@ final class UpstreamHandler: ChannelInboundHandler {
         }
         self.ready.fail(wrapped)
         if let delegate = self.delegate, let connection = self.connection {
-            self.delegate = nil
+            self.owner = .none
             delegate.upstreamFailed(wrapped, from: connection)
         }
         context.close(promise: nil)
@@ -348,13 +365,18 @@ final class UpstreamHandler: ChannelInboundHandler {
         }
         let error = UpstreamError(kind: .closedEarly, backend: self.backendDescription, reason: "connection closed by the upstream")
         self.ready.fail(error)
-        if let delegate = self.delegate, let connection = self.connection {
-            self.delegate = nil
-            delegate.upstreamFailed(error, from: connection)
-        } else if let (pool, group) = self.idleIn, let connection = self.connection {
-            pool.evict(connection, group: group)
+        if let connection = self.connection {
+            switch self.owner {
+            case .exchange(let delegate):
+                self.owner = .none
+                delegate.upstreamFailed(error, from: connection)
+            case .pool(let pool):
+                self.owner = .none
+                pool.closed(connection)
+            case .none:
+                break
+            }
         }
-        self.idleIn = nil
         self.connection = nil
         context.fireChannelInactive()
     }
@@ -404,295 +426,6 @@ struct PoolKey: Hashable {
     }
 }
 
-/// Keep-alive connections of one event loop. Only touched on that loop, so
-/// no locks: each downstream connection uses the pool of its own loop.
-package final class UpstreamPool {
-    /// Idle connections to one backend, most recently used last. A class, so that
-    /// taking one is a dictionary lookup and an in-place pop: mutating an array
-    /// value through `Dictionary`'s subscript allocates (its modify coroutine),
-    /// and that was three allocations a request. An emptied stack stays with its
-    /// capacity; the keys are bounded by the configured backends.
-    final class Stack {
-        var connections: [UpstreamConnection] = []
-        /// Dropped by `closeIdle`: a connection remembering it looks its stack up again.
-        var retired = false
-    }
-
-    let eventLoop: EventLoop
-    private var idle: [PoolKey: Stack] = [:]
-    /// The stacks of the group this loop took a connection for last, by backend index,
-    /// and the client certificate generation they were for: most requests go where the
-    /// one before went, and this finds their stack without building and hashing a key
-    /// (2.6 % of a keep-alive request's instructions). Holds the group, so its identity
-    /// cannot be reused by a newer group.
-    private var recentGroup: UpstreamGroup?
-    private var recentGeneration = 0
-    private var recentStacks: [Stack?] = []
-    /// Buffers the loop's proxy handlers build message heads in, one at a time:
-    /// reused once the head was written, never held by an idle connection.
-    var requestHeads = ReusableBuffer(maximumKeptCapacity: 16 * 1_024)
-    var responseHeads = ReusableBuffer(maximumKeptCapacity: 16 * 1_024)
-    /// Parsed request heads of finished exchanges, whose storage the loop's next
-    /// requests parse into (`HTTPHead.refill`): two allocations fewer a request.
-    /// Bounded in number and size; an idle connection holds none.
-    private var spareRequestHeads: [HTTPHead] = []
-
-    func takeSpareRequestHead() -> HTTPHead {
-        self.spareRequestHeads.popLast() ?? HTTPHead(bytes: [])
-    }
-
-    func recycle(_ head: consuming HTTPHead) {
-        guard self.spareRequestHeads.count < 64, head.bytes.capacity <= 4_096, head.fields.capacity <= 64 else { return }
-        self.spareRequestHeads.append(head)
-    }
-
-    /// The header and idle deadlines of the loop's client connections.
-    let deadlines: LoopDeadlines
-    /// The loop's access log lines; nil without `access_log`.
-    package let accessLog: AccessLogBuffer?
-
-    package init(eventLoop: EventLoop, accessLog: AccessLogFile? = nil) {
-        self.eventLoop = eventLoop
-        self.deadlines = LoopDeadlines(eventLoop: eventLoop)
-        self.accessLog = accessLog.map { AccessLogBuffer(file: $0, eventLoop: eventLoop) }
-    }
-
-    private func key(group: UpstreamGroup, backend: Int, generation: Int? = nil) -> PoolKey {
-        PoolKey(backend: group.states[backend], address: group.backends[backend].address,
-                generation: generation ?? group.tls?.generation ?? 0)
-    }
-
-    /// The idle stack of backend `index`, from `recentStacks` when the group is the
-    /// recent one, otherwise from the dictionary (and remembered).
-    private func idleStack(group: UpstreamGroup, backend index: Int) -> Stack? {
-        let generation = group.tls?.generation ?? 0
-        let recent = group === self.recentGroup && generation == self.recentGeneration
-        if recent, let stack = self.recentStacks[index], !stack.retired { return stack }
-        guard let stack = self.idle[self.key(group: group, backend: index, generation: generation)] else { return nil }
-        if !recent {
-            self.recentGroup = group
-            self.recentGeneration = generation
-            self.recentStacks.removeAll(keepingCapacity: true)
-            self.recentStacks.append(contentsOf: repeatElement(nil, count: group.backends.count))
-        }
-        self.recentStacks[index] = stack
-        return stack
-    }
-
-    /// Closes every idle connection (the pool's configuration generation has ended).
-    package func closeIdle() {
-        self.eventLoop.assertInEventLoop()
-        let all = self.idle.values.flatMap { $0.connections }
-        self.idle.values.forEach { $0.retired = true }
-        self.idle = [:]
-        self.recentGroup = nil
-        self.recentStacks = []
-        for connection in all {
-            connection.handler.idleIn = nil
-            connection.close()
-        }
-    }
-
-    /// A new connection to backend `index`, ready once TCP (and TLS) are up.
-    func open(group: UpstreamGroup, backend index: Int) -> EventLoopFuture<UpstreamConnection> {
-        self.connect(group: group, backend: index, key: self.key(group: group, backend: index))
-    }
-
-    /// The most recently used idle connection to backend `index`, if one is alive.
-    func takeIdle(group: UpstreamGroup, backend index: Int) -> UpstreamConnection? {
-        self.eventLoop.assertInEventLoop()
-        guard let stack = self.idleStack(group: group, backend: index) else { return nil }
-        while let connection = stack.connections.popLast() {
-            group.idleConnections(of: index, changedBy: -1)
-            connection.handler.idleIn = nil
-            if connection.channel.isActive {
-                return connection
-            }
-            connection.close()
-        }
-        return nil
-    }
-
-    /// Returns a connection whose exchange finished cleanly.
-    func release(_ connection: UpstreamConnection, group: UpstreamGroup) {
-        self.eventLoop.assertInEventLoop()
-        connection.handler.delegate = nil
-        guard connection.channel.isActive else { return }
-        guard group.maxIdlePerBackend > 0 else {
-            connection.close()
-            return
-        }
-        let stack: Stack
-        if let known = connection.idleStack, !known.retired {
-            stack = known
-        } else if let existing = self.idle[connection.key] {
-            stack = existing
-        } else {
-            stack = Stack()
-            self.idle[connection.key] = stack
-        }
-        connection.idleStack = stack
-        if stack.connections.count >= group.maxIdlePerBackend {
-            let oldest = stack.connections.removeFirst()  // least recently used goes first
-            oldest.handler.idleIn = nil
-            oldest.close()
-            group.idleConnections(of: connection.backendIndex, changedBy: -1)
-        }
-        stack.connections.append(connection)
-        group.idleConnections(of: connection.backendIndex, changedBy: 1)
-        connection.handler.idleIn = (self, group)
-        connection.idleDeadline = .now() + group.timeouts.idle
-        if connection.idleTimer == nil { self.scheduleIdleCheck(connection, group: group) }
-    }
-
-    /// The loop's open TLS upstream connections, pooled or in an exchange, whose record
-    /// buffers `sweepRecordBuffers` gives back when they are quiet. Closed ones leave at
-    /// the next sweep.
-    private var tlsConnections: [UpstreamConnection] = []
-    private var recordBufferSweep: Scheduled<Void>?
-    static let recordBufferSweepInterval = TimeAmount.seconds(1)
-
-    private func trackRecordBuffers(of connection: UpstreamConnection) {
-        self.tlsConnections.append(connection)
-        if self.recordBufferSweep == nil { self.scheduleRecordBufferSweep() }
-    }
-
-    /// One timer for the loop's pool, running while it has TLS connections: a busy
-    /// connection keeps its record buffers (a malloc and a free of 17 KB per direction
-    /// and request spared), a quiet one gives them back within two sweeps.
-    private func scheduleRecordBufferSweep() {
-        self.recordBufferSweep = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: Self.recordBufferSweepInterval) {
-            self.sweepRecordBuffers()
-        }
-    }
-
-    private func sweepRecordBuffers() {
-        self.recordBufferSweep = nil
-        var index = 0
-        while index < self.tlsConnections.count {
-            let connection = self.tlsConnections[index]
-            if connection.channel.isActive {
-                connection.tls?.releaseRecordBuffersIfQuiet()
-                index += 1
-            } else {
-                self.tlsConnections.swapAt(index, self.tlsConnections.count - 1)
-                self.tlsConnections.removeLast()
-            }
-        }
-        if !self.tlsConnections.isEmpty { self.scheduleRecordBufferSweep() }
-    }
-
-    /// One timer per connection, re-armed only when it fires before the (moved) deadline.
-    private func scheduleIdleCheck(_ connection: UpstreamConnection, group: UpstreamGroup) {
-        connection.idleTimer = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: connection.idleDeadline) {
-            connection.idleTimer = nil
-            guard connection.channel.isActive, connection.handler.delegate == nil, connection.handler.idleIn != nil else { return }
-            if NIODeadline.now() < connection.idleDeadline {
-                self.scheduleIdleCheck(connection, group: group)
-                return
-            }
-            self.evict(connection, group: group)
-            connection.close()
-        }
-    }
-
-    /// Removes an idle connection that closed or timed out.
-    func evict(_ connection: UpstreamConnection, group: UpstreamGroup) {
-        connection.handler.idleIn = nil
-        guard let stack = self.idle[connection.key],
-              let index = stack.connections.firstIndex(where: { $0 === connection }) else { return }
-        stack.connections.remove(at: index)
-        group.idleConnections(of: connection.backendIndex, changedBy: -1)
-    }
-
-    private func connect(group: UpstreamGroup, backend index: Int, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
-        let backend = group.backends[index]
-        let ready = self.eventLoop.makePromise(of: Void.self)
-        let result = self.eventLoop.makePromise(of: UpstreamConnection.self)
-        let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description,
-                                      maxHeadBytes: group.maxResponseHeadBytes)
-        // The initializer runs on this pool's loop, the only place the handler is touched.
-        let boundHandler = NIOLoopBound(handler, eventLoop: self.eventLoop)
-        let tls = group.tls
-        let tlsHandler: NIOLoopBound<OpenSSLHandler>?
-        do {
-            if let tls {
-                // One session per backend entry: entries on one address may have other names.
-                let slot = tls.sessionSlot(for: "\(index)#\(key.generation)")
-                var configuration = TLSHandlerConfiguration()
-                configuration.holdsFirstRead = true
-                tlsHandler = NIOLoopBound(try OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName(for: backend),
-                                                             verifyHostnames: tls.verifyNames(for: backend), allowCommonName: tls.allowCommonName,
-                                                             sessionSlot: slot, configuration: configuration), eventLoop: self.eventLoop)
-            } else {
-                tlsHandler = nil
-            }
-        } catch {
-            return self.eventLoop.makeFailedFuture(UpstreamError(kind: .tlsFailed, backend: backend.description, reason: "\(error)"))
-        }
-        let timeouts = group.timeouts
-        let bootstrap = ClientBootstrap(group: self.eventLoop)
-            .connectTimeout(timeouts.connect)
-            .channelOption(.socketOption(.so_keepalive), value: group.tcpKeepalive ? 1 : 0)
-            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    // Idle pooled connections keep 64 bytes of receive buffer, not their
-                    // largest response read; the first handler holds the first read.
-                    if let options = channel.syncOptions { try ReceiveBuffers.configure(options) }
-                    let sync = channel.pipeline.syncOperations
-                    // Named: without a name NIO formats one for each handler of each connection.
-                    if let tlsHandler { try sync.addHandler(tlsHandler.value, name: "tls") }
-                    try sync.addHandler(boundHandler.value, name: "upstream")
-                }
-            }
-        let backendName = backend.description
-        let started = NIODeadline.now()
-        bootstrap.connect(to: backend.address).assumeIsolated().whenComplete { connected in
-            switch connected {
-            case .failure(let error):
-                let kind: UpstreamError.Kind
-                if case ChannelError.connectTimeout = error {
-                    kind = .connectTimeout
-                } else if isLocalResourceError(error) {
-                    kind = .localResources
-                } else {
-                    kind = .connectFailed
-                }
-                let failure = UpstreamError(kind: kind, backend: backendName, reason: "connect failed: \(connectFailureReason(error))")
-                ready.fail(failure)  // the channel never became active: nothing else completes it
-                result.fail(failure)
-            case .success(let channel):
-                // TCP and TLS together stay within the total connection budget.
-                let timer = self.eventLoop.assumeIsolated().scheduleTask(deadline: started + timeouts.totalConnection) {
-                    ready.fail(UpstreamError(kind: .connectTimeout, backend: backendName, reason: "TLS handshake not done within the total connection timeout",
-                                             tlsFailure: tlsHandler == nil ? nil : .timeout))
-                    channel.close(promise: nil)
-                }
-                ready.futureResult.assumeIsolated().whenComplete { handshake in
-                    timer.cancel()
-                    switch handshake {
-                    case .success:
-                        let connection = UpstreamConnection(channel: channel, key: key, handler: handler, backendIndex: index, tls: tlsHandler?.value)
-                        handler.connection = connection
-                        if tlsHandler != nil { self.trackRecordBuffers(of: connection) }
-                        if let tlsHandler, tlsHandler.value.sessionReused {
-                            group.sessionResumed(on: index)
-                        }
-                        result.assumeIsolated().succeed(connection)
-                    case .failure(let error):
-                        channel.close(promise: nil)
-                        result.fail(error)
-                    }
-                }
-            }
-        }
-        return result.futureResult
-    }
-}
-
-@available(*, unavailable)
-extension UpstreamPool: Sendable {}
 
 /// "Connection refused" rather than NIO's nested error descriptions.
 /// Whether a connect failed for want of the gateway's own resources: descriptors

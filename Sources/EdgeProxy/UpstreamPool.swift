@@ -1,0 +1,217 @@
+import NIOCore
+import NIOPosix
+import EdgeTLS
+
+/// Keep-alive connections of one event loop: the I/O around `PoolState`. It opens
+/// connections (TCP, then TLS with the group's peer options), and performs what the
+/// state machine decides: closing evicted and expired connections, arming the loop's
+/// one idle timer, counting idle connections per backend. Only touched on its loop,
+/// so no locks: each downstream connection uses the pool of its own loop.
+package final class UpstreamPool {
+    typealias Slot = PoolState<PoolKey, UpstreamConnection>.Slot
+
+    let eventLoop: EventLoop
+    private var state = PoolState<PoolKey, UpstreamConnection>()
+    private var idleTimer: Scheduled<Void>?
+    private let recordBuffers: RecordBufferSweep
+    /// The slots of the group this loop took a connection for last, by backend index,
+    /// and the client certificate generation they were for: most requests go where the
+    /// one before went, and this finds their slot without building and hashing a key
+    /// (2.6 % of a keep-alive request's instructions). Holds the group, so its identity
+    /// cannot be reused by a newer group.
+    private var recentGroup: UpstreamGroup?
+    private var recentGeneration = 0
+    private var recentSlots: [Slot?] = []
+
+    init(eventLoop: EventLoop, recordBuffers: RecordBufferSweep) {
+        self.eventLoop = eventLoop
+        self.recordBuffers = recordBuffers
+    }
+
+    /// Idle connections of backend `index` of `group`, most recently used last (tests).
+    func idle(group: UpstreamGroup, backend index: Int) -> [UpstreamConnection] {
+        self.state.idle(for: self.key(group: group, backend: index))
+    }
+
+    private func key(group: UpstreamGroup, backend: Int, generation: Int? = nil) -> PoolKey {
+        PoolKey(backend: group.states[backend], address: group.backends[backend].address,
+                generation: generation ?? group.tls?.generation ?? 0)
+    }
+
+    /// The slot of backend `index`, from `recentSlots` when the group is the recent
+    /// one, otherwise from the state machine (and remembered).
+    private func slot(group: UpstreamGroup, backend index: Int) -> Slot? {
+        let generation = group.tls?.generation ?? 0
+        let recent = group === self.recentGroup && generation == self.recentGeneration
+        if recent, let slot = self.recentSlots[index], self.state.isCurrent(slot) { return slot }
+        guard let slot = self.state.slot(for: self.key(group: group, backend: index, generation: generation)) else { return nil }
+        if !recent {
+            self.recentGroup = group
+            self.recentGeneration = generation
+            self.recentSlots.removeAll(keepingCapacity: true)
+            self.recentSlots.append(contentsOf: repeatElement(nil, count: group.backends.count))
+        }
+        self.recentSlots[index] = slot
+        return slot
+    }
+
+    /// A new connection to backend `index`, ready once TCP (and TLS) are up.
+    func open(group: UpstreamGroup, backend index: Int) -> EventLoopFuture<UpstreamConnection> {
+        self.connect(group: group, backend: index, key: self.key(group: group, backend: index))
+    }
+
+    /// The most recently used idle connection to backend `index`, if one is alive.
+    func takeIdle(group: UpstreamGroup, backend index: Int) -> UpstreamConnection? {
+        self.eventLoop.assertInEventLoop()
+        guard let slot = self.slot(group: group, backend: index) else { return nil }
+        while let connection = self.state.take(from: slot) {
+            connection.key.backend.idleConnectionsChanged(by: -1)
+            connection.handler.owner = .none
+            if connection.channel.isActive { return connection }
+            connection.close()  // closed, and the news not yet through the pipeline
+        }
+        return nil
+    }
+
+    /// Takes back a connection whose exchange finished cleanly, to idle (or to close,
+    /// when its backend keeps no idle connections).
+    func release(_ connection: UpstreamConnection, group: UpstreamGroup) {
+        self.eventLoop.assertInEventLoop()
+        connection.handler.owner = .none
+        guard connection.channel.isActive else { return }
+        switch self.state.release(connection, key: connection.key, known: connection.slot, now: .now(),
+                                  idleTimeout: group.timeouts.idle, maxIdle: group.maxIdlePerBackend) {
+        case .close:
+            connection.close()
+        case .pooled(let slot, let evicted, let wakeup):
+            connection.slot = slot
+            connection.handler.owner = .pool(self)
+            connection.key.backend.idleConnectionsChanged(by: 1)
+            if let evicted { self.drop(evicted) }
+            if let wakeup { self.armIdleTimer(at: wakeup) }
+        }
+    }
+
+    /// An idle connection closed (`UpstreamHandler.channelInactive`): it leaves the pool.
+    func closed(_ connection: UpstreamConnection) {
+        if let slot = connection.slot, self.state.closed(connection, in: slot) {
+            connection.key.backend.idleConnectionsChanged(by: -1)
+        }
+    }
+
+    /// Closes every idle connection (the pool's configuration generation has ended).
+    package func closeIdle() {
+        self.eventLoop.assertInEventLoop()
+        self.idleTimer?.cancel()
+        self.idleTimer = nil
+        self.recentGroup = nil
+        self.recentSlots = []
+        for connection in self.state.removeAll() { self.drop(connection) }
+    }
+
+    /// Closes a connection the state machine let go of while it idled.
+    private func drop(_ connection: UpstreamConnection) {
+        connection.handler.owner = .none
+        connection.key.backend.idleConnectionsChanged(by: -1)
+        connection.close()
+    }
+
+    /// One timer for the loop's idle connections, due at the earliest idle deadline.
+    private func armIdleTimer(at deadline: NIODeadline) {
+        self.idleTimer?.cancel()
+        self.idleTimer = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) {
+            self.idleTimer = nil
+            let (expired, next) = self.state.timerFired(now: .now())
+            for connection in expired { self.drop(connection) }
+            if let next { self.armIdleTimer(at: next) }
+        }
+    }
+
+    private func connect(group: UpstreamGroup, backend index: Int, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
+        let backend = group.backends[index]
+        let ready = self.eventLoop.makePromise(of: Void.self)
+        let result = self.eventLoop.makePromise(of: UpstreamConnection.self)
+        let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description,
+                                      maxHeadBytes: group.maxResponseHeadBytes)
+        // The initializer runs on this pool's loop, the only place the handler is touched.
+        let boundHandler = NIOLoopBound(handler, eventLoop: self.eventLoop)
+        let tls = group.tls
+        let tlsHandler: NIOLoopBound<OpenSSLHandler>?
+        do {
+            if let tls {
+                // One session per backend entry: entries on one address may have other names.
+                let slot = tls.sessionSlot(for: "\(index)#\(key.generation)")
+                var configuration = TLSHandlerConfiguration()
+                configuration.holdsFirstRead = true
+                tlsHandler = NIOLoopBound(try OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName(for: backend),
+                                                             verifyHostnames: tls.verifyNames(for: backend), allowCommonName: tls.allowCommonName,
+                                                             sessionSlot: slot, configuration: configuration), eventLoop: self.eventLoop)
+            } else {
+                tlsHandler = nil
+            }
+        } catch {
+            return self.eventLoop.makeFailedFuture(UpstreamError(kind: .tlsFailed, backend: backend.description, reason: "\(error)"))
+        }
+        let timeouts = group.timeouts
+        let bootstrap = ClientBootstrap(group: self.eventLoop)
+            .connectTimeout(timeouts.connect)
+            .channelOption(.socketOption(.so_keepalive), value: group.tcpKeepalive ? 1 : 0)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // Idle pooled connections keep 64 bytes of receive buffer, not their
+                    // largest response read; the first handler holds the first read.
+                    if let options = channel.syncOptions { try ReceiveBuffers.configure(options) }
+                    let sync = channel.pipeline.syncOperations
+                    // Named: without a name NIO formats one for each handler of each connection.
+                    if let tlsHandler { try sync.addHandler(tlsHandler.value, name: "tls") }
+                    try sync.addHandler(boundHandler.value, name: "upstream")
+                }
+            }
+        let backendName = backend.description
+        let started = NIODeadline.now()
+        bootstrap.connect(to: backend.address).assumeIsolated().whenComplete { connected in
+            switch connected {
+            case .failure(let error):
+                let kind: UpstreamError.Kind
+                if case ChannelError.connectTimeout = error {
+                    kind = .connectTimeout
+                } else if isLocalResourceError(error) {
+                    kind = .localResources
+                } else {
+                    kind = .connectFailed
+                }
+                let failure = UpstreamError(kind: kind, backend: backendName, reason: "connect failed: \(connectFailureReason(error))")
+                ready.fail(failure)  // the channel never became active: nothing else completes it
+                result.fail(failure)
+            case .success(let channel):
+                // TCP and TLS together stay within the total connection budget.
+                let timer = self.eventLoop.assumeIsolated().scheduleTask(deadline: started + timeouts.totalConnection) {
+                    ready.fail(UpstreamError(kind: .connectTimeout, backend: backendName, reason: "TLS handshake not done within the total connection timeout",
+                                             tlsFailure: tlsHandler == nil ? nil : .timeout))
+                    channel.close(promise: nil)
+                }
+                ready.futureResult.assumeIsolated().whenComplete { handshake in
+                    timer.cancel()
+                    switch handshake {
+                    case .success:
+                        let connection = UpstreamConnection(channel: channel, key: key, handler: handler, backendIndex: index)
+                        handler.connection = connection
+                        if let tlsHandler { self.recordBuffers.track(channel, tls: tlsHandler.value) }
+                        if let tlsHandler, tlsHandler.value.sessionReused {
+                            group.sessionResumed(on: index)
+                        }
+                        result.assumeIsolated().succeed(connection)
+                    case .failure(let error):
+                        channel.close(promise: nil)
+                        result.fail(error)
+                    }
+                }
+            }
+        }
+        return result.futureResult
+    }
+}
+
+@available(*, unavailable)
+extension UpstreamPool: Sendable {}
