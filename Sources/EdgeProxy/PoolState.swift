@@ -34,7 +34,8 @@ struct PoolState<Key: Hashable, Connection: AnyObject> {
     }
 
     /// A key's idle connections, least recently used first. Emptied stacks keep their
-    /// place and capacity: the keys are bounded by the configured backends.
+    /// place and capacity until the epoch ends: the keys are the configured backends
+    /// times the client certificates rotated during one configuration generation.
     private var stacks: [[Entry]] = []
     private var slots: [Key: Int] = [:]
     private var epoch = 0

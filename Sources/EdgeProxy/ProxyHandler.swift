@@ -107,35 +107,20 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var closed = false
     /// A response that closes the connection was sent: ignore further input.
     private var closing = false
-    /// Reading and dropping a request body the response did not wait for, until this
-    /// (`lingerForRequestBody`); nil otherwise.
-    private var lingerUntil: NIODeadline?
     private var upstreamNeedsFlush = false
     private var downstreamNeedsFlush = false
-    /// The header/idle deadline, waited for in the loop's `LoopDeadlines`: moved later
-    /// without touching the queue (re-queued when the old deadline comes first), so a
-    /// request costs a clock read and a comparison.
-    private var deadline: NIODeadline?
+    /// The connection's deadlines (header, idle, body, upstream read, drain, linger),
+    /// waited for in the loop's `LoopDeadlines` as one entry: moved later without
+    /// touching the queue, so a request costs a clock read and a comparison.
+    private var timers = ClientDeadlines()
     /// This handler's place in `loop.deadlines` (-1: not queued).
     var deadlineSlot = -1
     private var firstRequest = true
     /// The head of a request after the first has begun to arrive: its header timeout runs.
     private var headStarted = false
     private let singleRequest: Bool
-    /// When the upstream must have sent (more of) its response; nil with nothing awaited.
-    /// It waits in the loop's deadline heap with the client deadline (`deadline`), the
-    /// entry due at the earlier of the two: a NIO scheduled task per exchange was a
-    /// promise, a future and a closure for each HTTP/2 stream, scheduled and cancelled.
-    private var readDeadline: NIODeadline?
-    /// When the client must have sent more of the request body (`timeouts.body`, nginx's
-    /// `client_body_timeout`); nil when no body is being read. Pushed out by every read
-    /// and while the gateway itself holds the client's reads (an upstream connecting or
-    /// full), waited for in the deadline heap with the others.
-    private var bodyDeadline: NIODeadline?
     /// The server is draining: the response in flight, or the next request's, is the last one.
     private var quiescing = false
-    /// While draining and idle: the connection closes at this time if no request began.
-    private var drainQuietUntil: NIODeadline?
     /// `process()` is running: a request finishing inside it does not start it again.
     private var processing = false
     /// An HTTP/2 stream's bridge: the frames it reads become request bytes there, and
@@ -203,11 +188,11 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             bytes = self.unwrapInboundIn(data)
         }
         guard !self.closing else {
-            if let until = self.lingerUntil { self.deadline = min(.now() + Self.lingerPause, until) }
+            if let until = self.timers.lingerUntil { self.timers.client = min(.now() + Self.lingerPause, until) }
             return
         }
         self.firstRead.hold(bytes)
-        if self.bodyDeadline != nil { self.bodyDeadline = .now() + self.limits.bodyTimeout }
+        if self.timers.body != nil { self.timers.body = .now() + self.limits.bodyTimeout }
         if self.inbound.readableBytes == 0 {
             self.inbound = bytes
         } else {
@@ -332,14 +317,14 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// `consuming`: the head moves into the exchange rather than being copied.
     private func receivedHead(_ head: consuming HTTPHead) {
         guard let context = self.context else { return }
-        self.deadline = nil
+        self.timers.client = nil
         self.headStarted = false
         let hasBody = head.chunked || (head.contentLength ?? 0) > 0
         if self.loop.accessLog != nil { self.requestStart = .now() }
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
         if hasBody {
-            self.bodyDeadline = .now() + self.limits.bodyTimeout
-            if self.context != nil { self.loop.deadlines.schedule(self, at: self.bodyDeadline!) }
+            self.timers.body = .now() + self.limits.bodyTimeout
+            if self.context != nil { self.loop.deadlines.schedule(self, at: self.timers.body!) }
         }
         self.bodyBytes = 0
         let methodLength = head.method.utf8.count  // GET and POST skip the comparisons
@@ -510,14 +495,14 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// later, it re-queues itself, so a request costs a clock read and a comparison.
     private func armReadTimer(_ exchange: Exchange) {
         let deadline = NIODeadline.now() + exchange.group.timeouts.read
-        self.readDeadline = deadline
+        self.timers.upstreamRead = deadline
         if exchange.firstReadDeadline == nil { exchange.firstReadDeadline = deadline }
         if self.context != nil { self.loop.deadlines.schedule(self, at: deadline) }
     }
 
     /// The upstream sent nothing within the read timeout.
     private func readTimedOut(_ exchange: Exchange) {
-        self.readDeadline = nil
+        self.timers.upstreamRead = nil
         if exchange.tunnel {
             self.endTunnel(exchange, reason: "idle for the read timeout")
             return
@@ -565,7 +550,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     }
 
     private func stopReadTimer() {
-        self.readDeadline = nil  // the heap entry, if due for it, finds nothing to do
+        self.timers.upstreamRead = nil  // the heap entry, if due for it, finds nothing to do
     }
 
     func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection) {
@@ -666,7 +651,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         exchange.replay = nil
         exchange.requestEnded = false
         self.requestBody = .untilClose
-        self.bodyDeadline = nil  // a tunnel idles out on the upstream's read timeout
+        self.timers.body = nil  // a tunnel idles out on the upstream's read timeout
         self.maxBodyBytes = nil
         self.process()
         if self.upstreamNeedsFlush {
@@ -742,7 +727,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.flushDownstream()  // the upstream connection went back to the pool: its read-complete no longer reaches us
         self.firstRequest = false
         if !self.singleRequest {
-            self.deadline = .now() + self.limits.idleTimeout
+            self.timers.client = .now() + self.limits.idleTimeout
             // Queued for a later deadline (the header timeout's, when the idle timeout
             // is shorter): moved earlier. Queued for an earlier one: nothing to do.
             self.scheduleDeadline()
@@ -765,9 +750,9 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// with no request byte yet (silent, or done with its handshake, as a browser's
     /// preconnect) waits the quiet period too.
     private func awaitDrainQuiet() {
-        guard !self.singleRequest, self.drainQuietUntil == nil, !self.firstRequest || self.noRequestBegun else { return }
+        guard !self.singleRequest, self.timers.drainQuietUntil == nil, !self.firstRequest || self.noRequestBegun else { return }
         let until = NIODeadline.now() + self.limits.drainQuietPeriod
-        self.drainQuietUntil = until
+        self.timers.drainQuietUntil = until
         if self.context != nil { self.loop.deadlines.schedule(self, at: until) }
     }
 
@@ -948,7 +933,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// connection for as long as the client liked (one byte every few seconds) is ended:
     /// 408 when the response has not started, else the connection (or stream) is closed.
     private func bodyTimedOut() {
-        self.bodyDeadline = nil
+        self.timers.body = nil
         self.requestBody = nil
         let request = self.exchange?.request
         self.listener.clientFaults.report("client sent no request body data within the body timeout", reason: "", level: .info,
@@ -1085,7 +1070,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     private func startHeaderTimer() {
         guard self.deadlineSlot < 0, self.firstRequest, self.exchange == nil, !self.singleRequest else { return }
-        self.deadline = .now() + self.limits.headerTimeout
+        self.timers.client = .now() + self.limits.headerTimeout
         self.scheduleDeadline()
     }
 
@@ -1095,25 +1080,13 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func startNextHeadTimer() {
         guard !self.firstRequest, !self.headStarted, !self.singleRequest, !self.closing else { return }
         self.headStarted = true
-        self.deadline = .now() + self.limits.headerTimeout
+        self.timers.client = .now() + self.limits.headerTimeout
         self.scheduleDeadline()
     }
 
     private func scheduleDeadline() {
-        guard let deadline = self.deadline, self.context != nil else { return }
+        guard let deadline = self.timers.client, self.context != nil else { return }
         self.loop.deadlines.schedule(self, at: deadline)
-    }
-
-    /// The client deadline when it can act: while lingering, or between requests.
-    private var clientDeadline: NIODeadline? {
-        guard self.lingerUntil != nil || (self.exchange == nil && !self.closing) else { return nil }
-        return self.deadline
-    }
-
-    /// The upstream read deadline while a response is awaited.
-    private var upstreamReadDeadline: NIODeadline? {
-        guard let exchange = self.exchange, !exchange.responseEnded else { return nil }
-        return self.readDeadline
     }
 
     /// The response went out before the request body ended. Closing now, with the body
@@ -1130,8 +1103,8 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         let now = NIODeadline.now()
         self.requestBody = nil
         self.inbound = ByteBuffer()
-        self.lingerUntil = now + Self.lingerLimit
-        self.deadline = now + Self.lingerPause
+        self.timers.lingerUntil = now + Self.lingerLimit
+        self.timers.client = now + Self.lingerPause
         self.scheduleDeadline()
     }
 
@@ -1139,52 +1112,34 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private static let lingerPause = TimeAmount.seconds(5)
     private static let lingerLimit = TimeAmount.seconds(30)
 
+    /// Where the connection stands, for its deadlines.
+    private var standing: ClientDeadlines.Standing {
+        let exchange = self.exchange
+        return ClientDeadlines.Standing(
+            readingBody: self.requestBody != nil && !self.closing, gatewayHoldsReads: self.readPending,
+            awaitingResponse: exchange.map { !$0.responseEnded } ?? false, betweenRequests: exchange == nil && !self.closing,
+            headAwaited: self.firstRequest || self.headStarted,
+            quiet: { self.inbound.readableBytes == 0 && (!self.firstRequest || self.noRequestBegun) })
+    }
+
     func deadlineReached(now: NIODeadline) {
-        guard self.context != nil else { return }
-        if let body = self.bodyDeadline {
-            if self.requestBody == nil || self.closing {
-                self.bodyDeadline = nil
-            } else if self.readPending {
-                // The gateway is not reading (its upstream connects or is full): the
-                // client is not the one who is late.
-                self.bodyDeadline = now + self.limits.bodyTimeout
-                self.loop.deadlines.schedule(self, at: self.bodyDeadline!)
-            } else if now >= body {
+        while self.context != nil, let due = self.timers.due(at: now, self.standing, bodyTimeout: self.limits.bodyTimeout) {
+            switch due {
+            case .bodyTimeout:
                 self.bodyTimedOut()
-                return
-            } else {
-                self.loop.deadlines.schedule(self, at: body)
+            case .readTimeout:
+                if let exchange = self.exchange { self.readTimedOut(exchange) }
+            case .drained, .lingerOver, .idleTimeout:
+                self.closing = true
+                self.context?.close(promise: nil)
+            case .headerTimeout:
+                self.listener.clientFaults.report("client sent no complete request head in time", reason: "", level: .info, peer: self.info.clientIP,
+                                                  metadata: self.peerMetadata, listener: self.listener)
+                self.respondLocally(status: 408, message: "no complete request head within the header timeout", request: nil, requestEnded: false)
             }
         }
-        if let read = self.upstreamReadDeadline {
-            if now >= read, let exchange = self.exchange {
-                self.readTimedOut(exchange)
-            } else {
-                self.loop.deadlines.schedule(self, at: read)
-            }
-        }
-        if let quiet = self.drainQuietUntil, now >= quiet, self.exchange == nil, !self.closing, self.lingerUntil == nil,
-           self.inbound.readableBytes == 0, !self.firstRequest || self.noRequestBegun, let context = self.context {
-            // Drained: no request began in the quiet period.
-            self.closing = true
-            context.close(promise: nil)
-            return
-        }
-        guard let deadline = self.clientDeadline, let context = self.context else { return }
-        if now < deadline {
-            self.scheduleDeadline()
-            return
-        }
-        if self.lingerUntil != nil {
-            self.lingerUntil = nil
-            context.close(promise: nil)
-        } else if self.firstRequest || self.headStarted {
-            self.listener.clientFaults.report("client sent no complete request head in time", reason: "", level: .info, peer: self.info.clientIP,
-                                              metadata: self.peerMetadata, listener: self.listener)
-            self.respondLocally(status: 408, message: "no complete request head within the header timeout", request: nil, requestEnded: false)
-        } else {
-            self.closing = true
-            context.close(promise: nil)
+        if self.context != nil, !self.closed, let next = self.timers.next(self.standing) {
+            self.loop.deadlines.schedule(self, at: next)
         }
     }
 

@@ -308,11 +308,27 @@ final class UpstreamHandler: ChannelInboundHandler {
     private func fail(_ error: UpstreamError, context: ChannelHandlerContext) {
         self.reusable = false
         self.buffer = ByteBuffer()
-        if let delegate = self.delegate, let connection = self.connection {
+        self.ownerLoses(error)
+        context.close(promise: nil)
+    }
+
+    /// The connection failed or closed: the exchange using it hears why, or the pool it
+    /// idles in lets go of it at once. (A failed idle connection stayed pooled while a TLS
+    /// close waited up to three seconds for the backend's close_notify, active and the
+    /// warmest of its stack: the next request was written into the closing connection and
+    /// dropped, and waited for the close to be retried.)
+    private func ownerLoses(_ error: Error) {
+        guard let connection = self.connection else { return }
+        switch self.owner {
+        case .exchange(let delegate):
             self.owner = .none
             delegate.upstreamFailed(error, from: connection)
+        case .pool(let pool):
+            self.owner = .none
+            pool.closed(connection)
+        case .none:
+            break
         }
-        context.close(promise: nil)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -349,10 +365,7 @@ final class UpstreamHandler: ChannelInboundHandler {
             wrapped = error
         }
         self.ready.fail(wrapped)
-        if let delegate = self.delegate, let connection = self.connection {
-            self.owner = .none
-            delegate.upstreamFailed(wrapped, from: connection)
-        }
+        self.ownerLoses(wrapped)
         context.close(promise: nil)
     }
 
@@ -365,18 +378,7 @@ final class UpstreamHandler: ChannelInboundHandler {
         }
         let error = UpstreamError(kind: .closedEarly, backend: self.backendDescription, reason: "connection closed by the upstream")
         self.ready.fail(error)
-        if let connection = self.connection {
-            switch self.owner {
-            case .exchange(let delegate):
-                self.owner = .none
-                delegate.upstreamFailed(error, from: connection)
-            case .pool(let pool):
-                self.owner = .none
-                pool.closed(connection)
-            case .none:
-                break
-            }
-        }
+        self.ownerLoses(error)
         self.connection = nil
         context.fireChannelInactive()
     }

@@ -13,6 +13,8 @@ package final class UpstreamPool {
     let eventLoop: EventLoop
     private var state = PoolState<PoolKey, UpstreamConnection>()
     private var idleTimer: Scheduled<Void>?
+    /// Counts the idle timers armed (and cancelled): a timer runs only if it is the last.
+    private var idleTimerArmings = 0
     private let recordBuffers: RecordBufferSweep
     /// The slots of the group this loop took a connection for last, by backend index,
     /// and the client certificate generation they were for: most requests go where the
@@ -104,6 +106,7 @@ package final class UpstreamPool {
         self.eventLoop.assertInEventLoop()
         self.idleTimer?.cancel()
         self.idleTimer = nil
+        self.idleTimerArmings &+= 1
         self.recentGroup = nil
         self.recentSlots = []
         for connection in self.state.removeAll() { self.drop(connection) }
@@ -119,7 +122,12 @@ package final class UpstreamPool {
     /// One timer for the loop's idle connections, due at the earliest idle deadline.
     private func armIdleTimer(at deadline: NIODeadline) {
         self.idleTimer?.cancel()
+        self.idleTimerArmings &+= 1
+        let arming = self.idleTimerArmings
         self.idleTimer = self.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) {
+            // A timer cancelled once NIO had taken it up to run in this pass runs anyway:
+            // only the last one armed acts, or two timers would live on.
+            guard arming == self.idleTimerArmings else { return }
             self.idleTimer = nil
             let (expired, next) = self.state.timerFired(now: .now())
             for connection in expired { self.drop(connection) }
