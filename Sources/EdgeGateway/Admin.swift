@@ -45,7 +45,7 @@ extension Gateway {
         let now = Int64(currentTime())
         let listeners = self.listeners.map { plan -> String in
             let port = self.boundPort(listener: plan.name).map(String.init) ?? "null"
-            let profile = plan.tlsContext == nil ? "null" : jsonString(self.config.listeners.first { $0.name == plan.name }?.tls?.profile ?? "intermediate")
+            let profile = plan.tlsContext == nil ? "null" : jsonString(self.config.listeners.first { $0.name == plan.name }?.tls?.profile.rawValue ?? "intermediate")
             return "{\"name\":\(jsonString(plan.name)),\"address\":\(jsonString("\(plan.host):\(plan.port)")),\"port\":\(port),\"tls\":\(plan.tlsContext != nil),"
                 + "\"tls_profile\":\(profile),\"h2\":\(plan.h2),\"mutual_tls\":\(plan.mutualTLS),"
                 + "\"proxy_protocol\":\(plan.proxyProtocol)"
@@ -70,7 +70,7 @@ extension Gateway {
             "{\"time\":\($0.time),\"time_rfc3339\":\(jsonString(rfc3339($0.time))),\"result\":\(jsonString($0.result)),\"error\":\($0.error.map(jsonString) ?? "null")}"
         } ?? "null"
         return "{\"version\":\(jsonString(gatewayVersion)),\"uptime_seconds\":\(Int(currentTime() - self.startTime)),"
-            + "\"ready\":\(self.isReady),\"snapshot_generation\":\(generation),"
+            + "\"ready\":\(self.isReady),\"lifecycle\":\"\(self.lifecycle.rawValue)\",\"snapshot_generation\":\(generation),"
             + "\"live_snapshots\":\(CertificateSnapshot.liveCount),"
             + "\"last_reload\":{\"time\":\(last?.time ?? 0),\"time_rfc3339\":\(last.map { jsonString(rfc3339($0.time)) } ?? "null"),"
             + "\"result\":\(jsonString(last?.result ?? "never"))},"

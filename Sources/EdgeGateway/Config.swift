@@ -1,4 +1,6 @@
 import EdgeCertificates
+import EdgeProxy
+import EdgeTLS
 import Yams
 
 #if canImport(Glibc)
@@ -86,7 +88,7 @@ package struct GatewayConfig: Decodable, Sendable {
 package struct AccessLogConfig: Decodable, Sendable {
     /// A file (relative to the configuration file), or `-`/`stdout`.
     package var path: String
-    package var format: String
+    package var format: AccessLogFile.Format
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case path, format
@@ -96,7 +98,7 @@ package struct AccessLogConfig: Decodable, Sendable {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.path = try c.decode(String.self, forKey: .path)
-        self.format = try c.decodeRecorded(String.self, forKey: .format) ?? "combined"
+        self.format = try c.decodeRecorded(Choice<AccessLogFile.Format>.self, forKey: .format)?.value ?? .combined
     }
 }
 
@@ -175,8 +177,8 @@ package struct ListenerTLSConfig: Decodable, Sendable {
     package var certificate: String?
     package var key: String?
     /// Mozilla profile: intermediate (default) or modern.
-    package var profile: String
-    package var minVersion: String?
+    package var profile: TLSProfile
+    package var minVersion: TLSVersion?
     /// TLS 1.2 cipher list override (OpenSSL syntax).
     package var ciphers: String?
     /// TLS 1.3 cipher suites override.
@@ -209,8 +211,8 @@ package struct ListenerTLSConfig: Decodable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.certificate = try c.decodeRecorded(String.self, forKey: .certificate)
         self.key = try c.decodeRecorded(String.self, forKey: .key)
-        self.profile = try c.decodeRecorded(String.self, forKey: .profile) ?? "intermediate"
-        self.minVersion = try c.decodeRecorded(String.self, forKey: .minVersion)
+        self.profile = try c.decodeRecorded(Choice<TLSProfile>.self, forKey: .profile)?.value ?? .intermediate
+        self.minVersion = try c.decodeRecorded(Choice<TLSVersion>.self, forKey: .minVersion)?.value
         self.ciphers = try c.decodeRecorded(String.self, forKey: .ciphers)
         self.cipherSuites = try c.decodeRecorded(String.self, forKey: .cipherSuites)
         self.groups = try c.decodeRecorded(String.self, forKey: .groups)
@@ -308,7 +310,7 @@ package struct HTTP2Config: Decodable, Sendable {
 package struct ClientAuthConfig: Decodable, Sendable {
     package var caFile: String
     /// required (default) or optional.
-    package var mode: String
+    package var mode: ClientAuthMode
     package var allow: ClientAllowConfig?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
@@ -320,7 +322,7 @@ package struct ClientAuthConfig: Decodable, Sendable {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.caFile = try c.decode(String.self, forKey: .caFile)
-        self.mode = try c.decodeRecorded(String.self, forKey: .mode) ?? "required"
+        self.mode = try c.decodeRecorded(Choice<ClientAuthMode>.self, forKey: .mode)?.value ?? .required
         self.allow = try c.decodeRecorded(ClientAllowConfig.self, forKey: .allow)
     }
 }
@@ -354,7 +356,7 @@ package struct UpstreamConfig: Decodable, Sendable {
     package var timeouts: UpstreamTimeoutsConfig
     package var pool: PoolConfig
     /// round_robin (default; weighted), weighted_round_robin (the same), random, least_conn, consistent_hash.
-    package var balance: String
+    package var balance: BalanceChoice
     /// For consistent_hash: client_ip (default), path, or header:NAME.
     package var hashKey: String?
     package var healthCheck: HealthCheckConfig?
@@ -384,7 +386,7 @@ package struct UpstreamConfig: Decodable, Sendable {
         self.hostHeader = try c.decodeRecorded(String.self, forKey: .hostHeader)
         self.timeouts = try c.decodeRecorded(UpstreamTimeoutsConfig.self, forKey: .timeouts) ?? UpstreamTimeoutsConfig()
         self.pool = try c.decodeRecorded(PoolConfig.self, forKey: .pool) ?? PoolConfig()
-        self.balance = try c.decodeRecorded(String.self, forKey: .balance) ?? "round_robin"
+        self.balance = try c.decodeRecorded(Choice<BalanceChoice>.self, forKey: .balance)?.value ?? .roundRobin
         self.hashKey = try c.decodeRecorded(String.self, forKey: .hashKey)
         self.healthCheck = try c.decodeRecorded(HealthCheckConfig.self, forKey: .healthCheck)
         self.passiveHealth = try c.decodeRecorded(PassiveHealthConfig.self, forKey: .passiveHealth) ?? PassiveHealthConfig()
@@ -484,7 +486,7 @@ package struct UpstreamTLSConfig: Decodable, Sendable {
     package var clientKey: String?
     /// The CA the client certificate's chain is checked against (status and alerts only).
     package var clientCAFile: String?
-    package var minVersion: String?
+    package var minVersion: TLSVersion?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case sni
@@ -515,7 +517,7 @@ package struct UpstreamTLSConfig: Decodable, Sendable {
         self.clientCertificate = try c.decodeRecorded(String.self, forKey: .clientCertificate)
         self.clientKey = try c.decodeRecorded(String.self, forKey: .clientKey)
         self.clientCAFile = try c.decodeRecorded(String.self, forKey: .clientCAFile)
-        self.minVersion = try c.decodeRecorded(String.self, forKey: .minVersion)
+        self.minVersion = try c.decodeRecorded(Choice<TLSVersion>.self, forKey: .minVersion)?.value
     }
 }
 
@@ -594,7 +596,7 @@ package struct RouteConfig: Decodable, Sendable {
 
 /// A route's `redirect`: the request's path and query at another scheme, host or port.
 package struct RedirectConfig: Decodable, Sendable {
-    package var scheme = "https"
+    package var scheme = RedirectScheme.https
     package var host: String?
     package var port: Int?
     package var status = 301
@@ -606,7 +608,7 @@ package struct RedirectConfig: Decodable, Sendable {
     package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        self.scheme = try c.decodeRecorded(String.self, forKey: .scheme) ?? self.scheme
+        self.scheme = try c.decodeRecorded(Choice<RedirectScheme>.self, forKey: .scheme)?.value ?? self.scheme
         self.host = try c.decodeRecorded(String.self, forKey: .host)
         self.port = try c.decodeRecorded(Int.self, forKey: .port)
         self.status = try c.decodeRecorded(Int.self, forKey: .status) ?? self.status

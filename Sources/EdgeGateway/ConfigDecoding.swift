@@ -58,6 +58,12 @@ final class DecodingProblems {
     private(set) var incomplete = false
 
     func record(_ error: any Error) {
+        if let refused = error as? RefusedChoice {
+            // A word outside a key's choices: the key's default stands in, nothing is left
+            // out, and the gateway's own checks still run (as with an unknown key).
+            self.add(refused.error)
+            return
+        }
         self.incomplete = true
         self.add(describe(decodingError: error))
     }
@@ -202,6 +208,8 @@ func describe(decodingError error: any Error) -> ConfigError {
     switch error {
     case let error as ConfigError:
         return error
+    case let refused as RefusedChoice:
+        return refused.error
     case let DecodingError.keyNotFound(key, context):
         return ConfigError(path: keyPath(context.codingPath + [key]), message: "required key is missing")
     case let DecodingError.typeMismatch(type, context):

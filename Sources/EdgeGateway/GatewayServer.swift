@@ -68,6 +68,15 @@ extension Gateway {
     /// accepting, and this one serves on duplicates of its listening sockets (matched by
     /// address) before the caller shuts it down, so no connection is refused in between.
     package func start(group: EventLoopGroup, replacing previous: Gateway? = nil) async throws {
+        let lifecycle = self.state.withLockedValue { state -> Lifecycle in
+            defer { if state.lifecycle == .prepared { state.lifecycle = .starting } }
+            return state.lifecycle
+        }
+        // A generation's sockets, helpers and jobs are its own: a second start would
+        // leave the first's running with nothing to stop them.
+        guard lifecycle == .prepared else {
+            throw ConfigError(path: "", message: "this configuration generation was started before (it is \(lifecycle.rawValue))")
+        }
         // What fails `check` is served around: logged here, so that `check` says it once.
         for failure in self.checkFailures { self.logger.error("upstream client certificate unusable: \(failure)") }
         // Applying the plan: the access log is opened now, not when the file was validated.
@@ -150,7 +159,8 @@ extension Gateway {
         }
         self.state.withLockedValue {
             $0.adminChannel = admin
-            $0.ready = true
+            // A shutdown that began while this one bound its sockets has the last word.
+            if $0.lifecycle == .starting { $0.lifecycle = .running }
         }
         // Nothing can fail any more: the new generation's ticket keys take over (the
         // previous generation's tickets stay accepted as long as the key file lists their keys).
@@ -182,7 +192,9 @@ extension Gateway {
         self.state.withLockedValue { $0.adminChannel?.localAddress?.port }
     }
 
-    package var isReady: Bool { self.state.withLockedValue { $0.ready } }
+    package var lifecycle: Lifecycle { self.state.withLockedValue { $0.lifecycle } }
+
+    package var isReady: Bool { self.lifecycle == .running }
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, then closes what is left.
     /// `quietly`: a replaced configuration generation draining after a reload.
@@ -200,8 +212,9 @@ extension Gateway {
     }
 
     private func drainAndStop(grace: TimeAmount, quietly: Bool) async {
+        defer { self.state.withLockedValue { $0.lifecycle = .stopped } }
         let (helpers, admin, jobs) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, BackgroundJobs?) in
-            state.ready = false
+            state.lifecycle = .draining
             defer {
                 state.quiescing = []
                 state.jobs = nil

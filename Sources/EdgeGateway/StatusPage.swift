@@ -145,7 +145,7 @@ private func listenersTable(_ gateway: Gateway) -> String {
     var rows = ""
     for plan in gateway.listeners {
         let port = gateway.boundPort(listener: plan.name).map(String.init) ?? "—"
-        let profile = plan.tlsContext == nil ? "plain HTTP" : "TLS, " + html(gateway.config.listeners.first { $0.name == plan.name }?.tls?.profile ?? "intermediate")
+        let profile = plan.tlsContext == nil ? "plain HTTP" : "TLS, " + html(gateway.config.listeners.first { $0.name == plan.name }?.tls?.profile.rawValue ?? "intermediate")
         rows += "<tr><td><b>\(html(plan.name))</b></td><td class=\"mono\">\(html(plan.host)):\(port)</td><td>\(profile)</td>"
             + "<td>\(plan.h2 ? "yes" : "no")</td><td>\(plan.mutualTLS ? "yes" : "no")</td><td>\(plan.proxyProtocol ? "yes" : "no")</td></tr>\n"
     }

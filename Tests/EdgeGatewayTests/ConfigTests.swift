@@ -188,6 +188,28 @@ final class ConfigTests: XCTestCase {
         }
     }
 
+    /// Keys that take one of a few words are decoded as enums: a word outside them names
+    /// the key and the choices, the gateway's own checks still run beside it, and the
+    /// other spellings operators know are taken.
+    func testWordsOutsideAKeysChoicesNameTheChoices() throws {
+        let yaml = config(cert: Self.leaf.fullchain, key: Self.leaf.key)
+            .replacingOccurrences(of: "tls: { certificate:", with: "tls: { profile: old, min_version: TLSv1.4, client_auth: { ca_file: \(Self.pki.caPath), mode: maybe }, certificate:")
+            .replacingOccurrences(of: "backends: [\"127.0.0.1:9\"]", with: "backends: [\"127.0.0.1:9\"], balance: fastest, max_connect_attempts: 0")
+        let result = try check(yaml)
+        XCTAssertEqual(result.status, 1)
+        for expected in ["listeners[0].tls.profile: 'old' is not one of intermediate, modern",
+                         "listeners[0].tls.min_version: 'TLSv1.4' is not one of TLSv1.2, TLSv1.3",
+                         "listeners[0].tls.client_auth.mode: 'maybe' is not one of required, optional",
+                         "upstreams.app.balance: 'fastest' is not one of round_robin, weighted_round_robin, random, least_conn, consistent_hash",
+                         "upstreams.app.max_connect_attempts: must be at least 1"] {
+            XCTAssertTrue(result.stderr.contains(expected), "missing '\(expected)' in:\n\(result.stderr)")
+        }
+        for (word, expected) in [("least_connections", BalanceChoice.leastConn), ("ketama", .consistentHash), ("weighted_round_robin", .weightedRoundRobin)] {
+            let config = try GatewayConfig.parse(yaml: "listeners: []\nupstreams: { app: { backends: [\"127.0.0.1:1\"], balance: \(word) } }\nroutes: []\n")
+            XCTAssertEqual(config.upstreams["app"]?.balance, expected, word)
+        }
+    }
+
     func testBadCertificateFilesFailWithTheFileAndTheReason() throws {
         let dir = TemporaryDirectory()
         let other = try Self.pki.issue(["other"])

@@ -413,7 +413,12 @@ final class UpstreamTests: XCTestCase {
                 backends: ["127.0.0.1:1"]
                 health_check: { kind: tls, expected_status: "299-200" }
             """, routes: "  - upstream: a")
-        XCTAssertThrowsError(try Gateway.prepare(config: try GatewayConfig.parse(yaml: yaml), baseDirectory: "/", logger: LogCapture().logger())) { error in
+        // Loaded as `check` and `run` load it: a word outside a key's choices (`balance`) is
+        // reported with the gateway's own checks, not instead of them.
+        let dir = TemporaryDirectory()
+        try dir.write("config.yaml", yaml)
+        let loaded = try GatewayConfig.load(path: dir.path + "/config.yaml")
+        XCTAssertThrowsError(try Gateway.prepare(config: loaded.config, baseDirectory: "/", logger: LogCapture().logger())) { error in
             let text = "\(error)"
             for expected in ["upstreams.a.backends[1]: weight must be at least 1",
                              "upstreams.a.balance: 'fastest' is not one of",
