@@ -45,7 +45,7 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
     /// handlerRemoved): frames are written from it.
     private var context: ChannelHandlerContext?
     /// The write of the response's END_STREAM while the request body was still coming:
-    /// an early end of the request (`endRequestEarly`) waits for it.
+    /// an early end of the request (`resetRequest`) waits for it.
     private var responseEndWritten: EventLoopFuture<Void>?
     /// The response's last body piece so far, not yet written: if the response ends
     /// before the next flush, it carries END_STREAM (HEADERS, DATA+END_STREAM, as nginx
@@ -386,7 +386,7 @@ extension HTTP2StreamBridge {
     /// body and keeps the response. Closing the stream channel would reset it with
     /// CANCEL, which clients report as a failed request. The stream channel closes
     /// when the reset has gone out.
-    func endRequestEarly() {
+    func resetRequest() {
         guard let context = self.context else { return }
         self.requestEnded = true  // DATA still in flight is not forwarded
         let reset = NIOAny(HTTP2Frame.FramePayload.rstStream(.noError))

@@ -32,8 +32,6 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         var retriedStale = false
         /// The request body is sent chunked (it came chunked).
         let chunkedUpstream: Bool
-        /// The response body is sent chunked (it has no length and the client speaks HTTP/1.1).
-        var chunkedDownstream = false
         /// The backend chosen for this exchange, counted in its in-flight figure while set.
         var backendIndex: Int?
         /// Backends whose connect failed for this request, or whose connection broke with it.
@@ -123,9 +121,10 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var quiescing = false
     /// `process()` is running: a request finishing inside it does not start it again.
     private var processing = false
-    /// An HTTP/2 stream's bridge: the frames it reads become request bytes there, and
-    /// responses go to it in parts rather than as bytes. nil on an HTTP/1.1 connection.
-    private let stream: HTTP2StreamBridge?
+    /// Where responses go: HTTP/1.1 bytes on the connection, or an HTTP/2 stream's frames
+    /// (whose bridge also turns the request's frames into bytes).
+    private var downstream: Downstream
+    private var stream: HTTP2StreamBridge? { self.downstream.stream }
 
     /// `holdsFirstRead`: the channel reads as `ReceiveBuffers.configure` sets up and
     /// this handler is first in its pipeline (a plain-HTTP listener); `reportsClose`:
@@ -149,7 +148,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     private init(listener: ProxyListener, info: DownstreamInfo, holdsFirstRead: Bool, reportsClose: Bool, singleRequest: Bool,
                  stream: HTTP2StreamBridge?) {
-        self.stream = stream
+        self.downstream = stream.map { .http2($0) } ?? .http1(HTTP1Responses())
         self.singleRequest = singleRequest
         self.firstRead = ReceiveBufferPin(enabled: holdsFirstRead)
         self.listener = listener
@@ -275,9 +274,9 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         guard let exchange = self.exchange else { return }  // a local answer: the body is dropped
         if exchange.tunnel { self.armReadTimer(exchange) }
         if exchange.chunkedUpstream {
-            self.sendUpstream(self.chunkPrefix(data.readableBytes), exchange)
+            self.sendUpstream(Chunked.prefix(data.readableBytes), exchange)
             self.sendUpstream(data, exchange)
-            self.sendUpstream(Self.crlf, exchange)
+            self.sendUpstream(Chunked.crlf, exchange)
         } else {
             self.sendUpstream(data, exchange)
         }
@@ -287,7 +286,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.requestBody = nil
         guard let exchange = self.exchange else { return }
         exchange.requestEnded = true
-        if exchange.chunkedUpstream { self.sendUpstream(Self.lastChunk, exchange) }
+        if exchange.chunkedUpstream { self.sendUpstream(Chunked.lastChunk, exchange) }
         if let connection = exchange.connection {
             connection.flush()
             self.upstreamNeedsFlush = false
@@ -557,57 +556,37 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         guard let exchange = self.exchange, exchange.connection === connection, let context = self.context else { return }
         switch part {
         case .head(let response):
-            let fields = self.stream?.responseFields(response)
-            if self.stream != nil, fields == nil {
-                // Written anyway, the HEADERS frame failed (frame size) unseen, the DATA
-                // after it went out on a stream never opened, and the client ended the
-                // whole connection with PROTOCOL_ERROR: every other stream was lost. This
-                // stream gets a 502 instead, and the connection goes on.
-                connection.abandon()
-                exchange.connection = nil
-                self.stopReadTimer()
-                self.failExchange(exchange, error: UpstreamError(kind: .responseHeadTooLarge, backend: connection.key.address.hostPort,
-                                                                 reason: "response head too large for one HTTP/2 HEADERS frame (\(HTTP2StreamBridge.maxHeaderBlockBytes) bytes)"))
-                return
-            }
-            exchange.responseStarted = true
-            exchange.status = response.status
-            exchange.group.responseReceived(connection.backendIndex)
-            self.armReadTimer(exchange)
             if response.status == 101 {
+                self.responseBegan(exchange, response, from: connection)
                 self.startTunnel(exchange, response: response, context: context)
                 return
             }
-            if let stream = self.stream {
-                stream.responseHead(fields!, head: response, toHead: exchange.request.isHeadMethod)?.assumeIsolated().whenFailure { error in
+            switch self.downstream.responseHead(response, request: exchange.request, draining: self.quiescing,
+                                               hsts: self.limits.strictTransportSecurity, heads: &self.loop.responseHeads, context: context) {
+            case .refused(let kind, let reason):
+                connection.abandon()
+                exchange.connection = nil
+                self.stopReadTimer()
+                self.failExchange(exchange, error: UpstreamError(kind: kind, backend: connection.key.address.hostPort, reason: reason))
+                return
+            case .written(let closeAfter, let written):
+                exchange.closeDownstreamAfterResponse = closeAfter
+                written?.assumeIsolated().whenFailure { error in
                     // Never silently: the stream is reset, and the line says why.
                     self.logger.warning("HTTP/2 response head not written; resetting the stream", metadata: self.peerMetadata.merging([
                         "error": "\(error)", "uri": "\(exchange.request.target)",
                     ]) { a, _ in a })
                     context.close(promise: nil)
                 }
-            } else {
-                let (head, chunked, close) = HeadRewriting.downstreamHead(for: response, request: exchange.request, closing: self.quiescing,
-                                                                          hsts: self.limits.strictTransportSecurity, heads: &self.loop.responseHeads)
-                exchange.chunkedDownstream = chunked
-                exchange.closeDownstreamAfterResponse = close
-                context.write(NIOAny(head), promise: nil)
             }
+            self.responseBegan(exchange, response, from: connection)
             self.downstreamNeedsFlush = true
         case .body(let body):
             self.armReadTimer(exchange)
             exchange.bodyBytesSent &+= body.readableBytes
             // Flushed once per upstream read batch (upstreamReadComplete): one TLS
             // record and one syscall for a small response instead of one per part.
-            if let stream = self.stream {
-                stream.responseBody(body)
-            } else if exchange.chunkedDownstream {
-                context.write(NIOAny(self.chunkPrefix(body.readableBytes)), promise: nil)
-                context.write(NIOAny(body), promise: nil)
-                context.write(NIOAny(Self.crlf), promise: nil)
-            } else {
-                context.write(NIOAny(body), promise: nil)
-            }
+            self.downstream.responseBody(body, context: context)
             self.downstreamNeedsFlush = true
         case .end:
             self.stopReadTimer()
@@ -617,16 +596,20 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             }
             exchange.responseEnded = true
             exchange.upstreamKeepAlive = connection.handler.reusable
-            if let stream = self.stream {
-                stream.responseEnd()
-            } else if exchange.chunkedDownstream {
-                context.write(NIOAny(Self.lastChunk), promise: nil)
-            }
+            self.downstream.responseEnd(context: context)
             self.downstreamNeedsFlush = true
             self.requests?.completed(status: exchange.status)
             if self.loop.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
             self.finishIfDone(exchange)
         }
+    }
+
+    /// A response head arrived from the exchange's backend.
+    private func responseBegan(_ exchange: Exchange, _ response: HTTPHead, from connection: UpstreamConnection) {
+        exchange.responseStarted = true
+        exchange.status = response.status
+        exchange.group.responseReceived(connection.backendIndex)
+        self.armReadTimer(exchange)
     }
 
     /// The upstream accepted a WebSocket handshake: the client gets the `101` with the
@@ -695,11 +678,8 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.dropExchange(exchange)
             self.closing = true
             self.flushDownstream()
-            if let stream = self.stream {
-                stream.endRequestEarly()  // an HTTP/2 stream: reset with NO_ERROR, not closed (CANCEL)
-            } else {
-                self.lingerForRequestBody(context)
-            }
+            // An HTTP/2 stream is reset with NO_ERROR, not closed (CANCEL); a connection lingers.
+            if !self.downstream.endRequestEarly() { self.lingerForRequestBody(context) }
             return
         }
         if let connection = exchange.connection {
@@ -759,11 +739,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func flushDownstream() {
         if self.downstreamNeedsFlush {
             self.downstreamNeedsFlush = false
-            if let stream = self.stream {
-                stream.flush()  // a body piece held for END_STREAM goes too
-            } else {
-                self.context?.flush()
-            }
+            if let context = self.context { self.downstream.flush(context: context) }
         }
     }
 
@@ -987,7 +963,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         let close = LocalAnswer.closes(request: request, requestEnded: requestEnded, draining: self.quiescing)
         let out = answer.bytes(for: request, close: close, hsts: self.limits.strictTransportSecurity, allocator: context.channel.allocator)
         self.downstreamNeedsFlush = false
-        let done = self.stream?.writeLocalAnswer(out, context: context) ?? context.writeAndFlush(NIOAny(out))
+        let done = self.downstream.writeLocalAnswer(out, context: context)
         self.requests?.completed(status: status)
         if self.loop.accessLog != nil {
             if request == nil { self.requestStart = .now() }  // a head that never parsed: no duration
@@ -1006,11 +982,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                     context.close(promise: nil)
                     return
                 }
-                if let stream = self.stream {
-                    stream.endRequestEarly()
-                } else {
-                    self.lingerForRequestBody(context)
-                }
+                if !self.downstream.endRequestEarly() { self.lingerForRequestBody(context) }
             }
         } else {
             self.requestDone()
@@ -1020,7 +992,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// One access log line (only called with an access log configured).
     private func logAccess(_ request: HTTPHead?, status: Int, bodyBytes: Int, exchange: Exchange? = nil, upstream: String? = nil) {
         guard let log = self.loop.accessLog else { return }
-        let proto = self.stream != nil ? "HTTP/2.0" : request?.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
+        let proto = self.downstream.protocolName(of: request)
         log.record(AccessLogEntry(
             listener: self.listener.name, client: self.info.clientIP, proto: proto, request: request, status: status,
             bodyBytesSent: bodyBytes, duration: .now() - self.requestStart, upstream: upstream ?? exchange?.group.name,
@@ -1046,16 +1018,6 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             ]) { a, _ in a })
         }
         self.answerLocally(answer, request: head, requestEnded: requestEnded)
-    }
-
-    private static let crlf = ByteBuffer(staticString: "\r\n")
-    private static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
-
-    private func chunkPrefix(_ count: Int) -> ByteBuffer {
-        var prefix = ByteBuffer()
-        prefix.writeString(String(count, radix: 16))
-        prefix.writeStaticString("\r\n")
-        return prefix
     }
 
     /// No request has begun on this new connection: no byte of a head has arrived, and a

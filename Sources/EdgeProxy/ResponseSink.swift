@@ -1,0 +1,192 @@
+import EdgeTLS
+import NIOCore
+
+/// Where the responses of one client connection go: HTTP/1.1 bytes on the connection
+/// (`HTTP1Responses`), or the frames of one HTTP/2 stream (`HTTP2StreamBridge`).
+/// `ProxyHandler`'s exchange logic is the same for both; what it writes, and how a
+/// response that ends before its request does is told to the client, is the sink's.
+protocol ResponseSink {
+    /// The request's protocol as the access log names it.
+    func protocolName(of request: HTTPHead?) -> String
+    /// Writes the head of the upstream's response to `request` (sent at the next flush).
+    mutating func responseHead(_ response: HTTPHead, request: HTTPHead, draining: Bool, hsts: String?,
+                               heads: inout ReusableBuffer, context: ChannelHandlerContext) -> ResponseHeadOutcome
+    mutating func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext)
+    mutating func responseEnd(context: ChannelHandlerContext)
+    func flush(context: ChannelHandlerContext)
+    /// An answer of the gateway's own, as HTTP/1.1 bytes, written and flushed; the future
+    /// completes when it went out.
+    func writeLocalAnswer(_ bytes: ByteBuffer, context: ChannelHandlerContext) -> EventLoopFuture<Void>
+    /// The response is complete and the request body is still arriving: true when the sink
+    /// ended the request itself (an HTTP/2 stream is reset with NO_ERROR); false when the
+    /// connection must linger, reading and dropping the body, before it closes.
+    func endRequestEarly() -> Bool
+}
+
+enum ResponseHeadOutcome {
+    /// Written. `closeAfter`: the response tells the client the connection closes after
+    /// it. `written`: completes when the head went out, failing when it could not.
+    case written(closeAfter: Bool, written: EventLoopFuture<Void>?)
+    /// This downstream cannot carry the head (HTTP/2: larger than one HEADERS frame).
+    case refused(UpstreamError.Kind, reason: String)
+}
+
+/// HTTP/1.1 framing, for request bodies sent upstream and response bodies sent down.
+enum Chunked {
+    static let crlf = ByteBuffer(staticString: "\r\n")
+    static let lastChunk = ByteBuffer(staticString: "0\r\n\r\n")
+
+    static func prefix(_ count: Int) -> ByteBuffer {
+        var prefix = ByteBuffer()
+        prefix.writeString(String(count, radix: 16))
+        prefix.writeStaticString("\r\n")
+        return prefix
+    }
+}
+
+/// The responses of an HTTP/1.x connection: the head rewritten for the client
+/// (`HeadRewriting.downstreamHead`), the body as it came or chunked when it has no length.
+struct HTTP1Responses: ResponseSink {
+    /// The response being written is chunked (it has no length and the client speaks HTTP/1.1).
+    private var chunked = false
+
+    func protocolName(of request: HTTPHead?) -> String {
+        request?.minorVersion == 0 ? "HTTP/1.0" : "HTTP/1.1"
+    }
+
+    mutating func responseHead(_ response: HTTPHead, request: HTTPHead, draining: Bool, hsts: String?,
+                               heads: inout ReusableBuffer, context: ChannelHandlerContext) -> ResponseHeadOutcome {
+        let (head, chunked, close) = HeadRewriting.downstreamHead(for: response, request: request, closing: draining, hsts: hsts, heads: &heads)
+        self.chunked = chunked
+        context.write(NIOAny(head), promise: nil)
+        return .written(closeAfter: close, written: nil)
+    }
+
+    func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext) {
+        if self.chunked {
+            context.write(NIOAny(Chunked.prefix(body.readableBytes)), promise: nil)
+            context.write(NIOAny(body), promise: nil)
+            context.write(NIOAny(Chunked.crlf), promise: nil)
+        } else {
+            context.write(NIOAny(body), promise: nil)
+        }
+    }
+
+    func responseEnd(context: ChannelHandlerContext) {
+        if self.chunked { context.write(NIOAny(Chunked.lastChunk), promise: nil) }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    func writeLocalAnswer(_ bytes: ByteBuffer, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
+        context.writeAndFlush(NIOAny(bytes))
+    }
+
+    func endRequestEarly() -> Bool { false }
+}
+
+extension HTTP2StreamBridge: ResponseSink {
+    // The bridge writes from the proxy's context, which it holds (`attach`).
+
+    func protocolName(of request: HTTPHead?) -> String { "HTTP/2.0" }
+
+    func responseHead(_ response: HTTPHead, request: HTTPHead, draining: Bool, hsts: String?,
+                      heads: inout ReusableBuffer, context: ChannelHandlerContext) -> ResponseHeadOutcome {
+        // Written anyway, the HEADERS frame failed (frame size) unseen, the DATA after it
+        // went out on a stream never opened, and the client ended the whole connection
+        // with PROTOCOL_ERROR: every other stream was lost. This stream gets a 502
+        // instead, and the connection goes on.
+        guard let fields = self.responseFields(response) else {
+            return .refused(.responseHeadTooLarge, reason: "response head too large for one HTTP/2 HEADERS frame (\(Self.maxHeaderBlockBytes) bytes)")
+        }
+        // The connection's GOAWAY, not the response, says it is draining.
+        return .written(closeAfter: false, written: self.responseHead(fields, head: response, toHead: request.isHeadMethod))
+    }
+
+    func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext) {
+        self.responseBody(body)
+    }
+
+    func responseEnd(context: ChannelHandlerContext) {
+        self.responseEnd()
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        self.flush()  // a body piece held for END_STREAM goes too
+    }
+
+    func endRequestEarly() -> Bool {
+        self.resetRequest()
+        return true
+    }
+}
+
+/// A client connection's sink as `ProxyHandler` stores it: one of the two, inline and
+/// dispatched by a switch (an `any ResponseSink` took 40 bytes more in every handler, one
+/// per connection and per HTTP/2 stream, and a witness-table call per response part).
+enum Downstream: ResponseSink {
+    case http1(HTTP1Responses)
+    case http2(HTTP2StreamBridge)
+
+    /// The HTTP/2 stream's bridge, which also turns the request's frames into bytes.
+    var stream: HTTP2StreamBridge? {
+        if case .http2(let bridge) = self { return bridge }
+        return nil
+    }
+
+    func protocolName(of request: HTTPHead?) -> String {
+        switch self {
+        case .http1(let sink): return sink.protocolName(of: request)
+        case .http2(let sink): return sink.protocolName(of: request)
+        }
+    }
+
+    mutating func responseHead(_ response: HTTPHead, request: HTTPHead, draining: Bool, hsts: String?,
+                               heads: inout ReusableBuffer, context: ChannelHandlerContext) -> ResponseHeadOutcome {
+        switch self {
+        case .http1(var sink):
+            let outcome = sink.responseHead(response, request: request, draining: draining, hsts: hsts, heads: &heads, context: context)
+            self = .http1(sink)
+            return outcome
+        case .http2(let sink):
+            return sink.responseHead(response, request: request, draining: draining, hsts: hsts, heads: &heads, context: context)
+        }
+    }
+
+    mutating func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext) {
+        switch self {
+        case .http1(let sink): sink.responseBody(body, context: context)
+        case .http2(let sink): sink.responseBody(body, context: context)
+        }
+    }
+
+    mutating func responseEnd(context: ChannelHandlerContext) {
+        switch self {
+        case .http1(let sink): sink.responseEnd(context: context)
+        case .http2(let sink): sink.responseEnd(context: context)
+        }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        switch self {
+        case .http1(let sink): sink.flush(context: context)
+        case .http2(let sink): sink.flush(context: context)
+        }
+    }
+
+    func writeLocalAnswer(_ bytes: ByteBuffer, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
+        switch self {
+        case .http1(let sink): return sink.writeLocalAnswer(bytes, context: context)
+        case .http2(let sink): return sink.writeLocalAnswer(bytes, context: context)
+        }
+    }
+
+    func endRequestEarly() -> Bool {
+        switch self {
+        case .http1(let sink): return sink.endRequestEarly()
+        case .http2(let sink): return sink.endRequestEarly()
+        }
+    }
+}
