@@ -64,13 +64,14 @@ extension Gateway {
                 + "\"not_after_rfc3339\":\(jsonString(rfc3339($0.notAfter))),\"state\":\(jsonString($0.state.rawValue))}"
         }
         let generation = self.stores.map { $0.snapshot.generation }.max() ?? 0
+        let lifecycle = self.lifecycle  // read once: `ready` and `lifecycle` agree
         let last = self.stores.map { $0.lastReload }.max { $0.time < $1.time }
         let upstreams: String = self.groups.map { upstreamJSON($0) }.joined(separator: ",")
         let configReload: String = self.configStatus.lastOutcome.map {
             "{\"time\":\($0.time),\"time_rfc3339\":\(jsonString(rfc3339($0.time))),\"result\":\(jsonString($0.result)),\"error\":\($0.error.map(jsonString) ?? "null")}"
         } ?? "null"
         return "{\"version\":\(jsonString(gatewayVersion)),\"uptime_seconds\":\(Int(currentTime() - self.startTime)),"
-            + "\"ready\":\(self.isReady),\"lifecycle\":\"\(self.lifecycle.rawValue)\",\"snapshot_generation\":\(generation),"
+            + "\"ready\":\(lifecycle == .running),\"lifecycle\":\"\(lifecycle.rawValue)\",\"snapshot_generation\":\(generation),"
             + "\"live_snapshots\":\(CertificateSnapshot.liveCount),"
             + "\"last_reload\":{\"time\":\(last?.time ?? 0),\"time_rfc3339\":\(last.map { jsonString(rfc3339($0.time)) } ?? "null"),"
             + "\"result\":\(jsonString(last?.result ?? "never"))},"

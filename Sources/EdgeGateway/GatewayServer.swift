@@ -75,7 +75,14 @@ extension Gateway {
         // A generation's sockets, helpers and jobs are its own: a second start would
         // leave the first's running with nothing to stop them.
         guard lifecycle == .prepared else {
-            throw ConfigError(path: "", message: "this configuration generation was started before (it is \(lifecycle.rawValue))")
+            throw ConfigError(path: "", message: "cannot start: this configuration generation is \(lifecycle.rawValue) (a generation starts once)")
+        }
+        defer {
+            let waiting = self.state.withLockedValue { state in
+                defer { state.awaitingStart = [] }
+                return state.awaitingStart
+            }
+            for shutdown in waiting { shutdown.resume() }
         }
         // What fails `check` is served around: logged here, so that `check` says it once.
         for failure in self.checkFailures { self.logger.error("upstream client certificate unusable: \(failure)") }
@@ -159,8 +166,7 @@ extension Gateway {
         }
         self.state.withLockedValue {
             $0.adminChannel = admin
-            // A shutdown that began while this one bound its sockets has the last word.
-            if $0.lifecycle == .starting { $0.lifecycle = .running }
+            $0.lifecycle = .running
         }
         // Nothing can fail any more: the new generation's ticket keys take over (the
         // previous generation's tickets stay accepted as long as the key file lists their keys).
@@ -213,6 +219,16 @@ extension Gateway {
 
     private func drainAndStop(grace: TimeAmount, quietly: Bool) async {
         defer { self.state.withLockedValue { $0.lifecycle = .stopped } }
+        // A start still binding finishes first: what it binds after this point would be
+        // missed by the drain and keep accepting.
+        await withCheckedContinuation { (started: CheckedContinuation<Void, Never>) in
+            let binding = self.state.withLockedValue { state -> Bool in
+                guard state.lifecycle == .starting else { return false }
+                state.awaitingStart.append(started)
+                return true
+            }
+            if !binding { started.resume() }
+        }
         let (helpers, admin, jobs) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, BackgroundJobs?) in
             state.lifecycle = .draining
             defer {

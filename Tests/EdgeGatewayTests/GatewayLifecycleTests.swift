@@ -32,7 +32,7 @@ final class GatewayLifecycleTests: XCTestCase {
             try await gateway.start(group: harness.group)
             XCTFail("a second start of one generation")
         } catch {
-            XCTAssertTrue("\(error)".contains("was started before (it is running)"), "\(error)")
+            XCTAssertTrue("\(error)".contains("cannot start: this configuration generation is running (a generation starts once)"), "\(error)")
         }
         XCTAssertEqual(try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(harness.port("http"))/"]).stdout, "200",
                        "the refused start touched nothing")
@@ -41,5 +41,31 @@ final class GatewayLifecycleTests: XCTestCase {
         XCTAssertFalse(gateway.isReady)
         await prepared.shutdown(grace: .seconds(1))
         XCTAssertEqual(prepared.lifecycle, .stopped, "a generation that never started stops too")
+    }
+
+    /// A shutdown that lands while `start` binds (hostile timing: the two race, twenty
+    /// times) waits for it and drains everything it bound; one that comes first leaves
+    /// the start refused. Either way nothing is left accepting.
+    func testAShutdownDuringStartLeavesNothingAccepting() async throws {
+        let harness = try await GatewayHarness.start { self.yaml($0) }
+        defer { Task { await harness.shutdown() } }
+        let yaml = """
+            listeners: [ { name: a, address: "127.0.0.1:0" }, { name: b, address: "127.0.0.1:0" }, { name: c, address: "127.0.0.1:0" } ]
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        for _ in 0..<20 {
+            let gateway = try Gateway.prepare(config: try GatewayConfig.parse(yaml: yaml), baseDirectory: "/", logger: LogCapture().logger())
+            let starting = Task { try await gateway.start(group: harness.group) }
+            await gateway.shutdown(grace: .seconds(1))
+            _ = try? await starting.value
+            XCTAssertEqual(gateway.lifecycle, .stopped)
+            for port in ["a", "b", "c"].compactMap({ gateway.boundPort(listener: $0) }) + [gateway.adminPort].compactMap({ $0 }) {
+                let socket = connectedSocket(port: port)
+                XCTAssertLessThan(socket, 0, "port \(port) still accepts after the shutdown")
+                if socket >= 0 { close(socket) }
+            }
+        }
     }
 }
