@@ -86,6 +86,9 @@ package final class Gateway: Sendable {
 
     struct RunState {
         var lifecycle = Lifecycle.prepared
+        /// `start` is running. A start that failed stays `starting` until it is shut down,
+        /// but is no longer binding.
+        var binding = false
         /// Shutdowns that began while `start` was binding: resumed when it returns, so
         /// that the drain finds every listener, the admin endpoint and the jobs it made.
         var awaitingStart: [CheckedContinuation<Void, Never>] = []

@@ -69,7 +69,12 @@ extension Gateway {
     /// address) before the caller shuts it down, so no connection is refused in between.
     package func start(group: EventLoopGroup, replacing previous: Gateway? = nil) async throws {
         let lifecycle = self.state.withLockedValue { state -> Lifecycle in
-            defer { if state.lifecycle == .prepared { state.lifecycle = .starting } }
+            defer {
+                if state.lifecycle == .prepared {
+                    state.lifecycle = .starting
+                    state.binding = true
+                }
+            }
             return state.lifecycle
         }
         // A generation's sockets, helpers and jobs are its own: a second start would
@@ -79,7 +84,10 @@ extension Gateway {
         }
         defer {
             let waiting = self.state.withLockedValue { state in
-                defer { state.awaitingStart = [] }
+                defer {
+                    state.binding = false
+                    state.awaitingStart = []
+                }
                 return state.awaitingStart
             }
             for shutdown in waiting { shutdown.resume() }
@@ -223,7 +231,7 @@ extension Gateway {
         // missed by the drain and keep accepting.
         await withCheckedContinuation { (started: CheckedContinuation<Void, Never>) in
             let binding = self.state.withLockedValue { state -> Bool in
-                guard state.lifecycle == .starting else { return false }
+                guard state.binding else { return false }
                 state.awaitingStart.append(started)
                 return true
             }

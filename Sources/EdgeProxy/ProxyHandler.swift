@@ -655,10 +655,8 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         if self.loop.accessLog != nil { self.logAccess(exchange.request, status: 101, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
         self.stopReadTimer()
         self.dropExchange(exchange)
-        self.closing = true
         self.requestBody = nil
-        self.flushDownstream()
-        self.context?.close(promise: nil)
+        self.closeAfterWhatIsWritten()
     }
 
     /// Forgets the exchange and closes its upstream connection, which holds an
@@ -694,9 +692,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.exchange = nil
         self.loop.recycle(exchange.request)
         if exchange.closeDownstreamAfterResponse {
-            self.closing = true
-            self.flushDownstream()
-            context.close(promise: nil)
+            self.closeAfterWhatIsWritten()
             return
         }
         self.requestDone()
@@ -741,6 +737,14 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.downstreamNeedsFlush = false
             if let context = self.context { self.downstream.flush(context: context) }
         }
+    }
+
+    /// Ends the client connection: what was written goes out, then it closes; input from
+    /// now on is ignored.
+    private func closeAfterWhatIsWritten() {
+        self.closing = true
+        self.flushDownstream()
+        self.context?.close(promise: nil)
     }
 
     func upstreamFailed(_ error: Error, from connection: UpstreamConnection) {
@@ -822,9 +826,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         if self.loop.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
         exchange.leaveBackend()
         self.exchange = nil
-        self.closing = true
-        self.flushDownstream()
-        self.context?.close(promise: nil)
+        self.closeAfterWhatIsWritten()
     }
 
     func upstreamReadComplete() {
@@ -929,9 +931,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.stopReadTimer()
         self.dropExchange(exchange)
         guard !exchange.responseStarted else {
-            self.closing = true
-            self.flushDownstream()
-            self.context?.close(promise: nil)
+            self.closeAfterWhatIsWritten()
             return false
         }
         return true
@@ -1092,8 +1092,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             case .readTimeout:
                 if let exchange = self.exchange { self.readTimedOut(exchange) }
             case .drained, .lingerOver, .idleTimeout:
-                self.closing = true
-                self.context?.close(promise: nil)
+                self.closeAfterWhatIsWritten()
             case .headerTimeout:
                 self.listener.clientFaults.report("client sent no complete request head in time", reason: "", level: .info, peer: self.info.clientIP,
                                                   metadata: self.peerMetadata, listener: self.listener)

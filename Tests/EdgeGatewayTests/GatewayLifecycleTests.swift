@@ -68,4 +68,29 @@ final class GatewayLifecycleTests: XCTestCase {
             }
         }
     }
+
+    /// A start that fails (its port is taken) leaves a generation that still shuts down:
+    /// the shutdown does not wait for a start that is over.
+    func testAFailedStartStillShutsDown() async throws {
+        let harness = try await GatewayHarness.start { self.yaml($0) }
+        let taken = harness.port("http")
+        let yaml = """
+            listeners: [ { name: http, address: "127.0.0.1:\(taken)" } ]
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        let gateway = try Gateway.prepare(config: try GatewayConfig.parse(yaml: yaml), baseDirectory: "/", logger: LogCapture().logger())
+        do {
+            try await gateway.start(group: harness.group)
+            XCTFail("the port is taken")
+        } catch {
+            XCTAssertTrue("\(error)".contains("cannot bind"), "\(error)")
+        }
+        XCTAssertEqual(gateway.lifecycle, .starting)
+        XCTAssertFalse(gateway.isReady)
+        await gateway.shutdown(grace: .seconds(1))
+        XCTAssertEqual(gateway.lifecycle, .stopped)
+        await harness.shutdown()
+    }
 }
