@@ -154,7 +154,12 @@ extension Gateway {
         do {
             let fd = try listeningSocket(name: "admin", address: self.config.admin.address, resolved: self.adminAddress)
             admin = try await self.bindAdmin(group: group, fd: fd)
-            self.state.withLockedValue { $0.listenerSockets["admin"] = (self.config.admin.address, fd) }
+            // Recorded at once: a start that fails after this point leaves a channel the
+            // shutdown must close.
+            self.state.withLockedValue {
+                $0.listenerSockets["admin"] = (self.config.admin.address, fd)
+                $0.adminChannel = admin
+            }
         } catch {
             throw ConfigError(path: "admin.address", message: "cannot bind \(self.config.admin.address): \(error)")
         }
@@ -172,10 +177,7 @@ extension Gateway {
             )
             self.state.withLockedValue { $0.handoffServer = server }
         }
-        self.state.withLockedValue {
-            $0.adminChannel = admin
-            $0.lifecycle = .running
-        }
+        self.state.withLockedValue { $0.lifecycle = .running }
         // Nothing can fail any more: the new generation's ticket keys take over (the
         // previous generation's tickets stay accepted as long as the key file lists their keys).
         if let keys = self.ticketKeys { TicketKeyRing.shared.install(keys) }
@@ -231,7 +233,12 @@ extension Gateway {
         // missed by the drain and keep accepting.
         await withCheckedContinuation { (started: CheckedContinuation<Void, Never>) in
             let binding = self.state.withLockedValue { state -> Bool in
-                guard state.binding else { return false }
+                guard state.binding else {
+                    // Decided under the lock that `start` checks: a start that comes after
+                    // this finds the generation draining and binds nothing.
+                    state.lifecycle = .draining
+                    return false
+                }
                 state.awaitingStart.append(started)
                 return true
             }

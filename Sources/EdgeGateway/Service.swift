@@ -141,8 +141,10 @@ package final class GatewayService: Service, Sendable {
         do {
             try await next.start(group: self.group, replacing: previous)
         } catch {
+            // The failed generation stops first: resumed before it, the previous one shared
+            // its listening sockets with listeners serving the rejected configuration.
+            await next.shutdown(grace: .zero, quietly: true)
             previous.setAccepting(true)
-            await next.shutdown(grace: .zero)
             previous.configStatus.record("failed", error: Gateway.reason(error))
             self.logger.error("new configuration could not start; the running configuration stays", metadata: ["reason": "\(reason)", "error": "\(Gateway.reason(error))"])
             return "failed: \(Gateway.reason(error))\n"

@@ -620,6 +620,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// reset by traffic either way.
     private func startTunnel(_ exchange: Exchange, response: HTTPHead, context: ChannelHandlerContext) {
         exchange.tunnel = true
+        self.downstream.beginTunnel()
         var out = context.channel.allocator.buffer(capacity: response.bytes.count + 64)
         out.writeStaticString("HTTP/1.1 ")
         response.writeBytes(9..<response.startLineEnd + 2, to: &out)

@@ -11,8 +11,8 @@ protocol ResponseSink {
     /// Writes the head of the upstream's response to `request` (sent at the next flush).
     mutating func responseHead(_ response: HTTPHead, request: HTTPHead, draining: Bool, hsts: String?,
                                heads: inout ReusableBuffer, context: ChannelHandlerContext) -> ResponseHeadOutcome
-    mutating func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext)
-    mutating func responseEnd(context: ChannelHandlerContext)
+    func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext)
+    func responseEnd(context: ChannelHandlerContext)
     func flush(context: ChannelHandlerContext)
     /// An answer of the gateway's own, as HTTP/1.1 bytes, written and flushed; the future
     /// completes when it went out.
@@ -85,6 +85,11 @@ struct HTTP1Responses: ResponseSink {
     }
 
     func endRequestEarly() -> Bool { false }
+
+    /// A `101` went out: from here the upstream's bytes pass as they come, unframed.
+    mutating func beginTunnel() {
+        self.chunked = false
+    }
 }
 
 extension HTTP2StreamBridge: ResponseSink {
@@ -155,14 +160,14 @@ enum Downstream: ResponseSink {
         }
     }
 
-    mutating func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext) {
+    func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext) {
         switch self {
         case .http1(let sink): sink.responseBody(body, context: context)
         case .http2(let sink): sink.responseBody(body, context: context)
         }
     }
 
-    mutating func responseEnd(context: ChannelHandlerContext) {
+    func responseEnd(context: ChannelHandlerContext) {
         switch self {
         case .http1(let sink): sink.responseEnd(context: context)
         case .http2(let sink): sink.responseEnd(context: context)
@@ -180,6 +185,16 @@ enum Downstream: ResponseSink {
         switch self {
         case .http1(let sink): return sink.writeLocalAnswer(bytes, context: context)
         case .http2(let sink): return sink.writeLocalAnswer(bytes, context: context)
+        }
+    }
+
+    /// A WebSocket tunnel begins (HTTP/1.1 only: a stream is never upgraded). Without
+    /// this, a tunnel after a chunked response on the same connection had its bytes
+    /// chunk-framed.
+    mutating func beginTunnel() {
+        if case .http1(var sink) = self {
+            sink.beginTunnel()
+            self = .http1(sink)
         }
     }
 

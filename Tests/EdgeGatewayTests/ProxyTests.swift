@@ -411,6 +411,12 @@ final class ProxyTests: XCTestCase {
             }
             return object
         }
+        // After a chunked response on the same connection, the tunnel's bytes are not
+        // chunk-framed (they were, for a moment, when the sink kept its framing).
+        let afterChunked = try client(["127.0.0.1", "\(http)", "/ws/chat", "--before", "/echo", "--sizes", "5,70000"])
+        XCTAssertEqual(afterChunked["before_chunked"] as? Bool, true, "\(afterChunked)")
+        XCTAssertEqual(afterChunked["status"] as? String, "HTTP/1.1 101 Switching Protocols", "\(afterChunked)")
+        XCTAssertEqual((afterChunked["echoed"] as? [Bool])?.allSatisfy { $0 }, true, "after a chunked response: \(afterChunked)")
         for (name, args) in [("plain", ["127.0.0.1", "\(http)", "/ws/chat", "--sizes", "5,70000,1000000"]),
                              ("TLS", ["127.0.0.1", "\(https)", "/ws/chat", "--tls", Self.pki.caPath, "localhost", "--sizes", "5,300000"])] {
             let result = try client(args)
@@ -431,7 +437,7 @@ final class ProxyTests: XCTestCase {
         await harness.shutdown()
         let lines = ((try? String(contentsOfFile: dir.file("access.json"), encoding: .utf8)) ?? "").split(separator: "\n")
         let tunnels = lines.filter { $0.contains("\"status\":101") && $0.contains("\"upstream\":\"ws\"") }
-        XCTAssertEqual(tunnels.count, 3, "each tunnel is logged as a 101 when it ends:\n\(lines.joined(separator: "\n"))")
+        XCTAssertEqual(tunnels.count, 4, "each tunnel is logged as a 101 when it ends:\n\(lines.joined(separator: "\n"))")
         // What the upstream sent through each tunnel, frame headers included: 7 + 70,010 + 1,000,010 + a 4-byte close.
         XCTAssertTrue(tunnels.contains { $0.contains("\"uri\":\"/ws/chat\"") && $0.contains("\"body_bytes_sent\":1070031,") }, "\(tunnels)")
         XCTAssertTrue(tunnels.contains { $0.contains("\"uri\":\"/ws/chat\"") && $0.contains("\"body_bytes_sent\":300021,") }, "\(tunnels)")

@@ -64,4 +64,23 @@ final class ResponseSinkTests: XCTestCase {
         XCTAssertFalse(out.lowercased().contains("chunked"), out)
         XCTAssertEqual(sink.protocolName(of: request), "HTTP/1.0")
     }
+
+    /// A WebSocket tunnel after a chunked response on the same connection: the tunnel's
+    /// bytes pass unframed.
+    func testATunnelAfterAChunkedResponseIsNotChunked() throws {
+        let channel = EmbeddedChannel(handler: Probe())
+        let context = try channel.pipeline.syncOperations.context(handlerType: Probe.self)
+        var sink = Downstream.http1(HTTP1Responses())
+        var heads = ReusableBuffer(maximumKeptCapacity: 1024)
+        let request = try HTTP1Parser.parseRequest(Array("GET /x HTTP/1.1\r\nhost: a\r\n\r\n".utf8))
+        let chunked = try HTTP1Parser.parseResponse(Array("HTTP/1.1 200 OK\r\n\r\n".utf8))
+        _ = sink.responseHead(chunked, request: request, draining: false, hsts: nil, heads: &heads, context: context)
+        sink.responseEnd(context: context)
+        sink.flush(context: context)
+        _ = try written(channel)
+        sink.beginTunnel()
+        sink.responseBody(ByteBuffer(string: "frame"), context: context)
+        sink.flush(context: context)
+        XCTAssertEqual(try written(channel), "frame", "not \"5\\r\\nframe\\r\\n\"")
+    }
 }

@@ -4,8 +4,11 @@
   ws_echo.py server PORT          echo every message back (/ws/refuse*: 403 instead of
                                   101); prints "ready" when listening
   ws_echo.py client HOST PORT PATH [--tls CAFILE SNI] [--sizes 5,70000] [--idle SECONDS]
+                                  [--before PATH]
       handshake, send one text message per size, check each echo, optionally wait
-      SECONDS idle and check the connection was closed, then close; prints a JSON summary
+      SECONDS idle and check the connection was closed, then close; prints a JSON summary.
+      --before: first, on the same connection, a chunked POST to PATH whose response
+      (from the gateway's demo upstream /echo) comes back chunked
 """
 import base64
 import hashlib
@@ -114,18 +117,36 @@ def server(port):
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-def client(host, port, path, tls=None, sizes=(5,), idle=None):
+def chunked_exchange(sock, host, port, path):
+    """A chunked POST and its response, read to the last chunk; the response's head."""
+    sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "5\r\nhello\r\n0\r\n\r\n").encode())
+    head = read_head(sock)
+    data = b""
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            raise EOFError("connection closed before the chunked body ended")
+        data += chunk
+    return head
+
+
+def client(host, port, path, tls=None, sizes=(5,), idle=None, before=None):
     sock = socket.create_connection((host, port), timeout=30)
     if tls:
         ctx = ssl.create_default_context(cafile=tls[0])
         ctx.set_alpn_protocols(["http/1.1"])
         sock = ctx.wrap_socket(sock, server_hostname=tls[1])
+    before_head = chunked_exchange(sock, host, port, before) if before else None
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {tls[1] if tls else host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
     head = read_head(sock)
     status = head.split("\r\n")[0]
     result = {"status": status, "accept_ok": f"sec-websocket-accept: {accept_key(key)}".lower() in head.lower(), "head": head, "echoed": []}
+    if before_head is not None:
+        result["before"] = before_head.split("\r\n")[0]
+        result["before_chunked"] = "transfer-encoding: chunked" in before_head.lower()
     if " 101 " not in status:
         print(json.dumps(result))
         return
@@ -158,7 +179,7 @@ def main(argv):
         server(int(argv[2]))
         return
     host, port, path = argv[2], int(argv[3]), argv[4]
-    tls, sizes, idle = None, (5,), None
+    tls, sizes, idle, before = None, (5,), None, None
     rest = argv[5:]
     while rest:
         if rest[0] == "--tls":
@@ -167,9 +188,11 @@ def main(argv):
             sizes, rest = tuple(int(x) for x in rest[1].split(",")), rest[2:]
         elif rest[0] == "--idle":
             idle, rest = float(rest[1]), rest[2:]
+        elif rest[0] == "--before":
+            before, rest = rest[1], rest[2:]
         else:
             raise SystemExit(f"unknown argument {rest[0]}")
-    client(host, port, path, tls, sizes, idle)
+    client(host, port, path, tls, sizes, idle, before)
 
 
 if __name__ == "__main__":
