@@ -11,6 +11,12 @@ final class ResponseSinkTests: XCTestCase {
         typealias InboundIn = ByteBuffer
     }
 
+    /// An embedded channel and the context the sink writes through.
+    func channel() throws -> (EmbeddedChannel, ChannelHandlerContext) {
+        let channel = EmbeddedChannel(handler: Probe())
+        return (channel, try channel.pipeline.syncOperations.context(handlerType: Probe.self))
+    }
+
     func written(_ channel: EmbeddedChannel) throws -> String {
         var out = ""
         while let buffer = try channel.readOutbound(as: ByteBuffer.self) { out += String(buffer: buffer) }
@@ -18,8 +24,7 @@ final class ResponseSinkTests: XCTestCase {
     }
 
     func testAResponseWithoutALengthIsChunkedForAnHTTP11Client() throws {
-        let channel = EmbeddedChannel(handler: Probe())
-        let context = try channel.pipeline.syncOperations.context(handlerType: Probe.self)
+        let (channel, context) = try self.channel()
         var sink = Downstream.http1(HTTP1Responses())
         var heads = ReusableBuffer(maximumKeptCapacity: 1024)
         let request = try HTTP1Parser.parseRequest(Array("GET /x HTTP/1.1\r\nhost: a\r\n\r\n".utf8))
@@ -44,8 +49,7 @@ final class ResponseSinkTests: XCTestCase {
     /// An HTTP/1.0 client cannot read chunks: the body goes as it comes, and the
     /// connection closes after it.
     func testAnHTTP10ClientGetsTheBodyUntilClose() throws {
-        let channel = EmbeddedChannel(handler: Probe())
-        let context = try channel.pipeline.syncOperations.context(handlerType: Probe.self)
+        let (channel, context) = try self.channel()
         var sink = Downstream.http1(HTTP1Responses())
         var heads = ReusableBuffer(maximumKeptCapacity: 1024)
         let request = try HTTP1Parser.parseRequest(Array("GET /x HTTP/1.0\r\n\r\n".utf8))
@@ -68,8 +72,7 @@ final class ResponseSinkTests: XCTestCase {
     /// A WebSocket tunnel after a chunked response on the same connection: the tunnel's
     /// bytes pass unframed.
     func testATunnelAfterAChunkedResponseIsNotChunked() throws {
-        let channel = EmbeddedChannel(handler: Probe())
-        let context = try channel.pipeline.syncOperations.context(handlerType: Probe.self)
+        let (channel, context) = try self.channel()
         var sink = Downstream.http1(HTTP1Responses())
         var heads = ReusableBuffer(maximumKeptCapacity: 1024)
         let request = try HTTP1Parser.parseRequest(Array("GET /x HTTP/1.1\r\nhost: a\r\n\r\n".utf8))
