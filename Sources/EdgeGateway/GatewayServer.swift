@@ -131,7 +131,6 @@ extension Gateway {
         for listener in self.listeners {
             // One helper per listener: a helper tracks the children of one server channel.
             let quiescing = ServerQuiescingHelper(group: group)
-            self.state.withLockedValue { $0.quiescing.append(quiescing) }
             let channel: Channel
             let addressText = "\(listener.host):\(listener.port)"
             do {
@@ -141,7 +140,14 @@ extension Gateway {
             } catch {
                 throw ConfigError(path: "listener '\(listener.name)'", message: "cannot bind \(listener.host):\(listener.port): \(error)")
             }
-            self.state.withLockedValue { $0.serverChannels[listener.name] = channel }
+            // Kept only once bound: an unused helper fails its own promise as it goes away,
+            // from whatever thread lets it go, and a drain that had asked it to shut down
+            // would be answered on a loop that may have stopped by then (NIO's "Cannot
+            // schedule tasks on an EventLoop that has already shut down").
+            self.state.withLockedValue {
+                $0.serverChannels[listener.name] = channel
+                $0.quiescing.append(quiescing)
+            }
             var metadata: Logger.Metadata = [
                 "listener": "\(listener.name)", "address": "\(channel.localAddress?.hostPort ?? "?")",
                 "tls": "\(listener.tlsContext != nil)",
