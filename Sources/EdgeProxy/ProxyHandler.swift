@@ -25,11 +25,8 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         var connection: UpstreamConnection?
         /// Request body bytes read before a connection was ready.
         var pending: [ByteBuffer] = []
-        var requestEnded = false
-        var responseStarted = false
-        var responseEnded = false
-        var upstreamKeepAlive = true
-        var retriedStale = false
+        /// Where the exchange stands; its events say what to do next.
+        var state: ExchangeState
         /// The request body is sent chunked (it came chunked).
         let chunkedUpstream: Bool
         /// The backend chosen for this exchange, counted in its in-flight figure while set.
@@ -51,14 +48,13 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         var bodyBytesSent = 0
         /// The client asked to switch to WebSocket; the upstream gets the handshake.
         let upgrade: Bool
-        /// The upstream agreed (101): bytes flow both ways unframed until one side closes.
-        var tunnel = false
 
-        init(request: consuming HTTPHead, group: UpstreamGroup, upgrade: Bool = false) {
+        init(request: consuming HTTPHead, group: UpstreamGroup, upgrade: Bool, requestEnded: Bool) {
             self.chunkedUpstream = request.chunked
             self.request = request
             self.group = group
             self.upgrade = upgrade
+            self.state = ExchangeState(requestEnded: requestEnded)
         }
 
         /// Leaves the backend's in-flight count; called once when the exchange ends or moves on.
@@ -272,7 +268,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     private func forwardBody(_ data: ByteBuffer) {
         guard let exchange = self.exchange else { return }  // a local answer: the body is dropped
-        if exchange.tunnel { self.armReadTimer(exchange) }
+        if exchange.state.isTunnel { self.armReadTimer(exchange) }
         if exchange.chunkedUpstream {
             self.sendUpstream(Chunked.prefix(data.readableBytes), exchange)
             self.sendUpstream(data, exchange)
@@ -285,13 +281,12 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func endRequestBody() {
         self.requestBody = nil
         guard let exchange = self.exchange else { return }
-        exchange.requestEnded = true
+        let action = exchange.state.requestBodyEnded()
         if exchange.chunkedUpstream { self.sendUpstream(Chunked.lastChunk, exchange) }
         if let connection = exchange.connection {
             connection.flush()
             self.upstreamNeedsFlush = false
-            self.armReadTimer(exchange)
-            self.finishIfDone(exchange)
+            if action == .armReadDeadline { self.armReadTimer(exchange) }
         }
     }
 
@@ -383,8 +378,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             }
         }
         let upgrade = self.stream == nil && head.isWebSocketUpgrade
-        let exchange = Exchange(request: consume head, group: group, upgrade: upgrade)
-        exchange.requestEnded = !hasBody
+        let exchange = Exchange(request: consume head, group: group, upgrade: upgrade, requestEnded: !hasBody)
         self.exchange = exchange
         self.connect(exchange)
     }
@@ -405,7 +399,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
         let index = exchange.backendIndex!
         // After a stale reused connection, the retry always gets a fresh one.
-        if !exchange.retriedStale, let idle = self.loop.pool.takeIdle(group: group, backend: index) {
+        if !exchange.state.retriedStale, let idle = self.loop.pool.takeIdle(group: group, backend: index) {
             self.attach(idle, to: exchange)  // the common keep-alive case: no future, no hop
             return
         }
@@ -446,7 +440,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
         exchange.tried.append(index)
         exchange.leaveBackend()
-        if self.attempt(exchange, failed: failure).decision == .anotherBackend {
+        if case .retry = exchange.state.failed(self.attempt(exchange, failed: failure)) {
             exchange.retryError = error  // the answer if no backend is left to try
             self.logger.warning("upstream connect failed; trying another backend", metadata: ["upstream": "\(group.name)", "error": "\(error)"])
             self.connect(exchange)
@@ -464,6 +458,10 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             return
         }
         exchange.connection = connection
+        // Before the first write: a flush that fails (a pooled connection the upstream had
+        // reset) reports the failure before it returns, and the retry it leads to must find
+        // the exchange sending, not still connecting.
+        let connected = exchange.state.connected()
         connection.uses += 1
         exchange.group.requestSent(to: connection.backendIndex)
         connection.begin(for: self, headRequest: exchange.request.isHeadMethod, upgrade: exchange.upgrade)
@@ -482,7 +480,8 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         // allocation per request.)
         self.loop.requestHeads.keep(head)
         self.upstreamNeedsFlush = false
-        if exchange.requestEnded { self.armReadTimer(exchange) }
+        guard exchange.connection === connection else { return }  // failed in the flush, and retried
+        if connected == .armReadDeadline { self.armReadTimer(exchange) }
         if self.readPending, connection.isWritable {
             self.readPending = false
             self.context?.read()
@@ -502,29 +501,18 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// The upstream sent nothing within the read timeout.
     private func readTimedOut(_ exchange: Exchange) {
         self.timers.upstreamRead = nil
-        if exchange.tunnel {
-            self.endTunnel(exchange, reason: "idle for the read timeout")
-            return
-        }
         let backend = exchange.connection.map { $0.key.address.hostPort } ?? "?"
         exchange.connection?.abandon()
         exchange.connection = nil
-        if exchange.responseStarted {
-            let error = UpstreamError(kind: .readTimeout, backend: backend, reason: "the response stalled: no more of it within the read timeout")
-            self.abortMidResponse(exchange, error: error)
-            return
-        }
-        let error = UpstreamError(kind: .readTimeout, backend: backend, reason: "no response within the read timeout")
         let group = exchange.group
-        guard let index = exchange.backendIndex else {
-            self.failExchange(exchange, error: error)
-            return
-        }
+        let stalled = exchange.state.responseStarted
+        let error = UpstreamError(kind: .readTimeout, backend: backend,
+                                  reason: stalled ? "the response stalled: no more of it within the read timeout" : "no response within the read timeout")
         // A backend that accepts and never answers is a failing backend (nginx's
         // `proxy_next_upstream timeout`): it counts towards ejection, shows as the
         // backend's last error, and an idempotent request whose body is held goes to
         // another backend, if the first try began less than `next_upstream` ago.
-        if group.backendFailed(index, reason: "\(error)", connect: false) {
+        if !stalled, let index = exchange.backendIndex, group.backendFailed(index, reason: "\(error)", connect: false) {
             self.logger.warning("backend ejected after consecutive failures", metadata: [
                 "upstream": "\(group.name)", "backend": "\(group.backends[index].description)",
                 "fail_timeout": "\(group.passive.failTimeout.nanoseconds / 1_000_000_000)s", "error": "\(error)",
@@ -532,20 +520,37 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
         let now = NIODeadline.now()
         let firstTry = (exchange.firstReadDeadline ?? now) - group.timeouts.read
-        if self.attempt(exchange, failed: .readTimeout, counting: index, withinNextUpstream: now < firstTry + group.timeouts.nextUpstream).decision == .anotherBackend {
-            exchange.tried.append(index)
-            exchange.leaveBackend()
-            exchange.retryError = error
-            exchange.pending = exchange.replay ?? []
+        let attempt = self.attempt(exchange, failed: .readTimeout, counting: exchange.backendIndex,
+                                   withinNextUpstream: now < firstTry + group.timeouts.nextUpstream)
+        switch exchange.state.failed(attempt) {
+        case .endTunnel:
+            self.endTunnel(exchange, reason: "idle for the read timeout")
+        case .abortResponse:
+            self.abortMidResponse(exchange, error: error)
+        case .retry:
             if let more = self.listener.upstreamFaults.shouldLog("\(group.name) \(backend) read timeout retry") {
                 self.logger.warning("upstream sent no response within the read timeout; trying another backend", metadata: more.merging([
                     "upstream": "\(group.name)", "backend": "\(backend)", "method": "\(exchange.request.method)",
                 ]) { a, _ in a })
             }
-            self.connect(exchange)
+            self.sendElsewhere(exchange, after: error)
+        case .answer, .none, .armReadDeadline, .finish, .finishBeforeRequestEnded, .openTunnel:
+            self.failExchange(exchange, error: error)
+        }
+    }
+
+    /// The request goes to another backend, as the retry policy decided after `error`:
+    /// the failed backend is excluded, and the request bytes held are sent again.
+    private func sendElsewhere(_ exchange: Exchange, after error: Error) {
+        guard let index = exchange.backendIndex else {
+            self.failExchange(exchange, error: error)  // no backend to exclude: never retried without one
             return
         }
-        self.failExchange(exchange, error: error)
+        exchange.tried.append(index)
+        exchange.leaveBackend()
+        exchange.retryError = error  // the answer if no backend is left to try
+        exchange.pending = exchange.replay ?? []
+        self.connect(exchange)
     }
 
     private func stopReadTimer() {
@@ -556,31 +561,34 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         guard let exchange = self.exchange, exchange.connection === connection, let context = self.context else { return }
         switch part {
         case .head(let response):
-            if response.status == 101 {
-                self.responseBegan(exchange, response, from: connection)
-                self.startTunnel(exchange, response: response, context: context)
-                return
-            }
-            switch self.downstream.responseHead(response, request: exchange.request, draining: self.quiescing,
-                                               hsts: self.limits.strictTransportSecurity, heads: &self.loop.responseHeads, context: context) {
-            case .refused(let kind, let reason):
-                connection.abandon()
-                exchange.connection = nil
-                self.stopReadTimer()
-                self.failExchange(exchange, error: UpstreamError(kind: kind, backend: connection.key.address.hostPort, reason: reason))
-                return
-            case .written(let closeAfter, let written):
-                exchange.closeDownstreamAfterResponse = closeAfter
-                written?.assumeIsolated().whenFailure { error in
-                    // Never silently: the stream is reset, and the line says why.
-                    self.logger.warning("HTTP/2 response head not written; resetting the stream", metadata: self.peerMetadata.merging([
-                        "error": "\(error)", "uri": "\(exchange.request.target)",
-                    ]) { a, _ in a })
-                    context.close(promise: nil)
+            if response.status != 101 {
+                switch self.downstream.responseHead(response, request: exchange.request, draining: self.quiescing,
+                                                   hsts: self.limits.strictTransportSecurity, heads: &self.loop.responseHeads, context: context) {
+                case .refused(let kind, let reason):
+                    connection.abandon()
+                    exchange.connection = nil
+                    self.stopReadTimer()
+                    self.failExchange(exchange, error: UpstreamError(kind: kind, backend: connection.key.address.hostPort, reason: reason))
+                    return
+                case .written(let closeAfter, let written):
+                    exchange.closeDownstreamAfterResponse = closeAfter
+                    written?.assumeIsolated().whenFailure { error in
+                        // Never silently: the stream is reset, and the line says why.
+                        self.logger.warning("HTTP/2 response head not written; resetting the stream", metadata: self.peerMetadata.merging([
+                            "error": "\(error)", "uri": "\(exchange.request.target)",
+                        ]) { a, _ in a })
+                        context.close(promise: nil)
+                    }
                 }
             }
-            self.responseBegan(exchange, response, from: connection)
-            self.downstreamNeedsFlush = true
+            exchange.status = response.status
+            exchange.group.responseReceived(connection.backendIndex)
+            self.armReadTimer(exchange)
+            if exchange.state.responseHead(status: response.status) == .openTunnel {
+                self.startTunnel(exchange, response: response, context: context)
+            } else {
+                self.downstreamNeedsFlush = true
+            }
         case .body(let body):
             self.armReadTimer(exchange)
             exchange.bodyBytesSent &+= body.readableBytes
@@ -590,26 +598,24 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.downstreamNeedsFlush = true
         case .end:
             self.stopReadTimer()
-            if exchange.tunnel {
+            let action = exchange.state.responseEnded(reusable: connection.handler.reusable)
+            if action == .endTunnel {
                 self.endTunnel(exchange, reason: "closed by the upstream")
                 return
             }
-            exchange.responseEnded = true
-            exchange.upstreamKeepAlive = connection.handler.reusable
             self.downstream.responseEnd(context: context)
             self.downstreamNeedsFlush = true
             self.requests?.completed(status: exchange.status)
             if self.loop.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
-            self.finishIfDone(exchange)
+            switch action {
+            case .finish(let reuse):
+                self.finish(exchange, reuseUpstream: reuse)
+            case .finishBeforeRequestEnded:
+                self.finishBeforeRequestEnded(exchange, context: context)
+            case .none, .armReadDeadline, .openTunnel, .endTunnel, .retry, .answer, .abortResponse:
+                break
+            }
         }
-    }
-
-    /// A response head arrived from the exchange's backend.
-    private func responseBegan(_ exchange: Exchange, _ response: HTTPHead, from connection: UpstreamConnection) {
-        exchange.responseStarted = true
-        exchange.status = response.status
-        exchange.group.responseReceived(connection.backendIndex)
-        self.armReadTimer(exchange)
     }
 
     /// The upstream accepted a WebSocket handshake: the client gets the `101` with the
@@ -619,7 +625,6 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// read timeout becomes the tunnel's idle timeout (HAProxy's `timeout tunnel`),
     /// reset by traffic either way.
     private func startTunnel(_ exchange: Exchange, response: HTTPHead, context: ChannelHandlerContext) {
-        exchange.tunnel = true
         self.downstream.beginTunnel()
         var out = context.channel.allocator.buffer(capacity: response.bytes.count + 64)
         out.writeStaticString("HTTP/1.1 ")
@@ -633,7 +638,6 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.logger.debug("websocket tunnel open", metadata: self.peerMetadata.merging(["uri": "\(exchange.request.target)"]) { a, _ in a })
         // The client's bytes from now on (and any that came early) go upstream as they are.
         exchange.replay = nil
-        exchange.requestEnded = false
         self.requestBody = .untilClose
         self.timers.body = nil  // a tunnel idles out on the upstream's read timeout
         self.maxBodyBytes = nil
@@ -669,21 +673,21 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.exchange = nil
     }
 
-    /// Ends an exchange once both directions are complete.
-    private func finishIfDone(_ exchange: Exchange) {
-        guard exchange.responseEnded, let context = self.context else { return }
-        guard exchange.requestEnded else {
-            // The upstream answered before the request body ended: neither side can be reused.
-            self.dropExchange(exchange)
-            self.closing = true
-            self.flushDownstream()
-            // An HTTP/2 stream is reset with NO_ERROR, not closed (CANCEL); a connection lingers.
-            if !self.downstream.endRequestEarly() { self.lingerForRequestBody(context) }
-            return
-        }
+    /// The upstream answered before the request body ended: neither side can be reused.
+    private func finishBeforeRequestEnded(_ exchange: Exchange, context: ChannelHandlerContext) {
+        self.dropExchange(exchange)
+        self.closing = true
+        self.flushDownstream()
+        // An HTTP/2 stream is reset with NO_ERROR, not closed (CANCEL); a connection lingers.
+        if !self.downstream.endRequestEarly() { self.lingerForRequestBody(context) }
+    }
+
+    /// Both directions are complete: the upstream connection goes back to the pool (or
+    /// closes), and the client connection goes on to its next request (or closes).
+    private func finish(_ exchange: Exchange, reuseUpstream: Bool) {
         if let connection = exchange.connection {
             exchange.connection = nil
-            if exchange.upstreamKeepAlive {
+            if reuseUpstream {
                 self.loop.pool.release(connection, group: exchange.group)
             } else {
                 connection.abandon()
@@ -753,7 +757,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.stopReadTimer()
         exchange.connection = nil
         connection.close()
-        if !exchange.responseStarted, let upstream = error as? UpstreamError, upstream.kind == .tlsHandshake, let index = exchange.backendIndex {
+        if !exchange.state.responseStarted, let upstream = error as? UpstreamError, upstream.kind == .tlsHandshake, let index = exchange.backendIndex {
             // TLS 1.3: the upstream refused our client certificate after our side of the
             // handshake ended; its alert is the first thing read. It read nothing of the
             // request, so any request whose bytes are all held may go to another backend.
@@ -761,44 +765,39 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.connectFailed(exchange, backend: index, error: upstream, failure: .refusedAfterHandshake)
             return
         }
-        if !exchange.responseStarted {
-            // A reused connection that died before any response byte: the upstream
-            // closed it while idle. Replay once on a fresh connection when safe:
-            // everything sent so far is still held, and the method is idempotent
-            // or the whole (small) request was held.
-            // Only a broken connection: a backend that answered badly (a head too large,
-            // not HTTP) has acted on the request, and a POST must not reach it twice.
-            let decision = self.attempt(exchange, failed: Self.brokeConnection(error) ? .broken : .other,
-                                        counting: exchange.backendIndex, reused: connection.uses > 1).decision
-            if decision == .freshConnection {
-                exchange.retriedStale = true
-                exchange.pending = exchange.replay ?? []  // attach writes the head first
-                self.logger.debug("retrying request on a fresh upstream connection", metadata: ["error": "\(error)"])
-                self.connect(exchange)
-                return
-            }
-            // Not the routine end of a pooled connection the backend closed while idle
-            // (replayed above): a failure to show as the backend's last error.
-            exchange.group.recordError(connection.backendIndex, reason: "\(error)")
-            // The backend broke the connection with the request in it (it died, restarted,
-            // or reset it): an idempotent request goes to another backend, as nginx's
-            // default `proxy_next_upstream error` does, within max_connect_attempts. A
-            // non-idempotent one may have been acted on: it is not repeated.
-            if decision == .anotherBackend, let index = exchange.backendIndex {
-                exchange.tried.append(index)
-                exchange.leaveBackend()
-                exchange.retryError = error
-                exchange.pending = exchange.replay ?? []
-                self.logger.warning("upstream connection broke before the response; trying another backend", metadata: [
-                    "upstream": "\(exchange.group.name)", "error": "\(error)", "method": "\(exchange.request.method)",
-                ])
-                self.connect(exchange)
-                return
-            }
-            self.failExchange(exchange, error: error)
-        } else {
-            exchange.group.recordError(connection.backendIndex, reason: "\(error)")
+        // Before the response: a reused connection that died before any response byte
+        // (the upstream closed it while idle) is replayed once on a fresh connection when
+        // safe: everything sent so far is still held, and the method is idempotent or the
+        // whole (small) request was held. Only a broken connection: a backend that
+        // answered badly (a head too large, not HTTP) has acted on the request, and a
+        // POST must not reach it twice. A backend that broke the connection with the
+        // request in it (it died, restarted, or reset it): an idempotent request goes to
+        // another backend, as nginx's default `proxy_next_upstream error` does, within
+        // max_connect_attempts; a non-idempotent one may have been acted on and is not
+        // repeated.
+        let action = exchange.state.failed(self.attempt(exchange, failed: Self.brokeConnection(error) ? .broken : .other,
+                                                        counting: exchange.backendIndex, reused: connection.uses > 1))
+        if action == .retry(.freshConnection) {
+            exchange.pending = exchange.replay ?? []  // attach writes the head first
+            self.logger.debug("retrying request on a fresh upstream connection", metadata: ["error": "\(error)"])
+            self.connect(exchange)
+            return
+        }
+        // Not the routine end of a pooled connection the backend closed while idle
+        // (replayed above): a failure to show as the backend's last error.
+        exchange.group.recordError(connection.backendIndex, reason: "\(error)")
+        switch action {
+        case .retry:
+            self.logger.warning("upstream connection broke before the response; trying another backend", metadata: [
+                "upstream": "\(exchange.group.name)", "error": "\(error)", "method": "\(exchange.request.method)",
+            ])
+            self.sendElsewhere(exchange, after: error)
+        case .endTunnel:
+            self.endTunnel(exchange, reason: "\(error)")
+        case .abortResponse:
             self.abortMidResponse(exchange, error: error)
+        case .answer, .none, .armReadDeadline, .finish, .finishBeforeRequestEnded, .openTunnel:
+            self.failExchange(exchange, error: error)
         }
     }
 
@@ -807,7 +806,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func attempt(_ exchange: Exchange, failed failure: FailedAttempt.Failure, counting backend: Int? = nil,
                          reused: Bool = false, withinNextUpstream: Bool = true) -> FailedAttempt {
         FailedAttempt(failure: failure, idempotent: exchange.request.isIdempotent, held: exchange.replay != nil,
-                      requestEnded: exchange.requestEnded, reused: reused, retriedStale: exchange.retriedStale,
+                      requestEnded: exchange.state.requestEnded, reused: reused, retriedStale: exchange.state.retriedStale,
                       attempts: exchange.tried.count + (backend == nil ? 0 : 1), maxAttempts: exchange.group.maxConnectAttempts,
                       withinNextUpstream: withinNextUpstream)
     }
@@ -843,7 +842,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 self.readPending = false
                 context.read()
             }
-        } else if !exchange.requestEnded, exchange.writeTimer == nil, let context = self.context {
+        } else if !exchange.state.requestEnded, exchange.writeTimer == nil, let context = self.context {
             // The upstream stopped taking the request body: it has the write timeout to resume.
             exchange.writeTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: exchange.group.timeouts.write) {
                 exchange.writeTimer = nil
@@ -852,9 +851,15 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 connection.abandon()
                 exchange.connection = nil
                 let error = UpstreamError(kind: .writeTimeout, backend: connection.key.address.hostPort, reason: "the upstream stopped reading the request body")
-                if exchange.responseStarted {
+                switch exchange.state.failed(self.attempt(exchange, failed: .other)) {
+                case .endTunnel:
+                    self.endTunnel(exchange, reason: "the upstream stopped reading for the write timeout")
+                case .abortResponse:
                     self.abortMidResponse(exchange, error: error)
-                } else {
+                case .retry, .none, .armReadDeadline, .finish, .finishBeforeRequestEnded, .openTunnel:
+                    assertionFailure("a write timeout (`.other`) is never retried")
+                    self.failExchange(exchange, error: error)
+                case .answer:
                     self.failExchange(exchange, error: error)
                 }
             }
@@ -864,6 +869,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     var downstreamWritable: Bool { self.context?.channel.isWritable ?? false }
 
     private func failExchange(_ exchange: Exchange, error: Error) {
+        _ = exchange.state.abandon()  // answered here: no later event of this attempt counts
         exchange.leaveBackend()
         let status: Int
         let message: String
@@ -889,7 +895,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             ]) { a, _ in a })
         }
         self.exchange = nil
-        self.respondLocally(status: status, message: message, request: exchange.request, requestEnded: exchange.requestEnded,
+        self.respondLocally(status: status, message: message, request: exchange.request, requestEnded: exchange.state.requestEnded,
                             upstream: exchange.group.name)
     }
 
@@ -930,8 +936,9 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func abandonExchange() -> Bool {
         guard let exchange = self.exchange else { return true }
         self.stopReadTimer()
+        let couldAnswer = exchange.state.abandon()
         self.dropExchange(exchange)
-        guard !exchange.responseStarted else {
+        guard couldAnswer else {
             self.closeAfterWhatIsWritten()
             return false
         }
@@ -1080,7 +1087,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         let exchange = self.exchange
         return ClientDeadlines.Standing(
             readingBody: self.requestBody != nil && !self.closing, gatewayHoldsReads: self.readPending,
-            awaitingResponse: exchange.map { !$0.responseEnded } ?? false, betweenRequests: exchange == nil && !self.closing,
+            awaitingResponse: exchange.map { $0.state.inFlight } ?? false, betweenRequests: exchange == nil && !self.closing,
             headAwaited: self.firstRequest || self.headStarted,
             quiet: { self.inbound.readableBytes == 0 && (!self.firstRequest || self.noRequestBegun) })
     }
@@ -1108,7 +1115,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     // MARK: downstream outbound and lifecycle
 
     package func read(context: ChannelHandlerContext) {
-        if let exchange = self.exchange, !exchange.requestEnded {
+        if let exchange = self.exchange, !exchange.state.requestEnded {
             // Hold the client while the upstream is not connected or full.
             if exchange.connection == nil || !(exchange.connection!.isWritable) {
                 self.readPending = true
@@ -1134,7 +1141,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.closing = true
         self.loop.deadlines.cancel(self)
         if let exchange = self.exchange {
-            if exchange.tunnel {
+            if exchange.state.isTunnel {
                 self.requests?.completed(status: 101)
                 if self.loop.accessLog != nil { self.logAccess(exchange.request, status: 101, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
             }
