@@ -97,10 +97,8 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var maxBodyBytes: Int?
     /// When the current request's head was complete (read only with an access log).
     private var requestStart = NIODeadline.uptimeNanoseconds(0)
-    private var readPending = false
-    private var closed = false
-    /// A response that closes the connection was sent: ignore further input.
-    private var closing = false
+    /// Awaiting a head, in a request, closing, lingering or closed; draining; reads held.
+    private var state: ConnectionState
     private var upstreamNeedsFlush = false
     private var downstreamNeedsFlush = false
     /// The connection's deadlines (header, idle, body, upstream read, drain, linger),
@@ -109,14 +107,6 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var timers = ClientDeadlines()
     /// This handler's place in `loop.deadlines` (-1: not queued).
     var deadlineSlot = -1
-    private var firstRequest = true
-    /// The head of a request after the first has begun to arrive: its header timeout runs.
-    private var headStarted = false
-    private let singleRequest: Bool
-    /// The server is draining: the response in flight, or the next request's, is the last one.
-    private var quiescing = false
-    /// `process()` is running: a request finishing inside it does not start it again.
-    private var processing = false
     /// Where responses go: HTTP/1.1 bytes on the connection, or an HTTP/2 stream's frames
     /// (whose bridge also turns the request's frames into bytes).
     private var downstream: Downstream
@@ -145,7 +135,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private init(listener: ProxyListener, info: DownstreamInfo, holdsFirstRead: Bool, reportsClose: Bool, singleRequest: Bool,
                  stream: HTTP2StreamBridge?) {
         self.downstream = stream.map { .http2($0) } ?? .http1(HTTP1Responses())
-        self.singleRequest = singleRequest
+        self.state = ConnectionState(singleRequest: singleRequest)
         self.firstRead = ReceiveBufferPin(enabled: holdsFirstRead)
         self.listener = listener
         self.loop = listener.loop
@@ -182,9 +172,12 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         } else {
             bytes = self.unwrapInboundIn(data)
         }
-        guard !self.closing else {
+        switch self.state.bytesArrived() {
+        case .process: break
+        case .extendLinger:
             if let until = self.timers.lingerUntil { self.timers.client = min(.now() + Self.lingerPause, until) }
             return
+        default: return
         }
         self.firstRead.hold(bytes)
         if self.timers.body != nil { self.timers.body = .now() + self.limits.bodyTimeout }
@@ -206,10 +199,9 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     /// Consumes buffered client bytes: the current request's body, then the next head.
     private func process() {
-        guard !self.processing else { return }
-        self.processing = true
-        defer { self.processing = false }
-        while !self.closing {
+        guard self.state.beginProcessing() else { return }
+        defer { self.state.endProcessing() }
+        while self.state.acceptsInput {
             if var framer = self.requestBody {
                 let piece: BodyFramer.Piece?
                 do {
@@ -239,7 +231,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             guard let end = HTTP1Parser.headEnd(in: self.inbound, from: self.scanned) else {
                 self.scanned = max(0, self.inbound.readableBytes - 3)
                 if self.inbound.readableBytes > self.limits.maxHeadBytes { self.badRequest(self.headTooLarge) }
-                self.startNextHeadTimer()
+                if self.state.headIncomplete() == .startHeaderTimeout { self.startNextHeadTimer() }
                 return
             }
             self.scanned = 0
@@ -312,7 +304,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func receivedHead(_ head: consuming HTTPHead) {
         guard let context = self.context else { return }
         self.timers.client = nil
-        self.headStarted = false
+        self.state.headParsed()
         let hasBody = head.chunked || (head.contentLength ?? 0) > 0
         if self.loop.accessLog != nil { self.requestStart = .now() }
         self.requestBody = head.chunked ? .chunked : (hasBody ? BodyFramer(length: head.contentLength!) : nil)
@@ -404,7 +396,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             return
         }
         self.loop.pool.open(group: group, backend: index).assumeIsolated().whenComplete { result in
-            guard self.exchange === exchange, !self.closed else {
+            guard self.exchange === exchange, !self.state.isClosed else {
                 if case .success(let connection) = result {
                     group.connectSucceeded(index)
                     self.loop.pool.release(connection, group: group)
@@ -482,10 +474,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         self.upstreamNeedsFlush = false
         guard exchange.connection === connection else { return }  // failed in the flush, and retried
         if connected == .armReadDeadline { self.armReadTimer(exchange) }
-        if self.readPending, connection.isWritable {
-            self.readPending = false
-            self.context?.read()
-        }
+        if connection.isWritable { self.resumeReads() }
     }
 
     /// Pushes the read deadline out. The handler's entry in the loop's deadline heap is
@@ -562,7 +551,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         switch part {
         case .head(let response):
             if response.status != 101 {
-                switch self.downstream.responseHead(response, request: exchange.request, draining: self.quiescing,
+                switch self.downstream.responseHead(response, request: exchange.request, draining: self.state.draining,
                                                    hsts: self.limits.strictTransportSecurity, heads: &self.loop.responseHeads, context: context) {
                 case .refused(let kind, let reason):
                     connection.abandon()
@@ -646,10 +635,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.upstreamNeedsFlush = false
             exchange.connection?.flush()
         }
-        if self.readPending, exchange.connection?.isWritable ?? false {
-            self.readPending = false
-            context.read()
-        }
+        if exchange.connection?.isWritable ?? false { self.resumeReads() }
     }
 
     /// One side of a WebSocket tunnel closed (or it idled out): the other is closed
@@ -676,7 +662,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// The upstream answered before the request body ended: neither side can be reused.
     private func finishBeforeRequestEnded(_ exchange: Exchange, context: ChannelHandlerContext) {
         self.dropExchange(exchange)
-        self.closing = true
+        self.state.closeAfterWritten()
         self.flushDownstream()
         // An HTTP/2 stream is reset with NO_ERROR, not closed (CANCEL); a connection lingers.
         if !self.downstream.endRequestEarly() { self.lingerForRequestBody(context) }
@@ -706,21 +692,18 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// Between requests: the idle deadline runs, and a pipelined request already read goes next.
     private func requestDone() {
         self.flushDownstream()  // the upstream connection went back to the pool: its read-complete no longer reaches us
-        self.firstRequest = false
-        if !self.singleRequest {
+        if self.state.requestDone() == .startIdleTimeout {
             self.timers.client = .now() + self.limits.idleTimeout
             // Queued for a later deadline (the header timeout's, when the idle timeout
             // is shorter): moved earlier. Queued for an earlier one: nothing to do.
             self.scheduleDeadline()
         }
         if self.inbound.readableBytes > 0 { self.process() }
-        if self.readPending, self.exchange == nil, let context = self.context {
-            self.readPending = false
-            context.read()
-        }
+        guard self.exchange == nil else { return }  // a pipelined request began
+        self.resumeReads()
         // Draining, and this response told the client to keep the connection (the drain
         // began after its head went out): wait for a next request, to close after it.
-        if self.quiescing, self.exchange == nil, !self.closing { self.awaitDrainQuiet() }
+        if self.state.waitsOutDrain { self.awaitDrainQuiet() }
     }
 
     /// Draining with no request in flight: the connection stays open for the quiet
@@ -731,7 +714,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// with no request byte yet (silent, or done with its handshake, as a browser's
     /// preconnect) waits the quiet period too.
     private func awaitDrainQuiet() {
-        guard !self.singleRequest, self.timers.drainQuietUntil == nil, !self.firstRequest || self.noRequestBegun else { return }
+        guard !self.state.singleRequest, self.timers.drainQuietUntil == nil, !self.state.awaitsFirstHead || self.noRequestBegun else { return }
         let until = NIODeadline.now() + self.limits.drainQuietPeriod
         self.timers.drainQuietUntil = until
         if self.context != nil { self.loop.deadlines.schedule(self, at: until) }
@@ -747,7 +730,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// Ends the client connection: what was written goes out, then it closes; input from
     /// now on is ignored.
     private func closeAfterWhatIsWritten() {
-        self.closing = true
+        self.state.closeAfterWritten()
         self.flushDownstream()
         self.context?.close(promise: nil)
     }
@@ -838,10 +821,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         if writable {
             exchange.writeTimer?.cancel()
             exchange.writeTimer = nil
-            if self.readPending, let context = self.context {
-                self.readPending = false
-                context.read()
-            }
+            self.resumeReads()
         } else if !exchange.state.requestEnded, exchange.writeTimer == nil, let context = self.context {
             // The upstream stopped taking the request body: it has the write timeout to resume.
             exchange.writeTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: exchange.group.timeouts.write) {
@@ -968,7 +948,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private func answerLocally(_ answer: LocalAnswer, request: HTTPHead?, requestEnded: Bool, upstream: String? = nil) {
         guard let context = self.context else { return }
         let status = answer.status
-        let close = LocalAnswer.closes(request: request, requestEnded: requestEnded, draining: self.quiescing)
+        let close = LocalAnswer.closes(request: request, requestEnded: requestEnded, draining: self.state.draining)
         let out = answer.bytes(for: request, close: close, hsts: self.limits.strictTransportSecurity, allocator: context.channel.allocator)
         self.downstreamNeedsFlush = false
         let done = self.downstream.writeLocalAnswer(out, context: context)
@@ -978,7 +958,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.logAccess(request, status: status, bodyBytes: request?.isHeadMethod == true ? 0 : answer.body.readableBytes, upstream: upstream)
         }
         if close {
-            self.closing = true
+            self.state.closeAfterWritten()
             self.requestBody = nil
             self.inbound = ByteBuffer()
             // A request whose body is still arriving (a 404 or 502 for an upload) ends as
@@ -986,7 +966,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             // plain HTTP/1.1 connection lingers, so the answer is not lost to a reset.
             let bodyArriving = request != nil && !requestEnded
             done.assumeIsolated().whenComplete { result in
-                guard bodyArriving, case .success = result, !self.closed else {
+                guard bodyArriving, case .success = result, !self.state.isClosed else {
                     context.close(promise: nil)
                     return
                 }
@@ -1031,7 +1011,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// No request has begun on this new connection: no byte of a head has arrived, and a
     /// TLS handshake, if any, is done or has not started (no ClientHello byte).
     private var noRequestBegun: Bool {
-        guard self.firstRequest, self.inbound.readableBytes == 0, let context = self.context else { return false }
+        guard self.state.awaitsFirstHead, self.inbound.readableBytes == 0, let context = self.context else { return false }
         guard let tls = try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self) else { return true }
         return tls.handshakeCompleted || !tls.hasReceivedBytes
     }
@@ -1039,7 +1019,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     // MARK: header and idle timeouts
 
     private func startHeaderTimer() {
-        guard self.deadlineSlot < 0, self.firstRequest, self.exchange == nil, !self.singleRequest else { return }
+        guard self.deadlineSlot < 0, self.state.awaitsFirstHead, !self.state.singleRequest else { return }
         self.timers.client = .now() + self.limits.headerTimeout
         self.scheduleDeadline()
     }
@@ -1048,8 +1028,6 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// timeout (nginx's `client_header_timeout`), however long the idle timeout is, and
     /// bytes trickling in do not extend it. A head that arrives whole never gets here.
     private func startNextHeadTimer() {
-        guard !self.firstRequest, !self.headStarted, !self.singleRequest, !self.closing else { return }
-        self.headStarted = true
         self.timers.client = .now() + self.limits.headerTimeout
         self.scheduleDeadline()
     }
@@ -1073,6 +1051,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         let now = NIODeadline.now()
         self.requestBody = nil
         self.inbound = ByteBuffer()
+        self.state.lingerStarted()
         self.timers.lingerUntil = now + Self.lingerLimit
         self.timers.client = now + Self.lingerPause
         self.scheduleDeadline()
@@ -1086,10 +1065,10 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     private var standing: ClientDeadlines.Standing {
         let exchange = self.exchange
         return ClientDeadlines.Standing(
-            readingBody: self.requestBody != nil && !self.closing, gatewayHoldsReads: self.readPending,
-            awaitingResponse: exchange.map { $0.state.inFlight } ?? false, betweenRequests: exchange == nil && !self.closing,
-            headAwaited: self.firstRequest || self.headStarted,
-            quiet: { self.inbound.readableBytes == 0 && (!self.firstRequest || self.noRequestBegun) })
+            readingBody: self.requestBody != nil && self.state.acceptsInput, gatewayHoldsReads: self.state.readHeld,
+            awaitingResponse: exchange.map { $0.state.inFlight } ?? false, betweenRequests: self.state.betweenRequests,
+            headAwaited: self.state.headAwaited,
+            quiet: { self.inbound.readableBytes == 0 && (!self.state.awaitsFirstHead || self.noRequestBegun) })
     }
 
     func deadlineReached(now: NIODeadline) {
@@ -1107,7 +1086,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                 self.respondLocally(status: 408, message: "no complete request head within the header timeout", request: nil, requestEnded: false)
             }
         }
-        if self.context != nil, !self.closed, let next = self.timers.next(self.standing) {
+        if self.context != nil, !self.state.isClosed, let next = self.timers.next(self.standing) {
             self.loop.deadlines.schedule(self, at: next)
         }
     }
@@ -1115,18 +1094,20 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     // MARK: downstream outbound and lifecycle
 
     package func read(context: ChannelHandlerContext) {
-        if let exchange = self.exchange, !exchange.state.requestEnded {
-            // Hold the client while the upstream is not connected or full.
-            if exchange.connection == nil || !(exchange.connection!.isWritable) {
-                self.readPending = true
-                return
-            }
-        } else if self.exchange != nil, self.inbound.readableBytes > self.limits.maxHeadBytes {
-            // Pipelined requests pile up behind a slow response: wait for it.
-            self.readPending = true
-            return
-        }
-        context.read()
+        if self.state.readAsked(holding: self.holdsReads) == .read { context.read() }
+    }
+
+    /// The client is not read from: the upstream is not connected or full while the body
+    /// arrives, or pipelined requests pile up behind a slow response.
+    private var holdsReads: Bool {
+        guard let exchange = self.exchange else { return false }
+        if !exchange.state.requestEnded { return !(exchange.connection?.isWritable ?? false) }
+        return self.inbound.readableBytes > self.limits.maxHeadBytes
+    }
+
+    /// A read held back by `holdsReads` goes out, now that its cause is gone.
+    private func resumeReads() {
+        if self.state.readsMayResume() == .read { self.context?.read() }
     }
 
     package func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -1137,8 +1118,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
-        self.closed = true
-        self.closing = true
+        self.state.inactive()
         self.loop.deadlines.cancel(self)
         if let exchange = self.exchange {
             if exchange.state.isTunnel {
@@ -1160,15 +1140,13 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             // the response that has not started, or the next request's, says
             // `connection: close`; an idle connection closes after the quiet period. An
             // HTTP/2 stream finishes its exchange; its connection's GOAWAY drains it.
-            guard !self.quiescing else { return }
-            self.quiescing = true
-            if self.exchange == nil, !self.closing { self.awaitDrainQuiet() }
+            if self.state.quiesce() == .awaitDrainQuiet { self.awaitDrainQuiet() }
             return
         }
         if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
             self.listener.handshakeCompleted(try? context.pipeline.syncOperations.handler(type: OpenSSLHandler.self), info: &self.info)
             // Draining began during the handshake: the quiet period starts now.
-            if self.quiescing, self.exchange == nil { self.awaitDrainQuiet() }
+            if self.state.handshakeCompleted() == .awaitDrainQuiet { self.awaitDrainQuiet() }
         }
         context.fireUserInboundEventTriggered(event)
     }
