@@ -10,11 +10,13 @@
 /// wherever it was needed.
 struct ConnectionState: Equatable {
     enum Phase: Hashable {
-        /// Waiting for a request head. `first`: the connection's first, under the header
-        /// timeout from the accept. `begun`: a later head's first bytes arrived, so its
-        /// header timeout runs instead of the idle timeout (nginx's
+        /// A new connection waits for its first request head, under the header timeout
+        /// from the accept.
+        case awaitingFirstHead
+        /// Between requests, waiting for a later head. `begun`: its first bytes arrived,
+        /// so its header timeout runs instead of the idle timeout (nginx's
         /// `client_header_timeout`).
-        case awaitingHead(first: Bool, begun: Bool)
+        case awaitingHead(begun: Bool)
         /// A head parsed: its exchange, or the gateway's own answer, is under way.
         case inRequest
         /// A response that ends the connection is written or being written: input is
@@ -48,7 +50,7 @@ struct ConnectionState: Equatable {
     /// An HTTP/2 stream: one request whose head arrives with it. It has no header or
     /// idle deadline of its own (its connection's idle timeout covers it).
     let singleRequest: Bool
-    private(set) var phase = Phase.awaitingHead(first: true, begun: false)
+    private(set) var phase = Phase.awaitingFirstHead
     /// The server is draining: the response in flight, or the next request's, is the last.
     private(set) var draining = false
     /// The gateway held back a read (the upstream was not ready for the body, or
@@ -67,24 +69,27 @@ struct ConnectionState: Equatable {
     /// Client bytes are still parsed: no closing answer went out.
     var acceptsInput: Bool {
         switch self.phase {
-        case .awaitingHead, .inRequest: return true
+        case .awaitingFirstHead, .awaitingHead, .inRequest: return true
         case .closing, .lingering, .closed: return false
         }
     }
 
     /// No request in flight, and the connection is not closing.
     var betweenRequests: Bool {
-        if case .awaitingHead = self.phase { return true }
-        return false
+        switch self.phase {
+        case .awaitingFirstHead, .awaitingHead: return true
+        case .inRequest, .closing, .lingering, .closed: return false
+        }
     }
 
-    /// The connection's first request head has not arrived yet.
-    var awaitsFirstHead: Bool { self.phase == .awaitingHead(first: true, begun: false) }
+    /// The connection's first request head has not arrived yet. (False from the moment
+    /// it parsed: the old `firstRequest` flag stayed true until the first response
+    /// ended, but it was only ever asked between requests, where both agree.)
+    var awaitsFirstHead: Bool { self.phase == .awaitingFirstHead }
 
     /// A head is awaited under the header timeout (rather than the idle timeout).
     var headAwaited: Bool {
-        if case .awaitingHead(let first, let begun) = self.phase { return first || begun }
-        return false
+        self.phase == .awaitingFirstHead || self.phase == .awaitingHead(begun: true)
     }
 
     var isClosed: Bool { self.phase == .closed }
@@ -94,7 +99,7 @@ struct ConnectionState: Equatable {
     /// Client bytes were read.
     mutating func bytesArrived() -> Action {
         switch self.phase {
-        case .awaitingHead, .inRequest: return .process
+        case .awaitingFirstHead, .awaitingHead, .inRequest: return .process
         case .lingering: return .extendLinger
         case .closing, .closed: return .none
         }
@@ -114,14 +119,14 @@ struct ConnectionState: Equatable {
 
     /// Part of a head is buffered, its end not yet.
     mutating func headIncomplete() -> Action {
-        guard self.phase == .awaitingHead(first: false, begun: false), !self.singleRequest else { return .none }
-        self.phase = .awaitingHead(first: false, begun: true)
+        guard self.phase == .awaitingHead(begun: false), !self.singleRequest else { return .none }
+        self.phase = .awaitingHead(begun: true)
         return .startHeaderTimeout
     }
 
     /// A request head parsed.
     mutating func headParsed() {
-        guard case .awaitingHead = self.phase else { return }
+        guard self.betweenRequests else { return }
         self.phase = .inRequest
     }
 
@@ -130,7 +135,7 @@ struct ConnectionState: Equatable {
     /// and, if nothing started, lets reads resume and asks `waitsOutDrain`.
     mutating func requestDone() -> Action {
         guard self.phase == .inRequest else { return .none }
-        self.phase = .awaitingHead(first: false, begun: false)
+        self.phase = .awaitingHead(begun: false)
         return self.singleRequest ? .none : .startIdleTimeout
     }
 

@@ -12,9 +12,9 @@ final class ConnectionStateTests: XCTestCase {
     func connection(in phase: Phase, singleRequest: Bool = false) -> ConnectionState {
         var state = ConnectionState(singleRequest: singleRequest)
         switch phase {
-        case .awaitingHead(first: true, _):
+        case .awaitingFirstHead:
             break
-        case .awaitingHead(first: false, let begun):
+        case .awaitingHead(let begun):
             state.headParsed()
             _ = state.requestDone()
             if begun { _ = state.headIncomplete() }
@@ -33,24 +33,30 @@ final class ConnectionStateTests: XCTestCase {
         return state
     }
 
-    static let phases: [Phase] = [
-        .awaitingHead(first: true, begun: false), .awaitingHead(first: false, begun: false),
-        .awaitingHead(first: false, begun: true), .inRequest, .closing, .lingering, .closed,
-    ]
+    /// Waiting for a head, the first or a later one.
+    static func waiting(_ phase: Phase) -> Bool {
+        switch phase {
+        case .awaitingFirstHead, .awaitingHead: return true
+        case .inRequest, .closing, .lingering, .closed: return false
+        }
+    }
+
+    static let phases: [Phase] = [.awaitingFirstHead, .awaitingHead(begun: false), .awaitingHead(begun: true), .inRequest, .closing, .lingering, .closed]
 
     /// Client bytes: parsed while the connection takes input; a lingering connection only
     /// moves its pause; a closing or closed one drops them.
     func testBytesArrivingInEachPhase() {
         let expected: [Phase: ConnectionState.Action] = [
-            .awaitingHead(first: true, begun: false): .process, .awaitingHead(first: false, begun: false): .process,
-            .awaitingHead(first: false, begun: true): .process, .inRequest: .process,
+            .awaitingFirstHead: .process, .awaitingHead(begun: false): .process, .awaitingHead(begun: true): .process, .inRequest: .process,
             .closing: .none, .lingering: .extendLinger, .closed: .none,
         ]
         for phase in Self.phases {
-            var state = self.connection(in: phase)
-            XCTAssertEqual(state.bytesArrived(), expected[phase], "\(phase)")
-            XCTAssertEqual(state.phase, phase, "bytes change no phase (\(phase))")
-            XCTAssertEqual(state.acceptsInput, expected[phase] == .process, "\(phase)")
+            for singleRequest in [false, true] where phase != .awaitingHead(begun: true) || !singleRequest {
+                var state = self.connection(in: phase, singleRequest: singleRequest)
+                XCTAssertEqual(state.bytesArrived(), expected[phase], "\(phase)")
+                XCTAssertEqual(state.phase, phase, "bytes change no phase (\(phase))")
+                XCTAssertEqual(state.acceptsInput, expected[phase] == .process, "\(phase)")
+            }
         }
     }
 
@@ -61,16 +67,16 @@ final class ConnectionStateTests: XCTestCase {
         for phase in Self.phases {
             var state = self.connection(in: phase)
             let action = state.headIncomplete()
-            if phase == .awaitingHead(first: false, begun: false) {
+            if phase == .awaitingHead(begun: false) {
                 XCTAssertEqual(action, .startHeaderTimeout)
-                XCTAssertEqual(state.phase, .awaitingHead(first: false, begun: true))
+                XCTAssertEqual(state.phase, .awaitingHead(begun: true))
                 XCTAssertTrue(state.headAwaited)
             } else {
                 XCTAssertEqual(action, .none, "\(phase)")
                 XCTAssertEqual(state.phase, phase, "\(phase)")
             }
         }
-        var stream = self.connection(in: .awaitingHead(first: false, begun: false), singleRequest: true)
+        var stream = self.connection(in: .awaitingHead(begun: false), singleRequest: true)
         XCTAssertEqual(stream.headIncomplete(), .none)
         XCTAssertFalse(stream.headAwaited)
     }
@@ -81,7 +87,7 @@ final class ConnectionStateTests: XCTestCase {
         for phase in Self.phases {
             var state = self.connection(in: phase)
             state.headParsed()
-            if case .awaitingHead = phase {
+            if Self.waiting(phase) {
                 XCTAssertEqual(state.phase, .inRequest, "\(phase)")
             } else {
                 XCTAssertEqual(state.phase, phase, "\(phase)")
@@ -91,7 +97,7 @@ final class ConnectionStateTests: XCTestCase {
             let action = done.requestDone()
             if phase == .inRequest {
                 XCTAssertEqual(action, .startIdleTimeout)
-                XCTAssertEqual(done.phase, .awaitingHead(first: false, begun: false))
+                XCTAssertEqual(done.phase, .awaitingHead(begun: false))
                 XCTAssertFalse(done.awaitsFirstHead)
                 XCTAssertFalse(done.headAwaited, "between requests the idle timeout runs, not the header timeout")
             } else {
@@ -108,12 +114,9 @@ final class ConnectionStateTests: XCTestCase {
     func testTheQuestionsTheDeadlinesAsk() {
         for phase in Self.phases {
             let state = self.connection(in: phase)
-            let waiting: Bool
-            if case .awaitingHead = phase { waiting = true } else { waiting = false }
-            XCTAssertEqual(state.betweenRequests, waiting, "\(phase)")
-            XCTAssertEqual(state.awaitsFirstHead, phase == .awaitingHead(first: true, begun: false), "\(phase)")
-            XCTAssertEqual(state.headAwaited, phase == .awaitingHead(first: true, begun: false)
-                || phase == .awaitingHead(first: false, begun: true), "\(phase)")
+            XCTAssertEqual(state.betweenRequests, Self.waiting(phase), "\(phase)")
+            XCTAssertEqual(state.awaitsFirstHead, phase == .awaitingFirstHead, "\(phase)")
+            XCTAssertEqual(state.headAwaited, phase == .awaitingFirstHead || phase == .awaitingHead(begun: true), "\(phase)")
             XCTAssertEqual(state.isClosed, phase == .closed, "\(phase)")
         }
     }
@@ -138,15 +141,17 @@ final class ConnectionStateTests: XCTestCase {
     /// drain that began during a handshake starts its period when it completes.
     func testDrainingInEachPhase() {
         for phase in Self.phases {
-            var state = self.connection(in: phase)
-            XCTAssertEqual(state.handshakeCompleted(), .none, "not draining (\(phase))")
-            let between = state.betweenRequests
-            XCTAssertEqual(state.quiesce(), between ? .awaitDrainQuiet : .none, "\(phase)")
-            XCTAssertTrue(state.draining)
-            XCTAssertEqual(state.waitsOutDrain, between, "\(phase)")
-            XCTAssertEqual(state.quiesce(), .none, "a second drain (\(phase))")
-            XCTAssertEqual(state.handshakeCompleted(), between ? .awaitDrainQuiet : .none, "\(phase)")
-            XCTAssertEqual(state.phase, phase, "draining changes no phase (\(phase))")
+            for singleRequest in [false, true] where phase != .awaitingHead(begun: true) || !singleRequest {
+                var state = self.connection(in: phase, singleRequest: singleRequest)
+                XCTAssertEqual(state.handshakeCompleted(), .none, "not draining (\(phase))")
+                let between = state.betweenRequests
+                XCTAssertEqual(state.quiesce(), between ? .awaitDrainQuiet : .none, "\(phase)")
+                XCTAssertTrue(state.draining)
+                XCTAssertEqual(state.waitsOutDrain, between, "\(phase)")
+                XCTAssertEqual(state.quiesce(), .none, "a second drain (\(phase))")
+                XCTAssertEqual(state.handshakeCompleted(), between ? .awaitDrainQuiet : .none, "\(phase)")
+                XCTAssertEqual(state.phase, phase, "draining changes no phase (\(phase))")
+            }
         }
         var inFlight = self.connection(in: .inRequest)
         XCTAssertEqual(inFlight.quiesce(), .none)
@@ -175,11 +180,14 @@ final class ConnectionStateTests: XCTestCase {
 
     /// The consumption of buffered bytes does not start again from inside itself.
     func testProcessingIsNotReentered() {
-        var state = self.connection(in: .inRequest)
-        XCTAssertTrue(state.beginProcessing())
-        XCTAssertFalse(state.beginProcessing(), "a request finishing inside the consumption returns to it")
-        state.endProcessing()
-        XCTAssertTrue(state.beginProcessing())
+        for phase in Self.phases {
+            var state = self.connection(in: phase)
+            XCTAssertTrue(state.beginProcessing(), "\(phase)")
+            XCTAssertFalse(state.beginProcessing(), "a request finishing inside the consumption returns to it (\(phase))")
+            XCTAssertEqual(state.phase, phase)
+            state.endProcessing()
+            XCTAssertTrue(state.beginProcessing(), "\(phase)")
+        }
     }
 
     /// `inactive` ends every phase, and nothing moves a closed connection.
@@ -189,8 +197,10 @@ final class ConnectionStateTests: XCTestCase {
             state.inactive()
             XCTAssertEqual(state.phase, .closed, "\(phase)")
             state.headParsed()
-            _ = state.requestDone()
-            _ = state.headIncomplete()
+            XCTAssertEqual(state.requestDone(), .none, "no idle timeout on a closed connection (\(phase))")
+            XCTAssertEqual(state.headIncomplete(), .none, "no header timeout on a closed connection (\(phase))")
+            XCTAssertEqual(state.bytesArrived(), .none)
+            XCTAssertEqual(state.quiesce(), .none, "no quiet period on a closed connection (\(phase))")
             state.closeAfterWritten()
             state.lingerStarted()
             XCTAssertEqual(state.phase, .closed, "\(phase)")
