@@ -126,6 +126,13 @@ package final class CertificateStore: Sendable {
     /// Publications kept for the status page.
     package static let historyLength = 20
     private let clock: @Sendable () -> Int64
+    /// Reloads done (early ones included), for a test that must know the watcher acted on
+    /// a change before it checks that nothing was published.
+    private let attempts = ManagedAtomic(0)
+    /// Certificate-file events the watcher read (kept across configuration reloads): the
+    /// metric that tells an operator whether inotify sees the renewals at all (a network
+    /// file system, a mount the watcher does not reach, shows none).
+    private let fileEvents: ManagedAtomic<Int>
 
     /// Loads every source once. Throws when nothing at all can be served, or when
     /// `requireAll` is set and any lineage fails (startup of explicit pairs).
@@ -138,6 +145,7 @@ package final class CertificateStore: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.clock = clock
+        self.fileEvents = ManagedAtomic(previous?.fileEventsRead ?? 0)
         let now = clock()
         var loaded: [LoadedLineage] = []
         var problems: [String: CertificateProblem] = [:]
@@ -211,6 +219,17 @@ package final class CertificateStore: Sendable {
     /// The latest publications and rejections (at most 20), oldest first.
     package var publications: [Publication] { self.status.load(ordering: .acquiring).publications }
 
+    /// Reloads completed so far, early (watcher) ones included.
+    package var reloadAttempts: Int { self.attempts.load(ordering: .acquiring) }
+
+    /// Certificate-file events the watcher has read (`edge_certificate_watch_events_total`).
+    package var fileEventsRead: Int { self.fileEvents.load(ordering: .relaxed) }
+
+    /// The watcher read `count` events about files a lineage may use.
+    package func countFileEvents(_ count: Int) {
+        self.fileEvents.wrappingIncrement(by: count, ordering: .relaxed)
+    }
+
     package var lastReload: (time: Int64, result: String) {
         let status = self.status.load(ordering: .acquiring)
         return (status.lastReload, status.lastReloadResult)
@@ -243,6 +262,7 @@ package final class CertificateStore: Sendable {
     /// serves, as during a certbot renewal: a chain written in two steps is never read half-way.
     @discardableResult
     package func reload(reason: String, settled: Bool = true) -> ReloadReport {
+        defer { self.attempts.wrappingIncrement(ordering: .releasing) }
         let writing = self.filesBeingWritten.withLockedValue { $0 }
         return self.state.withLockedValue { state in
             defer { self.status.store(Self.status(of: state), ordering: .releasing) }

@@ -175,6 +175,12 @@ package final class CertificateWatcher: Sendable {
         return dir + "/" + file
     }
 
+    /// A name a lineage may use: a certificate or key file, Kubernetes' `..data`, an
+    /// explicit pair's file or a source's own directory.
+    private func isLineageFile(_ file: String) -> Bool {
+        file.hasSuffix(".pem") || file.hasSuffix(".crt") || file.hasSuffix(".key") || file == "..data" || self.lineageNames.contains(file)
+    }
+
     /// True when the event says a file a lineage may use is complete: renamed in, closed
     /// after writing, deleted, or a symbolic link created (a link is whole when it
     /// appears; a regular file created is still being written). Other files in a watched
@@ -182,8 +188,7 @@ package final class CertificateWatcher: Sendable {
     private func isComplete(_ event: inotify_event, name: UnsafeMutableRawPointer, length: Int) -> Bool {
         guard length > 0 else { return false }
         let file = String(cString: name.assumingMemoryBound(to: CChar.self))
-        guard file.hasSuffix(".pem") || file.hasSuffix(".crt") || file.hasSuffix(".key") || file == "..data"
-                || self.lineageNames.contains(file) else { return false }
+        guard self.isLineageFile(file) else { return false }
         if event.mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE) != 0 { return true }
         guard event.mask & UInt32(IN_CREATE) != 0, let dir = self.watched.withLockedValue({ $0[event.wd] }) else { return false }
         var info = stat()
@@ -232,6 +237,7 @@ package final class CertificateWatcher: Sendable {
     private func readEvents(into schedule: inout WatchSchedule, buffer: UnsafeMutableRawPointer, size bufferSize: Int) {
         var sawEvent = false
         var sawComplete = false
+        var lineageEvents = 0
         while true {
             let n = read(self.inotify, buffer, bufferSize)
             if n <= 0 { break }
@@ -261,11 +267,13 @@ package final class CertificateWatcher: Sendable {
                     }
                 }
                 sawEvent = true
+                if length > 0, self.isLineageFile(String(cString: namePointer.assumingMemoryBound(to: CChar.self))) { lineageEvents += 1 }
                 if !sawComplete, self.configuration.immediate {
                     sawComplete = self.isComplete(event, name: namePointer, length: length)
                 }
             }
         }
         schedule.eventsRead(at: self.now(), sawEvent: sawEvent, sawComplete: sawComplete)
+        if lineageEvents > 0 { self.store.countFileEvents(lineageEvents) }
     }
 }

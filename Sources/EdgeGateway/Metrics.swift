@@ -15,6 +15,7 @@ final class GatewayMetrics: Sendable {
     private let counters = NIOLockedValueBox<[String: Counter]>([:])
     private let gauges = NIOLockedValueBox<[String: Gauge]>([:])
     private let reloadsSeen = NIOLockedValueBox<[String: Int]>([:])
+    private let watchEventsSeen = NIOLockedValueBox(0)
     private let listeners = NIOLockedValueBox<[String: ListenerMetrics]>([:])
 
     /// One metric per name and label set, made on first use.
@@ -119,6 +120,16 @@ final class GatewayMetrics: Sendable {
             for (outcome, total) in totals where total > seen[outcome, default: 0] {
                 self.counter("edge_certificate_reloads_total", [("result", outcome)], help: "Certificate reloads, by result.").increment(by: Int64(total - seen[outcome, default: 0]))
                 seen[outcome] = total
+            }
+        }
+        // Watcher events: what tells an operator that inotify sees the renewals at all.
+        let events = stores.map(\.fileEventsRead).reduce(0, +)
+        let watchEvents = self.counter("edge_certificate_watch_events_total", [],
+                                       help: "Certificate-file events the watcher read (inotify); none while files change means the watcher does not see them.")
+        self.watchEventsSeen.withLockedValue { seen in
+            if events > seen {
+                watchEvents.increment(by: Int64(events - seen))
+                seen = events
             }
         }
         self.gauge("edge_certificate_snapshots_live", [], help: "Certificate snapshot generations alive (published or held by a handshake).")

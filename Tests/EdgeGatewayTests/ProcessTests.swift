@@ -328,7 +328,7 @@ final class RestartTests: XCTestCase {
         XCTAssertTrue(old.waitForPort(admin), old.log)
         let keepAlive = try HTTPLoad(port: http, threads: 3, directory: dir)
         let fresh = try HTTPLoad(port: http, threads: 3, directory: dir, newConnectionPerRequest: true)
-        pause(1)
+        XCTAssertTrue(keepAlive.waitForSuccesses(50) && fresh.waitForSuccesses(50), "the loads are under way")
         let new = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("new.log"))
         defer { new.stop() }
         guard eventually(timeout: 20, { !old.process.isRunning }) else {
@@ -430,7 +430,7 @@ final class ConfigReloadTests: XCTestCase {
         XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
         let keepAlive = try HTTPLoad(port: first, threads: 2, directory: dir)
         let fresh = try HTTPLoad(port: first, threads: 2, directory: dir, newConnectionPerRequest: true)
-        pause(0.5)
+        XCTAssertTrue(keepAlive.waitForSuccesses(20) && fresh.waitForSuccesses(20), "the loads are under way")
 
         // A second listener and a changed upstream option, by SIGHUP.
         try write(listeners: "  - { name: first, address: \"127.0.0.1:\(first)\" }\n  - { name: second, address: \"127.0.0.1:\(second)\" }",

@@ -1,4 +1,5 @@
 import EdgeGateway
+import EdgeCertificates
 import EdgeTestSupport
 import Foundation
 import XCTest
@@ -43,7 +44,7 @@ final class RotationTests: XCTestCase {
 
         // A keep-alive connection opened before the rotation keeps working after it.
         let load = try TLSLoad(port: port, caFile: Self.pki.caPath, directory: dir)
-        pause(0.5)
+        XCTAssertTrue(load.waitForSuccesses(), "the keep-alive connection and the handshakes are under way")
 
         // mv: key then certificate renamed in (two renames, one debounce).
         let staging = dir.file("staging")
@@ -93,17 +94,26 @@ final class RotationTests: XCTestCase {
     /// certbot's renewal to `version`, in certbot's order: new archive files, `previous_*` links,
     /// each live link replaced (unlink, then symlink; `pause` seconds after each step),
     /// `beforeCleanup`, then the `previous_*` links removed: the end of the renewal.
-    func certbotRenew(_ live: String, _ name: String, version: Int, leaf: TestPKI.Leaf, pause seconds: Double = 0,
+    /// certbot's renewal, step by step. `settledBetween`: after each link removed or
+    /// replaced, wait until `store` has made a settled reload (its outcome counted), so the
+    /// gateway reads the lineage in every half-renewed state certbot passes through.
+    func certbotRenew(_ live: String, _ name: String, version: Int, leaf: TestPKI.Leaf, settledBetween store: CertificateStore? = nil,
                       beforeCleanup: () throws -> Void = {}) throws {
+        func settle() {
+            guard let store else { return }
+            let settled = { store.reloadOutcomes.values.reduce(0, +) }
+            let before = settled()
+            XCTAssertTrue(eventually(timeout: 5) { settled() > before }, "a settled reload after the step")
+        }
         try certbotWrite(live, name, version: version, leaf: leaf)
         for kind in ["cert", "privkey", "chain", "fullchain"] {
             try link("../../archive/\(name)/\(kind)\(version - 1).pem", "\(live)/\(name)/previous_\(kind).pem")
         }
         for kind in ["cert", "privkey", "chain", "fullchain"] {
             try FileManager.default.removeItem(atPath: "\(live)/\(name)/\(kind).pem")
-            if seconds > 0 { pause(seconds) }
+            settle()
             try link("../../archive/\(name)/\(kind)\(version).pem", "\(live)/\(name)/\(kind).pem")
-            if seconds > 0 { pause(seconds) }
+            settle()
         }
         try beforeCleanup()
         for kind in ["cert", "privkey", "chain", "fullchain"] {
@@ -118,24 +128,27 @@ final class RotationTests: XCTestCase {
         try certbotIssue(live, "example", leaf: v1)
         let harness = try await GatewayHarness.start(directory: dir, yaml: config(sources: "    - certbot: letsencrypt/live"))
         let port = harness.port("https")
+        let store = harness.gateway.sharedStore!
         XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
 
         let load = try TLSLoad(port: port, caFile: Self.pki.caPath, directory: dir)
+        XCTAssertTrue(load.waitForSuccesses(), "the keep-alive connection and the handshakes are under way")
 
         for version in 2...4 {
             let leaf = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v\(version)")
             // Pauses longer than the debounce between the link replacements.
-            try certbotRenew(live, "example", version: version, leaf: leaf, pause: 0.15)
+            try certbotRenew(live, "example", version: version, leaf: leaf, settledBetween: store)
             XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == leaf.serial }, "renewal \(version) served")
         }
 
         // First issuance of a new lineage: the links appear before their targets.
         let fresh = try Self.pki.issue(["a.example.test"], into: dir.file("staging"), name: "fresh")
         try FileManager.default.createDirectory(atPath: live + "/fresh", withIntermediateDirectories: true)
+        let tried = store.reloadAttempts
         for kind in ["cert", "chain", "fullchain", "privkey"] {
             try link("../../archive/fresh/\(kind)1.pem", "\(live)/fresh/\(kind).pem")
         }
-        pause(0.3)
+        XCTAssertTrue(eventually(timeout: 5) { store.reloadAttempts > tried }, "the watcher looked at the links before their targets exist")
         try certbotWrite(live, "fresh", version: 1, leaf: fresh)
         XCTAssertTrue(eventually { servedSerial(port: port, serverName: "a.example.test") == fresh.serial }, "first issuance served by SNI")
 
@@ -173,8 +186,9 @@ final class RotationTests: XCTestCase {
 
         // A new key alone does not match the certificate: kept quiet, the old pair served.
         let v2 = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v2")
+        var tried = store.reloadAttempts
         try Shell.run(["mv", v2.key, certs + "/site.key"])
-        pause(0.5)
+        XCTAssertTrue(eventually(timeout: 5) { store.reloadAttempts > tried }, "the early reload after the rename ran")
         XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial, "a key without its certificate")
         XCTAssertEqual(store.problems.map(\.name), [], "not an error before the change has settled")
         try Shell.run(["mv", v2.fullchain, certs + "/site.crt"])
@@ -194,16 +208,18 @@ final class RotationTests: XCTestCase {
 
         // certbot: busy while previous_* links exist, served once the last one is removed.
         let c2 = try Self.pki.issue(["cb.example.test"], into: dir.file("staging"), name: "c2")
+        tried = store.reloadAttempts
         try certbotRenew(live, "example", version: 2, leaf: c2) {
-            pause(0.3)
+            XCTAssertTrue(eventually(timeout: 5) { store.reloadAttempts > tried }, "an early reload ran between the links")
             XCTAssertEqual(servedSerial(port: port, serverName: "cb.example.test"), c1.serial, "certbot between its links")
         }
         XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: port, serverName: "cb.example.test") == c2.serial }, "certbot renewal: served")
 
         // Deleted files: the lineage stays until the change has settled.
+        tried = store.reloadAttempts
         try FileManager.default.removeItem(atPath: certs + "/site.key")
         try FileManager.default.removeItem(atPath: certs + "/site.crt")
-        pause(0.5)
+        XCTAssertTrue(eventually(timeout: 5) { store.reloadAttempts > tried }, "the early reload after the deletions ran")
         XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v3.serial, "not removed before the debounce")
         XCTAssertEqual(store.problems.map(\.name), [], "\(store.problems)")
         await harness.shutdown()
@@ -384,7 +400,7 @@ final class RotationTests: XCTestCase {
     }
 
     /// The gateway binary serving `dir/certs` on a free port; returns it once its admin port answers.
-    func startProcess(_ dir: TemporaryDirectory, watch: String) throws -> (GatewayProcess, Int) {
+    func startProcess(_ dir: TemporaryDirectory, watch: String) throws -> (GatewayProcess, https: Int, admin: Int) {
         let (https, admin) = (freePort(), freePort())
         try dir.write("config.yaml", """
             listeners: [ { name: https, address: "127.0.0.1:\(https)", tls: {} } ]
@@ -395,7 +411,14 @@ final class RotationTests: XCTestCase {
             """)
         let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"))
         XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
-        return (gateway, https)
+        return (gateway, https, admin)
+    }
+
+    /// `edge_certificate_watch_events_total` on the admin endpoint at `admin`.
+    func watchEvents(admin: Int) -> Int {
+        let text = (try? Shell.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:\(admin)/metrics"]).stdout) ?? ""
+        let line = text.split(separator: "\n").first { $0.hasPrefix("edge_certificate_watch_events_total ") }
+        return line.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) } ?? -1
     }
 
     func testSIGHUPReloadsAtOnce() throws {
@@ -403,12 +426,13 @@ final class RotationTests: XCTestCase {
         let certs = dir.file("certs")
         _ = try Self.pki.issue(["localhost"], into: certs, name: "site")
         // A debounce of an hour: only the signal can publish the new pair in time.
-        let (gateway, https) = try startProcess(dir, watch: "{ debounce: 1h, rescan_interval: 1h, immediate: false }")
+        let (gateway, https, admin) = try startProcess(dir, watch: "{ debounce: 1h, rescan_interval: 1h, immediate: false }")
         defer { gateway.stop() }
+        XCTAssertEqual(watchEvents(admin: admin), 0, "the metric is there before any event")
         let next = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "next")
         try Shell.run(["mv", next.key, certs + "/site.key"])
         try Shell.run(["mv", next.fullchain, certs + "/site.crt"])
-        pause(0.5)
+        XCTAssertTrue(eventually(timeout: 5) { watchEvents(admin: admin) >= 2 }, "the watcher read both renames: \(watchEvents(admin: admin))")
         XCTAssertNotEqual(servedSerial(port: https, serverName: "localhost"), next.serial, "not yet: the debounce is an hour")
         kill(gateway.pid, SIGHUP)
         XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == next.serial }, gateway.log)
@@ -420,7 +444,7 @@ final class RotationTests: XCTestCase {
         let certs = dir.file("certs")
         _ = try Self.pki.issue(["shared.test"], days: 30, into: certs, name: "a-short")
         let long = try Self.pki.issue(["shared.test"], days: 90, into: certs, name: "b-long")
-        let (gateway, https) = try startProcess(dir, watch: "{}")
+        let (gateway, https, _) = try startProcess(dir, watch: "{}")
         defer { gateway.stop() }
         XCTAssertEqual(servedSerial(port: https, serverName: "shared.test"), long.serial)
         XCTAssertTrue(gateway.log.contains("server name claimed by several certificates"), gateway.log)

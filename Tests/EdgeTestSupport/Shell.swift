@@ -324,6 +324,16 @@ package final class TLSLoad {
         package var certificates: [String: Int]
     }
 
+    /// Waits until both parts of the load have succeeded `count` times (the script's
+    /// progress file): the keep-alive connection is open and serving, and new handshakes
+    /// complete. A test acts on a load under way, not after a guessed pause.
+    package func waitForSuccesses(_ count: Int = 1, timeout: TimeInterval = 10) -> Bool {
+        eventually(timeout: timeout, interval: 0.02) {
+            let parts = ((try? String(contentsOfFile: self.stopFile + ".progress", encoding: .utf8)) ?? "").split(separator: " ").compactMap { Int($0) }
+            return parts.count == 2 && parts.allSatisfy { $0 >= count }
+        }
+    }
+
     /// Stops the load and returns what it saw.
     package func finish() throws -> Stats {
         _ = FileManager.default.createFile(atPath: self.stopFile, contents: nil)
@@ -352,6 +362,17 @@ package final class HTTPLoad {
                                   newConnectionPerRequest ? "close" : "keepalive"]
         self.process.standardOutput = self.output
         try self.process.run()
+    }
+
+    /// Waits until the load has had `count` successful requests (the script's progress
+    /// file): a test acts on a load under way, not after a guessed pause.
+    package func waitForSuccesses(_ count: Int, timeout: TimeInterval = 10) -> Bool {
+        eventually(timeout: timeout, interval: 0.02) { self.successes >= count }
+    }
+
+    /// Successful requests so far, as the script last reported them (every 20 ms).
+    package var successes: Int {
+        Int((try? String(contentsOfFile: self.stopFile + ".progress", encoding: .utf8)) ?? "") ?? 0
     }
 
     /// Stops the load; returns the successes and each failure with its Unix time.

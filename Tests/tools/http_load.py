@@ -16,7 +16,7 @@ lock = threading.Lock()
 def worker():
     conn = None
     used = 0
-    while time.time() < deadline and not os.path.exists(stop_file):
+    while running():
         try:
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -53,9 +53,26 @@ def worker():
                 conn.close()
             conn = None
 
+def report():
+    # The successes so far, for a test that waits for the load to be under way
+    # (HTTPLoad.waitForSuccesses) instead of sleeping.
+    while running():
+        with lock:
+            ok = stats["ok"]
+        with open(stop_file + ".progress.tmp", "w") as f:
+            f.write(str(ok))
+        os.replace(stop_file + ".progress.tmp", stop_file + ".progress")
+        time.sleep(0.02)
+
+def running():
+    return time.time() < deadline and not os.path.exists(stop_file)
+
 workers = [threading.Thread(target=worker) for _ in range(threads)]
 for w in workers:
     w.start()
+reporter = threading.Thread(target=report)
+reporter.start()
 for w in workers:
     w.join()
+reporter.join()
 print(json.dumps(stats))

@@ -69,7 +69,18 @@ def handshakes():
             with lock:
                 stats["handshake_errors"].append(repr(e))
 
-threads = [threading.Thread(target=keepalive), threading.Thread(target=handshakes)]
+def report():
+    # Successes so far ("keep-alive handshakes"), for a test that waits for both parts of
+    # the load to be under way (TLSLoad.waitForSuccesses) instead of sleeping.
+    while running():
+        with lock:
+            line = "%d %d" % (stats["keepalive_ok"], stats["handshakes_ok"])
+        with open(stop_file + ".progress.tmp", "w") as f:
+            f.write(line)
+        os.replace(stop_file + ".progress.tmp", stop_file + ".progress")
+        time.sleep(0.02)
+
+threads = [threading.Thread(target=keepalive), threading.Thread(target=handshakes), threading.Thread(target=report)]
 for t in threads:
     t.start()
 for t in threads:
