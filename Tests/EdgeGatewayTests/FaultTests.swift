@@ -107,7 +107,8 @@ final class FaultTests: XCTestCase {
         // A client connected before the limit; then the limit, and idle clients to reach it.
         let client = connectedSocket(port: http)
         defer { close(client) }
-        pause(0.2)
+        XCTAssertTrue(eventually(timeout: 5) { metricSum("edge_connections_open", admin: admin) == 1 }, "the client is accepted")
+        let accepted = metricSum("edge_connections_total", admin: admin) ?? 0
         let limit = openDescriptors(gateway.pid) + 5
         try Shell.run(["prlimit", "--pid", "\(gateway.pid)", "--nofile=\(limit):\(limit)"])
         var idle: [Int32] = []
@@ -126,7 +127,10 @@ final class FaultTests: XCTestCase {
             XCTAssertTrue(answer.hasPrefix("HTTP/1.1 503"), answer)
         }
         idle.forEach { close($0) }
-        pause(0.5)
+        // Every idle client accepted once descriptors allow, and closed: only `client` is left.
+        XCTAssertTrue(eventually(timeout: 10) {
+            (metricSum("edge_connections_total", admin: admin) ?? 0) >= accepted + 20 && metricSum("edge_connections_open", admin: admin) == 1
+        }, "the idle clients are gone: \(metricSum("edge_connections_total", admin: admin) ?? -1) accepted (\(accepted) before them), \(metricSum("edge_connections_open", admin: admin) ?? -1) open")
         let after = request()
         XCTAssertTrue(after.hasPrefix("HTTP/1.1 200"), "the backend was not ejected: \(after)")
         let status = try Shell.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:\(admin)/status/upstreams"]).stdout
@@ -286,7 +290,7 @@ final class AccurateMessageTests: XCTestCase {
     /// "closing remaining connections").
     func testTheGracePeriodMessageSaysWhatHappens() throws {
         let dir = TemporaryDirectory()
-        let (gateway, upstream, http, _) = try plainGateway(dir, more: "shutdown_grace_period: 1s\n")
+        let (gateway, upstream, http, admin) = try plainGateway(dir, more: "shutdown_grace_period: 1s\n")
         defer { upstream.stop() }
         XCTAssertTrue(gateway.waitForPort(http), gateway.log)
         let slow = Process()
@@ -295,7 +299,7 @@ final class AccurateMessageTests: XCTestCase {
         slow.standardOutput = FileHandle.nullDevice
         slow.standardError = FileHandle.nullDevice
         try slow.run()
-        pause(0.5)
+        XCTAssertTrue(eventually(timeout: 5) { (metricSum("edge_upstream_active_requests", admin: admin) ?? 0) >= 1 }, "the request is in flight")
         gateway.stop()
         slow.waitUntilExit()
         XCTAssertTrue(gateway.log.contains("grace period over; exiting with connections still open"), gateway.log)

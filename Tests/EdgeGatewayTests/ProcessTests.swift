@@ -111,12 +111,13 @@ final class ProcessTests: XCTestCase {
         inFlight.arguments = ["-sS", "-w", " %{http_code}", "http://127.0.0.1:\(run.httpPort)/slow?ms=3000"]
         inFlight.standardOutput = out
         try inFlight.run()
-        usleep(400_000)
+        XCTAssertTrue(eventually(timeout: 5) { (metricSum("edge_upstream_active_requests", admin: run.adminPort) ?? 0) >= 1 }, "the request is in flight")
         kill(run.gateway.pid, SIGTERM)
-        usleep(300_000)
-        // New connections are refused while draining.
-        let refused = try Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://127.0.0.1:\(run.httpPort)/"])
-        XCTAssertEqual(refused.stdout, "000")
+        // New connections are refused while draining (the listener closes as the drain begins).
+        XCTAssertTrue(eventually(timeout: 5) {
+            (try? Shell.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "http://127.0.0.1:\(run.httpPort)/"]).stdout) == "000"
+        }, run.gateway.log)
+        XCTAssertTrue(inFlight.isRunning, "refused while the request is still in flight")
         // A reload asked for while draining (the admin endpoint answers until the drain
         // ends) is refused: it would start a generation that nothing stops, and drain this
         // one a second time. It was applied (200) before.
@@ -244,17 +245,19 @@ final class DeployTests: XCTestCase {
                 msg = s.recv(4096).decode()
                 c = socket.socket(); ok = c.connect_ex(("127.0.0.1", int(sys.argv[2]))) == 0; c.close()
                 print(repr(msg), "port-open" if ok else "port-closed", flush=True)
+                with open(sys.argv[3], "a") as seen: seen.write(msg.replace("\\n", " ") + "\\n")
                 if "STOPPING=1" in msg: break
-            """, socketPath, "\(https)"]
+            """, socketPath, "\(https)", dir.file("notified")]
         let output = Pipe()
         listener.standardOutput = output
         try listener.run()
         XCTAssertTrue(eventually(timeout: 5) { FileManager.default.fileExists(atPath: socketPath) })
         let gateway = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("log"), environment: ["NOTIFY_SOCKET": socketPath])
         XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
-        pause(0.3)
+        func notified() -> [String] { ((try? String(contentsOfFile: dir.file("notified"), encoding: .utf8)) ?? "").split(separator: "\n").map(String.init) }
+        XCTAssertTrue(eventually(timeout: 5) { notified().contains { $0.contains("READY=1") } }, "READY=1 before the reload: \(notified())")
         kill(gateway.pid, SIGHUP)
-        pause(0.3)
+        XCTAssertTrue(eventually(timeout: 5) { notified().filter { $0.contains("READY=1") }.count == 2 }, "READY=1 after the reload: \(notified())")
         XCTAssertEqual(gateway.stop(), 0)
         listener.waitUntilExit()
         let lines = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n")
@@ -337,7 +340,7 @@ final class RestartTests: XCTestCase {
             return
         }
         XCTAssertEqual(old.process.terminationStatus, 0, "old:\n\(old.log.suffix(3000))\n---- new:\n\(new.log.suffix(2000))")
-        pause(1)
+        XCTAssertTrue(keepAlive.waitForSuccesses(keepAlive.successes + 50) && fresh.waitForSuccesses(fresh.successes + 50), "the new process serves both loads")
         let kept = try keepAlive.finish(), opened = try fresh.finish()
         XCTAssertEqual(kept.errors.map(\.message), [], "keep-alive clients lost nothing")
         XCTAssertEqual(opened.errors.map(\.message), [], "new connections lost nothing (none refused or reset in the accept queue)")
@@ -388,10 +391,10 @@ final class RestartTests: XCTestCase {
         // A silent peer, then a real takeover: it still happens.
         let silent = Process()
         silent.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        silent.arguments = ["-c", "import socket, time; s = socket.socket(socket.AF_UNIX); s.connect('\(dir.file("handoff.sock"))'); time.sleep(30)"]
+        silent.arguments = ["-c", "import socket, time; s = socket.socket(socket.AF_UNIX); s.connect('\(dir.file("handoff.sock"))'); open('\(dir.file("connected"))', 'w').close(); time.sleep(30)"]
         try silent.run()
         defer { silent.terminate() }
-        pause(0.3)
+        XCTAssertTrue(eventually(timeout: 5) { FileManager.default.fileExists(atPath: dir.file("connected")) }, "the silent peer is connected")
         let new = try GatewayProcess(config: dir.file("config.yaml"), logPath: dir.file("new.log"))
         defer { new.stop() }
         XCTAssertTrue(eventually(timeout: 15) { !old.process.isRunning }, "the takeover happened despite the silent peer:\n\(old.log)\n---\n\(new.log)")

@@ -72,6 +72,19 @@ final class ReloadUnderLoadTests: XCTestCase {
         return (requests, failed, text)
     }
 
+    /// Waits until the gateway at `admin` has answered `count` requests (`edge_requests_total`).
+    func answers(_ admin: Int, atLeast count: Double) -> Bool {
+        eventually(timeout: 15, interval: 0.05) { (metricSum("edge_requests_total", admin: admin) ?? 0) >= count }
+    }
+
+    /// Waits until the `count`th reload is logged, then for 300 more answers: each reload
+    /// lands on a load under way, none on the drain of the one before.
+    func reloaded(_ count: Int, _ gateway: GatewayProcess, admin: Int) {
+        XCTAssertTrue(eventually(timeout: 10) { gateway.log.components(separatedBy: "configuration reloaded").count - 1 >= count }, "reload \(count)")
+        let answered = metricSum("edge_requests_total", admin: admin) ?? 0
+        XCTAssertTrue(self.answers(admin, atLeast: answered + 300), "answers after reload \(count)")
+    }
+
     func testTwentyReloadsFailNoRequestOfClientsThatNeverRetry() throws {
         let setup = try setUp(handoff: false)
         defer { setup.upstream.stop() }
@@ -80,10 +93,10 @@ final class ReloadUnderLoadTests: XCTestCase {
         XCTAssertTrue(gateway.waitForPort(setup.admin), gateway.log)
         let get = try startWrk(port: setup.http, seconds: 14, post: false, dir: setup.dir)
         let post = try startWrk(port: setup.http, seconds: 14, post: true, dir: setup.dir)
-        pause(1.5)
-        for _ in 0..<20 {
+        XCTAssertTrue(self.answers(setup.admin, atLeast: 500), "the load is under way")
+        for reload in 1...20 {
             kill(gateway.pid, SIGHUP)
-            pause(0.5)
+            self.reloaded(reload, gateway, admin: setup.admin)
         }
         let gets = wrkResult(get), posts = wrkResult(post)
         XCTAssertEqual(gateway.log.components(separatedBy: "configuration reloaded").count - 1, 20, gateway.log.suffix(2000).description)
@@ -104,7 +117,7 @@ final class ReloadUnderLoadTests: XCTestCase {
         let get = try startWrk(port: setup.http, seconds: 22, post: false, dir: setup.dir)
         let post = try startWrk(port: setup.http, seconds: 22, post: true, dir: setup.dir)
         let h2 = try startHTTP2Client(port: setup.https, seconds: 21)
-        pause(1.5)
+        XCTAssertTrue(self.answers(setup.admin, atLeast: 500), "the load is under way")
         for index in 1...5 {
             let next = try GatewayProcess(config: setup.config, logPath: setup.dir.file("gateway\(index).log"))
             all.append(next)
@@ -114,7 +127,8 @@ final class ReloadUnderLoadTests: XCTestCase {
             }
             XCTAssertEqual(current.process.terminationStatus, 0, current.log.suffix(2000).description)
             current = next
-            pause(0.5)
+            // The new process has its own counters, and the admin endpoint is its own now.
+            XCTAssertTrue(self.answers(setup.admin, atLeast: 300), "takeover \(index): the new process serves the load")
         }
         let gets = wrkResult(get), posts = wrkResult(post)
         XCTAssertGreaterThan(gets.requests, 1000, gets.text)
@@ -156,10 +170,10 @@ final class ReloadUnderLoadTests: XCTestCase {
         defer { gateway.stop() }
         XCTAssertTrue(gateway.waitForPort(setup.admin), gateway.log)
         let client = try startHTTP2Client(port: setup.https, seconds: 9)
-        pause(1.5)
-        for _ in 0..<10 {
+        XCTAssertTrue(self.answers(setup.admin, atLeast: 300), "the streams are under way")
+        for reload in 1...10 {
             kill(gateway.pid, SIGHUP)
-            pause(0.6)
+            self.reloaded(reload, gateway, admin: setup.admin)
         }
         let result = http2Result(client)
         let line = "\(result)"

@@ -414,11 +414,9 @@ final class RotationTests: XCTestCase {
         return (gateway, https, admin)
     }
 
-    /// `edge_certificate_watch_events_total` on the admin endpoint at `admin`.
+    /// `edge_certificate_watch_events_total` on the admin endpoint at `admin` (-1: none).
     func watchEvents(admin: Int) -> Int {
-        let text = (try? Shell.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:\(admin)/metrics"]).stdout) ?? ""
-        let line = text.split(separator: "\n").first { $0.hasPrefix("edge_certificate_watch_events_total ") }
-        return line.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) } ?? -1
+        metricSum("edge_certificate_watch_events_total", admin: admin).map { Int($0) } ?? -1
     }
 
     func testSIGHUPReloadsAtOnce() throws {

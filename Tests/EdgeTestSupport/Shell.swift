@@ -300,6 +300,17 @@ package func pause(_ seconds: Double) {
     usleep(UInt32(seconds * 1_000_000))
 }
 
+/// The sum of every series of the metric `name` on the admin endpoint at `admin`
+/// (`edge_requests_total` over listeners and classes, say); nil when the scrape fails or
+/// has no such series. What a test waits on instead of a pause: requests answered,
+/// events read.
+package func metricSum(_ name: String, admin: Int) -> Double? {
+    guard let text = try? Shell.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:\(admin)/metrics"]).stdout else { return nil }
+    let values = text.split(separator: "\n").filter { $0.hasPrefix(name + " ") || $0.hasPrefix(name + "{") }
+        .compactMap { Double($0.split(separator: " ").last ?? "") }
+    return values.isEmpty ? nil : values.reduce(0, +)
+}
+
 /// Tests/tools/tls_load.py in the background: one keep-alive HTTPS connection plus a loop of
 /// new handshakes against `port`, until `finish()`.
 package final class TLSLoad {
