@@ -126,13 +126,21 @@ package final class CertificateStore: Sendable {
     /// Publications kept for the status page.
     package static let historyLength = 20
     private let clock: @Sendable () -> Int64
-    /// Reloads done (early ones included), for a test that must know the watcher acted on
-    /// a change before it checks that nothing was published.
-    private let attempts = ManagedAtomic(0)
-    /// Certificate-file events the watcher read (kept across configuration reloads): the
-    /// metric that tells an operator whether inotify sees the renewals at all (a network
-    /// file system, a mount the watcher does not reach, shows none).
-    private let fileEvents: ManagedAtomic<Int>
+    /// The watcher's event count when the last completed reload began (any reload), for a
+    /// test that must know the gateway read its change before it checks what is served.
+    private let covered = ManagedAtomic(0)
+    /// The same, for settled reloads only.
+    private let coveredBySettled = ManagedAtomic(0)
+    /// Events the watcher read about this store's files and directories.
+    private let fileEvents = ManagedAtomic(0)
+    /// The same, for every store of the process (`edge_certificate_watch_events_total`,
+    /// which tells an operator whether inotify sees the renewals at all: a network file
+    /// system, a mount the watcher does not reach, shows none). Process-wide, so that a
+    /// configuration reload's new stores do not start it again from 0.
+    private static let allFileEvents = ManagedAtomic(0)
+    /// Tells this store's reload counts apart from its successor's (`GatewayMetrics`).
+    package let serial: Int = CertificateStore.serials.wrappingIncrementThenLoad(ordering: .relaxed)
+    private static let serials = ManagedAtomic(0)
 
     /// Loads every source once. Throws when nothing at all can be served, or when
     /// `requireAll` is set and any lineage fails (startup of explicit pairs).
@@ -145,7 +153,6 @@ package final class CertificateStore: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.clock = clock
-        self.fileEvents = ManagedAtomic(previous?.fileEventsRead ?? 0)
         let now = clock()
         var loaded: [LoadedLineage] = []
         var problems: [String: CertificateProblem] = [:]
@@ -219,15 +226,22 @@ package final class CertificateStore: Sendable {
     /// The latest publications and rejections (at most 20), oldest first.
     package var publications: [Publication] { self.status.load(ordering: .acquiring).publications }
 
-    /// Reloads completed so far, early (watcher) ones included.
-    package var reloadAttempts: Int { self.attempts.load(ordering: .acquiring) }
+    /// `fileEventsRead` as it was when the last completed reload began. Past a count read
+    /// before a file step, it says a reload that began after the watcher read the step
+    /// has finished (early or settled); `eventsCoveredBySettledReload` says it of a settled one.
+    package var eventsCoveredByReload: Int { self.covered.load(ordering: .acquiring) }
+    package var eventsCoveredBySettledReload: Int { self.coveredBySettled.load(ordering: .acquiring) }
 
-    /// Certificate-file events the watcher has read (`edge_certificate_watch_events_total`).
-    package var fileEventsRead: Int { self.fileEvents.load(ordering: .relaxed) }
+    /// Events the watcher has read about this store's files and directories.
+    package var fileEventsRead: Int { self.fileEvents.load(ordering: .acquiring) }
 
-    /// The watcher read `count` events about files a lineage may use.
+    /// The same for every store of the process.
+    package static var allFileEventsRead: Int { Self.allFileEvents.load(ordering: .relaxed) }
+
+    /// The watcher read `count` events about files a lineage may use, or their directories.
     package func countFileEvents(_ count: Int) {
-        self.fileEvents.wrappingIncrement(by: count, ordering: .relaxed)
+        Self.allFileEvents.wrappingIncrement(by: count, ordering: .relaxed)
+        self.fileEvents.wrappingIncrement(by: count, ordering: .releasing)
     }
 
     package var lastReload: (time: Int64, result: String) {
@@ -262,7 +276,11 @@ package final class CertificateStore: Sendable {
     /// serves, as during a certbot renewal: a chain written in two steps is never read half-way.
     @discardableResult
     package func reload(reason: String, settled: Bool = true) -> ReloadReport {
-        defer { self.attempts.wrappingIncrement(ordering: .releasing) }
+        let events = self.fileEvents.load(ordering: .acquiring)
+        defer {
+            self.covered.store(events, ordering: .releasing)
+            if settled { self.coveredBySettled.store(events, ordering: .releasing) }
+        }
         let writing = self.filesBeingWritten.withLockedValue { $0 }
         return self.state.withLockedValue { state in
             defer { self.status.store(Self.status(of: state), ordering: .releasing) }

@@ -237,7 +237,7 @@ package final class CertificateWatcher: Sendable {
     private func readEvents(into schedule: inout WatchSchedule, buffer: UnsafeMutableRawPointer, size bufferSize: Int) {
         var sawEvent = false
         var sawComplete = false
-        var lineageEvents = 0
+        var counted = 0
         while true {
             let n = read(self.inotify, buffer, bufferSize)
             if n <= 0 { break }
@@ -250,6 +250,16 @@ package final class CertificateWatcher: Sendable {
                 if event.mask & UInt32(IN_Q_OVERFLOW) != 0 {
                     self.logger.warning("inotify queue overflowed; rescanning everything")
                 }
+                // Another file in a watched directory (a log, a temporary file beside the
+                // certificates, the parent of a source) changes nothing a lineage reads: it
+                // neither starts nor restarts the quiet time. Before, a file rewritten every
+                // few milliseconds there held the settled reload off for as long as it went
+                // on (only early reloads and the rescan published meanwhile).
+                if length > 0, event.mask & UInt32(IN_ISDIR) == 0,
+                   !self.isLineageFile(String(cString: namePointer.assumingMemoryBound(to: CChar.self))) {
+                    continue
+                }
+                counted += 1
                 if event.mask & UInt32(IN_ISDIR) != 0, event.mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
                     // A new directory (a first certbot issuance): watch it now, then rescan:
                     // files created before the watch produce no event.
@@ -262,18 +272,15 @@ package final class CertificateWatcher: Sendable {
                         } else {
                             schedule.fileFinished(path)
                         }
-                    } else if event.mask & UInt32(IN_MODIFY) != 0 {
-                        continue  // another file's writes (a log in the directory) change nothing here
                     }
                 }
                 sawEvent = true
-                if length > 0, self.isLineageFile(String(cString: namePointer.assumingMemoryBound(to: CChar.self))) { lineageEvents += 1 }
                 if !sawComplete, self.configuration.immediate {
                     sawComplete = self.isComplete(event, name: namePointer, length: length)
                 }
             }
         }
         schedule.eventsRead(at: self.now(), sawEvent: sawEvent, sawComplete: sawComplete)
-        if lineageEvents > 0 { self.store.countFileEvents(lineageEvents) }
+        if counted > 0 { self.store.countFileEvents(counted) }
     }
 }

@@ -14,7 +14,10 @@ final class GatewayMetrics: Sendable {
     private let certificateGauges = NIOLockedValueBox<[String: Gauge]>([:])
     private let counters = NIOLockedValueBox<[String: Counter]>([:])
     private let gauges = NIOLockedValueBox<[String: Gauge]>([:])
-    private let reloadsSeen = NIOLockedValueBox<[String: Int]>([:])
+    /// Reload outcomes already counted, per store (`CertificateStore.serial`): a
+    /// configuration reload's new store starts its counts at 0, and its reloads are
+    /// counted from there (before, they were not until its totals passed the old store's).
+    private let reloadsSeen = NIOLockedValueBox<[Int: [String: Int]]>([:])
     private let watchEventsSeen = NIOLockedValueBox(0)
     private let listeners = NIOLockedValueBox<[String: ListenerMetrics]>([:])
 
@@ -112,20 +115,24 @@ final class GatewayMetrics: Sendable {
             }
         }
         // Reload outcomes: counters advanced by what the stores counted since the last scrape.
-        var totals: [String: Int] = [:]
-        for store in stores {
-            for (outcome, count) in store.reloadOutcomes { totals[outcome, default: 0] += count }
-        }
         self.reloadsSeen.withLockedValue { seen in
-            for (outcome, total) in totals where total > seen[outcome, default: 0] {
-                self.counter("edge_certificate_reloads_total", [("result", outcome)], help: "Certificate reloads, by result.").increment(by: Int64(total - seen[outcome, default: 0]))
-                seen[outcome] = total
+            // Kept for stores no longer passed in too: a draining generation's admin
+            // endpoint may answer a scrape with its own stores, and the next scrape must
+            // not count the current ones again. (A few bytes per configuration reload.)
+            for store in stores {
+                var counted = seen[store.serial] ?? [:]
+                for (outcome, total) in store.reloadOutcomes where total > counted[outcome, default: 0] {
+                    self.counter("edge_certificate_reloads_total", [("result", outcome)], help: "Certificate reloads, by result.")
+                        .increment(by: Int64(total - counted[outcome, default: 0]))
+                    counted[outcome] = total
+                }
+                seen[store.serial] = counted
             }
         }
         // Watcher events: what tells an operator that inotify sees the renewals at all.
-        let events = stores.map(\.fileEventsRead).reduce(0, +)
+        let events = CertificateStore.allFileEventsRead
         let watchEvents = self.counter("edge_certificate_watch_events_total", [],
-                                       help: "Certificate-file events the watcher read (inotify); none while files change means the watcher does not see them.")
+                                       help: "inotify events the certificate watchers read about certificate files and their directories; flat while files change means inotify does not see them.")
         self.watchEventsSeen.withLockedValue { seen in
             if events > seen {
                 watchEvents.increment(by: Int64(events - seen))

@@ -108,7 +108,7 @@ final class FaultTests: XCTestCase {
         let client = connectedSocket(port: http)
         defer { close(client) }
         XCTAssertTrue(eventually(timeout: 5) { metricSum("edge_connections_open", admin: admin) == 1 }, "the client is accepted")
-        let accepted = metricSum("edge_connections_total", admin: admin) ?? 0
+        let accepted = try XCTUnwrap(scrapedMetric("edge_connections_total", admin: admin))
         let limit = openDescriptors(gateway.pid) + 5
         try Shell.run(["prlimit", "--pid", "\(gateway.pid)", "--nofile=\(limit):\(limit)"])
         var idle: [Int32] = []

@@ -81,7 +81,7 @@ final class ReloadUnderLoadTests: XCTestCase {
     /// lands on a load under way, none on the drain of the one before.
     func reloaded(_ count: Int, _ gateway: GatewayProcess, admin: Int) {
         XCTAssertTrue(eventually(timeout: 10) { gateway.log.components(separatedBy: "configuration reloaded").count - 1 >= count }, "reload \(count)")
-        let answered = metricSum("edge_requests_total", admin: admin) ?? 0
+        guard let answered = scrapedMetric("edge_requests_total", admin: admin) else { return XCTFail("no /metrics after reload \(count)") }
         XCTAssertTrue(self.answers(admin, atLeast: answered + 300), "answers after reload \(count)")
     }
 
@@ -118,9 +118,10 @@ final class ReloadUnderLoadTests: XCTestCase {
         XCTAssertTrue(current.waitForPort(setup.admin), current.log)
         var all = [current]
         defer { for process in all { process.stop() } }
-        let get = try startWrk(port: setup.http, seconds: 22, post: false, dir: setup.dir)
-        let post = try startWrk(port: setup.http, seconds: 22, post: true, dir: setup.dir)
-        let h2 = try startHTTP2Client(port: setup.https, seconds: 21)
+        // A minute at most: the clients stop (and report) on SIGINT after the last takeover.
+        let get = try startWrk(port: setup.http, seconds: 60, post: false, dir: setup.dir)
+        let post = try startWrk(port: setup.http, seconds: 60, post: true, dir: setup.dir)
+        let h2 = try startHTTP2Client(port: setup.https, seconds: 60)
         XCTAssertTrue(self.answers(setup.admin, atLeast: 500), "the load is under way")
         for index in 1...5 {
             let next = try GatewayProcess(config: setup.config, logPath: setup.dir.file("gateway\(index).log"))
@@ -134,6 +135,7 @@ final class ReloadUnderLoadTests: XCTestCase {
             // The new process has its own counters, and the admin endpoint is its own now.
             XCTAssertTrue(self.answers(setup.admin, atLeast: 300), "takeover \(index): the new process serves the load")
         }
+        for client in [get.0, post.0, h2.0] { client.interrupt() }
         let gets = wrkResult(get), posts = wrkResult(post)
         XCTAssertGreaterThan(gets.requests, 1000, gets.text)
         XCTAssertGreaterThan(posts.requests, 1000, posts.text)
@@ -173,12 +175,13 @@ final class ReloadUnderLoadTests: XCTestCase {
         let gateway = try GatewayProcess(config: setup.config, logPath: setup.dir.file("gateway.log"))
         defer { gateway.stop() }
         XCTAssertTrue(gateway.waitForPort(setup.admin), gateway.log)
-        let client = try startHTTP2Client(port: setup.https, seconds: 9)
+        let client = try startHTTP2Client(port: setup.https, seconds: 60)
         XCTAssertTrue(self.answers(setup.admin, atLeast: 300), "the streams are under way")
         for reload in 1...10 {
             kill(gateway.pid, SIGHUP)
             self.reloaded(reload, gateway, admin: setup.admin)
         }
+        client.0.interrupt()  // it stops and reports
         let result = http2Result(client)
         let line = "\(result)"
         XCTAssertEqual(gateway.log.components(separatedBy: "configuration reloaded").count - 1, 10)

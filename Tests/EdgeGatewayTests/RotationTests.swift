@@ -91,34 +91,86 @@ final class RotationTests: XCTestCase {
         }
     }
 
-    /// certbot's renewal to `version`, in certbot's order: new archive files, `previous_*` links,
-    /// each live link replaced (unlink, then symlink; `pause` seconds after each step),
-    /// `beforeCleanup`, then the `previous_*` links removed: the end of the renewal.
-    /// certbot's renewal, step by step. `settledBetween`: after each link removed or
-    /// replaced, wait until `store` has made a settled reload (its outcome counted), so the
-    /// gateway reads the lineage in every half-renewed state certbot passes through.
-    func certbotRenew(_ live: String, _ name: String, version: Int, leaf: TestPKI.Leaf, settledBetween store: CertificateStore? = nil,
-                      beforeCleanup: () throws -> Void = {}) throws {
-        func settle() {
-            guard let store else { return }
-            let settled = { store.reloadOutcomes.values.reduce(0, +) }
-            let before = settled()
-            XCTAssertTrue(eventually(timeout: 5) { settled() > before }, "a settled reload after the step")
+    /// How a test waits for the gateway after a file step.
+    enum Wait {
+        case none
+        /// Until a reload (an early one counts) that began after the watcher read the step.
+        case reload(CertificateStore)
+        /// Until a settled reload (after the debounce) that began after the watcher read the step.
+        case settledReload(CertificateStore)
+    }
+
+    /// Performs `step`, then waits as `wait` says.
+    func perform(_ wait: Wait, _ what: String, _ step: () throws -> Void) rethrows {
+        switch wait {
+        case .none:
+            try step()
+        case .reload(let store):
+            let events = store.fileEventsRead
+            try step()
+            XCTAssertTrue(eventually(timeout: 5) { store.eventsCoveredByReload > events }, "a reload after the watcher read \(what)")
+        case .settledReload(let store):
+            let events = store.fileEventsRead
+            try step()
+            XCTAssertTrue(eventually(timeout: 5) { store.eventsCoveredBySettledReload > events }, "a settled reload after the watcher read \(what)")
         }
+    }
+
+    /// certbot's renewal to `version`, in certbot's order: new archive files, `previous_*` links,
+    /// each live link replaced (unlink, then symlink; after each step the test waits as
+    /// `wait` says, so the gateway reads every half-renewed state certbot passes through),
+    /// `beforeCleanup`, then the `previous_*` links removed: the end of the renewal.
+    func certbotRenew(_ live: String, _ name: String, version: Int, leaf: TestPKI.Leaf, waiting wait: Wait = .none,
+                      beforeCleanup: () throws -> Void = {}) throws {
         try certbotWrite(live, name, version: version, leaf: leaf)
         for kind in ["cert", "privkey", "chain", "fullchain"] {
             try link("../../archive/\(name)/\(kind)\(version - 1).pem", "\(live)/\(name)/previous_\(kind).pem")
         }
         for kind in ["cert", "privkey", "chain", "fullchain"] {
-            try FileManager.default.removeItem(atPath: "\(live)/\(name)/\(kind).pem")
-            settle()
-            try link("../../archive/\(name)/\(kind)\(version).pem", "\(live)/\(name)/\(kind).pem")
-            settle()
+            try perform(wait, "\(kind).pem removed") { try FileManager.default.removeItem(atPath: "\(live)/\(name)/\(kind).pem") }
+            try perform(wait, "\(kind).pem linked") { try link("../../archive/\(name)/\(kind)\(version).pem", "\(live)/\(name)/\(kind).pem") }
         }
         try beforeCleanup()
         for kind in ["cert", "privkey", "chain", "fullchain"] {
             try FileManager.default.removeItem(atPath: "\(live)/\(name)/previous_\(kind).pem")
         }
+    }
+
+    /// A file rewritten every 20 ms beside the certificates (an application's log in the
+    /// watched parent directory) does not hold the settled reload off: only certificate
+    /// files and directories start the quiet time. Before, each of its events restarted it,
+    /// and with early reloads off nothing was published until the periodic rescan (30 s).
+    func testABusyFileBesideTheCertificatesDoesNotHoldOffTheSettledReload() async throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        let v1 = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(
+            sources: "    - directory: certs", watch: "{ debounce: 100ms, rescan_interval: 30s, immediate: false }"))
+        let port = harness.port("https")
+        let store = harness.gateway.sharedStore!
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
+        let writer = Process()
+        writer.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        writer.arguments = ["-c", """
+            import os, sys, time
+            while not os.path.exists(sys.argv[2]):
+                with open(sys.argv[1], "a") as log: log.write("busy\\n")
+                time.sleep(0.02)  # the input: a write and a close every 20 ms, five per debounce
+            """, dir.file("app.log"), dir.file("stop-writer")]
+        try writer.run()
+        defer {
+            _ = FileManager.default.createFile(atPath: dir.file("stop-writer"), contents: nil)
+            writer.waitUntilExit()
+        }
+        XCTAssertTrue(eventually(timeout: 5) { FileManager.default.fileExists(atPath: dir.file("app.log")) }, "the writer is busy")
+        let v2 = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v2")
+        try perform(.settledReload(store), "the pair renamed in") {
+            try Shell.run(["mv", v2.key, certs + "/site.key"])
+            try Shell.run(["mv", v2.fullchain, certs + "/site.crt"])
+        }
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v2.serial, "published by the settled reload, with the log still busy")
+        XCTAssertTrue(writer.isRunning, "the writer was busy throughout")
+        await harness.shutdown()
     }
 
     func testCertbotRenewalSequenceNeverServesAMismatchedPair() async throws {
@@ -136,19 +188,20 @@ final class RotationTests: XCTestCase {
 
         for version in 2...4 {
             let leaf = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v\(version)")
-            // Pauses longer than the debounce between the link replacements.
-            try certbotRenew(live, "example", version: version, leaf: leaf, settledBetween: store)
+            // A settled reload (100 ms debounce) between the link replacements.
+            try certbotRenew(live, "example", version: version, leaf: leaf, waiting: .settledReload(store))
             XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == leaf.serial }, "renewal \(version) served")
         }
 
         // First issuance of a new lineage: the links appear before their targets.
         let fresh = try Self.pki.issue(["a.example.test"], into: dir.file("staging"), name: "fresh")
-        try FileManager.default.createDirectory(atPath: live + "/fresh", withIntermediateDirectories: true)
-        let tried = store.reloadAttempts
-        for kind in ["cert", "chain", "fullchain", "privkey"] {
-            try link("../../archive/fresh/\(kind)1.pem", "\(live)/fresh/\(kind).pem")
+        // Watched from its creation on, so that the watcher sees each link appear.
+        try perform(.reload(store), "the new lineage directory") {
+            try FileManager.default.createDirectory(atPath: live + "/fresh", withIntermediateDirectories: true)
         }
-        XCTAssertTrue(eventually(timeout: 5) { store.reloadAttempts > tried }, "the watcher looked at the links before their targets exist")
+        for kind in ["cert", "chain", "fullchain", "privkey"] {
+            try perform(.reload(store), "the dangling \(kind).pem") { try link("../../archive/fresh/\(kind)1.pem", "\(live)/fresh/\(kind).pem") }
+        }
         try certbotWrite(live, "fresh", version: 1, leaf: fresh)
         XCTAssertTrue(eventually { servedSerial(port: port, serverName: "a.example.test") == fresh.serial }, "first issuance served by SNI")
 
@@ -186,9 +239,7 @@ final class RotationTests: XCTestCase {
 
         // A new key alone does not match the certificate: kept quiet, the old pair served.
         let v2 = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v2")
-        var tried = store.reloadAttempts
-        try Shell.run(["mv", v2.key, certs + "/site.key"])
-        XCTAssertTrue(eventually(timeout: 5) { store.reloadAttempts > tried }, "the early reload after the rename ran")
+        try perform(.reload(store), "the key renamed in") { try Shell.run(["mv", v2.key, certs + "/site.key"]) }
         XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial, "a key without its certificate")
         XCTAssertEqual(store.problems.map(\.name), [], "not an error before the change has settled")
         try Shell.run(["mv", v2.fullchain, certs + "/site.crt"])
@@ -208,18 +259,14 @@ final class RotationTests: XCTestCase {
 
         // certbot: busy while previous_* links exist, served once the last one is removed.
         let c2 = try Self.pki.issue(["cb.example.test"], into: dir.file("staging"), name: "c2")
-        tried = store.reloadAttempts
-        try certbotRenew(live, "example", version: 2, leaf: c2) {
-            XCTAssertTrue(eventually(timeout: 5) { store.reloadAttempts > tried }, "an early reload ran between the links")
+        try certbotRenew(live, "example", version: 2, leaf: c2, waiting: .reload(store)) {
             XCTAssertEqual(servedSerial(port: port, serverName: "cb.example.test"), c1.serial, "certbot between its links")
         }
         XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: port, serverName: "cb.example.test") == c2.serial }, "certbot renewal: served")
 
         // Deleted files: the lineage stays until the change has settled.
-        tried = store.reloadAttempts
-        try FileManager.default.removeItem(atPath: certs + "/site.key")
-        try FileManager.default.removeItem(atPath: certs + "/site.crt")
-        XCTAssertTrue(eventually(timeout: 5) { store.reloadAttempts > tried }, "the early reload after the deletions ran")
+        try perform(.reload(store), "the key deleted") { try FileManager.default.removeItem(atPath: certs + "/site.key") }
+        try perform(.reload(store), "the certificate deleted") { try FileManager.default.removeItem(atPath: certs + "/site.crt") }
         XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v3.serial, "not removed before the debounce")
         XCTAssertEqual(store.problems.map(\.name), [], "\(store.problems)")
         await harness.shutdown()
@@ -435,6 +482,32 @@ final class RotationTests: XCTestCase {
         kill(gateway.pid, SIGHUP)
         XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == next.serial }, gateway.log)
         XCTAssertTrue(gateway.log.contains("reason=SIGHUP"), gateway.log)
+    }
+
+    /// `edge_certificate_reloads_total` goes on counting after a configuration reload,
+    /// whose new store starts its own counts at 0 (they were not counted until they passed
+    /// the old store's: a rejection alert could miss what followed a SIGHUP).
+    func testReloadCountsGoOnAfterAConfigurationReload() throws {
+        let dir = TemporaryDirectory()
+        let certs = dir.file("certs")
+        _ = try Self.pki.issue(["localhost"], into: certs, name: "site")
+        let (gateway, https, admin) = try startProcess(dir, watch: "{ debounce: 100ms }")
+        defer { gateway.stop() }
+        func published() -> Double { metricSum(#"edge_certificate_reloads_total{result="published"}"#, admin: admin) ?? 0 }
+        func rotate(_ name: String) throws {
+            let next = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: name)
+            try Shell.run(["mv", next.key, certs + "/site.key"])
+            try Shell.run(["mv", next.fullchain, certs + "/site.crt"])
+            XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == next.serial }, gateway.log)
+        }
+        try rotate("v2")
+        try rotate("v3")
+        XCTAssertTrue(eventually(timeout: 5) { published() >= 2 }, "two publications: \(published())")
+        let before = published()
+        kill(gateway.pid, SIGHUP)
+        XCTAssertTrue(eventually(timeout: 10) { gateway.log.contains("configuration reloaded") }, gateway.log)
+        try rotate("v4")
+        XCTAssertTrue(eventually(timeout: 5) { published() > before }, "the publication after the configuration reload is counted: \(published()) after \(before)")
     }
 
     func testANameClaimedTwiceGoesToTheLongerLivedCertificateAndIsLogged() throws {

@@ -311,6 +311,25 @@ package func metricSum(_ name: String, admin: Int) -> Double? {
     return values.isEmpty ? nil : values.reduce(0, +)
 }
 
+/// Where the load scripts keep their stop and progress files: a subdirectory of the test's
+/// directory that no certificate source watches.
+private func loadDirectory(_ directory: TemporaryDirectory) -> String {
+    let path = directory.file("loads")
+    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+/// `metricSum`, scraped until the scrape succeeds (five seconds at most): a baseline that a
+/// test waits to see grow must not read as 0 because one scrape failed.
+package func scrapedMetric(_ name: String, admin: Int) -> Double? {
+    var value: Double?
+    _ = eventually(timeout: 5) {
+        value = metricSum(name, admin: admin)
+        return value != nil
+    }
+    return value
+}
+
 /// Tests/tools/tls_load.py in the background: one keep-alive HTTPS connection plus a loop of
 /// new handshakes against `port`, until `finish()`.
 package final class TLSLoad {
@@ -319,7 +338,9 @@ package final class TLSLoad {
     private let stopFile: String
 
     package init(port: Int, caFile: String, directory: TemporaryDirectory, limitSeconds: Int = 240, serverName: String = "localhost") throws {
-        self.stopFile = directory.file("stop-load")
+        // In a directory of its own: the progress file is rewritten every 20 ms, and the
+        // test directory is often the parent of a watched certificate directory.
+        self.stopFile = loadDirectory(directory) + "/stop-load"
         self.process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         self.process.arguments = [repositoryRoot() + "/Tests/tools/tls_load.py", "\(port)", caFile, self.stopFile, "\(limitSeconds)", serverName]
         self.process.standardOutput = self.output
@@ -367,7 +388,7 @@ package final class HTTPLoad {
     private let stopFile: String
 
     package init(port: Int, threads: Int, directory: TemporaryDirectory, path: String = "/", limitSeconds: Int = 120, newConnectionPerRequest: Bool = false) throws {
-        self.stopFile = directory.file("stop-http-load-\(port)-\(newConnectionPerRequest)")
+        self.stopFile = loadDirectory(directory) + "/stop-http-load-\(port)-\(newConnectionPerRequest)"
         self.process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         self.process.arguments = [repositoryRoot() + "/Tests/tools/http_load.py", "\(port)", "\(threads)", self.stopFile, "\(limitSeconds)", path,
                                   newConnectionPerRequest ? "close" : "keepalive"]

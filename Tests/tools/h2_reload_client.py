@@ -4,7 +4,7 @@
   h2_reload_client.py PORT CA SECONDS [CLIENTS] [STREAMS]
 
 CLIENTS threads (default 4) each send batches of STREAMS GETs (default 10) on one
-verified TLS connection (ALPN h2, server name localhost) for SECONDS. A GOAWAY is
+verified TLS connection (ALPN h2, server name localhost) for SECONDS, or until SIGINT. A GOAWAY is
 followed as RFC 9113 §6.8 says: no new stream goes on that connection; the streams the
 GOAWAY names as processed (up to its last-stream-id) must still be answered; the ones
 above it were never processed, so they go again on a new connection ("refused", not
@@ -12,12 +12,22 @@ failed). A failure is anything else that ends a request without a 200: a reset s
 another status, or a connection that closes before its processed streams are answered.
 h2load cannot measure this: it never reconnects after GOAWAY and counts the requests it
 queued and never sent as failed. Prints one JSON line."""
-import json, socket, ssl, struct, sys, threading, time
+import json, signal, socket, ssl, struct, sys, threading, time
 
 port, ca, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 clients = int(sys.argv[4]) if len(sys.argv) > 4 else 4
 per_batch = int(sys.argv[5]) if len(sys.argv) > 5 else 10
 deadline = time.time() + seconds
+
+
+def stop(*_):
+    # SIGINT: the test is done; streams in flight finish, no new batch starts, and the
+    # totals are printed as at the deadline.
+    global deadline
+    deadline = time.time()
+
+
+signal.signal(signal.SIGINT, stop)
 lock = threading.Lock()
 totals = {"ok": 0, "failed": 0, "refused": 0, "goaways": 0, "connections": 0, "errors": []}
 
