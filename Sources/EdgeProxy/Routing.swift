@@ -91,8 +91,40 @@ package struct Router: Sendable {
         return self.routes.compactMap { route in route.upstream.flatMap { seen.insert(ObjectIdentifier($0)).inserted ? $0 : nil } }
     }
 
+    /// A Host as routes and server names compare it: lower-cased, without its port, its
+    /// IPv6 brackets or a trailing dot.
     static func normalizedHost(_ raw: String?) -> String {
-        guard var host = raw?.lowercased() else { return "" }
+        guard let raw else { return "" }
+        // The usual Host is ASCII: handled byte by byte, with one allocation at most.
+        // (`lowercased()` and the Character scans below cost about 2,900 instructions,
+        // 5 % of a keep-alive request, for every request on a TLS listener, which asks
+        // for the host to check it against the SNI.)
+        if let ascii = raw.utf8.withContiguousStorageIfAvailable({ Self.normalizedASCIIHost($0) }), let ascii { return ascii }
+        return Self.normalizedUnicodeHost(raw)
+    }
+
+    /// `normalizedHost` of an all-ASCII host; nil when a byte is not ASCII.
+    private static func normalizedASCIIHost(_ bytes: UnsafeBufferPointer<UInt8>) -> String? {
+        var start = 0, end = bytes.count
+        for byte in bytes where byte >= 0x80 { return nil }
+        if end > 0, bytes[0] == UInt8(ascii: "[") {
+            if let close = bytes.firstIndex(of: UInt8(ascii: "]")) { (start, end) = (1, close) }
+        } else if let colon = bytes.lastIndex(of: UInt8(ascii: ":")) {
+            end = colon
+        }
+        if end > start, bytes[end - 1] == UInt8(ascii: ".") { end -= 1 }
+        return String(unsafeUninitializedCapacity: end - start) { out in
+            for index in start..<end {
+                let byte = bytes[index]
+                out[index - start] = byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") ? byte | 0x20 : byte
+            }
+            return end - start
+        }
+    }
+
+    /// `normalizedHost` for any host, by Characters (Unicode lower case).
+    static func normalizedUnicodeHost(_ raw: String) -> String {
+        var host = raw.lowercased()
         if host.hasPrefix("[") {
             if let end = host.firstIndex(of: "]") { host = String(host[host.index(after: host.startIndex)..<end]) }
         } else if let colon = host.lastIndex(of: ":") {

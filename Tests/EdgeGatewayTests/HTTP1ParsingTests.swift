@@ -200,6 +200,27 @@ final class HTTP1ParsingTests: XCTestCase {
         }
     }
 
+    /// A Host as routes and server names compare it. The byte path for ASCII hosts gives
+    /// what the Unicode path gives (the only one before), and the Unicode path still
+    /// handles the rest.
+    func testHostsNormaliseTheSameOnBothPaths() {
+        let cases: [(String?, String)] = [
+            (nil, ""), ("", ""), ("a.example.test", "a.example.test"), ("A.Example.TEST", "a.example.test"),
+            ("a.example.test:8443", "a.example.test"), ("a.example.test.", "a.example.test"), ("A.example.test.:443", "a.example.test"),
+            ("a.example.test..", "a.example.test."), ("[::1]:8443", "::1"), ("[::1]", "::1"), ("[FE80::1]", "fe80::1"), ("[::1", "[::1"),
+            ("[]", ""), (":", ""), (".", ""), ("127.0.0.1:80", "127.0.0.1"), ("a:b:c", "a:b"), ("x@Y", "x@y"),
+            ("\u{C9}COLE.example:443", "\u{E9}cole.example"), ("ex\u{C4}mple.", "ex\u{E4}mple"),
+        ]
+        for (raw, expected) in cases {
+            XCTAssertEqual(Router.normalizedHost(raw), expected, "\(raw ?? "nil")")
+            if let raw { XCTAssertEqual(Router.normalizedUnicodeHost(raw), expected, "the Unicode path: \(raw)") }
+        }
+        for byte in UInt8(0x20)..<0x7F {  // every printable ASCII character, in a host of its own
+            let raw = "A" + String(UnicodeScalar(byte)) + "z"
+            XCTAssertEqual(Router.normalizedHost(raw), Router.normalizedUnicodeHost(raw), raw)
+        }
+    }
+
     /// Route prefixes are compared as bytes (memcmp over both strings' UTF-8), as nginx
     /// compares a location: no Unicode equivalence, the query never part of the path.
     func testRoutePrefixesCompareBytes() {
