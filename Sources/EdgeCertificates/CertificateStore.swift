@@ -235,6 +235,15 @@ package final class CertificateStore: Sendable {
     /// Events the watcher has read about this store's files and directories.
     package var fileEventsRead: Int { self.fileEvents.load(ordering: .acquiring) }
 
+    private static func raise(_ counter: ManagedAtomic<Int>, to value: Int) {
+        var current = counter.load(ordering: .relaxed)
+        while current < value {
+            let (exchanged, original) = counter.compareExchange(expected: current, desired: value, ordering: .acquiringAndReleasing)
+            if exchanged { return }
+            current = original
+        }
+    }
+
     /// The same for every store of the process.
     package static var allFileEventsRead: Int { Self.allFileEvents.load(ordering: .relaxed) }
 
@@ -278,8 +287,10 @@ package final class CertificateStore: Sendable {
     package func reload(reason: String, settled: Bool = true) -> ReloadReport {
         let events = self.fileEvents.load(ordering: .acquiring)
         defer {
-            self.covered.store(events, ordering: .releasing)
-            if settled { self.coveredBySettled.store(events, ordering: .releasing) }
+            // The largest: reloads of other threads (SIGHUP, the admin endpoint) may end
+            // out of order, and a count must never go back.
+            Self.raise(self.covered, to: events)
+            if settled { Self.raise(self.coveredBySettled, to: events) }
         }
         let writing = self.filesBeingWritten.withLockedValue { $0 }
         return self.state.withLockedValue { state in

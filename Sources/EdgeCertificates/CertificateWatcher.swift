@@ -236,6 +236,7 @@ package final class CertificateWatcher: Sendable {
     /// Reads every queued inotify event and tells the schedule what they mean.
     private func readEvents(into schedule: inout WatchSchedule, buffer: UnsafeMutableRawPointer, size bufferSize: Int) {
         var sawEvent = false
+        var sawOther = false
         var sawComplete = false
         var counted = 0
         while true {
@@ -250,21 +251,21 @@ package final class CertificateWatcher: Sendable {
                 if event.mask & UInt32(IN_Q_OVERFLOW) != 0 {
                     self.logger.warning("inotify queue overflowed; rescanning everything")
                 }
-                // Another file in a watched directory (a log, a temporary file beside the
-                // certificates, the parent of a source) changes nothing a lineage reads: it
-                // neither starts nor restarts the quiet time. Before, a file rewritten every
-                // few milliseconds there held the settled reload off for as long as it went
-                // on (only early reloads and the rescan published meanwhile).
-                if length > 0, event.mask & UInt32(IN_ISDIR) == 0,
-                   !self.isLineageFile(String(cString: namePointer.assumingMemoryBound(to: CChar.self))) {
-                    continue
-                }
-                counted += 1
                 if event.mask & UInt32(IN_ISDIR) != 0, event.mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
                     // A new directory (a first certbot issuance): watch it now, then rescan:
                     // files created before the watch produce no event.
                     _ = self.addWatches()
                 }
+                // Another name in a watched directory: a directory, a link a certificate's
+                // path may go through, a log or a temporary file beside the certificates.
+                // It may start the quiet time, never extend it (WatchSchedule); another
+                // file's writes change nothing at all. Directories count in the metric.
+                if length > 0, !self.isLineageFile(String(cString: namePointer.assumingMemoryBound(to: CChar.self))) {
+                    if event.mask & UInt32(IN_ISDIR) != 0 { counted += 1 }
+                    if event.mask & UInt32(IN_MODIFY) == 0 { sawOther = true }
+                    continue
+                }
+                counted += 1
                 if event.mask & UInt32(IN_MODIFY | IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM) != 0 {
                     if let path = self.lineagePath(event, name: namePointer, length: length) {
                         if event.mask & UInt32(IN_MODIFY) != 0 {
@@ -280,7 +281,7 @@ package final class CertificateWatcher: Sendable {
                 }
             }
         }
-        schedule.eventsRead(at: self.now(), sawEvent: sawEvent, sawComplete: sawComplete)
+        schedule.eventsRead(at: self.now(), sawEvent: sawEvent, sawOther: sawOther, sawComplete: sawComplete)
         if counted > 0 { self.store.countFileEvents(counted) }
     }
 }

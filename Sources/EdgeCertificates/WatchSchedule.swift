@@ -3,8 +3,13 @@
 /// to do. No clock, no I/O: `CertificateWatcher` reads the events and the monotonic clock
 /// (milliseconds) and performs the actions; the tests drive it with made-up times.
 ///
-/// - A settled reload follows `debounce` of quiet after the last event: it removes what is
-///   gone and records what is rejected.
+/// - A settled reload follows `debounce` of quiet after the last event about a certificate
+///   file: it removes what is gone and records what is rejected. An event about another name
+///   (a directory, a symbolic link a certificate may point through, a log beside the
+///   certificates) starts that quiet time when none is running but never extends it: a file
+///   rewritten every few milliseconds in a watched directory held the settled reload off
+///   for as long as it went on, and ignoring such names would miss a swap of a link
+///   (`active -> releases/43`) that a certificate's path goes through.
 /// - An early reload follows an event that says a file is complete (with `immediate`),
 ///   spaced so that a stream of such events (a log written in a watched directory) takes
 ///   at most a third of the watcher's time and one every 10 ms at most.
@@ -79,12 +84,17 @@ struct WatchSchedule {
         self.writing[path] = nil
     }
 
-    /// One read of inotify's queue ended: `sawEvent` when any event counts (not another
-    /// file's writes), `sawComplete` when one said a file is complete.
-    mutating func eventsRead(at now: Int64, sawEvent: Bool, sawComplete: Bool) {
+    /// One read of inotify's queue ended: `sawEvent` when an event was about a certificate
+    /// file (or had no name: a watched directory itself went, the queue overflowed),
+    /// `sawOther` when one was about another name (not another file's writes), `sawComplete`
+    /// when one said a certificate file is complete.
+    mutating func eventsRead(at now: Int64, sawEvent: Bool, sawOther: Bool = false, sawComplete: Bool) {
         if sawEvent {
             self.lastEvent = now
             if self.pendingSince == nil { self.pendingSince = now }
+        } else if sawOther, self.pendingSince == nil {
+            self.lastEvent = now
+            self.pendingSince = now
         }
         if sawComplete && self.policy.immediate { self.earlyPending = true }
     }

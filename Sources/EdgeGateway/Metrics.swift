@@ -118,7 +118,8 @@ final class GatewayMetrics: Sendable {
         self.reloadsSeen.withLockedValue { seen in
             // Kept for stores no longer passed in too: a draining generation's admin
             // endpoint may answer a scrape with its own stores, and the next scrape must
-            // not count the current ones again. (A few bytes per configuration reload.)
+            // not count the current ones again. Only the 64 newest are kept: a store that
+            // old is long gone.
             for store in stores {
                 var counted = seen[store.serial] ?? [:]
                 for (outcome, total) in store.reloadOutcomes where total > counted[outcome, default: 0] {
@@ -127,6 +128,9 @@ final class GatewayMetrics: Sendable {
                     counted[outcome] = total
                 }
                 seen[store.serial] = counted
+            }
+            if seen.count > 64 {
+                for serial in seen.keys.sorted().prefix(seen.count - 64) { seen[serial] = nil }
             }
         }
         // Watcher events: what tells an operator that inotify sees the renewals at all.

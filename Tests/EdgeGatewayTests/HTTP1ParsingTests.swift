@@ -215,9 +215,13 @@ final class HTTP1ParsingTests: XCTestCase {
             XCTAssertEqual(Router.normalizedHost(raw), expected, "\(raw ?? "nil")")
             if let raw { XCTAssertEqual(Router.normalizedUnicodeHost(raw), expected, "the Unicode path: \(raw)") }
         }
-        for byte in UInt8(0x20)..<0x7F {  // every printable ASCII character, in a host of its own
+        for byte in UInt8(0)..<0x80 {  // every ASCII character, in a host of its own
             let raw = "A" + String(UnicodeScalar(byte)) + "z"
-            XCTAssertEqual(Router.normalizedHost(raw), Router.normalizedUnicodeHost(raw), raw)
+            XCTAssertEqual(Router.normalizedHost(raw), Router.normalizedUnicodeHost(raw), raw.debugDescription)
+        }
+        // CR LF is one Character and two bytes; a tab is what a header value may hold.
+        for raw in ["a\r\n", "a.\r\n", "A\t.:1", "[\r\n]", "[\r\n", "\r\n.", "x:\r\n", "[::1]\r\n:8"] {
+            XCTAssertEqual(Router.normalizedHost(raw), Router.normalizedUnicodeHost(raw), raw.debugDescription)
         }
     }
 

@@ -173,6 +173,29 @@ final class RotationTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// Certificates reached through a link of another name in a watched directory (a deploy
+    /// that switches `active -> releases/2`, as Capistrano does) are re-read after the
+    /// switch: the link's events start the quiet time even though its name is no
+    /// certificate's.
+    func testALinkSwitchedOnTheCertificatesPathIsReadAfterTheDebounce() async throws {
+        let dir = TemporaryDirectory()
+        let v1 = try Self.pki.issue(["localhost"], into: dir.file("releases/1"), name: "site")
+        let v2 = try Self.pki.issue(["localhost"], into: dir.file("releases/2"), name: "site")
+        try FileManager.default.createDirectory(atPath: dir.file("certs"), withIntermediateDirectories: true)
+        try Shell.bash("cd '\(dir.path)' && ln -s releases/1 active && ln -s ../active/site.crt certs/site.crt && ln -s ../active/site.key certs/site.key")
+        let harness = try await GatewayHarness.start(directory: dir, yaml: config(
+            sources: "    - directory: certs", watch: "{ debounce: 100ms, rescan_interval: 30s, immediate: false }"))
+        let port = harness.port("https")
+        let store = harness.gateway.sharedStore!
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
+        let events = store.fileEventsRead
+        try Shell.bash("cd '\(dir.path)' && ln -s releases/2 active.next && mv -T active.next active")
+        XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: port, serverName: "localhost") == v2.serial },
+                      "the switched link is read by a settled reload, not the rescan 30 s later")
+        XCTAssertEqual(store.fileEventsRead, events, "a link of another name is not a certificate file's event")
+        await harness.shutdown()
+    }
+
     func testCertbotRenewalSequenceNeverServesAMismatchedPair() async throws {
         let dir = TemporaryDirectory()
         let live = dir.file("letsencrypt/live")

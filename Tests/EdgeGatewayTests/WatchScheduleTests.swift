@@ -36,6 +36,33 @@ final class WatchScheduleTests: XCTestCase {
 
     let a = FileID(device: 1, inode: 10), b = FileID(device: 1, inode: 11)
 
+    /// An event about another name (a directory, a link a certificate goes through, a log
+    /// beside the certificates) starts the quiet time when none runs, but never extends it:
+    /// a name that changes every 20 ms gives a settled reload every debounce, not never.
+    /// Certificate files still extend it.
+    func testOtherNamesStartTheQuietTimeButNeverExtendIt() {
+        var s = schedule(debounce: 200)
+        for t in stride(from: Int64(0), to: 200, by: 20) {
+            s.eventsRead(at: t, sawEvent: false, sawOther: true, sawComplete: false)
+            XCTAssertEqual(due(&s, at: t), [], "at \(t)")
+        }
+        XCTAssertEqual(due(&s, at: 200), [.reloadSettled], "a debounce after the first, however busy the name")
+        s.eventsRead(at: 220, sawEvent: false, sawOther: true, sawComplete: false)
+        XCTAssertEqual(due(&s, at: 419), [])
+        XCTAssertEqual(due(&s, at: 420), [.reloadSettled], "the next busy period starts the next quiet time")
+
+        var mixed = schedule(debounce: 200)
+        mixed.eventsRead(at: 0, sawEvent: false, sawOther: true, sawComplete: false)
+        mixed.eventsRead(at: 150, sawEvent: true, sawComplete: false)
+        mixed.eventsRead(at: 300, sawEvent: false, sawOther: true, sawComplete: false)
+        XCTAssertEqual(due(&mixed, at: 349), [], "a certificate file's event extends the quiet time")
+        XCTAssertEqual(due(&mixed, at: 350), [.reloadSettled], "another name's does not")
+
+        var quiet = schedule(debounce: 200)
+        quiet.eventsRead(at: 0, sawEvent: false, sawOther: false, sawComplete: false)
+        XCTAssertEqual(due(&quiet, at: 10_000), [], "nothing seen, nothing due (another file's writes)")
+    }
+
     func testNothingIsDueWithoutEventsUntilTheRescan() {
         var s = schedule(rescan: 60_000)
         XCTAssertEqual(due(&s, at: 0), [])
