@@ -155,6 +155,8 @@ final class GatewayMetrics: Sendable {
         var state: BackendState
         let labels: [(String, String)]
         let tls: Bool
+        /// The group has an active health check: its counters are series from the start.
+        let checked: Bool
         var added: [String: Int] = [:]
     }
 
@@ -178,7 +180,8 @@ final class GatewayMetrics: Sendable {
                     .set(to: Double(state.idleConnections.load(ordering: .relaxed)))
                 self.followed.withLockedValue { followed in
                     if followed[ObjectIdentifier(state)] == nil {
-                        followed[ObjectIdentifier(state)] = FollowedBackend(state: state, labels: labels, tls: group.tls != nil)
+                        followed[ObjectIdentifier(state)] = FollowedBackend(state: state, labels: labels, tls: group.tls != nil,
+                                                                            checked: group.healthCheck != nil)
                     }
                 }
             }
@@ -200,6 +203,12 @@ final class GatewayMetrics: Sendable {
             ("edge_upstream_connect_failures_total", entry.labels, "Failed connects to the backend.", state.connectFailures.load(ordering: .relaxed)),
             ("edge_upstream_tls_resumed_total", entry.labels, "Upstream TLS handshakes that resumed a session.", state.tlsResumed.load(ordering: .relaxed)),
         ]
+        if entry.checked {
+            for (result, count) in [("passed", state.healthChecksPassed), ("failed", state.healthChecksFailed)] {
+                totals.append(("edge_upstream_health_checks_total", entry.labels + [("result", result)],
+                               "Active health checks of the backend, by result.", count.load(ordering: .relaxed)))
+            }
+        }
         if entry.tls {
             // Every reason from zero, so that the first failure is an increase.
             for (reason, count) in zip(UpstreamHandshakeFailure.allCases, state.tlsHandshakeFailures) {

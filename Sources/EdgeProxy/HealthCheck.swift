@@ -81,6 +81,7 @@ package final class HealthChecker: Sendable {
         guard let counter = self.counters[ObjectIdentifier(group)]?[index] else { return }
         let state = group.states[index]  // read here; changed through the group
         let backend = group.backends[index].description
+        defer { group.healthChecked(index, passed: (try? result.get()) != nil) }
         counter.streak.withLockedValue { streak in
             switch result {
             case .success:

@@ -186,6 +186,10 @@ package final class BackendState: Sendable {
     package let connectFailures = ManagedAtomic<Int>(0)
     package let idleConnections = ManagedAtomic<Int>(0)
     package let tlsResumed = ManagedAtomic<Int>(0)
+    /// Active health checks of the backend that passed and that failed (Envoy's
+    /// `health_check.success` and `.failure`): what says the checks run at all.
+    package let healthChecksPassed = ManagedAtomic<Int>(0)
+    package let healthChecksFailed = ManagedAtomic<Int>(0)
     /// Failed TLS handshakes (also counted in `connectFailures`), by reason, in the
     /// order of `UpstreamHandshakeFailure.allCases`.
     package let tlsHandshakeFailures = UpstreamHandshakeFailure.allCases.map { _ in ManagedAtomic<Int>(0) }
@@ -421,6 +425,11 @@ package final class UpstreamGroup: Sendable {
     /// A new TLS connection to `index` resumed a session.
     func sessionResumed(on index: Int) {
         self.states[index].tlsResumed.wrappingIncrement(ordering: .relaxed)
+    }
+
+    /// An active check of `index` ended, passed or failed.
+    package func healthChecked(_ index: Int, passed: Bool) {
+        (passed ? self.states[index].healthChecksPassed : self.states[index].healthChecksFailed).wrappingIncrement(ordering: .relaxed)
     }
 
     /// The active check found `index` healthy again: it takes traffic at once, an ejection

@@ -1,3 +1,4 @@
+import Atomics
 import NIOCore
 import NIOTLS
 
@@ -77,6 +78,11 @@ package final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandle
         case released
     }
     private var recordBuffers = RecordBuffers.moved
+    /// Record buffers given back, by every connection of the process: what tells a test
+    /// exactly that each quiet connection gave its buffers back, where the heap, shared
+    /// with everything else the process does, can only say roughly how much.
+    private static let releases = ManagedAtomic(0)
+    package static var recordBufferReleases: Int { Self.releases.load(ordering: .relaxed) }
 
     /// A server-side handler for connections accepted on `context`'s listener.
     package init(serverContext context: TLSContext, configuration: TLSHandlerConfiguration = .init()) throws {
@@ -142,6 +148,7 @@ package final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandle
         case .quiet:
             self.recordBuffers = .released
             self.connection.releaseRecordBuffers()
+            Self.releases.wrappingIncrement(ordering: .relaxed)
         case .released:
             break
         }

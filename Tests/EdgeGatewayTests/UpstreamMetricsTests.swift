@@ -54,11 +54,30 @@ final class UpstreamMetricsTests: XCTestCase {
         }
     }
 
-    /// A plain upstream has no handshake series.
+    /// A plain upstream has no handshake series, and one without an active check no check series.
     func testPlainUpstreamsHaveNoHandshakeSeries() throws {
         let plain = UpstreamGroup(name: "plain", backends: [try Backend(host: "127.0.0.1", port: 8080)], tls: nil, timeouts: .init(), hostHeader: nil)
         let text = GatewayMetrics().render(reports: [], stores: [], groups: [plain], now: 0)
         XCTAssertFalse(text.contains("edge_upstream_tls_handshake_failures_total{"), text)
+        XCTAssertFalse(text.contains("edge_upstream_health_checks_total{"), text)
         XCTAssertNotNil(value(text, #"edge_upstream_requests_total{upstream="plain",backend="127.0.0.1:8080"}"#), text)
+    }
+
+    /// Checks passed and failed are counted per backend, both series from the start.
+    func testHealthChecksAreCountedByResult() throws {
+        let checked = UpstreamGroup(name: "checked", backends: [try Backend(host: "127.0.0.1", port: 8080)], tls: nil, timeouts: .init(),
+                                    hostHeader: nil, healthCheck: HealthCheckSettings())
+        let metrics = GatewayMetrics()
+        let passed = #"edge_upstream_health_checks_total{upstream="checked",backend="127.0.0.1:8080",result="passed"}"#
+        let failed = #"edge_upstream_health_checks_total{upstream="checked",backend="127.0.0.1:8080",result="failed"}"#
+        var text = metrics.render(reports: [], stores: [], groups: [checked], now: 0)
+        XCTAssertEqual(value(text, passed), "0", text)
+        XCTAssertEqual(value(text, failed), "0", text)
+        checked.healthChecked(0, passed: true)
+        checked.healthChecked(0, passed: true)
+        checked.healthChecked(0, passed: false)
+        text = metrics.render(reports: [], stores: [], groups: [checked], now: 0)
+        XCTAssertEqual(value(text, passed), "2")
+        XCTAssertEqual(value(text, failed), "1")
     }
 }
