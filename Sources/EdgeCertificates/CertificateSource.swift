@@ -76,6 +76,11 @@ package struct FileID: Hashable, Sendable {
 }
 
 func parentDirectory(_ path: String) -> String {
+    // A directory written with a trailing slash (`certs/`) has the parent `certs` has:
+    // taken as its own parent, the directory's replacement (a rename, a link switched)
+    // went unseen until the rescan.
+    var path = Substring(path)
+    while path.count > 1, path.hasSuffix("/") { path = path.dropLast() }
     guard let slash = path.lastIndex(of: "/") else { return "." }
     let parent = String(path[..<slash])
     return parent.isEmpty ? "/" : parent

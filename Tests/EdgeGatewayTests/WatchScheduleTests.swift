@@ -63,6 +63,18 @@ final class WatchScheduleTests: XCTestCase {
         XCTAssertEqual(due(&quiet, at: 10_000), [], "nothing seen, nothing due (another file's writes)")
     }
 
+    /// The parent of a source written with a trailing slash is its real parent (watched to
+    /// see the source directory replaced), not the source itself.
+    func testTheParentOfADirectoryWithATrailingSlash() {
+        XCTAssertEqual(parentDirectory("/etc/edge/certs/"), "/etc/edge")
+        XCTAssertEqual(parentDirectory("/etc/edge/certs//"), "/etc/edge")
+        XCTAssertEqual(parentDirectory("/etc/edge/certs"), "/etc/edge")
+        XCTAssertEqual(parentDirectory("certs/"), ".")
+        XCTAssertEqual(parentDirectory("/certs/"), "/")
+        XCTAssertEqual(parentDirectory("/"), "/")
+        XCTAssertEqual(parentDirectory("/etc/ssl/site.crt"), "/etc/ssl")
+    }
+
     func testNothingIsDueWithoutEventsUntilTheRescan() {
         var s = schedule(rescan: 60_000)
         XCTAssertEqual(due(&s, at: 0), [])
