@@ -149,27 +149,29 @@ final class RotationTests: XCTestCase {
         let port = harness.port("https")
         let store = harness.gateway.sharedStore!
         XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v1.serial)
-        let writer = Process()
-        writer.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        writer.arguments = ["-c", """
-            import os, sys, time
-            while not os.path.exists(sys.argv[2]):
-                with open(sys.argv[1], "a") as log: log.write("busy\\n")
-                time.sleep(0.02)  # the input: a write and a close every 20 ms, five per debounce
-            """, dir.file("app.log"), dir.file("stop-writer")]
-        try writer.run()
-        defer {
-            _ = FileManager.default.createFile(atPath: dir.file("stop-writer"), contents: nil)
-            writer.waitUntilExit()
+        // The busy file: a line appended, and the file closed, at every look the test takes
+        // while it waits (every 20 ms or so: five per debounce).
+        let log = dir.file("app.log")
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        var appended = 0
+        func append() {
+            guard let handle = FileHandle(forWritingAtPath: log) else { return XCTFail("cannot open \(log)") }
+            handle.seekToEndOfFile()
+            handle.write(Data("busy\n".utf8))
+            handle.closeFile()
+            appended += 1
         }
-        XCTAssertTrue(eventually(timeout: 5) { FileManager.default.fileExists(atPath: dir.file("app.log")) }, "the writer is busy")
         let v2 = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v2")
-        try perform(.settledReload(store), "the pair renamed in") {
-            try Shell.run(["mv", v2.key, certs + "/site.key"])
-            try Shell.run(["mv", v2.fullchain, certs + "/site.crt"])
-        }
-        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v2.serial, "published by the settled reload, with the log still busy")
-        XCTAssertTrue(writer.isRunning, "the writer was busy throughout")
+        let events = store.fileEventsRead
+        try Shell.run(["mv", v2.key, certs + "/site.key"])
+        try Shell.run(["mv", v2.fullchain, certs + "/site.crt"])
+        let before = appended
+        XCTAssertTrue(eventually(timeout: 5, interval: 0.02) {
+            append()
+            return store.eventsCoveredBySettledReload > events
+        }, "a settled reload after the rename, with the log written \(appended - before) times meanwhile")
+        XCTAssertGreaterThan(appended - before, 2, "the log was busy while the reload was awaited")
+        XCTAssertEqual(servedSerial(port: port, serverName: "localhost"), v2.serial, "published by the settled reload")
         await harness.shutdown()
     }
 
