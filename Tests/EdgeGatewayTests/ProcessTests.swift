@@ -388,10 +388,11 @@ final class RestartTests: XCTestCase {
         XCTAssertEqual(intruder.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "0", "no socket for another user: \(intruder.stderr)")
         XCTAssertTrue(eventually(timeout: 5) { old.log.contains("handoff socket: refused a connection") }, old.log)
         XCTAssertTrue(old.log.contains("runs as uid 65534"), old.log)
-        // A silent peer, then a real takeover: it still happens.
+        // A silent peer (connected, it sends nothing and waits on its socket), then a real
+        // takeover: it still happens.
         let silent = Process()
         silent.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        silent.arguments = ["-c", "import socket, time; s = socket.socket(socket.AF_UNIX); s.connect('\(dir.file("handoff.sock"))'); open('\(dir.file("connected"))', 'w').close(); time.sleep(30)"]
+        silent.arguments = ["-c", "import socket; s = socket.socket(socket.AF_UNIX); s.connect('\(dir.file("handoff.sock"))'); open('\(dir.file("connected"))', 'w').close(); s.recv(1)"]
         try silent.run()
         defer { silent.terminate() }
         XCTAssertTrue(eventually(timeout: 5) { FileManager.default.fileExists(atPath: dir.file("connected")) }, "the silent peer is connected")

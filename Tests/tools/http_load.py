@@ -41,6 +41,7 @@ def worker():
             with lock:
                 if r.status == 200:
                     stats["ok"] += 1
+                    report(stats["ok"])
                 else:
                     stats["errors"].append([time.time(), "status %d: %s" % (r.status, body[:100].decode(errors="replace"))])
             if mode == "close" or r.getheader("connection", "").lower() == "close":
@@ -53,16 +54,12 @@ def worker():
                 conn.close()
             conn = None
 
-def report():
-    # The successes so far, for a test that waits for the load to be under way
-    # (HTTPLoad.waitForSuccesses) instead of sleeping.
-    while running():
-        with lock:
-            ok = stats["ok"]
-        with open(stop_file + ".progress.tmp", "w") as f:
-            f.write(str(ok))
-        os.replace(stop_file + ".progress.tmp", stop_file + ".progress")
-        time.sleep(0.02)
+def report(ok):
+    # The successes so far, written at each one (under the lock, so in order), for a test
+    # that waits for the load to be under way (HTTPLoad.waitForSuccesses).
+    with open(stop_file + ".progress.tmp", "w") as f:
+        f.write(str(ok))
+    os.replace(stop_file + ".progress.tmp", stop_file + ".progress")
 
 def running():
     return time.time() < deadline and not os.path.exists(stop_file)
@@ -70,9 +67,6 @@ def running():
 workers = [threading.Thread(target=worker) for _ in range(threads)]
 for w in workers:
     w.start()
-reporter = threading.Thread(target=report)
-reporter.start()
 for w in workers:
     w.join()
-reporter.join()
 print(json.dumps(stats))

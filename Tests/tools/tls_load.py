@@ -14,6 +14,14 @@ def context():
     ctx = ssl.create_default_context(cafile=ca)
     return ctx
 
+def report():
+    # Successes so far ("keep-alive handshakes"), written at each one (the caller holds the
+    # lock), for a test that waits for both parts of the load to be under way
+    # (TLSLoad.waitForSuccesses).
+    with open(stop_file + ".progress.tmp", "w") as f:
+        f.write("%d %d" % (stats["keepalive_ok"], stats["handshakes_ok"]))
+    os.replace(stop_file + ".progress.tmp", stop_file + ".progress")
+
 def running():
     return time.time() < deadline and not os.path.exists(stop_file)
 
@@ -34,6 +42,7 @@ def keepalive():
             with lock:
                 if r.status == 200:
                     stats["keepalive_ok"] += 1
+                    report()
                 else:
                     stats["keepalive_errors"].append(f"status {r.status}")
         except Exception as e:
@@ -62,6 +71,7 @@ def handshakes():
             with lock:
                 if data.startswith(b"HTTP/1.1 200"):
                     stats["handshakes_ok"] += 1
+                    report()
                     stats["serials"][fp] = stats["serials"].get(fp, 0) + 1
                 else:
                     stats["handshake_errors"].append(data[:60].decode(errors="replace"))
@@ -69,18 +79,7 @@ def handshakes():
             with lock:
                 stats["handshake_errors"].append(repr(e))
 
-def report():
-    # Successes so far ("keep-alive handshakes"), for a test that waits for both parts of
-    # the load to be under way (TLSLoad.waitForSuccesses) instead of sleeping.
-    while running():
-        with lock:
-            line = "%d %d" % (stats["keepalive_ok"], stats["handshakes_ok"])
-        with open(stop_file + ".progress.tmp", "w") as f:
-            f.write(line)
-        os.replace(stop_file + ".progress.tmp", stop_file + ".progress")
-        time.sleep(0.02)
-
-threads = [threading.Thread(target=keepalive), threading.Thread(target=handshakes), threading.Thread(target=report)]
+threads = [threading.Thread(target=keepalive), threading.Thread(target=handshakes)]
 for t in threads:
     t.start()
 for t in threads:
