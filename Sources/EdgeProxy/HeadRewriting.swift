@@ -100,7 +100,7 @@ enum HeadRewriting {
                 }
                 w.put("for=")
                 if let clientIP {
-                    if clientIP.contains(":") {
+                    if info.clientIPIsV6 {
                         w.put("\"[")
                         w.put(clientIP)
                         w.put("]\"")
@@ -141,7 +141,7 @@ enum HeadRewriting {
             value?.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 } ?? false
         }
         if mutualTLS, unsafe(info.clientIdentity?.forwardedClientCert) { return "x-forwarded-client-cert" }
-        if unsafe(info.clientIP) { return "x-forwarded-for" }
+        if info.clientIPUnsafe { return "x-forwarded-for" }
         if unsafe(group.hostHeader) { return "host" }
         return nil
     }
