@@ -144,6 +144,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             self.inbound.writeBuffer(&bytes)
         }
         self.process()
+        self.firstRead.recycle(bytes)
     }
 
     package func channelReadComplete(context: ChannelHandlerContext) {

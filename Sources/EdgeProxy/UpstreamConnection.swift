@@ -218,6 +218,7 @@ final class UpstreamHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = self.unwrapInboundIn(data)
         self.firstRead.hold(bytes)
+        defer { self.firstRead.recycle(bytes) }
         if self.buffer.readableBytes == 0 {
             self.buffer = bytes
         } else {

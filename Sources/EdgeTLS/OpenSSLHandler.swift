@@ -215,6 +215,7 @@ package final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandle
         // (a dynamic cast and two metadata lookups per call, ~5 % of a proxied request).
         let buffer = self.unwrapInboundIn(data)
         self.firstRead.hold(buffer)
+        defer { self.firstRead.recycle(buffer) }
         self.receivedAnyBytes = true
         switch self.state {
         case .closed:

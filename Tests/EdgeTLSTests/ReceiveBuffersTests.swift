@@ -8,7 +8,7 @@ final class ReceiveBuffersTests: XCTestCase {
         XCTAssertLessThanOrEqual(MemoryLayout<ReceiveBuffers.Allocator>.size, 3 * MemoryLayout<Int>.size, "fits an existential's inline buffer")
         var generator = SystemRandomNumberGenerator()
         for round in 0..<200 {
-            var ours = ReceiveBuffers.Allocator()
+            var ours = ReceiveBuffers.Allocator(spare: SpareReadBuffer())
             XCTAssertEqual(ours.nextBufferSize(), ReceiveBuffers.firstReadBytes)
             XCTAssertEqual(ours.buffer(allocator: ByteBufferAllocator()).capacity, ReceiveBuffers.firstReadBytes)
             XCTAssertTrue(ours.record(actualReadBytes: ReceiveBuffers.firstReadBytes))
@@ -28,5 +28,54 @@ final class ReceiveBuffersTests: XCTestCase {
                 XCTAssertEqual(ours.record(actualReadBytes: read), nio.record(actualReadBytes: read), "round \(round), step \(step), read \(read)")
             }
         }
+    }
+
+    /// A read's buffer, once recycled, is the next read's only when nobody holds it any
+    /// more: a read never goes into storage that a connection still keeps.
+    func testSpareReadBufferIsReusedOnlyWhenNobodyElseHoldsIt() {
+        let allocator = ByteBufferAllocator()
+        let spare = SpareReadBuffer.current
+        var pin = ReceiveBufferPin(enabled: true)
+        pin.hold(allocator.buffer(capacity: ReceiveBuffers.firstReadBytes))  // the channel's first read
+        func base(_ buffer: ByteBuffer) -> UnsafeRawPointer? { buffer.withVeryUnsafeBytes { $0.baseAddress } }
+
+        var read = spare.take(capacity: 2_048, allocator: allocator)
+        read.writeString("a partial record")
+        pin.recycle(read)
+        // Still held (as a TLS connection holds a partial record): the next read gets new storage.
+        let held = read
+        read = ByteBuffer()
+        var next = spare.take(capacity: 2_048, allocator: allocator)
+        XCTAssertNotEqual(base(next), base(held))
+        next.writeString("the next read")
+        XCTAssertEqual(held.getString(at: held.readerIndex, length: held.readableBytes), "a partial record")
+        XCTAssertNil(spare.buffer, "a held spare is dropped, not kept for later")
+
+        // Let go of: the read after it reuses its storage, emptied.
+        let storage = base(next)
+        pin.recycle(next)
+        next = ByteBuffer()
+        // Had the storage been freed, this allocation of its size would most likely get it.
+        let blocker = allocator.buffer(capacity: 2_048)
+        let reused = spare.take(capacity: 2_048, allocator: allocator)
+        XCTAssertEqual(base(reused), storage)
+        XCTAssertNotEqual(base(blocker), storage)
+        XCTAssertEqual(reused.readableBytes, 0)
+        XCTAssertGreaterThanOrEqual(reused.capacity, 2_048)
+
+        // Too small for the read asked for: a new buffer.
+        pin.recycle(reused)
+        let larger = spare.take(capacity: 4 * reused.capacity, allocator: allocator)
+        XCTAssertGreaterThanOrEqual(larger.capacity, 4 * reused.capacity)
+        // The first read's 64 bytes and reads beyond 64 KiB are never kept.
+        pin.recycle(allocator.buffer(capacity: ReceiveBuffers.firstReadBytes))
+        XCTAssertNil(spare.buffer)
+        pin.recycle(allocator.buffer(capacity: 256 * 1_024))
+        XCTAssertNil(spare.buffer)
+        // A pin of a channel whose reads are not its own (a TLS connection's plaintext) never recycles.
+        var later = ReceiveBufferPin(enabled: false)
+        later.hold(allocator.buffer(capacity: ReceiveBuffers.firstReadBytes))
+        later.recycle(allocator.buffer(capacity: 2_048))
+        XCTAssertNil(spare.buffer)
     }
 }
