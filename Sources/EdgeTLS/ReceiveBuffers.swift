@@ -137,19 +137,29 @@ final class SpareReadBuffer {
 /// holds the channel's first read buffer so that NIO never reuses (and grows) it.
 package struct ReceiveBufferPin {
     private var first: ByteBuffer?
-    private let enabled: Bool
-    /// The thread's spare read buffer, looked up at the first read (on the channel's thread).
-    private var spare: SpareReadBuffer?
+    /// One word, as the flag it replaced was with its padding: an idle connection's
+    /// handlers hold a pin each.
+    private var mode: Mode
+
+    private enum Mode {
+        /// Not the first handler: what it reads is not a read's buffer.
+        case off
+        /// The first handler, before its first read.
+        case waiting
+        /// Holding the first read; the thread's spare read buffer was looked up with it
+        /// (on the channel's thread, where reads happen).
+        case holding(SpareReadBuffer)
+    }
 
     package init(enabled: Bool) {
-        self.enabled = enabled
+        self.mode = enabled ? .waiting : .off
     }
 
     @inline(__always)
     package mutating func hold(_ buffer: ByteBuffer) {
-        if self.enabled, self.first == nil {
+        if case .waiting = self.mode {
             self.first = buffer
-            self.spare = SpareReadBuffer.current
+            self.mode = .holding(SpareReadBuffer.current)
         }
     }
 
@@ -157,6 +167,6 @@ package struct ReceiveBufferPin {
     /// not a read's buffer (a TLS connection's plaintext is the thread's own buffer).
     @inline(__always)
     package func recycle(_ buffer: ByteBuffer) {
-        if let spare = self.spare { ReceiveBuffers.recycle(buffer, into: spare) }
+        if case .holding(let spare) = self.mode { ReceiveBuffers.recycle(buffer, into: spare) }
     }
 }

@@ -6,6 +6,8 @@ final class ReceiveBuffersTests: XCTestCase {
     /// The allocator keeps NIO's adaptive rule, in place in the channel's existential.
     func testAllocatorSizesReadsAsNIOsAdaptiveAllocatorAfterA64ByteFirstRead() {
         XCTAssertLessThanOrEqual(MemoryLayout<ReceiveBuffers.Allocator>.size, 3 * MemoryLayout<Int>.size, "fits an existential's inline buffer")
+        XCTAssertLessThanOrEqual(MemoryLayout<ReceiveBufferPin>.stride, MemoryLayout<ByteBuffer?>.stride + MemoryLayout<Int>.size,
+                                 "a pin is its buffer and one word")
         var generator = SystemRandomNumberGenerator()
         for round in 0..<200 {
             var ours = ReceiveBuffers.Allocator(spare: SpareReadBuffer())
