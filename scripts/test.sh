@@ -16,7 +16,7 @@ phase() {
   "$@"
   echo "== $name: done in $((SECONDS - start)) s"
 }
-phase "install packages" bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core nghttp2-client testssl.sh python3-venv certbot pebble haproxy wrk iproute2 nginx-light
+phase "install packages" bash scripts/install-deps.sh prometheus chromium fonts-dejavu-core nghttp2-client testssl.sh python3-venv certbot pebble haproxy wrk iproute2 nginx-light python3-grpcio
 # doc-command: swift build --build-tests
 phase "build" swift build --build-tests
 # XCTest holds every test; --disable-swift-testing drops swift-testing's empty "0 tests" run.

@@ -9,6 +9,8 @@ struct LocalAnswer {
     var body: ByteBuffer
     /// Why a static file was refused, for the log (the client is told only "not served").
     var refusal: String?
+    /// A text answer's reason, as `grpc-message` tells it to a gRPC client.
+    var message: String?
 
     init(status: Int, fields: String, body: ByteBuffer, refusal: String? = nil) {
         self.status = status
@@ -21,6 +23,7 @@ struct LocalAnswer {
     init(status: Int, message: String, fields: String = "") {
         self.init(status: status, fields: "content-type: text/plain; charset=utf-8\r\n" + fields,
                   body: ByteBuffer(string: "\(status) \(Self.reasonPhrase(status)): \(message)\n"))
+        self.message = message
     }
 
     /// A `redirect` route's answer: the same path and query at the configured scheme, host

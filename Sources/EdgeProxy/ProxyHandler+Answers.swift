@@ -110,6 +110,9 @@ extension ProxyHandler {
     /// read (or that asked for it) is closed after the answer.
     func answerLocally(_ answer: LocalAnswer, request: HTTPHead?, requestEnded: Bool, upstream: String? = nil) {
         guard let context = self.context else { return }
+        // A gRPC call's error is told in gRPC (`GRPCAnswer`); the access log and the
+        // metrics count the 200 the client got, as Envoy's do.
+        let answer = answer.status >= 400 && request.map(GRPCAnswer.isGRPC) == true ? GRPCAnswer.answer(answer) : answer
         let status = answer.status
         let close = LocalAnswer.closes(request: request, requestEnded: requestEnded, draining: self.state.draining)
         let out = answer.bytes(for: request, close: close, hsts: self.limits.strictTransportSecurity, allocator: context.channel.allocator)

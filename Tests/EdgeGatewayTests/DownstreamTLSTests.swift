@@ -433,6 +433,56 @@ final class HTTP2AbuseTests: XCTestCase {
         }
     }
 
+    /// A gRPC call (grpcio, a real client) that the gateway cannot pass on gets a gRPC
+    /// answer, as Envoy gives: a trailers-only response (HTTP 200, one HEADERS frame with
+    /// END_STREAM) whose `grpc-status` is gRPC's mapping of the HTTP error and whose
+    /// `grpc-message` is the gateway's reason. Before, the client got the 502's HTML-less
+    /// text body and made up "Received http2 header with status: 502".
+    func testAGRPCCallTheGatewayCannotPassOnGetsAGRPCStatus() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let dead = freePort()
+        let harness = try await GatewayHarness.start { port in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+            upstreams:
+              app: { backends: ["127.0.0.1:\(port)"] }
+              gone: { backends: ["127.0.0.1:\(dead)"] }
+            routes:
+              - { path_prefix: /dead., upstream: gone }
+              - { path_prefix: /hello, upstream: app }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("https")
+        func call(_ method: String) throws -> [String: Any] {
+            let result = try Shell.run(["/usr/bin/python3", repositoryRoot() + "/Tests/tools/grpc_call.py", "\(port)", pki.caPath, method], timeout: 60)
+            let line = result.stdout.split(separator: "\n").last.map(String.init) ?? ""
+            return (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? ["error": result.stderr]
+        }
+        let unavailable = try call("/dead.Service/Get")
+        XCTAssertEqual(unavailable["code"] as? String, "UNAVAILABLE", "\(unavailable)")
+        XCTAssertEqual(unavailable["details"] as? String, "upstream unavailable", "the gateway's reason: \(unavailable)")
+        let unimplemented = try call("/nowhere.Service/Get")
+        XCTAssertEqual(unimplemented["code"] as? String, "UNIMPLEMENTED", "\(unimplemented)")
+        XCTAssertEqual(unimplemented["details"] as? String, "no route for this host and path", "\(unimplemented)")
+
+        // On the wire: one HEADERS frame that ends the stream, no DATA.
+        let frames = try Shell.run(["nghttp", "-v", "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", "/dev/null",
+                                    "https://localhost:\(port)/dead.Service/Get"], timeout: 60).stdout
+        XCTAssertTrue(frames.contains(":status: 200") && frames.contains("grpc-status: 14"), frames)
+        XCTAssertTrue(frames.contains("recv HEADERS frame") && frames.contains("; END_STREAM | END_HEADERS"), "trailers-only: \(frames)")
+        XCTAssertFalse(frames.contains("recv DATA frame"), frames)
+        // Anything that is not gRPC still gets the HTTP error.
+        let plain = try Shell.run(["curl", "-sS", "--max-time", "60", "--cacert", pki.caPath, "--http2", "-w", "\n%{http_code}",
+                                   "https://localhost:\(port)/dead.Service/Get"], timeout: 120)
+        XCTAssertTrue(plain.stdout.hasSuffix("502 Bad Gateway: upstream unavailable\n\n502"), plain.stdout + plain.stderr)
+        await harness.shutdown()
+    }
+
     func testRapidResetIsCutOffAndHugeHeaderListsAreRefused() async throws {
         let pki = try TestPKI()
         let harness = try await h2Gateway(pki, listener: "max_request_head_bytes: 16384", tls: ", http2: { max_resets_per_30s: 100 }")

@@ -27,6 +27,34 @@ final class LocalAnswerTests: XCTestCase {
         XCTAssertEqual(LocalAnswer.reasonPhrase(599), "Error")
     }
 
+    /// A gRPC call's error is a trailers-only gRPC response: 200, `grpc-status` by gRPC's
+    /// mapping of the HTTP status, the reason percent-encoded in `grpc-message`, no body.
+    func testAGRPCCallsErrorIsATrailersOnlyGRPCAnswer() throws {
+        func call(_ type: String) throws -> HTTPHead {
+            try request("POST /pkg.Service/Method HTTP/1.1\r\nHost: a\r\nte: trailers\r\ncontent-type: \(type)\r\ncontent-length: 5\r\n\r\n")
+        }
+        for type in ["application/grpc", "application/grpc+proto", "Application/GRPC;charset=utf-8", "application/grpc+json"] {
+            XCTAssertTrue(GRPCAnswer.isGRPC(try call(type)), type)
+        }
+        for type in ["application/grpc-web", "application/grpc-web-text", "application/json", "application/grp", "text/plain"] {
+            XCTAssertFalse(GRPCAnswer.isGRPC(try call(type)), type)
+        }
+        XCTAssertFalse(GRPCAnswer.isGRPC(try request("POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 0\r\n\r\n")), "no content-type")
+
+        let table: [(Int, GRPCAnswer.Status)] = [(400, .internal), (401, .unauthenticated), (403, .permissionDenied), (404, .unimplemented),
+                                                  (429, .unavailable), (502, .unavailable), (503, .unavailable), (504, .unavailable),
+                                                  (405, .unknown), (408, .unknown), (413, .unknown), (421, .unknown), (431, .unknown), (500, .unknown)]
+        for (http, grpc) in table { XCTAssertEqual(GRPCAnswer.status(forHTTP: http), grpc, "\(http)") }
+
+        let answer = GRPCAnswer.answer(LocalAnswer(status: 503, message: "no healthy backend in upstream 'a'"))
+        XCTAssertEqual(text(answer, for: try call("application/grpc")),
+                       "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 14\r\n"
+                       + "grpc-message: no healthy backend in upstream 'a'\r\ncontent-length: 0\r\n\r\n")
+        XCTAssertEqual(GRPCAnswer.percentEncoded("50% off\r\nx: é"), "50%25 off%0D%0Ax: %C3%A9", "nothing can end the field line")
+        XCTAssertEqual(GRPCAnswer.answer(LocalAnswer(status: 404, fields: "", body: ByteBuffer())).fields,
+                       "content-type: application/grpc\r\ngrpc-status: 12\r\ngrpc-message: Not Found\r\n", "no message: the reason phrase")
+    }
+
     func testWhenTheConnectionCloses() throws {
         let keep = try request("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         XCTAssertFalse(LocalAnswer.closes(request: keep, requestEnded: true, draining: false))
