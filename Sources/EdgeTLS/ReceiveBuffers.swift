@@ -37,7 +37,12 @@ package enum ReceiveBuffers {
     /// after a full one), kept in six bytes. NIO stores the allocator in an existential,
     /// which holds up to three words in place: wrapping NIO's own (three limits, a size
     /// and a flag) put a 64-byte box on the heap of every connection.
-    struct Allocator: RecvByteBufferAllocator {
+    ///
+    /// `@unchecked Sendable` (NIO asks allocators to be): it holds its channel's thread's
+    /// spare read buffer, which only that thread touches: the channel calls it there, and
+    /// `configure` gives each channel its own copy (never set it as a bootstrap-wide
+    /// option for several loops). `SpareReadBuffer` asserts this in debug builds.
+    struct Allocator: RecvByteBufferAllocator, @unchecked Sendable {
         static let initial: UInt32 = 2_048
         static let minimum: UInt32 = 64
         static let maximum: UInt32 = 65_536
@@ -110,15 +115,22 @@ final class SpareReadBuffer {
     private(set) var buffer: ByteBuffer?
 
     /// A buffer of at least `capacity` bytes for a read: the spare when nobody else
-    /// holds it, else a new one.
+    /// holds it and it is of the read's size class (at most twice the size asked, or
+    /// NIO's initial 2 KiB), else a new one. Some connections keep their last read while
+    /// they wait (a partial head, a tunnel's upstream buffer): a 64 KiB spare left by an
+    /// upload on the same thread must not become what each of them keeps.
     func take(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
-        if var buffer = self.buffer.take(), buffer.capacity >= capacity, buffer.modifyIfUniquelyOwned({ $0.clear() }) != nil {
+        assert(SpareReadBuffer.current === self, "a spare read buffer is its thread's only")
+        if var buffer = self.buffer.take(), buffer.capacity >= capacity,
+           buffer.capacity <= max(2 * capacity, Int(ReceiveBuffers.Allocator.initial)),
+           buffer.modifyIfUniquelyOwned({ $0.clear() }) != nil {
             return buffer
         }
         return allocator.buffer(capacity: capacity)
     }
 
     fileprivate func keep(_ buffer: ByteBuffer) {
+        assert(SpareReadBuffer.current === self, "a spare read buffer is its thread's only")
         self.buffer = buffer
     }
 

@@ -69,6 +69,15 @@ final class ReceiveBuffersTests: XCTestCase {
         pin.recycle(reused)
         let larger = spare.take(capacity: 4 * reused.capacity, allocator: allocator)
         XCTAssertGreaterThanOrEqual(larger.capacity, 4 * reused.capacity)
+        // Much larger than the read asked for (an upload's 64 KiB for a 2 KiB read): not
+        // what a connection that keeps its last read should keep. Dropped, a new one.
+        let big = allocator.buffer(capacity: 65_536)
+        let bigStorage = base(big)
+        pin.recycle(big)
+        let small = spare.take(capacity: 2_048, allocator: allocator)
+        XCTAssertNotEqual(base(small), bigStorage)
+        XCTAssertLessThan(small.capacity, 65_536)
+        XCTAssertNil(spare.buffer)
         // The first read's 64 bytes and reads beyond 64 KiB are never kept.
         pin.recycle(allocator.buffer(capacity: ReceiveBuffers.firstReadBytes))
         XCTAssertNil(spare.buffer)
