@@ -22,6 +22,7 @@ public func fuzzHTTP2Bridge(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         let value = parts.count > 1 ? String(decoding: parts[1], as: UTF8.self) : ""
         headers.add(name: name, value: value)
     }
+    checkTrailers(headers)
     let bridge = HTTP2StreamBridge()
     let frame = HTTP2Frame.FramePayload.Headers(headers: headers, endStream: flags & 1 == 1)
     guard let head = bridge.requestHead(frame, allocator: ByteBufferAllocator()) else { return 0 }
@@ -48,6 +49,21 @@ public func fuzzHTTP2Bridge(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         }
     }
     return 0
+}
+
+/// The same block as a request's trailers: the field lines it makes (or a refusal) can
+/// end the chunked body's last chunk only where the block ends, every line is a field
+/// line, and the body framer, reading them back, hands out the same lines or refuses
+/// them (a field that must not be a trailer); never other lines.
+func checkTrailers(_ headers: HPACKHeaders) {
+    guard let lines = HTTP2StreamBridge.trailerLines(headers) else { return }
+    var last = TrailerSection.lastChunk(lines)
+    var framer = BodyFramer.chunked
+    guard let piece = try? framer.next(from: &last) else { return }
+    precondition(piece == .end(trailers: lines), "trailers read back as \(piece), not \(show(lines))")
+    precondition(last.readableBytes == 0, "the trailers ended early: \(show(lines))")
+    let fields = HTTP2StreamBridge.trailerFields(lines)
+    precondition(fields.count == headers.count, "\(fields.count) fields back from \(headers.count): \(show(lines))")
 }
 
 func show(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self).debugDescription }

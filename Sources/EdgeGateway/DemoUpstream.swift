@@ -7,7 +7,8 @@ import NIOPosix
 
 /// A small HTTP/1.1 origin for the README demo, the benchmarks and the tests.
 ///
-/// Paths: `/` greeting; `/echo` streams the body back; `/sha256` answers the
+/// Paths: `/` greeting; `/echo` streams the body back (a chunked body's trailers
+/// too, with `x-echo-body-bytes`); `/sha256` answers the
 /// body's SHA-256; `/bytes?n=N` streams N bytes; `/headers` lists the request
 /// headers; `/stats` counts connections; `/slow?ms=N` answers late;
 /// `/stall?ms=N` sends the head and half the body, the rest N ms later;
@@ -148,12 +149,15 @@ private final class DemoHandler: ChannelInboundHandler {
             default:
                 break
             }
-        case .end:
+        case .end(let trailers):
             guard let head = self.head else { return }
             switch self.mode {
             case .echo:
+                // A chunked echo ends with the request's trailers, and one of its own.
                 self.head = nil
-                context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
+                var echoed = trailers
+                if trailers != nil { echoed?.add(name: "x-echo-body-bytes", value: "\(self.bodyBytes)") }
+                context.writeAndFlush(Self.wrapOutboundOut(.end(echoed)), promise: nil)
             case .sha256(let hasher):
                 self.respond(context: context, head: head, status: .ok, body: hasher.finalizeHex() + "\n")
             default:

@@ -7,23 +7,26 @@ import Darwin
 
 /// Finds where a message body ends in a stream of bytes, handing out its data
 /// as slices. Chunked bodies are decoded (the receiver re-frames them); chunk
-/// extensions and trailers are dropped.
+/// extensions are dropped, trailer fields checked and handed out with the end.
 struct BodyFramer {
     enum State: Equatable {
         case length(Int)
         case chunkSize
         case chunkData(Int)
         case chunkDataEnd
-        case trailers(Int)
+        /// The field lines of the trailer section so far, each ending in CRLF.
+        case trailers([UInt8])
         case untilClose
         /// The last byte of a length-delimited body was handed out; `.end` comes next.
         case ending
         case done
     }
 
-    enum Piece {
+    enum Piece: Equatable {
         case data(ByteBuffer)
-        case end
+        /// The body's end, with its trailer section's field lines (`TrailerSection`): empty
+        /// unless a chunked body had trailers.
+        case end(trailers: [UInt8])
     }
 
     private(set) var state: State
@@ -46,7 +49,7 @@ struct BodyFramer {
                 return nil
             case .ending:
                 self.state = .done
-                return .end
+                return .end(trailers: [])
             case .length(let remaining):
                 return Self.take(remaining, from: &buffer, state: &self.state, then: .ending, rest: State.length)
             case .untilClose:
@@ -61,15 +64,19 @@ struct BodyFramer {
             case .chunkSize:
                 guard let line = try Self.line(in: &buffer) else { return nil }
                 let size = try Self.chunkSize(line)
-                self.state = size == 0 ? .trailers(0) : .chunkData(size)
-            case .trailers(let seen):
+                self.state = size == 0 ? .trailers([]) : .chunkData(size)
+            case .trailers(var section):
                 guard let line = try Self.line(in: &buffer) else { return nil }
                 if line.isEmpty {
                     self.state = .done
-                    return .end
+                    return .end(trailers: section)
                 }
-                guard seen + line.count <= 16 * 1024 else { throw HTTPFramingError.bad("trailer section too large") }
-                self.state = .trailers(seen + line.count)
+                guard section.count + line.count + 2 <= TrailerSection.maxBytes else { throw HTTPFramingError.bad("trailer section too large") }
+                try TrailerSection.check(line)
+                self.state = .done  // no second reference to `section` while it grows
+                section += line
+                section += [0x0D, 0x0A]
+                self.state = .trailers(section)
             }
         }
     }
@@ -134,6 +141,40 @@ struct BodyFramer {
         guard i == line.count || line[i] == UInt8(ascii: ";") else { throw HTTPFramingError.bad("invalid chunk size") }
         for k in i..<line.count where line[k] < 0x20 && line[k] != 0x09 { throw HTTPFramingError.bad("control character in chunk extension") }
         return size
+    }
+}
+
+/// A chunked body's trailer section (RFC 9112 §7.1.2), passed on as received: the
+/// gateway forwards trailers (gRPC's status travels in them) where it used to drop them.
+enum TrailerSection {
+    /// As much as the section may take, its field lines counted with their CRLFs.
+    static let maxBytes = 16 * 1024
+
+    /// One field line, without its CRLF: a token, a colon, a value without control bytes
+    /// (HTAB aside). A field that must not be a trailer (RFC 9110 §6.5.1: framing,
+    /// routing, connection-specific: `KnownHeader`'s hop-by-hop names, Content-Length,
+    /// Host) makes the section malformed, as a message that could be read two ways.
+    static func check(_ line: [UInt8]) throws {
+        guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > 0 else { throw HTTPFramingError.bad("malformed trailer field") }
+        for k in 0..<colon where !HTTP1Parser.isToken(line[k]) { throw HTTPFramingError.bad("malformed trailer field name") }
+        for k in (colon + 1)..<line.count where (line[k] < 0x20 && line[k] != 0x09) || line[k] == 0x7F {
+            throw HTTPFramingError.bad("control character in a trailer field")
+        }
+        let known = line.withUnsafeBytes { KnownHeader.classify($0, 0..<colon) }
+        guard !known.isHopByHop, known != .contentLength, known != .host else {
+            throw HTTPFramingError.bad("a trailer field that must not be a trailer")
+        }
+    }
+
+    /// `0`, the trailer section and the empty line: a chunked body's last bytes.
+    static func lastChunk(_ trailers: [UInt8]) -> ByteBuffer {
+        guard !trailers.isEmpty else { return Chunked.lastChunk }
+        var out = ByteBuffer()
+        out.reserveCapacity(trailers.count + 5)
+        out.writeStaticString("0\r\n")
+        out.writeBytes(trailers)
+        out.writeStaticString("\r\n")
+        return out
     }
 }
 

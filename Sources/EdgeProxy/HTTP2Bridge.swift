@@ -75,8 +75,15 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
         switch payload {
         case .headers(let headers):
             if self.requestHeadSeen {
+                // Trailers: they end the body, and go on with a chunked one.
+                guard let trailers = Self.trailerLines(headers.headers) else {
+                    self.requestEnded = true  // malformed (RFC 9113 §8.1.1): the stream is reset
+                    context.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.rstStream(.protocolError)), promise: nil)
+                    context.close(promise: nil)
+                    return nil
+                }
                 var end: ByteBuffer?
-                self.endRequest(appendingTo: &end)  // trailers: not forwarded, they end the body
+                self.endRequest(appendingTo: &end, trailers: trailers)
                 return end
             }
             self.requestHeadSeen = true
@@ -147,7 +154,8 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
             w.put(" HTTP/1.1\r\n")
         }
         if let authority { out.writeField("host", authority) }
-        var hasLength = false
+        var length: String?
+        var trailersAnnounced = false
         var cookies: [String] = []
         for (name, value, _) in frame.headers.dropFirst(pseudoCount) {
             guard HTTP2RequestCheck.isFieldName(name), HTTP2RequestCheck.isFieldValue(value) else { return nil }
@@ -163,7 +171,10 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
                 cookies.append(value)  // crumbs are joined for HTTP/1.1 (RFC 9113 §8.2.3)
                 continue
             case "content-length":
-                hasLength = true
+                length = value  // written below, unless the body goes chunked
+                continue
+            case "trailer":
+                trailersAnnounced = true
             default:
                 break
             }
@@ -172,10 +183,15 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
         if !cookies.isEmpty { out.writeField("cookie", cookies.joined(separator: "; ")) }
         if frame.endStream {
             self.requestBody = .none
-        } else if hasLength {
+            if let length { out.writeField("content-length", length) }
+        } else if let length, !trailersAnnounced {
             self.requestBody = .length
+            out.writeField("content-length", length)
         } else {
-            // HTTP/2 frames the body itself; the HTTP/1.1 side needs chunked framing.
+            // HTTP/2 frames the body itself; the HTTP/1.1 side needs chunked framing, and
+            // a body whose request announces trailers (`trailer`, as nghttp and gRPC
+            // clients send) goes chunked even with a length: only a chunked body's last
+            // chunk can carry them. The HTTP/2 handler still checks the length.
             self.requestBody = .chunked
             out.writeStaticString("transfer-encoding: chunked\r\n")
         }
@@ -184,13 +200,49 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
         return out
     }
 
-    private func endRequest(appendingTo out: inout ByteBuffer?) {
+    private func endRequest(appendingTo out: inout ByteBuffer?, trailers: [UInt8] = []) {
         guard !self.requestEnded else { return }
         self.requestEnded = true
         if self.requestBody == .chunked {
             if out == nil { out = ByteBuffer() }
-            out!.writeStaticString("0\r\n\r\n")
+            var last = TrailerSection.lastChunk(trailers)
+            out!.writeBuffer(&last)
         }
+    }
+
+    /// A trailer block's fields as HTTP/1.1 field lines; nil when it is malformed: a
+    /// pseudo-header, a name that is not a lower-case token, a value with CR, LF or NUL
+    /// (RFC 9113 §8.1). A field that must not be a trailer is refused later, by the
+    /// proxy's `TrailerSection` check, as it is for an HTTP/1.1 client.
+    static func trailerLines(_ headers: HPACKHeaders) -> [UInt8]? {
+        var lines: [UInt8] = []
+        for (name, value, _) in headers {
+            guard HTTP2RequestCheck.isFieldName(name), HTTP2RequestCheck.isFieldValue(value) else { return nil }
+            lines += name.utf8
+            lines += [UInt8(ascii: ":"), UInt8(ascii: " ")]
+            lines += value.utf8
+            lines += [0x0D, 0x0A]
+        }
+        return lines
+    }
+
+    /// Trailer field lines (`TrailerSection`, checked) as the fields of a HEADERS frame:
+    /// names in lower case, values without the spaces around them.
+    static func trailerFields(_ lines: [UInt8]) -> HPACKHeaders {
+        var headers = HPACKHeaders()
+        var start = 0
+        while start < lines.count, let cr = lines[start...].firstIndex(of: 0x0D) {
+            let line = lines[start..<cr]
+            if let colon = line.firstIndex(of: UInt8(ascii: ":")) {
+                let name = String(decoding: line[..<colon].map { $0 &- 0x41 < 26 ? $0 | 0x20 : $0 }, as: UTF8.self)
+                var value = line[(colon + 1)...]
+                while let first = value.first, first == 0x20 || first == 0x09 { value = value.dropFirst() }
+                while let last = value.last, last == 0x20 || last == 0x09 { value = value.dropLast() }
+                headers.add(name: name, value: String(decoding: value, as: UTF8.self))
+            }
+            start = cr + 2
+        }
+        return headers
     }
 
     /// An answer of the gateway's own (an error, a redirect, a file), written by the
@@ -356,12 +408,23 @@ extension HTTP2StreamBridge {
         context.flush()
     }
 
-    func responseEnd() {
+    /// The response's end: END_STREAM on its last DATA frame, or a HEADERS frame of
+    /// trailers after it.
+    func responseEnd(trailers: [UInt8] = []) {
         guard let context = self.context, !self.responseDone else { return }
         self.responseDone = true
-        let last = self.heldBody ?? ByteBuffer()
-        self.heldBody = nil
-        let end = NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(last), endStream: true)))
+        let end: NIOAny
+        let fields = trailers.isEmpty ? nil : Self.trailerFields(trailers)
+        // A block too large for one HEADERS frame (the handler sends no CONTINUATION)
+        // would fail unseen and leave the stream open: the trailers are dropped instead.
+        if let fields, Self.fitsOneHeadersFrame(fields) {
+            self.writeHeldBody(context: context)
+            end = NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: fields, endStream: true)))
+        } else {
+            let last = self.heldBody ?? ByteBuffer()
+            self.heldBody = nil
+            end = NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(last), endStream: true)))
+        }
         if self.requestEnded {
             context.write(end, promise: nil)
         } else {

@@ -110,10 +110,11 @@ extension ProxyHandler {
     /// read (or that asked for it) is closed after the answer.
     func answerLocally(_ answer: LocalAnswer, request: HTTPHead?, requestEnded: Bool, upstream: String? = nil) {
         guard let context = self.context else { return }
-        // A gRPC call's error is told in gRPC (`GRPCAnswer`); the access log and the
-        // metrics count the 200 the client got, as Envoy's do.
-        let answer = answer.status >= 400 && request.map(GRPCAnswer.isGRPC) == true ? GRPCAnswer.answer(answer) : answer
+        // The status the access log and the metrics count: a gRPC call's error, told in
+        // gRPC (`GRPCAnswer`, HTTP 200 on the wire), still counts as the 502 or 503 it
+        // stands for, or an error-rate alert would never see a failing gRPC service.
         let status = answer.status
+        let answer = answer.status >= 400 && request.map(GRPCAnswer.isGRPC) == true ? GRPCAnswer.answer(answer) : answer
         let close = LocalAnswer.closes(request: request, requestEnded: requestEnded, draining: self.state.draining)
         let out = answer.bytes(for: request, close: close, hsts: self.limits.strictTransportSecurity, allocator: context.channel.allocator)
         self.downstreamNeedsFlush = false

@@ -270,14 +270,14 @@ extension ProxyHandler {
             // record and one syscall for a small response instead of one per part.
             self.downstream.responseBody(body, context: context)
             self.downstreamNeedsFlush = true
-        case .end:
+        case .end(let trailers):
             self.stopReadTimer()
             let action = exchange.state.responseEnded(reusable: connection.handler.reusable)
             if action == .endTunnel {
                 self.endTunnel(exchange, reason: "closed by the upstream")
                 return
             }
-            self.downstream.responseEnd(context: context)
+            self.downstream.responseEnd(trailers: trailers, context: context)
             self.downstreamNeedsFlush = true
             self.requests?.completed(status: exchange.status)
             if self.loop.accessLog != nil { self.logAccess(exchange.request, status: exchange.status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }

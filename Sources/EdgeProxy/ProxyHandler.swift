@@ -181,7 +181,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                         }
                     }
                     self.forwardBody(data)
-                case .end: self.endRequestBody()
+                case .end(let trailers): self.endRequestBody(trailers: trailers)
                 }
                 continue
             }
@@ -228,11 +228,13 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
     }
 
-    func endRequestBody() {
+    /// `trailers`: a chunked body's trailer field lines, which go on with a chunked
+    /// upstream request (a request with a length has nowhere to carry them).
+    func endRequestBody(trailers: [UInt8] = []) {
         self.requestBody = nil
         guard let exchange = self.exchange else { return }
         let action = exchange.state.requestBodyEnded()
-        if exchange.chunkedUpstream { self.sendUpstream(Chunked.lastChunk, exchange) }
+        if exchange.chunkedUpstream { self.sendUpstream(TrailerSection.lastChunk(trailers), exchange) }
         if let connection = exchange.connection {
             connection.flush()
             self.upstreamNeedsFlush = false

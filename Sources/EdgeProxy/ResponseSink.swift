@@ -12,7 +12,9 @@ protocol ResponseSink {
     mutating func responseHead(_ response: HTTPHead, request: HTTPHead, draining: Bool, hsts: String?,
                                heads: inout ReusableBuffer, context: ChannelHandlerContext) -> ResponseHeadOutcome
     func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext)
-    func responseEnd(context: ChannelHandlerContext)
+    /// The response's end; `trailers` are its trailer field lines (`TrailerSection`),
+    /// passed on where the client's framing can carry them.
+    func responseEnd(trailers: [UInt8], context: ChannelHandlerContext)
     func flush(context: ChannelHandlerContext)
     /// An answer of the gateway's own, as HTTP/1.1 bytes, written and flushed; the future
     /// completes when it went out.
@@ -72,8 +74,9 @@ struct HTTP1Responses: ResponseSink {
         }
     }
 
-    func responseEnd(context: ChannelHandlerContext) {
-        if self.chunked { context.write(NIOAny(Chunked.lastChunk), promise: nil) }
+    func responseEnd(trailers: [UInt8], context: ChannelHandlerContext) {
+        // A response with a length (or to HTTP/1.0) has no trailer section: they are dropped.
+        if self.chunked { context.write(NIOAny(TrailerSection.lastChunk(trailers)), promise: nil) }
     }
 
     func flush(context: ChannelHandlerContext) {
@@ -114,8 +117,8 @@ extension HTTP2StreamBridge: ResponseSink {
         self.responseBody(body)
     }
 
-    func responseEnd(context: ChannelHandlerContext) {
-        self.responseEnd()
+    func responseEnd(trailers: [UInt8], context: ChannelHandlerContext) {
+        self.responseEnd(trailers: trailers)
     }
 
     func flush(context: ChannelHandlerContext) {
@@ -167,10 +170,10 @@ enum Downstream: ResponseSink {
         }
     }
 
-    func responseEnd(context: ChannelHandlerContext) {
+    func responseEnd(trailers: [UInt8], context: ChannelHandlerContext) {
         switch self {
-        case .http1(let sink): sink.responseEnd(context: context)
-        case .http2(let sink): sink.responseEnd(context: context)
+        case .http1(let sink): sink.responseEnd(trailers: trailers, context: context)
+        case .http2(let sink): sink.responseEnd(trailers: trailers, context: context)
         }
     }
 

@@ -13,7 +13,8 @@ enum UpstreamResponsePart {
     case head(HTTPHead)
     /// Body bytes, de-chunked.
     case body(ByteBuffer)
-    case end
+    /// The response's end, with a chunked body's trailer field lines (`TrailerSection`).
+    case end(trailers: [UInt8])
 }
 
 /// Receives one exchange's response parts from an upstream connection.
@@ -285,7 +286,7 @@ final class UpstreamHandler: ChannelInboundHandler {
                 if case .head(let used) = consume part, used.bytes.capacity <= 4_096, used.fields.capacity <= 64 {
                     self.responseHead = used
                 }
-                if framer.isDone { self.delegate?.upstreamReceived(.end, from: connection) }
+                if framer.isDone { self.delegate?.upstreamReceived(.end(trailers: []), from: connection) }
             case .body(var framer):
                 guard let piece = try framer.next(from: &self.buffer) else {
                     self.phase = .body(framer)
@@ -295,13 +296,16 @@ final class UpstreamHandler: ChannelInboundHandler {
                 case .data(let data):
                     self.phase = .body(framer)
                     delegate.upstreamReceived(.body(data), from: connection)
-                case .end:
+                case .end(let trailers):
                     self.phase = .idle
-                    delegate.upstreamReceived(.end, from: connection)
+                    delegate.upstreamReceived(.end(trailers: trailers), from: connection)
                 }
             }
         }
-        if self.buffer.readableBytes == 0, self.buffer.capacity > 0, case .idle = self.phase {
+        // Read out, in any phase: a tunnel or a long response waiting for its next read
+        // keeps no buffer (the next read is adopted as it comes), and the read's buffer is
+        // free for the thread's next read (`ReceiveBuffers.recycle`).
+        if self.buffer.readableBytes == 0, self.buffer.capacity > 0 {
             self.buffer = ByteBuffer()
         }
     }
@@ -375,7 +379,7 @@ final class UpstreamHandler: ChannelInboundHandler {
         if case .body(var framer) = self.phase, framer.endOfStream(), let delegate = self.delegate, let connection = self.connection {
             // A response delimited by the connection's end is complete now.
             self.phase = .idle
-            delegate.upstreamReceived(.end, from: connection)
+            delegate.upstreamReceived(.end(trailers: []), from: connection)
         }
         let error = UpstreamError(kind: .closedEarly, backend: self.backendDescription, reason: "connection closed by the upstream")
         self.ready.fail(error)

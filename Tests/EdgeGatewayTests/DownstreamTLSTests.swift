@@ -450,7 +450,8 @@ final class HTTP2AbuseTests: XCTestCase {
                 tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
             upstreams:
               app: { backends: ["127.0.0.1:\(port)"] }
-              gone: { backends: ["127.0.0.1:\(dead)"] }
+              # Never ejected: each call here meets the refused connect, not "no healthy backend".
+              gone: { backends: ["127.0.0.1:\(dead)"], passive_health: { max_fails: 0 } }
             routes:
               - { path_prefix: /dead., upstream: gone }
               - { path_prefix: /hello, upstream: app }
@@ -480,6 +481,47 @@ final class HTTP2AbuseTests: XCTestCase {
         let plain = try Shell.run(["curl", "-sS", "--max-time", "60", "--cacert", pki.caPath, "--http2", "-w", "\n%{http_code}",
                                    "https://localhost:\(port)/dead.Service/Get"], timeout: 120)
         XCTAssertTrue(plain.stdout.hasSuffix("502 Bad Gateway: upstream unavailable\n\n502"), plain.stdout + plain.stderr)
+        // Counted as the errors they stand for, not as the 200s on the wire.
+        let admin = harness.gateway.adminPort!
+        XCTAssertEqual(metricSum(#"edge_requests_total{listener="https",class="5xx"}"#, admin: admin), 3)
+        XCTAssertEqual(metricSum(#"edge_requests_total{listener="https",class="4xx"}"#, admin: admin), 1)
+        XCTAssertEqual(metricSum(#"edge_requests_total{listener="https",class="2xx"}"#, admin: admin) ?? 0, 0)
+        await harness.shutdown()
+    }
+
+    /// Trailers end to end (gRPC's status travels in them): a chunked request's trailers
+    /// reach the upstream and the upstream's response trailers reach the client, over
+    /// HTTP/2 (nghttp: a trailer HEADERS frame each way) and HTTP/1.1 (a raw client: the
+    /// trailer section of the last chunk each way). Before, both were dropped.
+    func testTrailersGoThroughBothWaysOverHTTP2AndHTTP11() async throws {
+        let pki = try TestPKI()
+        let harness = try await h2Gateway(pki, listener: "")
+        let port = harness.port("https")
+        // nghttp sends its body from a pipe without a length: chunked upstream, trailers kept.
+        let h2 = try Shell.bash("printf hello | nghttp -v -d - --trailer 'x-checksum: abc' https://localhost:\(port)/echo", timeout: 60).stdout
+        // nghttp prints a frame's fields before the frame's own line.
+        let received = h2.components(separatedBy: "recv HEADERS frame").dropFirst()
+        XCTAssertEqual(received.count, 2, "the head, then the trailers: \(h2)")
+        XCTAssertTrue(received.last?.contains("; END_STREAM") == true, "the trailers end the stream: \(h2)")
+        XCTAssertTrue(received.first?.contains(") x-checksum: abc") == true && received.first?.contains(") x-echo-body-bytes: 5") == true,
+                      "the request's trailers came back, after the body: \(h2)")
+
+        let h1 = try Shell.run(["/usr/bin/python3", "-c", """
+            import socket, ssl, sys
+            ctx = ssl.create_default_context(cafile=sys.argv[2])
+            s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10), server_hostname="localhost")
+            s.sendall(b"POST /echo HTTP/1.1\\r\\nHost: localhost\\r\\nTransfer-Encoding: chunked\\r\\nConnection: close\\r\\n\\r\\n"
+                      b"5\\r\\nhello\\r\\n0\\r\\nX-Checksum: def\\r\\n\\r\\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            sys.stdout.write(data.decode("latin-1"))
+            """, "\(port)", pki.caPath], timeout: 60).stdout
+        XCTAssertTrue(h1.hasPrefix("HTTP/1.1 200 OK\r\n"), h1)
+        XCTAssertTrue(h1.hasSuffix("\r\n5\r\nhello\r\n0\r\nX-Checksum: def\r\nx-echo-body-bytes: 5\r\n\r\n"), "the trailer section came back: \(h1.debugDescription)")
         await harness.shutdown()
     }
 
@@ -517,11 +559,12 @@ final class HTTP2AbuseTests: XCTestCase {
     }
 
     /// A request body without content-length (sent upstream chunked) that ends with a
-    /// trailer HEADERS frame: the trailers end the body, which arrives whole.
+    /// trailer HEADERS frame: the trailers end the body, which arrives whole, and go on to
+    /// the upstream, whose echo ends with them: a second HEADERS frame, with END_STREAM.
     func testHTTP2RequestBodyEndedByTrailers() async throws {
         let harness = try await h2Gateway(try TestPKI(), listener: "")
         let result = try abuse("trailers", port: harness.port("https"), 0)
-        XCTAssertEqual(result["response_streams"] as? [Int], [1], "\(result)")
+        XCTAssertEqual(result["response_streams"] as? [Int], [1, 1], "the response's head and its trailers: \(result)")
         XCTAssertEqual(result["body"] as? String, "hello trailers", "\(result)")
         XCTAssertEqual(result["ended"] as? Bool, true, "\(result)")
         XCTAssertEqual(result["rst_codes"] as? [Int], [], "\(result)")

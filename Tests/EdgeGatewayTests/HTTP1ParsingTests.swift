@@ -297,10 +297,17 @@ final class HTTP1ParsingTests: XCTestCase {
 
     /// Feeds `body` in pieces of `step` bytes; returns the data and what is left after the end.
     func frame(_ framer: BodyFramer, _ body: String, step: Int) throws -> (data: String, ended: Bool, rest: String) {
+        let result = try frameWithTrailers(framer, body, step: step)
+        return (result.data, result.ended, result.rest)
+    }
+
+    /// `frame`, with the trailer field lines the end handed out.
+    func frameWithTrailers(_ framer: BodyFramer, _ body: String, step: Int) throws -> (data: String, ended: Bool, rest: String, trailers: String) {
         var framer = framer
         var buffer = ByteBuffer()
         var data = ""
         var ended = false
+        var trailers = ""
         var input = Array(body.utf8)[...]
         while !ended {
             if input.isEmpty && buffer.readableBytes == 0 { break }
@@ -310,13 +317,15 @@ final class HTTP1ParsingTests: XCTestCase {
             while let next = try framer.next(from: &buffer) {
                 switch next {
                 case .data(let bytes): data += String(buffer: bytes)
-                case .end: ended = true
+                case .end(let section):
+                    ended = true
+                    trailers = String(decoding: section, as: UTF8.self)
                 }
                 if ended { break }
             }
             if input.isEmpty && !ended { break }
         }
-        return (data, ended, String(buffer: buffer) + String(decoding: input, as: UTF8.self))
+        return (data, ended, String(buffer: buffer) + String(decoding: input, as: UTF8.self), trailers)
     }
 
     func testChunkedBodiesDecodeAtAnySplitAndStopAtTheirEnd() throws {
@@ -331,6 +340,31 @@ final class HTTP1ParsingTests: XCTestCase {
         XCTAssertEqual(length.data, "hello")
         XCTAssertTrue(length.ended)
         XCTAssertEqual(length.rest, "GET")
+    }
+
+    /// A chunked body's trailer section is handed out with its end, field lines as
+    /// received, at any split; a field that must not be a trailer, a malformed line or a
+    /// section over 16 KiB makes the body malformed.
+    func testTrailersComeWithTheEndAndAreChecked() throws {
+        let body = "5\r\nhello\r\n0\r\ngrpc-status: 0\r\nGrpc-Message: all%20good \r\nx-sum:\tab\r\n\r\nGET /next"
+        for step in [1, 2, 5, 100] {
+            let result = try frameWithTrailers(.chunked, body, step: step)
+            XCTAssertEqual(result.data, "hello", "step \(step)")
+            XCTAssertEqual(result.trailers, "grpc-status: 0\r\nGrpc-Message: all%20good \r\nx-sum:\tab\r\n", "step \(step)")
+            XCTAssertEqual(result.rest, "GET /next")
+        }
+        XCTAssertEqual(try frameWithTrailers(.chunked, "0\r\n\r\n", step: 1).trailers, "", "no trailers")
+        XCTAssertEqual(TrailerSection.lastChunk([]), Chunked.lastChunk)
+        XCTAssertEqual(String(buffer: TrailerSection.lastChunk(Array("a: 1\r\n".utf8))), "0\r\na: 1\r\n\r\n")
+        for field in ["content-length: 5", "Transfer-Encoding: chunked", "host: evil", "connection: close", "te: trailers",
+                      "trailer: x", "upgrade: h2c", "keep-alive: 1", "proxy-connection: x"] {
+            XCTAssertThrowsError(try frame(.chunked, "0\r\n\(field)\r\n\r\n", step: 100), "\(field) must not be a trailer")
+        }
+        for bad in [" folded: x", "no colon", ": empty name", "bad name: x", "x: a\u{1}b", "x: a\u{7F}", "x: a\rb"] {
+            XCTAssertThrowsError(try frame(.chunked, "0\r\n\(bad)\r\n\r\n", step: 100), bad.debugDescription)
+        }
+        let many = String(repeating: "x-pad: " + String(repeating: "a", count: 1000) + "\r\n", count: 17)
+        XCTAssertThrowsError(try frame(.chunked, "0\r\n\(many)\r\n", step: 4096), "a section over 16 KiB")
     }
 
     func testMalformedChunkedBodiesAreRejected() {

@@ -495,7 +495,8 @@ final class ProxyTests: XCTestCase {
         let three = pipelined.response.range(of: "host: three")?.lowerBound
         XCTAssertNotNil(one)
         XCTAssertNotNil(echoed, "the chunked body is echoed back, re-chunked: \(pipelined.response)")
-        XCTAssertTrue(pipelined.response.contains(" world\r\n0\r\n\r\n"), pipelined.response)
+        XCTAssertTrue(pipelined.response.contains(" world\r\n0\r\nX-Trailer: t\r\nx-echo-body-bytes: 11\r\n\r\n"),
+                      "the trailer went up and came back: \(pipelined.response)")
         XCTAssertNotNil(three)
         if let one, let echoed, let three { XCTAssertTrue(one < echoed && echoed < three, "in order") }
         XCTAssertTrue(pipelined.response.contains("transfer-encoding: chunked"), "a body without length reaches HTTP/1.1 chunked")
