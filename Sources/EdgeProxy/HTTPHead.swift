@@ -189,7 +189,7 @@ struct HTTPHead {
     /// `HeadWriter.putFields`; the kept lines are at most the head's own bytes).
     func writeFields(to buffer: inout ByteBuffer, skip: (HeaderField) -> Bool) {
         self.bytes.withUnsafeBytes { p in
-            buffer.writeHead(maxBytes: p.count) { $0.putFields(of: self, p, skip: skip) }
+            buffer.writeHead(maxBytes: p.count) { $0.putFields(of: self.fields, p, skip: skip) }
         }
     }
 
@@ -249,9 +249,9 @@ struct HeadWriter {
     /// The field lines of `head` (storage `p`) that `skip` lets through, byte for byte:
     /// a run of consecutive kept lines is one copy (most heads are one or two runs).
     @inline(__always)
-    mutating func putFields(of head: HTTPHead, _ p: UnsafeRawBufferPointer, skip: (HeaderField) -> Bool) {
+    mutating func putFields(of fields: [HeaderField], _ p: UnsafeRawBufferPointer, skip: (HeaderField) -> Bool) {
         var run = 0..<0
-        for field in head.fields {
+        for field in fields {
             if skip(field) {
                 self.put(p, run)
                 run = 0..<0

@@ -42,7 +42,9 @@ enum HeadRewriting {
                 var forwardedFor: HeaderField?
                 var host: HeaderField?
                 var forwarded: [HeaderField] = []
-                w.putFields(of: head, p) { field in
+                // Fields named by Connection are looked up only when it named any (rare).
+                let connectionNames = !head.connectionNames.isEmpty
+                w.putFields(of: head.fields, p) { field in
                     switch field.known {
                     case .xForwardedFor:
                         if forwardedFor == nil { forwardedFor = field }
@@ -55,8 +57,10 @@ enum HeadRewriting {
                     case .host:
                         host = field
                         return setsHost
+                    case .other:
+                        return connectionNames && head.isHopByHop(field)
                     default:
-                        return head.isHopByHop(field)
+                        return field.known.isHopByHop
                     }
                 }
                 if head.chunked { w.put("transfer-encoding: chunked\r\n") }
@@ -170,13 +174,16 @@ enum HeadRewriting {
                 w.put(request.minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
                 // The status code and reason as received (the parser checked three digits at 9..<12).
                 w.put(p, 9..<response.startLineEnd + 2)
+                let connectionNames = !response.connectionNames.isEmpty
                 if let hsts {
-                    w.putFields(of: response, p) { response.isHopByHop($0) || $0.known == .strictTransportSecurity }
+                    w.putFields(of: response.fields, p) {
+                        $0.known == .strictTransportSecurity || $0.known.isHopByHop || (connectionNames && response.isHopByHop($0))
+                    }
                     w.put("strict-transport-security: ")
                     w.put(hsts)
                     w.put("\r\n")
                 } else {
-                    w.putFields(of: response, p) { response.isHopByHop($0) }
+                    w.putFields(of: response.fields, p) { $0.known.isHopByHop || (connectionNames && response.isHopByHop($0)) }
                 }
                 if chunked { w.put("transfer-encoding: chunked\r\n") }
                 if close {
