@@ -1,3 +1,5 @@
+import NIOCore
+
 /// The gateway's error answers as a gRPC client reads them.
 ///
 /// A gRPC client takes neither an HTTP error status nor a text body for an answer: it
@@ -11,6 +13,7 @@ enum GRPCAnswer {
     /// gRPC status codes (grpc/doc/statuscodes.md) that the gateway's answers use.
     enum Status: Int {
         case unknown = 2
+        case deadlineExceeded = 4
         case permissionDenied = 7
         case unimplemented = 12
         case `internal` = 13
@@ -20,14 +23,41 @@ enum GRPCAnswer {
 
     /// Whether a request is a gRPC call: `content-type: application/grpc`, alone or with
     /// a `+format` or `;parameters` after it (grpc/doc/PROTOCOL-HTTP2.md).
+    /// Looked up in the head's bytes, without a copy: it runs for every HTTP/2 request.
+    /// (`asciiCaseInsensitiveEquals` folds case only: `/` matches no other byte the
+    /// parser lets into a value.)
     static func isGRPC(_ head: HTTPHead) -> Bool {
-        guard let type = head.value(of: "content-type") else { return false }
-        let prefix = "application/grpc".utf8
-        let bytes = type.utf8
-        guard bytes.count >= prefix.count,
-              zip(bytes, prefix).allSatisfy({ $0 | ($0 &- 0x41 < 26 ? 0x20 : 0) == $1 }) else { return false }
-        let next = bytes.dropFirst(prefix.count).first
-        return next == nil || next == UInt8(ascii: "+") || next == UInt8(ascii: ";")
+        guard let range = head.valueRange(named: "content-type") else { return false }
+        let prefix: StaticString = "application/grpc"
+        let length = prefix.utf8CodeUnitCount
+        return head.bytes.withUnsafeBytes { p in
+            guard range.count >= length, asciiCaseInsensitiveEquals(p, range.lowerBound..<range.lowerBound + length, prefix) else { return false }
+            guard range.count > length else { return true }
+            let next = p[range.lowerBound + length]
+            return next == UInt8(ascii: "+") || next == UInt8(ascii: ";")
+        }
+    }
+
+    /// A gRPC call's `grpc-timeout` (grpc/doc/PROTOCOL-HTTP2.md: one to eight digits and
+    /// a unit, H M S m u n); nil when the request has none or it is malformed (then the
+    /// call has no deadline the gateway knows of, as with no header).
+    static func timeout(_ value: String) -> TimeAmount? {
+        let bytes = Array(value.utf8)
+        guard bytes.count >= 2, bytes.count <= 9, let unit = bytes.last else { return nil }
+        var amount: Int64 = 0
+        for digit in bytes.dropLast() {
+            guard digit >= UInt8(ascii: "0"), digit <= UInt8(ascii: "9") else { return nil }
+            amount = amount * 10 + Int64(digit - UInt8(ascii: "0"))
+        }
+        switch unit {
+        case UInt8(ascii: "H"): return .hours(amount)
+        case UInt8(ascii: "M"): return .minutes(amount)
+        case UInt8(ascii: "S"): return .seconds(amount)
+        case UInt8(ascii: "m"): return .milliseconds(amount)
+        case UInt8(ascii: "u"): return .microseconds(amount)
+        case UInt8(ascii: "n"): return .nanoseconds(amount)
+        default: return nil
+        }
     }
 
     /// gRPC's mapping of an HTTP status.
@@ -44,7 +74,7 @@ enum GRPCAnswer {
 
     /// `answer` (an error, 400 or above) as a trailers-only gRPC response.
     static func answer(_ answer: LocalAnswer) -> LocalAnswer {
-        let status = Self.status(forHTTP: answer.status)
+        let status = answer.grpcStatus ?? Self.status(forHTTP: answer.status)
         let message = answer.message ?? LocalAnswer.reasonPhrase(answer.status)
         var converted = LocalAnswer(status: 200, fields: "content-type: application/grpc\r\ngrpc-status: \(status.rawValue)\r\n"
             + "grpc-message: \(Self.percentEncoded(message))\r\n", body: .init())

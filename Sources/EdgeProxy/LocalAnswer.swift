@@ -11,6 +11,9 @@ struct LocalAnswer {
     var refusal: String?
     /// A text answer's reason, as `grpc-message` tells it to a gRPC client.
     var message: String?
+    /// The `grpc-status` a gRPC client gets, where gRPC's mapping of the HTTP status
+    /// would say less (a passed deadline is DEADLINE_EXCEEDED, not UNAVAILABLE).
+    var grpcStatus: GRPCAnswer.Status?
 
     init(status: Int, fields: String, body: ByteBuffer, refusal: String? = nil) {
         self.status = status

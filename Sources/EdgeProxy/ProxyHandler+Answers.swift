@@ -16,9 +16,13 @@ extension ProxyHandler {
         exchange.leaveBackend()
         let status: Int
         let message: String
+        var grpcStatus: GRPCAnswer.Status?
         switch (error as? UpstreamError)?.kind {
         case .connectTimeout, .readTimeout, .writeTimeout:
             (status, message) = (504, "upstream timed out")
+        case .callDeadline:
+            (status, message) = (504, "deadline exceeded (grpc-timeout)")
+            grpcStatus = .deadlineExceeded
         case .noHealthyBackend:
             (status, message) = (503, "no healthy backend in upstream '\(exchange.group.name)'")
         case .responseHeadTooLarge:
@@ -38,8 +42,9 @@ extension ProxyHandler {
             ]) { a, _ in a })
         }
         self.exchange = nil
-        self.respondLocally(status: status, message: message, request: exchange.request, requestEnded: exchange.state.requestEnded,
-                            upstream: exchange.group.name)
+        var answer = LocalAnswer(status: status, message: message)
+        answer.grpcStatus = grpcStatus
+        self.answerLocally(answer, request: exchange.request, requestEnded: exchange.state.requestEnded, upstream: exchange.group.name)
     }
 
     /// A body without a declared length went past `maxBodyBytes`: the upstream request

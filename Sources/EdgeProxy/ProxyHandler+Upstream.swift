@@ -40,6 +40,9 @@ extension ProxyHandler {
         var bodyBytesSent = 0
         /// The client asked to switch to WebSocket; the upstream gets the handshake.
         let upgrade: Bool
+        /// A gRPC call's deadline, from its `grpc-timeout`: the response is awaited until
+        /// then at the latest (`armReadTimer`).
+        var callDeadline: NIODeadline?
 
         init(request: consuming HTTPHead, group: UpstreamGroup, upgrade: Bool, requestEnded: Bool) {
             self.chunkedUpstream = request.chunked
@@ -166,15 +169,20 @@ extension ProxyHandler {
     /// moved only when the new deadline is earlier; reached before a deadline that moved
     /// later, it re-queues itself, so a request costs a clock read and a comparison.
     func armReadTimer(_ exchange: Exchange) {
-        let deadline = NIODeadline.now() + exchange.group.timeouts.read
-        self.timers.upstreamRead = deadline
+        var deadline = NIODeadline.now() + exchange.group.timeouts.read
         if exchange.firstReadDeadline == nil { exchange.firstReadDeadline = deadline }
+        if let call = exchange.callDeadline, call < deadline { deadline = call }
+        self.timers.upstreamRead = deadline
         if self.context != nil { self.loop.deadlines.schedule(self, at: deadline) }
     }
 
-    /// The upstream sent nothing within the read timeout.
+    /// The upstream sent nothing within the read timeout, or a gRPC call's deadline passed.
     func readTimedOut(_ exchange: Exchange) {
         self.timers.upstreamRead = nil
+        if let call = exchange.callDeadline, NIODeadline.now() >= call {
+            self.callDeadlinePassed(exchange)
+            return
+        }
         let backend = exchange.connection.map { $0.key.address.hostPort } ?? "?"
         exchange.connection?.abandon()
         exchange.connection = nil
@@ -209,6 +217,24 @@ extension ProxyHandler {
             }
             self.sendElsewhere(exchange, after: error)
         case .answer, .none, .armReadDeadline, .finish, .finishBeforeRequestEnded, .openTunnel:
+            self.failExchange(exchange, error: error)
+        }
+    }
+
+    /// A gRPC call's deadline passed while its response was awaited: the client has given
+    /// up (its own deadline is the same), so the upstream request is abandoned, and the
+    /// call ends with DEADLINE_EXCEEDED (a trailers-only answer, `GRPCAnswer`), or with a
+    /// reset of the stream when the response had begun. Not retried, and not counted
+    /// against the backend: it was the caller's deadline, not the backend's failure.
+    func callDeadlinePassed(_ exchange: Exchange) {
+        let backend = exchange.connection.map { $0.key.address.hostPort } ?? "?"
+        exchange.connection?.abandon()
+        exchange.connection = nil
+        let error = UpstreamError(kind: .callDeadline, backend: backend, reason: "the call's deadline (grpc-timeout) passed before its response")
+        if exchange.state.responseStarted {
+            _ = exchange.state.abandon()
+            self.abortMidResponse(exchange, error: error)
+        } else {
             self.failExchange(exchange, error: error)
         }
     }

@@ -331,6 +331,12 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
         }
         let upgrade = self.stream == nil && head.isWebSocketUpgrade
         let exchange = Exchange(request: consume head, group: group, upgrade: upgrade, requestEnded: !hasBody)
+        // A gRPC call's deadline bounds the wait for its response (gRPC is HTTP/2 only:
+        // an HTTP/1.1 request is never looked at).
+        if self.stream != nil, GRPCAnswer.isGRPC(exchange.request), let range = exchange.request.valueRange(named: "grpc-timeout"),
+           let timeout = GRPCAnswer.timeout(exchange.request.string(range)) {
+            exchange.callDeadline = .now() + timeout
+        }
         self.exchange = exchange
         self.connect(exchange)
     }

@@ -46,6 +46,9 @@ package struct UpstreamError: Error, CustomStringConvertible, Sendable {
         /// The gateway itself could not open a connection (out of descriptors, buffers
         /// or local ports): never the backend's failure.
         case localResources
+        /// A gRPC call's deadline (`grpc-timeout`) passed before its response: the client
+        /// has given up, so the gateway does too. Never the backend's failure.
+        case callDeadline
     }
     package var kind: Kind
     package var backend: String

@@ -455,6 +455,7 @@ final class HTTP2AbuseTests: XCTestCase {
             routes:
               - { path_prefix: /dead., upstream: gone }
               - { path_prefix: /hello, upstream: app }
+              - { path_prefix: /slow, upstream: app }
             admin: { address: "127.0.0.1:0" }
             """
         }
@@ -477,13 +478,19 @@ final class HTTP2AbuseTests: XCTestCase {
         XCTAssertTrue(frames.contains(":status: 200") && frames.contains("grpc-status: 14"), frames)
         XCTAssertTrue(frames.contains("recv HEADERS frame") && frames.contains("; END_STREAM | END_HEADERS"), "trailers-only: \(frames)")
         XCTAssertFalse(frames.contains("recv DATA frame"), frames)
+        // A call whose deadline (grpc-timeout, 300 ms) passes while the upstream takes 3 s:
+        // DEADLINE_EXCEEDED from the gateway, not the upstream's answer when it comes.
+        let late = try Shell.run(["nghttp", "-v", "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-timeout: 300m",
+                                  "-d", "/dev/null", "https://localhost:\(port)/slow?ms=3000"], timeout: 60).stdout
+        XCTAssertTrue(late.contains(":status: 200") && late.contains("grpc-status: 4"), "DEADLINE_EXCEEDED: \(late)")
+        XCTAssertTrue(late.contains("grpc-message: deadline exceeded (grpc-timeout)"), late)
         // Anything that is not gRPC still gets the HTTP error.
         let plain = try Shell.run(["curl", "-sS", "--max-time", "60", "--cacert", pki.caPath, "--http2", "-w", "\n%{http_code}",
                                    "https://localhost:\(port)/dead.Service/Get"], timeout: 120)
         XCTAssertTrue(plain.stdout.hasSuffix("502 Bad Gateway: upstream unavailable\n\n502"), plain.stdout + plain.stderr)
         // Counted as the errors they stand for, not as the 200s on the wire.
         let admin = harness.gateway.adminPort!
-        XCTAssertEqual(metricSum(#"edge_requests_total{listener="https",class="5xx"}"#, admin: admin), 3)
+        XCTAssertEqual(metricSum(#"edge_requests_total{listener="https",class="5xx"}"#, admin: admin), 4)
         XCTAssertEqual(metricSum(#"edge_requests_total{listener="https",class="4xx"}"#, admin: admin), 1)
         XCTAssertEqual(metricSum(#"edge_requests_total{listener="https",class="2xx"}"#, admin: admin) ?? 0, 0)
         await harness.shutdown()

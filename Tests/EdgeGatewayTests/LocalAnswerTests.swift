@@ -51,8 +51,24 @@ final class LocalAnswerTests: XCTestCase {
                        "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 14\r\n"
                        + "grpc-message: no healthy backend in upstream 'a'\r\ncontent-length: 0\r\n\r\n")
         XCTAssertEqual(GRPCAnswer.percentEncoded("50% off\r\nx: é"), "50%25 off%0D%0Ax: %C3%A9", "nothing can end the field line")
+        var deadline = LocalAnswer(status: 504, message: "deadline exceeded (grpc-timeout)")
+        deadline.grpcStatus = .deadlineExceeded
+        XCTAssertTrue(GRPCAnswer.answer(deadline).fields.contains("grpc-status: 4\r\n"), "a passed deadline is DEADLINE_EXCEEDED, not 504's UNAVAILABLE")
         XCTAssertEqual(GRPCAnswer.answer(LocalAnswer(status: 404, fields: "", body: ByteBuffer())).fields,
                        "content-type: application/grpc\r\ngrpc-status: 12\r\ngrpc-message: Not Found\r\n", "no message: the reason phrase")
+    }
+
+    /// `grpc-timeout`: one to eight digits and a unit; anything else is no deadline.
+    func testGRPCTimeoutsParseAsTheProtocolWritesThem() {
+        XCTAssertEqual(GRPCAnswer.timeout("1H"), .hours(1))
+        XCTAssertEqual(GRPCAnswer.timeout("2M"), .minutes(2))
+        XCTAssertEqual(GRPCAnswer.timeout("30S"), .seconds(30))
+        XCTAssertEqual(GRPCAnswer.timeout("250m"), .milliseconds(250))
+        XCTAssertEqual(GRPCAnswer.timeout("99999999u"), .microseconds(99_999_999))
+        XCTAssertEqual(GRPCAnswer.timeout("5n"), .nanoseconds(5))
+        for bad in ["", "m", "100", "100x", "123456789S", "-1S", "1.5S", " 1S", "1s"] {
+            XCTAssertNil(GRPCAnswer.timeout(bad), bad)
+        }
     }
 
     func testWhenTheConnectionCloses() throws {
