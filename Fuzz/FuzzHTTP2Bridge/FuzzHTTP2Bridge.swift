@@ -59,8 +59,13 @@ func checkTrailers(_ headers: HPACKHeaders) {
     guard let lines = HTTP2StreamBridge.trailerLines(headers) else { return }
     var last = TrailerSection.lastChunk(lines)
     var framer = BodyFramer.chunked
-    guard let piece = try? framer.next(from: &last) else { return }
-    precondition(piece == .end(trailers: lines), "trailers read back as \(piece), not \(show(lines))")
+    let piece: BodyFramer.Piece?
+    do {
+        piece = try framer.next(from: &last)
+    } catch {
+        return  // refused: a field that must not be a trailer
+    }
+    precondition(piece == .end(trailers: lines), "trailers read back as \(String(describing: piece)), not \(show(lines))")
     precondition(last.readableBytes == 0, "the trailers ended early: \(show(lines))")
     let fields = HTTP2StreamBridge.trailerFields(lines)
     precondition(fields.count == headers.count, "\(fields.count) fields back from \(headers.count): \(show(lines))")

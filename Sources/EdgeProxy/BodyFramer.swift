@@ -66,7 +66,9 @@ struct BodyFramer {
                 let size = try Self.chunkSize(line)
                 self.state = size == 0 ? .trailers([]) : .chunkData(size)
             case .trailers(var section):
-                guard let line = try Self.line(in: &buffer) else { return nil }
+                // A trailer line may take what is left of the section (a gRPC status's
+                // details run past a chunk line's 4 KiB).
+                guard let line = try Self.line(in: &buffer, limit: TrailerSection.maxBytes - section.count) else { return nil }
                 if line.isEmpty {
                     self.state = .done
                     return .end(trailers: section)
@@ -97,7 +99,7 @@ struct BodyFramer {
     }
 
     /// One CRLF-terminated line, consumed with its CRLF; nil if incomplete.
-    private static func line(in buffer: inout ByteBuffer) throws -> [UInt8]? {
+    private static func line(in buffer: inout ByteBuffer, limit: Int = maxLineBytes) throws -> [UInt8]? {
         let found = buffer.withUnsafeReadableBytes { p -> Int? in
             var i = 0
             while i + 1 < p.count {
@@ -107,10 +109,10 @@ struct BodyFramer {
             return nil
         }
         guard let end = found else {
-            if buffer.readableBytes > maxLineBytes { throw HTTPFramingError.bad("chunk line too long") }
+            if buffer.readableBytes > limit { throw HTTPFramingError.bad("chunk line too long") }
             return nil
         }
-        guard end <= maxLineBytes else { throw HTTPFramingError.bad("chunk line too long") }
+        guard end <= limit else { throw HTTPFramingError.bad("chunk line too long") }
         let bytes = buffer.readBytes(length: end)!
         buffer.moveReaderIndex(forwardBy: 2)
         return bytes
@@ -152,8 +154,12 @@ enum TrailerSection {
 
     /// One field line, without its CRLF: a token, a colon, a value without control bytes
     /// (HTAB aside). A field that must not be a trailer (RFC 9110 §6.5.1: framing,
-    /// routing, connection-specific: `KnownHeader`'s hop-by-hop names, Content-Length,
-    /// Host) makes the section malformed, as a message that could be read two ways.
+    /// routing, connection-specific: `KnownHeader`'s hop-by-hop names, Trailer,
+    /// Content-Length, Host, Expect) makes the section malformed, as a message that could
+    /// be read two ways; so does one of the fields the gateway writes itself about the
+    /// client (X-Forwarded-*, Forwarded, X-Forwarded-Client-Cert, X-Client-Verify): the
+    /// head's own are replaced, and an upstream that merges trailers into the head (Apache
+    /// httpd's `MergeTrailers`) must not find a client's in the trailers instead.
     static func check(_ line: [UInt8]) throws {
         guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > 0 else { throw HTTPFramingError.bad("malformed trailer field") }
         for k in 0..<colon where !HTTP1Parser.isToken(line[k]) { throw HTTPFramingError.bad("malformed trailer field name") }
@@ -161,8 +167,13 @@ enum TrailerSection {
             throw HTTPFramingError.bad("control character in a trailer field")
         }
         let known = line.withUnsafeBytes { KnownHeader.classify($0, 0..<colon) }
-        guard !known.isHopByHop, known != .contentLength, known != .host else {
+        switch known {
+        case .other, .strictTransportSecurity:
+            return
+        case .contentLength, .transferEncoding, .host, .connection, .keepAlive, .proxyConnection, .te, .trailer, .upgrade, .expect:
             throw HTTPFramingError.bad("a trailer field that must not be a trailer")
+        case .xForwardedFor, .xForwardedProto, .xForwardedHost, .xForwardedClientCert, .xClientVerify, .forwarded:
+            throw HTTPFramingError.bad("a trailer field the gateway writes itself")
         }
     }
 

@@ -14,10 +14,11 @@ enum KnownHeader: UInt8 {
     case xForwardedFor, xForwardedProto, xForwardedHost, xForwardedClientCert, xClientVerify, forwarded
     case strictTransportSecurity
 
-    /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as received.
+    /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded as received. Trailer is not
+    /// one: it announces the trailer fields, which the gateway forwards (`TrailerSection`).
     var isHopByHop: Bool {
         switch self {
-        case .connection, .keepAlive, .proxyConnection, .te, .trailer, .transferEncoding, .upgrade: return true
+        case .connection, .keepAlive, .proxyConnection, .te, .transferEncoding, .upgrade: return true
         default: return false
         }
     }

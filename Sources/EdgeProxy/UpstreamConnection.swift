@@ -293,6 +293,7 @@ final class UpstreamHandler: ChannelInboundHandler {
             case .body(var framer):
                 guard let piece = try framer.next(from: &self.buffer) else {
                     self.phase = .body(framer)
+                    self.releaseBufferIfReadOut()
                     return
                 }
                 switch piece {
@@ -305,9 +306,13 @@ final class UpstreamHandler: ChannelInboundHandler {
                 }
             }
         }
-        // Read out, in any phase: a tunnel or a long response waiting for its next read
-        // keeps no buffer (the next read is adopted as it comes), and the read's buffer is
-        // free for the thread's next read (`ReceiveBuffers.recycle`).
+        self.releaseBufferIfReadOut()
+    }
+
+    /// Read out, in any phase: a tunnel or a long response waiting for its next read keeps
+    /// no buffer (the next read is adopted as it comes), and the read's buffer is free for
+    /// the thread's next read (`ReceiveBuffers.recycle`).
+    private func releaseBufferIfReadOut() {
         if self.buffer.readableBytes == 0, self.buffer.capacity > 0 {
             self.buffer = ByteBuffer()
         }

@@ -357,14 +357,26 @@ final class HTTP1ParsingTests: XCTestCase {
         XCTAssertEqual(TrailerSection.lastChunk([]), Chunked.lastChunk)
         XCTAssertEqual(String(buffer: TrailerSection.lastChunk(Array("a: 1\r\n".utf8))), "0\r\na: 1\r\n\r\n")
         for field in ["content-length: 5", "Transfer-Encoding: chunked", "host: evil", "connection: close", "te: trailers",
-                      "trailer: x", "upgrade: h2c", "keep-alive: 1", "proxy-connection: x"] {
+                      "trailer: x", "upgrade: h2c", "keep-alive: 1", "proxy-connection: x", "expect: 100-continue"] {
             XCTAssertThrowsError(try frame(.chunked, "0\r\n\(field)\r\n\r\n", step: 100), "\(field) must not be a trailer")
         }
-        for bad in [" folded: x", "no colon", ": empty name", "bad name: x", "x: a\u{1}b", "x: a\u{7F}", "x: a\rb"] {
+        // What the gateway writes about the client is never taken from a client's trailers
+        // (an upstream merging trailers into the head would believe them).
+        for field in ["X-Forwarded-For: 10.0.0.1", "x-forwarded-proto: https", "X-Forwarded-Host: admin", "Forwarded: for=10.0.0.1",
+                      "X-Client-Verify: SUCCESS", "X-Forwarded-Client-Cert: Hash=x;Subject=\"CN=admin\""] {
+            XCTAssertThrowsError(try frame(.chunked, "0\r\n\(field)\r\n\r\n", step: 100), "\(field) is the gateway's to write")
+        }
+        for bad in [" folded: x", "no colon", ": empty name", "bad name: x", "x: a\u{1}b", "x: a\u{7F}", "x: a\rb", "x: a\nb: c",
+                    "Content-Length : 5"] {
             XCTAssertThrowsError(try frame(.chunked, "0\r\n\(bad)\r\n\r\n", step: 100), bad.debugDescription)
         }
         let many = String(repeating: "x-pad: " + String(repeating: "a", count: 1000) + "\r\n", count: 17)
         XCTAssertThrowsError(try frame(.chunked, "0\r\n\(many)\r\n", step: 4096), "a section over 16 KiB")
+        // One line may be longer than a chunk line (gRPC's status details), up to the section's limit.
+        let details = "grpc-status-details-bin: " + String(repeating: "A", count: 9000) + "\r\n"
+        XCTAssertEqual(try frameWithTrailers(.chunked, "0\r\n\(details)\r\n", step: 4096).trailers, details)
+        let tooLong = "x-big: " + String(repeating: "A", count: 17000) + "\r\n"
+        XCTAssertThrowsError(try frame(.chunked, "0\r\n\(tooLong)\r\n", step: 4096), "one line over 16 KiB")
     }
 
     func testMalformedChunkedBodiesAreRejected() {

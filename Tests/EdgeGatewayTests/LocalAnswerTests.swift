@@ -66,6 +66,8 @@ final class LocalAnswerTests: XCTestCase {
         XCTAssertEqual(GRPCAnswer.timeout("250m"), .milliseconds(250))
         XCTAssertEqual(GRPCAnswer.timeout("99999999u"), .microseconds(99_999_999))
         XCTAssertEqual(GRPCAnswer.timeout("5n"), .nanoseconds(5))
+        XCTAssertNotNil(GRPCAnswer.timeout("99999999H"), "the largest: NIO saturates it, no overflow")
+        XCTAssertEqual(NIODeadline.now() + GRPCAnswer.timeout("99999999H")!, .distantFuture)
         for bad in ["", "m", "100", "100x", "123456789S", "-1S", "1.5S", " 1S", "1s"] {
             XCTAssertNil(GRPCAnswer.timeout(bad), bad)
         }
