@@ -155,7 +155,7 @@ if Context.environment["EDGE_FUZZ"] != nil {
     ]
     let fuzzTargets: [(String, [Target.Dependency])] = [
         ("FuzzHTTP1Request", ["EdgeProxy"]), ("FuzzHTTP1Response", ["EdgeProxy"]), ("FuzzBodyFramer", ["EdgeProxy"] + nio),
-        ("FuzzProxyProtocol", ["EdgeProxy"]), ("FuzzHTTP2Bridge", ["EdgeProxy"] + nio), ("FuzzPathNormalization", ["EdgeProxy"]),
+        ("FuzzProxyProtocol", ["EdgeProxy"]), ("FuzzHTTP2Bridge", ["EdgeProxy"] + nio), ("FuzzHTTP2Upstream", ["EdgeProxy"] + nio), ("FuzzPathNormalization", ["EdgeProxy"]),
         ("FuzzXFCC", ["EdgeTLS"]), ("FuzzConfig", ["EdgeGateway"]),
     ]
     package.targets.append(.target(name: "CFuzzDriver", path: "Fuzz/CFuzzDriver"))

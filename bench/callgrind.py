@@ -17,12 +17,14 @@ CPU a request costs. Modes:
   keepalive     HTTP/1.1 keep-alive over TLS (h2load --h1 -c 10), plain upstream
   tls-upstream  the same through a verified TLS upstream
   h2            HTTP/2 (h2load -c 10 -m 10), plain upstream
+  h2-upstream   the same, HTTP/2 to the upstream too (h2c: the gateway's `protocol: h2c`,
+                HAProxy's `proto h2`, nginx's grpc_pass)
   handshake     a new TLS connection for every request (h2load --h1, a hundred connections at
                 a time; a full handshake every time, h2load resumes no session), plain
                 upstream: the figure is the proxy's instructions per handshake and request
 h2load 1.52 negotiates TLS 1.2 (ECDHE-ECDSA-AES128-GCM-SHA256) with every proxy here.
 The proxies run as common.ValgrindPeers sets them up (the gateway from a stripped copy).
-Usage: python3 bench/callgrind.py [--no-build | --binary PATH] [--requests 4000] [--only keepalive,tls-upstream,h2,handshake]
+Usage: python3 bench/callgrind.py [--no-build | --binary PATH] [--requests 4000] [--only keepalive,tls-upstream,h2,h2-upstream,handshake]
                                   [--proxies edge-gateway,nginx,haproxy] [--top 30] [--keep DIR]
 """
 import argparse, os, re, signal, subprocess, sys, time
@@ -31,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RELEASE_BUILD, add_valgrind_options, valgrind_peers, wait_port  # noqa: E402
 
 MODES = {"keepalive": (["--h1", "-c", "10"], "/"), "tls-upstream": (["--h1", "-c", "10"], "/tls/"), "h2": (["-c", "10", "-m", "10"], "/"),
-         "handshake": (None, "/")}
+         "h2-upstream": (["-c", "10", "-m", "10"], "/h2/"), "handshake": (None, "/")}
 
 
 def h2load(port, path, flags, n):
@@ -114,7 +116,7 @@ def print_top(runs, requests, count):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=4000, help="measured requests per mode (h2: half, handshake: a quarter)")
+    ap.add_argument("--requests", type=int, default=4000, help="measured requests per mode (h2, h2-upstream: half, handshake: a quarter)")
     ap.add_argument("--only", default=",".join(MODES))
     ap.add_argument("--top", type=int, default=0, help="also print the gateway's N costliest functions (self) per mode")
     add_valgrind_options(ap, "callgrind")
@@ -125,7 +127,7 @@ def main():
         modes = [m for m in args.only.split(",") if m]
         results = {}
         for mode in modes:
-            n = {"h2": args.requests // 2, "handshake": args.requests // 4}.get(mode, args.requests)
+            n = {"h2": args.requests // 2, "h2-upstream": args.requests // 2, "handshake": args.requests // 4}.get(mode, args.requests)
             for name in proxies:
                 ir, done, dumps = measure(name, setup.commands[name], setup.ports[name], setup.env(name), mode, n, setup.work)
                 results[(mode, name)] = ir

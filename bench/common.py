@@ -61,9 +61,10 @@ def render_peer(work, name, out_name=None, **values):
     return path
 
 
-def write_gateway_config(path, workers, port, upstream, tls_upstream, watched, ca, admin):
+def write_gateway_config(path, workers, port, upstream, tls_upstream, watched, ca, admin, h2_upstream):
     """The gateway's side of the comparison: one HTTPS listener (HTTP/2 on), the watched
-    certificate directory, a plain and a verified-TLS upstream (/tls/), admin on loopback."""
+    certificate directory, a plain, a verified-TLS (/tls/) and an h2c (/h2/) upstream,
+    admin on loopback."""
     with open(path, "w") as f:
         f.write(f"""workers: {workers}
 listeners:
@@ -77,7 +78,8 @@ certificates:
 upstreams:
   app: {{ backends: ["127.0.0.1:{upstream}"] }}
   app_tls: {{ backends: ["127.0.0.1:{tls_upstream}"], tls: {{ sni: localhost, ca_file: {ca} }} }}
-routes: [ {{ path_prefix: /tls/, upstream: app_tls }}, {{ upstream: app }} ]
+  app_h2: {{ backends: ["127.0.0.1:{h2_upstream}"], protocol: h2c }}
+routes: [ {{ path_prefix: /tls/, upstream: app_tls }}, {{ path_prefix: /h2/, upstream: app_h2 }}, {{ upstream: app }} ]
 admin: {{ address: "127.0.0.1:{admin}" }}
 """)
     return path
@@ -116,19 +118,21 @@ class ValgrindPeers:
 
         def render(name, **kv):
             return render_peer(work, name, **kv)
-        up, tls_up = free_port(), free_port()
-        self.procs.append(subprocess.Popen(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, CERT=cert, KEY=key), "-p", work],
+        up, tls_up, h2_up = free_port(), free_port(), free_port()
+        self.procs.append(subprocess.Popen(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, H2PORT=h2_up, CERT=cert, KEY=key),
+                                            "-p", work],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         assert wait_port(up) and wait_port(tls_up), "upstream did not start"
         self.ports = ports = {name: free_port() for name in PROXIES}
-        cfg = write_gateway_config(os.path.join(work, "gateway.yaml"), 1, ports["edge-gateway"], up, tls_up, watched, ca, free_port())
-        hap = render("haproxy.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["haproxy"], PEM=pem, WORKERS=1)
+        cfg = write_gateway_config(os.path.join(work, "gateway.yaml"), 1, ports["edge-gateway"], up, tls_up, watched, ca, free_port(), h2_up)
+        hap = render("haproxy.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, H2UPSTREAM=h2_up, CA=ca, PORT=ports["haproxy"], PEM=pem, WORKERS=1)
         # valgrind keeps a few descriptors for itself, below the limit HAProxy derives from maxconn.
         text = re.sub(r"maxconn \d+", "maxconn 4000", open(hap).read())
         open(hap, "w").write(text)
         self.commands = {
             "edge-gateway": [stripped, "run", "-c", cfg, "--log-level", "warning"],
-            "nginx": ["nginx", "-c", render("nginx.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["nginx"], CERT=cert, KEY=key, WORKERS=1),
+            "nginx": ["nginx", "-c", render("nginx.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, H2UPSTREAM=h2_up, CA=ca, PORT=ports["nginx"], CERT=cert,
+                                            KEY=key, WORKERS=1),
                       "-p", work],
             "haproxy": ["haproxy", "-db", "-f", hap],
         }

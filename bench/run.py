@@ -10,14 +10,16 @@ the machine's drift over minutes falls on all of them alike. Measured per proxy:
      req/s on a shared machine); the gateway's upstream connection reuse from /status/upstreams;
   2. full and resumed TLS handshakes (openssl s_time -new / -reuse, each with a GET through the
      proxy), as handshakes/s and as proxy CPU per handshake (the clients saturate first on 2 cores);
-  3. HTTP/2: h2load -c 10 -m 10 for --duration seconds, req/s and proxy CPU per request;
+  3. HTTP/2: h2load -c 10 -m 10 for --duration seconds, req/s and proxy CPU per request, with an
+     HTTP/1.1 upstream (h2) and with HTTP/2 to the upstream too (h2up: the gateway's h2c group,
+     HAProxy's `proto h2`, nginx's grpc_pass);
   4. resident memory idle and with 2,000 and 10,000 idle TLS connections (KiB per connection);
   5. certificate rotation: time from the file operation to the new certificate being served and
      errors under load meanwhile, gateway (file watch, no signal) against `nginx -s reload`.
 Then an all-cores variant of (1): every proxy with 2 workers/threads/loops, wrk -t2 -c100, no pinning.
 Every figure is printed as the gateway's value and its ratio to the peers; the run is appended to
 BENCHMARKS.md with the machine, versions and commands (--no-append to skip).
-Usage: python3 bench/run.py [--duration 10] [--runs 3] [--only keepalive,handshake,h2,memory,rotation,allcores]
+Usage: python3 bench/run.py [--duration 10] [--runs 3] [--only keepalive,handshake,h2,h2up,memory,rotation,allcores]
 """
 import argparse, asyncio, datetime, json, os, re, resource, shutil, signal, socket, ssl, statistics, subprocess, sys
 import tempfile, threading, time, urllib.request
@@ -26,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, RELEASE_BUILD, free_port, wait_port, release_binary, fingerprint, pem_fingerprint, render_peer, write_gateway_config  # noqa: E402
 
 PROXIES = ("edge-gateway", "nginx", "haproxy")
-SECTIONS = ("keepalive", "handshake", "h2", "memory", "rotation", "allcores")
+SECTIONS = ("keepalive", "handshake", "h2", "h2up", "memory", "rotation", "allcores")
 
 
 def start(cmd, core, log):
@@ -141,8 +143,8 @@ def wrk_rounds(urls, pids, runs, duration, connections, threads=1, core=None):
     return summary
 
 
-def h2load(port, duration):
-    out = subprocess.run(on_core(0) + ["h2load", "-D", str(duration), "-c", "10", "-m", "10", f"https://127.0.0.1:{port}/"],
+def h2load(port, duration, path="/"):
+    out = subprocess.run(on_core(0) + ["h2load", "-D", str(duration), "-c", "10", "-m", "10", f"https://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, timeout=duration + 60).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
@@ -310,17 +312,19 @@ def main():
 
         def render(name, out_name=None, **kv):
             return render_peer(work, name, out_name, **kv)
-        up, tls_up = free_port(), free_port()
-        procs.append(start(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, CERT=cert, KEY=key), "-p", work], 0, log))
+        up, tls_up, h2_up = free_port(), free_port(), free_port()
+        procs.append(start(["nginx", "-c", render("upstream-nginx.conf", DIR=work, PORT=up, TLSPORT=tls_up, H2PORT=h2_up, CERT=cert, KEY=key), "-p", work],
+                           0, log))
         assert wait_port(up) and wait_port(tls_up), "upstream did not start"
 
         def configs(workers, tag):
             ports = {name: free_port() for name in PROXIES}
             admin = free_port()
-            cfg = write_gateway_config(os.path.join(work, f"gateway-{tag}.yaml"), workers, ports["edge-gateway"], up, tls_up, watched, ca, admin)
-            ngx = render("nginx.conf", f"nginx-{tag}.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["nginx"],
+            cfg = write_gateway_config(os.path.join(work, f"gateway-{tag}.yaml"), workers, ports["edge-gateway"], up, tls_up, watched, ca, admin, h2_up)
+            ngx = render("nginx.conf", f"nginx-{tag}.conf", DIR=work, UPSTREAM=up, TLSUPSTREAM=tls_up, H2UPSTREAM=h2_up, CA=ca, PORT=ports["nginx"],
                          CERT=ngx_cert, KEY=ngx_key, WORKERS=workers)
-            hap = render("haproxy.cfg", f"haproxy-{tag}.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, CA=ca, PORT=ports["haproxy"], PEM=pem, WORKERS=workers)
+            hap = render("haproxy.cfg", f"haproxy-{tag}.cfg", UPSTREAM=up, TLSUPSTREAM=tls_up, H2UPSTREAM=h2_up, CA=ca, PORT=ports["haproxy"], PEM=pem,
+                         WORKERS=workers)
             commands = {
                 "edge-gateway": [gateway, "run", "-c", cfg, "--log-level", "warning"],
                 "nginx": ["nginx", "-c", ngx, "-p", work],
@@ -361,20 +365,25 @@ def main():
                 for name, t in totals.items():
                     hs[mode][name] = {"rate": t["count"] / t["elapsed"] if t["elapsed"] else 0.0,
                                       "cpu_us": t["cpu"] / t["count"] * 1e6 if t["count"] else float("nan"), "count": t["count"]}
-        if "h2" in only:
+        def h2_rounds(path):
             h2runs = {name: [] for name in PROXIES}
             h2cpu = {name: 0.0 for name in PROXIES}
             for name in PROXIES:
-                h2load(ports[name], 2)
+                h2load(ports[name], 2, path)
             for order in interleaved(PROXIES, args.runs):
                 for name in order:
                     before = cpu_seconds(pids[name])
-                    h2runs[name].append(h2load(ports[name], max(4, args.duration // 2)))
+                    h2runs[name].append(h2load(ports[name], max(4, args.duration // 2), path))
                     h2cpu[name] += cpu_seconds(pids[name]) - before
+            summary = {}
             for name in PROXIES:
                 done = sum(r["succeeded"] for r in h2runs[name])
-                h2[name] = {"rps": statistics.median(r["rps"] for r in h2runs[name]), "failed": sum(r["failed"] for r in h2runs[name]),
-                            "cpu_us": h2cpu[name] / done * 1e6 if done else float("nan")}
+                summary[name] = {"rps": statistics.median(r["rps"] for r in h2runs[name]), "failed": sum(r["failed"] for r in h2runs[name]),
+                                 "cpu_us": h2cpu[name] / done * 1e6 if done else float("nan")}
+            return summary
+        if "h2" in only:
+            h2 = h2_rounds("/")
+        h2up = h2_rounds("/h2/") if "h2up" in only else {}
         for name in PROXIES:
             port = ports[name]
             if "memory" in only:
@@ -458,15 +467,17 @@ def main():
                 f, r = hs["full"][name], hs["resumed"][name]
                 say(f"| {name} | {f['rate']:.0f} | {f['cpu_us']:.0f} | {r['rate']:.0f} | {r['cpu_us']:.0f} | "
                     f"{'' if name == 'edge-gateway' else ratio(g[0]['cpu_us'], f['cpu_us'], False)} | {'' if name == 'edge-gateway' else ratio(g[1]['cpu_us'], r['cpu_us'], False)} |")
-        if "h2" in only:
-            say(f"\nHTTP/2: h2load -D {max(4, args.duration // 2)} -c 10 -m 10 (plain upstream), median of {args.runs} interleaved rounds\n")
+        for section, table, upstream in (("h2", h2, "HTTP/1.1 upstream"), ("h2up", h2up, "HTTP/2 upstream (h2c): gateway protocol h2c, HAProxy proto h2, nginx grpc_pass")):
+            if section not in only:
+                continue
+            say(f"\nHTTP/2: h2load -D {max(4, args.duration // 2)} -c 10 -m 10 ({upstream}), median of {args.runs} interleaved rounds\n")
             say("| proxy | req/s | failed | proxy CPU µs/req | req/s ratio | CPU/req ratio |")
             say("|---|---:|---:|---:|---:|---:|")
-            g2 = h2["edge-gateway"]
+            g2 = table["edge-gateway"]
             for name in PROXIES:
                 peer = name != "edge-gateway"
-                say(f"| {name} | {h2[name]['rps']:.0f} | {h2[name]['failed']} | {h2[name]['cpu_us']:.1f} | "
-                    f"{ratio(g2['rps'], h2[name]['rps']) if peer else ''} | {ratio(g2['cpu_us'], h2[name]['cpu_us'], False) if peer else ''} |")
+                say(f"| {name} | {table[name]['rps']:.0f} | {table[name]['failed']} | {table[name]['cpu_us']:.1f} | "
+                    f"{ratio(g2['rps'], table[name]['rps']) if peer else ''} | {ratio(g2['cpu_us'], table[name]['cpu_us'], False) if peer else ''} |")
         if "memory" in only:
             say("\nresident memory (all processes of the proxy), idle and holding idle TLS connections\n")
             say("| proxy | idle KiB | 2,000 conns KiB | KiB/conn | 10,000 conns KiB | KiB/conn | KiB/conn ratio (10,000) |")

@@ -115,7 +115,7 @@ func upstreamJSON(_ group: UpstreamGroup) -> String {
         "{\"subject\":\(jsonString($0.subject)),\"serial\":\(jsonString($0.serialNumberHex)),\"sha256_fingerprint\":\(jsonString($0.sha256Fingerprint)),"
             + "\"not_after\":\($0.notAfter),\"not_after_rfc3339\":\(jsonString(rfc3339($0.notAfter)))}"
     } ?? "null"
-    return "{\"name\":\(jsonString(group.name)),\"balance\":\(jsonString(group.algorithm.description)),\"tls\":\(group.tls != nil),"
+    return "{\"name\":\(jsonString(group.name)),\"balance\":\(jsonString(group.algorithm.description)),\"protocol\":\"\(group.upstreamProtocol.rawValue)\",\"tls\":\(group.tls != nil),"
         + "\"client_certificate\":\(client),"
         + "\"health_check\":\(check),\"backends\":[\(backends.joined(separator: ","))]}"
 }

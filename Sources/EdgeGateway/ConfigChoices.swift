@@ -52,6 +52,12 @@ package enum BalanceChoice: String, ConfigChoice {
     static var aliases: [String: BalanceChoice] { ["least_connections": .leastConn, "ketama": .consistentHash] }
 }
 
+/// `upstreams.<name>.protocol`: the HTTP version spoken to the backends.
+extension UpstreamProtocol: ConfigChoice {
+    /// HAProxy's `proto h2`, Pingora's `H2` and the HTTP/1.1 names operators write.
+    static var aliases: [String: UpstreamProtocol] { ["http/1.1": .http1, "http1.1": .http1, "http2": .h2] }
+}
+
 /// `listeners[].tls.profile`: Mozilla's server-side TLS profiles.
 package enum TLSProfile: String, ConfigChoice {
     case intermediate

@@ -25,6 +25,8 @@ package struct UpstreamConfig: Decodable, Sendable {
     package var tcpKeepalive: Bool
     /// The largest response head (status line and fields) taken from a backend.
     package var maxResponseHeadBytes: Int
+    /// http1 (default), h2 (over the group's TLS, agreed by ALPN) or h2c (plain, prior knowledge).
+    package var upstreamProtocol: UpstreamProtocol
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case backends, tls
@@ -36,6 +38,7 @@ package struct UpstreamConfig: Decodable, Sendable {
         case passiveHealth = "passive_health"
         case maxConnectAttempts = "max_connect_attempts"
         case tcpKeepalive = "tcp_keepalive"
+        case upstreamProtocol = "protocol"
     }
 
     package init(from decoder: any Decoder) throws {
@@ -53,6 +56,7 @@ package struct UpstreamConfig: Decodable, Sendable {
         self.maxConnectAttempts = try c.decodeRecorded(Int.self, forKey: .maxConnectAttempts) ?? 3
         self.tcpKeepalive = try c.decodeRecorded(Bool.self, forKey: .tcpKeepalive) ?? true
         self.maxResponseHeadBytes = try c.decodeRecorded(Int.self, forKey: .maxResponseHeadBytes) ?? 64 * 1024
+        self.upstreamProtocol = try c.decodeRecorded(Choice<UpstreamProtocol>.self, forKey: .upstreamProtocol)?.value ?? .http1
     }
 }
 

@@ -82,6 +82,11 @@ enum GRPCAnswer {
         return converted
     }
 
+    /// A status as trailer field lines (`TrailerSection`), to end a response that began.
+    static func trailerLines(_ status: Status, message: String) -> [UInt8] {
+        Array("grpc-status: \(status.rawValue)\r\ngrpc-message: \(Self.percentEncoded(message))\r\n".utf8)
+    }
+
     /// `grpc-message` is percent-encoded UTF-8: every byte outside printable ASCII, and
     /// `%` itself, as %XX (grpc/doc/PROTOCOL-HTTP2.md). It cannot end the field line.
     static func percentEncoded(_ message: String) -> String {

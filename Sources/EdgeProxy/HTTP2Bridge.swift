@@ -300,7 +300,11 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
                 let framer = head.responseFramer(toHead: self.headRequest)
                 self.framer = framer
                 self.responseDone = framer.isDone
-                emit(.headers(.init(headers: self.responseHeaders(head), endStream: framer.isDone)))
+                var headers = self.responseHeaders(head)
+                // Said by END_STREAM: a gRPC client shows a trailers-only answer's fields
+                // as trailing metadata, `content-length: 0` among them.
+                if framer.isDone, !self.headRequest, head.contentLength == 0 { headers.remove(name: "content-length") }
+                emit(.headers(.init(headers: headers, endStream: framer.isDone)))
             }
         } catch {
             promise?.fail(error)
@@ -331,8 +335,14 @@ extension HTTP2StreamBridge {
     /// Writes the response's HEADERS frame; the future fails when it could not be written.
     func responseHead(_ headers: HPACKHeaders, head: HTTPHead, toHead: Bool) -> EventLoopFuture<Void>? {
         guard let context = self.context, !self.responseDone else { return nil }
-        let noBody = head.hasNoBody(toHead: toHead)
+        // An empty body ends the stream with the HEADERS frame: a gRPC server's
+        // trailers-only answer (its status in the head) is only one when nothing follows
+        // it, not even an empty DATA frame (grpcio read that as "Stream removed").
+        let empty = !toHead && head.contentLength == 0 && !head.chunked
+        let noBody = empty || head.hasNoBody(toHead: toHead)
         self.responseDone = noBody
+        var headers = headers
+        if empty { headers.remove(name: "content-length") }  // said by END_STREAM
         let written = context.eventLoop.makePromise(of: Void.self)
         context.write(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: noBody))), promise: written)
         return written.futureResult

@@ -466,8 +466,13 @@ extension ProxyHandler {
         return error is IOError
     }
 
-    /// Part of the response is already out: the only honest signal is to close.
+    /// Part of the response is already out: the only honest signal is to close, unless
+    /// the request is a gRPC call on an HTTP/2 stream (`endCallMidResponse`).
     func abortMidResponse(_ exchange: Exchange, error: Error) {
+        if self.stream != nil, let context = self.context, GRPCAnswer.isGRPC(exchange.request) {
+            self.endCallMidResponse(exchange, error: error, context: context)
+            return
+        }
         self.logger.warning("upstream failed mid-response; closing client connection", metadata: [
             "upstream": "\(exchange.group.name)", "error": "\(error)",
         ])
@@ -475,6 +480,33 @@ extension ProxyHandler {
         exchange.leaveBackend()
         self.exchange = nil
         self.closeAfterWhatIsWritten()
+    }
+
+    /// A gRPC call whose response had begun ends with a status in trailers, as a gRPC
+    /// server ends a failed stream: UNAVAILABLE when the upstream failed, DEADLINE_EXCEEDED
+    /// when the call's deadline passed. A reset of the stream (CANCEL) told the client
+    /// only that the call was cancelled, as if by itself.
+    func endCallMidResponse(_ exchange: Exchange, error: Error, context: ChannelHandlerContext) {
+        let deadline = (error as? UpstreamError)?.kind == .callDeadline
+        self.logger.warning("upstream failed mid-response; ending the gRPC call with a status", metadata: [
+            "upstream": "\(exchange.group.name)", "error": "\(error)",
+        ])
+        exchange.connection?.abandon()
+        exchange.connection = nil
+        let trailers = GRPCAnswer.trailerLines(deadline ? .deadlineExceeded : .unavailable,
+                                               message: deadline ? "deadline exceeded (grpc-timeout)" : "upstream failed mid-response")
+        self.downstream.responseEnd(trailers: trailers, context: context)
+        self.downstreamNeedsFlush = true
+        // Counted as the error the status stands for, as the gateway's own gRPC answers are
+        // (`GRPCAnswer`): an error-rate alert sees the failed call, not the 200 it began with.
+        let status = deadline ? 504 : 502
+        self.requests?.completed(status: status)
+        if self.loop.accessLog != nil { self.logAccess(exchange.request, status: status, bodyBytes: exchange.bodyBytesSent, exchange: exchange) }
+        if exchange.state.requestEnded {
+            self.finish(exchange, reuseUpstream: false)
+        } else {
+            self.finishBeforeRequestEnded(exchange, context: context)
+        }
     }
 
     func upstreamReadComplete() {

@@ -214,6 +214,18 @@ package final class BackendState: Sendable {
     package var lastErrorDescription: String? { self.lastError.withLockedValue { $0 } }
 }
 
+/// The HTTP version spoken to a group's backends (`protocol`).
+package enum UpstreamProtocol: String, Sendable, CaseIterable {
+    /// HTTP/1.1 (the default).
+    case http1
+    /// HTTP/2 over TLS, agreed by ALPN (`h2`); a backend that does not agree fails the handshake.
+    case h2
+    /// HTTP/2 over plain TCP with prior knowledge (RFC 9113 §3.3): gRPC servers speak it.
+    case h2c
+
+    package var isHTTP2: Bool { self != .http1 }
+}
+
 /// A named list of backends with shared options, a balancing algorithm and health state.
 package final class UpstreamGroup: Sendable {
     package let name: String
@@ -234,6 +246,8 @@ package final class UpstreamGroup: Sendable {
     package let tcpKeepalive: Bool
     /// `max_response_head_bytes`: a longer response head is a 502.
     package let maxResponseHeadBytes: Int
+    /// HTTP/1.1, or HTTP/2 (h2 over TLS, h2c in plain).
+    package let upstreamProtocol: UpstreamProtocol
     private let cursor = ManagedAtomic<Int>(0)
     private let smooth: NIOLockedValueBox<[Int]>
     private let equalWeights: Bool
@@ -242,8 +256,11 @@ package final class UpstreamGroup: Sendable {
     package init(name: String, backends: [Backend], tls: UpstreamTLS?, timeouts: UpstreamTimeouts, hostHeader: String?,
                 maxIdlePerBackend: Int = 128, algorithm: BalanceAlgorithm = .roundRobin, passive: PassiveHealth = .init(),
                 maxConnectAttempts: Int = 3, healthCheck: HealthCheckSettings? = nil, tcpKeepalive: Bool = true,
-                maxResponseHeadBytes: Int = 64 * 1024) {
+                maxResponseHeadBytes: Int = 64 * 1024, upstreamProtocol: UpstreamProtocol = .http1) {
         precondition(!backends.isEmpty, "an upstream group needs a backend")
+        precondition(upstreamProtocol != .h2 || tls != nil, "h2 needs TLS")
+        precondition(upstreamProtocol != .h2c || tls == nil, "h2c is plain")
+        self.upstreamProtocol = upstreamProtocol
         self.name = name
         self.backends = backends
         self.states = backends.map { _ in BackendState() }

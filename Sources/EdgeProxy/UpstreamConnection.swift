@@ -79,12 +79,16 @@ final class UpstreamConnection {
     /// The pool's slot for `key`, found when the connection first idled: idling again
     /// needs no lookup.
     var slot: UpstreamPool.Slot?
+    /// On an h2 or h2c connection: the frames' translator, which holds the request body
+    /// back while the upstream's flow-control window is closed.
+    let http2: HTTP2UpstreamHandler?
 
-    init(channel: Channel, key: PoolKey, handler: UpstreamHandler, backendIndex: Int) {
+    init(channel: Channel, key: PoolKey, handler: UpstreamHandler, backendIndex: Int, http2: HTTP2UpstreamHandler? = nil) {
         self.channel = channel
         self.key = key
         self.handler = handler
         self.backendIndex = backendIndex
+        self.http2 = http2
     }
 
     /// Writes request bytes (head or framed body); sent at the next `flush`.
@@ -95,7 +99,7 @@ final class UpstreamConnection {
 
     func flush() { self.channel.flush() }
 
-    var isWritable: Bool { self.channel.isWritable }
+    var isWritable: Bool { self.channel.isWritable && (self.http2?.isWritable ?? true) }
 
     /// Resumes reading after the downstream drained.
     func resumeRead() { self.handler.resumeRead() }
@@ -116,6 +120,13 @@ final class UpstreamConnection {
     func close() {
         self.channel.close(promise: nil)
     }
+}
+
+/// Sent up an upstream pipeline by the layer below the HTTP/1.1 handler (the HTTP/2
+/// translator) when the connection must take no further request: the upstream is going
+/// away (GOAWAY), the stream IDs are running out, or a stream is left open.
+struct UpstreamRetired {
+    let reason: String
 }
 
 /// Who an upstream connection answers to: the exchange using it, the pool it idles
@@ -160,7 +171,11 @@ final class UpstreamHandler: ChannelInboundHandler {
     private var firstRead: ReceiveBufferPin
     private var phase = Phase.idle
     /// Whether the connection may serve another request after the current response.
-    private(set) var reusable = true
+    var reusable: Bool { self.responseReusable && !self.retired }
+    private var responseReusable = true
+    /// Told by the layer below that no request may follow (`UpstreamRetired`): sticky,
+    /// where `responseReusable` is decided anew by each response head.
+    private var retired = false
     /// Completed when the connection is usable (after the TLS handshake, if any).
     let ready: EventLoopPromise<Void>
     private let needsHandshake: Bool
@@ -172,12 +187,18 @@ final class UpstreamHandler: ChannelInboundHandler {
     /// has one, and a closed one's is freed (tests check that none outlives its channel).
     static let live = ManagedAtomic<Int>(0)
 
-    init(ready: EventLoopPromise<Void>, needsHandshake: Bool, backend: String, maxHeadBytes: Int = 64 * 1024) {
+    /// The protocol the TLS handshake must agree by ALPN (`h2`), if any.
+    private let requiredALPN: String?
+
+    init(ready: EventLoopPromise<Void>, needsHandshake: Bool, backend: String, maxHeadBytes: Int = 64 * 1024, requiredALPN: String? = nil,
+         http2: Bool = false) {
         self.maxHeadBytes = maxHeadBytes
         self.ready = ready
         self.needsHandshake = needsHandshake
         self.backendDescription = backend
-        self.firstRead = ReceiveBufferPin(enabled: !needsHandshake)
+        self.requiredALPN = requiredALPN
+        // Over HTTP/2 the reads are the translator's buffers, not the socket's.
+        self.firstRead = ReceiveBufferPin(enabled: !needsHandshake && !http2)
         Self.live.wrappingIncrement(ordering: .relaxed)
     }
 
@@ -212,8 +233,28 @@ final class UpstreamHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? TLSUserEvent, case .handshakeCompleted = event {
+        if let retired = event as? UpstreamRetired {
+            // No request may follow: the response in progress, if any, ends the
+            // connection's use; an idle one leaves the pool now, before its close completes
+            // (a TLS close waits for the peer's close_notify, active all the while).
+            self.retired = true
+            if case .pool = self.owner {
+                self.ownerLoses(UpstreamError(kind: .closedEarly, backend: self.backendDescription, reason: retired.reason))
+                context.close(promise: nil)
+            }
+            return
+        }
+        if let event = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = event {
             self.handshakeDone = true
+            if let required = self.requiredALPN, negotiated != required {
+                // Counted as a failed handshake: the backend cannot serve this group.
+                let chose = negotiated.map { "chose \($0)" } ?? "chose none"
+                let error = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription,
+                                          reason: "the upstream did not agree to \(required) by ALPN (\(chose))", tlsFailure: .handshakeFailure)
+                self.ready.fail(error)
+                context.close(promise: nil)
+                return
+            }
             self.ready.succeed(())
         }
         context.fireUserInboundEventTriggered(event)
@@ -272,11 +313,11 @@ final class UpstreamHandler: ChannelInboundHandler {
                     // The WebSocket handshake succeeded: from here on the connection
                     // carries the protocol's bytes both ways until one side closes.
                     framer = .untilClose
-                    self.reusable = false
+                    self.responseReusable = false
                     self.phase = .body(.untilClose)
                 } else {
                     framer = self.responseHead.responseFramer(toHead: headRequest)
-                    self.reusable = self.responseHead.keepAlive && framer.state != .untilClose
+                    self.responseReusable = self.responseHead.keepAlive && framer.state != .untilClose
                     self.phase = framer.isDone ? .idle : .body(framer)
                 }
                 // The head moves into the part and back (the delegate uses it before it
@@ -319,7 +360,7 @@ final class UpstreamHandler: ChannelInboundHandler {
     }
 
     private func fail(_ error: UpstreamError, context: ChannelHandlerContext) {
-        self.reusable = false
+        self.retired = true
         self.buffer = ByteBuffer()
         self.ownerLoses(error)
         context.close(promise: nil)
@@ -383,7 +424,7 @@ final class UpstreamHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.reusable = false
+        self.retired = true
         if case .body(var framer) = self.phase, framer.endOfStream(), let delegate = self.delegate, let connection = self.connection {
             // A response delimited by the connection's end is complete now.
             self.phase = .idle
@@ -397,7 +438,7 @@ final class UpstreamHandler: ChannelInboundHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        self.delegate?.upstreamWritabilityChanged(context.channel.isWritable)
+        self.delegate?.upstreamWritabilityChanged(self.connection?.isWritable ?? context.channel.isWritable)
         context.fireChannelWritabilityChanged()
     }
 

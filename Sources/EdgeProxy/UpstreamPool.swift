@@ -1,4 +1,5 @@
 import NIOCore
+import NIOHTTP2
 import NIOPosix
 import EdgeTLS
 
@@ -140,7 +141,8 @@ package final class UpstreamPool {
         let ready = self.eventLoop.makePromise(of: Void.self)
         let result = self.eventLoop.makePromise(of: UpstreamConnection.self)
         let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description,
-                                      maxHeadBytes: group.maxResponseHeadBytes)
+                                      maxHeadBytes: group.maxResponseHeadBytes, requiredALPN: group.upstreamProtocol == .h2 ? "h2" : nil,
+                                      http2: group.upstreamProtocol.isHTTP2)
         // The initializer runs on this pool's loop, the only place the handler is touched.
         let boundHandler = NIOLoopBound(handler, eventLoop: self.eventLoop)
         let tls = group.tls
@@ -203,7 +205,15 @@ package final class UpstreamPool {
                     timer.cancel()
                     switch handshake {
                     case .success:
-                        let connection = UpstreamConnection(channel: channel, key: key, handler: handler, backendIndex: index)
+                        let http2: HTTP2UpstreamHandler?
+                        do {
+                            http2 = try Self.addHTTP2(to: channel, group: group, backend: backend, before: handler)
+                        } catch {
+                            channel.close(promise: nil)
+                            result.fail(UpstreamError(kind: .protocolError, backend: backendName, reason: "cannot start HTTP/2: \(error)"))
+                            return
+                        }
+                        let connection = UpstreamConnection(channel: channel, key: key, handler: handler, backendIndex: index, http2: http2)
                         handler.connection = connection
                         if let tlsHandler { self.recordBuffers.track(channel, tls: tlsHandler.value) }
                         if let tlsHandler, tlsHandler.value.sessionReused {
@@ -218,6 +228,23 @@ package final class UpstreamPool {
             }
         }
         return result.futureResult
+    }
+
+    /// An h2 or h2c group's connection speaks HTTP/2 from here on (after the TLS
+    /// handshake agreed on it): NIO's connection handler sends the preface and SETTINGS,
+    /// and the translator turns the proxy's HTTP/1.1 bytes into frames and back.
+    private static func addHTTP2(to channel: Channel, group: UpstreamGroup, backend: Backend, before handler: UpstreamHandler) throws -> HTTP2UpstreamHandler? {
+        guard group.upstreamProtocol.isHTTP2 else { return nil }
+        let settings: HTTP2Settings = [
+            HTTP2Setting(parameter: .enablePush, value: 0),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: group.maxResponseHeadBytes),
+        ]
+        let translator = HTTP2UpstreamHandler(scheme: group.tls == nil ? "http" : "https", authority: backend.description,
+                                              backend: backend.description)
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(NIOHTTP2Handler(mode: .client, initialSettings: settings), name: "h2", position: .before(handler))
+        try sync.addHandler(translator, name: "h2-translation", position: .before(handler))
+        return translator
     }
 }
 

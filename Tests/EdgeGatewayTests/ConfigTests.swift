@@ -1,4 +1,5 @@
 import EdgeGateway
+import EdgeProxy
 import EdgeTestSupport
 import Foundation
 import XCTest
@@ -207,6 +208,30 @@ final class ConfigTests: XCTestCase {
         for (word, expected) in [("least_connections", BalanceChoice.leastConn), ("ketama", .consistentHash), ("weighted_round_robin", .weightedRoundRobin)] {
             let config = try GatewayConfig.parse(yaml: "listeners: []\nupstreams: { app: { backends: [\"127.0.0.1:1\"], balance: \(word) } }\nroutes: []\n")
             XCTAssertEqual(config.upstreams["app"]?.balance, expected, word)
+        }
+    }
+
+    /// `protocol` must fit the group's transport: h2 is HTTP/2 over the group's TLS, h2c
+    /// plain; an http health check (HTTP/1.1) does not fit an HTTP/2 backend. Each
+    /// problem names the key; HAProxy's and the HTTP/1.1 spellings are taken.
+    func testAnUpstreamProtocolMustFitItsTransport() throws {
+        let yaml = config(cert: Self.leaf.fullchain, key: Self.leaf.key).replacingOccurrences(of: "  app: { backends: [\"127.0.0.1:9\"] }", with: """
+              app: { backends: ["127.0.0.1:9"], protocol: h2 }
+              tlsplain: { backends: ["127.0.0.1:9"], protocol: h2c, tls: { ca_file: \(Self.pki.caPath) } }
+              probe: { backends: ["127.0.0.1:9"], protocol: h2c, health_check: { kind: http } }
+              three: { backends: ["127.0.0.1:9"], protocol: http3 }
+            """)
+        let result = try check(yaml)
+        XCTAssertEqual(result.status, 1)
+        for expected in ["upstreams.app.protocol: h2 is HTTP/2 over TLS and needs the group's tls settings; use h2c for plain HTTP/2",
+                         "upstreams.tlsplain.protocol: h2c is HTTP/2 without TLS; use h2 with the group's tls settings",
+                         "upstreams.probe.health_check.kind: an http check speaks HTTP/1.1, which an HTTP/2 (h2c) backend may not; use tcp or tls",
+                         "upstreams.three.protocol: 'http3' is not one of http1, h2, h2c"] {
+            XCTAssertTrue(result.stderr.contains(expected), "missing '\(expected)' in:\n\(result.stderr)")
+        }
+        for (word, expected) in [("http2", UpstreamProtocol.h2), ("http/1.1", .http1), ("h2c", .h2c)] {
+            let config = try GatewayConfig.parse(yaml: "listeners: []\nupstreams: { app: { backends: [\"127.0.0.1:1\"], protocol: \"\(word)\" } }\nroutes: []\n")
+            XCTAssertEqual(config.upstreams["app"]?.upstreamProtocol, expected, word)
         }
     }
 

@@ -493,12 +493,27 @@ final class UpstreamTLSFailoverTests: XCTestCase {
     }
 }
 
-/// nginx from Debian as an HTTPS upstream that requires client certificates
-/// (`ssl_verify_client on`) and answers with the SNI and client subject it saw.
+/// nginx from Debian as an upstream: by default an HTTPS one that requires client
+/// certificates (`ssl_verify_client on`) and answers with the SNI and client subject it
+/// saw; or the `servers` given (HTTP/2 upstream tests).
 final class NginxUpstream {
     private let process = Process()
 
-    init(directory: TemporaryDirectory, port: Int, certificate: String, key: String, clientCA: String) throws {
+    convenience init(directory: TemporaryDirectory, port: Int, certificate: String, key: String, clientCA: String) throws {
+        try self.init(directory: directory, port: port, servers: """
+            server {
+              listen 127.0.0.1:\(port) ssl;
+              ssl_certificate \(certificate);
+              ssl_certificate_key \(key);
+              ssl_client_certificate \(clientCA);
+              ssl_verify_client on;
+              location / { return 200 "sni=$ssl_server_name client=$ssl_client_s_dn"; }
+            }
+            """)
+    }
+
+    /// nginx with `servers` (server blocks) in its http block; started once `port` accepts.
+    init(directory: TemporaryDirectory, port: Int, servers: String) throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else {
             throw XCTSkip("nginx is not installed (scripts/test.sh installs nginx-light)")
         }
@@ -518,14 +533,7 @@ final class NginxUpstream {
               fastcgi_temp_path \(work)/fastcgi;
               uwsgi_temp_path \(work)/uwsgi;
               scgi_temp_path \(work)/scgi;
-              server {
-                listen 127.0.0.1:\(port) ssl;
-                ssl_certificate \(certificate);
-                ssl_certificate_key \(key);
-                ssl_client_certificate \(clientCA);
-                ssl_verify_client on;
-                location / { return 200 "sni=$ssl_server_name client=$ssl_client_s_dn"; }
-              }
+            \(servers)
             }
             """)
         self.process.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")

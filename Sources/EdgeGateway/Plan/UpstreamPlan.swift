@@ -24,9 +24,21 @@ extension PlanBuilder {
                 }
             }
             var tls: UpstreamTLS?
+            switch upstream.upstreamProtocol {
+            case .h2 where upstream.tls == nil:
+                problems.append("\(path).protocol: h2 is HTTP/2 over TLS and needs the group's tls settings; use h2c for plain HTTP/2")
+            case .h2c where upstream.tls != nil:
+                problems.append("\(path).protocol: h2c is HTTP/2 without TLS; use h2 with the group's tls settings")
+            default:
+                break
+            }
+            if upstream.upstreamProtocol.isHTTP2, let check = upstream.healthCheck, check.kind == "http" || check.kind == "https" {
+                problems.append("\(path).health_check.kind: an http check speaks HTTP/1.1, which an HTTP/2 (\(upstream.upstreamProtocol.rawValue)) backend may not; use tcp or tls")
+            }
             if let t = upstream.tls {
                 do {
                     let made = try Self.makeUpstreamTLS(t, upstream: name, backends: backends, path: path + ".tls", expiry: config.expiry.policy,
+                                                         alpn: upstream.upstreamProtocol == .h2 ? ["h2"] : [],
                                                          resolve: resolve, logger: logger)
                     tls = made.tls
                     if let failure = made.checkFailure { checkFailures.append(failure) }
@@ -80,12 +92,13 @@ extension PlanBuilder {
             var passive = PassiveHealth()
             passive.maxFails = max(0, upstream.passiveHealth.maxFails)
             passive.failTimeout = upstream.passiveHealth.failTimeout.timeAmount
-            if upstream.tls == nil || tls != nil {
+            let protocolFits = upstream.upstreamProtocol == .h2 ? tls != nil : upstream.upstreamProtocol == .h2c ? upstream.tls == nil : true
+            if (upstream.tls == nil || tls != nil) && protocolFits {
                 groups[name] = UpstreamGroup(name: name, backends: backends, tls: tls, timeouts: timeouts,
                                              hostHeader: upstream.hostHeader, maxIdlePerBackend: upstream.pool.maxIdlePerBackend,
                                              algorithm: algorithm, passive: passive, maxConnectAttempts: upstream.maxConnectAttempts,
                                              healthCheck: healthCheck, tcpKeepalive: upstream.tcpKeepalive,
-                                             maxResponseHeadBytes: upstream.maxResponseHeadBytes)
+                                             maxResponseHeadBytes: upstream.maxResponseHeadBytes, upstreamProtocol: upstream.upstreamProtocol)
             }
         }
         return groups
@@ -121,8 +134,9 @@ extension PlanBuilder {
     }
 
     static func makeUpstreamTLS(_ t: UpstreamTLSConfig, upstream: String, backends: [Backend], path: String, expiry: ExpiryPolicy,
-                                        resolve: (String) -> String, logger: Logger) throws -> (tls: UpstreamTLS, clientStore: CertificateStore?, checkFailure: String?) {
+                                        alpn: [String] = [], resolve: (String) -> String, logger: Logger) throws -> (tls: UpstreamTLS, clientStore: CertificateStore?, checkFailure: String?) {
         var configuration = TLSClientConfiguration()
+        configuration.alpnProtocols = alpn
         configuration.verifyCertificate = t.verifyCert
         configuration.caFile = t.caFile.map(resolve)
         if let version = t.minVersion { configuration.minimumVersion = version }

@@ -1,0 +1,184 @@
+import EdgeGateway
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// HTTP/2 to upstreams (`protocol: h2c`, `protocol: h2`): a real gRPC server (grpcio)
+/// and nginx behind the gateway, real clients in front.
+final class UpstreamHTTP2Tests: XCTestCase {
+    /// gRPC end to end: grpcio's client over TLS and HTTP/2 to the gateway, the gateway
+    /// to grpcio's server over h2c (one listener) and over h2 with TLS (another). Every
+    /// kind of call, metadata and trailers both ways, a 4 MiB message, a status with
+    /// details from the server, and a server that dies in the middle of a stream: the
+    /// call ends at once with UNAVAILABLE, not a reset and not the client's own deadline.
+    /// Before `protocol`, the gateway spoke HTTP/1.1 to the server, which refused it.
+    func testGRPCCallsOfEveryKindPassToH2CAndH2Servers() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let dir = TemporaryDirectory()
+        let plainPort = freePort()
+        let tlsPort = freePort()
+        let tool = repositoryRoot() + "/Tests/tools/grpc_server.py"
+        let plain = try GatewayProcess(commandLine: ["/usr/bin/python3", tool, "\(plainPort)"], logPath: dir.file("grpc.log"))
+        defer { plain.stop(signal: SIGKILL) }
+        let tls = try GatewayProcess(commandLine: ["/usr/bin/python3", tool, "\(tlsPort)", leaf.fullchain, leaf.key], logPath: dir.file("grpc-tls.log"))
+        defer { tls.stop(signal: SIGKILL) }
+        XCTAssertTrue(plain.waitForPort(plainPort), plain.log)
+        XCTAssertTrue(tls.waitForPort(tlsPort), tls.log)
+        let harness = try await GatewayHarness.start { _ in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+              - name: tls
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+            upstreams:
+              grpc: { backends: ["127.0.0.1:\(plainPort)"], protocol: h2c }
+              grpc_tls: { backends: ["localhost:\(tlsPort)"], protocol: h2, tls: { ca_file: \(pki.caPath) } }
+            routes:
+              - { listener: https, path_prefix: /test.Echo/, upstream: grpc }
+              - { listener: tls, path_prefix: /test.Echo/, upstream: grpc_tls }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        for (listener, server) in [("https", plain), ("tls", tls)] {
+            let run = try Shell.run(["/usr/bin/python3", repositoryRoot() + "/Tests/tools/grpc_calls.py", "\(harness.port(listener))", pki.caPath],
+                                    timeout: 240)
+            let line = run.stdout.split(separator: "\n").last.map(String.init) ?? ""
+            let result = try XCTUnwrap(try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: [String: Any]],
+                                       listener + ": " + run.stdout + run.stderr + server.log)
+            let unary = result["unary"] ?? [:]
+            XCTAssertEqual(unary["reply"] as? String, "hello", "\(listener): \(unary)")
+            XCTAssertEqual(unary["code"] as? String, "OK")
+            XCTAssertEqual((unary["initial"] as? [String: String])?["x-test"], "grpc", "initial metadata: \(unary)")
+            XCTAssertEqual((unary["trailing"] as? [String: String])?["x-trailer"], "end-grpc", "trailing metadata: \(unary)")
+            let big = result["big"] ?? [:]
+            XCTAssertEqual(big["got"] as? String, big["sent"] as? String, "a 4 MiB message and its echo")
+            let fail = result["fail"] ?? [:]
+            XCTAssertEqual(fail["code"] as? String, "NOT_FOUND", "the server's status: \(fail)")
+            XCTAssertEqual(fail["details"] as? String, "nothing here")
+            XCTAssertEqual((fail["trailing"] as? [String: String])?["x-why"], "test")
+            XCTAssertEqual(result["server_stream"]?["messages"] as? Int, 10_000)
+            XCTAssertEqual(result["server_stream"]?["ordered"] as? Bool, true)
+            XCTAssertEqual(result["client_stream"]?["bytes"] as? Int, 1_024_000)
+            XCTAssertEqual(result["bidi"]?["messages"] as? Int, 1_000)
+            XCTAssertEqual(result["bidi"]?["same"] as? Bool, true)
+            // The server exits after handing its tenth message to its transport: those that
+            // reached the gateway reach the client, then UNAVAILABLE in trailers (a gRPC
+            // server's way to end a failed stream).
+            let die = result["die"] ?? [:]
+            XCTAssertEqual(die["code"] as? String, "UNAVAILABLE", "\(listener): \(die)")
+            let messages = die["messages"] as? Int ?? -1
+            XCTAssertTrue((0...10).contains(messages), "\(die)")
+            XCTAssertEqual(die["details"] as? String, messages > 0 ? "upstream failed mid-response" : "upstream unavailable", "\(die)")
+        }
+        // Counted as the errors they stand for (502), not as the 200s they began with.
+        for listener in ["https", "tls"] {
+            XCTAssertEqual(metricSum("edge_requests_total{listener=\"\(listener)\",class=\"5xx\"}", admin: harness.gateway.adminPort!), 1, listener)
+        }
+        await harness.shutdown()
+    }
+
+    /// HTTP/2 over TLS to nginx (`protocol: h2`, agreed by ALPN): 64 MiB down and up on
+    /// concurrent requests from HTTP/1.1 and HTTP/2 clients, checked by hashes (uploads
+    /// with a length and chunked, stored by nginx's PUT); nginx's GOAWAY after every fifth
+    /// stream (`keepalive_requests 5`) loses none of 36 PUTs from three clients at once
+    /// that never retry, each stored as sent; and a backend that does not agree to h2 by
+    /// ALPN is a handshake failure that names the reason.
+    func testH2ToNginxCarriesLargeBodiesAndSurvivesGoaway() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let dir = TemporaryDirectory()
+        try FileManager.default.createDirectory(atPath: dir.file("www/files"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir.file("www/upload"), withIntermediateDirectories: true)
+        _ = try Shell.run(["dd", "if=/dev/urandom", "of=" + dir.file("www/files/big"), "bs=1M", "count=64", "status=none"])
+        let h2Port = freePort()
+        let h1Port = freePort()
+        let nginx = try NginxUpstream(directory: dir, port: h2Port, servers: """
+            server {
+              listen 127.0.0.1:\(h2Port) ssl http2;
+              listen 127.0.0.1:\(h1Port) ssl;
+              ssl_certificate \(leaf.fullchain);
+              ssl_certificate_key \(leaf.key);
+              keepalive_requests 5;
+              client_max_body_size 100m;
+              root \(dir.file("www"));
+              location /files/ { }
+              location /upload/ { dav_methods PUT; create_full_put_path on; }
+              location /hello { return 200 "$server_protocol $request_method\\n"; }
+            }
+            """)
+        defer { nginx.stop() }
+        // Python's ssl server ignores ALPN unless told: the handshake completes without h2.
+        let pythonPort = freePort()
+        let python = try GatewayProcess(commandLine: ["/usr/bin/python3", repositoryRoot() + "/Tests/tools/tls_upstream.py", dir.file("sni.log"),
+                                                      "port=\(pythonPort),cert=\(leaf.fullchain),key=\(leaf.key)"], logPath: dir.file("python.log"))
+        defer { python.stop(signal: SIGKILL) }
+        XCTAssertTrue(python.waitForPort(pythonPort), python.log)
+        let harness = try await GatewayHarness.start { _ in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+            upstreams:
+              h2: { backends: ["localhost:\(h2Port)"], protocol: h2, tls: { ca_file: \(pki.caPath) } }
+              noh2: { backends: ["localhost:\(h1Port)"], protocol: h2, tls: { ca_file: \(pki.caPath) }, passive_health: { max_fails: 0 } }
+              noalpn: { backends: ["localhost:\(pythonPort)"], protocol: h2, tls: { ca_file: \(pki.caPath) }, passive_health: { max_fails: 0 } }
+            routes:
+              - { path_prefix: /refuses, upstream: noh2 }
+              - { path_prefix: /ignores, upstream: noalpn }
+              - { upstream: h2 }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let port = harness.port("https")
+        let curl = "curl -sS --max-time 120 --cacert \(pki.caPath)"
+        let base = "https://localhost:\(port)"
+        let hello = try Shell.bash("\(curl) --http1.1 \(base)/hello", timeout: 150)
+        XCTAssertEqual(hello.stdout, "HTTP/2.0 GET\n", "nginx saw HTTP/2: \(hello.stderr)")
+
+        let big = dir.file("www/files/big")
+        let sums = try Shell.bash("""
+            set -e
+            cd \(dir.path)
+            \(curl) --http1.1 -o down1 \(base)/files/big & a=$!
+            \(curl) --http2 -o down2 \(base)/files/big & b=$!
+            \(curl) --http1.1 -T \(big) \(base)/upload/length & c=$!
+            \(curl) --http2 -T - \(base)/upload/chunked < \(big) & d=$!
+            wait $a $b $c $d
+            sha256sum www/files/big down1 down2 www/upload/length www/upload/chunked
+            """, timeout: 300)
+        let hashes = sums.stdout.split(separator: "\n").map { $0.split(separator: " ").first.map(String.init) ?? "" }
+        XCTAssertEqual(hashes.count, 5, sums.stdout + sums.stderr)
+        XCTAssertEqual(Set(hashes).count, 1, "every copy the same as the file: \(sums.stdout) \(sums.stderr)")
+
+        // nginx ends each connection with GOAWAY after its fifth stream: three clients
+        // that never retry PUT 12 bodies each at once, every one stored as sent.
+        let puts = try Shell.bash("""
+            cd \(dir.path)
+            for k in 1 2 3; do
+              ( for i in $(seq 12); do printf 'body %s-%s %0500d' $k $i 0 > put-$k-$i
+                  \(curl) --http1.1 -T put-$k-$i -o /dev/null -w '%{http_code}\\n' \(base)/upload/put-$k-$i; done ) &
+            done
+            wait
+            for k in 1 2 3; do for i in $(seq 12); do cmp -s put-$k-$i www/upload/put-$k-$i && echo same; done; done
+            """, timeout: 300)
+        XCTAssertEqual(puts.stdout.split(separator: "\n").filter { $0 == "201" || $0 == "204" }.count, 36, puts.stdout + puts.stderr)
+        XCTAssertEqual(puts.stdout.split(separator: "\n").filter { $0 == "same" }.count, 36, puts.stdout + puts.stderr)
+
+        // nginx without http2 refuses the handshake (no_application_protocol); a server
+        // that ignores ALPN completes it without h2, and the gateway refuses it instead.
+        for path in ["/refuses", "/ignores"] {
+            let refused = try Shell.bash("\(curl) --http1.1 -w '\\n%{http_code}' \(base)\(path)", timeout: 150)
+            XCTAssertTrue(refused.stdout.hasSuffix("502"), refused.stdout)
+        }
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status/upstreams"]).stdout
+        XCTAssertTrue(status.contains("\"name\":\"h2\",\"balance\":\"round_robin\",\"protocol\":\"h2\""), status)
+        XCTAssertTrue(status.contains("no application protocol"), status)
+        XCTAssertTrue(status.contains("the upstream did not agree to h2 by ALPN (chose none)"), status)
+        await harness.shutdown()
+    }
+}

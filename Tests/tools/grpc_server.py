@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""A gRPC server (Debian's python3-grpcio) for the gateway's HTTP/2 upstream tests: h2c on
+127.0.0.1:PORT, or h2 over TLS with CERT and KEY. Messages are raw bytes (no protobuf).
+
+Usage: grpc_server.py PORT [CERT KEY]
+
+  /test.Echo/Unary         the request back; x-test metadata echoed in the initial
+                           metadata and as trailing metadata x-trailer
+  /test.Echo/Fail          NOT_FOUND "nothing here", trailing metadata x-why: test
+  /test.Echo/ServerStream  as many 100-byte messages as the request's decimal number
+  /test.Echo/ClientStream  the number of bytes received, in decimal
+  /test.Echo/Bidi          each message back as it comes
+  /test.Echo/Die           ten messages, then the process exits (an upstream killed
+                           mid-stream)
+"""
+import os
+import sys
+from concurrent import futures
+
+import grpc
+
+
+def unary(request, context):
+    echoed = dict(context.invocation_metadata()).get("x-test", "")
+    context.send_initial_metadata([("x-test", echoed)])
+    context.set_trailing_metadata([("x-trailer", "end-" + echoed)])
+    return request
+
+
+def fail(request, context):
+    context.set_trailing_metadata([("x-why", "test")])
+    context.abort(grpc.StatusCode.NOT_FOUND, "nothing here")
+
+
+def server_stream(request, context):
+    for i in range(int(request.decode())):
+        yield b"%09d" % i + b"." * 91
+
+
+def client_stream(requests, context):
+    return str(sum(len(r) for r in requests)).encode()
+
+
+def bidi(requests, context):
+    for r in requests:
+        yield r
+
+
+def die(request, context):
+    for i in range(10):
+        yield b"%09d" % i
+    # Resumed once the tenth message was handed to the transport: the gateway sees the
+    # connection end in the middle of the response.
+    os._exit(3)
+
+
+def main():
+    port = int(sys.argv[1])
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+        "Die": grpc.unary_stream_rpc_method_handler(die),
+    }
+    limits = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=limits)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", handlers)])
+    if len(sys.argv) > 3:
+        with open(sys.argv[2], "rb") as c, open(sys.argv[3], "rb") as k:
+            credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+        server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    else:
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("listening", flush=True)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    main()
