@@ -253,27 +253,30 @@ struct HTTP2UpstreamTranslation {
     }
 
     /// The response head: `:status`, then the fields, checked as RFC 9113 §8.2 and §8.3.2
-    /// ask (a pseudo-header other than `:status`, an upper-case or connection-specific
-    /// name, CR, LF or NUL in a value: malformed). Interim responses (1xx) are dropped.
+    /// ask (a pseudo-header other than `:status` or after a field, an upper-case or
+    /// connection-specific name, CR, LF or NUL in a value: malformed); NIO's own check is
+    /// off (`UpstreamPool.addHTTP2`). Interim responses (1xx) are dropped.
     private mutating func responseHead(_ frame: HTTP2Frame.FramePayload.Headers) throws -> ResponseStep {
         var status: Int?
         var length: Int?
         var out = ByteBuffer()
         out.reserveCapacity(256)
         out.writeStaticString("HTTP/1.1 000 \r\n")  // the status line, completed below
+        var regular = false
         for (name, value, _) in frame.headers {
             if name.utf8.first == UInt8(ascii: ":") {
-                guard name == ":status", status == nil, value.utf8.count == 3, let code = Int(value), code >= 100 else {
+                guard name == ":status", status == nil, !regular, value.utf8.count == 3, let code = Int(value), code >= 100 else {
                     throw Malformed(reason: "malformed response pseudo-header \(name)")
                 }
                 status = code
                 continue
             }
+            regular = true
             guard HTTP2RequestCheck.isFieldName(name), HTTP2RequestCheck.isFieldValue(value) else {
                 throw Malformed(reason: "malformed response field")
             }
             switch name {
-            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te":
                 throw Malformed(reason: "connection-specific field \(name) in an HTTP/2 response")
             case "content-length":
                 // Digits only (no sign, as the HTTP/1.1 parser wants them), one value.

@@ -131,6 +131,8 @@ final class HTTP2UpstreamTranslationTests: XCTestCase {
             [":status": "200", "x-a": "1\r\nx-b: 2"],
             [":status": "200", ":status": "204"],
             [":status": "200", ":path": "/"],
+            ["x-a": "1", ":status": "200"],
+            [":status": "200", "te": "trailers"],
             ["x-a": "1"],
             [":status": "2000"],
         ]
