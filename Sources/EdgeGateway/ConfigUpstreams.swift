@@ -90,9 +90,11 @@ package struct HealthCheckConfig: Decodable, Sendable {
     package var unhealthyAfter = 3
     /// `200-399` (default), `200`, or `200-204`.
     package var expectedStatus = "200-399"
+    /// A grpc check's service name (empty: the server as a whole).
+    package var service: String?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case kind, path, host, interval, timeout
+        case kind, path, host, interval, timeout, service
         case healthyAfter = "healthy_after"
         case unhealthyAfter = "unhealthy_after"
         case expectedStatus = "expected_status"
@@ -104,6 +106,7 @@ package struct HealthCheckConfig: Decodable, Sendable {
         self.kind = try c.decodeRecorded(String.self, forKey: .kind) ?? self.kind
         self.path = try c.decodeRecorded(String.self, forKey: .path) ?? self.path
         self.host = try c.decodeRecorded(String.self, forKey: .host)
+        self.service = try c.decodeRecorded(String.self, forKey: .service)
         self.interval = try c.decodeRecorded(Duration.self, forKey: .interval) ?? self.interval
         self.timeout = try c.decodeRecorded(Duration.self, forKey: .timeout) ?? self.timeout
         self.healthyAfter = try c.decodeRecorded(Int.self, forKey: .healthyAfter) ?? self.healthyAfter

@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
 import NIOTLS
 
@@ -15,6 +16,9 @@ package struct HealthCheckSettings: Sendable, Hashable {
         case tls
         /// `GET path` (over the group's TLS when it has TLS), answered with an expected status.
         case http
+        /// gRPC's `grpc.health.v1.Health/Check` for `service` over the group's HTTP/2 (h2
+        /// or h2c): passes when the server says SERVING (`GRPCHealth`).
+        case grpc
     }
 
     package var kind: Kind = .http
@@ -28,6 +32,8 @@ package struct HealthCheckSettings: Sendable, Hashable {
     /// Consecutive failures that take a backend down.
     package var unhealthyAfter = 3
     package var expectedStatus: ClosedRange<Int> = 200...399
+    /// The service a grpc check asks about; empty: the server as a whole.
+    package var service = ""
 
     package init() {}
 }
@@ -109,10 +115,23 @@ package final class HealthChecker: Sendable {
         let done = loop.makePromise(of: Void.self)
         let tls = settings.kind == .tcp ? nil : group.tls
         let host = settings.host ?? group.hostHeader ?? group.tls?.serverName(for: backend) ?? backend.description
-        let request = settings.kind == .http
-            ? HTTPRequestHead(version: .http1_1, method: .GET, uri: settings.path,
-                              headers: ["Host": host, "User-Agent": "edge-gateway-health-check", "Connection": "close"]) : nil
-        let expected = settings.expectedStatus
+        var request: (head: HTTPRequestHead, body: ByteBuffer?)?
+        switch settings.kind {
+        case .tcp, .tls:
+            request = nil
+        case .http:
+            request = (HTTPRequestHead(version: .http1_1, method: .GET, uri: settings.path,
+                                       headers: ["Host": host, "User-Agent": "edge-gateway-health-check", "Connection": "close"]), nil)
+        case .grpc:
+            let body = GRPCHealth.requestBody(service: settings.service)
+            request = (HTTPRequestHead(version: .http1_1, method: .POST, uri: GRPCHealth.path,
+                                       headers: ["Host": host, "User-Agent": "edge-gateway-health-check", "Content-Type": "application/grpc",
+                                                 "Content-Length": "\(body.readableBytes)"]), body)
+        }
+        let expected: ProbeHandler.Expectation = settings.kind == .grpc ? .serving : .status(settings.expectedStatus)
+        // A grpc check speaks the group's HTTP/2 (the plan allows it on h2 and h2c groups
+        // only), through the same translator as the proxy's requests.
+        let http2 = settings.kind == .grpc && group.upstreamProtocol.isHTTP2 ? (tls == nil ? "http" : "https", backend.description) : nil
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(settings.timeout)
             .channelInitializer { channel in
@@ -124,7 +143,8 @@ package final class HealthChecker: Sendable {
                     }
                     try sync.addHandler(HTTPRequestEncoder())
                     try sync.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop)))
-                    try sync.addHandler(ProbeHandler(request: request, needsHandshake: tls != nil, expected: expected, timeout: settings.timeout, done: done))
+                    try sync.addHandler(ProbeHandler(request: request, needsHandshake: tls != nil, expected: expected, timeout: settings.timeout,
+                                                     http2: http2, done: done))
                 }
             }
         let timer = loop.scheduleTask(in: settings.timeout) {
@@ -147,23 +167,40 @@ struct ProbeError: Error, CustomStringConvertible {
     var description: String { self.reason }
 }
 
-/// Completes `done` once the probe has its answer: connected, handshaken, or a status line.
+/// Completes `done` once the probe has its answer: connected, handshaken, a status line,
+/// or a gRPC health answer.
 private final class ProbeHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundOut = HTTPClientRequestPart
 
-    private let request: HTTPRequestHead?
+    enum Expectation {
+        /// An HTTP status in the range.
+        case status(ClosedRange<Int>)
+        /// A gRPC health answer that says SERVING.
+        case serving
+    }
+
+    private let request: (head: HTTPRequestHead, body: ByteBuffer?)?
     private let needsHandshake: Bool
-    private let expected: ClosedRange<Int>
+    private let expected: Expectation
     private let done: EventLoopPromise<Void>
     /// The longest wait for a TLS 1.3 upstream's verdict on our client certificate.
     private let verdictWait: TimeAmount
+    /// HTTP/2 to the backend (the `:scheme` and `:authority` of the translator), if so.
+    private let http2: (scheme: String, authority: String)?
+    /// A grpc check's answer so far.
+    private var status = 0
+    private var grpcStatus: String?
+    private var grpcMessage: String?
+    private var body = ByteBuffer()
 
-    init(request: HTTPRequestHead?, needsHandshake: Bool, expected: ClosedRange<Int>, timeout: TimeAmount, done: EventLoopPromise<Void>) {
+    init(request: (head: HTTPRequestHead, body: ByteBuffer?)?, needsHandshake: Bool, expected: Expectation, timeout: TimeAmount,
+         http2: (scheme: String, authority: String)?, done: EventLoopPromise<Void>) {
         self.verdictWait = min(.seconds(1), .nanoseconds(timeout.nanoseconds / 2))
         self.request = request
         self.needsHandshake = needsHandshake
         self.expected = expected
+        self.http2 = http2
         self.done = done
     }
 
@@ -182,7 +219,25 @@ private final class ProbeHandler: ChannelInboundHandler {
             self.handshaken(context: context)
             return
         }
-        context.write(Self.wrapOutboundOut(.head(request)), promise: nil)
+        if let http2 {
+            // Below the HTTP/1.1 codec, after the handshake (the TLS handler, if any, is first).
+            do {
+                let sync = context.pipeline.syncOperations
+                let translator = HTTP2UpstreamHandler(scheme: http2.scheme, authority: http2.authority, backend: http2.authority)
+                let connection = NIOHTTP2Handler(mode: .client, initialSettings: [HTTP2Setting(parameter: .enablePush, value: 0)],
+                                                 headerBlockValidation: .disabled)
+                if let tls = try? sync.handler(type: OpenSSLHandler.self) {
+                    try sync.addHandlers([connection, translator], position: .after(tls))
+                } else {
+                    try sync.addHandlers([connection, translator], position: .first)
+                }
+            } catch {
+                self.done.fail(ProbeError(reason: "cannot start HTTP/2: \(error)"))
+                return
+            }
+        }
+        context.write(Self.wrapOutboundOut(.head(request.head)), promise: nil)
+        if let body = request.body { context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
     }
 
@@ -207,13 +262,32 @@ private final class ProbeHandler: ChannelInboundHandler {
     private var awaitingVerdict: OpenSSLHandler?
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .head(let head) = Self.unwrapInboundIn(data) {
+        switch (Self.unwrapInboundIn(data), self.expected) {
+        case (.head(let head), .status(let expected)):
             let code = Int(head.status.code)
-            if self.expected.contains(code) {
+            if expected.contains(code) {
                 self.done.succeed(())
             } else {
-                self.done.fail(ProbeError(reason: "status \(code), expected \(self.expected.lowerBound)-\(self.expected.upperBound)"))
+                self.done.fail(ProbeError(reason: "status \(code), expected \(expected.lowerBound)-\(expected.upperBound)"))
             }
+        case (.head(let head), .serving):
+            // A trailers-only answer carries the call's status in its head.
+            self.status = Int(head.status.code)
+            self.grpcStatus = head.headers.first(name: "grpc-status")
+            self.grpcMessage = head.headers.first(name: "grpc-message")
+        case (.body(var part), .serving):
+            // One small message: anything past 64 KiB is not a health answer.
+            if self.body.readableBytes + part.readableBytes <= 64 * 1024 { self.body.writeBuffer(&part) }
+        case (.end(let trailers), .serving):
+            if let status = trailers?.first(name: "grpc-status") { self.grpcStatus = status }
+            if let message = trailers?.first(name: "grpc-message") { self.grpcMessage = message }
+            if let failure = GRPCHealth.failure(httpStatus: self.status, grpcStatus: self.grpcStatus, grpcMessage: self.grpcMessage, body: self.body) {
+                self.done.fail(ProbeError(reason: failure))
+            } else {
+                self.done.succeed(())
+            }
+        case (.body, .status), (.end, .status):
+            break
         }
     }
 

@@ -220,13 +220,17 @@ final class ConfigTests: XCTestCase {
               tlsplain: { backends: ["127.0.0.1:9"], protocol: h2c, tls: { ca_file: \(Self.pki.caPath) } }
               probe: { backends: ["127.0.0.1:9"], protocol: h2c, health_check: { kind: http } }
               three: { backends: ["127.0.0.1:9"], protocol: http3 }
+              grpcplain: { backends: ["127.0.0.1:9"], health_check: { kind: grpc } }
+              svc: { backends: ["127.0.0.1:9"], health_check: { kind: http, service: x } }
             """)
         let result = try check(yaml)
         XCTAssertEqual(result.status, 1)
         for expected in ["upstreams.app.protocol: h2 is HTTP/2 over TLS and needs the group's tls settings; use h2c for plain HTTP/2",
                          "upstreams.tlsplain.protocol: h2c is HTTP/2 without TLS; use h2 with the group's tls settings",
-                         "upstreams.probe.health_check.kind: an http check speaks HTTP/1.1, which an HTTP/2 (h2c) backend may not; use tcp or tls",
-                         "upstreams.three.protocol: 'http3' is not one of http1, h2, h2c"] {
+                         "upstreams.probe.health_check.kind: an http check speaks HTTP/1.1, which an HTTP/2 (h2c) backend may not; use grpc, tcp or tls",
+                         "upstreams.three.protocol: 'http3' is not one of http1, h2, h2c",
+                         "upstreams.grpcplain.health_check.kind: a grpc check speaks HTTP/2: set the group's protocol to h2 or h2c",
+                         "upstreams.svc.health_check.service: only used with kind: grpc"] {
             XCTAssertTrue(result.stderr.contains(expected), "missing '\(expected)' in:\n\(result.stderr)")
         }
         for (word, expected) in [("http2", UpstreamProtocol.h2), ("http/1.1", .http1), ("h2c", .h2c)] {

@@ -81,6 +81,68 @@ final class UpstreamHTTP2Tests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// `health_check.kind: grpc` asks each backend the standard `grpc.health.v1.Health/Check`
+    /// over the group's HTTP/2: over h2c, a server that says NOT_SERVING goes down (the
+    /// reason on /status/upstreams) and calls go to the one that says SERVING; over h2
+    /// with TLS the same check passes. Before, a gRPC backend could only be checked by its
+    /// TCP port or its TLS handshake, which a NOT_SERVING server still passes.
+    func testAGRPCHealthCheckTakesANotServingBackendDown() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let dir = TemporaryDirectory()
+        let tool = repositoryRoot() + "/Tests/tools/grpc_server.py"
+        let (serving, notServing, tlsPort) = (freePort(), freePort(), freePort())
+        let servers = [
+            try GatewayProcess(commandLine: ["/usr/bin/python3", tool, "\(serving)"], logPath: dir.file("serving.log")),
+            try GatewayProcess(commandLine: ["/usr/bin/python3", tool, "\(notServing)", "--not-serving"], logPath: dir.file("not-serving.log")),
+            try GatewayProcess(commandLine: ["/usr/bin/python3", tool, "\(tlsPort)", leaf.fullchain, leaf.key], logPath: dir.file("tls.log")),
+        ]
+        defer { for server in servers { server.stop(signal: SIGKILL) } }
+        for (server, port) in zip(servers, [serving, notServing, tlsPort]) { XCTAssertTrue(server.waitForPort(port), server.log) }
+        let check = "health_check: { kind: grpc, interval: 100ms, timeout: 2s, unhealthy_after: 1, healthy_after: 1 }"
+        let harness = try await GatewayHarness.start { _ in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+            upstreams:
+              grpc: { backends: ["127.0.0.1:\(serving)", "127.0.0.1:\(notServing)"], protocol: h2c, \(check) }
+              grpc_tls: { backends: ["localhost:\(tlsPort)"], protocol: h2, tls: { ca_file: \(pki.caPath) }, \(check) }
+            routes:
+              - { path_prefix: /test.Echo/, upstream: grpc }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let admin = harness.gateway.adminPort!
+        func status() -> String { (try? Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/upstreams"]).stdout) ?? "" }
+        /// The grpc_tls backend's checks with this result, whatever the labels' order.
+        func tlsChecks(_ result: String) -> Double {
+            let text = (try? Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/metrics"]).stdout) ?? ""
+            return text.split(separator: "\n").filter {
+                $0.hasPrefix("edge_upstream_health_checks_total{") && $0.contains("upstream=\"grpc_tls\"") && $0.contains("result=\"\(result)\"")
+            }.compactMap { Double($0.split(separator: " ").last ?? "") }.reduce(0, +)
+        }
+        let checked = eventually(timeout: 20) {
+            let text = status()
+            return text.contains("\"address\":\"127.0.0.1:\(notServing)\",\"weight\":1,\"health\":\"down\"")
+                && tlsChecks("passed") >= 2
+        }
+        let text = status()
+        XCTAssertTrue(checked, text)
+        XCTAssertTrue(text.contains("\"address\":\"127.0.0.1:\(serving)\",\"weight\":1,\"health\":\"up\""), text)
+        XCTAssertTrue(text.contains("health check: the server says NOT_SERVING"), text)
+        XCTAssertTrue(text.contains("\"address\":\"localhost:\(tlsPort)\",\"weight\":1,\"health\":\"up\""), text)
+        XCTAssertEqual(tlsChecks("failed"), 0)
+        // Every call goes to the serving backend.
+        for _ in 0..<6 {
+            let run = try Shell.run(["/usr/bin/python3", repositoryRoot() + "/Tests/tools/grpc_call.py", "\(harness.port("https"))", pki.caPath,
+                                     "/test.Echo/Unary"], timeout: 60)
+            XCTAssertTrue(run.stdout.contains("\"code\": \"OK\""), run.stdout + run.stderr)
+        }
+        await harness.shutdown()
+    }
+
     /// HTTP/2 over TLS to nginx (`protocol: h2`, agreed by ALPN): 64 MiB down and up on
     /// concurrent requests from HTTP/1.1 and HTTP/2 clients, checked by hashes (uploads
     /// with a length and chunked, stored by nginx's PUT); nginx's GOAWAY after every fifth

@@ -431,7 +431,7 @@ final class UpstreamTests: XCTestCase {
             for expected in ["upstreams.a.backends[1]: weight must be at least 1",
                              "upstreams.a.balance: 'fastest' is not one of",
                              "upstreams.b.hash_key: 'cookie' is not one of client_ip, path, header:NAME",
-                             "upstreams.b.health_check.kind: 'udp' is not one of tcp, tls, http",
+                             "upstreams.b.health_check.kind: 'udp' is not one of tcp, tls, http, grpc",
                              "upstreams.c.health_check.kind: a tls check needs the upstream's tls settings"] {
                 XCTAssertTrue(text.contains(expected), "missing '\(expected)' in:\n\(text)")
             }

@@ -2,7 +2,7 @@
 """A gRPC server (Debian's python3-grpcio) for the gateway's HTTP/2 upstream tests: h2c on
 127.0.0.1:PORT, or h2 over TLS with CERT and KEY. Messages are raw bytes (no protobuf).
 
-Usage: grpc_server.py PORT [CERT KEY]
+Usage: grpc_server.py PORT [CERT KEY] [--not-serving]
 
   /test.Echo/Unary         the request back; x-test metadata echoed in the initial
                            metadata and as trailing metadata x-trailer
@@ -12,6 +12,8 @@ Usage: grpc_server.py PORT [CERT KEY]
   /test.Echo/Bidi          each message back as it comes
   /test.Echo/Die           ten messages, then the process exits (an upstream killed
                            mid-stream)
+  /grpc.health.v1.Health/Check   SERVING (NOT_SERVING with --not-serving), as the
+                           standard health service answers (a HealthCheckResponse, field 1)
 """
 import os
 import sys
@@ -55,7 +57,9 @@ def die(request, context):
 
 
 def main():
-    port = int(sys.argv[1])
+    not_serving = "--not-serving" in sys.argv
+    args = [a for a in sys.argv if a != "--not-serving"]
+    port = int(args[1])
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
@@ -66,9 +70,11 @@ def main():
     }
     limits = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=limits)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", handlers)])
-    if len(sys.argv) > 3:
-        with open(sys.argv[2], "rb") as c, open(sys.argv[3], "rb") as k:
+    health = {"Check": grpc.unary_unary_rpc_method_handler(lambda request, context: b"\x08\x02" if not_serving else b"\x08\x01")}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", handlers),
+                                     grpc.method_handlers_generic_handler("grpc.health.v1.Health", health)])
+    if len(args) > 3:
+        with open(args[2], "rb") as c, open(args[3], "rb") as k:
             credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
         server.add_secure_port(f"127.0.0.1:{port}", credentials)
     else:

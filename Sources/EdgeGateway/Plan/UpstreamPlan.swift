@@ -33,7 +33,10 @@ extension PlanBuilder {
                 break
             }
             if upstream.upstreamProtocol.isHTTP2, let check = upstream.healthCheck, check.kind == "http" || check.kind == "https" {
-                problems.append("\(path).health_check.kind: an http check speaks HTTP/1.1, which an HTTP/2 (\(upstream.upstreamProtocol.rawValue)) backend may not; use tcp or tls")
+                problems.append("\(path).health_check.kind: an http check speaks HTTP/1.1, which an HTTP/2 (\(upstream.upstreamProtocol.rawValue)) backend may not; use grpc, tcp or tls")
+            }
+            if !upstream.upstreamProtocol.isHTTP2, let check = upstream.healthCheck, check.kind == "grpc" {
+                problems.append("\(path).health_check.kind: a grpc check speaks HTTP/2: set the group's protocol to h2 or h2c")
             }
             if let t = upstream.tls {
                 do {
@@ -107,7 +110,11 @@ extension PlanBuilder {
     static func makeHealthCheck(_ h: HealthCheckConfig, path: String, hasTLS: Bool) throws -> HealthCheckSettings {
         var settings = HealthCheckSettings()
         guard let kind = HealthCheckSettings.Kind(rawValue: h.kind == "https" ? "http" : h.kind) else {
-            throw ConfigError(path: path + ".kind", message: "'\(h.kind)' is not one of tcp, tls, http")
+            throw ConfigError(path: path + ".kind", message: "'\(h.kind)' is not one of tcp, tls, http, grpc")
+        }
+        if let service = h.service {
+            guard kind == .grpc else { throw ConfigError(path: path + ".service", message: "only used with kind: grpc") }
+            settings.service = service
         }
         if kind == .tls && !hasTLS { throw ConfigError(path: path + ".kind", message: "a tls check needs the upstream's tls settings") }
         if h.kind == "https" && !hasTLS { throw ConfigError(path: path + ".kind", message: "an https check needs the upstream's tls settings") }
