@@ -62,12 +62,16 @@ final class HTTP2UpstreamHandler: ChannelDuplexHandler {
         let frames: [HTTP2Frame]
         do {
             if !self.translation.inExchange, let last = self.goneAwayAfter {
-                throw UpstreamError(kind: .closedEarly, backend: self.backend, reason: "the upstream is going away (GOAWAY after stream \(last))")
+                throw UpstreamError(kind: .refusedStream, backend: self.backend, reason: "the upstream is going away (GOAWAY after stream \(last))")
             }
             frames = try self.translation.requestFrames(self.unwrapOutboundIn(data))
+        } catch let used as HTTP2UpstreamTranslation.StreamIDsUsedUp {
+            promise?.fail(used)
+            self.fail(UpstreamError(kind: .refusedStream, backend: self.backend, reason: used.description), context: context)
+            return
         } catch {
             promise?.fail(error)
-            self.fail(error as? UpstreamError ?? UpstreamError(kind: .protocolError, backend: self.backend, reason: "cannot send the request over HTTP/2: \(error)"),
+            self.fail(error as? UpstreamError ?? UpstreamError(kind: .cannotCarry, backend: self.backend, reason: "cannot send the request over HTTP/2: \(error)"),
                       context: context)
             return
         }
@@ -111,7 +115,9 @@ final class HTTP2UpstreamHandler: ChannelDuplexHandler {
             if current == nil { context.close(promise: nil) }
             return
         case .rstStream(let code) where frame.streamID == current:
-            self.fail(UpstreamError(kind: .closedEarly, backend: self.backend, reason: "the upstream reset the stream (\(code))"), context: context)
+            // REFUSED_STREAM promises the request was not processed; any other code does not.
+            self.fail(UpstreamError(kind: code == .refusedStream ? .refusedStream : .streamReset, backend: self.backend,
+                                    reason: "the upstream reset the stream (\(code))"), context: context)
             return
         default:
             break
@@ -186,31 +192,49 @@ final class HTTP2UpstreamHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let closed = event as? StreamClosedEvent, closed.streamID == self.translation.streamID {
             // NIO closes the streams a GOAWAY left out with CANCEL: they were never processed.
-            let reason = self.goneAwayAfter.map { closed.streamID > $0 } == true ? "the upstream refused the stream (GOAWAY)"
-                : "the stream closed before the response ended (\(closed.reason.map { "\($0)" } ?? "no error"))"
-            self.fail(UpstreamError(kind: .closedEarly, backend: self.backend, reason: reason), context: context)
+            if self.goneAwayAfter.map({ closed.streamID > $0 }) == true {
+                self.fail(UpstreamError(kind: .refusedStream, backend: self.backend, reason: "the upstream refused the stream (GOAWAY)"), context: context)
+            } else {
+                let cause = self.protocolError.map { ": \($0)" } ?? ""
+                self.fail(UpstreamError(kind: .streamReset, backend: self.backend,
+                                        reason: "the stream closed before the response ended (\(closed.reason.map { "\($0)" } ?? "no error"))\(cause)"),
+                          context: context)
+            }
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// NIO's HTTP/2 errors (a connection error, a frame the peer should not have sent)
-    /// are named as the upstream's protocol errors; socket and TLS errors go on as they are.
+    /// Socket and TLS errors fail the exchange as they are. NIO's own HTTP/2 errors do not,
+    /// by themselves: a connection error closes the connection (which fails the exchange),
+    /// a stream error resets its stream, whose closing fails the exchange if it is the
+    /// current one; an error on a stream whose exchange ended (its END_STREAM still to
+    /// come) must not fail the next exchange. The error is kept as the reason. An outbound
+    /// stream error names its stream: the current one's fails the exchange (its HEADERS
+    /// never went out, and no stream closes).
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if error is UpstreamError || error is IOError || error is TLSError {
-            context.fireErrorCaught(error)
+        if let stream = error as? NIOHTTP2Errors.StreamError {
+            guard stream.streamID == self.translation.streamID else { return }
+            self.fail(UpstreamError(kind: .protocolError, backend: self.backend, reason: "HTTP/2: \(stream.baseError)"), context: context)
+        } else if error is UpstreamError || error is IOError || error is TLSError {
+            self.fail(error, context: context)
         } else {
-            context.fireErrorCaught(UpstreamError(kind: .protocolError, backend: self.backend, reason: "HTTP/2: \(error)"))
+            self.protocolError = "\(error)"
         }
     }
+    /// NIO's last HTTP/2 error on this connection, as a failure's reason.
+    private var protocolError: String?
 
     /// Reported on the next turn of the loop, never from inside a write: the proxy writes
     /// a request's head and then its held body, and an error reported from the head's
     /// write would start a retry whose held body the rest of that write then consumed.
-    private func fail(_ error: UpstreamError, context: ChannelHandlerContext) {
+    private func fail(_ error: Error, context: ChannelHandlerContext) {
         guard !self.failed else { return }
         self.failed = true
         context.eventLoop.assumeIsolated().execute {
+            // Gone from the pipeline meanwhile (the channel closed): the handler above has
+            // heard of the close, and its context would lead nowhere.
+            guard let context = self.context else { return }
             context.fireErrorCaught(error)
             context.close(promise: nil)
         }

@@ -23,6 +23,11 @@ struct HTTP2UpstreamTranslation {
         var description: String { self.reason }
     }
 
+    /// The connection has started its last stream: the request goes elsewhere, unsent.
+    struct StreamIDsUsedUp: Error, CustomStringConvertible {
+        var description: String { "the connection has used its stream IDs" }
+    }
+
     /// How the response body is framed for the HTTP/1.1 parser.
     enum ResponseBody: Equatable {
         /// No body bytes at all (HEAD, 204, 304, or the stream ended with its HEADERS).
@@ -107,7 +112,7 @@ struct HTTP2UpstreamTranslation {
                 try HTTP1Parser.parseRequest(&head)
                 let (headers, framer) = try self.requestHeaders(head)
                 let stream = self.nextStreamID
-                guard Int(stream) < Int(Int32.max) else { throw Malformed(reason: "the connection has used its stream IDs") }
+                guard Int(stream) < Int(Int32.max) else { throw StreamIDsUsedUp() }
                 self.nextStreamID = HTTP2StreamID(Int(stream) + 2)
                 self.streamID = stream
                 self.requestIsHead = head.isHeadMethod
@@ -165,9 +170,13 @@ struct HTTP2UpstreamTranslation {
         headers.add(name: ":scheme", value: self.scheme)
         headers.add(name: ":authority", value: head.first(.host) ?? self.defaultAuthority)
         headers.add(name: ":path", value: head.target)
-        for field in head.fields where !head.isHopByHop(field) && field.known != .host {
+        for field in head.fields where !head.isHopByHop(field) && field.known != .host && field.known != .contentLength {
             headers.add(name: head.lowercasedName(field), value: head.string(field.value))
         }
+        // One content-length, the parser's value: the head writer forwards a client's
+        // fields as received, and `5` beside `05` (one length to HTTP/1.1) is two values
+        // to NIO, which refuses the HEADERS frame.
+        if !head.chunked, let length = head.contentLength { headers.add(name: "content-length", value: String(length)) }
         headers.add(name: "te", value: "trailers")
         // NIO's HTTP/2 handler sends no CONTINUATION frames (as on the client side,
         // `HTTP2StreamBridge.fitsOneHeadersFrame`).

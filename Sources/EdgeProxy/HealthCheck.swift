@@ -210,7 +210,16 @@ private final class ProbeHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? TLSUserEvent, case .handshakeCompleted = event { self.connected(context: context) }
+        if let event = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = event {
+            // As the pool refuses it (`UpstreamHandler`): a check that passed where every
+            // request fails would keep a useless backend up.
+            if self.http2 != nil, self.needsHandshake, negotiated != "h2" {
+                self.done.fail(ProbeError(reason: "the upstream did not agree to h2 by ALPN (\(negotiated.map { "chose \($0)" } ?? "chose none"))"))
+                context.close(promise: nil)
+                return
+            }
+            self.connected(context: context)
+        }
         context.fireUserInboundEventTriggered(event)
     }
 

@@ -31,6 +31,8 @@ extension ProxyHandler {
             (status, message) = (503, "the gateway is out of connections to open; try again")
         case .protocolError:
             (status, message) = (502, "invalid response from upstream")
+        case .cannotCarry:
+            (status, message) = (502, "the request cannot be sent to this upstream over HTTP/2")
         default:
             (status, message) = (502, "upstream unavailable")
         }

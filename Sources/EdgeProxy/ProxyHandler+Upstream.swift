@@ -423,8 +423,16 @@ extension ProxyHandler {
         // another backend, as nginx's default `proxy_next_upstream error` does, within
         // max_connect_attempts; a non-idempotent one may have been acted on and is not
         // repeated.
-        let action = exchange.state.failed(self.attempt(exchange, failed: Self.brokeConnection(error) ? .broken : .other,
-                                                        counting: exchange.backendIndex, reused: connection.uses > 1))
+        let kind = (error as? UpstreamError)?.kind
+        if kind == .cannotCarry, !exchange.state.responseStarted {
+            self.failExchange(exchange, error: error)  // the request's shape, not the backend's failure
+            return
+        }
+        let failure: FailedAttempt.Failure = kind == .refusedStream ? .notProcessed : Self.brokeConnection(error) ? .broken : .other
+        // A reset stream is no idle connection the upstream closed before reading: it had
+        // the request, which only an idempotent method may repeat.
+        let action = exchange.state.failed(self.attempt(exchange, failed: failure, counting: exchange.backendIndex,
+                                                        reused: connection.uses > 1 && kind != .streamReset))
         if action == .retry(.freshConnection) {
             exchange.pending = exchange.replay ?? []  // attach writes the head first
             self.logger.debug("retrying request on a fresh upstream connection", metadata: ["error": "\(error)"])
@@ -462,7 +470,7 @@ extension ProxyHandler {
     /// The upstream connection broke (closed before the response, or reset), rather
     /// than answering badly or too slowly.
     static func brokeConnection(_ error: Error) -> Bool {
-        if let upstream = error as? UpstreamError { return upstream.kind == .closedEarly }
+        if let upstream = error as? UpstreamError { return upstream.kind == .closedEarly || upstream.kind == .streamReset }
         return error is IOError
     }
 

@@ -16,6 +16,9 @@ struct FailedAttempt: Equatable {
         case refusedAfterHandshake
         /// The upstream closed or reset the connection with the request in it.
         case broken
+        /// The upstream said it did not process the request (HTTP/2's REFUSED_STREAM, or a
+        /// stream above its GOAWAY's last stream ID).
+        case notProcessed
         /// No response byte within the read timeout.
         case readTimeout
         /// Anything else before the response (a head too large, not HTTP): the upstream
@@ -62,6 +65,12 @@ struct FailedAttempt: Equatable {
             // after a reused one broke: the upstream closed it idle, before reading it.
             if self.reused, !self.retriedStale, self.held, self.idempotent || self.requestEnded { return .freshConnection }
             return self.idempotent && self.held && backendLeft ? .anotherBackend : .fail
+        case .notProcessed:
+            // Nothing was acted on (RFC 9113 §8.7): any method goes again while all of it is
+            // held, first on a fresh connection to the same backend (a GOAWAY is routine).
+            guard self.held else { return .fail }
+            if !self.retriedStale { return .freshConnection }
+            return backendLeft ? .anotherBackend : .fail
         case .readTimeout:
             return self.idempotent && self.held && backendLeft && self.withinNextUpstream ? .anotherBackend : .fail
         case .other:

@@ -49,6 +49,16 @@ package struct UpstreamError: Error, CustomStringConvertible, Sendable {
         /// A gRPC call's deadline (`grpc-timeout`) passed before its response: the client
         /// has given up, so the gateway does too. Never the backend's failure.
         case callDeadline
+        /// An HTTP/2 upstream did not process the request: it refused the stream
+        /// (REFUSED_STREAM) or left it out of its GOAWAY (RFC 9113 §8.7). Sent again on a
+        /// fresh connection whatever its method, when all of it is held.
+        case refusedStream
+        /// An HTTP/2 upstream reset the request's stream with another code: unlike an idle
+        /// keep-alive connection it closed, it had the request and may have acted on it.
+        case streamReset
+        /// The request cannot go over HTTP/2 to this group (a protocol upgrade, a head or
+        /// trailers beyond one HEADERS frame): the client's request, not the backend's failure.
+        case cannotCarry
     }
     package var kind: Kind
     package var backend: String

@@ -49,6 +49,21 @@ final class RetryPolicyTests: XCTestCase {
         XCTAssertEqual(decide(.broken, held: false), .fail)
     }
 
+    /// An HTTP/2 upstream that refused the stream (REFUSED_STREAM, or above its GOAWAY's
+    /// last stream) processed nothing: any held request goes again, a POST still being
+    /// sent too, first on a fresh connection to the same backend, then to another. A
+    /// stream reset with another code is a broken connection that was not idle
+    /// (`reused: false` for the handler): only an idempotent request moves on.
+    func testARefusedStreamWasNotProcessed() {
+        XCTAssertEqual(decide(.notProcessed), .freshConnection)
+        XCTAssertEqual(decide(.notProcessed, get: false, ended: false), .freshConnection, "a POST, even one still being sent")
+        XCTAssertEqual(decide(.notProcessed, attempts: 3), .freshConnection, "the same backend, not counted")
+        XCTAssertEqual(decide(.notProcessed, retriedStale: true), .anotherBackend, "refused again: elsewhere")
+        XCTAssertEqual(decide(.notProcessed, retriedStale: true, attempts: 3), .fail)
+        XCTAssertEqual(decide(.notProcessed, held: false), .fail, "a body beyond the retry buffer is gone")
+        XCTAssertEqual(decide(.broken, get: false, reused: false), .fail, "a POST whose stream was reset may have been acted on")
+    }
+
     /// A hung backend: an idempotent held request moves on within next_upstream.
     func testAReadTimeout() {
         XCTAssertEqual(decide(.readTimeout), .anotherBackend)
