@@ -6,6 +6,14 @@ import XCTest
 /// HTTP/2 to upstreams (`protocol: h2c`, `protocol: h2`): a real gRPC server (grpcio)
 /// and nginx behind the gateway, real clients in front.
 final class UpstreamHTTP2Tests: XCTestCase {
+    /// A Python tool of Tests/tools (Debian's python3, which has grpcio) serving on `port`,
+    /// started and waited for; the caller stops it.
+    func python(_ tool: String, _ arguments: [String], port: Int, log: String) throws -> GatewayProcess {
+        let process = try GatewayProcess(commandLine: ["/usr/bin/python3", repositoryRoot() + "/Tests/tools/" + tool] + arguments, logPath: log)
+        XCTAssertTrue(process.waitForPort(port), process.log)
+        return process
+    }
+
     /// gRPC end to end: grpcio's client over TLS and HTTP/2 to the gateway, the gateway
     /// to grpcio's server over h2c (one listener) and over h2 with TLS (another). Every
     /// kind of call, metadata and trailers both ways, a 4 MiB message, a status with
@@ -18,13 +26,10 @@ final class UpstreamHTTP2Tests: XCTestCase {
         let dir = TemporaryDirectory()
         let plainPort = freePort()
         let tlsPort = freePort()
-        let tool = repositoryRoot() + "/Tests/tools/grpc_server.py"
-        let plain = try GatewayProcess(commandLine: ["/usr/bin/python3", tool, "\(plainPort)"], logPath: dir.file("grpc.log"))
+        let plain = try self.python("grpc_server.py", ["\(plainPort)"], port: plainPort, log: dir.file("grpc.log"))
         defer { plain.stop(signal: SIGKILL) }
-        let tls = try GatewayProcess(commandLine: ["/usr/bin/python3", tool, "\(tlsPort)", leaf.fullchain, leaf.key], logPath: dir.file("grpc-tls.log"))
+        let tls = try self.python("grpc_server.py", ["\(tlsPort)", leaf.fullchain, leaf.key], port: tlsPort, log: dir.file("grpc-tls.log"))
         defer { tls.stop(signal: SIGKILL) }
-        XCTAssertTrue(plain.waitForPort(plainPort), plain.log)
-        XCTAssertTrue(tls.waitForPort(tlsPort), tls.log)
         let harness = try await GatewayHarness.start { _ in
             """
             listeners:
@@ -90,15 +95,13 @@ final class UpstreamHTTP2Tests: XCTestCase {
         let pki = try TestPKI()
         let leaf = try pki.issue(["localhost"])
         let dir = TemporaryDirectory()
-        let tool = repositoryRoot() + "/Tests/tools/grpc_server.py"
         let (serving, notServing, tlsPort) = (freePort(), freePort(), freePort())
         let servers = [
-            try GatewayProcess(commandLine: ["/usr/bin/python3", tool, "\(serving)"], logPath: dir.file("serving.log")),
-            try GatewayProcess(commandLine: ["/usr/bin/python3", tool, "\(notServing)", "--not-serving"], logPath: dir.file("not-serving.log")),
-            try GatewayProcess(commandLine: ["/usr/bin/python3", tool, "\(tlsPort)", leaf.fullchain, leaf.key], logPath: dir.file("tls.log")),
+            try self.python("grpc_server.py", ["\(serving)"], port: serving, log: dir.file("serving.log")),
+            try self.python("grpc_server.py", ["\(notServing)", "--not-serving"], port: notServing, log: dir.file("not-serving.log")),
+            try self.python("grpc_server.py", ["\(tlsPort)", leaf.fullchain, leaf.key], port: tlsPort, log: dir.file("tls.log")),
         ]
         defer { for server in servers { server.stop(signal: SIGKILL) } }
-        for (server, port) in zip(servers, [serving, notServing, tlsPort]) { XCTAssertTrue(server.waitForPort(port), server.log) }
         let check = "health_check: { kind: grpc, interval: 100ms, timeout: 2s, unhealthy_after: 1, healthy_after: 1 }"
         let harness = try await GatewayHarness.start { _ in
             """
@@ -175,10 +178,9 @@ final class UpstreamHTTP2Tests: XCTestCase {
         defer { nginx.stop() }
         // Python's ssl server ignores ALPN unless told: the handshake completes without h2.
         let pythonPort = freePort()
-        let python = try GatewayProcess(commandLine: ["/usr/bin/python3", repositoryRoot() + "/Tests/tools/tls_upstream.py", dir.file("sni.log"),
-                                                      "port=\(pythonPort),cert=\(leaf.fullchain),key=\(leaf.key)"], logPath: dir.file("python.log"))
+        let python = try self.python("tls_upstream.py", [dir.file("sni.log"), "port=\(pythonPort),cert=\(leaf.fullchain),key=\(leaf.key)"],
+                                     port: pythonPort, log: dir.file("python.log"))
         defer { python.stop(signal: SIGKILL) }
-        XCTAssertTrue(python.waitForPort(pythonPort), python.log)
         let harness = try await GatewayHarness.start { _ in
             """
             listeners:
