@@ -129,9 +129,13 @@ package final class HealthChecker: Sendable {
                                                  "Content-Length": "\(body.readableBytes)"]), body)
         }
         let expected: ProbeHandler.Expectation = settings.kind == .grpc ? .serving : .status(settings.expectedStatus)
-        // A grpc check speaks the group's HTTP/2 (the plan allows it on h2 and h2c groups
-        // only), through the same translator as the proxy's requests.
-        let http2 = settings.kind == .grpc && group.upstreamProtocol.isHTTP2 ? (tls == nil ? "http" : "https", backend.description) : nil
+        // An http or grpc check speaks the group's protocol, HTTP/2 through the same
+        // translator as the proxy's requests (HAProxy's `check-proto h2`), as the pool
+        // decides it: always on h2 and h2c, on auto when the backend agrees to h2.
+        let http2 = request != nil && group.upstreamProtocol.mayBeHTTP2
+            ? ProbeHandler.HTTP2Probe(upstreamProtocol: group.upstreamProtocol, needed: settings.kind == .grpc,
+                                      scheme: tls == nil ? "http" : "https", authority: backend.description)
+            : nil
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(settings.timeout)
             .channelInitializer { channel in
@@ -186,8 +190,16 @@ private final class ProbeHandler: ChannelInboundHandler {
     private let done: EventLoopPromise<Void>
     /// The longest wait for a TLS 1.3 upstream's verdict on our client certificate.
     private let verdictWait: TimeAmount
-    /// HTTP/2 to the backend (the `:scheme` and `:authority` of the translator), if so.
-    private let http2: (scheme: String, authority: String)?
+    /// How a group that may speak HTTP/2 carries the check's request.
+    struct HTTP2Probe {
+        var upstreamProtocol: UpstreamProtocol
+        /// A gRPC check fails on a connection that speaks HTTP/1.1.
+        var needed: Bool
+        /// The translator's `:scheme` and `:authority`.
+        var scheme: String
+        var authority: String
+    }
+    private let http2: HTTP2Probe?
     /// A grpc check's answer so far.
     private var status = 0
     private var grpcStatus: String?
@@ -195,7 +207,7 @@ private final class ProbeHandler: ChannelInboundHandler {
     private var body = ByteBuffer()
 
     init(request: (head: HTTPRequestHead, body: ByteBuffer?)?, needsHandshake: Bool, expected: Expectation, timeout: TimeAmount,
-         http2: (scheme: String, authority: String)?, done: EventLoopPromise<Void>) {
+         http2: HTTP2Probe?, done: EventLoopPromise<Void>) {
         self.verdictWait = min(.seconds(1), .nanoseconds(timeout.nanoseconds / 2))
         self.request = request
         self.needsHandshake = needsHandshake
@@ -205,25 +217,37 @@ private final class ProbeHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        if !self.needsHandshake { self.connected(context: context) }
+        if !self.needsHandshake { self.connected(context: context, http2: self.http2) }
         context.fireChannelActive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = event {
+            guard let http2 = self.http2 else {
+                self.connected(context: context, http2: nil)
+                context.fireUserInboundEventTriggered(event)
+                return
+            }
             // As the pool refuses it (`UpstreamHandler`): a check that passed where every
             // request fails would keep a useless backend up.
-            if self.http2 != nil, self.needsHandshake, negotiated != "h2" {
-                self.done.fail(ProbeError(reason: "the upstream did not agree to h2 by ALPN (\(negotiated.map { "chose \($0)" } ?? "chose none"))"))
+            let chose = negotiated.map { "chose \($0)" } ?? "chose none"
+            if let required = http2.upstreamProtocol.requiredALPN, negotiated != required {
+                self.done.fail(ProbeError(reason: "the upstream did not agree to \(required) by ALPN (\(chose))"))
                 context.close(promise: nil)
                 return
             }
-            self.connected(context: context)
+            let speaksHTTP2 = http2.upstreamProtocol.speaksHTTP2(negotiated: negotiated)
+            if http2.needed, !speaksHTTP2 {
+                self.done.fail(ProbeError(reason: "gRPC needs HTTP/2 and the upstream did not agree to h2 by ALPN (\(chose))"))
+                context.close(promise: nil)
+                return
+            }
+            self.connected(context: context, http2: speaksHTTP2 ? http2 : nil)
         }
         context.fireUserInboundEventTriggered(event)
     }
 
-    private func connected(context: ChannelHandlerContext) {
+    private func connected(context: ChannelHandlerContext, http2: HTTP2Probe?) {
         guard let request else {
             self.handshaken(context: context)
             return

@@ -78,12 +78,15 @@ extension ProxyHandler {
             group.requestBegan(on: chosen)
         }
         let index = exchange.backendIndex!
+        // A WebSocket handshake to an auto group gets a fresh connection that offers
+        // http/1.1 alone (an idle one may speak HTTP/2, which has no upgrade).
+        let http1Only = exchange.upgrade && group.upstreamProtocol == .auto
         // After a stale reused connection, the retry always gets a fresh one.
-        if !exchange.state.retriedStale, let idle = self.loop.pool.takeIdle(group: group, backend: index) {
+        if !exchange.state.retriedStale, !http1Only, let idle = self.loop.pool.takeIdle(group: group, backend: index) {
             self.attach(idle, to: exchange)  // the common keep-alive case: no future, no hop
             return
         }
-        self.loop.pool.open(group: group, backend: index).assumeIsolated().whenComplete { result in
+        self.loop.pool.open(group: group, backend: index, http1Only: http1Only).assumeIsolated().whenComplete { result in
             guard self.exchange === exchange, !self.state.isClosed else {
                 if case .success(let connection) = result {
                     group.connectSucceeded(index)

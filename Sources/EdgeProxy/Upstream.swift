@@ -186,6 +186,9 @@ package final class BackendState: Sendable {
     package let connectFailures = ManagedAtomic<Int>(0)
     package let idleConnections = ManagedAtomic<Int>(0)
     package let tlsResumed = ManagedAtomic<Int>(0)
+    /// Connections opened that speak HTTP/2 (all of an h2 or h2c group's; an auto
+    /// group's that the backend agreed to h2 by ALPN).
+    package let http2ConnectionsOpened = ManagedAtomic<Int>(0)
     /// Active health checks of the backend that passed and that failed (Envoy's
     /// `health_check.success` and `.failure`): what says the checks run at all.
     package let healthChecksPassed = ManagedAtomic<Int>(0)
@@ -222,8 +225,33 @@ package enum UpstreamProtocol: String, Sendable, CaseIterable {
     case h2
     /// HTTP/2 over plain TCP with prior knowledge (RFC 9113 §3.3): gRPC servers speak it.
     case h2c
+    /// Over TLS, whichever of h2 and http/1.1 each backend chooses by ALPN (Pingora's
+    /// `H2H1`): one backend of a group may speak HTTP/2 while another is upgraded to it.
+    case auto
 
-    package var isHTTP2: Bool { self != .http1 }
+    /// Whether a connection may carry HTTP/2 (whether a grpc check can pass).
+    package var mayBeHTTP2: Bool { self != .http1 }
+
+    /// The protocols the TLS handshake offers by ALPN (none for HTTP/1.1 and h2c).
+    package var alpnOffer: [String] {
+        switch self {
+        case .http1, .h2c: return []
+        case .h2: return ["h2"]
+        case .auto: return ["h2", "http/1.1"]
+        }
+    }
+
+    /// The protocol the handshake must agree on, when only one will do.
+    var requiredALPN: String? { self == .h2 ? "h2" : nil }
+
+    /// Whether a connection speaks HTTP/2, given what its handshake agreed by ALPN.
+    func speaksHTTP2(negotiated: String?) -> Bool {
+        switch self {
+        case .http1: return false
+        case .h2, .h2c: return true
+        case .auto: return negotiated == "h2"
+        }
+    }
 }
 
 /// A named list of backends with shared options, a balancing algorithm and health state.
@@ -258,7 +286,7 @@ package final class UpstreamGroup: Sendable {
                 maxConnectAttempts: Int = 3, healthCheck: HealthCheckSettings? = nil, tcpKeepalive: Bool = true,
                 maxResponseHeadBytes: Int = 64 * 1024, upstreamProtocol: UpstreamProtocol = .http1) {
         precondition(!backends.isEmpty, "an upstream group needs a backend")
-        precondition(upstreamProtocol != .h2 || tls != nil, "h2 needs TLS")
+        precondition(upstreamProtocol != .h2 && upstreamProtocol != .auto || tls != nil, "h2 and auto need TLS")
         precondition(upstreamProtocol != .h2c || tls == nil, "h2c is plain")
         self.upstreamProtocol = upstreamProtocol
         self.name = name

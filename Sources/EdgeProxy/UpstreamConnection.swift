@@ -199,6 +199,8 @@ final class UpstreamHandler: ChannelInboundHandler {
 
     /// The protocol the TLS handshake must agree by ALPN (`h2`), if any.
     private let requiredALPN: String?
+    /// What the TLS handshake agreed by ALPN (an `auto` group speaks HTTP/2 on `h2`).
+    private(set) var negotiatedALPN: String?
 
     init(ready: EventLoopPromise<Void>, needsHandshake: Bool, backend: String, maxHeadBytes: Int = 64 * 1024, requiredALPN: String? = nil,
          http2: Bool = false) {
@@ -256,6 +258,7 @@ final class UpstreamHandler: ChannelInboundHandler {
         }
         if let event = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = event {
             self.handshakeDone = true
+            self.negotiatedALPN = negotiated
             if let required = self.requiredALPN, negotiated != required {
                 // Counted as a failed handshake: the backend cannot serve this group.
                 let chose = negotiated.map { "chose \($0)" } ?? "chose none"

@@ -58,9 +58,11 @@ package final class UpstreamPool {
         return slot
     }
 
-    /// A new connection to backend `index`, ready once TCP (and TLS) are up.
-    func open(group: UpstreamGroup, backend index: Int) -> EventLoopFuture<UpstreamConnection> {
-        self.connect(group: group, backend: index, key: self.key(group: group, backend: index))
+    /// A new connection to backend `index`, ready once TCP (and TLS) are up. With
+    /// `http1Only`, an `auto` group's handshake offers http/1.1 alone: a WebSocket
+    /// handshake needs HTTP/1.1's upgrade, which HTTP/2 cannot carry.
+    func open(group: UpstreamGroup, backend index: Int, http1Only: Bool = false) -> EventLoopFuture<UpstreamConnection> {
+        self.connect(group: group, backend: index, key: self.key(group: group, backend: index), http1Only: http1Only)
     }
 
     /// The most recently used idle connection to backend `index`, if one is alive.
@@ -136,13 +138,14 @@ package final class UpstreamPool {
         }
     }
 
-    private func connect(group: UpstreamGroup, backend index: Int, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
+    private func connect(group: UpstreamGroup, backend index: Int, key: PoolKey, http1Only: Bool) -> EventLoopFuture<UpstreamConnection> {
         let backend = group.backends[index]
         let ready = self.eventLoop.makePromise(of: Void.self)
         let result = self.eventLoop.makePromise(of: UpstreamConnection.self)
         let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description,
-                                      maxHeadBytes: group.maxResponseHeadBytes, requiredALPN: group.upstreamProtocol == .h2 ? "h2" : nil,
-                                      http2: group.upstreamProtocol.isHTTP2)
+                                      maxHeadBytes: group.maxResponseHeadBytes, requiredALPN: group.upstreamProtocol.requiredALPN,
+                                      http2: group.upstreamProtocol.mayBeHTTP2)
+        let alpn = http1Only && group.upstreamProtocol == .auto ? ["http/1.1"] : nil
         // The initializer runs on this pool's loop, the only place the handler is touched.
         let boundHandler = NIOLoopBound(handler, eventLoop: self.eventLoop)
         let tls = group.tls
@@ -155,7 +158,7 @@ package final class UpstreamPool {
                 configuration.holdsFirstRead = true
                 tlsHandler = NIOLoopBound(try OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName(for: backend),
                                                              verifyHostnames: tls.verifyNames(for: backend), allowCommonName: tls.allowCommonName,
-                                                             sessionSlot: slot, configuration: configuration), eventLoop: self.eventLoop)
+                                                             sessionSlot: slot, alpn: alpn, configuration: configuration), eventLoop: self.eventLoop)
             } else {
                 tlsHandler = nil
             }
@@ -207,7 +210,9 @@ package final class UpstreamPool {
                     case .success:
                         let http2: HTTP2UpstreamHandler?
                         do {
-                            http2 = try Self.addHTTP2(to: channel, group: group, backend: backend, before: handler)
+                            let speaksHTTP2 = group.upstreamProtocol.speaksHTTP2(negotiated: handler.negotiatedALPN)
+                            if speaksHTTP2 { group.states[index].http2ConnectionsOpened.wrappingIncrement(ordering: .relaxed) }
+                            http2 = speaksHTTP2 ? try Self.addHTTP2(to: channel, group: group, backend: backend, before: handler) : nil
                         } catch {
                             channel.close(promise: nil)
                             result.fail(UpstreamError(kind: .protocolError, backend: backendName, reason: "cannot start HTTP/2: \(error)"))
@@ -230,11 +235,10 @@ package final class UpstreamPool {
         return result.futureResult
     }
 
-    /// An h2 or h2c group's connection speaks HTTP/2 from here on (after the TLS
-    /// handshake agreed on it): NIO's connection handler sends the preface and SETTINGS,
+    /// An h2 or h2c group's connection, or an auto group's that agreed on h2, speaks
+    /// HTTP/2 from here on (after the TLS handshake): NIO's connection handler sends the preface and SETTINGS,
     /// and the translator turns the proxy's HTTP/1.1 bytes into frames and back.
-    private static func addHTTP2(to channel: Channel, group: UpstreamGroup, backend: Backend, before handler: UpstreamHandler) throws -> HTTP2UpstreamHandler? {
-        guard group.upstreamProtocol.isHTTP2 else { return nil }
+    private static func addHTTP2(to channel: Channel, group: UpstreamGroup, backend: Backend, before handler: UpstreamHandler) throws -> HTTP2UpstreamHandler {
         let settings: HTTP2Settings = [
             HTTP2Setting(parameter: .enablePush, value: 0),
             HTTP2Setting(parameter: .maxHeaderListSize, value: group.maxResponseHeadBytes),

@@ -95,18 +95,20 @@ package final class OpenSSLHandler: ChannelDuplexHandler, RemovableChannelHandle
     /// A client-side handler: sends `serverName` as SNI and accepts a certificate
     /// for any of `verifyHostnames` (when the context verifies), each checked on its own
     /// against the subject alternative names (and the CN of a certificate without any,
-    /// with `allowCommonName`).
+    /// with `allowCommonName`). `alpn` replaces the context's ALPN offer for this
+    /// connection only.
     package init(
         clientContext context: TLSContext,
         serverName: String?,
         verifyHostnames: [String],
         allowCommonName: Bool = false,
         sessionSlot: TLSSessionSlot? = nil,
+        alpn: [String]? = nil,
         configuration: TLSHandlerConfiguration = .init()
     ) throws {
         precondition(!context.isServer, "clientContext must be a client context")
         self.connection = try TLSConnection(context: context, serverName: serverName, verifyHostnames: verifyHostnames,
-                                            allowCommonName: allowCommonName, sessionSlot: sessionSlot)
+                                            allowCommonName: allowCommonName, sessionSlot: sessionSlot, alpn: alpn)
         self.configuration = configuration
         self.firstRead = ReceiveBufferPin(enabled: configuration.holdsFirstRead)
     }

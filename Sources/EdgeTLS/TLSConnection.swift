@@ -47,10 +47,19 @@ final class TLSConnection {
     /// the peer's certificate must hold one (each checked on its own, see `PeerNameCheck`);
     /// `allowCommonName` lets a certificate without subject alternative names match by its CN.
     init(context: TLSContext, serverName: String? = nil, verifyHostnames: [String] = [], allowCommonName: Bool = false,
-         sessionSlot: TLSSessionSlot? = nil) throws {
+         sessionSlot: TLSSessionSlot? = nil, alpn: [String]? = nil) throws {
         ERR_clear_error()
         guard let ssl = SSL_new(context.pointer) else {
             throw TLSError.configuration("SSL_new failed: \(openSSLErrorQueueDescription())")
+        }
+        if let alpn, !context.isServer {
+            // Before `self.ssl` is set, so that failing frees the SSL once, here. OpenSSL
+            // copies the list; 0 is success, unlike most of its calls.
+            let wire = ALPNWireFormat.encode(alpn)
+            guard SSL_set_alpn_protos(ssl, wire, UInt32(wire.count)) == 0 else {
+                SSL_free(ssl)
+                throw TLSError.configuration("SSL_set_alpn_protos failed: \(openSSLErrorQueueDescription())")
+            }
         }
         guard let bio = BIO_new(ByteBufferBIO.method) else {
             SSL_free(ssl)

@@ -211,14 +211,16 @@ final class ConfigTests: XCTestCase {
         }
     }
 
-    /// `protocol` must fit the group's transport: h2 is HTTP/2 over the group's TLS, h2c
-    /// plain; an http health check (HTTP/1.1) does not fit an HTTP/2 backend. Each
-    /// problem names the key; HAProxy's and the HTTP/1.1 spellings are taken.
+    /// `protocol` must fit the group's transport: h2 and auto (ALPN) are over the group's
+    /// TLS, h2c plain; a grpc check needs a group that may speak HTTP/2 (an http check
+    /// speaks the group's protocol). Each problem names the key; HAProxy's and the
+    /// HTTP/1.1 spellings are taken.
     func testAnUpstreamProtocolMustFitItsTransport() throws {
         let yaml = config(cert: Self.leaf.fullchain, key: Self.leaf.key).replacingOccurrences(of: "  app: { backends: [\"127.0.0.1:9\"] }", with: """
               app: { backends: ["127.0.0.1:9"], protocol: h2 }
               tlsplain: { backends: ["127.0.0.1:9"], protocol: h2c, tls: { ca_file: \(Self.pki.caPath) } }
               probe: { backends: ["127.0.0.1:9"], protocol: h2c, health_check: { kind: http } }
+              either: { backends: ["127.0.0.1:9"], protocol: auto }
               three: { backends: ["127.0.0.1:9"], protocol: http3 }
               grpcplain: { backends: ["127.0.0.1:9"], health_check: { kind: grpc } }
               svc: { backends: ["127.0.0.1:9"], health_check: { kind: http, service: x } }
@@ -227,13 +229,14 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(result.status, 1)
         for expected in ["upstreams.app.protocol: h2 is HTTP/2 over TLS and needs the group's tls settings; use h2c for plain HTTP/2",
                          "upstreams.tlsplain.protocol: h2c is HTTP/2 without TLS; use h2 with the group's tls settings",
-                         "upstreams.probe.health_check.kind: an http check speaks HTTP/1.1, which an HTTP/2 (h2c) backend may not; use grpc, tcp or tls",
-                         "upstreams.three.protocol: 'http3' is not one of http1, h2, h2c",
-                         "upstreams.grpcplain.health_check.kind: a grpc check speaks HTTP/2: set the group's protocol to h2 or h2c",
+                         "upstreams.either.protocol: auto chooses between h2 and http/1.1 by ALPN, which needs the group's tls settings; use h2c for plain HTTP/2",
+                         "upstreams.three.protocol: 'http3' is not one of http1, h2, h2c, auto",
+                         "upstreams.grpcplain.health_check.kind: a grpc check speaks HTTP/2: set the group's protocol to h2, h2c or auto",
                          "upstreams.svc.health_check.service: only used with kind: grpc"] {
             XCTAssertTrue(result.stderr.contains(expected), "missing '\(expected)' in:\n\(result.stderr)")
         }
-        for (word, expected) in [("http2", UpstreamProtocol.h2), ("http/1.1", .http1), ("h2c", .h2c)] {
+        XCTAssertFalse(result.stderr.contains("upstreams.probe"), result.stderr)
+        for (word, expected) in [("http2", UpstreamProtocol.h2), ("http/1.1", .http1), ("h2c", .h2c), ("auto", .auto)] {
             let config = try GatewayConfig.parse(yaml: "listeners: []\nupstreams: { app: { backends: [\"127.0.0.1:1\"], protocol: \"\(word)\" } }\nroutes: []\n")
             XCTAssertEqual(config.upstreams["app"]?.upstreamProtocol, expected, word)
         }

@@ -245,4 +245,83 @@ final class UpstreamHTTP2Tests: XCTestCase {
         XCTAssertTrue(status.contains("the upstream did not agree to h2 by ALPN (chose none)"), status)
         await harness.shutdown()
     }
+
+    /// `protocol: auto` offers h2 and http/1.1 by ALPN and speaks what each backend
+    /// chose: HTTP/2 to nginx's `http2` listener, HTTP/1.1 to its other one. An http
+    /// health check speaks the same (on an h2 group too, which the plan used to refuse).
+    /// A WebSocket handshake gets a connection that offers http/1.1 alone, so it reaches
+    /// the echo server behind the h2 listener (over HTTP/2 it had no way: 502).
+    func testAutoSpeaksWhatEachBackendChoseByALPN() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let dir = TemporaryDirectory()
+        let (h2Port, h1Port, wsPort) = (freePort(), freePort(), freePort())
+        let ws = try self.python("ws_echo.py", ["server", "\(wsPort)"], port: wsPort, log: dir.file("ws.log"))
+        defer { ws.stop(signal: SIGKILL) }
+        let log = dir.file("seen.log")
+        let nginx = try NginxUpstream(directory: dir, port: h2Port, servers: """
+            log_format seen '$server_port $server_protocol $http_user_agent';
+            server {
+              listen 127.0.0.1:\(h2Port) ssl http2;
+              listen 127.0.0.1:\(h1Port) ssl;
+              ssl_certificate \(leaf.fullchain);
+              ssl_certificate_key \(leaf.key);
+              access_log \(log) seen;
+              location /ws {
+                proxy_pass http://127.0.0.1:\(wsPort);
+                proxy_http_version 1.1;
+                proxy_set_header Upgrade $http_upgrade;
+                proxy_set_header Connection upgrade;
+              }
+              location / { return 200 "$server_protocol $request_method\\n"; }
+            }
+            """)
+        defer { nginx.stop() }
+        let check = "health_check: { kind: http, path: /check, interval: 100ms, timeout: 2s }"
+        let harness = try await GatewayHarness.start { _ in
+            """
+            listeners:
+              - { name: http, address: "127.0.0.1:0" }
+            upstreams:
+              either: { backends: ["localhost:\(h2Port)"], protocol: auto, tls: { ca_file: \(pki.caPath) }, \(check) }
+              older: { backends: ["localhost:\(h1Port)"], protocol: auto, tls: { ca_file: \(pki.caPath) }, \(check) }
+              strict: { backends: ["localhost:\(h2Port)"], protocol: h2, tls: { ca_file: \(pki.caPath) }, \(check) }
+            routes:
+              - { path_prefix: /old, upstream: older }
+              - { path_prefix: /strict, upstream: strict }
+              - { upstream: either }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let base = "http://127.0.0.1:\(harness.port("http"))"
+        for (path, expected) in [("/hello", "HTTP/2.0 GET\n"), ("/old/hello", "HTTP/1.1 GET\n"), ("/strict/hello", "HTTP/2.0 GET\n")] {
+            let run = try Shell.run(["curl", "-sS", "--max-time", "30", base + path], timeout: 60)
+            XCTAssertEqual(run.stdout, expected, path + ": " + run.stderr)
+        }
+        let echo = try Shell.run(["/usr/bin/python3", repositoryRoot() + "/Tests/tools/ws_echo.py", "client", "127.0.0.1", "\(harness.port("http"))",
+                                  "/ws", "--sizes", "5,70000"], timeout: 60)
+        XCTAssertTrue(echo.stdout.contains("\"status\": \"HTTP/1.1 101 Switching Protocols\""), echo.stdout + echo.stderr)
+        XCTAssertTrue(echo.stdout.contains("\"echoed\": [true, true]"), echo.stdout + echo.stderr)
+        // Each group's checks, as nginx saw them: over HTTP/2 where the backend agreed.
+        let checked = eventually(timeout: 20) {
+            let seen = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            return seen.contains("\(h2Port) HTTP/2.0 edge-gateway-health-check") && seen.contains("\(h1Port) HTTP/1.1 edge-gateway-health-check")
+        }
+        XCTAssertTrue(checked, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status/upstreams"]).stdout
+        XCTAssertTrue(status.contains("\"name\":\"either\",\"balance\":\"round_robin\",\"protocol\":\"auto\""), status)
+        XCTAssertFalse(status.contains("\"health\":\"down\""), status)
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
+        let groups = try XCTUnwrap(json["upstreams"] as? [[String: Any]])
+        func opened(_ name: String) -> (Int?, Int?) {
+            let backend = (groups.first { $0["name"] as? String == name }?["backends"] as? [[String: Any]])?.first
+            return (backend?["connections_opened"] as? Int, backend?["http2_connections_opened"] as? Int)
+        }
+        // The WebSocket's connection spoke HTTP/1.1: one of either's two, not HTTP/2.
+        XCTAssertEqual(opened("either").0, 2, status)
+        XCTAssertEqual(opened("either").1, 1, status)
+        XCTAssertEqual(opened("older").1, 0, status)
+        XCTAssertEqual(opened("strict").1, 1, status)
+        await harness.shutdown()
+    }
 }

@@ -29,19 +29,18 @@ extension PlanBuilder {
                 problems.append("\(path).protocol: h2 is HTTP/2 over TLS and needs the group's tls settings; use h2c for plain HTTP/2")
             case .h2c where upstream.tls != nil:
                 problems.append("\(path).protocol: h2c is HTTP/2 without TLS; use h2 with the group's tls settings")
+            case .auto where upstream.tls == nil:
+                problems.append("\(path).protocol: auto chooses between h2 and http/1.1 by ALPN, which needs the group's tls settings; use h2c for plain HTTP/2")
             default:
                 break
             }
-            if upstream.upstreamProtocol.isHTTP2, let check = upstream.healthCheck, check.kind == "http" || check.kind == "https" {
-                problems.append("\(path).health_check.kind: an http check speaks HTTP/1.1, which an HTTP/2 (\(upstream.upstreamProtocol.rawValue)) backend may not; use grpc, tcp or tls")
-            }
-            if !upstream.upstreamProtocol.isHTTP2, let check = upstream.healthCheck, check.kind == "grpc" {
-                problems.append("\(path).health_check.kind: a grpc check speaks HTTP/2: set the group's protocol to h2 or h2c")
+            if !upstream.upstreamProtocol.mayBeHTTP2, let check = upstream.healthCheck, check.kind == "grpc" {
+                problems.append("\(path).health_check.kind: a grpc check speaks HTTP/2: set the group's protocol to h2, h2c or auto")
             }
             if let t = upstream.tls {
                 do {
                     let made = try Self.makeUpstreamTLS(t, upstream: name, backends: backends, path: path + ".tls", expiry: config.expiry.policy,
-                                                         alpn: upstream.upstreamProtocol == .h2 ? ["h2"] : [],
+                                                         alpn: upstream.upstreamProtocol.alpnOffer,
                                                          resolve: resolve, logger: logger)
                     tls = made.tls
                     if let failure = made.checkFailure { checkFailures.append(failure) }
@@ -95,7 +94,12 @@ extension PlanBuilder {
             var passive = PassiveHealth()
             passive.maxFails = max(0, upstream.passiveHealth.maxFails)
             passive.failTimeout = upstream.passiveHealth.failTimeout.timeAmount
-            let protocolFits = upstream.upstreamProtocol == .h2 ? tls != nil : upstream.upstreamProtocol == .h2c ? upstream.tls == nil : true
+            let protocolFits: Bool
+            switch upstream.upstreamProtocol {
+            case .http1: protocolFits = true
+            case .h2, .auto: protocolFits = tls != nil
+            case .h2c: protocolFits = upstream.tls == nil
+            }
             if (upstream.tls == nil || tls != nil) && protocolFits {
                 groups[name] = UpstreamGroup(name: name, backends: backends, tls: tls, timeouts: timeouts,
                                              hostHeader: upstream.hostHeader, maxIdlePerBackend: upstream.pool.maxIdlePerBackend,
