@@ -7,12 +7,11 @@ import NIOHTTP2
 /// The first byte chooses the direction. Odd: the rest is what the proxy writes to an h2
 /// upstream (HTTP/1.1 request bytes), split in two writes at the second byte; the frames
 /// it makes must carry a header block HTTP/2 allows (lower-case token names, no CR, LF
-/// or NUL in a value, pseudo-headers first), on odd stream IDs. Even: the rest is a
-/// response header block (fields separated by 0xFF, name and value by 0xFE; bit 1 of
-/// the first byte is END_STREAM), then, after a 0xFD, a DATA frame's bytes; the HTTP/1.1
-/// bytes made of them must be one head that ends exactly at its end, with the same
-/// status when the upstream handler's parser takes it, and a chunked body that reads
-/// back as the DATA frame's bytes.
+/// or NUL in a value, pseudo-headers first), on the stream ID the connection gave, asked
+/// for once. Even: the rest is a response header block (fields separated by 0xFF, name
+/// and value by 0xFE; bit 1 of the first byte is END_STREAM), then, after a 0xFD, a DATA
+/// frame's bytes; the head made of them must say the frame's status, and a body of
+/// unknown length must reach the proxy as the DATA frame's bytes, then end.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzHTTP2Upstream(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
@@ -29,14 +28,20 @@ func checkRequest(_ input: [UInt8]) {
     var translation = HTTP2UpstreamTranslation(scheme: "https", defaultAuthority: "backend:443")
     let split = min(input.first.map(Int.init) ?? 0, input.count)
     var frames: [HTTP2Frame] = []
+    var asked = 0
+    let newStream = { () -> HTTP2StreamID in
+        asked += 1
+        return 5
+    }
     do {
-        frames += try translation.requestFrames(ByteBuffer(bytes: input[..<split]))
-        frames += try translation.requestFrames(ByteBuffer(bytes: input[split...]))
+        frames += try translation.requestFrames(ByteBuffer(bytes: input[..<split]), newStream: newStream)
+        frames += try translation.requestFrames(ByteBuffer(bytes: input[split...]), newStream: newStream)
     } catch {
         return
     }
+    precondition(asked <= 1, "asked for \(asked) stream IDs")
     for frame in frames {
-        precondition(Int(frame.streamID) % 2 == 1, "stream \(frame.streamID)")
+        precondition(frame.streamID == 5, "stream \(frame.streamID)")
         guard case .headers(let headers) = frame.payload else { continue }
         var regular = false
         for (name, value, _) in headers.headers {
@@ -60,36 +65,30 @@ func checkResponse(_ input: [UInt8], endStream: Bool) {
         headers.add(name: name, value: pieces.count > 1 ? String(decoding: pieces[1], as: UTF8.self) : "")
     }
     var translation = HTTP2UpstreamTranslation(scheme: "http", defaultAuthority: "backend:80")
-    guard (try? translation.requestFrames(ByteBuffer(string: "GET / HTTP/1.1\r\nhost: a\r\n\r\n"))) != nil, let stream = translation.streamID else {
+    guard (try? translation.requestFrames(ByteBuffer(string: "GET / HTTP/1.1\r\nhost: a\r\n\r\n"), newStream: { 1 })) != nil,
+          translation.streamID == 1 else {
         preconditionFailure("a plain GET must start a stream")
     }
     let step: HTTP2UpstreamTranslation.ResponseStep
     do {
-        step = try translation.responseStep(HTTP2Frame(streamID: stream, payload: .headers(.init(headers: headers, endStream: endStream))))
+        step = try translation.responseStep(.headers(.init(headers: headers, endStream: endStream)))
     } catch {
         return
     }
-    guard var out = step.bytes else { return }  // an interim response
-    let head = Array(out.readableBytesView)
-    precondition(HTTP1Parser.headEnd(in: out, from: 0) == head.count, "the head ends before its end: \(show(head))")
-    // A control byte in a value is the parser's to refuse (a 502, as from an HTTP/1.1
-    // upstream); what it takes must say what the frame said.
-    guard let parsed = try? HTTP1Parser.parseResponse(head) else { return }
+    guard case .head(let parsed) = step.part else {
+        precondition(step.part == nil && !step.ended, "an interim response gives nothing")
+        return
+    }
     precondition(String(parsed.status) == headers.first(name: ":status"), "status \(parsed.status)")
+    precondition(HTTP1Parser.headEnd(in: ByteBuffer(bytes: parsed.bytes), from: 0) == parsed.bytes.count, "the head ends before its end: \(show(parsed.bytes))")
     guard parts.count > 1, !step.ended, parsed.chunked else { return }
-    // A body of unknown length is chunked for the upstream handler, which reads the
-    // same bytes back, and nothing after them.
-    guard let next = try? translation.responseStep(HTTP2Frame(streamID: stream, payload: .data(.init(data: .byteBuffer(ByteBuffer(bytes: parts[1])), endStream: true)))) else {
+    // A body of unknown length reaches the proxy as the DATA frame's bytes, then ends.
+    guard let next = try? translation.responseStep(.data(.init(data: .byteBuffer(ByteBuffer(bytes: parts[1])), endStream: true))) else {
         preconditionFailure("DATA after a head refused")
     }
-    out = next.bytes ?? ByteBuffer()
-    var framer = BodyFramer.chunked
     var read: [UInt8] = []
-    while let piece = try? framer.next(from: &out) {
-        guard case .data(let data) = piece else { break }
-        read += data.readableBytesView
-    }
-    precondition(read == Array(parts[1]) && framer.isDone && out.readableBytes == 0, "body \(show(read)) for \(show(Array(parts[1])))")
+    if case .body(let data) = next.part { read = Array(data.readableBytesView) }
+    precondition(read == Array(parts[1]) && next.ended && translation.responseEnded, "body \(show(read)) for \(show(Array(parts[1])))")
 }
 
 func show(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self).debugDescription }

@@ -105,7 +105,8 @@ func upstreamJSON(_ group: UpstreamGroup) -> String {
         let health = state.isEjected ? "ejected" : (state.isHealthyByCheck ? "up" : "down")
         return "{\"address\":\(jsonString(backend.description)),\"weight\":\(backend.weight),\"health\":\(jsonString(health)),"
             + "\"active_requests\":\(state.active.load(ordering: .relaxed)),\"idle_connections\":\(state.idleConnections.load(ordering: .relaxed)),"
-            + "\"requests\":\(requests),\"connections_opened\":\(opened),\"http2_connections_opened\":\(state.http2ConnectionsOpened.load(ordering: .relaxed)),\"reuse_ratio\":\((reuse * 10000).rounded() / 10000),"
+            + "\"requests\":\(requests),\"connections_opened\":\(opened),\"http2_connections_opened\":\(state.http2ConnectionsOpened.load(ordering: .relaxed)),"
+            + "\"streams_in_flight\":\(state.streamsInFlight.load(ordering: .relaxed)),\"reuse_ratio\":\((reuse * 10000).rounded() / 10000),"
             + "\"connect_failures\":\(state.connectFailures.load(ordering: .relaxed)),\"tls_resumed\":\(state.tlsResumed.load(ordering: .relaxed)),"
             + "\"tls_handshake_failures\":\(tlsFailuresJSON(state)),"
             + "\"last_error\":\(state.lastErrorDescription.map(jsonString) ?? "null")}"

@@ -220,8 +220,20 @@ package struct UpstreamTimeoutsConfig: Decodable, Sendable {
 
 package struct PoolConfig: Decodable, Sendable {
     package var maxIdlePerBackend = 128
+    /// HTTP/2: streams in flight on one connection at most (the upstream's own
+    /// SETTINGS_MAX_CONCURRENT_STREAMS when lower).
+    package var maxStreamsPerConnection = 100
+    /// HTTP/2: connections per backend (and event loop) at most; 0 is no limit.
+    package var maxConnectionsPerBackend = 0
+    /// Requests one connection serves at most (0: no limit).
+    package var maxRequestsPerConnection = 0
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case maxIdlePerBackend = "max_idle_per_backend" }
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case maxIdlePerBackend = "max_idle_per_backend"
+        case maxStreamsPerConnection = "max_streams_per_connection"
+        case maxConnectionsPerBackend = "max_connections_per_backend"
+        case maxRequestsPerConnection = "max_requests_per_connection"
+    }
 
     init() {}
 
@@ -229,6 +241,9 @@ package struct PoolConfig: Decodable, Sendable {
         try decoder.rejectUnknownKeys(CodingKeys.self)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.maxIdlePerBackend = try c.decodeRecorded(Int.self, forKey: .maxIdlePerBackend) ?? self.maxIdlePerBackend
+        self.maxStreamsPerConnection = try c.decodeRecorded(Int.self, forKey: .maxStreamsPerConnection) ?? self.maxStreamsPerConnection
+        self.maxConnectionsPerBackend = try c.decodeRecorded(Int.self, forKey: .maxConnectionsPerBackend) ?? self.maxConnectionsPerBackend
+        self.maxRequestsPerConnection = try c.decodeRecorded(Int.self, forKey: .maxRequestsPerConnection) ?? self.maxRequestsPerConnection
     }
 }
 

@@ -178,6 +178,8 @@ final class GatewayMetrics: Sendable {
                     .set(to: Double(state.active.load(ordering: .relaxed)))
                 self.gauge("edge_upstream_idle_connections", labels, help: "Idle keep-alive connections pooled for the backend.")
                     .set(to: Double(state.idleConnections.load(ordering: .relaxed)))
+                self.gauge("edge_upstream_streams_in_flight", labels, help: "Streams in flight on the backend's HTTP/2 connections.")
+                    .set(to: Double(state.streamsInFlight.load(ordering: .relaxed)))
                 self.followed.withLockedValue { followed in
                     if followed[ObjectIdentifier(state)] == nil {
                         followed[ObjectIdentifier(state)] = FollowedBackend(state: state, labels: labels, tls: group.tls != nil,

@@ -55,6 +55,8 @@ struct ExchangeState: Equatable {
     private(set) var requestEnded: Bool
     /// This request already went to a fresh connection after a reused one broke: once only.
     private(set) var retriedStale = false
+    /// Times the request was not processed and went again to the same backend.
+    private(set) var unprocessedRetries = 0
 
     init(requestEnded: Bool) {
         self.requestEnded = requestEnded
@@ -152,10 +154,12 @@ struct ExchangeState: Equatable {
             var attempt = attempt
             attempt.requestEnded = self.requestEnded
             attempt.retriedStale = self.retriedStale
+            attempt.unprocessedRetries = self.unprocessedRetries
             let decision = attempt.decision
             switch decision {
             case .freshConnection:
                 self.retriedStale = true
+                if attempt.failure == .notProcessed { self.unprocessedRetries += 1 }
                 self.phase = .connecting
             case .anotherBackend:
                 self.phase = .connecting

@@ -2,20 +2,18 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 
-/// An h2 or h2c upstream connection's translation between the proxy's HTTP/1.1 bytes
-/// and HTTP/2 frames: the request the proxy writes (head, framed body, trailers) becomes
-/// HEADERS, DATA and a trailer HEADERS frame on a new stream, and the stream's response
-/// frames become HTTP/1.1 response bytes for `UpstreamHandler`'s parser. Pure: frames
-/// and bytes in, frames and bytes out; `HTTP2UpstreamHandler` does the I/O.
+/// One stream of an HTTP/2 upstream connection: the request the proxy writes as
+/// HTTP/1.1 bytes (head, framed body, trailers) becomes HEADERS, DATA and a trailer
+/// HEADERS frame, and the stream's response frames become the parts the proxy takes from
+/// any upstream (`UpstreamResponsePart`): a parsed head, body pieces as they came, the end
+/// with its trailers. Pure: bytes and frames in, frames and parts out;
+/// `HTTP2UpstreamSession` does the I/O for every stream of a connection.
 ///
-/// Why bytes, and not a second proxy engine: every rule of the proxy (head rewriting,
-/// forwarding headers, response head limits, trailer checks, retries, timeouts) is
-/// written once against HTTP/1.1 bytes, as the downstream `HTTP2StreamBridge` does it for
-/// clients. The price is one more pass over each head; the frame-level engine that #32
-/// plans removes it for both sides at once.
-///
-/// One exchange at a time: the next request starts a new stream once the previous
-/// response ended, as on an HTTP/1.1 keep-alive connection. Stream IDs grow by two.
+/// Why HTTP/1.1 bytes on the request side, and not a second proxy engine: every rule of
+/// the proxy (head rewriting, forwarding headers, retries, timeouts) is written once
+/// against them, as the downstream `HTTP2StreamBridge` does it for clients. The response
+/// needs no second pass: its head is written once as HTTP/1.1 for the proxy's parser (so
+/// the same checks hold), and its body goes through as the DATA frames' bytes.
 struct HTTP2UpstreamTranslation {
     /// A message that cannot be carried or that the upstream sent malformed.
     struct Malformed: Error, CustomStringConvertible {
@@ -23,74 +21,73 @@ struct HTTP2UpstreamTranslation {
         var description: String { self.reason }
     }
 
-    /// The connection has started its last stream: the request goes elsewhere, unsent.
-    struct StreamIDsUsedUp: Error, CustomStringConvertible {
-        var description: String { "the connection has used its stream IDs" }
-    }
-
-    /// How the response body is framed for the HTTP/1.1 parser.
+    /// How much response body is still to come.
     enum ResponseBody: Equatable {
-        /// No body bytes at all (HEAD, 204, 304, or the stream ended with its HEADERS).
+        /// No body bytes at all (HEAD, 204, 304).
         case none
-        /// Raw bytes: the upstream sent a content-length; this many are still to come.
+        /// The upstream sent a content-length; this many bytes are still to come.
         case length(Int)
-        /// Chunked: the length is unknown, and trailers can follow.
-        case chunked
+        /// No length: the body ends with the stream (and may have trailers).
+        case untilEnd
     }
 
     private enum Request {
         /// Waiting for the head's end; `scanned` bytes were searched already.
         case head(scanned: Int)
         case body(BodyFramer)
+        /// END_STREAM sent: bytes written after it go nowhere.
+        case sent
     }
 
     private enum Response: Equatable {
-        case idle
         case head
         case body(ResponseBody)
+        case ended
     }
 
-    /// What a response frame gives the HTTP/1.1 parser.
+    /// What a response frame gives the proxy.
     struct ResponseStep {
-        /// HTTP/1.1 bytes to pass on (head, body, the chunked body's end).
-        var bytes: ByteBuffer?
+        var part: UpstreamResponsePart?
         /// Flow-controlled bytes the frame took from the windows, to give back.
         var consumed = 0
-        /// The response ended with this frame: the connection may take the next request.
+        /// The response ended with this frame (its END_STREAM): after a part other than
+        /// `.end`, an `.end` without trailers follows it.
         var ended = false
     }
 
     let scheme: String
     /// `:authority` when the request has no Host field.
     let defaultAuthority: String
+    /// The group's `max_response_head_bytes`, counted on the head as HTTP/1.1.
+    let maxHeadBytes: Int
     private var request = Request.head(scanned: 0)
-    private var response = Response.idle
+    private var response = Response.head
     private var pending = ByteBuffer()
     private var requestIsHead = false
-    /// The stream of the exchange in progress, from its request head to its response's end.
+    /// The stream's ID, taken when the request's head was complete.
     private(set) var streamID: HTTP2StreamID?
-    /// The stream the next request starts.
-    private(set) var nextStreamID = HTTP2StreamID(1)
 
-    init(scheme: String, defaultAuthority: String, firstStreamID: HTTP2StreamID = 1) {
+    init(scheme: String, defaultAuthority: String, maxHeadBytes: Int = 64 * 1024) {
         self.scheme = scheme
         self.defaultAuthority = defaultAuthority
-        self.nextStreamID = firstStreamID
+        self.maxHeadBytes = maxHeadBytes
     }
 
-    /// Whether an exchange is in progress (its request begun, its response not ended).
-    var inExchange: Bool { self.streamID != nil }
-
-    /// Whether a request's body is still being written (its END_STREAM not yet sent).
-    var requestInProgress: Bool {
-        if case .body = self.request { return true }
+    /// Whether the request's END_STREAM was sent.
+    var requestEnded: Bool {
+        if case .sent = self.request { return true }
         return false
     }
+
+    /// Whether the response's END_STREAM came.
+    var responseEnded: Bool { self.response == .ended }
 
     // MARK: request: HTTP/1.1 bytes to frames
 
     /// The frames that request bytes make (possibly none yet: a head not complete).
-    mutating func requestFrames(_ bytes: ByteBuffer) throws -> [HTTP2Frame] {
+    /// `newStream` gives the stream its ID when the head is complete: the connection
+    /// hands them out in the order the HEADERS frames go out, as HTTP/2 requires.
+    mutating func requestFrames(_ bytes: ByteBuffer, newStream: () throws -> HTTP2StreamID) throws -> [HTTP2Frame] {
         if self.pending.readableBytes == 0 {
             self.pending = bytes
         } else {
@@ -106,26 +103,17 @@ struct HTTP2UpstreamTranslation {
                     self.request = .head(scanned: max(0, self.pending.readableBytes - 3))
                     break loop
                 }
-                guard self.streamID == nil else { throw Malformed(reason: "a request before the previous response ended") }
                 var head = HTTPHead(bytes: [])
                 head.refill(reading: end, from: &self.pending)
                 try HTTP1Parser.parseRequest(&head)
                 let (headers, framer) = try self.requestHeaders(head)
-                let stream = self.nextStreamID
-                guard Int(stream) < Int(Int32.max) else { throw StreamIDsUsedUp() }
-                self.nextStreamID = HTTP2StreamID(Int(stream) + 2)
+                let stream = try newStream()
                 self.streamID = stream
                 self.requestIsHead = head.isHeadMethod
-                self.response = .head
                 frames.append(HTTP2Frame(streamID: stream, payload: .headers(.init(headers: headers, endStream: framer == nil))))
-                self.request = framer.map { .body($0) } ?? .head(scanned: 0)
+                self.request = framer.map { .body($0) } ?? .sent
             case .body(var framer):
-                guard let stream = self.streamID else {
-                    // The response ended before the request: the proxy abandons the
-                    // connection; what it wrote meanwhile goes nowhere.
-                    self.pending.moveReaderIndex(to: self.pending.writerIndex)
-                    break loop
-                }
+                let stream = self.streamID!
                 guard let piece = try framer.next(from: &self.pending) else {
                     self.request = .body(framer)  // a chunk line read: the framer moved on
                     break loop
@@ -138,10 +126,10 @@ struct HTTP2UpstreamTranslation {
                         _ = try framer.next(from: &self.pending)
                         last = true
                     }
-                    self.request = last ? .head(scanned: 0) : .body(framer)
+                    self.request = last ? .sent : .body(framer)
                     frames.append(HTTP2Frame(streamID: stream, payload: .data(.init(data: .byteBuffer(data), endStream: last))))
                 case .end(let trailers):
-                    self.request = .head(scanned: 0)
+                    self.request = .sent
                     let fields = trailers.isEmpty ? nil : HTTP2StreamBridge.trailerFields(trailers)
                     if let fields, !HTTP2StreamBridge.fitsOneHeadersFrame(fields) {
                         throw Malformed(reason: "the request trailers do not fit one HTTP/2 HEADERS frame")
@@ -150,6 +138,11 @@ struct HTTP2UpstreamTranslation {
                         ?? .data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
                     frames.append(HTTP2Frame(streamID: stream, payload: payload))
                 }
+            case .sent:
+                // The request is over (or the response ended first and the proxy is
+                // letting go of the stream): what it writes now goes nowhere.
+                self.pending.moveReaderIndex(to: self.pending.writerIndex)
+                break loop
             }
         }
         if self.pending.readableBytes == 0, self.pending.capacity > 0 { self.pending = ByteBuffer() }
@@ -188,62 +181,47 @@ struct HTTP2UpstreamTranslation {
         return (headers, nil)
     }
 
-    // MARK: response: frames to HTTP/1.1 bytes
+    // MARK: response: frames to parts
 
-    /// The HTTP/1.1 bytes a frame of the current stream makes. Frames of the connection
-    /// and of other streams give nothing but their DATA's flow-controlled length, which
-    /// the connection's window needs back: a stream reset earlier, or one whose response
-    /// the parser has already seen end (its content-length reached, or no body) while its
-    /// END_STREAM is still to come, in an empty DATA frame or trailers.
-    mutating func responseStep(_ frame: HTTP2Frame) throws -> ResponseStep {
-        guard let stream = self.streamID, frame.streamID == stream else {
-            guard case .data(let data) = frame.payload else { return ResponseStep() }
-            return ResponseStep(consumed: Self.flowControlledLength(data))
-        }
-        switch (frame.payload, self.response) {
+    /// The part a frame of this stream makes. The response ends with the stream's
+    /// END_STREAM (RFC 9113 §8.1), so trailers after a body with a length still come
+    /// through, and the stream is closed when the proxy lets go of it.
+    mutating func responseStep(_ payload: HTTP2Frame.FramePayload) throws -> ResponseStep {
+        switch (payload, self.response) {
         case (.headers(let headers), .head):
             return try self.responseHead(headers)
         case (.headers(let headers), .body(let body)):
             guard headers.endStream else { throw Malformed(reason: "a HEADERS frame in the middle of the response body") }
-            guard let lines = HTTP2StreamBridge.trailerLines(headers.headers) else { throw Malformed(reason: "malformed response trailers") }
-            // Only a chunked body carries trailers in HTTP/1.1 (a body with a length ends
-            // before them, above): a length that trailers end early is a short body.
-            guard body == .chunked else { throw Malformed(reason: "the response body ended before its content-length") }
-            self.ended()
-            return ResponseStep(bytes: TrailerSection.lastChunk(lines), ended: true)
+            if case .length(let remaining) = body, remaining > 0 {
+                throw Malformed(reason: "the response body ended before its content-length")
+            }
+            let trailers = try Self.trailerSection(headers.headers)
+            self.response = .ended
+            return ResponseStep(part: .end(trailers: trailers), ended: true)
         case (.data(let data), .body(let body)):
-            guard case .byteBuffer(let piece) = data.data else { return ResponseStep() }
             var step = ResponseStep(consumed: Self.flowControlledLength(data))
+            guard case .byteBuffer(let piece) = data.data else { return step }
             switch body {
             case .none:
-                break
+                break  // HEAD, 204, 304: nothing to pass on
             case .length(let remaining):
                 guard piece.readableBytes <= remaining else { throw Malformed(reason: "more response body than its content-length") }
                 guard piece.readableBytes == remaining || !data.endStream else {
                     throw Malformed(reason: "the response body ended before its content-length")
                 }
-                step.bytes = piece
-                // The parser sees the response end with its last byte: the exchange is
-                // over then, whenever the stream's END_STREAM follows.
-                if piece.readableBytes == remaining {
-                    self.ended()
-                    step.ended = true
-                    return step
-                }
                 self.response = .body(.length(remaining - piece.readableBytes))
-            case .chunked:
-                var out = ByteBuffer()
-                out.reserveCapacity(piece.readableBytes + 12)
-                out.writeChunk(piece)
-                if data.endStream { out.writeImmutableBuffer(Chunked.lastChunk) }
-                step.bytes = out
+                if piece.readableBytes > 0 { step.part = .body(piece) }
+            case .untilEnd:
+                if piece.readableBytes > 0 { step.part = .body(piece) }
             }
             if data.endStream {
-                self.ended()
+                self.response = .ended
                 step.ended = true
             }
             return step
-        case (.data, _):
+        case (.data(let data), .ended):
+            return ResponseStep(consumed: Self.flowControlledLength(data))
+        case (.data, .head):
             throw Malformed(reason: "DATA before the response's HEADERS")
         default:
             return ResponseStep()
@@ -261,10 +239,32 @@ struct HTTP2UpstreamTranslation {
         return bytes + (data.paddingBytes.map { $0 + 1 } ?? 0)
     }
 
+    /// The trailer section as the proxy carries a chunked body's (`TrailerSection`), with
+    /// the same checks: a field that must not be a trailer, or one the gateway writes
+    /// itself, makes the response malformed; so does a section over its size.
+    static func trailerSection(_ headers: HPACKHeaders) throws -> [UInt8] {
+        guard let lines = HTTP2StreamBridge.trailerLines(headers) else { throw Malformed(reason: "malformed response trailers") }
+        guard lines.count <= TrailerSection.maxBytes else { throw Malformed(reason: "trailer section too large") }
+        var start = 0
+        while start < lines.count, let cr = lines[start...].firstIndex(of: 0x0D) {
+            do {
+                try TrailerSection.check(Array(lines[start..<cr]))
+            } catch {
+                throw Malformed(reason: "\(error)")
+            }
+            start = cr + 2
+        }
+        return lines
+    }
+
     /// The response head: `:status`, then the fields, checked as RFC 9113 §8.2 and §8.3.2
     /// ask (a pseudo-header other than `:status` or after a field, an upper-case or
     /// connection-specific name, CR, LF or NUL in a value: malformed); NIO's own check is
-    /// off (`UpstreamPool.addHTTP2`). Interim responses (1xx) are dropped.
+    /// off (`UpstreamPool.addHTTP2`). Written as HTTP/1.1 and parsed by the proxy's own
+    /// parser, so the head the proxy gets is the one an HTTP/1.1 upstream's would be; a
+    /// body without a length is marked chunked, which is how the proxy frames it for
+    /// HTTP/1.1 clients. Interim responses (1xx) are dropped. A response whose HEADERS end
+    /// the stream gives its head with `ended`: its `.end` follows at once.
     private mutating func responseHead(_ frame: HTTP2Frame.FramePayload.Headers) throws -> ResponseStep {
         var status: Int?
         var length: Int?
@@ -319,21 +319,15 @@ struct HTTP2UpstreamTranslation {
         } else if let length {
             body = .length(length)
         } else {
-            body = .chunked
+            body = .untilEnd
             out.writeStaticString("transfer-encoding: chunked\r\n")
         }
         out.writeStaticString("\r\n")
-        // No body for the parser (or an empty one): the response ends with its head.
-        if frame.endStream || body == .none || body == .length(0) {
-            self.ended()
-            return ResponseStep(bytes: out, ended: true)
-        }
-        self.response = .body(body)
-        return ResponseStep(bytes: out)
-    }
-
-    private mutating func ended() {
-        self.streamID = nil
-        self.response = .idle
+        guard out.readableBytes <= self.maxHeadBytes else { throw ResponseHeadTooLarge(limit: self.maxHeadBytes) }
+        var head = HTTPHead(bytes: [])
+        head.refill(reading: out.readableBytes, from: &out)
+        try HTTP1Parser.parseResponse(&head)
+        self.response = frame.endStream ? .ended : .body(body)
+        return ResponseStep(part: .head(head), ended: frame.endStream)
     }
 }

@@ -134,7 +134,7 @@ package final class HealthChecker: Sendable {
         // decides it: always on h2 and h2c, on auto when the backend agrees to h2.
         let http2 = request != nil && group.upstreamProtocol.mayBeHTTP2
             ? ProbeHandler.HTTP2Probe(upstreamProtocol: group.upstreamProtocol, needed: settings.kind == .grpc,
-                                      scheme: tls == nil ? "http" : "https", authority: backend.description)
+                                      scheme: tls == nil ? "http" : "https", authority: backend.description, address: backend.address)
             : nil
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(settings.timeout)
@@ -195,9 +195,10 @@ private final class ProbeHandler: ChannelInboundHandler {
         var upstreamProtocol: UpstreamProtocol
         /// A gRPC check fails on a connection that speaks HTTP/1.1.
         var needed: Bool
-        /// The translator's `:scheme` and `:authority`.
+        /// The translation's `:scheme` and `:authority`.
         var scheme: String
         var authority: String
+        var address: SocketAddress
     }
     private let http2: HTTP2Probe?
     /// A grpc check's answer so far.
@@ -253,21 +254,29 @@ private final class ProbeHandler: ChannelInboundHandler {
             return
         }
         if let http2 {
-            // Below the HTTP/1.1 codec, after the handshake (the TLS handler, if any, is first).
+            // After the handshake (the TLS handler, if any, is first), a session of its
+            // own with one stream, as the pool's: the answer comes as the proxy's parts.
             do {
                 let sync = context.pipeline.syncOperations
-                let translator = HTTP2UpstreamHandler(scheme: http2.scheme, authority: http2.authority, backend: http2.authority)
+                let key = PoolKey(backend: BackendState(), address: http2.address, generation: 0)  // not the backend's figures
+                let session = HTTP2UpstreamSession(channel: context.channel, key: key, backendIndex: 0, handler: nil, backend: http2.authority,
+                                                   scheme: http2.scheme, authority: http2.authority, maxHeadBytes: 64 * 1024, maxStreams: 1,
+                                                   idleTimeout: nil)
                 let connection = NIOHTTP2Handler(mode: .client, initialSettings: [HTTP2Setting(parameter: .enablePush, value: 0)],
                                                  headerBlockValidation: .disabled)
                 if let tls = try? sync.handler(type: OpenSSLHandler.self) {
-                    try sync.addHandlers([connection, translator], position: .after(tls))
+                    try sync.addHandlers([connection, session], position: .after(tls))
                 } else {
-                    try sync.addHandlers([connection, translator], position: .first)
+                    try sync.addHandlers([connection, session], position: .first)
                 }
+                let stream = session.openStream()
+                stream.delegate = ProbeStreamReader(probe: self, context: context)
+                session.write(Self.bytes(request.head, body: request.body), on: stream)
+                session.flush()
             } catch {
                 self.done.fail(ProbeError(reason: "cannot start HTTP/2: \(error)"))
-                return
             }
+            return
         }
         context.write(Self.wrapOutboundOut(.head(request.head)), promise: nil)
         if let body = request.body { context.write(Self.wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
@@ -294,8 +303,22 @@ private final class ProbeHandler: ChannelInboundHandler {
     /// The TLS handler whose verdict the probe waits for, if it does.
     private var awaitingVerdict: OpenSSLHandler?
 
+    /// The request as HTTP/1.1 bytes, as the proxy writes to a stream.
+    static func bytes(_ head: HTTPRequestHead, body: ByteBuffer?) -> ByteBuffer {
+        var out = ByteBuffer()
+        out.writeString("\(head.method.rawValue) \(head.uri) HTTP/1.1\r\n")
+        for (name, value) in head.headers { out.writeString("\(name): \(value)\r\n") }
+        out.writeStaticString("\r\n")
+        if var body { out.writeBuffer(&body) }
+        return out
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch (Self.unwrapInboundIn(data), self.expected) {
+        self.received(Self.unwrapInboundIn(data))
+    }
+
+    func received(_ part: HTTPClientResponsePart) {
+        switch (part, self.expected) {
         case (.head(let head), .status(let expected)):
             let code = Int(head.status.code)
             if expected.contains(code) {
@@ -325,6 +348,10 @@ private final class ProbeHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.failed(error, context: context)
+    }
+
+    func failed(_ error: Error, context: ChannelHandlerContext) {
         self.done.fail(ProbeError(reason: (error as? TLSError).map(\.description) ?? "\(error)"))
         context.close(promise: nil)
     }
@@ -338,4 +365,47 @@ private final class ProbeHandler: ChannelInboundHandler {
         self.done.fail(ProbeError(reason: "connection closed before an answer"))
         context.fireChannelInactive()
     }
+}
+
+/// A health check's HTTP/2 stream: the parts it gets, as the HTTP/1.1 codec's for the probe.
+private final class ProbeStreamReader: UpstreamExchangeDelegate {
+    private let probe: ProbeHandler
+    private let context: ChannelHandlerContext
+
+    init(probe: ProbeHandler, context: ChannelHandlerContext) {
+        self.probe = probe
+        self.context = context
+    }
+
+    func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection?) {
+        switch part {
+        case .head(let head):
+            var headers = HTTPHeaders()
+            for field in head.fields { headers.add(name: head.lowercasedName(field), value: head.string(field.value)) }
+            self.probe.received(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: head.status), headers: headers)))
+        case .body(let body):
+            self.probe.received(.body(body))
+        case .end(let trailers):
+            // Field lines, each `name: value` and CRLF (`TrailerSection`).
+            var fields = HTTPHeaders()
+            var start = 0
+            while start < trailers.count, let cr = trailers[start...].firstIndex(of: 0x0D) {
+                if let colon = trailers[start..<cr].firstIndex(of: UInt8(ascii: ":")) {
+                    var value = colon + 1
+                    while value < cr, trailers[value] == 0x20 || trailers[value] == 0x09 { value += 1 }
+                    fields.add(name: String(decoding: trailers[start..<colon], as: UTF8.self), value: String(decoding: trailers[value..<cr], as: UTF8.self))
+                }
+                start = cr + 2
+            }
+            self.probe.received(.end(fields))
+        }
+    }
+
+    func upstreamFailed(_ error: Error, from connection: UpstreamConnection?) {
+        self.probe.failed(error, context: self.context)
+    }
+
+    func upstreamWritabilityChanged(_ writable: Bool) {}
+    func upstreamReadComplete() {}
+    var downstreamWritable: Bool { true }
 }

@@ -29,6 +29,8 @@ extension ProxyHandler {
             (status, message) = (502, "upstream response head too large")
         case .localResources:
             (status, message) = (503, "the gateway is out of connections to open; try again")
+        case .streamsExhausted:
+            (status, message) = (503, "every connection to upstream '\(exchange.group.name)' is busy; try again")
         case .protocolError:
             (status, message) = (502, "invalid response from upstream")
         case .cannotCarry:

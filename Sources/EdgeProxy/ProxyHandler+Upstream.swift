@@ -89,14 +89,12 @@ extension ProxyHandler {
         self.loop.pool.open(group: group, backend: index, http1Only: http1Only).assumeIsolated().whenComplete { result in
             guard self.exchange === exchange, !self.state.isClosed else {
                 if case .success(let connection) = result {
-                    group.connectSucceeded(index)
                     self.loop.pool.release(connection, group: group)
                 }
                 return
             }
             switch result {
             case .success(let connection):
-                group.connectSucceeded(index)
                 self.attach(connection, to: exchange)
             case .failure(let error):
                 guard let upstream = error as? UpstreamError, upstream.isConnectFailure else {
@@ -260,8 +258,8 @@ extension ProxyHandler {
         self.timers.upstreamRead = nil  // the heap entry, if due for it, finds nothing to do
     }
 
-    func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection) {
-        guard let exchange = self.exchange, exchange.connection === connection, let context = self.context else { return }
+    func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection?) {
+        guard let exchange = self.exchange, let connection, exchange.connection === connection, let context = self.context else { return }
         switch part {
         case .head(let response):
             if response.status != 101 {
@@ -301,7 +299,7 @@ extension ProxyHandler {
             self.downstreamNeedsFlush = true
         case .end(let trailers):
             self.stopReadTimer()
-            let action = exchange.state.responseEnded(reusable: connection.handler.reusable)
+            let action = exchange.state.responseEnded(reusable: connection.reusable)
             if action == .endTunnel {
                 self.endTunnel(exchange, reason: "closed by the upstream")
                 return
@@ -403,8 +401,8 @@ extension ProxyHandler {
         self.requestDone()
     }
 
-    func upstreamFailed(_ error: Error, from connection: UpstreamConnection) {
-        guard let exchange = self.exchange, exchange.connection === connection else { return }
+    func upstreamFailed(_ error: Error, from connection: UpstreamConnection?) {
+        guard let exchange = self.exchange, let connection, exchange.connection === connection else { return }
         self.stopReadTimer()
         exchange.connection = nil
         connection.close()

@@ -46,6 +46,13 @@ struct FailedAttempt: Equatable {
     var reused: Bool
     /// This request already went to a fresh connection after a reused one broke.
     var retriedStale: Bool
+    /// Times this request was not processed and went again to the same backend.
+    var unprocessedRetries = 0
+    /// Not processed this many times, it goes elsewhere: on a busy HTTP/2 backend that
+    /// ends its connections after a number of streams (nginx's `keepalive_requests`),
+    /// one request can meet two GOAWAYs in a row, which is routine, not a failure; a
+    /// backend that refuses every stream is not asked forever.
+    static let maxUnprocessedRetries = 3
     /// Backends tried for this request, the failed one included.
     var attempts: Int
     /// The group's `max_connect_attempts`.
@@ -67,9 +74,9 @@ struct FailedAttempt: Equatable {
             return self.idempotent && self.held && backendLeft ? .anotherBackend : .fail
         case .notProcessed:
             // Nothing was acted on (RFC 9113 §8.7): any method goes again while all of it is
-            // held, first on a fresh connection to the same backend (a GOAWAY is routine).
+            // held, first on another connection to the same backend (a GOAWAY is routine).
             guard self.held else { return .fail }
-            if !self.retriedStale { return .freshConnection }
+            if self.unprocessedRetries < Self.maxUnprocessedRetries { return .freshConnection }
             return backendLeft ? .anotherBackend : .fail
         case .readTimeout:
             return self.idempotent && self.held && backendLeft && self.withinNextUpstream ? .anotherBackend : .fail

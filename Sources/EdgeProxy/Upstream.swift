@@ -189,6 +189,8 @@ package final class BackendState: Sendable {
     /// Connections opened that speak HTTP/2 (all of an h2 or h2c group's; an auto
     /// group's that the backend agreed to h2 by ALPN).
     package let http2ConnectionsOpened = ManagedAtomic<Int>(0)
+    /// Streams leased on the backend's HTTP/2 connections and not yet let go of.
+    package let streamsInFlight = ManagedAtomic<Int>(0)
     /// Active health checks of the backend that passed and that failed (Envoy's
     /// `health_check.success` and `.failure`): what says the checks run at all.
     package let healthChecksPassed = ManagedAtomic<Int>(0)
@@ -210,6 +212,9 @@ package final class BackendState: Sendable {
 
     package var isHealthyByCheck: Bool { self.checkHealthy.load(ordering: .relaxed) }
     package var isEjected: Bool { self.ejectedUntil.load(ordering: .relaxed) > Int64(NIODeadline.now().uptimeNanoseconds) }
+    func streamsInFlightChanged(by delta: Int) {
+        self.streamsInFlight.wrappingIncrement(by: delta, ordering: .relaxed)
+    }
     /// A connection to the backend went idle in a pool (`by: 1`) or left it (`by: -1`).
     func idleConnectionsChanged(by delta: Int) {
         self.idleConnections.wrappingIncrement(by: delta, ordering: .relaxed)
@@ -264,6 +269,13 @@ package final class UpstreamGroup: Sendable {
     /// Replaces the client's Host header when set.
     package let hostHeader: String?
     package let maxIdlePerBackend: Int
+    /// HTTP/2: streams in flight on one connection at most.
+    package let maxStreamsPerConnection: Int
+    /// HTTP/2: connections per backend and event loop at most (0: no limit).
+    package let maxConnectionsPerBackend: Int
+    /// Requests (HTTP/2: streams) one connection serves at most before it is closed (0:
+    /// no limit): Envoy's `max_requests_per_connection`, HAProxy's `max-reuse`.
+    package let maxRequestsPerConnection: Int
     package let algorithm: BalanceAlgorithm
     package let passive: PassiveHealth
     /// At most this many backends are tried for one request when connecting fails.
@@ -282,7 +294,8 @@ package final class UpstreamGroup: Sendable {
     private let ring: [(hash: UInt64, backend: Int)]
 
     package init(name: String, backends: [Backend], tls: UpstreamTLS?, timeouts: UpstreamTimeouts, hostHeader: String?,
-                maxIdlePerBackend: Int = 128, algorithm: BalanceAlgorithm = .roundRobin, passive: PassiveHealth = .init(),
+                maxIdlePerBackend: Int = 128, maxStreamsPerConnection: Int = 100, maxConnectionsPerBackend: Int = 0,
+                maxRequestsPerConnection: Int = 0, algorithm: BalanceAlgorithm = .roundRobin, passive: PassiveHealth = .init(),
                 maxConnectAttempts: Int = 3, healthCheck: HealthCheckSettings? = nil, tcpKeepalive: Bool = true,
                 maxResponseHeadBytes: Int = 64 * 1024, upstreamProtocol: UpstreamProtocol = .http1) {
         precondition(!backends.isEmpty, "an upstream group needs a backend")
@@ -296,6 +309,9 @@ package final class UpstreamGroup: Sendable {
         self.timeouts = timeouts
         self.hostHeader = hostHeader
         self.maxIdlePerBackend = max(0, maxIdlePerBackend)
+        self.maxStreamsPerConnection = max(1, maxStreamsPerConnection)
+        self.maxConnectionsPerBackend = max(0, maxConnectionsPerBackend)
+        self.maxRequestsPerConnection = max(0, maxRequestsPerConnection)
         self.algorithm = algorithm
         self.passive = passive
         self.maxConnectAttempts = max(1, min(maxConnectAttempts, backends.count))

@@ -19,8 +19,9 @@ enum UpstreamResponsePart {
 
 /// Receives one exchange's response parts from an upstream connection.
 protocol UpstreamExchangeDelegate: AnyObject {
-    func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection)
-    func upstreamFailed(_ error: Error, from connection: UpstreamConnection)
+    /// `connection`: what the exchange holds (nil for a health check's stream, which has no lease).
+    func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection?)
+    func upstreamFailed(_ error: Error, from connection: UpstreamConnection?)
     func upstreamWritabilityChanged(_ writable: Bool)
     /// The upstream read batch ended: flush what was forwarded, once.
     func upstreamReadComplete()
@@ -59,6 +60,10 @@ package struct UpstreamError: Error, CustomStringConvertible, Sendable {
         /// The request cannot go over HTTP/2 to this group (a protocol upgrade, a head or
         /// trailers beyond one HEADERS frame): the client's request, not the backend's failure.
         case cannotCarry
+        /// Every HTTP/2 connection to the backend was busy and no more could open
+        /// (`max_connections_per_backend`) before the connection timeout: the gateway's
+        /// limit, not the backend's failure (Envoy's upstream overflow).
+        case streamsExhausted
     }
     package var kind: Kind
     package var backend: String
@@ -78,10 +83,13 @@ package struct UpstreamError: Error, CustomStringConvertible, Sendable {
     package var description: String { "upstream \(self.backend): \(self.reason)" }
 }
 
-/// One pooled keep-alive connection to a backend. Event-loop bound.
+/// What an exchange holds of an upstream: a pooled keep-alive HTTP/1.1 connection, or
+/// one stream of a multiplexed HTTP/2 connection (`stream`). Event-loop bound.
 final class UpstreamConnection {
     let channel: Channel
     let key: PoolKey
+    /// The channel's byte-level handler (on an HTTP/2 connection it parses nothing: the
+    /// session sits in front of it).
     let handler: UpstreamHandler
     let backendIndex: Int
     /// Requests served; >0 means the next use is a reuse.
@@ -89,54 +97,81 @@ final class UpstreamConnection {
     /// The pool's slot for `key`, found when the connection first idled: idling again
     /// needs no lookup.
     var slot: UpstreamPool.Slot?
-    /// On an h2 or h2c connection: the frames' translator, which holds the request body
-    /// back while the upstream's flow-control window is closed.
-    let http2: HTTP2UpstreamHandler?
+    /// On an HTTP/2 connection: the exchange's stream, leased from the connection's
+    /// session for this exchange alone.
+    let stream: HTTP2UpstreamStream?
 
-    init(channel: Channel, key: PoolKey, handler: UpstreamHandler, backendIndex: Int, http2: HTTP2UpstreamHandler? = nil) {
+    init(channel: Channel, key: PoolKey, handler: UpstreamHandler, backendIndex: Int, stream: HTTP2UpstreamStream? = nil) {
         self.channel = channel
         self.key = key
         self.handler = handler
         self.backendIndex = backendIndex
-        self.http2 = http2
+        self.stream = stream
     }
 
     /// Writes request bytes (head or framed body); sent at the next `flush`.
     func write(_ bytes: ByteBuffer) {
+        if let stream {
+            stream.session.write(bytes, on: stream)
+            return
+        }
         // On the channel's loop (the pool is per loop): straight into the pipeline.
         self.channel.pipeline.syncOperations.write(NIOAny(bytes), promise: nil)
     }
 
-    func flush() { self.channel.flush() }
+    func flush() {
+        if let stream {
+            stream.session.flush()
+        } else {
+            self.channel.flush()
+        }
+    }
 
-    var isWritable: Bool { self.channel.isWritable && (self.http2?.isWritable ?? true) }
+    var isWritable: Bool { self.channel.isWritable && (self.stream?.isWritable ?? true) }
+
+    /// Whether the exchange may hand the connection (or stream) back to the pool after
+    /// its response, rather than close (or reset) it.
+    var reusable: Bool { self.stream?.reusable ?? self.handler.reusable }
 
     /// Resumes reading after the downstream drained.
-    func resumeRead() { self.handler.resumeRead() }
+    func resumeRead() {
+        if let stream {
+            stream.session.resumeRead(stream)
+        } else {
+            self.handler.resumeRead()
+        }
+    }
 
-    /// Takes the connection for an exchange: its response parts go to `delegate`.
+    /// Takes the connection for an exchange: its response parts go to `delegate`. (On a
+    /// stream, the translation learns of a HEAD or an upgrade from the request's head.)
     func begin(for delegate: any UpstreamExchangeDelegate, headRequest: Bool, upgrade: Bool) {
+        if let stream {
+            stream.delegate = delegate
+            return
+        }
         self.handler.owner = .exchange(delegate)
         self.handler.beginExchange(headRequest: headRequest, upgrade: upgrade)
     }
 
     /// Closes the connection from the exchange's side (a timeout, a broken or abandoned
-    /// exchange): its handler reports nothing more to anyone.
+    /// exchange): its handler reports nothing more to anyone. A stream is reset; the
+    /// connection's other streams go on.
     func abandon() {
+        if let stream {
+            stream.session.end(stream)
+            return
+        }
         self.handler.owner = .none
         self.channel.close(promise: nil)
     }
 
     func close() {
+        if let stream {
+            stream.session.end(stream)
+            return
+        }
         self.channel.close(promise: nil)
     }
-}
-
-/// Sent up an upstream pipeline by the layer below the HTTP/1.1 handler (the HTTP/2
-/// translator) when the connection must take no further request: the upstream is going
-/// away (GOAWAY), the stream IDs are running out, or a stream is left open.
-struct UpstreamRetired {
-    let reason: String
 }
 
 /// Who an upstream connection answers to: the exchange using it, the pool it idles
@@ -183,8 +218,8 @@ final class UpstreamHandler: ChannelInboundHandler {
     /// Whether the connection may serve another request after the current response.
     var reusable: Bool { self.responseReusable && !self.retired }
     private var responseReusable = true
-    /// Told by the layer below that no request may follow (`UpstreamRetired`): sticky,
-    /// where `responseReusable` is decided anew by each response head.
+    /// No request may follow (the connection failed or closed): sticky, where
+    /// `responseReusable` is decided anew by each response head.
     private var retired = false
     /// Completed when the connection is usable (after the TLS handshake, if any).
     let ready: EventLoopPromise<Void>
@@ -245,17 +280,6 @@ final class UpstreamHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let retired = event as? UpstreamRetired {
-            // No request may follow: the response in progress, if any, ends the
-            // connection's use; an idle one leaves the pool now, before its close completes
-            // (a TLS close waits for the peer's close_notify, active all the while).
-            self.retired = true
-            if case .pool = self.owner {
-                self.ownerLoses(UpstreamError(kind: .closedEarly, backend: self.backendDescription, reason: retired.reason))
-                context.close(promise: nil)
-            }
-            return
-        }
         if let event = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = event {
             self.handshakeDone = true
             self.negotiatedALPN = negotiated
@@ -408,11 +432,6 @@ final class UpstreamHandler: ChannelInboundHandler {
         if let tls = error as? TLSError, self.needsHandshake, !self.handshakeDone {
             let failure = tls.upstreamFailure ?? (tls.isHandshakeTimeout ? .timeout : tls.isEOFDuringHandshake ? .closed : .other)
             wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription, reason: tls.description, tlsFailure: failure)
-        } else if let tls = error as? TLSError, let failure = tls.upstreamFailure {
-            // Refused by an alert after our side of the handshake (TLS 1.3 checks our
-            // client certificate then), before any response byte: the upstream never
-            // read the request, and the backend is as unusable as after a failed handshake.
-            wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription, reason: tls.description, tlsFailure: failure)
         } else if let io = error as? IOError, self.needsHandshake, !self.handshakeDone, isLocalResourceError(io) {
             // The gateway's own shortage (ENOBUFS, ENOMEM): never the backend's (503, as at connect).
             wrapped = UpstreamError(kind: .localResources, backend: self.backendDescription,
@@ -421,19 +440,30 @@ final class UpstreamHandler: ChannelInboundHandler {
             wrapped = UpstreamError(kind: .tlsHandshake, backend: self.backendDescription,
                                     reason: "connection broken during the TLS handshake: \(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))",
                                     tlsFailure: .closed)
-        } else if let tls = error as? TLSError {
-            wrapped = UpstreamError(kind: .tlsFailed, backend: self.backendDescription, reason: tls.description)
-        } else if let io = error as? IOError {
-            // Named with the backend and read as strerror says it (NIO's own description
-            // of an IOError names neither the peer nor closes its parenthesis).
-            wrapped = UpstreamError(kind: .closedEarly, backend: self.backendDescription,
-                                    reason: "connection broken: \(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))")
         } else {
-            wrapped = error
+            wrapped = Self.describe(error, backend: self.backendDescription)
         }
         self.ready.fail(wrapped)
         self.ownerLoses(wrapped)
         context.close(promise: nil)
+    }
+
+    /// An error of a connection past its handshake, named with the backend.
+    static func describe(_ error: Error, backend: String) -> Error {
+        if let tls = error as? TLSError, let failure = tls.upstreamFailure {
+            // Refused by an alert after our side of the handshake (TLS 1.3 checks our
+            // client certificate then), before any response byte: the upstream never
+            // read the request, and the backend is as unusable as after a failed handshake.
+            return UpstreamError(kind: .tlsHandshake, backend: backend, reason: tls.description, tlsFailure: failure)
+        } else if let tls = error as? TLSError {
+            return UpstreamError(kind: .tlsFailed, backend: backend, reason: tls.description)
+        } else if let io = error as? IOError {
+            // Named with the backend and read as strerror says it (NIO's own description
+            // of an IOError names neither the peer nor closes its parenthesis).
+            return UpstreamError(kind: .closedEarly, backend: backend,
+                                 reason: "connection broken: \(String(cString: strerror(io.errnoCode))) (errno \(io.errnoCode))")
+        }
+        return error
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -25,6 +25,9 @@ package final class UpstreamPool {
     private var recentGroup: UpstreamGroup?
     private var recentGeneration = 0
     private var recentSlots: [Slot?] = []
+    /// HTTP/2 connections by key (`HTTP2Lane`): each leases streams while it has room,
+    /// idle or not, and requests wait there for a stream.
+    var lanes: [PoolKey: LaneEntry] = [:]
 
     init(eventLoop: EventLoop, recordBuffers: RecordBufferSweep) {
         self.eventLoop = eventLoop
@@ -61,13 +64,36 @@ package final class UpstreamPool {
     /// A new connection to backend `index`, ready once TCP (and TLS) are up. With
     /// `http1Only`, an `auto` group's handshake offers http/1.1 alone: a WebSocket
     /// handshake needs HTTP/1.1's upgrade, which HTTP/2 cannot carry.
+    /// An h2 or h2c group's request waits for a stream of a connection under way or to
+    /// be opened (`HTTP2Lane`), rather than opening one connection per request.
     func open(group: UpstreamGroup, backend index: Int, http1Only: Bool = false) -> EventLoopFuture<UpstreamConnection> {
-        self.connect(group: group, backend: index, key: self.key(group: group, backend: index), http1Only: http1Only)
+        let key = self.key(group: group, backend: index)
+        if group.upstreamProtocol == .h2 || group.upstreamProtocol == .h2c {
+            return self.waitForStream(group: group, backend: index, key: key)
+        }
+        return self.connect(group: group, backend: index, key: key, http1Only: http1Only).assumeIsolated().map { opened -> UpstreamConnection in
+            switch opened {
+            case .http1(let connection):
+                return connection
+            case .http2(let session):
+                // An auto group's backend agreed to h2: this request's stream first, then
+                // the connection leases to others.
+                let lease = session.lease()
+                self.added(session, group: group, backend: index, viaLane: false)
+                return lease
+            }
+        }.nonisolated()
     }
 
-    /// The most recently used idle connection to backend `index`, if one is alive.
+    /// The most recently used idle connection to backend `index`, if one is alive; on a
+    /// group that may speak HTTP/2, first a stream of an HTTP/2 connection with room
+    /// (unless requests already wait for one: they go first).
     func takeIdle(group: UpstreamGroup, backend index: Int) -> UpstreamConnection? {
         self.eventLoop.assertInEventLoop()
+        if group.upstreamProtocol.mayBeHTTP2, let entry = self.lanes[self.key(group: group, backend: index)], entry.lane.waiters.isEmpty,
+           let session = entry.lane.sessions.first(where: { $0.freeStreams > 0 }) {
+            return session.lease()
+        }
         guard let slot = self.slot(group: group, backend: index) else { return nil }
         while let connection = self.state.take(from: slot) {
             connection.key.backend.idleConnectionsChanged(by: -1)
@@ -82,8 +108,16 @@ package final class UpstreamPool {
     /// when its backend keeps no idle connections).
     func release(_ connection: UpstreamConnection, group: UpstreamGroup) {
         self.eventLoop.assertInEventLoop()
+        if let stream = connection.stream {
+            stream.session.end(stream)
+            return
+        }
         connection.handler.owner = .none
         guard connection.channel.isActive else { return }
+        if group.maxRequestsPerConnection > 0, connection.uses >= group.maxRequestsPerConnection {
+            connection.close()  // served its max_requests_per_connection
+            return
+        }
         switch self.state.release(connection, key: connection.key, known: connection.slot, now: .now(),
                                   idleTimeout: group.timeouts.idle, maxIdle: group.maxIdlePerBackend) {
         case .close:
@@ -107,6 +141,8 @@ package final class UpstreamPool {
     /// Closes every idle connection (the pool's configuration generation has ended).
     package func closeIdle() {
         self.eventLoop.assertInEventLoop()
+        // HTTP/2 connections lease no more streams; busy ones close after their last.
+        self.retireLanes()
         self.idleTimer?.cancel()
         self.idleTimer = nil
         self.idleTimerArmings &+= 1
@@ -138,10 +174,16 @@ package final class UpstreamPool {
         }
     }
 
-    private func connect(group: UpstreamGroup, backend index: Int, key: PoolKey, http1Only: Bool) -> EventLoopFuture<UpstreamConnection> {
+    /// What a connect opened: an HTTP/1.1 connection, or an HTTP/2 one whose streams are leased.
+    enum Opened {
+        case http1(UpstreamConnection)
+        case http2(HTTP2UpstreamSession)
+    }
+
+    func connect(group: UpstreamGroup, backend index: Int, key: PoolKey, http1Only: Bool) -> EventLoopFuture<Opened> {
         let backend = group.backends[index]
         let ready = self.eventLoop.makePromise(of: Void.self)
-        let result = self.eventLoop.makePromise(of: UpstreamConnection.self)
+        let result = self.eventLoop.makePromise(of: Opened.self)
         let handler = UpstreamHandler(ready: ready, needsHandshake: group.tls != nil, backend: backend.description,
                                       maxHeadBytes: group.maxResponseHeadBytes, requiredALPN: group.upstreamProtocol.requiredALPN,
                                       http2: group.upstreamProtocol.mayBeHTTP2)
@@ -208,23 +250,31 @@ package final class UpstreamPool {
                     timer.cancel()
                     switch handshake {
                     case .success:
-                        let http2: HTTP2UpstreamHandler?
+                        group.connectSucceeded(index)
+                        if let tlsHandler { self.recordBuffers.track(channel, tls: tlsHandler.value) }
+                        if let tlsHandler, tlsHandler.value.sessionReused {
+                            group.sessionResumed(on: index)
+                        }
+                        guard group.upstreamProtocol.speaksHTTP2(negotiated: handler.negotiatedALPN) else {
+                            let connection = UpstreamConnection(channel: channel, key: key, handler: handler, backendIndex: index)
+                            handler.connection = connection
+                            result.assumeIsolated().succeed(.http1(connection))
+                            return
+                        }
+                        group.states[index].http2ConnectionsOpened.wrappingIncrement(ordering: .relaxed)
+                        let session: HTTP2UpstreamSession
                         do {
-                            let speaksHTTP2 = group.upstreamProtocol.speaksHTTP2(negotiated: handler.negotiatedALPN)
-                            if speaksHTTP2 { group.states[index].http2ConnectionsOpened.wrappingIncrement(ordering: .relaxed) }
-                            http2 = speaksHTTP2 ? try Self.addHTTP2(to: channel, group: group, backend: backend, before: handler) : nil
+                            session = try Self.addHTTP2(to: channel, group: group, backend: index, key: key, before: handler)
                         } catch {
                             channel.close(promise: nil)
                             result.fail(UpstreamError(kind: .protocolError, backend: backendName, reason: "cannot start HTTP/2: \(error)"))
                             return
                         }
-                        let connection = UpstreamConnection(channel: channel, key: key, handler: handler, backendIndex: index, http2: http2)
-                        handler.connection = connection
-                        if let tlsHandler { self.recordBuffers.track(channel, tls: tlsHandler.value) }
-                        if let tlsHandler, tlsHandler.value.sessionReused {
-                            group.sessionResumed(on: index)
-                        }
-                        result.assumeIsolated().succeed(connection)
+                        session.pool = self
+                        session.assumedCapacity = self.lanes[key]?.lane.expectedCapacity ?? 1
+                        let limits = [group.maxRequestsPerConnection, self.lanes[key]?.lane.requestLimit ?? 0].filter { $0 > 0 }
+                        session.maxRequests = limits.min()
+                        result.assumeIsolated().succeed(.http2(session))
                     case .failure(let error):
                         channel.close(promise: nil)
                         result.fail(error)
@@ -236,23 +286,27 @@ package final class UpstreamPool {
     }
 
     /// An h2 or h2c group's connection, or an auto group's that agreed on h2, speaks
-    /// HTTP/2 from here on (after the TLS handshake): NIO's connection handler sends the preface and SETTINGS,
-    /// and the translator turns the proxy's HTTP/1.1 bytes into frames and back.
-    private static func addHTTP2(to channel: Channel, group: UpstreamGroup, backend: Backend, before handler: UpstreamHandler) throws -> HTTP2UpstreamHandler {
+    /// HTTP/2 from here on (after the TLS handshake): NIO's connection handler sends the
+    /// preface and SETTINGS, and the session leases its streams.
+    static func addHTTP2(to channel: Channel, group: UpstreamGroup, backend index: Int, key: PoolKey, before handler: UpstreamHandler,
+                         idleTimeout: TimeAmount?? = nil) throws -> HTTP2UpstreamSession {
+        let backend = group.backends[index]
         let settings: HTTP2Settings = [
             HTTP2Setting(parameter: .enablePush, value: 0),
             HTTP2Setting(parameter: .maxHeaderListSize, value: group.maxResponseHeadBytes),
         ]
-        let translator = HTTP2UpstreamHandler(scheme: group.tls == nil ? "http" : "https", authority: backend.description,
-                                              backend: backend.description)
+        let session = HTTP2UpstreamSession(channel: channel, key: key, backendIndex: index, handler: handler, backend: backend.description,
+                                           scheme: group.tls == nil ? "http" : "https", authority: backend.description,
+                                           maxHeadBytes: group.maxResponseHeadBytes, maxStreams: group.maxStreamsPerConnection,
+                                           idleTimeout: idleTimeout ?? group.timeouts.idle)
         let sync = channel.pipeline.syncOperations
         // NIO's header validation is off, as on the client side (`HTTP2StreamBridge`): the
-        // translator checks every response field itself, and request fields come from the
+        // translation checks every response field itself, and request fields come from the
         // HTTP/1.1 parser. It cost 8 % of a request. Content-Length is still checked.
         try sync.addHandler(NIOHTTP2Handler(mode: .client, initialSettings: settings, headerBlockValidation: .disabled),
                             name: "h2", position: .before(handler))
-        try sync.addHandler(translator, name: "h2-translation", position: .before(handler))
-        return translator
+        try sync.addHandler(session, name: "h2-session", position: .before(handler))
+        return session
     }
 }
 

@@ -9,9 +9,9 @@ final class RetryPolicyTests: XCTestCase {
     typealias D = FailedAttempt.Decision
 
     func decide(_ failure: FailedAttempt.Failure, get: Bool = true, held: Bool = true, ended: Bool = true, reused: Bool = false,
-                retriedStale: Bool = false, attempts: Int = 1, max: Int = 3, withinNextUpstream: Bool = true) -> D {
+                retriedStale: Bool = false, unprocessed: Int = 0, attempts: Int = 1, max: Int = 3, withinNextUpstream: Bool = true) -> D {
         FailedAttempt(failure: failure, idempotent: get, held: held, requestEnded: ended, reused: reused, retriedStale: retriedStale,
-                      attempts: attempts, maxAttempts: max, withinNextUpstream: withinNextUpstream).decision
+                      unprocessedRetries: unprocessed, attempts: attempts, maxAttempts: max, withinNextUpstream: withinNextUpstream).decision
     }
 
     /// Nothing was sent: any request moves on while backends are left.
@@ -51,15 +51,17 @@ final class RetryPolicyTests: XCTestCase {
 
     /// An HTTP/2 upstream that refused the stream (REFUSED_STREAM, or above its GOAWAY's
     /// last stream) processed nothing: any held request goes again, a POST still being
-    /// sent too, first on a fresh connection to the same backend, then to another. A
-    /// stream reset with another code is a broken connection that was not idle
+    /// sent too, on another connection to the same backend up to three times (one request
+    /// can meet GOAWAYs in a row on a busy multiplexed backend), then to another backend.
+    /// A stream reset with another code is a broken connection that was not idle
     /// (`reused: false` for the handler): only an idempotent request moves on.
     func testARefusedStreamWasNotProcessed() {
         XCTAssertEqual(decide(.notProcessed), .freshConnection)
         XCTAssertEqual(decide(.notProcessed, get: false, ended: false), .freshConnection, "a POST, even one still being sent")
         XCTAssertEqual(decide(.notProcessed, attempts: 3), .freshConnection, "the same backend, not counted")
-        XCTAssertEqual(decide(.notProcessed, retriedStale: true), .anotherBackend, "refused again: elsewhere")
-        XCTAssertEqual(decide(.notProcessed, retriedStale: true, attempts: 3), .fail)
+        XCTAssertEqual(decide(.notProcessed, retriedStale: true, unprocessed: 2), .freshConnection, "refused again: still routine")
+        XCTAssertEqual(decide(.notProcessed, retriedStale: true, unprocessed: 3), .anotherBackend, "refused three times: elsewhere")
+        XCTAssertEqual(decide(.notProcessed, retriedStale: true, unprocessed: 3, attempts: 3), .fail)
         XCTAssertEqual(decide(.notProcessed, held: false), .fail, "a body beyond the retry buffer is gone")
         XCTAssertEqual(decide(.broken, get: false, reused: false), .fail, "a POST whose stream was reset may have been acted on")
     }

@@ -233,6 +233,15 @@ final class UpstreamHTTP2Tests: XCTestCase {
         XCTAssertEqual(puts.stdout.split(separator: "\n").filter { $0 == "201" || $0 == "204" }.count, 36, puts.stdout + puts.stderr)
         XCTAssertEqual(puts.stdout.split(separator: "\n").filter { $0 == "same" }.count, 36, puts.stdout + puts.stderr)
 
+        // Streams multiplexed on each upstream connection when nginx's GOAWAY comes: the
+        // streams above its last one were not processed and go again on another
+        // connection. h2load never retries: 300 PUTs, 60 at a time, all stored.
+        try Data(repeating: 0x62, count: 2_000).write(to: URL(fileURLWithPath: dir.file("burst-body")))
+        let burst = try Shell.run(["h2load", "-n", "300", "-c", "3", "-m", "20", "-d", dir.file("burst-body"), "-H", ":method: PUT",
+                                   "\(base)/upload/burst"], timeout: 180)
+        XCTAssertTrue(burst.stdout.contains("300 total, 300 started, 300 done, 300 succeeded, 0 failed, 0 errored"), burst.stdout + burst.stderr)
+        XCTAssertTrue(burst.stdout.contains("status codes: 0 2xx") == false && burst.stdout.contains("0 4xx, 0 5xx"), burst.stdout)
+
         // nginx without http2 refuses the handshake (no_application_protocol); a server
         // that ignores ALPN completes it without h2, and the gateway refuses it instead.
         for path in ["/refuses", "/ignores"] {
@@ -322,6 +331,68 @@ final class UpstreamHTTP2Tests: XCTestCase {
         XCTAssertEqual(opened("either").1, 1, status)
         XCTAssertEqual(opened("older").1, 0, status)
         XCTAssertEqual(opened("strict").1, 1, status)
+        await harness.shutdown()
+    }
+
+    /// Streams are multiplexed within the upstream's SETTINGS_MAX_CONCURRENT_STREAMS: 50
+    /// calls at once on one client connection, to a grpcio server that allows 2 streams
+    /// per connection, all succeed; the server never sees more than 2 in flight on one
+    /// connection, and sees 2 (the connections are shared); the calls spread over about
+    /// 25 connections (more open when streams run out, instead of queueing 50 calls on
+    /// one); with `max_connections_per_backend: 4` they share 4. Afterwards no stream is
+    /// in flight and the connections idle.
+    func testStreamsAreMultiplexedWithinTheUpstreamsConcurrentStreamsLimit() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let dir = TemporaryDirectory()
+        let (open, capped) = (freePort(), freePort())
+        let servers = [
+            try self.python("grpc_server.py", ["\(open)", "--max-streams", "2"], port: open, log: dir.file("open.log")),
+            try self.python("grpc_server.py", ["\(capped)", "--max-streams", "2"], port: capped, log: dir.file("capped.log")),
+        ]
+        defer { for server in servers { server.stop(signal: SIGKILL) } }
+        let harness = try await GatewayHarness.start { _ in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+            upstreams:
+              open: { backends: ["127.0.0.1:\(open)"], protocol: h2c }
+              capped: { backends: ["127.0.0.1:\(capped)"], protocol: h2c, pool: { max_connections_per_backend: 4 } }
+            routes:
+              - { host: capped.localhost, upstream: capped }
+              - { upstream: open }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        func burst(_ calls: Int, holdUntil: Int, authority: String? = nil) throws -> [String: Any] {
+            var arguments = [repositoryRoot() + "/Tests/tools/grpc_burst.py", "\(harness.port("https"))", pki.caPath, "\(calls)", "\(holdUntil)"]
+            if let authority { arguments.append(authority) }
+            let run = try Shell.run(["/usr/bin/python3"] + arguments, timeout: 120)
+            let json = try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any]
+            return try XCTUnwrap(json, run.stdout + run.stderr)
+        }
+        let first = try burst(50, holdUntil: 50)
+        XCTAssertEqual(first["codes"] as? [String: Int], ["OK": 50], "\(first)")
+        let stats = try XCTUnwrap(first["stats"] as? [String: Int], "\(first)")
+        XCTAssertEqual(stats["max_per_connection"], 2, "\(first)")
+        XCTAssertGreaterThanOrEqual(stats["connections"] ?? 0, 20, "more connections when streams ran out: \(first)")
+        XCTAssertLessThanOrEqual(stats["connections"] ?? 99, 30, "streams shared connections: \(first)")
+
+        let cappedRun = try burst(50, holdUntil: 8, authority: "capped.localhost")
+        XCTAssertEqual(cappedRun["codes"] as? [String: Int], ["OK": 50], "\(cappedRun)")
+        let cappedStats = try XCTUnwrap(cappedRun["stats"] as? [String: Int], "\(cappedRun)")
+        XCTAssertEqual(cappedStats["max_per_connection"], 2, "\(cappedRun)")
+        XCTAssertLessThanOrEqual(cappedStats["connections"] ?? 99, 4, "max_connections_per_backend: \(cappedRun)")
+
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status/upstreams"]).stdout
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
+        for group in try XCTUnwrap(json["upstreams"] as? [[String: Any]]) {
+            let backend = try XCTUnwrap((group["backends"] as? [[String: Any]])?.first, status)
+            XCTAssertEqual(backend["streams_in_flight"] as? Int, 0, status)
+            XCTAssertEqual(backend["idle_connections"] as? Int, backend["http2_connections_opened"] as? Int, "every connection idles: \(status)")
+        }
         await harness.shutdown()
     }
 }

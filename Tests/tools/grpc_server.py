@@ -2,7 +2,9 @@
 """A gRPC server (Debian's python3-grpcio) for the gateway's HTTP/2 upstream tests: h2c on
 127.0.0.1:PORT, or h2 over TLS with CERT and KEY. Messages are raw bytes (no protobuf).
 
-Usage: grpc_server.py PORT [CERT KEY] [--not-serving]
+Usage: grpc_server.py PORT [CERT KEY] [--not-serving] [--max-streams N]
+
+  --max-streams N          SETTINGS_MAX_CONCURRENT_STREAMS: N per connection
 
   /test.Echo/Unary         the request back; x-test metadata echoed in the initial
                            metadata and as trailing metadata x-trailer
@@ -12,11 +14,18 @@ Usage: grpc_server.py PORT [CERT KEY] [--not-serving]
   /test.Echo/Bidi          each message back as it comes
   /test.Echo/Die           ten messages, then the process exits (an upstream killed
                            mid-stream)
+  /test.Echo/Hold          waits until as many calls as the request's decimal number
+                           have started (or 5 s), counting the calls in flight on each
+                           connection (by peer address), then answers "ok"
+  /test.Echo/Stats         {"connections": peers seen by Hold, "max_per_connection":
+                           the most Hold calls in flight at once on one connection}
   /grpc.health.v1.Health/Check   SERVING (NOT_SERVING with --not-serving), as the
                            standard health service answers (a HealthCheckResponse, field 1)
 """
+import json
 import os
 import sys
+import threading
 from concurrent import futures
 
 import grpc
@@ -56,9 +65,38 @@ def die(request, context):
     os._exit(3)
 
 
+held = threading.Condition()
+started = [0]
+in_flight = {}
+most = {}
+
+
+def hold(request, context):
+    target = int(request.decode() or "1")
+    peer = context.peer()
+    with held:
+        started[0] += 1
+        in_flight[peer] = in_flight.get(peer, 0) + 1
+        most[peer] = max(most.get(peer, 0), in_flight[peer])
+        held.notify_all()
+        held.wait_for(lambda: started[0] >= target, timeout=5)
+        in_flight[peer] -= 1
+    return b"ok"
+
+
+def stats(request, context):
+    with held:
+        return json.dumps({"connections": len(most), "max_per_connection": max(most.values(), default=0)}).encode()
+
+
 def main():
     not_serving = "--not-serving" in sys.argv
     args = [a for a in sys.argv if a != "--not-serving"]
+    max_streams = None
+    if "--max-streams" in args:
+        at = args.index("--max-streams")
+        max_streams = int(args[at + 1])
+        del args[at:at + 2]
     port = int(args[1])
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
@@ -67,9 +105,14 @@ def main():
         "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "Die": grpc.unary_stream_rpc_method_handler(die),
+        "Hold": grpc.unary_unary_rpc_method_handler(hold),
+        "Stats": grpc.unary_unary_rpc_method_handler(stats),
     }
     limits = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=limits)
+    if max_streams is not None:
+        limits.append(("grpc.max_concurrent_streams", max_streams))
+    # A worker per call in flight: Hold keeps its worker while it waits for the others.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=limits)
     health = {"Check": grpc.unary_unary_rpc_method_handler(lambda request, context: b"\x08\x02" if not_serving else b"\x08\x01")}
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", handlers),
                                      grpc.method_handlers_generic_handler("grpc.health.v1.Health", health)])

@@ -79,6 +79,15 @@ extension PlanBuilder {
             }
             if upstream.maxConnectAttempts < 1 { problems.append("\(path).max_connect_attempts: must be at least 1") }
             if upstream.pool.maxIdlePerBackend < 0 { problems.append("\(path).pool.max_idle_per_backend: must not be negative") }
+            if upstream.pool.maxStreamsPerConnection < 1 {
+                problems.append("\(path).pool.max_streams_per_connection: must be at least 1, got \(upstream.pool.maxStreamsPerConnection)")
+            }
+            if upstream.pool.maxRequestsPerConnection < 0 {
+                problems.append("\(path).pool.max_requests_per_connection: must not be negative (0 is no limit)")
+            }
+            if upstream.pool.maxConnectionsPerBackend < 0 {
+                problems.append("\(path).pool.max_connections_per_backend: must not be negative (0 is no limit)")
+            }
             guard !backends.isEmpty else { continue }
             var timeouts = UpstreamTimeouts()
             timeouts.connect = upstream.timeouts.connect.timeAmount
@@ -103,6 +112,9 @@ extension PlanBuilder {
             if (upstream.tls == nil || tls != nil) && protocolFits {
                 groups[name] = UpstreamGroup(name: name, backends: backends, tls: tls, timeouts: timeouts,
                                              hostHeader: upstream.hostHeader, maxIdlePerBackend: upstream.pool.maxIdlePerBackend,
+                                             maxStreamsPerConnection: upstream.pool.maxStreamsPerConnection,
+                                             maxConnectionsPerBackend: upstream.pool.maxConnectionsPerBackend,
+                                             maxRequestsPerConnection: upstream.pool.maxRequestsPerConnection,
                                              algorithm: algorithm, passive: passive, maxConnectAttempts: upstream.maxConnectAttempts,
                                              healthCheck: healthCheck, tcpKeepalive: upstream.tcpKeepalive,
                                              maxResponseHeadBytes: upstream.maxResponseHeadBytes, upstreamProtocol: upstream.upstreamProtocol)

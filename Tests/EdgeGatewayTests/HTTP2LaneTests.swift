@@ -1,0 +1,114 @@
+@testable import EdgeProxy
+import XCTest
+
+/// One backend's HTTP/2 connections and waiting requests as a pure state machine: which
+/// waiter gets which stream, when connections open, when waiters fail.
+final class HTTP2LaneTests: XCTestCase {
+    final class Connection: StreamRoom {
+        let name: String
+        var freeStreams: Int
+        var capacity: Int?
+        init(_ name: String, free: Int = 1, capacity: Int? = nil) {
+            self.name = name
+            self.freeStreams = free
+            self.capacity = capacity
+        }
+    }
+    final class Waiter {
+        let name: String
+        init(_ name: String) { self.name = name }
+    }
+    typealias Lane = HTTP2Lane<Connection, Waiter>
+
+    /// The actions as text, leases performed (the connection's room shrinks) as the pool does.
+    func run(_ actions: [Lane.Action]) -> [String] {
+        actions.map { action in
+            switch action {
+            case .lease(let connection, let waiter):
+                connection.freeStreams -= 1
+                return "\(waiter.name)->\(connection.name)"
+            case .connect:
+                return "connect"
+            case .fail(let waiter):
+                return "fail \(waiter.name)"
+            }
+        }
+    }
+
+    func waiters(_ count: Int) -> [Waiter] { (1...count).map { Waiter("w\($0)") } }
+
+    /// Fifty requests at once for a backend with no connection: one connect, not fifty.
+    /// Its SETTINGS allow 2 streams: two waiters take them, and connects open for the
+    /// others, two each; later connections are assumed to take what the last one did.
+    func testABurstWaitsForOneConnectThenSpreadsByTheUpstreamsLimit() {
+        var lane = Lane(maxStreams: 100, maxConnections: 0)
+        var out: [String] = []
+        for waiter in self.waiters(50) { out += self.run(lane.wait(waiter)) }
+        XCTAssertEqual(out, ["connect"])
+        let first = Connection("c1", free: 1)  // before its SETTINGS: one stream
+        XCTAssertEqual(self.run(lane.connected(first)), ["w1->c1"], "unsettled: it may carry them all")
+        first.capacity = 2
+        first.freeStreams = 1
+        let spread = self.run(lane.roomChanged(first))
+        XCTAssertEqual(spread.first, "w2->c1")
+        XCTAssertEqual(spread.filter { $0 == "connect" }.count, 24, "48 waiters, 2 per connection")
+        XCTAssertEqual(lane.expectedCapacity, 2)
+        let second = Connection("c2", free: 2)  // assumed to take 2, as c1 did
+        XCTAssertEqual(self.run(lane.connected(second)), ["w3->c2", "w4->c2"])
+        XCTAssertEqual(lane.waiters.count, 46)
+    }
+
+    /// At `max_connections_per_backend`, waiters wait for a stream to end; a connection
+    /// that goes away lets another open.
+    func testTheConnectionLimitMakesRequestsWaitForStreams() {
+        var lane = Lane(maxStreams: 2, maxConnections: 1)
+        let ws = self.waiters(4)
+        XCTAssertEqual(self.run(lane.wait(ws[0])), ["connect"])
+        XCTAssertEqual(self.run(lane.wait(ws[1])), [])
+        XCTAssertEqual(self.run(lane.wait(ws[2])), [], "no second connection")
+        let only = Connection("c1", free: 2, capacity: 2)
+        XCTAssertEqual(self.run(lane.connected(only)), ["w1->c1", "w2->c1"])
+        XCTAssertEqual(self.run(lane.wait(ws[3])), [])
+        only.freeStreams = 1  // a stream ended
+        XCTAssertEqual(self.run(lane.roomChanged(only)), ["w3->c1"])
+        only.freeStreams = 0
+        XCTAssertEqual(self.run(lane.removed(only)), ["connect"], "GOAWAY: another may open")
+        XCTAssertTrue(lane.timedOut(ws[3]))
+        XCTAssertFalse(lane.timedOut(ws[3]), "once")
+    }
+
+    /// A failed connect is not replaced (no connect storm against a backend that refuses
+    /// them); it fails the waiters when nothing else can carry them (each request then
+    /// tries another backend); while another connect is under way, or a connection may
+    /// free a stream, they keep waiting.
+    func testAFailedConnectFailsTheWaitersOnlyWhenNothingIsLeft() {
+        var lane = Lane(maxStreams: 1, maxConnections: 0)
+        let ws = self.waiters(3)
+        XCTAssertEqual(self.run(lane.wait(ws[0])), ["connect"])
+        XCTAssertEqual(self.run(lane.wait(ws[1])), ["connect"])
+        XCTAssertEqual(self.run(lane.connectFailed()), [], "one connect still under way, none more")
+        XCTAssertEqual(self.run(lane.connectFailed()), ["fail w1", "fail w2"])
+        XCTAssertTrue(lane.isEmpty)
+
+        let busy = Connection("c1", free: 0, capacity: 1)
+        XCTAssertEqual(self.run(lane.wait(ws[2])), ["connect"])
+        _ = lane.connected(busy, viaLane: false)
+        XCTAssertEqual(self.run(lane.connectFailed()), [], "a stream of c1 may free")
+        busy.freeStreams = 1
+        XCTAssertEqual(self.run(lane.roomChanged(busy)), ["w3->c1"])
+    }
+
+    /// A GOAWAY that refused streams after a number of them teaches the lane: connects
+    /// open for the waiters by that number per connection (nginx's keepalive_requests).
+    func testALearnedRequestLimitOpensMoreConnections() {
+        var lane = Lane(maxStreams: 100, maxConnections: 0)
+        let busy = Connection("c1", free: 0, capacity: 100)
+        _ = lane.connected(busy, viaLane: false)
+        lane.learnRequestLimit(5)
+        lane.learnRequestLimit(0)
+        XCTAssertEqual(lane.requestLimit, 5)
+        var out: [String] = []
+        for waiter in self.waiters(12) { out += self.run(lane.wait(waiter)) }
+        XCTAssertEqual(out, ["connect", "connect", "connect"], "12 waiters, 5 per connection")
+    }
+}

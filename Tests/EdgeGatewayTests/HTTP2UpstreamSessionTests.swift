@@ -1,0 +1,263 @@
+@testable import EdgeProxy
+import NIOCore
+import NIOEmbedded
+import NIOHPACK
+import NIOHTTP2
+import XCTest
+
+/// An HTTP/2 upstream connection's streams on an embedded channel (the session alone, in
+/// NIO's HTTP/2 handler's place as far as frames go): routing to each exchange, window
+/// updates and back-pressure per stream, writability, GOAWAY, resets, limits, without
+/// sockets or sleeps.
+final class HTTP2UpstreamSessionTests: XCTestCase {
+    /// One exchange's view: the parts it gets, its failures, its writability.
+    final class Exchange: UpstreamExchangeDelegate {
+        var parts: [String] = []
+        var errors: [String] = []
+        var kinds: [UpstreamError.Kind] = []
+        var writability: [Bool] = []
+        var readCompletes = 0
+        var downstreamWritable = true
+
+        func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection?) {
+            switch part {
+            case .head(let head): self.parts.append("head \(head.status)")
+            case .body(let body): self.parts.append("body \(body.readableBytes)")
+            case .end(let trailers): self.parts.append("end " + String(decoding: trailers, as: UTF8.self))
+            }
+        }
+        func upstreamFailed(_ error: Error, from connection: UpstreamConnection?) {
+            self.errors.append("\(error)")
+            if let upstream = error as? UpstreamError { self.kinds.append(upstream.kind) }
+        }
+        func upstreamWritabilityChanged(_ writable: Bool) { self.writability.append(writable) }
+        func upstreamReadComplete() { self.readCompletes += 1 }
+    }
+
+    var channel: EmbeddedChannel!
+    var session: HTTP2UpstreamSession!
+
+    override func setUp() {
+        self.channel = EmbeddedChannel()
+        let key = PoolKey(backend: BackendState(), address: try! SocketAddress(ipAddress: "127.0.0.1", port: 1), generation: 0)
+        self.session = HTTP2UpstreamSession(channel: self.channel, key: key, backendIndex: 0, handler: nil, backend: "backend:80", scheme: "http",
+                                            authority: "backend:80", maxHeadBytes: 64 * 1024, maxStreams: 100, idleTimeout: nil)
+        XCTAssertNoThrow(try self.channel.pipeline.syncOperations.addHandler(self.session))
+        // Active, as a connected upstream connection is: closing it shows.
+        XCTAssertNoThrow(try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait())
+    }
+
+    override func tearDown() {
+        _ = try? self.channel.finish(acceptAlreadyClosed: true)
+    }
+
+    /// A stream with its exchange, its request written and flushed.
+    func start(_ request: String, exchange: Exchange = Exchange()) -> (HTTP2UpstreamStream, Exchange) {
+        let stream = self.session.openStream()
+        stream.delegate = exchange
+        self.session.write(ByteBuffer(string: request), on: stream)
+        self.session.flush()
+        return (stream, exchange)
+    }
+
+    func receive(_ payload: HTTP2Frame.FramePayload, stream: HTTP2StreamID = 1) throws {
+        try self.channel.writeInbound(HTTP2Frame(streamID: stream, payload: payload))
+    }
+
+    func written() throws -> [HTTP2Frame] {
+        var frames: [HTTP2Frame] = []
+        while let frame = try self.channel.readOutbound(as: HTTP2Frame.self) { frames.append(frame) }
+        return frames
+    }
+
+    func windowUpdates(_ frames: [HTTP2Frame]) -> [String] {
+        frames.compactMap { frame in
+            guard case .windowUpdate(let increment) = frame.payload else { return nil }
+            return "\(Int(frame.streamID)):\(increment)"
+        }
+    }
+
+    func data(_ count: Int, end: Bool = false) -> HTTP2Frame.FramePayload {
+        .data(.init(data: .byteBuffer(ByteBuffer(repeating: 0x61, count: count)), endStream: end))
+    }
+
+    func ok(_ fields: HPACKHeaders = [":status": "200"], end: Bool = false) -> HTTP2Frame.FramePayload {
+        .headers(.init(headers: fields, endStream: end))
+    }
+
+    /// Two exchanges at once on streams 1 and 3: each gets its own response, in the
+    /// order the frames came; one ending leaves the other going; the connection's window
+    /// comes back for both, each stream's for its own.
+    func testStreamsAreMultiplexedAndTheirResponsesKeptApart() throws {
+        let (first, a) = self.start("GET /a HTTP/1.1\r\nhost: a\r\n\r\n")
+        let (second, b) = self.start("GET /b HTTP/1.1\r\nhost: a\r\n\r\n")
+        XCTAssertEqual(try self.written().map(\.streamID), [1, 3])
+        XCTAssertEqual(self.session.inFlight, 2)
+        try self.receive(self.ok(), stream: 3)
+        try self.receive(self.ok([":status": "404"]), stream: 1)
+        try self.receive(self.data(20_000), stream: 1)
+        try self.receive(self.data(20_000), stream: 3)
+        XCTAssertEqual(self.windowUpdates(try self.written()), ["0:40000"], "the connection's: 40,000 passed on")
+        try self.receive(self.data(20_000), stream: 3)
+        XCTAssertEqual(self.windowUpdates(try self.written()), ["3:40000"])
+        try self.receive(self.data(1, end: true), stream: 1)
+        XCTAssertEqual(a.parts, ["head 404", "body 20000", "body 1", "end "])
+        XCTAssertEqual(b.parts, ["head 200", "body 20000", "body 20000"])
+        self.session.end(first)
+        XCTAssertEqual(try self.written().count, 0, "closed both ways: no reset")
+        XCTAssertEqual(self.session.inFlight, 1)
+        try self.receive(self.data(2, end: true), stream: 3)
+        XCTAssertEqual(b.parts.last, "end ")
+        self.session.end(second)
+        XCTAssertTrue(self.session.isIdle)
+        XCTAssertEqual([a.readCompletes, b.readCompletes], [3, 4], "each read batch that brought parts, once per exchange")
+    }
+
+    /// A client that takes no more bytes holds back its own stream's window (the
+    /// upstream stops sending on it), not the connection's; the window goes back when the
+    /// client drains.
+    func testASlowClientHoldsBackItsOwnStreamOnly() throws {
+        let slow = Exchange()
+        slow.downstreamWritable = false
+        let (stream, _) = self.start("GET / HTTP/1.1\r\nhost: a\r\n\r\n", exchange: slow)
+        _ = try self.written()
+        try self.receive(self.ok())
+        try self.receive(self.data(40_000))
+        XCTAssertEqual(self.windowUpdates(try self.written()), ["0:40000"], "the connection's only")
+        slow.downstreamWritable = true
+        self.session.resumeRead(stream)
+        XCTAssertEqual(self.windowUpdates(try self.written()), ["1:40000"])
+    }
+
+    /// Request body waiting for the upstream's window holds the exchange's reads: not
+    /// writable above 64 KiB queued on its stream, writable again once the frames went out.
+    func testQueuedRequestBodyTurnsWritabilityOffAndOn() throws {
+        let (stream, exchange) = self.start("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 200000\r\n\r\n")
+        self.session.write(ByteBuffer(string: String(repeating: "b", count: 50_000)), on: stream)
+        XCTAssertTrue(stream.isWritable)
+        self.session.write(ByteBuffer(string: String(repeating: "b", count: 50_000)), on: stream)
+        XCTAssertFalse(stream.isWritable)
+        XCTAssertEqual(exchange.writability, [false])
+        self.channel.flush()  // the embedded channel completes the writes' promises now
+        XCTAssertTrue(stream.isWritable)
+        XCTAssertEqual(exchange.writability, [false, true])
+    }
+
+    /// GOAWAY on an idle connection closes it; with streams in flight, those up to its
+    /// last stream go on (the connection closes after the last), and one above it fails
+    /// as not processed (NIO closes it), so any request may go again.
+    func testGoawayLetsProcessedStreamsFinishAndRefusesTheRest() throws {
+        try self.receive(.goAway(lastStreamID: 0, errorCode: .noError, opaqueData: nil), stream: .rootStream)
+        XCTAssertTrue(self.session.retired)
+        XCTAssertFalse(self.channel.isActive)
+
+        self.setUp()
+        let (kept, a) = self.start("GET /a HTTP/1.1\r\nhost: a\r\n\r\n")
+        let (_, b) = self.start("POST /b HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nx")
+        try self.receive(self.ok())
+        try self.receive(.goAway(lastStreamID: 1, errorCode: .noError, opaqueData: nil), stream: .rootStream)
+        XCTAssertEqual(self.session.freeStreams, 0, "no new stream")
+        self.channel.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: 3, reason: .cancel))
+        self.channel.embeddedEventLoop.run()
+        XCTAssertEqual(b.kinds, [.refusedStream], "\(b.errors)")
+        XCTAssertTrue(self.channel.isActive, "stream 1 goes on")
+        try self.receive(self.data(5, end: true))
+        XCTAssertEqual(a.parts, ["head 200", "body 5", "end "])
+        self.session.end(kept)
+        XCTAssertFalse(self.channel.isActive, "closed after its last stream")
+    }
+
+    /// A stream the exchange lets go of early (a response before the request ended, a
+    /// timeout) is reset with CANCEL; the connection and its other streams go on.
+    func testAnAbandonedStreamIsResetAndTheConnectionGoesOn() throws {
+        let (early, _) = self.start("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nabc")
+        let (_, other) = self.start("GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        _ = try self.written()
+        try self.receive(self.ok([":status": "413"], end: true))
+        XCTAssertFalse(early.reusable, "its request was not all sent")
+        self.session.end(early)
+        let frames = try self.written()
+        XCTAssertEqual(frames.count, 1)
+        guard case .rstStream(.cancel) = frames.first?.payload, frames.first?.streamID == 1 else { return XCTFail("\(frames)") }
+        try self.receive(self.ok(end: true), stream: 3)
+        XCTAssertEqual(other.parts, ["head 200", "end "])
+        XCTAssertTrue(self.channel.isActive)
+    }
+
+    /// A reset of a stream fails its exchange alone, reported on the next turn of the
+    /// loop; so does a request that cannot be sent, never from inside the write (whose
+    /// retry would lose the body the proxy writes after the head).
+    func testFailuresAreTheStreamsAndReportedOnTheNextTurn() throws {
+        let (_, upgrade) = self.start("GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        XCTAssertEqual(upgrade.errors, [], "not from inside the write")
+        self.channel.embeddedEventLoop.run()
+        XCTAssertEqual(upgrade.kinds, [.cannotCarry])
+        XCTAssertTrue(self.channel.isActive)
+        XCTAssertTrue(self.session.isIdle, "the failed stream let go of")
+
+        for (code, kind) in [(HTTP2ErrorCode.refusedStream, UpstreamError.Kind.refusedStream), (.internalError, .streamReset), (.cancel, .streamReset)] {
+            self.setUp()
+            let (_, reset) = self.start("GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            let (_, bystander) = self.start("GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            try self.receive(.rstStream(code))
+            self.channel.embeddedEventLoop.run()
+            XCTAssertEqual(reset.kinds, [kind], "\(code): \(reset.errors)")
+            XCTAssertTrue(reset.errors.first?.contains("reset the stream") == true, "\(reset.errors)")
+            XCTAssertEqual(bystander.errors, [])
+        }
+    }
+
+    /// NIO's error names its stream: only that stream's exchange fails. A socket error
+    /// fails them all.
+    func testStreamErrorsReachTheRightExchange() throws {
+        let (_, a) = self.start("GET /a HTTP/1.1\r\nhost: a\r\n\r\n")
+        let (_, b) = self.start("GET /b HTTP/1.1\r\nhost: a\r\n\r\n")
+        self.channel.pipeline.fireErrorCaught(NIOHTTP2Errors.streamError(streamID: 3, baseError: NIOHTTP2Errors.contentLengthViolated()))
+        self.channel.embeddedEventLoop.run()
+        XCTAssertEqual(a.kinds, [])
+        XCTAssertEqual(b.kinds, [.protocolError])
+        self.channel.pipeline.fireErrorCaught(IOError(errnoCode: ECONNRESET, reason: "read"))
+        self.channel.embeddedEventLoop.run()
+        XCTAssertEqual(a.kinds, [.closedEarly])
+        XCTAssertFalse(self.channel.isActive)
+    }
+
+    /// Room for streams: one before the upstream's SETTINGS (unless told what the last
+    /// connection took), then its SETTINGS_MAX_CONCURRENT_STREAMS under the group's
+    /// limit; `maxRequests` retires the connection after that many.
+    func testRoomFollowsSettingsAndTheRequestLimit() throws {
+        XCTAssertNil(self.session.capacity)
+        XCTAssertEqual(self.session.freeStreams, 1)
+        try self.receive(.settings(.settings([HTTP2Setting(parameter: .maxConcurrentStreams, value: 2)])), stream: .rootStream)
+        XCTAssertEqual(self.session.capacity, 2)
+        let (first, _) = self.start("GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        XCTAssertEqual(self.session.freeStreams, 1)
+        _ = self.start("GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        XCTAssertEqual(self.session.freeStreams, 0)
+        try self.receive(.settings(.settings([HTTP2Setting(parameter: .maxConcurrentStreams, value: 500)])), stream: .rootStream)
+        XCTAssertEqual(self.session.capacity, 100, "the group's max_streams_per_connection")
+
+        self.setUp()
+        self.session.maxRequests = 2
+        try self.receive(.settings(.settings([])), stream: .rootStream)
+        XCTAssertEqual(self.session.capacity, 100, "SETTINGS without a limit")
+        let (one, _) = self.start("GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        XCTAssertEqual(self.session.freeStreams, 1)
+        let (two, _) = self.start("GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        XCTAssertTrue(self.session.retired)
+        self.session.end(one)
+        XCTAssertTrue(self.channel.isActive)
+        self.session.end(two)
+        XCTAssertFalse(self.channel.isActive, "closed after its last stream")
+        _ = first
+    }
+
+    /// One content-length goes upstream, the parser's: `5` beside `05` is one length to
+    /// HTTP/1.1 and two values to NIO, which refused the HEADERS inside the proxy's write.
+    func testOneContentLengthGoesUpstream() throws {
+        _ = self.start("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\ncontent-length: 05\r\n\r\nhello")
+        let frames = try self.written()
+        guard case .headers(let headers) = frames.first?.payload else { return XCTFail("\(frames)") }
+        XCTAssertEqual(headers.headers[canonicalForm: "content-length"], ["5"])
+    }
+}
