@@ -34,8 +34,14 @@ struct HTTP2Lane<Session: StreamRoom, Waiter: AnyObject> {
     /// Streams a connection of this backend took last (what its SETTINGS allowed).
     private(set) var expectedCapacity: Int?
     /// Streams a connection of this backend was let to finish before a GOAWAY refused the
-    /// rest: new connections take no more (and more connections open instead).
+    /// rest: new connections take no more (and more connections open instead). Learned
+    /// only when two GOAWAYs in a row said the same (a backend's limit, not a one-off
+    /// reload), and forgotten after `learnedLimitConnections` connections, to be learned
+    /// again if the backend still does it: a limit the backend dropped is not kept forever.
     private(set) var requestLimit: Int?
+    private var limitSeen: Int?
+    private var connectionsUnderLimit = 0
+    static var learnedLimitConnections: Int { 64 }
     /// The group's `max_streams_per_connection`, the guess before any SETTINGS.
     let maxStreams: Int
     /// The group's `max_connections_per_backend` (0: no limit).
@@ -58,6 +64,12 @@ struct HTTP2Lane<Session: StreamRoom, Waiter: AnyObject> {
     /// elsewhere, as an `auto` group's first connection is).
     mutating func connected(_ session: Session, viaLane: Bool = true) -> [Action] {
         if viaLane { self.connecting = max(0, self.connecting - 1) }
+        if self.requestLimit != nil {
+            self.connectionsUnderLimit += 1
+            if self.connectionsUnderLimit >= Self.learnedLimitConnections {
+                (self.requestLimit, self.limitSeen, self.connectionsUnderLimit) = (nil, nil, 0)
+            }
+        }
         self.sessions.append(session)
         if let capacity = session.capacity { self.expectedCapacity = capacity }
         return self.balance()
@@ -88,10 +100,20 @@ struct HTTP2Lane<Session: StreamRoom, Waiter: AnyObject> {
         return self.balance()
     }
 
-    /// A GOAWAY refused streams after the connection had `processed`.
+    /// A GOAWAY (NO_ERROR) refused streams after the connection had `processed`.
     mutating func learnRequestLimit(_ processed: Int) {
-        guard processed > 0 else { return }
-        self.requestLimit = min(self.requestLimit ?? processed, processed)
+        let previous = self.limitSeen
+        self.limitSeen = processed
+        guard processed >= 2, previous == processed, processed < self.requestLimit ?? Int.max else { return }
+        self.requestLimit = processed
+        self.connectionsUnderLimit = 0
+    }
+
+    /// Waiters handed a stream that was gone by the time they got it (a connection that
+    /// closed or retired meanwhile) wait again, first in line.
+    mutating func requeue(_ waiters: [Waiter]) -> [Action] {
+        self.waiters.insert(contentsOf: waiters, at: 0)
+        return self.balance()
     }
 
     /// A waiter gave up (its timeout); false if it was served or failed already.

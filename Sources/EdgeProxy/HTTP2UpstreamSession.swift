@@ -18,9 +18,14 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
-    /// Window given back once this much was passed on: half the default 65,535-byte
-    /// windows, so the upstream never waits for an update while the proxy keeps reading.
+    /// Window given back once this much was passed on: half a stream's default 65,535-byte
+    /// window, so a stream's upstream rarely waits for an update while its client reads.
     static let windowUpdateThreshold = 32 * 1024
+    /// The connection's receive window beyond its default 65,535 bytes, granted at once:
+    /// shared by every stream, the default would let one connection carry 64 KiB per round
+    /// trip for all its streams together. Each stream keeps the default window, which
+    /// bounds what a slow client's stream holds.
+    static let connectionWindowBoost = 4 * 1024 * 1024
     /// Request body bytes of a stream written but not yet on the wire above which its
     /// exchange stops reading the client's body, and below which it resumes: the
     /// watermarks of NIO's stream channels.
@@ -89,6 +94,15 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    /// Once NIO's HTTP/2 handler is in front (it sends the preface and SETTINGS): the
+    /// connection's window grows.
+    func start() {
+        guard let context = self.context else { return }
+        context.write(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: Self.connectionWindowBoost))),
+                      promise: nil)
+        context.flush()
+    }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     // MARK: leasing
@@ -119,7 +133,8 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     func lease() -> UpstreamConnection {
         let stream = self.openStream()
         let connection = UpstreamConnection(channel: self.channel, key: self.key, handler: self.handler!, backendIndex: self.backendIndex, stream: stream)
-        connection.uses = self.streamsStarted
+        // Reused (a replay on failure may be safe) only as an idle keep-alive connection is.
+        connection.uses = stream.leasedIdle ? self.streamsStarted : 0
         stream.lease = connection
         return connection
     }
@@ -129,6 +144,7 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
         let stream = HTTP2UpstreamStream(session: self, translation: HTTP2UpstreamTranslation(scheme: self.scheme, defaultAuthority: self.authority,
                                                                                               maxHeadBytes: self.maxHeadBytes))
         let wasIdle = self.leased.isEmpty
+        stream.leasedIdle = wasIdle
         self.leased.append(stream)
         self.leasedTotal += 1
         self.key.backend.streamsInFlightChanged(by: 1)
@@ -149,7 +165,7 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
             // Ended both ways, the stream is closed (NIO says so after the frame that
             // closed it, which may be the one being read): a reset would be one too many,
             // and a server counts resets against its clients (rapid reset).
-            let closedBothWays = stream.translation.requestEnded && stream.translation.responseEnded
+            let closedBothWays = stream.translation.requestEnded && stream.translation.responseEnded && stream.queuedBodyBytes == 0
             if stream.open, !closedBothWays, !self.closed, let context = self.context {
                 stream.open = false
                 context.writeAndFlush(self.wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.cancel))), promise: nil)
@@ -185,6 +201,15 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
         }
     }
 
+    /// A connection the pool took and gave no stream (its waiters were served elsewhere or
+    /// gave up) idles, and closes after the idle timeout, as one whose streams ended.
+    func idleIfUnused() {
+        guard self.leased.isEmpty, !self.retired, !self.countedIdle else { return }
+        self.idleSince = .now()
+        self.armIdleTimer(at: self.idleSince + (self.idleTimeout ?? .zero))
+        self.pool?.sessionIdle(self)
+    }
+
     /// No new stream from here on; closed once the last one ends.
     func retire(_ reason: String) {
         guard !self.retired else { return }
@@ -200,7 +225,11 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     // MARK: request: the exchanges' bytes as frames
 
     func write(_ bytes: ByteBuffer, on stream: HTTP2UpstreamStream) {
-        guard !stream.failed, !stream.ended, let context = self.context else { return }
+        guard !stream.failed, !stream.ended else { return }
+        guard !self.closed, let context = self.context else {
+            self.fail(stream, UpstreamError(kind: .closedEarly, backend: self.backend, reason: "connection closed by the upstream"))
+            return
+        }
         let hadID = stream.translation.streamID != nil
         let frames: [HTTP2Frame]
         do {
@@ -276,12 +305,19 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = self.unwrapInboundIn(data)
         switch frame.payload {
-        case .goAway(let last, _, _):
+        case .goAway(let last, let code, _):
             self.goneAwayAfter = last
             // Streams above the last one are refused: the backend ends its connections
             // after this many (nginx's keepalive_requests), which the pool learns.
-            if self.streams.keys.contains(where: { $0 > last }) {
+            let refused = self.streams.filter { $0.key > last }.map(\.value)
+            if !refused.isEmpty, code == .noError {
                 self.pool?.sessionRefusedStreams(self, processed: (Int(last) + 1) / 2)
+            }
+            // Not processed: they go again elsewhere, now. NIO closes those it had sent
+            // (their StreamClosedEvent comes next); one it still held, the upstream's
+            // stream limit reached, it would send later and fail the connection for it.
+            for stream in refused {
+                self.fail(stream, UpstreamError(kind: .refusedStream, backend: self.backend, reason: "the upstream refused the stream (GOAWAY)"))
             }
             self.retire("the upstream is going away (GOAWAY)")
             return
@@ -377,6 +413,10 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     /// A stream closed by the HTTP/2 handler before its response ended (refused by a
     /// GOAWAY, reset, or a stream error of its own) fails its exchange.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let created = event as? NIOHTTP2StreamCreatedEvent {
+            self.streams[created.streamID]?.created = true
+            return
+        }
         guard let closed = event as? StreamClosedEvent else {
             context.fireUserInboundEventTriggered(event)
             return
@@ -394,20 +434,25 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
         }
     }
 
-    /// Socket and TLS errors fail every stream, as they are. NIO's own HTTP/2 errors do
-    /// not, by themselves: a connection error closes the connection (which fails every
-    /// stream), a stream error resets its stream, whose closing fails its exchange. An
-    /// outbound stream error names its stream, whose exchange fails (its HEADERS never
-    /// went out, and no stream closes). The error is kept as the reason.
+    /// Socket and TLS errors fail every stream, as they are. A stream error of NIO's fails
+    /// its stream's exchange only (NIO resets the stream; an outbound one before the
+    /// stream was created means its HEADERS never went out, and there is nothing to
+    /// reset). Any other HTTP/2 error is the connection's: NIO has sent GOAWAY (inbound)
+    /// or refused our frame (outbound) but closes nothing, so the connection is closed
+    /// here, and every stream fails with the error as its reason.
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let streamError = error as? NIOHTTP2Errors.StreamError {
             guard let stream = self.streams[streamError.streamID] else { return }
+            if !stream.created { stream.open = false }
             self.fail(stream, UpstreamError(kind: .protocolError, backend: self.backend, reason: "HTTP/2: \(streamError.baseError)"))
         } else if error is UpstreamError || error is IOError || error is TLSError {
             self.failAll(UpstreamHandler.describe(error, backend: self.backend))
             context.close(promise: nil)
         } else {
             self.protocolError = "\(error)"
+            self.retired = true
+            self.failAll(UpstreamError(kind: .protocolError, backend: self.backend, reason: "HTTP/2: \(error)"))
+            context.close(promise: nil)
         }
     }
 

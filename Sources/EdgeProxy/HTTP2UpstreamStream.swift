@@ -25,8 +25,17 @@ final class HTTP2UpstreamStream {
     var failed = false
     /// The exchange let go of the stream (released, abandoned, or failed and dropped).
     var ended = false
-    /// NIO has the stream open (its HEADERS written, not yet closed both ways or reset).
+    /// Its HEADERS were written and NIO has not said it closed: a stream to reset when the
+    /// exchange lets go of it early (NIO may still hold the HEADERS, the upstream's
+    /// stream limit reached: the reset drops them).
     var open = false
+    /// NIO created the stream (its HEADERS went out, `NIOHTTP2StreamCreatedEvent`): an
+    /// error before that means the HEADERS never did, and there is nothing to reset.
+    var created = false
+    /// Leased from a connection with no stream in flight: if the connection dies before
+    /// any answer, the upstream closed it idle and did not read the request, the HTTP/1.1
+    /// keep-alive case. (On a busy connection it may have read it: no replay of a POST.)
+    var leasedIdle = false
     /// In the session's list of streams that got parts in the current read batch.
     var touched = false
 

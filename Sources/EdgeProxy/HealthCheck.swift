@@ -130,7 +130,7 @@ package final class HealthChecker: Sendable {
         }
         let expected: ProbeHandler.Expectation = settings.kind == .grpc ? .serving : .status(settings.expectedStatus)
         // An http or grpc check speaks the group's protocol, HTTP/2 through the same
-        // translator as the proxy's requests (HAProxy's `check-proto h2`), as the pool
+        // translation as the proxy's requests (HAProxy's `check-proto h2`), as the pool
         // decides it: always on h2 and h2c, on auto when the backend agrees to h2.
         let http2 = request != nil && group.upstreamProtocol.mayBeHTTP2
             ? ProbeHandler.HTTP2Probe(upstreamProtocol: group.upstreamProtocol, needed: settings.kind == .grpc,
@@ -269,6 +269,7 @@ private final class ProbeHandler: ChannelInboundHandler {
                 } else {
                     try sync.addHandlers([connection, session], position: .first)
                 }
+                session.start()
                 let stream = session.openStream()
                 stream.delegate = ProbeStreamReader(probe: self, context: context)
                 session.write(Self.bytes(request.head, body: request.body), on: stream)

@@ -112,8 +112,8 @@ extension ProxyHandler {
     /// moves on to another backend, a bounded number of times, as `FailedAttempt` decides.
     func connectFailed(_ exchange: Exchange, backend index: Int, error: UpstreamError, failure: FailedAttempt.Failure) {
         let group = exchange.group
-        if let failure = error.tlsFailure { group.tlsHandshakeFailed(index, reason: failure) }
-        if group.backendFailed(index, reason: "\(error)") {
+        if let failure = error.tlsFailure, error.countsAgainstBackend { group.tlsHandshakeFailed(index, reason: failure) }
+        if error.countsAgainstBackend, group.backendFailed(index, reason: "\(error)") {
             self.logger.warning("backend ejected after consecutive connect failures", metadata: [
                 "upstream": "\(group.name)", "backend": "\(group.backends[index].description)",
                 "fail_timeout": "\(group.passive.failTimeout.nanoseconds / 1_000_000_000)s", "error": "\(error)",

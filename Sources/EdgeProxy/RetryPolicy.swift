@@ -48,10 +48,10 @@ struct FailedAttempt: Equatable {
     var retriedStale: Bool
     /// Times this request was not processed and went again to the same backend.
     var unprocessedRetries = 0
-    /// Not processed this many times, it goes elsewhere: on a busy HTTP/2 backend that
-    /// ends its connections after a number of streams (nginx's `keepalive_requests`),
-    /// one request can meet two GOAWAYs in a row, which is routine, not a failure; a
-    /// backend that refuses every stream is not asked forever.
+    /// Not processed this many times in all, it goes to another backend: on a busy
+    /// HTTP/2 backend that ends its connections after a number of streams (nginx's
+    /// `keepalive_requests`), one request can meet two GOAWAYs in a row, which is routine,
+    /// not a failure; a backend that refuses every stream is not asked forever.
     static let maxUnprocessedRetries = 3
     /// Backends tried for this request, the failed one included.
     var attempts: Int

@@ -70,6 +70,9 @@ package struct UpstreamError: Error, CustomStringConvertible, Sendable {
     package var reason: String
     /// Why the TLS handshake failed, for a handshake failure or timeout.
     package var tlsFailure: UpstreamHandshakeFailure?
+    /// False for the requests that waited on one failed HTTP/2 connect after the first:
+    /// one connect failed, and the backend's passive health counts it once.
+    package var countsAgainstBackend = true
 
     package init(kind: Kind, backend: String, reason: String, tlsFailure: UpstreamHandshakeFailure? = nil) {
         self.kind = kind
@@ -244,7 +247,7 @@ final class UpstreamHandler: ChannelInboundHandler {
         self.needsHandshake = needsHandshake
         self.backendDescription = backend
         self.requiredALPN = requiredALPN
-        // Over HTTP/2 the reads are the translator's buffers, not the socket's.
+        // Over HTTP/2 the session reads the socket; this handler reads nothing.
         self.firstRead = ReceiveBufferPin(enabled: !needsHandshake && !http2)
         Self.live.wrappingIncrement(ordering: .relaxed)
     }

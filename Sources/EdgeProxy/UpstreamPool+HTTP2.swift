@@ -47,7 +47,9 @@ extension UpstreamPool {
     func waitForStream(group: UpstreamGroup, backend index: Int, key: PoolKey) -> EventLoopFuture<UpstreamConnection> {
         let entry = self.entry(group: group, backend: index, key: key)
         let waiter = StreamWaiter(promise: self.eventLoop.makePromise(of: UpstreamConnection.self))
-        let timeout = group.timeouts.totalConnection
+        // Past any connect under way for it (which fails by itself, and the waiter with
+        // it): this is the wait for a stream of busy connections.
+        let timeout = group.timeouts.totalConnection + group.timeouts.connect
         waiter.timer = self.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
             guard entry.lane.timedOut(waiter) else { return }
             let limit = group.maxConnectionsPerBackend
@@ -63,23 +65,42 @@ extension UpstreamPool {
     /// or by an auto group's request that found it speaks h2).
     func added(_ session: HTTP2UpstreamSession, group: UpstreamGroup, backend index: Int, viaLane: Bool) {
         let entry = self.entry(group: group, backend: index, key: session.key)
+        guard !session.retired else { return }  // it served its limit with the stream just leased
         self.perform(entry.lane.connected(session, viaLane: viaLane), on: entry)
+        session.idleIfUnused()
     }
 
+    /// Performs the lane's plan. A promise completed here runs its exchange at once, which
+    /// may end or retire a connection the plan leased from: each lease checks its room
+    /// again, and a waiter it no longer fits waits again. Of the waiters a failed connect
+    /// fails, the first counts the failure against the backend, the others only move on.
     private func perform(_ actions: [HTTP2Lane<HTTP2UpstreamSession, StreamWaiter>.Action], on entry: LaneEntry, failure: Error? = nil) {
+        var again: [StreamWaiter] = []
+        var failed = 0
         for action in actions {
             switch action {
             case .lease(let session, let waiter):
+                guard session.freeStreams > 0 else {
+                    again.append(waiter)
+                    continue
+                }
                 waiter.timer?.cancel()
                 waiter.promise.succeed(session.lease())
             case .connect:
                 self.connectForLane(entry)
             case .fail(let waiter):
                 waiter.timer?.cancel()
-                waiter.promise.fail(failure ?? UpstreamError(kind: .connectFailed, backend: entry.group.backends[entry.index].description,
-                                                             reason: "no HTTP/2 connection"))
+                var error = failure ?? UpstreamError(kind: .connectFailed, backend: entry.group.backends[entry.index].description,
+                                                     reason: "no HTTP/2 connection")
+                if failed > 0, var upstream = error as? UpstreamError {
+                    upstream.countsAgainstBackend = false
+                    error = upstream
+                }
+                failed += 1
+                waiter.promise.fail(error)
             }
         }
+        if !again.isEmpty { self.perform(entry.lane.requeue(again), on: entry) }
     }
 
     private func connectForLane(_ entry: LaneEntry) {
@@ -87,6 +108,7 @@ extension UpstreamPool {
             switch result {
             case .success(.http2(let session)):
                 self.perform(entry.lane.connected(session), on: entry)
+                session.idleIfUnused()
             case .success(.http1(let connection)):
                 // Only h2 and h2c groups wait in lanes, and their connections speak HTTP/2.
                 connection.close()

@@ -105,7 +105,8 @@ package final class UpstreamPool {
     }
 
     /// Takes back a connection whose exchange finished cleanly, to idle (or to close,
-    /// when its backend keeps no idle connections).
+    /// when its backend keeps no idle connections, or it served its
+    /// `max_requests_per_connection`); a stream goes back to its HTTP/2 connection.
     func release(_ connection: UpstreamConnection, group: UpstreamGroup) {
         self.eventLoop.assertInEventLoop()
         if let stream = connection.stream {
@@ -306,6 +307,7 @@ package final class UpstreamPool {
         try sync.addHandler(NIOHTTP2Handler(mode: .client, initialSettings: settings, headerBlockValidation: .disabled),
                             name: "h2", position: .before(handler))
         try sync.addHandler(session, name: "h2-session", position: .before(handler))
+        session.start()
         return session
     }
 }

@@ -221,6 +221,7 @@ final class ConfigTests: XCTestCase {
               tlsplain: { backends: ["127.0.0.1:9"], protocol: h2c, tls: { ca_file: \(Self.pki.caPath) } }
               probe: { backends: ["127.0.0.1:9"], protocol: h2c, health_check: { kind: http } }
               either: { backends: ["127.0.0.1:9"], protocol: auto }
+              limits: { backends: ["127.0.0.1:9"], protocol: h2c, pool: { max_streams_per_connection: 0, max_connections_per_backend: -1, max_requests_per_connection: -2 } }
               three: { backends: ["127.0.0.1:9"], protocol: http3 }
               grpcplain: { backends: ["127.0.0.1:9"], health_check: { kind: grpc } }
               svc: { backends: ["127.0.0.1:9"], health_check: { kind: http, service: x } }
@@ -231,6 +232,9 @@ final class ConfigTests: XCTestCase {
                          "upstreams.tlsplain.protocol: h2c is HTTP/2 without TLS; use h2 with the group's tls settings",
                          "upstreams.either.protocol: auto chooses between h2 and http/1.1 by ALPN, which needs the group's tls settings; use h2c for plain HTTP/2",
                          "upstreams.three.protocol: 'http3' is not one of http1, h2, h2c, auto",
+                         "upstreams.limits.pool.max_streams_per_connection: must be at least 1, got 0",
+                         "upstreams.limits.pool.max_connections_per_backend: must not be negative (0 is no limit)",
+                         "upstreams.limits.pool.max_requests_per_connection: must not be negative (0 is no limit)",
                          "upstreams.grpcplain.health_check.kind: a grpc check speaks HTTP/2: set the group's protocol to h2, h2c or auto",
                          "upstreams.svc.health_check.service: only used with kind: grpc"] {
             XCTAssertTrue(result.stderr.contains(expected), "missing '\(expected)' in:\n\(result.stderr)")

@@ -98,15 +98,23 @@ final class HTTP2LaneTests: XCTestCase {
         XCTAssertEqual(self.run(lane.roomChanged(busy)), ["w3->c1"])
     }
 
-    /// A GOAWAY that refused streams after a number of them teaches the lane: connects
-    /// open for the waiters by that number per connection (nginx's keepalive_requests).
+    /// Two GOAWAYs in a row that refused streams after the same number teach the lane
+    /// (one alone may be a reload): connects open for the waiters by that number per
+    /// connection (nginx's keepalive_requests). It is forgotten after 64 connections.
     func testALearnedRequestLimitOpensMoreConnections() {
         var lane = Lane(maxStreams: 100, maxConnections: 0)
         let busy = Connection("c1", free: 0, capacity: 100)
         _ = lane.connected(busy, viaLane: false)
         lane.learnRequestLimit(5)
-        lane.learnRequestLimit(0)
+        XCTAssertNil(lane.requestLimit, "once is not a limit")
+        lane.learnRequestLimit(1)
+        lane.learnRequestLimit(5)
+        XCTAssertNil(lane.requestLimit, "not twice in a row")
+        lane.learnRequestLimit(5)
         XCTAssertEqual(lane.requestLimit, 5)
+        var forgetting = lane
+        for k in 0..<Lane.learnedLimitConnections { _ = forgetting.connected(Connection("f\(k)", free: 0, capacity: 5), viaLane: false) }
+        XCTAssertNil(forgetting.requestLimit)
         var out: [String] = []
         for waiter in self.waiters(12) { out += self.run(lane.wait(waiter)) }
         XCTAssertEqual(out, ["connect", "connect", "connect"], "12 waiters, 5 per connection")

@@ -43,8 +43,11 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
         self.session = HTTP2UpstreamSession(channel: self.channel, key: key, backendIndex: 0, handler: nil, backend: "backend:80", scheme: "http",
                                             authority: "backend:80", maxHeadBytes: 64 * 1024, maxStreams: 100, idleTimeout: nil)
         XCTAssertNoThrow(try self.channel.pipeline.syncOperations.addHandler(self.session))
+        self.session.start()
         // Active, as a connected upstream connection is: closing it shows.
         XCTAssertNoThrow(try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait())
+        // The connection's window, enlarged first: each stream keeps the default one.
+        XCTAssertEqual(self.windowUpdates(try! self.written()), ["0:\(HTTP2UpstreamSession.connectionWindowBoost)"])
     }
 
     override func tearDown() {
@@ -157,7 +160,8 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
         try self.receive(self.ok())
         try self.receive(.goAway(lastStreamID: 1, errorCode: .noError, opaqueData: nil), stream: .rootStream)
         XCTAssertEqual(self.session.freeStreams, 0, "no new stream")
-        self.channel.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: 3, reason: .cancel))
+        // Failed at once, whether NIO closes the stream (it had sent it) or not (it held
+        // its HEADERS back, the upstream's stream limit reached).
         self.channel.embeddedEventLoop.run()
         XCTAssertEqual(b.kinds, [.refusedStream], "\(b.errors)")
         XCTAssertTrue(self.channel.isActive, "stream 1 goes on")
@@ -205,6 +209,27 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
             XCTAssertTrue(reset.errors.first?.contains("reset the stream") == true, "\(reset.errors)")
             XCTAssertEqual(bystander.errors, [])
         }
+    }
+
+    /// Only a stream leased from a connection with nothing in flight counts as on a reused
+    /// connection (a POST may be replayed if that connection dies before answering, as on
+    /// HTTP/1.1 keep-alive): on a busy one the upstream may have read it.
+    func testOnlyAStreamLeasedFromAnIdleConnectionCountsAsReused() {
+        let first = self.session.openStream()
+        let second = self.session.openStream()
+        XCTAssertTrue(first.leasedIdle)
+        XCTAssertFalse(second.leasedIdle)
+    }
+
+    /// An HTTP/2 error of the connection's (NIO sent GOAWAY, or refused our frame, and
+    /// closes nothing) closes it, and every stream fails with it as its reason.
+    func testAConnectionErrorClosesTheConnection() throws {
+        let (_, a) = self.start("GET /a HTTP/1.1\r\nhost: a\r\n\r\n")
+        self.channel.pipeline.fireErrorCaught(NIOHTTP2Errors.createdStreamAfterGoaway())
+        self.channel.embeddedEventLoop.run()
+        XCTAssertEqual(a.kinds, [.protocolError])
+        XCTAssertTrue(a.errors.first?.contains("HTTP/2") == true, "\(a.errors)")
+        XCTAssertFalse(self.channel.isActive)
     }
 
     /// NIO's error names its stream: only that stream's exchange fails. A socket error

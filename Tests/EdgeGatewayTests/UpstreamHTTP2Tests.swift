@@ -259,7 +259,8 @@ final class UpstreamHTTP2Tests: XCTestCase {
     /// chose: HTTP/2 to nginx's `http2` listener, HTTP/1.1 to its other one. An http
     /// health check speaks the same (on an h2 group too, which the plan used to refuse).
     /// A WebSocket handshake gets a connection that offers http/1.1 alone, so it reaches
-    /// the echo server behind the h2 listener (over HTTP/2 it had no way: 502).
+    /// the echo server behind the h2 listener (over HTTP/2 it had no way: 502). And
+    /// `max_requests_per_connection` closes an HTTP/1.1 connection after that many.
     func testAutoSpeaksWhatEachBackendChoseByALPN() async throws {
         let pki = try TestPKI()
         let leaf = try pki.issue(["localhost"])
@@ -293,7 +294,8 @@ final class UpstreamHTTP2Tests: XCTestCase {
               - { name: http, address: "127.0.0.1:0" }
             upstreams:
               either: { backends: ["localhost:\(h2Port)"], protocol: auto, tls: { ca_file: \(pki.caPath) }, \(check) }
-              older: { backends: ["localhost:\(h1Port)"], protocol: auto, tls: { ca_file: \(pki.caPath) }, \(check) }
+              older: { backends: ["localhost:\(h1Port)"], protocol: auto, tls: { ca_file: \(pki.caPath) }, \(check),
+                       pool: { max_requests_per_connection: 2 } }
               strict: { backends: ["localhost:\(h2Port)"], protocol: h2, tls: { ca_file: \(pki.caPath) }, \(check) }
             routes:
               - { path_prefix: /old, upstream: older }
@@ -307,6 +309,8 @@ final class UpstreamHTTP2Tests: XCTestCase {
             let run = try Shell.run(["curl", "-sS", "--max-time", "30", base + path], timeout: 60)
             XCTAssertEqual(run.stdout, expected, path + ": " + run.stderr)
         }
+        // max_requests_per_connection: 2 on HTTP/1.1: five more requests, three more connections.
+        for _ in 0..<5 { XCTAssertEqual(try Shell.run(["curl", "-sS", "--max-time", "30", base + "/old/again"], timeout: 60).stdout, "HTTP/1.1 GET\n") }
         let echo = try Shell.run(["/usr/bin/python3", repositoryRoot() + "/Tests/tools/ws_echo.py", "client", "127.0.0.1", "\(harness.port("http"))",
                                   "/ws", "--sizes", "5,70000"], timeout: 60)
         XCTAssertTrue(echo.stdout.contains("\"status\": \"HTTP/1.1 101 Switching Protocols\""), echo.stdout + echo.stderr)
@@ -330,6 +334,7 @@ final class UpstreamHTTP2Tests: XCTestCase {
         XCTAssertEqual(opened("either").0, 2, status)
         XCTAssertEqual(opened("either").1, 1, status)
         XCTAssertEqual(opened("older").1, 0, status)
+        XCTAssertEqual(opened("older").0, 3, "six requests, two per connection: \(status)")
         XCTAssertEqual(opened("strict").1, 1, status)
         await harness.shutdown()
     }
