@@ -329,12 +329,12 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
             if !self.retired { self.pool?.sessionHasRoom(self) }
             return
         case .data(let data):
-            // The connection's window comes back for every DATA frame, whatever its stream:
-            // back-pressure is each stream's (below).
+            // The connection's window comes back for every DATA frame, whatever its stream
+            // (back-pressure is each stream's, below), at the end of the read batch: a write
+            // here, before this frame reached its stream, made NIO deliver the stream's
+            // StreamClosedEvent (pending since it read this very frame's END_STREAM) first,
+            // and a response that had ended looked cut short (1 request in 1,000 failed).
             self.connectionUnacknowledged += HTTP2UpstreamTranslation.flowControlledLength(data)
-            if self.connectionUnacknowledged >= Self.windowUpdateThreshold {
-                self.giveBack(&self.connectionUnacknowledged, on: .rootStream, context: context)
-            }
         default:
             break
         }
@@ -387,6 +387,9 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        if self.connectionUnacknowledged >= Self.windowUpdateThreshold {
+            self.giveBack(&self.connectionUnacknowledged, on: .rootStream, context: context)
+        }
         if self.needsFlush {
             self.needsFlush = false
             context.flush()
