@@ -40,7 +40,12 @@ struct HTTP2Lane<Session: StreamRoom, Waiter: AnyObject> {
     /// again if the backend still does it: a limit the backend dropped is not kept forever.
     private(set) var requestLimit: Int?
     private var limitSeen: Int?
+    /// `connections` when the last GOAWAY count came: the next must come from a
+    /// connection made after it (one reload's GOAWAYs on two connections are one event).
+    private var limitSeenAfter = 0
     private var connectionsUnderLimit = 0
+    /// Connections made so far (each gets its number, `HTTP2UpstreamSession.laneOrdinal`).
+    private(set) var connections = 0
     static var learnedLimitConnections: Int { 64 }
     /// The group's `max_streams_per_connection`, the guess before any SETTINGS.
     let maxStreams: Int
@@ -64,6 +69,7 @@ struct HTTP2Lane<Session: StreamRoom, Waiter: AnyObject> {
     /// elsewhere, as an `auto` group's first connection is).
     mutating func connected(_ session: Session, viaLane: Bool = true) -> [Action] {
         if viaLane { self.connecting = max(0, self.connecting - 1) }
+        self.connections += 1
         if self.requestLimit != nil {
             self.connectionsUnderLimit += 1
             if self.connectionsUnderLimit >= Self.learnedLimitConnections {
@@ -100,10 +106,12 @@ struct HTTP2Lane<Session: StreamRoom, Waiter: AnyObject> {
         return self.balance()
     }
 
-    /// A GOAWAY (NO_ERROR) refused streams after the connection had `processed`.
-    mutating func learnRequestLimit(_ processed: Int) {
-        let previous = self.limitSeen
+    /// A GOAWAY (NO_ERROR) refused streams after connection number `connection` had
+    /// `processed`.
+    mutating func learnRequestLimit(_ processed: Int, connection: Int) {
+        let previous = connection > self.limitSeenAfter ? self.limitSeen : nil
         self.limitSeen = processed
+        self.limitSeenAfter = self.connections
         guard processed >= 2, previous == processed, processed < self.requestLimit ?? Int.max else { return }
         self.requestLimit = processed
         self.connectionsUnderLimit = 0

@@ -14,7 +14,7 @@ import NIOHTTP2
 /// and the group's `max_streams_per_connection` when leasing, retires on GOAWAY (streams
 /// above its last stream ID fail as not processed, the rest finish) and when its stream
 /// IDs run out, and closes once retired and idle.
-final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
+final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2FrameDelegate {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
@@ -66,7 +66,15 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     /// Streams started on this connection: a lease's exchange counts as on a reused
     /// connection after the first.
     private(set) var streamsStarted = 0
-    private var connectionUnacknowledged = 0
+    /// What the upstream may still send on the connection, as NIO last said
+    /// (`NIOHTTP2WindowUpdatedEvent`): topped up at the end of each read. Counted by NIO,
+    /// not from the DATA this session sees: DATA that NIO drops (for a stream reset
+    /// meanwhile) takes window too, and counted here it leaked until the connection stalled.
+    private var connectionWindow = 65_535 + HTTP2UpstreamSession.connectionWindowBoost
+    /// NIO sent GOAWAY (`wroteFrame`): an error it reports now is the connection's.
+    private var sentGoaway = false
+    /// Where this connection came in its lane's order (`HTTP2Lane.connected`).
+    var laneOrdinal = 0
     private var needsFlush = false
     /// Streams that got parts in this read batch: each exchange flushes once at its end.
     private var touched: [HTTP2UpstreamStream] = []
@@ -94,6 +102,20 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    /// NIO's connection handler for an upstream connection: our SETTINGS, NIO's header
+    /// validation off (the translation checks every response field itself, and request
+    /// fields come from the HTTP/1.1 parser; it cost 8 % of a request, as on the client
+    /// side), the session told of each frame written, and room for the resets of a busy
+    /// connection (DATA still arriving for one of the last 32 reset streams was fine, for
+    /// an older one a connection error).
+    static func connectionHandler(settings: HTTP2Settings, session: HTTP2UpstreamSession) -> NIOHTTP2Handler {
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        connection.initialSettings = settings
+        connection.headerBlockValidation = .disabled
+        connection.maximumRecentlyResetStreams = 1024
+        return NIOHTTP2Handler(mode: .client, frameDelegate: session, connectionConfiguration: connection)
+    }
 
     /// Once NIO's HTTP/2 handler is in front (it sends the preface and SETTINGS): the
     /// connection's window grows.
@@ -227,7 +249,9 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     func write(_ bytes: ByteBuffer, on stream: HTTP2UpstreamStream) {
         guard !stream.failed, !stream.ended else { return }
         guard !self.closed, let context = self.context else {
-            self.fail(stream, UpstreamError(kind: .closedEarly, backend: self.backend, reason: "connection closed by the upstream"))
+            // A request not begun on the connection was not processed: it goes again.
+            let kind: UpstreamError.Kind = stream.translation.streamID == nil ? .refusedStream : .closedEarly
+            self.fail(stream, UpstreamError(kind: kind, backend: self.backend, reason: "connection closed by the upstream"))
             return
         }
         let hadID = stream.translation.streamID != nil
@@ -311,12 +335,19 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
             // after this many (nginx's keepalive_requests), which the pool learns.
             let refused = self.streams.filter { $0.key > last }.map(\.value)
             if !refused.isEmpty, code == .noError {
-                self.pool?.sessionRefusedStreams(self, processed: (Int(last) + 1) / 2)
+                self.pool?.sessionRefusedStreams(self, processed: (Int(last) + 1) / 2, ordinal: self.laneOrdinal)
             }
             // Not processed: they go again elsewhere, now. NIO closes those it had sent
             // (their StreamClosedEvent comes next); one it still held, the upstream's
             // stream limit reached, it would send later and fail the connection for it.
             for stream in refused {
+                if stream.open, !stream.created, let id = stream.translation.streamID {
+                    // HEADERS NIO still holds back: dropped now, before NIO could send them
+                    // past the GOAWAY (a connection error) later in this turn.
+                    stream.open = false
+                    context.write(self.wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.cancel))), promise: nil)
+                    self.needsFlush = true
+                }
                 self.fail(stream, UpstreamError(kind: .refusedStream, backend: self.backend, reason: "the upstream refused the stream (GOAWAY)"))
             }
             self.retire("the upstream is going away (GOAWAY)")
@@ -328,13 +359,13 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
             }
             if !self.retired { self.pool?.sessionHasRoom(self) }
             return
-        case .data(let data):
-            // The connection's window comes back for every DATA frame, whatever its stream
-            // (back-pressure is each stream's, below), at the end of the read batch: a write
-            // here, before this frame reached its stream, made NIO deliver the stream's
-            // StreamClosedEvent (pending since it read this very frame's END_STREAM) first,
-            // and a response that had ended looked cut short (1 request in 1,000 failed).
-            self.connectionUnacknowledged += HTTP2UpstreamTranslation.flowControlledLength(data)
+        case .data:
+            // The connection's window comes back at the end of the read batch (below): a
+            // write here, before this frame reached its stream, made NIO deliver the
+            // stream's StreamClosedEvent (pending since it read this very frame's
+            // END_STREAM) first, and a response that had ended looked cut short (1 request
+            // in 1,000 failed under h2load).
+            break
         default:
             break
         }
@@ -387,8 +418,13 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if self.connectionUnacknowledged >= Self.windowUpdateThreshold {
-            self.giveBack(&self.connectionUnacknowledged, on: .rootStream, context: context)
+        // Not once the upstream is going away and nothing is open: NIO refuses a
+        // WINDOW_UPDATE on a connection with no stream left to receive.
+        let target = 65_535 + Self.connectionWindowBoost
+        if target - self.connectionWindow >= Self.windowUpdateThreshold, self.goneAwayAfter == nil || !self.streams.isEmpty {
+            var increment = target - self.connectionWindow
+            self.connectionWindow = target
+            self.giveBack(&increment, on: .rootStream, context: context)
         }
         if self.needsFlush {
             self.needsFlush = false
@@ -420,6 +456,10 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
             self.streams[created.streamID]?.created = true
             return
         }
+        if let window = event as? NIOHTTP2WindowUpdatedEvent {
+            if window.streamID == .rootStream, let inbound = window.inboundWindowSize { self.connectionWindow = inbound }
+            return
+        }
         guard let closed = event as? StreamClosedEvent else {
             context.fireUserInboundEventTriggered(event)
             return
@@ -437,12 +477,13 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
         }
     }
 
-    /// Socket and TLS errors fail every stream, as they are. A stream error of NIO's fails
-    /// its stream's exchange only (NIO resets the stream; an outbound one before the
-    /// stream was created means its HEADERS never went out, and there is nothing to
-    /// reset). Any other HTTP/2 error is the connection's: NIO has sent GOAWAY (inbound)
-    /// or refused our frame (outbound) but closes nothing, so the connection is closed
-    /// here, and every stream fails with the error as its reason.
+    /// Socket and TLS errors fail every stream, as they are. A stream error of ours fails
+    /// its stream's exchange only (an outbound one before the stream was created means
+    /// its HEADERS never went out, and there is nothing to reset). NIO reports an error in
+    /// a frame the upstream sent unwrapped: when it answered it with GOAWAY (`wroteFrame`)
+    /// it is the connection's, which NIO does not close, so it is closed here and every
+    /// stream fails with it; otherwise NIO reset one stream, whose StreamClosedEvent fails
+    /// it with this as its reason, and the others go on.
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let streamError = error as? NIOHTTP2Errors.StreamError {
             guard let stream = self.streams[streamError.streamID] else { return }
@@ -453,10 +494,17 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom {
             context.close(promise: nil)
         } else {
             self.protocolError = "\(error)"
-            self.retired = true
+            guard self.sentGoaway else { return }
+            self.retire("HTTP/2 connection error: \(error)")
             self.failAll(UpstreamError(kind: .protocolError, backend: self.backend, reason: "HTTP/2: \(error)"))
             context.close(promise: nil)
         }
+    }
+
+    /// Every frame NIO writes (`NIOHTTP2FrameDelegate`): a GOAWAY of its own says the
+    /// upstream broke the connection's protocol.
+    func wroteFrame(_ frame: HTTP2Frame) {
+        if case .goAway = frame.payload { self.sentGoaway = true }
     }
 
     func channelInactive(context: ChannelHandlerContext) {

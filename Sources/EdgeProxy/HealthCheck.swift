@@ -262,8 +262,7 @@ private final class ProbeHandler: ChannelInboundHandler {
                 let session = HTTP2UpstreamSession(channel: context.channel, key: key, backendIndex: 0, handler: nil, backend: http2.authority,
                                                    scheme: http2.scheme, authority: http2.authority, maxHeadBytes: 64 * 1024, maxStreams: 1,
                                                    idleTimeout: nil)
-                let connection = NIOHTTP2Handler(mode: .client, initialSettings: [HTTP2Setting(parameter: .enablePush, value: 0)],
-                                                 headerBlockValidation: .disabled)
+                let connection = HTTP2UpstreamSession.connectionHandler(settings: [HTTP2Setting(parameter: .enablePush, value: 0)], session: session)
                 if let tls = try? sync.handler(type: OpenSSLHandler.self) {
                     try sync.addHandlers([connection, session], position: .after(tls))
                 } else {

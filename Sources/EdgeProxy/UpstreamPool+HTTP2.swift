@@ -66,6 +66,7 @@ extension UpstreamPool {
     func added(_ session: HTTP2UpstreamSession, group: UpstreamGroup, backend index: Int, viaLane: Bool) {
         let entry = self.entry(group: group, backend: index, key: session.key)
         guard !session.retired else { return }  // it served its limit with the stream just leased
+        session.laneOrdinal = entry.lane.connections + 1
         self.perform(entry.lane.connected(session, viaLane: viaLane), on: entry)
         session.idleIfUnused()
     }
@@ -107,6 +108,12 @@ extension UpstreamPool {
         self.connect(group: entry.group, backend: entry.index, key: entry.key, http1Only: false).assumeIsolated().whenComplete { result in
             switch result {
             case .success(.http2(let session)):
+                guard !session.retired else {
+                    // It failed before it could lease (closed in its first turn).
+                    self.perform(entry.lane.connectFailed(), on: entry)
+                    return
+                }
+                session.laneOrdinal = entry.lane.connections + 1
                 self.perform(entry.lane.connected(session), on: entry)
                 session.idleIfUnused()
             case .success(.http1(let connection)):
@@ -152,8 +159,8 @@ extension UpstreamPool {
 
     /// A GOAWAY refused streams after `processed` of them: later connections to the
     /// backend take no more than that.
-    func sessionRefusedStreams(_ session: HTTP2UpstreamSession, processed: Int) {
-        self.lanes[session.key]?.lane.learnRequestLimit(processed)
+    func sessionRefusedStreams(_ session: HTTP2UpstreamSession, processed: Int, ordinal: Int) {
+        self.lanes[session.key]?.lane.learnRequestLimit(processed, connection: ordinal)
     }
 
     /// A session takes no new stream: it leaves its lane.

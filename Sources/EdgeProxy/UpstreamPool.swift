@@ -289,8 +289,7 @@ package final class UpstreamPool {
     /// An h2 or h2c group's connection, or an auto group's that agreed on h2, speaks
     /// HTTP/2 from here on (after the TLS handshake): NIO's connection handler sends the
     /// preface and SETTINGS, and the session leases its streams.
-    static func addHTTP2(to channel: Channel, group: UpstreamGroup, backend index: Int, key: PoolKey, before handler: UpstreamHandler,
-                         idleTimeout: TimeAmount?? = nil) throws -> HTTP2UpstreamSession {
+    static func addHTTP2(to channel: Channel, group: UpstreamGroup, backend index: Int, key: PoolKey, before handler: UpstreamHandler) throws -> HTTP2UpstreamSession {
         let backend = group.backends[index]
         let settings: HTTP2Settings = [
             HTTP2Setting(parameter: .enablePush, value: 0),
@@ -299,13 +298,9 @@ package final class UpstreamPool {
         let session = HTTP2UpstreamSession(channel: channel, key: key, backendIndex: index, handler: handler, backend: backend.description,
                                            scheme: group.tls == nil ? "http" : "https", authority: backend.description,
                                            maxHeadBytes: group.maxResponseHeadBytes, maxStreams: group.maxStreamsPerConnection,
-                                           idleTimeout: idleTimeout ?? group.timeouts.idle)
+                                           idleTimeout: group.timeouts.idle)
         let sync = channel.pipeline.syncOperations
-        // NIO's header validation is off, as on the client side (`HTTP2StreamBridge`): the
-        // translation checks every response field itself, and request fields come from the
-        // HTTP/1.1 parser. It cost 8 % of a request. Content-Length is still checked.
-        try sync.addHandler(NIOHTTP2Handler(mode: .client, initialSettings: settings, headerBlockValidation: .disabled),
-                            name: "h2", position: .before(handler))
+        try sync.addHandler(HTTP2UpstreamSession.connectionHandler(settings: settings, session: session), name: "h2", position: .before(handler))
         try sync.addHandler(session, name: "h2-session", position: .before(handler))
         session.start()
         return session

@@ -98,19 +98,26 @@ final class HTTP2LaneTests: XCTestCase {
         XCTAssertEqual(self.run(lane.roomChanged(busy)), ["w3->c1"])
     }
 
-    /// Two GOAWAYs in a row that refused streams after the same number teach the lane
-    /// (one alone may be a reload): connects open for the waiters by that number per
+    /// Two GOAWAYs in a row that refused streams after the same number, the second on a
+    /// connection made after the first, teach the lane (one alone, or one reload's on
+    /// two connections, is no limit): connects open for the waiters by that number per
     /// connection (nginx's keepalive_requests). It is forgotten after 64 connections.
     func testALearnedRequestLimitOpensMoreConnections() {
         var lane = Lane(maxStreams: 100, maxConnections: 0)
         let busy = Connection("c1", free: 0, capacity: 100)
         _ = lane.connected(busy, viaLane: false)
-        lane.learnRequestLimit(5)
+        _ = lane.connected(Connection("c2", free: 0, capacity: 100), viaLane: false)
+        lane.learnRequestLimit(5, connection: 1)
         XCTAssertNil(lane.requestLimit, "once is not a limit")
-        lane.learnRequestLimit(1)
-        lane.learnRequestLimit(5)
+        lane.learnRequestLimit(5, connection: 2)
+        XCTAssertNil(lane.requestLimit, "a connection made before the first GOAWAY: one reload seen twice")
+        _ = lane.connected(Connection("c3", free: 0, capacity: 100), viaLane: false)
+        lane.learnRequestLimit(1, connection: 3)
+        _ = lane.connected(Connection("c4", free: 0, capacity: 100), viaLane: false)
+        lane.learnRequestLimit(5, connection: 4)
         XCTAssertNil(lane.requestLimit, "not twice in a row")
-        lane.learnRequestLimit(5)
+        _ = lane.connected(Connection("c5", free: 0, capacity: 100), viaLane: false)
+        lane.learnRequestLimit(5, connection: 5)
         XCTAssertEqual(lane.requestLimit, 5)
         var forgetting = lane
         for k in 0..<Lane.learnedLimitConnections { _ = forgetting.connected(Connection("f\(k)", free: 0, capacity: 5), viaLane: false) }

@@ -38,6 +38,7 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
     var session: HTTP2UpstreamSession!
 
     override func setUp() {
+        self.window = 65_535
         self.channel = EmbeddedChannel()
         let key = PoolKey(backend: BackendState(), address: try! SocketAddress(ipAddress: "127.0.0.1", port: 1), generation: 0)
         self.session = HTTP2UpstreamSession(channel: self.channel, key: key, backendIndex: 0, handler: nil, backend: "backend:80", scheme: "http",
@@ -63,13 +64,28 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
         return (stream, exchange)
     }
 
+    /// The connection's receive window as NIO counts it (65,535, then the session's boost).
+    var window = 65_535
+
+    /// A frame as NIO hands it on: a DATA frame's length comes off the connection's
+    /// window, which NIO reports after the frame (`NIOHTTP2WindowUpdatedEvent`).
     func receive(_ payload: HTTP2Frame.FramePayload, stream: HTTP2StreamID = 1) throws {
-        try self.channel.writeInbound(HTTP2Frame(streamID: stream, payload: payload))
+        self.channel.pipeline.fireChannelRead(NIOAny(HTTP2Frame(streamID: stream, payload: payload)))
+        if case .data(let data) = payload {
+            self.window -= HTTP2UpstreamTranslation.flowControlledLength(data)
+            self.channel.pipeline.fireUserInboundEventTriggered(NIOHTTP2WindowUpdatedEvent(streamID: .rootStream, inboundWindowSize: self.window,
+                                                                                           outboundWindowSize: 65_535))
+        }
+        self.channel.pipeline.fireChannelReadComplete()
     }
 
+    /// What the session wrote; a WINDOW_UPDATE of the connection's goes back on its window.
     func written() throws -> [HTTP2Frame] {
         var frames: [HTTP2Frame] = []
-        while let frame = try self.channel.readOutbound(as: HTTP2Frame.self) { frames.append(frame) }
+        while let frame = try self.channel.readOutbound(as: HTTP2Frame.self) {
+            if frame.streamID == .rootStream, case .windowUpdate(let increment) = frame.payload { self.window += increment }
+            frames.append(frame)
+        }
         return frames
     }
 
@@ -157,6 +173,17 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
         XCTAssertEqual(self.windowUpdates(try self.written()), ["0:40000"])
     }
 
+    /// The connection's window follows NIO's count, so DATA NIO took and never handed on
+    /// (for a stream reset meanwhile) comes back too: counted from delivered frames, each
+    /// cancelled download leaked up to 64 KiB until the connection stalled.
+    func testDataNIODroppedStillComesBackToTheConnectionsWindow() throws {
+        self.window -= 40_000
+        self.channel.pipeline.fireUserInboundEventTriggered(NIOHTTP2WindowUpdatedEvent(streamID: .rootStream, inboundWindowSize: self.window,
+                                                                                       outboundWindowSize: 65_535))
+        self.channel.pipeline.fireChannelReadComplete()
+        XCTAssertEqual(self.windowUpdates(try self.written()), ["0:40000"])
+    }
+
     /// A client that takes no more bytes holds back its own stream's window (the
     /// upstream stops sending on it), not the connection's; the window goes back when the
     /// client drains.
@@ -202,7 +229,10 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
         try self.receive(.goAway(lastStreamID: 1, errorCode: .noError, opaqueData: nil), stream: .rootStream)
         XCTAssertEqual(self.session.freeStreams, 0, "no new stream")
         // Failed at once, whether NIO closes the stream (it had sent it) or not (it held
-        // its HEADERS back, the upstream's stream limit reached).
+        // its HEADERS back, the upstream's stream limit reached: never created, so reset
+        // now, which drops them before NIO could send them past the GOAWAY).
+        let resets = try self.written().filter { if case .rstStream(.cancel) = $0.payload { return true } else { return false } }
+        XCTAssertEqual(resets.map(\.streamID), [3])
         self.channel.embeddedEventLoop.run()
         XCTAssertEqual(b.kinds, [.refusedStream], "\(b.errors)")
         XCTAssertTrue(self.channel.isActive, "stream 1 goes on")
@@ -262,11 +292,18 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
         XCTAssertFalse(second.leasedIdle)
     }
 
-    /// An HTTP/2 error of the connection's (NIO sent GOAWAY, or refused our frame, and
-    /// closes nothing) closes it, and every stream fails with it as its reason.
+    /// An error in a frame the upstream sent comes from NIO unwrapped: one NIO answered
+    /// with a GOAWAY of its own is the connection's (NIO closes nothing), which closes it
+    /// and fails every stream with it as the reason; one it answered by resetting a stream
+    /// leaves the others alone.
     func testAConnectionErrorClosesTheConnection() throws {
         let (_, a) = self.start("GET /a HTTP/1.1\r\nhost: a\r\n\r\n")
-        self.channel.pipeline.fireErrorCaught(NIOHTTP2Errors.createdStreamAfterGoaway())
+        self.channel.pipeline.fireErrorCaught(NIOHTTP2Errors.contentLengthViolated())
+        self.channel.embeddedEventLoop.run()
+        XCTAssertEqual(a.kinds, [], "a stream's error: NIO reset that stream")
+        XCTAssertTrue(self.channel.isActive)
+        self.session.wroteFrame(HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .protocolError, opaqueData: nil)))
+        self.channel.pipeline.fireErrorCaught(NIOHTTP2Errors.invalidFlowControlWindowSize(delta: 1, currentWindowSize: 1))
         self.channel.embeddedEventLoop.run()
         XCTAssertEqual(a.kinds, [.protocolError])
         XCTAssertTrue(a.errors.first?.contains("HTTP/2") == true, "\(a.errors)")
