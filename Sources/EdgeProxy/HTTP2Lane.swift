@@ -109,10 +109,15 @@ struct HTTP2Lane<Session: StreamRoom, Waiter: AnyObject> {
     /// A GOAWAY (NO_ERROR) refused streams after connection number `connection` had
     /// `processed`.
     mutating func learnRequestLimit(_ processed: Int, connection: Int) {
-        let previous = connection > self.limitSeenAfter ? self.limitSeen : nil
-        self.limitSeen = processed
-        self.limitSeenAfter = self.connections
-        guard processed >= 2, previous == processed, processed < self.requestLimit ?? Int.max else { return }
+        guard processed == self.limitSeen else {
+            // A new count: the reference from which a second one must come.
+            (self.limitSeen, self.limitSeenAfter) = (processed, self.connections)
+            return
+        }
+        // The same count from a connection made before the first came: one event (a
+        // reload) seen twice; the reference stays (overlapping connections kept moving
+        // it, and nothing was ever learned).
+        guard connection > self.limitSeenAfter, processed >= 2, processed < self.requestLimit ?? Int.max else { return }
         self.requestLimit = processed
         self.connectionsUnderLimit = 0
     }

@@ -73,6 +73,8 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     private var connectionWindow = 65_535 + HTTP2UpstreamSession.connectionWindowBoost
     /// NIO sent GOAWAY (`wroteFrame`): an error it reports now is the connection's.
     private var sentGoaway = false
+    /// A WINDOW_UPDATE of the connection's is written and not yet out of NIO.
+    private var connectionUpdatePending = false
     /// Where this connection came in its lane's order (`HTTP2Lane.connected`).
     var laneOrdinal = 0
     private var needsFlush = false
@@ -338,12 +340,12 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
                 self.pool?.sessionRefusedStreams(self, processed: (Int(last) + 1) / 2, ordinal: self.laneOrdinal)
             }
             // Not processed: they go again elsewhere, now. NIO closes those it had sent
-            // (their StreamClosedEvent comes next); one it still held, the upstream's
-            // stream limit reached, it would send later and fail the connection for it.
-            for stream in refused {
+            // (their StreamClosedEvent comes next). One whose HEADERS it still holds back
+            // (the upstream's stream limit reached, or the socket full) it would never send
+            // after a GOAWAY, whatever its last stream ID (a drain notice says 2^31-1), and
+            // fail silently: reset now, which drops them, and refused.
+            for stream in self.streams.filter({ $0.key > last || ($0.value.open && !$0.value.created) }).map(\.value) {
                 if stream.open, !stream.created, let id = stream.translation.streamID {
-                    // HEADERS NIO still holds back: dropped now, before NIO could send them
-                    // past the GOAWAY (a connection error) later in this turn.
                     stream.open = false
                     context.write(self.wrapOutboundOut(HTTP2Frame(streamID: id, payload: .rstStream(.cancel))), promise: nil)
                     self.needsFlush = true
@@ -420,11 +422,18 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     func channelReadComplete(context: ChannelHandlerContext) {
         // Not once the upstream is going away and nothing is open: NIO refuses a
         // WINDOW_UPDATE on a connection with no stream left to receive.
+        // Nor while the last one is still buffered in NIO (the socket full): NIO's count,
+        // which the next DATA reports, does not have it yet, and each batch would add more.
         let target = 65_535 + Self.connectionWindowBoost
-        if target - self.connectionWindow >= Self.windowUpdateThreshold, self.goneAwayAfter == nil || !self.streams.isEmpty {
-            var increment = target - self.connectionWindow
+        if target - self.connectionWindow >= Self.windowUpdateThreshold, !self.connectionUpdatePending,
+           self.goneAwayAfter == nil || self.streams.values.contains(where: \.open) {
+            let increment = target - self.connectionWindow
             self.connectionWindow = target
-            self.giveBack(&increment, on: .rootStream, context: context)
+            self.connectionUpdatePending = true
+            let written = context.eventLoop.makePromise(of: Void.self)
+            context.write(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))), promise: written)
+            written.futureResult.assumeIsolated().whenComplete { _ in self.connectionUpdatePending = false }
+            self.needsFlush = true
         }
         if self.needsFlush {
             self.needsFlush = false
@@ -518,8 +527,16 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
         context.fireChannelInactive()
     }
 
+    /// Every stream fails; one whose HEADERS never went out (no ID yet, or held back in
+    /// NIO) was not processed, and goes again whatever its method.
     private func failAll(_ error: Error) {
-        for stream in self.leased { self.fail(stream, error) }
+        for stream in self.leased {
+            if !stream.created {
+                self.fail(stream, UpstreamError(kind: .refusedStream, backend: self.backend, reason: "\(error) (the request was not sent)"))
+            } else {
+                self.fail(stream, error)
+            }
+        }
     }
 
     /// Reported on the next turn of the loop, never from inside a write: the proxy writes

@@ -109,8 +109,16 @@ final class HTTP2LaneTests: XCTestCase {
         _ = lane.connected(Connection("c2", free: 0, capacity: 100), viaLane: false)
         lane.learnRequestLimit(5, connection: 1)
         XCTAssertNil(lane.requestLimit, "once is not a limit")
+        // Overlapping connections: c3 is made, then c2 (made before c1's GOAWAY) says the
+        // same, which is not counted and does not move the reference; c3 then counts.
+        var overlapping = lane
+        _ = overlapping.connected(Connection("o3", free: 0, capacity: 100), viaLane: false)
+        overlapping.learnRequestLimit(5, connection: 2)
+        XCTAssertNil(overlapping.requestLimit, "a connection made before the first GOAWAY: one reload seen twice")
+        overlapping.learnRequestLimit(5, connection: 3)
+        XCTAssertEqual(overlapping.requestLimit, 5, "c3 was made after c1's GOAWAY")
         lane.learnRequestLimit(5, connection: 2)
-        XCTAssertNil(lane.requestLimit, "a connection made before the first GOAWAY: one reload seen twice")
+        XCTAssertNil(lane.requestLimit)
         _ = lane.connected(Connection("c3", free: 0, capacity: 100), viaLane: false)
         lane.learnRequestLimit(1, connection: 3)
         _ = lane.connected(Connection("c4", free: 0, capacity: 100), viaLane: false)

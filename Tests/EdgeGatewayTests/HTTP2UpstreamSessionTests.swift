@@ -55,12 +55,18 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
         _ = try? self.channel.finish(acceptAlreadyClosed: true)
     }
 
-    /// A stream with its exchange, its request written and flushed.
-    func start(_ request: String, exchange: Exchange = Exchange()) -> (HTTP2UpstreamStream, Exchange) {
+    /// A stream with its exchange, its request written and flushed; `created`: NIO sent
+    /// its HEADERS and says so (`NIOHTTP2StreamCreatedEvent`), as it does unless it holds
+    /// them back (the upstream's stream limit reached, or the socket full).
+    func start(_ request: String, exchange: Exchange = Exchange(), created: Bool = true) -> (HTTP2UpstreamStream, Exchange) {
         let stream = self.session.openStream()
         stream.delegate = exchange
         self.session.write(ByteBuffer(string: request), on: stream)
         self.session.flush()
+        if created, let id = stream.translation.streamID {
+            self.channel.pipeline.fireUserInboundEventTriggered(NIOHTTP2StreamCreatedEvent(streamID: id, localInitialWindowSize: 65_535,
+                                                                                           remoteInitialWindowSize: 65_535))
+        }
         return (stream, exchange)
     }
 
@@ -224,7 +230,7 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
 
         self.setUp()
         let (kept, a) = self.start("GET /a HTTP/1.1\r\nhost: a\r\n\r\n")
-        let (_, b) = self.start("POST /b HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nx")
+        let (_, b) = self.start("POST /b HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nx", created: false)
         try self.receive(self.ok())
         try self.receive(.goAway(lastStreamID: 1, errorCode: .noError, opaqueData: nil), stream: .rootStream)
         XCTAssertEqual(self.session.freeStreams, 0, "no new stream")
@@ -240,6 +246,20 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
         XCTAssertEqual(a.parts, ["head 200", "body 5", "end "])
         self.session.end(kept)
         XCTAssertFalse(self.channel.isActive, "closed after its last stream")
+    }
+
+    /// A drain notice (GOAWAY with the last stream ID 2^31-1) refuses no stream the
+    /// upstream has; but NIO sends no HEADERS after any GOAWAY: one it still held back is
+    /// reset and refused at once, or its request waited for the read timeout.
+    func testAGoawayRefusesStreamsNIOStillHeldBack() throws {
+        let (_, sent) = self.start("GET /a HTTP/1.1\r\nhost: a\r\n\r\n")
+        let (_, held) = self.start("POST /b HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nx", created: false)
+        _ = try self.written()
+        try self.receive(.goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil), stream: .rootStream)
+        XCTAssertEqual(try self.written().compactMap { frame -> HTTP2StreamID? in if case .rstStream = frame.payload { return frame.streamID } else { return nil } }, [3])
+        self.channel.embeddedEventLoop.run()
+        XCTAssertEqual(held.kinds, [.refusedStream])
+        XCTAssertEqual(sent.kinds, [])
     }
 
     /// A stream the exchange lets go of early (a response before the request ended, a
@@ -319,9 +339,11 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
         self.channel.embeddedEventLoop.run()
         XCTAssertEqual(a.kinds, [])
         XCTAssertEqual(b.kinds, [.protocolError])
+        let (_, unsent) = self.start("POST /c HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nx", created: false)
         self.channel.pipeline.fireErrorCaught(IOError(errnoCode: ECONNRESET, reason: "read"))
         self.channel.embeddedEventLoop.run()
         XCTAssertEqual(a.kinds, [.closedEarly])
+        XCTAssertEqual(unsent.kinds, [.refusedStream], "its HEADERS never went out: it goes again, a POST too")
         XCTAssertFalse(self.channel.isActive)
     }
 
