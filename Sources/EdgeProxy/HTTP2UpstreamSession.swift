@@ -149,7 +149,6 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     var maxRequests: Int?
     /// Streams leased over the connection's life.
     private(set) var leasedTotal = 0
-    var hasCapacity: Bool { self.freeStreams > 0 }
     var isIdle: Bool { self.leased.isEmpty }
 
     /// A new stream for an exchange (its ID comes with its request's head), held as an
