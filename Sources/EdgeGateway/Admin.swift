@@ -106,7 +106,7 @@ func upstreamJSON(_ group: UpstreamGroup) -> String {
         return "{\"address\":\(jsonString(backend.description)),\"weight\":\(backend.weight),\"health\":\(jsonString(health)),"
             + "\"active_requests\":\(state.active.load(ordering: .relaxed)),\"idle_connections\":\(state.idleConnections.load(ordering: .relaxed)),"
             + "\"requests\":\(requests),\"connections_opened\":\(opened),\"http2_connections_opened\":\(state.http2ConnectionsOpened.load(ordering: .relaxed)),"
-            + "\"streams_in_flight\":\(state.streamsInFlight.load(ordering: .relaxed)),\"reuse_ratio\":\((reuse * 10000).rounded() / 10000),"
+            + "\"streams_in_flight\":\(state.streamsInFlight.load(ordering: .relaxed)),\"http2_ping_timeouts\":\(state.pingTimeouts.load(ordering: .relaxed)),\"reuse_ratio\":\((reuse * 10000).rounded() / 10000),"
             + "\"connect_failures\":\(state.connectFailures.load(ordering: .relaxed)),\"tls_resumed\":\(state.tlsResumed.load(ordering: .relaxed)),"
             + "\"tls_handshake_failures\":\(tlsFailuresJSON(state)),"
             + "\"last_error\":\(state.lastErrorDescription.map(jsonString) ?? "null")}"

@@ -227,12 +227,18 @@ package struct PoolConfig: Decodable, Sendable {
     package var maxConnectionsPerBackend = 0
     /// Requests one connection serves at most (0: no limit).
     package var maxRequestsPerConnection = 0
+    /// HTTP/2: PING an idle connection this often (none when absent), and close it when
+    /// the ACK takes longer than `pingTimeout` (Envoy's `connection_keepalive`).
+    package var pingInterval: Duration?
+    package var pingTimeout: Duration = .seconds(5)
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case maxIdlePerBackend = "max_idle_per_backend"
         case maxStreamsPerConnection = "max_streams_per_connection"
         case maxConnectionsPerBackend = "max_connections_per_backend"
         case maxRequestsPerConnection = "max_requests_per_connection"
+        case pingInterval = "ping_interval"
+        case pingTimeout = "ping_timeout"
     }
 
     init() {}
@@ -244,6 +250,8 @@ package struct PoolConfig: Decodable, Sendable {
         self.maxStreamsPerConnection = try c.decodeRecorded(Int.self, forKey: .maxStreamsPerConnection) ?? self.maxStreamsPerConnection
         self.maxConnectionsPerBackend = try c.decodeRecorded(Int.self, forKey: .maxConnectionsPerBackend) ?? self.maxConnectionsPerBackend
         self.maxRequestsPerConnection = try c.decodeRecorded(Int.self, forKey: .maxRequestsPerConnection) ?? self.maxRequestsPerConnection
+        self.pingInterval = try c.decodeRecorded(Duration.self, forKey: .pingInterval)
+        self.pingTimeout = try c.decodeRecorded(Duration.self, forKey: .pingTimeout) ?? self.pingTimeout
     }
 }
 

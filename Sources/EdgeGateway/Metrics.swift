@@ -203,6 +203,8 @@ final class GatewayMetrics: Sendable {
             ("edge_upstream_requests_total", entry.labels, "Requests sent to the backend.", state.requests.load(ordering: .relaxed)),
             ("edge_upstream_connections_opened_total", entry.labels, "New connections opened to the backend (requests minus these were reused).", state.connectionsOpened.load(ordering: .relaxed)),
             ("edge_upstream_http2_connections_opened_total", entry.labels, "New connections to the backend that speak HTTP/2.", state.http2ConnectionsOpened.load(ordering: .relaxed)),
+            ("edge_upstream_http2_ping_timeouts_total", entry.labels, "HTTP/2 connections to the backend closed because a PING went unanswered (ping_timeout).",
+             state.pingTimeouts.load(ordering: .relaxed)),
             ("edge_upstream_connect_failures_total", entry.labels, "Failed connects to the backend.", state.connectFailures.load(ordering: .relaxed)),
             ("edge_upstream_tls_resumed_total", entry.labels, "Upstream TLS handshakes that resumed a session.", state.tlsResumed.load(ordering: .relaxed)),
         ]

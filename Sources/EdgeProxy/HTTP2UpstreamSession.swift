@@ -88,10 +88,14 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     private var idleTimer: Scheduled<Void>?
     /// Whether the pool counts the connection among its backend's idle ones.
     var countedIdle = false
+    /// PINGs while idle (`pool.ping_interval`), and their one timer.
+    private var liveness: HTTP2PingLiveness?
+    private var pingTimer: Scheduled<Void>?
 
     init(channel: Channel, key: PoolKey, backendIndex: Int, handler: UpstreamHandler?, backend: String, scheme: String, authority: String,
-         maxHeadBytes: Int, maxStreams: Int, idleTimeout: TimeAmount?) {
+         maxHeadBytes: Int, maxStreams: Int, idleTimeout: TimeAmount?, ping: HTTP2Ping? = nil) {
         self.idleTimeout = idleTimeout
+        self.liveness = ping.map { HTTP2PingLiveness(interval: $0.interval, timeout: $0.timeout, now: channel.eventLoop.now) }
         self.channel = channel
         self.key = key
         self.backendIndex = backendIndex
@@ -204,6 +208,7 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
         if self.leased.isEmpty {
             self.idleSince = .now()
             self.armIdleTimer(at: self.idleSince + (self.idleTimeout ?? .zero))
+            self.watchLiveness()
             self.pool?.sessionIdle(self)
         }
         self.pool?.sessionHasRoom(self)  // a request waiting for a stream takes this one
@@ -230,7 +235,46 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
         guard self.leased.isEmpty, !self.retired, !self.countedIdle else { return }
         self.idleSince = .now()
         self.armIdleTimer(at: self.idleSince + (self.idleTimeout ?? .zero))
+        self.watchLiveness()
         self.pool?.sessionIdle(self)
+    }
+
+    // MARK: liveness: PINGs while idle
+
+    /// The connection idles: a PING is due an interval later (the timer may already be
+    /// armed, for an earlier idle spell or a PING's ACK; it looks again when it fires).
+    private func watchLiveness() {
+        guard let due = self.liveness?.idled(at: self.channel.eventLoop.now), self.pingTimer == nil, !self.closed else { return }
+        self.armPing(at: due)
+    }
+
+    private func armPing(at deadline: NIODeadline) {
+        self.pingTimer = self.channel.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.pingTimer = nil
+            self.checkLiveness()
+        }
+    }
+
+    private func checkLiveness() {
+        guard !self.closed, let context = self.context,
+              let step = self.liveness?.check(at: self.channel.eventLoop.now, idle: self.leased.isEmpty) else { return }
+        switch step {
+        case .ping(let payload, let due):
+            context.writeAndFlush(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .ping(HTTP2PingData(withInteger: payload), ack: false))),
+                                  promise: nil)
+            self.armPing(at: due)
+        case .wait(let until):
+            self.armPing(at: until)
+        case .stop:
+            break
+        case .dead(let reason):
+            // Closed now, not when a request finds out: the streams leased meanwhile fail
+            // with the reason (the connection is gone, whatever they sent).
+            self.key.backend.pingTimedOut("\(self.backend): \(reason); the connection was closed")
+            self.protocolError = reason
+            self.retire(reason)
+            context.close(promise: nil)
+        }
     }
 
     /// No new stream from here on; closed once the last one ends.
@@ -352,6 +396,9 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
                 self.fail(stream, UpstreamError(kind: .refusedStream, backend: self.backend, reason: "the upstream refused the stream (GOAWAY)"))
             }
             self.retire("the upstream is going away (GOAWAY)")
+            return
+        case .ping(let data, ack: true):
+            self.liveness?.acknowledged(data.integer, at: self.channel.eventLoop.now)
             return
         case .settings(.settings(let settings)):
             self.settingsReceived = true
@@ -520,6 +567,8 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
         self.retired = true
         self.idleTimer?.cancel()
         self.idleTimer = nil
+        self.pingTimer?.cancel()
+        self.pingTimer = nil
         let cause = self.protocolError.map { " (\($0))" } ?? ""
         self.failAll(UpstreamError(kind: .closedEarly, backend: self.backend, reason: "connection closed by the upstream\(cause)"))
         self.pool?.sessionClosed(self)

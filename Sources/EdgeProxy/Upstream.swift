@@ -191,6 +191,8 @@ package final class BackendState: Sendable {
     package let http2ConnectionsOpened = ManagedAtomic<Int>(0)
     /// Streams leased on the backend's HTTP/2 connections and not yet let go of.
     package let streamsInFlight = ManagedAtomic<Int>(0)
+    /// HTTP/2 connections closed because a PING went unanswered (`pool.ping_timeout`).
+    package let pingTimeouts = ManagedAtomic<Int>(0)
     /// Active health checks of the backend that passed and that failed (Envoy's
     /// `health_check.success` and `.failure`): what says the checks run at all.
     package let healthChecksPassed = ManagedAtomic<Int>(0)
@@ -214,6 +216,11 @@ package final class BackendState: Sendable {
     package var isEjected: Bool { self.ejectedUntil.load(ordering: .relaxed) > Int64(NIODeadline.now().uptimeNanoseconds) }
     func streamsInFlightChanged(by delta: Int) {
         self.streamsInFlight.wrappingIncrement(by: delta, ordering: .relaxed)
+    }
+    /// An HTTP/2 connection to the backend did not answer a PING and was closed.
+    func pingTimedOut(_ reason: String) {
+        self.pingTimeouts.wrappingIncrement(ordering: .relaxed)
+        self.lastError.withLockedValue { $0 = reason }
     }
     /// A connection to the backend went idle in a pool (`by: 1`) or left it (`by: -1`).
     func idleConnectionsChanged(by delta: Int) {
@@ -259,6 +266,17 @@ package enum UpstreamProtocol: String, Sendable, CaseIterable {
     }
 }
 
+/// `pool.ping_interval` and `pool.ping_timeout` of an HTTP/2 group: see `HTTP2PingLiveness`.
+package struct HTTP2Ping: Sendable, Hashable {
+    package var interval: TimeAmount
+    package var timeout: TimeAmount
+
+    package init(interval: TimeAmount, timeout: TimeAmount) {
+        self.interval = interval
+        self.timeout = timeout
+    }
+}
+
 /// A named list of backends with shared options, a balancing algorithm and health state.
 package final class UpstreamGroup: Sendable {
     package let name: String
@@ -276,6 +294,8 @@ package final class UpstreamGroup: Sendable {
     /// Requests (HTTP/2: streams) one connection serves at most before it is closed (0:
     /// no limit): Envoy's `max_requests_per_connection`, HAProxy's `max-reuse`.
     package let maxRequestsPerConnection: Int
+    /// HTTP/2: PINGs of idle connections (`pool.ping_interval`), if configured.
+    package let ping: HTTP2Ping?
     package let algorithm: BalanceAlgorithm
     package let passive: PassiveHealth
     /// At most this many backends are tried for one request when connecting fails.
@@ -295,7 +315,7 @@ package final class UpstreamGroup: Sendable {
 
     package init(name: String, backends: [Backend], tls: UpstreamTLS?, timeouts: UpstreamTimeouts, hostHeader: String?,
                 maxIdlePerBackend: Int = 128, maxStreamsPerConnection: Int = 100, maxConnectionsPerBackend: Int = 0,
-                maxRequestsPerConnection: Int = 0, algorithm: BalanceAlgorithm = .roundRobin, passive: PassiveHealth = .init(),
+                maxRequestsPerConnection: Int = 0, ping: HTTP2Ping? = nil, algorithm: BalanceAlgorithm = .roundRobin, passive: PassiveHealth = .init(),
                 maxConnectAttempts: Int = 3, healthCheck: HealthCheckSettings? = nil, tcpKeepalive: Bool = true,
                 maxResponseHeadBytes: Int = 64 * 1024, upstreamProtocol: UpstreamProtocol = .http1) {
         precondition(!backends.isEmpty, "an upstream group needs a backend")
@@ -312,6 +332,7 @@ package final class UpstreamGroup: Sendable {
         self.maxStreamsPerConnection = max(1, maxStreamsPerConnection)
         self.maxConnectionsPerBackend = max(0, maxConnectionsPerBackend)
         self.maxRequestsPerConnection = max(0, maxRequestsPerConnection)
+        self.ping = ping
         self.algorithm = algorithm
         self.passive = passive
         self.maxConnectAttempts = max(1, min(maxConnectAttempts, backends.count))

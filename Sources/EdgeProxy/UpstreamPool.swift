@@ -298,7 +298,7 @@ package final class UpstreamPool {
         let session = HTTP2UpstreamSession(channel: channel, key: key, backendIndex: index, handler: handler, backend: backend.description,
                                            scheme: group.tls == nil ? "http" : "https", authority: backend.description,
                                            maxHeadBytes: group.maxResponseHeadBytes, maxStreams: group.maxStreamsPerConnection,
-                                           idleTimeout: group.timeouts.idle)
+                                           idleTimeout: group.timeouts.idle, ping: group.ping)
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(HTTP2UpstreamSession.connectionHandler(settings: settings, session: session), name: "h2", position: .before(handler))
         try sync.addHandler(session, name: "h2-session", position: .before(handler))

@@ -212,8 +212,8 @@ final class ConfigTests: XCTestCase {
     }
 
     /// `protocol` must fit the group's transport: h2 and auto (ALPN) are over the group's
-    /// TLS, h2c plain; a grpc check needs a group that may speak HTTP/2 (an http check
-    /// speaks the group's protocol). Each problem names the key; HAProxy's and the
+    /// TLS, h2c plain; a grpc check and PINGs need a group that may speak HTTP/2 (an http
+    /// check speaks the group's protocol). Each problem names the key; HAProxy's and the
     /// HTTP/1.1 spellings are taken.
     func testAnUpstreamProtocolMustFitItsTransport() throws {
         let yaml = config(cert: Self.leaf.fullchain, key: Self.leaf.key).replacingOccurrences(of: "  app: { backends: [\"127.0.0.1:9\"] }", with: """
@@ -223,6 +223,8 @@ final class ConfigTests: XCTestCase {
               either: { backends: ["127.0.0.1:9"], protocol: auto }
               limits: { backends: ["127.0.0.1:9"], protocol: h2c, pool: { max_streams_per_connection: 0, max_connections_per_backend: -1, max_requests_per_connection: -2 } }
               three: { backends: ["127.0.0.1:9"], protocol: http3 }
+              pings: { backends: ["127.0.0.1:9"], pool: { ping_interval: 10s, ping_timeout: 0s } }
+              nopings: { backends: ["127.0.0.1:9"], protocol: h2c, pool: { ping_interval: 0s } }
               grpcplain: { backends: ["127.0.0.1:9"], health_check: { kind: grpc } }
               svc: { backends: ["127.0.0.1:9"], health_check: { kind: http, service: x } }
             """)
@@ -235,6 +237,9 @@ final class ConfigTests: XCTestCase {
                          "upstreams.limits.pool.max_streams_per_connection: must be at least 1, got 0",
                          "upstreams.limits.pool.max_connections_per_backend: must not be negative (0 is no limit)",
                          "upstreams.limits.pool.max_requests_per_connection: must not be negative (0 is no limit)",
+                         "upstreams.pings.pool.ping_interval: only HTTP/2 connections are PINGed; the group's protocol is http1 (use h2, h2c or auto)",
+                         "upstreams.pings.pool.ping_timeout: must be more than 0",
+                         "upstreams.nopings.pool.ping_interval: must be more than 0 (leave it out for no PINGs)",
                          "upstreams.grpcplain.health_check.kind: a grpc check speaks HTTP/2: set the group's protocol to h2, h2c or auto",
                          "upstreams.svc.health_check.service: only used with kind: grpc"] {
             XCTAssertTrue(result.stderr.contains(expected), "missing '\(expected)' in:\n\(result.stderr)")

@@ -37,12 +37,14 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
     var channel: EmbeddedChannel!
     var session: HTTP2UpstreamSession!
 
-    override func setUp() {
+    override func setUp() { self.setUpSession(ping: nil) }
+
+    func setUpSession(ping: HTTP2Ping?) {
         self.window = 65_535
         self.channel = EmbeddedChannel()
         let key = PoolKey(backend: BackendState(), address: try! SocketAddress(ipAddress: "127.0.0.1", port: 1), generation: 0)
         self.session = HTTP2UpstreamSession(channel: self.channel, key: key, backendIndex: 0, handler: nil, backend: "backend:80", scheme: "http",
-                                            authority: "backend:80", maxHeadBytes: 64 * 1024, maxStreams: 100, idleTimeout: nil)
+                                            authority: "backend:80", maxHeadBytes: 64 * 1024, maxStreams: 100, idleTimeout: nil, ping: ping)
         XCTAssertNoThrow(try self.channel.pipeline.syncOperations.addHandler(self.session))
         self.session.start()
         // Active, as a connected upstream connection is: closing it shows.
@@ -300,6 +302,44 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
             XCTAssertTrue(reset.errors.first?.contains("reset the stream") == true, "\(reset.errors)")
             XCTAssertEqual(bystander.errors, [])
         }
+    }
+
+    /// `pool.ping_interval`: once the connection idles, a PING every interval, the next
+    /// an interval after the last ACK; a PING whose ACK does not come within
+    /// `ping_timeout` closes the connection, counted and named on the backend.
+    func testAnIdleConnectionIsPingedAndClosedWhenAnACKDoesNotCome() throws {
+        _ = try? self.channel.finish(acceptAlreadyClosed: true)
+        self.setUpSession(ping: HTTP2Ping(interval: .milliseconds(100), timeout: .milliseconds(50)))
+        func pings() throws -> [UInt64] {
+            try self.written().compactMap { frame in
+                guard case .ping(let data, ack: false) = frame.payload else { return nil }
+                return data.integer
+            }
+        }
+        let loop = self.channel.embeddedEventLoop
+        let (stream, _) = self.start("GET /a HTTP/1.1\r\nhost: a\r\n\r\n")
+        loop.advanceTime(by: .milliseconds(300))
+        XCTAssertEqual(try pings(), [], "busy: no PING")
+        try self.receive(self.ok(end: true))
+        self.session.end(stream)
+        loop.advanceTime(by: .milliseconds(99))
+        XCTAssertEqual(try pings(), [], "not before an interval idle")
+        loop.advanceTime(by: .milliseconds(1))
+        XCTAssertEqual(try pings(), [1])
+        loop.advanceTime(by: .milliseconds(10))
+        try self.receive(.ping(HTTP2PingData(withInteger: 1), ack: true))
+        loop.advanceTime(by: .milliseconds(99))
+        XCTAssertEqual(try pings(), [], "the next PING an interval after the ACK")
+        XCTAssertTrue(self.channel.isActive, "answered: alive")
+        loop.advanceTime(by: .milliseconds(1))
+        XCTAssertEqual(try pings(), [2])
+        loop.advanceTime(by: .milliseconds(49))
+        XCTAssertTrue(self.channel.isActive)
+        loop.advanceTime(by: .milliseconds(1))
+        XCTAssertFalse(self.channel.isActive, "no ACK within ping_timeout: closed")
+        XCTAssertEqual(self.session.key.backend.pingTimeouts.load(ordering: .relaxed), 1)
+        XCTAssertEqual(self.session.key.backend.lastErrorDescription,
+                       "backend:80: no PING ACK within 50 ms (ping_timeout); the connection was closed")
     }
 
     /// Only a stream leased from a connection with nothing in flight counts as on a reused

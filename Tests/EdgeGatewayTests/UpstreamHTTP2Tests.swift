@@ -401,3 +401,76 @@ final class UpstreamHTTP2Tests: XCTestCase {
         await harness.shutdown()
     }
 }
+
+extension UpstreamHTTP2Tests {
+    /// `pool.ping_interval`: an idle HTTP/2 connection to a backend that stopped answering
+    /// (a grpcio server stopped by SIGSTOP: its kernel still holds the connection open, as
+    /// a host gone behind a NAT would look) is closed once a PING goes unanswered for
+    /// `ping_timeout`, counted and named on /status/upstreams, and the next call opens a
+    /// new connection instead of waiting on the dead one. A grpcio server with its default
+    /// policy answers PINGs on an idle connection with GOAWAY ENHANCE_YOUR_CALM after a
+    /// few; the gateway then closes that connection, and calls go on. Before, neither
+    /// connection was PINGed and both stayed until the idle timeout.
+    func testAnIdleConnectionThatStopsAnsweringPingsIsClosed() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let dir = TemporaryDirectory()
+        let (calmPort, stoppedPort) = (freePort(), freePort())
+        let calm = try self.python("grpc_server.py", ["\(calmPort)"], port: calmPort, log: dir.file("calm.log"))
+        defer { calm.stop(signal: SIGKILL) }
+        let stopped = try self.python("grpc_server.py", ["\(stoppedPort)", "--allow-idle-pings"], port: stoppedPort, log: dir.file("stopped.log"))
+        defer {
+            kill(stopped.pid, SIGCONT)
+            stopped.stop(signal: SIGKILL)
+        }
+        let harness = try await GatewayHarness.start { _ in
+            """
+            listeners:
+              - name: calm
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+              - name: stopped
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+            upstreams:
+              calm: { backends: ["127.0.0.1:\(calmPort)"], protocol: h2c, pool: { ping_interval: 100ms, ping_timeout: 2s } }
+              stopped: { backends: ["127.0.0.1:\(stoppedPort)"], protocol: h2c, pool: { ping_interval: 100ms, ping_timeout: 500ms } }
+            routes:
+              - { listener: calm, upstream: calm }
+              - { listener: stopped, upstream: stopped }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        func call(_ listener: String) throws -> String {
+            let run = try Shell.run(["/usr/bin/python3", repositoryRoot() + "/Tests/tools/grpc_call.py", "\(harness.port(listener))", pki.caPath,
+                                     "/test.Echo/Unary", "20"], timeout: 60)
+            let json = try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any]
+            return (json?["code"] as? String) ?? run.stdout + run.stderr
+        }
+        func backend(_ group: String) -> [String: Any] {
+            let status = (try? Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status/upstreams"]).stdout) ?? ""
+            let json = try? JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any]
+            let groups = json?["upstreams"] as? [[String: Any]] ?? []
+            return (groups.first { $0["name"] as? String == group }?["backends"] as? [[String: Any]])?.first ?? [:]
+        }
+
+        XCTAssertEqual(try call("stopped"), "OK")
+        XCTAssertEqual(backend("stopped")["idle_connections"] as? Int, 1)
+        kill(stopped.pid, SIGSTOP)
+        XCTAssertTrue(eventually { backend("stopped")["http2_ping_timeouts"] as? Int == 1 }, "\(backend("stopped"))")
+        let dead = backend("stopped")
+        XCTAssertEqual(dead["idle_connections"] as? Int, 0, "\(dead)")
+        XCTAssertEqual(dead["last_error"] as? String,
+                       "127.0.0.1:\(stoppedPort): no PING ACK within 500 ms (ping_timeout); the connection was closed", "\(dead)")
+        kill(stopped.pid, SIGCONT)
+        XCTAssertEqual(try call("stopped"), "OK")
+        XCTAssertEqual(backend("stopped")["connections_opened"] as? Int, 2, "a new connection, not the dead one")
+        XCTAssertEqual(metricSum("edge_upstream_http2_ping_timeouts_total", admin: harness.gateway.adminPort!), 1)
+
+        XCTAssertEqual(try call("calm"), "OK")
+        XCTAssertTrue(eventually { backend("calm")["idle_connections"] as? Int == 0 }, "the server's GOAWAY closed it: \(backend("calm"))")
+        XCTAssertEqual(backend("calm")["http2_ping_timeouts"] as? Int, 0, "\(backend("calm"))")
+        XCTAssertEqual(try call("calm"), "OK")
+        await harness.shutdown()
+    }
+}

@@ -2,9 +2,11 @@
 """A gRPC server (Debian's python3-grpcio) for the gateway's HTTP/2 upstream tests: h2c on
 127.0.0.1:PORT, or h2 over TLS with CERT and KEY. Messages are raw bytes (no protobuf).
 
-Usage: grpc_server.py PORT [CERT KEY] [--not-serving] [--max-streams N]
+Usage: grpc_server.py PORT [CERT KEY] [--not-serving] [--max-streams N] [--allow-idle-pings]
 
   --max-streams N          SETTINGS_MAX_CONCURRENT_STREAMS: N per connection
+  --allow-idle-pings       PINGs on a connection without calls are fine (by default
+                           grpc answers the third with GOAWAY ENHANCE_YOUR_CALM)
 
   /test.Echo/Unary         the request back; x-test metadata echoed in the initial
                            metadata and as trailing metadata x-trailer
@@ -91,7 +93,10 @@ def stats(request, context):
 
 def main():
     not_serving = "--not-serving" in sys.argv
-    args = [a for a in sys.argv if a != "--not-serving"]
+    # A gRPC server counts PINGs on a connection without calls as abuse, and answers the
+    # third with GOAWAY ENHANCE_YOUR_CALM ("too_many_pings"), unless told to allow them.
+    allow_idle_pings = "--allow-idle-pings" in sys.argv
+    args = [a for a in sys.argv if a not in ("--not-serving", "--allow-idle-pings")]
     max_streams = None
     if "--max-streams" in args:
         at = args.index("--max-streams")
@@ -111,6 +116,9 @@ def main():
     limits = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
     if max_streams is not None:
         limits.append(("grpc.max_concurrent_streams", max_streams))
+    if allow_idle_pings:
+        limits += [("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.min_ping_interval_without_data_ms", 10),
+                   ("grpc.http2.max_ping_strikes", 0)]
     # A worker per call in flight: Hold keeps its worker while it waits for the others.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=limits)
     health = {"Check": grpc.unary_unary_rpc_method_handler(lambda request, context: b"\x08\x02" if not_serving else b"\x08\x01")}

@@ -88,6 +88,7 @@ extension PlanBuilder {
             if upstream.pool.maxConnectionsPerBackend < 0 {
                 problems.append("\(path).pool.max_connections_per_backend: must not be negative (0 is no limit)")
             }
+            let ping = Self.ping(upstream, path: path, problems: &problems)
             guard !backends.isEmpty else { continue }
             var timeouts = UpstreamTimeouts()
             timeouts.connect = upstream.timeouts.connect.timeAmount
@@ -114,13 +115,26 @@ extension PlanBuilder {
                                              hostHeader: upstream.hostHeader, maxIdlePerBackend: upstream.pool.maxIdlePerBackend,
                                              maxStreamsPerConnection: upstream.pool.maxStreamsPerConnection,
                                              maxConnectionsPerBackend: upstream.pool.maxConnectionsPerBackend,
-                                             maxRequestsPerConnection: upstream.pool.maxRequestsPerConnection,
+                                             maxRequestsPerConnection: upstream.pool.maxRequestsPerConnection, ping: ping,
                                              algorithm: algorithm, passive: passive, maxConnectAttempts: upstream.maxConnectAttempts,
                                              healthCheck: healthCheck, tcpKeepalive: upstream.tcpKeepalive,
                                              maxResponseHeadBytes: upstream.maxResponseHeadBytes, upstreamProtocol: upstream.upstreamProtocol)
             }
         }
         return groups
+    }
+
+    /// `pool.ping_interval` and `pool.ping_timeout`: PINGs go over HTTP/2 only, so an
+    /// http1 group refuses them rather than ignoring them.
+    static func ping(_ upstream: UpstreamConfig, path: String, problems: inout [String]) -> HTTP2Ping? {
+        let pool = upstream.pool
+        if pool.pingTimeout.nanoseconds <= 0 { problems.append("\(path).pool.ping_timeout: must be more than 0") }
+        guard let interval = pool.pingInterval else { return nil }
+        if upstream.upstreamProtocol == .http1 {
+            problems.append("\(path).pool.ping_interval: only HTTP/2 connections are PINGed; the group's protocol is http1 (use h2, h2c or auto)")
+        }
+        if interval.nanoseconds <= 0 { problems.append("\(path).pool.ping_interval: must be more than 0 (leave it out for no PINGs)") }
+        return HTTP2Ping(interval: interval.timeAmount, timeout: pool.pingTimeout.timeAmount)
     }
 
     static func makeHealthCheck(_ h: HealthCheckConfig, path: String, hasTLS: Bool) throws -> HealthCheckSettings {
