@@ -474,3 +474,108 @@ extension UpstreamHTTP2Tests {
         await harness.shutdown()
     }
 }
+
+extension UpstreamHTTP2Tests {
+    /// Back-pressure end to end on a bidirectional call (grpcio both ends, h2c upstream):
+    /// a client that sends 64 MiB in 64 KiB messages and reads none of the echoes is held
+    /// back. The gateway stops reading the server's replies while its client does not
+    /// take them, the server stops reading, the gateway stops reading the client's
+    /// messages, and the client's sending stalls after a small part of the 64 MiB (about
+    /// 8 MiB, mostly in grpc's own windows), the gateway grown by about 1 MiB. Then the
+    /// client reads, and every echo arrives, in order. A gateway that read the server
+    /// regardless (tried: window given back whether the client reads or not) took all
+    /// 64 MiB and grew by 120 MiB.
+    func testABidiCallWhoseClientStopsReadingIsHeldBackEndToEnd() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        let server = try self.python("grpc_server.py", ["\(port)"], port: port, log: dir.file("grpc.log"))
+        defer { server.stop(signal: SIGKILL) }
+        let harness = try await GatewayHarness.start { _ in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+            upstreams:
+              grpc: { backends: ["127.0.0.1:\(port)"], protocol: h2c }
+            routes:
+              - { upstream: grpc }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        let warm = try Shell.run(["/usr/bin/python3", repositoryRoot() + "/Tests/tools/grpc_call.py", "\(harness.port("https"))", pki.caPath,
+                                  "/test.Echo/Unary"], timeout: 60)
+        XCTAssertTrue(warm.stdout.contains("\"OK\""), warm.stdout + warm.stderr)
+        let before = memoryOf(pid: getpid()).rss
+        let go = dir.file("go")
+        let messages = 1024
+        let client = try GatewayProcess(commandLine: ["/usr/bin/python3", repositoryRoot() + "/Tests/tools/grpc_backpressure.py",
+                                                      "\(harness.port("https"))", pki.caPath, "\(messages)", go], logPath: dir.file("client.log"))
+        defer { client.stop(signal: SIGKILL) }
+        XCTAssertTrue(eventually(timeout: 120) { client.log.contains("stalled ") }, client.log)
+        let grown = memoryOf(pid: getpid()).rss - before
+        let sent = client.log.split(separator: "\n").first { $0.hasPrefix("stalled ") }.flatMap { Int($0.dropFirst(8)) } ?? messages
+        XCTAssertLessThan(sent, messages / 2, "the client was held back after \(sent) of \(messages) messages of 64 KiB (about 130 here)")
+        XCTAssertLessThan(grown, 24 * 1024, "the gateway grew by \(grown) KiB while \(sent * 64) KiB were sent and none read")
+        FileManager.default.createFile(atPath: go, contents: nil)
+        XCTAssertTrue(eventually(timeout: 120) { client.log.contains("\"same\"") }, client.log)
+        let line = client.log.split(separator: "\n").last.map(String.init) ?? ""
+        let result = try XCTUnwrap(try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], client.log + server.log)
+        XCTAssertEqual(result["sent"] as? Int, messages)
+        XCTAssertEqual(result["echoed"] as? Int, messages)
+        XCTAssertEqual(result["same"] as? Bool, true, "every echo, in order")
+        await harness.shutdown()
+    }
+}
+
+extension UpstreamHTTP2Tests {
+    /// A call whose `grpc-timeout` passes while an h2c upstream still works on it: the
+    /// client gets DEADLINE_EXCEEDED from the gateway at the deadline (not the server's
+    /// answer 5 s later), the upstream's stream is reset and nothing stays in flight, and
+    /// the connection stays in the pool, idle. (Over HTTP/1.1 the connection itself would
+    /// have to close.)
+    func testADeadlineThatPassesResetsTheUpstreamStreamOnly() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let dir = TemporaryDirectory()
+        let port = freePort()
+        let server = try self.python("grpc_server.py", ["\(port)"], port: port, log: dir.file("grpc.log"))
+        defer { server.stop(signal: SIGKILL) }
+        let harness = try await GatewayHarness.start { _ in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+            upstreams:
+              grpc: { backends: ["127.0.0.1:\(port)"], protocol: h2c }
+            routes:
+              - { upstream: grpc }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        func backend() -> [String: Any] {
+            let status = (try? Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status/upstreams"]).stdout) ?? ""
+            let json = try? JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any]
+            return ((json?["upstreams"] as? [[String: Any]])?.first?["backends"] as? [[String: Any]])?.first ?? [:]
+        }
+        // A gRPC message: uncompressed, 4 bytes long, "1000" (Hold waits for 1,000 calls, or 5 s).
+        let body = dir.file("hold.bin")
+        FileManager.default.createFile(atPath: body, contents: Data([0, 0, 0, 0, 4]) + Data("1000".utf8))
+        let started = Date()
+        let late = try Shell.run(["nghttp", "-v", "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-timeout: 300m",
+                                  "-d", body, "https://localhost:\(harness.port("https"))/test.Echo/Hold"], timeout: 60).stdout
+        let took = Date().timeIntervalSince(started)
+        XCTAssertTrue(late.contains(":status: 200") && late.contains("grpc-status: 4"), "DEADLINE_EXCEEDED: \(late)")
+        XCTAssertTrue(late.contains("grpc-message: deadline exceeded (grpc-timeout)"), late)
+        XCTAssertLessThan(took, 4.5, "the gateway's answer at the deadline, not the server's after 5 s")
+        XCTAssertTrue(eventually { backend()["streams_in_flight"] as? Int == 0 }, "\(backend())")
+        XCTAssertEqual(backend()["idle_connections"] as? Int, 1, "the stream was reset, the connection kept: \(backend())")
+        let next = try Shell.run(["/usr/bin/python3", repositoryRoot() + "/Tests/tools/grpc_call.py", "\(harness.port("https"))", pki.caPath,
+                                  "/test.Echo/Unary"], timeout: 60)
+        XCTAssertTrue(next.stdout.contains("\"OK\""), next.stdout + next.stderr)
+        await harness.shutdown()
+    }
+}
