@@ -228,9 +228,10 @@ package struct PoolConfig: Decodable, Sendable {
     /// Requests one connection serves at most (0: no limit).
     package var maxRequestsPerConnection = 0
     /// HTTP/2: PING an idle connection this often (none when absent), and close it when
-    /// the ACK takes longer than `pingTimeout` (Envoy's `connection_keepalive`).
+    /// nothing comes back within `pingTimeout` (5 s when absent; Envoy's
+    /// `connection_keepalive`).
     package var pingInterval: Duration?
-    package var pingTimeout: Duration = .seconds(5)
+    package var pingTimeout: Duration?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case maxIdlePerBackend = "max_idle_per_backend"
@@ -251,7 +252,7 @@ package struct PoolConfig: Decodable, Sendable {
         self.maxConnectionsPerBackend = try c.decodeRecorded(Int.self, forKey: .maxConnectionsPerBackend) ?? self.maxConnectionsPerBackend
         self.maxRequestsPerConnection = try c.decodeRecorded(Int.self, forKey: .maxRequestsPerConnection) ?? self.maxRequestsPerConnection
         self.pingInterval = try c.decodeRecorded(Duration.self, forKey: .pingInterval)
-        self.pingTimeout = try c.decodeRecorded(Duration.self, forKey: .pingTimeout) ?? self.pingTimeout
+        self.pingTimeout = try c.decodeRecorded(Duration.self, forKey: .pingTimeout)
     }
 }
 

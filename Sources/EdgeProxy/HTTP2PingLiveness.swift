@@ -13,7 +13,8 @@ import NIOCore
 ///
 /// Only idle connections are PINGed (a busy one proves itself by its responses, and a
 /// dead one is found by the read timeout); a PING already sent keeps its deadline when a
-/// stream is leased meanwhile, since a connection that does not answer is dead either way.
+/// stream is leased meanwhile, since a connection that sends nothing back is dead either
+/// way. Any frame from the backend counts as the answer.
 struct HTTP2PingLiveness {
     let interval: TimeAmount
     let timeout: TimeAmount
@@ -49,10 +50,10 @@ struct HTTP2PingLiveness {
         return now + self.interval
     }
 
-    /// A PING ACK came: only the one outstanding counts (an ACK of something else, or a
-    /// late one of an earlier PING, proves nothing about this one).
-    mutating func acknowledged(_ payload: UInt64, at now: NIODeadline) {
-        guard let awaiting = self.awaiting, awaiting.payload == payload else { return }
+    /// A frame came from the backend (the PING's ACK, or anything else: a connection busy
+    /// sending a response is alive, and its ACK may be queued behind the response).
+    mutating func heard(at now: NIODeadline) {
+        guard self.awaiting != nil else { return }
         self.awaiting = nil
         self.alive = now
     }

@@ -256,7 +256,7 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     }
 
     private func checkLiveness() {
-        guard !self.closed, let context = self.context,
+        guard !self.closed, !self.retired, let context = self.context,
               let step = self.liveness?.check(at: self.channel.eventLoop.now, idle: self.leased.isEmpty) else { return }
         switch step {
         case .ping(let payload, let due):
@@ -268,9 +268,14 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
         case .stop:
             break
         case .dead(let reason):
-            // Closed now, not when a request finds out: the streams leased meanwhile fail
-            // with the reason (the connection is gone, whatever they sent).
+            // Closed now, not when a request finds out. A stream leased meanwhile whose
+            // HEADERS went out fails as a read timeout would: the backend may be alive but
+            // stalled and have the request, so only what a read timeout may replay goes
+            // again (as a broken reused connection, a POST would have been sent twice).
             self.key.backend.pingTimedOut("\(self.backend): \(reason); the connection was closed")
+            for stream in self.leased where stream.created {
+                self.fail(stream, UpstreamError(kind: .readTimeout, backend: self.backend, reason: "\(reason); the gateway closed the connection"))
+            }
             self.protocolError = reason
             self.retire(reason)
             context.close(promise: nil)
@@ -281,6 +286,8 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     func retire(_ reason: String) {
         guard !self.retired else { return }
         self.retired = true
+        self.pingTimer?.cancel()
+        self.pingTimer = nil
         self.pool?.sessionRetired(self)
         if self.leased.isEmpty { self.close() }
     }
@@ -373,6 +380,9 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = self.unwrapInboundIn(data)
+        // Any frame shows the connection alive, as the ACK would (Envoy's keepalive too):
+        // a connection busy sending a response is not closed for a PING queued behind it.
+        if self.liveness?.awaiting != nil { self.liveness?.heard(at: self.channel.eventLoop.now) }
         switch frame.payload {
         case .goAway(let last, let code, _):
             self.goneAwayAfter = last
@@ -396,9 +406,6 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
                 self.fail(stream, UpstreamError(kind: .refusedStream, backend: self.backend, reason: "the upstream refused the stream (GOAWAY)"))
             }
             self.retire("the upstream is going away (GOAWAY)")
-            return
-        case .ping(let data, ack: true):
-            self.liveness?.acknowledged(data.integer, at: self.channel.eventLoop.now)
             return
         case .settings(.settings(let settings)):
             self.settingsReceived = true

@@ -225,6 +225,8 @@ final class ConfigTests: XCTestCase {
               three: { backends: ["127.0.0.1:9"], protocol: http3 }
               pings: { backends: ["127.0.0.1:9"], pool: { ping_interval: 10s, ping_timeout: 0s } }
               nopings: { backends: ["127.0.0.1:9"], protocol: h2c, pool: { ping_interval: 0s } }
+              slowpings: { backends: ["127.0.0.1:9"], protocol: h2c, pool: { ping_interval: 60s }, timeouts: { idle: 30s } }
+              orphan: { backends: ["127.0.0.1:9"], protocol: h2c, pool: { ping_timeout: 1s } }
               grpcplain: { backends: ["127.0.0.1:9"], health_check: { kind: grpc } }
               svc: { backends: ["127.0.0.1:9"], health_check: { kind: http, service: x } }
             """)
@@ -240,6 +242,8 @@ final class ConfigTests: XCTestCase {
                          "upstreams.pings.pool.ping_interval: only HTTP/2 connections are PINGed; the group's protocol is http1 (use h2, h2c or auto)",
                          "upstreams.pings.pool.ping_timeout: must be more than 0",
                          "upstreams.nopings.pool.ping_interval: must be more than 0 (leave it out for no PINGs)",
+                         "upstreams.slowpings.pool.ping_interval: 60s is not shorter than timeouts.idle (30s): an idle connection would close before its first PING",
+                         "upstreams.orphan.pool.ping_timeout: only used with pool.ping_interval",
                          "upstreams.grpcplain.health_check.kind: a grpc check speaks HTTP/2: set the group's protocol to h2, h2c or auto",
                          "upstreams.svc.health_check.service: only used with kind: grpc"] {
             XCTAssertTrue(result.stderr.contains(expected), "missing '\(expected)' in:\n\(result.stderr)")

@@ -342,6 +342,34 @@ final class HTTP2UpstreamSessionTests: XCTestCase {
                        "backend:80: no PING ACK within 50 ms (ping_timeout); the connection was closed")
     }
 
+    /// Streams leased while a PING is outstanding: any frame from the backend answers for
+    /// it; when nothing comes, a stream whose HEADERS went out fails as a read timeout
+    /// would (the backend may have the request: a POST must not go twice), and one whose
+    /// HEADERS NIO still held back as not sent (it goes again).
+    func testStreamsLeasedWhileAPingIsOutstanding() throws {
+        _ = try? self.channel.finish(acceptAlreadyClosed: true)
+        self.setUpSession(ping: HTTP2Ping(interval: .milliseconds(100), timeout: .milliseconds(50)))
+        let loop = self.channel.embeddedEventLoop
+        self.session.idleIfUnused()
+        loop.advanceTime(by: .milliseconds(100))  // PING 1 out
+        let (first, _) = self.start("GET /a HTTP/1.1\r\nhost: a\r\n\r\n")
+        loop.advanceTime(by: .milliseconds(40))
+        try self.receive(self.ok(), stream: 1)  // the response's HEADERS: alive
+        loop.advanceTime(by: .milliseconds(20))
+        XCTAssertTrue(self.channel.isActive, "a frame answered for the PING")
+        try self.receive(self.data(1, end: true), stream: 1)
+        self.session.end(first)
+        loop.advanceTime(by: .milliseconds(100))  // idle again: PING 2 out
+        let (sent, a) = self.start("POST /b HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nx")
+        let (held, b) = self.start("POST /c HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nx", created: false)
+        loop.advanceTime(by: .milliseconds(50))
+        XCTAssertFalse(self.channel.isActive)
+        XCTAssertEqual(a.kinds, [.readTimeout], "\(a.errors)")
+        XCTAssertTrue(a.errors.first?.contains("no PING ACK within 50 ms") == true, "\(a.errors)")
+        XCTAssertEqual(b.kinds, [.refusedStream], "\(b.errors)")
+        _ = (sent, held)
+    }
+
     /// Only a stream leased from a connection with nothing in flight counts as on a reused
     /// connection (a POST may be replayed if that connection dies before answering, as on
     /// HTTP/1.1 keep-alive): on a busy one the upstream may have read it.

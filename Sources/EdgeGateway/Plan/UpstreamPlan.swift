@@ -128,13 +128,21 @@ extension PlanBuilder {
     /// http1 group refuses them rather than ignoring them.
     static func ping(_ upstream: UpstreamConfig, path: String, problems: inout [String]) -> HTTP2Ping? {
         let pool = upstream.pool
-        if pool.pingTimeout.nanoseconds <= 0 { problems.append("\(path).pool.ping_timeout: must be more than 0") }
-        guard let interval = pool.pingInterval else { return nil }
+        let timeout = pool.pingTimeout ?? .seconds(5)
+        if timeout.nanoseconds <= 0 { problems.append("\(path).pool.ping_timeout: must be more than 0") }
+        guard let interval = pool.pingInterval else {
+            if pool.pingTimeout != nil { problems.append("\(path).pool.ping_timeout: only used with pool.ping_interval") }
+            return nil
+        }
         if upstream.upstreamProtocol == .http1 {
             problems.append("\(path).pool.ping_interval: only HTTP/2 connections are PINGed; the group's protocol is http1 (use h2, h2c or auto)")
         }
         if interval.nanoseconds <= 0 { problems.append("\(path).pool.ping_interval: must be more than 0 (leave it out for no PINGs)") }
-        return HTTP2Ping(interval: interval.timeAmount, timeout: pool.pingTimeout.timeAmount)
+        if interval.nanoseconds >= upstream.timeouts.idle.nanoseconds {
+            problems.append("\(path).pool.ping_interval: \(interval) is not shorter than timeouts.idle (\(upstream.timeouts.idle)): "
+                            + "an idle connection would close before its first PING")
+        }
+        return HTTP2Ping(interval: interval.timeAmount, timeout: timeout.timeAmount)
     }
 
     static func makeHealthCheck(_ h: HealthCheckConfig, path: String, hasTLS: Bool) throws -> HealthCheckSettings {
