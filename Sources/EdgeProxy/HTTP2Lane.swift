@@ -93,6 +93,16 @@ struct HTTP2Lane<Session: StreamRoom, Waiter: AnyObject> {
         return failed
     }
 
+    /// A connect gave a connection that leases no streams (an `auto` group's backend chose
+    /// http/1.1): it is no longer under way, and every waiter leaves the lane, to be
+    /// served as HTTP/1.1 requests are.
+    mutating func connectGaveNoStreams() -> [Waiter] {
+        self.connecting = max(0, self.connecting - 1)
+        let waiters = self.waiters
+        self.waiters.removeAll()
+        return waiters
+    }
+
     /// A connection's room changed: a stream ended, or its SETTINGS came.
     mutating func roomChanged(_ session: Session) -> [Action] {
         if let capacity = session.capacity, self.sessions.contains(where: { $0 === session }) { self.expectedCapacity = capacity }

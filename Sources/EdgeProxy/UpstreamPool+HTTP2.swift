@@ -16,6 +16,9 @@ final class LaneEntry {
     let group: UpstreamGroup
     let index: Int
     let key: PoolKey
+    /// An `auto` group's backend: whether its last connection agreed on h2 (nil: none
+    /// yet). Its requests wait in the lane unless it last chose http/1.1.
+    var choseHTTP2: Bool?
 
     init(group: UpstreamGroup, index: Int, key: PoolKey) {
         self.lane = HTTP2Lane(maxStreams: group.maxStreamsPerConnection, maxConnections: group.maxConnectionsPerBackend)
@@ -65,6 +68,7 @@ extension UpstreamPool {
     /// or by an auto group's request that found it speaks h2).
     func added(_ session: HTTP2UpstreamSession, group: UpstreamGroup, backend index: Int, viaLane: Bool) {
         let entry = self.entry(group: group, backend: index, key: session.key)
+        entry.choseHTTP2 = true
         guard !session.retired else { return }  // it served its limit with the stream just leased
         session.laneOrdinal = entry.lane.connections + 1
         self.perform(entry.lane.connected(session, viaLane: viaLane), on: entry)
@@ -116,8 +120,23 @@ extension UpstreamPool {
                 session.laneOrdinal = entry.lane.connections + 1
                 self.perform(entry.lane.connected(session), on: entry)
                 session.idleIfUnused()
+            case .success(.http1(let connection)) where entry.group.upstreamProtocol == .auto:
+                // An auto group's backend chose http/1.1: the connection serves the first
+                // waiter, and the others leave the lane for a connection each, as HTTP/1.1
+                // requests get; later requests do not wait here until it agrees on h2 again.
+                entry.choseHTTP2 = false
+                let waiters = entry.lane.connectGaveNoStreams()
+                for waiter in waiters { waiter.timer?.cancel() }
+                guard let first = waiters.first else {
+                    self.release(connection, group: entry.group)
+                    return
+                }
+                first.promise.succeed(connection)
+                for waiter in waiters.dropFirst() {
+                    self.openUnpooled(group: entry.group, backend: entry.index, key: entry.key, http1Only: false).cascade(to: waiter.promise)
+                }
             case .success(.http1(let connection)):
-                // Only h2 and h2c groups wait in lanes, and their connections speak HTTP/2.
+                // h2 and h2c groups' connections speak HTTP/2.
                 connection.close()
                 self.perform(entry.lane.connectFailed(), on: entry)
             case .failure(let error):
@@ -163,15 +182,16 @@ extension UpstreamPool {
         self.lanes[session.key]?.lane.learnRequestLimit(processed, connection: ordinal)
     }
 
-    /// A session takes no new stream: it leaves its lane.
+    /// A session takes no new stream: it leaves its lane, and is no idle connection of
+    /// its backend any more (over TLS, closing may take a while).
     func sessionRetired(_ session: HTTP2UpstreamSession) {
+        self.sessionBusy(session)
         guard let entry = self.lanes[session.key] else { return }
         self.perform(entry.lane.removed(session), on: entry)
     }
 
     func sessionClosed(_ session: HTTP2UpstreamSession) {
         self.sessionRetired(session)
-        self.sessionBusy(session)  // no longer counted idle
         session.pool = nil
     }
 }

@@ -65,13 +65,24 @@ package final class UpstreamPool {
     /// `http1Only`, an `auto` group's handshake offers http/1.1 alone: a WebSocket
     /// handshake needs HTTP/1.1's upgrade, which HTTP/2 cannot carry.
     /// An h2 or h2c group's request waits for a stream of a connection under way or to
-    /// be opened (`HTTP2Lane`), rather than opening one connection per request.
+    /// be opened (`HTTP2Lane`), rather than opening one connection per request; so does
+    /// an auto group's, unless its backend chose http/1.1 last time.
     func open(group: UpstreamGroup, backend index: Int, http1Only: Bool = false) -> EventLoopFuture<UpstreamConnection> {
         let key = self.key(group: group, backend: index)
-        if group.upstreamProtocol == .h2 || group.upstreamProtocol == .h2c {
+        switch group.upstreamProtocol {
+        case .h2, .h2c:
             return self.waitForStream(group: group, backend: index, key: key)
+        case .auto where !http1Only && self.lanes[key]?.choseHTTP2 != false:
+            return self.waitForStream(group: group, backend: index, key: key)
+        case .auto, .http1:
+            return self.openUnpooled(group: group, backend: index, key: key, http1Only: http1Only)
         }
-        return self.connect(group: group, backend: index, key: key, http1Only: http1Only).assumeIsolated().map { opened -> UpstreamConnection in
+    }
+
+    /// A connection of the request's own: HTTP/1.1, or an auto group's that agreed on h2
+    /// (its first stream the request's, the others leased from the lane).
+    func openUnpooled(group: UpstreamGroup, backend index: Int, key: PoolKey, http1Only: Bool) -> EventLoopFuture<UpstreamConnection> {
+        self.connect(group: group, backend: index, key: key, http1Only: http1Only).assumeIsolated().map { opened -> UpstreamConnection in
             switch opened {
             case .http1(let connection):
                 return connection

@@ -37,6 +37,20 @@ final class HTTP2LaneTests: XCTestCase {
 
     func waiters(_ count: Int) -> [Waiter] { (1...count).map { Waiter("w\($0)") } }
 
+    /// An auto group's backend chose http/1.1 on the connect its waiters waited for: the
+    /// connect is no longer under way and every waiter leaves the lane (the pool gives the
+    /// connection to the first and a connection each to the others).
+    func testAConnectThatGaveNoStreamsLetsItsWaitersGo() {
+        var lane = Lane(maxStreams: 100, maxConnections: 0)
+        var out: [String] = []
+        for waiter in self.waiters(3) { out += self.run(lane.wait(waiter)) }
+        XCTAssertEqual(out, ["connect"])
+        XCTAssertEqual(lane.connectGaveNoStreams().map(\.name), ["w1", "w2", "w3"])
+        XCTAssertEqual(lane.waiters.count, 0)
+        XCTAssertEqual(lane.connecting, 0)
+        XCTAssertTrue(lane.isEmpty)
+    }
+
     /// Fifty requests at once for a backend with no connection: one connect, not fifty.
     /// Its SETTINGS allow 2 streams: two waiters take them, and connects open for the
     /// others, two each; later connections are assumed to take what the last one did.

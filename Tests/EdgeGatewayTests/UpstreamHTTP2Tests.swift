@@ -296,9 +296,11 @@ final class UpstreamHTTP2Tests: XCTestCase {
               either: { backends: ["localhost:\(h2Port)"], protocol: auto, tls: { ca_file: \(pki.caPath) }, \(check) }
               older: { backends: ["localhost:\(h1Port)"], protocol: auto, tls: { ca_file: \(pki.caPath) }, \(check),
                        pool: { max_requests_per_connection: 2 } }
+              fresh: { backends: ["localhost:\(h1Port)"], protocol: auto, tls: { ca_file: \(pki.caPath) } }
               strict: { backends: ["localhost:\(h2Port)"], protocol: h2, tls: { ca_file: \(pki.caPath) }, \(check) }
             routes:
               - { path_prefix: /old, upstream: older }
+              - { path_prefix: /fresh, upstream: fresh }
               - { path_prefix: /strict, upstream: strict }
               - { upstream: either }
             admin: { address: "127.0.0.1:0" }
@@ -309,6 +311,12 @@ final class UpstreamHTTP2Tests: XCTestCase {
             let run = try Shell.run(["curl", "-sS", "--max-time", "30", base + path], timeout: 60)
             XCTAssertEqual(run.stdout, expected, path + ": " + run.stderr)
         }
+        // Twenty requests at once to a backend not met before: they wait for one connect,
+        // as for an HTTP/2 backend; it chooses http/1.1, and the first takes the connection
+        // and the others get one each.
+        let urls = (1...20).map { "\(base)/fresh/\($0)" }
+        let burst = try Shell.run(["curl", "-sS", "--max-time", "30", "--parallel", "--parallel-immediate", "--parallel-max", "20"] + urls, timeout: 60)
+        XCTAssertEqual(burst.stdout, String(repeating: "HTTP/1.1 GET\n", count: 20), burst.stderr)
         // max_requests_per_connection: 2 on HTTP/1.1: five more requests, three more connections.
         for _ in 0..<5 { XCTAssertEqual(try Shell.run(["curl", "-sS", "--max-time", "30", base + "/old/again"], timeout: 60).stdout, "HTTP/1.1 GET\n") }
         let echo = try Shell.run(["/usr/bin/python3", repositoryRoot() + "/Tests/tools/ws_echo.py", "client", "127.0.0.1", "\(harness.port("http"))",
@@ -344,16 +352,19 @@ final class UpstreamHTTP2Tests: XCTestCase {
     /// per connection, all succeed; the server never sees more than 2 in flight on one
     /// connection, and sees 2 (the connections are shared); the calls spread over about
     /// 25 connections (more open when streams run out, instead of queueing 50 calls on
-    /// one); with `max_connections_per_backend: 4` they share 4. Afterwards no stream is
+    /// one); with `max_connections_per_backend: 4` they share 4. An `auto` group over TLS
+    /// multiplexes the same way once its backend agreed on h2: the burst waits for one
+    /// connect first (it used to open a connection per call, 50). Afterwards no stream is
     /// in flight and the connections idle.
     func testStreamsAreMultiplexedWithinTheUpstreamsConcurrentStreamsLimit() async throws {
         let pki = try TestPKI()
         let leaf = try pki.issue(["localhost"])
         let dir = TemporaryDirectory()
-        let (open, capped) = (freePort(), freePort())
+        let (open, capped, tlsPort) = (freePort(), freePort(), freePort())
         let servers = [
             try self.python("grpc_server.py", ["\(open)", "--max-streams", "2"], port: open, log: dir.file("open.log")),
             try self.python("grpc_server.py", ["\(capped)", "--max-streams", "2"], port: capped, log: dir.file("capped.log")),
+            try self.python("grpc_server.py", ["\(tlsPort)", leaf.fullchain, leaf.key, "--max-streams", "2"], port: tlsPort, log: dir.file("tls.log")),
         ]
         defer { for server in servers { server.stop(signal: SIGKILL) } }
         let harness = try await GatewayHarness.start { _ in
@@ -365,8 +376,10 @@ final class UpstreamHTTP2Tests: XCTestCase {
             upstreams:
               open: { backends: ["127.0.0.1:\(open)"], protocol: h2c }
               capped: { backends: ["127.0.0.1:\(capped)"], protocol: h2c, pool: { max_connections_per_backend: 4 } }
+              either: { backends: ["localhost:\(tlsPort)"], protocol: auto, tls: { ca_file: \(pki.caPath) } }
             routes:
               - { host: capped.localhost, upstream: capped }
+              - { host: auto.localhost, upstream: either }
               - { upstream: open }
             admin: { address: "127.0.0.1:0" }
             """
@@ -390,6 +403,12 @@ final class UpstreamHTTP2Tests: XCTestCase {
         let cappedStats = try XCTUnwrap(cappedRun["stats"] as? [String: Int], "\(cappedRun)")
         XCTAssertEqual(cappedStats["max_per_connection"], 2, "\(cappedRun)")
         XCTAssertLessThanOrEqual(cappedStats["connections"] ?? 99, 4, "max_connections_per_backend: \(cappedRun)")
+
+        let autoRun = try burst(50, holdUntil: 50, authority: "auto.localhost")
+        XCTAssertEqual(autoRun["codes"] as? [String: Int], ["OK": 50], "\(autoRun)")
+        let autoStats = try XCTUnwrap(autoRun["stats"] as? [String: Int], "\(autoRun)")
+        XCTAssertEqual(autoStats["max_per_connection"], 2, "\(autoRun)")
+        XCTAssertLessThanOrEqual(autoStats["connections"] ?? 99, 30, "auto over TLS: streams shared connections: \(autoRun)")
 
         let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/status/upstreams"]).stdout
         let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
