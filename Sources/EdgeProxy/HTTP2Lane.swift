@@ -94,13 +94,18 @@ struct HTTP2Lane<Session: StreamRoom, Waiter: AnyObject> {
     }
 
     /// A connect gave a connection that leases no streams (an `auto` group's backend chose
-    /// http/1.1): it is no longer under way, and every waiter leaves the lane, to be
-    /// served as HTTP/1.1 requests are.
-    mutating func connectGaveNoStreams() -> [Waiter] {
+    /// http/1.1): it is no longer under way. The first waiter takes that connection
+    /// (`served`). The others keep waiting while HTTP/2 connections or other connects
+    /// may still carry them (`actions`); with neither, they leave the lane (`released`),
+    /// to be served as HTTP/1.1 requests are.
+    mutating func connectGaveNoStreams() -> (served: Waiter?, released: [Waiter], actions: [Action]) {
         self.connecting = max(0, self.connecting - 1)
-        let waiters = self.waiters
+        guard !self.waiters.isEmpty else { return (nil, [], []) }
+        let served = self.waiters.removeFirst()
+        guard self.sessions.isEmpty, self.connecting == 0 else { return (served, [], self.balance()) }
+        let released = self.waiters
         self.waiters.removeAll()
-        return waiters
+        return (served, released, [])
     }
 
     /// A connection's room changed: a stream ended, or its SETTINGS came.

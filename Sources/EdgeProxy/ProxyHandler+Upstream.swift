@@ -86,7 +86,7 @@ extension ProxyHandler {
             self.attach(idle, to: exchange)  // the common keep-alive case: no future, no hop
             return
         }
-        self.loop.pool.open(group: group, backend: index, http1Only: http1Only).assumeIsolated().whenComplete { result in
+        self.loop.pool.open(group: group, backend: index, http1Only: http1Only, fresh: exchange.state.retriedStale).assumeIsolated().whenComplete { result in
             guard self.exchange === exchange, !self.state.isClosed else {
                 if case .success(let connection) = result {
                     self.loop.pool.release(connection, group: group)

@@ -112,6 +112,7 @@ extension UpstreamPool {
         self.connect(group: entry.group, backend: entry.index, key: entry.key, http1Only: false).assumeIsolated().whenComplete { result in
             switch result {
             case .success(.http2(let session)):
+                entry.choseHTTP2 = true
                 guard !session.retired else {
                     // It failed before it could lease (closed in its first turn).
                     self.perform(entry.lane.connectFailed(), on: entry)
@@ -125,16 +126,18 @@ extension UpstreamPool {
                 // waiter, and the others leave the lane for a connection each, as HTTP/1.1
                 // requests get; later requests do not wait here until it agrees on h2 again.
                 entry.choseHTTP2 = false
-                let waiters = entry.lane.connectGaveNoStreams()
-                for waiter in waiters { waiter.timer?.cancel() }
-                guard let first = waiters.first else {
-                    self.release(connection, group: entry.group)
+                let (served, released, actions) = entry.lane.connectGaveNoStreams()
+                guard let served else {
+                    self.release(connection, group: entry.group)  // its waiters gave up meanwhile
                     return
                 }
-                first.promise.succeed(connection)
-                for waiter in waiters.dropFirst() {
+                served.timer?.cancel()
+                served.promise.succeed(connection)
+                for waiter in released {
+                    waiter.timer?.cancel()
                     self.openUnpooled(group: entry.group, backend: entry.index, key: entry.key, http1Only: false).cascade(to: waiter.promise)
                 }
+                self.perform(actions, on: entry)
             case .success(.http1(let connection)):
                 // h2 and h2c groups' connections speak HTTP/2.
                 connection.close()

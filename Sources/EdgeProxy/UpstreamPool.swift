@@ -66,13 +66,14 @@ package final class UpstreamPool {
     /// handshake needs HTTP/1.1's upgrade, which HTTP/2 cannot carry.
     /// An h2 or h2c group's request waits for a stream of a connection under way or to
     /// be opened (`HTTP2Lane`), rather than opening one connection per request; so does
-    /// an auto group's, unless its backend chose http/1.1 last time.
-    func open(group: UpstreamGroup, backend index: Int, http1Only: Bool = false) -> EventLoopFuture<UpstreamConnection> {
+    /// an auto group's, unless its backend chose http/1.1 last time or the request needs
+    /// a connection of its own (`fresh`: a retry after a stale reused one).
+    func open(group: UpstreamGroup, backend index: Int, http1Only: Bool = false, fresh: Bool = false) -> EventLoopFuture<UpstreamConnection> {
         let key = self.key(group: group, backend: index)
         switch group.upstreamProtocol {
         case .h2, .h2c:
             return self.waitForStream(group: group, backend: index, key: key)
-        case .auto where !http1Only && self.lanes[key]?.choseHTTP2 != false:
+        case .auto where !http1Only && !fresh && self.lanes[key]?.choseHTTP2 != false:
             return self.waitForStream(group: group, backend: index, key: key)
         case .auto, .http1:
             return self.openUnpooled(group: group, backend: index, key: key, http1Only: http1Only)

@@ -38,17 +38,33 @@ final class HTTP2LaneTests: XCTestCase {
     func waiters(_ count: Int) -> [Waiter] { (1...count).map { Waiter("w\($0)") } }
 
     /// An auto group's backend chose http/1.1 on the connect its waiters waited for: the
-    /// connect is no longer under way and every waiter leaves the lane (the pool gives the
-    /// connection to the first and a connection each to the others).
-    func testAConnectThatGaveNoStreamsLetsItsWaitersGo() {
+    /// first waiter takes that connection; with no HTTP/2 connection and no other connect
+    /// left, the others leave the lane (the pool opens a connection each). While an
+    /// HTTP/2 connection is there, they keep waiting for its streams.
+    func testAConnectThatGaveNoStreamsServesOneWaiter() {
         var lane = Lane(maxStreams: 100, maxConnections: 0)
         var out: [String] = []
         for waiter in self.waiters(3) { out += self.run(lane.wait(waiter)) }
         XCTAssertEqual(out, ["connect"])
-        XCTAssertEqual(lane.connectGaveNoStreams().map(\.name), ["w1", "w2", "w3"])
-        XCTAssertEqual(lane.waiters.count, 0)
-        XCTAssertEqual(lane.connecting, 0)
+        let gave = lane.connectGaveNoStreams()
+        XCTAssertEqual(gave.served?.name, "w1")
+        XCTAssertEqual(gave.released.map(\.name), ["w2", "w3"])
+        XCTAssertEqual(self.run(gave.actions), [])
         XCTAssertTrue(lane.isEmpty)
+
+        var busy = Lane(maxStreams: 100, maxConnections: 0)
+        let h2 = Connection("c1", free: 0, capacity: 1)
+        XCTAssertEqual(self.run(busy.connected(h2, viaLane: false)), [])
+        out = []
+        for waiter in self.waiters(3) { out += self.run(busy.wait(waiter)) }
+        XCTAssertEqual(out, ["connect", "connect", "connect"], "one stream per connection, as c1 takes")
+        let again = busy.connectGaveNoStreams()
+        XCTAssertEqual(again.served?.name, "w1")
+        XCTAssertEqual(again.released.count, 0, "the connects still under way (and c1) may carry them")
+        XCTAssertEqual(self.run(again.actions), [])
+        XCTAssertEqual(busy.waiters.map(\.name), ["w2", "w3"])
+        h2.freeStreams = 1
+        XCTAssertEqual(self.run(busy.roomChanged(h2)), ["w2->c1"])
     }
 
     /// Fifty requests at once for a backend with no connection: one connect, not fifty.
