@@ -11,7 +11,7 @@
 # makes the run exit non-zero).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-asan_tests='EdgeTLSTests|RotationTests|TrustChangeTests|ParkedHandshakeTests|HostileFilesTests|ReloadUnderLoadTests.testARejectedReload|ReloadUnderLoadTests.testTwentyReloads|DownstreamTLSTests.testMutualTLS|DownstreamTLSTests.testANewClientCABundle|DownstreamTLSTests.testClientAuthPerSNIName|UpstreamTLSFailoverTests|UpstreamHTTP2Tests|HTTP2UpstreamSessionTests|UpstreamTests.testUpstreamCertificatesAreVerified'
+asan_tests='EdgeTLSTests|RotationTests|TrustChangeTests|ParkedHandshakeTests|HostileFilesTests|ReloadUnderLoadTests.testARejectedReload|ReloadUnderLoadTests.testTwentyReloads|DownstreamTLSTests.testMutualTLS|DownstreamTLSTests.testANewClientCABundle|DownstreamTLSTests.testClientAuthPerSNIName|UpstreamTLSFailoverTests|UpstreamHTTP2Tests|HTTP2UpstreamSessionTests|HTTP2DownstreamTests|DownstreamTLSTests.testHTTP2|HTTP2AbuseTests|UpstreamTests.testUpstreamCertificatesAreVerified'
 tsan_tests='RotationTests|HostileFilesTests|BackgroundJobsTests'
 
 echo "== AddressSanitizer"

@@ -7,13 +7,9 @@ import NIOHTTP2
 /// proxy's response becomes HEADERS and DATA frames again, without
 /// connection-specific headers (RFC 9113 §8.2.2).
 ///
-/// It is not a handler of its own: the stream channel's only handler is the proxy,
-/// which hands each frame to `requestBytes(_:)` and its response to the
-/// `response...` methods. As a second handler in every stream's pipeline it cost a
-/// context per stream (NIO checks a handler's protocol conformances in the Swift
-/// runtime when it makes one) and a hop for every read, write and flush: 3 % of an
-/// HTTP/2 request. It conforms to `ChannelInboundHandler` only for NIO's typed
-/// unwrapping of the frames the stream channel delivers (`unwrapInboundIn`).
+/// It is not a handler of its own: the stream's proxy hands each frame to
+/// `requestBytes(_:)` and its response to the `response...` methods, and the bridge
+/// writes the frames through the stream (`port`, its place in `HTTP2Downstream`).
 ///
 /// It works on frame payloads directly. NIO's `HTTP2FramePayloadToHTTP1ServerCodec`
 /// would turn them into NIOHTTP1 parts first, which this bridge then turned into
@@ -28,9 +24,7 @@ import NIOHTTP2
 /// checked byte by byte. A malformed request (RFC 9113 §8.1.1) is reset with
 /// PROTOCOL_ERROR and never reaches the proxy. The HTTP/2 handler still checks
 /// Content-Length against the DATA frames.
-package final class HTTP2StreamBridge: ChannelInboundHandler {
-    package typealias InboundIn = HTTP2Frame.FramePayload
-
+package final class HTTP2StreamBridge {
     /// How the request body is framed for the proxy.
     private enum RequestBody { case none, length, chunked }
     private var requestBody = RequestBody.none
@@ -41,9 +35,8 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
     private var scanned = 0
     private var framer: BodyFramer?
     private var responseDone = false
-    /// The proxy's context in the stream channel (between its handlerAdded and
-    /// handlerRemoved): frames are written from it.
-    private var context: ChannelHandlerContext?
+    /// The stream, while it is open: frames are written through it.
+    var port: HTTP2DownstreamStream?
     /// The write of the response's END_STREAM while the request body was still coming:
     /// an early end of the request (`resetRequest`) waits for it.
     private var responseEndWritten: EventLoopFuture<Void>?
@@ -59,27 +52,23 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
         self.strictTransportSecurity = strictTransportSecurity
     }
 
-    func attach(_ context: ChannelHandlerContext) {
-        self.context = context
-    }
-
     func detach() {
-        self.context = nil
+        self.port = nil
     }
 
     /// The HTTP/1.1 bytes a frame of the request makes for the proxy (head, body piece,
     /// the chunked body's end), in one buffer; nil when it makes none. A malformed
     /// header block resets the stream here.
     func requestBytes(_ payload: HTTP2Frame.FramePayload) -> ByteBuffer? {
-        guard !self.requestEnded, let context = self.context else { return nil }
+        guard !self.requestEnded, let port = self.port else { return nil }
         switch payload {
         case .headers(let headers):
             if self.requestHeadSeen {
                 // Trailers: they end the body, and go on with a chunked one.
                 guard let trailers = Self.trailerLines(headers.headers) else {
                     self.requestEnded = true  // malformed (RFC 9113 §8.1.1): the stream is reset
-                    context.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.rstStream(.protocolError)), promise: nil)
-                    context.close(promise: nil)
+                    port.write(.rstStream(.protocolError), promise: nil)
+                    port.close()
                     return nil
                 }
                 var end: ByteBuffer?
@@ -87,11 +76,11 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
                 return end
             }
             self.requestHeadSeen = true
-            guard let head = self.requestHead(headers, allocator: context.channel.allocator) else {
+            guard let head = self.requestHead(headers, allocator: port.allocator) else {
                 // Malformed (RFC 9113 §8.1.1): a stream error, nothing is forwarded.
                 self.requestEnded = true
-                context.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.rstStream(.protocolError)), promise: nil)
-                context.close(promise: nil)
+                port.write(.rstStream(.protocolError), promise: nil)
+                port.close()
                 return nil
             }
             if headers.endStream { self.requestEnded = true }  // no body: `requestBody` is .none
@@ -106,7 +95,7 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
                 if body.readableBytes > 0 { out = body }
             case .chunked:
                 if body.readableBytes > 0 {
-                    var chunk = context.channel.allocator.buffer(capacity: body.readableBytes + 21)
+                    var chunk = port.allocator.buffer(capacity: body.readableBytes + 21)
                     chunk.writeChunk(body)
                     out = chunk
                 }
@@ -250,12 +239,16 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
     /// completes with the last frame's write.
     func writeLocalAnswer(_ bytes: ByteBuffer, context: ChannelHandlerContext) -> EventLoopFuture<Void> {
         let promise = context.eventLoop.makePromise(of: Void.self)
-        self.write(bytes, context: context, promise: promise)
+        guard let port = self.port else {
+            promise.fail(ChannelError.ioOnClosedChannel)
+            return promise.futureResult
+        }
+        self.write(bytes, port: port, promise: promise)
         self.flush()
         return promise.futureResult
     }
 
-    private func write(_ bytes: ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+    private func write(_ bytes: ByteBuffer, port: HTTP2DownstreamStream, promise: EventLoopPromise<Void>?) {
         var bytes = bytes
         if self.response.readableBytes == 0 {
             self.response = bytes
@@ -266,7 +259,7 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
         // allocates one, three per response.
         var frame: HTTP2Frame.FramePayload?
         func emit(_ next: HTTP2Frame.FramePayload) {
-            if let frame { context.write(NIOAny(frame), promise: nil) }
+            if let frame { port.write(frame, promise: nil) }
             frame = next
         }
         do {
@@ -308,11 +301,11 @@ package final class HTTP2StreamBridge: ChannelInboundHandler {
             }
         } catch {
             promise?.fail(error)
-            context.close(promise: nil)
+            port.close()
             return
         }
         if let frame {
-            context.write(NIOAny(frame), promise: promise)
+            port.write(frame, promise: promise)
         } else {
             promise?.succeed(())
         }
@@ -323,7 +316,7 @@ extension HTTP2StreamBridge {
     // The proxy's response straight from the upstream's parsed head, never written as
     // HTTP/1.1 bytes to be parsed again here (as its local answers still are): the head
     // becomes one HEADERS frame, each body piece as read a DATA frame. The frames are
-    // written from the proxy's context; its flush (`flush()`) sends them.
+    // written through the stream; the proxy's flush (`flush()`) sends them.
 
     /// The response's HTTP/2 fields, or nil when their header block would not fit one
     /// HEADERS frame (`fitsOneHeadersFrame`).
@@ -334,7 +327,7 @@ extension HTTP2StreamBridge {
 
     /// Writes the response's HEADERS frame; the future fails when it could not be written.
     func responseHead(_ headers: HPACKHeaders, head: HTTPHead, toHead: Bool) -> EventLoopFuture<Void>? {
-        guard let context = self.context, !self.responseDone else { return nil }
+        guard let port = self.port, !self.responseDone else { return nil }
         // An empty body ends the stream with the HEADERS frame: a gRPC server's
         // trailers-only answer (its status in the head) is only one when nothing follows
         // it, not even an empty DATA frame (grpcio read that as "Stream removed").
@@ -343,8 +336,8 @@ extension HTTP2StreamBridge {
         self.responseDone = noBody
         var headers = headers
         if empty { headers.remove(name: "content-length") }  // said by END_STREAM
-        let written = context.eventLoop.makePromise(of: Void.self)
-        context.write(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers, endStream: noBody))), promise: written)
+        let written = port.eventLoop.makePromise(of: Void.self)
+        port.write(.headers(.init(headers: headers, endStream: noBody)), promise: written)
         return written.futureResult
     }
 
@@ -399,49 +392,49 @@ extension HTTP2StreamBridge {
     }
 
     func responseBody(_ body: ByteBuffer) {
-        guard let context = self.context, !self.responseDone, body.readableBytes > 0 else { return }
-        self.writeHeldBody(context: context)
+        guard let port = self.port, !self.responseDone, body.readableBytes > 0 else { return }
+        self.writeHeldBody(port: port)
         self.heldBody = body
     }
 
-    private func writeHeldBody(context: ChannelHandlerContext) {
+    private func writeHeldBody(port: HTTP2DownstreamStream) {
         guard let body = self.heldBody else { return }
         self.heldBody = nil
-        context.write(NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(body)))), promise: nil)
+        port.write(.data(.init(data: .byteBuffer(body))), promise: nil)
     }
 
     /// The proxy flushes once per upstream read batch: a body piece held for
     /// END_STREAM goes out now, without it.
     func flush() {
-        guard let context = self.context else { return }
-        self.writeHeldBody(context: context)
-        context.flush()
+        guard let port = self.port else { return }
+        self.writeHeldBody(port: port)
+        port.flush()
     }
 
     /// The response's end: END_STREAM on its last DATA frame, or a HEADERS frame of
     /// trailers after it.
     func responseEnd(trailers: [UInt8] = []) {
-        guard let context = self.context, !self.responseDone else { return }
+        guard let port = self.port, !self.responseDone else { return }
         self.responseDone = true
-        let end: NIOAny
+        let end: HTTP2Frame.FramePayload
         let fields = trailers.isEmpty ? nil : Self.trailerFields(trailers)
         // A block too large for one HEADERS frame (the handler sends no CONTINUATION)
         // would fail unseen and leave the stream open: the trailers are dropped instead.
         if let fields, Self.fitsOneHeadersFrame(fields) {
-            self.writeHeldBody(context: context)
-            end = NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: fields, endStream: true)))
+            self.writeHeldBody(port: port)
+            end = .headers(.init(headers: fields, endStream: true))
         } else {
             let last = self.heldBody ?? ByteBuffer()
             self.heldBody = nil
-            end = NIOAny(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(last), endStream: true)))
+            end = .data(.init(data: .byteBuffer(last), endStream: true))
         }
         if self.requestEnded {
-            context.write(end, promise: nil)
+            port.write(end, promise: nil)
         } else {
             // Only here a promise: a reset written before the response left the HTTP/2
             // handler's flow-control buffer would drop what is still in it.
-            let written = context.eventLoop.makePromise(of: Void.self)
-            context.write(end, promise: written)
+            let written = port.eventLoop.makePromise(of: Void.self)
+            port.write(end, promise: written)
             self.responseEndWritten = written.futureResult
         }
     }
@@ -449,26 +442,30 @@ extension HTTP2StreamBridge {
     /// An informational HEADERS frame (`:status: 100`): without it a client waits for
     /// its own timeout (curl: 1 s) before sending the body.
     func continueRequest() {
-        guard let context = self.context, !self.responseDone else { return }
+        guard let port = self.port, !self.responseDone else { return }
         var headers = HPACKHeaders()
         headers.add(name: ":status", value: "100")
-        context.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: headers))), promise: nil)
+        port.write(.headers(.init(headers: headers)), promise: nil)
+        port.flush()
     }
 
     /// RST_STREAM(NO_ERROR) after the complete response: the client stops sending the
     /// body and keeps the response. Closing the stream channel would reset it with
-    /// CANCEL, which clients report as a failed request. The stream channel closes
-    /// when the reset has gone out.
+    /// CANCEL, which clients report as a failed request. The stream is done when the
+    /// reset has gone out.
     func resetRequest() {
-        guard let context = self.context else { return }
+        guard let port = self.port else { return }
         self.requestEnded = true  // DATA still in flight is not forwarded
-        let reset = NIOAny(HTTP2Frame.FramePayload.rstStream(.noError))
         guard let written = self.responseEndWritten else {
-            context.writeAndFlush(reset, promise: nil)
+            port.write(.rstStream(.noError), promise: nil)
+            port.flush()
             return
         }
         self.responseEndWritten = nil
-        written.assumeIsolated().whenComplete { _ in context.writeAndFlush(reset, promise: nil) }
+        written.assumeIsolated().whenComplete { _ in
+            port.write(.rstStream(.noError), promise: nil)
+            port.flush()
+        }
     }
 }
 

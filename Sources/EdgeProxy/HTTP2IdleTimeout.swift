@@ -5,7 +5,7 @@ import NIOHTTP2
 /// timeout (nginx's `keepalive_timeout` for HTTP/2): GOAWAY with NO_ERROR, then close.
 /// Streams in flight keep the connection open however long they take; their own
 /// timeouts are the proxy's. Sits after the HTTP/2 handler, which reports streams
-/// opening and closing through `delegate(eventLoop:)`.
+/// opening and closing as events (`NIOHTTP2StreamCreatedEvent`, `StreamClosedEvent`).
 ///
 /// It also drains the connection when the gateway does (shutdown, a restart's handoff,
 /// a reload): GOAWAY in two steps, as RFC 9113 §6.8 describes. The first names the
@@ -25,7 +25,11 @@ package final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHan
 
     private let timeout: TimeAmount
     private var context: ChannelHandlerContext?
-    private var openStreams = 0
+    /// The streams NIO reported created and not yet closed: a stream it closed without
+    /// creating (a request it refused, as one with a malformed content-length) counts for
+    /// nothing, or the connection looked idle while a stream was still open.
+    private var open: [HTTP2StreamID] = []
+    private var openStreams: Int { self.open.count }
     private var lastStream = HTTP2StreamID(0)
     /// When the connection is idle long enough; nil while a stream is open.
     private var deadline: NIODeadline?
@@ -48,35 +52,6 @@ package final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHan
         self.timeout = timeout
     }
 
-    /// A class, not a struct around `NIOLoopBound`: the HTTP/2 handler copies its
-    /// multiplexer, delegate included, some twenty times a stream, and a class reference
-    /// copies with a retain where the struct (too big for an existential's inline
-    /// buffer) cost 1.6k instructions a stream. NIO calls it on the connection's event
-    /// loop only (checked in debug builds), so the unchecked Sendable holds.
-    final class Delegate: NIOHTTP2StreamDelegate, @unchecked Sendable {
-        private let handler: HTTP2IdleTimeout
-        private let eventLoop: any EventLoop
-
-        init(handler: HTTP2IdleTimeout, eventLoop: any EventLoop) {
-            self.handler = handler
-            self.eventLoop = eventLoop
-        }
-
-        func streamCreated(_ id: HTTP2StreamID, channel: any Channel) {
-            self.eventLoop.assertInEventLoop()
-            self.handler.streamOpened(id)
-        }
-
-        func streamClosed(_ id: HTTP2StreamID, channel: any Channel) {
-            self.eventLoop.assertInEventLoop()
-            self.handler.streamClosed()
-        }
-    }
-
-    func delegate(eventLoop: any EventLoop) -> Delegate {
-        Delegate(handler: self, eventLoop: eventLoop)
-    }
-
     package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.arm()
@@ -90,14 +65,15 @@ package final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHan
     }
 
     private func streamOpened(_ id: HTTP2StreamID) {
-        self.openStreams += 1
+        self.open.append(id)
         self.lastStream = max(self.lastStream, id)
         self.deadline = nil  // the timer, if any, finds nothing to do and lapses
     }
 
-    private func streamClosed() {
-        self.openStreams = max(0, self.openStreams - 1)
-        guard self.openStreams == 0 else { return }
+    private func streamClosed(_ id: HTTP2StreamID) {
+        guard let index = self.open.firstIndex(of: id) else { return }
+        self.open.remove(at: index)
+        guard self.open.isEmpty else { return }
         switch self.drain {
         case .serving: self.arm()
         case .announced: break  // streams may still come until the final GOAWAY
@@ -106,9 +82,18 @@ package final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHan
     }
 
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent, !self.draining {
-            // The HTTP/2 handler has passed the event to every stream: each finishes the
-            // exchange in flight (the proxy's quiescing).
+        // Compared by type first: NIO sends several events a request (window updates), and
+        // a failing `as?` from `Any` searches the runtime's conformance records.
+        let type = ObjectIdentifier(Swift.type(of: event))
+        if type == ObjectIdentifier(NIOHTTP2WindowUpdatedEvent.self) {
+            // Most events: nothing to do here.
+        } else if type == ObjectIdentifier(NIOHTTP2StreamCreatedEvent.self) {
+            self.streamOpened((event as! NIOHTTP2StreamCreatedEvent).streamID)
+        } else if type == ObjectIdentifier(StreamClosedEvent.self) {
+            self.streamClosed((event as! StreamClosedEvent).streamID)
+        } else if event is ChannelShouldQuiesceEvent, !self.draining {
+            // The streams (`HTTP2Downstream`, after this handler) each finish the exchange
+            // in flight (the proxy's quiescing).
             let ping = HTTP2PingData(withInteger: UInt64.random(in: .min ... .max))
             let timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: Self.pingWait) {
                 self.finalGoAway()
@@ -184,7 +169,9 @@ package final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHan
     }
 
     private func arm() {
-        self.deadline = .now() + self.timeout
+        guard let context = self.context else { return }
+        // The loop's clock (the system's, except on a test's embedded loop).
+        self.deadline = context.eventLoop.now + self.timeout
         if self.timer == nil { self.schedule() }
     }
 
@@ -193,7 +180,7 @@ package final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHan
         self.timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(deadline: deadline) {
             self.timer = nil
             guard let deadline = self.deadline, self.openStreams == 0 else { return }
-            if NIODeadline.now() < deadline {
+            if context.eventLoop.now < deadline {
                 self.schedule()
                 return
             }

@@ -66,15 +66,10 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     /// Streams started on this connection: a lease's exchange counts as on a reused
     /// connection after the first.
     private(set) var streamsStarted = 0
-    /// What the upstream may still send on the connection, as NIO last said
-    /// (`NIOHTTP2WindowUpdatedEvent`): topped up at the end of each read. Counted by NIO,
-    /// not from the DATA this session sees: DATA that NIO drops (for a stream reset
-    /// meanwhile) takes window too, and counted here it leaked until the connection stalled.
-    private var connectionWindow = 65_535 + HTTP2UpstreamSession.connectionWindowBoost
+    /// What the upstream may still send on the connection: topped up at the end of each read.
+    private var connectionWindow = HTTP2ConnectionWindow(boost: HTTP2UpstreamSession.connectionWindowBoost)
     /// NIO sent GOAWAY (`wroteFrame`): an error it reports now is the connection's.
     private var sentGoaway = false
-    /// A WINDOW_UPDATE of the connection's is written and not yet out of NIO.
-    private var connectionUpdatePending = false
     /// Where this connection came in its lane's order (`HTTP2Lane.connected`).
     var laneOrdinal = 0
     private var needsFlush = false
@@ -475,17 +470,10 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     func channelReadComplete(context: ChannelHandlerContext) {
         // Not once the upstream is going away and nothing is open: NIO refuses a
         // WINDOW_UPDATE on a connection with no stream left to receive.
-        // Nor while the last one is still buffered in NIO (the socket full): NIO's count,
-        // which the next DATA reports, does not have it yet, and each batch would add more.
-        let target = 65_535 + Self.connectionWindowBoost
-        if target - self.connectionWindow >= Self.windowUpdateThreshold, !self.connectionUpdatePending,
-           self.goneAwayAfter == nil || self.streams.values.contains(where: \.open) {
-            let increment = target - self.connectionWindow
-            self.connectionWindow = target
-            self.connectionUpdatePending = true
+        if self.goneAwayAfter == nil || self.streams.values.contains(where: \.open), let increment = self.connectionWindow.topUp() {
             let written = context.eventLoop.makePromise(of: Void.self)
             context.write(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))), promise: written)
-            written.futureResult.assumeIsolated().whenComplete { _ in self.connectionUpdatePending = false }
+            written.futureResult.assumeIsolated().whenComplete { _ in self.connectionWindow.updateWritten() }
             self.needsFlush = true
         }
         if self.needsFlush {
@@ -519,7 +507,7 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
             return
         }
         if let window = event as? NIOHTTP2WindowUpdatedEvent {
-            if window.streamID == .rootStream, let inbound = window.inboundWindowSize { self.connectionWindow = inbound }
+            if window.streamID == .rootStream, let inbound = window.inboundWindowSize { self.connectionWindow.nioReported(inbound) }
             return
         }
         guard let closed = event as? StreamClosedEvent else {

@@ -77,20 +77,13 @@ package final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandl
         // Rapid reset (CVE-2023-44487): a client resetting streams faster than this is disconnected.
         stream.streamResetFrameRateLimit.maximumCount = self.proxy.limits.http2MaxResetsPer30s
         stream.streamResetFrameRateLimit.windowLength = .seconds(30)
-        let strictTransportSecurity = self.proxy.limits.strictTransportSecurity
-        // Streams are child channels on the connection's loop: the loop's proxy (and pool) serves them.
-        let proxy = NIOLoopBound(self.proxy, eventLoop: channel.eventLoop)
-        let idle = HTTP2IdleTimeout(timeout: self.proxy.limits.idleTimeout)
-        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream,
-                                            streamDelegate: idle.delegate(eventLoop: channel.eventLoop)) { streamChannel in
-            streamChannel.eventLoop.initialized {
-                let streamSync = streamChannel.pipeline.syncOperations
-                let bridge = HTTP2StreamBridge(strictTransportSecurity: strictTransportSecurity)
-                // The stream's only handler; named, as the connection's handlers are.
-                try streamSync.addHandler(ProxyHandler(stream: bridge, listener: proxy.value, info: info), name: "proxy")
-            }
-        }
-        try sync.addHandler(idle, name: "http2-idle-timeout")
+        // No multiplexer, no channel per stream: HTTP2Downstream serves the streams from
+        // the connection's frames.
+        try sync.addHandler(NIOHTTP2Handler(mode: .server, frameDelegate: nil, connectionConfiguration: connection, streamConfiguration: stream),
+                            name: "h2")
+        try sync.addHandler(HTTP2IdleTimeout(timeout: self.proxy.limits.idleTimeout), name: "http2-idle-timeout")
+        try sync.addHandler(HTTP2Downstream(listener: self.proxy, info: info, strictTransportSecurity: self.proxy.limits.strictTransportSecurity,
+                                            eventLoop: channel.eventLoop), name: "http2-streams")
     }
 
     package func errorCaught(context: ChannelHandlerContext, error: Error) {

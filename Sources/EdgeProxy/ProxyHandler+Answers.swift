@@ -143,7 +143,7 @@ extension ProxyHandler {
             let bodyArriving = request != nil && !requestEnded
             done.assumeIsolated().whenComplete { result in
                 guard bodyArriving, case .success = result, !self.state.isClosed else {
-                    context.close(promise: nil)
+                    self.closeDownstream()
                     return
                 }
                 if !self.downstream.endRequestEarly() { self.lingerForRequestBody(context) }

@@ -278,7 +278,7 @@ extension ProxyHandler {
                         self.logger.warning("HTTP/2 response head not written; resetting the stream", metadata: self.peerMetadata.merging([
                             "error": "\(error)", "uri": "\(exchange.request.target)",
                         ]) { a, _ in a })
-                        context.close(promise: nil)
+                        if let port = self.stream?.port { port.reset() } else { self.closeDownstream() }
                     }
                 }
             }
@@ -552,5 +552,8 @@ extension ProxyHandler {
         }
     }
 
-    var downstreamWritable: Bool { self.context?.channel.isWritable ?? false }
+    var downstreamWritable: Bool {
+        if let stream = self.stream { return stream.port?.isWritable ?? false }
+        return self.context?.channel.isWritable ?? false
+    }
 }

@@ -83,8 +83,9 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
                   stream: nil)
     }
 
-    /// The proxy of one HTTP/2 stream, the only handler in the stream's pipeline: the
-    /// request's frames become HTTP/1.1 bytes in `bridge`, the response goes to it in parts.
+    /// The proxy of one HTTP/2 stream, in no pipeline of its own: `HTTP2Downstream` hands
+    /// it the stream's frames (`streamReceived`), whose request becomes HTTP/1.1 bytes in
+    /// `bridge`, and the response goes to the bridge in parts.
     package convenience init(stream bridge: HTTP2StreamBridge, listener: ProxyListener, info: DownstreamInfo) {
         self.init(listener: listener, info: info, holdsFirstRead: false, reportsClose: false, singleRequest: true, stream: bridge)
     }
@@ -103,14 +104,12 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     package func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.stream?.attach(context)
         if context.channel.isActive { self.startHeaderTimer() }
     }
 
     package func handlerRemoved(context: ChannelHandlerContext) {
         self.loop.deadlines.cancel(self)
         self.context = nil
-        self.stream?.detach()
         if self.reportsClose { self.observer?.connectionClosed() }
     }
 
@@ -122,13 +121,12 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     // MARK: downstream inbound
 
     package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes: ByteBuffer
-        if let stream = self.stream {
-            guard let request = stream.requestBytes(stream.unwrapInboundIn(data)) else { return }
-            bytes = request
-        } else {
-            bytes = self.unwrapInboundIn(data)
-        }
+        self.received(self.unwrapInboundIn(data))
+    }
+
+    /// Client bytes: HTTP/1.1 as read, or what an HTTP/2 stream's frames made.
+    func received(_ bytes: ByteBuffer) {
+        var bytes = bytes
         switch self.state.bytesArrived() {
         case .process: break
         case .extendLinger:
@@ -384,7 +382,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     func closeAfterWhatIsWritten() {
         self.state.closeAfterWritten()
         self.flushDownstream()
-        self.context?.close(promise: nil)
+        self.closeDownstream()
     }
 
     /// No request has begun on this new connection: no byte of a head has arrived, and a
@@ -424,7 +422,7 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     /// `OpenSSLHandler`'s close, which reads on while it waits for close_notify.
     func lingerForRequestBody(_ context: ChannelHandlerContext) {
         guard self.listener.scheme == "http" else {
-            context.close(promise: nil)
+            self.closeDownstream()
             return
         }
         let now = NIODeadline.now()
@@ -486,7 +484,27 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
 
     /// A read held back by `holdsReads` goes out, now that its cause is gone.
     func resumeReads() {
-        if self.state.readsMayResume() == .read { self.context?.read() }
+        if self.state.readsMayResume() == .read { self.readDownstream() }
+    }
+
+    /// Reads on from the client: the connection's next read, or an HTTP/2 stream's
+    /// window given back.
+    func readDownstream() {
+        if let port = self.stream?.port {
+            port.read()
+        } else {
+            self.context?.read()
+        }
+    }
+
+    /// Closes the client connection, or resets the HTTP/2 stream (CANCEL) if it is still
+    /// open: a stream's close never closes its connection.
+    func closeDownstream() {
+        if let stream = self.stream {
+            stream.port?.close()
+        } else {
+            self.context?.close(promise: nil)
+        }
     }
 
     package func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -497,6 +515,12 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
+        self.becameInactive()
+        context.fireChannelInactive()
+    }
+
+    /// The connection (or the HTTP/2 stream) is gone: the exchange in flight ends.
+    func becameInactive() {
         self.state.inactive()
         self.loop.deadlines.cancel(self)
         if let exchange = self.exchange {
@@ -510,7 +534,6 @@ package final class ProxyHandler: ChannelDuplexHandler, DeadlineOwner {
             }
             self.exchange = nil
         }
-        context.fireChannelInactive()
     }
 
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -1,0 +1,279 @@
+import NIOCore
+import NIOHTTP2
+
+/// A client's HTTP/2 connection at the frame level: sits after NIO's HTTP/2 connection
+/// handler (used without its stream multiplexer) and the idle timeout, and serves each
+/// stream with a `ProxyHandler` and an `HTTP2StreamBridge` held in a table
+/// (`HTTP2DownstreamStream`), not a child channel, pipeline and contexts per stream:
+/// creating and activating those was about 40 % of an HTTP/2 request.
+///
+/// It does what the stream channels did for the proxy: hands each stream its frames,
+/// completes its reads at the end of a read batch, gives flow-control window back as
+/// the proxy reads (a stream's only while its proxy takes the body, so an upstream that
+/// cannot take a request body holds back that stream alone; the connection's as NIO
+/// counts it), reports a stream unwritable while its response piles up in NIO (the
+/// client's window closed), and tells a stream's proxy when the stream is gone (reset
+/// by the client, closed both ways, or the connection lost). Every defence of NIO's
+/// connection handler stays: stream limits, rapid-reset and glitch counting, HPACK
+/// limits, content-length checks.
+final class HTTP2Downstream: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+
+    /// The connection's receive window beyond its default 65,535 bytes, granted at once:
+    /// uploads on several streams share it, and each stream's own 65,535-byte window
+    /// (given back only as its proxy reads) bounds what a stream can make the gateway hold.
+    static let connectionWindowBoost = 1 << 20
+
+    private let listener: ProxyListener
+    private let info: DownstreamInfo
+    let eventLoop: any EventLoop
+    private let strictTransportSecurity: String?
+    private var context: ChannelHandlerContext?
+    /// The open streams, oldest first: a few at a time (the client's concurrency, at most
+    /// SETTINGS_MAX_CONCURRENT_STREAMS), found by a scan of their IDs, which costs less
+    /// than hashing one (a dictionary's hashing was 3 % of a request).
+    private var streams: [HTTP2DownstreamStream] = []
+    /// The highest stream ID opened: a stream's HEADERS after it was done (trailers
+    /// behind a reset the client has not seen yet) open nothing again.
+    private var lastOpened = HTTP2StreamID(0)
+    /// Streams that got frames in this read batch.
+    private var touched: [HTTP2DownstreamStream] = []
+    /// Between a read and the end of its batch: flushes wait for the batch's end.
+    private var reading = false
+    private var needsFlush = false
+    /// What the client may still send on the connection, topped up at the end of each
+    /// read batch.
+    private var connectionWindow = HTTP2ConnectionWindow(boost: HTTP2Downstream.connectionWindowBoost)
+
+    init(listener: ProxyListener, info: DownstreamInfo, strictTransportSecurity: String?, eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+        self.listener = listener
+        self.info = info
+        self.strictTransportSecurity = strictTransportSecurity
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        // After NIO's preface and SETTINGS (its handler is in front): the connection's window grows.
+        context.write(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: Self.connectionWindowBoost))),
+                      promise: nil)
+        context.flush()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    var allocator: ByteBufferAllocator { self.context?.channel.allocator ?? ByteBufferAllocator() }
+    var isWritable: Bool { self.context?.channel.isWritable ?? false }
+
+    // MARK: frames from the client
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.reading = true
+        let frame = self.unwrapInboundIn(data)
+        let payload = frame.payload
+        var stream = self.stream(frame.streamID)
+        if stream == nil {
+            // A new stream's HEADERS: NIO has checked its ID and the stream limit.
+            guard case .headers = payload, frame.streamID > self.lastOpened else { return }
+            stream = self.open(frame.streamID, context: context)
+        }
+        guard let stream, !stream.finished, let proxy = stream.proxy else { return }
+        switch payload {
+        case .data(let data):
+            stream.unacknowledged += HTTP2UpstreamTranslation.flowControlledLength(data)
+            if data.endStream { stream.requestEnded = true }
+        case .headers(let headers):
+            if headers.endStream { stream.requestEnded = true }
+        case .rstStream:
+            // NIO reports the stream closed next (`StreamClosedEvent`).
+            stream.requestEnded = true
+            return
+        default:
+            return  // WINDOW_UPDATE, PRIORITY: NIO's
+        }
+        if !stream.touched {
+            stream.touched = true
+            self.touched.append(stream)
+        }
+        proxy.streamReceived(payload)
+    }
+
+    private func open(_ id: HTTP2StreamID, context: ChannelHandlerContext) -> HTTP2DownstreamStream {
+        self.lastOpened = id
+        let stream = HTTP2DownstreamStream(id: id, connection: self)
+        // Opened while the connection is backed up, it is unwritable from the start, and
+        // told when that ends.
+        stream.reportedWritable = stream.isWritable
+        let bridge = HTTP2StreamBridge(strictTransportSecurity: self.strictTransportSecurity)
+        bridge.port = stream
+        let proxy = ProxyHandler(stream: bridge, listener: self.listener, info: self.info)
+        stream.proxy = proxy
+        self.streams.append(stream)
+        proxy.streamOpened(context: context)
+        return stream
+    }
+
+    func stream(_ id: HTTP2StreamID) -> HTTP2DownstreamStream? {
+        for stream in self.streams where stream.id == id { return stream }
+        return nil
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        // Not with no stream left to receive: after the drain's GOAWAY NIO refuses it.
+        if !self.streams.isEmpty, let increment = self.connectionWindow.topUp() {
+            let written = context.eventLoop.makePromise(of: Void.self)
+            context.write(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))), promise: written)
+            written.futureResult.assumeIsolated().whenComplete { _ in self.connectionWindow.updateWritten() }
+            self.needsFlush = true
+        }
+        // Each stream's read completes (its upstream writes flush), and it reads on unless
+        // its proxy holds the client back.
+        if !self.touched.isEmpty {
+            let touched = self.touched
+            self.touched.removeAll(keepingCapacity: true)
+            for stream in touched {
+                stream.touched = false
+                guard !stream.finished, let proxy = stream.proxy else { continue }
+                proxy.streamReadComplete()
+            }
+        }
+        self.reading = false
+        if self.needsFlush {
+            self.needsFlush = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
+    // MARK: what the streams ask
+
+    func write(_ payload: HTTP2Frame.FramePayload, on stream: HTTP2DownstreamStream, promise: EventLoopPromise<Void>?) {
+        guard let context = self.context else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        guard case .data(let data) = payload, case .byteBuffer(let body) = data.data, body.readableBytes > 0 else {
+            context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: promise)
+            return
+        }
+        // Counted until NIO has written it: past the client's window it waits in NIO.
+        let count = body.readableBytes
+        stream.queuedBytes += count
+        let written = promise ?? context.eventLoop.makePromise(of: Void.self)
+        written.futureResult.assumeIsolated().whenComplete { _ in
+            stream.queuedBytes -= count
+            if !stream.reportedWritable, stream.queuedBytes <= HTTP2DownstreamStream.lowWater, self.isWritable { self.reportWritability(stream) }
+        }
+        context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: written)
+        if stream.reportedWritable, stream.queuedBytes >= HTTP2DownstreamStream.highWater { self.reportWritability(stream) }
+    }
+
+    /// Flushes now, or at the end of the read batch when one is under way: one flush (one
+    /// TLS record, one syscall) for what every stream wrote meanwhile.
+    func flush() {
+        if self.reading {
+            self.needsFlush = true
+        } else {
+            self.context?.flush()
+        }
+    }
+
+    /// The window of what a stream's proxy took goes back to the client once it is worth
+    /// a frame; none once the client ended the request.
+    func giveBack(_ stream: HTTP2DownstreamStream) {
+        guard stream.unacknowledged >= HTTP2DownstreamStream.windowUpdateThreshold, !stream.requestEnded, !stream.closed,
+              let context = self.context else { return }
+        let increment = stream.unacknowledged
+        stream.unacknowledged = 0
+        context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: .windowUpdate(windowSizeIncrement: increment))), promise: nil)
+        self.flush()
+    }
+
+    private func reportWritability(_ stream: HTTP2DownstreamStream) {
+        let writable = stream.isWritable
+        guard writable != stream.reportedWritable else { return }
+        stream.reportedWritable = writable
+        guard !stream.finished else { return }
+        stream.proxy?.streamWritabilityChanged(writable)
+    }
+
+    /// The stream is done (closed by NIO or by its proxy): its proxy is told on the next
+    /// turn of the loop, never from inside one of its own writes (NIO reports a stream
+    /// closed from within the write of its last frame, and the proxy still had its
+    /// exchange to finish).
+    func finishLater(_ stream: HTTP2DownstreamStream) {
+        guard !stream.finished else { return }
+        stream.finished = true
+        stream.closed = true
+        self.context?.eventLoop.assumeIsolated().execute { self.finish(stream) }
+    }
+
+    private func finish(_ stream: HTTP2DownstreamStream) {
+        if let index = self.streams.firstIndex(where: { $0 === stream }) { self.streams.remove(at: index) }
+        guard let proxy = stream.proxy else { return }
+        stream.proxy = nil
+        proxy.streamClosed()
+    }
+
+    // MARK: the connection
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        for stream in self.streams where !stream.finished {
+            self.reportWritability(stream)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // NIO's events come several per request: their types are compared before any cast
+        // (a failing `as?` from `Any` is a search of the runtime's conformance records).
+        let type = ObjectIdentifier(Swift.type(of: event))
+        if type == ObjectIdentifier(NIOHTTP2WindowUpdatedEvent.self) {
+            let window = event as! NIOHTTP2WindowUpdatedEvent
+            if window.streamID == .rootStream, let inbound = window.inboundWindowSize { self.connectionWindow.nioReported(inbound) }
+            return
+        }
+        if type == ObjectIdentifier(StreamClosedEvent.self) {
+            if let stream = self.stream((event as! StreamClosedEvent).streamID) {
+                stream.requestEnded = true
+                self.finishLater(stream)
+            }
+            return
+        }
+        if type == ObjectIdentifier(NIOHTTP2StreamCreatedEvent.self) { return }
+        if type == ObjectIdentifier(ChannelShouldQuiesceEvent.self) {
+            // Each stream finishes the exchange in flight; the idle timeout's GOAWAY drains
+            // the connection.
+            for stream in self.streams where !stream.finished { stream.proxy?.streamQuiesce() }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A frame of ours NIO refused (a response whose fields break HTTP/2's rules, a
+        // content-length that does not fit): NIO leaves the stream open, and the client
+        // would wait for it forever. It is reset here, and its proxy told. (NIO reports an
+        // error in a frame from the client unwrapped, after resetting that stream itself.)
+        if let streamError = error as? NIOHTTP2Errors.StreamError {
+            if let stream = self.stream(streamError.streamID) { stream.reset() }
+            return
+        }
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        for stream in self.streams where !stream.finished {
+            stream.finished = true
+            stream.closed = true
+            self.finish(stream)
+        }
+        self.streams.removeAll()
+        context.fireChannelInactive()
+    }
+}
+
+@available(*, unavailable)
+extension HTTP2Downstream: Sendable {}
