@@ -56,6 +56,9 @@ package final class HTTP2StreamBridge {
         self.port = nil
     }
 
+    /// The client ended the request (END_STREAM), or the stream is reset.
+    var requestComplete: Bool { self.requestEnded }
+
     /// The HTTP/1.1 bytes a frame of the request makes for the proxy (head, body piece,
     /// the chunked body's end), in one buffer; nil when it makes none. A malformed
     /// header block resets the stream here.

@@ -123,7 +123,7 @@ final class HTTP2Downstream: ChannelInboundHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         // Not with no stream left to receive: after the drain's GOAWAY NIO refuses it.
-        if !self.streams.isEmpty, let increment = self.connectionWindow.topUp() {
+        if self.streams.contains(where: { !$0.finished }), let increment = self.connectionWindow.topUp() {
             let written = context.eventLoop.makePromise(of: Void.self)
             context.write(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))), promise: written)
             written.futureResult.assumeIsolated().whenComplete { _ in self.connectionWindow.updateWritten() }

@@ -260,6 +260,11 @@ extension ProxyHandler {
 
     func upstreamReceived(_ part: UpstreamResponsePart, from connection: UpstreamConnection?) {
         guard let exchange = self.exchange, let connection, exchange.connection === connection, let context = self.context else { return }
+        // An HTTP/2 stream that ended before its response did (the client reset it) is gone,
+        // and its proxy hears of it on the next turn of the loop: nothing more is written,
+        // counted or logged as answered for it. (One that ended with its response, a 204's
+        // HEADERS, still has its end to finish: the count, the log, the pooled connection.)
+        if let port = self.stream?.port, port.finished, !port.responseEnded { return }
         switch part {
         case .head(let response):
             if response.status != 101 {
@@ -274,11 +279,13 @@ extension ProxyHandler {
                 case .written(let closeAfter, let written):
                     exchange.closeDownstreamAfterResponse = closeAfter
                     written?.assumeIsolated().whenFailure { error in
-                        // Never silently: the stream is reset, and the line says why.
+                        // Never silently: the stream is reset, and the line says why (unless
+                        // the client reset it meanwhile, as a browser cancelling does).
+                        guard let port = self.stream?.port, !port.finished else { return }
                         self.logger.warning("HTTP/2 response head not written; resetting the stream", metadata: self.peerMetadata.merging([
                             "error": "\(error)", "uri": "\(exchange.request.target)",
                         ]) { a, _ in a })
-                        if let port = self.stream?.port { port.reset() } else { self.closeDownstream() }
+                        port.reset()
                     }
                 }
             }
@@ -394,6 +401,10 @@ extension ProxyHandler {
         exchange.leaveBackend()
         self.exchange = nil
         self.loop.recycle(exchange.request)
+        // A stream whose request had nothing more to send (`content-length: 0`) but whose
+        // client has not ended it: told to stop (NO_ERROR), or it stayed half open with no
+        // deadline, and its connection never idled out.
+        if let stream = self.stream, !stream.requestComplete { _ = self.downstream.endRequestEarly() }
         if exchange.closeDownstreamAfterResponse {
             self.closeAfterWhatIsWritten()
             return

@@ -552,6 +552,17 @@ final class HTTP2AbuseTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// A request declaring an empty body (`content-length: 0`) whose client never ends
+    /// the stream: answered, then the stream is ended with RST_STREAM(NO_ERROR). Before, it
+    /// stayed half open with no deadline, and its connection never idled out.
+    func testAnEmptyRequestLeftOpenIsEndedAfterItsResponse() async throws {
+        let harness = try await h2Gateway(try TestPKI(), listener: "")
+        let result = try abuse("open-empty", port: harness.port("https"), 0)
+        XCTAssertEqual(result["ended"] as? Bool, true, "the whole response: \(result)")
+        XCTAssertEqual((result["rst_streams"] as? [String: Int])?["1"], 0, "then NO_ERROR: \(result)")
+        await harness.shutdown()
+    }
+
     /// RFC 9113 §8.1.1: the gateway checks request header blocks itself (NIO's check is
     /// off), and a malformed one is a stream error that never reaches the upstream.
     func testMalformedRequestHeaderBlocksAreResetAndNeverProxied() async throws {

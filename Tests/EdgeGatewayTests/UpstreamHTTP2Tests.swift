@@ -537,7 +537,9 @@ extension UpstreamHTTP2Tests {
         let grown = memoryOf(pid: getpid()).rss - before
         let sent = client.log.split(separator: "\n").first { $0.hasPrefix("stalled ") }.flatMap { Int($0.dropFirst(8)) } ?? messages
         XCTAssertLessThan(sent, messages / 2, "the client was held back after \(sent) of \(messages) messages of 64 KiB (about 130 here)")
-        XCTAssertLessThan(grown, 24 * 1024, "the gateway grew by \(grown) KiB while \(sent * 64) KiB were sent and none read")
+        if !underAddressSanitizer {
+            XCTAssertLessThan(grown, 24 * 1024, "the gateway grew by \(grown) KiB while \(sent * 64) KiB were sent and none read")
+        }
         FileManager.default.createFile(atPath: go, contents: nil)
         XCTAssertTrue(eventually(timeout: 120) { client.log.contains("\"same\"") }, client.log)
         let line = client.log.split(separator: "\n").last.map(String.init) ?? ""

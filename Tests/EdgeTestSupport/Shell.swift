@@ -250,6 +250,11 @@ package func rawExchange(port: Int, send data: [UInt8], timeout: Double = 5) -> 
     return (String(decoding: received, as: UTF8.self), closed)
 }
 
+/// Whether this process runs under AddressSanitizer (scripts/sanitizers.sh): freed memory
+/// waits in its quarantine and every allocation has shadow memory, so resident memory
+/// says nothing about what the code under test holds.
+package var underAddressSanitizer: Bool { dlsym(nil, "__asan_init") != nil }
+
 /// Resident memory figures of a process, in KiB.
 package func memoryOf(pid: Int32) -> (rss: Int, peak: Int) {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return (0, 0) }

@@ -14,6 +14,8 @@
                        for the server ("body": what came back, "rst_codes", "ended")
   trailers PORT 0      POSTs a body of two DATA frames without content-length to /echo, ended by a
                        trailer HEADERS frame ("body": the response body, "ended": END_STREAM seen)
+  open-empty PORT 0    POSTs to / declaring content-length 0 without ending the stream, then waits
+                       ("ended": the response's END_STREAM, "rst_streams": how the server ended it)
 PINGs are answered, as every HTTP/2 client does.
 Prints one JSON line: what came back (GOAWAY error code, RST_STREAM codes, responses, closed,
 "closed_after": seconds from the last request bytes sent to the server's close)."""
@@ -93,6 +95,9 @@ elif mode == "trailers":
     out += frame(1, 0x4, 1, post)  # END_HEADERS, the body follows
     out += frame(0, 0, 1, b"hello ") + frame(0, 0, 1, b"trailers")
     out += frame(1, 0x5, 1, literal(b"x-checksum", b"1"))  # trailers: END_STREAM | END_HEADERS
+elif mode == "open-empty":
+    post = b"\x83\x87\x84" + literal(b":authority", b"localhost") + literal(b"content-length", b"0")
+    out += frame(1, 0x4, 1, post)  # END_HEADERS only: the stream stays open
 else:
     out += frame(1, 0x5, 1, request + literal(b"x-big", b"a" * n))
 try:
@@ -143,6 +148,8 @@ try:
         if mode == "malformed" and len(result["rst_streams"]) + len(result["response_streams"]) >= expected:
             break
         if mode in ("trailers", "slow-body") and (result["ended"] or result["rst_codes"]):
+            break
+        if mode == "open-empty" and result["rst_codes"]:
             break
         if mode == "big-header" and (result["responses"] or result["rst_codes"] or result["goaway"] is not None):
             break
