@@ -110,12 +110,23 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     /// side), the session told of each frame written, and room for the resets of a busy
     /// connection (DATA still arriving for one of the last 32 reset streams was fine, for
     /// an older one a connection error).
+    ///
+    /// NIO's limit on inbound RST_STREAM frames (200 in 30 s) defends a server from rapid
+    /// reset; from an upstream, resets end only streams we opened, and a server that
+    /// answers before it reads the body resets each such stream with NO_ERROR to stop the
+    /// rest (RFC 9113 §8.1): nginx does, for every `return` or static file answering a
+    /// POST. Under that limit the connection died at the 201st, with every stream in
+    /// flight on it. Here only more than 200 in a millisecond, which no exchange of ours
+    /// can cause, ends it (NIO keeps a timestamp per reset in the window: a longer window
+    /// with a higher count would cost memory per connection).
     static func connectionHandler(settings: HTTP2Settings, session: HTTP2UpstreamSession) -> NIOHTTP2Handler {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = settings
         connection.headerBlockValidation = .disabled
         connection.maximumRecentlyResetStreams = 1024
-        return NIOHTTP2Handler(mode: .client, frameDelegate: session, connectionConfiguration: connection)
+        var stream = NIOHTTP2Handler.StreamConfiguration()
+        stream.streamResetFrameRateLimit.windowLength = .milliseconds(1)
+        return NIOHTTP2Handler(mode: .client, frameDelegate: session, connectionConfiguration: connection, streamConfiguration: stream)
     }
 
     /// Once NIO's HTTP/2 handler is in front (it sends the preface and SETTINGS): the

@@ -599,4 +599,51 @@ extension UpstreamHTTP2Tests {
         XCTAssertTrue(next.stdout.contains("\"OK\""), next.stdout + next.stderr)
         await harness.shutdown()
     }
+
+    /// nginx answers a request whose body it does not read (a `return`, a static file)
+    /// as soon as the head is in, then resets the stream with NO_ERROR to stop the rest of
+    /// the body (RFC 9113 §8.1), once per request. NIO counts inbound resets against a
+    /// rapid-reset limit (200 in 30 s) meant for clients: the upstream connection died
+    /// at the 201st and took every stream in flight with it (502s, and for gRPC calls
+    /// trailers-only UNAVAILABLE answers that h2load counts as successes: the upstream's
+    /// own count shows them). h2load never retries: 600 POSTs of 20 kB, 10 at a time on
+    /// one connection, every one answered by nginx.
+    func testResetsAfterCompleteResponsesDoNotKillTheUpstreamConnection() async throws {
+        let pki = try TestPKI()
+        let leaf = try pki.issue(["localhost"])
+        let dir = TemporaryDirectory()
+        let h2cPort = freePort()
+        let nginx = try NginxUpstream(directory: dir, port: h2cPort, servers: """
+            log_format status "$status";
+            server {
+              listen 127.0.0.1:\(h2cPort) http2;
+              keepalive_requests 100000;
+              access_log \(dir.file("upstream-access.log")) status;
+              location / { return 200 "answered before the body\\n"; }
+            }
+            """)
+        defer { nginx.stop() }
+        let harness = try await GatewayHarness.start { _ in
+            """
+            listeners:
+              - name: https
+                address: "127.0.0.1:0"
+                tls: { certificate: \(leaf.fullchain), key: \(leaf.key), h2: true }
+            upstreams:
+              h2c: { backends: ["127.0.0.1:\(h2cPort)"], protocol: h2c }
+            routes:
+              - { upstream: h2c }
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        try Data(repeating: 0x62, count: 20_000).write(to: URL(fileURLWithPath: dir.file("body")))
+        let load = try Shell.run(["h2load", "-n", "600", "-c", "1", "-m", "10", "-d", dir.file("body"),
+                                  "https://localhost:\(harness.port("https"))/post"], timeout: 180)
+        XCTAssertTrue(load.stdout.contains("600 total, 600 started, 600 done, 600 succeeded, 0 failed, 0 errored"), load.stdout + load.stderr)
+        XCTAssertTrue(load.stdout.contains("status codes: 600 2xx"), load.stdout)
+        XCTAssertTrue(eventually { ((try? String(contentsOfFile: dir.file("upstream-access.log"))) ?? "").split(separator: "\n").count == 600 },
+                      "nginx answered every request itself")
+        XCTAssertFalse(harness.logs.contains("upstream request failed"), harness.logs.all.suffix(3).joined(separator: "\n"))
+        await harness.shutdown()
+    }
 }
