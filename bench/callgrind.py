@@ -19,21 +19,24 @@ CPU a request costs. Modes:
   h2            HTTP/2 (h2load -c 10 -m 10), plain upstream
   h2-upstream   the same, HTTP/2 to the upstream too (h2c: the gateway's `protocol: h2c`,
                 HAProxy's `proto h2`, nginx's grpc_pass)
+  grpc          unary gRPC calls (h2load -c 10 -m 10 sending bench/common.py's SayHello, as
+                bench/run.py's grpc section) over the h2c upstream, which answers them as a
+                gRPC server does; only the calls the upstream answered count
   handshake     a new TLS connection for every request (h2load --h1, a hundred connections at
                 a time; a full handshake every time, h2load resumes no session), plain
                 upstream: the figure is the proxy's instructions per handshake and request
 h2load 1.52 negotiates TLS 1.2 (ECDHE-ECDSA-AES128-GCM-SHA256) with every proxy here.
 The proxies run as common.ValgrindPeers sets them up (the gateway from a stripped copy).
-Usage: python3 bench/callgrind.py [--no-build | --binary PATH] [--requests 4000] [--only keepalive,tls-upstream,h2,h2-upstream,handshake]
+Usage: python3 bench/callgrind.py [--no-build | --binary PATH] [--requests 4000] [--only keepalive,tls-upstream,h2,h2-upstream,grpc,handshake]
                                   [--proxies edge-gateway,nginx,haproxy] [--top 30] [--keep DIR]
 """
 import argparse, os, re, signal, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RELEASE_BUILD, add_valgrind_options, valgrind_peers, wait_port  # noqa: E402
+from common import GRPC_PATH, RELEASE_BUILD, add_valgrind_options, count_lines, settled, valgrind_peers, wait_port, write_grpc_files  # noqa: E402
 
 MODES = {"keepalive": (["--h1", "-c", "10"], "/"), "tls-upstream": (["--h1", "-c", "10"], "/tls/"), "h2": (["-c", "10", "-m", "10"], "/"),
-         "h2-upstream": (["-c", "10", "-m", "10"], "/h2/"), "handshake": (None, "/")}
+         "h2-upstream": (["-c", "10", "-m", "10"], "/h2/"), "grpc": (["-c", "10", "-m", "10"], GRPC_PATH), "handshake": (None, "/")}
 
 
 def h2load(port, path, flags, n):
@@ -58,6 +61,11 @@ def run_once(name, command, port, env, mode, n, work, tag):
     connections, stops it gracefully and returns the instructions of all its processes
     (callgrind writes its counts when a process exits)."""
     flags, path = MODES[mode]
+    # A gRPC call the proxy answers itself (UNAVAILABLE, say) is an HTTP 200 to h2load:
+    # the upstream's access log (upstream-nginx.conf) counts the calls it answered.
+    served = (lambda: count_lines(os.path.join(work, "grpc-served.log"))) if mode == "grpc" else None
+    if mode == "grpc":
+        flags = flags + write_grpc_files(work)
     prefix = os.path.join(work, f"cg-{name}-{mode}-{tag}")
     for old in os.listdir(work):  # a kept directory may hold an earlier run's counts
         if old.startswith(os.path.basename(prefix) + "."):
@@ -69,7 +77,10 @@ def run_once(name, command, port, env, mode, n, work, tag):
             sys.exit(f"callgrind: {name} did not start under valgrind (see {prefix}.log)")
         time.sleep(1)
         h2load(port, path, flags, 500)
+        before = served() if served else 0
         done = h2load(port, path, flags, n)
+        if served:
+            done = min(done, settled(served) - before)
         time.sleep(1)
         # nginx: SIGQUIT is its graceful stop; the gateway and HAProxy stop gracefully on SIGTERM.
         proc.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)
@@ -127,7 +138,7 @@ def main():
         modes = [m for m in args.only.split(",") if m]
         results = {}
         for mode in modes:
-            n = {"h2": args.requests // 2, "h2-upstream": args.requests // 2, "handshake": args.requests // 4}.get(mode, args.requests)
+            n = {"h2": args.requests // 2, "h2-upstream": args.requests // 2, "grpc": args.requests // 2, "handshake": args.requests // 4}.get(mode, args.requests)
             for name in proxies:
                 ir, done, dumps = measure(name, setup.commands[name], setup.ports[name], setup.env(name), mode, n, setup.work)
                 results[(mode, name)] = ir

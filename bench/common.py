@@ -61,6 +61,58 @@ def render_peer(work, name, out_name=None, **values):
     return path
 
 
+# A unary gRPC call as it is on the wire, for the benchmarks' `grpc` cases: helloworld's
+# Greeter/SayHello with HelloRequest{name: "world"} (a 5-byte gRPC prefix, then the protobuf),
+# sent by h2load as the body of a POST with gRPC's headers. The upstream nginx answers it as a
+# gRPC server does (upstream-nginx.conf: HelloReply{message: "Hello world"}, then the trailer
+# grpc-status 0), so every proxy sees a real unary call, response trailers included, from the
+# same client to the same server; bench/tools/grpc_unary.py checks that with grpcio.
+GRPC_PATH = "/h2/helloworld.Greeter/SayHello"
+GRPC_REQUEST = bytes([0, 0, 0, 0, 7]) + b"\x0a\x05world"
+GRPC_REPLY = bytes([0, 0, 0, 0, 13]) + b"\x0a\x0bHello world"
+
+
+def write_grpc_files(work):
+    """Writes the upstream's reply where upstream-nginx.conf serves it (@DIR@/grpc-root) and
+    the request body; returns h2load's flags that send the call."""
+    root = os.path.join(work, "grpc-root", GRPC_PATH.lstrip("/").rsplit("/", 1)[0])
+    os.makedirs(root, mode=0o755, exist_ok=True)
+    # nginx's worker runs as nobody: it must get through the work directory to the reply.
+    os.chmod(work, os.stat(work).st_mode | 0o711)
+    open(os.path.join(root, GRPC_PATH.rsplit("/", 1)[1]), "wb").write(GRPC_REPLY)
+    request = os.path.join(work, "grpc-request.bin")
+    open(request, "wb").write(GRPC_REQUEST)
+    return ["-d", request, "-H", "content-type: application/grpc", "-H", "te: trailers"]
+
+
+def count_lines(path):
+    try:
+        with open(path, "rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def settled(count, timeout=3.0):
+    """count() once it has stopped growing (nginx flushes its buffered access log every 100 ms)."""
+    last, deadline = count(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = count()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def grpc_python():
+    """A Python that has grpcio (this one, else Debian's, where python3-grpcio installs it), or None."""
+    for python in (sys.executable, "/usr/bin/python3"):
+        if os.path.exists(python) and subprocess.run([python, "-c", "import grpc"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
 def write_gateway_config(path, workers, port, upstream, tls_upstream, watched, ca, admin, h2_upstream):
     """The gateway's side of the comparison: one HTTPS listener (HTTP/2 on), the watched
     certificate directory, a plain, a verified-TLS (/tls/) and an h2c (/h2/) upstream,

@@ -12,23 +12,25 @@ the machine's drift over minutes falls on all of them alike. Measured per proxy:
      proxy), as handshakes/s and as proxy CPU per handshake (the clients saturate first on 2 cores);
   3. HTTP/2: h2load -c 10 -m 10 for --duration seconds, req/s and proxy CPU per request, with an
      HTTP/1.1 upstream (h2) and with HTTP/2 to the upstream too (h2up: the gateway's h2c group,
-     HAProxy's `proto h2`, nginx's grpc_pass);
+     HAProxy's `proto h2`, nginx's grpc_pass), and unary gRPC calls (grpc: h2load sending helloworld's
+     SayHello over the same h2c upstream, which answers as a gRPC server does, trailers included;
+     each proxy is first checked with a real grpcio client, bench/tools/grpc_unary.py);
   4. resident memory idle and with 2,000 and 10,000 idle TLS connections (KiB per connection);
   5. certificate rotation: time from the file operation to the new certificate being served and
      errors under load meanwhile, gateway (file watch, no signal) against `nginx -s reload`.
 Then an all-cores variant of (1): every proxy with 2 workers/threads/loops, wrk -t2 -c100, no pinning.
 Every figure is printed as the gateway's value and its ratio to the peers; the run is appended to
 BENCHMARKS.md with the machine, versions and commands (--no-append to skip).
-Usage: python3 bench/run.py [--duration 10] [--runs 3] [--only keepalive,handshake,h2,h2up,memory,rotation,allcores]
+Usage: python3 bench/run.py [--duration 10] [--runs 3] [--only keepalive,handshake,h2,h2up,grpc,memory,rotation,allcores]
 """
 import argparse, asyncio, datetime, json, os, re, resource, shutil, signal, socket, ssl, statistics, subprocess, sys
 import tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, RELEASE_BUILD, free_port, wait_port, release_binary, fingerprint, pem_fingerprint, render_peer, write_gateway_config  # noqa: E402
+from common import ROOT, RELEASE_BUILD, GRPC_PATH, free_port, wait_port, release_binary, fingerprint, pem_fingerprint, render_peer, write_gateway_config, write_grpc_files, grpc_python, count_lines, settled  # noqa: E402
 
 PROXIES = ("edge-gateway", "nginx", "haproxy")
-SECTIONS = ("keepalive", "handshake", "h2", "h2up", "memory", "rotation", "allcores")
+SECTIONS = ("keepalive", "handshake", "h2", "h2up", "grpc", "memory", "rotation", "allcores")
 
 
 def start(cmd, core, log):
@@ -143,8 +145,8 @@ def wrk_rounds(urls, pids, runs, duration, connections, threads=1, core=None):
     return summary
 
 
-def h2load(port, duration, path="/"):
-    out = subprocess.run(on_core(0) + ["h2load", "-D", str(duration), "-c", "10", "-m", "10", f"https://127.0.0.1:{port}{path}"],
+def h2load(port, duration, path="/", flags=()):
+    out = subprocess.run(on_core(0) + ["h2load", "-D", str(duration), "-c", "10", "-m", "10", *flags, f"https://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, timeout=duration + 60).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
@@ -310,6 +312,8 @@ def main():
         pem = os.path.join(work, "haproxy.pem")
         open(pem, "w").write(chain_text + key_text)
 
+        grpc_flags = write_grpc_files(work)
+
         def render(name, out_name=None, **kv):
             return render_peer(work, name, out_name, **kv)
         up, tls_up, h2_up = free_port(), free_port(), free_port()
@@ -365,16 +369,23 @@ def main():
                 for name, t in totals.items():
                     hs[mode][name] = {"rate": t["count"] / t["elapsed"] if t["elapsed"] else 0.0,
                                       "cpu_us": t["cpu"] / t["count"] * 1e6 if t["count"] else float("nan"), "count": t["count"]}
-        def h2_rounds(path):
+        def h2_rounds(path, flags=(), served=None):
+            """served: how many requests the upstream has answered, when h2load's count of
+            successes is not enough (a proxy's own gRPC answer is an HTTP 200 too)."""
             h2runs = {name: [] for name in PROXIES}
             h2cpu = {name: 0.0 for name in PROXIES}
             for name in PROXIES:
-                h2load(ports[name], 2, path)
+                h2load(ports[name], 2, path, flags)
             for order in interleaved(PROXIES, args.runs):
                 for name in order:
-                    before = cpu_seconds(pids[name])
-                    h2runs[name].append(h2load(ports[name], max(4, args.duration // 2), path))
+                    before, upstream_before = cpu_seconds(pids[name]), served() if served else 0
+                    run = h2load(ports[name], max(4, args.duration // 2), path, flags)
                     h2cpu[name] += cpu_seconds(pids[name]) - before
+                    if served:
+                        answered = settled(served) - upstream_before
+                        run["failed"] += max(0, run["succeeded"] - answered)
+                        run["succeeded"] = min(run["succeeded"], answered)
+                    h2runs[name].append(run)
             summary = {}
             for name in PROXIES:
                 done = sum(r["succeeded"] for r in h2runs[name])
@@ -384,6 +395,16 @@ def main():
         if "h2" in only:
             h2 = h2_rounds("/")
         h2up = h2_rounds("/h2/") if "h2up" in only else {}
+        grpc_unary, grpc_checked = {}, "no grpcio here (apt-get install python3-grpcio): not checked with a gRPC client"
+        if "grpc" in only:
+            checker = grpc_python()
+            if checker:
+                for name in PROXIES:
+                    subprocess.run([checker, os.path.join(ROOT, "bench/tools/grpc_unary.py"), str(ports[name]), ca], check=True,
+                                   stdout=subprocess.DEVNULL, timeout=120)
+                grpc_checked = "each proxy checked first with grpcio (bench/tools/grpc_unary.py: reply and status OK)"
+            grpc_log = os.path.join(work, "grpc-served.log")
+            grpc_unary = h2_rounds(GRPC_PATH, grpc_flags, served=lambda: count_lines(grpc_log))
         for name in PROXIES:
             port = ports[name]
             if "memory" in only:
@@ -467,7 +488,8 @@ def main():
                 f, r = hs["full"][name], hs["resumed"][name]
                 say(f"| {name} | {f['rate']:.0f} | {f['cpu_us']:.0f} | {r['rate']:.0f} | {r['cpu_us']:.0f} | "
                     f"{'' if name == 'edge-gateway' else ratio(g[0]['cpu_us'], f['cpu_us'], False)} | {'' if name == 'edge-gateway' else ratio(g[1]['cpu_us'], r['cpu_us'], False)} |")
-        for section, table, upstream in (("h2", h2, "HTTP/1.1 upstream"), ("h2up", h2up, "HTTP/2 upstream (h2c): gateway protocol h2c, HAProxy proto h2, nginx grpc_pass")):
+        for section, table, upstream in (("h2", h2, "HTTP/1.1 upstream"), ("h2up", h2up, "HTTP/2 upstream (h2c): gateway protocol h2c, HAProxy proto h2, nginx grpc_pass"),
+                                         ("grpc", grpc_unary, f"unary gRPC calls to the h2c upstream answering as a gRPC server, {grpc_checked}")):
             if section not in only:
                 continue
             say(f"\nHTTP/2: h2load -D {max(4, args.duration // 2)} -c 10 -m 10 ({upstream}), median of {args.runs} interleaved rounds\n")
