@@ -45,6 +45,9 @@ final class HTTP2Downstream: ChannelInboundHandler {
     /// What the client may still send on the connection, topped up at the end of each
     /// read batch.
     private var connectionWindow = HTTP2ConnectionWindow(boost: HTTP2Downstream.connectionWindowBoost)
+    /// Looks for streams whose response is stuck (`sweepStalled`); armed by a response
+    /// write while none is scheduled.
+    private var stallSweep: Scheduled<Void>?
 
     init(listener: ProxyListener, info: DownstreamInfo, strictTransportSecurity: String?, eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
@@ -62,6 +65,8 @@ final class HTTP2Downstream: ChannelInboundHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.stallSweep?.cancel()
+        self.stallSweep = nil
         self.context = nil
     }
 
@@ -165,10 +170,50 @@ final class HTTP2Downstream: ChannelInboundHandler {
         let written = promise ?? context.eventLoop.makePromise(of: Void.self)
         written.futureResult.assumeIsolated().whenComplete { _ in
             stream.queuedBytes -= count
+            stream.writesDone &+= 1
             if !stream.reportedWritable, stream.queuedBytes <= HTTP2DownstreamStream.lowWater, self.isWritable { self.reportWritability(stream) }
         }
         context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: written)
         if stream.reportedWritable, stream.queuedBytes >= HTTP2DownstreamStream.highWater { self.reportWritability(stream) }
+        if self.stallSweep == nil { self.armStallSweep() }
+    }
+
+    /// The sweep runs every half idle timeout while any response is written.
+    private func armStallSweep() {
+        let every = TimeAmount.nanoseconds(self.listener.limits.idleTimeout.nanoseconds / 2)
+        self.stallSweep = self.eventLoop.assumeIsolated().scheduleTask(in: every) { self.sweepStalled() }
+    }
+
+    /// A stream whose response waits in NIO for a window the client never opens has no
+    /// deadline of its own once its exchange is over (its upstream's read timeout ended
+    /// with it), and keeps its connection from idling out: it held what it had read (up
+    /// to 64 KiB a stream) for ever. A stream with response bytes waiting, none of which
+    /// went out for the idle timeout (three sweeps in a row, so between one and one and a
+    /// half idle timeouts), is reset with CANCEL, which frees them; an HTTP/1.1 client
+    /// that reads nothing loses its connection at the same timeout. A slow reader whose
+    /// window opens now and then is not stalled: any write done counts.
+    private func sweepStalled() {
+        self.stallSweep = nil
+        guard self.context != nil else { return }
+        var writing = false
+        for stream in self.streams where !stream.finished {
+            guard stream.queuedBytes > 0, stream.writesDone == stream.writesDoneAtSweep else {
+                stream.writesDoneAtSweep = stream.writesDone
+                stream.stalledSweeps = 0
+                writing = writing || stream.queuedBytes > 0
+                continue
+            }
+            stream.stalledSweeps += 1
+            guard stream.stalledSweeps >= 3 else {
+                writing = true
+                continue
+            }
+            self.listener.clientFaults.report("HTTP/2 stream reset", reason: "the client took none of its response for the idle timeout", level: .info,
+                                              peer: self.info.clientIP, metadata: ["peer": "\(self.info.peer)", "listener": "\(self.listener.name)"],
+                                              listener: self.listener)
+            stream.reset()
+        }
+        if writing { self.armStallSweep() }
     }
 
     /// Flushes now, or at the end of the read batch when one is under way: one flush (one
@@ -265,6 +310,8 @@ final class HTTP2Downstream: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.stallSweep?.cancel()
+        self.stallSweep = nil
         for stream in self.streams where !stream.finished {
             stream.finished = true
             stream.closed = true

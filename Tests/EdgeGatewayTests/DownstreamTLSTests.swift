@@ -563,6 +563,24 @@ final class HTTP2AbuseTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// A client that never opens its stream's window (SETTINGS_INITIAL_WINDOW_SIZE 0, no
+    /// WINDOW_UPDATE): the whole 50 kB response is read from the upstream into NIO, the
+    /// exchange is over, and the stream waits for the window. Before, it waited for ever,
+    /// holding the response (64 KiB per stream, a hundred streams a connection) and keeping
+    /// the connection from idling out. Now a stream whose response moved not at all for the
+    /// idle timeout (2 s here) is reset with CANCEL, as an HTTP/1.1 connection whose client
+    /// reads nothing is closed at its idle timeout.
+    func testAStreamWhoseClientNeverOpensItsWindowIsResetAtTheIdleTimeout() async throws {
+        let harness = try await h2Gateway(try TestPKI(), listener: "timeouts: { idle: 2s }")
+        let result = try abuse("no-window", port: harness.port("https"), 50_000)
+        XCTAssertEqual(result["responses"] as? Int, 1, "the head went out (HEADERS are not flow-controlled): \(result)")
+        XCTAssertEqual(result["rst_codes"] as? [Int], [8], "then CANCEL: \(result)")
+        let after = result["rst_after"] as? Double ?? 99
+        XCTAssertTrue(after >= 1.9 && after < 4.5, "after the idle timeout and at most half of it more: \(result)")
+        XCTAssertEqual(result["body"] as? String, "", "\(result)")
+        await harness.shutdown()
+    }
+
     /// RFC 9113 §8.1.1: the gateway checks request header blocks itself (NIO's check is
     /// off), and a malformed one is a stream error that never reaches the upstream.
     func testMalformedRequestHeaderBlocksAreResetAndNeverProxied() async throws {

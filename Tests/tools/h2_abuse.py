@@ -16,6 +16,8 @@
                        trailer HEADERS frame ("body": the response body, "ended": END_STREAM seen)
   open-empty PORT 0    POSTs to / declaring content-length 0 without ending the stream, then waits
                        ("ended": the response's END_STREAM, "rst_streams": how the server ended it)
+  no-window PORT LEN   GETs /bytes?n=LEN with a stream window of 0 (SETTINGS_INITIAL_WINDOW_SIZE) and never
+                       opens it, then waits ("rst_codes", "rst_after": seconds from the request to the reset)
 PINGs are answered, as every HTTP/2 client does.
 Prints one JSON line: what came back (GOAWAY error code, RST_STREAM codes, responses, closed,
 "closed_after": seconds from the last request bytes sent to the server's close)."""
@@ -46,7 +48,9 @@ def literal(name, value):
     return b"\x00" + string(name) + string(value)
 
 request = b"\x82\x87\x84" + literal(b":authority", b"localhost")  # GET https /
-sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
+# no-window: SETTINGS_INITIAL_WINDOW_SIZE (4) = 0, so no response DATA may be sent.
+settings = struct.pack(">HI", 4, 0) if mode == "no-window" else b""
+sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, settings))
 out = bytearray()
 if mode == "rapid-reset":
     for i in range(n):
@@ -98,6 +102,8 @@ elif mode == "trailers":
 elif mode == "open-empty":
     post = b"\x83\x87\x84" + literal(b":authority", b"localhost") + literal(b"content-length", b"0")
     out += frame(1, 0x4, 1, post)  # END_HEADERS only: the stream stays open
+elif mode == "no-window":
+    out += frame(1, 0x5, 1, b"\x82\x87" + literal(b":path", b"/bytes?n=%d" % n) + literal(b":authority", b"localhost"))
 else:
     out += frame(1, 0x5, 1, request + literal(b"x-big", b"a" * n))
 try:
@@ -136,6 +142,7 @@ try:
             stream_id = int.from_bytes(header_stream, "big") & 0x7FFFFFFF
             if kind == 3:
                 result["rst_codes"].append(int.from_bytes(payload[:4], "big"))
+                result["rst_after"] = round(time.time() - sent, 2)
                 result["rst_streams"][str(stream_id)] = int.from_bytes(payload[:4], "big")
             elif kind == 1:
                 result["responses"] += 1
@@ -149,7 +156,7 @@ try:
             break
         if mode in ("trailers", "slow-body") and (result["ended"] or result["rst_codes"]):
             break
-        if mode == "open-empty" and result["rst_codes"]:
+        if mode in ("open-empty", "no-window") and result["rst_codes"]:
             break
         if mode == "big-header" and (result["responses"] or result["rst_codes"] or result["goaway"] is not None):
             break
