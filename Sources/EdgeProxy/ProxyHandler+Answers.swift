@@ -139,8 +139,10 @@ extension ProxyHandler {
             self.inbound = ByteBuffer()
             // A request whose body is still arriving (a 404 or 502 for an upload) ends as
             // when the upstream answers early: an HTTP/2 stream is reset with NO_ERROR, a
-            // plain HTTP/1.1 connection lingers, so the answer is not lost to a reset.
-            let bodyArriving = request != nil && !requestEnded
+            // plain HTTP/1.1 connection lingers, so the answer is not lost to a reset. An
+            // HTTP/2 stream frames its body itself, so a request whose head did not parse
+            // (a 400) ends the same way; over HTTP/1.1 nothing after it can be framed.
+            let bodyArriving = !requestEnded && (request != nil || self.stream.map { !$0.requestComplete } == true)
             done.assumeIsolated().whenComplete { result in
                 guard bodyArriving, case .success = result, !self.state.isClosed else {
                     self.closeDownstream()

@@ -563,6 +563,20 @@ final class HTTP2AbuseTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// A request whose method is not a token gets `400`; its body still arriving, the
+    /// stream is then reset with NO_ERROR, so the client keeps the answer (RFC 9113
+    /// §8.1), as after any other early answer. It was reset with CANCEL, which clients
+    /// report as a failed request instead of the 400.
+    func testABadRequestWithItsBodyArrivingEndsWithNoError() async throws {
+        let harness = try await h2Gateway(try TestPKI(), listener: "")
+        let result = try abuse("bad-method", port: harness.port("https"), 0)
+        XCTAssertEqual(result["responses"] as? Int, 1, "\(result)")
+        XCTAssertEqual(result["ended"] as? Bool, true, "the whole 400: \(result)")
+        XCTAssertEqual((result["rst_streams"] as? [String: Int])?["1"], 0, "then NO_ERROR: \(result)")
+        XCTAssertEqual(harness.upstream.requestCount, 0)
+        await harness.shutdown()
+    }
+
     /// A client that never opens its stream's window (SETTINGS_INITIAL_WINDOW_SIZE 0, no
     /// WINDOW_UPDATE): the whole 50 kB response is read from the upstream into NIO, the
     /// exchange is over, and the stream waits for the window. Before, it waited for ever,

@@ -16,6 +16,8 @@
                        trailer HEADERS frame ("body": the response body, "ended": END_STREAM seen)
   open-empty PORT 0    POSTs to / declaring content-length 0 without ending the stream, then waits
                        ("ended": the response's END_STREAM, "rst_streams": how the server ended it)
+  bad-method PORT 0    sends a request with the method "GE(T" (not a token) and one byte of a body, the
+                       stream left open ("responses", "rst_streams": how the server ended it)
   no-window PORT LEN   GETs /bytes?n=LEN with a stream window of 0 (SETTINGS_INITIAL_WINDOW_SIZE) and never
                        opens it, then waits ("rst_codes", "rst_after": seconds from the request to the reset)
 PINGs are answered, as every HTTP/2 client does.
@@ -102,6 +104,9 @@ elif mode == "trailers":
 elif mode == "open-empty":
     post = b"\x83\x87\x84" + literal(b":authority", b"localhost") + literal(b"content-length", b"0")
     out += frame(1, 0x4, 1, post)  # END_HEADERS only: the stream stays open
+elif mode == "bad-method":
+    bad = literal(b":method", b"GE(T") + b"\x87\x84" + literal(b":authority", b"localhost")
+    out += frame(1, 0x4, 1, bad) + frame(0, 0, 1, b"x")  # END_HEADERS only, a byte of a body
 elif mode == "no-window":
     out += frame(1, 0x5, 1, b"\x82\x87" + literal(b":path", b"/bytes?n=%d" % n) + literal(b":authority", b"localhost"))
 else:
@@ -156,7 +161,7 @@ try:
             break
         if mode in ("trailers", "slow-body") and (result["ended"] or result["rst_codes"]):
             break
-        if mode in ("open-empty", "no-window") and result["rst_codes"]:
+        if mode in ("open-empty", "no-window", "bad-method") and result["rst_codes"]:
             break
         if mode == "big-header" and (result["responses"] or result["rst_codes"] or result["goaway"] is not None):
             break
