@@ -73,10 +73,9 @@ package final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandl
         // Request header blocks are checked by HTTP2StreamBridge (HTTP2RequestCheck) and
         // response heads by the HTTP/1.1 parser: NIO's second pass over both is off.
         connection.headerBlockValidation = .disabled
-        var stream = NIOHTTP2Handler.StreamConfiguration()
-        // Rapid reset (CVE-2023-44487): a client resetting streams faster than this is disconnected.
-        stream.streamResetFrameRateLimit.maximumCount = self.proxy.limits.http2MaxResetsPer30s
-        stream.streamResetFrameRateLimit.windowLength = .seconds(30)
+        // Rapid reset (CVE-2023-44487) and control-frame floods: HTTP2Downstream counts them.
+        HTTP2Downstream.limitControlFrames(&connection)
+        let stream = HTTP2Downstream.streamConfiguration()
         // No multiplexer, no channel per stream: HTTP2Downstream serves the streams from
         // the connection's frames.
         try sync.addHandler(NIOHTTP2Handler(mode: .server, frameDelegate: nil, connectionConfiguration: connection, streamConfiguration: stream),

@@ -542,6 +542,10 @@ final class HTTP2AbuseTests: XCTestCase {
         XCTAssertEqual(reset["goaway"] as? Int, 11, "ENHANCE_YOUR_CALM ends a rapid-reset connection: \(reset)")
         XCTAssertEqual(reset["closed"] as? Bool, true, "\(reset)")
         XCTAssertLessThan(reset["closed_after"] as? Double ?? 99, 3, "closed after its GOAWAY, not left open to answer more frames: \(reset)")
+        // A flood of PINGs (200 control frames in 30 s pass): ENHANCE_YOUR_CALM too.
+        let pings = try abuse("ping-flood", port: port, 300)
+        XCTAssertEqual(pings["goaway"] as? Int, 11, "\(pings)")
+        XCTAssertEqual(pings["closed"] as? Bool, true, "\(pings)")
         let big = try abuse("big-header", port: port, 64 * 1024)
         XCTAssertEqual(big["responses"] as? Int, 0, "a 64 KiB header list is never proxied: \(big)")
         XCTAssertTrue(big["goaway"] is Int || !((big["rst_codes"] as? [Int]) ?? []).isEmpty || big["closed"] as? Bool == true, "\(big)")

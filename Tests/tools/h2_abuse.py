@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """HTTP/2 abuse for tests, with raw frames over TLS (ALPN h2):
   rapid-reset PORT N   opens N streams, resetting each at once (CVE-2023-44487)
+  ping-flood PORT N    sends N PINGs at once (a control-frame flood)
   big-header PORT SIZE sends one request whose header list is SIZE bytes (HPACK bomb shape)
   idle PORT SECONDS    sends one request, then stays silent up to SECONDS waiting for the server
                        to end the idle connection ("idle_closed_after": seconds after the response)
@@ -58,6 +59,9 @@ if mode == "rapid-reset":
     for i in range(n):
         stream = 1 + 2 * i
         out += frame(1, 0x5, stream, request) + frame(3, 0, stream, struct.pack(">I", 8))  # HEADERS, RST_STREAM(CANCEL)
+elif mode == "ping-flood":
+    for i in range(n):
+        out += frame(6, 0, 0, struct.pack(">Q", i))
 elif mode == "idle":
     out += frame(1, 0x5, 1, request)
 elif mode == "malformed":
