@@ -33,20 +33,26 @@ Usage: python3 bench/callgrind.py [--no-build | --binary PATH] [--requests 4000]
 import argparse, os, re, signal, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import GRPC_PATH, RELEASE_BUILD, add_valgrind_options, count_lines, settled, valgrind_peers, wait_port, write_grpc_files  # noqa: E402
+from common import GRPC_PATH, GRPC_REPLY, RELEASE_BUILD, add_valgrind_options, valgrind_peers, wait_port, write_grpc_files  # noqa: E402
 
 MODES = {"keepalive": (["--h1", "-c", "10"], "/"), "tls-upstream": (["--h1", "-c", "10"], "/tls/"), "h2": (["-c", "10", "-m", "10"], "/"),
          "h2-upstream": (["-c", "10", "-m", "10"], "/h2/"), "grpc": (["-c", "10", "-m", "10"], GRPC_PATH), "handshake": (None, "/")}
 
 
-def h2load(port, path, flags, n):
+def h2load(port, path, flags, n, answer_bytes=None):
     """Sends n requests; flags None: one request per connection, in batches of 100
-    connections (h2load resumes no session, so each is a full handshake)."""
+    connections (h2load resumes no session, so each is a full handshake). answer_bytes:
+    only responses with that much DATA count (a proxy's own gRPC answer is an HTTP 200
+    with none)."""
     if flags is None:
         return sum(h2load(port, path, ["--h1", "-c", str(min(100, n - k))], min(100, n - k)) for k in range(0, n, 100))
     out = subprocess.run(["h2load", "-n", str(n)] + flags + [f"https://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=600).stdout
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
-    return int(m.group(1)) if m else 0
+    done = int(m.group(1)) if m else 0
+    if answer_bytes:
+        data = re.search(r"\((\d+)\) data", out)
+        done = min(done, int(data.group(1)) // answer_bytes if data else 0)
+    return done
 
 
 def totals(path):
@@ -62,8 +68,8 @@ def run_once(name, command, port, env, mode, n, work, tag):
     (callgrind writes its counts when a process exits)."""
     flags, path = MODES[mode]
     # A gRPC call the proxy answers itself (UNAVAILABLE, say) is an HTTP 200 to h2load:
-    # the upstream's access log (upstream-nginx.conf) counts the calls it answered.
-    served = (lambda: count_lines(os.path.join(work, "grpc-served.log"))) if mode == "grpc" else None
+    # only calls that brought the upstream's reply count.
+    answer_bytes = len(GRPC_REPLY) if mode == "grpc" else None
     if mode == "grpc":
         flags = flags + write_grpc_files(work)
     prefix = os.path.join(work, f"cg-{name}-{mode}-{tag}")
@@ -77,10 +83,7 @@ def run_once(name, command, port, env, mode, n, work, tag):
             sys.exit(f"callgrind: {name} did not start under valgrind (see {prefix}.log)")
         time.sleep(1)
         h2load(port, path, flags, 500)
-        before = served() if served else 0
-        done = h2load(port, path, flags, n)
-        if served:
-            done = min(done, settled(served) - before)
+        done = h2load(port, path, flags, n, answer_bytes)
         time.sleep(1)
         # nginx: SIGQUIT is its graceful stop; the gateway and HAProxy stop gracefully on SIGTERM.
         proc.send_signal(signal.SIGQUIT if name == "nginx" else signal.SIGTERM)

@@ -66,7 +66,9 @@ def render_peer(work, name, out_name=None, **values):
 # sent by h2load as the body of a POST with gRPC's headers. The upstream nginx answers it as a
 # gRPC server does (upstream-nginx.conf: HelloReply{message: "Hello world"}, then the trailer
 # grpc-status 0), so every proxy sees a real unary call, response trailers included, from the
-# same client to the same server; bench/tools/grpc_unary.py checks that with grpcio.
+# same client to the same server; bench/tools/grpc_unary.py checks that with grpcio. A
+# proxy's own trailers-only answer (UNAVAILABLE, say) is an HTTP 200 to h2load, but without
+# the reply's bytes: the benchmarks count the calls answered by h2load's DATA bytes.
 GRPC_PATH = "/h2/helloworld.Greeter/SayHello"
 GRPC_REQUEST = bytes([0, 0, 0, 0, 7]) + b"\x0a\x05world"
 GRPC_REPLY = bytes([0, 0, 0, 0, 13]) + b"\x0a\x0bHello world"
@@ -83,26 +85,6 @@ def write_grpc_files(work):
     request = os.path.join(work, "grpc-request.bin")
     open(request, "wb").write(GRPC_REQUEST)
     return ["-d", request, "-H", "content-type: application/grpc", "-H", "te: trailers"]
-
-
-def count_lines(path):
-    try:
-        with open(path, "rb") as f:
-            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
-    except FileNotFoundError:
-        return 0
-
-
-def settled(count, timeout=3.0):
-    """count() once it has stopped growing (nginx flushes its buffered access log every 100 ms)."""
-    last, deadline = count(), time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = count()
-        if now == last:
-            return now
-        last = now
-    return last
 
 
 def grpc_python():

@@ -27,7 +27,7 @@ import argparse, asyncio, datetime, json, os, re, resource, shutil, signal, sock
 import tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, RELEASE_BUILD, GRPC_PATH, free_port, wait_port, release_binary, fingerprint, pem_fingerprint, render_peer, write_gateway_config, write_grpc_files, grpc_python, count_lines, settled  # noqa: E402
+from common import ROOT, RELEASE_BUILD, GRPC_PATH, GRPC_REPLY, free_port, wait_port, release_binary, fingerprint, pem_fingerprint, render_peer, write_gateway_config, write_grpc_files, grpc_python  # noqa: E402
 
 PROXIES = ("edge-gateway", "nginx", "haproxy")
 SECTIONS = ("keepalive", "handshake", "h2", "h2up", "grpc", "memory", "rotation", "allcores")
@@ -150,7 +150,9 @@ def h2load(port, duration, path="/", flags=()):
                          capture_output=True, text=True, timeout=duration + 60).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    return {"rps": rps, "succeeded": int(m.group(1)) if m else 0, "failed": int(m.group(2)) + int(m.group(3)) if m else -1}
+    data = re.search(r"\((\d+)\) data", out)
+    return {"rps": rps, "succeeded": int(m.group(1)) if m else 0, "failed": int(m.group(2)) + int(m.group(3)) if m else -1,
+            "data": int(data.group(1)) if data else 0}
 
 
 async def hold_connections(port, ca, count, ready, release):
@@ -369,22 +371,24 @@ def main():
                 for name, t in totals.items():
                     hs[mode][name] = {"rate": t["count"] / t["elapsed"] if t["elapsed"] else 0.0,
                                       "cpu_us": t["cpu"] / t["count"] * 1e6 if t["count"] else float("nan"), "count": t["count"]}
-        def h2_rounds(path, flags=(), served=None):
-            """served: how many requests the upstream has answered, when h2load's count of
-            successes is not enough (a proxy's own gRPC answer is an HTTP 200 too)."""
+        def h2_rounds(path, flags=(), answer_bytes=None):
+            """answer_bytes: the response body every answer from the upstream has, when
+            h2load's count of successes is not enough (a proxy's own gRPC answer is an HTTP
+            200 too, with no body): only that many bytes of DATA count as a call answered."""
             h2runs = {name: [] for name in PROXIES}
             h2cpu = {name: 0.0 for name in PROXIES}
             for name in PROXIES:
                 h2load(ports[name], 2, path, flags)
             for order in interleaved(PROXIES, args.runs):
                 for name in order:
-                    before, upstream_before = cpu_seconds(pids[name]), served() if served else 0
+                    before = cpu_seconds(pids[name])
                     run = h2load(ports[name], max(4, args.duration // 2), path, flags)
                     h2cpu[name] += cpu_seconds(pids[name]) - before
-                    if served:
-                        answered = settled(served) - upstream_before
-                        run["failed"] += max(0, run["succeeded"] - answered)
-                        run["succeeded"] = min(run["succeeded"], answered)
+                    if answer_bytes and run["succeeded"]:
+                        answered = min(run["succeeded"], run["data"] // answer_bytes)
+                        run["failed"] += run["succeeded"] - answered
+                        run["rps"] *= answered / run["succeeded"]
+                        run["succeeded"] = answered
                     h2runs[name].append(run)
             summary = {}
             for name in PROXIES:
@@ -403,8 +407,7 @@ def main():
                     subprocess.run([checker, os.path.join(ROOT, "bench/tools/grpc_unary.py"), str(ports[name]), ca], check=True,
                                    stdout=subprocess.DEVNULL, timeout=120)
                 grpc_checked = "each proxy checked first with grpcio (bench/tools/grpc_unary.py: reply and status OK)"
-            grpc_log = os.path.join(work, "grpc-served.log")
-            grpc_unary = h2_rounds(GRPC_PATH, grpc_flags, served=lambda: count_lines(grpc_log))
+            grpc_unary = h2_rounds(GRPC_PATH, grpc_flags, answer_bytes=len(GRPC_REPLY))
         for name in PROXIES:
             port = ports[name]
             if "memory" in only:

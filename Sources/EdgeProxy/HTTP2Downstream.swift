@@ -14,9 +14,9 @@ import NIOHTTP2
 /// counts it), reports a stream unwritable while its response piles up in NIO (the
 /// client's window closed), and tells a stream's proxy when the stream is gone (reset
 /// by the client, closed both ways, or the connection lost). Every defence of NIO's
-/// connection handler stays: stream limits, glitch counting, HPACK limits, content-length
-/// checks; the limits on resets (rapid reset) and control frames are counted here
-/// (`HTTP2RateLimit`), in two counts each instead of NIO's timestamp per event.
+/// connection handler stays: stream limits, glitch counting, control-frame limits, HPACK
+/// limits, content-length checks; resets of open streams (rapid reset) are counted here
+/// (`HTTP2RateLimit`), in two counts instead of NIO's timestamp per reset.
 final class HTTP2Downstream: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
@@ -49,13 +49,17 @@ final class HTTP2Downstream: ChannelInboundHandler {
     /// Looks for streams whose response is stuck (`sweepStalled`); armed by a response
     /// write while none is scheduled.
     private var stallSweep: Scheduled<Void>?
-    /// RST_STREAM frames from the client (rapid reset, CVE-2023-44487: the listener's
-    /// `http2.max_resets_per_30s`), and PING, SETTINGS, PRIORITY, ALTSVC and ORIGIN frames
-    /// (200 in 30 s, NIO's default): beyond either, GOAWAY ENHANCE_YOUR_CALM and close.
+    /// RST_STREAM frames from the client for open streams (rapid reset, CVE-2023-44487:
+    /// the listener's `http2.max_resets_per_30s`): beyond, GOAWAY ENHANCE_YOUR_CALM and
+    /// close. (A reset of a stream already closed NIO drops before it gets here; it costs
+    /// no more than any frame NIO ignores, and the work for that stream was done.)
     private var resets: HTTP2RateLimit
-    private var controlFrames = HTTP2RateLimit(limit: 200, window: .seconds(30))
     /// Refused for abuse: what else the client sends is dropped until the close.
     private var refused = false
+    /// WINDOW_UPDATE frames for the whole connection: the client is taking responses, so
+    /// no stream counts as stalled (`sweepStalled`).
+    private var connectionWindowUpdates: UInt32 = 0
+    private var connectionWindowUpdatesAtSweep: UInt32 = 0
 
     init(listener: ProxyListener, info: DownstreamInfo, strictTransportSecurity: String?, eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
@@ -66,10 +70,11 @@ final class HTTP2Downstream: ChannelInboundHandler {
     }
 
     /// What the connection handler needs of NIO's limits on inbound frames with this
-    /// handler counting resets and control frames: NIO's own rate limits for those (and
-    /// for stream errors, which its glitch count caps at 200 a connection anyway) trip
-    /// only at more than 16 events in one nanosecond, which no client reaches, and keep
-    /// room for 16 timestamps each instead of 200.
+    /// handler counting resets: NIO's own rate limits for resets and for stream errors
+    /// (which its glitch count caps at 200 a connection anyway) trip only at more than 16
+    /// events in one nanosecond, which no client reaches, and keep room for 16 timestamps
+    /// each instead of 200. Its limit on control frames (PING, SETTINGS, PRIORITY, and the
+    /// ALTSVC and ORIGIN frames it drops before they get here) stays as it is.
     static func streamConfiguration() -> NIOHTTP2Handler.StreamConfiguration {
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.streamResetFrameRateLimit.maximumCount = 16
@@ -77,11 +82,6 @@ final class HTTP2Downstream: ChannelInboundHandler {
         stream.streamErrorRateLimit.maximumCount = 16
         stream.streamErrorRateLimit.windowLength = .zero
         return stream
-    }
-
-    static func limitControlFrames(_ connection: inout NIOHTTP2Handler.ConnectionConfiguration) {
-        connection.controlFrameRateLimit.maximumCount = 16
-        connection.controlFrameRateLimit.windowLength = .zero
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -111,8 +111,13 @@ final class HTTP2Downstream: ChannelInboundHandler {
         switch payload {
         case .rstStream:
             if self.resets.exceeded(at: .now()) { return self.refuse(context, reason: "too many stream resets (rapid reset)") }
-        case .ping, .settings, .priority, .alternativeService, .origin:
-            if self.controlFrames.exceeded(at: .now()) { self.refuse(context, reason: "too many control frames") }
+        case .windowUpdate:
+            // The client takes more of the responses: progress for the stall sweep.
+            if frame.streamID == .rootStream {
+                self.connectionWindowUpdates &+= 1
+            } else {
+                self.stream(frame.streamID)?.windowUpdates &+= 1
+            }
             return
         default:
             break
@@ -144,13 +149,16 @@ final class HTTP2Downstream: ChannelInboundHandler {
         proxy.streamReceived(payload)
     }
 
-    /// GOAWAY with ENHANCE_YOUR_CALM, as NIO answered the same abuse, then the close.
+    /// GOAWAY with ENHANCE_YOUR_CALM, as NIO answered the same abuse, and the close at
+    /// once: a client that stopped reading would otherwise keep the connection open with
+    /// the GOAWAY stuck behind its responses.
     private func refuse(_ context: ChannelHandlerContext, reason: String) {
         self.refused = true
         self.listener.clientFaults.report("HTTP/2 connection refused", reason: reason, level: .info, peer: self.info.clientIP,
                                           metadata: ["peer": "\(self.info.peer)", "listener": "\(self.listener.name)"], listener: self.listener)
         let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: self.lastOpened, errorCode: .enhanceYourCalm, opaqueData: nil))
-        context.writeAndFlush(self.wrapOutboundOut(goAway)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+        context.writeAndFlush(self.wrapOutboundOut(goAway), promise: nil)
+        context.close(promise: nil)
     }
 
     private func open(_ id: HTTP2StreamID, context: ChannelHandlerContext) -> HTTP2DownstreamStream {
@@ -225,27 +233,33 @@ final class HTTP2Downstream: ChannelInboundHandler {
         if self.stallSweep == nil { self.armStallSweep() }
     }
 
-    /// The sweep runs every half idle timeout while any response is written.
+    /// The sweep runs every half idle timeout (a quarter of a second at least) while any
+    /// response is written.
     private func armStallSweep() {
-        let every = TimeAmount.nanoseconds(self.listener.limits.idleTimeout.nanoseconds / 2)
+        let every = TimeAmount.nanoseconds(max(self.listener.limits.idleTimeout.nanoseconds / 2, 250_000_000))
         self.stallSweep = self.eventLoop.assumeIsolated().scheduleTask(in: every) { self.sweepStalled() }
     }
 
     /// A stream whose response waits in NIO for a window the client never opens has no
     /// deadline of its own once its exchange is over (its upstream's read timeout ended
     /// with it), and keeps its connection from idling out: it held what it had read (up
-    /// to 64 KiB a stream) for ever. A stream with response bytes waiting, none of which
-    /// went out for the idle timeout (three sweeps in a row, so between one and one and a
-    /// half idle timeouts), is reset with CANCEL, which frees them; an HTTP/1.1 client
-    /// that reads nothing loses its connection at the same timeout. A slow reader whose
-    /// window opens now and then is not stalled: any write done counts.
+    /// to 64 KiB a stream) for ever. A stream with response bytes waiting that saw no
+    /// progress in three sweeps in a row (between one and two idle timeouts after the
+    /// last) is reset with CANCEL, which frees them; an HTTP/1.1 client that reads nothing
+    /// loses its connection at the idle timeout too. Progress is a write done or a
+    /// WINDOW_UPDATE from the client, for the stream or the whole connection: a slow
+    /// reader whose window opens now and then is not stalled, even while one large write
+    /// (NIO completes it only once all of it is out) is still going out.
     private func sweepStalled() {
         self.stallSweep = nil
         guard self.context != nil else { return }
+        let connectionMoved = self.connectionWindowUpdates != self.connectionWindowUpdatesAtSweep
+        self.connectionWindowUpdatesAtSweep = self.connectionWindowUpdates
         var writing = false
         for stream in self.streams where !stream.finished {
-            guard stream.queuedBytes > 0, stream.writesDone == stream.writesDoneAtSweep else {
-                stream.writesDoneAtSweep = stream.writesDone
+            let progress = stream.writesDone &+ stream.windowUpdates
+            guard stream.queuedBytes > 0, progress == stream.progressAtSweep, !connectionMoved else {
+                stream.progressAtSweep = progress
                 stream.stalledSweeps = 0
                 writing = writing || stream.queuedBytes > 0
                 continue

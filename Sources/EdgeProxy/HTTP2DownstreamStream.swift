@@ -32,10 +32,12 @@ final class HTTP2DownstreamStream {
     var finished = false
     /// Got frames in the current read batch: its proxy's read completes at the batch's end.
     var touched = false
-    /// Response DATA writes NIO has finished with (written out or dropped): the stall
-    /// sweep (`HTTP2Downstream.sweepStalled`) compares it between sweeps.
+    /// Response DATA writes NIO has finished with (written out or dropped), and the
+    /// client's WINDOW_UPDATEs for the stream: the stall sweep
+    /// (`HTTP2Downstream.sweepStalled`) compares their sum between sweeps.
     var writesDone: UInt32 = 0
-    var writesDoneAtSweep: UInt32 = 0
+    var windowUpdates: UInt32 = 0
+    var progressAtSweep: UInt32 = 0
     /// Sweeps in a row that found response bytes waiting and none of them gone out.
     var stalledSweeps = 0
 

@@ -5,11 +5,14 @@ import NIOCore
 /// a pure counter, tested without a clock.
 ///
 /// Why not NIO's own limiters: each keeps a timestamp per event in its window, and
-/// reserves room for `limit` of them when the connection opens: three of them, 200
-/// each, were 4.6 kB of the 40.5 kB an idle HTTP/2 connection held. This one is two
-/// counts, by the sliding-window estimate (the previous window's count, weighted by how
-/// much of it the sliding window still covers, plus the current one's): a burst of
-/// `limit` passes, one more does not, and the rate it allows over time is the same.
+/// reserves room for `limit` of them when the connection opens: 200 resets' worth was
+/// 1.6 kB of the 40.5 kB an idle HTTP/2 connection held. This one is two counts, by the
+/// sliding-window estimate (the previous fixed window's count, weighted by how much of it
+/// the sliding window still covers, plus the current one's). A burst of `limit` passes
+/// and one more does not, and the rate it allows over time is the same; it is not exact
+/// where NIO's was: events bunched at the end of one fixed window and the start of the
+/// next can pass up to about twice `limit` in some 30 s, and right after a full burst it
+/// allows less than NIO did until the burst's window has slid by.
 struct HTTP2RateLimit {
     let limit: Int
     let window: TimeAmount

@@ -48,7 +48,7 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     private let authority: String
     private let maxHeadBytes: Int
     /// The group's `max_streams_per_connection`.
-    private let maxStreams: Int
+    let maxStreams: Int
     /// The upstream's SETTINGS_MAX_CONCURRENT_STREAMS, once its SETTINGS came.
     private(set) var peerMaxStreams: Int?
     private var context: ChannelHandlerContext?
@@ -116,9 +116,9 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     /// answers before it reads the body resets each such stream with NO_ERROR to stop the
     /// rest (RFC 9113 §8.1): nginx does, for every `return` or static file answering a
     /// POST. Under that limit the connection died at the 201st, with every stream in
-    /// flight on it. Here only more than 200 in a millisecond, which no exchange of ours
-    /// can cause, ends it (NIO keeps a timestamp per reset in the window: a longer window
-    /// with a higher count would cost memory per connection).
+    /// flight on it. Here only more resets in a millisecond than twice the streams we may
+    /// have open (200 at least) end it, which no exchange of ours can cause (NIO keeps a
+    /// timestamp per reset in the window: a longer window would cost memory per connection).
     static func connectionHandler(settings: HTTP2Settings, session: HTTP2UpstreamSession) -> NIOHTTP2Handler {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = settings
@@ -126,6 +126,7 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
         connection.maximumRecentlyResetStreams = 1024
         var stream = NIOHTTP2Handler.StreamConfiguration()
         stream.streamResetFrameRateLimit.windowLength = .milliseconds(1)
+        stream.streamResetFrameRateLimit.maximumCount = max(200, 2 * session.maxStreams)
         return NIOHTTP2Handler(mode: .client, frameDelegate: session, connectionConfiguration: connection, streamConfiguration: stream)
     }
 

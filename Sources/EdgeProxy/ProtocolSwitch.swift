@@ -73,8 +73,7 @@ package final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandl
         // Request header blocks are checked by HTTP2StreamBridge (HTTP2RequestCheck) and
         // response heads by the HTTP/1.1 parser: NIO's second pass over both is off.
         connection.headerBlockValidation = .disabled
-        // Rapid reset (CVE-2023-44487) and control-frame floods: HTTP2Downstream counts them.
-        HTTP2Downstream.limitControlFrames(&connection)
+        // Rapid reset (CVE-2023-44487): HTTP2Downstream counts resets.
         let stream = HTTP2Downstream.streamConfiguration()
         // No multiplexer, no channel per stream: HTTP2Downstream serves the streams from
         // the connection's frames.

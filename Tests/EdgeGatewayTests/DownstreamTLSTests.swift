@@ -599,6 +599,18 @@ final class HTTP2AbuseTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// A slow reader is not a stalled one: a client that opens its window by 1 KiB every
+    /// 200 ms takes a 60 kB response at 5 kB/s, so a response piece NIO writes in one go
+    /// takes longer than the idle timeout (2 s) to go out, but each WINDOW_UPDATE is
+    /// progress, and the stream is not reset.
+    func testASlowReaderWhoseWindowOpensNowAndThenIsNotReset() async throws {
+        let harness = try await h2Gateway(try TestPKI(), listener: "timeouts: { idle: 2s }")
+        let result = try abuse("slow-window", port: harness.port("https"), 60_000)
+        XCTAssertEqual(result["rst_codes"] as? [Int], [], "\(result["rst_codes"] ?? "?")")
+        XCTAssertGreaterThan((result["body"] as? String)?.count ?? 0, 20_000, "6 s at 5 kB/s")
+        await harness.shutdown()
+    }
+
     /// RFC 9113 §8.1.1: the gateway checks request header blocks itself (NIO's check is
     /// off), and a malformed one is a stream error that never reaches the upstream.
     func testMalformedRequestHeaderBlocksAreResetAndNeverProxied() async throws {

@@ -19,6 +19,8 @@
                        ("ended": the response's END_STREAM, "rst_streams": how the server ended it)
   bad-method PORT 0    sends a request with the method "GE(T" (not a token) and one byte of a body, the
                        stream left open ("responses", "rst_streams": how the server ended it)
+  slow-window PORT LEN GETs /bytes?n=LEN with a stream window of 0, then opens it by 1 KiB every 200 ms for
+                       6 s ("rst_codes", "body": what came meanwhile)
   no-window PORT LEN   GETs /bytes?n=LEN with a stream window of 0 (SETTINGS_INITIAL_WINDOW_SIZE) and never
                        opens it, then waits ("rst_codes", "rst_after": seconds from the request to the reset)
 PINGs are answered, as every HTTP/2 client does.
@@ -52,7 +54,7 @@ def literal(name, value):
 
 request = b"\x82\x87\x84" + literal(b":authority", b"localhost")  # GET https /
 # no-window: SETTINGS_INITIAL_WINDOW_SIZE (4) = 0, so no response DATA may be sent.
-settings = struct.pack(">HI", 4, 0) if mode == "no-window" else b""
+settings = struct.pack(">HI", 4, 0) if mode in ("no-window", "slow-window") else b""
 sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, settings))
 out = bytearray()
 if mode == "rapid-reset":
@@ -111,7 +113,7 @@ elif mode == "open-empty":
 elif mode == "bad-method":
     bad = literal(b":method", b"GE(T") + b"\x87\x84" + literal(b":authority", b"localhost")
     out += frame(1, 0x4, 1, bad) + frame(0, 0, 1, b"x")  # END_HEADERS only, a byte of a body
-elif mode == "no-window":
+elif mode in ("no-window", "slow-window"):
     out += frame(1, 0x5, 1, b"\x82\x87" + literal(b":path", b"/bytes?n=%d" % n) + literal(b":authority", b"localhost"))
 else:
     out += frame(1, 0x5, 1, request + literal(b"x-big", b"a" * n))
@@ -123,11 +125,20 @@ result = {"goaway": None, "rst_codes": [], "responses": 0, "closed": False, "rst
           "body": "", "ended": False, "goaway_last_streams": []}
 sent = time.time()
 buffer = b""
-deadline = time.time() + (n + 5 if mode == "idle" else 20 if mode == "drain" else 10)
+deadline = time.time() + (n + 5 if mode == "idle" else 20 if mode == "drain" else 6 if mode == "slow-window" else 10)
+if mode == "slow-window":
+    sock.settimeout(0.2)
 answered = None
 try:
     while time.time() < deadline:
-        data = sock.recv(65536)
+        if mode == "slow-window":
+            try:
+                data = sock.recv(65536)
+            except (socket.timeout, ssl.SSLWantReadError):
+                sock.sendall(frame(8, 0, 1, struct.pack(">I", 1024)))  # WINDOW_UPDATE, stream 1, 1 KiB
+                continue
+        else:
+            data = sock.recv(65536)
         if not data:
             result["closed"] = True
             result["closed_after"] = round(time.time() - sent, 2)
