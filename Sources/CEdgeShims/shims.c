@@ -9,6 +9,10 @@ void edge_SSL_CTX_set_tlsext_servername_arg(SSL_CTX *ctx, void *arg) {
 int edge_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
     return (int)SSL_set_tlsext_host_name(ssl, name);
 }
+
+int edge_SSL_set1_sigalgs_list(SSL *ssl, const char *list) {
+    return (int)SSL_set1_sigalgs_list(ssl, list);
+}
 int edge_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_min_proto_version(ctx, version);
 }

@@ -12,6 +12,8 @@ package struct CertificateReport: Sendable {
         package var notBefore: Int64
         package var notAfter: Int64
         package var state: CertificateState
+        /// SHA-256 of the certificate (colon-separated hex): what a handshake shows it by.
+        package var sha256Fingerprint: String
     }
 
     package var name: String
@@ -56,7 +58,8 @@ extension CertificateReport {
             ChainEntry(
                 subject: cert.subject, issuer: cert.issuer, serial: cert.serialNumberHex,
                 notBefore: cert.notBefore, notAfter: cert.notAfter,
-                state: policy.state(notBefore: cert.notBefore, notAfter: cert.notAfter, now: now)
+                state: policy.state(notBefore: cert.notBefore, notAfter: cert.notAfter, now: now),
+                sha256Fingerprint: cert.sha256Fingerprint
             )
         }
         self.init(
@@ -102,13 +105,10 @@ extension CertificateStore {
     package func reports(policy: ExpiryPolicy, now: Int64) -> [CertificateReport] {
         let snapshot = self.snapshot
         let problems = Dictionary(self.problems.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        var names: [Int: [String]] = [:]
-        for (name, index) in snapshot.names.patterns {
-            for lineage in snapshot.lineagesServing(index) { names[lineage, default: []].append(name) }
-        }
+        let names = snapshot.servedNames
         return snapshot.lineages.enumerated().map { index, lineage in
             CertificateReport(
-                lineage: lineage, servedNames: (names[index] ?? []).sorted(), isDefault: snapshot.defaultIndex == index,
+                lineage: lineage, servedNames: names[index], isDefault: snapshot.defaultIndex == index,
                 problem: problems[lineage.name], policy: policy, now: now
             )
         }

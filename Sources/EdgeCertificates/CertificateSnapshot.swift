@@ -22,6 +22,18 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
     /// Names claimed by more than one lineage, with the winner, for the log.
     package let conflicts: [(name: String, winner: String, losers: [String])]
 
+    /// The names each lineage is served for, sorted, in the order of `lineages`.
+    package var servedNames: [[String]] {
+        var names = [[String]](repeating: [], count: self.lineages.count)
+        for (name, index) in self.names.patterns {
+            for lineage in self.lineagesServing(index) { names[lineage].append(name) }
+        }
+        return names.map { $0.sorted() }
+    }
+
+    /// The lineage served to a client that names no known host, if any.
+    package func isDefault(_ index: Int) -> Bool { self.defaultIndex == index }
+
     /// Snapshots alive in this process (published or still held by a handshake).
     package static var liveCount: Int { live.load(ordering: .relaxed) }
     private static let live = ManagedAtomic<Int>(0)

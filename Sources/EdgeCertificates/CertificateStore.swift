@@ -107,6 +107,11 @@ package final class CertificateStore: Sendable {
     /// watcher's, SIGHUP's, `POST /reload`'s) leaves their lineages as they are.
     private let filesBeingWritten = NIOLockedValueBox(Set<FileID>())
     private let logger: Logger
+    /// Told of each publication, after it (`observePublications`).
+    private let publicationObservers = NIOLockedValueBox<(next: Int, all: [Int: @Sendable (ReloadReport) -> Void])>((0, [:]))
+    /// For tests of the served proof only (`holdServedSnapshot`): the snapshot handshakes
+    /// keep getting while publications go on.
+    private let held = ManagedAtomic<CertificateSnapshot?>(nil)
 
     private struct ReloadState {
         var outcomes: [String: Int] = [:]
@@ -217,6 +222,34 @@ package final class CertificateStore: Sendable {
     /// The snapshot serving new handshakes now.
     package var snapshot: CertificateSnapshot { self.current.load(ordering: .acquiring) }
 
+    /// What the servername callback hands out: the published snapshot, unless a test
+    /// broke the publication path on purpose.
+    var servedSnapshot: CertificateSnapshot { self.held.load(ordering: .acquiring) ?? self.current.load(ordering: .acquiring) }
+
+    /// Breaks the publication path on purpose, for tests of the served proof: from now
+    /// on handshakes get the snapshot published at this moment, whatever is published
+    /// later (as a listener that kept an old context would).
+    package func holdServedSnapshot() {
+        self.held.store(self.snapshot, ordering: .releasing)
+    }
+
+    /// `observer` is called after each publication, on the thread that reloaded, outside
+    /// the reload's lock; it must not block (`ServedProof` only queues a check).
+    @discardableResult
+    package func observePublications(_ observer: @escaping @Sendable (ReloadReport) -> Void) -> Int {
+        self.publicationObservers.withLockedValue { observers in
+            defer { observers.next += 1 }
+            observers.all[observers.next] = observer
+            return observers.next
+        }
+    }
+
+    /// Forgets an observer (`observePublications`' answer): the generation it belonged to
+    /// is gone, and a store may serve the next one.
+    package func stopObservingPublications(_ id: Int) {
+        _ = self.publicationObservers.withLockedValue { $0.all.removeValue(forKey: id) }
+    }
+
     /// Current problems (rejected versions, unreadable sources).
     package var problems: [CertificateProblem] { self.status.load(ordering: .acquiring).problems }
 
@@ -285,6 +318,14 @@ package final class CertificateStore: Sendable {
     /// serves, as during a certbot renewal: a chain written in two steps is never read half-way.
     @discardableResult
     package func reload(reason: String, settled: Bool = true) -> ReloadReport {
+        let report = self.reloadLocked(reason: reason, settled: settled)
+        if report.published {
+            for (_, observer) in self.publicationObservers.withLockedValue({ $0.all }).sorted(by: { $0.key < $1.key }) { observer(report) }
+        }
+        return report
+    }
+
+    private func reloadLocked(reason: String, settled: Bool) -> ReloadReport {
         let events = self.fileEvents.load(ordering: .acquiring)
         defer {
             // The largest: reloads of other threads (SIGHUP, the admin endpoint) may end
@@ -501,7 +542,7 @@ private final class StoreSelector: ServerNameSelector {
     func select(serverName: String?) -> ServerNameSelection {
         // One atomic load; the snapshot (and so the context) stays alive until
         // the callback has handed it to SSL_set_SSL_CTX.
-        self.store.snapshot.select(serverName: serverName, policy: self.policy(for: serverName))
+        self.store.servedSnapshot.select(serverName: serverName, policy: self.policy(for: serverName))
     }
 
     /// A request's host must select what the connection's SNI selected: another client

@@ -36,7 +36,7 @@ extension Gateway {
 
     /// The `/status/certificates` document.
     package func certificatesJSON(now: Int64 = Int64(currentTime())) -> String {
-        let items = self.certificateReports(now: now).map { certificateJSON($0) }
+        let items = self.certificateReports(now: now).map { certificateJSON($0, served: self.servedProof.checks(for: $0.name)) }
         return "{\"generated_at\":\(now),\"generated_at_rfc3339\":\(jsonString(rfc3339(now))),\"certificates\":[\(items.joined(separator: ","))]}\n"
     }
 
@@ -92,7 +92,8 @@ extension Gateway {
     /// The Prometheus exposition.
     func metricsText() -> String {
         let now = Int64(currentTime())
-        return self.metrics.render(reports: self.certificateReports(now: now), stores: self.stores, groups: self.groups, now: now)
+        return self.metrics.render(reports: self.certificateReports(now: now), stores: self.stores, groups: self.groups, served: self.servedProof.allChecks,
+                                   now: now)
     }
 }
 
@@ -130,7 +131,26 @@ private func tlsFailuresJSON(_ state: BackendState) -> String {
     return "{\(seen.joined(separator: ","))}"
 }
 
-func certificateJSON(_ r: CertificateReport) -> String {
+/// What each HTTPS listener served for a lineage when last checked (`ServedProof`):
+/// `served_verified_at` is when it served the published chain (null after a mismatch or
+/// a failed probe), `fingerprint_seen` the leaf it served.
+func servedJSON(_ checks: [ServedProof.Check]) -> String {
+    let items = checks.map { check -> String in
+        let state = check.matches.map { $0 ? "verified" : "mismatch" } ?? "unverified"
+        let verified = check.matches == true ? "\(check.checkedAt)" : "null"
+        let verifiedText = check.matches == true ? jsonString(rfc3339(check.checkedAt)) : "null"
+        return "{\"listener\":\(jsonString(check.listener)),\"server_name\":\(jsonString(check.serverName)),\"state\":\"\(state)\","
+            + "\"served_verified_at\":\(verified),\"served_verified_at_rfc3339\":\(verifiedText),"
+            + "\"checked_at\":\(check.checkedAt),\"checked_at_rfc3339\":\(jsonString(rfc3339(check.checkedAt))),"
+            + "\"fingerprint_seen\":\(check.seen?.first.map(jsonString) ?? "null"),\"chain_seen\":\(check.seen.map { "[\($0.map(jsonString).joined(separator: ","))]" } ?? "null"),"
+            + "\"error\":\(check.error.map(jsonString) ?? "null")}"
+    }
+    return "[\(items.joined(separator: ","))]"
+}
+
+/// One lineage's report; `served`: what the listeners served for it (the running
+/// gateway's `/status/certificates`; `certs` reads files and has none).
+func certificateJSON(_ r: CertificateReport, served: [ServedProof.Check]? = nil) -> String {
     let chain = r.chain.map {
         "{\"subject\":\(jsonString($0.subject)),\"issuer\":\(jsonString($0.issuer)),\"serial\":\(jsonString($0.serial)),"
             + "\"not_before\":\($0.notBefore),\"not_before_rfc3339\":\(jsonString(rfc3339($0.notBefore))),"
@@ -152,7 +172,8 @@ func certificateJSON(_ r: CertificateReport) -> String {
         + "\"lifetime_used\":\(Double(Int(r.lifetimeUsed * 10000)) / 10000),\"state\":\(jsonString(r.state.rawValue)),"
         + "\"chain\":[\(chain.joined(separator: ","))],"
         + "\"chain_valid\":\(r.chainChecked ? "\(r.chainProblem == nil)" : "null"),\"chain_checked\":\(r.chainChecked),\"chain_problem\":\(r.chainProblem.map(jsonString) ?? "null"),"
-        + "\"loaded_at\":\(r.loadedAt),\"loaded_at_rfc3339\":\(jsonString(rfc3339(r.loadedAt))),\"generation\":\(r.generation),\"rejected_version\":\(rejected)}"
+        + "\"loaded_at\":\(r.loadedAt),\"loaded_at_rfc3339\":\(jsonString(rfc3339(r.loadedAt))),\"generation\":\(r.generation),\"rejected_version\":\(rejected)"
+        + (served.map { ",\"served\":\(servedJSON($0))" } ?? "") + "}"
 }
 
 func jsonString(_ text: String) -> String {

@@ -1,4 +1,6 @@
 import EdgeCertificates
+import EdgeTLS
+import NIOCore
 
 #if canImport(Glibc)
 import Glibc
@@ -25,6 +27,88 @@ package enum CertsInspection {
                     tls.clientCAFile.map { resolvePath($0, base: base) })
         }
         return (sources, config.certificates?.caFile.map { resolvePath($0, base: base) }, config.expiry.policy, clients)
+    }
+
+    /// A TLS listener of a configuration, as `certs --check-served` reaches it: over
+    /// loopback for a wildcard address, with a PROXY header if it expects one. `pair`:
+    /// the listener's own certificate (a lineage named after it), else the shared set.
+    package struct ServedTarget: Sendable {
+        package var listener: String
+        package var host: String
+        package var port: Int
+        package var proxyHeader: Bool
+        package var pair: String?
+    }
+
+    package static func servedTargets(configPath: String) throws -> [ServedTarget] {
+        let (config, _) = try GatewayConfig.load(path: configPath)
+        return try config.listeners.compactMap { listener in
+            guard let tls = listener.tls else { return nil }
+            let (host, port) = try parseAddress(listener.address)
+            let address = try SocketAddress.makeAddressResolvingHost(host == "localhost" ? "127.0.0.1" : host, port: port)
+            return ServedTarget(listener: listener.name, host: ServedProof.loopbackHost(for: address), port: port, proxyHeader: listener.proxyProtocol,
+                                pair: tls.certificate != nil && tls.key != nil ? listener.name : nil)
+        }
+    }
+
+    /// One lineage on one listener, as `--check-served` found it.
+    package typealias ServedResult = (lineage: String, check: ServedProof.Check)
+
+    /// Handshakes with each listener for each certificate it serves from these files (its
+    /// own pair, or every lineage of the shared set), asking for a name only that lineage
+    /// claims, and compares the chain served with the files' chain: does the running
+    /// gateway serve what is on disk? A lineage whose every name another one claims too
+    /// is not checked (which one the gateway serves is its choice).
+    package static func checkServed(_ entries: [CertificateInspector.Entry], targets: [ServedTarget], now: Int64) -> [ServedResult] {
+        let pairs = Set(targets.compactMap(\.pair))
+        var results: [ServedResult] = []
+        for target in targets {
+            let reports = entries.compactMap(\.report).filter { report in
+                if let pair = target.pair { return report.name == pair }
+                return !pairs.contains(report.name)
+            }
+            var claims: [String: Int] = [:]
+            for report in reports { for name in Set(report.servedNames) { claims[name, default: 0] += 1 } }
+            for report in reports {
+                let expected = report.chain.map(\.sha256Fingerprint)
+                var check = ServedProof.Check(listener: target.listener, serverName: "", checkedAt: now, expected: expected)
+                guard let name = ServedProof.probeName(report.servedNames.filter { claims[$0] == 1 }, isDefault: false) else {
+                    check.error = "not checked: every name of it is claimed by another certificate too"
+                    results.append((report.name, check))
+                    continue
+                }
+                check.serverName = name
+                switch ServedProbe.handshake(host: target.host, port: target.port, serverName: name, proxyHeader: target.proxyHeader,
+                                             signatureAlgorithms: ServedProof.signatureAlgorithms(forKey: report.keyType)) {
+                case .success(let seen): check.seen = seen.chain
+                case .failure(let failure): check.error = failure.description
+                }
+                results.append((report.name, check))
+            }
+        }
+        return results
+    }
+
+    /// 3 when a listener serves another chain than the files; 1 when one could not be
+    /// checked; else 0.
+    package static func servedExitCode(_ results: [ServedResult]) -> Int32 {
+        if results.contains(where: { $0.check.matches == false }) { return 3 }
+        return results.contains { $0.check.matches == nil } ? 1 : 0
+    }
+
+    package static func servedTable(_ results: [ServedResult]) -> String {
+        var rows: [[String]] = [["NAME", "LISTENER", "SERVER NAME", "SERVED", "SEEN"]]
+        for (lineage, check) in results {
+            let state = check.matches.map { $0 ? "ok" : "MISMATCH" } ?? "unchecked"
+            let seen = check.seen?.first.map { String($0.prefix(23)) + "..." } ?? (check.error ?? "-")
+            rows.append([lineage, check.listener, check.serverName.isEmpty ? "-" : check.serverName, state, seen])
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return "\n" + rows.map { row in
+            row.enumerated().map { index, cell in
+                index == row.count - 1 ? cell : cell + String(repeating: " ", count: widths[index] - cell.count)
+            }.joined(separator: "  ")
+        }.joined(separator: "\n") + "\n"
     }
 
     /// Guesses a directory's kind: certbot (`live/`), Kubernetes (`tls.crt`), or plain pairs.
@@ -79,9 +163,11 @@ package enum CertsInspection {
         return out
     }
 
-    package static func json(_ entries: [CertificateInspector.Entry]) -> String {
+    package static func json(_ entries: [CertificateInspector.Entry], served: [ServedResult]? = nil) -> String {
         let items = entries.map { entry -> String in
-            if let report = entry.report { return certificateJSON(report) }
+            if let report = entry.report {
+                return certificateJSON(report, served: served.map { results in results.filter { $0.lineage == report.name }.map(\.check) })
+            }
             return "{\"name\":\(jsonString(entry.name)),\"source\":{\"configured\":\(jsonString(entry.source))},\"state\":\"unreadable\",\"error\":\(jsonString(entry.error ?? ""))}"
         }
         return "{\"certificates\":[\(items.joined(separator: ","))]}\n"

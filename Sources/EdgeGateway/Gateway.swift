@@ -64,6 +64,8 @@ package final class Gateway: Sendable {
     var accessLogPlan: (path: String, format: AccessLogFile.Format)? { self.plan.accessLogPlan }
     var ticketKeys: [TicketKey]? { self.plan.ticketKeys }
     let logger: Logger
+    /// Handshakes with the gateway's own HTTPS listeners after each publication.
+    package let servedProof: ServedProof
     let state = NIOLockedValueBox(RunState())
     let metrics: GatewayMetrics
     /// Outcome of configuration reloads; carried from one configuration generation to the next.
@@ -116,6 +118,7 @@ package final class Gateway: Sendable {
     private init(config: GatewayConfig, baseDirectory: String, logger: Logger, previous: Gateway?) throws {
         self.plan = try GatewayPlan(config: config, baseDirectory: baseDirectory, logger: logger, succeeding: previous?.sharedStore)
         self.logger = logger
+        self.servedProof = ServedProof(logger: logger)
         self.metrics = previous?.metrics ?? GatewayMetrics()
         self.configStatus = previous?.configStatus ?? ConfigReloadStatus()
     }

@@ -184,6 +184,11 @@ extension Gateway {
             self.state.withLockedValue { $0.handoffServer = server }
         }
         self.state.withLockedValue { $0.lifecycle = .running }
+        self.servedProof.start(targets: self.listeners.compactMap { listener in
+            guard let store = listener.certificateStore, let port = self.boundPort(listener: listener.name) else { return nil }
+            return ServedProof.Target(listener: listener.name, host: ServedProof.loopbackHost(for: listener.address), port: port,
+                                      proxyHeader: listener.proxyProtocol, store: store)
+        })
         // Nothing can fail any more: the new generation's ticket keys take over (the
         // previous generation's tickets stay accepted as long as the key file lists their keys).
         if let keys = self.ticketKeys { TicketKeyRing.shared.install(keys) }
@@ -259,6 +264,7 @@ extension Gateway {
             return (state.quiescing, state.adminChannel, state.jobs)
         }
         await jobs?.stop()
+        self.servedProof.stop()
         self.state.withLockedValue { $0.handoffServer?.stop() }
         // A generation whose start failed has no admin channel yet, but may have listeners
         // bound on shared sockets: they are shut down all the same, or they would go on

@@ -77,9 +77,23 @@ final class GatewayMetrics: Sendable {
     }
 
     /// Refreshes the derived gauges and renders the exposition.
-    func render(reports: [CertificateReport], stores: [CertificateStore], groups: [UpstreamGroup], now: Int64) -> String {
+    func render(reports: [CertificateReport], stores: [CertificateStore], groups: [UpstreamGroup], served: [String: [ServedProof.Check]] = [:],
+                now: Int64) -> String {
         self.refreshUpstreams(groups)
         var live: [String: Gauge] = [:]
+        for report in reports {
+            for check in served[report.name] ?? [] {
+                let labels = [("name", report.name), ("listener", check.listener)]
+                let mismatch = self.certificateGauge("edge_certificate_served_mismatch", labels,
+                                                     help: "1 when a listener's handshake served another chain than the one published for the lineage (ServedProof); 0 when it served the published one or could not be checked.")
+                mismatch.set(to: check.matches == false ? 1 : 0)
+                live[metricKey("edge_certificate_served_mismatch", labels)] = mismatch
+                let verified = self.certificateGauge("edge_certificate_served_verified_timestamp_seconds", labels,
+                                                     help: "When a listener last served the chain published for the lineage (Unix time); 0 if it has not since the last publication.")
+                verified.set(to: check.matches == true ? Double(check.checkedAt) : 0)
+                live[metricKey("edge_certificate_served_verified_timestamp_seconds", labels)] = verified
+            }
+        }
         for report in reports {
             let labels = [("name", report.name), ("serial", report.serial), ("source", report.source)]
             let notAfter = self.certificateGauge("edge_certificate_not_after_seconds", labels, help: "Not-after of the served certificate (Unix time).")

@@ -25,6 +25,16 @@ func statusPage(_ gateway: Gateway) -> String {
             .map { "<div class=\"note bad\">'\(html($0.subject))' in the chain expires first: \(isoDate($0.notAfter)) UTC</div>" } ?? ""
         let chainNote = r.chainProblem.map { "<div class=\"note bad\">chain: \(html($0))</div>" } ?? ""
         let rejectedNote = r.rejectedError.map { "<div class=\"note bad\">newest version rejected: \(html($0)) — still serving serial \(html(r.serial))</div>" } ?? ""
+        // What the listeners served for it when last checked (`ServedProof`).
+        let servedNote = gateway.servedProof.checks(for: r.name).map { check -> String in
+            switch check.matches {
+            case true?: return "<div class=\"note small\">served on \(html(check.listener)) ✓ \(isoDate(check.checkedAt)) UTC</div>"
+            case false?:
+                return "<div class=\"note bad\">served on \(html(check.listener)): ANOTHER certificate (\(html(String((check.seen?.first ?? "").prefix(23))))…), "
+                    + "not the published one</div>"
+            case nil: return "<div class=\"note small\">served on \(html(check.listener)): not checked (\(html(check.error ?? "")))</div>"
+            }
+        }.joined()
         let chain = r.chain.map {
             "<li>\(html($0.subject)) <span class=\"small\">— not after \(isoDate($0.notAfter)) UTC, \(html($0.state.rawValue))</span></li>"
         }.joined()
@@ -36,7 +46,7 @@ func statusPage(_ gateway: Gateway) -> String {
               <td>\(isoDate(r.notAfter))<details data-key="\(html(r.name))"><summary class="small">chain (\(r.chain.count))</summary><ul class="small">\(chain)</ul></details></td>
               <td><div class="bar"><div style="width:\(width)%;background:\(stateColour(r.state))"></div></div>
                   <div class="small">\(r.state == .expired ? "expired" : humanDuration(max(0, firstNotAfter - now)) + " left") · \(Int((r.lifetimeUsed * 100).rounded()))% of lifetime used</div>\(earlier)</td>
-              <td><span class="state" style="background:\(stateColour(r.state))">\(r.state.rawValue)</span>\(chainNote)\(rejectedNote)</td>
+              <td><span class="state" style="background:\(stateColour(r.state))">\(r.state.rawValue)</span>\(chainNote)\(rejectedNote)\(servedNote)</td>
             </tr>
 
             """

@@ -196,7 +196,9 @@ struct Certs: AsyncParsableCommand {
               0  every certificate is ok
               1  some certificate is in its warning window
               2  some certificate is critical, expired, not yet valid, or unreadable
-            With --strict, a chain that does not verify is at least 1.
+              3  (--check-served) a listener serves another chain than the files
+            With --strict, a chain that does not verify is at least 1; with
+            --check-served, a listener that could not be checked is at least 1.
             """
     )
 
@@ -214,6 +216,10 @@ struct Certs: AsyncParsableCommand {
 
     @Flag(name: .long, help: "Print JSON instead of a table.")
     var json = false
+
+    @Flag(name: .customLong("check-served"),
+          help: "With -c: also handshake with each HTTPS listener of the configuration (over loopback) and compare the chain it serves for each certificate with the files.")
+    var checkServed = false
 
     func run() async throws {
         var sources: [CertificateSource] = []
@@ -238,13 +244,27 @@ struct Certs: AsyncParsableCommand {
         clock_gettime(CLOCK_REALTIME, &now)
         if let caFile = self.caFile { trust = caFile }
         var entries = CertificateInspector.inspect(sources: sources, trustCAFile: trust, policy: policy, now: Int64(now.tv_sec))
+        var served: [CertsInspection.ServedResult]?
+        if self.checkServed {
+            guard let config = self.config else {
+                writeStandardError("error: --check-served needs the configuration file (-c FILE) that names the listeners\n")
+                throw ExitCode(2)
+            }
+            do {
+                served = CertsInspection.checkServed(entries, targets: try CertsInspection.servedTargets(configPath: config), now: Int64(now.tv_sec))
+            } catch {
+                writeStandardError("error: \(error)\n")
+                throw ExitCode(2)
+            }
+        }
         for client in clientCertificates {
             // Upstream client certificates expire too; their chain is checked only against client_ca_file.
             entries += CertificateInspector.inspect(sources: [client.source], trustCAFile: nil, chainCheck: .clientCertificate(caFile: client.caFile),
                                                     policy: policy, now: Int64(now.tv_sec))
         }
-        writeStandardOutput(self.json ? CertsInspection.json(entries) : CertsInspection.table(entries, now: Int64(now.tv_sec)))
-        let code = CertsInspection.exitCode(entries, strict: self.strict)
+        writeStandardOutput(self.json ? CertsInspection.json(entries, served: served)
+                            : CertsInspection.table(entries, now: Int64(now.tv_sec)) + (served.map(CertsInspection.servedTable) ?? ""))
+        let code = max(CertsInspection.exitCode(entries, strict: self.strict), served.map(CertsInspection.servedExitCode) ?? 0)
         if code != 0 { throw ExitCode(code) }
     }
 }

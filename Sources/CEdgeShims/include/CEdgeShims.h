@@ -28,6 +28,7 @@ typedef int (*edge_servername_cb)(SSL *ssl, int *alert, void *arg);
 void edge_SSL_CTX_set_tlsext_servername_callback(SSL_CTX *ctx, edge_servername_cb cb);
 void edge_SSL_CTX_set_tlsext_servername_arg(SSL_CTX *ctx, void *arg);
 int edge_SSL_set_tlsext_host_name(SSL *ssl, const char *name);
+int edge_SSL_set1_sigalgs_list(SSL *ssl, const char *list);
 int edge_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version);
 int edge_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version);
 long edge_SSL_CTX_set_mode(SSL_CTX *ctx, long mode);

@@ -11,6 +11,8 @@ struct ListenerPlan: Sendable {
     var port: Int
     var address: SocketAddress
     var tlsContext: TLSContext?
+    /// The store whose snapshots `tlsContext` serves: what `ServedProof` checks it against.
+    var certificateStore: CertificateStore?
     /// The SNI selector of `tlsContext`, asked whether a request's host belongs on its connection.
     var serverNames: (any ServerNameSelector)?
     var handshakeTimeout: TimeAmount
@@ -169,6 +171,7 @@ extension PlanBuilder {
             }
             var context: TLSContext?
             var serverNames: (any ServerNameSelector)?
+            var servedFrom: CertificateStore?
             if let entry = pending.first(where: { $0.index == index }), let tls = listener.tls {
                 do {
                     func byName(_ indices: [Int]) -> [String: Int] {
@@ -179,6 +182,7 @@ extension PlanBuilder {
                             let selector = shared.selector(policyIndex: indices[0], byName: byName(indices))
                             context = try TLSContext.listener(policy: entry.policies[0], selector: selector)
                             serverNames = selector
+                            servedFrom = shared
                         }
                     } else if let cert = tls.certificate, let key = tls.key {
                         let store = try CertificateStore(
@@ -194,6 +198,7 @@ extension PlanBuilder {
                         let selector = store.selector(policyIndex: 0, byName: byName(indices))
                         context = try TLSContext.listener(policy: entry.policies[0], selector: selector)
                         serverNames = selector
+                        servedFrom = store
                     }
                 } catch {
                     problems.append("\(path).tls: \(Gateway.reason(error))")
@@ -206,6 +211,7 @@ extension PlanBuilder {
                 maxBodyBytes: listener.maxRequestBodyBytes
             )
             plan.serverNames = serverNames
+            plan.certificateStore = servedFrom
             plan.bodyTimeout = listener.timeouts.body.timeAmount
             if listener.timeouts.body.nanoseconds <= 0 {
                 problems.append("\(path).timeouts.body: must be more than 0 (every request with a body would time out at once)")
