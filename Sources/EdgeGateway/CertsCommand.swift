@@ -45,7 +45,8 @@ package enum CertsInspection {
         return try config.listeners.compactMap { listener in
             guard let tls = listener.tls else { return nil }
             let (host, port) = try parseAddress(listener.address)
-            let address = try SocketAddress.makeAddressResolvingHost(host == "localhost" ? "127.0.0.1" : host, port: port)
+            // Resolved as `run` resolves it when it binds.
+            let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
             return ServedTarget(listener: listener.name, host: ServedProof.loopbackHost(for: address), port: port, proxyHeader: listener.proxyProtocol,
                                 pair: tls.certificate != nil && tls.key != nil ? listener.name : nil)
         }
@@ -57,8 +58,10 @@ package enum CertsInspection {
     /// Handshakes with each listener for each certificate it serves from these files (its
     /// own pair, or every lineage of the shared set), asking for a name only that lineage
     /// claims, and compares the chain served with the files' chain: does the running
-    /// gateway serve what is on disk? A lineage whose every name another one claims too
-    /// is not checked (which one the gateway serves is its choice).
+    /// gateway serve what is on disk? A lineage whose every name another one of the same
+    /// key type claims too is not checked (which one the gateway serves is its choice); an
+    /// ECDSA and an RSA certificate for one name are each asked for as a client that can
+    /// take only that one. A listener on port 0 is not checked: its port is chosen at start.
     package static func checkServed(_ entries: [CertificateInspector.Entry], targets: [ServedTarget], now: Int64) -> [ServedResult] {
         let pairs = Set(targets.compactMap(\.pair))
         var results: [ServedResult] = []
@@ -67,19 +70,28 @@ package enum CertsInspection {
                 if let pair = target.pair { return report.name == pair }
                 return !pairs.contains(report.name)
             }
-            var claims: [String: Int] = [:]
-            for report in reports { for name in Set(report.servedNames) { claims[name, default: 0] += 1 } }
+            func isRSA(_ report: CertificateReport) -> Bool { report.keyType.hasPrefix("RSA") }
+            var claims: [String: (rsa: Int, other: Int)] = [:]
+            for report in reports {
+                for name in Set(report.servedNames) {
+                    if isRSA(report) { claims[name, default: (0, 0)].rsa += 1 } else { claims[name, default: (0, 0)].other += 1 }
+                }
+            }
             for report in reports {
                 let expected = report.chain.map(\.sha256Fingerprint)
                 var check = ServedProof.Check(listener: target.listener, serverName: "", checkedAt: now, expected: expected)
-                guard let name = ServedProof.probeName(report.servedNames.filter { claims[$0] == 1 }, isDefault: false) else {
-                    check.error = "not checked: every name of it is claimed by another certificate too"
+                let own = report.servedNames.filter { (isRSA(report) ? claims[$0]?.rsa : claims[$0]?.other) == 1 }
+                guard target.port != 0, let name = ServedProof.probeName(own, isDefault: false) else {
+                    check.error = target.port == 0 ? "not checked: the listener's port (0) is chosen when it starts"
+                        : "not checked: every name of it is claimed by another certificate too"
                     results.append((report.name, check))
                     continue
                 }
                 check.serverName = name
+                let shared = claims[name].map { $0.rsa > 0 && $0.other > 0 }
+                    ?? own.contains { claims[$0].map { $0.rsa > 0 && $0.other > 0 } ?? false }
                 switch ServedProbe.handshake(host: target.host, port: target.port, serverName: name, proxyHeader: target.proxyHeader,
-                                             signatureAlgorithms: ServedProof.signatureAlgorithms(forKey: report.keyType)) {
+                                             signatureAlgorithms: shared ? ServedProof.signatureAlgorithms(forKey: report.keyType) : nil) {
                 case .success(let seen): check.seen = seen.chain
                 case .failure(let failure): check.error = failure.description
                 }
@@ -99,7 +111,7 @@ package enum CertsInspection {
     package static func servedTable(_ results: [ServedResult]) -> String {
         var rows: [[String]] = [["NAME", "LISTENER", "SERVER NAME", "SERVED", "SEEN"]]
         for (lineage, check) in results {
-            let state = check.matches.map { $0 ? "ok" : "MISMATCH" } ?? "unchecked"
+            let state = check.matches.map { $0 ? "ok" : "MISMATCH" } ?? "unverified"
             let seen = check.seen?.first.map { String($0.prefix(23)) + "..." } ?? (check.error ?? "-")
             rows.append([lineage, check.listener, check.serverName.isEmpty ? "-" : check.serverName, state, seen])
         }

@@ -118,7 +118,7 @@ package final class Gateway: Sendable {
     private init(config: GatewayConfig, baseDirectory: String, logger: Logger, previous: Gateway?) throws {
         self.plan = try GatewayPlan(config: config, baseDirectory: baseDirectory, logger: logger, succeeding: previous?.sharedStore)
         self.logger = logger
-        self.servedProof = ServedProof(logger: logger)
+        self.servedProof = ServedProof(logger: logger, previous: previous?.servedProof)
         self.metrics = previous?.metrics ?? GatewayMetrics()
         self.configStatus = previous?.configStatus ?? ConfigReloadStatus()
     }

@@ -184,6 +184,9 @@ extension Gateway {
             self.state.withLockedValue { $0.handoffServer = server }
         }
         self.state.withLockedValue { $0.lifecycle = .running }
+        // The generation this one replaces stops checking: its listeners no longer accept,
+        // and its handshakes would reach this one's.
+        previous?.servedProof.stop()
         self.servedProof.start(targets: self.listeners.compactMap { listener in
             guard let store = listener.certificateStore, let port = self.boundPort(listener: listener.name) else { return nil }
             return ServedProof.Target(listener: listener.name, host: ServedProof.loopbackHost(for: listener.address), port: port,

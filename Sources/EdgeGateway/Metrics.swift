@@ -88,8 +88,12 @@ final class GatewayMetrics: Sendable {
                                                      help: "1 when a listener's handshake served another chain than the one published for the lineage (ServedProof); 0 when it served the published one or could not be checked.")
                 mismatch.set(to: check.matches == false ? 1 : 0)
                 live[metricKey("edge_certificate_served_mismatch", labels)] = mismatch
+                let unverified = self.certificateGauge("edge_certificate_served_unverified", labels,
+                                                       help: "1 when the last handshake with a listener to check what it serves for the lineage failed (the error is on /status/certificates).")
+                unverified.set(to: check.matches == nil ? 1 : 0)
+                live[metricKey("edge_certificate_served_unverified", labels)] = unverified
                 let verified = self.certificateGauge("edge_certificate_served_verified_timestamp_seconds", labels,
-                                                     help: "When a listener last served the chain published for the lineage (Unix time); 0 if it has not since the last publication.")
+                                                     help: "When the last check found a listener serving the chain published for the lineage (Unix time); 0 when the last check found another chain or failed.")
                 verified.set(to: check.matches == true ? Double(check.checkedAt) : 0)
                 live[metricKey("edge_certificate_served_verified_timestamp_seconds", labels)] = verified
             }

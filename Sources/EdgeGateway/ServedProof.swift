@@ -13,12 +13,15 @@ import NIOCore
 ///
 /// Why: a renewal can be on disk, loaded, counted and shown in every status view while
 /// handshakes still get the old certificate (a listener that kept an old context, a
-/// second process on the port, a balancer terminating TLS in front); an operator learns
-/// it from an expired certificate weeks later. No peer closes this loop.
+/// process of another build on the port); an operator learns it from an expired
+/// certificate weeks later, since the expiry views follow what was published. No peer
+/// closes this loop. (It checks the gateway from loopback: what terminates TLS in front
+/// of it, a balancer or a CDN, is not seen.)
 ///
 /// Probes run one at a time on a queue of their own (they block, for at most a few
 /// seconds each), never on an event loop; the newest result per lineage and listener is
-/// kept for the status views and the metrics.
+/// kept for the status views and the metrics, and every lineage is checked again every
+/// `recheckInterval`, so a mismatch whose cause went away clears without a publication.
 package final class ServedProof: Sendable {
     /// A TLS listener, as a probe reaches it: over loopback, with a PROXY header if the
     /// listener expects one.
@@ -43,9 +46,18 @@ package final class ServedProof: Sendable {
         package var error: String?
 
         /// true: the published chain was served; false: another one; nil: not known (the
-        /// probe failed).
-        package var matches: Bool? { self.seen.map { $0 == self.expected } }
+        /// probe failed). The published chain served with more after it counts as served:
+        /// OpenSSL completes a chain from its store when the file holds the leaf alone (a
+        /// listener's client CA bundle is in that store).
+        package var matches: Bool? { self.seen.map { Self.serves($0, self.expected) } }
+
+        static func serves(_ seen: [String], _ expected: [String]) -> Bool {
+            !expected.isEmpty && seen.starts(with: expected)
+        }
     }
+
+    /// Every lineage is checked again this often, publication or not.
+    static let recheckInterval = DispatchTimeInterval.seconds(600)
 
     private let logger: Logger
     private let queue = DispatchQueue(label: "edge-gateway.served-proof")
@@ -55,22 +67,35 @@ package final class ServedProof: Sendable {
     private let stopped = ManagedAtomic(false)
     private let observers = NIOLockedValueBox<[(CertificateStore, Int)]>([])
 
-    init(logger: Logger) {
+    /// `previous`: the generation this one replaces, whose results are shown until this
+    /// one has checked again (a reload does not reset a mismatch, or an alert's timer).
+    init(logger: Logger, previous: ServedProof? = nil) {
         self.logger = logger
+        if let previous { self.results.withLockedValue { $0 = previous.results.withLockedValue { $0 } } }
     }
 
-    /// Starts proving: every lineage of every target's store now, and the lineages each
-    /// later publication adds or updates.
+    /// Starts proving: every lineage of every target's store now and every
+    /// `recheckInterval`, and the lineages each later publication adds or updates.
     func start(targets: [Target]) {
         self.targets.withLockedValue { $0 = targets }
         var stores: [CertificateStore] = []
         for target in targets where !stores.contains(where: { $0 === target.store }) { stores.append(target.store) }
         for store in stores {
-            let id = store.observePublications { [weak self] report in
-                self?.enqueue(store: store, lineages: Set(report.added + report.updated))
+            // Weakly: the store holds its observers until `stop`.
+            let id = store.observePublications { [weak self, weak store] report in
+                guard let self, let store else { return }
+                self.enqueue(store: store, lineages: Set(report.added + report.updated))
             }
             self.observers.withLockedValue { $0.append((store, id)) }
-            self.enqueue(store: store, lineages: nil)
+        }
+        self.recheck(stores)
+    }
+
+    private func recheck(_ stores: [CertificateStore]) {
+        for store in stores { self.enqueue(store: store, lineages: nil) }
+        self.queue.asyncAfter(deadline: .now() + Self.recheckInterval) { [weak self] in
+            guard let self, !self.stopped.load(ordering: .acquiring) else { return }
+            self.recheck(stores)
         }
     }
 
@@ -96,18 +121,23 @@ package final class ServedProof: Sendable {
     }
 
     /// Checks the lineages named (nil: all) of `store`'s current snapshot on each listener
-    /// it serves. The current one, not the one whose publication queued this: a newer
-    /// publication may have come meanwhile, and what it published is what must be served.
+    /// it serves. The current one, read again before each handshake, not the one whose
+    /// publication queued this: a newer publication may have come meanwhile, and what it
+    /// published is what must be served. A mismatch found while the lineage was published
+    /// again is dropped: that publication queued its own check.
     private func prove(store: CertificateStore, lineages: Set<String>?) {
         let targets = self.targets.withLockedValue { $0 }.filter { $0.store === store }
         let snapshot = store.snapshot
         let names = snapshot.servedNames
         for (index, lineage) in snapshot.lineages.enumerated() where lineages?.contains(lineage.name) ?? true {
             guard let serverName = Self.probeName(names[index], isDefault: snapshot.isDefault(index)) else { continue }
-            let expected = lineage.chain.map(\.sha256Fingerprint)
-            let algorithms = Self.signatureAlgorithms(forKey: lineage.leaf.keyDescription)
+            // An ECDSA and an RSA certificate for one name: the probe asks as a client that
+            // can take only this one's key (a client offering both gets the ECDSA one).
+            let shared = names.enumerated().contains { $0.offset != index && !Set($0.element).isDisjoint(with: names[index]) }
+            let algorithms = shared ? Self.signatureAlgorithms(forKey: lineage.leaf.keyDescription) : nil
             for target in targets {
                 guard !self.stopped.load(ordering: .acquiring) else { return }
+                let expected = Self.chain(of: lineage.name, in: store)
                 let outcome = ServedProbe.handshake(host: target.host, port: target.port, serverName: serverName, proxyHeader: target.proxyHeader,
                                                     signatureAlgorithms: algorithms)
                 var check = Check(listener: target.listener, serverName: serverName, checkedAt: Int64(currentTime()), expected: expected)
@@ -116,15 +146,33 @@ package final class ServedProof: Sendable {
                 case .failure(let failure): check.error = failure.description
                 }
                 guard !self.stopped.load(ordering: .acquiring) else { return }
+                if check.matches == false, Self.chain(of: lineage.name, in: store) != expected { continue }
                 self.record(lineage: lineage.name, check)
             }
         }
+        if lineages == nil { self.forgetLineagesNoLongerServed() }
+    }
+
+    private static func chain(of lineage: String, in store: CertificateStore) -> [String] {
+        store.snapshot.lineages.first { $0.name == lineage }?.chain.map(\.sha256Fingerprint) ?? []
+    }
+
+    /// The results of lineages that no store of this generation serves any more.
+    private func forgetLineagesNoLongerServed() {
+        var stores: [CertificateStore] = []
+        for target in self.targets.withLockedValue({ $0 }) where !stores.contains(where: { $0 === target.store }) { stores.append(target.store) }
+        let served = Set(stores.flatMap { $0.snapshot.lineages.map(\.name) })
+        self.results.withLockedValue { results in results = results.filter { served.contains($0.key) } }
     }
 
     private func record(lineage: String, _ check: Check) {
         let previous = self.results.withLockedValue { results -> Check? in
-            defer { results[lineage, default: [:]][check.listener] = check }
-            return results[lineage]?[check.listener]
+            let previous = results[lineage]?[check.listener]
+            // A failed probe does not clear a mismatch: only a handshake that serves the
+            // published chain does.
+            if check.matches == nil, previous?.matches == false, previous?.expected == check.expected { return previous }
+            results[lineage, default: [:]][check.listener] = check
+            return previous
         }
         var metadata: Logger.Metadata = ["lineage": "\(lineage)", "listener": "\(check.listener)", "server_name": "\(check.serverName)",
                                          "published": "\(check.expected.first ?? "")"]
@@ -163,8 +211,7 @@ package final class ServedProof: Sendable {
         return isDefault ? "" : nil
     }
 
-    /// Where an ECDSA and an RSA certificate share a name, the probe offers only what the
-    /// lineage's key signs, as a client that can take nothing else.
+    /// What a client that can take only this key's certificate offers (OpenSSL's list syntax).
     static func signatureAlgorithms(forKey key: String) -> String? {
         if key.hasPrefix("RSA") {
             return "rsa_pss_rsae_sha256:rsa_pss_rsae_sha384:rsa_pss_rsae_sha512:RSA+SHA256:RSA+SHA384:RSA+SHA512"

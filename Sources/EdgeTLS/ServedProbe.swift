@@ -11,8 +11,10 @@ import Glibc
 ///
 /// It verifies nothing: the chain it sees is compared, certificate by certificate, with
 /// the one just published, which says more than any trust check could. A listener that
-/// requires client certificates still shows its chain: the server's certificate comes
-/// before the server asks for the client's.
+/// requires client certificates still shows its chain: the server sends it before it
+/// learns that the client has none (TLS 1.2 and 1.3 alike), and the chain seen is kept
+/// when the handshake then fails. It offers no ALPN: a listener whose `tls.alpn` lacks
+/// what it offered would refuse the handshake before sending a certificate.
 package enum ServedProbe {
     package struct Seen: Sendable, Equatable {
         /// SHA-256 fingerprints of the chain served, leaf first (colon-separated hex, as
@@ -32,7 +34,7 @@ package enum ServedProbe {
     package static func handshake(host: String, port: Int, serverName: String, proxyHeader: Bool, signatureAlgorithms: String? = nil,
                                   timeoutSeconds: Int = 5) -> Result<Seen, Failure> {
         let ipv6 = host.contains(":")
-        let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return .failure(Failure(description: "socket: \(String(cString: strerror(errno)))")) }
         defer { close(fd) }
         var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
@@ -73,8 +75,6 @@ package enum ServedProbe {
         defer { SSL_free(ssl) }
         if !serverName.isEmpty { _ = edge_SSL_set_tlsext_host_name(ssl, serverName) }
         if let signatureAlgorithms { _ = edge_SSL_set1_sigalgs_list(ssl, signatureAlgorithms) }
-        let alpn: [UInt8] = [8] + Array("http/1.1".utf8)
-        _ = SSL_set_alpn_protos(ssl, alpn, UInt32(alpn.count))
         SSL_set_fd(ssl, fd)
         let rc = SSL_connect(ssl)
         // Seen even when the handshake ends in an alert after the server's certificate

@@ -250,6 +250,8 @@ struct Certs: AsyncParsableCommand {
                 writeStandardError("error: --check-served needs the configuration file (-c FILE) that names the listeners\n")
                 throw ExitCode(2)
             }
+            // A listener that resets the probe's connection must not end the command.
+            signal(SIGPIPE, SIG_IGN)
             do {
                 served = CertsInspection.checkServed(entries, targets: try CertsInspection.servedTargets(configPath: config), now: Int64(now.tv_sec))
             } catch {

@@ -74,6 +74,36 @@ final class ServedProofTests: XCTestCase {
         await harness.shutdown()
     }
 
+    /// No false alarms where the chain served is chosen for the client: an ECDSA and an
+    /// RSA certificate for one name (each asked for as a client that can take only its
+    /// key), and a listener that requires client certificates whose own pair is the leaf
+    /// alone, issued by a CA of its client CA bundle, which OpenSSL then sends after it.
+    func testDualKeysAndALeafOnlyPairBesideClientCAsAreVerified() async throws {
+        let dir = TemporaryDirectory()
+        _ = try Self.pki.issue(["localhost"], into: dir.file("certs"), name: "site-ec")
+        _ = try Self.pki.issue(["localhost"], rsa: true, into: dir.file("certs"), name: "site-rsa")
+        let own = try Self.pki.issue(["mtls.test"], into: dir.file("own"), name: "own")
+        try Shell.run(["cp", own.certificate, dir.file("own/leaf-only.crt")])
+        let harness = try await GatewayHarness.start(directory: dir) { upstreamPort in
+            """
+            listeners:
+              - { name: https, address: "127.0.0.1:0", tls: {} }
+              - name: mtls
+                address: "127.0.0.1:0"
+                tls: { certificate: own/leaf-only.crt, key: own/own.key, client_auth: { ca_file: \(Self.pki.intermediatePath), mode: required } }
+            certificates: { sources: [ { directory: certs } ] }
+            upstreams: { app: { backends: ["127.0.0.1:\(upstreamPort)"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:0" }
+            """
+        }
+        XCTAssertTrue(eventually { self.verified(harness, lineage: "site-ec", listeners: ["https"]) }, "\(self.served(harness, lineage: "site-ec"))")
+        XCTAssertTrue(eventually { self.verified(harness, lineage: "site-rsa", listeners: ["https"]) }, "\(self.served(harness, lineage: "site-rsa"))")
+        XCTAssertTrue(eventually { self.verified(harness, lineage: "mtls", listeners: ["mtls"]) }, "\(self.served(harness, lineage: "mtls"))")
+        XCTAssertFalse(harness.logs.contains("served certificate differs"))
+        await harness.shutdown()
+    }
+
     /// A publication that does not reach the handshakes (here a test hook that keeps the
     /// listeners on the snapshot of the moment) is reported within a second: the status,
     /// the metric and an error in the log.
