@@ -17,4 +17,5 @@ ENTRY(FuzzHTTP2Upstream)
 ENTRY(FuzzPathNormalization)
 ENTRY(FuzzXFCC)
 ENTRY(FuzzConfig)
+ENTRY(FuzzCertbotRenewal)
 

@@ -47,6 +47,9 @@ package struct CertificateReport: Sendable {
     /// The newest version on disk was rejected: why, since when; this report shows the version still served.
     package var rejectedError: String?
     package var rejectedSince: Int64?
+    /// When the renewing agent should renew the served certificate, and whether it is late;
+    /// nil when nothing is known to renew it (a plain pair or directory without `renew_before`).
+    package var renewal: RenewalExpectation?
 }
 
 extension CertificateReport {
@@ -95,7 +98,9 @@ extension CertificateReport {
             loadedAt: lineage.loadedAt,
             generation: lineage.generation,
             rejectedError: problem?.error,
-            rejectedSince: problem?.since
+            rejectedSince: problem?.since,
+            renewal: policy.renewal.expectation(source: lineage.files.source, lineage: lineage.name, notBefore: leaf.notBefore, notAfter: leaf.notAfter,
+                                                rejectedVersion: problem?.error, now: now)
         )
     }
 }

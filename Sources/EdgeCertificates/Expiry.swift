@@ -33,6 +33,8 @@ package struct ExpiryPolicy: Sendable, Hashable {
     package var criticalRemaining = 0.10
     package var warningFloorSeconds: Int64 = 24 * 3600
     package var criticalFloorSeconds: Int64 = 12 * 3600
+    /// When each lineage's renewing agent should have renewed it (the renewal watchdog).
+    package var renewal = RenewalPolicy()
 
     package init() {}
 

@@ -30,13 +30,13 @@ extension Gateway {
 
     /// Reports of every served lineage, across stores.
     package func certificateReports(now: Int64 = Int64(currentTime())) -> [CertificateReport] {
-        let policy = self.config.expiry.policy
+        let policy = self.plan.expiryPolicy
         return self.stores.flatMap { $0.reports(policy: policy, now: now) }
     }
 
     /// The `/status/certificates` document.
     package func certificatesJSON(now: Int64 = Int64(currentTime())) -> String {
-        let items = self.certificateReports(now: now).map { certificateJSON($0, served: self.servedProof.checks(for: $0.name)) }
+        let items = self.certificateReports(now: now).map { certificateJSON($0, served: self.servedProof.checks(for: $0.name), now: now) }
         return "{\"generated_at\":\(now),\"generated_at_rfc3339\":\(jsonString(rfc3339(now))),\"certificates\":[\(items.joined(separator: ","))]}\n"
     }
 
@@ -59,9 +59,10 @@ extension Gateway {
             "{\"name\":\(jsonString($0.name)),\"error\":\(jsonString($0.error)),\"since\":\($0.since),\"since_rfc3339\":\(jsonString(rfc3339($0.since))),"
                 + "\"serving_previous\":\($0.servingPrevious)}"
         }
-        let certificates = reports.map {
-            "{\"name\":\(jsonString($0.name)),\"serial\":\(jsonString($0.serial)),\"not_after\":\($0.notAfter),"
-                + "\"not_after_rfc3339\":\(jsonString(rfc3339($0.notAfter))),\"state\":\(jsonString($0.state.rawValue))}"
+        let certificates = reports.map { r -> String in
+            let renewal: String = r.renewal.map { renewalJSON($0, lineage: r.name, now: now) } ?? "null"
+            return "{\"name\":\(jsonString(r.name)),\"serial\":\(jsonString(r.serial)),\"not_after\":\(r.notAfter),"
+                + "\"not_after_rfc3339\":\(jsonString(rfc3339(r.notAfter))),\"state\":\(jsonString(r.state.rawValue)),\"renewal\":\(renewal)}"
         }
         let generation = self.stores.map { $0.snapshot.generation }.max() ?? 0
         let lifecycle = self.lifecycle  // read once: `ready` and `lifecycle` agree
@@ -150,7 +151,7 @@ func servedJSON(_ checks: [ServedProof.Check]) -> String {
 
 /// One lineage's report; `served`: what the listeners served for it (the running
 /// gateway's `/status/certificates`; `certs` reads files and has none).
-func certificateJSON(_ r: CertificateReport, served: [ServedProof.Check]? = nil) -> String {
+func certificateJSON(_ r: CertificateReport, served: [ServedProof.Check]? = nil, now: Int64) -> String {
     let chain = r.chain.map {
         "{\"subject\":\(jsonString($0.subject)),\"issuer\":\(jsonString($0.issuer)),\"serial\":\(jsonString($0.serial)),"
             + "\"not_before\":\($0.notBefore),\"not_before_rfc3339\":\(jsonString(rfc3339($0.notBefore))),"
@@ -160,6 +161,7 @@ func certificateJSON(_ r: CertificateReport, served: [ServedProof.Check]? = nil)
     let rejected = r.rejectedError.map {
         "{\"error\":\(jsonString($0)),\"since\":\(r.rejectedSince ?? 0),\"since_rfc3339\":\(jsonString(rfc3339(r.rejectedSince ?? 0))),\"serving_previous_version\":true}"
     } ?? "null"
+    let renewal: String = r.renewal.map { renewalJSON($0, lineage: r.name, now: now) } ?? "null"
     return "{\"name\":\(jsonString(r.name)),"
         + "\"source\":{\"configured\":\(jsonString(r.source)),\"certificate\":\(jsonString(r.certificateFile)),\"key\":\(jsonString(r.keyFile)),"
         + "\"resolved_certificate\":\(jsonString(r.resolvedCertificateFile)),\"resolved_key\":\(jsonString(r.resolvedKeyFile))},"
@@ -172,8 +174,20 @@ func certificateJSON(_ r: CertificateReport, served: [ServedProof.Check]? = nil)
         + "\"lifetime_used\":\(Double(Int(r.lifetimeUsed * 10000)) / 10000),\"state\":\(jsonString(r.state.rawValue)),"
         + "\"chain\":[\(chain.joined(separator: ","))],"
         + "\"chain_valid\":\(r.chainChecked ? "\(r.chainProblem == nil)" : "null"),\"chain_checked\":\(r.chainChecked),\"chain_problem\":\(r.chainProblem.map(jsonString) ?? "null"),"
-        + "\"loaded_at\":\(r.loadedAt),\"loaded_at_rfc3339\":\(jsonString(rfc3339(r.loadedAt))),\"generation\":\(r.generation),\"rejected_version\":\(rejected)"
+        + "\"loaded_at\":\(r.loadedAt),\"loaded_at_rfc3339\":\(jsonString(rfc3339(r.loadedAt))),\"generation\":\(r.generation),\"rejected_version\":\(rejected),"
+        + "\"renewal\":\(renewal)"
         + (served.map { ",\"served\":\(servedJSON($0))" } ?? "") + "}"
+}
+
+/// When the renewing agent should renew the served certificate (the renewal watchdog).
+func renewalJSON(_ e: RenewalExpectation, lineage: String, now: Int64) -> String {
+    "{\"state\":\(jsonString(e.state.rawValue)),\"agent\":\(jsonString(e.basis.agent)),\"basis\":\(jsonString(e.basis.description)),"
+        + "\"expected_at\":\(e.expectedAt),\"expected_at_rfc3339\":\(jsonString(rfc3339(e.expectedAt))),\"grace_seconds\":\(e.graceSeconds),"
+        + "\"overdue_at\":\(e.expectedAt + e.graceSeconds),\"overdue_at_rfc3339\":\(jsonString(rfc3339(e.expectedAt + e.graceSeconds))),"
+        + "\"late_seconds\":\(e.lateSeconds(now: now)),"
+        + "\"last_renewed_at\":\(e.lastRenewedAt),\"last_renewed_at_rfc3339\":\(jsonString(rfc3339(e.lastRenewedAt))),"
+        + "\"problem\":\(e.problem.map(jsonString) ?? "null"),"
+        + "\"message\":\(e.state == .overdue ? jsonString(e.message(lineage: lineage, now: now)) : "null")}"
 }
 
 func jsonString(_ text: String) -> String {

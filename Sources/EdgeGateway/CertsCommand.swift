@@ -26,7 +26,7 @@ package enum CertsInspection {
             return (.pair(name: "upstream-\(name)-client", certificate: resolvePath(cert, base: base), key: resolvePath(key, base: base)),
                     tls.clientCAFile.map { resolvePath($0, base: base) })
         }
-        return (sources, config.certificates?.caFile.map { resolvePath($0, base: base) }, config.expiry.policy, clients)
+        return (sources, config.certificates?.caFile.map { resolvePath($0, base: base) }, config.expiryPolicy(base: base), clients)
     }
 
     /// A TLS listener of a configuration, as `certs --check-served` reaches it: over
@@ -133,13 +133,15 @@ package enum CertsInspection {
         return .directory(trimmed)
     }
 
-    /// 0: all ok; 1: some warning (or, with `strict`, a chain that does not verify);
-    /// 2: some critical, expired, not yet valid or unreadable.
+    /// 0: all ok; 1: some warning, overdue renewal or renewal problem (or, with `strict`, a
+    /// chain that does not verify); 2: some critical, expired, not yet valid or unreadable.
     package static func exitCode(_ entries: [CertificateInspector.Entry], strict: Bool = false) -> Int32 {
         var code: Int32 = 0
         for entry in entries {
             guard let report = entry.report else { return 2 }
             if strict && report.chainChecked && report.chainProblem != nil { code = max(code, 1) }
+            // Late, or the agent will not renew as expected (a file certbot cannot read).
+            if report.renewal?.state == .overdue || report.renewal?.problem != nil { code = max(code, 1) }
             switch report.state {
             case .ok: break
             case .warning: code = max(code, 1)
@@ -150,14 +152,14 @@ package enum CertsInspection {
     }
 
     package static func table(_ entries: [CertificateInspector.Entry], now: Int64) -> String {
-        var rows: [[String]] = [["NAME", "NAMES", "NOT AFTER (UTC)", "REMAINING", "STATE", "CHAIN"]]
+        var rows: [[String]] = [["NAME", "NAMES", "NOT AFTER (UTC)", "REMAINING", "STATE", "RENEWAL", "CHAIN"]]
         for entry in entries {
             if let r = entry.report {
                 rows.append([r.name, r.servedNames.joined(separator: ","), isoDate(r.notAfter),
                              r.state == .expired ? "EXPIRED" : humanDuration((r.chain.map(\.notAfter).min() ?? r.notAfter) - now),
-                             r.state.rawValue, !r.chainChecked ? "not checked" : r.chainProblem == nil ? "ok" : "INVALID"])
+                             r.state.rawValue, renewalCell(r.renewal, now: now), !r.chainChecked ? "not checked" : r.chainProblem == nil ? "ok" : "INVALID"])
             } else {
-                rows.append([entry.name, "-", "-", "-", "unreadable", "-"])
+                rows.append([entry.name, "-", "-", "-", "unreadable", "-", "-"])
             }
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
@@ -168,21 +170,38 @@ package enum CertsInspection {
         }.joined(separator: "\n") + "\n"
         let details = entries.compactMap { entry -> String? in
             if let error = entry.error { return "\(entry.name): \(error)" }
-            if let problem = entry.report?.chainProblem { return "\(entry.name): chain: \(problem)" }
-            return nil
+            var lines: [String] = []
+            if let problem = entry.report?.chainProblem { lines.append("\(entry.name): chain: \(problem)") }
+            if let renewal = entry.report?.renewal {
+                if renewal.state == .overdue { lines.append("\(entry.name): \(renewal.message(lineage: entry.name, now: now))") }
+                if let problem = renewal.problem { lines.append("\(entry.name): renewal: \(problem)") }
+            }
+            return lines.isEmpty ? nil : lines.joined(separator: "\n")
         }
         if !details.isEmpty { out += "\n" + details.joined(separator: "\n") + "\n" }
         return out
     }
 
-    package static func json(_ entries: [CertificateInspector.Entry], served: [ServedResult]? = nil) -> String {
+    package static func json(_ entries: [CertificateInspector.Entry], served: [ServedResult]? = nil, now: Int64) -> String {
         let items = entries.map { entry -> String in
             if let report = entry.report {
-                return certificateJSON(report, served: served.map { results in results.filter { $0.lineage == report.name }.map(\.check) })
+                return certificateJSON(report, served: served.map { results in results.filter { $0.lineage == report.name }.map(\.check) }, now: now)
             }
             return "{\"name\":\(jsonString(entry.name)),\"source\":{\"configured\":\(jsonString(entry.source))},\"state\":\"unreadable\",\"error\":\(jsonString(entry.error ?? ""))}"
         }
         return "{\"certificates\":[\(items.joined(separator: ","))]}\n"
+    }
+}
+
+/// The RENEWAL column: when the agent renews, or how late it is.
+private func renewalCell(_ renewal: RenewalExpectation?, now: Int64) -> String {
+    guard let renewal else { return "-" }
+    switch renewal.state {
+    case .scheduled: return "in " + humanDuration(renewal.expectedAt - now)
+    case .due: return "due " + humanDuration(renewal.lateSeconds(now: now)) + " ago"
+    case .overdue: return "OVERDUE " + humanDuration(renewal.lateSeconds(now: now))
+    case .disabled: return "autorenew off"
+    case .unknown: return "unknown"
     }
 }
 

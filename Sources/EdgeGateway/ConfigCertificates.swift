@@ -52,6 +52,10 @@ package struct ExpiryConfig: Decodable, Sendable {
     package var repeatExpired: Duration = .seconds(3_600)
     /// How often certificates are checked.
     package var checkInterval: Duration = .seconds(60)
+    /// How long past its renewal point a lineage may go before it is overdue...
+    package var renewalGrace: Duration = .seconds(2 * 86_400)
+    /// ...or this fraction of its lifetime, when that is shorter (short-lived certificates).
+    package var renewalGraceLifetime = 0.10
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case warningRemaining = "warning_remaining"
@@ -62,6 +66,8 @@ package struct ExpiryConfig: Decodable, Sendable {
         case repeatCritical = "repeat_critical"
         case repeatExpired = "repeat_expired"
         case checkInterval = "check_interval"
+        case renewalGrace = "renewal_grace"
+        case renewalGraceLifetime = "renewal_grace_lifetime"
     }
 
     init() {}
@@ -77,6 +83,11 @@ package struct ExpiryConfig: Decodable, Sendable {
         self.repeatCritical = try c.decodeRecorded(Duration.self, forKey: .repeatCritical) ?? self.repeatCritical
         self.repeatExpired = try c.decodeRecorded(Duration.self, forKey: .repeatExpired) ?? self.repeatExpired
         self.checkInterval = try c.decodeRecorded(Duration.self, forKey: .checkInterval) ?? self.checkInterval
+        self.renewalGrace = try c.decodeRecorded(Duration.self, forKey: .renewalGrace) ?? self.renewalGrace
+        self.renewalGraceLifetime = try c.decodeRecorded(Double.self, forKey: .renewalGraceLifetime) ?? self.renewalGraceLifetime
+        guard (0...1).contains(self.renewalGraceLifetime) else {
+            throw ConfigError(path: keyPath(decoder.codingPath + [CodingKeys.renewalGraceLifetime]), message: "a fraction of the lifetime (0 to 1)")
+        }
         guard (0...1).contains(self.warningRemaining), (0...1).contains(self.criticalRemaining), self.criticalRemaining <= self.warningRemaining else {
             throw ConfigError(path: keyPath(decoder.codingPath), message: "warning_remaining and critical_remaining are fractions (0 to 1) with critical <= warning")
         }
@@ -88,6 +99,8 @@ package struct ExpiryConfig: Decodable, Sendable {
         policy.criticalRemaining = self.criticalRemaining
         policy.warningFloorSeconds = self.warningFloor.nanoseconds / 1_000_000_000
         policy.criticalFloorSeconds = self.criticalFloor.nanoseconds / 1_000_000_000
+        policy.renewal.graceSeconds = self.renewalGrace.nanoseconds / 1_000_000_000
+        policy.renewal.graceLifetimeFraction = self.renewalGraceLifetime
         return policy
     }
 
@@ -120,8 +133,15 @@ package struct CertificateSourceConfig: Decodable, Sendable {
     package var certificate: String?
     package var key: String?
     package var name: String?
+    /// When the source's renewing agent renews: this long before expiry (cert-manager's
+    /// `spec.renewBefore` for a Kubernetes secret; any agent's for a directory or pair).
+    /// A certbot source takes it from certbot's own renewal file instead.
+    package var renewBefore: Duration?
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case certbot, kubernetes, directory, certificate, key, name }
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case certbot, kubernetes, directory, certificate, key, name
+        case renewBefore = "renew_before"
+    }
 
     package init(from decoder: any Decoder) throws {
         try decoder.rejectUnknownKeys(CodingKeys.self)
@@ -132,6 +152,11 @@ package struct CertificateSourceConfig: Decodable, Sendable {
         self.certificate = try c.decodeRecorded(String.self, forKey: .certificate)
         self.key = try c.decodeRecorded(String.self, forKey: .key)
         self.name = try c.decodeRecorded(String.self, forKey: .name)
+        self.renewBefore = try c.decodeRecorded(Duration.self, forKey: .renewBefore)
+        if self.certbot != nil, self.renewBefore != nil {
+            throw ConfigError(path: keyPath(decoder.codingPath + [CodingKeys.renewBefore]),
+                              message: "not for a certbot source: certbot renews by renew_before_expiry in its renewal/<name>.conf, which the gateway reads")
+        }
         let kinds = [self.certbot, self.kubernetes, self.directory, self.certificate].compactMap { $0 }.count
         guard kinds == 1 else {
             throw ConfigError(path: keyPath(decoder.codingPath), message: "a source names exactly one of certbot, kubernetes, directory, or certificate (with key)")
@@ -164,5 +189,18 @@ package struct WatchConfig: Decodable, Sendable {
         self.debounce = try c.decodeRecorded(Duration.self, forKey: .debounce) ?? self.debounce
         self.rescanInterval = try c.decodeRecorded(Duration.self, forKey: .rescanInterval) ?? self.rescanInterval
         self.immediate = try c.decodeRecorded(Bool.self, forKey: .immediate) ?? true
+    }
+}
+
+extension GatewayConfig {
+    /// The expiry thresholds with the renewal points the sources set (`renew_before`),
+    /// keyed by each source as `base` resolves it.
+    func expiryPolicy(base: String) -> ExpiryPolicy {
+        var policy = self.expiry.policy
+        for source in self.certificates?.sources ?? [] {
+            guard let renewBefore = source.renewBefore, let resolved = source.source(base: base) else { continue }
+            policy.renewal.renewBefore[resolved] = renewBefore.nanoseconds / 1_000_000_000
+        }
+        return policy
     }
 }

@@ -121,6 +121,21 @@ final class GatewayMetrics: Sendable {
                 chain.set(to: report.chainProblem == nil ? 1 : 0)
                 live[metricKey("edge_certificate_chain_valid", chainLabels)] = chain
             }
+            if let renewal = report.renewal {
+                // No series for a lineage nothing is known to renew (a plain pair or directory).
+                let expected = self.certificateGauge("edge_certificate_renewal_expected_timestamp_seconds", chainLabels,
+                                                     help: "When the lineage's renewing agent (certbot by its renewal file, cert-manager, or renew_before) should renew the served certificate (Unix time).")
+                expected.set(to: Double(renewal.expectedAt))
+                live[metricKey("edge_certificate_renewal_expected_timestamp_seconds", chainLabels)] = expected
+                let overdue = self.certificateGauge("edge_certificate_renewal_overdue", chainLabels,
+                                                    help: "1 when the served certificate is past its expected renewal by more than the grace (expiry.renewal_grace) and nothing newer has appeared.")
+                overdue.set(to: renewal.state == .overdue ? 1 : 0)
+                live[metricKey("edge_certificate_renewal_overdue", chainLabels)] = overdue
+                let problem = self.certificateGauge("edge_certificate_renewal_problem", chainLabels,
+                                                    help: "1 when the renewing agent will not renew the lineage as expected or its settings could not be read (certbot's renewal file missing, unreadable or not understood; the reason is on /status/certificates).")
+                problem.set(to: renewal.problem == nil ? 0 : 1)
+                live[metricKey("edge_certificate_renewal_problem", chainLabels)] = problem
+            }
             let rejected = self.certificateGauge("edge_certificate_rejected", chainLabels, help: "1 when the newest version on disk was rejected and an older one is served.")
             rejected.set(to: report.rejectedError == nil ? 0 : 1)
             live[metricKey("edge_certificate_rejected", chainLabels)] = rejected

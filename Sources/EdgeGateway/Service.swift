@@ -205,9 +205,11 @@ package final class GatewayService: Service, Sendable {
     /// Logs expiry states of whichever generation is serving.
     private func runExpiryMonitor() async {
         var monitor = self.gateway.config.expiry.monitor
+        var renewals = RenewalMonitor()
+        renewals.repeatSeconds = self.gateway.config.expiry.repeatWarning.nanoseconds / 1_000_000_000
         while !Task.isCancelled {
             let gateway = self.gateway
-            gateway.checkExpiry(&monitor)
+            gateway.checkExpiry(&monitor, renewals: &renewals)
             let interval = max(1_000_000_000, gateway.config.expiry.checkInterval.nanoseconds)
             try? await Task.sleep(nanoseconds: UInt64(interval))
         }
@@ -243,8 +245,9 @@ func readTextFile(_ path: String) throws -> String {
 }
 
 extension Gateway {
-    /// Logs expiry states at startup, on every change and at each state's repeat interval.
-    func checkExpiry(_ monitor: inout ExpiryMonitor) {
+    /// Logs expiry states at startup, on every change and at each state's repeat interval,
+    /// and overdue renewals when they become so, daily while they last, and when they clear.
+    func checkExpiry(_ monitor: inout ExpiryMonitor, renewals: inout RenewalMonitor) {
         do {
             let now = Int64(currentTime())
             let reports = self.certificateReports(now: now)
@@ -256,6 +259,13 @@ extension Gateway {
                 self.logger.log(level: line.level, "\(line.message)", metadata: [
                     "lineage": "\(line.name)", "state": "\(line.state.rawValue)", "remaining": "\(humanDuration(line.secondsRemaining))",
                     "not_after": "\(isoDate(report?.notAfter ?? 0))", "serial": "\(report?.serial ?? "")",
+                ])
+            }
+            for line in renewals.evaluate(reports.map { ($0.name, $0.serial, $0.renewal) }, now: now) {
+                let report = reports.first { $0.name == line.name }
+                self.logger.log(level: line.level, "\(line.message)", metadata: [
+                    "lineage": "\(line.name)", "expected_renewal": "\(isoDate(report?.renewal?.expectedAt ?? 0))",
+                    "basis": "\(report?.renewal?.basis.description ?? "")", "serial": "\(report?.serial ?? "")",
                 ])
             }
             for report in reports where report.chainProblem != nil && monitor.shouldReportChain(report.name, serial: report.serial) {

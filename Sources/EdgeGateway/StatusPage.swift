@@ -35,6 +35,22 @@ func statusPage(_ gateway: Gateway) -> String {
             case nil: return "<div class=\"note small\">served on \(html(check.listener)): not checked (\(html(check.error ?? "")))</div>"
             }
         }.joined()
+        // When the renewing agent should renew it (`RenewalExpectation`).
+        let renewalNote = r.renewal.map { renewal -> String in
+            switch renewal.state {
+            case .scheduled:
+                return "<div class=\"note small\">renewal expected \(isoDate(renewal.expectedAt)) UTC (in \(humanDuration(renewal.expectedAt - now)))</div>"
+            case .due:
+                return "<div class=\"note small\">renewal due since \(isoDate(renewal.expectedAt)) UTC; "
+                    + "overdue in \(humanDuration(renewal.expectedAt + renewal.graceSeconds - now))</div>"
+            case .overdue:
+                return "<div class=\"note bad\">RENEWAL OVERDUE: \(html(renewal.message(lineage: r.name, now: now)))</div>"
+            case .disabled:
+                return "<div class=\"note small\">renewal off (\(html(renewal.basis.agent)) autorenew = False)</div>"
+            case .unknown:
+                return "<div class=\"note small\">renewal time unknown</div>"
+            }
+        }.map { note in note + (r.renewal?.problem.map { "<div class=\"note bad\">renewal: \(html($0))</div>" } ?? "") } ?? ""
         let chain = r.chain.map {
             "<li>\(html($0.subject)) <span class=\"small\">— not after \(isoDate($0.notAfter)) UTC, \(html($0.state.rawValue))</span></li>"
         }.joined()
@@ -46,7 +62,7 @@ func statusPage(_ gateway: Gateway) -> String {
               <td>\(isoDate(r.notAfter))<details data-key="\(html(r.name))"><summary class="small">chain (\(r.chain.count))</summary><ul class="small">\(chain)</ul></details></td>
               <td><div class="bar"><div style="width:\(width)%;background:\(stateColour(r.state))"></div></div>
                   <div class="small">\(r.state == .expired ? "expired" : humanDuration(max(0, firstNotAfter - now)) + " left") · \(Int((r.lifetimeUsed * 100).rounded()))% of lifetime used</div>\(earlier)</td>
-              <td><span class="state" style="background:\(stateColour(r.state))">\(r.state.rawValue)</span>\(chainNote)\(rejectedNote)\(servedNote)</td>
+              <td><span class="state" style="background:\(stateColour(r.state))">\(r.state.rawValue)</span>\(chainNote)\(rejectedNote)\(renewalNote)\(servedNote)</td>
             </tr>
 
             """

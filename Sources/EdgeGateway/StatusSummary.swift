@@ -35,13 +35,30 @@ package enum StatusSummary {
         let certificates = (status["certificates"] as? [[String: Any]] ?? []).sorted {
             ($0["not_after"] as? Int ?? 0) < ($1["not_after"] as? Int ?? 0)
         }
-        rows = [["NAME", "NOT AFTER (UTC)", "REMAINING", "STATE"]]
+        rows = [["NAME", "NOT AFTER (UTC)", "REMAINING", "STATE", "RENEWAL"]]
         for certificate in certificates {
             let notAfter = Int64(certificate["not_after"] as? Int ?? 0)
             let state = certificate["state"] as? String ?? "?"
-            rows.append([certificate["name"] as? String ?? "?", isoDate(notAfter), state == "expired" ? "EXPIRED" : humanDuration(notAfter - now), state])
+            let renewal = certificate["renewal"] as? [String: Any]
+            // As `certs` shows it.
+            let renewalCell = renewal.map { r -> String in
+                let expected = Int64(r["expected_at"] as? Int ?? 0)
+                switch r["state"] as? String {
+                case "scheduled": return "in " + humanDuration(expected - now)
+                case "due": return "due " + humanDuration(now - expected) + " ago"
+                case "overdue": return "OVERDUE " + humanDuration(now - expected)
+                case "disabled": return "autorenew off"
+                case let other: return other ?? "?"
+                }
+            } ?? "-"
+            rows.append([certificate["name"] as? String ?? "?", isoDate(notAfter), state == "expired" ? "EXPIRED" : humanDuration(notAfter - now), state, renewalCell])
         }
         out.append(contentsOf: certificates.isEmpty ? ["  none"] : table(rows))
+        for certificate in certificates {
+            let renewal = certificate["renewal"] as? [String: Any]
+            if let message = renewal?["message"] as? String { out.append("  OVERDUE  \(message)") }
+            if let problem = renewal?["problem"] as? String { out.append("  RENEWAL  \(certificate["name"] as? String ?? "?"): \(problem)") }
+        }
         for problem in status["certificate_problems"] as? [[String: Any]] ?? [] {
             let (name, error) = (problem["name"] as? String ?? "?", problem["error"] as? String ?? "?")
             if CertificateProblem.isAwaitedDirectory(name: name, error: error, servingPrevious: problem["serving_previous"] as? Bool == true) {

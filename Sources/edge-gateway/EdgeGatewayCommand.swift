@@ -264,7 +264,7 @@ struct Certs: AsyncParsableCommand {
             entries += CertificateInspector.inspect(sources: [client.source], trustCAFile: nil, chainCheck: .clientCertificate(caFile: client.caFile),
                                                     policy: policy, now: Int64(now.tv_sec))
         }
-        writeStandardOutput(self.json ? CertsInspection.json(entries, served: served)
+        writeStandardOutput(self.json ? CertsInspection.json(entries, served: served, now: Int64(now.tv_sec))
                             : CertsInspection.table(entries, now: Int64(now.tv_sec)) + (served.map(CertsInspection.servedTable) ?? ""))
         let code = max(CertsInspection.exitCode(entries, strict: self.strict), served.map(CertsInspection.servedExitCode) ?? 0)
         if code != 0 { throw ExitCode(code) }

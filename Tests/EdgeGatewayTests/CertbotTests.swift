@@ -15,14 +15,15 @@ final class CertbotTests: XCTestCase {
 
         /// With `httpPort`, pebble really validates HTTP-01 challenges, at that port on
         /// 127.0.0.1 (`localhost`); without, every challenge passes unchecked.
-        init(validatingAt httpPort: Int? = nil) throws {
+        /// `validity`: the lifetime of the certificates pebble issues, in seconds (its default: 5 years).
+        init(validatingAt httpPort: Int? = nil, validity: Int? = nil) throws {
             self.dir = TemporaryDirectory()
             self.pki = try TestPKI()
             let api = try self.pki.issue(["localhost"], into: self.dir.path, name: "pebble-api")
             try self.dir.write("pebble.json", """
                 { "pebble": { "listenAddress": "127.0.0.1:\(self.port)", "managementListenAddress": "127.0.0.1:\(self.managementPort)",
                   "certificate": "\(api.fullchain)", "privateKey": "\(api.key)", "httpPort": \(httpPort ?? freePort()), "tlsPort": \(freePort()),
-                  "ocspResponderURL": "", "externalAccountBindingRequired": false } }
+                  "ocspResponderURL": "", "externalAccountBindingRequired": false\(validity.map { ", \"certificateValidityPeriod\": \($0)" } ?? "") } }
                 """)
             self.pebble.executableURL = URL(fileURLWithPath: "/usr/bin/pebble")
             self.pebble.arguments = ["-config", self.dir.file("pebble.json")]
@@ -71,6 +72,14 @@ final class CertbotTests: XCTestCase {
             let result = try self.certbot(["certonly", "--agree-tos", "--register-unsafely-without-email", "--server", "https://localhost:\(self.port)/dir"]
                                           + authenticator + ["-d", name, "--cert-name", name])
             guard result.status == 0 else { throw NSError(domain: "certbot certonly \(name): \(result.stdout)\(result.stderr)", code: 1) }
+        }
+
+        /// Sets `renew_before_expiry` in the lineage's renewal file, where certbot's own
+        /// comment says to (the first line).
+        func setRenewBeforeExpiry(_ name: String, _ value: String) throws {
+            let path = "\(self.configDir)/renewal/\(name).conf"
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            try ("renew_before_expiry = \(value)\n" + text).write(toFile: path, atomically: true, encoding: .utf8)
         }
 
         func renew(reuseKey: Bool) throws {
@@ -158,6 +167,76 @@ final class CertbotTests: XCTestCase {
         XCTAssertFalse(harness.logs.contains("certificate rejected"), harness.logs.all.filter { $0.contains("rejected") }.joined(separator: "\n"))
         await harness.shutdown()
     }
+    /// The renewal watchdog against the real certbot: a lineage whose renewal file says to
+    /// renew 50 s before expiry, on 60-second certificates from pebble, is due about 10 s after
+    /// issuance and overdue 5 s (`renewal_grace`) later, when nothing renewed it. The
+    /// status views, the metric, the log and `certs` say so; then `certbot renew`, without
+    /// --force-renewal, renews it (certbot agrees it was due) and the warning clears.
+    func testAnOverdueRenewalIsReportedAndTheRenewalClearsIt() throws {
+        let acme = try ACME(validity: 60)
+        defer { acme.stop() }
+        try acme.issue("late.example.test")
+        try acme.setRenewBeforeExpiry("late.example.test", "50 seconds")
+        let issued = try acme.liveSerial("late.example.test")
+        let dir = TemporaryDirectory()
+        let (https, admin) = (freePort(), freePort())
+        // No expiry warnings at all, so that the exit code of `certs` is the watchdog's
+        // alone; a grace of 5 s (the least by default is 26 h, the longest gap between two
+        // runs of Debian's certbot timer).
+        try dir.write("gateway.yaml", """
+            listeners: [ { name: https, address: "127.0.0.1:\(https)", tls: {} } ]
+            certificates: { sources: [ { certbot: \(acme.configDir) } ] }
+            expiry: { warning_remaining: 0, critical_remaining: 0, warning_floor: 0s, critical_floor: 0s, check_interval: 1s, renewal_grace: 5s }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("gateway.yaml"), logPath: dir.file("log"))
+        defer { _ = gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        func certificate() -> [String: Any]? {
+            guard let body = try? Shell.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:\(admin)/status/certificates"]).stdout,
+                  let json = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] else { return nil }
+            return (json["certificates"] as? [[String: Any]])?.first
+        }
+        func renewal() -> [String: Any]? { certificate()?["renewal"] as? [String: Any] }
+        let served = try XCTUnwrap(certificate())
+        let first = try XCTUnwrap(served["renewal"] as? [String: Any], "\(served)")
+        let (notBefore, notAfter) = (try XCTUnwrap(served["not_before"] as? Int), try XCTUnwrap(served["not_after"] as? Int))
+        XCTAssertEqual(first["expected_at"] as? Int, notAfter - 50, "\(first)")
+        XCTAssertEqual(first["grace_seconds"] as? Int, 5)
+        XCTAssertEqual(first["state"] as? String, "scheduled", "\(first)")
+        XCTAssertEqual(try Shell.run([gatewayBinary(), "certs", "-c", dir.file("gateway.yaml")]).status, 0)
+        XCTAssertEqual(first["basis"] as? String, "renew_before_expiry = 50 seconds in \(acme.configDir)/renewal/late.example.test.conf")
+        XCTAssertTrue(eventually(timeout: 40, interval: 0.5) { renewal()?["state"] as? String == "overdue" }, "\(renewal() ?? [:])")
+        let overdue = try XCTUnwrap(renewal())
+        XCTAssertTrue((overdue["message"] as? String ?? "").hasPrefix("certbot should have renewed late.example.test "), "\(overdue)")
+        XCTAssertEqual(metricSum("edge_certificate_renewal_overdue", admin: admin), 1)
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("certbot should have renewed late.example.test") }, gateway.log)
+        // doc-command: edge-gateway certs -c FILE
+        let certs = try Shell.run([gatewayBinary(), "certs", "-c", dir.file("gateway.yaml")])
+        XCTAssertEqual(certs.status, 1, "an overdue renewal is a warning: " + certs.stdout + certs.stderr)
+        XCTAssertTrue(certs.stdout.contains("OVERDUE"), certs.stdout)
+        XCTAssertTrue(certs.stdout.contains("check `certbot renew --dry-run` and the timer"), certs.stdout)
+
+        // What the message says to run works against this lineage, and changes nothing
+        // (pebble named: a dry run otherwise goes to Let's Encrypt's staging server).
+        // doc-command: certbot renew --dry-run
+        let dryRun = try acme.certbot(["renew", "--dry-run", "--no-random-sleep-on-renew", "--server", "https://localhost:\(acme.port)/dir"])
+        XCTAssertEqual(dryRun.status, 0, dryRun.stdout + dryRun.stderr)
+        XCTAssertEqual(try acme.liveSerial("late.example.test"), issued)
+        // certbot itself finds the lineage due (no --force-renewal) and renews it.
+        let renewed = try acme.certbot(["renew", "--no-random-sleep-on-renew"])
+        XCTAssertEqual(renewed.status, 0, renewed.stdout + renewed.stderr)
+        XCTAssertNotEqual(try acme.liveSerial("late.example.test"), issued, "certbot renewed it: " + renewed.stdout)
+        XCTAssertTrue(eventually(timeout: 5) { (renewal()?["state"] as? String).map { $0 != "overdue" } ?? false }, "\(renewal() ?? [:])")
+        let after = try XCTUnwrap(certificate())
+        XCTAssertEqual((after["renewal"] as? [String: Any])?["expected_at"] as? Int, (after["not_after"] as? Int ?? 0) - 50, "the renewed certificate's own schedule")
+        XCTAssertEqual(metricSum("edge_certificate_renewal_overdue", admin: admin), 0)
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("late.example.test renewed (serial") }, gateway.log)
+        XCTAssertEqual(try Shell.run([gatewayBinary(), "certs", "-c", dir.file("gateway.yaml")]).status, 0)
+    }
+
     /// certbot's webroot plugin with the gateway serving the challenge directory on its
     /// plain listener and redirecting everything else there to HTTPS (what an nginx
     /// `listen 80` server block does for certbot); pebble really fetches every challenge
@@ -201,6 +280,8 @@ final class CertbotTests: XCTestCase {
         if hook {
             XCTAssertEqual(modes("live"), "\(ACME.hookGroup) 750", "the deploy hook opened live/ to the group")
             XCTAssertEqual(modes("archive/localhost/privkey1.pem"), "\(ACME.hookGroup) 640", "the deploy hook opened the key to the group")
+            XCTAssertEqual(modes("renewal"), "\(ACME.hookGroup) 750", "the deploy hook opened renewal/ to the group")
+            XCTAssertEqual(modes("renewal/localhost.conf"), "\(ACME.hookGroup) 640", "and the lineage's renewal settings")
         }
         XCTAssertTrue(pebbleLog().contains(fetched), "pebble fetched the challenge through the gateway:\n\(pebbleLog().suffix(2000))")
         let issued = try acme.liveSerial("localhost")
@@ -226,8 +307,9 @@ final class CertbotTests: XCTestCase {
             let keys = try FileManager.default.contentsOfDirectory(atPath: acme.configDir + "/archive/localhost").filter { $0.hasPrefix("privkey") }.sorted()
             XCTAssertGreaterThanOrEqual(keys.count, 2, "\(keys)")
             XCTAssertEqual(modes("archive/localhost/" + keys.last!), "\(ACME.hookGroup) 640", "certbot ran the hook on renewal too (\(keys))")
+            XCTAssertEqual(modes("renewal/localhost.conf"), "\(ACME.hookGroup) 640", "certbot rewrites it on renewal; the hook opens it again")
             // A lineage issued before the hook (certbot's own modes) gets it by hand, as the README says.
-            XCTAssertEqual(try Shell.bash("cd '\(acme.configDir)' && chgrp -R root live archive && chmod 0700 live archive archive/localhost").status, 0)
+            XCTAssertEqual(try Shell.bash("cd '\(acme.configDir)' && chgrp -R root live archive renewal && chmod 0700 live archive archive/localhost renewal").status, 0)
             XCTAssertEqual(modes("live"), "root 700")
             // doc-command: RENEWED_LINEAGE=/etc/letsencrypt/live/example.com /usr/share/edge-gateway/certbot-deploy-hook.sh
             let byHand = try Shell.run([repositoryRoot() + "/deploy/certbot/edge-gateway-deploy-hook.sh"],
@@ -236,6 +318,7 @@ final class CertbotTests: XCTestCase {
             XCTAssertEqual(modes("live"), "\(ACME.hookGroup) 750")
             XCTAssertEqual(modes("archive/localhost"), "\(ACME.hookGroup) 750")
             XCTAssertEqual(modes("archive/localhost/" + keys.last!), "\(ACME.hookGroup) 640")
+            XCTAssertEqual(modes("renewal"), "\(ACME.hookGroup) 750")
         }
         XCTAssertNotEqual(renewed, issued)
         XCTAssertTrue(eventually(timeout: 5) { servedSerial(port: https, serverName: "localhost") == renewed }, "the renewed certificate is served")

@@ -36,6 +36,8 @@ struct GatewayPlan: Sendable {
     let accessLogPlan: (path: String, format: AccessLogFile.Format)?
     /// Problems `check` fails on that `run` serves through (see `Gateway.checkFailures`).
     let checkFailures: [String]
+    /// Expiry thresholds and renewal points, for the status views and the monitor.
+    let expiryPolicy: ExpiryPolicy
 
     /// `succeeding`: the shared store of the generation this one replaces, whose
     /// certificates it takes over (`CertificateStore(succeeding:)`).
@@ -52,6 +54,7 @@ struct GatewayPlan: Sendable {
         self.listeners = builder.listeners(tls.pending, shared: self.sharedStore)
         self.adminAddress = builder.adminAddress()
         self.config = config
+        self.expiryPolicy = config.expiryPolicy(base: baseDirectory)
         self.stores = builder.stores
         self.checkFailures = builder.checkFailures
         if !builder.problems.isEmpty { throw ConfigProblems(problems: builder.problems) }
