@@ -18,4 +18,5 @@ ENTRY(FuzzPathNormalization)
 ENTRY(FuzzXFCC)
 ENTRY(FuzzConfig)
 ENTRY(FuzzCertbotRenewal)
+ENTRY(FuzzCRL)
 

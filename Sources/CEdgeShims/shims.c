@@ -37,6 +37,9 @@ int edge_SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *cert) {
 void edge_OPENSSL_free(void *ptr) {
     OPENSSL_free(ptr);
 }
+int edge_sk_X509_REVOKED_num(const STACK_OF(X509_REVOKED) *stack) {
+    return sk_X509_REVOKED_num(stack);
+}
 int edge_sk_X509_num(const STACK_OF(X509) *stack) {
     return sk_X509_num(stack);
 }

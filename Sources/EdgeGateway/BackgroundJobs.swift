@@ -169,18 +169,21 @@ extension Gateway {
         }
     }
 
-    /// Rebuilds the contexts of every store whose policies name a client CA bundle when
-    /// that file changes (checked every second), so a new client CA applies to new
-    /// handshakes. The files are looked at, the bundle read and the contexts built on a
+    /// Rebuilds the contexts of every store whose policies name a client CA bundle or CRL
+    /// file when that file changes (checked every second), so a new client CA or a new
+    /// revocation applies to new handshakes (and, through the session-ID context, to
+    /// resumptions). The files are looked at, the bundle read and the contexts built on a
     /// thread of the pool: neither a slow file system nor the store's reload lock, which a
     /// reload holds while it reads certificate files, ties up the task pool's threads.
     /// nil: no policy names a bundle.
     private func clientCAWatchJob() -> PeriodicJob? {
         var found: [String: [CertificateStore]] = [:]
         for store in self.stores {
-            for file in Set(store.configuration.policies.compactMap(\.clientCAFile)) { found[file, default: []].append(store) }
+            let files = store.configuration.policies.flatMap { [$0.clientCAFile, $0.clientCRLFile].compactMap { $0 } }
+            for file in Set(files) { found[file, default: []].append(store) }
         }
         let files = found
+        let caFiles = Set(self.stores.flatMap { $0.configuration.policies.compactMap(\.clientCAFile) })
         guard !files.isEmpty else { return nil }
         let stamps = NIOLockedValueBox(files.keys.reduce(into: [String: String?]()) { $0[$1] = fileStamp($1) })
         return PeriodicJob(interval: .seconds(1)) {
@@ -189,7 +192,8 @@ extension Gateway {
                     let now = fileStamp(file)
                     guard now != nil, stamps.withLockedValue({ $0[file] != now }) else { continue }
                     stamps.withLockedValue { $0[file] = now }
-                    for store in stores { store.rebuildContexts(reason: "client CA bundle \(file) changed") }
+                    let kind = caFiles.contains(file) ? "client CA bundle" : "CRL file"
+                    for store in stores { store.rebuildContexts(reason: "\(kind) \(file) changed") }
                 }
             }
         }

@@ -71,6 +71,14 @@ package enum ClientAuthMode: String, ConfigChoice {
     case optional
 }
 
+/// `client_auth.crl_check`: which certificates of a client's chain are looked up in the CRLs.
+package enum CRLCheck: String, ConfigChoice {
+    /// The client's own certificate (nginx's `ssl_crl`, HAProxy's `crl-file`).
+    case leaf
+    /// Every certificate of its chain up to the CA (each issuer needs a CRL in the file).
+    case chain
+}
+
 /// `routes[].redirect.scheme`.
 package enum RedirectScheme: String, ConfigChoice {
     case https

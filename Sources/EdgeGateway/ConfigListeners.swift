@@ -219,10 +219,18 @@ package struct ClientAuthConfig: Decodable, Sendable {
     /// required (default) or optional.
     package var mode: ClientAuthMode
     package var allow: ClientAllowConfig?
+    /// PEM CRLs the client's certificate is checked against; watched like `ca_file`.
+    package var crlFile: String?
+    package var crlCheck: CRLCheck
+    /// Refuse clients while a CRL is past its next update, instead of checking them against it.
+    package var crlStrict: Bool
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case caFile = "ca_file"
         case mode, allow
+        case crlFile = "crl_file"
+        case crlCheck = "crl_check"
+        case crlStrict = "crl_strict"
     }
 
     package init(from decoder: any Decoder) throws {
@@ -231,6 +239,12 @@ package struct ClientAuthConfig: Decodable, Sendable {
         self.caFile = try c.decode(String.self, forKey: .caFile)
         self.mode = try c.decodeRecorded(Choice<ClientAuthMode>.self, forKey: .mode)?.value ?? .required
         self.allow = try c.decodeRecorded(ClientAllowConfig.self, forKey: .allow)
+        self.crlFile = try c.decodeRecorded(String.self, forKey: .crlFile)
+        self.crlCheck = try c.decodeRecorded(Choice<CRLCheck>.self, forKey: .crlCheck)?.value ?? .leaf
+        self.crlStrict = try c.decodeRecorded(Bool.self, forKey: .crlStrict) ?? false
+        if self.crlFile == nil, c.contains(.crlCheck) || c.contains(.crlStrict) {
+            throw ConfigError(path: keyPath(decoder.codingPath + [CodingKeys.crlFile]), message: "required with crl_check and crl_strict")
+        }
     }
 }
 

@@ -154,8 +154,16 @@ package struct UpstreamTLSConfig: Decodable, Sendable {
     /// The CA the client certificate's chain is checked against (status and alerts only).
     package var clientCAFile: String?
     package var minVersion: TLSVersion?
+    /// PEM CRLs the upstream's certificate is checked against; watched (checked every second).
+    package var crlFile: String?
+    package var crlCheck: CRLCheck = .leaf
+    /// Refuse the upstream while a CRL is past its next update, instead of checking against it.
+    package var crlStrict = false
 
     enum CodingKeys: String, CodingKey, CaseIterable {
+        case crlFile = "crl_file"
+        case crlCheck = "crl_check"
+        case crlStrict = "crl_strict"
         case sni
         case verifyCert = "verify_cert"
         case verifyHostname = "verify_hostname"
@@ -185,6 +193,15 @@ package struct UpstreamTLSConfig: Decodable, Sendable {
         self.clientKey = try c.decodeRecorded(String.self, forKey: .clientKey)
         self.clientCAFile = try c.decodeRecorded(String.self, forKey: .clientCAFile)
         self.minVersion = try c.decodeRecorded(Choice<TLSVersion>.self, forKey: .minVersion)?.value
+        self.crlFile = try c.decodeRecorded(String.self, forKey: .crlFile)
+        self.crlCheck = try c.decodeRecorded(Choice<CRLCheck>.self, forKey: .crlCheck)?.value ?? .leaf
+        self.crlStrict = try c.decodeRecorded(Bool.self, forKey: .crlStrict) ?? false
+        if self.crlFile == nil, c.contains(.crlCheck) || c.contains(.crlStrict) {
+            throw ConfigError(path: keyPath(decoder.codingPath + [CodingKeys.crlFile]), message: "required with crl_check and crl_strict")
+        }
+        if self.crlFile != nil, !self.verifyCert {
+            throw ConfigError(path: keyPath(decoder.codingPath + [CodingKeys.crlFile]), message: "checks the upstream's certificate, which verify_cert: false does not verify")
+        }
     }
 }
 

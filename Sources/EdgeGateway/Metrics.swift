@@ -78,9 +78,24 @@ final class GatewayMetrics: Sendable {
 
     /// Refreshes the derived gauges and renders the exposition.
     func render(reports: [CertificateReport], stores: [CertificateStore], groups: [UpstreamGroup], served: [String: [ServedProof.Check]] = [:],
-                now: Int64) -> String {
+                revocationLists: [RevocationListStatus.File] = [], now: Int64) -> String {
         self.refreshUpstreams(groups)
         var live: [String: Gauge] = [:]
+        for file in revocationLists {
+            for list in file.lists {
+                let labels = [("file", file.path), ("used_by", file.usedBy), ("issuer", list.issuer)]
+                if let nextUpdate = list.nextUpdate {
+                    let next = self.certificateGauge("edge_crl_next_update_timestamp_seconds", labels,
+                                                     help: "When a CRL (client_auth.crl_file, upstreams tls.crl_file) is due to be replaced by its CA (its nextUpdate, Unix time).")
+                    next.set(to: Double(nextUpdate))
+                    live[metricKey("edge_crl_next_update_timestamp_seconds", labels)] = next
+                }
+                let stale = self.certificateGauge("edge_crl_stale", labels,
+                                                  help: "1 when a CRL is past its nextUpdate: revocations since are not in it (peers are refused with crl_strict, else checked against it).")
+                stale.set(to: file.stale(list, now: now) ? 1 : 0)
+                live[metricKey("edge_crl_stale", labels)] = stale
+            }
+        }
         for report in reports {
             for check in served[report.name] ?? [] {
                 let labels = [("name", report.name), ("listener", check.listener)]

@@ -42,6 +42,8 @@ package final class UpstreamTLS: Sendable {
     package let verifiesNames: Bool
     /// `allow_common_name`: a certificate without subject alternative names may match by its CN.
     package let allowCommonName: Bool
+    /// `tls.crl_file` and how it is checked, for the status views.
+    package let revocation: (file: String, chain: Bool, strict: Bool)?
     /// The client certificate new connections present, for `/status/upstreams`.
     private let clientCertificateProbe: (@Sendable () -> X509Certificate?)?
     private let current: NIOLockedValueBox<(generation: Int, context: TLSContext)>
@@ -52,7 +54,7 @@ package final class UpstreamTLS: Sendable {
     /// `generation` reads the client certificate's current generation (cheap);
     /// `rebuild` makes a context for it.
     package init(context: TLSContext, serverName: String?, alternativeNames: [String] = [], verifiesNames: Bool = true,
-                allowCommonName: Bool = false,
+                allowCommonName: Bool = false, revocation: (file: String, chain: Bool, strict: Bool)? = nil,
                 clientCertificate: (@Sendable () -> X509Certificate?)? = nil,
                 generation: (@Sendable () -> Int)? = nil,
                 rebuild: (@Sendable () -> (generation: Int, context: TLSContext?))? = nil) {
@@ -61,6 +63,7 @@ package final class UpstreamTLS: Sendable {
         self.alternativeNames = alternativeNames
         self.verifiesNames = verifiesNames
         self.allowCommonName = allowCommonName
+        self.revocation = revocation
         self.clientCertificateProbe = clientCertificate
         self.generationProbe = generation
         self.rebuild = rebuild
@@ -85,16 +88,24 @@ package final class UpstreamTLS: Sendable {
     /// The client certificate generation new connections use (0 without one).
     package var generation: Int { self.generationProbe?() ?? 0 }
 
-    /// The context for new connections, rebuilt if the client certificate changed.
+    /// The context for new connections, rebuilt if the client certificate or the CRL
+    /// changed. The sessions kept for resumption are dropped with the old context: a
+    /// resumed session skips the certificate check, so one made before a revocation must
+    /// not outlive it (nor one made with the previous client certificate).
     package var context: TLSContext {
         let wanted = self.generation
-        return self.current.withLockedValue { current in
+        var rebuilt = false
+        let context = self.current.withLockedValue { current in
             if current.generation != wanted, let rebuild = self.rebuild {
                 let fresh = rebuild()
-                if let context = fresh.context { current = (fresh.generation, context) }
+                // A failed build is not tried again until the next change.
+                current = (fresh.generation, fresh.context ?? current.context)
+                rebuilt = fresh.context != nil
             }
             return current.context
         }
+        if rebuilt { self.slots.withLockedValue { $0.removeAll() } }
+        return context
     }
 
     /// The session slot of one backend address, for TLS session resumption.

@@ -89,29 +89,47 @@ package func forwardedClientCertValue(_ value: String, alwaysQuoted: Bool = fals
     return quoted ? "\"" + out + "\"" : out
 }
 
-/// A listener's allow list for the C verify callback; owned by the `SSL_CTX` (`OwnedExData.allowList`).
-final class AllowListBox: Sendable {
-    let list: ClientAllowList
-    init(_ list: ClientAllowList) { self.list = list }
+/// What a server context's verify callback applies beyond the chain: the listener's allow
+/// list and how a stale CRL is taken; owned by the `SSL_CTX` (`OwnedExData.clientVerification`).
+final class ClientVerificationBox: Sendable {
+    let allow: ClientAllowList?
+    let crlStrict: Bool
+    init(allow: ClientAllowList?, crlStrict: Bool) {
+        self.allow = allow
+        self.crlStrict = crlStrict
+    }
+}
+
+/// A certificate the verify callback found revoked: named in the refusal (owned by the `SSL`).
+final class RevokedCertificate: Sendable {
+    let serial: String
+    let subject: String
+    let depth: Int32
+    init(serial: String, subject: String, depth: Int32) {
+        self.serial = serial
+        self.subject = subject
+        self.depth = depth
+    }
 }
 
 /// The ex_data index holding the client leaf the verify callback saw (one reference, freed with the SSL).
 let presentedLeafIndex: Int32 = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, nil, nil, nil, nil)
 
-/// OpenSSL's verify callback on server contexts with client authentication: after
-/// the chain verified, the leaf must pass the allow list of the context the
-/// connection was switched to.
+/// OpenSSL's verify callback on server contexts with client authentication: a CRL past
+/// its next update is still checked against, and refuses only with `crl_strict`; a revoked
+/// certificate is remembered for the refusal; after the chain verified, the leaf must pass
+/// the allow list of the context the connection was switched to.
 let clientVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 = { ok, store in
     guard let store, let rawSSL = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()) else { return ok }
     let ssl = OpaquePointer(rawSSL)
     rememberPresentedLeaf(ssl, store: store)
-    guard ok == 1, X509_STORE_CTX_get_error_depth(store) == 0 else { return ok }
-    guard let ctx = SSL_get_SSL_CTX(ssl),
-          let rawBox = SSL_CTX_get_ex_data(ctx, OwnedExData.allowList),
+    if let verdict = revocationVerdict(ok, store: store, ssl: ssl) { return verdict }
+    let box = SSL_get_SSL_CTX(ssl).flatMap { SSL_CTX_get_ex_data($0, OwnedExData.clientVerification) }
+        .map { Unmanaged<ClientVerificationBox>.fromOpaque($0).takeUnretainedValue() }
+    guard X509_STORE_CTX_get_error_depth(store) == 0, let allow = box?.allow,
           let leaf = X509_STORE_CTX_get_current_cert(store) else { return ok }
-    let box = Unmanaged<AllowListBox>.fromOpaque(rawBox).takeUnretainedValue()
     X509_up_ref(leaf)
-    if box.list.admits(X509Certificate(taking: leaf)) { return 1 }
+    if allow.admits(X509Certificate(taking: leaf)) { return 1 }
     X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
     return 0
 }

@@ -11,8 +11,10 @@ struct ClientTrust {
     let path: String
     let certificates: [X509Certificate]
     let bytesSHA256: String
+    /// The CRLs clients are checked against, each signed by a CA of the bundle.
+    let revocation: RevocationListFile?
 
-    init(caFile: String) throws {
+    init(caFile: String, crlFile: String? = nil) throws {
         let bytes: [UInt8]
         do {
             bytes = try readRegularFile(caFile)
@@ -31,19 +33,22 @@ struct ClientTrust {
         self.path = caFile
         self.certificates = bundle.certificates
         self.bytesSHA256 = sha256Hex(bytes)
+        self.revocation = try crlFile.map { try RevocationListFile(path: $0, issuers: bundle.certificates) }
     }
 
     /// The session-ID context for `policy` under this bundle: everything that decides
     /// which client is admitted (the bundle's bytes, whether a certificate is
-    /// required, the allow list), hashed to fit OpenSSL's 32 bytes.
+    /// required, the allow list, the CRLs' bytes and how they are checked), hashed to fit
+    /// OpenSSL's 32 bytes.
     func sessionContext(_ policy: TLSServerPolicy) -> String {
-        let admission = "\(self.bytesSHA256)|\(policy.requireClientCertificate)|\(String(reflecting: policy.clientAllow))"
+        let revocation = self.revocation.map { "\($0.bytesSHA256)|\(policy.clientCRLChain)|\(policy.clientCRLStrict)" } ?? "none"
+        let admission = "\(self.bytesSHA256)|\(policy.requireClientCertificate)|\(String(reflecting: policy.clientAllow))|\(revocation)"
         return String(sha256Hex(Array(admission.utf8)).prefix(24))
     }
 
     /// Trusts the bundle's certificates for client verification and names them to
     /// clients as the CAs to choose a certificate by.
-    func install(in ctx: OpaquePointer) throws {
+    func install(in ctx: OpaquePointer, crlChain: Bool = false) throws {
         guard let store = SSL_CTX_get_cert_store(ctx) else {
             throw TLSError.configuration("cannot load client CA bundle \(self.path): the context has no certificate store")
         }
@@ -54,5 +59,6 @@ struct ClientTrust {
                 throw TLSError.configuration("cannot load client CA bundle \(self.path): \(openSSLErrorQueueDescription())")
             }
         }
+        try self.revocation?.install(in: store, chain: crlChain)
     }
 }

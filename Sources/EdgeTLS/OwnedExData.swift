@@ -10,8 +10,10 @@ import COpenSSL
 /// the slot's value is retained when set and released by the slot's free function
 /// when OpenSSL frees the object. Nothing a callback reads is ever unretained.
 enum OwnedExData {
-    /// The client allow list a server context's verify callback applies.
-    static let allowList = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, nil, nil, nil, releaseOwnedObject)
+    /// The client allow list and CRL policy a server context's verify callback applies.
+    static let clientVerification = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, nil, nil, nil, releaseOwnedObject)
+    /// The certificate a connection's verify callback found revoked, to name in the refusal.
+    static let revokedCertificate = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, nil, nil, nil, releaseOwnedObject)
     /// The SNI selector of a listener's initial context (servername and client-hello callbacks).
     static let selector = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, nil, nil, nil, releaseOwnedObject)
     /// The `TLSContext` a connection was switched to by SNI, held until the `SSL` is freed.

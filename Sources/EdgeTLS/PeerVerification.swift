@@ -65,7 +65,8 @@ let serverNameVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 = 
     guard let store, let rawSSL = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()) else { return ok }
     let ssl = OpaquePointer(rawSSL)
     rememberPresentedLeaf(ssl, store: store)
-    guard ok == 1, X509_STORE_CTX_get_error_depth(store) == 0 else { return ok }
+    if let verdict = revocationVerdict(ok, store: store, ssl: ssl) { return verdict }
+    guard X509_STORE_CTX_get_error_depth(store) == 0 else { return ok }
     // Set only on connections that installed a check: without one, refuse rather than
     // accept a certificate whose names nobody looked at.
     guard let raw = SSL_get_ex_data(ssl, OwnedExData.peerNames), let leaf = X509_STORE_CTX_get_current_cert(store) else {
@@ -83,6 +84,8 @@ let serverNameVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 = 
 package enum UpstreamHandshakeFailure: String, Sendable, CaseIterable {
     case certificateExpired = "certificate_expired"
     case certificateNotYetValid = "certificate_not_yet_valid"
+    /// The upstream's certificate (or, with `crl_check: chain`, one of its chain) is in `tls.crl_file`.
+    case certificateRevoked = "certificate_revoked"
     /// The chain does not lead to a trusted CA (unknown issuer, self-signed, missing intermediate).
     case untrusted
     case nameMismatch = "name_mismatch"
@@ -103,6 +106,7 @@ package enum UpstreamHandshakeFailure: String, Sendable, CaseIterable {
         switch Int32(verify) {
         case X509_V_ERR_CERT_HAS_EXPIRED: return .certificateExpired
         case X509_V_ERR_CERT_NOT_YET_VALID: return .certificateNotYetValid
+        case X509_V_ERR_CERT_REVOKED: return .certificateRevoked
         case X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH: return .nameMismatch
         case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
              X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN,

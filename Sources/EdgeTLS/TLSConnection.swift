@@ -308,6 +308,11 @@ final class TLSConnection {
             let verify = SSL_get_verify_result(self.ssl)
             if verify == X509_V_ERR_APPLICATION_VERIFICATION {
                 reason = "client certificate refused: not in client_auth.allow (\(self.peerSubject))"
+            } else if verify == X509_V_ERR_CERT_REVOKED, let raw = SSL_get_ex_data(self.ssl, OwnedExData.revokedCertificate) {
+                let revoked = Unmanaged<RevokedCertificate>.fromOpaque(raw).takeUnretainedValue()
+                reason = revoked.depth == 0
+                    ? "client certificate refused: revoked (serial \(revoked.serial), client_auth.crl_file) (\(self.peerSubject))"
+                    : "client certificate refused: its issuer \(revoked.subject) is revoked (serial \(revoked.serial), client_auth.crl_file) (\(self.peerSubject))"
             } else if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
                 reason = "client certificate refused: \(String(cString: text)) (\(self.peerSubject))"
             } else if reason.contains("peer did not return a certificate") {
@@ -335,6 +340,10 @@ final class TLSConnection {
         if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
             self.upstreamFailure = .classify(verifyResult: verify)
             var reason = "certificate verify failed: \(String(cString: text))"
+            if verify == X509_V_ERR_CERT_REVOKED, let raw = SSL_get_ex_data(self.ssl, OwnedExData.revokedCertificate) {
+                let revoked = Unmanaged<RevokedCertificate>.fromOpaque(raw).takeUnretainedValue()
+                reason += " (serial \(revoked.serial), \(revoked.subject), in tls.crl_file)"
+            }
             if verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH {
                 let checked = self.allowCommonName ? "subject alternative names (or CN, allow_common_name)" : "subject alternative names"
                 reason += " (checked \(self.expectedNames.joined(separator: ", then ")) against the certificate's \(checked); it holds \(self.peerNames))"

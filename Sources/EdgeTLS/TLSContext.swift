@@ -44,6 +44,14 @@ package struct TLSServerPolicy: Sendable, Hashable {
     package var requireClientCertificate = true
     /// With `clientCAFile`: which verified client certificates are admitted.
     package var clientAllow: ClientAllowList?
+    /// With `clientCAFile`: revocation lists the client's certificate is checked against
+    /// (`client_auth.crl_file`).
+    package var clientCRLFile: String?
+    /// Check every certificate of the client's chain, not only its own (`crl_check: chain`).
+    package var clientCRLChain = false
+    /// Refuse clients while a list is past its next update (`crl_strict`), rather than
+    /// check them against the stale list.
+    package var clientCRLStrict = false
 
     package init() {}
 }
@@ -224,11 +232,11 @@ package final class TLSContext: @unchecked Sendable {
             _ = SSL_CTX_set_num_tickets(ctx, policy.sessionTickets ? max(policy.ticketsPerHandshake, 0) : 0)
             // Sessions resume only under the trust they were made under: the session-ID
             // context (kept in every session and ticket, and compared by OpenSSL before
-            // it resumes one) covers the client CA bundle's bytes, whether a certificate
-            // is required and the allow list. A session made without a client certificate
+            // it resumes one) covers the client CA bundle's bytes, the CRL file's, whether a
+            // certificate is required and the allow list: no session outlives a revocation. A session made without a client certificate
             // never resumes where one is required, and none outlives a change of CA.
             var trust: ClientTrust?
-            if let caFile = policy.clientCAFile { trust = try ClientTrust(caFile: caFile) }
+            if let caFile = policy.clientCAFile { trust = try ClientTrust(caFile: caFile, crlFile: policy.clientCRLFile) }
             let sid = Array((trust.map { "eg-" + $0.sessionContext(policy) } ?? "edge-gateway").utf8)
             _ = SSL_CTX_set_session_id_context(ctx, sid, UInt32(sid.count))
             if policy.sessionCacheSize > 0 {
@@ -239,11 +247,12 @@ package final class TLSContext: @unchecked Sendable {
             }
             if let trust {
                 // The bundle is installed from the bytes its hash was taken of, not read again.
-                try trust.install(in: ctx)
+                try trust.install(in: ctx, crlChain: policy.clientCRLChain)
                 let mode = SSL_VERIFY_PEER | (policy.requireClientCertificate ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0)
                 SSL_CTX_set_verify(ctx, mode, clientVerifyCallback)
-                if let allow = policy.clientAllow {
-                    OwnedExData.set(AllowListBox(allow), on: ctx, index: OwnedExData.allowList)
+                if policy.clientAllow != nil || policy.clientCRLFile != nil {
+                    OwnedExData.set(ClientVerificationBox(allow: policy.clientAllow, crlStrict: policy.clientCRLStrict), on: ctx,
+                                    index: OwnedExData.clientVerification)
                 }
             }
             if !policy.alpnProtocols.isEmpty {
@@ -290,6 +299,17 @@ package final class TLSContext: @unchecked Sendable {
                     }
                 }
                 SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
+                if let crlFile = configuration.crlFile {
+                    // Checked against the CAs of ca_file when one is named (the system store is not read here).
+                    let issuers = try configuration.caFile.map { file in try PEMBundle.parse(try readRegularFile(file)).certificates }
+                    let lists = try RevocationListFile(path: crlFile, issuers: issuers)
+                    guard let store = SSL_CTX_get_cert_store(ctx) else { throw TLSError.configuration("CRL file \(crlFile): the context has no certificate store") }
+                    try lists.install(in: store, chain: configuration.crlChain)
+                    OwnedExData.set(ClientVerificationBox(allow: nil, crlStrict: configuration.crlStrict), on: ctx, index: OwnedExData.clientVerification)
+                    // For connections that check no names (verify_hostname: false); the others
+                    // get `serverNameVerifyCallback`, which takes a stale list the same way.
+                    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, upstreamCRLVerifyCallback)
+                }
             } else {
                 SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nil)
             }
@@ -330,6 +350,12 @@ package struct TLSClientConfiguration: Sendable {
     package var clientChain: [X509Certificate]?
     package var clientKey: PrivateKey?
     package var alpnProtocols: [String] = []
+    /// Revocation lists the upstream's certificate is checked against (`tls.crl_file`).
+    package var crlFile: String?
+    /// Check every certificate of the upstream's chain (`crl_check: chain`).
+    package var crlChain = false
+    /// Refuse upstreams while a list is past its next update (`crl_strict`).
+    package var crlStrict = false
 
     package init() {}
 }

@@ -43,6 +43,8 @@ X509 *edge_sk_X509_value(const STACK_OF(X509) *stack, int index);
 STACK_OF(X509) *edge_sk_X509_new_null(void);
 int edge_sk_X509_push(STACK_OF(X509) *stack, X509 *cert);
 void edge_sk_X509_free(STACK_OF(X509) *stack);
+/// Entries of a CRL (for its count on the status views).
+int edge_sk_X509_REVOKED_num(const STACK_OF(X509_REVOKED) *stack);
 
 void edge_BIO_set_retry_read(BIO *bio);
 void edge_BIO_clear_retry_flags(BIO *bio);

@@ -85,6 +85,9 @@ extension PlanBuilder {
                 var policy = base
                 policy.clientCAFile = resolve(auth.caFile)
                 policy.requireClientCertificate = auth.mode == .required
+                policy.clientCRLFile = auth.crlFile.map(resolve)
+                policy.clientCRLChain = auth.crlCheck == .chain
+                policy.clientCRLStrict = auth.crlStrict
                 if let allow = auth.allow {
                     var list = ClientAllowList()
                     list.dnsNames = allow.dns

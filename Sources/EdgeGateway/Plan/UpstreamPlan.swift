@@ -2,6 +2,7 @@ import EdgeCertificates
 import EdgeProxy
 import EdgeTLS
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 extension PlanBuilder {
@@ -184,6 +185,9 @@ extension PlanBuilder {
         configuration.alpnProtocols = alpn
         configuration.verifyCertificate = t.verifyCert
         configuration.caFile = t.caFile.map(resolve)
+        configuration.crlFile = t.crlFile.map(resolve)
+        configuration.crlChain = t.crlCheck == .chain
+        configuration.crlStrict = t.crlStrict
         if let version = t.minVersion { configuration.minimumVersion = version }
         if t.clientCAFile != nil && t.clientCertificate == nil {
             throw ConfigError(path: path + ".client_ca_file", message: "only checks a client_certificate; none is set")
@@ -225,27 +229,51 @@ extension PlanBuilder {
             // SNI is `sni`, else each backend's host (never an IP literal); the certificate
             // must hold one of `sni` (else the backend's host) and the alternative_cn names.
             let names = (serverName: t.sni, alternatives: alternatives, verifies: t.verifyCert && t.verifyHostname, allowCN: t.allowCommonName)
-            guard let store = clientStore else {
+            // The context is built again when the client certificate's store publishes or the
+            // CRL file changes: the generation counts both.
+            let crlChanges = configuration.crlFile.map { FileChangeCounter(path: $0) }
+            guard clientStore != nil || crlChanges != nil else {
                 return (UpstreamTLS(context: context, serverName: names.serverName, alternativeNames: names.alternatives,
-                                    verifiesNames: names.verifies, allowCommonName: names.allowCN), nil, checkFailure)
+                                    verifiesNames: names.verifies, allowCommonName: names.allowCN, revocation: configuration.crlFile.map { ($0, configuration.crlChain, configuration.crlStrict) }), nil, checkFailure)
             }
+            let store = clientStore
+            let generation: @Sendable () -> Int = { (store?.snapshot.generation ?? 0) << 32 | (crlChanges?.changes ?? 0) }
             let base = configuration
+            let lastSerial = NIOLockedValueBox(base.clientChain?.first?.serialNumberHex)
+            var clientCertificate: (@Sendable () -> X509Certificate?)?
+            if let store { clientCertificate = { store.snapshot.lineages.first?.leaf } }
             let tls = UpstreamTLS(
                 context: context, serverName: names.serverName, alternativeNames: names.alternatives,
-                verifiesNames: names.verifies, allowCommonName: names.allowCN,
-                clientCertificate: { store.snapshot.lineages.first?.leaf },
-                generation: { store.snapshot.generation },
-                rebuild: {
-                    // The store only publishes validated pairs; a context that still fails keeps the old one.
-                    let snapshot = store.snapshot
+                verifiesNames: names.verifies, allowCommonName: names.allowCN, revocation: configuration.crlFile.map { ($0, configuration.crlChain, configuration.crlStrict) },
+                clientCertificate: clientCertificate,
+                generation: generation,
+                rebuild: { () -> (generation: Int, context: TLSContext?) in
+                    // The store only publishes validated pairs; a context that still fails
+                    // (a CRL file that does not parse) keeps the old one.
+                    let wanted = generation()
                     var next = base
-                    next.clientChain = snapshot.lineages[0].chain
-                    next.clientKey = snapshot.lineages[0].privateKeyForClientUse
-                    let context = try? TLSContext.client(configuration: next)
-                    if context != nil {
-                        logger.info("upstream client certificate rotated", metadata: ["upstream": "\(upstream)", "serial": "\(snapshot.lineages[0].leaf.serialNumberHex)"])
+                    if let snapshot = store?.snapshot {
+                        next.clientChain = snapshot.lineages[0].chain
+                        next.clientKey = snapshot.lineages[0].privateKeyForClientUse
                     }
-                    return (snapshot.generation, context)
+                    do {
+                        let context = try TLSContext.client(configuration: next)
+                        let serial = next.clientChain?.first?.serialNumberHex
+                        let changed = lastSerial.withLockedValue { last -> Bool in
+                            defer { last = serial }
+                            return last != serial
+                        }
+                        if let serial, changed {
+                            logger.info("upstream client certificate rotated", metadata: ["upstream": "\(upstream)", "serial": "\(serial)"])
+                        }
+                        if let crlFile = next.crlFile {
+                            logger.info("upstream TLS context rebuilt", metadata: ["upstream": "\(upstream)", "crl_file": "\(crlFile)"])
+                        }
+                        return (wanted, context)
+                    } catch {
+                        logger.error("upstream TLS context not rebuilt; keeping the current one", metadata: ["upstream": "\(upstream)", "error": "\(error)"])
+                        return (wanted, nil)
+                    }
                 }
             )
             return (tls, store, checkFailure)

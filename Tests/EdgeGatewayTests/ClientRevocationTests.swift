@@ -1,0 +1,254 @@
+import EdgeGateway
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// CRLs for client certificates (`client_auth.crl_file`) and upstream certificates
+/// (`upstreams.<name>.tls.crl_file`), with a CA run by `openssl ca`: certificates issued
+/// and revoked with it, lists made with `openssl ca -gencrl`.
+final class ClientRevocationTests: XCTestCase {
+    /// A client CA as `openssl ca` keeps one: index, serial, CRL number.
+    struct ClientCA {
+        let dir: String
+        var config: String { self.dir + "/openssl.cnf" }
+        var certificate: String { self.dir + "/ca.pem" }
+
+        init(in parent: TemporaryDirectory) throws {
+            self.dir = parent.file("ca")
+            try FileManager.default.createDirectory(atPath: self.dir + "/newcerts", withIntermediateDirectories: true)
+            try "".write(toFile: self.dir + "/index.txt", atomically: true, encoding: .utf8)
+            try "1000\n".write(toFile: self.dir + "/serial", atomically: true, encoding: .utf8)
+            try "01\n".write(toFile: self.dir + "/crlnumber", atomically: true, encoding: .utf8)
+            try """
+                [ ca ]
+                default_ca = client_ca
+                [ client_ca ]
+                dir = \(self.dir)
+                database = $dir/index.txt
+                new_certs_dir = $dir/newcerts
+                certificate = $dir/ca.pem
+                private_key = $dir/ca.key
+                serial = $dir/serial
+                crlnumber = $dir/crlnumber
+                default_md = sha256
+                default_days = 30
+                default_crl_days = 7
+                policy = any
+                unique_subject = no
+                [ any ]
+                commonName = supplied
+                [ client ]
+                basicConstraints = CA:FALSE
+                keyUsage = digitalSignature
+                extendedKeyUsage = clientAuth
+                [ server ]
+                basicConstraints = CA:FALSE
+                keyUsage = digitalSignature
+                extendedKeyUsage = serverAuth
+                subjectAltName = DNS:app.internal
+
+                """.write(toFile: self.config, atomically: true, encoding: .utf8)
+            try Self.run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout '\(self.dir)/ca.key' -out '\(self.dir)/ca.pem' "
+                         + "-subj '/CN=Test Client CA' -days 30 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
+        }
+
+        /// Issues a client certificate; returns its certificate and key files and its serial.
+        func issue(_ name: String, extensions: String = "client") throws -> (certificate: String, key: String, serial: String) {
+            let base = self.dir + "/" + name
+            try Self.run("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout '\(base).key' -out '\(base).csr' -subj '/CN=\(name)'")
+            // doc-command: openssl ca -config openssl.cnf -extensions client -in alice.csr -out alice.pem
+            try Self.run("openssl ca -batch -config '\(self.config)' -extensions \(extensions) -in '\(base).csr' -out '\(base).pem' -notext")
+            let serial = try Self.run("openssl x509 -in '\(base).pem' -noout -serial").replacingOccurrences(of: "serial=", with: "")
+            return (base + ".pem", base + ".key", serial.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+
+        func revoke(_ certificate: String) throws {
+            // doc-command: openssl ca -config openssl.cnf -revoke alice.pem
+            try Self.run("openssl ca -config '\(self.config)' -revoke '\(certificate)'")
+        }
+
+        /// Writes the CRL to `path` in one rename (as an operator's job would), due again in
+        /// `seconds` (default: a week).
+        func publishCRL(to path: String, seconds: Int? = nil) throws {
+            // doc-command: openssl ca -config openssl.cnf -gencrl -out crl.pem
+            try Self.run("openssl ca -config '\(self.config)' -gencrl -out '\(path).new'" + (seconds.map { " -crlsec \($0)" } ?? ""))
+            try Self.run("mv '\(path).new' '\(path)'")
+        }
+
+        @discardableResult
+        static func run(_ command: String) throws -> String {
+            let result = try Shell.bash(command + " 2>&1")
+            guard result.status == 0 else { throw NSError(domain: "\(command): \(result.stdout)", code: 1) }
+            return result.stdout
+        }
+    }
+
+    /// A gateway process whose HTTPS listener requires client certificates from `ca`,
+    /// checked against `crl`; returns it with its HTTPS and admin ports.
+    func startGateway(_ dir: TemporaryDirectory, name: String, ca: ClientCA, crl: String, options: String = "") throws -> (GatewayProcess, https: Int, admin: Int) {
+        let site = try TestPKI().issue(["localhost"], into: dir.path, name: "site-\(name)")
+        let (https, admin) = (freePort(), freePort())
+        try dir.write("\(name).yaml", """
+            listeners:
+              - name: https
+                address: "127.0.0.1:\(https)"
+                tls:
+                  certificate: \(site.fullchain)
+                  key: \(site.key)
+                  client_auth: { ca_file: \(ca.certificate), crl_file: \(crl)\(options) }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("\(name).yaml"), logPath: dir.file("\(name).log"))
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        return (gateway, https, admin)
+    }
+
+    /// Whether the gateway admitted the client: any HTTP answer (the upstream is down: 502)
+    /// means the handshake and the client's certificate passed.
+    func admitted(_ port: Int, _ client: (certificate: String, key: String, serial: String)) -> Bool {
+        let result = try? Shell.run(["curl", "-sk", "--max-time", "5", "--cert", client.certificate, "--key", client.key,
+                                     "-o", "/dev/null", "-w", "%{http_code}", "https://127.0.0.1:\(port)/"])
+        return (result?.stdout ?? "000") != "000"
+    }
+
+    /// A TLS session with the client certificate, saved to or resumed from `file`.
+    func session(_ port: Int, _ version: String, _ client: (certificate: String, key: String, serial: String), out: String? = nil, in input: String? = nil) throws -> String {
+        let flags = (out.map { "-sess_out '\($0)'" } ?? "") + (input.map { " -sess_in '\($0)'" } ?? "")
+        // stdin stays open a moment so the TLS 1.3 ticket arrives.
+        return try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) "
+                              + "-cert '\(client.certificate)' -key '\(client.key)' \(flags) 2>&1").stdout
+    }
+
+    func testARevokedClientIsRefusedCannotResumeAndANewListNeedsNoRestart() throws {
+        let dir = TemporaryDirectory()
+        let ca = try ClientCA(in: dir)
+        let alice = try ca.issue("alice"), bob = try ca.issue("bob")
+        let crl = dir.file("crl.pem")
+        try ca.revoke(bob.certificate)
+        try ca.publishCRL(to: crl)
+        let (gateway, port, admin) = try startGateway(dir, name: "leaf", ca: ca, crl: crl)
+        defer { _ = gateway.stop() }
+        XCTAssertTrue(admitted(port, alice), gateway.log)
+        XCTAssertFalse(admitted(port, bob), "bob is revoked")
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("client certificate refused: revoked (serial \(bob.serial), client_auth.crl_file) (subject CN=bob") },
+                      gateway.log)
+        // Sessions alice makes now, by ticket (TLS 1.3) and by session ID (TLS 1.2), resume...
+        for version in ["-tls1_3", "-tls1_2"] {
+            let file = dir.file("alice\(version)")
+            XCTAssertTrue(try session(port, version, alice, out: file).contains("New,"))
+            XCTAssertTrue(try session(port, version, alice, in: file).contains("Reused,"), "\(version) resumes before the revocation")
+        }
+        // ...until alice is revoked: the new list is in use within the watch's second, with
+        // no reload, and none of her sessions resumes (the CRL's hash is in the session-ID context).
+        try ca.revoke(alice.certificate)
+        try ca.publishCRL(to: crl)
+        XCTAssertTrue(eventually(timeout: 5) { !self.admitted(port, alice) }, gateway.log)
+        XCTAssertTrue(gateway.log.contains("client certificate refused: revoked (serial \(alice.serial)"), gateway.log)
+        for version in ["-tls1_3", "-tls1_2"] {
+            let again = try session(port, version, alice, in: dir.file("alice\(version)"))
+            XCTAssertFalse(again.contains("Reused,"), "\(version): a session made before the revocation does not resume:\n\(again.prefix(600))")
+        }
+        // The status view lists the file: its issuer, one update, two revocations.
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/certificates"]).stdout
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
+        let file = try XCTUnwrap((json["revocation_lists"] as? [[String: Any]])?.first, status)
+        XCTAssertEqual(file["file"] as? String, crl)
+        XCTAssertEqual(file["state"] as? String, "ok")
+        let list = try XCTUnwrap((file["lists"] as? [[String: Any]])?.first)
+        XCTAssertEqual(list["issuer"] as? String, "CN=Test Client CA")
+        XCTAssertEqual(list["revoked"] as? Int, 2)
+        // A broken list is refused: the last good one stays in use and the error is logged.
+        try "not a CRL\n".write(toFile: crl + ".new", atomically: true, encoding: .utf8)
+        try ClientCA.run("mv '\(crl).new' '\(crl)'")
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("no X509 CRL block found") }, gateway.log)
+        XCTAssertFalse(admitted(port, alice))
+        XCTAssertFalse(admitted(port, bob))
+    }
+
+    /// A list past its next update is stale: a warning on the status views and in the
+    /// metrics; clients are still checked against it, and with `crl_strict` refused.
+    func testAStaleListIsShownAndRefusesOnlyWhenStrict() throws {
+        let dir = TemporaryDirectory()
+        let ca = try ClientCA(in: dir)
+        let alice = try ca.issue("alice"), bob = try ca.issue("bob")
+        let crl = dir.file("crl.pem")
+        try ca.revoke(bob.certificate)
+        try ca.publishCRL(to: crl, seconds: 3)
+        let (lenient, lenientPort, admin) = try startGateway(dir, name: "lenient", ca: ca, crl: crl, options: ", crl_check: chain")
+        defer { _ = lenient.stop() }
+        let (strict, strictPort, _) = try startGateway(dir, name: "strict", ca: ca, crl: crl, options: ", crl_strict: true")
+        defer { _ = strict.stop() }
+        XCTAssertTrue(admitted(strictPort, alice), strict.log)
+        XCTAssertTrue(eventually(timeout: 10, interval: 0.5) { metricSum("edge_crl_stale", admin: admin) == 1 }, lenient.log)
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/certificates"]).stdout
+        XCTAssertTrue(status.contains("\"used_by\":\"client_auth\",\"crl_check\":\"chain\",\"crl_strict\":false,\"state\":\"stale\""), status)
+        let page = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/"]).stdout
+        XCTAssertTrue(page.contains("STALE: past its next update"), page)
+        XCTAssertTrue(admitted(lenientPort, alice), "a stale list still admits who it does not revoke: " + lenient.log)
+        XCTAssertFalse(admitted(lenientPort, bob), "and still refuses who it revokes")
+        XCTAssertFalse(admitted(strictPort, alice), "crl_strict refuses everyone while the list is stale")
+        XCTAssertTrue(strict.log.contains("CRL has expired"), strict.log)
+        // A fresh list ends it, without a restart.
+        try ca.publishCRL(to: crl)
+        XCTAssertTrue(eventually(timeout: 5) { self.admitted(strictPort, alice) }, strict.log)
+        XCTAssertEqual(metricSum("edge_crl_stale", admin: admin), 0)
+    }
+
+    /// An upstream whose certificate is revoked is refused at the next connection once the
+    /// new list is on disk, without a reload; pooled connections and kept sessions made
+    /// before are not used again.
+    func testARevokedUpstreamIsRefusedOnceTheListChanges() throws {
+        let dir = TemporaryDirectory()
+        let ca = try ClientCA(in: dir)
+        let server = try ca.issue("app", extensions: "server")
+        let crl = dir.file("crl.pem")
+        try ca.publishCRL(to: crl)
+        let upstreamPort = freePort()
+        let upstream = Process()
+        upstream.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        upstream.arguments = [repositoryRoot() + "/Tests/tools/tls_upstream.py", dir.file("sni.log"), "port=\(upstreamPort),cert=\(server.certificate),key=\(server.key)"]
+        upstream.standardOutput = FileHandle.nullDevice
+        upstream.standardError = FileHandle.nullDevice
+        try upstream.run()
+        defer { upstream.terminate(); upstream.waitUntilExit() }
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: upstreamPort, timeout: 10) { upstream.isRunning })
+        let (http, admin) = (freePort(), freePort())
+        try dir.write("gateway.yaml", """
+            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
+            upstreams:
+              app:
+                backends: ["127.0.0.1:\(upstreamPort)"]
+                tls: { sni: app.internal, ca_file: \(ca.certificate), crl_file: \(crl) }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("gateway.yaml"), logPath: dir.file("log"))
+        defer { _ = gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        let status = { (try? Shell.run(["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)/"]).stdout) ?? "" }
+        XCTAssertEqual(status(), "200", gateway.log)
+        XCTAssertEqual(status(), "200")
+        try ca.revoke(server.certificate)
+        try ca.publishCRL(to: crl)
+        XCTAssertTrue(eventually(timeout: 5, interval: 0.2) { status() == "502" }, gateway.log)
+        XCTAssertTrue(gateway.log.contains("certificate verify failed: certificate revoked (serial \(server.serial), CN=app, in tls.crl_file)"), gateway.log)
+        XCTAssertEqual(metricSum("edge_upstream_tls_handshake_failures_total{upstream=\"app\",backend=\"127.0.0.1:\(upstreamPort)\",reason=\"certificate_revoked\"}", admin: admin).map { $0 > 0 }, true)
+        let lists = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/certificates"]).stdout
+        XCTAssertTrue(lists.contains("\"used_by\":\"upstream app\""), lists)
+    }
+
+    func testSettingsThatCannotWorkAreRefusedNamingTheKey() throws {
+        let listener = { (auth: String) in "listeners: [ { name: l, address: \"127.0.0.1:0\", tls: { client_auth: \(auth) } } ]\nroutes: []\n" }
+        XCTAssertThrowsError(try GatewayConfig.parse(yaml: listener("{ ca_file: ca.pem, crl_check: chain }"))) { error in
+            XCTAssertTrue("\(error)".hasPrefix("listeners[0].tls.client_auth.crl_file: required with crl_check and crl_strict"), "\(error)")
+        }
+        XCTAssertThrowsError(try GatewayConfig.parse(yaml: listener("{ ca_file: ca.pem, crl_file: c.pem, crl_check: all }"))) { error in
+            XCTAssertTrue("\(error)".contains("crl_check"), "\(error)")
+        }
+        XCTAssertThrowsError(try GatewayConfig.parse(yaml: "listeners: []\nroutes: []\nupstreams: { app: { backends: [\"127.0.0.1:1\"], tls: { verify_cert: false, crl_file: c.pem } } }\n")) { error in
+            XCTAssertTrue("\(error)".hasPrefix("upstreams.app.tls.crl_file: checks the upstream's certificate, which verify_cert: false does not verify"), "\(error)")
+        }
+    }
+}
