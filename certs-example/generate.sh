@@ -2,7 +2,8 @@
 # Generates example certificates at run time (nothing secret is committed):
 # a root CA, an intermediate CA, and ECDSA P-256 leaves for localhost,
 # a.example.test and *.b.example.test, laid out two ways:
-#   OUT/live/<name>/{cert,chain,fullchain,privkey}.pem -> ../../archive/<name>/*1.pem  (certbot)
+#   OUT/live/<name>/{cert,chain,fullchain,privkey}.pem -> ../../archive/<name>/*1.pem  (certbot,
+#   with OUT/renewal/<name>.conf as certbot 2.1 writes it, for the renewal watchdog)
 #   OUT/pairs/<name>.crt + <name>.key                                                 (plain pairs)
 # OUT/ca.pem is the root to trust: curl --cacert OUT/ca.pem https://localhost:8443/
 set -euo pipefail
@@ -36,6 +37,9 @@ issue() { # name, SANs
   for f in cert chain fullchain privkey; do
     ln -sfn "../../archive/$name/${f}1.pem" "live/$name/$f.pem"
   done
+  mkdir -p renewal
+  printf '# renew_before_expiry = 30 days\nversion = 2.1.0\narchive_dir = %s/archive/%s\ncert = %s/live/%s/cert.pem\nprivkey = %s/live/%s/privkey.pem\nchain = %s/live/%s/chain.pem\nfullchain = %s/live/%s/fullchain.pem\n\n# Options used in the renewal process\n[renewalparams]\nauthenticator = manual\nserver = https://acme.example.test/directory\n' \
+    "$PWD" "$name" "$PWD" "$name" "$PWD" "$name" "$PWD" "$name" "$PWD" "$name" > "renewal/$name.conf"
   cp "archive/$name/fullchain1.pem" "pairs/$name.crt"
   cp "archive/$name/privkey1.pem" "pairs/$name.key"
   rm -f "$name.csr" "$name.ext"
@@ -44,7 +48,7 @@ issue() { # name, SANs
 issue localhost "DNS:localhost,IP:127.0.0.1"
 issue a.example.test "DNS:a.example.test"
 issue b.example.test "DNS:*.b.example.test"
-chmod 700 live archive
+chmod 700 live archive renewal
 rm -f intermediate.csr intermediate.ext ./*.srl
 chmod 644 ca.pem intermediate.pem
 echo "example certificates written to $(pwd) (trust ca.pem)"

@@ -22,6 +22,20 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
     /// Names claimed by more than one lineage, with the winner, for the log.
     package let conflicts: [(name: String, winner: String, losers: [String])]
 
+    /// The CRL files installed in its contexts, once each (by path), with the policy index
+    /// that names them: what clients are checked against now.
+    package var revocationLists: [(policy: Int, lists: RevocationListFile)] {
+        var seen = Set<String>()
+        var found: [(policy: Int, lists: RevocationListFile)] = []
+        for (policy, contexts) in zip(self.contexts.indices, zip(self.contexts, self.dualContexts).map { $0 + $1 }) {
+            for context in contexts {
+                guard let lists = context.revocation, seen.insert(lists.path).inserted else { continue }
+                found.append((policy, lists))
+            }
+        }
+        return found
+    }
+
     /// The names each lineage is served for, sorted, in the order of `lineages`.
     package var servedNames: [[String]] {
         var names = [[String]](repeating: [], count: self.lineages.count)

@@ -37,7 +37,7 @@ extension Gateway {
     /// The `/status/certificates` document.
     package func certificatesJSON(now: Int64 = Int64(currentTime())) -> String {
         let items = self.certificateReports(now: now).map { certificateJSON($0, served: self.servedProof.checks(for: $0.name), now: now) }
-        let crls = self.revocationLists.files(self.stores, groups: self.groups).map { revocationListJSON($0, now: now) }
+        let crls = RevocationListStatus.files(self.stores, groups: self.groups).map { revocationListJSON($0, now: now) }
         return "{\"generated_at\":\(now),\"generated_at_rfc3339\":\(jsonString(rfc3339(now))),\"certificates\":[\(items.joined(separator: ","))],"
             + "\"revocation_lists\":[\(crls.joined(separator: ","))]}\n"
     }
@@ -96,7 +96,7 @@ extension Gateway {
     func metricsText() -> String {
         let now = Int64(currentTime())
         return self.metrics.render(reports: self.certificateReports(now: now), stores: self.stores, groups: self.groups, served: self.servedProof.allChecks,
-                                   revocationLists: self.revocationLists.files(self.stores, groups: self.groups), now: now)
+                                   revocationLists: RevocationListStatus.files(self.stores, groups: self.groups), now: now)
     }
 }
 

@@ -186,6 +186,9 @@ extension Gateway {
         let caFiles = Set(self.stores.flatMap { $0.configuration.policies.compactMap(\.clientCAFile) })
         guard !files.isEmpty else { return nil }
         let stamps = NIOLockedValueBox(files.keys.reduce(into: [String: String?]()) { $0[$1] = fileStamp($1) })
+        // Stores with a crl_strict policy, and whether their lists were stale when last looked at.
+        let strict = self.stores.filter { $0.configuration.policies.contains { $0.clientCRLStrict } }
+        let staleSeen = NIOLockedValueBox([ObjectIdentifier: Bool]())
         return PeriodicJob(interval: .seconds(1)) {
             try? await NIOThreadPool.singleton.runIfActive {
                 for (file, stores) in files {
@@ -194,6 +197,17 @@ extension Gateway {
                     stamps.withLockedValue { $0[file] = now }
                     let kind = caFiles.contains(file) ? "client CA bundle" : "CRL file"
                     for store in stores { store.rebuildContexts(reason: "\(kind) \(file) changed") }
+                }
+                // A strict list going stale refuses every client from then on, and the
+                // contexts are built again so that no session made before resumes.
+                let now = Int64(currentTime())
+                for store in strict {
+                    let stale = store.snapshot.revocationLists.contains { $0.lists.isStale(now: now) }
+                    let was = staleSeen.withLockedValue { seen in
+                        defer { seen[ObjectIdentifier(store)] = stale }
+                        return seen[ObjectIdentifier(store)] ?? false
+                    }
+                    if stale, !was { store.rebuildContexts(reason: "a CRL went past its next update (crl_strict: clients are refused until a fresh one)") }
                 }
             }
         }

@@ -66,8 +66,6 @@ package final class Gateway: Sendable {
     let logger: Logger
     /// Handshakes with the gateway's own HTTPS listeners after each publication.
     package let servedProof: ServedProof
-    /// The client CRL files, as the status views show them.
-    let revocationLists = RevocationListStatus()
     let state = NIOLockedValueBox(RunState())
     let metrics: GatewayMetrics
     /// Outcome of configuration reloads; carried from one configuration generation to the next.

@@ -82,7 +82,7 @@ final class GatewayMetrics: Sendable {
         self.refreshUpstreams(groups)
         var live: [String: Gauge] = [:]
         for file in revocationLists {
-            for list in file.lists {
+            for list in file.lists.lists {
                 let labels = [("file", file.path), ("used_by", file.usedBy), ("issuer", list.issuer)]
                 if let nextUpdate = list.nextUpdate {
                     let next = self.certificateGauge("edge_crl_next_update_timestamp_seconds", labels,
@@ -92,7 +92,7 @@ final class GatewayMetrics: Sendable {
                 }
                 let stale = self.certificateGauge("edge_crl_stale", labels,
                                                   help: "1 when a CRL is past its nextUpdate: revocations since are not in it (peers are refused with crl_strict, else checked against it).")
-                stale.set(to: file.stale(list, now: now) ? 1 : 0)
+                stale.set(to: list.isStale(now: now) ? 1 : 0)
                 live[metricKey("edge_crl_stale", labels)] = stale
             }
         }

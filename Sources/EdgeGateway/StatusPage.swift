@@ -68,15 +68,14 @@ func statusPage(_ gateway: Gateway) -> String {
             """
     }
     // CRLs: a stale one is a warning (`RevocationListStatus`).
-    let crls = gateway.revocationLists.files(gateway.stores, groups: gateway.groups)
+    let crls = RevocationListStatus.files(gateway.stores, groups: gateway.groups)
     let crlList = crls.isEmpty ? "" : "<h2>Revocation lists</h2><ul>" + crls.map { file in
-        let lists = file.lists.map { list -> String in
+        let lists = file.lists.lists.map { list -> String in
             let next = list.nextUpdate.map { "next update \(isoDate($0)) UTC" } ?? "no next update"
-            let stale = file.stale(list, now: now) ? " <span class=\"bad\">STALE: past its next update\(file.strict ? ", clients refused (crl_strict)" : "")</span>" : ""
-            return "\(html(list.issuer)): \(list.revoked) revoked, \(next)\(stale)"
+            let stale = list.isStale(now: now) ? " <span class=\"bad\">STALE: past its next update\(file.strict ? ", clients refused (crl_strict)" : "")</span>" : ""
+            return "\(html(list.issuer)): \(list.revokedCount) revoked, \(next)\(stale)"
         }.joined(separator: "; ")
-        return "<li><b>\(html(file.path))</b> (\(html(file.usedBy)), \(file.chain ? "chain" : "leaf")): \(lists)"
-            + (file.error.map { " <span class=\"bad\">\(html($0)); the last good lists are in use</span>" } ?? "") + "</li>"
+        return "<li><b>\(html(file.path))</b> (\(html(file.usedBy)), \(file.chain ? "chain" : "leaf")): \(lists)</li>"
     }.joined() + "</ul>"
     let problems = gateway.stores.flatMap { $0.problems }
     let problemList = problems.isEmpty ? "<p>No rejected certificate versions.</p>" : "<ul>" + problems.map {

@@ -92,20 +92,30 @@ package final class UpstreamTLS: Sendable {
     /// changed. The sessions kept for resumption are dropped with the old context: a
     /// resumed session skips the certificate check, so one made before a revocation must
     /// not outlive it (nor one made with the previous client certificate).
-    package var context: TLSContext {
+    package var context: TLSContext { self.currentContext.context }
+
+    /// The context new connections use now, as it is (never rebuilt here): for the status views.
+    package var installedContext: TLSContext { self.current.withLockedValue { $0.context } }
+
+    /// The context for new connections and the generation it was built for, read together:
+    /// a connection takes its session slot by this generation, never by one read apart, so
+    /// a session kept under an older context (before a revocation) is never offered with
+    /// a newer one.
+    package var currentContext: (generation: Int, context: TLSContext) {
         let wanted = self.generation
         var rebuilt = false
-        let context = self.current.withLockedValue { current in
+        let current = self.current.withLockedValue { current in
             if current.generation != wanted, let rebuild = self.rebuild {
                 let fresh = rebuild()
                 // A failed build is not tried again until the next change.
                 current = (fresh.generation, fresh.context ?? current.context)
                 rebuilt = fresh.context != nil
             }
-            return current.context
+            return current
         }
+        // Slots are keyed by generation; the old ones only hold memory.
         if rebuilt { self.slots.withLockedValue { $0.removeAll() } }
-        return context
+        return current
     }
 
     /// The session slot of one backend address, for TLS session resumption.

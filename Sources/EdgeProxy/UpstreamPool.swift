@@ -207,11 +207,13 @@ package final class UpstreamPool {
         let tlsHandler: NIOLoopBound<OpenSSLHandler>?
         do {
             if let tls {
-                // One session per backend entry: entries on one address may have other names.
-                let slot = tls.sessionSlot(for: "\(index)#\(key.generation)")
+                // One session per backend entry (entries on one address may have other
+                // names) and context generation, read with the context itself.
+                let current = tls.currentContext
+                let slot = tls.sessionSlot(for: "\(index)#\(current.generation)")
                 var configuration = TLSHandlerConfiguration()
                 configuration.holdsFirstRead = true
-                tlsHandler = NIOLoopBound(try OpenSSLHandler(clientContext: tls.context, serverName: tls.serverName(for: backend),
+                tlsHandler = NIOLoopBound(try OpenSSLHandler(clientContext: current.context, serverName: tls.serverName(for: backend),
                                                              verifyHostnames: tls.verifyNames(for: backend), allowCommonName: tls.allowCommonName,
                                                              sessionSlot: slot, alpn: alpn, configuration: configuration), eventLoop: self.eventLoop)
             } else {

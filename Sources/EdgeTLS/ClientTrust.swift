@@ -1,5 +1,8 @@
 import COpenSSL
 import CEdgeShims
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A client CA bundle as read once for one server context: its certificates and the
 /// hash of its bytes.
@@ -41,7 +44,10 @@ struct ClientTrust {
     /// required, the allow list, the CRLs' bytes and how they are checked), hashed to fit
     /// OpenSSL's 32 bytes.
     func sessionContext(_ policy: TLSServerPolicy) -> String {
-        let revocation = self.revocation.map { "\($0.bytesSHA256)|\(policy.clientCRLChain)|\(policy.clientCRLStrict)" } ?? "none"
+        // Under crl_strict a stale list refuses every client; the watch builds the contexts
+        // again when one goes stale, and this bit keeps the sessions made before from resuming.
+        let staleStrict = policy.clientCRLStrict && (self.revocation?.isStale(now: Int64(time(nil))) ?? false)
+        let revocation = self.revocation.map { "\($0.bytesSHA256)|\(policy.clientCRLChain)|\(policy.clientCRLStrict)|\(staleStrict)" } ?? "none"
         let admission = "\(self.bytesSHA256)|\(policy.requireClientCertificate)|\(String(reflecting: policy.clientAllow))|\(revocation)"
         return String(sha256Hex(Array(admission.utf8)).prefix(24))
     }

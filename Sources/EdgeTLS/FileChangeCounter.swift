@@ -23,8 +23,9 @@ package final class FileChangeCounter: Sendable {
 
     /// How many times the file changed since this counter was made.
     package var changes: Int {
-        let now = Self.monotonicNanoseconds()
-        return self.state.withLockedValue { state in
+        self.state.withLockedValue { state in
+            // Read under the lock: a reading from before another thread's would move it back.
+            let now = Self.monotonicNanoseconds()
             guard now &- state.lookedAt >= 1_000_000_000 else { return state.changes }
             state.lookedAt = now
             let stamp = Self.stamp(self.path)

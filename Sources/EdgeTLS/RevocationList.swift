@@ -25,7 +25,7 @@ package final class RevocationList: @unchecked Sendable {
     deinit { X509_CRL_free(self.pointer) }
 
     /// Past its next update: revocations since are not in it.
-    package func isStale(now: Int64) -> Bool { self.nextUpdate.map { now >= $0 } ?? false }
+    package func isStale(now: Int64) -> Bool { self.nextUpdate.map { now > $0 } ?? false }
 }
 
 /// A CRL file as read once for one server context: its lists and the hash of its bytes.
@@ -37,6 +37,10 @@ package struct RevocationListFile: Sendable {
     package let path: String
     package let lists: [RevocationList]
     let bytesSHA256: String
+
+    /// The earliest next update of its lists: when the file goes stale.
+    package var nextUpdate: Int64? { self.lists.compactMap(\.nextUpdate).min() }
+    package func isStale(now: Int64) -> Bool { self.lists.contains { $0.isStale(now: now) } }
 
     /// Reads and checks `path`: PEM `X509 CRL` blocks, each signed by one of `issuers`
     /// (a CRL no trusted CA signed would make OpenSSL refuse every peer it covers); nil:
@@ -51,12 +55,19 @@ package struct RevocationListFile: Sendable {
         let lists = try Self.parse(bytes, path: path)
         for list in lists {
             guard let issuers else { break }
-            guard let issuer = issuers.first(where: { X509_NAME_cmp(X509_CRL_get_issuer(list.pointer), X509_get_subject_name($0.pointer)) == 0 }) else {
-                throw TLSError.configuration("CRL file \(path): the CRL of \(list.issuer) is not from a CA of the CA bundle it checks")
-            }
-            guard let key = X509_get0_pubkey(issuer.pointer), X509_CRL_verify(list.pointer, key) == 1 else {
+            // A CRL of a CA the bundle does not hold (an intermediate the peers send) is
+            // checked by OpenSSL at each handshake, against the intermediate presented.
+            let named = issuers.filter { X509_NAME_cmp(X509_CRL_get_issuer(list.pointer), X509_get_subject_name($0.pointer)) == 0 }
+            guard !named.isEmpty else { continue }
+            // Any CA of that name (a key rollover keeps two).
+            guard let signer = named.first(where: { X509_get0_pubkey($0.pointer).map { X509_CRL_verify(list.pointer, $0) == 1 } ?? false }) else {
                 ERR_clear_error()
-                throw TLSError.configuration("CRL file \(path): the CRL of \(list.issuer) is not signed by that CA's key")
+                throw TLSError.configuration("CRL file \(path): the CRL of \(list.issuer) is not signed by the key of that CA in the bundle")
+            }
+            ERR_clear_error()
+            // Without cRLSign in its key usage, OpenSSL refuses every certificate the list covers.
+            guard X509_get_key_usage(signer.pointer) & UInt32(KU_CRL_SIGN) != 0 else {
+                throw TLSError.configuration("CRL file \(path): the key usage of \(list.issuer) does not include cRLSign, so OpenSSL would refuse every certificate it covers")
             }
         }
         self.path = path

@@ -101,9 +101,13 @@ package final class TLSContext: @unchecked Sendable {
     /// What a certificate set chose this context as (its lineages and client-authentication
     /// policy, stable across snapshots); empty when it was not chosen from a set.
     let selection: String
+    /// The CRLs installed in the context (`client_auth.crl_file`, an upstream's `crl_file`):
+    /// what the status views show, and when a strict list goes stale.
+    package let revocation: RevocationListFile?
 
     private init(pointer: OpaquePointer, isServer: Bool, chain: [X509Certificate], offeredVersions: String = "",
-                 sessionContext: [UInt8] = [], selection: String = "") {
+                 sessionContext: [UInt8] = [], selection: String = "", revocation: RevocationListFile? = nil) {
+        self.revocation = revocation
         self.pointer = pointer
         self.isServer = isServer
         self.certificateChain = chain
@@ -137,7 +141,7 @@ package final class TLSContext: @unchecked Sendable {
     /// `selection`: what a certificate set chose it as (see `servesLike`).
     package static func server(chain: [X509Certificate], key: PrivateKey, policy: TLSServerPolicy, selection: String = "") throws -> TLSContext {
         guard let leaf = chain.first else { throw TLSError.invalidCertificate("no certificate in the chain") }
-        let (ctx, sessionContext) = try makeServerContext(policy: policy)
+        let (ctx, sessionContext, revocation) = try makeServerContext(policy: policy)
         ERR_clear_error()
         guard SSL_CTX_use_certificate(ctx, leaf.pointer) == 1 else {
             SSL_CTX_free(ctx)
@@ -153,14 +157,14 @@ package final class TLSContext: @unchecked Sendable {
             SSL_CTX_free(ctx)
             throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
         }
-        return TLSContext(pointer: ctx, isServer: true, chain: chain, sessionContext: sessionContext, selection: selection)
+        return TLSContext(pointer: ctx, isServer: true, chain: chain, sessionContext: sessionContext, selection: selection, revocation: revocation)
     }
 
     /// A server context holding several certificate chains of different key types
     /// (an ECDSA and an RSA one): OpenSSL serves the first the client's signature
     /// algorithms allow, in the order given.
     package static func server(pairs: [(chain: [X509Certificate], key: PrivateKey)], policy: TLSServerPolicy, selection: String = "") throws -> TLSContext {
-        let (ctx, sessionContext) = try makeServerContext(policy: policy)
+        let (ctx, sessionContext, revocation) = try makeServerContext(policy: policy)
         for (chain, key) in pairs {
             guard let leaf = chain.first else { continue }
             ERR_clear_error()
@@ -178,13 +182,14 @@ package final class TLSContext: @unchecked Sendable {
                 throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
             }
         }
-        return TLSContext(pointer: ctx, isServer: true, chain: pairs.first?.chain ?? [], sessionContext: sessionContext, selection: selection)
+        return TLSContext(pointer: ctx, isServer: true, chain: pairs.first?.chain ?? [], sessionContext: sessionContext, selection: selection,
+                          revocation: revocation)
     }
 
     /// A listener's initial context: holds no certificate of its own and hands
     /// every handshake to `selector` from OpenSSL's servername callback.
     package static func listener(policy: TLSServerPolicy, selector: any ServerNameSelector) throws -> TLSContext {
-        let (ctx, sessionContext) = try makeServerContext(policy: policy)
+        let (ctx, sessionContext, revocation) = try makeServerContext(policy: policy)
         // The context owns the selector: a handshake in flight keeps the context, and so
         // the selector its callbacks reach, even after a reload replaced this listener.
         let box = SelectorBox(selector)
@@ -200,11 +205,11 @@ package final class TLSContext: @unchecked Sendable {
             _ = SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticketKeyCallback)
         }
         edge_SSL_CTX_set_tlsext_servername_arg(ctx, Unmanaged.passUnretained(box).toOpaque())
-        return TLSContext(pointer: ctx, isServer: true, chain: [], sessionContext: sessionContext)
+        return TLSContext(pointer: ctx, isServer: true, chain: [], sessionContext: sessionContext, revocation: revocation)
     }
 
-    /// A server context for `policy`, and its session-ID context.
-    private static func makeServerContext(policy: TLSServerPolicy) throws -> (OpaquePointer, [UInt8]) {
+    /// A server context for `policy`, its session-ID context and the CRLs installed in it.
+    private static func makeServerContext(policy: TLSServerPolicy) throws -> (OpaquePointer, [UInt8], RevocationListFile?) {
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
             throw TLSError.configuration("SSL_CTX_new failed: \(openSSLErrorQueueDescription())")
@@ -259,7 +264,7 @@ package final class TLSContext: @unchecked Sendable {
                 let wire = ALPNWireFormat.intern(policy.alpnProtocols)
                 SSL_CTX_set_alpn_select_cb(ctx, alpnSelectCallback, UnsafeMutableRawPointer(mutating: wire))
             }
-            return (ctx, sid)
+            return (ctx, sid, trust?.revocation)
         } catch {
             SSL_CTX_free(ctx)
             throw error
@@ -279,6 +284,7 @@ package final class TLSContext: @unchecked Sendable {
         guard let ctx = SSL_CTX_new(TLS_client_method()) else {
             throw TLSError.configuration("SSL_CTX_new failed: \(openSSLErrorQueueDescription())")
         }
+        var revocation: RevocationListFile?
         do {
             try applyCommon(ctx, minimum: configuration.minimumVersion, maximum: .tls13)
             _ = SSL_CTX_set_options(ctx, EDGE_SSL_OP_NO_RENEGOTIATION | EDGE_SSL_OP_NO_COMPRESSION)
@@ -301,8 +307,14 @@ package final class TLSContext: @unchecked Sendable {
                 SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
                 if let crlFile = configuration.crlFile {
                     // Checked against the CAs of ca_file when one is named (the system store is not read here).
-                    let issuers = try configuration.caFile.map { file in try PEMBundle.parse(try readRegularFile(file)).certificates }
+                    let issuers: [X509Certificate]?
+                    do {
+                        issuers = try configuration.caFile.map { file in try PEMBundle.parse(try readRegularFile(file)).certificates }
+                    } catch {
+                        throw TLSError.configuration("cannot load CA bundle \(configuration.caFile ?? ""): \(error)")
+                    }
                     let lists = try RevocationListFile(path: crlFile, issuers: issuers)
+                    revocation = lists
                     guard let store = SSL_CTX_get_cert_store(ctx) else { throw TLSError.configuration("CRL file \(crlFile): the context has no certificate store") }
                     try lists.install(in: store, chain: configuration.crlChain)
                     OwnedExData.set(ClientVerificationBox(allow: nil, crlStrict: configuration.crlStrict), on: ctx, index: OwnedExData.clientVerification)
@@ -334,7 +346,7 @@ package final class TLSContext: @unchecked Sendable {
             // Notes whether the upstream asked for a client certificate (see `upstreamReason`).
             SSL_CTX_set_cert_cb(ctx, certificateRequestCallback, nil)
             let offered = configuration.minimumVersion == .tls13 ? "TLSv1.3 only" : "TLSv1.2 and TLSv1.3"
-            return TLSContext(pointer: ctx, isServer: false, chain: configuration.clientChain ?? [], offeredVersions: offered)
+            return TLSContext(pointer: ctx, isServer: false, chain: configuration.clientChain ?? [], offeredVersions: offered, revocation: revocation)
         } catch {
             SSL_CTX_free(ctx)
             throw error

@@ -68,11 +68,22 @@ final class ClientRevocationTests: XCTestCase {
         }
 
         /// Writes the CRL to `path` in one rename (as an operator's job would), due again in
-        /// `seconds` (default: a week).
-        func publishCRL(to path: String, seconds: Int? = nil) throws {
+        /// a week; `stale`: one whose next update was yesterday.
+        func publishCRL(to path: String, stale: Bool = false, nextUpdateIn seconds: Int? = nil) throws {
+            var dates = stale ? " -crl_lastupdate \(Self.utc(-2 * 86_400)) -crl_nextupdate \(Self.utc(-86_400))" : ""
+            if let seconds { dates = " -crl_nextupdate \(Self.utc(seconds))" }
             // doc-command: openssl ca -config openssl.cnf -gencrl -out crl.pem
-            try Self.run("openssl ca -config '\(self.config)' -gencrl -out '\(path).new'" + (seconds.map { " -crlsec \($0)" } ?? ""))
+            try Self.run("openssl ca -config '\(self.config)' -gencrl -out '\(path).new'" + dates)
             try Self.run("mv '\(path).new' '\(path)'")
+        }
+
+        /// A time `offset` seconds from now as openssl ca takes it (YYYYMMDDHHMMSSZ).
+        static func utc(_ offset: Int) -> String {
+            let formatter = DateFormatter()
+            formatter.timeZone = TimeZone(identifier: "UTC")
+            formatter.locale = Locale(identifier: "en_US_POSIX")
+            formatter.dateFormat = "yyyyMMddHHmmss'Z'"
+            return formatter.string(from: Date().addingTimeInterval(TimeInterval(offset)))
         }
 
         @discardableResult
@@ -114,6 +125,7 @@ final class ClientRevocationTests: XCTestCase {
     }
 
     /// A TLS session with the client certificate, saved to or resumed from `file`.
+    /// `version` may add `-no_ticket`: a TLS 1.2 session resumed by its ID from the server's cache.
     func session(_ port: Int, _ version: String, _ client: (certificate: String, key: String, serial: String), out: String? = nil, in input: String? = nil) throws -> String {
         let flags = (out.map { "-sess_out '\($0)'" } ?? "") + (input.map { " -sess_in '\($0)'" } ?? "")
         // stdin stays open a moment so the TLS 1.3 ticket arrives.
@@ -135,8 +147,9 @@ final class ClientRevocationTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("client certificate refused: revoked (serial \(bob.serial), client_auth.crl_file) (subject CN=bob") },
                       gateway.log)
         // Sessions alice makes now, by ticket (TLS 1.3) and by session ID (TLS 1.2), resume...
-        for version in ["-tls1_3", "-tls1_2"] {
-            let file = dir.file("alice\(version)")
+        let versions = ["-tls1_3", "-tls1_2", "-tls1_2 -no_ticket"]
+        for version in versions {
+            let file = dir.file("alice\(version.replacingOccurrences(of: " ", with: ""))")
             XCTAssertTrue(try session(port, version, alice, out: file).contains("New,"))
             XCTAssertTrue(try session(port, version, alice, in: file).contains("Reused,"), "\(version) resumes before the revocation")
         }
@@ -145,9 +158,9 @@ final class ClientRevocationTests: XCTestCase {
         try ca.revoke(alice.certificate)
         try ca.publishCRL(to: crl)
         XCTAssertTrue(eventually(timeout: 5) { !self.admitted(port, alice) }, gateway.log)
-        XCTAssertTrue(gateway.log.contains("client certificate refused: revoked (serial \(alice.serial)"), gateway.log)
-        for version in ["-tls1_3", "-tls1_2"] {
-            let again = try session(port, version, alice, in: dir.file("alice\(version)"))
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("client certificate refused: revoked (serial \(alice.serial)") }, gateway.log)
+        for version in versions {
+            let again = try session(port, version, alice, in: dir.file("alice\(version.replacingOccurrences(of: " ", with: ""))"))
             XCTAssertFalse(again.contains("Reused,"), "\(version): a session made before the revocation does not resume:\n\(again.prefix(600))")
         }
         // The status view lists the file: its issuer, one update, two revocations.
@@ -168,32 +181,52 @@ final class ClientRevocationTests: XCTestCase {
     }
 
     /// A list past its next update is stale: a warning on the status views and in the
-    /// metrics; clients are still checked against it, and with `crl_strict` refused.
+    /// metrics; clients are still checked against it, and with `crl_strict` refused (a
+    /// session made while it was fresh does not resume either).
     func testAStaleListIsShownAndRefusesOnlyWhenStrict() throws {
         let dir = TemporaryDirectory()
         let ca = try ClientCA(in: dir)
         let alice = try ca.issue("alice"), bob = try ca.issue("bob")
         let crl = dir.file("crl.pem")
         try ca.revoke(bob.certificate)
-        try ca.publishCRL(to: crl, seconds: 3)
+        try ca.publishCRL(to: crl)
         let (lenient, lenientPort, admin) = try startGateway(dir, name: "lenient", ca: ca, crl: crl, options: ", crl_check: chain")
         defer { _ = lenient.stop() }
         let (strict, strictPort, _) = try startGateway(dir, name: "strict", ca: ca, crl: crl, options: ", crl_strict: true")
         defer { _ = strict.stop() }
         XCTAssertTrue(admitted(strictPort, alice), strict.log)
-        XCTAssertTrue(eventually(timeout: 10, interval: 0.5) { metricSum("edge_crl_stale", admin: admin) == 1 }, lenient.log)
+        XCTAssertEqual(metricSum("edge_crl_stale", admin: admin), 0)
+        let ticket = dir.file("alice-strict")
+        XCTAssertTrue(try session(strictPort, "-tls1_3", alice, out: ticket).contains("New,"))
+        // The CA's job failed to run: the list on disk is one whose next update has passed.
+        try ca.publishCRL(to: crl, stale: true)
+        XCTAssertTrue(eventually(timeout: 10, interval: 0.2) { metricSum("edge_crl_stale", admin: admin) == 1 }, lenient.log)
         let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/certificates"]).stdout
         XCTAssertTrue(status.contains("\"used_by\":\"client_auth\",\"crl_check\":\"chain\",\"crl_strict\":false,\"state\":\"stale\""), status)
         let page = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/"]).stdout
         XCTAssertTrue(page.contains("STALE: past its next update"), page)
         XCTAssertTrue(admitted(lenientPort, alice), "a stale list still admits who it does not revoke: " + lenient.log)
         XCTAssertFalse(admitted(lenientPort, bob), "and still refuses who it revokes")
-        XCTAssertFalse(admitted(strictPort, alice), "crl_strict refuses everyone while the list is stale")
-        XCTAssertTrue(strict.log.contains("CRL has expired"), strict.log)
+        XCTAssertTrue(eventually(timeout: 5) { !self.admitted(strictPort, alice) }, "crl_strict refuses everyone while the list is stale: " + strict.log)
+        XCTAssertTrue(eventually(timeout: 5) { strict.log.contains("CRL has expired") }, strict.log)
+        XCTAssertFalse(try session(strictPort, "-tls1_3", alice, in: ticket).contains("Reused,"), "nor does a session made while it was fresh resume")
         // A fresh list ends it, without a restart.
         try ca.publishCRL(to: crl)
         XCTAssertTrue(eventually(timeout: 5) { self.admitted(strictPort, alice) }, strict.log)
-        XCTAssertEqual(metricSum("edge_crl_stale", admin: admin), 0)
+        XCTAssertTrue(eventually(timeout: 5) { metricSum("edge_crl_stale", admin: admin) == 0 })
+        // A list that goes stale with time alone, no file changing: the sessions made while
+        // it was fresh stop resuming too (the contexts are built again when it goes stale).
+        let rebuilds = { strict.log.components(separatedBy: "certificate contexts rebuilt").count }
+        let wentStale = { strict.log.components(separatedBy: "a CRL went past its next update").count }
+        let (before, staleBefore) = (rebuilds(), wentStale())
+        try ca.publishCRL(to: crl, nextUpdateIn: 6)
+        XCTAssertTrue(eventually(timeout: 5) { rebuilds() > before }, strict.log)
+        let late = dir.file("alice-late")
+        XCTAssertTrue(try session(strictPort, "-tls1_3", alice, out: late).contains("New,"), "made while the list is fresh")
+        XCTAssertTrue(try session(strictPort, "-tls1_3", alice, in: late).contains("Reused,"), "and resumes while it is")
+        XCTAssertTrue(eventually(timeout: 15, interval: 0.5) { !self.admitted(strictPort, alice) }, strict.log)
+        XCTAssertTrue(eventually(timeout: 5) { wentStale() > staleBefore }, strict.log)
+        XCTAssertFalse(try session(strictPort, "-tls1_3", alice, in: late).contains("Reused,"), "not once the list is stale")
     }
 
     /// An upstream whose certificate is revoked is refused at the next connection once the
@@ -233,10 +266,27 @@ final class ClientRevocationTests: XCTestCase {
         try ca.revoke(server.certificate)
         try ca.publishCRL(to: crl)
         XCTAssertTrue(eventually(timeout: 5, interval: 0.2) { status() == "502" }, gateway.log)
-        XCTAssertTrue(gateway.log.contains("certificate verify failed: certificate revoked (serial \(server.serial), CN=app, in tls.crl_file)"), gateway.log)
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("certificate verify failed: certificate revoked (serial \(server.serial), CN=app, in tls.crl_file)") }, gateway.log)
         XCTAssertEqual(metricSum("edge_upstream_tls_handshake_failures_total{upstream=\"app\",backend=\"127.0.0.1:\(upstreamPort)\",reason=\"certificate_revoked\"}", admin: admin).map { $0 > 0 }, true)
         let lists = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/certificates"]).stdout
         XCTAssertTrue(lists.contains("\"used_by\":\"upstream app\""), lists)
+    }
+
+    /// A CRL that cannot be used stops `check` and `run`, naming its key and why.
+    func testABrokenListIsRefusedAtStartNamingItsKey() throws {
+        let dir = TemporaryDirectory()
+        let ca = try ClientCA(in: dir)
+        try "not a CRL\n".write(toFile: dir.file("crl.pem"), atomically: true, encoding: .utf8)
+        let site = try TestPKI().issue(["localhost"], into: dir.path, name: "site")
+        try dir.write("gateway.yaml", """
+            listeners:
+              - { name: https, address: "127.0.0.1:0", tls: { certificate: \(site.fullchain), key: \(site.key), client_auth: { ca_file: \(ca.certificate), crl_file: crl.pem } } }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            """)
+        let check = try Shell.run([gatewayBinary(), "check", "-c", dir.file("gateway.yaml")])
+        XCTAssertEqual(check.status, 1)
+        XCTAssertTrue(check.stderr.contains("listeners[0].tls.client_auth.crl_file: CRL file \(dir.file("crl.pem")): no X509 CRL block found"), check.stderr)
     }
 
     func testSettingsThatCannotWorkAreRefusedNamingTheKey() throws {

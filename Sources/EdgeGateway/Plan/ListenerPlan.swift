@@ -88,6 +88,14 @@ extension PlanBuilder {
                 policy.clientCRLFile = auth.crlFile.map(resolve)
                 policy.clientCRLChain = auth.crlCheck == .chain
                 policy.clientCRLStrict = auth.crlStrict
+                // Checked here to name the key: the contexts report it only as the listener's.
+                if let crl = policy.clientCRLFile, let bundle = try? PEMBundle.parse(try readRegularFile(resolve(auth.caFile))) {
+                    do {
+                        _ = try RevocationListFile(path: crl, issuers: bundle.certificates)
+                    } catch {
+                        problems.append("\(key).crl_file: \(Gateway.reason(error))")
+                    }
+                }
                 if let allow = auth.allow {
                     var list = ClientAllowList()
                     list.dnsNames = allow.dns

@@ -225,20 +225,26 @@ extension PlanBuilder {
         }
         let alternatives = t.alternativeCN.filter { !$0.isEmpty }
         do {
+            // Made before the context reads the file: a change while it is built is not missed.
+            let crlChanges = configuration.crlFile.map { FileChangeCounter(path: $0) }
             let context = try TLSContext.client(configuration: configuration)
             // SNI is `sni`, else each backend's host (never an IP literal); the certificate
             // must hold one of `sni` (else the backend's host) and the alternative_cn names.
             let names = (serverName: t.sni, alternatives: alternatives, verifies: t.verifyCert && t.verifyHostname, allowCN: t.allowCommonName)
-            // The context is built again when the client certificate's store publishes or the
-            // CRL file changes: the generation counts both.
-            let crlChanges = configuration.crlFile.map { FileChangeCounter(path: $0) }
+            // The context is built again when the client certificate's store publishes, when
+            // the CRL file changes, and when a crl_strict list goes stale (so that no pooled
+            // connection or kept session made before is used again): the generation counts all three.
             guard clientStore != nil || crlChanges != nil else {
                 return (UpstreamTLS(context: context, serverName: names.serverName, alternativeNames: names.alternatives,
                                     verifiesNames: names.verifies, allowCommonName: names.allowCN, revocation: configuration.crlFile.map { ($0, configuration.crlChain, configuration.crlStrict) }), nil, checkFailure)
             }
             let store = clientStore
-            let generation: @Sendable () -> Int = { (store?.snapshot.generation ?? 0) << 32 | (crlChanges?.changes ?? 0) }
             let base = configuration
+            let strictNextUpdate = NIOLockedValueBox(base.crlStrict ? context.revocation?.nextUpdate : nil)
+            let generation: @Sendable () -> Int = {
+                let stale = strictNextUpdate.withLockedValue { $0 }.map { Int64(currentTime()) > $0 } ?? false
+                return (store?.snapshot.generation ?? 0) << 32 | (crlChanges?.changes ?? 0) << 1 | (stale ? 1 : 0)
+            }
             let lastSerial = NIOLockedValueBox(base.clientChain?.first?.serialNumberHex)
             var clientCertificate: (@Sendable () -> X509Certificate?)?
             if let store { clientCertificate = { store.snapshot.lineages.first?.leaf } }
@@ -258,6 +264,7 @@ extension PlanBuilder {
                     }
                     do {
                         let context = try TLSContext.client(configuration: next)
+                        if next.crlStrict { strictNextUpdate.withLockedValue { $0 = context.revocation?.nextUpdate } }
                         let serial = next.clientChain?.first?.serialNumberHex
                         let changed = lastSerial.withLockedValue { last -> Bool in
                             defer { last = serial }
