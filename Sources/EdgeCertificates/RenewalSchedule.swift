@@ -145,7 +145,7 @@ package struct RenewalPolicy: Sendable, Hashable {
                 case .missing(let file):
                     basis = .certbotDefault(file: file, version: nil)
                     renewBefore = 0
-                    problem = "\(file): no such file: `certbot renew` does not renew this lineage"
+                    problem = "\(file): no such file here: `certbot renew` does not renew this lineage on this host (renew_before: 0s on the source if it is renewed elsewhere)"
                 case .unreadable(let file, let reason):
                     basis = .certbotUnknown(file: file)
                     renewBefore = 0

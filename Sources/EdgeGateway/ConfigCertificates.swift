@@ -153,9 +153,11 @@ package struct CertificateSourceConfig: Decodable, Sendable {
         self.key = try c.decodeRecorded(String.self, forKey: .key)
         self.name = try c.decodeRecorded(String.self, forKey: .name)
         self.renewBefore = try c.decodeRecorded(Duration.self, forKey: .renewBefore)
-        if self.certbot != nil, self.renewBefore != nil {
+        // 0s takes any source out of the watch (a host that gets certbot's live/ and archive/
+        // from elsewhere, without renewal/); another value is certbot's own file's to set.
+        if self.certbot != nil, let renewBefore = self.renewBefore, renewBefore.nanoseconds != 0 {
             throw ConfigError(path: keyPath(decoder.codingPath + [CodingKeys.renewBefore]),
-                              message: "not for a certbot source: certbot renews by renew_before_expiry in its renewal/<name>.conf, which the gateway reads")
+                              message: "not for a certbot source: certbot renews by renew_before_expiry in its renewal/<name>.conf, which the gateway reads (0s turns the watch off)")
         }
         let kinds = [self.certbot, self.kubernetes, self.directory, self.certificate].compactMap { $0 }.count
         guard kinds == 1 else {

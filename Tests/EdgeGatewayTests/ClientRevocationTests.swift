@@ -128,8 +128,8 @@ final class ClientRevocationTests: XCTestCase {
     /// `version` may add `-no_ticket`: a TLS 1.2 session resumed by its ID from the server's cache.
     func session(_ port: Int, _ version: String, _ client: (certificate: String, key: String, serial: String), out: String? = nil, in input: String? = nil) throws -> String {
         let flags = (out.map { "-sess_out '\($0)'" } ?? "") + (input.map { " -sess_in '\($0)'" } ?? "")
-        // stdin stays open a moment so the TLS 1.3 ticket arrives.
-        return try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) "
+        // stdin stays open a second so the TLS 1.3 ticket arrives (the ASan build is slow).
+        return try Shell.bash("(sleep 1) | timeout 20 openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) "
                               + "-cert '\(client.certificate)' -key '\(client.key)' \(flags) 2>&1").stdout
     }
 
@@ -214,17 +214,18 @@ final class ClientRevocationTests: XCTestCase {
         try ca.publishCRL(to: crl)
         XCTAssertTrue(eventually(timeout: 5) { self.admitted(strictPort, alice) }, strict.log)
         XCTAssertTrue(eventually(timeout: 5) { metricSum("edge_crl_stale", admin: admin) == 0 })
-        // A list that goes stale with time alone, no file changing: the sessions made while
-        // it was fresh stop resuming too (the contexts are built again when it goes stale).
+        // A list that goes stale with time alone (20 s from now), no file changing: the
+        // sessions made while it was fresh stop resuming too (the contexts are built again
+        // when it goes stale).
         let rebuilds = { strict.log.components(separatedBy: "certificate contexts rebuilt").count }
         let wentStale = { strict.log.components(separatedBy: "a CRL went past its next update").count }
         let (before, staleBefore) = (rebuilds(), wentStale())
-        try ca.publishCRL(to: crl, nextUpdateIn: 6)
+        try ca.publishCRL(to: crl, nextUpdateIn: 20)
         XCTAssertTrue(eventually(timeout: 5) { rebuilds() > before }, strict.log)
         let late = dir.file("alice-late")
         XCTAssertTrue(try session(strictPort, "-tls1_3", alice, out: late).contains("New,"), "made while the list is fresh")
         XCTAssertTrue(try session(strictPort, "-tls1_3", alice, in: late).contains("Reused,"), "and resumes while it is")
-        XCTAssertTrue(eventually(timeout: 15, interval: 0.5) { !self.admitted(strictPort, alice) }, strict.log)
+        XCTAssertTrue(eventually(timeout: 40, interval: 0.5) { !self.admitted(strictPort, alice) }, strict.log)
         XCTAssertTrue(eventually(timeout: 5) { wentStale() > staleBefore }, strict.log)
         XCTAssertFalse(try session(strictPort, "-tls1_3", alice, in: late).contains("Reused,"), "not once the list is stale")
     }

@@ -128,7 +128,8 @@ final class RenewalScheduleTests: XCTestCase {
         let certbot = CertificateSource.certbot(dir)
         // No renewal file: certbot does not renew it, and the view says so.
         let missing = try XCTUnwrap(policy.expectation(source: certbot, lineage: "a.example.com", notBefore: 0, notAfter: 90 * day, rejectedVersion: nil, now: 0))
-        XCTAssertEqual(missing.problem, "\(dir)/renewal/a.example.com.conf: no such file: `certbot renew` does not renew this lineage")
+        XCTAssertEqual(missing.problem, "\(dir)/renewal/a.example.com.conf: no such file here: `certbot renew` does not renew this lineage on this host "
+                       + "(renew_before: 0s on the source if it is renewed elsewhere)")
         XCTAssertEqual(missing.expectedAt, 90 * day, "nothing renews it: overdue only once expired")
         try "renew_before_expiry = 20 days\nversion = 2.1.0\n".write(toFile: dir + "/renewal/a.example.com.conf", atomically: true, encoding: .utf8)
         let set = try XCTUnwrap(policy.expectation(source: certbot, lineage: "a.example.com", notBefore: 0, notAfter: 90 * day, rejectedVersion: nil, now: 0))
@@ -197,6 +198,8 @@ final class RenewalConfigTests: XCTestCase {
         XCTAssertThrowsError(try GatewayConfig.parse(yaml: base + "expiry: { renewal_grace_lifetime: 2 }\n")) { error in
             XCTAssertTrue("\(error)".hasPrefix("expiry.renewal_grace_lifetime: a fraction of the lifetime"), "\(error)")
         }
+        XCTAssertNoThrow(try GatewayConfig.parse(yaml: base + "certificates: { sources: [ { certbot: /etc/letsencrypt, renew_before: 0s } ] }\n"),
+                         "0s takes a certbot source out of the watch")
         let config = try GatewayConfig.parse(yaml: base + """
             certificates: { sources: [ { kubernetes: secret, renew_before: 10d }, { directory: /etc/certs } ] }
             expiry: { renewal_grace: 12h, renewal_grace_lifetime: 0.05 }
