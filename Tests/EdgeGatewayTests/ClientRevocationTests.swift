@@ -133,13 +133,21 @@ final class ClientRevocationTests: XCTestCase {
                               + "-cert '\(client.certificate)' -key '\(client.key)' \(flags) 2>&1").stdout
     }
 
-    func testARevokedClientIsRefusedCannotResumeAndANewListNeedsNoRestart() throws {
+    typealias Client = (certificate: String, key: String, serial: String)
+
+    /// A CA with clients alice and bob, bob revoked in the list at `crl`.
+    func twoClientsOneRevoked() throws -> (TemporaryDirectory, ClientCA, alice: Client, bob: Client, crl: String) {
         let dir = TemporaryDirectory()
         let ca = try ClientCA(in: dir)
         let alice = try ca.issue("alice"), bob = try ca.issue("bob")
         let crl = dir.file("crl.pem")
         try ca.revoke(bob.certificate)
         try ca.publishCRL(to: crl)
+        return (dir, ca, alice, bob, crl)
+    }
+
+    func testARevokedClientIsRefusedCannotResumeAndANewListNeedsNoRestart() throws {
+        let (dir, ca, alice, bob, crl) = try twoClientsOneRevoked()
         let (gateway, port, admin) = try startGateway(dir, name: "leaf", ca: ca, crl: crl)
         defer { _ = gateway.stop() }
         XCTAssertTrue(admitted(port, alice), gateway.log)
@@ -184,12 +192,7 @@ final class ClientRevocationTests: XCTestCase {
     /// metrics; clients are still checked against it, and with `crl_strict` refused (a
     /// session made while it was fresh does not resume either).
     func testAStaleListIsShownAndRefusesOnlyWhenStrict() throws {
-        let dir = TemporaryDirectory()
-        let ca = try ClientCA(in: dir)
-        let alice = try ca.issue("alice"), bob = try ca.issue("bob")
-        let crl = dir.file("crl.pem")
-        try ca.revoke(bob.certificate)
-        try ca.publishCRL(to: crl)
+        let (dir, ca, alice, bob, crl) = try twoClientsOneRevoked()
         let (lenient, lenientPort, admin) = try startGateway(dir, name: "lenient", ca: ca, crl: crl, options: ", crl_check: chain")
         defer { _ = lenient.stop() }
         let (strict, strictPort, _) = try startGateway(dir, name: "strict", ca: ca, crl: crl, options: ", crl_strict: true")
