@@ -129,24 +129,26 @@ package struct RenewalPolicy: Sendable, Hashable {
         } else {
             switch source {
             case .certbot(let path):
-                switch files.reading(liveDirectory: certbotLiveDirectory(path), lineage: lineage) {
+                let live = certbotLiveDirectory(path)
+                let file = CertbotRenewalConfig.path(liveDirectory: live, lineage: lineage)
+                switch files.reading(liveDirectory: live, lineage: lineage) {
                 case .read(let config):
                     if let text = config.renewBeforeText {
-                        basis = .certbotSetting(file: CertbotRenewalConfig.path(liveDirectory: certbotLiveDirectory(path), lineage: lineage), value: text)
+                        basis = .certbotSetting(file: file, value: text)
                         renewBefore = config.renewBeforeSeconds ?? 0
                     } else {
-                        basis = .certbotDefault(file: CertbotRenewalConfig.path(liveDirectory: certbotLiveDirectory(path), lineage: lineage), version: config.version)
+                        basis = .certbotDefault(file: file, version: config.version)
                         renewBefore = config.defaultRenewBefore(lifetime: lifetime)
                     }
                     problem = config.problem
                     // A file certbot cannot parse is skipped by every run: it renews nothing.
                     if problem?.hasPrefix("line ") == true { renewBefore = 0 }
                     disabled = !config.autorenew
-                case .missing(let file):
+                case .missing:
                     basis = .certbotDefault(file: file, version: nil)
                     renewBefore = 0
                     problem = "\(file): no such file here: `certbot renew` does not renew this lineage on this host (renew_before: 0s on the source if it is renewed elsewhere)"
-                case .unreadable(let file, let reason):
+                case .unreadable(_, let reason):
                     basis = .certbotUnknown(file: file)
                     renewBefore = 0
                     problem = "\(file): \(reason): when certbot renews is not known (the gateway's group needs read access to renewal/, as the deploy hook gives it)"
