@@ -69,3 +69,37 @@ void edge_BIO_set_retry_read(BIO *bio) {
 void edge_BIO_clear_retry_flags(BIO *bio) {
     BIO_clear_retry_flags(bio);
 }
+
+void edge_SSL_CTX_set_tlsext_status_cb(SSL_CTX *ctx, edge_status_cb cb) {
+    SSL_CTX_set_tlsext_status_cb(ctx, cb);
+}
+void edge_SSL_CTX_set_tlsext_status_arg(SSL_CTX *ctx, void *arg) {
+    SSL_CTX_set_tlsext_status_arg(ctx, arg);
+}
+long edge_SSL_set_tlsext_status_ocsp_resp(SSL *ssl, unsigned char *response, long length) {
+    return SSL_set_tlsext_status_ocsp_resp(ssl, response, length);
+}
+long edge_SSL_set_tlsext_status_type(SSL *ssl, int type) {
+    return SSL_set_tlsext_status_type(ssl, type);
+}
+long edge_SSL_get_tlsext_status_ocsp_resp(SSL *ssl, const unsigned char **response) {
+    return SSL_get_tlsext_status_ocsp_resp(ssl, response);
+}
+void *edge_OPENSSL_malloc(size_t length) {
+    return OPENSSL_malloc(length);
+}
+int edge_sk_OPENSSL_STRING_num(const STACK_OF(OPENSSL_STRING) *stack) {
+    return sk_OPENSSL_STRING_num(stack);
+}
+const char *edge_sk_OPENSSL_STRING_value(const STACK_OF(OPENSSL_STRING) *stack, int index) {
+    return sk_OPENSSL_STRING_value(stack, index);
+}
+int edge_sk_ASN1_INTEGER_num(const STACK_OF(ASN1_INTEGER) *stack) {
+    return sk_ASN1_INTEGER_num(stack);
+}
+const ASN1_INTEGER *edge_sk_ASN1_INTEGER_value(const STACK_OF(ASN1_INTEGER) *stack, int index) {
+    return sk_ASN1_INTEGER_value(stack, index);
+}
+void edge_sk_ASN1_INTEGER_pop_free(STACK_OF(ASN1_INTEGER) *stack) {
+    sk_ASN1_INTEGER_pop_free(stack, ASN1_INTEGER_free);
+}

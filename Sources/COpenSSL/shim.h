@@ -12,4 +12,6 @@
 #include <openssl/bio.h>
 #include <openssl/rand.h>
 #include <openssl/core_names.h>
+#include <openssl/ocsp.h>
+#include <openssl/http.h>
 #endif

@@ -36,7 +36,8 @@ extension Gateway {
 
     /// The `/status/certificates` document.
     package func certificatesJSON(now: Int64 = Int64(currentTime())) -> String {
-        let items = self.certificateReports(now: now).map { certificateJSON($0, served: self.servedProof.checks(for: $0.name), now: now) }
+        let items = self.certificateReports(now: now).map { certificateJSON($0, served: self.servedProof.checks(for: $0.name),
+                                                                                       ocsp: self.ocspStapler.state(fingerprint: $0.sha256Fingerprint), now: now) }
         let crls = RevocationListStatus.files(self.stores, groups: self.groups).map { revocationListJSON($0, now: now) }
         return "{\"generated_at\":\(now),\"generated_at_rfc3339\":\(jsonString(rfc3339(now))),\"certificates\":[\(items.joined(separator: ","))],"
             + "\"revocation_lists\":[\(crls.joined(separator: ","))]}\n"
@@ -96,7 +97,8 @@ extension Gateway {
     func metricsText() -> String {
         let now = Int64(currentTime())
         return self.metrics.render(reports: self.certificateReports(now: now), stores: self.stores, groups: self.groups, served: self.servedProof.allChecks,
-                                   revocationLists: RevocationListStatus.files(self.stores, groups: self.groups), now: now)
+                                   revocationLists: RevocationListStatus.files(self.stores, groups: self.groups),
+                                   ocsp: { self.ocspStapler.state(fingerprint: $0) }, now: now)
     }
 }
 
@@ -153,7 +155,7 @@ func servedJSON(_ checks: [ServedProof.Check]) -> String {
 
 /// One lineage's report; `served`: what the listeners served for it (the running
 /// gateway's `/status/certificates`; `certs` reads files and has none).
-func certificateJSON(_ r: CertificateReport, served: [ServedProof.Check]? = nil, now: Int64) -> String {
+func certificateJSON(_ r: CertificateReport, served: [ServedProof.Check]? = nil, ocsp: OCSPStapleState? = nil, now: Int64) -> String {
     let chain = r.chain.map {
         "{\"subject\":\(jsonString($0.subject)),\"issuer\":\(jsonString($0.issuer)),\"serial\":\(jsonString($0.serial)),"
             + "\"not_before\":\($0.notBefore),\"not_before_rfc3339\":\(jsonString(rfc3339($0.notBefore))),"
@@ -178,7 +180,23 @@ func certificateJSON(_ r: CertificateReport, served: [ServedProof.Check]? = nil,
         + "\"chain_valid\":\(r.chainChecked ? "\(r.chainProblem == nil)" : "null"),\"chain_checked\":\(r.chainChecked),\"chain_problem\":\(r.chainProblem.map(jsonString) ?? "null"),"
         + "\"loaded_at\":\(r.loadedAt),\"loaded_at_rfc3339\":\(jsonString(rfc3339(r.loadedAt))),\"generation\":\(r.generation),\"rejected_version\":\(rejected),"
         + "\"renewal\":\(renewal)"
-        + (served.map { ",\"served\":\(servedJSON($0))" } ?? "") + "}"
+        + (served.map { ",\"served\":\(servedJSON($0))" } ?? "")
+        + (ocsp.map { ",\"ocsp\":\(ocspJSON($0, now: now))" } ?? "") + "}"
+}
+
+/// OCSP stapling of a certificate whose AIA names a responder (`OCSPStapler`).
+func ocspJSON(_ s: OCSPStapleState, now: Int64) -> String {
+    let (level, reason) = s.level(now: now)
+    let response = s.response
+    func time(_ key: String, _ value: Int64?) -> String {
+        "\"\(key)\":\(value.map(String.init) ?? "null"),\"\(key)_rfc3339\":\(value.map { jsonString(rfc3339($0)) } ?? "null")"
+    }
+    return "{\"state\":\(jsonString(s.state(now: now))),\"level\":\(jsonString(level.rawValue)),\"reason\":\(reason.map(jsonString) ?? "null"),"
+        + "\"must_staple\":\(s.mustStaple),\"responder\":\(jsonString(s.responderURL)),"
+        + "\"certificate_status\":\(response.map { jsonString($0.status.name) } ?? "null"),\"source\":\(s.source.map { jsonString($0.rawValue) } ?? "null"),"
+        + time("this_update", response?.thisUpdate) + "," + time("next_update", response?.nextUpdate) + ","
+        + time("fetched_at", s.fetchedAt) + "," + time("next_fetch_at", s.off ? nil : s.nextFetchAt) + ","
+        + "\"last_error\":\(s.lastError.map(jsonString) ?? "null"),\"failures\":\(s.failures)}"
 }
 
 /// When the renewing agent should renew the served certificate (the renewal watchdog).

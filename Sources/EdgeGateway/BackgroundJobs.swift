@@ -133,6 +133,12 @@ extension Gateway {
         jobs.append(("health-checks", StopOnShutdown(stop: checker.stop)))
         jobs.append(("session-ticket-keys", self.ticketKeyJob()))
         if let caWatch = self.clientCAWatchJob() { jobs.append(("client-ca-watch", caWatch)) }
+        let stapler = self.ocspStapler, stores = self.stores
+        // Every second: cheap when nothing is due (a look at the snapshots), and a new
+        // lineage's first response is asked for within a second of its publication.
+        jobs.append(("ocsp-stapling", PeriodicJob(interval: .seconds(1)) {
+            try? await NIOThreadPool.singleton.runIfActive { stapler.tick(stores: stores, now: Int64(currentTime())) }
+        }))
         if self.config.memoryTrimming {
             let logger = self.logger, metrics = self.metrics
             jobs.append(("heap-trimmer", PeriodicJob(interval: .seconds(1)) {

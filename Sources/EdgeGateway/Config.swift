@@ -27,6 +27,8 @@ package struct GatewayConfig: Decodable, Sendable {
     /// Give free heap pages back to the kernel after bursts of connections (`HeapTrimmer`).
     package var memoryTrimming: Bool
     package var accessLog: AccessLogConfig?
+    /// OCSP stapling of served certificates whose AIA names a responder.
+    package var ocsp: OCSPConfig
     /// Problems found while reading the file that did not stop it from being read
     /// (unknown keys), "file: key path: reason": `Gateway.prepare` reports them with its own.
     var decodingProblems: [String] = []
@@ -39,6 +41,7 @@ package struct GatewayConfig: Decodable, Sendable {
         case handoffSocket = "handoff_socket"
         case memoryTrimming = "memory_trimming"
         case accessLog = "access_log"
+        case ocsp
     }
 
     package init(from decoder: any Decoder) throws {
@@ -58,6 +61,7 @@ package struct GatewayConfig: Decodable, Sendable {
         self.handoffSocket = try c.decodeRecorded(String.self, forKey: .handoffSocket)
         self.memoryTrimming = try c.decodeRecorded(Bool.self, forKey: .memoryTrimming) ?? true
         self.accessLog = try c.decodeRecorded(AccessLogConfig.self, forKey: .accessLog)
+        self.ocsp = try c.decodeRecorded(OCSPConfig.self, forKey: .ocsp) ?? OCSPConfig()
     }
 
     /// Parses YAML text; errors name the key path. Every problem decoding finds is
@@ -99,6 +103,36 @@ package struct AccessLogConfig: Decodable, Sendable {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.path = try c.decode(String.self, forKey: .path)
         self.format = try c.decodeRecorded(Choice<AccessLogFile.Format>.self, forKey: .format)?.value ?? .combined
+    }
+}
+
+/// OCSP stapling (`ocsp:`): on by default for every served certificate whose Authority
+/// Information Access names an OCSP responder (certificates without one are left alone).
+package struct OCSPConfig: Decodable, Sendable {
+    package var stapling = true
+    /// A directory (relative to the configuration file) where verified responses are kept,
+    /// so that a restart staples at once without asking the responder.
+    package var cacheDir: String?
+    /// How long one request to a responder may take.
+    package var responderTimeout: Duration = .seconds(10)
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case stapling
+        case cacheDir = "cache_dir"
+        case responderTimeout = "responder_timeout"
+    }
+
+    init() {}
+
+    package init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.stapling = try c.decodeRecorded(Bool.self, forKey: .stapling) ?? true
+        self.cacheDir = try c.decodeRecorded(String.self, forKey: .cacheDir)
+        self.responderTimeout = try c.decodeRecorded(Duration.self, forKey: .responderTimeout) ?? self.responderTimeout
+        guard (1_000_000_000...60_000_000_000).contains(self.responderTimeout.nanoseconds) else {
+            throw ConfigError(path: keyPath(decoder.codingPath + [CodingKeys.responderTimeout]), message: "between 1s and 60s")
+        }
     }
 }
 

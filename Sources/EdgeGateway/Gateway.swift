@@ -66,6 +66,8 @@ package final class Gateway: Sendable {
     let logger: Logger
     /// Handshakes with the gateway's own HTTPS listeners after each publication.
     package let servedProof: ServedProof
+    /// OCSP responses of the served certificates that name a responder.
+    package let ocspStapler: OCSPStapler
     let state = NIOLockedValueBox(RunState())
     let metrics: GatewayMetrics
     /// Outcome of configuration reloads; carried from one configuration generation to the next.
@@ -119,6 +121,7 @@ package final class Gateway: Sendable {
         self.plan = try GatewayPlan(config: config, baseDirectory: baseDirectory, logger: logger, succeeding: previous?.sharedStore)
         self.logger = logger
         self.servedProof = ServedProof(logger: logger, previous: previous?.servedProof)
+        self.ocspStapler = OCSPStapler(config: config.ocsp, baseDirectory: baseDirectory, logger: logger, previous: previous?.ocspStapler)
         self.metrics = previous?.metrics ?? GatewayMetrics()
         self.configStatus = previous?.configStatus ?? ConfigReloadStatus()
     }

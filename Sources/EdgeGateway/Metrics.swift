@@ -78,7 +78,7 @@ final class GatewayMetrics: Sendable {
 
     /// Refreshes the derived gauges and renders the exposition.
     func render(reports: [CertificateReport], stores: [CertificateStore], groups: [UpstreamGroup], served: [String: [ServedProof.Check]] = [:],
-                revocationLists: [RevocationListStatus.File] = [], now: Int64) -> String {
+                revocationLists: [RevocationListStatus.File] = [], ocsp: (String) -> OCSPStapleState? = { _ in nil }, now: Int64) -> String {
         self.refreshUpstreams(groups)
         var live: [String: Gauge] = [:]
         for file in revocationLists {
@@ -150,6 +150,21 @@ final class GatewayMetrics: Sendable {
                                                     help: "1 when the renewing agent will not renew the lineage as expected or its settings could not be read (certbot's renewal file missing, unreadable or not understood; the reason is on /status/certificates).")
                 problem.set(to: renewal.problem == nil ? 0 : 1)
                 live[metricKey("edge_certificate_renewal_problem", chainLabels)] = problem
+            }
+            if let stapling = ocsp(report.sha256Fingerprint) {
+                // No series for a certificate without an OCSP responder: nothing to staple.
+                let stapled = self.certificateGauge("edge_certificate_ocsp_stapled", chainLabels,
+                                                    help: "1 when a verified, good and current OCSP response is stapled for the served certificate (its AIA names a responder).")
+                stapled.set(to: stapling.stapled(now: now) == nil ? 0 : 1)
+                live[metricKey("edge_certificate_ocsp_stapled", chainLabels)] = stapled
+                let next = self.certificateGauge("edge_certificate_ocsp_next_update_timestamp_seconds", chainLabels,
+                                                 help: "Next update of the stapled OCSP response (Unix time); 0 when none is stapled or it names none.")
+                next.set(to: Double(stapling.stapled(now: now)?.nextUpdate ?? 0))
+                live[metricKey("edge_certificate_ocsp_next_update_timestamp_seconds", chainLabels)] = next
+                let level = self.certificateGauge("edge_certificate_ocsp_problem", chainLabels,
+                                                  help: "OCSP stapling of the served certificate: 0 ok, 1 warning (no current response, or its refresh fails), 2 critical (revoked, or must-staple without a response); the reason is on /status/certificates.")
+                level.set(to: Double([OCSPStapleState.Level.ok, .warning, .critical].firstIndex(of: stapling.level(now: now).level)!))
+                live[metricKey("edge_certificate_ocsp_problem", chainLabels)] = level
             }
             let rejected = self.certificateGauge("edge_certificate_rejected", chainLabels, help: "1 when the newest version on disk was rejected and an older one is served.")
             rejected.set(to: report.rejectedError == nil ? 0 : 1)

@@ -51,6 +51,16 @@ func statusPage(_ gateway: Gateway) -> String {
                 return "<div class=\"note small\">renewal time unknown</div>"
             }
         }.map { note in note + (r.renewal?.problem.map { "<div class=\"note bad\">renewal: \(html($0))</div>" } ?? "") } ?? ""
+        // OCSP stapling, for a certificate whose AIA names a responder (`OCSPStapler`).
+        let ocspNote = gateway.ocspStapler.state(fingerprint: r.sha256Fingerprint).map { stapling -> String in
+            let (level, reason) = stapling.level(now: now)
+            if let stapled = stapling.stapled(now: now), level == .ok {
+                return "<div class=\"note small\">OCSP stapled (\(html(stapling.source?.rawValue ?? ""))), next update "
+                    + "\(stapled.nextUpdate.map { isoDate($0) + " UTC" } ?? "none")</div>"
+            }
+            guard let reason else { return "<div class=\"note small\">OCSP: \(html(stapling.state(now: now)))</div>" }
+            return "<div class=\"note \(level == .critical ? "bad" : "warn")\">OCSP \(level == .critical ? "CRITICAL" : "warning"): \(html(reason))</div>"
+        } ?? ""
         let chain = r.chain.map {
             "<li>\(html($0.subject)) <span class=\"small\">— not after \(isoDate($0.notAfter)) UTC, \(html($0.state.rawValue))</span></li>"
         }.joined()
@@ -62,7 +72,7 @@ func statusPage(_ gateway: Gateway) -> String {
               <td>\(isoDate(r.notAfter))<details data-key="\(html(r.name))"><summary class="small">chain (\(r.chain.count))</summary><ul class="small">\(chain)</ul></details></td>
               <td><div class="bar"><div style="width:\(width)%;background:\(stateColour(r.state))"></div></div>
                   <div class="small">\(r.state == .expired ? "expired" : humanDuration(max(0, firstNotAfter - now)) + " left") · \(Int((r.lifetimeUsed * 100).rounded()))% of lifetime used</div>\(earlier)</td>
-              <td><span class="state" style="background:\(stateColour(r.state))">\(r.state.rawValue)</span>\(chainNote)\(rejectedNote)\(renewalNote)\(servedNote)</td>
+              <td><span class="state" style="background:\(stateColour(r.state))">\(r.state.rawValue)</span>\(chainNote)\(rejectedNote)\(renewalNote)\(ocspNote)\(servedNote)</td>
             </tr>
 
             """
@@ -104,6 +114,7 @@ func statusPage(_ gateway: Gateway) -> String {
           .mono { font-family: ui-monospace, monospace; }
           .note { font-size: 12px; margin-top: 4px; }
           .bad { color: #c62828; }
+          .warn { color: #e65100; }
           .up { color: #2e7d32; }
           ul { margin: 4px 0; padding-left: 18px; }
         </style></head>

@@ -18,6 +18,8 @@ enum OwnedExData {
     static let selector = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, nil, nil, nil, releaseOwnedObject)
     /// The `TLSContext` a connection was switched to by SNI, held until the `SSL` is freed.
     static let selectedContext = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, nil, nil, nil, releaseOwnedObject)
+    /// The OCSP staple slots of a server context's leaves, read by its status callback.
+    static let staples = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, nil, nil, nil, releaseOwnedObject)
     /// The names an upstream connection's verify callback accepts (`PeerNameCheck`).
     static let peerNames = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, nil, nil, nil, releaseOwnedObject)
 

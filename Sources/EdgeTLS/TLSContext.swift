@@ -157,6 +157,7 @@ package final class TLSContext: @unchecked Sendable {
             SSL_CTX_free(ctx)
             throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
         }
+        OCSPStaples.install(on: ctx, leaves: [leaf])
         return TLSContext(pointer: ctx, isServer: true, chain: chain, sessionContext: sessionContext, selection: selection, revocation: revocation)
     }
 
@@ -182,6 +183,7 @@ package final class TLSContext: @unchecked Sendable {
                 throw TLSError.keyMismatch("the private key does not match the certificate: \(openSSLErrorQueueDescription())")
             }
         }
+        OCSPStaples.install(on: ctx, leaves: pairs.compactMap(\.chain.first))
         return TLSContext(pointer: ctx, isServer: true, chain: pairs.first?.chain ?? [], sessionContext: sessionContext, selection: selection,
                           revocation: revocation)
     }

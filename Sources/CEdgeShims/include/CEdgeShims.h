@@ -10,6 +10,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <openssl/ocsp.h>
 #include <stdint.h>
 
 static const uint64_t EDGE_SSL_OP_NO_RENEGOTIATION = SSL_OP_NO_RENEGOTIATION;
@@ -51,5 +52,22 @@ void edge_BIO_clear_retry_flags(BIO *bio);
 
 int edge_sk_GENERAL_NAME_num(const GENERAL_NAMES *names);
 const GENERAL_NAME *edge_sk_GENERAL_NAME_value(const GENERAL_NAMES *names, int index);
+
+/* OCSP stapling: the status callback and the response it hands OpenSSL. */
+typedef int (*edge_status_cb)(SSL *ssl, void *arg);
+void edge_SSL_CTX_set_tlsext_status_cb(SSL_CTX *ctx, edge_status_cb cb);
+void edge_SSL_CTX_set_tlsext_status_arg(SSL_CTX *ctx, void *arg);
+long edge_SSL_set_tlsext_status_ocsp_resp(SSL *ssl, unsigned char *response, long length);
+/* A client asking for a stapled response (for the served-proof and test clients). */
+long edge_SSL_set_tlsext_status_type(SSL *ssl, int type);
+long edge_SSL_get_tlsext_status_ocsp_resp(SSL *ssl, const unsigned char **response);
+void *edge_OPENSSL_malloc(size_t length);
+/* The OCSP URLs of a certificate's AIA (X509_get1_ocsp). */
+int edge_sk_OPENSSL_STRING_num(const STACK_OF(OPENSSL_STRING) *stack);
+const char *edge_sk_OPENSSL_STRING_value(const STACK_OF(OPENSSL_STRING) *stack, int index);
+/* The TLS Feature extension's values (must-staple is status_request, 5). */
+int edge_sk_ASN1_INTEGER_num(const STACK_OF(ASN1_INTEGER) *stack);
+const ASN1_INTEGER *edge_sk_ASN1_INTEGER_value(const STACK_OF(ASN1_INTEGER) *stack, int index);
+void edge_sk_ASN1_INTEGER_pop_free(STACK_OF(ASN1_INTEGER) *stack);
 
 #endif

@@ -1,0 +1,174 @@
+import EdgeCertificates
+import EdgeTLS
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+
+/// OCSP stapling for served certificates whose AIA names a responder: asks the responder
+/// for each such leaf, verifies the answer (`OCSPCheck.verify`), hands it to the leaf's
+/// staple slot (read by the status callback of every context serving the leaf), refreshes
+/// it half-way through its validity and keeps it in `ocsp.cache_dir` when one is set.
+///
+/// Runs as a periodic job on a thread of the pool: a request blocks for up to the
+/// responder timeout, one at a time. Certificates without a responder are never looked at
+/// again, and nothing is said about them (nginx logs a warning per such certificate on
+/// every reload). The state per leaf lives across rotations of other lineages and across
+/// configuration reloads, so neither refetches what is still good.
+package final class OCSPStapler: Sendable {
+    struct Entry {
+        var lineage: String
+        let leaf: X509Certificate
+        let issuer: X509Certificate?
+        /// Held here too, so a slot outlives a moment when no context serves its leaf.
+        let slot: OCSPStapleSlot
+        var state: OCSPStapleState
+        /// The level last logged, so a change is logged once.
+        var loggedLevel: OCSPStapleState.Level = .ok
+    }
+
+    let enabled: Bool
+    let cacheDirectory: String?
+    let timeoutSeconds: Int
+    private let logger: Logger
+    /// By leaf fingerprint.
+    private let entries: NIOLockedValueBox<[String: Entry]>
+
+    init(config: OCSPConfig, baseDirectory: String, logger: Logger, previous: OCSPStapler?) {
+        self.enabled = config.stapling
+        self.cacheDirectory = config.cacheDir.map { resolvePath($0, base: baseDirectory) }
+        self.timeoutSeconds = Int(config.responderTimeout.nanoseconds / 1_000_000_000)
+        self.logger = logger
+        let adopted = previous.flatMap { $0.enabled == config.stapling ? $0.entries.withLockedValue { $0 } : nil } ?? [:]
+        self.entries = NIOLockedValueBox(adopted)
+    }
+
+    /// What is known about stapling the leaf of this fingerprint; nil when it names no
+    /// responder (or is not served by a listener).
+    package func state(fingerprint: String) -> OCSPStapleState? {
+        self.entries.withLockedValue { $0[fingerprint]?.state }
+    }
+
+    /// One round: takes in the leaves the listeners serve now, drops those no longer
+    /// served, and asks the responder for those due.
+    func tick(stores: [CertificateStore], now: Int64) {
+        var served: [String: (lineage: String, chain: [X509Certificate], slot: OCSPStapleSlot)] = [:]
+        for store in stores where store.configuration.chainCheck == .served {
+            for lineage in store.snapshot.lineages {
+                guard let leaf = lineage.chain.first, let slot = OCSPStaples.shared.slot(for: leaf) else { continue }
+                served[slot.fingerprint] = (lineage.name, lineage.chain, slot)
+            }
+        }
+        let fresh: [(String, X509Certificate, X509Certificate?)] = self.entries.withLockedValue { entries in
+            entries = entries.filter { served[$0.key] != nil }
+            var fresh: [(String, X509Certificate, X509Certificate?)] = []
+            for (fingerprint, found) in served {
+                if entries[fingerprint] != nil {
+                    entries[fingerprint]!.lineage = found.lineage
+                    continue
+                }
+                let leaf = found.chain[0]
+                let issuer = OCSPCheck.issuer(of: leaf, in: found.chain)
+                var state = OCSPStapleState(mustStaple: OCSPCheck.mustStaple(leaf), responderURL: OCSPCheck.responderURLs(of: leaf)[0],
+                                            off: !self.enabled, now: now)
+                // A slot that already holds a response (a reload made this stapler) keeps it.
+                if let held = found.slot.current { state.loadedFromCache(held, now: now) }
+                entries[fingerprint] = Entry(lineage: found.lineage, leaf: leaf, issuer: issuer, slot: found.slot, state: state)
+                fresh.append((fingerprint, leaf, issuer))
+            }
+            return fresh
+        }
+        if self.enabled { for (fingerprint, leaf, issuer) in fresh { self.loadCached(fingerprint, leaf: leaf, issuer: issuer, now: now) } }
+        let due = self.entries.withLockedValue { $0.filter { $0.value.state.due(now: now) }.map { ($0.key, $0.value) } }
+        for (fingerprint, entry) in due { self.fetch(fingerprint, entry, now: now) }
+        self.logChanges(now: now)
+    }
+
+    private func fetch(_ fingerprint: String, _ entry: Entry, now: Int64) {
+        let url = entry.state.responderURL
+        let outcome: Result<VerifiedOCSPResponse, Error>
+        if let issuer = entry.issuer {
+            outcome = Result {
+                let request = try OCSPCheck.request(leaf: entry.leaf, issuer: issuer)
+                let der = try OCSPFetch.post(request, to: url, timeoutSeconds: self.timeoutSeconds)
+                return try OCSPCheck.verify(der, leaf: entry.leaf, issuer: issuer, now: now)
+            }
+        } else {
+            outcome = .failure(TLSError.configuration("the chain holds no certificate of the leaf's issuer, which OCSP needs; add the intermediate to the certificate file"))
+        }
+        let done = Int64(currentTime())
+        self.entries.withLockedValue { entries in
+            guard entries[fingerprint] != nil else { return }
+            switch outcome {
+            case .success(let response):
+                entries[fingerprint]!.state.fetched(response, now: done)
+                // A response that is not good ends stapling: the good one held before is
+                // no longer what the responder says.
+                entries[fingerprint]!.slot.current = response.staplable(now: done) ? response : nil
+            case .failure(let error):
+                entries[fingerprint]!.state.failed("\(url): \(Gateway.reason(error))", now: done)
+            }
+        }
+        if case .success(let response) = outcome, response.staplable(now: done) {
+            self.logger.info("OCSP response stapled", metadata: [
+                "lineage": "\(entry.lineage)", "responder": "\(url)", "this_update": "\(isoDate(response.thisUpdate))",
+                "next_update": "\(response.nextUpdate.map(isoDate) ?? "none")",
+            ])
+            self.writeCache(fingerprint, response)
+        }
+    }
+
+    /// Logs a lineage whose stapling level changed: once when it gets worse, once when it clears.
+    private func logChanges(now: Int64) {
+        let changes: [(String, OCSPStapleState.Level, OCSPStapleState.Level, String?, String)] = self.entries.withLockedValue { entries in
+            var changes: [(String, OCSPStapleState.Level, OCSPStapleState.Level, String?, String)] = []
+            for (fingerprint, entry) in entries {
+                let (level, reason) = entry.state.level(now: now)
+                guard level != entry.loggedLevel else { continue }
+                changes.append((entry.lineage, entry.loggedLevel, level, reason, entry.state.responderURL))
+                entries[fingerprint]!.loggedLevel = level
+            }
+            return changes
+        }
+        for (lineage, before, level, reason, url) in changes {
+            let metadata: Logger.Metadata = ["lineage": "\(lineage)", "responder": "\(url)", "reason": "\(reason ?? "")"]
+            switch level {
+            case .ok: self.logger.notice("OCSP stapling recovered", metadata: metadata.merging(["was": "\(before.rawValue)"]) { $1 })
+            case .warning: self.logger.warning("OCSP stapling: no current response", metadata: metadata)
+            case .critical: self.logger.error("OCSP stapling: certificate will be refused by clients that require a stapled response", metadata: metadata)
+            }
+        }
+    }
+
+    private func cacheFile(_ fingerprint: String) -> String? {
+        self.cacheDirectory.map { $0 + "/" + fingerprint.replacingOccurrences(of: ":", with: "").lowercased() + ".ocsp" }
+    }
+
+    /// A response cached by an earlier run: stapled at once if it verifies and is current.
+    private func loadCached(_ fingerprint: String, leaf: X509Certificate, issuer: X509Certificate?, now: Int64) {
+        guard let file = self.cacheFile(fingerprint), let issuer, let bytes = try? readRegularFile(file) else { return }
+        do {
+            let response = try OCSPCheck.verify(bytes, leaf: leaf, issuer: issuer, now: now)
+            guard response.staplable(now: now) else { return }
+            self.entries.withLockedValue { entries in
+                guard entries[fingerprint]?.state.stapled(now: now) == nil else { return }
+                entries[fingerprint]?.state.loadedFromCache(response, now: now)
+                entries[fingerprint]?.slot.current = response
+            }
+        } catch {
+            self.logger.warning("OCSP cache file ignored", metadata: ["file": "\(file)", "reason": "\(Gateway.reason(error))"])
+        }
+    }
+
+    /// Writes the response next to the others, atomically (a temporary file renamed).
+    private func writeCache(_ fingerprint: String, _ response: VerifiedOCSPResponse) {
+        guard let directory = self.cacheDirectory, let file = self.cacheFile(fingerprint) else { return }
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+            let temporary = file + ".tmp"
+            try Data(response.der).write(to: URL(fileURLWithPath: temporary))
+            guard rename(temporary, file) == 0 else { throw TLSError.configuration("rename to \(file): \(String(cString: strerror(errno)))") }
+        } catch {
+            self.logger.warning("OCSP response not cached", metadata: ["directory": "\(directory)", "reason": "\(error)"])
+        }
+    }
+}

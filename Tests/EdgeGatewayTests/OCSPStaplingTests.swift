@@ -1,0 +1,237 @@
+import EdgeGateway
+import EdgeTLS
+import EdgeTestSupport
+import Foundation
+import XCTest
+
+/// OCSP stapling against `openssl ocsp` as the responder, with a CA run by `openssl ca`:
+/// its index is what the responder answers from, so revoking there is revoking for it.
+final class OCSPStaplingTests: XCTestCase {
+    /// A CA whose leaves name an OCSP responder on `responderPort` in their AIA.
+    struct ResponderCA {
+        let dir: String
+        let responderPort = freePort()
+        var config: String { self.dir + "/openssl.cnf" }
+        var certificate: String { self.dir + "/ca.pem" }
+        var key: String { self.dir + "/ca.key" }
+
+        init(in parent: TemporaryDirectory, name: String = "ca") throws {
+            self.dir = parent.file(name)
+            try FileManager.default.createDirectory(atPath: self.dir + "/newcerts", withIntermediateDirectories: true)
+            try "".write(toFile: self.dir + "/index.txt", atomically: true, encoding: .utf8)
+            try "2000\n".write(toFile: self.dir + "/serial", atomically: true, encoding: .utf8)
+            try """
+                [ ca ]
+                default_ca = site_ca
+                [ site_ca ]
+                dir = \(self.dir)
+                database = $dir/index.txt
+                new_certs_dir = $dir/newcerts
+                certificate = $dir/ca.pem
+                private_key = $dir/ca.key
+                serial = $dir/serial
+                default_md = sha256
+                default_days = 30
+                policy = any
+                unique_subject = no
+                copy_extensions = copy
+                [ any ]
+                commonName = supplied
+                [ leaf ]
+                basicConstraints = CA:FALSE
+                keyUsage = critical,digitalSignature
+                extendedKeyUsage = serverAuth
+                authorityInfoAccess = OCSP;URI:http://127.0.0.1:\(self.responderPort)
+                [ must_staple ]
+                basicConstraints = CA:FALSE
+                keyUsage = critical,digitalSignature
+                extendedKeyUsage = serverAuth
+                authorityInfoAccess = OCSP;URI:http://127.0.0.1:\(self.responderPort)
+                tlsfeature = status_request
+
+                """.write(toFile: self.config, atomically: true, encoding: .utf8)
+            try Self.run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout '\(self.key)' -out '\(self.certificate)' "
+                         + "-subj '/CN=Test OCSP CA \(name)' -days 30 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign,digitalSignature")
+        }
+
+        /// Issues a leaf for `host` into `directory` as `<name>.pem` (leaf, CA, key: one
+        /// file of a `directory` source); returns the file.
+        func issue(_ host: String, name: String, into directory: String, extensions: String = "leaf") throws -> String {
+            let base = self.dir + "/" + name
+            try Self.run("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout '\(base).key' -out '\(base).csr' "
+                         + "-subj '/CN=\(host)' -addext subjectAltName=DNS:\(host)")
+            try Self.run("openssl ca -batch -config '\(self.config)' -extensions \(extensions) -in '\(base).csr' -out '\(base).crt' -notext")
+            let file = directory + "/" + name + ".pem"
+            try Self.run("cat '\(base).crt' '\(self.certificate)' '\(base).key' > '\(file).new' && mv '\(file).new' '\(file)'")
+            return base + ".crt"
+        }
+
+        /// `openssl ocsp` answering from the CA's index, signing as `signer` (the CA by
+        /// default), each response valid for `minutes`.
+        func responder(in parent: TemporaryDirectory, signer: (certificate: String, key: String)? = nil, minutes: Int = 1) throws -> GatewayProcess {
+            let (certificate, key) = signer ?? (self.certificate, self.key)
+            // doc-command: openssl ocsp -index index.txt -port 8888 -rsigner ca.pem -rkey ca.key -CA ca.pem -nmin 60
+            let responder = try GatewayProcess(commandLine: ["/usr/bin/openssl", "ocsp", "-index", self.dir + "/index.txt", "-port", "\(self.responderPort)",
+                                                             "-rsigner", certificate, "-rkey", key, "-CA", self.certificate, "-nmin", "\(minutes)"],
+                                               logPath: parent.file("responder-\(UUID().uuidString.prefix(8)).log"))
+            // Not probed by connecting: a connection closed without a request stalls
+            // `openssl ocsp`, which serves one connection at a time.
+            XCTAssertTrue(eventually(timeout: 10) { responder.log.contains("waiting for OCSP client connections") }, responder.log)
+            return responder
+        }
+
+        func revoke(_ certificate: String) throws {
+            try Self.run("openssl ca -config '\(self.config)' -revoke '\(certificate)' -crl_reason keyCompromise")
+        }
+
+        @discardableResult
+        static func run(_ command: String) throws -> String {
+            let result = try Shell.bash(command + " 2>&1")
+            guard result.status == 0 else { throw NSError(domain: "\(command): \(result.stdout)", code: 1) }
+            return result.stdout
+        }
+    }
+
+    /// A gateway serving the `directory` source at `certs`, stapling with `ocsp` settings.
+    func startGateway(_ dir: TemporaryDirectory, certs: String, name: String, ocsp: String = "{}") throws -> (GatewayProcess, https: Int, admin: Int) {
+        let (https, admin) = (freePort(), freePort())
+        try dir.write("\(name).yaml", """
+            listeners:
+              - name: https
+                address: "127.0.0.1:\(https)"
+                tls: {}
+            certificates:
+              sources: [ { directory: \(certs) } ]
+              default: other
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            ocsp: \(ocsp)
+            """)
+        let gateway = try GatewayProcess(config: dir.file("\(name).yaml"), logPath: dir.file("\(name).log"))
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        return (gateway, https, admin)
+    }
+
+    /// What `openssl s_client -status` says of the staple for `host`: the response status
+    /// and certificate status lines, or "none" when no response was stapled.
+    func staple(_ port: Int, host: String, caFile: String) throws -> String {
+        // doc-command: openssl s_client -connect 127.0.0.1:8443 -servername a.example.com -status
+        let out = try Shell.bash("timeout 20 openssl s_client -connect 127.0.0.1:\(port) -servername \(host) -status -CAfile '\(caFile)' < /dev/null 2>&1").stdout
+        if out.contains("OCSP response: no response sent") { return "none" }
+        guard out.contains("OCSP Response Status: successful") else { return "unexpected: " + out.prefix(800) }
+        return out.split(separator: "\n").first { $0.contains("Cert Status:") }.map { $0.trimmingCharacters(in: .whitespaces) } ?? "no status line"
+    }
+
+    /// The `ocsp` object of lineage `name` on `/status/certificates` (nil: none).
+    func ocspStatus(_ admin: Int, _ name: String) throws -> [String: Any]? {
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/certificates"]).stdout
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any], status)
+        let lineage = try XCTUnwrap((json["certificates"] as? [[String: Any]])?.first { $0["name"] as? String == name }, status)
+        return lineage["ocsp"] as? [String: Any]
+    }
+
+    /// The whole path: the response is fetched, verified and stapled; refreshed half-way
+    /// through its validity; kept while another lineage rotates and the responder is down;
+    /// read back from `ocsp.cache_dir` by a restart that cannot reach the responder. A
+    /// certificate without a responder is never mentioned.
+    func testAResponseIsStapledRefreshedKeptAcrossARotationAndReadFromTheCache() throws {
+        let dir = TemporaryDirectory()
+        let ca = try ResponderCA(in: dir)
+        let certs = dir.file("certs")
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        _ = try ca.issue("staple.test", name: "staple", into: certs, extensions: "must_staple")
+        let pki = try TestPKI()
+        let other = try pki.issue(["other.test"], into: dir.path, name: "other")
+        try ResponderCA.run("cat '\(other.fullchain)' '\(other.key)' > '\(certs)/other.pem'")
+        var responder = try ca.responder(in: dir)
+        defer { responder.stop() }
+        let cache = dir.file("ocsp-cache")
+        var (gateway, port, admin) = try startGateway(dir, certs: certs, name: "first", ocsp: "{ cache_dir: \(cache) }")
+        defer { gateway.stop() }
+
+        XCTAssertTrue(eventually(timeout: 15) { (try? self.staple(port, host: "staple.test", caFile: ca.certificate)) == "Cert Status: good" },
+                      "\((try? self.staple(port, host: "staple.test", caFile: ca.certificate)) ?? "")\n\(gateway.log)")
+        let first = try XCTUnwrap(try ocspStatus(admin, "staple"), gateway.log)
+        XCTAssertEqual(first["state"] as? String, "stapled")
+        XCTAssertEqual(first["level"] as? String, "ok")
+        XCTAssertEqual(first["source"] as? String, "responder")
+        XCTAssertEqual(first["must_staple"] as? Bool, true)
+        XCTAssertEqual(first["certificate_status"] as? String, "good")
+        let firstUpdate = try XCTUnwrap(first["this_update"] as? Int)
+        let nextUpdate = try XCTUnwrap(first["next_update"] as? Int)
+        XCTAssertEqual(nextUpdate - firstUpdate, 60, "openssl ocsp -nmin 1")
+        XCTAssertEqual(scrapedMetric("edge_certificate_ocsp_stapled", admin: admin), 1)
+        XCTAssertEqual(scrapedMetric("edge_certificate_ocsp_problem", admin: admin), 0)
+        // A certificate whose AIA names no responder: no staple, no state, no word in the log.
+        XCTAssertEqual(try staple(port, host: "other.test", caFile: pki.caPath), "none")
+        XCTAssertNil(try ocspStatus(admin, "other"))
+        XCTAssertFalse(gateway.log.split(separator: "\n").contains { $0.contains("OCSP") && $0.contains("lineage=other") }, gateway.log)
+
+        // Refreshed half-way through its validity: a newer response, 30 s after the first.
+        XCTAssertTrue(eventually(timeout: 50, interval: 1) { ((try? self.ocspStatus(admin, "staple"))?["this_update"] as? Int ?? 0) > firstUpdate },
+                      gateway.log)
+        let refreshed = try XCTUnwrap(try ocspStatus(admin, "staple"))
+        XCTAssertGreaterThanOrEqual((refreshed["fetched_at"] as? Int ?? 0) - firstUpdate, 29, "refreshed at half its 60 s validity, not sooner")
+
+        // The responder goes away; another lineage rotates: the staple stays.
+        responder.stop()
+        let generation = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status"]).stdout
+        let renewed = try pki.issue(["other.test"], into: dir.path, name: "other-renewed")
+        try ResponderCA.run("cat '\(renewed.fullchain)' '\(renewed.key)' > '\(certs)/other.pem.new' && mv '\(certs)/other.pem.new' '\(certs)/other.pem'")
+        XCTAssertTrue(eventually(timeout: 10) { servedSerial(port: port, serverName: "other.test") == renewed.serial }, gateway.log)
+        XCTAssertNotEqual(try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status"]).stdout, generation)
+        XCTAssertEqual(try staple(port, host: "staple.test", caFile: ca.certificate), "Cert Status: good", gateway.log)
+
+        // A restart with the responder still down staples the cached response at once.
+        XCTAssertEqual(gateway.stop(), 0)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: cache).filter { $0.hasSuffix(".ocsp") }.count, 1)
+        (gateway, port, admin) = try startGateway(dir, certs: certs, name: "second", ocsp: "{ cache_dir: \(cache) }")
+        XCTAssertTrue(eventually(timeout: 10) { (try? self.ocspStatus(admin, "staple"))?["source"] as? String == "cache" }, gateway.log)
+        XCTAssertEqual(try staple(port, host: "staple.test", caFile: ca.certificate), "Cert Status: good", gateway.log)
+        // Its refresh is scheduled half-way through its validity, as if it had been fetched.
+        let cached = try XCTUnwrap(try ocspStatus(admin, "staple"))
+        XCTAssertEqual((cached["next_fetch_at"] as? Int ?? 0) - (cached["this_update"] as? Int ?? 0), 30, "\(cached)")
+    }
+
+    /// Never staple what does not verify: a response signed by another CA is refused, and a
+    /// must-staple certificate without a response is critical; a revocation the responder
+    /// reports ends stapling and is critical too.
+    func testAForgedResponseIsRefusedAndARevocationEndsStapling() throws {
+        let dir = TemporaryDirectory()
+        let ca = try ResponderCA(in: dir)
+        let forger = try ResponderCA(in: dir, name: "forger")
+        let certs = dir.file("certs")
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        let leaf = try ca.issue("staple.test", name: "staple", into: certs, extensions: "must_staple")
+        _ = try ca.issue("other.test", name: "other", into: certs)
+        // The forger answers for the CA's index, but signs with its own key.
+        var responder = try ca.responder(in: dir, signer: (forger.certificate, forger.key))
+        defer { responder.stop() }
+        let (gateway, port, admin) = try startGateway(dir, certs: certs, name: "forged")
+        defer { gateway.stop() }
+        XCTAssertTrue(eventually(timeout: 15) { (try? self.ocspStatus(admin, "staple"))?["level"] as? String == "critical" }, gateway.log)
+        let forged = try XCTUnwrap(try ocspStatus(admin, "staple"))
+        XCTAssertEqual(forged["state"] as? String, "unavailable")
+        XCTAssertTrue((forged["last_error"] as? String ?? "").contains("not signed by the issuer"), "\(forged)")
+        XCTAssertTrue((forged["reason"] as? String ?? "").contains("must-staple"), "\(forged)")
+        XCTAssertEqual(try staple(port, host: "staple.test", caFile: ca.certificate), "none")
+        XCTAssertEqual(scrapedMetric("edge_certificate_ocsp_problem", admin: admin), 3, "staple critical (2), other a warning (1)")
+        XCTAssertTrue(gateway.log.contains("OCSP stapling: certificate will be refused by clients that require a stapled response"), gateway.log)
+
+        // The real responder: stapled within the retry backoff, and the log says it recovered.
+        responder.stop()
+        responder = try ca.responder(in: dir)
+        XCTAssertTrue(eventually(timeout: 20) { (try? self.staple(port, host: "staple.test", caFile: ca.certificate)) == "Cert Status: good" }, gateway.log)
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("OCSP stapling recovered") }, gateway.log)
+
+        // Revoked at the CA: the next refresh (30 s) finds it, stops stapling, and it is critical.
+        try ca.revoke(leaf)
+        XCTAssertTrue(eventually(timeout: 50, interval: 1) { (try? self.ocspStatus(admin, "staple"))?["state"] as? String == "revoked" }, gateway.log)
+        let revoked = try XCTUnwrap(try ocspStatus(admin, "staple"))
+        XCTAssertEqual(revoked["level"] as? String, "critical")
+        XCTAssertEqual(revoked["certificate_status"] as? String, "revoked")
+        XCTAssertEqual(try staple(port, host: "staple.test", caFile: ca.certificate), "none")
+        XCTAssertEqual(try staple(port, host: "other.test", caFile: ca.certificate), "Cert Status: good", "the other lineage is still stapled")
+    }
+}
