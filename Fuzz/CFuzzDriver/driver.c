@@ -20,3 +20,4 @@ ENTRY(FuzzConfig)
 ENTRY(FuzzCertbotRenewal)
 ENTRY(FuzzCRL)
 
+ENTRY(FuzzOCSPResponse)

@@ -134,10 +134,17 @@ extension Gateway {
         jobs.append(("session-ticket-keys", self.ticketKeyJob()))
         if let caWatch = self.clientCAWatchJob() { jobs.append(("client-ca-watch", caWatch)) }
         let stapler = self.ocspStapler, stores = self.stores
-        // Every second: cheap when nothing is due (a look at the snapshots), and a new
-        // lineage's first response is asked for within a second of its publication.
+        // Every second: cheap when nothing is due (a look at the snapshots' generations),
+        // and a new lineage's first response is asked for within a second of its
+        // publication. On a queue of its own, not the pool's threads: a responder that does
+        // not answer holds the tick for its whole timeout, and the pool reads certificates.
         jobs.append(("ocsp-stapling", PeriodicJob(interval: .seconds(1)) {
-            try? await NIOThreadPool.singleton.runIfActive { stapler.tick(stores: stores, now: Int64(currentTime())) }
+            await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+                OCSPStapler.queue.async {
+                    stapler.tick(stores: stores, now: Int64(currentTime()))
+                    done.resume()
+                }
+            }
         }))
         if self.config.memoryTrimming {
             let logger = self.logger, metrics = self.metrics

@@ -1,3 +1,4 @@
+import Dispatch
 import EdgeCertificates
 import EdgeTLS
 import Foundation
@@ -26,12 +27,18 @@ package final class OCSPStapler: Sendable {
         var loggedLevel: OCSPStapleState.Level = .ok
     }
 
+    /// Where ticks run: requests block, one at a time, for up to the responder timeout.
+    static let queue = DispatchQueue(label: "edge-gateway.ocsp-stapling")
+
     let enabled: Bool
     let cacheDirectory: String?
     let timeoutSeconds: Int
     private let logger: Logger
     /// By leaf fingerprint.
     private let entries: NIOLockedValueBox<[String: Entry]>
+    /// The stores' snapshot generations when the served leaves were last collected:
+    /// unchanged, the collection (a fingerprint per lineage) is skipped.
+    private let collectedGenerations = NIOLockedValueBox<[Int]>([])
 
     init(config: OCSPConfig, baseDirectory: String, logger: Logger, previous: OCSPStapler?) {
         self.enabled = config.stapling
@@ -48,11 +55,25 @@ package final class OCSPStapler: Sendable {
         self.entries.withLockedValue { $0[fingerprint]?.state }
     }
 
-    /// One round: takes in the leaves the listeners serve now, drops those no longer
-    /// served, and asks the responder for those due.
+    /// One round: takes in the leaves the listeners serve (when a store published since
+    /// the last round), and asks the responder for those due.
     func tick(stores: [CertificateStore], now: Int64) {
+        let served = stores.filter { $0.configuration.chainCheck == .served }
+        let generations = served.map { $0.snapshot.generation }
+        if self.collectedGenerations.withLockedValue({ $0 }) != generations {
+            self.collect(served, now: now)
+            self.collectedGenerations.withLockedValue { $0 = generations }
+        }
+        let due = self.entries.withLockedValue { $0.filter { $0.value.state.due(now: now) }.map { ($0.key, $0.value) } }
+        for (fingerprint, entry) in due { self.fetch(fingerprint, entry, now: now) }
+        self.logChanges(now: now)
+    }
+
+    /// Takes in the leaves `stores` serve now, with their cached responses, and drops the
+    /// entries of leaves no longer served.
+    private func collect(_ stores: [CertificateStore], now: Int64) {
         var served: [String: (lineage: String, chain: [X509Certificate], slot: OCSPStapleSlot)] = [:]
-        for store in stores where store.configuration.chainCheck == .served {
+        for store in stores {
             for lineage in store.snapshot.lineages {
                 guard let leaf = lineage.chain.first, let slot = OCSPStaples.shared.slot(for: leaf) else { continue }
                 served[slot.fingerprint] = (lineage.name, lineage.chain, slot)
@@ -78,9 +99,6 @@ package final class OCSPStapler: Sendable {
             return fresh
         }
         if self.enabled { for (fingerprint, leaf, issuer) in fresh { self.loadCached(fingerprint, leaf: leaf, issuer: issuer, now: now) } }
-        let due = self.entries.withLockedValue { $0.filter { $0.value.state.due(now: now) }.map { ($0.key, $0.value) } }
-        for (fingerprint, entry) in due { self.fetch(fingerprint, entry, now: now) }
-        self.logChanges(now: now)
     }
 
     private func fetch(_ fingerprint: String, _ entry: Entry, now: Int64) {
