@@ -56,7 +56,14 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
         Self.live.wrappingDecrement(ordering: .relaxed)
     }
 
-    init(generation: Int, lineages: [LoadedLineage], policies: [TLSServerPolicy], defaultName: String?, strictSNI: Bool) throws {
+    /// The client CA bundle and CRLs each policy's contexts were built with, read once for
+    /// the snapshot (nil for a policy without a bundle): a publication that cannot read
+    /// them again builds with these (`CertificateStore`).
+    let trusts: [ClientTrust?]
+
+    init(generation: Int, lineages: [LoadedLineage], policies: [TLSServerPolicy], trusts: [ClientTrust?], defaultName: String?, strictSNI: Bool) throws {
+        precondition(trusts.count == policies.count, "one trust per policy")
+        self.trusts = trusts
         self.generation = generation
         // Deterministic order: by name.
         let ordered = lineages.sorted { $0.name < $1.name }
@@ -64,7 +71,7 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
         // Each context says what it was chosen as (policy and lineages), which the next
         // snapshot's context for the same choice says too (`TLSContext.servesLike`).
         self.contexts = try policies.enumerated().map { index, policy in
-            try ordered.map { try TLSContext.server(chain: $0.chain, key: $0.key, policy: policy, selection: "\(index):\($0.name)") }
+            try ordered.map { try TLSContext.server(chain: $0.chain, key: $0.key, policy: policy, selection: "\(index):\($0.name)", trust: trusts[index]) }
         }
         // A name claimed twice goes to the certificate that lives longest, then by lineage name;
         // an ECDSA and an RSA claimant are not a conflict but a dual pair.
@@ -107,7 +114,7 @@ package final class CertificateSnapshot: AtomicReference, Sendable {
         self.dualContexts = try policies.enumerated().map { index, policy in
             try pairs.map { pair in
                 try TLSContext.server(pairs: pair.map { (ordered[$0].chain, ordered[$0].key) }, policy: policy,
-                                      selection: "\(index):" + pair.map { ordered[$0].name }.joined(separator: "+"))
+                                      selection: "\(index):" + pair.map { ordered[$0].name }.joined(separator: "+"), trust: trusts[index])
             }
         }
         self.names = names

@@ -194,7 +194,7 @@ package final class CertificateStore: Sendable {
             throw CertificateLoadError(path: "certificates.default", reason: "no lineage named '\(name)' was loaded (loaded: \(names))")
         }
         let snapshot = try CertificateSnapshot(
-            generation: 1, lineages: loaded, policies: configuration.policies,
+            generation: 1, lineages: loaded, policies: configuration.policies, trusts: try configuration.policies.map(ClientTrust.load),
             defaultName: configuration.defaultName, strictSNI: configuration.strictSNI
         )
         self.current = ManagedAtomic(snapshot)
@@ -458,7 +458,7 @@ package final class CertificateStore: Sendable {
             do {
                 let defaultName = next.contains { $0.name == self.configuration.defaultName } ? self.configuration.defaultName : nil
                 let snapshot = try CertificateSnapshot(
-                    generation: state.generation + 1, lineages: next, policies: self.configuration.policies,
+                    generation: state.generation + 1, lineages: next, policies: self.configuration.policies, trusts: self.trustsForPublication(old),
                     defaultName: defaultName, strictSNI: self.configuration.strictSNI
                 )
                 state.generation += 1
@@ -497,8 +497,10 @@ package final class CertificateStore: Sendable {
         self.state.withLockedValue { state in
             let old = self.current.load(ordering: .acquiring)
             do {
+                // Read strictly: a bundle or CRL file that does not load keeps the current contexts.
                 let snapshot = try CertificateSnapshot(
                     generation: state.generation + 1, lineages: old.lineages, policies: self.configuration.policies,
+                    trusts: try self.configuration.policies.map(ClientTrust.load),
                     defaultName: self.configuration.defaultName, strictSNI: self.configuration.strictSNI
                 )
                 state.generation += 1
@@ -509,6 +511,20 @@ package final class CertificateStore: Sendable {
                 self.logger.error("contexts not rebuilt; keeping the current ones", metadata: ["reason": "\(reason)", "error": "\(error)"])
                 return false
             }
+        }
+    }
+
+    /// The client CA bundles and CRLs a certificate publication builds with: read again, or,
+    /// when one of them does not load now (a CRL job caught mid-write, a bundle removed),
+    /// those the current snapshot was built with. A renewal is never held back by a trust
+    /// file; the client CA watch, which rebuilds when those files change, reports them.
+    private func trustsForPublication(_ current: CertificateSnapshot) -> [ClientTrust?] {
+        do {
+            return try self.configuration.policies.map(ClientTrust.load)
+        } catch {
+            self.logger.warning("client CA bundle or CRL file not loaded; certificates published with the ones in use",
+                                metadata: ["error": "\(error)"])
+            return current.trusts
         }
     }
 

@@ -10,12 +10,17 @@ import Glibc
 /// The context verifies against exactly the bytes it hashed (nothing is read twice),
 /// and the hash goes into the session-ID context, so a session made under one bundle
 /// never resumes under another, even when the file keeps its path and size.
-struct ClientTrust {
+package struct ClientTrust: Sendable {
     let path: String
     let certificates: [X509Certificate]
     let bytesSHA256: String
     /// The CRLs clients are checked against, each signed by a CA of the bundle.
     let revocation: RevocationListFile?
+
+    /// The bundle and CRL file `policy` names, read once; nil when it names no bundle.
+    package static func load(for policy: TLSServerPolicy) throws -> ClientTrust? {
+        try policy.clientCAFile.map { try ClientTrust(caFile: $0, crlFile: policy.clientCRLFile) }
+    }
 
     init(caFile: String, crlFile: String? = nil) throws {
         let bytes: [UInt8]

@@ -139,9 +139,12 @@ package final class TLSContext: @unchecked Sendable {
     /// `chain[0]` is the leaf. The key must match it; callers validate first and
     /// this re-checks, so a mismatched pair can never be installed.
     /// `selection`: what a certificate set chose it as (see `servesLike`).
-    package static func server(chain: [X509Certificate], key: PrivateKey, policy: TLSServerPolicy, selection: String = "") throws -> TLSContext {
+    /// `trust`: the policy's client CA bundle and CRLs as already read (`ClientTrust.load`);
+    /// nil reads them.
+    package static func server(chain: [X509Certificate], key: PrivateKey, policy: TLSServerPolicy, selection: String = "",
+                               trust: ClientTrust? = nil) throws -> TLSContext {
         guard let leaf = chain.first else { throw TLSError.invalidCertificate("no certificate in the chain") }
-        let (ctx, sessionContext, revocation) = try makeServerContext(policy: policy)
+        let (ctx, sessionContext, revocation) = try makeServerContext(policy: policy, trust: trust)
         ERR_clear_error()
         guard SSL_CTX_use_certificate(ctx, leaf.pointer) == 1 else {
             SSL_CTX_free(ctx)
@@ -164,8 +167,9 @@ package final class TLSContext: @unchecked Sendable {
     /// A server context holding several certificate chains of different key types
     /// (an ECDSA and an RSA one): OpenSSL serves the first the client's signature
     /// algorithms allow, in the order given.
-    package static func server(pairs: [(chain: [X509Certificate], key: PrivateKey)], policy: TLSServerPolicy, selection: String = "") throws -> TLSContext {
-        let (ctx, sessionContext, revocation) = try makeServerContext(policy: policy)
+    package static func server(pairs: [(chain: [X509Certificate], key: PrivateKey)], policy: TLSServerPolicy, selection: String = "",
+                               trust: ClientTrust? = nil) throws -> TLSContext {
+        let (ctx, sessionContext, revocation) = try makeServerContext(policy: policy, trust: trust)
         for (chain, key) in pairs {
             guard let leaf = chain.first else { continue }
             ERR_clear_error()
@@ -211,7 +215,7 @@ package final class TLSContext: @unchecked Sendable {
     }
 
     /// A server context for `policy`, its session-ID context and the CRLs installed in it.
-    private static func makeServerContext(policy: TLSServerPolicy) throws -> (OpaquePointer, [UInt8], RevocationListFile?) {
+    private static func makeServerContext(policy: TLSServerPolicy, trust preloaded: ClientTrust? = nil) throws -> (OpaquePointer, [UInt8], RevocationListFile?) {
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else {
             throw TLSError.configuration("SSL_CTX_new failed: \(openSSLErrorQueueDescription())")
@@ -242,8 +246,7 @@ package final class TLSContext: @unchecked Sendable {
             // it resumes one) covers the client CA bundle's bytes, the CRL file's, whether a
             // certificate is required and the allow list: no session outlives a revocation. A session made without a client certificate
             // never resumes where one is required, and none outlives a change of CA.
-            var trust: ClientTrust?
-            if let caFile = policy.clientCAFile { trust = try ClientTrust(caFile: caFile, crlFile: policy.clientCRLFile) }
+            let trust = policy.clientCAFile == nil ? nil : try preloaded ?? ClientTrust.load(for: policy)
             let sid = Array((trust.map { "eg-" + $0.sessionContext(policy) } ?? "edge-gateway").utf8)
             _ = SSL_CTX_set_session_id_context(ctx, sid, UInt32(sid.count))
             if policy.sessionCacheSize > 0 {

@@ -188,6 +188,23 @@ final class ClientRevocationTests: XCTestCase {
         XCTAssertFalse(admitted(port, bob))
     }
 
+    /// A CRL file caught broken (a job mid-write, a bad export) must not hold back a
+    /// renewal: the renewed certificate is published with the lists in use, which keep
+    /// refusing bob.
+    func testARenewalIsPublishedWhileTheListIsBroken() throws {
+        let (dir, ca, alice, bob, crl) = try twoClientsOneRevoked()
+        let (gateway, port, _) = try startGateway(dir, name: "renew", ca: ca, crl: crl)
+        defer { _ = gateway.stop() }
+        try "not a CRL\n".write(toFile: crl + ".new", atomically: true, encoding: .utf8)
+        try ClientCA.run("mv '\(crl).new' '\(crl)'")
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("no X509 CRL block found") }, gateway.log)
+        let renewed = try TestPKI().issue(["localhost"], into: dir.path, name: "site-renew")
+        XCTAssertTrue(eventually(timeout: 10) { servedSerial(port: port, serverName: "localhost") == renewed.serial }, gateway.log)
+        XCTAssertTrue(gateway.log.contains("client CA bundle or CRL file not loaded; certificates published with the ones in use"), gateway.log)
+        XCTAssertTrue(admitted(port, alice), gateway.log)
+        XCTAssertFalse(admitted(port, bob), "bob is still refused by the list in use")
+    }
+
     /// A list past its next update is stale: a warning on the status views and in the
     /// metrics; clients are still checked against it, and with `crl_strict` refused (a
     /// session made while it was fresh does not resume either).
