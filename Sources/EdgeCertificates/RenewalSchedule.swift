@@ -8,17 +8,29 @@ package enum RenewalBasis: Sendable, Hashable {
     case certbotSetting(file: String, value: String)
     /// The file sets none: certbot's default (`CertbotRenewalConfig.defaultRenewBefore`).
     case certbotDefault(file: String, version: String?)
-    /// The file could not be read: when certbot renews is not known.
+    /// The file could not be read, or certbot cannot parse it (it then skips the lineage):
+    /// when certbot renews is not known.
     case certbotUnknown(file: String)
+    /// No such file: `certbot renew` on this host does not renew the lineage.
+    case certbotMissing(file: String)
     /// cert-manager's default for a Kubernetes secret: two thirds through the lifetime.
     case certManagerDefault
     /// `renew_before` on the source in the gateway's configuration.
     case configured(seconds: Int64)
 
+    /// Nothing says when the agent renews: no time is expected (or published), and the
+    /// lineage is never overdue on a guess; the expiry states still warn.
+    package var isUnknown: Bool {
+        switch self {
+        case .certbotUnknown, .certbotMissing: return true
+        default: return false
+        }
+    }
+
     /// Who renews: named in the warning.
     package var agent: String {
         switch self {
-        case .certbotSetting, .certbotDefault, .certbotUnknown: return "certbot"
+        case .certbotSetting, .certbotDefault, .certbotUnknown, .certbotMissing: return "certbot"
         case .certManagerDefault: return "cert-manager"
         case .configured: return "the renewal job"
         }
@@ -32,7 +44,8 @@ package enum RenewalBasis: Sendable, Hashable {
                 ? "a third of the lifetime left (half under 10 days)"
                 : "30 days before expiry, or a third of the lifetime left if certbot 4 runs it now, whichever is later"
             return "certbot's default for a file written by certbot \(version ?? "(version unknown)"): \(rule) (\(file) sets no renew_before_expiry)"
-        case .certbotUnknown(let file): return "\(file) could not be read"
+        case .certbotUnknown(let file): return "\(file) could not be read or parsed"
+        case .certbotMissing(let file): return "\(file) does not exist on this host"
         case .certManagerDefault: return "cert-manager's default, two thirds through the lifetime (renew_before on the source sets a Certificate's spec.renewBefore)"
         case .configured(let seconds): return "renew_before: \(humanDuration(seconds)) in the configuration"
         }
@@ -79,7 +92,7 @@ package struct RenewalExpectation: Sendable, Hashable {
                 + "and is \(late) past its renewal"
         }
         switch self.basis {
-        case .certbotSetting, .certbotDefault, .certbotUnknown:
+        case .certbotSetting, .certbotDefault, .certbotUnknown, .certbotMissing:
             return "certbot should have renewed \(lineage) \(late) ago; last renewal \(last) ago; check `certbot renew --dry-run` and the timer"
         case .certManagerDefault:
             return "cert-manager should have renewed \(lineage) \(late) ago; last renewal \(last) ago; check `kubectl describe certificate` and its CertificateRequests"
@@ -118,7 +131,7 @@ package struct RenewalPolicy: Sendable, Hashable {
     package func expectation(source: CertificateSource, lineage: String, notBefore: Int64, notAfter: Int64, rejectedVersion: String?,
                              now: Int64, files: CertbotRenewalFiles = .shared) -> RenewalExpectation? {
         let lifetime = max(1, notAfter - notBefore)
-        let basis: RenewalBasis
+        var basis: RenewalBasis
         var renewBefore: Int64
         var problem: String?
         var disabled = false
@@ -141,11 +154,12 @@ package struct RenewalPolicy: Sendable, Hashable {
                         renewBefore = config.defaultRenewBefore(lifetime: lifetime)
                     }
                     problem = config.problem
-                    // A file certbot cannot parse is skipped by every run: it renews nothing.
-                    if problem?.hasPrefix("line ") == true { renewBefore = 0 }
+                    // A file certbot cannot parse is skipped by every run: it renews nothing,
+                    // and no time is expected.
+                    if problem?.hasPrefix("line ") == true { basis = .certbotUnknown(file: file) }
                     disabled = !config.autorenew
                 case .missing:
-                    basis = .certbotDefault(file: file, version: nil)
+                    basis = .certbotMissing(file: file)
                     renewBefore = 0
                     problem = "\(file): no such file here: `certbot renew` does not renew this lineage on this host (renew_before: 0s on the source if it is renewed elsewhere)"
                 case .unreadable(_, let reason):
@@ -173,7 +187,7 @@ package struct RenewalPolicy: Sendable, Hashable {
         let expectedAt = max(notBefore, notAfter - renewBefore)
         let grace = policy.grace(lifetime: max(1, notAfter - notBefore), untilExpiry: notAfter - expectedAt)
         let state: RenewalState
-        if case .certbotUnknown = basis {
+        if basis.isUnknown {
             state = .unknown
         } else if disabled {
             state = .disabled

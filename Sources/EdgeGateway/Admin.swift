@@ -201,10 +201,15 @@ func ocspJSON(_ s: OCSPStapleState, now: Int64) -> String {
 
 /// When the renewing agent should renew the served certificate (the renewal watchdog).
 func renewalJSON(_ e: RenewalExpectation, lineage: String, now: Int64) -> String {
-    "{\"state\":\(jsonString(e.state.rawValue)),\"agent\":\(jsonString(e.basis.agent)),\"basis\":\(jsonString(e.basis.description)),"
-        + "\"expected_at\":\(e.expectedAt),\"expected_at_rfc3339\":\(jsonString(rfc3339(e.expectedAt))),\"grace_seconds\":\(e.graceSeconds),"
-        + "\"overdue_at\":\(e.expectedAt + e.graceSeconds),\"overdue_at_rfc3339\":\(jsonString(rfc3339(e.expectedAt + e.graceSeconds))),"
-        + "\"late_seconds\":\(e.lateSeconds(now: now)),"
+    // An unknown schedule publishes no times (nothing to alert on but the problem).
+    let known = !e.basis.isUnknown
+    func time(_ key: String, _ value: Int64) -> String {
+        known ? "\"\(key)\":\(value),\"\(key)_rfc3339\":\(jsonString(rfc3339(value)))" : "\"\(key)\":null,\"\(key)_rfc3339\":null"
+    }
+    return "{\"state\":\(jsonString(e.state.rawValue)),\"agent\":\(jsonString(e.basis.agent)),\"basis\":\(jsonString(e.basis.description)),"
+        + time("expected_at", e.expectedAt) + ",\"grace_seconds\":\(known ? "\(e.graceSeconds)" : "null"),"
+        + time("overdue_at", e.expectedAt + e.graceSeconds) + ","
+        + "\"late_seconds\":\(known ? "\(e.lateSeconds(now: now))" : "null"),"
         + "\"last_renewed_at\":\(e.lastRenewedAt),\"last_renewed_at_rfc3339\":\(jsonString(rfc3339(e.lastRenewedAt))),"
         + "\"problem\":\(e.problem.map(jsonString) ?? "null"),"
         + "\"message\":\(e.state == .overdue ? jsonString(e.message(lineage: lineage, now: now)) : "null")}"

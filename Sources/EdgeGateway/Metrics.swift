@@ -138,10 +138,13 @@ final class GatewayMetrics: Sendable {
             }
             if let renewal = report.renewal {
                 // No series for a lineage nothing is known to renew (a plain pair or directory).
-                let expected = self.certificateGauge("edge_certificate_renewal_expected_timestamp_seconds", chainLabels,
-                                                     help: "When the lineage's renewing agent (certbot by its renewal file, cert-manager, or renew_before) should renew the served certificate (Unix time).")
-                expected.set(to: Double(renewal.expectedAt))
-                live[metricKey("edge_certificate_renewal_expected_timestamp_seconds", chainLabels)] = expected
+                if !renewal.basis.isUnknown {
+                    // No time when it is not known (certbot's file missing or unreadable).
+                    let expected = self.certificateGauge("edge_certificate_renewal_expected_timestamp_seconds", chainLabels,
+                                                         help: "When the lineage's renewing agent (certbot by its renewal file, cert-manager, or renew_before) should renew the served certificate (Unix time).")
+                    expected.set(to: Double(renewal.expectedAt))
+                    live[metricKey("edge_certificate_renewal_expected_timestamp_seconds", chainLabels)] = expected
+                }
                 let overdue = self.certificateGauge("edge_certificate_renewal_overdue", chainLabels,
                                                     help: "1 when the served certificate is past its expected renewal by more than the grace (expiry.renewal_grace) and nothing newer has appeared.")
                 overdue.set(to: renewal.state == .overdue ? 1 : 0)

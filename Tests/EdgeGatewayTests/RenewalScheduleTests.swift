@@ -130,7 +130,16 @@ final class RenewalScheduleTests: XCTestCase {
         let missing = try XCTUnwrap(policy.expectation(source: certbot, lineage: "a.example.com", notBefore: 0, notAfter: 90 * day, rejectedVersion: nil, now: 0))
         XCTAssertEqual(missing.problem, "\(dir)/renewal/a.example.com.conf: no such file here: `certbot renew` does not renew this lineage on this host "
                        + "(renew_before: 0s on the source if it is renewed elsewhere)")
-        XCTAssertEqual(missing.expectedAt, 90 * day, "nothing renews it: overdue only once expired")
+        XCTAssertEqual(missing.state, .unknown, "nothing renews it here: no time expected, never overdue on a guess")
+        XCTAssertEqual(missing.basis, .certbotMissing(file: "\(dir)/renewal/a.example.com.conf"))
+        XCTAssertEqual(RenewalPolicy().expectation(source: certbot, lineage: "a.example.com", notBefore: 0, notAfter: 90 * day, rejectedVersion: nil,
+                                                   now: 200 * day)?.state, .unknown, "not even once expired")
+        // A file certbot cannot parse: it skips the lineage, so no time is expected either.
+        try "version = 2.1.0\nversion = 2.1.0\n".write(toFile: dir + "/renewal/a.example.com.conf", atomically: true, encoding: .utf8)
+        let unparsable = try XCTUnwrap(policy.expectation(source: certbot, lineage: "a.example.com", notBefore: 0, notAfter: 90 * day, rejectedVersion: nil,
+                                                          now: 0, files: CertbotRenewalFiles()))
+        XCTAssertEqual(unparsable.state, .unknown)
+        XCTAssertEqual(unparsable.problem?.hasPrefix("line 2: 'version' set twice"), true, unparsable.problem ?? "")
         try "renew_before_expiry = 20 days\nversion = 2.1.0\n".write(toFile: dir + "/renewal/a.example.com.conf", atomically: true, encoding: .utf8)
         let set = try XCTUnwrap(policy.expectation(source: certbot, lineage: "a.example.com", notBefore: 0, notAfter: 90 * day, rejectedVersion: nil, now: 0))
         XCTAssertEqual(set.expectedAt, 70 * day)
