@@ -82,9 +82,12 @@ final class GatewayMetrics: Sendable {
         self.refreshUpstreams(groups)
         var live: [String: Gauge] = [:]
         for file in revocationLists {
-            for list in file.lists.lists {
-                let labels = [("file", file.path), ("used_by", file.usedBy), ("issuer", list.issuer)]
-                if let nextUpdate = list.nextUpdate {
+            // One series per issuer: two lists of one CA name in a file (a key rollover keeps
+            // two) are shown as one, due at the earlier next update, stale if either is.
+            let byIssuer = Dictionary(grouping: file.lists.lists, by: \.issuer)
+            for (issuer, lists) in byIssuer.sorted(by: { $0.key < $1.key }) {
+                let labels = [("file", file.path), ("used_by", file.usedBy), ("issuer", issuer)]
+                if let nextUpdate = lists.compactMap(\.nextUpdate).min() {
                     let next = self.certificateGauge("edge_crl_next_update_timestamp_seconds", labels,
                                                      help: "When a CRL (client_auth.crl_file, upstreams tls.crl_file) is due to be replaced by its CA (its nextUpdate, Unix time).")
                     next.set(to: Double(nextUpdate))
@@ -92,7 +95,7 @@ final class GatewayMetrics: Sendable {
                 }
                 let stale = self.certificateGauge("edge_crl_stale", labels,
                                                   help: "1 when a CRL is past its nextUpdate: revocations since are not in it (peers are refused with crl_strict, else checked against it).")
-                stale.set(to: list.isStale(now: now) ? 1 : 0)
+                stale.set(to: lists.contains { $0.isStale(now: now) } ? 1 : 0)
                 live[metricKey("edge_crl_stale", labels)] = stale
             }
         }

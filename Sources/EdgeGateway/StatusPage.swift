@@ -82,7 +82,7 @@ func statusPage(_ gateway: Gateway) -> String {
     let crlList = crls.isEmpty ? "" : "<h2>Revocation lists</h2><ul>" + crls.map { file in
         let lists = file.lists.lists.map { list -> String in
             let next = list.nextUpdate.map { "next update \(isoDate($0)) UTC" } ?? "no next update"
-            let stale = list.isStale(now: now) ? " <span class=\"bad\">STALE: past its next update\(file.strict ? ", clients refused (crl_strict)" : "")</span>" : ""
+            let stale = list.isStale(now: now) ? " <span class=\"bad\">STALE: past its next update\(file.strict ? (file.usedBy == "client_auth" ? ", clients refused" : ", upstream refused") + " (crl_strict)" : "")</span>" : ""
             return "\(html(list.issuer)): \(list.revokedCount) revoked, \(next)\(stale)"
         }.joined(separator: "; ")
         return "<li><b>\(html(file.path))</b> (\(html(file.usedBy)), \(file.chain ? "chain" : "leaf")): \(lists)</li>"
