@@ -33,14 +33,16 @@ qupPnixg7ZDpioQDF9hNTIEnVXrFrgVzEFBxXeg5Sc8CIQCsv/76+vka/l39SKJN
 """.utf8)).certificates[0]
 
 /// The input is a responder's answer. Invariants: a response that verifies is returned
-/// byte for byte (what is stapled is what was checked), is current at the time given,
-/// and verifying is deterministic.
+/// byte for byte (what is stapled is what was checked), with nothing after it, is current
+/// at the time given, and verifying is deterministic.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOCSPResponse(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     let now: Int64 = 1_800_000_000
     guard let response = try? OCSPCheck.verify(bytes, leaf: leaf, issuer: issuer, now: now) else { return 0 }
     precondition(response.der == bytes, "stapled bytes differ from the verified ones")
+    // Nothing may follow the response: it would be stapled with it.
+    precondition((try? OCSPCheck.verify(bytes + [0], leaf: leaf, issuer: issuer, now: now)) == nil, "trailing bytes accepted")
     precondition(response.nextUpdate.map { $0 > now } ?? true, "a response past its next update verified")
     precondition((try? OCSPCheck.verify(bytes, leaf: leaf, issuer: issuer, now: now))?.status == response.status, "not deterministic")
     return 0

@@ -215,12 +215,17 @@ extension Gateway {
                 // contexts are built again so that no session made before resumes.
                 let now = Int64(currentTime())
                 for store in strict {
-                    let stale = store.snapshot.revocationLists.contains { $0.lists.isStale(now: now) }
-                    let was = staleSeen.withLockedValue { seen in
-                        defer { seen[ObjectIdentifier(store)] = stale }
-                        return seen[ObjectIdentifier(store)] ?? false
+                    // Only the strict policies' lists: a lenient list already stale must not
+                    // hide a strict one going stale.
+                    let policies = store.configuration.policies
+                    let stale = store.snapshot.revocationLists.contains { policies[$0.policy].clientCRLStrict && $0.lists.isStale(now: now) }
+                    let was = staleSeen.withLockedValue { $0[ObjectIdentifier(store)] ?? false }
+                    var seen = stale
+                    if stale, !was {
+                        // Not rebuilt (a bundle unreadable just now): tried again at the next tick.
+                        seen = store.rebuildContexts(reason: "a CRL went past its next update (crl_strict: clients are refused until a fresh one)")
                     }
-                    if stale, !was { store.rebuildContexts(reason: "a CRL went past its next update (crl_strict: clients are refused until a fresh one)") }
+                    staleSeen.withLockedValue { $0[ObjectIdentifier(store)] = seen }
                 }
             }
         }

@@ -19,7 +19,8 @@ package final class OCSPStapler: Sendable {
     struct Entry {
         var lineage: String
         let leaf: X509Certificate
-        let issuer: X509Certificate?
+        /// nil: the chain holds no issuer of the leaf (no request can name it).
+        var issuer: X509Certificate?
         /// Held here too, so a slot outlives a moment when no context serves its leaf.
         let slot: OCSPStapleSlot
         var state: OCSPStapleState
@@ -64,9 +65,16 @@ package final class OCSPStapler: Sendable {
             self.collect(served, now: now)
             self.collectedGenerations.withLockedValue { $0 = generations }
         }
-        let due = self.entries.withLockedValue { $0.filter { $0.value.state.due(now: now) }.map { ($0.key, $0.value) } }
-        for (fingerprint, entry) in due { self.fetch(fingerprint, entry, now: now) }
-        self.logChanges(now: now)
+        // First fetches first, then the longest waiting: a responder that does not answer,
+        // retried, never delays the first response of a new certificate. A round stops
+        // starting fetches after twice the timeout; the rest stay due for the next one.
+        let due = self.entries.withLockedValue { entries in
+            entries.filter { $0.value.state.due(now: now) }.map { ($0.key, $0.value) }
+                .sorted { ($0.1.state.attempted ? 1 : 0, $0.1.state.nextFetchAt) < ($1.1.state.attempted ? 1 : 0, $1.1.state.nextFetchAt) }
+        }
+        let budget = now + Int64(2 * self.timeoutSeconds)
+        for (fingerprint, entry) in due where Int64(currentTime()) < budget { self.fetch(fingerprint, entry, now: Int64(currentTime())) }
+        self.logChanges(now: Int64(currentTime()))
     }
 
     /// Takes in the leaves `stores` serve now, with their cached responses, and drops the
@@ -85,14 +93,25 @@ package final class OCSPStapler: Sendable {
             for (fingerprint, found) in served {
                 if entries[fingerprint] != nil {
                     entries[fingerprint]!.lineage = found.lineage
+                    // The same leaf with its issuer added to the chain: asked for at once.
+                    if entries[fingerprint]!.issuer == nil, let issuer = OCSPCheck.issuer(of: found.chain[0], in: found.chain) {
+                        entries[fingerprint]!.issuer = issuer
+                        entries[fingerprint]!.state.fetchNow(now: now)
+                    }
                     continue
                 }
                 let leaf = found.chain[0]
                 let issuer = OCSPCheck.issuer(of: leaf, in: found.chain)
                 var state = OCSPStapleState(mustStaple: OCSPCheck.mustStaple(leaf), responderURL: OCSPCheck.responderURLs(of: leaf)[0],
                                             off: !self.enabled, now: now)
-                // A slot that already holds a response (a reload made this stapler) keeps it.
-                if let held = found.slot.current { state.loadedFromCache(held, now: now) }
+                if !self.enabled {
+                    // Off: nothing is stapled that is no longer refreshed (a revocation would
+                    // never be seen), whatever an earlier configuration fetched.
+                    found.slot.current = nil
+                } else if let held = found.slot.current {
+                    // A slot that already holds a response (a reload made this stapler) keeps it.
+                    state.loadedFromCache(held, now: now)
+                }
                 entries[fingerprint] = Entry(lineage: found.lineage, leaf: leaf, issuer: issuer, slot: found.slot, state: state)
                 fresh.append((fingerprint, leaf, issuer))
             }
@@ -114,8 +133,10 @@ package final class OCSPStapler: Sendable {
             outcome = .failure(TLSError.configuration("the chain holds no certificate of the leaf's issuer, which OCSP needs; add the intermediate to the certificate file"))
         }
         let done = Int64(currentTime())
-        self.entries.withLockedValue { entries in
-            guard entries[fingerprint] != nil else { return }
+        // A response that differs from the one held (not the same pre-signed answer again).
+        let isNew: Bool = self.entries.withLockedValue { entries in
+            guard entries[fingerprint] != nil else { return false }
+            let previous = entries[fingerprint]!.state.response?.der
             switch outcome {
             case .success(let response):
                 entries[fingerprint]!.state.fetched(response, now: done)
@@ -125,13 +146,19 @@ package final class OCSPStapler: Sendable {
             case .failure(let error):
                 entries[fingerprint]!.state.failed("\(url): \(Gateway.reason(error))", now: done)
             }
+            return (try? outcome.get().der) != previous
         }
-        if case .success(let response) = outcome, response.staplable(now: done) {
+        guard case .success(let response) = outcome, isNew else { return }
+        if response.staplable(now: done) {
             self.logger.info("OCSP response stapled", metadata: [
                 "lineage": "\(entry.lineage)", "responder": "\(url)", "this_update": "\(isoDate(response.thisUpdate))",
                 "next_update": "\(response.nextUpdate.map(isoDate) ?? "none")",
             ])
             self.writeCache(fingerprint, response)
+        } else {
+            // Revoked or unknown: the good response cached before must not be stapled by the
+            // next start.
+            self.removeCache(fingerprint)
         }
     }
 
@@ -174,6 +201,13 @@ package final class OCSPStapler: Sendable {
             }
         } catch {
             self.logger.warning("OCSP cache file ignored", metadata: ["file": "\(file)", "reason": "\(Gateway.reason(error))"])
+        }
+    }
+
+    private func removeCache(_ fingerprint: String) {
+        guard let file = self.cacheFile(fingerprint) else { return }
+        if unlink(file) != 0, errno != ENOENT {
+            self.logger.warning("OCSP cache file not removed", metadata: ["file": "\(file)", "reason": "\(String(cString: strerror(errno)))"])
         }
     }
 

@@ -26,17 +26,18 @@ package enum OCSPFetch {
             edge_OPENSSL_free(path)
         }
         guard useTLS == 0 else { throw TLSError.configuration("OCSP responder \(url): only http:// responders are supported") }
-        guard let body = request.withUnsafeBytes({ BIO_new_mem_buf($0.baseAddress, Int32($0.count)) }) else {
-            throw TLSError.configuration("OCSP: out of memory")
+        // The request's bytes are read by OpenSSL in place (a read-only memory BIO), so
+        // the whole transfer happens while they are pinned.
+        let answer: OpaquePointer? = request.withUnsafeBytes { raw in
+            guard let body = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
+            defer { BIO_free(body) }
+            // No proxy: the responder is asked directly ("" turns off the http_proxy
+            // variables, which would otherwise apply to this process alone).
+            return OSSL_HTTP_transfer(nil, host, port, path, 0, "", nil, nil, nil, nil, nil, 0, nil,
+                                      "application/ocsp-request", body, "application/ocsp-response", 1,
+                                      maximumResponseBytes, Int32(max(1, timeoutSeconds)), 0)
         }
-        defer { BIO_free(body) }
-        // No proxy: the responder is asked directly ("" turns off the http_proxy
-        // variables, which would otherwise apply to this process alone).
-        guard let answer = OSSL_HTTP_transfer(nil, host, port, path, 0, "", nil, nil, nil, nil, nil, 0, nil,
-                                              "application/ocsp-request", body, "application/ocsp-response", 1,
-                                              maximumResponseBytes, Int32(max(1, timeoutSeconds)), 0) else {
-            throw TLSError.configuration("OCSP responder \(url): \(openSSLErrorQueueDescription())")
-        }
+        guard let answer else { throw TLSError.configuration("OCSP responder \(url): \(openSSLErrorQueueDescription())") }
         defer { BIO_free_all(answer) }
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)

@@ -38,9 +38,17 @@ package struct VerifiedOCSPResponse: Sendable {
         self.nextUpdate = nextUpdate
     }
 
-    /// Usable for stapling at `now`: good, and not past its next update.
+    /// The longest a response without a next update is used: a week after its thisUpdate,
+    /// as long as responders give a response at most (the CA/Browser Forum's rule), so a
+    /// years-old one read back from a cache is never stapled.
+    package static let maximumAgeWithoutNextUpdate: Int64 = 7 * 86_400
+
+    /// When it stops being current: its next update, or a week after it was produced.
+    package var validUntil: Int64 { self.nextUpdate ?? self.thisUpdate + Self.maximumAgeWithoutNextUpdate }
+
+    /// Usable for stapling at `now`: good, and current.
     package func staplable(now: Int64) -> Bool {
-        self.status == .good && self.nextUpdate.map { now < $0 } ?? true
+        self.status == .good && now < self.validUntil
     }
 }
 
@@ -102,11 +110,17 @@ package enum OCSPCheck {
         ERR_clear_error()
         defer { ERR_clear_error() }
         guard !der.isEmpty else { throw TLSError.configuration("empty OCSP response") }
-        let parsed: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
+        let (parsed, consumed): (OpaquePointer?, Int) = der.withUnsafeBufferPointer { buffer in
             var cursor: UnsafePointer<UInt8>? = buffer.baseAddress
-            return d2i_OCSP_RESPONSE(nil, &cursor, buffer.count)
+            let parsed = d2i_OCSP_RESPONSE(nil, &cursor, buffer.count)
+            return (parsed, cursor.map { $0 - buffer.baseAddress! } ?? 0)
         }
         guard let response = parsed else { throw TLSError.configuration("not an OCSP response (DER does not decode)") }
+        // Bytes after the response would be stapled with it, and a strict client refuses them.
+        guard consumed == der.count else {
+            OCSP_RESPONSE_free(response)
+            throw TLSError.configuration("the OCSP response is followed by \(der.count - consumed) bytes that are not part of it")
+        }
         defer { OCSP_RESPONSE_free(response) }
         let responseStatus = OCSP_response_status(response)
         guard responseStatus == OCSP_RESPONSE_STATUS_SUCCESSFUL else {
@@ -140,13 +154,18 @@ package enum OCSPCheck {
         guard findStatus(basic, leaf: leaf, issuer: issuer, sha1ID: id, &status, &reason, &revokedAt, &thisUpdate, &nextUpdate) else {
             throw TLSError.configuration("the OCSP response does not name this certificate (serial \(leaf.serialNumberHex))")
         }
-        guard OCSP_check_validity(thisUpdate, nextUpdate, clockSkew, -1) == 1 else {
+        // Without a next update, no older than a week (`maximumAgeWithoutNextUpdate`).
+        let maximumAge = nextUpdate == nil ? Int(VerifiedOCSPResponse.maximumAgeWithoutNextUpdate) : -1
+        guard OCSP_check_validity(thisUpdate, nextUpdate, clockSkew, maximumAge) == 1 else {
             throw TLSError.configuration("the OCSP response is not current (this update \(seconds(thisUpdate).map(String.init) ?? "?"), "
                                          + "next update \(seconds(nextUpdate).map(String.init) ?? "none"), now \(now))")
         }
         // OCSP_check_validity looks at the system clock; `now` is the caller's (tests, cache).
         let next = seconds(nextUpdate)
-        if let next, next <= now { throw TLSError.configuration("the OCSP response is past its next update") }
+        let produced = seconds(thisUpdate) ?? now
+        if (next ?? produced + VerifiedOCSPResponse.maximumAgeWithoutNextUpdate) <= now {
+            throw TLSError.configuration("the OCSP response is past its next update")
+        }
         let certificateStatus: OCSPCertificateStatus
         switch status {
         case V_OCSP_CERTSTATUS_GOOD: certificateStatus = .good
@@ -154,7 +173,7 @@ package enum OCSPCheck {
             certificateStatus = .revoked(at: seconds(revokedAt) ?? 0, reason: reason >= 0 ? String(cString: OCSP_crl_reason_str(Int(reason))) : nil)
         default: certificateStatus = .unknown
         }
-        return VerifiedOCSPResponse(der: der, status: certificateStatus, thisUpdate: seconds(thisUpdate) ?? now, nextUpdate: next)
+        return VerifiedOCSPResponse(der: der, status: certificateStatus, thisUpdate: produced, nextUpdate: next)
     }
 
     private static func findStatus(_ basic: OpaquePointer, leaf: X509Certificate, issuer: X509Certificate, sha1ID: OpaquePointer,

@@ -36,8 +36,10 @@ package struct OCSPStapleState: Sendable {
     package private(set) var attempted = false
     package private(set) var nextFetchAt: Int64
 
-    /// Shortest time between two fetches after a success, whatever the response's validity.
-    static let minimumRefreshSeconds: Int64 = 10
+    /// The next fetch after a response that was already past its half-way point when it
+    /// came (a pre-signed answer the responder hands out until it makes the next one): at
+    /// least this long, so such a responder is not asked again every second.
+    static let lateResponseRefreshSeconds: Int64 = 60
     /// Refresh of a response without a next update.
     static let refreshWithoutNextUpdateSeconds: Int64 = 3600
     /// First retry after a failure; doubled per failure up to `maximumRetrySeconds`.
@@ -60,7 +62,8 @@ package struct OCSPStapleState: Sendable {
     }
 
     /// Half-way through the response's validity (RFC 5019 §6: refresh well before the
-    /// next update), or an hour after it was obtained when it names no next update.
+    /// next update), or an hour after it was obtained when it names no next update (it is
+    /// used for a week at most: `VerifiedOCSPResponse.validUntil`).
     package func refreshAt(_ response: VerifiedOCSPResponse, obtainedAt: Int64) -> Int64 {
         guard let next = response.nextUpdate else { return obtainedAt + Self.refreshWithoutNextUpdateSeconds }
         return response.thisUpdate + max(0, next - response.thisUpdate) / 2
@@ -83,7 +86,15 @@ package struct OCSPStapleState: Sendable {
         self.lastError = nil
         self.failures = 0
         self.attempted = true
-        self.nextFetchAt = max(now + Self.minimumRefreshSeconds, self.refreshAt(response, obtainedAt: now))
+        let half = self.refreshAt(response, obtainedAt: now)
+        self.nextFetchAt = half > now ? half : now + max(Self.lateResponseRefreshSeconds, (response.validUntil - now) / 2)
+    }
+
+    /// Something that stopped fetches from working was fixed (the issuer now in the
+    /// chain): the next fetch is due now, without the back-off.
+    package mutating func fetchNow(now: Int64) {
+        self.failures = 0
+        self.nextFetchAt = now
     }
 
     /// A fetch failed, or its response did not verify: the response held so far stays

@@ -24,13 +24,23 @@ final class OCSPStapleStateTests: XCTestCase {
         // The response held stays stapled until its next update, then is never stapled.
         XCTAssertNotNil(state.stapled(now: 87_399))
         XCTAssertNil(state.stapled(now: 87_400))
-        // A short-lived response is still not asked for more often than every 10 s.
-        state.fetched(response(thisUpdate: 90_000, nextUpdate: 90_004), now: 90_000)
-        XCTAssertEqual(state.nextFetchAt, 90_010)
-        // Without a next update: an hour after it was obtained.
-        state.fetched(response(nextUpdate: nil), now: 100_000)
+        // A response already past its half-way point when it comes (a pre-signed one the
+        // responder hands out again) is asked for again in half its remaining time, and
+        // never sooner than a minute: no fetch every second or every tick.
+        state.fetched(response(thisUpdate: 10_000, nextUpdate: 90_400), now: 90_000)
+        XCTAssertEqual(state.nextFetchAt, 90_200)
+        state.fetched(response(thisUpdate: 10_000, nextUpdate: 90_010), now: 90_000)
+        XCTAssertEqual(state.nextFetchAt, 90_060)
+        // Without a next update: an hour after it was obtained, and used for a week at most.
+        state.fetched(response(thisUpdate: 100_000, nextUpdate: nil), now: 100_000)
         XCTAssertEqual(state.nextFetchAt, 103_600)
-        XCTAssertNotNil(state.stapled(now: 10_000_000), "no next update: current until replaced")
+        XCTAssertNotNil(state.stapled(now: 100_000 + 7 * 86_400 - 1))
+        XCTAssertNil(state.stapled(now: 100_000 + 7 * 86_400), "no next update: a week at most")
+        // A fix (the issuer added to the chain) makes the next fetch due at once.
+        state.failed("no issuer", now: 200_000)
+        state.fetchNow(now: 200_001)
+        XCTAssertTrue(state.due(now: 200_001))
+        XCTAssertEqual(state.failures, 0)
     }
 
     func testLevelsWarnThenGoCriticalForMustStapleAndNeverForACurrentResponse() {

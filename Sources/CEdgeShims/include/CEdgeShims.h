@@ -58,9 +58,6 @@ typedef int (*edge_status_cb)(SSL *ssl, void *arg);
 void edge_SSL_CTX_set_tlsext_status_cb(SSL_CTX *ctx, edge_status_cb cb);
 void edge_SSL_CTX_set_tlsext_status_arg(SSL_CTX *ctx, void *arg);
 long edge_SSL_set_tlsext_status_ocsp_resp(SSL *ssl, unsigned char *response, long length);
-/* A client asking for a stapled response (for the served-proof and test clients). */
-long edge_SSL_set_tlsext_status_type(SSL *ssl, int type);
-long edge_SSL_get_tlsext_status_ocsp_resp(SSL *ssl, const unsigned char **response);
 void *edge_OPENSSL_malloc(size_t length);
 /* The OCSP URLs of a certificate's AIA (X509_get1_ocsp). */
 int edge_sk_OPENSSL_STRING_num(const STACK_OF(OPENSSL_STRING) *stack);
