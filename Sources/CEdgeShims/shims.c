@@ -79,6 +79,12 @@ void edge_SSL_CTX_set_tlsext_status_arg(SSL_CTX *ctx, void *arg) {
 long edge_SSL_set_tlsext_status_ocsp_resp(SSL *ssl, unsigned char *response, long length) {
     return SSL_set_tlsext_status_ocsp_resp(ssl, response, length);
 }
+long edge_SSL_set_tlsext_status_type(SSL *ssl, int type) {
+    return SSL_set_tlsext_status_type(ssl, type);
+}
+long edge_SSL_get_tlsext_status_ocsp_resp(SSL *ssl, const unsigned char **response) {
+    return SSL_get_tlsext_status_ocsp_resp(ssl, response);
+}
 void *edge_OPENSSL_malloc(size_t length) {
     return OPENSSL_malloc(length);
 }

@@ -493,14 +493,16 @@ package final class CertificateStore: Sendable {
     /// Rebuilds every context from the lineages already loaded, re-reading the files the
     /// policies name (a client CA bundle). Keeps the current snapshot if that fails.
     @discardableResult
-    package func rebuildContexts(reason: String) -> Bool {
+    /// `rereadTrust`: read the client CA bundles and CRLs again (a file changed); false
+    /// builds from those in use (a strict list went stale with time).
+    package func rebuildContexts(reason: String, rereadTrust: Bool = true) -> Bool {
         self.state.withLockedValue { state in
             let old = self.current.load(ordering: .acquiring)
             do {
                 // Read strictly: a bundle or CRL file that does not load keeps the current contexts.
                 let snapshot = try CertificateSnapshot(
                     generation: state.generation + 1, lineages: old.lineages, policies: self.configuration.policies,
-                    trusts: try self.configuration.policies.map(ClientTrust.load),
+                    trusts: rereadTrust ? try self.configuration.policies.map(ClientTrust.load) : old.trusts,
                     defaultName: self.configuration.defaultName, strictSNI: self.configuration.strictSNI
                 )
                 state.generation += 1
@@ -519,12 +521,15 @@ package final class CertificateStore: Sendable {
     /// those the current snapshot was built with. A renewal is never held back by a trust
     /// file; the client CA watch, which rebuilds when those files change, reports them.
     private func trustsForPublication(_ current: CertificateSnapshot) -> [ClientTrust?] {
-        do {
-            return try self.configuration.policies.map(ClientTrust.load)
-        } catch {
-            self.logger.warning("client CA bundle or CRL file not loaded; certificates published with the ones in use",
-                                metadata: ["error": "\(error)"])
-            return current.trusts
+        // Per policy: one broken file keeps its own policy on the trust in use, not the others.
+        self.configuration.policies.enumerated().map { index, policy in
+            do {
+                return try ClientTrust.load(for: policy)
+            } catch {
+                self.logger.error("client CA bundle or CRL file not loaded; certificates published with the ones in use",
+                                  metadata: ["error": "\(error)"])
+                return current.trusts[index]
+            }
         }
     }
 

@@ -148,7 +148,8 @@ func servedJSON(_ checks: [ServedProof.Check]) -> String {
             + "\"served_verified_at\":\(verified),\"served_verified_at_rfc3339\":\(verifiedText),"
             + "\"checked_at\":\(check.checkedAt),\"checked_at_rfc3339\":\(jsonString(rfc3339(check.checkedAt))),"
             + "\"fingerprint_seen\":\(check.seen?.first.map(jsonString) ?? "null"),\"chain_seen\":\(check.seen.map { "[\($0.map(jsonString).joined(separator: ","))]" } ?? "null"),"
-            + "\"error\":\(check.error.map(jsonString) ?? "null")}"
+            + "\"error\":\(check.error.map(jsonString) ?? "null")"
+            + (check.staple.map { ",\"ocsp_staple\":\(jsonString($0))" } ?? "") + "}"
     }
     return "[\(items.joined(separator: ","))]"
 }

@@ -201,7 +201,7 @@ extension Gateway {
         let stamps = NIOLockedValueBox(files.keys.reduce(into: [String: String?]()) { $0[$1] = fileStamp($1) })
         // Stores with a crl_strict policy, and whether their lists were stale when last looked at.
         let strict = self.stores.filter { $0.configuration.policies.contains { $0.clientCRLStrict } }
-        let staleSeen = NIOLockedValueBox([ObjectIdentifier: Bool]())
+        let staleSeen = NIOLockedValueBox([ObjectIdentifier: Set<String>]())
         return PeriodicJob(interval: .seconds(1)) {
             try? await NIOThreadPool.singleton.runIfActive {
                 for (file, stores) in files {
@@ -215,17 +215,18 @@ extension Gateway {
                 // contexts are built again so that no session made before resumes.
                 let now = Int64(currentTime())
                 for store in strict {
-                    // Only the strict policies' lists: a lenient list already stale must not
-                    // hide a strict one going stale.
-                    let policies = store.configuration.policies
-                    let stale = store.snapshot.revocationLists.contains { policies[$0.policy].clientCRLStrict && $0.lists.isStale(now: now) }
-                    let was = staleSeen.withLockedValue { $0[ObjectIdentifier(store)] ?? false }
-                    var seen = stale
-                    if stale, !was {
-                        // Not rebuilt (a bundle unreadable just now): tried again at the next tick.
-                        seen = store.rebuildContexts(reason: "a CRL went past its next update (crl_strict: clients are refused until a fresh one)")
+                    // The strict lists by file: a lenient list already stale, or another
+                    // strict one, must not hide one that goes stale now.
+                    let strictFiles = Set(store.configuration.policies.filter(\.clientCRLStrict).compactMap(\.clientCRLFile))
+                    let stale = Set(store.snapshot.revocationLists.filter { strictFiles.contains($0.lists.path) && $0.lists.isStale(now: now) }.map(\.lists.path))
+                    let seen = staleSeen.withLockedValue { $0[ObjectIdentifier(store)] ?? [] }
+                    // Built from the lists in use, not read again: only the stale bit of the
+                    // session-ID context changes. Not rebuilt: tried again at the next tick.
+                    if !stale.isSubset(of: seen),
+                       !store.rebuildContexts(reason: "a CRL went past its next update (crl_strict: clients are refused until a fresh one)", rereadTrust: false) {
+                        continue
                     }
-                    staleSeen.withLockedValue { $0[ObjectIdentifier(store)] = seen }
+                    staleSeen.withLockedValue { $0[ObjectIdentifier(store)] = stale }
                 }
             }
         }

@@ -92,13 +92,30 @@ package enum CertsInspection {
                     ?? own.contains { claims[$0].map { $0.rsa > 0 && $0.other > 0 } ?? false }
                 switch ServedProbe.handshake(host: target.host, port: target.port, serverName: name, proxyHeader: target.proxyHeader,
                                              signatureAlgorithms: shared ? ServedProof.signatureAlgorithms(forKey: report.keyType) : nil) {
-                case .success(let seen): check.seen = seen.chain
+                case .success(let seen):
+                    check.seen = seen.chain
+                    check.staple = stapleSummary(seen, now: now)
                 case .failure(let failure): check.error = failure.description
                 }
                 results.append((report.name, check))
             }
         }
         return results
+    }
+
+    /// What the listener stapled for a served leaf that names an OCSP responder: the
+    /// verified status and until when, "none", or why it does not verify; nil for a leaf
+    /// without a responder (nothing to staple).
+    static func stapleSummary(_ seen: ServedProbe.Seen, now: Int64) -> String? {
+        guard let leaf = seen.certificates.first, !OCSPCheck.responderURLs(of: leaf).isEmpty else { return nil }
+        guard let staple = seen.staple else { return "none" }
+        guard let issuer = OCSPCheck.issuer(of: leaf, in: seen.certificates) else { return "not checked: no issuer in the chain" }
+        do {
+            let response = try OCSPCheck.verify(staple, leaf: leaf, issuer: issuer, now: now)
+            return response.status.name + (response.nextUpdate.map { " until " + isoDate($0) } ?? "")
+        } catch {
+            return "INVALID: \(Gateway.reason(error))"
+        }
     }
 
     /// 3 when a listener serves another chain than the files; 1 when one could not be
@@ -109,11 +126,13 @@ package enum CertsInspection {
     }
 
     package static func servedTable(_ results: [ServedResult]) -> String {
-        var rows: [[String]] = [["NAME", "LISTENER", "SERVER NAME", "SERVED", "SEEN"]]
+        // The OCSP column only when some certificate names a responder.
+        let stapling = results.contains { $0.check.staple != nil }
+        var rows: [[String]] = [["NAME", "LISTENER", "SERVER NAME", "SERVED"] + (stapling ? ["OCSP STAPLE"] : []) + ["SEEN"]]
         for (lineage, check) in results {
             let state = check.matches.map { $0 ? "ok" : "MISMATCH" } ?? "unverified"
             let seen = check.seen?.first.map { String($0.prefix(23)) + "..." } ?? (check.error ?? "-")
-            rows.append([lineage, check.listener, check.serverName.isEmpty ? "-" : check.serverName, state, seen])
+            rows.append([lineage, check.listener, check.serverName.isEmpty ? "-" : check.serverName, state] + (stapling ? [check.staple ?? "-"] : []) + [seen])
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
         return "\n" + rows.map { row in

@@ -160,7 +160,7 @@ final class GatewayMetrics: Sendable {
             if let stapling = ocsp(report.sha256Fingerprint) {
                 // No series for a certificate without an OCSP responder: nothing to staple.
                 let stapled = self.certificateGauge("edge_certificate_ocsp_stapled", chainLabels,
-                                                    help: "1 when a verified, good and current OCSP response is stapled for the served certificate (its AIA names a responder).")
+                                                    help: "1 when a verified and current OCSP response is stapled for the served certificate (its AIA names a responder): good, or revoked (then edge_certificate_ocsp_problem is 2).")
                 stapled.set(to: stapling.stapled(now: now) == nil ? 0 : 1)
                 live[metricKey("edge_certificate_ocsp_stapled", chainLabels)] = stapled
                 let next = self.certificateGauge("edge_certificate_ocsp_next_update_timestamp_seconds", chainLabels,

@@ -3,6 +3,7 @@ import EdgeCertificates
 import EdgeTLS
 import Foundation
 import Logging
+import Atomics
 import NIOConcurrencyHelpers
 
 /// OCSP stapling for served certificates whose AIA names a responder: asks the responder
@@ -24,8 +25,8 @@ package final class OCSPStapler: Sendable {
         /// Held here too, so a slot outlives a moment when no context serves its leaf.
         let slot: OCSPStapleSlot
         var state: OCSPStapleState
-        /// The level last logged, so a change is logged once.
-        var loggedLevel: OCSPStapleState.Level = .ok
+        /// The level and state last logged, so a change is logged once.
+        var logged: (level: OCSPStapleState.Level, state: String) = (.ok, "pending")
     }
 
     /// Where ticks run: requests block, one at a time, for up to the responder timeout.
@@ -40,13 +41,20 @@ package final class OCSPStapler: Sendable {
     /// The stores' snapshot generations when the served leaves were last collected:
     /// unchanged, the collection (a fingerprint per lineage) is skipped.
     private let collectedGenerations = NIOLockedValueBox<[Int]>([])
+    /// Set when a reload's stapler took the entries over: this one's ticks, which go on
+    /// until its generation stops, do nothing (two staplers would ask twice, and one
+    /// with stapling turned off could staple again what the other cleared).
+    private let retired = ManagedAtomic(false)
 
     init(config: OCSPConfig, baseDirectory: String, logger: Logger, previous: OCSPStapler?) {
         self.enabled = config.stapling
         self.cacheDirectory = config.cacheDir.map { resolvePath($0, base: baseDirectory) }
         self.timeoutSeconds = Int(config.responderTimeout.nanoseconds / 1_000_000_000)
         self.logger = logger
-        let adopted = previous.flatMap { $0.enabled == config.stapling ? $0.entries.withLockedValue { $0 } : nil } ?? [:]
+        // Retired first: a fetch of its still in flight changes no slot after this (one it
+        // finishes is lost to this stapler, which asks again).
+        previous?.retired.store(true, ordering: .sequentiallyConsistent)
+        let adopted: [String: Entry] = previous.map { $0.enabled == config.stapling ? $0.entries.withLockedValue { $0 } : [:] } ?? [:]
         self.entries = NIOLockedValueBox(adopted)
     }
 
@@ -59,6 +67,7 @@ package final class OCSPStapler: Sendable {
     /// One round: takes in the leaves the listeners serve (when a store published since
     /// the last round), and asks the responder for those due.
     func tick(stores: [CertificateStore], now: Int64) {
+        guard !self.retired.load(ordering: .relaxed) else { return }
         let served = stores.filter { $0.configuration.chainCheck == .served }
         let generations = served.map { $0.snapshot.generation }
         if self.collectedGenerations.withLockedValue({ $0 }) != generations {
@@ -135,13 +144,13 @@ package final class OCSPStapler: Sendable {
         let done = Int64(currentTime())
         // A response that differs from the one held (not the same pre-signed answer again).
         let isNew: Bool = self.entries.withLockedValue { entries in
-            guard entries[fingerprint] != nil else { return false }
+            guard entries[fingerprint] != nil, !self.retired.load(ordering: .sequentiallyConsistent) else { return false }
             let previous = entries[fingerprint]!.state.response?.der
             switch outcome {
             case .success(let response):
                 entries[fingerprint]!.state.fetched(response, now: done)
-                // A response that is not good ends stapling: the good one held before is
-                // no longer what the responder says.
+                // What the responder says now is stapled, revoked included; an `unknown`
+                // ends stapling (the good one held before is no longer what it says).
                 entries[fingerprint]!.slot.current = response.staplable(now: done) ? response : nil
             case .failure(let error):
                 entries[fingerprint]!.state.failed("\(url): \(Gateway.reason(error))", now: done)
@@ -151,13 +160,14 @@ package final class OCSPStapler: Sendable {
         guard case .success(let response) = outcome, isNew else { return }
         if response.staplable(now: done) {
             self.logger.info("OCSP response stapled", metadata: [
-                "lineage": "\(entry.lineage)", "responder": "\(url)", "this_update": "\(isoDate(response.thisUpdate))",
+                "lineage": "\(entry.lineage)", "responder": "\(url)", "certificate_status": "\(response.status.name)",
+                "this_update": "\(isoDate(response.thisUpdate))",
                 "next_update": "\(response.nextUpdate.map(isoDate) ?? "none")",
             ])
             self.writeCache(fingerprint, response)
         } else {
-            // Revoked or unknown: the good response cached before must not be stapled by the
-            // next start.
+            // Unknown to the responder: the good response cached before must not be stapled
+            // by the next start. (A revoked one replaces it in the cache.)
             self.removeCache(fingerprint)
         }
     }
@@ -168,9 +178,12 @@ package final class OCSPStapler: Sendable {
             var changes: [(String, OCSPStapleState.Level, OCSPStapleState.Level, String?, String)] = []
             for (fingerprint, entry) in entries {
                 let (level, reason) = entry.state.level(now: now)
-                guard level != entry.loggedLevel else { continue }
-                changes.append((entry.lineage, entry.loggedLevel, level, reason, entry.state.responderURL))
-                entries[fingerprint]!.loggedLevel = level
+                let state = entry.state.state(now: now)
+                // A new state at the same level counts too: critical for want of a response,
+                // then critical because the responder says revoked.
+                guard level != entry.logged.level || (level != .ok && state != entry.logged.state) else { continue }
+                changes.append((entry.lineage, entry.logged.level, level, reason, entry.state.responderURL))
+                entries[fingerprint]!.logged = (level, state)
             }
             return changes
         }
@@ -216,7 +229,9 @@ package final class OCSPStapler: Sendable {
         guard let directory = self.cacheDirectory, let file = self.cacheFile(fingerprint) else { return }
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
-            let temporary = file + ".tmp"
+            // Named by this process: two instances sharing the directory never rename each
+            // other's half-written file into place.
+            let temporary = file + ".\(getpid()).tmp"
             try Data(response.der).write(to: URL(fileURLWithPath: temporary))
             guard rename(temporary, file) == 0 else { throw TLSError.configuration("rename to \(file): \(String(cString: strerror(errno)))") }
         } catch {

@@ -24,7 +24,9 @@ enum RevocationListStatus {
         for store in stores {
             for (index, lists) in store.snapshot.revocationLists where seen.insert("client_auth\u{0}" + lists.path).inserted {
                 let policy = store.configuration.policies[index]
-                files.append(File(lists: lists, usedBy: "client_auth", chain: policy.clientCRLChain, strict: policy.clientCRLStrict))
+                // Strict when any policy naming the file is (a lenient listener may come first).
+                let strict = store.configuration.policies.contains { $0.clientCRLFile == lists.path && $0.clientCRLStrict }
+                files.append(File(lists: lists, usedBy: "client_auth", chain: policy.clientCRLChain, strict: strict))
             }
         }
         for group in groups {

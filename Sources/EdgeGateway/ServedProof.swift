@@ -44,6 +44,8 @@ package final class ServedProof: Sendable {
         /// What was served; nil when the probe failed (`error`).
         package var seen: [String]?
         package var error: String?
+        /// What the handshake stapled, checked (`certs --check-served`); nil when not looked at.
+        package var staple: String?
 
         /// true: the published chain was served; false: another one; nil: not known (the
         /// probe failed). The published chain served with more after it counts as served:

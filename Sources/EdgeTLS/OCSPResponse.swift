@@ -46,9 +46,11 @@ package struct VerifiedOCSPResponse: Sendable {
     /// When it stops being current: its next update, or a week after it was produced.
     package var validUntil: Int64 { self.nextUpdate ?? self.thisUpdate + Self.maximumAgeWithoutNextUpdate }
 
-    /// Usable for stapling at `now`: good, and current.
+    /// Stapled at `now`: current, and good or revoked. A revoked certificate gets the
+    /// responder's word as it is (the client refuses it either way, and learns why); an
+    /// `unknown` answer says nothing worth sending.
     package func staplable(now: Int64) -> Bool {
-        self.status == .good && now < self.validUntil
+        self.status != .unknown && now < self.validUntil
     }
 }
 

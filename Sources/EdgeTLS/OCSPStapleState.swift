@@ -56,7 +56,7 @@ package struct OCSPStapleState: Sendable {
     /// A fetch is due.
     package func due(now: Int64) -> Bool { !self.off && now >= self.nextFetchAt }
 
-    /// The response to staple at `now`: verified, good and current.
+    /// The response to staple at `now`: verified, current, good or revoked.
     package func stapled(now: Int64) -> VerifiedOCSPResponse? {
         self.response.flatMap { $0.staplable(now: now) ? $0 : nil }
     }
@@ -109,12 +109,12 @@ package struct OCSPStapleState: Sendable {
 
     /// One word for the status views.
     package func state(now: Int64) -> String {
-        if self.stapled(now: now) != nil { return "stapled" }
         switch self.response?.status {
         case .revoked?: return "revoked"
         case .unknown?: return "unknown_to_responder"
         default: break
         }
+        if self.stapled(now: now) != nil { return "stapled" }
         if self.off { return "off" }
         return self.attempted ? "unavailable" : "pending"
     }

@@ -23,7 +23,7 @@ package final class OCSPStapleSlot: @unchecked Sendable {
     }
 
     /// The bytes to staple at `now`, or nil: never a response past its next update, or one
-    /// that does not say good.
+    /// that says `unknown`.
     func stapleBytes(now: Int64) -> [UInt8]? {
         self.lock.withLock {
             guard let response = self.response, response.staplable(now: now) else { return nil }

@@ -20,6 +20,12 @@ package enum ServedProbe {
         /// SHA-256 fingerprints of the chain served, leaf first (colon-separated hex, as
         /// `X509Certificate.sha256Fingerprint`).
         package var chain: [String]
+        /// The OCSP response stapled to the handshake (DER, as sent; unchecked), if any.
+        package var staple: [UInt8]? = nil
+        /// The served chain itself, leaf first, to check the staple against.
+        package var certificates: [X509Certificate] = []
+
+        package static func == (a: Seen, b: Seen) -> Bool { a.chain == b.chain && a.staple == b.staple }
     }
 
     package struct Failure: Error, Sendable, CustomStringConvertible {
@@ -75,6 +81,8 @@ package enum ServedProbe {
         defer { SSL_free(ssl) }
         if !serverName.isEmpty { _ = edge_SSL_set_tlsext_host_name(ssl, serverName) }
         if let signatureAlgorithms { _ = edge_SSL_set1_sigalgs_list(ssl, signatureAlgorithms) }
+        // Asks for a stapled OCSP response, as browsers do: what is stapled is seen too.
+        _ = edge_SSL_set_tlsext_status_type(ssl, TLSEXT_STATUSTYPE_ocsp)
         SSL_set_fd(ssl, fd)
         let rc = SSL_connect(ssl)
         // Seen even when the handshake ends in an alert after the server's certificate
@@ -83,14 +91,17 @@ package enum ServedProbe {
             ERR_clear_error()
             return .failure(Failure(description: rc == 1 ? "no certificate served" : "handshake failed before a certificate was served"))
         }
-        var chain: [String] = []
+        var certificates: [X509Certificate] = []
         for index in 0..<edge_sk_X509_num(stack) {
             guard let certificate = edge_sk_X509_value(stack, index) else { continue }
             X509_up_ref(certificate)
-            chain.append(X509Certificate(taking: certificate).sha256Fingerprint)
+            certificates.append(X509Certificate(taking: certificate))
         }
+        var staple: UnsafePointer<UInt8>?
+        let stapleLength = edge_SSL_get_tlsext_status_ocsp_resp(ssl, &staple)
+        let stapled = staple.flatMap { stapleLength > 0 ? Array(UnsafeBufferPointer(start: $0, count: stapleLength)) : nil }
         if rc == 1 { _ = SSL_shutdown(ssl) }
         ERR_clear_error()
-        return .success(Seen(chain: chain))
+        return .success(Seen(chain: certificates.map(\.sha256Fingerprint), staple: stapled, certificates: certificates))
     }
 }

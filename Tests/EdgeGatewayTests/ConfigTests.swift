@@ -160,6 +160,14 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(accessLog.stderr.contains("access_log.format: must be combined or json, got 'clf'"), accessLog.stderr)
         let unwritable = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\naccess_log: { path: /nonexistent/access.log }\n")
         XCTAssertTrue(unwritable.stderr.contains("access_log.path: /nonexistent/access.log: cannot be created in /nonexistent: No such file or directory"), unwritable.stderr)
+        // The OCSP cache directory is looked at, never created, by `check`.
+        let ocsp = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\nocsp: { cache_dir: \(Self.leaf.key), responder_timeout: 2m }\n")
+        XCTAssertTrue(ocsp.stderr.contains("ocsp.responder_timeout: between 1s and 60s"), ocsp.stderr)
+        let notDirectory = try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\nocsp: { cache_dir: \(Self.leaf.key) }\n")
+        XCTAssertTrue(notDirectory.stderr.contains("ocsp.cache_dir: \(Self.leaf.key) is not a directory"), notDirectory.stderr)
+        let missing = FileManager.default.temporaryDirectory.appendingPathComponent("ocsp-\(UUID().uuidString)").path
+        XCTAssertEqual(try check(config(cert: Self.leaf.fullchain, key: Self.leaf.key) + "\nocsp: { cache_dir: \(missing) }\n").status, 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: missing), "check creates nothing")
     }
 
     func testBadRoutesNameTheRouteAndTheKey() throws {

@@ -50,12 +50,12 @@ final class OCSPCheckTests: XCTestCase {
         }
         XCTAssertThrowsError(try OCSPCheck.verify(Array(direct.dropLast()), leaf: leaf, issuer: issuer, now: now), "a cut response")
 
-        // Revoked in the CA's index: verified, says so, never stapled.
+        // Revoked in the CA's index: verified, says so, and is stapled as it is.
         try ca.revoke(leafFile)
         let revoked = try OCSPCheck.verify(try respond(ca.certificate, ca.key, out: "revoked.der"), leaf: leaf, issuer: issuer, now: now)
         guard case .revoked(_, let reason) = revoked.status else { return XCTFail("\(revoked.status)") }
         XCTAssertEqual(reason, "keyCompromise")
-        XCTAssertFalse(revoked.staplable(now: now))
+        XCTAssertTrue(revoked.staplable(now: now))
         XCTAssertEqual(OCSPCheck.responderURLs(of: leaf), ["http://127.0.0.1:\(ca.responderPort)"])
         XCTAssertFalse(OCSPCheck.mustStaple(leaf))
         XCTAssertTrue(OCSPCheck.issuer(of: leaf, in: [leaf, issuer]) === issuer)

@@ -64,9 +64,10 @@ final class OCSPStapleStateTests: XCTestCase {
         XCTAssertEqual(plain.level(now: 1_001).level, .warning)
         plain.fetched(response(.revoked(at: 900, reason: "keyCompromise")), now: 1_100)
         XCTAssertEqual(plain.level(now: 1_100).level, .critical)
-        XCTAssertNil(plain.stapled(now: 1_100), "a revoked response is never stapled")
+        XCTAssertNotNil(plain.stapled(now: 1_100), "a revoked response is stapled as it is")
         XCTAssertEqual(plain.state(now: 1_100), "revoked")
         plain.fetched(response(.unknown), now: 1_200)
+        XCTAssertNil(plain.stapled(now: 1_200), "an unknown answer is not")
         XCTAssertEqual(plain.state(now: 1_200), "unknown_to_responder")
         XCTAssertEqual(plain.level(now: 1_200).level, .warning)
 
@@ -76,6 +77,10 @@ final class OCSPStapleStateTests: XCTestCase {
     }
 
     func testACachedResponseIsStapledAtOnceAndRefreshedAtItsHalfWayPoint() {
+        var early = OCSPStapleState(mustStaple: false, responderURL: "http://ocsp.test", now: 2_000)
+        early.loadedFromCache(response(), now: 2_000)
+        XCTAssertEqual(early.nextFetchAt, 1_000 + 43_200, "before its half-way point: refreshed at that point, not now")
+        XCTAssertFalse(early.due(now: 2_000))
         var state = OCSPStapleState(mustStaple: false, responderURL: "http://ocsp.test", now: 50_000)
         state.loadedFromCache(response(), now: 50_000)
         XCTAssertEqual(state.source, .cache)

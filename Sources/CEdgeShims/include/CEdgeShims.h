@@ -59,6 +59,9 @@ void edge_SSL_CTX_set_tlsext_status_cb(SSL_CTX *ctx, edge_status_cb cb);
 void edge_SSL_CTX_set_tlsext_status_arg(SSL_CTX *ctx, void *arg);
 long edge_SSL_set_tlsext_status_ocsp_resp(SSL *ssl, unsigned char *response, long length);
 void *edge_OPENSSL_malloc(size_t length);
+/* The client side (certs --check-served): ask for a stapled response and read it. */
+long edge_SSL_set_tlsext_status_type(SSL *ssl, int type);
+long edge_SSL_get_tlsext_status_ocsp_resp(SSL *ssl, const unsigned char **response);
 /* The OCSP URLs of a certificate's AIA (X509_get1_ocsp). */
 int edge_sk_OPENSSL_STRING_num(const STACK_OF(OPENSSL_STRING) *stack);
 const char *edge_sk_OPENSSL_STRING_value(const STACK_OF(OPENSSL_STRING) *stack, int index);

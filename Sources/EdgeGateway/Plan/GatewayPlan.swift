@@ -51,6 +51,7 @@ struct GatewayPlan: Sendable {
         (self.sessionTickets, self.ticketKeys) = builder.sessionTickets(tls.ticketSettings)
         self.handoffSocket = config.handoffSocket.map(builder.resolve)
         self.accessLogPlan = builder.accessLog()
+        builder.checkOCSPCacheDirectory()
         self.listeners = builder.listeners(tls.pending, shared: self.sharedStore)
         self.adminAddress = builder.adminAddress()
         self.config = config

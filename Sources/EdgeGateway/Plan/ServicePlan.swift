@@ -4,6 +4,10 @@ import EdgeTLS
 import Logging
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 extension PlanBuilder {
     /// Session-ticket settings and, with `key_file`, its keys: parsed here, installed by
     /// `start`, so a rejected reload (or `check`) leaves the live keys as they are.
@@ -38,6 +42,20 @@ extension PlanBuilder {
             }
         }
         return accessLogPlan
+    }
+
+    /// `ocsp.cache_dir`, looked at without creating it: when it exists it must be a
+    /// directory this process can write (it is created at the first response otherwise).
+    mutating func checkOCSPCacheDirectory() {
+        guard let dir = config.ocsp.cacheDir else { return }
+        let path = resolve(dir)
+        var st = stat()
+        guard stat(path, &st) == 0 else { return }
+        if (st.st_mode & S_IFMT) != S_IFDIR {
+            problems.append("ocsp.cache_dir: \(path) is not a directory")
+        } else if access(path, W_OK | X_OK) != 0 {
+            problems.append("ocsp.cache_dir: \(path): \(String(cString: strerror(errno))) (the gateway keeps verified OCSP responses there)")
+        }
     }
 
     /// The admin endpoint's address: loopback unless explicitly opened.
