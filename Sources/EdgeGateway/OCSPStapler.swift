@@ -192,7 +192,7 @@ package final class OCSPStapler: Sendable {
             switch level {
             case .ok: self.logger.notice("OCSP stapling recovered", metadata: metadata.merging(["was": "\(before.rawValue)"]) { $1 })
             case .warning: self.logger.warning("OCSP stapling: no current response", metadata: metadata)
-            case .critical: self.logger.error("OCSP stapling: certificate will be refused by clients that require a stapled response", metadata: metadata)
+            case .critical: self.logger.error("OCSP stapling critical: clients will refuse the certificate", metadata: metadata)
             }
         }
     }

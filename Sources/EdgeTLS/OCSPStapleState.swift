@@ -1,3 +1,17 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A Unix time as the status views write it in a sentence (`2026-12-07 07:20:17 UTC`).
+func utcText(_ seconds: Int64) -> String {
+    var time = time_t(seconds)
+    var parts = tm()
+    gmtime_r(&time, &parts)
+    var buffer = [CChar](repeating: 0, count: 32)
+    let count = strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M:%S UTC", &parts)
+    return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
 /// What the gateway knows about stapling one leaf certificate, and when it next asks the
 /// responder: a pure value, changed by events (a response read from the cache, fetched
 /// and verified, a failed fetch) at a time the caller gives, so the schedule and the
@@ -126,12 +140,12 @@ package struct OCSPStapleState: Sendable {
     /// response whose refresh keeps failing past its half-way point.
     package func level(now: Int64) -> (level: Level, reason: String?) {
         if case .revoked(let at, let reason)? = self.response?.status {
-            return (.critical, "the OCSP responder says the certificate is revoked (since \(at)\(reason.map { ", \($0)" } ?? ""))")
+            return (.critical, "the OCSP responder says the certificate is revoked (since \(utcText(at))\(reason.map { ", \($0)" } ?? ""))")
         }
         if let stapled = self.stapled(now: now) {
             if let error = self.lastError, let obtained = self.fetchedAt ?? Optional(stapled.thisUpdate),
                now >= self.refreshAt(stapled, obtainedAt: obtained) {
-                return (.warning, "refreshing the stapled response fails (\(error)); it is valid until \(stapled.nextUpdate.map(String.init) ?? "its refresh")")
+                return (.warning, "refreshing the stapled response fails (\(error)); it is valid until \(utcText(stapled.validUntil))")
             }
             return (.ok, nil)
         }

@@ -234,7 +234,7 @@ final class OCSPStaplingTests: XCTestCase {
         XCTAssertEqual(try staple(port, host: "staple.test", caFile: ca.certificate), "none")
         XCTAssertTrue(try servedRow(dir.file("forged.yaml"), "staple").contains(" none "))
         XCTAssertTrue(eventually(timeout: 10) { metricSum("edge_certificate_ocsp_problem", admin: admin) == 3 }, "staple critical (2), other a warning (1)")
-        XCTAssertTrue(gateway.log.contains("OCSP stapling: certificate will be refused by clients that require a stapled response"), gateway.log)
+        XCTAssertTrue(gateway.log.contains("OCSP stapling critical: clients will refuse the certificate"), gateway.log)
 
         // The real responder: stapled within the retry backoff, and the log says it recovered.
         responder.stop()
