@@ -15,28 +15,7 @@ final class ClientRevocationTests: XCTestCase {
 
         init(in parent: TemporaryDirectory) throws {
             self.dir = parent.file("ca")
-            try FileManager.default.createDirectory(atPath: self.dir + "/newcerts", withIntermediateDirectories: true)
-            try "".write(toFile: self.dir + "/index.txt", atomically: true, encoding: .utf8)
-            try "1000\n".write(toFile: self.dir + "/serial", atomically: true, encoding: .utf8)
-            try "01\n".write(toFile: self.dir + "/crlnumber", atomically: true, encoding: .utf8)
-            try """
-                [ ca ]
-                default_ca = client_ca
-                [ client_ca ]
-                dir = \(self.dir)
-                database = $dir/index.txt
-                new_certs_dir = $dir/newcerts
-                certificate = $dir/ca.pem
-                private_key = $dir/ca.key
-                serial = $dir/serial
-                crlnumber = $dir/crlnumber
-                default_md = sha256
-                default_days = 30
-                default_crl_days = 7
-                policy = any
-                unique_subject = no
-                [ any ]
-                commonName = supplied
+            try OpenSSLCA.create(in: self.dir, subject: "/CN=Test Client CA", firstSerial: "1000", sections: """
                 [ client ]
                 basicConstraints = CA:FALSE
                 keyUsage = digitalSignature
@@ -46,10 +25,7 @@ final class ClientRevocationTests: XCTestCase {
                 keyUsage = digitalSignature
                 extendedKeyUsage = serverAuth
                 subjectAltName = DNS:app.internal
-
-                """.write(toFile: self.config, atomically: true, encoding: .utf8)
-            try Self.run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout '\(self.dir)/ca.key' -out '\(self.dir)/ca.pem' "
-                         + "-subj '/CN=Test Client CA' -days 30 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
+                """)
         }
 
         /// Issues a client certificate; returns its certificate and key files and its serial.
@@ -87,11 +63,7 @@ final class ClientRevocationTests: XCTestCase {
         }
 
         @discardableResult
-        static func run(_ command: String) throws -> String {
-            let result = try Shell.bash(command + " 2>&1")
-            guard result.status == 0 else { throw NSError(domain: "\(command): \(result.stdout)", code: 1) }
-            return result.stdout
-        }
+        static func run(_ command: String) throws -> String { try OpenSSLCA.run(command) }
     }
 
     /// A gateway process whose HTTPS listener requires client certificates from `ca`,

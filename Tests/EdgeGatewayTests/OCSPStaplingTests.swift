@@ -17,26 +17,7 @@ final class OCSPStaplingTests: XCTestCase {
 
         init(in parent: TemporaryDirectory, name: String = "ca") throws {
             self.dir = parent.file(name)
-            try FileManager.default.createDirectory(atPath: self.dir + "/newcerts", withIntermediateDirectories: true)
-            try "".write(toFile: self.dir + "/index.txt", atomically: true, encoding: .utf8)
-            try "2000\n".write(toFile: self.dir + "/serial", atomically: true, encoding: .utf8)
-            try """
-                [ ca ]
-                default_ca = site_ca
-                [ site_ca ]
-                dir = \(self.dir)
-                database = $dir/index.txt
-                new_certs_dir = $dir/newcerts
-                certificate = $dir/ca.pem
-                private_key = $dir/ca.key
-                serial = $dir/serial
-                default_md = sha256
-                default_days = 30
-                policy = any
-                unique_subject = no
-                copy_extensions = copy
-                [ any ]
-                commonName = supplied
+            try OpenSSLCA.create(in: self.dir, subject: "/CN=Test OCSP CA \(name)", firstSerial: "2000", settings: "copy_extensions = copy", sections: """
                 [ leaf ]
                 basicConstraints = CA:FALSE
                 keyUsage = critical,digitalSignature
@@ -48,10 +29,7 @@ final class OCSPStaplingTests: XCTestCase {
                 extendedKeyUsage = serverAuth
                 authorityInfoAccess = OCSP;URI:http://127.0.0.1:\(self.responderPort)
                 tlsfeature = status_request
-
-                """.write(toFile: self.config, atomically: true, encoding: .utf8)
-            try Self.run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout '\(self.key)' -out '\(self.certificate)' "
-                         + "-subj '/CN=Test OCSP CA \(name)' -days 30 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign,digitalSignature")
+                """, keyUsage: "keyCertSign,cRLSign,digitalSignature")
         }
 
         /// Issues a leaf for `host` into `directory` as `<name>.pem` (leaf, CA, key: one
@@ -85,11 +63,7 @@ final class OCSPStaplingTests: XCTestCase {
         }
 
         @discardableResult
-        static func run(_ command: String) throws -> String {
-            let result = try Shell.bash(command + " 2>&1")
-            guard result.status == 0 else { throw NSError(domain: "\(command): \(result.stdout)", code: 1) }
-            return result.stdout
-        }
+        static func run(_ command: String) throws -> String { try OpenSSLCA.run(command) }
     }
 
     /// A gateway serving the `directory` source at `certs`, stapling with `ocsp` settings.
