@@ -74,9 +74,9 @@ package final class OCSPStapler: Sendable {
             self.collect(served, now: now)
             self.collectedGenerations.withLockedValue { $0 = generations }
         }
-        // First fetches first, then the longest waiting: a responder that does not answer,
-        // retried, never delays the first response of a new certificate. A round stops
-        // starting fetches after twice the timeout; the rest stay due for the next one.
+        // First fetches first, then the longest waiting: retries of a responder that does
+        // not answer come after a new certificate's first request. A round stops starting
+        // fetches after twice the timeout; the rest stay due for the next one.
         let due = self.entries.withLockedValue { entries in
             entries.filter { $0.value.state.due(now: now) }.map { ($0.key, $0.value) }
                 .sorted { ($0.1.state.attempted ? 1 : 0, $0.1.state.nextFetchAt) < ($1.1.state.attempted ? 1 : 0, $1.1.state.nextFetchAt) }
