@@ -73,8 +73,9 @@ final class ReloadUnderLoadTests: XCTestCase {
     }
 
     /// Waits until the gateway at `admin` has answered `count` requests (`edge_requests_total`).
-    func answers(_ admin: Int, atLeast count: Double) -> Bool {
-        eventually(timeout: 15, interval: 0.05) { (metricSum("edge_requests_total", admin: admin) ?? 0) >= count }
+    func answers(_ admin: Int, atLeast count: Double, on listener: String? = nil) -> Bool {
+        let label = listener.map { "listener=\"\($0)\"" }
+        return eventually(timeout: 15, interval: 0.05) { (metricSum("edge_requests_total", admin: admin, labelled: label) ?? 0) >= count }
     }
 
     /// Waits until the `count`th reload is logged, then for 300 more answers: each reload
@@ -122,7 +123,10 @@ final class ReloadUnderLoadTests: XCTestCase {
         let get = try startWrk(port: setup.http, seconds: 60, post: false, dir: setup.dir)
         let post = try startWrk(port: setup.http, seconds: 60, post: true, dir: setup.dir)
         let h2 = try startHTTP2Client(port: setup.https, seconds: 60)
+        // Each process answers HTTP/2 streams too before it is taken over: the Python client is
+        // much slower than wrk, and a count over all listeners could be wrk's alone.
         XCTAssertTrue(self.answers(setup.admin, atLeast: 500), "the load is under way")
+        XCTAssertTrue(self.answers(setup.admin, atLeast: 100, on: "https"), "the streams are under way")
         for index in 1...5 {
             let next = try GatewayProcess(config: setup.config, logPath: setup.dir.file("gateway\(index).log"))
             all.append(next)
@@ -134,6 +138,7 @@ final class ReloadUnderLoadTests: XCTestCase {
             current = next
             // The new process has its own counters, and the admin endpoint is its own now.
             XCTAssertTrue(self.answers(setup.admin, atLeast: 300), "takeover \(index): the new process serves the load")
+            XCTAssertTrue(self.answers(setup.admin, atLeast: 100, on: "https"), "takeover \(index): the new process serves the streams")
         }
         for client in [get.0, post.0, h2.0] { client.interrupt() }
         let gets = wrkResult(get), posts = wrkResult(post)
@@ -142,7 +147,8 @@ final class ReloadUnderLoadTests: XCTestCase {
         XCTAssertEqual(gets.failed, 0, "GET requests failed across 5 takeovers:\n\(gets.text)")
         XCTAssertEqual(posts.failed, 0, "POST requests failed across 5 takeovers:\n\(posts.text)")
         let streams = http2Result(h2)
-        XCTAssertGreaterThan(streams["ok"] as? Int ?? 0, 1000, "\(streams)")
+        XCTAssertGreaterThanOrEqual(streams["ok"] as? Int ?? 0, 600, "\(streams)")
+        XCTAssertGreaterThanOrEqual(streams["goaways"] as? Int ?? 0, 5, "every takeover drained the streams' connections: \(streams)")
         XCTAssertEqual(streams["failed"] as? Int, 0, "HTTP/2 streams failed across 5 takeovers: \(streams)")
         XCTAssertEqual(streams["refused"] as? Int, 0, "\(streams)")
     }

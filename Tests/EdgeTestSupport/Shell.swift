@@ -307,11 +307,13 @@ package func pause(_ seconds: Double) {
 
 /// The sum of every series of the metric `name` on the admin endpoint at `admin`
 /// (`edge_requests_total` over listeners and classes, say); nil when the scrape fails or
-/// has no such series. What a test waits on instead of a pause: requests answered,
+/// has no such series; with `label` (`listener="https"`, say), only the series whose
+/// labels include it. What a test waits on instead of a pause: requests answered,
 /// events read.
-package func metricSum(_ name: String, admin: Int) -> Double? {
+package func metricSum(_ name: String, admin: Int, labelled label: String? = nil) -> Double? {
     guard let text = try? Shell.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:\(admin)/metrics"]).stdout else { return nil }
     let values = text.split(separator: "\n").filter { $0.hasPrefix(name + " ") || $0.hasPrefix(name + "{") }
+        .filter { label.map($0.contains) ?? true }
         .compactMap { Double($0.split(separator: " ").last ?? "") }
     return values.isEmpty ? nil : values.reduce(0, +)
 }
