@@ -94,7 +94,7 @@ package enum CertsInspection {
                                              signatureAlgorithms: shared ? ServedProof.signatureAlgorithms(forKey: report.keyType) : nil) {
                 case .success(let seen):
                     check.seen = seen.chain
-                    check.staple = stapleSummary(seen, now: now)
+                    (check.staple, check.stapleProblem) = stapleSummary(seen, now: now) ?? (nil, 0)
                 case .failure(let failure): check.error = failure.description
                 }
                 results.append((report.name, check))
@@ -104,25 +104,35 @@ package enum CertsInspection {
     }
 
     /// What the listener stapled for a served leaf that names an OCSP responder: the
-    /// verified status and until when, "none", or why it does not verify; nil for a leaf
-    /// without a responder (nothing to staple).
-    static func stapleSummary(_ seen: ServedProbe.Seen, now: Int64) -> String? {
+    /// verified status and until when, "none", or why it does not verify, with its grade
+    /// (`Check.stapleProblem`); nil for a leaf without a responder (nothing to staple).
+    /// A must-staple certificate served without a valid response fails every client that
+    /// enforces it, so that is as bad as a revoked one.
+    static func stapleSummary(_ seen: ServedProbe.Seen, now: Int64) -> (String, Int)? {
         guard let leaf = seen.certificates.first, !OCSPCheck.responderURLs(of: leaf).isEmpty else { return nil }
-        guard let staple = seen.staple else { return "none" }
-        guard let issuer = OCSPCheck.issuer(of: leaf, in: seen.certificates) else { return "not checked: no issuer in the chain" }
+        let missing = OCSPCheck.mustStaple(leaf) ? 2 : 1
+        guard let staple = seen.staple else { return ("none", missing) }
+        guard let issuer = OCSPCheck.issuer(of: leaf, in: seen.certificates) else { return ("not checked: no issuer in the chain", 1) }
         do {
             let response = try OCSPCheck.verify(staple, leaf: leaf, issuer: issuer, now: now)
-            return response.status.name + (response.nextUpdate.map { " until " + isoDate($0) } ?? "")
+            let problem = switch response.status {
+            case .good: 0
+            case .revoked: 2
+            case .unknown: missing
+            }
+            return (response.status.name + (response.nextUpdate.map { " until " + isoDate($0) } ?? ""), problem)
         } catch {
-            return "INVALID: \(Gateway.reason(error))"
+            return ("INVALID: \(Gateway.reason(error))", 2)
         }
     }
 
-    /// 3 when a listener serves another chain than the files; 1 when one could not be
-    /// checked; else 0.
+    /// 3 when a listener serves another chain than the files; 2 when a staple is revoked or
+    /// invalid, or missing for a must-staple certificate; 1 when a chain could not be
+    /// checked or a certificate with a responder was served without a current staple; else 0.
     package static func servedExitCode(_ results: [ServedResult]) -> Int32 {
         if results.contains(where: { $0.check.matches == false }) { return 3 }
-        return results.contains { $0.check.matches == nil } ? 1 : 0
+        let staple = Int32(results.map(\.check.stapleProblem).max() ?? 0)
+        return max(staple, results.contains { $0.check.matches == nil } ? 1 : 0)
     }
 
     package static func servedTable(_ results: [ServedResult]) -> String {

@@ -197,8 +197,10 @@ struct Certs: AsyncParsableCommand {
               1  some certificate is in its warning window
               2  some certificate is critical, expired, not yet valid, or unreadable
               3  (--check-served) a listener serves another chain than the files
-            With --strict, a chain that does not verify is at least 1; with
-            --check-served, a listener that could not be checked is at least 1.
+            With --strict, a chain that does not verify is at least 1. With
+            --check-served, a listener that could not be checked is at least 1, and so
+            is a certificate with an OCSP responder served without a staple; a staple
+            that is revoked or invalid, or none for a must-staple certificate, is 2.
             """
     )
 

@@ -97,10 +97,12 @@ final class OCSPStaplingTests: XCTestCase {
         return out.split(separator: "\n").first { $0.contains("Cert Status:") }.map { $0.trimmingCharacters(in: .whitespaces) } ?? "no status line"
     }
 
-    /// The `certs --check-served` row of lineage `name`: what the listener stapled for it.
-    func servedRow(_ config: String, _ name: String) throws -> String {
+    /// The `certs --check-served` row of lineage `name` (what the listener stapled for it)
+    /// and the command's exit code.
+    func served(_ config: String, _ name: String) throws -> (row: String, exit: Int32) {
         let result = try Shell.run([gatewayBinary(), "certs", "-c", config, "--check-served"])
-        return result.stdout.split(separator: "\n").first { $0.hasPrefix(name + " ") && $0.contains(" https ") }.map(String.init) ?? result.stdout
+        let row = result.stdout.split(separator: "\n").first { $0.hasPrefix(name + " ") && $0.contains(" https ") }.map(String.init) ?? result.stdout
+        return (row, result.status)
     }
 
     /// The `ocsp` object of lineage `name` on `/status/certificates` (nil: none).
@@ -144,7 +146,9 @@ final class OCSPStaplingTests: XCTestCase {
         XCTAssertEqual(scrapedMetric("edge_certificate_ocsp_stapled", admin: admin), 1)
         XCTAssertEqual(scrapedMetric("edge_certificate_ocsp_problem", admin: admin), 0)
         // `certs --check-served` sees the staple in its own handshake, and checks it.
-        XCTAssertTrue(try servedRow(dir.file("first.yaml"), "staple").contains("good until"))
+        let good = try served(dir.file("first.yaml"), "staple")
+        XCTAssertTrue(good.row.contains("good until"), good.row)
+        XCTAssertEqual(good.exit, 0, good.row)
         // A certificate whose AIA names no responder: no staple, no state, no word in the log.
         XCTAssertEqual(try staple(port, host: "other.test", caFile: pki.caPath), "none")
         XCTAssertNil(try ocspStatus(admin, "other"))
@@ -206,7 +210,10 @@ final class OCSPStaplingTests: XCTestCase {
         XCTAssertTrue((forged["last_error"] as? String ?? "").contains("not signed by the issuer"), "\(forged)")
         XCTAssertTrue((forged["reason"] as? String ?? "").contains("must-staple"), "\(forged)")
         XCTAssertEqual(try staple(port, host: "staple.test", caFile: ca.certificate), "none")
-        XCTAssertTrue(try servedRow(dir.file("forged.yaml"), "staple").contains(" none "))
+        // A must-staple certificate served without a staple fails the check as a revoked one does.
+        let none = try served(dir.file("forged.yaml"), "staple")
+        XCTAssertTrue(none.row.contains(" none "), none.row)
+        XCTAssertEqual(none.exit, 2, none.row)
         XCTAssertTrue(eventually(timeout: 10) { metricSum("edge_certificate_ocsp_problem", admin: admin) == 3 }, "staple critical (2), other a warning (1)")
         XCTAssertTrue(gateway.log.contains("OCSP stapling critical: clients will refuse the certificate"), gateway.log)
 
@@ -230,7 +237,9 @@ final class OCSPStaplingTests: XCTestCase {
         XCTAssertEqual(revoked["level"] as? String, "critical")
         XCTAssertEqual(revoked["certificate_status"] as? String, "revoked")
         XCTAssertEqual(try staple(port, host: "staple.test", caFile: ca.certificate), "Cert Status: revoked")
-        XCTAssertTrue(try servedRow(dir.file("forged.yaml"), "staple").contains("revoked until"))
+        let revokedRow = try served(dir.file("forged.yaml"), "staple")
+        XCTAssertTrue(revokedRow.row.contains("revoked until"), revokedRow.row)
+        XCTAssertEqual(revokedRow.exit, 2, revokedRow.row)
         XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("certificate_status=revoked") }, gateway.log)
         XCTAssertEqual(scrapedMetric("edge_certificate_ocsp_problem", admin: admin), 2, "staple critical, other ok")
         XCTAssertEqual(try staple(port, host: "other.test", caFile: ca.certificate), "Cert Status: good", "the other lineage is still stapled good")
