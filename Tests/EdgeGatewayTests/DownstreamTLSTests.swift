@@ -304,11 +304,11 @@ final class DownstreamTLSTests: XCTestCase {
         // A session made for localhost (no client certificate) never resumes on secure.test.
         for version in ["-tls1_3", "-tls1_2"] {
             let file = dir.file("s\(version)")
-            let first = try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) -sess_out '\(file)' 2>&1").stdout
+            let first = try sClient(port: port, "-servername localhost \(version)", sessionOut: file)
             XCTAssertTrue(first.contains("New,"), first)
-            let again = try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) -sess_in '\(file)' 2>&1").stdout
+            let again = try sClient(port: port, "-servername localhost \(version)", sessionIn: file)
             XCTAssertTrue(again.contains("Reused,"), "\(version) resumes on the same name")
-            let cross = try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername secure.test \(version) -sess_in '\(file)' 2>&1").stdout
+            let cross = try sClient(port: port, "-servername secure.test \(version)", sessionIn: file)
             XCTAssertFalse(cross.contains("Reused,"), "\(version): resumption must not skip client authentication:\n\(cross.prefix(500))")
         }
         await harness.shutdown()
@@ -350,9 +350,7 @@ final class SessionTicketTests: XCTestCase {
     }
 
     func session(_ port: Int, _ version: String, out: String? = nil, in input: String? = nil) throws -> String {
-        let flags = (out.map { "-sess_out '\($0)'" } ?? "") + (input.map { " -sess_in '\($0)'" } ?? "")
-        // Wait a moment before closing stdin so the TLS 1.3 ticket arrives.
-        return try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) \(flags) 2>&1").stdout
+        try sClient(port: port, "-servername localhost \(version)", sessionOut: out, sessionIn: input)
     }
 
     func testInstancesSharingAKeyFileResumeEachOthersSessionsAndFollowRotation() throws {

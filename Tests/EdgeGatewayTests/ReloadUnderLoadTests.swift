@@ -225,8 +225,7 @@ final class ReloadUnderLoadTests: XCTestCase {
         defer { gateway.stop() }
         XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
         func session(out: String? = nil, in input: String? = nil) throws -> String {
-            let flags = (out.map { "-sess_out '\($0)'" } ?? "") + (input.map { " -sess_in '\($0)'" } ?? "")
-            return try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(https) -servername localhost -tls1_3 \(flags) 2>&1").stdout
+            try sClient(port: https, "-servername localhost -tls1_3", sessionOut: out, sessionIn: input)
         }
         XCTAssertTrue(try session(out: dir.file("ticket")).contains("New,"))
         try write(keys: "b.keys", log: "second.log", extra: "shutdown_grace_priod: 5s")

@@ -580,15 +580,14 @@ final class RotationTests: XCTestCase {
         let port = harness.port("https")
         for version in ["-tls1_3", "-tls1_2"] {
             let session = dir.file("session\(version)")
-            // Wait a moment before closing stdin so the TLS 1.3 ticket arrives.
-            let first = try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) -sess_out '\(session)' 2>&1")
-            XCTAssertTrue(first.stdout.contains("New,"), first.stdout)
+            let first = try sClient(port: port, "-servername localhost \(version)", sessionOut: session)
+            XCTAssertTrue(first.contains("New,"), first)
             let next = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "n\(version)")
             try Shell.run(["mv", next.key, certs + "/site.key"])
             try Shell.run(["mv", next.fullchain, certs + "/site.crt"])
             XCTAssertTrue(eventually { servedSerial(port: port, serverName: "localhost") == next.serial })
-            let resumed = try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) -servername localhost \(version) -sess_in '\(session)' 2>&1")
-            XCTAssertTrue(resumed.stdout.contains("Reused,"), "\(version) resumed after rotation: \(resumed.stdout.prefix(600))")
+            let resumed = try sClient(port: port, "-servername localhost \(version)", sessionIn: session)
+            XCTAssertTrue(resumed.contains("Reused,"), "\(version) resumed after rotation: \(resumed.prefix(600))")
         }
         await harness.shutdown()
     }

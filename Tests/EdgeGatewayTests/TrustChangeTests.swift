@@ -12,11 +12,9 @@ final class TrustChangeTests: XCTestCase {
 
     func session(port: Int, _ version: String, cert: TestPKI.Leaf? = nil, out: String? = nil, in input: String? = nil) throws -> String {
         // `version` may carry `-noservername`: a client connecting by address sends no SNI.
-        let flags = (out.map { " -sess_out '\($0)'" } ?? "") + (input.map { " -sess_in '\($0)'" } ?? "")
-            + (cert.map { " -cert '\($0.fullchain)' -cert_chain '\($0.fullchain)' -key '\($0.key)'" } ?? "")
-        // Wait a moment before closing stdin so the TLS 1.3 ticket arrives.
+        let certificate = cert.map { " -cert '\($0.fullchain)' -cert_chain '\($0.fullchain)' -key '\($0.key)'" } ?? ""
         let name = version.contains("-noservername") ? "" : "-servername localhost "
-        return try Shell.bash("(sleep 0.3) | openssl s_client -connect 127.0.0.1:\(port) \(name)\(version)\(flags) 2>&1").stdout
+        return try sClient(port: port, name + version + certificate, sessionOut: out, sessionIn: input)
     }
 
     /// The session-ID context covers the client CA bundle's bytes and the allow list:

@@ -215,8 +215,10 @@ final class StoreClockTests: XCTestCase {
         let pki = try TestPKI()
         let dir = TemporaryDirectory()
         let certs = dir.file("certs")
-        let now = Int64(Date().timeIntervalSince1970)
         let good = try pki.issue(["localhost"], into: certs, name: "site")
+        // After the signing: a second that turned between the two made `good` not yet valid
+        // at `now`, and the store rightly published the future one in its place.
+        let now = Int64(Date().timeIntervalSince1970)
         let clock = NIOLockedValueBox(now)
         let store = try CertificateStore(
             configuration: CertificateSetConfiguration(sources: [.directory(certs)], policies: [TLSServerPolicy()]),

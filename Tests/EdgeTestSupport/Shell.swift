@@ -130,6 +130,27 @@ package enum Shell {
     }
 }
 
+/// `openssl s_client -connect 127.0.0.1:PORT ARGUMENTS`, saving the session to `sessionOut`
+/// or resuming `sessionIn`; what it printed, stderr included.
+///
+/// s_client reads its stdin only once the handshake is done, and quits when it ends. A session
+/// is saved when it arrives, in TLS 1.3 with a ticket after the handshake; so with
+/// `sessionOut` stdin stays open until the file is written (10 s at most), not for a fixed
+/// pause that a loaded machine or the AddressSanitizer build outlasts.
+package func sClient(port: Int, _ arguments: String, sessionOut: String? = nil, sessionIn: String? = nil) throws -> String {
+    var flags = arguments
+    var hold = "sleep 0.3"
+    if let out = sessionOut {
+        try? FileManager.default.removeItem(atPath: out)
+        flags += " -sess_out '\(out)'"
+        hold = "i=0; while [ ! -s '\(out)' ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; sleep 0.1"
+    }
+    if let input = sessionIn { flags += " -sess_in '\(input)'" }
+    // A process substitution, not a pipe: bash waits for s_client alone, so a refused
+    // handshake does not wait out the loop (which ends on its own, writing nowhere).
+    return try Shell.bash("timeout 30 openssl s_client -connect 127.0.0.1:\(port) \(flags) 2>&1 < <( { \(hold); } 2>/dev/null)").stdout
+}
+
 final class DataBox: @unchecked Sendable {
     // Written once by a reader thread; read after it, or after a wait that timed out.
     private let lock = NSLock()
