@@ -110,24 +110,22 @@ final class UpstreamTests: XCTestCase {
         try await group.shutdownGracefully()
     }
 
-    /// The upstream closes keep-alive connections idle for 1 s; a client asks about once a second for 60 s.
+    /// The upstream closes keep-alive connections idle for 1 s; a client asks about once a second, 50 times.
     func testUpstreamClosingIdleConnectionsNeverReachesTheClient() async throws {
         let harness = try await GatewayHarness.start(upstreamIdleClose: .seconds(1)) { port in
             self.config(upstreams: "  app:\n    backends: [\"127.0.0.1:\(port)\"]", routes: "  - upstream: app")
         }
         let port = harness.port("http")
         var failures: [String] = []
-        let end = Date().addingTimeInterval(60)
-        var requests = 0
-        while Date() < end {
-            let answer = try get(port, "/?n=\(requests)")
-            requests += 1
+        // Fifty requests, however long a loaded machine takes for each (a minute's worth
+        // counted by the clock could be fewer).
+        for request in 0..<50 {
+            let answer = try get(port, "/?n=\(request)")
             if answer.code != "200" { failures.append("\(answer.code) \(answer.body)") }
             // About a second, jittered across the upstream's close so some requests race it.
             pause(Double.random(in: 0.9...1.1))
         }
         XCTAssertEqual(failures, [], "errors reached the client")
-        XCTAssertGreaterThan(requests, 45)
         let state = harness.gateway.groups[0].states[0]
         XCTAssertGreaterThan(state.connectionsOpened.load(ordering: .relaxed), 10, "the upstream really closed idle connections")
         await harness.shutdown()
