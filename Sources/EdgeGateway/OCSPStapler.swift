@@ -41,21 +41,48 @@ package final class OCSPStapler: Sendable {
     /// The stores' snapshot generations when the served leaves were last collected:
     /// unchanged, the collection (a fingerprint per lineage) is skipped.
     private let collectedGenerations = NIOLockedValueBox<[Int]>([])
+    /// Set by `start`, when this stapler's generation serves: until then its ticks do
+    /// nothing, and the generation it may replace goes on stapling (a reload whose
+    /// listeners cannot bind leaves that one running).
+    private let started = ManagedAtomic(false)
     /// Set when a reload's stapler took the entries over: this one's ticks, which go on
     /// until its generation stops, do nothing (two staplers would ask twice, and one
     /// with stapling turned off could staple again what the other cleared).
     private let retired = ManagedAtomic(false)
 
-    init(config: OCSPConfig, baseDirectory: String, logger: Logger, previous: OCSPStapler?) {
+    /// Touches nothing: this may be the plan of a reload whose start fails.
+    init(config: OCSPConfig, baseDirectory: String, logger: Logger) {
         self.enabled = config.stapling
         self.cacheDirectory = config.cacheDir.map { resolvePath($0, base: baseDirectory) }
         self.timeoutSeconds = Int(config.responderTimeout.nanoseconds / 1_000_000_000)
         self.logger = logger
-        // Retired first: a fetch of its still in flight changes no slot after this (one it
-        // finishes is lost to this stapler, which asks again).
-        previous?.retired.store(true, ordering: .sequentiallyConsistent)
-        let adopted: [String: Entry] = previous.map { $0.enabled == config.stapling ? $0.entries.withLockedValue { $0 } : [:] } ?? [:]
-        self.entries = NIOLockedValueBox(adopted)
+        self.entries = NIOLockedValueBox([:])
+    }
+
+    /// Starts stapling for a generation that now serves, taking over from the one it
+    /// replaces: its responses and schedules, so a reload fetches nothing again. A reload
+    /// that turns stapling off ends every staple at once (nothing refreshes them, so a
+    /// revocation would go unseen); one that turns it on asks for each at once.
+    func start(replacing previous: OCSPStapler?) {
+        if let previous {
+            // Retired first: a fetch of its still in flight changes no slot after this (one
+            // it finishes is lost to this stapler, which asks again).
+            previous.retired.store(true, ordering: .sequentiallyConsistent)
+            let now = Int64(currentTime())
+            var adopted = previous.entries.withLockedValue { $0 }
+            if previous.enabled != self.enabled {
+                for (fingerprint, entry) in adopted {
+                    adopted[fingerprint]!.state = OCSPStapleState(mustStaple: entry.state.mustStaple, responderURL: entry.state.responderURL,
+                                                                 off: !self.enabled, now: now)
+                    if !self.enabled { entry.slot.current = nil }
+                }
+            }
+            self.entries.withLockedValue { $0 = adopted }
+            if self.enabled && !previous.enabled {
+                for (fingerprint, entry) in adopted { self.loadCached(fingerprint, leaf: entry.leaf, issuer: entry.issuer, now: now) }
+            }
+        }
+        self.started.store(true, ordering: .sequentiallyConsistent)
     }
 
     /// What is known about stapling the leaf of this fingerprint; nil when it names no
@@ -67,7 +94,7 @@ package final class OCSPStapler: Sendable {
     /// One round: takes in the leaves the listeners serve (when a store published since
     /// the last round), and asks the responder for those due.
     func tick(stores: [CertificateStore], now: Int64) {
-        guard !self.retired.load(ordering: .relaxed) else { return }
+        guard self.started.load(ordering: .relaxed), !self.retired.load(ordering: .relaxed) else { return }
         let served = stores.filter { $0.configuration.chainCheck == .served }
         let generations = served.map { $0.snapshot.generation }
         if self.collectedGenerations.withLockedValue({ $0 }) != generations {

@@ -69,11 +69,20 @@ final class OCSPStaplingTests: XCTestCase {
     /// A gateway serving the `directory` source at `certs`, stapling with `ocsp` settings.
     func startGateway(_ dir: TemporaryDirectory, certs: String, name: String, ocsp: String = "{}") throws -> (GatewayProcess, https: Int, admin: Int) {
         let (https, admin) = (freePort(), freePort())
+        try writeConfig(dir, certs: certs, name: name, https: https, admin: admin, ocsp: ocsp)
+        let gateway = try GatewayProcess(config: dir.file("\(name).yaml"), logPath: dir.file("\(name).log"))
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        return (gateway, https, admin)
+    }
+
+    /// `<name>.yaml`: what `startGateway` runs, and what a reload reads again.
+    func writeConfig(_ dir: TemporaryDirectory, certs: String, name: String, https: Int, admin: Int, ocsp: String, listener: String = "") throws {
         try dir.write("\(name).yaml", """
             listeners:
               - name: https
                 address: "127.0.0.1:\(https)"
                 tls: {}
+            \(listener)
             certificates:
               sources: [ { directory: \(certs) } ]
               default: other
@@ -82,9 +91,6 @@ final class OCSPStaplingTests: XCTestCase {
             admin: { address: "127.0.0.1:\(admin)" }
             ocsp: \(ocsp)
             """)
-        let gateway = try GatewayProcess(config: dir.file("\(name).yaml"), logPath: dir.file("\(name).log"))
-        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
-        return (gateway, https, admin)
     }
 
     /// What `openssl s_client -status` says of the staple for `host`: the response status
@@ -184,6 +190,78 @@ final class OCSPStaplingTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 75, interval: 0.5) { (try? self.staple(port, host: "staple.test", caFile: ca.certificate)) == "none" }, gateway.log)
         XCTAssertGreaterThanOrEqual(Int(Date().timeIntervalSince1970), expires, "stapled until it expired, not less")
         XCTAssertTrue(eventually(timeout: 5) { (try? self.ocspStatus(admin, "staple"))?["level"] as? String == "critical" }, gateway.log)
+    }
+
+    /// A configuration reload keeps what the stapler knows: the staple stays and is not
+    /// fetched again. A reload that fails to start leaves the running stapler at work (a
+    /// renewal is still stapled). A reload that turns stapling off ends the staple at once
+    /// (no refresh would see a revocation); one that turns it back on fetches again.
+    func testAReloadKeepsTheStapleAndTurningStaplingOffEndsIt() throws {
+        let dir = TemporaryDirectory()
+        let ca = try ResponderCA(in: dir)
+        let certs = dir.file("certs")
+        try FileManager.default.createDirectory(atPath: certs, withIntermediateDirectories: true)
+        _ = try ca.issue("staple.test", name: "staple", into: certs)
+        let other = try TestPKI().issue(["other.test"], into: dir.path, name: "other")
+        try ResponderCA.run("cat '\(other.fullchain)' '\(other.key)' > '\(certs)/other.pem'")
+        var responder = try ca.responder(in: dir, minutes: 10)
+        defer { responder.stop() }
+        let (gateway, port, admin) = try startGateway(dir, certs: certs, name: "reload")
+        defer { gateway.stop() }
+        let stapled = { (try? self.staple(port, host: "staple.test", caFile: ca.certificate)) ?? "" }
+        XCTAssertTrue(eventually(timeout: 15) { stapled() == "Cert Status: good" }, "\(stapled())\n\(gateway.log)")
+        let fetched = try XCTUnwrap(try ocspStatus(admin, "staple")?["fetched_at"] as? Int)
+        var reloads = 0
+        func reload(_ ocsp: String) throws {
+            try writeConfig(dir, certs: certs, name: "reload", https: port, admin: admin, ocsp: ocsp)
+            kill(gateway.pid, SIGHUP)
+            reloads += 1
+            XCTAssertTrue(eventually(timeout: 10) { gateway.log.components(separatedBy: "configuration reloaded").count - 1 >= reloads }, gateway.log)
+        }
+
+        // Another responder timeout: the new configuration's stapler takes the staple over.
+        try reload("{ responder_timeout: 5s }")
+        XCTAssertEqual(stapled(), "Cert Status: good", gateway.log)
+        let kept = try XCTUnwrap(try ocspStatus(admin, "staple"))
+        XCTAssertEqual(kept["fetched_at"] as? Int, fetched, "not fetched again: \(kept)")
+        XCTAssertEqual(kept["state"] as? String, "stapled")
+
+        // A reload that cannot start (a new listener on the responder's port): the running
+        // configuration stays, and so does its stapling. A renewal after it is stapled.
+        try writeConfig(dir, certs: certs, name: "reload", https: port, admin: admin, ocsp: "{}",
+                        listener: "  - { name: taken, address: \"127.0.0.1:\(ca.responderPort)\" }")
+        kill(gateway.pid, SIGHUP)
+        XCTAssertTrue(eventually(timeout: 10) { gateway.log.contains("new configuration could not start") }, gateway.log)
+        let staging = dir.file("staging")
+        try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        let renewed = try ca.issue("staple.test", name: "staple", into: staging)
+        // `openssl ocsp` reads its index again only after it answered a request: one from
+        // here, before the gateway sees the renewal, so that it knows the new serial.
+        try ResponderCA.run("openssl ocsp -issuer '\(ca.certificate)' -cert '\(renewed)' -url http://127.0.0.1:\(ca.responderPort) -noverify")
+        try ResponderCA.run("mv '\(staging)/staple.pem' '\(certs)/staple.pem'")
+        let renewedSerial = try ResponderCA.run("openssl x509 -in '\(renewed)' -noout -serial").split(separator: "=").last!
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertTrue(eventually(timeout: 10) { servedSerial(port: port, serverName: "staple.test") == renewedSerial }, gateway.log)
+        XCTAssertTrue(eventually(timeout: 15) { stapled() == "Cert Status: good" }, "the renewal is stapled: \(stapled())\n\(gateway.log)")
+        XCTAssertGreaterThan(try ocspStatus(admin, "staple")?["fetched_at"] as? Int ?? 0, fetched, "asked for the renewal's response")
+
+        // Off: nothing is stapled from the reload on, and the status says why.
+        try reload("{ stapling: false }")
+        XCTAssertEqual(stapled(), "none", gateway.log)
+        let off = try XCTUnwrap(try ocspStatus(admin, "staple"))
+        XCTAssertEqual(off["state"] as? String, "off", "\(off)")
+        XCTAssertTrue(off["next_fetch_at"] is NSNull, "\(off)")
+        XCTAssertEqual(scrapedMetric("edge_certificate_ocsp_stapled", admin: admin), 0)
+
+        // On again: asked for afresh, and stapled.
+        responder.stop()
+        responder = try ca.responder(in: dir, minutes: 10)
+        try reload("{}")
+        XCTAssertTrue(eventually(timeout: 15) { stapled() == "Cert Status: good" }, gateway.log)
+        let again = try XCTUnwrap(try ocspStatus(admin, "staple"))
+        XCTAssertGreaterThanOrEqual(again["fetched_at"] as? Int ?? 0, fetched, "\(again)")
+        XCTAssertEqual(again["source"] as? String, "responder")
+        XCTAssertTrue(gateway.process.isRunning)
     }
 
     /// Never staple what does not verify: a response signed by another CA is refused, and a
