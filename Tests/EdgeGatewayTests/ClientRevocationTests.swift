@@ -223,6 +223,42 @@ final class ClientRevocationTests: XCTestCase {
         XCTAssertFalse(try session(strictPort, "-tls1_3", alice, in: late).contains("Reused,"), "not once the list is stale")
     }
 
+    /// Two listeners of one certificate set check clients against the same list, one
+    /// leniently, one with `crl_strict`: when the list goes stale only the strict one
+    /// refuses, and the lenient one still refuses what the list revokes.
+    func testAStrictAndALenientListenerShareOneList() throws {
+        let (dir, ca, alice, bob, crl) = try twoClientsOneRevoked()
+        let certs = dir.file("certs")
+        _ = try TestPKI().issue(["localhost"], into: certs, name: "site")
+        let (lenient, strict, admin) = (freePort(), freePort(), freePort())
+        try dir.write("shared.yaml", """
+            listeners:
+              - { name: lenient, address: "127.0.0.1:\(lenient)", tls: { client_auth: { ca_file: \(ca.certificate), crl_file: \(crl) } } }
+              - { name: strict, address: "127.0.0.1:\(strict)", tls: { client_auth: { ca_file: \(ca.certificate), crl_file: \(crl), crl_strict: true } } }
+            certificates: { sources: [ { directory: \(certs) } ] }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("shared.yaml"), logPath: dir.file("shared.log"))
+        defer { _ = gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        for port in [lenient, strict] {
+            XCTAssertTrue(admitted(port, alice), gateway.log)
+            XCTAssertFalse(admitted(port, bob))
+        }
+        try ca.publishCRL(to: crl, stale: true)
+        XCTAssertTrue(eventually(timeout: 15) { !self.admitted(strict, alice) }, "the strict listener refuses while the list is stale: " + gateway.log)
+        XCTAssertTrue(admitted(lenient, alice), "the lenient one does not: " + gateway.log)
+        XCTAssertFalse(admitted(lenient, bob), "and still refuses who the list revokes")
+        let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/certificates"]).stdout
+        XCTAssertTrue(status.contains("\"crl_strict\":true,\"state\":\"stale\""), "one file, strict for one of its listeners: \(status)")
+        try ca.publishCRL(to: crl)
+        XCTAssertTrue(eventually(timeout: 15) { self.admitted(strict, alice) }, gateway.log)
+        XCTAssertTrue(admitted(lenient, alice))
+        XCTAssertFalse(admitted(strict, bob))
+    }
+
     /// An upstream whose certificate is revoked is refused at the next connection once the
     /// new list is on disk, without a reload; pooled connections and kept sessions made
     /// before are not used again.
