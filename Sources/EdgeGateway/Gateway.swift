@@ -121,7 +121,7 @@ package final class Gateway: Sendable {
         self.plan = try GatewayPlan(config: config, baseDirectory: baseDirectory, logger: logger, succeeding: previous?.sharedStore)
         self.logger = logger
         self.servedProof = ServedProof(logger: logger, previous: previous?.servedProof)
-        self.ocspStapler = OCSPStapler(config: config.ocsp, baseDirectory: baseDirectory, logger: logger)
+        self.ocspStapler = OCSPStapler(config: config.ocsp, baseDirectory: baseDirectory, logger: logger, previous: previous?.ocspStapler)
         self.metrics = previous?.metrics ?? GatewayMetrics()
         self.configStatus = previous?.configStatus ?? ConfigReloadStatus()
     }

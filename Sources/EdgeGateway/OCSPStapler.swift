@@ -50,13 +50,18 @@ package final class OCSPStapler: Sendable {
     /// with stapling turned off could staple again what the other cleared).
     private let retired = ManagedAtomic(false)
 
-    /// Touches nothing: this may be the plan of a reload whose start fails.
-    init(config: OCSPConfig, baseDirectory: String, logger: Logger) {
+    /// The stapler of the generation this one replaces, until `start`: what the status
+    /// views show meanwhile (the new admin endpoint answers before stapling moves over).
+    private let predecessor: NIOLockedValueBox<OCSPStapler?>
+
+    /// Touches nothing of `previous`: this may be the plan of a reload whose start fails.
+    init(config: OCSPConfig, baseDirectory: String, logger: Logger, previous: OCSPStapler?) {
         self.enabled = config.stapling
         self.cacheDirectory = config.cacheDir.map { resolvePath($0, base: baseDirectory) }
         self.timeoutSeconds = Int(config.responderTimeout.nanoseconds / 1_000_000_000)
         self.logger = logger
         self.entries = NIOLockedValueBox([:])
+        self.predecessor = NIOLockedValueBox(previous)
     }
 
     /// Starts stapling for a generation that now serves, taking over from the one it
@@ -79,16 +84,25 @@ package final class OCSPStapler: Sendable {
             }
             self.entries.withLockedValue { $0 = adopted }
             if self.enabled && !previous.enabled {
+                // The cached response is stapled meanwhile, but asked for again at once: a
+                // revocation may have come while nothing was fetched.
                 for (fingerprint, entry) in adopted { self.loadCached(fingerprint, leaf: entry.leaf, issuer: entry.issuer, now: now) }
+                self.entries.withLockedValue { entries in
+                    for fingerprint in entries.keys { entries[fingerprint]!.state.fetchNow(now: now) }
+                }
             }
         }
         self.started.store(true, ordering: .sequentiallyConsistent)
+        self.predecessor.withLockedValue { $0 = nil }
     }
 
     /// What is known about stapling the leaf of this fingerprint; nil when it names no
     /// responder (or is not served by a listener).
     package func state(fingerprint: String) -> OCSPStapleState? {
-        self.entries.withLockedValue { $0[fingerprint]?.state }
+        if !self.started.load(ordering: .sequentiallyConsistent), let predecessor = self.predecessor.withLockedValue({ $0 }) {
+            return predecessor.state(fingerprint: fingerprint)
+        }
+        return self.entries.withLockedValue { $0[fingerprint]?.state }
     }
 
     /// One round: takes in the leaves the listeners serve (when a store published since
@@ -109,7 +123,11 @@ package final class OCSPStapler: Sendable {
                 .sorted { ($0.1.state.attempted ? 1 : 0, $0.1.state.nextFetchAt) < ($1.1.state.attempted ? 1 : 0, $1.1.state.nextFetchAt) }
         }
         let budget = now + Int64(2 * self.timeoutSeconds)
-        for (fingerprint, entry) in due where Int64(currentTime()) < budget { self.fetch(fingerprint, entry, now: Int64(currentTime())) }
+        // Nothing more once retired: the answers would be thrown away, and the successor's
+        // first round waits on this queue behind them.
+        for (fingerprint, entry) in due where Int64(currentTime()) < budget && !self.retired.load(ordering: .relaxed) {
+            self.fetch(fingerprint, entry, now: Int64(currentTime()))
+        }
         self.logChanges(now: Int64(currentTime()))
     }
 
@@ -142,8 +160,9 @@ package final class OCSPStapler: Sendable {
                                             off: !self.enabled, now: now)
                 if !self.enabled {
                     // Off: nothing is stapled that is no longer refreshed (a revocation would
-                    // never be seen), whatever an earlier configuration fetched.
-                    found.slot.current = nil
+                    // never be seen), whatever an earlier configuration fetched. (Retired
+                    // meanwhile, the slot is the successor's.)
+                    if !self.retired.load(ordering: .sequentiallyConsistent) { found.slot.current = nil }
                 } else if let held = found.slot.current {
                     // A slot that already holds a response (a reload made this stapler) keeps it.
                     state.loadedFromCache(held, now: now)
@@ -235,7 +254,9 @@ package final class OCSPStapler: Sendable {
             let response = try OCSPCheck.verify(bytes, leaf: leaf, issuer: issuer, now: now)
             guard response.staplable(now: now) else { return }
             self.entries.withLockedValue { entries in
-                guard entries[fingerprint]?.state.stapled(now: now) == nil else { return }
+                // Retired meanwhile (a reload took over, perhaps turning stapling off): the
+                // slot is the successor's to fill.
+                guard !self.retired.load(ordering: .sequentiallyConsistent), entries[fingerprint]?.state.stapled(now: now) == nil else { return }
                 entries[fingerprint]?.state.loadedFromCache(response, now: now)
                 entries[fingerprint]?.slot.current = response
             }
