@@ -149,7 +149,7 @@ func servedJSON(_ checks: [ServedProof.Check]) -> String {
             + "\"checked_at\":\(check.checkedAt),\"checked_at_rfc3339\":\(jsonString(rfc3339(check.checkedAt))),"
             + "\"fingerprint_seen\":\(check.seen?.first.map(jsonString) ?? "null"),\"chain_seen\":\(check.seen.map { "[\($0.map(jsonString).joined(separator: ","))]" } ?? "null"),"
             + "\"error\":\(check.error.map(jsonString) ?? "null")"
-            + (check.staple.map { ",\"ocsp_staple\":\(jsonString($0))" } ?? "") + "}"
+            + (check.staple.map { ",\"ocsp_staple\":\(jsonString($0)),\"ocsp_staple_problem\":\(check.stapleProblem)" } ?? "") + "}"
     }
     return "[\(items.joined(separator: ","))]"
 }

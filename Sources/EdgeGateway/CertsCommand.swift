@@ -38,6 +38,8 @@ package enum CertsInspection {
         package var port: Int
         package var proxyHeader: Bool
         package var pair: String?
+        /// `ocsp.stapling`: off, a certificate served without a staple is as configured.
+        package var stapling = true
     }
 
     package static func servedTargets(configPath: String) throws -> [ServedTarget] {
@@ -48,7 +50,7 @@ package enum CertsInspection {
             // Resolved as `run` resolves it when it binds.
             let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
             return ServedTarget(listener: listener.name, host: ServedProof.loopbackHost(for: address), port: port, proxyHeader: listener.proxyProtocol,
-                                pair: tls.certificate != nil && tls.key != nil ? listener.name : nil)
+                                pair: tls.certificate != nil && tls.key != nil ? listener.name : nil, stapling: config.ocsp.stapling)
         }
     }
 
@@ -94,7 +96,7 @@ package enum CertsInspection {
                                              signatureAlgorithms: shared ? ServedProof.signatureAlgorithms(forKey: report.keyType) : nil) {
                 case .success(let seen):
                     check.seen = seen.chain
-                    (check.staple, check.stapleProblem) = stapleSummary(seen, now: now) ?? (nil, 0)
+                    (check.staple, check.stapleProblem) = stapleSummary(seen, now: now, stapling: target.stapling) ?? (nil, 0)
                 case .failure(let failure): check.error = failure.description
                 }
                 results.append((report.name, check))
@@ -107,10 +109,11 @@ package enum CertsInspection {
     /// verified status and until when, "none", or why it does not verify, with its grade
     /// (`Check.stapleProblem`); nil for a leaf without a responder (nothing to staple).
     /// A must-staple certificate served without a valid response fails every client that
-    /// enforces it, so that is as bad as a revoked one.
-    static func stapleSummary(_ seen: ServedProbe.Seen, now: Int64) -> (String, Int)? {
+    /// enforces it, so that is as bad as a revoked one; without must-staple, no staple is a
+    /// warning, unless stapling is configured off (as the status views grade it).
+    static func stapleSummary(_ seen: ServedProbe.Seen, now: Int64, stapling: Bool) -> (String, Int)? {
         guard let leaf = seen.certificates.first, !OCSPCheck.responderURLs(of: leaf).isEmpty else { return nil }
-        let missing = OCSPCheck.mustStaple(leaf) ? 2 : 1
+        let missing = OCSPCheck.mustStaple(leaf) ? 2 : stapling ? 1 : 0
         guard let staple = seen.staple else { return ("none", missing) }
         guard let issuer = OCSPCheck.issuer(of: leaf, in: seen.certificates) else { return ("not checked: no issuer in the chain", 1) }
         do {
@@ -127,8 +130,9 @@ package enum CertsInspection {
     }
 
     /// 3 when a listener serves another chain than the files; 2 when a staple is revoked or
-    /// invalid, or missing for a must-staple certificate; 1 when a chain could not be
-    /// checked or a certificate with a responder was served without a current staple; else 0.
+    /// invalid, or missing (or `unknown`) for a must-staple certificate; 1 when a chain could
+    /// not be checked, or a certificate with a responder was served without a staple (with
+    /// stapling on) or with one that could not be checked (no issuer in the chain); else 0.
     package static func servedExitCode(_ results: [ServedResult]) -> Int32 {
         if results.contains(where: { $0.check.matches == false }) { return 3 }
         let staple = Int32(results.map(\.check.stapleProblem).max() ?? 0)

@@ -199,8 +199,9 @@ struct Certs: AsyncParsableCommand {
               3  (--check-served) a listener serves another chain than the files
             With --strict, a chain that does not verify is at least 1. With
             --check-served, a listener that could not be checked is at least 1, and so
-            is a certificate with an OCSP responder served without a staple; a staple
-            that is revoked or invalid, or none for a must-staple certificate, is 2.
+            is a certificate with an OCSP responder served without a staple (unless
+            ocsp.stapling is off); a staple that is revoked or invalid, or none for a
+            must-staple certificate, is 2.
             """
     )
 

@@ -206,7 +206,8 @@ final class OCSPStaplingTests: XCTestCase {
         try ResponderCA.run("cat '\(other.fullchain)' '\(other.key)' > '\(certs)/other.pem'")
         var responder = try ca.responder(in: dir, minutes: 10)
         defer { responder.stop() }
-        let (gateway, port, admin) = try startGateway(dir, certs: certs, name: "reload")
+        let cache = dir.file("ocsp-cache")
+        let (gateway, port, admin) = try startGateway(dir, certs: certs, name: "reload", ocsp: "{ cache_dir: \(cache) }")
         defer { gateway.stop() }
         let stapled = { (try? self.staple(port, host: "staple.test", caFile: ca.certificate)) ?? "" }
         XCTAssertTrue(eventually(timeout: 15) { stapled() == "Cert Status: good" }, "\(stapled())\n\(gateway.log)")
@@ -220,7 +221,7 @@ final class OCSPStaplingTests: XCTestCase {
         }
 
         // Another responder timeout: the new configuration's stapler takes the staple over.
-        try reload("{ responder_timeout: 5s }")
+        try reload("{ responder_timeout: 5s, cache_dir: \(cache) }")
         XCTAssertEqual(stapled(), "Cert Status: good", gateway.log)
         let kept = try XCTUnwrap(try ocspStatus(admin, "staple"))
         XCTAssertEqual(kept["fetched_at"] as? Int, fetched, "not fetched again: \(kept)")
@@ -228,7 +229,7 @@ final class OCSPStaplingTests: XCTestCase {
 
         // A reload that cannot start (a new listener on the responder's port): the running
         // configuration stays, and so does its stapling. A renewal after it is stapled.
-        try writeConfig(dir, certs: certs, name: "reload", https: port, admin: admin, ocsp: "{}",
+        try writeConfig(dir, certs: certs, name: "reload", https: port, admin: admin, ocsp: "{ cache_dir: \(cache) }",
                         listener: "  - { name: taken, address: \"127.0.0.1:\(ca.responderPort)\" }")
         kill(gateway.pid, SIGHUP)
         XCTAssertTrue(eventually(timeout: 10) { gateway.log.contains("new configuration could not start") }, gateway.log)
@@ -243,24 +244,31 @@ final class OCSPStaplingTests: XCTestCase {
             .trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertTrue(eventually(timeout: 10) { servedSerial(port: port, serverName: "staple.test") == renewedSerial }, gateway.log)
         XCTAssertTrue(eventually(timeout: 15) { stapled() == "Cert Status: good" }, "the renewal is stapled: \(stapled())\n\(gateway.log)")
-        XCTAssertGreaterThan(try ocspStatus(admin, "staple")?["fetched_at"] as? Int ?? 0, fetched, "asked for the renewal's response")
+        let renewalFetched = try XCTUnwrap(try ocspStatus(admin, "staple")?["fetched_at"] as? Int)
+        XCTAssertGreaterThan(renewalFetched, fetched, "asked for the renewal's response")
 
         // Off: nothing is stapled from the reload on, and the status says why.
-        try reload("{ stapling: false }")
+        try reload("{ stapling: false, cache_dir: \(cache) }")
         XCTAssertEqual(stapled(), "none", gateway.log)
         let off = try XCTUnwrap(try ocspStatus(admin, "staple"))
         XCTAssertEqual(off["state"] as? String, "off", "\(off)")
         XCTAssertTrue(off["next_fetch_at"] is NSNull, "\(off)")
         XCTAssertEqual(scrapedMetric("edge_certificate_ocsp_stapled", admin: admin), 0)
+        // `certs --check-served` grades it as the status does: no staple is as configured.
+        let offCheck = try served(dir.file("reload.yaml"), "staple")
+        XCTAssertTrue(offCheck.row.contains(" none "), offCheck.row)
+        XCTAssertEqual(offCheck.exit, 0, offCheck.row)
 
-        // On again: asked for afresh, and stapled.
+        // On again: the cached response is stapled meanwhile, but asked for afresh at once
+        // (a revocation may have come while stapling was off).
         responder.stop()
         responder = try ca.responder(in: dir, minutes: 10)
-        try reload("{}")
-        XCTAssertTrue(eventually(timeout: 15) { stapled() == "Cert Status: good" }, gateway.log)
-        let again = try XCTUnwrap(try ocspStatus(admin, "staple"))
-        XCTAssertGreaterThanOrEqual(again["fetched_at"] as? Int ?? 0, fetched, "\(again)")
-        XCTAssertEqual(again["source"] as? String, "responder")
+        try reload("{ cache_dir: \(cache) }")
+        XCTAssertTrue(eventually(timeout: 15) {
+            let again = try? self.ocspStatus(admin, "staple")
+            return again?["source"] as? String == "responder" && again?["fetched_at"] as? Int ?? 0 > renewalFetched
+        }, "\((try? ocspStatus(admin, "staple")) ?? [:])\n\(gateway.log)")
+        XCTAssertEqual(stapled(), "Cert Status: good", gateway.log)
         XCTAssertTrue(gateway.process.isRunning)
     }
 
@@ -292,6 +300,8 @@ final class OCSPStaplingTests: XCTestCase {
         let none = try served(dir.file("forged.yaml"), "staple")
         XCTAssertTrue(none.row.contains(" none "), none.row)
         XCTAssertEqual(none.exit, 2, none.row)
+        let json = try Shell.run([gatewayBinary(), "certs", "--json", "-c", dir.file("forged.yaml"), "--check-served"]).stdout
+        XCTAssertTrue(json.contains("\"ocsp_staple\":\"none\",\"ocsp_staple_problem\":2"), json)
         XCTAssertTrue(eventually(timeout: 10) { metricSum("edge_certificate_ocsp_problem", admin: admin) == 3 }, "staple critical (2), other a warning (1)")
         XCTAssertTrue(gateway.log.contains("OCSP stapling critical: clients will refuse the certificate"), gateway.log)
 
