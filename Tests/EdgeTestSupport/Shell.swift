@@ -136,8 +136,10 @@ package enum Shell {
 /// s_client reads its stdin only once the handshake is done, and quits when it ends. A session
 /// is saved when it arrives, in TLS 1.3 with a ticket after the handshake; so with
 /// `sessionOut` stdin stays open until the file is written (10 s at most), not for a fixed
-/// pause that a loaded machine or the AddressSanitizer build outlasts.
+/// pause that a loaded machine or the AddressSanitizer build outlasts. A `sessionIn` that
+/// does not exist throws: "not resumed" would then prove nothing.
 package func sClient(port: Int, _ arguments: String, sessionOut: String? = nil, sessionIn: String? = nil) throws -> String {
+    if let input = sessionIn, !FileManager.default.fileExists(atPath: input) { throw MissingSession(path: input) }
     var flags = arguments
     var hold = "sleep 0.3"
     if let out = sessionOut {
@@ -147,8 +149,14 @@ package func sClient(port: Int, _ arguments: String, sessionOut: String? = nil, 
     }
     if let input = sessionIn { flags += " -sess_in '\(input)'" }
     // A process substitution, not a pipe: bash waits for s_client alone, so a refused
-    // handshake does not wait out the loop (which ends on its own, writing nowhere).
-    return try Shell.bash("timeout 30 openssl s_client -connect 127.0.0.1:\(port) \(flags) 2>&1 < <( { \(hold); } 2>/dev/null)").stdout
+    // handshake does not wait out the loop (which ends on its own, writing nowhere; its
+    // stderr goes first, or the captured stderr stays open until it ends).
+    return try Shell.bash("timeout 30 openssl s_client -connect 127.0.0.1:\(port) \(flags) 2>&1 < <(exec 2>/dev/null; \(hold))").stdout
+}
+
+package struct MissingSession: Error, CustomStringConvertible {
+    package let path: String
+    package var description: String { "no TLS session saved at \(self.path) to resume" }
 }
 
 final class DataBox: @unchecked Sendable {
