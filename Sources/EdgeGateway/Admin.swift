@@ -2,6 +2,7 @@ import EdgeCertificates
 import EdgeProxy
 import EdgeTLS
 import NIOCore
+import NIOExtras
 import NIOHTTP1
 import NIOPosix
 
@@ -9,7 +10,10 @@ import NIOPosix
 package let gatewayVersion = "0.1.0"
 
 extension Gateway {
-    func bindAdmin(group: EventLoopGroup, fd: CInt) async throws -> Channel {
+    /// `quiescing` lets a reload close this generation's admin connections: one kept
+    /// alive (a Prometheus scraper's) would otherwise go on asking the replaced
+    /// configuration, and write its state into the metrics the generations share.
+    func bindAdmin(group: EventLoopGroup, fd: CInt, quiescing: ServerQuiescingHelper) async throws -> Channel {
         let logger = self.logger
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -17,6 +21,7 @@ extension Gateway {
                 // Out of descriptors, the admin endpoint backs off like the listeners.
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(AcceptPacing(listener: "admin", logger: logger))
+                    try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
                 }
             }
             .childChannelInitializer { channel in
@@ -245,6 +250,10 @@ final class AdminHandler: ChannelInboundHandler {
     private let gateway: Gateway
     private let policy: AdminRequestPolicy
     private var head: HTTPRequestHead?
+    /// From a request's head to its response (`/reload` answers later, from a task).
+    private var answering = false
+    /// The generation is replaced: the connection closes after the answer in progress.
+    private var closing = false
 
     init(gateway: Gateway) {
         self.gateway = gateway
@@ -255,6 +264,7 @@ final class AdminHandler: ChannelInboundHandler {
         switch Self.unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
+            self.answering = true
         case .body:
             break
         case .end:
@@ -317,14 +327,26 @@ final class AdminHandler: ChannelInboundHandler {
         }
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Between requests it closes now; the next request goes to the new listener.
+            if self.answering { self.closing = true } else { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, type: String, body: String,
                          extra: [(String, String)] = []) {
+        self.answering = false
+        let close = self.closing || !head.isKeepAlive
         var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
         buffer.writeString(body)
-        let headers = HTTPHeaders([("content-type", type), ("content-length", "\(buffer.readableBytes)"), ("cache-control", "no-store")] + extra)
+        let headers = HTTPHeaders([("content-type", type), ("content-length", "\(buffer.readableBytes)"), ("cache-control", "no-store")] + extra
+                                  + (self.closing ? [("connection", "close")] : []))
         context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
         context.write(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
-        if !head.isKeepAlive { context.close(promise: nil) }
+        if close { context.close(promise: nil) }
     }
 }

@@ -98,6 +98,8 @@ package final class Gateway: Sendable {
         var awaitingStart: [CheckedContinuation<Void, Never>] = []
         var serverChannels: [String: Channel] = [:]
         var adminChannel: Channel?
+        /// Closes the admin endpoint's connections as well as its listening channel.
+        var adminQuiescing: ServerQuiescingHelper?
         var quiescing: [ServerQuiescingHelper] = []
         /// Watchers, health checks, ticket keys, the client CA watch, the heap trimmer.
         var jobs: BackgroundJobs?

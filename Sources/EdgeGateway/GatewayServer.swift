@@ -159,12 +159,14 @@ extension Gateway {
         let admin: Channel
         do {
             let fd = try listeningSocket(name: "admin", address: self.config.admin.address, resolved: self.adminAddress)
-            admin = try await self.bindAdmin(group: group, fd: fd)
+            let quiescing = ServerQuiescingHelper(group: group)
+            admin = try await self.bindAdmin(group: group, fd: fd, quiescing: quiescing)
             // Recorded at once: a start that fails after this point leaves a channel the
             // shutdown must close.
             self.state.withLockedValue {
                 $0.listenerSockets["admin"] = (self.config.admin.address, fd)
                 $0.adminChannel = admin
+                $0.adminQuiescing = quiescing
             }
         } catch {
             throw ConfigError(path: "admin.address", message: "cannot bind \(self.config.admin.address): \(error)")
@@ -261,14 +263,19 @@ extension Gateway {
             }
             if !binding { started.resume() }
         }
-        let (helpers, admin, jobs) = self.state.withLockedValue { state -> ([ServerQuiescingHelper], Channel?, BackgroundJobs?) in
+        let (helpers, admin, adminQuiescing, jobs) = self.state.withLockedValue { state in
             state.lifecycle = .draining
             defer {
                 state.quiescing = []
+                state.adminQuiescing = nil
                 state.jobs = nil
             }
-            return (state.quiescing, state.adminChannel, state.jobs)
+            return (state.quiescing, state.adminChannel, state.adminQuiescing, state.jobs)
         }
+        // Replaced by a reload: the admin connections kept alive close now (after an answer
+        // in progress), and their next requests reach the new configuration. At shutdown
+        // the admin endpoint answers until the drain ends.
+        if quietly { adminQuiescing?.initiateShutdown(promise: nil) }
         await jobs?.stop()
         self.servedProof.stop()
         self.state.withLockedValue { $0.handoffServer?.stop() }
@@ -298,7 +305,7 @@ extension Gateway {
                                         : "grace period over; exiting with connections still open")
         }
         timeout.cancel()
-        try? await admin?.close()
+        if !quietly { adminQuiescing?.initiateShutdown(promise: nil) }
         if let (pools, group) = self.state.withLockedValue({ $0.pools }) {
             pools.closeIdle(group: group)
             await pools.flushAccessLogs(group: group)

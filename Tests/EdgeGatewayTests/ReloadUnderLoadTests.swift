@@ -199,6 +199,60 @@ final class ReloadUnderLoadTests: XCTestCase {
         XCTAssertEqual(result["refused"] as? Int, 0, "no stream on its way was refused: \(line)")
     }
 
+    /// An admin connection kept alive across a reload (a Prometheus scraper's) is closed
+    /// when the configuration it talks to is replaced, so that its next scrape reaches the
+    /// new one instead of reporting the replaced configuration's upstreams.
+    func testAnAdminConnectionKeptAliveIsClosedByAReload() throws {
+        let setup = try setUp(handoff: false)
+        defer { setup.upstream.stop() }
+        let gateway = try GatewayProcess(config: setup.dir.file("config.yaml"), logPath: setup.dir.file("gateway.log"))
+        defer { gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(setup.admin), gateway.log)
+        let script = """
+            import json, os, signal, socket, sys, time
+            port, pid, config, renamed = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+            def upstreams(s):
+                s.sendall(b"GET /status/upstreams HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n")
+                data = b""
+                while b"\\r\\n\\r\\n" not in data:
+                    chunk = s.recv(65536)
+                    if not chunk: return None
+                    data += chunk
+                head, body = data.split(b"\\r\\n\\r\\n", 1)
+                length = int([l.split(b":")[1] for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0])
+                while len(body) < length:
+                    chunk = s.recv(65536)
+                    if not chunk: return None
+                    body += chunk
+                return body.decode()
+            kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+            before = upstreams(kept)
+            open(config + ".new", "w").write(open(config).read().replace("upstreams: { app:", "upstreams: { " + renamed + ":").replace("upstream: app", "upstream: " + renamed))
+            os.rename(config + ".new", config)
+            os.kill(pid, signal.SIGHUP)
+            reloaded, deadline = False, time.time() + 15
+            while not reloaded and time.time() < deadline:
+                fresh = socket.create_connection(("127.0.0.1", port), timeout=10)
+                reloaded = renamed in (upstreams(fresh) or "")
+                fresh.close()
+                time.sleep(0.05)
+            # The replaced configuration closes it (within 5 s), or answers as it was.
+            kept.settimeout(5)
+            try:
+                closed = kept.recv(1) == b""
+            except socket.timeout:
+                closed = False
+            print(json.dumps({"before": renamed not in (before or "") and '"app"' in (before or ""), "reloaded": reloaded, "closed": closed,
+                              "after": None if closed else upstreams(kept)}))
+            """
+        let result = try Shell.run(["python3", "-c", script, "\(setup.admin)", "\(gateway.pid)", setup.dir.file("config.yaml"), "renamed"], timeout: 60)
+        let line = result.stdout.split(separator: "\n").last.map(String.init) ?? result.stderr
+        let json = (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]) ?? ["output": line, "error": result.stderr]
+        XCTAssertEqual(json["before"] as? Bool, true, "\(json)")
+        XCTAssertEqual(json["reloaded"] as? Bool, true, "\(json)\n\(gateway.log)")
+        XCTAssertEqual(json["closed"] as? Bool, true, "the kept connection still talks to the replaced configuration: \(json)")
+    }
+
     /// Validating a configuration has no side effects: a reload rejected for a misspelt
     /// key changes neither the session-ticket keys nor the access log nor the listeners,
     /// although the rejected file names another key file and another log.
