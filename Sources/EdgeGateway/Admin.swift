@@ -12,7 +12,9 @@ package let gatewayVersion = "0.1.0"
 extension Gateway {
     /// `quiescing` lets a reload close this generation's admin connections: one kept
     /// alive (a Prometheus scraper's) would otherwise go on asking the replaced
-    /// configuration, and write its state into the metrics the generations share.
+    /// configuration, and write its state into the metrics the generations share. (NIO's
+    /// HTTP server pipeline handler closes an idle connection at once and a busy one after
+    /// its response, which it marks `connection: close`.)
     func bindAdmin(group: EventLoopGroup, fd: CInt, quiescing: ServerQuiescingHelper) async throws -> Channel {
         let logger = self.logger
         let bootstrap = ServerBootstrap(group: group)
@@ -250,10 +252,6 @@ final class AdminHandler: ChannelInboundHandler {
     private let gateway: Gateway
     private let policy: AdminRequestPolicy
     private var head: HTTPRequestHead?
-    /// From a request's head to its response (`/reload` answers later, from a task).
-    private var answering = false
-    /// The generation is replaced: the connection closes after the answer in progress.
-    private var closing = false
 
     init(gateway: Gateway) {
         self.gateway = gateway
@@ -264,7 +262,6 @@ final class AdminHandler: ChannelInboundHandler {
         switch Self.unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
-            self.answering = true
         case .body:
             break
         case .end:
@@ -327,26 +324,14 @@ final class AdminHandler: ChannelInboundHandler {
         }
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent {
-            // Between requests it closes now; the next request goes to the new listener.
-            if self.answering { self.closing = true } else { context.close(promise: nil) }
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
     private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, type: String, body: String,
                          extra: [(String, String)] = []) {
-        self.answering = false
-        let close = self.closing || !head.isKeepAlive
         var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
         buffer.writeString(body)
-        let headers = HTTPHeaders([("content-type", type), ("content-length", "\(buffer.readableBytes)"), ("cache-control", "no-store")] + extra
-                                  + (self.closing ? [("connection", "close")] : []))
+        let headers = HTTPHeaders([("content-type", type), ("content-length", "\(buffer.readableBytes)"), ("cache-control", "no-store")] + extra)
         context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
         context.write(Self.wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: nil)
-        if close { context.close(promise: nil) }
+        if !head.isKeepAlive { context.close(promise: nil) }
     }
 }
