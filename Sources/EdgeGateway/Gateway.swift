@@ -106,6 +106,9 @@ package final class Gateway: Sendable {
         /// Listening descriptors by listener name ("admin" for the admin endpoint), for handoff.
         var listenerSockets: [String: (address: String, fd: CInt)] = [:]
         var handoffServer: SocketHandoff.Server?
+        /// A new process took the sockets over (and serves on them): the drain that follows
+        /// is a hand-over, not a stop, for the admin endpoint as for a reload.
+        var handedOver = false
         var pools: (PoolRegistry, EventLoopGroup)?
         /// Opened by `start`, closed after the drain.
         var accessLog: AccessLogFile?

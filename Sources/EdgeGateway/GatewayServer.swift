@@ -180,7 +180,10 @@ extension Gateway {
                 },
                 pause: { [weak self] in self?.setAccepting(false) },
                 resume: { [weak self] in self?.setAccepting(true) },
-                drain: { kill(getpid(), SIGTERM) },
+                drain: { [weak self] in
+                    self?.state.withLockedValue { $0.handedOver = true }
+                    kill(getpid(), SIGTERM)
+                },
                 logger: self.logger
             )
             self.state.withLockedValue { $0.handoffServer = server }
@@ -263,19 +266,20 @@ extension Gateway {
             }
             if !binding { started.resume() }
         }
-        let (helpers, admin, adminQuiescing, jobs) = self.state.withLockedValue { state in
+        let (helpers, admin, adminQuiescing, jobs, handedOver) = self.state.withLockedValue { state in
             state.lifecycle = .draining
             defer {
                 state.quiescing = []
                 state.adminQuiescing = nil
                 state.jobs = nil
             }
-            return (state.quiescing, state.adminChannel, state.adminQuiescing, state.jobs)
+            return (state.quiescing, state.adminChannel, state.adminQuiescing, state.jobs, state.handedOver)
         }
-        // Replaced by a reload: the admin connections kept alive close now (after an answer
-        // in progress), and their next requests reach the new configuration. At shutdown
-        // the admin endpoint answers until the drain ends.
-        if quietly { adminQuiescing?.initiateShutdown(promise: nil) }
+        // Replaced by a reload or a new process: the admin connections kept alive close now
+        // (after an answer in progress), and their next requests reach the configuration
+        // that serves. A stopping process answers (/readyz: draining) until its drain ends.
+        let replaced = quietly || handedOver
+        if replaced { adminQuiescing?.initiateShutdown(promise: nil) }
         await jobs?.stop()
         self.servedProof.stop()
         self.state.withLockedValue { $0.handoffServer?.stop() }
@@ -305,7 +309,10 @@ extension Gateway {
                                         : "grace period over; exiting with connections still open")
         }
         timeout.cancel()
-        if !quietly { adminQuiescing?.initiateShutdown(promise: nil) }
+        if !replaced { adminQuiescing?.initiateShutdown(promise: nil) }
+        // Closed when this returns, as the channel's own close would have been (the helper
+        // closes it; recorded together with it, so never one without the other).
+        if adminQuiescing != nil { try? await admin?.closeFuture.get() }
         if let (pools, group) = self.state.withLockedValue({ $0.pools }) {
             pools.closeIdle(group: group)
             await pools.flushAccessLogs(group: group)
