@@ -194,7 +194,7 @@ extension Gateway {
         previous?.servedProof.stop()
         // Stapling too: until now the previous generation's stapler went on (this start
         // could still fail), and from now on this one does, with what that one knew.
-        self.ocspStapler.start(replacing: previous?.ocspStapler)
+        self.ocspStapler.start()
         self.servedProof.start(targets: self.listeners.compactMap { listener in
             guard let store = listener.certificateStore, let port = self.boundPort(listener: listener.name) else { return nil }
             return ServedProof.Target(listener: listener.name, host: ServedProof.loopbackHost(for: listener.address), port: port,

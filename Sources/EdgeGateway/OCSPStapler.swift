@@ -50,8 +50,9 @@ package final class OCSPStapler: Sendable {
     /// with stapling turned off could staple again what the other cleared).
     private let retired = ManagedAtomic(false)
 
-    /// The stapler of the generation this one replaces, until `start`: what the status
-    /// views show meanwhile (the new admin endpoint answers before stapling moves over).
+    /// The stapler of the generation this one replaces, until `start` takes over from it:
+    /// what the status views show meanwhile (the new admin endpoint answers before
+    /// stapling moves over).
     private let predecessor: NIOLockedValueBox<OCSPStapler?>
 
     /// Touches nothing of `previous`: this may be the plan of a reload whose start fails.
@@ -68,8 +69,8 @@ package final class OCSPStapler: Sendable {
     /// replaces: its responses and schedules, so a reload fetches nothing again. A reload
     /// that turns stapling off ends every staple at once (nothing refreshes them, so a
     /// revocation would go unseen); one that turns it on asks for each at once.
-    func start(replacing previous: OCSPStapler?) {
-        if let previous {
+    func start() {
+        if let previous = self.predecessor.withLockedValue({ $0 }) {
             // Retired first: a fetch of its still in flight changes no slot after this (one
             // it finishes is lost to this stapler, which asks again).
             previous.retired.store(true, ordering: .sequentiallyConsistent)

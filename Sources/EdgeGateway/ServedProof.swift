@@ -46,8 +46,9 @@ package final class ServedProof: Sendable {
         package var error: String?
         /// What the handshake stapled, checked (`certs --check-served`); nil when not looked at.
         package var staple: String?
-        /// How bad that is, as the status views grade it: 0 a current good response; 1 none,
-        /// or not checked; 2 revoked, invalid, or none for a must-staple certificate.
+        /// How bad that is, as the status views grade it: 0 a current good response, or none
+        /// with stapling off; 1 none, or not checked; 2 revoked, invalid, or none for a
+        /// must-staple certificate.
         package var stapleProblem = 0
 
         /// true: the published chain was served; false: another one; nil: not known (the
