@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -233,6 +234,19 @@ package func listeningSocket(port: Int) -> CInt {
 
 /// A free TCP port on loopback (bound and released; good enough for tests that start processes).
 package func freePort() -> Int {
+    // Never the same port twice in one run: the kernel may hand a port just closed out
+    // again, and a test that asked for three backends got two on one port (the second
+    // upstream could not bind, and its health checks saw the first).
+    for _ in 0..<50 {
+        let port = kernelChosenPort()
+        if handedOutPorts.withLockedValue({ $0.insert(port).inserted }) { return port }
+    }
+    return kernelChosenPort()
+}
+
+private let handedOutPorts = NIOLockedValueBox(Set<Int>())
+
+private func kernelChosenPort() -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
     var addr = loopbackAddress(port: 0)
