@@ -17,6 +17,7 @@ extension Gateway {
     /// its response, which it marks `connection: close`.)
     func bindAdmin(group: EventLoopGroup, fd: CInt, quiescing: ServerQuiescingHelper) async throws -> Channel {
         let logger = self.logger
+        let timeouts = self.config.admin.timeouts
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
@@ -29,6 +30,7 @@ extension Gateway {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(AdminDeadlineHandler(header: timeouts.header.timeAmount, idle: timeouts.idle.timeAmount))
                     try channel.pipeline.syncOperations.addHandler(AdminHandler(gateway: self))
                 }
             }

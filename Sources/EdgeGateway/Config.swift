@@ -180,9 +180,10 @@ package struct AdminConfig: Decodable, Sendable {
     package var allowedHosts: [String] = []
     /// The least time between two reloads asked for by `POST /reload`; sooner is 429.
     package var reloadMinInterval: Duration = .seconds(1)
+    package var timeouts = AdminTimeouts()
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case address
+        case address, timeouts
         case allowNonLoopback = "allow_non_loopback"
         case allowedHosts = "allowed_hosts"
         case reloadMinInterval = "reload_min_interval"
@@ -197,5 +198,25 @@ package struct AdminConfig: Decodable, Sendable {
         self.allowNonLoopback = try c.decodeRecorded(Bool.self, forKey: .allowNonLoopback) ?? false
         self.allowedHosts = try c.decodeRecorded([String].self, forKey: .allowedHosts) ?? []
         self.reloadMinInterval = try c.decodeRecorded(Duration.self, forKey: .reloadMinInterval) ?? self.reloadMinInterval
+        self.timeouts = try c.decodeRecorded(AdminTimeouts.self, forKey: .timeouts) ?? self.timeouts
+    }
+}
+
+/// How long an admin connection may take to send a request (see `AdminConnectionDeadline`).
+package struct AdminTimeouts: Decodable, Sendable {
+    /// A connection's first request must be complete within this of its start.
+    package var header: Duration = .seconds(30)
+    /// A kept-alive connection's next request must be complete within this of the previous response.
+    package var idle: Duration = .seconds(75)
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case header, idle }
+
+    init() {}
+
+    package init(from decoder: any Decoder) throws {
+        try decoder.rejectUnknownKeys(CodingKeys.self)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.header = try c.decodeRecorded(Duration.self, forKey: .header) ?? self.header
+        self.idle = try c.decodeRecorded(Duration.self, forKey: .idle) ?? self.idle
     }
 }

@@ -73,6 +73,9 @@ extension PlanBuilder {
         } catch {
             problems.append("admin.address: \(Gateway.reason(error))")
         }
+        for (key, value) in [("header", config.admin.timeouts.header), ("idle", config.admin.timeouts.idle)] where value.nanoseconds <= 0 {
+            problems.append("admin.timeouts.\(key): must be more than 0 (every admin connection would be closed at once)")
+        }
         return adminAddress
     }
 }
