@@ -156,7 +156,7 @@ if Context.environment["EDGE_FUZZ"] != nil {
     let fuzzTargets: [(String, [Target.Dependency])] = [
         ("FuzzHTTP1Request", ["EdgeProxy"]), ("FuzzHTTP1Response", ["EdgeProxy"]), ("FuzzBodyFramer", ["EdgeProxy"] + nio),
         ("FuzzProxyProtocol", ["EdgeProxy"]), ("FuzzHTTP2Bridge", ["EdgeProxy"] + nio), ("FuzzHTTP2Upstream", ["EdgeProxy"] + nio), ("FuzzPathNormalization", ["EdgeProxy"]),
-        ("FuzzXFCC", ["EdgeTLS"]), ("FuzzConfig", ["EdgeGateway"]), ("FuzzCertbotRenewal", ["EdgeCertificates"]), ("FuzzCRL", ["EdgeTLS"]), ("FuzzOCSPResponse", ["EdgeTLS"]),
+        ("FuzzXFCC", ["EdgeTLS"]), ("FuzzConfig", ["EdgeGateway"]), ("FuzzCertbotRenewal", ["EdgeCertificates"]), ("FuzzCRL", ["EdgeTLS"]), ("FuzzOCSPResponse", ["EdgeTLS"]), ("FuzzHTTP2Frames", ["EdgeProxy"] + nio),
     ]
     package.targets.append(.target(name: "CFuzzDriver", path: "Fuzz/CFuzzDriver"))
     for (name, dependencies) in fuzzTargets {

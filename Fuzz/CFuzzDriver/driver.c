@@ -21,3 +21,4 @@ ENTRY(FuzzCertbotRenewal)
 ENTRY(FuzzCRL)
 
 ENTRY(FuzzOCSPResponse)
+ENTRY(FuzzHTTP2Frames)
