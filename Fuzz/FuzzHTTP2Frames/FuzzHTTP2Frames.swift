@@ -7,7 +7,8 @@ import NIOCore
 /// bytes arrive at a time (1-128). The rest is read twice, whole and in those steps: both
 /// must give the same frames and the same error. Every frame the writer can write is
 /// written again and read back as the same frame; a DATA frame's flow-controlled length
-/// covers its data; a field block stays within its bound.
+/// covers its data; a field block stays within its bound. The frames a server reads then
+/// go through a connection's state (`drive`).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzHTTP2Frames(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
@@ -30,7 +31,40 @@ public func fuzzHTTP2Frames(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         let again = read(Array(written.readableBytesView), step: written.readableBytes, server: false, first: false)
         precondition(again.error == nil && again.frames == [frame], "\(frame) read back as \(again)")
     }
+    if server { drive(whole.frames) }
     return 0
+}
+
+/// The frames through a connection's state, answering each new stream with what the
+/// windows allow: the state keeps its bounds whatever the client sends.
+func drive(_ frames: [HTTP2WireFrame]) {
+    var state = HTTP2ServerConnectionState(limits: .init(maxConcurrentStreams: 4, maxGlitches: 20))
+    for frame in frames {
+        let received: HTTP2ServerConnectionState.Received
+        do {
+            received = try state.received(frame)
+        } catch {
+            return
+        }
+        switch received {
+        case .opened(let id, _, _), .windowOpened(.some(let id)):
+            _ = state.sentHeaders(on: id, endStream: false)
+            let length = state.sendable(on: id)
+            state.sentData(on: id, length: length, endStream: length % 2 == 1)
+        case .data(let id, let data, _):
+            state.windowGiven(on: nil, increment: data.readableBytes)
+            state.windowGiven(on: id, increment: data.readableBytes)
+        default:
+            break
+        }
+        precondition(state.streams.count <= 4, "\(state.streams.count) streams")
+        precondition(state.connectionReceiveWindow >= 0 && state.connectionReceiveWindow <= 65_535, "window \(state.connectionReceiveWindow)")
+        precondition(state.connectionSendWindow <= 0x7FFF_FFFF, "send window \(state.connectionSendWindow)")
+        for stream in state.streams {
+            precondition(stream.id & 1 == 1 && stream.id <= state.lastStreamID && stream.receiveWindow >= 0 && stream.sendWindow <= 0x7FFF_FFFF, "\(stream)")
+            precondition(state.streams.filter { $0.id == stream.id }.count == 1, "stream \(stream.id) twice")
+        }
+    }
 }
 
 func read(_ input: [UInt8], step: Int, server: Bool, first: Bool = true) -> (frames: [HTTP2WireFrame], error: HTTP2WireError?) {

@@ -1,0 +1,153 @@
+@testable import EdgeProxy
+import NIOCore
+import XCTest
+
+/// The own engine's connection state (RFC 9113 §5.1, §6.9), frame by frame, without sockets.
+final class HTTP2ServerConnectionStateTests: XCTestCase {
+    private let block = ByteBuffer(bytes: [0x82])
+
+    private func headers(_ id: UInt32, end: Bool = false) -> HTTP2WireFrame { .headers(stream: id, block: self.block, endStream: end, priority: nil) }
+    private func data(_ id: UInt32, _ count: Int, end: Bool = false) -> HTTP2WireFrame {
+        .data(stream: id, data: ByteBuffer(repeating: 0x61, count: count), endStream: end, flowControlled: count)
+    }
+
+    private func code(_ state: inout HTTP2ServerConnectionState, _ frame: HTTP2WireFrame) -> HTTP2WireError.Code? {
+        do {
+            _ = try state.received(frame)
+            return nil
+        } catch {
+            return error.code
+        }
+    }
+
+    func testARequestWithABodyAndItsResponseCloseTheStream() throws {
+        var state = HTTP2ServerConnectionState()
+        XCTAssertEqual(state.settings.first, HTTP2WireSetting(identifier: HTTP2WireSetting.maxConcurrentStreams, value: 100))
+        XCTAssertEqual(try state.received(.settings([])), .acknowledgeSettings(headerTableSize: nil))
+        XCTAssertEqual(try state.received(self.headers(1)), .opened(stream: 1, block: self.block, endStream: false))
+        XCTAssertEqual(try state.received(self.data(1, 1_000)), .data(stream: 1, data: ByteBuffer(repeating: 0x61, count: 1_000), endStream: false))
+        XCTAssertEqual(state.connectionReceiveWindow, 64_535)
+        XCTAssertEqual(state.stream(1)?.receiveWindow, 64_535)
+        state.windowGiven(on: 1, increment: 1_000)
+        state.windowGiven(on: nil, increment: 1_000)
+        XCTAssertEqual(state.stream(1)?.receiveWindow, 65_535)
+        XCTAssertEqual(state.connectionReceiveWindow, 65_535)
+        XCTAssertEqual(try state.received(self.data(1, 0, end: true)), .data(stream: 1, data: ByteBuffer(), endStream: true))
+        XCTAssertEqual(state.stream(1)?.state, .halfClosedRemote)
+
+        XCTAssertTrue(state.sentHeaders(on: 1, endStream: false))
+        XCTAssertEqual(state.sendable(on: 1), 16_384, "one frame of the client's SETTINGS_MAX_FRAME_SIZE")
+        state.sentData(on: 1, length: 16_384, endStream: false)
+        state.sentData(on: 1, length: 16_384, endStream: false)
+        state.sentData(on: 1, length: 16_384, endStream: false)
+        XCTAssertEqual(state.sendable(on: 1), 16_383, "the rest of the 65,535-byte windows")
+        state.sentData(on: 1, length: 16_383, endStream: false)
+        XCTAssertEqual(state.sendable(on: 1), 0)
+        XCTAssertEqual(try state.received(.windowUpdate(stream: 1, increment: 10)), .windowOpened(stream: 1))
+        XCTAssertEqual(state.sendable(on: 1), 0, "the connection's window is still closed")
+        XCTAssertEqual(try state.received(.windowUpdate(stream: 0, increment: 100)), .windowOpened(stream: nil))
+        XCTAssertEqual(state.sendable(on: 1), 10)
+        state.sentData(on: 1, length: 10, endStream: true)
+        XCTAssertNil(state.stream(1), "closed both ways: gone")
+        XCTAssertEqual(try state.received(self.data(1, 5)), .nothing, "DATA on a closed stream is dropped...")
+        XCTAssertEqual(state.connectionReceiveWindow, 65_530, "...and counted against the connection's window")
+        XCTAssertEqual(try state.received(.resetStream(stream: 1, code: 8)), .nothing)
+        XCTAssertEqual(try state.received(.windowUpdate(stream: 1, increment: 1)), .nothing)
+    }
+
+    func testTrailersEndARequestAndOtherSecondBlocksAreRefused() throws {
+        var state = HTTP2ServerConnectionState()
+        _ = try state.received(self.headers(1))
+        XCTAssertEqual(try state.received(self.headers(1, end: true)), .trailers(stream: 1, block: self.block))
+        XCTAssertEqual(try state.received(self.headers(1, end: true)), .refuseFieldBlock(self.block, stream: 1, code: .streamClosed), "after END_STREAM")
+        XCTAssertNil(state.stream(1))
+        _ = try state.received(self.headers(3))
+        XCTAssertEqual(try state.received(self.headers(3)), .refuseFieldBlock(self.block, stream: 3, code: .protocolError), "trailers that do not end the stream")
+        _ = try state.received(self.headers(5, end: true))
+        XCTAssertEqual(try state.received(self.data(5, 1)), .resetStream(stream: 5, code: .streamClosed, reason: "DATA after the request ended"))
+        XCTAssertEqual(try state.received(self.headers(5, end: true)), .discardFieldBlock(self.block), "a closed stream's block is decoded and dropped")
+    }
+
+    func testStreamIDsAndTheStreamLimit() throws {
+        var state = HTTP2ServerConnectionState(limits: .init(maxConcurrentStreams: 2))
+        _ = try state.received(self.headers(1))
+        _ = try state.received(self.headers(5))
+        XCTAssertEqual(try state.received(self.headers(7)), .refuseFieldBlock(self.block, stream: 7, code: .refusedStream))
+        XCTAssertEqual(try state.received(self.headers(3)), .discardFieldBlock(self.block), "3 was skipped: closed")
+        XCTAssertEqual(self.code(&state, self.headers(8)), .protocolError, "an even stream from a client")
+        var idle = HTTP2ServerConnectionState()
+        XCTAssertEqual(self.code(&idle, self.data(1, 1)), .protocolError, "DATA on a stream never opened")
+        XCTAssertEqual(self.code(&idle, .resetStream(stream: 9, code: 0)), .protocolError)
+        XCTAssertEqual(self.code(&idle, .windowUpdate(stream: 9, increment: 1)), .protocolError)
+        XCTAssertEqual(try idle.received(.priority(stream: 9, HTTP2WirePriority(exclusive: false, dependency: 0, weight: 1))), .nothing, "PRIORITY may name an idle stream")
+        XCTAssertEqual(self.code(&idle, .pushPromise(stream: 1, promised: 2, block: self.block)), .protocolError)
+        XCTAssertEqual(try idle.received(.ping(7, ack: false)), .pong(7))
+        XCTAssertEqual(try idle.received(.ping(7, ack: true)), .nothing)
+    }
+
+    func testFlowControlErrorsOfTheStreamAndOfTheConnection() throws {
+        var state = HTTP2ServerConnectionState()
+        _ = try state.received(self.headers(1))
+        _ = try state.received(self.headers(3))
+        XCTAssertEqual(try state.received(self.data(1, 65_535)), .data(stream: 1, data: ByteBuffer(repeating: 0x61, count: 65_535), endStream: false))
+        state.windowGiven(on: nil, increment: 100_000)
+        XCTAssertEqual(try state.received(self.data(1, 1)), .resetStream(stream: 1, code: .flowControlError, reason: "DATA beyond the stream's flow-control window"))
+        XCTAssertEqual(try state.received(.windowUpdate(stream: 3, increment: 0x7FFF_FFFF)),
+                       .resetStream(stream: 3, code: .flowControlError, reason: "the stream's send window over 2^31-1"))
+        XCTAssertEqual(self.code(&state, .windowUpdate(stream: 0, increment: 0x7FFF_FFFF)), .flowControlError)
+        var full = HTTP2ServerConnectionState()
+        _ = try full.received(self.headers(1))
+        _ = try full.received(self.headers(3))
+        _ = try full.received(self.data(1, 40_000))
+        XCTAssertEqual(self.code(&full, self.data(3, 30_000)), .flowControlError, "the connection's 65,535 bytes")
+    }
+
+    /// §6.9.2: the client's new SETTINGS_INITIAL_WINDOW_SIZE moves open streams' send
+    /// windows (below 0 too); ours is in force from the client's acknowledgement.
+    func testInitialWindowSizesMoveOpenStreams() throws {
+        var state = HTTP2ServerConnectionState(limits: .init(initialWindowSize: 1 << 20))
+        XCTAssertTrue(state.settings.contains(HTTP2WireSetting(identifier: HTTP2WireSetting.initialWindowSize, value: 1 << 20)))
+        _ = try state.received(self.headers(1))
+        XCTAssertEqual(state.stream(1)?.receiveWindow, 65_535, "not acknowledged yet")
+        _ = try state.received(.settingsAck)
+        XCTAssertEqual(state.stream(1)?.receiveWindow, 1 << 20)
+        _ = try state.received(self.headers(3))
+        XCTAssertEqual(state.stream(3)?.receiveWindow, 1 << 20)
+
+        XCTAssertTrue(state.sentHeaders(on: 1, endStream: false))
+        state.sentData(on: 1, length: 16_384, endStream: false)
+        XCTAssertEqual(try state.received(.settings([HTTP2WireSetting(identifier: HTTP2WireSetting.initialWindowSize, value: 1_000),
+                                                     HTTP2WireSetting(identifier: HTTP2WireSetting.headerTableSize, value: 0),
+                                                     HTTP2WireSetting(identifier: HTTP2WireSetting.maxFrameSize, value: 20_000)])),
+                       .acknowledgeSettings(headerTableSize: 0))
+        XCTAssertEqual(state.stream(1)?.sendWindow, 1_000 - 16_384)
+        XCTAssertEqual(state.sendable(on: 1), 0)
+        XCTAssertEqual(state.stream(3)?.sendWindow, 1_000)
+        XCTAssertEqual(state.peerMaxFrameSize, 20_000)
+        _ = try state.received(.windowUpdate(stream: 0, increment: 1_000_000))
+        _ = try state.received(self.headers(5))
+        _ = try state.received(.settings([HTTP2WireSetting(identifier: HTTP2WireSetting.initialWindowSize, value: 100_000)]))
+        XCTAssertEqual(state.sendable(on: 5), 20_000, "the client's frame size bounds it")
+        _ = try state.received(.windowUpdate(stream: 3, increment: 1))
+        XCTAssertEqual(self.code(&state, .settings([HTTP2WireSetting(identifier: HTTP2WireSetting.initialWindowSize, value: 0x7FFF_FFFF)])), .flowControlError,
+                       "stream 3's window over 2^31-1")
+    }
+
+    func testTheDrainsGoAwayAndTheGlitchLimit() throws {
+        var state = HTTP2ServerConnectionState(limits: .init(maxGlitches: 3))
+        _ = try state.received(self.headers(1))
+        state.sentGoAway(lastStream: 0x7FFF_FFFF)
+        _ = try state.received(self.headers(3))
+        state.sentGoAway(lastStream: 3)
+        state.sentGoAway(lastStream: 0x7FFF_FFFF)
+        XCTAssertEqual(state.goAwayLastStream, 3, "a later GOAWAY never raises it")
+        XCTAssertEqual(try state.received(self.headers(5)), .discardFieldBlock(self.block), "past the GOAWAY: not served, not answered")
+        XCTAssertEqual(try state.received(.goAway(lastStream: 0, code: 0, debug: ByteBuffer())), .goingAway(lastStream: 0, code: 0))
+        XCTAssertEqual(state.glitches, 0)
+        XCTAssertEqual(try state.received(.ignored(type: 0x20)), .nothing)
+        XCTAssertEqual(try state.received(self.data(1, 0)), .data(stream: 1, data: ByteBuffer(), endStream: false))
+        XCTAssertEqual(try state.received(.invalid(stream: 3, code: .frameSizeError, reason: "short")), .resetStream(stream: 3, code: .frameSizeError, reason: "short"))
+        XCTAssertEqual(state.glitches, 3)
+        XCTAssertEqual(self.code(&state, .ignored(type: 0x20)), .enhanceYourCalm)
+    }
+}
