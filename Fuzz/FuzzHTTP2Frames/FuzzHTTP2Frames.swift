@@ -23,7 +23,7 @@ public func fuzzHTTP2Frames(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         case .data(_, let data, _, let flowControlled):
             precondition(data.readableBytes <= flowControlled && flowControlled <= 16_384, "DATA \(data.readableBytes) of \(flowControlled)")
         case .headers(_, let block, _, _), .pushPromise(_, _, let block):
-            precondition(block.readableBytes <= 4_096, "a field block of \(block.readableBytes)")
+            precondition(block.readableBytes <= fieldBlockBound, "a field block of \(block.readableBytes)")
         default:
             break
         }
@@ -47,11 +47,11 @@ func drive(_ frames: [HTTP2WireFrame]) {
             return
         }
         switch received {
-        case .opened(let id, _, _), .windowOpened(.some(let id)):
+        case .opened(let id, _, _), .windowOpened(.some(let id), _):
             _ = state.sentHeaders(on: id, endStream: false)
             let length = state.sendable(on: id)
             state.sentData(on: id, length: length, endStream: length % 2 == 1)
-        case .data(let id, let data, _):
+        case .data(let id, let data, _, _):
             state.windowGiven(on: nil, increment: data.readableBytes)
             state.windowGiven(on: id, increment: data.readableBytes)
         default:
@@ -67,8 +67,14 @@ func drive(_ frames: [HTTP2WireFrame]) {
     }
 }
 
+let fieldBlockBound = 4_096
+let continuationBound = 4
+/// Small enough that blocks are rewritten in CONTINUATION frames, large enough that the
+/// largest block the reader lets through needs no more of them than it allows.
+let rewriteFrameSize = (fieldBlockBound + continuationBound) / (continuationBound + 1) + 1
+
 func read(_ input: [UInt8], step: Int, server: Bool, first: Bool = true) -> (frames: [HTTP2WireFrame], error: HTTP2WireError?) {
-    var reader = HTTP2FrameReader(expectsClientPreface: server, maxFieldBlockBytes: 4_096, maxContinuationFrames: 4)
+    var reader = HTTP2FrameReader(expectsClientPreface: server, maxFieldBlockBytes: fieldBlockBound, maxContinuationFrames: continuationBound)
     var buffer = ByteBuffer()
     if !first {
         HTTP2FrameWriter.settings([], into: &buffer)
@@ -97,7 +103,7 @@ func rewrite(_ frame: HTTP2WireFrame) -> ByteBuffer? {
         HTTP2FrameWriter.dataHeader(stream: stream, length: data.readableBytes, endStream: endStream, into: &out)
         out.writeBuffer(&data)
     case .headers(let stream, let block, let endStream, nil):
-        HTTP2FrameWriter.headers(stream: stream, block: block, endStream: endStream, maxFrameSize: 1_000, into: &out)
+        HTTP2FrameWriter.headers(stream: stream, block: block, endStream: endStream, maxFrameSize: rewriteFrameSize, into: &out)
     case .settings(let settings):
         HTTP2FrameWriter.settings(settings, into: &out)
     case .settingsAck:

@@ -46,7 +46,9 @@ struct AdminConnectionDeadline {
         return .cancel
     }
 
-    /// Its response has been written out: the next request must come within the idle timeout.
+    /// Its response's end was handed to the channel: the next request must come within the
+    /// idle timeout. (A client that reads no answers gets no more requests read either:
+    /// `AdminDeadlineHandler` holds reads while the channel is not writable.)
     mutating func responseEnded(now: NIODeadline) -> Action {
         self.deadline = now + self.idle
         return .schedule(now + self.idle)
@@ -69,6 +71,9 @@ final class AdminDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     private var state: AdminConnectionDeadline
     private var timer: Scheduled<Void>?
+    private var closed = false
+    /// A read asked for while the channel was not writable: done once it is.
+    private var heldRead = false
 
     init(header: TimeAmount, idle: TimeAmount) {
         self.state = AdminConnectionDeadline(header: header, idle: idle)
@@ -84,9 +89,44 @@ final class AdminDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        self.stop()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.stop()
+    }
+
+    private func stop() {
+        self.closed = true
         self.timer?.cancel()
         self.timer = nil
-        context.fireChannelInactive()
+    }
+
+    /// A request NIO could not parse was answered 400 with `connection: close`, but NIO
+    /// leaves the connection open: it closes now.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if error is HTTPParserError { context.close(promise: nil) }
+        context.fireErrorCaught(error)
+    }
+
+    /// A client that sends requests and reads none of the answers would have them pile
+    /// up in the gateway: no more is read until the answers go out, and meanwhile its
+    /// deadline runs.
+    func read(context: ChannelHandlerContext) {
+        guard context.channel.isWritable else {
+            self.heldRead = true
+            return
+        }
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if self.heldRead, context.channel.isWritable {
+            self.heldRead = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -103,6 +143,7 @@ final class AdminDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler 
         switch action {
         case .schedule(let deadline):
             self.timer?.cancel()
+            guard !self.closed else { return }
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             self.timer = context.eventLoop.scheduleTask(deadline: deadline) {
                 let (handler, context) = loopBound.value

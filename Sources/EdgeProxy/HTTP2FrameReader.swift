@@ -11,12 +11,17 @@ import NIOCore
 /// `maxContinuationFrames` CONTINUATION frames and `maxFieldBlockBytes` in all, else
 /// ENHANCE_YOUR_CALM (the CONTINUATION flood of 2024, CVE-2024-27316 and its kin, was
 /// servers that buffered or decoded such blocks without a bound).
+///
+/// The frames' payloads are slices of the caller's buffer: while one is kept, writing
+/// into that buffer copies it, so a caller gives each read its own buffer.
 struct HTTP2FrameReader {
     /// This endpoint's SETTINGS_MAX_FRAME_SIZE: a larger frame is a connection error,
     /// refused as soon as its header is read.
     var maxFrameSize: Int
     let maxFieldBlockBytes: Int
     let maxContinuationFrames: Int
+    /// A server's reader: the client's frames.
+    let isServer: Bool
     /// The client preface's 24 bytes are still to come (a server's reader).
     private var awaitingPreface: Bool
     /// No frame yet: the first must be SETTINGS (§3.4).
@@ -37,6 +42,7 @@ struct HTTP2FrameReader {
     /// `expectsClientPreface`: this is a server's reader, and the connection begins with
     /// the client's preface string.
     init(expectsClientPreface: Bool, maxFrameSize: Int = 16_384, maxFieldBlockBytes: Int = 65_536, maxContinuationFrames: Int = 16) {
+        self.isServer = expectsClientPreface
         self.awaitingPreface = expectsClientPreface
         self.maxFrameSize = maxFrameSize
         self.maxFieldBlockBytes = maxFieldBlockBytes
@@ -59,12 +65,19 @@ struct HTTP2FrameReader {
         while buffer.readableBytes >= 9 {
             let start = buffer.readerIndex
             let length = Int(buffer.getInteger(at: start, as: UInt16.self)!) << 8 | Int(buffer.getInteger(at: start + 2, as: UInt8.self)!)
+            let type = buffer.getInteger(at: start + 3, as: UInt8.self)!
+            let flags = buffer.getInteger(at: start + 4, as: UInt8.self)!
+            // Refused as soon as the frame's header says so, not once its payload is in.
+            if self.awaitingSettings, type != HTTP2FrameType.settings.rawValue || flags & HTTP2FrameFlags.ack != 0 {
+                throw HTTP2WireError(code: .protocolError, reason: "the first frame is not SETTINGS")
+            }
+            if self.isServer, type == HTTP2FrameType.pushPromise.rawValue {
+                throw HTTP2WireError(code: .protocolError, reason: "a PUSH_PROMISE from a client")  // §8.4
+            }
             guard length <= self.maxFrameSize else {
                 throw HTTP2WireError(code: .frameSizeError, reason: "a frame of \(length) bytes, more than SETTINGS_MAX_FRAME_SIZE (\(self.maxFrameSize))")
             }
             guard buffer.readableBytes >= 9 + length else { return nil }
-            let type = buffer.getInteger(at: start + 3, as: UInt8.self)!
-            let flags = buffer.getInteger(at: start + 4, as: UInt8.self)!
             let stream = buffer.getInteger(at: start + 5, as: UInt32.self)! & 0x7FFF_FFFF  // the reserved bit is ignored (§4.1)
             buffer.moveReaderIndex(forwardBy: 9)
             var payload = buffer.readSlice(length: length)!
@@ -75,12 +88,7 @@ struct HTTP2FrameReader {
 
     private mutating func frame(type rawType: UInt8, flags: UInt8, stream: UInt32, payload: inout ByteBuffer) throws(HTTP2WireError) -> HTTP2WireFrame? {
         let type = HTTP2FrameType(rawValue: rawType)
-        if self.awaitingSettings {
-            guard type == .settings, flags & HTTP2FrameFlags.ack == 0 else {
-                throw HTTP2WireError(code: .protocolError, reason: "the first frame is not SETTINGS")
-            }
-            self.awaitingSettings = false
-        }
+        self.awaitingSettings = false  // checked with the frame's header
         if let open = self.open, type != .continuation || stream != open.stream {
             throw HTTP2WireError(code: .protocolError, reason: "a frame other than CONTINUATION inside stream \(open.stream)'s field block")
         }
@@ -94,7 +102,7 @@ struct HTTP2FrameReader {
 
         case .headers:
             try Self.needsStream(stream, "HEADERS")
-            try Self.removePadding(flags: flags, payload: &payload, "HEADERS")
+            try Self.removePadding(flags: flags, payload: &payload, "HEADERS", fixed: flags & HTTP2FrameFlags.priority != 0 ? 5 : 0)
             var priority: HTTP2WirePriority?
             if flags & HTTP2FrameFlags.priority != 0 {
                 guard let read = Self.readPriority(&payload) else {
@@ -108,10 +116,10 @@ struct HTTP2FrameReader {
         case .priority:
             try Self.needsStream(stream, "PRIORITY")
             guard length == 5, let priority = Self.readPriority(&payload) else {
-                return .invalid(stream: stream, code: .frameSizeError, reason: "a PRIORITY frame of \(length) bytes, not 5")
+                return .invalid(stream: stream, type: .priority, code: .frameSizeError, reason: "a PRIORITY frame of \(length) bytes, not 5")
             }
             guard priority.dependency != stream else {
-                return .invalid(stream: stream, code: .protocolError, reason: "stream \(stream) made dependent on itself")
+                return .invalid(stream: stream, type: .priority, code: .protocolError, reason: "stream \(stream) made dependent on itself")
             }
             return .priority(stream: stream, priority)
 
@@ -130,14 +138,14 @@ struct HTTP2FrameReader {
             var settings: [HTTP2WireSetting] = []
             settings.reserveCapacity(length / 6)
             while let identifier = payload.readInteger(as: UInt16.self), let value = payload.readInteger(as: UInt32.self) {
-                try Self.check(HTTP2WireSetting(identifier: identifier, value: value))
+                try Self.check(HTTP2WireSetting(identifier: identifier, value: value), isServer: self.isServer)
                 settings.append(HTTP2WireSetting(identifier: identifier, value: value))
             }
             return .settings(settings)
 
         case .pushPromise:
             try Self.needsStream(stream, "PUSH_PROMISE")
-            try Self.removePadding(flags: flags, payload: &payload, "PUSH_PROMISE")
+            try Self.removePadding(flags: flags, payload: &payload, "PUSH_PROMISE", fixed: 4)
             guard let promised = payload.readInteger(as: UInt32.self) else {
                 throw HTTP2WireError(code: .frameSizeError, reason: "a PUSH_PROMISE frame too short for its stream ID")
             }
@@ -162,7 +170,7 @@ struct HTTP2FrameReader {
             guard increment > 0 else {
                 // §6.9: an error of the stream it is for, or of the connection's window.
                 if stream == 0 { throw HTTP2WireError(code: .protocolError, reason: "a WINDOW_UPDATE of 0 for the connection") }
-                return .invalid(stream: stream, code: .protocolError, reason: "a WINDOW_UPDATE of 0")
+                return .invalid(stream: stream, type: .windowUpdate, code: .protocolError, reason: "a WINDOW_UPDATE of 0")
             }
             return .windowUpdate(stream: stream, increment: increment)
 
@@ -174,6 +182,10 @@ struct HTTP2FrameReader {
             open.continuations += 1
             guard open.continuations <= self.maxContinuationFrames else {
                 throw HTTP2WireError(code: .enhanceYourCalm, reason: "a field block in more than \(self.maxContinuationFrames) CONTINUATION frames")
+            }
+            // Bounded before it grows: the block never holds more than the bound.
+            guard open.block.readableBytes + payload.readableBytes <= self.maxFieldBlockBytes else {
+                throw HTTP2WireError(code: .enhanceYourCalm, reason: "a field block of more than \(self.maxFieldBlockBytes) bytes")
             }
             open.block.writeBuffer(&payload)
             return try self.fieldBlock(open, ends: flags & HTTP2FrameFlags.endHeaders != 0)
@@ -201,11 +213,12 @@ struct HTTP2FrameReader {
         if stream != 0 { throw HTTP2WireError(code: .protocolError, reason: "a \(name) frame on stream \(stream), not 0") }
     }
 
-    /// Drops a PADDED frame's pad length field and its padding (§6.1): padding as long
-    /// as the payload, or longer, is a connection error.
-    private static func removePadding(flags: UInt8, payload: inout ByteBuffer, _ name: String) throws(HTTP2WireError) {
+    /// Drops a PADDED frame's pad length field and its padding (§6.1, §6.2, §6.6): padding
+    /// that reaches into the payload's `fixed` fields (priority, promised stream ID), or
+    /// beyond, is a connection error.
+    private static func removePadding(flags: UInt8, payload: inout ByteBuffer, _ name: String, fixed: Int = 0) throws(HTTP2WireError) {
         guard flags & HTTP2FrameFlags.padded != 0 else { return }
-        guard let padding = payload.readInteger(as: UInt8.self), Int(padding) <= payload.readableBytes else {
+        guard let padding = payload.readInteger(as: UInt8.self), Int(padding) + fixed <= payload.readableBytes else {
             throw HTTP2WireError(code: .protocolError, reason: "a \(name) frame's padding as long as its payload or longer")
         }
         payload.moveWriterIndex(to: payload.writerIndex - Int(padding))
@@ -217,8 +230,10 @@ struct HTTP2FrameReader {
     }
 
     /// The values §6.5.2 bounds; unknown parameters are left to be ignored.
-    private static func check(_ setting: HTTP2WireSetting) throws(HTTP2WireError) {
+    private static func check(_ setting: HTTP2WireSetting, isServer: Bool) throws(HTTP2WireError) {
         switch setting.identifier {
+        case HTTP2WireSetting.enablePush where !isServer && setting.value != 0:
+            throw HTTP2WireError(code: .protocolError, reason: "a server's SETTINGS_ENABLE_PUSH of \(setting.value)")  // §6.5.2
         case HTTP2WireSetting.enablePush, HTTP2WireSetting.enableConnectProtocol, HTTP2WireSetting.noRFC7540Priorities:
             if setting.value > 1 { throw HTTP2WireError(code: .protocolError, reason: "SETTINGS parameter \(setting.identifier) set to \(setting.value), not 0 or 1") }
         case HTTP2WireSetting.initialWindowSize:

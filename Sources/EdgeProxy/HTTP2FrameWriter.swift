@@ -28,6 +28,7 @@ enum HTTP2FrameWriter {
 
     /// A field block (HPACK-encoded) in frames of at most `maxFrameSize` bytes.
     static func headers(stream: UInt32, block: ByteBuffer, endStream: Bool, maxFrameSize: Int, into buffer: inout ByteBuffer) {
+        precondition(stream != 0 && maxFrameSize > 0, "HEADERS on stream \(stream) in frames of \(maxFrameSize)")
         var rest = block
         var type = HTTP2FrameType.headers
         repeat {
@@ -46,6 +47,7 @@ enum HTTP2FrameWriter {
     }
 
     static func resetStream(stream: UInt32, code: HTTP2WireError.Code, into buffer: inout ByteBuffer) {
+        precondition(stream != 0, "RST_STREAM on stream 0")
         frameHeader(length: 4, type: .resetStream, stream: stream, into: &buffer)
         buffer.writeInteger(code.rawValue)
     }

@@ -42,6 +42,8 @@ struct HTTP2ServerConnectionState {
         var sendWindow: Int
         /// What the client may still send on the stream.
         var receiveWindow: Int
+        /// The request body still to come by its content-length; nil: none declared.
+        var bodyRemaining: Int? = nil
     }
 
     /// What a frame read means for the engine.
@@ -50,7 +52,8 @@ struct HTTP2ServerConnectionState {
         case opened(stream: UInt32, block: ByteBuffer, endStream: Bool)
         /// A request's trailers, which end it.
         case trailers(stream: UInt32, block: ByteBuffer)
-        case data(stream: UInt32, data: ByteBuffer, endStream: Bool)
+        /// `flowControlled`: the frame's length as the windows count it (padding included).
+        case data(stream: UInt32, data: ByteBuffer, endStream: Bool, flowControlled: Int)
         /// The client reset the stream: it is gone, its proxy is told.
         case reset(stream: UInt32, code: UInt32)
         /// A field block for no stream the gateway serves (a closed one, or one past the
@@ -63,7 +66,7 @@ struct HTTP2ServerConnectionState {
         /// Reset the stream with `code` (a stream error); the stream is gone.
         case resetStream(stream: UInt32, code: HTTP2WireError.Code, reason: String)
         /// More may be sent: on the stream, or on every stream when nil.
-        case windowOpened(stream: UInt32?)
+        case windowOpened(stream: UInt32?, increment: UInt32)
         /// Acknowledge the client's SETTINGS; with a table size, the encoder's bound changed.
         case acknowledgeSettings(headerTableSize: Int?)
         case pong(UInt64)
@@ -117,7 +120,14 @@ struct HTTP2ServerConnectionState {
 
     mutating func received(_ frame: HTTP2WireFrame) throws(HTTP2WireError) -> Received {
         switch frame {
-        case .headers(let id, let block, let endStream, _):
+        case .headers(let id, let block, let endStream, let priority):
+            if priority?.dependency == id {
+                // A stream made dependent on itself (§5.3.1): a stream error, its block still decoded.
+                try self.glitch()
+                if id > self.lastStreamID, id & 1 == 1 { self.lastStreamID = id }
+                if let i = self.index(id) { self.streams.remove(at: i) }
+                return .refuseFieldBlock(block, stream: id, code: .protocolError)
+            }
             return try self.receivedHeaders(id, block: block, endStream: endStream)
 
         case .data(let id, let data, let endStream, let length):
@@ -139,8 +149,16 @@ struct HTTP2ServerConnectionState {
                 return try self.streamError(at: i, .flowControlError, "DATA beyond the stream's flow-control window")
             }
             if length == 0 && !endStream { try self.glitch() }  // empty DATA frames cost work and carry nothing
+            if let remaining = self.streams[i].bodyRemaining {
+                // The request's content-length (RFC 9113 §8.1.1): no more, and no less by its end.
+                let left = remaining - data.readableBytes
+                guard left >= 0, !endStream || left == 0 else {
+                    return try self.streamError(at: i, .protocolError, "a request body of another length than its content-length")
+                }
+                self.streams[i].bodyRemaining = left
+            }
             if endStream { self.endRemote(at: i) }
-            return .data(stream: id, data: data, endStream: endStream)
+            return .data(stream: id, data: data, endStream: endStream, flowControlled: length)
 
         case .resetStream(let id, let code):
             guard let i = self.index(id) else {
@@ -155,7 +173,7 @@ struct HTTP2ServerConnectionState {
             guard self.connectionSendWindow <= 0x7FFF_FFFF else {
                 throw HTTP2WireError(code: .flowControlError, reason: "the connection's send window over 2^31-1")
             }
-            return .windowOpened(stream: nil)
+            return .windowOpened(stream: nil, increment: increment)
 
         case .windowUpdate(let id, let increment):
             guard let i = self.index(id) else {
@@ -166,7 +184,7 @@ struct HTTP2ServerConnectionState {
             guard self.streams[i].sendWindow <= 0x7FFF_FFFF else {
                 return try self.streamError(at: i, .flowControlError, "the stream's send window over 2^31-1")
             }
-            return .windowOpened(stream: id)
+            return .windowOpened(stream: id, increment: increment)
 
         case .settings(let settings):
             return try self.apply(settings)
@@ -192,8 +210,10 @@ struct HTTP2ServerConnectionState {
         case .priority:
             return .nothing
 
-        case .invalid(let id, let code, let reason):
+        case .invalid(let id, let type, let code, let reason):
             guard let i = self.index(id) else {
+                // No RST_STREAM for a stream never opened (§6.4); only PRIORITY may name one (§5.1).
+                if type != .priority { try self.mustBeKnown(id, "\(type)") }
                 try self.glitch()
                 return .nothing
             }
@@ -213,7 +233,7 @@ struct HTTP2ServerConnectionState {
                 self.streams.remove(at: i)
                 return .refuseFieldBlock(block, stream: id, code: .streamClosed)
             }
-            guard endStream else {
+            guard endStream, (self.streams[i].bodyRemaining ?? 0) == 0 else {
                 try self.glitch()
                 self.streams.remove(at: i)
                 return .refuseFieldBlock(block, stream: id, code: .protocolError)
@@ -318,6 +338,18 @@ struct HTTP2ServerConnectionState {
         self.streams[i].sendWindow -= length
         self.connectionSendWindow -= length
         if endStream { self.endLocal(at: i) }
+    }
+
+    /// The request head (decoded by the engine) declared a body of `length` bytes, which
+    /// the DATA frames must match. False: the stream ended already without them, a stream
+    /// error to answer (`resetStream`).
+    mutating func expectBody(on id: UInt32, length: Int) -> Bool {
+        guard let i = self.index(id) else { return true }
+        if self.streams[i].state == .halfClosedRemote {
+            return length == 0
+        }
+        self.streams[i].bodyRemaining = length
+        return true
     }
 
     /// The gateway reset the stream.

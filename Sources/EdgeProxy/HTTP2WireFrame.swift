@@ -23,8 +23,9 @@ enum HTTP2WireFrame: Equatable {
     case ping(UInt64, ack: Bool)
     case goAway(lastStream: UInt32, code: UInt32, debug: ByteBuffer)
     case windowUpdate(stream: UInt32, increment: UInt32)
-    /// A frame that is a stream error (§5.4.2): reset that stream with `code` and go on.
-    case invalid(stream: UInt32, code: HTTP2WireError.Code, reason: String)
+    /// A frame that is a stream error (§5.4.2): reset that stream with `code` and go on
+    /// (unless the stream is idle: `type` says whether that is allowed, §5.1).
+    case invalid(stream: UInt32, type: HTTP2FrameType, code: HTTP2WireError.Code, reason: String)
     /// A frame of a type this endpoint does not know (§5.5), skipped; given back so that
     /// the connection can count them among a client's glitches.
     case ignored(type: UInt8)

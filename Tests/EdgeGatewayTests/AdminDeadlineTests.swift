@@ -46,10 +46,14 @@ final class AdminDeadlineTests: XCTestCase {
             XCTAssertEqual(result.response, "", partial.debugDescription)
             XCTAssertGreaterThan(result.seconds, 0.8, "closed before the header timeout: \(partial.debugDescription)")
         }
-        let kept = exchange("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        XCTAssertTrue(kept.response.hasPrefix("HTTP/1.1 200"), kept.response)
+        let kept = exchange("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\nGET /readyz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        XCTAssertEqual(kept.response.components(separatedBy: "HTTP/1.1 200").count - 1, 2, "two pipelined requests, two answers: \(kept.response)")
         XCTAssertTrue(kept.closed, "a kept-alive admin connection stayed open 8 s")
         XCTAssertGreaterThan(kept.seconds, 1.8, "closed before the idle timeout")
+        let malformed = exchange("GET /status HTTP/1.1\r\nHost: localhost\r\nbad header\r\n\r\n")
+        XCTAssertTrue(malformed.response.hasPrefix("HTTP/1.1 400"), malformed.response)
+        XCTAssertTrue(malformed.closed)
+        XCTAssertLessThan(malformed.seconds, 0.9, "a request NIO cannot parse closes the connection at once, not at the deadline")
         await harness.shutdown()
     }
 

@@ -74,6 +74,15 @@ final class HTTP2FramesTests: XCTestCase {
             .goAway(lastStream: 3, code: 0, debug: ByteBuffer(string: "bye")),
         ]
         let bytes = Array(out.readableBytesView)
+        // The 40,000-byte block: HEADERS (no END_HEADERS), CONTINUATION, CONTINUATION (END_HEADERS).
+        let first = http2ClientPreface.count + 9 + 12 + 9
+        XCTAssertEqual(Array(bytes[first..<first + 5]), [0, 0x40, 0, 0x1, 0], "HEADERS of 16,384 bytes, no flags")
+        XCTAssertEqual(Array(bytes[first + 9 + 16_384..<first + 9 + 16_384 + 5]), [0, 0x40, 0, 0x9, 0])
+        XCTAssertEqual(Array(bytes[first + 2 * (9 + 16_384)..<first + 2 * (9 + 16_384) + 5]), [0, 0x1C, 0x40, 0x9, 0x4], "7,232 bytes, END_HEADERS")
+        var ended = ByteBuffer()
+        HTTP2FrameWriter.headers(stream: 5, block: ByteBuffer(repeating: 0x82, count: 20_000), endStream: true, maxFrameSize: 16_384, into: &ended)
+        XCTAssertEqual(ended.getInteger(at: 4, as: UInt8.self), 0x1, "END_STREAM on the HEADERS frame...")
+        XCTAssertEqual(ended.getInteger(at: 9 + 16_384 + 4, as: UInt8.self), 0x4, "...and only END_HEADERS on its CONTINUATION")
         XCTAssertEqual(try self.read(bytes).get(), expected)
         XCTAssertEqual(try self.read(bytes, step: 1).get(), expected, "byte by byte")
         XCTAssertEqual(try self.read(bytes, step: 7).get(), expected)
@@ -86,7 +95,9 @@ final class HTTP2FramesTests: XCTestCase {
             + frame(0x0, flags: 0x8 | 0x1, stream: 1, [3, 0x61, 0x62, 0, 0, 0])  // "ab" and 3 bytes of padding
             + frame(0x2, stream: 3, [0, 0, 0, 1, 200])
             + frame(0x20, stream: 5, [1, 2, 3])
-            + frame(0x4, [0, 0x99, 0, 0, 0, 1])).get()  // an unknown SETTINGS parameter: kept, for the connection to ignore
+            + frame(0x4, [0, 0x99, 0, 0, 0, 1])  // an unknown SETTINGS parameter: kept, for the connection to ignore
+            + frame(0x0, flags: 0x8, stream: 0x8000_0003, [2, 0, 0])  // the reserved bit set; padding of all but the pad length
+            + frame(0x8, stream: 0x8000_0003, [0x80, 0, 0, 1])).get()
         XCTAssertEqual(frames, [
             .settings([]),
             .headers(stream: 1, block: ByteBuffer(bytes: [0x82]), endStream: false, priority: HTTP2WirePriority(exclusive: true, dependency: 0, weight: 15)),
@@ -94,6 +105,8 @@ final class HTTP2FramesTests: XCTestCase {
             .priority(stream: 3, HTTP2WirePriority(exclusive: false, dependency: 1, weight: 200)),
             .ignored(type: 0x20),
             .settings([HTTP2WireSetting(identifier: 0x99, value: 1)]),
+            .data(stream: 3, data: ByteBuffer(), endStream: false, flowControlled: 3),
+            .windowUpdate(stream: 3, increment: 1),
         ])
     }
 
@@ -118,6 +131,17 @@ final class HTTP2FramesTests: XCTestCase {
         XCTAssertEqual(self.error(frame(0x4, [0, 4, 0x80, 0, 0, 0])), .flowControlError, "a window of 2^31")
         XCTAssertEqual(self.error(frame(0x4, [0, 5, 0, 0, 0x3F, 0xFF])), .protocolError, "SETTINGS_MAX_FRAME_SIZE 16,383")
         XCTAssertEqual(self.error(frame(0x4, [0, 5, 0x01, 0, 0, 0])), .protocolError, "SETTINGS_MAX_FRAME_SIZE 2^24")
+        XCTAssertEqual(self.error(frame(0x4, [0, 8, 0, 0, 0, 2])), .protocolError, "SETTINGS_ENABLE_CONNECT_PROTOCOL 2")
+        XCTAssertEqual(self.error(frame(0x4, [0, 9, 0, 0, 0, 2])), .protocolError, "SETTINGS_NO_RFC7540_PRIORITIES 2")
+        XCTAssertEqual(self.read(frame(0x4, [0, 2, 0, 0, 0, 1]), preface: false).failureCode, .protocolError, "a server's SETTINGS_ENABLE_PUSH 1")
+        XCTAssertEqual(self.error(frame(0x5, flags: 0x4, stream: 1, [0, 0, 0, 2])), .protocolError, "PUSH_PROMISE from a client")
+        XCTAssertEqual(self.error([0, 0, 4, 0x5, 0x4, 0, 0, 0, 1]), .protocolError, "...refused at its frame header")
+        XCTAssertEqual(self.error(frame(0x7, stream: 1, [UInt8](repeating: 0, count: 8))), .protocolError, "GOAWAY on a stream")
+        XCTAssertEqual(self.error(frame(0x2, [0, 0, 0, 1, 1])), .protocolError, "PRIORITY on stream 0")
+        XCTAssertEqual(self.error(frame(0x1, flags: 0x4 | 0x8 | 0x20, stream: 1, [1, 0, 0, 0, 0, 9])), .protocolError, "padding into the priority fields")
+        XCTAssertEqual(self.error(frame(0x1, flags: 0x4 | 0x8, stream: 1, [2, 0x82])), .protocolError, "HEADERS padding past its end")
+        XCTAssertEqual(self.read(http2ClientPreface + [0, 0x40, 0x01, 0x6, 0, 0, 0, 0, 0]).failureCode, .protocolError,
+                       "a first frame that is not SETTINGS is refused at its header, whatever its size")
         XCTAssertEqual(self.error(frame(0x6, [UInt8](repeating: 0, count: 7))), .frameSizeError, "PING of 7 bytes")
         XCTAssertEqual(self.error(frame(0x6, stream: 1, [UInt8](repeating: 0, count: 8))), .protocolError, "PING on a stream")
         XCTAssertEqual(self.error(frame(0x7, [0, 0, 0, 0, 0, 0, 0])), .frameSizeError, "GOAWAY of 7 bytes")
@@ -141,9 +165,9 @@ final class HTTP2FramesTests: XCTestCase {
             + frame(0x6, [UInt8](repeating: 9, count: 8))).get()
         XCTAssertEqual(frames, [
             .settings([]),
-            .invalid(stream: 3, code: .frameSizeError, reason: "a PRIORITY frame of 4 bytes, not 5"),
-            .invalid(stream: 5, code: .protocolError, reason: "stream 5 made dependent on itself"),
-            .invalid(stream: 7, code: .protocolError, reason: "a WINDOW_UPDATE of 0"),
+            .invalid(stream: 3, type: .priority, code: .frameSizeError, reason: "a PRIORITY frame of 4 bytes, not 5"),
+            .invalid(stream: 5, type: .priority, code: .protocolError, reason: "stream 5 made dependent on itself"),
+            .invalid(stream: 7, type: .windowUpdate, code: .protocolError, reason: "a WINDOW_UPDATE of 0"),
             .ping(0x0909_0909_0909_0909, ack: false),
         ])
     }
@@ -241,7 +265,7 @@ enum FrameLayerServer {
                         HTTP2FrameWriter.ping(data, ack: true, into: &out)
                     case .goAway(_, let code, _):
                         seen.append("goaway \(code)")
-                    case .invalid(let stream, let code, let reason):
+                    case .invalid(let stream, _, let code, let reason):
                         seen.append("error: stream \(stream) \(code) \(reason)")
                     default:
                         break

@@ -25,14 +25,14 @@ final class HTTP2ServerConnectionStateTests: XCTestCase {
         XCTAssertEqual(state.settings.first, HTTP2WireSetting(identifier: HTTP2WireSetting.maxConcurrentStreams, value: 100))
         XCTAssertEqual(try state.received(.settings([])), .acknowledgeSettings(headerTableSize: nil))
         XCTAssertEqual(try state.received(self.headers(1)), .opened(stream: 1, block: self.block, endStream: false))
-        XCTAssertEqual(try state.received(self.data(1, 1_000)), .data(stream: 1, data: ByteBuffer(repeating: 0x61, count: 1_000), endStream: false))
+        XCTAssertEqual(try state.received(self.data(1, 1_000)), .data(stream: 1, data: ByteBuffer(repeating: 0x61, count: 1_000), endStream: false, flowControlled: 1_000))
         XCTAssertEqual(state.connectionReceiveWindow, 64_535)
         XCTAssertEqual(state.stream(1)?.receiveWindow, 64_535)
         state.windowGiven(on: 1, increment: 1_000)
         state.windowGiven(on: nil, increment: 1_000)
         XCTAssertEqual(state.stream(1)?.receiveWindow, 65_535)
         XCTAssertEqual(state.connectionReceiveWindow, 65_535)
-        XCTAssertEqual(try state.received(self.data(1, 0, end: true)), .data(stream: 1, data: ByteBuffer(), endStream: true))
+        XCTAssertEqual(try state.received(self.data(1, 0, end: true)), .data(stream: 1, data: ByteBuffer(), endStream: true, flowControlled: 0))
         XCTAssertEqual(state.stream(1)?.state, .halfClosedRemote)
 
         XCTAssertTrue(state.sentHeaders(on: 1, endStream: false))
@@ -43,9 +43,9 @@ final class HTTP2ServerConnectionStateTests: XCTestCase {
         XCTAssertEqual(state.sendable(on: 1), 16_383, "the rest of the 65,535-byte windows")
         state.sentData(on: 1, length: 16_383, endStream: false)
         XCTAssertEqual(state.sendable(on: 1), 0)
-        XCTAssertEqual(try state.received(.windowUpdate(stream: 1, increment: 10)), .windowOpened(stream: 1))
+        XCTAssertEqual(try state.received(.windowUpdate(stream: 1, increment: 10)), .windowOpened(stream: 1, increment: 10))
         XCTAssertEqual(state.sendable(on: 1), 0, "the connection's window is still closed")
-        XCTAssertEqual(try state.received(.windowUpdate(stream: 0, increment: 100)), .windowOpened(stream: nil))
+        XCTAssertEqual(try state.received(.windowUpdate(stream: 0, increment: 100)), .windowOpened(stream: nil, increment: 100))
         XCTAssertEqual(state.sendable(on: 1), 10)
         state.sentData(on: 1, length: 10, endStream: true)
         XCTAssertNil(state.stream(1), "closed both ways: gone")
@@ -89,7 +89,7 @@ final class HTTP2ServerConnectionStateTests: XCTestCase {
         var state = HTTP2ServerConnectionState()
         _ = try state.received(self.headers(1))
         _ = try state.received(self.headers(3))
-        XCTAssertEqual(try state.received(self.data(1, 65_535)), .data(stream: 1, data: ByteBuffer(repeating: 0x61, count: 65_535), endStream: false))
+        XCTAssertEqual(try state.received(self.data(1, 65_535)), .data(stream: 1, data: ByteBuffer(repeating: 0x61, count: 65_535), endStream: false, flowControlled: 65_535))
         state.windowGiven(on: nil, increment: 100_000)
         XCTAssertEqual(try state.received(self.data(1, 1)), .resetStream(stream: 1, code: .flowControlError, reason: "DATA beyond the stream's flow-control window"))
         XCTAssertEqual(try state.received(.windowUpdate(stream: 3, increment: 0x7FFF_FFFF)),
@@ -145,9 +145,39 @@ final class HTTP2ServerConnectionStateTests: XCTestCase {
         XCTAssertEqual(try state.received(.goAway(lastStream: 0, code: 0, debug: ByteBuffer())), .goingAway(lastStream: 0, code: 0))
         XCTAssertEqual(state.glitches, 0)
         XCTAssertEqual(try state.received(.ignored(type: 0x20)), .nothing)
-        XCTAssertEqual(try state.received(self.data(1, 0)), .data(stream: 1, data: ByteBuffer(), endStream: false))
-        XCTAssertEqual(try state.received(.invalid(stream: 3, code: .frameSizeError, reason: "short")), .resetStream(stream: 3, code: .frameSizeError, reason: "short"))
+        XCTAssertEqual(try state.received(self.data(1, 0)), .data(stream: 1, data: ByteBuffer(), endStream: false, flowControlled: 0))
+        XCTAssertEqual(try state.received(.invalid(stream: 3, type: .priority, code: .frameSizeError, reason: "short")), .resetStream(stream: 3, code: .frameSizeError, reason: "short"))
         XCTAssertEqual(state.glitches, 3)
         XCTAssertEqual(self.code(&state, .ignored(type: 0x20)), .enhanceYourCalm)
+    }
+
+    /// RFC 9113 §8.1.1: DATA must add up to the content-length; §5.3.1: a stream may not
+    /// depend on itself; §5.1: only PRIORITY may name an idle stream.
+    func testContentLengthSelfDependencyAndIdleStreams() throws {
+        var state = HTTP2ServerConnectionState()
+        _ = try state.received(self.headers(1))
+        XCTAssertTrue(state.expectBody(on: 1, length: 3))
+        _ = try state.received(self.data(1, 2))
+        XCTAssertEqual(try state.received(self.data(1, 2)), .resetStream(stream: 1, code: .protocolError, reason: "a request body of another length than its content-length"))
+        _ = try state.received(self.headers(3))
+        XCTAssertTrue(state.expectBody(on: 3, length: 3))
+        XCTAssertEqual(try state.received(self.data(3, 2, end: true)), .resetStream(stream: 3, code: .protocolError, reason: "a request body of another length than its content-length"))
+        _ = try state.received(self.headers(5))
+        XCTAssertTrue(state.expectBody(on: 5, length: 3))
+        XCTAssertEqual(try state.received(self.headers(5, end: true)), .refuseFieldBlock(self.block, stream: 5, code: .protocolError), "trailers before the whole body")
+        _ = try state.received(self.headers(7, end: true))
+        XCTAssertFalse(state.expectBody(on: 7, length: 3), "ended with no DATA")
+        XCTAssertTrue(state.expectBody(on: 7, length: 0))
+        _ = try state.received(self.headers(9))
+        XCTAssertTrue(state.expectBody(on: 9, length: 2))
+        XCTAssertEqual(try state.received(self.data(9, 2, end: true)), .data(stream: 9, data: ByteBuffer(repeating: 0x61, count: 2), endStream: true, flowControlled: 2))
+
+        XCTAssertEqual(try state.received(.headers(stream: 11, block: self.block, endStream: true, priority: HTTP2WirePriority(exclusive: false, dependency: 11, weight: 1))),
+                       .refuseFieldBlock(self.block, stream: 11, code: .protocolError))
+        XCTAssertNil(state.stream(11))
+        XCTAssertEqual(state.lastStreamID, 11)
+        XCTAssertEqual(try state.received(.invalid(stream: 13, type: .priority, code: .frameSizeError, reason: "short")), .nothing, "PRIORITY on an idle stream: dropped")
+        XCTAssertEqual(self.code(&state, .invalid(stream: 13, type: .windowUpdate, code: .protocolError, reason: "0")), .protocolError,
+                       "WINDOW_UPDATE on an idle stream: a connection error")
     }
 }
