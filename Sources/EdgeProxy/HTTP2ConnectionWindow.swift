@@ -1,9 +1,10 @@
-/// The receive window of an HTTP/2 connection whose handler runs without NIO's stream
-/// multiplexer (which would otherwise manage it): the upstream session's and the
-/// downstream engine's. It starts `boost` bytes above the default 65,535, follows NIO's
-/// own count (`NIOHTTP2WindowUpdatedEvent`: DATA that NIO drops for a reset stream takes
-/// window too, and counted from the frames seen it leaked until the connection stalled),
-/// and is topped up once a good part of it was used.
+/// The receive window of an HTTP/2 connection served without NIO's stream multiplexer
+/// (which would otherwise manage it): the upstream session's (NIO's connection handler)
+/// and the downstream's (the gateway's `HTTP2ServerEngine`). It starts `boost` bytes
+/// above the default 65,535, follows the handler's own count
+/// (`NIOHTTP2WindowUpdatedEvent`: DATA dropped for a reset stream takes window too, and
+/// counted from the frames seen it leaked until the connection stalled), and is topped
+/// up once a good part of it was used.
 struct HTTP2ConnectionWindow {
     /// What the peer may have in flight on the connection at most.
     let target: Int

@@ -1,8 +1,9 @@
 import NIOCore
 import NIOHTTP2
 
-/// A client's HTTP/2 connection at the frame level: sits after NIO's HTTP/2 connection
-/// handler (used without its stream multiplexer) and the idle timeout, and serves each
+/// A client's HTTP/2 connection at the frame level: sits after the gateway's HTTP/2
+/// engine (`HTTP2ServerEngine`, which hands on frames and events as NIO's connection
+/// handler did before it) and the idle timeout, and serves each
 /// stream with a `ProxyHandler` and an `HTTP2StreamBridge` held in a table
 /// (`HTTP2DownstreamStream`), not a child channel, pipeline and contexts per stream:
 /// creating and activating those was about 40 % of an HTTP/2 request.
@@ -10,13 +11,13 @@ import NIOHTTP2
 /// It does what the stream channels did for the proxy: hands each stream its frames,
 /// completes its reads at the end of a read batch, gives flow-control window back as
 /// the proxy reads (a stream's only while its proxy takes the body, so an upstream that
-/// cannot take a request body holds back that stream alone; the connection's as NIO
-/// counts it), reports a stream unwritable while its response piles up in NIO (the
+/// cannot take a request body holds back that stream alone; the connection's as the engine
+/// counts it), reports a stream unwritable while its response piles up in the engine (the
 /// client's window closed), and tells a stream's proxy when the stream is gone (reset
-/// by the client, closed both ways, or the connection lost). Every defence of NIO's
-/// connection handler stays: stream limits, glitch counting, control-frame limits, HPACK
-/// limits, content-length checks; resets of open streams (rapid reset) are counted here
-/// (`HTTP2RateLimit`), in two counts instead of NIO's timestamp per reset.
+/// by the client, closed both ways, or the connection lost). The engine keeps the
+/// defences NIO's handler had (stream limits, glitch counting, control-frame limits, HPACK
+/// limits, content-length checks); resets of open streams (rapid reset) are counted here
+/// (`HTTP2RateLimit`).
 final class HTTP2Downstream: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
@@ -51,8 +52,8 @@ final class HTTP2Downstream: ChannelInboundHandler {
     private var stallSweep: Scheduled<Void>?
     /// RST_STREAM frames from the client for open streams (rapid reset, CVE-2023-44487:
     /// the listener's `http2.max_resets_per_30s`): beyond, GOAWAY ENHANCE_YOUR_CALM and
-    /// close. (A reset of a stream already closed NIO drops before it gets here; it costs
-    /// no more than any frame NIO ignores, and the work for that stream was done.)
+    /// close. (A reset of a stream already closed the engine drops before it gets here; it
+    /// costs no more than any frame dropped, and the work for that stream was done.)
     private var resets: HTTP2RateLimit
     /// Refused for abuse: what else the client sends is dropped until the close.
     private var refused = false
@@ -69,24 +70,9 @@ final class HTTP2Downstream: ChannelInboundHandler {
         self.resets = HTTP2RateLimit(limit: listener.limits.http2MaxResetsPer30s, window: .seconds(30))
     }
 
-    /// What the connection handler needs of NIO's limits on inbound frames with this
-    /// handler counting resets: NIO's own rate limits for resets and for stream errors
-    /// (which its glitch count caps at 200 a connection anyway) trip only at more than 16
-    /// events in one nanosecond, which no client reaches, and keep room for 16 timestamps
-    /// each instead of 200. Its limit on control frames (PING, SETTINGS, PRIORITY, and the
-    /// ALTSVC and ORIGIN frames it drops before they get here) stays as it is.
-    static func streamConfiguration() -> NIOHTTP2Handler.StreamConfiguration {
-        var stream = NIOHTTP2Handler.StreamConfiguration()
-        stream.streamResetFrameRateLimit.maximumCount = 16
-        stream.streamResetFrameRateLimit.windowLength = .zero
-        stream.streamErrorRateLimit.maximumCount = 16
-        stream.streamErrorRateLimit.windowLength = .zero
-        return stream
-    }
-
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        // After NIO's preface and SETTINGS (its handler is in front): the connection's window grows.
+        // After the engine's preface and SETTINGS (it is in front): the connection's window grows.
         context.write(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: Self.connectionWindowBoost))),
                       promise: nil)
         context.flush()
@@ -124,7 +110,7 @@ final class HTTP2Downstream: ChannelInboundHandler {
         }
         var stream = self.stream(frame.streamID)
         if stream == nil {
-            // A new stream's HEADERS: NIO has checked its ID and the stream limit.
+            // A new stream's HEADERS: the engine has checked its ID and the stream limit.
             guard case .headers = payload, frame.streamID > self.lastOpened else { return }
             stream = self.open(frame.streamID, context: context)
         }
@@ -136,11 +122,11 @@ final class HTTP2Downstream: ChannelInboundHandler {
         case .headers(let headers):
             if headers.endStream { stream.requestEnded = true }
         case .rstStream:
-            // NIO reports the stream closed next (`StreamClosedEvent`).
+            // The engine reports the stream closed next (`StreamClosedEvent`).
             stream.requestEnded = true
             return
         default:
-            return  // WINDOW_UPDATE, PRIORITY: NIO's
+            return  // WINDOW_UPDATE, PRIORITY: the engine's
         }
         if !stream.touched {
             stream.touched = true
@@ -182,7 +168,7 @@ final class HTTP2Downstream: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        // Not with no stream left to receive: after the drain's GOAWAY NIO refuses it.
+        // Not with no stream left to receive: nothing more is due after the drain's GOAWAY.
         if self.streams.contains(where: { !$0.finished }), let increment = self.connectionWindow.topUp() {
             let written = context.eventLoop.makePromise(of: Void.self)
             context.write(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))), promise: written)
@@ -219,7 +205,7 @@ final class HTTP2Downstream: ChannelInboundHandler {
             context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: promise)
             return
         }
-        // Counted until NIO has written it: past the client's window it waits in NIO.
+        // Counted until the engine has written it: past the client's window it waits there.
         let count = body.readableBytes
         stream.queuedBytes += count
         let written = promise ?? context.eventLoop.makePromise(of: Void.self)
@@ -240,7 +226,7 @@ final class HTTP2Downstream: ChannelInboundHandler {
         self.stallSweep = self.eventLoop.assumeIsolated().scheduleTask(in: every) { self.sweepStalled() }
     }
 
-    /// A stream whose response waits in NIO for a window the client never opens has no
+    /// A stream whose response waits in the engine for a window the client never opens has no
     /// deadline of its own once its exchange is over (its upstream's read timeout ended
     /// with it), and keeps its connection from idling out: it held what it had read (up
     /// to 64 KiB a stream) for ever. A stream with response bytes waiting that saw no
@@ -249,7 +235,7 @@ final class HTTP2Downstream: ChannelInboundHandler {
     /// loses its connection at the idle timeout too. Progress is a write done or a
     /// WINDOW_UPDATE from the client, for the stream or the whole connection: a slow
     /// reader whose window opens now and then is not stalled, even while one large write
-    /// (NIO completes it only once all of it is out) is still going out.
+    /// (the engine completes it only once all of it is out) is still going out.
     private func sweepStalled() {
         self.stallSweep = nil
         guard self.context != nil else { return }
@@ -306,10 +292,10 @@ final class HTTP2Downstream: ChannelInboundHandler {
         stream.proxy?.streamWritabilityChanged(writable)
     }
 
-    /// The stream is done (closed by NIO or by its proxy): its proxy is told on the next
-    /// turn of the loop, never from inside one of its own writes (NIO reports a stream
-    /// closed from within the write of its last frame, and the proxy still had its
-    /// exchange to finish).
+    /// The stream is done (closed by the engine or by its proxy): its proxy is told on the
+    /// next turn of the loop, never from inside one of its own writes (the engine reports
+    /// a stream closed from within the write of its last frame, as NIO did, and the proxy
+    /// still had its exchange to finish).
     func finishLater(_ stream: HTTP2DownstreamStream) {
         guard !stream.finished else { return }
         stream.finished = true
@@ -334,7 +320,7 @@ final class HTTP2Downstream: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        // NIO's events come several per request: their types are compared before any cast
+        // The engine's events (NIO's types) come several per request: their types are compared before any cast
         // (a failing `as?` from `Any` is a search of the runtime's conformance records).
         let type = ObjectIdentifier(Swift.type(of: event))
         if type == ObjectIdentifier(NIOHTTP2WindowUpdatedEvent.self) {

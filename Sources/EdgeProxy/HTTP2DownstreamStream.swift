@@ -24,7 +24,7 @@ final class HTTP2DownstreamStream {
     var reportedWritable = true
     /// The client has sent END_STREAM (or the stream closed): no WINDOW_UPDATE is due.
     var requestEnded = false
-    /// NIO closed the stream, or it was reset here: nothing more is written on it.
+    /// The engine closed the stream, or it was reset here: nothing more is written on it.
     var closed = false
     /// The response's last frame (END_STREAM) was written.
     var responseEnded = false
@@ -32,7 +32,7 @@ final class HTTP2DownstreamStream {
     var finished = false
     /// Got frames in the current read batch: its proxy's read completes at the batch's end.
     var touched = false
-    /// Response DATA writes NIO has finished with (written out or dropped), and the
+    /// Response DATA writes the engine has finished with (written out or dropped), and the
     /// client's WINDOW_UPDATEs for the stream: the stall sweep
     /// (`HTTP2Downstream.sweepStalled`) compares their sum between sweeps.
     var writesDone: UInt32 = 0
@@ -86,7 +86,7 @@ final class HTTP2DownstreamStream {
 
     /// Ends the stream from the proxy's side, as closing a stream channel did: reset with
     /// CANCEL if it is still open, and the proxy is told it is gone. Not once both sides
-    /// ended: the response's end may still wait in NIO for the client's window, and a
+    /// ended: the response's end may still wait in the engine for the client's window, and a
     /// reset would drop it.
     func close() {
         if !self.closed, !(self.responseEnded && self.requestEnded) { self.write(.rstStream(.cancel), promise: nil) }
@@ -94,7 +94,7 @@ final class HTTP2DownstreamStream {
         self.connection.finishLater(self)
     }
 
-    /// Resets the stream with CANCEL whatever was written (NIO refused a frame of it, so
+    /// Resets the stream with CANCEL whatever was written (a frame of it was refused, so
     /// what it wrote may never have gone out), unless it was reset already.
     func reset() {
         if !self.closed { self.write(.rstStream(.cancel), promise: nil) }

@@ -137,7 +137,13 @@ package final class HTTP2IdleTimeout: ChannelInboundHandler, RemovableChannelHan
     /// process them: the very race the first step exists to avoid. The final GOAWAY
     /// goes through NIO, which then refuses only streams above the last one.
     private func announceDrain(_ context: ChannelHandlerContext) {
-        guard let http2 = try? context.pipeline.syncOperations.context(handlerType: NIOHTTP2Handler.self) else { return }
+        guard let http2 = try? context.pipeline.syncOperations.context(handlerType: NIOHTTP2Handler.self) else {
+            // The gateway's own engine (`HTTP2ServerEngine`) keeps the lowest GOAWAY's stream
+            // as its limit: the frame goes through it.
+            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
+            context.write(NIOAny(goAway), promise: nil)
+            return
+        }
         var frame = context.channel.allocator.buffer(capacity: 17)
         frame.writeBytes([0, 0, 8, 7, 0, 0, 0, 0, 0])  // length 8, type GOAWAY, no flags, stream 0
         frame.writeInteger(UInt32(Int32.max))  // last-stream-id 2^31-1

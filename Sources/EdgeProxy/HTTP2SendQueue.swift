@@ -35,6 +35,8 @@ struct HTTP2SendQueue<Fields, Completion> {
     private var turn = 0
 
     var isEmpty: Bool { self.waiting.isEmpty }
+    /// A stream with parts waiting (to drop them all when the connection ends).
+    var firstStream: UInt32? { self.waiting.first?.stream }
 
     /// DATA bytes waiting on the stream (for its writability).
     func queuedBytes(on stream: UInt32) -> Int {

@@ -94,6 +94,12 @@ struct HTTP2ServerConnectionState {
     /// The drain's GOAWAY: streams past this ID are not served.
     private(set) var goAwayLastStream: UInt32?
     private(set) var glitches = 0
+    /// The last streams the gateway reset (or refused) while the client could still send
+    /// on them: what it sent before it saw the reset (DATA of an upload answered early,
+    /// say, which RFC 9113 §8.1 has the server reset with NO_ERROR) is dropped without
+    /// counting as a glitch. (NIO keeps 32 too.)
+    private var recentlyReset: [UInt32] = []
+    static let recentlyResetKept = 32
 
     init(limits: Limits = Limits()) {
         self.limits = limits
@@ -125,7 +131,7 @@ struct HTTP2ServerConnectionState {
                 // A stream made dependent on itself (§5.3.1): a stream error, its block still decoded.
                 try self.glitch()
                 if id > self.lastStreamID, id & 1 == 1 { self.lastStreamID = id }
-                if let i = self.index(id) { self.streams.remove(at: i) }
+                if let i = self.index(id) { _ = self.removeReset(at: i) } else if !endStream { self.remember(id) }
                 return .refuseFieldBlock(block, stream: id, code: .protocolError)
             }
             return try self.receivedHeaders(id, block: block, endStream: endStream)
@@ -138,7 +144,7 @@ struct HTTP2ServerConnectionState {
             }
             guard let i = self.index(id) else {
                 try self.mustBeKnown(id, "DATA")
-                try self.glitch()
+                if !self.recentlyReset.contains(id) { try self.glitch() }
                 return .nothing
             }
             guard self.streams[i].state != .halfClosedRemote else {
@@ -235,7 +241,7 @@ struct HTTP2ServerConnectionState {
             }
             guard endStream, (self.streams[i].bodyRemaining ?? 0) == 0 else {
                 try self.glitch()
-                self.streams.remove(at: i)
+                _ = self.removeReset(at: i)
                 return .refuseFieldBlock(block, stream: id, code: .protocolError)
             }
             self.endRemote(at: i)
@@ -246,7 +252,7 @@ struct HTTP2ServerConnectionState {
         }
         guard id > self.lastStreamID else {
             // A closed stream: trailers behind a reset the client had not seen yet, say.
-            try self.glitch()
+            if !self.recentlyReset.contains(id) { try self.glitch() }
             return .discardFieldBlock(block)
         }
         self.lastStreamID = id
@@ -255,6 +261,7 @@ struct HTTP2ServerConnectionState {
         }
         guard self.streams.count < self.limits.maxConcurrentStreams else {
             try self.glitch()
+            if !endStream { self.remember(id) }
             return .refuseFieldBlock(block, stream: id, code: .refusedStream)
         }
         self.streams.append(Stream(id: id, state: endStream ? .halfClosedRemote : .open,
@@ -295,8 +302,21 @@ struct HTTP2ServerConnectionState {
 
     private mutating func streamError(at i: Int, _ code: HTTP2WireError.Code, _ reason: String) throws(HTTP2WireError) -> Received {
         try self.glitch()
-        let id = self.streams.remove(at: i).id
+        let id = self.removeReset(at: i)
         return .resetStream(stream: id, code: code, reason: reason)
+    }
+
+    /// Takes the stream out of the table as the gateway resets it, remembered while the
+    /// client could still be sending on it.
+    private mutating func removeReset(at i: Int) -> UInt32 {
+        let stream = self.streams.remove(at: i)
+        if stream.state != .halfClosedRemote { self.remember(stream.id) }
+        return stream.id
+    }
+
+    private mutating func remember(_ id: UInt32) {
+        if self.recentlyReset.count >= Self.recentlyResetKept { self.recentlyReset.removeFirst() }
+        self.recentlyReset.append(id)
     }
 
     private mutating func glitch() throws(HTTP2WireError) {
@@ -354,7 +374,7 @@ struct HTTP2ServerConnectionState {
 
     /// The gateway reset the stream.
     mutating func sentReset(on id: UInt32) {
-        if let i = self.index(id) { self.streams.remove(at: i) }
+        if let i = self.index(id) { _ = self.removeReset(at: i) }
     }
 
     /// A WINDOW_UPDATE went out: the client may send `increment` more, on the stream or

@@ -64,21 +64,16 @@ package final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandl
     }
 
     private func addHTTP2Handlers(_ sync: ChannelPipeline.SynchronousOperations, channel: Channel, info: DownstreamInfo) throws {
-        var connection = NIOHTTP2Handler.ConnectionConfiguration()
-        connection.initialSettings = [
-            HTTP2Setting(parameter: .maxConcurrentStreams, value: self.proxy.limits.http2MaxConcurrentStreams),
-            HTTP2Setting(parameter: .maxHeaderListSize, value: self.proxy.limits.maxHeadBytes),
-            HTTP2Setting(parameter: .initialWindowSize, value: 65_535),
-        ]
-        // Request header blocks are checked by HTTP2StreamBridge (HTTP2RequestCheck) and
-        // response heads by the HTTP/1.1 parser: NIO's second pass over both is off.
-        connection.headerBlockValidation = .disabled
-        // Rapid reset (CVE-2023-44487): HTTP2Downstream counts resets.
-        let stream = HTTP2Downstream.streamConfiguration()
-        // No multiplexer, no channel per stream: HTTP2Downstream serves the streams from
-        // the connection's frames.
-        try sync.addHandler(NIOHTTP2Handler(mode: .server, frameDelegate: nil, connectionConfiguration: connection, streamConfiguration: stream),
-                            name: "h2")
+        // The gateway's own HTTP/2 engine (frames, streams, windows, HPACK limits, the
+        // abuse limits NIO's handler had), then the idle timeout and the streams' table.
+        // Request header blocks are checked by HTTP2StreamBridge (HTTP2RequestCheck);
+        // resets of open streams (rapid reset) are counted by HTTP2Downstream.
+        let listener = self.proxy
+        let engine = HTTP2ServerEngine(maxConcurrentStreams: listener.limits.http2MaxConcurrentStreams, maxHeaderListSize: listener.limits.maxHeadBytes) { reason in
+            listener.clientFaults.report("HTTP/2 connection refused", reason: reason, level: .info, peer: info.clientIP,
+                                         metadata: ["peer": "\(info.peer)", "listener": "\(listener.name)"], listener: listener)
+        }
+        try sync.addHandler(engine, name: "h2")
         try sync.addHandler(HTTP2IdleTimeout(timeout: self.proxy.limits.idleTimeout), name: "http2-idle-timeout")
         try sync.addHandler(HTTP2Downstream(listener: self.proxy, info: info, strictTransportSecurity: self.proxy.limits.strictTransportSecurity,
                                             eventLoop: channel.eventLoop), name: "http2-streams")

@@ -180,4 +180,26 @@ final class HTTP2ServerConnectionStateTests: XCTestCase {
         XCTAssertEqual(self.code(&state, .invalid(stream: 13, type: .windowUpdate, code: .protocolError, reason: "0")), .protocolError,
                        "WINDOW_UPDATE on an idle stream: a connection error")
     }
+
+    /// DATA the client sent before it saw the gateway's reset (an upload answered early
+    /// and reset with NO_ERROR, RFC 9113 §8.1) is no glitch; DATA on streams that ended
+    /// both ways is.
+    func testDataInFlightOnAStreamTheGatewayResetIsNoGlitch() throws {
+        var state = HTTP2ServerConnectionState(limits: .init(maxConcurrentStreams: 40, maxGlitches: 5))
+        for id in stride(from: UInt32(1), through: 79, by: 2) {
+            _ = try state.received(self.headers(id))
+            XCTAssertTrue(state.sentHeaders(on: id, endStream: true))
+            state.sentReset(on: id)
+        }
+        for id in stride(from: UInt32(79), through: 17, by: -2) {
+            XCTAssertEqual(try state.received(self.data(id, 100)), .nothing)
+        }
+        XCTAssertEqual(state.glitches, 0, "the last 32 streams reset")
+        XCTAssertEqual(try state.received(self.data(15, 100)), .nothing)
+        XCTAssertEqual(state.glitches, 1, "an older one")
+        _ = try state.received(self.headers(81, end: true))
+        XCTAssertTrue(state.sentHeaders(on: 81, endStream: true))
+        XCTAssertEqual(try state.received(self.data(81, 1)), .nothing)
+        XCTAssertEqual(state.glitches, 2, "a stream closed both ways")
+    }
 }

@@ -1,0 +1,376 @@
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+
+/// The gateway's own HTTP/2 server connection (#32), in place of NIO's `NIOHTTP2Handler`
+/// in front of `HTTP2IdleTimeout` and `HTTP2Downstream`, which it serves as NIO's handler
+/// did: the request frames (HEADERS decoded, DATA as read), the events they count on
+/// (`NIOHTTP2StreamCreatedEvent`, `StreamClosedEvent`, the connection's
+/// `NIOHTTP2WindowUpdatedEvent`), and the response frames they write, encoded here and
+/// held for the client's windows (`HTTP2SendQueue`). The frames are cut and checked by
+/// `HTTP2FrameReader`, their meaning for the connection is `HTTP2ServerConnectionState`'s,
+/// and HPACK is NIO's (`NIOHPACK`); this class only performs what those decide.
+///
+/// Why: NIO's handler sizes its tables of streams, windows and frame buffers ahead (about
+/// 9 kB of the 37.7 kB an idle HTTP/2 connection held), and runs a state machine of its
+/// own besides the proxy's for every frame.
+final class HTTP2ServerEngine: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = HTTP2Frame
+    typealias OutboundIn = HTTP2Frame
+    typealias OutboundOut = ByteBuffer
+
+    private var reader: HTTP2FrameReader
+    private var state: HTTP2ServerConnectionState
+    private var queue = HTTP2SendQueue<HPACKHeaders, EventLoopPromise<Void>>()
+    private var decoder: HPACKDecoder
+    private var encoder: HPACKEncoder
+    /// The bytes of a frame not yet complete, between reads.
+    private var input: ByteBuffer?
+    /// Control frames and frame headers not yet handed to the channel.
+    private var out: ByteBuffer
+    /// Where field blocks are encoded before they are cut into frames.
+    private var scratch: ByteBuffer
+    private var context: ChannelHandlerContext?
+    /// A connection error was sent (GOAWAY): nothing more is read or written.
+    private var failed = false
+    /// The last stream handed on to the handlers behind: what a connection error's GOAWAY
+    /// names (a stream whose HEADERS failed to decode was never processed).
+    private var lastHandedOn: UInt32 = 0
+    /// Between a read and the end of its batch: what the engine writes itself (answers to
+    /// PING and SETTINGS, DATA a WINDOW_UPDATE let out, resets) is flushed at its end.
+    private var reading = false
+    private var needsFlush = false
+    /// PING and SETTINGS answers written while the channel was not writable: a client that
+    /// sends them and reads nothing would make them pile up (NIO's limit is the same).
+    private var answersWhileBackedUp = 0
+    static let maxAnswersWhileBackedUp = 10_000
+    /// PING, SETTINGS and PRIORITY frames from the client: at most 200 in 30 s (NIO's limit).
+    private var controlFrames = HTTP2RateLimit(limit: 200, window: .seconds(30))
+    /// Says why a connection was refused (a connection error), for the listener's log.
+    private let refused: (String) -> Void
+
+    init(maxConcurrentStreams: Int, maxHeaderListSize: Int, refused: @escaping (String) -> Void) {
+        // At most 5 CONTINUATION frames in a row, as NIO allows.
+        self.reader = HTTP2FrameReader(expectsClientPreface: true, maxFieldBlockBytes: max(maxHeaderListSize, 16_384), maxContinuationFrames: 5)
+        self.state = HTTP2ServerConnectionState(limits: .init(maxConcurrentStreams: maxConcurrentStreams))
+        self.decoder = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize, maxHeaderListSize: maxHeaderListSize)
+        self.encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+        self.out = ByteBuffer()
+        self.scratch = ByteBuffer()
+        self.maxHeaderListSize = maxHeaderListSize
+        self.refused = refused
+    }
+
+    private let maxHeaderListSize: Int
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.out = context.channel.allocator.buffer(capacity: 256)
+        // The server's connection preface (§3.4): its SETTINGS, before anything else.
+        var settings = self.state.settings
+        settings.append(HTTP2WireSetting(identifier: HTTP2WireSetting.maxHeaderListSize, value: UInt32(self.maxHeaderListSize)))
+        HTTP2FrameWriter.settings(settings, into: &self.out)
+        if context.channel.isActive { self.flush(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.flush(context: context)
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.failQueued()
+        self.context = nil
+    }
+
+    // MARK: reading
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !self.failed else { return }
+        var buffer = self.unwrapInboundIn(data)
+        if var pending = self.input {
+            self.input = nil
+            pending.writeBuffer(&buffer)
+            buffer = pending
+        }
+        self.reading = true
+        do {
+            while !self.failed, let frame = try self.reader.next(from: &buffer) {
+                try self.handle(frame, context: context)
+            }
+        } catch let error as HTTP2WireError {
+            return self.fail(error, context: context)
+        } catch {
+            // HPACK: the client's field block does not decode (or is over the list's size).
+            return self.fail(HTTP2WireError(code: .compressionError, reason: "a field block that does not decode: \(error)"), context: context)
+        }
+        // What is left is the start of a frame: kept on its own, not with the whole read.
+        if buffer.readableBytes > 0 {
+            var rest = context.channel.allocator.buffer(capacity: buffer.readableBytes)
+            rest.writeBuffer(&buffer)
+            self.input = rest
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.reading = false
+        context.fireChannelReadComplete()
+        if self.needsFlush || self.out.readableBytes > 0 { self.flush(context: context) }
+    }
+
+    private func handle(_ frame: HTTP2WireFrame, context: ChannelHandlerContext) throws {
+        switch frame {
+        case .ping(let data, ack: true):
+            // The drain's PING (`HTTP2IdleTimeout`) comes back.
+            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: .rootStream, payload: .ping(HTTP2PingData(withInteger: data), ack: true))))
+            return
+        case .ping, .settings, .priority:
+            if self.controlFrames.exceeded(at: .now()) {
+                throw HTTP2WireError(code: .enhanceYourCalm, reason: "more than 200 PING, SETTINGS or PRIORITY frames in 30 s")
+            }
+        default:
+            break
+        }
+        switch try self.state.received(frame) {
+        case .opened(let id, var block, let endStream):
+            let headers = try self.decoder.decodeHeaders(from: &block)
+            if let length = Self.contentLength(headers) {
+                guard length >= 0, self.state.expectBody(on: id, length: length) else {
+                    return self.resetStream(id, code: .protocolError, context: context)
+                }
+            }
+            let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
+            self.lastHandedOn = id
+            context.fireUserInboundEventTriggered(NIOHTTP2StreamCreatedEvent(streamID: stream, localInitialWindowSize: nil, remoteInitialWindowSize: nil))
+            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .headers(.init(headers: headers, endStream: endStream)))))
+            self.closedIfGone(id, context: context)
+
+        case .trailers(let id, var block):
+            let headers = try self.decoder.decodeHeaders(from: &block)
+            let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
+            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .headers(.init(headers: headers, endStream: true)))))
+            self.closedIfGone(id, context: context)
+
+        case .data(let id, let data, let endStream, let flowControlled):
+            let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
+            let padding = flowControlled > data.readableBytes ? flowControlled - data.readableBytes - 1 : nil
+            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .data(.init(data: .byteBuffer(data), endStream: endStream, paddingBytes: padding)))))
+            self.reportConnectionWindow(context)
+            self.closedIfGone(id, context: context)
+
+        case .reset(let id, let code):
+            let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
+            self.dropQueued(id)
+            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .rstStream(HTTP2ErrorCode(networkCode: Int(code))))))
+            context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: stream, reason: HTTP2ErrorCode(networkCode: Int(code))))
+
+        case .refuseFieldBlock(var block, let id, let code):
+            _ = try self.decoder.decodeHeaders(from: &block)  // HPACK's tables stay in step
+            self.resetStream(id, code: code, context: context)
+
+        case .discardFieldBlock(var block):
+            _ = try self.decoder.decodeHeaders(from: &block)
+
+        case .resetStream(let id, let code, _):
+            self.resetStream(id, code: code, context: context)
+
+        case .windowOpened(let id, let increment):
+            // `HTTP2Downstream` counts them: a client taking its responses is not stalled.
+            let stream = id.map { HTTP2StreamID(Int32(truncatingIfNeeded: $0)) } ?? .rootStream
+            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .windowUpdate(windowSizeIncrement: Int(increment)))))
+            self.sendQueued(context: context)
+
+        case .acknowledgeSettings(let tableSize):
+            if let tableSize { try self.encoder.setDynamicTableSize(min(tableSize, HPACKEncoder.defaultDynamicTableSize)) }
+            try self.answered(context)
+            HTTP2FrameWriter.settingsAck(into: &self.out)
+            // A larger window for new streams may let waiting DATA go.
+            self.sendQueued(context: context)
+
+        case .pong(let data):
+            try self.answered(context)
+            HTTP2FrameWriter.ping(data, ack: true, into: &self.out)
+
+        case .goingAway, .nothing:
+            break
+        }
+    }
+
+    /// `content-length` as a number (every value the same); -1 when it is not one.
+    private static func contentLength(_ headers: HPACKHeaders) -> Int? {
+        var length: Int?
+        for (name, value, _) in headers where name == "content-length" {
+            guard let parsed = Int(value), parsed >= 0, length == nil || length == parsed else { return -1 }
+            length = parsed
+        }
+        return length
+    }
+
+    private func answered(_ context: ChannelHandlerContext) throws(HTTP2WireError) {
+        guard !context.channel.isWritable else {
+            self.answersWhileBackedUp = 0
+            return
+        }
+        self.answersWhileBackedUp += 1
+        if self.answersWhileBackedUp > Self.maxAnswersWhileBackedUp {
+            throw HTTP2WireError(code: .enhanceYourCalm, reason: "more than \(Self.maxAnswersWhileBackedUp) PING or SETTINGS frames while it reads nothing")
+        }
+    }
+
+    /// `HTTP2Downstream` tops the connection's window up from what NIO reported; the same
+    /// report, from the state's count.
+    private func reportConnectionWindow(_ context: ChannelHandlerContext) {
+        context.fireUserInboundEventTriggered(NIOHTTP2WindowUpdatedEvent(streamID: .rootStream, inboundWindowSize: self.state.connectionReceiveWindow,
+                                                                         outboundWindowSize: nil))
+    }
+
+    // MARK: writing
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = self.unwrapOutboundIn(data)
+        guard !self.failed else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        let id = UInt32(Int32(frame.streamID))
+        switch frame.payload {
+        case .headers(let headers):
+            guard self.state.stream(id) != nil else { return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: frame.streamID)) ?? () }
+            if self.queue.hasParts(on: id) {
+                self.queue.append(.fields(headers.headers, endStream: headers.endStream), on: id, completion: promise)
+            } else {
+                _ = self.state.sentHeaders(on: id, endStream: headers.endStream)
+                self.writeFields(headers.headers, on: id, endStream: headers.endStream, promise: promise, context: context)
+            }
+        case .data(let data):
+            guard case .byteBuffer(let body) = data.data, self.state.stream(id) != nil else {
+                return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: frame.streamID)) ?? ()
+            }
+            self.queue.append(.data(body, endStream: data.endStream), on: id, completion: promise)
+            self.sendQueued(context: context)
+        case .rstStream(let code):
+            if self.state.stream(id) != nil {
+                self.state.sentReset(on: id)
+                HTTP2FrameWriter.resetStream(stream: id, code: HTTP2WireError.Code(rawValue: UInt32(code.networkCode)) ?? .internalError, into: &self.out)
+                self.dropQueued(id)
+                context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: frame.streamID, reason: code))
+            }
+            self.written(promise, context: context)
+        case .windowUpdate(let increment):
+            if id == 0 || self.state.stream(id) != nil {
+                self.state.windowGiven(on: id == 0 ? nil : id, increment: increment)
+                HTTP2FrameWriter.windowUpdate(stream: id, increment: UInt32(increment), into: &self.out)
+            }
+            self.written(promise, context: context)
+        case .goAway(let last, let code, _):
+            let lastStream = UInt32(Int32(last))
+            self.state.sentGoAway(lastStream: lastStream)
+            HTTP2FrameWriter.goAway(lastStream: lastStream, code: HTTP2WireError.Code(rawValue: UInt32(code.networkCode)) ?? .internalError, into: &self.out)
+            self.written(promise, context: context)
+        case .ping(let data, let ack):
+            HTTP2FrameWriter.ping(data.integer, ack: ack, into: &self.out)
+            self.written(promise, context: context)
+        default:
+            promise?.succeed()  // SETTINGS, PRIORITY, PUSH_PROMISE, ALTSVC, ORIGIN: a server here sends none
+        }
+    }
+
+    /// Asked by the handlers behind (which flush once a read batch is done), and at the
+    /// end of a read batch in which the engine wrote.
+    func flush(context: ChannelHandlerContext) {
+        self.needsFlush = false
+        if self.out.readableBytes > 0 {
+            context.write(self.wrapOutboundOut(self.out), promise: nil)
+            self.out = context.channel.allocator.buffer(capacity: 256)
+        }
+        context.flush()
+    }
+
+    /// A control frame is in `out`; its promise is done once `out` goes to the channel.
+    private func written(_ promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
+        guard let promise else { return }
+        self.needsFlush = true
+        context.write(self.wrapOutboundOut(self.out), promise: promise)
+        self.out = context.channel.allocator.buffer(capacity: 256)
+    }
+
+    private func writeFields(_ headers: HPACKHeaders, on id: UInt32, endStream: Bool, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
+        self.scratch.clear()
+        do {
+            try self.encoder.encode(headers: headers, to: &self.scratch)
+        } catch {
+            // NIO's encoder refuses only misuse (encoding while encoding): a defect.
+            promise?.fail(error)
+            return self.fail(HTTP2WireError(code: .internalError, reason: "the response's fields did not encode: \(error)"), context: context)
+        }
+        HTTP2FrameWriter.headers(stream: id, block: self.scratch, endStream: endStream, maxFrameSize: self.state.peerMaxFrameSize, into: &self.out)
+        self.written(promise, context: context)
+        if endStream { self.closedIfGone(id, context: context) }
+    }
+
+    /// Writes what the windows let out of the queue.
+    private func sendQueued(context: ChannelHandlerContext) {
+        while let frame = self.queue.next(&self.state) {
+            switch frame {
+            case .data(let id, let data, let endStream, let completion):
+                self.needsFlush = true
+                HTTP2FrameWriter.dataHeader(stream: id, length: data.readableBytes, endStream: endStream, into: &self.out)
+                context.write(self.wrapOutboundOut(self.out), promise: nil)
+                self.out = context.channel.allocator.buffer(capacity: 256)
+                context.write(self.wrapOutboundOut(data), promise: completion)
+                if endStream { self.closedIfGone(id, context: context) }
+            case .fields(let id, let headers, let endStream, let completion):
+                self.writeFields(headers, on: id, endStream: endStream, promise: completion, context: context)
+            }
+        }
+    }
+
+    // MARK: streams and the connection ending
+
+    private func resetStream(_ id: UInt32, code: HTTP2WireError.Code, context: ChannelHandlerContext) {
+        self.state.sentReset(on: id)
+        HTTP2FrameWriter.resetStream(stream: id, code: code, into: &self.out)
+        self.dropQueued(id)
+        context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id)), reason: HTTP2ErrorCode(networkCode: Int(code.rawValue))))
+        if !self.reading { self.flush(context: context) }
+    }
+
+    /// A stream that ended both ways is gone from the state: its proxy and the idle
+    /// timeout are told, as NIO told them.
+    private func closedIfGone(_ id: UInt32, context: ChannelHandlerContext) {
+        guard self.state.stream(id) == nil else { return }
+        context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id)), reason: nil))
+    }
+
+    private func dropQueued(_ id: UInt32) {
+        for promise in self.queue.drop(stream: id) { promise.fail(NIOHTTP2Errors.streamClosed(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id)), errorCode: .cancel)) }
+    }
+
+    private func failQueued() {
+        while let id = self.queue.firstStream {
+            for promise in self.queue.drop(stream: id) { promise.fail(ChannelError.ioOnClosedChannel) }
+        }
+    }
+
+    /// A connection error: GOAWAY with its code, then the close; the reason is logged.
+    private func fail(_ error: HTTP2WireError, context: ChannelHandlerContext) {
+        guard !self.failed else { return }
+        self.failed = true
+        self.reading = false
+        self.refused("\(error.reason) (\(error.code))")
+        HTTP2FrameWriter.goAway(lastStream: self.lastHandedOn, code: error.code, into: &self.out)
+        context.write(self.wrapOutboundOut(self.out), promise: nil)
+        self.out = context.channel.allocator.buffer(capacity: 0)
+        context.flush()
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.failQueued()
+        context.fireChannelInactive()
+    }
+}
+
+@available(*, unavailable)
+extension HTTP2ServerEngine: Sendable {}

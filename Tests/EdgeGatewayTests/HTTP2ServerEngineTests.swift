@@ -1,0 +1,153 @@
+@testable import EdgeProxy
+import NIOCore
+import NIOEmbedded
+import NIOHPACK
+import NIOHTTP2
+import XCTest
+
+/// The own HTTP/2 engine on an embedded channel: a client's bytes in, what the handlers
+/// behind it see (frames and NIO's events, as NIO's handler gave them), and the bytes it
+/// writes, read back with the frame layer.
+final class HTTP2ServerEngineTests: XCTestCase {
+    /// What reaches the handlers behind the engine.
+    final class Behind: ChannelInboundHandler {
+        typealias InboundIn = HTTP2Frame
+        var seen: [String] = []
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let frame = self.unwrapInboundIn(data)
+            switch frame.payload {
+            case .headers(let headers): self.seen.append("\(Int(frame.streamID)) headers \(headers.headers.first(name: ":path") ?? "trailers")\(headers.endStream ? " end" : "")")
+            case .data(let data): self.seen.append("\(Int(frame.streamID)) data \(data.data.readableBytes)\(data.endStream ? " end" : "")")
+            case .rstStream(let code): self.seen.append("\(Int(frame.streamID)) reset \(code.networkCode)")
+            case .windowUpdate(let increment): self.seen.append("\(Int(frame.streamID)) window \(increment)")
+            default: self.seen.append("\(Int(frame.streamID)) other")
+            }
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if let created = event as? NIOHTTP2StreamCreatedEvent { self.seen.append("\(Int(created.streamID)) created") }
+            if let closed = event as? StreamClosedEvent { self.seen.append("\(Int(closed.streamID)) closed") }
+        }
+    }
+
+    var channel: EmbeddedChannel!
+    var behind: Behind!
+    var refusals: [String] = []
+    var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+    var client = HTTP2FrameReader(expectsClientPreface: false)
+    var decoder = HPACKDecoder(allocator: ByteBufferAllocator())
+
+    override func setUpWithError() throws {
+        self.channel = EmbeddedChannel()
+        self.behind = Behind()
+        let engine = HTTP2ServerEngine(maxConcurrentStreams: 2, maxHeaderListSize: 16_384) { [unowned self] in self.refusals.append($0) }
+        try self.channel.pipeline.syncOperations.addHandlers([engine, self.behind])
+        try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+    }
+
+    override func tearDown() {
+        _ = try? self.channel.finish(acceptAlreadyClosed: true)
+    }
+
+    private func send(_ build: (inout ByteBuffer) throws -> Void) throws {
+        var bytes = ByteBuffer()
+        try build(&bytes)
+        try self.channel.writeInbound(bytes)
+        self.channel.pipeline.fireChannelReadComplete()
+    }
+
+    private func request(_ path: String, stream: UInt32, end: Bool, into bytes: inout ByteBuffer) throws {
+        var block = ByteBuffer()
+        try self.encoder.encode(headers: [":method": end ? "GET" : "POST", ":scheme": "https", ":authority": "a.test", ":path": path], to: &block)
+        HTTP2FrameWriter.headers(stream: stream, block: block, endStream: end, maxFrameSize: 16_384, into: &bytes)
+    }
+
+    /// The frames written, one line each.
+    private func written() throws -> [String] {
+        var bytes = ByteBuffer()
+        while var chunk = try self.channel.readOutbound(as: ByteBuffer.self) { bytes.writeBuffer(&chunk) }
+        var out: [String] = []
+        while let frame = try self.client.next(from: &bytes) {
+            switch frame {
+            case .settings(let settings): out.append("settings \(settings.map { "\($0.identifier)=\($0.value)" }.joined(separator: ","))")
+            case .settingsAck: out.append("settings-ack")
+            case .headers(let id, var block, let end, _):
+                out.append("\(id) headers \(try self.decoder.decodeHeaders(from: &block).first(name: ":status") ?? "trailers")\(end ? " end" : "")")
+            case .data(let id, let data, let end, _): out.append("\(id) data \(data.readableBytes)\(end ? " end" : "")")
+            case .resetStream(let id, let code): out.append("\(id) reset \(code)")
+            case .goAway(let last, let code, _): out.append("goaway \(last) \(code)")
+            case .ping(let data, let ack): out.append("ping \(data)\(ack ? " ack" : "")")
+            case .windowUpdate(let id, let increment): out.append("\(id) window \(increment)")
+            default: out.append("other")
+            }
+        }
+        return out
+    }
+
+    private func respond(_ stream: Int32, _ payload: HTTP2Frame.FramePayload) -> EventLoopFuture<Void> {
+        let promise = self.channel.eventLoop.makePromise(of: Void.self)
+        self.channel.pipeline.write(HTTP2Frame(streamID: HTTP2StreamID(stream), payload: payload), promise: promise)
+        self.channel.pipeline.flush()
+        return promise.futureResult
+    }
+
+    func testARequestIsHandedOnAndItsResponseWaitsForTheClientsWindows() throws {
+        XCTAssertEqual(try self.written(), ["settings 3=2,2=0,6=16384"], "the server's preface")
+        try self.send {
+            $0.writeBytes(http2ClientPreface)
+            HTTP2FrameWriter.settings([], into: &$0)
+            try self.request("/a", stream: 1, end: true, into: &$0)
+            HTTP2FrameWriter.ping(42, ack: false, into: &$0)
+        }
+        XCTAssertEqual(self.behind.seen, ["1 created", "1 headers /a end"])
+        XCTAssertEqual(try self.written(), ["settings-ack", "ping 42 ack"])
+
+        var done = false
+        _ = self.respond(1, .headers(.init(headers: [":status": "200"])))
+        self.respond(1, .data(.init(data: .byteBuffer(ByteBuffer(repeating: 0x61, count: 100_000)), endStream: true))).whenComplete { _ in done = true }
+        XCTAssertEqual(try self.written(), ["1 headers 200", "1 data 16384", "1 data 16384", "1 data 16384", "1 data 16383"], "65,535 bytes: the windows' worth")
+        XCTAssertFalse(done, "the rest waits for the client's windows")
+        XCTAssertFalse(self.behind.seen.contains("1 closed"))
+        try self.send {
+            HTTP2FrameWriter.windowUpdate(stream: 0, increment: 100_000, into: &$0)
+            HTTP2FrameWriter.windowUpdate(stream: 1, increment: 100_000, into: &$0)
+        }
+        XCTAssertEqual(try self.written(), ["1 data 16384", "1 data 16384", "1 data 1697 end"])
+        XCTAssertTrue(done)
+        XCTAssertEqual(self.behind.seen.suffix(3), ["0 window 100000", "1 window 100000", "1 closed"], "closed both ways: the handlers behind are told")
+    }
+
+    func testAResetDropsWhatWaitsAndAConnectionErrorEndsWithGoAway() throws {
+        _ = try self.written()
+        try self.send {
+            $0.writeBytes(http2ClientPreface)
+            HTTP2FrameWriter.settings([HTTP2WireSetting(identifier: HTTP2WireSetting.initialWindowSize, value: 0)], into: &$0)
+            try self.request("/upload", stream: 1, end: false, into: &$0)
+            try self.request("/b", stream: 3, end: true, into: &$0)
+            try self.request("/c", stream: 5, end: true, into: &$0)  // over the limit of 2
+        }
+        XCTAssertEqual(try self.written(), ["settings-ack", "5 reset 7"], "REFUSED_STREAM")
+        var failed: Error?
+        self.respond(3, .data(.init(data: .byteBuffer(ByteBuffer(string: "x")), endStream: true))).whenFailure { failed = $0 }
+        XCTAssertEqual(try self.written(), [], "a window of 0")
+        try self.send { HTTP2FrameWriter.resetStream(stream: 3, code: .cancel, into: &$0) }
+        XCTAssertNotNil(failed, "the write that waited fails")
+        XCTAssertEqual(self.behind.seen.suffix(2), ["3 reset 8", "3 closed"])
+        XCTAssertEqual(try self.written(), [])
+
+        // An upload answered early is reset with NO_ERROR; its DATA still on the way is dropped.
+        _ = self.respond(1, .headers(.init(headers: [":status": "413"], endStream: true)))
+        _ = self.respond(1, .rstStream(.noError))
+        XCTAssertEqual(try self.written(), ["1 headers 413 end", "1 reset 0"])
+        try self.send { HTTP2FrameWriter.dataHeader(stream: 1, length: 3, endStream: false, into: &$0); $0.writeString("abc") }
+        XCTAssertFalse(self.behind.seen.contains("1 data 3"))
+
+        // A field block that does not decode: COMPRESSION_ERROR for the whole connection.
+        try self.send { HTTP2FrameWriter.headers(stream: 7, block: ByteBuffer(bytes: [0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), endStream: true, maxFrameSize: 16_384, into: &$0) }
+        XCTAssertEqual(try self.written(), ["goaway 3 9"], "the last stream handed on (5 was refused, 7 never decoded)")
+        XCTAssertFalse(self.channel.isActive)
+        XCTAssertEqual(self.refusals.count, 1)
+        XCTAssertTrue(self.refusals.first?.contains("compressionError") ?? false, "\(self.refusals)")
+    }
+}
