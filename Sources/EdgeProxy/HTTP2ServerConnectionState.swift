@@ -44,6 +44,9 @@ struct HTTP2ServerConnectionState {
         var receiveWindow: Int
         /// The request body still to come by its content-length; nil: none declared.
         var bodyRemaining: Int? = nil
+        /// The engine took the response's last part (END_STREAM), which may still wait
+        /// for a window: nothing more may be written on the stream.
+        var endTaken = false
     }
 
     /// What a frame read means for the engine.
@@ -67,8 +70,10 @@ struct HTTP2ServerConnectionState {
         case resetStream(stream: UInt32, code: HTTP2WireError.Code, reason: String)
         /// More may be sent: on the stream, or on every stream when nil.
         case windowOpened(stream: UInt32?, increment: UInt32)
-        /// Acknowledge the client's SETTINGS; with a table size, the encoder's bound changed.
-        case acknowledgeSettings(headerTableSize: Int?)
+        /// Acknowledge the client's SETTINGS; with a table size, the encoder's bound changed
+        /// (`smallest`: the least of several in the frame, which the encoder must signal
+        /// first, RFC 7541 §4.2).
+        case acknowledgeSettings(headerTableSize: Int?, smallest: Int?)
         case pong(UInt64)
         /// The client will open no more streams than `lastStream` said (its GOAWAY).
         case goingAway(lastStream: UInt32, code: UInt32)
@@ -144,7 +149,9 @@ struct HTTP2ServerConnectionState {
             }
             guard let i = self.index(id) else {
                 try self.mustBeKnown(id, "DATA")
-                if !self.recentlyReset.contains(id) { try self.glitch() }
+                // Not for a stream the gateway reset lately, or one past the drain's GOAWAY:
+                // the client sent it before it knew.
+                if !self.recentlyReset.contains(id), id <= self.goAwayLastStream ?? .max { try self.glitch() }
                 return .nothing
             }
             guard self.streams[i].state != .halfClosedRemote else {
@@ -226,8 +233,7 @@ struct HTTP2ServerConnectionState {
             return try self.streamError(at: i, code, reason)
 
         case .ignored:
-            try self.glitch()
-            return .nothing
+            return .nothing  // §5.5: ignored, as NIO ignores them (extension frames, GREASE)
         }
     }
 
@@ -271,6 +277,7 @@ struct HTTP2ServerConnectionState {
 
     private mutating func apply(_ settings: [HTTP2WireSetting]) throws(HTTP2WireError) -> Received {
         var tableSize: Int?
+        var smallest: Int?
         for setting in settings {
             switch setting.identifier {
             case HTTP2WireSetting.initialWindowSize:
@@ -287,11 +294,12 @@ struct HTTP2ServerConnectionState {
                 self.peerMaxFrameSize = Int(setting.value)
             case HTTP2WireSetting.headerTableSize:
                 tableSize = Int(setting.value)
+                smallest = min(smallest ?? Int(setting.value), Int(setting.value))
             default:
                 break  // push, the client's own stream limit, header list size: nothing a server sends needs them
             }
         }
-        return .acknowledgeSettings(headerTableSize: tableSize)
+        return .acknowledgeSettings(headerTableSize: tableSize, smallest: smallest)
     }
 
     /// A frame for a stream not in the table: a closed one is fine, an idle one (never
@@ -319,7 +327,8 @@ struct HTTP2ServerConnectionState {
         self.recentlyReset.append(id)
     }
 
-    private mutating func glitch() throws(HTTP2WireError) {
+    /// A frame refused or dropped: too many of them end the connection.
+    mutating func glitch() throws(HTTP2WireError) {
         self.glitches += 1
         if self.glitches > self.limits.maxGlitches {
             throw HTTP2WireError(code: .enhanceYourCalm, reason: "more than \(self.limits.maxGlitches) frames refused or dropped")
@@ -369,6 +378,14 @@ struct HTTP2ServerConnectionState {
             return length == 0
         }
         self.streams[i].bodyRemaining = length
+        return true
+    }
+
+    /// Whether the engine may take a part of the response: the stream is open on the
+    /// gateway's side and its end was not taken yet. `endStream`: this part ends it.
+    mutating func takeResponsePart(on id: UInt32, endStream: Bool) -> Bool {
+        guard let i = self.index(id), self.streams[i].state != .halfClosedLocal, !self.streams[i].endTaken else { return false }
+        if endStream { self.streams[i].endTaken = true }
         return true
     }
 

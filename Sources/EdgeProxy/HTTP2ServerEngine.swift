@@ -41,11 +41,17 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     /// PING and SETTINGS, DATA a WINDOW_UPDATE let out, resets) is flushed at its end.
     private var reading = false
     private var needsFlush = false
-    /// PING and SETTINGS answers written while the channel was not writable: a client that
-    /// sends them and reads nothing would make them pile up (NIO's limit is the same).
-    private var answersWhileBackedUp = 0
-    static let maxAnswersWhileBackedUp = 10_000
-    /// PING, SETTINGS and PRIORITY frames from the client: at most 200 in 30 s (NIO's limit).
+    /// Frames the engine wrote on its own (answers to PING and SETTINGS, resets, window
+    /// updates) while the channel was not writable: a client that makes them and reads
+    /// nothing would have them pile up (NIO's limit is the same).
+    private var writtenWhileBackedUp = 0
+    static let maxWrittenWhileBackedUp = 10_000
+    /// The queue's last pass let nothing out although parts wait: a WINDOW_UPDATE for the
+    /// connection alone cannot change that, and is not worth another pass over every
+    /// stream (a flood of one-byte updates would make each 13-byte frame cost one).
+    private var queueStalled = false
+    /// PING, SETTINGS and PRIORITY frames from the client, acknowledgements included: at
+    /// most 200 in 30 s (NIO's limit).
     private var controlFrames = HTTP2RateLimit(limit: 200, window: .seconds(30))
     /// Says why a connection was refused (a connection error), for the listener's log.
     private let refused: (String) -> Void
@@ -80,6 +86,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.failed = true
         self.failQueued()
         self.context = nil
     }
@@ -122,42 +129,55 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     private func handle(_ frame: HTTP2WireFrame, context: ChannelHandlerContext) throws {
         switch frame {
         case .ping(let data, ack: true):
+            if self.controlFrames.exceeded(at: .now()) {
+                throw HTTP2WireError(code: .enhanceYourCalm, reason: "more than 200 PING, SETTINGS or PRIORITY frames in 30 s")
+            }
             // The drain's PING (`HTTP2IdleTimeout`) comes back.
             context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: .rootStream, payload: .ping(HTTP2PingData(withInteger: data), ack: true))))
             return
-        case .ping, .settings, .priority:
+        case .ping, .settings, .settingsAck, .priority:
             if self.controlFrames.exceeded(at: .now()) {
                 throw HTTP2WireError(code: .enhanceYourCalm, reason: "more than 200 PING, SETTINGS or PRIORITY frames in 30 s")
             }
         default:
             break
         }
-        switch try self.state.received(frame) {
+        // Every DATA frame takes window, those dropped too (on a stream reset, past a
+        // GOAWAY, a stream error): `HTTP2Downstream` tops the window up from this count,
+        // and without it the connection's window ran out for good (NIO reported them too).
+        var isData = false
+        if case .data = frame { isData = true }
+        defer { if isData { self.reportConnectionWindow(context) } }
+        let received = try self.state.received(frame)
+        switch received {
         case .opened(let id, var block, let endStream):
             let headers = try self.decoder.decodeHeaders(from: &block)
             if let length = Self.contentLength(headers) {
                 guard length >= 0, self.state.expectBody(on: id, length: length) else {
-                    return self.resetStream(id, code: .protocolError, context: context)
+                    try self.state.glitch()  // a stream error, counted as the state counts its own
+                    return try self.resetStream(id, code: .protocolError, context: context)
                 }
             }
             let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
             self.lastHandedOn = id
+            let ended = self.state.stream(id) == nil  // before the handlers behind may end it themselves
             context.fireUserInboundEventTriggered(NIOHTTP2StreamCreatedEvent(streamID: stream, localInitialWindowSize: nil, remoteInitialWindowSize: nil))
             context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .headers(.init(headers: headers, endStream: endStream)))))
-            self.closedIfGone(id, context: context)
+            if ended { self.closed(id, context: context) }
 
         case .trailers(let id, var block):
             let headers = try self.decoder.decodeHeaders(from: &block)
             let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
+            let ended = self.state.stream(id) == nil
             context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .headers(.init(headers: headers, endStream: true)))))
-            self.closedIfGone(id, context: context)
+            if ended { self.closed(id, context: context) }
 
         case .data(let id, let data, let endStream, let flowControlled):
             let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
             let padding = flowControlled > data.readableBytes ? flowControlled - data.readableBytes - 1 : nil
+            let ended = self.state.stream(id) == nil
             context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .data(.init(data: .byteBuffer(data), endStream: endStream, paddingBytes: padding)))))
-            self.reportConnectionWindow(context)
-            self.closedIfGone(id, context: context)
+            if ended { self.closed(id, context: context) }
 
         case .reset(let id, let code):
             let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
@@ -167,29 +187,31 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
 
         case .refuseFieldBlock(var block, let id, let code):
             _ = try self.decoder.decodeHeaders(from: &block)  // HPACK's tables stay in step
-            self.resetStream(id, code: code, context: context)
+            try self.resetStream(id, code: code, context: context)
 
         case .discardFieldBlock(var block):
             _ = try self.decoder.decodeHeaders(from: &block)
 
         case .resetStream(let id, let code, _):
-            self.resetStream(id, code: code, context: context)
+            try self.resetStream(id, code: code, context: context)
 
         case .windowOpened(let id, let increment):
             // `HTTP2Downstream` counts them: a client taking its responses is not stalled.
             let stream = id.map { HTTP2StreamID(Int32(truncatingIfNeeded: $0)) } ?? .rootStream
             context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .windowUpdate(windowSizeIncrement: Int(increment)))))
-            self.sendQueued(context: context)
+            if id != nil || !self.queueStalled { self.sendQueued(context: context) }
 
-        case .acknowledgeSettings(let tableSize):
+        case .acknowledgeSettings(let tableSize, let smallest):
+            if let smallest, let tableSize, smallest < tableSize { try self.encoder.setDynamicTableSize(min(smallest, HPACKEncoder.defaultDynamicTableSize)) }
             if let tableSize { try self.encoder.setDynamicTableSize(min(tableSize, HPACKEncoder.defaultDynamicTableSize)) }
-            try self.answered(context)
+            try self.wroteOwnFrame(context)
             HTTP2FrameWriter.settingsAck(into: &self.out)
             // A larger window for new streams may let waiting DATA go.
+            self.queueStalled = false
             self.sendQueued(context: context)
 
         case .pong(let data):
-            try self.answered(context)
+            try self.wroteOwnFrame(context)
             HTTP2FrameWriter.ping(data, ack: true, into: &self.out)
 
         case .goingAway, .nothing:
@@ -197,24 +219,27 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         }
     }
 
-    /// `content-length` as a number (every value the same); -1 when it is not one.
+    /// `content-length` as a number (every value the same); -1 when it is not one: digits
+    /// only (`Int` would take "+5", which an upstream may read otherwise).
     private static func contentLength(_ headers: HPACKHeaders) -> Int? {
         var length: Int?
         for (name, value, _) in headers where name == "content-length" {
-            guard let parsed = Int(value), parsed >= 0, length == nil || length == parsed else { return -1 }
+            guard !value.isEmpty, value.utf8.count <= 18, value.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let parsed = Int(value),
+                  length == nil || length == parsed else { return -1 }
             length = parsed
         }
         return length
     }
 
-    private func answered(_ context: ChannelHandlerContext) throws(HTTP2WireError) {
+    /// Counts a frame the engine writes on its own while the channel is not writable.
+    private func wroteOwnFrame(_ context: ChannelHandlerContext) throws(HTTP2WireError) {
         guard !context.channel.isWritable else {
-            self.answersWhileBackedUp = 0
+            self.writtenWhileBackedUp = 0
             return
         }
-        self.answersWhileBackedUp += 1
-        if self.answersWhileBackedUp > Self.maxAnswersWhileBackedUp {
-            throw HTTP2WireError(code: .enhanceYourCalm, reason: "more than \(Self.maxAnswersWhileBackedUp) PING or SETTINGS frames while it reads nothing")
+        self.writtenWhileBackedUp += 1
+        if self.writtenWhileBackedUp > Self.maxWrittenWhileBackedUp {
+            throw HTTP2WireError(code: .enhanceYourCalm, reason: "more than \(Self.maxWrittenWhileBackedUp) frames to answer while it reads nothing")
         }
     }
 
@@ -236,24 +261,31 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         let id = UInt32(Int32(frame.streamID))
         switch frame.payload {
         case .headers(let headers):
-            guard self.state.stream(id) != nil else { return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: frame.streamID)) ?? () }
-            if self.queue.hasParts(on: id) {
+            // Nothing after the response's end (NIO refused it too).
+            guard self.state.takeResponsePart(on: id, endStream: headers.endStream) else {
+                return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: frame.streamID)) ?? ()
+            }
+            if self.queue.hasParts(on: id) || !context.channel.isWritable {
+                // Behind the stream's DATA, or held while the client reads nothing: the
+                // stream stays open meanwhile, so the stream limit bounds what is held.
                 self.queue.append(.fields(headers.headers, endStream: headers.endStream), on: id, completion: promise)
+                self.queueStalled = false
             } else {
                 _ = self.state.sentHeaders(on: id, endStream: headers.endStream)
                 self.writeFields(headers.headers, on: id, endStream: headers.endStream, promise: promise, context: context)
             }
         case .data(let data):
-            guard case .byteBuffer(let body) = data.data, self.state.stream(id) != nil else {
+            guard case .byteBuffer(let body) = data.data, self.state.takeResponsePart(on: id, endStream: data.endStream) else {
                 return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: frame.streamID)) ?? ()
             }
             self.queue.append(.data(body, endStream: data.endStream), on: id, completion: promise)
+            self.queueStalled = false
             self.sendQueued(context: context)
         case .rstStream(let code):
+            self.dropQueued(id)
             if self.state.stream(id) != nil {
                 self.state.sentReset(on: id)
                 HTTP2FrameWriter.resetStream(stream: id, code: HTTP2WireError.Code(rawValue: UInt32(code.networkCode)) ?? .internalError, into: &self.out)
-                self.dropQueued(id)
                 context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: frame.streamID, reason: code))
             }
             self.written(promise, context: context)
@@ -281,18 +313,32 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     func flush(context: ChannelHandlerContext) {
         self.needsFlush = false
         if self.out.readableBytes > 0 {
-            context.write(self.wrapOutboundOut(self.out), promise: nil)
+            let bytes = self.out
             self.out = context.channel.allocator.buffer(capacity: 256)
+            context.write(self.wrapOutboundOut(bytes), promise: nil)
         }
         context.flush()
+    }
+
+    /// The client reads again: what was held for it goes.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            self.writtenWhileBackedUp = 0
+            self.queueStalled = false
+            self.sendQueued(context: context)
+            if self.needsFlush && !self.reading { self.flush(context: context) }
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     /// A control frame is in `out`; its promise is done once `out` goes to the channel.
     private func written(_ promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
         guard let promise else { return }
         self.needsFlush = true
-        context.write(self.wrapOutboundOut(self.out), promise: promise)
+        // Swapped first: a promise failed at once may have its callback write here again.
+        let bytes = self.out
         self.out = context.channel.allocator.buffer(capacity: 256)
+        context.write(self.wrapOutboundOut(bytes), promise: promise)
     }
 
     private func writeFields(_ headers: HPACKHeaders, on id: UInt32, endStream: Bool, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
@@ -309,26 +355,34 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         if endStream { self.closedIfGone(id, context: context) }
     }
 
-    /// Writes what the windows let out of the queue.
+    /// Writes what the windows let out of the queue, while the client takes it (the
+    /// channel is writable): what waits keeps its stream open, and its proxy from reading
+    /// more of the upstream, as NIO held DATA back.
     private func sendQueued(context: ChannelHandlerContext) {
-        while let frame = self.queue.next(&self.state) {
+        guard !self.queue.isEmpty else { return }
+        var wrote = false
+        while context.channel.isWritable, let frame = self.queue.next(&self.state) {
+            wrote = true
             switch frame {
             case .data(let id, let data, let endStream, let completion):
                 self.needsFlush = true
                 HTTP2FrameWriter.dataHeader(stream: id, length: data.readableBytes, endStream: endStream, into: &self.out)
-                context.write(self.wrapOutboundOut(self.out), promise: nil)
+                let header = self.out
                 self.out = context.channel.allocator.buffer(capacity: 256)
+                context.write(self.wrapOutboundOut(header), promise: nil)
                 context.write(self.wrapOutboundOut(data), promise: completion)
                 if endStream { self.closedIfGone(id, context: context) }
             case .fields(let id, let headers, let endStream, let completion):
                 self.writeFields(headers, on: id, endStream: endStream, promise: completion, context: context)
             }
         }
+        self.queueStalled = !wrote && !self.queue.isEmpty && context.channel.isWritable
     }
 
     // MARK: streams and the connection ending
 
-    private func resetStream(_ id: UInt32, code: HTTP2WireError.Code, context: ChannelHandlerContext) {
+    private func resetStream(_ id: UInt32, code: HTTP2WireError.Code, context: ChannelHandlerContext) throws(HTTP2WireError) {
+        try self.wroteOwnFrame(context)
         self.state.sentReset(on: id)
         HTTP2FrameWriter.resetStream(stream: id, code: code, into: &self.out)
         self.dropQueued(id)
@@ -340,6 +394,10 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     /// timeout are told, as NIO told them.
     private func closedIfGone(_ id: UInt32, context: ChannelHandlerContext) {
         guard self.state.stream(id) == nil else { return }
+        self.closed(id, context: context)
+    }
+
+    private func closed(_ id: UInt32, context: ChannelHandlerContext) {
         context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id)), reason: nil))
     }
 
@@ -360,15 +418,19 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         self.reading = false
         self.refused("\(error.reason) (\(error.code))")
         HTTP2FrameWriter.goAway(lastStream: self.lastHandedOn, code: error.code, into: &self.out)
-        context.write(self.wrapOutboundOut(self.out), promise: nil)
-        self.out = context.channel.allocator.buffer(capacity: 0)
+        let bytes = self.out
+        self.out = ByteBuffer()
+        context.write(self.wrapOutboundOut(bytes), promise: nil)
         context.flush()
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.failQueued()
+        // Closed: nothing more is taken, and what waited fails once the handlers behind
+        // know (their callbacks would otherwise write into a closed connection).
+        self.failed = true
         context.fireChannelInactive()
+        self.failQueued()
     }
 }
 

@@ -23,7 +23,7 @@ final class HTTP2ServerConnectionStateTests: XCTestCase {
     func testARequestWithABodyAndItsResponseCloseTheStream() throws {
         var state = HTTP2ServerConnectionState()
         XCTAssertEqual(state.settings.first, HTTP2WireSetting(identifier: HTTP2WireSetting.maxConcurrentStreams, value: 100))
-        XCTAssertEqual(try state.received(.settings([])), .acknowledgeSettings(headerTableSize: nil))
+        XCTAssertEqual(try state.received(.settings([])), .acknowledgeSettings(headerTableSize: nil, smallest: nil))
         XCTAssertEqual(try state.received(self.headers(1)), .opened(stream: 1, block: self.block, endStream: false))
         XCTAssertEqual(try state.received(self.data(1, 1_000)), .data(stream: 1, data: ByteBuffer(repeating: 0x61, count: 1_000), endStream: false, flowControlled: 1_000))
         XCTAssertEqual(state.connectionReceiveWindow, 64_535)
@@ -118,8 +118,9 @@ final class HTTP2ServerConnectionStateTests: XCTestCase {
         state.sentData(on: 1, length: 16_384, endStream: false)
         XCTAssertEqual(try state.received(.settings([HTTP2WireSetting(identifier: HTTP2WireSetting.initialWindowSize, value: 1_000),
                                                      HTTP2WireSetting(identifier: HTTP2WireSetting.headerTableSize, value: 0),
+                                                     HTTP2WireSetting(identifier: HTTP2WireSetting.headerTableSize, value: 2_048),
                                                      HTTP2WireSetting(identifier: HTTP2WireSetting.maxFrameSize, value: 20_000)])),
-                       .acknowledgeSettings(headerTableSize: 0))
+                       .acknowledgeSettings(headerTableSize: 2_048, smallest: 0), "the last table size, and the least, which the encoder signals first")
         XCTAssertEqual(state.stream(1)?.sendWindow, 1_000 - 16_384)
         XCTAssertEqual(state.sendable(on: 1), 0)
         XCTAssertEqual(state.stream(3)?.sendWindow, 1_000)
@@ -143,12 +144,15 @@ final class HTTP2ServerConnectionStateTests: XCTestCase {
         XCTAssertEqual(state.goAwayLastStream, 3, "a later GOAWAY never raises it")
         XCTAssertEqual(try state.received(self.headers(5)), .discardFieldBlock(self.block), "past the GOAWAY: not served, not answered")
         XCTAssertEqual(try state.received(.goAway(lastStream: 0, code: 0, debug: ByteBuffer())), .goingAway(lastStream: 0, code: 0))
+        XCTAssertEqual(try state.received(self.data(5, 10)), .nothing, "DATA of a stream past the GOAWAY: no glitch, the client sent it before it knew")
         XCTAssertEqual(state.glitches, 0)
-        XCTAssertEqual(try state.received(.ignored(type: 0x20)), .nothing)
+        for _ in 0..<10 { XCTAssertEqual(try state.received(.ignored(type: 0x20)), .nothing) }
+        XCTAssertEqual(state.glitches, 0, "frames of unknown types are ignored (RFC 9113 5.5), not glitches")
         XCTAssertEqual(try state.received(self.data(1, 0)), .data(stream: 1, data: ByteBuffer(), endStream: false, flowControlled: 0))
         XCTAssertEqual(try state.received(.invalid(stream: 3, type: .priority, code: .frameSizeError, reason: "short")), .resetStream(stream: 3, code: .frameSizeError, reason: "short"))
+        XCTAssertEqual(try state.received(self.data(1, 0)), .data(stream: 1, data: ByteBuffer(), endStream: false, flowControlled: 0))
         XCTAssertEqual(state.glitches, 3)
-        XCTAssertEqual(self.code(&state, .ignored(type: 0x20)), .enhanceYourCalm)
+        XCTAssertEqual(self.code(&state, self.data(1, 0)), .enhanceYourCalm)
     }
 
     /// RFC 9113 §8.1.1: DATA must add up to the content-length; §5.3.1: a stream may not

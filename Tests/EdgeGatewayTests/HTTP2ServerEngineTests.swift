@@ -13,6 +13,8 @@ final class HTTP2ServerEngineTests: XCTestCase {
     final class Behind: ChannelInboundHandler {
         typealias InboundIn = HTTP2Frame
         var seen: [String] = []
+        /// The connection's receive window as each `NIOHTTP2WindowUpdatedEvent` said.
+        var windows: [Int] = []
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let frame = self.unwrapInboundIn(data)
@@ -28,6 +30,7 @@ final class HTTP2ServerEngineTests: XCTestCase {
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
             if let created = event as? NIOHTTP2StreamCreatedEvent { self.seen.append("\(Int(created.streamID)) created") }
             if let closed = event as? StreamClosedEvent { self.seen.append("\(Int(closed.streamID)) closed") }
+            if let window = event as? NIOHTTP2WindowUpdatedEvent { self.windows.append(window.inboundWindowSize ?? -1) }
         }
     }
 
@@ -140,8 +143,10 @@ final class HTTP2ServerEngineTests: XCTestCase {
         _ = self.respond(1, .headers(.init(headers: [":status": "413"], endStream: true)))
         _ = self.respond(1, .rstStream(.noError))
         XCTAssertEqual(try self.written(), ["1 headers 413 end", "1 reset 0"])
+        let window = self.behind.windows.last
         try self.send { HTTP2FrameWriter.dataHeader(stream: 1, length: 3, endStream: false, into: &$0); $0.writeString("abc") }
         XCTAssertFalse(self.behind.seen.contains("1 data 3"))
+        XCTAssertEqual(self.behind.windows.last, (window ?? 65_535) - 3, "dropped DATA still takes the connection's window, and is reported")
 
         // A field block that does not decode: COMPRESSION_ERROR for the whole connection.
         try self.send { HTTP2FrameWriter.headers(stream: 7, block: ByteBuffer(bytes: [0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), endStream: true, maxFrameSize: 16_384, into: &$0) }
@@ -149,5 +154,33 @@ final class HTTP2ServerEngineTests: XCTestCase {
         XCTAssertFalse(self.channel.isActive)
         XCTAssertEqual(self.refusals.count, 1)
         XCTAssertTrue(self.refusals.first?.contains("compressionError") ?? false, "\(self.refusals)")
+    }
+
+    /// A client that reads nothing: the response waits in the engine, its stream stays
+    /// open (the stream limit bounds what is held), and it goes once the client reads.
+    func testResponsesWaitWhileTheClientReadsNothing() throws {
+        _ = try self.written()
+        try self.send {
+            $0.writeBytes(http2ClientPreface)
+            HTTP2FrameWriter.settings([], into: &$0)
+            try self.request("/a", stream: 1, end: true, into: &$0)
+        }
+        XCTAssertEqual(try self.written(), ["settings-ack"])
+        self.channel.isWritable = false
+        self.channel.pipeline.fireChannelWritabilityChanged()
+        var done = false
+        _ = self.respond(1, .headers(.init(headers: [":status": "200"])))
+        self.respond(1, .data(.init(data: .byteBuffer(ByteBuffer(string: "hello")), endStream: true))).whenComplete { _ in done = true }
+        XCTAssertEqual(try self.written(), [], "held while the channel is not writable")
+        XCTAssertFalse(done)
+        XCTAssertFalse(self.behind.seen.contains("1 closed"), "the stream stays open meanwhile")
+        self.channel.isWritable = true
+        self.channel.pipeline.fireChannelWritabilityChanged()
+        XCTAssertEqual(try self.written(), ["1 headers 200", "1 data 5 end"])
+        XCTAssertTrue(done)
+        XCTAssertEqual(self.behind.seen.last, "1 closed")
+        var refused: Error?
+        self.respond(1, .data(.init(data: .byteBuffer(ByteBuffer(string: "more")), endStream: true))).whenFailure { refused = $0 }
+        XCTAssertNotNil(refused, "nothing is taken after the response's end")
     }
 }
