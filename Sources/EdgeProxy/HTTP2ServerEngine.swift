@@ -46,9 +46,10 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     /// nothing would have them pile up (NIO's limit is the same).
     private var writtenWhileBackedUp = 0
     static let maxWrittenWhileBackedUp = 10_000
-    /// The queue's last pass let nothing out although parts wait: a WINDOW_UPDATE for the
-    /// connection alone cannot change that, and is not worth another pass over every
-    /// stream (a flood of one-byte updates would make each 13-byte frame cost one).
+    /// The queue's last pass let nothing out although parts wait and the connection's
+    /// window is open: a WINDOW_UPDATE for the connection alone cannot change that, and is
+    /// not worth another pass over every stream (a flood of one-byte updates would make
+    /// each 13-byte frame cost one).
     private var queueStalled = false
     /// PING, SETTINGS and PRIORITY frames from the client, acknowledgements included: at
     /// most 200 in 30 s (NIO's limit).
@@ -326,7 +327,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
             self.writtenWhileBackedUp = 0
             self.queueStalled = false
             self.sendQueued(context: context)
-            if self.needsFlush && !self.reading { self.flush(context: context) }
+            if (self.needsFlush || self.out.readableBytes > 0) && !self.reading { self.flush(context: context) }
         }
         context.fireChannelWritabilityChanged()
     }
@@ -376,7 +377,9 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
                 self.writeFields(headers, on: id, endStream: endStream, promise: completion, context: context)
             }
         }
-        self.queueStalled = !wrote && !self.queue.isEmpty && context.channel.isWritable
+        // Stalled only with the connection's window open: then every waiting stream waits
+        // for its own window, which a connection WINDOW_UPDATE cannot open.
+        self.queueStalled = !wrote && !self.queue.isEmpty && context.channel.isWritable && self.state.connectionSendWindow > 0
     }
 
     // MARK: streams and the connection ending

@@ -112,13 +112,14 @@ final class HTTP2ServerEngineTests: XCTestCase {
         XCTAssertEqual(try self.written(), ["1 headers 200", "1 data 16384", "1 data 16384", "1 data 16384", "1 data 16383"], "65,535 bytes: the windows' worth")
         XCTAssertFalse(done, "the rest waits for the client's windows")
         XCTAssertFalse(self.behind.seen.contains("1 closed"))
-        try self.send {
-            HTTP2FrameWriter.windowUpdate(stream: 0, increment: 100_000, into: &$0)
-            HTTP2FrameWriter.windowUpdate(stream: 1, increment: 100_000, into: &$0)
-        }
+        // The stream's window first, then the connection's, in two reads: the first lets
+        // nothing out (the connection's window is shut), the second all of it.
+        try self.send { HTTP2FrameWriter.windowUpdate(stream: 1, increment: 100_000, into: &$0) }
+        XCTAssertEqual(try self.written(), [])
+        try self.send { HTTP2FrameWriter.windowUpdate(stream: 0, increment: 100_000, into: &$0) }
         XCTAssertEqual(try self.written(), ["1 data 16384", "1 data 16384", "1 data 1697 end"])
         XCTAssertTrue(done)
-        XCTAssertEqual(self.behind.seen.suffix(3), ["0 window 100000", "1 window 100000", "1 closed"], "closed both ways: the handlers behind are told")
+        XCTAssertEqual(self.behind.seen.suffix(3), ["1 window 100000", "0 window 100000", "1 closed"], "closed both ways: the handlers behind are told")
     }
 
     func testAResetDropsWhatWaitsAndAConnectionErrorEndsWithGoAway() throws {
@@ -182,5 +183,16 @@ final class HTTP2ServerEngineTests: XCTestCase {
         var refused: Error?
         self.respond(1, .data(.init(data: .byteBuffer(ByteBuffer(string: "more")), endStream: true))).whenFailure { refused = $0 }
         XCTAssertNotNil(refused, "nothing is taken after the response's end")
+
+        // A field block written with no promise, held meanwhile, is flushed when the client reads again.
+        try self.send { try self.request("/b", stream: 3, end: true, into: &$0) }
+        self.channel.isWritable = false
+        self.channel.pipeline.fireChannelWritabilityChanged()
+        self.channel.pipeline.write(HTTP2Frame(streamID: 3, payload: .headers(.init(headers: [":status": "204"], endStream: true))), promise: nil)
+        self.channel.pipeline.flush()
+        XCTAssertEqual(try self.written(), [])
+        self.channel.isWritable = true
+        self.channel.pipeline.fireChannelWritabilityChanged()
+        XCTAssertEqual(try self.written(), ["3 headers 204 end"])
     }
 }
