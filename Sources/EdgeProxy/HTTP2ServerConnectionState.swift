@@ -70,10 +70,9 @@ struct HTTP2ServerConnectionState {
         case resetStream(stream: UInt32, code: HTTP2WireError.Code, reason: String)
         /// More may be sent: on the stream, or on every stream when nil.
         case windowOpened(stream: UInt32?, increment: UInt32)
-        /// Acknowledge the client's SETTINGS; with a table size, the encoder's bound changed
-        /// (`smallest`: the least of several in the frame, which the encoder must signal
-        /// first, RFC 7541 §4.2).
-        case acknowledgeSettings(headerTableSize: Int?, smallest: Int?)
+        /// Acknowledge the client's SETTINGS. (A header table size asks nothing of the
+        /// gateway's encoder, which keeps no dynamic table: `HPACKResponseEncoder`.)
+        case acknowledgeSettings
         case pong(UInt64)
         /// The client will open no more streams than `lastStream` said (its GOAWAY).
         case goingAway(lastStream: UInt32, code: UInt32)
@@ -276,8 +275,6 @@ struct HTTP2ServerConnectionState {
     }
 
     private mutating func apply(_ settings: [HTTP2WireSetting]) throws(HTTP2WireError) -> Received {
-        var tableSize: Int?
-        var smallest: Int?
         for setting in settings {
             switch setting.identifier {
             case HTTP2WireSetting.initialWindowSize:
@@ -292,14 +289,11 @@ struct HTTP2ServerConnectionState {
                 }
             case HTTP2WireSetting.maxFrameSize:
                 self.peerMaxFrameSize = Int(setting.value)
-            case HTTP2WireSetting.headerTableSize:
-                tableSize = Int(setting.value)
-                smallest = min(smallest ?? Int(setting.value), Int(setting.value))
             default:
-                break  // push, the client's own stream limit, header list size: nothing a server sends needs them
+                break  // push, the client's own stream limit, header list size, header table size: nothing a server sends needs them
             }
         }
-        return .acknowledgeSettings(headerTableSize: tableSize, smallest: smallest)
+        return .acknowledgeSettings
     }
 
     /// A frame for a stream not in the table: a closed one is fine, an idle one (never

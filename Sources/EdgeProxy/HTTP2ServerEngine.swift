@@ -3,13 +3,14 @@ import NIOHPACK
 import NIOHTTP2
 
 /// The gateway's own HTTP/2 server connection (#32), in place of NIO's `NIOHTTP2Handler`
-/// in front of `HTTP2IdleTimeout` and `HTTP2Downstream`, which it serves as NIO's handler
+/// in front of `HTTP2Downstream`, which it serves as NIO's handler
 /// did: the request frames (HEADERS decoded, DATA as read), the events they count on
 /// (`NIOHTTP2StreamCreatedEvent`, `StreamClosedEvent`, the connection's
 /// `NIOHTTP2WindowUpdatedEvent`), and the response frames they write, encoded here and
 /// held for the client's windows (`HTTP2SendQueue`). The frames are cut and checked by
 /// `HTTP2FrameReader`, their meaning for the connection is `HTTP2ServerConnectionState`'s,
-/// and HPACK is NIO's (`NIOHPACK`); this class only performs what those decide.
+/// and HPACK is NIO's decoder (`NIOHPACK`) and an encoder without a dynamic table
+/// (`HPACKResponseEncoder`); this class only performs what those decide.
 ///
 /// Why: NIO's handler sizes its tables of streams, windows and frame buffers ahead (about
 /// 9 kB of the 37.7 kB an idle HTTP/2 connection held), and runs a state machine of its
@@ -24,11 +25,13 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     private var state: HTTP2ServerConnectionState
     private var queue = HTTP2SendQueue<HPACKHeaders, EventLoopPromise<Void>>()
     private var decoder: HPACKDecoder
-    private var encoder: HPACKEncoder
+    private var encoder = HPACKResponseEncoder()
     /// The bytes of a frame not yet complete, between reads.
     private var input: ByteBuffer?
-    /// Control frames and frame headers not yet handed to the channel.
-    private var out: ByteBuffer
+    /// Control frames and frame headers not yet handed to the channel. Without storage
+    /// once handed on (`ByteBuffer()` shares one empty buffer), so an idle connection holds
+    /// none: `reserveOut` gives it room before each frame.
+    private var out = ByteBuffer()
     /// Where field blocks are encoded before they are cut into frames.
     private var scratch: ByteBuffer
     private var context: ChannelHandlerContext?
@@ -62,8 +65,6 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         self.reader = HTTP2FrameReader(expectsClientPreface: true, maxFieldBlockBytes: max(maxHeaderListSize, 16_384), maxContinuationFrames: 5)
         self.state = HTTP2ServerConnectionState(limits: .init(maxConcurrentStreams: maxConcurrentStreams))
         self.decoder = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize, maxHeaderListSize: maxHeaderListSize)
-        self.encoder = HPACKEncoder(allocator: ByteBufferAllocator())
-        self.out = ByteBuffer()
         self.scratch = ByteBuffer()
         self.maxHeaderListSize = maxHeaderListSize
         self.refused = refused
@@ -73,7 +74,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        self.out = context.channel.allocator.buffer(capacity: 256)
+        self.reserveOut()
         // The server's connection preface (§3.4): its SETTINGS, before anything else.
         var settings = self.state.settings
         settings.append(HTTP2WireSetting(identifier: HTTP2WireSetting.maxHeaderListSize, value: UInt32(self.maxHeaderListSize)))
@@ -133,7 +134,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
             if self.controlFrames.exceeded(at: .now()) {
                 throw HTTP2WireError(code: .enhanceYourCalm, reason: "more than 200 PING, SETTINGS or PRIORITY frames in 30 s")
             }
-            // The drain's PING (`HTTP2IdleTimeout`) comes back.
+            // The drain's PING (`HTTP2Downstream`) comes back.
             context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: .rootStream, payload: .ping(HTTP2PingData(withInteger: data), ack: true))))
             return
         case .ping, .settings, .settingsAck, .priority:
@@ -202,10 +203,9 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
             context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .windowUpdate(windowSizeIncrement: Int(increment)))))
             if id != nil || !self.queueStalled { self.sendQueued(context: context) }
 
-        case .acknowledgeSettings(let tableSize, let smallest):
-            if let smallest, let tableSize, smallest < tableSize { try self.encoder.setDynamicTableSize(min(smallest, HPACKEncoder.defaultDynamicTableSize)) }
-            if let tableSize { try self.encoder.setDynamicTableSize(min(tableSize, HPACKEncoder.defaultDynamicTableSize)) }
+        case .acknowledgeSettings:
             try self.wroteOwnFrame(context)
+            self.reserveOut()
             HTTP2FrameWriter.settingsAck(into: &self.out)
             // A larger window for new streams may let waiting DATA go.
             self.queueStalled = false
@@ -213,6 +213,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
 
         case .pong(let data):
             try self.wroteOwnFrame(context)
+            self.reserveOut()
             HTTP2FrameWriter.ping(data, ack: true, into: &self.out)
 
         case .goingAway, .nothing:
@@ -286,6 +287,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
             self.dropQueued(id)
             if self.state.stream(id) != nil {
                 self.state.sentReset(on: id)
+                self.reserveOut()
                 HTTP2FrameWriter.resetStream(stream: id, code: HTTP2WireError.Code(rawValue: UInt32(code.networkCode)) ?? .internalError, into: &self.out)
                 context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: frame.streamID, reason: code))
             }
@@ -293,20 +295,29 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         case .windowUpdate(let increment):
             if id == 0 || self.state.stream(id) != nil {
                 self.state.windowGiven(on: id == 0 ? nil : id, increment: increment)
+                self.reserveOut()
                 HTTP2FrameWriter.windowUpdate(stream: id, increment: UInt32(increment), into: &self.out)
             }
             self.written(promise, context: context)
         case .goAway(let last, let code, _):
             let lastStream = UInt32(Int32(last))
             self.state.sentGoAway(lastStream: lastStream)
+            self.reserveOut()
             HTTP2FrameWriter.goAway(lastStream: lastStream, code: HTTP2WireError.Code(rawValue: UInt32(code.networkCode)) ?? .internalError, into: &self.out)
             self.written(promise, context: context)
         case .ping(let data, let ack):
+            self.reserveOut()
             HTTP2FrameWriter.ping(data.integer, ack: ack, into: &self.out)
             self.written(promise, context: context)
         default:
             promise?.succeed()  // SETTINGS, PRIORITY, PUSH_PROMISE, ALTSVC, ORIGIN: a server here sends none
         }
+    }
+
+    /// Room for a frame in `out`: one allocation for the frames of a turn, not one per
+    /// growth step from the shared empty buffer.
+    private func reserveOut() {
+        if self.out.capacity == 0 { self.out.reserveCapacity(256) }
     }
 
     /// Asked by the handlers behind (which flush once a read batch is done), and at the
@@ -315,7 +326,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         self.needsFlush = false
         if self.out.readableBytes > 0 {
             let bytes = self.out
-            self.out = context.channel.allocator.buffer(capacity: 256)
+            self.out = ByteBuffer()
             context.write(self.wrapOutboundOut(bytes), promise: nil)
         }
         context.flush()
@@ -338,19 +349,14 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         self.needsFlush = true
         // Swapped first: a promise failed at once may have its callback write here again.
         let bytes = self.out
-        self.out = context.channel.allocator.buffer(capacity: 256)
+        self.out = ByteBuffer()
         context.write(self.wrapOutboundOut(bytes), promise: promise)
     }
 
     private func writeFields(_ headers: HPACKHeaders, on id: UInt32, endStream: Bool, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
         self.scratch.clear()
-        do {
-            try self.encoder.encode(headers: headers, to: &self.scratch)
-        } catch {
-            // NIO's encoder refuses only misuse (encoding while encoding): a defect.
-            promise?.fail(error)
-            return self.fail(HTTP2WireError(code: .internalError, reason: "the response's fields did not encode: \(error)"), context: context)
-        }
+        self.encoder.encode(headers, into: &self.scratch)
+        self.reserveOut()
         HTTP2FrameWriter.headers(stream: id, block: self.scratch, endStream: endStream, maxFrameSize: self.state.peerMaxFrameSize, into: &self.out)
         self.written(promise, context: context)
         if endStream { self.closedIfGone(id, context: context) }
@@ -367,9 +373,10 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
             switch frame {
             case .data(let id, let data, let endStream, let completion):
                 self.needsFlush = true
+                self.reserveOut()
                 HTTP2FrameWriter.dataHeader(stream: id, length: data.readableBytes, endStream: endStream, into: &self.out)
                 let header = self.out
-                self.out = context.channel.allocator.buffer(capacity: 256)
+                self.out = ByteBuffer()
                 context.write(self.wrapOutboundOut(header), promise: nil)
                 context.write(self.wrapOutboundOut(data), promise: completion)
                 if endStream { self.closedIfGone(id, context: context) }
@@ -387,6 +394,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     private func resetStream(_ id: UInt32, code: HTTP2WireError.Code, context: ChannelHandlerContext) throws(HTTP2WireError) {
         try self.wroteOwnFrame(context)
         self.state.sentReset(on: id)
+        self.reserveOut()
         HTTP2FrameWriter.resetStream(stream: id, code: code, into: &self.out)
         self.dropQueued(id)
         context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id)), reason: HTTP2ErrorCode(networkCode: Int(code.rawValue))))
@@ -420,6 +428,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         self.failed = true
         self.reading = false
         self.refused("\(error.reason) (\(error.code))")
+        self.reserveOut()
         HTTP2FrameWriter.goAway(lastStream: self.lastHandedOn, code: error.code, into: &self.out)
         let bytes = self.out
         self.out = ByteBuffer()

@@ -90,7 +90,7 @@ final class LoopDeadlines {
     private func fire() {
         self.timer = nil
         self.timerDeadline = nil
-        let now = NIODeadline.now()
+        let now = self.eventLoop.now  // the system's clock, except on a test's embedded loop
         while let first = self.heap.first, first.deadline <= now {
             self.remove(at: 0)
             first.owner.deadlineReached(now: now)

@@ -65,7 +65,8 @@ package final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandl
 
     private func addHTTP2Handlers(_ sync: ChannelPipeline.SynchronousOperations, channel: Channel, info: DownstreamInfo) throws {
         // The gateway's own HTTP/2 engine (frames, streams, windows, HPACK limits, the
-        // abuse limits NIO's handler had), then the idle timeout and the streams' table.
+        // abuse limits NIO's handler had), then the streams' table (with the idle timeout
+        // and the drain).
         // Request header blocks are checked by HTTP2StreamBridge (HTTP2RequestCheck);
         // resets of open streams (rapid reset) are counted by HTTP2Downstream.
         let listener = self.proxy
@@ -74,7 +75,6 @@ package final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandl
                                          metadata: ["peer": "\(info.peer)", "listener": "\(listener.name)"], listener: listener)
         }
         try sync.addHandler(engine, name: "h2")
-        try sync.addHandler(HTTP2IdleTimeout(timeout: self.proxy.limits.idleTimeout), name: "http2-idle-timeout")
         try sync.addHandler(HTTP2Downstream(listener: self.proxy, info: info, strictTransportSecurity: self.proxy.limits.strictTransportSecurity,
                                             eventLoop: channel.eventLoop), name: "http2-streams")
     }

@@ -59,6 +59,8 @@ final class HTTP2DownstreamTests: XCTestCase {
                 out.append("\(id) reset \(names[code] ?? "\(code)")")
             case .windowUpdate(let increment):
                 out.append("\(id) window \(increment)")
+            case .goAway(let last, let code, _):
+                out.append("\(id) goaway \(Int(last)) \(code == .noError ? "noError" : "\(code)")")
             default:
                 out.append("\(id) \(frame.payload)")
             }
@@ -145,23 +147,48 @@ final class HTTP2DownstreamTests: XCTestCase {
         XCTAssertNil(self.downstream.stream(1))
     }
 
-    /// The idle timeout counts the streams NIO created: one it closed without creating
-    /// (a request it refused) does not make a connection with an open stream look idle.
+    /// The idle timeout counts the streams the engine created: one it closed without
+    /// creating (a request it refused) does not make a connection with an open stream look
+    /// idle. It waits in the loop's deadline heap, not in a timer of its own.
     func testTheIdleTimeoutCountsOnlyCreatedStreams() throws {
-        let channel = EmbeddedChannel()
-        defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
-        XCTAssertNoThrow(try channel.pipeline.syncOperations.addHandler(HTTP2IdleTimeout(timeout: .seconds(1))))
-        XCTAssertNoThrow(try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait())
-        channel.pipeline.fireUserInboundEventTriggered(NIOHTTP2StreamCreatedEvent(streamID: 1, localInitialWindowSize: 65_535, remoteInitialWindowSize: 65_535))
-        channel.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: 3, reason: .protocolError))
-        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
-        XCTAssertNil(try channel.readOutbound(as: HTTP2Frame.self), "stream 1 is open: no GOAWAY")
-        XCTAssertTrue(channel.isActive)
-        channel.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: 1, reason: nil))
-        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
-        let goAway = try XCTUnwrap(try channel.readOutbound(as: HTTP2Frame.self))
-        guard case .goAway(let last, .noError, _) = goAway.payload else { return XCTFail("\(goAway)") }
-        XCTAssertEqual(last, 1)
+        let idle = ProxyLimits().idleTimeout
+        self.channel.pipeline.fireUserInboundEventTriggered(NIOHTTP2StreamCreatedEvent(streamID: 1, localInitialWindowSize: 65_535, remoteInitialWindowSize: 65_535))
+        self.channel.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: 3, reason: .protocolError))
+        self.channel.embeddedEventLoop.advanceTime(by: idle + .seconds(1))
+        XCTAssertEqual(try self.written(), [], "stream 1 is open: no GOAWAY")
+        XCTAssertTrue(self.channel.isActive)
+        self.channel.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: 1, reason: nil))
+        self.channel.embeddedEventLoop.advanceTime(by: idle - .seconds(1))
+        XCTAssertEqual(try self.written(), [], "idle for less than the timeout")
+        self.channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        XCTAssertEqual(try self.written(), ["0 goaway 1 noError"])
+        XCTAssertFalse(self.channel.isActive)
+    }
+
+    /// The drain: GOAWAY with the largest stream ID and a PING; at its ACK the final
+    /// GOAWAY names the last stream; the connection closes when that stream is done.
+    func testTheDrainAnnouncesThenNamesTheLastStreamAndClosesWhenItIsDone() throws {
+        self.channel.pipeline.fireUserInboundEventTriggered(NIOHTTP2StreamCreatedEvent(streamID: 5, localInitialWindowSize: 65_535, remoteInitialWindowSize: 65_535))
+        self.channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        var ping: HTTP2PingData?
+        var kinds: [String] = []
+        while let frame = try self.channel.readOutbound(as: HTTP2Frame.self) {
+            switch frame.payload {
+            case .goAway(let last, .noError, _): kinds.append("goaway \(last == .maxID ? "max" : "\(last)")")
+            case .ping(let data, ack: false): kinds.append("ping"); ping = data
+            default: kinds.append("\(frame.payload)")
+            }
+        }
+        XCTAssertEqual(kinds, ["goaway max", "ping"])
+        self.receive(HTTP2Frame(streamID: .rootStream, payload: .ping(HTTP2PingData(withInteger: 7), ack: true)))
+        XCTAssertEqual(try self.written(), [], "not the drain's PING")
+        self.receive(HTTP2Frame(streamID: .rootStream, payload: .ping(try XCTUnwrap(ping), ack: true)))
+        XCTAssertEqual(try self.written(), ["0 goaway 5 noError"])
+        self.channel.embeddedEventLoop.run()
+        XCTAssertTrue(self.channel.isActive, "stream 5 is still open")
+        self.channel.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: 5, reason: nil))
+        self.channel.embeddedEventLoop.run()
+        XCTAssertFalse(self.channel.isActive)
     }
 
     /// A request body the gateway does not want (answered before it came): the stream

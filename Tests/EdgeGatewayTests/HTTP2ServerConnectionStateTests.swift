@@ -23,7 +23,7 @@ final class HTTP2ServerConnectionStateTests: XCTestCase {
     func testARequestWithABodyAndItsResponseCloseTheStream() throws {
         var state = HTTP2ServerConnectionState()
         XCTAssertEqual(state.settings.first, HTTP2WireSetting(identifier: HTTP2WireSetting.maxConcurrentStreams, value: 100))
-        XCTAssertEqual(try state.received(.settings([])), .acknowledgeSettings(headerTableSize: nil, smallest: nil))
+        XCTAssertEqual(try state.received(.settings([])), .acknowledgeSettings)
         XCTAssertEqual(try state.received(self.headers(1)), .opened(stream: 1, block: self.block, endStream: false))
         XCTAssertEqual(try state.received(self.data(1, 1_000)), .data(stream: 1, data: ByteBuffer(repeating: 0x61, count: 1_000), endStream: false, flowControlled: 1_000))
         XCTAssertEqual(state.connectionReceiveWindow, 64_535)
@@ -120,7 +120,7 @@ final class HTTP2ServerConnectionStateTests: XCTestCase {
                                                      HTTP2WireSetting(identifier: HTTP2WireSetting.headerTableSize, value: 0),
                                                      HTTP2WireSetting(identifier: HTTP2WireSetting.headerTableSize, value: 2_048),
                                                      HTTP2WireSetting(identifier: HTTP2WireSetting.maxFrameSize, value: 20_000)])),
-                       .acknowledgeSettings(headerTableSize: 2_048, smallest: 0), "the last table size, and the least, which the encoder signals first")
+                       .acknowledgeSettings)
         XCTAssertEqual(state.stream(1)?.sendWindow, 1_000 - 16_384)
         XCTAssertEqual(state.sendable(on: 1), 0)
         XCTAssertEqual(state.stream(3)?.sendWindow, 1_000)

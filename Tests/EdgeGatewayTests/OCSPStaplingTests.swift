@@ -132,7 +132,7 @@ final class OCSPStaplingTests: XCTestCase {
         let pki = try TestPKI()
         let other = try pki.issue(["other.test"], into: dir.path, name: "other")
         try ResponderCA.run("cat '\(other.fullchain)' '\(other.key)' > '\(certs)/other.pem'")
-        var responder = try ca.responder(in: dir)
+        let responder = try ca.responder(in: dir)
         defer { responder.stop() }
         let cache = dir.file("ocsp-cache")
         var (gateway, port, admin) = try startGateway(dir, certs: certs, name: "first", ocsp: "{ cache_dir: \(cache) }")

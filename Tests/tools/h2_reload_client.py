@@ -28,6 +28,20 @@ def stop(*_):
 
 
 signal.signal(signal.SIGINT, stop)
+
+
+def skip_table_size_updates(block):
+    """A field block without the dynamic table size updates (RFC 7541 §6.3: 001xxxxx and a
+    5-bit-prefix integer) that may start it: the gateway's first block on a connection
+    has one."""
+    while block[:1] and block[0] & 0xE0 == 0x20:
+        i = 1
+        if block[0] & 0x1F == 0x1F:
+            while i < len(block) and block[i] & 0x80:
+                i += 1
+            i += 1
+        block = block[i:]
+    return block
 lock = threading.Lock()
 totals = {"ok": 0, "failed": 0, "refused": 0, "goaways": 0, "connections": 0, "errors": []}
 
@@ -106,7 +120,7 @@ class Connection:
             elif kind == 1 and stream in pending:
                 block = payload[(1 + payload[0]) if flags & 0x8 else 0:]
                 block = block[5:] if flags & 0x20 else block
-                status.setdefault(stream, block[:1] == b"\x88")
+                status.setdefault(stream, skip_table_size_updates(block)[:1] == b"\x88")
                 if flags & 0x1:
                     pending.discard(stream)
                     record("ok" if status[stream] else "failed", 1, None if status[stream] else f"stream {stream}: not 200")

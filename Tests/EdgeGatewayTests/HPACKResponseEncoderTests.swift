@@ -1,0 +1,65 @@
+@testable import EdgeProxy
+import NIOCore
+import NIOHPACK
+import XCTest
+
+/// The gateway's response field blocks, decoded by NIO's HPACK decoder (a client's).
+final class HPACKResponseEncoderTests: XCTestCase {
+    func decode(_ blocks: [HPACKHeaders], decoder: inout HPACKDecoder) throws -> [HPACKHeaders] {
+        var encoder = HPACKResponseEncoder()
+        return try blocks.map { headers in
+            var buffer = ByteBuffer()
+            encoder.encode(headers, into: &buffer)
+            let decoded = try decoder.decodeHeaders(from: &buffer)
+            XCTAssertEqual(buffer.readableBytes, 0)
+            return decoded
+        }
+    }
+
+    /// Every static name (and every `:status` the table has, and some it has not), names
+    /// of its own, long strings (multi-byte lengths) and a never-indexed field come back as
+    /// they went, to a client with a dynamic table and to one without.
+    func testEveryKindOfFieldDecodesAsItWent() throws {
+        var fields: [(String, String)] = ["200", "204", "206", "304", "400", "404", "500", "502", "101"].map { (":status", $0) }
+        fields += HPACKResponseEncoder.staticNames.filter { !$0.hasPrefix(":") }.map { ($0, "v-\($0)") }
+        fields += [("x-request-id", "abc"), ("x-" + String(repeating: "n", count: 200), String(repeating: "v", count: 20_000)), ("grpc-status", "0")]
+        var headers = HPACKHeaders(fields)
+        headers.add(name: "set-cookie", value: "secret=1", indexing: .neverIndexed)
+        var decoder = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: 4_096, maxHeaderListSize: 1 << 20)
+        let decoded = try self.decode([headers, headers], decoder: &decoder)
+        for block in decoded {
+            XCTAssertEqual(block.map { "\($0.name): \($0.value)" }, headers.map { "\($0.name): \($0.value)" })
+            XCTAssertEqual(block.last?.indexable, .neverIndexed)
+        }
+        var noTable = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: 0, maxHeaderListSize: 1 << 20)
+        XCTAssertEqual(try self.decode([headers], decoder: &noTable).first?.count, headers.count, "a client with SETTINGS_HEADER_TABLE_SIZE 0")
+        XCTAssertEqual(HPACKResponseEncoder.staticNames.count, 61)
+    }
+
+    /// A client that lowered its table size (SETTINGS_HEADER_TABLE_SIZE 0) before the
+    /// first response gets the size update it must see first (RFC 7541 §4.2), once.
+    func testTheFirstBlockSignalsNoDynamicTable() throws {
+        var encoder = HPACKResponseEncoder()
+        var first = ByteBuffer()
+        encoder.encode([":status": "200"], into: &first)
+        XCTAssertEqual(Array(first.readableBytesView), [0x20, 0x88])
+        var second = ByteBuffer()
+        encoder.encode([":status": "200"], into: &second)
+        XCTAssertEqual(Array(second.readableBytesView), [0x88])
+    }
+
+    /// Integers at and across a prefix's limit (RFC 7541 §5.1, C.1).
+    func testIntegersAcrossThePrefix() {
+        func bytes(_ value: Int, _ bits: Int) -> [UInt8] {
+            var buffer = ByteBuffer()
+            HPACKResponseEncoder.writeInteger(value, prefixBits: bits, flags: 0, into: &buffer)
+            return Array(buffer.readableBytesView)
+        }
+        XCTAssertEqual(bytes(10, 5), [10])
+        XCTAssertEqual(bytes(1_337, 5), [31, 154, 10])
+        XCTAssertEqual(bytes(42, 8), [42])
+        XCTAssertEqual(bytes(15, 4), [15, 0])
+        XCTAssertEqual(bytes(127, 7), [127, 0])
+        XCTAssertEqual(bytes(128, 7), [127, 1])
+    }
+}
