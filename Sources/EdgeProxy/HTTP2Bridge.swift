@@ -328,9 +328,9 @@ extension HTTP2StreamBridge {
         return Self.fitsOneHeadersFrame(headers) ? headers : nil
     }
 
-    /// Writes the response's HEADERS frame; the future fails when it could not be written.
-    func responseHead(_ headers: HPACKHeaders, head: HTTPHead, toHead: Bool) -> EventLoopFuture<Void>? {
-        guard let port = self.port, !self.responseDone else { return nil }
+    /// Writes the response's HEADERS frame.
+    func responseHead(_ headers: HPACKHeaders, head: HTTPHead, toHead: Bool) {
+        guard let port = self.port, !self.responseDone else { return }
         // An empty body ends the stream with the HEADERS frame: a gRPC server's
         // trailers-only answer (its status in the head) is only one when nothing follows
         // it, not even an empty DATA frame (grpcio read that as "Stream removed").
@@ -339,9 +339,7 @@ extension HTTP2StreamBridge {
         self.responseDone = noBody
         var headers = headers
         if empty { headers.remove(name: "content-length") }  // said by END_STREAM
-        let written = port.eventLoop.makePromise(of: Void.self)
-        port.write(.headers(.init(headers: headers, endStream: noBody)), promise: written)
-        return written.futureResult
+        port.write(.headers(.init(headers: headers, endStream: noBody)), promise: nil)
     }
 
     /// The most a header block may take to go out as one HEADERS frame: the HTTP/2

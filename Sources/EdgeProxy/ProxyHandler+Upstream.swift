@@ -276,17 +276,8 @@ extension ProxyHandler {
                     self.stopReadTimer()
                     self.failExchange(exchange, error: UpstreamError(kind: kind, backend: connection.key.address.hostPort, reason: reason))
                     return
-                case .written(let closeAfter, let written):
+                case .written(let closeAfter):
                     exchange.closeDownstreamAfterResponse = closeAfter
-                    written?.assumeIsolated().whenFailure { error in
-                        // Never silently: the stream is reset, and the line says why (unless
-                        // the client reset it meanwhile, as a browser cancelling does).
-                        guard let port = self.stream?.port, !port.finished else { return }
-                        self.logger.warning("HTTP/2 response head not written; resetting the stream", metadata: self.peerMetadata.merging([
-                            "error": "\(error)", "uri": "\(exchange.request.target)",
-                        ]) { a, _ in a })
-                        port.reset()
-                    }
                 }
             }
             exchange.status = response.status

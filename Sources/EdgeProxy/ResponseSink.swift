@@ -27,8 +27,11 @@ protocol ResponseSink {
 
 enum ResponseHeadOutcome {
     /// Written. `closeAfter`: the response tells the client the connection closes after
-    /// it. `written`: completes when the head went out, failing when it could not.
-    case written(closeAfter: Bool, written: EventLoopFuture<Void>?)
+    /// it. (No future of the write: the gateway's HTTP/2 engine refuses a HEADERS frame
+    /// only for a stream that is gone, whose proxy hears of that anyway; NIO's handler
+    /// refused fields it found invalid and left the stream open, and a promise a
+    /// response, to reset the stream then, cost about 2k instructions.)
+    case written(closeAfter: Bool)
     /// This downstream cannot carry the head (HTTP/2: larger than one HEADERS frame).
     case refused(UpstreamError.Kind, reason: String)
 }
@@ -61,7 +64,7 @@ struct HTTP1Responses: ResponseSink {
         let (head, chunked, close) = HeadRewriting.downstreamHead(for: response, request: request, closing: draining, hsts: hsts, heads: &heads)
         self.chunked = chunked
         context.write(NIOAny(head), promise: nil)
-        return .written(closeAfter: close, written: nil)
+        return .written(closeAfter: close)
     }
 
     func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext) {
@@ -110,7 +113,8 @@ extension HTTP2StreamBridge: ResponseSink {
             return .refused(.responseHeadTooLarge, reason: "response head too large for one HTTP/2 HEADERS frame (\(Self.maxHeaderBlockBytes) bytes)")
         }
         // The connection's GOAWAY, not the response, says it is draining.
-        return .written(closeAfter: false, written: self.responseHead(fields, head: response, toHead: request.isHeadMethod))
+        self.responseHead(fields, head: response, toHead: request.isHeadMethod)
+        return .written(closeAfter: false)
     }
 
     func responseBody(_ body: ByteBuffer, context: ChannelHandlerContext) {

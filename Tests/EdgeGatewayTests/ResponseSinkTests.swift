@@ -29,12 +29,11 @@ final class ResponseSinkTests: XCTestCase {
         var heads = ReusableBuffer(maximumKeptCapacity: 1024)
         let request = try HTTP1Parser.parseRequest(Array("GET /x HTTP/1.1\r\nhost: a\r\n\r\n".utf8))
         let response = try HTTP1Parser.parseResponse(Array("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n".utf8))
-        guard case .written(let closeAfter, let future) = sink.responseHead(response, request: request, draining: false, hsts: nil,
+        guard case .written(let closeAfter) = sink.responseHead(response, request: request, draining: false, hsts: nil,
                                                                            heads: &heads, context: context) else {
             return XCTFail("an HTTP/1.1 head is never refused")
         }
         XCTAssertFalse(closeAfter)
-        XCTAssertNil(future)
         sink.responseBody(ByteBuffer(string: "hello"), context: context)
         sink.responseEnd(trailers: Array("grpc-status: 0\r\n".utf8), context: context)
         sink.flush(context: context)
@@ -54,7 +53,7 @@ final class ResponseSinkTests: XCTestCase {
         var heads = ReusableBuffer(maximumKeptCapacity: 1024)
         let request = try HTTP1Parser.parseRequest(Array("GET /x HTTP/1.0\r\n\r\n".utf8))
         let response = try HTTP1Parser.parseResponse(Array("HTTP/1.1 200 OK\r\n\r\n".utf8))
-        guard case .written(let closeAfter, _) = sink.responseHead(response, request: request, draining: false, hsts: nil,
+        guard case .written(let closeAfter) = sink.responseHead(response, request: request, draining: false, hsts: nil,
                                                                   heads: &heads, context: context) else {
             return XCTFail("refused")
         }
