@@ -14,7 +14,9 @@ import NIOHPACK
 /// The encoder's table size is the protocol's 4,096 bytes until it says otherwise, so the
 /// first field block starts with a dynamic table size update to 0 (§6.3): a client that
 /// lowered SETTINGS_HEADER_TABLE_SIZE expects one (§4.2), and after it no SETTINGS the
-/// client sends can ask for another.
+/// client sends can ask for another. That holds only if blocks are encoded in the order
+/// they go on the wire: the engine encodes a block as it writes its frames, never ahead
+/// (a block held in its queue waits there unencoded).
 struct HPACKResponseEncoder {
     private var announcedNoTable = false
 
@@ -39,6 +41,36 @@ struct HPACKResponseEncoder {
             }
             Self.writeString(value, into: &buffer)
         }
+    }
+
+    /// The bytes `encode` writes for `headers`, the size update of a first block aside.
+    static func encodedSize(_ headers: HPACKHeaders) -> Int {
+        var size = 0
+        for (name, value, _) in headers {
+            if name == ":status", Self.statusIndex(value) != nil {
+                size += 1
+                continue
+            }
+            if let index = Self.nameIndex(name) {
+                size += Self.integerSize(index, prefixBits: 4)
+            } else {
+                size += 1 + Self.integerSize(name.utf8.count, prefixBits: 7) + name.utf8.count
+            }
+            size += Self.integerSize(value.utf8.count, prefixBits: 7) + value.utf8.count
+        }
+        return size
+    }
+
+    private static func integerSize(_ value: Int, prefixBits: Int) -> Int {
+        let limit = (1 << prefixBits) - 1
+        guard value >= limit else { return 1 }
+        var size = 2
+        var rest = (value - limit) >> 7
+        while rest > 0 {
+            size += 1
+            rest >>= 7
+        }
+        return size
     }
 
     /// An integer with an N-bit prefix (§5.1).

@@ -321,11 +321,20 @@ extension HTTP2StreamBridge {
     // becomes one HEADERS frame, each body piece as read a DATA frame. The frames are
     // written through the stream; the proxy's flush (`flush()`) sends them.
 
-    /// The response's HTTP/2 fields, or nil when their header block would not fit one
-    /// HEADERS frame (`fitsOneHeadersFrame`).
+    /// The response's HTTP/2 fields, or nil when their header block would be larger than
+    /// `maxHeaderBlockBytes` (`fitsResponseBlock`).
     func responseFields(_ head: HTTPHead) -> HPACKHeaders? {
         let headers = self.responseHeaders(head)
-        return Self.fitsOneHeadersFrame(headers) ? headers : nil
+        return Self.fitsResponseBlock(headers) ? headers : nil
+    }
+
+    /// Whether a response's (or its trailers') block, as the gateway's engine encodes it
+    /// (`HPACKResponseEncoder`, which counts exactly), stays within `maxHeaderBlockBytes`.
+    /// The engine would send a larger one in CONTINUATION frames; the bound is what
+    /// nginx's and HAProxy's buffers for a response head are (8 and 16 KB), so a client is
+    /// never sent a head larger than it could have had from them.
+    static func fitsResponseBlock(_ headers: HPACKHeaders) -> Bool {
+        HPACKResponseEncoder.encodedSize(headers) + 1 <= Self.maxHeaderBlockBytes  // + 1: a first block's size update
     }
 
     /// Writes the response's HEADERS frame.
@@ -342,12 +351,13 @@ extension HTTP2StreamBridge {
         port.write(.headers(.init(headers: headers, endStream: noBody)), promise: nil)
     }
 
-    /// The most a header block may take to go out as one HEADERS frame: the HTTP/2
-    /// handler does not split it into CONTINUATION frames, and the default
-    /// SETTINGS_MAX_FRAME_SIZE is 16,384 bytes.
+    /// The most a header block may take: for requests to an HTTP/2 upstream, one HEADERS
+    /// frame (NIO's handler there does not split a block into CONTINUATION frames, and the
+    /// default SETTINGS_MAX_FRAME_SIZE is 16,384 bytes); for responses, the same bound.
     static let maxHeaderBlockBytes = 16_384
 
-    /// Whether `headers` encode into one HEADERS frame. HPACK's Huffman code takes at
+    /// Whether `headers` encode into one HEADERS frame by NIO's encoder (a request to an
+    /// HTTP/2 upstream). HPACK's Huffman code takes at
     /// most 30 bits a byte (a `\\` takes 19, an `a` 5), so a block whose bytes times
     /// 30/8, plus a few bytes a field, stay under the frame fits without more ado (most
     /// responses); a larger one is encoded as the connection's encoder would, from an
@@ -419,9 +429,9 @@ extension HTTP2StreamBridge {
         self.responseDone = true
         let end: HTTP2Frame.FramePayload
         let fields = trailers.isEmpty ? nil : Self.trailerFields(trailers)
-        // A block too large for one HEADERS frame (the handler sends no CONTINUATION)
-        // would fail unseen and leave the stream open: the trailers are dropped instead.
-        if let fields, Self.fitsOneHeadersFrame(fields) {
+        // Trailers larger than a response head may be are dropped, as a head that large
+        // is refused.
+        if let fields, Self.fitsResponseBlock(fields) {
             self.writeHeldBody(port: port)
             end = .headers(.init(headers: fields, endStream: true))
         } else {

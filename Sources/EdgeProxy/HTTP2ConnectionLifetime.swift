@@ -23,7 +23,8 @@ import NIOCore
 struct HTTP2ConnectionLifetime {
     enum Action: Equatable {
         case none
-        /// Idle too long: GOAWAY naming `lastStream`, then the close once it is written.
+        /// Idle too long: GOAWAY naming `lastStream`, then the close once it is written
+        /// (or, unwritten, after `goAwayWait`: `close`).
         case goAwayAndClose(lastStream: UInt32)
         /// The drain's first step: GOAWAY with the largest stream ID (2^31-1), then a PING
         /// carrying `ping`.
@@ -36,6 +37,11 @@ struct HTTP2ConnectionLifetime {
 
     /// How long a drain waits for its PING's ACK before the final GOAWAY.
     static let pingWait = TimeAmount.seconds(1)
+    /// How long the idle timeout's GOAWAY may take to go out before the close comes
+    /// anyway: a client that reads nothing would otherwise keep it, and the connection,
+    /// waiting for ever (nothing else closes an idle connection; a drain ignores one
+    /// that is closing).
+    static let goAwayWait = TimeAmount.seconds(5)
 
     private let timeout: TimeAmount
     /// The open streams: a few at a time (the client's concurrency).
@@ -49,8 +55,8 @@ struct HTTP2ConnectionLifetime {
         case announced(ping: UInt64, until: NIODeadline)
         /// The final GOAWAY went out: the connection closes with its last stream.
         case final
-        /// The close was asked for.
-        case closing
+        /// The close was asked for; if `until`, it comes then whatever is still unwritten.
+        case closing(until: NIODeadline?)
     }
     private var phase: Phase
 
@@ -65,13 +71,9 @@ struct HTTP2ConnectionLifetime {
         switch self.phase {
         case .serving(let idle): return idle
         case .announced(_, let until): return until
-        case .final, .closing: return nil
+        case .closing(let until): return until
+        case .final: return nil
         }
-    }
-
-    var isDraining: Bool {
-        if case .serving = self.phase { return false }
-        return true
     }
 
     mutating func streamOpened(_ id: UInt32) {
@@ -92,7 +94,7 @@ struct HTTP2ConnectionLifetime {
         case .announced, .closing:
             return .none  // streams may still come until the final GOAWAY
         case .final:
-            self.phase = .closing
+            self.phase = .closing(until: nil)
             return .close
         }
     }
@@ -113,10 +115,13 @@ struct HTTP2ConnectionLifetime {
     mutating func deadlineReached(now: NIODeadline) -> Action {
         switch self.phase {
         case .serving(let idle?) where idle <= now && self.open.isEmpty:
-            self.phase = .closing
+            self.phase = .closing(until: now + Self.goAwayWait)
             return .goAwayAndClose(lastStream: self.lastStream)
         case .announced(_, let until) where until <= now:
             return self.finalGoAway()
+        case .closing(let until?) where until <= now:
+            self.phase = .closing(until: nil)
+            return .close
         default:
             return .none  // not yet (the owner queues itself again for `deadline`), or nothing to wait for
         }
@@ -124,7 +129,7 @@ struct HTTP2ConnectionLifetime {
 
     private mutating func finalGoAway() -> Action {
         let close = self.open.isEmpty
-        self.phase = close ? .closing : .final
+        self.phase = close ? .closing(until: nil) : .final
         return .finalGoAway(lastStream: self.lastStream, close: close)
     }
 }

@@ -358,6 +358,8 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         self.encoder.encode(headers, into: &self.scratch)
         self.reserveOut()
         HTTP2FrameWriter.headers(stream: id, block: self.scratch, endStream: endStream, maxFrameSize: self.state.peerMaxFrameSize, into: &self.out)
+        // A large block's room is not kept for the rest of the connection.
+        if self.scratch.capacity > 1_024 { self.scratch = ByteBuffer() }
         self.written(promise, context: context)
         if endStream { self.closedIfGone(id, context: context) }
     }

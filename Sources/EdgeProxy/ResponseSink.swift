@@ -105,12 +105,10 @@ extension HTTP2StreamBridge: ResponseSink {
 
     func responseHead(_ response: HTTPHead, request: HTTPHead, draining: Bool, hsts: String?,
                       heads: inout ReusableBuffer, context: ChannelHandlerContext) -> ResponseHeadOutcome {
-        // Written anyway, the HEADERS frame failed (frame size) unseen, the DATA after it
-        // went out on a stream never opened, and the client ended the whole connection
-        // with PROTOCOL_ERROR: every other stream was lost. This stream gets a 502
-        // instead, and the connection goes on.
+        // Larger than the bound (`HTTP2StreamBridge.fitsResponseBlock`): this stream gets a
+        // 502, and the connection's other streams go on.
         guard let fields = self.responseFields(response) else {
-            return .refused(.responseHeadTooLarge, reason: "response head too large for one HTTP/2 HEADERS frame (\(Self.maxHeaderBlockBytes) bytes)")
+            return .refused(.responseHeadTooLarge, reason: "response head too large for HTTP/2 (more than \(Self.maxHeaderBlockBytes) bytes of HPACK)")
         }
         // The connection's GOAWAY, not the response, says it is draining.
         self.responseHead(fields, head: response, toHead: request.isHeadMethod)

@@ -34,6 +34,19 @@ final class HPACKResponseEncoderTests: XCTestCase {
         var noTable = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: 0, maxHeaderListSize: 1 << 20)
         XCTAssertEqual(try self.decode([headers], decoder: &noTable).first?.count, headers.count, "a client with SETTINGS_HEADER_TABLE_SIZE 0")
         XCTAssertEqual(HPACKResponseEncoder.staticNames.count, 61)
+        var second = ByteBuffer()
+        var encoder = HPACKResponseEncoder()
+        encoder.encode([":status": "200"], into: &second)
+        encoder.encode(headers, into: &second)
+        XCTAssertEqual(HPACKResponseEncoder.encodedSize(headers), second.readableBytes - 2, "the size it says is the size it writes")
+        for length in [0, 14, 15, 126, 127, 128, 255, 16_510, 16_511, 2_097_279] {
+            var one = ByteBuffer()
+            var fresh = HPACKResponseEncoder()
+            fresh.encode([":status": "200"], into: &one)
+            let fields: HPACKHeaders = [String(repeating: "n", count: max(length % 300, 1)): String(repeating: "v", count: length)]
+            fresh.encode(fields, into: &one)
+            XCTAssertEqual(HPACKResponseEncoder.encodedSize(fields), one.readableBytes - 2, "a value of \(length) bytes")
+        }
     }
 
     /// A client that lowered its table size (SETTINGS_HEADER_TABLE_SIZE 0) before the

@@ -12,8 +12,13 @@ final class HTTP2ConnectionLifetimeTests: XCTestCase {
         XCTAssertEqual(lifetime.deadline, self.start + .seconds(60))
         XCTAssertEqual(lifetime.deadlineReached(now: self.start + .seconds(59)), .none, "reached early: not yet")
         XCTAssertEqual(lifetime.deadlineReached(now: self.start + .seconds(60)), .goAwayAndClose(lastStream: 0))
+        XCTAssertEqual(lifetime.quiesce(now: self.start + .seconds(61), ping: 1), .none, "closing already")
+        // A client that reads nothing keeps the GOAWAY from going out: the close comes anyway.
+        XCTAssertEqual(lifetime.deadline, self.start + .seconds(60) + HTTP2ConnectionLifetime.goAwayWait)
+        XCTAssertEqual(lifetime.deadlineReached(now: self.start + .seconds(64)), .none)
+        XCTAssertEqual(lifetime.deadlineReached(now: self.start + .seconds(65)), .close)
         XCTAssertNil(lifetime.deadline)
-        XCTAssertEqual(lifetime.deadlineReached(now: self.start + .seconds(120)), .none, "closing already")
+        XCTAssertEqual(lifetime.deadlineReached(now: self.start + .seconds(120)), .none, "closed already")
     }
 
     /// A stream in flight keeps the connection however long it takes; the timeout starts
