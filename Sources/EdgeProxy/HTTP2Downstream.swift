@@ -64,6 +64,8 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     /// no stream counts as stalled (`sweepStalled`).
     private var connectionWindowUpdates: UInt32 = 0
     private var connectionWindowUpdatesAtSweep: UInt32 = 0
+    /// A stream held back fell to its low-water mark in the engine's current pass.
+    private var writableAgain = false
     /// The idle timeout and the drain.
     private var lifetime: HTTP2ConnectionLifetime
     /// This handler's place in `listener.loop.deadlines` (-1: not queued).
@@ -219,18 +221,33 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
             context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: promise)
             return
         }
-        // Counted until the engine has written it: past the client's window it waits there.
-        let count = body.readableBytes
-        stream.queuedBytes += count
-        let written = promise ?? context.eventLoop.makePromise(of: Void.self)
-        written.futureResult.assumeIsolated().whenComplete { _ in
-            stream.queuedBytes -= count
-            stream.writesDone &+= 1
-            if !stream.reportedWritable, stream.queuedBytes <= HTTP2DownstreamStream.lowWater, self.isWritable { self.reportWritability(stream) }
-        }
-        context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: written)
+        // Counted until the engine is done with it (`dataDone`): past the client's window it
+        // waits there.
+        stream.queuedBytes += body.readableBytes
+        context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: promise)
         if stream.reportedWritable, stream.queuedBytes >= HTTP2DownstreamStream.highWater { self.reportWritability(stream) }
         if self.stallSweep == nil { self.armStallSweep() }
+    }
+
+    /// The engine is done with `bytes` of a stream's response DATA (written to the channel,
+    /// or refused): progress for the stall sweep, and the stream may take more again once
+    /// the engine's pass ends (`dataPassEnded`).
+    func dataDone(_ bytes: Int, on id: UInt32) {
+        for stream in self.streams where UInt32(Int32(stream.id)) == id {
+            stream.queuedBytes -= bytes
+            stream.writesDone &+= 1
+            if !stream.reportedWritable, stream.queuedBytes <= HTTP2DownstreamStream.lowWater { self.writableAgain = true }
+            return
+        }
+    }
+
+    func dataPassEnded() {
+        guard self.writableAgain else { return }
+        self.writableAgain = false
+        guard self.isWritable else { return }  // every stream is told when the connection is
+        for stream in self.streams where !stream.reportedWritable && stream.queuedBytes <= HTTP2DownstreamStream.lowWater {
+            self.reportWritability(stream)
+        }
     }
 
     /// The sweep runs every half idle timeout (a quarter of a second at least) while any

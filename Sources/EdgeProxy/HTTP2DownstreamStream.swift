@@ -17,8 +17,8 @@ final class HTTP2DownstreamStream {
     /// a WINDOW_UPDATE: given back as the proxy reads, so a request whose upstream cannot
     /// take its body holds the client back by this stream's window alone.
     var unacknowledged = 0
-    /// Response DATA written into the HTTP/2 handler and not yet out of it (the client's
-    /// window closed, or the socket full).
+    /// Response DATA written into the engine and still in its queue (the client's window
+    /// closed, or the channel not writable): `HTTP2Downstream.dataDone` counts it out.
     var queuedBytes = 0
     /// What the proxy was last told about writability.
     var reportedWritable = true
@@ -32,7 +32,8 @@ final class HTTP2DownstreamStream {
     var finished = false
     /// Got frames in the current read batch: its proxy's read completes at the batch's end.
     var touched = false
-    /// Response DATA writes the engine has finished with (written out or dropped), and the
+    /// Pieces of response DATA the engine has finished with (handed to the channel, or
+    /// refused), and the
     /// client's WINDOW_UPDATEs for the stream: the stall sweep
     /// (`HTTP2Downstream.sweepStalled`) compares their sum between sweeps.
     var writesDone: UInt32 = 0

@@ -59,6 +59,11 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     private var controlFrames = HTTP2RateLimit(limit: 200, window: .seconds(30))
     /// Says why a connection was refused (a connection error), for the listener's log.
     private let refused: (String) -> Void
+    /// Told of each piece of response DATA the engine is done with (written to the
+    /// channel, or refused for a stream that is gone), so that it knows what still waits
+    /// here for the client's windows without a promise and a callback for every write.
+    /// Set by the pipeline's assembly; cleared when the handler goes.
+    var progress: HTTP2Downstream?
 
     init(maxConcurrentStreams: Int, maxHeaderListSize: Int, refused: @escaping (String) -> Void) {
         // At most 5 CONTINUATION frames in a row, as NIO allows.
@@ -91,6 +96,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         self.failed = true
         self.failQueued()
         self.context = nil
+        self.progress = nil
     }
 
     // MARK: reading
@@ -278,6 +284,8 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
             }
         case .data(let data):
             guard case .byteBuffer(let body) = data.data, self.state.takeResponsePart(on: id, endStream: data.endStream) else {
+                if case .byteBuffer(let body) = data.data { self.progress?.dataDone(body.readableBytes, on: id) }
+                self.progress?.dataPassEnded()
                 return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: frame.streamID)) ?? ()
             }
             self.queue.append(.data(body, endStream: data.endStream), on: id, completion: promise)
@@ -381,6 +389,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
                 self.out = ByteBuffer()
                 context.write(self.wrapOutboundOut(header), promise: nil)
                 context.write(self.wrapOutboundOut(data), promise: completion)
+                self.progress?.dataDone(data.readableBytes, on: id)
                 if endStream { self.closedIfGone(id, context: context) }
             case .fields(let id, let headers, let endStream, let completion):
                 self.writeFields(headers, on: id, endStream: endStream, promise: completion, context: context)
@@ -389,6 +398,8 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         // Stalled only with the connection's window open: then every waiting stream waits
         // for its own window, which a connection WINDOW_UPDATE cannot open.
         self.queueStalled = !wrote && !self.queue.isEmpty && context.channel.isWritable && self.state.connectionSendWindow > 0
+        // After the pass, not within it: a stream told it may write again writes here.
+        if wrote { self.progress?.dataPassEnded() }
     }
 
     // MARK: streams and the connection ending

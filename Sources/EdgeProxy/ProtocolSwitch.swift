@@ -75,8 +75,10 @@ package final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandl
                                          metadata: ["peer": "\(info.peer)", "listener": "\(listener.name)"], listener: listener)
         }
         try sync.addHandler(engine, name: "h2")
-        try sync.addHandler(HTTP2Downstream(listener: self.proxy, info: info, strictTransportSecurity: self.proxy.limits.strictTransportSecurity,
-                                            eventLoop: channel.eventLoop), name: "http2-streams")
+        let downstream = HTTP2Downstream(listener: self.proxy, info: info, strictTransportSecurity: self.proxy.limits.strictTransportSecurity,
+                                         eventLoop: channel.eventLoop)
+        engine.progress = downstream
+        try sync.addHandler(downstream, name: "http2-streams")
     }
 
     package func errorCaught(context: ChannelHandlerContext, error: Error) {
