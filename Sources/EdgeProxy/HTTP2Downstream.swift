@@ -64,6 +64,9 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     /// no stream counts as stalled (`sweepStalled`).
     private var connectionWindowUpdates: UInt32 = 0
     private var connectionWindowUpdatesAtSweep: UInt32 = 0
+    /// The engine in front (set by the pipeline's assembly): what it still holds of a
+    /// stream's response, for the stall sweep.
+    var engine: HTTP2ServerEngine?
     /// A stream held back fell to its low-water mark in the engine's current pass.
     private var writableAgain = false
     /// The idle timeout and the drain.
@@ -95,6 +98,7 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
         self.stallSweep = nil
         self.listener.loop.deadlines.cancel(self)
         self.context = nil
+        self.engine = nil
     }
 
     var allocator: ByteBufferAllocator { self.context?.channel.allocator ?? ByteBufferAllocator() }
@@ -219,6 +223,8 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
         }
         guard case .data(let data) = payload, case .byteBuffer(let body) = data.data, body.readableBytes > 0 else {
             context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: promise)
+            // A response's fields (a head with no body, trailers) may wait in the engine too.
+            if case .headers = payload, self.stallSweep == nil { self.armStallSweep() }
             return
         }
         // Counted until the engine is done with it (`dataDone`): past the client's window it
@@ -275,10 +281,13 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
         var writing = false
         for stream in self.streams where !stream.finished {
             let progress = stream.writesDone &+ stream.windowUpdates
-            guard stream.queuedBytes > 0, progress == stream.progressAtSweep, !connectionMoved else {
+            // What waits may be response DATA (counted) or fields held while the client
+            // reads nothing: a head without a body, trailers after DATA the channel took.
+            let held = stream.queuedBytes > 0 || self.engine?.holdsParts(on: UInt32(Int32(stream.id))) == true
+            guard held, progress == stream.progressAtSweep, !connectionMoved else {
                 stream.progressAtSweep = progress
                 stream.stalledSweeps = 0
-                writing = writing || stream.queuedBytes > 0
+                writing = writing || held
                 continue
             }
             stream.stalledSweeps += 1
@@ -424,18 +433,6 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
         context.eventLoop.assumeIsolatedUnsafeUnchecked().execute {
             context.close(promise: nil)
         }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // A frame of ours NIO refused (a response whose fields break HTTP/2's rules, a
-        // content-length that does not fit): NIO leaves the stream open, and the client
-        // would wait for it forever. It is reset here, and its proxy told. (NIO reports an
-        // error in a frame from the client unwrapped, after resetting that stream itself.)
-        if let streamError = error as? NIOHTTP2Errors.StreamError {
-            if let stream = self.stream(streamError.streamID) { stream.reset() }
-            return
-        }
-        context.fireErrorCaught(error)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -65,6 +65,12 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     /// Set by the pipeline's assembly; cleared when the handler goes.
     var progress: HTTP2Downstream?
 
+    /// Whether parts of a stream's response wait here (for a window, or for the client to
+    /// read): for the streams' stall sweep.
+    func holdsParts(on id: UInt32) -> Bool {
+        self.queue.hasParts(on: id)
+    }
+
     init(maxConcurrentStreams: Int, maxHeaderListSize: Int, refused: @escaping (String) -> Void) {
         // At most 5 CONTINUATION frames in a row, as NIO allows.
         self.reader = HTTP2FrameReader(expectsClientPreface: true, maxFieldBlockBytes: max(maxHeaderListSize, 16_384), maxContinuationFrames: 5)

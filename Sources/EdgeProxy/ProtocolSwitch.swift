@@ -78,6 +78,7 @@ package final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandl
         let downstream = HTTP2Downstream(listener: self.proxy, info: info, strictTransportSecurity: self.proxy.limits.strictTransportSecurity,
                                          eventLoop: channel.eventLoop)
         engine.progress = downstream
+        downstream.engine = engine
         try sync.addHandler(downstream, name: "http2-streams")
     }
 

@@ -131,14 +131,12 @@ final class HTTP2DownstreamTests: XCTestCase {
         XCTAssertTrue(stream.reportedWritable)
     }
 
-    /// A frame of the response that NIO refused (its own stream error: a content-length
-    /// that does not fit) leaves the stream open in NIO: it is reset here, even though
-    /// both ends were written, and forgotten. A HEADERS frame on a stream already done
-    /// (trailers behind the reset) opens nothing again.
-    func testAResponseFrameNIORefusedResetsItsStream() throws {
+    /// A stream reset here is forgotten; a HEADERS frame on it afterwards (trailers
+    /// behind the reset, which the client sent before it saw it) opens nothing again.
+    func testAStreamResetHereIsNotOpenedAgainByItsTrailers() throws {
         self.receive(self.request("/moved/a", stream: 1))
         _ = try self.written()
-        self.channel.pipeline.fireErrorCaught(NIOHTTP2Errors.streamError(streamID: 1, baseError: NIOHTTP2Errors.contentLengthViolated()))
+        try XCTUnwrap(self.downstream.stream(1)).reset()
         XCTAssertEqual(try self.written(), ["1 reset cancel"])
         self.channel.embeddedEventLoop.run()
         XCTAssertNil(self.downstream.stream(1))
@@ -202,5 +200,58 @@ final class HTTP2DownstreamTests: XCTestCase {
         stream.unacknowledged = 40_000
         stream.read()
         XCTAssertEqual(try self.written(), [], "no WINDOW_UPDATE on a stream reset already")
+    }
+}
+
+/// The engine and the streams' table together on an embedded channel: a client's bytes
+/// in, the engine's bytes out.
+final class HTTP2EngineAndStreamsTests: XCTestCase {
+    /// A response with no body (HEAD) whose HEADERS wait in the engine while the client
+    /// reads nothing counts no bytes: the stall sweep must still see it, or the stream,
+    /// and with it the connection, stays open for good (nothing else times it out).
+    func testAHeadHeldWhileTheClientReadsNothingIsResetBySweep() throws {
+        let channel = EmbeddedChannel()
+        defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
+        let loop = LoopContext(eventLoop: channel.embeddedEventLoop)
+        let router = Router(routes: [.init(host: nil, pathPrefix: "/moved", action: .redirect(Redirect(status: 301)))])
+        let listener = ProxyListener(name: "h2", scheme: "https", router: router, loop: loop, logger: Logger(label: "test"))
+        let engine = HTTP2ServerEngine(maxConcurrentStreams: 10, maxHeaderListSize: 16_384) { _ in }
+        let downstream = HTTP2Downstream(listener: listener, info: DownstreamInfo(clientIP: "127.0.0.1", clientPort: 1), strictTransportSecurity: nil,
+                                         eventLoop: channel.embeddedEventLoop)
+        engine.progress = downstream
+        downstream.engine = engine
+        try channel.pipeline.syncOperations.addHandlers([engine, downstream])
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+
+        var bytes = ByteBuffer(string: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        HTTP2FrameWriter.settings([], into: &bytes)
+        var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+        var block = ByteBuffer()
+        try encoder.encode(headers: [":method": "HEAD", ":scheme": "https", ":authority": "a.test", ":path": "/moved/a"], to: &block)
+        HTTP2FrameWriter.headers(stream: 1, block: block, endStream: true, maxFrameSize: 16_384, into: &bytes)
+        channel.isWritable = false
+        try channel.writeInbound(bytes)
+        channel.pipeline.fireChannelReadComplete()
+        channel.embeddedEventLoop.run()
+        XCTAssertTrue(engine.holdsParts(on: 1), "the 301's HEADERS wait for the client")
+        XCTAssertNotNil(downstream.stream(1))
+
+        var reader = HTTP2FrameReader(expectsClientPreface: false)
+        func resets() throws -> [UInt32] {
+            var out = ByteBuffer()
+            while var chunk = try channel.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&chunk) }
+            var ids: [UInt32] = []
+            while let frame = try reader.next(from: &out) {
+                if case .resetStream(let id, _) = frame { ids.append(id) }
+            }
+            return ids
+        }
+        XCTAssertEqual(try resets(), [])
+        // Three sweeps without progress, one every half idle timeout.
+        channel.embeddedEventLoop.advanceTime(by: ProxyLimits().idleTimeout * 2)
+        XCTAssertEqual(try resets(), [1], "the stream is reset with CANCEL")
+        channel.embeddedEventLoop.run()
+        XCTAssertNil(downstream.stream(1))
+        XCTAssertFalse(engine.holdsParts(on: 1))
     }
 }
