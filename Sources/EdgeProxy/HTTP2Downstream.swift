@@ -67,6 +67,11 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     /// The engine in front (set by the pipeline's assembly): what it still holds of a
     /// stream's response, for the stall sweep.
     var engine: HTTP2ServerEngine?
+    /// Writability changes of the channel, and sweeps in a row that found it unwritable,
+    /// unchanged, with parts of a response held (`sweepStalled`).
+    private var writabilityChanges: UInt32 = 0
+    private var writabilityChangesAtSweep: UInt32 = 0
+    private var unreadSweeps = 0
     /// A stream held back fell to its low-water mark in the engine's current pass.
     private var writableAgain = false
     /// The idle timeout and the drain.
@@ -223,8 +228,9 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
         }
         guard case .data(let data) = payload, case .byteBuffer(let body) = data.data, body.readableBytes > 0 else {
             context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: promise)
-            // A response's fields (a head with no body, trailers) may wait in the engine too.
-            if case .headers = payload, self.stallSweep == nil { self.armStallSweep() }
+            // A response's fields (a head with no body, trailers) or its empty end may wait
+            // in the engine too.
+            if self.stallSweep == nil, self.engine?.holdsParts(on: UInt32(Int32(stream.id))) == true { self.armStallSweep() }
             return
         }
         // Counted until the engine is done with it (`dataDone`): past the client's window it
@@ -273,12 +279,34 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     /// WINDOW_UPDATE from the client, for the stream or the whole connection: a slow
     /// reader whose window opens now and then is not stalled, even while one large write
     /// (the engine completes it only once all of it is out) is still going out.
+    ///
+    /// And the connection: a client that reads nothing at all (the channel not writable,
+    /// and not once writable since the sweep before) while the engine holds parts of a
+    /// response is closed after four such sweeps (one after its streams would have been
+    /// reset, which keeps the connection), as an HTTP/1.1 connection would be closed at
+    /// its idle timeout. That covers what the streams' check cannot see: the end of a
+    /// stream already gone from the table waiting in the engine, and WINDOW_UPDATEs from
+    /// a client that never reads its socket, which count as progress for its streams.
     private func sweepStalled() {
         self.stallSweep = nil
-        guard self.context != nil else { return }
+        guard let context = self.context else { return }
+        let holding = self.engine?.holdsAnyParts == true
+        if holding, !context.channel.isWritable, self.writabilityChanges == self.writabilityChangesAtSweep {
+            self.unreadSweeps += 1
+        } else {
+            self.unreadSweeps = 0
+        }
+        self.writabilityChangesAtSweep = self.writabilityChanges
+        if self.unreadSweeps >= 4 {
+            self.listener.clientFaults.report("HTTP/2 connection closed", reason: "the client read nothing of its responses for the idle timeout", level: .info,
+                                              peer: self.info.clientIP, metadata: ["peer": "\(self.info.peer)", "listener": "\(self.listener.name)"],
+                                              listener: self.listener)
+            context.close(promise: nil)
+            return
+        }
         let connectionMoved = self.connectionWindowUpdates != self.connectionWindowUpdatesAtSweep
         self.connectionWindowUpdatesAtSweep = self.connectionWindowUpdates
-        var writing = false
+        var writing = holding
         for stream in self.streams where !stream.finished {
             let progress = stream.writesDone &+ stream.windowUpdates
             // What waits may be response DATA (counted) or fields held while the client
@@ -353,6 +381,7 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     // MARK: the connection
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.writabilityChanges &+= 1
         for stream in self.streams where !stream.finished {
             self.reportWritability(stream)
         }

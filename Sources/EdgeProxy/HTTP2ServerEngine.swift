@@ -71,6 +71,8 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         self.queue.hasParts(on: id)
     }
 
+    var holdsAnyParts: Bool { !self.queue.isEmpty }
+
     init(maxConcurrentStreams: Int, maxHeaderListSize: Int, refused: @escaping (String) -> Void) {
         // At most 5 CONTINUATION frames in a row, as NIO allows.
         self.reader = HTTP2FrameReader(expectsClientPreface: true, maxFieldBlockBytes: max(maxHeaderListSize, 16_384), maxContinuationFrames: 5)

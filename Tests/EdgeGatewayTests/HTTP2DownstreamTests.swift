@@ -206,52 +206,85 @@ final class HTTP2DownstreamTests: XCTestCase {
 /// The engine and the streams' table together on an embedded channel: a client's bytes
 /// in, the engine's bytes out.
 final class HTTP2EngineAndStreamsTests: XCTestCase {
-    /// A response with no body (HEAD) whose HEADERS wait in the engine while the client
-    /// reads nothing counts no bytes: the stall sweep must still see it, or the stream,
-    /// and with it the connection, stays open for good (nothing else times it out).
-    func testAHeadHeldWhileTheClientReadsNothingIsResetBySweep() throws {
-        let channel = EmbeddedChannel()
-        defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
-        let loop = LoopContext(eventLoop: channel.embeddedEventLoop)
+    var channel: EmbeddedChannel!
+    var engine: HTTP2ServerEngine!
+    var downstream: HTTP2Downstream!
+    var reader = HTTP2FrameReader(expectsClientPreface: false)
+
+    override func setUpWithError() throws {
+        self.channel = EmbeddedChannel()
+        let loop = LoopContext(eventLoop: self.channel.embeddedEventLoop)
         let router = Router(routes: [.init(host: nil, pathPrefix: "/moved", action: .redirect(Redirect(status: 301)))])
         let listener = ProxyListener(name: "h2", scheme: "https", router: router, loop: loop, logger: Logger(label: "test"))
-        let engine = HTTP2ServerEngine(maxConcurrentStreams: 10, maxHeaderListSize: 16_384) { _ in }
-        let downstream = HTTP2Downstream(listener: listener, info: DownstreamInfo(clientIP: "127.0.0.1", clientPort: 1), strictTransportSecurity: nil,
-                                         eventLoop: channel.embeddedEventLoop)
-        engine.progress = downstream
-        downstream.engine = engine
-        try channel.pipeline.syncOperations.addHandlers([engine, downstream])
-        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        self.engine = HTTP2ServerEngine(maxConcurrentStreams: 10, maxHeaderListSize: 16_384) { _ in }
+        self.downstream = HTTP2Downstream(listener: listener, info: DownstreamInfo(clientIP: "127.0.0.1", clientPort: 1), strictTransportSecurity: nil,
+                                          eventLoop: self.channel.embeddedEventLoop)
+        self.engine.progress = self.downstream
+        self.downstream.engine = self.engine
+        try self.channel.pipeline.syncOperations.addHandlers([self.engine, self.downstream])
+        try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+    }
 
+    override func tearDown() {
+        _ = try? self.channel.finish(acceptAlreadyClosed: true)
+    }
+
+    /// The client's preface and a HEAD request whose 301 (no body) the engine holds: the
+    /// client reads nothing.
+    func headHeldWhileTheClientReadsNothing() throws {
         var bytes = ByteBuffer(string: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         HTTP2FrameWriter.settings([], into: &bytes)
         var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
         var block = ByteBuffer()
         try encoder.encode(headers: [":method": "HEAD", ":scheme": "https", ":authority": "a.test", ":path": "/moved/a"], to: &block)
         HTTP2FrameWriter.headers(stream: 1, block: block, endStream: true, maxFrameSize: 16_384, into: &bytes)
-        channel.isWritable = false
-        try channel.writeInbound(bytes)
-        channel.pipeline.fireChannelReadComplete()
-        channel.embeddedEventLoop.run()
-        XCTAssertTrue(engine.holdsParts(on: 1), "the 301's HEADERS wait for the client")
-        XCTAssertNotNil(downstream.stream(1))
+        self.channel.isWritable = false
+        try self.channel.writeInbound(bytes)
+        self.channel.pipeline.fireChannelReadComplete()
+        self.channel.embeddedEventLoop.run()
+        XCTAssertTrue(self.engine.holdsParts(on: 1), "the 301's HEADERS wait for the client")
+        XCTAssertNotNil(self.downstream.stream(1))
+    }
 
-        var reader = HTTP2FrameReader(expectsClientPreface: false)
-        func resets() throws -> [UInt32] {
-            var out = ByteBuffer()
-            while var chunk = try channel.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&chunk) }
-            var ids: [UInt32] = []
-            while let frame = try reader.next(from: &out) {
-                if case .resetStream(let id, _) = frame { ids.append(id) }
-            }
-            return ids
+    func resets() throws -> [UInt32] {
+        var out = ByteBuffer()
+        while var chunk = try self.channel.readOutbound(as: ByteBuffer.self) { out.writeBuffer(&chunk) }
+        var ids: [UInt32] = []
+        while let frame = try self.reader.next(from: &out) {
+            if case .resetStream(let id, _) = frame { ids.append(id) }
         }
-        XCTAssertEqual(try resets(), [])
+        return ids
+    }
+
+    /// A response with no body (HEAD) whose HEADERS wait in the engine while the client
+    /// reads nothing counts no bytes: the stall sweep must still see it, or the stream,
+    /// and with it the connection, stays open for good (nothing else times it out).
+    func testAHeadHeldWhileTheClientReadsNothingIsResetBySweep() throws {
+        try self.headHeldWhileTheClientReadsNothing()
+        XCTAssertEqual(try self.resets(), [])
         // Three sweeps without progress, one every half idle timeout.
-        channel.embeddedEventLoop.advanceTime(by: ProxyLimits().idleTimeout * 2)
-        XCTAssertEqual(try resets(), [1], "the stream is reset with CANCEL")
-        channel.embeddedEventLoop.run()
-        XCTAssertNil(downstream.stream(1))
-        XCTAssertFalse(engine.holdsParts(on: 1))
+        self.channel.embeddedEventLoop.advanceTime(by: ProxyLimits().idleTimeout * 2)
+        XCTAssertEqual(try self.resets(), [1], "the stream is reset with CANCEL")
+        self.channel.embeddedEventLoop.run()
+        XCTAssertNil(self.downstream.stream(1))
+        XCTAssertFalse(self.engine.holdsParts(on: 1))
+    }
+
+    /// A client that never reads its socket but sends a WINDOW_UPDATE now and then makes
+    /// its stream look as if it progressed: the connection is closed instead, once it has
+    /// stayed unwritable with a response held for four sweeps.
+    func testAClientThatReadsNothingButOpensItsWindowIsClosed() throws {
+        try self.headHeldWhileTheClientReadsNothing()
+        let idle = ProxyLimits().idleTimeout
+        for _ in 0 ..< 10 {
+            var update = ByteBuffer()
+            HTTP2FrameWriter.windowUpdate(stream: 0, increment: 1, into: &update)
+            try self.channel.writeInbound(update)
+            self.channel.pipeline.fireChannelReadComplete()
+            self.channel.embeddedEventLoop.advanceTime(by: .nanoseconds(idle.nanoseconds / 4))
+            if !self.channel.isActive { break }
+        }
+        XCTAssertEqual(try self.resets(), [], "the stream looked alive")
+        XCTAssertFalse(self.channel.isActive, "the connection is closed")
     }
 }
