@@ -275,10 +275,10 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     /// to 64 KiB a stream) for ever. A stream with response bytes waiting that saw no
     /// progress in three sweeps in a row (between one and two idle timeouts after the
     /// last) is reset with CANCEL, which frees them; an HTTP/1.1 client that reads nothing
-    /// loses its connection at the idle timeout too. Progress is a write done or a
-    /// WINDOW_UPDATE from the client, for the stream or the whole connection: a slow
-    /// reader whose window opens now and then is not stalled, even while one large write
-    /// (the engine completes it only once all of it is out) is still going out.
+    /// loses its connection at the idle timeout too. Progress is a piece of DATA the engine
+    /// handed to the channel (`dataDone`) or a WINDOW_UPDATE from the client, for the
+    /// stream or the whole connection: a slow reader whose window opens now and then is
+    /// not stalled.
     ///
     /// And the connection: a client that reads nothing at all (the channel not writable,
     /// and not once writable since the sweep before) while the engine holds parts of a
