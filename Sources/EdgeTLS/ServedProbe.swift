@@ -11,10 +11,10 @@ import Glibc
 ///
 /// It verifies nothing: the chain it sees is compared, certificate by certificate, with
 /// the one just published, which says more than any trust check could. A listener that
-/// requires client certificates still shows its chain: the server sends it before it
-/// learns that the client has none (TLS 1.2 and 1.3 alike), and the chain seen is kept
-/// when the handshake then fails. It offers no ALPN: a listener whose `tls.alpn` lacks
-/// what it offered would refuse the handshake before sending a certificate.
+/// requires client certificates still shows its chain: it sends the chain before the
+/// client's certificate is due (TLS 1.2 and 1.3 alike), and the probe stops there. It
+/// offers no ALPN: a listener whose `tls.alpn` lacks what it offered would refuse the
+/// handshake before sending a certificate.
 package enum ServedProbe {
     package struct Seen: Sendable, Equatable {
         /// SHA-256 fingerprints of the chain served, leaf first (colon-separated hex, as
@@ -77,6 +77,11 @@ package enum ServedProbe {
         guard let context = SSL_CTX_new(TLS_client_method()) else { return .failure(Failure(description: "SSL_CTX_new failed")) }
         defer { SSL_CTX_free(context) }
         SSL_CTX_set_verify(context, SSL_VERIFY_NONE, nil)
+        // A listener that asks for a client certificate has sent its whole flight by the
+        // time OpenSSL asks us for one: the probe stops there (the handshake is suspended)
+        // and closes. Sending none instead would make it a failed handshake in the
+        // listener's log and metrics at every publication; a close mid-handshake is not.
+        SSL_CTX_set_client_cert_cb(context) { _, _, _ in -1 }
         guard let ssl = SSL_new(context) else { return .failure(Failure(description: "SSL_new failed")) }
         defer { SSL_free(ssl) }
         if !serverName.isEmpty { _ = edge_SSL_set_tlsext_host_name(ssl, serverName) }
@@ -85,8 +90,8 @@ package enum ServedProbe {
         _ = edge_SSL_set_tlsext_status_type(ssl, TLSEXT_STATUSTYPE_ocsp)
         SSL_set_fd(ssl, fd)
         let rc = SSL_connect(ssl)
-        // Seen even when the handshake ends in an alert after the server's certificate
-        // (a listener that wants a client certificate we do not have, in TLS 1.2).
+        // Seen when the handshake stopped after the server's flight (a listener that wants
+        // a client certificate), or ended in an alert after the server's certificate.
         guard let stack = SSL_get_peer_cert_chain(ssl), edge_sk_X509_num(stack) > 0 else {
             ERR_clear_error()
             return .failure(Failure(description: rc == 1 ? "no certificate served" : "handshake failed before a certificate was served"))

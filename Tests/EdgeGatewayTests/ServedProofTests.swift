@@ -101,6 +101,10 @@ final class ServedProofTests: XCTestCase {
         XCTAssertTrue(eventually { self.verified(harness, lineage: "site-rsa", listeners: ["https"]) }, "\(self.served(harness, lineage: "site-rsa"))")
         XCTAssertTrue(eventually { self.verified(harness, lineage: "mtls", listeners: ["mtls"]) }, "\(self.served(harness, lineage: "mtls"))")
         XCTAssertFalse(harness.logs.contains("served certificate differs"))
+        // The probe leaves once it has seen the chain, before a client certificate is
+        // due: its own handshakes are no failed handshake in the log or the metrics.
+        XCTAssertFalse(harness.logs.contains("TLS handshake failed"), harness.logs.all.joined(separator: "\n"))
+        XCTAssertEqual(metricSum("edge_tls_handshakes_total", admin: harness.gateway.adminPort!, labelled: "result=\"failed\""), 0)
         await harness.shutdown()
     }
 
