@@ -212,6 +212,9 @@ final class CertbotTests: XCTestCase {
         let overdue = try XCTUnwrap(renewal())
         XCTAssertTrue((overdue["message"] as? String ?? "").hasPrefix("certbot should have renewed late.example.test "), "\(overdue)")
         XCTAssertEqual(metricSum("edge_certificate_renewal_overdue", admin: admin), 1)
+        XCTAssertEqual(metricSum("edge_certificate_renewal_expected_timestamp_seconds", admin: admin).map(Int.init), notAfter - 100)
+        let page = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/"]).stdout
+        XCTAssertTrue(page.contains("RENEWAL OVERDUE: certbot should have renewed late.example.test "), page)
         XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("certbot should have renewed late.example.test") }, gateway.log)
         // doc-command: edge-gateway certs -c FILE
         let certs = try Shell.run([gatewayBinary(), "certs", "-c", dir.file("gateway.yaml")])

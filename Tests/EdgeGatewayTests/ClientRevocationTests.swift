@@ -13,9 +13,13 @@ final class ClientRevocationTests: XCTestCase {
         var config: String { self.dir + "/openssl.cnf" }
         var certificate: String { self.dir + "/ca.pem" }
 
-        init(in parent: TemporaryDirectory) throws {
-            self.dir = parent.file("ca")
-            try OpenSSLCA.create(in: self.dir, subject: "/CN=Test Client CA", firstSerial: "1000", sections: """
+        /// A root CA, or with `issuer`, an intermediate CA that `issuer` signs.
+        init(in parent: TemporaryDirectory, name: String = "ca", subject: String = "/CN=Test Client CA", issuer: ClientCA? = nil) throws {
+            self.dir = parent.file(name)
+            try OpenSSLCA.create(in: self.dir, subject: subject, firstSerial: issuer == nil ? "1000" : "3000", sections: """
+                [ intermediate ]
+                basicConstraints = critical,CA:TRUE
+                keyUsage = critical,keyCertSign,cRLSign
                 [ client ]
                 basicConstraints = CA:FALSE
                 keyUsage = digitalSignature
@@ -26,6 +30,10 @@ final class ClientRevocationTests: XCTestCase {
                 extendedKeyUsage = serverAuth
                 subjectAltName = DNS:app.internal
                 """)
+            if let issuer {
+                try Self.run("openssl req -new -key '\(self.dir)/ca.key' -subj '\(subject)' -out '\(self.dir)/ca.csr'")
+                try Self.run("openssl ca -batch -config '\(issuer.config)' -extensions intermediate -in '\(self.dir)/ca.csr' -out '\(self.dir)/ca.pem' -notext")
+            }
         }
 
         /// Issues a client certificate; returns its certificate and key files and its serial.
@@ -257,6 +265,82 @@ final class ClientRevocationTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 15) { self.admitted(strict, alice) }, gateway.log)
         XCTAssertTrue(admitted(lenient, alice))
         XCTAssertFalse(admitted(strict, bob))
+    }
+
+    /// `crl_check: chain` checks every certificate of the client's chain: an intermediate
+    /// CA revoked by the root's list refuses the clients it issued, which a leaf-only check
+    /// (the default, on the other listener) still admits. The file holds both CAs' lists.
+    func testChainCheckingRefusesTheClientsOfARevokedIntermediate() throws {
+        let dir = TemporaryDirectory()
+        let root = try ClientCA(in: dir, name: "root", subject: "/CN=Test Root CA")
+        let intermediate = try ClientCA(in: dir, name: "intermediate", subject: "/CN=Test Intermediate CA", issuer: root)
+        let carol = try intermediate.issue("carol")
+        let bundle = dir.file("clients-ca.pem"), crl = dir.file("crl.pem")
+        try ClientCA.run("cat '\(root.certificate)' '\(intermediate.certificate)' > '\(bundle)'")
+        func publishBoth() throws {
+            try root.publishCRL(to: dir.file("root.crl"))
+            try intermediate.publishCRL(to: dir.file("intermediate.crl"))
+            try ClientCA.run("cat '\(dir.file("root.crl"))' '\(dir.file("intermediate.crl"))' > '\(crl).new' && mv '\(crl).new' '\(crl)'")
+        }
+        try publishBoth()
+        let certs = dir.file("certs")
+        _ = try TestPKI().issue(["localhost"], into: certs, name: "site")
+        let (leaf, chain, admin) = (freePort(), freePort(), freePort())
+        try dir.write("chain.yaml", """
+            listeners:
+              - { name: leaf, address: "127.0.0.1:\(leaf)", tls: { client_auth: { ca_file: \(bundle), crl_file: \(crl) } } }
+              - { name: chain, address: "127.0.0.1:\(chain)", tls: { client_auth: { ca_file: \(bundle), crl_file: \(crl), crl_check: chain } } }
+            certificates: { sources: [ { directory: \(certs) } ] }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("chain.yaml"), logPath: dir.file("chain.log"))
+        defer { _ = gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        XCTAssertTrue(admitted(leaf, carol), gateway.log)
+        XCTAssertTrue(admitted(chain, carol), gateway.log)
+        try root.revoke(intermediate.certificate)
+        try publishBoth()
+        XCTAssertTrue(eventually(timeout: 15) { !self.admitted(chain, carol) }, "the chain check sees the revoked intermediate: " + gateway.log)
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("client certificate refused: its issuer CN=Test Intermediate CA is revoked (serial 1000, client_auth.crl_file) (subject CN=carol") },
+                      gateway.log)
+        XCTAssertTrue(admitted(leaf, carol), "a leaf check looks at carol's own entry only: " + gateway.log)
+    }
+
+    /// A CRL given for one SNI name (`client_auth_by_name`) refuses its revoked clients
+    /// there, and a replaced list takes effect without a restart.
+    func testAPerNameListRefusesItsRevokedClients() throws {
+        let (dir, ca, alice, bob, crl) = try twoClientsOneRevoked()
+        let site = try TestPKI().issue(["localhost", "admin.test"], into: dir.path, name: "site")
+        let (https, admin) = (freePort(), freePort())
+        try dir.write("by-name.yaml", """
+            listeners:
+              - name: https
+                address: "127.0.0.1:\(https)"
+                tls:
+                  certificate: \(site.fullchain)
+                  key: \(site.key)
+                  client_auth_by_name: { "admin.test": { ca_file: \(ca.certificate), crl_file: \(crl) } }
+            upstreams: { app: { backends: ["127.0.0.1:9"] } }
+            routes: [ { upstream: app } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("by-name.yaml"), logPath: dir.file("by-name.log"))
+        defer { _ = gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        func admitted(_ client: Client) -> Bool {
+            let result = try? Shell.run(["curl", "-sk", "--max-time", "5", "--cert", client.certificate, "--key", client.key, "--resolve", "admin.test:\(https):127.0.0.1",
+                                         "-o", "/dev/null", "-w", "%{http_code}", "https://admin.test:\(https)/"])
+            return (result?.stdout ?? "000") != "000"
+        }
+        XCTAssertTrue(admitted(alice), gateway.log)
+        XCTAssertFalse(admitted(bob), "bob is revoked in admin.test's list")
+        XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("client certificate refused: revoked (serial \(bob.serial)") }, gateway.log)
+        try ca.revoke(alice.certificate)
+        try ca.publishCRL(to: crl)
+        XCTAssertTrue(eventually(timeout: 15) { !admitted(alice) }, gateway.log)
+        XCTAssertTrue(self.admitted(https, bob), "localhost asks for no client certificate")
     }
 
     /// An upstream whose certificate is revoked is refused at the next connection once the
