@@ -73,9 +73,18 @@ extension Gateway {
         }
         let certificates = reports.map { r -> String in
             let renewal: String = r.renewal.map { renewalJSON($0, lineage: r.name, now: now) } ?? "null"
+            // What `/status/certificates` says in full, cut to what needs an operator:
+            // the listeners serving something else, and OCSP stapling short of ok.
+            let mismatched = self.servedProof.checks(for: r.name).filter { $0.matches == false }.map { jsonString($0.listener) }
+            let ocsp = self.ocspStapler.state(fingerprint: r.sha256Fingerprint).map { $0.level(now: now) }
+            let ocspProblem = ocsp.flatMap { $0.level == .ok ? nil : "{\"level\":\"\($0.level.rawValue)\",\"reason\":\($0.reason.map(jsonString) ?? "null")}" }
             return "{\"name\":\(jsonString(r.name)),\"serial\":\(jsonString(r.serial)),\"not_after\":\(r.notAfter),"
-                + "\"not_after_rfc3339\":\(jsonString(rfc3339(r.notAfter))),\"state\":\(jsonString(r.state.rawValue)),\"renewal\":\(renewal)}"
+                + "\"not_after_rfc3339\":\(jsonString(rfc3339(r.notAfter))),\"state\":\(jsonString(r.state.rawValue)),\"renewal\":\(renewal),"
+                + "\"served_mismatch\":[\(mismatched.joined(separator: ","))],\"ocsp_problem\":\(ocspProblem ?? "null")}"
         }
+        let staleLists = RevocationListStatus.files(self.stores, groups: self.groups)
+            .filter { $0.lists.isStale(now: now) }
+            .map { "{\"file\":\(jsonString($0.path)),\"used_by\":\(jsonString($0.usedBy)),\"crl_strict\":\($0.strict)}" }
         let generation = self.stores.map { $0.snapshot.generation }.max() ?? 0
         let lifecycle = self.lifecycle  // read once: `ready` and `lifecycle` agree
         let last = self.stores.map { $0.lastReload }.max { $0.time < $1.time }
@@ -92,6 +101,7 @@ extension Gateway {
             + "\"certificates_by_state\":{\(counts.joined(separator: ","))},"
             + "\"certificates\":[\(certificates.joined(separator: ","))],"
             + "\"certificate_problems\":[\(problems.joined(separator: ","))],"
+            + "\"revocation_lists_stale\":[\(staleLists.joined(separator: ","))],"
             + "\"upstreams\":[\(upstreams)],"
             + "\"config_reload\":\(configReload)}\n"
     }

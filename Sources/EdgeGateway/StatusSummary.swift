@@ -58,6 +58,17 @@ package enum StatusSummary {
             let renewal = certificate["renewal"] as? [String: Any]
             if let message = renewal?["message"] as? String { out.append("  OVERDUE  \(message)") }
             if let problem = renewal?["problem"] as? String { out.append("  RENEWAL  \(certificate["name"] as? String ?? "?"): \(problem)") }
+            let name = certificate["name"] as? String ?? "?"
+            if let listeners = certificate["served_mismatch"] as? [String], !listeners.isEmpty {
+                out.append("  MISMATCH \(name): \(listeners.joined(separator: ", ")) served another certificate than the one published")
+            }
+            if let ocsp = certificate["ocsp_problem"] as? [String: Any] {
+                out.append("  OCSP     \(name): \((ocsp["level"] as? String ?? "?") == "critical" ? "CRITICAL" : "warning"): \(ocsp["reason"] as? String ?? "?")")
+            }
+        }
+        for list in status["revocation_lists_stale"] as? [[String: Any]] ?? [] {
+            let strict = (list["crl_strict"] as? Bool) == true ? ", refusing (crl_strict)" : ""
+            out.append("  STALE    \(list["file"] as? String ?? "?") (\(list["used_by"] as? String ?? "?")): past its next update\(strict)")
         }
         for problem in status["certificate_problems"] as? [[String: Any]] ?? [] {
             let (name, error) = (problem["name"] as? String ?? "?", problem["error"] as? String ?? "?")

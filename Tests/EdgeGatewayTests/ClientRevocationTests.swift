@@ -261,6 +261,8 @@ final class ClientRevocationTests: XCTestCase {
         XCTAssertFalse(admitted(lenient, bob), "and still refuses who the list revokes")
         let status = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/certificates"]).stdout
         XCTAssertTrue(status.contains("\"crl_strict\":true,\"state\":\"stale\""), "one file, strict for one of its listeners: \(status)")
+        let summary = try Shell.run([gatewayBinary(), "status", "--admin", "127.0.0.1:\(admin)"]).stdout
+        XCTAssertTrue(summary.contains("  STALE    \(crl) (client_auth): past its next update, refusing (crl_strict)"), summary)
         try ca.publishCRL(to: crl)
         XCTAssertTrue(eventually(timeout: 15) { self.admitted(strict, alice) }, gateway.log)
         XCTAssertTrue(admitted(lenient, alice))

@@ -308,6 +308,9 @@ final class OCSPStaplingTests: XCTestCase {
         let page = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/"]).stdout
         XCTAssertTrue(page.contains("<div class=\"note bad\">OCSP CRITICAL: "), page)
         XCTAssertTrue(page.contains("<div class=\"note warn\">OCSP warning: "), "the other certificate, not must-staple: \(page)")
+        let summary = try Shell.run([gatewayBinary(), "status", "--admin", "127.0.0.1:\(admin)"]).stdout
+        XCTAssertTrue(summary.contains("  OCSP     staple: CRITICAL: "), summary)
+        XCTAssertTrue(summary.contains("  OCSP     other: warning: "), summary)
 
         // The real responder: stapled within the retry backoff, and the log says it recovered.
         responder.stop()

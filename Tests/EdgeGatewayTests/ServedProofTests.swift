@@ -133,6 +133,8 @@ final class ServedProofTests: XCTestCase {
         XCTAssertTrue(eventually { harness.logs.contains("served certificate differs from the published one") })
         let page = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/"]).stdout
         XCTAssertTrue(page.contains("served on https: ANOTHER certificate"), page)
+        let summary = try Shell.run([gatewayBinary(), "status", "--admin", "127.0.0.1:\(harness.gateway.adminPort!)"]).stdout
+        XCTAssertTrue(summary.contains("  MISMATCH site: balanced, https served another certificate than the one published"), summary)
         await harness.shutdown()
     }
 
