@@ -354,15 +354,8 @@ final class ClientRevocationTests: XCTestCase {
         let server = try ca.issue("app", extensions: "server")
         let crl = dir.file("crl.pem")
         try ca.publishCRL(to: crl)
-        let upstreamPort = freePort()
-        let upstream = Process()
-        upstream.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        upstream.arguments = [repositoryRoot() + "/Tests/tools/tls_upstream.py", dir.file("sni.log"), "port=\(upstreamPort),cert=\(server.certificate),key=\(server.key)"]
-        upstream.standardOutput = FileHandle.nullDevice
-        upstream.standardError = FileHandle.nullDevice
-        try upstream.run()
+        let (upstream, upstreamPort) = try startTLSUpstream(dir, server)
         defer { upstream.terminate(); upstream.waitUntilExit() }
-        XCTAssertTrue(GatewayProcess.Probe.wait(port: upstreamPort, timeout: 10) { upstream.isRunning })
         let (http, admin) = (freePort(), freePort())
         try dir.write("gateway.yaml", """
             listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
@@ -386,6 +379,60 @@ final class ClientRevocationTests: XCTestCase {
         XCTAssertEqual(metricSum("edge_upstream_tls_handshake_failures_total{upstream=\"app\",backend=\"127.0.0.1:\(upstreamPort)\",reason=\"certificate_revoked\"}", admin: admin).map { $0 > 0 }, true)
         let lists = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/certificates"]).stdout
         XCTAssertTrue(lists.contains("\"used_by\":\"upstream app\""), lists)
+    }
+
+    /// An upstream group's list past its next update: still used, a warning on the status
+    /// views; with `crl_strict` the upstream is refused until a fresh list arrives, while a
+    /// lenient group beside it goes on.
+    func testAStaleUpstreamListRefusesOnlyWhenStrict() throws {
+        let dir = TemporaryDirectory()
+        let ca = try ClientCA(in: dir)
+        let server = try ca.issue("app", extensions: "server")
+        let crl = dir.file("crl.pem")
+        try ca.publishCRL(to: crl)
+        let (upstream, upstreamPort) = try startTLSUpstream(dir, server)
+        defer { upstream.terminate(); upstream.waitUntilExit() }
+        let (http, admin) = (freePort(), freePort())
+        try dir.write("gateway.yaml", """
+            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
+            upstreams:
+              strict:
+                backends: ["127.0.0.1:\(upstreamPort)"]
+                tls: { sni: app.internal, ca_file: \(ca.certificate), crl_file: \(crl), crl_strict: true }
+              lenient:
+                backends: ["127.0.0.1:\(upstreamPort)"]
+                tls: { sni: app.internal, ca_file: \(ca.certificate), crl_file: \(crl) }
+            routes: [ { path_prefix: /strict, upstream: strict }, { upstream: lenient } ]
+            admin: { address: "127.0.0.1:\(admin)" }
+            """)
+        let gateway = try GatewayProcess(config: dir.file("gateway.yaml"), logPath: dir.file("log"))
+        defer { _ = gateway.stop() }
+        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
+        let status = { (path: String) in (try? Shell.run(["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)\(path)"]).stdout) ?? "" }
+        XCTAssertEqual(status("/strict"), "200", gateway.log)
+        XCTAssertEqual(status("/"), "200", gateway.log)
+        try ca.publishCRL(to: crl, stale: true)
+        XCTAssertTrue(eventually(timeout: 15, interval: 0.2) { status("/strict") == "502" }, "crl_strict refuses while the list is stale: " + gateway.log)
+        XCTAssertEqual(status("/"), "200", "the lenient group goes on: " + gateway.log)
+        XCTAssertEqual(metricSum("edge_crl_stale", admin: admin, labelled: "used_by=\"upstream strict\""), 1)
+        let summary = try Shell.run([gatewayBinary(), "status", "--admin", "127.0.0.1:\(admin)"]).stdout
+        XCTAssertTrue(summary.contains("  STALE    \(crl) (upstream strict): past its next update, refusing (crl_strict)"), summary)
+        XCTAssertTrue(summary.contains("  STALE    \(crl) (upstream lenient): past its next update\n"), summary)
+        try ca.publishCRL(to: crl)
+        XCTAssertTrue(eventually(timeout: 15, interval: 0.2) { status("/strict") == "200" }, "a fresh list ends it, without a reload: " + gateway.log)
+    }
+
+    /// `Tests/tools/tls_upstream.py` serving `server`'s certificate; returns it and its port.
+    private func startTLSUpstream(_ dir: TemporaryDirectory, _ server: Client) throws -> (Process, Int) {
+        let upstreamPort = freePort()
+        let upstream = Process()
+        upstream.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        upstream.arguments = [repositoryRoot() + "/Tests/tools/tls_upstream.py", dir.file("sni.log"), "port=\(upstreamPort),cert=\(server.certificate),key=\(server.key)"]
+        upstream.standardOutput = FileHandle.nullDevice
+        upstream.standardError = FileHandle.nullDevice
+        try upstream.run()
+        XCTAssertTrue(GatewayProcess.Probe.wait(port: upstreamPort, timeout: 10) { upstream.isRunning })
+        return (upstream, upstreamPort)
     }
 
     /// A CRL that cannot be used stops `check` and `run`, naming its key and why.
