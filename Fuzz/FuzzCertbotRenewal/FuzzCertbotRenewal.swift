@@ -1,4 +1,5 @@
-// libFuzzer target: certbot's renewal file reader and its interval parser (`bench/fuzz`).
+// libFuzzer target: the renewal watchdog's readers (`bench/fuzz`): certbot's renewal file
+// and its interval parser, and a pod's downward API annotations with Go's durations.
 import EdgeCertificates
 
 /// The input is a renewal file as found on disk (certbot's, or edited by hand).
@@ -30,6 +31,20 @@ public func fuzzCertbotRenewal(_ data: UnsafePointer<UInt8>, _ size: Int) -> CIn
     for lifetime: Int64 in [1, 6 * 86_400, 90 * 86_400] {
         let renewBefore = config.defaultRenewBefore(lifetime: lifetime)
         precondition(renewBefore >= 0 && renewBefore <= max(lifetime, 30 * 86_400))
+    }
+    // The same input as the downward API's annotations file: cert-manager's rule always
+    // lands within the lifetime, and what it names is short and printable.
+    let annotations = PodAnnotations(parsing: text)
+    precondition(annotations == PodAnnotations(parsing: text), "not deterministic")
+    for lifetime: Int64 in [1, 6 * 86_400, 90 * 86_400] {
+        let rule = annotations.renewBefore(lifetime: lifetime)
+        precondition(rule.seconds >= 0 && rule.seconds <= lifetime, "\(rule) for a lifetime of \(lifetime)")
+        for shown in [rule.setting, rule.problem].compactMap({ $0 }) {
+            precondition(shown.count <= 200 && !shown.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }, "shown: \(shown.debugDescription)")
+        }
+    }
+    if let seconds = PodAnnotations.goDuration(text) {
+        precondition(seconds >= 0 && seconds <= PodAnnotations.longest, "\(seconds) for \(text.debugDescription)")
     }
     return 0
 }

@@ -4,7 +4,8 @@ import NIOConcurrencyHelpers
 import Glibc
 #endif
 
-/// certbot's renewal files as last read, re-read only when one changes.
+/// certbot's renewal files (and the pod annotations a Kubernetes source names) as last
+/// read, re-read only when one changes.
 ///
 /// Reports are built for every status request and metrics scrape, on the admin endpoint's
 /// event loop: a file is looked at with one `stat` and parsed again only when its inode,
@@ -14,25 +15,44 @@ import Glibc
 package final class CertbotRenewalFiles: Sendable {
     package static let shared = CertbotRenewalFiles()
 
-    /// What is known of one lineage's file.
-    package enum Reading: Sendable, Hashable {
-        case read(CertbotRenewalConfig)
-        /// No such file: `certbot renew` does not renew the lineage.
+    /// What is known of one file.
+    package enum FileReading<Value: Sendable & Hashable>: Sendable, Hashable {
+        case read(Value)
+        /// No such file: for certbot's, `certbot renew` does not renew the lineage.
         case missing(path: String)
         /// The file is there but could not be read, and never was: the schedule is unknown.
         case unreadable(path: String, reason: String)
     }
 
-    private struct Stamp: Hashable {
-        var device: UInt64, inode: UInt64, size: Int64, seconds: Int, nanoseconds: Int
-    }
+    package typealias Reading = FileReading<CertbotRenewalConfig>
 
-    private let cache = NIOLockedValueBox<[String: (stamp: Stamp, config: CertbotRenewalConfig)]>([:])
+    private let renewalFiles = StampedReads<CertbotRenewalConfig>()
+    private let annotationFiles = StampedReads<PodAnnotations>()
 
     package init() {}
 
     package func reading(liveDirectory: String, lineage: String) -> Reading {
         let path = CertbotRenewalConfig.path(liveDirectory: liveDirectory, lineage: lineage)
+        // A renewal file is a few hundred bytes; 64 KiB is no certbot's.
+        return self.renewalFiles.read(path, tooLarge: "larger than 64 KiB: not a certbot renewal file") { CertbotRenewalConfig(parsing: $0) }
+    }
+
+    /// The downward API's annotations file at `path` (a few hundred bytes; Kubernetes caps
+    /// all of an object's annotations at 256 KiB).
+    package func annotations(path: String) -> FileReading<PodAnnotations> {
+        self.annotationFiles.read(path, limit: 256 << 10, tooLarge: "larger than 256 KiB: not a downward API annotations file") { PodAnnotations(parsing: $0) }
+    }
+}
+
+/// Parsed files keyed by path, with what `stat` said of each when it was parsed.
+private final class StampedReads<Value: Sendable & Hashable>: Sendable {
+    private struct Stamp: Hashable {
+        var device: UInt64, inode: UInt64, size: Int64, seconds: Int, nanoseconds: Int
+    }
+
+    private let cache = NIOLockedValueBox<[String: (stamp: Stamp, value: Value)]>([:])
+
+    func read(_ path: String, limit: Int = 64 << 10, tooLarge: String, parse: (String) -> Value) -> CertbotRenewalFiles.FileReading<Value> {
         var info = stat()
         guard stat(path, &info) == 0 else {
             let code = errno
@@ -44,22 +64,20 @@ package final class CertbotRenewalFiles: Sendable {
         }
         let stamp = Stamp(device: UInt64(info.st_dev), inode: UInt64(info.st_ino), size: Int64(info.st_size),
                           seconds: info.st_mtim.tv_sec, nanoseconds: info.st_mtim.tv_nsec)
-        if let cached = self.cache.withLockedValue({ $0[path] }), cached.stamp == stamp { return .read(cached.config) }
+        if let cached = self.cache.withLockedValue({ $0[path] }), cached.stamp == stamp { return .read(cached.value) }
         do {
-            // A renewal file is a few hundred bytes; 64 KiB is no certbot's.
-            let bytes = try readRegularFile(path, limit: 64 << 10)
-            let config = CertbotRenewalConfig(parsing: String(decoding: bytes, as: UTF8.self))
-            self.cache.withLockedValue { $0[path] = (stamp, config) }
-            return .read(config)
+            let bytes = try readRegularFile(path, limit: limit)
+            let value = parse(String(decoding: bytes, as: UTF8.self))
+            self.cache.withLockedValue { $0[path] = (stamp, value) }
+            return .read(value)
         } catch let error as FileReadError {
-            let reason = info.st_size > 64 << 10 ? "larger than 64 KiB: not a certbot renewal file" : error.reason
-            return self.lastGood(path) ?? .unreadable(path: path, reason: reason)
+            return self.lastGood(path) ?? .unreadable(path: path, reason: info.st_size > limit ? tooLarge : error.reason)
         } catch {
             return self.lastGood(path) ?? .unreadable(path: path, reason: "\(error)")
         }
     }
 
-    private func lastGood(_ path: String) -> Reading? {
-        self.cache.withLockedValue { $0[path] }.map { .read($0.config) }
+    private func lastGood(_ path: String) -> CertbotRenewalFiles.FileReading<Value>? {
+        self.cache.withLockedValue { $0[path] }.map { .read($0.value) }
     }
 }

@@ -15,6 +15,8 @@ package enum RenewalBasis: Sendable, Hashable {
     case certbotMissing(file: String)
     /// cert-manager's default for a Kubernetes secret: two thirds through the lifetime.
     case certManagerDefault
+    /// cert-manager's setting (`key=value`) as the pod's annotations file has it.
+    case certManagerAnnotation(file: String, setting: String)
     /// `renew_before` on the source in the gateway's configuration.
     case configured(seconds: Int64)
 
@@ -31,7 +33,7 @@ package enum RenewalBasis: Sendable, Hashable {
     package var agent: String {
         switch self {
         case .certbotSetting, .certbotDefault, .certbotUnknown, .certbotMissing: return "certbot"
-        case .certManagerDefault: return "cert-manager"
+        case .certManagerDefault, .certManagerAnnotation: return "cert-manager"
         case .configured: return "the renewal job"
         }
     }
@@ -46,7 +48,8 @@ package enum RenewalBasis: Sendable, Hashable {
             return "certbot's default for a file written by certbot \(version ?? "(version unknown)"): \(rule) (\(file) sets no renew_before_expiry)"
         case .certbotUnknown(let file): return "\(file) could not be read or parsed"
         case .certbotMissing(let file): return "\(file) does not exist on this host"
-        case .certManagerDefault: return "cert-manager's default, two thirds through the lifetime (renew_before on the source sets a Certificate's spec.renewBefore)"
+        case .certManagerDefault: return "cert-manager's default, two thirds through the lifetime (renew_before or annotations_file on the source sets a Certificate's spec.renewBefore)"
+        case .certManagerAnnotation(let file, let setting): return "\(setting) in \(file)"
         case .configured(let seconds): return "renew_before: \(humanDuration(seconds)) in the configuration"
         }
     }
@@ -94,7 +97,7 @@ package struct RenewalExpectation: Sendable, Hashable {
         switch self.basis {
         case .certbotSetting, .certbotDefault, .certbotUnknown, .certbotMissing:
             return "certbot should have renewed \(lineage) \(late) ago; last renewal \(last) ago; check `certbot renew --dry-run` and the timer"
-        case .certManagerDefault:
+        case .certManagerDefault, .certManagerAnnotation:
             return "cert-manager should have renewed \(lineage) \(late) ago; last renewal \(last) ago; check `kubectl describe certificate` and its CertificateRequests"
         case .configured:
             return "\(lineage) should have been renewed \(late) ago (renew_before); last renewal \(last) ago; check the job that renews it"
@@ -114,6 +117,9 @@ package struct RenewalPolicy: Sendable, Hashable {
     package static let timerGapSeconds: Int64 = 26 * 3600
     /// `renew_before` per configured source; 0 takes the source out of the watch.
     package var renewBefore: [CertificateSource: Int64] = [:]
+    /// `annotations_file` per Kubernetes source: the downward API file that may carry
+    /// cert-manager's renewal setting (`PodAnnotations`).
+    package var annotationFiles: [CertificateSource: String] = [:]
 
     package init() {}
 
@@ -170,6 +176,19 @@ package struct RenewalPolicy: Sendable, Hashable {
             case .kubernetes:
                 basis = .certManagerDefault
                 renewBefore = lifetime / 3
+                if let file = self.annotationFiles[source] {
+                    switch files.annotations(path: file) {
+                    case .read(let annotations):
+                        let setting = annotations.renewBefore(lifetime: lifetime)
+                        renewBefore = setting.seconds
+                        if let name = setting.setting { basis = .certManagerAnnotation(file: file, setting: name) }
+                        problem = setting.problem.map { "\(file): \($0)" }
+                    case .missing:
+                        problem = "\(file): no such file: the downward API volume that should carry the pod's annotations is not mounted there"
+                    case .unreadable(_, let reason):
+                        problem = "\(file): \(reason)"
+                    }
+                }
             case .pair, .directory:
                 return nil
             }

@@ -137,10 +137,14 @@ package struct CertificateSourceConfig: Decodable, Sendable {
     /// `spec.renewBefore` for a Kubernetes secret; any agent's for a directory or pair).
     /// A certbot source takes it from certbot's own renewal file instead.
     package var renewBefore: Duration?
+    /// For a Kubernetes secret: the downward API file of the pod's annotations, read for
+    /// cert-manager's `cert-manager.io/renew-before` (or `-percentage`) at every check.
+    package var annotationsFile: String?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case certbot, kubernetes, directory, certificate, key, name
         case renewBefore = "renew_before"
+        case annotationsFile = "annotations_file"
     }
 
     package init(from decoder: any Decoder) throws {
@@ -153,6 +157,17 @@ package struct CertificateSourceConfig: Decodable, Sendable {
         self.key = try c.decodeRecorded(String.self, forKey: .key)
         self.name = try c.decodeRecorded(String.self, forKey: .name)
         self.renewBefore = try c.decodeRecorded(Duration.self, forKey: .renewBefore)
+        self.annotationsFile = try c.decodeRecorded(String.self, forKey: .annotationsFile)
+        if self.annotationsFile != nil {
+            guard self.kubernetes != nil else {
+                throw ConfigError(path: keyPath(decoder.codingPath + [CodingKeys.annotationsFile]),
+                                  message: "only for a kubernetes source: it names the pod's annotations, where cert-manager's renewal setting may be")
+            }
+            guard self.renewBefore == nil else {
+                throw ConfigError(path: keyPath(decoder.codingPath + [CodingKeys.annotationsFile]),
+                                  message: "set together with renew_before, which would decide: keep one")
+            }
+        }
         // 0s takes any source out of the watch (a host that gets certbot's live/ and archive/
         // from elsewhere, without renewal/); another value is certbot's own file's to set.
         if self.certbot != nil, let renewBefore = self.renewBefore, renewBefore.nanoseconds != 0 {
@@ -195,13 +210,14 @@ package struct WatchConfig: Decodable, Sendable {
 }
 
 extension GatewayConfig {
-    /// The expiry thresholds with the renewal points the sources set (`renew_before`),
-    /// keyed by each source as `base` resolves it.
+    /// The expiry thresholds with the renewal points the sources set (`renew_before`,
+    /// `annotations_file`), keyed by each source as `base` resolves it.
     func expiryPolicy(base: String) -> ExpiryPolicy {
         var policy = self.expiry.policy
         for source in self.certificates?.sources ?? [] {
-            guard let renewBefore = source.renewBefore, let resolved = source.source(base: base) else { continue }
-            policy.renewal.renewBefore[resolved] = renewBefore.nanoseconds / 1_000_000_000
+            guard let resolved = source.source(base: base) else { continue }
+            if let renewBefore = source.renewBefore { policy.renewal.renewBefore[resolved] = renewBefore.nanoseconds / 1_000_000_000 }
+            if let file = source.annotationsFile { policy.renewal.annotationFiles[resolved] = resolvePath(file, base: base) }
         }
         return policy
     }

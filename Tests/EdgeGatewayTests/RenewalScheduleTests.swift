@@ -2,8 +2,8 @@ import EdgeCertificates
 @testable import EdgeGateway
 import XCTest
 
-/// The renewal watchdog's pure parts: certbot's renewal file read as certbot reads it, the
-/// expected renewal time per agent, and which lines the monitor logs (injected clock).
+/// The renewal watchdog's pure parts: certbot's renewal file read as certbot reads it, a
+/// pod's annotations read as cert-manager's setting, the expected renewal time per agent, and which lines the monitor logs (injected clock).
 final class RenewalScheduleTests: XCTestCase {
     let day: Int64 = 86_400
 
@@ -171,6 +171,67 @@ final class RenewalScheduleTests: XCTestCase {
         XCTAssertNil(policy.expectation(source: secret, lineage: "secret", notBefore: 0, notAfter: 90 * day, rejectedVersion: nil, now: 0), "0s: not watched")
     }
 
+    /// The downward API's annotations file, read as cert-manager reads its setting.
+    func testPodAnnotationsGiveCertManagersRenewalRule() {
+        let annotations = PodAnnotations(parsing: """
+            cert-manager.io/renew-before="360h"
+            kubectl.kubernetes.io/last-applied-configuration="{\\"a\\":\\"b\\"}\\n"
+            odd="tab\\there \\u00e9\\x41"
+            """)
+        XCTAssertEqual(annotations.values["cert-manager.io/renew-before"], "360h")
+        XCTAssertEqual(annotations.values["kubectl.kubernetes.io/last-applied-configuration"], "{\"a\":\"b\"}\n")
+        XCTAssertEqual(annotations.values["odd"], "tab\there éA")
+        let lifetime: Int64 = 90 * day
+        XCTAssertEqual(annotations.renewBefore(lifetime: lifetime).seconds, 15 * day)
+        XCTAssertEqual(annotations.renewBefore(lifetime: lifetime).setting, "cert-manager.io/renew-before=360h")
+        // Not under the lifetime: cert-manager falls back to the percentage, then a third.
+        XCTAssertEqual(annotations.renewBefore(lifetime: 10 * day).seconds, 10 * day / 3)
+        XCTAssertNil(annotations.renewBefore(lifetime: 10 * day).setting)
+        let percentage = PodAnnotations(parsing: "cert-manager.io/renew-before=\"2160h\"\ncert-manager.io/renew-before-percentage=\"25\"\n")
+        XCTAssertEqual(percentage.renewBefore(lifetime: 60 * day).seconds, 15 * day)
+        XCTAssertEqual(percentage.renewBefore(lifetime: 60 * day).setting, "cert-manager.io/renew-before-percentage=25")
+        XCTAssertEqual(percentage.renewBefore(lifetime: 100 * day).seconds, 90 * day, "2160h is under a 100-day lifetime")
+        let broken = PodAnnotations(parsing: "cert-manager.io/renew-before=\"15 days\"\n")
+        XCTAssertEqual(broken.renewBefore(lifetime: lifetime).seconds, 30 * day)
+        XCTAssertEqual(broken.renewBefore(lifetime: lifetime).problem, "cert-manager.io/renew-before=15 days is not a duration cert-manager reads (such as 360h or 720h0m0s)")
+        XCTAssertEqual(PodAnnotations(parsing: "").renewBefore(lifetime: lifetime).seconds, 30 * day)
+        // Go's time.ParseDuration, in whole seconds.
+        let durations: [(String, Int64?)] = [("720h0m0s", 720 * 3600), ("1h30m", 5400), ("1.5h", 5400), (".5m", 30), ("90s", 90), ("1500ms", 1),
+                                             ("0", 0), ("+2h", 7200), ("-1h", nil), ("", nil), ("h", nil), ("1", nil), ("1d", nil), ("1.2.3h", nil),
+                                             ("99999999999999h", nil)]
+        for (text, seconds) in durations {
+            XCTAssertEqual(PodAnnotations.goDuration(text), seconds, text)
+        }
+    }
+
+    /// A Kubernetes source with `annotations_file`: its setting decides, an edit counts at
+    /// the next look, and a file that is not there is a problem on the view.
+    func testAKubernetesSourceReadsItsAnnotationsFile() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("annotations-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var policy = RenewalPolicy()
+        let secret = CertificateSource.kubernetes(dir + "/secret")
+        let file = dir + "/annotations"
+        policy.annotationFiles[secret] = file
+        let files = CertbotRenewalFiles()
+        func expectation() -> RenewalExpectation? {
+            policy.expectation(source: secret, lineage: "secret", notBefore: 0, notAfter: 90 * day, rejectedVersion: nil, now: 0, files: files)
+        }
+        XCTAssertEqual(expectation()?.expectedAt, 60 * day, "no file: cert-manager's default")
+        XCTAssertEqual(expectation()?.problem, "\(file): no such file: the downward API volume that should carry the pod's annotations is not mounted there")
+        try "app=\"web\"\ncert-manager.io/renew-before=\"720h\"\n".write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(expectation()?.expectedAt, 60 * day)
+        XCTAssertEqual(expectation()?.basis, .certManagerAnnotation(file: file, setting: "cert-manager.io/renew-before=720h"))
+        XCTAssertEqual(expectation()?.basis.agent, "cert-manager")
+        XCTAssertNil(expectation()?.problem)
+        try "cert-manager.io/renew-before=\"240h\"\n".write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(expectation()?.expectedAt, 80 * day, "an edit counts at the next look")
+        try "app=\"web\"\n".write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(expectation()?.basis, .certManagerDefault, "no setting: the default")
+        XCTAssertNil(expectation()?.problem)
+    }
+
     func testMonitorWarnsOnceADayWhileOverdueAndNotesTheRenewal() {
         let overdue = RenewalPolicy.expectation(basis: .certManagerDefault, renewBefore: 30 * day, disabled: false, problem: nil,
                                                 notBefore: 0, notAfter: 90 * day, policy: RenewalPolicy(), now: 63 * day)
@@ -215,6 +276,15 @@ final class RenewalConfigTests: XCTestCase {
             """)
         let policy = config.expiryPolicy(base: "/etc/edge-gateway")
         XCTAssertEqual(policy.renewal.renewBefore, [.kubernetes("/etc/edge-gateway/secret"): 10 * 86_400])
+        let annotated = try GatewayConfig.parse(yaml: base + "certificates: { sources: [ { kubernetes: secret, annotations_file: podinfo/annotations } ] }\n")
+        XCTAssertEqual(annotated.expiryPolicy(base: "/etc/edge-gateway").renewal.annotationFiles,
+                       [.kubernetes("/etc/edge-gateway/secret"): "/etc/edge-gateway/podinfo/annotations"])
+        XCTAssertThrowsError(try GatewayConfig.parse(yaml: base + "certificates: { sources: [ { directory: d, annotations_file: a } ] }\n")) { error in
+            XCTAssertTrue("\(error)".hasPrefix("certificates.sources[0].annotations_file: only for a kubernetes source"), "\(error)")
+        }
+        XCTAssertThrowsError(try GatewayConfig.parse(yaml: base + "certificates: { sources: [ { kubernetes: s, annotations_file: a, renew_before: 1d } ] }\n")) { error in
+            XCTAssertTrue("\(error)".hasPrefix("certificates.sources[0].annotations_file: set together with renew_before"), "\(error)")
+        }
         XCTAssertEqual(policy.renewal.grace(lifetime: 90 * 86_400, untilExpiry: 30 * 86_400), 12 * 3600)
         XCTAssertEqual(policy.renewal.grace(lifetime: 6 * 86_400, untilExpiry: 3 * 86_400), 12 * 3600, "the configured grace is the longest")
     }
