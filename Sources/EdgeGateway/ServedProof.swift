@@ -8,7 +8,7 @@ import NIOCore
 
 /// Proof that what was published is what clients get: after every publication (and once
 /// the listeners are bound), a real TLS handshake to each HTTPS listener serving the
-/// store, for a name of each lineage that changed, and the chain it served compared,
+/// store, for each name of each lineage that changed, and the chain it served compared,
 /// certificate by certificate, with the chain just published.
 ///
 /// Why: a renewal can be on disk, loaded, counted and shown in every status view while
@@ -136,23 +136,31 @@ package final class ServedProof: Sendable {
         let snapshot = store.snapshot
         let names = snapshot.servedNames
         for (index, lineage) in snapshot.lineages.enumerated() where lineages?.contains(lineage.name) ?? true {
-            guard let serverName = Self.probeName(names[index], isDefault: snapshot.isDefault(index)) else { continue }
+            let serverNames = Self.probeNames(names[index], isDefault: snapshot.isDefault(index))
+            guard !serverNames.isEmpty else { continue }
             // An ECDSA and an RSA certificate for one name: the probe asks as a client that
             // can take only this one's key (a client offering both gets the ECDSA one).
             let shared = names.enumerated().contains { $0.offset != index && !Set($0.element).isDisjoint(with: names[index]) }
             let algorithms = shared ? Self.signatureAlgorithms(forKey: lineage.leaf.keyDescription) : nil
             for target in targets {
-                guard !self.stopped.load(ordering: .acquiring) else { return }
-                let expected = Self.chain(of: lineage.name, in: store)
-                let outcome = ServedProbe.handshake(host: target.host, port: target.port, serverName: serverName, proxyHeader: target.proxyHeader,
-                                                    signatureAlgorithms: algorithms)
-                var check = Check(listener: target.listener, serverName: serverName, checkedAt: Int64(currentTime()), expected: expected)
-                switch outcome {
-                case .success(let seen): check.seen = seen.chain
-                case .failure(let failure): check.error = failure.description
+                // Each name the lineage is served for: the first one not served as published
+                // decides the listener's check, else the last one.
+                var decided: Check?
+                for serverName in serverNames {
+                    guard !self.stopped.load(ordering: .acquiring) else { return }
+                    let expected = Self.chain(of: lineage.name, in: store)
+                    let outcome = ServedProbe.handshake(host: target.host, port: target.port, serverName: serverName, proxyHeader: target.proxyHeader,
+                                                        signatureAlgorithms: algorithms)
+                    var check = Check(listener: target.listener, serverName: serverName, checkedAt: Int64(currentTime()), expected: expected)
+                    switch outcome {
+                    case .success(let seen): check.seen = seen.chain
+                    case .failure(let failure): check.error = failure.description
+                    }
+                    decided = check
+                    if check.matches != true { break }
                 }
-                guard !self.stopped.load(ordering: .acquiring) else { return }
-                if check.matches == false, Self.chain(of: lineage.name, in: store) != expected { continue }
+                guard let check = decided, !self.stopped.load(ordering: .acquiring) else { return }
+                if check.matches == false, Self.chain(of: lineage.name, in: store) != check.expected { continue }
                 self.record(lineage: lineage.name, check)
             }
         }
@@ -208,13 +216,21 @@ package final class ServedProof: Sendable {
         }
     }
 
-    /// The name a probe asks for: one the lineage is served for (a wildcard's with a label
-    /// of ours), none for a default certificate served for no name; nil when the lineage
-    /// is served for nothing at all (a name another lineage won).
+    /// The names a probe asks for: those the lineage is served for (a wildcard's with a
+    /// label of ours), exact ones first, at most `limit` (a certificate with hundreds of
+    /// names is proven by a sample, not by hundreds of handshakes per publication); none
+    /// ("") for a default certificate served for no name; empty when the lineage is served
+    /// for nothing at all (every name another lineage won).
+    static func probeNames(_ served: [String], isDefault: Bool, limit: Int = 8) -> [String] {
+        let exact = served.filter { !$0.hasPrefix("*.") }
+        let wildcards = served.filter { $0.hasPrefix("*.") }.map { "edge-gateway-served-proof" + $0.dropFirst() }
+        let names = Array((exact + wildcards).prefix(limit))
+        return names.isEmpty && isDefault ? [""] : names
+    }
+
+    /// The one name `certs --check-served` asks for.
     static func probeName(_ served: [String], isDefault: Bool) -> String? {
-        if let exact = served.first(where: { !$0.hasPrefix("*.") }) { return exact }
-        if let wildcard = served.first { return "edge-gateway-served-proof" + wildcard.dropFirst() }
-        return isDefault ? "" : nil
+        Self.probeNames(served, isDefault: isDefault, limit: 1).first
     }
 
     /// What a client that can take only this key's certificate offers (OpenSSL's list syntax).

@@ -1,4 +1,4 @@
-import EdgeGateway
+@testable import EdgeGateway
 import EdgeTestSupport
 import Foundation
 import XCTest
@@ -60,18 +60,29 @@ final class ServedProofTests: XCTestCase {
                       "what was loaded at start is what both listeners serve: \(self.served(harness, lineage: "site"))")
         let before = self.served(harness, lineage: "site").fingerprint
 
-        let v2 = try Self.pki.issue(["localhost"], into: dir.file("staging"), name: "v2")
+        // The renewal adds names: each is asked for, the wildcard's with a label of ours.
+        let v2 = try Self.pki.issue(["localhost", "second.test", "*.apps.test"], into: dir.file("staging"), name: "v2")
         try Shell.run(["mv", v2.key, dir.file("certs/site.key")])
         try Shell.run(["mv", v2.fullchain, dir.file("certs/site.crt")])
         XCTAssertTrue(eventually { self.served(harness, lineage: "site").fingerprint != before }, "the renewal published")
         XCTAssertTrue(eventually { self.verified(harness, lineage: "site", listeners: ["https", "balanced"]) },
                       "and confirmed as served: \(self.served(harness, lineage: "site"))")
+        XCTAssertEqual(self.served(harness, lineage: "site").byListener["https"]?["server_name"] as? String, "edge-gateway-served-proof.apps.test",
+                       "every name was verified, the last one is shown")
         let metrics = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/metrics"]).stdout
         XCTAssertTrue(metrics.contains("edge_certificate_served_mismatch{name=\"site\",listener=\"https\"} 0.0"), metrics)
         XCTAssertFalse(harness.logs.contains("served certificate differs"))
         let page = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(harness.gateway.adminPort!)/"]).stdout
         XCTAssertTrue(page.contains("served on https ✓") && page.contains("served on balanced ✓"), page)
         await harness.shutdown()
+    }
+
+    func testEveryNameIsProbedExactOnesFirstAndAtMostEight() {
+        XCTAssertEqual(ServedProof.probeNames(["*.a.test", "b.test", "c.test"], isDefault: false), ["b.test", "c.test", "edge-gateway-served-proof.a.test"])
+        XCTAssertEqual(ServedProof.probeNames((1...20).map { "n\($0).test" }, isDefault: false).count, 8)
+        XCTAssertEqual(ServedProof.probeNames([], isDefault: true), [""], "the default certificate, served without a name")
+        XCTAssertEqual(ServedProof.probeNames([], isDefault: false), [], "served for no name: not probed")
+        XCTAssertEqual(ServedProof.probeName(["*.a.test", "b.test"], isDefault: false), "b.test")
     }
 
     /// No false alarms where the chain served is chosen for the client: an ECDSA and an
