@@ -44,7 +44,7 @@ public func fuzzCertbotRenewal(_ data: UnsafePointer<UInt8>, _ size: Int) -> CIn
         }
     }
     if let seconds = PodAnnotations.goDuration(text) {
-        precondition(seconds >= 0 && seconds <= PodAnnotations.longest, "\(seconds) for \(text.debugDescription)")
+        precondition(seconds >= -PodAnnotations.longest - 1 && seconds <= PodAnnotations.longest + 1, "\(seconds) for \(text.debugDescription)")
     }
     return 0
 }

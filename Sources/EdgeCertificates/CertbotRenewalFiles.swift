@@ -37,10 +37,11 @@ package final class CertbotRenewalFiles: Sendable {
         return self.renewalFiles.read(path, tooLarge: "larger than 64 KiB: not a certbot renewal file") { CertbotRenewalConfig(parsing: $0) }
     }
 
-    /// The downward API's annotations file at `path` (a few hundred bytes; Kubernetes caps
-    /// all of an object's annotations at 256 KiB).
+    /// The downward API's annotations file at `path` (Kubernetes caps an object's
+    /// annotations at 256 KiB; quoted, as the kubelet writes them, they can grow up to four
+    /// times in the worst case).
     package func annotations(path: String) -> FileReading<PodAnnotations> {
-        self.annotationFiles.read(path, limit: 256 << 10, tooLarge: "larger than 256 KiB: not a downward API annotations file") { PodAnnotations(parsing: $0) }
+        self.annotationFiles.read(path, limit: 1 << 20, tooLarge: "larger than 1 MiB: not a downward API annotations file") { PodAnnotations(parsing: $0) }
     }
 }
 

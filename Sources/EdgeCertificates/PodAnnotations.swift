@@ -30,12 +30,12 @@ package struct PodAnnotations: Sendable, Hashable {
             if let seconds = Self.goDuration(text) {
                 if seconds > 0, seconds < lifetime { return (seconds, "\(Self.renewBeforeKey)=\(Self.shown(text))", nil) }
             } else {
-                problem = "\(Self.renewBeforeKey)=\(Self.shown(text)) is not a duration cert-manager reads (such as 360h or 720h0m0s)"
+                problem = "\(Self.renewBeforeKey)=\(Self.shown(text)) is not a duration cert-manager reads (such as 360h or 720h0m0s), or is over a century"
             }
         }
         if let text = self.values[Self.renewBeforePercentageKey] {
             if let percent = Int64(text), percent > 0, percent < 100 {
-                return (lifetime * percent / 100, "\(Self.renewBeforePercentageKey)=\(text)", problem)
+                return (lifetime * percent / 100, "\(Self.renewBeforePercentageKey)=\(percent)", problem)
             }
             if Int64(text) == nil {
                 problem = problem ?? "\(Self.renewBeforePercentageKey)=\(Self.shown(text)) is not a whole number"
@@ -44,12 +44,18 @@ package struct PodAnnotations: Sendable, Hashable {
         return (lifetime / 3, nil, problem)
     }
 
-    /// A Go `time.Duration` string (`1h30m`, `360h0m0s`, `1.5h`, `0`) in whole seconds; nil
-    /// for anything `time.ParseDuration` refuses, a negative one, or more than a century.
+    /// A Go `time.Duration` string (`1h30m`, `360h0m0s`, `1.5h`, `-2h`, `0`) in seconds, a
+    /// fraction rounded away from zero (a duration above zero stays above zero, as
+    /// cert-manager compares it); nil for anything `time.ParseDuration` refuses, or more
+    /// than a century either way.
     package static func goDuration(_ text: String) -> Int64? {
-        if text == "0" { return 0 }
         var rest = Substring(text)
-        if rest.first == "+" { rest = rest.dropFirst() }
+        var sign = 1.0
+        if rest.first == "+" || rest.first == "-" {
+            sign = rest.first == "-" ? -1 : 1
+            rest = rest.dropFirst()
+        }
+        if rest == "0" { return 0 }
         guard !rest.isEmpty else { return nil }
         var total = 0.0
         while !rest.isEmpty {
@@ -72,7 +78,7 @@ package struct PodAnnotations: Sendable, Hashable {
             total += value * scale
             guard total <= Double(Self.longest) else { return nil }
         }
-        return Int64(total)
+        return Int64(sign * total.rounded(.up))
     }
 
     /// A century: nothing renews further ahead.

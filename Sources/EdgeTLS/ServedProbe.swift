@@ -79,8 +79,9 @@ package enum ServedProbe {
         SSL_CTX_set_verify(context, SSL_VERIFY_NONE, nil)
         // A listener that asks for a client certificate has sent its whole flight by the
         // time OpenSSL asks us for one: the probe stops there (the handshake is suspended)
-        // and closes. Sending none instead would make it a failed handshake in the
-        // listener's log and metrics at every publication; a close mid-handshake is not.
+        // and closes (a reset: the server's last bytes are unread). Sending none instead
+        // would make it a failed handshake in a `required` listener's log and metrics at
+        // every publication; a connection dropped mid-handshake is not.
         SSL_CTX_set_client_cert_cb(context) { _, _, _ in -1 }
         guard let ssl = SSL_new(context) else { return .failure(Failure(description: "SSL_new failed")) }
         defer { SSL_free(ssl) }

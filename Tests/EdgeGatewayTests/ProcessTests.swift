@@ -302,7 +302,7 @@ final class DeployTests: XCTestCase {
         XCTAssertTrue(config.admin.allowNonLoopback)
         XCTAssertEqual(config.certificates?.sources.first?.annotationsFile, "/etc/podinfo/annotations")
         XCTAssertTrue(manifest.contains("mountPath: /etc/podinfo") && manifest.contains("fieldPath: metadata.annotations"), "the annotations file is mounted")
-        XCTAssertTrue(manifest.contains("cert-manager.io/renew-before: 360h"))
+        XCTAssertTrue(manifest.contains("# cert-manager.io/renew-before: 360h"), "shown, for cert-manager's users to set")
         XCTAssertFalse(manifest.contains("subPath:"), "Secret volumes mounted with subPath never update")
         for probe in ["path: /healthz", "path: /readyz", "prometheus.io/scrape"] {
             XCTAssertTrue(manifest.contains(probe), probe)

@@ -193,12 +193,18 @@ final class RenewalScheduleTests: XCTestCase {
         XCTAssertEqual(percentage.renewBefore(lifetime: 100 * day).seconds, 90 * day, "2160h is under a 100-day lifetime")
         let broken = PodAnnotations(parsing: "cert-manager.io/renew-before=\"15 days\"\n")
         XCTAssertEqual(broken.renewBefore(lifetime: lifetime).seconds, 30 * day)
-        XCTAssertEqual(broken.renewBefore(lifetime: lifetime).problem, "cert-manager.io/renew-before=15 days is not a duration cert-manager reads (such as 360h or 720h0m0s)")
+        XCTAssertEqual(broken.renewBefore(lifetime: lifetime).problem,
+                       "cert-manager.io/renew-before=15 days is not a duration cert-manager reads (such as 360h or 720h0m0s), or is over a century")
+        // Go's ParseInt takes leading zeros; what is shown is the number.
+        let zeros = PodAnnotations(parsing: "cert-manager.io/renew-before-percentage=\"" + String(repeating: "0", count: 200) + "25\"\n")
+        XCTAssertEqual(zeros.renewBefore(lifetime: lifetime).setting, "cert-manager.io/renew-before-percentage=25")
+        XCTAssertNil(PodAnnotations(parsing: "cert-manager.io/renew-before=\"-1h\"\n").renewBefore(lifetime: lifetime).problem,
+                     "a negative duration: cert-manager's default, as cert-manager takes it")
         XCTAssertEqual(PodAnnotations(parsing: "").renewBefore(lifetime: lifetime).seconds, 30 * day)
         // Go's time.ParseDuration, in whole seconds.
-        let durations: [(String, Int64?)] = [("720h0m0s", 720 * 3600), ("1h30m", 5400), ("1.5h", 5400), (".5m", 30), ("90s", 90), ("1500ms", 1),
-                                             ("0", 0), ("+2h", 7200), ("-1h", nil), ("", nil), ("h", nil), ("1", nil), ("1d", nil), ("1.2.3h", nil),
-                                             ("99999999999999h", nil)]
+        let durations: [(String, Int64?)] = [("720h0m0s", 720 * 3600), ("1h30m", 5400), ("1.5h", 5400), (".5m", 30), ("90s", 90), ("1500ms", 2),
+                                             ("0", 0), ("+0", 0), ("-0", 0), ("+2h", 7200), ("-1h", -3600), ("", nil), ("-", nil), ("h", nil), ("1", nil),
+                                             ("1d", nil), ("1.2.3h", nil), ("99999999999999h", nil)]
         for (text, seconds) in durations {
             XCTAssertEqual(PodAnnotations.goDuration(text), seconds, text)
         }
@@ -220,9 +226,9 @@ final class RenewalScheduleTests: XCTestCase {
         }
         XCTAssertEqual(expectation()?.expectedAt, 60 * day, "no file: cert-manager's default")
         XCTAssertEqual(expectation()?.problem, "\(file): no such file: the downward API volume that should carry the pod's annotations is not mounted there")
-        try "app=\"web\"\ncert-manager.io/renew-before=\"720h\"\n".write(toFile: file, atomically: true, encoding: .utf8)
-        XCTAssertEqual(expectation()?.expectedAt, 60 * day)
-        XCTAssertEqual(expectation()?.basis, .certManagerAnnotation(file: file, setting: "cert-manager.io/renew-before=720h"))
+        try "app=\"web\"\ncert-manager.io/renew-before=\"360h\"\n".write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(expectation()?.expectedAt, 75 * day)
+        XCTAssertEqual(expectation()?.basis, .certManagerAnnotation(file: file, setting: "cert-manager.io/renew-before=360h"))
         XCTAssertEqual(expectation()?.basis.agent, "cert-manager")
         XCTAssertNil(expectation()?.problem)
         try "cert-manager.io/renew-before=\"240h\"\n".write(toFile: file, atomically: true, encoding: .utf8)

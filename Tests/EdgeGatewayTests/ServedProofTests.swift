@@ -102,14 +102,17 @@ final class ServedProofTests: XCTestCase {
               - name: mtls
                 address: "127.0.0.1:0"
                 tls: { certificate: own/leaf-only.crt, key: own/own.key, client_auth: { ca_file: \(Self.pki.intermediatePath), mode: required } }
+              - name: optional
+                address: "127.0.0.1:0"
+                tls: { client_auth: { ca_file: \(Self.pki.intermediatePath), mode: optional } }
             certificates: { sources: [ { directory: certs } ] }
             upstreams: { app: { backends: ["127.0.0.1:\(upstreamPort)"] } }
             routes: [ { upstream: app } ]
             admin: { address: "127.0.0.1:0" }
             """
         }
-        XCTAssertTrue(eventually { self.verified(harness, lineage: "site-ec", listeners: ["https"]) }, "\(self.served(harness, lineage: "site-ec"))")
-        XCTAssertTrue(eventually { self.verified(harness, lineage: "site-rsa", listeners: ["https"]) }, "\(self.served(harness, lineage: "site-rsa"))")
+        XCTAssertTrue(eventually { self.verified(harness, lineage: "site-ec", listeners: ["https", "optional"]) }, "\(self.served(harness, lineage: "site-ec"))")
+        XCTAssertTrue(eventually { self.verified(harness, lineage: "site-rsa", listeners: ["https", "optional"]) }, "\(self.served(harness, lineage: "site-rsa"))")
         XCTAssertTrue(eventually { self.verified(harness, lineage: "mtls", listeners: ["mtls"]) }, "\(self.served(harness, lineage: "mtls"))")
         XCTAssertFalse(harness.logs.contains("served certificate differs"))
         // The probe leaves once it has seen the chain, before a client certificate is
