@@ -349,34 +349,24 @@ final class ClientRevocationTests: XCTestCase {
     /// new list is on disk, without a reload; pooled connections and kept sessions made
     /// before are not used again.
     func testARevokedUpstreamIsRefusedOnceTheListChanges() throws {
-        let dir = TemporaryDirectory()
-        let ca = try ClientCA(in: dir)
-        let server = try ca.issue("app", extensions: "server")
-        let crl = dir.file("crl.pem")
-        try ca.publishCRL(to: crl)
-        let (upstream, upstreamPort) = try startTLSUpstream(dir, server)
-        defer { upstream.terminate(); upstream.waitUntilExit() }
-        let (http, admin) = (freePort(), freePort())
-        try dir.write("gateway.yaml", """
-            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
-            upstreams:
+        let setup = try UpstreamSetup(self) { port, ca, crl in
+            """
               app:
-                backends: ["127.0.0.1:\(upstreamPort)"]
+                backends: ["127.0.0.1:\(port)"]
                 tls: { sni: app.internal, ca_file: \(ca.certificate), crl_file: \(crl) }
             routes: [ { upstream: app } ]
-            admin: { address: "127.0.0.1:\(admin)" }
-            """)
-        let gateway = try GatewayProcess(config: dir.file("gateway.yaml"), logPath: dir.file("log"))
-        defer { _ = gateway.stop() }
-        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
-        let status = { (try? Shell.run(["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)/"]).stdout) ?? "" }
+            """
+        }
+        defer { setup.stop() }
+        let (gateway, ca, server, crl, admin) = (setup.gateway, setup.ca, setup.server, setup.crl, setup.admin)
+        let status = { setup.status("/") }
         XCTAssertEqual(status(), "200", gateway.log)
         XCTAssertEqual(status(), "200")
         try ca.revoke(server.certificate)
         try ca.publishCRL(to: crl)
         XCTAssertTrue(eventually(timeout: 5, interval: 0.2) { status() == "502" }, gateway.log)
         XCTAssertTrue(eventually(timeout: 5) { gateway.log.contains("certificate verify failed: certificate revoked (serial \(server.serial), CN=app, in tls.crl_file)") }, gateway.log)
-        XCTAssertEqual(metricSum("edge_upstream_tls_handshake_failures_total{upstream=\"app\",backend=\"127.0.0.1:\(upstreamPort)\",reason=\"certificate_revoked\"}", admin: admin).map { $0 > 0 }, true)
+        XCTAssertEqual(metricSum("edge_upstream_tls_handshake_failures_total{upstream=\"app\",backend=\"127.0.0.1:\(setup.upstreamPort)\",reason=\"certificate_revoked\"}", admin: admin).map { $0 > 0 }, true)
         let lists = try Shell.run(["curl", "-sS", "http://127.0.0.1:\(admin)/status/certificates"]).stdout
         XCTAssertTrue(lists.contains("\"used_by\":\"upstream app\""), lists)
     }
@@ -385,45 +375,76 @@ final class ClientRevocationTests: XCTestCase {
     /// views; with `crl_strict` the upstream is refused until a fresh list arrives, while a
     /// lenient group beside it goes on.
     func testAStaleUpstreamListRefusesOnlyWhenStrict() throws {
-        let dir = TemporaryDirectory()
-        let ca = try ClientCA(in: dir)
-        let server = try ca.issue("app", extensions: "server")
-        let crl = dir.file("crl.pem")
-        try ca.publishCRL(to: crl)
-        let (upstream, upstreamPort) = try startTLSUpstream(dir, server)
-        defer { upstream.terminate(); upstream.waitUntilExit() }
-        let (http, admin) = (freePort(), freePort())
-        try dir.write("gateway.yaml", """
-            listeners: [ { name: http, address: "127.0.0.1:\(http)" } ]
-            upstreams:
+        let setup = try UpstreamSetup(self) { port, ca, crl in
+            """
               strict:
-                backends: ["127.0.0.1:\(upstreamPort)"]
+                backends: ["127.0.0.1:\(port)"]
                 tls: { sni: app.internal, ca_file: \(ca.certificate), crl_file: \(crl), crl_strict: true }
               lenient:
-                backends: ["127.0.0.1:\(upstreamPort)"]
+                backends: ["127.0.0.1:\(port)"]
                 tls: { sni: app.internal, ca_file: \(ca.certificate), crl_file: \(crl) }
             routes: [ { path_prefix: /strict, upstream: strict }, { upstream: lenient } ]
-            admin: { address: "127.0.0.1:\(admin)" }
-            """)
-        let gateway = try GatewayProcess(config: dir.file("gateway.yaml"), logPath: dir.file("log"))
-        defer { _ = gateway.stop() }
-        XCTAssertTrue(gateway.waitForPort(admin), gateway.log)
-        let status = { (path: String) in (try? Shell.run(["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(http)\(path)"]).stdout) ?? "" }
-        XCTAssertEqual(status("/strict"), "200", gateway.log)
-        XCTAssertEqual(status("/"), "200", gateway.log)
+            """
+        }
+        defer { setup.stop() }
+        let (gateway, ca, crl, admin) = (setup.gateway, setup.ca, setup.crl, setup.admin)
+        XCTAssertEqual(setup.status("/strict"), "200", gateway.log)
+        XCTAssertEqual(setup.status("/"), "200", gateway.log)
         try ca.publishCRL(to: crl, stale: true)
-        XCTAssertTrue(eventually(timeout: 15, interval: 0.2) { status("/strict") == "502" }, "crl_strict refuses while the list is stale: " + gateway.log)
-        XCTAssertEqual(status("/"), "200", "the lenient group goes on: " + gateway.log)
+        XCTAssertTrue(eventually(timeout: 15, interval: 0.2) { setup.status("/strict") == "502" }, "crl_strict refuses while the list is stale: " + gateway.log)
+        XCTAssertEqual(setup.status("/"), "200", "the lenient group goes on: " + gateway.log)
         XCTAssertEqual(metricSum("edge_crl_stale", admin: admin, labelled: "used_by=\"upstream strict\""), 1)
         let summary = try Shell.run([gatewayBinary(), "status", "--admin", "127.0.0.1:\(admin)"]).stdout
         XCTAssertTrue(summary.contains("  STALE    \(crl) (upstream strict): past its next update, refusing (crl_strict)"), summary)
         XCTAssertTrue(summary.contains("  STALE    \(crl) (upstream lenient): past its next update\n"), summary)
         try ca.publishCRL(to: crl)
-        XCTAssertTrue(eventually(timeout: 15, interval: 0.2) { status("/strict") == "200" }, "a fresh list ends it, without a reload: " + gateway.log)
+        XCTAssertTrue(eventually(timeout: 15, interval: 0.2) { setup.status("/strict") == "200" }, "a fresh list ends it, without a reload: " + gateway.log)
+    }
+
+    /// A CA's upstream `app` (`Tests/tools/tls_upstream.py`), a fresh list at `crl.pem`, and
+    /// a gateway with a plain listener whose upstream groups and routes `upstreams` writes.
+    struct UpstreamSetup {
+        /// Kept: the directory goes when the last reference does.
+        let dir = TemporaryDirectory()
+        let ca: ClientCA
+        let server: Client
+        let crl: String
+        let upstream: Process
+        let upstreamPort: Int
+        let gateway: GatewayProcess
+        let http: Int, admin: Int
+
+        init(_ test: ClientRevocationTests, upstreams: (_ port: Int, _ ca: ClientCA, _ crl: String) -> String) throws {
+            let dir = self.dir
+            self.ca = try ClientCA(in: dir)
+            self.server = try self.ca.issue("app", extensions: "server")
+            self.crl = dir.file("crl.pem")
+            try self.ca.publishCRL(to: self.crl)
+            (self.upstream, self.upstreamPort) = try test.startTLSUpstream(dir, self.server)
+            (self.http, self.admin) = (freePort(), freePort())
+            try dir.write("gateway.yaml", """
+                listeners: [ { name: http, address: "127.0.0.1:\(self.http)" } ]
+                upstreams:
+                \(upstreams(self.upstreamPort, self.ca, self.crl))
+                admin: { address: "127.0.0.1:\(self.admin)" }
+                """)
+            self.gateway = try GatewayProcess(config: dir.file("gateway.yaml"), logPath: dir.file("log"))
+            XCTAssertTrue(self.gateway.waitForPort(self.admin), self.gateway.log)
+        }
+
+        func status(_ path: String) -> String {
+            (try? Shell.run(["curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(self.http)\(path)"]).stdout) ?? ""
+        }
+
+        func stop() {
+            _ = self.gateway.stop()
+            self.upstream.terminate()
+            self.upstream.waitUntilExit()
+        }
     }
 
     /// `Tests/tools/tls_upstream.py` serving `server`'s certificate; returns it and its port.
-    private func startTLSUpstream(_ dir: TemporaryDirectory, _ server: Client) throws -> (Process, Int) {
+    func startTLSUpstream(_ dir: TemporaryDirectory, _ server: Client) throws -> (Process, Int) {
         let upstreamPort = freePort()
         let upstream = Process()
         upstream.executableURL = URL(fileURLWithPath: "/usr/bin/python3")

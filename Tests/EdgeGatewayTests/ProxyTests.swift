@@ -41,8 +41,8 @@ final class ProxyTests: XCTestCase {
     func testListenerMetricsCountConnectionsHandshakesAndRequests() async throws {
         let harness = try await GatewayHarness.start { self.baseConfig(upstreamPort: $0) }
         let port = harness.port("https"), admin = harness.gateway.adminPort!
-        // The served proof's own handshake (one lineage, one TLS listener) counts too: a
-        // connection and a handshake, no request.
+        // The served proof's own handshakes (one TLS listener, one lineage of two names, each
+        // asked for) count too: a connection and a handshake each, no request.
         XCTAssertTrue(eventually { harness.gateway.servedProof.allChecks.values.joined().contains { $0.matches == true } })
         for _ in 0..<3 { XCTAssertEqual(try curl(["-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port)/"]).stdout, "200") }
         XCTAssertEqual(try curl(["-o", "/dev/null", "-w", "%{http_code}", "https://localhost:\(port)/status?code=404"]).stdout, "404")
@@ -53,7 +53,7 @@ final class ProxyTests: XCTestCase {
             return text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
         }
         XCTAssertTrue(eventually(timeout: 5) { value(#"edge_connections_open{listener="https"}"#) == 0 }, "every connection closed")
-        XCTAssertEqual(value(#"edge_connections_total{listener="https"}"#), 6)
+        XCTAssertEqual(value(#"edge_connections_total{listener="https"}"#), 7)
         // Open while held, closed once: the TLS handler reports the close on a TLS
         // listener, the proxy on a plain one.
         let held = [port, port, harness.port("http"), harness.port("http"), harness.port("http")].map { connectedSocket(port: $0) }
@@ -65,9 +65,9 @@ final class ProxyTests: XCTestCase {
         XCTAssertTrue(eventually(timeout: 5) {
             value(#"edge_connections_open{listener="https"}"#) == 0 && value(#"edge_connections_open{listener="http"}"#) == 0
         }, "closed connections are counted closed")
-        XCTAssertEqual(value(#"edge_connections_total{listener="https"}"#), 8)
+        XCTAssertEqual(value(#"edge_connections_total{listener="https"}"#), 9)
         XCTAssertEqual(value(#"edge_connections_total{listener="http"}"#), 3)
-        XCTAssertEqual(value(#"edge_tls_handshakes_total{listener="https",result="ok"}"#), 5)
+        XCTAssertEqual(value(#"edge_tls_handshakes_total{listener="https",result="ok"}"#), 6)
         XCTAssertEqual(value(#"edge_tls_handshakes_total{listener="https",result="failed"}"#), 1)
         XCTAssertEqual(value(#"edge_requests_total{listener="https",class="2xx"}"#), 3)
         XCTAssertEqual(value(#"edge_requests_total{listener="https",class="4xx"}"#), 1)
