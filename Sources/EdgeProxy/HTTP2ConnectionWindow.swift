@@ -1,6 +1,6 @@
-/// The receive window of an HTTP/2 connection served without NIO's stream multiplexer
-/// (which would otherwise manage it): the upstream session's (NIO's connection handler)
-/// and the downstream's (the gateway's `HTTP2ServerEngine`). It starts `boost` bytes
+/// The receive window of an upstream HTTP/2 connection (`HTTP2UpstreamSession`) served
+/// by NIO's connection handler without its stream multiplexer (which would otherwise
+/// manage it); the client side's engine grants its own (`HTTP2ServerEngine`). It starts `boost` bytes
 /// above the default 65,535, follows the handler's own count
 /// (`NIOHTTP2WindowUpdatedEvent`: DATA dropped for a reset stream takes window too, and
 /// counted from the frames seen it leaked until the connection stalled), and is topped

@@ -2,8 +2,8 @@ import NIOCore
 import NIOHTTP2
 
 /// A client's HTTP/2 connection at the frame level: sits after the gateway's HTTP/2
-/// engine (`HTTP2ServerEngine`, which hands on frames and events as NIO's connection
-/// handler did before it), and serves each
+/// engine (`HTTP2ServerEngine`, which calls it with the frames and what happens to the
+/// streams, `HTTP2ServerStreams`, and which it calls with the frames it writes), and serves each
 /// stream with a `ProxyHandler` and an `HTTP2StreamBridge` held in a table
 /// (`HTTP2DownstreamStream`), not a child channel, pipeline and contexts per stream:
 /// creating and activating those was about 40 % of an HTTP/2 request.
@@ -11,8 +11,8 @@ import NIOHTTP2
 /// It does what the stream channels did for the proxy: hands each stream its frames,
 /// completes its reads at the end of a read batch, gives flow-control window back as
 /// the proxy reads (a stream's only while its proxy takes the body, so an upstream that
-/// cannot take a request body holds back that stream alone; the connection's as the engine
-/// counts it), reports a stream unwritable while its response piles up in the engine (the
+/// cannot take a request body holds back that stream alone; the engine grants the
+/// connection's), reports a stream unwritable while its response piles up in the engine (the
 /// client's window closed), and tells a stream's proxy when the stream is gone (reset
 /// by the client, closed both ways, or the connection lost). The engine keeps the
 /// defences NIO's handler had (stream limits, glitch counting, control-frame limits, HPACK
@@ -21,14 +21,8 @@ import NIOHTTP2
 /// as `HTTP2ConnectionLifetime` decides, waiting in the loop's deadline heap: a handler,
 /// its pipeline context and a NIO scheduled task fewer than a handler of its own took
 /// (about 0.7 kB of an idle connection).
-final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
-    typealias InboundIn = HTTP2Frame
-    typealias OutboundOut = HTTP2Frame
-
-    /// The connection's receive window beyond its default 65,535 bytes, granted at once:
-    /// uploads on several streams share it, and each stream's own 65,535-byte window
-    /// (given back only as its proxy reads) bounds what a stream can make the gateway hold.
-    static let connectionWindowBoost = 1 << 20
+final class HTTP2Downstream: ChannelInboundHandler, HTTP2ServerStreams, DeadlineOwner {
+    typealias InboundIn = Never
 
     private let listener: ProxyListener
     private let info: DownstreamInfo
@@ -41,15 +35,12 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     private var streams: [HTTP2DownstreamStream] = []
     /// The highest stream ID opened: a stream's HEADERS after it was done (trailers
     /// behind a reset the client has not seen yet) open nothing again.
-    private var lastOpened = HTTP2StreamID(0)
+    private var lastOpened: UInt32 = 0
     /// Streams that got frames in this read batch.
     private var touched: [HTTP2DownstreamStream] = []
     /// Between a read and the end of its batch: flushes wait for the batch's end.
     private var reading = false
     private var needsFlush = false
-    /// What the client may still send on the connection, topped up at the end of each
-    /// read batch.
-    private var connectionWindow = HTTP2ConnectionWindow(boost: HTTP2Downstream.connectionWindowBoost)
     /// Looks for streams whose response is stuck (`sweepStalled`); armed by a response
     /// write while none is scheduled.
     private var stallSweep: Scheduled<Void>?
@@ -64,8 +55,8 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     /// no stream counts as stalled (`sweepStalled`).
     private var connectionWindowUpdates: UInt32 = 0
     private var connectionWindowUpdatesAtSweep: UInt32 = 0
-    /// The engine in front (set by the pipeline's assembly): what it still holds of a
-    /// stream's response, for the stall sweep.
+    /// The engine in front (set by the pipeline's assembly): it sends what the streams
+    /// write, and says what it still holds of a stream's response, for the stall sweep.
     var engine: HTTP2ServerEngine?
     /// Writability changes of the channel, and sweeps in a row that found it unwritable,
     /// unchanged, with parts of a response held (`sweepStalled`).
@@ -91,10 +82,6 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        // After the engine's preface and SETTINGS (it is in front): the connection's window grows.
-        context.write(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: Self.connectionWindowBoost))),
-                      promise: nil)
-        context.flush()
         self.queueDeadline()
     }
 
@@ -109,35 +96,20 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     var allocator: ByteBufferAllocator { self.context?.channel.allocator ?? ByteBufferAllocator() }
     var isWritable: Bool { self.context?.channel.isWritable ?? false }
 
-    // MARK: frames from the client
+    // MARK: frames from the client (the engine's calls)
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !self.refused else { return }
+    func streamCreated(_ id: UInt32) {
+        self.lifetime.streamOpened(id)
+    }
+
+    func received(_ payload: HTTP2Frame.FramePayload, on id: UInt32) {
+        guard !self.refused, let context = self.context else { return }
         self.reading = true
-        let frame = self.unwrapInboundIn(data)
-        let payload = frame.payload
-        switch payload {
-        case .rstStream:
-            if self.resets.exceeded(at: .now()) { return self.refuse(context, reason: "too many stream resets (rapid reset)") }
-        case .windowUpdate:
-            // The client takes more of the responses: progress for the stall sweep.
-            if frame.streamID == .rootStream {
-                self.connectionWindowUpdates &+= 1
-            } else {
-                self.stream(frame.streamID)?.windowUpdates &+= 1
-            }
-            return
-        case .ping(let data, ack: true):
-            // The drain's PING comes back (the engine answers the client's own).
-            return self.perform(self.lifetime.pingAcknowledged(data.integer), context: context)
-        default:
-            break
-        }
-        var stream = self.stream(frame.streamID)
+        var stream = self.stream(id)
         if stream == nil {
             // A new stream's HEADERS: the engine has checked its ID and the stream limit.
-            guard case .headers = payload, frame.streamID > self.lastOpened else { return }
-            stream = self.open(frame.streamID, context: context)
+            guard case .headers = payload, id > self.lastOpened else { return }
+            stream = self.open(id, context: context)
         }
         guard let stream, !stream.finished, let proxy = stream.proxy else { return }
         switch payload {
@@ -146,18 +118,44 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
             if data.endStream { stream.requestEnded = true }
         case .headers(let headers):
             if headers.endStream { stream.requestEnded = true }
-        case .rstStream:
-            // The engine reports the stream closed next (`StreamClosedEvent`).
-            stream.requestEnded = true
-            return
         default:
-            return  // WINDOW_UPDATE, PRIORITY: the engine's
+            return
         }
         if !stream.touched {
             stream.touched = true
             self.touched.append(stream)
         }
         proxy.streamReceived(payload)
+    }
+
+    func clientReset(_ id: UInt32) {
+        guard !self.refused, let context = self.context else { return }
+        if self.resets.exceeded(at: .now()) { return self.refuse(context, reason: "too many stream resets (rapid reset)") }
+        // The engine reports the stream closed next.
+        self.stream(id)?.requestEnded = true
+    }
+
+    func windowOpened(on id: UInt32?) {
+        // The client takes more of the responses: progress for the stall sweep.
+        if let id {
+            self.stream(id)?.windowUpdates &+= 1
+        } else {
+            self.connectionWindowUpdates &+= 1
+        }
+    }
+
+    func pingAcknowledged(_ data: UInt64) {
+        guard !self.refused, let context = self.context else { return }
+        self.perform(self.lifetime.pingAcknowledged(data), context: context)
+    }
+
+    func streamClosed(_ id: UInt32) {
+        guard let context = self.context else { return }
+        if let stream = self.stream(id) {
+            stream.requestEnded = true
+            self.finishLater(stream)
+        }
+        self.perform(self.lifetime.streamClosed(id, now: context.eventLoop.now), context: context)
     }
 
     /// GOAWAY with ENHANCE_YOUR_CALM, as NIO answered the same abuse, and the close at
@@ -167,12 +165,12 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
         self.refused = true
         self.listener.clientFaults.report("HTTP/2 connection refused", reason: reason, level: .info, peer: self.info.clientIP,
                                           metadata: ["peer": "\(self.info.peer)", "listener": "\(self.listener.name)"], listener: self.listener)
-        let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: self.lastOpened, errorCode: .enhanceYourCalm, opaqueData: nil))
-        context.writeAndFlush(self.wrapOutboundOut(goAway), promise: nil)
+        self.engine?.send(.goAway(lastStreamID: Self.streamID(self.lastOpened), errorCode: .enhanceYourCalm, opaqueData: nil), on: 0, promise: nil)
+        context.flush()
         context.close(promise: nil)
     }
 
-    private func open(_ id: HTTP2StreamID, context: ChannelHandlerContext) -> HTTP2DownstreamStream {
+    private func open(_ id: UInt32, context: ChannelHandlerContext) -> HTTP2DownstreamStream {
         self.lastOpened = id
         let stream = HTTP2DownstreamStream(id: id, connection: self)
         // Opened while the connection is backed up, it is unwritable from the start, and
@@ -187,19 +185,12 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
         return stream
     }
 
-    func stream(_ id: HTTP2StreamID) -> HTTP2DownstreamStream? {
+    func stream(_ id: UInt32) -> HTTP2DownstreamStream? {
         for stream in self.streams where stream.id == id { return stream }
         return nil
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        // Not with no stream left to receive: nothing more is due after the drain's GOAWAY.
-        if self.streams.contains(where: { !$0.finished }), let increment = self.connectionWindow.topUp() {
-            let written = context.eventLoop.makePromise(of: Void.self)
-            context.write(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))), promise: written)
-            written.futureResult.assumeIsolated().whenComplete { _ in self.connectionWindow.updateWritten() }
-            self.needsFlush = true
-        }
         // Each stream's read completes (its upstream writes flush), and it reads on unless
         // its proxy holds the client back.
         if !self.touched.isEmpty {
@@ -222,21 +213,21 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     // MARK: what the streams ask
 
     func write(_ payload: HTTP2Frame.FramePayload, on stream: HTTP2DownstreamStream, promise: EventLoopPromise<Void>?) {
-        guard let context = self.context else {
+        guard let engine = self.engine else {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
         guard case .data(let data) = payload, case .byteBuffer(let body) = data.data, body.readableBytes > 0 else {
-            context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: promise)
+            engine.send(payload, on: stream.id, promise: promise)
             // A response's fields (a head with no body, trailers) or its empty end may wait
             // in the engine too.
-            if self.stallSweep == nil, self.engine?.holdsParts(on: UInt32(Int32(stream.id))) == true { self.armStallSweep() }
+            if self.stallSweep == nil, engine.holdsParts(on: stream.id) { self.armStallSweep() }
             return
         }
         // Counted until the engine is done with it (`dataDone`): past the client's window it
         // waits there.
         stream.queuedBytes += body.readableBytes
-        context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: payload)), promise: promise)
+        engine.send(payload, on: stream.id, promise: promise)
         if stream.reportedWritable, stream.queuedBytes >= HTTP2DownstreamStream.highWater { self.reportWritability(stream) }
         if self.stallSweep == nil { self.armStallSweep() }
     }
@@ -245,7 +236,7 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     /// or refused): progress for the stall sweep, and the stream may take more again once
     /// the engine's pass ends (`dataPassEnded`).
     func dataDone(_ bytes: Int, on id: UInt32) {
-        for stream in self.streams where UInt32(Int32(stream.id)) == id {
+        for stream in self.streams where stream.id == id {
             stream.queuedBytes -= bytes
             stream.writesDone &+= 1
             if !stream.reportedWritable, stream.queuedBytes <= HTTP2DownstreamStream.lowWater { self.writableAgain = true }
@@ -311,7 +302,7 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
             let progress = stream.writesDone &+ stream.windowUpdates
             // What waits may be response DATA (counted) or fields held while the client
             // reads nothing: a head without a body, trailers after DATA the channel took.
-            let held = stream.queuedBytes > 0 || self.engine?.holdsParts(on: UInt32(Int32(stream.id))) == true
+            let held = stream.queuedBytes > 0 || self.engine?.holdsParts(on: stream.id) == true
             guard held, progress == stream.progressAtSweep, !connectionMoved else {
                 stream.progressAtSweep = progress
                 stream.stalledSweeps = 0
@@ -345,10 +336,10 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     /// a frame; none once the client ended the request.
     func giveBack(_ stream: HTTP2DownstreamStream) {
         guard stream.unacknowledged >= HTTP2DownstreamStream.windowUpdateThreshold, !stream.requestEnded, !stream.closed,
-              let context = self.context else { return }
+              let engine = self.engine else { return }
         let increment = stream.unacknowledged
         stream.unacknowledged = 0
-        context.write(self.wrapOutboundOut(HTTP2Frame(streamID: stream.id, payload: .windowUpdate(windowSizeIncrement: increment))), promise: nil)
+        engine.send(.windowUpdate(windowSizeIncrement: increment), on: stream.id, promise: nil)
         self.flush()
     }
 
@@ -389,26 +380,7 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        // The engine's events (NIO's types) come several per request: their types are compared before any cast
-        // (a failing `as?` from `Any` is a search of the runtime's conformance records).
-        let type = ObjectIdentifier(Swift.type(of: event))
-        if type == ObjectIdentifier(NIOHTTP2WindowUpdatedEvent.self) {
-            let window = event as! NIOHTTP2WindowUpdatedEvent
-            if window.streamID == .rootStream, let inbound = window.inboundWindowSize { self.connectionWindow.nioReported(inbound) }
-            return
-        }
-        if type == ObjectIdentifier(StreamClosedEvent.self) {
-            let id = (event as! StreamClosedEvent).streamID
-            if let stream = self.stream(id) {
-                stream.requestEnded = true
-                self.finishLater(stream)
-            }
-            return self.perform(self.lifetime.streamClosed(UInt32(Int32(id)), now: context.eventLoop.now), context: context)
-        }
-        if type == ObjectIdentifier(NIOHTTP2StreamCreatedEvent.self) {
-            return self.lifetime.streamOpened(UInt32(Int32((event as! NIOHTTP2StreamCreatedEvent).streamID)))
-        }
-        if type == ObjectIdentifier(ChannelShouldQuiesceEvent.self) {
+        if event is ChannelShouldQuiesceEvent {
             // GOAWAY's first step, then each stream finishes the exchange in flight.
             self.perform(self.lifetime.quiesce(now: context.eventLoop.now, ping: UInt64.random(in: .min ... .max)), context: context)
             for stream in self.streams where !stream.finished { stream.proxy?.streamQuiesce() }
@@ -429,17 +401,22 @@ final class HTTP2Downstream: ChannelInboundHandler, DeadlineOwner {
         case .none:
             break
         case .goAwayAndClose(let last):
-            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: Self.streamID(last), errorCode: .noError, opaqueData: nil))
-            context.writeAndFlush(self.wrapOutboundOut(goAway)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            guard let engine = self.engine else {
+                context.close(promise: nil)
+                break
+            }
+            let written = context.eventLoop.makePromise(of: Void.self)
+            engine.send(.goAway(lastStreamID: Self.streamID(last), errorCode: .noError, opaqueData: nil), on: 0, promise: written)
+            context.flush()
+            written.futureResult.assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         case .announceDrain(let ping):
             // The engine keeps the lowest GOAWAY's stream as its limit.
-            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
-            context.write(self.wrapOutboundOut(goAway), promise: nil)
-            context.writeAndFlush(self.wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .ping(HTTP2PingData(withInteger: ping), ack: false))),
-                                  promise: nil)
+            self.engine?.send(.goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil), on: 0, promise: nil)
+            self.engine?.send(.ping(HTTP2PingData(withInteger: ping), ack: false), on: 0, promise: nil)
+            context.flush()
         case .finalGoAway(let last, let close):
-            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: Self.streamID(last), errorCode: .noError, opaqueData: nil))
-            context.writeAndFlush(self.wrapOutboundOut(goAway), promise: nil)
+            self.engine?.send(.goAway(lastStreamID: Self.streamID(last), errorCode: .noError, opaqueData: nil), on: 0, promise: nil)
+            context.flush()
             if close { self.closeWhenDrained(context) }
         case .close:
             self.closeWhenDrained(context)

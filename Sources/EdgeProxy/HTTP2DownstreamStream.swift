@@ -7,7 +7,7 @@ import NIOHTTP2
 /// stream. Its proxy (`ProxyHandler`, with the stream's `HTTP2StreamBridge`) writes
 /// frames through it; the connection hands it the frames that arrive.
 final class HTTP2DownstreamStream {
-    let id: HTTP2StreamID
+    let id: UInt32
     /// The connection's handler; unowned: the connection's table holds the stream, and
     /// the stream is gone from it before the handler is.
     unowned let connection: HTTP2Downstream
@@ -50,7 +50,7 @@ final class HTTP2DownstreamStream {
     /// Window given back once this much was read: half the stream's 65,535-byte window.
     static let windowUpdateThreshold = 32 * 1024
 
-    init(id: HTTP2StreamID, connection: HTTP2Downstream) {
+    init(id: UInt32, connection: HTTP2Downstream) {
         self.id = id
         self.connection = connection
     }

@@ -2,12 +2,37 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 
+/// What the engine tells the streams behind it (`HTTP2Downstream`), by direct calls: a
+/// frame passed on through the pipeline was wrapped in `NIOAny` (an allocation for each
+/// `HTTP2Frame`, larger than its inline room) and an event in `Any` (another, and a
+/// dynamic cast to tell the events apart), several times a request.
+protocol HTTP2ServerStreams: AnyObject {
+    /// A stream's first HEADERS were accepted (before `received` hands them on).
+    func streamCreated(_ id: UInt32)
+    /// A frame of a stream's request: its HEADERS (decoded), DATA, trailers.
+    func received(_ payload: HTTP2Frame.FramePayload, on id: UInt32)
+    /// The client reset a stream (the engine reports it closed next).
+    func clientReset(_ id: UInt32)
+    /// The stream ended both ways, or was reset by either side.
+    func streamClosed(_ id: UInt32)
+    /// A WINDOW_UPDATE from the client, for a stream or for the connection (nil).
+    func windowOpened(on id: UInt32?)
+    /// The client acknowledged a PING the gateway sent (the drain's).
+    func pingAcknowledged(_ data: UInt64)
+    /// The engine is done with `bytes` of a stream's response DATA (written to the
+    /// channel, or refused for a stream that is gone): what still waits here for the
+    /// client's windows is known without a promise and a callback for every write.
+    func dataDone(_ bytes: Int, on id: UInt32)
+    /// A pass over the send queue ended.
+    func dataPassEnded()
+}
+
 /// The gateway's own HTTP/2 server connection (#32), in place of NIO's `NIOHTTP2Handler`
-/// in front of `HTTP2Downstream`, which it serves as NIO's handler
-/// did: the request frames (HEADERS decoded, DATA as read), the events they count on
-/// (`NIOHTTP2StreamCreatedEvent`, `StreamClosedEvent`, the connection's
-/// `NIOHTTP2WindowUpdatedEvent`), and the response frames they write, encoded here and
-/// held for the client's windows (`HTTP2SendQueue`). The frames are cut and checked by
+/// in front of `HTTP2Downstream`: it hands the streams the request frames (HEADERS
+/// decoded, DATA as read) and what happens to them (`HTTP2ServerStreams`), and takes the
+/// response frames they write (`send`), encoded here and held for the client's windows
+/// (`HTTP2SendQueue`). It grants the connection's receive window itself (`connectionWindowBoost`
+/// above the default at once, topped up at the end of each read batch). The frames are cut and checked by
 /// `HTTP2FrameReader`, their meaning for the connection is `HTTP2ServerConnectionState`'s,
 /// and HPACK is NIO's decoder (`NIOHPACK`) and an encoder without a dynamic table
 /// (`HPACKResponseEncoder`); this class only performs what those decide.
@@ -17,7 +42,6 @@ import NIOHTTP2
 /// own besides the proxy's for every frame.
 final class HTTP2ServerEngine: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
-    typealias InboundOut = HTTP2Frame
     typealias OutboundIn = HTTP2Frame
     typealias OutboundOut = ByteBuffer
 
@@ -59,11 +83,15 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     private var controlFrames = HTTP2RateLimit(limit: 200, window: .seconds(30))
     /// Says why a connection was refused (a connection error), for the listener's log.
     private let refused: (String) -> Void
-    /// Told of each piece of response DATA the engine is done with (written to the
-    /// channel, or refused for a stream that is gone), so that it knows what still waits
-    /// here for the client's windows without a promise and a callback for every write.
-    /// Set by the pipeline's assembly; cleared when the handler goes.
-    var progress: HTTP2Downstream?
+    /// The streams behind the engine. Set by the pipeline's assembly; cleared when the
+    /// handler goes.
+    var streams: (any HTTP2ServerStreams)?
+    /// The connection's receive window granted above the default 65,535 bytes in the
+    /// preface: uploads on several streams share it, and each stream's own 65,535-byte
+    /// window (given back only as its proxy reads) bounds what a stream can make the
+    /// gateway hold. Topped up to it once `windowThreshold` of it was used.
+    private let connectionWindowBoost: Int
+    static let windowThreshold = 32 * 1024
 
     /// Whether parts of a stream's response wait here (for a window, or for the client to
     /// read): for the streams' stall sweep.
@@ -73,7 +101,8 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
 
     var holdsAnyParts: Bool { !self.queue.isEmpty }
 
-    init(maxConcurrentStreams: Int, maxHeaderListSize: Int, refused: @escaping (String) -> Void) {
+    init(maxConcurrentStreams: Int, maxHeaderListSize: Int, connectionWindowBoost: Int = 1 << 20, refused: @escaping (String) -> Void) {
+        self.connectionWindowBoost = connectionWindowBoost
         // At most 5 CONTINUATION frames in a row, as NIO allows.
         self.reader = HTTP2FrameReader(expectsClientPreface: true, maxFieldBlockBytes: max(maxHeaderListSize, 16_384), maxContinuationFrames: 5)
         self.state = HTTP2ServerConnectionState(limits: .init(maxConcurrentStreams: maxConcurrentStreams))
@@ -92,6 +121,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         var settings = self.state.settings
         settings.append(HTTP2WireSetting(identifier: HTTP2WireSetting.maxHeaderListSize, value: UInt32(self.maxHeaderListSize)))
         HTTP2FrameWriter.settings(settings, into: &self.out)
+        if self.connectionWindowBoost > 0 { self.giveWindow(self.connectionWindowBoost, on: nil) }
         if context.channel.isActive { self.flush(context: context) }
     }
 
@@ -104,7 +134,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         self.failed = true
         self.failQueued()
         self.context = nil
-        self.progress = nil
+        self.streams = nil
     }
 
     // MARK: reading
@@ -138,6 +168,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         self.reading = false
+        self.topUpConnectionWindow()
         context.fireChannelReadComplete()
         if self.needsFlush || self.out.readableBytes > 0 { self.flush(context: context) }
     }
@@ -149,7 +180,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
                 throw HTTP2WireError(code: .enhanceYourCalm, reason: "more than 200 PING, SETTINGS or PRIORITY frames in 30 s")
             }
             // The drain's PING (`HTTP2Downstream`) comes back.
-            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: .rootStream, payload: .ping(HTTP2PingData(withInteger: data), ack: true))))
+            self.streams?.pingAcknowledged(data)
             return
         case .ping, .settings, .settingsAck, .priority:
             if self.controlFrames.exceeded(at: .now()) {
@@ -159,11 +190,8 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
             break
         }
         // Every DATA frame takes window, those dropped too (on a stream reset, past a
-        // GOAWAY, a stream error): `HTTP2Downstream` tops the window up from this count,
-        // and without it the connection's window ran out for good (NIO reported them too).
-        var isData = false
-        if case .data = frame { isData = true }
-        defer { if isData { self.reportConnectionWindow(context) } }
+        // GOAWAY, a stream error): the state counts them, and the top-up at the batch's
+        // end gives them back (the connection's window ran out for good without).
         let received = try self.state.received(frame)
         switch received {
         case .opened(let id, var block, let endStream):
@@ -174,32 +202,28 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
                     return try self.resetStream(id, code: .protocolError, context: context)
                 }
             }
-            let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
             self.lastHandedOn = id
-            let ended = self.state.stream(id) == nil  // before the handlers behind may end it themselves
-            context.fireUserInboundEventTriggered(NIOHTTP2StreamCreatedEvent(streamID: stream, localInitialWindowSize: nil, remoteInitialWindowSize: nil))
-            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .headers(.init(headers: headers, endStream: endStream)))))
-            if ended { self.closed(id, context: context) }
+            let ended = self.state.stream(id) == nil  // before the streams behind may end it themselves
+            self.streams?.streamCreated(id)
+            self.streams?.received(.headers(.init(headers: headers, endStream: endStream)), on: id)
+            if ended { self.closed(id) }
 
         case .trailers(let id, var block):
             let headers = try self.decoder.decodeHeaders(from: &block)
-            let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
             let ended = self.state.stream(id) == nil
-            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .headers(.init(headers: headers, endStream: true)))))
-            if ended { self.closed(id, context: context) }
+            self.streams?.received(.headers(.init(headers: headers, endStream: true)), on: id)
+            if ended { self.closed(id) }
 
         case .data(let id, let data, let endStream, let flowControlled):
-            let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
             let padding = flowControlled > data.readableBytes ? flowControlled - data.readableBytes - 1 : nil
             let ended = self.state.stream(id) == nil
-            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .data(.init(data: .byteBuffer(data), endStream: endStream, paddingBytes: padding)))))
-            if ended { self.closed(id, context: context) }
+            self.streams?.received(.data(.init(data: .byteBuffer(data), endStream: endStream, paddingBytes: padding)), on: id)
+            if ended { self.closed(id) }
 
-        case .reset(let id, let code):
-            let stream = HTTP2StreamID(Int32(truncatingIfNeeded: id))
+        case .reset(let id, _):
             self.dropQueued(id)
-            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .rstStream(HTTP2ErrorCode(networkCode: Int(code))))))
-            context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: stream, reason: HTTP2ErrorCode(networkCode: Int(code))))
+            self.streams?.clientReset(id)
+            self.closed(id)
 
         case .refuseFieldBlock(var block, let id, let code):
             _ = try self.decoder.decodeHeaders(from: &block)  // HPACK's tables stay in step
@@ -213,8 +237,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
 
         case .windowOpened(let id, let increment):
             // `HTTP2Downstream` counts them: a client taking its responses is not stalled.
-            let stream = id.map { HTTP2StreamID(Int32(truncatingIfNeeded: $0)) } ?? .rootStream
-            context.fireChannelRead(self.wrapInboundOut(HTTP2Frame(streamID: stream, payload: .windowUpdate(windowSizeIncrement: Int(increment)))))
+            self.streams?.windowOpened(on: id)
             if id != nil || !self.queueStalled { self.sendQueued(context: context) }
 
         case .acknowledgeSettings:
@@ -259,27 +282,46 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         }
     }
 
-    /// `HTTP2Downstream` tops the connection's window up from what NIO reported; the same
-    /// report, from the state's count.
-    private func reportConnectionWindow(_ context: ChannelHandlerContext) {
-        context.fireUserInboundEventTriggered(NIOHTTP2WindowUpdatedEvent(streamID: .rootStream, inboundWindowSize: self.state.connectionReceiveWindow,
-                                                                         outboundWindowSize: nil))
+    /// What the client may still send on the connection (for tests).
+    var connectionReceiveWindow: Int { self.state.connectionReceiveWindow }
+
+    /// At the end of a read batch, the connection's window goes back up to its size once
+    /// a good part of it was used, unless no stream is left to send on (nothing more is
+    /// due after the drain's last GOAWAY).
+    private func topUpConnectionWindow() {
+        let used = 65_535 + self.connectionWindowBoost - self.state.connectionReceiveWindow
+        guard !self.failed, used >= Self.windowThreshold, !self.state.streams.isEmpty else { return }
+        self.giveWindow(used, on: nil)
+    }
+
+    /// A WINDOW_UPDATE into `out`, counted by the state at once (nothing of it can be
+    /// counted twice: the state sees DATA and updates in the order they happen).
+    private func giveWindow(_ increment: Int, on id: UInt32?) {
+        self.state.windowGiven(on: id, increment: increment)
+        self.reserveOut()
+        HTTP2FrameWriter.windowUpdate(stream: id ?? 0, increment: UInt32(increment), into: &self.out)
     }
 
     // MARK: writing
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let frame = self.unwrapOutboundIn(data)
-        guard !self.failed else {
+        self.send(frame.payload, on: UInt32(Int32(frame.streamID)), promise: promise)
+    }
+
+    /// A frame of a stream's response (HEADERS, DATA, RST_STREAM) or of the connection
+    /// (GOAWAY, PING, WINDOW_UPDATE on stream 0), from the streams behind: called directly,
+    /// not written through the pipeline (see `HTTP2ServerStreams`).
+    func send(_ payload: HTTP2Frame.FramePayload, on id: UInt32, promise: EventLoopPromise<Void>?) {
+        guard !self.failed, let context = self.context else {
             promise?.fail(ChannelError.ioOnClosedChannel)
             return
         }
-        let id = UInt32(Int32(frame.streamID))
-        switch frame.payload {
+        switch payload {
         case .headers(let headers):
             // Nothing after the response's end (NIO refused it too).
             guard self.state.takeResponsePart(on: id, endStream: headers.endStream) else {
-                return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: frame.streamID)) ?? ()
+                return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id)))) ?? ()
             }
             if self.queue.hasParts(on: id) || !context.channel.isWritable {
                 // Behind the stream's DATA, or held while the client reads nothing: the
@@ -292,9 +334,18 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
             }
         case .data(let data):
             guard case .byteBuffer(let body) = data.data, self.state.takeResponsePart(on: id, endStream: data.endStream) else {
-                if case .byteBuffer(let body) = data.data { self.progress?.dataDone(body.readableBytes, on: id) }
-                self.progress?.dataPassEnded()
-                return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: frame.streamID)) ?? ()
+                if case .byteBuffer(let body) = data.data { self.streams?.dataDone(body.readableBytes, on: id) }
+                self.streams?.dataPassEnded()
+                return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id)))) ?? ()
+            }
+            // Nothing of the stream waits and the windows take all of it (one frame's
+            // worth): written at once, without a turn through the queue (which allocated
+            // the stream's place in it for every response).
+            if !self.queue.hasParts(on: id), context.channel.isWritable, body.readableBytes <= self.state.sendable(on: id) {
+                self.state.sentData(on: id, length: body.readableBytes, endStream: data.endStream)
+                self.writeData(body, on: id, endStream: data.endStream, promise: promise, context: context)
+                self.streams?.dataPassEnded()
+                return
             }
             self.queue.append(.data(body, endStream: data.endStream), on: id, completion: promise)
             self.queueStalled = false
@@ -305,15 +356,11 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
                 self.state.sentReset(on: id)
                 self.reserveOut()
                 HTTP2FrameWriter.resetStream(stream: id, code: HTTP2WireError.Code(rawValue: UInt32(code.networkCode)) ?? .internalError, into: &self.out)
-                context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: frame.streamID, reason: code))
+                self.closed(id)
             }
             self.written(promise, context: context)
         case .windowUpdate(let increment):
-            if id == 0 || self.state.stream(id) != nil {
-                self.state.windowGiven(on: id == 0 ? nil : id, increment: increment)
-                self.reserveOut()
-                HTTP2FrameWriter.windowUpdate(stream: id, increment: UInt32(increment), into: &self.out)
-            }
+            if id == 0 || self.state.stream(id) != nil { self.giveWindow(increment, on: id == 0 ? nil : id) }
             self.written(promise, context: context)
         case .goAway(let last, let code, _):
             let lastStream = UInt32(Int32(last))
@@ -390,15 +437,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
             wrote = true
             switch frame {
             case .data(let id, let data, let endStream, let completion):
-                self.needsFlush = true
-                self.reserveOut()
-                HTTP2FrameWriter.dataHeader(stream: id, length: data.readableBytes, endStream: endStream, into: &self.out)
-                let header = self.out
-                self.out = ByteBuffer()
-                context.write(self.wrapOutboundOut(header), promise: nil)
-                context.write(self.wrapOutboundOut(data), promise: completion)
-                self.progress?.dataDone(data.readableBytes, on: id)
-                if endStream { self.closedIfGone(id, context: context) }
+                self.writeData(data, on: id, endStream: endStream, promise: completion, context: context)
             case .fields(let id, let headers, let endStream, let completion):
                 self.writeFields(headers, on: id, endStream: endStream, promise: completion, context: context)
             }
@@ -407,7 +446,21 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         // for its own window, which a connection WINDOW_UPDATE cannot open.
         self.queueStalled = !wrote && !self.queue.isEmpty && context.channel.isWritable && self.state.connectionSendWindow > 0
         // After the pass, not within it: a stream told it may write again writes here.
-        if wrote { self.progress?.dataPassEnded() }
+        if wrote { self.streams?.dataPassEnded() }
+    }
+
+    /// A DATA frame the windows took (the state has counted it): its header with what
+    /// waits in `out`, then the bytes themselves.
+    private func writeData(_ data: ByteBuffer, on id: UInt32, endStream: Bool, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
+        self.needsFlush = true
+        self.reserveOut()
+        HTTP2FrameWriter.dataHeader(stream: id, length: data.readableBytes, endStream: endStream, into: &self.out)
+        let header = self.out
+        self.out = ByteBuffer()
+        context.write(self.wrapOutboundOut(header), promise: nil)
+        context.write(self.wrapOutboundOut(data), promise: promise)
+        self.streams?.dataDone(data.readableBytes, on: id)
+        if endStream { self.closedIfGone(id, context: context) }
     }
 
     // MARK: streams and the connection ending
@@ -418,19 +471,19 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         self.reserveOut()
         HTTP2FrameWriter.resetStream(stream: id, code: code, into: &self.out)
         self.dropQueued(id)
-        context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id)), reason: HTTP2ErrorCode(networkCode: Int(code.rawValue))))
+        self.closed(id)
         if !self.reading { self.flush(context: context) }
     }
 
     /// A stream that ended both ways is gone from the state: its proxy and the idle
-    /// timeout are told, as NIO told them.
+    /// timeout are told.
     private func closedIfGone(_ id: UInt32, context: ChannelHandlerContext) {
         guard self.state.stream(id) == nil else { return }
-        self.closed(id, context: context)
+        self.closed(id)
     }
 
-    private func closed(_ id: UInt32, context: ChannelHandlerContext) {
-        context.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id)), reason: nil))
+    private func closed(_ id: UInt32) {
+        self.streams?.streamClosed(id)
     }
 
     private func dropQueued(_ id: UInt32) {

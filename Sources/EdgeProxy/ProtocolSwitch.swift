@@ -77,7 +77,7 @@ package final class ProtocolSwitch: ChannelInboundHandler, RemovableChannelHandl
         try sync.addHandler(engine, name: "h2")
         let downstream = HTTP2Downstream(listener: self.proxy, info: info, strictTransportSecurity: self.proxy.limits.strictTransportSecurity,
                                          eventLoop: channel.eventLoop)
-        engine.progress = downstream
+        engine.streams = downstream
         downstream.engine = engine
         try sync.addHandler(downstream, name: "http2-streams")
     }

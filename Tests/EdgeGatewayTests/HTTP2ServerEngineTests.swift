@@ -9,33 +9,29 @@ import XCTest
 /// behind it see (frames and NIO's events, as NIO's handler gave them), and the bytes it
 /// writes, read back with the frame layer.
 final class HTTP2ServerEngineTests: XCTestCase {
-    /// What reaches the handlers behind the engine.
-    final class Behind: ChannelInboundHandler {
-        typealias InboundIn = HTTP2Frame
+    /// What the engine tells the streams behind it.
+    final class Behind: HTTP2ServerStreams {
         var seen: [String] = []
-        /// The connection's receive window as each `NIOHTTP2WindowUpdatedEvent` said.
-        var windows: [Int] = []
 
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            let frame = self.unwrapInboundIn(data)
-            switch frame.payload {
-            case .headers(let headers): self.seen.append("\(Int(frame.streamID)) headers \(headers.headers.first(name: ":path") ?? "trailers")\(headers.endStream ? " end" : "")")
-            case .data(let data): self.seen.append("\(Int(frame.streamID)) data \(data.data.readableBytes)\(data.endStream ? " end" : "")")
-            case .rstStream(let code): self.seen.append("\(Int(frame.streamID)) reset \(code.networkCode)")
-            case .windowUpdate(let increment): self.seen.append("\(Int(frame.streamID)) window \(increment)")
-            default: self.seen.append("\(Int(frame.streamID)) other")
+        func streamCreated(_ id: UInt32) { self.seen.append("\(id) created") }
+        func received(_ payload: HTTP2Frame.FramePayload, on id: UInt32) {
+            switch payload {
+            case .headers(let headers): self.seen.append("\(id) headers \(headers.headers.first(name: ":path") ?? "trailers")\(headers.endStream ? " end" : "")")
+            case .data(let data): self.seen.append("\(id) data \(data.data.readableBytes)\(data.endStream ? " end" : "")")
+            default: self.seen.append("\(id) other")
             }
         }
-
-        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-            if let created = event as? NIOHTTP2StreamCreatedEvent { self.seen.append("\(Int(created.streamID)) created") }
-            if let closed = event as? StreamClosedEvent { self.seen.append("\(Int(closed.streamID)) closed") }
-            if let window = event as? NIOHTTP2WindowUpdatedEvent { self.windows.append(window.inboundWindowSize ?? -1) }
-        }
+        func clientReset(_ id: UInt32) { self.seen.append("\(id) reset") }
+        func streamClosed(_ id: UInt32) { self.seen.append("\(id) closed") }
+        func windowOpened(on id: UInt32?) { self.seen.append("\(id ?? 0) window") }
+        func pingAcknowledged(_ data: UInt64) { self.seen.append("pong \(data)") }
+        func dataDone(_ bytes: Int, on id: UInt32) {}
+        func dataPassEnded() {}
     }
 
     var channel: EmbeddedChannel!
     var behind: Behind!
+    var engine: HTTP2ServerEngine!
     var refusals: [String] = []
     var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
     var client = HTTP2FrameReader(expectsClientPreface: false)
@@ -44,8 +40,9 @@ final class HTTP2ServerEngineTests: XCTestCase {
     override func setUpWithError() throws {
         self.channel = EmbeddedChannel()
         self.behind = Behind()
-        let engine = HTTP2ServerEngine(maxConcurrentStreams: 2, maxHeaderListSize: 16_384) { [unowned self] in self.refusals.append($0) }
-        try self.channel.pipeline.syncOperations.addHandlers([engine, self.behind])
+        self.engine = HTTP2ServerEngine(maxConcurrentStreams: 2, maxHeaderListSize: 16_384, connectionWindowBoost: 0) { [unowned self] in self.refusals.append($0) }
+        self.engine.streams = self.behind
+        try self.channel.pipeline.syncOperations.addHandler(self.engine)
         try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
     }
 
@@ -90,7 +87,7 @@ final class HTTP2ServerEngineTests: XCTestCase {
 
     private func respond(_ stream: Int32, _ payload: HTTP2Frame.FramePayload) -> EventLoopFuture<Void> {
         let promise = self.channel.eventLoop.makePromise(of: Void.self)
-        self.channel.pipeline.write(HTTP2Frame(streamID: HTTP2StreamID(stream), payload: payload), promise: promise)
+        self.engine.send(payload, on: UInt32(stream), promise: promise)
         self.channel.pipeline.flush()
         return promise.futureResult
     }
@@ -119,7 +116,7 @@ final class HTTP2ServerEngineTests: XCTestCase {
         try self.send { HTTP2FrameWriter.windowUpdate(stream: 0, increment: 100_000, into: &$0) }
         XCTAssertEqual(try self.written(), ["1 data 16384", "1 data 16384", "1 data 1697 end"])
         XCTAssertTrue(done)
-        XCTAssertEqual(self.behind.seen.suffix(3), ["1 window 100000", "0 window 100000", "1 closed"], "closed both ways: the handlers behind are told")
+        XCTAssertEqual(self.behind.seen.suffix(3), ["1 window", "0 window", "1 closed"], "closed both ways: the streams behind are told")
     }
 
     func testAResetDropsWhatWaitsAndAConnectionErrorEndsWithGoAway() throws {
@@ -137,17 +134,17 @@ final class HTTP2ServerEngineTests: XCTestCase {
         XCTAssertEqual(try self.written(), [], "a window of 0")
         try self.send { HTTP2FrameWriter.resetStream(stream: 3, code: .cancel, into: &$0) }
         XCTAssertNotNil(failed, "the write that waited fails")
-        XCTAssertEqual(self.behind.seen.suffix(2), ["3 reset 8", "3 closed"])
+        XCTAssertEqual(self.behind.seen.suffix(2), ["3 reset", "3 closed"])
         XCTAssertEqual(try self.written(), [])
 
         // An upload answered early is reset with NO_ERROR; its DATA still on the way is dropped.
         _ = self.respond(1, .headers(.init(headers: [":status": "413"], endStream: true)))
         _ = self.respond(1, .rstStream(.noError))
         XCTAssertEqual(try self.written(), ["1 headers 413 end", "1 reset 0"])
-        let window = self.behind.windows.last
+        let window = self.engine.connectionReceiveWindow
         try self.send { HTTP2FrameWriter.dataHeader(stream: 1, length: 3, endStream: false, into: &$0); $0.writeString("abc") }
         XCTAssertFalse(self.behind.seen.contains("1 data 3"))
-        XCTAssertEqual(self.behind.windows.last, (window ?? 65_535) - 3, "dropped DATA still takes the connection's window, and is reported")
+        XCTAssertEqual(self.engine.connectionReceiveWindow, window - 3, "dropped DATA still takes the connection's window")
 
         // A field block that does not decode: COMPRESSION_ERROR for the whole connection.
         try self.send { HTTP2FrameWriter.headers(stream: 7, block: ByteBuffer(bytes: [0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), endStream: true, maxFrameSize: 16_384, into: &$0) }
@@ -155,6 +152,53 @@ final class HTTP2ServerEngineTests: XCTestCase {
         XCTAssertFalse(self.channel.isActive)
         XCTAssertEqual(self.refusals.count, 1)
         XCTAssertTrue(self.refusals.first?.contains("compressionError") ?? false, "\(self.refusals)")
+    }
+
+    /// The connection's receive window: enlarged in the preface, and given back at the
+    /// end of a read batch once 32 KiB of it were used, DATA dropped for a stream reset
+    /// included; none once no stream is left.
+    func testTheConnectionsWindowIsGrantedAndToppedUp() throws {
+        _ = try? self.channel.finish(acceptAlreadyClosed: true)
+        self.channel = EmbeddedChannel()
+        self.engine = HTTP2ServerEngine(maxConcurrentStreams: 2, maxHeaderListSize: 16_384) { _ in }
+        self.engine.streams = self.behind
+        try self.channel.pipeline.syncOperations.addHandler(self.engine)
+        try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        XCTAssertEqual(try self.written(), ["settings 3=2,2=0,6=16384", "0 window 1048576"])
+        let chunk = ByteBuffer(repeating: 0x61, count: 16_000)
+        try self.send {
+            $0.writeBytes(http2ClientPreface)
+            HTTP2FrameWriter.settings([], into: &$0)
+            try self.request("/upload", stream: 1, end: false, into: &$0)
+            HTTP2FrameWriter.dataHeader(stream: 1, length: chunk.readableBytes, endStream: false, into: &$0)
+            $0.writeImmutableBuffer(chunk)
+        }
+        XCTAssertEqual(try self.written(), ["settings-ack"], "16,000 bytes used: not worth an update yet")
+        try self.send {
+            HTTP2FrameWriter.dataHeader(stream: 1, length: chunk.readableBytes, endStream: false, into: &$0)
+            $0.writeImmutableBuffer(chunk)
+            HTTP2FrameWriter.resetStream(stream: 1, code: .cancel, into: &$0)
+            try self.request("/b", stream: 3, end: false, into: &$0)
+        }
+        XCTAssertEqual(try self.written(), [], "32,000 bytes: still under 32 KiB")
+        try self.send {
+            // Dropped (stream 1 is gone), but it took window all the same.
+            HTTP2FrameWriter.dataHeader(stream: 1, length: 1_000, endStream: false, into: &$0)
+            $0.writeBytes([UInt8](repeating: 0x62, count: 1_000))
+        }
+        XCTAssertEqual(try self.written(), ["0 window 33000"])
+        XCTAssertEqual(self.engine.connectionReceiveWindow, 65_535 + (1 << 20))
+        // Stream 3 answered early; the rest of its body ends it, and the connection's last stream.
+        _ = self.respond(3, .headers(.init(headers: [":status": "204"], endStream: true)))
+        XCTAssertEqual(try self.written(), ["3 headers 204 end"])
+        try self.send {
+            for end in [false, false, true] {
+                HTTP2FrameWriter.dataHeader(stream: 3, length: chunk.readableBytes, endStream: end, into: &$0)
+                $0.writeImmutableBuffer(chunk)
+            }
+        }
+        XCTAssertEqual(self.behind.seen.last, "3 closed")
+        XCTAssertEqual(try self.written(), [], "no stream left: no update")
     }
 
     /// A client that reads nothing: the response waits in the engine, its stream stays
