@@ -12,20 +12,35 @@ import NIOHPACK
 /// dynamic table: what it saves is a few dozen bytes a response, inside one TLS record.
 ///
 /// The encoder's table size is the protocol's 4,096 bytes until it says otherwise, so the
-/// first field block starts with a dynamic table size update to 0 (§6.3): a client that
-/// lowered SETTINGS_HEADER_TABLE_SIZE expects one (§4.2), and after it no SETTINGS the
-/// client sends can ask for another. That holds only if blocks are encoded in the order
-/// they go on the wire: the engine encodes a block as it writes its frames, never ahead
-/// (a block held in its queue waits there unencoded).
+/// first field block on the wire starts with a dynamic table size update to 0 (§6.3): a
+/// client that lowered SETTINGS_HEADER_TABLE_SIZE expects one (§4.2), and after it no
+/// SETTINGS the client sends can ask for another. Without a table a block means the same
+/// whenever it is encoded, so blocks may be encoded ahead (a block held in the engine's
+/// queue is); only the size update goes with the first block written (`beginBlock`).
+///
+/// A response from an upstream is encoded straight from its parsed HTTP/1.1 head
+/// (`encodeResponse`): names lower-cased byte by byte, values as received, without a
+/// `String` for each of them (building `HPACKHeaders` first was a tenth of an HTTP/2
+/// request).
 struct HPACKResponseEncoder {
     private var announcedNoTable = false
 
-    /// Appends the block for `headers` to `buffer`.
-    mutating func encode(_ headers: HPACKHeaders, into buffer: inout ByteBuffer) {
+    /// Starts a block that is written now: the size update, in the first one only.
+    mutating func beginBlock(into buffer: inout ByteBuffer) {
         if !self.announcedNoTable {
             self.announcedNoTable = true
             buffer.writeInteger(UInt8(0x20))  // 001xxxxx: dynamic table size update, 0
         }
+    }
+
+    /// Appends the block for `headers` to `buffer`, as the next one written.
+    mutating func encode(_ headers: HPACKHeaders, into buffer: inout ByteBuffer) {
+        self.beginBlock(into: &buffer)
+        Self.encodeFields(headers, into: &buffer)
+    }
+
+    /// Appends the fields of `headers` (a block without the size update).
+    static func encodeFields(_ headers: HPACKHeaders, into buffer: inout ByteBuffer) {
         for (name, value, indexing) in headers {
             if name == ":status", let index = Self.statusIndex(value) {
                 buffer.writeInteger(UInt8(0x80 | index))  // 1xxxxxxx: indexed field
@@ -41,6 +56,52 @@ struct HPACKResponseEncoder {
             }
             Self.writeString(value, into: &buffer)
         }
+    }
+
+    /// A response head's fields (a block without the size update): `:status`, then the
+    /// fields that are not hop-by-hop (connection-specific in HTTP/2), names in lower
+    /// case; the listener's `strict-transport-security` (`hsts`) in place of the
+    /// upstream's; without `content-length` when END_STREAM says it (`withoutContentLength`).
+    static func encodeResponse(_ head: HTTPHead, hsts: String?, withoutContentLength: Bool, into buffer: inout ByteBuffer) {
+        if let index = Self.statusIndex(head.status) {
+            buffer.writeInteger(UInt8(0x80 | index))
+        } else {
+            buffer.writeInteger(UInt8(0x08))  // literal, the name `:status` (index 8)
+            Self.writeString(HTTP2StreamBridge.statusString(head.status), into: &buffer)
+        }
+        head.bytes.withUnsafeBytes { p in
+            for field in head.fields where !head.isHopByHop(field) {
+                if field.known == .strictTransportSecurity && hsts != nil || field.known == .contentLength && withoutContentLength { continue }
+                let name = field.name
+                if let index = Self.nameIndex(p, name) {
+                    Self.writeInteger(index, prefixBits: 4, flags: 0, into: &buffer)
+                } else {
+                    buffer.writeInteger(UInt8(0))
+                    Self.writeInteger(name.count, prefixBits: 7, flags: 0, into: &buffer)
+                    buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: name.count) { out in
+                        for i in 0..<name.count {
+                            let b = p[name.lowerBound + i]
+                            out[i] = b &- 0x41 < 26 ? b | 0x20 : b
+                        }
+                        return name.count
+                    }
+                }
+                Self.writeInteger(field.value.count, prefixBits: 7, flags: 0, into: &buffer)
+                buffer.writeBytes(UnsafeRawBufferPointer(rebasing: p[field.value]))
+            }
+        }
+        if let hsts {
+            Self.writeInteger(56, prefixBits: 4, flags: 0, into: &buffer)  // strict-transport-security
+            Self.writeString(hsts, into: &buffer)
+        }
+    }
+
+    /// At least what `encodeResponse` writes: a literal takes its strings and at most
+    /// 9 bytes more (an index or a name's length, and the value's length, below 2 MB).
+    static func responseSizeBound(_ head: HTTPHead, hsts: String?) -> Int {
+        var bound = 5 + (hsts.map { $0.utf8.count + 9 } ?? 0)
+        for field in head.fields { bound += field.name.count + field.value.count + 9 }
+        return bound
     }
 
     /// The bytes `encode` writes for `headers`, the size update of a first block aside.
@@ -96,6 +157,19 @@ struct HPACKResponseEncoder {
     }
 
     /// The static table's `:status` entries (indices 8-14).
+    private static func statusIndex(_ status: Int) -> UInt8? {
+        switch status {
+        case 200: return 8
+        case 204: return 9
+        case 206: return 10
+        case 304: return 11
+        case 400: return 12
+        case 404: return 13
+        case 500: return 14
+        default: return nil
+        }
+    }
+
     private static func statusIndex(_ value: String) -> UInt8? {
         switch value {
         case "200": return 8
@@ -118,6 +192,19 @@ struct HPACKResponseEncoder {
         return nil
     }
 
+    /// The static table's index of the field name at `range` in `p` (a token, in any case).
+    private static func nameIndex(_ p: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
+        guard range.count < Self.nameBytesByLength.count else { return nil }
+        candidates: for (candidate, index) in Self.nameBytesByLength[range.count] {
+            for i in 0..<range.count {
+                let b = p[range.lowerBound + i]
+                guard (b &- 0x41 < 26 ? b | 0x20 : b) == candidate[i] else { continue candidates }
+            }
+            return index
+        }
+        return nil
+    }
+
     /// RFC 7541 Appendix A's names, each with its first index.
     static let staticNames: [String] = [
         ":authority", ":method", ":method", ":path", ":path", ":scheme", ":scheme", ":status", ":status", ":status", ":status",
@@ -129,6 +216,8 @@ struct HPACKResponseEncoder {
         "refresh", "retry-after", "server", "set-cookie", "strict-transport-security", "transfer-encoding", "user-agent", "vary",
         "via", "www-authenticate",
     ]
+
+    private static let nameBytesByLength: [[([UInt8], Int)]] = Self.namesByLength.map { $0.map { (Array($0.0.utf8), $0.1) } }
 
     private static let namesByLength: [[(String, Int)]] = {
         var table = [[(String, Int)]](repeating: [], count: 28)

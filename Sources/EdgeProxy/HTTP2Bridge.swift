@@ -321,13 +321,6 @@ extension HTTP2StreamBridge {
     // becomes one HEADERS frame, each body piece as read a DATA frame. The frames are
     // written through the stream; the proxy's flush (`flush()`) sends them.
 
-    /// The response's HTTP/2 fields, or nil when their header block would be larger than
-    /// `maxHeaderBlockBytes` (`fitsResponseBlock`).
-    func responseFields(_ head: HTTPHead) -> HPACKHeaders? {
-        let headers = self.responseHeaders(head)
-        return Self.fitsResponseBlock(headers) ? headers : nil
-    }
-
     /// Whether a response's (or its trailers') block, as the gateway's engine encodes it
     /// (`HPACKResponseEncoder`, which counts exactly), stays within `maxHeaderBlockBytes`.
     /// The engine would send a larger one in CONTINUATION frames; the bound is what
@@ -342,18 +335,34 @@ extension HTTP2StreamBridge {
         return HPACKResponseEncoder.encodedSize(headers) + 1 <= Self.maxHeaderBlockBytes
     }
 
-    /// Writes the response's HEADERS frame.
-    func responseHead(_ headers: HPACKHeaders, head: HTTPHead, toHead: Bool) {
-        guard let port = self.port, !self.responseDone else { return }
+    /// Writes the response's HEADERS frame, encoded from the upstream's head; false when
+    /// its block would be larger than `maxHeaderBlockBytes` (nothing is written then).
+    func responseHead(_ head: HTTPHead, toHead: Bool) -> Bool {
+        guard let port = self.port, !self.responseDone else { return true }
         // An empty body ends the stream with the HEADERS frame: a gRPC server's
         // trailers-only answer (its status in the head) is only one when nothing follows
         // it, not even an empty DATA frame (grpcio read that as "Stream removed").
         let empty = !toHead && head.contentLength == 0 && !head.chunked
         let noBody = empty || head.hasNoBody(toHead: toHead)
+        let hsts = self.strictTransportSecurity
+        // Most heads are far below the bound: encoded where they are written. A larger
+        // one is encoded first, and measured.
+        var large: ByteBuffer?
+        if HPACKResponseEncoder.responseSizeBound(head, hsts: hsts) + 1 > Self.maxHeaderBlockBytes {
+            var block = ByteBuffer()
+            HPACKResponseEncoder.encodeResponse(head, hsts: hsts, withoutContentLength: empty, into: &block)
+            guard block.readableBytes + 1 <= Self.maxHeaderBlockBytes else { return false }
+            large = block
+        }
         self.responseDone = noBody
-        var headers = headers
-        if empty { headers.remove(name: "content-length") }  // said by END_STREAM
-        port.write(.headers(.init(headers: headers, endStream: noBody)), promise: nil)
+        port.writeFields(endStream: noBody) { block in
+            if let large {
+                block.writeImmutableBuffer(large)
+            } else {
+                HPACKResponseEncoder.encodeResponse(head, hsts: hsts, withoutContentLength: empty, into: &block)  // content-length: said by END_STREAM
+            }
+        }
+        return true
     }
 
     /// The most a header block may take: for requests to an HTTP/2 upstream, one HEADERS

@@ -232,6 +232,13 @@ final class HTTP2Downstream: ChannelInboundHandler, HTTP2ServerStreams, Deadline
         if self.stallSweep == nil { self.armStallSweep() }
     }
 
+    func writeFields(on stream: HTTP2DownstreamStream, endStream: Bool, encode: (inout ByteBuffer) -> Void) {
+        guard let engine = self.engine else { return }
+        engine.sendFields(on: stream.id, endStream: endStream, promise: nil, encode: encode)
+        // Held in the engine (the client reads nothing): the stall sweep looks at it.
+        if self.stallSweep == nil, engine.holdsParts(on: stream.id) { self.armStallSweep() }
+    }
+
     /// The engine is done with `bytes` of a stream's response DATA (written to the channel,
     /// or refused): progress for the stall sweep, and the stream may take more again once
     /// the engine's pass ends (`dataPassEnded`).

@@ -76,6 +76,14 @@ final class HTTP2DownstreamStream {
         self.connection.write(payload, on: self, promise: promise)
     }
 
+    /// The response's HEADERS (or trailers), encoded by `encode` where they are written
+    /// (`HTTP2ServerEngine.sendFields`).
+    func writeFields(endStream: Bool, encode: (inout ByteBuffer) -> Void) {
+        guard !self.closed else { return }
+        if endStream { self.responseEnded = true }
+        self.connection.writeFields(on: self, endStream: endStream, encode: encode)
+    }
+
     func flush() {
         self.connection.flush()
     }

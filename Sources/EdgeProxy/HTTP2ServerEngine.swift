@@ -47,7 +47,8 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
 
     private var reader: HTTP2FrameReader
     private var state: HTTP2ServerConnectionState
-    private var queue = HTTP2SendQueue<HPACKHeaders, EventLoopPromise<Void>>()
+    /// Field blocks wait there encoded (without the first block's size update).
+    private var queue = HTTP2SendQueue<ByteBuffer, EventLoopPromise<Void>>()
     private var decoder: HPACKDecoder
     private var encoder = HPACKResponseEncoder()
     /// The bytes of a frame not yet complete, between reads.
@@ -235,7 +236,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         case .resetStream(let id, let code, _):
             try self.resetStream(id, code: code, context: context)
 
-        case .windowOpened(let id, let increment):
+        case .windowOpened(let id, _):
             // `HTTP2Downstream` counts them: a client taking its responses is not stalled.
             self.streams?.windowOpened(on: id)
             if id != nil || !self.queueStalled { self.sendQueued(context: context) }
@@ -319,19 +320,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         }
         switch payload {
         case .headers(let headers):
-            // Nothing after the response's end (NIO refused it too).
-            guard self.state.takeResponsePart(on: id, endStream: headers.endStream) else {
-                return promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id)))) ?? ()
-            }
-            if self.queue.hasParts(on: id) || !context.channel.isWritable {
-                // Behind the stream's DATA, or held while the client reads nothing: the
-                // stream stays open meanwhile, so the stream limit bounds what is held.
-                self.queue.append(.fields(headers.headers, endStream: headers.endStream), on: id, completion: promise)
-                self.queueStalled = false
-            } else {
-                _ = self.state.sentHeaders(on: id, endStream: headers.endStream)
-                self.writeFields(headers.headers, on: id, endStream: headers.endStream, promise: promise, context: context)
-            }
+            self.sendFields(on: id, endStream: headers.endStream, promise: promise) { HPACKResponseEncoder.encodeFields(headers.headers, into: &$0) }
         case .data(let data):
             guard case .byteBuffer(let body) = data.data, self.state.takeResponsePart(on: id, endStream: data.endStream) else {
                 if case .byteBuffer(let body) = data.data { self.streams?.dataDone(body.readableBytes, on: id) }
@@ -377,6 +366,35 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         }
     }
 
+    /// A HEADERS frame of a stream's response (its head, trailers, a 100 Continue), its
+    /// fields encoded by `encode` (without the size update): straight into the frame when
+    /// it goes now, into a block of its own when it must wait.
+    func sendFields(on id: UInt32, endStream: Bool, promise: EventLoopPromise<Void>?, encode: (inout ByteBuffer) -> Void) {
+        guard !self.failed, let context = self.context else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        // Nothing after the response's end (NIO refused it too).
+        guard self.state.takeResponsePart(on: id, endStream: endStream) else {
+            promise?.fail(NIOHTTP2Errors.noSuchStream(streamID: HTTP2StreamID(Int32(truncatingIfNeeded: id))))
+            return
+        }
+        if self.queue.hasParts(on: id) || !context.channel.isWritable {
+            // Behind the stream's DATA, or held while the client reads nothing: the
+            // stream stays open meanwhile, so the stream limit bounds what is held.
+            var block = context.channel.allocator.buffer(capacity: 256)
+            encode(&block)
+            self.queue.append(.fields(block, endStream: endStream), on: id, completion: promise)
+            self.queueStalled = false
+        } else {
+            _ = self.state.sentHeaders(on: id, endStream: endStream)
+            self.scratch.clear()
+            self.encoder.beginBlock(into: &self.scratch)
+            encode(&self.scratch)
+            self.writeFields(on: id, endStream: endStream, promise: promise, context: context)
+        }
+    }
+
     /// Room for a frame in `out`: one allocation for the frames of a turn, not one per
     /// growth step from the shared empty buffer.
     private func reserveOut() {
@@ -416,9 +434,8 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         context.write(self.wrapOutboundOut(bytes), promise: promise)
     }
 
-    private func writeFields(_ headers: HPACKHeaders, on id: UInt32, endStream: Bool, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
-        self.scratch.clear()
-        self.encoder.encode(headers, into: &self.scratch)
+    /// The block in `scratch` as a HEADERS frame (and CONTINUATION frames if it must).
+    private func writeFields(on id: UInt32, endStream: Bool, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
         self.reserveOut()
         HTTP2FrameWriter.headers(stream: id, block: self.scratch, endStream: endStream, maxFrameSize: self.state.peerMaxFrameSize, into: &self.out)
         // A large block's room is not kept for the rest of the connection.
@@ -438,8 +455,11 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
             switch frame {
             case .data(let id, let data, let endStream, let completion):
                 self.writeData(data, on: id, endStream: endStream, promise: completion, context: context)
-            case .fields(let id, let headers, let endStream, let completion):
-                self.writeFields(headers, on: id, endStream: endStream, promise: completion, context: context)
+            case .fields(let id, var block, let endStream, let completion):
+                self.scratch.clear()
+                self.encoder.beginBlock(into: &self.scratch)
+                self.scratch.writeBuffer(&block)
+                self.writeFields(on: id, endStream: endStream, promise: completion, context: context)
             }
         }
         // Stalled only with the connection's window open: then every waiting stream waits

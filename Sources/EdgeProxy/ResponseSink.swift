@@ -107,11 +107,10 @@ extension HTTP2StreamBridge: ResponseSink {
                       heads: inout ReusableBuffer, context: ChannelHandlerContext) -> ResponseHeadOutcome {
         // Larger than the bound (`HTTP2StreamBridge.fitsResponseBlock`): this stream gets a
         // 502, and the connection's other streams go on.
-        guard let fields = self.responseFields(response) else {
+        // The connection's GOAWAY, not the response, says it is draining.
+        guard self.responseHead(response, toHead: request.isHeadMethod) else {
             return .refused(.responseHeadTooLarge, reason: "response head too large for HTTP/2 (more than \(Self.maxHeaderBlockBytes) bytes of HPACK)")
         }
-        // The connection's GOAWAY, not the response, says it is draining.
-        self.responseHead(fields, head: response, toHead: request.isHeadMethod)
         return .written(closeAfter: false)
     }
 

@@ -49,6 +49,35 @@ final class HPACKResponseEncoderTests: XCTestCase {
         }
     }
 
+    /// An upstream's HTTP/1.1 head, encoded straight from its bytes: names in lower case
+    /// (a static name's index whatever its case), values as received, hop-by-hop fields
+    /// and those Connection names gone, the listener's HSTS in place of the upstream's,
+    /// `content-length` dropped when asked; the bound it gives is never below the size.
+    func testAResponseHeadIsEncodedFromItsBytes() throws {
+        let raw = "HTTP/1.1 502 Bad Gateway\r\nDate: Mon, 07 Dec 2026 23:05:00 GMT\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Hop\r\n"
+            + "X-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Request-ID: AbC\r\nStrict-Transport-Security: max-age=1\r\nContent-Length: 0\r\n"
+            + "Set-Cookie: a=1\r\nTE: trailers\r\n\r\n"
+        let head = try HTTP1Parser.parseResponse(Array(raw.utf8))
+        var decoder = HPACKDecoder(allocator: ByteBufferAllocator())
+        for (hsts, withoutLength) in [("max-age=63072000", true), (nil, false)] as [(String?, Bool)] {
+            var block = ByteBuffer()
+            var encoder = HPACKResponseEncoder()
+            encoder.beginBlock(into: &block)
+            HPACKResponseEncoder.encodeResponse(head, hsts: hsts, withoutContentLength: withoutLength, into: &block)
+            XCTAssertLessThanOrEqual(block.readableBytes - 1, HPACKResponseEncoder.responseSizeBound(head, hsts: hsts))
+            let fields = try decoder.decodeHeaders(from: &block).map { "\($0.name): \($0.value)" }
+            var expected = [":status: 502", "date: Mon, 07 Dec 2026 23:05:00 GMT", "content-type: text/plain", "x-request-id: AbC"]
+            expected += hsts == nil ? ["strict-transport-security: max-age=1"] : []
+            expected += withoutLength ? [] : ["content-length: 0"]
+            expected += ["set-cookie: a=1"] + (hsts.map { ["strict-transport-security: \($0)"] } ?? [])
+            XCTAssertEqual(fields, expected)
+        }
+        var indexed = ByteBuffer()
+        HPACKResponseEncoder.encodeResponse(try HTTP1Parser.parseResponse(Array("HTTP/1.1 200 OK\r\nETag: x\r\n\r\n".utf8)), hsts: nil, withoutContentLength: false,
+                                            into: &indexed)
+        XCTAssertEqual(Array(indexed.readableBytesView), [0x88, 0x0F, 0x13, 0x01, 0x78], ":status 200 indexed; etag (34) by its index, a literal")
+    }
+
     /// A client that lowered its table size (SETTINGS_HEADER_TABLE_SIZE 0) before the
     /// first response gets the size update it must see first (RFC 7541 §4.2), once.
     func testTheFirstBlockSignalsNoDynamicTable() throws {
