@@ -76,6 +76,16 @@ final class HPACKResponseEncoderTests: XCTestCase {
         HPACKResponseEncoder.encodeResponse(try HTTP1Parser.parseResponse(Array("HTTP/1.1 200 OK\r\nETag: x\r\n\r\n".utf8)), hsts: nil, withoutContentLength: false,
                                             into: &indexed)
         XCTAssertEqual(Array(indexed.readableBytesView), [0x88, 0x0F, 0x13, 0x01, 0x78], ":status 200 indexed; etag (34) by its index, a literal")
+        // Every static name, in upper case, by its first index.
+        for name in Set(HPACKResponseEncoder.staticNames) where !name.hasPrefix(":") && name != "transfer-encoding" {
+            let field = try HTTP1Parser.parseResponse(Array("HTTP/1.1 200 OK\r\n\(name.uppercased()): 1\r\n\r\n".utf8))
+            var encoded = ByteBuffer()
+            HPACKResponseEncoder.encodeResponse(field, hsts: nil, withoutContentLength: false, into: &encoded)
+            var expected = ByteBuffer(bytes: [0x88])
+            HPACKResponseEncoder.writeInteger(try XCTUnwrap(HPACKResponseEncoder.nameIndex(name)), prefixBits: 4, flags: 0, into: &expected)
+            expected.writeBytes([0x01, 0x31])
+            XCTAssertEqual(encoded, expected, name)
+        }
     }
 
     /// A client that lowered its table size (SETTINGS_HEADER_TABLE_SIZE 0) before the
