@@ -154,7 +154,7 @@ if Context.environment["EDGE_FUZZ"] != nil {
         .product(name: "NIOHPACK", package: "swift-nio-http2"),
     ]
     let fuzzTargets: [(String, [Target.Dependency])] = [
-        ("FuzzHTTP1Request", ["EdgeProxy"]), ("FuzzHTTP1Response", ["EdgeProxy"]), ("FuzzBodyFramer", ["EdgeProxy"] + nio),
+        ("FuzzHTTP1Request", ["EdgeProxy"]), ("FuzzHTTP1Response", ["EdgeProxy"] + nio), ("FuzzBodyFramer", ["EdgeProxy"] + nio),
         ("FuzzProxyProtocol", ["EdgeProxy"]), ("FuzzHTTP2Bridge", ["EdgeProxy"] + nio), ("FuzzHTTP2Upstream", ["EdgeProxy"] + nio), ("FuzzPathNormalization", ["EdgeProxy"]),
         ("FuzzXFCC", ["EdgeTLS"]), ("FuzzConfig", ["EdgeGateway"]), ("FuzzCertbotRenewal", ["EdgeCertificates"]), ("FuzzCRL", ["EdgeTLS"]), ("FuzzOCSPResponse", ["EdgeTLS"]), ("FuzzHTTP2Frames", ["EdgeProxy"] + nio),
     ]

@@ -1,10 +1,15 @@
 // libFuzzer target: the HTTP/1.1 response head parser (`bench/fuzz`).
 @testable import EdgeProxy
+import NIOCore
+import NIOHPACK
 
 /// Invariants of every response head the parser accepts: a three-digit status of at
 /// least 100, never both Content-Length and Transfer-Encoding, a transfer coding only
 /// as a single `chunked`, no CR, LF or NUL in a field, and the head written back out
-/// parses to the same status, framing and fields.
+/// parses to the same status, framing and fields; and its HTTP/2 field block
+/// (`HPACKResponseEncoder.encodeResponse`) is within the bound the bridge checks and
+/// decodes (by NIO's decoder, a client's) to `:status` and the fields that are not
+/// hop-by-hop, names in lower case.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzHTTP1Response(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
@@ -29,5 +34,16 @@ public func fuzzHTTP1Response(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt
     precondition(again.status == head.status && again.contentLength == head.contentLength && again.chunked == head.chunked,
                  "re-serialised head frames differently")
     precondition(again.fields.flatMap { [Array(again.bytes[$0.name]), Array(again.bytes[$0.value])] } == fields, "fields differ")
+
+    var block = ByteBuffer()
+    HPACKResponseEncoder.encodeResponse(head, hsts: nil, withoutContentLength: false, into: &block)
+    precondition(block.readableBytes <= HPACKResponseEncoder.responseSizeBound(head, hsts: nil), "a block over its bound")
+    var decoder = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: 4_096, maxHeaderListSize: 1 << 24)
+    guard let decoded = try? decoder.decodeHeaders(from: &block) else { preconditionFailure("the response's block does not decode") }
+    var expected = [":status", String(head.status)]
+    for field in head.fields where !head.isHopByHop(field) {
+        expected += [head.string(field.name).lowercased(), head.string(field.value)]
+    }
+    precondition(decoded.flatMap { [$0.name, $0.value] } == expected, "the block decodes to other fields")
     return 0
 }

@@ -38,7 +38,8 @@ final class HTTP2Downstream: ChannelInboundHandler, HTTP2ServerStreams, Deadline
     private var lastOpened: UInt32 = 0
     /// Streams that got frames in this read batch.
     private var touched: [HTTP2DownstreamStream] = []
-    /// Between a read and the end of its batch: flushes wait for the batch's end.
+    /// From the engine's first call in a read batch to the batch's end: flushes wait for
+    /// the batch's end.
     private var reading = false
     private var needsFlush = false
     /// Looks for streams whose response is stuck (`sweepStalled`); armed by a response
@@ -130,12 +131,15 @@ final class HTTP2Downstream: ChannelInboundHandler, HTTP2ServerStreams, Deadline
 
     func clientReset(_ id: UInt32) {
         guard !self.refused, let context = self.context else { return }
+        self.reading = true
         if self.resets.exceeded(at: .now()) { return self.refuse(context, reason: "too many stream resets (rapid reset)") }
         // The engine reports the stream closed next.
         self.stream(id)?.requestEnded = true
     }
 
     func windowOpened(on id: UInt32?) {
+        // A stream it lets write again flushes at the batch's end.
+        self.reading = true
         // The client takes more of the responses: progress for the stall sweep.
         if let id {
             self.stream(id)?.windowUpdates &+= 1
@@ -146,6 +150,7 @@ final class HTTP2Downstream: ChannelInboundHandler, HTTP2ServerStreams, Deadline
 
     func pingAcknowledged(_ data: UInt64) {
         guard !self.refused, let context = self.context else { return }
+        self.reading = true
         self.perform(self.lifetime.pingAcknowledged(data), context: context)
     }
 
@@ -387,7 +392,8 @@ final class HTTP2Downstream: ChannelInboundHandler, HTTP2ServerStreams, Deadline
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent {
+        // Compared by type, not cast: a failing cast from `Any` searches the runtime's conformance records.
+        if ObjectIdentifier(type(of: event)) == ObjectIdentifier(ChannelShouldQuiesceEvent.self) {
             // GOAWAY's first step, then each stream finishes the exchange in flight.
             self.perform(self.lifetime.quiesce(now: context.eventLoop.now, ping: UInt64.random(in: .min ... .max)), context: context)
             for stream in self.streams where !stream.finished { stream.proxy?.streamQuiesce() }

@@ -8,8 +8,9 @@ import NIOCore
 /// cutting DATA to what the windows and the client's frame size allow. No I/O: the
 /// engine writes what it is handed, with its completion on the last piece of each part.
 ///
-/// Field blocks are handed out as `Fields`, not encoded: HPACK's tables follow the order
-/// blocks go out on the wire, so the engine encodes each one as it writes it.
+/// Field blocks are held as `Fields` (the engine's are encoded already: its encoder keeps
+/// no dynamic table, so a block means the same whenever it was encoded, and the engine
+/// adds the first block's size update as it writes it).
 struct HTTP2SendQueue<Fields, Completion> {
     enum Part {
         case data(ByteBuffer, endStream: Bool)

@@ -23,7 +23,8 @@ protocol HTTP2ServerStreams: AnyObject {
     /// channel, or refused for a stream that is gone): what still waits here for the
     /// client's windows is known without a promise and a callback for every write.
     func dataDone(_ bytes: Int, on id: UInt32)
-    /// A pass over the send queue ended.
+    /// The engine's writing of DATA ended for now (a pass over the send queue, a piece
+    /// written at once or refused): a stream held back may take more.
     func dataPassEnded()
 }
 
@@ -62,7 +63,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     /// A connection error was sent (GOAWAY): nothing more is read or written.
     private var failed = false
-    /// The last stream handed on to the handlers behind: what a connection error's GOAWAY
+    /// The last stream handed on to the streams behind: what a connection error's GOAWAY
     /// names (a stream whose HEADERS failed to decode was never processed).
     private var lastHandedOn: UInt32 = 0
     /// Between a read and the end of its batch: what the engine writes itself (answers to
@@ -401,7 +402,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
         if self.out.capacity == 0 { self.out.reserveCapacity(256) }
     }
 
-    /// Asked by the handlers behind (which flush once a read batch is done), and at the
+    /// Asked by the streams behind (which flush once a read batch is done), and at the
     /// end of a read batch in which the engine wrote.
     func flush(context: ChannelHandlerContext) {
         self.needsFlush = false
@@ -532,7 +533,7 @@ final class HTTP2ServerEngine: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        // Closed: nothing more is taken, and what waited fails once the handlers behind
+        // Closed: nothing more is taken, and what waited fails once the streams behind
         // know (their callbacks would otherwise write into a closed connection).
         self.failed = true
         context.fireChannelInactive()

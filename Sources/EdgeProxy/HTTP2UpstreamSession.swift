@@ -516,7 +516,7 @@ final class HTTP2UpstreamSession: ChannelInboundHandler, StreamRoom, NIOHTTP2Fra
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         // Several of NIO's events come per stream: their types are compared before any
         // cast (a cast from `Any` searches the runtime's conformance records; the casts
-        // that failed here were 4.5k instructions a gRPC call), as in HTTP2Downstream.
+        // that failed here were 4.5k instructions a gRPC call).
         let type = ObjectIdentifier(Swift.type(of: event))
         if type == ObjectIdentifier(NIOHTTP2StreamCreatedEvent.self) {
             self.streams[(event as! NIOHTTP2StreamCreatedEvent).streamID]?.created = true

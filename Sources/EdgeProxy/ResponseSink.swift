@@ -105,9 +105,9 @@ extension HTTP2StreamBridge: ResponseSink {
 
     func responseHead(_ response: HTTPHead, request: HTTPHead, draining: Bool, hsts: String?,
                       heads: inout ReusableBuffer, context: ChannelHandlerContext) -> ResponseHeadOutcome {
-        // Larger than the bound (`HTTP2StreamBridge.fitsResponseBlock`): this stream gets a
-        // 502, and the connection's other streams go on.
-        // The connection's GOAWAY, not the response, says it is draining.
+        // The connection's GOAWAY, not the response, says it is draining. A head whose
+        // block would be larger than the bound (`HTTP2StreamBridge.maxHeaderBlockBytes`):
+        // this stream gets a 502, and the connection's other streams go on.
         guard self.responseHead(response, toHead: request.isHeadMethod) else {
             return .refused(.responseHeadTooLarge, reason: "response head too large for HTTP/2 (more than \(Self.maxHeaderBlockBytes) bytes of HPACK)")
         }

@@ -146,7 +146,9 @@ final class HTTP2DownstreamTests: XCTestCase {
     }
 
     /// A stream reset here is forgotten; a HEADERS frame on it afterwards (trailers
-    /// behind the reset, which the client sent before it saw it) opens nothing again.
+    /// behind the reset, which the client sent before it saw it) opens nothing again:
+    /// the engine drops it, and the table would open nothing at or below the last
+    /// stream it opened had the engine handed it on.
     func testAStreamResetHereIsNotOpenedAgainByItsTrailers() throws {
         self.receive(self.settings(initialWindowSize: 0), try self.request("/moved/a", stream: 1))
         XCTAssertEqual(try self.written(), ["settings-ack", "1 headers 301"])
@@ -161,6 +163,9 @@ final class HTTP2DownstreamTests: XCTestCase {
         self.receive(trailers)
         XCTAssertEqual(try self.written(), [])
         XCTAssertNil(self.downstream.stream(1))
+        self.downstream.received(.headers(.init(headers: [":method": "GET", ":scheme": "https", ":path": "/moved/b"], endStream: true)), on: 1)
+        XCTAssertNil(self.downstream.stream(1), "not opened again")
+        XCTAssertEqual(try self.written(), [])
     }
 
     /// The idle timeout counts the streams the engine created: one it closed without

@@ -5,9 +5,9 @@ import NIOHPACK
 import NIOHTTP2
 import XCTest
 
-/// The own HTTP/2 engine on an embedded channel: a client's bytes in, what the handlers
-/// behind it see (frames and NIO's events, as NIO's handler gave them), and the bytes it
-/// writes, read back with the frame layer.
+/// The own HTTP/2 engine on an embedded channel: a client's bytes in, what it tells the
+/// streams behind it (`HTTP2ServerStreams`), and the bytes it writes, read back with the
+/// frame layer.
 final class HTTP2ServerEngineTests: XCTestCase {
     /// What the engine tells the streams behind it.
     final class Behind: HTTP2ServerStreams {
@@ -199,6 +199,34 @@ final class HTTP2ServerEngineTests: XCTestCase {
         }
         XCTAssertEqual(self.behind.seen.last, "3 closed")
         XCTAssertEqual(try self.written(), [], "no stream left: no update")
+        try self.send { try self.request("/c", stream: 5, end: false, into: &$0) }
+        XCTAssertEqual(try self.written(), ["0 window 48000"], "the next stream gets it")
+    }
+
+    /// Blocks wait in the queue encoded; the size update goes with the first one written
+    /// (RFC 7541 §4.2), whichever was encoded first, and with no other.
+    func testTheFirstBlockWrittenCarriesTheSizeUpdate() throws {
+        _ = try self.written()
+        try self.send {
+            $0.writeBytes(http2ClientPreface)
+            HTTP2FrameWriter.settings([], into: &$0)
+            try self.request("/a", stream: 1, end: true, into: &$0)
+            try self.request("/b", stream: 3, end: true, into: &$0)
+        }
+        _ = try self.written()
+        self.channel.isWritable = false
+        self.channel.pipeline.fireChannelWritabilityChanged()
+        _ = self.respond(3, .headers(.init(headers: [":status": "200"], endStream: true)))
+        _ = self.respond(1, .headers(.init(headers: [":status": "404"], endStream: true)))
+        self.channel.isWritable = true
+        self.channel.pipeline.fireChannelWritabilityChanged()
+        var bytes = ByteBuffer()
+        while var chunk = try self.channel.readOutbound(as: ByteBuffer.self) { bytes.writeBuffer(&chunk) }
+        var blocks: [String] = []
+        while let frame = try self.client.next(from: &bytes) {
+            if case .headers(let id, let block, _, _) = frame { blocks.append("\(id) \(block.readableBytesView.map { String($0, radix: 16) }.joined(separator: " "))") }
+        }
+        XCTAssertEqual(blocks, ["3 20 88", "1 8d"], ":status 200 (index 8) with the size update first, then 404 (index 13) without")
     }
 
     /// A client that reads nothing: the response waits in the engine, its stream stays
